@@ -1,0 +1,58 @@
+# Typed interface of the native DICOM header scanner.
+#
+# The parser runs without the GIL on a `Source` (a memory buffer or a file
+# descriptor read through two windows) and fills a `ScanState`: the top-level
+# elements, the pixel data location and, for encapsulated pixel data, every
+# fragment. Values are converted to Python objects afterwards, with the GIL.
+
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
+
+
+cdef struct Source:
+    int fd                  # -1: read from `mem`
+    const uint8_t* mem
+    int64_t size
+    uint8_t* head           # file bytes [0, head_len), grown while parsing the header
+    int64_t head_len
+    int64_t head_cap
+    bint head_frozen        # past the pixel data: further reads go to `roam`
+    uint8_t* roam           # file bytes [roam_start, roam_start + roam_len)
+    int64_t roam_start
+    int64_t roam_len
+    int64_t roam_cap
+    int io_errno
+
+
+cdef struct Element:
+    uint32_t tag
+    uint16_t vr             # two ASCII letters, big-endian packed; 0 when implicit
+    int64_t header_offset   # first byte of the tag
+    int64_t value_offset
+    int64_t value_length    # bytes, delimiters included for undefined length
+
+
+cdef struct Fragment:
+    int64_t offset          # first byte of the fragment's value
+    int64_t length
+    bint ends_with_eoi      # JPEG EOI (FFD9) among its last 10 bytes
+
+
+cdef struct ScanState:
+    Source src
+    bint has_preamble
+    bint has_meta
+    int64_t dataset_offset
+    bint explicit
+    bint little
+    Element* elems          # top-level elements, file meta included
+    Py_ssize_t n_elems
+    Py_ssize_t cap_elems
+    Py_ssize_t pixel_index  # index in elems of the pixel data element, or -1
+    bint encapsulated
+    int64_t bot_offset      # Basic Offset Table item value
+    int64_t bot_length
+    Fragment* frags
+    Py_ssize_t n_frags
+    Py_ssize_t cap_frags
+    int64_t err_offset
+    char err_msg[192]

@@ -1,0 +1,866 @@
+# cython: language_level=3
+"""Native DICOM header scanner.
+
+`Scanner` reads the header of a DICOM file (a path or a buffer) and returns the
+requested attributes as Python values together with the exact byte location of
+the pixel data. The byte-level parse runs without the GIL; only the conversion
+of the requested values to Python objects holds it.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.float cimport PyFloat_FromDouble
+from cpython.long cimport PyLong_FromLongLong
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdio cimport snprintf
+from libc.stdlib cimport free, malloc, realloc, strtod, strtoll
+from libc.string cimport memcpy, memset, strerror
+from posix.fcntl cimport O_RDONLY
+from posix.fcntl cimport open as c_open
+from posix.stat cimport fstat, struct_stat
+from posix.unistd cimport close, pread
+
+import zlib
+
+import numpy as np
+
+from pacs_engine.errors import ScanError
+
+cdef extern from "fcntl.h":
+    enum: O_CLOEXEC
+
+# --- constants -------------------------------------------------------------
+
+cdef enum:
+    HEAD_FIRST_READ = 16384        # most headers fit; the head doubles when not
+    HEAD_MAX = 64 * 1024 * 1024    # contiguous header window, at most
+    ROAM_READ = 4096               # one page for each read past the header
+    MAX_DEPTH = 64                 # nested sequences deeper than this are refused
+    META_GROUP = 0x0002
+
+cdef uint32_t UNDEFINED = 0xFFFFFFFF
+cdef uint32_t ITEM = 0xFFFEE000
+cdef uint32_t ITEM_DELIMITER = 0xFFFEE00D
+cdef uint32_t SEQUENCE_DELIMITER = 0xFFFEE0DD
+cdef uint32_t PIXEL_DATA = 0x7FE00010
+cdef uint32_t FLOAT_PIXEL_DATA = 0x7FE00008
+cdef uint32_t DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
+cdef uint32_t TRANSFER_SYNTAX_UID = 0x00020010
+cdef uint32_t SPECIFIC_CHARACTER_SET = 0x00080005
+cdef uint32_t EXTENDED_OFFSET_TABLE = 0x7FE00001
+cdef uint32_t EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+
+# Value representations, packed as two big-endian ASCII letters.
+cdef uint16_t VR_AE = 0x4145, VR_AS = 0x4153, VR_CS = 0x4353, VR_DA = 0x4441
+cdef uint16_t VR_DS = 0x4453, VR_DT = 0x4454, VR_FD = 0x4644, VR_FL = 0x464C
+cdef uint16_t VR_IS = 0x4953, VR_LO = 0x4C4F, VR_LT = 0x4C54, VR_OB = 0x4F42
+cdef uint16_t VR_OD = 0x4F44, VR_OF = 0x4F46, VR_OL = 0x4F4C, VR_OV = 0x4F56
+cdef uint16_t VR_OW = 0x4F57, VR_PN = 0x504E, VR_SH = 0x5348, VR_SL = 0x534C
+cdef uint16_t VR_SQ = 0x5351, VR_SS = 0x5353, VR_ST = 0x5354, VR_SV = 0x5356
+cdef uint16_t VR_TM = 0x544D, VR_UC = 0x5543, VR_UI = 0x5549, VR_UL = 0x554C
+cdef uint16_t VR_UN = 0x554E, VR_UR = 0x5552, VR_US = 0x5553, VR_UT = 0x5554
+cdef uint16_t VR_UV = 0x5556
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+
+
+# --- byte helpers ----------------------------------------------------------
+
+cdef inline uint16_t rd16(const uint8_t* p, bint little) noexcept nogil:
+    if little:
+        return p[0] | (p[1] << 8)
+    return (p[0] << 8) | p[1]
+
+
+cdef inline uint32_t rd32(const uint8_t* p, bint little) noexcept nogil:
+    if little:
+        return p[0] | (p[1] << 8) | (p[2] << 16) | (<uint32_t>p[3] << 24)
+    return (<uint32_t>p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]
+
+
+cdef inline uint64_t rd64(const uint8_t* p, bint little) noexcept nogil:
+    if little:
+        return rd32(p, 1) | (<uint64_t>rd32(p + 4, 1) << 32)
+    return (<uint64_t>rd32(p, 0) << 32) | rd32(p + 4, 0)
+
+
+cdef inline bint is_vr_letter(uint8_t c) noexcept nogil:
+    return 0x41 <= c <= 0x5A
+
+
+cdef inline bint has_long_length(uint16_t vr) noexcept nogil:
+    """True for the VRs whose explicit encoding has a 4-byte length."""
+    return (vr == VR_OB or vr == VR_OD or vr == VR_OF or vr == VR_OL or vr == VR_OV
+            or vr == VR_OW or vr == VR_SQ or vr == VR_SV or vr == VR_UC or vr == VR_UN
+            or vr == VR_UR or vr == VR_UT or vr == VR_UV)
+
+
+cdef inline bint is_pixel_tag(uint32_t tag) noexcept nogil:
+    return tag == PIXEL_DATA or tag == FLOAT_PIXEL_DATA or tag == DOUBLE_FLOAT_PIXEL_DATA
+
+
+# --- the source: a buffer, or a file read through two windows ---------------
+
+cdef int read_full(int fd, uint8_t* dst, int64_t n, int64_t pos) noexcept nogil:
+    """pread exactly n bytes; 0 on success, else an errno (or -1 at end of file)."""
+    cdef long got
+    while n > 0:
+        got = pread(fd, dst, n, pos)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if got == 0:
+            return -1
+        dst += got
+        pos += got
+        n -= got
+    return 0
+
+
+cdef const uint8_t* src_at(Source* s, int64_t pos, int64_t n) noexcept nogil:
+    """Pointer to bytes [pos, pos + n) of the source, valid until the next call.
+
+    NULL when the range is outside the source or the read failed (io_errno).
+    """
+    cdef int64_t want
+    cdef uint8_t* grown
+    if pos < 0 or n < 0 or n > s.size or pos > s.size - n:
+        return NULL
+    if s.fd < 0:
+        return s.mem + pos
+    if pos + n <= s.head_len:
+        return s.head + pos
+    if not s.head_frozen and pos + n <= HEAD_MAX:
+        want = s.head_len * 2
+        if want < HEAD_FIRST_READ:
+            want = HEAD_FIRST_READ
+        if want < pos + n:
+            want = pos + n
+        if want > s.size:
+            want = s.size
+        if want > s.head_cap:
+            grown = <uint8_t*>realloc(s.head, want)
+            if grown == NULL:
+                s.io_errno = 12  # ENOMEM
+                return NULL
+            s.head = grown
+            s.head_cap = want
+        s.io_errno = read_full(s.fd, s.head + s.head_len, want - s.head_len, s.head_len)
+        if s.io_errno != 0:
+            return NULL
+        s.head_len = want
+        return s.head + pos
+    if s.roam_start <= pos and pos + n <= s.roam_start + s.roam_len:
+        return s.roam + (pos - s.roam_start)
+    want = n if n > ROAM_READ else ROAM_READ
+    if want > s.size - pos:
+        want = s.size - pos
+    if want > s.roam_cap:
+        grown = <uint8_t*>realloc(s.roam, want)
+        if grown == NULL:
+            s.io_errno = 12
+            return NULL
+        s.roam = grown
+        s.roam_cap = want
+    s.roam_len = 0
+    s.io_errno = read_full(s.fd, s.roam, want, pos)
+    if s.io_errno != 0:
+        return NULL
+    s.roam_start = pos
+    s.roam_len = want
+    return s.roam
+
+
+cdef void state_free(ScanState* st) noexcept nogil:
+    if st.src.fd >= 0:
+        close(st.src.fd)
+        st.src.fd = -1
+    free(st.src.head)
+    free(st.src.roam)
+    free(st.elems)
+    free(st.frags)
+    st.src.head = NULL
+    st.src.roam = NULL
+    st.elems = NULL
+    st.frags = NULL
+
+
+# --- the parser (no GIL) ----------------------------------------------------
+
+cdef int fail(ScanState* st, int64_t offset, const char* what) noexcept nogil:
+    st.err_offset = offset
+    if st.src.io_errno > 0:
+        snprintf(st.err_msg, sizeof(st.err_msg), "%s: read failed: %s", what,
+                 strerror(st.src.io_errno))
+    elif st.src.io_errno < 0:
+        snprintf(st.err_msg, sizeof(st.err_msg), "%s: file ended while reading it", what)
+    else:
+        snprintf(st.err_msg, sizeof(st.err_msg), "%s", what)
+    return -1
+
+
+cdef int fail_beyond(ScanState* st, int64_t offset, uint32_t tag, int64_t length) noexcept nogil:
+    st.err_offset = offset
+    snprintf(st.err_msg, sizeof(st.err_msg),
+             "element (%04X,%04X) declares a value of %lld bytes, past the end of the data "
+             "(%lld bytes)", tag >> 16, tag & 0xFFFF, length, st.src.size)
+    return -1
+
+
+cdef int push_element(ScanState* st, Element* e) noexcept nogil:
+    cdef Element* grown
+    if st.n_elems == st.cap_elems:
+        st.cap_elems = 64 if st.cap_elems == 0 else st.cap_elems * 2
+        grown = <Element*>realloc(st.elems, st.cap_elems * sizeof(Element))
+        if grown == NULL:
+            return fail(st, e.header_offset, "out of memory")
+        st.elems = grown
+    st.elems[st.n_elems] = e[0]
+    st.n_elems += 1
+    return 0
+
+
+cdef int push_fragment(ScanState* st, Fragment* f) noexcept nogil:
+    cdef Fragment* grown
+    if st.n_frags == st.cap_frags:
+        st.cap_frags = 16 if st.cap_frags == 0 else st.cap_frags * 2
+        grown = <Fragment*>realloc(st.frags, st.cap_frags * sizeof(Fragment))
+        if grown == NULL:
+            return fail(st, f.offset, "out of memory")
+        st.frags = grown
+    st.frags[st.n_frags] = f[0]
+    st.n_frags += 1
+    return 0
+
+
+cdef int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
+                     Element* e, uint32_t* raw_length) noexcept nogil:
+    """Decode the tag, VR and length of the element at pos into e."""
+    cdef const uint8_t* p = src_at(&st.src, pos, 8)
+    cdef uint16_t group
+    if p == NULL:
+        return fail(st, pos, "truncated element header")
+    group = rd16(p, little)
+    e.tag = (<uint32_t>group << 16) | rd16(p + 2, little)
+    e.header_offset = pos
+    if group == 0xFFFE or not explicit:
+        # Items and delimiters carry no VR, even in explicit VR syntaxes.
+        e.vr = 0
+        raw_length[0] = rd32(p + 4, little)
+        e.value_offset = pos + 8
+        return 0
+    if not (is_vr_letter(p[4]) and is_vr_letter(p[5])):
+        st.err_offset = pos
+        snprintf(st.err_msg, sizeof(st.err_msg),
+                 "element (%04X,%04X) has an invalid VR 0x%02X%02X", group, e.tag & 0xFFFF,
+                 p[4], p[5])
+        return -1
+    e.vr = (p[4] << 8) | p[5]
+    if has_long_length(e.vr):
+        p = src_at(&st.src, pos, 12)
+        if p == NULL:
+            return fail(st, pos, "truncated element header")
+        raw_length[0] = rd32(p + 8, little)
+        e.value_offset = pos + 12
+    else:
+        raw_length[0] = rd16(p + 6, little)
+        e.value_offset = pos + 8
+    return 0
+
+
+cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, bint little,
+                       int depth, int64_t* end) noexcept nogil:
+    """Parse elements from pos.
+
+    At depth 0 the data set runs to the end of the source (`stop`) and every
+    element is recorded; inside an item of undefined length it runs to the
+    Item Delimitation Item.
+    """
+    cdef Element e
+    cdef uint32_t length
+    cdef int64_t value_end
+    cdef bint sequence_like
+    while True:
+        if depth == 0 and stop - pos < 8:
+            # Fewer than 8 bytes cannot hold an element: trailing padding.
+            end[0] = pos
+            return 0
+        if read_header(st, pos, explicit, little, &e, &length) < 0:
+            return -1
+        if depth > 0 and e.tag == ITEM_DELIMITER:
+            end[0] = e.value_offset
+            return 0
+        if length != UNDEFINED:
+            e.value_length = length
+            if e.value_offset + e.value_length > st.src.size:
+                return fail_beyond(st, pos, e.tag, e.value_length)
+            value_end = e.value_offset + e.value_length
+            if depth == 0 and is_pixel_tag(e.tag) and st.pixel_index < 0:
+                st.pixel_index = st.n_elems
+                st.src.head_frozen = True
+        elif depth == 0 and is_pixel_tag(e.tag) and st.pixel_index < 0:
+            st.pixel_index = st.n_elems
+            st.encapsulated = True
+            st.src.head_frozen = True
+            if parse_items(st, e.value_offset, little, &value_end) < 0:
+                return -1
+            e.value_length = value_end - e.value_offset
+        else:
+            # Undefined length: a sequence, or (UN, or implicit VR) content
+            # that is encoded as one.
+            sequence_like = (e.vr == VR_SQ or e.vr == VR_UN or e.vr == 0)
+            if sequence_like:
+                # UN of undefined length holds implicit VR little endian.
+                if parse_sequence(st, e.value_offset, explicit and e.vr != VR_UN,
+                                  little if e.vr != VR_UN else True, depth, &value_end) < 0:
+                    return -1
+            else:
+                st.err_offset = pos
+                snprintf(st.err_msg, sizeof(st.err_msg),
+                         "element (%04X,%04X) has an undefined length but is not a sequence",
+                         e.tag >> 16, e.tag & 0xFFFF)
+                return -1
+            e.value_length = value_end - e.value_offset
+        if depth == 0 and push_element(st, &e) < 0:
+            return -1
+        pos = value_end
+
+
+cdef int parse_sequence(ScanState* st, int64_t pos, bint explicit, bint little,
+                        int depth, int64_t* end) noexcept nogil:
+    """Parse the items of a sequence of undefined length; end is past its delimiter."""
+    cdef Element e
+    cdef uint32_t length
+    if depth >= MAX_DEPTH:
+        return fail(st, pos, "sequences nested too deep")
+    while True:
+        if read_header(st, pos, False, little, &e, &length) < 0:
+            return -1
+        if e.tag == SEQUENCE_DELIMITER:
+            end[0] = e.value_offset
+            return 0
+        if e.tag != ITEM:
+            st.err_offset = pos
+            snprintf(st.err_msg, sizeof(st.err_msg),
+                     "expected an item or a sequence delimiter, found (%04X,%04X)",
+                     e.tag >> 16, e.tag & 0xFFFF)
+            return -1
+        if length == UNDEFINED:
+            if parse_dataset(st, e.value_offset, st.src.size, explicit, little, depth + 1,
+                             &pos) < 0:
+                return -1
+        else:
+            if e.value_offset + length > st.src.size:
+                return fail_beyond(st, pos, e.tag, length)
+            pos = e.value_offset + length
+
+
+cdef int parse_items(ScanState* st, int64_t pos, bint little, int64_t* end) noexcept nogil:
+    """Walk encapsulated pixel data: the Basic Offset Table, then each fragment."""
+    cdef Element e
+    cdef uint32_t length
+    cdef Fragment f
+    cdef const uint8_t* tail
+    cdef int64_t n_tail, i
+    cdef bint first = True
+    while True:
+        if read_header(st, pos, False, little, &e, &length) < 0:
+            return -1
+        if e.tag == SEQUENCE_DELIMITER:
+            end[0] = e.value_offset
+            return 0
+        if e.tag != ITEM:
+            st.err_offset = pos
+            snprintf(st.err_msg, sizeof(st.err_msg),
+                     "expected a pixel data item or a sequence delimiter, found (%04X,%04X)",
+                     e.tag >> 16, e.tag & 0xFFFF)
+            return -1
+        if length == UNDEFINED:
+            return fail(st, pos, "pixel data item of undefined length")
+        if e.value_offset + length > st.src.size:
+            return fail_beyond(st, pos, e.tag, length)
+        if first:
+            st.bot_offset = e.value_offset
+            st.bot_length = length
+            first = False
+        else:
+            f.offset = e.value_offset
+            f.length = length
+            f.ends_with_eoi = False
+            # Read the fragment's last bytes together with the next item header.
+            n_tail = 10 if length >= 10 else length
+            tail = src_at(&st.src, f.offset + length - n_tail, n_tail)
+            if tail == NULL:
+                return fail(st, f.offset, "cannot read pixel data fragment")
+            for i in range(n_tail - 1):
+                if tail[i] == 0xFF and tail[i + 1] == 0xD9:
+                    f.ends_with_eoi = True
+            if push_fragment(st, &f) < 0:
+                return -1
+        pos = e.value_offset + length
+
+
+cdef int parse_meta(ScanState* st) noexcept nogil:
+    """Find the preamble and the file meta group; set dataset_offset."""
+    cdef const uint8_t* p
+    cdef int64_t pos = 0
+    cdef Element e
+    cdef uint32_t length
+    p = src_at(&st.src, 128, 4)
+    if p != NULL and p[0] == 0x44 and p[1] == 0x49 and p[2] == 0x43 and p[3] == 0x4D:
+        st.has_preamble = True
+        pos = 132
+    p = src_at(&st.src, pos, 6)
+    if p != NULL and rd16(p, True) == META_GROUP and is_vr_letter(p[4]) and is_vr_letter(p[5]):
+        st.has_meta = True
+        while st.src.size - pos >= 8:
+            p = src_at(&st.src, pos, 2)
+            if rd16(p, True) != META_GROUP:
+                break
+            if read_header(st, pos, True, True, &e, &length) < 0:
+                return -1
+            if length == UNDEFINED:
+                return fail(st, pos, "file meta element of undefined length")
+            e.value_length = length
+            if e.value_offset + e.value_length > st.src.size:
+                return fail_beyond(st, pos, e.tag, e.value_length)
+            if push_element(st, &e) < 0:
+                return -1
+            pos = e.value_offset + e.value_length
+    elif not st.has_preamble and not plausible_dataset_start(&st.src):
+        return fail(st, 0, "not a DICOM file: no 'DICM' prefix, no file meta, no data set")
+    st.dataset_offset = pos
+    return 0
+
+
+cdef bint plausible_dataset_start(Source* s) noexcept nogil:
+    """Whether a file without preamble starts like a data set (groups 0002-0010)."""
+    cdef const uint8_t* p = src_at(s, 0, 8)
+    cdef uint16_t group_le, group_be
+    if p == NULL:
+        return False
+    group_le = rd16(p, True)
+    group_be = rd16(p, False)
+    return ((0x0002 <= group_le <= 0x0010 and group_le % 2 == 0)
+            or (0x0002 <= group_be <= 0x0010 and group_be % 2 == 0))
+
+
+cdef void guess_syntax(ScanState* st) noexcept nogil:
+    """Choose the encoding of a data set that has no transfer syntax, as pydicom does."""
+    cdef const uint8_t* p = src_at(&st.src, st.dataset_offset, 8)
+    if p == NULL:
+        st.explicit = False
+        st.little = True
+        return
+    st.explicit = is_vr_letter(p[4]) and is_vr_letter(p[5])
+    # A big-endian group number reads as a large little-endian one.
+    st.little = rd16(p, True) <= rd16(p, False)
+
+
+cdef int parse_body(ScanState* st) noexcept nogil:
+    cdef int64_t end
+    cdef const uint8_t* p
+    if st.explicit:
+        # Some writers label an implicit VR data set as explicit; detect it the
+        # way pydicom does, from the first element.
+        p = src_at(&st.src, st.dataset_offset, 6)
+        if p != NULL and not (is_vr_letter(p[4]) and is_vr_letter(p[5])):
+            st.explicit = False
+    return parse_dataset(st, st.dataset_offset, st.src.size, st.explicit, st.little, 0, &end)
+
+
+# --- values (with the GIL) --------------------------------------------------
+
+cdef inline bint is_text_vr(uint16_t vr) noexcept nogil:
+    return (vr == VR_AE or vr == VR_AS or vr == VR_CS or vr == VR_DA or vr == VR_DT
+            or vr == VR_LO or vr == VR_LT or vr == VR_PN or vr == VR_SH or vr == VR_ST
+            or vr == VR_TM or vr == VR_UC or vr == VR_UI or vr == VR_UR or vr == VR_UT)
+
+
+cdef inline bint is_single_valued_text(uint16_t vr) noexcept nogil:
+    return vr == VR_LT or vr == VR_ST or vr == VR_UT or vr == VR_UR
+
+
+cdef inline bint is_blank(uint8_t c) noexcept nogil:
+    return c == 0x20 or c == 0x00
+
+
+cdef inline bint is_space(uint8_t c) noexcept nogil:
+    return c == 0x20 or (0x09 <= c <= 0x0D)
+
+
+cdef object number_from_text(const uint8_t* p, Py_ssize_t n, bint integer):
+    """An IS or DS item as int or float, or None when it needs pydicom's rules."""
+    cdef char buf[64]
+    cdef char* endp
+    cdef Py_ssize_t i
+    cdef double d
+    cdef long long v
+    while n > 0 and is_space(p[0]):
+        p += 1
+        n -= 1
+    while n > 0 and is_space(p[n - 1]):
+        n -= 1
+    if n == 0 or n >= 63:
+        return None
+    for i in range(n):
+        if not (0x30 <= p[i] <= 0x39 or p[i] == 0x2B or p[i] == 0x2D
+                or (not integer and (p[i] == 0x2E or p[i] == 0x45 or p[i] == 0x65))):
+            return None
+    memcpy(buf, p, n)
+    buf[n] = 0
+    if integer:
+        v = strtoll(buf, &endp, 10)
+        if endp != buf + n or n > 18:
+            return None
+        return PyLong_FromLongLong(v)
+    d = strtod(buf, &endp)
+    if endp != buf + n:
+        return None
+    return PyFloat_FromDouble(d)
+
+
+cdef object fast_value(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little):
+    """The value as pydicom gives it, for the common cases; None means 'ask pydicom'.
+
+    Text is taken here only when it is 7-bit without escape sequences, where
+    every DICOM character set agrees with ASCII.
+    """
+    cdef Py_ssize_t i, start, count, width
+    cdef list items
+    cdef object item
+    if is_text_vr(vr) or vr == VR_DS or vr == VR_IS:
+        for i in range(n):
+            if p[i] >= 0x80 or p[i] == 0x1B:
+                return None
+        if vr == VR_DS or vr == VR_IS:
+            # pydicom strips whitespace, then trailing blanks, then splits.
+            while n > 0 and is_space(p[0]):
+                p += 1
+                n -= 1
+            while n > 0 and (is_space(p[n - 1]) or p[n - 1] == 0):
+                n -= 1
+            items = []
+            start = 0
+            for i in range(n + 1):
+                if i == n or p[i] == 0x5C:
+                    item = number_from_text(p + start, i - start, vr == VR_IS)
+                    if item is None:
+                        return None
+                    items.append(item)
+                    start = i + 1
+            return items[0] if len(items) == 1 else items
+        if vr == VR_AE:
+            return None
+        while n > 0 and is_blank(p[n - 1]):
+            n -= 1
+        if is_single_valued_text(vr):
+            return PyUnicode_DecodeASCII(<const char*>p, n, NULL)
+        items = []
+        start = 0
+        for i in range(n + 1):
+            if i == n or p[i] == 0x5C:
+                items.append(PyUnicode_DecodeASCII(<const char*>(p + start), i - start, NULL))
+                start = i + 1
+        return items[0] if len(items) == 1 else items
+    if vr == VR_US or vr == VR_SS:
+        width = 2
+    elif vr == VR_UL or vr == VR_SL or vr == VR_FL:
+        width = 4
+    elif vr == VR_FD:
+        width = 8
+    else:
+        return None
+    if n % width != 0:
+        return None
+    count = n // width
+    items = []
+    for i in range(count):
+        if vr == VR_US:
+            items.append(rd16(p + i * 2, little))
+        elif vr == VR_SS:
+            items.append(<short>rd16(p + i * 2, little))
+        elif vr == VR_UL:
+            items.append(rd32(p + i * 4, little))
+        elif vr == VR_SL:
+            items.append(<int>rd32(p + i * 4, little))
+        elif vr == VR_FL:
+            items.append(as_float(rd32(p + i * 4, little)))
+        else:
+            items.append(as_double(rd64(p + i * 8, little)))
+    return items[0] if count == 1 else items
+
+
+cdef inline double as_float(uint32_t bits) noexcept nogil:
+    cdef float f
+    memcpy(&f, &bits, 4)
+    return f
+
+
+cdef inline double as_double(uint64_t bits) noexcept nogil:
+    cdef double d
+    memcpy(&d, &bits, 8)
+    return d
+
+
+cdef inline uint16_t vr_code(str vr):
+    return (ord(vr[0]) << 8) | ord(vr[1])
+
+
+cdef str vr_text(uint16_t vr):
+    return chr(vr >> 8) + chr(vr & 0xFF)
+
+
+cdef class Scanner:
+    """Scans DICOM headers for a fixed set of attributes.
+
+    `keywords`, `tags` and `vrs` name the attributes, their tags and their
+    dictionary VRs (used for implicit VR data and for UN). `slow_value` is
+    called as slow_value(vr, raw_bytes, little_endian, character_sets) for the
+    values the native fast path leaves to pydicom (non-ASCII text, odd numbers).
+    """
+
+    cdef uint32_t* tags
+    cdef uint16_t* vrs
+    cdef Py_ssize_t n_tags
+    cdef list keywords
+    cdef object slow_value
+
+    def __cinit__(self, keywords, tags, vrs, slow_value):
+        cdef Py_ssize_t i
+        order = sorted(range(len(tags)), key=lambda k: tags[k])
+        self.n_tags = len(tags)
+        self.tags = <uint32_t*>malloc(max(1, self.n_tags) * sizeof(uint32_t))
+        self.vrs = <uint16_t*>malloc(max(1, self.n_tags) * sizeof(uint16_t))
+        if self.tags == NULL or self.vrs == NULL:
+            raise MemoryError()
+        self.keywords = []
+        for i, k in enumerate(order):
+            self.tags[i] = tags[k]
+            self.vrs[i] = vr_code(vrs[k])
+            self.keywords.append(keywords[k])
+        self.slow_value = slow_value
+
+    def __dealloc__(self):
+        free(self.tags)
+        free(self.vrs)
+
+    cdef Py_ssize_t find(self, uint32_t tag) noexcept:
+        cdef Py_ssize_t lo = 0, hi = self.n_tags, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.tags[mid] < tag:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo if lo < self.n_tags and self.tags[lo] == tag else -1
+
+    def scan_path(self, path):
+        """Scan the file at `path` (str or bytes); see `scan_buffer` for the result."""
+        cdef bytes fs_path = path if isinstance(path, bytes) else path.encode()
+        cdef const char* c_path = fs_path
+        cdef ScanState st
+        cdef struct_stat info
+        cdef int fd, err = 0
+        memset(&st, 0, sizeof(ScanState))
+        st.src.fd = -1
+        with nogil:
+            fd = c_open(c_path, O_RDONLY | O_CLOEXEC)
+            if fd < 0:
+                err = errno
+            elif fstat(fd, &info) != 0:
+                err = errno
+                close(fd)
+        if err:
+            raise ScanError(path, 0, f"cannot open: {strerror(err).decode()}")
+        st.src.fd = fd
+        st.src.size = info.st_size
+        st.src.roam_start = -1
+        try:
+            return self.run(&st, path)
+        finally:
+            state_free(&st)
+
+    def scan_buffer(self, const uint8_t[::1] data not None, path=None):
+        """Scan bytes already in memory.
+
+        Returns (attributes, meta, pixel): attributes maps keywords to values;
+        meta is (transfer_syntax_uid, has_preamble, has_meta, dataset_offset,
+        explicit_vr, little_endian, deflated, size); pixel is None or
+        (tag, vr, value_offset, value_length, encapsulated, bot_offset,
+        bot_length, fragment_offsets, fragment_lengths, fragment_eoi).
+        """
+        cdef ScanState st
+        memset(&st, 0, sizeof(ScanState))
+        st.src.fd = -1
+        st.src.mem = &data[0] if data.shape[0] > 0 else NULL
+        st.src.size = data.shape[0]
+        st.src.roam_start = -1
+        try:
+            return self.run(&st, path, data)
+        finally:
+            state_free(&st)
+
+    cdef tuple run(self, ScanState* st, path, keepalive=None):
+        cdef int rc
+        cdef bint deflated = False
+        st.pixel_index = -1
+        with nogil:
+            rc = parse_meta(st)
+        if rc < 0:
+            raise self.error(st, path)
+        ts = self.meta_transfer_syntax(st, path)
+        if ts is None or ts == "":
+            guess_syntax(st)
+        elif ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            return self.run_deflated(st, path, ts)
+        else:
+            st.explicit = ts != IMPLICIT_VR_LITTLE_ENDIAN
+            st.little = ts != EXPLICIT_VR_BIG_ENDIAN
+        with nogil:
+            rc = parse_body(st)
+        if rc < 0:
+            raise self.error(st, path)
+        return self.collect(st, path, ts, deflated)
+
+    cdef tuple run_deflated(self, ScanState* st, path, ts):
+        """Inflate the data set and scan it in memory; offsets refer to the inflated bytes."""
+        cdef int64_t start = st.dataset_offset
+        cdef const uint8_t* p = src_at(&st.src, 0, st.src.size)
+        if p == NULL:
+            raise self.error(st, path, "cannot read the deflated file")
+        raw = PyBytes_FromStringAndSize(<const char*>p, st.src.size)
+        try:
+            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw[start:])
+        except zlib.error as exc:
+            raise ScanError(path, start, f"deflated data set cannot be inflated: {exc}") from None
+        data = raw[:start] + inflated
+        cdef ScanState inner
+        cdef const uint8_t[::1] view = data
+        memset(&inner, 0, sizeof(ScanState))
+        inner.src.fd = -1
+        inner.src.mem = &view[0]
+        inner.src.size = len(data)
+        inner.src.roam_start = -1
+        inner.pixel_index = -1
+        inner.explicit = True
+        inner.little = True
+        cdef int rc
+        try:
+            with nogil:
+                rc = parse_meta(&inner)
+                if rc == 0:
+                    rc = parse_body(&inner)
+            if rc < 0:
+                raise self.error(&inner, path, "in the inflated data set")
+            return self.collect(&inner, path, ts, True)
+        finally:
+            state_free(&inner)
+
+    cdef object meta_transfer_syntax(self, ScanState* st, path):
+        cdef Py_ssize_t i
+        cdef Element* e
+        cdef const uint8_t* p
+        for i in range(st.n_elems):
+            e = &st.elems[i]
+            if e.tag == TRANSFER_SYNTAX_UID:
+                p = src_at(&st.src, e.value_offset, e.value_length)
+                if p == NULL:
+                    raise self.error(st, path, "cannot read the transfer syntax")
+                return (PyBytes_FromStringAndSize(<const char*>p, e.value_length)
+                        .decode("ascii", "replace").rstrip("\0 "))
+        return None
+
+    cdef object error(self, ScanState* st, path, str context=None):
+        reason = st.err_msg.decode("utf-8", "replace")
+        if context:
+            reason = f"{reason} ({context})"
+        return ScanError(path, st.err_offset, reason)
+
+    cdef tuple collect(self, ScanState* st, path, ts, bint deflated):
+        cdef dict attributes = {}
+        cdef Py_ssize_t i, k
+        cdef Element* e
+        cdef const uint8_t* p
+        cdef uint16_t vr
+        cdef object value
+        charsets = None
+        for i in range(st.n_elems):
+            if st.elems[i].tag == SPECIFIC_CHARACTER_SET:
+                charsets = self.value_of(st, &st.elems[i], VR_CS, None, path)
+                break
+        for i in range(st.n_elems):
+            e = &st.elems[i]
+            k = self.find(e.tag)
+            if k < 0:
+                continue
+            vr = e.vr
+            if vr == 0 or vr == VR_UN:
+                vr = self.vrs[k]
+            attributes[self.keywords[k]] = self.value_of(st, e, vr, charsets, path)
+        if ts is not None:
+            attributes.setdefault("TransferSyntaxUID", ts)
+        meta = (ts, st.has_preamble, st.has_meta, st.dataset_offset, st.explicit, st.little,
+                deflated, st.src.size)
+        return attributes, meta, self.pixel_location(st)
+
+    cdef object value_of(self, ScanState* st, Element* e, uint16_t vr, charsets, path):
+        cdef const uint8_t* p
+        if e.value_length == 0:
+            return "" if is_text_vr(vr) else None
+        p = src_at(&st.src, e.value_offset, e.value_length)
+        if p == NULL:
+            raise ScanError(path, e.value_offset, "cannot read the value of "
+                            f"({e.tag >> 16:04X},{e.tag & 0xFFFF:04X})")
+        value = fast_value(p, e.value_length, vr, st.little)
+        if value is None:
+            raw = PyBytes_FromStringAndSize(<const char*>p, e.value_length)
+            value = self.slow_value(vr_text(vr), raw, st.little, charsets)
+        return value
+
+    cdef object pixel_location(self, ScanState* st):
+        cdef Element* e
+        cdef Py_ssize_t i
+        if st.pixel_index < 0:
+            return None
+        e = &st.elems[st.pixel_index]
+        offsets = np.empty(st.n_frags, dtype=np.int64)
+        lengths = np.empty(st.n_frags, dtype=np.int64)
+        eoi = np.empty(st.n_frags, dtype=np.bool_)
+        cdef int64_t[::1] o = offsets
+        cdef int64_t[::1] n = lengths
+        cdef uint8_t[::1] z = eoi.view(np.uint8)
+        for i in range(st.n_frags):
+            o[i] = st.frags[i].offset
+            n[i] = st.frags[i].length
+            z[i] = st.frags[i].ends_with_eoi
+        bot = None
+        if st.encapsulated:
+            bot = self.read_bytes(st, st.bot_offset, st.bot_length)
+        return (e.tag, vr_text(e.vr) if e.vr else None, e.header_offset, e.value_offset,
+                e.value_length, st.encapsulated, st.bot_offset, bot, offsets, lengths, eoi,
+                self.extended_offset_table(st))
+
+    cdef bytes read_bytes(self, ScanState* st, int64_t offset, int64_t length):
+        cdef const uint8_t* p = src_at(&st.src, offset, length)
+        if p == NULL:
+            raise ScanError(None, offset, "cannot read bytes")
+        return PyBytes_FromStringAndSize(<const char*>p, length)
+
+    cdef object extended_offset_table(self, ScanState* st):
+        """Raw bytes of (Extended Offset Table, Extended Offset Table Lengths), or None."""
+        cdef Py_ssize_t i
+        table = lengths = None
+        for i in range(st.n_elems):
+            if st.elems[i].tag == EXTENDED_OFFSET_TABLE:
+                table = self.read_bytes(st, st.elems[i].value_offset, st.elems[i].value_length)
+            elif st.elems[i].tag == EXTENDED_OFFSET_TABLE_LENGTHS:
+                lengths = self.read_bytes(st, st.elems[i].value_offset, st.elems[i].value_length)
+        if table is None or lengths is None:
+            return None
+        return table, lengths

@@ -1,0 +1,166 @@
+"""Scan DICOM headers with the native scanner: one file, or many on a thread pool."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+from pydicom.values import convert_value
+
+from pacs_engine._native.scanner import Scanner
+from pacs_engine.errors import ScanError
+from pacs_engine.header import Header, PixelLocation, fragment_frames
+
+#: The attributes every header carries (when the file has them), by DICOM keyword.
+HEADER_KEYWORDS: tuple[str, ...] = (
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
+    "ReferringPhysicianName",
+    "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "BodyPartExamined",
+    "FrameOfReferenceUID",
+    "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "AcquisitionNumber",
+    "TransferSyntaxUID", "SpecificCharacterSet",
+    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
+    "PlanarConfiguration", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "SliceLocation",
+)  # fmt: skip
+
+PathLike = str | os.PathLike | bytes
+Source = PathLike | bytes | bytearray | memoryview
+
+
+def _plain(value: Any) -> Any:
+    """pydicom's value types as plain Python ones (str, int, float, list)."""
+    if isinstance(value, MultiValue | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    return value
+
+
+def _slow_value(vr: str, raw: bytes, little_endian: bool, character_sets: Any) -> Any:
+    """Convert a value the native fast path leaves alone, exactly as pydicom does."""
+    encodings = convert_encodings(character_sets)
+    element = RawDataElement(0, vr, len(raw), raw, 0, False, little_endian)
+    try:
+        return _plain(convert_value(vr, element, encodings))
+    except (ValueError, TypeError, OverflowError):
+        # pydicom refuses some malformed numbers; keep the text rather than lose it.
+        return raw.decode(encodings[0] if encodings else "latin-1", "replace").strip(" \0")
+
+
+def _make_scanner(keywords: Sequence[str]) -> Scanner:
+    tags = [tag_for_keyword(k) for k in keywords]
+    unknown = [k for k, t in zip(keywords, tags, strict=True) if t is None]
+    if unknown:
+        raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
+    vrs = [dictionary_VR(t)[:2] for t in tags]
+    return Scanner(list(keywords), tags, vrs, _slow_value)
+
+
+_SCANNER = _make_scanner(HEADER_KEYWORDS)
+
+
+def _number_of_frames(attributes: dict[str, Any]) -> int:
+    frames = attributes.get("NumberOfFrames")
+    return frames if isinstance(frames, int) and frames > 0 else 1
+
+
+def _pixel_location(raw: tuple, attributes: dict[str, Any], little: bool) -> PixelLocation:
+    (tag, vr, element_offset, value_offset, value_length, encapsulated, bot_offset, bot,
+     offsets, lengths, eoi, extended) = raw  # fmt: skip
+    if not encapsulated:
+        return PixelLocation.native(tag, vr, element_offset, value_offset, value_length)
+    endian = "<" if little else ">"
+    basic = np.frombuffer(bot[: len(bot) // 4 * 4], dtype=f"{endian}u4").astype(np.int64)
+    eot = None
+    if extended is not None:
+        eot = tuple(
+            np.frombuffer(t[: len(t) // 8 * 8], dtype=f"{endian}u8").astype(np.uint64)
+            for t in extended
+        )
+    frames = fragment_frames(
+        offsets,
+        bot_offset + len(bot),
+        basic,
+        eot[0] if eot else None,
+        eoi,
+        _number_of_frames(attributes),
+    )
+    return PixelLocation(
+        tag, vr, element_offset, value_offset, value_length, True,
+        bot_offset, basic, eot, offsets, lengths, frames,
+    )  # fmt: skip
+
+
+def _header(path: str | None, raw: tuple) -> Header:
+    attributes, meta, pixel = raw
+    ts, preamble, has_meta, dataset_offset, explicit, little, deflated, size = meta
+    location = _pixel_location(pixel, attributes, little) if pixel is not None else None
+    return Header(
+        path, attributes, ts, preamble, has_meta, dataset_offset, explicit, little, deflated,
+        size, location,
+    )  # fmt: skip
+
+
+def scan(source: Source) -> Header:
+    """Scan one DICOM file (a path, or its bytes) and return its header; raises ScanError."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _header(None, _SCANNER.scan_buffer(source))
+    path = os.fspath(source)
+    return _header(os.fsdecode(path), _SCANNER.scan_path(os.fsencode(path)))
+
+
+def _scan_or_error(path: PathLike) -> Header | ScanError:
+    try:
+        return scan(path)
+    except ScanError as error:
+        return error
+
+
+def _scan_chunk(paths: Sequence[PathLike]) -> list[Header | ScanError]:
+    return [_scan_or_error(p) for p in paths]
+
+
+def scan_many(
+    paths: Iterable[PathLike], threads: int | None = None, chunk: int = 64
+) -> Iterator[Header | ScanError]:
+    """Scan many files on `threads` threads; yields a Header or a ScanError per path, in order.
+
+    The native parse releases the GIL, so threads overlap disk reads. At most
+    4 x threads chunks are in flight, so memory stays bounded on any input size.
+    """
+    threads = threads or os.cpu_count() or 1
+    if threads == 1:
+        yield from map(_scan_or_error, paths)
+        return
+    iterator = iter(paths)
+    with ThreadPoolExecutor(threads, thread_name_prefix="pacs-scan") as pool:
+        pending = []
+        while True:
+            while len(pending) < 4 * threads:
+                batch = [p for _, p in zip(range(chunk), iterator, strict=False)]
+                if not batch:
+                    break
+                pending.append(pool.submit(_scan_chunk, batch))
+            if not pending:
+                return
+            yield from pending.pop(0).result()
+
+
