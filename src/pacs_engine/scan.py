@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -123,44 +125,42 @@ def scan(source: Source) -> Header:
     """Scan one DICOM file (a path, or its bytes) and return its header; raises ScanError."""
     if isinstance(source, bytes | bytearray | memoryview):
         return _header(None, _SCANNER.scan_buffer(source))
-    path = os.fspath(source)
-    return _header(os.fsdecode(path), _SCANNER.scan_path(os.fsencode(path)))
+    path = os.fsdecode(source)
+    result = _SCANNER.scan_paths([path])[0]
+    if isinstance(result, ScanError):
+        raise result
+    return _header(path, result)
 
 
-def _scan_or_error(path: PathLike) -> Header | ScanError:
-    try:
-        return scan(path)
-    except ScanError as error:
-        return error
-
-
-def _scan_chunk(paths: Sequence[PathLike]) -> list[Header | ScanError]:
-    return [_scan_or_error(p) for p in paths]
+def _scan_batch(paths: list[str]) -> list[Header | ScanError]:
+    results = _SCANNER.scan_paths(paths)
+    return [
+        r if isinstance(r, ScanError) else _header(p, r)
+        for p, r in zip(paths, results, strict=True)
+    ]
 
 
 def scan_many(
-    paths: Iterable[PathLike], threads: int | None = None, chunk: int = 64
+    paths: Iterable[PathLike], threads: int | None = None, batch: int = 64
 ) -> Iterator[Header | ScanError]:
     """Scan many files on `threads` threads; yields a Header or a ScanError per path, in order.
 
-    The native parse releases the GIL, so threads overlap disk reads. At most
-    4 x threads chunks are in flight, so memory stays bounded on any input size.
+    Files are parsed in batches, each in one release of the GIL, so threads
+    overlap disk reads and parsing. At most 4 x threads batches are in flight,
+    so memory stays bounded on any number of paths.
     """
     threads = threads or os.cpu_count() or 1
+    names = map(os.fsdecode, paths)
+    batches = iter(lambda: list(itertools.islice(names, batch)), [])
     if threads == 1:
-        yield from map(_scan_or_error, paths)
+        for paths_batch in batches:
+            yield from _scan_batch(paths_batch)
         return
-    iterator = iter(paths)
     with ThreadPoolExecutor(threads, thread_name_prefix="pacs-scan") as pool:
-        pending = []
-        while True:
-            while len(pending) < 4 * threads:
-                batch = [p for _, p in zip(range(chunk), iterator, strict=False)]
-                if not batch:
-                    break
-                pending.append(pool.submit(_scan_chunk, batch))
-            if not pending:
-                return
-            yield from pending.pop(0).result()
-
-
+        pending: deque = deque()
+        for paths_batch in batches:
+            pending.append(pool.submit(_scan_batch, paths_batch))
+            if len(pending) >= 4 * threads:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()

@@ -8,6 +8,14 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 
 
+cdef enum TransferSyntax:
+    SYNTAX_GUESSED          # no transfer syntax in the file meta
+    SYNTAX_IMPLICIT_LE
+    SYNTAX_EXPLICIT_LE      # and every compressed syntax
+    SYNTAX_EXPLICIT_BE
+    SYNTAX_DEFLATED
+
+
 cdef struct Source:
     int fd                  # -1: read from `mem`
     const uint8_t* mem
@@ -42,6 +50,7 @@ cdef struct ScanState:
     bint has_preamble
     bint has_meta
     int64_t dataset_offset
+    int syntax              # a TransferSyntax value
     bint explicit
     bint little
     Element* elems          # top-level elements, file meta included
@@ -54,5 +63,6 @@ cdef struct ScanState:
     Fragment* frags
     Py_ssize_t n_frags
     Py_ssize_t cap_frags
+    bint failed
     int64_t err_offset
     char err_msg[192]

@@ -15,12 +15,13 @@ from libc.errno cimport EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc, strtod, strtoll
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.fcntl cimport O_RDONLY
 from posix.fcntl cimport open as c_open
 from posix.stat cimport fstat, struct_stat
 from posix.unistd cimport close, pread
 
+import os
 import zlib
 
 import numpy as np
@@ -193,6 +194,7 @@ cdef void state_free(ScanState* st) noexcept nogil:
 # --- the parser (no GIL) ----------------------------------------------------
 
 cdef int fail(ScanState* st, int64_t offset, const char* what) noexcept nogil:
+    st.failed = True
     st.err_offset = offset
     if st.src.io_errno > 0:
         snprintf(st.err_msg, sizeof(st.err_msg), "%s: read failed: %s", what,
@@ -205,6 +207,7 @@ cdef int fail(ScanState* st, int64_t offset, const char* what) noexcept nogil:
 
 
 cdef int fail_beyond(ScanState* st, int64_t offset, uint32_t tag, int64_t length) noexcept nogil:
+    st.failed = True
     st.err_offset = offset
     snprintf(st.err_msg, sizeof(st.err_msg),
              "element (%04X,%04X) declares a value of %lld bytes, past the end of the data "
@@ -255,6 +258,7 @@ cdef int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
         e.value_offset = pos + 8
         return 0
     if not (is_vr_letter(p[4]) and is_vr_letter(p[5])):
+        st.failed = True
         st.err_offset = pos
         snprintf(st.err_msg, sizeof(st.err_msg),
                  "element (%04X,%04X) has an invalid VR 0x%02X%02X", group, e.tag & 0xFFFF,
@@ -320,6 +324,7 @@ cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, 
                                   little if e.vr != VR_UN else True, depth, &value_end) < 0:
                     return -1
             else:
+                st.failed = True
                 st.err_offset = pos
                 snprintf(st.err_msg, sizeof(st.err_msg),
                          "element (%04X,%04X) has an undefined length but is not a sequence",
@@ -345,6 +350,7 @@ cdef int parse_sequence(ScanState* st, int64_t pos, bint explicit, bint little,
             end[0] = e.value_offset
             return 0
         if e.tag != ITEM:
+            st.failed = True
             st.err_offset = pos
             snprintf(st.err_msg, sizeof(st.err_msg),
                      "expected an item or a sequence delimiter, found (%04X,%04X)",
@@ -375,6 +381,7 @@ cdef int parse_items(ScanState* st, int64_t pos, bint little, int64_t* end) noex
             end[0] = e.value_offset
             return 0
         if e.tag != ITEM:
+            st.failed = True
             st.err_offset = pos
             snprintf(st.err_msg, sizeof(st.err_msg),
                      "expected a pixel data item or a sequence delimiter, found (%04X,%04X)",
@@ -474,6 +481,70 @@ cdef int parse_body(ScanState* st) noexcept nogil:
     return parse_dataset(st, st.dataset_offset, st.src.size, st.explicit, st.little, 0, &end)
 
 
+cdef bint uid_is(const uint8_t* p, int64_t n, const char* uid, int64_t uid_len) noexcept nogil:
+    while n > 0 and (p[n - 1] == 0 or p[n - 1] == 0x20):
+        n -= 1
+    return n == uid_len and memcmp(p, uid, n) == 0
+
+
+cdef int find_syntax(ScanState* st) noexcept nogil:
+    """Set st.syntax from the file meta Transfer Syntax UID."""
+    cdef Py_ssize_t i
+    cdef const uint8_t* p
+    cdef Element* e
+    st.syntax = SYNTAX_GUESSED
+    for i in range(st.n_elems):
+        e = &st.elems[i]
+        if e.tag != TRANSFER_SYNTAX_UID or e.value_length == 0:
+            continue
+        p = src_at(&st.src, e.value_offset, e.value_length)
+        if p == NULL:
+            return fail(st, e.value_offset, "cannot read the transfer syntax")
+        if uid_is(p, e.value_length, b"1.2.840.10008.1.2", 17):
+            st.syntax = SYNTAX_IMPLICIT_LE
+        elif uid_is(p, e.value_length, b"1.2.840.10008.1.2.2", 19):
+            st.syntax = SYNTAX_EXPLICIT_BE
+        elif uid_is(p, e.value_length, b"1.2.840.10008.1.2.1.99", 22):
+            st.syntax = SYNTAX_DEFLATED
+        else:
+            st.syntax = SYNTAX_EXPLICIT_LE
+    return 0
+
+
+cdef int scan_source(ScanState* st) noexcept nogil:
+    """Parse the file meta and (unless deflated, which needs zlib) the data set."""
+    if parse_meta(st) < 0 or find_syntax(st) < 0:
+        return -1
+    if st.syntax == SYNTAX_DEFLATED:
+        return 0
+    if st.syntax == SYNTAX_GUESSED:
+        guess_syntax(st)
+    else:
+        st.explicit = st.syntax != SYNTAX_IMPLICIT_LE
+        st.little = st.syntax != SYNTAX_EXPLICIT_BE
+    return parse_body(st)
+
+
+cdef int scan_file(ScanState* st, const char* path) noexcept nogil:
+    """Open path and scan it; the descriptor stays open for reading values later."""
+    cdef struct_stat info
+    st.src.fd = c_open(path, O_RDONLY | O_CLOEXEC)
+    if st.src.fd < 0 or fstat(st.src.fd, &info) != 0:
+        st.failed = True
+        st.err_offset = 0
+        snprintf(st.err_msg, sizeof(st.err_msg), "cannot open: %s", strerror(errno))
+        return -1
+    st.src.size = info.st_size
+    return scan_source(st)
+
+
+cdef void state_init(ScanState* st) noexcept nogil:
+    memset(st, 0, sizeof(ScanState))
+    st.src.fd = -1
+    st.src.roam_start = -1
+    st.pixel_index = -1
+
+
 # --- values (with the GIL) --------------------------------------------------
 
 cdef inline bint is_text_vr(uint16_t vr) noexcept nogil:
@@ -525,49 +596,42 @@ cdef object number_from_text(const uint8_t* p, Py_ssize_t n, bint integer):
     return PyFloat_FromDouble(d)
 
 
-cdef object fast_value(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little):
-    """The value as pydicom gives it, for the common cases; None means 'ask pydicom'.
-
-    Text is taken here only when it is 7-bit without escape sequences, where
-    every DICOM character set agrees with ASCII.
-    """
-    cdef Py_ssize_t i, start, count, width
+cdef object text_items(const uint8_t* p, Py_ssize_t n):
+    """Backslash-separated ASCII values: one str, or a list of them."""
+    cdef Py_ssize_t i, start = 0
     cdef list items
+    for i in range(n):
+        if p[i] == 0x5C:
+            break
+    else:
+        return PyUnicode_DecodeASCII(<const char*>p, n, NULL)
+    items = []
+    for i in range(n + 1):
+        if i == n or p[i] == 0x5C:
+            items.append(PyUnicode_DecodeASCII(<const char*>(p + start), i - start, NULL))
+            start = i + 1
+    return items
+
+
+cdef object number_items(const uint8_t* p, Py_ssize_t n, bint integer):
+    """Backslash-separated IS or DS values: one number, a list, or None for pydicom."""
+    cdef Py_ssize_t i, start = 0
+    cdef list items = []
     cdef object item
-    if is_text_vr(vr) or vr == VR_DS or vr == VR_IS:
-        for i in range(n):
-            if p[i] >= 0x80 or p[i] == 0x1B:
+    for i in range(n + 1):
+        if i == n or p[i] == 0x5C:
+            item = number_from_text(p + start, i - start, integer)
+            if item is None:
                 return None
-        if vr == VR_DS or vr == VR_IS:
-            # pydicom strips whitespace, then trailing blanks, then splits.
-            while n > 0 and is_space(p[0]):
-                p += 1
-                n -= 1
-            while n > 0 and (is_space(p[n - 1]) or p[n - 1] == 0):
-                n -= 1
-            items = []
-            start = 0
-            for i in range(n + 1):
-                if i == n or p[i] == 0x5C:
-                    item = number_from_text(p + start, i - start, vr == VR_IS)
-                    if item is None:
-                        return None
-                    items.append(item)
-                    start = i + 1
-            return items[0] if len(items) == 1 else items
-        if vr == VR_AE:
-            return None
-        while n > 0 and is_blank(p[n - 1]):
-            n -= 1
-        if is_single_valued_text(vr):
-            return PyUnicode_DecodeASCII(<const char*>p, n, NULL)
-        items = []
-        start = 0
-        for i in range(n + 1):
-            if i == n or p[i] == 0x5C:
-                items.append(PyUnicode_DecodeASCII(<const char*>(p + start), i - start, NULL))
-                start = i + 1
-        return items[0] if len(items) == 1 else items
+            items.append(item)
+            start = i + 1
+    return items[0] if len(items) == 1 else items
+
+
+cdef object binary_items(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little):
+    """US, SS, UL, SL, FL and FD values: one number, a list, or None for pydicom."""
+    cdef Py_ssize_t i, count, width
+    cdef list items = []
     if vr == VR_US or vr == VR_SS:
         width = 2
     elif vr == VR_UL or vr == VR_SL or vr == VR_FL:
@@ -579,7 +643,6 @@ cdef object fast_value(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little)
     if n % width != 0:
         return None
     count = n // width
-    items = []
     for i in range(count):
         if vr == VR_US:
             items.append(rd16(p + i * 2, little))
@@ -594,6 +657,35 @@ cdef object fast_value(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little)
         else:
             items.append(as_double(rd64(p + i * 8, little)))
     return items[0] if count == 1 else items
+
+
+cdef object fast_value(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little):
+    """The value as pydicom gives it, for the common cases; None means 'ask pydicom'.
+
+    Text is taken here only when it is 7-bit without escape sequences, where
+    every DICOM character set agrees with ASCII.
+    """
+    cdef Py_ssize_t i
+    if not (is_text_vr(vr) or vr == VR_DS or vr == VR_IS):
+        return binary_items(p, n, vr, little)
+    for i in range(n):
+        if p[i] >= 0x80 or p[i] == 0x1B:
+            return None
+    if vr == VR_DS or vr == VR_IS:
+        # pydicom strips whitespace, then trailing blanks, then splits.
+        while n > 0 and is_space(p[0]):
+            p += 1
+            n -= 1
+        while n > 0 and (is_space(p[n - 1]) or p[n - 1] == 0):
+            n -= 1
+        return number_items(p, n, vr == VR_IS)
+    if vr == VR_AE:
+        return None  # pydicom strips each AE value on both sides: rare, leave it to pydicom
+    while n > 0 and is_blank(p[n - 1]):
+        n -= 1
+    if is_single_valued_text(vr):
+        return PyUnicode_DecodeASCII(<const char*>p, n, NULL)
+    return text_items(p, n)
 
 
 cdef inline double as_float(uint32_t bits) noexcept nogil:
@@ -660,73 +752,68 @@ cdef class Scanner:
                 hi = mid
         return lo if lo < self.n_tags and self.tags[lo] == tag else -1
 
-    def scan_path(self, path):
-        """Scan the file at `path` (str or bytes); see `scan_buffer` for the result."""
-        cdef bytes fs_path = path if isinstance(path, bytes) else path.encode()
-        cdef const char* c_path = fs_path
-        cdef ScanState st
-        cdef struct_stat info
-        cdef int fd, err = 0
-        memset(&st, 0, sizeof(ScanState))
-        st.src.fd = -1
-        with nogil:
-            fd = c_open(c_path, O_RDONLY | O_CLOEXEC)
-            if fd < 0:
-                err = errno
-            elif fstat(fd, &info) != 0:
-                err = errno
-                close(fd)
-        if err:
-            raise ScanError(path, 0, f"cannot open: {strerror(err).decode()}")
-        st.src.fd = fd
-        st.src.size = info.st_size
-        st.src.roam_start = -1
+    def scan_paths(self, list paths):
+        """Scan each file; per path, the result tuple (see scan_buffer) or a ScanError.
+
+        The whole batch is parsed in one release of the GIL.
+        """
+        cdef Py_ssize_t i, n = len(paths)
+        cdef list encoded = [p if isinstance(p, bytes) else os.fsencode(p) for p in paths]
+        cdef const char** c_paths = <const char**>malloc(max(1, n) * sizeof(char*))
+        cdef ScanState* states = <ScanState*>malloc(max(1, n) * sizeof(ScanState))
+        if c_paths == NULL or states == NULL:
+            free(c_paths)
+            free(states)
+            raise MemoryError()
+        for i in range(n):
+            c_paths[i] = <bytes>encoded[i]
+            state_init(&states[i])
+        cdef list results = []
         try:
-            return self.run(&st, path)
+            with nogil:
+                for i in range(n):
+                    scan_file(&states[i], c_paths[i])
+            for i in range(n):
+                try:
+                    results.append(self.finish(&states[i], paths[i]))
+                except ScanError as error:
+                    results.append(error)
+                state_free(&states[i])
         finally:
-            state_free(&st)
+            for i in range(n):
+                state_free(&states[i])
+            free(states)
+            free(c_paths)
+        return results
 
     def scan_buffer(self, const uint8_t[::1] data not None, path=None):
-        """Scan bytes already in memory.
+        """Scan bytes already in memory; raises ScanError.
 
         Returns (attributes, meta, pixel): attributes maps keywords to values;
         meta is (transfer_syntax_uid, has_preamble, has_meta, dataset_offset,
         explicit_vr, little_endian, deflated, size); pixel is None or
-        (tag, vr, value_offset, value_length, encapsulated, bot_offset,
-        bot_length, fragment_offsets, fragment_lengths, fragment_eoi).
+        (tag, vr, element_offset, value_offset, value_length, encapsulated,
+        bot_offset, bot_bytes, fragment_offsets, fragment_lengths,
+        fragment_eoi, extended_offset_table).
         """
         cdef ScanState st
-        memset(&st, 0, sizeof(ScanState))
-        st.src.fd = -1
+        state_init(&st)
         st.src.mem = &data[0] if data.shape[0] > 0 else NULL
         st.src.size = data.shape[0]
-        st.src.roam_start = -1
         try:
-            return self.run(&st, path, data)
+            with nogil:
+                scan_source(&st)
+            return self.finish(&st, path)
         finally:
             state_free(&st)
 
-    cdef tuple run(self, ScanState* st, path, keepalive=None):
-        cdef int rc
-        cdef bint deflated = False
-        st.pixel_index = -1
-        with nogil:
-            rc = parse_meta(st)
-        if rc < 0:
+    cdef tuple finish(self, ScanState* st, path):
+        if st.failed:
             raise self.error(st, path)
         ts = self.meta_transfer_syntax(st, path)
-        if ts is None or ts == "":
-            guess_syntax(st)
-        elif ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        if st.syntax == SYNTAX_DEFLATED:
             return self.run_deflated(st, path, ts)
-        else:
-            st.explicit = ts != IMPLICIT_VR_LITTLE_ENDIAN
-            st.little = ts != EXPLICIT_VR_BIG_ENDIAN
-        with nogil:
-            rc = parse_body(st)
-        if rc < 0:
-            raise self.error(st, path)
-        return self.collect(st, path, ts, deflated)
+        return self.collect(st, path, ts, False)
 
     cdef tuple run_deflated(self, ScanState* st, path, ts):
         """Inflate the data set and scan it in memory; offsets refer to the inflated bytes."""
@@ -742,21 +829,16 @@ cdef class Scanner:
         data = raw[:start] + inflated
         cdef ScanState inner
         cdef const uint8_t[::1] view = data
-        memset(&inner, 0, sizeof(ScanState))
-        inner.src.fd = -1
+        state_init(&inner)
         inner.src.mem = &view[0]
         inner.src.size = len(data)
-        inner.src.roam_start = -1
-        inner.pixel_index = -1
-        inner.explicit = True
-        inner.little = True
-        cdef int rc
         try:
             with nogil:
-                rc = parse_meta(&inner)
-                if rc == 0:
-                    rc = parse_body(&inner)
-            if rc < 0:
+                if parse_meta(&inner) == 0:
+                    inner.explicit = True
+                    inner.little = True
+                    parse_body(&inner)
+            if inner.failed:
                 raise self.error(&inner, path, "in the inflated data set")
             return self.collect(&inner, path, ts, True)
         finally:
@@ -829,6 +911,10 @@ cdef class Scanner:
         if st.pixel_index < 0:
             return None
         e = &st.elems[st.pixel_index]
+        vr = vr_text(e.vr) if e.vr else None
+        if not st.encapsulated:
+            return (e.tag, vr, e.header_offset, e.value_offset, e.value_length, False,
+                    -1, None, None, None, None, None)
         offsets = np.empty(st.n_frags, dtype=np.int64)
         lengths = np.empty(st.n_frags, dtype=np.int64)
         eoi = np.empty(st.n_frags, dtype=np.bool_)
@@ -839,12 +925,9 @@ cdef class Scanner:
             o[i] = st.frags[i].offset
             n[i] = st.frags[i].length
             z[i] = st.frags[i].ends_with_eoi
-        bot = None
-        if st.encapsulated:
-            bot = self.read_bytes(st, st.bot_offset, st.bot_length)
-        return (e.tag, vr_text(e.vr) if e.vr else None, e.header_offset, e.value_offset,
-                e.value_length, st.encapsulated, st.bot_offset, bot, offsets, lengths, eoi,
-                self.extended_offset_table(st))
+        bot = self.read_bytes(st, st.bot_offset, st.bot_length)
+        return (e.tag, vr, e.header_offset, e.value_offset, e.value_length, True,
+                st.bot_offset, bot, offsets, lengths, eoi, self.extended_offset_table(st))
 
     cdef bytes read_bytes(self, ScanState* st, int64_t offset, int64_t length):
         cdef const uint8_t* p = src_at(&st.src, offset, length)
