@@ -24,8 +24,13 @@ def corpus_files() -> list[Path]:
 
 def pydicom_test_files() -> list[Path]:
     """The DICOM test files that ship inside the pydicom package (no download)."""
-    folder = Path(pydicom.__file__).parent / "data" / "test_files"
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix not in PYDICOM_NOT_DICOM)
+    data = Path(pydicom.__file__).parent / "data"
+    return sorted(
+        p
+        for folder in (data / "test_files", data / "charset_files")
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix not in PYDICOM_NOT_DICOM
+    )
 
 
 def corpus_params() -> list:

@@ -165,7 +165,7 @@ def explain_refusal(path: Path, ds: pydicom.Dataset, error: ScanError) -> None:
     raises. Check that the file really is cut short where the error says.
     """
     size = path.stat().st_size
-    assert "past the end of the data" in error.reason or "truncated" in error.reason, error
+    assert "past the end of the data" in error.reason or "ends inside" in error.reason, error
     assert error.offset <= size
     if "past the end of the data" in error.reason:
         declared = int(error.reason.split("declares a value of ")[1].split()[0])

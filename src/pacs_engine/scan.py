@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,15 +58,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# pydicom warns about each invalid value it converts; the scanner reports values, it
+# does not validate them, and warnings.catch_warnings is not thread-safe without a lock.
+_SLOW_PATH = threading.Lock()
+
+
 def _slow_value(vr: str, raw: bytes, little_endian: bool, character_sets: Any) -> Any:
     """Convert a value the native fast path leaves alone, exactly as pydicom does."""
-    encodings = convert_encodings(character_sets)
     element = RawDataElement(0, vr, len(raw), raw, 0, False, little_endian)
-    try:
-        return _plain(convert_value(vr, element, encodings))
-    except (ValueError, TypeError, OverflowError):
-        # pydicom refuses some malformed numbers; keep the text rather than lose it.
-        return raw.decode(encodings[0] if encodings else "latin-1", "replace").strip(" \0")
+    with _SLOW_PATH, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encodings = convert_encodings(character_sets)
+        try:
+            return _plain(convert_value(vr, element, encodings))
+        except (ValueError, TypeError, OverflowError, LookupError):
+            # pydicom refuses some malformed values; keep the text rather than lose it.
+            return raw.decode("latin-1").strip(" \0")
 
 
 def _make_scanner(keywords: Sequence[str]) -> Scanner:

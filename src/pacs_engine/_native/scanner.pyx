@@ -247,7 +247,7 @@ cdef int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
     cdef const uint8_t* p = src_at(&st.src, pos, 8)
     cdef uint16_t group
     if p == NULL:
-        return fail(st, pos, "truncated element header")
+        return fail(st, pos, "the data ends inside an element header")
     group = rd16(p, little)
     e.tag = (<uint32_t>group << 16) | rd16(p + 2, little)
     e.header_offset = pos
@@ -268,7 +268,7 @@ cdef int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
     if has_long_length(e.vr):
         p = src_at(&st.src, pos, 12)
         if p == NULL:
-            return fail(st, pos, "truncated element header")
+            return fail(st, pos, "the data ends inside an element header")
         raw_length[0] = rd32(p + 8, little)
         e.value_offset = pos + 12
     else:

@@ -1,0 +1,362 @@
+"""Benchmark fixtures: the file set, page-cache control, and the end-of-session summary.
+
+Run with `python -m pytest benchmarks/` from the repository root. The benchmark
+modules are named bench_*.py; `pytest_collect_file` below collects them, so the
+repository's `testpaths = ["tests"]` and its other settings stay in force.
+
+Environment:
+  PACS_ENGINE_CORPUS        the shared corpus (default ../shared/corpus from the repo root)
+  PACS_ENGINE_BENCH_EVICT   auto (default) | drop_caches | fadvise: how cold-cache runs evict
+  PACS_ENGINE_BENCH_REPEATS best-of-N repeats per file for the per-file ratios (default 5)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from pacs_engine import ScanError, scan_many
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("PACS_ENGINE_CORPUS", ROOT.parent / "shared" / "corpus"))
+PYDICOM_NOT_DICOM = {".py", ".txt", ".dump", ".json", ".gz", ".bz2", ".zip", ".md", ".pyc"}
+NO_CORPUS = f"shared corpus not found at {CORPUS} (set PACS_ENGINE_CORPUS)"
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    """Collect bench_*.py (files named on the command line are collected by pytest itself)."""
+    if (
+        file_path.suffix == ".py"
+        and file_path.name.startswith("bench_")
+        and not parent.session.isinitpath(file_path)
+    ):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+# --- the file set -----------------------------------------------------------
+
+
+def corpus_files() -> list[Path]:
+    """The corpus files listed in MANIFEST.tsv, without malformed/ (empty when absent)."""
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.is_file():
+        return []
+    paths = [line.split("\t", 1)[0] for line in manifest.read_text().splitlines()[1:]]
+    return [CORPUS / p for p in paths if p.strip() and not p.startswith("malformed/")]
+
+
+def pydicom_test_files() -> list[Path]:
+    """The DICOM test files that ship inside the pydicom package (no download)."""
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix not in PYDICOM_NOT_DICOM)
+
+
+def read_whole(paths: list[str]) -> int:
+    """Read every file once, start to end (puts them in the page cache); returns bytes read."""
+    total = 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+    return total
+
+
+@dataclass
+class FileSet:
+    """The files every benchmark runs over, and how many header bytes each one has."""
+
+    label: str
+    is_corpus: bool
+    paths: list[str]
+    header_ends: list[int]  # bytes before the pixel data value (whole file if none / deflated)
+    file_bytes: int
+    dropped: int  # files left out: the scanner or pydicom could not read them
+
+    @property
+    def header_bytes(self) -> int:
+        return sum(self.header_ends)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _pydicom_reads(path: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return False
+    return True
+
+
+def build_file_set() -> FileSet:
+    corpus = corpus_files()
+    if corpus:
+        label, candidates = f"corpus {CORPUS}", [str(p) for p in corpus]
+    else:
+        label, candidates = (
+            f"pydicom test_files ({NO_CORPUS})",
+            [str(p) for p in pydicom_test_files()],
+        )
+    paths, ends = [], []
+    for path, header in zip(candidates, scan_many(candidates, threads=1), strict=True):
+        if isinstance(header, ScanError) or not _pydicom_reads(path):
+            continue
+        # Deflated files: the pixel offset is in the inflated stream; the scanner reads it all.
+        end = header.file_size if header.deflated else min(header.before_pixels[1],
+                                                           header.file_size)  # fmt: skip
+        paths.append(path)
+        ends.append(end)
+    file_bytes = read_whole(paths)
+    return FileSet(label, bool(corpus), paths, ends, file_bytes, len(candidates) - len(paths))
+
+
+@pytest.fixture(scope="session")
+def file_set() -> FileSet:
+    fs = build_file_set()
+    if not fs.paths:
+        pytest.skip(f"no readable DICOM files ({fs.label})")
+    return fs
+
+
+@pytest.fixture
+def warm(file_set: FileSet) -> FileSet:
+    """The file set, every file read once just before the test (page cache warm)."""
+    read_whole(file_set.paths)
+    return file_set
+
+
+@pytest.fixture(scope="session")
+def corpus_file_set(file_set: FileSet) -> FileSet:
+    """The file set, but skip when it is not the shared corpus."""
+    if not file_set.is_corpus:
+        pytest.skip(NO_CORPUS + "; cold-cache figures on pydicom's small test files mean little")
+    return file_set
+
+
+# --- page cache eviction ----------------------------------------------------
+
+
+def drop_caches() -> bool:
+    """sync, then drop the page cache, dentries and inodes (root only); False if refused."""
+    os.sync()
+    try:
+        with DROP_CACHES.open("w") as fh:
+            fh.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def fadvise_dontneed(paths: list[str]) -> None:
+    """Ask the kernel to drop each file's cached pages (clean pages only; metadata stays)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]  # fmt: skip
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t,
+                                 ctypes.POINTER(ctypes.c_ubyte)]  # fmt: skip
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+
+
+def resident_fraction(paths: list[str], ends: list[int]) -> float | None:
+    """Fraction of the header pages that are in the page cache (mincore); None if unsupported."""
+    if _LIBC is None:
+        return None
+    page = mmap.PAGESIZE
+    resident = total = 0
+    for path, end in zip(paths, ends, strict=True):
+        if end <= 0:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = _LIBC.mmap(None, end, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr is None or addr == ctypes.c_void_p(-1).value:
+                return None
+            try:
+                pages = (end + page - 1) // page
+                vec = (ctypes.c_ubyte * pages)()
+                if _LIBC.mincore(addr, end, vec) != 0:
+                    return None
+                resident += sum(v & 1 for v in vec)
+                total += pages
+            finally:
+                _LIBC.munmap(addr, end)
+        finally:
+            os.close(fd)
+    return resident / total if total else None
+
+
+def disk_read_bytes() -> int | None:
+    """Bytes this process has caused to be fetched from storage (/proc/self/io read_bytes)."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class Evictor:
+    """Makes the file set cold before each cold-cache round, by drop_caches or fadvise."""
+
+    def __init__(self, fs: FileSet) -> None:
+        self.fs = fs
+        wanted = os.environ.get("PACS_ENGINE_BENCH_EVICT", "auto")
+        if wanted not in {"auto", "drop_caches", "fadvise"}:
+            raise pytest.UsageError(f"PACS_ENGINE_BENCH_EVICT={wanted!r}: auto|drop_caches|fadvise")
+        self.method = "fadvise"
+        self.note = ""
+        if wanted != "fadvise":
+            if drop_caches():
+                self.method = "drop_caches"
+            else:
+                self.note = f"writing {DROP_CACHES} refused; fell back to fadvise(DONTNEED)"
+                if wanted == "drop_caches":
+                    pytest.skip(self.note)
+        self.resident: list[float] = []
+
+    def __call__(self) -> None:
+        if self.method == "drop_caches":
+            drop_caches()
+        else:
+            fadvise_dontneed(self.fs.paths)
+        frac = resident_fraction(self.fs.paths, self.fs.header_ends)
+        if frac is not None:
+            self.resident.append(frac)
+
+
+@pytest.fixture(scope="session")
+def evictor(corpus_file_set: FileSet, results: Results) -> Evictor:
+    ev = Evictor(corpus_file_set)
+    results.evict_method = ev.method
+    results.evict_note = ev.note
+    results.evictor = ev
+    return ev
+
+
+# --- results and the summary --------------------------------------------------
+
+
+@dataclass
+class Results:
+    """What the benchmarks measured, for the summary at the end of the session."""
+
+    file_set: FileSet | None = None
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    evict_method: str | None = None
+    evict_note: str = ""
+    evictor: Evictor | None = None
+
+
+_RESULTS_KEY = pytest.StashKey[Results]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RESULTS_KEY] = Results()
+
+
+@pytest.fixture(scope="session")
+def results(request: pytest.FixtureRequest, file_set: FileSet) -> Results:
+    res = request.config.stash[_RESULTS_KEY]
+    res.file_set = file_set
+    return res
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _row(tr: Any, name: str, row: dict[str, Any], fs: FileSet, against: float | None) -> None:
+    seconds = row.get("median_s")
+    rel = f"{seconds / against:6.2f}x" if seconds and against else "     -"
+    mb = fs.header_bytes / seconds / 1e6 if seconds else None
+    tr.write_line(
+        f"  {name:<34} {_fmt(row.get('files_per_s'), '10,.0f')} files/s"
+        f" {_fmt(seconds and seconds * 1e3, '9.1f')} ms {_fmt(mb, '8.1f')} MB/s hdr  {rel}"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    res = config.stash.get(_RESULTS_KEY, None)
+    if res is None or res.file_set is None or not (res.rows or res.ratios):
+        return
+    tr, fs = terminalreporter, res.file_set
+    rows = res.rows
+    tr.write_sep("=", "pacs_engine scan benchmark summary")
+    tr.write_line(f"file set: {fs.label}")
+    tr.write_line(
+        f"  {len(fs)} files ({fs.dropped} unreadable left out), {fs.file_bytes / 1e6:.1f} MB,"
+        f" {fs.header_bytes / 1e6:.1f} MB before pixel data"
+    )
+    floor = rows.get("warm floor", {}).get("median_s")
+    if any(k.startswith("warm") for k in rows):
+        tr.write_line("warm page cache (median round; last column = time / I/O floor):")
+        for name, row in rows.items():
+            if name.startswith("warm"):
+                _row(tr, name.removeprefix("warm "), row, fs, floor)
+    r = res.ratios
+    if r:
+        tr.write_line(f"per file, best of {int(r.get('repeats', 0))}, median over files:")
+        tr.write_line(f"  pydicom / scanner   {_fmt(r.get('pydicom_over_scanner'), '7.2f')}x")
+        tr.write_line(f"  scanner / I/O floor {_fmt(r.get('scanner_over_floor'), '7.2f')}x")
+    cold = {k: v for k, v in rows.items() if k.startswith("cold")}
+    if cold:
+        cold_floor = rows.get("cold floor threads=1", {}).get("median_s")
+        tr.write_line(
+            f"cold page cache (evicted by {res.evict_method} before each round"
+            f"{'; ' + res.evict_note if res.evict_note else ''}; last column = time / cold"
+            " cat-like read):"
+        )
+        for name, row in cold.items():
+            _row(tr, name.removeprefix("cold "), row, fs, cold_floor)
+            if row.get("disk_mb") is not None:
+                tr.write_line(f"  {'':<34}   ({row['disk_mb']:.1f} MB fetched from storage/round)")
+        ev = res.evictor
+        if ev is not None and ev.resident:
+            tr.write_line(
+                f"  header pages resident after eviction: {max(ev.resident) * 100:.1f}% (worst)"
+            )
+        if floor and cold_floor:
+            slow = cold_floor / floor
+            verdict = "reads were cold" if slow > 3 else "reads may NOT have been cold"
+            tr.write_line(f"  cold floor / warm floor: {slow:.1f}x -> {verdict}")
+        if cold_floor:
+            scans = {
+                k: v["median_s"] for k, v in cold.items() if "scan_many" in k and v["median_s"]
+            }
+            for name, seconds in scans.items():
+                keeps = "keeps up with" if seconds <= cold_floor * 1.1 else "is slower than"
+                tr.write_line(
+                    f"  {name.removeprefix('cold ')} {keeps} the disk"
+                    f" ({seconds / cold_floor:.2f}x the cold cat-like read)"
+                )
