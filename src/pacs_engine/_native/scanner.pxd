@@ -63,6 +63,7 @@ cdef struct ScanState:
     Fragment* frags
     Py_ssize_t n_frags
     Py_ssize_t cap_frags
+    int64_t pixel_end_beyond  # end of a pixel data value that runs past the data, or 0
     bint failed
     int64_t err_offset
     char err_msg[192]

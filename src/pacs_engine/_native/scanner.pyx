@@ -63,6 +63,10 @@ cdef uint16_t VR_TM = 0x544D, VR_UC = 0x5543, VR_UI = 0x5549, VR_UL = 0x554C
 cdef uint16_t VR_UN = 0x554E, VR_UR = 0x5552, VR_US = 0x5553, VR_UT = 0x5554
 cdef uint16_t VR_UV = 0x5556
 
+INFLATE_STEP = 1 << 20                 # deflated data sets are inflated this much at a time
+DEFLATED_HEADER_MAX = 256 << 20        # inflated bytes before the pixel data, at most
+DEFLATED_TAIL_MAX = 64 << 20           # inflated bytes after the pixel data, at most
+
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -133,7 +137,15 @@ cdef const uint8_t* src_at(Source* s, int64_t pos, int64_t n) noexcept nogil:
     if pos < 0 or n < 0 or n > s.size or pos > s.size - n:
         return NULL
     if s.fd < 0:
-        return s.mem + pos
+        if s.mem != NULL:
+            return s.mem + pos
+        # Windowed memory (an inflated data set kept as header + tail): no reads.
+        if pos + n <= s.head_len:
+            return s.head + pos
+        if s.roam_start <= pos and pos + n <= s.roam_start + s.roam_len:
+            return s.roam + (pos - s.roam_start)
+        s.io_errno = -1
+        return NULL
     if pos + n <= s.head_len:
         return s.head + pos
     if not s.head_frozen and pos + n <= HEAD_MAX:
@@ -302,6 +314,8 @@ cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, 
         if length != UNDEFINED:
             e.value_length = length
             if e.value_offset + e.value_length > st.src.size:
+                if depth == 0 and is_pixel_tag(e.tag) and st.pixel_index < 0:
+                    st.pixel_end_beyond = e.value_offset + e.value_length
                 return fail_beyond(st, pos, e.tag, e.value_length)
             value_end = e.value_offset + e.value_length
             if depth == 0 and is_pixel_tag(e.tag) and st.pixel_index < 0:
@@ -553,6 +567,12 @@ cdef inline bint is_text_vr(uint16_t vr) noexcept nogil:
             or vr == VR_TM or vr == VR_UC or vr == VR_UI or vr == VR_UR or vr == VR_UT)
 
 
+cdef inline bint is_value_vr(uint16_t vr) noexcept nogil:
+    """VRs whose values the scanner converts: text and numbers."""
+    return (is_text_vr(vr) or vr == VR_DS or vr == VR_IS or vr == VR_US or vr == VR_SS
+            or vr == VR_UL or vr == VR_SL or vr == VR_FL or vr == VR_FD)
+
+
 cdef inline bint is_single_valued_text(uint16_t vr) noexcept nogil:
     return vr == VR_LT or vr == VR_ST or vr == VR_UT or vr == VR_UR
 
@@ -708,6 +728,48 @@ cdef str vr_text(uint16_t vr):
     return chr(vr >> 8) + chr(vr & 0xFF)
 
 
+cdef class _Inflater:
+    """Inflates a deflated data set from a source, a bounded amount per call."""
+
+    cdef Scanner scanner
+    cdef ScanState* st
+    cdef object path
+    cdef int64_t pos
+    cdef object inflater
+    cdef public bint done
+
+    def __cinit__(self, Scanner scanner, *args):
+        self.scanner = scanner
+
+    cdef void start(self, ScanState* st, path, int64_t pos):
+        self.st = st
+        self.path = path
+        self.pos = pos
+        self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.done = False
+
+    cdef bytes read(self, Py_ssize_t most):
+        """Up to `most` more inflated bytes; sets done at the end of the stream."""
+        cdef int64_t n
+        while True:
+            try:
+                if self.inflater.unconsumed_tail:
+                    out = self.inflater.decompress(self.inflater.unconsumed_tail, most)
+                elif self.pos < self.st.src.size and not self.inflater.eof:
+                    n = min(INFLATE_STEP, self.st.src.size - self.pos)
+                    compressed = self.scanner.read_bytes(self.st, self.pos, n)
+                    self.pos += n
+                    out = self.inflater.decompress(compressed, most)
+                else:
+                    self.done = True
+                    return b""
+            except zlib.error as exc:
+                raise ScanError(self.path, self.pos, f"deflated data set cannot be inflated: "
+                                f"{exc}") from None
+            if out:
+                return out
+
+
 cdef class Scanner:
     """Scans DICOM headers for a fixed set of attributes.
 
@@ -816,31 +878,84 @@ cdef class Scanner:
         return self.collect(st, path, ts, False)
 
     cdef tuple run_deflated(self, ScanState* st, path, ts):
-        """Inflate the data set and scan it in memory; offsets refer to the inflated bytes."""
+        """Inflate the data set in bounded steps and scan it; offsets count in the inflated bytes.
+
+        Memory stays bounded whatever the file claims: the inflated header is kept
+        (up to DEFLATED_HEADER_MAX), the pixel data value is inflated and dropped,
+        and what follows it is kept (up to DEFLATED_TAIL_MAX).
+        """
         cdef int64_t start = st.dataset_offset
-        cdef const uint8_t* p = src_at(&st.src, 0, st.src.size)
-        if p == NULL:
-            raise self.error(st, path, "cannot read the deflated file")
-        raw = PyBytes_FromStringAndSize(<const char*>p, st.src.size)
-        try:
-            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw[start:])
-        except zlib.error as exc:
-            raise ScanError(path, start, f"deflated data set cannot be inflated: {exc}") from None
-        data = raw[:start] + inflated
+        cdef _Inflater stream = _Inflater(self)
+        stream.start(st, path, start)
+        head = bytearray(self.read_bytes(st, 0, start))
+        step = INFLATE_STEP
+        while True:
+            result = self.scan_inflated(head, None, 0, len(head), path, ts, start,
+                                        final=stream.done)
+            if isinstance(result, tuple):
+                return result
+            if stream.done:
+                raise result
+            if result > 0:
+                break  # the pixel data runs past what is inflated: skip it
+            if len(head) > DEFLATED_HEADER_MAX:
+                raise ScanError(path, start, "the deflated data set inflates past "
+                                f"{DEFLATED_HEADER_MAX >> 20} MiB before its pixel data")
+            head += stream.read(step)
+            step *= 2
+        pixel_end = result
+        total = len(head)
+        tail = bytearray()
+        while not stream.done:
+            chunk = stream.read(INFLATE_STEP)
+            if total + len(chunk) > pixel_end:
+                tail += chunk[max(0, pixel_end - total):]
+            total += len(chunk)
+            if len(tail) > DEFLATED_TAIL_MAX:
+                raise ScanError(path, start, "the deflated data set holds more than "
+                                f"{DEFLATED_TAIL_MAX >> 20} MiB after its pixel data")
+        result = self.scan_inflated(head, tail, pixel_end, total, path, ts, start, final=True)
+        if isinstance(result, tuple):
+            return result
+        raise result
+
+    cdef object scan_inflated(self, bytearray head, tail, int64_t tail_start, int64_t size,
+                              path, ts, int64_t start, bint final):
+        """Scan inflated bytes: a result tuple, a ScanError, or (not final) the end
+        of a pixel data value that runs past the bytes inflated so far (0 if none)."""
         cdef ScanState inner
-        cdef const uint8_t[::1] view = data
         state_init(&inner)
-        inner.src.mem = &view[0]
-        inner.src.size = len(data)
         try:
+            inner.src.head = <uint8_t*>malloc(max(1, len(head)))
+            inner.src.roam = <uint8_t*>malloc(max(1, len(tail) if tail is not None else 0))
+            if inner.src.head == NULL or inner.src.roam == NULL:
+                raise MemoryError()
+            if len(head):
+                memcpy(inner.src.head, <const char*>head, len(head))
+            inner.src.head_len = len(head)
+            inner.src.size = size
+            if tail is not None:
+                if len(tail):
+                    memcpy(inner.src.roam, <const char*>tail, len(tail))
+                inner.src.roam_start = tail_start
+                inner.src.roam_len = len(tail)
             with nogil:
                 if parse_meta(&inner) == 0:
                     inner.explicit = True
                     inner.little = True
                     parse_body(&inner)
             if inner.failed:
-                raise self.error(&inner, path, "in the inflated data set")
+                if not final:
+                    return inner.pixel_end_beyond
+                raise self.error(&inner, path)
+            if not final:
+                return 0
             return self.collect(&inner, path, ts, True)
+        except ScanError as error:
+            # Offsets past the file meta count in the inflated bytes; point at the
+            # start of the deflated stream so that the offset lies in the input.
+            return ScanError(path, start, f"{error.reason} (at byte {error.offset} of the "
+                             "inflated data set)")
         finally:
             state_free(&inner)
 
@@ -882,7 +997,9 @@ cdef class Scanner:
             if k < 0:
                 continue
             vr = e.vr
-            if vr == 0 or vr == VR_UN:
+            if not is_value_vr(vr):
+                # Implicit VR, UN, or a VR that cannot hold this attribute's value
+                # (SQ, OB, unknown letters): read it with the dictionary's VR.
                 vr = self.vrs[k]
             attributes[self.keywords[k]] = self.value_of(st, e, vr, charsets, path)
         if ts is not None:
@@ -902,7 +1019,11 @@ cdef class Scanner:
         value = fast_value(p, e.value_length, vr, st.little)
         if value is None:
             raw = PyBytes_FromStringAndSize(<const char*>p, e.value_length)
-            value = self.slow_value(vr_text(vr), raw, st.little, charsets)
+            try:
+                value = self.slow_value(vr_text(vr), raw, st.little, charsets)
+            except Exception as exc:  # pydicom's converters raise many kinds on bad bytes
+                raise ScanError(path, e.header_offset, f"cannot convert the {vr_text(vr)} value "
+                                f"of ({e.tag >> 16:04X},{e.tag & 0xFFFF:04X}): {exc!r}") from None
         return value
 
     cdef object pixel_location(self, ScanState* st):
