@@ -114,12 +114,14 @@ def build_file_set() -> FileSet:
         if isinstance(header, ScanError) or not _pydicom_reads(path):
             continue
         # Deflated files: the pixel offset is in the inflated stream; the scanner reads it all.
-        end = header.file_size if header.deflated else min(header.before_pixels[1],
-                                                           header.file_size)  # fmt: skip
+        end = (
+            header.file_size if header.deflated else min(header.before_pixels[1], header.file_size)
+        )
         paths.append(path)
         ends.append(end)
     file_bytes = read_whole(paths)
-    return FileSet(label, bool(corpus), paths, ends, file_bytes, len(candidates) - len(paths))
+    dropped = len(candidates) - len(paths)
+    return FileSet(label, bool(corpus), paths, ends, file_bytes, dropped)
 
 
 @pytest.fixture(scope="session")
@@ -173,11 +175,16 @@ def _libc() -> Any:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]  # fmt: skip
+        libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
         libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t,
-                                 ctypes.POINTER(ctypes.c_ubyte)]  # fmt: skip
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
     except (OSError, AttributeError):
         return None
     return libc
@@ -298,65 +305,71 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _row(tr: Any, name: str, row: dict[str, Any], fs: FileSet, against: float | None) -> None:
     seconds = row.get("median_s")
-    rel = f"{seconds / against:6.2f}x" if seconds and against else "     -"
+    rel = f"{seconds / against:7.2f}x" if seconds and against else "       -"
     mb = fs.header_bytes / seconds / 1e6 if seconds else None
-    tr.write_line(
-        f"  {name:<34} {_fmt(row.get('files_per_s'), '10,.0f')} files/s"
-        f" {_fmt(seconds and seconds * 1e3, '9.1f')} ms {_fmt(mb, '8.1f')} MB/s hdr  {rel}"
+    line = (
+        f"  {name:<22} {_fmt(row.get('files_per_s'), '9,.0f')} files/s"
+        f" {_fmt(seconds and seconds * 1e3, '8.1f')} ms {_fmt(mb, '7.1f')} MB/s {rel}"
     )
+    if row.get("disk_mb") is not None:
+        line += f"  {row['disk_mb']:5.1f} MB"
+    tr.write_line(line)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     res = config.stash.get(_RESULTS_KEY, None)
     if res is None or res.file_set is None or not (res.rows or res.ratios):
         return
-    tr, fs = terminalreporter, res.file_set
-    rows = res.rows
+    tr, fs, rows, r = terminalreporter, res.file_set, res.rows, res.ratios
     tr.write_sep("=", "pacs_engine scan benchmark summary")
-    tr.write_line(f"file set: {fs.label}")
     tr.write_line(
-        f"  {len(fs)} files ({fs.dropped} unreadable left out), {fs.file_bytes / 1e6:.1f} MB,"
-        f" {fs.header_bytes / 1e6:.1f} MB before pixel data"
+        f"{fs.label}: {len(fs)} files ({fs.dropped} unreadable left out), "
+        f"{fs.file_bytes / 1e6:.1f} MB, {fs.header_bytes / 1e6:.1f} MB before pixel data"
     )
+    tr.write_line("(median round; MB/s = header bytes / time; x = time / that section's floor)")
     floor = rows.get("warm floor", {}).get("median_s")
-    if any(k.startswith("warm") for k in rows):
-        tr.write_line("warm page cache (median round; last column = time / I/O floor):")
-        for name, row in rows.items():
-            if name.startswith("warm"):
-                _row(tr, name.removeprefix("warm "), row, fs, floor)
-    r = res.ratios
+    warm = {k.removeprefix("warm "): v for k, v in rows.items() if k.startswith("warm")}
+    if warm:
+        tr.write_line("warm page cache:")
+        for name, row in warm.items():
+            _row(tr, name, row, fs, floor)
+        scan1 = warm.get("scan_many threads=1", {}).get("median_s")
+        pyd = warm.get("pydicom dcmread", {}).get("median_s")
+        if scan1 and pyd:
+            tr.write_line(f"  whole set: pydicom / scan_many(threads=1) = {pyd / scan1:.1f}x")
     if r:
-        tr.write_line(f"per file, best of {int(r.get('repeats', 0))}, median over files:")
-        tr.write_line(f"  pydicom / scanner   {_fmt(r.get('pydicom_over_scanner'), '7.2f')}x")
-        tr.write_line(f"  scanner / I/O floor {_fmt(r.get('scanner_over_floor'), '7.2f')}x")
-    cold = {k: v for k, v in rows.items() if k.startswith("cold")}
-    if cold:
-        cold_floor = rows.get("cold floor threads=1", {}).get("median_s")
         tr.write_line(
-            f"cold page cache (evicted by {res.evict_method} before each round"
-            f"{'; ' + res.evict_note if res.evict_note else ''}; last column = time / cold"
-            " cat-like read):"
+            f"per file (best of {int(r.get('repeats', 0))}, interleaved), median over files:"
+            f" pydicom / scanner = {_fmt(r.get('pydicom_over_scanner'), '.1f')}x,"
+            f" scanner / I/O floor = {_fmt(r.get('scanner_over_floor'), '.2f')}x"
         )
-        for name, row in cold.items():
-            _row(tr, name.removeprefix("cold "), row, fs, cold_floor)
-            if row.get("disk_mb") is not None:
-                tr.write_line(f"  {'':<34}   ({row['disk_mb']:.1f} MB fetched from storage/round)")
-        ev = res.evictor
-        if ev is not None and ev.resident:
-            tr.write_line(
-                f"  header pages resident after eviction: {max(ev.resident) * 100:.1f}% (worst)"
-            )
-        if floor and cold_floor:
-            slow = cold_floor / floor
-            verdict = "reads were cold" if slow > 3 else "reads may NOT have been cold"
-            tr.write_line(f"  cold floor / warm floor: {slow:.1f}x -> {verdict}")
-        if cold_floor:
-            scans = {
-                k: v["median_s"] for k, v in cold.items() if "scan_many" in k and v["median_s"]
-            }
-            for name, seconds in scans.items():
-                keeps = "keeps up with" if seconds <= cold_floor * 1.1 else "is slower than"
-                tr.write_line(
-                    f"  {name.removeprefix('cold ')} {keeps} the disk"
-                    f" ({seconds / cold_floor:.2f}x the cold cat-like read)"
-                )
+    cold = {k.removeprefix("cold "): v for k, v in rows.items() if k.startswith("cold")}
+    if not cold:
+        return
+    cold_floor = cold.get("floor threads=1", {}).get("median_s")
+    note = f"; {res.evict_note}" if res.evict_note else ""
+    tr.write_line(
+        f"cold page cache (evicted by {res.evict_method} before each round{note};"
+        " floor threads=1 is the cat-like read; last column = MB fetched from storage):"
+    )
+    for name, row in cold.items():
+        _row(tr, name, row, fs, cold_floor)
+    ev = res.evictor
+    checks = []
+    if ev is not None and ev.resident:
+        checks.append(f"header pages resident after eviction <= {max(ev.resident) * 100:.1f}%")
+    if floor and cold_floor:
+        slow = cold_floor / floor
+        checks.append(f"cold floor = {slow:.0f}x warm floor")
+        checks.append("reads were cold" if slow > 3 else "reads may NOT have been cold")
+    if checks:
+        tr.write_line("  check: " + ", ".join(checks))
+    for name, row in cold.items():
+        paired = row.get("paired_over_cat_read_median")
+        if paired is None:
+            continue
+        keeps = "keeps up with" if paired <= 1.1 else "does NOT keep up with"
+        tr.write_line(
+            f"  {name} {keeps} the disk: {paired:.2f}x a cold cat-like read"
+            f" (paired per round, median of {row['rounds']})"
+        )

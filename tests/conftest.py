@@ -37,8 +37,14 @@ def corpus_params() -> list:
     """pytest params over the corpus, or one skipped param naming the missing corpus."""
     files = corpus_files()
     if not files:
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason=f"shared corpus not found at {CORPUS} (set PACS_ENGINE_CORPUS)"))]  # fmt: skip
+        return [
+            pytest.param(
+                None,
+                marks=pytest.mark.skip(
+                    reason=f"shared corpus not found at {CORPUS} (set PACS_ENGINE_CORPUS)"
+                ),
+            )
+        ]
     return [pytest.param(f, id=str(f.relative_to(CORPUS))) for f in files]
 
 

@@ -132,10 +132,11 @@ def test_un_of_undefined_length_holds_implicit_vr_content() -> None:
     item = implicit_element(0x0009, 0x0010, b"ACME") + implicit_element(0x0009, 0x1001, b"x\0")
     un = (
         struct.pack("<HH2s2xL", 0x0009, 0x1002, b"UN", 0xFFFFFFFF)
-        + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + item
+        + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        + item
         + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
         + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
-    )  # fmt: skip
+    )
     body = (
         explicit_element(0x0008, 0x0060, b"CS", b"OT")
         + explicit_element(0x0009, 0x0010, b"LO", b"ACME")

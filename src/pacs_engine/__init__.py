@@ -1,7 +1,33 @@
-"""pacs_engine: a native-accelerated DICOM archive engine."""
+"""pacs_engine: a native-accelerated DICOM archive engine.
 
-from pacs_engine.errors import ScanError
-from pacs_engine.header import Header, PixelLocation
-from pacs_engine.scan import HEADER_KEYWORDS, scan, scan_many
+Names are imported on first use, so that importing one part (a zarr codec
+loaded through its entry point, say) does not load the others.
+"""
 
-__all__ = ["HEADER_KEYWORDS", "Header", "PixelLocation", "ScanError", "scan", "scan_many"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "HEADER_KEYWORDS": "pacs_engine.scan",
+    "scan": "pacs_engine.scan",
+    "scan_many": "pacs_engine.scan",
+    "ScanError": "pacs_engine.errors",
+    "Header": "pacs_engine.header",
+    "PixelLocation": "pacs_engine.header",
+    "Archive": "pacs_engine.archive",
+    "ArchiveError": "pacs_engine.archive",
+    "IngestReport": "pacs_engine.archive",
+    "open_archive": "pacs_engine.archive",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pacs_engine' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

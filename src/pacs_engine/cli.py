@@ -8,9 +8,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
+from pacs_engine.archive.archive import CODEC_CHOICES
 from pacs_engine.inventory import Inventory, take_inventory
 from pacs_engine.sources import sample_data_dir
 
@@ -38,8 +40,10 @@ def render_inventory(inventory: Inventory, seconds: float) -> str:
     ]
     for modality, row in summary["by_modality"].items():
         lines.append(f"  {modality:<8} {row['instances']:>9,}  {_megabytes(row['bytes']):>12}")
-    for title, key in (("By transfer syntax:", "by_transfer_syntax"),
-                       ("By SOP class:", "by_sop_class")):  # fmt: skip
+    for title, key in (
+        ("By transfer syntax:", "by_transfer_syntax"),
+        ("By SOP class:", "by_sop_class"),
+    ):
         lines += ["", title]
         for uid, row in summary[key].items():
             lines.append(f"  {row['instances']:>9,}  {uid:<32} {row['name']}")
@@ -57,8 +61,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     paths = list(iter_files(args.sources, inventory.add_problem))
     walk_problems = list(inventory.problems)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    bar = tqdm(total=len(paths), unit=" files", disable=not show, file=sys.stderr,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(paths), unit=" files", disable=not show, file=sys.stderr, dynamic_ncols=True
+    )
     started = time.perf_counter()
     done_bytes = 0
 
@@ -83,6 +88,107 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(render_inventory(inventory, seconds))
     missing = [p for p, r in walk_problems if r == "no such file or folder"]
     return 1 if missing else 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Archive the sources into an archive (created when missing)."""
+    from pacs_engine.archive import Archive, open_archive
+
+    target = Path(args.archive)
+    if (target / "archive.json").exists():
+        archive = open_archive(target, readonly=False)
+    else:
+        archive = Archive.create(target, codec=args.codec)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    bar = tqdm(unit=" files", disable=not show, file=sys.stderr, dynamic_ncols=True)
+    with archive:
+        report = archive.add(
+            args.sources, verify=args.verify, progress=lambda path, outcome: bar.update()
+        )
+    bar.close()
+    summary = report.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{summary['inputs']:,} inputs: {summary['archived']:,} archived, "
+            f"{summary['duplicates']:,} duplicates, {summary['conflicts']:,} conflicts, "
+            f"{summary['quarantined']:,} quarantined"
+        )
+        print(
+            f"raw pixels {_megabytes(summary['raw_pixel_bytes'])}, stored "
+            f"{_megabytes(summary['stored_bytes'])}, ratio {summary['ratio']}, "
+            f"{summary['seconds']} s"
+        )
+        for reason, count in summary["quarantine_reasons"].items():
+            print(f"  quarantined {count:>6,}  {reason}")
+    return 0 if report.balanced else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Decode every stored frame and rebuild every file; report what does not match."""
+    from pacs_engine.archive import open_archive
+
+    with open_archive(args.archive) as archive:
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        bar = tqdm(
+            total=len(archive.index),
+            unit=" instances",
+            disable=not show,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        report = archive.verify(progress=lambda uid, ok: bar.update())
+        bar.close()
+    for mismatch in report.mismatches:
+        print(
+            f"MISMATCH {mismatch['SOPInstanceUID']} ({mismatch['source_path']}): "
+            f"{mismatch['problem']}"
+        )
+    print(
+        f"{report.instances:,} instances, {report.frames:,} frames checked: "
+        + ("all match" if report.ok else f"{len(report.mismatches):,} mismatches")
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Counts, sizes and compression ratio of an archive, by modality and codec."""
+    from pacs_engine.archive import open_archive
+
+    with open_archive(args.archive) as archive:
+        info = archive.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"{info['path']}: {info['instances']:,} instances in {info['series']:,} series, "
+        f"{info['quarantined']:,} quarantined"
+    )
+    print(
+        f"source files {_megabytes(info['source_bytes'])}, raw pixels "
+        f"{_megabytes(info['raw_pixel_bytes'])}, stored {_megabytes(info['stored_bytes'])}, "
+        f"ratio {info['ratio']}"
+    )
+    for title, key in (("By modality:", "by_modality"), ("By codec:", "by_codec")):
+        print(f"\n{title}")
+        for name, row in info[key].items():
+            print(
+                f"  {name:<40} {row['instances']:>8,}  {_megabytes(row['stored_bytes']):>12}"
+                f"  ratio {row['ratio']}"
+            )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Rebuild original files from the archive, byte for byte."""
+    from pacs_engine.archive import open_archive
+
+    with open_archive(args.archive) as archive:
+        uids = args.uids or None
+        written = archive.export(args.destination, uids)
+    print(f"{len(written):,} files written under {args.destination}")
+    return 0
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
@@ -110,14 +216,86 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("sources", nargs="+", metavar="SRC", help="a folder or a file")
     scan.add_argument("--json", action="store_true", help="print the inventory as JSON")
     scan.add_argument(
-        "--threads", type=int, default=os.cpu_count(),
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
         help="scanning threads (default: the number of cores)",
-    )  # fmt: skip
+    )
     scan.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
-    )  # fmt: skip
+    )
     scan.set_defaults(run=cmd_scan)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="archive DICOM files (folders are walked) into an archive",
+        description="Archive every file under SRC into ARCHIVE (created when missing). Each "
+        "input ends archived, as a duplicate, as a conflict or quarantined with its reason; "
+        "the report says how many of each. This runs in one process; exits 1 if the "
+        "report does not balance.",
+    )
+    ingest.add_argument("sources", nargs="+", metavar="SRC", help="a folder or a file")
+    ingest.add_argument("--archive", required=True, help="the archive folder")
+    ingest.add_argument(
+        "--codec",
+        default="auto",
+        choices=CODEC_CHOICES,
+        help="lossless codec for uncompressed frames of a new archive "
+        "(default: auto, chosen per series from a sample frame)",
+    )
+    ingest.add_argument(
+        "--verify",
+        action="store_true",
+        help="decode every encoded frame and check it before committing",
+    )
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+    ingest.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when a terminal)",
+    )
+    ingest.set_defaults(run=cmd_ingest)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check every stored frame and every rebuilt file of an archive",
+        description="Decode every stored frame and compare it with the hash recorded at "
+        "ingest, and rebuild every original file and compare its sha256. Exits 1 on any "
+        "mismatch.",
+    )
+    verify.add_argument("archive", help="the archive folder")
+    verify.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when a terminal)",
+    )
+    verify.set_defaults(run=cmd_verify)
+
+    info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")
+    info.add_argument("archive", help="the archive folder")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(run=cmd_info)
+
+    export = commands.add_parser(
+        "export",
+        help="rebuild original files, byte for byte",
+        description="Write the original files as DESTINATION/<study>/<series>/<sop>.dcm.",
+    )
+    export.add_argument("archive", help="the archive folder")
+    export.add_argument("destination", help="the folder to write to")
+    export.add_argument(
+        "--uid",
+        dest="uids",
+        action="append",
+        metavar="SOP_INSTANCE_UID",
+        help="export only this instance (repeatable)",
+    )
+    export.set_defaults(run=cmd_export)
 
     samples = commands.add_parser(
         "samples", help="print the folder of DICOM sample files shipped with pydicom"

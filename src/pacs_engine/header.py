@@ -41,8 +41,20 @@ class PixelLocation:
         cls, tag: int, vr: str | None, element_offset: int, value_offset: int, value_length: int
     ) -> PixelLocation:
         """The location of native (not encapsulated) pixel data."""
-        return cls(tag, vr, element_offset, value_offset, value_length, False, -1, _EMPTY,
-                   None, _EMPTY, _EMPTY, _EMPTY)  # fmt: skip
+        return cls(
+            tag,
+            vr,
+            element_offset,
+            value_offset,
+            value_length,
+            False,
+            -1,
+            _EMPTY,
+            None,
+            _EMPTY,
+            _EMPTY,
+            _EMPTY,
+        )
 
     @property
     def keyword(self) -> str:

@@ -25,19 +25,49 @@ from pacs_engine.header import Header, PixelLocation, fragment_frames
 
 #: The attributes every header carries (when the file has them), by DICOM keyword.
 HEADER_KEYWORDS: tuple[str, ...] = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
     "ReferringPhysicianName",
-    "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "BodyPartExamined",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Modality",
+    "BodyPartExamined",
     "FrameOfReferenceUID",
-    "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "AcquisitionNumber",
-    "TransferSyntaxUID", "SpecificCharacterSet",
-    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
-    "PlanarConfiguration", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
-    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "AcquisitionNumber",
+    "TransferSyntaxUID",
+    "SpecificCharacterSet",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
     "SliceLocation",
-)  # fmt: skip
+)
 
 PathLike = str | os.PathLike | bytes
 Source = PathLike | bytes | bytearray | memoryview
@@ -94,8 +124,20 @@ def _number_of_frames(attributes: dict[str, Any]) -> int:
 
 
 def _pixel_location(raw: tuple, attributes: dict[str, Any], little: bool) -> PixelLocation:
-    (tag, vr, element_offset, value_offset, value_length, encapsulated, bot_offset, bot,
-     offsets, lengths, eoi, extended) = raw  # fmt: skip
+    (
+        tag,
+        vr,
+        element_offset,
+        value_offset,
+        value_length,
+        encapsulated,
+        bot_offset,
+        bot,
+        offsets,
+        lengths,
+        eoi,
+        extended,
+    ) = raw
     if not encapsulated:
         return PixelLocation.native(tag, vr, element_offset, value_offset, value_length)
     endian = "<" if little else ">"
@@ -115,9 +157,19 @@ def _pixel_location(raw: tuple, attributes: dict[str, Any], little: bool) -> Pix
         _number_of_frames(attributes),
     )
     return PixelLocation(
-        tag, vr, element_offset, value_offset, value_length, True,
-        bot_offset, basic, eot, offsets, lengths, frames,
-    )  # fmt: skip
+        tag,
+        vr,
+        element_offset,
+        value_offset,
+        value_length,
+        True,
+        bot_offset,
+        basic,
+        eot,
+        offsets,
+        lengths,
+        frames,
+    )
 
 
 def _header(path: str | None, raw: tuple) -> Header:
@@ -125,9 +177,18 @@ def _header(path: str | None, raw: tuple) -> Header:
     ts, preamble, has_meta, dataset_offset, explicit, little, deflated, size = meta
     location = _pixel_location(pixel, attributes, little) if pixel is not None else None
     return Header(
-        path, attributes, ts, preamble, has_meta, dataset_offset, explicit, little, deflated,
-        size, location,
-    )  # fmt: skip
+        path,
+        attributes,
+        ts,
+        preamble,
+        has_meta,
+        dataset_offset,
+        explicit,
+        little,
+        deflated,
+        size,
+        location,
+    )
 
 
 def scan(source: Source) -> Header:

@@ -1,0 +1,110 @@
+"""The bytes of each original file that are not pixel data, kept so `export` rebuilds it exactly.
+
+A blob is everything around the pixel data value (preamble, file meta, every
+other element, elements after the pixel data) plus what it takes to re-frame
+the pixel data from the archive's frames:
+
+- native data: the bytes after the frames (padding, or extra bytes some writers
+  leave), or the whole original value when rebuilding it from the frames does
+  not give the original bytes back (checked at ingest);
+- encapsulated data: the Basic Offset Table item, each fragment's length (a
+  frame's chunk is its fragments, concatenated), and the closing delimiter;
+- no pixel data, or a deflated data set: the whole file.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from numcodecs import Zstd
+
+MAGIC = b"PEB1"
+_HEAD = struct.Struct("<4sBQQQ")
+_ZSTD = Zstd(level=3)
+
+WHOLE, NATIVE, ENCAPSULATED = 0, 1, 2
+
+
+class BlobError(ValueError):
+    """A stored blob that cannot be decoded: the archive is damaged."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderBlob:
+    """The non-pixel bytes of one file and the pixel value's framing."""
+
+    kind: int
+    prefix: bytes
+    suffix: bytes = b""
+    native_tail: bytes = b""  # NATIVE: bytes of the value after the rebuilt frames
+    native_value: bytes | None = None  # NATIVE: the original value, when frames cannot rebuild it
+    offset_table_item: bytes = b""  # ENCAPSULATED: the BOT item, header included
+    fragment_lengths: tuple[tuple[int, ...], ...] = field(default=())  # per frame
+    delimiter: bytes = b""  # ENCAPSULATED: the Sequence Delimitation Item as found
+
+    def to_bytes(self) -> bytes:
+        """Serialise and compress."""
+        if self.kind == NATIVE:
+            has_value = self.native_value is not None
+            extra = struct.pack("<BQ", has_value, len(self.native_tail)) + self.native_tail
+            extra += self.native_value or b""
+        elif self.kind == ENCAPSULATED:
+            counts = [len(f) for f in self.fragment_lengths]
+            lengths = [n for frame in self.fragment_lengths for n in frame]
+            extra = struct.pack(
+                f"<QQ{len(counts)}Q{len(lengths)}Q", len(counts), len(lengths), *counts, *lengths
+            )
+            extra += struct.pack("<Q", len(self.offset_table_item)) + self.offset_table_item
+            extra += struct.pack("<Q", len(self.delimiter)) + self.delimiter
+        else:
+            extra = b""
+        head = _HEAD.pack(MAGIC, self.kind, len(self.prefix), len(self.suffix), len(extra))
+        return bytes(_ZSTD.encode(head + self.prefix + self.suffix + extra))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HeaderBlob:
+        """The blob `to_bytes` wrote; raises BlobError on damaged data."""
+        try:
+            raw = memoryview(bytes(_ZSTD.decode(data)))
+            magic, kind, n_prefix, n_suffix, n_extra = _HEAD.unpack_from(raw)
+            if magic != MAGIC or _HEAD.size + n_prefix + n_suffix + n_extra != len(raw):
+                raise BlobError("not a header blob, or a damaged one")
+            pos = _HEAD.size
+            prefix = bytes(raw[pos : pos + n_prefix])
+            suffix = bytes(raw[pos + n_prefix : pos + n_prefix + n_suffix])
+            extra = raw[pos + n_prefix + n_suffix :]
+            if kind == NATIVE:
+                has_value, n_tail = struct.unpack_from("<BQ", extra)
+                tail = bytes(extra[9 : 9 + n_tail])
+                value = bytes(extra[9 + n_tail :]) if has_value else None
+                return cls(NATIVE, prefix, suffix, native_tail=tail, native_value=value)
+            if kind == ENCAPSULATED:
+                n_frames, n_lengths = struct.unpack_from("<QQ", extra)
+                numbers = struct.unpack_from(f"<{n_frames + n_lengths}Q", extra, 16)
+                counts, lengths = numbers[:n_frames], numbers[n_frames:]
+                frames, at = [], 0
+                for count in counts:
+                    frames.append(tuple(lengths[at : at + count]))
+                    at += count
+                pos = 16 + 8 * (n_frames + n_lengths)
+                (n_bot,) = struct.unpack_from("<Q", extra, pos)
+                bot = bytes(extra[pos + 8 : pos + 8 + n_bot])
+                pos += 8 + n_bot
+                (n_delimiter,) = struct.unpack_from("<Q", extra, pos)
+                delimiter = bytes(extra[pos + 8 : pos + 8 + n_delimiter])
+                return cls(
+                    ENCAPSULATED,
+                    prefix,
+                    suffix,
+                    offset_table_item=bot,
+                    fragment_lengths=tuple(frames),
+                    delimiter=delimiter,
+                )
+            if kind == WHOLE:
+                return cls(WHOLE, prefix)
+            raise BlobError(f"unknown blob kind {kind}")
+        except (struct.error, RuntimeError, ValueError) as error:
+            if isinstance(error, BlobError):
+                raise
+            raise BlobError(f"damaged header blob: {error}") from None

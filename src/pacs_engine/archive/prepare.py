@@ -1,0 +1,237 @@
+"""Turn one source file into what the archive stores: frames, their hashes, and a header blob.
+
+A pure function of the file's bytes and its scanned header, so it can run in any
+process (the bulk-migration orchestrator runs it in workers). Nothing here
+writes to the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
+from pacs_engine.archive.native import LayoutError, PixelLayout, to_array, to_bytes
+from pacs_engine.codecs import CodecError, pass_through_codec
+from pacs_engine.header import Header
+
+ITEM_TAG = b"\xfe\xff\x00\xe0"
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+class PrepareError(ValueError):
+    """The file cannot be archived; the reason says why (the file goes to quarantine)."""
+
+
+@dataclass
+class Prepared:
+    """One instance, ready to be written: everything but the encoding of native frames."""
+
+    path: str
+    sha256: str
+    size: int
+    header: Header
+    blob: HeaderBlob
+    storage: str = "none"  # "native", "bitstream" or "none" (no pixel data)
+    layout: PixelLayout | None = None
+    frames: np.ndarray | None = None  # native: decoded frames
+    bitstreams: list[bytes] = field(default_factory=list)  # encapsulated: one per frame
+    pass_through: Any = None  # encapsulated: the codec that decodes the bitstreams
+    frame_hashes: list[str] = field(default_factory=list)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The instance's SOP Instance UID."""
+        return self.header.attributes["SOPInstanceUID"]
+
+    @property
+    def raw_pixel_bytes(self) -> int:
+        """Bytes of the decoded pixels (what the compression ratio is measured against)."""
+        if self.layout is None:
+            return 0
+        frame = self.layout.rows * self.layout.columns * self.layout.samples
+        itemsize = (
+            self.frames.dtype.itemsize
+            if self.frames is not None
+            else (self.pass_through.pixel_dtype.itemsize)
+        )
+        return frame * itemsize * len(self.frame_hashes)
+
+
+def frame_hash(frame: np.ndarray) -> str:
+    """The hash of one decoded frame: blake2b-128 of its C-order native-endian bytes."""
+    data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("="))
+    return hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
+
+
+def instance_pixel_hash(frame_hashes: list[str]) -> str:
+    """One hash for all frames of an instance."""
+    return hashlib.blake2b("".join(frame_hashes).encode(), digest_size=16).hexdigest()
+
+
+def _check_uids(header: Header) -> None:
+    for keyword in UID_KEYWORDS:
+        value = header.attributes.get(keyword)
+        if not isinstance(value, str) or not value:
+            raise PrepareError(f"no {keyword}")
+
+
+def prepare(path: str, data: bytes, header: Header) -> Prepared:
+    """Split one file into frames and a header blob; raises PrepareError when it cannot."""
+    _check_uids(header)
+    sha256 = hashlib.sha256(data).hexdigest()
+    pixel = header.pixel
+    if pixel is None:
+        return Prepared(path, sha256, len(data), header, HeaderBlob(WHOLE, data))
+    dataset = data
+    if header.deflated:
+        start = header.dataset_offset
+        dataset = data[:start] + zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:])
+    try:
+        layout = PixelLayout.from_attributes(header.attributes, pixel.keyword)
+    except LayoutError as error:
+        raise PrepareError(f"pixel data cannot be laid out: {error}") from None
+    value = memoryview(dataset)[pixel.value_offset : pixel.value_end]
+    if pixel.encapsulated:
+        prepared = _encapsulated(path, sha256, data, dataset, header, layout)
+    else:
+        prepared = _native(path, sha256, data, header, layout, value)
+    if header.deflated or rebuild(prepared) != data:
+        # The parts do not give the file back (deflated, or an unusual layout): keep it whole.
+        prepared.blob = HeaderBlob(WHOLE, data)
+    return prepared
+
+
+def _native(
+    path: str, sha256: str, data: bytes, header: Header, layout: PixelLayout, value: memoryview
+) -> Prepared:
+    try:
+        frames = to_array(value, layout, header.little_endian, header.pixel.vr)
+    except LayoutError as error:
+        raise PrepareError(str(error)) from None
+    rebuilt = to_bytes(frames, layout, header.little_endian, header.pixel.vr)
+    exact = bytes(value[: len(rebuilt)]) == rebuilt
+    blob = HeaderBlob(
+        NATIVE,
+        data[: header.pixel.value_offset],
+        data[header.pixel.value_end :],
+        native_tail=bytes(value[len(rebuilt) :]),
+        native_value=None if exact else bytes(value),
+    )
+    return Prepared(
+        path,
+        sha256,
+        len(data),
+        header,
+        blob,
+        "native",
+        layout,
+        frames,
+        frame_hashes=[frame_hash(f) for f in frames],
+    )
+
+
+def _encapsulated(
+    path: str, sha256: str, data: bytes, dataset: bytes, header: Header, layout: PixelLayout
+) -> Prepared:
+    pixel = header.pixel
+    ts = header.transfer_syntax_uid or ""
+    frames_of = pixel.fragment_frames
+    count = int(frames_of.max()) + 1 if len(frames_of) else 0
+    if count != layout.frames:
+        raise PrepareError(
+            f"the fragments make {count} frame(s), NumberOfFrames is {layout.frames}"
+        )
+    fragments: list[list[bytes]] = [[] for _ in range(count)]
+    for offset, length, frame in zip(
+        pixel.fragment_offsets, pixel.fragment_lengths, frames_of, strict=True
+    ):
+        fragments[frame].append(dataset[offset : offset + length])
+    bitstreams = [b"".join(parts) for parts in fragments]
+    attributes = header.attributes
+    try:
+        codec = pass_through_codec(
+            ts,
+            photometric_interpretation=layout.photometric,
+            bits_allocated=layout.bits_allocated,
+            bits_stored=layout.bits_stored,
+            pixel_representation=layout.pixel_representation,
+            samples_per_pixel=layout.samples,
+            planar_configuration=int(attributes.get("PlanarConfiguration") or 0),
+        )
+    except CodecError as error:
+        raise PrepareError(str(error)) from None
+    hashes = []
+    for i, chunk in enumerate(bitstreams):
+        try:
+            hashes.append(
+                frame_hash(codec.decode_frame(chunk, layout.frame_shape, codec.pixel_dtype))
+            )
+        except Exception as error:  # a codec's failure on bad data can be any exception
+            raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
+    start = pixel.value_offset
+    first_item = int(pixel.fragment_offsets[0]) - 8 if count else pixel.value_end - 8
+    blob = HeaderBlob(
+        ENCAPSULATED,
+        data[:start],
+        data[pixel.value_end :],
+        offset_table_item=dataset[start:first_item],
+        fragment_lengths=tuple(tuple(len(f) for f in parts) for parts in fragments),
+        delimiter=dataset[pixel.value_end - 8 : pixel.value_end],
+    )
+    return Prepared(
+        path,
+        sha256,
+        len(data),
+        header,
+        blob,
+        "bitstream",
+        layout,
+        bitstreams=bitstreams,
+        pass_through=codec,
+        frame_hashes=hashes,
+    )
+
+
+def rebuild(prepared: Prepared) -> bytes:
+    """The original file, rebuilt from what `prepare` split it into."""
+    pixel = prepared.header.pixel
+    return rebuild_file(
+        prepared.blob,
+        prepared.layout,
+        prepared.header.little_endian,
+        pixel.vr if pixel else None,
+        prepared.frames,
+        prepared.bitstreams,
+    )
+
+
+def rebuild_file(
+    blob: HeaderBlob,
+    layout: PixelLayout | None,
+    little_endian: bool,
+    vr: str | None,
+    frames: np.ndarray | None,
+    bitstreams: list[bytes] | None,
+) -> bytes:
+    """The original file's bytes from its header blob and its pixel frames or bitstreams."""
+    if blob.kind == WHOLE:
+        return blob.prefix
+    if blob.kind == NATIVE:
+        if blob.native_value is not None:
+            value = blob.native_value
+        else:
+            value = to_bytes(frames, layout, little_endian, vr) + blob.native_tail
+        return blob.prefix + value + blob.suffix
+    parts = [blob.prefix, blob.offset_table_item]
+    for lengths, stream in zip(blob.fragment_lengths, bitstreams, strict=True):
+        at = 0
+        for length in lengths:
+            parts += [ITEM_TAG, length.to_bytes(4, "little"), stream[at : at + length]]
+            at += length
+    parts += [blob.delimiter, blob.suffix]
+    return b"".join(parts)

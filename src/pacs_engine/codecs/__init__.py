@@ -1,0 +1,70 @@
+"""Lossless Zarr v3 codecs of the archive: one chunk is one frame.
+
+Archive codecs encode pixels (JPEG-LS, HTJ2K, JPEG 2000, JPEG-XL); pass-through codecs
+decode frames kept as their original DICOM bitstream exactly as pydicom's ``pixel_array``.
+All are registered under the ``zarr.codecs`` entry point group, so ``zarr.open_array``
+reads an archive without importing pacs_engine first. See docs/codecs.md.
+"""
+
+from pacs_engine.codecs._base import CodecError, FrameCodec
+from pacs_engine.codecs._bitstream import BitstreamCodec
+from pacs_engine.codecs.choose import choose_codec, default_codec, fast_candidates
+from pacs_engine.codecs.deflate import DicomDeflateCodec
+from pacs_engine.codecs.general import general_purpose_codecs
+from pacs_engine.codecs.htj2k import DicomHtj2kCodec, Htj2kCodec
+from pacs_engine.codecs.jpeg import DicomJpegCodec, DicomJpegLosslessCodec
+from pacs_engine.codecs.jpeg2k import DicomJpeg2kCodec, Jpeg2kCodec
+from pacs_engine.codecs.jpegls import DicomJpegLsCodec, JpegLsCodec
+from pacs_engine.codecs.jpegxl import JpegXlCodec
+from pacs_engine.codecs.rle import DicomRleCodec
+from pacs_engine.codecs.sharding import pack_shard, write_shard
+
+ARCHIVE_CODECS: tuple[type[FrameCodec], ...] = (JpegLsCodec, Htj2kCodec, Jpeg2kCodec, JpegXlCodec)
+PASS_THROUGH_CODECS: tuple[type[BitstreamCodec], ...] = (
+    DicomJpegCodec,
+    DicomJpegLosslessCodec,
+    DicomJpegLsCodec,
+    DicomJpeg2kCodec,
+    DicomHtj2kCodec,
+    DicomRleCodec,
+    DicomDeflateCodec,
+)
+
+
+def pass_through_codec(transfer_syntax_uid: str, **pixel_module: object) -> BitstreamCodec:
+    """The pass-through decoder for frames of `transfer_syntax_uid`, given the pixel module.
+
+    `pixel_module` holds photometric_interpretation, bits_allocated, bits_stored,
+    pixel_representation, samples_per_pixel and planar_configuration (snake_case).
+    """
+    for cls in PASS_THROUGH_CODECS:
+        if transfer_syntax_uid in cls.transfer_syntaxes:
+            return cls(transfer_syntax_uid=transfer_syntax_uid, **pixel_module)  # type: ignore[arg-type]
+    raise CodecError(f"no pass-through decoder for transfer syntax {transfer_syntax_uid}")
+
+
+__all__ = [
+    "ARCHIVE_CODECS",
+    "PASS_THROUGH_CODECS",
+    "BitstreamCodec",
+    "CodecError",
+    "DicomDeflateCodec",
+    "DicomHtj2kCodec",
+    "DicomJpeg2kCodec",
+    "DicomJpegCodec",
+    "DicomJpegLosslessCodec",
+    "DicomJpegLsCodec",
+    "DicomRleCodec",
+    "FrameCodec",
+    "Htj2kCodec",
+    "Jpeg2kCodec",
+    "JpegLsCodec",
+    "JpegXlCodec",
+    "choose_codec",
+    "default_codec",
+    "fast_candidates",
+    "general_purpose_codecs",
+    "pack_shard",
+    "pass_through_codec",
+    "write_shard",
+]

@@ -1,0 +1,195 @@
+"""Pass-through decoders: the chunk is a frame's original DICOM bitstream, decoded like pydicom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from pacs_engine.codecs._base import CodecError, FrameCodec, cast_exact, config_value
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+    from zarr.core.chunk_grids import ChunkGrid
+    from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
+
+YBR_FULL_FAMILY = ("YBR_FULL", "YBR_FULL_422")
+COLOR_CONVERSIONS = ("ybr_full_to_rgb", "none")
+DECODERS = ("imagecodecs", "pydicom")
+
+
+def default_color_conversion(photometric_interpretation: str) -> str:
+    """What pydicom's pixel_array does by default: YBR_FULL(_422) becomes RGB, else nothing."""
+    return "ybr_full_to_rgb" if photometric_interpretation in YBR_FULL_FAMILY else "none"
+
+
+def pixel_dtype(bits_allocated: int, pixel_representation: int) -> np.dtype:
+    """The numpy dtype pydicom gives for (Bits Allocated, Pixel Representation)."""
+    if bits_allocated not in (8, 16, 32):
+        raise CodecError(f"pass-through frames need Bits Allocated 8/16/32, not {bits_allocated}")
+    kind = "i" if pixel_representation else "u"
+    return np.dtype(f"{kind}{bits_allocated // 8}")
+
+
+def sign_correct_j2k(
+    decoded: np.ndarray, is_signed: bool, precision: int, bc: BitstreamCodec
+) -> np.ndarray:
+    """pydicom's JPEG 2000 sign correction: fix a codestream whose signedness disagrees."""
+    arr = decoded.astype(bc.pixel_dtype)
+    monochrome = bc.photometric_interpretation in ("MONOCHROME1", "MONOCHROME2")
+    shift = 8 * arr.dtype.itemsize - precision
+    if monochrome and shift and is_signed != bool(bc.pixel_representation):
+        # Shift up then back down: arithmetic for signed dtypes (sign-extends from
+        # `precision`), logical for unsigned ones (drops the sign bits), as pydicom does.
+        arr = np.right_shift(np.left_shift(arr, shift), shift)
+    return arr
+
+
+@dataclass(frozen=True)
+class BitstreamCodec(FrameCodec):
+    """Base of the pass-through decoders; its configuration is the frame's DICOM pixel module.
+
+    ``decoder="imagecodecs"`` is the fast path, allowed only for transfer syntaxes whose
+    decoded values are fixed by the standard (lossless ones, and integer-exact JPEG-LS
+    near-lossless) and only without a YBR_FULL conversion; everything else is decoded with
+    pydicom's own decoder so that the pixels equal pydicom's ``pixel_array``.
+    """
+
+    transfer_syntaxes: ClassVar[tuple[str, ...]] = ()
+    # Transfer syntaxes where the imagecodecs path is exact (checked on the corpus by tests).
+    fast_syntaxes: ClassVar[tuple[str, ...]] = ()
+    supported_dtypes: ClassVar[frozenset[str]] = frozenset({"u1", "i1", "u2", "i2", "u4", "i4"})
+
+    transfer_syntax_uid: str
+    photometric_interpretation: str
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    samples_per_pixel: int
+    planar_configuration: int
+    color_conversion: str
+    decoder: str
+
+    def __init__(
+        self,
+        *,
+        transfer_syntax_uid: str,
+        photometric_interpretation: str,
+        bits_allocated: int,
+        bits_stored: int,
+        pixel_representation: int = 0,
+        samples_per_pixel: int = 1,
+        planar_configuration: int = 0,
+        color_conversion: str | None = None,
+        decoder: str | None = None,
+    ) -> None:
+        if transfer_syntax_uid not in self.transfer_syntaxes:
+            raise CodecError(
+                f"{self.codec_name} does not decode transfer syntax {transfer_syntax_uid}"
+            )
+        if color_conversion is None:
+            color_conversion = default_color_conversion(photometric_interpretation)
+        config_value(color_conversion, COLOR_CONVERSIONS, "color_conversion")
+        fast_ok = (
+            transfer_syntax_uid in self.fast_syntaxes
+            and photometric_interpretation not in YBR_FULL_FAMILY
+        )
+        if decoder is None:
+            decoder = "imagecodecs" if fast_ok else "pydicom"
+        config_value(decoder, DECODERS, "decoder")
+        if decoder == "imagecodecs" and not fast_ok:
+            raise CodecError(
+                f"{self.codec_name}: only pydicom's decoder is exact for {transfer_syntax_uid} "
+                f"with {photometric_interpretation}"
+            )
+        pixel_dtype(int(bits_allocated), int(pixel_representation))  # validates
+        values = {
+            "transfer_syntax_uid": str(transfer_syntax_uid),
+            "photometric_interpretation": str(photometric_interpretation),
+            "bits_allocated": int(bits_allocated),
+            "bits_stored": int(bits_stored),
+            "pixel_representation": int(pixel_representation),
+            "samples_per_pixel": int(samples_per_pixel),
+            "planar_configuration": int(planar_configuration),
+            "color_conversion": color_conversion,
+            "decoder": decoder,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def pixel_dtype(self) -> np.dtype:
+        """The dtype of the decoded frame, as pydicom's pixel_array gives it."""
+        return pixel_dtype(self.bits_allocated, self.pixel_representation)
+
+    def validate(
+        self,
+        *,
+        shape: tuple[int, ...],
+        dtype: ZDType[TBaseDType, TBaseScalar],
+        chunk_grid: ChunkGrid,
+    ) -> None:
+        """Require the array dtype to be the one pydicom decodes these frames to."""
+        native = dtype.to_native_dtype().newbyteorder("=")
+        if native != self.pixel_dtype:
+            raise CodecError(
+                f"{self.codec_name}: frames decode to {self.pixel_dtype}, the array is {native}"
+            )
+
+    def check_bitstream(self, data: bytes) -> None:
+        """Raise CodecError unless `data` is a bitstream of this codec's family."""
+        raise NotImplementedError
+
+    def encode_bitstream(self, data: bytes) -> bytes:
+        """The chunk bytes for an original compressed frame: `data` itself, once checked."""
+        data = bytes(data)
+        self.check_bitstream(data)
+        return data
+
+    def encode_frame(self, frame: np.ndarray) -> bytes:
+        """Refuse: a pass-through chunk is never produced by encoding pixels."""
+        raise CodecError(
+            f"{self.codec_name} stores original {self.transfer_syntax_uid} bitstreams; it cannot "
+            "encode pixels. Write the frame's bytes with encode_bitstream() and pack_shard()."
+        )
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return self.encode_frame(chunk_array.as_numpy_array())  # type: ignore[return-value]
+
+    def _decode_fast(self, data: bytes) -> np.ndarray:
+        """The frame decoded with imagecodecs, corrected like pydicom (subclasses)."""
+        raise NotImplementedError
+
+    def _decode_pydicom(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+        """The frame decoded by pydicom's own decoder for this transfer syntax."""
+        from pydicom.encaps import encapsulate
+        from pydicom.pixels import get_decoder
+
+        options: dict[str, object] = {
+            "rows": shape[0],
+            "columns": shape[1],
+            "samples_per_pixel": self.samples_per_pixel,
+            "bits_allocated": self.bits_allocated,
+            "bits_stored": self.bits_stored,
+            "pixel_representation": self.pixel_representation,
+            "photometric_interpretation": self.photometric_interpretation,
+            "number_of_frames": 1,
+            "as_rgb": self.color_conversion == "ybr_full_to_rgb",
+        }
+        if self.samples_per_pixel > 1:
+            options["planar_configuration"] = self.planar_configuration
+        decoder = get_decoder(self.transfer_syntax_uid)
+        arr, _ = decoder.as_array(encapsulate([bytes(data)]), **options)  # type: ignore[arg-type]
+        return arr
+
+    def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The frame as pydicom's pixel_array gives it, checked against the array dtype."""
+        if self.decoder == "imagecodecs":
+            arr = self._decode_fast(data).astype(self.pixel_dtype, copy=False)
+        else:
+            arr = self._decode_pydicom(data, shape)
+        if arr.size != int(np.prod(shape)):
+            raise CodecError(f"{self.codec_name}: decoded {arr.shape}, chunk is {shape}")
+        return cast_exact(arr.reshape(shape), dtype)

@@ -1,0 +1,130 @@
+"""Just enough JPEG / JPEG-LS / JPEG 2000 / RLE header parsing to check and describe a bitstream."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from dataclasses import dataclass
+
+from pacs_engine.codecs._base import CodecError
+
+# Start-of-frame markers: the second byte of FFxx. C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
+SOF_BASELINE = 0xC0
+SOF_EXTENDED = 0xC1
+SOF_PROGRESSIVE = 0xC2
+SOF_LOSSLESS = 0xC3
+SOF_JPEGLS = 0xF7
+_SOF_MARKERS = frozenset(
+    {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), 0xCD, 0xCE, 0xCF, SOF_JPEGLS}
+)
+# Markers that stand alone (no length field): TEM, RST0-7, SOI, EOI.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xDA)})
+
+J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+@dataclass(frozen=True)
+class JpegFrameHeader:
+    """The start-of-frame segment of a JPEG family bitstream."""
+
+    marker: int
+    precision: int
+    rows: int
+    columns: int
+    components: int
+
+
+@dataclass(frozen=True)
+class J2kHeader:
+    """The SIZ segment of a JPEG 2000 codestream."""
+
+    capabilities: int  # Rsiz: bit 14 set means Part 15 (HTJ2K) capabilities
+    rows: int
+    columns: int
+    components: int
+    precision: int
+    is_signed: bool
+
+    @property
+    def is_htj2k(self) -> bool:
+        """Whether the codestream declares High-Throughput (Part 15) block coding."""
+        return bool(self.capabilities & 0x4000)
+
+
+def jpeg_frame_header(data: bytes) -> JpegFrameHeader:
+    """The first start-of-frame segment of a JPEG or JPEG-LS stream, or CodecError."""
+    if data[:2] != b"\xff\xd8":
+        raise CodecError("not a JPEG bitstream: no SOI marker")
+    i, end = 2, len(data)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            raise CodecError(f"JPEG bitstream: expected a marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if marker in _SOF_MARKERS:
+            if i + 10 > end:
+                break
+            precision, rows, columns, components = struct.unpack_from(">BHHB", data, i + 4)
+            return JpegFrameHeader(marker, precision, rows, columns, components)
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        i += 2 + length
+    raise CodecError("JPEG bitstream has no start-of-frame segment")
+
+
+def j2k_codestream(data: bytes) -> bytes:
+    """The raw JPEG 2000 codestream of `data` (unwrapping a JP2 file), or CodecError."""
+    if data[:4] == J2K_SOC_SIZ:
+        return data
+    if data[:12] == JP2_SIGNATURE:
+        i = 0
+        while i + 8 <= len(data):
+            length, kind = struct.unpack_from(">I4s", data, i)
+            header = 8
+            if length == 1:
+                (length,) = struct.unpack_from(">Q", data, i + 8)
+                header = 16
+            if kind == b"jp2c":
+                return data[i + header : i + length if length else len(data)]
+            if length == 0:
+                break
+            i += length
+    raise CodecError("not a JPEG 2000 codestream: no SOC/SIZ markers")
+
+
+def j2k_header(data: bytes) -> J2kHeader:
+    """The SIZ segment of a JPEG 2000 codestream (or JP2 file), or CodecError."""
+    stream = j2k_codestream(data)
+    if len(stream) < 4 + 38 + 3:
+        raise CodecError("JPEG 2000 codestream is truncated")
+    rsiz, xsiz, ysiz, xo, yo = struct.unpack_from(">HIIII", stream, 6)
+    (components,) = struct.unpack_from(">H", stream, 6 + 34)
+    ssiz = stream[6 + 36]
+    return J2kHeader(
+        capabilities=rsiz,
+        rows=ysiz - yo,
+        columns=xsiz - xo,
+        components=components,
+        precision=(ssiz & 0x7F) + 1,
+        is_signed=bool(ssiz & 0x80),
+    )
+
+
+def rle_segment_count(data: bytes) -> int:
+    """The number of segments in a DICOM RLE frame header, or CodecError if it is not one."""
+    if len(data) < 64:
+        raise CodecError("not a DICOM RLE frame: shorter than its 64-byte header")
+    header = struct.unpack_from("<16I", data, 0)
+    count, offsets = header[0], header[1 : 1 + header[0]]
+    if not 1 <= count <= 15 or offsets[0] != 64:
+        raise CodecError("not a DICOM RLE frame: bad segment table")
+    if any(b <= a for a, b in itertools.pairwise(offsets)) or offsets[-1] >= len(data):
+        raise CodecError("not a DICOM RLE frame: segment offsets out of order or range")
+    return count

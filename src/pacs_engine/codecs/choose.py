@@ -1,0 +1,65 @@
+"""Choosing an archive codec per series from a sample frame."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pacs_engine.codecs._base import CodecError, FrameCodec
+from pacs_engine.codecs.htj2k import Htj2kCodec
+from pacs_engine.codecs.jpegls import JpegLsCodec
+from pacs_engine.codecs.jpegxl import JpegXlCodec
+
+
+def default_codec() -> FrameCodec:
+    """The archive's default lossless codec: JPEG-LS at the frame's minimal precision."""
+    return JpegLsCodec()
+
+
+def fast_candidates(samples_per_pixel: int = 1) -> tuple[FrameCodec, ...]:
+    """Codecs that encode at >= 50 MB/s per core on this kind of image (see docs/codecs.md)."""
+    if samples_per_pixel == 1:
+        return (JpegLsCodec(), JpegXlCodec(effort=2), Htj2kCodec())
+    # JPEG-XL effort 2 encodes colour at ~40 MB/s only, and effort 1 is not safe.
+    return (JpegLsCodec(), Htj2kCodec())
+
+
+def central_crop(frame: np.ndarray, max_pixels: int) -> np.ndarray:
+    """The centred part of `frame` with at most about `max_pixels` pixels, same aspect ratio."""
+    rows, cols = frame.shape[:2]
+    scale = min(1.0, (max_pixels / max(rows * cols, 1)) ** 0.5)
+    h, w = max(1, int(rows * scale)), max(1, int(cols * scale))
+    top, left = (rows - h) // 2, (cols - w) // 2
+    return frame[top : top + h, left : left + w]
+
+
+def choose_codec(
+    sample: np.ndarray,
+    candidates: Sequence[FrameCodec] | None = None,
+    margin: float = 0.02,
+    max_pixels: int = 512 * 512,
+) -> FrameCodec:
+    """The candidate that compresses `sample` (one frame of the series) best.
+
+    The first candidate (JPEG-LS, a DICOM transfer syntax that can be served as is) is kept
+    unless another one beats it by more than `margin`; candidates that cannot encode the
+    sample (dtype, bit depth) are skipped. Frames larger than `max_pixels` are judged on
+    their centre, so choosing costs at most three small encodes even for a one-image series.
+    """
+    frame = central_crop(sample, max_pixels)
+    frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
+    if candidates is None:
+        candidates = fast_candidates(frame.shape[2] if frame.ndim == 3 else 1)
+    best: FrameCodec | None = None
+    best_size = 0.0
+    for i, codec in enumerate(candidates):
+        try:
+            size = float(len(codec.encode_frame(frame)))
+        except CodecError:
+            continue
+        if best is None or size * (1.0 + (margin if i else 0.0)) < best_size:
+            best, best_size = codec, size
+    if best is None:
+        raise CodecError(f"no candidate codec can encode a {frame.dtype} {frame.shape} frame")
+    return best

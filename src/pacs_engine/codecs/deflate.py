@@ -1,0 +1,53 @@
+"""Pass-through decoder for Deflated Image Frame Compression (1.2.840.10008.1.2.8.1).
+
+Each frame is the native encoding of one frame, deflated (RFC 1951). pydicom
+3.0 cannot decode it, so the frame is inflated here and laid out exactly as
+native pixel data is (`pacs_engine.archive.native`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import ClassVar
+
+import numpy as np
+
+from pacs_engine.codecs._base import CodecError, cast_exact
+from pacs_engine.codecs._bitstream import BitstreamCodec
+
+
+class DicomDeflateCodec(BitstreamCodec):
+    """Pass-through decoder for deflated native frames."""
+
+    codec_name: ClassVar[str] = "pacs_engine.dicom_deflate"
+    transfer_syntaxes: ClassVar[tuple[str, ...]] = ("1.2.840.10008.1.2.8.1",)
+    fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes
+
+    def check_bitstream(self, data: bytes) -> None:
+        """Raise CodecError unless `data` inflates."""
+        try:
+            zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, 1)
+        except zlib.error as error:
+            raise CodecError(f"not a deflated frame: {error}") from None
+
+    def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The inflated frame, laid out as native pixel data."""
+        from pacs_engine.archive.native import LayoutError, PixelLayout, to_array
+
+        layout = PixelLayout(
+            shape[0],
+            shape[1],
+            self.samples_per_pixel,
+            1,
+            self.bits_allocated,
+            self.bits_stored,
+            self.pixel_representation,
+            self.planar_configuration,
+            self.photometric_interpretation,
+            "PixelData",
+        )
+        try:
+            frame = to_array(zlib.decompress(data, -zlib.MAX_WBITS), layout, True, None)[0]
+        except (zlib.error, LayoutError) as error:
+            raise CodecError(f"{self.codec_name}: {error}") from None
+        return cast_exact(frame.reshape(shape), dtype)

@@ -1,0 +1,23 @@
+"""Pass-through decoder for DICOM RLE Lossless frames."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pacs_engine.codecs._base import CodecError
+from pacs_engine.codecs._bitstream import BitstreamCodec
+from pacs_engine.codecs._markers import rle_segment_count
+
+
+class DicomRleCodec(BitstreamCodec):
+    """Pass-through decoder for RLE Lossless; decoded by pydicom's own (numpy) RLE decoder."""
+
+    codec_name: ClassVar[str] = "pacs_engine.dicom_rle"
+    transfer_syntaxes: ClassVar[tuple[str, ...]] = ("1.2.840.10008.1.2.5",)
+
+    def check_bitstream(self, data: bytes) -> None:
+        """Raise CodecError unless `data` is an RLE frame with one segment per byte plane."""
+        count = rle_segment_count(data)
+        expected = self.samples_per_pixel * self.bits_allocated // 8
+        if count != expected:
+            raise CodecError(f"RLE frame has {count} segments, expected {expected}")

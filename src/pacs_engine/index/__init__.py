@@ -1,0 +1,21 @@
+"""The archive's memory-mapped index: instance rows, series and study records, C-FIND queries."""
+
+from pacs_engine.index.core import Index
+from pacs_engine.index.matching import (
+    LEVELS,
+    SERIES_KEYWORDS,
+    STUDY_KEYWORDS,
+    compile_query,
+    level_of,
+    matches,
+)
+
+__all__ = [
+    "LEVELS",
+    "SERIES_KEYWORDS",
+    "STUDY_KEYWORDS",
+    "Index",
+    "compile_query",
+    "level_of",
+    "matches",
+]

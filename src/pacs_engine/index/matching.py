@@ -1,0 +1,205 @@
+"""DICOM C-FIND / QIDO-RS attribute matching, and which level of the hierarchy owns a keyword.
+
+The rules (PS3.4 C.2.2.2), by the attribute's VR in pydicom's data dictionary:
+
+- universal: a query value of None, "" or "*" matches everything, absent values too;
+- UI: list of UID matching, "uid1\\uid2" matches either;
+- DA, TM, DT: range matching "A-B", "-B", "A-" (lexical, so chronological for
+  well-formed values; an upper bound is inclusive of everything it is a prefix
+  of, so StudyTime "-1000" takes 10:00:59); otherwise single value matching;
+- PN: wildcard matching ("*" any run, "?" one character), case-insensitive, as
+  the standard allows for person names;
+- numbers (IS, DS, US, ...): numeric equality ("5" matches 5 and 5.0);
+- other strings, and keywords outside the dictionary (archive fields such as
+  "status"): wildcard matching when the value has "*" or "?", else exact;
+- a list or tuple of query values matches any of them.
+
+A multi-valued attribute matches when any of its values does; an absent or None
+value matches only universal matching.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+#: Patient and study attributes: an instance's values are kept once per study.
+STUDY_KEYWORDS: tuple[str, ...] = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+)
+
+#: Series attributes: an instance's values are kept once per series.
+SERIES_KEYWORDS: tuple[str, ...] = (
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDate",
+    "SeriesTime",
+    "Laterality",
+    "ProtocolName",
+)
+
+#: Attributes the index computes for a study.
+STUDY_COMPUTED: tuple[str, ...] = (
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+)
+
+#: Attributes the index computes for a series.
+SERIES_COMPUTED: tuple[str, ...] = ("NumberOfSeriesRelatedInstances",)
+
+LEVELS: tuple[str, ...] = ("study", "series", "instance")
+
+_STUDY_LEVEL = frozenset(STUDY_KEYWORDS + STUDY_COMPUTED)
+_SERIES_LEVEL = frozenset(SERIES_KEYWORDS + SERIES_COMPUTED)
+_NUMERIC_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
+_RANGE_VRS = frozenset({"DA", "TM", "DT"})
+
+
+def level_of(keyword: str) -> str:
+    """The level whose record holds `keyword`: "study", "series" or "instance"."""
+    if keyword in _STUDY_LEVEL:
+        return "study"
+    if keyword in _SERIES_LEVEL:
+        return "series"
+    return "instance"
+
+
+def fold(text: str) -> str:
+    """The case-insensitive form of a person name, for matching and for the name index."""
+    return text.upper()
+
+
+@cache
+def vr_of(keyword: str) -> str | None:
+    """The keyword's VR from the data dictionary (the first of "US or SS"); None if not DICOM."""
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else dictionary_VR(tag)[:2]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One query key compiled: a predicate on a record's value, and what an index can use.
+
+    `exact`: every matching value is one of these; `prefix`: every matching value
+    starts with it; `bounds`: every matching value v has lo <= v and v[:len(hi)] <= hi
+    (hi "" is open). Values are folded first when `folded` (person names).
+    """
+
+    keyword: str
+    predicate: Callable[[Any], bool]
+    folded: bool = False
+    exact: tuple[str, ...] | None = None
+    prefix: str | None = None
+    bounds: tuple[str, str] | None = None
+
+    def __call__(self, value: Any) -> bool:
+        if isinstance(value, list):
+            return any(v is not None and self.predicate(v) for v in value)
+        return value is not None and self.predicate(value)
+
+
+def _wildcard(pattern: str, folded: bool) -> Callable[[Any], bool]:
+    regex = re.compile(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
+        re.DOTALL,
+    )
+    if folded:
+        return lambda v: isinstance(v, str) and regex.fullmatch(fold(v)) is not None
+    return lambda v: isinstance(v, str) and regex.fullmatch(v) is not None
+
+
+def _number(value: Any) -> Callable[[Any], bool]:
+    wanted = float(value)
+
+    def predicate(v: Any) -> bool:
+        try:
+            return not isinstance(v, bool) and float(v) == wanted
+        except (TypeError, ValueError):
+            return False
+
+    return predicate
+
+
+def _range(lo: str, hi: str) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and v >= lo and (not hi or v[: len(hi)] <= hi)
+
+
+def _literal_prefix(pattern: str) -> str:
+    return re.split(r"[*?]", pattern, maxsplit=1)[0]
+
+
+def compile_condition(keyword: str, value: Any) -> Condition | None:
+    """Compile one query key; None when it is universal matching (constrains nothing)."""
+    if isinstance(value, list | tuple):
+        parts = [compile_condition(keyword, v) for v in value]
+        if not parts or any(p is None for p in parts):
+            return None
+        return _any_of(keyword, parts)  # type: ignore[arg-type]
+    if value is None or value == "" or value == "*":
+        return None
+    vr = vr_of(keyword)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return Condition(keyword, lambda v: v == value)
+    if vr in _NUMERIC_VRS or not isinstance(value, str):
+        return Condition(keyword, _number(value))
+    if vr == "UI":
+        uids = tuple(dict.fromkeys(value.split("\\")))
+        wanted = frozenset(uids)
+        return Condition(keyword, lambda v: v in wanted, exact=uids)
+    if vr in _RANGE_VRS and value.count("-") == 1:
+        lo, hi = value.split("-")
+        return Condition(keyword, _range(lo, hi), bounds=(lo, hi))
+    folded = vr == "PN"
+    text = fold(value) if folded else value
+    if vr not in _RANGE_VRS and ("*" in text or "?" in text):
+        prefix = _literal_prefix(text)
+        return Condition(keyword, _wildcard(text, folded), folded, prefix=prefix or None)
+    if folded:
+        return Condition(keyword, lambda v: isinstance(v, str) and fold(v) == text, True, (text,))
+    return Condition(keyword, lambda v: v == text, exact=(text,))
+
+
+def _any_of(keyword: str, parts: list[Condition]) -> Condition:
+    exacts = [p.exact for p in parts]
+    exact = None
+    if all(e is not None for e in exacts):
+        exact = tuple(dict.fromkeys(v for e in exacts for v in e))  # type: ignore[union-attr]
+    return Condition(
+        keyword,
+        lambda v: any(p.predicate(v) for p in parts),
+        folded=parts[0].folded,
+        exact=exact,
+    )
+
+
+def compile_query(filters: dict[str, Any]) -> dict[str, Condition]:
+    """Compile every query key, leaving out those that are universal matching."""
+    compiled = {k: compile_condition(k, v) for k, v in filters.items()}
+    return {k: c for k, c in compiled.items() if c is not None}
+
+
+def matches(record: dict[str, Any], conditions: Iterable[Condition]) -> bool:
+    """True when the record satisfies every condition."""
+    return all(c(record.get(c.keyword)) for c in conditions)

@@ -1,0 +1,231 @@
+"""The lossless archive: round trips against pydicom, byte-exact export, duplicates, quarantine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import CORPUS, corpus_params, pydicom_test_files, require_corpus
+from pydicom.pixels import pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pacs_engine import Archive, ArchiveError, open_archive
+
+
+def manifest() -> dict[str, dict[str, str]]:
+    """MANIFEST.tsv rows by path."""
+    lines = (CORPUS / "MANIFEST.tsv").read_text().splitlines()
+    names = lines[0].split("\t")
+    return {r.split("\t")[0]: dict(zip(names, r.split("\t"), strict=True)) for r in lines[1:] if r}
+
+
+def shard_files(archive_path: Path) -> list[Path]:
+    """The shard files of every array (chunk keys start with 'c/')."""
+    pixels = archive_path / "pixels"
+    return [p for p in pixels.rglob("*") if p.is_file() and "c" in p.relative_to(pixels).parts]
+
+
+def pydicom_pixels(path: Path, color_conversion: str) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, force=True)  # some files have no preamble and no meta
+        if "TransferSyntaxUID" not in ds.file_meta:  # as the scanner guessed it
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian
+                if implicit
+                else ExplicitVRLittleEndian
+                if little
+                else ExplicitVRBigEndian
+            )
+        return pixel_array(ds, as_rgb=color_conversion != "none")
+
+
+def check_round_trip(path: Path, folder: Path) -> dict:
+    """Archive one file alone; its frames must equal pydicom's and its export the file."""
+    with Archive.create(folder) as archive:
+        return _round_trip(archive, path)
+
+
+def _round_trip(archive: Archive, path: Path) -> dict:
+    report = archive.add([path])
+    assert report.balanced and report.inputs == 1
+    if report.archived != 1:
+        (record,) = archive.quarantine.records()
+        assert record["path"] == str(path) and record["reason"]
+        assert (archive.path / "quarantine" / f"{record['sha256']}.dcm").read_bytes() == (
+            path.read_bytes()
+        )
+        return record
+    (row,) = list(archive.index)
+    assert archive.export_bytes(row["SOPInstanceUID"]) == path.read_bytes()
+    if row["pixels"]:
+        attributes = archive.pixels.open_array(row["pixels"]["array"]).attrs
+        ours = archive.frames(row["SOPInstanceUID"])
+        theirs = pydicom_pixels(path, attributes.get("color_conversion", "none"))
+        assert ours.dtype == theirs.dtype.newbyteorder("=")
+        assert np.array_equal(ours.reshape(theirs.shape), theirs)
+    assert archive.verify().ok
+    return row
+
+
+@pytest.mark.parametrize("path", corpus_params())
+def test_every_corpus_file_round_trips(path: Path, tmp_path: Path) -> None:
+    entry = manifest()[str(path.relative_to(CORPUS))]
+    result = check_round_trip(path, tmp_path / "archive")
+    if "reason" in result:  # quarantined: only where pydicom cannot decode it either, or no UIDs
+        malformed = entry["path"].startswith("malformed/")
+        no_uids = result["reason"].startswith("no ")
+        assert malformed or no_uids or entry["pydicom_decodes"] == "no", result["reason"]
+
+
+@pytest.mark.parametrize("path", pydicom_test_files(), ids=lambda p: p.name)
+def test_pydicom_test_files_round_trip(path: Path, tmp_path: Path) -> None:
+    check_round_trip(path, tmp_path / "archive")
+
+
+def test_a_plain_zarr_reader_in_a_fresh_process_reads_the_pixels(tmp_path: Path) -> None:
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    archive = Archive.create(tmp_path / "a")
+    archive.add([source])
+    (row,) = list(archive.index)
+    array_path = archive.path / "pixels" / row["pixels"]["array"]
+    code = (
+        "import sys, zarr, numpy as np\n"
+        "a = zarr.open_array(sys.argv[1], mode='r')\n"
+        "np.save(sys.stdout.buffer, a[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(array_path)], capture_output=True, check=True, cwd=tmp_path
+    )
+    from io import BytesIO
+
+    frame = np.load(BytesIO(out.stdout))
+    assert np.array_equal(frame, pydicom.dcmread(source).pixel_array)
+
+
+def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) -> None:
+    corpus = require_corpus()
+    archive = Archive.create(tmp_path / "a")
+    report = archive.add([corpus])
+    files = sum(1 for p in corpus.rglob("*") if p.is_file())
+    assert report.inputs == files
+    assert report.balanced
+    assert report.duplicates > 0 and report.conflicts > 0  # the corpus has both cases
+    assert len(list(archive.index)) == report.archived
+    records = archive.quarantine.records()
+    assert len(records) == report.quarantined + report.conflicts
+    conflicts = [r for r in records if r["reason"].startswith("conflict")]
+    for record in conflicts:
+        assert record["archived_pixel_hash"] and record["pixel_hash"]
+    duplicates = [d for row in archive.index for d in row["duplicates"]]
+    assert len(duplicates) == report.duplicates
+    for duplicate in duplicates:
+        assert (
+            hashlib.sha256(Path(duplicate["path"]).read_bytes()).hexdigest()
+            == (duplicate["sha256"])
+        )
+    assert archive.verify().ok
+    info = archive.info()
+    assert info["instances"] == report.archived and info["ratio"] > 1
+
+
+def test_the_same_files_twice_are_duplicates_not_copies(tmp_path: Path) -> None:
+    files = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
+    archive = Archive.create(tmp_path / "a")
+    first = archive.add(files)
+    stored = sum(f.stat().st_size for f in shard_files(tmp_path / "a"))
+    assert stored > 0
+    second = archive.add(files)
+    assert (first.archived, second.archived, second.duplicates) == (2, 0, 2)
+    again = sum(f.stat().st_size for f in shard_files(tmp_path / "a"))
+    assert again == stored
+    rows = {r["source_path"]: r for r in archive.index}
+    assert all(len(r["duplicates"]) == 1 for r in rows.values())
+
+
+def test_lossless_re_encoding_is_a_duplicate_and_changed_pixels_a_conflict(tmp_path: Path) -> None:
+    samples = {p.name: p for p in pydicom_test_files()}
+    archive = Archive.create(tmp_path / "a")
+    archive.add([samples["MR_small.dcm"]])
+    report = archive.add([samples["MR_small_RLE.dcm"], samples["MR_small_jp2klossless.dcm"]])
+    assert report.duplicates == 2 and report.conflicts == 0
+    changed = pydicom.dcmread(samples["MR_small.dcm"])
+    pixels = changed.pixel_array.copy()
+    pixels[0, 0] += 1
+    changed.PixelData = pixels.tobytes()
+    target = tmp_path / "changed.dcm"
+    changed.save_as(target)
+    report = archive.add([target])
+    assert report.conflicts == 1 and report.archived == 0
+    (record,) = [r for r in archive.quarantine.records() if r["path"] == str(target)]
+    assert "different pixels" in record["reason"]
+    assert record["pixel_hash"] != record["archived_pixel_hash"]
+    kept = archive.path / "quarantine" / f"{record['sha256']}.dcm"
+    assert kept.read_bytes() == target.read_bytes()
+    (row,) = list(archive.index)
+    assert archive.export_bytes(row["SOPInstanceUID"]) == samples["MR_small.dcm"].read_bytes()
+
+
+def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
+    tmp_path: Path,
+) -> None:
+    samples = {p.name: p for p in pydicom_test_files()}
+    broken = bytearray(samples["MR_small_jp2klossless.dcm"].read_bytes())
+    start = broken.index(b"\xff\x4f\xff\x51")  # the J2K codestream's SOC + SIZ markers
+    broken[start + 20 : start + 400] = b"\x00" * 380
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken_j2k.dcm").write_bytes(bytes(broken))
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM")
+    (tmp_path / "in" / "cut.dcm").write_bytes(samples["CT_small.dcm"].read_bytes()[:5000])
+    (tmp_path / "in" / "good.dcm").write_bytes(samples["CT_small.dcm"].read_bytes())
+    archive = Archive.create(tmp_path / "a")
+    report = archive.add([tmp_path / "in"])
+    assert (report.inputs, report.archived, report.quarantined) == (4, 1, 3)
+    reasons = {Path(r["path"]).name: r["reason"] for r in archive.quarantine.records()}
+    assert "cannot be decoded" in reasons["broken_j2k.dcm"]
+    assert "not a DICOM file" in reasons["notes.txt"]
+    assert "past the end" in reasons["cut.dcm"]
+
+
+def test_verify_finds_a_damaged_shard(tmp_path: Path) -> None:
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    archive = Archive.create(tmp_path / "a")
+    archive.add([source])
+    (shard,) = shard_files(tmp_path / "a")
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    report = open_archive(tmp_path / "a").verify()
+    assert not report.ok
+    assert report.mismatches[0]["source_path"] == str(source)
+
+
+def test_one_writer_at_a_time_and_read_only_means_read_only(tmp_path: Path) -> None:
+    archive = Archive.create(tmp_path / "a")
+    with pytest.raises(ArchiveError, match="another process is writing"):
+        open_archive(tmp_path / "a", readonly=False)
+    with pytest.raises(ArchiveError, match="read-only"):
+        open_archive(tmp_path / "a").add([])
+    archive.close()
+    open_archive(tmp_path / "a", readonly=False).close()
+    with pytest.raises(ArchiveError, match="not a pacs_engine archive"):
+        open_archive(tmp_path)
+
+
+def test_query_answers_from_the_index(tmp_path: Path) -> None:
+    archive = Archive.create(tmp_path / "a")
+    archive.add([p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")])
+    (ct,) = archive.query(Modality="CT")
+    assert ct["PatientName"] == "CompressedSamples^CT1"
+    assert [r["Modality"] for r in archive.query(PatientName="Compressed*")] == ["CT", "MR"]
+    assert [r["Modality"] for r in archive.query(PatientName="*^CT?")] == ["CT"]
+    assert len(archive.query(level="series")) == 2
+    assert json.loads(json.dumps(ct))  # rows are plain JSON

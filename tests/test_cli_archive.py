@@ -1,0 +1,63 @@
+"""`pacs-engine ingest`, `verify`, `info` and `export` on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import pydicom_test_files
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pacs_engine.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_ingest_verify_info_export(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    files = [
+        p
+        for p in pydicom_test_files()
+        if p.name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_small_odd.dcm")
+    ]
+    for path in files:
+        (source / path.name).write_bytes(path.read_bytes())
+    (source / "readme.txt").write_text("not DICOM")
+    archive = tmp_path / "archive"
+    result = run_cli("ingest", str(source), "--archive", str(archive), "--json", "--verify")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["inputs"], report["archived"], report["quarantined"]) == (5, 4, 1)
+    assert report["balanced"] is True
+
+    again = json.loads(run_cli("ingest", str(source), "--archive", str(archive), "--json").stdout)
+    assert (again["archived"], again["duplicates"], again["quarantined"]) == (0, 4, 1)
+
+    verify = run_cli("verify", str(archive))
+    assert verify.returncode == 0 and "all match" in verify.stdout
+
+    info = json.loads(run_cli("info", str(archive), "--json").stdout)
+    assert info["instances"] == 4 and set(info["by_modality"]) == {"CT", "MR", "NM", "OT"}
+
+    out = tmp_path / "out"
+    assert run_cli("export", str(archive), str(out)).returncode == 0
+    exported = {hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*.dcm")}
+    assert exported == {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_verify_exits_1_on_damage(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    ct = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    assert run_cli("ingest", str(ct), "--archive", str(archive)).returncode == 0
+    (pack,) = (archive / "headers").rglob("*.pack")
+    pack.write_bytes(b"\0" * pack.stat().st_size)
+    result = run_cli("verify", str(archive))
+    assert result.returncode == 1 and "MISMATCH" in result.stdout

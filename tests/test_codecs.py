@@ -1,0 +1,512 @@
+"""The archive's Zarr v3 codecs: bit-exact round trips, pass-through equals pydicom, fresh reads."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import zarr
+from conftest import CORPUS, require_corpus
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import get_decoder
+from zarr.codecs import ShardingCodec
+
+from pacs_engine.codecs import (
+    ARCHIVE_CODECS,
+    BitstreamCodec,
+    CodecError,
+    DicomJpegLsCodec,
+    FrameCodec,
+    Htj2kCodec,
+    Jpeg2kCodec,
+    JpegLsCodec,
+    JpegXlCodec,
+    choose_codec,
+    general_purpose_codecs,
+    pack_shard,
+    pass_through_codec,
+    write_shard,
+)
+from pacs_engine.codecs._base import image_shape
+from pacs_engine.codecs.choose import central_crop
+from pacs_engine.codecs.jpegls import jpegls_precision
+from pacs_engine.codecs.jpegxl import frame_offset
+
+PASS_THROUGH_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+    "1.2.840.10008.1.2.5",
+}
+CODECS: dict[str, FrameCodec] = {
+    "jpegls": JpegLsCodec(),
+    "jpegls-dtype": JpegLsCodec(precision="dtype"),
+    "htj2k": Htj2kCodec(),
+    "jpeg2k": Jpeg2kCodec(),
+    "jpegxl-e2": JpegXlCodec(effort=2),
+    "jpegxl-e3": JpegXlCodec(effort=3),
+}
+# Corpus frames per (modality, dtype, samples) group for the round trips: enough variety
+# (signed/unsigned, 8/16-bit, RGB, MONOCHROME1) while the suite stays quick.
+PER_GROUP = 4
+ROUND_TRIP_MODALITIES = {"CT", "MR", "CR", "DX", "US", "NM", "PT", "OT"}
+
+
+def _manifest() -> list[dict[str, str]]:
+    with (CORPUS / "MANIFEST.tsv").open(newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _usable(row: dict[str, str]) -> bool:
+    return not row["path"].startswith("malformed/") and row["pydicom_decodes"] == "yes"
+
+
+def _read(path: Path) -> pydicom.FileDataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, force=True)
+
+
+def _frames(ds: pydicom.Dataset) -> np.ndarray:
+    """pixel_array as (frames, rows, cols[, samples])."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arr = ds.pixel_array
+    single = int(ds.get("NumberOfFrames", 1) or 1) == 1
+    return arr[None] if single else arr
+
+
+@cache
+def corpus_images() -> tuple[tuple[str, np.ndarray], ...]:
+    """(label, frame) pairs of real corpus pixels decoded by pydicom, a few per kind."""
+    if not (CORPUS / "MANIFEST.tsv").is_file():
+        return ()
+    groups: dict[tuple[str, str, int], int] = defaultdict(int)
+    seen: set[str] = set()
+    out = []
+    for row in _manifest():
+        if not _usable(row) or row["modality"] not in ROUND_TRIP_MODALITIES:
+            continue
+        try:
+            frames = _frames(_read(CORPUS / row["path"]))
+        except Exception:
+            continue
+        if frames.dtype.kind not in "ui":
+            continue
+        frame = np.ascontiguousarray(frames[len(frames) // 2])
+        frame = frame.astype(frame.dtype.newbyteorder("="))
+        key = (row["modality"], frame.dtype.str, frame.ndim)
+        digest = hashlib.sha1(frame.tobytes()).hexdigest()
+        if groups[key] >= PER_GROUP or digest in seen:
+            continue
+        groups[key] += 1
+        seen.add(digest)
+        out.append((f"{row['modality']}:{frame.dtype}:{row['path']}", frame))
+    return tuple(out)
+
+
+def _supports(codec: FrameCodec, frame: np.ndarray) -> bool:
+    return f"{frame.dtype.kind}{frame.dtype.itemsize}" in codec.supported_dtypes
+
+
+def _roundtrip(codec: FrameCodec, frame: np.ndarray) -> tuple[np.ndarray, bytes]:
+    data = codec.encode_frame(frame)
+    return codec.decode_frame(data, frame.shape, frame.dtype), data
+
+
+# --- archive codecs: bit-exact round trips ----------------------------------
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", CODECS)
+def test_roundtrip_real_corpus_frames(name: str) -> None:
+    """Every codec gives back pydicom's pixels of real CT/MR/CR/US/RGB frames bit for bit."""
+    require_corpus()
+    codec = CODECS[name]
+    tested = defaultdict(int)
+    for label, frame in corpus_images():
+        if not _supports(codec, frame):
+            continue
+        try:
+            back, _ = _roundtrip(codec, frame)
+        except CodecError as exc:
+            # Only the bit-depth limits of JPEG-LS / JPEG-XL may refuse a frame, never silently.
+            assert "at most 16 bits" in str(exc), label
+            continue
+        assert back.dtype == frame.dtype, label
+        assert np.array_equal(back, frame), label
+        tested[label.split(":")[0]] += 1
+        tested[f"{frame.dtype}{'-rgb' if frame.ndim == 3 else ''}"] += 1
+    for kind in ("CT", "MR", "US", "uint16", "uint8", "uint8-rgb", "int16"):
+        assert tested[kind], f"no {kind} frame was tested for {name}: {dict(tested)}"
+
+
+EDGE_FRAMES = {
+    "zeros-u8": np.zeros((7, 9), np.uint8),
+    "ones-u8": np.ones((16, 16), np.uint8),
+    "full-u8": np.arange(256, dtype=np.uint8).reshape(16, 16),
+    "full-u16": np.array([[0, 65535], [65535, 0]], np.uint16).repeat(8, 0).repeat(8, 1),
+    "full-i16": np.array([[-32768, 32767], [0, -1]], np.int16).repeat(8, 0).repeat(8, 1),
+    "i8": np.arange(-128, 128, dtype=np.int8).reshape(16, 16),
+    "negative-only-i16": np.full((5, 3), -7, np.int16),
+    "one-pixel-u16": np.array([[4095]], np.uint16),
+    "ct-padding-i16": np.where(np.arange(64 * 64).reshape(64, 64) % 7, -2000, 40).astype(np.int16),
+    "rgb-u8": np.random.default_rng(1).integers(0, 256, (13, 11, 3), dtype=np.uint8),
+    "rgb-u16": np.random.default_rng(2).integers(0, 4096, (8, 8, 3), dtype=np.uint16),
+}
+
+
+@pytest.mark.parametrize("frame_name", EDGE_FRAMES)
+@pytest.mark.parametrize("name", CODECS)
+def test_roundtrip_edge_frames(name: str, frame_name: str) -> None:
+    """Extreme values, tiny and odd shapes, signed 8/16-bit and colour survive every codec."""
+    codec, frame = CODECS[name], EDGE_FRAMES[frame_name]
+    if not _supports(codec, frame):
+        pytest.skip(f"{name} does not take {frame.dtype}")
+    back, _ = _roundtrip(codec, frame)
+    assert back.dtype == frame.dtype
+    assert np.array_equal(back, frame)
+
+
+def test_jpegls_precision_follows_the_data() -> None:
+    """JPEG-LS "minimal" uses the bits the values need; signed data as two's complement."""
+    codec = JpegLsCodec()
+    assert jpegls_precision(codec.encode_frame(np.full((4, 4), 4095, np.uint16))) == 12
+    assert jpegls_precision(codec.encode_frame(np.full((4, 4), 1, np.uint8))) == 2
+    signed = np.linspace(-2000, 2000, 64 * 64).astype(np.int16).reshape(64, 64)
+    assert jpegls_precision(codec.encode_frame(signed)) == 12
+    assert jpegls_precision(JpegLsCodec(precision="dtype").encode_frame(signed)) == 16
+    # A frame too small for pyjpegls's output buffer falls back to P = 16, still exact.
+    tiny = np.array([[-2000, 2000]], np.int16)
+    data = codec.encode_frame(tiny)
+    assert jpegls_precision(data) == 16
+    assert np.array_equal(codec.decode_frame(data, tiny.shape, tiny.dtype), tiny)
+    with pytest.raises(CodecError, match="at most 16 bits"):
+        codec.encode_frame(np.array([[0, 70000]], np.uint32))
+
+
+def test_signed_jpegls_chunk_is_a_dicom_jpegls_frame() -> None:
+    """A signed archive chunk decodes with pydicom as JPEG-LS with Pixel Representation 1."""
+    frame = EDGE_FRAMES["ct-padding-i16"]
+    chunk = JpegLsCodec().encode_frame(frame)
+    arr, _ = get_decoder("1.2.840.10008.1.2.4.80").as_array(
+        encapsulate([chunk]),
+        rows=frame.shape[0],
+        columns=frame.shape[1],
+        samples_per_pixel=1,
+        bits_allocated=16,
+        bits_stored=16,
+        pixel_representation=1,
+        photometric_interpretation="MONOCHROME2",
+        number_of_frames=1,
+    )
+    assert np.array_equal(arr, frame)
+
+
+def test_signed_frames_keep_their_ratio() -> None:
+    """Native signed input to HTJ2K compresses like the same image shifted to unsigned."""
+    rng = np.random.default_rng(3)
+    smooth = rng.normal(0, 30, (128, 128)).cumsum(axis=1).cumsum(axis=0) / 40
+    signed = np.clip(smooth - 500, -2048, 2047).astype(np.int16)
+    shifted = (signed.astype(np.int32) + 2048).astype(np.uint16)
+    for codec in (Htj2kCodec(), Jpeg2kCodec(), JpegLsCodec(), JpegXlCodec()):
+        n_signed = len(codec.encode_frame(signed))
+        n_shifted = len(codec.encode_frame(shifted))
+        assert n_signed <= 1.05 * n_shifted, codec.codec_name
+
+
+def test_jpegxl_offset_box_only_for_negative_frames() -> None:
+    """JPEG-XL chunks carry an offset box exactly when the frame has negative values."""
+    codec = JpegXlCodec()
+    assert frame_offset(codec.encode_frame(np.arange(16, dtype=np.int16).reshape(4, 4))) == 0
+    data = codec.encode_frame(np.arange(-8, 8, dtype=np.int16).reshape(4, 4))
+    assert frame_offset(data) == -8
+
+
+@pytest.mark.corpus
+def test_jpegxl_on_the_frames_that_broke_effort_1() -> None:
+    """The RGB frames libjxl's effort-1 path corrupted are exact at the efforts we allow."""
+    path = CORPUS / "pylibjpeg-data/JPEGLosslessSV1/JPEGLosslessP14SV1_3s_2f_u_08_08.dcm"
+    if not path.is_file():
+        pytest.skip(f"{path} not in the corpus (set PACS_ENGINE_CORPUS)")
+    for frame in _frames(_read(path)):
+        for effort in (2, 3):
+            back, _ = _roundtrip(JpegXlCodec(effort=effort), np.ascontiguousarray(frame))
+            assert np.array_equal(back, frame)
+
+
+@pytest.mark.parametrize("codec", [cls() for cls in ARCHIVE_CODECS], ids=lambda c: c.codec_name)
+def test_config_is_json_and_roundtrips(codec: FrameCodec) -> None:
+    """Every codec's metadata is plain JSON and rebuilds an equal codec."""
+    as_json = json.loads(json.dumps(codec.to_dict()))
+    assert type(codec).from_dict(as_json) == codec
+
+
+def test_bad_config_and_dtype_are_refused() -> None:
+    """Unknown settings and unsupported dtypes fail loudly at array creation."""
+    with pytest.raises(CodecError):
+        JpegLsCodec(precision="best")
+    with pytest.raises(CodecError, match="effort"):
+        JpegXlCodec(effort=1)  # libjxl's fast-lossless path corrupted real RGB frames
+    with pytest.raises(CodecError):
+        zarr.create_array(
+            {}, shape=(1, 4, 4), chunks=(1, 4, 4), dtype="float32", serializer=JpegLsCodec()
+        )
+    with pytest.raises(CodecError, match="not one frame"):
+        image_shape((2, 4, 4))
+    assert image_shape((1, 4, 5, 3)) == (4, 5, 3)
+
+
+def test_general_purpose_codecs_roundtrip() -> None:
+    """The documented fallback (zarr's bytes + blosc zstd bit-shuffle) stores floats losslessly."""
+    data = np.random.default_rng(4).normal(size=(2, 8, 8)).astype(np.float32)
+    serializer, compressor = general_purpose_codecs(data.dtype)
+    arr = zarr.create_array(
+        {},
+        shape=data.shape,
+        chunks=(1, 8, 8),
+        dtype=data.dtype,
+        serializer=serializer,
+        compressors=[compressor],
+    )
+    arr[:] = data
+    assert np.array_equal(arr[:], data)
+
+
+def test_choose_codec_prefers_jpegls_unless_clearly_beaten() -> None:
+    """Per-series choice keeps JPEG-LS on ties and switches only for a real gain."""
+    noise = np.random.default_rng(5).integers(0, 4096, (64, 64), dtype=np.uint16)
+    ls, xl = JpegLsCodec(), JpegXlCodec()
+    assert choose_codec(noise, [ls, JpegLsCodec(precision="minimal")]) is ls
+    n_ls, n_xl = len(ls.encode_frame(noise)), len(xl.encode_frame(noise))
+    assert choose_codec(noise, [ls, xl], margin=0.02) is (xl if n_xl * 1.02 < n_ls else ls)
+    assert choose_codec(noise, [ls, xl], margin=10.0) is ls
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.int16) - 50
+    assert isinstance(choose_codec(ramp), FrameCodec)
+    rgb = EDGE_FRAMES["rgb-u8"]
+    assert isinstance(choose_codec(rgb), FrameCodec)
+    with pytest.raises(CodecError):
+        choose_codec(np.zeros((4, 4), np.float64), candidates=[JpegLsCodec()])
+    assert central_crop(np.zeros((2000, 1000)), 512 * 512).shape == (724, 362)
+    assert central_crop(np.zeros((10, 20, 3)), 512 * 512).shape == (10, 20, 3)
+
+
+# --- fresh-process reads of sharded arrays -------------------------------------
+
+READER = """
+import json, sys
+import numpy as np
+import zarr
+root = sys.argv[1]
+for name in json.loads(sys.argv[2]):
+    np.save(f"{root}/{name}.npy", zarr.open_array(f"{root}/{name}.zarr", mode="r")[:])
+"""
+
+
+def _read_in_fresh_process(root: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Read arrays with plain zarr in a new interpreter that never imports pacs_engine itself."""
+    cmd = [sys.executable, "-c", READER, str(root), json.dumps(names)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {name: np.load(root / f"{name}.npy") for name in names}
+
+
+def _sharded(path: Path, shape: tuple[int, ...], dtype: np.dtype, codec: FrameCodec) -> zarr.Array:
+    frames_per_shard = min(shape[0], 4)
+    return zarr.create_array(
+        str(path),
+        shape=shape,
+        dtype=dtype,
+        chunks=(1, *shape[1:]),
+        shards=(frames_per_shard, *shape[1:]),
+        serializer=codec,
+        compressors=None,
+        fill_value=0,
+    )
+
+
+def _stacks() -> dict[str, np.ndarray]:
+    """A few multi-frame stacks: real corpus frames when present, synthetic otherwise."""
+    stacks = {f"edge-{k}": np.stack([v, v[::-1]]) for k, v in EDGE_FRAMES.items()}
+    by_kind: dict[str, list[np.ndarray]] = defaultdict(list)
+    for label, frame in corpus_images():
+        by_kind[f"{label.split(':')[0]}-{frame.dtype}-{frame.shape}"].append(frame)
+    for kind, frames in sorted(by_kind.items()):
+        if len(frames) >= 2:
+            stacks[f"corpus-{kind}"] = np.stack(frames[:5])
+    return stacks
+
+
+def _encodes(codec: FrameCodec, stack: np.ndarray) -> bool:
+    """Whether every frame is within the codec's bit-depth limit (e.g. 32-bit RGB is not)."""
+    try:
+        for frame in stack:
+            codec.encode_frame(frame)
+    except CodecError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_fresh_process_reads_sharded_array(tmp_path: Path, name: str) -> None:
+    """zarr.open_array in a new process reads what each codec wrote, via entry points only."""
+    codec = CODECS[name]
+    expected = {}
+    for i, stack in enumerate(_stacks().values()):
+        if not _supports(codec, stack[0]) or not _encodes(codec, stack):
+            continue
+        label = f"a{i}"
+        arr = _sharded(tmp_path / f"{label}.zarr", stack.shape, stack.dtype, codec)
+        arr[:] = stack  # five frames, shards of four: the last shard is partial
+        expected[label] = stack
+    got = _read_in_fresh_process(tmp_path, list(expected))
+    for label, stack in expected.items():
+        assert got[label].dtype == stack.dtype
+        assert np.array_equal(got[label], stack), label
+
+
+def test_pack_shard_index_at_start(tmp_path: Path) -> None:
+    """Hand-packed shards with the index first read back through zarr's sharding codec."""
+    stack = np.stack([EDGE_FRAMES["full-i16"], EDGE_FRAMES["full-i16"].T])
+    codec = JpegLsCodec()
+    sharding = ShardingCodec(chunk_shape=(1, 16, 16), codecs=[codec], index_location="start")
+    arr = zarr.create_array(
+        str(tmp_path / "s.zarr"),
+        shape=(3, 16, 16),
+        dtype="int16",
+        chunks=(3, 16, 16),
+        serializer=sharding,
+        compressors=None,
+        fill_value=5,
+    )
+    write_shard(arr, (0, 0, 0), [codec.encode_frame(f) for f in stack])
+    back = zarr.open_array(str(tmp_path / "s.zarr"), mode="r")[:]
+    assert np.array_equal(back[:2], stack)
+    assert (back[2] == 5).all()  # an absent chunk reads as the fill value
+    assert pack_shard([b"ab", None], index_location="start")[-2:] == b"ab"
+
+
+# --- pass-through decoders -------------------------------------------------------
+
+
+def _pass_through_files() -> list:
+    if not (CORPUS / "MANIFEST.tsv").is_file():
+        return [
+            pytest.param(
+                None,
+                marks=pytest.mark.skip(
+                    reason=f"shared corpus not found at {CORPUS} (set PACS_ENGINE_CORPUS)"
+                ),
+            )
+        ]
+    rows = [
+        r for r in _manifest() if _usable(r) and r["transfer_syntax_uid"] in PASS_THROUGH_SYNTAXES
+    ]
+    return [pytest.param(r["path"], id=r["path"]) for r in rows]
+
+
+def _codec_for(ds: pydicom.Dataset) -> BitstreamCodec:
+    return pass_through_codec(
+        str(ds.file_meta.TransferSyntaxUID),
+        photometric_interpretation=str(ds.PhotometricInterpretation),
+        bits_allocated=int(ds.BitsAllocated),
+        bits_stored=int(ds.BitsStored),
+        pixel_representation=int(ds.PixelRepresentation),
+        samples_per_pixel=int(ds.SamplesPerPixel),
+        planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
+    )
+
+
+def _bitstreams(ds: pydicom.Dataset) -> list[bytes]:
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    return list(generate_frames(ds.PixelData, number_of_frames=count))
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("relpath", _pass_through_files())
+def test_pass_through_equals_pydicom(relpath: str) -> None:
+    """Decoding each original frame bitstream gives pydicom's pixel_array, dtype and values."""
+    ds = _read(CORPUS / relpath)
+    expected = _frames(ds)
+    codec = _codec_for(ds)
+    assert json.loads(json.dumps(codec.to_dict()))["configuration"]["color_conversion"] in (
+        "ybr_full_to_rgb",
+        "none",
+    )
+    for i, bitstream in enumerate(_bitstreams(ds)):
+        chunk = codec.encode_bitstream(bitstream)
+        got = codec.decode_frame(chunk, expected.shape[1:], expected.dtype)
+        assert got.dtype == expected.dtype
+        assert np.array_equal(got, expected[i]), f"frame {i} ({codec.decoder})"
+
+
+@pytest.mark.corpus
+def test_pass_through_sharded_fresh_process(tmp_path: Path) -> None:
+    """Original bitstreams packed into shards by hand read back with plain zarr.open_array."""
+    require_corpus()
+    expected, families = {}, set()
+    for i, param in enumerate(_pass_through_files()):
+        ds = _read(CORPUS / param.values[0])
+        frames, codec = _frames(ds), _codec_for(ds)
+        arr = _sharded(tmp_path / f"p{i}.zarr", frames.shape, frames.dtype, codec)
+        bitstreams = [codec.encode_bitstream(b) for b in _bitstreams(ds)]
+        per_shard = arr.shards[0]
+        for shard, start in enumerate(range(0, len(bitstreams), per_shard)):
+            chunks = bitstreams[start : start + per_shard]
+            write_shard(arr, (shard, *[0] * (frames.ndim - 1)), chunks)
+        expected[f"p{i}"] = frames
+        families.add(codec.codec_name)
+    assert len(families) == 6, families
+    got = _read_in_fresh_process(tmp_path, list(expected))
+    for label, frames in expected.items():
+        assert got[label].dtype == frames.dtype
+        assert np.array_equal(got[label], frames), label
+
+
+def test_pass_through_refuses_to_encode_pixels(tmp_path: Path) -> None:
+    """Writing pixels through a pass-through codec raises; so does a foreign bitstream."""
+    codec = DicomJpegLsCodec(
+        transfer_syntax_uid="1.2.840.10008.1.2.4.80",
+        photometric_interpretation="MONOCHROME2",
+        bits_allocated=16,
+        bits_stored=12,
+    )
+    arr = _sharded(tmp_path / "x.zarr", (2, 8, 8), np.dtype("u2"), codec)
+    with pytest.raises(CodecError, match="cannot encode pixels"):
+        arr[:] = np.ones((2, 8, 8), np.uint16)
+    with pytest.raises(CodecError):
+        codec.encode_bitstream(Htj2kCodec().encode_frame(np.ones((8, 8), np.uint16)))
+    with pytest.raises(CodecError):
+        codec.encode_bitstream(b"\x00" * 100)
+    jls = JpegLsCodec().encode_frame(np.full((8, 8), 100, np.uint16))
+    assert codec.encode_bitstream(jls) == jls
+    with pytest.raises(CodecError):  # wrong array dtype (zarr validates unsharded codecs only)
+        zarr.create_array(
+            {}, shape=(2, 8, 8), chunks=(1, 8, 8), dtype="i2", serializer=codec, compressors=None
+        )
+    with pytest.raises(CodecError):  # DCT JPEG is never decoded by imagecodecs
+        pass_through_codec(
+            "1.2.840.10008.1.2.4.50",
+            photometric_interpretation="MONOCHROME2",
+            bits_allocated=8,
+            bits_stored=8,
+            decoder="imagecodecs",
+        )

@@ -1,0 +1,671 @@
+"""The index: round trips, atomic commits under SIGKILL and concurrent readers, C-FIND matching
+checked against a brute-force filter, and use from forked and spawned processes."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacs_engine.index import SERIES_KEYWORDS, STUDY_KEYWORDS, Index, _lmdb
+
+ROOT = "1.2.826.0.1.3680043.8.498"
+
+
+def make_row(study: int, series: int, instance: int, **extra: Any) -> dict[str, Any]:
+    """A row as the ingest would write it: scanner attributes plus archive fields."""
+    sop = f"{ROOT}.{study}.{series}.{instance}"
+    return {
+        "SOPInstanceUID": sop,
+        "SeriesInstanceUID": f"{ROOT}.{study}.{series}",
+        "StudyInstanceUID": f"{ROOT}.{study}",
+        "PatientID": f"P{study % 7}",
+        "PatientName": "Müller^Jürgen" if study % 2 else "DOE^JOHN",
+        "StudyDate": f"2020{study % 12 + 1:02d}15",
+        "Modality": "CT",
+        "SeriesNumber": series,
+        "InstanceNumber": instance,
+        "Rows": 512,
+        "RescaleSlope": 1.0,
+        "PixelSpacing": [0.5, 0.5],
+        "WindowCenter": None,
+        "source_path": f"/archive/{sop}.dcm",
+        "source_sha256": hashlib.sha256(sop.encode()).hexdigest(),
+        "file_size": 1000 + instance,
+        "status": "archived",
+        "pixels": {"array": f"series/{study}.{series}", "frames": [instance]},
+        "header": {"blob": "headers/0.bin", "offset": 64 * instance, "length": 64},
+        "frame_hashes": [hashlib.md5(sop.encode()).hexdigest()],
+        **extra,
+    }
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Any:
+    with Index.create(tmp_path / "index") as ix:
+        yield ix
+
+
+# --- round trips --------------------------------------------------------------
+
+
+def test_round_trip(index: Index) -> None:
+    rows = [make_row(1, s, i) for s in (1, 2) for i in range(5)]
+    index.commit(rows)
+    assert len(index) == 10
+    for row in rows:
+        assert index.get(row["SOPInstanceUID"]) == row
+        assert row["SOPInstanceUID"] in index
+    assert index.get("1.2.3") is None
+    assert "1.2.3" not in index
+    assert index.series_record(f"{ROOT}.1.1") == {
+        "SeriesInstanceUID": f"{ROOT}.1.1",
+        "StudyInstanceUID": f"{ROOT}.1",
+        "Modality": "CT",
+        "SeriesNumber": 1,
+        "NumberOfSeriesRelatedInstances": 5,
+    }
+    study = index.study_record(f"{ROOT}.1")
+    assert study is not None
+    assert study["PatientName"] == "Müller^Jürgen"
+    assert study["ModalitiesInStudy"] == ["CT"]
+    assert study["NumberOfStudyRelatedSeries"] == 2
+    assert study["NumberOfStudyRelatedInstances"] == 10
+
+
+def test_series_order_and_study_order(index: Index) -> None:
+    numbers = [3, -2, None, 10, 3, "7", 2**70]
+    rows = [make_row(1, 1, i, InstanceNumber=n) for i, n in enumerate(numbers)]
+    rows += [make_row(1, s, 0, SeriesNumber=n) for s, n in ((2, 5), (3, None), (4, 1))]
+    index.commit(random.Random(0).sample(rows, len(rows)))
+    # Integer InstanceNumbers first, ascending; ties and the rest by SOP Instance UID.
+    got = [(r["InstanceNumber"], r["SOPInstanceUID"]) for r in index.series(f"{ROOT}.1.1")]
+    ints = sorted((n, u) for n, u in got if isinstance(n, int) and abs(n) < 2**63)
+    others = sorted(((n, u) for n, u in got if (n, u) not in ints), key=lambda p: p[1])
+    assert got == ints + others
+    series_order = [r["SeriesInstanceUID"] for r in index.study(f"{ROOT}.1")]
+    assert series_order == [f"{ROOT}.1.{s}" for s in [1] * 7 + [4, 2, 3]]
+    assert [s["SeriesInstanceUID"] for s in index.all_series()] == sorted(
+        f"{ROOT}.1.{s}" for s in (1, 2, 3, 4)
+    )
+
+
+def test_iteration_crosses_chunks(index: Index) -> None:
+    rows = [make_row(s % 3, s, i) for s in range(5) for i in range(500)]
+    for start in range(0, len(rows), 700):
+        index.commit(rows[start : start + 700])
+    assert [r["SOPInstanceUID"] for r in index] == sorted(r["SOPInstanceUID"] for r in rows)
+
+
+def test_replace_mark_move_and_remove(index: Index, tmp_path: Path) -> None:
+    index.commit([make_row(1, 1, i) for i in range(4)] + [make_row(2, 1, 0)])
+    marked = {**make_row(1, 1, 0), "status": "duplicate"}
+    index.commit([marked])
+    assert index.get(marked["SOPInstanceUID"]) == marked
+    assert len(index) == 5
+    # The same SOP instance now in another series of another study (a corrected file).
+    moved = make_row(1, 1, 1, SeriesInstanceUID=f"{ROOT}.2.9", StudyInstanceUID=f"{ROOT}.2")
+    index.commit([moved])
+    assert [r["InstanceNumber"] for r in index.series(f"{ROOT}.1.1")] == [0, 2, 3]
+    assert index.series(f"{ROOT}.2.9") == [moved]
+    assert index.study_record(f"{ROOT}.1")["NumberOfStudyRelatedInstances"] == 3
+    assert index.study_record(f"{ROOT}.2")["NumberOfStudyRelatedSeries"] == 2
+    # A batch that removes some rows and replaces others.
+    index.commit([make_row(2, 1, 0, status="quarantined")], remove=[moved["SOPInstanceUID"]])
+    assert index.series_record(f"{ROOT}.2.9") is None
+    assert index.study_record(f"{ROOT}.2")["NumberOfStudyRelatedSeries"] == 1
+    assert [r["status"] for r in index.query(StudyInstanceUID=f"{ROOT}.2")] == ["quarantined"]
+    everything = [r["SOPInstanceUID"] for r in index]
+    index.commit([], remove=[*everything, "not.there"])
+    assert len(index) == 0
+    assert index.all_series() == []
+    assert index.query(level="study") == []
+    index.close()
+    # No record, link or query-index entry outlives its rows.
+    with lmdb.open(str(tmp_path / "index"), max_dbs=16, readonly=True) as env:
+        for name in _lmdb.DB_NAMES[1:]:  # all but meta
+            with env.begin(db=env.open_db(name, create=False)) as txn:
+                assert txn.stat()["entries"] == 0, name
+
+
+def test_last_committed_row_gives_record_attributes(index: Index) -> None:
+    index.commit([make_row(1, 1, 0, Modality="MR", PatientID="A")])
+    index.commit([make_row(1, 1, 1, Modality="CT", PatientID="B")])
+    assert index.series_record(f"{ROOT}.1.1")["Modality"] == "CT"
+    assert index.study_record(f"{ROOT}.1")["ModalitiesInStudy"] == ["CT"]
+    assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="B")] == [f"{ROOT}.1"]
+    assert index.query("study", PatientID="A") == []
+
+
+def test_bad_batches_commit_nothing(index: Index) -> None:
+    index.commit([make_row(1, 1, 0)])
+    bad = {k: v for k, v in make_row(1, 1, 2).items() if k != "SeriesInstanceUID"}
+    with pytest.raises(ValueError, match="SeriesInstanceUID"):
+        index.commit([make_row(1, 1, 1), bad])
+    with pytest.raises(TypeError):
+        index.commit([make_row(1, 1, 1), make_row(1, 1, 2, status=object())])
+    with pytest.raises(ValueError, match="longer than"):
+        index.commit([make_row(1, 1, 1, SOPInstanceUID="1." * 150)])
+    assert len(index) == 1
+
+
+def test_open_create_and_readonly(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    with pytest.raises(FileNotFoundError):
+        Index.open(path)
+    with Index.create(path) as writer:
+        writer.commit([make_row(1, 1, 0)])
+        with pytest.raises(FileExistsError):
+            Index.create(path)
+        # A reader in the same process shares the writer's environment.
+        with Index.open(path) as reader:
+            assert len(reader) == 1
+            with pytest.raises(PermissionError):
+                reader.commit([make_row(1, 1, 1)])
+    with Index.open(path) as reader:
+        # A writer opened while a read-only environment is open upgrades it.
+        with Index.open(path, readonly=False) as writer:
+            writer.commit([make_row(1, 1, 1)])
+        assert len(reader) == 2
+    reader.close()  # twice is fine
+    with pytest.raises(ValueError, match="closed"):
+        reader.get("x")
+    other = tmp_path / "other"
+    with lmdb.open(str(other)) as env, env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    with pytest.raises(ValueError, match=r"not a pacs_engine\.index"):
+        Index.open(other)
+
+
+# --- query semantics against a brute-force filter --------------------------------
+
+NAMES = ["DOE^JOHN", "Doe^Jane", "DOE^JO", "SMITH^ANNA^B", "Smith", "ÅSTRÖM^ÖRJAN", "O'NEIL^X", ""]
+
+
+def _corpus() -> list[dict[str, Any]]:
+    """Rows of 40 studies whose series and study attributes agree, with gaps and odd values."""
+    rnd = random.Random(42)
+    rows = []
+    for study in range(40):
+        study_attrs: dict[str, Any] = {
+            "StudyInstanceUID": f"{ROOT}.{study}",
+            "PatientID": rnd.choice(["P1", "P2", "P3", "p1", "P10", "X-1"]),
+            "PatientName": rnd.choice(NAMES),
+            "StudyDate": f"20{rnd.randint(18, 22)}{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}",
+            "AccessionNumber": f"A{study % 13}",
+            "StudyDescription": rnd.choice(["CT CHEST", "MR BRAIN", "ct abdomen"]),
+        }
+        for keyword in ("PatientName", "StudyDate", "AccessionNumber"):
+            if rnd.random() < 0.12:
+                if rnd.random() < 0.5:
+                    del study_attrs[keyword]
+                else:
+                    study_attrs[keyword] = None
+        for series in range(rnd.randint(1, 3)):
+            series_attrs = {
+                "SeriesInstanceUID": f"{ROOT}.{study}.{series}",
+                "Modality": rnd.choice(["CT", "MR", "PT", "SR", None]),
+                "SeriesNumber": rnd.choice([1, 2, 3, None]),
+                "SeriesDescription": rnd.choice(["AX T1", "COR", "SAG T2"]),
+            }
+            for instance in range(rnd.randint(1, 6)):
+                rows.append(
+                    {
+                        **study_attrs,
+                        **series_attrs,
+                        "SOPInstanceUID": f"{ROOT}.{study}.{series}.{instance}",
+                        "InstanceNumber": instance + 1,
+                        "SOPClassUID": rnd.choice(["1.2.840.10008.5.1.4.1.1.2", "1.2.3"]),
+                        "ImageType": rnd.choice(
+                            [["ORIGINAL", "PRIMARY"], ["DERIVED", "SECONDARY"]]
+                        ),
+                        "status": rnd.choice(["archived", "duplicate"]),
+                    }
+                )
+    return rows
+
+
+CORPUS = _corpus()
+
+
+@pytest.fixture(scope="module")
+def query_index(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rows = CORPUS
+    with Index.create(tmp_path_factory.mktemp("query") / "index") as ix:
+        # Commit out of order, some rows twice (stale versions first), some removed and
+        # re-added, so that the records are the result of replacements.
+        rnd = random.Random(7)
+        stale = [{**r, "status": "stale"} for r in rnd.sample(rows, 30)]
+        ix.commit(stale)
+        shuffled = rnd.sample(rows, len(rows))
+        for start in range(0, len(shuffled), 25):
+            ix.commit(shuffled[start : start + 25])
+        gone = rnd.sample(rows, 10)
+        ix.commit([], remove=[r["SOPInstanceUID"] for r in gone])
+        ix.commit(gone)
+        yield ix
+
+
+def _ref_value(keyword: str, query: Any, value: Any) -> bool:
+    """An independent statement of C-FIND matching for one attribute value."""
+    if isinstance(value, list):
+        return any(_ref_value(keyword, query, v) for v in value)
+    if value is None:
+        return False
+    if keyword.endswith("UID"):
+        return value in query.split("\\")
+    if keyword == "StudyDate" and query.count("-") == 1:
+        lo, hi = query.split("-")
+        return value >= lo and (not hi or value[: len(hi)] <= hi)
+    if keyword in ("SeriesNumber", "InstanceNumber"):
+        return isinstance(value, int) and value == int(query)
+    if keyword == "PatientName":
+        return fnmatch.fnmatchcase(value.upper(), query.upper())
+    if keyword == "StudyDate":
+        return value == query
+    return fnmatch.fnmatchcase(value, query)
+
+
+def _ref_match(record: dict[str, Any], filters: dict[str, Any]) -> bool:
+    for keyword, query in filters.items():
+        alternatives = query if isinstance(query, list) else [query]
+        if any(q in (None, "", "*") for q in alternatives):
+            continue
+        if not any(_ref_value(keyword, q, record.get(keyword)) for q in alternatives):
+            return False
+    return True
+
+
+def _reference(level: str, filters: dict[str, Any]) -> list[str]:
+    """UIDs at `level` that brute force over the rows finds."""
+    study_f = {k: v for k, v in filters.items() if k in STUDY_KEYWORDS}
+    series_f = {k: v for k, v in filters.items() if k in SERIES_KEYWORDS}
+    if level == "instance":
+        return sorted(r["SOPInstanceUID"] for r in CORPUS if _ref_match(r, filters))
+    found = {
+        r[f"{level.capitalize()}InstanceUID"]
+        for r in CORPUS
+        if _ref_match(r, study_f) and _ref_match(r, series_f)
+    }
+    return sorted(found)
+
+
+def _uids(level: str, records: list[dict[str, Any]]) -> list[str]:
+    return sorted(
+        r[f"{level.capitalize()}InstanceUID" if level != "instance" else "SOPInstanceUID"]
+        for r in records
+    )
+
+
+@pytest.mark.parametrize(
+    ("level", "filters"),
+    [
+        ("study", {"PatientName": "DOE^*"}),
+        ("study", {"PatientName": "doe^j?"}),
+        ("study", {"PatientName": "*^*"}),
+        ("study", {"PatientName": "åström*"}),
+        ("study", {"PatientName": "*"}),
+        ("study", {"PatientID": "P1"}),
+        ("study", {"PatientID": "p1"}),
+        ("study", {"PatientID": "P1*"}),
+        ("study", {"PatientID": ["P2", "X-1"]}),
+        ("study", {"StudyDate": "20200101-20201231"}),
+        ("study", {"StudyDate": "-20190630"}),
+        ("study", {"StudyDate": "20210101-"}),
+        ("study", {"StudyDate": "2020"}),
+        ("study", {"StudyDate": "2020*"}),
+        ("study", {"Modality": "CT"}),
+        ("study", {"Modality": "CT", "StudyDate": "2019-2020", "PatientID": "P2"}),
+        ("study", {"AccessionNumber": "A1"}),
+        ("study", {"AccessionNumber": "A1*", "StudyDescription": "CT*"}),
+        ("series", {"Modality": "MR", "PatientName": "*SMITH*"}),
+        ("series", {"SeriesNumber": 2}),
+        ("series", {"SeriesNumber": "2", "Modality": ["CT", "PT"]}),
+        ("series", {"SeriesInstanceUID": f"{ROOT}.3.0\\{ROOT}.4.1\\1.2.3"}),
+        ("series", {"StudyInstanceUID": f"{ROOT}.5", "Modality": "SR"}),
+        ("instance", {"Modality": "CT", "status": "dup*"}),
+        ("instance", {"SOPClassUID": "1.2.3", "PatientID": "P3"}),
+        ("instance", {"SOPInstanceUID": f"{ROOT}.1.0.0\\{ROOT}.2.0.0", "PatientName": "D*"}),
+        ("instance", {"ImageType": "DERIVED", "InstanceNumber": 1}),
+        ("instance", {"StudyDate": "20190101-20211231", "PatientName": "?OE*"}),
+        ("instance", {}),
+    ],
+)
+def test_query_matches_brute_force(query_index: Index, level: str, filters: dict) -> None:
+    got = query_index.query(level, **filters)
+    assert _uids(level, got) == _reference(level, filters)
+    assert len(got) == len({json.dumps(r, sort_keys=True) for r in got})
+
+
+def _filter_values() -> dict[str, list[Any]]:
+    values: dict[str, set] = defaultdict(set)
+    for row in CORPUS:
+        for keyword in (
+            "PatientID",
+            "PatientName",
+            "StudyDate",
+            "AccessionNumber",
+            "Modality",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+        ):
+            if isinstance(row.get(keyword), str) and row[keyword]:
+                values[keyword].add(row[keyword])
+    out = {k: sorted(v) for k, v in values.items()}
+    out["PatientName"] += [n.lower()[:3] + "*" for n in NAMES if n] + ["*O*", "??E^*", "S*H"]
+    out["PatientID"] += ["P*", "?1", "P1?"]
+    dates = out["StudyDate"]
+    out["StudyDate"] = dates + [f"{a}-{b}" for a, b in zip(dates[::3], dates[5::3], strict=False)]
+    out["StudyDate"] += [f"-{d}" for d in dates[::7]] + [f"{d}-" for d in dates[::7]]
+    out["StudyDate"] += ["2020-2021", "201906-"]
+    out["Modality"] += ["C?", "*T"]
+    return out
+
+
+FILTER_VALUES = _filter_values()
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    level = draw(st.sampled_from(["study", "series", "instance"]))
+    keywords = draw(st.sets(st.sampled_from(sorted(FILTER_VALUES)), max_size=3))
+    filters = {}
+    for keyword in keywords:
+        choices = FILTER_VALUES[keyword] + ["", "*", None]
+        if draw(st.booleans()):
+            filters[keyword] = draw(st.sampled_from(choices))
+        else:
+            filters[keyword] = draw(st.lists(st.sampled_from(choices), min_size=1, max_size=3))
+    return level, filters
+
+
+@settings(max_examples=300, deadline=None)
+@given(query=queries())
+def test_random_queries_match_brute_force(query_index: Index, query: tuple[str, dict]) -> None:
+    level, filters = query
+    assert _uids(level, query_index.query(level, **filters)) == _reference(level, filters)
+
+
+def test_query_levels_and_errors(query_index: Index) -> None:
+    series = query_index.query("series", PatientID="P1")
+    assert series and all(
+        s["PatientID"] == "P1" and "NumberOfSeriesRelatedInstances" in s for s in series
+    )
+    studies = query_index.query("study", ModalitiesInStudy="PT")
+    assert [s["StudyInstanceUID"] for s in studies] == _reference("study", {"Modality": "PT"})
+    assert query_index.query("study", NumberOfStudyRelatedSeries=3)
+    with pytest.raises(ValueError, match="instance attributes"):
+        query_index.query("study", SOPClassUID="1.2.3")
+    with pytest.raises(ValueError, match="level"):
+        query_index.query("patient")
+
+
+# --- atomicity: SIGKILLed writers and a concurrent reader ---------------------------
+
+
+def _payload(batch: int, version: int, i: int, parts: int) -> str:
+    return "".join(
+        hashlib.sha256(f"{batch}.{version}.{i}.{k}".encode()).hexdigest() for k in range(parts)
+    )
+
+
+def _batch_rows(batch: int, size: int, version: int = 0, parts: int = 1) -> list[dict[str, Any]]:
+    """One series; every row says how many rows its batch has and carries a checkable payload."""
+    return [
+        make_row(
+            batch // 4,
+            batch,
+            i,
+            batch=batch,
+            batch_size=size,
+            version=version,
+            payload=_payload(batch, version, i, parts),
+        )
+        for i in range(size)
+    ]
+
+
+def _check_series(rows: list[dict[str, Any]]) -> str | None:
+    """Why these rows, read in one call, are not one whole committed batch (None if they are)."""
+    if not rows:
+        return "empty series"
+    first = rows[0]
+    if len(rows) != first["batch_size"]:
+        return f"batch {first['batch']}: {len(rows)} rows of {first['batch_size']}"
+    for i, row in enumerate(rows):
+        if (row["batch"], row["version"]) != (first["batch"], first["version"]):
+            return f"batch {first['batch']}: mixed versions"
+        parts = len(row["payload"]) // 64
+        if row["InstanceNumber"] != i or row["payload"] != _payload(
+            first["batch"], first["version"], i, parts
+        ):
+            return f"batch {first['batch']}: row {i} damaged"
+    return None
+
+
+def _killable_writer(path: str, log: str, seed: int) -> None:
+    rnd = random.Random(seed)
+    with Index.open(path, readonly=False) as index, open(log, "a", buffering=1) as out:
+        batch = len(index.all_series())
+        while True:
+            # Big rows of random text, so that most of the time goes into commits.
+            rows = _batch_rows(batch, rnd.randint(50, 600), parts=16)
+            out.write(f"begin {batch}\n")
+            index.commit(rows)
+            out.write(f"done {batch}\n")
+            batch += 1
+
+
+def test_sigkill_mid_commit_leaves_whole_batches(tmp_path: Path) -> None:
+    path, log = tmp_path / "index", tmp_path / "log"
+    Index.create(path).close()
+    # Forked writers start in milliseconds, so many kills fit in the time budget.
+    fork = multiprocessing.get_context("fork")
+    rnd = random.Random(1)
+    killed_in_commit = rounds = 0
+    sizes: dict[int, int] = {}  # batch -> rows, of the batches checked so far
+    while killed_in_commit < 15 and rounds < 60:
+        rounds += 1
+        before = log.read_text().count("done") if log.exists() else 0
+        writer = fork.Process(target=_killable_writer, args=(str(path), str(log), rounds))
+        writer.start()
+        deadline = time.monotonic() + 60
+        while not log.exists() or log.read_text().count("done") < before + 2:
+            assert writer.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)  # started, and already committed twice
+        time.sleep(rnd.uniform(0, 0.15))
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
+        lines = log.read_text().split("\n")[:-1]
+        done = {int(line.split()[1]) for line in lines if line.startswith("done")}
+        in_flight = {int(line.split()[1]) for line in lines if line.startswith("begin")} - done
+        killed_in_commit += bool(in_flight)
+        with Index.open(path) as index:
+            records = {int(r["SeriesInstanceUID"].rsplit(".", 1)[1]): r for r in index.all_series()}
+            assert done <= records.keys() <= done | in_flight
+            # Batches new since the last round, row by row; the older ones by their counts.
+            for batch in records.keys() - sizes.keys():
+                rows = index.series(records[batch]["SeriesInstanceUID"])
+                assert _check_series(rows) is None, _check_series(rows)
+                sizes[batch] = len(rows)
+            assert {b: r["NumberOfSeriesRelatedInstances"] for b, r in records.items()} == sizes
+            assert len(index) == sum(sizes.values())
+        with log.open("a") as out:  # the in-flight batch is settled: committed or not
+            out.writelines(f"done {b}\n" for b in in_flight & records.keys())
+    with Index.open(path) as index:
+        for record in index.all_series():
+            assert _check_series(index.series(record["SeriesInstanceUID"])) is None
+    assert killed_in_commit >= 5, f"only {killed_in_commit} of {rounds} kills landed in a commit"
+
+
+def _concurrent_writer(path: str, batches: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    sizes: dict[int, int] = {}
+    with Index.open(path, readonly=False) as index:
+        for step in range(batches):
+            if sizes and rnd.random() < 0.3:
+                # Replace a whole series by a new version with another number of rows.
+                batch = rnd.choice(sorted(sizes))
+                size = rnd.randint(1, 400)
+                extra = [f"{ROOT}.{batch // 4}.{batch}.{i}" for i in range(size, sizes[batch])]
+                index.commit(_batch_rows(batch, size, version=step), remove=extra)
+            else:
+                batch, size = len(sizes), rnd.randint(1, 400)
+                index.commit(_batch_rows(batch, size))
+            sizes[batch] = size
+
+
+def _polling_reader(path: str, stop: str, queue: Any) -> None:
+    polls, errors, counts = 0, [], set()
+    rnd = random.Random(0)
+    with Index.open(path) as index:
+        finished = False
+        while not finished:
+            finished = os.path.exists(stop)  # one full pass after the writer ended
+            records = index.all_series()
+            counts.add(len(records))
+            # The newest series (likely the one being written) and a sample of the others.
+            newest = sorted(records, key=lambda r: int(r["SeriesInstanceUID"].split(".")[-1]))
+            sample = (
+                records if finished else newest[-2:] + rnd.sample(records, min(6, len(records)))
+            )
+            for record in sample:
+                uid = record["SeriesInstanceUID"]
+                read = index.series(uid) if polls % 2 else index.query(SeriesInstanceUID=uid)
+                problem = _check_series(read)
+                if problem:
+                    errors.append(problem)
+            polls += 1
+    queue.put({"polls": polls, "errors": errors[:10], "counts": len(counts)})
+
+
+def test_concurrent_reader_never_sees_a_partial_series(tmp_path: Path) -> None:
+    path, stop = tmp_path / "index", tmp_path / "stop"
+    Index.create(path).close()
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    reader = spawn.Process(target=_polling_reader, args=(str(path), str(stop), queue))
+    writer = spawn.Process(target=_concurrent_writer, args=(str(path), 120, 3))
+    reader.start()
+    writer.start()
+    writer.join()
+    stop.touch()
+    report = queue.get(timeout=60)
+    reader.join()
+    assert writer.exitcode == 0
+    assert report["errors"] == []
+    # The reader really ran alongside the writer: it saw the index at many sizes.
+    assert report["polls"] > 10 and report["counts"] > 5, report
+
+
+# --- forked and spawned processes ------------------------------------------------------
+
+
+def _read_some(index: Index, queue: Any) -> None:
+    try:
+        rows = index.series(f"{ROOT}.1.1")
+        queue.put((len(index), len(rows), len(index.query("study", PatientID="P1"))))
+    except BaseException as error:
+        queue.put(repr(error))
+
+
+def _write_in_child(index: Index, queue: Any) -> None:
+    try:
+        index.commit([make_row(9, 9, i) for i in range(3)])
+        queue.put(len(index))
+    except BaseException as error:
+        queue.put(repr(error))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_children_read_an_index_opened_in_the_parent(index: Index, method: str) -> None:
+    index.commit([make_row(s % 2, s, i) for s in range(1, 4) for i in range(10)])
+    reader = Index.open(index.path)
+    expected = (30, 10, len(index.query("study", PatientID="P1")))
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    iterator = iter(reader)  # a pass left open across the fork
+    first = next(iterator)
+    children = [context.Process(target=_read_some, args=(ix, queue)) for ix in (index, reader)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=30) for _ in children]
+    for child in children:
+        child.join()
+    assert results == [expected, expected]
+    assert [first, *iterator] == list(index)
+    # And the parent's handles still work, for reading and writing.
+    writer_child = context.Process(target=_write_in_child, args=(index, queue))
+    writer_child.start()
+    assert queue.get(timeout=30) == 33
+    writer_child.join()
+    index.commit([make_row(8, 8, 0)])
+    assert len(reader) == 34
+    reader.close()
+
+
+def test_fork_while_other_threads_read(index: Index) -> None:
+    index.commit([make_row(1, 1, i) for i in range(50)])
+    stop, failures, reads = threading.Event(), [], [0]
+
+    def keep_reading() -> None:
+        while not stop.is_set():
+            try:
+                assert len(index.series(f"{ROOT}.1.1")) == 50
+                reads[0] += 1
+            except BaseException as error:
+                failures.append(repr(error))
+                return
+
+    threads = [threading.Thread(target=keep_reading) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    fork = multiprocessing.get_context("fork")
+    queue = fork.Queue()
+    try:
+        for _ in range(5):
+            child = fork.Process(target=_read_some, args=(index, queue))
+            child.start()
+            assert queue.get(timeout=30)[0] == 50
+            child.join()
+            assert child.exitcode == 0
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and reads[0] > 0
+
+
+def _die_mid_read(index: Index) -> None:
+    reading = index._transaction(write=False)
+    reading.__enter__()  # takes a slot in the shared reader table
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_commit_frees_the_reader_slot_of_a_killed_reader(index: Index) -> None:
+    index.commit([make_row(1, 1, 0)])
+    # Spawned, so that this process's environment stays open (a fork would close it, and
+    # reopening it as the only user would reset the whole reader table).
+    child = multiprocessing.get_context("spawn").Process(target=_die_mid_read, args=(index,))
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    assert len(index) == 1
+    assert str(child.pid) in index._store.env.readers()
+    # Its stale snapshot would keep the writer from reusing pages; the next commit clears it.
+    index.commit([make_row(1, 1, 1)])
+    assert str(child.pid) not in index._store.env.readers()
