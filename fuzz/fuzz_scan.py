@@ -1,4 +1,4 @@
-"""libFuzzer harness (atheris) for `pacs_engine.scan(bytes)`.
+"""libFuzzer harness (atheris) for `pacs_engine.scanning(bytes)`.
 
 The contract under test: for ANY bytes, `scan(data)` returns a Header or raises
 a ScanError whose offset is an int in 0..len(data) and whose reason is not
@@ -21,6 +21,9 @@ PACS_FUZZ_PATH=1 also writes each input to a file (in PACS_FUZZ_TMP, default
 /dev/shm or the temp folder) and checks `scan(path)` on it the same way, which
 exercises the scanner's file windows (slower). libFuzzer exits without
 cleaning up, so that one file per run stays behind: delete it after.
+
+PACS_FUZZ_SKIP=TEXT skips inputs that contain TEXT (e.g. a transfer syntax
+UID): a way to fuzz on past a known hang, which no exception handler can catch.
 
 PACS_FUZZ_BUILD=DIR imports pacs_engine from DIR first: a copy whose native
 scanner was built for coverage (and AddressSanitizer) by build_instrumented.sh.
@@ -54,6 +57,7 @@ GUARD = os.environ.get("PACS_FUZZ_GUARD", "1") != "0" and sys.platform.startswit
 _TMP = os.environ.get("PACS_FUZZ_TMP") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
 CASE_FILE = os.path.join(_TMP or tempfile.gettempdir(), f"pacs-fuzz-{os.getpid()}.dcm")
 ARTIFACTS = os.environ.get("PACS_FUZZ_ARTIFACTS", ".")
+SKIP = os.environ.get("PACS_FUZZ_SKIP", "").encode() or None
 _seen: set[tuple[str, str]] = set()
 Header = ScanError = scan = None  # imported by _import_scanner
 
@@ -135,6 +139,8 @@ def _signature(error: BaseException) -> tuple[str, str]:
 def test_one_input(data: bytes) -> None:
     if scan is None:
         _import_scanner()
+    if SKIP is not None and SKIP in data:
+        return
     if not KEEP_GOING:
         check(data)
         return

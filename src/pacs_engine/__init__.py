@@ -8,9 +8,9 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "HEADER_KEYWORDS": "pacs_engine.scan",
-    "scan": "pacs_engine.scan",
-    "scan_many": "pacs_engine.scan",
+    "HEADER_KEYWORDS": "pacs_engine.scanning",
+    "scan": "pacs_engine.scanning",
+    "scan_many": "pacs_engine.scanning",
     "ScanError": "pacs_engine.errors",
     "Header": "pacs_engine.header",
     "PixelLocation": "pacs_engine.header",

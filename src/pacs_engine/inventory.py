@@ -12,7 +12,7 @@ from pydicom.uid import UID
 
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
-from pacs_engine.scan import scan_many
+from pacs_engine.scanning import scan_many
 from pacs_engine.sources import iter_files
 
 

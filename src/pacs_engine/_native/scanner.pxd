@@ -53,7 +53,9 @@ cdef struct ScanState:
     int syntax              # a TransferSyntax value
     bint explicit
     bint little
-    Element* elems          # top-level elements, file meta included
+    const uint32_t* wanted  # sorted tags whose values are requested
+    Py_ssize_t n_wanted
+    Element* elems          # kept top-level elements: file meta, requested, pixel data
     Py_ssize_t n_elems
     Py_ssize_t cap_elems
     Py_ssize_t pixel_index  # index in elems of the pixel data element, or -1

@@ -64,7 +64,7 @@ cdef uint16_t VR_UN = 0x554E, VR_UR = 0x5552, VR_US = 0x5553, VR_UT = 0x5554
 cdef uint16_t VR_UV = 0x5556
 
 INFLATE_STEP = 1 << 20                 # deflated data sets are inflated this much at a time
-DEFLATED_HEADER_MAX = 256 << 20        # inflated bytes before the pixel data, at most
+DEFLATED_HEADER_MAX = 64 << 20         # inflated bytes before the pixel data, at most
 DEFLATED_TAIL_MAX = 64 << 20           # inflated bytes after the pixel data, at most
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -227,6 +227,23 @@ cdef int fail_beyond(ScanState* st, int64_t offset, uint32_t tag, int64_t length
     return -1
 
 
+cdef bint is_kept(ScanState* st, uint32_t tag) noexcept nogil:
+    """Whether a top-level element is recorded: only those the results need are, so
+    memory does not follow the number of elements in the file."""
+    cdef Py_ssize_t lo = 0, hi = st.n_wanted, mid
+    if (tag >> 16) == META_GROUP or is_pixel_tag(tag) or tag == SPECIFIC_CHARACTER_SET:
+        return True
+    if tag == EXTENDED_OFFSET_TABLE or tag == EXTENDED_OFFSET_TABLE_LENGTHS:
+        return True
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if st.wanted[mid] < tag:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < st.n_wanted and st.wanted[lo] == tag
+
+
 cdef int push_element(ScanState* st, Element* e) noexcept nogil:
     cdef Element* grown
     if st.n_elems == st.cap_elems:
@@ -345,7 +362,7 @@ cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, 
                          e.tag >> 16, e.tag & 0xFFFF)
                 return -1
             e.value_length = value_end - e.value_offset
-        if depth == 0 and push_element(st, &e) < 0:
+        if depth == 0 and is_kept(st, e.tag) and push_element(st, &e) < 0:
             return -1
         pos = value_end
 
@@ -753,9 +770,12 @@ cdef class _Inflater:
         cdef int64_t n
         while True:
             try:
+                if self.inflater.eof:  # bytes after the stream's end are not data
+                    self.done = True
+                    return b""
                 if self.inflater.unconsumed_tail:
                     out = self.inflater.decompress(self.inflater.unconsumed_tail, most)
-                elif self.pos < self.st.src.size and not self.inflater.eof:
+                elif self.pos < self.st.src.size:
                     n = min(INFLATE_STEP, self.st.src.size - self.pos)
                     compressed = self.scanner.read_bytes(self.st, self.pos, n)
                     self.pos += n
@@ -830,6 +850,8 @@ cdef class Scanner:
         for i in range(n):
             c_paths[i] = <bytes>encoded[i]
             state_init(&states[i])
+            states[i].wanted = self.tags
+            states[i].n_wanted = self.n_tags
         cdef list results = []
         try:
             with nogil:
@@ -860,6 +882,8 @@ cdef class Scanner:
         """
         cdef ScanState st
         state_init(&st)
+        st.wanted = self.tags
+        st.n_wanted = self.n_tags
         st.src.mem = &data[0] if data.shape[0] > 0 else NULL
         st.src.size = data.shape[0]
         try:
@@ -925,6 +949,8 @@ cdef class Scanner:
         of a pixel data value that runs past the bytes inflated so far (0 if none)."""
         cdef ScanState inner
         state_init(&inner)
+        inner.wanted = self.tags
+        inner.n_wanted = self.n_tags
         try:
             inner.src.head = <uint8_t*>malloc(max(1, len(head)))
             inner.src.roam = <uint8_t*>malloc(max(1, len(tail) if tail is not None else 0))

@@ -59,7 +59,7 @@ from pacs_engine.codecs import (
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
 from pacs_engine.index import Index
-from pacs_engine.scan import HEADER_KEYWORDS, scan_many
+from pacs_engine.scanning import HEADER_KEYWORDS, scan_many
 from pacs_engine.sources import iter_files
 from pacs_engine.storage import fsync_dirs, write_atomic
 

@@ -43,7 +43,7 @@ from pacs_engine.index.matching import (
     level_of,
     matches,
 )
-from pacs_engine.scan import HEADER_KEYWORDS
+from pacs_engine.scanning import HEADER_KEYWORDS
 
 FORMAT = {"format": "pacs_engine.index", "version": 1}
 UID_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
