@@ -1,4 +1,4 @@
-"""libFuzzer harness (atheris) for `pacs_engine.scanning(bytes)`.
+"""libFuzzer harness (atheris) for `pacs_engine.scan(bytes)`.
 
 The contract under test: for ANY bytes, `scan(data)` returns a Header or raises
 a ScanError whose offset is an int in 0..len(data) and whose reason is not

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import warnings
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,95 @@ def test_query_answers_from_the_index(tmp_path: Path) -> None:
     assert [r["Modality"] for r in archive.query(PatientName="*^CT?")] == ["CT"]
     assert len(archive.query(level="series")) == 2
     assert json.loads(json.dumps(ct))  # rows are plain JSON
+
+
+WRITER = """
+import sys
+from pacs_engine import open_archive
+archive = open_archive(sys.argv[1], readonly=False)
+for folder in sys.argv[2:]:
+    archive.add([folder])
+"""
+
+READER = """
+import json, sys, time
+from pacs_engine import open_archive
+expected = json.loads(sys.argv[2])
+archive = open_archive(sys.argv[1])
+seen, polls, deadline = set(), 0, time.time() + 120
+while len(seen) < len(expected) and time.time() < deadline:
+    polls += 1
+    for series in archive.index.all_series():
+        uid = series["SeriesInstanceUID"]
+        rows = archive.index.series(uid)
+        if len(rows) != expected[uid]:
+            print(f"PARTIAL {uid}: {len(rows)} of {expected[uid]} rows")
+            sys.exit(1)
+        for row in rows:  # every visible row's pixels and header are readable
+            assert archive.frames(row["SOPInstanceUID"]).shape[0] == row["pixels"]["frames"]
+        seen.add(uid)
+print(json.dumps({"polls": polls, "seen": len(seen)}))
+"""
+
+
+def test_a_reader_never_sees_a_partial_series_while_another_process_adds(tmp_path: Path) -> None:
+    corpus = require_corpus()
+    folders = sorted({p.parent for p in (corpus / "dcm_qa_nih").rglob("*") if p.is_file()})
+    assert len(folders) >= 2
+    expected: dict[str, int] = {}
+    from pacs_engine import scan
+
+    for folder in folders:
+        for path in folder.iterdir():
+            uid = scan(path).SeriesInstanceUID
+            expected[uid] = expected.get(uid, 0) + 1
+    Archive.create(tmp_path / "a").close()
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(tmp_path / "a"), json.dumps(expected)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    writer = subprocess.run(
+        [sys.executable, "-c", WRITER, str(tmp_path / "a"), *map(str, folders)], check=True
+    )
+    out, _ = reader.communicate(timeout=180)
+    assert writer.returncode == 0
+    assert reader.returncode == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["seen"] == len(expected) and result["polls"] > 1
+
+
+TRANSCODABLE = (
+    "MR_small_RLE.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_jp2klossless.dcm",
+    "SC_rgb_rle.dcm",
+    "SC_rgb_jpeg_gdcm.dcm",
+    "SC_rgb_rle_16bit_2frame.dcm",
+)
+
+
+@pytest.mark.parametrize("name", [*TRANSCODABLE, "SC_rgb_jpeg_dcmtk.dcm"])
+def test_transcoding_stores_lossless_frames_with_the_archive_codec(
+    name: str, tmp_path: Path
+) -> None:
+    source = next(p for p in pydicom_test_files() if p.name == name)
+    with Archive.create(tmp_path / "a", codec="jpegls", transcode=True) as archive:
+        report = archive.add([source])
+        assert report.archived == 1
+        (row,) = list(archive.index)
+        codec = archive._codec_name(row["pixels"]["array"])
+        if name not in TRANSCODABLE:  # lossy: kept as it arrived, whatever is asked
+            assert not row["transcoded"] and codec == "pacs_engine.dicom_jpeg"
+            assert archive.export_bytes(row["SOPInstanceUID"]) == source.read_bytes()
+            return
+        assert row["transcoded"] and codec == "pacs_engine.jpegls"
+        theirs = pydicom_pixels(source, row["color_conversion"])
+        ours = archive.frames(row["SOPInstanceUID"])
+        assert np.array_equal(ours.reshape(theirs.shape), theirs)
+        exported = pydicom.dcmread(BytesIO(archive.export_bytes(row["SOPInstanceUID"])))
+        original = pydicom.dcmread(source)
+        assert exported.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert np.array_equal(exported.pixel_array, original.pixel_array)
+        for keyword in ("PatientID", "SOPInstanceUID", "Rows", "Columns", "BitsStored"):
+            assert exported.get(keyword) == original.get(keyword)
+        assert archive.verify().ok

@@ -98,7 +98,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if (target / "archive.json").exists():
         archive = open_archive(target, readonly=False)
     else:
-        archive = Archive.create(target, codec=args.codec)
+        archive = Archive.create(target, codec=args.codec, transcode=args.transcode)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = tqdm(unit=" files", disable=not show, file=sys.stderr, dynamic_ncols=True)
     with archive:
@@ -250,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify",
         action="store_true",
         help="decode every encoded frame and check it before committing",
+    )
+    ingest.add_argument(
+        "--transcode",
+        action="store_true",
+        help="for a new archive: store frames of lossless compressed transfer syntaxes with "
+        "the archive codec instead of as their original bitstream (they then export as "
+        "explicit VR little endian files with the same pixels, not their original bytes)",
     )
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.add_argument(

@@ -44,6 +44,7 @@ from pacs_engine.archive.prepare import (
     instance_pixel_hash,
     prepare,
     rebuild_file,
+    transcoded_file,
 )
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
@@ -153,8 +154,15 @@ class Archive:
         codec: str = "auto",
         frames_per_shard: int = 64,
         max_chunk_pixels: int = 4096 * 4096,
+        transcode: bool = False,
     ) -> Archive:
-        """Make an empty archive at `path` (a new or empty folder) and open it for writing."""
+        """Make an empty archive at `path` (a new or empty folder) and open it for writing.
+
+        With `transcode`, frames that arrive in a lossless compressed transfer syntax
+        are stored with the archive codec instead of as their original bitstream;
+        such instances export as explicit VR little endian files with the same
+        pixels, not as their original bytes.
+        """
         if codec not in CODEC_CHOICES:
             raise ValueError(f"codec must be one of {', '.join(CODEC_CHOICES)}, not {codec!r}")
         root = Path(path)
@@ -168,6 +176,7 @@ class Archive:
             "codec": codec,
             "frames_per_shard": frames_per_shard,
             "max_chunk_pixels": max_chunk_pixels,
+            "transcode": transcode,
         }
         write_atomic(root / "archive.json", json.dumps(config, indent=2).encode())
         return cls(root, readonly=False)
@@ -279,7 +288,7 @@ class Archive:
                 self._reject(report, path, None, f"cannot read: {error.strerror}", notify)
                 continue
             try:
-                prepared = prepare(path, data, header)
+                prepared = prepare(path, data, header, self.config.get("transcode", False))
             except PrepareError as error:
                 self._reject(report, path, data, str(error), notify)
                 continue
@@ -422,6 +431,9 @@ class Archive:
             codec, compressors = self._native_codec(prepared.frames[0])
             storage = "native"
             attributes |= {"storage": "archive codec", "source_transfer_syntax_uid": ts}
+            if prepared.transcoded and prepared.pass_through.color_conversion != "none":
+                storage = "native-rgb"  # decoded as pixel_array does: YBR became RGB
+                attributes["color_conversion"] = prepared.pass_through.color_conversion
             if layout.rows * layout.columns > self.config["max_chunk_pixels"]:
                 tile = 1024
         key = (
@@ -540,13 +552,16 @@ class Archive:
         return row
 
     def export_bytes(self, sop_instance_uid: str) -> bytes:
-        """The original file of one instance, rebuilt byte for byte."""
+        """The original file of one instance, rebuilt byte for byte (a transcoded instance:
+        the same data set with its pixels in explicit VR little endian)."""
         row = self._row(sop_instance_uid)
         where = row["header"]
         with open(self.path / where["pack"], "rb") as f:
             f.seek(where["offset"])
             blob = HeaderBlob.from_bytes(f.read(where["length"]))
         pixels = row.get("pixels")
+        if row.get("transcoded"):
+            return transcoded_file(blob, row, self.frames(sop_instance_uid))
         frames = bitstreams = layout = None
         if pixels and blob.kind != 0:
             layout = PixelLayout.from_attributes(row, row["pixel_keyword"])
@@ -598,7 +613,10 @@ class Archive:
                     ]
                     if bad:
                         problems.append(f"frames {bad} do not decode to the source pixels")
-                if hashlib.sha256(self.export_bytes(uid)).hexdigest() != row["source_sha256"]:
+                rebuilt = self.export_bytes(uid)
+                if not row.get("transcoded") and (
+                    hashlib.sha256(rebuilt).hexdigest() != row["source_sha256"]
+                ):
                     problems.append("the rebuilt file differs from the original")
             except Exception as error:  # a failure to read back is a finding, not a crash
                 problems.append(f"cannot read back: {error!r}")
@@ -729,6 +747,10 @@ def _row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, Any]
         "pixel_keyword": header.pixel.keyword if header.pixel else None,
         "pixel_vr": header.pixel.vr if header.pixel else None,
         "pixel_storage": prepared.storage,
+        "transcoded": prepared.transcoded,
+        "color_conversion": prepared.pass_through.color_conversion
+        if prepared.pass_through is not None
+        else "none",
         "frame_hashes": prepared.frame_hashes,
         "pixel_hash": instance_pixel_hash(prepared.frame_hashes),
         "raw_pixel_bytes": prepared.raw_pixel_bytes,

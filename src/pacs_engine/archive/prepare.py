@@ -10,9 +10,22 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.archive.native import LayoutError, PixelLayout, to_array, to_bytes
@@ -20,6 +33,20 @@ from pacs_engine.codecs import CodecError, pass_through_codec
 from pacs_engine.header import Header
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
+DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
+#: Compressed transfer syntaxes whose frames decode to exactly the encoded pixels.
+LOSSLESS_SYNTAXES = frozenset(
+    {
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        HTJ2KLossless,
+        HTJ2KLosslessRPCL,
+        RLELossless,
+        DEFLATED_IMAGE_FRAME_COMPRESSION,
+    }
+)
 UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
@@ -42,6 +69,7 @@ class Prepared:
     bitstreams: list[bytes] = field(default_factory=list)  # encapsulated: one per frame
     pass_through: Any = None  # encapsulated: the codec that decodes the bitstreams
     frame_hashes: list[str] = field(default_factory=list)
+    transcoded: bool = False  # lossless bitstreams decoded, to be stored with the archive codec
 
     @property
     def sop_instance_uid(self) -> str:
@@ -80,8 +108,12 @@ def _check_uids(header: Header) -> None:
             raise PrepareError(f"no {keyword}")
 
 
-def prepare(path: str, data: bytes, header: Header) -> Prepared:
-    """Split one file into frames and a header blob; raises PrepareError when it cannot."""
+def prepare(path: str, data: bytes, header: Header, transcode: bool = False) -> Prepared:
+    """Split one file into frames and a header blob; raises PrepareError when it cannot.
+
+    With `transcode`, frames of a lossless compressed transfer syntax are decoded
+    and handed over as native frames (the original bitstreams are not kept).
+    """
     _check_uids(header)
     sha256 = hashlib.sha256(data).hexdigest()
     pixel = header.pixel
@@ -97,9 +129,11 @@ def prepare(path: str, data: bytes, header: Header) -> Prepared:
         raise PrepareError(f"pixel data cannot be laid out: {error}") from None
     value = memoryview(dataset)[pixel.value_offset : pixel.value_end]
     if pixel.encapsulated:
-        prepared = _encapsulated(path, sha256, data, dataset, header, layout)
+        prepared = _encapsulated(path, sha256, data, dataset, header, layout, transcode)
     else:
         prepared = _native(path, sha256, data, header, layout, value)
+    if prepared.transcoded:
+        return prepared
     if header.deflated or rebuild(prepared) != data:
         # The parts do not give the file back (deflated, or an unusual layout): keep it whole.
         prepared.blob = HeaderBlob(WHOLE, data)
@@ -136,7 +170,13 @@ def _native(
 
 
 def _encapsulated(
-    path: str, sha256: str, data: bytes, dataset: bytes, header: Header, layout: PixelLayout
+    path: str,
+    sha256: str,
+    data: bytes,
+    dataset: bytes,
+    header: Header,
+    layout: PixelLayout,
+    transcode: bool,
 ) -> Prepared:
     pixel = header.pixel
     ts = header.transfer_syntax_uid or ""
@@ -165,14 +205,13 @@ def _encapsulated(
         )
     except CodecError as error:
         raise PrepareError(str(error)) from None
-    hashes = []
+    decoded = []
     for i, chunk in enumerate(bitstreams):
         try:
-            hashes.append(
-                frame_hash(codec.decode_frame(chunk, layout.frame_shape, codec.pixel_dtype))
-            )
+            decoded.append(codec.decode_frame(chunk, layout.frame_shape, codec.pixel_dtype))
         except Exception as error:  # a codec's failure on bad data can be any exception
             raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
+    hashes = [frame_hash(frame) for frame in decoded]
     start = pixel.value_offset
     first_item = int(pixel.fragment_offsets[0]) - 8 if count else pixel.value_end - 8
     blob = HeaderBlob(
@@ -183,6 +222,20 @@ def _encapsulated(
         fragment_lengths=tuple(tuple(len(f) for f in parts) for parts in fragments),
         delimiter=dataset[pixel.value_end - 8 : pixel.value_end],
     )
+    if transcode and ts in LOSSLESS_SYNTAXES:
+        return Prepared(
+            path,
+            sha256,
+            len(data),
+            header,
+            blob,
+            "native",
+            layout,
+            frames=np.stack(decoded),
+            pass_through=codec,
+            frame_hashes=hashes,
+            transcoded=True,
+        )
     return Prepared(
         path,
         sha256,
@@ -235,3 +288,31 @@ def rebuild_file(
             at += length
     parts += [blob.delimiter, blob.suffix]
     return b"".join(parts)
+
+
+def transcoded_file(blob: HeaderBlob, row: dict[str, Any], frames: np.ndarray) -> bytes:
+    """A transcoded instance as a file: its data set, pixels native, explicit VR little endian."""
+    dataset = pydicom.dcmread(BytesIO(blob.prefix), stop_before_pixels=True, force=True)
+    if blob.suffix:
+        implicit, little = dataset.original_encoding
+        dataset.update(read_dataset(BytesIO(blob.suffix), implicit, little))
+    layout = PixelLayout.from_attributes(row, "PixelData")
+    if layout.samples > 1:
+        dataset.PlanarConfiguration = 0
+        if row.get("color_conversion", "none") != "none":
+            dataset.PhotometricInterpretation = "RGB"
+        elif layout.ybr422:  # decoded 4:2:2 chroma is full resolution now
+            dataset.PhotometricInterpretation = "YBR_FULL"
+    native = PixelLayout(
+        **{
+            **{f: getattr(layout, f) for f in layout.__slots__},
+            "planar_configuration": 0,
+            "photometric": "RGB" if layout.samples > 1 else layout.photometric,
+        }
+    )
+    dataset.PixelData = to_bytes(frames, native, True, None)
+    dataset["PixelData"].VR = "OB" if layout.bits_allocated <= 8 else "OW"
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
