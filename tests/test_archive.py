@@ -106,7 +106,6 @@ def test_a_plain_zarr_reader_in_a_fresh_process_reads_the_pixels(tmp_path: Path)
     out = subprocess.run(
         [sys.executable, "-c", code, str(array_path)], capture_output=True, check=True, cwd=tmp_path
     )
-    from io import BytesIO
 
     frame = np.load(BytesIO(out.stdout))
     assert np.array_equal(frame, pydicom.dcmread(source).pixel_array)

@@ -35,33 +35,75 @@ cdef extern from "fcntl.h":
 
 cdef enum:
     HEAD_FIRST_READ = 16384        # most headers fit; the head doubles when not
+    HEAD_FIRST_CAPACITY = 16384    # the head's first allocation
     HEAD_MAX = 64 * 1024 * 1024    # contiguous header window, at most
     ROAM_READ = 4096               # one page for each read past the header
     MAX_DEPTH = 64                 # nested sequences deeper than this are refused
     META_GROUP = 0x0002
 
-cdef uint32_t UNDEFINED = 0xFFFFFFFF
-cdef uint32_t ITEM = 0xFFFEE000
-cdef uint32_t ITEM_DELIMITER = 0xFFFEE00D
-cdef uint32_t SEQUENCE_DELIMITER = 0xFFFEE0DD
-cdef uint32_t PIXEL_DATA = 0x7FE00010
-cdef uint32_t FLOAT_PIXEL_DATA = 0x7FE00008
-cdef uint32_t DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
-cdef uint32_t TRANSFER_SYNTAX_UID = 0x00020010
-cdef uint32_t SPECIFIC_CHARACTER_SET = 0x00080005
-cdef uint32_t EXTENDED_OFFSET_TABLE = 0x7FE00001
-cdef uint32_t EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+
+cdef extern from *:
+    """
+    #define PE_UNDEFINED 0xFFFFFFFFu
+    #define PE_ITEM 0xFFFEE000u
+    #define PE_ITEM_DELIMITER 0xFFFEE00Du
+    #define PE_SEQUENCE_DELIMITER 0xFFFEE0DDu
+    #define PE_PIXEL_DATA 0x7FE00010u
+    #define PE_FLOAT_PIXEL_DATA 0x7FE00008u
+    #define PE_DOUBLE_FLOAT_PIXEL_DATA 0x7FE00009u
+    #define PE_TRANSFER_SYNTAX_UID 0x00020010u
+    #define PE_SPECIFIC_CHARACTER_SET 0x00080005u
+    #define PE_EXTENDED_OFFSET_TABLE 0x7FE00001u
+    #define PE_EXTENDED_OFFSET_TABLE_LENGTHS 0x7FE00002u
+    """
+    const uint32_t UNDEFINED "PE_UNDEFINED"
+    const uint32_t ITEM "PE_ITEM"
+    const uint32_t ITEM_DELIMITER "PE_ITEM_DELIMITER"
+    const uint32_t SEQUENCE_DELIMITER "PE_SEQUENCE_DELIMITER"
+    const uint32_t PIXEL_DATA "PE_PIXEL_DATA"
+    const uint32_t FLOAT_PIXEL_DATA "PE_FLOAT_PIXEL_DATA"
+    const uint32_t DOUBLE_FLOAT_PIXEL_DATA "PE_DOUBLE_FLOAT_PIXEL_DATA"
+    const uint32_t TRANSFER_SYNTAX_UID "PE_TRANSFER_SYNTAX_UID"
+    const uint32_t SPECIFIC_CHARACTER_SET "PE_SPECIFIC_CHARACTER_SET"
+    const uint32_t EXTENDED_OFFSET_TABLE "PE_EXTENDED_OFFSET_TABLE"
+    const uint32_t EXTENDED_OFFSET_TABLE_LENGTHS "PE_EXTENDED_OFFSET_TABLE_LENGTHS"
+
 
 # Value representations, packed as two big-endian ASCII letters.
-cdef uint16_t VR_AE = 0x4145, VR_AS = 0x4153, VR_CS = 0x4353, VR_DA = 0x4441
-cdef uint16_t VR_DS = 0x4453, VR_DT = 0x4454, VR_FD = 0x4644, VR_FL = 0x464C
-cdef uint16_t VR_IS = 0x4953, VR_LO = 0x4C4F, VR_LT = 0x4C54, VR_OB = 0x4F42
-cdef uint16_t VR_OD = 0x4F44, VR_OF = 0x4F46, VR_OL = 0x4F4C, VR_OV = 0x4F56
-cdef uint16_t VR_OW = 0x4F57, VR_PN = 0x504E, VR_SH = 0x5348, VR_SL = 0x534C
-cdef uint16_t VR_SQ = 0x5351, VR_SS = 0x5353, VR_ST = 0x5354, VR_SV = 0x5356
-cdef uint16_t VR_TM = 0x544D, VR_UC = 0x5543, VR_UI = 0x5549, VR_UL = 0x554C
-cdef uint16_t VR_UN = 0x554E, VR_UR = 0x5552, VR_US = 0x5553, VR_UT = 0x5554
-cdef uint16_t VR_UV = 0x5556
+cdef enum:  # compile-time constants, so the VR tests compile to compares and jumps
+    VR_AE = 0x4145
+    VR_AS = 0x4153
+    VR_CS = 0x4353
+    VR_DA = 0x4441
+    VR_DS = 0x4453
+    VR_DT = 0x4454
+    VR_FD = 0x4644
+    VR_FL = 0x464C
+    VR_IS = 0x4953
+    VR_LO = 0x4C4F
+    VR_LT = 0x4C54
+    VR_OB = 0x4F42
+    VR_OD = 0x4F44
+    VR_OF = 0x4F46
+    VR_OL = 0x4F4C
+    VR_OV = 0x4F56
+    VR_OW = 0x4F57
+    VR_PN = 0x504E
+    VR_SH = 0x5348
+    VR_SL = 0x534C
+    VR_SQ = 0x5351
+    VR_SS = 0x5353
+    VR_ST = 0x5354
+    VR_SV = 0x5356
+    VR_TM = 0x544D
+    VR_UC = 0x5543
+    VR_UI = 0x5549
+    VR_UL = 0x554C
+    VR_UN = 0x554E
+    VR_UR = 0x5552
+    VR_US = 0x5553
+    VR_UT = 0x5554
+    VR_UV = 0x5556
 
 INFLATE_STEP = 1 << 20                 # deflated data sets are inflated this much at a time
 DEFLATED_HEADER_MAX = 64 << 20         # inflated bytes before the pixel data, at most
@@ -127,12 +169,23 @@ cdef int read_full(int fd, uint8_t* dst, int64_t n, int64_t pos) noexcept nogil:
     return 0
 
 
-cdef const uint8_t* src_at(Source* s, int64_t pos, int64_t n) noexcept nogil:
+cdef inline const uint8_t* src_at(Source* s, int64_t pos, int64_t n) noexcept nogil:
     """Pointer to bytes [pos, pos + n) of the source, valid until the next call.
 
     NULL when the range is outside the source or the read failed (io_errno).
     """
-    cdef int64_t want
+    # The common cases first, inlined: a buffer, or bytes already in the head window.
+    if pos >= 0 and n >= 0:
+        if s.mem != NULL and n <= s.size and pos <= s.size - n:
+            return s.mem + pos
+        if pos + n <= s.head_len:
+            return s.head + pos
+    return src_fill(s, pos, n)
+
+
+cdef const uint8_t* src_fill(Source* s, int64_t pos, int64_t n) noexcept nogil:
+    """src_at's slow path: bounds checks and reads."""
+    cdef int64_t want, want_cap
     cdef uint8_t* grown
     if pos < 0 or n < 0 or n > s.size or pos > s.size - n:
         return NULL
@@ -157,12 +210,17 @@ cdef const uint8_t* src_at(Source* s, int64_t pos, int64_t n) noexcept nogil:
         if want > s.size:
             want = s.size
         if want > s.head_cap:
-            grown = <uint8_t*>realloc(s.head, want)
+            if s.head_cap == 0 and want < HEAD_FIRST_CAPACITY:
+                # Room to grow without copying: most headers need a second read.
+                want_cap = HEAD_FIRST_CAPACITY if s.size > HEAD_FIRST_CAPACITY else s.size
+            else:
+                want_cap = want
+            grown = <uint8_t*>realloc(s.head, want_cap)
             if grown == NULL:
                 s.io_errno = 12  # ENOMEM
                 return NULL
             s.head = grown
-            s.head_cap = want
+            s.head_cap = want_cap
         s.io_errno = read_full(s.fd, s.head + s.head_len, want - s.head_len, s.head_len)
         if s.io_errno != 0:
             return NULL
