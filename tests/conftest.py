@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -53,3 +55,13 @@ def require_corpus() -> Path:
     if not (CORPUS / "MANIFEST.tsv").is_file():
         pytest.skip(f"shared corpus not found at {CORPUS} (set PACS_ENGINE_CORPUS)")
     return CORPUS
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run `pacs-engine ARGS...` in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "pacs_engine.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import pydicom_test_files
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pacs_engine.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+from conftest import pydicom_test_files, run_cli
 
 
 def test_ingest_verify_info_export(tmp_path: Path) -> None:

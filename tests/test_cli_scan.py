@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import pydicom_test_files, require_corpus
+from conftest import pydicom_test_files, require_corpus, run_cli
 
 from pacs_engine.sources import sample_data_dir
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pacs_engine.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def pydicom_reads(path: Path) -> bool:

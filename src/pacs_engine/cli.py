@@ -197,6 +197,15 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -221,12 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count(),
         help="scanning threads (default: the number of cores)",
     )
-    scan.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar on stderr (default: when stderr is a terminal)",
-    )
+    _add_progress(scan)
     scan.set_defaults(run=cmd_scan)
 
     ingest = commands.add_parser(
@@ -259,12 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explicit VR little endian files with the same pixels, not their original bytes)",
     )
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
-    ingest.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar on stderr (default: when a terminal)",
-    )
+    _add_progress(ingest)
     ingest.set_defaults(run=cmd_ingest)
 
     verify = commands.add_parser(
@@ -275,12 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mismatch.",
     )
     verify.add_argument("archive", help="the archive folder")
-    verify.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar on stderr (default: when a terminal)",
-    )
+    _add_progress(verify)
     verify.set_defaults(run=cmd_verify)
 
     info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")

@@ -364,6 +364,24 @@ cdef int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
     return 0
 
 
+cdef int read_item(ScanState* st, int64_t pos, bint little, Element* e, uint32_t* length,
+                   int64_t* end) noexcept nogil:
+    """Read an item header: 1 for an item, 0 for the sequence delimiter (end set), -1 else."""
+    if read_header(st, pos, False, little, e, length) < 0:
+        return -1
+    if e.tag == SEQUENCE_DELIMITER:
+        end[0] = e.value_offset
+        return 0
+    if e.tag != ITEM:
+        st.failed = True
+        st.err_offset = pos
+        snprintf(st.err_msg, sizeof(st.err_msg),
+                 "expected an item or a sequence delimiter, found (%04X,%04X)",
+                 e.tag >> 16, e.tag & 0xFFFF)
+        return -1
+    return 1
+
+
 cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, bint little,
                        int depth, int64_t* end) noexcept nogil:
     """Parse elements from pos.
@@ -432,19 +450,13 @@ cdef int parse_sequence(ScanState* st, int64_t pos, bint explicit, bint little,
     cdef uint32_t length
     if depth >= MAX_DEPTH:
         return fail(st, pos, "sequences nested too deep")
+    cdef int found
     while True:
-        if read_header(st, pos, False, little, &e, &length) < 0:
+        found = read_item(st, pos, little, &e, &length, end)
+        if found < 0:
             return -1
-        if e.tag == SEQUENCE_DELIMITER:
-            end[0] = e.value_offset
+        if found == 0:
             return 0
-        if e.tag != ITEM:
-            st.failed = True
-            st.err_offset = pos
-            snprintf(st.err_msg, sizeof(st.err_msg),
-                     "expected an item or a sequence delimiter, found (%04X,%04X)",
-                     e.tag >> 16, e.tag & 0xFFFF)
-            return -1
         if length == UNDEFINED:
             if parse_dataset(st, e.value_offset, st.src.size, explicit, little, depth + 1,
                              &pos) < 0:
@@ -463,19 +475,13 @@ cdef int parse_items(ScanState* st, int64_t pos, bint little, int64_t* end) noex
     cdef const uint8_t* tail
     cdef int64_t n_tail, i
     cdef bint first = True
+    cdef int found
     while True:
-        if read_header(st, pos, False, little, &e, &length) < 0:
+        found = read_item(st, pos, little, &e, &length, end)
+        if found < 0:
             return -1
-        if e.tag == SEQUENCE_DELIMITER:
-            end[0] = e.value_offset
+        if found == 0:
             return 0
-        if e.tag != ITEM:
-            st.failed = True
-            st.err_offset = pos
-            snprintf(st.err_msg, sizeof(st.err_msg),
-                     "expected a pixel data item or a sequence delimiter, found (%04X,%04X)",
-                     e.tag >> 16, e.tag & 0xFFFF)
-            return -1
         if length == UNDEFINED:
             return fail(st, pos, "pixel data item of undefined length")
         if e.value_offset + length > st.src.size:

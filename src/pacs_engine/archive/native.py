@@ -31,6 +31,11 @@ def _int(attributes: dict[str, Any], keyword: str, default: int | None = None) -
     return value
 
 
+def frame_shape(rows: int, columns: int, samples: int) -> tuple[int, ...]:
+    """The shape of one frame: (rows, columns), or (rows, columns, samples) for colour."""
+    return (rows, columns) if samples == 1 else (rows, columns, samples)
+
+
 @dataclass(frozen=True, slots=True)
 class PixelLayout:
     """How the pixel data of one instance maps to an array of frames."""
@@ -97,9 +102,7 @@ class PixelLayout:
     @property
     def frame_shape(self) -> tuple[int, ...]:
         """(rows, columns), or (rows, columns, samples) for colour."""
-        if self.samples == 1:
-            return (self.rows, self.columns)
-        return (self.rows, self.columns, self.samples)
+        return frame_shape(self.rows, self.columns, self.samples)
 
     @property
     def ybr422(self) -> bool:

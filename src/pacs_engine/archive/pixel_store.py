@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pacs_engine.archive.native import frame_shape
 from pacs_engine.codecs import pack_shard
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.storage import write_atomic
@@ -45,9 +46,7 @@ class ArraySpec:
     @property
     def frame_shape(self) -> tuple[int, ...]:
         """(rows, columns) or (rows, columns, samples)."""
-        if self.samples == 1:
-            return (self.rows, self.columns)
-        return (self.rows, self.columns, self.samples)
+        return frame_shape(self.rows, self.columns, self.samples)
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
