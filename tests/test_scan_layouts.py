@@ -284,3 +284,11 @@ def test_scan_many_keeps_order_and_reports_errors_in_place(tmp_path: Path) -> No
 def test_every_header_keyword_is_a_dicom_keyword() -> None:
     assert len(set(HEADER_KEYWORDS)) == len(HEADER_KEYWORDS)
     assert all(pydicom.datadict.tag_for_keyword(k) is not None for k in HEADER_KEYWORDS)
+
+
+def test_a_deflated_file_reports_its_own_size_and_offsets_in_the_inflated_data() -> None:
+    path = SAMPLES["image_dfl.dcm"]
+    header = scan(path)
+    assert header.deflated and header.file_size == path.stat().st_size
+    assert header.data_size > header.file_size  # the data set inflates
+    assert header.after_pixels[1] == header.data_size

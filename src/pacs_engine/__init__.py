@@ -18,6 +18,9 @@ _EXPORTS = {
     "ArchiveError": "pacs_engine.archive",
     "IngestReport": "pacs_engine.archive",
     "open_archive": "pacs_engine.archive",
+    "Series": "pacs_engine.read",
+    "Volume": "pacs_engine.read",
+    "VolumeError": "pacs_engine.read",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -87,6 +87,7 @@ class Header:
     deflated: bool
     file_size: int
     pixel: PixelLocation | None
+    data_size: int  # bytes the offsets count in: the file, or the inflated data of a deflated one
 
     def __getitem__(self, keyword: str) -> Any:
         return self.attributes[keyword]
@@ -107,14 +108,14 @@ class Header:
     @property
     def before_pixels(self) -> tuple[int, int]:
         """Byte range (start, end) of everything before the pixel data value."""
-        end = self.pixel.value_offset if self.pixel else self.file_size
+        end = self.pixel.value_offset if self.pixel else self.data_size
         return 0, end
 
     @property
     def after_pixels(self) -> tuple[int, int]:
         """Byte range (start, end) of everything after the pixel data value."""
-        start = self.pixel.value_end if self.pixel else self.file_size
-        return start, self.file_size
+        start = self.pixel.value_end if self.pixel else self.data_size
+        return start, self.data_size
 
 
 def fragment_frames(

@@ -174,7 +174,7 @@ def _pixel_location(raw: tuple, attributes: dict[str, Any], little: bool) -> Pix
 
 def _header(path: str | None, raw: tuple) -> Header:
     attributes, meta, pixel = raw
-    ts, preamble, has_meta, dataset_offset, explicit, little, deflated, size = meta
+    ts, preamble, has_meta, dataset_offset, explicit, little, deflated, size, data_size = meta
     location = _pixel_location(pixel, attributes, little) if pixel is not None else None
     return Header(
         path,
@@ -188,6 +188,7 @@ def _header(path: str | None, raw: tuple) -> Header:
         deflated,
         size,
         location,
+        data_size,
     )
 
 

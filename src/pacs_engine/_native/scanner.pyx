@@ -281,7 +281,7 @@ cdef int fail_beyond(ScanState* st, int64_t offset, uint32_t tag, int64_t length
     st.err_offset = offset
     snprintf(st.err_msg, sizeof(st.err_msg),
              "element (%04X,%04X) declares a value of %lld bytes, past the end of the data "
-             "(%lld bytes)", tag >> 16, tag & 0xFFFF, length, st.src.size)
+             "(%lld bytes)", tag >> 16, tag & 0xFFFF, <long long>length, <long long>st.src.size)
     return -1
 
 
@@ -522,6 +522,8 @@ cdef int parse_meta(ScanState* st) noexcept nogil:
         st.has_meta = True
         while st.src.size - pos >= 8:
             p = src_at(&st.src, pos, 2)
+            if p == NULL:
+                return fail(st, pos, "cannot read the file meta")
             if rd16(p, True) != META_GROUP:
                 break
             if read_header(st, pos, True, True, &e, &length) < 0:
@@ -939,7 +941,8 @@ cdef class Scanner:
 
         Returns (attributes, meta, pixel): attributes maps keywords to values;
         meta is (transfer_syntax_uid, has_preamble, has_meta, dataset_offset,
-        explicit_vr, little_endian, deflated, size); pixel is None or
+        explicit_vr, little_endian, deflated, file_size, data_size), data_size being
+        the size of the inflated data for a deflated file; pixel is None or
         (tag, vr, element_offset, value_offset, value_length, encapsulated,
         bot_offset, bot_bytes, fragment_offsets, fragment_lengths,
         fragment_eoi, extended_offset_table).
@@ -981,7 +984,7 @@ cdef class Scanner:
             result = self.scan_inflated(head, None, 0, len(head), path, ts, start,
                                         final=stream.done)
             if isinstance(result, tuple):
-                return result
+                return self.with_file_size(result, st.src.size)
             if stream.done:
                 raise result
             if result > 0:
@@ -1004,8 +1007,13 @@ cdef class Scanner:
                                 f"{DEFLATED_TAIL_MAX >> 20} MiB after its pixel data")
         result = self.scan_inflated(head, tail, pixel_end, total, path, ts, start, final=True)
         if isinstance(result, tuple):
-            return result
+            return self.with_file_size(result, st.src.size)
         raise result
+
+    cdef tuple with_file_size(self, tuple result, int64_t size):
+        """The result of scanning inflated bytes, with the size of the file itself."""
+        attributes, meta, pixel = result
+        return attributes, (*meta[:7], size, meta[7]), pixel
 
     cdef object scan_inflated(self, bytearray head, tail, int64_t tail_start, int64_t size,
                               path, ts, int64_t start, bint final):
@@ -1095,7 +1103,7 @@ cdef class Scanner:
         if ts is not None:
             attributes.setdefault("TransferSyntaxUID", ts)
         meta = (ts, st.has_preamble, st.has_meta, st.dataset_offset, st.explicit, st.little,
-                deflated, st.src.size)
+                deflated, st.src.size, st.src.size)
         return attributes, meta, self.pixel_location(st)
 
     cdef object value_of(self, ScanState* st, Element* e, uint16_t vr, charsets, path):

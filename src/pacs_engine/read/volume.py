@@ -1,0 +1,354 @@
+"""Volumes: the frames of one geometry, sorted along the slice normal, with their affine.
+
+Conventions (see `Volume`): LPS patient coordinates in mm, as DICOM gives them; array
+shape (slices, rows, columns[, samples]); voxel index (k, j, i) = (slice, row, column).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Direction cosines and pixel spacings that differ by less than this are the same geometry
+# (scanners write cosines with float noise of ~1e-7).
+ORIENTATION_TOL = 1e-4
+SPACING_RTOL = 1e-4
+# Two positions closer than this along the normal are the same position (mm).
+DUPLICATE_TOL = 0.01
+# Gaps equal to the slice spacing within max(GAP_ATOL, GAP_RTOL * spacing) are regular.
+GAP_ATOL = 0.01
+GAP_RTOL = 0.01
+
+
+class VolumeError(ValueError):
+    """A series that is not one regular stack of slices; names the instances at fault."""
+
+    def __init__(self, reason: str, sop_instance_uids: Sequence[str] = ()) -> None:
+        self.reason = reason
+        self.sop_instance_uids = list(sop_instance_uids)
+        named = ", ".join(self.sop_instance_uids[:20])
+        more = len(self.sop_instance_uids) - 20
+        if more > 0:
+            named += f" and {more} more"
+        super().__init__(f"{reason}: {named}" if named else reason)
+
+
+@dataclass
+class Volume:
+    """A stack of parallel slices of one geometry and its mapping to patient coordinates.
+
+    - `array`: shape (slices, rows, columns) or (slices, rows, columns, samples).
+    - `spacing`: (slice, row, column) in mm: the distance between slices along the
+      normal (from the positions, not SliceThickness; SliceThickness, else 1.0, for a
+      single slice), then PixelSpacing (between rows, between columns).
+    - `origin`: ImagePositionPatient of the first slice, the centre of voxel (0, 0, 0).
+    - `direction`: 3x3, columns in array axis order: the slice normal (row cosine x
+      column cosine; slices are sorted along it, increasing), the column direction
+      cosine (ImageOrientationPatient[3:], the way the row index j grows) and the row
+      direction cosine (ImageOrientationPatient[:3], the way the column index i grows).
+    - `affine`: 4x4, maps (k, j, i, 1) to (x, y, z, 1) in LPS mm. Its first column is the
+      step between consecutive slice positions, so it stays exact for sheared stacks
+      (gantry tilt, `sheared` true), where it is not parallel to the normal; otherwise
+      `affine[:3, :3] == direction @ diag(spacing)` and `affine[:3, 3] == origin`.
+    - `sop_instance_uids`: the instance of each slice, in array order.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: np.ndarray
+    direction: np.ndarray
+    affine: np.ndarray
+    sop_instance_uids: list[str] = field(default_factory=list)
+    sheared: bool = False
+    rescaled: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
+        return tuple(self.array.shape)
+
+
+@dataclass
+class Plan:
+    """The chosen instances of a volume, in slice order, and their geometry."""
+
+    rows: list[dict[str, Any]]
+    spacing: tuple[float, float, float]
+    origin: np.ndarray
+    direction: np.ndarray
+    affine: np.ndarray
+    sheared: bool
+
+
+def _uid(row: dict[str, Any]) -> str:
+    return str(row["SOPInstanceUID"])
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    number = row.get("InstanceNumber")
+    return (number is None, number if isinstance(number, int | float) else 0, _uid(row))
+
+
+def _frames(row: dict[str, Any]) -> int:
+    pixels = row.get("pixels") or {}
+    count = pixels.get("frames") or row.get("NumberOfFrames") or 1
+    return int(count)
+
+
+def _geometry_key(row: dict[str, Any]) -> tuple:
+    """What must be equal, exactly, for two instances to stack (cosines/spacing aside)."""
+    return (
+        row.get("Rows"),
+        row.get("Columns"),
+        row.get("SamplesPerPixel") or 1,
+        row.get("BitsAllocated"),
+        row.get("PixelRepresentation"),
+        row.get("PhotometricInterpretation"),
+    )
+
+
+def _same_geometry(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if _geometry_key(a) != _geometry_key(b):
+        return False
+    oa = np.asarray(a["ImageOrientationPatient"], float)
+    ob = np.asarray(b["ImageOrientationPatient"], float)
+    if oa.shape != (6,) or ob.shape != (6,) or np.abs(oa - ob).max() > ORIENTATION_TOL:
+        return False
+    sa = np.asarray(a["PixelSpacing"], float)
+    sb = np.asarray(b["PixelSpacing"], float)
+    return sa.shape == sb.shape == (2,) and bool(np.allclose(sa, sb, rtol=SPACING_RTOL, atol=0))
+
+
+def _describe(row: dict[str, Any]) -> str:
+    return (
+        f"{row.get('Rows')}x{row.get('Columns')}, orientation "
+        f"{row.get('ImageOrientationPatient')}, spacing {row.get('PixelSpacing')}, "
+        f"{row.get('PhotometricInterpretation')} {row.get('BitsAllocated')}-bit "
+        f"representation {row.get('PixelRepresentation')}"
+    )
+
+
+def _usable(rows: list[dict[str, Any]], subset: bool) -> list[dict[str, Any]]:
+    """The rows with pixels, one frame and full position information."""
+    rows = [r for r in rows if r.get("pixels")]
+    if not rows:
+        raise VolumeError("the series has no instances with pixel data")
+    multi = [r for r in rows if _frames(r) > 1]
+    if multi and not subset:
+        raise VolumeError(
+            "multi-frame instances without per-frame positions in the index row "
+            "(enhanced multi-frame volumes are not supported yet)",
+            [_uid(r) for r in multi],
+        )
+    rows = [r for r in rows if _frames(r) == 1]
+    missing = [
+        r
+        for r in rows
+        if not _valid(r.get("ImagePositionPatient"), 3)
+        or not _valid(r.get("ImageOrientationPatient"), 6)
+        or not _valid(r.get("PixelSpacing"), 2)
+    ]
+    if missing and not subset:
+        raise VolumeError(
+            "instances without ImagePositionPatient, ImageOrientationPatient or PixelSpacing",
+            [_uid(r) for r in missing],
+        )
+    ids = {id(r) for r in missing}
+    rows = [r for r in rows if id(r) not in ids]
+    if not rows:
+        raise VolumeError(
+            "no single-frame instance of the series has position information",
+            [_uid(r) for r in multi + missing],
+        )
+    return rows
+
+
+def _valid(value: Any, n: int) -> bool:
+    try:
+        array = np.asarray(value, float)
+    except (TypeError, ValueError):
+        return False
+    if array.shape != (n,) or not np.isfinite(array).all():
+        return False
+    return n != 6 or bool(np.linalg.norm(np.cross(array[:3], array[3:])) > 0.5)
+
+
+def _groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by geometry, largest group first (ties: the earliest in series order)."""
+    groups: list[list[dict[str, Any]]] = []
+    for row in rows:
+        for group in groups:
+            if _same_geometry(group[0], row):
+                group.append(row)
+                break
+        else:
+            groups.append([row])
+    return sorted(groups, key=lambda g: -len(g))  # stable: earlier groups win ties
+
+
+def _normal(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    o = np.asarray(row["ImageOrientationPatient"], float)
+    r, c = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
+    n = np.cross(r, c)
+    return r, c, n / np.linalg.norm(n)
+
+
+def _gap_tol(step: float) -> float:
+    return max(GAP_ATOL, GAP_RTOL * abs(step))
+
+
+def _longest_regular_run(distances: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the longest run of slices with equal gaps (ties: the first)."""
+    n = len(distances)
+    if n <= 2:
+        return 0, n
+    gaps = np.diff(distances)
+    best = (0, 2)
+    start = 0
+    for stop in range(2, n):  # extend the run [start, stop] with gap stop-1
+        if abs(gaps[stop - 1] - gaps[start]) > _gap_tol(gaps[start]):
+            start = stop - 1
+        if stop + 1 - start > best[1] - best[0]:
+            best = (start, stop + 1)
+    return best
+
+
+def plan_volume(rows: list[dict[str, Any]], subset: bool = False) -> Plan:
+    """Choose and order the instances of a volume, or raise `VolumeError` naming the culprits.
+
+    With `subset`, instead of raising: drop instances without pixels, with several frames
+    or without position information; keep the largest group of one geometry (ties: the
+    group of the earliest instance by InstanceNumber); of instances at the same position
+    keep the earliest by (InstanceNumber, SOPInstanceUID); then keep the longest run of
+    slices with a regular gap (ties: the run nearest the lowest position along the normal).
+    """
+    rows = sorted(_usable(rows, subset), key=_order)
+    groups = _groups(rows)
+    if len(groups) > 1 and not subset:
+        main = groups[0][0]
+        others = [r for g in groups[1:] for r in g]
+        detail = "; ".join(f"{_describe(g[0])} ({len(g)})" for g in groups[1:4])
+        raise VolumeError(
+            f"mixed geometry: {len(groups[0])} instances are {_describe(main)}, "
+            f"{len(others)} differ ({detail}); non-parallel slices or mixed Rows/Columns, "
+            "orientation, pixel spacing or pixel format",
+            [_uid(r) for r in others],
+        )
+    rows = groups[0]
+    row_cos, col_cos, normal = _normal(rows[0])
+    positions = np.array([r["ImagePositionPatient"] for r in rows], float)
+    distance = positions @ normal
+    order = sorted(range(len(rows)), key=lambda k: (distance[k], _order(rows[k])))
+    rows = [rows[k] for k in order]
+    positions, distance = positions[order], distance[order]
+
+    # duplicated positions
+    same = np.flatnonzero(np.diff(distance) < DUPLICATE_TOL)
+    if len(same):
+        if not subset:
+            dup: list[str] = []
+            for k in same:
+                for r in (rows[k], rows[k + 1]):
+                    if _uid(r) not in dup:
+                        dup.append(_uid(r))
+            raise VolumeError(
+                f"duplicated positions: {len(dup)} instances share "
+                f"{len(np.unique(np.round(distance[np.r_[same, same + 1]], 2)))} slice "
+                "positions (several acquisitions or time points in one series?)",
+                dup,
+            )
+        keep: list[int] = []
+        for k in range(len(rows)):
+            if keep and distance[k] - distance[keep[-1]] < DUPLICATE_TOL:
+                if _order(rows[k]) < _order(rows[keep[-1]]):
+                    keep[-1] = k
+            else:
+                keep.append(k)
+        rows, positions, distance = [rows[k] for k in keep], positions[keep], distance[keep]
+
+    # irregular gaps (missing slices)
+    start, stop = _longest_regular_run(distance)
+    if (start, stop) != (0, len(rows)):
+        if not subset:
+            gaps = np.diff(distance)
+            step = float(np.median(gaps))
+            bad = [k for k in range(len(gaps)) if abs(gaps[k] - step) > _gap_tol(step)]
+            named: list[str] = []
+            for k in bad:
+                named += [u for u in (_uid(rows[k]), _uid(rows[k + 1])) if u not in named]
+            found = ", ".join(f"{gaps[k]:.4g}" for k in bad[:5])
+            raise VolumeError(
+                f"irregular slice gaps (missing slices?): the usual gap is {step:.4g} mm, "
+                f"found {found} mm between the instances",
+                named,
+            )
+        rows, positions, distance = rows[start:stop], positions[start:stop], distance[start:stop]
+
+    n = len(rows)
+    if n > 1:
+        step_vector = (positions[-1] - positions[0]) / (n - 1)
+        step = float(step_vector @ normal)
+        off_line = np.linalg.norm(
+            positions - (positions[0] + np.arange(n)[:, None] * step_vector), axis=1
+        )
+        bad_line = [_uid(rows[k]) for k in np.flatnonzero(off_line > _gap_tol(step))]
+        if bad_line:
+            raise VolumeError("slice positions are not on one line", bad_line)
+    else:
+        step = float(rows[0].get("SliceThickness") or 1.0)  # one slice: no gap to measure
+        step_vector = step * normal
+    sheared = bool(np.linalg.norm(step_vector - step * normal) > 1e-3)
+    pixel_spacing = [float(v) for v in rows[0]["PixelSpacing"]]
+    spacing = (step, pixel_spacing[0], pixel_spacing[1])
+    direction = np.stack([normal, col_cos, row_cos], axis=1)
+    affine = np.eye(4)
+    affine[:3, 0] = step_vector
+    affine[:3, 1] = col_cos * spacing[1]
+    affine[:3, 2] = row_cos * spacing[2]
+    affine[:3, 3] = positions[0]
+    return Plan(rows, spacing, positions[0].copy(), direction, affine, sheared)
+
+
+def _int_dtype(lo: float, hi: float) -> np.dtype | None:
+    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64"):
+        info = np.iinfo(name)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(name)
+    return None
+
+
+def rescale(frames: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Modality values (value * RescaleSlope + RescaleIntercept per slice), as pydicom gives.
+
+    float32 when a slope or intercept is not an integer; else the smallest integer dtype
+    that holds every value the stored bits allow (and every value present).
+    """
+    if frames.ndim != 3:
+        raise VolumeError("rescaling needs one sample per pixel", [_uid(r) for r in rows])
+    slopes, intercepts = [], []
+    for r in rows:
+        slope, intercept = r.get("RescaleSlope"), r.get("RescaleIntercept")
+        if slope is None or intercept is None:  # pydicom: no rescale without both
+            slope, intercept = 1.0, 0.0
+        slopes.append(float(slope))
+        intercepts.append(float(intercept))
+    s = np.array(slopes)[:, None, None]
+    i = np.array(intercepts)[:, None, None]
+    values = frames.astype(np.float64) * s + i
+    if not (np.all(s == np.round(s)) and np.all(i == np.round(i))):
+        return values.astype(np.float32)
+    bits = int(rows[0].get("BitsStored") or frames.dtype.itemsize * 8)
+    if rows[0].get("PixelRepresentation") == 1:
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        lo, hi = 0, 2**bits - 1
+    if frames.size:
+        lo, hi = min(lo, int(frames.min())), max(hi, int(frames.max()))
+    ends = np.concatenate([lo * s.ravel() + i.ravel(), hi * s.ravel() + i.ravel()])
+    dtype = _int_dtype(float(ends.min()), float(ends.max()))
+    if dtype is None:
+        return values
+    return np.rint(values).astype(dtype)
