@@ -35,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import mmap
 import os
 import sys
 import tempfile
@@ -43,6 +42,10 @@ import traceback
 import warnings
 
 import atheris
+
+# The guarded buffer is the one the tests use, so both check the same contract.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from scan_contract import GuardedBuffer
 
 if os.environ.get("PACS_FUZZ_BUILD"):
     sys.path.insert(0, os.environ["PACS_FUZZ_BUILD"])
@@ -60,27 +63,6 @@ ARTIFACTS = os.environ.get("PACS_FUZZ_ARTIFACTS", ".")
 SKIP = os.environ.get("PACS_FUZZ_SKIP", "").encode() or None
 _seen: set[tuple[str, str]] = set()
 Header = ScanError = scan = None  # imported by _import_scanner
-
-
-class GuardedBuffer:
-    """A buffer followed by a PROT_NONE page: a read one byte past the data faults."""
-
-    def __init__(self, capacity: int):
-        page = mmap.PAGESIZE
-        self.size = max(page, -(-capacity // page) * page)
-        self._map = mmap.mmap(-1, self.size + page)
-        anchor = ctypes.c_char.from_buffer(self._map)
-        address = ctypes.addressof(anchor)
-        del anchor
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        if libc.mprotect(address + self.size, page, 0) != 0:  # PROT_NONE
-            raise OSError(ctypes.get_errno(), "mprotect failed")
-
-    def view(self, data: bytes) -> memoryview:
-        start = self.size - len(data)
-        self._map[start : self.size] = data
-        return memoryview(self._map)[start : self.size]
 
 
 _guard: GuardedBuffer | None = None
