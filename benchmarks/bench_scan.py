@@ -31,6 +31,7 @@ import pytest
 
 from benchmarks.conftest import Evictor, FileSet, Results, disk_read_bytes
 from pacs_engine import ScanError, scan, scan_many
+from pacs_engine.scanning import _SCANNER, _make_scanner
 
 COLD_ROUNDS = 5
 REPEATS = int(os.environ.get("PACS_ENGINE_BENCH_REPEATS", "5"))
@@ -183,6 +184,46 @@ def test_per_file_ratios(benchmark: Any, warm: FileSet, results: Results) -> Non
         pydicom_over_scanner=pyd_over_scan["median"],
         scanner_over_floor=scan_over_floor["median"],
     )
+
+
+def cost_breakdown(fs: FileSet, repeats: int) -> dict[str, float]:
+    """Median over files of each stage's best time / the floor's: where a scan's time goes.
+
+    Stages: the native parse with one requested attribute (I/O + walking the
+    elements), with all of HEADER_KEYWORDS (+ converting their values), and the
+    whole `scan()` (+ building the Header in Python).
+    """
+    clock = time.perf_counter_ns
+    one = _make_scanner(("SOPInstanceUID",))
+    ratios: dict[str, list[float]] = {"parse": [], "convert": [], "scan": []}
+    for path, n in zip(fs.paths, fs.header_ends, strict=True):
+        encoded = os.fsencode(path)
+        best = [math.inf] * 4
+        for _ in range(repeats):
+            t0 = clock()
+            one.scan_paths([encoded])
+            t1 = clock()
+            _SCANNER.scan_paths([encoded])
+            t2 = clock()
+            scan(path)
+            t3 = clock()
+            fd = os.open(path, os.O_RDONLY)
+            os.pread(fd, n, 0)
+            os.close(fd)
+            t4 = clock()
+            for i, took in enumerate((t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                best[i] = min(best[i], took)
+        for name, took in zip(ratios, best[:3], strict=True):
+            ratios[name].append(took / best[3])
+    return {name: statistics.median(values) for name, values in ratios.items()}
+
+
+def test_per_file_cost_breakdown(benchmark: Any, warm: FileSet, results: Results) -> None:
+    """Each stage of a scan against the I/O floor, per file, medians."""
+    benchmark.group = "per-file"
+    medians = benchmark.pedantic(cost_breakdown, args=(warm, REPEATS), rounds=1)
+    benchmark.extra_info.update({f"{name}_over_floor_median": v for name, v in medians.items()})
+    results.ratios.update({f"{name}_over_floor": v for name, v in medians.items()})
 
 
 # --- (e) cold page cache ----------------------------------------------------

@@ -343,6 +343,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f" pydicom / scanner = {_fmt(r.get('pydicom_over_scanner'), '.1f')}x,"
             f" scanner / I/O floor = {_fmt(r.get('scanner_over_floor'), '.2f')}x"
         )
+    if "parse_over_floor" in r:
+        tr.write_line(
+            "  cost over the I/O floor, per file, medians: native parse (one attribute) "
+            f"{r['parse_over_floor']:.2f}x, + converting HEADER_KEYWORDS "
+            f"{r['convert_over_floor']:.2f}x, + the Python Header (scan()) "
+            f"{r['scan_over_floor']:.2f}x"
+        )
     cold = {k.removeprefix("cold "): v for k, v in rows.items() if k.startswith("cold")}
     if not cold:
         return
