@@ -1,0 +1,574 @@
+"""Datasets for training loops: frames, volumes and random patches of an archive.
+
+The datasets hold only the archive's path and plain data (lists, numpy arrays of
+integers), so they pickle small and work across `fork` and `spawn`: each process
+opens the archive (read-only) on first use and caches it by process id; the LMDB
+index is memory-mapped by every process, never copied, and no LMDB handle or zarr
+object is ever pickled. They need numpy only. With PyTorch installed they subclass
+`torch.utils.data.Dataset` / `IterableDataset`, so a `DataLoader` takes them as they are:
+`FrameDataset`, `VolumeDataset` and `PatchDataset` are map-style (`__len__`,
+`__getitem__`), `FrameDataset.iter_chunks()` is iterable and splits its work between
+DataLoader workers by `torch.utils.data.get_worker_info()`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pacs_engine.read.volume import VolumeError, plan_volume
+from pacs_engine.read.volume import rescale as modality_values
+
+if TYPE_CHECKING:
+    from pacs_engine.archive import Archive
+    from pacs_engine.read.series import Series
+
+if importlib.util.find_spec("torch") is not None:  # pragma: no cover - torch is optional
+    from torch.utils.data import Dataset as _MapBase
+    from torch.utils.data import IterableDataset as _IterableBase
+else:
+    _MapBase = object  # type: ignore[assignment,misc]
+    _IterableBase = object  # type: ignore[assignment,misc]
+
+__all__ = ["FrameChunks", "FrameDataset", "PatchDataset", "VolumeDataset", "worker_share"]
+
+# Row attributes kept (as plain data) for rescaling.
+_RESCALE_KEYS = ("SOPInstanceUID", "RescaleSlope", "RescaleIntercept", "BitsStored")
+_RESCALE_KEYS += ("PixelRepresentation",)
+_SERIES_CACHE = 64  # Series objects kept open per process (VolumeDataset)
+
+
+# --- one archive per path per process --------------------------------------------------
+
+
+class _Handle:
+    """A read-only archive with its zarr arrays and Series, for one process."""
+
+    def __init__(self, path: str) -> None:
+        from pacs_engine.archive import open_archive
+
+        self.archive: Archive = open_archive(path)
+        self.arrays: dict[str, Any] = {}
+        self.series: OrderedDict[str, Series] = OrderedDict()
+
+    def array(self, path: str, frames: int = 0) -> Any:
+        """The zarr array at `path`, reopened when it holds fewer than `frames` frames."""
+        array = self.arrays.get(path)
+        if array is None or array.shape[0] < frames:
+            array = self.arrays[path] = self.archive.pixels.open_array(path)
+        return array
+
+    def series_of(self, uid: str) -> Series:
+        """A cached `Series` (its rows are read once per process)."""
+        from pacs_engine.read.series import Series
+
+        series = self.series.pop(uid, None) or Series(self.archive, uid)
+        self.series[uid] = series
+        while len(self.series) > _SERIES_CACHE:
+            self.series.popitem(last=False)
+        return series
+
+
+_HANDLES: dict[str, _Handle] = {}
+_HANDLES_PID = os.getpid()
+
+
+def _handle(path: str) -> _Handle:
+    """This process's handle on the archive at `path` (a forked child opens its own)."""
+    global _HANDLES_PID
+    pid = os.getpid()
+    if pid != _HANDLES_PID:  # forked: the parent's handles are not ours to use or close
+        _HANDLES.clear()
+        _HANDLES_PID = pid
+    handle = _HANDLES.get(path)
+    if handle is None:
+        handle = _HANDLES[path] = _Handle(path)
+    return handle
+
+
+def worker_share(count: int) -> range:
+    """The indices in range(count) this DataLoader worker handles (all of them outside one)."""
+    info = None
+    if importlib.util.find_spec("torch") is not None:  # pragma: no cover - torch is optional
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+    if info is None:
+        return range(count)
+    return range(info.id, count, info.num_workers)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _series_uids(archive: Archive, series_uids: Sequence[str] | None) -> list[str]:
+    """The given UIDs (duplicates dropped, order kept), or every series by UID."""
+    if series_uids is None:
+        return sorted(str(r["SeriesInstanceUID"]) for r in archive.index.all_series())
+    if isinstance(series_uids, str):
+        raise TypeError("series_uids must be a sequence of UIDs, not one string")
+    return list(dict.fromkeys(str(uid) for uid in series_uids))
+
+
+def _rows(archive: Archive, uid: str) -> list[dict[str, Any]]:
+    rows = archive.index.series(uid)
+    if not rows:
+        raise KeyError(f"{uid}: no such series in the archive")
+    return rows
+
+
+def _slim(row: dict[str, Any]) -> dict[str, Any]:
+    """The attributes rescaling needs, and nothing else."""
+    return {k: row.get(k) for k in _RESCALE_KEYS}
+
+
+def _rescaled_dtype(stored: np.dtype, rows: list[dict[str, Any]]) -> str:
+    """The dtype `rescale` gives for frames of these rows (values inside Bits Stored)."""
+    return modality_values(np.empty((len(rows), 0, 0), stored), rows).dtype.str
+
+
+def _apply_rescale(frames: np.ndarray, rows: list[dict[str, Any]], dtype: str) -> np.ndarray:
+    """`rescale` of the frames, in the dtype it gives for the whole series or volume."""
+    return modality_values(frames, rows).astype(dtype, copy=False)
+
+
+def _read_frames(
+    handle: _Handle, where: Sequence[tuple[str, int]], window: tuple[slice, ...] = ()
+) -> list[np.ndarray]:
+    """Frames (array path, frame) cut to `window`, in order; close frames read in one call."""
+    out: list[np.ndarray | None] = [None] * len(where)
+    by_array: dict[str, list[tuple[int, int]]] = {}
+    for k, (path, frame) in enumerate(where):
+        by_array.setdefault(path, []).append((frame, k))
+    for path, items in by_array.items():
+        lo = min(f for f, _ in items)
+        hi = max(f for f, _ in items) + 1
+        array = handle.array(path, hi)
+        if hi - lo <= 2 * len(items):
+            block = np.asarray(array[(slice(lo, hi), *window)])
+            for f, k in items:
+                out[k] = block[f - lo]
+        else:
+            for f, k in items:
+                out[k] = np.asarray(array[(f, *window)])
+    return out  # type: ignore[return-value]
+
+
+def _check_index(index: int, length: int) -> int:
+    if not isinstance(index, int | np.integer):
+        raise TypeError(f"index must be an integer, not {type(index).__name__}")
+    index = int(index)
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"index {index} out of range for {length} items")
+    return index
+
+
+# --- frames ------------------------------------------------------------------------------
+
+
+class FrameDataset(_MapBase):
+    """Every frame of the given series (default: all), by series UID, then array frame order.
+
+    Items: {"pixels", "sop_instance_uid", "series_instance_uid", "frame"}, where "frame"
+    is the frame's number within its instance (0 for single-frame instances) and
+    "pixels" equals the frame of `Archive.frames(sop_instance_uid)`. With `rescale`,
+    monochrome frames hold modality values (e.g. HU) in the dtype `Series.volume(
+    rescale=True)` would give for all the frames of their array; colour frames are
+    never rescaled.
+    """
+
+    def __init__(
+        self,
+        archive_path: str | os.PathLike[str],
+        series_uids: Sequence[str] | None = None,
+        rescale: bool = False,
+    ) -> None:
+        self.archive_path = os.fspath(archive_path)
+        self.rescale = rescale
+        archive = _handle(self.archive_path).archive
+        self.series_uids = sorted(_series_uids(archive, series_uids))
+        self.arrays: list[str] = []
+        self.instances: list[str] = []
+        self.rescale_rows: list[dict[str, Any]] = []  # per instance
+        self.array_dtypes: list[str | None] = []  # rescaled dtype per array (None: as stored)
+        # One row per frame: series, array, frame in array, instance, frame in instance.
+        table: list[tuple[int, int, int, int, int]] = []
+        array_ids: dict[str, int] = {}
+        for s, uid in enumerate(self.series_uids):
+            rows_of: dict[int, list[dict[str, Any]]] = {}
+            for row in _rows(archive, uid):
+                pixels = row.get("pixels")
+                if not pixels:
+                    continue
+                a = array_ids.setdefault(pixels["array"], len(array_ids))
+                if a == len(self.arrays):
+                    self.arrays.append(pixels["array"])
+                i = len(self.instances)
+                self.instances.append(str(row["SOPInstanceUID"]))
+                self.rescale_rows.append(_slim(row))
+                rows_of.setdefault(a, []).append(row)
+                first = int(pixels["first_frame"])
+                table += [(s, a, first + f, i, f) for f in range(int(pixels["frames"]))]
+            for a, rows in sorted(rows_of.items()):
+                self.array_dtypes.append(self._dtype(archive, a, rows))
+        self.table = np.array(sorted(table), dtype=np.int64).reshape(-1, 5)
+
+    def _dtype(self, archive: Archive, a: int, rows: list[dict[str, Any]]) -> str | None:
+        if not self.rescale or int(rows[0].get("SamplesPerPixel") or 1) != 1:
+            return None
+        stored = np.dtype(_handle(self.archive_path).array(self.arrays[a]).dtype)
+        return _rescaled_dtype(stored, [_slim(r) for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __repr__(self) -> str:
+        series = len(self.series_uids)
+        return f"FrameDataset({self.archive_path!r}, series={series}, frames={len(self)})"
+
+    def _item(self, entry: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
+        s, a, _, i, f = (int(v) for v in entry)
+        dtype = self.array_dtypes[a]
+        if dtype is not None:
+            pixels = _apply_rescale(pixels[None], [self.rescale_rows[i]], dtype)[0]
+        return {
+            "pixels": pixels,
+            "sop_instance_uid": self.instances[i],
+            "series_instance_uid": self.series_uids[s],
+            "frame": f,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One frame and where it comes from."""
+        entry = self.table[_check_index(index, len(self))]
+        path, frame = self.arrays[int(entry[1])], int(entry[2])
+        pixels = np.asarray(_handle(self.archive_path).array(path, frame + 1)[frame])
+        return self._item(entry, pixels)
+
+    def runs(self) -> list[tuple[int, int]]:
+        """[start, stop) ranges of items that are consecutive frames of one shard of one array."""
+        if not len(self):
+            return []
+        handle = _handle(self.archive_path)
+        per_shard = {a: handle.archive.pixels.grid(p)[0] for a, p in enumerate(self.arrays)}
+        runs: list[tuple[int, int]] = []
+        start = 0
+        for k in range(1, len(self) + 1):
+            if k < len(self):
+                prev, cur = self.table[k - 1], self.table[k]
+                a = int(cur[1])
+                if (
+                    a == int(prev[1])
+                    and int(cur[2]) == int(prev[2]) + 1
+                    and int(cur[2]) // per_shard[a] == int(prev[2]) // per_shard[a]
+                ):
+                    continue
+            runs.append((start, k))
+            start = k
+        return runs
+
+    def iter_chunks(self) -> FrameChunks:
+        """The same items, streamed a shard-sized run of consecutive frames per read."""
+        return FrameChunks(self)
+
+
+class FrameChunks(_IterableBase):
+    """Iterable over a `FrameDataset` in array order, one zarr read per run of a shard.
+
+    In a DataLoader worker it yields every num_workers-th run only, so the workers
+    together yield each item once.
+    """
+
+    def __init__(self, dataset: FrameDataset) -> None:
+        self.dataset = dataset
+        self.runs = dataset.runs()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        dataset = self.dataset
+        handle = _handle(dataset.archive_path)
+        for r in worker_share(len(self.runs)):
+            start, stop = self.runs[r]
+            entries = dataset.table[start:stop]
+            lo, hi = int(entries[0][2]), int(entries[-1][2]) + 1
+            block = np.asarray(handle.array(dataset.arrays[int(entries[0][1])], hi)[lo:hi])
+            for entry, pixels in zip(entries, block, strict=True):
+                yield dataset._item(entry, pixels)
+
+
+# --- volumes -----------------------------------------------------------------------------
+
+
+class VolumeDataset(_MapBase):
+    """One item per series volume (`Series.volume(rescale, subset)`), in the given order.
+
+    Items: {"pixels", "series_instance_uid", "sop_instance_uids", "spacing", "origin",
+    "direction", "affine", "sheared"}. Series that are not one volume (checked on the
+    index when the dataset is made) raise `VolumeError`, or with `skip_invalid` are left
+    out and listed in `skipped` (UID -> reason). Series without pixel data are left out
+    of the default selection (all series).
+    """
+
+    def __init__(
+        self,
+        archive_path: str | os.PathLike[str],
+        series_uids: Sequence[str] | None = None,
+        rescale: bool = True,
+        subset: bool = False,
+        skip_invalid: bool = False,
+    ) -> None:
+        self.archive_path = os.fspath(archive_path)
+        self.rescale = rescale
+        self.subset = subset
+        archive = _handle(self.archive_path).archive
+        self.skipped: dict[str, str] = {}
+        self.series_uids: list[str] = []
+        for uid in _series_uids(archive, series_uids):
+            rows = _rows(archive, uid)
+            if series_uids is None and not any(r.get("pixels") for r in rows):
+                continue
+            try:
+                plan_volume(rows, subset=subset)
+            except VolumeError as error:
+                if not skip_invalid:
+                    raise VolumeError(
+                        f"series {uid}: {error.reason}", error.sop_instance_uids
+                    ) from error
+                self.skipped[uid] = str(error)
+                continue
+            self.series_uids.append(uid)
+
+    def __len__(self) -> int:
+        return len(self.series_uids)
+
+    def __repr__(self) -> str:
+        return f"VolumeDataset({self.archive_path!r}, volumes={len(self)})"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One series' volume and its geometry."""
+        uid = self.series_uids[_check_index(index, len(self))]
+        series = _handle(self.archive_path).series_of(uid)
+        volume = series.volume(rescale=self.rescale, subset=self.subset)
+        return {
+            "pixels": volume.array,
+            "series_instance_uid": uid,
+            "sop_instance_uids": list(volume.sop_instance_uids),
+            "spacing": np.asarray(volume.spacing, np.float64),
+            "origin": np.asarray(volume.origin, np.float64),
+            "direction": np.asarray(volume.direction, np.float64),
+            "affine": np.asarray(volume.affine, np.float64),
+            "sheared": bool(volume.sheared),
+        }
+
+
+# --- patches -----------------------------------------------------------------------------
+
+
+class PatchDataset(_MapBase):
+    """`samples` random patches of `patch_size`, item i fully determined by (seed, i).
+
+    A 3-D `patch_size` (z, y, x) cuts patches from series volumes (`plan_volume`, with
+    `subset`), a 2-D one (y, x) from single frames. Item i draws, from
+    `numpy.random.default_rng([seed, i])`, a series (by `weights`: a mapping UID ->
+    weight or a sequence aligned with `series_uids`; default uniform), then a frame for
+    2-D, then the corner. Series with no volume (3-D) or no frame (2-D) at least as
+    large as the patch are left out and listed in `skipped`. Items: {"pixels",
+    "series_instance_uid", "offset"} (the corner: (slice, row, column) in the volume,
+    or (row, column) in the frame) and, for 2-D, "sop_instance_uid" and "frame".
+    With `rescale`, pixels are modality values in the dtype of the rescaled volume
+    (3-D) or of the rescaled frames of the array (2-D).
+    """
+
+    def __init__(
+        self,
+        archive_path: str | os.PathLike[str],
+        patch_size: Sequence[int],
+        samples: int,
+        seed: int = 0,
+        weights: Mapping[str, float] | Sequence[float] | None = None,
+        series_uids: Sequence[str] | None = None,
+        rescale: bool = False,
+        subset: bool = False,
+    ) -> None:
+        self.archive_path = os.fspath(archive_path)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1:
+            raise ValueError(
+                f"patch_size must be (z, y, x) or (y, x) of positive ints, not {patch_size}"
+            )
+        if samples < 0 or seed < 0:
+            raise ValueError("samples and seed must not be negative")
+        self.samples = int(samples)
+        self.seed = int(seed)
+        self.rescale = rescale
+        archive = _handle(self.archive_path).archive
+        uids = _series_uids(archive, series_uids)
+        given = self._weights(uids, weights)
+        self.skipped: dict[str, str] = {}
+        self.series_uids: list[str] = []
+        self.arrays: list[str] = []
+        self.dtypes: list[str | None] = []  # per series (3-D) or per array (2-D)
+        # Per series: (array id, frame) per slice (3-D) or per frame (2-D), its shape(s),
+        # the rows for rescaling and (2-D) the instance UID and frame number of each frame.
+        self.where: list[np.ndarray] = []
+        self.shapes: list[np.ndarray] = []
+        self.rescale_rows: list[list[dict[str, Any]]] = []
+        self.frame_names: list[list[tuple[str, int]]] = []
+        kept: list[float] = []
+        array_ids: dict[str, int] = {}
+
+        def array_id(path: str) -> int:
+            if path not in array_ids:
+                array_ids[path] = len(self.arrays)
+                self.arrays.append(path)
+            return array_ids[path]
+
+        for uid, weight in zip(uids, given, strict=True):
+            rows = _rows(archive, uid)
+            reason = (
+                self._add_volume(uid, rows, subset, array_id)
+                if len(self.patch_size) == 3
+                else self._add_frames(uid, rows, array_id)
+            )
+            if reason:
+                self.skipped[uid] = reason
+                continue
+            self.series_uids.append(uid)
+            kept.append(weight)
+        if not self.series_uids:
+            raise ValueError(f"no series holds a patch of {self.patch_size}: {self.skipped}")
+        total = float(sum(kept))
+        if total <= 0:
+            raise ValueError("the weights of the usable series sum to zero")
+        self.probabilities = np.asarray(kept, np.float64) / total
+
+    @staticmethod
+    def _weights(
+        uids: list[str], weights: Mapping[str, float] | Sequence[float] | None
+    ) -> list[float]:
+        if weights is None:
+            return [1.0] * len(uids)
+        if isinstance(weights, Mapping):
+            values = [float(weights.get(uid, 0.0)) for uid in uids]
+        else:
+            values = [float(w) for w in weights]
+            if len(values) != len(uids):
+                raise ValueError(f"{len(values)} weights for {len(uids)} series")
+        if any(not np.isfinite(w) or w < 0 for w in values):
+            raise ValueError("weights must be finite and not negative")
+        return values
+
+    def _add_volume(self, uid: str, rows: list[dict[str, Any]], subset: bool, array_id: Any) -> str:
+        try:
+            plan = plan_volume(rows, subset=subset)
+        except VolumeError as error:
+            return str(error)
+        first = plan.rows[0]
+        shape = (len(plan.rows), int(first["Rows"]), int(first["Columns"]))
+        if any(s < p for s, p in zip(shape, self.patch_size, strict=True)):
+            return f"volume {shape} smaller than the patch"
+        where = [
+            (array_id(r["pixels"]["array"]), int(r["pixels"]["first_frame"])) for r in plan.rows
+        ]
+        slim = [_slim(r) for r in plan.rows]
+        dtype = None
+        if self.rescale:
+            stored = np.dtype(_handle(self.archive_path).array(self.arrays[where[0][0]]).dtype)
+            dtype = _rescaled_dtype(stored, slim)
+        self.where.append(np.array(where, np.int64))
+        self.shapes.append(np.array([shape], np.int64))
+        self.rescale_rows.append(slim)
+        self.frame_names.append([])
+        self.dtypes.append(dtype)
+        return ""
+
+    def _add_frames(self, uid: str, rows: list[dict[str, Any]], array_id: Any) -> str:
+        py, px = self.patch_size
+        where, shapes, slim, names = [], [], [], []
+        by_array: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            pixels = row.get("pixels")
+            if not pixels or int(row["Rows"]) < py or int(row["Columns"]) < px:
+                continue
+            a = array_id(pixels["array"])
+            by_array.setdefault(a, []).append(row)
+            first = int(pixels["first_frame"])
+            for f in range(int(pixels["frames"])):
+                where.append((a, first + f))
+                shapes.append((int(row["Rows"]), int(row["Columns"])))
+                slim.append(_slim(row))
+                names.append((str(row["SOPInstanceUID"]), f))
+        if not where:
+            return "no frame as large as the patch"
+        dtypes: dict[int, str | None] = {}
+        for a, array_rows in by_array.items():
+            dtypes[a] = None
+            if self.rescale and int(array_rows[0].get("SamplesPerPixel") or 1) == 1:
+                stored = np.dtype(_handle(self.archive_path).array(self.arrays[a]).dtype)
+                dtypes[a] = _rescaled_dtype(stored, [_slim(r) for r in array_rows])
+        for slim_row, (a, _) in zip(slim, where, strict=True):
+            slim_row["dtype"] = dtypes[a]
+        self.where.append(np.array(where, np.int64))
+        self.shapes.append(np.array(shapes, np.int64))
+        self.rescale_rows.append(slim)
+        self.frame_names.append(names)
+        self.dtypes.append(None)
+        return ""
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchDataset({self.archive_path!r}, patch_size={self.patch_size}, "
+            f"samples={self.samples}, seed={self.seed}, series={len(self.series_uids)})"
+        )
+
+    def draw(self, index: int) -> tuple[int, int, tuple[int, ...]]:
+        """(series number, frame number or -1 for 3-D, corner) of item `index`, without reading."""
+        index = _check_index(index, len(self))
+        rng = np.random.default_rng([self.seed, index])
+        s = int(rng.choice(len(self.series_uids), p=self.probabilities))
+        if len(self.patch_size) == 3:
+            frame, shape = -1, self.shapes[s][0]
+        else:
+            frame = int(rng.integers(len(self.where[s])))
+            shape = self.shapes[s][frame]
+        corner = tuple(
+            int(rng.integers(0, int(n) - p + 1))
+            for n, p in zip(shape, self.patch_size, strict=True)
+        )
+        return s, frame, corner
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Patch `index`: the same for the same (seed, index) in any process."""
+        s, frame, corner = self.draw(index)
+        handle = _handle(self.archive_path)
+        window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))
+        item: dict[str, Any] = {"series_instance_uid": self.series_uids[s]}
+        if frame < 0:
+            z = window[0]
+            rows = self.rescale_rows[s][z]
+            where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
+            pixels = np.stack(_read_frames(handle, where, window[1:]))
+            if self.dtypes[s] is not None:
+                pixels = _apply_rescale(pixels, rows, self.dtypes[s])
+        else:
+            a, f = (int(v) for v in self.where[s][frame])
+            pixels = _read_frames(handle, [(self.arrays[a], f)], window)[0]
+            row = self.rescale_rows[s][frame]
+            if row["dtype"] is not None:
+                pixels = _apply_rescale(pixels[None], [row], row["dtype"])[0]
+            item["sop_instance_uid"], item["frame"] = self.frame_names[s][frame]
+        item["pixels"] = pixels
+        item["offset"] = np.asarray(corner, np.int64)
+        return item

@@ -1,0 +1,274 @@
+"""pacs_engine.read.datasets: frames, volumes and patches, in one process and across fork/spawn."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pacs_engine import Archive, open_archive
+from pacs_engine.read import (
+    FrameDataset,
+    PatchDataset,
+    Series,
+    VolumeDataset,
+    VolumeError,
+)
+from pacs_engine.synth import write_studies
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+# Single-frame CT and MR; multi-frame: a 15-frame 10x10 RT dose, a 2-frame RGB in RLE.
+PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "SC_rgb_rle_2frame.dcm"]
+
+
+@pytest.fixture(scope="module")
+def archive_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An archive of two synthetic 8-slice series and pydicom's small CT/MR files."""
+    tmp = tmp_path_factory.mktemp("datasets")
+    files = write_studies(tmp / "synth", 2, 1, 8, rows=64, columns=64, seed=1)
+    files += [TEST_FILES / name for name in PYDICOM_FILES if (TEST_FILES / name).is_file()]
+    # Small shards, so the synthetic series span several shards.
+    with Archive.create(tmp / "archive", codec="jpegls", frames_per_shard=3) as archive:
+        archive.add(files)
+    return str(tmp / "archive")
+
+
+@pytest.fixture(scope="module")
+def archive(archive_path: str) -> Archive:
+    arc = open_archive(archive_path)
+    yield arc
+    arc.close()
+
+
+def _volume_series(archive: Archive) -> list[str]:
+    """The synthetic series: 8 single-frame instances each."""
+    return [
+        r["SeriesInstanceUID"]
+        for r in archive.query(level="series")
+        if len(archive.index.series(r["SeriesInstanceUID"])) == 8
+    ]
+
+
+def _frames(archive: Archive, record: dict) -> int:
+    rows = archive.index.series(record["SeriesInstanceUID"])
+    return sum(r["pixels"]["frames"] for r in rows if r.get("pixels"))
+
+
+def _key(item: dict) -> tuple:
+    return (item["series_instance_uid"], item["sop_instance_uid"], item["frame"])
+
+
+# --- FrameDataset ------------------------------------------------------------------------
+
+
+def test_frames_equal_archive_frames(archive: Archive, archive_path: str) -> None:
+    dataset = FrameDataset(archive_path)
+    expected = sum(_frames(archive, r) for r in archive.query(level="series"))
+    assert len(dataset) == expected >= 16 + 2
+    keys = [_key(dataset[k]) for k in range(len(dataset))]
+    assert len(set(keys)) == len(keys)
+    assert [k[0] for k in keys] == sorted(k[0] for k in keys)
+    for k in range(len(dataset)):
+        item = dataset[k]
+        frame = archive.frames(item["sop_instance_uid"])[item["frame"]]
+        assert item["pixels"].dtype == frame.dtype
+        np.testing.assert_array_equal(item["pixels"], frame)
+    assert _key(dataset[-1]) == keys[-1]
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+
+
+def test_frames_selected_series_and_rescale(archive: Archive, archive_path: str) -> None:
+    uid = _volume_series(archive)[0]
+    dataset = FrameDataset(archive_path, [uid], rescale=True)
+    assert len(dataset) == 8
+    volume = Series(archive, uid).volume(rescale=True)
+    by_sop = dict(zip(volume.sop_instance_uids, volume.array, strict=True))
+    for k in range(len(dataset)):
+        item = dataset[k]
+        assert item["series_instance_uid"] == uid
+        assert item["pixels"].dtype == volume.array.dtype
+        np.testing.assert_array_equal(item["pixels"], by_sop[item["sop_instance_uid"]])
+    with pytest.raises(KeyError):
+        FrameDataset(archive_path, ["1.2.3.4"])
+
+
+def test_iter_chunks_yields_the_same_frames(archive_path: str) -> None:
+    dataset = FrameDataset(archive_path)
+    chunks = dataset.iter_chunks()
+    runs = chunks.runs
+    assert sum(b - a for a, b in runs) == len(dataset)
+    assert max(b - a for a, b in runs) <= 3  # never more than one shard per read
+    assert max(b - a for a, b in runs) > 1  # several frames per read
+    streamed = list(chunks)
+    mapped = [dataset[k] for k in range(len(dataset))]
+    assert Counter(map(_key, streamed)) == Counter(map(_key, mapped))
+    # Array order is the map order: same items, same pixels, same order.
+    for a, b in zip(streamed, mapped, strict=True):
+        assert _key(a) == _key(b)
+        assert a["pixels"].dtype == b["pixels"].dtype
+        np.testing.assert_array_equal(a["pixels"], b["pixels"])
+
+
+# --- VolumeDataset -----------------------------------------------------------------------
+
+
+def test_volumes(archive: Archive, archive_path: str) -> None:
+    uids = _volume_series(archive)
+    dataset = VolumeDataset(archive_path, uids, rescale=True)
+    assert len(dataset) == len(uids) == 2
+    for k, uid in enumerate(uids):
+        item = dataset[k]
+        volume = Series(archive, uid).volume(rescale=True)
+        assert item["series_instance_uid"] == uid
+        assert item["pixels"].dtype == volume.array.dtype
+        np.testing.assert_array_equal(item["pixels"], volume.array)
+        np.testing.assert_allclose(item["affine"], volume.affine)
+        assert item["sop_instance_uids"] == volume.sop_instance_uids
+
+
+def test_volumes_invalid_series(archive: Archive, archive_path: str) -> None:
+    multiframe = [
+        r["SeriesInstanceUID"]
+        for r in archive.query(level="instance")
+        if r.get("pixels") and r["pixels"]["frames"] > 1
+    ]
+    assert len(multiframe) == 2  # multi-frame instances are not volumes yet
+    with pytest.raises(VolumeError):
+        VolumeDataset(archive_path, multiframe[:1])
+    dataset = VolumeDataset(archive_path, skip_invalid=True)
+    assert set(multiframe) <= set(dataset.skipped)
+    assert set(_volume_series(archive)) <= set(dataset.series_uids)
+
+
+# --- PatchDataset ------------------------------------------------------------------------
+
+
+def test_patches_3d_deterministic_and_inside(archive: Archive, archive_path: str) -> None:
+    uids = _volume_series(archive)
+    dataset = PatchDataset(archive_path, (4, 16, 24), samples=20, seed=7, series_uids=uids)
+    again = PatchDataset(archive_path, (4, 16, 24), samples=20, seed=7, series_uids=uids)
+    other = PatchDataset(archive_path, (4, 16, 24), samples=20, seed=8, series_uids=uids)
+    volumes = {uid: Series(archive, uid).volume() for uid in uids}
+    differ = 0
+    for k in range(len(dataset)):
+        item = dataset[k]
+        assert item["pixels"].shape == (4, 16, 24)
+        z, y, x = item["offset"]
+        volume = volumes[item["series_instance_uid"]].array
+        assert 0 <= z <= volume.shape[0] - 4 and 0 <= y <= 64 - 16 and 0 <= x <= 64 - 24
+        expected = volume[z : z + 4, y : y + 16, x : x + 24]
+        assert item["pixels"].dtype == expected.dtype
+        np.testing.assert_array_equal(item["pixels"], expected)
+        twin = again[k]
+        assert twin["series_instance_uid"] == item["series_instance_uid"]
+        np.testing.assert_array_equal(twin["offset"], item["offset"])
+        np.testing.assert_array_equal(twin["pixels"], item["pixels"])
+        o = other[k]
+        differ += o["series_instance_uid"] != item["series_instance_uid"] or not np.array_equal(
+            o["offset"], item["offset"]
+        )
+    assert differ >= 10
+    # Both series are drawn, and item i does not depend on what was read before.
+    assert len({dataset.draw(k)[0] for k in range(len(dataset))}) == 2
+    assert dataset.draw(5) == PatchDataset(
+        archive_path, (4, 16, 24), samples=20, seed=7, series_uids=uids
+    ).draw(5)
+
+
+def test_patches_3d_rescale_and_weights(archive: Archive, archive_path: str) -> None:
+    uids = _volume_series(archive)
+    dataset = PatchDataset(
+        archive_path, (8, 64, 64), samples=6, seed=3, weights={uids[1]: 1.0}, rescale=True
+    )
+    assert dataset.series_uids == uids  # 8x64x64 only fits the synthetic series
+    volume = Series(archive, uids[1]).volume(rescale=True).array
+    for k in range(len(dataset)):
+        item = dataset[k]
+        assert item["series_instance_uid"] == uids[1]
+        assert item["pixels"].dtype == volume.dtype
+        np.testing.assert_array_equal(item["pixels"], volume)
+    with pytest.raises(ValueError):
+        PatchDataset(archive_path, (9, 64, 64), samples=1)
+
+
+def test_patches_2d(archive: Archive, archive_path: str) -> None:
+    dataset = PatchDataset(archive_path, (32, 48), samples=30, seed=1)
+    large = [
+        r["SeriesInstanceUID"]
+        for r in archive.query(level="series")
+        if archive.index.series(r["SeriesInstanceUID"])[0]["Rows"] >= 32
+    ]
+    assert dataset.series_uids == large  # all but the 10x10 RT dose
+    assert any(dataset[k]["pixels"].shape == (32, 48, 3) for k in range(len(dataset)))
+    for k in range(len(dataset)):
+        item = dataset[k]
+        y, x = item["offset"]
+        frame = archive.frames(item["sop_instance_uid"])[item["frame"]]
+        np.testing.assert_array_equal(item["pixels"], frame[y : y + 32, x : x + 48])
+    assert [dataset.draw(k) for k in range(30)] == [
+        PatchDataset(archive_path, (32, 48), samples=30, seed=1).draw(k) for k in range(30)
+    ]
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def _datasets(archive_path: str) -> list:
+    return [
+        FrameDataset(archive_path, rescale=True),
+        VolumeDataset(archive_path, skip_invalid=True),
+        PatchDataset(archive_path, (3, 20, 20), samples=12, seed=11),
+        PatchDataset(archive_path, (20, 20), samples=12, seed=11, rescale=True),
+    ]
+
+
+def _pixels(item: dict) -> tuple[str, tuple, bytes]:
+    array = item["pixels"]
+    return array.dtype.str, array.shape, array.tobytes()
+
+
+def _chunk_keys(chunks: object) -> list[tuple]:
+    return [(*_key(item), item["pixels"].tobytes()) for item in chunks]  # type: ignore[attr-defined]
+
+
+def test_datasets_pickle_small(archive_path: str) -> None:
+    for dataset in _datasets(archive_path):
+        data = pickle.dumps(dataset)
+        assert b"lmdb" not in data.lower() and b"zarr" not in data.lower()
+        clone = pickle.loads(data)
+        assert _pixels(clone[0]) == _pixels(dataset[0])
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_matches_one_process(archive_path: str, method: str) -> None:
+    context = multiprocessing.get_context(method)
+    datasets = _datasets(archive_path)
+    chunks = datasets[0].iter_chunks()
+    with context.Pool(2) as pool:
+        for dataset in datasets:
+            local = [_pixels(dataset[k]) for k in range(len(dataset))]
+            remote = pool.map(dataset.__getitem__, range(len(dataset)))
+            assert [_pixels(item) for item in remote] == local
+        assert pool.apply(_chunk_keys, (chunks,)) == _chunk_keys(chunks)
+
+
+def test_iter_chunks_split_between_workers(
+    archive_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pacs_engine.read import datasets
+
+    dataset = FrameDataset(archive_path)
+    chunks = dataset.iter_chunks()
+    everything = _chunk_keys(chunks)
+    shares = []
+    for worker in range(3):
+        monkeypatch.setattr(datasets, "worker_share", lambda n, w=worker: range(w, n, 3))
+        shares.append(_chunk_keys(chunks))
+    assert all(shares)
+    assert sorted(k for share in shares for k in share) == sorted(everything)
