@@ -191,6 +191,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_read_bench(args: argparse.Namespace) -> int:
+    """Measure frame reads as a training loop sees them: random and sequential, 1..N workers."""
+    from pacs_engine.read.bench import read_bench, render_read_bench
+
+    if not (Path(args.archive) / "archive.json").is_file():
+        print(f"{args.archive}: not an archive (no archive.json)", file=sys.stderr)
+        return 2
+    try:
+        report = read_bench(
+            args.archive,
+            frames=args.frames,
+            workers=args.workers,
+            seed=args.seed,
+            start_method=args.start_method,
+        )
+    except ValueError as error:
+        print(f"read-bench: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_read_bench(report))
+    return 0
+
+
 def cmd_samples(args: argparse.Namespace) -> int:
     """Print the folder of real DICOM sample files that ships with pydicom."""
     print(sample_data_dir())
@@ -379,6 +404,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_progress(synth)
     synth.set_defaults(run=cmd_synth)
+
+    read_bench = commands.add_parser(
+        "read-bench",
+        help="measure frame reads as a training loop sees them (frames/s, decoded MB/s)",
+        description="Read FRAMES frames of every series of ARCHIVE as a FrameDataset two "
+        "ways, random access (dataset[i] for random indices) and sequential (iter_chunks), "
+        "with each number of worker processes given (each opens the archive itself), and "
+        "report frames/s and decoded MB/s. Exits 2 if ARCHIVE is not an archive or holds "
+        "no frames.",
+    )
+    read_bench.add_argument("archive", metavar="ARCHIVE", help="the archive folder")
+    read_bench.add_argument(
+        "--frames", type=int, default=512, help="frames read per measurement (default: 512)"
+    )
+    read_bench.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="worker process counts to measure (default: 1 2)",
+    )
+    read_bench.add_argument(
+        "--seed", type=int, default=0, help="seed of the random indices (default: 0)"
+    )
+    read_bench.add_argument(
+        "--start-method",
+        default="spawn",
+        choices=("spawn", "forkserver", "fork"),
+        help="how worker processes start (default: spawn)",
+    )
+    read_bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    read_bench.set_defaults(run=cmd_read_bench)
 
     samples = commands.add_parser(
         "samples", help="print the folder of DICOM sample files shipped with pydicom"

@@ -1,0 +1,231 @@
+"""What a training loop sees when it reads an archive: frames/s and decoded MB/s.
+
+`read_bench(path, frames, workers, seed)` reads `frames` frames of a `FrameDataset`
+over the whole archive two ways, with 1..N worker processes each opening the
+archive itself (as DataLoader workers do):
+
+- random: map-style `dataset[i]` for random indices (without repetition while the
+  archive has enough frames);
+- sequential: `iter_chunks()`, one zarr read per run of consecutive frames of a shard,
+  from the first frame on (wrapping round when more frames are asked than stored).
+
+The work is split evenly between the workers; every worker sets itself up (starts,
+imports, opens the archive) before a common start (a barrier), and the time is
+from the first worker's start to the last worker's end. `run_tasks` is the same
+harness for any picklable reader (the read benchmarks compare pydicom with it).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RandomFrames", "SequentialFrames", "read_bench", "render_read_bench", "run_tasks"]
+
+
+class RandomFrames:
+    """Reads `dataset[i]` for each index of a part; returns (frames, decoded bytes)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def prepare(self) -> None:
+        from pacs_engine.read.datasets import _handle
+
+        _handle(self.dataset.archive_path)
+
+    def read(self, indices: Sequence[int]) -> tuple[int, int]:
+        frames = nbytes = 0
+        for i in indices:
+            pixels = self.dataset[int(i)]["pixels"]
+            frames += 1
+            nbytes += pixels.nbytes
+        return frames, nbytes
+
+
+class SequentialFrames:
+    """Streams `dataset.iter_chunks()` over the given [start, stop) runs of items."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self._chunks: Any = None
+
+    def prepare(self) -> None:
+        self._chunks = self.dataset.iter_chunks()  # opens the archive, finds the runs
+
+    def read(self, runs: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        chunks = self._chunks if self._chunks is not None else self.dataset.iter_chunks()
+        chunks.runs = list(runs)
+        frames = nbytes = 0
+        for item in chunks:
+            frames += 1
+            nbytes += item["pixels"].nbytes
+        return frames, nbytes
+
+
+def _worker(k: int, tasks: list[tuple[str, Any, list[Any]]], barrier: Any, results: Any) -> None:
+    for t, (_, reader, parts) in enumerate(tasks):
+        error = ""
+        try:
+            prepare = getattr(reader, "prepare", None)
+            if prepare is not None:
+                prepare()
+        except Exception as exc:  # reported, after the barrier so no one waits forever
+            error = f"{type(exc).__name__}: {exc}"
+        barrier.wait()
+        started = time.monotonic()
+        frames = nbytes = 0
+        if not error:
+            try:
+                frames, nbytes = reader.read(parts[k])
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        results.put((t, k, frames, nbytes, started, time.monotonic(), error))
+
+
+def run_tasks(
+    tasks: Sequence[tuple[str, Any, list[Any]]],
+    workers: int,
+    start_method: str = "spawn",
+) -> list[dict[str, Any]]:
+    """Run each task (name, reader, one part per worker) on `workers` processes, in turn.
+
+    `reader.prepare()` (optional) runs in each worker before the common start,
+    `reader.read(part) -> (frames, decoded bytes)` is timed. One process set runs
+    every task; each task starts at a barrier. Returns per task: name, workers,
+    frames, bytes, seconds, frames_per_s, mb_per_s.
+    """
+    tasks = list(tasks)
+    for name, _, parts in tasks:
+        if len(parts) != workers:
+            raise ValueError(f"task {name}: {len(parts)} parts for {workers} workers")
+    context = multiprocessing.get_context(start_method)
+    barrier = context.Barrier(workers)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_worker, args=(k, tasks, barrier, results), daemon=True)
+        for k in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    got: list[tuple] = []
+    try:
+        while len(got) < workers * len(tasks):
+            try:
+                got.append(results.get(timeout=1.0))
+            except Exception:
+                if not all(p.is_alive() for p in processes) and results.empty():
+                    codes = [p.exitcode for p in processes]
+                    raise RuntimeError(f"a read worker died (exit codes {codes})") from None
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():  # pragma: no cover - only if a worker hangs
+                process.terminate()
+                process.join()
+    out = []
+    for t, (name, _, _) in enumerate(tasks):
+        rows = [g for g in got if g[0] == t]
+        errors = [g[6] for g in rows if g[6]]
+        if errors:
+            raise RuntimeError(f"task {name}: {errors[0]}")
+        frames = sum(g[2] for g in rows)
+        nbytes = sum(g[3] for g in rows)
+        seconds = max(max(g[5] for g in rows) - min(g[4] for g in rows), 1e-9)
+        out.append(
+            {
+                "mode": name,
+                "workers": workers,
+                "frames": frames,
+                "bytes": nbytes,
+                "seconds": round(seconds, 6),
+                "frames_per_s": frames / seconds,
+                "mb_per_s": nbytes / seconds / 1e6,
+            }
+        )
+    return out
+
+
+def random_indices(length: int, frames: int, seed: int) -> np.ndarray:
+    """`frames` random item indices: a permutation's head, or with repetition if too few."""
+    rng = np.random.default_rng(seed)
+    if frames <= length:
+        return rng.permutation(length)[:frames]
+    return rng.integers(0, length, frames)
+
+
+def sequential_runs(runs: Sequence[tuple[int, int]], frames: int) -> list[tuple[int, int]]:
+    """The dataset's runs from the first on, cut to `frames` items (wrapping round)."""
+    out: list[tuple[int, int]] = []
+    left = frames
+    while left > 0:
+        for start, stop in runs:
+            take = min(stop - start, left)
+            out.append((start, start + take))
+            left -= take
+            if not left:
+                break
+    return out
+
+
+def read_bench(
+    archive_path: str | os.PathLike[str],
+    frames: int = 512,
+    workers: Sequence[int] = (1, 2),
+    seed: int = 0,
+    start_method: str = "spawn",
+) -> dict[str, Any]:
+    """Random and sequential frame reads of the archive with each worker count.
+
+    Returns {"archive", "dataset_frames", "frames", "seed", "start_method", "cpus",
+    "results": [{"mode", "workers", "frames", "bytes", "seconds", "frames_per_s",
+    "mb_per_s"}, ...]}, random then sequential for each worker count.
+    """
+    from pacs_engine.read.datasets import FrameDataset
+
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, not {frames}")
+    if not workers or min(workers) < 1:
+        raise ValueError(f"workers must be positive counts, not {list(workers)}")
+    dataset = FrameDataset(archive_path)
+    if not len(dataset):
+        raise ValueError(f"{os.fspath(archive_path)}: the archive holds no frames")
+    indices = random_indices(len(dataset), frames, seed).tolist()
+    runs = sequential_runs(dataset.runs(), frames)
+    results: list[dict[str, Any]] = []
+    for count in workers:
+        tasks = [
+            ("random", RandomFrames(dataset), [indices[k::count] for k in range(count)]),
+            ("sequential", SequentialFrames(dataset), [runs[k::count] for k in range(count)]),
+        ]
+        results += run_tasks(tasks, count, start_method)
+    return {
+        "archive": dataset.archive_path,
+        "dataset_frames": len(dataset),
+        "frames": frames,
+        "seed": seed,
+        "start_method": start_method,
+        "cpus": os.cpu_count(),
+        "results": results,
+    }
+
+
+def render_read_bench(report: dict[str, Any]) -> str:
+    """The report as a table for people."""
+    lines = [
+        f"{report['archive']}: {report['dataset_frames']:,} frames; read {report['frames']:,} "
+        f"per row (seed {report['seed']}, {report['start_method']} workers, "
+        f"{report['cpus']} cpus)",
+        f"  {'mode':<11} {'workers':>7} {'frames':>8} {'seconds':>9} {'frames/s':>10} {'MB/s':>9}",
+    ]
+    for row in report["results"]:
+        lines.append(
+            f"  {row['mode']:<11} {row['workers']:>7} {row['frames']:>8,} "
+            f"{row['seconds']:>9.3f} {row['frames_per_s']:>10,.1f} {row['mb_per_s']:>9.1f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""Read-ahead (`pacs_engine.read.readahead`) and `read_bench` / `pacs-engine read-bench`."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pacs_engine import Archive
+from pacs_engine.read import ReadAhead, read_ahead, read_bench
+from pacs_engine.read.datasets import FrameDataset
+from pacs_engine.read.readahead import THREAD_PREFIX
+from tests.conftest import run_cli
+
+
+def readahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    yield
+    gc.collect()
+    assert not readahead_threads()
+
+
+class SlowDataset:
+    """Items take `delay` seconds (time.sleep releases the GIL); records when each ran."""
+
+    def __init__(self, n: int, delay: float = 0.0, fail: int | None = None) -> None:
+        self.n, self.delay, self.fail = n, delay, fail
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, int]] = []
+        self.active = 0
+        self.max_active = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        with self.lock:
+            self.events.append(("start", i))
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.delay)
+            if i == self.fail:
+                raise ValueError(f"item {i} is broken")
+            return {"i": i, "pixels": np.full((4, 4), i, np.int16)}
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.events.append(("end", i))
+
+
+# --- read-ahead ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_same_items_in_the_same_order(threads: int) -> None:
+    data = SlowDataset(50)
+    order = list(np.random.default_rng(3).permutation(50))
+    plain = [data[i]["i"] for i in order]
+    with ReadAhead(data, order, depth=6, threads=threads) as ahead:
+        got = [item["i"] for item in ahead]
+    assert got == plain == [int(i) for i in order]
+
+
+def test_iterable_source_and_prefetch_zero() -> None:
+    assert [x * 2 for x in ReadAhead(iter(range(100)), depth=3)] == list(range(0, 200, 2))
+    assert list(read_ahead(range(10))) == list(range(10))
+    got = [d["i"] for d in read_ahead(SlowDataset(5), [4, 0, 2], prefetch=0)]
+    assert got == [4, 0, 2]
+    got = [d["i"] for d in read_ahead(SlowDataset(5), [4, 0, 2], prefetch=2, threads=2)]
+    assert got == [4, 0, 2]
+    assert list(read_ahead(lambda i: i + 1, [1, 2, 3], prefetch=2)) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_exception_surfaces_at_its_position(threads: int) -> None:
+    data = SlowDataset(20, fail=7)
+    got = []
+    with pytest.raises(ValueError, match="item 7 is broken"):
+        for item in ReadAhead(data, range(20), depth=4, threads=threads):
+            got.append(item["i"])
+    assert got == list(range(7))
+    assert not readahead_threads()
+
+
+def test_an_exception_in_an_iterable_surfaces_at_its_position() -> None:
+    def items():
+        yield from range(5)
+        raise KeyError("boom")
+
+    got = []
+    ahead = ReadAhead(items(), depth=2)
+    with pytest.raises(KeyError, match="boom"):
+        for x in ahead:
+            got.append(x)
+    assert got == list(range(5))
+    assert not readahead_threads()
+
+
+def test_early_break_leaves_no_threads_running() -> None:
+    data = SlowDataset(1000, delay=0.002)
+    ahead = ReadAhead(data, range(1000), depth=8, threads=2)
+    for item in ahead:
+        if item["i"] == 3:
+            break
+    ahead.close()
+    assert not readahead_threads()
+    started = {i for kind, i in data.events if kind == "start"}
+    assert max(started) < 3 + 1 + 8 + 2  # only the window ahead was ever requested
+
+    # dropped without close(): the iterator's finaliser stops the threads
+    for item in ReadAhead(data, range(1000), depth=8, threads=2):
+        if item["i"] == 2:
+            break
+    gc.collect()
+    assert not readahead_threads()
+
+    # an iterable source blocked on its full queue, and a `with` block
+    stopped = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            stopped.set()
+
+    with ReadAhead(endless(), depth=2) as ahead:
+        assert next(ahead) == 0
+        time.sleep(0.05)  # let the producer fill the queue and block
+    assert stopped.is_set()  # the generator was closed
+    assert not readahead_threads()
+    for x in ReadAhead(endless(), depth=2):
+        if x == 1:
+            break
+    gc.collect()
+    assert not readahead_threads()
+
+
+def test_two_threads_overlap_and_stay_within_depth() -> None:
+    data = SlowDataset(24, delay=0.02)
+    consumed_before_started: dict[int, int] = {}
+    consumed = 0
+    with ReadAhead(data, range(24), depth=4, threads=2) as ahead:
+        for item in ahead:
+            consumed += 1
+            with data.lock:
+                for kind, i in data.events:
+                    if kind == "start":
+                        consumed_before_started.setdefault(i, consumed)
+            assert item["i"] == consumed - 1
+    # two items were read at the same time: item k+1 started before item k ended
+    assert data.max_active == 2
+    starts_and_ends = data.events
+    overlaps = 0
+    for k in range(23):
+        if starts_and_ends.index(("start", k + 1)) < starts_and_ends.index(("end", k)):
+            overlaps += 1
+    assert overlaps >= 6
+    # never more than `depth` items requested ahead of the consumer
+    for kind, i in data.events:
+        if kind == "start":
+            assert i < consumed_before_started[i] + 4
+
+    one = SlowDataset(8, delay=0.005)
+    assert [d["i"] for d in ReadAhead(one, range(8), depth=4, threads=1)] == list(range(8))
+    assert one.max_active == 1
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        ReadAhead([1], [0], depth=0)
+    with pytest.raises(ValueError):
+        read_ahead([1], [0], prefetch=-1)
+
+
+def test_read_ahead_on_frame_dataset(small_archive: Path) -> None:
+    dataset = FrameDataset(small_archive)
+    order = list(np.random.default_rng(0).permutation(len(dataset)))
+    with ReadAhead(dataset, order, depth=8, threads=2) as ahead:
+        got = list(ahead)
+    assert [g["sop_instance_uid"] for g in got] == [
+        dataset[int(i)]["sop_instance_uid"] for i in order
+    ]
+    for g, i in zip(got, order, strict=True):
+        assert np.array_equal(g["pixels"], dataset[int(i)]["pixels"])
+    chunks = list(read_ahead(dataset.iter_chunks(), prefetch=4))
+    plain = list(dataset.iter_chunks())
+    assert len(chunks) == len(plain) == len(dataset)
+    for a, b in zip(chunks, plain, strict=True):
+        assert a["sop_instance_uid"] == b["sop_instance_uid"] and a["frame"] == b["frame"]
+        assert np.array_equal(a["pixels"], b["pixels"])
+
+
+# --- read-bench ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pacs_engine.synth import write_studies
+
+    root = tmp_path_factory.mktemp("readbench")
+    files = write_studies(
+        root / "src", 1, 2, 16, rows=128, columns=128, seed=1, syntaxes=("explicit",)
+    )
+    archive = Archive.create(root / "archive")
+    with archive:
+        report = archive.add([str(p) for p in files])
+    assert report.balanced and report.archived == 32
+    return root / "archive"
+
+
+def check_report(report: dict, frames: int, workers: list[int]) -> None:
+    assert report["frames"] == frames
+    assert report["dataset_frames"] == 32
+    rows = report["results"]
+    assert [(r["mode"], r["workers"]) for r in rows] == [
+        (mode, w) for w in workers for mode in ("random", "sequential")
+    ]
+    for row in rows:
+        assert set(row) == {
+            "mode",
+            "workers",
+            "frames",
+            "bytes",
+            "seconds",
+            "frames_per_s",
+            "mb_per_s",
+        }
+        assert row["frames"] == frames
+        assert row["bytes"] == frames * 128 * 128 * 2
+        assert row["seconds"] > 0 and row["frames_per_s"] > 0 and row["mb_per_s"] > 0
+
+
+def test_read_bench_function(small_archive: Path) -> None:
+    # more frames than stored: random repeats, sequential wraps round; 3 workers split 45
+    report = read_bench(small_archive, frames=45, workers=[1, 3], seed=2)
+    check_report(report, 45, [1, 3])
+
+
+def test_read_bench_cli_json_and_table(small_archive: Path) -> None:
+    done = run_cli("read-bench", str(small_archive), "--frames", "20", "--workers", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    check_report(json.loads(done.stdout), 20, [2])
+    done = run_cli("read-bench", str(small_archive), "--frames", "8", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert "frames/s" in done.stdout and "sequential" in done.stdout
+    done = run_cli("read-bench", str(small_archive.parent / "nothing"))
+    assert done.returncode == 2 and "not an archive" in done.stderr
