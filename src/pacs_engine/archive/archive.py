@@ -534,16 +534,26 @@ class Archive:
         return out[: spec.rows, : spec.columns]
 
     def frames(self, sop_instance_uid: str) -> np.ndarray:
-        """The decoded frames of one instance, shaped (frames, rows, columns[, samples])."""
+        """The decoded frames of one instance, shaped (frames, rows, columns[, samples]).
+
+        Chunks are read from the shards and decoded with the array's codec directly:
+        the same bytes and codec a zarr reader uses, without zarr's per-read overhead.
+        """
         row = self._row(sop_instance_uid)
         pixels = row.get("pixels")
         if not pixels:
             raise ArchiveError(f"{sop_instance_uid}: the instance has no pixel data")
-        array = self._array(pixels["array"])
-        first = pixels["first_frame"]
-        if array.shape[0] < first + pixels["frames"]:  # grown since it was opened
-            array = self._arrays[pixels["array"]] = self.pixels.open_array(pixels["array"])
-        return array[first : first + pixels["frames"]]
+        path, first, count = pixels["array"], pixels["first_frame"], pixels["frames"]
+        array = self._array(path)
+        spec = _spec_of(array)
+        chunks = self.pixels.read_chunks(path, first, first + count)
+        per = spec.tiles_per_frame
+        return np.stack(
+            [
+                self._decode_chunks(array, spec, chunks[i * per : (i + 1) * per], spec.frame_shape)
+                for i in range(count)
+            ]
+        )
 
     def _row(self, sop_instance_uid: str) -> dict[str, Any]:
         row = self.index.get(sop_instance_uid)

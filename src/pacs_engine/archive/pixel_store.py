@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,7 @@ class PixelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._grids: dict[str, tuple[int, int, int]] = {}  # fixed once an array exists
 
     def create(self) -> None:
         """Create the root group."""
@@ -139,16 +141,22 @@ class PixelStore:
         return json.loads((self.root / path / "zarr.json").read_bytes())
 
     def _shard_file(self, path: str, shard: int) -> Path:
-        rank = len(self._meta(path)["shape"])
+        rank = self._grid(path)[2]
         return self.root / path / "c" / "/".join([str(shard)] + ["0"] * (rank - 1))
+
+    def _grid(self, path: str) -> tuple[int, int, int]:
+        if path not in self._grids:
+            meta = self._meta(path)
+            shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            chunk = meta["codecs"][0]["configuration"]["chunk_shape"]
+            per_frame = math.prod(s // c for s, c in zip(shard[1:], chunk[1:], strict=True))
+            self._grids[path] = (shard[0], per_frame, len(meta["shape"]))
+        return self._grids[path]
 
     def grid(self, path: str) -> tuple[int, int]:
         """(frames per shard, chunks per frame) of an existing array."""
-        meta = self._meta(path)
-        shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
-        chunk = meta["codecs"][0]["configuration"]["chunk_shape"]
-        per_frame = math.prod(s // c for s, c in zip(shard[1:], chunk[1:], strict=True))
-        return shard[0], per_frame
+        per_shard, per_frame, _ = self._grid(path)
+        return per_shard, per_frame
 
     def write_frames(
         self, path: str, first: int, chunks: Sequence[bytes], dirs: set[Path] | None = None
@@ -175,26 +183,33 @@ class PixelStore:
             frame = stop
 
     def read_chunks(self, path: str, start: int, stop: int) -> list[bytes]:
-        """The stored (encoded) chunks of frames [start, stop), read from the shards as is."""
+        """The stored (encoded) chunks of frames [start, stop), read from the shards as is.
+
+        Per shard: one read of its index, one read of the bytes of the frames asked
+        for (a shard stores its chunks back to back, in order).
+        """
         per_shard, per_frame = self.grid(path)
         entries = per_shard * per_frame
+        index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
         out: list[bytes] = []
         frame = start
         while frame < stop:
             shard = frame // per_shard
-            data = self._shard_file(path, shard).read_bytes()
-            table = np.frombuffer(
-                data,
-                "<u8",
-                count=2 * entries,
-                offset=len(data) - CRC32C_BYTES - SHARD_INDEX_ENTRY * entries,
-            ).reshape(entries, 2)
             last = min(stop, (shard + 1) * per_shard)
-            first_entry = (frame - shard * per_shard) * per_frame
-            for offset, length in table[first_entry : (last - shard * per_shard) * per_frame]:
-                if offset == EMPTY:
-                    raise ValueError(f"{path}: frame {frame} is missing from shard {shard}")
-                out.append(data[int(offset) : int(offset) + int(length)])
+            with open(self._shard_file(path, shard), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                table = np.frombuffer(
+                    os.pread(f.fileno(), index_size, size - index_size), "<u8", count=2 * entries
+                ).reshape(entries, 2)
+                first_entry = (frame - shard * per_shard) * per_frame
+                wanted = table[first_entry : (last - shard * per_shard) * per_frame]
+                if (wanted[:, 0] == EMPTY).any():
+                    raise ValueError(
+                        f"{path}: a frame of {frame}..{last} is missing from shard {shard}"
+                    )
+                begin = int(wanted[0, 0])
+                data = os.pread(f.fileno(), int(wanted[-1, 0] + wanted[-1, 1]) - begin, begin)
+            out += [data[int(o) - begin : int(o + n) - begin] for o, n in wanted]
             frame = last
         return out
 
