@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from benchmarks.conftest import CORPUS, NO_CORPUS
+from benchmarks.conftest import corpus_inputs
 from pacs_engine import Archive
 
 MODALITIES = {"CT", "MR", "CR"}
@@ -35,17 +35,7 @@ _RESULTS: dict[str, dict] = {}
 
 def inputs() -> list[str]:
     """Corpus files of the benchmarked modalities, outside malformed/."""
-    manifest = CORPUS / "MANIFEST.tsv"
-    if not manifest.is_file():
-        pytest.skip(NO_CORPUS)
-    lines = manifest.read_text().splitlines()
-    names = lines[0].split("\t")
-    rows = [dict(zip(names, line.split("\t"), strict=True)) for line in lines[1:] if line]
-    return [
-        str(CORPUS / r["path"])
-        for r in rows
-        if r["modality"] in MODALITIES and not r["path"].startswith("malformed/")
-    ]
+    return corpus_inputs(MODALITIES)
 
 
 @pytest.mark.parametrize("policy", POLICIES)

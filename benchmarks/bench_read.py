@@ -33,7 +33,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from benchmarks.conftest import CORPUS, NO_CORPUS
+from benchmarks.conftest import corpus_inputs
 from pacs_engine import Archive, open_archive
 from pacs_engine.read import Series, VolumeDataset
 from pacs_engine.read.bench import RandomFrames, random_indices, run_tasks
@@ -47,17 +47,7 @@ _RESULTS: dict[str, Any] = {}
 
 def inputs() -> list[str]:
     """Corpus CT and MR files outside malformed/."""
-    manifest = CORPUS / "MANIFEST.tsv"
-    if not manifest.is_file():
-        pytest.skip(NO_CORPUS)
-    lines = manifest.read_text().splitlines()
-    names = lines[0].split("\t")
-    rows = [dict(zip(names, line.split("\t"), strict=True)) for line in lines[1:] if line]
-    return [
-        str(CORPUS / r["path"])
-        for r in rows
-        if r["modality"] in MODALITIES and not r["path"].startswith("malformed/")
-    ]
+    return corpus_inputs(MODALITIES)
 
 
 class PydicomFrames:

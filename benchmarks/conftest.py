@@ -380,3 +380,18 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"  {name} {keeps} the disk: {paired:.2f}x a cold cat-like read"
             f" (paired per round, median of {row['rounds']})"
         )
+
+
+def corpus_inputs(modalities: set[str]) -> list[str]:
+    """Corpus files of the given modalities, outside malformed/ (skips without the corpus)."""
+    manifest = CORPUS / "MANIFEST.tsv"
+    if not manifest.is_file():
+        pytest.skip(NO_CORPUS)
+    lines = manifest.read_text().splitlines()
+    names = lines[0].split("\t")
+    rows = [dict(zip(names, line.split("\t"), strict=True)) for line in lines[1:] if line]
+    return [
+        str(CORPUS / r["path"])
+        for r in rows
+        if r["modality"] in modalities and not r["path"].startswith("malformed/")
+    ]
