@@ -285,21 +285,26 @@ cdef int fail_beyond(ScanState* st, int64_t offset, uint32_t tag, int64_t length
     return -1
 
 
+cdef inline Py_ssize_t find_tag(const uint32_t* tags, Py_ssize_t n, uint32_t tag) noexcept nogil:
+    """The index of `tag` in the sorted array `tags`, or -1."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if tags[mid] < tag:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < n and tags[lo] == tag else -1
+
+
 cdef bint is_kept(ScanState* st, uint32_t tag) noexcept nogil:
     """Whether a top-level element is recorded: only those the results need are, so
     memory does not follow the number of elements in the file."""
-    cdef Py_ssize_t lo = 0, hi = st.n_wanted, mid
     if (tag >> 16) == META_GROUP or is_pixel_tag(tag) or tag == SPECIFIC_CHARACTER_SET:
         return True
     if tag == EXTENDED_OFFSET_TABLE or tag == EXTENDED_OFFSET_TABLE_LENGTHS:
         return True
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if st.wanted[mid] < tag:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < st.n_wanted and st.wanted[lo] == tag
+    return find_tag(st.wanted, st.n_wanted, tag) >= 0
 
 
 cdef int push_element(ScanState* st, Element* e) noexcept nogil:
@@ -891,14 +896,7 @@ cdef class Scanner:
         free(self.vrs)
 
     cdef Py_ssize_t find(self, uint32_t tag) noexcept:
-        cdef Py_ssize_t lo = 0, hi = self.n_tags, mid
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self.tags[mid] < tag:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo if lo < self.n_tags and self.tags[lo] == tag else -1
+        return find_tag(self.tags, self.n_tags, tag)
 
     def scan_paths(self, list paths):
         """Scan each file; per path, the result tuple (see scan_buffer) or a ScanError.

@@ -343,9 +343,7 @@ class Archive:
     ) -> None:
         same_pixels = prior.get("pixel_hash") == instance_pixel_hash(prepared.frame_hashes)
         attributes = prepared.header.attributes
-        same_attributes = all(
-            _jsonable(attributes.get(k)) == prior.get(k) for k in COMPARED_KEYWORDS
-        )
+        same_attributes = all(attributes.get(k) == prior.get(k) for k in COMPARED_KEYWORDS)
         if same_pixels and same_attributes:
             updated = dict(prior)
             updated["duplicates"] = [
@@ -358,7 +356,7 @@ class Archive:
             report.input_bytes += prepared.size
             notify(prepared.path, "duplicate")
             return
-        differs = [k for k in COMPARED_KEYWORDS if _jsonable(attributes.get(k)) != prior.get(k)]
+        differs = [k for k in COMPARED_KEYWORDS if attributes.get(k) != prior.get(k)]
         reason = "conflict: same SOP Instance UID as an archived instance, but " + (
             "different pixels" if not same_pixels else f"different {', '.join(differs)}"
         )
@@ -706,11 +704,6 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def _jsonable(value: Any) -> Any:
-    """The value as the index stores it (a JSON round trip)."""
-    return json.loads(json.dumps(value)) if value is not None else None
-
-
 def _spec_of(array: Any) -> ArraySpec:
     """The ArraySpec of an existing zarr array."""
     shape = array.shape
@@ -746,7 +739,8 @@ def _blosc(array: Any) -> numcodecs.Blosc:
 def _row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, Any]:
     """The index row of a newly archived instance."""
     header = prepared.header
-    row: dict[str, Any] = {k: _jsonable(v) for k, v in header.attributes.items()}
+    # Scanner values are plain str, int, float and lists of them: JSON as they are.
+    row: dict[str, Any] = dict(header.attributes)
     row |= {
         "source_path": prepared.path,
         "source_sha256": prepared.sha256,

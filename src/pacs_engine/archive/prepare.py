@@ -31,6 +31,7 @@ from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.archive.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.codecs import CodecError, pass_through_codec
 from pacs_engine.header import Header
+from pacs_engine.index.core import UID_KEYWORDS
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
 DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
@@ -47,7 +48,6 @@ LOSSLESS_SYNTAXES = frozenset(
         DEFLATED_IMAGE_FRAME_COMPRESSION,
     }
 )
-UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 class PrepareError(ValueError):
