@@ -76,7 +76,7 @@ def corpus_archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("read") / "archive"
     archive = Archive.create(folder)
     with archive:
-        report = archive.add(files)
+        report = archive.ingest(files, workers=0)
     assert report.balanced
     dataset = FrameDataset(folder)
     with open_archive(folder) as archive:

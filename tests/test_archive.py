@@ -56,7 +56,7 @@ def check_round_trip(path: Path, folder: Path) -> dict:
 
 
 def _round_trip(archive: Archive, path: Path) -> dict:
-    report = archive.add([path])
+    report = archive.ingest([path], workers=0)
     assert report.balanced and report.inputs == 1
     if report.archived != 1:
         (record,) = archive.quarantine.records()
@@ -95,7 +95,7 @@ def test_pydicom_test_files_round_trip(path: Path, tmp_path: Path) -> None:
 def test_a_plain_zarr_reader_in_a_fresh_process_reads_the_pixels(tmp_path: Path) -> None:
     source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
     archive = Archive.create(tmp_path / "a")
-    archive.add([source])
+    archive.ingest([source], workers=0)
     (row,) = list(archive.index)
     array_path = archive.path / "pixels" / row["pixels"]["array"]
     code = (
@@ -114,7 +114,7 @@ def test_a_plain_zarr_reader_in_a_fresh_process_reads_the_pixels(tmp_path: Path)
 def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) -> None:
     corpus = require_corpus()
     archive = Archive.create(tmp_path / "a")
-    report = archive.add([corpus])
+    report = archive.ingest([corpus], workers=0)
     files = sum(1 for p in corpus.rglob("*") if p.is_file())
     assert report.inputs == files
     assert report.balanced
@@ -140,10 +140,10 @@ def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) ->
 def test_the_same_files_twice_are_duplicates_not_copies(tmp_path: Path) -> None:
     files = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
     archive = Archive.create(tmp_path / "a")
-    first = archive.add(files)
+    first = archive.ingest(files, workers=0)
     stored = sum(f.stat().st_size for f in shard_files(tmp_path / "a"))
     assert stored > 0
-    second = archive.add(files)
+    second = archive.ingest(files, workers=0)
     assert (first.archived, second.archived, second.duplicates) == (2, 0, 2)
     again = sum(f.stat().st_size for f in shard_files(tmp_path / "a"))
     assert again == stored
@@ -154,8 +154,10 @@ def test_the_same_files_twice_are_duplicates_not_copies(tmp_path: Path) -> None:
 def test_lossless_re_encoding_is_a_duplicate_and_changed_pixels_a_conflict(tmp_path: Path) -> None:
     samples = {p.name: p for p in pydicom_test_files()}
     archive = Archive.create(tmp_path / "a")
-    archive.add([samples["MR_small.dcm"]])
-    report = archive.add([samples["MR_small_RLE.dcm"], samples["MR_small_jp2klossless.dcm"]])
+    archive.ingest([samples["MR_small.dcm"]], workers=0)
+    report = archive.ingest(
+        [samples["MR_small_RLE.dcm"], samples["MR_small_jp2klossless.dcm"]], workers=0
+    )
     assert report.duplicates == 2 and report.conflicts == 0
     changed = pydicom.dcmread(samples["MR_small.dcm"])
     pixels = changed.pixel_array.copy()
@@ -163,7 +165,7 @@ def test_lossless_re_encoding_is_a_duplicate_and_changed_pixels_a_conflict(tmp_p
     changed.PixelData = pixels.tobytes()
     target = tmp_path / "changed.dcm"
     changed.save_as(target)
-    report = archive.add([target])
+    report = archive.ingest([target], workers=0)
     assert report.conflicts == 1 and report.archived == 0
     (record,) = [r for r in archive.quarantine.records() if r["path"] == str(target)]
     assert "different pixels" in record["reason"]
@@ -187,7 +189,7 @@ def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
     (tmp_path / "in" / "cut.dcm").write_bytes(samples["CT_small.dcm"].read_bytes()[:5000])
     (tmp_path / "in" / "good.dcm").write_bytes(samples["CT_small.dcm"].read_bytes())
     archive = Archive.create(tmp_path / "a")
-    report = archive.add([tmp_path / "in"])
+    report = archive.ingest([tmp_path / "in"], workers=0)
     assert (report.inputs, report.archived, report.quarantined) == (4, 1, 3)
     reasons = {Path(r["path"]).name: r["reason"] for r in archive.quarantine.records()}
     assert "cannot be decoded" in reasons["broken_j2k.dcm"]
@@ -198,7 +200,7 @@ def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
 def test_verify_finds_a_damaged_shard(tmp_path: Path) -> None:
     source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
     archive = Archive.create(tmp_path / "a")
-    archive.add([source])
+    archive.ingest([source], workers=0)
     (shard,) = shard_files(tmp_path / "a")
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
@@ -213,7 +215,7 @@ def test_one_writer_at_a_time_and_read_only_means_read_only(tmp_path: Path) -> N
     with pytest.raises(ArchiveError, match="another process is writing"):
         open_archive(tmp_path / "a", readonly=False)
     with pytest.raises(ArchiveError, match="read-only"):
-        open_archive(tmp_path / "a").add([])
+        open_archive(tmp_path / "a").ingest([], workers=0)
     archive.close()
     open_archive(tmp_path / "a", readonly=False).close()
     with pytest.raises(ArchiveError, match="not a pacs_engine archive"):
@@ -222,7 +224,9 @@ def test_one_writer_at_a_time_and_read_only_means_read_only(tmp_path: Path) -> N
 
 def test_query_answers_from_the_index(tmp_path: Path) -> None:
     archive = Archive.create(tmp_path / "a")
-    archive.add([p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")])
+    archive.ingest(
+        [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")], workers=0
+    )
     (ct,) = archive.query(Modality="CT")
     assert ct["PatientName"] == "CompressedSamples^CT1"
     assert [r["Modality"] for r in archive.query(PatientName="Compressed*")] == ["CT", "MR"]
@@ -236,7 +240,7 @@ import sys
 from pacs_engine import open_archive
 archive = open_archive(sys.argv[1], readonly=False)
 for folder in sys.argv[2:]:
-    archive.add([folder])
+    archive.ingest([folder], workers=0)
 """
 
 READER = """
@@ -302,7 +306,7 @@ def test_transcoding_stores_lossless_frames_with_the_archive_codec(
 ) -> None:
     source = next(p for p in pydicom_test_files() if p.name == name)
     with Archive.create(tmp_path / "a", codec="jpegls", transcode=True) as archive:
-        report = archive.add([source])
+        report = archive.ingest([source], workers=0)
         assert report.archived == 1
         (row,) = list(archive.index)
         codec = archive._codec_name(row["pixels"]["array"])

@@ -216,7 +216,7 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     archive = Archive.create(root / "archive")
     with archive:
-        report = archive.add([str(p) for p in files])
+        report = archive.ingest([str(p) for p in files], workers=0)
     assert report.balanced and report.archived == 32
     return root / "archive"
 

@@ -34,7 +34,7 @@ def archive_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     files += [TEST_FILES / name for name in PYDICOM_FILES if (TEST_FILES / name).is_file()]
     # Small shards, so the synthetic series span several shards.
     with Archive.create(tmp / "archive", codec="jpegls", frames_per_shard=3) as archive:
-        archive.add(files)
+        archive.ingest(files, workers=0)
     return str(tmp / "archive")
 
 

@@ -53,7 +53,7 @@ SERIES = _manifest_series()
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
     require_corpus()
     arc = Archive.create(tmp_path_factory.mktemp("read") / "archive", codec="jpegls")
-    arc.add([f for files in SERIES.values() for f in files])
+    arc.ingest([f for files in SERIES.values() for f in files], workers=0)
     yield arc
     arc.close()
 

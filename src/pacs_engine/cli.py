@@ -9,10 +9,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from pacs_engine.archive.archive import CODEC_CHOICES
+from pacs_engine.archive.encoder import CODEC_CHOICES
 from pacs_engine.inventory import Inventory, take_inventory
 from pacs_engine.sources import sample_data_dir
 
@@ -91,8 +92,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Archive the sources into an archive (created when missing)."""
+    """Archive the sources into an archive (created when missing); resumes an unfinished run."""
     from pacs_engine.archive import Archive, open_archive
+    from pacs_engine.ingest import IngestStopped, make_executor
 
     target = Path(args.archive)
     if (target / "archive.json").exists():
@@ -100,16 +102,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     else:
         archive = Archive.create(target, codec=args.codec, transcode=args.transcode)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    bar = tqdm(unit=" files", disable=not show, file=sys.stderr, dynamic_ncols=True)
-    with archive:
-        report = archive.add(
-            args.sources, verify=args.verify, progress=lambda path, outcome: bar.update()
-        )
+    bar = _IngestBar(show)
+    if args.executor == "dask" and not args.scheduler:
+        print("pacs-engine ingest: --executor dask needs --scheduler ADDRESS", file=sys.stderr)
+        return 2
+    executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
+    try:
+        with archive:
+            report = archive.ingest(
+                args.sources, executor=executor, verify=args.verify, progress=bar.update
+            )
+    except IngestStopped as error:
+        bar.close()
+        print(f"pacs-engine ingest: {error}", file=sys.stderr)
+        return 3
+    finally:
+        executor.close()
     bar.close()
     summary = report.to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        resumed = f", resumed {summary['resumed']}x" if summary["resumed"] else ""
         print(
             f"{summary['inputs']:,} inputs: {summary['archived']:,} archived, "
             f"{summary['duplicates']:,} duplicates, {summary['conflicts']:,} conflicts, "
@@ -118,11 +132,40 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(
             f"raw pixels {_megabytes(summary['raw_pixel_bytes'])}, stored "
             f"{_megabytes(summary['stored_bytes'])}, ratio {summary['ratio']}, "
-            f"{summary['seconds']} s"
+            f"{summary['seconds']} s ({summary['instances_per_second']} inputs/s, "
+            f"{summary['raw_mb_per_second']} MB/s raw) with {summary['workers']} workers{resumed}"
         )
         for reason, count in summary["quarantine_reasons"].items():
             print(f"  quarantined {count:>6,}  {reason}")
     return 0 if report.balanced else 1
+
+
+class _IngestBar:
+    """The ingest progress bar: inputs done of all, raw MB/s and the ratio so far, ETA."""
+
+    def __init__(self, show: bool) -> None:
+        self.bar = tqdm(unit=" inputs", disable=not show, file=sys.stderr, dynamic_ncols=True)
+        self.phase = ""
+
+    def update(self, progress: Any) -> None:
+        """Show one Progress snapshot."""
+        report = progress.report
+        if progress.phase != self.phase:
+            self.phase = progress.phase
+            self.bar.set_description(progress.phase)
+        if progress.total is not None and self.bar.total != progress.total:
+            self.bar.total = progress.total
+        self.bar.n = report.inputs
+        seconds = max(progress.seconds, 1e-9)
+        self.bar.set_postfix_str(
+            f"{report.raw_bytes / seconds / 1e6:,.1f} MB/s raw, ratio {report.ratio or '-'}",
+            refresh=False,
+        )
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Leave the bar as it is."""
+        self.bar.close()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -304,12 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser(
         "ingest",
         help="archive DICOM files (folders are walked) into an archive",
-        description="Archive every file under SRC into ARCHIVE (created when missing). Each "
-        "input ends archived, as a duplicate, as a conflict or quarantined with its reason; "
-        "the report says how many of each. This runs in one process; exits 1 if the "
-        "report does not balance.",
+        description="Archive every input under SRC into ARCHIVE (created when missing): "
+        "folders (walked recursively), files, and .zip/.tar/.tar.gz archives (read in place). "
+        "Inputs are scanned, grouped by series and encoded in parallel worker processes. "
+        "Each input ends archived, as a duplicate, as a conflict or quarantined with its "
+        "reason; the report (also written to ARCHIVE/reports/) says how many of each. "
+        "Interrupted (even with kill -9), the same command resumes where it stopped. "
+        "Exits 1 if the report does not balance, 3 if the run stopped (e.g. the disk is "
+        "full): run it again to resume.",
     )
-    ingest.add_argument("sources", nargs="+", metavar="SRC", help="a folder or a file")
+    ingest.add_argument(
+        "sources", nargs="+", metavar="SRC", help="a folder, a file, or a zip/tar archive"
+    )
     ingest.add_argument("--archive", required=True, help="the archive folder")
     ingest.add_argument(
         "--codec",
@@ -329,6 +378,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a new archive: store frames of lossless compressed transfer syntaxes with "
         "the archive codec instead of as their original bitstream (they then export as "
         "explicit VR little endian files with the same pixels, not their original bytes)",
+    )
+    ingest.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: the number of cores; 0: in this process)",
+    )
+    ingest.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="where tasks run: a local process pool (default) or a dask.distributed cluster",
+    )
+    ingest.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="the dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask); "
+        "its workers must see ARCHIVE and SRC at the same paths",
     )
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_progress(ingest)

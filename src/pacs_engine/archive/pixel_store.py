@@ -213,6 +213,25 @@ class PixelStore:
             frame = last
         return out
 
+    def arrays(self, series_uid: str) -> list[str]:
+        """The paths of the series' arrays."""
+        folder = self.root / series_uid
+        if not folder.is_dir():
+            return []
+        return sorted(
+            self.array_path(series_uid, p.name)
+            for p in folder.iterdir()
+            if (p / "zarr.json").is_file()
+        )
+
+    def unreferenced_files(self, path: str, shards: set[int]) -> list[Path]:
+        """Files in the array's chunk folder other than the shard files of `shards`."""
+        keep = {self._shard_file(path, shard) for shard in shards}
+        folder = self.root / path / "c"
+        if not folder.is_dir():
+            return []
+        return [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in keep]
+
     def open_array(self, path: str) -> zarr.Array:
         """The array, opened read-only with zarr."""
         return zarr.open_array(self.root / path, mode="r")

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+OUTCOMES = ("archived", "duplicate", "conflict", "quarantined")
+
+
+@dataclass
+class Outcome:
+    """Where one input ended, and its bytes."""
+
+    key: str  # the input (a path, or an archive member)
+    outcome: str  # one of OUTCOMES
+    size: int = 0  # bytes of the input
+    raw: int = 0  # bytes of its decoded pixels, when archived
+    stored: int = 0  # bytes the archive stores for it, when archived
+    reason: str | None = None  # why, for a conflict or a quarantined input
+    sop: str | None = None
+
+    def to_bytes(self) -> bytes:
+        """The journal's record of it."""
+        return json.dumps({k: v for k, v in asdict(self).items() if v}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Outcome:
+        """The outcome a journal record holds."""
+        return cls(**json.loads(data))
 
 
 @dataclass
@@ -21,20 +46,40 @@ class IngestReport:
     input_bytes: int = 0
     seconds: float = 0.0
     reasons: Counter = field(default_factory=Counter)
+    workers: int = 0
+    resumed: int = 0  # times the run was interrupted and resumed
+    run: str = ""
 
-    def quarantine(self, reason: str) -> None:
-        """Count one quarantined input."""
-        self.quarantined += 1
-        self.reasons[_reason_group(reason)] += 1
+    def count(self, outcome: Outcome) -> None:
+        """Count one input's outcome."""
+        self.inputs += 1
+        self.input_bytes += outcome.size
+        if outcome.outcome == "archived":
+            self.archived += 1
+            self.raw_bytes += outcome.raw
+            self.stored_bytes += outcome.stored
+        elif outcome.outcome == "duplicate":
+            self.duplicates += 1
+        elif outcome.outcome == "conflict":
+            self.conflicts += 1
+        else:
+            self.quarantined += 1
+            self.reasons[_reason_group(outcome.reason or "")] += 1
 
     @property
     def balanced(self) -> bool:
         """The completeness invariant."""
         return self.inputs == self.archived + self.duplicates + self.conflicts + self.quarantined
 
+    @property
+    def ratio(self) -> float | None:
+        """Raw pixel bytes per stored byte, so far."""
+        return round(self.raw_bytes / self.stored_bytes, 3) if self.stored_bytes else None
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
         return {
+            "run": self.run,
             "inputs": self.inputs,
             "archived": self.archived,
             "duplicates": self.duplicates,
@@ -44,12 +89,14 @@ class IngestReport:
             "input_bytes": self.input_bytes,
             "raw_pixel_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,
-            "ratio": round(self.raw_bytes / self.stored_bytes, 3) if self.stored_bytes else None,
+            "ratio": self.ratio,
             "seconds": round(self.seconds, 3),
             "instances_per_second": round(self.inputs / self.seconds, 1) if self.seconds else None,
             "raw_mb_per_second": round(self.raw_bytes / self.seconds / 1e6, 1)
             if self.seconds
             else None,
+            "workers": self.workers,
+            "resumed": self.resumed,
             "balanced": self.balanced,
         }
 

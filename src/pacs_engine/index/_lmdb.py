@@ -36,6 +36,8 @@ DB_NAMES: tuple[bytes, ...] = (
     b"by_AccessionNumber",
     b"by_PatientName",
     b"by_StudyDate",
+    # The ingest journal (pacs_engine.ingest.journal): committed with the rows it describes.
+    b"journal",
 )
 
 

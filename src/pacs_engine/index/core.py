@@ -25,7 +25,7 @@ import json
 import os
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -295,11 +295,18 @@ class Index:
 
     # --- writing --------------------------------------------------------------
 
-    def commit(self, rows: Iterable[dict[str, Any]], remove: Iterable[str] = ()) -> None:
+    def commit(
+        self,
+        rows: Iterable[dict[str, Any]],
+        remove: Iterable[str] = (),
+        journal: Mapping[bytes, bytes | None] | None = None,
+    ) -> None:
         """Add or replace `rows` and delete the `remove` SOP UIDs: all at once or not at all.
 
         A row whose SOPInstanceUID is already indexed replaces the old row; within
-        one batch the last row with a UID wins. Returns once the batch is on disk.
+        one batch the last row with a UID wins. `journal` entries (None deletes)
+        are written in the same transaction, so an ingest journal never disagrees
+        with the rows. Returns once the batch is on disk.
         """
         if self.readonly:
             raise PermissionError(f"{self.path}: index opened read-only")
@@ -311,6 +318,32 @@ class Index:
         removed = [uid.encode() for uid in remove]
         with self._transaction(write=True) as (txn, dbs):
             _Commit(txn, dbs, self._codec).apply(batch, removed)
+            for key, value in (journal or {}).items():
+                if value is None:
+                    txn.delete(key, db=dbs[b"journal"])
+                else:
+                    txn.put(key, value, db=dbs[b"journal"])
+
+    def journal_items(
+        self, prefix: bytes, start: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Journal entries whose key starts with `prefix`, in key order, from `start` on."""
+        out: list[tuple[bytes, bytes]] = []
+        with self._transaction(write=False) as (txn, dbs):
+            cursor = txn.cursor(dbs[b"journal"])
+            if not cursor.set_range(start if start is not None else prefix):
+                return out
+            for key, value in cursor:
+                if not key.startswith(prefix) or (limit is not None and len(out) >= limit):
+                    break
+                out.append((key, value))
+        return out
+
+    def journal_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The journal entries that exist among `keys`, read in one transaction."""
+        with self._transaction(write=False) as (txn, dbs):
+            db = dbs[b"journal"]
+            return {k: v for k in keys if (v := txn.get(k, db=db)) is not None}
 
     # --- reading --------------------------------------------------------------
 

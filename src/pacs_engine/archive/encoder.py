@@ -1,0 +1,430 @@
+"""Encode one part of a series into shards and a header pack, without committing it.
+
+This is the work an ingest worker does, in any process (a local pool worker, a
+Dask worker, or the ingesting process itself): read the part's inputs, prepare
+them, decide duplicates and conflicts against committed rows, write whole shards
+and one pack file durably, and hand back the rows for the orchestrator to commit.
+Parts of one series start on distinct shard boundaries, so no two parts ever
+write the same shard file; nothing a part writes is reachable before its commit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pacs_engine.archive.chunks import blosc_of, decode_frame_chunks, spec_of
+from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, split_tiles
+from pacs_engine.archive.prepare import (
+    Prepared,
+    PrepareError,
+    frame_hash,
+    instance_pixel_hash,
+    prepare,
+)
+from pacs_engine.archive.quarantine import Quarantine
+from pacs_engine.archive.report import Outcome
+from pacs_engine.codecs import (
+    CodecError,
+    Htj2kCodec,
+    Jpeg2kCodec,
+    JpegLsCodec,
+    JpegXlCodec,
+    choose_codec,
+    general_purpose_codecs,
+)
+from pacs_engine.errors import ScanError
+from pacs_engine.index import Index
+from pacs_engine.inputs import InputError, InputRef, read_input
+from pacs_engine.scanning import HEADER_KEYWORDS, scan
+from pacs_engine.storage import fsync_dirs, write_atomic
+
+CODECS: dict[str, Any] = {
+    "jpegls": JpegLsCodec,
+    "htj2k": Htj2kCodec,
+    "jpeg2k": Jpeg2kCodec,
+    "jpegxl": lambda: JpegXlCodec(effort=2),
+}
+CODEC_CHOICES = ("auto", *CODECS, "blosc")
+COMPARED_KEYWORDS = tuple(k for k in HEADER_KEYWORDS if k != "TransferSyntaxUID")
+
+
+@dataclass(frozen=True)
+class Part:
+    """Inputs of one series to encode together, and the frames they may use in its arrays."""
+
+    series_uid: str
+    base: int  # first frame in every array of the series; a multiple of the shard size
+    span: int  # frames from `base` the part may fill; a multiple of the shard size
+    keys: tuple[str, ...]  # input keys, in instance order; one SOP Instance UID never spans parts
+
+
+@dataclass
+class PartResult:
+    """What a part produced: rows to commit, duplicates of committed rows, one outcome per input."""
+
+    part: Part
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    arrays: dict[str, int] = field(default_factory=dict)  # array path -> frames end written
+
+
+class _ArrayWriter:
+    """Frames appended to one array by one part: whole shards, from the part's base."""
+
+    def __init__(self, store: PixelStore, path: str, part: Part, dirs: set[Path]) -> None:
+        self.store, self.path, self.dirs = store, path, dirs
+        self.written = self.next = part.base
+        self.limit = part.base + part.span
+        self.pending: list[bytes] = []
+        self.per_shard, self.per_frame = store.grid(path)
+
+    def room_for(self, frames: int) -> bool:
+        """True when `frames` more frames stay inside the part's span."""
+        return self.next + frames <= self.limit
+
+    def append(self, chunks: list[bytes]) -> int:
+        """Queue one instance's chunks; returns its first frame index."""
+        first = self.next
+        self.pending += chunks
+        self.next += len(chunks) // self.per_frame
+        full = (self.next // self.per_shard) * self.per_shard
+        if full > self.written:  # whole shards are ready: write them now
+            self.flush(until=full)
+        return first
+
+    def flush(self, until: int | None = None) -> None:
+        """Write queued frames (up to frame `until`) as shards."""
+        until = self.next if until is None else until
+        count = (until - self.written) * self.per_frame
+        if count > 0:
+            self.store.write_frames(self.path, self.written, self.pending[:count], self.dirs)
+            del self.pending[:count]
+            self.written = until
+
+
+class PartEncoder:
+    """Encodes parts for one archive; one per process, reused across parts."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.config = json.loads((self.root / "archive.json").read_bytes())
+        self.index = Index.open(self.root / "index", readonly=True)
+        self.pixels = PixelStore(self.root / "pixels")
+        self.quarantine = Quarantine(self.root / "quarantine")
+        self._arrays: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Release the index."""
+        self.index.close()
+
+    def encode(self, part: Part, verify: bool = False) -> PartResult:
+        """Prepare, check and write every input of the part; commits nothing.
+
+        An input that cannot be archived is quarantined and its outcome says why;
+        a failure to write the archive (a full disk) raises, and the part is lost
+        as a whole: its files are unreachable until a later part rewrites them.
+        """
+        result = PartResult(part)
+        dirs: set[Path] = set()  # folders whose new files must be durable before the commit
+        writers: dict[str, _ArrayWriter] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        blobs: list[tuple[str, bytes]] = []
+        for key in part.keys:
+            outcome = self._encode_one(key, part, writers, rows, blobs, result, dirs, verify)
+            result.outcomes.append(outcome)
+        for path, writer in writers.items():
+            writer.flush()
+            result.arrays[path] = writer.next
+        if blobs:
+            self._write_blobs(part.series_uid, blobs, rows, dirs)
+        fsync_dirs(dirs)
+        result.rows = list(rows.values())
+        return result
+
+    def _encode_one(
+        self,
+        key: str,
+        part: Part,
+        writers: dict[str, _ArrayWriter],
+        rows: dict[str, dict[str, Any]],
+        blobs: list[tuple[str, bytes]],
+        result: PartResult,
+        dirs: set[Path],
+        verify: bool,
+    ) -> Outcome:
+        try:
+            data = read_input(InputRef.from_key(key))
+        except InputError as error:
+            return self.reject(key, None, str(error))
+        try:
+            header = scan(data)
+        except ScanError as error:
+            return self.reject(key, data, str(error.reason))
+        if header.get("SeriesInstanceUID") != part.series_uid:
+            return self.reject(key, data, "the file changed since it was scanned")
+        try:
+            prepared = prepare(key, data, header, self.config.get("transcode", False))
+        except PrepareError as error:
+            return self.reject(key, data, str(error))
+        sop = prepared.sop_instance_uid
+        pixel_hash = instance_pixel_hash(prepared.frame_hashes)
+        prior = rows.get(sop) or self.index.get(sop)
+        if prior is not None:
+            reason = conflict_reason(prior, header.attributes, pixel_hash)
+            if reason is None:
+                duplicate = {"path": key, "sha256": prepared.sha256}
+                if sop in rows:
+                    rows[sop]["duplicates"].append(duplicate)
+                else:
+                    result.duplicates.append((sop, duplicate))
+                return Outcome(key, "duplicate", prepared.size, sop=sop)
+            self.quarantine.add(
+                key,
+                data,
+                prepared.sha256,
+                reason,
+                sop_instance_uid=sop,
+                archived_source=prior.get("source_path"),
+                archived_sha256=prior.get("source_sha256"),
+                archived_pixel_hash=prior.get("pixel_hash"),
+                pixel_hash=pixel_hash,
+            )
+            return Outcome(key, "conflict", prepared.size, reason=reason, sop=sop)
+        try:
+            pixels, stored = self._write_pixels(prepared, part, writers, dirs, verify)
+        except (CodecError, ValueError) as error:
+            return self.reject(key, data, f"cannot store the pixels: {error}")
+        blob = prepared.blob.to_bytes()
+        blobs.append((sop, blob))
+        rows[sop] = new_row(prepared, pixels, stored + len(blob))
+        return Outcome(
+            key,
+            "archived",
+            prepared.size,
+            raw=prepared.raw_pixel_bytes,
+            stored=stored + len(blob),
+            sop=sop,
+        )
+
+    def reject(self, key: str, data: bytes | None, reason: str) -> Outcome:
+        """Quarantine one input with its reason (reading it if the caller has not)."""
+        reason = reason.removeprefix(f"{key}: ")  # the record names the input already
+        if data is None:
+            try:
+                data = read_input(InputRef.from_key(key))
+            except InputError as error:
+                unread = str(error).removeprefix(f"{key}: ")
+                reason = reason if unread in reason else f"{reason}; {unread}"
+        self.quarantine.add(key, data, _sha256(data if data is not None else key.encode()), reason)
+        return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
+
+    def _write_pixels(
+        self,
+        prepared: Prepared,
+        part: Part,
+        writers: dict[str, _ArrayWriter],
+        dirs: set[Path],
+        verify: bool,
+    ) -> tuple[dict | None, int]:
+        """Queue the instance's frames on its array; returns its pixel reference and bytes."""
+        if prepared.storage == "none":
+            return None, 0
+        key, spec, attributes = self._array_for(prepared)
+        path = self.pixels.array_path(part.series_uid, key)
+        if path not in writers:
+            self._ensure_array(part.series_uid, key, spec, attributes)
+            writers[path] = _ArrayWriter(self.pixels, path, part, dirs)
+        count = len(prepared.frame_hashes)
+        if not writers[path].room_for(count):
+            raise ValueError(f"{count} frames, more than Number of Frames said when it was scanned")
+        if prepared.storage == "bitstream":
+            chunks = [prepared.pass_through.encode_bitstream(b) for b in prepared.bitstreams]
+        else:
+            chunks = self._encode_native(path, prepared, verify)
+        first = writers[path].append(chunks)
+        reference = {"array": path, "first_frame": first, "frames": count}
+        return reference, sum(len(c) for c in chunks)
+
+    def _ensure_array(
+        self, series_uid: str, key: str, spec: ArraySpec, attributes: dict[str, Any]
+    ) -> None:
+        """Create the array once, even when parts of its series run in several processes.
+
+        The first part to get here picks the codec; the others encode with the one
+        in the array's metadata, so every chunk of an array has the same codec.
+        """
+        with open(self.root / ".arrays.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.pixels.ensure_array(series_uid, key, spec, attributes)
+
+    def _array_for(self, prepared: Prepared) -> tuple[str, ArraySpec, dict[str, Any]]:
+        """The array key, spec and attributes for the instance's frames."""
+        layout = prepared.layout
+        ts = prepared.header.transfer_syntax_uid or ""
+        attributes = {
+            "photometric_interpretation": layout.photometric,
+            "bits_allocated": layout.bits_allocated,
+            "bits_stored": layout.bits_stored,
+            "pixel_representation": layout.pixel_representation,
+            "samples_per_pixel": layout.samples,
+        }
+        tile = None
+        if prepared.storage == "bitstream":
+            codec = prepared.pass_through
+            dtype = codec.pixel_dtype
+            config = json.dumps(codec.to_dict(), sort_keys=True)
+            storage = f"{codec.codec_name.split('.')[-1]}-{_digest(config)}"
+            attributes |= {
+                "storage": "original bitstream",
+                "transfer_syntax_uid": ts,
+                "color_conversion": codec.color_conversion,
+            }
+            compressors: tuple = ()
+        else:
+            dtype = prepared.frames.dtype
+            codec, compressors = self._native_codec(prepared.frames[0])
+            storage = "native"
+            attributes |= {"storage": "archive codec", "source_transfer_syntax_uid": ts}
+            if prepared.transcoded and prepared.pass_through.color_conversion != "none":
+                storage = "native-rgb"  # decoded as pixel_array does: YBR became RGB
+                attributes["color_conversion"] = prepared.pass_through.color_conversion
+            if layout.rows * layout.columns > self.config["max_chunk_pixels"]:
+                tile = 1024
+        key = (
+            f"{layout.rows}x{layout.columns}x{layout.samples}_{np.dtype(dtype).str[1:]}"
+            f"_b{layout.bits_stored}_{layout.photometric or 'none'}_{storage}"
+        )
+        spec = ArraySpec(
+            layout.rows,
+            layout.columns,
+            layout.samples,
+            np.dtype(dtype),
+            codec,
+            compressors,
+            self.config["frames_per_shard"],
+            tile,
+        )
+        return key, spec, attributes
+
+    def _native_codec(self, sample: np.ndarray) -> tuple[Any, tuple]:
+        """The archive codec for a new array of native frames like `sample`."""
+        name = self.config["codec"]
+        try:
+            if name == "auto":
+                return choose_codec(sample), ()
+            if name in CODECS:
+                codec = CODECS[name]()
+                codec.encode_frame(np.ascontiguousarray(sample[:8, :8]))
+                return codec, ()
+        except CodecError:
+            pass  # e.g. float or 32-bit pixels: no image codec takes them
+        _, compressor = general_purpose_codecs(sample.dtype)
+        return None, (compressor,)
+
+    def _array(self, path: str) -> Any:
+        if path not in self._arrays:
+            self._arrays[path] = self.pixels.open_array(path)
+        return self._arrays[path]
+
+    def _encode_native(self, path: str, prepared: Prepared, verify: bool) -> list[bytes]:
+        """Encode the frames with the array's codec (as zarr would), tile by tile."""
+        array = self._array(path)
+        serializer = array.metadata.codecs[0].codecs[0]
+        spec = spec_of(array)
+        chunks = []
+        for index, frame in enumerate(prepared.frames):
+            for tile in split_tiles(frame, spec):
+                if hasattr(serializer, "encode_frame"):
+                    data = serializer.encode_frame(tile)
+                else:
+                    data = blosc_of(array).encode(
+                        np.ascontiguousarray(tile, tile.dtype.newbyteorder("<"))
+                    )
+                    data = bytes(data)
+                chunks.append(data)
+            if verify:
+                per = spec.tiles_per_frame
+                decoded = decode_frame_chunks(array, spec, chunks[-per:])
+                if frame_hash(decoded) != prepared.frame_hashes[index]:
+                    raise CodecError(f"frame {index} does not decode to its source pixels")
+        return chunks
+
+    def _write_blobs(
+        self,
+        series_uid: str,
+        blobs: list[tuple[str, bytes]],
+        rows: dict[str, dict[str, Any]],
+        dirs: set[Path],
+    ) -> None:
+        """Write the part's header blobs as one pack file and point the rows at them."""
+        name = f"headers/{series_uid}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.pack"
+        offset = 0
+        for sop, blob in blobs:
+            rows[sop]["header"] = {"pack": name, "offset": offset, "length": len(blob)}
+            offset += len(blob)
+        write_atomic(self.root / name, b"".join(blob for _, blob in blobs), dirs)
+
+
+def conflict_reason(
+    prior: dict[str, Any], attributes: dict[str, Any], pixel_hash: str
+) -> str | None:
+    """Why an instance with an archived SOP Instance UID is a conflict; None for a duplicate.
+
+    A duplicate has the same decoded pixels and the same header attributes
+    (the transfer syntax aside).
+    """
+    same_pixels = prior.get("pixel_hash") == pixel_hash
+    differs = [k for k in COMPARED_KEYWORDS if attributes.get(k) != prior.get(k)]
+    if same_pixels and not differs:
+        return None
+    return "conflict: same SOP Instance UID as an archived instance, but " + (
+        "different pixels" if not same_pixels else f"different {', '.join(differs)}"
+    )
+
+
+def new_row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, Any]:
+    """The index row of a newly archived instance."""
+    header = prepared.header
+    # Scanner values are plain str, int, float and lists of them: JSON as they are.
+    row: dict[str, Any] = dict(header.attributes)
+    row |= {
+        "source_path": prepared.path,
+        "source_sha256": prepared.sha256,
+        "file_size": prepared.size,
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "little_endian": header.little_endian,
+        "pixels": pixels,
+        "pixel_keyword": header.pixel.keyword if header.pixel else None,
+        "pixel_vr": header.pixel.vr if header.pixel else None,
+        "pixel_storage": prepared.storage,
+        "transcoded": prepared.transcoded,
+        "color_conversion": prepared.pass_through.color_conversion
+        if prepared.pass_through is not None
+        else "none",
+        "frame_hashes": prepared.frame_hashes,
+        "pixel_hash": instance_pixel_hash(prepared.frame_hashes),
+        "raw_pixel_bytes": prepared.raw_pixel_bytes,
+        "stored_bytes": stored,
+        "duplicates": [],
+        "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return row
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]

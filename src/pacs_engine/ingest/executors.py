@@ -1,0 +1,133 @@
+"""Where ingest tasks run: this process, a local process pool, or a Dask cluster.
+
+One seam: `submit(fn, *args)` returns a future with `.result()`, and
+`wait_any(futures)` returns (done, not done) once one has finished.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class InlineExecutor:
+    """Runs each task at once in this process (workers=0): for tests and tiny inputs."""
+
+    workers = 0
+
+    def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
+        """Run fn(*args) now; the returned future holds its result or exception."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as error:  # delivered through the future, as a pool would
+            future.set_exception(error)
+        return future
+
+    def wait_any(self, futures: set) -> tuple[set, set]:
+        """Every inline future is done."""
+        return set(futures), set()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class LocalExecutor:
+    """A pool of worker processes on this machine (started with forkserver)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        # forkserver: workers start from a clean process, not a fork of one that holds
+        # LMDB environments, threads and a progress bar.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["pacs_engine.ingest.tasks"])
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+        )
+
+    def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
+        """Queue fn(*args) on the pool."""
+        return self.pool.submit(fn, *args)
+
+    def wait_any(self, futures: set) -> tuple[set, set]:
+        """Block until at least one future is done."""
+        done, pending = concurrent.futures.wait(
+            futures, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        return done, pending
+
+    def close(self) -> None:
+        """Stop the workers (tasks not started are cancelled)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with(parent: int) -> None:
+    """Make this pool worker exit when `parent` dies, even by kill -9.
+
+    A pool worker holds both ends of its task queue, so it never sees the parent
+    go and would wait for work forever (holding the parent's stdout open).
+    """
+    threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+
+
+def _watch(parent: int) -> None:
+    while _alive(parent):
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a killed one not yet reaped by its parent is not)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:  # no /proc: os.kill said enough
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class DaskExecutor:
+    """Tasks on a dask.distributed cluster; its workers must see the archive path."""
+
+    def __init__(self, scheduler: str | Any) -> None:
+        try:
+            from distributed import Client
+        except ImportError as error:
+            raise RuntimeError(
+                "the Dask executor needs dask.distributed: pip install 'pacs_engine[dask]'"
+            ) from error
+        self._own = isinstance(scheduler, str)
+        self.client = Client(scheduler) if self._own else scheduler
+        self.workers = max(1, len(self.client.scheduler_info()["workers"]))
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        """Queue fn(*args) on the cluster (never cached: every task writes files)."""
+        return self.client.submit(fn, *args, pure=False)
+
+    def wait_any(self, futures: set) -> tuple[set, set]:
+        """Block until at least one future is done."""
+        from distributed import wait
+
+        done, pending = wait(list(futures), return_when="FIRST_COMPLETED")
+        return set(done), set(pending)
+
+    def close(self) -> None:
+        """Close the client if this executor made it."""
+        if self._own:
+            self.client.close()
+
+
+def make_executor(workers: int | None, scheduler: str | None = None) -> Any:
+    """The executor for `workers` (0: this process; None: one per core) or a Dask scheduler."""
+    if scheduler is not None:
+        return DaskExecutor(scheduler)
+    if workers == 0:
+        return InlineExecutor()
+    return LocalExecutor(workers)

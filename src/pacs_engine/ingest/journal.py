@@ -1,0 +1,155 @@
+"""The ingest journal: what a run has planned and where each of its inputs ended.
+
+Kept in the index's `journal` database, so that the outcomes of a part's inputs
+are committed in the same LMDB transaction as the part's rows: after a kill at
+any moment, an input has an outcome if and only if its work is committed.
+
+Keys (NUL-separated; paths and UIDs hold no NUL):
+
+```
+c <sources id>                          -> run id of the unfinished run of these sources
+r <run>                                 -> the run record (JSON)
+o <run> <input key>                     -> the input's Outcome (JSON)
+p <run> <series> <order> <sop> <input>  -> a scanned input waiting to be encoded (JSON)
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pacs_engine.archive.report import Outcome
+from pacs_engine.index import Index
+
+_SEP = b"\x00"
+_PAGE = 4096
+#: Sorts instances without an Instance Number after every numbered one.
+_NO_NUMBER = 1 << 63
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A scanned input, grouped under its series, waiting to be encoded."""
+
+    key: str
+    series_uid: str
+    sop_instance_uid: str
+    instance_number: int | None
+    frames: int  # frames its pixel data holds (Number of Frames), 0 without pixel data
+
+
+class Journal:
+    """The journal of ingest runs of one archive."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    # --- runs -------------------------------------------------------------------------
+
+    def start(self, sources: list[str]) -> dict[str, Any]:
+        """The unfinished run of these sources (resumed), or a new run."""
+        current = _key(b"c", _sources_id(sources))
+        found = self.index.journal_get([current]).get(current)
+        if found is not None:
+            run_key = _key(b"r", found.decode())
+            record = json.loads(self.index.journal_get([run_key])[run_key])
+            record["sessions"] += 1
+        else:
+            record = {
+                "run": f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
+                "sources": sources,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "state": "scanning",
+                "sessions": 1,
+                "seconds": 0.0,
+            }
+        self.save(record, {current: record["run"].encode()})
+        return record
+
+    def save(self, record: dict[str, Any], more: dict[bytes, bytes | None] | None = None) -> None:
+        """Write the run record (and `more` journal entries) in one transaction."""
+        entries = {_key(b"r", record["run"]): json.dumps(record).encode(), **(more or {})}
+        self.index.commit([], journal=entries)
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Drop the run's plan and mark it finished; the outcomes stay as its record."""
+        prefix = _key(b"p", record["run"]) + _SEP
+        while page := self.index.journal_items(prefix, limit=_PAGE):
+            self.index.commit([], journal=dict.fromkeys((k for k, _ in page), None))
+        record["state"] = "finished"
+        self.save(record, {_key(b"c", _sources_id(record["sources"])): None})
+
+    # --- outcomes ---------------------------------------------------------------------
+
+    def outcome_key(self, run: str, key: str) -> bytes:
+        """The journal key of an input's outcome."""
+        return _key(b"o", run, key)
+
+    def done(self, run: str, keys: Iterable[str]) -> set[str]:
+        """The inputs among `keys` that already have an outcome in this run."""
+        wanted = {self.outcome_key(run, k): k for k in keys}
+        return {wanted[k] for k in self.index.journal_get(wanted)}
+
+    def outcomes(self, run: str) -> Iterator[Outcome]:
+        """Every outcome of the run, page by page."""
+        prefix = _key(b"o", run) + _SEP
+        start = None
+        while page := self.index.journal_items(prefix, start=start, limit=_PAGE):
+            for _, value in page:
+                yield Outcome.from_bytes(value)
+            start = page[-1][0] + _SEP
+
+    def record(self, run: str, outcomes: Iterable[Outcome], planned: Iterable[Planned]) -> None:
+        """Commit scan results: outcomes of rejected inputs, plan entries of the others."""
+        entries: dict[bytes, bytes | None] = {
+            self.outcome_key(run, o.key): o.to_bytes() for o in outcomes
+        }
+        for p in planned:
+            number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
+            key = _key(b"p", run, p.series_uid, f"{number:020d}", p.sop_instance_uid, p.key)
+            entries[key] = json.dumps({"frames": p.frames}).encode()
+        self.index.commit([], journal=entries)
+
+    # --- plan -------------------------------------------------------------------------
+
+    def next_series(self, run: str, after: str | None) -> str | None:
+        """The first planned series after `after` (in UID order), or None."""
+        prefix = _key(b"p", run) + _SEP
+        start = prefix if after is None else prefix + after.encode() + b"\x01"
+        page = self.index.journal_items(prefix, start=start, limit=1)
+        return page[0][0][len(prefix) :].split(_SEP, 1)[0].decode() if page else None
+
+    def series(self, run: str, series_uid: str) -> list[Planned]:
+        """The planned inputs of one series, in instance order."""
+        prefix = _key(b"p", run, series_uid) + _SEP
+        out = []
+        start = None
+        while page := self.index.journal_items(prefix, start=start, limit=_PAGE):
+            for key, value in page:
+                number, sop, input_key = key[len(prefix) :].decode().split("\x00", 2)
+                order = int(number)
+                out.append(
+                    Planned(
+                        input_key,
+                        series_uid,
+                        sop,
+                        None if order == _NO_NUMBER else order - (1 << 62),
+                        json.loads(value)["frames"],
+                    )
+                )
+            start = page[-1][0] + _SEP
+        return out
+
+
+def _key(kind: bytes, *parts: str) -> bytes:
+    return _SEP.join([kind, *(p.encode() for p in parts)])
+
+
+def _sources_id(sources: list[str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(sources)).encode()).hexdigest()[:32]

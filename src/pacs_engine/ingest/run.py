@@ -1,0 +1,373 @@
+"""The bulk-migration orchestrator: scan in parallel, plan by series, encode parts, commit.
+
+```
+inputs ──► scan_task (batches, workers) ──► journal: plan entries / outcomes
+journal plan, series by series ──► parts ──► encode_task (workers) ──► commit (here)
+```
+
+Only this process writes the index: the rows of all parts of a series and its
+inputs' outcomes are committed in one transaction, so readers never see part of
+a series. The journal makes the run resumable: started
+again with the same sources, it skips inputs that have an outcome and plans the
+rest. Memory in this process is bounded by the plans and rows of the series in
+flight (a few kB per instance), not by the number of inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pacs_engine.archive.encoder import PartResult, conflict_reason
+from pacs_engine.archive.report import IngestReport, Outcome
+from pacs_engine.ingest import session, tasks
+from pacs_engine.ingest.executors import InlineExecutor, make_executor
+from pacs_engine.ingest.journal import Journal, Planned
+from pacs_engine.ingest.plan import align, committed_end, plan_parts
+from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
+from pacs_engine.storage import write_atomic
+
+if TYPE_CHECKING:
+    from pacs_engine.archive import Archive
+
+SCAN_BATCH = 128
+
+
+class IngestStopped(RuntimeError):
+    """The run stopped before the end (the archive's disk is full, a worker died, ...).
+
+    Everything committed before it stopped stays; what was in flight is not
+    visible. Run the same ingest again to resume.
+    """
+
+
+@dataclass
+class Progress:
+    """Where a run is: its phase and the counts so far (for a progress bar)."""
+
+    phase: str  # "scanning" or "encoding"
+    report: IngestReport
+    total: int | None  # inputs in the run, once the scan is complete
+    seconds: float
+
+
+def run_ingest(
+    archive: Archive,
+    sources: Iterable[str | os.PathLike],
+    workers: int | None = None,
+    executor: Any = None,
+    verify: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+) -> IngestReport:
+    """Archive every input under `sources`; resumes the unfinished run of the same sources."""
+    return _Run(archive, sources, workers, executor, verify, progress).run()
+
+
+class _Run:
+    def __init__(
+        self,
+        archive: Archive,
+        sources: Iterable[str | os.PathLike],
+        workers: int | None,
+        executor: Any,
+        verify: bool,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.archive = archive
+        self.root = str(archive.path.resolve())
+        self.sources = [os.path.abspath(os.fspath(s)) for s in sources]
+        self.own_executor = executor is None
+        self.executor = executor if executor is not None else make_executor(workers)
+        self.verify = verify
+        self.notify = progress or (lambda p: None)
+        self.journal = Journal(archive.index)
+        self.started = time.perf_counter()
+        self.report = IngestReport(workers=self.executor.workers)
+        self.total: int | None = None
+        self.failure: BaseException | None = None
+        # Series with parts in flight: (parts planned, results so far).
+        self.waiting: dict[str, tuple[int, list[PartResult]]] = {}
+
+    def run(self) -> IngestReport:
+        self.session = session.claim(self.root)
+        record = self.journal.start(self.sources)
+        run = record["run"]
+        self.report.run = run
+        self.report.resumed = record["sessions"] - 1
+        for outcome in self.journal.outcomes(run):  # work of earlier sessions of this run
+            self.report.count(outcome)
+        try:
+            if record["state"] == "scanning":
+                self._scan(run)
+                if self.failure is None:
+                    record["state"] = "encoding"
+                    self.journal.save(record)
+            if self.failure is None:
+                self._encode(run)
+            if self.failure is None:
+                self._tidy(run)
+        finally:
+            if self.own_executor:
+                self.executor.close()
+            if isinstance(self.executor, InlineExecutor):
+                tasks.release(self.root)
+            record["seconds"] += time.perf_counter() - self.started
+        self.report.seconds = record["seconds"]
+        if self.failure is not None:
+            # The disk may be full: the stop below says why; the next session counts on.
+            with contextlib.suppress(Exception):
+                self.journal.save(record)
+            raise IngestStopped(
+                f"{self.archive.path}: ingest stopped: {_describe(self.failure)}. "
+                "Everything committed so far is kept and nothing half-written is visible; "
+                "run the same ingest again to resume."
+            ) from self.failure
+        self.journal.finish(record)
+        write_atomic(
+            self.archive.path / "reports" / f"ingest-{run}.json",
+            json.dumps({**self.report.to_dict(), "sources": self.sources}, indent=2).encode(),
+        )
+        return self.report
+
+    # --- scanning ---------------------------------------------------------------------
+
+    def _scan(self, run: str) -> None:
+        """Scan every input without an outcome and record the plan; bounded in flight."""
+        walk_errors: list[Outcome] = []
+
+        def on_error(path: str, reason: str) -> None:
+            walk_errors.append(self._quarantine_unread(path, reason))
+
+        batch: list[str] = []
+        in_flight: set = set()
+        for ref in iter_inputs(self.sources, on_error):
+            batch.append(ref.key)
+            if len(batch) >= SCAN_BATCH:
+                in_flight = self._submit_scan(run, batch, in_flight)
+                batch = []
+            if walk_errors:
+                self._record(run, walk_errors, [])
+                walk_errors = []
+            if self.failure is not None:
+                break
+        if batch and self.failure is None:
+            in_flight = self._submit_scan(run, batch, in_flight)
+        if walk_errors:
+            self._record(run, walk_errors, [])
+        while in_flight:
+            in_flight = self._collect_scans(run, in_flight)
+
+    def _submit_scan(self, run: str, keys: list[str], in_flight: set) -> set:
+        todo = [k for k in keys if k not in self.journal.done(run, keys)]
+        while len(in_flight) >= self._window():
+            in_flight = self._collect_scans(run, in_flight)
+        if todo:
+            in_flight.add(self._submit(tasks.scan_task, todo))
+        return in_flight
+
+    def _collect_scans(self, run: str, in_flight: set) -> set:
+        done, pending = self.executor.wait_any(in_flight)
+        for future in done:
+            try:
+                planned, rejected = future.result()
+            except Exception as error:
+                self.failure = self.failure or error
+                continue
+            self._record(run, rejected, planned)
+        return pending
+
+    def _record(self, run: str, outcomes: list[Outcome], planned: list[Planned]) -> None:
+        self.journal.record(run, outcomes, planned)
+        for outcome in outcomes:
+            self.report.count(outcome)
+        self._notify("scanning")
+
+    def _quarantine_unread(self, path: str, reason: str) -> Outcome:
+        """Quarantine an input the walk could not read (no bytes to keep)."""
+        self.archive.quarantine.add(path, None, hashlib.sha256(path.encode()).hexdigest(), reason)
+        return Outcome(path, "quarantined", 0, reason=reason)
+
+    # --- encoding ---------------------------------------------------------------------
+
+    def _encode(self, run: str) -> None:
+        """Encode the planned inputs series by series, committing parts as they finish."""
+        self.total = self.report.inputs + self._planned_left(run)
+        per_shard = self.archive.config["frames_per_shard"]
+        in_flight: set = set()
+        series = None
+        while self.failure is None and (series := self.journal.next_series(run, series)):
+            planned = self.journal.series(run, series)
+            done = self.journal.done(run, [p.key for p in planned])
+            todo = [p for p in planned if p.key not in done]
+            if not todo:
+                continue
+            base = align(committed_end(self.archive.index, series), per_shard)
+            parts = plan_parts(todo, base, per_shard)
+            self.waiting[series] = (len(parts), [])
+            for part in parts:
+                while len(in_flight) >= self._window():
+                    in_flight = self._collect_parts(run, in_flight)
+                if self.failure is not None:
+                    break
+                in_flight.add(self._submit(tasks.encode_task, part, self.verify))
+        while in_flight:
+            in_flight = self._collect_parts(run, in_flight)
+
+    def _planned_left(self, run: str) -> int:
+        """Planned inputs without an outcome (one pass over the plan, series by series)."""
+        left = 0
+        series = None
+        while series := self.journal.next_series(run, series):
+            planned = self.journal.series(run, series)
+            left += len(planned) - len(self.journal.done(run, [p.key for p in planned]))
+        return left
+
+    def _collect_parts(self, run: str, in_flight: set) -> set:
+        done, pending = self.executor.wait_any(in_flight)
+        for future in done:
+            try:
+                result = future.result()
+            except Exception as error:
+                self.failure = self.failure or error
+                continue
+            parts, results = self.waiting[result.part.series_uid]
+            results.append(result)
+            if len(results) < parts or self.failure is not None:
+                continue
+            del self.waiting[result.part.series_uid]
+            try:
+                self._commit(run, results)
+            except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
+                self.failure = self.failure or error
+        return pending
+
+    def _commit(self, run: str, results: list[PartResult]) -> None:
+        """Commit a series' parts (rows, duplicates, outcomes) in one index transaction.
+
+        One transaction per series, so that readers never see part of a series.
+        """
+        index = self.archive.index
+        outcomes = {o.key: o for result in results for o in result.outcomes}
+        rows = {row["SOPInstanceUID"]: row for result in results for row in result.rows}
+        updated: dict[str, dict[str, Any]] = {}
+        for sop, row in list(rows.items()):
+            prior = index.get(sop)
+            if prior is not None:  # another series' part committed the same SOP meanwhile
+                del rows[sop]
+                outcomes[row["source_path"]] = self._late_conflict(prior, row, updated)
+        for sop, duplicate in (d for result in results for d in result.duplicates):
+            current = updated.get(sop) or index.get(sop)
+            if current is None:  # cannot happen: the worker saw it committed
+                raise RuntimeError(f"{sop}: duplicate of a row that is not in the index")
+            updated[sop] = {**current, "duplicates": [*current["duplicates"], duplicate]}
+        journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
+        index.commit([*rows.values(), *updated.values()], journal=journal)
+        ends: dict[str, int] = {}
+        for result in results:
+            for path, end in result.arrays.items():
+                ends[path] = max(ends.get(path, 0), end)
+        for path, end in ends.items():
+            if end > self.archive.pixels.frames(path):
+                self.archive.pixels.set_frames(path, end)
+        for outcome in outcomes.values():
+            self.report.count(outcome)
+        self._notify("encoding")
+
+    def _late_conflict(
+        self, prior: dict[str, Any], row: dict[str, Any], updated: dict[str, dict[str, Any]]
+    ) -> Outcome:
+        """The outcome of a row whose SOP UID another part committed after its worker looked."""
+        key = row["source_path"]
+        reason = conflict_reason(prior, row, row["pixel_hash"])
+        if reason is None:
+            duplicate = {"path": key, "sha256": row["source_sha256"]}
+            current = updated.get(row["SOPInstanceUID"]) or prior
+            updated[row["SOPInstanceUID"]] = {
+                **current,
+                "duplicates": [*current["duplicates"], duplicate],
+            }
+            return Outcome(key, "duplicate", row["file_size"], sop=row["SOPInstanceUID"])
+        try:
+            data = read_input(InputRef.from_key(key))
+        except InputError:
+            data = None
+        self.archive.quarantine.add(
+            key,
+            data,
+            row["source_sha256"],
+            reason,
+            sop_instance_uid=row["SOPInstanceUID"],
+            archived_source=prior.get("source_path"),
+            archived_sha256=prior.get("source_sha256"),
+            archived_pixel_hash=prior.get("pixel_hash"),
+            pixel_hash=row["pixel_hash"],
+        )
+        return Outcome(key, "conflict", row["file_size"], reason=reason, sop=row["SOPInstanceUID"])
+
+    # --- the end ----------------------------------------------------------------------
+
+    def _tidy(self, run: str) -> None:
+        """For every series of the run: array shapes as committed, unreferenced files removed.
+
+        What a killed session wrote and never committed (shards, packs, arrays)
+        is deleted here, so the archive equals one an uninterrupted run makes.
+        """
+        series = None
+        while series := self.journal.next_series(run, series):
+            self._tidy_series(series)
+
+    def _tidy_series(self, series_uid: str) -> None:
+        pixels = self.archive.pixels
+        ends: dict[str, int] = {}
+        shards: dict[str, set[int]] = {}
+        packs: set[str] = set()
+        for row in self.archive.index.series(series_uid):
+            packs.add(row["header"]["pack"])
+            reference = row.get("pixels")
+            if reference:
+                path, first = reference["array"], reference["first_frame"]
+                last = first + reference["frames"]
+                ends[path] = max(ends.get(path, 0), last)
+                per_shard, _ = pixels.grid(path)
+                shards.setdefault(path, set()).update(
+                    range(first // per_shard, (last - 1) // per_shard + 1)
+                )
+        for path in pixels.arrays(series_uid):
+            if path not in ends:
+                shutil.rmtree(pixels.root / path)
+                continue
+            if pixels.frames(path) != ends[path]:
+                pixels.set_frames(path, ends[path])
+            for file in pixels.unreferenced_files(path, shards[path]):
+                file.unlink()
+        folder = self.archive.path / "headers" / series_uid
+        if folder.is_dir():
+            for pack in folder.iterdir():
+                if f"headers/{series_uid}/{pack.name}" not in packs:
+                    pack.unlink()
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _submit(self, fn: Callable, *args: Any) -> Any:
+        return self.executor.submit(session.guarded, fn, self.root, self.session, *args)
+
+    def _window(self) -> int:
+        """Tasks in flight: enough to keep every worker busy while results are committed."""
+        return max(1, 2 * self.executor.workers)
+
+    def _notify(self, phase: str) -> None:
+        self.notify(Progress(phase, self.report, self.total, time.perf_counter() - self.started))
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,83 @@
+"""The functions ingest workers run: scan a batch of inputs, encode a part of a series.
+
+Plain module-level functions of picklable arguments, so any executor runs them:
+a local process pool, a Dask cluster, or the ingesting process itself. Each
+process keeps one PartEncoder per archive.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pacs_engine.archive.encoder import Part, PartEncoder, PartResult
+from pacs_engine.archive.report import Outcome
+from pacs_engine.errors import ScanError
+from pacs_engine.ingest.journal import Planned
+from pacs_engine.inputs import InputError, InputRef, read_input
+from pacs_engine.scanning import scan
+
+_ENCODERS: dict[tuple[int, str], PartEncoder] = {}
+
+
+def _encoder(root: str) -> PartEncoder:
+    """This process's encoder for the archive (a forked child makes its own)."""
+    key = (os.getpid(), root)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = PartEncoder(root)
+    return _ENCODERS[key]
+
+
+def scan_task(root: str, keys: list[str]) -> tuple[list[Planned], list[Outcome]]:
+    """Scan inputs: the ones to plan, and outcomes of those quarantined already."""
+    encoder = _encoder(root)
+    planned: list[Planned] = []
+    rejected: list[Outcome] = []
+    for key in keys:
+        ref = InputRef.from_key(key)
+        data = None
+        try:
+            if ref.member is None:
+                header = scan(ref.container)  # reads the header, not the pixel data
+            else:
+                data = read_input(ref)
+                header = scan(data)
+        except InputError as error:
+            rejected.append(encoder.reject(key, None, str(error)))
+            continue
+        except ScanError as error:
+            rejected.append(encoder.reject(key, data, str(error.reason)))
+            continue
+        series = header.get("SeriesInstanceUID")
+        sop = header.get("SOPInstanceUID")
+        if not isinstance(series, str) or not series or not isinstance(sop, str) or not sop:
+            missing = "SeriesInstanceUID" if not series else "SOPInstanceUID"
+            rejected.append(encoder.reject(key, data, f"no {missing}"))
+            continue
+        number = header.get("InstanceNumber")
+        frames = header.get("NumberOfFrames")
+        planned.append(
+            Planned(
+                key,
+                series,
+                sop,
+                number if isinstance(number, int) else None,
+                0
+                if header.pixel is None
+                else frames
+                if isinstance(frames, int) and frames > 0
+                else 1,
+            )
+        )
+    return planned, rejected
+
+
+def encode_task(root: str, part: Part, verify: bool) -> PartResult:
+    """Encode one part of a series (see PartEncoder.encode)."""
+    return _encoder(root).encode(part, verify)
+
+
+def release(root: str) -> None:
+    """Close this process's encoder for the archive (its index maps 1 TiB of address space)."""
+    encoder = _ENCODERS.pop((os.getpid(), root), None)
+    if encoder is not None:
+        encoder.close()

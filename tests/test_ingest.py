@@ -1,0 +1,318 @@
+"""The bulk-migration orchestrator: parallel equals serial, resume after kill -9, full disk,
+Dask, completeness on malformed files, duplicates and conflicts across runs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from conftest import require_corpus
+
+from pacs_engine import Archive, open_archive
+from pacs_engine.archive import pixel_store
+from pacs_engine.ingest import IngestStopped
+from pacs_engine.synth import write_studies
+
+CLI = [sys.executable, "-m", "pacs_engine.cli"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 series of 48 slices (CT and MR, every synthetic transfer syntax), 192 files."""
+    out = tmp_path_factory.mktemp("synth")
+    write_studies(out, 2, 2, 48, rows=192, columns=192, seed=7)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The state an uninterrupted in-process run gives, and its report."""
+    path = tmp_path_factory.mktemp("clean") / "a"
+    with Archive.create(path) as archive:
+        report = archive.ingest([synth], workers=0)
+    return {"state": state(path), "report": report.to_dict(), "path": path}
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def state(path: Path) -> dict[str, tuple]:
+    """What must not depend on how a run went: each instance's pixels, source and duplicates."""
+    with open_archive(path) as archive:
+        return {
+            row["SOPInstanceUID"]: (
+                row["pixel_hash"],
+                tuple(row["frame_hashes"]),
+                row["source_sha256"],
+                sorted(d["sha256"] for d in row["duplicates"]),
+            )
+            for row in archive.index
+        }
+
+
+def unreferenced(path: Path) -> list[str]:
+    """Files and frames of the archive that no committed row reaches (must be none)."""
+    with open_archive(path) as archive:
+        rows = list(archive.index)
+        packs = {row["header"]["pack"] for row in rows}
+        ends: dict[str, int] = {}
+        used: dict[str, set[int]] = {}
+        for row in rows:
+            pixels = row.get("pixels")
+            if pixels:
+                per_shard, _ = archive.pixels.grid(pixels["array"])
+                first, last = pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
+                ends[pixels["array"]] = max(ends.get(pixels["array"], 0), last)
+                used.setdefault(pixels["array"], set()).update(
+                    range(first // per_shard, (last - 1) // per_shard + 1)
+                )
+        found = [
+            str(p)
+            for p in (path / "headers").rglob("*")
+            if p.is_file() and str(p.relative_to(path)) not in packs
+        ]
+        arrays = {
+            str(p.parent.relative_to(path / "pixels"))
+            for p in (path / "pixels").glob("*/*/zarr.json")
+        }
+        for array in arrays:
+            if array not in ends:
+                found.append(f"array {array} has no rows")
+                continue
+            if archive.pixels.frames(array) != ends[array]:
+                found.append(f"array {array} has {archive.pixels.frames(array)} frames")
+            found += [str(p) for p in archive.pixels.unreferenced_files(array, used[array])]
+        found += [str(p) for p in path.rglob("*.tmp")]
+        return found
+
+
+def assert_complete(report: dict[str, Any], inputs: int) -> None:
+    assert report["balanced"]
+    assert report["inputs"] == inputs
+    assert (
+        report["archived"] + report["duplicates"] + report["conflicts"] + report["quarantined"]
+        == inputs
+    )
+
+
+def test_two_workers_give_the_archive_one_process_gives(
+    synth: Path, clean: dict, tmp_path: Path
+) -> None:
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([synth], workers=2).to_dict()
+        assert archive.verify().ok
+    assert_complete(report, len(files_under(synth)))
+    assert report["archived"] == clean["report"]["archived"] == len(files_under(synth))
+    assert report["workers"] == 2
+    assert state(tmp_path / "a") == clean["state"]
+    assert unreferenced(tmp_path / "a") == []
+    written = json.loads(next((tmp_path / "a" / "reports").glob("*.json")).read_text())
+    assert {k: written[k] for k in report if k != "seconds"} == {
+        k: v for k, v in report.items() if k != "seconds"
+    }
+
+
+def _start(synth: Path, archive: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "ingest", str(synth), "--archive", str(archive), "--workers", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_cli_seconds(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Wall time of an uninterrupted CLI run: the scale for random kill points."""
+    started = time.perf_counter()
+    process = _start(synth, tmp_path_factory.mktemp("timed") / "a")
+    process.communicate(timeout=300)
+    assert process.returncode == 0
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_resume_after_kill_9_equals_an_uninterrupted_run(
+    seed: int, synth: Path, clean: dict, clean_cli_seconds: float, tmp_path: Path
+) -> None:
+    rng = random.Random(seed)
+    archive = tmp_path / "a"
+    kills = 0
+    for _ in range(1 + seed % 2):  # seeds 1 and 3 kill twice before the final run
+        for attempt in range(6):
+            process = _start(synth, archive)
+            time.sleep(rng.uniform(0.15, 0.9) * clean_cli_seconds / (attempt + 1))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)  # the main process only: workers live on
+                process.communicate()
+                kills += 1
+                break
+            process.communicate()
+            shutil.rmtree(archive)  # finished before the kill: start again, kill sooner
+    assert kills == 1 + seed % 2
+    final = _start(synth, archive)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    report = json.loads(out)
+    assert_complete(report, len(files_under(synth)))
+    assert report["archived"] == len(files_under(synth)) and report["duplicates"] == 0
+    assert report["resumed"] >= 1 or report["run"] != ""
+    assert state(archive) == clean["state"]
+    assert unreferenced(archive) == []
+    with open_archive(archive) as opened:
+        assert opened.verify().ok
+
+
+def test_a_full_disk_stops_the_run_and_it_resumes(
+    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    write = pixel_store.write_atomic
+
+    def fill_up(path: Any, data: bytes, dirs: Any = None) -> None:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, data, dirs)
+
+    monkeypatch.setattr(pixel_store, "write_atomic", fill_up)
+    with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped) as stopped:
+        archive.ingest([synth], workers=0)
+    assert "No space left on device" in str(stopped.value)
+    assert "run the same ingest again to resume" in str(stopped.value)
+    with open_archive(tmp_path / "a") as archive:
+        assert archive.verify().ok  # what was committed is whole
+        committed = len(archive.index)
+    assert 0 < committed < len(files_under(synth))
+    monkeypatch.setattr(pixel_store, "write_atomic", write)
+    with open_archive(tmp_path / "a", readonly=False) as archive:
+        report = archive.ingest([synth], workers=0).to_dict()
+    assert_complete(report, len(files_under(synth)))
+    assert report["resumed"] == 1 and report["duplicates"] == 0
+    assert state(tmp_path / "a") == clean["state"]
+    assert unreferenced(tmp_path / "a") == []
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+def test_a_really_full_disk_stops_the_cli_and_it_resumes_once_space_is_back(
+    synth: Path, clean: dict, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk"
+    if os.geteuid() != 0 or not _mount_tmpfs(disk, "3m"):
+        pytest.skip("mounting a small tmpfs needs root (the injected ENOSPC test still runs)")
+    try:
+        archive = disk / "a"
+        stopped = _start(synth, archive)
+        out, err = stopped.communicate(timeout=300)
+        assert stopped.returncode == 3, (out, err)
+        assert "No space left on device" in err and "resume" in err
+        subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+        with open_archive(archive) as opened:
+            committed = len(opened.index)
+            assert opened.verify().ok
+        assert committed < len(files_under(synth))
+        resumed = _start(synth, archive)
+        out, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err
+        report = json.loads(out)
+        assert_complete(report, len(files_under(synth)))
+        assert report["resumed"] >= 1 and report["duplicates"] == 0
+        assert state(archive) == clean["state"]
+        assert unreferenced(archive) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_dask_executor_gives_the_archive_the_local_pool_gives(
+    synth: Path, clean: dict, tmp_path: Path
+) -> None:
+    from distributed import LocalCluster
+
+    from pacs_engine.ingest import DaskExecutor
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        executor = DaskExecutor(cluster.scheduler_address)
+        try:
+            with Archive.create(tmp_path / "a") as archive:
+                report = archive.ingest([synth], executor=executor).to_dict()
+        finally:
+            executor.close()
+    assert report["workers"] == 2
+    assert_complete(report, len(files_under(synth)))
+    assert state(tmp_path / "a") == clean["state"]
+    assert unreferenced(tmp_path / "a") == []
+
+
+def test_every_malformed_corpus_file_is_accounted_for(tmp_path: Path) -> None:
+    malformed = require_corpus() / "malformed"
+    inputs = files_under(malformed)
+    assert inputs
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([malformed], workers=2).to_dict()
+        records = archive.quarantine.records()
+        assert archive.verify().ok
+    assert_complete(report, len(inputs))
+    assert report["quarantined"] >= 1
+    assert len(records) == report["quarantined"] + report["conflicts"]
+    assert all(r["reason"] for r in records)
+    assert sum(report["quarantine_reasons"].values()) == report["quarantined"]
+
+
+def test_duplicates_and_conflicts_across_two_runs(synth: Path, tmp_path: Path) -> None:
+    first = files_under(synth)[:30]
+    source = tmp_path / "first"
+    for i, path in enumerate(first):
+        target = source / f"{i:03d}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    second = tmp_path / "second"
+    shutil.copytree(source, second / "copies")
+    changed = pydicom.dcmread(first[0])
+    changed.PatientID = "SOMEONE-ELSE"
+    changed.save_as(second / "changed.dcm")
+    with Archive.create(tmp_path / "a") as archive:
+        one = archive.ingest([source], workers=2).to_dict()
+        two = archive.ingest([second], workers=2).to_dict()
+        assert archive.verify().ok
+        row = archive.index.get(changed.SOPInstanceUID)
+        conflict = [r for r in archive.quarantine.records() if r["reason"].startswith("conflict")]
+    assert one["archived"] == 30
+    assert_complete(two, 31)
+    assert (two["archived"], two["duplicates"], two["conflicts"]) == (0, 30, 1)
+    assert one["run"] != two["run"]
+    assert len(row["duplicates"]) == 1
+    assert "PatientID" in conflict[0]["reason"]
+    assert conflict[0]["path"] == str(second / "changed.dcm")
+
+
+def test_cli_ingest_shows_progress_and_explains_itself(synth: Path, tmp_path: Path) -> None:
+    help_text = subprocess.run([*CLI, "ingest", "--help"], capture_output=True, text=True).stdout
+    for flag in ("--workers", "--executor", "--scheduler", "resume", ".zip"):
+        assert flag in help_text
+    done = subprocess.run(
+        [*CLI, "ingest", str(synth), "--archive", str(tmp_path / "a"), "--progress"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "MB/s raw" in done.stderr and "ratio" in done.stderr and "encoding" in done.stderr
+    assert f"{len(files_under(synth))} inputs" in done.stdout.replace(",", "")
