@@ -13,6 +13,7 @@ import pytest
 
 from pacs_engine import Archive
 from pacs_engine.read import ReadAhead, read_ahead, read_bench
+from pacs_engine.read.bench import render_read_bench
 from pacs_engine.read.datasets import FrameDataset
 from pacs_engine.read.readahead import THREAD_PREFIX
 from tests.conftest import run_cli
@@ -258,3 +259,25 @@ def test_read_bench_cli_json_and_table(small_archive: Path) -> None:
     assert "frames/s" in done.stdout and "sequential" in done.stdout
     done = run_cli("read-bench", str(small_archive.parent / "nothing"))
     assert done.returncode == 2 and "not an archive" in done.stderr
+
+
+def test_read_bench_compare_measures_the_baselines_in_the_same_run(small_archive: Path) -> None:
+    report = read_bench(small_archive, frames=6, workers=[1], compare=True)
+    assert [(r["mode"], r["workers"]) for r in report["results"]] == [
+        ("random", 1),
+        ("sequential", 1),
+        ("pydicom", 1),
+    ]
+    assert all(r["frames"] == 6 and r["bytes"] == 6 * 128 * 128 * 2 for r in report["results"])
+    *groups, total = report["by_codec"]
+    assert (total["modality"], total["codec"], total["frames"]) == ("all", "all", 6)
+    assert sum(g["frames"] for g in groups) == 6
+    assert all(g["vs_pydicom"] > 0 and g["of_codec"] > 0 for g in report["by_codec"])
+    volumes = report["volumes"]  # two 16-slice series, checked equal to pydicom's
+    assert (volumes["series"], volumes["slices"]) == (2, 32)
+    assert set(volumes["archive_s"]) == {1}
+    table = render_read_bench(report)
+    assert "archive / pydicom" in table and "of codec" in table and "decode thread" in table
+    done = run_cli("read-bench", str(small_archive), "--frames", "4", "--workers", "1", "--compare")
+    assert done.returncode == 0, done.stderr
+    assert "archive / pydicom" in done.stdout

@@ -248,6 +248,7 @@ def cmd_read_bench(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             start_method=args.start_method,
+            compare=args.compare,
         )
     except ValueError as error:
         print(f"read-bench: {error}", file=sys.stderr)
@@ -500,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="spawn",
         choices=("spawn", "forkserver", "fork"),
         help="how worker processes start (default: spawn)",
+    )
+    read_bench.add_argument(
+        "--compare",
+        action="store_true",
+        help="also measure, in the same run, pydicom on the original files (the same random "
+        "frames with the same workers, and every volume) and the codec alone on the same "
+        "chunks, per modality and codec (needs the files the index rows name)",
     )
     read_bench.add_argument("--json", action="store_true", help="print the report as JSON")
     read_bench.set_defaults(run=cmd_read_bench)

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.archive.blobs import HeaderBlob
-from pacs_engine.archive.chunks import decode_frame_chunks, spec_of
 from pacs_engine.archive.encoder import CODEC_CHOICES
 from pacs_engine.archive.native import PixelLayout
 from pacs_engine.archive.pixel_store import PixelStore
@@ -90,7 +89,6 @@ class Archive:
         self.index = Index.open(self.path / "index", readonly=readonly)
         self.pixels = PixelStore(self.path / "pixels")
         self.quarantine = Quarantine(self.path / "quarantine")
-        self._arrays: dict[str, Any] = {}
 
     @classmethod
     def create(
@@ -170,11 +168,6 @@ class Archive:
 
     # --- reading ----------------------------------------------------------------------
 
-    def _array(self, path: str) -> Any:
-        if path not in self._arrays:
-            self._arrays[path] = self.pixels.open_array(path)
-        return self._arrays[path]
-
     def frames(self, sop_instance_uid: str) -> np.ndarray:
         """The decoded frames of one instance, shaped (frames, rows, columns[, samples]).
 
@@ -185,17 +178,8 @@ class Archive:
         pixels = row.get("pixels")
         if not pixels:
             raise ArchiveError(f"{sop_instance_uid}: the instance has no pixel data")
-        path, first, count = pixels["array"], pixels["first_frame"], pixels["frames"]
-        array = self._array(path)
-        spec = spec_of(array)
-        chunks = self.pixels.read_chunks(path, first, first + count)
-        per = spec.tiles_per_frame
-        return np.stack(
-            [
-                decode_frame_chunks(array, spec, chunks[i * per : (i + 1) * per])
-                for i in range(count)
-            ]
-        )
+        first, count = pixels["first_frame"], pixels["frames"]
+        return self.pixels.read_frames(pixels["array"], range(first, first + count))
 
     def _row(self, sop_instance_uid: str) -> dict[str, Any]:
         row = self.index.get(sop_instance_uid)

@@ -22,8 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from pacs_engine.archive.chunks import blosc_of, decode_frame_chunks, spec_of
-from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, split_tiles
+from pacs_engine.archive.pixel_store import (
+    ArraySpec,
+    PixelStore,
+    decode_frame,
+    encode_chunk,
+    split_tiles,
+)
 from pacs_engine.archive.prepare import (
     Prepared,
     PrepareError,
@@ -122,7 +127,6 @@ class PartEncoder:
         self.index = Index.open(self.root / "index", readonly=True)
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")
-        self._arrays: dict[str, Any] = {}
 
     def close(self) -> None:
         """Release the index."""
@@ -332,30 +336,15 @@ class PartEncoder:
         _, compressor = general_purpose_codecs(sample.dtype)
         return None, (compressor,)
 
-    def _array(self, path: str) -> Any:
-        if path not in self._arrays:
-            self._arrays[path] = self.pixels.open_array(path)
-        return self._arrays[path]
-
     def _encode_native(self, path: str, prepared: Prepared, verify: bool) -> list[bytes]:
         """Encode the frames with the array's codec (as zarr would), tile by tile."""
-        array = self._array(path)
-        serializer = array.metadata.codecs[0].codecs[0]
-        spec = spec_of(array)
+        spec = self.pixels.spec(path)
         chunks = []
         for index, frame in enumerate(prepared.frames):
-            for tile in split_tiles(frame, spec):
-                if hasattr(serializer, "encode_frame"):
-                    data = serializer.encode_frame(tile)
-                else:
-                    data = blosc_of(array).encode(
-                        np.ascontiguousarray(tile, tile.dtype.newbyteorder("<"))
-                    )
-                    data = bytes(data)
-                chunks.append(data)
+            chunks += [encode_chunk(spec, tile) for tile in split_tiles(frame, spec)]
             if verify:
-                per = spec.tiles_per_frame
-                decoded = decode_frame_chunks(array, spec, chunks[-per:])
+                decoded = np.empty(spec.frame_shape, spec.dtype)
+                decode_frame(spec, chunks[-spec.tiles_per_frame :], decoded)
                 if frame_hash(decoded) != prepared.frame_hashes[index]:
                     raise CodecError(f"frame {index} does not decode to its source pixels")
         return chunks

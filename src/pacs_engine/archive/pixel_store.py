@@ -7,6 +7,11 @@ columns[, samples]). A chunk is one frame (or one tile of a frame larger than
 original bitstream) and written with write + fsync + rename, so a reader never
 sees a half-written shard. The array's frame count (its `shape[0]`) is raised
 only after the index rows that reference the new frames are committed.
+
+Readers go around zarr: `read_frames` reads the asked-for chunk bytes straight from
+the shards (one read per shard and run of frames) and decodes them with the array's
+own codec (`decode_chunk`), the bytes and codec a zarr reader would use, without
+zarr's per-call overhead, into one preallocated array, optionally on several threads.
 """
 
 from __future__ import annotations
@@ -15,12 +20,17 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numcodecs
+import numcodecs.blosc
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from pacs_engine.archive.native import frame_shape
 from pacs_engine.codecs import pack_shard
@@ -92,12 +102,96 @@ def split_tiles(frame: np.ndarray, spec: ArraySpec) -> list[np.ndarray]:
     return tiles
 
 
+def array_spec(meta: ArrayV3Metadata) -> ArraySpec:
+    """The ArraySpec of an existing array, its codec and compressors included."""
+    sharding = meta.codecs[0]
+    serializer, *compressors = sharding.codecs  # type: ignore[attr-defined]
+    if isinstance(serializer, BytesCodec) and serializer.endian is not None:
+        if serializer.endian.value != "little":
+            raise ValueError(f"big-endian chunks are not read: {serializer}")
+        serializer = None
+    if not all(isinstance(c, BloscCodec) for c in compressors):
+        raise ValueError(f"only Blosc compresses archive chunks, not {compressors}")
+    shape = meta.shape
+    chunk = sharding.chunk_shape  # type: ignore[attr-defined]
+    # Tiles are square, cut to the frame: the larger edge of a chunk is the tile edge.
+    tile = max(chunk[1], chunk[2]) if (chunk[1], chunk[2]) != (shape[1], shape[2]) else None
+    return ArraySpec(
+        shape[1],
+        shape[2],
+        shape[3] if len(shape) > 3 else 1,
+        np.dtype(meta.dtype.to_native_dtype()),  # type: ignore[union-attr]
+        serializer,
+        tuple(compressors),
+        meta.chunk_grid.chunk_shape[0],  # type: ignore[attr-defined]
+        tile,
+    )
+
+
+def encode_chunk(spec: ArraySpec, tile: np.ndarray) -> bytes:
+    """One chunk encoded as zarr encodes it with the array's codec (or bytes + Blosc)."""
+    if spec.codec is not None:
+        return spec.codec.encode_frame(tile)
+    data = np.ascontiguousarray(tile, tile.dtype.newbyteorder("<")).tobytes()
+    for blosc in spec.compressors:
+        data = numcodecs.Blosc(
+            cname=blosc.cname.value,
+            clevel=blosc.clevel,
+            shuffle=_SHUFFLES[blosc.shuffle.value],
+            blocksize=blosc.blocksize,
+        ).encode(data)
+    return bytes(data)
+
+
+_SHUFFLES = {
+    "noshuffle": numcodecs.Blosc.NOSHUFFLE,
+    "shuffle": numcodecs.Blosc.SHUFFLE,
+    "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
+}
+
+
+def decode_chunk(spec: ArraySpec, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """One stored chunk decoded to `shape` and the array dtype, as zarr decodes it."""
+    if spec.codec is not None:
+        return spec.codec.decode_frame(data, shape, spec.dtype)
+    if spec.compressors:  # Blosc frames carry their own shuffle and type size
+        data = numcodecs.blosc.decompress(data)
+    return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
+
+
+def decode_frame(
+    spec: ArraySpec,
+    chunks: Sequence[bytes],
+    out: np.ndarray,
+    window: tuple[slice, slice] = (slice(None), slice(None)),
+) -> None:
+    """Decode one frame's chunks (tiles in C order) into `out`, the frame cut to `window`.
+
+    Only the tiles that overlap the window are decoded.
+    """
+    top, bottom, rstep = window[0].indices(spec.rows)
+    left, right, cstep = window[1].indices(spec.columns)
+    if rstep != 1 or cstep != 1:
+        raise ValueError(f"frame windows are contiguous, not {window}")
+    _, r, c, *_ = spec.chunk_shape
+    tile_shape = (r, c, *spec.frame_shape[2:])
+    across = -(-spec.columns // c)
+    for row in range(top // r, -(-bottom // r)):
+        y0, y1 = max(top, row * r), min(bottom, (row + 1) * r)
+        for col in range(left // c, -(-right // c)):
+            x0, x1 = max(left, col * c), min(right, (col + 1) * c)
+            tile = decode_chunk(spec, chunks[row * across + col], tile_shape)
+            out[y0 - top : y1 - top, x0 - left : x1 - left] = tile[
+                y0 - row * r : y1 - row * r, x0 - col * c : x1 - col * c
+            ]
+
+
 class PixelStore:
     """The `pixels/` Zarr v3 hierarchy of an archive."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._grids: dict[str, tuple[int, int, int]] = {}  # fixed once an array exists
+        self._specs: dict[str, ArraySpec] = {}  # fixed once an array exists
 
     def create(self) -> None:
         """Create the root group."""
@@ -140,23 +234,21 @@ class PixelStore:
     def _meta(self, path: str) -> dict:
         return json.loads((self.root / path / "zarr.json").read_bytes())
 
-    def _shard_file(self, path: str, shard: int) -> Path:
-        rank = self._grid(path)[2]
-        return self.root / path / "c" / "/".join([str(shard)] + ["0"] * (rank - 1))
+    def _shard_file(self, path: str, shard: int) -> str:
+        zeros = "/0" * len(self.spec(path).frame_shape)
+        return f"{self.root}/{path}/c/{shard}{zeros}"
 
-    def _grid(self, path: str) -> tuple[int, int, int]:
-        if path not in self._grids:
-            meta = self._meta(path)
-            shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
-            chunk = meta["codecs"][0]["configuration"]["chunk_shape"]
-            per_frame = math.prod(s // c for s, c in zip(shard[1:], chunk[1:], strict=True))
-            self._grids[path] = (shard[0], per_frame, len(meta["shape"]))
-        return self._grids[path]
+    def spec(self, path: str) -> ArraySpec:
+        """The geometry and codec of an existing array, read from its zarr.json once."""
+        spec = self._specs.get(path)
+        if spec is None:
+            spec = self._specs[path] = array_spec(ArrayV3Metadata.from_dict(self._meta(path)))
+        return spec
 
     def grid(self, path: str) -> tuple[int, int]:
         """(frames per shard, chunks per frame) of an existing array."""
-        per_shard, per_frame, _ = self._grid(path)
-        return per_shard, per_frame
+        spec = self.spec(path)
+        return spec.frames_per_shard, spec.tiles_per_frame
 
     def write_frames(
         self, path: str, first: int, chunks: Sequence[bytes], dirs: set[Path] | None = None
@@ -188,28 +280,12 @@ class PixelStore:
         Per shard: one read of its index, one read of the bytes of the frames asked
         for (a shard stores its chunks back to back, in order).
         """
-        per_shard, per_frame = self.grid(path)
-        entries = per_shard * per_frame
-        index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
+        per_shard = self.spec(path).frames_per_shard
         out: list[bytes] = []
         frame = start
         while frame < stop:
-            shard = frame // per_shard
-            last = min(stop, (shard + 1) * per_shard)
-            with open(self._shard_file(path, shard), "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                table = np.frombuffer(
-                    os.pread(f.fileno(), index_size, size - index_size), "<u8", count=2 * entries
-                ).reshape(entries, 2)
-                first_entry = (frame - shard * per_shard) * per_frame
-                wanted = table[first_entry : (last - shard * per_shard) * per_frame]
-                if (wanted[:, 0] == EMPTY).any():
-                    raise ValueError(
-                        f"{path}: a frame of {frame}..{last} is missing from shard {shard}"
-                    )
-                begin = int(wanted[0, 0])
-                data = os.pread(f.fileno(), int(wanted[-1, 0] + wanted[-1, 1]) - begin, begin)
-            out += [data[int(o) - begin : int(o + n) - begin] for o, n in wanted]
+            last = min(stop, (frame // per_shard + 1) * per_shard)
+            out += self._shard_chunks(path, frame, last)
             frame = last
         return out
 
@@ -226,11 +302,84 @@ class PixelStore:
 
     def unreferenced_files(self, path: str, shards: set[int]) -> list[Path]:
         """Files in the array's chunk folder other than the shard files of `shards`."""
-        keep = {self._shard_file(path, shard) for shard in shards}
+        keep = {Path(self._shard_file(path, shard)) for shard in shards}
         folder = self.root / path / "c"
         if not folder.is_dir():
             return []
         return [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in keep]
+
+    def _shard_chunks(self, path: str, start: int, stop: int) -> list[bytes]:
+        """The chunks of frames [start, stop), all in one shard: two reads."""
+        per_shard, per_frame = self.grid(path)
+        shard = start // per_shard
+        entries = per_shard * per_frame
+        index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
+        fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            table = np.frombuffer(
+                os.pread(fd, index_size, size - index_size), "<u8", count=2 * entries
+            ).reshape(entries, 2)
+            first = (start - shard * per_shard) * per_frame
+            wanted = table[first : (stop - shard * per_shard) * per_frame].tolist()
+            if any(o == EMPTY for o, _ in wanted):
+                raise ValueError(
+                    f"{path}: a frame of {start}..{stop} is missing from shard {shard}"
+                )
+            begin = wanted[0][0]
+            data = os.pread(fd, wanted[-1][0] + wanted[-1][1] - begin, begin)
+        finally:
+            os.close(fd)
+        return [data[o - begin : o + n - begin] for o, n in wanted]
+
+    def read_frames(
+        self,
+        path: str,
+        frames: Sequence[int],
+        window: tuple[slice, slice] = (slice(None), slice(None)),
+        threads: int = 1,
+    ) -> np.ndarray:
+        """Frames of an array, decoded in the order given into one new array.
+
+        Shaped (len(frames), rows, columns[, samples]), each frame cut to `window`.
+        The frames of a shard are read with one read when they are close (at most
+        half of the span skipped), else one read each; with `threads` > 1 frames
+        are decoded in parallel (the codecs release the GIL).
+        """
+        spec = self.spec(path)
+        per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
+        wanted = sorted(set(frames))
+        chunks: dict[int, list[bytes]] = {}
+        k = 0
+        while k < len(wanted):
+            shard_end = (wanted[k] // per_shard + 1) * per_shard
+            group = k
+            while group < len(wanted) and wanted[group] < shard_end:
+                group += 1
+            lo, hi = wanted[k], wanted[group - 1] + 1
+            if hi - lo <= 2 * (group - k):
+                data = self._shard_chunks(path, lo, hi)
+                for f in wanted[k:group]:
+                    chunks[f] = data[(f - lo) * per_frame : (f - lo + 1) * per_frame]
+            else:
+                for f in wanted[k:group]:
+                    chunks[f] = self._shard_chunks(path, f, f + 1)
+            k = group
+        top, bottom, _ = window[0].indices(spec.rows)
+        left, right, _ = window[1].indices(spec.columns)
+        shape = (max(bottom - top, 0), max(right - left, 0), *spec.frame_shape[2:])
+        out = np.empty((len(frames), *shape), spec.dtype)
+
+        def decode(k: int) -> None:
+            decode_frame(spec, chunks[frames[k]], out[k], window)
+
+        if threads > 1 and len(frames) > 1:
+            with ThreadPoolExecutor(min(threads, len(frames))) as pool:
+                list(pool.map(decode, range(len(frames))))
+        else:
+            for k in range(len(frames)):
+                decode(k)
+        return out
 
     def open_array(self, path: str) -> zarr.Array:
         """The array, opened read-only with zarr."""

@@ -47,21 +47,17 @@ _SERIES_CACHE = 64  # Series objects kept open per process (VolumeDataset)
 
 
 class _Handle:
-    """A read-only archive with its zarr arrays and Series, for one process."""
+    """A read-only archive and its Series, for one process."""
 
     def __init__(self, path: str) -> None:
         from pacs_engine.archive import open_archive
 
         self.archive: Archive = open_archive(path)
-        self.arrays: dict[str, Any] = {}
         self.series: OrderedDict[str, Series] = OrderedDict()
 
-    def array(self, path: str, frames: int = 0) -> Any:
-        """The zarr array at `path`, reopened when it holds fewer than `frames` frames."""
-        array = self.arrays.get(path)
-        if array is None or array.shape[0] < frames:
-            array = self.arrays[path] = self.archive.pixels.open_array(path)
-        return array
+    def dtype(self, path: str) -> np.dtype:
+        """The dtype of the array at `path`."""
+        return self.archive.pixels.spec(path).dtype
 
     def series_of(self, uid: str) -> Series:
         """A cached `Series` (its rows are read once per process)."""
@@ -138,24 +134,17 @@ def _apply_rescale(frames: np.ndarray, rows: list[dict[str, Any]], dtype: str) -
 
 
 def _read_frames(
-    handle: _Handle, where: Sequence[tuple[str, int]], window: tuple[slice, ...] = ()
+    handle: _Handle, where: Sequence[tuple[str, int]], window: tuple[slice, slice]
 ) -> list[np.ndarray]:
-    """Frames (array path, frame) cut to `window`, in order; close frames read in one call."""
+    """Frames (array path, frame) cut to `window`, in order; each array's frames read at once."""
     out: list[np.ndarray | None] = [None] * len(where)
-    by_array: dict[str, list[tuple[int, int]]] = {}
-    for k, (path, frame) in enumerate(where):
-        by_array.setdefault(path, []).append((frame, k))
-    for path, items in by_array.items():
-        lo = min(f for f, _ in items)
-        hi = max(f for f, _ in items) + 1
-        array = handle.array(path, hi)
-        if hi - lo <= 2 * len(items):
-            block = np.asarray(array[(slice(lo, hi), *window)])
-            for f, k in items:
-                out[k] = block[f - lo]
-        else:
-            for f, k in items:
-                out[k] = np.asarray(array[(f, *window)])
+    by_array: dict[str, list[int]] = {}
+    for k, (path, _) in enumerate(where):
+        by_array.setdefault(path, []).append(k)
+    for path, slots in by_array.items():
+        frames = handle.archive.pixels.read_frames(path, [where[k][1] for k in slots], window)
+        for k, frame in zip(slots, frames, strict=True):
+            out[k] = frame
     return out  # type: ignore[return-value]
 
 
@@ -223,7 +212,7 @@ class FrameDataset(_MapBase):
     def _dtype(self, archive: Archive, a: int, rows: list[dict[str, Any]]) -> str | None:
         if not self.rescale or int(rows[0].get("SamplesPerPixel") or 1) != 1:
             return None
-        stored = np.dtype(_handle(self.archive_path).array(self.arrays[a]).dtype)
+        stored = _handle(self.archive_path).dtype(self.arrays[a])
         return _rescaled_dtype(stored, [_slim(r) for r in rows])
 
     def __len__(self) -> int:
@@ -249,7 +238,7 @@ class FrameDataset(_MapBase):
         """One frame and where it comes from."""
         entry = self.table[_check_index(index, len(self))]
         path, frame = self.arrays[int(entry[1])], int(entry[2])
-        pixels = np.asarray(_handle(self.archive_path).array(path, frame + 1)[frame])
+        pixels = _handle(self.archive_path).archive.pixels.read_frames(path, [frame])[0]
         return self._item(entry, pixels)
 
     def runs(self) -> list[tuple[int, int]]:
@@ -280,7 +269,7 @@ class FrameDataset(_MapBase):
 
 
 class FrameChunks(_IterableBase):
-    """Iterable over a `FrameDataset` in array order, one zarr read per run of a shard.
+    """Iterable over a `FrameDataset` in array order, one read per run of a shard.
 
     In a DataLoader worker it yields every num_workers-th run only, so the workers
     together yield each item once.
@@ -300,7 +289,8 @@ class FrameChunks(_IterableBase):
             start, stop = self.runs[r]
             entries = dataset.table[start:stop]
             lo, hi = int(entries[0][2]), int(entries[-1][2]) + 1
-            block = np.asarray(handle.array(dataset.arrays[int(entries[0][1])], hi)[lo:hi])
+            path = dataset.arrays[int(entries[0][1])]
+            block = handle.archive.pixels.read_frames(path, range(lo, hi))
             for entry, pixels in zip(entries, block, strict=True):
                 yield dataset._item(entry, pixels)
 
@@ -315,7 +305,9 @@ class VolumeDataset(_MapBase):
     "direction", "affine", "sheared"}. Series that are not one volume (checked on the
     index when the dataset is made) raise `VolumeError`, or with `skip_invalid` are left
     out and listed in `skipped` (UID -> reason). Series without pixel data are left out
-    of the default selection (all series).
+    of the default selection (all series). `threads`: slices decoded in parallel per
+    volume (default: the CPUs the process may use; with several DataLoader workers,
+    about CPUs / workers).
     """
 
     def __init__(
@@ -325,10 +317,12 @@ class VolumeDataset(_MapBase):
         rescale: bool = True,
         subset: bool = False,
         skip_invalid: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.archive_path = os.fspath(archive_path)
         self.rescale = rescale
         self.subset = subset
+        self.threads = threads
         archive = _handle(self.archive_path).archive
         self.skipped: dict[str, str] = {}
         self.series_uids: list[str] = []
@@ -357,7 +351,7 @@ class VolumeDataset(_MapBase):
         """One series' volume and its geometry."""
         uid = self.series_uids[_check_index(index, len(self))]
         series = _handle(self.archive_path).series_of(uid)
-        volume = series.volume(rescale=self.rescale, subset=self.subset)
+        volume = series.volume(rescale=self.rescale, subset=self.subset, threads=self.threads)
         return {
             "pixels": volume.array,
             "series_instance_uid": uid,
@@ -482,7 +476,7 @@ class PatchDataset(_MapBase):
         slim = [_slim(r) for r in plan.rows]
         dtype = None
         if self.rescale:
-            stored = np.dtype(_handle(self.archive_path).array(self.arrays[where[0][0]]).dtype)
+            stored = _handle(self.archive_path).dtype(self.arrays[where[0][0]])
             dtype = _rescaled_dtype(stored, slim)
         self.where.append(np.array(where, np.int64))
         self.shapes.append(np.array([shape], np.int64))
@@ -513,7 +507,7 @@ class PatchDataset(_MapBase):
         for a, array_rows in by_array.items():
             dtypes[a] = None
             if self.rescale and int(array_rows[0].get("SamplesPerPixel") or 1) == 1:
-                stored = np.dtype(_handle(self.archive_path).array(self.arrays[a]).dtype)
+                stored = _handle(self.archive_path).dtype(self.arrays[a])
                 dtypes[a] = _rescaled_dtype(stored, [_slim(r) for r in array_rows])
         for slim_row, (a, _) in zip(slim, where, strict=True):
             slim_row["dtype"] = dtypes[a]
@@ -554,17 +548,18 @@ class PatchDataset(_MapBase):
         s, frame, corner = self.draw(index)
         handle = _handle(self.archive_path)
         window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))
+        plane = (window[-2], window[-1])
         item: dict[str, Any] = {"series_instance_uid": self.series_uids[s]}
         if frame < 0:
             z = window[0]
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
-            pixels = np.stack(_read_frames(handle, where, window[1:]))
+            pixels = np.stack(_read_frames(handle, where, plane))
             if self.dtypes[s] is not None:
                 pixels = _apply_rescale(pixels, rows, self.dtypes[s])
         else:
             a, f = (int(v) for v in self.where[s][frame])
-            pixels = _read_frames(handle, [(self.arrays[a], f)], window)[0]
+            pixels = _read_frames(handle, [(self.arrays[a], f)], plane)[0]
             row = self.rescale_rows[s][frame]
             if row["dtype"] is not None:
                 pixels = _apply_rescale(pixels[None], [row], row["dtype"])[0]

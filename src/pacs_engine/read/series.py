@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ class Frames:
         if not isinstance(index, int | np.integer):
             raise TypeError(f"frame index must be an integer, not {type(index).__name__}")
         key, frame, _ = self._where[index]
-        return np.asarray(self._series._array(key)[frame])
+        return self._series.archive.pixels.read_frames(key, [frame])[0]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for k in range(len(self)):
@@ -74,14 +75,17 @@ class Series:
         keys = dict.fromkeys(r["pixels"]["array"] for r in self.rows if r.get("pixels"))
         return {key: self._array(key) for key in keys}
 
-    def volume(self, rescale: bool = False, subset: bool = False) -> Volume:
+    def volume(
+        self, rescale: bool = False, subset: bool = False, threads: int | None = None
+    ) -> Volume:
         """The slices of one geometry sorted along the normal; `VolumeError` if inconsistent.
 
         `rescale`: modality values (e.g. HU) instead of stored values. `subset`: the
-        largest consistent part instead of an error (see `plan_volume`).
+        largest consistent part instead of an error (see `plan_volume`). `threads`:
+        slices decoded in parallel (default: the CPUs this process may use).
         """
         plan = plan_volume(self.rows, subset=subset)
-        array = self._read(plan.rows)
+        array = self._read(plan.rows, default_threads() if threads is None else threads)
         if rescale:
             array = modality_values(array, plan.rows)
         return Volume(
@@ -95,33 +99,32 @@ class Series:
             rescaled=rescale,
         )
 
-    def _read(self, rows: list[dict[str, Any]]) -> np.ndarray:
-        """One frame per row, in the rows' order; contiguous runs read in one zarr call."""
-        by_array: dict[str, list[tuple[int, int]]] = {}
+    def _read(self, rows: list[dict[str, Any]], threads: int) -> np.ndarray:
+        """One frame per row, in the rows' order: each array's frames read and decoded at once."""
+        by_array: dict[str, list[int]] = {}
         for k, row in enumerate(rows):
-            pixels = row["pixels"]
-            by_array.setdefault(pixels["array"], []).append((int(pixels["first_frame"]), k))
-        out: np.ndarray | None = None
-        for key, items in by_array.items():
-            array = self._array(key)
-            lo = min(f for f, _ in items)
-            hi = max(f for f, _ in items) + 1
-            if hi > array.shape[0]:  # grown since it was opened
-                array = self._arrays[key] = self.archive.pixels.open_array(key)
-            if hi - lo <= 2 * len(items):
-                block = np.asarray(array[lo:hi])
-                frames = [block[f - lo] for f, _ in items]
-            else:
-                frames = [np.asarray(array[f]) for f, _ in items]
-            if out is None:
-                out = np.empty((len(rows), *frames[0].shape), frames[0].dtype)
-            for (_, k), frame in zip(items, frames, strict=True):
-                if frame.shape != out.shape[1:] or frame.dtype != out.dtype:
-                    raise VolumeError(
-                        f"decoded frames differ in shape or dtype ({frame.shape} {frame.dtype}"
-                        f" vs {out.shape[1:]} {out.dtype})",
-                        [str(rows[k]["SOPInstanceUID"])],
-                    )
-                out[k] = frame
-        assert out is not None
+            by_array.setdefault(row["pixels"]["array"], []).append(k)
+        parts = {
+            key: self.archive.pixels.read_frames(
+                key, [int(rows[k]["pixels"]["first_frame"]) for k in slots], threads=threads
+            )
+            for key, slots in by_array.items()
+        }
+        if len(parts) == 1:  # the usual case: the frames are already in the rows' order
+            return next(iter(parts.values()))
+        first = next(iter(parts.values()))
+        out = np.empty((len(rows), *first.shape[1:]), first.dtype)
+        for key, frames in parts.items():
+            if frames.shape[1:] != out.shape[1:] or frames.dtype != out.dtype:
+                raise VolumeError(
+                    f"decoded frames differ in shape or dtype ({frames.shape[1:]} {frames.dtype}"
+                    f" vs {out.shape[1:]} {out.dtype})",
+                    [str(rows[k]["SOPInstanceUID"]) for k in by_array[key]],
+                )
+            out[by_array[key]] = frames
         return out
+
+
+def default_threads() -> int:
+    """Decode threads for a volume: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

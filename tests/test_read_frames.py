@@ -1,0 +1,124 @@
+"""PixelStore.read_frames: shards read and decoded directly equal zarr, pydicom and each other."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import zarr
+
+from pacs_engine import Archive
+from pacs_engine.read import Series
+from pacs_engine.synth import write_studies
+
+# (codec, rows, columns, max_chunk_pixels): one frame per chunk, a blosc array, and frames
+# cut into 1024-pixel tiles with padded edge tiles (2 x 2 tiles, and 1 x 2 for a wide one).
+LAYOUTS = [
+    ("jpegls", 64, 48, 4096 * 4096),
+    ("blosc", 64, 48, 4096 * 4096),
+    ("jpegls", 1100, 1030, 1_000_000),
+    ("blosc", 300, 1500, 100_000),
+]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS, ids=lambda p: f"{p[0]}-{p[1]}x{p[2]}")
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    codec, rows, columns, max_chunk_pixels = request.param
+    tmp = tmp_path_factory.mktemp("frames")
+    files = write_studies(
+        tmp / "src", 1, 1, 7, rows=rows, columns=columns, seed=3, syntaxes=("explicit",)
+    )
+    # Three frames per shard: the seven slices span three shards.
+    arc = Archive.create(
+        tmp / "archive", codec=codec, frames_per_shard=3, max_chunk_pixels=max_chunk_pixels
+    )
+    arc.ingest(files, workers=0)
+    yield arc
+    arc.close()
+
+
+@pytest.fixture
+def archive(built: Archive) -> Archive:
+    """The archive, for tests that read its pixels."""
+    return built
+
+
+def _array_path(archive: Archive) -> str:
+    (path,) = {r["pixels"]["array"] for r in archive.index}
+    return path
+
+
+def _pydicom_frames(archive: Archive) -> np.ndarray:
+    """The frames with pydicom, from the original files, in array order."""
+    rows = sorted(archive.index, key=lambda r: r["pixels"]["first_frame"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.stack([pydicom.dcmread(r["source_path"]).pixel_array for r in rows])
+
+
+def test_layout_is_the_one_asked_for(built: Archive) -> None:
+    spec = built.pixels.spec(_array_path(built))
+    zarr_array = built.pixels.open_array(_array_path(built))
+    assert spec.chunk_shape == zarr_array.metadata.codecs[0].chunk_shape
+    assert spec.shard_shape == zarr_array.metadata.chunk_grid.chunk_shape
+    assert spec.dtype == zarr_array.dtype
+
+
+def test_read_frames_equal_zarr_and_pydicom(archive: Archive) -> None:
+    path = _array_path(archive)
+    expected = _pydicom_frames(archive)
+    assert np.array_equal(archive.pixels.open_array(path)[:], expected)
+    got = archive.pixels.read_frames(path, range(len(expected)))
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    for row in archive.index:
+        assert np.array_equal(
+            archive.frames(row["SOPInstanceUID"]),
+            archive.pixels.read_frames(path, [row["pixels"]["first_frame"]]),
+        )
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_any_order_duplicates_windows_and_threads(archive: Archive, threads: int) -> None:
+    path = _array_path(archive)
+    expected = _pydicom_frames(archive)
+    rows, columns = expected.shape[1:3]
+    order = [6, 0, 3, 3, 1]  # across shards, out of order, a repeat, far apart in a shard
+    got = archive.pixels.read_frames(path, order, threads=threads)
+    assert np.array_equal(got, expected[order])
+    # windows inside one tile, across tile edges, reaching the padded edge, and empty
+    for top, left, height, width in [
+        (1, 2, 5, 7),
+        (rows // 2 - 3, columns // 2 - 5, rows // 2, columns // 2 + 9),
+        (rows - 9, columns - 4, 9, 4),
+        (3, 3, 0, 5),
+    ]:
+        window = (slice(top, top + height), slice(left, left + width))
+        got = archive.pixels.read_frames(path, order, window, threads=threads)
+        assert np.array_equal(got, expected[order][:, window[0], window[1]])
+    with pytest.raises(ValueError, match="contiguous"):
+        archive.pixels.read_frames(path, [0], (slice(0, 4, 2), slice(None)))
+
+
+def test_volume_threads_equal_one_thread_and_frames(archive: Archive) -> None:
+    (record,) = archive.query(level="series")
+    series = Series(archive, record["SeriesInstanceUID"])
+    one = series.volume(threads=1)
+    many = series.volume(threads=4)
+    assert np.array_equal(one.array, many.array) and one.array.dtype == many.array.dtype
+    by_frame = {
+        uid: series.frames[k] for k, uid in enumerate(r["SOPInstanceUID"] for r in series.rows)
+    }
+    assert np.array_equal(one.array, np.stack([by_frame[u] for u in one.sop_instance_uids]))
+
+
+def test_a_missing_frame_is_an_error(tmp_path: Path) -> None:
+    files = write_studies(tmp_path / "src", 1, 1, 2, rows=16, columns=16, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", frames_per_shard=4) as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        with pytest.raises(ValueError, match="missing from shard 0"):
+            archive.pixels.read_frames(path, [2])
+        assert zarr.open_array(archive.pixels.root / path, mode="r").shape[0] == 2
