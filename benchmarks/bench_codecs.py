@@ -35,7 +35,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from benchmarks.conftest import CORPUS, NO_CORPUS
+from benchmarks.conftest import CORPUS, LOSSY_SYNTAXES, NO_CORPUS
 from pacs_engine.codecs import (
     CodecError,
     FrameCodec,
@@ -49,14 +49,6 @@ from pacs_engine.codecs import (
 REPEATS = int(os.environ.get("PACS_ENGINE_BENCH_REPEATS", "5"))
 MODALITIES = ("CT", "MR", "CR", "US")
 TARGET_MODALITIES = ("CT", "MR", "CR")
-# Sources whose pixels went through a lossy codec: left out of the measurement.
-LOSSY_SYNTAXES = {
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.203",
-}
 MIN_PIXELS = 64 * 64
 BASELINE = "JPEG-LS plain (P=8/16)"
 BITS_STORED = "JPEG-LS P=BitsStored+offset"

@@ -382,8 +382,24 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         )
 
 
-def corpus_inputs(modalities: set[str]) -> list[str]:
-    """Corpus files of the given modalities, outside malformed/ (skips without the corpus)."""
+# Sources whose pixels went through a lossy codec (their artefacts would bias ratios).
+LOSSY_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
+
+
+def corpus_inputs(modalities: set[str], *, lossless: bool = False) -> list[str]:
+    """Corpus files of the given modalities, outside malformed/ (skips without the corpus).
+
+    `lossless`: only files whose pixels pydicom decodes, from a transfer syntax that is
+    uncompressed or lossless.
+    """
     manifest = CORPUS / "MANIFEST.tsv"
     if not manifest.is_file():
         pytest.skip(NO_CORPUS)
@@ -393,5 +409,10 @@ def corpus_inputs(modalities: set[str]) -> list[str]:
     return [
         str(CORPUS / r["path"])
         for r in rows
-        if r["modality"] in modalities and not r["path"].startswith("malformed/")
+        if r["modality"] in modalities
+        and not r["path"].startswith("malformed/")
+        and not (
+            lossless
+            and (r["pydicom_decodes"] != "yes" or r["transfer_syntax_uid"] in LOSSY_SYNTAXES)
+        )
     ]

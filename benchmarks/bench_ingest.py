@@ -1,0 +1,642 @@
+"""End-to-end ingest against peers (issue 4): pacs-engine, a naive loop, Orthanc, the codec.
+
+Run from the repository root (the table is printed by the last test, so use -s):
+
+    .venv/bin/python -m pytest benchmarks/bench_ingest.py -q -s -p no:cacheprovider
+
+Every row takes the same files, in the same run, read once beforehand (page cache warm):
+the corpus's CT, MR and CR files that pydicom decodes, from an uncompressed or lossless
+transfer syntax, outside malformed/ (`corpus_inputs(..., lossless=True)`), or every file
+under the folder named by PACS_ENGINE_BENCH_FILES. Files the scanner refuses are left out.
+
+Rows:
+- `pacs-engine ingest SRC --archive A --workers N`, N = 1, 2, as a subprocess (without
+  `--workers` when `ingest --help` does not offer it yet); its report JSON gives the ratio.
+- naive: per file `pydicom.dcmread` + `pixel_array`, appended to one zarr v3 array per
+  series and geometry (one frame per chunk, zarr's default compressor), in a fresh process.
+- Orthanc (Debian) on loopback (benchmarks/orthanc.py), as received and with ingest
+  transcoding to JPEG-LS lossless, fed by HTTP `POST /instances` on one keep-alive
+  connection or by `storescu` on one association. When Orthanc crashes on a file, it is
+  restarted on the same storage and sending resumes after that file; restart time is not
+  counted and the row says how many crashes there were.
+- codec ceiling: `choose_codec` per series on its middle frame, then `encode_frame` on
+  every frame of the same pixels (decoded beforehand), one core, best of
+  PACS_ENGINE_BENCH_REPEATS per frame (bench_codecs.measure_pick), in a fresh process.
+
+Per row: instances/s = files / wall seconds; raw MB/s = decoded pixel bytes of all the
+files / wall seconds; ratio = decoded pixel bytes of the distinct instances kept /
+bytes kept (pacs-engine: its report; Orthanc: file sizes in its storage folder, index
+excluded; naive: file sizes in the zarr store); peak RSS (see `Measured.rss_note`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import orthanc as orthanc_mod
+from benchmarks.conftest import corpus_inputs, read_whole
+from pacs_engine import ScanError, scan_many
+
+MODALITIES = {"CT", "MR", "CR"}
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+PACS_ENGINE = Path(sys.executable).parent / "pacs-engine"
+STORESCU = shutil.which("storescu")
+TARGET_VS_ORTHANC, TARGET_OF_CEILING, TARGET_SCALING = 5.0, 0.8, 1.8
+RSS_SAMPLE_S = 0.05
+
+
+@dataclass(frozen=True)
+class IngestSet:
+    """The files every row ingests, with the decoded pixel bytes of each and its SOP UID."""
+
+    label: str
+    source: str | None  # the folder given by PACS_ENGINE_BENCH_FILES, if any
+    paths: list[str]
+    file_bytes: int
+    raw_bytes: dict[str, int]  # path -> decoded pixel bytes
+    sop_uids: dict[str, str]  # path -> SOP Instance UID
+    contexts: set[tuple[str, str]]  # (SOP Class UID, transfer syntax UID) of the files
+    left_out: int
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def total_raw(self) -> int:
+        return sum(self.raw_bytes.values())
+
+    def raw_by_sop(self) -> dict[str, int]:
+        """Decoded pixel bytes per distinct SOP Instance UID."""
+        return {self.sop_uids[p]: self.raw_bytes[p] for p in self.paths}
+
+
+@dataclass
+class Measured:
+    """One row of the table."""
+
+    name: str
+    seconds: float | None = None
+    files: int = 0
+    raw_bytes: int = 0
+    ratio: float | None = None
+    peak_rss_mib: float | None = None
+    rss_note: str = ""
+    note: str = ""
+
+    @property
+    def per_s(self) -> float | None:
+        return self.files / self.seconds if self.seconds else None
+
+    @property
+    def mb_per_s(self) -> float | None:
+        return self.raw_bytes / self.seconds / 1e6 if self.seconds else None
+
+
+ROWS: dict[str, Measured] = {}
+
+
+def _raw_pixel_bytes(header: Any) -> int:
+    """Decoded pixel bytes as pydicom gives them (1-bit pixels unpacked to one byte)."""
+    rows, cols = header.get("Rows"), header.get("Columns")
+    if not rows or not cols or header.pixel is None:
+        return 0
+    frames = int(header.get("NumberOfFrames") or 1)
+    itemsize = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}.get(
+        (int(header.get("BitsAllocated") or 8) + 7) // 8, 8
+    )
+    return rows * cols * int(header.get("SamplesPerPixel") or 1) * frames * itemsize
+
+
+def build_ingest_set() -> IngestSet:
+    """The file set (see the module docstring), read once so it is in the page cache."""
+    folder = os.environ.get("PACS_ENGINE_BENCH_FILES")
+    if folder:
+        candidates = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+        label = f"every file under PACS_ENGINE_BENCH_FILES={folder}"
+    else:
+        candidates = corpus_inputs(MODALITIES, lossless=True)
+        label = "corpus CT/MR/CR, uncompressed or lossless, pydicom decodes, not malformed/"
+    paths, raw, sops, contexts = [], {}, {}, set()
+    for path, header in zip(candidates, scan_many(candidates), strict=True):
+        sop = None if isinstance(header, ScanError) else header.get("SOPInstanceUID")
+        if not sop:
+            continue
+        paths.append(path)
+        raw[path] = _raw_pixel_bytes(header)
+        sops[path] = sop
+        contexts.add((str(header.get("SOPClassUID")), header.transfer_syntax_uid))
+    file_bytes = read_whole(paths)
+    left_out = len(candidates) - len(paths)
+    return IngestSet(label, folder, paths, file_bytes, raw, sops, contexts, left_out)
+
+
+@pytest.fixture(scope="module")
+def ingest_set() -> IngestSet:
+    found = build_ingest_set()
+    if not found.paths:
+        pytest.skip(f"no files to ingest ({found.label})")
+    return found
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A temporary folder, removed after the test whatever happened in it."""
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-ingest-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture
+def row(request: pytest.FixtureRequest) -> Iterator[Measured]:
+    """The test's row, recorded even when the test fails (the failure becomes its note)."""
+    measured = Measured(request.node.callspec.id if hasattr(request.node, "callspec") else "")
+    yield measured
+    if measured.seconds is None and not measured.note:
+        measured.note = "FAILED (see the pytest output)"
+    ROWS[measured.name] = measured
+
+
+@pytest.fixture(autouse=True)
+def _warm(ingest_set: IngestSet) -> None:
+    read_whole(ingest_set.paths)
+
+
+# --- process trees: wall time and peak RSS --------------------------------------------
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """Sum of VmRSS over `pid` and its descendants (processes gone meanwhile count 0)."""
+    total, todo = 0, [pid]
+    while todo:
+        proc = Path(f"/proc/{todo.pop()}")
+        try:
+            status = (proc / "status").read_text()
+            for task in (proc / "task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE)
+        total += int(match.group(1)) if match else 0
+    return total
+
+
+@dataclass
+class Finished:
+    """A finished subprocess: exit code, wall seconds, peak RSS figures, output files."""
+
+    code: int
+    seconds: float
+    tree_peak_kib: int  # sampled sum over the process tree
+    largest_kib: int  # wait4: the largest single process of the tree (exact)
+    stdout: Path
+    stderr: Path
+
+
+def run_measured(cmd: list[str], out: Path) -> Finished:
+    """Run `cmd`, timing it and sampling its process tree's RSS every RSS_SAMPLE_S."""
+    stdout, stderr = out / "stdout.txt", out / "stderr.txt"
+    with stdout.open("wb") as so, stderr.open("wb") as se:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, start_new_session=True)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(RSS_SAMPLE_S):
+            peak = max(peak, _tree_rss_kib(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        # wait4 rather than Popen.wait: its rusage is this child's, not all children's.
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        done.set()
+        sampler.join()
+        if proc.returncode is None:  # interrupted: take the whole tree down
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    return Finished(proc.returncode, seconds, peak, usage.ru_maxrss, stdout, stderr)
+
+
+def in_fresh_process(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a new spawned interpreter (so its peak RSS is its own)."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def stored_file_bytes(folder: Path) -> int:
+    """Apparent size of every file under `folder`."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# --- (a) pacs-engine ------------------------------------------------------------------
+
+
+def workers_flag() -> bool:
+    """Whether `pacs-engine ingest` offers --workers in this checkout."""
+    help_text = subprocess.run(
+        [str(PACS_ENGINE), "ingest", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    return "--workers" in help_text
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=lambda n: f"pacs-engine {n} worker(s)")
+def test_pacs_engine(workers: int, ingest_set: IngestSet, scratch: Path, row: Measured) -> None:
+    """`pacs-engine ingest` as a subprocess; its report JSON and the measured process tree."""
+    archive = scratch / "archive"
+    sources = [ingest_set.source] if ingest_set.source else ingest_set.paths
+    cmd = [str(PACS_ENGINE), "ingest", *sources, "--archive", str(archive), "--no-progress"]
+    if workers_flag():
+        cmd += ["--workers", str(workers)]
+    else:
+        row.note = "workers flag missing; "
+    done = run_measured(cmd, scratch)
+    assert done.code == 0, done.stderr.read_text()[-2000:]
+    (report_path,) = (archive / "reports").glob("*.json")
+    report = json.loads(report_path.read_text())
+    row.seconds, row.files, row.raw_bytes = done.seconds, len(ingest_set), ingest_set.total_raw
+    row.ratio = report["ratio"]
+    row.peak_rss_mib = done.tree_peak_kib / 1024
+    row.rss_note = (
+        f"tree sum sampled /{RSS_SAMPLE_S}s; largest process {done.largest_kib / 1024:.0f}"
+    )
+    row.note += (
+        f"report: {report['archived']} archived, {report['duplicates']} dup,"
+        f" {report['conflicts']} conflicts, {report['quarantined']} quarantined,"
+        f" {report['seconds']:.2f} s inside"
+    )
+    assert report["inputs"] == len(ingest_set)
+
+
+# --- (b) the naive loop -----------------------------------------------------------------
+
+
+def naive_loop(paths: list[str], out: str) -> dict[str, Any]:
+    """dcmread + pixel_array per file, appended to one zarr v3 array per series/geometry."""
+    import resource
+
+    import pydicom
+    import zarr
+
+    started = time.perf_counter()
+    group = zarr.open_group(out, mode="w", zarr_format=3)
+    arrays: dict[tuple, Any] = {}
+    raw, failed = 0, Counter()
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path)
+                pixels = ds.pixel_array
+        except Exception as exc:  # a scientist's loop skips what it cannot read
+            failed[type(exc).__name__] += 1
+            continue
+        frames = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
+        key = (str(ds.SeriesInstanceUID), frames.shape[1:], frames.dtype.str)
+        if key not in arrays:
+            name = f"{len(arrays)}_{'x'.join(map(str, frames.shape[1:]))}_{frames.dtype.name}"
+            arrays[key] = group.create_array(
+                name,
+                shape=(0, *frames.shape[1:]),
+                chunks=(1, *frames.shape[1:]),
+                dtype=frames.dtype,
+            )
+        arrays[key].append(frames)
+        raw += frames.nbytes
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "raw": raw,
+        "failed": dict(failed),
+        "arrays": len(arrays),
+        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def test_naive_loop(ingest_set: IngestSet, scratch: Path, row: Measured) -> None:
+    """What one writes without pacs_engine: pydicom, numpy, zarr defaults, one process."""
+    row.name = "naive pydicom+zarr loop"
+    out = scratch / "naive.zarr"
+    result = in_fresh_process(naive_loop, ingest_set.paths, str(out))
+    row.seconds, row.files, row.raw_bytes = result["seconds"], len(ingest_set), ingest_set.total_raw
+    row.ratio = result["raw"] / stored_file_bytes(out)
+    row.peak_rss_mib = result["peak_kib"] / 1024
+    row.rss_note = "its process (spawned; timing starts after imports)"
+    row.note = f"{result['arrays']} arrays, pixel bytes {result['raw']:,}"
+    if result["failed"]:
+        row.note += f", failed: {result['failed']}"
+
+
+# --- (c) Orthanc ------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    """What a transport did: seconds spent sending, crashes, refusals."""
+
+    seconds: float = 0.0
+    crashes: list[str] = field(default_factory=list)
+    refused: Counter = field(default_factory=Counter)
+    peak_kib: int = 0
+    associations: int = 0
+
+
+def _crashed(orthanc: orthanc_mod.Orthanc, path: str, sent: Sent) -> None:
+    """Record the crash on `path` and restart Orthanc on the same storage."""
+    sent.crashes.append(f"{Path(path).name} (exit {orthanc.process.wait()})")
+    orthanc.start()
+
+
+def send_http(orthanc: orthanc_mod.Orthanc, paths: list[str]) -> Sent:
+    """POST /instances, one keep-alive connection; restarts Orthanc after a crash."""
+    sent = Sent(associations=1)
+    conn = orthanc.connection()
+    started = time.perf_counter()
+    for path in paths:
+        try:
+            conn.request(
+                "POST",
+                "/instances",
+                body=Path(path).read_bytes(),
+                headers={"Content-Type": "application/dicom"},
+            )
+            response = conn.getresponse()
+            body = response.read()
+        except OSError:
+            if not orthanc.died():
+                raise
+            sent.seconds += time.perf_counter() - started
+            sent.peak_kib = max(sent.peak_kib, orthanc.peak_rss_kib() or 0)
+            _crashed(orthanc, path, sent)
+            conn.close()
+            conn, sent.associations = orthanc.connection(), sent.associations + 1
+            started = time.perf_counter()
+            continue
+        if response.status != 200:
+            sent.refused[f"{Path(path).name}: HTTP {response.status} {body[:60]!r}"] += 1
+    sent.seconds += time.perf_counter() - started
+    conn.close()
+    return sent
+
+
+def storescu_profile(contexts: set[tuple[str, str]], folder: Path) -> Path:
+    """An association profile proposing each file's own transfer syntax, and uncompressed.
+
+    storescu's -x options propose one compressed syntax at most, and it cannot decompress
+    the rest itself: without this, JPEG 2000, RLE, JPEG-LS... files fail to send.
+    """
+    syntaxes = sorted({ts for _, ts in contexts})
+    lines = ["[[TransferSyntaxes]]", "[Uncompressed]"]
+    lines += ["TransferSyntax1 = LittleEndianExplicit", "TransferSyntax2 = LittleEndianImplicit"]
+    for i, ts in enumerate(syntaxes):
+        lines += [f"[TS{i}]", f"TransferSyntax1 = {ts}"]
+    lines += ["[[PresentationContexts]]", "[Bench]"]
+    pairs = sorted({(c, f"TS{syntaxes.index(ts)}") for c, ts in contexts})
+    pairs += [(c, "Uncompressed") for c in sorted({c for c, _ in contexts})]
+    if len(pairs) > 128:  # the protocol's limit per association
+        pytest.skip(f"{len(pairs)} presentation contexts needed, 128 allowed in one association")
+    lines += [f"PresentationContext{i + 1} = {c}\\{t}" for i, (c, t) in enumerate(pairs)]
+    lines += ["[[Profiles]]", "[Bench]", "PresentationContexts = Bench"]
+    path = folder / "storescu.cfg"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def send_storescu(orthanc: orthanc_mod.Orthanc, fs: IngestSet, scratch: Path) -> Sent:
+    """storescu, one association for all files; after a crash, a new one from the next file."""
+    assert STORESCU is not None
+    profile = storescu_profile(fs.contexts, scratch)
+    sent = Sent()
+    todo = list(fs.paths)
+    while todo:
+        cmd = [STORESCU, "-v", "-nh", "-xf", str(profile), "Bench", "-aec", orthanc_mod.AET]
+        cmd += ["127.0.0.1", str(orthanc.dicom_port), *todo]
+        done = run_measured(cmd, scratch)
+        sent.seconds += done.seconds
+        sent.associations += 1
+        log = done.stdout.read_text(errors="replace") + done.stderr.read_text(errors="replace")
+        # The file being stored when the peer went away; storescu (-nh) goes on failing after.
+        aborted = re.search(r"Store Failed, file: (.+):\n\S+ \S+ Peer aborted", log)
+        failures = re.findall(r"Store Failed, file: (.+):\n\S+ (.+)", log)
+        crash_at = todo.index(aborted[1]) if aborted and aborted[1] in todo else None
+        for path, reason in failures:
+            if crash_at is not None and todo.index(path) >= crash_at:
+                break
+            sent.refused[f"{Path(path).name}: {reason.strip()[:60]}"] += 1
+        if crash_at is None or not orthanc.died(within=5.0):
+            break
+        sent.peak_kib = max(sent.peak_kib, orthanc.peak_rss_kib() or 0)
+        _crashed(orthanc, todo[crash_at], sent)
+        todo = todo[crash_at + 1 :]
+    return sent
+
+
+def _stored_syntaxes(orthanc: orthanc_mod.Orthanc) -> tuple[set[str], Counter]:
+    """SOP Instance UIDs Orthanc holds, and how many it stored in each transfer syntax."""
+    sops, syntaxes = set(), Counter()
+    for instance in orthanc.get("/instances?expand"):
+        sops.add(instance["MainDicomTags"]["SOPInstanceUID"])
+        meta = orthanc.get(f"/instances/{instance['ID']}/metadata?expand")
+        syntaxes[meta.get("TransferSyntax")] += 1
+    return sops, syntaxes
+
+
+@pytest.mark.parametrize("transport", ["HTTP", "storescu"])
+@pytest.mark.parametrize("transcode", [None, JPEG_LS_LOSSLESS], ids=["as received", "JPEG-LS"])
+def test_orthanc(
+    transport: str, transcode: str | None, ingest_set: IngestSet, scratch: Path, row: Measured
+) -> None:
+    """Orthanc from Debian receives the files (see the module docstring)."""
+    row.name = f"Orthanc {transport}, {'JPEG-LS' if transcode else 'as received'}"
+    if not orthanc_mod.installed():
+        row.note = (
+            f"skipped: Orthanc not installed ({orthanc_mod.ORTHANC}; apt-get install orthanc)"
+        )
+        pytest.skip(row.note)
+    if transport == "storescu" and STORESCU is None:
+        row.note = "skipped: storescu not installed (apt-get install dcmtk)"
+        pytest.skip(row.note)
+    with orthanc_mod.running_orthanc(transcode) as orthanc:
+        if transport == "HTTP":
+            sent = send_http(orthanc, ingest_set.paths)
+        else:
+            sent = send_storescu(orthanc, ingest_set, scratch)
+        sent.peak_kib = max(sent.peak_kib, orthanc.peak_rss_kib() or 0)
+        sops, syntaxes = _stored_syntaxes(orthanc)
+        stored = orthanc.storage_bytes()
+        log = orthanc.log.read_text(errors="replace")
+    raw_by_sop = ingest_set.raw_by_sop()
+    row.seconds, row.files, row.raw_bytes = sent.seconds, len(ingest_set), ingest_set.total_raw
+    row.ratio = sum(raw_by_sop.get(s, 0) for s in sops) / stored
+    row.peak_rss_mib = sent.peak_kib / 1024
+    row.rss_note = "Orthanc's VmHWM (max over restarts), server only"
+    parts = [f"{len(sops)} instances kept"]
+    if transcode:
+        parts.append(f"{syntaxes.get(transcode, 0)} as JPEG-LS")
+    if sent.crashes:
+        parts.append(f"CRASHED {len(sent.crashes)}x: {', '.join(sent.crashes)}")
+        asserts = sorted(set(re.findall(r"^Orthanc: .*Assertion.*$", log, re.MULTILINE)))
+        parts += [a[:160] for a in asserts]
+    if sent.refused:
+        parts.append(f"refused: {dict(sent.refused)}")
+    if transport == "storescu":
+        parts.append(f"{sent.associations} association(s)")
+    row.note = "; ".join(parts)
+
+
+# --- (d) the codec ceiling ----------------------------------------------------------------
+
+
+def codec_ceiling(paths: list[str]) -> dict[str, Any]:
+    """Decode every frame (untimed), then choose a codec per series and encode every frame."""
+    import resource
+
+    import numpy as np
+    import pydicom
+
+    from benchmarks.bench_codecs import Image, measure_pick
+
+    images, skipped = [], Counter()
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(path)
+                pixels = ds.pixel_array
+            except Exception as exc:
+                skipped[type(exc).__name__] += 1
+                continue
+        frames = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
+        bits = int(ds.get("BitsStored", 8 * frames.dtype.itemsize))
+        for frame in frames:
+            if frame.dtype.kind not in "ui":
+                skipped[f"{frame.dtype} pixels"] += 1
+                continue
+            frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
+            images.append(Image(str(ds.Modality), str(ds.SeriesInstanceUID), bits, frame))
+    m = measure_pick(tuple(images))
+    # measure_pick keeps per-frame ratios; the pooled ratio needs sizes (an untimed pass).
+    encoded = sum(len(m.series_codec[im.series].encode_frame(im.frame)) for im in images)
+    raw = sum(m.raw.values())
+    return {
+        "seconds": sum(m.encode_s.values()),
+        "raw": raw,
+        "frames": len(images),
+        "ratio": raw / encoded,
+        "chosen": dict(m.chosen),
+        "skipped": dict(skipped),
+        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def test_codec_ceiling(ingest_set: IngestSet, row: Measured) -> None:
+    """The archive codec alone on the same pixels: what ingest could reach on one core."""
+    row.name = "codec ceiling (1 core)"
+    result = in_fresh_process(codec_ceiling, ingest_set.paths)
+    row.seconds, row.files, row.raw_bytes = result["seconds"], len(ingest_set), result["raw"]
+    row.ratio = result["ratio"]
+    row.peak_rss_mib = result["peak_kib"] / 1024
+    row.rss_note = "its process, holding every decoded frame"
+    row.note = f"{result['frames']} frames; chosen: {result['chosen']}"
+    if result["skipped"]:
+        row.note += f"; skipped {result['skipped']}"
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _quotient(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _check(value: float | None, target: float) -> str:
+    if value is None:
+        return "n/a"
+    return "meets" if value >= target else "MISSES"
+
+
+def table_lines(fs: IngestSet) -> list[str]:
+    """The rows, then the derived ratios against issue 4's targets."""
+    out = [
+        f"files: {fs.label}: {len(fs)} files ({fs.left_out} refused by the scanner left out),"
+        f" {fs.file_bytes / 1e6:.1f} MB on disk, {fs.total_raw / 1e6:.1f} MB decoded pixels,"
+        f" {len(set(fs.sop_uids.values()))} distinct SOP Instance UIDs",
+        f"{'row':<34} {'inst/s':>8} {'raw MB/s':>9} {'ratio':>6} {'wall s':>7}"
+        f" {'peak RSS MiB':>13}",
+    ]
+    for r in ROWS.values():
+        out.append(
+            f"{r.name:<34} {_fmt(r.per_s, '8.1f')} {_fmt(r.mb_per_s, '9.1f')}"
+            f" {_fmt(r.ratio, '6.3f')} {_fmt(r.seconds, '7.2f')} {_fmt(r.peak_rss_mib, '13.0f')}"
+        )
+    out.append("notes:")
+    out += [
+        f"  {r.name}: {r.note}" + (f" [RSS: {r.rss_note}]" if r.rss_note else "")
+        for r in ROWS.values()
+    ]
+    one = ROWS.get("pacs-engine 1 worker(s)", Measured(""))
+    two = ROWS.get("pacs-engine 2 worker(s)", Measured(""))
+    ceiling = ROWS.get("codec ceiling (1 core)", Measured(""))
+    out.append("derived (issue 4 targets):")
+    scaling = _quotient(two.per_s, one.per_s)
+    verdict = _check(scaling, TARGET_SCALING)
+    if "workers flag missing" in two.note:
+        verdict = "n/a, workers flag missing: both rows ran the same command"
+    out.append(
+        f"  pacs-engine 2 workers / 1 worker: {_fmt(scaling, '.2f')}x inst/s"
+        f" (target >= {TARGET_SCALING}x: {verdict})"
+    )
+    of_ceiling = _quotient(one.mb_per_s, ceiling.mb_per_s)
+    out.append(
+        f"  pacs-engine 1 worker / codec ceiling: {_fmt(of_ceiling, '.2f')} in MB/s"
+        f" (target >= {TARGET_OF_CEILING}: {_check(of_ceiling, TARGET_OF_CEILING)})"
+    )
+    for transport in ("HTTP", "storescu"):
+        peer = ROWS.get(f"Orthanc {transport}, JPEG-LS", Measured(""))
+        for ours in (one, two):
+            if not ours.name:
+                continue
+            inst, mbs = _quotient(ours.per_s, peer.per_s), _quotient(ours.mb_per_s, peer.mb_per_s)
+            ratio_ok = (
+                ours.ratio is not None and peer.ratio is not None and ours.ratio >= peer.ratio
+            )
+            both = min(inst, mbs) if inst is not None and mbs is not None else None
+            verdict = _check(both, TARGET_VS_ORTHANC) if ratio_ok or both is None else "MISSES"
+            out.append(
+                f"  {ours.name} / Orthanc {transport} JPEG-LS: {_fmt(inst, '.2f')}x inst/s,"
+                f" {_fmt(mbs, '.2f')}x MB/s, ratio {_fmt(ours.ratio, '.3f')} vs"
+                f" {_fmt(peer.ratio, '.3f')} (target >= {TARGET_VS_ORTHANC}x at an equal or"
+                f" better ratio: {verdict})"
+            )
+    return out
+
+
+def test_summary(ingest_set: IngestSet) -> None:
+    """Print the table (the last test; run with -s)."""
+    if not ROWS:
+        pytest.skip("no rows measured")
+    print("\n" + "\n".join(table_lines(ingest_set)))
