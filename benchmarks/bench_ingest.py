@@ -10,8 +10,8 @@ transfer syntax, outside malformed/ (`corpus_inputs(..., lossless=True)`), or ev
 under the folder named by PACS_ENGINE_BENCH_FILES. Files the scanner refuses are left out.
 
 Rows:
-- `pacs-engine ingest SRC --archive A --workers N`, N = 1, 2, as a subprocess (without
-  `--workers` when `ingest --help` does not offer it yet); its report JSON gives the ratio.
+- `pacs-engine ingest SRC --archive A --workers N`, N = 1, 2, as a subprocess; its report
+  JSON gives the ratio.
 - naive: per file `pydicom.dcmread` + `pixel_array`, appended to one zarr v3 array per
   series and geometry (one frame per chunk, zarr's default compressor), in a fresh process.
 - Orthanc (Debian) on loopback (benchmarks/orthanc.py), as received and with ingest
@@ -252,24 +252,13 @@ def stored_file_bytes(folder: Path) -> int:
 # --- (a) pacs-engine ------------------------------------------------------------------
 
 
-def workers_flag() -> bool:
-    """Whether `pacs-engine ingest` offers --workers in this checkout."""
-    help_text = subprocess.run(
-        [str(PACS_ENGINE), "ingest", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    return "--workers" in help_text
-
-
 @pytest.mark.parametrize("workers", [1, 2], ids=lambda n: f"pacs-engine {n} worker(s)")
 def test_pacs_engine(workers: int, ingest_set: IngestSet, scratch: Path, row: Measured) -> None:
     """`pacs-engine ingest` as a subprocess; its report JSON and the measured process tree."""
     archive = scratch / "archive"
     sources = [ingest_set.source] if ingest_set.source else ingest_set.paths
     cmd = [str(PACS_ENGINE), "ingest", *sources, "--archive", str(archive), "--no-progress"]
-    if workers_flag():
-        cmd += ["--workers", str(workers)]
-    else:
-        row.note = "workers flag missing; "
+    cmd += ["--workers", str(workers)]
     done = run_measured(cmd, scratch)
     assert done.code == 0, done.stderr.read_text()[-2000:]
     (report_path,) = (archive / "reports").glob("*.json")
@@ -604,8 +593,6 @@ def table_lines(fs: IngestSet) -> list[str]:
     out.append("derived (issue 4 targets):")
     scaling = _quotient(two.per_s, one.per_s)
     verdict = _check(scaling, TARGET_SCALING)
-    if "workers flag missing" in two.note:
-        verdict = "n/a, workers flag missing: both rows ran the same command"
     out.append(
         f"  pacs-engine 2 workers / 1 worker: {_fmt(scaling, '.2f')}x inst/s"
         f" (target >= {TARGET_SCALING}x: {verdict})"

@@ -316,3 +316,35 @@ def test_cli_ingest_shows_progress_and_explains_itself(synth: Path, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert "MB/s raw" in done.stderr and "ratio" in done.stderr and "encoding" in done.stderr
     assert f"{len(files_under(synth))} inputs" in done.stdout.replace(",", "")
+
+
+def test_zip_and_tar_sources_archive_what_the_folder_gives(
+    synth: Path, clean: dict, tmp_path: Path
+) -> None:
+    import tarfile
+    import zipfile
+
+    files = files_under(synth)
+    thirds = [files[0::3], files[1::3], files[2::3]]
+    with zipfile.ZipFile(tmp_path / "one.zip", "w", zipfile.ZIP_DEFLATED) as zipped:
+        for path in thirds[0]:
+            zipped.write(path, path.relative_to(synth).as_posix())
+    with tarfile.open(tmp_path / "two.tar", "w") as tar:
+        for path in thirds[1]:
+            tar.add(path, path.relative_to(synth).as_posix())
+    with tarfile.open(tmp_path / "three.tar.gz", "w:gz") as tar:
+        for path in thirds[2]:
+            tar.add(path, path.relative_to(synth).as_posix())
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    sources = [tmp_path / n for n in ("one.zip", "two.tar", "three.tar.gz", "bad.zip")]
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest(sources, workers=2).to_dict()
+        assert archive.verify().ok
+        paths = {row["source_path"] for row in archive.index}
+        bad = [r for r in archive.quarantine.records() if r["path"].endswith("bad.zip")]
+    assert_complete(report, len(files) + 1)
+    assert report["archived"] == len(files) and report["quarantined"] == 1
+    assert state(tmp_path / "a") == clean["state"]
+    assert any("::" in p and p.startswith(str(tmp_path / "three.tar.gz")) for p in paths)
+    assert bad and "zip" in bad[0]["reason"]
+    assert unreferenced(tmp_path / "a") == []

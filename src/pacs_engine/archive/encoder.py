@@ -10,6 +10,7 @@ write the same shard file; nothing a part writes is reachable before its commit.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -247,7 +248,7 @@ class PartEncoder:
         key, spec, attributes = self._array_for(prepared)
         path = self.pixels.array_path(part.series_uid, key)
         if path not in writers:
-            self._ensure_array(part.series_uid, key, spec, attributes)
+            self._ensure_array(part.series_uid, key, spec, attributes, prepared)
             writers[path] = _ArrayWriter(self.pixels, path, part, dirs)
         count = len(prepared.frame_hashes)
         if not writers[path].room_for(count):
@@ -261,19 +262,37 @@ class PartEncoder:
         return reference, sum(len(c) for c in chunks)
 
     def _ensure_array(
-        self, series_uid: str, key: str, spec: ArraySpec, attributes: dict[str, Any]
+        self,
+        series_uid: str,
+        key: str,
+        spec: ArraySpec,
+        attributes: dict[str, Any],
+        prepared: Prepared,
     ) -> None:
         """Create the array once, even when parts of its series run in several processes.
 
-        The first part to get here picks the codec; the others encode with the one
-        in the array's metadata, so every chunk of an array has the same codec.
+        The first part to get here picks the codec for native frames (from its
+        first frame: choosing encodes it several times, so only here); the others
+        encode with the one in the array's metadata, so every chunk of an array
+        has the same codec.
         """
+        path = self.pixels.array_path(series_uid, key)
+        if self.pixels.exists(path):
+            return
         with open(self.root / ".arrays.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.pixels.exists(path):
+                return
+            if prepared.storage == "native":
+                codec, compressors = self._native_codec(prepared.frames[0])
+                spec = dataclasses.replace(spec, codec=codec, compressors=compressors)
             self.pixels.ensure_array(series_uid, key, spec, attributes)
 
     def _array_for(self, prepared: Prepared) -> tuple[str, ArraySpec, dict[str, Any]]:
-        """The array key, spec and attributes for the instance's frames."""
+        """The array key, spec and attributes for the instance's frames.
+
+        For native frames the spec has no codec yet: `_ensure_array` picks it.
+        """
         layout = prepared.layout
         ts = prepared.header.transfer_syntax_uid or ""
         attributes = {
@@ -297,7 +316,7 @@ class PartEncoder:
             compressors: tuple = ()
         else:
             dtype = prepared.frames.dtype
-            codec, compressors = self._native_codec(prepared.frames[0])
+            codec, compressors = None, ()
             storage = "native"
             attributes |= {"storage": "archive codec", "source_transfer_syntax_uid": ts}
             if prepared.transcoded and prepared.pass_through.color_conversion != "none":

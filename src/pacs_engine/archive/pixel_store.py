@@ -201,9 +201,13 @@ class PixelStore:
         """The array's path below the root."""
         return f"{series_uid}/{key}"
 
+    def exists(self, path: str) -> bool:
+        """True when the array has been created."""
+        return os.path.exists(f"{self.root}/{path}/zarr.json")
+
     def ensure_array(self, series_uid: str, key: str, spec: ArraySpec, attributes: dict) -> None:
         """Create the array (and its series group) if it does not exist yet."""
-        if (self.root / series_uid / key / "zarr.json").exists():
+        if self.exists(self.array_path(series_uid, key)):
             return
         group = zarr.open_group(self.root, mode="a").require_group(series_uid)
         options: dict[str, Any] = {"compressors": spec.compressors or None}

@@ -165,7 +165,8 @@ class _Run:
             in_flight = self._collect_scans(run, in_flight)
 
     def _submit_scan(self, run: str, keys: list[str], in_flight: set) -> set:
-        todo = [k for k in keys if k not in self.journal.done(run, keys)]
+        done = self.journal.done(run, keys)
+        todo = [k for k in keys if k not in done]
         while len(in_flight) >= self._window():
             in_flight = self._collect_scans(run, in_flight)
         if todo:
