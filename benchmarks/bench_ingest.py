@@ -35,10 +35,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
@@ -52,15 +49,13 @@ from typing import Any
 import pytest
 
 from benchmarks import orthanc as orthanc_mod
-from benchmarks.conftest import corpus_inputs, read_whole
+from benchmarks.conftest import PACS_ENGINE, RSS_SAMPLE_S, corpus_inputs, read_whole, run_measured
 from pacs_engine import ScanError, scan_many
 
 MODALITIES = {"CT", "MR", "CR"}
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-PACS_ENGINE = Path(sys.executable).parent / "pacs-engine"
 STORESCU = shutil.which("storescu")
 TARGET_VS_ORTHANC, TARGET_OF_CEILING, TARGET_SCALING = 5.0, 0.8, 1.8
-RSS_SAMPLE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -176,66 +171,6 @@ def row(request: pytest.FixtureRequest) -> Iterator[Measured]:
 @pytest.fixture(autouse=True)
 def _warm(ingest_set: IngestSet) -> None:
     read_whole(ingest_set.paths)
-
-
-# --- process trees: wall time and peak RSS --------------------------------------------
-
-
-def _tree_rss_kib(pid: int) -> int:
-    """Sum of VmRSS over `pid` and its descendants (processes gone meanwhile count 0)."""
-    total, todo = 0, [pid]
-    while todo:
-        proc = Path(f"/proc/{todo.pop()}")
-        try:
-            status = (proc / "status").read_text()
-            for task in (proc / "task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            continue
-        match = re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE)
-        total += int(match.group(1)) if match else 0
-    return total
-
-
-@dataclass
-class Finished:
-    """A finished subprocess: exit code, wall seconds, peak RSS figures, output files."""
-
-    code: int
-    seconds: float
-    tree_peak_kib: int  # sampled sum over the process tree
-    largest_kib: int  # wait4: the largest single process of the tree (exact)
-    stdout: Path
-    stderr: Path
-
-
-def run_measured(cmd: list[str], out: Path) -> Finished:
-    """Run `cmd`, timing it and sampling its process tree's RSS every RSS_SAMPLE_S."""
-    stdout, stderr = out / "stdout.txt", out / "stderr.txt"
-    with stdout.open("wb") as so, stderr.open("wb") as se:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=so, stderr=se, start_new_session=True)
-    peak, done = 0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(RSS_SAMPLE_S):
-            peak = max(peak, _tree_rss_kib(proc.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        # wait4 rather than Popen.wait: its rusage is this child's, not all children's.
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        done.set()
-        sampler.join()
-        if proc.returncode is None:  # interrupted: take the whole tree down
-            os.killpg(proc.pid, 9)
-            proc.wait()
-    return Finished(proc.returncode, seconds, peak, usage.ru_maxrss, stdout, stderr)
 
 
 def in_fresh_process(fn: Any, *args: Any) -> Any:

@@ -15,6 +15,11 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,11 @@ import pydicom
 import pytest
 
 from pacs_engine import ScanError, scan_many
+
+#: The `pacs-engine` command of this interpreter's environment.
+PACS_ENGINE = Path(sys.executable).parent / "pacs-engine"
+#: How often the process-tree RSS of a measured command is sampled.
+RSS_SAMPLE_S = 0.05
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("PACS_ENGINE_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -416,3 +426,63 @@ def corpus_inputs(modalities: set[str], *, lossless: bool = False) -> list[str]:
             and (r["pydicom_decodes"] != "yes" or r["transfer_syntax_uid"] in LOSSY_SYNTAXES)
         )
     ]
+
+
+# --- process trees: wall time and peak RSS (ingest benchmarks) ---------------------
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """Sum of VmRSS over `pid` and its descendants (processes gone meanwhile count 0)."""
+    total, todo = 0, [pid]
+    while todo:
+        proc = Path(f"/proc/{todo.pop()}")
+        try:
+            status = (proc / "status").read_text()
+            for task in (proc / "task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE)
+        total += int(match.group(1)) if match else 0
+    return total
+
+
+@dataclass
+class Finished:
+    """A finished subprocess: exit code, wall seconds, peak RSS figures, output files."""
+
+    code: int
+    seconds: float
+    tree_peak_kib: int  # sampled sum over the process tree
+    largest_kib: int  # wait4: the largest single process of the tree (exact)
+    stdout: Path
+    stderr: Path
+
+
+def run_measured(cmd: list[str], out: Path) -> Finished:
+    """Run `cmd`, timing it and sampling its process tree's RSS every RSS_SAMPLE_S."""
+    stdout, stderr = out / "stdout.txt", out / "stderr.txt"
+    with stdout.open("wb") as so, stderr.open("wb") as se:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, start_new_session=True)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(RSS_SAMPLE_S):
+            peak = max(peak, _tree_rss_kib(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        # wait4 rather than Popen.wait: its rusage is this child's, not all children's.
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        done.set()
+        sampler.join()
+        if proc.returncode is None:  # interrupted: take the whole tree down
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    return Finished(proc.returncode, seconds, peak, usage.ru_maxrss, stdout, stderr)

@@ -348,3 +348,26 @@ def test_zip_and_tar_sources_archive_what_the_folder_gives(
     assert any("::" in p and p.startswith(str(tmp_path / "three.tar.gz")) for p in paths)
     assert bad and "zip" in bad[0]["reason"]
     assert unreferenced(tmp_path / "a") == []
+
+
+def test_a_folder_that_vanishes_mid_run_is_quarantined_not_fatal(
+    synth: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(synth, source)
+    series_folders = sorted({p.parent for p in files_under(source)}, key=lambda p: p.name)
+    doomed = series_folders[-1]  # series are encoded in UID order: this one comes last
+    gone = {str(p) for p in files_under(doomed)}
+
+    def vanish(progress: Any) -> None:
+        if progress.phase == "encoding" and doomed.exists():
+            shutil.rmtree(doomed)
+
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([source], workers=0, progress=vanish).to_dict()
+        records = {r["path"]: r["reason"] for r in archive.quarantine.records()}
+        assert archive.verify().ok
+    assert_complete(report, len(files_under(synth)))
+    assert report["quarantined"] == len(gone) and report["archived"] == len(files_under(source))
+    assert set(records) == gone
+    assert all("No such file" in reason for reason in records.values())

@@ -229,12 +229,12 @@ def _datasets(archive_path: str) -> list:
 
 
 def _pixels(item: dict) -> tuple[str, tuple, bytes]:
-    array = item["pixels"]
+    array = np.asarray(item["pixels"])  # a DataLoader hands over torch tensors
     return array.dtype.str, array.shape, array.tobytes()
 
 
 def _chunk_keys(chunks: object) -> list[tuple]:
-    return [(*_key(item), item["pixels"].tobytes()) for item in chunks]  # type: ignore[attr-defined]
+    return [(*_key(item), np.asarray(item["pixels"]).tobytes()) for item in chunks]  # type: ignore[attr-defined]
 
 
 def test_datasets_pickle_small(archive_path: str) -> None:
@@ -272,3 +272,26 @@ def test_iter_chunks_split_between_workers(
         shares.append(_chunk_keys(chunks))
     assert all(shares)
     assert sorted(k for share in shares for k in share) == sorted(everything)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_torch_dataloader_with_two_workers_matches_one_process(
+    archive_path: str, method: str
+) -> None:
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    from torch.utils.data import DataLoader
+
+    for dataset in _datasets(archive_path):
+        assert isinstance(dataset, torch.utils.data.Dataset)
+        local = [_pixels(dataset[k]) for k in range(len(dataset))]
+        loader = DataLoader(
+            dataset,
+            batch_size=None,  # items as the dataset gives them
+            num_workers=2,
+            multiprocessing_context=method,
+        )
+        assert [_pixels(item) for item in loader] == local
+    chunks = FrameDataset(archive_path).iter_chunks()
+    streamed = DataLoader(chunks, batch_size=None, num_workers=2, multiprocessing_context=method)
+    # Each worker streams its share of the shard runs; together every frame once.
+    assert sorted(_chunk_keys(streamed)) == sorted(_chunk_keys(chunks))
