@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
+from collections.abc import Mapping
 from io import BytesIO
 from pathlib import Path
 
@@ -188,6 +190,31 @@ def test_non_ascii_text_is_decoded_with_the_specific_character_set() -> None:
     header = scan(to_bytes(ds))
     assert header.PatientName == "Müller^Jürgen"
     assert header.StudyDescription == "Thorax ÄÖÜ"
+
+
+def test_attributes_behave_as_a_read_only_dict() -> None:
+    ds = image_dataset()
+    ds.PatientName = "Müller^Jürgen"  # left to pydicom, so converted during the scan
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    header = scan(to_bytes(ds))
+    attributes = header.attributes
+    plain = dict(attributes)
+    assert isinstance(attributes, Mapping) and isinstance(attributes.copy(), dict)
+    assert attributes == plain and plain == attributes
+    assert attributes != {**plain, "Rows": -1}
+    assert list(attributes) == list(plain) == list(attributes.keys())
+    assert list(attributes.values()) == list(plain.values())
+    assert list(attributes.items()) == list(plain.items())
+    assert len(attributes) == len(plain) and repr(attributes) == repr(plain)
+    assert "Rows" in attributes and "Nope" not in attributes and 1 not in attributes
+    assert attributes.get("Nope") is None and attributes.get("Nope", 7) == 7
+    assert attributes["PatientName"] == "Müller^Jürgen" and attributes["Rows"] == ds.Rows
+    assert attributes["Rows"] is attributes["Rows"]  # converted once, then kept
+    with pytest.raises(KeyError):
+        attributes["Nope"]
+    with pytest.raises(TypeError):
+        hash(attributes)
+    assert pickle.loads(pickle.dumps(attributes)) == plain
 
 
 def encapsulated_dataset(frames: list[bytes], pixel_data: bytes) -> Dataset:

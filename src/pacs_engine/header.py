@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +75,15 @@ class PixelLocation:
 
 @dataclass(slots=True, eq=False)
 class Header:
-    """The header of one DICOM instance: requested attributes by keyword, and layout facts."""
+    """The header of one DICOM instance: requested attributes by keyword, and layout facts.
+
+    `attributes` is a read-only mapping (`pacs_engine._native.scanner.Attributes`)
+    whose values become Python objects when first read; `dict(attributes)` or
+    `attributes.copy()` gives a plain dict.
+    """
 
     path: str | None
-    attributes: dict[str, Any]
+    attributes: Mapping[str, Any]
     transfer_syntax_uid: str | None
     has_preamble: bool
     has_file_meta: bool

@@ -7,7 +7,7 @@ import os
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -107,6 +107,9 @@ def _slow_value(vr: str, raw: bytes, little_endian: bool, character_sets: Any) -
 
 
 def _make_scanner(keywords: Sequence[str]) -> Scanner:
+    """A scanner for `keywords`; headers always carry the TransferSyntaxUID too."""
+    if "TransferSyntaxUID" not in keywords:
+        keywords = (*keywords, "TransferSyntaxUID")
     tags = [tag_for_keyword(k) for k in keywords]
     unknown = [k for k, t in zip(keywords, tags, strict=True) if t is None]
     if unknown:
@@ -118,19 +121,21 @@ def _make_scanner(keywords: Sequence[str]) -> Scanner:
 _SCANNER = _make_scanner(HEADER_KEYWORDS)
 
 
-def _number_of_frames(attributes: dict[str, Any]) -> int:
+def _number_of_frames(attributes: Mapping[str, Any]) -> int:
     frames = attributes.get("NumberOfFrames")
     return frames if isinstance(frames, int) and frames > 0 else 1
 
 
-def _pixel_location(raw: tuple, attributes: dict[str, Any], little: bool) -> PixelLocation:
+def _encapsulated_location(
+    raw: tuple, attributes: Mapping[str, Any], little: bool
+) -> PixelLocation:
     (
         tag,
         vr,
         element_offset,
         value_offset,
         value_length,
-        encapsulated,
+        _encapsulated,
         bot_offset,
         bot,
         offsets,
@@ -138,8 +143,6 @@ def _pixel_location(raw: tuple, attributes: dict[str, Any], little: bool) -> Pix
         eoi,
         extended,
     ) = raw
-    if not encapsulated:
-        return PixelLocation.native(tag, vr, element_offset, value_offset, value_length)
     endian = "<" if little else ">"
     basic = np.frombuffer(bot[: len(bot) // 4 * 4], dtype=f"{endian}u4").astype(np.int64)
     eot = None
@@ -173,34 +176,50 @@ def _pixel_location(raw: tuple, attributes: dict[str, Any], little: bool) -> Pix
 
 
 def _header(path: str | None, raw: tuple) -> Header:
-    attributes, meta, pixel = raw
-    ts, preamble, has_meta, dataset_offset, explicit, little, deflated, size, data_size = meta
-    location = _pixel_location(pixel, attributes, little) if pixel is not None else None
+    (
+        attributes,
+        ts,
+        preamble,
+        has_meta,
+        offset,
+        explicit,
+        little,
+        deflated,
+        size,
+        data_size,
+        pixel,
+    ) = raw
+    if pixel is not None:
+        pixel = (
+            _encapsulated_location(pixel, attributes, little)
+            if pixel[5]
+            else PixelLocation.native(*pixel[:5])
+        )
     return Header(
         path,
         attributes,
         ts,
         preamble,
         has_meta,
-        dataset_offset,
+        offset,
         explicit,
         little,
         deflated,
         size,
-        location,
+        pixel,
         data_size,
     )
 
 
+_BUFFERS = (bytes, bytearray, memoryview)
+
+
 def scan(source: Source) -> Header:
     """Scan one DICOM file (a path, or its bytes) and return its header; raises ScanError."""
-    if isinstance(source, bytes | bytearray | memoryview):
+    if isinstance(source, _BUFFERS):
         return _header(None, _SCANNER.scan_buffer(source))
-    path = os.fsdecode(source)
-    result = _SCANNER.scan_paths([path])[0]
-    if isinstance(result, ScanError):
-        raise result
-    return _header(path, result)
+    path = source if type(source) is str else os.fsdecode(source)
+    return _header(path, _SCANNER.scan_path(path))
 
 
 def _scan_batch(paths: list[str]) -> list[Header | ScanError]:

@@ -3,7 +3,11 @@
 # The parser runs without the GIL on a `Source` (a memory buffer or a file
 # descriptor read through two windows) and fills a `ScanState`: the top-level
 # elements, the pixel data location and, for encapsulated pixel data, every
-# fragment. Values are converted to Python objects afterwards, with the GIL.
+# fragment. The kept values are then copied out of the source, still without the
+# GIL (`copy_values`), so the source's buffers can serve the next file: first a
+# `Slot` per requested keyword and their values, which become the bytes of the
+# file's `Attributes` (converted to Python objects when first read), then the
+# other kept values and the Basic Offset Table.
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 
@@ -33,10 +37,12 @@ cdef struct Source:
 
 cdef struct Element:
     uint32_t tag
+    int keyword             # index of the requested keyword, or -1
     uint16_t vr             # two ASCII letters, big-endian packed; 0 when implicit
     int64_t header_offset   # first byte of the tag
     int64_t value_offset
     int64_t value_length    # bytes, delimiters included for undefined length
+    int64_t copy            # where copy_values put the value in ScanState.values
 
 
 cdef struct Fragment:
@@ -53,8 +59,12 @@ cdef struct ScanState:
     int syntax              # a TransferSyntax value
     bint explicit
     bint little
-    const uint32_t* wanted  # sorted tags whose values are requested
-    Py_ssize_t n_wanted
+    const uint32_t* kept    # sorted tags recorded at the top level (see Scanner.kept)
+    const int* kept_keyword # for each, the index of its requested keyword, or -1
+    Py_ssize_t n_kept
+    const uint16_t* keyword_vrs  # dictionary VR of each requested keyword
+    Py_ssize_t n_keywords
+    Py_ssize_t cursor       # the first kept tag above the last top-level tag
     Element* elems          # kept top-level elements: file meta, requested, pixel data
     Py_ssize_t n_elems
     Py_ssize_t cap_elems
@@ -66,6 +76,17 @@ cdef struct ScanState:
     Py_ssize_t n_frags
     Py_ssize_t cap_frags
     int64_t pixel_end_beyond  # end of a pixel data value that runs past the data, or 0
+    uint8_t* values         # copy_values: Slot table, requested values, other kept values, BOT
+    int64_t blob_length     # the Attributes part of values: the table and requested values
+    int64_t bot_copy        # where the Basic Offset Table is in values
     bint failed
     int64_t err_offset
     char err_msg[192]
+
+
+cdef struct Slot:           # one requested keyword's value in an Attributes blob
+    int64_t start           # first byte of the value in the blob
+    int64_t length
+    uint16_t vr             # the VR the value is read with
+    bint present            # the file has the attribute
+    bint fast               # fast_value converts it (else pydicom does, during the scan)

@@ -2,11 +2,13 @@
 """Native DICOM header scanner.
 
 `Scanner` reads the header of a DICOM file (a path or a buffer) and returns the
-requested attributes as Python values together with the exact byte location of
-the pixel data. The byte-level parse runs without the GIL; only the conversion
-of the requested values to Python objects holds it.
+requested attributes (an `Attributes` mapping that converts each value on first
+read) together with the exact byte location of the pixel data. The byte-level
+parse and the copy of the requested values run without the GIL; building the
+Python results holds it.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.float cimport PyFloat_FromDouble
 from cpython.long cimport PyLong_FromLongLong
@@ -23,6 +25,7 @@ from posix.unistd cimport close, pread
 
 import os
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -31,11 +34,14 @@ from pacs_engine.errors import ScanError
 cdef extern from "fcntl.h":
     enum: O_CLOEXEC
 
+cdef extern from "Python.h":
+    bytes PyUnicode_EncodeFSDefault(object)  # os.fsencode of a str
+
 # --- constants -------------------------------------------------------------
 
 cdef enum:
-    HEAD_FIRST_READ = 16384        # most headers fit; the head doubles when not
-    HEAD_FIRST_CAPACITY = 16384    # the head's first allocation
+    HEAD_FIRST_READ = 16384        # most headers fit; the head grows by half when not
+    HEAD_FIRST_CAPACITY = 32768    # the head's first allocation: room to grow without copying
     HEAD_MAX = 64 * 1024 * 1024    # contiguous header window, at most
     ROAM_READ = 4096               # one page for each read past the header
     MAX_DEPTH = 64                 # nested sequences deeper than this are refused
@@ -146,6 +152,26 @@ cdef inline bint has_long_length(uint16_t vr) noexcept nogil:
             or vr == VR_UR or vr == VR_UT or vr == VR_UV)
 
 
+cdef uint8_t VR_KIND[26 * 26]  # by VR letters: 1 for a 2-byte explicit length, 2 for a 4-byte one
+
+
+cdef void fill_vr_kinds() noexcept nogil:
+    cdef int a, b
+    for a in range(26):
+        for b in range(26):
+            VR_KIND[a * 26 + b] = 2 if has_long_length(((0x41 + a) << 8) | (0x41 + b)) else 1
+
+
+fill_vr_kinds()
+
+
+cdef inline uint8_t vr_kind(const uint8_t* vr) noexcept nogil:
+    """VR_KIND of two VR letters, 0 when they are not letters."""
+    if not (is_vr_letter(vr[0]) and is_vr_letter(vr[1])):
+        return 0
+    return VR_KIND[(vr[0] - 0x41) * 26 + (vr[1] - 0x41)]
+
+
 cdef inline bint is_pixel_tag(uint32_t tag) noexcept nogil:
     return tag == PIXEL_DATA or tag == FLOAT_PIXEL_DATA or tag == DOUBLE_FLOAT_PIXEL_DATA
 
@@ -174,12 +200,12 @@ cdef inline const uint8_t* src_at(Source* s, int64_t pos, int64_t n) noexcept no
 
     NULL when the range is outside the source or the read failed (io_errno).
     """
-    # The common cases first, inlined: a buffer, or bytes already in the head window.
+    # The common cases first, inlined: bytes already in the head window, or a buffer.
     if pos >= 0 and n >= 0:
-        if s.mem != NULL and n <= s.size and pos <= s.size - n:
-            return s.mem + pos
         if pos + n <= s.head_len:
             return s.head + pos
+        if s.mem != NULL and n <= s.size and pos <= s.size - n:
+            return s.mem + pos
     return src_fill(s, pos, n)
 
 
@@ -202,7 +228,9 @@ cdef const uint8_t* src_fill(Source* s, int64_t pos, int64_t n) noexcept nogil:
     if pos + n <= s.head_len:
         return s.head + pos
     if not s.head_frozen and pos + n <= HEAD_MAX:
-        want = s.head_len * 2
+        # Grow by half (a header just past the first read costs a small second
+        # read, a large one a few reads), or to what is asked if that is more.
+        want = s.head_len + s.head_len // 2
         if want < HEAD_FIRST_READ:
             want = HEAD_FIRST_READ
         if want < pos + n:
@@ -210,11 +238,12 @@ cdef const uint8_t* src_fill(Source* s, int64_t pos, int64_t n) noexcept nogil:
         if want > s.size:
             want = s.size
         if want > s.head_cap:
-            if s.head_cap == 0 and want < HEAD_FIRST_CAPACITY:
-                # Room to grow without copying: most headers need a second read.
-                want_cap = HEAD_FIRST_CAPACITY if s.size > HEAD_FIRST_CAPACITY else s.size
-            else:
+            # The capacity doubles, so that growing copies the head few times.
+            want_cap = s.head_cap * 2 if s.head_cap else HEAD_FIRST_CAPACITY
+            if want_cap < want:
                 want_cap = want
+            if want_cap > s.size:
+                want_cap = s.size
             grown = <uint8_t*>realloc(s.head, want_cap)
             if grown == NULL:
                 s.io_errno = 12  # ENOMEM
@@ -255,10 +284,12 @@ cdef void state_free(ScanState* st) noexcept nogil:
     free(st.src.roam)
     free(st.elems)
     free(st.frags)
+    free(st.values)
     st.src.head = NULL
     st.src.roam = NULL
     st.elems = NULL
     st.frags = NULL
+    st.values = NULL
 
 
 # --- the parser (no GIL) ----------------------------------------------------
@@ -285,26 +316,26 @@ cdef int fail_beyond(ScanState* st, int64_t offset, uint32_t tag, int64_t length
     return -1
 
 
-cdef inline Py_ssize_t find_tag(const uint32_t* tags, Py_ssize_t n, uint32_t tag) noexcept nogil:
-    """The index of `tag` in the sorted array `tags`, or -1."""
-    cdef Py_ssize_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if tags[mid] < tag:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo if lo < n and tags[lo] == tag else -1
+cdef inline bint keep(ScanState* st, Element* e) noexcept nogil:
+    """Whether a top-level element is recorded (setting e.keyword): only those the
+    results need are, so memory does not follow the number of elements in the file.
 
-
-cdef bint is_kept(ScanState* st, uint32_t tag) noexcept nogil:
-    """Whether a top-level element is recorded: only those the results need are, so
-    memory does not follow the number of elements in the file."""
-    if (tag >> 16) == META_GROUP or is_pixel_tag(tag) or tag == SPECIFIC_CHARACTER_SET:
+    Top-level tags ascend in a well-formed file, so the search in `kept` walks on
+    from where the last tag fell (st.cursor: the first kept tag above it), and
+    starts over when a tag does not ascend.
+    """
+    cdef Py_ssize_t i = st.cursor
+    if i > 0 and st.kept[i - 1] >= e.tag:
+        i = 0
+    while i < st.n_kept and st.kept[i] < e.tag:
+        i += 1
+    if i < st.n_kept and st.kept[i] == e.tag:
+        st.cursor = i + 1
+        e.keyword = st.kept_keyword[i]
         return True
-    if tag == EXTENDED_OFFSET_TABLE or tag == EXTENDED_OFFSET_TABLE_LENGTHS:
-        return True
-    return find_tag(st.wanted, st.n_wanted, tag) >= 0
+    st.cursor = i
+    e.keyword = -1
+    return (e.tag >> 16) == META_GROUP
 
 
 cdef int push_element(ScanState* st, Element* e) noexcept nogil:
@@ -333,13 +364,25 @@ cdef int push_fragment(ScanState* st, Fragment* f) noexcept nogil:
     return 0
 
 
-cdef int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
-                     Element* e, uint32_t* raw_length) noexcept nogil:
+cdef int fail_vr(ScanState* st, int64_t pos, uint32_t tag, const uint8_t* vr) noexcept nogil:
+    st.failed = True
+    st.err_offset = pos
+    snprintf(st.err_msg, sizeof(st.err_msg), "element (%04X,%04X) has an invalid VR 0x%02X%02X",
+             tag >> 16, tag & 0xFFFF, vr[0], vr[1])
+    return -1
+
+
+cdef inline int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
+                            Element* e, uint32_t* raw_length) noexcept nogil:
     """Decode the tag, VR and length of the element at pos into e."""
-    cdef const uint8_t* p = src_at(&st.src, pos, 8)
+    cdef const uint8_t* p = src_at(&st.src, pos, 12)  # the longest header, usually there
+    cdef bint short = p == NULL
+    cdef uint8_t kind
     cdef uint16_t group
-    if p == NULL:
-        return fail(st, pos, "the data ends inside an element header")
+    if short:
+        p = src_at(&st.src, pos, 8)
+        if p == NULL:
+            return fail(st, pos, "the data ends inside an element header")
     group = rd16(p, little)
     e.tag = (<uint32_t>group << 16) | rd16(p + 2, little)
     e.header_offset = pos
@@ -349,17 +392,12 @@ cdef int read_header(ScanState* st, int64_t pos, bint explicit, bint little,
         raw_length[0] = rd32(p + 4, little)
         e.value_offset = pos + 8
         return 0
-    if not (is_vr_letter(p[4]) and is_vr_letter(p[5])):
-        st.failed = True
-        st.err_offset = pos
-        snprintf(st.err_msg, sizeof(st.err_msg),
-                 "element (%04X,%04X) has an invalid VR 0x%02X%02X", group, e.tag & 0xFFFF,
-                 p[4], p[5])
-        return -1
+    kind = vr_kind(p + 4)
+    if kind == 0:
+        return fail_vr(st, pos, e.tag, p + 4)
     e.vr = (p[4] << 8) | p[5]
-    if has_long_length(e.vr):
-        p = src_at(&st.src, pos, 12)
-        if p == NULL:
+    if kind == 2:
+        if short:
             return fail(st, pos, "the data ends inside an element header")
         raw_length[0] = rd32(p + 8, little)
         e.value_offset = pos + 12
@@ -387,6 +425,44 @@ cdef int read_item(ScanState* st, int64_t pos, bint little, Element* e, uint32_t
     return 1
 
 
+cdef int64_t skip_unkept(ScanState* st, int64_t pos, bint explicit) noexcept nogil:
+    """Walk the top-level little endian elements from pos that parse_dataset would only
+    step over: a defined length inside the data, a tag between the kept tags around
+    st.cursor (so `keep` leaves it and the cursor alone, and it is not the pixel
+    data), the header in the head window. Returns the first element that needs
+    more (or pos if it is one)."""
+    cdef const uint8_t* p
+    cdef int64_t value, last = st.src.head_len - 12
+    cdef uint32_t tag, length
+    cdef uint32_t low = st.kept[st.cursor - 1] if st.cursor > 0 else 0  # tag 0: general path
+    cdef uint32_t high = st.kept[st.cursor] if st.cursor < st.n_kept else ITEM
+    cdef uint8_t kind
+    if high > ITEM:
+        high = ITEM  # items and delimiters have no VR
+    while pos <= last:
+        p = st.src.head + pos
+        tag = (<uint32_t>rd16(p, True) << 16) | rd16(p + 2, True)
+        if not (low < tag < high) or (tag >> 16) == META_GROUP:
+            break
+        if explicit:
+            kind = vr_kind(p + 4)
+            if kind == 1:
+                length = rd16(p + 6, True)
+                value = pos + 8
+            elif kind == 2:
+                length = rd32(p + 8, True)
+                value = pos + 12
+            else:
+                break
+        else:
+            length = rd32(p + 4, True)
+            value = pos + 8
+        if length == UNDEFINED or value + length > st.src.size:
+            break
+        pos = value + length
+    return pos
+
+
 cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, bint little,
                        int depth, int64_t* end) noexcept nogil:
     """Parse elements from pos.
@@ -400,6 +476,8 @@ cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, 
     cdef int64_t value_end
     cdef bint sequence_like
     while True:
+        if depth == 0 and little:
+            pos = skip_unkept(st, pos, explicit)
         if depth == 0 and stop - pos < 8:
             # Fewer than 8 bytes cannot hold an element: trailing padding.
             end[0] = pos
@@ -443,7 +521,7 @@ cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, 
                          e.tag >> 16, e.tag & 0xFFFF)
                 return -1
             e.value_length = value_end - e.value_offset
-        if depth == 0 and is_kept(st, e.tag) and push_element(st, &e) < 0:
+        if depth == 0 and keep(st, &e) and push_element(st, &e) < 0:
             return -1
         pos = value_end
 
@@ -538,6 +616,7 @@ cdef int parse_meta(ScanState* st) noexcept nogil:
             e.value_length = length
             if e.value_offset + e.value_length > st.src.size:
                 return fail_beyond(st, pos, e.tag, e.value_length)
+            keep(st, &e)
             if push_element(st, &e) < 0:
                 return -1
             pos = e.value_offset + e.value_length
@@ -614,17 +693,81 @@ cdef int find_syntax(ScanState* st) noexcept nogil:
 
 
 cdef int scan_source(ScanState* st) noexcept nogil:
-    """Parse the file meta and (unless deflated, which needs zlib) the data set."""
+    """Parse the file meta and (unless deflated, which needs zlib) the data set, and
+    copy the kept values."""
     if parse_meta(st) < 0 or find_syntax(st) < 0:
         return -1
-    if st.syntax == SYNTAX_DEFLATED:
-        return 0
-    if st.syntax == SYNTAX_GUESSED:
-        guess_syntax(st)
-    else:
-        st.explicit = st.syntax != SYNTAX_IMPLICIT_LE
-        st.little = st.syntax != SYNTAX_EXPLICIT_BE
-    return parse_body(st)
+    if st.syntax != SYNTAX_DEFLATED:
+        if st.syntax == SYNTAX_GUESSED:
+            guess_syntax(st)
+        else:
+            st.explicit = st.syntax != SYNTAX_IMPLICIT_LE
+            st.little = st.syntax != SYNTAX_EXPLICIT_BE
+        if parse_body(st) < 0:
+            return -1
+    return copy_values(st)
+
+
+cdef int copy_values(ScanState* st) noexcept nogil:
+    """Copy the kept values (all but the pixel data) and the Basic Offset Table into
+    st.values, so that nothing after the parse reads the source. The requested
+    values come first, after a Slot per keyword: that part is the Attributes blob."""
+    cdef Py_ssize_t i, table = st.n_keywords * sizeof(Slot)
+    cdef int64_t at = table
+    cdef Element* e
+    cdef Slot* s
+    cdef const uint8_t* p
+    cdef int phase
+    for i in range(st.n_elems):
+        if is_copied(&st.elems[i]):
+            at += st.elems[i].value_length
+    if st.encapsulated:
+        at += st.bot_length
+    st.values = <uint8_t*>malloc(at if at > 0 else 1)
+    if st.values == NULL:
+        return fail(st, 0, "out of memory")
+    memset(st.values, 0, table)
+    at = table
+    for phase in range(2):  # the requested values first, then the other kept ones
+        for i in range(st.n_elems):
+            e = &st.elems[i]
+            if not is_copied(e) or (e.keyword >= 0) != (phase == 0):
+                continue
+            if e.value_length:
+                p = src_at(&st.src, e.value_offset, e.value_length)
+                if p == NULL:
+                    st.failed = True
+                    st.err_offset = e.value_offset
+                    snprintf(st.err_msg, sizeof(st.err_msg),
+                             "cannot read the value of (%04X,%04X)", e.tag >> 16, e.tag & 0xFFFF)
+                    return -1
+                memcpy(st.values + at, p, e.value_length)
+            e.copy = at
+            at += e.value_length
+            if e.keyword < 0:
+                continue
+            s = (<Slot*>st.values) + e.keyword  # a repeated tag: the last one wins
+            s.start = e.copy
+            s.length = e.value_length
+            # Implicit VR, UN, or a VR that cannot hold this attribute's value
+            # (SQ, OB, unknown letters): read it with the dictionary's VR.
+            s.vr = e.vr if is_value_vr(e.vr) else st.keyword_vrs[e.keyword]
+            s.present = True
+            s.fast = is_fast(st.values + e.copy, e.value_length, s.vr)
+        if phase == 0:
+            st.blob_length = at
+    st.bot_copy = at
+    if st.encapsulated and st.bot_length:
+        p = src_at(&st.src, st.bot_offset, st.bot_length)
+        if p == NULL:
+            return fail(st, st.bot_offset, "cannot read the Basic Offset Table")
+        memcpy(st.values + at, p, st.bot_length)
+    return 0
+
+
+cdef inline bint is_copied(Element* e) noexcept nogil:
+    """Every kept value but pixel data (unless requested) is copied."""
+    return e.keyword >= 0 or not is_pixel_tag(e.tag)
 
 
 cdef int scan_file(ScanState* st, const char* path) noexcept nogil:
@@ -647,7 +790,7 @@ cdef void state_init(ScanState* st) noexcept nogil:
     st.pixel_index = -1
 
 
-# --- values (with the GIL) --------------------------------------------------
+# --- values -------------------------------------------------------------------
 
 cdef inline bint is_text_vr(uint16_t vr) noexcept nogil:
     return (vr == VR_AE or vr == VR_AS or vr == VR_CS or vr == VR_DA or vr == VR_DT
@@ -665,6 +808,15 @@ cdef inline bint is_single_valued_text(uint16_t vr) noexcept nogil:
     return vr == VR_LT or vr == VR_ST or vr == VR_UT or vr == VR_UR
 
 
+cdef inline Py_ssize_t binary_width(uint16_t vr) noexcept nogil:
+    """Bytes per item of a binary number VR, 0 for other VRs."""
+    if vr == VR_US or vr == VR_SS:
+        return 2
+    if vr == VR_UL or vr == VR_SL or vr == VR_FL:
+        return 4
+    return 8 if vr == VR_FD else 0
+
+
 cdef inline bint is_blank(uint8_t c) noexcept nogil:
     return c == 0x20 or c == 0x00
 
@@ -673,35 +825,117 @@ cdef inline bint is_space(uint8_t c) noexcept nogil:
     return c == 0x20 or (0x09 <= c <= 0x0D)
 
 
+cdef inline bint is_digit(uint8_t c) noexcept nogil:
+    return 0x30 <= c <= 0x39
+
+
+cdef inline bint is_sign(uint8_t c) noexcept nogil:
+    return c == 0x2B or c == 0x2D
+
+
+cdef inline void trim_spaces(const uint8_t** p, Py_ssize_t* n) noexcept nogil:
+    while n[0] > 0 and is_space(p[0][0]):
+        p[0] += 1
+        n[0] -= 1
+    while n[0] > 0 and is_space(p[0][n[0] - 1]):
+        n[0] -= 1
+
+
+cdef inline void trim_number_value(const uint8_t** p, Py_ssize_t* n) noexcept nogil:
+    """pydicom strips an IS or DS value of whitespace, then of trailing blanks."""
+    while n[0] > 0 and is_space(p[0][0]):
+        p[0] += 1
+        n[0] -= 1
+    while n[0] > 0 and (is_space(p[0][n[0] - 1]) or p[0][n[0] - 1] == 0):
+        n[0] -= 1
+
+
+cdef bint is_number_list(const uint8_t* p, Py_ssize_t n, bint integer) noexcept nogil:
+    """Whether each backslash-separated item of a trimmed IS (integer) or DS value,
+    spaces around it aside, is a plain decimal number that strtoll or strtod reads
+    whole: [+-]d+ for IS, at most 18 characters; [+-](d+[.d*]|.d+)[(e|E)[+-]d+]
+    for DS, under 63. Other values are left to pydicom. One pass."""
+    cdef Py_ssize_t i = 0, start, digits
+    while True:
+        while i < n and is_space(p[i]):
+            i += 1
+        start = i
+        if i < n and is_sign(p[i]):
+            i += 1
+        digits = 0
+        while i < n and is_digit(p[i]):
+            i += 1
+            digits += 1
+        if not integer and i < n and p[i] == 0x2E:
+            i += 1
+            while i < n and is_digit(p[i]):
+                i += 1
+                digits += 1
+        if digits == 0:
+            return False
+        if not integer and i < n and (p[i] == 0x45 or p[i] == 0x65):
+            i += 1
+            if i < n and is_sign(p[i]):
+                i += 1
+            if i == n or not is_digit(p[i]):
+                return False
+            while i < n and is_digit(p[i]):
+                i += 1
+        if i - start >= 63 or (integer and i - start > 18):
+            return False
+        while i < n and is_space(p[i]):
+            i += 1
+        if i == n:
+            return True
+        if p[i] != 0x5C:
+            return False
+        i += 1
+
+
+cdef bint is_plain_text(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """No byte >= 0x80 and no ESC (0x1B), tested eight bytes at a time."""
+    cdef uint64_t word, escapes
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&word, p + i, 8)
+        escapes = word ^ 0x1B1B1B1B1B1B1B1BULL  # a zero byte where the word has an ESC
+        if ((word | ((escapes - 0x0101010101010101ULL) & ~escapes)) & 0x8080808080808080ULL):
+            return False
+        i += 8
+    while i < n:
+        if p[i] >= 0x80 or p[i] == 0x1B:
+            return False
+        i += 1
+    return True
+
+
+cdef bint is_fast(const uint8_t* p, Py_ssize_t n, uint16_t vr) noexcept nogil:
+    """Whether fast_value converts the value (else pydicom does): empty values, 7-bit
+    text without escape sequences (where every DICOM character set agrees with
+    ASCII) but AE, IS and DS whose items are plain numbers, and binary numbers."""
+    cdef Py_ssize_t width
+    if n == 0:
+        return True
+    if not (is_text_vr(vr) or vr == VR_DS or vr == VR_IS):
+        width = binary_width(vr)
+        return width > 0 and n % width == 0
+    if not (vr == VR_DS or vr == VR_IS):
+        # pydicom strips each AE value on both sides: rare, leave it to pydicom
+        return vr != VR_AE and is_plain_text(p, n)
+    # Plain numbers are ASCII, so they need no test for other bytes.
+    trim_number_value(&p, &n)
+    return is_number_list(p, n, vr == VR_IS)
+
+
 cdef object number_from_text(const uint8_t* p, Py_ssize_t n, bint integer):
-    """An IS or DS item as int or float, or None when it needs pydicom's rules."""
+    """An IS or DS item that is_number_list accepts (spaces around it allowed)."""
     cdef char buf[64]
-    cdef char* endp
-    cdef Py_ssize_t i
-    cdef double d
-    cdef long long v
-    while n > 0 and is_space(p[0]):
-        p += 1
-        n -= 1
-    while n > 0 and is_space(p[n - 1]):
-        n -= 1
-    if n == 0 or n >= 63:
-        return None
-    for i in range(n):
-        if not (0x30 <= p[i] <= 0x39 or p[i] == 0x2B or p[i] == 0x2D
-                or (not integer and (p[i] == 0x2E or p[i] == 0x45 or p[i] == 0x65))):
-            return None
+    trim_spaces(&p, &n)
     memcpy(buf, p, n)
     buf[n] = 0
     if integer:
-        v = strtoll(buf, &endp, 10)
-        if endp != buf + n or n > 18:
-            return None
-        return PyLong_FromLongLong(v)
-    d = strtod(buf, &endp)
-    if endp != buf + n:
-        return None
-    return PyFloat_FromDouble(d)
+        return PyLong_FromLongLong(strtoll(buf, NULL, 10))
+    return PyFloat_FromDouble(strtod(buf, NULL))
 
 
 cdef object text_items(const uint8_t* p, Py_ssize_t n):
@@ -722,35 +956,20 @@ cdef object text_items(const uint8_t* p, Py_ssize_t n):
 
 
 cdef object number_items(const uint8_t* p, Py_ssize_t n, bint integer):
-    """Backslash-separated IS or DS values: one number, a list, or None for pydicom."""
+    """Backslash-separated IS or DS values: one number, or a list."""
     cdef Py_ssize_t i, start = 0
     cdef list items = []
-    cdef object item
     for i in range(n + 1):
         if i == n or p[i] == 0x5C:
-            item = number_from_text(p + start, i - start, integer)
-            if item is None:
-                return None
-            items.append(item)
+            items.append(number_from_text(p + start, i - start, integer))
             start = i + 1
     return items[0] if len(items) == 1 else items
 
 
 cdef object binary_items(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little):
-    """US, SS, UL, SL, FL and FD values: one number, a list, or None for pydicom."""
-    cdef Py_ssize_t i, count, width
+    """US, SS, UL, SL, FL and FD values: one number, or a list."""
+    cdef Py_ssize_t i, count = n // binary_width(vr)
     cdef list items = []
-    if vr == VR_US or vr == VR_SS:
-        width = 2
-    elif vr == VR_UL or vr == VR_SL or vr == VR_FL:
-        width = 4
-    elif vr == VR_FD:
-        width = 8
-    else:
-        return None
-    if n % width != 0:
-        return None
-    count = n // width
     for i in range(count):
         if vr == VR_US:
             items.append(rd16(p + i * 2, little))
@@ -768,27 +987,14 @@ cdef object binary_items(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint littl
 
 
 cdef object fast_value(const uint8_t* p, Py_ssize_t n, uint16_t vr, bint little):
-    """The value as pydicom gives it, for the common cases; None means 'ask pydicom'.
-
-    Text is taken here only when it is 7-bit without escape sequences, where
-    every DICOM character set agrees with ASCII.
-    """
-    cdef Py_ssize_t i
-    if not (is_text_vr(vr) or vr == VR_DS or vr == VR_IS):
-        return binary_items(p, n, vr, little)
-    for i in range(n):
-        if p[i] >= 0x80 or p[i] == 0x1B:
-            return None
+    """The value as pydicom gives it, for a value is_fast accepts."""
+    if n == 0:
+        return "" if is_text_vr(vr) else None
     if vr == VR_DS or vr == VR_IS:
-        # pydicom strips whitespace, then trailing blanks, then splits.
-        while n > 0 and is_space(p[0]):
-            p += 1
-            n -= 1
-        while n > 0 and (is_space(p[n - 1]) or p[n - 1] == 0):
-            n -= 1
+        trim_number_value(&p, &n)
         return number_items(p, n, vr == VR_IS)
-    if vr == VR_AE:
-        return None  # pydicom strips each AE value on both sides: rare, leave it to pydicom
+    if not is_text_vr(vr):
+        return binary_items(p, n, vr, little)
     while n > 0 and is_blank(p[n - 1]):
         n -= 1
     if is_single_valued_text(vr):
@@ -813,7 +1019,104 @@ cdef inline uint16_t vr_code(str vr):
 
 
 cdef str vr_text(uint16_t vr):
-    return chr(vr >> 8) + chr(vr & 0xFF)
+    cdef char letters[2]
+    letters[0] = vr >> 8
+    letters[1] = vr & 0xFF
+    return PyUnicode_DecodeASCII(letters, 2, "replace")
+
+
+cdef object MISSING = object()
+
+
+@cython.final
+cdef class Attributes:
+    """The requested attributes of one file: a read-only mapping of keyword to value.
+
+    It holds one bytes object per file, a `Slot` per requested keyword followed by
+    the value bytes, and turns a value into a Python object when it is first read
+    (then keeps it). The values the native rules leave to pydicom (non-ASCII text,
+    odd numbers) are converted during the scan instead, so that a value pydicom
+    cannot convert is still a ScanError of the scan. Iteration follows tag order.
+    """
+
+    cdef Scanner scanner
+    cdef bytes blob
+    cdef bint little
+    cdef Py_ssize_t count
+    cdef dict converted       # keyword -> value, for the values read so far
+
+    cdef inline const Slot* slot(self, Py_ssize_t k):
+        return (<const Slot*><const char*>self.blob) + k
+
+    cdef inline Py_ssize_t present(self, keyword):
+        """The index of keyword if the file has it, else -1."""
+        cdef object k = self.scanner.index.get(keyword)
+        if k is None or not self.slot(k).present:
+            return -1
+        return k
+
+    cdef object value(self, Py_ssize_t k):
+        cdef const Slot* s
+        keyword = self.scanner.keywords[k]
+        value = self.converted.get(keyword, MISSING)
+        if value is MISSING:
+            s = self.slot(k)
+            value = fast_value(<const uint8_t*><const char*>self.blob + s.start, s.length, s.vr,
+                               self.little)
+            self.converted[keyword] = value
+        return value
+
+    def __getitem__(self, keyword):
+        cdef Py_ssize_t k = self.present(keyword)
+        if k < 0:
+            raise KeyError(keyword)
+        return self.value(k)
+
+    def get(self, keyword, default=None):
+        cdef Py_ssize_t k = self.present(keyword)
+        return default if k < 0 else self.value(k)
+
+    def __contains__(self, keyword):
+        return self.present(keyword) >= 0
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        cdef Py_ssize_t k
+        return iter([self.scanner.keywords[k] for k in range(self.scanner.n_tags)
+                     if self.slot(k).present])
+
+    def copy(self):
+        """Every attribute, converted, in a new dict."""
+        cdef Py_ssize_t k
+        return {self.scanner.keywords[k]: self.value(k) for k in range(self.scanner.n_tags)
+                if self.slot(k).present}
+
+    def keys(self):
+        return self.copy().keys()
+
+    def values(self):
+        return self.copy().values()
+
+    def items(self):
+        return self.copy().items()
+
+    def __eq__(self, other):
+        if isinstance(other, Attributes):
+            other = other.copy()
+        return self.copy() == other
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self.copy())
+
+    def __reduce__(self):
+        return dict, (self.copy(),)
+
+
+Mapping.register(Attributes)
 
 
 cdef class _Inflater:
@@ -868,42 +1171,64 @@ cdef class Scanner:
     dictionary VRs (used for implicit VR data and for UN). `slow_value` is
     called as slow_value(vr, raw_bytes, little_endian, character_sets) for the
     values the native fast path leaves to pydicom (non-ASCII text, odd numbers).
+    Keywords are indexed in tag order.
     """
 
-    cdef uint32_t* tags
-    cdef uint16_t* vrs
+    cdef uint16_t* vrs          # by keyword index
     cdef Py_ssize_t n_tags
-    cdef list keywords
+    cdef list keywords          # by keyword index
+    cdef dict index             # keyword -> keyword index
+    cdef uint32_t* kept         # sorted: the requested tags, and those the results need
+    cdef int* kept_keyword      # for each kept tag, its keyword index or -1
+    cdef Py_ssize_t n_kept
     cdef object slow_value
 
     def __cinit__(self, keywords, tags, vrs, slow_value):
         cdef Py_ssize_t i
         order = sorted(range(len(tags)), key=lambda k: tags[k])
+        needed = {SPECIFIC_CHARACTER_SET, EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS,
+                  PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA}
+        kept = sorted(set(tags) | needed)
         self.n_tags = len(tags)
-        self.tags = <uint32_t*>malloc(max(1, self.n_tags) * sizeof(uint32_t))
+        self.n_kept = len(kept)
         self.vrs = <uint16_t*>malloc(max(1, self.n_tags) * sizeof(uint16_t))
-        if self.tags == NULL or self.vrs == NULL:
+        self.kept = <uint32_t*>malloc(self.n_kept * sizeof(uint32_t))
+        self.kept_keyword = <int*>malloc(self.n_kept * sizeof(int))
+        if self.vrs == NULL or self.kept == NULL or self.kept_keyword == NULL:
             raise MemoryError()
-        self.keywords = []
+        self.keywords = [keywords[k] for k in order]
+        self.index = {keyword: i for i, keyword in enumerate(self.keywords)}
         for i, k in enumerate(order):
-            self.tags[i] = tags[k]
             self.vrs[i] = vr_code(vrs[k])
-            self.keywords.append(keywords[k])
+        by_tag = {tags[k]: i for i, k in enumerate(order)}
+        for i, tag in enumerate(kept):
+            self.kept[i] = tag
+            self.kept_keyword[i] = by_tag.get(tag, -1)
         self.slow_value = slow_value
 
     def __dealloc__(self):
-        free(self.tags)
         free(self.vrs)
+        free(self.kept)
+        free(self.kept_keyword)
 
-    cdef Py_ssize_t find(self, uint32_t tag) noexcept:
-        return find_tag(self.tags, self.n_tags, tag)
+    cdef void prepare(self, ScanState* st) noexcept:
+        state_init(st)
+        st.kept = self.kept
+        st.kept_keyword = self.kept_keyword
+        st.n_kept = self.n_kept
+        st.keyword_vrs = self.vrs
+        st.n_keywords = self.n_tags
 
     def scan_paths(self, list paths):
         """Scan each file; per path, the result tuple (see scan_buffer) or a ScanError.
 
-        The whole batch is parsed in one release of the GIL.
+        The whole batch is parsed in one release of the GIL, in one head buffer that
+        each file hands on to the next once its kept values are copied (so a batch
+        does not hold a header's worth of memory per file).
         """
         cdef Py_ssize_t i, n = len(paths)
+        cdef uint8_t* head = NULL
+        cdef int64_t head_cap = 0
         cdef list encoded = [p if isinstance(p, bytes) else os.fsencode(p) for p in paths]
         cdef const char** c_paths = <const char**>malloc(max(1, n) * sizeof(char*))
         cdef ScanState* states = <ScanState*>malloc(max(1, n) * sizeof(ScanState))
@@ -913,14 +1238,19 @@ cdef class Scanner:
             raise MemoryError()
         for i in range(n):
             c_paths[i] = <bytes>encoded[i]
-            state_init(&states[i])
-            states[i].wanted = self.tags
-            states[i].n_wanted = self.n_tags
+            self.prepare(&states[i])
         cdef list results = []
         try:
             with nogil:
                 for i in range(n):
+                    states[i].src.head = head
+                    states[i].src.head_cap = head_cap
                     scan_file(&states[i], c_paths[i])
+                    head = states[i].src.head
+                    head_cap = states[i].src.head_cap
+                    states[i].src.head = NULL
+                    states[i].src.head_len = 0
+                    states[i].src.head_cap = 0
             for i in range(n):
                 try:
                     results.append(self.finish(&states[i], paths[i]))
@@ -932,23 +1262,35 @@ cdef class Scanner:
                 state_free(&states[i])
             free(states)
             free(c_paths)
+            free(head)
         return results
+
+    def scan_path(self, str path):
+        """Scan one file; raises ScanError. Returns the result tuple (see scan_buffer)."""
+        cdef bytes encoded = PyUnicode_EncodeFSDefault(path)
+        cdef const char* c_path = encoded
+        cdef ScanState st
+        self.prepare(&st)
+        try:
+            with nogil:
+                scan_file(&st, c_path)
+            return self.finish(&st, path)
+        finally:
+            state_free(&st)
 
     def scan_buffer(self, const uint8_t[::1] data not None, path=None):
         """Scan bytes already in memory; raises ScanError.
 
-        Returns (attributes, meta, pixel): attributes maps keywords to values;
-        meta is (transfer_syntax_uid, has_preamble, has_meta, dataset_offset,
-        explicit_vr, little_endian, deflated, file_size, data_size), data_size being
-        the size of the inflated data for a deflated file; pixel is None or
-        (tag, vr, element_offset, value_offset, value_length, encapsulated,
-        bot_offset, bot_bytes, fragment_offsets, fragment_lengths,
-        fragment_eoi, extended_offset_table).
+        Returns (attributes, transfer_syntax_uid, has_preamble, has_meta,
+        dataset_offset, explicit_vr, little_endian, deflated, file_size, data_size,
+        pixel): attributes is an `Attributes` mapping; data_size is the size of the
+        inflated data for a deflated file; pixel is None or (tag, vr,
+        element_offset, value_offset, value_length, encapsulated, bot_offset,
+        bot_bytes, fragment_offsets, fragment_lengths, fragment_eoi,
+        extended_offset_table).
         """
         cdef ScanState st
-        state_init(&st)
-        st.wanted = self.tags
-        st.n_wanted = self.n_tags
+        self.prepare(&st)
         st.src.mem = &data[0] if data.shape[0] > 0 else NULL
         st.src.size = data.shape[0]
         try:
@@ -961,7 +1303,7 @@ cdef class Scanner:
     cdef tuple finish(self, ScanState* st, path):
         if st.failed:
             raise self.error(st, path)
-        ts = self.meta_transfer_syntax(st, path)
+        ts = self.meta_transfer_syntax(st)
         if st.syntax == SYNTAX_DEFLATED:
             return self.run_deflated(st, path, ts)
         return self.collect(st, path, ts, False)
@@ -1010,17 +1352,14 @@ cdef class Scanner:
 
     cdef tuple with_file_size(self, tuple result, int64_t size):
         """The result of scanning inflated bytes, with the size of the file itself."""
-        attributes, meta, pixel = result
-        return attributes, (*meta[:7], size, meta[7]), pixel
+        return (*result[:8], size, *result[9:])
 
     cdef object scan_inflated(self, bytearray head, tail, int64_t tail_start, int64_t size,
                               path, ts, int64_t start, bint final):
         """Scan inflated bytes: a result tuple, a ScanError, or (not final) the end
         of a pixel data value that runs past the bytes inflated so far (0 if none)."""
         cdef ScanState inner
-        state_init(&inner)
-        inner.wanted = self.tags
-        inner.n_wanted = self.n_tags
+        self.prepare(&inner)
         try:
             inner.src.head = <uint8_t*>malloc(max(1, len(head)))
             inner.src.roam = <uint8_t*>malloc(max(1, len(tail) if tail is not None else 0))
@@ -1039,7 +1378,8 @@ cdef class Scanner:
                 if parse_meta(&inner) == 0:
                     inner.explicit = True
                     inner.little = True
-                    parse_body(&inner)
+                    if parse_body(&inner) == 0:
+                        copy_values(&inner)
             if inner.failed:
                 if not final:
                     return inner.pixel_end_beyond
@@ -1055,72 +1395,81 @@ cdef class Scanner:
         finally:
             state_free(&inner)
 
-    cdef object meta_transfer_syntax(self, ScanState* st, path):
+    cdef object meta_transfer_syntax(self, ScanState* st):
+        cdef Py_ssize_t i, n
+        cdef const uint8_t* p
+        for i in range(st.n_elems):
+            if st.elems[i].tag == TRANSFER_SYNTAX_UID:
+                p = st.values + st.elems[i].copy
+                n = st.elems[i].value_length
+                while n > 0 and is_blank(p[n - 1]):
+                    n -= 1
+                return PyUnicode_DecodeASCII(<const char*>p, n, "replace")
+        return None
+
+    cdef object error(self, ScanState* st, path):
+        return ScanError(path, st.err_offset, st.err_msg.decode("utf-8", "replace"))
+
+    cdef tuple collect(self, ScanState* st, path, ts, bint deflated):
+        return (self.attributes(st, path), ts, st.has_preamble, st.has_meta, st.dataset_offset,
+                st.explicit, st.little, deflated, st.src.size, st.src.size,
+                self.pixel_location(st))
+
+    cdef Attributes attributes(self, ScanState* st, path):
+        """The Attributes of copy_values' blob; convert the values left to pydicom."""
+        cdef Py_ssize_t k
+        cdef const Slot* s
+        cdef Attributes result = Attributes.__new__(Attributes)
+        result.scanner = self
+        result.blob = PyBytes_FromStringAndSize(<const char*>st.values, st.blob_length)
+        result.little = st.little
+        result.converted = {}
+        charsets = MISSING
+        for k in range(self.n_tags):
+            s = result.slot(k)
+            if not s.present:
+                continue
+            result.count += 1
+            if s.fast:
+                continue
+            if charsets is MISSING:
+                charsets = self.character_sets(st, path)
+            result.converted[self.keywords[k]] = self.slow(st, self.last_element(st, k), s.vr,
+                                                           charsets, path)
+        return result
+
+    cdef Element* last_element(self, ScanState* st, Py_ssize_t k):
+        """The element whose value requested keyword k has (the last with its tag)."""
+        cdef Py_ssize_t i = st.n_elems - 1
+        while st.elems[i].keyword != k:
+            i -= 1
+        return &st.elems[i]
+
+    cdef object character_sets(self, ScanState* st, path):
+        """The Specific Character Set, as the slow path takes it (None when absent)."""
         cdef Py_ssize_t i
         cdef Element* e
         cdef const uint8_t* p
         for i in range(st.n_elems):
             e = &st.elems[i]
-            if e.tag == TRANSFER_SYNTAX_UID:
-                p = src_at(&st.src, e.value_offset, e.value_length)
-                if p == NULL:
-                    raise self.error(st, path, "cannot read the transfer syntax")
-                return (PyBytes_FromStringAndSize(<const char*>p, e.value_length)
-                        .decode("ascii", "replace").rstrip("\0 "))
+            if e.tag != SPECIFIC_CHARACTER_SET:
+                continue
+            if e.value_length == 0:
+                return ""
+            p = st.values + e.copy
+            if is_fast(p, e.value_length, VR_CS):
+                return fast_value(p, e.value_length, VR_CS, st.little)
+            return self.slow(st, e, VR_CS, None, path)
         return None
 
-    cdef object error(self, ScanState* st, path, str context=None):
-        reason = st.err_msg.decode("utf-8", "replace")
-        if context:
-            reason = f"{reason} ({context})"
-        return ScanError(path, st.err_offset, reason)
-
-    cdef tuple collect(self, ScanState* st, path, ts, bint deflated):
-        cdef dict attributes = {}
-        cdef Py_ssize_t i, k
-        cdef Element* e
-        cdef const uint8_t* p
-        cdef uint16_t vr
-        cdef object value
-        charsets = None
-        for i in range(st.n_elems):
-            if st.elems[i].tag == SPECIFIC_CHARACTER_SET:
-                charsets = self.value_of(st, &st.elems[i], VR_CS, None, path)
-                break
-        for i in range(st.n_elems):
-            e = &st.elems[i]
-            k = self.find(e.tag)
-            if k < 0:
-                continue
-            vr = e.vr
-            if not is_value_vr(vr):
-                # Implicit VR, UN, or a VR that cannot hold this attribute's value
-                # (SQ, OB, unknown letters): read it with the dictionary's VR.
-                vr = self.vrs[k]
-            attributes[self.keywords[k]] = self.value_of(st, e, vr, charsets, path)
-        if ts is not None:
-            attributes.setdefault("TransferSyntaxUID", ts)
-        meta = (ts, st.has_preamble, st.has_meta, st.dataset_offset, st.explicit, st.little,
-                deflated, st.src.size, st.src.size)
-        return attributes, meta, self.pixel_location(st)
-
-    cdef object value_of(self, ScanState* st, Element* e, uint16_t vr, charsets, path):
-        cdef const uint8_t* p
-        if e.value_length == 0:
-            return "" if is_text_vr(vr) else None
-        p = src_at(&st.src, e.value_offset, e.value_length)
-        if p == NULL:
-            raise ScanError(path, e.value_offset, "cannot read the value of "
-                            f"({e.tag >> 16:04X},{e.tag & 0xFFFF:04X})")
-        value = fast_value(p, e.value_length, vr, st.little)
-        if value is None:
-            raw = PyBytes_FromStringAndSize(<const char*>p, e.value_length)
-            try:
-                value = self.slow_value(vr_text(vr), raw, st.little, charsets)
-            except Exception as exc:  # pydicom's converters raise many kinds on bad bytes
-                raise ScanError(path, e.header_offset, f"cannot convert the {vr_text(vr)} value "
-                                f"of ({e.tag >> 16:04X},{e.tag & 0xFFFF:04X}): {exc!r}") from None
-        return value
+    cdef object slow(self, ScanState* st, Element* e, uint16_t vr, charsets, path):
+        """pydicom's conversion of the value of element e."""
+        raw = PyBytes_FromStringAndSize(<const char*>st.values + e.copy, e.value_length)
+        try:
+            return self.slow_value(vr_text(vr), raw, st.little, charsets)
+        except Exception as exc:  # pydicom's converters raise many kinds on bad bytes
+            raise ScanError(path, e.header_offset, f"cannot convert the {vr_text(vr)} value "
+                            f"of ({e.tag >> 16:04X},{e.tag & 0xFFFF:04X}): {exc!r}") from None
 
     cdef object pixel_location(self, ScanState* st):
         cdef Element* e
@@ -1142,9 +1491,12 @@ cdef class Scanner:
             o[i] = st.frags[i].offset
             n[i] = st.frags[i].length
             z[i] = st.frags[i].ends_with_eoi
-        bot = self.read_bytes(st, st.bot_offset, st.bot_length)
+        bot = PyBytes_FromStringAndSize(<const char*>st.values + st.bot_copy, st.bot_length)
         return (e.tag, vr, e.header_offset, e.value_offset, e.value_length, True,
                 st.bot_offset, bot, offsets, lengths, eoi, self.extended_offset_table(st))
+
+    cdef bytes copied_value(self, ScanState* st, Element* e):
+        return PyBytes_FromStringAndSize(<const char*>st.values + e.copy, e.value_length)
 
     cdef bytes read_bytes(self, ScanState* st, int64_t offset, int64_t length):
         cdef const uint8_t* p = src_at(&st.src, offset, length)
@@ -1158,9 +1510,9 @@ cdef class Scanner:
         table = lengths = None
         for i in range(st.n_elems):
             if st.elems[i].tag == EXTENDED_OFFSET_TABLE:
-                table = self.read_bytes(st, st.elems[i].value_offset, st.elems[i].value_length)
+                table = self.copied_value(st, &st.elems[i])
             elif st.elems[i].tag == EXTENDED_OFFSET_TABLE_LENGTHS:
-                lengths = self.read_bytes(st, st.elems[i].value_offset, st.elems[i].value_length)
+                lengths = self.copied_value(st, &st.elems[i])
         if table is None or lengths is None:
             return None
         return table, lengths
