@@ -319,3 +319,13 @@ def test_a_deflated_file_reports_its_own_size_and_offsets_in_the_inflated_data()
     assert header.deflated and header.file_size == path.stat().st_size
     assert header.data_size > header.file_size  # the data set inflates
     assert header.after_pixels[1] == header.data_size
+
+
+def test_a_header_survives_pickling() -> None:
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    header = scan(str(path))
+    clone = pickle.loads(pickle.dumps(header))
+    assert dict(clone.attributes) == dict(header.attributes)
+    assert clone.PatientName == header.PatientName
+    assert clone.pixel.value_offset == header.pixel.value_offset
+    assert clone.before_pixels == header.before_pixels

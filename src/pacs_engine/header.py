@@ -106,6 +106,8 @@ class Header:
         return self.attributes.get(keyword, default)
 
     def __getattr__(self, keyword: str) -> Any:
+        if keyword == "attributes":  # not set yet (unpickling): no recursion through itself
+            raise AttributeError(keyword)
         try:
             return self.attributes[keyword]
         except KeyError:

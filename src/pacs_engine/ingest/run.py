@@ -129,11 +129,13 @@ class _Run:
                 "Everything committed so far is kept and nothing half-written is visible; "
                 "run the same ingest again to resume."
             ) from self.failure
-        self.journal.finish(record)
+        # The report first: a kill between the two leaves the run unfinished, and the
+        # next session (with nothing left to do) writes it again.
         write_atomic(
             self.archive.path / "reports" / f"ingest-{run}.json",
             json.dumps({**self.report.to_dict(), "sources": self.sources}, indent=2).encode(),
         )
+        self.journal.finish(record)
         return self.report
 
     # --- scanning ---------------------------------------------------------------------
