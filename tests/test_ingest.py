@@ -17,7 +17,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from conftest import require_corpus
+from conftest import pydicom_test_files, require_corpus
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.archive import pixel_store
@@ -371,3 +371,22 @@ def test_a_folder_that_vanishes_mid_run_is_quarantined_not_fatal(
     assert report["quarantined"] == len(gone) and report["archived"] == len(files_under(source))
     assert set(records) == gone
     assert all("No such file" in reason for reason in records.values())
+
+
+def test_long_and_non_utf8_paths_are_archived_and_exported(tmp_path: Path) -> None:
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    deep = tmp_path / "in" / ("d" * 200) / ("e" * 200) / ("f" * 200)  # keys > LMDB's 511 bytes
+    deep.mkdir(parents=True)
+    long_path = deep / "CT_small.dcm"
+    shutil.copy(source, long_path)
+    odd = tmp_path / "in" / os.fsdecode(b"caf\xe9-\xff.dcm")  # Latin-1 name on a UTF-8 system
+    changed = pydicom.dcmread(source)
+    changed.SOPInstanceUID = "1.2.3.4.5.6.7"
+    changed.save_as(odd)
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([tmp_path / "in"], workers=0).to_dict()
+        paths = {row["source_path"] for row in archive.index}
+        assert archive.export_bytes("1.2.3.4.5.6.7") == odd.read_bytes()
+        assert archive.verify().ok
+    assert (report["inputs"], report["archived"]) == (2, 2)
+    assert paths == {str(long_path), str(odd)}

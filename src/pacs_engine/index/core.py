@@ -81,7 +81,11 @@ _INT64_BIAS = 1 << 63
 
 
 def _dump(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a path that is not UTF-8 (surrogate escapes): \u-escape it
+        return json.dumps(record, separators=(",", ":")).encode()
 
 
 def _load(data: bytes) -> dict[str, Any]:

@@ -4,13 +4,15 @@ Kept in the index's `journal` database, so that the outcomes of a part's inputs
 are committed in the same LMDB transaction as the part's rows: after a kill at
 any moment, an input has an outcome if and only if its work is committed.
 
-Keys (NUL-separated; paths and UIDs hold no NUL):
+Keys (NUL-separated; UIDs hold no NUL). An input key (a path, or an archive and
+a member name) can be longer than the 511 bytes LMDB allows in a key, so keys hold
+its digest and values the key itself:
 
 ```
-c <sources id>                          -> run id of the unfinished run of these sources
-r <run>                                 -> the run record (JSON)
-o <run> <input key>                     -> the input's Outcome (JSON)
-p <run> <series> <order> <sop> <input>  -> a scanned input waiting to be encoded (JSON)
+c <sources id>                           -> run id of the unfinished run of these sources
+r <run>                                  -> the run record (JSON)
+o <run> <digest>                         -> the input's Outcome (JSON)
+p <run> <series> <order> <sop> <digest>  -> a scanned input waiting to be encoded (JSON)
 ```
 """
 
@@ -89,7 +91,7 @@ class Journal:
 
     def outcome_key(self, run: str, key: str) -> bytes:
         """The journal key of an input's outcome."""
-        return _key(b"o", run, key)
+        return _key(b"o", run, _digest(key))
 
     def done(self, run: str, keys: Iterable[str]) -> set[str]:
         """The inputs among `keys` that already have an outcome in this run."""
@@ -112,8 +114,10 @@ class Journal:
         }
         for p in planned:
             number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
-            key = _key(b"p", run, p.series_uid, f"{number:020d}", p.sop_instance_uid, p.key)
-            entries[key] = json.dumps({"frames": p.frames}).encode()
+            key = _key(
+                b"p", run, p.series_uid, f"{number:020d}", p.sop_instance_uid, _digest(p.key)
+            )
+            entries[key] = json.dumps({"frames": p.frames, "key": p.key}).encode()
         self.index.commit([], journal=entries)
 
     # --- plan -------------------------------------------------------------------------
@@ -132,15 +136,15 @@ class Journal:
         start = None
         while page := self.index.journal_items(prefix, start=start, limit=_PAGE):
             for key, value in page:
-                number, sop, input_key = key[len(prefix) :].decode().split("\x00", 2)
-                order = int(number)
+                number, sop, _ = key[len(prefix) :].decode().split("\x00", 2)
+                order, entry = int(number), json.loads(value)
                 out.append(
                     Planned(
-                        input_key,
+                        entry["key"],
                         series_uid,
                         sop,
                         None if order == _NO_NUMBER else order - (1 << 62),
-                        json.loads(value)["frames"],
+                        entry["frames"],
                     )
                 )
             start = page[-1][0] + _SEP
@@ -149,6 +153,11 @@ class Journal:
 
 def _key(kind: bytes, *parts: str) -> bytes:
     return _SEP.join([kind, *(p.encode() for p in parts)])
+
+
+def _digest(key: str) -> str:
+    """A fixed-size stand-in for an input key (any length, any characters)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 def _sources_id(sources: list[str]) -> str:
