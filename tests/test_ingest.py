@@ -390,3 +390,44 @@ def test_long_and_non_utf8_paths_are_archived_and_exported(tmp_path: Path) -> No
         assert archive.verify().ok
     assert (report["inputs"], report["archived"]) == (2, 2)
     assert paths == {str(long_path), str(odd)}
+
+
+def test_a_run_stopped_while_scanning_resumes_without_counting_anything_twice(
+    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pacs_engine.ingest import tasks
+
+    scan_task, calls = tasks.scan_task, {"n": 0}
+
+    def second_batch_fails(root: str, keys: list[str]) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), root)
+        return scan_task(root, keys)
+
+    sources = [synth, tmp_path / "missing"]  # a source that is not there: quarantined once
+    monkeypatch.setattr(tasks, "scan_task", second_batch_fails)
+    with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped) as stopped:
+        archive.ingest(sources, workers=0)
+    assert "Input/output error" in str(stopped.value)
+    monkeypatch.setattr(tasks, "scan_task", scan_task)
+    with open_archive(tmp_path / "a", readonly=False) as archive:
+        report = archive.ingest(sources, workers=0).to_dict()
+    assert_complete(report, len(files_under(synth)) + 1)
+    assert report["quarantined"] == 1 and report["resumed"] == 1
+    assert state(tmp_path / "a") == clean["state"]
+
+
+def test_uids_the_index_cannot_key_are_quarantined_not_fatal(tmp_path: Path) -> None:
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(source, folder / "good.dcm")
+    long_uid = pydicom.dcmread(source)
+    long_uid.SOPInstanceUID = "1." + "2" * 250
+    long_uid.save_as(folder / "long.dcm")
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([folder], workers=0).to_dict()
+        reasons = {Path(r["path"]).name: r["reason"] for r in archive.quarantine.records()}
+    assert (report["archived"], report["quarantined"]) == (1, 1)
+    assert "SOPInstanceUID is longer than 200 bytes" in reasons["long.dcm"]

@@ -522,8 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `pacs-engine`."""
     args = build_parser().parse_args(argv)
+    from pacs_engine.archive import ArchiveError
+
     try:
         return args.run(args)
+    except ArchiveError as error:  # not an archive, locked by another writer, not empty
+        print(f"pacs-engine {args.command}: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_fil
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
 from pacs_engine.index import Index
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import fsync_dir, write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.ingest import Progress
@@ -111,9 +112,14 @@ class Archive:
         root = Path(path)
         if root.exists() and any(root.iterdir()):
             raise ArchiveError(f"{root}: exists and is not empty")
-        root.mkdir(parents=True, exist_ok=True)
-        Index.create(root / "index").close()
-        PixelStore(root / "pixels").create()
+        root.parent.mkdir(parents=True, exist_ok=True)
+        # Made beside it, then renamed into place: a kill mid-way leaves no half archive
+        # at `root` (only a dot-folder, removed by the next create there).
+        building = root.with_name(f".{root.name}.creating")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir()
+        Index.create(building / "index").close()
+        PixelStore(building / "pixels").create()
         config = {
             **FORMAT,
             "codec": codec,
@@ -121,7 +127,11 @@ class Archive:
             "max_chunk_pixels": max_chunk_pixels,
             "transcode": transcode,
         }
-        write_atomic(root / "archive.json", json.dumps(config, indent=2).encode())
+        write_atomic(building / "archive.json", json.dumps(config, indent=2).encode())
+        if root.exists():
+            root.rmdir()
+        building.rename(root)
+        fsync_dir(root.parent)
         return cls(root, readonly=False)
 
     def close(self) -> None:

@@ -140,6 +140,9 @@ class PartEncoder:
         a failure to write the archive (a full disk) raises, and the part is lost
         as a whole: its files are unreachable until a later part rewrites them.
         """
+        # Array specs are read afresh per part: since the last part, an array no row used
+        # may have been removed by a run's tidy and created again with another codec.
+        self.pixels = PixelStore(self.root / "pixels")
         result = PartResult(part)
         dirs: set[Path] = set()  # folders whose new files must be durable before the commit
         writers: dict[str, _ArrayWriter] = {}
@@ -190,20 +193,12 @@ class PartEncoder:
             if reason is None:
                 duplicate = {"path": key, "sha256": prepared.sha256}
                 if sop in rows:
-                    rows[sop]["duplicates"].append(duplicate)
+                    rows[sop] = with_duplicate(rows[sop], duplicate)
                 else:
                     result.duplicates.append((sop, duplicate))
                 return Outcome(key, "duplicate", prepared.size, sop=sop)
-            self.quarantine.add(
-                key,
-                data,
-                prepared.sha256,
-                reason,
-                sop_instance_uid=sop,
-                archived_source=prior.get("source_path"),
-                archived_sha256=prior.get("source_sha256"),
-                archived_pixel_hash=prior.get("pixel_hash"),
-                pixel_hash=pixel_hash,
+            quarantine_conflict(
+                self.quarantine, key, data, prepared.sha256, reason, prior, sop, pixel_hash
             )
             return Outcome(key, "conflict", prepared.size, reason=reason, sop=sop)
         try:
@@ -231,7 +226,8 @@ class PartEncoder:
             except InputError as error:
                 unread = str(error).removeprefix(f"{key}: ")
                 reason = reason if unread in reason else f"{reason}; {unread}"
-        self.quarantine.add(key, data, _sha256(data if data is not None else key.encode()), reason)
+        unread = key.encode("utf-8", "surrogateescape")  # names need not be UTF-8
+        self.quarantine.add(key, data, _sha256(data if data is not None else unread), reason)
         return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
 
     def _write_pixels(
@@ -279,7 +275,9 @@ class PartEncoder:
         path = self.pixels.array_path(series_uid, key)
         if self.pixels.exists(path):
             return
-        with open(self.root / ".arrays.lock", "a+") as lock:
+        locks = self.root / ".locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{_digest(path)}.lock", "a+") as lock:  # one lock per array
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.pixels.exists(path):
                 return
@@ -398,6 +396,35 @@ def conflict_reason(
         return None
     return "conflict: same SOP Instance UID as an archived instance, but " + (
         "different pixels" if not same_pixels else f"different {', '.join(differs)}"
+    )
+
+
+def with_duplicate(row: dict[str, Any], duplicate: dict[str, str]) -> dict[str, Any]:
+    """A copy of `row` that also lists `duplicate` (path and sha256 of the same instance)."""
+    return {**row, "duplicates": [*row["duplicates"], duplicate]}
+
+
+def quarantine_conflict(
+    quarantine: Quarantine,
+    key: str,
+    data: bytes | None,
+    sha256: str,
+    reason: str,
+    prior: dict[str, Any],
+    sop: str,
+    pixel_hash: str,
+) -> None:
+    """Keep a conflicting input with what it conflicts with."""
+    quarantine.add(
+        key,
+        data,
+        sha256,
+        reason,
+        sop_instance_uid=sop,
+        archived_source=prior.get("source_path"),
+        archived_sha256=prior.get("source_sha256"),
+        archived_pixel_hash=prior.get("pixel_hash"),
+        pixel_hash=pixel_hash,
     )
 
 

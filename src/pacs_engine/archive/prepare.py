@@ -31,7 +31,7 @@ from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.archive.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.codecs import CodecError, pass_through_codec
 from pacs_engine.header import Header
-from pacs_engine.index.core import UID_KEYWORDS
+from pacs_engine.index.core import UID_KEYWORDS, uid_problem
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
 DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
@@ -101,11 +101,12 @@ def instance_pixel_hash(frame_hashes: list[str]) -> str:
     return hashlib.blake2b("".join(frame_hashes).encode(), digest_size=16).hexdigest()
 
 
-def _check_uids(header: Header) -> None:
+def check_uids(header: Header) -> None:
+    """Raise PrepareError unless the study, series and SOP instance UIDs can be indexed."""
     for keyword in UID_KEYWORDS:
-        value = header.attributes.get(keyword)
-        if not isinstance(value, str) or not value:
-            raise PrepareError(f"no {keyword}")
+        problem = uid_problem(keyword, header.attributes.get(keyword))
+        if problem is not None:
+            raise PrepareError(problem)
 
 
 def prepare(path: str, data: bytes, header: Header, transcode: bool = False) -> Prepared:
@@ -114,7 +115,7 @@ def prepare(path: str, data: bytes, header: Header, transcode: bool = False) -> 
     With `transcode`, frames of a lossless compressed transfer syntax are decoded
     and handed over as native frames (the original bitstreams are not kept).
     """
-    _check_uids(header)
+    check_uids(header)
     sha256 = hashlib.sha256(data).hexdigest()
     pixel = header.pixel
     if pixel is None:

@@ -120,14 +120,20 @@ def _order(instance_number: Any) -> bytes:
     return _NO_NUMBER
 
 
-def _uid(row: dict[str, Any], keyword: str) -> bytes:
-    value = row.get(keyword)
+def uid_problem(keyword: str, value: Any) -> str | None:
+    """Why `value` cannot be the index's `keyword` UID, or None when it can."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"row needs a non-empty string {keyword}, got {value!r}")
-    data = value.encode()
-    if len(data) > MAX_UID_BYTES or _SEP in data:
-        raise ValueError(f"{keyword} {value!r}: longer than {MAX_UID_BYTES} bytes or has NUL")
-    return data
+        return f"no {keyword}"
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_UID_BYTES or "\0" in value:
+        return f"{keyword} is longer than {MAX_UID_BYTES} bytes or holds a NUL"
+    return None
+
+
+def _uid(row: dict[str, Any], keyword: str) -> bytes:
+    problem = uid_problem(keyword, row.get(keyword))
+    if problem is not None:
+        raise ValueError(f"{problem}: {row.get(keyword)!r}")
+    return row[keyword].encode()
 
 
 def _series_row_key(row: dict[str, Any]) -> bytes:

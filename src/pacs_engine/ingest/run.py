@@ -25,7 +25,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pacs_engine.archive.encoder import PartResult, conflict_reason
+from pacs_engine.archive.encoder import (
+    Part,
+    PartResult,
+    conflict_reason,
+    quarantine_conflict,
+    with_duplicate,
+)
 from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.ingest import session, tasks
 from pacs_engine.ingest.executors import InlineExecutor, make_executor
@@ -46,6 +52,18 @@ class IngestStopped(RuntimeError):
     Everything committed before it stopped stays; what was in flight is not
     visible. Run the same ingest again to resume.
     """
+
+
+class PartFailed(RuntimeError):
+    """A part could not be encoded (its worker failed or died): names the part."""
+
+    def __init__(self, part: Part, error: BaseException) -> None:
+        self.part, self.error = part, error
+        first = part.keys[0] if part.keys else "-"
+        super().__init__(
+            f"{_describe(error)}, while encoding series {part.series_uid} "
+            f"({len(part.keys)} inputs from {first})"
+        )
 
 
 @dataclass
@@ -96,6 +114,7 @@ class _Run:
         self.waiting: dict[str, tuple[int, list[PartResult]]] = {}
 
     def run(self) -> IngestReport:
+        """Scan, encode and tidy (what the journal says is left); the report of the run."""
         self.session = session.claim(self.root)
         record = self.journal.start(self.sources)
         run = record["run"]
@@ -113,14 +132,26 @@ class _Run:
                 self._encode(run)
             if self.failure is None:
                 self._tidy(run)
+                # The report first: a kill between the two leaves the run unfinished,
+                # and the next session (with nothing left to do) writes it again.
+                self.report.seconds = record["seconds"] + time.perf_counter() - self.started
+                write_atomic(
+                    self.archive.path / "reports" / f"ingest-{run}.json",
+                    json.dumps(
+                        {**self.report.to_dict(), "sources": self.sources}, indent=2
+                    ).encode(),
+                )
+                self.journal.finish({**record, "seconds": self.report.seconds})
+        except Exception as error:  # the archive's disk, the index: stop and say why
+            self.failure = self.failure or error
         finally:
             if self.own_executor:
                 self.executor.close()
             if isinstance(self.executor, InlineExecutor):
                 tasks.release(self.root)
             record["seconds"] += time.perf_counter() - self.started
-        self.report.seconds = record["seconds"]
         if self.failure is not None:
+            self.report.seconds = record["seconds"]
             # The disk may be full: the stop below says why; the next session counts on.
             with contextlib.suppress(Exception):
                 self.journal.save(record)
@@ -129,13 +160,6 @@ class _Run:
                 "Everything committed so far is kept and nothing half-written is visible; "
                 "run the same ingest again to resume."
             ) from self.failure
-        # The report first: a kill between the two leaves the run unfinished, and the
-        # next session (with nothing left to do) writes it again.
-        write_atomic(
-            self.archive.path / "reports" / f"ingest-{run}.json",
-            json.dumps({**self.report.to_dict(), "sources": self.sources}, indent=2).encode(),
-        )
-        self.journal.finish(record)
         return self.report
 
     # --- scanning ---------------------------------------------------------------------
@@ -145,7 +169,8 @@ class _Run:
         walk_errors: list[Outcome] = []
 
         def on_error(path: str, reason: str) -> None:
-            walk_errors.append(self._quarantine_unread(path, reason))
+            if not self.journal.done(run, [path]):  # a resumed scan meets it again
+                walk_errors.append(self._quarantine_unread(path, reason))
 
         batch: list[str] = []
         in_flight: set = set()
@@ -167,6 +192,7 @@ class _Run:
             in_flight = self._collect_scans(run, in_flight)
 
     def _submit_scan(self, run: str, keys: list[str], in_flight: set) -> set:
+        """Send a batch to scan (without inputs a resumed run has done), once there is room."""
         done = self.journal.done(run, keys)
         todo = [k for k in keys if k not in done]
         while len(in_flight) >= self._window():
@@ -176,6 +202,7 @@ class _Run:
         return in_flight
 
     def _collect_scans(self, run: str, in_flight: set) -> set:
+        """Record the scan batches that are done; the ones still in flight."""
         done, pending = self.executor.wait_any(in_flight)
         for future in done:
             try:
@@ -187,6 +214,7 @@ class _Run:
         return pending
 
     def _record(self, run: str, outcomes: list[Outcome], planned: list[Planned]) -> None:
+        """Journal one scan batch and count its quarantined inputs."""
         self.journal.record(run, outcomes, planned)
         for outcome in outcomes:
             self.report.count(outcome)
@@ -194,7 +222,8 @@ class _Run:
 
     def _quarantine_unread(self, path: str, reason: str) -> Outcome:
         """Quarantine an input the walk could not read (no bytes to keep)."""
-        self.archive.quarantine.add(path, None, hashlib.sha256(path.encode()).hexdigest(), reason)
+        name = path.encode("utf-8", "surrogateescape")  # names need not be UTF-8
+        self.archive.quarantine.add(path, None, hashlib.sha256(name).hexdigest(), reason)
         return Outcome(path, "quarantined", 0, reason=reason)
 
     # --- encoding ---------------------------------------------------------------------
@@ -203,7 +232,7 @@ class _Run:
         """Encode the planned inputs series by series, committing parts as they finish."""
         self.total = self.report.inputs + self._planned_left(run)
         per_shard = self.archive.config["frames_per_shard"]
-        in_flight: set = set()
+        in_flight: dict = {}  # future -> the part it encodes
         series = None
         while self.failure is None and (series := self.journal.next_series(run, series)):
             planned = self.journal.series(run, series)
@@ -219,7 +248,7 @@ class _Run:
                     in_flight = self._collect_parts(run, in_flight)
                 if self.failure is not None:
                     break
-                in_flight.add(self._submit(tasks.encode_task, part, self.verify))
+                in_flight[self._submit(tasks.encode_task, part, self.verify)] = part
         while in_flight:
             in_flight = self._collect_parts(run, in_flight)
 
@@ -232,24 +261,27 @@ class _Run:
             left += len(planned) - len(self.journal.done(run, [p.key for p in planned]))
         return left
 
-    def _collect_parts(self, run: str, in_flight: set) -> set:
-        done, pending = self.executor.wait_any(in_flight)
+    def _collect_parts(self, run: str, in_flight: dict) -> dict:
+        """Take the parts that are done; commit each series whose parts are all back."""
+        done, _ = self.executor.wait_any(set(in_flight))
         for future in done:
+            part = in_flight.pop(future)
             try:
                 result = future.result()
             except Exception as error:
-                self.failure = self.failure or error
+                if self.failure is None:
+                    self.failure = PartFailed(part, error)
                 continue
-            parts, results = self.waiting[result.part.series_uid]
+            parts, results = self.waiting[part.series_uid]
             results.append(result)
             if len(results) < parts or self.failure is not None:
                 continue
-            del self.waiting[result.part.series_uid]
+            del self.waiting[part.series_uid]
             try:
                 self._commit(run, results)
             except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
                 self.failure = self.failure or error
-        return pending
+        return in_flight
 
     def _commit(self, run: str, results: list[PartResult]) -> None:
         """Commit a series' parts (rows, duplicates, outcomes) in one index transaction.
@@ -264,18 +296,25 @@ class _Run:
             prior = index.get(sop)
             if prior is not None:  # another series' part committed the same SOP meanwhile
                 del rows[sop]
-                outcomes[row["source_path"]] = self._late_conflict(prior, row, updated)
+                # The row and the duplicates found of it in its part: each is now judged
+                # against the committed row.
+                sources = [(row["source_path"], row["source_sha256"])]
+                sources += [(d["path"], d["sha256"]) for d in row["duplicates"]]
+                for key, sha256 in sources:
+                    source = {**row, "source_path": key, "source_sha256": sha256}
+                    outcomes[key] = self._late_conflict(prior, source, updated, outcomes[key])
         for sop, duplicate in (d for result in results for d in result.duplicates):
             current = updated.get(sop) or index.get(sop)
             if current is None:  # cannot happen: the worker saw it committed
                 raise RuntimeError(f"{sop}: duplicate of a row that is not in the index")
-            updated[sop] = {**current, "duplicates": [*current["duplicates"], duplicate]}
+            updated[sop] = with_duplicate(current, duplicate)
         journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
         index.commit([*rows.values(), *updated.values()], journal=journal)
         ends: dict[str, int] = {}
         for result in results:
             for path, end in result.arrays.items():
                 ends[path] = max(ends.get(path, 0), end)
+        # After the commit: a zarr reader never sees frames that no row references.
         for path, end in ends.items():
             if end > self.archive.pixels.frames(path):
                 self.archive.pixels.set_frames(path, end)
@@ -284,35 +323,34 @@ class _Run:
         self._notify("encoding")
 
     def _late_conflict(
-        self, prior: dict[str, Any], row: dict[str, Any], updated: dict[str, dict[str, Any]]
+        self,
+        prior: dict[str, Any],
+        row: dict[str, Any],
+        updated: dict[str, dict[str, Any]],
+        outcome: Outcome,
     ) -> Outcome:
-        """The outcome of a row whose SOP UID another part committed after its worker looked."""
-        key = row["source_path"]
+        """The outcome of an input whose SOP UID another part committed after its worker looked."""
+        key, sop = row["source_path"], row["SOPInstanceUID"]
         reason = conflict_reason(prior, row, row["pixel_hash"])
         if reason is None:
             duplicate = {"path": key, "sha256": row["source_sha256"]}
-            current = updated.get(row["SOPInstanceUID"]) or prior
-            updated[row["SOPInstanceUID"]] = {
-                **current,
-                "duplicates": [*current["duplicates"], duplicate],
-            }
-            return Outcome(key, "duplicate", row["file_size"], sop=row["SOPInstanceUID"])
+            updated[sop] = with_duplicate(updated.get(sop) or prior, duplicate)
+            return Outcome(key, "duplicate", outcome.size, sop=sop)
         try:
             data = read_input(InputRef.from_key(key))
         except InputError:
             data = None
-        self.archive.quarantine.add(
+        quarantine_conflict(
+            self.archive.quarantine,
             key,
             data,
             row["source_sha256"],
             reason,
-            sop_instance_uid=row["SOPInstanceUID"],
-            archived_source=prior.get("source_path"),
-            archived_sha256=prior.get("source_sha256"),
-            archived_pixel_hash=prior.get("pixel_hash"),
-            pixel_hash=row["pixel_hash"],
+            prior,
+            sop,
+            row["pixel_hash"],
         )
-        return Outcome(key, "conflict", row["file_size"], reason=reason, sop=row["SOPInstanceUID"])
+        return Outcome(key, "conflict", outcome.size, reason=reason, sop=sop)
 
     # --- the end ----------------------------------------------------------------------
 
@@ -327,6 +365,7 @@ class _Run:
             self._tidy_series(series)
 
     def _tidy_series(self, series_uid: str) -> None:
+        """Trim one series' arrays and delete its files that no committed row reaches."""
         pixels = self.archive.pixels
         ends: dict[str, int] = {}
         shards: dict[str, set[int]] = {}
@@ -359,6 +398,7 @@ class _Run:
     # --- helpers ----------------------------------------------------------------------
 
     def _submit(self, fn: Callable, *args: Any) -> Any:
+        """Queue fn(root, *args) on the executor, guarded by this session."""
         return self.executor.submit(session.guarded, fn, self.root, self.session, *args)
 
     def _window(self) -> int:
@@ -366,10 +406,14 @@ class _Run:
         return max(1, 2 * self.executor.workers)
 
     def _notify(self, phase: str) -> None:
+        """Tell the progress callback where the run is."""
         self.notify(Progress(phase, self.report, self.total, time.perf_counter() - self.started))
 
 
 def _describe(error: BaseException) -> str:
+    """The reason of an error, for people: an OS error's text and file, else its type and text."""
+    if isinstance(error, PartFailed):
+        return str(error)
     if isinstance(error, OSError) and error.strerror:
         where = f" ({error.filename})" if error.filename else ""
         return f"{error.strerror}{where}"

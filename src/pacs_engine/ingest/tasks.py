@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 
 from pacs_engine.archive.encoder import Part, PartEncoder, PartResult
+from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
 from pacs_engine.errors import ScanError
+from pacs_engine.header import Header
 from pacs_engine.ingest.journal import Planned
 from pacs_engine.inputs import InputError, InputRef, read_input
 from pacs_engine.scanning import scan
@@ -47,28 +49,30 @@ def scan_task(root: str, keys: list[str]) -> tuple[list[Planned], list[Outcome]]
         except ScanError as error:
             rejected.append(encoder.reject(key, data, str(error.reason)))
             continue
-        series = header.get("SeriesInstanceUID")
-        sop = header.get("SOPInstanceUID")
-        if not isinstance(series, str) or not series or not isinstance(sop, str) or not sop:
-            missing = "SeriesInstanceUID" if not series else "SOPInstanceUID"
-            rejected.append(encoder.reject(key, data, f"no {missing}"))
+        try:
+            check_uids(header)  # the journal and the index key on them
+        except PrepareError as error:
+            rejected.append(encoder.reject(key, data, str(error)))
             continue
         number = header.get("InstanceNumber")
-        frames = header.get("NumberOfFrames")
         planned.append(
             Planned(
                 key,
-                series,
-                sop,
+                header["SeriesInstanceUID"],
+                header["SOPInstanceUID"],
                 number if isinstance(number, int) else None,
-                0
-                if header.pixel is None
-                else frames
-                if isinstance(frames, int) and frames > 0
-                else 1,
+                _frames(header),
             )
         )
     return planned, rejected
+
+
+def _frames(header: Header) -> int:
+    """Frames the instance holds, as Number of Frames says (1 when absent, 0 without pixels)."""
+    if header.pixel is None:
+        return 0
+    frames = header.get("NumberOfFrames")
+    return frames if isinstance(frames, int) and frames > 0 else 1
 
 
 def encode_task(root: str, part: Part, verify: bool) -> PartResult:
