@@ -431,3 +431,41 @@ def test_uids_the_index_cannot_key_are_quarantined_not_fatal(tmp_path: Path) -> 
         reasons = {Path(r["path"]).name: r["reason"] for r in archive.quarantine.records()}
     assert (report["archived"], report["quarantined"]) == (1, 1)
     assert "SOPInstanceUID is longer than 200 bytes" in reasons["long.dcm"]
+
+
+POISON = "poison.dcm"
+
+
+def crash_on_poison(fn: Any, *args: Any) -> Any:
+    """Run a task as the executor would, but die (as a codec crash would) on POISON."""
+    from pacs_engine.archive.encoder import Part
+
+    if any(isinstance(a, Part) and any(k.endswith(POISON) for k in a.keys) for a in args):
+        os._exit(70)
+    return fn(*args)
+
+
+def test_a_file_that_crashes_a_worker_is_quarantined_and_the_run_goes_on(
+    synth: Path, clean: dict, tmp_path: Path
+) -> None:
+    from pacs_engine.ingest import LocalExecutor
+
+    class Crashing(LocalExecutor):
+        def submit(self, fn: Any, *args: Any) -> Any:
+            return super().submit(crash_on_poison, fn, *args)
+
+    poison = tmp_path / POISON
+    shutil.copy(next(p for p in pydicom_test_files() if p.name == "CT_small.dcm"), poison)
+    executor = Crashing(2)
+    try:
+        with Archive.create(tmp_path / "a") as archive:
+            report = archive.ingest([synth, poison], executor=executor).to_dict()
+            reasons = {r["path"]: r["reason"] for r in archive.quarantine.records()}
+            assert archive.verify().ok
+    finally:
+        executor.close()
+    assert_complete(report, len(files_under(synth)) + 1)
+    assert (report["archived"], report["quarantined"]) == (len(files_under(synth)), 1)
+    assert "the encoding process died on this file" in reasons[str(poison)]
+    assert state(tmp_path / "a") == clean["state"]
+    assert unreferenced(tmp_path / "a") == []

@@ -219,16 +219,7 @@ class PartEncoder:
 
     def reject(self, key: str, data: bytes | None, reason: str) -> Outcome:
         """Quarantine one input with its reason (reading it if the caller has not)."""
-        reason = reason.removeprefix(f"{key}: ")  # the record names the input already
-        if data is None:
-            try:
-                data = read_input(InputRef.from_key(key))
-            except InputError as error:
-                unread = str(error).removeprefix(f"{key}: ")
-                reason = reason if unread in reason else f"{reason}; {unread}"
-        unread = key.encode("utf-8", "surrogateescape")  # names need not be UTF-8
-        self.quarantine.add(key, data, _sha256(data if data is not None else unread), reason)
-        return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
+        return quarantine_input(self.quarantine, key, data, reason)
 
     def _write_pixels(
         self,
@@ -397,6 +388,20 @@ def conflict_reason(
     return "conflict: same SOP Instance UID as an archived instance, but " + (
         "different pixels" if not same_pixels else f"different {', '.join(differs)}"
     )
+
+
+def quarantine_input(quarantine: Quarantine, key: str, data: bytes | None, reason: str) -> Outcome:
+    """Quarantine one input with its reason (reading it if the caller has not)."""
+    reason = reason.removeprefix(f"{key}: ")  # the record names the input already
+    if data is None:
+        try:
+            data = read_input(InputRef.from_key(key))
+        except InputError as error:
+            unread = str(error).removeprefix(f"{key}: ")
+            reason = reason if unread in reason else f"{reason}; {unread}"
+    unread = key.encode("utf-8", "surrogateescape")  # names need not be UTF-8
+    quarantine.add(key, data, _sha256(data if data is not None else unread), reason)
+    return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
 
 
 def with_duplicate(row: dict[str, Any], duplicate: dict[str, str]) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Where ingest tasks run: this process, a local process pool, or a Dask cluster.
 
-One seam: `submit(fn, *args)` returns a future with `.result()`, and
-`wait_any(futures)` returns (done, not done) once one has finished.
+One seam: `submit(fn, *args)` returns a future with `.result()`,
+`wait_any(futures)` returns (done, not done) once one has finished, and
+`restart()` gives working workers again after one died.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import multiprocessing
 import os
 import threading
@@ -33,6 +35,9 @@ class InlineExecutor:
         """Every inline future is done."""
         return set(futures), set()
 
+    def restart(self) -> None:
+        """Nothing to restart."""
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -44,15 +49,23 @@ class LocalExecutor:
         self.workers = workers or os.cpu_count() or 1
         # forkserver: workers start from a clean process, not a fork of one that holds
         # LMDB environments, threads and a progress bar.
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["pacs_engine.ingest.tasks"])
-        self.pool = concurrent.futures.ProcessPoolExecutor(
+        return concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
         )
 
     def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
         """Queue fn(*args) on the pool."""
         return self.pool.submit(fn, *args)
+
+    def restart(self) -> None:
+        """A new pool, for after a worker died (which breaks the whole pool)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
 
     def wait_any(self, futures: set) -> tuple[set, set]:
         """Block until at least one future is done."""
@@ -118,10 +131,20 @@ class DaskExecutor:
         done, pending = wait(list(futures), return_when="FIRST_COMPLETED")
         return set(done), set(pending)
 
+    def restart(self) -> None:
+        """The cluster replaces dead workers itself."""
+
     def close(self) -> None:
         """Close the client if this executor made it."""
         if self._own:
             self.client.close()
+
+
+def worker_died(error: BaseException) -> bool:
+    """True when a task failed because its worker process died (a crash, the OOM killer)."""
+    return isinstance(error, concurrent.futures.process.BrokenProcessPool) or (
+        type(error).__name__ == "KilledWorker"  # dask.distributed's, without importing it
+    )
 
 
 def make_executor(workers: int | None, scheduler: str | None = None) -> Any:

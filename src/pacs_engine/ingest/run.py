@@ -21,8 +21,9 @@ import json
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.encoder import (
@@ -30,11 +31,12 @@ from pacs_engine.archive.encoder import (
     PartResult,
     conflict_reason,
     quarantine_conflict,
+    quarantine_input,
     with_duplicate,
 )
 from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.ingest import session, tasks
-from pacs_engine.ingest.executors import InlineExecutor, make_executor
+from pacs_engine.ingest.executors import InlineExecutor, make_executor, worker_died
 from pacs_engine.ingest.journal import Journal, Planned
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
 from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
@@ -52,6 +54,17 @@ class IngestStopped(RuntimeError):
     Everything committed before it stopped stays; what was in flight is not
     visible. Run the same ingest again to resume.
     """
+
+
+@dataclass
+class _Waiting:
+    """A series with parts out: how many, their results, and what a retry needs."""
+
+    parts: int
+    results: list[PartResult]
+    end: int  # first frame after every part planned for the series: where retries go
+    planned: dict[str, Planned]  # by input key
+    alone: set[Part] = field(default_factory=set)  # retried parts of one SOP Instance UID
 
 
 class PartFailed(RuntimeError):
@@ -110,8 +123,8 @@ class _Run:
         self.report = IngestReport(workers=self.executor.workers)
         self.total: int | None = None
         self.failure: BaseException | None = None
-        # Series with parts in flight: (parts planned, results so far).
-        self.waiting: dict[str, tuple[int, list[PartResult]]] = {}
+        self.waiting: dict[str, _Waiting] = {}  # series with parts in flight
+        self.alone: deque[Part] = deque()  # retries after a worker died, run one by one
 
     def run(self) -> IngestReport:
         """Scan, encode and tidy (what the journal says is left); the report of the run."""
@@ -242,15 +255,21 @@ class _Run:
                 continue
             base = align(committed_end(self.archive.index, series), per_shard)
             parts = plan_parts(todo, base, per_shard)
-            self.waiting[series] = (len(parts), [])
+            end = parts[-1].base + parts[-1].span
+            self.waiting[series] = _Waiting(len(parts), [], end, {p.key: p for p in todo})
             for part in parts:
                 while len(in_flight) >= self._window():
                     in_flight = self._collect_parts(run, in_flight)
+                if self.alone:
+                    self._isolate(run, in_flight)
                 if self.failure is not None:
                     break
                 in_flight[self._submit(tasks.encode_task, part, self.verify)] = part
-        while in_flight:
-            in_flight = self._collect_parts(run, in_flight)
+        while in_flight or (self.alone and self.failure is None):
+            if in_flight:
+                self._collect_parts(run, in_flight)
+            if self.alone and self.failure is None:
+                self._isolate(run, in_flight)
 
     def _planned_left(self, run: str) -> int:
         """Planned inputs without an outcome (one pass over the plan, series by series)."""
@@ -269,19 +288,68 @@ class _Run:
             try:
                 result = future.result()
             except Exception as error:
-                if self.failure is None:
+                if self.failure is not None:
+                    continue
+                if worker_died(error):  # a file may crash a codec: find it, keep the rest
+                    result = self._after_crash(part, error)
+                    if result is None:
+                        continue
+                else:
                     self.failure = PartFailed(part, error)
-                continue
-            parts, results = self.waiting[part.series_uid]
-            results.append(result)
-            if len(results) < parts or self.failure is not None:
-                continue
-            del self.waiting[part.series_uid]
-            try:
-                self._commit(run, results)
-            except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
-                self.failure = self.failure or error
+                    continue
+            self._take(run, result)
         return in_flight
+
+    def _take(self, run: str, result: PartResult) -> None:
+        """Keep a part's result; commit its series once all its parts are back."""
+        waiting = self.waiting[result.part.series_uid]
+        waiting.results.append(result)
+        if len(waiting.results) < waiting.parts or self.failure is not None:
+            return
+        del self.waiting[result.part.series_uid]
+        try:
+            self._commit(run, waiting.results)
+        except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
+            self.failure = self.failure or error
+
+    def _after_crash(self, part: Part, error: BaseException) -> PartResult | None:
+        """Queue a part whose worker died to be retried one SOP Instance UID at a time; when
+        such a retry dies too, quarantine its inputs (the returned result).
+
+        A dead worker breaks every part in flight, so the innocent ones are retried as
+        well; retries run one at a time on fresh workers, so the one that dies is guilty.
+        """
+        waiting = self.waiting[part.series_uid]
+        if part in waiting.alone:
+            self.executor.restart()
+            reason = f"the encoding process died on this file ({_describe(error)})"
+            quarantine = self.archive.quarantine
+            return PartResult(
+                part, outcomes=[quarantine_input(quarantine, k, None, reason) for k in part.keys]
+            )
+        groups: dict[str, list[str]] = {}
+        for key in part.keys:
+            groups.setdefault(waiting.planned[key].sop_instance_uid, []).append(key)
+        waiting.parts += len(groups) - 1
+        per_shard = self.archive.config["frames_per_shard"]
+        for keys in groups.values():
+            span = align(max(waiting.planned[k].frames for k in keys), per_shard)
+            alone = Part(part.series_uid, waiting.end, span, tuple(keys))
+            waiting.end += span  # after every planned part: no shard is shared
+            waiting.alone.add(alone)
+            self.alone.append(alone)
+        return None
+
+    def _isolate(self, run: str, in_flight: dict) -> None:
+        """Let what is in flight finish, then run the queued retries one by one."""
+        while in_flight:
+            self._collect_parts(run, in_flight)
+        self.executor.restart()
+        while self.alone and self.failure is None:
+            part = self.alone.popleft()
+            in_flight[self._submit(tasks.encode_task, part, self.verify)] = part
+            while in_flight:
+                self._collect_parts(run, in_flight)
 
     def _commit(self, run: str, results: list[PartResult]) -> None:
         """Commit a series' parts (rows, duplicates, outcomes) in one index transaction.
