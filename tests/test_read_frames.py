@@ -25,7 +25,7 @@ LAYOUTS = [
 
 
 @pytest.fixture(scope="module", params=LAYOUTS, ids=lambda p: f"{p[0]}-{p[1]}x{p[2]}")
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Archive:
+def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Archive:
     codec, rows, columns, max_chunk_pixels = request.param
     tmp = tmp_path_factory.mktemp("frames")
     files = write_studies(
@@ -38,12 +38,6 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     arc.ingest(files, workers=0)
     yield arc
     arc.close()
-
-
-@pytest.fixture
-def archive(built: Archive) -> Archive:
-    """The archive, for tests that read its pixels."""
-    return built
 
 
 def _array_path(archive: Archive) -> str:
@@ -59,9 +53,9 @@ def _pydicom_frames(archive: Archive) -> np.ndarray:
         return np.stack([pydicom.dcmread(r["source_path"]).pixel_array for r in rows])
 
 
-def test_layout_is_the_one_asked_for(built: Archive) -> None:
-    spec = built.pixels.spec(_array_path(built))
-    zarr_array = built.pixels.open_array(_array_path(built))
+def test_layout_is_the_one_asked_for(archive: Archive) -> None:
+    spec = archive.pixels.spec(_array_path(archive))
+    zarr_array = archive.pixels.open_array(_array_path(archive))
     assert spec.chunk_shape == zarr_array.metadata.codecs[0].chunk_shape
     assert spec.shard_shape == zarr_array.metadata.chunk_grid.chunk_shape
     assert spec.dtype == zarr_array.dtype
