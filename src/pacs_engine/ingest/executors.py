@@ -59,8 +59,14 @@ class LocalExecutor:
         )
 
     def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
-        """Queue fn(*args) on the pool."""
-        return self.pool.submit(fn, *args)
+        """Queue fn(*args) on the pool; on a pool a dead worker broke, a failed future."""
+        try:
+            return self.pool.submit(fn, *args)
+        except concurrent.futures.process.BrokenProcessPool as error:
+            # As if the task had been in flight: the caller retries it after `restart`.
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            future.set_exception(error)
+            return future
 
     def restart(self) -> None:
         """A new pool, for after a worker died (which breaks the whole pool)."""

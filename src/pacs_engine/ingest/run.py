@@ -102,6 +102,8 @@ def run_ingest(
 
 
 class _Run:
+    """One session of an ingest run: its executor, journal, report and series in flight."""
+
     def __init__(
         self,
         archive: Archive,
@@ -128,8 +130,15 @@ class _Run:
 
     def run(self) -> IngestReport:
         """Scan, encode and tidy (what the journal says is left); the report of the run."""
-        self.session = session.claim(self.root)
-        record = self.journal.start(self.sources)
+        try:
+            self.session = session.claim(self.root)
+            record = self.journal.start(self.sources)
+        except Exception as error:  # e.g. no space left for the journal
+            if self.own_executor:
+                self.executor.close()
+            raise IngestStopped(
+                f"{self.archive.path}: ingest could not start: {_describe(error)}"
+            ) from error
         run = record["run"]
         self.report.run = run
         self.report.resumed = record["sessions"] - 1
