@@ -26,6 +26,17 @@ def write_atomic(path: str | os.PathLike, data: bytes, dirs: set[Path] | None = 
         dirs.add(path.parent)
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete what `write_atomic` calls killed before their rename left in `folder`.
+
+    Only while no other process writes there (an ingest's tidy step).
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename in `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -40,7 +40,7 @@ from pacs_engine.ingest.executors import InlineExecutor, make_executor, worker_d
 from pacs_engine.ingest.journal import Journal, Planned
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
 from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import remove_stale_temporaries, write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -440,6 +440,8 @@ class _Run:
         series = None
         while series := self.journal.next_series(run, series):
             self._tidy_series(series)
+        for folder in ("", "quarantine", "reports"):  # writes of a killed session
+            remove_stale_temporaries(self.archive.path / folder)
 
     def _tidy_series(self, series_uid: str) -> None:
         """Trim one series' arrays and delete its files that no committed row reaches."""
@@ -466,6 +468,7 @@ class _Run:
                 pixels.set_frames(path, ends[path])
             for file in pixels.unreferenced_files(path, shards[path]):
                 file.unlink()
+            remove_stale_temporaries(pixels.root / path)  # a zarr.json being rewritten
         folder = self.archive.path / "headers" / series_uid
         if folder.is_dir():
             for pack in folder.iterdir():
