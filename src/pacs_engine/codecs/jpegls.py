@@ -118,7 +118,7 @@ class DicomJpegLsCodec(BitstreamCodec):
         "1.2.840.10008.1.2.4.81",
     )
     # JPEG-LS (also near-lossless) is integer-exact, so CharLS equals pydicom's decoder.
-    fast_decoder: ClassVar[bool] = True
+    fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes
 
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` is a JPEG-LS stream."""
