@@ -418,7 +418,8 @@ def test_orthanc(
     if transcode:
         parts.append(f"{syntaxes.get(transcode, 0)} as JPEG-LS")
     if sent.crashes:
-        parts.append(f"CRASHED {len(sent.crashes)}x: {', '.join(sent.crashes)}")
+        shown = ", ".join(sent.crashes[:3]) + (", ..." if len(sent.crashes) > 3 else "")
+        parts.append(f"CRASHED {len(sent.crashes)}x: {shown}")
         asserts = sorted(set(re.findall(r"^Orthanc: .*Assertion.*$", log, re.MULTILINE)))
         parts += [a[:160] for a in asserts]
     if sent.refused:

@@ -50,3 +50,27 @@ def test_verify_exits_1_on_damage(tmp_path: Path) -> None:
     pack.write_bytes(b"\0" * pack.stat().st_size)
     result = run_cli("verify", str(archive))
     assert result.returncode == 1 and "MISMATCH" in result.stdout
+
+
+def test_ingest_refuses_options_it_would_ignore(tmp_path: Path) -> None:
+    """--codec/--transcode on an existing archive and --workers with Dask exit 2, archive kept."""
+    archive = tmp_path / "archive"
+    ct = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    mr = next(p for p in pydicom_test_files() if p.name == "MR_small.dcm")
+    created = run_cli("ingest", str(ct), "--archive", str(archive), "--codec", "htj2k")
+    assert created.returncode == 0, created.stderr
+    before = (archive / "archive.json").read_bytes()
+    refused = {
+        "--codec": ("--codec", "jpegls"),
+        "--transcode": ("--transcode",),
+        "--workers": ("--executor", "dask", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"),
+        "--scheduler": ("--scheduler", "tcp://127.0.0.1:1"),
+    }
+    for named, options in refused.items():
+        result = run_cli("ingest", str(mr), "--archive", str(archive), *options)
+        assert result.returncode == 2, (options, result.stderr)
+        assert named in result.stderr, result.stderr
+    assert (archive / "archive.json").read_bytes() == before
+    same = run_cli("ingest", str(mr), "--archive", str(archive), "--codec", "htj2k", "--json")
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["archived"] == 1

@@ -91,21 +91,50 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None:
+    """Why the ingest options do not fit together or with the archive; None when they do.
+
+    Options that would be ignored are refused rather than silently dropped.
+    """
+    if args.executor == "dask" and not args.scheduler:
+        return "--executor dask needs --scheduler ADDRESS"
+    if args.executor == "dask" and args.workers is not None:
+        return "--workers applies to the local executor; a Dask cluster has its own workers"
+    if args.scheduler and args.executor != "dask":
+        return "--scheduler applies only with --executor dask"
+    meta = target / "archive.json"
+    if not meta.exists():
+        return None
+    try:
+        config = json.loads(meta.read_bytes())
+    except (OSError, ValueError):
+        return None  # opening the archive says what is wrong with it
+    if args.codec is not None and args.codec != config.get("codec"):
+        return (
+            f"{target} stores new series with codec {config.get('codec')!r}; --codec "
+            "applies only when the archive is created"
+        )
+    if args.transcode and not config.get("transcode"):
+        return f"{target} keeps original bitstreams; --transcode applies only when it is created"
+    return None
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Archive the sources into an archive (created when missing); resumes an unfinished run."""
     from pacs_engine.archive import Archive, open_archive
     from pacs_engine.ingest import IngestStopped, make_executor
 
     target = Path(args.archive)
+    problem = _ingest_option_problem(args, target)
+    if problem:
+        print(f"pacs-engine ingest: {problem}", file=sys.stderr)
+        return 2
     if (target / "archive.json").exists():
         archive = open_archive(target, readonly=False)
     else:
-        archive = Archive.create(target, codec=args.codec, transcode=args.transcode)
+        archive = Archive.create(target, codec=args.codec or "auto", transcode=args.transcode)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = _IngestBar(show)
-    if args.executor == "dask" and not args.scheduler:
-        print("pacs-engine ingest: --executor dask needs --scheduler ADDRESS", file=sys.stderr)
-        return 2
     executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
     try:
         with archive:
@@ -363,10 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--archive", required=True, help="the archive folder")
     ingest.add_argument(
         "--codec",
-        default="auto",
+        default=None,
         choices=CODEC_CHOICES,
         help="lossless codec for uncompressed frames of a new archive "
-        "(default: auto, chosen per series from a sample frame)",
+        "(default: auto, chosen per series from a sample frame; refused for an existing "
+        "archive with another codec)",
     )
     ingest.add_argument(
         "--verify",
