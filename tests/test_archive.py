@@ -18,6 +18,7 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs_engine import Archive, ArchiveError, open_archive
+from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
 
 
 def manifest() -> dict[str, dict[str, str]]:
@@ -49,14 +50,14 @@ def pydicom_pixels(path: Path, color_conversion: str) -> np.ndarray:
         return pixel_array(ds, as_rgb=color_conversion != "none")
 
 
-def check_round_trip(path: Path, folder: Path) -> dict:
+def check_round_trip(path: Path, folder: Path, verify: bool = False) -> dict:
     """Archive one file alone; its frames must equal pydicom's and its export the file."""
     with Archive.create(folder) as archive:
-        return _round_trip(archive, path)
+        return _round_trip(archive, path, verify)
 
 
-def _round_trip(archive: Archive, path: Path) -> dict:
-    report = archive.ingest([path], workers=0)
+def _round_trip(archive: Archive, path: Path, verify: bool = False) -> dict:
+    report = archive.ingest([path], workers=0, verify=verify)
     assert report.balanced and report.inputs == 1
     if report.archived != 1:
         (record,) = archive.quarantine.records()
@@ -69,18 +70,31 @@ def _round_trip(archive: Archive, path: Path) -> dict:
     assert archive.export_bytes(row["SOPInstanceUID"]) == path.read_bytes()
     if row["pixels"]:
         attributes = archive.pixels.open_array(row["pixels"]["array"]).attrs
+        try:
+            theirs = pydicom_pixels(path, attributes.get("color_conversion", "none"))
+        except Exception:  # pydicom cannot decode the pixels either
+            # Kept byte for byte without being decoded (not with verify: that quarantines);
+            # verify reports what ingest did not look at.
+            assert not verify and row["pixel_storage"] == "bitstream"
+            assert row["frame_hashes"] is None
+            (mismatch,) = archive.verify().mismatches
+            assert "cannot read back" in mismatch["problem"], mismatch
+            return row
         ours = archive.frames(row["SOPInstanceUID"])
-        theirs = pydicom_pixels(path, attributes.get("color_conversion", "none"))
         assert ours.dtype == theirs.dtype.newbyteorder("=")
         assert np.array_equal(ours.reshape(theirs.shape), theirs)
     assert archive.verify().ok
     return row
 
 
+@pytest.mark.parametrize("verify", [False, True], ids=["default", "verify"])
 @pytest.mark.parametrize("path", corpus_params())
-def test_every_corpus_file_round_trips(path: Path, tmp_path: Path) -> None:
+def test_every_corpus_file_round_trips(path: Path, verify: bool, tmp_path: Path) -> None:
+    """Quarantined only where pydicom cannot decode it either, or without UIDs; archived,
+    the frames equal pydicom's, the export the file, and verify passes (or, undecoded
+    at ingest, says the frames do not decode)."""
     entry = manifest()[str(path.relative_to(CORPUS))]
-    result = check_round_trip(path, tmp_path / "archive")
+    result = check_round_trip(path, tmp_path / "archive", verify)
     if "reason" in result:  # quarantined: only where pydicom cannot decode it either, or no UIDs
         malformed = entry["path"].startswith("malformed/")
         no_uids = result["reason"].startswith("no ")
@@ -123,8 +137,9 @@ def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) ->
     records = archive.quarantine.records()
     assert len(records) == report.quarantined + report.conflicts
     conflicts = [r for r in records if r["reason"].startswith("conflict")]
-    for record in conflicts:
-        assert record["archived_pixel_hash"] and record["pixel_hash"]
+    for record in conflicts:  # pixels are compared (decoded) only when the headers agree
+        if record["reason"].endswith("different pixels"):
+            assert record["pixel_hash"] and record["pixel_hash"] != record["archived_pixel_hash"]
     duplicates = [d for row in archive.index for d in row["duplicates"]]
     assert len(duplicates) == report.duplicates
     for duplicate in duplicates:
@@ -132,7 +147,13 @@ def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) ->
             hashlib.sha256(Path(duplicate["path"]).read_bytes()).hexdigest()
             == (duplicate["sha256"])
         )
-    assert archive.verify().ok
+    # Kept undecoded at ingest, so only verify finds frames that never decoded:
+    # those of files pydicom cannot decode either.
+    entries = manifest()
+    for mismatch in archive.verify().mismatches:
+        assert "cannot read back" in mismatch["problem"], mismatch
+        entry = entries[str(Path(mismatch["source_path"]).relative_to(corpus))]
+        assert entry["path"].startswith("malformed/") or entry["pydicom_decodes"] == "no"
     info = archive.info()
     assert info["instances"] == report.archived and info["ratio"] > 1
 
@@ -176,6 +197,37 @@ def test_lossless_re_encoding_is_a_duplicate_and_changed_pixels_a_conflict(tmp_p
     assert archive.export_bytes(row["SOPInstanceUID"]) == samples["MR_small.dcm"].read_bytes()
 
 
+def test_copies_of_an_undecoded_bitstream_are_told_apart_by_decoding_it(tmp_path: Path) -> None:
+    """An instance kept as its undecoded JPEG 2000 bitstream is decoded when the same SOP
+    Instance UID comes again: from the archive in a later run, from the part in the same one."""
+    samples = {p.name: p for p in pydicom_test_files()}
+    j2k, rle, native = (
+        samples[n] for n in ("MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "MR_small.dcm")
+    )
+    expected = frame_hash(pydicom.dcmread(native).pixel_array)
+    archive = Archive.create(tmp_path / "a")
+    assert archive.ingest([j2k], workers=0).archived == 1
+    (row,) = list(archive.index)
+    assert row["pixel_storage"] == "bitstream" and row["frame_hashes"] is None
+    report = archive.ingest([native, rle], workers=0)
+    assert (report.archived, report.duplicates, report.conflicts) == (0, 2, 0)
+    changed = pydicom.dcmread(native)
+    pixels = changed.pixel_array.copy()
+    pixels[5, 5] ^= 1
+    changed.PixelData = pixels.tobytes()
+    changed.save_as(tmp_path / "changed.dcm")
+    assert archive.ingest([tmp_path / "changed.dcm"], workers=0).conflicts == 1
+    (record,) = archive.quarantine.records()
+    assert record["reason"].endswith("different pixels")
+    assert record["archived_pixel_hash"] == instance_pixel_hash([expected])
+    assert record["pixel_hash"] == instance_pixel_hash([frame_hash(pixels)])
+
+    together = Archive.create(tmp_path / "b")  # one part: the first copy is not committed yet
+    report = together.ingest([rle, j2k, tmp_path / "changed.dcm"], workers=0)
+    assert (report.archived, report.duplicates, report.conflicts) == (1, 1, 1)
+    assert together.verify().ok
+
+
 def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
     tmp_path: Path,
 ) -> None:
@@ -189,12 +241,34 @@ def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
     (tmp_path / "in" / "cut.dcm").write_bytes(samples["CT_small.dcm"].read_bytes()[:5000])
     (tmp_path / "in" / "good.dcm").write_bytes(samples["CT_small.dcm"].read_bytes())
     archive = Archive.create(tmp_path / "a")
-    report = archive.ingest([tmp_path / "in"], workers=0)
+    report = archive.ingest([tmp_path / "in"], workers=0, verify=True)
     assert (report.inputs, report.archived, report.quarantined) == (4, 1, 3)
     reasons = {Path(r["path"]).name: r["reason"] for r in archive.quarantine.records()}
     assert "cannot be decoded" in reasons["broken_j2k.dcm"]
     assert "not a DICOM file" in reasons["notes.txt"]
     assert "past the end" in reasons["cut.dcm"]
+    assert archive.verify().ok
+
+
+def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
+    tmp_path: Path,
+) -> None:
+    """Without verify at ingest, original bitstreams are not decoded: a damaged one is
+    archived as it is (its file rebuilds exactly) and `verify` names it."""
+    samples = {p.name: p for p in pydicom_test_files()}
+    broken = bytearray(samples["MR_small_jp2klossless.dcm"].read_bytes())
+    start = broken.index(b"\xff\x4f\xff\x51")
+    broken[start + 20 : start + 400] = b"\x00" * 380
+    (tmp_path / "broken_j2k.dcm").write_bytes(bytes(broken))
+    archive = Archive.create(tmp_path / "a")
+    report = archive.ingest([tmp_path / "broken_j2k.dcm", samples["CT_small.dcm"]], workers=0)
+    assert (report.inputs, report.archived, report.quarantined) == (2, 2, 0)
+    rows = {Path(r["source_path"]).name: r for r in archive.index}
+    sop = rows["broken_j2k.dcm"]["SOPInstanceUID"]
+    assert rows["broken_j2k.dcm"]["frame_hashes"] is None
+    assert archive.export_bytes(sop) == bytes(broken)
+    (mismatch,) = archive.verify().mismatches
+    assert mismatch["SOPInstanceUID"] == sop and "cannot read back" in mismatch["problem"]
 
 
 def test_verify_finds_a_damaged_shard(tmp_path: Path) -> None:

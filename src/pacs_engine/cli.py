@@ -401,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--verify",
         action="store_true",
-        help="decode every encoded frame and check it before committing",
+        help="decode every encoded frame and check it before committing, and decode "
+        "compressed frames kept as their original bitstream, quarantining files whose frames "
+        "do not decode (without it they are stored byte for byte undecoded; `verify` decodes "
+        "them later)",
     )
     ingest.add_argument(
         "--transcode",

@@ -164,8 +164,13 @@ class Archive:
         one per core) or on `executor` (`DaskExecutor`), commit each part with its
         journal entries. Every input ends archived, as a duplicate, as a conflict
         or in quarantine; the report counts them. An interrupted run resumes when
-        it is started again with the same sources. With `verify`, every encoded
-        frame is decoded again and checked before it is committed.
+        it is started again with the same sources. Compressed frames kept as their
+        original bitstream are stored byte for byte without being decoded (a SOP
+        Instance UID seen twice is the exception: telling a duplicate from a conflict
+        decodes both); `Archive.verify` decodes them later. With `verify`, they are
+        decoded at ingest (a file whose frames do not decode is quarantined) and
+        every frame encoded with the archive codec is decoded again and checked
+        before it is committed.
         """
         from pacs_engine.ingest import run_ingest
 
@@ -252,10 +257,11 @@ class Archive:
                 if row.get("pixels"):
                     hashes = [frame_hash(f) for f in self.frames(uid)]
                     report.frames += len(hashes)
+                    # Original bitstreams kept undecoded have no recorded hashes: decoding
+                    # them is the check, and the rebuilt file's sha256 below proves their bytes.
+                    recorded = row["frame_hashes"] or hashes
                     bad = [
-                        i
-                        for i, (a, b) in enumerate(zip(hashes, row["frame_hashes"], strict=True))
-                        if a != b
+                        i for i, (a, b) in enumerate(zip(hashes, recorded, strict=True)) if a != b
                     ]
                     if bad:
                         problems.append(f"frames {bad} do not decode to the source pixels")

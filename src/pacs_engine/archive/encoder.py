@@ -17,6 +17,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ CODECS: dict[str, Any] = {
 }
 CODEC_CHOICES = ("auto", *CODECS, "blosc")
 COMPARED_KEYWORDS = tuple(k for k in HEADER_KEYWORDS if k != "TransferSyntaxUID")
+_CONFLICT = "conflict: same SOP Instance UID as an archived instance, but "
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,12 @@ class PartEncoder:
         dirs: set[Path] = set()  # folders whose new files must be durable before the commit
         writers: dict[str, _ArrayWriter] = {}
         rows: dict[str, dict[str, Any]] = {}
+        undecoded: dict[str, Prepared] = {}  # rows of this part without pixel hashes
         blobs: list[tuple[str, bytes]] = []
         for key in part.keys:
-            outcome = self._encode_one(key, part, writers, rows, blobs, result, dirs, verify)
+            outcome = self._encode_one(
+                key, part, writers, rows, undecoded, blobs, result, dirs, verify
+            )
             result.outcomes.append(outcome)
         for path, writer in writers.items():
             writer.flush()
@@ -166,6 +171,7 @@ class PartEncoder:
         part: Part,
         writers: dict[str, _ArrayWriter],
         rows: dict[str, dict[str, Any]],
+        undecoded: dict[str, Prepared],
         blobs: list[tuple[str, bytes]],
         result: PartResult,
         dirs: set[Path],
@@ -182,14 +188,28 @@ class PartEncoder:
         if header.get("SeriesInstanceUID") != part.series_uid:
             return self.reject(key, data, "the file changed since it was scanned")
         try:
-            prepared = prepare(key, data, header, self.config.get("transcode", False))
+            prepared = prepare(key, data, header, self.config.get("transcode", False), verify)
         except PrepareError as error:
             return self.reject(key, data, str(error))
         sop = prepared.sop_instance_uid
-        pixel_hash = instance_pixel_hash(prepared.frame_hashes)
         prior = rows.get(sop) or self.index.get(sop)
         if prior is not None:
-            reason = conflict_reason(prior, header.attributes, pixel_hash)
+            hashes: dict[str, str | None] = {}
+
+            def same_pixels() -> bool:
+                in_part = undecoded.get(sop) if prior is rows.get(sop) else None
+                hashes["archived"] = (
+                    _pixel_hash_or_none(in_part)
+                    if in_part is not None
+                    else stored_pixel_hash(self.pixels, prior)
+                )
+                hashes["new"] = prepared.pixel_hash()  # PrepareError: the new file is bad
+                return hashes["archived"] == hashes["new"]
+
+            try:
+                reason = conflict_reason(prior, prepared.sha256, header.attributes, same_pixels)
+            except PrepareError as error:  # its bitstreams do not decode
+                return self.reject(key, data, str(error))
             if reason is None:
                 duplicate = {"path": key, "sha256": prepared.sha256}
                 if sop in rows:
@@ -198,7 +218,7 @@ class PartEncoder:
                     result.duplicates.append((sop, duplicate))
                 return Outcome(key, "duplicate", prepared.size, sop=sop)
             quarantine_conflict(
-                self.quarantine, key, data, prepared.sha256, reason, prior, sop, pixel_hash
+                self.quarantine, key, data, prepared.sha256, reason, prior, sop, hashes
             )
             return Outcome(key, "conflict", prepared.size, reason=reason, sop=sop)
         try:
@@ -208,6 +228,8 @@ class PartEncoder:
         blob = prepared.blob.to_bytes()
         blobs.append((sop, blob))
         rows[sop] = new_row(prepared, pixels, stored + len(blob))
+        if prepared.frame_hashes is None:
+            undecoded[sop] = prepared
         return Outcome(
             key,
             "archived",
@@ -237,7 +259,7 @@ class PartEncoder:
         if path not in writers:
             self._ensure_array(part.series_uid, key, spec, attributes, prepared)
             writers[path] = _ArrayWriter(self.pixels, path, part, dirs)
-        count = len(prepared.frame_hashes)
+        count = prepared.frame_count
         if not writers[path].room_for(count):
             raise ValueError(f"{count} frames, more than Number of Frames said when it was scanned")
         if prepared.storage == "bitstream":
@@ -374,20 +396,48 @@ class PartEncoder:
 
 
 def conflict_reason(
-    prior: dict[str, Any], attributes: dict[str, Any], pixel_hash: str
+    prior: dict[str, Any],
+    sha256: str,
+    attributes: dict[str, Any],
+    same_pixels: Callable[[], bool],
 ) -> str | None:
     """Why an instance with an archived SOP Instance UID is a conflict; None for a duplicate.
 
-    A duplicate has the same decoded pixels and the same header attributes
-    (the transfer syntax aside).
+    A duplicate has the same header attributes (the transfer syntax aside) and the
+    same decoded pixels. `same_pixels` may decode, so it is asked last and not at
+    all when the file's bytes are those of the archived one or of a known duplicate.
     """
-    same_pixels = prior.get("pixel_hash") == pixel_hash
     differs = [k for k in COMPARED_KEYWORDS if attributes.get(k) != prior.get(k)]
-    if same_pixels and not differs:
+    if differs:
+        return f"{_CONFLICT}different {', '.join(differs)}"
+    known = {prior.get("source_sha256")} | {d["sha256"] for d in prior.get("duplicates", [])}
+    if sha256 in known or same_pixels():
         return None
-    return "conflict: same SOP Instance UID as an archived instance, but " + (
-        "different pixels" if not same_pixels else f"different {', '.join(differs)}"
-    )
+    return f"{_CONFLICT}different pixels"
+
+
+def _pixel_hash_or_none(prepared: Prepared) -> str | None:
+    """The pixel hash of an instance being archived; None when its bitstreams do not decode."""
+    try:
+        return prepared.pixel_hash()
+    except PrepareError:
+        return None
+
+
+def stored_pixel_hash(pixels: PixelStore, row: dict[str, Any]) -> str | None:
+    """An indexed instance's pixel hash: recorded at ingest, or else of its decoded frames
+    (None when they cannot be decoded)."""
+    if row.get("pixel_hash") is not None:
+        return row["pixel_hash"]
+    reference = row.get("pixels")
+    if not reference:
+        return instance_pixel_hash([])
+    first = reference["first_frame"]
+    try:
+        frames = pixels.read_frames(reference["array"], range(first, first + reference["frames"]))
+    except Exception:  # a codec's failure on bad data can be any exception
+        return None
+    return instance_pixel_hash([frame_hash(f) for f in frames])
 
 
 def quarantine_input(quarantine: Quarantine, key: str, data: bytes | None, reason: str) -> Outcome:
@@ -417,9 +467,10 @@ def quarantine_conflict(
     reason: str,
     prior: dict[str, Any],
     sop: str,
-    pixel_hash: str,
+    hashes: dict[str, str | None],
 ) -> None:
-    """Keep a conflicting input with what it conflicts with."""
+    """Keep a conflicting input with what it conflicts with (and both pixel hashes, when
+    they were computed: `hashes` "archived" and "new")."""
     quarantine.add(
         key,
         data,
@@ -428,8 +479,8 @@ def quarantine_conflict(
         sop_instance_uid=sop,
         archived_source=prior.get("source_path"),
         archived_sha256=prior.get("source_sha256"),
-        archived_pixel_hash=prior.get("pixel_hash"),
-        pixel_hash=pixel_hash,
+        archived_pixel_hash=hashes.get("archived", prior.get("pixel_hash")),
+        pixel_hash=hashes.get("new"),
     )
 
 
@@ -453,7 +504,9 @@ def new_row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, A
         if prepared.pass_through is not None
         else "none",
         "frame_hashes": prepared.frame_hashes,
-        "pixel_hash": instance_pixel_hash(prepared.frame_hashes),
+        "pixel_hash": None
+        if prepared.frame_hashes is None
+        else instance_pixel_hash(prepared.frame_hashes),
         "raw_pixel_bytes": prepared.raw_pixel_bytes,
         "stored_bytes": stored,
         "duplicates": [],

@@ -68,13 +68,19 @@ class Prepared:
     frames: np.ndarray | None = None  # native: decoded frames
     bitstreams: list[bytes] = field(default_factory=list)  # encapsulated: one per frame
     pass_through: Any = None  # encapsulated: the codec that decodes the bitstreams
-    frame_hashes: list[str] = field(default_factory=list)
+    # Hashes of the decoded frames; None for bitstreams kept undecoded (see `prepare`).
+    frame_hashes: list[str] | None = field(default_factory=list)
     transcoded: bool = False  # lossless bitstreams decoded, to be stored with the archive codec
 
     @property
     def sop_instance_uid(self) -> str:
         """The instance's SOP Instance UID."""
         return self.header.attributes["SOPInstanceUID"]
+
+    @property
+    def frame_count(self) -> int:
+        """Frames of pixel data (0 without pixel data)."""
+        return 0 if self.layout is None else self.layout.frames
 
     @property
     def raw_pixel_bytes(self) -> int:
@@ -87,7 +93,13 @@ class Prepared:
             if self.frames is not None
             else (self.pass_through.pixel_dtype.itemsize)
         )
-        return frame * itemsize * len(self.frame_hashes)
+        return frame * itemsize * self.frame_count
+
+    def pixel_hash(self) -> str:
+        """The instance's pixel hash; decodes bitstreams kept undecoded (PrepareError if bad)."""
+        if self.frame_hashes is None:
+            self.frame_hashes = [frame_hash(f) for f in decode_bitstreams(self)]
+        return instance_pixel_hash(self.frame_hashes)
 
 
 def frame_hash(frame: np.ndarray) -> str:
@@ -109,9 +121,14 @@ def check_uids(header: Header) -> None:
             raise PrepareError(problem)
 
 
-def prepare(path: str, data: bytes, header: Header, transcode: bool = False) -> Prepared:
+def prepare(
+    path: str, data: bytes, header: Header, transcode: bool = False, decode: bool = False
+) -> Prepared:
     """Split one file into frames and a header blob; raises PrepareError when it cannot.
 
+    Compressed frames kept as their original bitstream are not decoded (the
+    archive keeps their exact bytes, so nothing can be lost) unless `decode` is
+    set, which hashes their decoded pixels and refuses bitstreams that do not decode.
     With `transcode`, frames of a lossless compressed transfer syntax are decoded
     and handed over as native frames (the original bitstreams are not kept).
     """
@@ -130,7 +147,7 @@ def prepare(path: str, data: bytes, header: Header, transcode: bool = False) -> 
         raise PrepareError(f"pixel data cannot be laid out: {error}") from None
     value = memoryview(dataset)[pixel.value_offset : pixel.value_end]
     if pixel.encapsulated:
-        prepared = _encapsulated(path, sha256, data, dataset, header, layout, transcode)
+        prepared = _encapsulated(path, sha256, data, dataset, header, layout, transcode, decode)
     else:
         prepared = _native(path, sha256, data, header, layout, value)
     if prepared.transcoded:
@@ -178,6 +195,7 @@ def _encapsulated(
     header: Header,
     layout: PixelLayout,
     transcode: bool,
+    decode: bool,
 ) -> Prepared:
     pixel = header.pixel
     ts = header.transfer_syntax_uid or ""
@@ -206,13 +224,6 @@ def _encapsulated(
         )
     except CodecError as error:
         raise PrepareError(str(error)) from None
-    decoded = []
-    for i, chunk in enumerate(bitstreams):
-        try:
-            decoded.append(codec.decode_frame(chunk, layout.frame_shape, codec.pixel_dtype))
-        except Exception as error:  # a codec's failure on bad data can be any exception
-            raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
-    hashes = [frame_hash(frame) for frame in decoded]
     start = pixel.value_offset
     first_item = int(pixel.fragment_offsets[0]) - 8 if count else pixel.value_end - 8
     blob = HeaderBlob(
@@ -223,21 +234,7 @@ def _encapsulated(
         fragment_lengths=tuple(tuple(len(f) for f in parts) for parts in fragments),
         delimiter=dataset[pixel.value_end - 8 : pixel.value_end],
     )
-    if transcode and ts in LOSSLESS_SYNTAXES:
-        return Prepared(
-            path,
-            sha256,
-            len(data),
-            header,
-            blob,
-            "native",
-            layout,
-            frames=np.stack(decoded),
-            pass_through=codec,
-            frame_hashes=hashes,
-            transcoded=True,
-        )
-    return Prepared(
+    prepared = Prepared(
         path,
         sha256,
         len(data),
@@ -247,8 +244,27 @@ def _encapsulated(
         layout,
         bitstreams=bitstreams,
         pass_through=codec,
-        frame_hashes=hashes,
+        frame_hashes=None,
     )
+    if transcode and ts in LOSSLESS_SYNTAXES:
+        frames = decode_bitstreams(prepared)
+        prepared.storage, prepared.frames, prepared.bitstreams = "native", frames, []
+        prepared.frame_hashes, prepared.transcoded = [frame_hash(f) for f in frames], True
+    elif decode:
+        prepared.pixel_hash()
+    return prepared
+
+
+def decode_bitstreams(prepared: Prepared) -> np.ndarray:
+    """The frames of an instance kept as bitstreams, decoded as pydicom's pixel_array."""
+    layout, codec = prepared.layout, prepared.pass_through
+    frames = np.empty((len(prepared.bitstreams), *layout.frame_shape), codec.pixel_dtype)
+    for i, chunk in enumerate(prepared.bitstreams):
+        try:
+            frames[i] = codec.decode_frame(chunk, layout.frame_shape, codec.pixel_dtype)
+        except Exception as error:  # a codec's failure on bad data can be any exception
+            raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
+    return frames
 
 
 def rebuild(prepared: Prepared) -> bytes:

@@ -32,6 +32,7 @@ from pacs_engine.archive.encoder import (
     conflict_reason,
     quarantine_conflict,
     quarantine_input,
+    stored_pixel_hash,
     with_duplicate,
 )
 from pacs_engine.archive.report import IngestReport, Outcome
@@ -408,7 +409,14 @@ class _Run:
     ) -> Outcome:
         """The outcome of an input whose SOP UID another part committed after its worker looked."""
         key, sop = row["source_path"], row["SOPInstanceUID"]
-        reason = conflict_reason(prior, row, row["pixel_hash"])
+        hashes: dict[str, str | None] = {}
+
+        def same_pixels() -> bool:
+            hashes["archived"] = stored_pixel_hash(self.archive.pixels, prior)
+            hashes["new"] = stored_pixel_hash(self.archive.pixels, row)
+            return hashes["new"] is not None and hashes["archived"] == hashes["new"]
+
+        reason = conflict_reason(prior, row["source_sha256"], row, same_pixels)
         if reason is None:
             duplicate = {"path": key, "sha256": row["source_sha256"]}
             updated[sop] = with_duplicate(updated.get(sop) or prior, duplicate)
@@ -425,7 +433,7 @@ class _Run:
             reason,
             prior,
             sop,
-            row["pixel_hash"],
+            hashes,
         )
         return Outcome(key, "conflict", outcome.size, reason=reason, sop=sop)
 
