@@ -442,11 +442,17 @@ def test_uids_the_index_cannot_key_are_quarantined_not_fatal(tmp_path: Path) -> 
     long_uid = pydicom.dcmread(source)
     long_uid.SOPInstanceUID = "1." + "2" * 250
     long_uid.save_as(folder / "long.dcm")
+    escaping = pydicom.dcmread(source)  # series UIDs name folders: this one would leave the archive
+    escaping.SeriesInstanceUID = "../../escaped"
+    escaping.SOPInstanceUID = "1.2.3.4"
+    escaping.save_as(folder / "escaping.dcm")
     with Archive.create(tmp_path / "a") as archive:
         report = archive.ingest([folder], workers=0).to_dict()
         reasons = {Path(r["path"]).name: r["reason"] for r in archive.quarantine.records()}
-    assert (report["archived"], report["quarantined"]) == (1, 1)
+    assert (report["archived"], report["quarantined"]) == (1, 2)
     assert "SOPInstanceUID is longer than 200 bytes" in reasons["long.dcm"]
+    assert "path separator" in reasons["escaping.dcm"]
+    assert not (tmp_path / "escaped").exists()
 
 
 POISON = "poison.dcm"
@@ -485,3 +491,53 @@ def test_a_file_that_crashes_a_worker_is_quarantined_and_the_run_goes_on(
     assert "the encoding process died on this file" in reasons[str(poison)]
     assert state(tmp_path / "a") == clean["state"]
     assert unreferenced(tmp_path / "a") == []
+
+
+def test_tidy_removes_what_a_killed_run_left_and_the_run_still_resumes(
+    synth: Path, clean: dict, clean_cli_seconds: float, tmp_path: Path
+) -> None:
+    """After kill -9 and no resume, `pacs-engine tidy` leaves only what committed rows use,
+    names the unfinished run, and refuses to run beside an ingest; resuming still works."""
+    archive = tmp_path / "a"
+    delay = 0.5
+    for _ in range(10):  # kill once some series' header pack is written, before the end
+        process = _start(synth, archive)
+        time.sleep(delay * clean_cli_seconds)
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        finished = bool(list(archive.glob("reports/*")))
+        if not finished and list(archive.glob("headers/*/*.pack")):
+            break
+        delay *= 0.7 if finished else 1.3
+        shutil.rmtree(archive, ignore_errors=True)
+    else:
+        pytest.fail("no kill landed between the first header pack and the end of the run")
+    series = next(p.name for p in (archive / "headers").iterdir())
+    orphan = archive / "headers" / series / "20000101T000000-abandoned.pack"
+    orphan.write_bytes(b"x" * 1000)  # what a killed worker wrote, whatever the kill timing
+    (archive / ".archive.json.stale.tmp").write_bytes(b"{")
+    with open_archive(archive) as opened:
+        committed = {
+            uid: clean["state"][uid] for uid in (r["SOPInstanceUID"] for r in opened.index)
+        }
+
+    with open_archive(archive, readonly=False):  # as an ingest holds it
+        refused = subprocess.run([*CLI, "tidy", str(archive)], capture_output=True, text=True)
+        assert refused.returncode == 2 and "another process is writing" in refused.stderr
+    assert orphan.exists()
+
+    result = subprocess.run([*CLI, "tidy", str(archive)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "unfinished ingest run" in result.stdout and str(synth) in result.stdout
+    assert not orphan.exists() and not list(archive.glob(".*.tmp"))
+    assert unreferenced(archive) == []
+    assert state(archive) == committed
+    with open_archive(archive) as opened:
+        assert opened.verify().ok
+
+    final = _start(synth, archive)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    assert_complete(json.loads(out), len(files_under(synth)))
+    assert state(archive) == clean["state"]
+    assert unreferenced(archive) == []

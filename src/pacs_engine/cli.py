@@ -224,6 +224,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_tidy(args: argparse.Namespace) -> int:
+    """Delete what ingest runs killed and never resumed left unreferenced; list those runs."""
+    from pacs_engine.archive import open_archive
+    from pacs_engine.ingest.journal import Journal
+    from pacs_engine.ingest.tidy import tidy_archive
+
+    with open_archive(args.archive, readonly=False) as archive:  # one writer: never beside ingest
+        tidied = tidy_archive(archive)
+        unfinished = Journal(archive.index).unfinished()
+    print(
+        f"removed {tidied.files:,} files ({tidied.bytes / 1e6:,.1f} MB) that no archived "
+        f"instance uses; {len(tidied.arrays_resized):,} arrays resized to their committed frames"
+    )
+    for record in unfinished:
+        print(
+            f"unfinished ingest run {record['run']} (started {record['started']}) of "
+            f"{' '.join(record['sources'])}: run the same ingest again to finish it"
+        )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Counts, sizes and compression ratio of an archive, by modality and codec."""
     from pacs_engine.archive import open_archive
@@ -439,12 +460,25 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check every stored frame and every rebuilt file of an archive",
         description="Decode every stored frame and compare it with the hash recorded at "
-        "ingest, and rebuild every original file and compare its sha256. Exits 1 on any "
-        "mismatch.",
+        "ingest (original bitstreams stored undecoded have none: they must decode), and "
+        "rebuild every original file and compare its sha256. Exits 1 on any mismatch.",
     )
     verify.add_argument("archive", help="the archive folder")
     _add_progress(verify)
     verify.set_defaults(run=cmd_verify)
+
+    tidy = commands.add_parser(
+        "tidy",
+        help="delete files of killed, never-resumed ingest runs that no instance uses",
+        description="An ingest deletes what a killed earlier session of the same run left "
+        "behind when it is resumed. A run that is never resumed leaves its uncommitted shards "
+        "and header packs on disk: this deletes every file no archived instance uses, sets "
+        "arrays' frame counts to what is committed, and lists unfinished runs (resuming one "
+        "after a tidy is safe: its uncommitted work is redone). Refused (exit 2) while an "
+        "ingest runs.",
+    )
+    tidy.add_argument("archive", help="the archive folder")
+    tidy.set_defaults(run=cmd_tidy)
 
     info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")
     info.add_argument("archive", help="the archive folder")

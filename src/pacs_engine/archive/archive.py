@@ -246,8 +246,9 @@ class Archive:
         return written
 
     def verify(self, progress: Callable[[str, bool], None] | None = None) -> VerifyReport:
-        """Check every instance: its frames decode to the hashes recorded at ingest, and
-        the file rebuilt from the archive has the original's sha256."""
+        """Check every instance: its frames decode (to the hashes recorded at ingest, where
+        there are: not for original bitstreams stored undecoded), and the file rebuilt
+        from the archive has the original's sha256 (which proves those bitstreams)."""
         report = VerifyReport()
         for row in self.index:
             uid = row["SOPInstanceUID"]

@@ -155,6 +155,10 @@ def prepare(
     if header.deflated or rebuild(prepared) != data:
         # The parts do not give the file back (deflated, or an unusual layout): keep it whole.
         prepared.blob = HeaderBlob(WHOLE, data)
+        if prepared.frame_hashes is None:
+            # The export no longer reads the stored bitstreams, so its sha256 would not
+            # prove them: their pixel hashes must (`verify`).
+            prepared.pixel_hash()
     return prepared
 
 

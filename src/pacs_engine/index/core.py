@@ -126,6 +126,9 @@ def uid_problem(keyword: str, value: Any) -> str | None:
         return f"no {keyword}"
     if len(value.encode("utf-8", "surrogateescape")) > MAX_UID_BYTES or "\0" in value:
         return f"{keyword} is longer than {MAX_UID_BYTES} bytes or holds a NUL"
+    if "/" in value or "\\" in value or value.startswith("."):
+        # Series UIDs name folders of the archive: "../x" would write outside it.
+        return f"{keyword} {value!r} holds a path separator or starts with '.'"
     return None
 
 

@@ -87,6 +87,17 @@ class Journal:
         record["state"] = "finished"
         self.save(record, {_key(b"c", _sources_id(record["sources"])): None})
 
+    def unfinished(self) -> list[dict[str, Any]]:
+        """The records of runs that have not finished (killed and not resumed yet)."""
+        prefix = _key(b"c") + _SEP
+        runs = []
+        start = None
+        while page := self.index.journal_items(prefix, start=start, limit=_PAGE):
+            keys = [_key(b"r", value.decode()) for _, value in page]
+            runs += [json.loads(v) for v in self.index.journal_get(keys).values()]
+            start = page[-1][0] + _SEP
+        return runs
+
     # --- outcomes ---------------------------------------------------------------------
 
     def outcome_key(self, run: str, key: str) -> bytes:

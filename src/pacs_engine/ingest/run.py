@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -40,8 +39,9 @@ from pacs_engine.ingest import session, tasks
 from pacs_engine.ingest.executors import InlineExecutor, make_executor, worker_died
 from pacs_engine.ingest.journal import Journal, Planned
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
+from pacs_engine.ingest.tidy import Tidied, remove_temporaries, tidy_series
 from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
-from pacs_engine.storage import remove_stale_temporaries, write_atomic
+from pacs_engine.storage import write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -445,43 +445,11 @@ class _Run:
         What a killed session wrote and never committed (shards, packs, arrays)
         is deleted here, so the archive equals one an uninterrupted run makes.
         """
+        tidied = Tidied()
         series = None
         while series := self.journal.next_series(run, series):
-            self._tidy_series(series)
-        for folder in ("", "quarantine", "reports"):  # writes of a killed session
-            remove_stale_temporaries(self.archive.path / folder)
-
-    def _tidy_series(self, series_uid: str) -> None:
-        """Trim one series' arrays and delete its files that no committed row reaches."""
-        pixels = self.archive.pixels
-        ends: dict[str, int] = {}
-        shards: dict[str, set[int]] = {}
-        packs: set[str] = set()
-        for row in self.archive.index.series(series_uid):
-            packs.add(row["header"]["pack"])
-            reference = row.get("pixels")
-            if reference:
-                path, first = reference["array"], reference["first_frame"]
-                last = first + reference["frames"]
-                ends[path] = max(ends.get(path, 0), last)
-                per_shard, _ = pixels.grid(path)
-                shards.setdefault(path, set()).update(
-                    range(first // per_shard, (last - 1) // per_shard + 1)
-                )
-        for path in pixels.arrays(series_uid):
-            if path not in ends:
-                shutil.rmtree(pixels.root / path)
-                continue
-            if pixels.frames(path) != ends[path]:
-                pixels.set_frames(path, ends[path])
-            for file in pixels.unreferenced_files(path, shards[path]):
-                file.unlink()
-            remove_stale_temporaries(pixels.root / path)  # a zarr.json being rewritten
-        folder = self.archive.path / "headers" / series_uid
-        if folder.is_dir():
-            for pack in folder.iterdir():
-                if f"headers/{series_uid}/{pack.name}" not in packs:
-                    pack.unlink()
+            tidy_series(self.archive, series, tidied)
+        remove_temporaries(self.archive)
 
     # --- helpers ----------------------------------------------------------------------
 

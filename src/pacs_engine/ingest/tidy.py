@@ -1,0 +1,110 @@
+"""Delete what no committed row reaches: what killed or abandoned ingest runs wrote.
+
+An ingest's own tidy step does this for the series it planned. `tidy_archive`
+does it for every series on disk, for runs that were killed and never resumed.
+Both need the archive open for writing, whose lock (`.writer.lock`) one process
+holds at a time, so a tidy never runs beside an ingest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pacs_engine.archive.archive import ArchiveError
+from pacs_engine.ingest import session
+from pacs_engine.storage import remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from pacs_engine.archive import Archive
+
+
+@dataclass
+class Tidied:
+    """What a tidy removed."""
+
+    files: int = 0
+    bytes: int = 0
+    arrays_resized: list[str] = field(default_factory=list)  # to their committed frames
+
+    def remove(self, path: Path) -> None:
+        """Delete a file or a folder and count it."""
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        self.files += len(files)
+        self.bytes += sum(p.stat().st_size for p in files)
+        if path.is_file():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+
+
+def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
+    """Trim one series' arrays to their committed frames and delete its files that no
+    committed row reaches. Only while nothing else writes to the archive."""
+    pixels = archive.pixels
+    ends: dict[str, int] = {}
+    shards: dict[str, set[int]] = {}
+    packs: set[str] = set()
+    for row in archive.index.series(series_uid):
+        packs.add(row["header"]["pack"])
+        reference = row.get("pixels")
+        if reference:
+            path, first = reference["array"], reference["first_frame"]
+            last = first + reference["frames"]
+            ends[path] = max(ends.get(path, 0), last)
+            per_shard, _ = pixels.grid(path)
+            shards.setdefault(path, set()).update(
+                range(first // per_shard, (last - 1) // per_shard + 1)
+            )
+    for path in pixels.arrays(series_uid):
+        if path not in ends:
+            if _is_array(pixels.root / path):  # never a group a foreign folder holds
+                tidied.remove(pixels.root / path)
+            continue
+        if pixels.frames(path) != ends[path]:
+            pixels.set_frames(path, ends[path])
+            tidied.arrays_resized.append(path)
+        for file in pixels.unreferenced_files(path, shards[path]):
+            tidied.remove(file)
+        remove_stale_temporaries(pixels.root / path)  # a zarr.json being rewritten
+    folder = archive.path / "headers" / series_uid
+    if folder.is_dir():
+        for pack in folder.glob("*.pack"):
+            if pack.is_file() and f"headers/{series_uid}/{pack.name}" not in packs:
+                tidied.remove(pack)
+    for empty in (pixels.root / series_uid, folder):
+        if empty.is_dir() and not any(empty.iterdir()):
+            empty.rmdir()
+
+
+def _is_array(folder: Path) -> bool:
+    """True when `folder` holds a zarr array (not a group)."""
+    try:
+        return json.loads((folder / "zarr.json").read_bytes()).get("node_type") == "array"
+    except (OSError, ValueError):
+        return False
+
+
+def remove_temporaries(archive: Archive) -> None:
+    """Delete what writes a kill interrupted left in the archive's own folders."""
+    for folder in ("", "quarantine", "reports"):
+        remove_stale_temporaries(archive.path / folder)
+
+
+def tidy_archive(archive: Archive) -> Tidied:
+    """Tidy every series on disk of an archive open for writing."""
+    if archive.readonly:
+        raise ArchiveError(f"{archive.path}: opened read-only")
+    session.claim(archive.path)  # workers a killed run left behind stop writing first
+    tidied = Tidied()
+    series = {p.name for p in archive.pixels.root.iterdir() if p.is_dir()}
+    headers = archive.path / "headers"
+    if headers.is_dir():
+        series |= {p.name for p in headers.iterdir() if p.is_dir()}
+    for series_uid in sorted(series):
+        tidy_series(archive, series_uid, tidied)
+    remove_temporaries(archive)
+    return tidied
