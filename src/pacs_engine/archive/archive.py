@@ -217,7 +217,7 @@ class Archive:
         if pixels and blob.kind != 0:
             layout = PixelLayout.from_attributes(row, row["pixel_keyword"])
             if row["pixel_storage"] == "bitstream":
-                bitstreams = self.pixels.read_chunks(
+                bitstreams = self.pixels.read_bitstreams(
                     pixels["array"], pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
                 )
             else:

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.codecs import BloscCodec
 
 from pacs_engine.archive.pixel_store import (
     ArraySpec,
     PixelStore,
+    compress,
     decode_frame,
     encode_chunk,
     split_tiles,
@@ -62,6 +64,12 @@ CODECS: dict[str, Any] = {
     "jpegxl": lambda: JpegXlCodec(effort=2),
 }
 CODEC_CHOICES = ("auto", *CODECS, "blosc")
+#: Compressors after a pass-through codec, where they pay: PackBits leaves much for zstd
+#: (the corpus's RLE files: 1.05-1.5x smaller on real images, 1.25x in all; 1.23x on
+#: synthetic CT), while JPEG, JPEG-LS and JPEG 2000 streams are entropy-coded already.
+BITSTREAM_COMPRESSORS = {
+    "pacs_engine.dicom_rle": (BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle", typesize=1),)
+}
 COMPARED_KEYWORDS = tuple(k for k in HEADER_KEYWORDS if k != "TransferSyntaxUID")
 _CONFLICT = "conflict: same SOP Instance UID as an archived instance, but "
 
@@ -263,7 +271,9 @@ class PartEncoder:
         if not writers[path].room_for(count):
             raise ValueError(f"{count} frames, more than Number of Frames said when it was scanned")
         if prepared.storage == "bitstream":
-            chunks = [prepared.pass_through.encode_bitstream(b) for b in prepared.bitstreams]
+            spec = self.pixels.spec(path)  # as created, maybe by an older version
+            encode = prepared.pass_through.encode_bitstream
+            chunks = [compress(spec, encode(b)) for b in prepared.bitstreams]
         else:
             chunks = self._encode_native(path, prepared, verify)
         first = writers[path].append(chunks)
@@ -324,7 +334,7 @@ class PartEncoder:
                 "transfer_syntax_uid": ts,
                 "color_conversion": codec.color_conversion,
             }
-            compressors: tuple = ()
+            compressors: tuple = BITSTREAM_COMPRESSORS.get(codec.codec_name, ())
         else:
             dtype = prepared.frames.dtype
             codec, compressors = None, ()

@@ -129,10 +129,14 @@ def array_spec(meta: ArrayV3Metadata) -> ArraySpec:
 
 
 def encode_chunk(spec: ArraySpec, tile: np.ndarray) -> bytes:
-    """One chunk encoded as zarr encodes it with the array's codec (or bytes + Blosc)."""
+    """One chunk encoded as zarr encodes it: the array's codec (or bytes), then its Blosc."""
     if spec.codec is not None:
-        return spec.codec.encode_frame(tile)
-    data = np.ascontiguousarray(tile, tile.dtype.newbyteorder("<")).tobytes()
+        return compress(spec, spec.codec.encode_frame(tile))
+    return compress(spec, np.ascontiguousarray(tile, tile.dtype.newbyteorder("<")).tobytes())
+
+
+def compress(spec: ArraySpec, data: bytes) -> bytes:
+    """Serialized chunk bytes through the array's compressors (Blosc), as zarr applies them."""
     for blosc in spec.compressors:
         data = numcodecs.Blosc(
             cname=blosc.cname.value,
@@ -141,6 +145,13 @@ def encode_chunk(spec: ArraySpec, tile: np.ndarray) -> bytes:
             blocksize=blosc.blocksize,
         ).encode(data)
     return bytes(data)
+
+
+def decompress(spec: ArraySpec, data: bytes) -> bytes:
+    """A stored chunk's serialized bytes: its compressors undone."""
+    if spec.compressors:  # Blosc frames carry their own shuffle and type size
+        return bytes(numcodecs.blosc.decompress(data))
+    return data
 
 
 _SHUFFLES = {
@@ -152,10 +163,9 @@ _SHUFFLES = {
 
 def decode_chunk(spec: ArraySpec, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """One stored chunk decoded to `shape` and the array dtype, as zarr decodes it."""
+    data = decompress(spec, data)
     if spec.codec is not None:
         return spec.codec.decode_frame(data, shape, spec.dtype)
-    if spec.compressors:  # Blosc frames carry their own shuffle and type size
-        data = numcodecs.blosc.decompress(data)
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
 
 
@@ -292,6 +302,12 @@ class PixelStore:
             out += self._shard_chunks(path, frame, last)
             frame = last
         return out
+
+    def read_bitstreams(self, path: str, start: int, stop: int) -> list[bytes]:
+        """The serialized chunks of frames [start, stop): for an array of original
+        bitstreams, those bitstreams byte for byte (compressors undone)."""
+        spec = self.spec(path)
+        return [decompress(spec, chunk) for chunk in self.read_chunks(path, start, stop)]
 
     def arrays(self, series_uid: str) -> list[str]:
         """The paths of the series' arrays."""
