@@ -21,7 +21,8 @@ Rows:
   transcoding to JPEG-LS lossless, fed by HTTP `POST /instances` on one keep-alive
   connection or by `storescu` on one association. When Orthanc crashes on a file, it is
   restarted on the same storage and sending resumes after that file; restart time is not
-  counted and the row says how many crashes there were.
+  counted, the files it crashed on count neither in its inst/s and MB/s nor in its ratio
+  (it did not store them), and the row says how many crashes there were.
 - codec ceiling: `choose_codec` per series on its middle frame, then `encode_frame` on
   every frame of the same pixels (decoded beforehand), one core, best of
   PACS_ENGINE_BENCH_REPEATS per frame (bench_codecs.measure_pick), in a fresh process.
@@ -299,6 +300,7 @@ class Sent:
 
     seconds: float = 0.0
     crashes: list[str] = field(default_factory=list)
+    crashed_paths: list[str] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)
     peak_kib: int = 0
     associations: int = 0
@@ -307,6 +309,7 @@ class Sent:
 def _crashed(orthanc: orthanc_mod.Orthanc, path: str, sent: Sent) -> None:
     """Record the crash on `path` and restart Orthanc on the same storage."""
     sent.crashes.append(f"{Path(path).name} (exit {orthanc.process.wait()})")
+    sent.crashed_paths.append(path)
     orthanc.start()
 
 
@@ -429,7 +432,9 @@ def test_orthanc(
         stored = orthanc.storage_bytes()
         log = orthanc.log.read_text(errors="replace")
     raw_by_sop = ingest_set.raw_by_sop()
-    row.seconds, row.files, row.raw_bytes = sent.seconds, len(ingest_set), ingest_set.total_raw
+    # A file Orthanc crashed on is not stored: it counts neither in the rates nor the ratio.
+    row.seconds, row.files = sent.seconds, len(ingest_set) - len(sent.crashed_paths)
+    row.raw_bytes = ingest_set.total_raw - sum(ingest_set.raw_bytes[p] for p in sent.crashed_paths)
     row.ratio = sum(raw_by_sop.get(s, 0) for s in sops) / stored
     row.peak_rss_mib = sent.peak_kib / 1024
     row.rss_note = "Orthanc's VmHWM (max over restarts), server only"
