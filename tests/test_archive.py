@@ -254,9 +254,13 @@ def test_copies_of_an_undecoded_bitstream_are_told_apart_by_decoding_it(tmp_path
     assert record["archived_pixel_hash"] == instance_pixel_hash([expected])
     assert record["pixel_hash"] == instance_pixel_hash([frame_hash(pixels)])
 
-    together = Archive.create(tmp_path / "b")  # one part: the first copy is not committed yet
-    report = together.ingest([rle, j2k, tmp_path / "changed.dcm"], workers=0)
-    assert (report.archived, report.duplicates, report.conflicts) == (1, 1, 1)
+    # One part: whichever comes first is archived undecoded and not committed yet, so
+    # the other is compared with the part's own copy (which order depends on the paths).
+    together = Archive.create(tmp_path / "b")
+    report = together.ingest([rle, j2k], workers=0)
+    assert (report.archived, report.duplicates, report.conflicts) == (1, 1, 0)
+    (row,) = list(together.index)
+    assert row["frame_hashes"] is None
     assert together.verify().ok
 
 
