@@ -299,6 +299,7 @@ def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     archive = Archive.create(tmp_path / "a")
     report = archive.ingest([tmp_path / "broken_j2k.dcm", samples["CT_small.dcm"]], workers=0)
     assert (report.inputs, report.archived, report.quarantined) == (2, 2, 0)
+    assert report.undecoded == 1  # the JPEG 2000 one; CT_small's native pixels are hashed
     rows = {Path(r["source_path"]).name: r for r in archive.index}
     sop = rows["broken_j2k.dcm"]["SOPInstanceUID"]
     assert rows["broken_j2k.dcm"]["frame_hashes"] is None

@@ -26,6 +26,7 @@ def test_ingest_verify_info_export(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert (report["inputs"], report["archived"], report["quarantined"]) == (5, 4, 1)
     assert report["balanced"] is True
+    assert report["archived_undecoded"] == 0  # --verify decoded the JPEG 2000 and RLE frames
 
     again = json.loads(run_cli("ingest", str(source), "--archive", str(archive), "--json").stdout)
     assert (again["archived"], again["duplicates"], again["quarantined"]) == (0, 4, 1)
@@ -40,6 +41,14 @@ def test_ingest_verify_info_export(tmp_path: Path) -> None:
     assert run_cli("export", str(archive), str(out)).returncode == 0
     exported = {hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*.dcm")}
     assert exported == {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_ingest_says_how_many_bitstreams_it_did_not_decode(tmp_path: Path) -> None:
+    files = [p for p in pydicom_test_files() if p.name in ("JPEG2000.dcm", "CT_small.dcm")]
+    result = run_cli("ingest", *map(str, files), "--archive", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr
+    assert "1 archived instances keep original compressed bitstreams" in result.stdout
+    assert "pacs-engine verify" in result.stdout
 
 
 def test_verify_exits_1_on_damage(tmp_path: Path) -> None:

@@ -166,6 +166,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
         for reason, count in summary["quarantine_reasons"].items():
             print(f"  quarantined {count:>6,}  {reason}")
+        if summary["archived_undecoded"]:
+            print(
+                f"{summary['archived_undecoded']:,} archived instances keep original compressed "
+                "bitstreams that were not decoded (stored byte for byte); `pacs-engine verify` "
+                "decodes them, and `ingest --verify` would have"
+            )
     return 0 if report.balanced else 1
 
 

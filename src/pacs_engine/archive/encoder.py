@@ -245,6 +245,7 @@ class PartEncoder:
             raw=prepared.raw_pixel_bytes,
             stored=stored + len(blob),
             sop=sop,
+            undecoded=prepared.frame_hashes is None,
         )
 
     def reject(self, key: str, data: bytes | None, reason: str) -> Outcome:

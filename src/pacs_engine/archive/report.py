@@ -21,6 +21,7 @@ class Outcome:
     stored: int = 0  # bytes the archive stores for it, when archived
     reason: str | None = None  # why, for a conflict or a quarantined input
     sop: str | None = None
+    undecoded: bool = False  # archived with original bitstreams no one has decoded yet
 
     def to_bytes(self) -> bytes:
         """The journal's record of it."""
@@ -41,6 +42,7 @@ class IngestReport:
     duplicates: int = 0
     conflicts: int = 0
     quarantined: int = 0
+    undecoded: int = 0  # archived instances whose original bitstreams were not decoded
     raw_bytes: int = 0
     stored_bytes: int = 0
     input_bytes: int = 0
@@ -56,6 +58,7 @@ class IngestReport:
         self.input_bytes += outcome.size
         if outcome.outcome == "archived":
             self.archived += 1
+            self.undecoded += outcome.undecoded
             self.raw_bytes += outcome.raw
             self.stored_bytes += outcome.stored
         elif outcome.outcome == "duplicate":
@@ -85,6 +88,7 @@ class IngestReport:
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "quarantined": self.quarantined,
+            "archived_undecoded": self.undecoded,
             "quarantine_reasons": dict(self.reasons.most_common()),
             "input_bytes": self.input_bytes,
             "raw_pixel_bytes": self.raw_bytes,
