@@ -20,7 +20,9 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs_engine import Archive, ArchiveError, open_archive
+from pacs_engine.archive import encoder
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
+from pacs_engine.synth import write_studies
 
 
 def manifest() -> dict[str, dict[str, str]]:
@@ -229,6 +231,26 @@ def test_rle_bitstreams_are_stored_zstd_compressed_and_export_byte_for_byte(
     assert archive.verify().ok
 
 
+def test_an_rle_array_an_older_version_made_without_zstd_keeps_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New RLE instances of a series whose array has no compressor are written as the array
+    says (uncompressed), and every file still exports byte for byte."""
+    files = write_studies(tmp_path / "in", 1, 1, 4, rows=32, columns=32, syntaxes=["rle"])
+    archive = Archive.create(tmp_path / "a")
+    monkeypatch.setattr(encoder, "BITSTREAM_COMPRESSORS", {})
+    assert archive.ingest(files[:2], workers=0).archived == 2
+    monkeypatch.undo()
+    assert archive.ingest(files[2:], workers=0).archived == 2
+    rows = list(archive.index)
+    assert len({row["pixels"]["array"] for row in rows}) == 1
+    assert archive.pixels.spec(rows[0]["pixels"]["array"]).compressors == ()
+    for row in rows:
+        source = Path(row["source_path"]).read_bytes()
+        assert archive.export_bytes(row["SOPInstanceUID"]) == source
+    assert archive.verify().ok
+
+
 def test_copies_of_an_undecoded_bitstream_are_told_apart_by_decoding_it(tmp_path: Path) -> None:
     """An instance kept as its undecoded JPEG 2000 bitstream is decoded when the same SOP
     Instance UID comes again: from the archive in a later run, from the part in the same one."""
@@ -299,7 +321,7 @@ def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     archive = Archive.create(tmp_path / "a")
     report = archive.ingest([tmp_path / "broken_j2k.dcm", samples["CT_small.dcm"]], workers=0)
     assert (report.inputs, report.archived, report.quarantined) == (2, 2, 0)
-    assert report.undecoded == 1  # the JPEG 2000 one; CT_small's native pixels are hashed
+    assert report.archived_undecoded == 1  # the JPEG 2000 one; CT_small's native pixels are hashed
     rows = {Path(r["source_path"]).name: r for r in archive.index}
     sop = rows["broken_j2k.dcm"]["SOPInstanceUID"]
     assert rows["broken_j2k.dcm"]["frame_hashes"] is None

@@ -510,3 +510,29 @@ def test_pass_through_refuses_to_encode_pixels(tmp_path: Path) -> None:
             bits_stored=8,
             decoder="imagecodecs",
         )
+
+
+@pytest.mark.parametrize(
+    ("syntax", "photometric", "decoder"),
+    [
+        ("1.2.840.10008.1.2.4.80", "MONOCHROME2", "imagecodecs"),  # JPEG-LS: integer-exact
+        ("1.2.840.10008.1.2.4.81", "RGB", "imagecodecs"),
+        ("1.2.840.10008.1.2.4.90", "MONOCHROME2", "imagecodecs"),  # reversible only
+        ("1.2.840.10008.1.2.4.91", "MONOCHROME2", "pydicom"),  # may be irreversible 9/7
+        ("1.2.840.10008.1.2.4.50", "MONOCHROME2", "pydicom"),  # DCT: decoders differ
+        ("1.2.840.10008.1.2.4.80", "YBR_FULL", "pydicom"),  # colour conversion as pydicom's
+    ],
+)
+def test_pass_through_picks_the_fast_decoder_only_where_it_is_exact(
+    syntax: str, photometric: str, decoder: str
+) -> None:
+    """The default decoder per syntax (a slow default went unnoticed once: same pixels)."""
+    samples = 1 if photometric.startswith("MONO") else 3
+    codec = pass_through_codec(
+        syntax,
+        photometric_interpretation=photometric,
+        bits_allocated=8,
+        bits_stored=8,
+        samples_per_pixel=samples,
+    )
+    assert codec.decoder == decoder

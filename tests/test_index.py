@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacs_engine.index import SERIES_KEYWORDS, STUDY_KEYWORDS, Index, _lmdb
+from pacs_engine.index.core import uid_problem
 
 ROOT = "1.2.826.0.1.3680043.8.498"
 
@@ -669,3 +670,31 @@ def test_commit_frees_the_reader_slot_of_a_killed_reader(index: Index) -> None:
     # Its stale snapshot would keep the writer from reusing pages; the next commit clears it.
     index.commit([make_row(1, 1, 1)])
     assert str(child.pid) not in index._store.env.readers()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("1.2.840.113619.2.55.3.604688119.969.1268071029.320", None),
+        ("2.25.329800735698586629295641978511506172918", None),
+        ("0.1", None),
+        ("", "no"),
+        (None, "no"),
+        ("1." + "2" * 250, "longer than 200 bytes"),
+        ("1.2\0.3", "NUL"),
+        ("../../x", "path separator"),
+        ("1.2/3", "path separator"),
+        ("1.2\\3", "path separator"),
+        (".1.2", "starts with '.'"),
+        ("..", "starts with '.'"),
+    ],
+)
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_uid_problem_keeps_dicom_uids_and_refuses_what_cannot_be_keyed_or_name_a_folder(
+    keyword: str, value: str | None, problem: str | None
+) -> None:
+    found = uid_problem(keyword, value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found and keyword in found

@@ -436,8 +436,10 @@ def _pixel_hash_or_none(prepared: Prepared) -> str | None:
 
 
 def stored_pixel_hash(pixels: PixelStore, row: dict[str, Any]) -> str | None:
-    """An indexed instance's pixel hash: recorded at ingest, or else of its decoded frames
-    (None when they cannot be decoded)."""
+    """An indexed instance's pixel hash, recorded or from its decoded frames (None: undecodable).
+
+    Rows of original bitstreams stored undecoded have none recorded.
+    """
     if row.get("pixel_hash") is not None:
         return row["pixel_hash"]
     reference = row.get("pixels")
@@ -480,8 +482,10 @@ def quarantine_conflict(
     sop: str,
     hashes: dict[str, str | None],
 ) -> None:
-    """Keep a conflicting input with what it conflicts with (and both pixel hashes, when
-    they were computed: `hashes` "archived" and "new")."""
+    """Keep a conflicting input with what it conflicts with.
+
+    `hashes` holds the pixel hashes computed to compare them ("archived", "new"), if any.
+    """
     quarantine.add(
         key,
         data,

@@ -138,12 +138,14 @@ def encode_chunk(spec: ArraySpec, tile: np.ndarray) -> bytes:
 def compress(spec: ArraySpec, data: bytes) -> bytes:
     """Serialized chunk bytes through the array's compressors (Blosc), as zarr applies them."""
     for blosc in spec.compressors:
+        # numcodecs takes Blosc's type size from the buffer's items, as zarr passes them.
+        items = np.frombuffer(data, f"u{blosc.typesize}") if blosc.typesize in (2, 4, 8) else data
         data = numcodecs.Blosc(
             cname=blosc.cname.value,
             clevel=blosc.clevel,
             shuffle=_SHUFFLES[blosc.shuffle.value],
             blocksize=blosc.blocksize,
-        ).encode(data)
+        ).encode(items)
     return bytes(data)
 
 
@@ -167,6 +169,14 @@ def decode_chunk(spec: ArraySpec, data: bytes, shape: tuple[int, ...]) -> np.nda
     if spec.codec is not None:
         return spec.codec.decode_frame(data, shape, spec.dtype)
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
+
+
+def _is_array(folder: Path) -> bool:
+    """True when `folder` holds a zarr array (not a group, nor anything else)."""
+    try:
+        return json.loads((folder / "zarr.json").read_bytes()).get("node_type") == "array"
+    except (OSError, ValueError):
+        return False
 
 
 def decode_frame(
@@ -304,8 +314,10 @@ class PixelStore:
         return out
 
     def read_bitstreams(self, path: str, start: int, stop: int) -> list[bytes]:
-        """The serialized chunks of frames [start, stop): for an array of original
-        bitstreams, those bitstreams byte for byte (compressors undone)."""
+        """The chunks of frames [start, stop) with their compressors undone.
+
+        For an array of original bitstreams: those bitstreams, byte for byte.
+        """
         spec = self.spec(path)
         return [decompress(spec, chunk) for chunk in self.read_chunks(path, start, stop)]
 
@@ -314,11 +326,7 @@ class PixelStore:
         folder = self.root / series_uid
         if not folder.is_dir():
             return []
-        return sorted(
-            self.array_path(series_uid, p.name)
-            for p in folder.iterdir()
-            if (p / "zarr.json").is_file()
-        )
+        return sorted(self.array_path(series_uid, p.name) for p in folder.iterdir() if _is_array(p))
 
     def unreferenced_files(self, path: str, shards: set[int]) -> list[Path]:
         """Files in the array's chunk folder other than the shard files of `shards`."""

@@ -42,7 +42,7 @@ class IngestReport:
     duplicates: int = 0
     conflicts: int = 0
     quarantined: int = 0
-    undecoded: int = 0  # archived instances whose original bitstreams were not decoded
+    archived_undecoded: int = 0  # archived instances whose original bitstreams were not decoded
     raw_bytes: int = 0
     stored_bytes: int = 0
     input_bytes: int = 0
@@ -58,7 +58,7 @@ class IngestReport:
         self.input_bytes += outcome.size
         if outcome.outcome == "archived":
             self.archived += 1
-            self.undecoded += outcome.undecoded
+            self.archived_undecoded += outcome.undecoded
             self.raw_bytes += outcome.raw
             self.stored_bytes += outcome.stored
         elif outcome.outcome == "duplicate":
@@ -88,7 +88,7 @@ class IngestReport:
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "quarantined": self.quarantined,
-            "archived_undecoded": self.undecoded,
+            "archived_undecoded": self.archived_undecoded,
             "quarantine_reasons": dict(self.reasons.most_common()),
             "input_bytes": self.input_bytes,
             "raw_pixel_bytes": self.raw_bytes,

@@ -31,7 +31,6 @@ from pacs_engine.archive.encoder import (
     conflict_reason,
     quarantine_conflict,
     quarantine_input,
-    stored_pixel_hash,
     with_duplicate,
 )
 from pacs_engine.archive.report import IngestReport, Outcome
@@ -409,14 +408,9 @@ class _Run:
     ) -> Outcome:
         """The outcome of an input whose SOP UID another part committed after its worker looked."""
         key, sop = row["source_path"], row["SOPInstanceUID"]
-        hashes: dict[str, str | None] = {}
-
-        def same_pixels() -> bool:
-            hashes["archived"] = stored_pixel_hash(self.archive.pixels, prior)
-            hashes["new"] = stored_pixel_hash(self.archive.pixels, row)
-            return hashes["new"] is not None and hashes["archived"] == hashes["new"]
-
-        reason = conflict_reason(prior, row["source_sha256"], row, same_pixels)
+        # The prior is another series' row (a part of this series would have seen it), so
+        # the SeriesInstanceUID differs: a conflict whatever the pixels, never a duplicate.
+        reason = conflict_reason(prior, row["source_sha256"], row, lambda: False)
         if reason is None:
             duplicate = {"path": key, "sha256": row["source_sha256"]}
             updated[sop] = with_duplicate(updated.get(sop) or prior, duplicate)
@@ -433,7 +427,7 @@ class _Run:
             reason,
             prior,
             sop,
-            hashes,
+            {},
         )
         return Outcome(key, "conflict", outcome.size, reason=reason, sop=sop)
 

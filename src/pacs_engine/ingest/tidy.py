@@ -8,7 +8,6 @@ holds at a time, so a tidy never runs beside an ingest.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +41,10 @@ class Tidied:
 
 
 def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
-    """Trim one series' arrays to their committed frames and delete its files that no
-    committed row reaches. Only while nothing else writes to the archive."""
+    """Fit one series' arrays to their committed frames and delete what no committed row uses.
+
+    Only while nothing else writes to the archive.
+    """
     pixels = archive.pixels
     ends: dict[str, int] = {}
     shards: dict[str, set[int]] = {}
@@ -61,8 +62,7 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
             )
     for path in pixels.arrays(series_uid):
         if path not in ends:
-            if _is_array(pixels.root / path):  # never a group a foreign folder holds
-                tidied.remove(pixels.root / path)
+            tidied.remove(pixels.root / path)
             continue
         if pixels.frames(path) != ends[path]:
             pixels.set_frames(path, ends[path])
@@ -75,17 +75,10 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
         for pack in folder.glob("*.pack"):
             if pack.is_file() and f"headers/{series_uid}/{pack.name}" not in packs:
                 tidied.remove(pack)
+        remove_stale_temporaries(folder)  # a pack whose write a kill interrupted
     for empty in (pixels.root / series_uid, folder):
         if empty.is_dir() and not any(empty.iterdir()):
             empty.rmdir()
-
-
-def _is_array(folder: Path) -> bool:
-    """True when `folder` holds a zarr array (not a group)."""
-    try:
-        return json.loads((folder / "zarr.json").read_bytes()).get("node_type") == "array"
-    except (OSError, ValueError):
-        return False
 
 
 def remove_temporaries(archive: Archive) -> None:
