@@ -216,7 +216,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
             dynamic_ncols=True,
         )
-        report = archive.verify(progress=lambda uid, ok: bar.update())
+        report = archive.verify(progress=lambda uid, ok: bar.update(), workers=args.workers)
         bar.close()
     for mismatch in report.mismatches:
         print(
@@ -470,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild every original file and compare its sha256. Exits 1 on any mismatch.",
     )
     verify.add_argument("archive", help="the archive folder")
+    verify.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: the number of cores; 0: in this process). In "
+        "workers, a decoder that crashes on damaged data is reported as a mismatch instead "
+        "of ending the check",
+    )
     _add_progress(verify)
     verify.set_defaults(run=cmd_verify)
 

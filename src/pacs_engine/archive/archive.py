@@ -21,13 +21,11 @@ unreachable, and the run's resume removes it.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +35,10 @@ from pacs_engine.archive.blobs import HeaderBlob
 from pacs_engine.archive.encoder import CODEC_CHOICES
 from pacs_engine.archive.native import PixelLayout
 from pacs_engine.archive.pixel_store import PixelStore
-from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_file
+from pacs_engine.archive.prepare import rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
+from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.index import Index
 from pacs_engine.storage import fsync_dir, write_atomic
 
@@ -51,20 +50,6 @@ FORMAT = {"format": "pacs_engine archive", "version": 1}
 
 class ArchiveError(RuntimeError):
     """The archive cannot do what was asked (not an archive, locked, damaged)."""
-
-
-@dataclass
-class VerifyReport:
-    """The result of `Archive.verify`: instances checked and what did not match."""
-
-    instances: int = 0
-    frames: int = 0
-    mismatches: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every stored frame decodes to its recorded hash."""
-        return not self.mismatches
 
 
 class Archive:
@@ -245,45 +230,31 @@ class Archive:
             written.append(target)
         return written
 
-    def verify(self, progress: Callable[[str, bool], None] | None = None) -> VerifyReport:
-        """Check every instance: its frames decode (to the hashes recorded at ingest, where
-        there are: not for original bitstreams stored undecoded), and the file rebuilt
-        from the archive has the original's sha256 (which proves those bitstreams)."""
-        report = VerifyReport()
-        for row in self.index:
-            uid = row["SOPInstanceUID"]
-            report.instances += 1
-            problems = []
-            try:
-                if row.get("pixels"):
-                    hashes = [frame_hash(f) for f in self.frames(uid)]
-                    report.frames += len(hashes)
-                    # Original bitstreams kept undecoded have no recorded hashes: decoding
-                    # them is the check, and the rebuilt file's sha256 below proves their bytes.
-                    recorded = row["frame_hashes"] or hashes
-                    bad = [
-                        i for i, (a, b) in enumerate(zip(hashes, recorded, strict=True)) if a != b
-                    ]
-                    if bad:
-                        problems.append(f"frames {bad} do not decode to the source pixels")
-                rebuilt = self.export_bytes(uid)
-                if not row.get("transcoded") and (
-                    hashlib.sha256(rebuilt).hexdigest() != row["source_sha256"]
-                ):
-                    problems.append("the rebuilt file differs from the original")
-            except Exception as error:  # a failure to read back is a finding, not a crash
-                problems.append(f"cannot read back: {error!r}")
-            if problems:
-                report.mismatches.append(
-                    {
-                        "SOPInstanceUID": uid,
-                        "source_path": row.get("source_path"),
-                        "problem": "; ".join(problems),
-                    }
-                )
-            if progress:
-                progress(uid, not problems)
-        return report
+    def verify(
+        self,
+        progress: Callable[[str, bool], None] | None = None,
+        workers: int | None = 0,
+        executor: Any = None,
+    ) -> VerifyReport:
+        """Check every instance: its frames decode, to their recorded hashes, and its file rebuilds.
+
+        Original bitstreams stored undecoded have no recorded hashes: decoding them is
+        the check, and the rebuilt file's sha256 proves their bytes. With `workers`
+        (None: one per core) or an ingest `executor`, instances are checked in worker
+        processes, so a decoder crash is reported instead of ending the check
+        (pacs_engine.archive.verify).
+        """
+        if executor is None and workers == 0:
+            return verify_here(self, progress)
+        from pacs_engine.ingest.executors import make_executor
+
+        own = executor is None
+        executor = executor if executor is not None else make_executor(workers)
+        try:
+            return verify_on(self, executor, progress)
+        finally:
+            if own:
+                executor.close()
 
     def query(self, level: str = "instance", **filters: Any) -> list[dict[str, Any]]:
         """Rows (or series or study records) matching DICOM-style filters; see Index.query."""
