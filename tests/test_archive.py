@@ -139,7 +139,7 @@ def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) ->
     assert report.duplicates > 0 and report.conflicts > 0  # the corpus has both cases
     assert len(list(archive.index)) == report.archived
     records = archive.quarantine.records()
-    assert len(records) == report.quarantined + report.conflicts
+    assert len(archive.quarantine.paths()) == report.quarantined + report.conflicts
     conflicts = [r for r in records if r["reason"].startswith("conflict")]
     for record in conflicts:  # pixels are compared (decoded) only when the headers agree
         if record["reason"].endswith("different pixels"):
@@ -306,6 +306,25 @@ def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
     assert "not a DICOM file" in reasons["notes.txt"]
     assert "past the end" in reasons["cut.dcm"]
     assert archive.verify().ok
+
+
+def test_the_same_bad_bytes_at_two_paths_are_kept_once_and_both_paths_recorded(
+    tmp_path: Path,
+) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "notes.dcm").write_text("not DICOM")
+    archive = Archive.create(tmp_path / "archive")
+    report = archive.ingest([tmp_path / "in"], workers=0)
+    assert (report.inputs, report.quarantined) == (2, 2)
+    (record,) = archive.quarantine.records()
+    assert sorted(archive.quarantine.paths()) == sorted(
+        str(tmp_path / "in" / f / "notes.dcm") for f in ("a", "b")
+    )
+    assert "not a DICOM file" in record["also"][0]["reason"]
+    assert len(list((tmp_path / "archive" / "quarantine").glob("*.dcm"))) == 1
+    again = archive.ingest([tmp_path / "in"], workers=0)  # a new run meets them again
+    assert again.quarantined == 2 and len(archive.quarantine.paths()) == 2
 
 
 def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(

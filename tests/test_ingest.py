@@ -281,6 +281,7 @@ def test_every_malformed_corpus_file_is_accounted_for(verify: bool, tmp_path: Pa
     with Archive.create(tmp_path / "a") as archive:
         report = archive.ingest([malformed], workers=2, verify=verify).to_dict()
         records = archive.quarantine.records()
+        quarantined = archive.quarantine.paths()
         checked = archive.verify()
     if verify:
         assert checked.ok, checked.mismatches
@@ -288,7 +289,8 @@ def test_every_malformed_corpus_file_is_accounted_for(verify: bool, tmp_path: Pa
         assert "cannot read back" in mismatch["problem"], mismatch
     assert_complete(report, len(inputs))
     assert report["quarantined"] >= 1
-    assert len(records) == report["quarantined"] + report["conflicts"]
+    assert len(quarantined) == report["quarantined"] + report["conflicts"]
+    assert len(set(quarantined)) == len(quarantined)
     assert all(r["reason"] for r in records)
     assert sum(report["quarantine_reasons"].values()) == report["quarantined"]
 
