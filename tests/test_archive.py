@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -22,6 +23,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pacs_engine import Archive, ArchiveError, open_archive
 from pacs_engine.archive import encoder
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
+from pacs_engine.codecs import CodecError
 from pacs_engine.synth import write_studies
 
 
@@ -347,6 +349,10 @@ def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     assert archive.export_bytes(sop) == bytes(broken)
     (mismatch,) = archive.verify().mismatches
     assert mismatch["SOPInstanceUID"] == sop and "cannot read back" in mismatch["problem"]
+    reference = rows["broken_j2k.dcm"]["pixels"]
+    where = f"{reference['array']}: frame {reference['first_frame']} cannot be decoded"
+    with pytest.raises(CodecError, match=re.escape(where)):  # a reader is told which frame
+        archive.frames(sop)
 
 
 def test_verify_finds_a_damaged_shard(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from pacs_engine.archive.native import frame_shape
-from pacs_engine.codecs import pack_shard
+from pacs_engine.codecs import CodecError, pack_shard
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.storage import write_atomic
 
@@ -399,7 +399,11 @@ class PixelStore:
         out = np.empty((len(frames), *shape), spec.dtype)
 
         def decode(k: int) -> None:
-            decode_frame(spec, chunks[frames[k]], out[k], window)
+            try:
+                decode_frame(spec, chunks[frames[k]], out[k], window)
+            except Exception as error:  # a codec's failure on bad data can be any exception
+                # Name the frame: a training loop reading millions must say which one.
+                raise CodecError(f"{path}: frame {frames[k]} cannot be decoded: {error}") from error
 
         if threads > 1 and len(frames) > 1:
             with ThreadPoolExecutor(min(threads, len(frames))) as pool:
