@@ -141,8 +141,8 @@ def verify_on(
     def one_by_one() -> None:
         while in_flight:  # the pool is broken: let every batch in flight end first
             collect()
+        executor.restart()
         for uid in retry:
-            executor.restart()
             try:
                 take([uid], executor.submit(verify_task, root, [uid]).result())
             except Exception as error:
@@ -150,7 +150,7 @@ def verify_on(
                     raise
                 row = archive.index.get(uid) or {"SOPInstanceUID": uid}
                 take([uid], (1, 0, [_mismatch(row, DIED)]))
-        executor.restart()
+                executor.restart()  # only a death breaks the pool
         retry.clear()
 
     for uids in _batches(archive, BATCH):
