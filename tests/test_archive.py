@@ -56,14 +56,17 @@ def pydicom_pixels(path: Path, color_conversion: str) -> np.ndarray:
         return pixel_array(ds, as_rgb=color_conversion != "none")
 
 
-def check_round_trip(path: Path, folder: Path, verify: bool = False) -> dict:
+INGEST_MODES = {"default": {}, "trusted": {"trust_bitstreams": True}, "verify": {"verify": True}}
+
+
+def check_round_trip(path: Path, folder: Path, mode: str = "default") -> dict:
     """Archive one file alone; its frames must equal pydicom's and its export the file."""
     with Archive.create(folder) as archive:
-        return _round_trip(archive, path, verify)
+        return _round_trip(archive, path, mode)
 
 
-def _round_trip(archive: Archive, path: Path, verify: bool = False) -> dict:
-    report = archive.ingest([path], workers=0, verify=verify)
+def _round_trip(archive: Archive, path: Path, mode: str = "default") -> dict:
+    report = archive.ingest([path], workers=0, **INGEST_MODES[mode])
     assert report.balanced and report.inputs == 1
     if report.archived != 1:
         (record,) = archive.quarantine.records()
@@ -79,9 +82,9 @@ def _round_trip(archive: Archive, path: Path, verify: bool = False) -> dict:
         try:
             theirs = pydicom_pixels(path, attributes.get("color_conversion", "none"))
         except Exception:  # pydicom cannot decode the pixels either
-            # Kept byte for byte without being decoded (not with verify: that quarantines);
-            # verify reports what ingest did not look at.
-            assert not verify and row["pixel_storage"] == "bitstream"
+            # Only a run that trusts bitstreams archives it (byte for byte, undecoded;
+            # the others quarantine it), and verify then reports it.
+            assert mode == "trusted" and row["pixel_storage"] == "bitstream"
             assert row["frame_hashes"] is None
             (mismatch,) = archive.verify().mismatches
             assert "cannot read back" in mismatch["problem"], mismatch
@@ -89,18 +92,20 @@ def _round_trip(archive: Archive, path: Path, verify: bool = False) -> dict:
         ours = archive.frames(row["SOPInstanceUID"])
         assert ours.dtype == theirs.dtype.newbyteorder("=")
         assert np.array_equal(ours.reshape(theirs.shape), theirs)
+        if mode != "trusted" and row["pixel_storage"] == "bitstream":
+            assert row["frame_hashes"] and len(row["frame_hashes"]) == len(ours)
     assert archive.verify().ok
     return row
 
 
-@pytest.mark.parametrize("verify", [False, True], ids=["default", "verify"])
+@pytest.mark.parametrize("mode", list(INGEST_MODES))
 @pytest.mark.parametrize("path", corpus_params())
-def test_every_corpus_file_round_trips(path: Path, verify: bool, tmp_path: Path) -> None:
+def test_every_corpus_file_round_trips(path: Path, mode: str, tmp_path: Path) -> None:
     """Quarantined only where pydicom cannot decode it either, or without UIDs; archived,
-    the frames equal pydicom's, the export the file, and verify passes (or, undecoded
-    at ingest, says the frames do not decode)."""
+    the frames equal pydicom's, the export the file, and verify passes (or, with
+    trusted bitstreams left undecoded at ingest, says the frames do not decode)."""
     entry = manifest()[str(path.relative_to(CORPUS))]
-    result = check_round_trip(path, tmp_path / "archive", verify)
+    result = check_round_trip(path, tmp_path / "archive", mode)
     if "reason" in result:  # quarantined: only where pydicom cannot decode it either, or no UIDs
         malformed = entry["path"].startswith("malformed/")
         no_uids = result["reason"].startswith("no ")
@@ -153,13 +158,8 @@ def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) ->
             hashlib.sha256(Path(duplicate["path"]).read_bytes()).hexdigest()
             == (duplicate["sha256"])
         )
-    # Kept undecoded at ingest, so only verify finds frames that never decoded:
-    # those of files pydicom cannot decode either.
-    entries = manifest()
-    for mismatch in archive.verify().mismatches:
-        assert "cannot read back" in mismatch["problem"], mismatch
-        entry = entries[str(Path(mismatch["source_path"]).relative_to(corpus))]
-        assert entry["path"].startswith("malformed/") or entry["pydicom_decodes"] == "no"
+    # Files whose frames do not decode were quarantined at ingest, so nothing fails here.
+    assert archive.verify().ok
     info = archive.info()
     assert info["instances"] == report.archived and info["ratio"] > 1
 
@@ -254,25 +254,27 @@ def test_an_rle_array_an_older_version_made_without_zstd_keeps_working(
 
 
 def test_copies_of_an_undecoded_bitstream_are_told_apart_by_decoding_it(tmp_path: Path) -> None:
-    """An instance kept as its undecoded JPEG 2000 bitstream is decoded when the same SOP
-    Instance UID comes again: from the archive in a later run, from the part in the same one."""
+    """An instance kept as its undecoded JPEG 2000 bitstream (trusted) is decoded when the
+    same SOP Instance UID comes again: from the archive in a later run, from the part in
+    the same one."""
     samples = {p.name: p for p in pydicom_test_files()}
     j2k, rle, native = (
         samples[n] for n in ("MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "MR_small.dcm")
     )
     expected = frame_hash(pydicom.dcmread(native).pixel_array)
     archive = Archive.create(tmp_path / "a")
-    assert archive.ingest([j2k], workers=0).archived == 1
+    assert archive.ingest([j2k], workers=0, trust_bitstreams=True).archived == 1
     (row,) = list(archive.index)
     assert row["pixel_storage"] == "bitstream" and row["frame_hashes"] is None
-    report = archive.ingest([native, rle], workers=0)
+    report = archive.ingest([native, rle], workers=0, trust_bitstreams=True)
     assert (report.archived, report.duplicates, report.conflicts) == (0, 2, 0)
     changed = pydicom.dcmread(native)
     pixels = changed.pixel_array.copy()
     pixels[5, 5] ^= 1
     changed.PixelData = pixels.tobytes()
     changed.save_as(tmp_path / "changed.dcm")
-    assert archive.ingest([tmp_path / "changed.dcm"], workers=0).conflicts == 1
+    changed_report = archive.ingest([tmp_path / "changed.dcm"], workers=0, trust_bitstreams=True)
+    assert changed_report.conflicts == 1
     (record,) = archive.quarantine.records()
     assert record["reason"].endswith("different pixels")
     assert record["archived_pixel_hash"] == instance_pixel_hash([expected])
@@ -281,7 +283,7 @@ def test_copies_of_an_undecoded_bitstream_are_told_apart_by_decoding_it(tmp_path
     # One part: whichever comes first is archived undecoded and not committed yet, so
     # the other is compared with the part's own copy (which order depends on the paths).
     together = Archive.create(tmp_path / "b")
-    report = together.ingest([rle, j2k], workers=0)
+    report = together.ingest([rle, j2k], workers=0, trust_bitstreams=True)
     assert (report.archived, report.duplicates, report.conflicts) == (1, 1, 0)
     (row,) = list(together.index)
     assert row["frame_hashes"] is None
@@ -301,7 +303,7 @@ def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
     (tmp_path / "in" / "cut.dcm").write_bytes(samples["CT_small.dcm"].read_bytes()[:5000])
     (tmp_path / "in" / "good.dcm").write_bytes(samples["CT_small.dcm"].read_bytes())
     archive = Archive.create(tmp_path / "a")
-    report = archive.ingest([tmp_path / "in"], workers=0, verify=True)
+    report = archive.ingest([tmp_path / "in"], workers=0)
     assert (report.inputs, report.archived, report.quarantined) == (4, 1, 3)
     reasons = {Path(r["path"]).name: r["reason"] for r in archive.quarantine.records()}
     assert "cannot be decoded" in reasons["broken_j2k.dcm"]
@@ -332,15 +334,16 @@ def test_the_same_bad_bytes_at_two_paths_are_kept_once_and_both_paths_recorded(
 def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     tmp_path: Path,
 ) -> None:
-    """Without verify at ingest, original bitstreams are not decoded: a damaged one is
-    archived as it is (its file rebuilds exactly) and `verify` names it."""
+    """Trusted, original bitstreams are not decoded at ingest: a damaged one is archived
+    as it is (its file rebuilds exactly) and `verify` names it."""
     samples = {p.name: p for p in pydicom_test_files()}
     broken = bytearray(samples["MR_small_jp2klossless.dcm"].read_bytes())
     start = broken.index(b"\xff\x4f\xff\x51")
     broken[start + 20 : start + 400] = b"\x00" * 380
     (tmp_path / "broken_j2k.dcm").write_bytes(bytes(broken))
     archive = Archive.create(tmp_path / "a")
-    report = archive.ingest([tmp_path / "broken_j2k.dcm", samples["CT_small.dcm"]], workers=0)
+    sources = [tmp_path / "broken_j2k.dcm", samples["CT_small.dcm"]]
+    report = archive.ingest(sources, workers=0, trust_bitstreams=True)
     assert (report.inputs, report.archived, report.quarantined) == (2, 2, 0)
     assert report.archived_undecoded == 1  # the JPEG 2000 one; CT_small's native pixels are hashed
     rows = {Path(r["source_path"]).name: r for r in archive.index}

@@ -26,7 +26,7 @@ def test_ingest_verify_info_export(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert (report["inputs"], report["archived"], report["quarantined"]) == (5, 4, 1)
     assert report["balanced"] is True
-    assert report["archived_undecoded"] == 0  # --verify decoded the JPEG 2000 and RLE frames
+    assert report["archived_undecoded"] == 0  # the JPEG 2000 and RLE frames were decoded
 
     again = json.loads(run_cli("ingest", str(source), "--archive", str(archive), "--json").stdout)
     assert (again["archived"], again["duplicates"], again["quarantined"]) == (0, 4, 1)
@@ -45,7 +45,10 @@ def test_ingest_verify_info_export(tmp_path: Path) -> None:
 
 def test_ingest_says_how_many_bitstreams_it_did_not_decode(tmp_path: Path) -> None:
     files = [p for p in pydicom_test_files() if p.name in ("JPEG2000.dcm", "CT_small.dcm")]
-    result = run_cli("ingest", *map(str, files), "--archive", str(tmp_path / "a"))
+    decoded = run_cli("ingest", *map(str, files), "--archive", str(tmp_path / "a"), "--json")
+    assert json.loads(decoded.stdout)["archived_undecoded"] == 0
+    trusted = ("--archive", str(tmp_path / "b"), "--trust-bitstreams")
+    result = run_cli("ingest", *map(str, files), *trusted)
     assert result.returncode == 0, result.stderr
     assert "1 archived instances keep original compressed bitstreams" in result.stdout
     assert "pacs-engine verify" in result.stdout
@@ -61,6 +64,20 @@ def test_verify_exits_1_on_damage(tmp_path: Path) -> None:
     assert result.returncode == 1 and "MISMATCH" in result.stdout
 
 
+def test_the_readme_sample_ingests_and_verifies(tmp_path: Path) -> None:
+    """The README's first command: pydicom's bundled files archive, and verify passes
+    (files whose frames do not decode were quarantined at ingest, not archived)."""
+    samples = run_cli("samples").stdout.strip()
+    archive = tmp_path / "archive"
+    ingest = run_cli("ingest", samples, "--archive", str(archive), "--json")
+    assert ingest.returncode == 0, ingest.stderr
+    report = json.loads(ingest.stdout)
+    assert report["archived_undecoded"] == 0
+    assert any("cannot be decoded" in reason for reason in report["quarantine_reasons"])
+    verify = run_cli("verify", str(archive))
+    assert verify.returncode == 0, verify.stdout
+
+
 def test_ingest_refuses_options_it_would_ignore(tmp_path: Path) -> None:
     """--codec/--transcode on an existing archive and --workers with Dask exit 2, archive kept."""
     archive = tmp_path / "archive"
@@ -74,6 +91,7 @@ def test_ingest_refuses_options_it_would_ignore(tmp_path: Path) -> None:
         "--transcode": ("--transcode",),
         "--workers": ("--executor", "dask", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"),
         "--scheduler": ("--scheduler", "tcp://127.0.0.1:1"),
+        "--trust-bitstreams": ("--verify", "--trust-bitstreams"),
     }
     for named, options in refused.items():
         result = run_cli("ingest", str(mr), "--archive", str(archive), *options)

@@ -271,19 +271,19 @@ def test_dask_executor_gives_the_archive_the_local_pool_gives(
     assert unreferenced(tmp_path / "a") == []
 
 
-@pytest.mark.parametrize("verify", [False, True], ids=["default", "verify"])
-def test_every_malformed_corpus_file_is_accounted_for(verify: bool, tmp_path: Path) -> None:
-    """Every input is counted once; with verify at ingest, whatever is archived decodes;
-    without, the only thing verify finds later is frames that do not decode."""
+@pytest.mark.parametrize("trusted", [False, True], ids=["default", "trusted"])
+def test_every_malformed_corpus_file_is_accounted_for(trusted: bool, tmp_path: Path) -> None:
+    """Every input is counted once; by default whatever is archived decodes; trusting
+    bitstreams, the only thing verify finds later is frames that do not decode."""
     malformed = require_corpus() / "malformed"
     inputs = files_under(malformed)
     assert inputs
     with Archive.create(tmp_path / "a") as archive:
-        report = archive.ingest([malformed], workers=2, verify=verify).to_dict()
+        report = archive.ingest([malformed], workers=2, trust_bitstreams=trusted).to_dict()
         records = archive.quarantine.records()
         quarantined = archive.quarantine.paths()
         checked = archive.verify()
-    if verify:
+    if not trusted:
         assert checked.ok, checked.mismatches
     for mismatch in checked.mismatches:
         assert "cannot read back" in mismatch["problem"], mismatch

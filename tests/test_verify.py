@@ -41,11 +41,11 @@ def damaged(tmp_path: Path) -> Path:
     samples = [p for p in pydicom_test_files() if p.name in NAMES]
     broken = bytearray(next(p for p in pydicom_test_files() if p.name == BROKEN).read_bytes())
     start = broken.index(b"\xff\x4f\xff\x51")
-    broken[start + 20 : start + 400] = b"\x00" * 380  # kept undecoded, verify finds it
+    broken[start + 20 : start + 400] = b"\x00" * 380  # trusted: kept, verify finds it
     (tmp_path / "broken_j2k.dcm").write_bytes(bytes(broken))
     sources = [corpus / "dcm_qa_ct", *samples, tmp_path / "broken_j2k.dcm"]
     with Archive.create(tmp_path / "a") as archive:
-        report = archive.ingest(sources, workers=0)
+        report = archive.ingest(sources, workers=0, trust_bitstreams=True)
         assert report.archived > 3 * BATCH and report.archived_undecoded >= 1
     pixels = tmp_path / "a" / "pixels"
     shard = max(  # the largest shard: a chunk in its middle is damaged, not its index

@@ -102,6 +102,8 @@ def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None
         return "--workers applies to the local executor; a Dask cluster has its own workers"
     if args.scheduler and args.executor != "dask":
         return "--scheduler applies only with --executor dask"
+    if args.verify and args.trust_bitstreams:
+        return "--verify decodes every frame; it cannot be combined with --trust-bitstreams"
     meta = target / "archive.json"
     if not meta.exists():
         return None
@@ -139,7 +141,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         with archive:
             report = archive.ingest(
-                args.sources, executor=executor, verify=args.verify, progress=bar.update
+                args.sources,
+                executor=executor,
+                verify=args.verify,
+                progress=bar.update,
+                trust_bitstreams=args.trust_bitstreams,
             )
     except IngestStopped as error:
         bar.close()
@@ -169,8 +175,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if summary["archived_undecoded"]:
             print(
                 f"{summary['archived_undecoded']:,} archived instances keep original compressed "
-                "bitstreams that were not decoded (stored byte for byte); `pacs-engine verify` "
-                "decodes them, and `ingest --verify` would have"
+                "bitstreams that were not decoded (--trust-bitstreams: stored byte for byte); "
+                "`pacs-engine verify` decodes them"
             )
     return 0 if report.balanced else 1
 
@@ -428,10 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--verify",
         action="store_true",
-        help="decode every encoded frame and check it before committing, and decode "
-        "compressed frames kept as their original bitstream, quarantining files whose frames "
-        "do not decode (without it they are stored byte for byte undecoded; `verify` decodes "
-        "them later)",
+        help="decode every frame encoded with the archive codec again and check it before "
+        "committing",
+    )
+    ingest.add_argument(
+        "--trust-bitstreams",
+        action="store_true",
+        help="store compressed frames kept as their original bitstream byte for byte without "
+        "decoding them (faster); a file whose frames do not decode is then archived, not "
+        "quarantined, and only `verify` finds it",
     )
     ingest.add_argument(
         "--transcode",

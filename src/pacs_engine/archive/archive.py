@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.archive.blobs import HeaderBlob
-from pacs_engine.archive.encoder import CODEC_CHOICES
+from pacs_engine.archive.encoder import CODEC_CHOICES, Checks
 from pacs_engine.archive.native import PixelLayout
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.prepare import rebuild_file, transcoded_file
@@ -141,6 +141,7 @@ class Archive:
         executor: Any = None,
         verify: bool = False,
         progress: Callable[[Progress], None] | None = None,
+        trust_bitstreams: bool = False,
     ) -> IngestReport:
         """Archive the DICOM files under `sources` (folders, files, zip and tar archives).
 
@@ -150,17 +151,20 @@ class Archive:
         journal entries. Every input ends archived, as a duplicate, as a conflict
         or in quarantine; the report counts them. An interrupted run resumes when
         it is started again with the same sources. Compressed frames kept as their
-        original bitstream are stored byte for byte without being decoded (a SOP
-        Instance UID seen twice is the exception: telling a duplicate from a conflict
-        decodes both); `Archive.verify` decodes them later. With `verify`, they are
-        decoded at ingest (a file whose frames do not decode is quarantined) and
-        every frame encoded with the archive codec is decoded again and checked
-        before it is committed.
+        original bitstream are decoded to hash their pixels, and a file whose frames
+        do not decode is quarantined. With `trust_bitstreams` they are stored byte
+        for byte without being decoded (faster; a SOP Instance UID seen twice still
+        decodes both copies), and only `Archive.verify` finds frames that never
+        decoded. With `verify`, every frame encoded with the archive codec is decoded
+        again and checked before it is committed.
         """
         from pacs_engine.ingest import run_ingest
 
+        if verify and trust_bitstreams:
+            raise ValueError("verify decodes every frame; it cannot trust bitstreams undecoded")
         self._writable()
-        return run_ingest(self, sources, workers, executor, verify, progress)
+        checks = Checks(decode_bitstreams=not trust_bitstreams, recheck_encoded=verify)
+        return run_ingest(self, sources, workers, executor, checks, progress)
 
     def _writable(self) -> None:
         if self.readonly:

@@ -57,6 +57,19 @@ from pacs_engine.inputs import InputError, InputRef, read_input
 from pacs_engine.scanning import HEADER_KEYWORDS, scan
 from pacs_engine.storage import fsync_dirs, write_atomic
 
+
+@dataclass(frozen=True)
+class Checks:
+    """What ingest decodes before it commits a part."""
+
+    # Decode compressed frames kept as their original bitstream, hashing their pixels
+    # and quarantining files whose frames do not decode. Off ("trust the bitstreams"),
+    # they are stored byte for byte undecoded and only `verify` decodes them.
+    decode_bitstreams: bool = True
+    # Decode every frame encoded with the archive codec again and compare it.
+    recheck_encoded: bool = False
+
+
 CODECS: dict[str, Any] = {
     "jpegls": JpegLsCodec,
     "htj2k": Htj2kCodec,
@@ -143,7 +156,7 @@ class PartEncoder:
         """Release the index."""
         self.index.close()
 
-    def encode(self, part: Part, verify: bool = False) -> PartResult:
+    def encode(self, part: Part, checks: Checks = Checks()) -> PartResult:
         """Prepare, check and write every input of the part; commits nothing.
 
         An input that cannot be archived is quarantined and its outcome says why;
@@ -161,7 +174,7 @@ class PartEncoder:
         blobs: list[tuple[str, bytes]] = []
         for key in part.keys:
             outcome = self._encode_one(
-                key, part, writers, rows, undecoded, blobs, result, dirs, verify
+                key, part, writers, rows, undecoded, blobs, result, dirs, checks
             )
             result.outcomes.append(outcome)
         for path, writer in writers.items():
@@ -183,7 +196,7 @@ class PartEncoder:
         blobs: list[tuple[str, bytes]],
         result: PartResult,
         dirs: set[Path],
-        verify: bool,
+        checks: Checks,
     ) -> Outcome:
         try:
             data = read_input(InputRef.from_key(key))
@@ -196,7 +209,9 @@ class PartEncoder:
         if header.get("SeriesInstanceUID") != part.series_uid:
             return self.reject(key, data, "the file changed since it was scanned")
         try:
-            prepared = prepare(key, data, header, self.config.get("transcode", False), verify)
+            prepared = prepare(
+                key, data, header, self.config.get("transcode", False), checks.decode_bitstreams
+            )
         except PrepareError as error:
             return self.reject(key, data, str(error))
         sop = prepared.sop_instance_uid
@@ -230,7 +245,7 @@ class PartEncoder:
             )
             return Outcome(key, "conflict", prepared.size, reason=reason, sop=sop)
         try:
-            pixels, stored = self._write_pixels(prepared, part, writers, dirs, verify)
+            pixels, stored = self._write_pixels(prepared, part, writers, dirs, checks)
         except (CodecError, ValueError) as error:
             return self.reject(key, data, f"cannot store the pixels: {error}")
         blob = prepared.blob.to_bytes()
@@ -258,7 +273,7 @@ class PartEncoder:
         part: Part,
         writers: dict[str, _ArrayWriter],
         dirs: set[Path],
-        verify: bool,
+        checks: Checks,
     ) -> tuple[dict | None, int]:
         """Queue the instance's frames on its array; returns its pixel reference and bytes."""
         if prepared.storage == "none":
@@ -276,7 +291,7 @@ class PartEncoder:
             encode = prepared.pass_through.encode_bitstream
             chunks = [compress(spec, encode(b)) for b in prepared.bitstreams]
         else:
-            chunks = self._encode_native(path, prepared, verify)
+            chunks = self._encode_native(path, prepared, checks.recheck_encoded)
         first = writers[path].append(chunks)
         reference = {"array": path, "first_frame": first, "frames": count}
         return reference, sum(len(c) for c in chunks)
@@ -377,13 +392,13 @@ class PartEncoder:
         _, compressor = general_purpose_codecs(sample.dtype)
         return None, (compressor,)
 
-    def _encode_native(self, path: str, prepared: Prepared, verify: bool) -> list[bytes]:
+    def _encode_native(self, path: str, prepared: Prepared, recheck: bool) -> list[bytes]:
         """Encode the frames with the array's codec (as zarr would), tile by tile."""
         spec = self.pixels.spec(path)
         chunks = []
         for index, frame in enumerate(prepared.frames):
             chunks += [encode_chunk(spec, tile) for tile in split_tiles(frame, spec)]
-            if verify:
+            if recheck:
                 decoded = np.empty(spec.frame_shape, spec.dtype)
                 decode_frame(spec, chunks[-spec.tiles_per_frame :], decoded)
                 if frame_hash(decoded) != prepared.frame_hashes[index]:

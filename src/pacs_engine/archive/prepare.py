@@ -122,13 +122,14 @@ def check_uids(header: Header) -> None:
 
 
 def prepare(
-    path: str, data: bytes, header: Header, transcode: bool = False, decode: bool = False
+    path: str, data: bytes, header: Header, transcode: bool = False, decode: bool = True
 ) -> Prepared:
     """Split one file into frames and a header blob; raises PrepareError when it cannot.
 
-    Compressed frames kept as their original bitstream are not decoded (the
-    archive keeps their exact bytes, so nothing can be lost) unless `decode` is
-    set, which hashes their decoded pixels and refuses bitstreams that do not decode.
+    Compressed frames kept as their original bitstream are decoded to hash their
+    pixels, and bitstreams that do not decode are refused. Without `decode` they
+    are left undecoded (the archive keeps their exact bytes, so nothing is lost,
+    but a bitstream that does not decode is then only found by `verify`).
     With `transcode`, frames of a lossless compressed transfer syntax are decoded
     and handed over as native frames (the original bitstreams are not kept).
     """

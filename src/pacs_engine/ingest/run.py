@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.encoder import (
+    Checks,
     Part,
     PartResult,
     conflict_reason,
@@ -94,11 +95,11 @@ def run_ingest(
     sources: Iterable[str | os.PathLike],
     workers: int | None = None,
     executor: Any = None,
-    verify: bool = False,
+    checks: Checks | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> IngestReport:
     """Archive every input under `sources`; resumes the unfinished run of the same sources."""
-    return _Run(archive, sources, workers, executor, verify, progress).run()
+    return _Run(archive, sources, workers, executor, checks or Checks(), progress).run()
 
 
 class _Run:
@@ -110,7 +111,7 @@ class _Run:
         sources: Iterable[str | os.PathLike],
         workers: int | None,
         executor: Any,
-        verify: bool,
+        checks: Checks,
         progress: Callable[[Progress], None] | None,
     ) -> None:
         self.archive = archive
@@ -118,7 +119,7 @@ class _Run:
         self.sources = [os.path.abspath(os.fspath(s)) for s in sources]
         self.own_executor = executor is None
         self.executor = executor if executor is not None else make_executor(workers)
-        self.verify = verify
+        self.checks = checks
         self.notify = progress or (lambda p: None)
         self.journal = Journal(archive.index)
         self.started = time.perf_counter()
@@ -273,7 +274,7 @@ class _Run:
                     self._isolate(run, in_flight)
                 if self.failure is not None:
                     break
-                in_flight[self._submit(tasks.encode_task, part, self.verify)] = part
+                in_flight[self._submit(tasks.encode_task, part, self.checks)] = part
         while in_flight or (self.alone and self.failure is None):
             if in_flight:
                 self._collect_parts(run, in_flight)
@@ -356,7 +357,7 @@ class _Run:
         self.executor.restart()
         while self.alone and self.failure is None:
             part = self.alone.popleft()
-            in_flight[self._submit(tasks.encode_task, part, self.verify)] = part
+            in_flight[self._submit(tasks.encode_task, part, self.checks)] = part
             while in_flight:
                 self._collect_parts(run, in_flight)
 

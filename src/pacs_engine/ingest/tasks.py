@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pacs_engine.archive.encoder import Part, PartEncoder, PartResult
+from pacs_engine.archive.encoder import Checks, Part, PartEncoder, PartResult
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
 from pacs_engine.errors import ScanError
@@ -75,9 +75,9 @@ def _frames(header: Header) -> int:
     return frames if isinstance(frames, int) and frames > 0 else 1
 
 
-def encode_task(root: str, part: Part, verify: bool) -> PartResult:
+def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
     """Encode one part of a series (see PartEncoder.encode)."""
-    return _encoder(root).encode(part, verify)
+    return _encoder(root).encode(part, checks)
 
 
 def release(root: str) -> None:
