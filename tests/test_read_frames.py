@@ -14,13 +14,17 @@ from pacs_engine import Archive
 from pacs_engine.read import Series
 from pacs_engine.synth import write_studies
 
-# (codec, rows, columns, max_chunk_pixels): one frame per chunk, a blosc array, and frames
-# cut into 1024-pixel tiles with padded edge tiles (2 x 2 tiles, and 1 x 2 for a wide one).
+# (codec, rows, columns, max_chunk_pixels): one frame per chunk, blosc, lz4 and raw arrays,
+# and frames cut into 1024-pixel tiles with padded edge tiles (2 x 2 tiles, and 1 x 2 for
+# a wide one).
 LAYOUTS = [
     ("jpegls", 64, 48, 4096 * 4096),
     ("blosc", 64, 48, 4096 * 4096),
+    ("lz4", 64, 48, 4096 * 4096),
+    ("raw", 64, 48, 4096 * 4096),
     ("jpegls", 1100, 1030, 1_000_000),
     ("blosc", 300, 1500, 100_000),
+    ("raw", 300, 1500, 100_000),
 ]
 
 

@@ -428,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=CODEC_CHOICES,
         help="lossless codec for uncompressed frames of a new archive "
-        "(default: auto, chosen per series from a sample frame; refused for an existing "
-        "archive with another codec)",
+        "(default: auto, chosen per series from a sample frame; lz4 and raw make a "
+        "read-optimised archive for training loops, about 2.5x and 5x the bytes of "
+        "jpegls, with --transcode; refused for an existing archive with another codec)",
     )
     ingest.add_argument(
         "--verify",

@@ -273,7 +273,7 @@ class Archive:
             pixels = row.get("pixels")
             codec = "no pixel data"
             if pixels:
-                codec = self._codec_name(pixels["array"])
+                codec = self.pixels.spec(pixels["array"]).codec_name
             for bucket in (by_modality[row.get("Modality") or "(none)"], by_codec[codec], totals):
                 bucket["instances"] += 1
                 bucket["source_bytes"] += row.get("file_size", 0)
@@ -289,14 +289,6 @@ class Archive:
             "by_codec": {k: _with_ratio(v) for k, v in sorted(by_codec.items())},
         }
         return result
-
-    def _codec_name(self, path: str) -> str:
-        meta = json.loads((self.pixels.root / path / "zarr.json").read_bytes())
-        inner = meta["codecs"][0]["configuration"]["codecs"]
-        names = [c["name"] for c in inner]
-        if names[0] == "bytes":
-            names = names[1:]
-        return "+".join(names)
 
 
 def open_archive(path: str | os.PathLike, readonly: bool = True) -> Archive:

@@ -39,6 +39,7 @@ from pacs_engine.storage import write_atomic
 
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
 CRC32C_BYTES = 4
+FULL_FRAME = (slice(None), slice(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,13 @@ class ArraySpec:
     compressors: tuple = ()
     frames_per_shard: int = 64
     tile: int | None = None  # chunk edge for frames split into tiles
+
+    @property
+    def codec_name(self) -> str:
+        """The chunks' codecs, e.g. "pacs_engine.jpegls", "blosc-lz4", "bytes"."""
+        names = [self.codec.codec_name] if self.codec is not None else []
+        names += [f"blosc-{blosc.cname.value}" for blosc in self.compressors]
+        return "+".join(names) or "bytes"
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -106,8 +114,8 @@ def array_spec(meta: ArrayV3Metadata) -> ArraySpec:
     """The ArraySpec of an existing array, its codec and compressors included."""
     sharding = meta.codecs[0]
     serializer, *compressors = sharding.codecs  # type: ignore[attr-defined]
-    if isinstance(serializer, BytesCodec) and serializer.endian is not None:
-        if serializer.endian.value != "little":
+    if isinstance(serializer, BytesCodec):  # plain bytes (no endian for 1-byte pixels)
+        if serializer.endian is not None and serializer.endian.value != "little":
             raise ValueError(f"big-endian chunks are not read: {serializer}")
         serializer = None
     if not all(isinstance(c, BloscCodec) for c in compressors):
@@ -149,7 +157,7 @@ def compress(spec: ArraySpec, data: bytes) -> bytes:
     return bytes(data)
 
 
-def decompress(spec: ArraySpec, data: bytes) -> bytes:
+def decompress(spec: ArraySpec, data: bytes | memoryview) -> bytes | memoryview:
     """A stored chunk's serialized bytes: its compressors undone."""
     if spec.compressors:  # Blosc frames carry their own shuffle and type size
         return bytes(numcodecs.blosc.decompress(data))
@@ -163,11 +171,11 @@ _SHUFFLES = {
 }
 
 
-def decode_chunk(spec: ArraySpec, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
     """One stored chunk decoded to `shape` and the array dtype, as zarr decodes it."""
     data = decompress(spec, data)
-    if spec.codec is not None:
-        return spec.codec.decode_frame(data, shape, spec.dtype)
+    if spec.codec is not None:  # bytes(): the codecs take bytes, not a view of a shard
+        return spec.codec.decode_frame(bytes(data), shape, spec.dtype)
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
 
 
@@ -181,14 +189,17 @@ def _is_array(folder: Path) -> bool:
 
 def decode_frame(
     spec: ArraySpec,
-    chunks: Sequence[bytes],
+    chunks: Sequence[bytes | memoryview],
     out: np.ndarray,
-    window: tuple[slice, slice] = (slice(None), slice(None)),
+    window: tuple[slice, slice] = FULL_FRAME,
 ) -> None:
     """Decode one frame's chunks (tiles in C order) into `out`, the frame cut to `window`.
 
     Only the tiles that overlap the window are decoded.
     """
+    if window == FULL_FRAME and spec.tile is None:
+        out[...] = decode_chunk(spec, chunks[0], spec.frame_shape)
+        return
     top, bottom, rstep = window[0].indices(spec.rows)
     left, right, cstep = window[1].indices(spec.columns)
     if rstep != 1 or cstep != 1:
@@ -309,7 +320,7 @@ class PixelStore:
         frame = start
         while frame < stop:
             last = min(stop, (frame // per_shard + 1) * per_shard)
-            out += self._shard_chunks(path, frame, last)
+            out += map(bytes, self._shard_chunks(path, frame, last))
             frame = last
         return out
 
@@ -319,7 +330,7 @@ class PixelStore:
         For an array of original bitstreams: those bitstreams, byte for byte.
         """
         spec = self.spec(path)
-        return [decompress(spec, chunk) for chunk in self.read_chunks(path, start, stop)]
+        return [bytes(decompress(spec, c)) for c in self.read_chunks(path, start, stop)]
 
     def arrays(self, series_uid: str) -> list[str]:
         """The paths of the series' arrays."""
@@ -336,7 +347,7 @@ class PixelStore:
             return []
         return [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in keep]
 
-    def _shard_chunks(self, path: str, start: int, stop: int) -> list[bytes]:
+    def _shard_chunks(self, path: str, start: int, stop: int) -> list[memoryview]:
         """The chunks of frames [start, stop), all in one shard: two reads."""
         per_shard, per_frame = self.grid(path)
         shard = start // per_shard
@@ -358,13 +369,14 @@ class PixelStore:
             data = os.pread(fd, wanted[-1][0] + wanted[-1][1] - begin, begin)
         finally:
             os.close(fd)
-        return [data[o - begin : o + n - begin] for o, n in wanted]
+        view = memoryview(data)  # slices of a view: no copy of every chunk
+        return [view[o - begin : o + n - begin] for o, n in wanted]
 
     def read_frames(
         self,
         path: str,
         frames: Sequence[int],
-        window: tuple[slice, slice] = (slice(None), slice(None)),
+        window: tuple[slice, slice] = FULL_FRAME,
         threads: int = 1,
     ) -> np.ndarray:
         """Frames of an array, decoded in the order given into one new array.
@@ -377,7 +389,7 @@ class PixelStore:
         spec = self.spec(path)
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         wanted = sorted(set(frames))
-        chunks: dict[int, list[bytes]] = {}
+        chunks: dict[int, list[memoryview]] = {}
         k = 0
         while k < len(wanted):
             shard_end = (wanted[k] // per_shard + 1) * per_shard
@@ -405,12 +417,19 @@ class PixelStore:
                 # Name the frame: a training loop reading millions must say which one.
                 raise CodecError(f"{path}: frame {frames[k]} cannot be decoded: {error}") from error
 
-        if threads > 1 and len(frames) > 1:
-            with ThreadPoolExecutor(min(threads, len(frames))) as pool:
-                list(pool.map(decode, range(len(frames))))
-        else:
-            for k in range(len(frames)):
+        def decode_every(first: int, step: int) -> None:
+            for k in range(first, len(frames), step):
                 decode(k)
+
+        # One task per thread, each taking every n-th frame: per-frame tasks cost more
+        # than decoding a frame of a fast codec (LZ4, raw), and interleaving balances
+        # frames of unequal cost.
+        count = min(threads, len(frames))
+        if count > 1:
+            with ThreadPoolExecutor(count) as pool:
+                list(pool.map(decode_every, range(count), [count] * count))
+        else:
+            decode_every(0, 1)
         return out
 
     def open_array(self, path: str) -> zarr.Array:

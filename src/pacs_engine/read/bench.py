@@ -237,7 +237,7 @@ def frame_costs(dataset: Any, indices: Sequence[int], repeats: int = 3) -> list[
 
     "archive": `dataset[i]`; "codec": the array's codec alone on the frame's chunk
     bytes (read beforehand); "pydicom": `pydicom_frame` on the original file. With
-    "modality" and "codec_name" (the array's codec, "blosc" for bytes + Blosc).
+    "modality" and "codec_name" (`ArraySpec.codec_name`).
     """
     from pacs_engine.read.datasets import _handle
 
@@ -263,7 +263,7 @@ def frame_costs(dataset: Any, indices: Sequence[int], repeats: int = 3) -> list[
                 read(*args)
                 best[name] = min(best[name], time.perf_counter() - started)
         row = archive.index.get(dataset.instances[int(entry[3])]) or {}
-        codec_name = spec.codec.codec_name if spec.codec is not None else "blosc"
+        codec_name = spec.codec_name
         costs.append(
             {
                 "modality": str(row.get("Modality") or ""),

@@ -6,6 +6,7 @@ shape (slices, rows, columns[, samples]); voxel index (k, j, i) = (slice, row, c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,15 +112,17 @@ def _geometry_key(row: dict[str, Any]) -> tuple:
 
 
 def _same_geometry(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal pixel format, orientation and spacing (rows already checked by `_valid`)."""
     if _geometry_key(a) != _geometry_key(b):
         return False
-    oa = np.asarray(a["ImageOrientationPatient"], float)
-    ob = np.asarray(b["ImageOrientationPatient"], float)
-    if oa.shape != (6,) or ob.shape != (6,) or np.abs(oa - ob).max() > ORIENTATION_TOL:
+    # Plain Python on these 6 and 2 numbers: numpy's per-call cost was most of a
+    # fast-codec volume's load time (one call per slice).
+    oa, ob = a["ImageOrientationPatient"], b["ImageOrientationPatient"]
+    if any(abs(float(x) - float(y)) > ORIENTATION_TOL for x, y in zip(oa, ob, strict=True)):
         return False
-    sa = np.asarray(a["PixelSpacing"], float)
-    sb = np.asarray(b["PixelSpacing"], float)
-    return sa.shape == sb.shape == (2,) and bool(np.allclose(sa, sb, rtol=SPACING_RTOL, atol=0))
+    sa, sb = a["PixelSpacing"], b["PixelSpacing"]
+    pairs = zip(sa, sb, strict=True)
+    return all(abs(float(x) - float(y)) <= SPACING_RTOL * abs(float(y)) for x, y in pairs)
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -167,13 +170,19 @@ def _usable(rows: list[dict[str, Any]], subset: bool) -> list[dict[str, Any]]:
 
 
 def _valid(value: Any, n: int) -> bool:
+    """`n` finite numbers; for an orientation, two cosines that are not parallel."""
+    if not isinstance(value, list | tuple) or len(value) != n:
+        return False
     try:
-        array = np.asarray(value, float)
+        v = [float(x) for x in value]
     except (TypeError, ValueError):
         return False
-    if array.shape != (n,) or not np.isfinite(array).all():
+    if not all(math.isfinite(x) for x in v):
         return False
-    return n != 6 or bool(np.linalg.norm(np.cross(array[:3], array[3:])) > 0.5)
+    if n != 6:
+        return True
+    cross = (v[1] * v[5] - v[2] * v[4], v[2] * v[3] - v[0] * v[5], v[0] * v[4] - v[1] * v[3])
+    return math.hypot(*cross) > 0.5
 
 
 def _groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
