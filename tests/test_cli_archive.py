@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import pydicom_test_files, run_cli
@@ -101,3 +103,29 @@ def test_ingest_refuses_options_it_would_ignore(tmp_path: Path) -> None:
     same = run_cli("ingest", str(mr), "--archive", str(archive), "--codec", "htj2k", "--json")
     assert same.returncode == 0, same.stderr
     assert json.loads(same.stdout)["archived"] == 1
+
+
+def test_the_forkserver_starts_before_the_heavy_imports() -> None:
+    """`main` starts the workers' forkserver for local ingest and verify, before zarr is
+    imported, so both start up at once; not for in-process or Dask runs, nor for help."""
+    code = (
+        "import sys, multiprocessing.forkserver as fs\n"
+        "import pacs_engine.cli as cli\n"
+        "assert 'zarr' not in sys.modules and 'pydicom' not in sys.modules\n"
+        "cases = {\n"
+        "    ('ingest', 'src', '--archive', 'a'): True,\n"
+        "    ('verify', 'a', '--workers', '2'): True,\n"
+        "    ('ingest', 'src', '--archive', 'a', '--workers', '0'): False,\n"
+        "    ('ingest', 'src', '--archive', 'a', '--executor', 'dask'): False,\n"
+        "    ('ingest', '--help'): False,\n"
+        "    ('scan', 'src'): False,\n"
+        "}\n"
+        "for argv, expected in cases.items():\n"
+        "    assert cli._starts_local_workers(list(argv)) is expected, argv\n"
+        "from pacs_engine.ingest.executors import start_forkserver\n"
+        "start_forkserver()\n"
+        "assert fs._forkserver._forkserver_pid is not None\n"
+        "assert 'zarr' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

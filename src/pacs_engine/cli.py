@@ -9,13 +9,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from pacs_engine.archive.encoder import CODEC_CHOICES
-from pacs_engine.inventory import Inventory, take_inventory
-from pacs_engine.sources import sample_data_dir
+# Modules that import zarr, pydicom or the codecs are imported where they are used:
+# `main` starts the ingest workers' forkserver first, so both start up at once.
+if TYPE_CHECKING:
+    from pacs_engine.inventory import Inventory
 
 
 def _megabytes(n: int) -> str:
@@ -56,8 +57,10 @@ def render_inventory(inventory: Inventory, seconds: float) -> str:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Inventory what the sources hold."""
-    inventory = Inventory()
+    from pacs_engine.inventory import Inventory, take_inventory
     from pacs_engine.sources import iter_files
+
+    inventory = Inventory()
 
     paths = list(iter_files(args.sources, inventory.add_problem))
     walk_problems = list(inventory.problems)
@@ -324,6 +327,8 @@ def cmd_read_bench(args: argparse.Namespace) -> int:
 
 def cmd_samples(args: argparse.Namespace) -> int:
     """Print the folder of real DICOM sample files that ships with pydicom."""
+    from pacs_engine.sources import sample_data_dir
+
     print(sample_data_dir())
     return 0
 
@@ -382,6 +387,8 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from pacs_engine.archive.encoder import CODEC_CHOICES
+
     parser = argparse.ArgumentParser(
         prog="pacs-engine",
         description="A native-accelerated DICOM archive engine.",
@@ -612,8 +619,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _starts_local_workers(argv: list[str]) -> bool:
+    """True when the command line runs ingest or verify in local worker processes."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("command", nargs="?")
+    early.add_argument("--workers", type=int)
+    early.add_argument("--executor")
+    try:
+        known, _ = early.parse_known_args(argv)
+    except SystemExit:  # a malformed command line: the real parser says what is wrong
+        return False
+    command_workers = known.command in ("ingest", "verify") and known.workers != 0
+    asks_help = not {"-h", "--help"}.isdisjoint(argv)
+    return command_workers and known.executor != "dask" and not asks_help
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `pacs-engine`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _starts_local_workers(argv):
+        from pacs_engine.ingest.executors import start_forkserver
+
+        start_forkserver()
     args = build_parser().parse_args(argv)
     from pacs_engine.archive import ArchiveError
 

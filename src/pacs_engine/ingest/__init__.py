@@ -1,14 +1,30 @@
-"""Bulk migration: the parallel, resumable ingest orchestrator and its executors."""
+"""Bulk migration: the parallel, resumable ingest orchestrator and its executors.
 
-from pacs_engine.ingest.executors import DaskExecutor, InlineExecutor, LocalExecutor, make_executor
-from pacs_engine.ingest.run import IngestStopped, Progress, run_ingest
+Names are imported on first use, so that `pacs_engine.ingest.executors` can start
+the forkserver before the heavy modules (zarr, the codecs) are imported.
+"""
 
-__all__ = [
-    "DaskExecutor",
-    "IngestStopped",
-    "InlineExecutor",
-    "LocalExecutor",
-    "Progress",
-    "make_executor",
-    "run_ingest",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "DaskExecutor": "pacs_engine.ingest.executors",
+    "InlineExecutor": "pacs_engine.ingest.executors",
+    "LocalExecutor": "pacs_engine.ingest.executors",
+    "make_executor": "pacs_engine.ingest.executors",
+    "IngestStopped": "pacs_engine.ingest.run",
+    "Progress": "pacs_engine.ingest.run",
+    "run_ingest": "pacs_engine.ingest.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pacs_engine.ingest' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
