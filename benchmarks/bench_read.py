@@ -20,9 +20,10 @@ read-bench --compare` uses (`pacs_engine.read.bench`):
     codec alone on the frame's chunk bytes (read beforehand), and pydicom, summed per
     modality and codec (`frame_costs`, `by_codec`): the archive's share of the codec's
     own speed, and what bounds the ratio to pydicom for each codec;
-(c) volumes: `Series.volume()` with 1 and 2 decode threads against pydicom reading
-    every file of the series, sorting by position along the normal and stacking, for
-    every series that is one volume; the arrays are checked equal.
+(c) volumes, best of 5 passes each: `Series(archive, uid).volume()` with 1 and 2
+    decode threads against pydicom reading every file of the series, sorting by
+    position along the normal and stacking, for every series that is one volume; the
+    arrays are checked equal.
 
 Targets (the "Reading for training" issue): >= 20x pydicom for random frames,
 >= 80 % of the codec's decode speed, >= 10x pydicom for volumes.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -351,14 +352,9 @@ class PixelStore:
         """The chunks of frames [start, stop), all in one shard: two reads."""
         per_shard, per_frame = self.grid(path)
         shard = start // per_shard
-        entries = per_shard * per_frame
-        index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
         fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
-            table = np.frombuffer(
-                os.pread(fd, index_size, size - index_size), "<u8", count=2 * entries
-            ).reshape(entries, 2)
+            table = self._shard_table(fd, per_shard * per_frame)
             first = (start - shard * per_shard) * per_frame
             wanted = table[first : (stop - shard * per_shard) * per_frame].tolist()
             if any(o == EMPTY for o, _ in wanted):
@@ -371,6 +367,44 @@ class PixelStore:
             os.close(fd)
         view = memoryview(data)  # slices of a view: no copy of every chunk
         return [view[o - begin : o + n - begin] for o, n in wanted]
+
+    @staticmethod
+    def _shard_table(fd: int, entries: int) -> np.ndarray:
+        """A shard file's index: (offset, length) of each of its `entries` chunks."""
+        index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, index_size, size - index_size)
+        return np.frombuffer(data, "<u8", count=2 * entries).reshape(entries, 2)
+
+    def _read_raw_frames(self, path: str, frames: Sequence[int]) -> np.ndarray:
+        """Frames of an uncompressed array of whole-frame chunks, read straight into the
+        output (one read per frame, no intermediate copy)."""
+        spec = self.spec(path)
+        per_shard = spec.frames_per_shard
+        out = np.empty((len(frames), *spec.frame_shape), spec.dtype)
+        slots: dict[int, list[int]] = {}
+        for k, f in enumerate(frames):
+            slots.setdefault(f, []).append(k)
+        wanted = sorted(slots)
+        k = 0
+        while k < len(wanted):
+            shard = wanted[k] // per_shard
+            fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
+            try:
+                table = self._shard_table(fd, per_shard)
+                while k < len(wanted) and wanted[k] // per_shard == shard:
+                    first, *copies = slots[wanted[k]]
+                    offset, length = table[wanted[k] - shard * per_shard].tolist()
+                    target = memoryview(out[first]).cast("B")
+                    if offset == EMPTY or length != target.nbytes:
+                        raise ValueError(f"{path}: frame {wanted[k]} is missing from its shard")
+                    if os.preadv(fd, [target], offset) != length:
+                        raise ValueError(f"{path}: frame {wanted[k]} is cut short")
+                    out[copies] = out[first]
+                    k += 1
+            finally:
+                os.close(fd)
+        return out
 
     def read_frames(
         self,
@@ -387,6 +421,10 @@ class PixelStore:
         are decoded in parallel (the codecs release the GIL).
         """
         spec = self.spec(path)
+        # Uncompressed little-endian chunks are the frames' bytes on this machine.
+        raw = spec.codec is None and not spec.compressors and spec.tile is None
+        if raw and window == FULL_FRAME and sys.byteorder == "little":
+            return self._read_raw_frames(path, frames)
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         wanted = sorted(set(frames))
         chunks: dict[int, list[memoryview]] = {}
@@ -421,10 +459,10 @@ class PixelStore:
             for k in range(first, len(frames), step):
                 decode(k)
 
-        # One task per thread, each taking every n-th frame: per-frame tasks cost more
-        # than decoding a frame of a fast codec (LZ4, raw), and interleaving balances
-        # frames of unequal cost.
-        count = min(threads, len(frames))
+        # Threads only for image codecs: Blosc and plain bytes decode faster than a
+        # hand-off to a thread (and Blosc has threads of its own). One task per thread,
+        # each taking every n-th frame, which balances frames of unequal cost.
+        count = min(threads, len(frames)) if spec.codec is not None else 1
         if count > 1:
             with ThreadPoolExecutor(count) as pool:
                 list(pool.map(decode_every, range(count), [count] * count))
