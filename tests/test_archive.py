@@ -359,8 +359,9 @@ def test_the_same_bad_bytes_at_two_paths_are_kept_once_and_both_paths_recorded(
 def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     tmp_path: Path,
 ) -> None:
-    """Trusted, original bitstreams are not decoded at ingest: a damaged one is archived
-    as it is (its file rebuilds exactly) and `verify` names it."""
+    """Trusted, original bitstreams are not decoded at ingest (`verify=True` re-checks only
+    frames encoded with the archive codec): a damaged one is archived as it is (its
+    file rebuilds exactly) and `verify` names it."""
     samples = {p.name: p for p in pydicom_test_files()}
     broken = bytearray(samples["MR_small_jp2klossless.dcm"].read_bytes())
     start = broken.index(b"\xff\x4f\xff\x51")
@@ -368,7 +369,7 @@ def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     (tmp_path / "broken_j2k.dcm").write_bytes(bytes(broken))
     archive = Archive.create(tmp_path / "a")
     sources = [tmp_path / "broken_j2k.dcm", samples["CT_small.dcm"]]
-    report = archive.ingest(sources, workers=0, trust_bitstreams=True)
+    report = archive.ingest(sources, workers=0, verify=True, trust_bitstreams=True)
     assert (report.inputs, report.archived, report.quarantined) == (2, 2, 0)
     assert report.archived_undecoded == 1  # the JPEG 2000 one; CT_small's native pixels are hashed
     rows = {Path(r["source_path"]).name: r for r in archive.index}

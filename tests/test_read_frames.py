@@ -122,3 +122,20 @@ def test_a_missing_frame_is_an_error(codec: str, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="missing from"):
             archive.pixels.read_frames(path, [2])
         assert zarr.open_array(archive.pixels.root / path, mode="r").shape[0] == 2
+
+
+def test_a_raw_frame_of_the_wrong_size_is_an_error(tmp_path: Path) -> None:
+    """Uncompressed frames are read straight into the output: a shard index entry that
+    gives another length is refused, not read into a frame."""
+    files = write_studies(tmp_path / "src", 1, 1, 2, rows=16, columns=16, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="raw", frames_per_shard=4) as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        (shard,) = (p for p in (archive.pixels.root / path / "c").rglob("*") if p.is_file())
+        data = bytearray(shard.read_bytes())
+        entry = len(data) - 4 - 4 * 16  # frame 0's (offset, length), before the CRC32C
+        length = int.from_bytes(data[entry + 8 : entry + 16], "little")
+        data[entry + 8 : entry + 16] = (length - 2).to_bytes(8, "little")
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=f"stored as {length - 2} bytes, not {length}"):
+            archive.pixels.read_frames(path, [0])

@@ -334,3 +334,48 @@ def test_plan_errors_name_instances() -> None:
     with pytest.raises(VolumeError, match="not on one line") as err:
         plan_volume(bent)
     assert "1.2.3.2" in err.value.sop_instance_uids
+
+
+@pytest.mark.parametrize(
+    "orientation",
+    [
+        "1\\0\\0\\0\\1\\0",  # a string, not numbers
+        [1, 0, 0, 0, 1],  # five values
+        [1, 0, 0, 0, float("nan"), 0],
+        [1, 0, 0, 1, 0, 0],  # parallel cosines
+        [1, 0, 0, 0, "x", 0],
+        [10**400, 0, 0, 0, 1, 0],  # too large for a float
+        None,
+    ],
+    ids=["string", "five", "nan", "parallel", "text", "overflow", "none"],
+)
+def test_unusable_orientations_are_named_not_stacked(orientation: object) -> None:
+    rows = _rows([0.0, 1.0, 2.0])
+    rows[1]["ImageOrientationPatient"] = orientation
+    with pytest.raises(VolumeError, match="without ImagePositionPatient") as err:
+        plan_volume(rows)
+    assert err.value.sop_instance_uids == ["1.2.3.1"]
+    assert [r["SOPInstanceUID"] for r in plan_volume(rows, subset=True).rows] == [
+        "1.2.3.0",
+        "1.2.3.2",
+    ]
+
+
+def test_pydicom_and_numpy_values_plan_like_lists() -> None:
+    """Rows built from pydicom data sets (MultiValue) or numpy arrays give the same plan."""
+    rows = _rows([6.0, 0.0, 3.0])
+    ds = pydicom.Dataset()
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [0.5, 0.7]
+    converted = [
+        {
+            **r,
+            "ImageOrientationPatient": ds.ImageOrientationPatient,
+            "PixelSpacing": ds.PixelSpacing,
+            "ImagePositionPatient": np.asarray(r["ImagePositionPatient"]),
+        }
+        for r in rows
+    ]
+    ours, theirs = plan_volume(rows), plan_volume(converted)
+    assert [r["SOPInstanceUID"] for r in ours.rows] == [r["SOPInstanceUID"] for r in theirs.rows]
+    assert np.allclose(ours.affine, theirs.affine)

@@ -105,8 +105,6 @@ def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None
         return "--workers applies to the local executor; a Dask cluster has its own workers"
     if args.scheduler and args.executor != "dask":
         return "--scheduler applies only with --executor dask"
-    if args.verify and args.trust_bitstreams:
-        return "--verify decodes every frame; it cannot be combined with --trust-bitstreams"
     meta = target / "archive.json"
     if not meta.exists():
         return None
@@ -436,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CODEC_CHOICES,
         help="lossless codec for uncompressed frames of a new archive "
         "(default: auto, chosen per series from a sample frame; lz4 and raw make a "
-        "read-optimised archive for training loops, about 2.5x and 5x the bytes of "
-        "jpegls, with --transcode; refused for an existing archive with another codec)",
+        "read-optimised archive for training loops, with --transcode, at about 1.9x and "
+        "4.6x the bytes of auto on CT/MR; refused for an existing archive with another "
+        "codec)",
     )
     ingest.add_argument(
         "--verify",
@@ -621,13 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _starts_local_workers(argv: list[str]) -> bool:
     """True when the command line runs ingest or verify in local worker processes."""
-    early = argparse.ArgumentParser(add_help=False)
+    early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     early.add_argument("command", nargs="?")
     early.add_argument("--workers", type=int)
     early.add_argument("--executor")
     try:
         known, _ = early.parse_known_args(argv)
-    except SystemExit:  # a malformed command line: the real parser says what is wrong
+    except argparse.ArgumentError:  # a malformed command line: the real parser says why
         return False
     command_workers = known.command in ("ingest", "verify") and known.workers != 0
     asks_help = not {"-h", "--help"}.isdisjoint(argv)

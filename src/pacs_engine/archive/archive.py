@@ -160,11 +160,9 @@ class Archive:
         """
         from pacs_engine.ingest import run_ingest
 
-        if verify and trust_bitstreams:
-            raise ValueError("verify decodes every frame; it cannot trust bitstreams undecoded")
         self._writable()
         checks = Checks(decode_bitstreams=not trust_bitstreams, recheck_encoded=verify)
-        return run_ingest(self, sources, workers, executor, checks, progress)
+        return run_ingest(self, sources, workers, executor, checks=checks, progress=progress)
 
     def _writable(self) -> None:
         if self.readonly:

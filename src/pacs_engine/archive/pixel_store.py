@@ -377,8 +377,7 @@ class PixelStore:
         return np.frombuffer(data, "<u8", count=2 * entries).reshape(entries, 2)
 
     def _read_raw_frames(self, path: str, frames: Sequence[int]) -> np.ndarray:
-        """Frames of an uncompressed array of whole-frame chunks, read straight into the
-        output (one read per frame, no intermediate copy)."""
+        """Frames of an uncompressed untiled array, read straight into the output array."""
         spec = self.spec(path)
         per_shard = spec.frames_per_shard
         out = np.empty((len(frames), *spec.frame_shape), spec.dtype)
@@ -396,10 +395,15 @@ class PixelStore:
                     first, *copies = slots[wanted[k]]
                     offset, length = table[wanted[k] - shard * per_shard].tolist()
                     target = memoryview(out[first]).cast("B")
-                    if offset == EMPTY or length != target.nbytes:
+                    if offset == EMPTY:
                         raise ValueError(f"{path}: frame {wanted[k]} is missing from its shard")
+                    if length != target.nbytes:
+                        raise ValueError(
+                            f"{path}: frame {wanted[k]} is stored as {length} bytes, "
+                            f"not {target.nbytes}"
+                        )
                     if os.preadv(fd, [target], offset) != length:
-                        raise ValueError(f"{path}: frame {wanted[k]} is cut short")
+                        raise ValueError(f"{path}: frame {wanted[k]} is cut short in its shard")
                     out[copies] = out[first]
                     k += 1
             finally:
@@ -417,8 +421,10 @@ class PixelStore:
 
         Shaped (len(frames), rows, columns[, samples]), each frame cut to `window`.
         The frames of a shard are read with one read when they are close (at most
-        half of the span skipped), else one read each; with `threads` > 1 frames
-        are decoded in parallel (the codecs release the GIL).
+        half of the span skipped), else one read each; uncompressed frames are read
+        straight into the output. With `threads` > 1, frames of an image codec are
+        decoded in parallel (the codecs release the GIL); Blosc and uncompressed
+        frames are decoded on this thread, faster than a hand-off.
         """
         spec = self.spec(path)
         # Uncompressed little-endian chunks are the frames' bytes on this machine.

@@ -21,10 +21,12 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    """The exported name, imported from its module on first use."""
     if name not in _EXPORTS:
         raise AttributeError(f"module 'pacs_engine.ingest' has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name]), name)
 
 
 def __dir__() -> list[str]:
+    """The exported names."""
     return __all__

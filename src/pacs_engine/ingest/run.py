@@ -95,6 +95,7 @@ def run_ingest(
     sources: Iterable[str | os.PathLike],
     workers: int | None = None,
     executor: Any = None,
+    *,
     checks: Checks | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> IngestReport:

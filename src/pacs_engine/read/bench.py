@@ -350,6 +350,8 @@ def volume_comparison(
 
 def _best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
     """The fastest of `repeats` calls of `run`, in seconds, and its result."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
     best, result = math.inf, None
     for _ in range(repeats):
         started = time.perf_counter()

@@ -171,11 +171,13 @@ def _usable(rows: list[dict[str, Any]], subset: bool) -> list[dict[str, Any]]:
 
 def _valid(value: Any, n: int) -> bool:
     """`n` finite numbers; for an orientation, two cosines that are not parallel."""
-    if not isinstance(value, list | tuple) or len(value) != n:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        return False  # index rows hold lists; pydicom MultiValue and arrays also pass
+    if len(value) != n:
         return False
     try:
         v = [float(x) for x in value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     if not all(math.isfinite(x) for x in v):
         return False
