@@ -512,3 +512,46 @@ def test_transcoding_stores_lossless_frames_with_the_archive_codec(
         for keyword in ("PatientID", "SOPInstanceUID", "Rows", "Columns", "BitsStored"):
             assert exported.get(keyword) == original.get(keyword)
         assert archive.verify().ok
+
+
+def test_an_archive_is_a_source_for_a_derived_archive(tmp_path: Path) -> None:
+    """A read-optimised copy made from an archive of record: every archived instance is an
+    input (exported in memory and checked against its sha256), pixels are the source's,
+    a second run finds duplicates, and an archive is never its own source."""
+    names = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm")
+    names += ("SC_rgb_small_odd.dcm",)
+    files = [p for p in pydicom_test_files() if p.name in names]
+    with Archive.create(tmp_path / "record") as record:
+        first = record.ingest(files, workers=0)
+        assert (first.archived, first.duplicates) == (4, 1)  # MR_small_RLE repeats MR_small
+        sources = {row["SOPInstanceUID"]: row for row in record.index}
+        with Archive.create(tmp_path / "train", codec="raw", transcode=True) as train:
+            report = train.ingest([tmp_path / "record"], workers=0)
+            assert (report.inputs, report.archived) == (4, 4)
+            for row in train.index:
+                sop = row["SOPInstanceUID"]
+                assert row["source_path"] == f"{tmp_path / 'record'}::{sop}"
+                assert np.array_equal(train.frames(sop), record.frames(sop))
+                if not row["transcoded"]:
+                    assert train.export_bytes(sop) == record.export_bytes(sop)
+                assert row["source_sha256"] == sources[sop]["source_sha256"]
+            assert train.verify().ok
+            again = train.ingest([tmp_path / "record"], workers=0)
+            assert (again.archived, again.duplicates) == (0, 4)
+        with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
+            record.ingest([tmp_path / "record"], workers=0)
+
+
+def test_a_damaged_instance_of_a_source_archive_is_quarantined(tmp_path: Path) -> None:
+    files = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
+    with Archive.create(tmp_path / "record") as record:
+        record.ingest(files, workers=0)
+        ct = next(r for r in record.index if r["Modality"] == "CT")
+    pack = tmp_path / "record" / ct["header"]["pack"]
+    pack.write_bytes(b"\0" * pack.stat().st_size)
+    with Archive.create(tmp_path / "train", codec="lz4", transcode=True) as train:
+        report = train.ingest([tmp_path / "record"], workers=0)
+        assert (report.inputs, report.archived, report.quarantined) == (2, 1, 1)
+        (record_entry,) = train.quarantine.records()
+        assert record_entry["path"] == f"{tmp_path / 'record'}::{ct['SOPInstanceUID']}"
+        assert "cannot export the instance" in record_entry["reason"]

@@ -549,3 +549,32 @@ def test_walking_a_tar_of_many_members_streams(tmp_path: Path) -> None:
     assert count == 20_000
     # Keeping every TarInfo would take ~20 MB; the names seen (for duplicates) ~2 MB.
     assert peak < 6_000_000
+
+
+def test_a_pacs_engine_archive_is_a_source_of_its_instances(tmp_path: Path) -> None:
+    """Its instances, by SOP Instance UID, keyed `ARCHIVE::SOP`; the folder is not walked
+    for files; an instance read is its original file; a vanished archive is an InputError."""
+    from pacs_engine import Archive
+
+    files = [sample_data_dir() / n for n in ("CT_small.dcm", "MR_small.dcm")]
+    with Archive.create(tmp_path / "record") as record:
+        record.ingest(files, workers=0)
+    problems: list[tuple[str, str]] = []
+    refs = list(iter_inputs([tmp_path / "record"], lambda key, reason: problems.append(key)))
+    assert problems == []
+    uids = sorted(pydicom_uid(f) for f in files)
+    assert [r.member for r in refs] == uids
+    for ref in refs:
+        assert InputRef.from_key(ref.key) == ref
+        data = read_input(ref)
+        original = next(f for f in files if pydicom_uid(f) == ref.member)
+        assert data == original.read_bytes()
+    shutil.rmtree(tmp_path / "record")
+    with pytest.raises(InputError, match="cannot open archive"):
+        read_input(refs[0])
+
+
+def pydicom_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

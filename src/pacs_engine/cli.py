@@ -425,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
         "full): run it again to resume.",
     )
     ingest.add_argument(
-        "sources", nargs="+", metavar="SRC", help="a folder, a file, or a zip/tar archive"
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="a folder, a file, a zip/tar archive, or another pacs_engine archive",
     )
     ingest.add_argument("--archive", required=True, help="the archive folder")
     ingest.add_argument(

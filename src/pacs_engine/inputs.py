@@ -1,7 +1,9 @@
-"""Inputs for a migration: files, folders and members of zip/tar archives, read in place."""
+"""Inputs for a migration: files, folders, members of zip/tar archives (read in place), and
+the instances of another pacs_engine archive (exported one by one, never to disk)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tarfile
@@ -18,6 +20,7 @@ import indexed_gzip
 from pacs_engine.sources import iter_files
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+PACS_ARCHIVE_MARKER = "archive.json"  # the file that makes a folder a pacs_engine archive
 SEPARATOR = "::"
 OPEN_ARCHIVES = 8
 
@@ -41,7 +44,8 @@ _ARCHIVE_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.Ta
 
 @dataclass(frozen=True, slots=True)
 class InputRef:
-    """One input: a file on disk, or one member of a zip/tar archive."""
+    """One input: a file on disk, a member of a zip/tar archive, or an instance
+    (`member` = its SOP Instance UID) of a pacs_engine archive."""
 
     container: str
     member: str | None = None
@@ -50,8 +54,8 @@ class InputRef:
         if split_key(self.key) != (self.container, self.member):
             raise ValueError(
                 f"{self.key}: cannot be named unambiguously "
-                f"(a member needs a {'/'.join(ARCHIVE_SUFFIXES)} container whose path "
-                f"has no '<archive>{SEPARATOR}' in it)"
+                f"(a member needs a {'/'.join(ARCHIVE_SUFFIXES)} container or a pacs_engine "
+                f"archive folder, whose path has no '<archive>{SEPARATOR}' in it)"
             )
 
     @property
@@ -73,7 +77,7 @@ def split_key(key: str) -> tuple[str, str | None]:
     # and a container path may hold `::` anywhere but right after `.zip`, `.tar`...
     start = key.find(SEPARATOR)
     while start != -1:
-        if archive_kind(key[:start]) is not None:
+        if container_kind(key[:start]) is not None:
             return key[:start], key[start + len(SEPARATOR) :]
         start = key.find(SEPARATOR, start + 1)
     return key, None
@@ -104,16 +108,40 @@ def archive_kind(path: str) -> str | None:
     return None
 
 
+def is_pacs_archive(path: str) -> bool:
+    """True when `path` is the folder of a pacs_engine archive."""
+    return os.path.isfile(os.path.join(path, PACS_ARCHIVE_MARKER))
+
+
+def container_kind(path: str) -> str | None:
+    """'zip', 'tar', 'tgz' (by suffix), 'pacs' (an archive folder), or None."""
+    kind = archive_kind(path)
+    if kind is None and is_pacs_archive(path):
+        return "pacs"
+    return kind
+
+
 def iter_inputs(
     sources: Iterable[str | os.PathLike], on_error: Callable[[str, str], None]
 ) -> Iterator[InputRef]:
     """Every input under the sources, in a stable order.
 
-    Sorted within a folder, in archive order within a zip/tar. Archives are
-    listed as they are read, never held whole. A bad source, folder, archive or
-    member is passed to on_error(key, reason) and skipped.
+    Sorted within a folder, in archive order within a zip/tar, by SOP Instance
+    UID within a pacs_engine archive given as a source (its folder is not walked
+    for files). Archives are listed as they are read, never held whole. A bad
+    source, folder, archive or member is passed to on_error(key, reason) and skipped.
     """
-    for path in iter_files(sources, on_error):
+    for source in sources:
+        path = os.fspath(source)
+        if is_pacs_archive(path):
+            yield from _walk_pacs(path, on_error)
+        else:
+            yield from _inputs_under(path, on_error)
+
+
+def _inputs_under(source: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
+    """The files under a source, and the members of the zip/tar archives among them."""
+    for path in iter_files([source], on_error):
         kind = archive_kind(path)
         if kind is None:
             ref = _make_ref(path, None, on_error)
@@ -137,8 +165,9 @@ def read_input(ref: InputRef) -> bytes:
                 return file.read()
         except OSError as error:
             raise InputError(ref.key, f"cannot read: {_os_reason(error)}") from None
-    kind = archive_kind(ref.container)
-    assert kind is not None  # InputRef only names members of archives
+    kind = container_kind(ref.container)
+    if kind is None:  # an archive folder that is gone, or no longer an archive
+        raise InputError(ref.key, "cannot open archive: not a zip, tar or pacs_engine archive")
     return _open_archive(ref, kind).read(ref)
 
 
@@ -185,6 +214,21 @@ def _walk_tar(path: str, kind: str, on_error: Callable[[str, str], None]) -> Ite
                 continue
             seen.add(name)
             ref = _make_ref(path, name, on_error)
+            if ref is not None:
+                yield ref
+
+
+def _walk_pacs(path: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
+    from pacs_engine.archive import open_archive  # the archive package imports this module
+
+    try:
+        archive = open_archive(path)
+    except Exception as error:  # ArchiveError, or an index that cannot be opened
+        on_error(path, f"cannot open archive: {error}")
+        return
+    with archive:
+        for row in archive.index:
+            ref = _make_ref(path, row["SOPInstanceUID"], on_error)
             if ref is not None:
                 yield ref
 
@@ -246,7 +290,7 @@ def _tar_entries(
 def _archive_reason(kind: str, error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"cannot read archive: {_os_reason(error)}"
-    what = {"zip": "zip", "tar": "tar", "tgz": "tar.gz"}[kind]
+    what = {"zip": "zip", "tar": "tar", "tgz": "tar.gz", "pacs": "pacs_engine"}[kind]
     return f"bad {what} archive: {error}"
 
 
@@ -318,18 +362,41 @@ class _TarArchive:
         return data
 
 
+class _PacsArchive:
+    """An open pacs_engine archive (read-only): its instances, exported as their files."""
+
+    def __init__(self, path: str, identity: tuple[int, int, int]) -> None:
+        from pacs_engine.archive import open_archive  # the archive package imports this module
+
+        self.identity = identity
+        self.archive = open_archive(path)
+
+    def read(self, ref: InputRef) -> bytes:
+        row = self.archive.index.get(ref.member or "")
+        if row is None:
+            raise InputError(ref.key, "no such instance in the archive")
+        try:
+            data = self.archive.export_bytes(row["SOPInstanceUID"])
+        except Exception as error:  # a damaged pack or shard can fail in any layer
+            raise InputError(ref.key, f"cannot export the instance: {error}") from None
+        # A transcoded instance exports other bytes by design; any other must be its file.
+        if not row.get("transcoded") and hashlib.sha256(data).hexdigest() != row["source_sha256"]:
+            raise InputError(ref.key, "the exported file differs from the archived file's sha256")
+        return data
+
+
 # Evicted handles are not closed here: a thread may still be reading through one,
 # and dropping the last reference closes it.
-_cache: OrderedDict[str, _ZipArchive | _TarArchive] = OrderedDict()
+_cache: OrderedDict[str, _ZipArchive | _TarArchive | _PacsArchive] = OrderedDict()
 _cache_pid = os.getpid()
 _cache_lock = threading.Lock()
 
 
-def _open_archive(ref: InputRef, kind: str) -> _ZipArchive | _TarArchive:
+def _open_archive(ref: InputRef, kind: str) -> _ZipArchive | _TarArchive | _PacsArchive:
     global _cache_pid
     path = ref.container
     try:
-        st = os.stat(path)
+        st = os.stat(os.path.join(path, PACS_ARCHIVE_MARKER) if kind == "pacs" else path)
     except OSError as error:
         raise InputError(ref.key, f"cannot open archive: {_os_reason(error)}") from None
     identity = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -345,9 +412,11 @@ def _open_archive(ref: InputRef, kind: str) -> _ZipArchive | _TarArchive:
         try:
             if kind == "zip":
                 archive = _ZipArchive(path, identity)
+            elif kind == "pacs":
+                archive = _PacsArchive(path, identity)
             else:
                 archive = _TarArchive(path, identity, kind)
-        except _ARCHIVE_ERRORS as error:
+        except (*_ARCHIVE_ERRORS, RuntimeError) as error:  # RuntimeError: ArchiveError
             raise InputError(ref.key, _archive_reason(kind, error)) from None
         _cache[path] = archive
         _cache.move_to_end(path)

@@ -143,7 +143,8 @@ class Archive:
         progress: Callable[[Progress], None] | None = None,
         trust_bitstreams: bool = False,
     ) -> IngestReport:
-        """Archive the DICOM files under `sources` (folders, files, zip and tar archives).
+        """Archive the DICOM files under `sources` (folders, files, zip and tar archives,
+        and the instances of other pacs_engine archives).
 
         Runs `pacs_engine.ingest.run_ingest`: scan in parallel, group by series,
         encode parts of series in `workers` processes (0: in this process; None:
@@ -161,6 +162,10 @@ class Archive:
         from pacs_engine.ingest import run_ingest
 
         self._writable()
+        sources = list(sources)
+        own = self.path.resolve()
+        if any(Path(source).resolve() == own for source in sources):
+            raise ArchiveError(f"{self.path}: an archive cannot be ingested into itself")
         checks = Checks(decode_bitstreams=not trust_bitstreams, recheck_encoded=verify)
         return run_ingest(self, sources, workers, executor, checks=checks, progress=progress)
 
