@@ -22,7 +22,6 @@ import csv
 import hashlib
 import math
 import os
-import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from pacs_engine.codecs import (
     JpegXlCodec,
     choose_codec,
 )
+from pacs_engine.read.bench import best_of
 
 REPEATS = int(os.environ.get("PACS_ENGINE_BENCH_REPEATS", "5"))
 MODALITIES = ("CT", "MR", "CR", "US")
@@ -202,22 +202,13 @@ class Measured:
     series_codec: dict[str, FrameCodec] = field(default_factory=dict)
 
 
-def _best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    best, out = math.inf, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def measure(encode: Encode, decode: Decode, images: tuple[Image, ...]) -> Measured:
     """Ratio and best-of-N timings for every image; fails on any non-exact decode."""
     m = Measured()
     encode(images[0])  # warm up libraries and allocators outside the timings
     for im in images:
-        enc_s, data = _best_of(lambda im=im: encode(im), REPEATS)
-        dec_s, back = _best_of(lambda im=im, data=data: decode(data, im), REPEATS)
+        enc_s, data = best_of(lambda im=im: encode(im), REPEATS)
+        dec_s, back = best_of(lambda im=im, data=data: decode(data, im), REPEATS)
         assert back.dtype == im.frame.dtype and np.array_equal(back, im.frame)
         m.ratios[im.modality].append(im.frame.nbytes / len(data))
         m.raw[im.modality] += im.frame.nbytes
@@ -234,7 +225,7 @@ def measure_pick(images: tuple[Image, ...]) -> Measured:
     m = Measured()
     for members in series.values():
         sample = members[len(members) // 2]
-        pick_s, codec = _best_of(lambda s=sample: choose_codec(s.frame), REPEATS)
+        pick_s, codec = best_of(lambda s=sample: choose_codec(s.frame), REPEATS)
         m.chosen[f"{sample.modality} {type(codec).__name__}"] += len(members)
         m.series_codec[sample.series] = codec
         m.encode_s[sample.modality] += pick_s

@@ -4,8 +4,7 @@ Names are imported on first use, so that importing one part (a zarr codec
 loaded through its entry point, say) does not load the others.
 """
 
-from importlib import import_module
-from typing import Any
+from pacs_engine.lazy import lazy_exports
 
 _EXPORTS = {
     "HEADER_KEYWORDS": "pacs_engine.scanning",
@@ -24,13 +23,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pacs_engine' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,8 +4,7 @@ Names are imported on first use, so that `pacs_engine.ingest.executors` can star
 the forkserver before the heavy modules (zarr, the codecs) are imported.
 """
 
-from importlib import import_module
-from typing import Any
+from pacs_engine.lazy import lazy_exports
 
 _EXPORTS = {
     "DaskExecutor": "pacs_engine.ingest.executors",
@@ -18,15 +17,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """The exported name, imported from its module on first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pacs_engine.ingest' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    """The exported names."""
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

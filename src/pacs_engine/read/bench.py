@@ -43,6 +43,7 @@ __all__ = [
     "PydicomFrames",
     "RandomFrames",
     "SequentialFrames",
+    "best_of",
     "by_codec",
     "frame_costs",
     "read_bench",
@@ -334,8 +335,8 @@ def volume_comparison(
 
     archive_s = {}
     for count in threads:
-        archive_s[count], ours = _best_of(repeats, functools.partial(load, count))
-    pydicom_s, theirs = _best_of(repeats, lambda: [_pydicom_volume(s.rows) for s in series])
+        archive_s[count], ours = best_of(functools.partial(load, count), repeats)
+    pydicom_s, theirs = best_of(lambda: [_pydicom_volume(s.rows) for s in series], repeats)
     for s, a, b in zip(series, ours, theirs, strict=True):
         if a.dtype != b.dtype or not np.array_equal(a, b):
             raise AssertionError(f"series {s.series_uid}: the volume differs from pydicom's")
@@ -348,8 +349,8 @@ def volume_comparison(
     }
 
 
-def _best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
-    """The fastest of `repeats` calls of `run`, in seconds, and its result."""
+def best_of(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """The fastest of `repeats` calls of `run`, in seconds, and its (last) result."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, not {repeats}")
     best, result = math.inf, None
