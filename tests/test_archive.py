@@ -514,10 +514,13 @@ def test_transcoding_stores_lossless_frames_with_the_archive_codec(
         assert archive.verify().ok
 
 
-def test_an_archive_is_a_source_for_a_derived_archive(tmp_path: Path) -> None:
+def test_an_archive_is_a_source_for_a_derived_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A read-optimised copy made from an archive of record: every archived instance is an
-    input (exported in memory and checked against its sha256), pixels are the source's,
-    a second run finds duplicates, and an archive is never its own source."""
+    input (exported in memory once, planned from its row, checked against its sha256),
+    pixels are the source's, a second run finds duplicates, and an archive is never its
+    own source."""
     names = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm")
     names += ("SC_rgb_small_odd.dcm",)
     files = [p for p in pydicom_test_files() if p.name in names]
@@ -525,9 +528,18 @@ def test_an_archive_is_a_source_for_a_derived_archive(tmp_path: Path) -> None:
         first = record.ingest(files, workers=0)
         assert (first.archived, first.duplicates) == (4, 1)  # MR_small_RLE repeats MR_small
         sources = {row["SOPInstanceUID"]: row for row in record.index}
+        exported: list[str] = []
+        export_bytes = Archive.export_bytes
+
+        def counted(archive: Archive, sop: str) -> bytes:
+            exported.append(sop)
+            return export_bytes(archive, sop)
+
+        monkeypatch.setattr(Archive, "export_bytes", counted)
         with Archive.create(tmp_path / "train", codec="raw", transcode=True) as train:
             report = train.ingest([tmp_path / "record"], workers=0)
             assert (report.inputs, report.archived) == (4, 4)
+            assert sorted(exported) == sorted(sources)  # the scan reads rows, not exports
             for row in train.index:
                 sop = row["SOPInstanceUID"]
                 assert row["source_path"] == f"{tmp_path / 'record'}::{sop}"

@@ -157,6 +157,22 @@ def _inputs_under(source: str, on_error: Callable[[str, str], None]) -> Iterator
             on_error(path, _archive_reason(kind, error))
 
 
+def archived_row(ref: InputRef) -> dict | None:
+    """The index row of an input that is an instance of a pacs_engine archive, else None.
+
+    Its SOP and series UIDs, Instance Number and frames are what a scan of the
+    exported file would give, without exporting it (which may decode every frame).
+    """
+    if ref.member is None or container_kind(ref.container) != "pacs":
+        return None
+    archive = _open_archive(ref, "pacs")
+    assert isinstance(archive, _PacsArchive)
+    row = archive.archive.index.get(ref.member)
+    if row is None:
+        raise InputError(ref.key, "no such instance in the archive")
+    return row
+
+
 def read_input(ref: InputRef) -> bytes:
     """The bytes of one input; raises InputError naming it and the reason."""
     if ref.member is None:

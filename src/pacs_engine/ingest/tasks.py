@@ -15,7 +15,7 @@ from pacs_engine.archive.report import Outcome
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
 from pacs_engine.ingest.journal import Planned
-from pacs_engine.inputs import InputError, InputRef, read_input
+from pacs_engine.inputs import InputError, InputRef, archived_row, read_input
 from pacs_engine.scanning import scan
 
 _ENCODERS: dict[tuple[int, str], PartEncoder] = {}
@@ -38,6 +38,10 @@ def scan_task(root: str, keys: list[str]) -> tuple[list[Planned], list[Outcome]]
         ref = InputRef.from_key(key)
         data = None
         try:
+            row = archived_row(ref)
+            if row is not None:  # another archive's instance: its row says what a scan would
+                planned.append(_planned_from_row(key, row))
+                continue
             if ref.member is None:
                 header = scan(ref.container)  # reads the header, not the pixel data
             else:
@@ -67,12 +71,30 @@ def scan_task(root: str, keys: list[str]) -> tuple[list[Planned], list[Outcome]]
     return planned, rejected
 
 
+def _planned_from_row(key: str, row: dict) -> Planned:
+    """An archived instance of another archive, planned as its exported file would be."""
+    number = row.get("InstanceNumber")
+    return Planned(
+        key,
+        row["SeriesInstanceUID"],
+        row["SOPInstanceUID"],
+        number if isinstance(number, int) else None,
+        _frame_count(row.get("pixel_keyword") is not None, row.get("NumberOfFrames")),
+    )
+
+
 def _frames(header: Header) -> int:
+    """Frames the instance holds (see `_frame_count`)."""
+    return _frame_count(header.pixel is not None, header.get("NumberOfFrames"))
+
+
+def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
     """Frames the instance holds, as Number of Frames says (1 when absent, 0 without pixels)."""
-    if header.pixel is None:
+    if not has_pixels:
         return 0
-    frames = header.get("NumberOfFrames")
-    return frames if isinstance(frames, int) and frames > 0 else 1
+    if isinstance(number_of_frames, int) and number_of_frames > 0:
+        return number_of_frames
+    return 1
 
 
 def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
