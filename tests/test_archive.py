@@ -554,6 +554,30 @@ def test_an_archive_is_a_source_for_a_derived_archive(
             record.ingest([tmp_path / "record"], workers=0)
 
 
+def test_an_archive_inside_a_source_folder(tmp_path: Path) -> None:
+    """The archive being written, inside the folder it ingests, is skipped (its own files
+    are never inputs); another archive met in the walk gives its instances."""
+    names = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_small_odd.dcm")
+    files = [p for p in pydicom_test_files() if p.name in names]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for path in files[:2]:
+        (tree / path.name).write_bytes(path.read_bytes())
+    with Archive.create(tree / "older") as older:
+        older.ingest(files[2:], workers=0)
+    with Archive.create(tree / "target") as target:
+        report = target.ingest([tree], workers=0)
+        assert (report.inputs, report.archived, report.quarantined) == (4, 4, 0)
+        paths = sorted(row["source_path"] for row in target.index)
+        assert paths[:2] == sorted(str(tree / p.name) for p in files[:2])
+        assert all(p.startswith(f"{tree / 'older'}::") for p in paths[2:])
+        for path in files:
+            sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert target.export_bytes(sop) == path.read_bytes()
+        again = target.ingest([tree], workers=0)
+        assert (again.inputs, again.duplicates, again.quarantined) == (4, 4, 0)
+
+
 def test_a_damaged_instance_of_a_source_archive_is_quarantined(tmp_path: Path) -> None:
     files = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
     with Archive.create(tmp_path / "record") as record:

@@ -578,3 +578,38 @@ def pydicom_uid(path: Path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_an_archive_folder_met_in_a_walk_is_read_as_an_archive(tmp_path: Path) -> None:
+    """Its instances are inputs (not its shards and packs); an excluded archive is skipped;
+    a folder holding another tool's archive.json is walked as files."""
+    from pacs_engine import Archive
+
+    ct, mr = sample_data_dir() / "CT_small.dcm", sample_data_dir() / "MR_small.dcm"
+    tree = tmp_path / "tree"
+    (tree / "nested").mkdir(parents=True)
+    shutil.copy(mr, tree / "a.dcm")
+    with Archive.create(tree / "nested" / "record") as record:
+        record.ingest([ct], workers=0)
+    foreign = tree / "z_other"
+    foreign.mkdir()
+    (foreign / "archive.json").write_text('{"format": "another tool"}')
+    shutil.copy(ct, foreign / "ct.dcm")
+
+    problems: list[str] = []
+    keys = [r.key for r in iter_inputs([tree], lambda key, reason: problems.append(key))]
+    assert problems == []
+    record_key = f"{tree / 'nested' / 'record'}::{pydicom_uid(ct)}"
+    assert keys == [
+        str(tree / "a.dcm"),
+        record_key,
+        str(foreign / "archive.json"),
+        str(foreign / "ct.dcm"),
+    ]
+    assert read_input(InputRef.from_key(record_key)) == ct.read_bytes()
+    skipped = [
+        r.key for r in iter_inputs([tree], problems.append, exclude=[tree / "nested" / "record"])
+    ]
+    assert skipped == [k for k in keys if k != record_key]
+    assert not inputs.is_pacs_archive(str(foreign))
+    assert inputs.is_pacs_archive(str(tree / "nested" / "record"))

@@ -105,7 +105,9 @@ def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None
         return "--workers applies to the local executor; a Dask cluster has its own workers"
     if args.scheduler and args.executor != "dask":
         return "--scheduler applies only with --executor dask"
-    meta = target / "archive.json"
+    from pacs_engine.inputs import PACS_ARCHIVE_MARKER
+
+    meta = target / PACS_ARCHIVE_MARKER
     if not meta.exists():
         return None
     try:
@@ -126,13 +128,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Archive the sources into an archive (created when missing); resumes an unfinished run."""
     from pacs_engine.archive import Archive, open_archive
     from pacs_engine.ingest import IngestStopped, make_executor
+    from pacs_engine.inputs import PACS_ARCHIVE_MARKER
 
     target = Path(args.archive)
     problem = _ingest_option_problem(args, target)
     if problem:
         print(f"pacs-engine ingest: {problem}", file=sys.stderr)
         return 2
-    if (target / "archive.json").exists():
+    if (target / PACS_ARCHIVE_MARKER).exists():
         archive = open_archive(target, readonly=False)
     else:
         archive = Archive.create(target, codec=args.codec or "auto", transcode=args.transcode)
@@ -299,10 +302,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_read_bench(args: argparse.Namespace) -> int:
     """Measure frame reads as a training loop sees them: random and sequential, 1..N workers."""
+    from pacs_engine.inputs import PACS_ARCHIVE_MARKER
     from pacs_engine.read.bench import read_bench, render_read_bench
 
-    if not (Path(args.archive) / "archive.json").is_file():
-        print(f"{args.archive}: not an archive (no archive.json)", file=sys.stderr)
+    if not (Path(args.archive) / PACS_ARCHIVE_MARKER).is_file():
+        print(f"{args.archive}: not an archive (no {PACS_ARCHIVE_MARKER})", file=sys.stderr)
         return 2
     try:
         report = read_bench(

@@ -4,6 +4,7 @@ the instances of another pacs_engine archive (exported one by one, never to disk
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import tarfile
@@ -21,6 +22,7 @@ from pacs_engine.sources import iter_files
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 PACS_ARCHIVE_MARKER = "archive.json"  # the file that makes a folder a pacs_engine archive
+PACS_ARCHIVE_FORMAT = "pacs_engine archive"  # its "format", which another tool's file lacks
 SEPARATOR = "::"
 OPEN_ARCHIVES = 8
 
@@ -109,8 +111,17 @@ def archive_kind(path: str) -> str | None:
 
 
 def is_pacs_archive(path: str) -> bool:
-    """True when `path` is the folder of a pacs_engine archive."""
-    return os.path.isfile(os.path.join(path, PACS_ARCHIVE_MARKER))
+    """True when `path` is the folder of a pacs_engine archive (its marker says so).
+
+    The marker's content is checked: a folder of DICOM files that happens to hold
+    another tool's `archive.json` is a folder to walk, not an archive to open.
+    """
+    try:
+        with open(os.path.join(path, PACS_ARCHIVE_MARKER), "rb") as file:
+            marker = json.loads(file.read(1 << 20))
+    except (OSError, ValueError):  # absent, unreadable, a folder, not JSON
+        return False
+    return isinstance(marker, dict) and marker.get("format") == PACS_ARCHIVE_FORMAT
 
 
 def container_kind(path: str) -> str | None:
@@ -122,39 +133,45 @@ def container_kind(path: str) -> str | None:
 
 
 def iter_inputs(
-    sources: Iterable[str | os.PathLike], on_error: Callable[[str, str], None]
+    sources: Iterable[str | os.PathLike],
+    on_error: Callable[[str, str], None],
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> Iterator[InputRef]:
     """Every input under the sources, in a stable order.
 
     Sorted within a folder, in archive order within a zip/tar, by SOP Instance
-    UID within a pacs_engine archive given as a source (its folder is not walked
-    for files). Archives are listed as they are read, never held whole. A bad
-    source, folder, archive or member is passed to on_error(key, reason) and skipped.
+    UID within a pacs_engine archive (given as a source or met in a walked
+    folder; its folder is not walked for files). Archives are listed as they are
+    read, never held whole. The archive folders in `exclude` (the one being
+    ingested into) are skipped. A bad source, folder, archive or member is passed
+    to on_error(key, reason) and skipped.
     """
+    skipped = {os.path.realpath(p) for p in exclude}
     for source in sources:
-        path = os.fspath(source)
-        if is_pacs_archive(path):
-            yield from _walk_pacs(path, on_error)
-        else:
-            yield from _inputs_under(path, on_error)
-
-
-def _inputs_under(source: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
-    """The files under a source, and the members of the zip/tar archives among them."""
-    for path in iter_files([source], on_error):
-        kind = archive_kind(path)
-        if kind is None:
-            ref = _make_ref(path, None, on_error)
-            if ref is not None:
-                yield ref
-            continue
-        try:
-            if kind == "zip":
-                yield from _walk_zip(path, on_error)
+        for path in iter_files([source], on_error, keep=is_pacs_archive):
+            kind = container_kind(path)
+            if kind == "pacs":
+                if os.path.realpath(path) not in skipped:
+                    yield from _walk_pacs(path, on_error)
+            elif kind is None:
+                ref = _make_ref(path, None, on_error)
+                if ref is not None:
+                    yield ref
             else:
-                yield from _walk_tar(path, kind, on_error)
-        except _ARCHIVE_ERRORS as error:
-            on_error(path, _archive_reason(kind, error))
+                yield from _walk_container(path, kind, on_error)
+
+
+def _walk_container(
+    path: str, kind: str, on_error: Callable[[str, str], None]
+) -> Iterator[InputRef]:
+    """The members of one zip or tar archive; an archive that cannot be read is named."""
+    try:
+        if kind == "zip":
+            yield from _walk_zip(path, on_error)
+        else:
+            yield from _walk_tar(path, kind, on_error)
+    except _ARCHIVE_ERRORS as error:
+        on_error(path, _archive_reason(kind, error))
 
 
 def archived_row(ref: InputRef) -> dict | None:

@@ -40,12 +40,13 @@ from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.index import Index
+from pacs_engine.inputs import PACS_ARCHIVE_FORMAT, PACS_ARCHIVE_MARKER
 from pacs_engine.storage import fsync_dir, write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.ingest import Progress
 
-FORMAT = {"format": "pacs_engine archive", "version": 1}
+FORMAT = {"format": PACS_ARCHIVE_FORMAT, "version": 1}
 
 
 class ArchiveError(RuntimeError):
@@ -57,7 +58,7 @@ class Archive:
 
     def __init__(self, path: str | os.PathLike, readonly: bool = True) -> None:
         self.path = Path(path)
-        meta_path = self.path / "archive.json"
+        meta_path = self.path / PACS_ARCHIVE_MARKER
         if not meta_path.is_file():
             raise ArchiveError(f"{self.path}: not a pacs_engine archive (no archive.json)")
         self.config = json.loads(meta_path.read_bytes())
@@ -112,7 +113,7 @@ class Archive:
             "max_chunk_pixels": max_chunk_pixels,
             "transcode": transcode,
         }
-        write_atomic(building / "archive.json", json.dumps(config, indent=2).encode())
+        write_atomic(building / PACS_ARCHIVE_MARKER, json.dumps(config, indent=2).encode())
         if root.exists():
             root.rmdir()
         building.rename(root)

@@ -53,7 +53,7 @@ from pacs_engine.codecs import (
 )
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
-from pacs_engine.inputs import InputError, InputRef, read_input
+from pacs_engine.inputs import PACS_ARCHIVE_MARKER, InputError, InputRef, read_input
 from pacs_engine.scanning import HEADER_KEYWORDS, scan
 from pacs_engine.storage import fsync_dirs, write_atomic
 
@@ -157,7 +157,7 @@ class PartEncoder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.config = json.loads((self.root / "archive.json").read_bytes())
+        self.config = json.loads((self.root / PACS_ARCHIVE_MARKER).read_bytes())
         self.index = Index.open(self.root / "index", readonly=True)
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")

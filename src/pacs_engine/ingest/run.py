@@ -198,7 +198,7 @@ class _Run:
 
         batch: list[str] = []
         in_flight: set = set()
-        for ref in iter_inputs(self.sources, on_error):
+        for ref in iter_inputs(self.sources, on_error, exclude=[self.root]):
             batch.append(ref.key)
             if len(batch) >= SCAN_BATCH:
                 in_flight = self._submit_scan(run, batch, in_flight)
