@@ -44,6 +44,7 @@ from pacs_engine.codecs import (
     JpegXlCodec,
     choose_codec,
 )
+from pacs_engine.codecs.jpegls import encode_jpegls
 from pacs_engine.read.bench import best_of
 
 REPEATS = int(os.environ.get("PACS_ENGINE_BENCH_REPEATS", "5"))
@@ -120,14 +121,10 @@ def _jpegls_at(
 ) -> tuple[Encode, Decode]:
     """JPEG-LS of (frame - offset) at a chosen P; the offset would have to be stored too."""
     import imagecodecs
-    import jpeg_ls
 
     def encode(im: Image) -> bytes:
         values, bits, offset = precision_of(im)
-        rows, cols = values.shape[:2]
-        samples = values.shape[2] if values.ndim == 3 else 1
-        data = jpeg_ls.encode_buffer(values.tobytes(), rows, cols, samples, bits, 0, 2)
-        return offset.to_bytes(8, "little", signed=True) + bytes(data)
+        return offset.to_bytes(8, "little", signed=True) + encode_jpegls(values, bits)
 
     def decode(data: bytes, im: Image) -> np.ndarray:
         offset = int.from_bytes(data[:8], "little", signed=True)

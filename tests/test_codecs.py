@@ -12,6 +12,7 @@ from collections import defaultdict
 from functools import cache
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pydicom
 import pytest
@@ -39,7 +40,7 @@ from pacs_engine.codecs import (
 )
 from pacs_engine.codecs._base import image_shape
 from pacs_engine.codecs.choose import central_crop
-from pacs_engine.codecs.jpegls import jpegls_precision
+from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.jpegxl import frame_offset
 
 PASS_THROUGH_SYNTAXES = {
@@ -194,13 +195,59 @@ def test_jpegls_precision_follows_the_data() -> None:
     signed = np.linspace(-2000, 2000, 64 * 64).astype(np.int16).reshape(64, 64)
     assert jpegls_precision(codec.encode_frame(signed)) == 12
     assert jpegls_precision(JpegLsCodec(precision="dtype").encode_frame(signed)) == 16
-    # A frame too small for pyjpegls's output buffer falls back to P = 16, still exact.
+    # Tiny and noisy frames, whose stream outgrows the input, keep their minimal P too.
     tiny = np.array([[-2000, 2000]], np.int16)
     data = codec.encode_frame(tiny)
-    assert jpegls_precision(data) == 16
+    assert jpegls_precision(data) == 12
     assert np.array_equal(codec.decode_frame(data, tiny.shape, tiny.dtype), tiny)
+    noise = np.random.default_rng(7).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    data = codec.encode_frame(noise)
+    assert len(data) > noise.nbytes and jpegls_precision(data) == 8
+    assert np.array_equal(codec.decode_frame(data, noise.shape, noise.dtype), noise)
     with pytest.raises(CodecError, match="at most 16 bits"):
         codec.encode_frame(np.array([[0, 70000]], np.uint32))
+
+
+@pytest.mark.parametrize("bits", [2, 5, 8, *range(9, 17)])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_native_jpegls_equals_pyjpegls(bits: int, samples: int) -> None:
+    """The vendored CharLS writes the same bytes as pyjpegls's CharLS build, at any P;
+    imagecodecs and pydicom decode them to the input."""
+    import jpeg_ls
+
+    rng = np.random.default_rng(bits * 10 + samples)
+    shape = (67, 45, samples) if samples > 1 else (67, 45)
+    ramp = np.add.outer(np.arange(67), np.arange(45)) * 37
+    ramp = ramp[..., None].repeat(samples, -1) if samples > 1 else ramp
+    smooth = (ramp + rng.integers(0, 8, shape)) % (1 << bits)
+    frame = smooth.astype(np.uint8 if bits <= 8 else np.uint16)
+    ours = encode_jpegls(frame, bits)
+    theirs = jpeg_ls.encode_buffer(frame.tobytes(), 67, 45, samples, bits, 0, 2)
+    assert ours == bytes(theirs)
+    assert jpegls_precision(ours) == bits
+    assert np.array_equal(imagecodecs.jpegls_decode(ours), frame)
+    decoded, _ = get_decoder("1.2.840.10008.1.2.4.80").as_array(
+        encapsulate([ours]),
+        rows=67,
+        columns=45,
+        samples_per_pixel=samples,
+        bits_allocated=8 if bits <= 8 else 16,
+        bits_stored=bits,
+        pixel_representation=0,
+        photometric_interpretation="RGB" if samples > 1 else "MONOCHROME2",
+        planar_configuration=0,
+        number_of_frames=1,
+    )
+    assert np.array_equal(decoded, frame)
+
+
+def test_native_jpegls_refuses_what_charls_refuses() -> None:
+    with pytest.raises(CodecError, match="outside the range"):
+        encode_jpegls(np.zeros((4, 4), np.uint16), 17)
+    with pytest.raises(CodecError, match="outside the range"):
+        encode_jpegls(np.zeros((4, 4), np.uint8), 1)
+    with pytest.raises(CodecError, match="positive size"):
+        encode_jpegls(np.zeros((0, 4), np.uint8), 8)
 
 
 def test_signed_jpegls_chunk_is_a_dicom_jpegls_frame() -> None:
