@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,19 +185,25 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(
         assert opened.verify().ok
 
 
-def test_a_full_disk_stops_the_run_and_it_resumes(
-    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = {"n": 0}
-    write = pixel_store.write_atomic
+def fill_disk_after(writes: int, monkeypatch: pytest.MonkeyPatch) -> Callable:
+    """Make the archive's pixel writes fail with ENOSPC after `writes` of them; returns the
+    real write, to put back."""
+    write, calls = pixel_store.write_atomic, {"n": 0}
 
     def fill_up(path: Any, data: bytes, dirs: Any = None) -> None:
         calls["n"] += 1
-        if calls["n"] > 3:
+        if calls["n"] > writes:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         write(path, data, dirs)
 
     monkeypatch.setattr(pixel_store, "write_atomic", fill_up)
+    return write
+
+
+def test_a_full_disk_stops_the_run_and_it_resumes(
+    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = fill_disk_after(3, monkeypatch)
     with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped) as stopped:
         archive.ingest([synth], workers=0)
     assert "No space left on device" in str(stopped.value)
@@ -408,6 +415,67 @@ def test_long_and_non_utf8_paths_are_archived_and_exported(tmp_path: Path) -> No
         assert archive.verify().ok
     assert (report["inputs"], report["archived"]) == (2, 2)
     assert paths == {str(long_path), str(odd)}
+
+
+def planned_inputs(journal: Any, run: str) -> int:
+    """How many inputs the run's plan still holds (every series of it)."""
+    count, series = 0, None
+    while series := journal.next_series(run, series):
+        count += len(journal.series(run, series))
+    return count
+
+
+def test_an_abandoned_run_leaves_the_journal_and_its_sources_start_a_new_run(
+    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pacs-engine tidy --abandon RUN` drops a stopped run's plan; the same sources then
+    make a new run, which finds what the old one archived as duplicates."""
+    from pacs_engine.ingest.journal import Journal
+
+    write = fill_disk_after(3, monkeypatch)
+    with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped):
+        archive.ingest([synth], workers=0)
+    monkeypatch.setattr(pixel_store, "write_atomic", write)
+    with open_archive(tmp_path / "a") as archive:
+        journal = Journal(archive.index)
+        (record,) = journal.unfinished()
+        committed = len(archive.index)
+        planned = planned_inputs(journal, record["run"])
+    assert planned > 0
+
+    wrong = subprocess.run(
+        [*CLI, "tidy", str(tmp_path / "a"), "--abandon", "no-such-run"],
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 2 and "not an unfinished run" in wrong.stderr
+    tidy = [*CLI, "tidy", str(tmp_path / "a"), "--abandon", record["run"]]
+    result = subprocess.run(tidy, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"abandoned ingest run {record['run']}: {planned:,} planned inputs" in result.stdout
+    assert "unfinished ingest run" not in result.stdout
+    with open_archive(tmp_path / "a") as archive:
+        journal = Journal(archive.index)
+        assert journal.unfinished() == []
+        assert planned_inputs(journal, record["run"]) == 0
+        assert len(list(journal.outcomes(record["run"]))) == committed  # their record stays
+
+    with open_archive(tmp_path / "a", readonly=False) as archive:
+        report = archive.ingest([synth], workers=0).to_dict()
+    assert_complete(report, len(files_under(synth)))
+    assert report["run"] != record["run"] and report["resumed"] == 0
+    assert (report["archived"], report["duplicates"]) == (
+        len(files_under(synth)) - committed,
+        committed,
+    )
+    # The same pixels and files as a clean run; the old run's instances, met again, also
+    # list their own file as a duplicate.
+    again = state(tmp_path / "a")
+    assert {uid: v[:2] for uid, v in again.items()} == {
+        uid: v[:2] for uid, v in clean["state"].items()
+    }
+    assert sum(v[2] == [v[1]] for v in again.values()) == committed
+    assert unreferenced(tmp_path / "a") == []
 
 
 def test_a_run_stopped_while_scanning_resumes_without_counting_anything_twice(

@@ -248,15 +248,32 @@ def cmd_tidy(args: argparse.Namespace) -> int:
 
     with open_archive(args.archive, readonly=False) as archive:  # one writer: never beside ingest
         tidied = tidy_archive(archive)
-        unfinished = Journal(archive.index).unfinished()
+        journal = Journal(archive.index)
+        runs = {record["run"] for record in journal.unfinished()}
+        unknown = [run for run in args.abandon if run not in runs]
+        if unknown:
+            print(
+                f"pacs-engine tidy: not an unfinished run of {args.archive}: "
+                f"{', '.join(unknown)} (`pacs-engine tidy` lists them)",
+                file=sys.stderr,
+            )
+            return 2
+        abandoned = {run: journal.abandon(run) for run in args.abandon}
+        unfinished = journal.unfinished()
     print(
         f"removed {tidied.files:,} files ({tidied.bytes / 1e6:,.1f} MB) that no archived "
         f"instance uses; {len(tidied.arrays_resized):,} arrays resized to their committed frames"
     )
+    for run, dropped in abandoned.items():
+        print(
+            f"abandoned ingest run {run}: {dropped:,} planned inputs it had not archived "
+            "were dropped; ingesting the same sources again starts a new run"
+        )
     for record in unfinished:
         print(
             f"unfinished ingest run {record['run']} (started {record['started']}) of "
-            f"{' '.join(record['sources'])}: run the same ingest again to finish it"
+            f"{' '.join(record['sources'])}: run the same ingest again to finish it, "
+            f"or give it up with --abandon {record['run']}"
         )
     return 0
 
@@ -517,6 +534,15 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest runs.",
     )
     tidy.add_argument("archive", help="the archive folder")
+    tidy.add_argument(
+        "--abandon",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="give up this unfinished run (repeatable): its plan leaves the journal, the "
+        "record of where its finished inputs went stays, and ingesting the same sources "
+        "again starts a new run (whose already archived instances are then duplicates)",
+    )
     tidy.set_defaults(run=cmd_tidy)
 
     info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")

@@ -81,11 +81,32 @@ class Journal:
 
     def finish(self, record: dict[str, Any]) -> None:
         """Drop the run's plan and mark it finished; the outcomes stay as its record."""
-        prefix = _key(b"p", record["run"]) + _SEP
-        while page := self.index.journal_items(prefix, limit=_PAGE):
-            self.index.commit([], journal=dict.fromkeys((k for k, _ in page), None))
+        self._drop_plan(record["run"])
         record["state"] = "finished"
         self.save(record, {_key(b"c", _sources_id(record["sources"])): None})
+
+    def abandon(self, run: str) -> int:
+        """Give up an unfinished run: drop its plan, so that its sources start a new run.
+
+        The outcomes of the inputs it finished stay as their record. Returns how many
+        planned inputs were dropped; raises KeyError for a run that is not unfinished.
+        """
+        record = next((r for r in self.unfinished() if r["run"] == run), None)
+        if record is None:
+            raise KeyError(run)
+        dropped = self._drop_plan(run)
+        record["state"] = "abandoned"
+        self.save(record, {_key(b"c", _sources_id(record["sources"])): None})
+        return dropped
+
+    def _drop_plan(self, run: str) -> int:
+        """Delete the run's plan entries, a page per transaction; how many there were."""
+        prefix = _key(b"p", run) + _SEP
+        dropped = 0
+        while page := self.index.journal_items(prefix, limit=_PAGE):
+            self.index.commit([], journal=dict.fromkeys((k for k, _ in page), None))
+            dropped += len(page)
+        return dropped
 
     def unfinished(self) -> list[dict[str, Any]]:
         """The records of runs that have not finished (killed and not resumed yet)."""
