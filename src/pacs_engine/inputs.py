@@ -147,10 +147,18 @@ def iter_inputs(
     to on_error(key, reason) and skipped.
     """
     skipped = {os.path.realpath(p) for p in exclude}
+    archives: set[str] = set()  # the archive folders the walk yields instead of walking them
+
+    def is_archive(folder: str) -> bool:
+        if is_pacs_archive(folder):
+            archives.add(folder)
+            return True
+        return False
+
     for source in sources:
-        for path in iter_files([source], on_error, keep=is_pacs_archive):
-            kind = container_kind(path)
-            if kind == "pacs":
+        for path in iter_files([source], on_error, keep=is_archive):
+            kind = archive_kind(path)
+            if path in archives:
                 if os.path.realpath(path) not in skipped:
                     yield from _walk_pacs(path, on_error)
             elif kind is None:

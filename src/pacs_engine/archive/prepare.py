@@ -105,7 +105,7 @@ class Prepared:
 def frame_hash(frame: np.ndarray) -> str:
     """The hash of one decoded frame: blake2b-128 of its C-order native-endian bytes."""
     data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("="))
-    return hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()  # hashes the buffer, no copy
 
 
 def instance_pixel_hash(frame_hashes: list[str]) -> str:
