@@ -241,6 +241,16 @@ def test_native_jpegls_equals_pyjpegls(bits: int, samples: int) -> None:
     assert np.array_equal(decoded, frame)
 
 
+def test_native_jpegls_takes_a_stream_larger_than_its_input() -> None:
+    """Noise compresses to more than its own size: the first buffer is too small, and the
+    frame is encoded again into room for the worst case, at the same P."""
+    noise = np.random.default_rng(3).integers(0, 256, (256, 256), dtype=np.uint8)
+    data = encode_jpegls(noise, 8)
+    assert len(data) > noise.nbytes + 1024  # more than the first try had room for
+    assert jpegls_precision(data) == 8
+    assert np.array_equal(imagecodecs.jpegls_decode(data), noise)
+
+
 def test_native_jpegls_refuses_what_charls_refuses() -> None:
     with pytest.raises(CodecError, match="outside the range"):
         encode_jpegls(np.zeros((4, 4), np.uint16), 17)
@@ -248,6 +258,8 @@ def test_native_jpegls_refuses_what_charls_refuses() -> None:
         encode_jpegls(np.zeros((4, 4), np.uint8), 1)
     with pytest.raises(CodecError, match="positive size"):
         encode_jpegls(np.zeros((0, 4), np.uint8), 8)
+    with pytest.raises(CodecError, match="2 samples per pixel"):  # CharLS would not decode it
+        encode_jpegls(np.zeros((4, 4, 2), np.uint8), 8)
 
 
 def test_signed_jpegls_chunk_is_a_dicom_jpegls_frame() -> None:

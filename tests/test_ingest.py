@@ -428,20 +428,38 @@ def planned_inputs(journal: Any, run: str) -> int:
 def test_an_abandoned_run_leaves_the_journal_and_its_sources_start_a_new_run(
     synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`pacs-engine tidy --abandon RUN` drops a stopped run's plan; the same sources then
+    """`pacs-engine tidy --abandon RUN` drops a stopped run's plan (an abandon that is
+    interrupted leaves no run to resume, and finishes when repeated); the same sources then
     make a new run, which finds what the old one archived as duplicates."""
+    from pacs_engine.ingest import journal as journal_module
     from pacs_engine.ingest.journal import Journal
 
     write = fill_disk_after(3, monkeypatch)
     with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped):
         archive.ingest([synth], workers=0)
     monkeypatch.setattr(pixel_store, "write_atomic", write)
-    with open_archive(tmp_path / "a") as archive:
+    with open_archive(tmp_path / "a", readonly=False) as archive:
         journal = Journal(archive.index)
         (record,) = journal.unfinished()
         committed = len(archive.index)
+        before = planned_inputs(journal, record["run"])
+        # The disk fills after the run is marked and one page of its plan is dropped.
+        monkeypatch.setattr(journal_module, "_PAGE", 2)
+        commit, calls = archive.index.commit, {"n": 0}
+
+        def fills_up(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] > 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return commit(*args, **kwargs)
+
+        monkeypatch.setattr(archive.index, "commit", fills_up)
+        with pytest.raises(OSError):
+            journal.abandon(record["run"])
+        monkeypatch.setattr(archive.index, "commit", commit)
+        assert journal.unfinished() == []
         planned = planned_inputs(journal, record["run"])
-    assert planned > 0
+    assert before - 2 == planned > 0
 
     wrong = subprocess.run(
         [*CLI, "tidy", str(tmp_path / "a"), "--abandon", "no-such-run"],
@@ -449,10 +467,13 @@ def test_an_abandoned_run_leaves_the_journal_and_its_sources_start_a_new_run(
         text=True,
     )
     assert wrong.returncode == 2 and "not an unfinished run" in wrong.stderr
-    tidy = [*CLI, "tidy", str(tmp_path / "a"), "--abandon", record["run"]]
-    result = subprocess.run(tidy, capture_output=True, text=True)
+    twice = ["--abandon", record["run"]] * 2
+    result = subprocess.run(
+        [*CLI, "tidy", str(tmp_path / "a"), *twice], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
-    assert f"abandoned ingest run {record['run']}: {planned:,} planned inputs" in result.stdout
+    said = f"abandoned ingest run {record['run']}: {planned:,} planned inputs"
+    assert result.stdout.count(said) == 1
     assert "unfinished ingest run" not in result.stdout
     with open_archive(tmp_path / "a") as archive:
         journal = Journal(archive.index)

@@ -607,9 +607,41 @@ def test_an_archive_folder_met_in_a_walk_is_read_as_an_archive(tmp_path: Path) -
         str(foreign / "ct.dcm"),
     ]
     assert read_input(InputRef.from_key(record_key)) == ct.read_bytes()
+    # The target, named through a symlink, is still the folder the walk meets.
+    (tmp_path / "link").symlink_to(tree / "nested" / "record")
     skipped = [
-        r.key for r in iter_inputs([tree], problems.append, exclude=[tree / "nested" / "record"])
+        r.key
+        for r in iter_inputs([tree], lambda key, reason: problems.append(key), [tmp_path / "link"])
     ]
-    assert skipped == [k for k in keys if k != record_key]
+    assert skipped == [k for k in keys if k != record_key] and problems == []
     assert not inputs.is_pacs_archive(str(foreign))
     assert inputs.is_pacs_archive(str(tree / "nested" / "record"))
+
+
+def test_a_damaged_archive_marker_is_reported_not_walked(tmp_path: Path) -> None:
+    """An archive whose archive.json no longer parses is named as an archive that cannot be
+    opened: its shards, index and quarantine are never walked as input files. A marker that
+    is a fifo is not opened (that would block): the folder is walked."""
+    from pacs_engine import Archive
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with Archive.create(tree / "record") as record:
+        record.ingest([sample_data_dir() / "CT_small.dcm"], workers=0)
+    marker = tree / "record" / "archive.json"
+    marker.write_bytes(marker.read_bytes()[:20])
+    problems: list[tuple[str, str]] = []
+    keys = [r.key for r in iter_inputs([tree], lambda *problem: problems.append(problem))]
+    assert keys == []
+    assert [(key, reason.split(":")[0]) for key, reason in problems] == [
+        (str(tree / "record"), "cannot open archive")
+    ]
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    os.mkfifo(plain / "archive.json")
+    shutil.copy(sample_data_dir() / "CT_small.dcm", plain / "ct.dcm")
+    assert not inputs.is_pacs_archive(str(plain))
+    assert [r.key for r in iter_inputs([plain], lambda *problem: problems.append(problem))] == [
+        str(plain / "ct.dcm")
+    ]  # the fifo itself is not a regular file: the walk leaves it out

@@ -249,8 +249,8 @@ def cmd_tidy(args: argparse.Namespace) -> int:
     with open_archive(args.archive, readonly=False) as archive:  # one writer: never beside ingest
         tidied = tidy_archive(archive)
         journal = Journal(archive.index)
-        runs = {record["run"] for record in journal.unfinished()}
-        unknown = [run for run in args.abandon if run not in runs]
+        given = list(dict.fromkeys(args.abandon))
+        unknown = [run for run in given if not journal.can_abandon(run)]
         if unknown:
             print(
                 f"pacs-engine tidy: not an unfinished run of {args.archive}: "
@@ -258,7 +258,7 @@ def cmd_tidy(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        abandoned = {run: journal.abandon(run) for run in args.abandon}
+        abandoned = {run: journal.abandon(run) for run in given}
         unfinished = journal.unfinished()
     print(
         f"removed {tidied.files:,} files ({tidied.bytes / 1e6:,.1f} MB) that no archived "

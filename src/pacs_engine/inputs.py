@@ -3,6 +3,7 @@ the instances of another pacs_engine archive (exported one by one, never to disk
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -114,13 +115,31 @@ def is_pacs_archive(path: str) -> bool:
     """True when `path` is the folder of a pacs_engine archive (its marker says so).
 
     The marker's content is checked: a folder of DICOM files that happens to hold
-    another tool's `archive.json` is a folder to walk, not an archive to open.
+    another tool's `archive.json` is a folder to walk, not an archive to open. A
+    marker that cannot be read or parsed counts as an archive's, so that opening
+    it reports the damage rather than its shards and quarantine being walked as
+    files.
+    """
+    try:
+        st = os.stat(os.path.join(path, PACS_ARCHIVE_MARKER))
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):  # never open a fifo or a device: it could block
+        return False
+    return _marker_is_ours(path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _marker_is_ours(path: str, inode: int, size: int, mtime_ns: int) -> bool:
+    """Whether the marker (this version of it, by its stat) is a pacs_engine archive's.
+
+    Cached: every instance key of an archive source asks again.
     """
     try:
         with open(os.path.join(path, PACS_ARCHIVE_MARKER), "rb") as file:
             marker = json.loads(file.read(1 << 20))
-    except (OSError, ValueError):  # absent, unreadable, a folder, not JSON
-        return False
+    except (OSError, ValueError):  # unreadable or damaged: an archive that will say so
+        return True
     return isinstance(marker, dict) and marker.get("format") == PACS_ARCHIVE_FORMAT
 
 
@@ -146,7 +165,7 @@ def iter_inputs(
     ingested into) are skipped. A bad source, folder, archive or member is passed
     to on_error(key, reason) and skipped.
     """
-    skipped = {os.path.realpath(p) for p in exclude}
+    skipped = {_identity(p) for p in exclude}
     archives: set[str] = set()  # the archive folders the walk yields instead of walking them
 
     def is_archive(folder: str) -> bool:
@@ -159,7 +178,7 @@ def iter_inputs(
         for path in iter_files([source], on_error, keep=is_archive):
             kind = archive_kind(path)
             if path in archives:
-                if os.path.realpath(path) not in skipped:
+                if _identity(path) not in skipped:
                     yield from _walk_pacs(path, on_error)
             elif kind is None:
                 ref = _make_ref(path, None, on_error)
@@ -167,6 +186,15 @@ def iter_inputs(
                     yield ref
             else:
                 yield from _walk_container(path, kind, on_error)
+
+
+def _identity(folder: str | os.PathLike) -> tuple[int, int] | str:
+    """What makes a folder itself whatever path names it (a link, a bind mount)."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return os.path.realpath(folder)
+    return st.st_dev, st.st_ino
 
 
 def _walk_container(

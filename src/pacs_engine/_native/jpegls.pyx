@@ -69,9 +69,12 @@ def encode(
     cdef size_t written = 0
     cdef uint8_t* out = NULL
     cdef int item = 1 if bits_per_sample <= 8 else 2
-    if rows <= 0 or columns <= 0 or samples <= 0:
-        raise ValueError(f"a JPEG-LS frame needs a positive size, not {rows}x{columns}x{samples}")
-    if size != <size_t>rows * columns * samples * item:
+    if rows <= 0 or columns <= 0:
+        raise ValueError(f"a JPEG-LS frame needs a positive size, not {rows}x{columns}")
+    if samples not in (1, 3, 4):  # what CharLS decodes back (sample interleave for colour)
+        raise ValueError(f"JPEG-LS frames of {samples} samples per pixel are not supported")
+    # In Python integers: a product in size_t could wrap and let a short buffer through.
+    if size != (<object>rows) * columns * samples * item:
         raise ValueError(
             f"{size} bytes do not hold {rows}x{columns}x{samples} samples of {item} byte(s)"
         )

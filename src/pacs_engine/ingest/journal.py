@@ -88,16 +88,31 @@ class Journal:
     def abandon(self, run: str) -> int:
         """Give up an unfinished run: drop its plan, so that its sources start a new run.
 
-        The outcomes of the inputs it finished stay as their record. Returns how many
-        planned inputs were dropped; raises KeyError for a run that is not unfinished.
+        The outcomes of the inputs it finished stay as their record. The run is marked
+        abandoned before its plan is dropped, page by page, so an abandon that is
+        interrupted leaves no half-planned run to resume; repeating it drops the rest.
+        Returns how many planned inputs were dropped; raises KeyError for a run that is
+        neither unfinished nor abandoned.
         """
-        record = next((r for r in self.unfinished() if r["run"] == run), None)
-        if record is None:
+        if not self.can_abandon(run):
             raise KeyError(run)
-        dropped = self._drop_plan(run)
-        record["state"] = "abandoned"
-        self.save(record, {_key(b"c", _sources_id(record["sources"])): None})
-        return dropped
+        record = self.run_record(run)
+        if record["state"] != "abandoned":
+            sources = _key(b"c", _sources_id(record["sources"]))
+            record["state"] = "abandoned"
+            self.save(record, {sources: None})
+        return self._drop_plan(run)
+
+    def can_abandon(self, run: str) -> bool:
+        """True for a run that is unfinished (or abandoned, with plan entries maybe left)."""
+        record = self.run_record(run)
+        return record is not None and record["state"] != "finished"
+
+    def run_record(self, run: str) -> dict[str, Any] | None:
+        """The record of a run (JSON: sources, state, sessions...), or None."""
+        key = _key(b"r", run)
+        found = self.index.journal_get([key]).get(key)
+        return None if found is None else json.loads(found)
 
     def _drop_plan(self, run: str) -> int:
         """Delete the run's plan entries, a page per transaction; how many there were."""
