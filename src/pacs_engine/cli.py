@@ -170,7 +170,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
         print(
             f"raw pixels {_megabytes(summary['raw_pixel_bytes'])}, stored "
-            f"{_megabytes(summary['stored_bytes'])}, ratio {summary['ratio']}, "
+            f"{_megabytes(summary['stored_bytes'])}, ratio {summary['ratio'] or '-'}, "
             f"{summary['seconds']} s ({summary['instances_per_second']} inputs/s, "
             f"{summary['raw_mb_per_second']} MB/s raw) with {summary['workers']} workers{resumed}"
         )
@@ -294,14 +294,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(
         f"source files {_megabytes(info['source_bytes'])}, raw pixels "
         f"{_megabytes(info['raw_pixel_bytes'])}, stored {_megabytes(info['stored_bytes'])}, "
-        f"ratio {info['ratio']}"
+        f"ratio {info['ratio'] or '-'}"
     )
     for title, key in (("By modality:", "by_modality"), ("By codec:", "by_codec")):
         print(f"\n{title}")
         for name, row in info[key].items():
             print(
                 f"  {name:<40} {row['instances']:>8,}  {_megabytes(row['stored_bytes']):>12}"
-                f"  ratio {row['ratio']}"
+                f"  ratio {row['ratio'] or '-'}"
             )
     return 0
 
