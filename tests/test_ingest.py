@@ -120,6 +120,9 @@ def test_two_workers_give_the_archive_one_process_gives(
     assert_complete(report, len(files_under(synth)))
     assert report["archived"] == clean["report"]["archived"] == len(files_under(synth))
     assert report["workers"] == 2
+    phases = report["phase_seconds"]
+    assert set(phases) == {"scan", "encode", "tidy"} and min(phases.values()) > 0
+    assert sum(phases.values()) <= report["seconds"]
     assert state(tmp_path / "a") == clean["state"]
     assert unreferenced(tmp_path / "a") == []
     written = json.loads(next((tmp_path / "a" / "reports").glob("*.json")).read_text())
@@ -217,6 +220,8 @@ def test_a_full_disk_stops_the_run_and_it_resumes(
         report = archive.ingest([synth], workers=0).to_dict()
     assert_complete(report, len(files_under(synth)))
     assert report["resumed"] == 1 and report["duplicates"] == 0
+    # The scan ran in the first session only: its time is carried over from the journal.
+    assert report["phase_seconds"]["scan"] > 0 and report["phase_seconds"]["encode"] > 0
     assert state(tmp_path / "a") == clean["state"]
     assert unreferenced(tmp_path / "a") == []
 

@@ -174,6 +174,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"{summary['seconds']} s ({summary['instances_per_second']} inputs/s, "
             f"{summary['raw_mb_per_second']} MB/s raw) with {summary['workers']} workers{resumed}"
         )
+        phases = ", ".join(f"{p} {s} s" for p, s in summary["phase_seconds"].items())
+        print(f"  of which {phases}")
         for reason, count in summary["quarantine_reasons"].items():
             print(f"  quarantined {count:>6,}  {reason}")
         if summary["archived_undecoded"]:

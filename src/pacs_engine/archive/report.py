@@ -51,6 +51,7 @@ class IngestReport:
     workers: int = 0
     resumed: int = 0  # times the run was interrupted and resumed
     run: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds: scan, encode, tidy
 
     def count(self, outcome: Outcome) -> None:
         """Count one input's outcome."""
@@ -99,6 +100,7 @@ class IngestReport:
             "raw_mb_per_second": round(self.raw_bytes / self.seconds / 1e6, 1)
             if self.seconds
             else None,
+            "phase_seconds": {phase: round(s, 3) for phase, s in self.phases.items()},
             "workers": self.workers,
             "resumed": self.resumed,
             "balanced": self.balanced,

@@ -144,18 +144,19 @@ class _Run:
         run = record["run"]
         self.report.run = run
         self.report.resumed = record["sessions"] - 1
+        self.report.phases = dict(record.get("phases", {}))  # earlier sessions' time in each
         for outcome in self.journal.outcomes(run):  # work of earlier sessions of this run
             self.report.count(outcome)
         try:
             if record["state"] == "scanning":
-                self._scan(run)
+                self._timed("scan", self._scan, run)
                 if self.failure is None:
                     record["state"] = "encoding"
                     self.journal.save(record)
             if self.failure is None:
-                self._encode(run)
+                self._timed("encode", self._encode, run)
             if self.failure is None:
-                self._tidy(run)
+                self._timed("tidy", self._tidy, run)
                 # The report first: a kill between the two leaves the run unfinished,
                 # and the next session (with nothing left to do) writes it again.
                 self.report.seconds = record["seconds"] + time.perf_counter() - self.started
@@ -174,6 +175,7 @@ class _Run:
             if isinstance(self.executor, InlineExecutor):
                 tasks.release(self.root)
             record["seconds"] += time.perf_counter() - self.started
+            record["phases"] = self.report.phases
         if self.failure is not None:
             self.report.seconds = record["seconds"]
             # The disk may be full: the stop below says why; the next session counts on.
@@ -185,6 +187,15 @@ class _Run:
                 "run the same ingest again to resume."
             ) from self.failure
         return self.report
+
+    def _timed(self, phase: str, step: Callable[[str], None], run: str) -> None:
+        """Run one phase of the session, adding its wall time to the report's phases."""
+        started = time.perf_counter()
+        try:
+            step(run)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.report.phases[phase] = self.report.phases.get(phase, 0.0) + elapsed
 
     # --- scanning ---------------------------------------------------------------------
 
