@@ -578,6 +578,41 @@ def test_an_archive_inside_a_source_folder(tmp_path: Path) -> None:
         assert (again.inputs, again.duplicates, again.quarantined) == (4, 4, 0)
 
 
+def test_a_source_archives_quarantine_is_carried_into_the_copy(tmp_path: Path) -> None:
+    """The files an archive quarantined are inputs of a copy made from it: tried again, and
+    kept again with the same bytes and the source's record (path, reason) when they still
+    cannot be archived; a record without bytes (an input never read) is carried too."""
+    names = ("CT_small.dcm", "JPEG-lossy.dcm")
+    files = [p for p in pydicom_test_files() if p.name in names]
+    not_dicom = tmp_path / "notes.txt"
+    not_dicom.write_text("not a DICOM file")
+    missing = tmp_path / "gone"
+    with Archive.create(tmp_path / "record") as record:
+        first = record.ingest([*files, not_dicom, missing], workers=0)
+        assert (first.archived, first.quarantined) == (1, 3)
+        kept = {r["path"]: r for r in record.quarantine.records()}
+    with Archive.create(tmp_path / "copy", codec="lz4", transcode=True) as copy:
+        report = copy.ingest([tmp_path / "record"], workers=0)
+        assert (report.inputs, report.archived, report.quarantined) == (4, 1, 3)
+        carried = {r["source_record"]["path"]: r for r in copy.quarantine.records()}
+        assert set(carried) == set(kept) == {*map(str, files[1:]), str(not_dicom), str(missing)}
+        for path, entry in carried.items():
+            source = kept[path]
+            assert entry["path"] == f"{tmp_path / 'record'}::quarantine/{source['sha256']}"
+            assert entry["source_record"]["reason"] == source["reason"]
+            source_bytes = tmp_path / "record" / "quarantine" / f"{source['sha256']}.dcm"
+            if path == str(missing):  # never read: no bytes, its reason carried in the new one
+                assert not source_bytes.exists()
+                assert "kept no bytes" in entry["reason"] and source["reason"] in entry["reason"]
+                continue
+            assert entry["sha256"] == source["sha256"]  # the same bytes, kept again
+            copied = tmp_path / "copy" / "quarantine" / f"{entry['sha256']}.dcm"
+            assert copied.read_bytes() == source_bytes.read_bytes()
+        again = copy.ingest([tmp_path / "record"], workers=0)
+        assert (again.inputs, again.duplicates, again.quarantined) == (4, 1, 3)
+        assert len(copy.quarantine.records()) == 3  # the same records, not new ones
+
+
 def test_a_damaged_instance_of_a_source_archive_is_quarantined(tmp_path: Path) -> None:
     files = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
     with Archive.create(tmp_path / "record") as record:

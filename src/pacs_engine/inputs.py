@@ -15,6 +15,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import indexed_gzip
@@ -25,6 +26,9 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 PACS_ARCHIVE_MARKER = "archive.json"  # the file that makes a folder a pacs_engine archive
 PACS_ARCHIVE_FORMAT = "pacs_engine archive"  # its "format", which another tool's file lacks
 SEPARATOR = "::"
+#: Members of a pacs_engine archive source that are files in its quarantine, named by their
+#: sha256 (an instance member is a SOP Instance UID, which holds no "/").
+QUARANTINED = "quarantine/"
 OPEN_ARCHIVES = 8
 
 _DUPLICATE = "duplicate member name: only the first copy is read"
@@ -216,7 +220,9 @@ def archived_row(ref: InputRef) -> dict | None:
     Its SOP and series UIDs, Instance Number and frames are what a scan of the
     exported file would give, without exporting it (which may decode every frame).
     """
-    if ref.member is None or container_kind(ref.container) != "pacs":
+    if ref.member is None or ref.member.startswith(QUARANTINED):
+        return None
+    if container_kind(ref.container) != "pacs":
         return None
     archive = _open_archive(ref, "pacs")
     assert isinstance(archive, _PacsArchive)
@@ -224,6 +230,18 @@ def archived_row(ref: InputRef) -> dict | None:
     if row is None:
         raise InputError(ref.key, "no such instance in the archive")
     return row
+
+
+def quarantine_record(ref: InputRef) -> dict | None:
+    """The source archive's quarantine record of an input that is one of its quarantined
+    files (where it came from, why it was refused), else None."""
+    if ref.member is None or not ref.member.startswith(QUARANTINED):
+        return None
+    if container_kind(ref.container) != "pacs":
+        return None
+    archive = _open_archive(ref, "pacs")
+    assert isinstance(archive, _PacsArchive)
+    return archive.quarantined(ref)[0]
 
 
 def read_input(ref: InputRef) -> bytes:
@@ -298,6 +316,12 @@ def _walk_pacs(path: str, on_error: Callable[[str, str], None]) -> Iterator[Inpu
     with archive:
         for row in archive.index:
             ref = _make_ref(path, row["SOPInstanceUID"], on_error)
+            if ref is not None:
+                yield ref
+        # Files the source could not take are inputs too: tried again, and kept again
+        # (with the source's record) if they still cannot be archived.
+        for record in archive.quarantine.records():
+            ref = _make_ref(path, QUARANTINED + record["sha256"], on_error)
             if ref is not None:
                 yield ref
 
@@ -440,7 +464,19 @@ class _PacsArchive:
         self.identity = identity
         self.archive = open_archive(path)
 
+    def quarantined(self, ref: InputRef) -> tuple[dict, Path]:
+        """The quarantine record of a quarantined-file member, and where its bytes are."""
+        sha256 = (ref.member or "").removeprefix(QUARANTINED)
+        folder = self.archive.quarantine.root
+        try:
+            record = json.loads((folder / f"{sha256}.json").read_bytes())
+        except (OSError, ValueError) as error:
+            raise InputError(ref.key, f"no such quarantined file in the archive: {error}") from None
+        return record, folder / f"{sha256}.dcm"
+
     def read(self, ref: InputRef) -> bytes:
+        if (ref.member or "").startswith(QUARANTINED):
+            return self._read_quarantined(ref)
         row = self.archive.index.get(ref.member or "")
         if row is None:
             raise InputError(ref.key, "no such instance in the archive")
@@ -451,6 +487,17 @@ class _PacsArchive:
         # A transcoded instance exports other bytes by design; any other must be its file.
         if not row.get("transcoded") and hashlib.sha256(data).hexdigest() != row["source_sha256"]:
             raise InputError(ref.key, "the exported file differs from the archived file's sha256")
+        return data
+
+    def _read_quarantined(self, ref: InputRef) -> bytes:
+        record, path = self.quarantined(ref)
+        if not path.is_file():  # an input the source could not even read: no bytes kept
+            raise InputError(
+                ref.key, f"the archive kept no bytes of {record['path']}: {record['reason']}"
+            )
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise InputError(ref.key, "the quarantined file differs from its recorded sha256")
         return data
 
 

@@ -10,6 +10,7 @@ write the same shard file; nothing a part writes is reachable before its commit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -53,7 +54,13 @@ from pacs_engine.codecs import (
 )
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
-from pacs_engine.inputs import PACS_ARCHIVE_MARKER, InputError, InputRef, read_input
+from pacs_engine.inputs import (
+    PACS_ARCHIVE_MARKER,
+    InputError,
+    InputRef,
+    quarantine_record,
+    read_input,
+)
 from pacs_engine.scanning import HEADER_KEYWORDS, scan
 from pacs_engine.storage import fsync_dirs, write_atomic
 
@@ -491,7 +498,12 @@ def quarantine_input(quarantine: Quarantine, key: str, data: bytes | None, reaso
             unread = str(error).removeprefix(f"{key}: ")
             reason = reason if unread in reason else f"{reason}; {unread}"
     unread = key.encode("utf-8", "surrogateescape")  # names need not be UTF-8
-    quarantine.add(key, data, _sha256(data if data is not None else unread), reason)
+    details = {}
+    with contextlib.suppress(InputError, ValueError):  # the record is a courtesy: never fatal
+        source = quarantine_record(InputRef.from_key(key))
+        if source is not None:  # a file another archive had quarantined: keep its story
+            details["source_record"] = {k: source.get(k) for k in ("path", "reason", "time")}
+    quarantine.add(key, data, _sha256(data if data is not None else unread), reason, **details)
     return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
 
 
