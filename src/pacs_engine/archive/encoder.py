@@ -58,7 +58,6 @@ from pacs_engine.inputs import (
     PACS_ARCHIVE_MARKER,
     InputError,
     InputRef,
-    archived_row,
     quarantine_record,
     read_input,
 )
@@ -270,9 +269,6 @@ class PartEncoder:
         blob = prepared.blob.to_bytes()
         blobs.append((sop, blob))
         rows[sop] = new_row(prepared, pixels, stored + len(blob))
-        source = archived_row(InputRef.from_key(key))
-        if source is not None:  # copied from another archive: the files it found identical
-            rows[sop]["duplicates"] = list(source.get("duplicates", []))
         if prepared.frame_hashes is None:
             undecoded[sop] = prepared
         return Outcome(
