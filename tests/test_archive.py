@@ -613,6 +613,44 @@ def test_a_source_archives_quarantine_is_carried_into_the_copy(tmp_path: Path) -
         assert len(copy.quarantine.records()) == 3  # the same records, not new ones
 
 
+def test_a_copy_keeps_the_sources_choice_and_survives_damaged_records(tmp_path: Path) -> None:
+    """A file the source refused as a conflict with an instance it holds stays refused in
+    the copy (whichever is planned first), with the source's record; a damaged quarantine
+    record does not stop the copy; a member name is never a path."""
+    from pacs_engine.inputs import InputError, InputRef, read_input
+
+    (ct,) = [p for p in pydicom_test_files() if p.name == "CT_small.dcm"]
+    resend = pydicom.dcmread(ct)
+    resend.PatientName = "OTHER^PATIENT"  # same SOP Instance UID, other header: a conflict
+    resend.save_as(tmp_path / "resend.dcm")
+    not_dicom = tmp_path / "notes.txt"
+    not_dicom.write_text("not a DICOM file")
+    with Archive.create(tmp_path / "record") as record:
+        record.ingest([ct], workers=0)
+        second = record.ingest([tmp_path / "resend.dcm", not_dicom], workers=0)
+        assert (second.conflicts, second.quarantined) == (1, 1)
+        (sop,) = [row["SOPInstanceUID"] for row in record.index]
+        original = record.export_bytes(sop)
+        by_path = {r["path"]: r for r in record.quarantine.records()}
+    damaged = tmp_path / "record" / "quarantine" / f"{by_path[str(not_dicom)]['sha256']}.json"
+    damaged.write_text("{")
+    with Archive.create(tmp_path / "copy") as copy:
+        report = copy.ingest([tmp_path / "record"], workers=0)
+        assert (report.inputs, report.archived, report.quarantined) == (3, 1, 2)
+        assert copy.export_bytes(sop) == original  # the source's instance, not the resend
+        carried = {r["sha256"]: r for r in copy.quarantine.records()}
+        conflict = carried[by_path[str(tmp_path / "resend.dcm")]["sha256"]]
+        assert conflict["reason"].startswith("refused by the source archive, as before: conflict")
+        assert conflict["source_record"]["path"] == str(tmp_path / "resend.dcm")
+        unreadable = carried[by_path[str(not_dicom)]["sha256"]]
+        assert "source_record" not in unreadable  # its record was damaged; its bytes were not
+        assert (tmp_path / "copy" / "quarantine" / f"{unreadable['sha256']}.dcm").read_bytes() == (
+            not_dicom.read_bytes()
+        )
+    with pytest.raises(InputError, match="not the name of a quarantined file"):
+        read_input(InputRef(str(tmp_path / "record"), "quarantine/../../notes"))
+
+
 def test_a_damaged_instance_of_a_source_archive_is_quarantined(tmp_path: Path) -> None:
     files = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
     with Archive.create(tmp_path / "record") as record:

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import stat
 import tarfile
 import threading
@@ -15,7 +16,6 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 import indexed_gzip
@@ -29,6 +29,7 @@ SEPARATOR = "::"
 #: Members of a pacs_engine archive source that are files in its quarantine, named by their
 #: sha256 (an instance member is a SOP Instance UID, which holds no "/").
 QUARANTINED = "quarantine/"
+_SHA256 = re.compile("[0-9a-f]{64}")
 OPEN_ARCHIVES = 8
 
 _DUPLICATE = "duplicate member name: only the first copy is read"
@@ -224,9 +225,7 @@ def archived_row(ref: InputRef) -> dict | None:
         return None
     if container_kind(ref.container) != "pacs":
         return None
-    archive = _open_archive(ref, "pacs")
-    assert isinstance(archive, _PacsArchive)
-    row = archive.archive.index.get(ref.member)
+    row = _pacs_archive(ref).archive.index.get(ref.member)
     if row is None:
         raise InputError(ref.key, "no such instance in the archive")
     return row
@@ -234,14 +233,33 @@ def archived_row(ref: InputRef) -> dict | None:
 
 def quarantine_record(ref: InputRef) -> dict | None:
     """The source archive's quarantine record of an input that is one of its quarantined
-    files (where it came from, why it was refused), else None."""
-    if ref.member is None or not ref.member.startswith(QUARANTINED):
+    files (where it came from, why it was refused); None for any other input, or when
+    the record is gone or damaged."""
+    if not _is_quarantined_member(ref):
         return None
-    if container_kind(ref.container) != "pacs":
-        return None
+    return _pacs_archive(ref).quarantined(ref)
+
+
+def refused_for_instance(ref: InputRef, sop_instance_uid: str) -> bool:
+    """True when `ref` is a quarantined file of a pacs_engine archive that holds an instance
+    with this SOP Instance UID: a file the archive refused in favour of that instance."""
+    if not _is_quarantined_member(ref):
+        return False
+    return _pacs_archive(ref).archive.index.get(sop_instance_uid) is not None
+
+
+def _is_quarantined_member(ref: InputRef) -> bool:
+    return (
+        ref.member is not None
+        and ref.member.startswith(QUARANTINED)
+        and container_kind(ref.container) == "pacs"
+    )
+
+
+def _pacs_archive(ref: InputRef) -> _PacsArchive:
     archive = _open_archive(ref, "pacs")
     assert isinstance(archive, _PacsArchive)
-    return archive.quarantined(ref)[0]
+    return archive
 
 
 def read_input(ref: InputRef) -> bytes:
@@ -319,11 +337,15 @@ def _walk_pacs(path: str, on_error: Callable[[str, str], None]) -> Iterator[Inpu
             if ref is not None:
                 yield ref
         # Files the source could not take are inputs too: tried again, and kept again
-        # (with the source's record) if they still cannot be archived.
-        for record in archive.quarantine.records():
-            ref = _make_ref(path, QUARANTINED + record["sha256"], on_error)
-            if ref is not None:
-                yield ref
+        # (with the source's record) if they still cannot be archived. Listed by their
+        # records' names; a record is only read (and may be damaged) when its input is.
+        folder = archive.quarantine.root
+        names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        for name in names:
+            if _SHA256.fullmatch(name):
+                ref = _make_ref(path, QUARANTINED + name, on_error)
+                if ref is not None:
+                    yield ref
 
 
 def _zip_is_file(info: zipfile.ZipInfo) -> bool:
@@ -464,15 +486,16 @@ class _PacsArchive:
         self.identity = identity
         self.archive = open_archive(path)
 
-    def quarantined(self, ref: InputRef) -> tuple[dict, Path]:
-        """The quarantine record of a quarantined-file member, and where its bytes are."""
-        sha256 = (ref.member or "").removeprefix(QUARANTINED)
-        folder = self.archive.quarantine.root
+    def quarantined(self, ref: InputRef) -> dict | None:
+        """The quarantine record of a quarantined-file member (None: gone or damaged)."""
+        name = (ref.member or "").removeprefix(QUARANTINED)
+        if not _SHA256.fullmatch(name):
+            return None
         try:
-            record = json.loads((folder / f"{sha256}.json").read_bytes())
-        except (OSError, ValueError) as error:
-            raise InputError(ref.key, f"no such quarantined file in the archive: {error}") from None
-        return record, folder / f"{sha256}.dcm"
+            record = json.loads((self.archive.quarantine.root / f"{name}.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
 
     def read(self, ref: InputRef) -> bytes:
         if (ref.member or "").startswith(QUARANTINED):
@@ -490,15 +513,21 @@ class _PacsArchive:
         return data
 
     def _read_quarantined(self, ref: InputRef) -> bytes:
-        record, path = self.quarantined(ref)
-        if not path.is_file():  # an input the source could not even read: no bytes kept
-            raise InputError(
-                ref.key, f"the archive kept no bytes of {record['path']}: {record['reason']}"
-            )
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != record["sha256"]:
-            raise InputError(ref.key, "the quarantined file differs from its recorded sha256")
-        return data
+        name = (ref.member or "").removeprefix(QUARANTINED)
+        if not _SHA256.fullmatch(name):  # never a path: the name is the bytes' sha256
+            raise InputError(ref.key, "not the name of a quarantined file")
+        stored = self.archive.quarantine.root / f"{name}.dcm"
+        if stored.is_file():  # kept bytes are named by their sha256, whatever the record says
+            data = stored.read_bytes()
+            if hashlib.sha256(data).hexdigest() != name:
+                raise InputError(ref.key, "the quarantined file differs from its sha256")
+            return data
+        record = self.quarantined(ref) or {}
+        raise InputError(  # an input the source could not even read: no bytes kept
+            ref.key,
+            f"the archive kept no bytes of {record.get('path', 'it')}: "
+            f"{record.get('reason', 'its quarantine record is damaged')}",
+        )
 
 
 # Evicted handles are not closed here: a thread may still be reading through one,

@@ -498,13 +498,18 @@ def quarantine_input(quarantine: Quarantine, key: str, data: bytes | None, reaso
             unread = str(error).removeprefix(f"{key}: ")
             reason = reason if unread in reason else f"{reason}; {unread}"
     unread = key.encode("utf-8", "surrogateescape")  # names need not be UTF-8
-    details = {}
+    sha256 = _sha256(data if data is not None else unread)
+    quarantine.add(key, data, sha256, reason, **source_details(key))
+    return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
+
+
+def source_details(key: str) -> dict[str, Any]:
+    """For a file another archive had quarantined, its record there (its whole story)."""
     with contextlib.suppress(InputError, ValueError):  # the record is a courtesy: never fatal
         source = quarantine_record(InputRef.from_key(key))
-        if source is not None:  # a file another archive had quarantined: keep its story
-            details["source_record"] = {k: source.get(k) for k in ("path", "reason", "time")}
-    quarantine.add(key, data, _sha256(data if data is not None else unread), reason, **details)
-    return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
+        if source is not None:
+            return {"source_record": source}
+    return {}
 
 
 def with_duplicate(row: dict[str, Any], duplicate: dict[str, str]) -> dict[str, Any]:
@@ -536,6 +541,7 @@ def quarantine_conflict(
         archived_sha256=prior.get("source_sha256"),
         archived_pixel_hash=hashes.get("archived", prior.get("pixel_hash")),
         pixel_hash=hashes.get("new"),
+        **source_details(key),
     )
 
 

@@ -15,7 +15,14 @@ from pacs_engine.archive.report import Outcome
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
 from pacs_engine.ingest.journal import Planned
-from pacs_engine.inputs import InputError, InputRef, archived_row, read_input
+from pacs_engine.inputs import (
+    InputError,
+    InputRef,
+    archived_row,
+    quarantine_record,
+    read_input,
+    refused_for_instance,
+)
 from pacs_engine.scanning import scan
 
 _ENCODERS: dict[tuple[int, str], PartEncoder] = {}
@@ -57,6 +64,14 @@ def scan_task(root: str, keys: list[str]) -> tuple[list[Planned], list[Outcome]]
             check_uids(header)  # the journal and the index key on them
         except PrepareError as error:
             rejected.append(encoder.reject(key, data, str(error)))
+            continue
+        if refused_for_instance(ref, header["SOPInstanceUID"]):
+            # A file a source archive refused in favour of an instance it holds: that
+            # instance is copied, and this file stays refused, whichever is planned first.
+            reason = (quarantine_record(ref) or {}).get("reason", "no record kept")
+            rejected.append(
+                encoder.reject(key, data, f"refused by the source archive, as before: {reason}")
+            )
             continue
         number = header.get("InstanceNumber")
         planned.append(
