@@ -447,6 +447,8 @@ while len(seen) < len(expected) and time.time() < deadline:
         for row in rows:  # every visible row's pixels and header are readable
             assert archive.frames(row["SOPInstanceUID"]).shape[0] == row["pixels"]["frames"]
         seen.add(uid)
+    if polls == 1:  # the test starts the writer only now, so the two always overlap
+        print("ready", flush=True)
 print(json.dumps({"polls": polls, "seen": len(seen)}))
 """
 
@@ -467,6 +469,7 @@ def test_a_reader_never_sees_a_partial_series_while_another_process_adds(tmp_pat
         [sys.executable, "-c", READER, str(tmp_path / "a"), json.dumps(expected)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
     writer = subprocess.run(
         [sys.executable, "-c", WRITER, str(tmp_path / "a"), *map(str, folders)], check=True
     )
