@@ -550,9 +550,14 @@ def test_an_archive_is_a_source_for_a_derived_archive(
                 if not row["transcoded"]:
                     assert train.export_bytes(sop) == record.export_bytes(sop)
                 assert row["source_sha256"] == sources[sop]["source_sha256"]
+                assert row.get("source_duplicates", []) == sources[sop]["duplicates"]
+            assert any(row.get("source_duplicates") for row in train.index)  # MR_small_RLE
             assert train.verify().ok
             again = train.ingest([tmp_path / "record"], workers=0)
             assert (again.archived, again.duplicates) == (0, 4)
+            for row in train.index:  # a second copy adds its own duplicates only
+                sop = row["SOPInstanceUID"]
+                assert row.get("source_duplicates", []) == sources[sop]["duplicates"]
         with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
             record.ingest([tmp_path / "record"], workers=0)
 

@@ -58,6 +58,7 @@ from pacs_engine.inputs import (
     PACS_ARCHIVE_MARKER,
     InputError,
     InputRef,
+    archived_row,
     quarantine_record,
     read_input,
 )
@@ -269,6 +270,12 @@ class PartEncoder:
         blob = prepared.blob.to_bytes()
         blobs.append((sop, blob))
         rows[sop] = new_row(prepared, pixels, stored + len(blob))
+        with contextlib.suppress(InputError):  # provenance only: a vanished source costs it
+            source = archived_row(InputRef.from_key(key))
+            if source is not None and source.get("duplicates"):
+                # Copied from another archive: the files it found identical. Kept apart from
+                # `duplicates`, which lists this archive's own inputs.
+                rows[sop]["source_duplicates"] = source["duplicates"]
         if prepared.frame_hashes is None:
             undecoded[sop] = prepared
         return Outcome(
