@@ -7,13 +7,16 @@ One seam: `submit(fn, *args)` returns a future with `.result()`,
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import concurrent.futures.process
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import sys
 import threading
 import time
+import tokenize
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +64,7 @@ class LocalExecutor:
     """A pool of worker processes on this machine (started with forkserver)."""
 
     def __init__(self, workers: int | None = None) -> None:
+        refuse_unguarded_main()
         self.workers = workers or os.cpu_count() or 1
         # forkserver: workers start from a clean process, not a fork of one that holds
         # LMDB environments, threads and a progress bar.
@@ -98,6 +102,52 @@ class LocalExecutor:
     def close(self) -> None:
         """Stop the workers (tasks not started are cancelled)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def refuse_unguarded_main() -> None:
+    """Raise RuntimeError, saying what to do, when called from a script's unguarded top level.
+
+    Each forkserver worker first re-runs the main script (as multiprocessing does to
+    find its functions), so a script that starts workers outside `if __name__ ==
+    "__main__":` would have every worker start the same ingest again, and the pool
+    would break (BrokenProcessPool) after leaving work half done.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_code.co_name == "<module>" and main is not None and frame.f_globals is vars(main)
+    ):
+        frame = frame.f_back
+    if path is None or frame is None:  # no script (python -c, a REPL), or not its top level
+        return
+    line = frame.f_lineno
+    try:
+        with tokenize.open(path) as source:
+            statements = ast.parse(source.read()).body
+    except (OSError, SyntaxError, ValueError):  # no readable source: nothing to tell
+        return
+    statement = next((s for s in statements if s.lineno <= line <= (s.end_lineno or 0)), None)
+    if statement is None or _is_main_guard(statement):
+        return
+    raise RuntimeError(
+        f"{path}, line {line}: worker processes started from the top level of the script; "
+        "each worker re-runs the script when it starts. Put the call under "
+        '`if __name__ == "__main__":` (or pass workers=0 to work in this process).'
+    )
+
+
+def _is_main_guard(statement: ast.stmt) -> bool:
+    """True for `if __name__ == "__main__":` (either way round)."""
+    if not isinstance(statement, ast.If) or not isinstance(statement.test, ast.Compare):
+        return False
+    test = statement.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, *test.comparators]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    texts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and texts == ["__main__"]
 
 
 def _exit_with(parent: int) -> None:
