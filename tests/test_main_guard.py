@@ -70,8 +70,6 @@ def test_an_unguarded_script_stops_at_once_saying_what_to_do(tmp_path: Path, tem
     assert "ingest_script.py, line " in result.stderr
     assert "BrokenProcessPool" not in result.stderr
     assert "leaked semaphore" not in result.stderr
-    with open_archive(archive) as created:
-        assert len(created.index) == 3
     assert "archived" not in result.stdout
     with open_archive(archive) as created:  # the script made it, and nothing went in
         assert len(created.index) == 0
