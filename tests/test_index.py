@@ -12,17 +12,25 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import lmdb
+import pydicom
 import pytest
+from conftest import corpus_files, pydicom_test_files, require_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
 
-from pacs_engine.index import SERIES_KEYWORDS, STUDY_KEYWORDS, Index, _lmdb
+from pacs_engine import HEADER_KEYWORDS, Archive, ScanError, scan
+from pacs_engine.index import LEVELS, SERIES_KEYWORDS, STUDY_KEYWORDS, Index, _lmdb, level_of
 from pacs_engine.index.core import uid_problem
+from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
 
 ROOT = "1.2.826.0.1.3680043.8.498"
 
@@ -413,6 +421,148 @@ def test_query_levels_and_errors(query_index: Index) -> None:
         query_index.query("study", SOPClassUID="1.2.3")
     with pytest.raises(ValueError, match="level"):
         query_index.query("patient")
+
+
+# --- every key the index matches on, from a real file to a query hit ------------------
+
+#: What a query at each level returns to identify the file's instance by.
+_LEVEL_UID = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+}
+#: Keys the index computes, and the value they have for an index of one row.
+_COMPUTED_FOR_ONE_ROW = {
+    "NumberOfStudyRelatedSeries": 1,
+    "NumberOfStudyRelatedInstances": 1,
+    "NumberOfSeriesRelatedInstances": 1,
+}
+
+
+def _pydicom_value(value: Any) -> Any:
+    """pydicom's value in plain Python types (a list for a multi-valued attribute)."""
+    if isinstance(value, MultiValue | list):
+        return [_pydicom_value(v) for v in value]
+    if isinstance(value, PersonName):
+        return str(value)
+    return value
+
+
+def _query_values(ds: pydicom.Dataset) -> dict[str, Any]:
+    """The file's own value, as pydicom reads it, for each key the index matches on."""
+    values = {}
+    for keyword in HEADER_KEYWORDS:
+        source = ds.file_meta if keyword == "TransferSyntaxUID" else ds
+        value = _pydicom_value(source.get(keyword))
+        if value not in (None, "", []):  # absent or empty: only universal matching applies
+            values[keyword] = value
+    if "Modality" in values:
+        values["ModalitiesInStudy"] = values["Modality"]
+    return values | _COMPUTED_FOR_ONE_ROW
+
+
+@pytest.fixture(scope="module")
+def real_file_queries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each real file's row, built as the ingest builds it, alone in an index, queried
+    with each of the file's own values (pydicom's) at each level that accepts the key.
+
+    Returns hits and misses per keyword, the files checked, and those left out with the reason.
+    """
+    require_corpus()
+    checked = 0
+    hits: dict[str, int] = defaultdict(int)
+    misses: dict[str, list[str]] = defaultdict(list)
+    left_out: dict[str, str] = {}
+    with Index.create(tmp_path_factory.mktemp("real") / "index") as index:
+        for path in corpus_files() + pydicom_test_files():
+            try:
+                header = scan(path)
+            except ScanError as error:  # the ingest quarantines these; see test_scan_*
+                left_out[str(path)] = error.reason
+                continue
+            row = {**header.attributes, "source_path": str(path)}  # as encoder.new_row
+            problem = next(
+                filter(None, (uid_problem(k, row.get(k)) for k in _LEVEL_UID.values())), None
+            )
+            if problem is not None:  # the ingest quarantines these too
+                left_out[str(path)] = problem
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+                values = _query_values(ds)
+            index.commit([row])
+            checked += 1
+            for keyword, value in values.items():
+                level = level_of(keyword)
+                for query_level in LEVELS if level != "instance" else ("instance",):
+                    uid = row[_LEVEL_UID[query_level]]
+                    found = index.query(query_level, **{keyword: value})
+                    if uid in [r[_LEVEL_UID[query_level]] for r in found]:
+                        hits[keyword] += 1
+                    else:
+                        misses[keyword].append(f"{path} at {query_level}: {value!r}")
+            index.commit([], remove=[row["SOPInstanceUID"]])
+            assert len(index) == 0
+    return {"hits": hits, "misses": misses, "left_out": left_out, "checked": checked}
+
+
+@pytest.mark.parametrize("keyword", [*HEADER_KEYWORDS, *STUDY_COMPUTED, *SERIES_COMPUTED])
+def test_every_matched_key_finds_the_real_file_it_came_from(
+    real_file_queries: dict[str, Any], keyword: str
+) -> None:
+    """Differential against pydicom on the corpus and pydicom's files: a query on any
+    key the index matches on, with a file's own value, finds that file's instance at
+    every level that accepts the key."""
+    assert real_file_queries["misses"][keyword] == []
+    assert real_file_queries["hits"][keyword] > 0, f"no real file has a {keyword} to query"
+
+
+def test_the_query_check_leaves_out_few_real_files(real_file_queries: dict[str, Any]) -> None:
+    """Left out only where the ingest quarantines the file too (the scanner refuses it,
+    or it has no UIDs to key): counted, and a small share of the files."""
+    left_out, checked = real_file_queries["left_out"], real_file_queries["checked"]
+    assert checked > 0
+    assert len(left_out) <= (checked + len(left_out)) // 10, sorted(left_out.items())
+
+
+def test_the_eight_keys_once_never_recorded_match_through_a_real_ingest(tmp_path: Path) -> None:
+    """The issue's reproduction, through Archive.ingest: keys the scanner did not record
+    matched nothing; a multi-valued OtherPatientIDs matches on any of its values."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    values = {
+        "IssuerOfPatientID": "HOSPITAL-A",
+        "OtherPatientIDs": ["OLD-1", "OLD-2"],
+        "PatientAge": "042Y",
+        "StudyID": "S-17",
+        "SeriesDate": "20200317",
+        "SeriesTime": "101530.25",
+        "Laterality": "L",
+        "ProtocolName": "CHEST*ROUTINE",
+    }
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "ct.dcm")
+    with Archive.create(tmp_path / "archive") as archive:
+        assert archive.ingest([tmp_path / "in"], workers=0).archived == 1
+        for keyword, value in {**values, "OtherPatientIDs": "OLD-2"}.items():
+            for level in LEVELS:
+                found = archive.query(level, **{keyword: value})
+                assert [r["StudyInstanceUID"] for r in found] == [ds.StudyInstanceUID], keyword
+        assert archive.query("study", OtherPatientIDs="OLD-3") == []
+        assert archive.query("series", SeriesDate="20200101-20200316") == []
+        assert len(archive.query("series", SeriesDate="20200317-", Laterality="L")) == 1
+        assert archive.query("series", ProtocolName="CHEST") == []
+
+
+def test_the_keys_the_index_matches_on_are_the_ones_the_scanner_records() -> None:
+    for keyword in (*STUDY_KEYWORDS, *SERIES_KEYWORDS):
+        assert keyword in HEADER_KEYWORDS
+        assert level_of(keyword) in ("study", "series")
+    assert set(HEADER_KEYWORDS) - {*STUDY_KEYWORDS, *SERIES_KEYWORDS} == {
+        k for k in HEADER_KEYWORDS if level_of(k) == "instance"
+    }
 
 
 # --- atomicity: SIGKILLed writers and a concurrent reader ---------------------------

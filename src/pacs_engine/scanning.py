@@ -23,23 +23,41 @@ from pacs_engine._native.scanner import Scanner
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header, PixelLocation, fragment_frames
 
-#: The attributes every header carries (when the file has them), by DICOM keyword.
-HEADER_KEYWORDS: tuple[str, ...] = (
+#: Patient and study attributes (the index keeps them once per study and matches
+#: queries on them at every level).
+STUDY_KEYWORDS: tuple[str, ...] = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
     "PatientSex",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "PatientAge",
     "StudyInstanceUID",
     "StudyDate",
     "StudyTime",
     "StudyDescription",
     "AccessionNumber",
     "ReferringPhysicianName",
+    "StudyID",
+)
+
+#: Series attributes (the index keeps them once per series and matches queries on
+#: them at every level).
+SERIES_KEYWORDS: tuple[str, ...] = (
     "SeriesInstanceUID",
     "SeriesNumber",
     "SeriesDescription",
     "Modality",
     "BodyPartExamined",
+    "SeriesDate",
+    "SeriesTime",
+    "Laterality",
+    "ProtocolName",
+)
+
+#: Instance attributes (the index matches queries on them at the instance level).
+INSTANCE_KEYWORDS: tuple[str, ...] = (
     "FrameOfReferenceUID",
     "SOPClassUID",
     "SOPInstanceUID",
@@ -68,6 +86,10 @@ HEADER_KEYWORDS: tuple[str, ...] = (
     "SliceThickness",
     "SliceLocation",
 )
+
+#: The attributes every header carries (when the file has them), by DICOM keyword:
+#: the one list of what the scanner records and what the index matches on.
+HEADER_KEYWORDS: tuple[str, ...] = STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS
 
 PathLike = str | os.PathLike | bytes
 Source = PathLike | bytes | bytearray | memoryview

@@ -9,7 +9,8 @@ The rules (PS3.4 C.2.2.2), by the attribute's VR in pydicom's data dictionary:
   of, so StudyTime "-1000" takes 10:00:59); otherwise single value matching;
 - PN: wildcard matching ("*" any run, "?" one character), case-insensitive, as
   the standard allows for person names;
-- numbers (IS, DS, US, ...): numeric equality ("5" matches 5 and 5.0);
+- numbers (IS, DS, US, ...): numeric equality ("5" matches 5 and 5.0); a value
+  that is not a number (a malformed IS kept as text) is matched as text;
 - other strings, and keywords outside the dictionary (archive fields such as
   "status"): wildcard matching when the value has "*" or "?", else exact;
 - a list or tuple of query values matches any of them.
@@ -28,36 +29,9 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-#: Patient and study attributes: an instance's values are kept once per study.
-STUDY_KEYWORDS: tuple[str, ...] = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "IssuerOfPatientID",
-    "OtherPatientIDs",
-    "PatientAge",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyID",
-)
-
-#: Series attributes: an instance's values are kept once per series.
-SERIES_KEYWORDS: tuple[str, ...] = (
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "SeriesDescription",
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDate",
-    "SeriesTime",
-    "Laterality",
-    "ProtocolName",
-)
+# The scanner's lists are the index's: every key matched at a level is one the scanner
+# records (a key it did not record would match nothing).
+from pacs_engine.scanning import SERIES_KEYWORDS, STUDY_KEYWORDS
 
 #: Attributes the index computes for a study.
 STUDY_COMPUTED: tuple[str, ...] = (
@@ -142,6 +116,14 @@ def _number(value: Any) -> Callable[[Any], bool]:
     return predicate
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:  # a malformed IS or DS, kept as text by the scanner: matched as text
+        return False
+    return True
+
+
 def _range(lo: str, hi: str) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, str) and v >= lo and (not hi or v[: len(hi)] <= hi)
 
@@ -162,7 +144,7 @@ def compile_condition(keyword: str, value: Any) -> Condition | None:
     vr = vr_of(keyword)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return Condition(keyword, lambda v: v == value)
-    if vr in _NUMERIC_VRS or not isinstance(value, str):
+    if not isinstance(value, str) or (vr in _NUMERIC_VRS and _is_number(value)):
         return Condition(keyword, _number(value))
     if vr == "UI":
         uids = tuple(dict.fromkeys(value.split("\\")))
