@@ -20,6 +20,7 @@ import zarr
 from conftest import CORPUS, require_corpus
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from zarr.codecs import ShardingCodec
 
 from pacs_engine.codecs import (
@@ -80,10 +81,23 @@ def _usable(row: dict[str, str]) -> bool:
     return not row["path"].startswith("malformed/") and row["pydicom_decodes"] == "yes"
 
 
+#: The transfer syntax of a file meta without one, from pydicom's (implicit VR, little
+#: endian) reading of the data set, as the scanner guesses it.
+_GUESSED_SYNTAX = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+
+
 def _read(path: Path) -> pydicom.FileDataset:
+    """The data set, with a transfer syntax to decode it by even where the file has none."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = _GUESSED_SYNTAX[ds.original_encoding]
+    return ds
 
 
 def _frames(ds: pydicom.Dataset) -> np.ndarray:
@@ -106,10 +120,7 @@ def corpus_images() -> tuple[tuple[str, np.ndarray], ...]:
     for row in _manifest():
         if not _usable(row) or row["modality"] not in ROUND_TRIP_MODALITIES:
             continue
-        try:
-            frames = _frames(_read(CORPUS / row["path"]))
-        except Exception:
-            continue
+        frames = _frames(_read(CORPUS / row["path"]))  # the manifest says pydicom decodes it
         if frames.dtype.kind not in "ui":
             continue
         frame = np.ascontiguousarray(frames[len(frames) // 2])
@@ -428,14 +439,19 @@ def _encodes(codec: FrameCodec, stack: np.ndarray) -> bool:
 def test_fresh_process_reads_sharded_array(tmp_path: Path, name: str) -> None:
     """zarr.open_array in a new process reads what each codec wrote, via entry points only."""
     codec = CODECS[name]
-    expected = {}
-    for i, stack in enumerate(_stacks().values()):
+    stacks = _stacks()
+    expected, skipped = {}, []
+    for i, (kind, stack) in enumerate(stacks.items()):
         if not _supports(codec, stack[0]) or not _encodes(codec, stack):
+            skipped.append(kind)
             continue
         label = f"a{i}"
         arr = _sharded(tmp_path / f"{label}.zarr", stack.shape, stack.dtype, codec)
         arr[:] = stack  # five frames, shards of four: the last shard is partial
         expected[label] = stack
+    # Left out only what no archive codec holds: samples wider than 16 bits.
+    assert skipped == [kind for kind, stack in stacks.items() if stack.dtype.itemsize > 2]
+    assert len(expected) == len(stacks) - len(skipped) > 0
     got = _read_in_fresh_process(tmp_path, list(expected))
     for label, stack in expected.items():
         assert got[label].dtype == stack.dtype

@@ -110,7 +110,8 @@ def base_files() -> tuple[tuple[str, bytes], ...]:
     """Small real files of every kind that scan reads: pydicom's, plus a corpus sample.
 
     One file (the smallest) per layout: transfer syntax, preamble, file meta,
-    pixel data encapsulated or not; and every file in the corpus's malformed/.
+    pixel data encapsulated or not; and, dropping none, every file in the corpus's
+    malformed/ and every file scan refuses (pydicom's truncated and non-DICOM ones).
     """
     chosen: dict[tuple, tuple[str, bytes]] = {}
     malformed: list[tuple[str, bytes]] = []
@@ -127,7 +128,8 @@ def base_files() -> tuple[tuple[str, bytes], ...]:
             warnings.simplefilter("ignore")
             try:
                 header = scan(data)
-            except Exception:
+            except ScanError:
+                malformed.append((name, data))
                 continue
         pixel = header.pixel
         kind = (
@@ -253,12 +255,12 @@ class Walker:
 
 
 def header_of(data: bytes) -> Header | None:
-    """scan(data), or None when it fails in any way (for choosing mutations only)."""
+    """scan(data), or None when scan refuses it (for choosing mutations only)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return scan(data)
-        except Exception:
+        except ScanError:
             return None
 
 
@@ -389,6 +391,17 @@ def test_random_garbage(check: Checker) -> None:
             for _ in range(3):
                 check(prefix + rng.randbytes(size), f"{name} + {size} random bytes")
     check.report()
+
+
+def test_only_seeds_scan_refuses_are_left_out_of_structure_aware_cases() -> None:
+    """Seeds without walked element headers get no length, VR or delimiter mutations
+    (every other case still runs on them): they must be exactly those scan refuses,
+    and few."""
+    files = base_files()
+    refused = [name for name, data in files if header_of(data) is None]
+    unwalked = [name for name, data in files if not walk(data)]
+    assert unwalked == refused
+    assert 0 < len(refused) <= len(files) // 2, refused
 
 
 # --- truncation ---------------------------------------------------------------
