@@ -18,6 +18,7 @@ import threading
 import time
 import tokenize
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 #: What each worker process imports once, in the forkserver, before it forks workers.
@@ -110,16 +111,18 @@ def refuse_unguarded_main() -> None:
     Each forkserver worker first re-runs the main script (as multiprocessing does to
     find its functions), so a script that starts workers outside `if __name__ ==
     "__main__":` would have every worker start the same ingest again, and the pool
-    would break (BrokenProcessPool) after leaving work half done.
+    would break (BrokenProcessPool).
     """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    frame = sys._getframe(1)
+    if main is None or path is None:  # python -c, a REPL: workers re-run nothing
+        return
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and not (
-        frame.f_code.co_name == "<module>" and main is not None and frame.f_globals is vars(main)
+        frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)
     ):
         frame = frame.f_back
-    if path is None or frame is None:  # no script (python -c, a REPL), or not its top level
+    if frame is None:  # not under the script's top level (another thread, say)
         return
     line = frame.f_lineno
     try:
