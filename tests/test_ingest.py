@@ -426,7 +426,7 @@ def planned_inputs(journal: Any, run: str) -> int:
     """How many inputs the run's plan still holds (every series of it)."""
     count, series = 0, None
     while series := journal.next_series(run, series):
-        count += len(journal.series(run, series))
+        count += sum(1 for _ in journal.series(run, series))
     return count
 
 

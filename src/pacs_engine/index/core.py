@@ -321,21 +321,23 @@ class Index:
         are written in the same transaction, so an ingest journal never disagrees
         with the rows. Returns once the batch is on disk.
         """
+        with self.writing() as writer:
+            writer.add(rows, remove, journal)
+
+    @contextmanager
+    def writing(self) -> Iterator[IndexWriter]:
+        """One write transaction fed in pieces (`add`), visible all at once when the block ends.
+
+        For changes too large to hold in memory at once (the rows of a million-instance
+        series): each piece is written as it comes, nothing is visible to readers
+        until the block ends without an exception, and an exception undoes every piece.
+        """
         if self.readonly:
             raise PermissionError(f"{self.path}: index opened read-only")
-        batch: dict[bytes, tuple[dict[str, Any], bytes]] = {}
-        for row in rows:
-            for keyword in UID_KEYWORDS:
-                _uid(row, keyword)
-            batch[row["SOPInstanceUID"].encode()] = (row, self._codec.dump(row))
-        removed = [uid.encode() for uid in remove]
         with self._transaction(write=True) as (txn, dbs):
-            _Commit(txn, dbs, self._codec).apply(batch, removed)
-            for key, value in (journal or {}).items():
-                if value is None:
-                    txn.delete(key, db=dbs[b"journal"])
-                else:
-                    txn.put(key, value, db=dbs[b"journal"])
+            writer = IndexWriter(txn, dbs, self._codec)
+            yield writer
+            writer.finish()
 
     def journal_items(
         self, prefix: bytes, start: bytes | None = None, limit: int | None = None
@@ -385,6 +387,31 @@ class Index:
         """The rows of the series, by InstanceNumber then SOPInstanceUID."""
         with self._view() as view:
             return view.series_rows(series_instance_uid)
+
+    def iter_series(self, series_instance_uid: str) -> Iterator[dict[str, Any]]:
+        """The rows of a series in instance order, read a chunk per transaction (as `__iter__`).
+
+        Holds one chunk at a time, however large the series: for passes over every row.
+        """
+        prefix = series_instance_uid.encode() + _SEP
+        start = len(prefix) + len(_NO_NUMBER)  # the SOP UID follows the order bytes
+        after = prefix
+        while True:
+            with self._transaction(write=False) as (txn, dbs):
+                keys = []
+                cursor = txn.cursor(dbs[b"series_rows"])
+                if cursor.set_range(after):
+                    for key in cursor.iternext(values=False):
+                        if key == after:
+                            continue
+                        if not key.startswith(prefix) or len(keys) == _ITER_CHUNK:
+                            break
+                        keys.append(key)
+                chunk = [txn.get(key[start:], db=dbs[b"rows"]) for key in keys]
+            yield from (self._codec.load(data) for data in chunk if data is not None)
+            if len(keys) < _ITER_CHUNK:
+                return
+            after = keys[-1]
 
     def study(self, study_instance_uid: str) -> list[dict[str, Any]]:
         """The rows of the study, series by series (SeriesNumber, then UID), each in order."""
@@ -456,8 +483,8 @@ class Index:
             return _Query(txn, dbs, self._codec, level, conditions, by_level).run()
 
 
-class _Commit(_View):
-    """The changes of one write transaction: rows first, then the records they touch."""
+class IndexWriter(_View):
+    """The changes of one write transaction: rows piece by piece, then the records they touch."""
 
     def __init__(self, txn: Any, dbs: dict[bytes, Any], codec: _RowCodec) -> None:
         super().__init__(txn, dbs, codec)
@@ -465,10 +492,20 @@ class _Commit(_View):
         self.series_row: dict[str, dict[str, Any]] = {}
         self.studies: dict[str, dict[str, Any] | None] = {}
 
-    def apply(self, batch: dict[bytes, tuple[dict[str, Any], bytes]], removed: list[bytes]) -> None:
-        """Write the batch and bring the series and study records and indexes up to date."""
+    def add(
+        self,
+        rows: Iterable[dict[str, Any]],
+        remove: Iterable[str] = (),
+        journal: Mapping[bytes, bytes | None] | None = None,
+    ) -> None:
+        """Write rows, removals and journal entries (None deletes) as `Index.commit` does."""
+        batch: dict[bytes, tuple[dict[str, Any], bytes]] = {}
+        for row in rows:
+            for keyword in UID_KEYWORDS:
+                _uid(row, keyword)
+            batch[row["SOPInstanceUID"].encode()] = (row, self.codec.dump(row))
         txn, rows_db, series_rows_db = self.txn, self.dbs[b"rows"], self.dbs[b"series_rows"]
-        for sop in removed:
+        for sop in (uid.encode() for uid in remove):
             old = txn.pop(sop, db=rows_db)
             if old is not None:
                 self._unlink(self.codec.load(old))
@@ -480,10 +517,18 @@ class _Commit(_View):
                 self._unlink(self.codec.load(old))
             txn.put(_series_row_key(row), b"", db=series_rows_db)
             self.count_delta[row["SeriesInstanceUID"]] += 1
-        # Records take their attributes from the batch's last row of each series and study.
+        # Records take their attributes from the last row added of each series and study.
         for row, _ in batch.values():
             self.series_row[row["SeriesInstanceUID"]] = row
             self.studies[row["StudyInstanceUID"]] = row
+        for key, value in (journal or {}).items():
+            if value is None:
+                txn.delete(key, db=self.dbs[b"journal"])
+            else:
+                txn.put(key, value, db=self.dbs[b"journal"])
+
+    def finish(self) -> None:
+        """Bring the series and study records and indexes up to date with what was added."""
         for series in self.count_delta:
             self._update_series(series)
         for study, row in self.studies.items():

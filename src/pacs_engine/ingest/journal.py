@@ -176,12 +176,26 @@ class Journal:
         page = self.index.journal_items(prefix, start=start, limit=1)
         return page[0][0][len(prefix) :].split(_SEP, 1)[0].decode() if page else None
 
-    def series(self, run: str, series_uid: str) -> list[Planned]:
-        """The planned inputs of one series, in instance order."""
+    def series(self, run: str, series_uid: str) -> Iterator[Planned]:
+        """The planned inputs of one series, in instance order, read page by page."""
+        for page in self._series_pages(run, series_uid):
+            yield from page
+
+    def pending(self, run: str, series_uid: str) -> Iterator[Planned]:
+        """The planned inputs of one series that have no outcome yet, in instance order.
+
+        Read a page at a time, so that a series of any size costs the memory of a page.
+        """
+        for page in self._series_pages(run, series_uid):
+            done = self.done(run, (p.key for p in page))
+            yield from (p for p in page if p.key not in done)
+
+    def _series_pages(self, run: str, series_uid: str) -> Iterator[list[Planned]]:
+        """The planned inputs of one series, in instance order, a page at a time."""
         prefix = _key(b"p", run, series_uid) + _SEP
-        out = []
         start = None
         while page := self.index.journal_items(prefix, start=start, limit=_PAGE):
+            out = []
             for key, value in page:
                 number, sop, _ = key[len(prefix) :].decode().split("\x00", 2)
                 order, entry = int(number), json.loads(value)
@@ -194,8 +208,8 @@ class Journal:
                         entry["frames"],
                     )
                 )
+            yield out
             start = page[-1][0] + _SEP
-        return out
 
 
 def _key(kind: bytes, *parts: str) -> bytes:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pacs_engine.archive.encoder import Part
+from collections.abc import Iterable, Iterator
+
 from pacs_engine.index import Index
 from pacs_engine.ingest.journal import Planned
 
@@ -15,33 +16,36 @@ def align(frames: int, per_shard: int) -> int:
 def committed_end(index: Index, series_uid: str) -> int:
     """The end of the frames committed rows of the series use, in any of its arrays."""
     end = 0
-    for row in index.series(series_uid):
+    for row in index.iter_series(series_uid):
         pixels = row.get("pixels")
         if pixels:
             end = max(end, pixels["first_frame"] + pixels["frames"])
     return end
 
 
-def plan_parts(planned: list[Planned], base: int, per_shard: int) -> list[Part]:
-    """Parts of about one shard of frames each, in instance order, from frame `base` on.
+def plan_parts(planned: Iterable[Planned], per_shard: int) -> Iterator[tuple[list[Planned], int]]:
+    """Parts of about one shard of frames each, in instance order: (inputs, span in frames).
 
-    Inputs with the same SOP Instance UID stay in one part, so duplicates are
-    told apart in one process. Each part starts on its own shard, so parts of
-    one series can be written at the same time by different workers.
+    Reads `planned` (in instance order) lazily and holds one part at a time, so a
+    series of any size is cut in memory of one part. Inputs with the same SOP
+    Instance UID stay in one part, so duplicates are told apart in one process. The
+    span is a whole number of shards, so that each part, placed on its own shard
+    boundary, can be written at the same time as the others by different workers.
     """
-    groups: dict[str, list[Planned]] = {}
-    for entry in planned:
-        groups.setdefault(entry.sop_instance_uid, []).append(entry)
-    parts: list[Part] = []
-    keys: list[str] = []
+    part: list[Planned] = []
     frames = 0
-    for group in groups.values():
-        keys += [entry.key for entry in group]
-        frames += max(entry.frames for entry in group)  # only one of them is stored
-        if frames >= per_shard:
-            parts.append(Part(group[0].series_uid, base, align(frames, per_shard), tuple(keys)))
-            base += align(frames, per_shard)
-            keys, frames = [], 0
-    if keys:
-        parts.append(Part(planned[0].series_uid, base, align(frames, per_shard), tuple(keys)))
-    return parts
+    group: list[Planned] = []  # the inputs of one SOP Instance UID, so far
+    for entry in planned:
+        if group and entry.sop_instance_uid != group[0].sop_instance_uid:
+            part += group
+            frames += max(e.frames for e in group)  # only one of them is stored
+            group = []
+            if frames >= per_shard:
+                yield part, align(frames, per_shard)
+                part, frames = [], 0
+        group.append(entry)
+    if group:
+        part += group
+        frames += max(e.frames for e in group)
+    if part:
+        yield part, align(frames, per_shard)

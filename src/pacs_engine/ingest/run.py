@@ -9,19 +9,24 @@ Only this process writes the index: the rows of all parts of a series and its
 inputs' outcomes are committed in one transaction, so readers never see part of
 a series. The journal makes the run resumable: started
 again with the same sources, it skips inputs that have an outcome and plans the
-rest. Memory in this process is bounded by the plans and rows of the series in
-flight (a few kB per instance), not by the number of inputs.
+rest. Memory in this process is bounded by the parts in flight, not by the number
+of inputs nor by the size of a series: the plan is read from the journal a page at
+a time and cut into parts as it is read, the results of a series' parts wait on
+disk until the last one is back, and its transaction is fed from there part by part.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
+import pickle
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +40,7 @@ from pacs_engine.archive.encoder import (
     with_duplicate,
 )
 from pacs_engine.archive.report import IngestReport, Outcome
+from pacs_engine.index.core import IndexWriter
 from pacs_engine.ingest import session, tasks
 from pacs_engine.ingest.executors import InlineExecutor, make_executor, worker_died
 from pacs_engine.ingest.journal import Journal, Planned
@@ -57,14 +63,43 @@ class IngestStopped(RuntimeError):
     """
 
 
+class _Staged:
+    """The results of a series' parts, on disk until the last one is back.
+
+    An unnamed temporary file in the archive's folder (mode 0600, gone when closed
+    or when the process dies). Pickle, as the results came from the workers: this
+    process wrote the file and nothing else can reach it.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed by close())
+        self.count = 0
+
+    def add(self, result: PartResult) -> None:
+        """Keep one part's result."""
+        pickle.dump(result, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.count += 1
+
+    def __iter__(self) -> Iterator[PartResult]:
+        """The results kept, one at a time, in the order they came back."""
+        self.file.seek(0)
+        for _ in range(self.count):
+            yield pickle.load(self.file)  # written by add(), in this process
+
+    def close(self) -> None:
+        """Drop the file."""
+        self.file.close()
+
+
 @dataclass
 class _Waiting:
-    """A series with parts out: how many, their results, and what a retry needs."""
+    """A series with parts out: its results so far, and what placing a part or a retry needs."""
 
-    parts: int
-    results: list[PartResult]
-    end: int  # first frame after every part planned for the series: where retries go
-    planned: dict[str, Planned]  # by input key
+    end: int  # first frame after every part placed so far: where the next part or a retry goes
+    staged: _Staged
+    parts: int = 0  # parts sent
+    cut: bool = False  # the series is cut into parts: no part is to come but retries
+    out: dict[Part, list[Planned]] = field(default_factory=dict)  # parts not back, with inputs
     alone: set[Part] = field(default_factory=set)  # retried parts of one SOP Instance UID
 
 
@@ -266,40 +301,49 @@ class _Run:
     def _encode(self, run: str) -> None:
         """Encode the planned inputs series by series, committing parts as they finish."""
         self.total = self.report.inputs + self._planned_left(run)
-        per_shard = self.archive.config["frames_per_shard"]
         in_flight: dict = {}  # future -> the part it encodes
         series = None
-        while self.failure is None and (series := self.journal.next_series(run, series)):
-            planned = self.journal.series(run, series)
-            done = self.journal.done(run, [p.key for p in planned])
-            todo = [p for p in planned if p.key not in done]
-            if not todo:
-                continue
-            base = align(committed_end(self.archive.index, series), per_shard)
-            parts = plan_parts(todo, base, per_shard)
-            end = parts[-1].base + parts[-1].span
-            self.waiting[series] = _Waiting(len(parts), [], end, {p.key: p for p in todo})
-            for part in parts:
-                while len(in_flight) >= self._window():
-                    in_flight = self._collect_parts(run, in_flight)
-                if self.alone:
+        try:
+            while self.failure is None and (series := self.journal.next_series(run, series)):
+                self._send_series(run, series, in_flight)
+            while in_flight or (self.alone and self.failure is None):
+                if in_flight:
+                    self._collect_parts(run, in_flight)
+                if self.alone and self.failure is None:
                     self._isolate(run, in_flight)
-                if self.failure is not None:
-                    break
-                in_flight[self._submit(tasks.encode_task, part, self.checks)] = part
-        while in_flight or (self.alone and self.failure is None):
-            if in_flight:
-                self._collect_parts(run, in_flight)
-            if self.alone and self.failure is None:
+        finally:
+            for waiting in self.waiting.values():  # a series the run stopped in
+                waiting.staged.close()
+
+    def _send_series(self, run: str, series: str, in_flight: dict) -> None:
+        """Cut a series into parts as its plan is read and send them, window by window."""
+        per_shard = self.archive.config["frames_per_shard"]
+        waiting = None
+        for planned, span in plan_parts(self.journal.pending(run, series), per_shard):
+            if waiting is None:
+                base = align(committed_end(self.archive.index, series), per_shard)
+                waiting = self.waiting[series] = _Waiting(base, _Staged(self.root))
+            part = Part(series, waiting.end, span, tuple(p.key for p in planned))
+            waiting.end += span  # the next part starts on its own shard
+            while len(in_flight) >= self._window():
+                in_flight = self._collect_parts(run, in_flight)
+            if self.alone:
                 self._isolate(run, in_flight)
+            if self.failure is not None:
+                return
+            waiting.parts += 1
+            waiting.out[part] = planned
+            in_flight[self._submit(tasks.encode_task, part, self.checks)] = part
+        if waiting is not None:
+            waiting.cut = True
+            self._commit_when_back(run, series)  # its parts may all be back already
 
     def _planned_left(self, run: str) -> int:
         """Planned inputs without an outcome (one pass over the plan, series by series)."""
         left = 0
         series = None
         while series := self.journal.next_series(run, series):
-            planned = self.journal.series(run, series)
-            left += len(planned) - len(self.journal.done(run, [p.key for p in planned]))
+            left += sum(1 for _ in self.journal.pending(run, series))
         return left
 
     def _collect_parts(self, run: str, in_flight: dict) -> dict:
@@ -323,16 +367,28 @@ class _Run:
         return in_flight
 
     def _take(self, run: str, result: PartResult) -> None:
-        """Keep a part's result; commit its series once all its parts are back."""
+        """Keep a part's result (on disk); commit its series once all its parts are back."""
         waiting = self.waiting[result.part.series_uid]
-        waiting.results.append(result)
-        if len(waiting.results) < waiting.parts or self.failure is not None:
-            return
-        del self.waiting[result.part.series_uid]
+        waiting.out.pop(result.part, None)
         try:
-            self._commit(run, waiting.results)
+            waiting.staged.add(result)
+        except Exception as error:  # the archive's disk is full: stop, keep what is in
+            self.failure = self.failure or error
+            return
+        self._commit_when_back(run, result.part.series_uid)
+
+    def _commit_when_back(self, run: str, series: str) -> None:
+        """Commit the series if it is cut into parts and every one of them is back."""
+        waiting = self.waiting[series]
+        if not waiting.cut or waiting.staged.count < waiting.parts or self.failure is not None:
+            return
+        del self.waiting[series]
+        try:
+            self._commit(run, waiting.staged)
         except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
             self.failure = self.failure or error
+        finally:
+            waiting.staged.close()
 
     def _after_crash(self, part: Part, error: BaseException) -> PartResult | None:
         """Queue a part whose worker died to be retried one SOP Instance UID at a time; when
@@ -342,6 +398,7 @@ class _Run:
         well; retries run one at a time on fresh workers, so the one that dies is guilty.
         """
         waiting = self.waiting[part.series_uid]
+        planned = waiting.out.pop(part)
         if part in waiting.alone:
             self.executor.restart()
             reason = f"the encoding process died on this file ({_describe(error)})"
@@ -349,15 +406,16 @@ class _Run:
             return PartResult(
                 part, outcomes=[quarantine_input(quarantine, k, None, reason) for k in part.keys]
             )
-        groups: dict[str, list[str]] = {}
-        for key in part.keys:
-            groups.setdefault(waiting.planned[key].sop_instance_uid, []).append(key)
+        groups: dict[str, list[Planned]] = {}
+        for entry in planned:
+            groups.setdefault(entry.sop_instance_uid, []).append(entry)
         waiting.parts += len(groups) - 1
         per_shard = self.archive.config["frames_per_shard"]
-        for keys in groups.values():
-            span = align(max(waiting.planned[k].frames for k in keys), per_shard)
-            alone = Part(part.series_uid, waiting.end, span, tuple(keys))
-            waiting.end += span  # after every planned part: no shard is shared
+        for group in groups.values():
+            span = align(max(entry.frames for entry in group), per_shard)
+            alone = Part(part.series_uid, waiting.end, span, tuple(e.key for e in group))
+            waiting.end += span  # after every part placed: no shard is shared
+            waiting.out[alone] = group
             waiting.alone.add(alone)
             self.alone.append(alone)
         return None
@@ -373,18 +431,42 @@ class _Run:
             while in_flight:
                 self._collect_parts(run, in_flight)
 
-    def _commit(self, run: str, results: list[PartResult]) -> None:
+    def _commit(self, run: str, results: Iterable[PartResult]) -> None:
         """Commit a series' parts (rows, duplicates, outcomes) in one index transaction.
 
-        One transaction per series, so that readers never see part of a series.
+        One transaction per series, so that readers never see part of a series. It is
+        fed a part at a time (`results` may be read from disk as it goes), so memory
+        holds one part's rows, however large the series.
         """
-        index = self.archive.index
-        outcomes = {o.key: o for result in results for o in result.outcomes}
-        rows = {row["SOPInstanceUID"]: row for result in results for row in result.rows}
+        counted = copy.deepcopy(self.report)  # the counts to go back to if nothing commits
+        ends: dict[str, int] = {}
+        try:
+            with self.archive.index.writing() as index:
+                for result in results:
+                    self._commit_part(run, index, result)
+                    for path, end in result.arrays.items():
+                        ends[path] = max(ends.get(path, 0), end)
+        except BaseException:
+            self.report = counted
+            raise
+        # After the commit: a zarr reader never sees frames that no row references.
+        for path, end in ends.items():
+            if end > self.archive.pixels.frames(path):
+                self.archive.pixels.set_frames(path, end)
+        self._notify("encoding")
+
+    def _commit_part(self, run: str, index: IndexWriter, result: PartResult) -> None:
+        """Add one part's rows, duplicates and outcomes to its series' transaction."""
+        outcomes = {o.key: o for o in result.outcomes}
+        rows = {row["SOPInstanceUID"]: row for row in result.rows}
+        # Rows this part changes; a SOP UID's inputs are all in one part, and earlier parts'
+        # changes are read back from the transaction (`index.row`).
         updated: dict[str, dict[str, Any]] = {}
         for sop, row in list(rows.items()):
-            prior = index.get(sop)
-            if prior is not None:  # another series' part committed the same SOP meanwhile
+            # Committed meanwhile by another series' part, or added by an earlier part of
+            # this series (the same SOP UID under another Instance Number, planned apart).
+            prior = index.row(sop)
+            if prior is not None:
                 del rows[sop]
                 # The row and the duplicates found of it in its part: each is now judged
                 # against the committed row.
@@ -393,24 +475,15 @@ class _Run:
                 for key, sha256 in sources:
                     source = {**row, "source_path": key, "source_sha256": sha256}
                     outcomes[key] = self._late_conflict(prior, source, updated, outcomes[key])
-        for sop, duplicate in (d for result in results for d in result.duplicates):
-            current = updated.get(sop) or index.get(sop)
+        for sop, duplicate in result.duplicates:
+            current = updated.get(sop) or index.row(sop)
             if current is None:  # cannot happen: the worker saw it committed
                 raise RuntimeError(f"{sop}: duplicate of a row that is not in the index")
             updated[sop] = with_duplicate(current, duplicate)
         journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
-        index.commit([*rows.values(), *updated.values()], journal=journal)
-        ends: dict[str, int] = {}
-        for result in results:
-            for path, end in result.arrays.items():
-                ends[path] = max(ends.get(path, 0), end)
-        # After the commit: a zarr reader never sees frames that no row references.
-        for path, end in ends.items():
-            if end > self.archive.pixels.frames(path):
-                self.archive.pixels.set_frames(path, end)
+        index.add([*rows.values(), *updated.values()], journal=journal)
         for outcome in outcomes.values():
             self.report.count(outcome)
-        self._notify("encoding")
 
     def _late_conflict(
         self,
@@ -421,8 +494,8 @@ class _Run:
     ) -> Outcome:
         """The outcome of an input whose SOP UID another part committed after its worker looked."""
         key, sop = row["source_path"], row["SOPInstanceUID"]
-        # The prior is another series' row (a part of this series would have seen it), so
-        # the SeriesInstanceUID differs: a conflict whatever the pixels, never a duplicate.
+        # The prior is another series' row, or one of this series under another Instance
+        # Number: a header differs, so a conflict whatever the pixels, never a duplicate.
         reason = conflict_reason(prior, row["source_sha256"], row, lambda: False)
         if reason is None:
             duplicate = {"path": key, "sha256": row["source_sha256"]}

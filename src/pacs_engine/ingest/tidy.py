@@ -49,7 +49,7 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     ends: dict[str, int] = {}
     shards: dict[str, set[int]] = {}
     packs: set[str] = set()
-    for row in archive.index.series(series_uid):
+    for row in archive.index.iter_series(series_uid):  # a chunk of rows at a time
         packs.add(row["header"]["pack"])
         reference = row.get("pixels")
         if reference:
