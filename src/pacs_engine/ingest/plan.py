@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pacs_engine.archive.encoder import Part
+from pacs_engine.archive.versions import version_rows
 from pacs_engine.index import Index
 from pacs_engine.ingest.journal import Planned
 
@@ -16,9 +17,10 @@ def committed_end(index: Index, series_uid: str) -> int:
     """The end of the frames committed rows of the series use, in any of its arrays."""
     end = 0
     for row in index.series(series_uid):
-        pixels = row.get("pixels")
-        if pixels:
-            end = max(end, pixels["first_frame"] + pixels["frames"])
+        for version in version_rows(row):  # earlier versions may have frames of their own
+            pixels = version.get("pixels")
+            if pixels:
+                end = max(end, pixels["first_frame"] + pixels["frames"])
     return end
 
 
@@ -37,7 +39,7 @@ def plan_parts(planned: list[Planned], base: int, per_shard: int) -> list[Part]:
     frames = 0
     for group in groups.values():
         keys += [entry.key for entry in group]
-        frames += max(entry.frames for entry in group)  # only one of them is stored
+        frames += sum(entry.frames for entry in group)  # each version may need its own
         if frames >= per_shard:
             parts.append(Part(group[0].series_uid, base, align(frames, per_shard), tuple(keys)))
             base += align(frames, per_shard)

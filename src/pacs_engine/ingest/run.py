@@ -35,6 +35,7 @@ from pacs_engine.archive.encoder import (
     with_duplicate,
 )
 from pacs_engine.archive.report import IngestReport, Outcome
+from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
 from pacs_engine.ingest import session, tasks
 from pacs_engine.ingest.executors import InlineExecutor, make_executor, worker_died
 from pacs_engine.ingest.journal import Journal, Planned
@@ -355,7 +356,7 @@ class _Run:
         waiting.parts += len(groups) - 1
         per_shard = self.archive.config["frames_per_shard"]
         for keys in groups.values():
-            span = align(max(waiting.planned[k].frames for k in keys), per_shard)
+            span = align(sum(waiting.planned[k].frames for k in keys), per_shard)
             alone = Part(part.series_uid, waiting.end, span, tuple(keys))
             waiting.end += span  # after every planned part: no shard is shared
             waiting.alone.add(alone)
@@ -374,7 +375,7 @@ class _Run:
                 self._collect_parts(run, in_flight)
 
     def _commit(self, run: str, results: list[PartResult]) -> None:
-        """Commit a series' parts (rows, duplicates, outcomes) in one index transaction.
+        """Commit a series' parts (rows, versions, duplicates, outcomes) in one index transaction.
 
         One transaction per series, so that readers never see part of a series.
         """
@@ -386,20 +387,25 @@ class _Run:
             prior = index.get(sop)
             if prior is not None:  # another series' part committed the same SOP meanwhile
                 del rows[sop]
-                # The row and the duplicates found of it in its part: each is now judged
-                # against the committed row.
-                sources = [(row["source_path"], row["source_sha256"])]
-                sources += [(d["path"], d["sha256"]) for d in row["duplicates"]]
-                for key, sha256 in sources:
-                    source = {**row, "source_path": key, "source_sha256": sha256}
-                    outcomes[key] = self._late_conflict(prior, source, updated, outcomes[key])
+                # Each version of the row and the duplicates found of it in its part: each
+                # is now judged against the committed row.
+                sources = [(v["source_path"], v) for v in version_rows(row)]
+                sources += [
+                    (d["path"], {**row, "source_sha256": d["sha256"]}) for d in row["duplicates"]
+                ]
+                for key, source in sources:
+                    outcomes[key] = self._late_conflict(prior, key, source, updated, outcomes[key])
+        for result in results:  # versions of committed rows, in the order received
+            for sop, version in result.versions:
+                updated[sop] = with_version(updated.get(sop) or index.get(sop), version, run)
         for sop, duplicate in (d for result in results for d in result.duplicates):
             current = updated.get(sop) or index.get(sop)
             if current is None:  # cannot happen: the worker saw it committed
                 raise RuntimeError(f"{sop}: duplicate of a row that is not in the index")
             updated[sop] = with_duplicate(current, duplicate)
+        committed = [with_run(row, run) for row in (*rows.values(), *updated.values())]
         journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
-        index.commit([*rows.values(), *updated.values()], journal=journal)
+        index.commit(committed, journal=journal)
         ends: dict[str, int] = {}
         for result in results:
             for path, end in result.arrays.items():
@@ -415,19 +421,23 @@ class _Run:
     def _late_conflict(
         self,
         prior: dict[str, Any],
+        key: str,
         row: dict[str, Any],
         updated: dict[str, dict[str, Any]],
         outcome: Outcome,
     ) -> Outcome:
-        """The outcome of an input whose SOP UID another part committed after its worker looked."""
-        key, sop = row["source_path"], row["SOPInstanceUID"]
-        # The prior is another series' row (a part of this series would have seen it), so
-        # the SeriesInstanceUID differs: a conflict whatever the pixels, never a duplicate.
-        reason = conflict_reason(prior, row["source_sha256"], row, lambda: False)
-        if reason is None:
-            duplicate = {"path": key, "sha256": row["source_sha256"]}
-            updated[sop] = with_duplicate(updated.get(sop) or prior, duplicate)
+        """The outcome of an input whose SOP UID another part committed after its worker looked.
+
+        `row` is the input's version (for a duplicate: the row it duplicated, with its sha256).
+        """
+        sop = row["SOPInstanceUID"]
+        current = updated.get(sop) or prior
+        if row["source_sha256"] in kept_sha256s(current):
+            updated[sop] = with_duplicate(current, {"path": key, "sha256": row["source_sha256"]})
             return Outcome(key, "duplicate", outcome.size, sop=sop)
+        # The prior is another series' row (a part of this series would have seen it), so
+        # the SeriesInstanceUID differs: a conflict whatever the pixels, never a version.
+        reason = conflict_reason(current, row, lambda: False) or "conflict: archived meanwhile"
         try:
             data = read_input(InputRef.from_key(key))
         except InputError:
@@ -438,7 +448,7 @@ class _Run:
             data,
             row["source_sha256"],
             reason,
-            prior,
+            current,
             sop,
             {},
         )
