@@ -43,7 +43,7 @@ from pacs_engine.archive.prepare import (
 )
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import Outcome
-from pacs_engine.archive.versions import kept_sha256s, version_rows, with_version
+from pacs_engine.archive.versions import PENDING, kept_sha256s, version_rows, with_version
 from pacs_engine.codecs import (
     CodecError,
     Htj2kCodec,
@@ -196,7 +196,7 @@ class _PartState:
         """The instance as it stands: its committed row with the part's versions of it."""
         row = self.committed.get(sop)
         for received in self.kept.get(sop, []):
-            row = received if row is None else with_version(row, received, None)
+            row = received if row is None else with_version(row, received)
         return row
 
 
@@ -240,7 +240,7 @@ class PartEncoder:
                 continue
             row = received[0]
             for later in received[1:]:
-                row = with_version(row, later, None)
+                row = with_version(row, later)
             for duplicate in state.duplicates.pop(sop, []):
                 row = with_duplicate(row, duplicate)
             result.rows.append(row)
@@ -669,6 +669,7 @@ def new_row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, A
         "stored_bytes": stored,
         "duplicates": [],
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": PENDING,  # the commit names the run
     }
     return row
 

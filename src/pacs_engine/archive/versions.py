@@ -7,6 +7,10 @@ reference, sha256, ...), enough to rebuild its file, and last a summary of the
 current one (`"current": true`), plus `current_reason`. A row without `versions`
 (every row of an instance seen once, and every row written before versions existed)
 has one version: itself.
+
+Every row records the ingest `run` that received its current version (rows written
+before this have none). A worker does not know the run: it writes PENDING, and the
+commit puts the run in its place (`with_run`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 INSTANCE_FIELDS = ("versions", "current_reason", "duplicates", "source_duplicates")
 #: Fields of the summary of the current version in `versions` (the row holds the rest).
 SUMMARY_FIELDS = ("source_path", "source_sha256", "file_size", "ingested_at", "stored_bytes")
+PENDING = ""  # the run of a version not committed yet
 CURRENT_REASON = (
     "received last: the version of the latest ingest run (within one run, the last in "
     "the run's plan order)"
@@ -29,17 +34,12 @@ def version_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
     return [*earlier, row]
 
 
-def current_version(row: dict[str, Any]) -> int:
-    """The position of the current version in `version_rows(row)` (always the last)."""
-    return len(row.get("versions", [row])) - 1
-
-
 def kept_sha256s(row: dict[str, Any]) -> set[str]:
     """The sha256 of every version whose bytes the archive keeps."""
     return {v["source_sha256"] for v in version_rows(row)}
 
 
-def with_version(row: dict[str, Any], new: dict[str, Any], run: str | None) -> dict[str, Any]:
+def with_version(row: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A copy of `row` whose current version is `new` (the row of a newly received version).
 
     The version that was current becomes a complete record in `versions`; the
@@ -48,8 +48,8 @@ def with_version(row: dict[str, Any], new: dict[str, Any], run: str | None) -> d
     earlier = [v for v in row.get("versions", []) if not v.get("current")]
     own_stored = _own_stored_bytes(row)
     demoted = {k: v for k, v in row.items() if k not in INSTANCE_FIELDS}
-    demoted |= {"stored_bytes": own_stored, "run": _current_run(row)}
-    versions = [*earlier, demoted, _summary(new, run)]
+    demoted |= {"stored_bytes": own_stored, "run": row.get("run")}
+    versions = [*earlier, demoted, _summary(new)]
     merged = {k: v for k, v in new.items() if k not in INSTANCE_FIELDS}
     merged |= {k: row[k] for k in INSTANCE_FIELDS if k in row}
     merged |= {
@@ -61,25 +61,21 @@ def with_version(row: dict[str, Any], new: dict[str, Any], run: str | None) -> d
 
 
 def with_run(row: dict[str, Any], run: str) -> dict[str, Any]:
-    """A copy of `row` whose versions received in this run (no run recorded yet) name it."""
-    if "versions" not in row:
-        return row
-    versions = [v if v.get("run") else {**v, "run": run} for v in row["versions"]]
-    return {**row, "versions": versions}
+    """A copy of `row` whose versions received by this run (PENDING) name it."""
+    stamped = {**row, "run": run} if row.get("run") == PENDING else dict(row)
+    if "versions" in row:
+        stamped["versions"] = [
+            {**v, "run": run} if v.get("run") == PENDING else v for v in row["versions"]
+        ]
+    return stamped
 
 
-def _summary(row: dict[str, Any], run: str | None) -> dict[str, Any]:
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """The entry of the current version in `versions`."""
-    return {**{k: row.get(k) for k in SUMMARY_FIELDS}, "run": run, "current": True}
+    return {**{k: row.get(k) for k in SUMMARY_FIELDS}, "run": row.get("run"), "current": True}
 
 
 def _own_stored_bytes(row: dict[str, Any]) -> int:
     """Bytes stored for the current version alone."""
     versions = row.get("versions")
     return versions[-1]["stored_bytes"] if versions else row.get("stored_bytes", 0)
-
-
-def _current_run(row: dict[str, Any]) -> str | None:
-    """The ingest run that received the current version, when recorded."""
-    versions = row.get("versions")
-    return versions[-1].get("run") if versions else None

@@ -397,7 +397,7 @@ class _Run:
                     outcomes[key] = self._late_conflict(prior, key, source, updated, outcomes[key])
         for result in results:  # versions of committed rows, in the order received
             for sop, version in result.versions:
-                updated[sop] = with_version(updated.get(sop) or index.get(sop), version, run)
+                updated[sop] = with_version(updated.get(sop) or index.get(sop), version)
         for sop, duplicate in (d for result in results for d in result.duplicates):
             current = updated.get(sop) or index.get(sop)
             if current is None:  # cannot happen: the worker saw it committed
