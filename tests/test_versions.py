@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import CORPUS, require_corpus, run_cli
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 
 from pacs_engine import Archive
 from pacs_engine.archive.versions import version_rows
@@ -266,4 +266,23 @@ def test_corpus_images_in_several_transfer_syntaxes_are_versions(tmp_path: Path)
         assert report.archived == len(files) and report.versions == len(files) - len(sops)
         for sop in sops:
             assert_every_version_exports(archive, sop)
+        assert archive.verify().ok
+
+
+def test_versions_with_other_bitstreams_of_one_codec_each_have_room(tmp_path: Path) -> None:
+    """The same JPEG 2000 image with two padding bytes after its codestream: same pixels,
+    same array, another bitstream. Planned in one part with a shard of one frame, both fit
+    (the plan gives every input of a SOP Instance UID its frames)."""
+    original = corpus_file(J2K)
+    ds = pydicom.dcmread(original)
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame + b"\0\0"])
+    ds.save_as(tmp_path / "padded.dcm")
+    with Archive.create(tmp_path / "a", frames_per_shard=1) as archive:
+        report = archive.ingest([original, tmp_path / "padded.dcm"], workers=0)
+        assert (report.archived, report.versions, report.quarantined) == (2, 1, 0)
+        (row,) = list(archive.index)
+        first, second = assert_every_version_exports(archive, row["SOPInstanceUID"])
+        assert first["pixels"]["array"] == second["pixels"]["array"]
+        assert first["pixels"]["first_frame"] != second["pixels"]["first_frame"]
         assert archive.verify().ok
