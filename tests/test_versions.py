@@ -108,14 +108,15 @@ def test_byte_identical_resends_are_duplicates_of_any_kept_version(tmp_path: Pat
 
 
 def test_different_pixels_under_one_sop_uid_are_conflicts(tmp_path: Path) -> None:
-    """Whether the header differs too or not, in the same run or a later one."""
+    """Whether the header differs too or not, in a later run or in the same one (where the
+    first planned is archived and the other is the conflict)."""
     original = corpus_file(CT)
     other = with_other_pixels(original, tmp_path / "other.dcm")
     both = resend_with_other_header(other, tmp_path / "both" / "other-header.dcm")
     with Archive.create(tmp_path / "a") as archive:
-        first = archive.ingest([original, other], workers=0)
-        later = archive.ingest([both], workers=0)
-        assert (first.archived, first.conflicts, later.conflicts) == (1, 1, 1)
+        first = archive.ingest([original], workers=0)
+        later = archive.ingest([other, both], workers=0)
+        assert (first.archived, later.archived, later.conflicts) == (1, 0, 2)
         records = {r["path"]: r for r in archive.quarantine.records()}
         for path in (other, both):
             record = records[str(path)]
@@ -126,6 +127,13 @@ def test_different_pixels_under_one_sop_uid_are_conflicts(tmp_path: Path) -> Non
         (row,) = list(archive.index)
         assert "versions" not in row
         assert archive.export_bytes(row["SOPInstanceUID"]) == original.read_bytes()
+    with Archive.create(tmp_path / "b") as archive:
+        report = archive.ingest([original, other], workers=0)
+        assert (report.archived, report.versions, report.conflicts) == (1, 0, 1)
+        (row,) = list(archive.index)
+        (record,) = archive.quarantine.records()
+        kept = {row["source_path"], record["path"]}
+        assert kept == {str(original), str(other)}
 
 
 def test_another_shape_for_the_same_bytes_is_a_conflict_not_a_version(tmp_path: Path) -> None:
