@@ -173,7 +173,8 @@ def test_encapsulated_versions_share_identical_bitstreams_only(tmp_path: Path) -
 
 
 def test_the_current_version_is_the_last_received_in_a_run(tmp_path: Path) -> None:
-    """Within one run, the plan's order; here the inputs are one folder, walked by name."""
+    """Within one run, versions come in the plan's order (a digest of the input names):
+    whichever that is, the last one taken is current and every version is kept."""
     folder = tmp_path / "in"
     names = ["1.dcm", "2.dcm", "3.dcm"]
     folder.mkdir()
