@@ -295,3 +295,18 @@ def test_versions_with_other_bitstreams_of_one_codec_each_have_room(tmp_path: Pa
         assert first["pixels"]["array"] == second["pixels"]["array"]
         assert first["pixels"]["first_frame"] != second["pixels"]["first_frame"]
         assert archive.verify().ok
+
+
+def test_an_absent_number_of_frames_is_one_frame(tmp_path: Path) -> None:
+    """A version that says NumberOfFrames 1 where the first said nothing has the same shape."""
+    original = corpus_file(CT)
+    ds = pydicom.dcmread(original)
+    assert "NumberOfFrames" not in ds
+    ds.NumberOfFrames = 1
+    ds.save_as(tmp_path / "one-frame.dcm")
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([original], workers=0)
+        report = archive.ingest([tmp_path / "one-frame.dcm"], workers=0)
+        assert (report.versions, report.conflicts) == (1, 0)
+        (row,) = list(archive.index)
+        assert_every_version_exports(archive, row["SOPInstanceUID"])

@@ -116,6 +116,8 @@ COMPARED_KEYWORDS = (
     "PixelRepresentation",
 )
 _CONFLICT = "conflict: same SOP Instance UID as an archived instance, but "
+#: What an absent attribute of COMPARED_KEYWORDS means (DICOM's defaults).
+_ABSENT = {"NumberOfFrames": 1, "SamplesPerPixel": 1, "PixelRepresentation": 0}
 
 
 @dataclass(frozen=True)
@@ -553,10 +555,16 @@ def conflict_reason(
     same decoded values; any other attribute may differ. `same_pixels` may decode,
     so it is asked last.
     """
-    differs = [k for k in COMPARED_KEYWORDS if attributes.get(k) != prior.get(k)]
+    differs = [k for k in COMPARED_KEYWORDS if _compared(attributes, k) != _compared(prior, k)]
     if differs:
         return f"{_CONFLICT}different {', '.join(differs)}"
     return None if same_pixels() else f"{_CONFLICT}different pixels"
+
+
+def _compared(attributes: dict[str, Any], keyword: str) -> Any:
+    """An attribute as versions are compared: absent or empty is DICOM's default."""
+    value = attributes.get(keyword)
+    return _ABSENT.get(keyword) if value is None else value
 
 
 def _pixel_hash_or_none(prepared: Prepared) -> str | None:
