@@ -225,19 +225,24 @@ def test_export_all_versions_through_the_cli(tmp_path: Path) -> None:
         done = run_cli("ingest", str(source), "--archive", str(archive), "--json")
         assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["versions"] == 1
+    assert json.loads(done.stdout)["current_version"].startswith("received last")
     summary = run_cli("ingest", str(tmp_path / "in"), "--archive", str(archive))
     assert "1 duplicates" in summary.stdout
+    third = resend_with_other_header(original, tmp_path / "third" / "c.dcm", "third")
+    summary = run_cli("ingest", str(third), "--archive", str(archive))
+    assert "1 are new versions" in summary.stdout and "received last" in summary.stdout
     plain = run_cli("export", str(archive), str(tmp_path / "plain"))
     assert plain.returncode == 0, plain.stderr
     (only,) = [p for p in (tmp_path / "plain").rglob("*") if p.is_file()]
-    assert only.read_bytes() == later.read_bytes()
+    assert only.read_bytes() == third.read_bytes()
     every = run_cli("export", str(archive), str(tmp_path / "all"), "--all-versions")
     assert every.returncode == 0, every.stderr
     files = {p.name: p for p in (tmp_path / "all").rglob("*") if p.is_file()}
     sop = pydicom.dcmread(original).SOPInstanceUID
-    assert sorted(files) == sorted([f"{sop}.dcm", f"{sop}_v1.dcm"])
-    assert files[f"{sop}.dcm"].read_bytes() == later.read_bytes()
+    assert sorted(files) == sorted([f"{sop}.dcm", f"{sop}_v1.dcm", f"{sop}_v2.dcm"])
+    assert files[f"{sop}.dcm"].read_bytes() == third.read_bytes()
     assert files[f"{sop}_v1.dcm"].read_bytes() == original.read_bytes()
+    assert files[f"{sop}_v2.dcm"].read_bytes() == later.read_bytes()
 
 
 @pytest.mark.parametrize("damaged", ["earlier", "current"])

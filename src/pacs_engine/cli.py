@@ -171,7 +171,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if summary["versions"]:
             print(
                 f"  of the archived, {summary['versions']:,} are new versions of instances "
-                "already archived (same SOP Instance UID and pixels, other bytes)"
+                "already archived (same SOP Instance UID and pixels, other bytes); "
+                f"current: the version {summary['current_version']}"
             )
         print(
             f"raw pixels {_megabytes(summary['raw_pixel_bytes'])}, stored "

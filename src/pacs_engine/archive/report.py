@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pacs_engine.archive.versions import CURRENT_REASON
+
 OUTCOMES = ("archived", "duplicate", "conflict", "quarantined")
 
 
@@ -94,6 +96,7 @@ class IngestReport:
             "inputs": self.inputs,
             "archived": self.archived,
             "versions": self.versions,
+            "current_version": CURRENT_REASON,
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "quarantined": self.quarantined,
