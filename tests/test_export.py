@@ -216,3 +216,16 @@ def test_export_errors_are_one_line_messages(tmp_path: Path) -> None:
     assert a_file.read_text() == "x"
     with Archive(tmp_path / "a") as opened, pytest.raises(KeyError):
         opened.export_bytes("1.2.3.4.nope")  # still a KeyError, as before
+
+
+def test_one_damaged_instance_does_not_stop_the_export_of_the_others(tmp_path: Path) -> None:
+    with archive_of(tmp_path, "CT_small.dcm", "MR_small.dcm") as archive:
+        rows = {Path(r["source_path"]).name: r for r in archive.index}
+        bad = rows["CT_small.dcm"]
+        flip_byte(archive.path / bad["header"]["pack"], bad["header"]["offset"] + 300)
+    done = run_cli("export", str(tmp_path / "a"), str(tmp_path / "out"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "1 of 2 files not exported" in line and bad["SOPInstanceUID"] in line
+    (written,) = files_under(tmp_path / "out")
+    assert written.read_bytes() == sample("MR_small.dcm").read_bytes()

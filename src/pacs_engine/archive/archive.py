@@ -293,8 +293,9 @@ class Archive:
     ) -> list[Path]:
         """Write original files as `destination/<Study>/<Series>/<SOP>.dcm`; returns the paths.
 
-        Each file is checked against its sha256 before it is written (ExportError names
-        the UID otherwise, and nothing wrong is written). Names are `safe_name`s of the
+        Each file is checked against its sha256 before it is written; one that fails is
+        not written, the others are, and then ExportError names the first that failed
+        and how many did. Names are `safe_name`s of the
         UIDs; files are written without following links (pacs_engine.archive.export).
         With `all_versions`, each earlier version of an instance is written beside the
         current one as `<SOP>_v<n>.dcm` (n from 1, oldest first).
@@ -311,6 +312,7 @@ class Archive:
             else [row["SOPInstanceUID"] for row in self.index]
         )
         written = []
+        damaged = []  # one file's damage does not stop the export of the others
         for uid in uids:
             row = self._row(uid)
             folders = [safe_name(row["StudyInstanceUID"]), safe_name(row["SeriesInstanceUID"])]
@@ -319,13 +321,23 @@ class Archive:
                 earlier = len(version_rows(row)) - 1
                 files += [(version_name(uid, i + 1), i) for i in range(earlier)]
             for name, version in files:
-                data = self.export_bytes(uid, version)
+                try:
+                    data = self.export_bytes(uid, version)
+                except ExportError as error:
+                    damaged.append(str(error))
+                    continue
                 try:
                     written.append(write_file(root, folders, name, data))
                 except OSError as error:
                     raise ExportError(
                         f"{error.filename or root}: cannot write {_shown(uid)}: {error.strerror}"
                     ) from None
+        if damaged:
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            raise ExportError(
+                f"{len(damaged)} of {len(damaged) + len(written)} files not exported, the "
+                f"others were: {damaged[0]}{more}"
+            )
         return written
 
     def verify(
