@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pacs_engine import Archive, ArchiveError, open_archive
 from pacs_engine.archive import encoder
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
+from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs import CodecError
 from pacs_engine.index.core import UID_KEYWORDS
 from pacs_engine.synth import write_studies
@@ -216,8 +217,15 @@ def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) ->
     files = sum(1 for p in corpus.rglob("*") if p.is_file())
     assert report.inputs == files
     assert report.balanced
-    assert report.duplicates > 0 and report.conflicts > 0  # the corpus has both cases
-    assert len(list(archive.index)) == report.archived
+    # The corpus saves some images in several transfer syntaxes under one SOP Instance UID:
+    # versions of one instance, each kept; it has conflicts too, and no byte-identical copy.
+    assert report.versions > 0 and report.conflicts > 0 and report.duplicates == 0
+    assert len(list(archive.index)) == report.archived - report.versions
+    versions = [(row, i, v) for row in archive.index for i, v in enumerate(version_rows(row))]
+    assert len(versions) == report.archived
+    for row, i, version in versions:  # every kept version exports as its file
+        expected = Path(version["source_path"]).read_bytes()
+        assert archive.export_bytes(row["SOPInstanceUID"], i) == expected
     records = archive.quarantine.records()
     assert len(archive.quarantine.paths()) == report.quarantined + report.conflicts
     conflicts = [r for r in records if r["reason"].startswith("conflict")]
@@ -234,7 +242,7 @@ def test_whole_corpus_in_one_archive_is_complete_and_verifies(tmp_path: Path) ->
     # Files whose frames do not decode were quarantined at ingest, so nothing fails here.
     assert archive.verify().ok
     info = archive.info()
-    assert info["instances"] == report.archived and info["ratio"] > 1
+    assert info["instances"] == report.archived - report.versions and info["ratio"] > 1
 
 
 def test_the_same_files_twice_are_duplicates_not_copies(tmp_path: Path) -> None:
@@ -251,14 +259,24 @@ def test_the_same_files_twice_are_duplicates_not_copies(tmp_path: Path) -> None:
     assert all(len(r["duplicates"]) == 1 for r in rows.values())
 
 
-def test_lossless_re_encoding_is_a_duplicate_and_changed_pixels_a_conflict(tmp_path: Path) -> None:
+def test_lossless_re_encodings_are_versions_and_changed_pixels_a_conflict(tmp_path: Path) -> None:
+    """The same image in other transfer syntaxes is kept as versions of the instance (their
+    bitstreams are not the stored pixels: each keeps its own), each exporting as its file."""
     samples = {p.name: p for p in pydicom_test_files()}
     archive = Archive.create(tmp_path / "a")
     archive.ingest([samples["MR_small.dcm"]], workers=0)
-    report = archive.ingest(
-        [samples["MR_small_RLE.dcm"], samples["MR_small_jp2klossless.dcm"]], workers=0
-    )
-    assert report.duplicates == 2 and report.conflicts == 0
+    later = [samples["MR_small_RLE.dcm"], samples["MR_small_jp2klossless.dcm"]]
+    report = archive.ingest(later, workers=0)
+    assert (report.archived, report.versions, report.duplicates, report.conflicts) == (2, 2, 0, 0)
+    (row,) = list(archive.index)
+    versions = archive.versions(row["SOPInstanceUID"])
+    assert versions[0]["source_path"] == str(samples["MR_small.dcm"])
+    assert sorted(v["source_path"] for v in versions[1:]) == sorted(map(str, later))
+    assert len({json.dumps(v["pixels"], sort_keys=True) for v in versions}) == 3
+    for number, version in enumerate(versions):
+        expected = Path(version["source_path"]).read_bytes()
+        assert archive.export_bytes(row["SOPInstanceUID"], number) == expected
+    assert archive.export_bytes(row["SOPInstanceUID"]) == Path(row["source_path"]).read_bytes()
     changed = pydicom.dcmread(samples["MR_small.dcm"])
     pixels = changed.pixel_array.copy()
     pixels[0, 0] += 1
@@ -272,8 +290,7 @@ def test_lossless_re_encoding_is_a_duplicate_and_changed_pixels_a_conflict(tmp_p
     assert record["pixel_hash"] != record["archived_pixel_hash"]
     kept = archive.path / "quarantine" / f"{record['sha256']}.dcm"
     assert kept.read_bytes() == target.read_bytes()
-    (row,) = list(archive.index)
-    assert archive.export_bytes(row["SOPInstanceUID"]) == samples["MR_small.dcm"].read_bytes()
+    assert archive.verify().ok
 
 
 def test_rle_bitstreams_are_stored_zstd_compressed_and_export_byte_for_byte(
@@ -340,7 +357,7 @@ def test_copies_of_an_undecoded_bitstream_are_told_apart_by_decoding_it(tmp_path
     (row,) = list(archive.index)
     assert row["pixel_storage"] == "bitstream" and row["frame_hashes"] is None
     report = archive.ingest([native, rle], workers=0, trust_bitstreams=True)
-    assert (report.archived, report.duplicates, report.conflicts) == (0, 2, 0)
+    assert (report.archived, report.versions, report.duplicates, report.conflicts) == (2, 2, 0, 0)
     changed = pydicom.dcmread(native)
     pixels = changed.pixel_array.copy()
     pixels[5, 5] ^= 1
@@ -357,9 +374,11 @@ def test_copies_of_an_undecoded_bitstream_are_told_apart_by_decoding_it(tmp_path
     # the other is compared with the part's own copy (which order depends on the paths).
     together = Archive.create(tmp_path / "b")
     report = together.ingest([rle, j2k], workers=0, trust_bitstreams=True)
-    assert (report.archived, report.duplicates, report.conflicts) == (1, 1, 0)
+    assert (report.archived, report.versions, report.duplicates, report.conflicts) == (2, 1, 0, 0)
     (row,) = list(together.index)
-    assert row["frame_hashes"] is None
+    first, second = version_rows(row)
+    assert first["frame_hashes"] is None  # compared with the second by decoding it then
+    assert second["pixel_hash"] == instance_pixel_hash([expected])
     assert together.verify().ok
 
 
@@ -575,9 +594,13 @@ def test_an_archive_is_a_source_for_a_derived_archive(
     names = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm")
     names += ("SC_rgb_small_odd.dcm",)
     files = [p for p in pydicom_test_files() if p.name in names]
+    resent = tmp_path / "resent" / "CT_small.dcm"  # a byte-identical copy: a duplicate
+    resent.parent.mkdir()
+    resent.write_bytes(next(p for p in files if p.name == "CT_small.dcm").read_bytes())
     with Archive.create(tmp_path / "record") as record:
-        first = record.ingest(files, workers=0)
-        assert (first.archived, first.duplicates) == (4, 1)  # MR_small_RLE repeats MR_small
+        first = record.ingest([*files, resent], workers=0)
+        # MR_small_RLE is a version of MR_small; the copy a duplicate of CT_small
+        assert (first.archived, first.versions, first.duplicates) == (5, 1, 1)
         sources = {row["SOPInstanceUID"]: row for row in record.index}
         exported: list[str] = []
         export_bytes = Archive.export_bytes
@@ -599,7 +622,7 @@ def test_an_archive_is_a_source_for_a_derived_archive(
                     assert train.export_bytes(sop) == record.export_bytes(sop)
                 assert row["source_sha256"] == sources[sop]["source_sha256"]
                 assert row.get("source_duplicates", []) == sources[sop]["duplicates"]
-            assert any(row.get("source_duplicates") for row in train.index)  # MR_small_RLE
+            assert any(row.get("source_duplicates") for row in train.index)  # CT_small
             assert train.verify().ok
             again = train.ingest([tmp_path / "record"], workers=0)
             assert (again.archived, again.duplicates) == (0, 4)
@@ -677,7 +700,9 @@ def test_a_copy_keeps_the_sources_choice_and_survives_damaged_records(tmp_path: 
 
     (ct,) = [p for p in pydicom_test_files() if p.name == "CT_small.dcm"]
     resend = pydicom.dcmread(ct)
-    resend.PatientName = "OTHER^PATIENT"  # same SOP Instance UID, other header: a conflict
+    pixels = resend.pixel_array.copy()
+    pixels[0, 0] += 1  # same SOP Instance UID, other pixels: a conflict
+    resend.PixelData = pixels.tobytes()
     resend.save_as(tmp_path / "resend.dcm")
     not_dicom = tmp_path / "notes.txt"
     not_dicom.write_text("not a DICOM file")

@@ -307,7 +307,9 @@ def test_every_malformed_corpus_file_is_accounted_for(trusted: bool, tmp_path: P
     assert sum(report["quarantine_reasons"].values()) == report["quarantined"]
 
 
-def test_duplicates_and_conflicts_across_two_runs(synth: Path, tmp_path: Path) -> None:
+def test_duplicates_versions_and_conflicts_across_two_runs(synth: Path, tmp_path: Path) -> None:
+    """Byte-identical copies are duplicates; another header with the same pixels a new
+    version, current from then on; other pixels a conflict."""
     first = files_under(synth)[:30]
     source = tmp_path / "first"
     for i, path in enumerate(first):
@@ -319,19 +321,35 @@ def test_duplicates_and_conflicts_across_two_runs(synth: Path, tmp_path: Path) -
     changed = pydicom.dcmread(first[0])
     changed.PatientID = "SOMEONE-ELSE"
     changed.save_as(second / "changed.dcm")
+    other = pydicom.dcmread(first[1])
+    pixels = other.pixel_array.copy()
+    pixels[0, 0] ^= 1
+    other.PixelData = pixels.tobytes()
+    other.save_as(second / "other_pixels.dcm")
     with Archive.create(tmp_path / "a") as archive:
         one = archive.ingest([source], workers=2).to_dict()
         two = archive.ingest([second], workers=2).to_dict()
         assert archive.verify().ok
         row = archive.index.get(changed.SOPInstanceUID)
+        old, new = archive.versions(changed.SOPInstanceUID)
+        assert archive.export_bytes(changed.SOPInstanceUID, 0) == first[0].read_bytes()
+        assert archive.export_bytes(changed.SOPInstanceUID) == (second / "changed.dcm").read_bytes()
         conflict = [r for r in archive.quarantine.records() if r["reason"].startswith("conflict")]
     assert one["archived"] == 30
-    assert_complete(two, 31)
-    assert (two["archived"], two["duplicates"], two["conflicts"]) == (0, 30, 1)
+    assert_complete(two, 32)
+    assert (two["archived"], two["versions"], two["duplicates"], two["conflicts"]) == (1, 1, 30, 1)
     assert one["run"] != two["run"]
     assert len(row["duplicates"]) == 1
-    assert "PatientID" in conflict[0]["reason"]
-    assert conflict[0]["path"] == str(second / "changed.dcm")
+    assert row["PatientID"] == "SOMEONE-ELSE" and row["source_path"] == str(second / "changed.dcm")
+    assert [v["run"] for v in row["versions"]] == [one["run"], two["run"]]
+    assert row["current_reason"].startswith("received last")
+    assert (
+        old["source_path"] == str(source / "000.dcm")
+        and new["source_sha256"] == row["source_sha256"]
+    )
+    assert old["pixels"] == new["pixels"]  # native pixels: shared, not stored twice
+    assert "different pixels" in conflict[0]["reason"]
+    assert conflict[0]["path"] == str(second / "other_pixels.dcm")
 
 
 def test_cli_ingest_shows_progress_and_explains_itself(synth: Path, tmp_path: Path) -> None:

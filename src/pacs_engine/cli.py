@@ -168,6 +168,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"{summary['duplicates']:,} duplicates, {summary['conflicts']:,} conflicts, "
             f"{summary['quarantined']:,} quarantined"
         )
+        if summary["versions"]:
+            print(
+                f"  of the archived, {summary['versions']:,} are new versions of instances "
+                "already archived (same SOP Instance UID and pixels, other bytes); "
+                f"current: the version {summary['current_version']}"
+            )
         print(
             f"raw pixels {_megabytes(summary['raw_pixel_bytes'])}, stored "
             f"{_megabytes(summary['stored_bytes'])}, ratio {summary['ratio'] or '-'}, "
@@ -314,7 +320,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     with open_archive(args.archive) as archive:
         uids = args.uids or None
-        written = archive.export(args.destination, uids)
+        written = archive.export(args.destination, uids, all_versions=args.all_versions)
     print(f"{len(written):,} files written under {args.destination}")
     return 0
 
@@ -555,7 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="rebuild original files, byte for byte",
-        description="Write the original files as DESTINATION/<study>/<series>/<sop>.dcm.",
+        description="Write the original files as DESTINATION/<study>/<series>/<sop>.dcm "
+        "(the current version of each instance), each checked against its sha256 first. UIDs "
+        "become names safe on any filesystem (digits, lower-case letters and dots kept, other "
+        "characters written _XX); links in DESTINATION are never written through.",
     )
     export.add_argument("archive", help="the archive folder")
     export.add_argument("destination", help="the folder to write to")
@@ -565,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SOP_INSTANCE_UID",
         help="export only this instance (repeatable)",
+    )
+    export.add_argument(
+        "--all-versions",
+        action="store_true",
+        help="also write each earlier version of an instance (same SOP Instance UID and "
+        "pixels, other bytes) as <sop>_v<n>.dcm, n from 1, oldest first",
     )
     export.set_defaults(run=cmd_export)
 

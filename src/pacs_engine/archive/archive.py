@@ -21,6 +21,7 @@ unreachable, and the run's resume removes it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -33,13 +34,16 @@ import numpy as np
 
 from pacs_engine.archive.blobs import HeaderBlob
 from pacs_engine.archive.encoder import CODEC_CHOICES, Checks
+from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.native import PixelLayout
 from pacs_engine.archive.pixel_store import PixelStore
-from pacs_engine.archive.prepare import rebuild_file, transcoded_file
+from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
+from pacs_engine.archive.versions import version_rows
 from pacs_engine.index import Index
+from pacs_engine.index.core import uid_problem
 from pacs_engine.inputs import PACS_ARCHIVE_FORMAT, PACS_ARCHIVE_MARKER
 from pacs_engine.storage import fsync_dir, write_atomic
 
@@ -51,6 +55,16 @@ FORMAT = {"format": PACS_ARCHIVE_FORMAT, "version": 1}
 
 class ArchiveError(RuntimeError):
     """The archive cannot do what was asked (not an archive, locked, damaged)."""
+
+
+class ExportError(ArchiveError):
+    """A file cannot be exported: unknown UID, damaged archive, or an unwritable destination."""
+
+
+class UnknownInstance(ExportError, KeyError):
+    """No instance with that SOP Instance UID (a KeyError too, as it always was)."""
+
+    __str__ = ArchiveError.__str__  # KeyError would quote the message
 
 
 class Archive:
@@ -182,30 +196,82 @@ class Archive:
         Chunks are read from the shards and decoded with the array's codec directly:
         the same bytes and codec a zarr reader uses, without zarr's per-read overhead.
         """
-        row = self._row(sop_instance_uid)
+        return self.frames_of(self._row(sop_instance_uid))
+
+    def frames_of(self, row: dict[str, Any]) -> np.ndarray:
+        """The decoded frames a row (of any version, see `versions`) references."""
         pixels = row.get("pixels")
         if not pixels:
-            raise ArchiveError(f"{sop_instance_uid}: the instance has no pixel data")
+            raise ArchiveError(f"{row['SOPInstanceUID']}: the instance has no pixel data")
         first, count = pixels["first_frame"], pixels["frames"]
         return self.pixels.read_frames(pixels["array"], range(first, first + count))
 
     def _row(self, sop_instance_uid: str) -> dict[str, Any]:
+        problem = uid_problem("SOPInstanceUID", sop_instance_uid)
+        if problem is not None:
+            raise UnknownInstance(f"{_shown(sop_instance_uid)}: not in the archive ({problem})")
         row = self.index.get(sop_instance_uid)
         if row is None:
-            raise KeyError(f"{sop_instance_uid}: not in the archive")
+            raise UnknownInstance(f"{_shown(sop_instance_uid)}: not in the archive")
         return row
 
-    def export_bytes(self, sop_instance_uid: str) -> bytes:
-        """The original file of one instance, rebuilt byte for byte (a transcoded instance:
-        the same data set with its pixels in explicit VR little endian)."""
+    def versions(self, sop_instance_uid: str) -> list[dict[str, Any]]:
+        """Each kept version of one instance as its own row, oldest first; the current last.
+
+        An instance has several when files with its SOP Instance UID and its pixels but
+        other bytes came in (docs/archive.md); `export_bytes(uid, version=i)` rebuilds one.
+        """
+        return version_rows(self._row(sop_instance_uid))
+
+    def export_bytes(self, sop_instance_uid: str, version: int | None = None) -> bytes:
+        """The original file of one instance (the current version, or `version`: its position
+        in `versions()`), rebuilt and checked against its sha256 (a transcoded instance: the
+        same data set with its pixels in explicit VR little endian, its frames checked).
+
+        Raises ExportError naming the UID when it cannot be rebuilt exactly.
+        """
         row = self._row(sop_instance_uid)
+        chosen = row
+        if version is not None:
+            versions = version_rows(row)
+            if not 0 <= version < len(versions):
+                raise ExportError(
+                    f"{_shown(sop_instance_uid)}: no version {version} "
+                    f"(it has {len(versions)}, from 0)"
+                )
+            chosen = versions[version]
+        try:
+            data = self.rebuild(chosen)
+        except Exception as error:  # a damaged pack or shard can fail in any layer
+            raise ExportError(
+                f"{_shown(sop_instance_uid)}: cannot rebuild the file: {error!r}"
+            ) from None
+        if (
+            not chosen.get("transcoded")
+            and hashlib.sha256(data).hexdigest() != (chosen["source_sha256"])
+        ):
+            raise ExportError(
+                f"{_shown(sop_instance_uid)}: the rebuilt file differs from the archived file "
+                "(its sha256 does not match): the archive is damaged, see `pacs-engine verify`"
+            )
+        return data
+
+    def rebuild(self, row: dict[str, Any]) -> bytes:
+        """The file of one version's row, rebuilt but unchecked (`export_bytes` checks it).
+
+        A transcoded instance's frames are checked against their recorded hashes here,
+        since its file has no original to compare with.
+        """
         where = row["header"]
         with open(self.path / where["pack"], "rb") as f:
             f.seek(where["offset"])
             blob = HeaderBlob.from_bytes(f.read(where["length"]))
         pixels = row.get("pixels")
         if row.get("transcoded"):
-            return transcoded_file(blob, row, self.frames(sop_instance_uid))
+            frames = self.frames_of(row)
+            if row.get("frame_hashes") and [frame_hash(f) for f in frames] != row["frame_hashes"]:
+                raise ArchiveError("its frames do not decode to the archived pixels")
+            return transcoded_file(blob, row, frames)
         frames = bitstreams = layout = None
         if pixels and blob.kind != 0:
             layout = PixelLayout.from_attributes(row, row["pixel_keyword"])
@@ -214,28 +280,64 @@ class Archive:
                     pixels["array"], pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
                 )
             else:
-                frames = self.frames(sop_instance_uid)
+                frames = self.frames_of(row)
         return rebuild_file(
             blob, layout, row["little_endian"], row.get("pixel_vr"), frames, bitstreams
         )
 
     def export(
-        self, destination: str | os.PathLike, sop_instance_uids: Iterable[str] | None = None
+        self,
+        destination: str | os.PathLike,
+        sop_instance_uids: Iterable[str] | None = None,
+        all_versions: bool = False,
     ) -> list[Path]:
-        """Write original files as `destination/<Study>/<Series>/<SOP>.dcm`; returns the paths."""
+        """Write original files as `destination/<Study>/<Series>/<SOP>.dcm`; returns the paths.
+
+        Each file is checked against its sha256 before it is written; one that fails is
+        not written, the others are, and then ExportError names the first that failed
+        and how many did. Names are `safe_name`s of the
+        UIDs; files are written without following links (pacs_engine.archive.export).
+        With `all_versions`, each earlier version of an instance is written beside the
+        current one as `<SOP>_v<n>.dcm` (n from 1, oldest first).
+        """
         root = Path(destination)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = "not a folder" if isinstance(error, FileExistsError) else error.strerror
+            raise ExportError(f"{root}: cannot export into it: {reason}") from None
         uids = (
             list(sop_instance_uids)
             if sop_instance_uids is not None
             else [row["SOPInstanceUID"] for row in self.index]
         )
         written = []
+        damaged = []  # one file's damage does not stop the export of the others
         for uid in uids:
             row = self._row(uid)
-            target = root / row["StudyInstanceUID"] / row["SeriesInstanceUID"] / f"{uid}.dcm"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.export_bytes(uid))
-            written.append(target)
+            folders = [safe_name(row["StudyInstanceUID"]), safe_name(row["SeriesInstanceUID"])]
+            files = [(f"{safe_name(uid)}.dcm", None)]
+            if all_versions:
+                earlier = len(version_rows(row)) - 1
+                files += [(version_name(uid, i + 1), i) for i in range(earlier)]
+            for name, version in files:
+                try:
+                    data = self.export_bytes(uid, version)
+                except ExportError as error:
+                    damaged.append(str(error))
+                    continue
+                try:
+                    written.append(write_file(root, folders, name, data))
+                except OSError as error:
+                    raise ExportError(
+                        f"{error.filename or root}: cannot write {_shown(uid)}: {error.strerror}"
+                    ) from None
+        if damaged:
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            raise ExportError(
+                f"{len(damaged)} of {len(damaged) + len(written)} files not exported, the "
+                f"others were: {damaged[0]}{more}"
+            )
         return written
 
     def verify(
@@ -298,6 +400,11 @@ class Archive:
 def open_archive(path: str | os.PathLike, readonly: bool = True) -> Archive:
     """Open an existing archive (read-only unless asked)."""
     return Archive(path, readonly=readonly)
+
+
+def _shown(uid: str) -> str:
+    """A UID for a one-line message: as it is when printable, else quoted and escaped."""
+    return uid if uid.isprintable() and uid.strip() == uid and uid else repr(uid)
 
 
 def _with_ratio(counts: dict[str, int]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from pacs_engine.archive.prepare import (
 )
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import Outcome
+from pacs_engine.archive.versions import PENDING, kept_sha256s, version_rows, with_version
 from pacs_engine.codecs import (
     CodecError,
     Htj2kCodec,
@@ -62,7 +63,7 @@ from pacs_engine.inputs import (
     quarantine_record,
     read_input,
 )
-from pacs_engine.scanning import HEADER_KEYWORDS, scan
+from pacs_engine.scanning import scan
 from pacs_engine.storage import fsync_dirs, write_atomic
 
 
@@ -102,8 +103,21 @@ CODEC_CHOICES = ("auto", *CODECS, "blosc", *READ_OPTIMISED)
 BITSTREAM_COMPRESSORS = {
     "pacs_engine.dicom_rle": (BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle", typesize=1),)
 }
-COMPARED_KEYWORDS = tuple(k for k in HEADER_KEYWORDS if k != "TransferSyntaxUID")
+#: Attributes two versions of one instance must share: where the archive keeps it (its
+#: study and series) and the shape of its pixels (the pixel hash covers only their bytes).
+COMPARED_KEYWORDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "PixelRepresentation",
+)
 _CONFLICT = "conflict: same SOP Instance UID as an archived instance, but "
+#: What an absent attribute of COMPARED_KEYWORDS means (DICOM's defaults).
+_ABSENT = {"NumberOfFrames": 1, "SamplesPerPixel": 1, "PixelRepresentation": 0}
 
 
 @dataclass(frozen=True)
@@ -118,10 +132,13 @@ class Part:
 
 @dataclass
 class PartResult:
-    """What a part produced: rows to commit, duplicates of committed rows, one outcome per input."""
+    """What a part produced: rows to commit, new versions and duplicates of committed rows,
+    one outcome per input."""
 
     part: Part
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # (SOP Instance UID, the new version's row), in the order received
+    versions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     duplicates: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     arrays: dict[str, int] = field(default_factory=dict)  # array path -> frames end written
@@ -161,6 +178,30 @@ class _ArrayWriter:
             self.written = until
 
 
+@dataclass
+class _PartState:
+    """What the encoding of one part has gathered so far."""
+
+    part: Part
+    checks: Checks
+    writers: dict[str, _ArrayWriter] = field(default_factory=dict)
+    dirs: set[Path] = field(default_factory=set)  # folders whose new files must be durable
+    # The committed row of each SOP Instance UID met, as the part first found it (or None)
+    committed: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    kept: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # versions received
+    duplicates: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    undecoded: dict[str, Prepared] = field(default_factory=dict)  # a version without hashes
+    digests: dict[str, str] = field(default_factory=dict)  # bitstreams written, by file sha256
+    blobs: list[tuple[dict[str, Any], bytes]] = field(default_factory=list)
+
+    def view(self, sop: str) -> dict[str, Any] | None:
+        """The instance as it stands: its committed row with the part's versions of it."""
+        row = self.committed.get(sop)
+        for received in self.kept.get(sop, []):
+            row = received if row is None else with_version(row, received)
+        return row
+
+
 class PartEncoder:
     """Encodes parts for one archive; one per process, reused across parts."""
 
@@ -185,38 +226,30 @@ class PartEncoder:
         # Array specs are read afresh per part: since the last part, an array no row used
         # may have been removed by a run's tidy and created again with another codec.
         self.pixels = PixelStore(self.root / "pixels")
+        state = _PartState(part, checks)
         result = PartResult(part)
-        dirs: set[Path] = set()  # folders whose new files must be durable before the commit
-        writers: dict[str, _ArrayWriter] = {}
-        rows: dict[str, dict[str, Any]] = {}
-        undecoded: dict[str, Prepared] = {}  # rows of this part without pixel hashes
-        blobs: list[tuple[str, bytes]] = []
         for key in part.keys:
-            outcome = self._encode_one(
-                key, part, writers, rows, undecoded, blobs, result, dirs, checks
-            )
-            result.outcomes.append(outcome)
-        for path, writer in writers.items():
+            result.outcomes.append(self._encode_one(key, state))
+        for path, writer in state.writers.items():
             writer.flush()
             result.arrays[path] = writer.next
-        if blobs:
-            self._write_blobs(part.series_uid, blobs, rows, dirs)
-        fsync_dirs(dirs)
-        result.rows = list(rows.values())
+        if state.blobs:
+            self._write_blobs(part.series_uid, state.blobs, state.dirs)
+        fsync_dirs(state.dirs)
+        for sop, received in state.kept.items():
+            if state.committed[sop] is not None:  # versions of a committed row: merged at commit
+                result.versions += [(sop, row) for row in received]
+                continue
+            row = received[0]
+            for later in received[1:]:
+                row = with_version(row, later)
+            for duplicate in state.duplicates.pop(sop, []):
+                row = with_duplicate(row, duplicate)
+            result.rows.append(row)
+        result.duplicates = [(sop, d) for sop, found in state.duplicates.items() for d in found]
         return result
 
-    def _encode_one(
-        self,
-        key: str,
-        part: Part,
-        writers: dict[str, _ArrayWriter],
-        rows: dict[str, dict[str, Any]],
-        undecoded: dict[str, Prepared],
-        blobs: list[tuple[str, bytes]],
-        result: PartResult,
-        dirs: set[Path],
-        checks: Checks,
-    ) -> Outcome:
+    def _encode_one(self, key: str, state: _PartState) -> Outcome:
         try:
             data = read_input(InputRef.from_key(key))
         except InputError as error:
@@ -225,21 +258,32 @@ class PartEncoder:
             header = scan(data)
         except ScanError as error:
             return self.reject(key, data, str(error.reason))
-        if header.get("SeriesInstanceUID") != part.series_uid:
+        if header.get("SeriesInstanceUID") != state.part.series_uid:
             return self.reject(key, data, "the file changed since it was scanned")
         try:
             prepared = prepare(
-                key, data, header, self.config.get("transcode", False), checks.decode_bitstreams
+                key,
+                data,
+                header,
+                self.config.get("transcode", False),
+                state.checks.decode_bitstreams,
             )
         except PrepareError as error:
             return self.reject(key, data, str(error))
         sop = prepared.sop_instance_uid
-        prior = rows.get(sop) or self.index.get(sop)
+        if sop not in state.committed:
+            state.committed[sop] = self.index.get(sop)
+        prior = state.view(sop)
         if prior is not None:
+            if prepared.sha256 in kept_sha256s(prior):  # byte-identical: nothing new to keep
+                state.duplicates.setdefault(sop, []).append(
+                    {"path": key, "sha256": prepared.sha256}
+                )
+                return Outcome(key, "duplicate", prepared.size, sop=sop)
             hashes: dict[str, str | None] = {}
 
             def same_pixels() -> bool:
-                in_part = undecoded.get(sop) if prior is rows.get(sop) else None
+                in_part = state.undecoded.get(sop) if prior.get("pixel_hash") is None else None
                 hashes["archived"] = (
                     _pixel_hash_or_none(in_part)
                     if in_part is not None
@@ -249,44 +293,98 @@ class PartEncoder:
                 return hashes["archived"] == hashes["new"]
 
             try:
-                reason = conflict_reason(prior, prepared.sha256, header.attributes, same_pixels)
+                reason = conflict_reason(prior, header.attributes, same_pixels)
             except PrepareError as error:  # its bitstreams do not decode
                 return self.reject(key, data, str(error))
-            if reason is None:
-                duplicate = {"path": key, "sha256": prepared.sha256}
-                if sop in rows:
-                    rows[sop] = with_duplicate(rows[sop], duplicate)
-                else:
-                    result.duplicates.append((sop, duplicate))
-                return Outcome(key, "duplicate", prepared.size, sop=sop)
-            quarantine_conflict(
-                self.quarantine, key, data, prepared.sha256, reason, prior, sop, hashes
-            )
-            return Outcome(key, "conflict", prepared.size, reason=reason, sop=sop)
+            if reason is not None:
+                quarantine_conflict(
+                    self.quarantine, key, data, prepared.sha256, reason, prior, sop, hashes
+                )
+                return Outcome(key, "conflict", prepared.size, reason=reason, sop=sop)
         try:
-            pixels, stored = self._write_pixels(prepared, part, writers, dirs, checks)
+            pixels, stored = self._place_pixels(prepared, prior, state)
         except (CodecError, ValueError) as error:
             return self.reject(key, data, f"cannot store the pixels: {error}")
         blob = prepared.blob.to_bytes()
-        blobs.append((sop, blob))
-        rows[sop] = new_row(prepared, pixels, stored + len(blob))
+        row = new_row(prepared, pixels, stored + len(blob))
+        state.blobs.append((row, blob))
+        state.kept.setdefault(sop, []).append(row)
         with contextlib.suppress(InputError):  # provenance only: a vanished source costs it
             source = archived_row(InputRef.from_key(key))
             if source is not None and source.get("duplicates"):
                 # Copied from another archive: the files it found identical. Kept apart from
                 # `duplicates`, which lists this archive's own inputs.
-                rows[sop]["source_duplicates"] = source["duplicates"]
+                row["source_duplicates"] = source["duplicates"]
         if prepared.frame_hashes is None:
-            undecoded[sop] = prepared
+            state.undecoded.setdefault(sop, prepared)
         return Outcome(
             key,
             "archived",
             prepared.size,
-            raw=prepared.raw_pixel_bytes,
+            raw=prepared.raw_pixel_bytes if stored else 0,
             stored=stored + len(blob),
             sop=sop,
             undecoded=prepared.frame_hashes is None,
+            version=prior is not None,
         )
+
+    def _place_pixels(
+        self, prepared: Prepared, prior: dict[str, Any] | None, state: _PartState
+    ) -> tuple[dict | None, int]:
+        """The pixel reference of an instance being archived and the pixel bytes it adds.
+
+        A new version of an archived instance uses the pixels of a kept version when
+        they rebuild its file too; otherwise its own frames are written.
+        """
+        if prior is not None:
+            shared = self._shared_pixels(prepared, prior, state)
+            if shared is not None:
+                return shared, 0
+        pixels, stored = self._write_pixels(
+            prepared, state.part, state.writers, state.dirs, state.checks
+        )
+        if prepared.storage == "bitstream":
+            state.digests[prepared.sha256] = _bitstreams_digest(prepared.bitstreams)
+        return pixels, stored
+
+    def _shared_pixels(
+        self, prepared: Prepared, prior: dict[str, Any], state: _PartState
+    ) -> dict | None:
+        """The pixel reference of a kept version whose stored pixels are this file's (or None).
+
+        Versions have the same decoded pixels (or they would conflict). Frames stored
+        with the archive codec in the array this file's frames would go to are then
+        its frames; original bitstreams are its own only when byte-identical.
+        """
+        if prepared.storage == "none":
+            return None
+        path = self.pixels.array_path(state.part.series_uid, self._array_for(prepared)[0])
+        for version in reversed(version_rows(prior)):
+            reference = version.get("pixels")
+            if not reference or reference["array"] != path:
+                continue
+            if version.get("pixel_storage") != prepared.storage:
+                continue
+            if prepared.storage == "native":
+                return reference
+            if self._stored_digest(version, state) == _bitstreams_digest(prepared.bitstreams):
+                return reference
+        return None
+
+    def _stored_digest(self, version: dict[str, Any], state: _PartState) -> str | None:
+        """The digest of a kept version's original bitstreams (None: they cannot be read)."""
+        digest = state.digests.get(version["source_sha256"])
+        if digest is not None:  # written by this part: maybe not on disk yet
+            return digest
+        reference = version["pixels"]
+        first = reference["first_frame"]
+        try:
+            stored = self.pixels.read_bitstreams(
+                reference["array"], first, first + reference["frames"]
+            )
+        except Exception:  # damaged: the new version keeps its own copy
+            return None
+        return _bitstreams_digest(stored)
 
     def reject(self, key: str, data: bytes | None, reason: str) -> Outcome:
         """Quarantine one input with its reason (reading it if the caller has not)."""
@@ -435,38 +533,38 @@ class PartEncoder:
     def _write_blobs(
         self,
         series_uid: str,
-        blobs: list[tuple[str, bytes]],
-        rows: dict[str, dict[str, Any]],
+        blobs: list[tuple[dict[str, Any], bytes]],
         dirs: set[Path],
     ) -> None:
-        """Write the part's header blobs as one pack file and point the rows at them."""
+        """Write the part's header blobs as one pack file and point their rows at them."""
         name = f"headers/{series_uid}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.pack"
         offset = 0
-        for sop, blob in blobs:
-            rows[sop]["header"] = {"pack": name, "offset": offset, "length": len(blob)}
+        for row, blob in blobs:
+            row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
             offset += len(blob)
         write_atomic(self.root / name, b"".join(blob for _, blob in blobs), dirs)
 
 
 def conflict_reason(
-    prior: dict[str, Any],
-    sha256: str,
-    attributes: dict[str, Any],
-    same_pixels: Callable[[], bool],
+    prior: dict[str, Any], attributes: dict[str, Any], same_pixels: Callable[[], bool]
 ) -> str | None:
-    """Why an instance with an archived SOP Instance UID is a conflict; None for a duplicate.
+    """Why a file with an archived SOP Instance UID (other bytes) is a conflict; None for a
+    new version of the instance.
 
-    A duplicate has the same header attributes (the transfer syntax aside) and the
-    same decoded pixels. `same_pixels` may decode, so it is asked last and not at
-    all when the file's bytes are those of the archived one or of a known duplicate.
+    A version is in the same study and series, with pixels of the same shape and the
+    same decoded values; any other attribute may differ. `same_pixels` may decode,
+    so it is asked last.
     """
-    differs = [k for k in COMPARED_KEYWORDS if attributes.get(k) != prior.get(k)]
+    differs = [k for k in COMPARED_KEYWORDS if _compared(attributes, k) != _compared(prior, k)]
     if differs:
         return f"{_CONFLICT}different {', '.join(differs)}"
-    known = {prior.get("source_sha256")} | {d["sha256"] for d in prior.get("duplicates", [])}
-    if sha256 in known or same_pixels():
-        return None
-    return f"{_CONFLICT}different pixels"
+    return None if same_pixels() else f"{_CONFLICT}different pixels"
+
+
+def _compared(attributes: dict[str, Any], keyword: str) -> Any:
+    """An attribute as versions are compared: absent or empty is DICOM's default."""
+    value = attributes.get(keyword)
+    return _ABSENT.get(keyword) if value is None else value
 
 
 def _pixel_hash_or_none(prepared: Prepared) -> str | None:
@@ -579,8 +677,18 @@ def new_row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, A
         "stored_bytes": stored,
         "duplicates": [],
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": PENDING,  # the commit names the run
     }
     return row
+
+
+def _bitstreams_digest(bitstreams: list[bytes]) -> str:
+    """One sha256 for a list of bitstreams (their lengths included: no two lists share it)."""
+    digest = hashlib.sha256()
+    for bitstream in bitstreams:
+        digest.update(len(bitstream).to_bytes(8, "little"))
+        digest.update(bitstream)
+    return digest.hexdigest()
 
 
 def _sha256(data: bytes) -> str:

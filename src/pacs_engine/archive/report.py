@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pacs_engine.archive.versions import CURRENT_REASON
+
 OUTCOMES = ("archived", "duplicate", "conflict", "quarantined")
 
 
@@ -22,6 +24,7 @@ class Outcome:
     reason: str | None = None  # why, for a conflict or a quarantined input
     sop: str | None = None
     undecoded: bool = False  # archived with original bitstreams no one has decoded yet
+    version: bool = False  # archived as a new version of an instance the archive had
 
     def to_bytes(self) -> bytes:
         """The journal's record of it."""
@@ -35,10 +38,15 @@ class Outcome:
 
 @dataclass
 class IngestReport:
-    """Counts of one ingest; inputs = archived + duplicates + conflicts + quarantined."""
+    """Counts of one ingest; inputs = archived + duplicates + conflicts + quarantined.
+
+    `versions` counts the archived inputs that are new versions of an instance (same
+    SOP Instance UID and pixels, other bytes); `duplicates` only byte-identical copies.
+    """
 
     inputs: int = 0
     archived: int = 0
+    versions: int = 0  # of the archived: new versions of an instance already archived
     duplicates: int = 0
     conflicts: int = 0
     quarantined: int = 0
@@ -59,6 +67,7 @@ class IngestReport:
         self.input_bytes += outcome.size
         if outcome.outcome == "archived":
             self.archived += 1
+            self.versions += outcome.version
             self.archived_undecoded += outcome.undecoded
             self.raw_bytes += outcome.raw
             self.stored_bytes += outcome.stored
@@ -86,6 +95,8 @@ class IngestReport:
             "run": self.run,
             "inputs": self.inputs,
             "archived": self.archived,
+            "versions": self.versions,
+            "current_version": CURRENT_REASON,
             "duplicates": self.duplicates,
             "conflicts": self.conflicts,
             "quarantined": self.quarantined,

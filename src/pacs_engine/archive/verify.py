@@ -10,12 +10,14 @@ check kills a worker again is reported as a mismatch, not a crash of `verify`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.prepare import frame_hash
+from pacs_engine.archive.versions import version_rows
 
 if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
@@ -45,13 +47,31 @@ class VerifyReport:
 
 
 def check_instance(archive: Archive, row: dict[str, Any]) -> tuple[int, str | None]:
-    """Frames checked and what is wrong with one instance (None: nothing)."""
-    uid = row["SOPInstanceUID"]
+    """Frames checked and what is wrong with one instance, every kept version (None: nothing)."""
+    problems = []
+    frames = 0
+    checked: set[str] = set()  # pixel references already decoded (versions share them)
+    versions = version_rows(row)
+    for number, version in enumerate(versions):
+        count, problem = _check_version(archive, version, checked)
+        frames += count
+        if problem:
+            which = f"version {number} ({version['source_sha256'][:12]}): " * (len(versions) > 1)
+            problems.append(which + problem)
+    return frames, "; ".join(problems) or None
+
+
+def _check_version(
+    archive: Archive, row: dict[str, Any], checked: set[str]
+) -> tuple[int, str | None]:
+    """Frames checked and what is wrong with one version of an instance (None: nothing)."""
     problems = []
     frames = 0
     try:
-        if row.get("pixels"):
-            hashes = [frame_hash(f) for f in archive.frames(uid)]
+        reference = json.dumps(row.get("pixels"), sort_keys=True)
+        if row.get("pixels") and reference not in checked:
+            checked.add(reference)
+            hashes = [frame_hash(f) for f in archive.frames_of(row)]
             frames = len(hashes)
             # Original bitstreams kept undecoded have no recorded hashes: decoding them is
             # the check, and the rebuilt file's sha256 below proves their bytes.
@@ -59,7 +79,7 @@ def check_instance(archive: Archive, row: dict[str, Any]) -> tuple[int, str | No
             bad = [i for i, (a, b) in enumerate(zip(hashes, recorded, strict=True)) if a != b]
             if bad:
                 problems.append(f"frames {bad} do not decode to the source pixels")
-        rebuilt = archive.export_bytes(uid)
+        rebuilt = archive.rebuild(row)
         if not row.get("transcoded") and (
             hashlib.sha256(rebuilt).hexdigest() != row["source_sha256"]
         ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from pacs_engine.archive.versions import version_rows
 from pacs_engine.index import Index
 from pacs_engine.ingest.journal import Planned
 
@@ -17,9 +18,10 @@ def committed_end(index: Index, series_uid: str) -> int:
     """The end of the frames committed rows of the series use, in any of its arrays."""
     end = 0
     for row in index.iter_series(series_uid):
-        pixels = row.get("pixels")
-        if pixels:
-            end = max(end, pixels["first_frame"] + pixels["frames"])
+        for version in version_rows(row):  # earlier versions may have frames of their own
+            pixels = version.get("pixels")
+            if pixels:
+                end = max(end, pixels["first_frame"] + pixels["frames"])
     return end
 
 
@@ -38,7 +40,7 @@ def plan_parts(planned: Iterable[Planned], per_shard: int) -> Iterator[tuple[lis
     for entry in planned:
         if group and entry.sop_instance_uid != group[0].sop_instance_uid:
             part += group
-            frames += max(e.frames for e in group)  # only one of them is stored
+            frames += sum(e.frames for e in group)  # each version may need its own
             group = []
             if frames >= per_shard:
                 yield part, align(frames, per_shard)
@@ -46,6 +48,6 @@ def plan_parts(planned: Iterable[Planned], per_shard: int) -> Iterator[tuple[lis
         group.append(entry)
     if group:
         part += group
-        frames += max(e.frames for e in group)
+        frames += sum(e.frames for e in group)
     if part:
         yield part, align(frames, per_shard)

@@ -40,6 +40,7 @@ from pacs_engine.archive.encoder import (
     with_duplicate,
 )
 from pacs_engine.archive.report import IngestReport, Outcome
+from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
 from pacs_engine.index.core import IndexWriter
 from pacs_engine.ingest import session, tasks
 from pacs_engine.ingest.executors import InlineExecutor, make_executor, worker_died
@@ -412,7 +413,7 @@ class _Run:
         waiting.parts += len(groups) - 1
         per_shard = self.archive.config["frames_per_shard"]
         for group in groups.values():
-            span = align(max(entry.frames for entry in group), per_shard)
+            span = align(sum(entry.frames for entry in group), per_shard)  # each version may need its own
             alone = Part(part.series_uid, waiting.end, span, tuple(e.key for e in group))
             waiting.end += span  # after every part placed: no shard is shared
             waiting.out[alone] = group
@@ -432,7 +433,7 @@ class _Run:
                 self._collect_parts(run, in_flight)
 
     def _commit(self, run: str, results: Iterable[PartResult]) -> None:
-        """Commit a series' parts (rows, duplicates, outcomes) in one index transaction.
+        """Commit a series' parts (rows, versions, duplicates, outcomes) in one index transaction.
 
         One transaction per series, so that readers never see part of a series. It is
         fed a part at a time (`results` may be read from disk as it goes), so memory
@@ -456,7 +457,7 @@ class _Run:
         self._notify("encoding")
 
     def _commit_part(self, run: str, index: IndexWriter, result: PartResult) -> None:
-        """Add one part's rows, duplicates and outcomes to its series' transaction."""
+        """Add one part's rows, versions, duplicates and outcomes to its series' transaction."""
         outcomes = {o.key: o for o in result.outcomes}
         rows = {row["SOPInstanceUID"]: row for row in result.rows}
         # Rows this part changes; a SOP UID's inputs are all in one part, and earlier parts'
@@ -468,39 +469,48 @@ class _Run:
             prior = index.row(sop)
             if prior is not None:
                 del rows[sop]
-                # The row and the duplicates found of it in its part: each is now judged
-                # against the committed row.
-                sources = [(row["source_path"], row["source_sha256"])]
-                sources += [(d["path"], d["sha256"]) for d in row["duplicates"]]
-                for key, sha256 in sources:
-                    source = {**row, "source_path": key, "source_sha256": sha256}
-                    outcomes[key] = self._late_conflict(prior, source, updated, outcomes[key])
+                # Each version of the row and the duplicates found of it in its part: each
+                # is now judged against the committed row.
+                sources = [(v["source_path"], v) for v in version_rows(row)]
+                sources += [
+                    (d["path"], {**row, "source_sha256": d["sha256"]}) for d in row["duplicates"]
+                ]
+                for key, source in sources:
+                    outcomes[key] = self._late_conflict(prior, key, source, updated, outcomes[key])
+        for sop, version in result.versions:  # versions of committed rows, in order received
+            updated[sop] = with_version(updated.get(sop) or index.row(sop), version)
         for sop, duplicate in result.duplicates:
             current = updated.get(sop) or index.row(sop)
             if current is None:  # cannot happen: the worker saw it committed
                 raise RuntimeError(f"{sop}: duplicate of a row that is not in the index")
             updated[sop] = with_duplicate(current, duplicate)
+        committed = [with_run(row, run) for row in (*rows.values(), *updated.values())]
         journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
-        index.add([*rows.values(), *updated.values()], journal=journal)
+        index.add(committed, journal=journal)
         for outcome in outcomes.values():
             self.report.count(outcome)
 
     def _late_conflict(
         self,
         prior: dict[str, Any],
+        key: str,
         row: dict[str, Any],
         updated: dict[str, dict[str, Any]],
         outcome: Outcome,
     ) -> Outcome:
-        """The outcome of an input whose SOP UID another part committed after its worker looked."""
-        key, sop = row["source_path"], row["SOPInstanceUID"]
-        # The prior is another series' row, or one of this series under another Instance
-        # Number: a header differs, so a conflict whatever the pixels, never a duplicate.
-        reason = conflict_reason(prior, row["source_sha256"], row, lambda: False)
-        if reason is None:
-            duplicate = {"path": key, "sha256": row["source_sha256"]}
-            updated[sop] = with_duplicate(updated.get(sop) or prior, duplicate)
+        """The outcome of an input whose SOP UID another part committed after its worker looked.
+
+        `row` is the input's version (for a duplicate: the row it duplicated, with its sha256).
+        """
+        sop = row["SOPInstanceUID"]
+        current = updated.get(sop) or prior
+        if row["source_sha256"] in kept_sha256s(current):
+            updated[sop] = with_duplicate(current, {"path": key, "sha256": row["source_sha256"]})
             return Outcome(key, "duplicate", outcome.size, sop=sop)
+        # The prior is another series' row, or one of this series under another Instance
+        # Number (planned in another part): a header differs, so a conflict whatever the
+        # pixels, never a version.
+        reason = conflict_reason(current, row, lambda: False) or "conflict: archived meanwhile"
         try:
             data = read_input(InputRef.from_key(key))
         except InputError:
@@ -511,7 +521,7 @@ class _Run:
             data,
             row["source_sha256"],
             reason,
-            prior,
+            current,
             sop,
             {},
         )

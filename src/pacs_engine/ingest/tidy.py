@@ -11,9 +11,11 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.archive import ArchiveError
+from pacs_engine.archive.pixel_store import PixelStore
+from pacs_engine.archive.versions import version_rows
 from pacs_engine.ingest import session
 from pacs_engine.storage import remove_stale_temporaries
 
@@ -50,16 +52,9 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     shards: dict[str, set[int]] = {}
     packs: set[str] = set()
     for row in archive.index.iter_series(series_uid):  # a chunk of rows at a time
-        packs.add(row["header"]["pack"])
-        reference = row.get("pixels")
-        if reference:
-            path, first = reference["array"], reference["first_frame"]
-            last = first + reference["frames"]
-            ends[path] = max(ends.get(path, 0), last)
-            per_shard, _ = pixels.grid(path)
-            shards.setdefault(path, set()).update(
-                range(first // per_shard, (last - 1) // per_shard + 1)
-            )
+        for version in version_rows(row):  # earlier versions keep their own files
+            packs.add(version["header"]["pack"])
+            _add_frames(pixels, version.get("pixels"), ends, shards)
     for path in pixels.arrays(series_uid):
         if path not in ends:
             tidied.remove(pixels.root / path)
@@ -79,6 +74,23 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     for empty in (pixels.root / series_uid, folder):
         if empty.is_dir() and not any(empty.iterdir()):
             empty.rmdir()
+
+
+def _add_frames(
+    pixels: PixelStore,
+    reference: dict[str, Any] | None,
+    ends: dict[str, int],
+    shards: dict[str, set[int]],
+) -> None:
+    """Count the frames and shards a pixel reference uses."""
+    if reference:
+        path, first = reference["array"], reference["first_frame"]
+        last = first + reference["frames"]
+        ends[path] = max(ends.get(path, 0), last)
+        per_shard, _ = pixels.grid(path)
+        shards.setdefault(path, set()).update(
+            range(first // per_shard, (last - 1) // per_shard + 1)
+        )
 
 
 def remove_temporaries(archive: Archive) -> None:

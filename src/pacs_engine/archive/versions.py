@@ -1,0 +1,81 @@
+"""Versions of one instance: files with one SOP Instance UID and the same pixels, other bytes.
+
+An index row describes the current version at its top level, as rows always did. Once
+an instance has a second version the row also holds `versions`, oldest first: each
+earlier version as a complete record (its header attributes, header blob, pixel
+reference, sha256, ...), enough to rebuild its file, and last a summary of the
+current one (`"current": true`), plus `current_reason`. A row without `versions`
+(every row of an instance seen once, and every row written before versions existed)
+has one version: itself.
+
+Every row records the ingest `run` that received its current version (rows written
+before this have none). A worker does not know the run: it writes PENDING, and the
+commit puts the run in its place (`with_run`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Fields of a row that belong to the instance, not to one of its versions.
+INSTANCE_FIELDS = ("versions", "current_reason", "duplicates", "source_duplicates")
+#: Fields of the summary of the current version in `versions` (the row holds the rest).
+SUMMARY_FIELDS = ("source_path", "source_sha256", "file_size", "ingested_at", "stored_bytes")
+PENDING = ""  # the run of a version not committed yet
+CURRENT_REASON = (
+    "received last: the version of the latest ingest run (within one run, the last in "
+    "the run's plan order)"
+)
+
+
+def version_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each kept version of the instance as a row of its own, oldest first; the current last."""
+    earlier = [v for v in row.get("versions", []) if not v.get("current")]
+    return [*earlier, row]
+
+
+def kept_sha256s(row: dict[str, Any]) -> set[str]:
+    """The sha256 of every version whose bytes the archive keeps."""
+    return {v["source_sha256"] for v in version_rows(row)}
+
+
+def with_version(row: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `row` whose current version is `new` (the row of a newly received version).
+
+    The version that was current becomes a complete record in `versions`; the
+    instance's own fields (duplicates, ...) stay; `stored_bytes` counts every version.
+    """
+    earlier = [v for v in row.get("versions", []) if not v.get("current")]
+    own_stored = _own_stored_bytes(row)
+    demoted = {k: v for k, v in row.items() if k not in INSTANCE_FIELDS}
+    demoted |= {"stored_bytes": own_stored, "run": row.get("run")}
+    versions = [*earlier, demoted, _summary(new)]
+    merged = {k: v for k, v in new.items() if k not in INSTANCE_FIELDS}
+    merged |= {k: row[k] for k in INSTANCE_FIELDS if k in row}
+    merged |= {
+        "versions": versions,
+        "current_reason": CURRENT_REASON,
+        "stored_bytes": sum(v["stored_bytes"] for v in versions),
+    }
+    return merged
+
+
+def with_run(row: dict[str, Any], run: str) -> dict[str, Any]:
+    """A copy of `row` whose versions received by this run (PENDING) name it."""
+    stamped = {**row, "run": run} if row.get("run") == PENDING else dict(row)
+    if "versions" in row:
+        stamped["versions"] = [
+            {**v, "run": run} if v.get("run") == PENDING else v for v in row["versions"]
+        ]
+    return stamped
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    """The entry of the current version in `versions`."""
+    return {**{k: row.get(k) for k in SUMMARY_FIELDS}, "run": row.get("run"), "current": True}
+
+
+def _own_stored_bytes(row: dict[str, Any]) -> int:
+    """Bytes stored for the current version alone."""
+    versions = row.get("versions")
+    return versions[-1]["stored_bytes"] if versions else row.get("stored_bytes", 0)
