@@ -413,7 +413,8 @@ class _Run:
         waiting.parts += len(groups) - 1
         per_shard = self.archive.config["frames_per_shard"]
         for group in groups.values():
-            span = align(sum(entry.frames for entry in group), per_shard)  # each version may need its own
+            # Each version may need frames of its own.
+            span = align(sum(entry.frames for entry in group), per_shard)
             alone = Part(part.series_uid, waiting.end, span, tuple(e.key for e in group))
             waiting.end += span  # after every part placed: no shard is shared
             waiting.out[alone] = group
