@@ -50,8 +50,9 @@ class Quarantine:
         """Quarantine one input (reading it if `data` is None); its size and full reason.
 
         Whole bytes are kept, but of an input over the policy's size limit, or not
-        DICOM (unless `policy.keep_non_dicom`), only the head, streamed through its
-        sha256 so that no more than a chunk of it is in memory.
+        DICOM (unless `policy.keep_non_dicom`), only the first HEAD_BYTES (all of a
+        smaller one), streamed through its sha256 so that no more than a chunk of it
+        is in memory.
         """
         whole = policy.keep_non_dicom or not reason.startswith(NOT_DICOM)
         ref = InputRef.from_key(key)
@@ -71,7 +72,10 @@ class Quarantine:
             unread = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
             self.add(key, None, unread, reason, **details)
             return 0, reason
-        self.add(key, None, sha256, reason, head=head, size=size, **details)
+        if size <= len(head):  # the head is the whole: kept as the whole
+            self.add(key, head, sha256, reason, **details)
+        else:
+            self.add(key, None, sha256, reason, head=head, size=size, **details)
         return size, reason
 
     def add(
