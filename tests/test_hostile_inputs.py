@@ -36,13 +36,16 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def instance(uid: str, comment: str = "") -> bytes:
-    """CT_small with another SOP Instance UID: a distinct instance of the same series."""
+def instance(uid: str, padding: int = 0) -> bytes:
+    """CT_small with another SOP Instance UID: a distinct instance of the same series,
+    made bigger by a private OB element of `padding` bytes."""
     dataset = pydicom.dcmread(sample_data_dir() / "CT_small.dcm")
     dataset.SOPInstanceUID = uid
     dataset.file_meta.MediaStorageSOPInstanceUID = uid
-    if comment:
-        dataset.ImageComments = comment
+    if padding:
+        dataset.private_block(0x0009, "PACS ENGINE TEST", create=True).add_new(
+            0x01, "OB", bytes(padding)
+        )
     out = io.BytesIO()
     dataset.save_as(out)
     return out.getvalue()
@@ -233,20 +236,25 @@ def test_inputs_over_the_limit_keep_a_head_and_a_hash(tmp_path: Path) -> None:
     ct = (sample_data_dir() / "CT_small.dcm").read_bytes()
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "ct.dcm").write_bytes(ct)
-    big = instance("1.2.3.4", comment="x" * 200_000)
+    big = instance("1.2.3.4", padding=200_000)
     tar = tmp_path / "src" / "t.tar"
     write_members(tar, [("big.dcm", big)])
+    other = instance("1.2.3.5", padding=200_001)  # a file this time
+    (tmp_path / "src" / "big.dcm").write_bytes(other)
     limit = 100_000
     report, archive = ingest(tmp_path, [tmp_path / "src"], max_input_bytes=limit)
     with archive:
         kept = records(archive)
         root = archive.quarantine.root
-    assert (report.inputs, report.archived, report.quarantined) == (2, 1, 1)
-    record = kept[f"{tar}::big.dcm"]
-    assert record["reason"] == f"too large: {len(big)} bytes, more than the limit of {limit} bytes"
-    assert (record["sha256"], record["size"]) == (sha(big), len(big))
-    assert (root / f"{sha(big)}.head").read_bytes() == big[: 1 << 16]
-    assert report.input_bytes == len(ct) + len(big)  # its bytes are counted, not lost
+    assert (report.inputs, report.archived, report.quarantined) == (3, 1, 2)
+    for key, data in ((f"{tar}::big.dcm", big), (str(tmp_path / "src" / "big.dcm"), other)):
+        record = kept[key]
+        assert record["reason"] == (
+            f"too large: {len(data)} bytes, more than the limit of {limit} bytes"
+        )
+        assert (record["sha256"], record["size"]) == (sha(data), len(data))
+        assert (root / f"{sha(data)}.head").read_bytes() == data[: 1 << 16]
+    assert report.input_bytes == len(ct) + len(big) + len(other)  # counted, not lost
 
 
 def test_not_dicom_keeps_a_head_by_default_and_the_whole_on_request(tmp_path: Path) -> None:
@@ -359,6 +367,12 @@ def test_links_are_not_followed_by_default_and_each_is_reported(
     inventory = take_inventory([source], threads=1)
     assert inventory.files == 1
     assert {Path(p).name: r for p, r in inventory.problems} == reasons
+    scanned = run_cli("scan", str(source), "--json")
+    assert {Path(p["path"]).name: p["reason"] for p in json.loads(scanned.stdout)["problems"]} == (
+        reasons
+    )
+    followed = json.loads(run_cli("scan", str(source), "--json", "--follow-links").stdout)
+    assert (followed["files"], followed["instances"]) == (5, 3)  # 2 of 5 are the secret
 
 
 def test_followed_links_are_read_once_and_never_loop(

@@ -492,7 +492,7 @@ def _zip_listed(info: zipfile.ZipInfo) -> bool:
 
 def _zip_problem(info: zipfile.ZipInfo) -> str | None:
     mode = info.external_attr >> 16
-    if info.create_system == 3 and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # Unix file type bits, when set
         return f"not a regular file: {file_kind(mode)} member"
     if info.flag_bits & 0x1:
         return "encrypted member: cannot be read without the password"
