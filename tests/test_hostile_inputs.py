@@ -467,3 +467,20 @@ def test_a_file_replaced_by_a_fifo_after_the_walk_does_not_hang(tmp_path: Path) 
         str(src / "a.dcm"): "not a regular file: fifo",  # met by the scan
         str(src / "b.dcm"): "not a regular file: fifo",  # met by the encode
     }
+
+
+def test_the_size_limit_and_link_policy_from_the_command_line(
+    tmp_path: Path, linked: dict[str, Path]
+) -> None:
+    source = linked["source"]
+    target = tmp_path / "archive"
+    options = ["--workers", "0", "--json", "--max-input-bytes", "20K", "--follow-links"]
+    done = run_cli("ingest", str(source), "--archive", str(target), *options)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    # Every DICOM file (a.dcm, its link, out.dcm) is over 20 KiB: quarantined, not read.
+    assert (report["inputs"], report["archived"], report["balanced"]) == (7, 0, True)
+    assert report["quarantine_reasons"]["too large"] == 3
+    refused = run_cli("ingest", str(source), "--archive", str(target), "--max-input-bytes", "0")
+    assert refused.returncode == 2
+    assert "not a positive number of bytes: '0'" in refused.stderr
