@@ -433,6 +433,7 @@ def test_a_file_replaced_by_a_fifo_after_the_walk_does_not_hang(tmp_path: Path) 
     (tmp_path / "src").mkdir()
     for name, uid in (("a.dcm", "1.2.3.10"), ("b.dcm", "1.2.3.11"), ("c.dcm", "1.2.3.12")):
         (tmp_path / "src" / name).write_bytes(instance(uid))
+    write_members(tmp_path / "src" / "t.tar", [("m.dcm", instance("1.2.3.13"))])
     code = f"""
         import json, os
         from pacs_engine.archive import Archive, open_archive
@@ -446,6 +447,7 @@ def test_a_file_replaced_by_a_fifo_after_the_walk_does_not_hang(tmp_path: Path) 
 
         def swapped(root, keys, *rest):
             fifo("a.dcm")  # listed, not scanned yet
+            fifo("t.tar")  # its members listed, not read yet
             result = scan_task(root, keys, *rest)
             fifo("b.dcm")  # scanned, not encoded yet
             return result
@@ -460,12 +462,13 @@ def test_a_file_replaced_by_a_fifo_after_the_walk_does_not_hang(tmp_path: Path) 
     done = run_capped(code, 8 << 30, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report, reasons = json.loads(done.stdout.splitlines()[-1])
-    assert (report["inputs"], report["archived"], report["quarantined"]) == (3, 1, 2)
+    assert (report["inputs"], report["archived"], report["quarantined"]) == (4, 1, 3)
     assert report["balanced"]
     src = tmp_path / "src"
     assert reasons == {
         str(src / "a.dcm"): "not a regular file: fifo",  # met by the scan
         str(src / "b.dcm"): "not a regular file: fifo",  # met by the encode
+        f"{src / 't.tar'}::m.dcm": "cannot read archive: not a regular file: fifo",
     }
 
 

@@ -174,7 +174,7 @@ def _marker_is_ours(path: str, inode: int, size: int, mtime_ns: int) -> bool:
     Cached: every instance key of an archive source asks again.
     """
     try:
-        with open(os.path.join(path, PACS_ARCHIVE_MARKER), "rb") as file:
+        with _open_regular(os.path.join(path, PACS_ARCHIVE_MARKER))[0] as file:
             marker = json.loads(file.read(1 << 20))
     except (OSError, ValueError):  # unreadable or damaged: an archive that will say so
         return True
@@ -326,26 +326,40 @@ def read_chunks(ref: InputRef, policy: InputPolicy = DEFAULT_POLICY) -> Iterator
 
 @contextlib.contextmanager
 def _open_file(ref: InputRef, policy: InputPolicy) -> Iterator[tuple[IO[bytes], int]]:
-    """The input file, open, and its size: a regular file, or InputError.
+    """The input file, open, and its size; InputError unless it is a regular file.
 
-    Opened without blocking (a fifo put in its place would wait forever for a
-    writer), and without following a link unless the policy says so.
+    Not through a link unless the policy follows links: a file swapped for one
+    after the walk is refused.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not policy.follow_links:
-        flags |= os.O_NOFOLLOW
     try:
-        fd = os.open(ref.container, flags)
+        file, size = _open_regular(ref.container, policy.follow_links)
+    except _NotRegular as error:
+        raise InputError(ref.key, error.strerror) from None
     except OSError as error:
         if error.errno == errno.ELOOP and not policy.follow_links:
             raise InputError(ref.key, "symbolic link: not followed") from None
         raise InputError(ref.key, f"cannot read: {_os_reason(error)}") from None
-    info = os.fstat(fd)
+    with file:
+        yield file, size
+
+
+class _NotRegular(OSError):
+    """A path that names a fifo, a device or a socket, not a file."""
+
+
+def _open_regular(path: str, follow_links: bool = True) -> tuple[IO[bytes], int]:
+    """A regular file open for reading, and its size (what was opened is checked).
+
+    Opened without blocking: a fifo put where a file was would wait forever for a
+    writer. Raises OSError, `_NotRegular` for anything but a file.
+    """
+    extra = os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    file = open(path, "rb", opener=lambda name, flags: os.open(name, flags | extra))  # noqa: SIM115
+    info = os.fstat(file.fileno())
     if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise InputError(ref.key, f"not a regular file: {file_kind(info.st_mode)}")
-    with open(fd, "rb") as file:
-        yield file, info.st_size
+        file.close()
+        raise _NotRegular(errno.EINVAL, f"not a regular file: {file_kind(info.st_mode)}")
+    return file, info.st_size
 
 
 def _read(file: IO[bytes], size: int, key: str) -> bytes:
@@ -387,7 +401,7 @@ def _make_ref(
 
 
 def _walk_zip(path: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
-    with zipfile.ZipFile(path) as archive:
+    with _open_regular(path)[0] as file, zipfile.ZipFile(file) as archive:
         entries = [
             (info.filename, _zip_problem(info)) for info in archive.infolist() if _zip_listed(info)
         ]
@@ -503,9 +517,10 @@ def _zip_problem(info: zipfile.ZipInfo) -> str | None:
 
 
 def _open_tar_stream(path: str, kind: str) -> IO[bytes]:
+    file = _open_regular(path)[0]
     if kind == "tar":
-        return open(path, "rb")
-    with open(path, "rb") as file:
+        return file
+    with file:  # checked here: indexed_gzip opens the file again, by name
         if file.read(2) != _GZIP_MAGIC:
             raise tarfile.ReadError("not a gzip file")
     spacing = max(_MIN_SPACING, os.path.getsize(path) // _MAX_POINTS)
@@ -575,7 +590,12 @@ class _ZipArchive:
 
     def __init__(self, path: str, identity: tuple[int, int, int]) -> None:
         self.identity = identity
-        self.zip = zipfile.ZipFile(path)
+        self.file = _open_regular(path)[0]
+        try:
+            self.zip = zipfile.ZipFile(self.file)
+        except BaseException:
+            self.file.close()
+            raise
         self.infos: dict[str, zipfile.ZipInfo] = {}
         repeats: list[zipfile.ZipInfo] = []
         for info in self.zip.infolist():
@@ -586,6 +606,11 @@ class _ZipArchive:
                     self.infos[info.filename] = info
         keys = _copy_keys(set(self.infos), [info.filename for info in repeats])
         self.infos.update(zip(keys, repeats, strict=True))
+
+    def __del__(self) -> None:
+        # Dropped from the cache, so no thread reads through it any more.
+        with contextlib.suppress(AttributeError):  # __init__ failed before opening it
+            self.file.close()
 
     def read(self, ref: InputRef, limit: int) -> bytes:
         info = self._info(ref)
@@ -642,6 +667,11 @@ class _TarArchive:
             self.problem = _archive_reason(kind, error)
         keys = _copy_keys(set(self.members), [name for name, _ in repeats])
         self.members.update(zip(keys, (entry for _, entry in repeats), strict=True))
+
+    def __del__(self) -> None:
+        # Dropped from the cache, so no thread reads through it any more.
+        with contextlib.suppress(AttributeError):  # __init__ failed before opening it
+            self.stream.close()
 
     def read(self, ref: InputRef, limit: int) -> bytes:
         offset, size = self._member(ref)
