@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_byte_count,
         default=MAX_INPUT_BYTES,
         metavar="N",
-        help="the largest input read (default 2 GiB; suffixes K, M, G): a larger one is "
+        help="the largest input read (default 2 GiB; suffixes K, M, G, T): a larger one is "
         "quarantined with its size, sha256 and first 64 KiB, without being read into memory",
     )
     ingest.add_argument(
