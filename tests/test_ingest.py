@@ -529,11 +529,11 @@ def test_a_run_stopped_while_scanning_resumes_without_counting_anything_twice(
 
     scan_task, calls = tasks.scan_task, {"n": 0}
 
-    def second_batch_fails(root: str, keys: list[str]) -> Any:
+    def second_batch_fails(root: str, keys: list[str], *rest: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError(errno.EIO, os.strerror(errno.EIO), root)
-        return scan_task(root, keys)
+        return scan_task(root, keys, *rest)
 
     sources = [synth, tmp_path / "missing"]  # a source that is not there: quarantined once
     monkeypatch.setattr(tasks, "scan_task", second_batch_fails)

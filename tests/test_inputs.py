@@ -395,7 +395,9 @@ def test_folders_that_vanish_or_cannot_be_listed_are_named(
     ]
 
 
-def test_tar_links_directories_and_devices_are_skipped_duplicates_named(tmp_path: Path) -> None:
+def test_tar_links_and_devices_are_named_and_every_copy_of_a_name_is_an_input(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "kinds.tar"
     payload = sample("CT_small.dcm").read_bytes()
     with tarfile.open(path, "w") as archive:
@@ -415,12 +417,19 @@ def test_tar_links_directories_and_devices_are_skipped_duplicates_named(tmp_path
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     refs, errors = walk(path)
-    assert [ref.member for ref in refs] == ["a.dcm"]
-    assert errors == [(f"{path}::a.dcm", "duplicate member name: only the first copy is read")]
-    assert read_input(refs[0]) == payload
+    assert [ref.member for ref in refs] == ["a.dcm", "a.dcm#2"]
+    assert errors == [
+        (f"{path}::link", "not a regular file: symbolic link member"),
+        (f"{path}::hard", "not a regular file: hard link member"),
+        (f"{path}::dev", "not a regular file: character device member"),
+        (f"{path}::fifo", "not a regular file: fifo member"),
+    ]
+    assert [read_input(ref) for ref in refs] == [payload, b"a later copy"]
+    with pytest.raises(InputError, match="symbolic link member"):
+        read_input(InputRef(str(path), "link"))
 
 
-def test_zip_directories_and_symlinks_are_skipped(tmp_path: Path) -> None:
+def test_zip_directories_are_skipped_and_symlinks_named(tmp_path: Path) -> None:
     path = tmp_path / "kinds.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("folder/", b"")
@@ -429,7 +438,8 @@ def test_zip_directories_and_symlinks_are_skipped(tmp_path: Path) -> None:
         archive.writestr(link, b"a.dcm")
         archive.writestr("a.dcm", b"DICM data")
     refs, errors = walk(path)
-    assert (errors, [r.member for r in refs]) == ([], ["a.dcm"])
+    reason = "not a regular file: symbolic link member"
+    assert (errors, [r.member for r in refs]) == ([(f"{path}::link.dcm", reason)], ["a.dcm"])
 
 
 # --- reading: shuffled, cached, after fork -------------------------------------
@@ -474,7 +484,7 @@ def test_one_zip_is_opened_once_for_many_members(
     monkeypatch.setattr(inputs.zipfile, "ZipFile", CountingZipFile)
     for ref in reversed(refs):
         read_input(ref)
-    assert opened == [str(path)]
+    assert [getattr(file, "name", file) for file in opened] == [str(path)]
 
 
 def test_the_cache_is_bounded_and_sees_a_replaced_archive(tmp_path: Path) -> None:

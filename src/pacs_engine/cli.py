@@ -55,6 +55,25 @@ def render_inventory(inventory: Inventory, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _byte_count(text: str) -> int:
+    """A number of bytes from the command line: 1000, 64K, 512M, 2G (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    scale = units.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale > 1 else text
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number of bytes: {text!r}")
+    return int(number) * scale
+
+
+def _add_follow_links(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="follow symbolic links met in folders, even out of SRC (default: list them as "
+        "skipped, with the reason)",
+    )
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     """Inventory what the sources hold."""
     from pacs_engine.inventory import Inventory, take_inventory
@@ -62,7 +81,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     inventory = Inventory()
 
-    paths = list(iter_files(args.sources, inventory.add_problem))
+    paths = list(iter_files(args.sources, inventory.add_problem, follow_links=args.follow_links))
     walk_problems = list(inventory.problems)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = tqdm(
@@ -150,6 +169,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 verify=args.verify,
                 progress=bar.update,
                 trust_bitstreams=args.trust_bitstreams,
+                max_input_bytes=args.max_input_bytes,
+                follow_links=args.follow_links,
+                keep_non_dicom=args.keep_non_dicom,
             )
     except IngestStopped as error:
         bar.close()
@@ -415,6 +437,7 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from pacs_engine.archive.encoder import CODEC_CHOICES
+    from pacs_engine.inputs import MAX_INPUT_BYTES
 
     parser = argparse.ArgumentParser(
         prog="pacs-engine",
@@ -432,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("sources", nargs="+", metavar="SRC", help="a folder or a file")
     scan.add_argument("--json", action="store_true", help="print the inventory as JSON")
+    _add_follow_links(scan)
     scan.add_argument(
         "--threads",
         type=int,
@@ -508,6 +532,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask); "
         "its workers must see ARCHIVE and SRC at the same paths",
     )
+    ingest.add_argument(
+        "--max-input-bytes",
+        type=_byte_count,
+        default=MAX_INPUT_BYTES,
+        metavar="N",
+        help="the largest input read (default 2 GiB; suffixes K, M, G, T): a larger one is "
+        "quarantined with its size, sha256 and first 64 KiB, without being read into memory",
+    )
+    ingest.add_argument(
+        "--keep-non-dicom",
+        action="store_true",
+        help="keep the whole bytes of a file that is not DICOM in the quarantine "
+        "(default: its size, sha256 and first 64 KiB)",
+    )
+    _add_follow_links(ingest)
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_progress(ingest)
     ingest.set_defaults(run=cmd_ingest)

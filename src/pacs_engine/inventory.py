@@ -108,10 +108,14 @@ def take_inventory(
     sources: Iterable[str | os.PathLike],
     threads: int | None = None,
     progress: Callable[[Header | ScanError], None] | None = None,
+    follow_links: bool = False,
 ) -> Inventory:
-    """Scan every file under the sources and count what they hold."""
+    """Scan every file under the sources and count what they hold.
+
+    Walked as the ingest walks them: links, fifos and devices are problems, not files.
+    """
     inventory = Inventory()
-    paths = iter_files(sources, inventory.add_problem)
+    paths = iter_files(sources, inventory.add_problem, follow_links=follow_links)
     for result in scan_many(paths, threads=threads):
         inventory.add(result)
         if progress is not None:

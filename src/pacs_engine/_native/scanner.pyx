@@ -18,9 +18,19 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc, strtod, strtoll
 from libc.string cimport memcmp, memcpy, memset, strerror
-from posix.fcntl cimport O_RDONLY
+from posix.fcntl cimport O_NONBLOCK, O_RDONLY
 from posix.fcntl cimport open as c_open
-from posix.stat cimport fstat, struct_stat
+from posix.stat cimport (
+    S_ISBLK,
+    S_ISCHR,
+    S_ISDIR,
+    S_ISFIFO,
+    S_ISREG,
+    S_ISSOCK,
+    fstat,
+    struct_stat,
+)
+from posix.types cimport mode_t
 from posix.unistd cimport close, pread
 
 import os
@@ -770,14 +780,36 @@ cdef inline bint is_copied(Element* e) noexcept nogil:
     return e.keyword >= 0 or not is_pixel_tag(e.tag)
 
 
+cdef const char* file_kind(mode_t mode) noexcept nogil:
+    """What a file that is not a regular file is (as pacs_engine.sources.file_kind says)."""
+    if S_ISDIR(mode):
+        return "folder"
+    if S_ISFIFO(mode):
+        return "fifo"
+    if S_ISCHR(mode):
+        return "character device"
+    if S_ISBLK(mode):
+        return "block device"
+    if S_ISSOCK(mode):
+        return "socket"
+    return "unknown file type"
+
+
 cdef int scan_file(ScanState* st, const char* path) noexcept nogil:
     """Open path and scan it; the descriptor stays open for reading values later."""
     cdef struct_stat info
-    st.src.fd = c_open(path, O_RDONLY | O_CLOEXEC)
+    # Non-blocking: a fifo put where a file was must not hang the scan (regular files
+    # ignore the flag); then anything that is not a regular file is refused.
+    st.src.fd = c_open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     if st.src.fd < 0 or fstat(st.src.fd, &info) != 0:
         st.failed = True
         st.err_offset = 0
         snprintf(st.err_msg, sizeof(st.err_msg), "cannot open: %s", strerror(errno))
+        return -1
+    if not S_ISREG(info.st_mode):
+        st.failed = True
+        st.err_offset = 0
+        snprintf(st.err_msg, sizeof(st.err_msg), "not a regular file: %s", file_kind(info.st_mode))
         return -1
     st.src.size = info.st_size
     return scan_source(st)

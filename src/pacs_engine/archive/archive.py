@@ -44,7 +44,12 @@ from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
-from pacs_engine.inputs import PACS_ARCHIVE_FORMAT, PACS_ARCHIVE_MARKER
+from pacs_engine.inputs import (
+    MAX_INPUT_BYTES,
+    PACS_ARCHIVE_FORMAT,
+    PACS_ARCHIVE_MARKER,
+    InputPolicy,
+)
 from pacs_engine.storage import fsync_dir, write_atomic
 
 if TYPE_CHECKING:
@@ -157,6 +162,9 @@ class Archive:
         verify: bool = False,
         progress: Callable[[Progress], None] | None = None,
         trust_bitstreams: bool = False,
+        max_input_bytes: int = MAX_INPUT_BYTES,
+        follow_links: bool = False,
+        keep_non_dicom: bool = False,
     ) -> IngestReport:
         """Archive the DICOM files under `sources` (folders, files, zip and tar archives,
         and the instances of other pacs_engine archives).
@@ -172,7 +180,11 @@ class Archive:
         for byte without being decoded (faster; a SOP Instance UID seen twice still
         decodes both copies), and only `Archive.verify` finds frames that never
         decoded. With `verify`, every frame encoded with the archive codec is decoded
-        again and checked before it is committed.
+        again and checked before it is committed. An input of more than
+        `max_input_bytes` is never read into memory, and quarantined with its size,
+        sha256 and first bytes, as is a file that is not DICOM unless
+        `keep_non_dicom`; symbolic links met in folders are listed, not followed,
+        unless `follow_links` (docs/inputs.md).
         """
         from pacs_engine.ingest import run_ingest
 
@@ -181,7 +193,11 @@ class Archive:
         own = self.path.resolve()
         if any(Path(source).resolve() == own for source in sources):
             raise ArchiveError(f"{self.path}: an archive cannot be ingested into itself")
-        checks = Checks(decode_bitstreams=not trust_bitstreams, recheck_encoded=verify)
+        checks = Checks(
+            decode_bitstreams=not trust_bitstreams,
+            recheck_encoded=verify,
+            inputs=InputPolicy(max_input_bytes, follow_links, keep_non_dicom),
+        )
         return run_ingest(self, sources, workers, executor, checks=checks, progress=progress)
 
     def _writable(self) -> None:

@@ -56,8 +56,10 @@ from pacs_engine.codecs import (
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.inputs import (
+    DEFAULT_POLICY,
     PACS_ARCHIVE_MARKER,
     InputError,
+    InputPolicy,
     InputRef,
     archived_row,
     quarantine_record,
@@ -77,6 +79,8 @@ class Checks:
     decode_bitstreams: bool = True
     # Decode every frame encoded with the archive codec again and compare it.
     recheck_encoded: bool = False
+    # How inputs are walked, read (the size limit) and kept in the quarantine.
+    inputs: InputPolicy = DEFAULT_POLICY
 
 
 CODECS: dict[str, Any] = {
@@ -211,6 +215,7 @@ class PartEncoder:
         self.index = Index.open(self.root / "index", readonly=True)
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")
+        self.policy = DEFAULT_POLICY  # the inputs' policy of the run at work
 
     def close(self) -> None:
         """Release the index."""
@@ -227,6 +232,7 @@ class PartEncoder:
         # may have been removed by a run's tidy and created again with another codec.
         self.pixels = PixelStore(self.root / "pixels")
         state = _PartState(part, checks)
+        self.policy = checks.inputs
         result = PartResult(part)
         for key in part.keys:
             result.outcomes.append(self._encode_one(key, state))
@@ -251,7 +257,7 @@ class PartEncoder:
 
     def _encode_one(self, key: str, state: _PartState) -> Outcome:
         try:
-            data = read_input(InputRef.from_key(key))
+            data = read_input(InputRef.from_key(key), state.checks.inputs)
         except InputError as error:
             return self.reject(key, None, str(error))
         try:
@@ -388,7 +394,7 @@ class PartEncoder:
 
     def reject(self, key: str, data: bytes | None, reason: str) -> Outcome:
         """Quarantine one input with its reason (reading it if the caller has not)."""
-        return quarantine_input(self.quarantine, key, data, reason)
+        return quarantine_input(self.quarantine, key, data, reason, self.policy)
 
     def _write_pixels(
         self,
@@ -593,19 +599,17 @@ def stored_pixel_hash(pixels: PixelStore, row: dict[str, Any]) -> str | None:
     return instance_pixel_hash([frame_hash(f) for f in frames])
 
 
-def quarantine_input(quarantine: Quarantine, key: str, data: bytes | None, reason: str) -> Outcome:
+def quarantine_input(
+    quarantine: Quarantine,
+    key: str,
+    data: bytes | None,
+    reason: str,
+    policy: InputPolicy = DEFAULT_POLICY,
+) -> Outcome:
     """Quarantine one input with its reason (reading it if the caller has not)."""
     reason = reason.removeprefix(f"{key}: ")  # the record names the input already
-    if data is None:
-        try:
-            data = read_input(InputRef.from_key(key))
-        except InputError as error:
-            unread = str(error).removeprefix(f"{key}: ")
-            reason = reason if unread in reason else f"{reason}; {unread}"
-    unread = key.encode("utf-8", "surrogateescape")  # names need not be UTF-8
-    sha256 = _sha256(data if data is not None else unread)
-    quarantine.add(key, data, sha256, reason, **source_details(key))
-    return Outcome(key, "quarantined", len(data) if data else 0, reason=reason)
+    size, reason = quarantine.keep(key, data, reason, policy, **source_details(key))
+    return Outcome(key, "quarantined", size, reason=reason)
 
 
 def source_details(key: str) -> dict[str, Any]:
@@ -689,10 +693,6 @@ def _bitstreams_digest(bitstreams: list[bytes]) -> str:
         digest.update(len(bitstream).to_bytes(8, "little"))
         digest.update(bitstream)
     return digest.hexdigest()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _digest(text: str) -> str:

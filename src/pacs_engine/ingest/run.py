@@ -245,7 +245,8 @@ class _Run:
 
         batch: list[str] = []
         in_flight: set = set()
-        for ref in iter_inputs(self.sources, on_error, exclude=[self.root]):
+        follow_links = self.checks.inputs.follow_links
+        for ref in iter_inputs(self.sources, on_error, [self.root], follow_links):
             batch.append(ref.key)
             if len(batch) >= SCAN_BATCH:
                 in_flight = self._submit_scan(run, batch, in_flight)
@@ -269,7 +270,7 @@ class _Run:
         while len(in_flight) >= self._window():
             in_flight = self._collect_scans(run, in_flight)
         if todo:
-            in_flight.add(self._submit(tasks.scan_task, todo))
+            in_flight.add(self._submit(tasks.scan_task, todo, self.checks.inputs))
         return in_flight
 
     def _collect_scans(self, run: str, in_flight: set) -> set:
@@ -405,7 +406,11 @@ class _Run:
             reason = f"the encoding process died on this file ({_describe(error)})"
             quarantine = self.archive.quarantine
             return PartResult(
-                part, outcomes=[quarantine_input(quarantine, k, None, reason) for k in part.keys]
+                part,
+                outcomes=[
+                    quarantine_input(quarantine, k, None, reason, self.checks.inputs)
+                    for k in part.keys
+                ],
             )
         groups: dict[str, list[Planned]] = {}
         for entry in planned:

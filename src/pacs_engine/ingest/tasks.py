@@ -16,7 +16,9 @@ from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
 from pacs_engine.ingest.journal import Planned
 from pacs_engine.inputs import (
+    DEFAULT_POLICY,
     InputError,
+    InputPolicy,
     InputRef,
     archived_row,
     quarantine_record,
@@ -36,9 +38,12 @@ def _encoder(root: str) -> PartEncoder:
     return _ENCODERS[key]
 
 
-def scan_task(root: str, keys: list[str]) -> tuple[list[Planned], list[Outcome]]:
+def scan_task(
+    root: str, keys: list[str], policy: InputPolicy = DEFAULT_POLICY
+) -> tuple[list[Planned], list[Outcome]]:
     """Scan inputs: the ones to plan, and outcomes of those quarantined already."""
     encoder = _encoder(root)
+    encoder.policy = policy
     planned: list[Planned] = []
     rejected: list[Outcome] = []
     for key in keys:
@@ -52,7 +57,7 @@ def scan_task(root: str, keys: list[str]) -> tuple[list[Planned], list[Outcome]]
             if ref.member is None:
                 header = scan(ref.container)  # reads the header, not the pixel data
             else:
-                data = read_input(ref)
+                data = read_input(ref, policy)
                 header = scan(data)
         except InputError as error:
             rejected.append(encoder.reject(key, None, str(error)))
