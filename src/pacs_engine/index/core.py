@@ -33,6 +33,7 @@ from typing import Any
 import lmdb
 
 from pacs_engine.index import _lmdb
+from pacs_engine.index.integrity import DATA_FILE, DamagedIndexError, check_trees, read_metas
 from pacs_engine.index.matching import (
     LEVELS,
     SERIES_KEYWORDS,
@@ -44,6 +45,7 @@ from pacs_engine.index.matching import (
     matches,
 )
 from pacs_engine.scanning import HEADER_KEYWORDS
+from pacs_engine.storage import file_mode, make_dirs
 
 FORMAT = {"format": "pacs_engine.index", "version": 1}
 UID_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
@@ -88,15 +90,22 @@ def _dump(record: dict[str, Any]) -> bytes:
         return json.dumps(record, separators=(",", ":")).encode()
 
 
-def _load(data: bytes) -> dict[str, Any]:
-    return json.loads(data)
+def _load(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(data)
+    except ValueError as error:
+        raise DamagedIndexError(f"{where}: cannot be decoded: {error}") from None
+    if not isinstance(record, dict):
+        raise DamagedIndexError(f"{where}: not a record")
+    return record
 
 
 class _RowCodec:
     """Rows as JSON deflated with the index's preset dictionary."""
 
-    def __init__(self, zdict: bytes) -> None:
+    def __init__(self, zdict: bytes, path: Path) -> None:
         self.zdict = zdict
+        self.path = path
 
     def dump(self, row: dict[str, Any]) -> bytes:
         """The row as stored."""
@@ -105,8 +114,20 @@ class _RowCodec:
         return deflate.compress(_dump(row)) + deflate.flush()
 
     def load(self, data: bytes) -> dict[str, Any]:
-        """The row from its stored form."""
-        return _load(zlib.decompressobj(zdict=self.zdict).decompress(data))
+        """The row from its stored form; DamagedIndexError when it cannot be decoded."""
+        try:
+            text = zlib.decompressobj(zdict=self.zdict).decompress(data)
+        except zlib.error as error:
+            raise DamagedIndexError(f"{self.path}: a row cannot be decoded: {error}") from None
+        row = _load(text, f"{self.path}: a row")
+        if not all(isinstance(row.get(k), str) for k in UID_KEYWORDS):
+            raise DamagedIndexError(f"{self.path}: a row without its UIDs")
+        return row
+
+
+def _meta_txnids(path: Path) -> set[int]:
+    """The transactions the index file's meta pages name now."""
+    return {meta.txnid for meta in read_metas(path / DATA_FILE)}
 
 
 def _order(instance_number: Any) -> bytes:
@@ -204,7 +225,7 @@ class _View:
     def record(self, db: bytes, uid: str) -> dict[str, Any] | None:
         """The series or study record, or None."""
         data = self.txn.get(uid.encode(), db=self.dbs[db])
-        return None if data is None else _load(data)
+        return None if data is None else _load(data, f"{self.codec.path}: {db.decode()} {uid!r}")
 
     def series_rows(self, series_uid: str) -> list[dict[str, Any]]:
         """The rows of the series, in order."""
@@ -220,7 +241,8 @@ class _View:
         """The series records of the study, by Series Instance UID."""
         keys = self.keys_with_prefix(b"study_series", study_uid.encode() + _SEP)
         get, series = self.txn.get, self.dbs[b"series"]
-        return [_load(get(key.rpartition(_SEP)[2], db=series)) for key in keys]
+        where = f"{self.codec.path}: a series record"
+        return [_load(get(key.rpartition(_SEP)[2], db=series), where) for key in keys]
 
 
 class Index:
@@ -246,12 +268,12 @@ class Index:
                     zdict = txn.get(b"zdict", db=dbs[b"meta"])
             except lmdb.NotFoundError as error:  # an LMDB environment without our databases
                 raise ValueError(not_index) from error
-            if found is None or zdict is None or _load(found) != FORMAT:
+            if found is None or zdict is None or _load(found, not_index) != FORMAT:
                 raise ValueError(not_index)
         except BaseException:
             self.close()
             raise
-        self._codec = _RowCodec(zdict)
+        self._codec = _RowCodec(zdict, self.path / DATA_FILE)
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> Index:
@@ -259,9 +281,10 @@ class Index:
         folder = Path(path)
         if (folder / "data.mdb").exists():
             raise FileExistsError(f"{folder}: an index already exists")
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         env = lmdb.open(
             os.fspath(folder),
+            mode=file_mode(folder),  # the archive's permissions, whatever the umask
             map_size=_lmdb.MAP_SIZE,
             max_dbs=len(_lmdb.DB_NAMES),
             max_readers=_lmdb.MAX_READERS,
@@ -358,6 +381,30 @@ class Index:
             db = dbs[b"journal"]
             return {k: v for k in keys if (v := txn.get(k, db=db)) is not None}
 
+    def check(self) -> int:
+        """Check the whole index: every page's structure, then every row and record decodes.
+
+        Returns the rows checked; raises DamagedIndexError naming the file and the damage.
+        """
+        attempts = 0
+        while True:
+            with self._transaction(write=False) as (txn, dbs):
+                try:
+                    check_trees(self.path, txn.id())
+                except DamagedIndexError:
+                    attempts += 1
+                    if attempts < 4 and txn.id() not in _meta_txnids(self.path):
+                        continue  # a writer committed twice meanwhile: look again
+                    raise
+                for db in (b"series", b"studies"):
+                    for key, value in txn.cursor(dbs[db]):
+                        _load(value, f"{self._codec.path}: {db.decode()} record {key!r}")
+                count = 0
+                for _, value in txn.cursor(dbs[b"rows"]):
+                    self._codec.load(value)
+                    count += 1
+                return count
+
     # --- reading --------------------------------------------------------------
 
     @contextmanager
@@ -405,7 +452,8 @@ class Index:
     def all_series(self) -> list[dict[str, Any]]:
         """Every series record, by SeriesInstanceUID."""
         with self._transaction(write=False) as (txn, dbs):
-            return [_load(v) for v in txn.cursor(dbs[b"series"]).iternext(keys=False)]
+            where = f"{self._codec.path}: a series record"
+            return [_load(v, where) for v in txn.cursor(dbs[b"series"]).iternext(keys=False)]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Every row, by SOPInstanceUID, read a chunk per transaction.

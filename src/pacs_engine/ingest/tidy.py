@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacs_engine.archive.archive import ArchiveError
+from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
 from pacs_engine.ingest import session
-from pacs_engine.storage import remove_stale_temporaries
+from pacs_engine.storage import legacy_series_folder, remove_stale_temporaries, series_folder
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -43,13 +44,21 @@ class Tidied:
 def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     """Fit one series' arrays to their committed frames and delete what no committed row uses.
 
-    Only while nothing else writes to the archive.
+    Only while nothing else writes to the archive. Deletes before it rewrites an
+    array's metadata, so that a tidy frees space even on a full disk.
     """
+    rows = archive.index.series(series_uid)
+    folders = {series_folder(series_uid), legacy_series_folder(series_uid)} - {None}
+    _tidy_folders(archive, sorted(folders), rows, tidied)  # type: ignore[arg-type]
+
+
+def _tidy_folders(archive: Archive, folders: list[str], rows: list[dict], tidied: Tidied) -> None:
+    """Delete what `rows` do not use in the series folders `folders` of pixels/ and headers/."""
     pixels = archive.pixels
     ends: dict[str, int] = {}
     shards: dict[str, set[int]] = {}
     packs: set[str] = set()
-    for row in archive.index.series(series_uid):
+    for row in rows:
         packs.add(row["header"]["pack"])
         reference = row.get("pixels")
         if reference:
@@ -60,25 +69,33 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
             shards.setdefault(path, set()).update(
                 range(first // per_shard, (last - 1) // per_shard + 1)
             )
-    for path in pixels.arrays(series_uid):
+    arrays = []
+    for name in folders:
+        folder = pixels.root / name
+        if folder.is_dir():
+            arrays += [f"{name}/{p.name}" for p in sorted(folder.iterdir()) if p.is_dir()]
+    for path in arrays:
         if path not in ends:
             tidied.remove(pixels.root / path)
             continue
-        if pixels.frames(path) != ends[path]:
-            pixels.set_frames(path, ends[path])
-            tidied.arrays_resized.append(path)
         for file in pixels.unreferenced_files(path, shards[path]):
             tidied.remove(file)
         remove_stale_temporaries(pixels.root / path)  # a zarr.json being rewritten
-    folder = archive.path / "headers" / series_uid
-    if folder.is_dir():
-        for pack in folder.glob("*.pack"):
-            if pack.is_file() and f"headers/{series_uid}/{pack.name}" not in packs:
-                tidied.remove(pack)
-        remove_stale_temporaries(folder)  # a pack whose write a kill interrupted
-    for empty in (pixels.root / series_uid, folder):
-        if empty.is_dir() and not any(empty.iterdir()):
-            empty.rmdir()
+        if pixels.frames(path) != ends[path]:
+            pixels.set_frames(path, ends[path])
+            tidied.arrays_resized.append(path)
+    for name in folders:
+        folder = archive.path / "headers" / name
+        if folder.is_dir():
+            for file in sorted(folder.iterdir()):
+                pack = file.with_suffix(PACK_SUFFIX)
+                used = f"headers/{name}/{pack.name}" in packs
+                if file.is_file() and file.suffix in (PACK_SUFFIX, ROWS_SUFFIX) and not used:
+                    tidied.remove(file)
+            remove_stale_temporaries(folder)  # a pack whose write a kill interrupted
+        for empty in (pixels.root / name, folder):
+            if empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
 
 
 def remove_temporaries(archive: Archive) -> None:
@@ -88,16 +105,26 @@ def remove_temporaries(archive: Archive) -> None:
 
 
 def tidy_archive(archive: Archive) -> Tidied:
-    """Tidy every series on disk of an archive open for writing."""
+    """Tidy every series on disk of an archive open for writing.
+
+    Writes nothing before it has deleted: it runs on a full disk, to free it.
+    """
     if archive.readonly:
         raise ArchiveError(f"{archive.path}: opened read-only")
-    session.claim(archive.path)  # workers a killed run left behind stop writing first
+    session.retire(archive.path)  # workers a killed run left behind stop writing first
     tidied = Tidied()
-    series = {p.name for p in archive.pixels.root.iterdir() if p.is_dir()}
+    on_disk = {p.name for p in archive.pixels.root.iterdir() if p.is_dir()}
     headers = archive.path / "headers"
     if headers.is_dir():
-        series |= {p.name for p in headers.iterdir() if p.is_dir()}
-    for series_uid in sorted(series):
-        tidy_series(archive, series_uid, tidied)
+        on_disk |= {p.name for p in headers.iterdir() if p.is_dir()}
+    # Which series each folder holds: its UID (earlier versions) or a digest of it.
+    owners: dict[str, set[str]] = {}
+    for record in archive.index.all_series():
+        uid = record["SeriesInstanceUID"]
+        for name in {series_folder(uid), legacy_series_folder(uid)} - {None}:
+            owners.setdefault(name, set()).add(uid)  # type: ignore[arg-type]
+    for name in sorted(on_disk):
+        rows = [row for uid in sorted(owners.get(name, ())) for row in archive.index.series(uid)]
+        _tidy_folders(archive, [name], rows, tidied)
     remove_temporaries(archive)
     return tidied
