@@ -3,8 +3,8 @@
 ```
 ARCHIVE/
   archive.json      format, version, codec policy, shard size
-  pixels/           Zarr v3 group: pixels/<SeriesInstanceUID>/<array key>
-  headers/          header blobs, one pack file per committed part
+  pixels/           Zarr v3 group: pixels/<series folder>/<array key>
+  headers/          header blobs, one pack file (and its rows file) per committed part
   index/            the LMDB index (pacs_engine.index)
   quarantine/       files that could not be archived, with the reason
   reports/          one JSON report per ingest
