@@ -411,6 +411,31 @@ def test_tidy_frees_space_on_a_full_disk(
         assert archive.verify().ok
 
 
+def test_tidy_frees_space_on_a_really_full_filesystem(built: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (the injected ENOSPC test still runs)")
+    try:
+        archive_path = disk / "a"
+        shutil.copytree(built, archive_path)
+        array = next(r["pixels"]["array"] for r in rows_of(archive_path).values() if r["pixels"])
+        orphan = archive_path / "pixels" / series_folder("9.9.9") / "orphan"
+        shutil.copytree(archive_path / "pixels" / array, orphan)
+        with open(disk / "filler", "wb") as filler, pytest.raises(OSError) as full:
+            for _ in range(8 * 16 + 1):  # 8 MiB in 64 KiB writes, and one more
+                filler.write(bytes(1 << 16))
+                filler.flush()
+        assert full.value.errno == errno.ENOSPC
+        tidied = run_cli("tidy", archive_path)
+        assert tidied.returncode == 0, tidied.stderr
+        assert "removed" in tidied.stdout and not orphan.exists()
+        assert run_cli("verify", archive_path, "--workers", "0").returncode == 0
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 # --- 12: two creators at once -----------------------------------------------------------
 
 
