@@ -232,6 +232,8 @@ def test_a_group_archive_is_group_readable_and_stays_so(sources: Path, tmp_path:
     assert first.returncode == 0, first.stderr
     assert run_cli("ingest", sources, "--archive", archive_path, "--workers", "0").returncode == 0
     assert_private(archive_path, folder=0o2750, file=0o640)
+    regroup = run_cli("ingest", sources, "--archive", archive_path, "--group", "root")
+    assert regroup.returncode == 2 and "--group applies only when it is created" in regroup.stderr
     groups = {item.stat().st_gid for item in [archive_path, *archive_path.rglob("*")]}
     assert groups == {group.gr_gid}
 

@@ -114,6 +114,8 @@ def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None
         config = json.loads(meta.read_bytes())
     except (OSError, ValueError):
         return None  # opening the archive says what is wrong with it
+    if not isinstance(config, dict):
+        return None
     if args.codec is not None and args.codec != config.get("codec"):
         return (
             f"{target} stores new series with codec {config.get('codec')!r}; --codec "
@@ -121,6 +123,8 @@ def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None
         )
     if args.transcode and not config.get("transcode"):
         return f"{target} keeps original bitstreams; --transcode applies only when it is created"
+    if args.group is not None:
+        return f"{target} exists; --group applies only when it is created (chgrp -R, chmod)"
     return None
 
 
@@ -746,6 +750,8 @@ def _package_errors() -> tuple[type[Exception], ...]:
     from pacs_engine.errors import ScanError
     from pacs_engine.index import DamagedIndexError
     from pacs_engine.ingest.session import StaleSession
+    from pacs_engine.inputs import InputError
+    from pacs_engine.read.volume import VolumeError
 
     return (
         ArchiveError,
@@ -753,8 +759,10 @@ def _package_errors() -> tuple[type[Exception], ...]:
         BlobError,
         CodecError,
         DamagedIndexError,
+        InputError,
         ScanError,
         StaleSession,
+        VolumeError,
     )
 
 

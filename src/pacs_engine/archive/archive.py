@@ -58,7 +58,11 @@ class ArchiveError(RuntimeError):
 
 
 class Archive:
-    """A lossless DICOM archive on disk. Open with `open_archive`, make with `Archive.create`."""
+    """A lossless DICOM archive on disk. Open with `open_archive`, make with `Archive.create`.
+
+    Opened for writing, it sets the process umask from the archive folder's mode
+    (0077 for a private archive), so that files zarr and LMDB create match it.
+    """
 
     def __init__(self, path: str | os.PathLike, readonly: bool = True) -> None:
         self.path = Path(path)
