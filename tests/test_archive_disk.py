@@ -11,13 +11,13 @@ import multiprocessing
 import os
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pydicom
 import pytest
 from pydicom import config
@@ -25,7 +25,6 @@ from pydicom import config
 from pacs_engine import Archive, ArchiveError, open_archive
 from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.index import DamagedIndexError, Index
-from pacs_engine.index.integrity import check_trees
 from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.storage import series_folder
 from pacs_engine.synth import write_studies
@@ -247,39 +246,39 @@ def test_an_unknown_group_is_refused_before_anything_is_made(tmp_path: Path) -> 
 # --- 10: a damaged index ----------------------------------------------------------------
 
 
-def live_pages(archive_path: Path) -> list[int]:
-    """The pages of the index the current transaction reaches."""
-    index = Index.open(archive_path / "index")
+def stored_row(archive_path: Path, sop: str) -> bytes:
+    """The bytes the rows database stores for `sop`, as LMDB has them on disk."""
+    env = lmdb.open(str(archive_path / "index"), readonly=True, lock=False, max_dbs=16)
     try:
-        with index._transaction(write=False) as (txn, _):
-            return check_trees(archive_path / "index", txn.id())
+        with env.begin() as txn:
+            return bytes(txn.get(sop.encode(), db=env.open_db(b"rows", txn=txn, create=False)))
     finally:
-        index.close()
-
-
-def rows_leaf(data: bytes, pages: list[int], rows: dict[str, dict]) -> int:
-    """A leaf page of the rows database: it holds rows keyed by their SOP Instance UIDs."""
-    for page in pages:
-        body = data[page * PAGE : (page + 1) * PAGE]
-        flags = struct.unpack_from("<H", body, 10)[0]
-        holds_rows = flags & 0x02 and sum(sop.encode() in body for sop in rows) >= 2
-        if holds_rows and not any(sop.encode() + b"\0" in body for sop in rows):
-            return page  # a leaf of rows, not of series_rows (whose keys go on after the UID)
-    raise AssertionError("no leaf page of rows found")
+        env.close()
 
 
 def damage(archive_path: Path, how: str, rows: dict[str, dict]) -> None:
+    """Cut the index file in half, or zero the page holding a row, or flip bytes of that row."""
     data_file = archive_path / "index" / "data.mdb"
     data = bytearray(data_file.read_bytes())
     if how == "truncated":
         data = data[: len(data) // 2]
     else:
-        page = rows_leaf(bytes(data), live_pages(archive_path), rows)
-        if how == "zeroed page":
-            data[page * PAGE : (page + 1) * PAGE] = bytes(PAGE)
-        else:  # flipped bytes in the rows' values, at the end of the page
-            for at in range((page + 1) * PAGE - 600, (page + 1) * PAGE - 100, 7):
-                data[at] ^= 0x5A
+        sop = sorted(rows)[len(rows) // 2]
+        value = stored_row(archive_path, sop)
+        node = sop.encode() + value  # a leaf node: its key, then its value
+        # Every copy: LMDB's freed pages keep earlier ones; one of them is the live row.
+        found, at = [], data.find(node)
+        while at != -1:
+            found.append(at + len(sop))
+            at = data.find(node, at + 1)
+        assert found
+        for at in found:
+            if how == "zeroed page":
+                page = at // PAGE
+                data[page * PAGE : (page + 1) * PAGE] = bytes(PAGE)
+            else:  # flipped bytes in the middle of the row's stored value
+                for offset in range(len(value) // 3, 2 * len(value) // 3, 5):
+                    data[at + offset] ^= 0x5A
     data_file.write_bytes(bytes(data))
 
 

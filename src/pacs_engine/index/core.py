@@ -113,15 +113,21 @@ class _RowCodec:
         deflate = zlib.compressobj(1, zdict=self.zdict)
         return deflate.compress(_dump(row)) + deflate.flush()
 
-    def load(self, data: bytes) -> dict[str, Any]:
-        """The row from its stored form; DamagedIndexError when it cannot be decoded."""
+    def load(self, data: bytes | None, key: bytes) -> dict[str, Any]:
+        """The row stored under `key`; DamagedIndexError when it cannot be decoded or is
+        another instance's (a damaged key)."""
+        where = f"{self.path}: the row of {key.decode('utf-8', 'replace')!r}"
+        if data is None:
+            raise DamagedIndexError(f"{where}: missing, though series_rows lists it")
         try:
             text = zlib.decompressobj(zdict=self.zdict).decompress(data)
         except zlib.error as error:
-            raise DamagedIndexError(f"{self.path}: a row cannot be decoded: {error}") from None
-        row = _load(text, f"{self.path}: a row")
+            raise DamagedIndexError(f"{where}: cannot be decoded: {error}") from None
+        row = _load(text, where)
         if not all(isinstance(row.get(k), str) for k in UID_KEYWORDS):
-            raise DamagedIndexError(f"{self.path}: a row without its UIDs")
+            raise DamagedIndexError(f"{where}: no UIDs")
+        if row["SOPInstanceUID"].encode() != key:
+            raise DamagedIndexError(f"{where}: stored under another instance's key")
         return row
 
 
@@ -220,7 +226,7 @@ class _View:
     def row(self, sop_uid: str) -> dict[str, Any] | None:
         """The row, or None."""
         data = self.txn.get(sop_uid.encode(), db=self.dbs[b"rows"])
-        return None if data is None else self.codec.load(data)
+        return None if data is None else self.codec.load(data, sop_uid.encode())
 
     def record(self, db: bytes, uid: str) -> dict[str, Any] | None:
         """The series or study record, or None."""
@@ -233,9 +239,8 @@ class _View:
         # Nine order bytes follow the series UID and separator; the SOP UID is the rest.
         start = len(prefix) + len(_NO_NUMBER)
         get, rows, load = self.txn.get, self.dbs[b"rows"], self.codec.load
-        return [
-            load(get(key[start:], db=rows)) for key in self.keys_with_prefix(b"series_rows", prefix)
-        ]
+        sops = [key[start:] for key in self.keys_with_prefix(b"series_rows", prefix)]
+        return [load(get(sop, db=rows), sop) for sop in sops]
 
     def study_series(self, study_uid: str) -> list[dict[str, Any]]:
         """The series records of the study, by Series Instance UID."""
@@ -400,8 +405,8 @@ class Index:
                     for key, value in txn.cursor(dbs[db]):
                         _load(value, f"{self._codec.path}: {db.decode()} record {key!r}")
                 count = 0
-                for _, value in txn.cursor(dbs[b"rows"]):
-                    self._codec.load(value)
+                for key, value in txn.cursor(dbs[b"rows"]):
+                    self._codec.load(value, key)
                     count += 1
                 return count
 
@@ -426,7 +431,7 @@ class Index:
         """The row of the instance, or None."""
         with self._transaction(write=False) as (txn, dbs):
             data = txn.get(sop_instance_uid.encode(), db=dbs[b"rows"])
-        return None if data is None else self._codec.load(data)
+        return None if data is None else self._codec.load(data, sop_instance_uid.encode())
 
     def series(self, series_instance_uid: str) -> list[dict[str, Any]]:
         """The rows of the series, by InstanceNumber then SOPInstanceUID."""
@@ -471,11 +476,11 @@ class Index:
                     for key, value in cursor:
                         if key == after:
                             continue
-                        chunk.append(value)
+                        chunk.append((key, value))
                         if len(chunk) == _ITER_CHUNK:
                             after = key
                             break
-            yield from map(self._codec.load, chunk)
+            yield from (self._codec.load(value, key) for key, value in chunk)
             if len(chunk) < _ITER_CHUNK:
                 return
 
@@ -519,13 +524,13 @@ class _Commit(_View):
         for sop in removed:
             old = txn.pop(sop, db=rows_db)
             if old is not None:
-                self._unlink(self.codec.load(old))
+                self._unlink(self.codec.load(old, sop))
         # Sorted keys keep the B+tree's writes local.
         for sop in sorted(batch):
             row, data = batch[sop]
             old = txn.replace(sop, data, db=rows_db)
             if old is not None:
-                self._unlink(self.codec.load(old))
+                self._unlink(self.codec.load(old, sop))
             txn.put(_series_row_key(row), b"", db=series_rows_db)
             self.count_delta[row["SeriesInstanceUID"]] += 1
         # Records take their attributes from the batch's last row of each series and study.
