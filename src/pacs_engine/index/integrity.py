@@ -10,7 +10,8 @@ checked first, reading its pages as plain bytes:
   is sound. Cheap: two meta pages and the main tree's few pages.
 - `check_trees`, for `verify`: every page of every tree reachable from a given
   transaction's root is of the kind its parent says, names its own page number,
-  and keeps its nodes within its bounds.
+  and keeps its nodes within its bounds, and each tree holds the entries its
+  database record counts.
 
 The layout read here is LMDB's on-disk format for 64-bit builds (lmdb.h, mdb.c):
 a page header of 16 bytes, meta pages 0 and 1, B+trees of branch and leaf pages,
@@ -52,6 +53,8 @@ class Meta:
     txnid: int
     free_root: int
     main_root: int
+    free_entries: int
+    main_entries: int
 
 
 def read_metas(path: str | os.PathLike) -> list[Meta]:
@@ -82,7 +85,7 @@ def _meta_at(page: bytes, number: int) -> Meta | None:
     page_size = free[0]
     if page_size < 512 or page_size & (page_size - 1):
         return None
-    return Meta(page_size, last_page, txnid, free[-1], main[-1])
+    return Meta(page_size, last_page, txnid, free[-1], main[-1], free[-2], main[-2])
 
 
 def check_file(folder: str | os.PathLike) -> None:
@@ -114,7 +117,7 @@ def _check_file(path: Path) -> None:
         )
     with open(path, "rb") as f:
         # The main tree names the databases; "meta" is read as the index opens.
-        _Walker(path, f, meta).tree(meta.main_root, "the main tree", named={"meta"})
+        _Walker(path, f, meta).tree(meta.main_root, "the main tree", {"meta"}, meta.main_entries)
 
 
 def check_trees(folder: str | os.PathLike, txnid: int) -> list[int]:
@@ -130,8 +133,9 @@ def check_trees(folder: str | os.PathLike, txnid: int) -> list[int]:
         raise DamagedIndexError(f"{path}: no meta page of transaction {txnid} (written meanwhile)")
     with open(path, "rb") as f:
         walker = _Walker(path, f, found[0])
-        walker.tree(found[0].free_root, "the free-page tree", named=set())
-        walker.tree(found[0].main_root, "the main tree", named=None)
+        meta = found[0]
+        walker.tree(meta.free_root, "the free-page tree", set(), meta.free_entries)
+        walker.tree(meta.main_root, "the main tree", None, meta.main_entries)
     return sorted(walker.seen)
 
 
@@ -157,12 +161,18 @@ class _Walker:
             raise DamagedIndexError(f"{self.path}: page {number} is cut short")
         return data
 
-    def tree(self, root: int, name: str, named: set[str] | None) -> None:
-        """Every page below `root`, and the trees its leaves name (those in `named`; None: all)."""
+    def tree(self, root: int, name: str, named: set[str] | None, entries: int) -> None:
+        """Every page below `root`, and the trees its leaves name (those in `named`; None: all).
+
+        The tree must hold the `entries` its database record counts.
+        """
         if root == _NO_PAGE:
+            if entries:
+                raise DamagedIndexError(f"{self.path}: {name}: {entries} entries but no pages")
             return  # an empty tree
         stack = [root]
         subtrees = []
+        found = 0
         while stack:
             number = stack.pop()
             where = f"{name}, page {number}"
@@ -190,6 +200,7 @@ class _Walker:
                     stack.append(lo | hi << 16 | node_flags << 32)
                     continue
                 size = lo | hi << 16
+                found += 1
                 if node_flags & _F_DUPDATA:
                     raise DamagedIndexError(f"{self.path}: {where}: duplicate keys, never written")
                 if node_flags & _F_BIGDATA:
@@ -203,9 +214,14 @@ class _Walker:
                 if node_flags & _F_SUBDATA:
                     key = data[offset + _NODE.size : at].decode("utf-8", "replace")
                     if named is None or key in named:
-                        subtrees.append((_DB.unpack_from(data, at)[-1], f"database {key!r}"))
-        for root_page, sub in subtrees:
-            self.tree(root_page, sub, named=set())
+                        record = _DB.unpack_from(data, at)
+                        subtrees.append((record[-1], f"database {key!r}", record[-2]))
+        if found != entries:
+            raise DamagedIndexError(
+                f"{self.path}: {name}: {found} entries reached, its record counts {entries}"
+            )
+        for root_page, sub, sub_entries in subtrees:
+            self.tree(root_page, sub, set(), sub_entries)
 
     def overflow(self, first: int, size: int, where: str) -> None:
         """The run of overflow pages that holds one large value."""
