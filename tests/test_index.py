@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -28,9 +30,18 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from pacs_engine import HEADER_KEYWORDS, Archive, ScanError, scan
-from pacs_engine.index import LEVELS, SERIES_KEYWORDS, STUDY_KEYWORDS, Index, _lmdb, level_of
+from pacs_engine.index import (
+    LEVELS,
+    SERIES_KEYWORDS,
+    STUDY_KEYWORDS,
+    DamagedIndexError,
+    Index,
+    _lmdb,
+    level_of,
+)
 from pacs_engine.index.core import uid_problem
 from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
+from pacs_engine.index.integrity import check_trees
 
 ROOT = "1.2.826.0.1.3680043.8.498"
 
@@ -847,3 +858,80 @@ def test_uid_problem_keeps_dicom_uids_and_refuses_what_cannot_be_keyed_or_name_a
         assert found is None
     else:
         assert found is not None and problem in found and keyword in found
+
+
+# --- a damaged file ---------------------------------------------------------------------
+
+
+def _big_index(path: Path) -> list[dict[str, Any]]:
+    """An index of enough rows (some with values on overflow pages) to span many pages."""
+    rows = [make_row(s, 0, i) for s in range(4) for i in range(150)]
+    hashes = [hashlib.md5(str(k).encode()).hexdigest() for k in range(400)]  # incompressible
+    rows += [make_row(9, 0, i, frame_hashes=hashes) for i in range(3)]
+    with Index.create(path) as index:
+        index.commit(rows)
+    return rows
+
+
+def test_check_walks_every_page_of_a_healthy_index(tmp_path: Path) -> None:
+    rows = _big_index(tmp_path / "ix")
+    with Index.open(tmp_path / "ix") as index:
+        assert index.check() == len(rows)
+
+
+def _in_subprocess(path: Path, what: str) -> tuple[int, str]:
+    """Open the index at `path` and run `what` in a fresh process (a crash is its exit code)."""
+    code = (
+        "import sys\n"
+        "from pacs_engine.index import Index, DamagedIndexError\n"
+        "try:\n"
+        f"    index = Index.open({str(path)!r})\n"
+        f"    {what}\n"
+        "except DamagedIndexError as error:\n"
+        "    print(error)\n"
+        "    sys.exit(7)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_truncated_file_is_refused_before_it_is_mapped(tmp_path: Path) -> None:
+    _big_index(tmp_path / "ix")
+    data = tmp_path / "ix" / "data.mdb"
+    os.truncate(data, data.stat().st_size // 2)
+    code, out = _in_subprocess(tmp_path / "ix", "list(index)")
+    assert code == 7, out  # not SIGBUS (-7)
+    assert f"{data}: cut short" in out
+
+
+def test_a_zeroed_page_is_named_by_check_not_an_abort(tmp_path: Path) -> None:
+    _big_index(tmp_path / "ix")
+    data = tmp_path / "ix" / "data.mdb"
+    with Index.open(tmp_path / "ix") as index, index._transaction(write=False) as (txn, _):
+        pages = check_trees(tmp_path / "ix", txn.id())
+    page_size = 4096
+    blob = bytearray(data.read_bytes())
+    victim = pages[len(pages) // 2]
+    blob[victim * page_size : (victim + 1) * page_size] = bytes(page_size)
+    data.write_bytes(bytes(blob))
+    code, out = _in_subprocess(tmp_path / "ix", "index.check()")
+    assert code == 7, out  # not an assertion abort (-6)
+    assert f"page {victim}" in out and str(data) in out
+
+
+def test_a_row_that_does_not_decode_raises_the_index_error(tmp_path: Path) -> None:
+    rows = _big_index(tmp_path / "ix")
+    sop = rows[0]["SOPInstanceUID"]
+    # Overwrite the stored value in place: the tree is intact, the value is not a row.
+    env = lmdb.open(str(tmp_path / "ix"), max_dbs=len(_lmdb.DB_NAMES))
+    with env.begin(write=True) as txn:
+        txn.put(sop.encode(), b"\x00" * 40, db=env.open_db(b"rows", txn=txn))
+    env.close()
+    with Index.open(tmp_path / "ix") as index:
+        with pytest.raises(DamagedIndexError, match=r"data\.mdb: the row of .*: cannot be decoded"):
+            index.get(sop)
+        with pytest.raises(DamagedIndexError):
+            index.check()

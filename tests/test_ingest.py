@@ -85,7 +85,8 @@ def unreferenced(path: Path) -> list[str]:
         found = [
             str(p)
             for p in (path / "headers").rglob("*")
-            if p.is_file() and str(p.relative_to(path)) not in packs
+            # A pack's rows file (X.rows beside X.pack) is used when its pack is.
+            if p.is_file() and str(p.with_suffix(".pack").relative_to(path)) not in packs
         ]
         arrays = {
             str(p.parent.relative_to(path / "pixels"))

@@ -133,6 +133,8 @@ def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None
         config = json.loads(meta.read_bytes())
     except (OSError, ValueError):
         return None  # opening the archive says what is wrong with it
+    if not isinstance(config, dict):
+        return None
     if args.codec is not None and args.codec != config.get("codec"):
         return (
             f"{target} stores new series with codec {config.get('codec')!r}; --codec "
@@ -140,6 +142,8 @@ def _ingest_option_problem(args: argparse.Namespace, target: Path) -> str | None
         )
     if args.transcode and not config.get("transcode"):
         return f"{target} keeps original bitstreams; --transcode applies only when it is created"
+    if args.group is not None:
+        return f"{target} exists; --group applies only when it is created (chgrp -R, chmod)"
     return None
 
 
@@ -157,7 +161,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if (target / PACS_ARCHIVE_MARKER).exists():
         archive = open_archive(target, readonly=False)
     else:
-        archive = Archive.create(target, codec=args.codec or "auto", transcode=args.transcode)
+        archive = Archive.create(
+            target, codec=args.codec or "auto", transcode=args.transcode, group=args.group
+        )
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = _IngestBar(show)
     executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
@@ -246,8 +252,14 @@ class _IngestBar:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Decode every stored frame and rebuild every file; report what does not match."""
     from pacs_engine.archive import open_archive
+    from pacs_engine.index import DamagedIndexError
 
-    with open_archive(args.archive) as archive:
+    try:
+        archive = open_archive(args.archive)
+    except DamagedIndexError as error:
+        print(f"DAMAGED INDEX {error}; `pacs-engine rebuild-index {args.archive}` rebuilds it")
+        return 1
+    with archive:
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         bar = tqdm(
             total=len(archive.index),
@@ -256,7 +268,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
             dynamic_ncols=True,
         )
-        report = archive.verify(progress=lambda uid, ok: bar.update(), workers=args.workers)
+        try:
+            report = archive.verify(progress=lambda uid, ok: bar.update(), workers=args.workers)
+        except DamagedIndexError as error:
+            bar.close()
+            print(f"DAMAGED INDEX {error}; `pacs-engine rebuild-index {args.archive}` rebuilds it")
+            return 1
         bar.close()
     for mismatch in report.mismatches:
         print(
@@ -306,6 +323,23 @@ def cmd_tidy(args: argparse.Namespace) -> int:
             f"or give it up with --abandon {record['run']}"
         )
     return 0
+
+
+def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    """Rebuild the archive's index from its rows files."""
+    from pacs_engine.archive.rebuild import rebuild_index
+
+    rebuilt = rebuild_index(args.archive)
+    print(f"{rebuilt.rows:,} instances restored into a new index")
+    if rebuilt.kept_as:
+        print(f"the old index is kept as {rebuilt.kept_as}")
+    if rebuilt.uncommitted:
+        print(f"{rebuilt.uncommitted:,} rows of parts that were never committed were left out")
+    for name in rebuilt.packs_without_rows:
+        print(f"NOT RESTORED {name}: written before rows files existed")
+    for name in rebuilt.damaged_rows_files:
+        print(f"NOT RESTORED {name}: its rows file is damaged")
+    return 1 if rebuilt.packs_without_rows or rebuilt.damaged_rows_files else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -547,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: its size, sha256 and first 64 KiB)",
     )
     _add_follow_links(ingest)
+    ingest.add_argument(
+        "--group",
+        metavar="NAME",
+        help="for a new archive: let this group read it (folders 2750 with the group, files "
+        "0640) instead of its owner alone (0700/0600)",
+    )
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_progress(ingest)
     ingest.set_defaults(run=cmd_ingest)
@@ -591,6 +631,18 @@ def build_parser() -> argparse.ArgumentParser:
         "again starts a new run (whose already archived instances are then duplicates)",
     )
     tidy.set_defaults(run=cmd_tidy)
+
+    rebuild = commands.add_parser(
+        "rebuild-index",
+        help="rebuild a damaged index from the header packs' rows files",
+        description="Rebuild ARCHIVE's index from the rows file each ingest part writes "
+        "beside its header pack (docs/archive.md, 'Recovering a damaged index'); the old "
+        "index is kept as index.damaged-<time>. Exits 1 if some instances could not be "
+        "restored (header packs written before rows files existed, damaged rows files), "
+        "2 if ARCHIVE is not an archive or an ingest runs.",
+    )
+    rebuild.add_argument("archive", help="the archive folder")
+    rebuild.set_defaults(run=cmd_rebuild_index)
 
     info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")
     info.add_argument("archive", help="the archive folder")
@@ -730,16 +782,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         start_forkserver()
     args = build_parser().parse_args(argv)
-    from pacs_engine.archive import ArchiveError
-
     try:
         return args.run(args)
-    except ArchiveError as error:  # not an archive, locked by another writer, not empty
+    except _package_errors() as error:  # not an archive, locked, damaged: say so in one line
         print(f"pacs-engine {args.command}: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the disk, permissions: the error names the file
+        print(f"pacs-engine {args.command}: {error}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _package_errors() -> tuple[type[Exception], ...]:
+    """The errors of the package that say what is wrong with an archive or an input."""
+    from pacs_engine.archive import ArchiveError
+    from pacs_engine.archive.blobs import BlobError
+    from pacs_engine.archive.pixel_store import ArrayMetadataError
+    from pacs_engine.codecs import CodecError
+    from pacs_engine.errors import ScanError
+    from pacs_engine.index import DamagedIndexError
+    from pacs_engine.ingest.session import StaleSession
+    from pacs_engine.inputs import InputError
+    from pacs_engine.read.volume import VolumeError
+
+    return (
+        ArchiveError,
+        ArrayMetadataError,
+        BlobError,
+        CodecError,
+        DamagedIndexError,
+        InputError,
+        ScanError,
+        StaleSession,
+        VolumeError,
+    )
 
 
 if __name__ == "__main__":

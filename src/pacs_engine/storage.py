@@ -1,21 +1,100 @@
-"""Durable file writes: a file is either absent, or whole (write, fsync, rename)."""
+"""Durable file writes: a file is either absent, or whole (write, fsync, rename).
+
+Permissions follow the folder written into: a new file gets its folder's read and
+write bits, a new folder its parent's mode (and, on a setgid folder, its group). An
+archive created 0700 therefore stays 0700/0600 whoever writes into it, without
+relying on the umask of the writing process (docs/archive.md, "Permissions").
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import stat
 from pathlib import Path
+
+#: Permission bits a folder passes on (setgid keeps a group archive's group).
+_FOLDER_BITS = 0o777 | stat.S_ISGID
+
+
+#: A UID as DICOM defines it: digits in dot-separated components, at most 64 characters.
+_DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_DICOM_UID_CHARS = 64
+
+
+def series_folder(series_uid: str) -> str:
+    """The folder name of a series below `pixels/` and `headers/`.
+
+    A UID of DICOM's form (digits and dots) names its folder as it is: no archive
+    file is named so. Any other value (`zarr.json`, `index`, unicode, very long)
+    is named by a digest, so no series can collide with the archive's own files.
+    Archives written before kept every series under its UID: rows store their
+    paths, and `legacy_series_folder` finds them.
+    """
+    if len(series_uid) <= _DICOM_UID_CHARS and _DICOM_UID.fullmatch(series_uid):
+        return series_uid
+    digest = hashlib.sha256(series_uid.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"uid-{digest[:32]}"
+
+
+def legacy_series_folder(series_uid: str) -> str | None:
+    """The folder name earlier versions gave the series, when it differs from today's."""
+    if series_folder(series_uid) == series_uid or not series_uid:
+        return None
+    if "/" in series_uid or "\\" in series_uid or series_uid.startswith(".") or "\0" in series_uid:
+        return None  # never a folder name: earlier versions refused such series
+    return series_uid
+
+
+def make_dirs(path: str | os.PathLike) -> None:
+    """Create `path` and missing parents, each with its parent's mode."""
+    missing = []
+    path = Path(path)
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by another writer
+        os.chmod(folder, folder.parent.stat().st_mode & _FOLDER_BITS)
+
+
+def file_mode(folder: str | os.PathLike) -> int:
+    """The mode of a new file in `folder`: the folder's read and write bits."""
+    return os.stat(folder).st_mode & 0o666
+
+
+def umask_for(folder: str | os.PathLike) -> int:
+    """The umask under which files and folders made by others (zarr, LMDB) match `folder`."""
+    return 0o777 & ~(os.stat(folder).st_mode & 0o777)
+
+
+def adopt_permissions(root: str | os.PathLike) -> None:
+    """Set this process's umask from the archive folder `root`, for writes made by libraries.
+
+    zarr and LMDB create files with their own calls; the process umask is the one
+    setting they honour. Set once per writing process (the writer's open, each
+    ingest task) rather than around writes, which would race with other threads.
+    """
+    os.umask(umask_for(root))
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, dirs: set[Path] | None = None) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
-    added to it for one `fsync_dirs` call after a batch of writes.
+    added to it for one `fsync_dirs` call after a batch of writes. The file gets
+    its folder's read and write bits.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as f:
+        os.fchmod(fd, file_mode(path.parent))
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

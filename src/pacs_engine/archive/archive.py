@@ -3,8 +3,8 @@
 ```
 ARCHIVE/
   archive.json      format, version, codec policy, shard size
-  pixels/           Zarr v3 group: pixels/<SeriesInstanceUID>/<array key>
-  headers/          header blobs, one pack file per committed part
+  pixels/           Zarr v3 group: pixels/<series folder>/<array key>
+  headers/          header blobs, one pack file (and its rows file) per committed part
   index/            the LMDB index (pacs_engine.index)
   quarantine/       files that could not be archived, with the reason
   reports/          one JSON report per ingest
@@ -20,11 +20,15 @@ unreachable, and the run's resume removes it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import glob
+import grp
 import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -50,7 +54,7 @@ from pacs_engine.inputs import (
     PACS_ARCHIVE_MARKER,
     InputPolicy,
 )
-from pacs_engine.storage import fsync_dir, write_atomic
+from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.ingest import Progress
@@ -73,26 +77,44 @@ class UnknownInstance(ExportError, KeyError):
 
 
 class Archive:
-    """A lossless DICOM archive on disk. Open with `open_archive`, make with `Archive.create`."""
+    """A lossless DICOM archive on disk. Open with `open_archive`, make with `Archive.create`.
+
+    Opened for writing, it sets the process umask from the archive folder's mode
+    (0077 for a private archive), so that files zarr and LMDB create match it.
+    """
 
     def __init__(self, path: str | os.PathLike, readonly: bool = True) -> None:
         self.path = Path(path)
         meta_path = self.path / PACS_ARCHIVE_MARKER
+        if self.path.exists() and not self.path.is_dir():
+            raise ArchiveError(f"{self.path}: not a folder, so not a pacs_engine archive")
         if not meta_path.is_file():
             raise ArchiveError(f"{self.path}: not a pacs_engine archive (no archive.json)")
-        self.config = json.loads(meta_path.read_bytes())
+        self.config = read_config(meta_path)
         if {k: self.config.get(k) for k in FORMAT} != FORMAT:
             raise ArchiveError(f"{self.path}: unsupported archive format {self.config}")
         self.readonly = readonly
         self._lock = None
         if not readonly:
+            # What this process writes, and what zarr and LMDB create, gets the archive's
+            # permissions (0700/0600, or a group's 2750/0640; storage.py).
+            adopt_permissions(self.path)
             self._lock = open(self.path / ".writer.lock", "a+")  # noqa: SIM115
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._lock.close()
                 raise ArchiveError(f"{self.path}: another process is writing to it") from None
-        self.index = Index.open(self.path / "index", readonly=readonly)
+        try:
+            self.index = Index.open(self.path / "index", readonly=readonly)
+        except BaseException as error:
+            if self._lock is not None:
+                self._lock.close()
+            if isinstance(error, FileNotFoundError | ValueError):
+                raise ArchiveError(
+                    f"{self.path / 'index'}: cannot open the index: {error}"
+                ) from None
+            raise
         self.pixels = PixelStore(self.path / "pixels")
         self.quarantine = Quarantine(self.path / "quarantine")
 
@@ -104,27 +126,28 @@ class Archive:
         frames_per_shard: int = 64,
         max_chunk_pixels: int = 4096 * 4096,
         transcode: bool = False,
+        group: str | None = None,
     ) -> Archive:
         """Make an empty archive at `path` (a new or empty folder) and open it for writing.
 
         With `transcode`, frames that arrive in a lossless compressed transfer syntax
         are stored with the archive codec instead of as their original bitstream;
         such instances export as explicit VR little endian files with the same
-        pixels, not as their original bytes.
+        pixels, not as their original bytes. The archive is its owner's only (folders
+        0700, files 0600), or with `group` (a name or id) that group's too (2750/0640),
+        and everything written into it later keeps that. When another process creates
+        the same archive at once, one wins; the other opens it if it has the same
+        options (and the writer lock is free), else raises ArchiveError.
         """
         if codec not in CODEC_CHOICES:
             raise ValueError(f"codec must be one of {', '.join(CODEC_CHOICES)}, not {codec!r}")
+        gid = _group_id(group) if group is not None else None
         root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise ArchiveError(f"{root}: exists and is not a folder")
         if root.exists() and any(root.iterdir()):
             raise ArchiveError(f"{root}: exists and is not empty")
         root.parent.mkdir(parents=True, exist_ok=True)
-        # Made beside it, then renamed into place: a kill mid-way leaves no half archive
-        # at `root` (only a dot-folder, removed by the next create there).
-        building = root.with_name(f".{root.name}.creating")
-        shutil.rmtree(building, ignore_errors=True)
-        building.mkdir()
-        Index.create(building / "index").close()
-        PixelStore(building / "pixels").create()
         config = {
             **FORMAT,
             "codec": codec,
@@ -132,11 +155,45 @@ class Archive:
             "max_chunk_pixels": max_chunk_pixels,
             "transcode": transcode,
         }
-        write_atomic(building / PACS_ARCHIVE_MARKER, json.dumps(config, indent=2).encode())
-        if root.exists():
-            root.rmdir()
-        building.rename(root)
-        fsync_dir(root.parent)
+        # Made beside it, then renamed into place in one step: a kill mid-way leaves no
+        # half archive at `root` (only a dot-folder, removed by a later create there), and
+        # of two processes creating the same archive exactly one rename succeeds.
+        _remove_abandoned_builds(root)
+        building = root.with_name(f".{root.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        building.mkdir(mode=0o700)
+        try:
+            if gid is not None:
+                os.chown(building, -1, gid)
+                os.chmod(building, 0o2750)  # setgid: what is made inside keeps the group
+            else:
+                os.chmod(building, 0o700)
+            adopt_permissions(building)
+            Index.create(building / "index").close()
+            PixelStore(building / "pixels").create()
+            write_atomic(building / PACS_ARCHIVE_MARKER, json.dumps(config, indent=2).encode())
+            try:
+                os.rename(building, root)  # onto a missing or empty folder; else it fails
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+                return cls._created_meanwhile(root, config, group)
+            fsync_dir(root.parent)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        return cls(root, readonly=False)
+
+    @classmethod
+    def _created_meanwhile(cls, root: Path, config: dict[str, Any], group: str | None) -> Archive:
+        """The archive another process made at `root` while this one made its own."""
+        if not (root / PACS_ARCHIVE_MARKER).is_file():
+            raise ArchiveError(f"{root}: something else was made there meanwhile")
+        theirs = read_config(root / PACS_ARCHIVE_MARKER)
+        if {k: theirs.get(k) for k in config} != config or (
+            group is not None and root.stat().st_gid != _group_id(group)
+        ):
+            raise ArchiveError(
+                f"{root}: another process created this archive meanwhile, with other options"
+            )
         return cls(root, readonly=False)
 
     def close(self) -> None:
@@ -364,12 +421,15 @@ class Archive:
     ) -> VerifyReport:
         """Check every instance: its frames decode, to their recorded hashes, and its file rebuilds.
 
+        The index is checked first, page by page and row by row (DamagedIndexError).
+
         Original bitstreams stored undecoded have no recorded hashes: decoding them is
         the check, and the rebuilt file's sha256 proves their bytes. With `workers`
         (None: one per core) or an ingest `executor`, instances are checked in worker
         processes, so a decoder crash is reported instead of ending the check
         (pacs_engine.archive.verify).
         """
+        self.index.check()  # DamagedIndexError: nothing below can be trusted, or even read
         if executor is None and workers == 0:
             return verify_here(self, progress)
         from pacs_engine.ingest.executors import make_executor
@@ -411,6 +471,48 @@ class Archive:
             "by_codec": {k: _with_ratio(v) for k, v in sorted(by_codec.items())},
         }
         return result
+
+
+def read_config(meta_path: Path) -> dict[str, Any]:
+    """The archive's archive.json; ArchiveError naming the file when it cannot be read."""
+    try:
+        config = json.loads(meta_path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ArchiveError(f"{meta_path}: cannot be read: {error}") from None
+    if not isinstance(config, dict):
+        raise ArchiveError(f"{meta_path}: not an archive description (not a JSON object)")
+    return config
+
+
+def _group_id(group: str) -> int:
+    """The id of a group named by name or number."""
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        raise ArchiveError(f"{group}: no such group") from None
+
+
+def _remove_abandoned_builds(root: Path) -> None:
+    """Delete the half-made archives that killed creates left beside `root`."""
+    for building in root.parent.glob(f".{glob.escape(root.name)}.creating*"):
+        _, _, owner = building.name.rpartition(".creating")
+        pid = owner[1:].split("-")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # another process is creating it now
+        shutil.rmtree(building, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """True when a process `pid` runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_archive(path: str | os.PathLike, readonly: bool = True) -> Archive:

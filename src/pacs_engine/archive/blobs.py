@@ -10,12 +10,19 @@ the pixel data from the archive's frames:
 - encapsulated data: the Basic Offset Table item, each fragment's length (a
   frame's chunk is its fragments, concatenated), and the closing delimiter;
 - no pixel data, or a deflated data set: the whole file.
+
+Beside each pack `X.pack` of header blobs, `X.rows` keeps the index rows of the
+instances the pack holds, as the part wrote them: what `rebuild_index` needs
+that no blob holds (source paths, hashes, pixel references).
 """
 
 from __future__ import annotations
 
+import json
 import struct
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from numcodecs import Zstd
 
@@ -24,6 +31,7 @@ _HEAD = struct.Struct("<4sBQQQ")
 _ZSTD = Zstd(level=3)
 
 WHOLE, NATIVE, ENCAPSULATED = 0, 1, 2
+PACK_SUFFIX, ROWS_SUFFIX = ".pack", ".rows"
 
 
 class BlobError(ValueError):
@@ -108,3 +116,23 @@ class HeaderBlob:
             if isinstance(error, BlobError):
                 raise
             raise BlobError(f"damaged header blob: {error}") from None
+
+
+def rows_sidecar(pack: str) -> str:
+    """The name of the rows file beside the pack `pack`."""
+    return pack.removesuffix(PACK_SUFFIX) + ROWS_SUFFIX
+
+
+def dump_rows(rows: list[dict[str, Any]]) -> bytes:
+    """A rows file: the rows, and when they were written (the later of two rows wins)."""
+    record = {"written_ns": time.time_ns(), "rows": rows}
+    return bytes(_ZSTD.encode(json.dumps(record, separators=(",", ":")).encode()))
+
+
+def load_rows(data: bytes) -> tuple[int, list[dict[str, Any]]]:
+    """(written_ns, rows) of a rows file; raises BlobError on damaged data."""
+    try:
+        record = json.loads(bytes(_ZSTD.decode(data)))
+        return int(record["written_ns"]), list(record["rows"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise BlobError(f"damaged rows file: {error}") from None

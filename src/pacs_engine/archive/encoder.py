@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from zarr.codecs import BloscCodec
 
+from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.pixel_store import (
     ArraySpec,
     PixelStore,
@@ -66,7 +67,7 @@ from pacs_engine.inputs import (
     read_input,
 )
 from pacs_engine.scanning import scan
-from pacs_engine.storage import fsync_dirs, write_atomic
+from pacs_engine.storage import fsync_dirs, series_folder, write_atomic
 
 
 @dataclass(frozen=True)
@@ -543,12 +544,16 @@ class PartEncoder:
         dirs: set[Path],
     ) -> None:
         """Write the part's header blobs as one pack file and point their rows at them."""
-        name = f"headers/{series_uid}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.pack"
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        name = f"headers/{series_folder(series_uid)}/{stamp}.pack"
         offset = 0
         for row, blob in blobs:
             row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
             offset += len(blob)
         write_atomic(self.root / name, b"".join(blob for _, blob in blobs), dirs)
+        # What rebuild_index needs beyond the blobs (docs/archive.md).
+        sidecar = dump_rows([row for row, _ in blobs])
+        write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
 
 
 def conflict_reason(

@@ -1,6 +1,7 @@
 """The Zarr v3 pixel store: one sharded array per series and frame geometry, shards written whole.
 
-Arrays live at `pixels/<SeriesInstanceUID>/<key>` and are shaped (frames, rows,
+Arrays live at `pixels/<series folder>/<key>` (`storage.series_folder`: the Series
+Instance UID when it has DICOM's form, else a digest of it) and are shaped (frames, rows,
 columns[, samples]). A chunk is one frame (or one tile of a frame larger than
 `max_chunk_pixels`), a shard is `frames_per_shard` frames. Shards are packed by
 `pacs_engine.codecs.pack_shard` from chunks encoded beforehand (or kept as their
@@ -36,11 +37,15 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from pacs_engine.archive.native import frame_shape
 from pacs_engine.codecs import CodecError, pack_shard
 from pacs_engine.codecs.sharding import EMPTY
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import legacy_series_folder, series_folder, write_atomic
 
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
 CRC32C_BYTES = 4
 FULL_FRAME = (slice(None), slice(None))
+
+
+class ArrayMetadataError(ValueError):
+    """An array's zarr.json that cannot be read: names the file and the reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +235,8 @@ class PixelStore:
         zarr.open_group(self.root, mode="w-", zarr_format=3)
 
     def array_path(self, series_uid: str, key: str) -> str:
-        """The array's path below the root."""
-        return f"{series_uid}/{key}"
+        """The path below the root of a new array (existing ones: the path rows store)."""
+        return f"{series_folder(series_uid)}/{key}"
 
     def exists(self, path: str) -> bool:
         """True when the array has been created."""
@@ -241,7 +246,7 @@ class PixelStore:
         """Create the array (and its series group) if it does not exist yet."""
         if self.exists(self.array_path(series_uid, key)):
             return
-        group = zarr.open_group(self.root, mode="a").require_group(series_uid)
+        group = zarr.open_group(self.root, mode="a").require_group(series_folder(series_uid))
         options: dict[str, Any] = {"compressors": spec.compressors or None}
         if spec.codec is not None:
             options["serializer"] = spec.codec
@@ -258,17 +263,25 @@ class PixelStore:
 
     def frames(self, path: str) -> int:
         """The array's committed frame count (its shape along axis 0)."""
-        return json.loads((self.root / path / "zarr.json").read_bytes())["shape"][0]
+        return self._meta(path)["shape"][0]
 
     def set_frames(self, path: str, frames: int) -> None:
         """Set the array's frame count, atomically (write, fsync, rename of zarr.json)."""
-        meta_path = self.root / path / "zarr.json"
-        meta = json.loads(meta_path.read_bytes())
+        meta = self._meta(path)
         meta["shape"][0] = frames
-        write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+        write_atomic(self.root / path / "zarr.json", json.dumps(meta, indent=2).encode())
 
     def _meta(self, path: str) -> dict:
-        return json.loads((self.root / path / "zarr.json").read_bytes())
+        """The array's zarr.json; ArrayMetadataError naming the file when it cannot be read."""
+        meta_path = self.root / path / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ArrayMetadataError(f"{meta_path}: cannot be read: {error}") from None
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        if not isinstance(shape, list) or not shape or not isinstance(shape[0], int):
+            raise ArrayMetadataError(f"{meta_path}: not the metadata of an array (no shape)")
+        return meta
 
     def _shard_file(self, path: str, shard: int) -> str:
         zeros = "/0" * len(self.spec(path).frame_shape)
@@ -278,7 +291,11 @@ class PixelStore:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            spec = self._specs[path] = array_spec(ArrayV3Metadata.from_dict(self._meta(path)))
+            meta = self._meta(path)
+            try:
+                spec = self._specs[path] = array_spec(ArrayV3Metadata.from_dict(meta))
+            except (TypeError, ValueError, KeyError) as error:
+                raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
         return spec
 
     def grid(self, path: str) -> tuple[int, int]:
@@ -334,11 +351,14 @@ class PixelStore:
         return [bytes(decompress(spec, c)) for c in self.read_chunks(path, start, stop)]
 
     def arrays(self, series_uid: str) -> list[str]:
-        """The paths of the series' arrays."""
-        folder = self.root / series_uid
-        if not folder.is_dir():
-            return []
-        return sorted(self.array_path(series_uid, p.name) for p in folder.iterdir() if _is_array(p))
+        """The paths of the series' arrays (in its folder, and where earlier versions put it)."""
+        names = {series_folder(series_uid), legacy_series_folder(series_uid)} - {None}
+        found = []
+        for name in names:
+            folder = self.root / name
+            if folder.is_dir():
+                found += [f"{name}/{p.name}" for p in folder.iterdir() if _is_array(p)]
+        return sorted(found)
 
     def unreferenced_files(self, path: str, shards: set[int]) -> list[Path]:
         """Files in the array's chunk folder other than the shard files of `shards`."""

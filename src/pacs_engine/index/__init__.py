@@ -1,6 +1,7 @@
 """The archive's memory-mapped index: instance rows, series and study records, C-FIND queries."""
 
 from pacs_engine.index.core import Index
+from pacs_engine.index.integrity import DamagedIndexError
 from pacs_engine.index.matching import (
     LEVELS,
     SERIES_KEYWORDS,
@@ -14,6 +15,7 @@ __all__ = [
     "LEVELS",
     "SERIES_KEYWORDS",
     "STUDY_KEYWORDS",
+    "DamagedIndexError",
     "Index",
     "compile_query",
     "level_of",

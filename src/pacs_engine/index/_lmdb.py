@@ -19,6 +19,12 @@ from typing import Any
 
 import lmdb
 
+from pacs_engine.index.integrity import DATA_FILE, DamagedIndexError, check_file
+from pacs_engine.storage import file_mode
+
+#: What LMDB raises on a file it finds damaged.
+DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)
+
 #: Address space reserved for the map. LMDB grows the file as it fills, never
 #: beyond this; 1 TiB of address space costs nothing on 64-bit and every process
 #: maps the same size, so readers never meet MDB_MAP_RESIZED.
@@ -41,6 +47,12 @@ DB_NAMES: tuple[bytes, ...] = (
 )
 
 
+def _damaged(path: str, error: Exception) -> DamagedIndexError:
+    """LMDB's complaint about the file as the package's error, naming the index once."""
+    text = str(error).removeprefix(f"{path}: ")
+    return DamagedIndexError(f"{os.path.join(path, DATA_FILE)}: {text}")
+
+
 class Store:
     """The LMDB environment of one index directory in this process."""
 
@@ -55,18 +67,26 @@ class Store:
         """Open the environment and its databases if they are not open in this process."""
         if self.env is not None:
             return
-        env = lmdb.open(
-            self.path,
-            map_size=MAP_SIZE,
-            readonly=not self.writable,
-            create=False,
-            max_dbs=len(DB_NAMES),
-            max_readers=MAX_READERS,
-            # Lookups are random: readahead would fetch pages nobody asked for.
-            readahead=False,
-        )
+        check_file(self.path)  # a damaged file would crash LMDB (integrity.py)
+        try:
+            env = lmdb.open(
+                self.path,
+                map_size=MAP_SIZE,
+                readonly=not self.writable,
+                create=False,
+                max_dbs=len(DB_NAMES),
+                max_readers=MAX_READERS,
+                # Lookups are random: readahead would fetch pages nobody asked for.
+                readahead=False,
+                mode=file_mode(self.path),  # a lock.mdb made here: the archive's permissions
+            )
+        except DAMAGE_ERRORS as error:
+            raise _damaged(self.path, error) from None
         try:
             self.dbs = {name: env.open_db(name, create=False) for name in DB_NAMES}
+        except DAMAGE_ERRORS as error:
+            env.close()
+            raise _damaged(self.path, error) from None
         except BaseException:
             env.close()
             raise
@@ -164,6 +184,8 @@ def transaction(store: Store, write: bool = False) -> Iterator[tuple[Any, dict[b
             env.reader_check()
         with env.begin(write=write) as txn:
             yield txn, dbs
+    except DAMAGE_ERRORS as error:
+        raise _damaged(store.path, error) from None
     finally:
         with state.cond:
             state.active -= 1

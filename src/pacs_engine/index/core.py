@@ -33,6 +33,7 @@ from typing import Any
 import lmdb
 
 from pacs_engine.index import _lmdb
+from pacs_engine.index.integrity import DATA_FILE, DamagedIndexError, check_trees, read_metas
 from pacs_engine.index.matching import (
     LEVELS,
     SERIES_KEYWORDS,
@@ -44,6 +45,7 @@ from pacs_engine.index.matching import (
     matches,
 )
 from pacs_engine.scanning import HEADER_KEYWORDS
+from pacs_engine.storage import file_mode, make_dirs
 
 FORMAT = {"format": "pacs_engine.index", "version": 1}
 UID_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
@@ -88,15 +90,22 @@ def _dump(record: dict[str, Any]) -> bytes:
         return json.dumps(record, separators=(",", ":")).encode()
 
 
-def _load(data: bytes) -> dict[str, Any]:
-    return json.loads(data)
+def _load(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(data)
+    except ValueError as error:
+        raise DamagedIndexError(f"{where}: cannot be decoded: {error}") from None
+    if not isinstance(record, dict):
+        raise DamagedIndexError(f"{where}: not a record")
+    return record
 
 
 class _RowCodec:
     """Rows as JSON deflated with the index's preset dictionary."""
 
-    def __init__(self, zdict: bytes) -> None:
+    def __init__(self, zdict: bytes, path: Path) -> None:
         self.zdict = zdict
+        self.path = path
 
     def dump(self, row: dict[str, Any]) -> bytes:
         """The row as stored."""
@@ -104,9 +113,27 @@ class _RowCodec:
         deflate = zlib.compressobj(1, zdict=self.zdict)
         return deflate.compress(_dump(row)) + deflate.flush()
 
-    def load(self, data: bytes) -> dict[str, Any]:
-        """The row from its stored form."""
-        return _load(zlib.decompressobj(zdict=self.zdict).decompress(data))
+    def load(self, data: bytes | None, key: bytes) -> dict[str, Any]:
+        """The row stored under `key`; DamagedIndexError when it cannot be decoded or is
+        another instance's (a damaged key)."""
+        where = f"{self.path}: the row of {key.decode('utf-8', 'replace')!r}"
+        if data is None:
+            raise DamagedIndexError(f"{where}: missing, though series_rows lists it")
+        try:
+            text = zlib.decompressobj(zdict=self.zdict).decompress(data)
+        except zlib.error as error:
+            raise DamagedIndexError(f"{where}: cannot be decoded: {error}") from None
+        row = _load(text, where)
+        if not all(isinstance(row.get(k), str) for k in UID_KEYWORDS):
+            raise DamagedIndexError(f"{where}: no UIDs")
+        if row["SOPInstanceUID"].encode() != key:
+            raise DamagedIndexError(f"{where}: stored under another instance's key")
+        return row
+
+
+def _meta_txnids(path: Path) -> set[int]:
+    """The transactions the index file's meta pages name now."""
+    return {meta.txnid for meta in read_metas(path / DATA_FILE)}
 
 
 def _order(instance_number: Any) -> bytes:
@@ -199,12 +226,12 @@ class _View:
     def row(self, sop_uid: str) -> dict[str, Any] | None:
         """The row, or None."""
         data = self.txn.get(sop_uid.encode(), db=self.dbs[b"rows"])
-        return None if data is None else self.codec.load(data)
+        return None if data is None else self.codec.load(data, sop_uid.encode())
 
     def record(self, db: bytes, uid: str) -> dict[str, Any] | None:
         """The series or study record, or None."""
         data = self.txn.get(uid.encode(), db=self.dbs[db])
-        return None if data is None else _load(data)
+        return None if data is None else _load(data, f"{self.codec.path}: {db.decode()} {uid!r}")
 
     def series_rows(self, series_uid: str) -> list[dict[str, Any]]:
         """The rows of the series, in order."""
@@ -212,15 +239,15 @@ class _View:
         # Nine order bytes follow the series UID and separator; the SOP UID is the rest.
         start = len(prefix) + len(_NO_NUMBER)
         get, rows, load = self.txn.get, self.dbs[b"rows"], self.codec.load
-        return [
-            load(get(key[start:], db=rows)) for key in self.keys_with_prefix(b"series_rows", prefix)
-        ]
+        sops = [key[start:] for key in self.keys_with_prefix(b"series_rows", prefix)]
+        return [load(get(sop, db=rows), sop) for sop in sops]
 
     def study_series(self, study_uid: str) -> list[dict[str, Any]]:
         """The series records of the study, by Series Instance UID."""
         keys = self.keys_with_prefix(b"study_series", study_uid.encode() + _SEP)
         get, series = self.txn.get, self.dbs[b"series"]
-        return [_load(get(key.rpartition(_SEP)[2], db=series)) for key in keys]
+        where = f"{self.codec.path}: a series record"
+        return [_load(get(key.rpartition(_SEP)[2], db=series), where) for key in keys]
 
 
 class Index:
@@ -246,12 +273,12 @@ class Index:
                     zdict = txn.get(b"zdict", db=dbs[b"meta"])
             except lmdb.NotFoundError as error:  # an LMDB environment without our databases
                 raise ValueError(not_index) from error
-            if found is None or zdict is None or _load(found) != FORMAT:
+            if found is None or zdict is None or _load(found, not_index) != FORMAT:
                 raise ValueError(not_index)
         except BaseException:
             self.close()
             raise
-        self._codec = _RowCodec(zdict)
+        self._codec = _RowCodec(zdict, self.path / DATA_FILE)
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> Index:
@@ -259,9 +286,10 @@ class Index:
         folder = Path(path)
         if (folder / "data.mdb").exists():
             raise FileExistsError(f"{folder}: an index already exists")
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         env = lmdb.open(
             os.fspath(folder),
+            mode=file_mode(folder),  # the archive's permissions, whatever the umask
             map_size=_lmdb.MAP_SIZE,
             max_dbs=len(_lmdb.DB_NAMES),
             max_readers=_lmdb.MAX_READERS,
@@ -360,6 +388,30 @@ class Index:
             db = dbs[b"journal"]
             return {k: v for k in keys if (v := txn.get(k, db=db)) is not None}
 
+    def check(self) -> int:
+        """Check the whole index: every page's structure, then every row and record decodes.
+
+        Returns the rows checked; raises DamagedIndexError naming the file and the damage.
+        """
+        attempts = 0
+        while True:
+            with self._transaction(write=False) as (txn, dbs):
+                try:
+                    check_trees(self.path, txn.id())
+                except DamagedIndexError:
+                    attempts += 1
+                    if attempts < 4 and txn.id() not in _meta_txnids(self.path):
+                        continue  # a writer committed twice meanwhile: look again
+                    raise
+                for db in (b"series", b"studies"):
+                    for key, value in txn.cursor(dbs[db]):
+                        _load(value, f"{self._codec.path}: {db.decode()} record {key!r}")
+                count = 0
+                for key, value in txn.cursor(dbs[b"rows"]):
+                    self._codec.load(value, key)
+                    count += 1
+                return count
+
     # --- reading --------------------------------------------------------------
 
     @contextmanager
@@ -381,7 +433,7 @@ class Index:
         """The row of the instance, or None."""
         with self._transaction(write=False) as (txn, dbs):
             data = txn.get(sop_instance_uid.encode(), db=dbs[b"rows"])
-        return None if data is None else self._codec.load(data)
+        return None if data is None else self._codec.load(data, sop_instance_uid.encode())
 
     def series(self, series_instance_uid: str) -> list[dict[str, Any]]:
         """The rows of the series, by InstanceNumber then SOPInstanceUID."""
@@ -432,7 +484,8 @@ class Index:
     def all_series(self) -> list[dict[str, Any]]:
         """Every series record, by SeriesInstanceUID."""
         with self._transaction(write=False) as (txn, dbs):
-            return [_load(v) for v in txn.cursor(dbs[b"series"]).iternext(keys=False)]
+            where = f"{self._codec.path}: a series record"
+            return [_load(v, where) for v in txn.cursor(dbs[b"series"]).iternext(keys=False)]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Every row, by SOPInstanceUID, read a chunk per transaction.
@@ -450,11 +503,11 @@ class Index:
                     for key, value in cursor:
                         if key == after:
                             continue
-                        chunk.append(value)
+                        chunk.append((key, value))
                         if len(chunk) == _ITER_CHUNK:
                             after = key
                             break
-            yield from map(self._codec.load, chunk)
+            yield from (self._codec.load(value, key) for key, value in chunk)
             if len(chunk) < _ITER_CHUNK:
                 return
 
@@ -508,13 +561,13 @@ class IndexWriter(_View):
         for sop in (uid.encode() for uid in remove):
             old = txn.pop(sop, db=rows_db)
             if old is not None:
-                self._unlink(self.codec.load(old))
+                self._unlink(self.codec.load(old, sop))
         # Sorted keys keep the B+tree's writes local.
         for sop in sorted(batch):
             row, data = batch[sop]
             old = txn.replace(sop, data, db=rows_db)
             if old is not None:
-                self._unlink(self.codec.load(old))
+                self._unlink(self.codec.load(old, sop))
             txn.put(_series_row_key(row), b"", db=series_rows_db)
             self.count_delta[row["SeriesInstanceUID"]] += 1
         # Records take their attributes from the last row added of each series and study.

@@ -6,6 +6,7 @@ run is writing. So every task runs holding a shared lock on `.workers.lock` and
 first checks that `.session` still names its run's session; a new session writes
 its id, then takes the lock exclusively once, which waits for any task of an
 old session still running. Afterwards old tasks see the new id and stop.
+`retire` (tidy) does the same by deleting `.session`, which needs no free space.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import adopt_permissions, write_atomic
 
 LOCK = ".workers.lock"
 SESSION = ".session"
@@ -36,17 +37,37 @@ def claim(root: str | Path) -> str:
     return session
 
 
+def retire(root: str | Path) -> None:
+    """End every session without writing (a tidy on a full disk): wait for their tasks."""
+    (Path(root) / SESSION).unlink(missing_ok=True)
+    try:
+        lock = open(Path(root) / LOCK, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return  # no task ever ran: none can be running
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+
 @contextmanager
 def guard(root: str | Path, session: str) -> Iterator[None]:
     """Run a task only while `session` is the archive's current session."""
     with open(Path(root) / LOCK, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH)
-        if (Path(root) / SESSION).read_bytes().decode() != session:
+        try:
+            current = (Path(root) / SESSION).read_bytes().decode()
+        except FileNotFoundError:
+            current = None  # retired by a tidy
+        if current != session:
             raise StaleSession(f"{root}: a newer ingest session has started")
         yield
 
 
 def guarded(fn: Callable[..., Any], root: str, session: str, *args: Any) -> Any:
-    """fn(root, *args) under `guard`: what executors run."""
+    """fn(root, *args) under `guard`: what executors run.
+
+    Sets the worker's umask from the archive first, so that what zarr and LMDB
+    create there gets the archive's permissions (storage.adopt_permissions).
+    """
+    adopt_permissions(root)
     with guard(root, session):
         return fn(root, *args)

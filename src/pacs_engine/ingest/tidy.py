@@ -9,6 +9,7 @@ holds at a time, so a tidy never runs beside an ingest.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from pacs_engine.archive.archive import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import version_rows
+from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
 from pacs_engine.ingest import session
-from pacs_engine.storage import remove_stale_temporaries
+from pacs_engine.storage import legacy_series_folder, remove_stale_temporaries, series_folder
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -45,35 +47,53 @@ class Tidied:
 def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     """Fit one series' arrays to their committed frames and delete what no committed row uses.
 
-    Only while nothing else writes to the archive.
+    Only while nothing else writes to the archive. Deletes before it rewrites an
+    array's metadata, so that a tidy frees space even on a full disk.
     """
+    rows = archive.index.iter_series(series_uid)  # a chunk of rows at a time
+    folders = {series_folder(series_uid), legacy_series_folder(series_uid)} - {None}
+    _tidy_folders(archive, sorted(folders), rows, tidied)  # type: ignore[arg-type]
+
+
+def _tidy_folders(
+    archive: Archive, folders: list[str], rows: Iterable[dict[str, Any]], tidied: Tidied
+) -> None:
+    """Delete what `rows` do not use in the series folders `folders` of pixels/ and headers/."""
     pixels = archive.pixels
     ends: dict[str, int] = {}
     shards: dict[str, set[int]] = {}
     packs: set[str] = set()
-    for row in archive.index.iter_series(series_uid):  # a chunk of rows at a time
+    for row in rows:
         for version in version_rows(row):  # earlier versions keep their own files
             packs.add(version["header"]["pack"])
             _add_frames(pixels, version.get("pixels"), ends, shards)
-    for path in pixels.arrays(series_uid):
+    arrays = []
+    for name in folders:
+        folder = pixels.root / name
+        if folder.is_dir():
+            arrays += [f"{name}/{p.name}" for p in sorted(folder.iterdir()) if p.is_dir()]
+    for path in arrays:
         if path not in ends:
             tidied.remove(pixels.root / path)
             continue
-        if pixels.frames(path) != ends[path]:
-            pixels.set_frames(path, ends[path])
-            tidied.arrays_resized.append(path)
         for file in pixels.unreferenced_files(path, shards[path]):
             tidied.remove(file)
         remove_stale_temporaries(pixels.root / path)  # a zarr.json being rewritten
-    folder = archive.path / "headers" / series_uid
-    if folder.is_dir():
-        for pack in folder.glob("*.pack"):
-            if pack.is_file() and f"headers/{series_uid}/{pack.name}" not in packs:
-                tidied.remove(pack)
-        remove_stale_temporaries(folder)  # a pack whose write a kill interrupted
-    for empty in (pixels.root / series_uid, folder):
-        if empty.is_dir() and not any(empty.iterdir()):
-            empty.rmdir()
+        if pixels.frames(path) != ends[path]:
+            pixels.set_frames(path, ends[path])
+            tidied.arrays_resized.append(path)
+    for name in folders:
+        folder = archive.path / "headers" / name
+        if folder.is_dir():
+            for file in sorted(folder.iterdir()):
+                pack = file.with_suffix(PACK_SUFFIX)
+                used = f"headers/{name}/{pack.name}" in packs
+                if file.is_file() and file.suffix in (PACK_SUFFIX, ROWS_SUFFIX) and not used:
+                    tidied.remove(file)
+            remove_stale_temporaries(folder)  # a pack whose write a kill interrupted
+        for empty in (pixels.root / name, folder):
+            if empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
 
 
 def _add_frames(
@@ -100,16 +120,28 @@ def remove_temporaries(archive: Archive) -> None:
 
 
 def tidy_archive(archive: Archive) -> Tidied:
-    """Tidy every series on disk of an archive open for writing."""
+    """Tidy every series on disk of an archive open for writing.
+
+    Writes nothing before it has deleted: it runs on a full disk, to free it.
+    """
     if archive.readonly:
         raise ArchiveError(f"{archive.path}: opened read-only")
-    session.claim(archive.path)  # workers a killed run left behind stop writing first
+    session.retire(archive.path)  # workers a killed run left behind stop writing first
     tidied = Tidied()
-    series = {p.name for p in archive.pixels.root.iterdir() if p.is_dir()}
+    on_disk = {p.name for p in archive.pixels.root.iterdir() if p.is_dir()}
     headers = archive.path / "headers"
     if headers.is_dir():
-        series |= {p.name for p in headers.iterdir() if p.is_dir()}
-    for series_uid in sorted(series):
-        tidy_series(archive, series_uid, tidied)
+        on_disk |= {p.name for p in headers.iterdir() if p.is_dir()}
+    # Which series each folder holds: its UID (earlier versions) or a digest of it.
+    owners: dict[str, set[str]] = {}
+    for record in archive.index.all_series():
+        uid = record["SeriesInstanceUID"]
+        for name in {series_folder(uid), legacy_series_folder(uid)} - {None}:
+            owners.setdefault(name, set()).add(uid)  # type: ignore[arg-type]
+    for name in sorted(on_disk):
+        rows = (
+            row for uid in sorted(owners.get(name, ())) for row in archive.index.iter_series(uid)
+        )
+        _tidy_folders(archive, [name], rows, tidied)
     remove_temporaries(archive)
     return tidied

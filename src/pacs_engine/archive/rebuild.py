@@ -1,0 +1,131 @@
+"""Rebuild a damaged index from what the archive keeps beside it (docs/archive.md).
+
+Each part an ingest writes leaves a rows file beside its header pack
+(`headers/<series>/<stamp>.rows`, blobs.dump_rows): the index rows of the
+instances in the pack, as the part wrote them. A rebuild reads every rows file,
+keeps for each SOP Instance UID the rows whose pack exists and whose frames the
+array's committed frame count covers (a part killed before its commit raised no
+frame count), makes the one written last the current version and the earlier
+ones its versions (archive/versions.py), and commits them to a new index, which replaces the old
+one; the old one is kept beside it as `index.damaged-<time>`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pacs_engine.archive.archive import ArchiveError, read_config
+from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX, BlobError, load_rows
+from pacs_engine.archive.pixel_store import PixelStore
+from pacs_engine.archive.versions import with_version
+from pacs_engine.index import Index
+from pacs_engine.inputs import PACS_ARCHIVE_MARKER
+from pacs_engine.storage import fsync_dir
+
+_BATCH = 1000
+
+
+@dataclass
+class Rebuilt:
+    """What a rebuild restored and what it could not."""
+
+    rows: int = 0
+    uncommitted: int = 0  # rows of parts whose frames were never committed
+    packs_without_rows: list[str] = field(default_factory=list)  # written before rows files
+    damaged_rows_files: list[str] = field(default_factory=list)
+    kept_as: str = ""  # where the replaced index is
+
+
+def rebuild_index(path: str | os.PathLike) -> Rebuilt:
+    """Rebuild the index of the archive at `path` from its rows files; needs the writer lock."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ArchiveError(f"{root}: not a folder, so not a pacs_engine archive")
+    read_config(root / PACS_ARCHIVE_MARKER)
+    with open(root / ".writer.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArchiveError(f"{root}: another process is writing to it") from None
+        return _rebuild(root)
+
+
+def _rebuild(root: Path) -> Rebuilt:
+    rebuilt = Rebuilt()
+    rows = _rows_by_sop(root, rebuilt)
+    pixels = PixelStore(root / "pixels")
+    frames: dict[str, int] = {}
+    building = root / f".index.rebuilding-{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    index = Index.create(building)
+    try:
+        batch: list[dict[str, Any]] = []
+        for sop in sorted(rows):
+            kept = [row for row in rows[sop] if _committed(row, root, pixels, frames)]
+            rebuilt.uncommitted += len(rows[sop]) - len(kept)
+            if not kept:
+                continue
+            row = kept[0]
+            for later in kept[1:]:
+                row = with_version(row, later)
+            batch.append(row)
+            if len(batch) == _BATCH:
+                index.commit(batch)
+                batch = []
+        index.commit(batch)
+        rebuilt.rows = len(index)
+    finally:
+        index.close()
+    old = root / "index"
+    if old.exists():
+        kept = root / f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        old.rename(kept)
+        rebuilt.kept_as = str(kept)
+    building.rename(old)
+    fsync_dir(root)
+    return rebuilt
+
+
+def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[dict[str, Any]]]:
+    """The rows of each SOP Instance UID over every rows file, in the order written."""
+    found: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+    order = 0  # rows of one file (versions received in one part) keep their order
+    headers = root / "headers"
+    folders = sorted(p for p in headers.iterdir() if p.is_dir()) if headers.is_dir() else []
+    for folder in folders:
+        for file in sorted(folder.iterdir()):
+            name = f"headers/{folder.name}/{file.name}"
+            if file.suffix == PACK_SUFFIX and not file.with_suffix(ROWS_SUFFIX).is_file():
+                rebuilt.packs_without_rows.append(name)
+            if file.suffix != ROWS_SUFFIX or not file.with_suffix(PACK_SUFFIX).is_file():
+                continue
+            try:
+                written, rows = load_rows(file.read_bytes())
+            except (OSError, BlobError):
+                rebuilt.damaged_rows_files.append(name)
+                continue
+            for row in rows:
+                sop = row.get("SOPInstanceUID")
+                if isinstance(sop, str):
+                    found.setdefault(sop, []).append((written, order, row))
+                    order += 1
+    return {sop: [row for *_, row in sorted(rows)] for sop, rows in found.items()}
+
+
+def _committed(row: dict[str, Any], root: Path, pixels: PixelStore, frames: dict[str, int]) -> bool:
+    """True unless the row's frames lie beyond its array's committed frame count."""
+    if not (root / row["header"]["pack"]).is_file():
+        return False
+    reference = row.get("pixels")
+    if not reference:
+        return True
+    array = reference["array"]
+    if array not in frames:
+        frames[array] = pixels.frames(array) if pixels.exists(array) else 0
+    return reference["first_frame"] + reference["frames"] <= frames[array]
