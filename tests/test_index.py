@@ -40,8 +40,8 @@ from pacs_engine.index import (
     level_of,
 )
 from pacs_engine.index.core import uid_problem
-from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
 from pacs_engine.index.integrity import check_trees
+from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
 
 ROOT = "1.2.826.0.1.3680043.8.498"
 

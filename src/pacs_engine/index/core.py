@@ -459,8 +459,8 @@ class Index:
                         if not key.startswith(prefix) or len(keys) == _ITER_CHUNK:
                             break
                         keys.append(key)
-                chunk = [txn.get(key[start:], db=dbs[b"rows"]) for key in keys]
-            yield from (self._codec.load(data) for data in chunk if data is not None)
+                chunk = [(key[start:], txn.get(key[start:], db=dbs[b"rows"])) for key in keys]
+            yield from (self._codec.load(data, sop) for sop, data in chunk if data is not None)
             if len(keys) < _ITER_CHUNK:
                 return
             after = keys[-1]

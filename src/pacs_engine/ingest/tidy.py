@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.archive import ArchiveError
+from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import version_rows
-from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
 from pacs_engine.ingest import session
 from pacs_engine.storage import legacy_series_folder, remove_stale_temporaries, series_folder
 
