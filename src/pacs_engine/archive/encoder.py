@@ -133,6 +133,7 @@ class Part:
     base: int  # first frame in every array of the series; a multiple of the shard size
     span: int  # frames from `base` the part may fill; a multiple of the shard size
     keys: tuple[str, ...]  # input keys, in instance order; one SOP Instance UID never spans parts
+    run: str = PENDING  # the ingest run, written into its rows (and their rows file)
 
 
 @dataclass
@@ -313,7 +314,7 @@ class PartEncoder:
         except (CodecError, ValueError) as error:
             return self.reject(key, data, f"cannot store the pixels: {error}")
         blob = prepared.blob.to_bytes()
-        row = new_row(prepared, pixels, stored + len(blob))
+        row = new_row(prepared, pixels, stored + len(blob), state.part.run)
         state.blobs.append((row, blob))
         state.kept.setdefault(sop, []).append(row)
         with contextlib.suppress(InputError):  # provenance only: a vanished source costs it
@@ -659,7 +660,9 @@ def quarantine_conflict(
     )
 
 
-def new_row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, Any]:
+def new_row(
+    prepared: Prepared, pixels: dict | None, stored: int, run: str = PENDING
+) -> dict[str, Any]:
     """The index row of a newly archived instance."""
     header = prepared.header
     # Scanner values are plain str, int, float and lists of them: JSON as they are.
@@ -686,7 +689,7 @@ def new_row(prepared: Prepared, pixels: dict | None, stored: int) -> dict[str, A
         "stored_bytes": stored,
         "duplicates": [],
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run": PENDING,  # the commit names the run
+        "run": run,  # PENDING: the commit names the run
     }
     return row
 

@@ -9,8 +9,9 @@ current one (`"current": true`), plus `current_reason`. A row without `versions`
 has one version: itself.
 
 Every row records the ingest `run` that received its current version (rows written
-before this have none). A worker does not know the run: it writes PENDING, and the
-commit puts the run in its place (`with_run`).
+before this have none). A part names its run to the worker, which writes it (rows files
+keep it for rebuild-index); a row made without one has PENDING, and the commit puts the run
+in its place (`with_run`).
 """
 
 from __future__ import annotations

@@ -325,7 +325,7 @@ class _Run:
             if waiting is None:
                 base = align(committed_end(self.archive.index, series), per_shard)
                 waiting = self.waiting[series] = _Waiting(base, _Staged(self.root))
-            part = Part(series, waiting.end, span, tuple(p.key for p in planned))
+            part = Part(series, waiting.end, span, tuple(p.key for p in planned), run)
             waiting.end += span  # the next part starts on its own shard
             while len(in_flight) >= self._window():
                 in_flight = self._collect_parts(run, in_flight)
@@ -420,7 +420,7 @@ class _Run:
         for group in groups.values():
             # Each version may need frames of its own.
             span = align(sum(entry.frames for entry in group), per_shard)
-            alone = Part(part.series_uid, waiting.end, span, tuple(e.key for e in group))
+            alone = Part(part.series_uid, waiting.end, span, tuple(e.key for e in group), part.run)
             waiting.end += span  # after every part placed: no shard is shared
             waiting.out[alone] = group
             waiting.alone.add(alone)
