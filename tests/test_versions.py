@@ -315,3 +315,28 @@ def test_an_absent_number_of_frames_is_one_frame(tmp_path: Path) -> None:
         assert (report.versions, report.conflicts) == (1, 0)
         (row,) = list(archive.index)
         assert_every_version_exports(archive, row["SOPInstanceUID"])
+
+
+def test_rebuild_index_restores_every_version_in_the_order_received(tmp_path: Path) -> None:
+    """rebuild-index reads the rows files of every pack: the versions of an instance come
+    back as the ingest made them (the later one current), not only the row written last."""
+    from pacs_engine.archive.rebuild import rebuild_index
+
+    first = tmp_path / "in" / "a.dcm"
+    first.parent.mkdir()
+    shutil.copy(corpus_file(CT), first)
+    second = resend_with_other_header(first, tmp_path / "later" / "b.dcm")
+    third = resend_with_other_header(first, tmp_path / "latest" / "c.dcm", tag="y")
+    with Archive.create(tmp_path / "a") as archive:
+        for source in (first, second, third):
+            archive.ingest([source], workers=0)
+        before = {row["SOPInstanceUID"]: row for row in archive.index}
+    (sop,) = before
+    assert len(before[sop]["versions"]) == 3
+    rebuilt = rebuild_index(tmp_path / "a")
+    assert rebuilt.rows == 1 and rebuilt.uncommitted == 0
+    with Archive(tmp_path / "a") as archive:
+        after = {row["SOPInstanceUID"]: row for row in archive.index}
+        assert after == before
+        assert_every_version_exports(archive, sop)
+        assert archive.export_bytes(sop) == third.read_bytes()
