@@ -82,3 +82,29 @@ def test_the_guarded_script_ingests_with_workers(tmp_path: Path) -> None:
     assert "leaked semaphore" not in result.stderr
     with open_archive(archive) as created:
         assert len(created.index) == 3
+
+
+def test_a_script_read_from_standard_input_stops_at_once_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """`python - < script`: its workers could not re-run a file that does not exist."""
+    source = tmp_path / "source"
+    write_studies(source, studies=1, series_per_study=1, slices=3, rows=32, columns=32)
+    archive = tmp_path / "archive"
+    result = subprocess.run(
+        [sys.executable, "-"],
+        input=GUARDED.format(archive=str(archive), source=str(source)).replace(
+            'if __name__ == "__main__":', "if True:"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "standard input" in result.stderr and "workers=0" in result.stderr
+    assert "BrokenProcessPool" not in result.stderr
+    with open_archive(archive) as created:
+        assert len(created.index) == 0

@@ -117,6 +117,11 @@ def refuse_unguarded_main() -> None:
     path = getattr(main, "__file__", None)
     if main is None or path is None:  # python -c, a REPL: workers re-run nothing
         return
+    if not os.path.isfile(path):  # `python - < script`: a worker cannot re-run it and dies
+        raise RuntimeError(
+            f"{path}: worker processes cannot start from a script that is not a file (read "
+            "from standard input); save it as a file, or pass workers=0 to work in this process."
+        )
     frame: FrameType | None = sys._getframe(1)
     while frame is not None and not (
         frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)
