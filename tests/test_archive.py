@@ -109,7 +109,11 @@ def test_every_corpus_file_round_trips(path: Path, mode: str, tmp_path: Path) ->
     if "reason" in result:  # quarantined: only where pydicom cannot decode it either, or no UIDs
         malformed = entry["path"].startswith("malformed/")
         no_uids = result["reason"].startswith("no ")
-        assert malformed or no_uids or entry["pydicom_decodes"] == "no", result["reason"]
+        # An image without its pixel data (chrJapMulti.dcm): cut short, as far as we can tell.
+        no_pixels = entry["pydicom_decodes"] == "n/a" and "no pixel data" in result["reason"]
+        assert malformed or no_uids or no_pixels or entry["pydicom_decodes"] == "no", result[
+            "reason"
+        ]
 
 
 @pytest.mark.parametrize("path", pydicom_test_files(), ids=lambda p: p.name)
@@ -321,7 +325,7 @@ def test_undecodable_and_non_dicom_files_are_quarantined_and_the_rest_goes_on(
     samples = {p.name: p for p in pydicom_test_files()}
     broken = bytearray(samples["MR_small_jp2klossless.dcm"].read_bytes())
     start = broken.index(b"\xff\x4f\xff\x51")  # the J2K codestream's SOC + SIZ markers
-    broken[start + 20 : start + 400] = b"\x00" * 380
+    broken[start + 45 : start + 400] = b"\x00" * 355  # after SIZ (its size is checked first)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken_j2k.dcm").write_bytes(bytes(broken))
     (tmp_path / "in" / "notes.txt").write_text("not DICOM")
@@ -365,7 +369,7 @@ def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     samples = {p.name: p for p in pydicom_test_files()}
     broken = bytearray(samples["MR_small_jp2klossless.dcm"].read_bytes())
     start = broken.index(b"\xff\x4f\xff\x51")
-    broken[start + 20 : start + 400] = b"\x00" * 380
+    broken[start + 45 : start + 400] = b"\x00" * 355  # after SIZ (its size is checked first)
     (tmp_path / "broken_j2k.dcm").write_bytes(bytes(broken))
     archive = Archive.create(tmp_path / "a")
     sources = [tmp_path / "broken_j2k.dcm", samples["CT_small.dcm"]]

@@ -150,6 +150,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 verify=args.verify,
                 progress=bar.update,
                 trust_bitstreams=args.trust_bitstreams,
+                max_frame_bytes=args.max_frame_bytes,
             )
     except IngestStopped as error:
         bar.close()
@@ -476,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="store compressed frames kept as their original bitstream byte for byte without "
         "decoding them (faster); a file whose frames do not decode is then archived, not "
         "quarantined, and only `verify` finds it",
+    )
+    ingest.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        metavar="N",
+        help="quarantine files whose compressed frames would decode to more than N bytes "
+        "each (default 1 GiB: decoders allocate what a file declares)",
     )
     ingest.add_argument(
         "--transcode",

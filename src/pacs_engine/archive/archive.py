@@ -143,6 +143,7 @@ class Archive:
         verify: bool = False,
         progress: Callable[[Progress], None] | None = None,
         trust_bitstreams: bool = False,
+        max_frame_bytes: int | None = None,
     ) -> IngestReport:
         """Archive the DICOM files under `sources` (folders, files, zip and tar archives,
         and the instances of other pacs_engine archives).
@@ -158,7 +159,8 @@ class Archive:
         for byte without being decoded (faster; a SOP Instance UID seen twice still
         decodes both copies), and only `Archive.verify` finds frames that never
         decoded. With `verify`, every frame encoded with the archive codec is decoded
-        again and checked before it is committed.
+        again and checked before it is committed. Compressed frames that would decode to
+        more than `max_frame_bytes` (None: `Checks`' default, 1 GiB) are quarantined.
         """
         from pacs_engine.ingest import run_ingest
 
@@ -167,7 +169,11 @@ class Archive:
         own = self.path.resolve()
         if any(Path(source).resolve() == own for source in sources):
             raise ArchiveError(f"{self.path}: an archive cannot be ingested into itself")
-        checks = Checks(decode_bitstreams=not trust_bitstreams, recheck_encoded=verify)
+        checks = Checks(
+            decode_bitstreams=not trust_bitstreams,
+            recheck_encoded=verify,
+            max_frame_bytes=max_frame_bytes or Checks.max_frame_bytes,
+        )
         return run_ingest(self, sources, workers, executor, checks=checks, progress=progress)
 
     def _writable(self) -> None:

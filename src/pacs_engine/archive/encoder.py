@@ -35,6 +35,7 @@ from pacs_engine.archive.pixel_store import (
     split_tiles,
 )
 from pacs_engine.archive.prepare import (
+    MAX_FRAME_BYTES,
     Prepared,
     PrepareError,
     frame_hash,
@@ -76,6 +77,9 @@ class Checks:
     decode_bitstreams: bool = True
     # Decode every frame encoded with the archive codec again and compare it.
     recheck_encoded: bool = False
+    # Quarantine compressed frames that would decode to more bytes than this (decoders
+    # allocate what a file declares).
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
 
 CODECS: dict[str, Any] = {
@@ -229,7 +233,12 @@ class PartEncoder:
             return self.reject(key, data, "the file changed since it was scanned")
         try:
             prepared = prepare(
-                key, data, header, self.config.get("transcode", False), checks.decode_bitstreams
+                key,
+                data,
+                header,
+                self.config.get("transcode", False),
+                checks.decode_bitstreams,
+                checks.max_frame_bytes,
             )
         except PrepareError as error:
             return self.reject(key, data, str(error))
