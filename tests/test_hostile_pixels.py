@@ -20,7 +20,7 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from conftest import CORPUS, ROOT, require_corpus
+from conftest import CORPUS, ROOT, require_corpus, run_cli
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
@@ -209,6 +209,11 @@ def test_max_frame_bytes_is_configurable(tmp_path: Path) -> None:
     (record,) = small.quarantine.records()
     assert "294912 bytes, more than the limit of 294911" in record["reason"]
     assert Archive.create(tmp_path / "fits").ingest([source], max_frame_bytes=294912).archived == 1
+    done = run_cli("ingest", str(source), "--archive", str(tmp_path / "cli"), "--json")
+    assert json.loads(done.stdout)["archived"] == 1
+    args = ("ingest", str(source), "--archive", str(tmp_path / "cli2"), "--max-frame-bytes", "1000")
+    done = run_cli(*args, "--json")
+    assert json.loads(done.stdout)["quarantined"] == 1, done.stderr
 
 
 def _damaged(data: bytes) -> list[bytes]:

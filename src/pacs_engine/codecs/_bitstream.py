@@ -218,9 +218,7 @@ class BitstreamCodec(FrameCodec):
         return cast_exact(arr.reshape(shape), dtype)
 
     def decode_checked(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """`decode_frame`, and where its fast decoder can give other pixels than pydicom's on a
-        damaged stream without an error (`cross_checked`), pydicom's decoder too: they must agree.
-        """
+        """`decode_frame`; for a `cross_checked` codec, pydicom's decoder must agree with it."""
         frame = self.decode_frame(data, shape, dtype)
         if self.decoder == "imagecodecs" and self.cross_checked:
             try:
