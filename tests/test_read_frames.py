@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pydicom
 import pytest
@@ -136,6 +137,8 @@ def test_a_raw_frame_of_the_wrong_size_is_an_error(tmp_path: Path) -> None:
         entry = len(data) - 4 - 4 * 16  # frame 0's (offset, length), before the CRC32C
         length = int.from_bytes(data[entry + 8 : entry + 16], "little")
         data[entry + 8 : entry + 16] = (length - 2).to_bytes(8, "little")
+        # A valid checksum over the changed index: only the length itself is wrong.
+        data[-4:] = google_crc32c.value(bytes(data[-4 - 4 * 16 : -4])).to_bytes(4, "little")
         shard.write_bytes(bytes(data))
         with pytest.raises(ValueError, match=f"stored as {length - 2} bytes, not {length}"):
             archive.pixels.read_frames(path, [0])

@@ -41,7 +41,8 @@ def damaged(tmp_path: Path) -> Path:
     samples = [p for p in pydicom_test_files() if p.name in NAMES]
     broken = bytearray(next(p for p in pydicom_test_files() if p.name == BROKEN).read_bytes())
     start = broken.index(b"\xff\x4f\xff\x51")
-    broken[start + 20 : start + 400] = b"\x00" * 380  # trusted: kept, verify finds it
+    # After its SIZ segment (whose size is checked even when trusted): kept, verify finds it.
+    broken[start + 45 : start + 400] = b"\x00" * 355
     (tmp_path / "broken_j2k.dcm").write_bytes(bytes(broken))
     sources = [corpus / "dcm_qa_ct", *samples, tmp_path / "broken_j2k.dcm"]
     with Archive.create(tmp_path / "a") as archive:

@@ -178,6 +178,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 max_input_bytes=args.max_input_bytes,
                 follow_links=args.follow_links,
                 keep_non_dicom=args.keep_non_dicom,
+                max_frame_bytes=args.max_frame_bytes,
             )
     except IngestStopped as error:
         bar.close()
@@ -540,6 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="store compressed frames kept as their original bitstream byte for byte without "
         "decoding them (faster); a file whose frames do not decode is then archived, not "
         "quarantined, and only `verify` finds it",
+    )
+    ingest.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        metavar="N",
+        help="quarantine files whose compressed frames would decode to more than N bytes "
+        "each (default 1 GiB: decoders allocate what a file declares)",
     )
     ingest.add_argument(
         "--transcode",

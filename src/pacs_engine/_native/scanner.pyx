@@ -473,6 +473,19 @@ cdef int64_t skip_unkept(ScanState* st, int64_t pos, bint explicit) noexcept nog
     return pos
 
 
+cdef inline bint all_zero(const uint8_t* p, int64_t n) noexcept nogil:
+    """True when the n bytes at p are all zero (False when they could not be read)."""
+    cdef int64_t i
+    if n == 0:
+        return True
+    if p == NULL:
+        return False
+    for i in range(n):
+        if p[i] != 0:
+            return False
+    return True
+
+
 cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, bint little,
                        int depth, int64_t* end) noexcept nogil:
     """Parse elements from pos.
@@ -489,7 +502,10 @@ cdef int parse_dataset(ScanState* st, int64_t pos, int64_t stop, bint explicit, 
         if depth == 0 and little:
             pos = skip_unkept(st, pos, explicit)
         if depth == 0 and stop - pos < 8:
-            # Fewer than 8 bytes cannot hold an element: trailing padding.
+            # Fewer than 8 bytes cannot hold an element: trailing zero padding, or
+            # (anything else) a file cut inside the header of its next element.
+            if not all_zero(src_at(&st.src, pos, stop - pos), stop - pos):
+                return fail(st, pos, "the data ends inside an element header")
             end[0] = pos
             return 0
         if read_header(st, pos, explicit, little, &e, &length) < 0:

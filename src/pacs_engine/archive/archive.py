@@ -222,6 +222,7 @@ class Archive:
         max_input_bytes: int = MAX_INPUT_BYTES,
         follow_links: bool = False,
         keep_non_dicom: bool = False,
+        max_frame_bytes: int | None = None,
     ) -> IngestReport:
         """Archive the DICOM files under `sources` (folders, files, zip and tar archives,
         and the instances of other pacs_engine archives).
@@ -242,6 +243,8 @@ class Archive:
         sha256 and first bytes, as is a file that is not DICOM unless
         `keep_non_dicom`; symbolic links met in folders are listed, not followed,
         unless `follow_links` (docs/inputs.md).
+        Compressed frames that would decode to more than `max_frame_bytes` (None:
+        `Checks`' default, 1 GiB) are quarantined.
         """
         from pacs_engine.ingest import run_ingest
 
@@ -254,6 +257,7 @@ class Archive:
             decode_bitstreams=not trust_bitstreams,
             recheck_encoded=verify,
             inputs=InputPolicy(max_input_bytes, follow_links, keep_non_dicom),
+            max_frame_bytes=max_frame_bytes or Checks.max_frame_bytes,
         )
         return run_ingest(self, sources, workers, executor, checks=checks, progress=progress)
 

@@ -36,6 +36,7 @@ from pacs_engine.archive.pixel_store import (
     split_tiles,
 )
 from pacs_engine.archive.prepare import (
+    MAX_FRAME_BYTES,
     Prepared,
     PrepareError,
     frame_hash,
@@ -82,6 +83,9 @@ class Checks:
     recheck_encoded: bool = False
     # How inputs are walked, read (the size limit) and kept in the quarantine.
     inputs: InputPolicy = DEFAULT_POLICY
+    # Quarantine compressed frames that would decode to more bytes than this (decoders
+    # allocate what a file declares).
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
 
 CODECS: dict[str, Any] = {
@@ -275,6 +279,7 @@ class PartEncoder:
                 header,
                 self.config.get("transcode", False),
                 state.checks.decode_bitstreams,
+                state.checks.max_frame_bytes,
             )
         except PrepareError as error:
             return self.reject(key, data, str(error))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numcodecs
 import numcodecs.blosc
 import numpy as np
@@ -374,7 +375,8 @@ class PixelStore:
         shard = start // per_shard
         fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
         try:
-            table = self._shard_table(fd, per_shard * per_frame)
+            frames = f"frame {start}" if stop == start + 1 else f"frames {start}..{stop - 1}"
+            table = self._shard_table(fd, per_shard * per_frame, f"{path}: {frames}")
             first = (start - shard * per_shard) * per_frame
             wanted = table[first : (stop - shard * per_shard) * per_frame].tolist()
             if any(o == EMPTY for o, _ in wanted):
@@ -389,12 +391,32 @@ class PixelStore:
         return [view[o - begin : o + n - begin] for o, n in wanted]
 
     @staticmethod
-    def _shard_table(fd: int, entries: int) -> np.ndarray:
-        """A shard file's index: (offset, length) of each of its `entries` chunks."""
+    def _shard_table(fd: int, entries: int, where: str) -> np.ndarray:
+        """A shard file's index: (offset, length) of each of its `entries` chunks, checked.
+
+        `where` names the array and frames in errors: read from a cut or damaged shard,
+        the offsets are pixel bytes, and using them fails with MemoryError or OverflowError.
+        """
         index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
         size = os.fstat(fd).st_size
+        if size < index_size:
+            raise ValueError(
+                f"{where}: the shard file is {size} bytes, less than its {index_size}-byte "
+                "index (cut short?)"
+            )
         data = os.pread(fd, index_size, size - index_size)
-        return np.frombuffer(data, "<u8", count=2 * entries).reshape(entries, 2)
+        if len(data) != index_size or google_crc32c.value(data[:-CRC32C_BYTES]) != int.from_bytes(
+            data[-CRC32C_BYTES:], "little"
+        ):
+            raise ValueError(
+                f"{where}: the shard's index fails its checksum (cut short or damaged)"
+            )
+        table = np.frombuffer(data, "<u8", count=2 * entries).reshape(entries, 2)
+        stored = table[table[:, 0] != EMPTY]
+        room = np.uint64(size - index_size)
+        if np.any((stored[:, 0] > room) | (stored[:, 1] > room - np.minimum(stored[:, 0], room))):
+            raise ValueError(f"{where}: the shard's index points past the end of its chunks")
+        return table
 
     def _read_raw_frames(self, path: str, frames: Sequence[int]) -> np.ndarray:
         """Frames of an uncompressed untiled array, read straight into the output array."""
@@ -410,7 +432,8 @@ class PixelStore:
             shard = wanted[k] // per_shard
             fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
             try:
-                table = self._shard_table(fd, per_shard)
+                where = f"{path}: frame {wanted[k]}"
+                table = self._shard_table(fd, per_shard, where)
                 while k < len(wanted) and wanted[k] // per_shard == shard:
                     first, *copies = slots[wanted[k]]
                     offset, length = table[wanted[k] - shard * per_shard].tolist()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -48,6 +49,11 @@ LOSSLESS_SYNTAXES = frozenset(
         DEFLATED_IMAGE_FRAME_COMPRESSION,
     }
 )
+
+
+#: Decoded bytes a frame may need, unless the ingest says otherwise (`Checks`): decoders
+#: allocate what a file declares, and a few KB can declare 65535 x 65535 pixels.
+MAX_FRAME_BYTES = 1 << 30
 
 
 class PrepareError(ValueError):
@@ -98,7 +104,8 @@ class Prepared:
     def pixel_hash(self) -> str:
         """The instance's pixel hash; decodes bitstreams kept undecoded (PrepareError if bad)."""
         if self.frame_hashes is None:
-            self.frame_hashes = [frame_hash(f) for f in decode_bitstreams(self)]
+            # One frame at a time: many small fragments can each decode to a large frame.
+            self.frame_hashes = [frame_hash(f) for f in decoded_frames(self)]
         return instance_pixel_hash(self.frame_hashes)
 
 
@@ -121,8 +128,21 @@ def check_uids(header: Header) -> None:
             raise PrepareError(problem)
 
 
+def declared_pixels(attributes: Any) -> str | None:
+    """'Rows R, Columns C, Bits Allocated B' when the attributes say there are pixels, else None."""
+    values = [attributes.get(k) for k in ("Rows", "Columns", "BitsAllocated")]
+    if all(isinstance(v, int) and v > 0 for v in values):
+        return "Rows {}, Columns {}, Bits Allocated {}".format(*values)
+    return None
+
+
 def prepare(
-    path: str, data: bytes, header: Header, transcode: bool = False, decode: bool = True
+    path: str,
+    data: bytes,
+    header: Header,
+    transcode: bool = False,
+    decode: bool = True,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> Prepared:
     """Split one file into frames and a header blob; raises PrepareError when it cannot.
 
@@ -132,11 +152,18 @@ def prepare(
     but a bitstream that does not decode is then only found by `verify`).
     With `transcode`, frames of a lossless compressed transfer syntax are decoded
     and handed over as native frames (the original bitstreams are not kept).
+    Bitstreams are refused, decoded or not, when their own header declares another
+    frame size than the data set, or the data set's frame would decode to more than
+    `max_frame_bytes`.
     """
     check_uids(header)
     sha256 = hashlib.sha256(data).hexdigest()
     pixel = header.pixel
     if pixel is None:
+        declared = declared_pixels(header.attributes)
+        if declared is not None:
+            # A file cut just before (or inside the header of) its pixel data looks whole.
+            raise PrepareError(f"{declared}: an image, but the file has no pixel data (cut short?)")
         return Prepared(path, sha256, len(data), header, HeaderBlob(WHOLE, data))
     dataset = data
     if header.deflated:
@@ -148,7 +175,9 @@ def prepare(
         raise PrepareError(f"pixel data cannot be laid out: {error}") from None
     value = memoryview(dataset)[pixel.value_offset : pixel.value_end]
     if pixel.encapsulated:
-        prepared = _encapsulated(path, sha256, data, dataset, header, layout, transcode, decode)
+        prepared = _encapsulated(
+            path, sha256, data, dataset, header, layout, transcode, decode, max_frame_bytes
+        )
     else:
         prepared = _native(path, sha256, data, header, layout, value)
     if prepared.transcoded:
@@ -201,6 +230,7 @@ def _encapsulated(
     layout: PixelLayout,
     transcode: bool,
     decode: bool,
+    max_frame_bytes: int,
 ) -> Prepared:
     pixel = header.pixel
     ts = header.transfer_syntax_uid or ""
@@ -229,6 +259,17 @@ def _encapsulated(
         )
     except CodecError as error:
         raise PrepareError(str(error)) from None
+    frame_bytes = layout.rows * layout.columns * layout.samples * codec.pixel_dtype.itemsize
+    if frame_bytes > max_frame_bytes:
+        raise PrepareError(
+            f"a frame of {layout.rows} x {layout.columns} x {layout.samples} samples decodes "
+            f"to {frame_bytes} bytes, more than the limit of {max_frame_bytes} (max_frame_bytes)"
+        )
+    for i, stream in enumerate(bitstreams):
+        try:
+            codec.check_size(stream, layout.frame_shape)
+        except CodecError as error:
+            raise PrepareError(f"frame {i}: {error}") from None
     start = pixel.value_offset
     first_item = int(pixel.fragment_offsets[0]) - 8 if count else pixel.value_end - 8
     blob = HeaderBlob(
@@ -260,15 +301,22 @@ def _encapsulated(
     return prepared
 
 
+def decoded_frames(prepared: Prepared) -> Iterator[np.ndarray]:
+    """Each frame of an instance kept as bitstreams, decoded as pydicom's pixel_array."""
+    layout, codec = prepared.layout, prepared.pass_through
+    for i, chunk in enumerate(prepared.bitstreams):
+        try:
+            yield codec.decode_checked(chunk, layout.frame_shape, codec.pixel_dtype)
+        except Exception as error:  # a codec's failure on bad data can be any exception
+            raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
+
+
 def decode_bitstreams(prepared: Prepared) -> np.ndarray:
     """The frames of an instance kept as bitstreams, decoded as pydicom's pixel_array."""
     layout, codec = prepared.layout, prepared.pass_through
     frames = np.empty((len(prepared.bitstreams), *layout.frame_shape), codec.pixel_dtype)
-    for i, chunk in enumerate(prepared.bitstreams):
-        try:
-            frames[i] = codec.decode_frame(chunk, layout.frame_shape, codec.pixel_dtype)
-        except Exception as error:  # a codec's failure on bad data can be any exception
-            raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
+    for i, frame in enumerate(decoded_frames(prepared)):
+        frames[i] = frame
     return frames
 
 

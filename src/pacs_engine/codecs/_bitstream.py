@@ -61,6 +61,10 @@ class BitstreamCodec(FrameCodec):
     # Transfer syntaxes where the imagecodecs path is exact (checked on the corpus by tests).
     fast_syntaxes: ClassVar[tuple[str, ...]] = ()
     supported_dtypes: ClassVar[frozenset[str]] = frozenset({"u1", "i1", "u2", "i2", "u4", "i4"})
+    # The fast decoder is another implementation than pydicom's, and on damaged streams the
+    # two give different pixels without an error (measured: JPEG lossless, HTJ2K), so the
+    # ingest decodes with both (`decode_checked`).
+    cross_checked: ClassVar[bool] = False
 
     transfer_syntax_uid: str
     photometric_interpretation: str
@@ -142,6 +146,24 @@ class BitstreamCodec(FrameCodec):
         """Raise CodecError unless `data` is a bitstream of this codec's family."""
         raise NotImplementedError
 
+    def declared_shape(self, data: bytes) -> tuple[int, int, int] | None:
+        """(rows, columns, samples) the bitstream's own header declares (None: it has none)."""
+        return None
+
+    def check_size(self, data: bytes, shape: tuple[int, ...]) -> None:
+        """Raise CodecError unless the bitstream declares the frame shape the data set does.
+
+        Decoders allocate what the bitstream declares, so this runs before any decoding:
+        a 180 KB stream can declare 65535 x 65535 pixels.
+        """
+        declared = self.declared_shape(data)
+        expected = (shape[0], shape[1], shape[2] if len(shape) > 2 else 1)
+        if declared is not None and declared != expected:
+            raise CodecError(
+                f"{self.codec_name}: the bitstream declares {_describe(declared)}, "
+                f"the data set {_describe(expected)}"
+            )
+
     def encode_bitstream(self, data: bytes) -> bytes:
         """The chunk bytes for an original compressed frame: `data` itself, once checked."""
         data = bytes(data)
@@ -186,6 +208,7 @@ class BitstreamCodec(FrameCodec):
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The frame as pydicom's pixel_array gives it, checked against the array dtype."""
+        self.check_size(data, shape)
         if self.decoder == "imagecodecs":
             arr = self._decode_fast(data).astype(self.pixel_dtype, copy=False)
         else:
@@ -193,3 +216,23 @@ class BitstreamCodec(FrameCodec):
         if arr.size != int(np.prod(shape)):
             raise CodecError(f"{self.codec_name}: decoded {arr.shape}, chunk is {shape}")
         return cast_exact(arr.reshape(shape), dtype)
+
+    def decode_checked(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """`decode_frame`; for a `cross_checked` codec, pydicom's decoder must agree with it."""
+        frame = self.decode_frame(data, shape, dtype)
+        if self.decoder == "imagecodecs" and self.cross_checked:
+            try:
+                reference = self._decode_pydicom(data, shape)
+            except Exception as error:  # a decoder's failure on bad data can be any exception
+                raise CodecError(f"{self.codec_name}: pydicom cannot decode it: {error}") from None
+            if reference.size != frame.size or not np.array_equal(reference.reshape(shape), frame):
+                raise CodecError(
+                    f"{self.codec_name}: imagecodecs and pydicom decode it to different pixels "
+                    "(a damaged bitstream)"
+                )
+        return frame
+
+
+def _describe(shape: tuple[int, int, int]) -> str:
+    """'rows x columns x samples' for messages."""
+    return f"{shape[0]} x {shape[1]} pixels x {shape[2]} samples"

@@ -79,6 +79,18 @@ def jpeg_frame_header(data: bytes) -> JpegFrameHeader:
     raise CodecError("JPEG bitstream has no start-of-frame segment")
 
 
+def jpeg_declared_shape(data: bytes) -> tuple[int, int, int]:
+    """(rows, columns, components) of a JPEG or JPEG-LS stream's frame header, or CodecError."""
+    header = jpeg_frame_header(data)
+    return header.rows, header.columns, header.components
+
+
+def j2k_declared_shape(data: bytes) -> tuple[int, int, int]:
+    """(rows, columns, components) of a JPEG 2000 codestream's SIZ segment, or CodecError."""
+    header = j2k_header(data)
+    return header.rows, header.columns, header.components
+
+
 def j2k_codestream(data: bytes) -> bytes:
     """The raw JPEG 2000 codestream of `data` (unwrapping a JP2 file), or CodecError."""
     if data[:4] == J2K_SOC_SIZ:

@@ -46,8 +46,14 @@ class DicomDeflateCodec(BitstreamCodec):
             self.photometric_interpretation,
             "PixelData",
         )
+        need = layout.encoded_bytes
         try:
-            frame = to_array(zlib.decompress(data, -zlib.MAX_WBITS), layout, True, None)[0]
-        except (zlib.error, LayoutError) as error:
+            # Inflate at most the frame and a pad byte (and one more to tell): a few KB of
+            # deflate can declare gigabytes.
+            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, need + 2)
+            if len(inflated) > need + 1:
+                raise CodecError(f"the frame inflates to more than its {need} bytes")
+            frame = to_array(inflated, layout, True, None)[0]
+        except (zlib.error, LayoutError, CodecError) as error:
             raise CodecError(f"{self.codec_name}: {error}") from None
         return cast_exact(frame.reshape(shape), dtype)

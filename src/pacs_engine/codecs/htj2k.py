@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import imagecodecs
 import numpy as np
 
-from pacs_engine.codecs._base import FrameCodec, cast_exact, check_frame, expect_shape
+from pacs_engine.codecs._base import CodecError, FrameCodec, cast_exact, check_frame, expect_shape
 from pacs_engine.codecs._bitstream import BitstreamCodec, sign_correct_j2k
-from pacs_engine.codecs._markers import j2k_header
+from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header
+
+# imagecodecs reports OpenJPH's errors from a callback that cannot raise: Python prints
+# them ("Exception ignored in ... ojph error") through sys.unraisablehook and the decode
+# returns the pixels decoded so far. `htj2k_decode` catches them there, per thread.
+_CAUGHT = threading.local()
+_INSTALL = threading.Lock()
+_previous_hook: Any = sys.unraisablehook
+
+
+def _unraisable(args: Any) -> None:
+    """Keep an error raised while this thread decodes HTJ2K; pass anything else on."""
+    caught = getattr(_CAUGHT, "errors", None)
+    if caught is not None:
+        caught.append(args.exc_value)
+    else:
+        _previous_hook(args)
+
+
+def htj2k_decode(data: bytes) -> np.ndarray:
+    """imagecodecs.htj2k_decode, raising CodecError when OpenJPH reported an error."""
+    global _previous_hook
+    with _INSTALL:  # installed again if replaced since (pytest swaps the hook per test)
+        if sys.unraisablehook is not _unraisable:
+            _previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
+    _CAUGHT.errors = []
+    try:
+        decoded = imagecodecs.htj2k_decode(data)
+    finally:
+        caught, _CAUGHT.errors = _CAUGHT.errors, None
+    if caught:
+        raise CodecError(f"HTJ2K codestream cannot be decoded: {caught[0]}")
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -35,7 +69,7 @@ class Htj2kCodec(FrameCodec):
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The image decoded from an HTJ2K codestream, as `dtype`."""
-        decoded = imagecodecs.htj2k_decode(data)
+        decoded = htj2k_decode(data)
         return cast_exact(expect_shape(decoded, shape, self.codec_name), dtype)
 
 
@@ -51,12 +85,19 @@ class DicomHtj2kCodec(BitstreamCodec):
     # The two lossless-only syntaxes; 4.203 may be irreversible, whose rounding differs
     # between OpenJPH and pydicom's OpenJPEG, so it goes through pydicom.
     fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes[:2]
+    # A damaged codestream often decodes without any error in OpenJPH, to other pixels
+    # than OpenJPEG (pydicom) gives, so the ingest checks both.
+    cross_checked: ClassVar[bool] = True
 
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` is a JPEG 2000 (HT) codestream."""
         j2k_header(data)
 
+    def declared_shape(self, data: bytes) -> tuple[int, int, int]:
+        """(rows, columns, components) of the SIZ segment."""
+        return j2k_declared_shape(data)
+
     def _decode_fast(self, data: bytes) -> np.ndarray:
         header = j2k_header(data)
-        decoded = imagecodecs.htj2k_decode(data)
+        decoded = htj2k_decode(data)
         return sign_correct_j2k(decoded, header.is_signed, header.precision, self)

@@ -10,7 +10,7 @@ import numpy as np
 
 from pacs_engine.codecs._base import FrameCodec, cast_exact, check_frame, expect_shape
 from pacs_engine.codecs._bitstream import BitstreamCodec, sign_correct_j2k
-from pacs_engine.codecs._markers import j2k_header
+from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class DicomJpeg2kCodec(BitstreamCodec):
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` is a JPEG 2000 codestream (or JP2 file)."""
         j2k_header(data)
+
+    def declared_shape(self, data: bytes) -> tuple[int, int, int]:
+        """(rows, columns, components) of the SIZ segment."""
+        return j2k_declared_shape(data)
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         header = j2k_header(data)

@@ -22,7 +22,7 @@ from pacs_engine.codecs._base import (
     value_range,
 )
 from pacs_engine.codecs._bitstream import BitstreamCodec
-from pacs_engine.codecs._markers import SOF_JPEGLS, jpeg_frame_header
+from pacs_engine.codecs._markers import SOF_JPEGLS, jpeg_declared_shape, jpeg_frame_header
 
 PRECISIONS = ("minimal", "dtype")
 # CharLS encodes 2..16 bit samples; 1-bit data is stored with P=2.
@@ -107,6 +107,10 @@ class DicomJpegLsCodec(BitstreamCodec):
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` is a JPEG-LS stream."""
         jpegls_precision(data)
+
+    def declared_shape(self, data: bytes) -> tuple[int, int, int]:
+        """(rows, columns, components) of the SOF55 segment."""
+        return jpeg_declared_shape(data)
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         decoded = imagecodecs.jpegls_decode(data)

@@ -21,3 +21,7 @@ class DicomRleCodec(BitstreamCodec):
         expected = self.samples_per_pixel * self.bits_allocated // 8
         if count != expected:
             raise CodecError(f"RLE frame has {count} segments, expected {expected}")
+
+    def check_size(self, data: bytes, shape: tuple[int, ...]) -> None:
+        """RLE declares no size, only its segments: one per byte plane of a sample."""
+        self.check_bitstream(data)
