@@ -35,6 +35,7 @@ import pydicom
 import pytest
 
 from benchmarks.conftest import CORPUS, LOSSY_SYNTAXES, NO_CORPUS
+from benchmarks.read_compare import best_of
 from pacs_engine.codecs import (
     CodecError,
     FrameCodec,
@@ -45,7 +46,6 @@ from pacs_engine.codecs import (
     choose_codec,
 )
 from pacs_engine.codecs.jpegls import encode_jpegls
-from pacs_engine.read.bench import best_of
 
 REPEATS = int(os.environ.get("PACS_ENGINE_BENCH_REPEATS", "5"))
 MODALITIES = ("CT", "MR", "CR", "US")

@@ -20,9 +20,9 @@ import pytest
 
 from benchmarks.bench_codecs import REPEATS, corpus_images
 from benchmarks.conftest import NO_CORPUS
+from benchmarks.read_compare import best_of
 from pacs_engine.codecs._base import signed_precision, unsigned_precision, value_range
 from pacs_engine.codecs.jpegls import encode_jpegls
-from pacs_engine.read.bench import best_of
 
 #: Precision groups: CharLS's upstream fast path serves 8, 12 and 16 only.
 GROUPS = {"P 2-8": range(2, 9), "P 9-11": range(9, 12), "P 12": (12,), "P 13-16": range(13, 17)}

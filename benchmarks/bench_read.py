@@ -9,8 +9,8 @@ Three archives are built per session from the corpus's CT and MR files outside
 the default codec policy (original bitstreams kept, uncompressed frames encoded per
 series, mostly JPEG-LS), and two read-optimised archives made with `--codec lz4
 --transcode` and `--codec raw --transcode` (every lossless frame stored with Blosc
-LZ4, or uncompressed). For each, in the same run, with the functions `pacs-engine
-read-bench --compare` uses (`pacs_engine.read.bench`):
+LZ4, or uncompressed). For each, in the same run, with the harness `pacs-engine
+read-bench` uses (`pacs_engine.read.bench`) and the comparisons of `read_compare.py`:
 
 (a) random frames: the same random frames read as `FrameDataset[i]` and with
     pydicom from the original files (`dcmread` + `pixel_array`, the frame taken
@@ -36,18 +36,9 @@ from typing import Any
 import pytest
 
 from benchmarks.conftest import corpus_inputs
+from benchmarks.read_compare import by_codec, frame_costs, render_comparison, volume_comparison
 from pacs_engine import Archive
-from pacs_engine.read.bench import (
-    PydicomFrames,
-    RandomFrames,
-    by_codec,
-    frame_costs,
-    random_indices,
-    render_comparison,
-    run_tasks,
-    sources,
-    volume_comparison,
-)
+from pacs_engine.read.bench import PydicomFrames, RandomFrames, random_indices, run_tasks, sources
 from pacs_engine.read.datasets import FrameDataset
 
 MODALITIES = {"CT", "MR"}

@@ -104,6 +104,60 @@ def test_ingest_refuses_options_it_would_ignore(tmp_path: Path) -> None:
     assert json.loads(same.stdout)["archived"] == 1
 
 
+def test_open_or_create_checks_options_against_the_existing_archive(tmp_path: Path) -> None:
+    """`Archive.open_or_create` (what `ingest` uses): creates with the options, reopens
+    with the same or none, and refuses other ones without touching the archive."""
+    import pytest
+
+    from pacs_engine.archive import Archive, ArchiveError
+
+    folder = tmp_path / "archive"
+    assert not Archive.exists(folder)
+    with Archive.open_or_create(folder, codec="htj2k", transcode=True) as archive:
+        assert (archive.config["codec"], archive.config["transcode"]) == ("htj2k", True)
+        assert not archive.readonly
+    assert Archive.exists(folder)
+    before = (folder / "archive.json").read_bytes()
+    for same in ({}, {"codec": "htj2k"}, {"codec": "htj2k", "transcode": True}):
+        with Archive.open_or_create(folder, **same) as archive:
+            assert archive.config["codec"] == "htj2k"
+    refused = {"codec": {"codec": "jpegls"}, "group": {"group": "0"}}
+    for named, options in refused.items():
+        with pytest.raises(ArchiveError, match=f"--{named} applies only"):
+            Archive.open_or_create(folder, **options)
+    plain = tmp_path / "plain"
+    with Archive.open_or_create(plain) as archive:
+        assert (archive.config["codec"], archive.config["transcode"]) == ("auto", False)
+    with pytest.raises(ArchiveError, match="--transcode applies only"):
+        Archive.open_or_create(plain, transcode=True)
+    assert (folder / "archive.json").read_bytes() == before
+    with Archive.open_or_create(folder):  # the writer lock was released by every refusal
+        pass
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "archive.json").mkdir()  # not a file: not an archive, and not empty
+    assert not Archive.exists(other)
+    with pytest.raises(ArchiveError, match="not empty"):
+        Archive.open_or_create(other)
+
+
+def test_each_command_is_a_module_that_registers_itself() -> None:
+    """`pacs_engine.cli`: one module per command, each adding the subparser of its name."""
+    import argparse
+
+    from pacs_engine import cli
+
+    names = [m.__name__.rsplit(".", 1)[1].replace("_", "-") for m in cli.COMMANDS]
+    for module in cli.COMMANDS:
+        parser = argparse.ArgumentParser()
+        module.add_subparser(parser.add_subparsers(dest="command"))
+        (choice,) = parser._subparsers._group_actions[0].choices  # exactly one command
+        assert choice == module.__name__.rsplit(".", 1)[1].replace("_", "-")
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert list(commands) == names and len(names) == 10
+    assert cli.main(["samples"]) == 0  # the entry point `pacs_engine.cli:main`
+
+
 def test_the_forkserver_starts_before_the_heavy_imports() -> None:
     """`main` starts the workers' forkserver for local ingest and verify, before zarr is
     imported, so both start up at once; not for in-process or Dask runs, nor for help."""

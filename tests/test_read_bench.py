@@ -261,7 +261,7 @@ def test_read_bench_cli_json_and_table(small_archive: Path) -> None:
     assert done.returncode == 2 and "not an archive" in done.stderr
 
 
-def test_read_bench_compare_measures_the_baselines_in_the_same_run(small_archive: Path) -> None:
+def test_read_bench_compare_measures_pydicom_in_the_same_run(small_archive: Path) -> None:
     report = read_bench(small_archive, frames=6, workers=[1], compare=True)
     assert [(r["mode"], r["workers"]) for r in report["results"]] == [
         ("random", 1),
@@ -269,15 +269,41 @@ def test_read_bench_compare_measures_the_baselines_in_the_same_run(small_archive
         ("pydicom", 1),
     ]
     assert all(r["frames"] == 6 and r["bytes"] == 6 * 128 * 128 * 2 for r in report["results"])
+    assert "archive / pydicom" in render_read_bench(report)
+    assert "archive / pydicom" not in render_read_bench(read_bench(small_archive, 2, [1]))
+    done = run_cli("read-bench", str(small_archive), "--frames", "4", "--workers", "1", "--compare")
+    assert done.returncode == 0, done.stderr
+    assert "archive / pydicom" in done.stdout
+
+
+def test_read_bench_compare_needs_the_original_files(tmp_path: Path) -> None:
+    """The pydicom baseline reads the files the rows name: gone, read-bench says which."""
+    from pacs_engine.synth import write_studies
+
+    files = write_studies(tmp_path / "src", 1, 1, 2, rows=16, columns=16, seed=3)
+    with Archive.create(tmp_path / "archive") as archive:
+        assert archive.ingest([str(p) for p in files], workers=0).archived == 2
+    for path in files:
+        path.unlink()
+    done = run_cli("read-bench", str(tmp_path / "archive"), "--frames", "2", "--compare")
+    assert done.returncode == 2 and "is not readable" in done.stderr, done.stderr
+    assert run_cli("read-bench", str(tmp_path / "archive"), "--frames", "2").returncode == 0
+
+
+def test_the_benchmark_comparisons_per_codec_and_volume(small_archive: Path) -> None:
+    """`benchmarks/read_compare.py` (kept out of the product): per codec and per volume."""
+    from benchmarks.read_compare import by_codec, frame_costs, render_comparison, volume_comparison
+
+    dataset = FrameDataset(small_archive)
+    report = read_bench(small_archive, frames=6, workers=[1], compare=True)
+    report["by_codec"] = by_codec(frame_costs(dataset, list(range(6))))
     *groups, total = report["by_codec"]
     assert (total["modality"], total["codec"], total["frames"]) == ("all", "all", 6)
     assert sum(g["frames"] for g in groups) == 6
     assert all(g["vs_pydicom"] > 0 and g["of_codec"] > 0 for g in report["by_codec"])
+    report["volumes"] = volume_comparison(small_archive, [1])
     volumes = report["volumes"]  # two 16-slice series, checked equal to pydicom's
     assert (volumes["series"], volumes["slices"]) == (2, 32)
     assert set(volumes["archive_s"]) == {1}
-    table = render_read_bench(report)
+    table = "\n".join(render_comparison(report))
     assert "archive / pydicom" in table and "of codec" in table and "decode thread" in table
-    done = run_cli("read-bench", str(small_archive), "--frames", "4", "--workers", "1", "--compare")
-    assert done.returncode == 0, done.stderr
-    assert "archive / pydicom" in done.stdout

@@ -88,7 +88,7 @@ class Archive:
         meta_path = self.path / PACS_ARCHIVE_MARKER
         if self.path.exists() and not self.path.is_dir():
             raise ArchiveError(f"{self.path}: not a folder, so not a pacs_engine archive")
-        if not meta_path.is_file():
+        if not self.exists(self.path):
             raise ArchiveError(f"{self.path}: not a pacs_engine archive (no archive.json)")
         self.config = read_config(meta_path)
         if {k: self.config.get(k) for k in FORMAT} != FORMAT:
@@ -181,6 +181,44 @@ class Archive:
         finally:
             shutil.rmtree(building, ignore_errors=True)
         return cls(root, readonly=False)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike,
+        codec: str | None = None,
+        transcode: bool = False,
+        group: str | None = None,
+    ) -> Archive:
+        """Open the archive at `path` for writing, or create it there (`create`) if none is.
+
+        `codec` (default "auto"), `transcode` and `group` are options of a new archive:
+        given for an existing archive whose own options differ (any `group`, as it
+        would be ignored), they raise ArchiveError rather than being silently dropped.
+        """
+        root = Path(path)
+        if not cls.exists(root):
+            return cls.create(root, codec=codec or "auto", transcode=transcode, group=group)
+        config = read_config(root / PACS_ARCHIVE_MARKER)
+        if codec is not None and codec != config.get("codec"):
+            raise ArchiveError(
+                f"{root} stores new series with codec {config.get('codec')!r}; --codec "
+                "applies only when the archive is created"
+            )
+        if transcode and not config.get("transcode"):
+            raise ArchiveError(
+                f"{root} keeps original bitstreams; --transcode applies only when it is created"
+            )
+        if group is not None:
+            raise ArchiveError(
+                f"{root} exists; --group applies only when it is created (chgrp -R, chmod)"
+            )
+        return cls(root, readonly=False)
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """True when `path` is an archive's folder: its marker (archive.json) is a file."""
+        return (Path(path) / PACS_ARCHIVE_MARKER).is_file()
 
     @classmethod
     def _created_meanwhile(cls, root: Path, config: dict[str, Any], group: str | None) -> Archive:

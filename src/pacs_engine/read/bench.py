@@ -14,42 +14,34 @@ imports, opens the archive) before a common start (a barrier), and the time is
 from the first worker's start to the last worker's end. `run_tasks` is the same
 harness for any picklable reader.
 
-With `compare`, the baselines are measured in the same run, from the original files
-the index rows name (`source_path`): the same random frames read with pydicom
-(`PydicomFrames`: `dcmread` + `pixel_array`, with the same worker counts); per frame,
-interleaved in one process, `FrameDataset[i]` against the codec alone on the same
-chunk bytes and against pydicom (`frame_costs`, summed per modality and codec by
-`by_codec`); and every multi-slice volume against pydicom, best of 5 passes each
-(`volume_comparison`).
-`benchmarks/bench_read.py` runs the same functions.
+With `compare`, the baseline is measured in the same run: the same random frames
+read with pydicom from the original files the index rows name (`source_path`;
+`PydicomFrames`: `dcmread` + `pixel_array`), with the same worker counts. The
+per-codec and per-volume comparisons against pydicom and the codec alone are
+benchmarks, not product: `benchmarks/read_compare.py`, run by `benchmarks/bench_read.py`.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import multiprocessing
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-from pacs_engine.archive.pixel_store import ArraySpec, decode_chunk
 
 __all__ = [
     "PydicomFrames",
     "RandomFrames",
     "SequentialFrames",
-    "best_of",
-    "by_codec",
-    "frame_costs",
+    "random_indices",
     "read_bench",
+    "render_baseline",
     "render_read_bench",
     "run_tasks",
-    "volume_comparison",
+    "sources",
 ]
 
 
@@ -236,148 +228,6 @@ def sources(dataset: Any, indices: Sequence[int]) -> list[tuple[str, int]]:
     return out
 
 
-def frame_costs(dataset: Any, indices: Sequence[int], repeats: int = 3) -> list[dict[str, Any]]:
-    """Per item, the best of `repeats` seconds of three reads interleaved in this process.
-
-    "archive": `dataset[i]`; "codec": the array's codec alone on the frame's chunk
-    bytes (read beforehand); "pydicom": `pydicom_frame` on the original file. With
-    "modality" and "codec_name" (`ArraySpec.codec_name`).
-    """
-    from pacs_engine.read.datasets import _handle
-
-    archive = _handle(dataset.archive_path).archive
-    where = sources(dataset, indices)
-    costs = []
-    for i, (path, number) in zip(indices, where, strict=True):
-        entry = dataset.table[i]
-        array, frame = dataset.arrays[int(entry[1])], int(entry[2])
-        spec = archive.pixels.spec(array)
-        chunks = archive.pixels.read_chunks(array, frame, frame + 1)
-        _, r, c, *_ = spec.chunk_shape
-        tile = (r, c, *spec.frame_shape[2:])
-        best = {"archive": np.inf, "codec": np.inf, "pydicom": np.inf}
-        reads: list[tuple[str, Any, tuple]] = [
-            ("archive", dataset.__getitem__, (i,)),
-            ("codec", _decode_chunks, (spec, chunks, tile)),
-            ("pydicom", pydicom_frame, (path, number)),
-        ]
-        for _ in range(repeats):
-            for name, read, args in reads:
-                started = time.perf_counter()
-                read(*args)
-                best[name] = min(best[name], time.perf_counter() - started)
-        row = archive.index.get(dataset.instances[int(entry[3])]) or {}
-        codec_name = spec.codec_name
-        costs.append(
-            {
-                "modality": str(row.get("Modality") or ""),
-                "codec_name": codec_name.removeprefix("pacs_engine."),
-                **best,
-            }
-        )
-    return costs
-
-
-def _decode_chunks(spec: ArraySpec, chunks: list[bytes], shape: tuple[int, ...]) -> list:
-    return [decode_chunk(spec, chunk, shape) for chunk in chunks]
-
-
-def by_codec(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`frame_costs` summed per (modality, codec), then over all: seconds and ratios.
-
-    "vs_pydicom": pydicom's time / the archive's; "of_codec": the codec's time / the
-    archive's (the share of the codec's own speed the archive reaches).
-    """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for cost in costs:
-        groups.setdefault((cost["modality"], cost["codec_name"]), []).append(cost)
-    rows = []
-    for (modality, codec), items in [*sorted(groups.items()), (("all", "all"), list(costs))]:
-        sums = {k: float(sum(c[k] for c in items)) for k in ("archive", "codec", "pydicom")}
-        rows.append(
-            {
-                "modality": modality,
-                "codec": codec,
-                "frames": len(items),
-                **{f"{k}_s": round(v, 6) for k, v in sums.items()},
-                "vs_pydicom": sums["pydicom"] / sums["archive"],
-                "of_codec": sums["codec"] / sums["archive"],
-            }
-        )
-    return rows
-
-
-def volume_comparison(
-    archive_path: str | os.PathLike[str], threads: Sequence[int] = (1, 2), repeats: int = 5
-) -> dict[str, Any]:
-    """Every multi-slice volume of the archive: `Series(archive, uid).volume()` against pydicom.
-
-    pydicom reads each file of the series (`dcmread` + `pixel_array`), sorts the
-    slices along the normal and stacks them; its arrays must equal ours. Each side's
-    time is the best of `repeats` passes over all the series. Returns {"series",
-    "slices", "bytes", "pydicom_s", "archive_s": {threads: seconds}}.
-    """
-    from pacs_engine.read.datasets import VolumeDataset, _handle
-    from pacs_engine.read.series import Series
-
-    archive = _handle(os.fspath(archive_path)).archive
-    volumes = VolumeDataset(archive_path, rescale=False, skip_invalid=True)
-    series = [Series(archive, uid) for uid in volumes.series_uids]
-    series = [s for s in series if len(s.volume(threads=1).sop_instance_uids) > 1]
-    for s in series:
-        for row in s.rows:
-            if not os.path.isfile(str(row.get("source_path") or "")):
-                raise ValueError(f"the original file of {row['SOPInstanceUID']} is not readable")
-    uids = [s.series_uid for s in series]
-
-    def load(count: int) -> list[np.ndarray]:
-        return [Series(archive, uid).volume(threads=count).array for uid in uids]
-
-    archive_s = {}
-    for count in threads:
-        archive_s[count], ours = best_of(functools.partial(load, count), repeats)
-    pydicom_s, theirs = best_of(lambda: [_pydicom_volume(s.rows) for s in series], repeats)
-    for s, a, b in zip(series, ours, theirs, strict=True):
-        if a.dtype != b.dtype or not np.array_equal(a, b):
-            raise AssertionError(f"series {s.series_uid}: the volume differs from pydicom's")
-    return {
-        "series": len(series),
-        "slices": sum(len(a) for a in ours),
-        "bytes": sum(a.nbytes for a in ours),
-        "pydicom_s": pydicom_s,
-        "archive_s": archive_s,
-    }
-
-
-def best_of(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """The fastest of `repeats` calls of `run`, in seconds, and its (last) result."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, not {repeats}")
-    best, result = math.inf, None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - started)
-    return best, result
-
-
-def _pydicom_volume(rows: Sequence[dict[str, Any]]) -> np.ndarray:
-    """The series' files read with pydicom, sorted along the slice normal and stacked."""
-    import pydicom
-
-    slices = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for row in rows:
-            ds = pydicom.dcmread(row["source_path"])
-            cosines = np.asarray(ds.ImageOrientationPatient, np.float64)
-            normal = np.cross(cosines[:3], cosines[3:])
-            position = float(normal @ np.asarray(ds.ImagePositionPatient, np.float64))
-            slices.append((position, ds.pixel_array))
-    slices.sort(key=lambda s: s[0])
-    return np.stack([pixels for _, pixels in slices])
-
-
 def read_bench(
     archive_path: str | os.PathLike[str],
     frames: int = 512,
@@ -391,8 +241,7 @@ def read_bench(
     Returns {"archive", "dataset_frames", "frames", "seed", "start_method", "cpus",
     "results": [{"mode", "workers", "frames", "bytes", "seconds", "frames_per_s",
     "mb_per_s"}, ...]}, random then sequential (then pydicom, with `compare`) for each
-    worker count; with `compare` also "by_codec" (`by_codec` of `frame_costs` of the
-    random frames) and "volumes" (`volume_comparison`).
+    worker count.
     """
     from pacs_engine.read.datasets import FrameDataset
 
@@ -415,7 +264,7 @@ def read_bench(
         if compare:
             tasks.append(("pydicom", PydicomFrames(), [where[k::count] for k in range(count)]))
         results += run_tasks(tasks, count, start_method)
-    report: dict[str, Any] = {
+    return {
         "archive": dataset.archive_path,
         "dataset_frames": len(dataset),
         "frames": frames,
@@ -424,10 +273,6 @@ def read_bench(
         "cpus": os.cpu_count(),
         "results": results,
     }
-    if compare:
-        report["by_codec"] = by_codec(frame_costs(dataset, indices))
-        report["volumes"] = volume_comparison(archive_path, sorted(set(workers)))
-    return report
 
 
 def render_read_bench(report: dict[str, Any]) -> str:
@@ -443,12 +288,12 @@ def render_read_bench(report: dict[str, Any]) -> str:
             f"  {row['mode']:<11} {row['workers']:>7} {row['frames']:>8,} "
             f"{row['seconds']:>9.3f} {row['frames_per_s']:>10,.1f} {row['mb_per_s']:>9.1f}"
         )
-    lines += render_comparison(report)
+    lines += render_baseline(report)
     return "\n".join(lines)
 
 
-def render_comparison(report: dict[str, Any]) -> list[str]:
-    """The baselines of a `compare` report (and of the read benchmarks) as table lines."""
+def render_baseline(report: dict[str, Any]) -> list[str]:
+    """The pydicom baseline of a `compare` report, as table lines: random frames' speed-up."""
     lines = []
     rows = {(r["mode"], r["workers"]): r for r in report.get("results", [])}
     for (mode, count), row in rows.items():
@@ -456,24 +301,4 @@ def render_comparison(report: dict[str, Any]) -> list[str]:
         if mode == "random" and theirs:
             ratio = row["frames_per_s"] / theirs["frames_per_s"]
             lines.append(f"  random frames, {count} worker(s): archive / pydicom = {ratio:.1f}x")
-    if report.get("by_codec"):
-        lines.append("  per frame, interleaved in one process, best of 3:")
-        lines.append(
-            f"  {'modality':<8} {'codec':<20} {'frames':>6} {'archive ms':>10} "
-            f"{'vs pydicom':>10} {'of codec':>8}"
-        )
-        for row in report["by_codec"]:
-            lines.append(
-                f"  {row['modality']:<8} {row['codec']:<20} {row['frames']:>6} "
-                f"{row['archive_s'] / row['frames'] * 1e3:>10.2f} "
-                f"{row['vs_pydicom']:>9.1f}x {row['of_codec'] * 100:>7.0f}%"
-            )
-    volumes = report.get("volumes")
-    if volumes:
-        for count, seconds in volumes["archive_s"].items():
-            lines.append(
-                f"  volumes ({volumes['series']} series, {volumes['slices']} slices, equal to "
-                f"pydicom's), {count} decode thread(s): archive {seconds:.2f} s, pydicom "
-                f"{volumes['pydicom_s']:.2f} s = {volumes['pydicom_s'] / seconds:.1f}x"
-            )
     return lines

@@ -1,0 +1,103 @@
+"""The `pacs-engine` command line: one module per command, each adding its own subparser.
+
+Modules that import zarr, pydicom or the codecs are imported where they are used:
+`main` starts the ingest workers' forkserver first, so both start up at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pacs_engine.cli import (
+    export,
+    info,
+    ingest,
+    read_bench,
+    rebuild_index,
+    samples,
+    scan,
+    synth,
+    tidy,
+    verify,
+)
+from pacs_engine.cli.scan import render_inventory
+
+__all__ = ["build_parser", "main", "render_inventory"]
+
+# In the order `pacs-engine --help` lists them.
+COMMANDS = (scan, ingest, verify, tidy, rebuild_index, info, export, synth, read_bench, samples)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pacs-engine",
+        description="A native-accelerated DICOM archive engine.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_subparser(commands)
+    return parser
+
+
+def _starts_local_workers(argv: list[str]) -> bool:
+    """True when the command line runs ingest or verify in local worker processes."""
+    early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    early.add_argument("command", nargs="?")
+    early.add_argument("--workers", type=int)
+    early.add_argument("--executor")
+    try:
+        known, _ = early.parse_known_args(argv)
+    except argparse.ArgumentError:  # a malformed command line: the real parser says why
+        return False
+    command_workers = known.command in ("ingest", "verify") and known.workers != 0
+    asks_help = not {"-h", "--help"}.isdisjoint(argv)
+    return command_workers and known.executor != "dask" and not asks_help
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `pacs-engine`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _starts_local_workers(argv):
+        from pacs_engine.ingest.executors import start_forkserver
+
+        start_forkserver()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except _package_errors() as error:  # not an archive, locked, damaged: say so in one line
+        print(f"pacs-engine {args.command}: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the disk, permissions: the error names the file
+        print(f"pacs-engine {args.command}: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _package_errors() -> tuple[type[Exception], ...]:
+    """The errors of the package that say what is wrong with an archive or an input."""
+    from pacs_engine.archive import ArchiveError
+    from pacs_engine.archive.blobs import BlobError
+    from pacs_engine.archive.pixel_store import ArrayMetadataError
+    from pacs_engine.codecs import CodecError
+    from pacs_engine.errors import ScanError
+    from pacs_engine.index import DamagedIndexError
+    from pacs_engine.ingest.session import StaleSession
+    from pacs_engine.inputs import InputError
+    from pacs_engine.read.volume import VolumeError
+
+    return (
+        ArchiveError,
+        ArrayMetadataError,
+        BlobError,
+        CodecError,
+        DamagedIndexError,
+        InputError,
+        ScanError,
+        StaleSession,
+        VolumeError,
+    )

@@ -1,0 +1,44 @@
+"""`pacs-engine info`: counts, sizes and compression ratio of an archive."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pacs_engine.cli._common import megabytes
+
+
+def add_subparser(commands: argparse._SubParsersAction) -> None:
+    """Register `info`."""
+    info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")
+    info.add_argument("archive", help="the archive folder")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(run=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Counts, sizes and compression ratio of an archive, by modality and codec."""
+    from pacs_engine.archive import open_archive
+
+    with open_archive(args.archive) as archive:
+        info = archive.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"{info['path']}: {info['instances']:,} instances in {info['series']:,} series, "
+        f"{info['quarantined']:,} quarantined"
+    )
+    print(
+        f"source files {megabytes(info['source_bytes'])}, raw pixels "
+        f"{megabytes(info['raw_pixel_bytes'])}, stored {megabytes(info['stored_bytes'])}, "
+        f"ratio {info['ratio'] or '-'}"
+    )
+    for title, key in (("By modality:", "by_modality"), ("By codec:", "by_codec")):
+        print(f"\n{title}")
+        for name, row in info[key].items():
+            print(
+                f"  {name:<40} {row['instances']:>8,}  {megabytes(row['stored_bytes']):>12}"
+                f"  ratio {row['ratio'] or '-'}"
+            )
+    return 0

@@ -1,0 +1,37 @@
+"""`pacs-engine rebuild-index`: rebuild a damaged index from the header packs' rows files."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_subparser(commands: argparse._SubParsersAction) -> None:
+    """Register `rebuild-index`."""
+    rebuild = commands.add_parser(
+        "rebuild-index",
+        help="rebuild a damaged index from the header packs' rows files",
+        description="Rebuild ARCHIVE's index from the rows file each ingest part writes "
+        "beside its header pack (docs/archive.md, 'Recovering a damaged index'); the old "
+        "index is kept as index.damaged-<time>. Exits 1 if some instances could not be "
+        "restored (header packs written before rows files existed, damaged rows files), "
+        "2 if ARCHIVE is not an archive or an ingest runs.",
+    )
+    rebuild.add_argument("archive", help="the archive folder")
+    rebuild.set_defaults(run=cmd_rebuild_index)
+
+
+def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    """Rebuild the archive's index from its rows files."""
+    from pacs_engine.archive.rebuild import rebuild_index
+
+    rebuilt = rebuild_index(args.archive)
+    print(f"{rebuilt.rows:,} instances restored into a new index")
+    if rebuilt.kept_as:
+        print(f"the old index is kept as {rebuilt.kept_as}")
+    if rebuilt.uncommitted:
+        print(f"{rebuilt.uncommitted:,} rows of parts that were never committed were left out")
+    for name in rebuilt.packs_without_rows:
+        print(f"NOT RESTORED {name}: written before rows files existed")
+    for name in rebuilt.damaged_rows_files:
+        print(f"NOT RESTORED {name}: its rows file is damaged")
+    return 1 if rebuilt.packs_without_rows or rebuilt.damaged_rows_files else 0
