@@ -22,6 +22,7 @@ from pacs_engine.cli import (
     tidy,
     verify,
 )
+from pacs_engine.cli._common import fail
 from pacs_engine.cli.scan import render_inventory
 
 __all__ = ["build_parser", "main", "render_inventory"]
@@ -68,11 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except _package_errors() as error:  # not an archive, locked, damaged: say so in one line
-        print(f"pacs-engine {args.command}: {error}", file=sys.stderr)
-        return 2
+        return fail(args.command, str(error), 2)
     except OSError as error:  # the disk, permissions: the error names the file
-        print(f"pacs-engine {args.command}: {error}", file=sys.stderr)
-        return 3
+        return fail(args.command, str(error), 3)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `export`."""
     export = commands.add_parser(
         "export",

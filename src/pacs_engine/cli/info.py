@@ -8,7 +8,7 @@ import json
 from pacs_engine.cli._common import megabytes
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `info`."""
     info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")
     info.add_argument("archive", help="the archive folder")

@@ -19,7 +19,7 @@ from pacs_engine.cli._common import (
 )
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `ingest`."""
     from pacs_engine.archive.encoder import CODEC_CHOICES
     from pacs_engine.inputs import MAX_INPUT_BYTES

@@ -7,7 +7,7 @@ import json
 import sys
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `read-bench`."""
     read_bench = commands.add_parser(
         "read-bench",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `rebuild-index`."""
     rebuild = commands.add_parser(
         "rebuild-index",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `samples`."""
     samples = commands.add_parser(
         "samples", help="print the folder of DICOM sample files shipped with pydicom"

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pacs_engine.inventory import Inventory
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `scan`."""
     scan = commands.add_parser(
         "scan",

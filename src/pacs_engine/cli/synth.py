@@ -13,7 +13,7 @@ from tqdm import tqdm
 from pacs_engine.cli._common import add_progress, fail, megabytes, shows_progress
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `synth`."""
     from pacs_engine.synth import DEFAULT_SYNTAXES, SYNTAXES
 

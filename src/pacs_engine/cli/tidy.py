@@ -7,7 +7,7 @@ import argparse
 from pacs_engine.cli._common import fail
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `tidy`."""
     tidy = commands.add_parser(
         "tidy",

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from pacs_engine.cli._common import add_progress, shows_progress
 
 
-def add_subparser(commands: argparse._SubParsersAction) -> None:
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `verify`."""
     verify = commands.add_parser(
         "verify",
