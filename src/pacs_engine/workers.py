@@ -172,8 +172,8 @@ class PerProcess(Generic[Key, Value]):
         current: Callable[[Value], bool] = lambda value: True,
     ) -> Value:
         """The object kept for `key`, or make()'s when there is none or it is not `current`."""
+        self._forget_parent()
         with self._lock:
-            self._forget_parent()
             value = self._objects.get(key)
             if value is None or not current(value):
                 value = make()
@@ -185,17 +185,19 @@ class PerProcess(Generic[Key, Value]):
 
     def __len__(self) -> int:
         """Objects kept for this process."""
+        self._forget_parent()
         with self._lock:
-            self._forget_parent()
             return len(self._objects)
 
     def pop(self, key: Key) -> Value | None:
         """Take the object kept for `key` out of the cache (None: there is none)."""
+        self._forget_parent()
         with self._lock:
-            self._forget_parent()
             return self._objects.pop(key, None)
 
     def _forget_parent(self) -> None:
+        """In a forked child, start empty, with a lock of its own (the parent's may be held)."""
         if self._pid != os.getpid():
-            self._objects.clear()
+            self._objects = OrderedDict()
+            self._lock = threading.Lock()
             self._pid = os.getpid()

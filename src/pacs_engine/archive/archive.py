@@ -40,13 +40,13 @@ from pacs_engine.archive.blobs import HeaderBlob
 from pacs_engine.archive.encoder import CODEC_CHOICES, Checks
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
-from pacs_engine.codecs.native import PixelLayout
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.archive.versions import version_rows
+from pacs_engine.codecs.native import PixelLayout
 from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
 from pacs_engine.inputs import MAX_INPUT_BYTES, InputPolicy
