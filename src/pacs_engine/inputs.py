@@ -444,7 +444,7 @@ def _copy_keys(names: set[str], repeats: list[str]) -> list[str]:
 
 
 def _walk_pacs(path: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
-    from pacs_engine.archive import open_archive  # the archive package imports this module
+    from pacs_engine.archive import open_archive  # archive.py imports this module
 
     try:
         archive = open_archive(path)
@@ -685,7 +685,7 @@ class _PacsArchive:
     """An open pacs_engine archive (read-only): its instances, exported as their files."""
 
     def __init__(self, path: str, identity: tuple[int, int, int]) -> None:
-        from pacs_engine.archive import open_archive  # the archive package imports this module
+        from pacs_engine.archive import open_archive  # archive.py imports this module
 
         self.identity = identity
         self.archive = open_archive(path)

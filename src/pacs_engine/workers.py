@@ -150,8 +150,7 @@ Value = TypeVar("Value")
 
 
 class PerProcess(Generic[Key, Value]):
-    """Objects this process opened (archives, encoders), by key; a forked child never
-    reuses its parent's.
+    """Objects this process opened (archives, encoders), by key; never a forked parent's.
 
     A fork copies the objects but not the right to use them (file offsets, LMDB
     environments), so a child finds the cache empty: the parent's objects are
