@@ -494,7 +494,7 @@ def test_the_cache_is_bounded_and_sees_a_replaced_archive(tmp_path: Path) -> Non
     ]
     for path in paths:
         read_input(InputRef(str(path), "a.dcm"))
-    assert len(inputs._cache) <= inputs.OPEN_ARCHIVES
+    assert len(inputs._OPEN) == inputs.OPEN_ARCHIVES
     last = InputRef(str(paths[-1]), "a.dcm")
     make_zip(paths[-1], {"a.dcm": sample("rtdose.dcm")})
     assert read_input(last) == sample("rtdose.dcm").read_bytes()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import json
 import os
@@ -16,18 +15,20 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
 import indexed_gzip
 
+from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
 from pacs_engine.sources import file_kind, iter_files
+from pacs_engine.workers import PerProcess
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-PACS_ARCHIVE_MARKER = "archive.json"  # the file that makes a folder a pacs_engine archive
-PACS_ARCHIVE_FORMAT = "pacs_engine archive"  # its "format", which another tool's file lacks
+# Older names of the archive's marker and format, kept for their users.
+PACS_ARCHIVE_MARKER = MARKER
+PACS_ARCHIVE_FORMAT = FORMAT_NAME
 SEPARATOR = "::"
 #: Members of a pacs_engine archive source that are files in its quarantine, named by their
 #: sha256 (an instance member is a SOP Instance UID, which holds no "/").
@@ -147,38 +148,6 @@ def archive_kind(path: str) -> str | None:
     if name.endswith((".tar.gz", ".tgz")):
         return "tgz"
     return None
-
-
-def is_pacs_archive(path: str) -> bool:
-    """True when `path` is the folder of a pacs_engine archive (its marker says so).
-
-    The marker's content is checked: a folder of DICOM files that happens to hold
-    another tool's `archive.json` is a folder to walk, not an archive to open. A
-    marker that cannot be read or parsed counts as an archive's, so that opening
-    it reports the damage rather than its shards and quarantine being walked as
-    files.
-    """
-    try:
-        st = os.stat(os.path.join(path, PACS_ARCHIVE_MARKER))
-    except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode):  # never open a fifo or a device: it could block
-        return False
-    return _marker_is_ours(path, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _marker_is_ours(path: str, inode: int, size: int, mtime_ns: int) -> bool:
-    """Whether the marker (this version of it, by its stat) is a pacs_engine archive's.
-
-    Cached: every instance key of an archive source asks again.
-    """
-    try:
-        with _open_regular(os.path.join(path, PACS_ARCHIVE_MARKER))[0] as file:
-            marker = json.loads(file.read(1 << 20))
-    except (OSError, ValueError):  # unreadable or damaged: an archive that will say so
-        return True
-    return isinstance(marker, dict) and marker.get("format") == PACS_ARCHIVE_FORMAT
 
 
 def container_kind(path: str) -> str | None:
@@ -475,7 +444,7 @@ def _copy_keys(names: set[str], repeats: list[str]) -> list[str]:
 
 
 def _walk_pacs(path: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
-    from pacs_engine.archive import open_archive  # the archive package imports this module
+    from pacs_engine.archive import open_archive  # archive.py imports this module
 
     try:
         archive = open_archive(path)
@@ -716,7 +685,7 @@ class _PacsArchive:
     """An open pacs_engine archive (read-only): its instances, exported as their files."""
 
     def __init__(self, path: str, identity: tuple[int, int, int]) -> None:
-        from pacs_engine.archive import open_archive  # the archive package imports this module
+        from pacs_engine.archive import open_archive  # archive.py imports this module
 
         self.identity = identity
         self.archive = open_archive(path)
@@ -779,41 +748,27 @@ class _PacsArchive:
         )
 
 
-# Evicted handles are not closed here: a thread may still be reading through one,
-# and dropping the last reference closes it.
-_cache: OrderedDict[str, _ZipArchive | _TarArchive | _PacsArchive] = OrderedDict()
-_cache_pid = os.getpid()
-_cache_lock = threading.Lock()
+_OPEN: PerProcess[str, _ZipArchive | _TarArchive | _PacsArchive] = PerProcess(OPEN_ARCHIVES)
 
 
 def _open_archive(ref: InputRef, kind: str) -> _ZipArchive | _TarArchive | _PacsArchive:
-    global _cache_pid
+    """This process's open archive of `ref` (a forked child opens its own)."""
     path = ref.container
     try:
-        st = os.stat(os.path.join(path, PACS_ARCHIVE_MARKER) if kind == "pacs" else path)
+        st = os.stat(os.path.join(path, MARKER) if kind == "pacs" else path)
     except OSError as error:
         raise InputError(ref.key, f"cannot open archive: {_os_reason(error)}") from None
     identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-    with _cache_lock:
-        if _cache_pid != os.getpid():
-            # A forked child shares its parent's file offsets: never reuse its handles.
-            _cache.clear()
-            _cache_pid = os.getpid()
-        archive = _cache.get(path)
-        if archive is not None and archive.identity == identity:
-            _cache.move_to_end(path)
-            return archive
-        try:
-            if kind == "zip":
-                archive = _ZipArchive(path, identity)
-            elif kind == "pacs":
-                archive = _PacsArchive(path, identity)
-            else:
-                archive = _TarArchive(path, identity, kind)
-        except (*_ARCHIVE_ERRORS, RuntimeError) as error:  # RuntimeError: ArchiveError
-            raise InputError(ref.key, _archive_reason(kind, error)) from None
-        _cache[path] = archive
-        _cache.move_to_end(path)
-        while len(_cache) > OPEN_ARCHIVES:
-            _cache.popitem(last=False)
-        return archive
+
+    def make() -> _ZipArchive | _TarArchive | _PacsArchive:
+        if kind == "zip":
+            return _ZipArchive(path, identity)
+        if kind == "pacs":
+            return _PacsArchive(path, identity)
+        return _TarArchive(path, identity, kind)
+
+    try:
+        # Reopened when the file changed since (another archive now has its name).
+        return _OPEN.get(path, make, lambda archive: archive.identity == identity)
+    except (*_ARCHIVE_ERRORS, ArchiveError) as error:
+        raise InputError(ref.key, _archive_reason(kind, error)) from None

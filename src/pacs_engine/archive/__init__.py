@@ -1,12 +1,20 @@
-"""The lossless archive: Zarr v3 pixels, header blobs, the index, export and verify."""
+"""The lossless archive: Zarr v3 pixels, header blobs, the index, export and verify.
 
-from pacs_engine.archive.archive import (
-    Archive,
-    ArchiveError,
-    ExportError,
-    VerifyReport,
-    open_archive,
-)
-from pacs_engine.archive.report import IngestReport
+Names are imported on first use, so that `pacs_engine.archive.format` (the marker,
+which the input walker asks about) is importable without the whole storage layer.
+"""
 
-__all__ = ["Archive", "ArchiveError", "ExportError", "IngestReport", "VerifyReport", "open_archive"]
+from pacs_engine.lazy import lazy_exports
+
+_EXPORTS = {
+    "Archive": "pacs_engine.archive.archive",
+    "ArchiveError": "pacs_engine.archive.format",
+    "ExportError": "pacs_engine.archive.archive",
+    "IngestReport": "pacs_engine.archive.report",
+    "VerifyReport": "pacs_engine.archive.verify",
+    "is_pacs_archive": "pacs_engine.archive.format",
+    "open_archive": "pacs_engine.archive.archive",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -39,31 +39,22 @@ import numpy as np
 from pacs_engine.archive.blobs import HeaderBlob
 from pacs_engine.archive.encoder import CODEC_CHOICES, Checks
 from pacs_engine.archive.export import safe_name, version_name, write_file
-from pacs_engine.archive.native import PixelLayout
+from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.archive.versions import version_rows
+from pacs_engine.codecs.native import PixelLayout
 from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
-from pacs_engine.inputs import (
-    MAX_INPUT_BYTES,
-    PACS_ARCHIVE_FORMAT,
-    PACS_ARCHIVE_MARKER,
-    InputPolicy,
-)
+from pacs_engine.inputs import MAX_INPUT_BYTES, InputPolicy
 from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
+from pacs_engine.workers import Executor
 
 if TYPE_CHECKING:
     from pacs_engine.ingest import Progress
-
-FORMAT = {"format": PACS_ARCHIVE_FORMAT, "version": 1}
-
-
-class ArchiveError(RuntimeError):
-    """The archive cannot do what was asked (not an archive, locked, damaged)."""
 
 
 class ExportError(ArchiveError):
@@ -85,14 +76,7 @@ class Archive:
 
     def __init__(self, path: str | os.PathLike, readonly: bool = True) -> None:
         self.path = Path(path)
-        meta_path = self.path / PACS_ARCHIVE_MARKER
-        if self.path.exists() and not self.path.is_dir():
-            raise ArchiveError(f"{self.path}: not a folder, so not a pacs_engine archive")
-        if not self.exists(self.path):
-            raise ArchiveError(f"{self.path}: not a pacs_engine archive (no archive.json)")
-        self.config = read_config(meta_path)
-        if {k: self.config.get(k) for k in FORMAT} != FORMAT:
-            raise ArchiveError(f"{self.path}: unsupported archive format {self.config}")
+        self.config = read_marker(self.path)
         self.readonly = readonly
         self._lock = None
         if not readonly:
@@ -170,7 +154,7 @@ class Archive:
             adopt_permissions(building)
             Index.create(building / "index").close()
             PixelStore(building / "pixels").create()
-            write_atomic(building / PACS_ARCHIVE_MARKER, json.dumps(config, indent=2).encode())
+            write_atomic(building / MARKER, json.dumps(config, indent=2).encode())
             try:
                 os.rename(building, root)  # onto a missing or empty folder; else it fails
             except OSError as error:
@@ -199,7 +183,7 @@ class Archive:
         root = Path(path)
         if not cls.exists(root):
             return cls.create(root, codec=codec or "auto", transcode=transcode, group=group)
-        config = read_config(root / PACS_ARCHIVE_MARKER)
+        config = read_marker(root)
         if codec is not None and codec != config.get("codec"):
             raise ArchiveError(
                 f"{root} stores new series with codec {config.get('codec')!r}; --codec "
@@ -218,14 +202,14 @@ class Archive:
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
         """True when `path` is an archive's folder: its marker (archive.json) is a file."""
-        return (Path(path) / PACS_ARCHIVE_MARKER).is_file()
+        return (Path(path) / MARKER).is_file()
 
     @classmethod
     def _created_meanwhile(cls, root: Path, config: dict[str, Any], group: str | None) -> Archive:
         """The archive another process made at `root` while this one made its own."""
-        if not (root / PACS_ARCHIVE_MARKER).is_file():
+        if not (root / MARKER).is_file():
             raise ArchiveError(f"{root}: something else was made there meanwhile")
-        theirs = read_config(root / PACS_ARCHIVE_MARKER)
+        theirs = read_config(root / MARKER)
         if {k: theirs.get(k) for k in config} != config or (
             group is not None and root.stat().st_gid != _group_id(group)
         ):
@@ -253,7 +237,7 @@ class Archive:
         self,
         sources: Iterable[str | os.PathLike],
         workers: int | None = None,
-        executor: Any = None,
+        executor: Executor | None = None,
         verify: bool = False,
         progress: Callable[[Progress], None] | None = None,
         trust_bitstreams: bool = False,
@@ -459,7 +443,7 @@ class Archive:
         self,
         progress: Callable[[str, bool], None] | None = None,
         workers: int | None = 0,
-        executor: Any = None,
+        executor: Executor | None = None,
     ) -> VerifyReport:
         """Check every instance: its frames decode, to their recorded hashes, and its file rebuilds.
 
@@ -513,17 +497,6 @@ class Archive:
             "by_codec": {k: _with_ratio(v) for k, v in sorted(by_codec.items())},
         }
         return result
-
-
-def read_config(meta_path: Path) -> dict[str, Any]:
-    """The archive's archive.json; ArchiveError naming the file when it cannot be read."""
-    try:
-        config = json.loads(meta_path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise ArchiveError(f"{meta_path}: cannot be read: {error}") from None
-    if not isinstance(config, dict):
-        raise ArchiveError(f"{meta_path}: not an archive description (not a JSON object)")
-    return config
 
 
 def _group_id(group: str) -> int:

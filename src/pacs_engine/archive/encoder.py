@@ -27,6 +27,7 @@ import numpy as np
 from zarr.codecs import BloscCodec
 
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
+from pacs_engine.archive.format import MARKER
 from pacs_engine.archive.pixel_store import (
     ArraySpec,
     PixelStore,
@@ -59,7 +60,6 @@ from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.inputs import (
     DEFAULT_POLICY,
-    PACS_ARCHIVE_MARKER,
     InputError,
     InputPolicy,
     InputRef,
@@ -217,7 +217,7 @@ class PartEncoder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.config = json.loads((self.root / PACS_ARCHIVE_MARKER).read_bytes())
+        self.config = json.loads((self.root / MARKER).read_bytes())
         self.index = Index.open(self.root / "index", readonly=True)
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")

@@ -35,8 +35,8 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from pacs_engine.archive.native import frame_shape
 from pacs_engine.codecs import CodecError, pack_shard
+from pacs_engine.codecs.native import frame_shape
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.storage import legacy_series_folder, series_folder, write_atomic
 

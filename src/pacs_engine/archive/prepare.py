@@ -29,8 +29,8 @@ from pydicom.uid import (
 )
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
-from pacs_engine.archive.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.codecs import CodecError, pass_through_codec
+from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.header import Header
 from pacs_engine.index.core import UID_KEYWORDS, uid_problem
 

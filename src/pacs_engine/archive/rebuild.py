@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacs_engine.archive.archive import ArchiveError, read_config
 from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX, BlobError, load_rows
+from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import with_version
 from pacs_engine.index import Index
-from pacs_engine.inputs import PACS_ARCHIVE_MARKER
 from pacs_engine.storage import fsync_dir
 
 _BATCH = 1000
@@ -47,7 +46,7 @@ def rebuild_index(path: str | os.PathLike) -> Rebuilt:
     root = Path(path)
     if not root.is_dir():
         raise ArchiveError(f"{root}: not a folder, so not a pacs_engine archive")
-    read_config(root / PACS_ARCHIVE_MARKER)
+    read_config(root / MARKER)
     with open(root / ".writer.lock", "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.prepare import frame_hash
 from pacs_engine.archive.versions import version_rows
+from pacs_engine.workers import CrashIsolation, Executor, Finished, PerProcess
 
 if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
@@ -105,17 +105,14 @@ def check_batch(archive: Archive, uids: list[str]) -> tuple[int, int, list[dict[
     return instances, frames, mismatches
 
 
-_OPEN: dict[tuple[int, str], Archive] = {}
+_OPEN: PerProcess[str, Archive] = PerProcess()
 
 
 def verify_task(root: str, uids: list[str]) -> tuple[int, int, list[dict[str, Any]]]:
     """`check_batch` in a worker process, on its own read-only opening of the archive."""
     from pacs_engine.archive.archive import open_archive
 
-    key = (os.getpid(), root)
-    if key not in _OPEN:
-        _OPEN[key] = open_archive(root)
-    return check_batch(_OPEN[key], uids)
+    return check_batch(_OPEN.get(root, lambda: open_archive(root)), uids)
 
 
 def verify_here(archive: Archive, progress: Callable[[str, bool], None] | None) -> VerifyReport:
@@ -130,59 +127,37 @@ def verify_here(archive: Archive, progress: Callable[[str, bool], None] | None) 
 
 
 def verify_on(
-    archive: Archive, executor: Any, progress: Callable[[str, bool], None] | None = None
+    archive: Archive, executor: Executor, progress: Callable[[str, bool], None] | None = None
 ) -> VerifyReport:
     """Check every instance in batches on `executor`; see the module docstring."""
-    from pacs_engine.ingest.executors import worker_died
-
     report = VerifyReport()
     root = str(archive.path)
-    in_flight: dict[Any, list[str]] = {}
-    retry: list[str] = []
 
-    def take(uids: list[str], result: tuple[int, int, list[dict[str, Any]]]) -> None:
+    def handle(done: Finished[tuple[str, ...]]) -> None:
+        if done.killer:
+            uid = done.task[0]
+            row = archive.index.get(uid) or {"SOPInstanceUID": uid}
+            result: tuple[int, int, list[dict[str, Any]]] = (1, 0, [_mismatch(row, DIED)])
+        elif done.error is not None:
+            raise done.error
+        else:
+            result = done.result
         report.add(*result)
         if progress:
             bad = {m["SOPInstanceUID"] for m in result[2]}
-            for uid in uids:
+            for uid in done.task:
                 progress(uid, uid not in bad)
 
-    def collect() -> None:
-        done, _ = executor.wait_any(set(in_flight))
-        for future in done:
-            uids = in_flight.pop(future)
-            try:
-                take(uids, future.result())
-            except Exception as error:
-                if not worker_died(error):
-                    raise
-                retry.extend(uids)  # a dead worker fails every batch in flight
-
-    def one_by_one() -> None:
-        while in_flight:  # the pool is broken: let every batch in flight end first
-            collect()
-        executor.restart()
-        for uid in retry:
-            try:
-                take([uid], executor.submit(verify_task, root, [uid]).result())
-            except Exception as error:
-                if not worker_died(error):
-                    raise
-                row = archive.index.get(uid) or {"SOPInstanceUID": uid}
-                take([uid], (1, 0, [_mismatch(row, DIED)]))
-                executor.restart()  # only a death breaks the pool
-        retry.clear()
-
+    tasks = CrashIsolation(
+        executor,
+        start=lambda uids: executor.submit(verify_task, root, list(uids)),
+        split=lambda uids: [(uid,) for uid in uids],
+        handle=handle,
+    )
     for uids in _batches(archive, BATCH):
-        while len(in_flight) >= max(1, 2 * executor.workers):
-            collect()
-        if retry:
-            one_by_one()
-        in_flight[executor.submit(verify_task, root, uids)] = uids
-    while in_flight:
-        collect()
-    if retry:
-        one_by_one()
+        tasks.make_room()
+        tasks.submit(tuple(uids))
+    tasks.finish()
     return report
 
 

@@ -2,7 +2,7 @@
 
 Each frame is the native encoding of one frame, deflated (RFC 1951). pydicom
 3.0 cannot decode it, so the frame is inflated here and laid out exactly as
-native pixel data is (`pacs_engine.archive.native`).
+native pixel data is (`pacs_engine.codecs.native`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class DicomDeflateCodec(BitstreamCodec):
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The inflated frame, laid out as native pixel data."""
-        from pacs_engine.archive.native import LayoutError, PixelLayout, to_array
+        from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array
 
         layout = PixelLayout(
             shape[0],

@@ -1,8 +1,8 @@
 """Where ingest tasks run: this process, a local process pool, or a Dask cluster.
 
-One seam: `submit(fn, *args)` returns a future with `.result()`,
-`wait_any(futures)` returns (done, not done) once one has finished, and
-`restart()` gives working workers again after one died.
+Each satisfies `pacs_engine.workers.Executor`: `submit(fn, *args)` returns a future
+with `.result()`, `wait_any(futures)` returns (done, not done) once one has finished,
+`restart()` gives working workers again after one died, and `close()` ends them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,18 @@ import tokenize
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+from pacs_engine.workers import Executor, worker_died
+
+__all__ = [
+    "DaskExecutor",
+    "InlineExecutor",
+    "LocalExecutor",
+    "make_executor",
+    "refuse_unguarded_main",
+    "start_forkserver",
+    "worker_died",
+]
 
 #: What each worker process imports once, in the forkserver, before it forks workers.
 FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks"]
@@ -219,14 +231,7 @@ class DaskExecutor:
             self.client.close()
 
 
-def worker_died(error: BaseException) -> bool:
-    """True when a task failed because its worker process died (a crash, the OOM killer)."""
-    return isinstance(error, concurrent.futures.process.BrokenProcessPool) or (
-        type(error).__name__ == "KilledWorker"  # dask.distributed's, without importing it
-    )
-
-
-def make_executor(workers: int | None, scheduler: str | None = None) -> Any:
+def make_executor(workers: int | None, scheduler: str | None = None) -> Executor:
     """The executor for `workers` (0: this process; None: one per core) or a Dask scheduler."""
     if scheduler is not None:
         return DaskExecutor(scheduler)

@@ -25,7 +25,6 @@ import os
 import pickle
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,12 +42,13 @@ from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
 from pacs_engine.index.core import IndexWriter
 from pacs_engine.ingest import session, tasks
-from pacs_engine.ingest.executors import InlineExecutor, make_executor, worker_died
+from pacs_engine.ingest.executors import InlineExecutor, make_executor
 from pacs_engine.ingest.journal import Journal, Planned
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
 from pacs_engine.ingest.tidy import Tidied, remove_temporaries, tidy_series
 from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.storage import write_atomic
+from pacs_engine.workers import CrashIsolation, Executor, Finished, Future
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -101,7 +101,6 @@ class _Waiting:
     parts: int = 0  # parts sent
     cut: bool = False  # the series is cut into parts: no part is to come but retries
     out: dict[Part, list[Planned]] = field(default_factory=dict)  # parts not back, with inputs
-    alone: set[Part] = field(default_factory=set)  # retried parts of one SOP Instance UID
 
 
 class PartFailed(RuntimeError):
@@ -130,7 +129,7 @@ def run_ingest(
     archive: Archive,
     sources: Iterable[str | os.PathLike],
     workers: int | None = None,
-    executor: Any = None,
+    executor: Executor | None = None,
     *,
     checks: Checks | None = None,
     progress: Callable[[Progress], None] | None = None,
@@ -147,7 +146,7 @@ class _Run:
         archive: Archive,
         sources: Iterable[str | os.PathLike],
         workers: int | None,
-        executor: Any,
+        executor: Executor | None,
         checks: Checks,
         progress: Callable[[Progress], None] | None,
     ) -> None:
@@ -155,7 +154,7 @@ class _Run:
         self.root = str(archive.path.resolve())
         self.sources = [os.path.abspath(os.fspath(s)) for s in sources]
         self.own_executor = executor is None
-        self.executor = executor if executor is not None else make_executor(workers)
+        self.executor: Executor = executor if executor is not None else make_executor(workers)
         self.checks = checks
         self.notify = progress or (lambda p: None)
         self.journal = Journal(archive.index)
@@ -164,7 +163,6 @@ class _Run:
         self.total: int | None = None
         self.failure: BaseException | None = None
         self.waiting: dict[str, _Waiting] = {}  # series with parts in flight
-        self.alone: deque[Part] = deque()  # retries after a worker died, run one by one
 
     def run(self) -> IngestReport:
         """Scan, encode and tidy (what the journal says is left); the report of the run."""
@@ -303,21 +301,23 @@ class _Run:
     def _encode(self, run: str) -> None:
         """Encode the planned inputs series by series, committing parts as they finish."""
         self.total = self.report.inputs + self._planned_left(run)
-        in_flight: dict = {}  # future -> the part it encodes
+        self.parts = CrashIsolation(
+            self.executor,
+            start=lambda part: self._submit(tasks.encode_task, part, self.checks),
+            split=self._split,
+            handle=lambda done: self._finished(run, done),
+            running=lambda: self.failure is None,
+        )
         series = None
         try:
             while self.failure is None and (series := self.journal.next_series(run, series)):
-                self._send_series(run, series, in_flight)
-            while in_flight or (self.alone and self.failure is None):
-                if in_flight:
-                    self._collect_parts(run, in_flight)
-                if self.alone and self.failure is None:
-                    self._isolate(run, in_flight)
+                self._send_series(run, series)
+            self.parts.finish()
         finally:
             for waiting in self.waiting.values():  # a series the run stopped in
                 waiting.staged.close()
 
-    def _send_series(self, run: str, series: str, in_flight: dict) -> None:
+    def _send_series(self, run: str, series: str) -> None:
         """Cut a series into parts as its plan is read and send them, window by window."""
         per_shard = self.archive.config["frames_per_shard"]
         waiting = None
@@ -327,15 +327,12 @@ class _Run:
                 waiting = self.waiting[series] = _Waiting(base, _Staged(self.root))
             part = Part(series, waiting.end, span, tuple(p.key for p in planned), run)
             waiting.end += span  # the next part starts on its own shard
-            while len(in_flight) >= self._window():
-                in_flight = self._collect_parts(run, in_flight)
-            if self.alone:
-                self._isolate(run, in_flight)
+            self.parts.make_room()
             if self.failure is not None:
                 return
             waiting.parts += 1
             waiting.out[part] = planned
-            in_flight[self._submit(tasks.encode_task, part, self.checks)] = part
+            self.parts.submit(part)
         if waiting is not None:
             waiting.cut = True
             self._commit_when_back(run, series)  # its parts may all be back already
@@ -348,25 +345,16 @@ class _Run:
             left += sum(1 for _ in self.journal.pending(run, series))
         return left
 
-    def _collect_parts(self, run: str, in_flight: dict) -> dict:
-        """Take the parts that are done; commit each series whose parts are all back."""
-        done, _ = self.executor.wait_any(set(in_flight))
-        for future in done:
-            part = in_flight.pop(future)
-            try:
-                result = future.result()
-            except Exception as error:
-                if self.failure is not None:
-                    continue
-                if worker_died(error):  # a file may crash a codec: find it, keep the rest
-                    result = self._after_crash(part, error)
-                    if result is None:
-                        continue
-                else:
-                    self.failure = PartFailed(part, error)
-                    continue
-            self._take(run, result)
-        return in_flight
+    def _finished(self, run: str, done: Finished[Part]) -> None:
+        """Take a part that ended: its result, or the quarantine of the input that kills workers."""
+        if self.failure is not None:
+            return
+        if done.error is None:
+            self._take(run, done.result)
+        elif done.killer:  # a file may crash a codec: it is found, the rest is kept
+            self._take(run, self._quarantined(done.task, done.error))
+        else:
+            self.failure = PartFailed(done.task, done.error)
 
     def _take(self, run: str, result: PartResult) -> None:
         """Keep a part's result (on disk); commit its series once all its parts are back."""
@@ -392,51 +380,38 @@ class _Run:
         finally:
             waiting.staged.close()
 
-    def _after_crash(self, part: Part, error: BaseException) -> PartResult | None:
-        """Queue a part whose worker died to be retried one SOP Instance UID at a time; when
-        such a retry dies too, quarantine its inputs (the returned result).
+    def _split(self, part: Part) -> list[Part]:
+        """A part a dead worker took down, as parts of one SOP Instance UID each, placed anew.
 
-        A dead worker breaks every part in flight, so the innocent ones are retried as
-        well; retries run one at a time on fresh workers, so the one that dies is guilty.
+        A dead worker fails every part in flight, so the innocent ones are retried as
+        well (see CrashIsolation).
         """
         waiting = self.waiting[part.series_uid]
         planned = waiting.out.pop(part)
-        if part in waiting.alone:
-            self.executor.restart()
-            reason = f"the encoding process died on this file ({_describe(error)})"
-            quarantine = self.archive.quarantine
-            return PartResult(
-                part,
-                outcomes=[
-                    quarantine_input(quarantine, k, None, reason, self.checks.inputs)
-                    for k in part.keys
-                ],
-            )
         groups: dict[str, list[Planned]] = {}
         for entry in planned:
             groups.setdefault(entry.sop_instance_uid, []).append(entry)
         waiting.parts += len(groups) - 1
         per_shard = self.archive.config["frames_per_shard"]
+        alone = []
         for group in groups.values():
             # Each version may need frames of its own.
             span = align(sum(entry.frames for entry in group), per_shard)
-            alone = Part(part.series_uid, waiting.end, span, tuple(e.key for e in group), part.run)
+            retry = Part(part.series_uid, waiting.end, span, tuple(e.key for e in group), part.run)
             waiting.end += span  # after every part placed: no shard is shared
-            waiting.out[alone] = group
-            waiting.alone.add(alone)
-            self.alone.append(alone)
-        return None
+            waiting.out[retry] = group
+            alone.append(retry)
+        return alone
 
-    def _isolate(self, run: str, in_flight: dict) -> None:
-        """Let what is in flight finish, then run the queued retries one by one."""
-        while in_flight:
-            self._collect_parts(run, in_flight)
-        self.executor.restart()
-        while self.alone and self.failure is None:
-            part = self.alone.popleft()
-            in_flight[self._submit(tasks.encode_task, part, self.checks)] = part
-            while in_flight:
-                self._collect_parts(run, in_flight)
+    def _quarantined(self, part: Part, error: BaseException) -> PartResult:
+        """The result of a part of one SOP Instance UID that killed its worker twice: its
+        inputs quarantined."""
+        reason = f"the encoding process died on this file ({_describe(error)})"
+        quarantine = self.archive.quarantine
+        outcomes = [
+            quarantine_input(quarantine, k, None, reason, self.checks.inputs) for k in part.keys
+        ]
+        return PartResult(part, outcomes=outcomes)
 
     def _commit(self, run: str, results: Iterable[PartResult]) -> None:
         """Commit a series' parts (rows, versions, duplicates, outcomes) in one index transaction.
@@ -549,7 +524,7 @@ class _Run:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _submit(self, fn: Callable, *args: Any) -> Any:
+    def _submit(self, fn: Callable, *args: Any) -> Future:
         """Queue fn(root, *args) on the executor, guarded by this session."""
         return self.executor.submit(session.guarded, fn, self.root, self.session, *args)
 

@@ -7,8 +7,6 @@ process keeps one PartEncoder per archive.
 
 from __future__ import annotations
 
-import os
-
 from pacs_engine.archive.encoder import Checks, Part, PartEncoder, PartResult
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
@@ -26,16 +24,14 @@ from pacs_engine.inputs import (
     refused_for_instance,
 )
 from pacs_engine.scanning import scan
+from pacs_engine.workers import PerProcess
 
-_ENCODERS: dict[tuple[int, str], PartEncoder] = {}
+_ENCODERS: PerProcess[str, PartEncoder] = PerProcess()
 
 
 def _encoder(root: str) -> PartEncoder:
     """This process's encoder for the archive (a forked child makes its own)."""
-    key = (os.getpid(), root)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = PartEncoder(root)
-    return _ENCODERS[key]
+    return _ENCODERS.get(root, lambda: PartEncoder(root))
 
 
 def scan_task(
@@ -124,6 +120,6 @@ def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
 
 def release(root: str) -> None:
     """Close this process's encoder for the archive (its index maps 1 TiB of address space)."""
-    encoder = _ENCODERS.pop((os.getpid(), root), None)
+    encoder = _ENCODERS.pop(root)
     if encoder is not None:
         encoder.close()

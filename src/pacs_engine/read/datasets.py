@@ -23,6 +23,7 @@ import numpy as np
 
 from pacs_engine.read.volume import VolumeError, plan_volume
 from pacs_engine.read.volume import rescale as modality_values
+from pacs_engine.workers import PerProcess
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -70,21 +71,12 @@ class _Handle:
         return series
 
 
-_HANDLES: dict[str, _Handle] = {}
-_HANDLES_PID = os.getpid()
+_HANDLES: PerProcess[str, _Handle] = PerProcess()
 
 
 def _handle(path: str) -> _Handle:
     """This process's handle on the archive at `path` (a forked child opens its own)."""
-    global _HANDLES_PID
-    pid = os.getpid()
-    if pid != _HANDLES_PID:  # forked: the parent's handles are not ours to use or close
-        _HANDLES.clear()
-        _HANDLES_PID = pid
-    handle = _HANDLES.get(path)
-    if handle is None:
-        handle = _HANDLES[path] = _Handle(path)
-    return handle
+    return _HANDLES.get(path, lambda: _Handle(path))
 
 
 def worker_share(count: int) -> range:

@@ -1,0 +1,85 @@
+"""What makes a folder a pacs_engine archive: its marker file, archive.json, and its format.
+
+The one place that decides "is this folder an archive?" (`is_pacs_archive`, for
+walking sources and for the CLI) and reads the marker of one (`read_marker`, for
+opening it). It imports nothing of the package, so every layer may ask.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+MARKER = "archive.json"  # the file that makes a folder a pacs_engine archive
+FORMAT_NAME = "pacs_engine archive"  # its "format", which another tool's file lacks
+FORMAT: dict[str, Any] = {"format": FORMAT_NAME, "version": 1}
+_MARKER_LIMIT = 1 << 20  # bytes read of a marker met while walking (a real one is < 1 KiB)
+
+
+class ArchiveError(RuntimeError):
+    """The archive cannot do what was asked (not an archive, locked, damaged)."""
+
+
+def read_config(meta_path: Path) -> dict[str, Any]:
+    """The archive's archive.json; ArchiveError naming the file when it cannot be read."""
+    try:
+        config = json.loads(meta_path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ArchiveError(f"{meta_path}: cannot be read: {error}") from None
+    if not isinstance(config, dict):
+        raise ArchiveError(f"{meta_path}: not an archive description (not a JSON object)")
+    return config
+
+
+def read_marker(root: Path) -> dict[str, Any]:
+    """The configuration of the archive at `root`; ArchiveError saying why it is not one."""
+    if root.exists() and not root.is_dir():
+        raise ArchiveError(f"{root}: not a folder, so not a pacs_engine archive")
+    meta_path = root / MARKER
+    if not meta_path.is_file():
+        raise ArchiveError(f"{root}: not a pacs_engine archive (no {MARKER})")
+    config = read_config(meta_path)
+    if {k: config.get(k) for k in FORMAT} != FORMAT:
+        raise ArchiveError(f"{root}: unsupported archive format {config}")
+    return config
+
+
+def is_pacs_archive(path: str | os.PathLike) -> bool:
+    """True when `path` is the folder of a pacs_engine archive (its marker says so).
+
+    The marker's content is checked: a folder of DICOM files that happens to hold
+    another tool's `archive.json` is a folder to walk, not an archive to open. A
+    marker that cannot be read or parsed counts as an archive's, so that opening
+    it reports the damage rather than its shards and quarantine being walked as
+    files.
+    """
+    marker = os.path.join(path, MARKER)
+    try:
+        st = os.stat(marker)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):  # never open a fifo or a device: it could block
+        return False
+    return _marker_is_ours(marker, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _marker_is_ours(marker: str, inode: int, size: int, mtime_ns: int) -> bool:
+    """Whether the marker (this version of it, by its stat) is a pacs_engine archive's.
+
+    Cached: every instance key of an archive source asks again.
+    """
+    try:
+        # Without blocking, and only a regular file: a fifo may have replaced it since.
+        fd = os.open(marker, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            content = json.loads(file.read(_MARKER_LIMIT))
+    except (OSError, ValueError):  # unreadable or damaged: an archive that will say so
+        return True
+    return isinstance(content, dict) and content.get("format") == FORMAT_NAME
