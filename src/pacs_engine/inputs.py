@@ -23,6 +23,7 @@ from typing import IO
 
 import indexed_gzip
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.sources import file_kind, iter_files
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -116,7 +117,7 @@ def split_key(key: str) -> tuple[str, str | None]:
     return key, None
 
 
-class InputError(Exception):
+class InputError(PacsEngineError):
     """An input that cannot be read; str() is `<key>: <reason>`."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -343,7 +344,7 @@ def _open_file(ref: InputRef, policy: InputPolicy) -> Iterator[tuple[IO[bytes], 
         yield file, size
 
 
-class _NotRegular(OSError):
+class _NotRegular(PacsEngineError, OSError):
     """A path that names a fifo, a device or a socket, not a file."""
 
 

@@ -46,6 +46,7 @@ from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import IngestReport
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.archive.versions import version_rows
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
 from pacs_engine.inputs import (
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 FORMAT = {"format": PACS_ARCHIVE_FORMAT, "version": 1}
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(PacsEngineError, RuntimeError):
     """The archive cannot do what was asked (not an archive, locked, damaged)."""
 
 
