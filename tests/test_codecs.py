@@ -25,6 +25,7 @@ from zarr.codecs import ShardingCodec
 
 from pacs_engine.codecs import (
     ARCHIVE_CODECS,
+    PASS_THROUGH_BY_SYNTAX,
     BitstreamCodec,
     CodecError,
     DicomJpegLsCodec,
@@ -43,27 +44,13 @@ from pacs_engine.codecs._base import image_shape
 from pacs_engine.codecs.choose import central_crop
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.jpegxl import frame_offset
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 
-PASS_THROUGH_SYNTAXES = {
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
-    "1.2.840.10008.1.2.5",
-}
-CODECS: dict[str, FrameCodec] = {
-    "jpegls": JpegLsCodec(),
+#: Every transfer syntax a pass-through codec serves, from the registry (codecs/registry.py).
+PASS_THROUGH_SYNTAXES = set(PASS_THROUGH_BY_SYNTAX)
+#: Each archive codec as the archive makes it, plus the settings users can choose.
+CODECS: dict[str, FrameCodec] = {name: cls() for name, cls in ARCHIVE_BY_NAME.items()} | {
     "jpegls-dtype": JpegLsCodec(precision="dtype"),
-    "htj2k": Htj2kCodec(),
-    "jpeg2k": Jpeg2kCodec(),
-    "jpegxl-e2": JpegXlCodec(effort=2),
     "jpegxl-e3": JpegXlCodec(effort=3),
 }
 # Corpus frames per (modality, dtype, samples) group for the round trips: enough variety

@@ -10,6 +10,7 @@ _EXPORTS = {
     "HEADER_KEYWORDS": "pacs_engine.scanning",
     "scan": "pacs_engine.scanning",
     "scan_many": "pacs_engine.scanning",
+    "PacsEngineError": "pacs_engine.errors",
     "ScanError": "pacs_engine.errors",
     "Header": "pacs_engine.header",
     "PixelLocation": "pacs_engine.header",

@@ -22,6 +22,7 @@ from typing import IO
 import indexed_gzip
 
 from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.sources import file_kind, iter_files
 from pacs_engine.workers import PerProcess
 
@@ -117,7 +118,7 @@ def split_key(key: str) -> tuple[str, str | None]:
     return key, None
 
 
-class InputError(Exception):
+class InputError(PacsEngineError):
     """An input that cannot be read; str() is `<key>: <reason>`."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -312,7 +313,7 @@ def _open_file(ref: InputRef, policy: InputPolicy) -> Iterator[tuple[IO[bytes], 
         yield file, size
 
 
-class _NotRegular(OSError):
+class _NotRegular(PacsEngineError, OSError):
     """A path that names a fifo, a device or a socket, not a file."""
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from numcodecs import Zstd
 
+from pacs_engine.errors import PacsEngineError
+
 MAGIC = b"PEB1"
 _HEAD = struct.Struct("<4sBQQQ")
 _ZSTD = Zstd(level=3)
@@ -34,7 +36,7 @@ WHOLE, NATIVE, ENCAPSULATED = 0, 1, 2
 PACK_SUFFIX, ROWS_SUFFIX = ".pack", ".rows"
 
 
-class BlobError(ValueError):
+class BlobError(PacsEngineError, ValueError):
     """A stored blob that cannot be decoded: the archive is damaged."""
 
 

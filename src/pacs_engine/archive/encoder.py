@@ -47,15 +47,8 @@ from pacs_engine.archive.prepare import (
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.report import Outcome
 from pacs_engine.archive.versions import PENDING, kept_sha256s, version_rows, with_version
-from pacs_engine.codecs import (
-    CodecError,
-    Htj2kCodec,
-    Jpeg2kCodec,
-    JpegLsCodec,
-    JpegXlCodec,
-    choose_codec,
-    general_purpose_codecs,
-)
+from pacs_engine.codecs import CodecError, choose_codec, general_purpose_codecs
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.inputs import (
@@ -88,12 +81,7 @@ class Checks:
     max_frame_bytes: int = MAX_FRAME_BYTES
 
 
-CODECS: dict[str, Any] = {
-    "jpegls": JpegLsCodec,
-    "htj2k": Htj2kCodec,
-    "jpeg2k": Jpeg2kCodec,
-    "jpegxl": lambda: JpegXlCodec(effort=2),
-}
+CODECS: dict[str, Any] = dict(ARCHIVE_BY_NAME)  # codecs/registry.py: the one list
 #: Codecs for archives read by training loops, where decode time bounds the reads
 #: (docs/read.md): on 512x512 CT, Blosc LZ4 with byte shuffle decodes a frame in
 #: ~0.12 ms at 2.1:1, and "raw" (no compression) is a copy, where JPEG-LS takes ~4 ms.

@@ -14,13 +14,15 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from pacs_engine.errors import PacsEngineError
+
 MARKER = "archive.json"  # the file that makes a folder a pacs_engine archive
 FORMAT_NAME = "pacs_engine archive"  # its "format", which another tool's file lacks
 FORMAT: dict[str, Any] = {"format": FORMAT_NAME, "version": 1}
 _MARKER_LIMIT = 1 << 20  # bytes read of a marker met while walking (a real one is < 1 KiB)
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(PacsEngineError, RuntimeError):
     """The archive cannot do what was asked (not an archive, locked, damaged)."""
 
 

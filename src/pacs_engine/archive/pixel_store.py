@@ -38,6 +38,7 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from pacs_engine.codecs import CodecError, pack_shard
 from pacs_engine.codecs.native import frame_shape
 from pacs_engine.codecs.sharding import EMPTY
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.storage import legacy_series_folder, series_folder, write_atomic
 
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
@@ -45,7 +46,7 @@ CRC32C_BYTES = 4
 FULL_FRAME = (slice(None), slice(None))
 
 
-class ArrayMetadataError(ValueError):
+class ArrayMetadataError(PacsEngineError, ValueError):
     """An array's zarr.json that cannot be read: names the file and the reason."""
 
 

@@ -31,6 +31,7 @@ from pydicom.uid import (
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.codecs import CodecError, pass_through_codec
 from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array, to_bytes
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.header import Header
 from pacs_engine.index.core import UID_KEYWORDS, uid_problem
 
@@ -56,7 +57,7 @@ LOSSLESS_SYNTAXES = frozenset(
 MAX_FRAME_BYTES = 1 << 30
 
 
-class PrepareError(ValueError):
+class PrepareError(PacsEngineError, ValueError):
     """The file cannot be archived; the reason says why (the file goes to quarantine)."""
 
 

@@ -24,6 +24,7 @@ from pacs_engine.cli import (
 )
 from pacs_engine.cli._common import fail
 from pacs_engine.cli.scan import render_inventory
+from pacs_engine.errors import PacsEngineError
 
 __all__ = ["build_parser", "main", "render_inventory"]
 
@@ -68,35 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except _package_errors() as error:  # not an archive, locked, damaged: say so in one line
+    except PacsEngineError as error:  # not an archive, locked, damaged: say so in one line
         return fail(args.command, str(error), 2)
     except OSError as error:  # the disk, permissions: the error names the file
         return fail(args.command, str(error), 3)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def _package_errors() -> tuple[type[Exception], ...]:
-    """The errors of the package that say what is wrong with an archive or an input."""
-    from pacs_engine.archive import ArchiveError
-    from pacs_engine.archive.blobs import BlobError
-    from pacs_engine.archive.pixel_store import ArrayMetadataError
-    from pacs_engine.codecs import CodecError
-    from pacs_engine.errors import ScanError
-    from pacs_engine.index import DamagedIndexError
-    from pacs_engine.ingest.session import StaleSession
-    from pacs_engine.inputs import InputError
-    from pacs_engine.read.volume import VolumeError
-
-    return (
-        ArchiveError,
-        ArrayMetadataError,
-        BlobError,
-        CodecError,
-        DamagedIndexError,
-        InputError,
-        ScanError,
-        StaleSession,
-        VolumeError,
-    )

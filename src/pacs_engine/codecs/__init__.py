@@ -3,7 +3,8 @@
 Archive codecs encode pixels (JPEG-LS, HTJ2K, JPEG 2000, JPEG-XL); pass-through codecs
 decode frames kept as their original DICOM bitstream exactly as pydicom's ``pixel_array``.
 All are registered under the ``zarr.codecs`` entry point group, so ``zarr.open_array``
-reads an archive without importing pacs_engine first. See docs/codecs.md.
+reads an archive without importing pacs_engine first; that list is also the package's one
+registry of codecs (`pacs_engine.codecs.registry`). See docs/codecs.md.
 """
 
 from pacs_engine.codecs._base import CodecError, FrameCodec
@@ -16,19 +17,14 @@ from pacs_engine.codecs.jpeg import DicomJpegCodec, DicomJpegLosslessCodec
 from pacs_engine.codecs.jpeg2k import DicomJpeg2kCodec, Jpeg2kCodec
 from pacs_engine.codecs.jpegls import DicomJpegLsCodec, JpegLsCodec
 from pacs_engine.codecs.jpegxl import JpegXlCodec
+from pacs_engine.codecs.registry import (
+    ARCHIVE_CODECS,
+    PASS_THROUGH_BY_SYNTAX,
+    PASS_THROUGH_CODECS,
+    REGISTRY,
+)
 from pacs_engine.codecs.rle import DicomRleCodec
 from pacs_engine.codecs.sharding import pack_shard, write_shard
-
-ARCHIVE_CODECS: tuple[type[FrameCodec], ...] = (JpegLsCodec, Htj2kCodec, Jpeg2kCodec, JpegXlCodec)
-PASS_THROUGH_CODECS: tuple[type[BitstreamCodec], ...] = (
-    DicomJpegCodec,
-    DicomJpegLosslessCodec,
-    DicomJpegLsCodec,
-    DicomJpeg2kCodec,
-    DicomHtj2kCodec,
-    DicomRleCodec,
-    DicomDeflateCodec,
-)
 
 
 def pass_through_codec(transfer_syntax_uid: str, **pixel_module: object) -> BitstreamCodec:
@@ -37,15 +33,17 @@ def pass_through_codec(transfer_syntax_uid: str, **pixel_module: object) -> Bits
     `pixel_module` holds photometric_interpretation, bits_allocated, bits_stored,
     pixel_representation, samples_per_pixel and planar_configuration (snake_case).
     """
-    for cls in PASS_THROUGH_CODECS:
-        if transfer_syntax_uid in cls.transfer_syntaxes:
-            return cls(transfer_syntax_uid=transfer_syntax_uid, **pixel_module)  # type: ignore[arg-type]
-    raise CodecError(f"no pass-through decoder for transfer syntax {transfer_syntax_uid}")
+    cls = PASS_THROUGH_BY_SYNTAX.get(transfer_syntax_uid)
+    if cls is None:
+        raise CodecError(f"no pass-through decoder for transfer syntax {transfer_syntax_uid}")
+    return cls(transfer_syntax_uid=transfer_syntax_uid, **pixel_module)  # type: ignore[arg-type]
 
 
 __all__ = [
     "ARCHIVE_CODECS",
+    "PASS_THROUGH_BY_SYNTAX",
     "PASS_THROUGH_CODECS",
+    "REGISTRY",
     "BitstreamCodec",
     "CodecError",
     "DicomDeflateCodec",

@@ -11,6 +11,8 @@ import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import JSON, parse_named_configuration
 
+from pacs_engine.errors import PacsEngineError
+
 if TYPE_CHECKING:
     from typing import Self
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
 
 
-class CodecError(ValueError):
+class CodecError(PacsEngineError, ValueError):
     """A frame that a codec cannot encode or decode (wrong shape, dtype, range or bitstream)."""
 
 
@@ -83,7 +85,13 @@ def cast_exact(decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
 class FrameCodec(ArrayBytesCodec):
     """Base of the frame codecs: JSON configuration, one-frame chunks, threads for the work."""
 
-    codec_name: ClassVar[str]
+    codec_name: ClassVar[str]  # the zarr name: the entry point in pyproject.toml, on disk
+    # What the codec is for, read by the registry (codecs/registry.py), the one list of codecs:
+    short_name: ClassVar[str]  # the name users give (``codec="jpegls"``)
+    archive_candidate: ClassVar[bool] = False  # codec="auto" tries it (`choose_codec`)
+    candidate_colour: ClassVar[bool] = True  # ... on colour frames too (else grey only)
+    rank: ClassVar[int] = 0  # order of preference among archive codecs: 0 first (the default)
+    transfer_syntaxes: ClassVar[tuple[str, ...]] = ()  # pass-through codecs: the syntaxes served
     is_fixed_size: ClassVar[bool] = False
     # numpy dtype kinds/sizes the codec accepts, e.g. {"u1", "u2", "i2"}
     supported_dtypes: ClassVar[frozenset[str]] = frozenset()

@@ -57,7 +57,6 @@ class BitstreamCodec(FrameCodec):
     pydicom's own decoder so that the pixels equal pydicom's ``pixel_array``.
     """
 
-    transfer_syntaxes: ClassVar[tuple[str, ...]] = ()
     # Transfer syntaxes where the imagecodecs path is exact (checked on the corpus by tests).
     fast_syntaxes: ClassVar[tuple[str, ...]] = ()
     supported_dtypes: ClassVar[frozenset[str]] = frozenset({"u1", "i1", "u2", "i2", "u4", "i4"})

@@ -7,22 +7,18 @@ from collections.abc import Sequence
 import numpy as np
 
 from pacs_engine.codecs._base import CodecError, FrameCodec
-from pacs_engine.codecs.htj2k import Htj2kCodec
-from pacs_engine.codecs.jpegls import JpegLsCodec
-from pacs_engine.codecs.jpegxl import JpegXlCodec
+from pacs_engine.codecs.registry import ARCHIVE_CANDIDATES
 
 
 def default_codec() -> FrameCodec:
-    """The archive's default lossless codec: JPEG-LS at the frame's minimal precision."""
-    return JpegLsCodec()
+    """The archive's default lossless codec: the first candidate, JPEG-LS at minimal precision."""
+    return ARCHIVE_CANDIDATES[0]()
 
 
 def fast_candidates(samples_per_pixel: int = 1) -> tuple[FrameCodec, ...]:
     """Codecs that encode at >= 50 MB/s per core on this kind of image (see docs/codecs.md)."""
-    if samples_per_pixel == 1:
-        return (JpegLsCodec(), JpegXlCodec(effort=2), Htj2kCodec())
-    # JPEG-XL effort 2 encodes colour at ~40 MB/s only, and effort 1 is not safe.
-    return (JpegLsCodec(), Htj2kCodec())
+    colour = samples_per_pixel != 1
+    return tuple(cls() for cls in ARCHIVE_CANDIDATES if cls.candidate_colour or not colour)
 
 
 def central_crop(frame: np.ndarray, max_pixels: int) -> np.ndarray:

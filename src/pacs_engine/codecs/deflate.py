@@ -20,6 +20,7 @@ class DicomDeflateCodec(BitstreamCodec):
     """Pass-through decoder for deflated native frames."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_deflate"
+    short_name: ClassVar[str] = "dicom_deflate"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = ("1.2.840.10008.1.2.8.1",)
     fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes
 

@@ -57,6 +57,9 @@ class Htj2kCodec(FrameCodec):
     """
 
     codec_name: ClassVar[str] = "pacs_engine.htj2k"
+    short_name: ClassVar[str] = "htj2k"
+    archive_candidate: ClassVar[bool] = True
+    rank: ClassVar[int] = 2
     supported_dtypes: ClassVar[frozenset[str]] = frozenset({"u1", "i1", "u2", "i2"})
 
     def __init__(self) -> None:
@@ -77,6 +80,7 @@ class DicomHtj2kCodec(BitstreamCodec):
     """Pass-through decoder for frames kept as their DICOM HTJ2K codestream."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_htj2k"
+    short_name: ClassVar[str] = "dicom_htj2k"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (
         "1.2.840.10008.1.2.4.201",
         "1.2.840.10008.1.2.4.202",

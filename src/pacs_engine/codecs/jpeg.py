@@ -27,6 +27,7 @@ class DicomJpegCodec(BitstreamCodec):
     """
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpeg"
+    short_name: ClassVar[str] = "dicom_jpeg"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (
         "1.2.840.10008.1.2.4.50",
         "1.2.840.10008.1.2.4.51",
@@ -47,6 +48,7 @@ class DicomJpegLosslessCodec(BitstreamCodec):
     """Pass-through decoder for JPEG lossless, non-hierarchical (process 14, any predictor)."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpeg_lossless"
+    short_name: ClassVar[str] = "dicom_jpeg_lossless"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (
         "1.2.840.10008.1.2.4.57",
         "1.2.840.10008.1.2.4.70",

@@ -22,6 +22,8 @@ class Jpeg2kCodec(FrameCodec):
     """
 
     codec_name: ClassVar[str] = "pacs_engine.jpeg2k"
+    short_name: ClassVar[str] = "jpeg2k"
+    rank: ClassVar[int] = 3  # slow: chosen by name only
     supported_dtypes: ClassVar[frozenset[str]] = frozenset({"u1", "i1", "u2", "i2"})
 
     def __init__(self) -> None:
@@ -45,6 +47,7 @@ class DicomJpeg2kCodec(BitstreamCodec):
     """Pass-through decoder for frames kept as their DICOM JPEG 2000 codestream."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpeg2k"
+    short_name: ClassVar[str] = "dicom_jpeg2k"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (
         "1.2.840.10008.1.2.4.90",
         "1.2.840.10008.1.2.4.91",

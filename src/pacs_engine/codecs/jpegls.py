@@ -61,6 +61,8 @@ class JpegLsCodec(FrameCodec):
     """
 
     codec_name: ClassVar[str] = "pacs_engine.jpegls"
+    short_name: ClassVar[str] = "jpegls"
+    archive_candidate: ClassVar[bool] = True
     supported_dtypes: ClassVar[frozenset[str]] = frozenset({"u1", "i1", "u2", "i2", "u4", "i4"})
 
     precision: str = "minimal"
@@ -97,6 +99,7 @@ class DicomJpegLsCodec(BitstreamCodec):
     """Pass-through decoder for frames kept as their DICOM JPEG-LS bitstream (lossless or near)."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpegls"
+    short_name: ClassVar[str] = "dicom_jpegls"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (
         "1.2.840.10008.1.2.4.80",
         "1.2.840.10008.1.2.4.81",

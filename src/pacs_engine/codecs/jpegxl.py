@@ -69,6 +69,11 @@ class JpegXlCodec(FrameCodec):
     """
 
     codec_name: ClassVar[str] = "pacs_engine.jpegxl"
+    short_name: ClassVar[str] = "jpegxl"
+    archive_candidate: ClassVar[bool] = True
+    # Effort 2 encodes colour at ~40 MB/s only, and effort 1 is not safe.
+    candidate_colour: ClassVar[bool] = False
+    rank: ClassVar[int] = 1
     supported_dtypes: ClassVar[frozenset[str]] = frozenset({"u1", "i1", "u2", "i2", "u4", "i4"})
 
     effort: int = 2

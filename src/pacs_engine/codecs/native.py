@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from pacs_engine.errors import PacsEngineError
+
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-class LayoutError(ValueError):
+class LayoutError(PacsEngineError, ValueError):
     """The header does not describe pixel data that can be laid out as an array."""
 
 

@@ -13,6 +13,7 @@ class DicomRleCodec(BitstreamCodec):
     """Pass-through decoder for RLE Lossless; decoded by pydicom's own (numpy) RLE decoder."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_rle"
+    short_name: ClassVar[str] = "dicom_rle"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = ("1.2.840.10008.1.2.5",)
 
     def check_bitstream(self, data: bytes) -> None:

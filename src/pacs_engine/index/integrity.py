@@ -25,6 +25,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacs_engine.errors import PacsEngineError
+
 DATA_FILE = "data.mdb"
 _MAGIC = 0xBEEFC0DE
 _DATA_VERSION = 1
@@ -40,7 +42,7 @@ _F_BIGDATA, _F_SUBDATA, _F_DUPDATA = 0x01, 0x02, 0x04
 _NO_PAGE = (1 << 64) - 1
 
 
-class DamagedIndexError(RuntimeError):
+class DamagedIndexError(PacsEngineError, RuntimeError):
     """The index file is damaged: names the file and what is wrong with it."""
 
 

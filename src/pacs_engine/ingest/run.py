@@ -40,6 +40,7 @@ from pacs_engine.archive.encoder import (
 )
 from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.core import IndexWriter
 from pacs_engine.ingest import session, tasks
 from pacs_engine.ingest.executors import InlineExecutor, make_executor
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 SCAN_BATCH = 128
 
 
-class IngestStopped(RuntimeError):
+class IngestStopped(PacsEngineError, RuntimeError):
     """The run stopped before the end (the archive's disk is full, a worker died, ...).
 
     Everything committed before it stopped stays; what was in flight is not
@@ -103,7 +104,7 @@ class _Waiting:
     out: dict[Part, list[Planned]] = field(default_factory=dict)  # parts not back, with inputs
 
 
-class PartFailed(RuntimeError):
+class PartFailed(PacsEngineError, RuntimeError):
     """A part could not be encoded (its worker failed or died): names the part."""
 
     def __init__(self, part: Part, error: BaseException) -> None:

@@ -18,13 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.storage import adopt_permissions, write_atomic
 
 LOCK = ".workers.lock"
 SESSION = ".session"
 
 
-class StaleSession(RuntimeError):
+class StaleSession(PacsEngineError, RuntimeError):
     """A task of an ingest session that another session has replaced."""
 
 

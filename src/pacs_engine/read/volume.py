@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pacs_engine.errors import PacsEngineError
+
 # Direction cosines and pixel spacings that differ by less than this are the same geometry
 # (scanners write cosines with float noise of ~1e-7).
 ORIENTATION_TOL = 1e-4
@@ -24,7 +26,7 @@ GAP_ATOL = 0.01
 GAP_RTOL = 0.01
 
 
-class VolumeError(ValueError):
+class VolumeError(PacsEngineError, ValueError):
     """A series that is not one regular stack of slices; names the instances at fault."""
 
     def __init__(self, reason: str, sop_instance_uids: Sequence[str] = ()) -> None:

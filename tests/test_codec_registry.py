@@ -1,0 +1,167 @@
+"""One codec registry: pyproject.toml, the installed entry points and every derived list agree."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib.metadata import EntryPoint, entry_points
+
+import numpy as np
+import pydicom.uid
+import pytest
+import zarr.registry
+from conftest import ROOT
+from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+
+from pacs_engine.archive.encoder import CODEC_CHOICES, CODECS
+from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
+from pacs_engine.codecs import (
+    ARCHIVE_CODECS,
+    PASS_THROUGH_BY_SYNTAX,
+    PASS_THROUGH_CODECS,
+    REGISTRY,
+    BitstreamCodec,
+    CodecError,
+    JpegLsCodec,
+    choose_codec,
+    default_codec,
+    fast_candidates,
+    pass_through_codec,
+    registry,
+)
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, ARCHIVE_CANDIDATES, NAME_PREFIX
+
+PIXEL_MODULE = {
+    "photometric_interpretation": "MONOCHROME2",
+    "bits_allocated": 16,
+    "bits_stored": 12,
+    "pixel_representation": 0,
+    "samples_per_pixel": 1,
+    "planar_configuration": 0,
+}
+
+
+def _target(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def test_registry_is_the_entry_points_of_pyproject_and_of_the_install() -> None:
+    """pyproject.toml, importlib.metadata and the registry name the same codec classes."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    from_pyproject = declared["zarr.codecs"]
+    installed = {
+        e.name: e.value for e in entry_points(group="zarr.codecs") if e.name.startswith(NAME_PREFIX)
+    }
+    in_registry = {cls.codec_name: _target(cls) for cls in REGISTRY}
+    assert len(in_registry) == len(REGISTRY) == 11
+    assert from_pyproject == installed == in_registry
+
+
+def test_zarr_resolves_every_registered_name_to_the_registry_class() -> None:
+    """zarr reads an archive through the same classes (its registry, fed by the entry points)."""
+    for cls in REGISTRY:
+        assert zarr.registry.get_codec_class(cls.codec_name) is cls
+
+
+def test_each_codec_says_what_it_is_for() -> None:
+    """Unique short names; pass-through codecs serve syntaxes; only archive codecs are tried."""
+    assert len({cls.short_name for cls in REGISTRY}) == len(REGISTRY)
+    for cls in REGISTRY:
+        passes_through = issubclass(cls, BitstreamCodec)
+        assert bool(cls.transfer_syntaxes) == passes_through, cls
+        assert not (passes_through and cls.archive_candidate), cls
+
+
+def test_derived_views_agree_with_the_registry() -> None:
+    """ARCHIVE_CODECS, PASS_THROUGH_CODECS, the encoder's CODECS and the candidates."""
+    assert set(ARCHIVE_CODECS) | set(PASS_THROUGH_CODECS) == set(REGISTRY)
+    assert not set(ARCHIVE_CODECS) & set(PASS_THROUGH_CODECS)
+    assert [cls.short_name for cls in ARCHIVE_CODECS] == ["jpegls", "jpegxl", "htj2k", "jpeg2k"]
+    assert CODECS == ARCHIVE_BY_NAME == {cls.short_name: cls for cls in ARCHIVE_CODECS}
+    assert set(CODECS) < set(CODEC_CHOICES)
+    for name, make in CODECS.items():
+        assert make().short_name == name
+    grey = [type(codec) for codec in fast_candidates(1)]
+    colour = [type(codec) for codec in fast_candidates(3)]
+    assert grey == list(ARCHIVE_CANDIDATES)
+    assert colour == [cls for cls in ARCHIVE_CANDIDATES if cls.candidate_colour]
+    assert [cls.short_name for cls in grey] == ["jpegls", "jpegxl", "htj2k"]
+    assert [cls.short_name for cls in colour] == ["jpegls", "htj2k"]
+    assert default_codec() == JpegLsCodec()
+
+
+def test_every_transfer_syntax_kept_has_exactly_one_pass_through_codec() -> None:
+    """What the archive keeps as is: every compressed syntax pydicom decodes, and the lossless
+    ones it may transcode; each is served by one codec, which pass_through_codec returns."""
+    pydicom_compressed = {uid for uid in _PIXEL_DATA_DECODERS if pydicom.uid.UID(uid).is_compressed}
+    assert len(pydicom_compressed) == 12
+    claimed = pydicom_compressed | LOSSLESS_SYNTAXES
+    assert set(PASS_THROUGH_BY_SYNTAX) == claimed
+    for uid in claimed:
+        serving = [cls for cls in PASS_THROUGH_CODECS if uid in cls.transfer_syntaxes]
+        assert serving == [PASS_THROUGH_BY_SYNTAX[uid]], uid
+        codec = pass_through_codec(uid, **PIXEL_MODULE)
+        assert type(codec) is serving[0] and codec.transfer_syntax_uid == uid
+
+
+def test_unknown_transfer_syntax_names_itself() -> None:
+    """A syntax no codec serves is refused by name (the file goes to quarantine with it)."""
+    with pytest.raises(CodecError, match=r"no pass-through decoder for transfer syntax 1\.2\.3"):
+        pass_through_codec("1.2.3", **PIXEL_MODULE)
+
+
+class OtherRle(PASS_THROUGH_BY_SYNTAX["1.2.840.10008.1.2.5"]):
+    """Another class under the RLE codec's zarr name (a second install, say)."""
+
+
+_OTHER_RLE = f"{__name__}:OtherRle"
+
+
+def _fake(entries: list[EntryPoint]):
+    return lambda group: [e for e in entries if e.group == group]
+
+
+def _entry(name: str, value: str) -> EntryPoint:
+    return EntryPoint(name=name, value=value, group="zarr.codecs")
+
+
+def test_registry_without_entry_points_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No installed entry points (pacs_engine not installed): an error saying what to do."""
+    monkeypatch.setattr(registry, "entry_points", _fake([_entry("other.codec", "x:Y")]))
+    with pytest.raises(CodecError, match=r"install pacs_engine"):
+        registry._load_registry()
+
+
+def test_registry_refuses_a_misnamed_or_doubled_entry_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An entry point whose class has another codec_name, or a name given twice, is refused."""
+    rle = "pacs_engine.codecs.rle:DicomRleCodec"
+    monkeypatch.setattr(registry, "entry_points", _fake([_entry("pacs_engine.rle", rle)]))
+    with pytest.raises(CodecError, match=r"pacs_engine\.rle loads .*'pacs_engine\.dicom_rle'"):
+        registry._load_registry()
+    doubled = [_entry("pacs_engine.dicom_rle", rle), _entry("pacs_engine.dicom_rle", _OTHER_RLE)]
+    monkeypatch.setattr(registry, "entry_points", _fake(doubled))
+    with pytest.raises(CodecError, match=r"registered twice"):
+        registry._load_registry()
+    same_twice = [_entry("pacs_engine.dicom_rle", rle)] * 2
+    monkeypatch.setattr(registry, "entry_points", _fake(same_twice))
+    assert [cls.short_name for cls in registry._load_registry()] == ["dicom_rle"]
+
+
+def test_two_codecs_for_one_syntax_are_refused() -> None:
+    """A transfer syntax claimed by two pass-through codecs would be served by chance."""
+    jpegls = PASS_THROUGH_BY_SYNTAX["1.2.840.10008.1.2.4.80"]
+    rle = PASS_THROUGH_BY_SYNTAX["1.2.840.10008.1.2.5"]
+    assert registry._by_syntax((rle,)) == {"1.2.840.10008.1.2.5": rle}
+
+    class Rival(jpegls):  # serves RLE too
+        transfer_syntaxes = (*jpegls.transfer_syntaxes, "1.2.840.10008.1.2.5")
+
+    with pytest.raises(CodecError, match=r"1\.2\.840\.10008\.1\.2\.5 has two pass-through"):
+        registry._by_syntax((rle, Rival))
+
+
+def test_auto_chooses_among_the_candidates_only() -> None:
+    """choose_codec without candidates picks one of the registry's candidates."""
+    ramp = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096
+    assert type(choose_codec(ramp)) in ARCHIVE_CANDIDATES
