@@ -23,6 +23,7 @@ from typing import IO
 
 import indexed_gzip
 
+from pacs_engine.index.rows import Row
 from pacs_engine.sources import file_kind, iter_files
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -250,7 +251,7 @@ def _walk_container(
         on_error(path, _archive_reason(kind, error))
 
 
-def archived_row(ref: InputRef) -> dict | None:
+def archived_row(ref: InputRef) -> Row | None:
     """The index row of an input that is an instance of a pacs_engine archive, else None.
 
     Its SOP and series UIDs, Instance Number and frames are what a scan of the
