@@ -44,7 +44,7 @@ from pacs_engine.index.rows import Row, SeriesRecord, StudyRecord
 from pacs_engine.storage import file_mode, make_dirs
 
 # Imported from here by other modules: the index's UID rules and its writer.
-__all__ = ["FORMAT", "UID_KEYWORDS", "Index", "IndexWriter", "uid_problem"]
+__all__ = ["UID_KEYWORDS", "Index", "IndexWriter", "uid_problem"]
 
 FORMAT = {"format": "pacs_engine.index", "version": 1}
 _ITER_CHUNK = 1024
