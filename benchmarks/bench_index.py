@@ -449,11 +449,11 @@ def test_compare_lmdb_with_arrow_segments(tmp_path: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     import pyarrow.compute as pc
 
-    from pacs_engine.index.core import _ZDICT, _RowCodec
+    from pacs_engine.index.codec import ZDICT, RowCodec
 
     n_rows = SCALES["1M"]
-    codec = _RowCodec(_ZDICT)
     lmdb_path, folder, compact = tmp_path / "lmdb", tmp_path / "arrow", tmp_path / "compact"
+    codec = RowCodec(ZDICT, lmdb_path / "data.mdb")  # the path only names it in errors
     ArrowSegments.create(folder)
     commits = [0.0, 0.0]
     tables = []

@@ -23,6 +23,7 @@ import indexed_gzip
 
 from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
 from pacs_engine.errors import PacsEngineError
+from pacs_engine.index.rows import Row
 from pacs_engine.sources import file_kind, iter_files
 from pacs_engine.workers import PerProcess
 
@@ -220,7 +221,7 @@ def _walk_container(
         on_error(path, _archive_reason(kind, error))
 
 
-def archived_row(ref: InputRef) -> dict | None:
+def archived_row(ref: InputRef) -> Row | None:
     """The index row of an input that is an instance of a pacs_engine archive, else None.
 
     Its SOP and series UIDs, Instance Number and frames are what a scan of the

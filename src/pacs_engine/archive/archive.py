@@ -49,6 +49,8 @@ from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs.native import PixelLayout
 from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
+from pacs_engine.index.query import Found
+from pacs_engine.index.rows import Row
 from pacs_engine.inputs import MAX_INPUT_BYTES, InputPolicy
 from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
 from pacs_engine.workers import Executor
@@ -297,7 +299,7 @@ class Archive:
         """
         return self.frames_of(self._row(sop_instance_uid))
 
-    def frames_of(self, row: dict[str, Any]) -> np.ndarray:
+    def frames_of(self, row: Row) -> np.ndarray:
         """The decoded frames a row (of any version, see `versions`) references."""
         pixels = row.get("pixels")
         if not pixels:
@@ -305,7 +307,7 @@ class Archive:
         first, count = pixels["first_frame"], pixels["frames"]
         return self.pixels.read_frames(pixels["array"], range(first, first + count))
 
-    def _row(self, sop_instance_uid: str) -> dict[str, Any]:
+    def _row(self, sop_instance_uid: str) -> Row:
         problem = uid_problem("SOPInstanceUID", sop_instance_uid)
         if problem is not None:
             raise UnknownInstance(f"{_shown(sop_instance_uid)}: not in the archive ({problem})")
@@ -314,7 +316,7 @@ class Archive:
             raise UnknownInstance(f"{_shown(sop_instance_uid)}: not in the archive")
         return row
 
-    def versions(self, sop_instance_uid: str) -> list[dict[str, Any]]:
+    def versions(self, sop_instance_uid: str) -> list[Row]:
         """Each kept version of one instance as its own row, oldest first; the current last.
 
         An instance has several when files with its SOP Instance UID and its pixels but
@@ -355,7 +357,7 @@ class Archive:
             )
         return data
 
-    def rebuild(self, row: dict[str, Any]) -> bytes:
+    def rebuild(self, row: Row) -> bytes:
         """The file of one version's row, rebuilt but unchecked (`export_bytes` checks it).
 
         A transcoded instance's frames are checked against their recorded hashes here,
@@ -468,7 +470,7 @@ class Archive:
             if own:
                 executor.close()
 
-    def query(self, level: str = "instance", **filters: Any) -> list[dict[str, Any]]:
+    def query(self, level: str = "instance", **filters: Any) -> list[Found]:
         """Rows (or series or study records) matching DICOM-style filters; see Index.query."""
         return self.index.query(level, **filters)
 

@@ -22,11 +22,11 @@ import json
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from numcodecs import Zstd
 
 from pacs_engine.errors import PacsEngineError
+from pacs_engine.index.rows import Row
 
 MAGIC = b"PEB1"
 _HEAD = struct.Struct("<4sBQQQ")
@@ -125,13 +125,13 @@ def rows_sidecar(pack: str) -> str:
     return pack.removesuffix(PACK_SUFFIX) + ROWS_SUFFIX
 
 
-def dump_rows(rows: list[dict[str, Any]]) -> bytes:
+def dump_rows(rows: list[Row]) -> bytes:
     """A rows file: the rows, and when they were written (the later of two rows wins)."""
     record = {"written_ns": time.time_ns(), "rows": rows}
     return bytes(_ZSTD.encode(json.dumps(record, separators=(",", ":")).encode()))
 
 
-def load_rows(data: bytes) -> tuple[int, list[dict[str, Any]]]:
+def load_rows(data: bytes) -> tuple[int, list[Row]]:
     """(written_ns, rows) of a rows file; raises BlobError on damaged data."""
     try:
         record = json.loads(bytes(_ZSTD.decode(data)))

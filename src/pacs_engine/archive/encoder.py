@@ -18,10 +18,10 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from zarr.codecs import BloscCodec
@@ -51,6 +51,7 @@ from pacs_engine.codecs import CodecError, choose_codec, general_purpose_codecs
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
+from pacs_engine.index.rows import Duplicate, PixelRef, Row
 from pacs_engine.inputs import (
     DEFAULT_POLICY,
     InputError,
@@ -134,10 +135,10 @@ class PartResult:
     one outcome per input."""
 
     part: Part
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     # (SOP Instance UID, the new version's row), in the order received
-    versions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    duplicates: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    versions: list[tuple[str, Row]] = field(default_factory=list)
+    duplicates: list[tuple[str, Duplicate]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     arrays: dict[str, int] = field(default_factory=dict)  # array path -> frames end written
 
@@ -185,14 +186,14 @@ class _PartState:
     writers: dict[str, _ArrayWriter] = field(default_factory=dict)
     dirs: set[Path] = field(default_factory=set)  # folders whose new files must be durable
     # The committed row of each SOP Instance UID met, as the part first found it (or None)
-    committed: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-    kept: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # versions received
-    duplicates: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    committed: dict[str, Row | None] = field(default_factory=dict)
+    kept: dict[str, list[Row]] = field(default_factory=dict)  # versions received
+    duplicates: dict[str, list[Duplicate]] = field(default_factory=dict)
     undecoded: dict[str, Prepared] = field(default_factory=dict)  # a version without hashes
     digests: dict[str, str] = field(default_factory=dict)  # bitstreams written, by file sha256
-    blobs: list[tuple[dict[str, Any], bytes]] = field(default_factory=list)
+    blobs: list[tuple[Row, bytes]] = field(default_factory=list)
 
-    def view(self, sop: str) -> dict[str, Any] | None:
+    def view(self, sop: str) -> Row | None:
         """The instance as it stands: its committed row with the part's versions of it."""
         row = self.committed.get(sop)
         for received in self.kept.get(sop, []):
@@ -330,8 +331,8 @@ class PartEncoder:
         )
 
     def _place_pixels(
-        self, prepared: Prepared, prior: dict[str, Any] | None, state: _PartState
-    ) -> tuple[dict | None, int]:
+        self, prepared: Prepared, prior: Row | None, state: _PartState
+    ) -> tuple[PixelRef | None, int]:
         """The pixel reference of an instance being archived and the pixel bytes it adds.
 
         A new version of an archived instance uses the pixels of a kept version when
@@ -348,9 +349,7 @@ class PartEncoder:
             state.digests[prepared.sha256] = _bitstreams_digest(prepared.bitstreams)
         return pixels, stored
 
-    def _shared_pixels(
-        self, prepared: Prepared, prior: dict[str, Any], state: _PartState
-    ) -> dict | None:
+    def _shared_pixels(self, prepared: Prepared, prior: Row, state: _PartState) -> PixelRef | None:
         """The pixel reference of a kept version whose stored pixels are this file's (or None).
 
         Versions have the same decoded pixels (or they would conflict). Frames stored
@@ -372,7 +371,7 @@ class PartEncoder:
                 return reference
         return None
 
-    def _stored_digest(self, version: dict[str, Any], state: _PartState) -> str | None:
+    def _stored_digest(self, version: Row, state: _PartState) -> str | None:
         """The digest of a kept version's original bitstreams (None: they cannot be read)."""
         digest = state.digests.get(version["source_sha256"])
         if digest is not None:  # written by this part: maybe not on disk yet
@@ -398,7 +397,7 @@ class PartEncoder:
         writers: dict[str, _ArrayWriter],
         dirs: set[Path],
         checks: Checks,
-    ) -> tuple[dict | None, int]:
+    ) -> tuple[PixelRef | None, int]:
         """Queue the instance's frames on its array; returns its pixel reference and bytes."""
         if prepared.storage == "none":
             return None, 0
@@ -417,7 +416,7 @@ class PartEncoder:
         else:
             chunks = self._encode_native(path, prepared, checks.recheck_encoded)
         first = writers[path].append(chunks)
-        reference = {"array": path, "first_frame": first, "frames": count}
+        reference: PixelRef = {"array": path, "first_frame": first, "frames": count}
         return reference, sum(len(c) for c in chunks)
 
     def _ensure_array(
@@ -534,7 +533,7 @@ class PartEncoder:
     def _write_blobs(
         self,
         series_uid: str,
-        blobs: list[tuple[dict[str, Any], bytes]],
+        blobs: list[tuple[Row, bytes]],
         dirs: set[Path],
     ) -> None:
         """Write the part's header blobs as one pack file and point their rows at them."""
@@ -551,7 +550,7 @@ class PartEncoder:
 
 
 def conflict_reason(
-    prior: dict[str, Any], attributes: dict[str, Any], same_pixels: Callable[[], bool]
+    prior: Row, attributes: dict[str, Any], same_pixels: Callable[[], bool]
 ) -> str | None:
     """Why a file with an archived SOP Instance UID (other bytes) is a conflict; None for a
     new version of the instance.
@@ -566,7 +565,7 @@ def conflict_reason(
     return None if same_pixels() else f"{_CONFLICT}different pixels"
 
 
-def _compared(attributes: dict[str, Any], keyword: str) -> Any:
+def _compared(attributes: Mapping[str, Any], keyword: str) -> Any:
     """An attribute as versions are compared: absent or empty is DICOM's default."""
     value = attributes.get(keyword)
     return _ABSENT.get(keyword) if value is None else value
@@ -580,7 +579,7 @@ def _pixel_hash_or_none(prepared: Prepared) -> str | None:
         return None
 
 
-def stored_pixel_hash(pixels: PixelStore, row: dict[str, Any]) -> str | None:
+def stored_pixel_hash(pixels: PixelStore, row: Row) -> str | None:
     """An indexed instance's pixel hash, recorded or from its decoded frames (None: undecodable).
 
     Rows of original bitstreams stored undecoded have none recorded.
@@ -620,7 +619,7 @@ def source_details(key: str) -> dict[str, Any]:
     return {}
 
 
-def with_duplicate(row: dict[str, Any], duplicate: dict[str, str]) -> dict[str, Any]:
+def with_duplicate(row: Row, duplicate: Duplicate) -> Row:
     """A copy of `row` that also lists `duplicate` (path and sha256 of the same instance)."""
     return {**row, "duplicates": [*row["duplicates"], duplicate]}
 
@@ -631,7 +630,7 @@ def quarantine_conflict(
     data: bytes | None,
     sha256: str,
     reason: str,
-    prior: dict[str, Any],
+    prior: Row,
     sop: str,
     hashes: dict[str, str | None],
 ) -> None:
@@ -653,9 +652,7 @@ def quarantine_conflict(
     )
 
 
-def new_row(
-    prepared: Prepared, pixels: dict | None, stored: int, run: str = PENDING
-) -> dict[str, Any]:
+def new_row(prepared: Prepared, pixels: PixelRef | None, stored: int, run: str = PENDING) -> Row:
     """The index row of a newly archived instance."""
     header = prepared.header
     # Scanner values are plain str, int, float and lists of them: JSON as they are.
@@ -684,7 +681,7 @@ def new_row(
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run,  # PENDING: the commit names the run
     }
-    return row
+    return cast(Row, row)
 
 
 def _bitstreams_digest(bitstreams: list[bytes]) -> str:

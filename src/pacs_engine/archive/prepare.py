@@ -34,6 +34,7 @@ from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array, to_byt
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.header import Header
 from pacs_engine.index.core import UID_KEYWORDS, uid_problem
+from pacs_engine.index.rows import Row
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
 DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
@@ -361,7 +362,7 @@ def rebuild_file(
     return b"".join(parts)
 
 
-def transcoded_file(blob: HeaderBlob, row: dict[str, Any], frames: np.ndarray) -> bytes:
+def transcoded_file(blob: HeaderBlob, row: Row, frames: np.ndarray) -> bytes:
     """A transcoded instance as a file: its data set, pixels native, explicit VR little endian."""
     dataset = pydicom.dcmread(BytesIO(blob.prefix), stop_before_pixels=True, force=True)
     if blob.suffix:

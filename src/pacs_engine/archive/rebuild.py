@@ -18,13 +18,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX, BlobError, load_rows
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import with_version
 from pacs_engine.index import Index
+from pacs_engine.index.rows import Row
 from pacs_engine.storage import fsync_dir
 
 _BATCH = 1000
@@ -64,7 +64,7 @@ def _rebuild(root: Path) -> Rebuilt:
     shutil.rmtree(building, ignore_errors=True)
     index = Index.create(building)
     try:
-        batch: list[dict[str, Any]] = []
+        batch: list[Row] = []
         for sop in sorted(rows):
             kept = [row for row in rows[sop] if _committed(row, root, pixels, frames)]
             rebuilt.uncommitted += len(rows[sop]) - len(kept)
@@ -91,9 +91,9 @@ def _rebuild(root: Path) -> Rebuilt:
     return rebuilt
 
 
-def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[dict[str, Any]]]:
+def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
     """The rows of each SOP Instance UID over every rows file, in the order written."""
-    found: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+    found: dict[str, list[tuple[int, int, Row]]] = {}
     order = 0  # rows of one file (versions received in one part) keep their order
     headers = root / "headers"
     folders = sorted(p for p in headers.iterdir() if p.is_dir()) if headers.is_dir() else []
@@ -117,7 +117,7 @@ def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[dict[str, Any]]
     return {sop: [row for *_, row in sorted(rows)] for sop, rows in found.items()}
 
 
-def _committed(row: dict[str, Any], root: Path, pixels: PixelStore, frames: dict[str, int]) -> bool:
+def _committed(row: Row, root: Path, pixels: PixelStore, frames: dict[str, int]) -> bool:
     """True unless the row's frames lie beyond its array's committed frame count."""
     if not (root / row["header"]["pack"]).is_file():
         return False

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.prepare import frame_hash
 from pacs_engine.archive.versions import version_rows
+from pacs_engine.index.rows import Row
 from pacs_engine.workers import CrashIsolation, Executor, Finished, PerProcess
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class VerifyReport:
         self.mismatches += mismatches
 
 
-def check_instance(archive: Archive, row: dict[str, Any]) -> tuple[int, str | None]:
+def check_instance(archive: Archive, row: Row) -> tuple[int, str | None]:
     """Frames checked and what is wrong with one instance, every kept version (None: nothing)."""
     problems = []
     frames = 0
@@ -61,9 +62,7 @@ def check_instance(archive: Archive, row: dict[str, Any]) -> tuple[int, str | No
     return frames, "; ".join(problems) or None
 
 
-def _check_version(
-    archive: Archive, row: dict[str, Any], checked: set[str]
-) -> tuple[int, str | None]:
+def _check_version(archive: Archive, row: Row, checked: set[str]) -> tuple[int, str | None]:
     """Frames checked and what is wrong with one version of an instance (None: nothing)."""
     problems = []
     frames = 0
@@ -173,7 +172,7 @@ def _batches(archive: Archive, size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _mismatch(row: dict[str, Any], problem: str) -> dict[str, Any]:
+def _mismatch(row: Row, problem: str) -> dict[str, Any]:
     return {
         "SOPInstanceUID": row["SOPInstanceUID"],
         "source_path": row.get("source_path"),

@@ -16,7 +16,7 @@ in its place (`with_run`).
 
 from __future__ import annotations
 
-from typing import Any
+from pacs_engine.index.rows import Row, Version
 
 #: Fields of a row that belong to the instance, not to one of its versions.
 INSTANCE_FIELDS = ("versions", "current_reason", "duplicates", "source_duplicates")
@@ -29,18 +29,18 @@ CURRENT_REASON = (
 )
 
 
-def version_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+def version_rows(row: Row) -> list[Row]:
     """Each kept version of the instance as a row of its own, oldest first; the current last."""
     earlier = [v for v in row.get("versions", []) if not v.get("current")]
     return [*earlier, row]
 
 
-def kept_sha256s(row: dict[str, Any]) -> set[str]:
+def kept_sha256s(row: Row) -> set[str]:
     """The sha256 of every version whose bytes the archive keeps."""
     return {v["source_sha256"] for v in version_rows(row)}
 
 
-def with_version(row: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def with_version(row: Row, new: Row) -> Row:
     """A copy of `row` whose current version is `new` (the row of a newly received version).
 
     The version that was current becomes a complete record in `versions`; the
@@ -61,7 +61,7 @@ def with_version(row: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def with_run(row: dict[str, Any], run: str) -> dict[str, Any]:
+def with_run(row: Row, run: str) -> Row:
     """A copy of `row` whose versions received by this run (PENDING) name it."""
     stamped = {**row, "run": run} if row.get("run") == PENDING else dict(row)
     if "versions" in row:
@@ -71,12 +71,12 @@ def with_run(row: dict[str, Any], run: str) -> dict[str, Any]:
     return stamped
 
 
-def _summary(row: dict[str, Any]) -> dict[str, Any]:
+def _summary(row: Row) -> Version:
     """The entry of the current version in `versions`."""
     return {**{k: row.get(k) for k in SUMMARY_FIELDS}, "run": row.get("run"), "current": True}
 
 
-def _own_stored_bytes(row: dict[str, Any]) -> int:
+def _own_stored_bytes(row: Row) -> int:
     """Bytes stored for the current version alone."""
     versions = row.get("versions")
     return versions[-1]["stored_bytes"] if versions else row.get("stored_bytes", 0)

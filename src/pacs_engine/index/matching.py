@@ -12,7 +12,7 @@ The rules (PS3.4 C.2.2.2), by the attribute's VR in pydicom's data dictionary:
 - numbers (IS, DS, US, ...): numeric equality ("5" matches 5 and 5.0); a value
   that is not a number (a malformed IS kept as text) is matched as text;
 - other strings, and keywords outside the dictionary (archive fields such as
-  "status"): wildcard matching when the value has "*" or "?", else exact;
+  "pixel_storage"): wildcard matching when the value has "*" or "?", else exact;
 - a list or tuple of query values matches any of them.
 
 A multi-valued attribute matches when any of its values does; an absent or None
@@ -22,7 +22,7 @@ value matches only universal matching.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -182,6 +182,6 @@ def compile_query(filters: dict[str, Any]) -> dict[str, Condition]:
     return {k: c for k, c in compiled.items() if c is not None}
 
 
-def matches(record: dict[str, Any], conditions: Iterable[Condition]) -> bool:
+def matches(record: Mapping[str, Any], conditions: Iterable[Condition]) -> bool:
     """True when the record satisfies every condition."""
     return all(c(record.get(c.keyword)) for c in conditions)

@@ -42,6 +42,7 @@ from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.core import IndexWriter
+from pacs_engine.index.rows import Row
 from pacs_engine.ingest import session, tasks
 from pacs_engine.ingest.executors import InlineExecutor, make_executor
 from pacs_engine.ingest.journal import Journal, Planned
@@ -444,7 +445,7 @@ class _Run:
         rows = {row["SOPInstanceUID"]: row for row in result.rows}
         # Rows this part changes; a SOP UID's inputs are all in one part, and earlier parts'
         # changes are read back from the transaction (`index.row`).
-        updated: dict[str, dict[str, Any]] = {}
+        updated: dict[str, Row] = {}
         for sop, row in list(rows.items()):
             # Committed meanwhile by another series' part, or added by an earlier part of
             # this series (the same SOP UID under another Instance Number, planned apart).
@@ -474,10 +475,10 @@ class _Run:
 
     def _late_conflict(
         self,
-        prior: dict[str, Any],
+        prior: Row,
         key: str,
-        row: dict[str, Any],
-        updated: dict[str, dict[str, Any]],
+        row: Row,
+        updated: dict[str, Row],
         outcome: Outcome,
     ) -> Outcome:
         """The outcome of an input whose SOP UID another part committed after its worker looked.

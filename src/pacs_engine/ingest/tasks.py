@@ -12,6 +12,7 @@ from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
+from pacs_engine.index.rows import Row
 from pacs_engine.ingest.journal import Planned
 from pacs_engine.inputs import (
     DEFAULT_POLICY,
@@ -87,7 +88,7 @@ def scan_task(
     return planned, rejected
 
 
-def _planned_from_row(key: str, row: dict) -> Planned:
+def _planned_from_row(key: str, row: Row) -> Planned:
     """An archived instance of another archive, planned as its exported file would be."""
     number = row.get("InstanceNumber")
     return Planned(

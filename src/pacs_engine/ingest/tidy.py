@@ -12,12 +12,13 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pacs_engine.archive.archive import ArchiveError
 from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import version_rows
+from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.ingest import session
 from pacs_engine.storage import legacy_series_folder, remove_stale_temporaries, series_folder
 
@@ -56,7 +57,7 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
 
 
 def _tidy_folders(
-    archive: Archive, folders: list[str], rows: Iterable[dict[str, Any]], tidied: Tidied
+    archive: Archive, folders: list[str], rows: Iterable[Row], tidied: Tidied
 ) -> None:
     """Delete what `rows` do not use in the series folders `folders` of pixels/ and headers/."""
     pixels = archive.pixels
@@ -98,7 +99,7 @@ def _tidy_folders(
 
 def _add_frames(
     pixels: PixelStore,
-    reference: dict[str, Any] | None,
+    reference: PixelRef | None,
     ends: dict[str, int],
     shards: dict[str, set[int]],
 ) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pacs_engine.index.rows import Row
 from pacs_engine.read.volume import VolumeError, plan_volume
 from pacs_engine.read.volume import rescale as modality_values
 from pacs_engine.workers import PerProcess
@@ -103,14 +104,14 @@ def _series_uids(archive: Archive, series_uids: Sequence[str] | None) -> list[st
     return list(dict.fromkeys(str(uid) for uid in series_uids))
 
 
-def _rows(archive: Archive, uid: str) -> list[dict[str, Any]]:
+def _rows(archive: Archive, uid: str) -> list[Row]:
     rows = archive.index.series(uid)
     if not rows:
         raise KeyError(f"{uid}: no such series in the archive")
     return rows
 
 
-def _slim(row: dict[str, Any]) -> dict[str, Any]:
+def _slim(row: Row) -> dict[str, Any]:
     """The attributes rescaling needs, and nothing else."""
     return {k: row.get(k) for k in _RESCALE_KEYS}
 
@@ -183,7 +184,7 @@ class FrameDataset(_MapBase):
         table: list[tuple[int, int, int, int, int]] = []
         array_ids: dict[str, int] = {}
         for s, uid in enumerate(self.series_uids):
-            rows_of: dict[int, list[dict[str, Any]]] = {}
+            rows_of: dict[int, list[Row]] = {}
             for row in _rows(archive, uid):
                 pixels = row.get("pixels")
                 if not pixels:
@@ -201,7 +202,7 @@ class FrameDataset(_MapBase):
                 self.array_dtypes.append(self._dtype(archive, a, rows))
         self.table = np.array(sorted(table), dtype=np.int64).reshape(-1, 5)
 
-    def _dtype(self, archive: Archive, a: int, rows: list[dict[str, Any]]) -> str | None:
+    def _dtype(self, archive: Archive, a: int, rows: list[Row]) -> str | None:
         if not self.rescale or int(rows[0].get("SamplesPerPixel") or 1) != 1:
             return None
         stored = _handle(self.archive_path).dtype(self.arrays[a])
@@ -453,7 +454,7 @@ class PatchDataset(_MapBase):
             raise ValueError("weights must be finite and not negative")
         return values
 
-    def _add_volume(self, uid: str, rows: list[dict[str, Any]], subset: bool, array_id: Any) -> str:
+    def _add_volume(self, uid: str, rows: list[Row], subset: bool, array_id: Any) -> str:
         try:
             plan = plan_volume(rows, subset=subset)
         except VolumeError as error:
@@ -477,10 +478,10 @@ class PatchDataset(_MapBase):
         self.dtypes.append(dtype)
         return ""
 
-    def _add_frames(self, uid: str, rows: list[dict[str, Any]], array_id: Any) -> str:
+    def _add_frames(self, uid: str, rows: list[Row], array_id: Any) -> str:
         py, px = self.patch_size
         where, shapes, slim, names = [], [], [], []
-        by_array: dict[int, list[dict[str, Any]]] = {}
+        by_array: dict[int, list[Row]] = {}
         for row in rows:
             pixels = row.get("pixels")
             if not pixels or int(row["Rows"]) < py or int(row["Columns"]) < px:

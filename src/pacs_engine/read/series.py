@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pacs_engine.index.rows import Row
 from pacs_engine.read.volume import Volume, VolumeError, plan_volume
 from pacs_engine.read.volume import rescale as modality_values
 
@@ -41,7 +42,7 @@ class Frames:
         for k in range(len(self)):
             yield self[k]
 
-    def instance(self, index: int) -> dict[str, Any]:
+    def instance(self, index: int) -> Row:
         """The index row of the instance that frame `index` belongs to."""
         return self._series.rows[self._where[index][2]]
 
@@ -52,7 +53,7 @@ class Series:
     def __init__(self, archive: Archive, series_uid: str) -> None:
         self.archive = archive
         self.series_uid = series_uid
-        self.rows: list[dict[str, Any]] = list(archive.index.series(series_uid))
+        self.rows: list[Row] = list(archive.index.series(series_uid))
         if not self.rows:
             raise KeyError(f"{series_uid}: no such series in the archive")
         self._arrays: dict[str, Any] = {}
@@ -99,7 +100,7 @@ class Series:
             rescaled=rescale,
         )
 
-    def _read(self, rows: list[dict[str, Any]], threads: int) -> np.ndarray:
+    def _read(self, rows: list[Row], threads: int) -> np.ndarray:
         """One frame per row, in the rows' order: each array's frames read and decoded at once."""
         by_array: dict[str, list[int]] = {}
         for k, row in enumerate(rows):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pacs_engine.errors import PacsEngineError
+from pacs_engine.index.rows import Row
 
 # Direction cosines and pixel spacings that differ by less than this are the same geometry
 # (scanners write cosines with float noise of ~1e-7).
@@ -78,7 +79,7 @@ class Volume:
 class Plan:
     """The chosen instances of a volume, in slice order, and their geometry."""
 
-    rows: list[dict[str, Any]]
+    rows: list[Row]
     spacing: tuple[float, float, float]
     origin: np.ndarray
     direction: np.ndarray
@@ -86,22 +87,22 @@ class Plan:
     sheared: bool
 
 
-def _uid(row: dict[str, Any]) -> str:
+def _uid(row: Row) -> str:
     return str(row["SOPInstanceUID"])
 
 
-def _order(row: dict[str, Any]) -> tuple:
+def _order(row: Row) -> tuple:
     number = row.get("InstanceNumber")
     return (number is None, number if isinstance(number, int | float) else 0, _uid(row))
 
 
-def _frames(row: dict[str, Any]) -> int:
+def _frames(row: Row) -> int:
     pixels = row.get("pixels") or {}
     count = pixels.get("frames") or row.get("NumberOfFrames") or 1
     return int(count)
 
 
-def _geometry_key(row: dict[str, Any]) -> tuple:
+def _geometry_key(row: Row) -> tuple:
     """What must be equal, exactly, for two instances to stack (cosines/spacing aside)."""
     return (
         row.get("Rows"),
@@ -113,7 +114,7 @@ def _geometry_key(row: dict[str, Any]) -> tuple:
     )
 
 
-def _same_geometry(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _same_geometry(a: Row, b: Row) -> bool:
     """Equal pixel format, orientation and spacing (rows already checked by `_valid`)."""
     if _geometry_key(a) != _geometry_key(b):
         return False
@@ -127,7 +128,7 @@ def _same_geometry(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(abs(float(x) - float(y)) <= SPACING_RTOL * abs(float(y)) for x, y in pairs)
 
 
-def _describe(row: dict[str, Any]) -> str:
+def _describe(row: Row) -> str:
     return (
         f"{row.get('Rows')}x{row.get('Columns')}, orientation "
         f"{row.get('ImageOrientationPatient')}, spacing {row.get('PixelSpacing')}, "
@@ -136,7 +137,7 @@ def _describe(row: dict[str, Any]) -> str:
     )
 
 
-def _usable(rows: list[dict[str, Any]], subset: bool) -> list[dict[str, Any]]:
+def _usable(rows: list[Row], subset: bool) -> list[Row]:
     """The rows with pixels, one frame and full position information."""
     rows = [r for r in rows if r.get("pixels")]
     if not rows:
@@ -189,9 +190,9 @@ def _valid(value: Any, n: int) -> bool:
     return math.hypot(*cross) > 0.5
 
 
-def _groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def _groups(rows: list[Row]) -> list[list[Row]]:
     """Rows grouped by geometry, largest group first (ties: the earliest in series order)."""
-    groups: list[list[dict[str, Any]]] = []
+    groups: list[list[Row]] = []
     for row in rows:
         for group in groups:
             if _same_geometry(group[0], row):
@@ -202,7 +203,7 @@ def _groups(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return sorted(groups, key=lambda g: -len(g))  # stable: earlier groups win ties
 
 
-def _normal(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _normal(row: Row) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     o = np.asarray(row["ImageOrientationPatient"], float)
     r, c = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
     n = np.cross(r, c)
@@ -229,7 +230,7 @@ def _longest_regular_run(distances: np.ndarray) -> tuple[int, int]:
     return best
 
 
-def plan_volume(rows: list[dict[str, Any]], subset: bool = False) -> Plan:
+def plan_volume(rows: list[Row], subset: bool = False) -> Plan:
     """Choose and order the instances of a volume, or raise `VolumeError` naming the culprits.
 
     With `subset`, instead of raising: drop instances without pixels, with several frames
