@@ -7,11 +7,18 @@ from setuptools import Extension, setup
 
 CHARLS = Path("src/pacs_engine/_native/charls")
 
+# The header scanner, one extension per section; each cimports the others' .pxd
+# (dicom.pxd, the shared constants and inline byte readers, has no module of its own).
+SCANNER_MODULES = ("window", "values", "parse", "scanner")
+
 extensions = [
-    Extension(
-        "pacs_engine._native.scanner",
-        ["src/pacs_engine/_native/scanner.pyx"],
-        extra_compile_args=["-O3"],
+    *(
+        Extension(
+            f"pacs_engine._native.{name}",
+            [f"src/pacs_engine/_native/{name}.pyx"],
+            extra_compile_args=["-O3"],
+        )
+        for name in SCANNER_MODULES
     ),
     # The vendored CharLS, built without its assertions (-DNDEBUG): ~40 % faster encodes.
     Extension(
@@ -28,6 +35,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["src"],
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,
