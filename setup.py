@@ -7,9 +7,10 @@ from setuptools import Extension, setup
 
 CHARLS = Path("src/pacs_engine/_native/charls")
 
-# The header scanner, one extension per section; each cimports the others' .pxd
-# (dicom.pxd, the shared constants and inline byte readers, has no module of its own).
-SCANNER_MODULES = ("window", "values", "parse", "scanner")
+# The header scanner: one extension per section that has Python-facing or per-file
+# code; each cimports the others' .pxd. dicom.pxd (constants, byte readers) and
+# window.pxd (the I/O windows) are all inline, compiled into the modules that use them.
+SCANNER_MODULES = ("values", "parse", "scanner")
 
 extensions = [
     *(

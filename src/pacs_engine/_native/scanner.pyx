@@ -5,7 +5,7 @@
 `ScanResult`: the requested attributes (an `Attributes` mapping that converts each
 value on first read), the layout facts, and the exact byte location of the pixel
 data (`PixelScan`). The byte-level parse (parse.pyx, over the windows of
-window.pyx) and the copy of the requested values run without the GIL; building
+window.pxd) and the copy of the requested values run without the GIL; building
 the Python results (values.pyx converts the values) holds it.
 """
 
