@@ -7,11 +7,19 @@ from setuptools import Extension, setup
 
 CHARLS = Path("src/pacs_engine/_native/charls")
 
+# The header scanner: one extension per section that has Python-facing or per-file
+# code; each cimports the others' .pxd. dicom.pxd (constants, byte readers) and
+# window.pxd (the I/O windows) are all inline, compiled into the modules that use them.
+SCANNER_MODULES = ("values", "parse", "scanner")
+
 extensions = [
-    Extension(
-        "pacs_engine._native.scanner",
-        ["src/pacs_engine/_native/scanner.pyx"],
-        extra_compile_args=["-O3"],
+    *(
+        Extension(
+            f"pacs_engine._native.{name}",
+            [f"src/pacs_engine/_native/{name}.pyx"],
+            extra_compile_args=["-O3"],
+        )
+        for name in SCANNER_MODULES
     ),
     # The vendored CharLS, built without its assertions (-DNDEBUG): ~40 % faster encodes.
     Extension(
@@ -28,6 +36,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["src"],
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,

@@ -19,7 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_value
 
-from pacs_engine._native.scanner import Scanner
+from pacs_engine._native.scanner import PixelScan, Scanner, ScanResult
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header, PixelLocation, fragment_frames
 
@@ -149,87 +149,66 @@ def _number_of_frames(attributes: Mapping[str, Any]) -> int:
 
 
 def _encapsulated_location(
-    raw: tuple, attributes: Mapping[str, Any], little: bool
+    pixel: PixelScan, attributes: Mapping[str, Any], little: bool
 ) -> PixelLocation:
-    (
-        tag,
-        vr,
-        element_offset,
-        value_offset,
-        value_length,
-        _encapsulated,
-        bot_offset,
-        bot,
-        offsets,
-        lengths,
-        eoi,
-        extended,
-    ) = raw
     endian = "<" if little else ">"
+    bot = pixel.bot
     basic = np.frombuffer(bot[: len(bot) // 4 * 4], dtype=f"{endian}u4").astype(np.int64)
     eot = None
-    if extended is not None:
+    if pixel.extended_offset_table is not None:
         eot = tuple(
             np.frombuffer(t[: len(t) // 8 * 8], dtype=f"{endian}u8").astype(np.uint64)
-            for t in extended
+            for t in pixel.extended_offset_table
         )
+    offsets = pixel.fragment_offsets
     frames = fragment_frames(
         offsets,
-        bot_offset + len(bot),
+        pixel.bot_offset + len(bot),
         basic,
         eot[0] if eot else None,
-        eoi,
+        pixel.fragment_eoi,
         _number_of_frames(attributes),
     )
     return PixelLocation(
-        tag,
-        vr,
-        element_offset,
-        value_offset,
-        value_length,
+        pixel.tag,
+        pixel.vr,
+        pixel.element_offset,
+        pixel.value_offset,
+        pixel.value_length,
         True,
-        bot_offset,
+        pixel.bot_offset,
         basic,
         eot,
         offsets,
-        lengths,
+        pixel.fragment_lengths,
         frames,
     )
 
 
-def _header(path: str | None, raw: tuple) -> Header:
-    (
-        attributes,
-        ts,
-        preamble,
-        has_meta,
-        offset,
-        explicit,
-        little,
-        deflated,
-        size,
-        data_size,
-        pixel,
-    ) = raw
+def _header(path: str | None, result: ScanResult) -> Header:
+    pixel = result.pixel
+    location = None
     if pixel is not None:
-        pixel = (
-            _encapsulated_location(pixel, attributes, little)
-            if pixel[5]
-            else PixelLocation.native(*pixel[:5])
+        location = (
+            _encapsulated_location(pixel, result.attributes, result.little_endian)
+            if pixel.encapsulated
+            else PixelLocation.native(
+                pixel.tag, pixel.vr, pixel.element_offset, pixel.value_offset, pixel.value_length
+            )
         )
     return Header(
         path,
-        attributes,
-        ts,
-        preamble,
-        has_meta,
-        offset,
-        explicit,
-        little,
-        deflated,
-        size,
-        pixel,
-        data_size,
+        result.attributes,
+        result.transfer_syntax_uid,
+        result.has_preamble,
+        result.has_file_meta,
+        result.dataset_offset,
+        result.explicit_vr,
+        result.little_endian,
+        result.deflated,
+        result.file_size,
+        location,
+        result.data_size,
     )
 
 

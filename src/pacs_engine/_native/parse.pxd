@@ -1,15 +1,17 @@
-# Typed interface of the native DICOM header scanner.
+# The nogil DICOM parser: the typed seam between the parse and the Python classes.
 #
 # The parser runs without the GIL on a `Source` (a memory buffer or a file
-# descriptor read through two windows) and fills a `ScanState`: the top-level
-# elements, the pixel data location and, for encapsulated pixel data, every
-# fragment. The kept values are then copied out of the source, still without the
-# GIL (`copy_values`), so the source's buffers can serve the next file: first a
+# descriptor read through two windows, window.pxd) and fills a `ScanState`: the
+# top-level elements, the pixel data location and, for encapsulated pixel data,
+# every fragment. The kept values are then copied out of the source, still without
+# the GIL (`copy_values`), so the source's buffers can serve the next file: first a
 # `Slot` per requested keyword and their values, which become the bytes of the
 # file's `Attributes` (converted to Python objects when first read), then the
 # other kept values and the Basic Offset Table.
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
+
+from pacs_engine._native.window cimport Source
 
 
 cdef enum TransferSyntax:
@@ -18,21 +20,6 @@ cdef enum TransferSyntax:
     SYNTAX_EXPLICIT_LE      # and every compressed syntax
     SYNTAX_EXPLICIT_BE
     SYNTAX_DEFLATED
-
-
-cdef struct Source:
-    int fd                  # -1: read from `mem`
-    const uint8_t* mem
-    int64_t size
-    uint8_t* head           # file bytes [0, head_len), grown while parsing the header
-    int64_t head_len
-    int64_t head_cap
-    bint head_frozen        # past the pixel data: further reads go to `roam`
-    uint8_t* roam           # file bytes [roam_start, roam_start + roam_len)
-    int64_t roam_start
-    int64_t roam_len
-    int64_t roam_cap
-    int io_errno
 
 
 cdef struct Element:
@@ -90,3 +77,12 @@ cdef struct Slot:           # one requested keyword's value in an Attributes blo
     uint16_t vr             # the VR the value is read with
     bint present            # the file has the attribute
     bint fast               # fast_value converts it (else pydicom does, during the scan)
+
+
+cdef void state_init(ScanState* st) noexcept nogil
+cdef void state_free(ScanState* st) noexcept nogil
+cdef int scan_file(ScanState* st, const char* path) noexcept nogil
+cdef int scan_source(ScanState* st) noexcept nogil
+cdef int parse_meta(ScanState* st) noexcept nogil
+cdef int parse_body(ScanState* st) noexcept nogil
+cdef int copy_values(ScanState* st) noexcept nogil
