@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.index.rows import Row
-from pacs_engine.read.volume import VolumeError, plan_volume
+from pacs_engine.read.volume import VolumeError, pixel_ref, plan_volume
 from pacs_engine.read.volume import rescale as modality_values
 from pacs_engine.workers import PerProcess
 
@@ -40,8 +40,13 @@ else:
 __all__ = ["FrameChunks", "FrameDataset", "PatchDataset", "VolumeDataset", "worker_share"]
 
 # Row attributes kept (as plain data) for rescaling.
-_RESCALE_KEYS = ("SOPInstanceUID", "RescaleSlope", "RescaleIntercept", "BitsStored")
-_RESCALE_KEYS += ("PixelRepresentation",)
+_RESCALE_KEYS = (
+    "SOPInstanceUID",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "BitsStored",
+    "PixelRepresentation",
+)
 _SERIES_CACHE = 64  # Series objects kept open per process (VolumeDataset)
 
 
@@ -121,7 +126,7 @@ def _rescaled_dtype(stored: np.dtype, rows: list[dict[str, Any]]) -> str:
     return modality_values(np.empty((len(rows), 0, 0), stored), rows).dtype.str
 
 
-def _apply_rescale(frames: np.ndarray, rows: list[dict[str, Any]], dtype: str) -> np.ndarray:
+def _apply_rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]], dtype: str) -> np.ndarray:
     """`rescale` of the frames, in the dtype it gives for the whole series or volume."""
     return modality_values(frames, rows).astype(dtype, copy=False)
 
@@ -464,7 +469,7 @@ class PatchDataset(_MapBase):
         if any(s < p for s, p in zip(shape, self.patch_size, strict=True)):
             return f"volume {shape} smaller than the patch"
         where = [
-            (array_id(r["pixels"]["array"]), int(r["pixels"]["first_frame"])) for r in plan.rows
+            (array_id(pixel_ref(r)["array"]), int(pixel_ref(r)["first_frame"])) for r in plan.rows
         ]
         slim = [_slim(r) for r in plan.rows]
         dtype = None
@@ -548,8 +553,9 @@ class PatchDataset(_MapBase):
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
             pixels = np.stack(_read_frames(handle, where, plane))
-            if self.dtypes[s] is not None:
-                pixels = _apply_rescale(pixels, rows, self.dtypes[s])
+            dtype = self.dtypes[s]
+            if dtype is not None:
+                pixels = _apply_rescale(pixels, rows, dtype)
         else:
             a, f = (int(v) for v in self.where[s][frame])
             pixels = _read_frames(handle, [(self.arrays[a], f)], plane)[0]
