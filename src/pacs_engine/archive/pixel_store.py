@@ -40,7 +40,7 @@ from pacs_engine.codecs import CodecError, pack_shard
 from pacs_engine.codecs.native import frame_shape
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.storage import legacy_series_folder, series_folder, write_atomic
+from pacs_engine.storage import series_folder, series_folders, write_atomic
 
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
 CRC32C_BYTES = 4
@@ -360,8 +360,7 @@ class PixelStore:
 
     def arrays(self, series_uid: str) -> list[str]:
         """The paths of the series' arrays (in its folder, and where earlier versions put it)."""
-        folders = (series_folder(series_uid), legacy_series_folder(series_uid))
-        names = {name for name in folders if name is not None}
+        names = series_folders(series_uid)
         found = []
         for name in names:
             folder = self.root / name

@@ -34,6 +34,7 @@ if importlib.util.find_spec("torch") is not None:  # pragma: no cover - torch is
     from torch.utils.data import Dataset as _MapBase
     from torch.utils.data import IterableDataset as _IterableBase
 else:
+    # Without torch the data sets are plain classes; mypy sees torch's bases (the torch extra).
     _MapBase = object  # type: ignore[assignment,misc]
     _IterableBase = object  # type: ignore[assignment,misc]
 
@@ -135,7 +136,7 @@ def _read_frames(
     handle: _Handle, where: Sequence[tuple[str, int]], window: tuple[slice, slice]
 ) -> list[np.ndarray]:
     """Frames (array path, frame) cut to `window`, in order; each array's frames read at once."""
-    out: list[np.ndarray | None] = [None] * len(where)
+    out: list[np.ndarray] = [np.empty(0)] * len(where)  # each one replaced below
     by_array: dict[str, list[int]] = {}
     for k, (path, _) in enumerate(where):
         by_array.setdefault(path, []).append(k)
@@ -143,7 +144,7 @@ def _read_frames(
         frames = handle.archive.pixels.read_frames(path, [where[k][1] for k in slots], window)
         for k, frame in zip(slots, frames, strict=True):
             out[k] = frame
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _check_index(index: int, length: int) -> int:
