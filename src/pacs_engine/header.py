@@ -32,7 +32,7 @@ class PixelLocation:
     encapsulated: bool
     basic_offset_table_offset: int
     basic_offset_table: np.ndarray
-    extended_offset_table: tuple[np.ndarray, np.ndarray] | None
+    extended_offset_table: tuple[np.ndarray, ...] | None  # (offsets, lengths)
     fragment_offsets: np.ndarray
     fragment_lengths: np.ndarray
     fragment_frames: np.ndarray

@@ -305,7 +305,7 @@ def _open_file(ref: InputRef, policy: InputPolicy) -> Iterator[tuple[IO[bytes], 
     try:
         file, size = _open_regular(ref.container, policy.follow_links)
     except _NotRegular as error:
-        raise InputError(ref.key, error.strerror) from None
+        raise InputError(ref.key, error.strerror or str(error)) from None
     except OSError as error:
         if error.errno == errno.ELOOP and not policy.follow_links:
             raise InputError(ref.key, "symbolic link: not followed") from None
@@ -509,7 +509,7 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, str | None, int, int]
     archive = tarfile.open(fileobj=stream, mode="r:")  # noqa: SIM115 (the caller owns stream)
     while (info := archive.next()) is not None:
         # TarFile keeps every header it has read: 100k members would pile up in memory.
-        archive.members.clear()
+        archive.members.clear()  # type: ignore[attr-defined]  # real, but not in typeshed
         if info.isdir():
             continue
         yield info.name, _tar_problem(info), info.offset_data, info.size

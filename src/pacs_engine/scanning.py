@@ -16,6 +16,7 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_value
 
@@ -117,7 +118,7 @@ _SLOW_PATH = threading.Lock()
 
 def _slow_value(vr: str, raw: bytes, little_endian: bool, character_sets: Any) -> Any:
     """Convert a value the native fast path leaves alone, exactly as pydicom does."""
-    element = RawDataElement(0, vr, len(raw), raw, 0, False, little_endian)
+    element = RawDataElement(BaseTag(0), vr, len(raw), raw, 0, False, little_endian)
     with _SLOW_PATH, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encodings = convert_encodings(character_sets)
@@ -136,7 +137,7 @@ def _make_scanner(keywords: Sequence[str]) -> Scanner:
     unknown = [k for k, t in zip(keywords, tags, strict=True) if t is None]
     if unknown:
         raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
-    vrs = [dictionary_VR(t)[:2] for t in tags]
+    vrs = [dictionary_VR(t)[:2] for t in tags if t is not None]  # all are, after the check
     return Scanner(list(keywords), tags, vrs, _slow_value)
 
 

@@ -47,6 +47,12 @@ def legacy_series_folder(series_uid: str) -> str | None:
     return series_uid
 
 
+def series_folders(series_uid: str) -> set[str]:
+    """The folder names the series may have: today's, and the one earlier versions gave it."""
+    legacy = legacy_series_folder(series_uid)
+    return {series_folder(series_uid)} if legacy is None else {series_folder(series_uid), legacy}
+
+
 def make_dirs(path: str | os.PathLike) -> None:
     """Create `path` and missing parents, each with its parent's mode."""
     missing = []

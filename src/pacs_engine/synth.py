@@ -170,7 +170,13 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
 
 
 def _plan_series(
-    modality: str, syntax: str, index: int, slices: int, rows: int, columns: int, rng
+    modality: str,
+    syntax: str,
+    index: int,
+    slices: int,
+    rows: int,
+    columns: int,
+    rng: np.random.Generator,
 ) -> SeriesPlan:
     name, orientation = ORIENTATIONS[modality][index % len(ORIENTATIONS[modality])]
     spacing = FOV_MM[modality] / max(rows, columns)

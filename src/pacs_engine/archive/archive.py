@@ -369,13 +369,15 @@ class Archive:
             blob = HeaderBlob.from_bytes(f.read(where["length"]))
         pixels = row.get("pixels")
         if row.get("transcoded"):
-            frames = self.frames_of(row)
-            if row.get("frame_hashes") and [frame_hash(f) for f in frames] != row["frame_hashes"]:
+            decoded = self.frames_of(row)
+            if row.get("frame_hashes") and [frame_hash(f) for f in decoded] != row["frame_hashes"]:
                 raise ArchiveError("its frames do not decode to the archived pixels")
-            return transcoded_file(blob, row, frames)
-        frames = bitstreams = layout = None
+            return transcoded_file(blob, row, decoded)
+        frames: np.ndarray | None = None
+        bitstreams: list[bytes] | None = None
+        layout: PixelLayout | None = None
         if pixels and blob.kind != 0:
-            layout = PixelLayout.from_attributes(row, row["pixel_keyword"])
+            layout = PixelLayout.from_attributes(row, row["pixel_keyword"] or "PixelData")
             if row["pixel_storage"] == "bitstream":
                 bitstreams = self.pixels.read_bitstreams(
                     pixels["array"], pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
@@ -417,7 +419,7 @@ class Archive:
         for uid in uids:
             row = self._row(uid)
             folders = [safe_name(row["StudyInstanceUID"]), safe_name(row["SeriesInstanceUID"])]
-            files = [(f"{safe_name(uid)}.dcm", None)]
+            files: list[tuple[str, int | None]] = [(f"{safe_name(uid)}.dcm", None)]
             if all_versions:
                 earlier = len(version_rows(row)) - 1
                 files += [(version_name(uid, i + 1), i) for i in range(earlier)]

@@ -377,6 +377,8 @@ class PartEncoder:
         if digest is not None:  # written by this part: maybe not on disk yet
             return digest
         reference = version["pixels"]
+        if reference is None:  # no pixels archived: nothing to share
+            return None
         first = reference["first_frame"]
         try:
             stored = self.pixels.read_bitstreams(
@@ -444,7 +446,7 @@ class PartEncoder:
             if self.pixels.exists(path):
                 return
             if prepared.storage == "native":
-                codec, compressors = self._native_codec(prepared.frames[0])
+                codec, compressors = self._native_codec(prepared.native_frames[0])
                 spec = dataclasses.replace(spec, codec=codec, compressors=compressors)
             self.pixels.ensure_array(series_uid, key, spec, attributes)
 
@@ -453,7 +455,7 @@ class PartEncoder:
 
         For native frames the spec has no codec yet: `_ensure_array` picks it.
         """
-        layout = prepared.layout
+        layout = prepared.pixel_layout
         ts = prepared.header.transfer_syntax_uid or ""
         attributes = {
             "photometric_interpretation": layout.photometric,
@@ -475,7 +477,7 @@ class PartEncoder:
             }
             compressors: tuple = BITSTREAM_COMPRESSORS.get(codec.codec_name, ())
         else:
-            dtype = prepared.frames.dtype
+            dtype = prepared.native_frames.dtype
             codec, compressors = None, ()
             storage = "native"
             attributes |= {"storage": "archive codec", "source_transfer_syntax_uid": ts}
@@ -520,13 +522,16 @@ class PartEncoder:
     def _encode_native(self, path: str, prepared: Prepared, recheck: bool) -> list[bytes]:
         """Encode the frames with the array's codec (as zarr would), tile by tile."""
         spec = self.pixels.spec(path)
+        hashes = prepared.frame_hashes if recheck else None
+        if recheck and hashes is None:  # native frames are hashed when prepared
+            raise CodecError("the frames have no hashes to recheck their encoding against")
         chunks = []
-        for index, frame in enumerate(prepared.frames):
+        for index, frame in enumerate(prepared.native_frames):
             chunks += [encode_chunk(spec, tile) for tile in split_tiles(frame, spec)]
-            if recheck:
+            if hashes is not None:
                 decoded = np.empty(spec.frame_shape, spec.dtype)
                 decode_frame(spec, chunks[-spec.tiles_per_frame :], decoded)
-                if frame_hash(decoded) != prepared.frame_hashes[index]:
+                if frame_hash(decoded) != hashes[index]:
                     raise CodecError(f"frame {index} does not decode to its source pixels")
         return chunks
 
@@ -550,7 +555,7 @@ class PartEncoder:
 
 
 def conflict_reason(
-    prior: Row, attributes: dict[str, Any], same_pixels: Callable[[], bool]
+    prior: Row, attributes: Mapping[str, Any], same_pixels: Callable[[], bool]
 ) -> str | None:
     """Why a file with an archived SOP Instance UID (other bytes) is a conflict; None for a
     new version of the instance.

@@ -32,14 +32,15 @@ import numcodecs
 import numcodecs.blosc
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
+from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from pacs_engine.codecs import CodecError, pack_shard
 from pacs_engine.codecs.native import frame_shape
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.storage import legacy_series_folder, series_folder, write_atomic
+from pacs_engine.storage import series_folder, series_folders, write_atomic
 
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
 CRC32C_BYTES = 4
@@ -121,25 +122,30 @@ def split_tiles(frame: np.ndarray, spec: ArraySpec) -> list[np.ndarray]:
 def array_spec(meta: ArrayV3Metadata) -> ArraySpec:
     """The ArraySpec of an existing array, its codec and compressors included."""
     sharding = meta.codecs[0]
-    serializer, *compressors = sharding.codecs  # type: ignore[attr-defined]
-    if isinstance(serializer, BytesCodec):  # plain bytes (no endian for 1-byte pixels)
-        if serializer.endian is not None and serializer.endian.value != "little":
-            raise ValueError(f"big-endian chunks are not read: {serializer}")
-        serializer = None
+    if not isinstance(sharding, ShardingCodec):
+        raise ValueError(f"archive arrays are sharded, not {sharding}")
+    serializer, *compressors = sharding.codecs
+    plain = isinstance(serializer, BytesCodec)  # plain bytes (no endian for 1-byte pixels)
+    endian = serializer.endian if isinstance(serializer, BytesCodec) else None
+    if endian is not None and endian.value != "little":
+        raise ValueError(f"big-endian chunks are not read: {serializer}")
     if not all(isinstance(c, BloscCodec) for c in compressors):
         raise ValueError(f"only Blosc compresses archive chunks, not {compressors}")
+    if not isinstance(meta.chunk_grid, RegularChunkGrid):
+        raise ValueError(f"archive arrays have a regular chunk grid, not {meta.chunk_grid}")
+    frames_per_shard = meta.chunk_grid.chunk_shape[0]
     shape = meta.shape
-    chunk = sharding.chunk_shape  # type: ignore[attr-defined]
+    chunk = sharding.chunk_shape
     # Tiles are square, cut to the frame: the larger edge of a chunk is the tile edge.
     tile = max(chunk[1], chunk[2]) if (chunk[1], chunk[2]) != (shape[1], shape[2]) else None
     return ArraySpec(
         shape[1],
         shape[2],
         shape[3] if len(shape) > 3 else 1,
-        np.dtype(meta.dtype.to_native_dtype()),  # type: ignore[union-attr]
-        serializer,
+        np.dtype(meta.dtype.to_native_dtype()),
+        None if plain else serializer,
         tuple(compressors),
-        meta.chunk_grid.chunk_shape[0],  # type: ignore[attr-defined]
+        frames_per_shard,
         tile,
     )
 
@@ -354,7 +360,7 @@ class PixelStore:
 
     def arrays(self, series_uid: str) -> list[str]:
         """The paths of the series' arrays (in its folder, and where earlier versions put it)."""
-        names = {series_folder(series_uid), legacy_series_folder(series_uid)} - {None}
+        names = series_folders(series_uid)
         found = []
         for name in names:
             folder = self.root / name

@@ -32,7 +32,7 @@ from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.codecs import CodecError, pass_through_codec
 from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.header import Header
+from pacs_engine.header import Header, PixelLocation
 from pacs_engine.index.core import UID_KEYWORDS, uid_problem
 from pacs_engine.index.rows import Row
 
@@ -86,6 +86,20 @@ class Prepared:
         return self.header.attributes["SOPInstanceUID"]
 
     @property
+    def pixel_layout(self) -> PixelLayout:
+        """The layout of the instance's pixel data (PrepareError if it has none)."""
+        if self.layout is None:
+            raise PrepareError("the instance has no pixel data")
+        return self.layout
+
+    @property
+    def native_frames(self) -> np.ndarray:
+        """The decoded frames of an instance stored native (PrepareError if it has none)."""
+        if self.frames is None:
+            raise PrepareError("the instance has no native frames")
+        return self.frames
+
+    @property
     def frame_count(self) -> int:
         """Frames of pixel data (0 without pixel data)."""
         return 0 if self.layout is None else self.layout.frames
@@ -114,7 +128,7 @@ class Prepared:
 def frame_hash(frame: np.ndarray) -> str:
     """The hash of one decoded frame: blake2b-128 of its C-order native-endian bytes."""
     data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("="))
-    return hashlib.blake2b(data, digest_size=16).hexdigest()  # hashes the buffer, no copy
+    return hashlib.blake2b(data.data, digest_size=16).hexdigest()  # hashes the buffer, no copy
 
 
 def instance_pixel_hash(frame_hashes: list[str]) -> str:
@@ -178,10 +192,10 @@ def prepare(
     value = memoryview(dataset)[pixel.value_offset : pixel.value_end]
     if pixel.encapsulated:
         prepared = _encapsulated(
-            path, sha256, data, dataset, header, layout, transcode, decode, max_frame_bytes
+            path, sha256, data, dataset, header, pixel, layout, transcode, decode, max_frame_bytes
         )
     else:
-        prepared = _native(path, sha256, data, header, layout, value)
+        prepared = _native(path, sha256, data, header, pixel, layout, value)
     if prepared.transcoded:
         return prepared
     if header.deflated or rebuild(prepared) != data:
@@ -195,18 +209,24 @@ def prepare(
 
 
 def _native(
-    path: str, sha256: str, data: bytes, header: Header, layout: PixelLayout, value: memoryview
+    path: str,
+    sha256: str,
+    data: bytes,
+    header: Header,
+    pixel: PixelLocation,
+    layout: PixelLayout,
+    value: memoryview,
 ) -> Prepared:
     try:
-        frames = to_array(value, layout, header.little_endian, header.pixel.vr)
+        frames = to_array(value, layout, header.little_endian, pixel.vr)
     except LayoutError as error:
         raise PrepareError(str(error)) from None
-    rebuilt = to_bytes(frames, layout, header.little_endian, header.pixel.vr)
+    rebuilt = to_bytes(frames, layout, header.little_endian, pixel.vr)
     exact = bytes(value[: len(rebuilt)]) == rebuilt
     blob = HeaderBlob(
         NATIVE,
-        data[: header.pixel.value_offset],
-        data[header.pixel.value_end :],
+        data[: pixel.value_offset],
+        data[pixel.value_end :],
         native_tail=bytes(value[len(rebuilt) :]),
         native_value=None if exact else bytes(value),
     )
@@ -229,12 +249,12 @@ def _encapsulated(
     data: bytes,
     dataset: bytes,
     header: Header,
+    pixel: PixelLocation,
     layout: PixelLayout,
     transcode: bool,
     decode: bool,
     max_frame_bytes: int,
 ) -> Prepared:
-    pixel = header.pixel
     ts = header.transfer_syntax_uid or ""
     frames_of = pixel.fragment_frames
     count = int(frames_of.max()) + 1 if len(frames_of) else 0
@@ -305,7 +325,7 @@ def _encapsulated(
 
 def decoded_frames(prepared: Prepared) -> Iterator[np.ndarray]:
     """Each frame of an instance kept as bitstreams, decoded as pydicom's pixel_array."""
-    layout, codec = prepared.layout, prepared.pass_through
+    layout, codec = prepared.pixel_layout, prepared.pass_through
     for i, chunk in enumerate(prepared.bitstreams):
         try:
             yield codec.decode_checked(chunk, layout.frame_shape, codec.pixel_dtype)
@@ -315,7 +335,7 @@ def decoded_frames(prepared: Prepared) -> Iterator[np.ndarray]:
 
 def decode_bitstreams(prepared: Prepared) -> np.ndarray:
     """The frames of an instance kept as bitstreams, decoded as pydicom's pixel_array."""
-    layout, codec = prepared.layout, prepared.pass_through
+    layout, codec = prepared.pixel_layout, prepared.pass_through
     frames = np.empty((len(prepared.bitstreams), *layout.frame_shape), codec.pixel_dtype)
     for i, frame in enumerate(decoded_frames(prepared)):
         frames[i] = frame
@@ -349,9 +369,13 @@ def rebuild_file(
     if blob.kind == NATIVE:
         if blob.native_value is not None:
             value = blob.native_value
+        elif frames is None or layout is None:
+            raise PrepareError("the header blob keeps native pixel data, but no frames were given")
         else:
             value = to_bytes(frames, layout, little_endian, vr) + blob.native_tail
         return blob.prefix + value + blob.suffix
+    if bitstreams is None:
+        raise PrepareError("the header blob keeps encapsulated pixel data, but no bitstreams")
     parts = [blob.prefix, blob.offset_table_item]
     for lengths, stream in zip(blob.fragment_lengths, bitstreams, strict=True):
         at = 0
@@ -367,6 +391,8 @@ def transcoded_file(blob: HeaderBlob, row: Row, frames: np.ndarray) -> bytes:
     dataset = pydicom.dcmread(BytesIO(blob.prefix), stop_before_pixels=True, force=True)
     if blob.suffix:
         implicit, little = dataset.original_encoding
+        if implicit is None or little is None:  # dcmread sets both for any data set it read
+            raise PrepareError("the header blob's data set has no known encoding")
         dataset.update(read_dataset(BytesIO(blob.suffix), implicit, little))
     layout = PixelLayout.from_attributes(row, "PixelData")
     if layout.samples > 1:

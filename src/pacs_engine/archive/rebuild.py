@@ -83,9 +83,9 @@ def _rebuild(root: Path) -> Rebuilt:
         index.close()
     old = root / "index"
     if old.exists():
-        kept = root / f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-        old.rename(kept)
-        rebuilt.kept_as = str(kept)
+        damaged = root / f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        old.rename(damaged)
+        rebuilt.kept_as = str(damaged)
     building.rename(old)
     fsync_dir(root)
     return rebuilt

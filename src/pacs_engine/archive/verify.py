@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +172,7 @@ def _batches(archive: Archive, size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _mismatch(row: Row, problem: str) -> dict[str, Any]:
+def _mismatch(row: Mapping[str, Any], problem: str) -> dict[str, Any]:
     return {
         "SOPInstanceUID": row["SOPInstanceUID"],
         "source_path": row.get("source_path"),

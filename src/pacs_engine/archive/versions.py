@@ -16,6 +16,9 @@ in its place (`with_run`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 from pacs_engine.index.rows import Row, Version
 
 #: Fields of a row that belong to the instance, not to one of its versions.
@@ -32,7 +35,8 @@ CURRENT_REASON = (
 def version_rows(row: Row) -> list[Row]:
     """Each kept version of the instance as a row of its own, oldest first; the current last."""
     earlier = [v for v in row.get("versions", []) if not v.get("current")]
-    return [*earlier, row]
+    # An earlier version is a complete record (UIDs and all): a row of its own.
+    return [*cast("list[Row]", earlier), row]
 
 
 def kept_sha256s(row: Row) -> set[str]:
@@ -48,32 +52,34 @@ def with_version(row: Row, new: Row) -> Row:
     """
     earlier = [v for v in row.get("versions", []) if not v.get("current")]
     own_stored = _own_stored_bytes(row)
-    demoted = {k: v for k, v in row.items() if k not in INSTANCE_FIELDS}
+    demoted: dict[str, Any] = {k: v for k, v in row.items() if k not in INSTANCE_FIELDS}
     demoted |= {"stored_bytes": own_stored, "run": row.get("run")}
-    versions = [*earlier, demoted, _summary(new)]
-    merged = {k: v for k, v in new.items() if k not in INSTANCE_FIELDS}
-    merged |= {k: row[k] for k in INSTANCE_FIELDS if k in row}
+    versions = [*earlier, cast(Version, demoted), _summary(new)]
+    merged: dict[str, Any] = {k: v for k, v in new.items() if k not in INSTANCE_FIELDS}
+    own: Mapping[str, Any] = row  # read by field name, not by a literal key
+    merged |= {k: own[k] for k in INSTANCE_FIELDS if k in own}
     merged |= {
         "versions": versions,
         "current_reason": CURRENT_REASON,
         "stored_bytes": sum(v["stored_bytes"] for v in versions),
     }
-    return merged
+    return cast(Row, merged)
 
 
 def with_run(row: Row, run: str) -> Row:
     """A copy of `row` whose versions received by this run (PENDING) name it."""
-    stamped = {**row, "run": run} if row.get("run") == PENDING else dict(row)
+    stamped: dict[str, Any] = {**row, "run": run} if row.get("run") == PENDING else dict(row)
     if "versions" in row:
         stamped["versions"] = [
             {**v, "run": run} if v.get("run") == PENDING else v for v in row["versions"]
         ]
-    return stamped
+    return cast(Row, stamped)
 
 
 def _summary(row: Row) -> Version:
     """The entry of the current version in `versions`."""
-    return {**{k: row.get(k) for k in SUMMARY_FIELDS}, "run": row.get("run"), "current": True}
+    summary = {**{k: row.get(k) for k in SUMMARY_FIELDS}, "run": row.get("run"), "current": True}
+    return cast(Version, summary)
 
 
 def _own_stored_bytes(row: Row) -> int:

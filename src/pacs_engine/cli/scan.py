@@ -14,6 +14,8 @@ from tqdm import tqdm
 from pacs_engine.cli._common import add_follow_links, add_progress, megabytes, shows_progress
 
 if TYPE_CHECKING:
+    from pacs_engine.errors import ScanError
+    from pacs_engine.header import Header
     from pacs_engine.inventory import Inventory
 
 
@@ -59,7 +61,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     done_bytes = 0
 
-    def progress(result) -> None:
+    def progress(result: Header | ScanError) -> None:
         nonlocal done_bytes
         done_bytes += getattr(result, "file_size", 0)
         bar.update()

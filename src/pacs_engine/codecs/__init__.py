@@ -36,6 +36,7 @@ def pass_through_codec(transfer_syntax_uid: str, **pixel_module: object) -> Bits
     cls = PASS_THROUGH_BY_SYNTAX.get(transfer_syntax_uid)
     if cls is None:
         raise CodecError(f"no pass-through decoder for transfer syntax {transfer_syntax_uid}")
+    # The fields are ints and one str: the codec's own (dataclass) fields say which is which.
     return cls(transfer_syntax_uid=transfer_syntax_uid, **pixel_module)  # type: ignore[arg-type]
 
 

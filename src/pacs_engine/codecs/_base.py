@@ -92,7 +92,7 @@ class FrameCodec(ArrayBytesCodec):
     candidate_colour: ClassVar[bool] = True  # ... on colour frames too (else grey only)
     rank: ClassVar[int] = 0  # order of preference among archive codecs: 0 first (the default)
     transfer_syntaxes: ClassVar[tuple[str, ...]] = ()  # pass-through codecs: the syntaxes served
-    is_fixed_size: ClassVar[bool] = False
+    is_fixed_size = False  # zarr's BaseCodec declares it (as an instance attribute)
     # numpy dtype kinds/sizes the codec accepts, e.g. {"u1", "u2", "i2"}
     supported_dtypes: ClassVar[frozenset[str]] = frozenset()
 
@@ -102,7 +102,7 @@ class FrameCodec(ArrayBytesCodec):
         _, configuration = parse_named_configuration(
             data, cls.codec_name, require_configuration=False
         )
-        return cls(**(configuration or {}))  # type: ignore[arg-type]
+        return cls(**(configuration or {}))
 
     def to_dict(self) -> dict[str, JSON]:
         """The codec's array-metadata JSON: its name and every configuration field."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import numpy as np
 
@@ -169,7 +169,7 @@ class BitstreamCodec(FrameCodec):
         self.check_bitstream(data)
         return data
 
-    def encode_frame(self, frame: np.ndarray) -> bytes:
+    def encode_frame(self, frame: np.ndarray) -> NoReturn:
         """Refuse: a pass-through chunk is never produced by encoding pixels."""
         raise CodecError(
             f"{self.codec_name} stores original {self.transfer_syntax_uid} bitstreams; it cannot "
@@ -177,7 +177,7 @@ class BitstreamCodec(FrameCodec):
         )
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        return self.encode_frame(chunk_array.as_numpy_array())  # type: ignore[return-value]
+        return self.encode_frame(chunk_array.as_numpy_array())
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         """The frame decoded with imagecodecs, corrected like pydicom (subclasses)."""
@@ -202,6 +202,7 @@ class BitstreamCodec(FrameCodec):
         if self.samples_per_pixel > 1:
             options["planar_configuration"] = self.planar_configuration
         decoder = get_decoder(self.transfer_syntax_uid)
+        # Mixed-type options for as_array's **kwargs: mypy checks them against its typed keywords.
         arr, _ = decoder.as_array(encapsulate([bytes(data)]), **options)  # type: ignore[arg-type]
         return arr
 

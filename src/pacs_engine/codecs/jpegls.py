@@ -8,7 +8,7 @@ from typing import ClassVar
 import imagecodecs
 import numpy as np
 
-from pacs_engine._native import jpegls
+import pacs_engine._native.jpegls as jpegls
 from pacs_engine.codecs._base import (
     CodecError,
     FrameCodec,

@@ -8,6 +8,7 @@ container values (no masking of unused bits), colour planes interleaved, YBR
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ class LayoutError(PacsEngineError, ValueError):
     """The header does not describe pixel data that can be laid out as an array."""
 
 
-def _int(attributes: dict[str, Any], keyword: str, default: int | None = None) -> int:
+def _int(attributes: Mapping[str, Any], keyword: str, default: int | None = None) -> int:
     value = attributes.get(keyword, default)
     if isinstance(value, list):
         value = value[0] if value else default
@@ -54,7 +55,9 @@ class PixelLayout:
     keyword: str
 
     @classmethod
-    def from_attributes(cls, attributes: dict[str, Any], keyword: str = "PixelData") -> PixelLayout:
+    def from_attributes(
+        cls, attributes: Mapping[str, Any], keyword: str = "PixelData"
+    ) -> PixelLayout:
         """The layout the header attributes describe; raises LayoutError when they cannot."""
         rows = _int(attributes, "Rows")
         columns = _int(attributes, "Columns")
@@ -164,8 +167,8 @@ def to_bytes(
 ) -> bytes:
     """The pixel data value bytes of `frames`: the inverse of `to_array` (without padding)."""
     if not little_endian and vr == "OW" and layout.bits_allocated <= 8:
-        data = to_bytes(frames, layout, True, None)
-        return _swap_words(data + b"\0" * (len(data) % 2))
+        value = to_bytes(frames, layout, True, None)
+        return _swap_words(value + b"\0" * (len(value) % 2))
     if layout.bits_allocated == 1:
         return np.packbits(frames.reshape(-1), bitorder="little").tobytes()
     dtype = layout.dtype.newbyteorder("<" if little_endian else ">")

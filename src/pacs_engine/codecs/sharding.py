@@ -57,15 +57,23 @@ def write_shard(
     """Store pre-encoded inner chunks (C order; fewer than a full shard is fine) as one shard."""
     from zarr.codecs import ShardingCodec
     from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.chunk_grids import RegularChunkGrid
+    from zarr.core.metadata.v3 import ArrayV3Metadata
     from zarr.core.sync import sync
 
-    sharding = array.metadata.codecs[0]  # type: ignore[union-attr]
+    metadata = array.metadata
+    if not isinstance(metadata, ArrayV3Metadata):
+        raise TypeError("write_shard needs a zarr v3 array")
+    sharding = metadata.codecs[0]
     if not isinstance(sharding, ShardingCodec):
         raise TypeError("write_shard needs an array whose first codec is the sharding codec")
     index_codecs = [c.to_dict() for c in sharding.index_codecs]
     if index_codecs != DEFAULT_INDEX_CODECS:
         raise ValueError(f"pack_shard writes the default shard index, not {index_codecs}")
-    shard_shape = array.metadata.chunk_grid.chunk_shape  # type: ignore[union-attr]
+    grid = metadata.chunk_grid
+    if not isinstance(grid, RegularChunkGrid):
+        raise TypeError("write_shard needs an array with a regular chunk grid")
+    shard_shape = grid.chunk_shape
     per_shard = math.prod(s // c for s, c in zip(shard_shape, sharding.chunk_shape, strict=True))
     if len(chunks) > per_shard:
         raise ValueError(f"{len(chunks)} chunks do not fit a shard of {per_shard}")

@@ -255,7 +255,7 @@ class Index:
         after = prefix
         while True:
             with self._transaction(write=False) as (txn, dbs):
-                keys = []
+                keys: list[bytes] = []
                 cursor = txn.cursor(dbs[b"series_rows"])
                 if cursor.set_range(after):
                     for key in cursor.iternext(values=False):

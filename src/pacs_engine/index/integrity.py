@@ -24,6 +24,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pacs_engine.errors import PacsEngineError
 
@@ -144,7 +145,7 @@ def check_trees(folder: str | os.PathLike, txnid: int) -> list[int]:
 class _Walker:
     """Reads the pages of LMDB trees and checks their structure."""
 
-    def __init__(self, path: Path, file: object, meta: Meta) -> None:
+    def __init__(self, path: Path, file: BinaryIO, meta: Meta) -> None:
         self.path = path
         self.file = file
         self.meta = meta
@@ -157,8 +158,8 @@ class _Walker:
             raise DamagedIndexError(f"{self.path}: {where}: page {number} is reached twice")
         self.seen.add(number)
         size = self.meta.page_size
-        self.file.seek(number * size)  # type: ignore[attr-defined]
-        data = self.file.read(size)  # type: ignore[attr-defined]
+        self.file.seek(number * size)
+        data = self.file.read(size)
         if len(data) < size:
             raise DamagedIndexError(f"{self.path}: page {number} is cut short")
         return data

@@ -136,9 +136,10 @@ def compile_condition(keyword: str, value: Any) -> Condition | None:
     """Compile one query key; None when it is universal matching (constrains nothing)."""
     if isinstance(value, list | tuple):
         parts = [compile_condition(keyword, v) for v in value]
-        if not parts or any(p is None for p in parts):
+        conditions = [p for p in parts if p is not None]
+        if not parts or len(conditions) < len(parts):
             return None
-        return _any_of(keyword, parts)  # type: ignore[arg-type]
+        return _any_of(keyword, conditions)
     if value is None or value == "" or value == "*":
         return None
     vr = vr_of(keyword)
@@ -164,10 +165,10 @@ def compile_condition(keyword: str, value: Any) -> Condition | None:
 
 
 def _any_of(keyword: str, parts: list[Condition]) -> Condition:
-    exacts = [p.exact for p in parts]
+    exacts = [p.exact for p in parts if p.exact is not None]
     exact = None
-    if all(e is not None for e in exacts):
-        exact = tuple(dict.fromkeys(v for e in exacts for v in e))  # type: ignore[union-attr]
+    if len(exacts) == len(parts):
+        exact = tuple(dict.fromkeys(v for e in exacts for v in e))
     return Condition(
         keyword,
         lambda v: any(p.predicate(v) for p in parts),

@@ -10,7 +10,6 @@ from pacs_engine.index.codec import RowCodec
 from pacs_engine.index.keys import INDEXED_KEYWORDS, SEP, index_value, last_part
 from pacs_engine.index.matching import (
     LEVELS,
-    STUDY_KEYWORDS,
     Condition,
     compile_query,
     level_of,
@@ -18,6 +17,7 @@ from pacs_engine.index.matching import (
 )
 from pacs_engine.index.records import View
 from pacs_engine.index.rows import SeriesRecord, StudyRecord
+from pacs_engine.scanning import STUDY_KEYWORDS
 
 #: A query's result: a study record, a series record with its study's attributes, or a row.
 Found = Mapping[str, Any]
@@ -99,7 +99,9 @@ class _Query(View):
         if condition.prefix is not None:
             prefix = index_value(condition.keyword, condition.prefix)
             return sorted({last_part(k) for k in self.keys_with_prefix(db, prefix)})
-        lo, hi = condition.bounds  # type: ignore[misc]
+        if condition.bounds is None:  # the caller picks conditions with a prefix or bounds
+            raise ValueError(f"{condition.keyword}: no prefix or bounds to scan by")
+        lo, hi = condition.bounds
         cursor = self.txn.cursor(self.dbs[db])
         found = set()
         if cursor.set_range(lo.encode()):

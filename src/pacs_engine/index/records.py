@@ -16,8 +16,8 @@ from pacs_engine.index.keys import (
     index_keys,
     series_row_key,
 )
-from pacs_engine.index.matching import SERIES_KEYWORDS, STUDY_KEYWORDS
 from pacs_engine.index.rows import Row, SeriesRecord, StudyRecord
+from pacs_engine.scanning import SERIES_KEYWORDS, STUDY_KEYWORDS
 
 
 def series_order(record: SeriesRecord) -> tuple[int, int, str]:

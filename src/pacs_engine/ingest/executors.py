@@ -208,7 +208,7 @@ class DaskExecutor:
                 "the Dask executor needs dask.distributed: pip install 'pacs_engine[dask]'"
             ) from error
         self._own = isinstance(scheduler, str)
-        self.client = Client(scheduler) if self._own else scheduler
+        self.client: Client = Client(scheduler) if isinstance(scheduler, str) else scheduler
         self.workers = max(1, len(self.client.scheduler_info()["workers"]))
 
     def submit(self, fn: Callable, *args: Any) -> Any:

@@ -97,6 +97,8 @@ class Journal:
         if not self.can_abandon(run):
             raise KeyError(run)
         record = self.run_record(run)
+        if record is None:  # can_abandon found it: only a run removed meanwhile gets here
+            raise KeyError(run)
         if record["state"] != "abandoned":
             sources = _key(b"c", _sources_id(record["sources"]))
             record["state"] = "abandoned"

@@ -460,13 +460,17 @@ class _Run:
                 ]
                 for key, source in sources:
                     outcomes[key] = self._late_conflict(prior, key, source, updated, outcomes[key])
-        for sop, version in result.versions:  # versions of committed rows, in order received
-            updated[sop] = with_version(updated.get(sop) or index.row(sop), version)
-        for sop, duplicate in result.duplicates:
+
+        def committed_row(sop: str, what: str) -> Row:
             current = updated.get(sop) or index.row(sop)
             if current is None:  # cannot happen: the worker saw it committed
-                raise RuntimeError(f"{sop}: duplicate of a row that is not in the index")
-            updated[sop] = with_duplicate(current, duplicate)
+                raise RuntimeError(f"{sop}: {what} of a row that is not in the index")
+            return current
+
+        for sop, version in result.versions:  # versions of committed rows, in order received
+            updated[sop] = with_version(committed_row(sop, "new version"), version)
+        for sop, duplicate in result.duplicates:
+            updated[sop] = with_duplicate(committed_row(sop, "duplicate"), duplicate)
         committed = [with_run(row, run) for row in (*rows.values(), *updated.values())]
         journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
         index.add(committed, journal=journal)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacs_engine.archive.archive import ArchiveError
 from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
+from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.ingest import session
-from pacs_engine.storage import legacy_series_folder, remove_stale_temporaries, series_folder
+from pacs_engine.storage import remove_stale_temporaries, series_folders
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -52,8 +52,7 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     array's metadata, so that a tidy frees space even on a full disk.
     """
     rows = archive.index.iter_series(series_uid)  # a chunk of rows at a time
-    folders = {series_folder(series_uid), legacy_series_folder(series_uid)} - {None}
-    _tidy_folders(archive, sorted(folders), rows, tidied)  # type: ignore[arg-type]
+    _tidy_folders(archive, sorted(series_folders(series_uid)), rows, tidied)
 
 
 def _tidy_folders(
@@ -137,8 +136,8 @@ def tidy_archive(archive: Archive) -> Tidied:
     owners: dict[str, set[str]] = {}
     for record in archive.index.all_series():
         uid = record["SeriesInstanceUID"]
-        for name in {series_folder(uid), legacy_series_folder(uid)} - {None}:
-            owners.setdefault(name, set()).add(uid)  # type: ignore[arg-type]
+        for name in series_folders(uid):
+            owners.setdefault(name, set()).add(uid)
     for name in sorted(on_disk):
         rows = (
             row for uid in sorted(owners.get(name, ())) for row in archive.index.iter_series(uid)

@@ -147,7 +147,8 @@ def run_tasks(
     barrier = context.Barrier(workers)
     results = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(k, tasks, barrier, results), daemon=True)
+        # Every concrete context has Process; typeshed declares it on the subclasses only.
+        context.Process(target=_worker, args=(k, tasks, barrier, results), daemon=True)  # type: ignore[attr-defined]
         for k in range(workers)
     ]
     for process in processes:

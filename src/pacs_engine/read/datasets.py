@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.index.rows import Row
-from pacs_engine.read.volume import VolumeError, plan_volume
+from pacs_engine.read.volume import VolumeError, pixel_ref, plan_volume
 from pacs_engine.read.volume import rescale as modality_values
 from pacs_engine.workers import PerProcess
 
@@ -34,14 +34,20 @@ if importlib.util.find_spec("torch") is not None:  # pragma: no cover - torch is
     from torch.utils.data import Dataset as _MapBase
     from torch.utils.data import IterableDataset as _IterableBase
 else:
+    # Without torch the data sets are plain classes; mypy sees torch's bases (the torch extra).
     _MapBase = object  # type: ignore[assignment,misc]
     _IterableBase = object  # type: ignore[assignment,misc]
 
 __all__ = ["FrameChunks", "FrameDataset", "PatchDataset", "VolumeDataset", "worker_share"]
 
 # Row attributes kept (as plain data) for rescaling.
-_RESCALE_KEYS = ("SOPInstanceUID", "RescaleSlope", "RescaleIntercept", "BitsStored")
-_RESCALE_KEYS += ("PixelRepresentation",)
+_RESCALE_KEYS = (
+    "SOPInstanceUID",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "BitsStored",
+    "PixelRepresentation",
+)
 _SERIES_CACHE = 64  # Series objects kept open per process (VolumeDataset)
 
 
@@ -121,7 +127,7 @@ def _rescaled_dtype(stored: np.dtype, rows: list[dict[str, Any]]) -> str:
     return modality_values(np.empty((len(rows), 0, 0), stored), rows).dtype.str
 
 
-def _apply_rescale(frames: np.ndarray, rows: list[dict[str, Any]], dtype: str) -> np.ndarray:
+def _apply_rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]], dtype: str) -> np.ndarray:
     """`rescale` of the frames, in the dtype it gives for the whole series or volume."""
     return modality_values(frames, rows).astype(dtype, copy=False)
 
@@ -130,7 +136,7 @@ def _read_frames(
     handle: _Handle, where: Sequence[tuple[str, int]], window: tuple[slice, slice]
 ) -> list[np.ndarray]:
     """Frames (array path, frame) cut to `window`, in order; each array's frames read at once."""
-    out: list[np.ndarray | None] = [None] * len(where)
+    out: list[np.ndarray] = [np.empty(0)] * len(where)  # each one replaced below
     by_array: dict[str, list[int]] = {}
     for k, (path, _) in enumerate(where):
         by_array.setdefault(path, []).append(k)
@@ -138,7 +144,7 @@ def _read_frames(
         frames = handle.archive.pixels.read_frames(path, [where[k][1] for k in slots], window)
         for k, frame in zip(slots, frames, strict=True):
             out[k] = frame
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _check_index(index: int, length: int) -> int:
@@ -464,7 +470,7 @@ class PatchDataset(_MapBase):
         if any(s < p for s, p in zip(shape, self.patch_size, strict=True)):
             return f"volume {shape} smaller than the patch"
         where = [
-            (array_id(r["pixels"]["array"]), int(r["pixels"]["first_frame"])) for r in plan.rows
+            (array_id(pixel_ref(r)["array"]), int(pixel_ref(r)["first_frame"])) for r in plan.rows
         ]
         slim = [_slim(r) for r in plan.rows]
         dtype = None
@@ -548,8 +554,9 @@ class PatchDataset(_MapBase):
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
             pixels = np.stack(_read_frames(handle, where, plane))
-            if self.dtypes[s] is not None:
-                pixels = _apply_rescale(pixels, rows, self.dtypes[s])
+            dtype = self.dtypes[s]
+            if dtype is not None:
+                pixels = _apply_rescale(pixels, rows, dtype)
         else:
             a, f = (int(v) for v in self.where[s][frame])
             pixels = _read_frames(handle, [(self.arrays[a], f)], plane)[0]

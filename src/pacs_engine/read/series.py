@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.index.rows import Row
-from pacs_engine.read.volume import Volume, VolumeError, plan_volume
+from pacs_engine.read.volume import Volume, VolumeError, pixel_ref, plan_volume
 from pacs_engine.read.volume import rescale as modality_values
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class Series:
     @property
     def pixels(self) -> dict[str, Any]:
         """The zarr arrays holding the series' frames, by array key (rows refer to them)."""
-        keys = dict.fromkeys(r["pixels"]["array"] for r in self.rows if r.get("pixels"))
+        keys = dict.fromkeys(p["array"] for r in self.rows if (p := r.get("pixels")))
         return {key: self._array(key) for key in keys}
 
     def volume(
@@ -104,10 +104,10 @@ class Series:
         """One frame per row, in the rows' order: each array's frames read and decoded at once."""
         by_array: dict[str, list[int]] = {}
         for k, row in enumerate(rows):
-            by_array.setdefault(row["pixels"]["array"], []).append(k)
+            by_array.setdefault(pixel_ref(row)["array"], []).append(k)
         parts = {
             key: self.archive.pixels.read_frames(
-                key, [int(rows[k]["pixels"]["first_frame"]) for k in slots], threads=threads
+                key, [int(pixel_ref(rows[k])["first_frame"]) for k in slots], threads=threads
             )
             for key, slots in by_array.items()
         }

@@ -7,14 +7,14 @@ shape (slices, rows, columns[, samples]); voxel index (k, j, i) = (slice, row, c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.index.rows import Row
+from pacs_engine.index.rows import PixelRef, Row
 
 # Direction cosines and pixel spacings that differ by less than this are the same geometry
 # (scanners write cosines with float noise of ~1e-7).
@@ -87,8 +87,16 @@ class Plan:
     sheared: bool
 
 
-def _uid(row: Row) -> str:
+def _uid(row: Mapping[str, Any]) -> str:
     return str(row["SOPInstanceUID"])
+
+
+def pixel_ref(row: Row) -> PixelRef:
+    """Where a row's frames are; VolumeError for a row without pixel data."""
+    pixels = row.get("pixels")
+    if pixels is None:
+        raise VolumeError("the instance has no pixel data", [_uid(row)])
+    return pixels
 
 
 def _order(row: Row) -> tuple:
@@ -97,8 +105,8 @@ def _order(row: Row) -> tuple:
 
 
 def _frames(row: Row) -> int:
-    pixels = row.get("pixels") or {}
-    count = pixels.get("frames") or row.get("NumberOfFrames") or 1
+    pixels = row.get("pixels")
+    count = (pixels["frames"] if pixels else None) or row.get("NumberOfFrames") or 1
     return int(count)
 
 
@@ -264,8 +272,8 @@ def plan_volume(rows: list[Row], subset: bool = False) -> Plan:
     if len(same):
         if not subset:
             dup: list[str] = []
-            for k in same:
-                for r in (rows[k], rows[k + 1]):
+            for at in same:
+                for r in (rows[at], rows[at + 1]):
                     if _uid(r) not in dup:
                         dup.append(_uid(r))
             raise VolumeError(
@@ -334,7 +342,7 @@ def _int_dtype(lo: float, hi: float) -> np.dtype | None:
     return None
 
 
-def rescale(frames: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+def rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """Modality values (value * RescaleSlope + RescaleIntercept per slice), as pydicom gives.
 
     float32 when a slope or intercept is not an integer; else the smallest integer dtype
