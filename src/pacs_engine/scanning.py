@@ -133,11 +133,12 @@ def _make_scanner(keywords: Sequence[str]) -> Scanner:
     """A scanner for `keywords`; headers always carry the TransferSyntaxUID too."""
     if "TransferSyntaxUID" not in keywords:
         keywords = (*keywords, "TransferSyntaxUID")
-    tags = [tag_for_keyword(k) for k in keywords]
-    unknown = [k for k, t in zip(keywords, tags, strict=True) if t is None]
+    found = [tag_for_keyword(k) for k in keywords]
+    unknown = [k for k, t in zip(keywords, found, strict=True) if t is None]
     if unknown:
         raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
-    vrs = [dictionary_VR(t)[:2] for t in tags if t is not None]  # all are, after the check
+    tags = [t for t in found if t is not None]  # all are, after the check
+    vrs = [dictionary_VR(t)[:2] for t in tags]
     return Scanner(list(keywords), tags, vrs, _slow_value)
 
 
@@ -153,7 +154,10 @@ def _encapsulated_location(
     pixel: PixelScan, attributes: Mapping[str, Any], little: bool
 ) -> PixelLocation:
     endian = "<" if little else ">"
-    bot = pixel.bot
+    bot, offsets = pixel.bot, pixel.fragment_offsets
+    lengths, eoi = pixel.fragment_lengths, pixel.fragment_eoi
+    # The scanner sets all four for encapsulated data (and none for native data).
+    assert bot is not None and offsets is not None and lengths is not None and eoi is not None
     basic = np.frombuffer(bot[: len(bot) // 4 * 4], dtype=f"{endian}u4").astype(np.int64)
     eot = None
     if pixel.extended_offset_table is not None:
@@ -161,13 +165,12 @@ def _encapsulated_location(
             np.frombuffer(t[: len(t) // 8 * 8], dtype=f"{endian}u8").astype(np.uint64)
             for t in pixel.extended_offset_table
         )
-    offsets = pixel.fragment_offsets
     frames = fragment_frames(
         offsets,
         pixel.bot_offset + len(bot),
         basic,
         eot[0] if eot else None,
-        pixel.fragment_eoi,
+        eoi,
         _number_of_frames(attributes),
     )
     return PixelLocation(
@@ -181,7 +184,7 @@ def _encapsulated_location(
         basic,
         eot,
         offsets,
-        pixel.fragment_lengths,
+        lengths,
         frames,
     )
 

@@ -1,6 +1,6 @@
 """Types of the native scanner's Python classes (scanner.pyx)."""
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any
 
@@ -80,6 +80,8 @@ class Scanner:
         vrs: list[str],
         slow_value: Callable[[str, bytes, bool, Any], Any],
     ) -> None: ...
-    def scan_paths(self, paths: list[str | bytes | PathLike]) -> list[ScanResult | ScanError]: ...
+    def scan_paths(
+        self, paths: Sequence[str | bytes | PathLike[Any]]
+    ) -> list[ScanResult | ScanError]: ...
     def scan_path(self, path: str) -> ScanResult: ...
     def scan_buffer(self, data: Any, path: str | None = None) -> ScanResult: ...
