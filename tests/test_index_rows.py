@@ -18,7 +18,9 @@ from pacs_engine.index.rows import (
     HeaderRef,
     PixelRef,
     Row,
+    SeriesAttributes,
     SeriesRecord,
+    StudyAttributes,
     StudyRecord,
     Version,
 )
@@ -87,6 +89,9 @@ def test_the_header_attributes_declared_are_the_scanners() -> None:
     assert declared(Row) - set(ARCHIVE_FIELDS) == set(HEADER_KEYWORDS)
     assert set(SERIES_KEYWORDS) < declared(SeriesRecord)
     assert set(STUDY_KEYWORDS) < declared(StudyRecord)
+    # The records' attributes are the scanner's study and series lists, declared once.
+    assert declared(StudyAttributes) | {"StudyInstanceUID"} == set(STUDY_KEYWORDS)
+    assert declared(SeriesAttributes) | {"SeriesInstanceUID"} == set(SERIES_KEYWORDS)
 
 
 def test_real_records_and_query_results_have_declared_keys(tmp_path: Path) -> None:

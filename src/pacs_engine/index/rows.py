@@ -40,8 +40,8 @@ class Duplicate(TypedDict):
     sha256: str
 
 
-class Attributes(TypedDict, total=False):
-    """The scanner's header attributes other than the three UIDs, by keyword."""
+class StudyAttributes(TypedDict, total=False):
+    """The patient and study attributes the scanner records (scanning.STUDY_KEYWORDS)."""
 
     PatientID: Value
     PatientName: Value
@@ -56,6 +56,11 @@ class Attributes(TypedDict, total=False):
     AccessionNumber: Value
     ReferringPhysicianName: Value
     StudyID: Value
+
+
+class SeriesAttributes(TypedDict, total=False):
+    """The series attributes the scanner records, but its UID (scanning.SERIES_KEYWORDS)."""
+
     SeriesNumber: Value
     SeriesDescription: Value
     Modality: Value
@@ -64,6 +69,11 @@ class Attributes(TypedDict, total=False):
     SeriesTime: Value
     Laterality: Value
     ProtocolName: Value
+
+
+class Attributes(StudyAttributes, SeriesAttributes, total=False):
+    """The scanner's header attributes other than the three UIDs, by keyword."""
+
     FrameOfReferenceUID: Value
     SOPClassUID: Value
     InstanceNumber: Value
@@ -139,39 +149,18 @@ class Row(_RowUids, VersionFields, total=False):
     current_reason: str
 
 
-class SeriesRecord(TypedDict, total=False):
+class SeriesRecord(SeriesAttributes, total=False):
     """A series: the series attributes of its last committed row, its study, its size."""
 
     SeriesInstanceUID: str
-    SeriesNumber: Value
-    SeriesDescription: Value
-    Modality: Value
-    BodyPartExamined: Value
-    SeriesDate: Value
-    SeriesTime: Value
-    Laterality: Value
-    ProtocolName: Value
     StudyInstanceUID: str
     NumberOfSeriesRelatedInstances: int
 
 
-class StudyRecord(TypedDict, total=False):
+class StudyRecord(StudyAttributes, total=False):
     """A study: the patient and study attributes of its last committed row, and counts."""
 
-    PatientID: Value
-    PatientName: Value
-    PatientBirthDate: Value
-    PatientSex: Value
-    IssuerOfPatientID: Value
-    OtherPatientIDs: Value
-    PatientAge: Value
     StudyInstanceUID: str
-    StudyDate: Value
-    StudyTime: Value
-    StudyDescription: Value
-    AccessionNumber: Value
-    ReferringPhysicianName: Value
-    StudyID: Value
     ModalitiesInStudy: list[str]
     NumberOfStudyRelatedSeries: int
     NumberOfStudyRelatedInstances: int
