@@ -277,6 +277,14 @@ def test_not_dicom_keeps_a_head_by_default_and_the_whole_on_request(tmp_path: Pa
     with archive:
         assert (archive.quarantine.root / f"{sha(junk)}.dcm").read_bytes() == junk
 
+    # Asked again of the archive that kept only the head: the whole bytes replace it.
+    with Archive.open_or_create(tmp_path / "archive") as first:
+        report = first.ingest([tmp_path / "src"], workers=0, keep_non_dicom=True)
+        assert report.balanced and report.quarantined == 1
+        record = records(first)[str(tmp_path / "src" / "report.pdf")]
+    assert "kept_bytes" not in record and not (root / f"{sha(junk)}.head").exists()
+    assert (root / f"{sha(junk)}.dcm").read_bytes() == junk
+
 
 # --- 5. deep trees -----------------------------------------------------------------
 

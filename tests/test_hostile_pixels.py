@@ -343,3 +343,26 @@ def test_a_cut_or_damaged_shard_names_the_array_and_frame(tmp_path: Path) -> Non
             assert array in mismatch["problem"] and "MemoryError" not in mismatch["problem"]
         shard.write_bytes(whole)
     assert archive.verify().ok
+
+
+def test_a_deflated_frame_cut_by_one_byte_is_refused() -> None:
+    """A bounded inflate returns what it has without an error: the stream's end must be seen.
+
+    The cut costs no pixel here (zlib has inflated them all before its last bytes), so only
+    the missing end of the stream tells a cut frame from a whole one."""
+    from pacs_engine.codecs.deflate import DicomDeflateCodec
+
+    frame = np.arange(64 * 64, dtype="<u2").reshape(64, 64) % 4096
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = packer.compress(frame.tobytes()) + packer.flush()
+    codec = DicomDeflateCodec(
+        transfer_syntax_uid="1.2.840.10008.1.2.8.1",
+        photometric_interpretation="MONOCHROME2",
+        bits_allocated=16,
+        bits_stored=12,
+    )
+    decoded = codec.decode_frame(stream, (64, 64), np.dtype("<u2"))
+    assert np.array_equal(decoded, frame)
+    for cut in (1, 2):
+        with pytest.raises(CodecError, match="cut short"):
+            codec.decode_frame(stream[:-cut], (64, 64), np.dtype("<u2"))

@@ -208,3 +208,25 @@ def test_a_series_of_many_parts_on_two_workers_with_a_crash_inside_loses_nothing
         assert archive.index.series_record(SERIES)["NumberOfSeriesRelatedInstances"] == 59
         for n, data in files.items():
             assert archive.export_bytes(f"{SERIES}.{n}") == data
+
+
+def test_a_resend_under_another_instance_number_planned_apart_is_a_version(
+    tmp_path: Path,
+) -> None:
+    """The same pixels under another Instance Number land in another part: judged at commit
+    by the pixel hashes both parts recorded, the resend is a version, as in one part."""
+    source = tmp_path / "src"
+    source.mkdir()
+    files = {n: _mr(source / f"{n:03d}.dcm", n, n, n) for n in range(1, 41)}
+    late = _mr(source / "late.dcm", 1, 500, 1)  # instance 1's SOP UID and pixels, planned last
+    with Archive.create(tmp_path / "a", frames_per_shard=4) as archive:
+        report = archive.ingest([source], workers=0)
+    assert (report.inputs, report.archived, report.versions, report.conflicts) == (41, 41, 1, 0)
+    with open_archive(tmp_path / "a") as archive:
+        assert [v["source_path"] for v in archive.versions(f"{SERIES}.1")] == [
+            str(source / "001.dcm"),
+            str(source / "late.dcm"),
+        ]
+        assert archive.export_bytes(f"{SERIES}.1", 0) == files[1]
+        assert archive.export_bytes(f"{SERIES}.1") == late
+        assert archive.verify().ok

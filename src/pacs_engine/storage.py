@@ -99,12 +99,16 @@ def write_atomic(path: str | os.PathLike, data: bytes, dirs: set[Path] | None = 
     make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "wb") as f:
-        os.fchmod(fd, file_mode(path.parent))
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(fd, "wb") as f:
+            os.fchmod(fd, file_mode(path.parent))
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave no half-written temporary taking space
+        tmp.unlink(missing_ok=True)
+        raise
     if dirs is None:
         fsync_dir(path.parent)
     else:

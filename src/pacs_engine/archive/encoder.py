@@ -573,7 +573,7 @@ def conflict_reason(
 def _compared(attributes: Mapping[str, Any], keyword: str) -> Any:
     """An attribute as versions are compared: absent or empty is DICOM's default."""
     value = attributes.get(keyword)
-    return _ABSENT.get(keyword) if value is None else value
+    return _ABSENT.get(keyword) if value in (None, "", []) else value
 
 
 def _pixel_hash_or_none(prepared: Prepared) -> str | None:

@@ -40,7 +40,7 @@ from pacs_engine.codecs import CodecError, pack_shard
 from pacs_engine.codecs.native import frame_shape
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.storage import series_folder, series_folders, write_atomic
+from pacs_engine.storage import legacy_series_folder, series_folder, series_folders, write_atomic
 
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
 CRC32C_BYTES = 4
@@ -243,7 +243,14 @@ class PixelStore:
         zarr.open_group(self.root, mode="w-", zarr_format=3)
 
     def array_path(self, series_uid: str, key: str) -> str:
-        """The path below the root of a new array (existing ones: the path rows store)."""
+        """The path below the root of the series' array `key`.
+
+        An array an earlier version made under the series' legacy folder name is used
+        on (a new one beside it would store the series' frames twice).
+        """
+        legacy = legacy_series_folder(series_uid)
+        if legacy is not None and self.exists(f"{legacy}/{key}"):
+            return f"{legacy}/{key}"
         return f"{series_folder(series_uid)}/{key}"
 
     def exists(self, path: str) -> bool:

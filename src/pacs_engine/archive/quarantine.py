@@ -96,11 +96,18 @@ class Quarantine:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if target.exists():
                 record = json.loads(target.read_bytes())
-                if path == record["path"] or path in {a["path"] for a in record.get("also", [])}:
+                whole = "kept_bytes" in record and data is not None
+                if whole and data is not None:  # only a head was kept: keep them whole now
+                    write_atomic(self.root / f"{sha256}.dcm", data)
+                    (self.root / f"{sha256}.head").unlink(missing_ok=True)
+                    del record["kept_bytes"]
+                listed = {record["path"], *(a["path"] for a in record.get("also", []))}
+                if path not in listed:
+                    record.setdefault("also", []).append(
+                        {"path": path, "reason": reason, "time": now, **details}
+                    )
+                elif not whole:
                     return  # a resumed run met it again
-                record.setdefault("also", []).append(
-                    {"path": path, "reason": reason, "time": now, **details}
-                )
             else:
                 record = {"path": path, "sha256": sha256, "reason": reason, "time": now, **details}
                 if data is not None:

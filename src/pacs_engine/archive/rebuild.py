@@ -22,7 +22,7 @@ from pathlib import Path
 from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX, BlobError, load_rows
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
-from pacs_engine.archive.versions import with_version
+from pacs_engine.archive.versions import kept_sha256s, with_version
 from pacs_engine.index import Index
 from pacs_engine.index.rows import Row
 from pacs_engine.storage import fsync_dir
@@ -72,7 +72,9 @@ def _rebuild(root: Path) -> Rebuilt:
                 continue
             row = kept[0]
             for later in kept[1:]:
-                row = with_version(row, later)
+                # A part retried after a worker died wrote the same file twice: one version.
+                if later["source_sha256"] not in kept_sha256s(row):
+                    row = with_version(row, later)
             batch.append(row)
             if len(batch) == _BATCH:
                 index.commit(batch)

@@ -157,6 +157,8 @@ class BitstreamCodec(FrameCodec):
         """
         declared = self.declared_shape(data)
         expected = (shape[0], shape[1], shape[2] if len(shape) > 2 else 1)
+        if declared is not None and declared[0] == 0:  # JPEG's rows may come later (DNL)
+            declared = (expected[0], *declared[1:])
         if declared is not None and declared != expected:
             raise CodecError(
                 f"{self.codec_name}: the bitstream declares {_describe(declared)}, "

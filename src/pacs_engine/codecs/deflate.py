@@ -51,9 +51,12 @@ class DicomDeflateCodec(BitstreamCodec):
         try:
             # Inflate at most the frame and a pad byte (and one more to tell): a few KB of
             # deflate can declare gigabytes.
-            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, need + 2)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            inflated = inflater.decompress(data, need + 2)
             if len(inflated) > need + 1:
                 raise CodecError(f"the frame inflates to more than its {need} bytes")
+            if not inflater.eof:  # a bounded decompress returns what it has, cut or not
+                raise CodecError("the deflate stream is cut short")
             frame = to_array(inflated, layout, True, None)[0]
         except (zlib.error, LayoutError, CodecError) as error:
             raise CodecError(f"{self.codec_name}: {error}") from None

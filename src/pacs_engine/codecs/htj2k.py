@@ -25,7 +25,7 @@ _previous_hook: Any = sys.unraisablehook
 def _unraisable(args: Any) -> None:
     """Keep an error raised while this thread decodes HTJ2K; pass anything else on."""
     caught = getattr(_CAUGHT, "errors", None)
-    if caught is not None:
+    if caught is not None and "ojph" in str(args.exc_value).lower():
         caught.append(args.exc_value)
     else:
         _previous_hook(args)

@@ -30,7 +30,9 @@ def plan_parts(planned: Iterable[Planned], per_shard: int) -> Iterator[tuple[lis
 
     Reads `planned` (in instance order) lazily and holds one part at a time, so a
     series of any size is cut in memory of one part. Inputs with the same SOP
-    Instance UID stay in one part, so duplicates are told apart in one process. The
+    Instance UID next to each other in the plan (the same Instance Number) stay in
+    one part, so duplicates and versions are told apart in one process; one under
+    another Instance Number may land in another part and is judged at commit. The
     span is a whole number of shards, so that each part, placed on its own shard
     boundary, can be written at the same time as the others by different workers.
     """

@@ -26,7 +26,7 @@ import pickle
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.encoder import (
@@ -494,10 +494,21 @@ class _Run:
         if row["source_sha256"] in kept_sha256s(current):
             updated[sop] = with_duplicate(current, {"path": key, "sha256": row["source_sha256"]})
             return Outcome(key, "duplicate", outcome.size, sop=sop)
-        # The prior is another series' row, or one of this series under another Instance
-        # Number (planned in another part): a header differs, so a conflict whatever the
-        # pixels, never a version.
-        reason = conflict_reason(current, row, lambda: False) or "conflict: archived meanwhile"
+        # The prior is another series' row (a conflict: its series differs), or one of this
+        # series under another Instance Number, planned in another part: a version when
+        # the pixel hashes both parts recorded agree (no hash, nothing decoded: a conflict).
+        reason = conflict_reason(
+            current,
+            row,
+            lambda: (
+                row.get("pixel_hash") is not None
+                and row.get("pixel_hash") == current.get("pixel_hash")
+            ),
+        )
+        if reason is None and key == row["source_path"]:  # its own frames were written
+            updated[sop] = with_version(current, row)
+            return replace(outcome, version=True)
+        reason = reason or "conflict: archived meanwhile"
         try:
             data = read_input(InputRef.from_key(key))
         except InputError:
