@@ -1,0 +1,239 @@
+"""What a server is told: its AE title and port, the peers it admits and their rights, TLS.
+
+Read from a TOML file (`pacs-engine serve --config FILE`) and from command-line flags.
+Nothing is admitted by default: a calling AE title not in `peers` is refused, so an
+archive served with no configuration answers no one (patient data needs credentials).
+
+    [dimse]
+    ae_title = "PACS_ENGINE"
+    host = "127.0.0.1"
+    port = 11112
+    max_associations = 16
+    max_pdu = 1048576
+
+    [dimse.tls]                       # DICOM TLS (PS3.15 Annex B), TLS 1.2 or later
+    cert = "server.pem"
+    key = "server.key"
+    client_ca = "clients-ca.pem"      # optional: then clients must show a certificate
+
+    [peers.CT_SCANNER]                # a calling AE title and what it may do
+    rights = ["store"]
+
+    [peers.VIEWER]
+    rights = ["query", "retrieve"]
+    host = "10.0.0.7"                 # where C-MOVE sends when VIEWER is the destination
+    port = 104
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from pacs_engine.errors import PacsEngineError
+
+Right = Literal["store", "query", "retrieve"]
+T = TypeVar("T")
+RIGHTS: tuple[Right, ...] = ("store", "query", "retrieve")
+
+#: An AE title: 1 to 16 characters of the default repertoire, no backslash or control codes.
+_AE_TITLE_CHARS = 16
+
+
+class ConfigError(PacsEngineError, ValueError):
+    """A server configuration that cannot be used: names the file or flag and the reason."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote application entity: what it may ask for, and where to reach it (C-MOVE)."""
+
+    ae_title: str
+    rights: frozenset[Right] = frozenset()
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) when the peer can be sent to, else None."""
+        return (self.host, self.port) if self.host is not None and self.port is not None else None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The server's certificate and key, and the CA that client certificates must chain to."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `pacs-engine serve` is configured with."""
+
+    ae_title: str = "PACS_ENGINE"
+    host: str = "127.0.0.1"
+    dimse_port: int | None = None
+    max_associations: int = 16
+    max_pdu: int = 1 << 20
+    tls: TlsConfig | None = None
+    peers: dict[str, Peer] = field(default_factory=dict)
+
+    def peer(self, ae_title: str) -> Peer | None:
+        """The configured peer of that AE title (trailing spaces ignored), or None."""
+        return self.peers.get(ae_title.strip())
+
+    def may(self, ae_title: str, right: Right) -> bool:
+        """True when the calling AE title is a peer with `right`."""
+        peer = self.peer(ae_title)
+        return peer is not None and right in peer.rights
+
+    def with_peers(self, *peers: Peer) -> ServeConfig:
+        """A copy with `peers` added (a peer of the same AE title merges rights and address)."""
+        merged = dict(self.peers)
+        for peer in peers:
+            old = merged.get(peer.ae_title)
+            if old is not None:
+                peer = Peer(
+                    peer.ae_title,
+                    old.rights | peer.rights,
+                    peer.host if peer.host is not None else old.host,
+                    peer.port if peer.port is not None else old.port,
+                )
+            merged[peer.ae_title] = peer
+        return replace(self, peers=merged)
+
+
+def check_ae_title(value: str, where: str) -> str:
+    """`value` as an AE title, or ConfigError naming `where`."""
+    title = value.strip()
+    if not 0 < len(title) <= _AE_TITLE_CHARS:
+        raise ConfigError(f"{where}: an AE title has 1 to {_AE_TITLE_CHARS} characters: {value!r}")
+    if "\\" in title or not title.isascii() or not title.isprintable():
+        raise ConfigError(f"{where}: an AE title is printable ASCII without '\\': {value!r}")
+    return title
+
+
+def parse_peer(text: str) -> Peer:
+    """A peer from the command line: `AET[@HOST:PORT][=right,right]` (rights default to none)."""
+    where = f"peer {text!r}"
+    spec, _, rights_text = text.partition("=")
+    title, _, address = spec.partition("@")
+    rights = _rights([r for r in rights_text.split(",") if r] if rights_text else [], where)
+    host, port = None, None
+    if address:
+        host, _, port_text = address.rpartition(":")
+        if not host or not port_text.isdigit():
+            raise ConfigError(f"{where}: the address is HOST:PORT, not {address!r}")
+        port = _port(int(port_text), where)
+    return Peer(check_ae_title(title, where), rights, host, port)
+
+
+def load_config(path: str | os.PathLike | None) -> ServeConfig:
+    """The configuration in the TOML file at `path` (defaults when None)."""
+    if path is None:
+        return ServeConfig()
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{where}: not valid TOML: {error}") from None
+    unknown = set(data) - {"dimse", "peers"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
+    base = Path(path).parent
+    config = _dimse_section(data.get("dimse", {}), f"{where} [dimse]", base)
+    peers = []
+    for title, entry in _table(data.get("peers", {}), f"{where} [peers]").items():
+        peers.append(_peer_section(title, entry, f"{where} [peers.{title}]"))
+    return config.with_peers(*peers)
+
+
+def _dimse_section(section: Any, where: str, base: Path) -> ServeConfig:
+    """The [dimse] table."""
+    table = _table(section, where)
+    known = {"ae_title", "host", "port", "max_associations", "max_pdu", "tls"}
+    _no_unknown(table, known, where)
+    defaults = ServeConfig()
+    tls = table.get("tls")
+    return ServeConfig(
+        ae_title=check_ae_title(_typed(table, "ae_title", str, defaults.ae_title, where), where),
+        host=_typed(table, "host", str, defaults.host, where),
+        dimse_port=_port(_typed(table, "port", int, 0, where), where) if "port" in table else None,
+        max_associations=_positive(table, "max_associations", defaults.max_associations, where),
+        max_pdu=_positive(table, "max_pdu", defaults.max_pdu, where),
+        tls=_tls_section(tls, f"{where} [tls]", base) if tls is not None else None,
+    )
+
+
+def _tls_section(section: Any, where: str, base: Path) -> TlsConfig:
+    """The [dimse.tls] table; relative paths are read from the configuration file's folder."""
+    table = _table(section, where)
+    _no_unknown(table, {"cert", "key", "client_ca"}, where)
+    if "cert" not in table or "key" not in table:
+        raise ConfigError(f"{where}: needs both cert and key")
+    ca = table.get("client_ca")
+    return TlsConfig(
+        cert=base / _typed(table, "cert", str, "", where),
+        key=base / _typed(table, "key", str, "", where),
+        client_ca=base / _typed(table, "client_ca", str, "", where) if ca is not None else None,
+    )
+
+
+def _peer_section(title: str, section: Any, where: str) -> Peer:
+    """One [peers.AET] table."""
+    table = _table(section, where)
+    _no_unknown(table, {"rights", "host", "port"}, where)
+    rights = table.get("rights", [])
+    if not isinstance(rights, list):
+        raise ConfigError(f'{where}: rights is a list such as ["store", "query"]')
+    if ("host" in table) != ("port" in table):
+        raise ConfigError(f"{where}: give both host and port, or neither")
+    port = _port(_typed(table, "port", int, 0, where), where) if "port" in table else None
+    host = _typed(table, "host", str, "", where) if "host" in table else None
+    return Peer(check_ae_title(title, where), _rights(rights, where), host, port)
+
+
+def _rights(values: list[Any], where: str) -> frozenset[Right]:
+    """Rights by name; an unknown one is an error (a typo must not grant or deny silently)."""
+    unknown = [v for v in values if v not in RIGHTS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown right(s) {unknown}; rights are {', '.join(RIGHTS)}")
+    return frozenset(cast(list[Right], values))
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table")
+    return value
+
+
+def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+
+
+def _typed(table: dict[str, Any], key: str, kind: type[T], default: T, where: str) -> T:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _positive(table: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = _typed(table, key, int, default, where)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key} must be positive, not {value}")
+    return value
+
+
+def _port(value: int, where: str) -> int:
+    if not 0 < value < 1 << 16:
+        raise ConfigError(f"{where}: a port is 1 to 65535, not {value}")
+    return value
