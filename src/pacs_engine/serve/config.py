@@ -225,7 +225,8 @@ def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
 def _typed(table: dict[str, Any], key: str, kind: type[T], default: T, where: str) -> T:
     value = table.get(key, default)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}")
+        kind_name = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"{where}: {key} must be {kind_name}, not {value!r}")
     return value
 
 
