@@ -204,7 +204,7 @@ class DimseServer:
 
     def _on_rejected(self, event: Any) -> None:
         actor, _ = dimse_peer(event)
-        called = str(event.assoc.acceptor.primitive.called_ae_title).strip()
+        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
         if self.ctx.config.peer(actor) is None:
             reason = "calling AE title not recognised"
         elif called != self.ctx.config.ae_title:
@@ -271,7 +271,8 @@ def _check(data: bytes, sop_class: str, sop: str) -> tuple[str | None, str | Non
     try:
         attributes = scan(data).attributes
     except ScanError as error:
-        return f"the dataset cannot be parsed: {error}", None
+        # The scanner names its source first: here a buffer, which says nothing.
+        return f"cannot be parsed: {str(error).removeprefix('<buffer>: ')}", None
     study = attributes.get("StudyInstanceUID")
     study = str(study) if study else None
     found_sop = attributes.get("SOPInstanceUID")
