@@ -76,7 +76,10 @@ def test_nothing_is_admitted_by_default(tmp_path: Path) -> None:
         ("[dimse]\nmax_pdu = 0\n", "[dimse]: max_pdu must be positive"),
         ("[dimse]\ntimeout = -1\n", "[dimse]: timeout must be a positive number of seconds"),
         ("[dimse]\ntimeout = true\n", "[dimse]: timeout must be a positive number of seconds"),
-        ("[dimse]\nmax_associations = true\n", "[dimse]: max_associations must be an integer, not True"),
+        (
+            "[dimse]\nmax_associations = true\n",
+            "[dimse]: max_associations must be an integer, not True",
+        ),
         ("[dimse]\nae_title = 'MUCH_TOO_LONG_AE_TITLE'\n", "[dimse]: an AE title has 1 to 16"),
         ("[dimse]\nae_title = 'A\\\\B'\n", "[dimse]: an AE title is printable ASCII"),
         ("[dimse]\nhost = 1\n", "[dimse]: host must be a string, not 1"),
@@ -107,7 +110,10 @@ def test_a_missing_file_is_an_os_error(tmp_path: Path) -> None:
     [
         ("CT", Peer("CT")),
         ("CT=store", Peer("CT", frozenset({"store"}))),
-        ("VIEWER@10.0.0.7:104=query,retrieve", Peer("VIEWER", frozenset({"query", "retrieve"}), "10.0.0.7", 104)),  # noqa: E501
+        (
+            "VIEWER@10.0.0.7:104=query,retrieve",
+            Peer("VIEWER", frozenset({"query", "retrieve"}), "10.0.0.7", 104),
+        ),
         ("V6@::1:4242", Peer("V6", frozenset(), "::1", 4242)),
     ],
 )
@@ -144,5 +150,5 @@ def test_peers_given_twice_merge_rights_and_address(tmp_path: Path) -> None:
 
 def test_ae_titles_are_checked() -> None:
     assert check_ae_title("  CT  ", "x") == "CT"
-    with pytest.raises(ConfigError, match="^where: "):
+    with pytest.raises(ConfigError, match=r"^where: "):
         check_ae_title("", "where")

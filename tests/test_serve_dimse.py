@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import require_corpus
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, build_role
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -26,11 +27,6 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-
-from conftest import require_corpus
-from pacs_engine.scanning import scan
-from pacs_engine.serve.audit import verify_chain
-from pacs_engine.serve.dimse import CANNOT_UNDERSTAND, NOT_AUTHORIZED, OUT_OF_RESOURCES, Service
 from serve_helpers import (
     AE_TITLE,
     PROPOSE,
@@ -39,6 +35,10 @@ from serve_helpers import (
     running_server,
     storescu,
 )
+
+from pacs_engine.scanning import scan
+from pacs_engine.serve.audit import verify_chain
+from pacs_engine.serve.dimse import CANNOT_UNDERSTAND, NOT_AUTHORIZED, OUT_OF_RESOURCES, Service
 
 #: Corpus files, one per transfer syntax sent: native, deflate, and compressed
 #: syntaxes the archive keeps as their bitstream.
@@ -292,7 +292,9 @@ def test_a_spool_write_failure_answers_out_of_resources(server, monkeypatch) -> 
 def test_an_association_aborted_mid_dataset_leaves_nothing(server) -> None:
     source = native_files(1)[0]
     ds = pydicom.dcmread(source)
-    assoc = scu_association(server.port, contexts=((ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID]),))
+    assoc = scu_association(
+        server.port, contexts=((ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID]),)
+    )
     assert assoc.is_established
     request = C_STORE()
     request.MessageID = 1
@@ -335,7 +337,9 @@ def test_files_left_after_their_run_finished_come_back_as_duplicates(server) -> 
     assert [(r.archived, r.duplicates) for r in server.reports] == [(1, 0), (0, 1)]
     assert server.spool.batch_files() == []
     uid = scan(data).attributes["SOPInstanceUID"]
-    assert hashlib.sha256(server.archive.export_bytes(uid)).digest() == hashlib.sha256(data).digest()
+    assert (
+        hashlib.sha256(server.archive.export_bytes(uid)).digest() == hashlib.sha256(data).digest()
+    )
 
 
 def test_a_run_killed_after_its_commit_resumes_with_the_outcome_journalled(server) -> None:
@@ -350,7 +354,9 @@ def test_a_run_killed_after_its_commit_resumes_with_the_outcome_journalled(serve
             raise RuntimeError("killed")
 
     with pytest.raises(IngestStopped):
-        run_ingest(server.archive, [server.spool.batch], executor=server.drain.executor, progress=killed)
+        run_ingest(
+            server.archive, [server.spool.batch], executor=server.drain.executor, progress=killed
+        )
     assert len(server.spool.batch_files()) == 2  # nothing deleted: the run did not finish
     server.drain_now()
     (report,) = server.reports
@@ -401,15 +407,32 @@ def test_query_retrieve_handlers_run_only_for_ae_with_the_right(tmp_path: Path) 
             role = build_role(MRImageStorage, scp_role=True)
             assoc = ae.associate("127.0.0.1", running.port, ae_title=AE_TITLE, ext_neg=[role])
             assert assoc.is_established
-            found = [s.Status for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
-            got = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
-            moved = [s.Status for s, _ in assoc.send_c_move(query, "READER", StudyRootQueryRetrieveInformationModelMove)]
+            (storage,) = [c for c in assoc.accepted_contexts if c.abstract_syntax == MRImageStorage]
+            assert storage.as_scp  # the role a C-GET requestor needs to receive the instances
+            found = [
+                s.Status
+                for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+            ]
+            got = [
+                s.Status
+                for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+            ]
+            moved = [
+                s.Status
+                for s, _ in assoc.send_c_move(
+                    query, "READER", StudyRootQueryRetrieveInformationModelMove
+                )
+            ]
             assoc.release()
             results[calling] = (found, got, moved)
         assert results["READER"] == ([0xFF00, 0x0000], [0x0000], [0x0000])
         assert results["SENDER"] == ([NOT_AUTHORIZED], [NOT_AUTHORIZED], [0xA801])
         assert calls == ["find", "get", "move"]  # never for SENDER
-        refused = [(r["actor"], r["action"], r["detail"]) for r in running.records() if r["outcome"] == "refused"]
+        refused = [
+            (r["actor"], r["action"], r["detail"])
+            for r in running.records()
+            if r["outcome"] == "refused"
+        ]
         assert refused == [
             ("SENDER", "find", "no query right"),
             ("SENDER", "get", "no retrieve right"),

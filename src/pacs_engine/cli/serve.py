@@ -7,7 +7,10 @@ import signal
 import sys
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pacs_engine.archive import IngestReport
 
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,7 +105,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     executor = make_executor(args.workers)
     spool = Spool(archive.path)
     drain = Drain(
-        archive, spool, executor, interval=args.drain_interval, batch_size=args.drain_batch
+        archive,
+        spool,
+        executor,
+        interval=args.drain_interval,
+        batch_size=args.drain_batch,
+        on_report=_print_report,
     )
     server = DimseServer(ServeContext(archive, config, audit), spool)
     try:
@@ -125,3 +133,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         archive.close()
     print("pacs-engine serve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _print_report(report: IngestReport) -> None:
+    """One line on stderr per spool batch ingested (counts only)."""
+    print(
+        f"pacs-engine serve: spool batch ingested: {report.inputs} inputs: "
+        f"{report.archived} archived, {report.duplicates} duplicates, "
+        f"{report.conflicts} conflicts, {report.quarantined} quarantined",
+        file=sys.stderr,
+        flush=True,
+    )

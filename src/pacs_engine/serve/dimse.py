@@ -35,7 +35,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.sop_class import Verification
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_engine.codecs import PASS_THROUGH_BY_SYNTAX
@@ -53,6 +53,8 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+#: The Verification SOP Class (C-ECHO).
+VERIFICATION = "1.2.840.10008.1.1"
 #: ErrorComment is LO: 64 characters.
 _COMMENT_CHARS = 64
 
@@ -91,7 +93,7 @@ class Service:
 class _Acceptor(AE):
     """pynetdicom's AE, except that an empty allow-list admits no one (pynetdicom's admits all)."""
 
-    @property  # type: ignore[override]
+    @property
     def require_calling_aet(self) -> list[str]:
         """The admitted calling AE titles; never falsy, so that an empty list rejects all."""
         return _AllowList(self._require_calling_aet)
@@ -146,7 +148,7 @@ class DimseServer:
     def start(self, port: int) -> tuple[str, int]:
         """Listen on the configured host and `port` (0: a free one), in background threads."""
         config = self.ctx.config
-        handlers: list[tuple[Any, Callable[..., Any]]] = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_ended),
@@ -182,7 +184,7 @@ class DimseServer:
         ae.acse_timeout = config.timeout
         ae.dimse_timeout = config.timeout
         ae.network_timeout = config.timeout
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for uid in sorted(STORAGE_CLASSES):
             # Both roles: a C-STORE's SCP here, and the SCP side a C-GET requestor asks for.
             ae.add_supported_context(uid, list(STORAGE_SYNTAXES), scu_role=True, scp_role=True)
