@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -289,12 +290,10 @@ def test_a_spool_write_failure_answers_out_of_resources(server, monkeypatch) -> 
     assert record["outcome"] == "failed"
 
 
-def test_an_association_aborted_mid_dataset_leaves_nothing(server) -> None:
-    source = native_files(1)[0]
+def send_half_a_dataset(port: int, source: Path):
+    """An association that has sent the first half of a C-STORE's fragments, and no more."""
     ds = pydicom.dcmread(source)
-    assoc = scu_association(
-        server.port, contexts=((ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID]),)
-    )
+    assoc = scu_association(port, contexts=((ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID]),))
     assert assoc.is_established
     request = C_STORE()
     request.MessageID = 1
@@ -309,6 +308,11 @@ def test_an_association_aborted_mid_dataset_leaves_nothing(server) -> None:
     assert len(fragments) > 4
     for fragment in fragments[: len(fragments) // 2]:
         assoc.dul.send_pdu(fragment)
+    return assoc
+
+
+def test_an_association_aborted_mid_dataset_leaves_nothing(server) -> None:
+    assoc = send_half_a_dataset(server.port, native_files(1)[0])
     time.sleep(0.5)
     assoc.abort()
     deadline = time.monotonic() + 30
@@ -320,6 +324,28 @@ def test_an_association_aborted_mid_dataset_leaves_nothing(server) -> None:
     assert echoscu(server.port).returncode == 0
     server.drain_now()
     assert server.reports == []
+
+
+def test_a_stalled_peer_is_dropped(tmp_path: Path) -> None:
+    with running_server(tmp_path / "archive", timeout=1.0) as running:
+        silent = socket.create_connection(("127.0.0.1", running.port))
+        silent.settimeout(30)  # the bound: the server's timeout is 1 s
+        assert silent.recv(100) == b""  # no A-ASSOCIATE-RQ came: closed
+        silent.close()
+        stalled = send_half_a_dataset(running.port, native_files(1)[0])
+        deadline = time.monotonic() + 30
+        while stalled.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stalled.is_aborted  # the rest of the dataset never came: dropped
+        assert list(running.spool.incoming.iterdir()) == []
+        assert echoscu(running.port).returncode == 0
+
+
+def test_an_unknown_sop_class_is_not_negotiated(server) -> None:
+    assoc = scu_association(server.port, contexts=((Verification, None), ("1.2.3.4.5.6.7", None)))
+    assert assoc.is_established
+    assert [c.abstract_syntax for c in assoc.accepted_contexts] == [Verification]
+    assoc.release()
 
 
 # --- the spool --------------------------------------------------------------------------
@@ -446,3 +472,40 @@ def test_the_proposed_syntaxes_are_all_kept_by_the_archive() -> None:
 
     assert set(PASS_THROUGH_BY_SYNTAX) <= set(STORAGE_SYNTAXES)
     assert set(PROPOSE) <= set(STORAGE_SYNTAXES)
+
+
+def test_a_stopped_ingest_keeps_the_batch_for_the_next_drain(server, monkeypatch) -> None:
+    from pacs_engine.ingest import IngestStopped
+    from pacs_engine.serve import spool as spool_module
+
+    assert storescu(server.port, native_files(2), "1.2.840.10008.1.2.1").returncode == 0
+
+    def disk_full(*args, **kwargs):
+        raise IngestStopped("archive: ingest stopped: No space left on device")
+
+    real = spool_module.run_ingest
+    monkeypatch.setattr(spool_module, "run_ingest", disk_full)
+    server.drain_now()
+    assert len(server.spool.batch_files()) == 2  # kept, not lost
+    assert "No space left" in (server.drain.failure or "")
+    monkeypatch.setattr(spool_module, "run_ingest", real)
+    server.drain_now()
+    assert server.drain.failure is None
+    assert server.spool.batch_files() == []
+    assert server.reports[0].archived == 2
+
+
+def test_a_half_written_spool_file_is_never_ingested_and_dropped_at_start(tmp_path: Path) -> None:
+    from pacs_engine.serve.spool import Spool
+
+    spool = Spool(tmp_path)
+    half = spool.incoming / ".00001-abc.dcm.4242.tmp"  # write_atomic's temporary, killed
+    half.write_bytes(b"DICM, half of it")
+    spool.put(b"a whole file")
+    assert [p.name.endswith(".dcm") for p in spool.waiting_files()] == [True]
+    assert spool.take(10) == 1
+    assert half.exists() and spool.waiting_files() == []
+    assert [p.read_bytes() for p in spool.batch_files()] == [b"a whole file"]
+    Spool(tmp_path)  # the next start
+    assert not half.exists()
+    assert spool.clear_batch() == 1 and spool.batch_files() == []
