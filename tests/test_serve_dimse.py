@@ -509,3 +509,49 @@ def test_a_half_written_spool_file_is_never_ingested_and_dropped_at_start(tmp_pa
     Spool(tmp_path)  # the next start
     assert not half.exists()
     assert spool.clear_batch() == 1 and spool.batch_files() == []
+
+
+def test_damaged_pixels_are_acknowledged_then_quarantined_with_their_bytes(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = require_corpus()
+    data = bytearray((corpus / SENT["1.2.840.10008.1.2.4.70"]).read_bytes())
+    start = int(scan(bytes(data)).pixel.fragment_offsets[0])
+    data[start : start + 2] = b"\x00\x00"  # the JPEG stream's SOI marker: no longer a JPEG
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(data)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = scu_association(
+        server.port, contexts=((ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID]),)
+    )
+    status = assoc.send_c_store(path)
+    assoc.release()
+    assert status.Status == 0x0000  # it parses: durable, so acknowledged
+    (received,) = server.spool.waiting_files()
+    kept = received.read_bytes()
+    server.drain_now()
+    assert server.reports[0].quarantined == 1
+    (record,) = server.archive.quarantine.records()
+    assert (server.archive.quarantine.root / f"{record['sha256']}.dcm").read_bytes() == kept
+    assert server.spool.batch_files() == []
+
+
+def test_an_instance_over_the_size_limit_is_refused(server, monkeypatch) -> None:
+    from pacs_engine.serve import dimse
+
+    monkeypatch.setattr(dimse, "MAX_INSTANCE_BYTES", 1000)
+    ds = pydicom.dcmread(native_files(1)[0])
+    assoc = scu_association(server.port, contexts=((ds.SOPClassUID, None),))
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == OUT_OF_RESOURCES
+    assert status.ErrorComment == "larger than 1000 bytes"
+    assert server.spool.waiting_files() == []
+
+
+def test_the_instance_size_limit_is_what_the_ingest_reads_whole() -> None:
+    from pacs_engine.inputs import InputPolicy
+    from pacs_engine.serve.dimse import MAX_INSTANCE_BYTES
+
+    assert InputPolicy().max_bytes == MAX_INSTANCE_BYTES

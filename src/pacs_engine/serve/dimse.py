@@ -9,7 +9,8 @@ every association and every operation to the audit trail.
 A C-STORE is answered Success only once the instance is durable in the spool
 (`serve/spool.py`): the dataset's bytes as received (never decoded and re-encoded)
 behind a File Meta Information group built from the request. What cannot be taken
-gets a failure status: 0xA700 (the spool cannot be written), 0xC000 (no SOP
+gets a failure status: 0xA700 (the spool cannot be written, or the instance is
+larger than the ingest reads whole), 0xC000 (no SOP
 Instance UID, not parseable by the archive's scanner, or UIDs that differ from the
 request's), 0x0122 (a SOP class that is not a storage class), 0x0124 (the calling
 AE has no "store" right).
@@ -53,6 +54,10 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+#: The largest instance taken: the ingest reads inputs up to 2 GiB whole (its default
+#: input limit, `InputPolicy.max_bytes`) and would keep only the head of a larger one
+#: in quarantine, so a larger instance acknowledged here could not be kept whole.
+MAX_INSTANCE_BYTES = 2 << 30
 #: The Verification SOP Class (C-ECHO).
 VERIFICATION = "1.2.840.10008.1.1"
 #: ErrorComment is LO: 64 characters.
@@ -241,6 +246,9 @@ class DimseServer:
         data = b"".join(
             (b"\x00" * 128, b"DICM", encode_file_meta(meta), event.encoded_dataset(False))
         )
+        if len(data) > MAX_INSTANCE_BYTES:
+            self._audit(event, "store", "refused", detail=f"{len(data)} bytes")
+            return _status(OUT_OF_RESOURCES, f"larger than {MAX_INSTANCE_BYTES} bytes")
         problem, study = _check(data, sop_class, sop)
         if problem is not None:
             self._audit(event, "store", "refused", study=study, detail=problem)

@@ -74,7 +74,8 @@ class Spool:
 
     @property
     def waiting(self) -> int:
-        """How many received instances wait in `incoming/`."""
+        """How many received instances wait in `incoming/` (a count kept as they come and go,
+        for deciding when to drain; the folder is what counts)."""
         with self.changed:
             return self._waiting
 
@@ -145,7 +146,7 @@ class Drain(threading.Thread):
                 LOG.error("spool drain: %s", self.failure)
             with self.spool.changed:
                 self.spool.changed.wait_for(
-                    lambda: self._stopping or self.spool._waiting >= self.batch_size,
+                    lambda: self._stopping or self.spool.waiting >= self.batch_size,
                     timeout=self.interval,
                 )
 
