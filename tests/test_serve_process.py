@@ -6,6 +6,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -229,6 +230,8 @@ def test_dicom_tls_with_client_certificates(tmp_path: Path) -> None:
     )
     with serving(tmp_path / "archive", "--config", str(config)) as (proc, port):
         ca = str(tmp_path / "ca.pem")
+        # A client that connects and never says hello must not hold up the others.
+        silent = socket.create_connection(("127.0.0.1", port))
 
         def tls_echo(name: str) -> subprocess.CompletedProcess:
             key, cert = str(tmp_path / f"{name}.key"), str(tmp_path / f"{name}.pem")
@@ -243,6 +246,7 @@ def test_dicom_tls_with_client_certificates(tmp_path: Path) -> None:
         assert anonymous.returncode != 0  # TLS without a client certificate
         assert echoscu(port, "SCU").returncode != 0
         assert tls_echo("client").returncode == 0  # and it still serves
+        silent.close()
         code, _ = stop(proc)
         assert code == 0
     echoes = [r for r in read_records(tmp_path / "archive") if r["action"] == "echo"]

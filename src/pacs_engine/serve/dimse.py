@@ -115,10 +115,24 @@ class _AllowList(list[str]):
         return True
 
 
+class _LazyHandshake(ssl.SSLContext):
+    """A server context whose handshake runs in the association's thread, not in accept().
+
+    pynetdicom wraps each accepted socket in its one accepting thread; a handshake
+    there would let one client that connects and sends nothing stall every other.
+    Deferred, OpenSSL runs it on the first read, under the association's timeouts.
+    """
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        """The socket, TLS to be negotiated on first use."""
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """The server side of DICOM TLS: TLS 1.2 or later, its certificate, client certificates
     required when a client CA is configured."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _LazyHandshake(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls.cert, tls.key)
     if tls.client_ca is not None:
