@@ -116,10 +116,13 @@ def test_with_no_peers_no_one_is_admitted(tmp_path: Path) -> None:
         assert "Calling AE Title Not Recognized" in result.stderr
 
 
-def test_associations_beyond_the_limit_are_rejected(tmp_path: Path) -> None:
-    with running_server(tmp_path / "archive", max_associations=1) as running:
+def test_associations_beyond_the_limit_are_rejected_and_the_pdu_size_announced(
+    tmp_path: Path,
+) -> None:
+    with running_server(tmp_path / "archive", max_associations=1, max_pdu=16384) as running:
         held = scu_association(running.port, contexts=((Verification, None),))
         assert held.is_established
+        assert held.acceptor.maximum_length == 16384  # the PDU size the server receives
         try:
             assert echoscu(running.port).returncode != 0
         finally:

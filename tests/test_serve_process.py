@@ -251,3 +251,29 @@ def test_dicom_tls_with_client_certificates(tmp_path: Path) -> None:
         assert code == 0
     echoes = [r for r in read_records(tmp_path / "archive") if r["action"] == "echo"]
     assert len(echoes) == 2
+
+
+def test_a_second_server_on_the_same_archive_or_port_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    with serving(archive, "--peer", "SCU=store") as (proc, port):
+        same_archive = subprocess.run(
+            serve_command(archive, "--dimse-port", "0", "--workers", "0"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert same_archive.returncode == 2
+        assert "another process is writing to it" in same_archive.stderr
+        same_port = subprocess.run(
+            serve_command(tmp_path / "other", "--dimse-port", str(port), "--workers", "0"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert same_port.returncode == 3
+        assert "Address already in use" in same_port.stderr
+        assert echoscu(port).returncode == 0  # the first one serves on
+        assert stop(proc)[0] == 0
