@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import ROOT, require_corpus
+from pynetdicom import AE
 from serve_helpers import AE_TITLE, echoscu, run_tool, storescu
 
 from pacs_engine.archive import open_archive
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import read_records, verify_chain
+from pacs_engine.serve.dimse import VERIFICATION
 
 START_SECONDS = 60
 STOP_SECONDS = 30
@@ -100,10 +102,18 @@ def test_it_serves_until_sigterm_and_exits_0(tmp_path: Path) -> None:
         assert (archive / "archive.json").is_file()  # created when absent
         assert echoscu(port).returncode == 0
         assert storescu(port, [corpus / FILES[0]], SYNTAX).returncode == 0
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(VERIFICATION)
+        held = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+        assert held.is_established  # an association in progress does not hold the stop up
         started = time.monotonic()
         code, err = stop(proc)
         assert code == 0
         assert time.monotonic() - started < STOP_SECONDS
+        deadline = time.monotonic() + STOP_SECONDS
+        while held.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert held.is_aborted
     assert "pacs-engine serve: stopped" in err
     assert verify_chain(archive) == []
     actions = [r["action"] for r in read_records(archive)]

@@ -187,8 +187,13 @@ class DimseServer:
 
     def stop(self) -> None:
         """Stop listening and end the associations in progress (nothing unacknowledged is kept)."""
-        self.ae.shutdown()
-        self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()  # first: no association starts meanwhile
+        for assoc in self.ae.active_associations:
+            # One being rejected or closed ends by itself (aborting it trips pynetdicom's FSM).
+            if assoc.is_established:
+                assoc.abort()
 
     # --- set-up -----------------------------------------------------------------------
 
