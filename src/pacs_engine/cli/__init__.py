@@ -18,6 +18,7 @@ from pacs_engine.cli import (
     rebuild_index,
     samples,
     scan,
+    serve,
     synth,
     tidy,
     verify,
@@ -29,7 +30,19 @@ from pacs_engine.errors import PacsEngineError
 __all__ = ["build_parser", "main", "render_inventory"]
 
 # In the order `pacs-engine --help` lists them.
-COMMANDS = (scan, ingest, verify, tidy, rebuild_index, info, export, synth, read_bench, samples)
+COMMANDS = (
+    scan,
+    ingest,
+    verify,
+    tidy,
+    rebuild_index,
+    info,
+    export,
+    serve,
+    synth,
+    read_bench,
+    samples,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _starts_local_workers(argv: list[str]) -> bool:
-    """True when the command line runs ingest or verify in local worker processes."""
+    """True when the command line runs ingest, verify or serve in local worker processes."""
     early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     early.add_argument("command", nargs="?")
     early.add_argument("--workers", type=int)
@@ -54,7 +67,7 @@ def _starts_local_workers(argv: list[str]) -> bool:
         known, _ = early.parse_known_args(argv)
     except argparse.ArgumentError:  # a malformed command line: the real parser says why
         return False
-    command_workers = known.command in ("ingest", "verify") and known.workers != 0
+    command_workers = known.command in ("ingest", "verify", "serve") and known.workers != 0
     asks_help = not {"-h", "--help"}.isdisjoint(argv)
     return command_workers and known.executor != "dask" and not asks_help
 

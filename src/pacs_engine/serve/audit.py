@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pacs_engine.storage import make_dirs
+from pacs_engine.storage import file_mode, make_dirs
 
 #: `prev` of the very first record of a trail.
 GENESIS = "0" * 64
@@ -133,8 +133,12 @@ class AuditLog:
                 os.fsync(self._fd)
                 os.close(self._fd)
             path = self.folder / f"{day}.jsonl"
-            mode = os.stat(self.folder).st_mode & 0o666
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+                # Its folder's rights whatever the umask (a writer's umask may be stricter).
+                os.fchmod(self._fd, file_mode(self.folder))
+            except FileExistsError:  # another process (or an earlier run) made it
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             self._day = day
         return self._fd
 

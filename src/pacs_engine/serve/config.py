@@ -10,6 +10,7 @@ archive served with no configuration answers no one (patient data needs credenti
     port = 11112
     max_associations = 16
     max_pdu = 1048576
+    timeout = 30                      # seconds: a peer stalled longer is dropped
 
     [dimse.tls]                       # DICOM TLS (PS3.15 Annex B), TLS 1.2 or later
     cert = "server.pem"
@@ -80,6 +81,7 @@ class ServeConfig:
     dimse_port: int | None = None
     max_associations: int = 16
     max_pdu: int = 1 << 20
+    timeout: float = 30.0  # ACSE, DIMSE and network: a peer stalled longer is dropped
     tls: TlsConfig | None = None
     peers: dict[str, Peer] = field(default_factory=dict)
 
@@ -157,7 +159,7 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
 def _dimse_section(section: Any, where: str, base: Path) -> ServeConfig:
     """The [dimse] table."""
     table = _table(section, where)
-    known = {"ae_title", "host", "port", "max_associations", "max_pdu", "tls"}
+    known = {"ae_title", "host", "port", "max_associations", "max_pdu", "timeout", "tls"}
     _no_unknown(table, known, where)
     defaults = ServeConfig()
     tls = table.get("tls")
@@ -167,6 +169,7 @@ def _dimse_section(section: Any, where: str, base: Path) -> ServeConfig:
         dimse_port=_port(_typed(table, "port", int, 0, where), where) if "port" in table else None,
         max_associations=_positive(table, "max_associations", defaults.max_associations, where),
         max_pdu=_positive(table, "max_pdu", defaults.max_pdu, where),
+        timeout=_seconds(table, "timeout", defaults.timeout, where),
         tls=_tls_section(tls, f"{where} [tls]", base) if tls is not None else None,
     )
 
@@ -222,7 +225,8 @@ def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
 def _typed(table: dict[str, Any], key: str, kind: type[T], default: T, where: str) -> T:
     value = table.get(key, default)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} must be a {kind.__name__}, not {value!r}")
+        kind_name = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"{where}: {key} must be {kind_name}, not {value!r}")
     return value
 
 
@@ -231,6 +235,13 @@ def _positive(table: dict[str, Any], key: str, default: int, where: str) -> int:
     if value <= 0:
         raise ConfigError(f"{where}: {key} must be positive, not {value}")
     return value
+
+
+def _seconds(table: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{where}: {key} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def _port(value: int, where: str) -> int:

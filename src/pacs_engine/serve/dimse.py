@@ -1,0 +1,335 @@
+"""The DIMSE server: C-ECHO, C-STORE into the durable spool, and the seams of Query/Retrieve.
+
+Built on pynetdicom, whose event handlers are the seam between the protocol and the
+archive. The server admits only the calling AE titles of its configuration (an AE
+not on the list is rejected at association, A-ASSOCIATE-RJ "calling AE title not
+recognised"), checks each operation's right (store, query, retrieve), and writes
+every association and every operation to the audit trail.
+
+A C-STORE is answered Success only once the instance is durable in the spool
+(`serve/spool.py`): the dataset's bytes as received (never decoded and re-encoded)
+behind a File Meta Information group built from the request. What cannot be taken
+gets a failure status: 0xA700 (the spool cannot be written, or the instance is
+larger than the ingest reads whole), 0xC000 (no SOP
+Instance UID, not parseable by the archive's scanner, or UIDs that differ from the
+request's), 0x0122 (a SOP class that is not a storage class), 0x0124 (the calling
+AE has no "store" right).
+
+C-FIND, C-GET and C-MOVE handlers are `Service`s given to `DimseServer`: it negotiates
+their SOP classes, checks the right before calling the handler, and audits a refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.events import EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs_engine.codecs import PASS_THROUGH_BY_SYNTAX
+from pacs_engine.errors import ScanError
+from pacs_engine.scanning import scan
+from pacs_engine.serve.config import Right, ServeConfig, TlsConfig
+from pacs_engine.serve.context import ServeContext, dimse_peer
+from pacs_engine.serve.spool import Spool
+
+LOG = logging.getLogger(__name__)
+
+# DIMSE statuses (PS3.7 Annex C, PS3.4 B.2.3).
+SUCCESS = 0x0000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+NOT_AUTHORIZED = 0x0124
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+#: The largest instance taken: the ingest reads inputs up to 2 GiB whole (its default
+#: input limit, `InputPolicy.max_bytes`) and would keep only the head of a larger one
+#: in quarantine, so a larger instance acknowledged here could not be kept whole.
+MAX_INSTANCE_BYTES = 2 << 30
+#: The Verification SOP Class (C-ECHO).
+VERIFICATION = "1.2.840.10008.1.1"
+#: ErrorComment is LO: 64 characters.
+_COMMENT_CHARS = 64
+
+#: Transfer syntaxes kept as they are: the native ones, deflate, and every compressed
+#: syntax whose bitstream the archive keeps (codecs/registry.py). Nothing is transcoded.
+STORAGE_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    *sorted(PASS_THROUGH_BY_SYNTAX),
+)
+STORAGE_CLASSES: frozenset[str] = frozenset(
+    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
+)
+
+ServiceKind = Literal["find", "get", "move"]
+_SERVICE_EVENTS = {"find": evt.EVT_C_FIND, "get": evt.EVT_C_GET, "move": evt.EVT_C_MOVE}
+_SERVICE_RIGHTS: dict[ServiceKind, Right] = {"find": "query", "get": "retrieve", "move": "retrieve"}
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Query/Retrieve service: its kind, SOP classes and handler(event, ctx).
+
+    The handler follows pynetdicom's protocol for its event (EVT_C_FIND, EVT_C_GET,
+    EVT_C_MOVE) and audits its own outcomes; the server checks the calling AE's
+    right (query for find, retrieve for get and move) before calling it.
+    """
+
+    kind: ServiceKind
+    sop_classes: Sequence[str]
+    handler: Callable[[Any, ServeContext], Iterator[Any]]
+
+
+class _Acceptor(AE):
+    """pynetdicom's AE, except that an empty allow-list admits no one (pynetdicom's admits all)."""
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        """The admitted calling AE titles; never falsy, so that an empty list rejects all."""
+        return _AllowList(self._require_calling_aet)
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        AE.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
+
+
+class _AllowList(list[str]):
+    """A list that is true even when empty: pynetdicom checks it only when true."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _LazyHandshake(ssl.SSLContext):
+    """A server context whose handshake runs in the association's thread, not in accept().
+
+    pynetdicom wraps each accepted socket in its one accepting thread; a handshake
+    there would let one client that connects and sends nothing stall every other.
+    Deferred, OpenSSL runs it on the first read, under the association's timeouts.
+    """
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        """The socket, TLS to be negotiated on first use."""
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The server side of DICOM TLS: TLS 1.2 or later, its certificate, client certificates
+    required when a client CA is configured."""
+    context = _LazyHandshake(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    if tls.client_ca is not None:
+        context.load_verify_locations(tls.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class DimseServer:
+    """A running DIMSE server over one archive (`start`, then `stop`)."""
+
+    def __init__(
+        self,
+        ctx: ServeContext,
+        spool: Spool,
+        services: Sequence[Service] = (),
+    ) -> None:
+        self.ctx = ctx
+        self.spool = spool
+        self.services = tuple(services)
+        self.ae = self._make_ae(ctx.config)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) the server listens on (the port it was given, or the one picked)."""
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self, port: int) -> tuple[str, int]:
+        """Listen on the configured host and `port` (0: a free one), in background threads."""
+        config = self.ctx.config
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        for service in self.services:
+            handlers.append((_SERVICE_EVENTS[service.kind], self._authorised(service)))
+        self._server = self.ae.start_server(
+            (config.host, port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=tls_context(config.tls) if config.tls is not None else None,
+        )
+        return self.address
+
+    def stop(self) -> None:
+        """Stop listening and end the associations in progress (nothing unacknowledged is kept)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()  # first: no association starts meanwhile
+        for assoc in self.ae.active_associations:
+            # One being rejected or closed ends by itself (aborting it trips pynetdicom's FSM).
+            if assoc.is_established:
+                assoc.abort()
+
+    # --- set-up -----------------------------------------------------------------------
+
+    def _make_ae(self, config: ServeConfig) -> AE:
+        """The pynetdicom AE: contexts, roles, limits and timeouts from the configuration."""
+        ae = _Acceptor(ae_title=config.ae_title)
+        ae.require_calling_aet = sorted(config.peers)
+        ae.require_called_aet = True
+        ae.maximum_associations = config.max_associations
+        ae.maximum_pdu_size = config.max_pdu
+        # A stalled peer is dropped: association set-up, each DIMSE message, and the socket.
+        ae.acse_timeout = config.timeout
+        ae.dimse_timeout = config.timeout
+        ae.network_timeout = config.timeout
+        ae.add_supported_context(VERIFICATION)
+        for uid in sorted(STORAGE_CLASSES):
+            # Both roles: a C-STORE's SCP here, and the SCP side a C-GET requestor asks for.
+            ae.add_supported_context(uid, list(STORAGE_SYNTAXES), scu_role=True, scp_role=True)
+        for service in self.services:
+            for uid in service.sop_classes:
+                ae.add_supported_context(uid)
+        return ae
+
+    # --- associations -----------------------------------------------------------------
+
+    def _audit(self, event: Any, action: str, outcome: str, **more: Any) -> None:
+        actor, address = dimse_peer(event)
+        self.ctx.audit.record(
+            protocol="dimse", actor=actor, address=address, action=action, outcome=outcome, **more
+        )
+
+    def _on_accepted(self, event: Any) -> None:
+        self._audit(event, "associate", "accepted")
+
+    def _on_rejected(self, event: Any) -> None:
+        actor, _ = dimse_peer(event)
+        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
+        if self.ctx.config.peer(actor) is None:
+            reason = "calling AE title not recognised"
+        elif called != self.ctx.config.ae_title:
+            reason = "called AE title not recognised"
+        else:
+            reason = "too many associations"
+        self._audit(event, "associate", "rejected", detail=reason)
+
+    def _on_ended(self, event: Any) -> None:
+        self._audit(event, "release" if event.event is evt.EVT_RELEASED else "abort", "ended")
+
+    # --- services ---------------------------------------------------------------------
+
+    def _on_echo(self, event: Any) -> int:
+        self._audit(event, "echo", "success")
+        return SUCCESS
+
+    def _on_store(self, event: Any) -> int | Dataset:
+        """Take one instance: Success only once it is durable in the spool."""
+        actor, _ = dimse_peer(event)
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID)
+        sop = str(request.AffectedSOPInstanceUID)
+        if not self.ctx.config.may(actor, "store"):
+            self._audit(event, "store", "refused", detail="no store right")
+            return _status(NOT_AUTHORIZED, "the calling AE may not store")
+        if sop_class not in STORAGE_CLASSES:
+            self._audit(event, "store", "refused", detail=f"SOP class {sop_class}")
+            return _status(SOP_CLASS_NOT_SUPPORTED, "not a storage SOP class")
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = actor
+        data = b"".join(
+            (b"\x00" * 128, b"DICM", encode_file_meta(meta), event.encoded_dataset(False))
+        )
+        if len(data) > MAX_INSTANCE_BYTES:
+            self._audit(event, "store", "refused", detail=f"{len(data)} bytes")
+            return _status(OUT_OF_RESOURCES, f"larger than {MAX_INSTANCE_BYTES} bytes")
+        problem, study = _check(data, sop_class, sop)
+        if problem is not None:
+            self._audit(event, "store", "refused", study=study, detail=problem)
+            return _status(CANNOT_UNDERSTAND, problem)
+        try:
+            self.spool.put(data)
+        except OSError as error:  # the disk is full or failing: the peer may send again
+            reason = f"spool write failed: {error.strerror or type(error).__name__}"
+            self._audit(event, "store", "failed", study=study, detail=reason)
+            return _status(OUT_OF_RESOURCES, reason)
+        self._audit(event, "store", "success", study=study, detail=sop)
+        return SUCCESS
+
+    def _authorised(self, service: Service) -> Callable[[Any], Iterator[Any]]:
+        """The service's handler behind the check of the calling AE's right."""
+        right = _SERVICE_RIGHTS[service.kind]
+
+        def handle(event: Any) -> Iterator[Any]:
+            actor, _ = dimse_peer(event)
+            if self.ctx.config.may(actor, right):
+                return service.handler(event, self.ctx)
+            self._audit(event, service.kind, "refused", detail=f"no {right} right")
+            return _refusal(service.kind)
+
+        return handle
+
+
+def _check(data: bytes, sop_class: str, sop: str) -> tuple[str | None, str | None]:
+    """(why the instance cannot be taken or None, its Study Instance UID) from a scan."""
+    try:
+        attributes = scan(data).attributes
+    except ScanError as error:
+        # The scanner names its source first: here a buffer, which says nothing.
+        return f"cannot be parsed: {str(error).removeprefix('<buffer>: ')}", None
+    study = attributes.get("StudyInstanceUID")
+    study = str(study) if study else None
+    found_sop = attributes.get("SOPInstanceUID")
+    if not found_sop:
+        return "the dataset has no SOP Instance UID", study
+    if str(found_sop) != sop:
+        return "the dataset's SOP Instance UID differs from the request's", study
+    found_class = attributes.get("SOPClassUID")
+    if found_class and str(found_class) != sop_class:
+        return "the dataset's SOP Class UID differs from the request's", study
+    return None, study
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A response status with an Error Comment (never patient data)."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:_COMMENT_CHARS]
+    return status
+
+
+def _refusal(kind: ServiceKind) -> Iterator[Any]:
+    """What a handler yields to refuse a request in pynetdicom's protocol of `kind`."""
+    if kind == "move":
+        # A C-MOVE handler yields a destination first; none stops the request before
+        # any association is made (pynetdicom then answers 0xA801).
+        yield None, None
+        return
+    if kind == "get":
+        yield 1  # the number of sub-operations comes first
+    yield _status(NOT_AUTHORIZED, f"the calling AE may not {kind}"), None

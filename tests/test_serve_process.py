@@ -1,0 +1,289 @@
+"""`pacs-engine serve` as a process: start-up, SIGTERM, kill -9 and restart, TLS, bad configs."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import ROOT, require_corpus
+from pynetdicom import AE
+from serve_helpers import AE_TITLE, echoscu, run_tool, storescu
+
+from pacs_engine.archive import open_archive
+from pacs_engine.scanning import scan
+from pacs_engine.serve.audit import read_records, verify_chain
+from pacs_engine.serve.dimse import VERIFICATION
+
+START_SECONDS = 60
+STOP_SECONDS = 30
+SYNTAX = "1.2.840.10008.1.2.4.70"
+FILES = (
+    "dcm_qa/Orientation/axmb/AxAsc36mb2a/jpg1.dcm",
+    "dcm_qa/Orientation/axmb/AxAsc36mb2a/jpg2.dcm",
+)
+
+
+def serve_command(archive: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pacs_engine.cli", "serve", str(archive), *args]
+
+
+@contextmanager
+def serving(archive: Path, *args: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`pacs-engine serve` on a free port; (process, port) once it listens."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = serve_command(archive, "--dimse-port", "0", "--workers", "1", *args)
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc, wait_listening(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_SECONDS)
+        proc.stderr.close()
+
+
+def wait_listening(proc: subprocess.Popen) -> int:
+    """The port from the server's one "listening" line (bounded in time)."""
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+        if ready:
+            line = proc.stderr.readline()
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                return int(found.group(1))
+            assert line, f"the server ended: exit {proc.poll()}"
+    raise AssertionError("the server did not start listening in time")
+
+
+def wait_drained(archive: Path) -> None:
+    """Wait (bounded) until the spool holds no instance, in either of its folders."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not list((archive / "spool").glob("*/*.dcm")):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the spool was not drained in time")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    """SIGTERM, then its exit code and the rest of its stderr (bounded in time)."""
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(STOP_SECONDS)
+    return code, proc.stderr.read()
+
+
+def test_help_documents_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pacs_engine.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=True,
+    )
+    for flag in ("--dimse-port", "--ae-title", "--config", "--peer", "--drain-interval", "spool"):
+        assert flag in result.stdout
+
+
+def test_it_serves_until_sigterm_and_exits_0(tmp_path: Path) -> None:
+    corpus = require_corpus()
+    archive = tmp_path / "archive"
+    with serving(archive, "--peer", "SCU=store", "--drain-interval", "0.2") as (proc, port):
+        assert (archive / "archive.json").is_file()  # created when absent
+        assert echoscu(port).returncode == 0
+        assert storescu(port, [corpus / FILES[0]], SYNTAX).returncode == 0
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(VERIFICATION)
+        held = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+        assert held.is_established  # an association in progress does not hold the stop up
+        started = time.monotonic()
+        code, err = stop(proc)
+        assert code == 0
+        assert time.monotonic() - started < STOP_SECONDS
+        deadline = time.monotonic() + STOP_SECONDS
+        while held.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert held.is_aborted
+    assert "pacs-engine serve: stopped" in err
+    assert verify_chain(archive) == []
+    actions = [r["action"] for r in read_records(archive)]
+    assert actions.count("echo") == 1 and actions.count("store") == 1
+
+
+def test_kill_9_never_loses_an_acknowledged_instance(tmp_path: Path) -> None:
+    corpus = require_corpus()
+    archive = tmp_path / "archive"
+    files = [corpus / f for f in FILES]
+    never = ("--drain-interval", "3600", "--drain-batch", "1000000")
+    with serving(archive, "--peer", "SCU=store", *never) as (proc, port):
+        assert storescu(port, files, SYNTAX).returncode == 0  # Success answered for both
+        proc.kill()  # before any drain
+        proc.wait(STOP_SECONDS)
+    spooled = sorted((archive / "spool" / "incoming").glob("*.dcm"))
+    assert len(spooled) == 2
+    received = {scan(p.read_bytes()).attributes["SOPInstanceUID"]: p.read_bytes() for p in spooled}
+    with serving(archive, "--peer", "SCU=store", "--drain-interval", "0.2") as (proc, port):
+        wait_drained(archive)  # drained at start, before any new association
+        code, _ = stop(proc)
+        assert code == 0
+    with open_archive(archive) as reader:
+        for uid, data in received.items():
+            assert reader.export_bytes(uid) == data
+        assert reader.info()["instances"] == 2
+    assert list((archive / "spool" / "batch").iterdir()) == []
+
+
+def test_a_bad_configuration_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text('[peers.CT]\nrights = ["stor"]\n')
+    result = subprocess.run(
+        serve_command(tmp_path / "archive", "--dimse-port", "0", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 2
+    assert f"{config} [peers.CT]: unknown right(s) ['stor']" in result.stderr
+    assert not (tmp_path / "archive").exists()
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_certificates(folder: Path) -> None:
+    """A CA, a server and a client certificate it signed, and a self-signed stranger."""
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=folder,
+    )
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=folder,
+        )
+        extra = ["-extfile", "server.ext"] if name == "server" else []
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *extra,
+            cwd=folder,
+        )
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "stranger.key",
+        "-out",
+        "stranger.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stranger",
+        cwd=folder,
+    )
+
+
+def test_dicom_tls_with_client_certificates(tmp_path: Path) -> None:
+    make_certificates(tmp_path)
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        '[dimse.tls]\ncert = "server.pem"\nkey = "server.key"\nclient_ca = "ca.pem"\n'
+        '[peers.SCU]\nrights = ["store"]\n'
+    )
+    with serving(tmp_path / "archive", "--config", str(config)) as (proc, port):
+        ca = str(tmp_path / "ca.pem")
+        # A client that connects and never says hello must not hold up the others.
+        silent = socket.create_connection(("127.0.0.1", port))
+
+        def tls_echo(name: str) -> subprocess.CompletedProcess:
+            key, cert = str(tmp_path / f"{name}.key"), str(tmp_path / f"{name}.pem")
+            return echoscu(port, "SCU", "+tls", key, cert, "+cf", ca)
+
+        assert tls_echo("client").returncode == 0
+        assert tls_echo("stranger").returncode != 0  # a certificate the CA did not sign
+        assert echoscu(port, "SCU").returncode != 0  # no TLS at all
+        anonymous = run_tool(
+            "echoscu", "+tla", "+cf", ca, "-aet", "SCU", "-aec", AE_TITLE, "127.0.0.1", str(port)
+        )
+        assert anonymous.returncode != 0  # TLS without a client certificate
+        assert echoscu(port, "SCU").returncode != 0
+        assert tls_echo("client").returncode == 0  # and it still serves
+        silent.close()
+        code, _ = stop(proc)
+        assert code == 0
+    echoes = [r for r in read_records(tmp_path / "archive") if r["action"] == "echo"]
+    assert len(echoes) == 2
+
+
+def test_a_second_server_on_the_same_archive_or_port_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    with serving(archive, "--peer", "SCU=store") as (proc, port):
+        same_archive = subprocess.run(
+            serve_command(archive, "--dimse-port", "0", "--workers", "0"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert same_archive.returncode == 2
+        assert "another process is writing to it" in same_archive.stderr
+        same_port = subprocess.run(
+            serve_command(tmp_path / "other", "--dimse-port", str(port), "--workers", "0"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert same_port.returncode == 3
+        assert "Address already in use" in same_port.stderr
+        assert echoscu(port).returncode == 0  # the first one serves on
+        assert stop(proc)[0] == 0
