@@ -43,6 +43,7 @@ from pacs_engine.serve.qr import (
 TIMEOUT = 60
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 STUDY_ROOT_FIND, PATIENT_ROOT_FIND = QR_FIND_CLASSES[1], QR_FIND_CLASSES[0]
 
 
@@ -164,6 +165,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     config = ServeConfig(ae_title="PACS_ENGINE").with_peers(
         Peer("STORESCP", frozenset({"retrieve"}), "127.0.0.1", store_port),
         Peer("DOWN", frozenset({"retrieve"}), "127.0.0.1", down_port),
+        Peer("PICKY", frozenset(), "127.0.0.1", free_port()),
     )
     ctx = ServeContext(archive, config, AuditLog(archive.path, sync_seconds=0))
     scp = start(ctx)
@@ -248,6 +250,7 @@ def test_study_find_returns_what_matching_by_hand_selects(
     returned = [
         "StudyInstanceUID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
         "ModalitiesInStudy", "StudyDescription", "PatientBirthDate", "InstitutionName",
+        "SOPClassesInStudy", "NumberOfPatientRelatedStudies",
     ]  # fmt: skip
     returned = [k for k in returned if k not in keys]  # a later -k would override the value
     responses = findscu(server, tmp_path / "rsp", "-S", "STUDY", *asked, *returned)
@@ -264,6 +267,12 @@ def test_study_find_returns_what_matching_by_hand_selects(
             d.Modality for d in mine
         }
         assert r.PatientBirthDate == mine[0].get("PatientBirthDate", "")
+        classes = r.SOPClassesInStudy
+        assert set([classes] if isinstance(classes, str) else classes) == {
+            d.SOPClassUID for d in mine
+        }
+        patient = {d.StudyInstanceUID for d in datasets if d.PatientID == mine[0].PatientID}
+        assert r.NumberOfPatientRelatedStudies == len(patient)
         # A key the index does not hold comes back, empty.
         assert "InstitutionName" in r and r.InstitutionName == ""
         for keyword in keys:
@@ -316,8 +325,7 @@ def test_a_latin1_request_matches_and_the_answer_declares_its_character_set(
     query.PatientName = "Müller*"
     query.StudyInstanceUID = ""
     query_file = tmp_path / "q.dcm"
-    query.is_little_endian, query.is_implicit_VR = True, False
-    pydicom.dcmwrite(query_file, query)
+    pydicom.dcmwrite(query_file, query, implicit_vr=False, little_endian=True)
     assert "Müller".encode("latin-1") in query_file.read_bytes()
     out = tmp_path / "rsp"
     out.mkdir()
@@ -543,3 +551,55 @@ def test_move_to_a_destination_that_is_down_fails(server: Server) -> None:
     last = [r for r in server.audit() if r["action"] == "c-move"][-1]
     assert last["outcome"] == "failure"
     assert "failed=3" in last["detail"] and last["study"] == [study_uid(3)]
+
+
+def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) -> None:
+    """A destination that fails every CT C-STORE: 0xB000 when some fail, 0xA702 when all do."""
+
+    def store(event: Any) -> int:
+        return 0xA700 if event.request.AffectedSOPClassUID == CT_IMAGE_STORAGE else 0x0000
+
+    picky = AE(ae_title="PICKY")
+    picky.supported_contexts = StoragePresentationContexts
+    port = server.ctx.config.peers["PICKY"].port
+    assert port is not None
+    scp = picky.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+    )
+    try:
+        finals = []
+        for study in (1, 4):  # study 1: two CT and one MR; study 4: one CT
+            assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
+            try:
+                query = Dataset()
+                query.QueryRetrieveLevel = "STUDY"
+                query.StudyInstanceUID = study_uid(study)
+                *_, (final, identifier) = assoc.send_c_move(query, "PICKY", QR_MOVE_CLASSES[1])
+            finally:
+                assoc.release()
+            finals.append((final, identifier))
+    finally:
+        scp.shutdown()
+    (some, some_failed), (every, every_failed) = finals
+    assert some.Status == 0xB000
+    assert (some.NumberOfCompletedSuboperations, some.NumberOfFailedSuboperations) == (1, 2)
+    ct = {sop_uid(s) for s in SPECS if s.study == 1 and s.source == "CT_small.dcm"}
+    assert set(some_failed.FailedSOPInstanceUIDList) == ct
+    assert every.Status == 0xA702
+    assert (every.NumberOfCompletedSuboperations, every.NumberOfFailedSuboperations) == (0, 1)
+    outcomes = [r["outcome"] for r in server.audit() if r["action"] == "c-move"][-2:]
+    assert outcomes == ["warning", "failure"]
+
+
+def test_a_retrieve_without_its_unique_key_is_refused(server: Server) -> None:
+    assoc = scu_association(server.port, QR_GET_CLASSES[1])
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid(1)  # no SeriesInstanceUID
+        *_, (final, _) = assoc.send_c_get(query, QR_GET_CLASSES[1])
+    finally:
+        assoc.release()
+    assert final.Status == 0xA900 and "SeriesInstanceUID" in final.ErrorComment
+    last = [r for r in server.audit() if r["action"] == "c-get"][-1]
+    assert last["outcome"] == "refused 0xA900" and last["actor"] == "TESTSCU"
