@@ -134,8 +134,9 @@ def test_study_level_cfind_latency(tmp_path: Path) -> None:
         ctx.audit.close()
         archive.close()
     ms = np.array(times) * 1000
+    instances = STUDIES * SERIES_PER_STUDY * ROWS_PER_SERIES
     print(
-        f"\nC-FIND STUDY (TCP_NODELAY {NO_DELAY}) on {STUDIES * SERIES_PER_STUDY * ROWS_PER_SERIES:,} instances "
+        f"\nC-FIND STUDY (TCP_NODELAY {NO_DELAY}) on {instances:,} instances "
         f"({STUDIES:,} studies; index built in {built:.0f} s): {QUERIES} queries, "
         f"p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms, "
         f"mean matches {np.mean(matches):.1f}"

@@ -587,6 +587,7 @@ def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) 
     assert set(some_failed.FailedSOPInstanceUIDList) == ct
     assert every.Status == 0xA702
     assert (every.NumberOfCompletedSuboperations, every.NumberOfFailedSuboperations) == (0, 1)
+    assert every_failed.FailedSOPInstanceUIDList == sop_uid(SPECS[8])
     outcomes = [r["outcome"] for r in server.audit() if r["action"] == "c-move"][-2:]
     assert outcomes == ["warning", "failure"]
 
