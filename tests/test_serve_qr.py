@@ -544,13 +544,24 @@ def test_move_to_an_unknown_destination_is_refused(server: Server) -> None:
     assert last["outcome"] == "refused 0xA801"
 
 
-def test_move_to_a_destination_that_is_down_fails(server: Server) -> None:
+def test_move_to_a_destination_that_is_down_fails_every_sub_operation(server: Server) -> None:
     log = movescu(server, "DOWN", "STUDY", f"StudyInstanceUID={study_uid(3)}")
-    # pynetdicom answers 0xA801 when it cannot associate with the destination.
-    assert re.search(r"0xa801", log, re.IGNORECASE), log
-    last = [r for r in server.audit() if r["action"] == "c-move"][-1]
-    assert last["outcome"] == "failure"
-    assert "failed=3" in last["detail"] and last["study"] == [study_uid(3)]
+    assert re.search(r"0xa702", log, re.IGNORECASE), log
+    assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid(3)
+        ((final, identifier),) = list(assoc.send_c_move(query, "DOWN", QR_MOVE_CLASSES[1]))
+    finally:
+        assoc.release()
+    assert final.Status == 0xA702
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 3)
+    assert set(identifier.FailedSOPInstanceUIDList) == {sop_uid(s) for s in SPECS if s.study == 3}
+    records = [r for r in server.audit() if r["action"] == "c-move"][-2:]
+    for record in records:
+        assert record["outcome"] == "failure"
+        assert "failed=3" in record["detail"] and record["study"] == [study_uid(3)]
 
 
 def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pynetdicom import build_context, evt
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
@@ -27,7 +27,15 @@ from pacs_engine.serve.find import (
     parse_identifier,
     response,
 )
-from pacs_engine.serve.retrieve import Outgoing, Tally, install_sender, move_contexts, retrieve_rows
+from pacs_engine.serve.retrieve import (
+    MOVE_DESTINATION_UNKNOWN,
+    Outgoing,
+    Tally,
+    install_sender,
+    move_contexts,
+    retrieve_rows,
+    unreachable_as_failed,
+)
 
 #: Patient Root and Study Root Query/Retrieve Information Models (PS3.4 C.6.1, C.6.2).
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
@@ -39,9 +47,8 @@ STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 QR_FIND_CLASSES: tuple[str, ...] = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 QR_GET_CLASSES: tuple[str, ...] = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
 QR_MOVE_CLASSES: tuple[str, ...] = (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE)
+VERIFICATION = "1.2.840.10008.1.1"
 _PATIENT_ROOT = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
-#: Move Destination unknown (PS3.4 C.4.2.1.4).
-MOVE_DESTINATION_UNKNOWN = 0xA801
 #: Studies named in one audit record; beyond, the detail gives their count.
 AUDIT_STUDIES = 100
 
@@ -153,7 +160,8 @@ def handle_move(event: Any, ctx: ServeContext) -> Iterator[Any]:
     try:
         rows = retrieve_rows(ctx.archive, _identifier(event), _patient_root(event))
     except QueryRefused as refused:
-        yield host, port
+        # pynetdicom reaches the destination before it sends any final status.
+        yield host, port, {"contexts": [build_context(VERIFICATION)]}
         yield from _refuse(refused, audit)
         return
     tally = Tally()
@@ -169,13 +177,17 @@ def handle_move(event: Any, ctx: ServeContext) -> Iterator[Any]:
         audit("success", [], f"{where} instances=0")
         yield 0
         return
+    undo = unreachable_as_failed(event, rows)
     try:
         yield len(rows)
     except GeneratorExit:
-        # pynetdicom drops the handler when the destination cannot be reached (0xA801).
+        # pynetdicom could not associate with the destination and dropped this handler
+        # (it answered 0xA702 with every sub-operation failed, through the wrapper).
         studies = list(dict.fromkeys(r["StudyInstanceUID"] for r in rows))
         audit("failure", studies, f"{where} unreachable failed={len(rows)}")
         raise
+    finally:
+        undo()
     cancelled = yield from _sub_operations(event, rows)
     detail = f"{where} {_detail(tally, len(rows))}"
     audit(_outcome(tally, len(rows), cancelled), list(tally.studies), detail)

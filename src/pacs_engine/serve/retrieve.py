@@ -33,7 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
 from pacs_engine.archive import Archive
@@ -49,6 +49,9 @@ from pacs_engine.serve.find import (
 
 #: The native syntaxes an instance is sent in when its stored one was not accepted.
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+#: C-MOVE statuses (PS3.4 C.4.2.1.5): Move Destination unknown; unable to perform sub-operations.
+MOVE_DESTINATION_UNKNOWN, UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA801, 0xA702
 
 #: Most presentation contexts one association may propose (PS3.8: odd IDs 1 to 255).
 MAX_CONTEXTS = 128
@@ -140,6 +143,45 @@ def install_sender(assoc: Any, archive: Archive, tally: Tally) -> Callable[[], N
 
     def undo() -> None:
         assoc.send_c_store = original
+
+    return undo
+
+
+def unreachable_as_failed(event: Any, rows: list[Row]) -> Callable[[], None]:
+    """Answer a C-MOVE whose destination cannot be associated with as all sub-operations failed.
+
+    pynetdicom answers 0xA801 (Move Destination unknown) when it cannot associate with
+    a destination the handler gave, and drops the handler. This wraps the request
+    association's `dimse.send_msg` so that this request's 0xA801 goes out as 0xA702
+    (unable to perform sub-operations) with every instance counted failed and listed
+    in the Failed SOP Instance UID List; returns the undo, to call once the
+    destination is reached (or not).
+    """
+    dimse = event.assoc.dimse
+    original = dimse.send_msg
+    message_id = event.request.MessageID
+    syntax = UID(event.context.transfer_syntax)
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if (
+            isinstance(primitive, C_MOVE)
+            and primitive.MessageIDBeingRespondedTo == message_id
+            and primitive.Status == MOVE_DESTINATION_UNKNOWN
+        ):
+            failed = Dataset()
+            failed.FailedSOPInstanceUIDList = [row["SOPInstanceUID"] for row in rows]
+            primitive.Status = UNABLE_TO_PERFORM_SUB_OPERATIONS
+            primitive.NumberOfFailedSuboperations = len(rows)
+            primitive.NumberOfCompletedSuboperations = 0
+            primitive.NumberOfWarningSuboperations = 0
+            encoded = encode(failed, syntax.is_implicit_VR, syntax.is_little_endian)
+            primitive.Identifier = BytesIO(encoded or b"")
+        original(primitive, context_id)
+
+    dimse.send_msg = send_msg
+
+    def undo() -> None:
+        dimse.send_msg = original
 
     return undo
 
