@@ -25,7 +25,7 @@ import pytest
 from conftest import pydicom_test_files
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 
 from pacs_engine import Archive
 from pacs_engine.serve.audit import AuditLog, read_records
@@ -44,6 +44,7 @@ TIMEOUT = 60
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 STUDY_ROOT_FIND, PATIENT_ROOT_FIND = QR_FIND_CLASSES[1], QR_FIND_CLASSES[0]
 
 
@@ -316,17 +317,19 @@ def test_patient_root_patient_level_with_counts(server: Server, tmp_path: Path) 
         assert str(r.PatientName) == str(mine[0].PatientName)  # decoded as declared
 
 
-def test_a_latin1_request_matches_and_the_answer_declares_its_character_set(
-    server: Server, tmp_path: Path
+@pytest.mark.parametrize(("charset", "codec"), [("ISO_IR 100", "latin-1"), ("ISO_IR 192", "utf-8")])
+def test_a_request_in_another_character_set_matches_and_the_answer_declares_its_own(
+    server: Server, tmp_path: Path, charset: str, codec: str
 ) -> None:
+    """The name was archived from a Latin-1 file; requests in Latin-1 and UTF-8 find it."""
     query = Dataset()
-    query.SpecificCharacterSet = "ISO_IR 100"
+    query.SpecificCharacterSet = charset
     query.QueryRetrieveLevel = "STUDY"
     query.PatientName = "Müller*"
     query.StudyInstanceUID = ""
     query_file = tmp_path / "q.dcm"
     pydicom.dcmwrite(query_file, query, implicit_vr=False, little_endian=True)
-    assert "Müller".encode("latin-1") in query_file.read_bytes()
+    assert "Müller".encode(codec) in query_file.read_bytes()
     out = tmp_path / "rsp"
     out.mkdir()
     done = run(
@@ -336,8 +339,9 @@ def test_a_latin1_request_matches_and_the_answer_declares_its_character_set(
     assert done.returncode == 0, done.stderr
     (response,) = [pydicom.dcmread(p) for p in out.glob("rsp*.dcm")]
     assert response.StudyInstanceUID == study_uid(4)
-    assert response.SpecificCharacterSet == "ISO_IR 100"
+    assert response.SpecificCharacterSet == charset  # it holds the returned name
     assert str(response.PatientName) == "Müller^Jürgen"
+    assert "Jürgen".encode(codec) in (out / "rsp0001.dcm").read_bytes()
     # A name Latin-1 cannot hold comes back in UTF-8, declared so.
     responses = findscu(server, tmp_path / "y", "-S", "STUDY", "PatientID=PID004", "PatientName")
     (yamada,) = responses
@@ -615,3 +619,38 @@ def test_a_retrieve_without_its_unique_key_is_refused(server: Server) -> None:
     assert final.Status == 0xA900 and "SeriesInstanceUID" in final.ErrorComment
     last = [r for r in server.audit() if r["action"] == "c-get"][-1]
     assert last["outcome"] == "refused 0xA900" and last["actor"] == "TESTSCU"
+
+
+def test_c_cancel_stops_a_get(server: Server) -> None:
+    """The SCU cancels on receiving the first instance: the rest of the study is not sent."""
+    stored: list[str] = []
+
+    def store(event: Any) -> int:
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        if len(stored) == 1:
+            event.assoc.send_c_cancel(9, query_model=QR_GET_CLASSES[1])
+        return 0x0000
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(QR_GET_CLASSES[1])
+    roles = []
+    for uid in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE):
+        ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        roles.append(build_role(uid, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1", server.port, ae_title="PACS_ENGINE", ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, store)],
+    )  # fmt: skip
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid(1)  # three instances
+        *_, (final, _) = assoc.send_c_get(query, QR_GET_CLASSES[1], msg_id=9)
+    finally:
+        assoc.release()
+    assert final.Status == 0xFE00
+    assert len(stored) == 1 and final.NumberOfCompletedSuboperations == 1
+    assert final.NumberOfRemainingSuboperations == 2
+    last = [r for r in server.audit() if r["action"] == "c-get"][-1]
+    assert last["outcome"] == "cancelled"
