@@ -654,3 +654,42 @@ def test_c_cancel_stops_a_get(server: Server) -> None:
     assert final.NumberOfRemainingSuboperations == 2
     last = [r for r in server.audit() if r["action"] == "c-get"][-1]
     assert last["outcome"] == "cancelled"
+
+
+def test_native_instances_in_other_syntaxes_arrive_as_explicit_little_endian(
+    tmp_path: Path,
+) -> None:
+    """Big endian pixels are decoded from the archive; implicit VR data sets re-encoded."""
+    implicit = pydicom.dcmread(sample("CT_small.dcm"))
+    implicit.SOPInstanceUID = implicit.file_meta.MediaStorageSOPInstanceUID = f"{UID_ROOT}.8.1"
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit.save_as(tmp_path / "implicit.dcm", enforce_file_format=True)
+    sources = [sample("MR_small_bigendian.dcm"), sample("rtplan.dcm"), tmp_path / "implicit.dcm"]
+    archive = Archive.create(tmp_path / "a")
+    assert archive.ingest(sources, workers=0).archived == 3
+    ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0))
+    scp = start(ctx)
+    port = scp.server_address[1]
+    try:
+        for number, source in enumerate(sources):
+            original = pydicom.dcmread(source)
+            assert original.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian
+            out = tmp_path / f"got{number}"
+            keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+            getscu(
+                Server(port, ctx, [], tmp_path), out, "IMAGE",
+                *[f"{k}={original[k].value}" for k in keys],
+            )  # fmt: skip
+            (path,) = out.iterdir()
+            got = pydicom.dcmread(path)
+            assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            if "PixelData" in original:
+                assert np.array_equal(got.pixel_array, original.pixel_array)
+                del got.PixelData, original.PixelData
+            assert got == original
+    finally:
+        scp.shutdown()
+        ctx.audit.close()
+        archive.close()
+    details = [r["detail"] for r in read_records(tmp_path / "a") if r["action"] == "c-get"]
+    assert details == ["instances=1 completed=1 transcoded=1"] * 3
