@@ -35,6 +35,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.dimse_primitives import C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.status import (
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+)
 
 from pacs_engine.archive import Archive
 from pacs_engine.errors import PacsEngineError
@@ -125,17 +130,12 @@ def install_sender(assoc: Any, archive: Archive, tally: Tally) -> Callable[[], N
             status = send_encoded(
                 assoc, archive, dataset.row, tally, msg_id, priority, originator_aet, originator_id
             )
-        except NotSendable:
+            # Classified as pynetdicom classifies it for the sub-operation counts.
+            kind = STORAGE_SERVICE_CLASS_STATUS[status.Status][0]
+        except Exception:
             tally.add("failed", dataset.row)
-            raise  # pynetdicom counts an exception as a failed sub-operation
-        code = status.get("Status")
-        outcome = (
-            "failed"
-            if code is None or code & 0xF000 in (0xA000, 0xC000) or code & 0xFF00 == 0x0100
-            else "warning"
-            if code != 0
-            else "completed"
-        )
+            raise  # pynetdicom counts an exception (or an unknown status) as a failure
+        outcome = {STATUS_SUCCESS: "completed", STATUS_WARNING: "warning"}.get(kind, "failed")
         tally.add(outcome, dataset.row)
         return status
 
