@@ -209,8 +209,12 @@ def source_datasets(server: Server) -> list[Dataset]:
 
 
 def expected(server: Server, keys: dict[str, str], unique: str) -> set[str]:
-    """The values of `unique` over the files matching every key."""
+    """The values of `unique` over the files matching every key.
+
+    A study matches ModalitiesInStudy when one of its files has that Modality.
+    """
     out = set()
+    keys = {("Modality" if k == "ModalitiesInStudy" else k): v for k, v in keys.items()}
     for ds in source_datasets(server):
         if all(
             by_hand(cond, ds.get(k), pydicom.datadict.dictionary_VR(k)) for k, cond in keys.items()
@@ -239,6 +243,7 @@ STUDY_QUERIES = [
     {"StudyDate": "20210101-", "StudyTime": "0800-0900"},
     {"StudyInstanceUID": f"{study_uid(1)}\\{study_uid(4)}\\{UID_ROOT}.9"},
     {"AccessionNumber": "ACC3"},
+    {"ModalitiesInStudy": "CT", "PatientID": "PID00?"},
     {},
 ]
 

@@ -53,12 +53,15 @@ PATIENT_COMPUTED: tuple[str, ...] = (
     "NumberOfPatientRelatedInstances",
 )
 
-#: The keys the index matches on, by DICOM query level.
+_STUDY = STUDY_KEYWORDS + STUDY_COMPUTED
+_SERIES = SERIES_KEYWORDS + SERIES_COMPUTED
+
+#: The keys the index matches on, by DICOM query level (series keys at STUDY: an extension).
 MATCHING_KEYS: dict[str, frozenset[str]] = {
     "PATIENT": frozenset(PATIENT_KEYWORDS),
-    "STUDY": frozenset(STUDY_KEYWORDS + STUDY_COMPUTED + SERIES_KEYWORDS + SERIES_COMPUTED),
-    "SERIES": frozenset(STUDY_KEYWORDS + SERIES_KEYWORDS + SERIES_COMPUTED),
-    "IMAGE": frozenset(STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS),
+    "STUDY": frozenset(_STUDY + _SERIES),
+    "SERIES": frozenset(_STUDY + _SERIES),
+    "IMAGE": frozenset(_STUDY + _SERIES + INSTANCE_KEYWORDS),
 }
 
 #: The unique key of each level, returned in every response at or below it.
