@@ -92,6 +92,17 @@ def _patient_root(event: Any) -> bool:
     return str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
 
 
+def _retrieve_rows(event: Any, ctx: ServeContext) -> list[Row]:
+    """The instances a retrieve names; QueryRefused also when the index cannot answer."""
+    identifier = _identifier(event)
+    try:
+        return retrieve_rows(ctx.archive, identifier, _patient_root(event))
+    except (PacsEngineError, ValueError, OSError) as error:
+        raise QueryRefused(
+            UNABLE_TO_PROCESS, f"unable to process: {type(error).__name__}"
+        ) from None
+
+
 def handle_find(event: Any, ctx: ServeContext) -> Iterator[tuple[Status, Dataset | None]]:
     """EVT_C_FIND: a pending response per match, then the final status (C-CANCEL honoured)."""
     audit = _Audit(event, ctx, "c-find")
@@ -127,7 +138,7 @@ def handle_get(event: Any, ctx: ServeContext) -> Iterator[Any]:
     """EVT_C_GET: the number of sub-operations, then each instance sent on this association."""
     audit = _Audit(event, ctx, "c-get")
     try:
-        rows = retrieve_rows(ctx.archive, _identifier(event), _patient_root(event))
+        rows = _retrieve_rows(event, ctx)
     except QueryRefused as refused:
         yield from _refuse(refused, audit)
         return
@@ -158,7 +169,7 @@ def handle_move(event: Any, ctx: ServeContext) -> Iterator[Any]:
         return
     host, port = peer.address
     try:
-        rows = retrieve_rows(ctx.archive, _identifier(event), _patient_root(event))
+        rows = _retrieve_rows(event, ctx)
     except QueryRefused as refused:
         # pynetdicom reaches the destination before it sends any final status.
         yield host, port, {"contexts": [build_context(VERIFICATION)]}
