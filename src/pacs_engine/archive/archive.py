@@ -363,16 +363,10 @@ class Archive:
         A transcoded instance's frames are checked against their recorded hashes here,
         since its file has no original to compare with.
         """
-        where = row["header"]
-        with open(self.path / where["pack"], "rb") as f:
-            f.seek(where["offset"])
-            blob = HeaderBlob.from_bytes(f.read(where["length"]))
+        blob = self._blob(row)
         pixels = row.get("pixels")
         if row.get("transcoded"):
-            decoded = self.frames_of(row)
-            if row.get("frame_hashes") and [frame_hash(f) for f in decoded] != row["frame_hashes"]:
-                raise ArchiveError("its frames do not decode to the archived pixels")
-            return transcoded_file(blob, row, decoded)
+            return transcoded_file(blob, row, self._checked_frames(row))
         frames: np.ndarray | None = None
         bitstreams: list[bytes] | None = None
         layout: PixelLayout | None = None
@@ -387,6 +381,36 @@ class Archive:
         return rebuild_file(
             blob, layout, row["little_endian"], row.get("pixel_vr"), frames, bitstreams
         )
+
+    def native_bytes(self, sop_instance_uid: str) -> bytes:
+        """One instance as an explicit VR little endian file, its pixels decoded (and checked
+        against their recorded hashes): for a receiver that does not take its stored syntax.
+
+        Raises ExportError naming the UID when it has no pixel data or cannot be rebuilt.
+        """
+        row = self._row(sop_instance_uid)
+        if not row.get("pixels"):
+            raise ExportError(f"{_shown(sop_instance_uid)}: no pixel data to decode")
+        try:
+            return transcoded_file(self._blob(row), row, self._checked_frames(row))
+        except Exception as error:  # a damaged pack or shard can fail in any layer
+            raise ExportError(
+                f"{_shown(sop_instance_uid)}: cannot rebuild the file: {error!r}"
+            ) from None
+
+    def _blob(self, row: Row) -> HeaderBlob:
+        """The header blob of one version's row."""
+        where = row["header"]
+        with open(self.path / where["pack"], "rb") as f:
+            f.seek(where["offset"])
+            return HeaderBlob.from_bytes(f.read(where["length"]))
+
+    def _checked_frames(self, row: Row) -> np.ndarray:
+        """The row's decoded frames, checked against their recorded hashes when it has them."""
+        decoded = self.frames_of(row)
+        if row.get("frame_hashes") and [frame_hash(f) for f in decoded] != row["frame_hashes"]:
+            raise ArchiveError("its frames do not decode to the archived pixels")
+        return decoded
 
     def export(
         self,

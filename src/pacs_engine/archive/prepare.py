@@ -412,5 +412,6 @@ def transcoded_file(blob: HeaderBlob, row: Row, frames: np.ndarray) -> bytes:
     dataset["PixelData"].VR = "OB" if layout.bits_allocated <= 8 else "OW"
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = BytesIO()
-    dataset.save_as(out, enforce_file_format=True)
+    # dcmwrite, not save_as: a big endian original (Archive.native_bytes) becomes little endian.
+    pydicom.dcmwrite(out, dataset, enforce_file_format=True)
     return out.getvalue()

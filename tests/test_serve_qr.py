@@ -1,0 +1,700 @@
+"""Query/Retrieve SCP (serve/qr.py) against real peers: dcmtk findscu, getscu, movescu, storescp.
+
+The archive is made from files the tests write (pydicom's sample files under new
+patients, studies and UIDs, native and JPEG-LS, Latin-1 and UTF-8 names); the server
+is a pynetdicom AE in this process with the handlers bound, on 127.0.0.1. What
+findscu returns is compared with what the same matching, done by hand on the files
+pydicom reads, selects.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import pydicom_test_files
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+
+from pacs_engine import Archive
+from pacs_engine.serve.audit import AuditLog, read_records
+from pacs_engine.serve.config import Peer, ServeConfig
+from pacs_engine.serve.context import ServeContext
+from pacs_engine.serve.qr import (
+    QR_FIND_CLASSES,
+    QR_GET_CLASSES,
+    QR_MOVE_CLASSES,
+    handle_find,
+    handle_get,
+    handle_move,
+)
+
+TIMEOUT = 60
+UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+STUDY_ROOT_FIND, PATIENT_ROOT_FIND = QR_FIND_CLASSES[1], QR_FIND_CLASSES[0]
+
+
+def sample(name: str) -> Path:
+    (path,) = [p for p in pydicom_test_files() if p.name == name]
+    return path
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One instance the tests write: its patient, study, series and source file."""
+
+    source: str
+    patient: tuple[str, str, str]  # PatientID, PatientName, SpecificCharacterSet
+    study: int
+    date: str
+    time: str
+    series: int
+    instance: int
+
+
+PATIENTS = {
+    "doe_john": ("PID001", "DOE^JOHN", "ISO_IR 100"),
+    "doe_jane": ("PID002", "DOE^JANE", "ISO_IR 100"),
+    "mueller": ("PID003", "Müller^Jürgen", "ISO_IR 100"),
+    "yamada": ("PID004", "山田^太郎", "ISO_IR 192"),
+}
+SPECS = [
+    Spec("CT_small.dcm", PATIENTS["doe_john"], 1, "20200105", "101500", 1, 1),
+    Spec("CT_small.dcm", PATIENTS["doe_john"], 1, "20200105", "101500", 1, 2),
+    Spec("MR_small.dcm", PATIENTS["doe_john"], 1, "20200105", "101500", 2, 1),
+    Spec("MR_small_jpeg_ls_lossless.dcm", PATIENTS["doe_john"], 2, "20210310", "083000", 3, 1),
+    Spec("MR_small_jpeg_ls_lossless.dcm", PATIENTS["doe_john"], 2, "20210310", "083000", 3, 2),
+    Spec("MR_small.dcm", PATIENTS["doe_jane"], 3, "20200620", "230000", 4, 1),
+    Spec("MR_small.dcm", PATIENTS["doe_jane"], 3, "20200620", "230000", 5, 1),
+    Spec("MR_small.dcm", PATIENTS["doe_jane"], 3, "20200620", "230000", 5, 2),
+    Spec("CT_small.dcm", PATIENTS["mueller"], 4, "20191231", "120000", 6, 1),
+    Spec("MR_small.dcm", PATIENTS["yamada"], 5, "20220101", "000100", 7, 1),
+]
+
+
+def study_uid(n: int) -> str:
+    return f"{UID_ROOT}.1.{n}"
+
+
+def series_uid(n: int) -> str:
+    return f"{UID_ROOT}.2.{n}"
+
+
+def sop_uid(spec: Spec) -> str:
+    return f"{UID_ROOT}.3.{spec.series}.{spec.instance}"
+
+
+def write_files(folder: Path) -> list[Path]:
+    """The test's instances as files; returns their paths."""
+    folder.mkdir()
+    paths = []
+    for spec in SPECS:
+        ds = pydicom.dcmread(sample(spec.source))
+        pid, name, charset = spec.patient
+        ds.SpecificCharacterSet = charset
+        ds.PatientID, ds.PatientName = pid, name
+        ds.StudyInstanceUID = study_uid(spec.study)
+        ds.SeriesInstanceUID = series_uid(spec.series)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid(spec)
+        ds.StudyDate, ds.StudyTime = spec.date, spec.time
+        ds.SeriesNumber, ds.InstanceNumber = spec.series, spec.instance
+        ds.AccessionNumber = f"ACC{spec.study}"
+        path = folder / f"{spec.series}_{spec.instance}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    port: int
+    ctx: ServeContext
+    files: list[Path]
+    root: Path
+
+    def audit(self) -> list[dict[str, Any]]:
+        return list(read_records(self.ctx.archive.path))
+
+
+def start(ctx: ServeContext) -> Any:
+    """A pynetdicom server on 127.0.0.1 (a free port) with the Q/R handlers bound to `ctx`."""
+    ae = AE(ae_title="PACS_ENGINE")
+    for uid in QR_FIND_CLASSES + QR_GET_CLASSES + QR_MOVE_CLASSES:
+        ae.add_supported_context(uid)
+    # C-GET: this side sends (SCP role). pynetdicom accepts the first of its own list
+    # that the requestor offers: compressed first, so a getscu offering JPEG-LS gets it.
+    native = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    syntaxes = [ts for ts in ALL_TRANSFER_SYNTAXES if UID(ts).is_compressed] + native
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=False, scp_role=True)
+    handlers = [
+        (evt.EVT_C_FIND, handle_find, [ctx]),
+        (evt.EVT_C_GET, handle_get, [ctx]),
+        (evt.EVT_C_MOVE, handle_move, [ctx]),
+    ]
+    return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("qr")
+    files = write_files(root / "src")
+    archive = Archive.create(root / "archive")
+    report = archive.ingest([root / "src"], workers=0)
+    assert report.archived == len(SPECS)
+    store_port, down_port = free_port(), free_port()
+    config = ServeConfig(ae_title="PACS_ENGINE").with_peers(
+        Peer("STORESCP", frozenset({"retrieve"}), "127.0.0.1", store_port),
+        Peer("DOWN", frozenset({"retrieve"}), "127.0.0.1", down_port),
+        Peer("PICKY", frozenset(), "127.0.0.1", free_port()),
+    )
+    ctx = ServeContext(archive, config, AuditLog(archive.path, sync_seconds=0))
+    scp = start(ctx)
+    try:
+        yield Server(scp.server_address[1], ctx, files, root)
+    finally:
+        scp.shutdown()
+        ctx.audit.close()
+        archive.close()
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd
+    )
+
+
+# --- matching by hand, on what pydicom reads from the files -----------------------------
+
+
+def by_hand(condition: str, value: Any, vr: str) -> bool:
+    """PS3.4 C.2.2.2 matching of one value, written out independently of the index."""
+    if condition in ("", "*"):
+        return True
+    if value is None or value == "":
+        return False
+    text = str(value)
+    if vr == "UI":
+        return text in condition.split("\\")
+    if vr in ("DA", "TM") and "-" in condition:
+        lo, hi = condition.split("-")
+        return (not lo or text >= lo) and (not hi or text[: len(hi)] <= hi)
+    pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in condition)
+    flags = re.IGNORECASE if vr == "PN" else 0
+    return re.fullmatch(pattern, text, flags) is not None
+
+
+def source_datasets(server: Server) -> list[Dataset]:
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in server.files]
+
+
+def expected(server: Server, keys: dict[str, str], unique: str) -> set[str]:
+    """The values of `unique` over the files matching every key.
+
+    A study matches ModalitiesInStudy when one of its files has that Modality.
+    """
+    out = set()
+    keys = {("Modality" if k == "ModalitiesInStudy" else k): v for k, v in keys.items()}
+    for ds in source_datasets(server):
+        if all(
+            by_hand(cond, ds.get(k), pydicom.datadict.dictionary_VR(k)) for k, cond in keys.items()
+        ):
+            out.add(str(ds.get(unique)))
+    return out
+
+
+def findscu(server: Server, out: Path, model: str, level: str, *keys: str) -> list[Dataset]:
+    """The responses findscu gets (extracted as files), in order."""
+    out.mkdir()
+    done = run(
+        "findscu", model, "-aec", "PACS_ENGINE", "-X", "-od", out,
+        "-k", f"QueryRetrieveLevel={level}", *[a for k in keys for a in ("-k", k)],
+        "127.0.0.1", server.port,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+STUDY_QUERIES = [
+    {"PatientName": "DOE*"},
+    {"PatientName": "doe^j?ne"},
+    {"StudyDate": "20200101-20201231"},
+    {"StudyDate": "-20200105"},
+    {"StudyDate": "20210101-", "StudyTime": "0800-0900"},
+    {"StudyInstanceUID": f"{study_uid(1)}\\{study_uid(4)}\\{UID_ROOT}.9"},
+    {"AccessionNumber": "ACC3"},
+    {"ModalitiesInStudy": "CT", "PatientID": "PID00?"},
+    {},
+]
+
+
+@pytest.mark.parametrize("keys", STUDY_QUERIES, ids=lambda k: ",".join(k) or "universal")
+def test_study_find_returns_what_matching_by_hand_selects(
+    server: Server, tmp_path: Path, keys: dict[str, str]
+) -> None:
+    asked = [f"{k}={v}" for k, v in keys.items()]
+    returned = [
+        "StudyInstanceUID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+        "ModalitiesInStudy", "StudyDescription", "PatientBirthDate", "InstitutionName",
+        "SOPClassesInStudy", "NumberOfPatientRelatedStudies",
+    ]  # fmt: skip
+    returned = [k for k in returned if k not in keys]  # a later -k would override the value
+    responses = findscu(server, tmp_path / "rsp", "-S", "STUDY", *asked, *returned)
+    found = {str(r.StudyInstanceUID) for r in responses}
+    assert found == expected(server, keys, "StudyInstanceUID")
+    datasets = source_datasets(server)
+    for r in responses:
+        mine = [d for d in datasets if d.StudyInstanceUID == r.StudyInstanceUID]
+        assert r.QueryRetrieveLevel == "STUDY"
+        assert r.NumberOfStudyRelatedInstances == len(mine)
+        assert r.NumberOfStudyRelatedSeries == len({d.SeriesInstanceUID for d in mine})
+        modalities = r.ModalitiesInStudy
+        assert set([modalities] if isinstance(modalities, str) else modalities) == {
+            d.Modality for d in mine
+        }
+        assert r.PatientBirthDate == mine[0].get("PatientBirthDate", "")
+        classes = r.SOPClassesInStudy
+        assert set([classes] if isinstance(classes, str) else classes) == {
+            d.SOPClassUID for d in mine
+        }
+        patient = {d.StudyInstanceUID for d in datasets if d.PatientID == mine[0].PatientID}
+        assert r.NumberOfPatientRelatedStudies == len(patient)
+        # A key the index does not hold comes back, empty.
+        assert "InstitutionName" in r and r.InstitutionName == ""
+        for keyword in keys:
+            assert keyword in r
+
+
+def test_series_and_image_find(server: Server, tmp_path: Path) -> None:
+    keys = {"StudyInstanceUID": f"{study_uid(1)}\\{study_uid(3)}", "Modality": "M?"}
+    responses = findscu(
+        server, tmp_path / "s", "-S", "SERIES", *[f"{k}={v}" for k, v in keys.items()],
+        "SeriesInstanceUID", "NumberOfSeriesRelatedInstances", "SeriesNumber",
+    )  # fmt: skip
+    assert {str(r.SeriesInstanceUID) for r in responses} == expected(
+        server, keys, "SeriesInstanceUID"
+    )
+    datasets = source_datasets(server)
+    for r in responses:
+        assert r.QueryRetrieveLevel == "SERIES" and r.StudyInstanceUID  # the unique key above
+        count = sum(d.SeriesInstanceUID == r.SeriesInstanceUID for d in datasets)
+        assert r.NumberOfSeriesRelatedInstances == count
+    keys = {"StudyInstanceUID": study_uid(1), "SeriesInstanceUID": series_uid(1)}
+    images = findscu(
+        server, tmp_path / "i", "-S", "IMAGE", *[f"{k}={v}" for k, v in keys.items()],
+        "SOPInstanceUID", "InstanceNumber", "Rows",
+    )  # fmt: skip
+    assert {str(r.SOPInstanceUID) for r in images} == expected(server, keys, "SOPInstanceUID")
+    assert all(r.Rows == 128 and r.QueryRetrieveLevel == "IMAGE" for r in images)
+
+
+def test_patient_root_patient_level_with_counts(server: Server, tmp_path: Path) -> None:
+    responses = findscu(
+        server, tmp_path / "p", "-P", "PATIENT", "PatientID=PID00*", "PatientName",
+        "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances",
+    )  # fmt: skip
+    datasets = source_datasets(server)
+    assert {r.PatientID for r in responses} == {d.PatientID for d in datasets}
+    for r in responses:
+        mine = [d for d in datasets if d.PatientID == r.PatientID]
+        assert r.NumberOfPatientRelatedStudies == len({d.StudyInstanceUID for d in mine})
+        assert r.NumberOfPatientRelatedInstances == len(mine)
+        assert str(r.PatientName) == str(mine[0].PatientName)  # decoded as declared
+
+
+@pytest.mark.parametrize(("charset", "codec"), [("ISO_IR 100", "latin-1"), ("ISO_IR 192", "utf-8")])
+def test_a_request_in_another_character_set_matches_and_the_answer_declares_its_own(
+    server: Server, tmp_path: Path, charset: str, codec: str
+) -> None:
+    """The name was archived from a Latin-1 file; requests in Latin-1 and UTF-8 find it."""
+    query = Dataset()
+    query.SpecificCharacterSet = charset
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = "Müller*"
+    query.StudyInstanceUID = ""
+    query_file = tmp_path / "q.dcm"
+    pydicom.dcmwrite(query_file, query, implicit_vr=False, little_endian=True)
+    assert "Müller".encode(codec) in query_file.read_bytes()
+    out = tmp_path / "rsp"
+    out.mkdir()
+    done = run(
+        "findscu", "-S", "-aec", "PACS_ENGINE", "-X", "-od", out, "127.0.0.1", server.port,
+        query_file,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (response,) = [pydicom.dcmread(p) for p in out.glob("rsp*.dcm")]
+    assert response.StudyInstanceUID == study_uid(4)
+    assert response.SpecificCharacterSet == charset  # it holds the returned name
+    assert str(response.PatientName) == "Müller^Jürgen"
+    assert "Jürgen".encode(codec) in (out / "rsp0001.dcm").read_bytes()
+    # A name Latin-1 cannot hold comes back in UTF-8, declared so.
+    responses = findscu(server, tmp_path / "y", "-S", "STUDY", "PatientID=PID004", "PatientName")
+    (yamada,) = responses
+    assert yamada.SpecificCharacterSet == "ISO_IR 192"
+    assert str(yamada.PatientName) == "山田^太郎"
+
+
+# --- pynetdicom as the SCU: statuses, cancel, audit --------------------------------------
+
+
+def scu_association(port: int, *contexts: str) -> Any:
+    ae = AE(ae_title="TESTSCU")
+    for uid in contexts:
+        ae.add_requested_context(uid)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS_ENGINE")
+    assert assoc.is_established
+    return assoc
+
+
+def test_a_bad_identifier_gets_a_failure_status_and_an_audit_record(server: Server) -> None:
+    assoc = scu_association(server.port, STUDY_ROOT_FIND)
+    try:
+        bad = Dataset()
+        bad.QueryRetrieveLevel = "PATIENT"  # no PATIENT level in the Study Root model
+        bad.PatientName = "DOE*"
+        statuses = [s for s, _ in assoc.send_c_find(bad, STUDY_ROOT_FIND)]
+        below = Dataset()
+        below.QueryRetrieveLevel = "STUDY"
+        below.SOPInstanceUID = sop_uid(SPECS[0])  # an IMAGE key in a STUDY query
+        statuses += [s for s, _ in assoc.send_c_find(below, STUDY_ROOT_FIND)]
+    finally:
+        assoc.release()
+    assert [s.Status for s in statuses] == [0xA900, 0xA900]
+    assert "PATIENT" in statuses[0].ErrorComment and "SOPInstanceUID" in statuses[1].ErrorComment
+    refused = [r for r in server.audit() if r["action"] == "c-find" and "A900" in r["outcome"]]
+    assert len(refused) >= 2 and refused[-1]["actor"] == "TESTSCU"
+    assert all("DOE" not in str(r) for r in server.audit())  # no patient data in the trail
+
+
+def test_c_cancel_stops_a_large_find(tmp_path: Path) -> None:
+    rows = 20_000  # an index only: C-FIND reads nothing else
+    archive = Archive.create(tmp_path / "big")
+    archive.index.commit(
+        [
+            {
+                "StudyInstanceUID": f"{UID_ROOT}.5.{i // 100}",
+                "SeriesInstanceUID": f"{UID_ROOT}.6.{i // 10}",
+                "SOPInstanceUID": f"{UID_ROOT}.7.{i}",
+                "PatientID": "BIG",
+            }
+            for i in range(rows)
+        ]
+    )
+    ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0))
+    scp = start(ctx)
+    try:
+        assoc = scu_association(scp.server_address[1], STUDY_ROOT_FIND)
+        try:
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.SOPInstanceUID = ""
+            responses = assoc.send_c_find(query, STUDY_ROOT_FIND, msg_id=7)
+            status, _ = next(responses)
+            assert status.Status == 0xFF00
+            cx = assoc._get_valid_context(STUDY_ROOT_FIND, "", "scu")
+            assoc.send_c_cancel(7, cx.context_id)
+            rest = [s.Status for s, _ in responses]
+        finally:
+            assoc.release()
+    finally:
+        scp.shutdown()
+        ctx.audit.close()
+        archive.close()
+    assert rest[-1] == 0xFE00
+    assert len(rest) < rows // 2  # the matches after the cancel were not sent
+    (record,) = read_records(tmp_path / "big")
+    assert record["outcome"] == "cancelled" and record["action"] == "c-find"
+
+
+# --- C-GET and C-MOVE: the bytes that arrive ------------------------------------------
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """A Part 10 file's data set: what follows the file meta group (by its group length)."""
+    assert data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00"
+    return data[144 + int.from_bytes(data[140:144], "little") :]
+
+
+def received(folder: Path) -> dict[str, bytes]:
+    """SOP Instance UID -> the file dcmtk wrote."""
+    out = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            out[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = data
+    return out
+
+
+def getscu(server: Server, out: Path, level: str, *keys: str, options: tuple = ()) -> str:
+    out.mkdir()
+    done = run(
+        "getscu", "-S", "-aec", "PACS_ENGINE", "+B", *options, "-od", out,
+        "-k", f"QueryRetrieveLevel={level}", *[a for k in keys for a in ("-k", k)],
+        "127.0.0.1", server.port, "-v",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def test_getscu_of_a_study_receives_the_original_bytes(server: Server, tmp_path: Path) -> None:
+    log = getscu(server, tmp_path / "g", "STUDY", f"StudyInstanceUID={study_uid(1)}")
+    files = received(tmp_path / "g")
+    wanted = {sop_uid(s) for s in SPECS if s.study == 1}
+    assert set(files) == wanted
+    for uid, data in files.items():
+        assert dataset_bytes(data) == dataset_bytes(server.ctx.archive.export_bytes(uid))
+    assert re.search(r"Completed Suboperations\s*:\s*3", log), log
+    last = [r for r in server.audit() if r["action"] == "c-get"][-1]
+    assert last["outcome"] == "success" and last["study"] == [study_uid(1)]
+    assert "sent_as_stored=3" in last["detail"]
+
+
+def test_getscu_preferring_jpeg_ls_receives_the_compressed_original(
+    server: Server, tmp_path: Path
+) -> None:
+    getscu(server, tmp_path / "g", "SERIES", f"StudyInstanceUID={study_uid(2)}",
+           f"SeriesInstanceUID={series_uid(3)}", options=("+xt",))  # fmt: skip
+    files = received(tmp_path / "g")
+    assert len(files) == 2
+    for uid, data in files.items():
+        assert pydicom.dcmread(BytesIO(data)).file_meta.TransferSyntaxUID == JPEG_LS
+        assert dataset_bytes(data) == dataset_bytes(server.ctx.archive.export_bytes(uid))
+
+
+def test_a_receiver_without_the_stored_syntax_gets_it_transcoded(
+    server: Server, tmp_path: Path
+) -> None:
+    getscu(server, tmp_path / "g", "SERIES", f"StudyInstanceUID={study_uid(2)}",
+           f"SeriesInstanceUID={series_uid(3)}", options=("+xe",))  # fmt: skip
+    files = received(tmp_path / "g")
+    assert len(files) == 2
+    for path in (tmp_path / "g").iterdir():
+        got = pydicom.dcmread(path)
+        assert got.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        original = pydicom.dcmread(
+            server.files[[sop_uid(s) for s in SPECS].index(got.SOPInstanceUID)]
+        )
+        assert original.file_meta.TransferSyntaxUID == JPEG_LS
+        assert np.array_equal(got.pixel_array, original.pixel_array)
+        assert got.PatientName == original.PatientName
+    last = [r for r in server.audit() if r["action"] == "c-get"][-1]
+    assert "transcoded=2" in last["detail"]
+
+
+@pytest.fixture
+def storescp(server: Server, tmp_path: Path) -> Iterator[Path]:
+    """dcmtk storescp on the STORESCP peer's port, accepting every syntax, bit-preserving."""
+    out = tmp_path / "moved"
+    out.mkdir()
+    port = server.ctx.config.peers["STORESCP"].port
+    proc = subprocess.Popen(
+        ["storescp", "+xa", "+B", "-aet", "STORESCP", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        yield out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT)
+
+
+def movescu(server: Server, destination: str, level: str, *keys: str) -> str:
+    done = run(
+        "movescu", "-S", "-aec", "PACS_ENGINE", "-aem", destination, "-d",
+        "-k", f"QueryRetrieveLevel={level}", *[a for k in keys for a in ("-k", k)],
+        "127.0.0.1", server.port,
+    )  # fmt: skip
+    return done.stdout + done.stderr
+
+
+def test_movescu_to_storescp_delivers_the_study(server: Server, storescp: Path) -> None:
+    log = movescu(server, "STORESCP", "STUDY", f"StudyInstanceUID={study_uid(1)}\\{study_uid(2)}")
+    files = received(storescp)
+    wanted = {sop_uid(s) for s in SPECS if s.study in (1, 2)}
+    assert set(files) == wanted, log
+    for uid, data in files.items():
+        assert dataset_bytes(data) == dataset_bytes(server.ctx.archive.export_bytes(uid))
+    assert re.search(r"Completed Suboperations\s*:\s*5", log), log
+    last = [r for r in server.audit() if r["action"] == "c-move"][-1]
+    assert last["outcome"] == "success" and set(last["study"]) == {study_uid(1), study_uid(2)}
+
+
+def test_move_to_an_unknown_destination_is_refused(server: Server) -> None:
+    log = movescu(server, "NOBODY", "STUDY", f"StudyInstanceUID={study_uid(1)}")
+    assert re.search(r"0xa801", log, re.IGNORECASE), log
+    last = [r for r in server.audit() if r["action"] == "c-move"][-1]
+    assert last["outcome"] == "refused 0xA801"
+
+
+def test_move_to_a_destination_that_is_down_fails_every_sub_operation(server: Server) -> None:
+    log = movescu(server, "DOWN", "STUDY", f"StudyInstanceUID={study_uid(3)}")
+    assert re.search(r"0xa702", log, re.IGNORECASE), log
+    assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid(3)
+        ((final, identifier),) = list(assoc.send_c_move(query, "DOWN", QR_MOVE_CLASSES[1]))
+    finally:
+        assoc.release()
+    assert final.Status == 0xA702
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 3)
+    assert set(identifier.FailedSOPInstanceUIDList) == {sop_uid(s) for s in SPECS if s.study == 3}
+    records = [r for r in server.audit() if r["action"] == "c-move"][-2:]
+    for record in records:
+        assert record["outcome"] == "failure"
+        assert "failed=3" in record["detail"] and record["study"] == [study_uid(3)]
+
+
+def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) -> None:
+    """A destination that fails every CT C-STORE: 0xB000 when some fail, 0xA702 when all do."""
+
+    def store(event: Any) -> int:
+        return 0xA700 if event.request.AffectedSOPClassUID == CT_IMAGE_STORAGE else 0x0000
+
+    picky = AE(ae_title="PICKY")
+    picky.supported_contexts = StoragePresentationContexts
+    port = server.ctx.config.peers["PICKY"].port
+    assert port is not None
+    scp = picky.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+    )
+    try:
+        finals = []
+        for study in (1, 4):  # study 1: two CT and one MR; study 4: one CT
+            assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
+            try:
+                query = Dataset()
+                query.QueryRetrieveLevel = "STUDY"
+                query.StudyInstanceUID = study_uid(study)
+                *_, (final, identifier) = assoc.send_c_move(query, "PICKY", QR_MOVE_CLASSES[1])
+            finally:
+                assoc.release()
+            finals.append((final, identifier))
+    finally:
+        scp.shutdown()
+    (some, some_failed), (every, every_failed) = finals
+    assert some.Status == 0xB000
+    assert (some.NumberOfCompletedSuboperations, some.NumberOfFailedSuboperations) == (1, 2)
+    ct = {sop_uid(s) for s in SPECS if s.study == 1 and s.source == "CT_small.dcm"}
+    assert set(some_failed.FailedSOPInstanceUIDList) == ct
+    assert every.Status == 0xA702
+    assert (every.NumberOfCompletedSuboperations, every.NumberOfFailedSuboperations) == (0, 1)
+    assert every_failed.FailedSOPInstanceUIDList == sop_uid(SPECS[8])
+    outcomes = [r["outcome"] for r in server.audit() if r["action"] == "c-move"][-2:]
+    assert outcomes == ["warning", "failure"]
+
+
+def test_a_retrieve_without_its_unique_key_is_refused(server: Server) -> None:
+    assoc = scu_association(server.port, QR_GET_CLASSES[1])
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid(1)  # no SeriesInstanceUID
+        *_, (final, _) = assoc.send_c_get(query, QR_GET_CLASSES[1])
+    finally:
+        assoc.release()
+    assert final.Status == 0xA900 and "SeriesInstanceUID" in final.ErrorComment
+    last = [r for r in server.audit() if r["action"] == "c-get"][-1]
+    assert last["outcome"] == "refused 0xA900" and last["actor"] == "TESTSCU"
+
+
+def test_c_cancel_stops_a_get(server: Server) -> None:
+    """The SCU cancels on receiving the first instance: the rest of the study is not sent."""
+    stored: list[str] = []
+
+    def store(event: Any) -> int:
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        if len(stored) == 1:
+            event.assoc.send_c_cancel(9, query_model=QR_GET_CLASSES[1])
+        return 0x0000
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(QR_GET_CLASSES[1])
+    roles = []
+    for uid in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE):
+        ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        roles.append(build_role(uid, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1", server.port, ae_title="PACS_ENGINE", ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, store)],
+    )  # fmt: skip
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid(1)  # three instances
+        *_, (final, _) = assoc.send_c_get(query, QR_GET_CLASSES[1], msg_id=9)
+    finally:
+        assoc.release()
+    assert final.Status == 0xFE00
+    assert len(stored) == 1 and final.NumberOfCompletedSuboperations == 1
+    assert final.NumberOfRemainingSuboperations == 2
+    last = [r for r in server.audit() if r["action"] == "c-get"][-1]
+    assert last["outcome"] == "cancelled"
+
+
+def test_native_instances_in_other_syntaxes_arrive_as_explicit_little_endian(
+    tmp_path: Path,
+) -> None:
+    """Big endian pixels are decoded from the archive; implicit VR data sets re-encoded."""
+    implicit = pydicom.dcmread(sample("CT_small.dcm"))
+    implicit.SOPInstanceUID = implicit.file_meta.MediaStorageSOPInstanceUID = f"{UID_ROOT}.8.1"
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit.save_as(tmp_path / "implicit.dcm", enforce_file_format=True)
+    sources = [sample("MR_small_bigendian.dcm"), sample("rtplan.dcm"), tmp_path / "implicit.dcm"]
+    archive = Archive.create(tmp_path / "a")
+    assert archive.ingest(sources, workers=0).archived == 3
+    ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0))
+    scp = start(ctx)
+    port = scp.server_address[1]
+    try:
+        for number, source in enumerate(sources):
+            original = pydicom.dcmread(source)
+            assert original.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian
+            out = tmp_path / f"got{number}"
+            keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+            getscu(
+                Server(port, ctx, [], tmp_path), out, "IMAGE",
+                *[f"{k}={original[k].value}" for k in keys],
+            )  # fmt: skip
+            (path,) = out.iterdir()
+            got = pydicom.dcmread(path)
+            assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            if "PixelData" in original:
+                assert np.array_equal(got.pixel_array, original.pixel_array)
+                del got.PixelData, original.PixelData
+            assert got == original
+    finally:
+        scp.shutdown()
+        ctx.audit.close()
+        archive.close()
+    details = [r["detail"] for r in read_records(tmp_path / "a") if r["action"] == "c-get"]
+    assert details == ["instances=1 completed=1 transcoded=1"] * 3
