@@ -1,4 +1,4 @@
-"""`pacs-engine serve`: the archive on the network (DIMSE: C-ECHO and C-STORE)."""
+"""`pacs-engine serve`: the archive on the network (DIMSE: C-ECHO, C-STORE, Query/Retrieve)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     """Register `serve`."""
     serve = commands.add_parser(
         "serve",
-        help="serve an archive on the network (DICOM C-ECHO and C-STORE)",
+        help="serve an archive on the network (DICOM C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE)",
         description="Serve ARCHIVE (created when missing) as a DICOM application entity: "
-        "a Verification SCP (C-ECHO) and a Storage SCP for every storage SOP class and every "
-        "transfer syntax the archive keeps. Nothing is admitted by default: only the calling "
+        "a Verification SCP (C-ECHO), a Storage SCP for every storage SOP class and every "
+        "transfer syntax the archive keeps, and a Query/Retrieve SCP (C-FIND, C-GET, C-MOVE; "
+        "Patient and Study Root; C-MOVE destinations are peers with an address). Nothing is admitted by default: only the calling "
         "AE titles given with --peer or in the --config file may associate, each with its "
         "rights (store, query, retrieve). A received instance is answered Success once it is "
         "written and fsynced to ARCHIVE/spool/; a background thread ingests the spool in "
@@ -78,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pacs_engine.serve.config import ConfigError, check_ae_title, load_config, parse_peer
     from pacs_engine.serve.context import ServeContext
     from pacs_engine.serve.dimse import DimseServer
+    from pacs_engine.serve.qr import QR_SERVICES
     from pacs_engine.serve.spool import Drain, Spool
 
     config = load_config(args.config)
@@ -112,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_size=args.drain_batch,
         on_report=_print_report,
     )
-    server = DimseServer(ServeContext(archive, config, audit), spool)
+    server = DimseServer(ServeContext(archive, config, audit), spool, QR_SERVICES)
     try:
         drain.start()  # what a previous server left in the spool is ingested first
         host, bound = server.start(port)

@@ -18,6 +18,7 @@ from pynetdicom import build_context, evt
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 from pacs_engine.serve.context import ServeContext, dimse_peer
+from pacs_engine.serve.dimse import VERIFICATION, Service
 from pacs_engine.serve.find import (
     CANCEL,
     PENDING,
@@ -47,7 +48,6 @@ STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 QR_FIND_CLASSES: tuple[str, ...] = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 QR_GET_CLASSES: tuple[str, ...] = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
 QR_MOVE_CLASSES: tuple[str, ...] = (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE)
-VERIFICATION = "1.2.840.10008.1.1"
 _PATIENT_ROOT = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
 #: Studies named in one audit record; beyond, the detail gives their count.
 AUDIT_STUDIES = 100
@@ -234,3 +234,11 @@ def _outcome(tally: Tally, total: int, cancelled: bool) -> str:
 
 def _detail(tally: Tally, total: int) -> str:
     return f"instances={total} {tally.detail()}"
+
+
+#: The Query/Retrieve services `pacs-engine serve` runs (the server checks each one's right).
+QR_SERVICES: tuple[Service, ...] = (
+    Service("find", QR_FIND_CLASSES, handle_find),
+    Service("get", QR_GET_CLASSES, handle_get),
+    Service("move", QR_MOVE_CLASSES, handle_move),
+)
