@@ -21,11 +21,11 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs_engine import Archive, ArchiveError, open_archive
-from pacs_engine.archive import encoder
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs import CodecError
 from pacs_engine.index.core import UID_KEYWORDS
+from pacs_engine.ingest import encode
 from pacs_engine.synth import write_studies
 
 
@@ -331,7 +331,7 @@ def test_an_rle_array_an_older_version_made_without_zstd_keeps_working(
     says (uncompressed), and every file still exports byte for byte."""
     files = write_studies(tmp_path / "in", 1, 1, 4, rows=32, columns=32, syntaxes=["rle"])
     archive = Archive.create(tmp_path / "a")
-    monkeypatch.setattr(encoder, "BITSTREAM_COMPRESSORS", {})
+    monkeypatch.setattr(encode, "BITSTREAM_COMPRESSORS", {})
     assert archive.ingest(files[:2], workers=0).archived == 2
     monkeypatch.undo()
     assert archive.ingest(files[2:], workers=0).archived == 2
@@ -697,7 +697,7 @@ def test_a_copy_keeps_the_sources_choice_and_survives_damaged_records(tmp_path: 
     """A file the source refused as a conflict with an instance it holds stays refused in
     the copy (whichever is planned first), with the source's record; a damaged quarantine
     record does not stop the copy; a member name is never a path."""
-    from pacs_engine.inputs import InputError, InputRef, read_input
+    from pacs_engine.ingest.inputs import InputError, InputRef, read_input
 
     (ct,) = [p for p in pydicom_test_files() if p.name == "CT_small.dcm"]
     resend = pydicom.dcmread(ct)

@@ -575,7 +575,7 @@ POISON = "poison.dcm"
 
 def crash_on_poison(fn: Any, *args: Any) -> Any:
     """Run a task as the executor would, but die (as a codec crash would) on POISON."""
-    from pacs_engine.archive.encoder import Part
+    from pacs_engine.ingest.encode import Part
 
     if any(isinstance(a, Part) and any(k.endswith(POISON) for k in a.keys) for a in args):
         os._exit(70)

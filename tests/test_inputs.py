@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pacs_engine import inputs
-from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
+from pacs_engine.ingest import inputs
+from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.sources import iter_files, sample_data_dir
 from tests.conftest import corpus_files, require_corpus
 

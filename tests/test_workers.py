@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from pacs_engine import inputs
 from pacs_engine.archive import Archive, ArchiveError
 from pacs_engine.archive.format import FORMAT, MARKER, is_pacs_archive, read_marker
-from pacs_engine.ingest.executors import InlineExecutor
+from pacs_engine.executors import InlineExecutor
+from pacs_engine.ingest import inputs
 from pacs_engine.workers import CrashIsolation, Finished, PerProcess
 
 KILLER = 13  # the item whose task "kills its worker"

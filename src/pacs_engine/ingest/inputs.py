@@ -21,6 +21,7 @@ from typing import IO
 
 import indexed_gzip
 
+from pacs_engine.archive.archive import open_archive
 from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
@@ -446,8 +447,6 @@ def _copy_keys(names: set[str], repeats: list[str]) -> list[str]:
 
 
 def _walk_pacs(path: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
-    from pacs_engine.archive import open_archive  # archive.py imports this module
-
     try:
         archive = open_archive(path)
     except Exception as error:  # ArchiveError, or an index that cannot be opened
@@ -687,8 +686,6 @@ class _PacsArchive:
     """An open pacs_engine archive (read-only): its instances, exported as their files."""
 
     def __init__(self, path: str, identity: tuple[int, int, int]) -> None:
-        from pacs_engine.archive import open_archive  # archive.py imports this module
-
         self.identity = identity
         self.archive = open_archive(path)
 
