@@ -508,7 +508,7 @@ class _Run:
             return replace(outcome, version=True)
         reason = reason or "conflict: archived meanwhile"
         try:
-            data = read_input(InputRef.from_key(key))
+            data = read_input(InputRef.from_key(key), self.checks.inputs)  # the run's links, limit
         except InputError:
             data = None
         quarantine_conflict(
