@@ -396,9 +396,9 @@ class Archive:
 
         Original bitstreams stored undecoded have no recorded hashes: decoding them is
         the check, and the rebuilt file's sha256 proves their bytes. With `workers`
-        (None: one per core) or an `executor` (pacs_engine.executors), instances are checked in worker
-        processes, so a decoder crash is reported instead of ending the check
-        (pacs_engine.archive.verify).
+        (None: one per core) or an `executor` (pacs_engine.executors), instances are
+        checked in worker processes, so a decoder crash is reported instead of ending
+        the check (pacs_engine.archive.verify).
         """
         self.index.check()  # DamagedIndexError: nothing below can be trusted, or even read
         if executor is None and workers == 0:
