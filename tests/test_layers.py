@@ -2,7 +2,8 @@
 
 Every import of every module of src/pacs_engine is read with `ast` (those inside
 functions too; those under `if TYPE_CHECKING:` are for annotations and never run),
-and its layer compared with the importer's.
+and its layer compared with the importer's. A package's lazy exports (`_EXPORTS`,
+module names as strings, imported on first use) count as imports too.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
+def _is_lazy_exports(node: ast.AST) -> bool:
+    """True for `_EXPORTS = {...}`: the names a package imports on first use (lazy.py)."""
+    return (
+        isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["_EXPORTS"]
+        and isinstance(node.value, ast.Dict)
+    )
+
+
 def imports(tree: ast.AST, module: str, modules: set[str]) -> list[tuple[str, int]]:
     """(imported pacs_engine module, line) of every import that runs, outside TYPE_CHECKING.
 
@@ -79,6 +89,13 @@ def imports(tree: ast.AST, module: str, modules: set[str]) -> list[tuple[str, in
             return
         if isinstance(node, ast.Import):
             found.extend((alias.name, node.lineno) for alias in node.names)
+        elif _is_lazy_exports(node):
+            assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+            found.extend(
+                (value.value, value.lineno)
+                for value in node.value.values
+                if isinstance(value, ast.Constant) and isinstance(value.value, str)
+            )
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: resolved against the importer's package
@@ -147,6 +164,7 @@ def test_the_walk_finds_imports_in_functions_and_skips_type_checking() -> None:
         "    def g(self):\n"
         "        from . import volume\n"
         "        from ..ingest import run\n"
+        "_EXPORTS = {'Series': 'pacs_engine.read.series', 'x': 'pacs_engine.ingest.run'}\n"
     )
     modules = {"pacs_engine.storage", "pacs_engine.read.volume", "pacs_engine.ingest.run"}
     found = imports(ast.parse(source), "pacs_engine.read.x", modules)
@@ -157,6 +175,8 @@ def test_the_walk_finds_imports_in_functions_and_skips_type_checking() -> None:
         ("pacs_engine.read", 8),
         ("pacs_engine.read.volume", 11),
         ("pacs_engine.ingest.run", 12),
+        ("pacs_engine.read.series", 13),
+        ("pacs_engine.ingest.run", 13),
     ]
 
 
