@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.conftest import CORPUS, corpus_files, pydicom_test_files
-from pacs_engine import inputs
-from pacs_engine.inputs import InputRef, iter_inputs, read_input
+from pacs_engine.ingest import inputs
+from pacs_engine.ingest.inputs import InputRef, iter_inputs, read_input
 
 MEMBERS = 500
 SMALL = 256 * 1024

@@ -56,7 +56,7 @@ import pydicom
 from pydicom.pixels import pixel_array
 
 from pacs_engine import Archive, ScanError, scan
-from pacs_engine.ingest.executors import make_executor
+from pacs_engine.executors import make_executor
 
 DEFLATED_FRAMES = "1.2.840.10008.1.2.8.1"  # Deflated Image Frame Compression: pydicom cannot
 MAX_SEED_BYTES = 1 << 20

@@ -21,11 +21,12 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs_engine import Archive, ArchiveError, open_archive
-from pacs_engine.archive import encoder
+from pacs_engine.archive import archive as storage
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs import CodecError
 from pacs_engine.index.core import UID_KEYWORDS
+from pacs_engine.ingest import encode
 from pacs_engine.synth import write_studies
 
 
@@ -331,7 +332,7 @@ def test_an_rle_array_an_older_version_made_without_zstd_keeps_working(
     says (uncompressed), and every file still exports byte for byte."""
     files = write_studies(tmp_path / "in", 1, 1, 4, rows=32, columns=32, syntaxes=["rle"])
     archive = Archive.create(tmp_path / "a")
-    monkeypatch.setattr(encoder, "BITSTREAM_COMPRESSORS", {})
+    monkeypatch.setattr(encode, "BITSTREAM_COMPRESSORS", {})
     assert archive.ingest(files[:2], workers=0).archived == 2
     monkeypatch.undo()
     assert archive.ingest(files[2:], workers=0).archived == 2
@@ -604,13 +605,14 @@ def test_an_archive_is_a_source_for_a_derived_archive(
         assert (first.archived, first.versions, first.duplicates) == (5, 1, 1)
         sources = {row["SOPInstanceUID"]: row for row in record.index}
         exported: list[str] = []
-        export_bytes = Archive.export_bytes
+        export_bytes = storage.Archive.export_bytes
 
-        def counted(archive: Archive, sop: str) -> bytes:
+        def counted(archive: storage.Archive, sop: str) -> bytes:
             exported.append(sop)
             return export_bytes(archive, sop)
 
-        monkeypatch.setattr(Archive, "export_bytes", counted)
+        # The source is opened as the storage archive (ingest's sources read, never ingest).
+        monkeypatch.setattr(storage.Archive, "export_bytes", counted)
         with Archive.create(tmp_path / "train", codec="raw", transcode=True) as train:
             report = train.ingest([tmp_path / "record"], workers=0)
             assert (report.inputs, report.archived) == (4, 4)
@@ -697,7 +699,7 @@ def test_a_copy_keeps_the_sources_choice_and_survives_damaged_records(tmp_path: 
     """A file the source refused as a conflict with an instance it holds stays refused in
     the copy (whichever is planned first), with the source's record; a damaged quarantine
     record does not stop the copy; a member name is never a path."""
-    from pacs_engine.inputs import InputError, InputRef, read_input
+    from pacs_engine.ingest.inputs import InputError, InputRef, read_input
 
     (ct,) = [p for p in pydicom_test_files() if p.name == "CT_small.dcm"]
     resend = pydicom.dcmread(ct)
@@ -746,3 +748,31 @@ def test_a_damaged_instance_of_a_source_archive_is_quarantined(tmp_path: Path) -
         (record_entry,) = train.quarantine.records()
         assert record_entry["path"] == f"{tmp_path / 'record'}::{ct['SOPInstanceUID']}"
         assert "cannot export the instance" in record_entry["reason"]
+
+
+def test_the_archive_users_open_is_the_storage_archive_with_ingest(tmp_path: Path) -> None:
+    """pacs_engine.Archive (from create, open_or_create, open_archive) is the storage
+    archive's subclass that ingests; the storage layer's own class has no ingest (it
+    imports nothing of ingest/)."""
+    import pacs_engine.ingest
+
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    with Archive.create(tmp_path / "a") as created:
+        assert type(created) is Archive and isinstance(created, storage.Archive)
+        assert created.ingest([source], workers=0).archived == 1
+    with Archive.open_or_create(tmp_path / "a") as reopened:
+        assert type(reopened) is Archive
+        assert reopened.ingest([source], workers=0).duplicates == 1
+    with open_archive(tmp_path / "a") as opened:
+        assert type(opened) is Archive
+        with pytest.raises(ArchiveError, match="read-only"):
+            opened.ingest([source], workers=0)
+    with storage.open_archive(tmp_path / "a") as plain:
+        assert type(plain) is storage.Archive and not hasattr(plain, "ingest")
+        assert [row["SOPInstanceUID"] for row in plain.query("instance")] == [
+            pydicom.dcmread(source).SOPInstanceUID
+        ]
+    assert (pacs_engine.ingest.Archive, pacs_engine.ingest.open_archive) == (
+        Archive,
+        open_archive,
+    )

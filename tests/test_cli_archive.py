@@ -178,7 +178,7 @@ def test_the_forkserver_starts_before_the_heavy_imports() -> None:
         "}\n"
         "for argv, expected in cases.items():\n"
         "    assert cli._starts_local_workers(list(argv)) is expected, argv\n"
-        "from pacs_engine.ingest.executors import start_forkserver\n"
+        "from pacs_engine.executors import start_forkserver\n"
         "start_forkserver()\n"
         "assert fs._forkserver._forkserver_pid is not None\n"
         "assert 'zarr' not in sys.modules\n"

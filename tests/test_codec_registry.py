@@ -12,7 +12,7 @@ import zarr.registry
 from conftest import ROOT
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
 
-from pacs_engine.archive.encoder import CODEC_CHOICES, CODECS
+from pacs_engine.archive.pixel_store import CODEC_CHOICES
 from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
 from pacs_engine.codecs import (
     ARCHIVE_CODECS,
@@ -72,13 +72,13 @@ def test_each_codec_says_what_it_is_for() -> None:
 
 
 def test_derived_views_agree_with_the_registry() -> None:
-    """ARCHIVE_CODECS, PASS_THROUGH_CODECS, the encoder's CODECS and the candidates."""
+    """ARCHIVE_CODECS, PASS_THROUGH_CODECS, the archive's codec choices and the candidates."""
     assert set(ARCHIVE_CODECS) | set(PASS_THROUGH_CODECS) == set(REGISTRY)
     assert not set(ARCHIVE_CODECS) & set(PASS_THROUGH_CODECS)
     assert [cls.short_name for cls in ARCHIVE_CODECS] == ["jpegls", "jpegxl", "htj2k", "jpeg2k"]
-    assert CODECS == ARCHIVE_BY_NAME == {cls.short_name: cls for cls in ARCHIVE_CODECS}
-    assert set(CODECS) < set(CODEC_CHOICES)
-    for name, make in CODECS.items():
+    assert {cls.short_name: cls for cls in ARCHIVE_CODECS} == ARCHIVE_BY_NAME
+    assert set(ARCHIVE_BY_NAME) < set(CODEC_CHOICES)
+    for name, make in ARCHIVE_BY_NAME.items():
         assert make().short_name == name
     grey = [type(codec) for codec in fast_candidates(1)]
     colour = [type(codec) for codec in fast_candidates(3)]

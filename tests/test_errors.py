@@ -14,16 +14,16 @@ import pacs_engine
 from pacs_engine import PacsEngineError
 from pacs_engine.archive.archive import ArchiveError, ExportError, UnknownInstance
 from pacs_engine.archive.blobs import BlobError
-from pacs_engine.archive.encoder import Part
 from pacs_engine.archive.pixel_store import ArrayMetadataError
 from pacs_engine.archive.prepare import PrepareError
 from pacs_engine.codecs import CodecError
 from pacs_engine.codecs.native import LayoutError
 from pacs_engine.errors import ScanError
 from pacs_engine.index.integrity import DamagedIndexError
+from pacs_engine.ingest.encode import Part
+from pacs_engine.ingest.inputs import InputError, InputTooLarge, _NotRegular
 from pacs_engine.ingest.run import IngestStopped, PartFailed
 from pacs_engine.ingest.session import StaleSession
-from pacs_engine.inputs import InputError, InputTooLarge, _NotRegular
 from pacs_engine.read import VolumeError
 
 #: One instance of each exception class, built as the code builds it, with the standard

@@ -23,8 +23,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacs_engine.archive import Archive, open_archive
-from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
+from pacs_engine import Archive, open_archive
+from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.inventory import take_inventory
 from pacs_engine.sources import iter_files, sample_data_dir
 from tests.conftest import ROOT, run_cli
@@ -185,7 +185,7 @@ def test_a_zip_member_declaring_4_gib_is_quarantined_under_a_memory_cap(
     target = tmp_path / "archive"
     code = f"""
         import json
-        from pacs_engine.archive import Archive, open_archive
+        from pacs_engine import Archive, open_archive
         with Archive.create({str(target)!r}) as archive:
             report = archive.ingest([{str(path)!r}], workers=0)
         print(json.dumps(report.to_dict()))
@@ -444,7 +444,7 @@ def test_a_file_replaced_by_a_fifo_after_the_walk_does_not_hang(tmp_path: Path) 
     write_members(tmp_path / "src" / "t.tar", [("m.dcm", instance("1.2.3.13"))])
     code = f"""
         import json, os
-        from pacs_engine.archive import Archive, open_archive
+        from pacs_engine import Archive, open_archive
         from pacs_engine.ingest import tasks
         scan_task = tasks.scan_task
         src = {str(tmp_path / "src")!r}

@@ -4,6 +4,7 @@ Dask, completeness on malformed files, duplicates and conflicts across runs."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import random
@@ -575,7 +576,7 @@ POISON = "poison.dcm"
 
 def crash_on_poison(fn: Any, *args: Any) -> Any:
     """Run a task as the executor would, but die (as a codec crash would) on POISON."""
-    from pacs_engine.archive.encoder import Part
+    from pacs_engine.ingest.encode import Part
 
     if any(isinstance(a, Part) and any(k.endswith(POISON) for k in a.keys) for a in args):
         os._exit(70)
@@ -656,3 +657,42 @@ def test_tidy_removes_what_a_killed_run_left_and_the_run_still_resumes(
     assert_complete(json.loads(out), len(files_under(synth)))
     assert state(archive) == clean["state"]
     assert unreferenced(archive) == []
+
+
+def test_a_late_conflict_keeps_the_bytes_of_a_linked_input_the_run_follows(
+    tmp_path: Path,
+) -> None:
+    """An input whose SOP UID another series committed after its worker looked is a
+    conflict found at the commit, which reads the input again to keep it: with the
+    run's policy (here, following links), so its bytes are kept, not only its name."""
+    from pacs_engine.archive.report import Outcome
+    from pacs_engine.ingest.encode import Checks
+    from pacs_engine.ingest.inputs import InputPolicy
+    from pacs_engine.ingest.run import _Run
+
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    data = source.read_bytes()
+    link = tmp_path / "inputs" / "ct.dcm"
+    link.parent.mkdir()
+    link.symlink_to(source)
+    sha256 = hashlib.sha256(data).hexdigest()
+    ds = pydicom.dcmread(source)
+    row: dict[str, Any] = {
+        "SOPInstanceUID": ds.SOPInstanceUID,
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "source_path": str(link),
+        "source_sha256": sha256,
+        "pixel_hash": None,
+    }
+    prior = {**row, "SeriesInstanceUID": "1.2.3.4", "source_sha256": "0" * 64}
+    checks = Checks(inputs=InputPolicy(follow_links=True))
+    with Archive.create(tmp_path / "archive") as archive:
+        run = _Run(archive, [], 0, None, checks, None)
+        outcome = run._late_conflict(
+            prior, str(link), row, {}, Outcome(str(link), "archived", len(data))
+        )
+        assert outcome.outcome == "conflict" and "SeriesInstanceUID" in (outcome.reason or "")
+        [record] = archive.quarantine.records()
+        assert record["path"] == str(link)
+        assert (tmp_path / "archive" / "quarantine" / f"{sha256}.dcm").read_bytes() == data

@@ -16,8 +16,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from pacs_engine import Archive, open_archive
-from pacs_engine.archive.encoder import Part
 from pacs_engine.index import Index
+from pacs_engine.ingest.encode import Part
 from pacs_engine.ingest.journal import Journal, Planned
 from pacs_engine.ingest.plan import plan_parts
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pacs_engine import inputs
-from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
+from pacs_engine.ingest import inputs
+from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.sources import iter_files, sample_data_dir
 from tests.conftest import corpus_files, require_corpus
 
@@ -655,3 +655,12 @@ def test_a_damaged_archive_marker_is_reported_not_walked(tmp_path: Path) -> None
     assert [r.key for r in iter_inputs([plain], lambda *problem: problems.append(problem))] == [
         str(plain / "ct.dcm")
     ]  # the fifo itself is not a regular file: the walk leaves it out
+
+
+def test_the_old_module_keeps_the_names_docs_showed_there() -> None:
+    """`pacs_engine.inputs` (before ingest/inputs.py): the same objects, not copies."""
+    import pacs_engine.inputs as old
+
+    assert {"InputRef", "InputError", "iter_inputs", "read_input"} <= set(old.__all__)
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(inputs, name), name

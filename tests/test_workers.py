@@ -7,17 +7,19 @@ import concurrent.futures.process
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pacs_engine import inputs
 from pacs_engine.archive import Archive, ArchiveError
 from pacs_engine.archive.format import FORMAT, MARKER, is_pacs_archive, read_marker
-from pacs_engine.ingest.executors import InlineExecutor
-from pacs_engine.workers import CrashIsolation, Finished, PerProcess
+from pacs_engine.executors import InlineExecutor
+from pacs_engine.ingest import inputs
+from pacs_engine.workers import CrashIsolation, Finished, PerProcess, alive, window
 
 KILLER = 13  # the item whose task "kills its worker"
 
@@ -162,3 +164,22 @@ def test_the_marker_decision_is_one_function(tmp_path: Path) -> None:
     (tmp_path / "fifo-folder").mkdir()
     os.mkfifo(tmp_path / "fifo-folder" / MARKER)
     assert not is_pacs_archive(tmp_path / "fifo-folder")  # never opened: it would block
+
+
+def test_alive_tells_a_running_process_from_an_ended_one() -> None:
+    """Ended is ended, reaped or not (a zombie is not alive): the ingest's pool workers
+    watch their parent with it, and Archive.create clears the builds of ended processes."""
+    assert alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped
+        assert not alive(child.pid)
+    finally:
+        child.wait()
+    assert not alive(child.pid)  # reaped
+
+
+def test_the_window_keeps_every_worker_busy_and_one_task_inline() -> None:
+    """Tasks in flight: twice the workers, one at least (an inline executor has none)."""
+    assert window(InlineExecutor()) == 1
+    assert window(DyingPool()) == 2 * DyingPool.workers == 4

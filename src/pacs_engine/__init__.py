@@ -14,10 +14,10 @@ _EXPORTS = {
     "ScanError": "pacs_engine.errors",
     "Header": "pacs_engine.header",
     "PixelLocation": "pacs_engine.header",
-    "Archive": "pacs_engine.archive",
+    "Archive": "pacs_engine.ingest.archive",  # the storage Archive with ingest()
     "ArchiveError": "pacs_engine.archive",
     "IngestReport": "pacs_engine.archive",
-    "open_archive": "pacs_engine.archive",
+    "open_archive": "pacs_engine.ingest.archive",
     "Series": "pacs_engine.read",
     "Volume": "pacs_engine.read",
     "VolumeError": "pacs_engine.read",

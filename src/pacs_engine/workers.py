@@ -3,7 +3,7 @@
 At the bottom of the layers (it imports nothing of the package), so that both the
 ingest (ingest/run.py) and `verify` (archive/verify.py, a lower layer) use the same
 crash isolation, and every layer keeps its open handles the same way. The
-executors themselves are in ingest/executors.py.
+executors themselves are in executors.py (the bottom layer too: verify makes one).
 """
 
 from __future__ import annotations
@@ -54,6 +54,23 @@ def worker_died(error: BaseException) -> bool:
     )
 
 
+def window(executor: Executor) -> int:
+    """Tasks to keep in flight: enough to keep every worker busy while results are taken."""
+    return max(1, 2 * executor.workers)
+
+
+def alive(pid: int) -> bool:
+    """True while the process `pid` runs (a killed one not yet reaped by its parent is not)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, PermissionError):  # no /proc, or another user's: it runs
+        return True
+    except ProcessLookupError:
+        return False
+
+
 Task = TypeVar("Task", bound=Hashable)
 
 
@@ -93,7 +110,7 @@ class CrashIsolation(Generic[Task]):
 
     def make_room(self) -> None:
         """Wait until the window has room for a task (running the queued retries, if any)."""
-        while len(self.in_flight) >= max(1, 2 * self.executor.workers):
+        while len(self.in_flight) >= window(self.executor):
             self.collect()
         if self.retries and self.running():
             self.isolate()

@@ -32,31 +32,26 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 import numpy as np
 
 from pacs_engine.archive.blobs import HeaderBlob
-from pacs_engine.archive.encoder import CODEC_CHOICES, Checks
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
-from pacs_engine.archive.pixel_store import PixelStore
+from pacs_engine.archive.pixel_store import CODEC_CHOICES, PixelStore
 from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
-from pacs_engine.archive.report import IngestReport
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs.native import PixelLayout
+from pacs_engine.executors import make_executor
 from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
 from pacs_engine.index.query import Found
 from pacs_engine.index.rows import Row
-from pacs_engine.inputs import MAX_INPUT_BYTES, InputPolicy
 from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
-from pacs_engine.workers import Executor
-
-if TYPE_CHECKING:
-    from pacs_engine.ingest import Progress
+from pacs_engine.workers import Executor, alive
 
 
 class ExportError(ArchiveError):
@@ -72,6 +67,8 @@ class UnknownInstance(ExportError, KeyError):
 class Archive:
     """A lossless DICOM archive on disk. Open with `open_archive`, make with `Archive.create`.
 
+    This is the storage (reading, export, verify, query); `pacs_engine.Archive`, which
+    users open, is its subclass in `pacs_engine.ingest.archive` that also ingests.
     Opened for writing, it sets the process umask from the archive folder's mode
     (0077 for a private archive), so that files zarr and LMDB create match it.
     """
@@ -113,7 +110,7 @@ class Archive:
         max_chunk_pixels: int = 4096 * 4096,
         transcode: bool = False,
         group: str | None = None,
-    ) -> Archive:
+    ) -> Self:
         """Make an empty archive at `path` (a new or empty folder) and open it for writing.
 
         With `transcode`, frames that arrive in a lossless compressed transfer syntax
@@ -175,7 +172,7 @@ class Archive:
         codec: str | None = None,
         transcode: bool = False,
         group: str | None = None,
-    ) -> Archive:
+    ) -> Self:
         """Open the archive at `path` for writing, or create it there (`create`) if none is.
 
         `codec` (default "auto"), `transcode` and `group` are options of a new archive:
@@ -207,7 +204,7 @@ class Archive:
         return (Path(path) / MARKER).is_file()
 
     @classmethod
-    def _created_meanwhile(cls, root: Path, config: dict[str, Any], group: str | None) -> Archive:
+    def _created_meanwhile(cls, root: Path, config: dict[str, Any], group: str | None) -> Self:
         """The archive another process made at `root` while this one made its own."""
         if not (root / MARKER).is_file():
             raise ArchiveError(f"{root}: something else was made there meanwhile")
@@ -227,67 +224,11 @@ class Archive:
             self._lock.close()
             self._lock = None
 
-    def __enter__(self) -> Archive:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # --- ingest -----------------------------------------------------------------------
-
-    def ingest(
-        self,
-        sources: Iterable[str | os.PathLike],
-        workers: int | None = None,
-        executor: Executor | None = None,
-        verify: bool = False,
-        progress: Callable[[Progress], None] | None = None,
-        trust_bitstreams: bool = False,
-        max_input_bytes: int = MAX_INPUT_BYTES,
-        follow_links: bool = False,
-        keep_non_dicom: bool = False,
-        max_frame_bytes: int | None = None,
-    ) -> IngestReport:
-        """Archive the DICOM files under `sources` (folders, files, zip and tar archives,
-        and the instances of other pacs_engine archives).
-
-        Runs `pacs_engine.ingest.run_ingest`: scan in parallel, group by series,
-        encode parts of series in `workers` processes (0: in this process; None:
-        one per core) or on `executor` (`DaskExecutor`), commit each part with its
-        journal entries. Every input ends archived, as a duplicate, as a conflict
-        or in quarantine; the report counts them. An interrupted run resumes when
-        it is started again with the same sources. Compressed frames kept as their
-        original bitstream are decoded to hash their pixels, and a file whose frames
-        do not decode is quarantined. With `trust_bitstreams` they are stored byte
-        for byte without being decoded (faster; a SOP Instance UID seen twice still
-        decodes both copies), and only `Archive.verify` finds frames that never
-        decoded. With `verify`, every frame encoded with the archive codec is decoded
-        again and checked before it is committed. An input of more than
-        `max_input_bytes` is never read into memory, and quarantined with its size,
-        sha256 and first bytes, as is a file that is not DICOM unless
-        `keep_non_dicom`; symbolic links met in folders are listed, not followed,
-        unless `follow_links` (docs/inputs.md).
-        Compressed frames that would decode to more than `max_frame_bytes` (None:
-        `Checks`' default, 1 GiB) are quarantined.
-        """
-        from pacs_engine.ingest import run_ingest
-
-        self._writable()
-        sources = list(sources)
-        own = self.path.resolve()
-        if any(Path(source).resolve() == own for source in sources):
-            raise ArchiveError(f"{self.path}: an archive cannot be ingested into itself")
-        checks = Checks(
-            decode_bitstreams=not trust_bitstreams,
-            recheck_encoded=verify,
-            inputs=InputPolicy(max_input_bytes, follow_links, keep_non_dicom),
-            max_frame_bytes=max_frame_bytes or Checks.max_frame_bytes,
-        )
-        return run_ingest(self, sources, workers, executor, checks=checks, progress=progress)
-
-    def _writable(self) -> None:
-        if self.readonly:
-            raise ArchiveError(f"{self.path}: opened read-only")
 
     # --- reading ----------------------------------------------------------------------
 
@@ -479,15 +420,13 @@ class Archive:
 
         Original bitstreams stored undecoded have no recorded hashes: decoding them is
         the check, and the rebuilt file's sha256 proves their bytes. With `workers`
-        (None: one per core) or an ingest `executor`, instances are checked in worker
-        processes, so a decoder crash is reported instead of ending the check
-        (pacs_engine.archive.verify).
+        (None: one per core) or an `executor` (pacs_engine.executors), instances are
+        checked in worker processes, so a decoder crash is reported instead of ending
+        the check (pacs_engine.archive.verify).
         """
         self.index.check()  # DamagedIndexError: nothing below can be trusted, or even read
         if executor is None and workers == 0:
             return verify_here(self, progress)
-        from pacs_engine.ingest.executors import make_executor
-
         own = executor is None
         executor = executor if executor is not None else make_executor(workers)
         try:
@@ -542,20 +481,9 @@ def _remove_abandoned_builds(root: Path) -> None:
     for building in root.parent.glob(f".{glob.escape(root.name)}.creating*"):
         _, _, owner = building.name.rpartition(".creating")
         pid = owner[1:].split("-")[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and alive(int(pid)):
             continue  # another process is creating it now
         shutil.rmtree(building, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """True when a process `pid` runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_archive(path: str | os.PathLike, readonly: bool = True) -> Archive:

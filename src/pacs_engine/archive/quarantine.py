@@ -6,25 +6,15 @@ import fcntl
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pacs_engine.inputs import (
-    DEFAULT_POLICY,
-    InputError,
-    InputPolicy,
-    InputRef,
-    InputTooLarge,
-    read_chunks,
-    read_input,
-)
 from pacs_engine.storage import write_atomic
 
 #: Bytes kept of an input that is too large, or not DICOM: its head (for a person to see
 #: what it was), with its size and sha256.
 HEAD_BYTES = 64 << 10
-#: How the scanner's reason starts for bytes that are no DICOM at all (not a damaged file).
-NOT_DICOM = "not a DICOM file"
 
 
 class Quarantine:
@@ -39,44 +29,37 @@ class Quarantine:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def keep(
-        self,
-        key: str,
-        data: bytes | None,
-        reason: str,
-        policy: InputPolicy = DEFAULT_POLICY,
-        **details: Any,
-    ) -> tuple[int, str]:
-        """Quarantine one input (reading it if `data` is None); its size and full reason.
+    def keep(self, key: str, data: bytes, reason: str, **details: Any) -> int:
+        """Quarantine an input's whole bytes with its reason; returns their size."""
+        self.add(key, data, hashlib.sha256(data).hexdigest(), reason, **details)
+        return len(data)
 
-        Whole bytes are kept, but of an input over the policy's size limit, or not
-        DICOM (unless `policy.keep_non_dicom`), only the first HEAD_BYTES (all of a
-        smaller one), streamed through its sha256 so that no more than a chunk of it
-        is in memory.
+    def keep_head(self, key: str, chunks: Iterable[bytes], reason: str, **details: Any) -> int:
+        """Quarantine the first HEAD_BYTES of an input given as `chunks` (all of a smaller
+        one), with its size and sha256; returns its size.
+
+        The chunks are streamed through the sha256, so that no more than one of them
+        is in memory; an error raised while they are read goes to the caller, and
+        nothing is kept.
         """
-        whole = policy.keep_non_dicom or not reason.startswith(NOT_DICOM)
-        ref = InputRef.from_key(key)
-        try:
-            if data is None and whole:
-                try:
-                    data = read_input(ref, policy)
-                except InputTooLarge as error:
-                    reason, whole = _joined(reason, error.reason), False
-            if data is not None and whole:
-                self.add(key, data, hashlib.sha256(data).hexdigest(), reason, **details)
-                return len(data), reason
-            size, sha256, head = _digest(ref, data, policy)
-        except InputError as error:
-            # Unreadable: the record names the input (its key's hash), no bytes.
-            reason = _joined(reason, error.reason)
-            unread = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-            self.add(key, None, unread, reason, **details)
-            return 0, reason
+        digest = hashlib.sha256()
+        head = bytearray()
+        size = 0
+        for chunk in chunks:
+            digest.update(chunk)
+            if len(head) < HEAD_BYTES:
+                head += chunk[: HEAD_BYTES - len(head)]
+            size += len(chunk)
         if size <= len(head):  # the head is the whole: kept as the whole
-            self.add(key, head, sha256, reason, **details)
+            self.add(key, bytes(head), digest.hexdigest(), reason, **details)
         else:
-            self.add(key, None, sha256, reason, head=head, size=size, **details)
-        return size, reason
+            self.add(key, None, digest.hexdigest(), reason, head=bytes(head), size=size, **details)
+        return size
+
+    def keep_unread(self, key: str, reason: str, **details: Any) -> None:
+        """Record an input that could not be read: no bytes, named by its key's sha256."""
+        name = key.encode("utf-8", "surrogateescape")  # names need not be UTF-8
+        self.add(key, None, hashlib.sha256(name).hexdigest(), reason, **details)
 
     def add(
         self,
@@ -128,22 +111,3 @@ class Quarantine:
         if not self.root.is_dir():
             return []
         return [json.loads(p.read_bytes()) for p in sorted(self.root.glob("*.json"))]
-
-
-def _joined(reason: str, more: str) -> str:
-    return reason if more in reason else f"{reason}; {more}"
-
-
-def _digest(ref: InputRef, data: bytes | None, policy: InputPolicy) -> tuple[int, str, bytes]:
-    """Size, sha256 and first HEAD_BYTES of an input (streamed when `data` is None)."""
-    if data is not None:
-        return len(data), hashlib.sha256(data).hexdigest(), data[:HEAD_BYTES]
-    digest = hashlib.sha256()
-    head = bytearray()
-    size = 0
-    for chunk in read_chunks(ref, policy):
-        digest.update(chunk)
-        if len(head) < HEAD_BYTES:
-            head += chunk[: HEAD_BYTES - len(head)]
-        size += len(chunk)
-    return size, digest.hexdigest(), bytes(head)

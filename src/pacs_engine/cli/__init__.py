@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `pacs-engine`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if _starts_local_workers(argv):
-        from pacs_engine.ingest.executors import start_forkserver
+        from pacs_engine.executors import start_forkserver
 
         start_forkserver()
     args = build_parser().parse_args(argv)

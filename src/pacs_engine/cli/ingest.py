@@ -21,8 +21,8 @@ from pacs_engine.cli._common import (
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `ingest`."""
-    from pacs_engine.archive.encoder import CODEC_CHOICES
-    from pacs_engine.inputs import MAX_INPUT_BYTES
+    from pacs_engine.archive.pixel_store import CODEC_CHOICES
+    from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
 
     ingest = commands.add_parser(
         "ingest",
@@ -140,8 +140,9 @@ def _executor_problem(args: argparse.Namespace) -> str | None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Archive the sources into an archive (created when missing); resumes an unfinished run."""
-    from pacs_engine.archive import Archive
-    from pacs_engine.ingest import IngestStopped, make_executor
+    from pacs_engine.executors import make_executor
+    from pacs_engine.ingest import IngestStopped
+    from pacs_engine.ingest.archive import Archive
 
     problem = _executor_problem(args)
     if problem:

@@ -52,11 +52,11 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 def cmd_read_bench(args: argparse.Namespace) -> int:
     """Measure frame reads as a training loop sees them: random and sequential, 1..N workers."""
     from pacs_engine.archive import Archive
-    from pacs_engine.inputs import PACS_ARCHIVE_MARKER
+    from pacs_engine.archive.format import MARKER
     from pacs_engine.read.bench import read_bench, render_read_bench
 
     if not Archive.exists(args.archive):
-        print(f"{args.archive}: not an archive (no {PACS_ARCHIVE_MARKER})", file=sys.stderr)
+        print(f"{args.archive}: not an archive (no {MARKER})", file=sys.stderr)
         return 2
     try:
         report = read_bench(

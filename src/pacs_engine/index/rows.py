@@ -3,7 +3,7 @@
 A row is JSON: these TypedDicts describe it for readers and type checkers and change
 nothing at run time (a row is still a plain dict). Header attributes are the
 scanner's keywords (`pacs_engine.scanning.HEADER_KEYWORDS`); the rest are the
-archive's fields, written by the ingest (`pacs_engine.archive.encoder.new_row`,
+archive's fields, written by the ingest (`pacs_engine.ingest.encode.new_row`,
 `pacs_engine.archive.versions`). Every field but the three UIDs may be absent: rows
 written by older code lack the newer fields, and the index accepts any row with UIDs.
 """

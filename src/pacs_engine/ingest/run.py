@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 import pickle
@@ -29,7 +28,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pacs_engine.archive.encoder import (
+from pacs_engine.archive.report import IngestReport, Outcome
+from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
+from pacs_engine.errors import PacsEngineError
+from pacs_engine.executors import InlineExecutor, make_executor
+from pacs_engine.index.core import IndexWriter
+from pacs_engine.index.rows import Row
+from pacs_engine.ingest import session, tasks
+from pacs_engine.ingest.encode import (
     Checks,
     Part,
     PartResult,
@@ -38,19 +44,12 @@ from pacs_engine.archive.encoder import (
     quarantine_input,
     with_duplicate,
 )
-from pacs_engine.archive.report import IngestReport, Outcome
-from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
-from pacs_engine.errors import PacsEngineError
-from pacs_engine.index.core import IndexWriter
-from pacs_engine.index.rows import Row
-from pacs_engine.ingest import session, tasks
-from pacs_engine.ingest.executors import InlineExecutor, make_executor
+from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.ingest.journal import Journal, Planned
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
 from pacs_engine.ingest.tidy import Tidied, remove_temporaries, tidy_series
-from pacs_engine.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.storage import write_atomic
-from pacs_engine.workers import CrashIsolation, Executor, Finished, Future
+from pacs_engine.workers import CrashIsolation, Executor, Finished, Future, window
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -267,7 +266,7 @@ class _Run:
         """Send a batch to scan (without inputs a resumed run has done), once there is room."""
         done = self.journal.done(run, keys)
         todo = [k for k in keys if k not in done]
-        while len(in_flight) >= self._window():
+        while len(in_flight) >= window(self.executor):
             in_flight = self._collect_scans(run, in_flight)
         if todo:
             in_flight.add(self._submit(tasks.scan_task, todo, self.checks.inputs))
@@ -294,8 +293,7 @@ class _Run:
 
     def _quarantine_unread(self, path: str, reason: str) -> Outcome:
         """Quarantine an input the walk could not read (no bytes to keep)."""
-        name = path.encode("utf-8", "surrogateescape")  # names need not be UTF-8
-        self.archive.quarantine.add(path, None, hashlib.sha256(name).hexdigest(), reason)
+        self.archive.quarantine.keep_unread(path, reason)
         return Outcome(path, "quarantined", 0, reason=reason)
 
     # --- encoding ---------------------------------------------------------------------
@@ -510,7 +508,7 @@ class _Run:
             return replace(outcome, version=True)
         reason = reason or "conflict: archived meanwhile"
         try:
-            data = read_input(InputRef.from_key(key))
+            data = read_input(InputRef.from_key(key), self.checks.inputs)  # the run's links, limit
         except InputError:
             data = None
         quarantine_conflict(
@@ -544,10 +542,6 @@ class _Run:
     def _submit(self, fn: Callable, *args: Any) -> Future:
         """Queue fn(root, *args) on the executor, guarded by this session."""
         return self.executor.submit(session.guarded, fn, self.root, self.session, *args)
-
-    def _window(self) -> int:
-        """Tasks in flight: enough to keep every worker busy while results are committed."""
-        return max(1, 2 * self.executor.workers)
 
     def _notify(self, phase: str) -> None:
         """Tell the progress callback where the run is."""

@@ -7,14 +7,13 @@ process keeps one PartEncoder per archive.
 
 from __future__ import annotations
 
-from pacs_engine.archive.encoder import Checks, Part, PartEncoder, PartResult
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
 from pacs_engine.index.rows import Row
-from pacs_engine.ingest.journal import Planned
-from pacs_engine.inputs import (
+from pacs_engine.ingest.encode import Checks, Part, PartEncoder, PartResult
+from pacs_engine.ingest.inputs import (
     DEFAULT_POLICY,
     InputError,
     InputPolicy,
@@ -24,6 +23,7 @@ from pacs_engine.inputs import (
     read_input,
     refused_for_instance,
 )
+from pacs_engine.ingest.journal import Planned
 from pacs_engine.scanning import scan
 from pacs_engine.workers import PerProcess
 

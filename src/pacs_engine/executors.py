@@ -1,4 +1,4 @@
-"""Where ingest tasks run: this process, a local process pool, or a Dask cluster.
+"""Where tasks run (the ingest's, verify's): this process, a local process pool, or Dask.
 
 Each satisfies `pacs_engine.workers.Executor`: `submit(fn, *args)` returns a future
 with `.result()`, `wait_any(futures)` returns (done, not done) once one has finished,
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from pacs_engine.workers import Executor, worker_died
+from pacs_engine.workers import Executor, alive, worker_died
 
 __all__ = [
     "DaskExecutor",
@@ -33,7 +33,9 @@ __all__ = [
     "worker_died",
 ]
 
-#: What each worker process imports once, in the forkserver, before it forks workers.
+#: What each worker process imports once, in the forkserver, before it forks workers: the
+#: ingest's tasks, which import the storage verify's tasks use too. Named, not imported, so
+#: that this module stays at the bottom of the layers.
 FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks"]
 
 
@@ -180,21 +182,9 @@ def _exit_with(parent: int) -> None:
 
 
 def _watch(parent: int) -> None:
-    while _alive(parent):
+    while alive(parent):
         time.sleep(0.5)
     os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    """True while the process runs (a killed one not yet reaped by its parent is not)."""
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:  # no /proc: os.kill said enough
-        return True
-    except ProcessLookupError:
-        return False
 
 
 class DaskExecutor:

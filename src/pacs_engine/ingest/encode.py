@@ -29,6 +29,7 @@ from zarr.codecs import BloscCodec
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.format import MARKER
 from pacs_engine.archive.pixel_store import (
+    READ_OPTIMISED,
     ArraySpec,
     PixelStore,
     compress,
@@ -52,13 +53,15 @@ from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.index.rows import Duplicate, PixelRef, Row
-from pacs_engine.inputs import (
+from pacs_engine.ingest.inputs import (
     DEFAULT_POLICY,
     InputError,
     InputPolicy,
     InputRef,
+    InputTooLarge,
     archived_row,
     quarantine_record,
+    read_chunks,
     read_input,
 )
 from pacs_engine.scanning import scan
@@ -82,18 +85,6 @@ class Checks:
     max_frame_bytes: int = MAX_FRAME_BYTES
 
 
-CODECS: dict[str, Any] = dict(ARCHIVE_BY_NAME)  # codecs/registry.py: the one list
-#: Codecs for archives read by training loops, where decode time bounds the reads
-#: (docs/read.md): on 512x512 CT, Blosc LZ4 with byte shuffle decodes a frame in
-#: ~0.12 ms at 2.1:1, and "raw" (no compression) is a copy, where JPEG-LS takes ~4 ms.
-LZ4_LEVEL = 5  # on 512x512 CT: 2.06:1 and 0.12 ms to decode a frame; level 1: 2.02:1, 0.19 ms
-READ_OPTIMISED: dict[str, Callable[[np.dtype], tuple]] = {
-    "lz4": lambda dtype: (
-        BloscCodec(cname="lz4", clevel=LZ4_LEVEL, shuffle="shuffle", typesize=dtype.itemsize),
-    ),
-    "raw": lambda dtype: (),
-}
-CODEC_CHOICES = ("auto", *CODECS, "blosc", *READ_OPTIMISED)
 #: Compressors after a pass-through codec, where they pay: PackBits leaves much for zstd
 #: (the corpus's RLE files: 1.05-1.5x smaller on real images, 1.25x in all; 1.26x on
 #: synthetic CT), while JPEG, JPEG-LS and JPEG 2000 streams are entropy-coded already.
@@ -114,6 +105,8 @@ COMPARED_KEYWORDS = (
     "PixelRepresentation",
 )
 _CONFLICT = "conflict: same SOP Instance UID as an archived instance, but "
+#: How the scanner's reason starts for bytes that are no DICOM at all (not a damaged file).
+NOT_DICOM = "not a DICOM file"
 #: What an absent attribute of COMPARED_KEYWORDS means (DICOM's defaults).
 _ABSENT = {"NumberOfFrames": 1, "SamplesPerPixel": 1, "PixelRepresentation": 0}
 
@@ -508,8 +501,8 @@ class PartEncoder:
         try:
             if name == "auto":
                 return choose_codec(sample), ()
-            if name in CODECS:
-                codec = CODECS[name]()
+            if name in ARCHIVE_BY_NAME:
+                codec = ARCHIVE_BY_NAME[name]()
                 codec.encode_frame(np.ascontiguousarray(sample[:8, :8]))
                 return codec, ()
         except CodecError:
@@ -609,10 +602,36 @@ def quarantine_input(
     reason: str,
     policy: InputPolicy = DEFAULT_POLICY,
 ) -> Outcome:
-    """Quarantine one input with its reason (reading it if the caller has not)."""
+    """Quarantine one input with its reason (reading it if the caller has not).
+
+    Whole bytes are kept, but of an input over the policy's size limit, or not
+    DICOM (unless `policy.keep_non_dicom`), only its head (`Quarantine.keep_head`),
+    read a chunk at a time; of an input that cannot be read, a record without bytes.
+    """
     reason = reason.removeprefix(f"{key}: ")  # the record names the input already
-    size, reason = quarantine.keep(key, data, reason, policy, **source_details(key))
+    details = source_details(key)
+    whole = policy.keep_non_dicom or not reason.startswith(NOT_DICOM)
+    ref = InputRef.from_key(key)
+    try:
+        if data is None and whole:
+            try:
+                data = read_input(ref, policy)
+            except InputTooLarge as error:
+                reason, whole = _joined(reason, error.reason), False
+        if data is not None and whole:
+            size = quarantine.keep(key, data, reason, **details)
+        else:
+            chunks = [data] if data is not None else read_chunks(ref, policy)
+            size = quarantine.keep_head(key, chunks, reason, **details)
+    except InputError as error:
+        reason = _joined(reason, error.reason)
+        quarantine.keep_unread(key, reason, **details)
+        size = 0
     return Outcome(key, "quarantined", size, reason=reason)
+
+
+def _joined(reason: str, more: str) -> str:
+    return reason if more in reason else f"{reason}; {more}"
 
 
 def source_details(key: str) -> dict[str, Any]:
