@@ -191,7 +191,7 @@ def cost_breakdown(fs: FileSet, repeats: int) -> dict[str, float]:
 
     Stages: the native parse with one requested attribute (I/O + walking the
     elements), with all of HEADER_KEYWORDS (+ copying their values, and converting
-    those left to pydicom), the whole `scan()` (+ building the Header in Python),
+    those left to pydicom), the whole `scan()` (+ building the Header),
     and `scan()` then reading every attribute (+ converting the values, which
     `Attributes` does on first read).
     """

@@ -13,6 +13,8 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_fragments
 
 from pacs_engine._native.scanner import PixelScan, ScanResult
+from pacs_engine.errors import ScanError
+from pacs_engine.header import Header
 from pacs_engine.scanning import _SCANNER, scan
 
 FILES = (
@@ -21,6 +23,19 @@ FILES = (
     "SC_rgb_rle.dcm",
     "JPEG2000.dcm",
     "image_dfl.dcm",
+)
+
+#: The fields a ScanResult and a Header share (the pixel data location aside).
+SCAN_RESULT_FIELDS = (
+    "transfer_syntax_uid",
+    "has_preamble",
+    "has_file_meta",
+    "dataset_offset",
+    "explicit_vr",
+    "little_endian",
+    "deflated",
+    "file_size",
+    "data_size",
 )
 
 
@@ -82,3 +97,46 @@ def test_scan_result_is_read_only_and_agrees_with_the_header() -> None:
     assert header.pixel is not None and result.pixel is not None
     assert header.pixel.value_offset == result.pixel.value_offset
     assert _SCANNER.scan_buffer(Path(path).read_bytes()).dataset_offset == result.dataset_offset
+
+
+def test_headers_built_natively_copy_every_field_of_the_scan_result(tmp_path: Path) -> None:
+    """header_paths/header_path/header_buffer give, field by field, what scan_paths found."""
+    paths = [get_testdata_file(name) for name in FILES]
+    not_dicom = tmp_path / "not.dcm"
+    not_dicom.write_bytes(b"not a DICOM file" * 20)
+    paths.insert(2, str(not_dicom))
+    results = _SCANNER.scan_paths(paths)
+    headers = _SCANNER.header_paths(paths)
+    assert len(headers) == len(results) == len(paths)
+    for path, result, header in zip(paths, results, headers, strict=True):
+        if isinstance(result, ScanError):
+            assert isinstance(header, ScanError) and str(header) == str(result)
+            continue
+        assert isinstance(header, Header) and header.path == path
+        for field in SCAN_RESULT_FIELDS:
+            assert getattr(header, field) == getattr(result, field), (path, field)
+        assert header.attributes == result.attributes
+        pixel, location = result.pixel, header.pixel
+        assert pixel is not None and location is not None
+        assert (location.tag, location.vr, location.element_offset) == (
+            pixel.tag,
+            pixel.vr,
+            pixel.element_offset,
+        )
+        assert (location.value_offset, location.value_length) == (
+            pixel.value_offset,
+            pixel.value_length,
+        )
+        assert location.encapsulated == pixel.encapsulated
+        if pixel.encapsulated:
+            assert location.basic_offset_table_offset == pixel.bot_offset
+            assert list(location.fragment_offsets) == list(pixel.fragment_offsets)
+            assert list(location.fragment_lengths) == list(pixel.fragment_lengths)
+            assert len(location.fragment_frames) == len(pixel.fragment_offsets)
+        else:
+            assert location.basic_offset_table_offset == -1 and not len(location.fragment_offsets)
+        one = _SCANNER.header_path(path)
+        from_bytes = _SCANNER.header_buffer(Path(path).read_bytes())
+        assert one.path == path and from_bytes.path is None
+        for field in SCAN_RESULT_FIELDS:
+            assert getattr(one, field) == getattr(from_bytes, field) == getattr(result, field)

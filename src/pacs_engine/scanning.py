@@ -20,7 +20,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_value
 
-from pacs_engine._native.scanner import PixelScan, Scanner, ScanResult
+from pacs_engine._native.scanner import PixelScan, Scanner
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header, PixelLocation, fragment_frames
 
@@ -129,22 +129,6 @@ def _slow_value(vr: str, raw: bytes, little_endian: bool, character_sets: Any) -
             return raw.decode("latin-1").strip(" \0")
 
 
-def _make_scanner(keywords: Sequence[str]) -> Scanner:
-    """A scanner for `keywords`; headers always carry the TransferSyntaxUID too."""
-    if "TransferSyntaxUID" not in keywords:
-        keywords = (*keywords, "TransferSyntaxUID")
-    found = [tag_for_keyword(k) for k in keywords]
-    unknown = [k for k, t in zip(keywords, found, strict=True) if t is None]
-    if unknown:
-        raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
-    tags = [t for t in found if t is not None]  # all are, after the check
-    vrs = [dictionary_VR(t)[:2] for t in tags]
-    return Scanner(list(keywords), tags, vrs, _slow_value)
-
-
-_SCANNER = _make_scanner(HEADER_KEYWORDS)
-
-
 def _number_of_frames(attributes: Mapping[str, Any]) -> int:
     frames = attributes.get("NumberOfFrames")
     return frames if isinstance(frames, int) and frames > 0 else 1
@@ -153,6 +137,7 @@ def _number_of_frames(attributes: Mapping[str, Any]) -> int:
 def _encapsulated_location(
     pixel: PixelScan, attributes: Mapping[str, Any], little: bool
 ) -> PixelLocation:
+    """The PixelLocation of encapsulated pixel data: the tables decoded, fragments in frames."""
     endian = "<" if little else ">"
     bot, offsets = pixel.bot, pixel.fragment_offsets
     lengths, eoi = pixel.fragment_lengths, pixel.fragment_eoi
@@ -189,31 +174,28 @@ def _encapsulated_location(
     )
 
 
-def _header(path: str | None, result: ScanResult) -> Header:
-    pixel = result.pixel
-    location = None
-    if pixel is not None:
-        location = (
-            _encapsulated_location(pixel, result.attributes, result.little_endian)
-            if pixel.encapsulated
-            else PixelLocation.native(
-                pixel.tag, pixel.vr, pixel.element_offset, pixel.value_offset, pixel.value_length
-            )
-        )
-    return Header(
-        path,
-        result.attributes,
-        result.transfer_syntax_uid,
-        result.has_preamble,
-        result.has_file_meta,
-        result.dataset_offset,
-        result.explicit_vr,
-        result.little_endian,
-        result.deflated,
-        result.file_size,
-        location,
-        result.data_size,
+def _make_scanner(keywords: Sequence[str]) -> Scanner[Header]:
+    """A scanner for `keywords` that builds Headers; they always carry the TransferSyntaxUID."""
+    if "TransferSyntaxUID" not in keywords:
+        keywords = (*keywords, "TransferSyntaxUID")
+    found = [tag_for_keyword(k) for k in keywords]
+    unknown = [k for k, t in zip(keywords, found, strict=True) if t is None]
+    if unknown:
+        raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
+    tags = [t for t in found if t is not None]  # all are, after the check
+    vrs = [dictionary_VR(t)[:2] for t in tags]
+    return Scanner(
+        list(keywords),
+        tags,
+        vrs,
+        _slow_value,
+        Header,
+        PixelLocation.native,
+        _encapsulated_location,
     )
+
+
+_SCANNER = _make_scanner(HEADER_KEYWORDS)
 
 
 _BUFFERS = (bytes, bytearray, memoryview)
@@ -222,17 +204,9 @@ _BUFFERS = (bytes, bytearray, memoryview)
 def scan(source: Source) -> Header:
     """Scan one DICOM file (a path, or its bytes) and return its header; raises ScanError."""
     if isinstance(source, _BUFFERS):
-        return _header(None, _SCANNER.scan_buffer(source))
+        return _SCANNER.header_buffer(source)
     path = source if type(source) is str else os.fsdecode(source)
-    return _header(path, _SCANNER.scan_path(path))
-
-
-def _scan_batch(paths: list[str]) -> list[Header | ScanError]:
-    results = _SCANNER.scan_paths(paths)
-    return [
-        r if isinstance(r, ScanError) else _header(p, r)
-        for p, r in zip(paths, results, strict=True)
-    ]
+    return _SCANNER.header_path(path)
 
 
 def scan_many(
@@ -249,12 +223,12 @@ def scan_many(
     batches = iter(lambda: list(itertools.islice(names, batch)), [])
     if threads == 1:
         for paths_batch in batches:
-            yield from _scan_batch(paths_batch)
+            yield from _SCANNER.header_paths(paths_batch)
         return
     with ThreadPoolExecutor(threads, thread_name_prefix="pacs-scan") as pool:
         pending: deque = deque()
         for paths_batch in batches:
-            pending.append(pool.submit(_scan_batch, paths_batch))
+            pending.append(pool.submit(_SCANNER.header_paths, paths_batch))
             if len(pending) >= 4 * threads:
                 yield from pending.popleft().result()
         while pending:

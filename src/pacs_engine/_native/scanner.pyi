@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -70,8 +70,10 @@ class ScanResult:
     @property
     def pixel(self) -> PixelScan | None: ...
 
-class Scanner:
-    """Scans DICOM headers for a fixed set of attributes."""
+H = TypeVar("H")
+
+class Scanner(Generic[H]):
+    """Scans DICOM headers for a fixed set of attributes; builds headers of type H."""
 
     def __init__(
         self,
@@ -79,9 +81,15 @@ class Scanner:
         tags: list[int],
         vrs: list[str],
         slow_value: Callable[[str, bytes, bool, Any], Any],
+        header: Callable[..., H],
+        native: Callable[[int, str | None, int, int, int], Any],
+        encapsulated: Callable[[PixelScan, Attributes, bool], Any],
     ) -> None: ...
     def scan_paths(
         self, paths: Sequence[str | bytes | PathLike[Any]]
     ) -> list[ScanResult | ScanError]: ...
     def scan_path(self, path: str) -> ScanResult: ...
     def scan_buffer(self, data: Any, path: str | None = None) -> ScanResult: ...
+    def header_paths(self, paths: Sequence[str | bytes | PathLike[Any]]) -> list[H | ScanError]: ...
+    def header_path(self, path: str) -> H: ...
+    def header_buffer(self, data: Any, path: str | None = None) -> H: ...

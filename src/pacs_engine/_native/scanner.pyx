@@ -130,12 +130,13 @@ cdef class Attributes:
 
     cdef Scanner scanner
     cdef bytes blob
+    cdef const uint8_t* data  # the blob's bytes (it lives as long as self): no checks per read
     cdef bint little
     cdef Py_ssize_t count
     cdef dict converted       # keyword -> value, for the values read so far
 
-    cdef inline const Slot* slot(self, Py_ssize_t k):
-        return (<const Slot*><const char*>self.blob) + k
+    cdef inline const Slot* slot(self, Py_ssize_t k) noexcept:
+        return (<const Slot*>self.data) + k
 
     cdef inline Py_ssize_t present(self, keyword):
         """The index of keyword if the file has it, else -1."""
@@ -150,8 +151,7 @@ cdef class Attributes:
         value = self.converted.get(keyword, MISSING)
         if value is MISSING:
             s = self.slot(k)
-            value = fast_value(<const uint8_t*><const char*>self.blob + s.start, s.length, s.vr,
-                               self.little)
+            value = fast_value(self.data + s.start, s.length, s.vr, self.little)
             self.converted[keyword] = value
         return value
 
@@ -261,6 +261,15 @@ cdef class Scanner:
     called as slow_value(vr, raw_bytes, little_endian, character_sets) for the
     values the native fast path leaves to pydicom (non-ASCII text, odd numbers).
     Keywords are indexed in tag order.
+
+    `scan_path`, `scan_paths` and `scan_buffer` return `ScanResult`s. `header_path`,
+    `header_paths` and `header_buffer` return the caller's header instead, built
+    here from the result's fields (a Python function reading them by name costs
+    more than the rest of the conversion): `header(path, attributes,
+    transfer_syntax_uid, has_preamble, has_file_meta, dataset_offset, explicit_vr,
+    little_endian, deflated, file_size, pixel, data_size)`, `pixel` being None,
+    `native(tag, vr, element_offset, value_offset, value_length)` or
+    `encapsulated(pixel_scan, attributes, little_endian)`.
     """
 
     cdef uint16_t* vrs          # by keyword index
@@ -271,8 +280,11 @@ cdef class Scanner:
     cdef int* kept_keyword      # for each kept tag, its keyword index or -1
     cdef Py_ssize_t n_kept
     cdef object slow_value
+    cdef object make_header     # the header, native and encapsulated callables above
+    cdef object make_native
+    cdef object make_encapsulated
 
-    def __cinit__(self, keywords, tags, vrs, slow_value):
+    def __cinit__(self, keywords, tags, vrs, slow_value, header, native, encapsulated):
         cdef Py_ssize_t i
         order = sorted(range(len(tags)), key=lambda k: tags[k])
         needed = {SPECIFIC_CHARACTER_SET, EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS,
@@ -294,6 +306,9 @@ cdef class Scanner:
             self.kept[i] = tag
             self.kept_keyword[i] = by_tag.get(tag, -1)
         self.slow_value = slow_value
+        self.make_header = header
+        self.make_native = native
+        self.make_encapsulated = encapsulated
 
     def __dealloc__(self):
         free(self.vrs)
@@ -309,13 +324,22 @@ cdef class Scanner:
         st.n_keywords = self.n_tags
 
     def scan_paths(self, list paths):
-        """Scan each file; per path, a ScanResult or a ScanError.
+        """Scan each file; per path, a ScanResult or a ScanError."""
+        return self.batch(paths, False)
+
+    def header_paths(self, list paths):
+        """Scan each file; per path, its header or a ScanError."""
+        return self.batch(paths, True)
+
+    cdef list batch(self, list paths, bint headers):
+        """Per path, a ScanResult (or with `headers`, a header) or a ScanError.
 
         The whole batch is parsed in one release of the GIL, in one head buffer that
         each file hands on to the next once its kept values are copied (so a batch
         does not hold a header's worth of memory per file).
         """
         cdef Py_ssize_t i, n = len(paths)
+        cdef ScanResult result
         cdef uint8_t* head = NULL
         cdef int64_t head_cap = 0
         cdef list encoded = [p if isinstance(p, bytes) else os.fsencode(p) for p in paths]
@@ -342,7 +366,8 @@ cdef class Scanner:
                     states[i].src.head_cap = 0
             for i in range(n):
                 try:
-                    results.append(self.finish(&states[i], paths[i]))
+                    result = self.finish(&states[i], paths[i])
+                    results.append(self.header(paths[i], result) if headers else result)
                 except ScanError as error:
                     results.append(error)
                 state_free(&states[i])
@@ -356,6 +381,13 @@ cdef class Scanner:
 
     def scan_path(self, str path):
         """Scan one file; raises ScanError."""
+        return self.finish_path(path)
+
+    def header_path(self, str path):
+        """The header of one file; raises ScanError."""
+        return self.header(path, self.finish_path(path))
+
+    cdef ScanResult finish_path(self, str path):
         cdef bytes encoded = PyUnicode_EncodeFSDefault(path)
         cdef const char* c_path = encoded
         cdef ScanState st
@@ -369,6 +401,13 @@ cdef class Scanner:
 
     def scan_buffer(self, const uint8_t[::1] data not None, path=None):
         """Scan bytes already in memory; raises ScanError."""
+        return self.finish_buffer(data, path)
+
+    def header_buffer(self, const uint8_t[::1] data not None, path=None):
+        """The header of bytes already in memory; raises ScanError."""
+        return self.header(path, self.finish_buffer(data, path))
+
+    cdef ScanResult finish_buffer(self, const uint8_t[::1] data, path):
         cdef ScanState st
         self.prepare(&st)
         st.src.mem = &data[0] if data.shape[0] > 0 else NULL
@@ -379,6 +418,21 @@ cdef class Scanner:
             return self.finish(&st, path)
         finally:
             state_free(&st)
+
+    cdef object header(self, path, ScanResult result):
+        """The caller's header of a result, its fields read in C."""
+        cdef PixelScan pixel = result.pixel
+        location = None
+        if pixel is not None:
+            if pixel.encapsulated:
+                location = self.make_encapsulated(pixel, result.attributes, result.little_endian)
+            else:
+                location = self.make_native(pixel.tag, pixel.vr, pixel.element_offset,
+                                            pixel.value_offset, pixel.value_length)
+        return self.make_header(path, result.attributes, result.transfer_syntax_uid,
+                                result.has_preamble, result.has_file_meta, result.dataset_offset,
+                                result.explicit_vr, result.little_endian, result.deflated,
+                                result.file_size, location, result.data_size)
 
     cdef ScanResult finish(self, ScanState* st, path):
         if st.failed:
@@ -513,6 +567,7 @@ cdef class Scanner:
         cdef Attributes result = Attributes.__new__(Attributes)
         result.scanner = self
         result.blob = PyBytes_FromStringAndSize(<const char*>st.values, st.blob_length)
+        result.data = <const uint8_t*><const char*>result.blob
         result.little = st.little
         result.converted = {}
         charsets = MISSING
@@ -529,7 +584,7 @@ cdef class Scanner:
                                                            charsets, path)
         return result
 
-    cdef Element* last_element(self, ScanState* st, Py_ssize_t k):
+    cdef Element* last_element(self, ScanState* st, Py_ssize_t k) noexcept:
         """The element whose value requested keyword k has (the last with its tag)."""
         cdef Py_ssize_t i = st.n_elems - 1
         while st.elems[i].keyword != k:
