@@ -554,7 +554,7 @@ def test_an_instance_over_the_size_limit_is_refused(server, monkeypatch) -> None
 
 
 def test_the_instance_size_limit_is_what_the_ingest_reads_whole() -> None:
-    from pacs_engine.inputs import InputPolicy
+    from pacs_engine.ingest.inputs import InputPolicy
     from pacs_engine.serve.dimse import MAX_INSTANCE_BYTES
 
     assert InputPolicy().max_bytes == MAX_INSTANCE_BYTES

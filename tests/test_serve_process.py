@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pydicom
 from conftest import ROOT, require_corpus
 from pynetdicom import AE
 from serve_helpers import AE_TITLE, echoscu, run_tool, storescu
@@ -287,3 +289,54 @@ def test_a_second_server_on_the_same_archive_or_port_is_refused(tmp_path: Path) 
         assert "Address already in use" in same_port.stderr
         assert echoscu(port).returncode == 0  # the first one serves on
         assert stop(proc)[0] == 0
+
+
+def test_the_served_archive_answers_find_and_get_of_what_it_received(tmp_path: Path) -> None:
+    """The command's own Q/R services: what storescu sent is found by findscu, got by getscu."""
+    corpus = require_corpus()
+    archive = tmp_path / "archive"
+    files = [corpus / f for f in FILES]
+    sent = {scan(f.read_bytes()).attributes["SOPInstanceUID"]: f for f in files}
+    study = {str(scan(f.read_bytes()).attributes["StudyInstanceUID"]) for f in files}
+    assert len(study) == 1
+    (study_uid,) = study
+    peers = ("--peer", "SCU=store", "--peer", "FINDSCU=query", "--peer", "GETSCU=retrieve")
+    for folder in ("found", "got", "no"):
+        (tmp_path / folder).mkdir()
+    with serving(archive, *peers, "--drain-interval", "0.2") as (proc, port):
+        assert storescu(port, files, SYNTAX).returncode == 0
+        wait_drained(archive)
+        found = run_tool(
+            "findscu", "-S", "-aec", AE_TITLE, "-X", "-od", str(tmp_path / "found"),
+            "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study_uid}",
+            "-k", "SeriesInstanceUID", "-k", "NumberOfSeriesRelatedInstances",
+            "127.0.0.1", str(port),
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        got = run_tool(
+            "getscu", "-S", "-aec", AE_TITLE, "+xs", "-od", str(tmp_path / "got"),
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+            "127.0.0.1", str(port),
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        run_tool(  # FINDSCU may query, not retrieve (refused: audited below)
+            "getscu", "-S", "-aet", "FINDSCU", "-aec", AE_TITLE, "-od", str(tmp_path / "no"),
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+            "127.0.0.1", str(port),
+        )  # fmt: skip
+        code, _ = stop(proc)
+    assert code == 0
+    answers = [pydicom.dcmread(p) for p in sorted((tmp_path / "found").iterdir())]
+    assert sum(int(a.NumberOfSeriesRelatedInstances) for a in answers) == len(files)
+    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in (tmp_path / "got").iterdir()}
+    assert set(received) == set(sent)
+    for uid, path in received.items():  # the stored JPEG lossless bitstream (getscu +xs accepts it)
+        assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == SYNTAX
+        assert np.array_equal(
+            pydicom.dcmread(path).pixel_array, pydicom.dcmread(sent[uid]).pixel_array
+        )
+    assert list((tmp_path / "no").iterdir()) == []
+    outcomes = {(r["actor"], r["action"], r["outcome"]) for r in read_records(archive)}
+    assert ("FINDSCU", "get", "refused") in outcomes
+    assert ("GETSCU", "c-get", "success") in outcomes
+    assert verify_chain(archive) == []

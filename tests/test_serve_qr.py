@@ -24,21 +24,22 @@ import pydicom
 import pytest
 from conftest import pydicom_test_files
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 
 from pacs_engine import Archive
+from pacs_engine.serve import qr
 from pacs_engine.serve.audit import AuditLog, read_records
 from pacs_engine.serve.config import Peer, ServeConfig
 from pacs_engine.serve.context import ServeContext
+from pacs_engine.serve.dimse import DimseServer
 from pacs_engine.serve.qr import (
     QR_FIND_CLASSES,
     QR_GET_CLASSES,
     QR_MOVE_CLASSES,
-    handle_find,
-    handle_get,
-    handle_move,
+    QR_SERVICES,
 )
+from pacs_engine.serve.spool import Spool
 
 TIMEOUT = 60
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
@@ -136,23 +137,21 @@ class Server:
         return list(read_records(self.ctx.archive.path))
 
 
-def start(ctx: ServeContext) -> Any:
-    """A pynetdicom server on 127.0.0.1 (a free port) with the Q/R handlers bound to `ctx`."""
-    ae = AE(ae_title="PACS_ENGINE")
-    for uid in QR_FIND_CLASSES + QR_GET_CLASSES + QR_MOVE_CLASSES:
-        ae.add_supported_context(uid)
-    # C-GET: this side sends (SCP role). pynetdicom accepts the first of its own list
-    # that the requestor offers: compressed first, so a getscu offering JPEG-LS gets it.
-    native = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    syntaxes = [ts for ts in ALL_TRANSFER_SYNTAXES if UID(ts).is_compressed] + native
-    for context in StoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, syntaxes, scu_role=False, scp_role=True)
-    handlers = [
-        (evt.EVT_C_FIND, handle_find, [ctx]),
-        (evt.EVT_C_GET, handle_get, [ctx]),
-        (evt.EVT_C_MOVE, handle_move, [ctx]),
-    ]
-    return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+#: The calling AE titles of the tests' requestors (dcmtk's defaults and the pynetdicom SCU).
+REQUESTORS = ("FINDSCU", "GETSCU", "MOVESCU", "TESTSCU")
+
+
+def start(ctx: ServeContext) -> DimseServer:
+    """`pacs-engine serve`'s DIMSE server with its Q/R services on 127.0.0.1 (a free port).
+
+    The requestors are admitted with the query and retrieve rights (the server's
+    rights check is tested in test_serve_dimse.py).
+    """
+    rights = frozenset({"query", "retrieve"})
+    ctx.config = ctx.config.with_peers(*(Peer(title, rights) for title in REQUESTORS))  # type: ignore[arg-type]
+    server = DimseServer(ctx, Spool(ctx.archive.path), QR_SERVICES)
+    server.start(0)
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +170,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ctx = ServeContext(archive, config, AuditLog(archive.path, sync_seconds=0))
     scp = start(ctx)
     try:
-        yield Server(scp.server_address[1], ctx, files, root)
+        yield Server(scp.address[1], ctx, files, root)
     finally:
-        scp.shutdown()
+        scp.stop()
         ctx.audit.close()
         archive.close()
 
@@ -386,8 +385,17 @@ def test_a_bad_identifier_gets_a_failure_status_and_an_audit_record(server: Serv
     assert all("DOE" not in str(r) for r in server.audit())  # no patient data in the trail
 
 
-def test_c_cancel_stops_a_large_find(tmp_path: Path) -> None:
-    rows = 20_000  # an index only: C-FIND reads nothing else
+def test_c_cancel_stops_a_large_find(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = 5_000  # an index only: C-FIND reads nothing else
+    # Each answer made slower (2 ms), so that the find cannot finish before the cancel
+    # arrives however fast loopback is (its answers would all fit in the socket buffers).
+    made = qr.response
+
+    def slow_response(*args: Any) -> Any:
+        time.sleep(0.002)
+        return made(*args)
+
+    monkeypatch.setattr(qr, "response", slow_response)
     archive = Archive.create(tmp_path / "big")
     archive.index.commit(
         [
@@ -403,7 +411,7 @@ def test_c_cancel_stops_a_large_find(tmp_path: Path) -> None:
     ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0))
     scp = start(ctx)
     try:
-        assoc = scu_association(scp.server_address[1], STUDY_ROOT_FIND)
+        assoc = scu_association(scp.address[1], STUDY_ROOT_FIND)
         try:
             query = Dataset()
             query.QueryRetrieveLevel = "IMAGE"
@@ -417,13 +425,13 @@ def test_c_cancel_stops_a_large_find(tmp_path: Path) -> None:
         finally:
             assoc.release()
     finally:
-        scp.shutdown()
+        scp.stop()
         ctx.audit.close()
         archive.close()
     assert rest[-1] == 0xFE00
     assert len(rest) < rows // 2  # the matches after the cancel were not sent
-    (record,) = read_records(tmp_path / "big")
-    assert record["outcome"] == "cancelled" and record["action"] == "c-find"
+    (record,) = [r for r in read_records(tmp_path / "big") if r["action"] == "c-find"]
+    assert record["outcome"] == "cancelled"
 
 
 # --- C-GET and C-MOVE: the bytes that arrive ------------------------------------------
@@ -674,7 +682,7 @@ def test_native_instances_in_other_syntaxes_arrive_as_explicit_little_endian(
     assert archive.ingest(sources, workers=0).archived == 3
     ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0))
     scp = start(ctx)
-    port = scp.server_address[1]
+    port = scp.address[1]
     try:
         for number, source in enumerate(sources):
             original = pydicom.dcmread(source)
@@ -693,7 +701,7 @@ def test_native_instances_in_other_syntaxes_arrive_as_explicit_little_endian(
                 del got.PixelData, original.PixelData
             assert got == original
     finally:
-        scp.shutdown()
+        scp.stop()
         ctx.audit.close()
         archive.close()
     details = [r["detail"] for r in read_records(tmp_path / "a") if r["action"] == "c-get"]
