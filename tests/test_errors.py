@@ -25,6 +25,9 @@ from pacs_engine.ingest.inputs import InputError, InputTooLarge, _NotRegular
 from pacs_engine.ingest.run import IngestStopped, PartFailed
 from pacs_engine.ingest.session import StaleSession
 from pacs_engine.read import VolumeError
+from pacs_engine.serve.config import ConfigError
+from pacs_engine.serve.find import QueryRefused
+from pacs_engine.serve.retrieve import NotSendable
 
 #: One instance of each exception class, built as the code builds it, with the standard
 #: bases callers catch it by (`except ValueError`), which it had before PacsEngineError.
@@ -48,6 +51,9 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     ExportError: (ExportError("damaged shard"), (ArchiveError,)),
     UnknownInstance: (UnknownInstance("no instance 1.2.3"), (ExportError, KeyError)),
     BlobError: (BlobError("bad blob"), (ValueError,)),
+    ConfigError: (ConfigError("serve.toml [dimse]: unknown key(s) prot"), (ValueError,)),
+    QueryRefused: (QueryRefused(0xA900, "StudyDate: not a date range"), (ValueError,)),
+    NotSendable: (NotSendable("no context for 1.2.840.10008.1.2.4.80"), (ValueError,)),
 }
 
 

@@ -33,6 +33,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import DSfloat, PersonName
 
 from pacs_engine.archive import Archive
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
 from pacs_engine.scanning import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
@@ -75,7 +76,7 @@ _ORDER = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 _NOT_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
 
 
-class QueryRefused(Exception):
+class QueryRefused(PacsEngineError, ValueError):
     """An identifier that cannot be answered: the status to send and a comment (no values)."""
 
     def __init__(self, status: int, comment: str) -> None:

@@ -97,6 +97,8 @@ def _retrieve_rows(event: Any, ctx: ServeContext) -> list[Row]:
     identifier = _identifier(event)
     try:
         return retrieve_rows(ctx.archive, identifier, _patient_root(event))
+    except QueryRefused:
+        raise
     except (PacsEngineError, ValueError, OSError) as error:
         raise QueryRefused(
             UNABLE_TO_PROCESS, f"unable to process: {type(error).__name__}"
@@ -127,7 +129,11 @@ def handle_find(event: Any, ctx: ServeContext) -> Iterator[tuple[Status, Dataset
             matches += 1
             yield PENDING, answer
     except (PacsEngineError, ValueError, OSError) as error:
-        failed = QueryRefused(UNABLE_TO_PROCESS, f"unable to process: {type(error).__name__}")
+        failed = (
+            error
+            if isinstance(error, QueryRefused)
+            else QueryRefused(UNABLE_TO_PROCESS, f"unable to process: {type(error).__name__}")
+        )
         audit(f"failed 0x{failed.status:04X}", list(studies), f"{detail} {failed.comment}")
         yield failed.status_dataset(), None
         return
