@@ -3,10 +3,11 @@
 Run with `python -m pytest benchmarks/bench_cfind.py -s`. Builds an archive whose
 index holds 100,000 synthetic rows (2,000 studies of 2 series of 25 instances,
 1,000 patients; no pixels: C-FIND reads only the index), serves it with the Q/R
-handlers on a pynetdicom AE on 127.0.0.1, and times study-level queries from a
-pynetdicom SCU over one association, request sent to final response received, each
-asking for the usual return keys and the computed counts. Both sockets set
-TCP_NODELAY (dcmtk's default) unless PACS_ENGINE_BENCH_NODELAY=0.
+the server `pacs-engine serve` runs (DimseServer with its Q/R services, which sets
+TCP_NODELAY) on 127.0.0.1, and times study-level queries from a pynetdicom SCU over
+one association, request sent to final response received, each asking for the usual
+return keys and the computed counts. The SCU sets TCP_NODELAY too (dcmtk's default)
+unless PACS_ENGINE_BENCH_NODELAY=0.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
+from benchmarks.bench_index import study_rows
 from pacs_engine import Archive
 from pacs_engine.serve.audit import AuditLog
-from pacs_engine.serve.config import ServeConfig
+from pacs_engine.serve.config import Peer, ServeConfig
 from pacs_engine.serve.context import ServeContext
-from pacs_engine.serve.qr import QR_FIND_CLASSES, STUDY_ROOT_FIND, handle_find
+from pacs_engine.serve.dimse import DimseServer
+from pacs_engine.serve.qr import QR_SERVICES, STUDY_ROOT_FIND
+from pacs_engine.serve.spool import Spool
 
 ROOT = "1.2.826.0.1.3680043.8.498.78"
 STUDIES, SERIES_PER_STUDY, ROWS_PER_SERIES = 2_000, 2, 25
 QUERIES = 300
-#: PACS_ENGINE_BENCH_NODELAY=0 measures with pynetdicom's sockets as they are (Nagle on).
+#: PACS_ENGINE_BENCH_NODELAY=0 leaves the client's socket as pynetdicom makes it (Nagle on).
 NO_DELAY = os.environ.get("PACS_ENGINE_BENCH_NODELAY", "1") == "1"
 RETURN_KEYS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -41,33 +45,8 @@ RETURN_KEYS = (
 
 
 def rows_of(study: int) -> list[dict[str, Any]]:
-    patient = study // 2
-    common = {
-        "StudyInstanceUID": f"{ROOT}.1.{study}",
-        "PatientID": f"PID{patient:07d}",
-        "PatientName": f"NAME{patient % 997}^GIVEN{patient}",
-        "PatientBirthDate": "19700101",
-        "PatientSex": "MF"[patient % 2],
-        "StudyDate": f"{2015 + study % 10}{1 + study % 12:02d}{1 + study % 28:02d}",
-        "StudyTime": "101500",
-        "StudyDescription": "CHEST ABDOMEN PELVIS",
-        "AccessionNumber": f"ACC{study:08d}",
-        "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
-    }
-    rows = []
-    for series in range(SERIES_PER_STUDY):
-        for instance in range(ROWS_PER_SERIES):
-            rows.append(
-                {
-                    **common,
-                    "SeriesInstanceUID": f"{ROOT}.2.{study}.{series}",
-                    "SeriesNumber": series + 1,
-                    "Modality": ("CT", "MR")[series % 2],
-                    "SOPInstanceUID": f"{ROOT}.3.{study}.{series}.{instance}",
-                    "InstanceNumber": instance + 1,
-                }
-            )
-    return rows
+    """The index rows of one synthetic study (bench_index's, at this benchmark's size)."""
+    return study_rows(study, SERIES_PER_STUDY, ROWS_PER_SERIES)
 
 
 def no_delay(event: Any) -> None:
@@ -102,19 +81,15 @@ def test_study_level_cfind_latency(tmp_path: Path) -> None:
         archive.index.commit([r for s in range(first, first + 20) for r in rows_of(s)])
     built = time.perf_counter() - built
     assert len(archive.index) == STUDIES * SERIES_PER_STUDY * ROWS_PER_SERIES
-    ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path))
-    ae = AE(ae_title="PACS_ENGINE")
-    for uid in QR_FIND_CLASSES:
-        ae.add_supported_context(uid)
-    handlers: list[Any] = [(evt.EVT_C_FIND, handle_find, [ctx])]
-    if NO_DELAY:
-        handlers.append((evt.EVT_CONN_OPEN, no_delay))
-    scp = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    config = ServeConfig().with_peers(Peer("BENCH", frozenset({"query"})))
+    ctx = ServeContext(archive, config, AuditLog(archive.path))
+    server = DimseServer(ctx, Spool(archive.path), QR_SERVICES)  # `serve`'s own server
+    _, port = server.start(0)
     scu = AE(ae_title="BENCH")
     scu.add_requested_context(STUDY_ROOT_FIND)
     assoc = scu.associate(
         "127.0.0.1",
-        scp.server_address[1],
+        port,
         ae_title="PACS_ENGINE",
         evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)] if NO_DELAY else None,
     )
@@ -130,7 +105,7 @@ def test_study_level_cfind_latency(tmp_path: Path) -> None:
             matches.append(len(answers) - 1)
     finally:
         assoc.release()
-        scp.shutdown()
+        server.stop()
         ctx.audit.close()
         archive.close()
     ms = np.array(times) * 1000

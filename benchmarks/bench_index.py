@@ -36,7 +36,9 @@ COMPARE = os.environ.get("PACS_ENGINE_BENCH_INDEX_COMPARE") == "1"
 # --- synthetic rows -------------------------------------------------------------------
 
 
-def study_rows(study: int) -> list[dict[str, Any]]:
+def study_rows(
+    study: int, series_count: int = SERIES_PER_STUDY, rows_per_series: int = ROWS_PER_SERIES
+) -> list[dict[str, Any]]:
     """The rows of one synthetic CT/MR study: what the scanner and the ingest would store."""
     rnd = random.Random(study)
     patient = study // 2
@@ -79,9 +81,9 @@ def study_rows(study: int) -> list[dict[str, Any]]:
         "status": "archived",
     }
     rows = []
-    for series in range(SERIES_PER_STUDY):
+    for series in range(series_count):
         series_uid = f"{study_uid}.{series}"
-        for i in range(ROWS_PER_SERIES):
+        for i in range(rows_per_series):
             rows.append(
                 {
                     **common,

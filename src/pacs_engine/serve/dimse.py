@@ -33,21 +33,14 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs_engine.archive.prepare import DEFLATED_IMAGE_FRAME_COMPRESSION
+from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
 from pacs_engine.codecs import PASS_THROUGH_BY_SYNTAX
 from pacs_engine.errors import ScanError
 from pacs_engine.scanning import scan
@@ -72,19 +65,6 @@ VERIFICATION = "1.2.840.10008.1.1"
 #: ErrorComment is LO: 64 characters.
 _COMMENT_CHARS = 64
 
-#: Compressed syntaxes that can only be lossless.
-_LOSSLESS_ONLY = frozenset(
-    {
-        JPEGLossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        JPEG2000Lossless,
-        HTJ2KLossless,
-        HTJ2KLosslessRPCL,
-        RLELossless,
-        DEFLATED_IMAGE_FRAME_COMPRESSION,
-    }
-)
 _PASS_THROUGH = sorted(PASS_THROUGH_BY_SYNTAX)
 #: Transfer syntaxes kept as they are: the native ones, deflate, and every compressed
 #: syntax whose bitstream the archive keeps (codecs/registry.py). Nothing is transcoded.
@@ -93,12 +73,12 @@ _PASS_THROUGH = sorted(PASS_THROUGH_BY_SYNTAX)
 #: is, and a sender that offers it loses nothing), then native, then what may be lossy
 #: (never chosen over native, so a sender that could send lossless does).
 STORAGE_SYNTAXES: tuple[str, ...] = (
-    *(uid for uid in _PASS_THROUGH if uid in _LOSSLESS_ONLY),
+    *(uid for uid in _PASS_THROUGH if uid in LOSSLESS_SYNTAXES),
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
-    *(uid for uid in _PASS_THROUGH if uid not in _LOSSLESS_ONLY),
+    *(uid for uid in _PASS_THROUGH if uid not in LOSSLESS_SYNTAXES),
 )
 STORAGE_CLASSES: frozenset[str] = frozenset(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
