@@ -116,11 +116,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         retries=args.retries,
         rate=rate,
     )
-    bar = tqdm(unit="study", desc="migrate", file=sys.stderr, dynamic_ncols=True)
+    bars: list[tqdm] = []  # made once the number of studies to fetch is known
 
     def progress(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
+        if not bars:
+            bars.append(tqdm(total=total, unit="study", desc="migrate", file=sys.stderr))
+        bar = bars[0]
         instances, size = migration.received_totals()
         seconds = max(bar.format_dict["elapsed"], 1e-3)
         bar.set_postfix(instances=instances, MBps=f"{size / seconds / 1e6:.1f}", refresh=False)
@@ -139,7 +140,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             )
         report = migration.run()
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         server.stop()
         drain.stop()
     try:

@@ -207,14 +207,15 @@ class Legacy:
             primitive = assoc.acceptor.primitive
             reason = primitive.reason_str if primitive is not None else "no reason given"
             return f"association rejected: {reason}"
-        if assoc.is_aborted:
-            return "the association was aborted by the peer"
+        # pynetdicom says "aborted" also when no connection was made: try one to tell why.
         host, port = self.peer.address or ("", 0)
         try:
             with socket.create_connection((host, port), timeout=5):
                 pass
         except OSError as error:
             return f"cannot connect: {error.strerror or error}"
+        if assoc.is_aborted:
+            return "the association was aborted by the peer"
         return "no answer to the association request"
 
     def find(self, assoc: Association, query: Dataset) -> tuple[list[Dataset], bool]:
@@ -309,6 +310,7 @@ class Migration:
         self._next_start = 0.0
         self._started = time.monotonic()
         self.studies: dict[str, StudyState] = {}
+        self.listing_problems: list[str] = []  # capped days: studies the listing may miss
         server.on_stored = self._stored
 
     def journal_id(self) -> str:
@@ -335,6 +337,7 @@ class Migration:
                 f"{self.journal_path}: unknown journal format {data.get('format')}"
             )
         self.studies = {uid: StudyState(**entry) for uid, entry in data["studies"].items()}
+        self.listing_problems = list(data["listing_problems"])
         return True
 
     def _save_journal(self) -> None:
@@ -344,6 +347,7 @@ class Migration:
             "source": _peer_name(self.legacy.peer),
             "filters": self._filter_text(),
             "method": self.method,
+            "listing_problems": self.listing_problems,
             "studies": {uid: vars(state) for uid, state in self.studies.items()},
         }
         make_dirs(self.journal_path.parent)
@@ -353,21 +357,21 @@ class Migration:
 
     def run(self) -> MigrationReport:
         """List (or resume), retrieve what is not complete, and count; the report."""
-        return self.retrieve(self.prepare())
+        self.prepare()
+        return self.retrieve()
 
-    def prepare(self) -> list[str]:
-        """The studies of the journal, else of a listing then journalled; listing problems."""
+    def prepare(self) -> None:
+        """The studies of the journal, else of a listing, then journalled."""
         if self._load_journal():
-            return []
-        studies, problems = self.list_studies()
+            return
+        studies, self.listing_problems = self.list_studies()
         self.studies = {uid: StudyState(expected) for uid, expected in studies.items()}
         with self._lock:
             self._save_journal()
-        return problems
 
-    def retrieve(self, listing_problems: list[str]) -> MigrationReport:
+    def retrieve(self) -> MigrationReport:
         """Retrieve every study of the journal that is not complete; the report."""
-        report = MigrationReport(listing_problems=listing_problems)
+        report = MigrationReport(listing_problems=list(self.listing_problems))
         report.found = len(self.studies)
         todo = [uid for uid, state in self.studies.items() if state.state != "complete"]
         report.skipped = report.found - len(todo)
