@@ -16,10 +16,19 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 from pacs_engine.archive import Archive
 from pacs_engine.scanning import scan
@@ -119,22 +128,25 @@ def pacs() -> Iterator[Pacs]:
 
 
 def migrate_command(legacy: Pacs, archive: Path, *args: str) -> list[str]:
+    """The command line migrating from `legacy` (Orthanc) into `archive`."""
+    return [*migrate_command_to(legacy.source, archive), "--port", str(legacy.move_port), *args]
+
+
+def migrate_command_to(source: str, archive: Path) -> list[str]:
+    """The command line migrating from `source` into `archive`, ingesting in-process."""
     return [
         sys.executable,
         "-m",
         "pacs_engine.cli",
         "migrate",
         "--from",
-        legacy.source,
+        source,
         "--archive",
         str(archive),
-        "--port",
-        str(legacy.move_port),
         "--listen",
         "127.0.0.1",
         "--workers",
         "0",
-        *args,
     ]
 
 
@@ -337,20 +349,7 @@ def journal_listing(legacy: Pacs, archive: Path) -> None:
 def test_a_pacs_that_is_down_is_named_with_the_reason(tmp_path: Path) -> None:
     port = free_port()
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pacs_engine.cli",
-            "migrate",
-            "--from",
-            f"OLDPACS@127.0.0.1:{port}",
-            "--archive",
-            str(tmp_path / "archive"),
-            "--port",
-            "0",
-            "--workers",
-            "0",
-        ],
+        [*migrate_command_to(f"OLDPACS@127.0.0.1:{port}", tmp_path / "archive"), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=RUN_SECONDS,
@@ -404,3 +403,77 @@ def test_rate_limits_and_sources_parse() -> None:
     assert parse_source("OLD@10.0.0.1:104").address == ("10.0.0.1", 104)
     with pytest.raises(MigrationError, match="AET@HOST:PORT"):
         parse_source("OLD")
+
+
+# --- a PACS that drops the association mid-study (a pynetdicom SCP of the test's) ------
+
+
+@contextmanager
+def flaky_pacs(drop_study: str, studies: dict[str, list[Path]]) -> Iterator[tuple[int, Counter]]:
+    """A legacy PACS answering C-FIND and C-GET for `studies`, that aborts the association
+    after the first instance of `drop_study`; (port, C-GETs asked per study)."""
+    datasets = {uid: [pydicom.dcmread(path) for path in paths] for uid, paths in studies.items()}
+    asked: Counter = Counter()
+
+    def on_find(event: Any) -> Iterator[Any]:
+        for uid, instances in datasets.items():
+            answer = Dataset()
+            answer.QueryRetrieveLevel = "STUDY"
+            answer.StudyInstanceUID = uid
+            answer.StudyDate = instances[0].StudyDate
+            answer.NumberOfStudyRelatedInstances = len(instances)
+            yield 0xFF00, answer
+
+    def on_get(event: Any) -> Iterator[Any]:
+        uid = str(event.identifier.StudyInstanceUID)
+        asked[uid] += 1
+        instances = datasets.get(uid, [])
+        yield len(instances)
+        for number, instance in enumerate(instances):
+            if uid == drop_study and number == 1:
+                event.assoc.abort()
+                return
+            yield 0xFF00, instance
+
+    ae = AE("FLAKY")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, scp_role=True, scu_role=False)
+    handlers = [(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    try:
+        yield int(server.server_address[1]), asked
+    finally:
+        server.shutdown()
+
+
+def test_a_study_whose_association_drops_is_retried_reported_and_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    files = corpus_files()
+    studies = {CR_STUDY: files[:3], CT_STUDY: files[3:7]}
+    with flaky_pacs(CR_STUDY, studies) as (port, asked):
+        run = subprocess.run(
+            [
+                *migrate_command_to(f"FLAKY@127.0.0.1:{port}", tmp_path / "archive"),
+                "--method",
+                "get",
+                "--retries",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=RUN_SECONDS,
+            check=False,
+        )
+    assert run.returncode == 1, run.stderr
+    assert asked == {CR_STUDY: 2, CT_STUDY: 1}  # the dropped study once more, the other once
+    assert report_line(run.stdout, "studies found") == (
+        "studies found: 2, complete: 1 (0 in an earlier run), incomplete: 1, failed: 0"
+    )
+    assert report_line(run.stdout, "incomplete ") == (
+        f"incomplete {CR_STUDY}: legacy PACS FLAKY@127.0.0.1:{port}: "
+        "the association ended during the C-GET"
+    )
+    assert Counter(archived(tmp_path / "archive").values()) == {CT_STUDY: 4, CR_STUDY: 1}
