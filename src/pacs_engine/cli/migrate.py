@@ -129,35 +129,37 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     migration.progress = progress
     try:
-        drain.start()  # what a killed run left in the spool is ingested first
-        if args.method == "move":
-            host, port = server.start(args.port)
-            print(
-                f"pacs-engine migrate: {ae_title} receiving on {host}:{port} "
-                f"(C-MOVE destination for {source.ae_title})",
-                file=sys.stderr,
-                flush=True,
-            )
-        report = migration.run()
-    finally:
-        for bar in bars:
-            bar.close()
-        server.stop()
-        drain.stop()
-    try:
+        try:
+            drain.start()  # what a killed run left in the spool is ingested first
+            if args.method == "move":
+                host, port = server.start(args.port)
+                print(
+                    f"pacs-engine migrate: {ae_title} receiving on {host}:{port} "
+                    f"(C-MOVE destination for {source.ae_title})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            report = migration.run()
+        finally:
+            for bar in bars:
+                bar.close()
+            server.stop()
+            drain.stop()
         # The rest of the spool, now that nothing more arrives.
-        Drain(archive, spool, executor, on_report=ingested.append).drain()
+        final = Drain(archive, spool, executor, on_report=ingested.append)
+        final.drain()
+        report.spool_failure = final.failure
     finally:
         executor.close()
         audit.close()
         archive.close()
     for part in ingested:
         report.add_ingest(part)
-    _print_report(report, args)
+    _print_report(report)
     return 0 if report.ok else 1
 
 
-def _print_report(report: MigrationReport, args: argparse.Namespace) -> None:
+def _print_report(report: MigrationReport) -> None:
     """The end-of-run report on stdout: studies by outcome, reasons, the ingest's invariant."""
     counts = report.ingest
     rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
@@ -173,6 +175,8 @@ def _print_report(report: MigrationReport, args: argparse.Namespace) -> None:
     lines += [f"incomplete {uid}: {reason}" for uid, reason in report.incomplete.items()]
     lines += [f"failed {uid}: {reason}" for uid, reason in report.failed.items()]
     lines += [f"listing: {problem}" for problem in report.listing_problems]
+    if report.spool_failure is not None:
+        lines.append(f"not ingested yet (kept in the spool): {report.spool_failure}")
     if not report.ok:
         lines.append("run the same command again to resume: complete studies are not fetched again")
     print("\n".join(lines), flush=True)

@@ -261,6 +261,7 @@ class MigrationReport:
     instances: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    spool_failure: str | None = None  # why what was received is not all ingested yet
     #: What the ingest of the received instances counted: inputs, archived, duplicates,
     #: conflicts, quarantined (inputs = the sum of the other four).
     ingest: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INGEST_COUNTS, 0))
@@ -272,8 +273,8 @@ class MigrationReport:
 
     @property
     def ok(self) -> bool:
-        """True when every study found is complete and the listing is trusted."""
-        return not (self.incomplete or self.failed or self.listing_problems)
+        """True when every study found is complete and ingested, and the listing is trusted."""
+        return not (self.incomplete or self.failed or self.listing_problems or self.spool_failure)
 
 
 class Migration:
