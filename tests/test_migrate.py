@@ -58,6 +58,7 @@ AE_TITLE = "PACS_ENGINE"
 CT_STUDY = "1.3.6.1.4.1.5962.1.1.0.0.0.1196530851.28319.0.1"
 CR_STUDY = "1.3.6.1.4.1.5962.1.1.0.0.0.1196527414.5534.0.1"
 MR_STUDY = "1.3.6.1.4.1.5962.1.1.0.0.0.1196533885.18148.0.133"
+CT2N_STUDY = "1.3.6.1.4.1.5962.1.1.0.0.0.1194734704.16302.0.1"  # 2001-01-01, as the CR
 STUDY_SIZES = {CT_STUDY: 4, CR_STUDY: 3, MR_STUDY: 4}
 
 
@@ -243,23 +244,32 @@ def test_a_capped_listing_is_split_into_date_windows(pacs: Pacs, tmp_path: Path)
     assert run.returncode == 0, run.stderr
     assert report_line(run.stdout, "studies found").startswith("studies found: 3, complete: 3")
     assert Counter(archived(tmp_path / "archive").values()) == STUDY_SIZES
-    # A cap of one answer cannot be split below a day: each day is reported, not trusted.
-    run = migrate(pacs, tmp_path / "other", "--max-results", "1")
+    # A cap of one answer is reached by a day of one study, then by its one modality:
+    # that is reported, not trusted.
+    dates = "StudyDate=20010101-20011231"
+    run = migrate(pacs, tmp_path / "other", "--max-results", "1", "--filter", dates)
     assert run.returncode == 1
     problems = [line for line in run.stdout.splitlines() if line.startswith("listing: ")]
-    assert sorted(line.split()[1] for line in problems) == ["19950903:", "20010101:", "20030505:"]
+    assert problems == [
+        "listing: 20010101 CR: the answer is capped even for one day; studies may be missing "
+        "(narrow it with --filter)"
+    ]
     assert "run the same command again to resume" in run.stdout
 
 
 def test_a_pacs_that_caps_its_answers_cannot_truncate_the_listing(tmp_path: Path) -> None:
-    # Orthanc's LimitFindResults: it answers 2 studies, then Cancel (0xFE00).
+    # Orthanc's LimitFindResults: one study answered, then Cancel (0xFE00). A fourth study,
+    # a CT of the CR's day, makes that day capped too: it is split by modality.
     move_port = free_port()
-    with orthanc_for(move_port, LimitFindResults=2) as orthanc:
+    with orthanc_for(move_port, LimitFindResults=1) as orthanc:
         legacy = Pacs(orthanc, move_port)
         load(legacy)
+        for path in sorted((DIRS / "98892001/CT2N").iterdir()):
+            legacy.request("POST", "/instances", path.read_bytes())
         run = migrate(legacy, tmp_path / "archive")
-        assert run.returncode == 0, run.stderr
-        assert Counter(archived(tmp_path / "archive").values()) == STUDY_SIZES
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert report_line(run.stdout, "studies found").startswith("studies found: 4, complete: 4")
+        assert Counter(archived(tmp_path / "archive").values()) == {**STUDY_SIZES, CT2N_STUDY: 2}
 
 
 def test_a_killed_migration_resumes_without_fetching_a_complete_study_again(

@@ -200,7 +200,7 @@ class DimseServer:
         """Listen on the configured host and `port` (0: a free one), in background threads."""
         config = self.ctx.config
         handlers: list[EventHandlerType] = [
-            (evt.EVT_CONN_OPEN, _no_delay),
+            (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_ended),
@@ -333,7 +333,7 @@ class DimseServer:
         return handle
 
 
-def _no_delay(event: Any) -> None:
+def no_delay(event: Any) -> None:
     """Send each PDU at once (TCP_NODELAY, as dcmtk does).
 
     A DIMSE message is two writes (command, then data set); with Nagle's algorithm the

@@ -5,10 +5,11 @@
 1. **Listing.** C-FIND (Study Root, STUDY level) in StudyDate windows. A window whose
    answer looks capped (at least `max_results` answers, a round number of 100 or more,
    or a warning/out-of-resources status instead of the last answers) is halved, down
-   to one day; a day still capped is reported (narrow it with `--filter Modality=..`).
+   to one day; a day still capped is queried once per modality (ModalitiesInStudy), and a
+   day and modality still capped is reported.
    Without a date filter one query first asks for everything; only when it looks capped
    are the windows walked (1900-01-01 to 2100-12-31), plus one query for an empty
-   StudyDate ('""', PS3.4 C.2.2.2.1.2 empty value matching; a PACS that does not support
+   StudyDate ('""', PS3.4 C.2.2.2.1 empty value matching; a PACS that does not support
    it answers nothing, and its undated studies are then only found when the first
    query is not capped).
 2. **Retrieval.** Each study by C-MOVE to the Storage SCP this process runs (a
@@ -58,7 +59,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.serve.config import Peer, parse_peer
-from pacs_engine.serve.dimse import STORAGE_SYNTAXES, DimseServer
+from pacs_engine.serve.dimse import STORAGE_SYNTAXES, DimseServer, no_delay
 from pacs_engine.storage import make_dirs, write_atomic
 
 LOG = logging.getLogger(__name__)
@@ -73,6 +74,22 @@ _CAPPED = (0xFE00, 0xB000, 0xA700)
 _RETRIEVED = (0x0000, 0xB000)
 #: The window walked when no StudyDate filter bounds it.
 FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2100, 12, 31)
+#: What a capped day is split by: the Modality defined terms (PS3.3 C.7.3.1.1.1), current
+#: and retired. A study whose every series has a private modality is not found this way.
+# fmt: off
+MODALITIES = (
+    "ANN", "AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CFM", "CR", "CT", "CTPROTOCOL", "DMS",
+    "DG", "DOC", "DX", "ECG", "EEG", "EMG", "EOG", "EPS", "ES", "FID", "GM", "HC", "HD", "IO",
+    "IOL", "IVOCT", "IVUS", "KER", "KO", "LEN", "LS", "M3D", "MG", "MR", "NM", "OAM", "OCT",
+    "OP", "OPM", "OPT", "OPTBSV", "OPTENF", "OPV", "OSS", "OT", "PLAN", "POS", "PR", "PT",
+    "PX", "REG", "RESP", "RF", "RG", "RTDOSE", "RTIMAGE", "RTINTENT", "RTPLAN", "RTRAD",
+    "RTRECORD", "RTSEGANN", "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR", "SRF", "STAIN",
+    "TEXTUREMAP", "TG", "US", "VA", "XA", "XAPROTOCOL", "XC",
+    # Retired, still found in old archives.
+    "AS", "CD", "CF", "CP", "CS", "DD", "DF", "DM", "DS", "EC", "FA", "FS", "LP", "MA", "MS",
+    "OPR", "ST", "VF",
+)
+# fmt: on
 #: Study-level filters named by what users call them.
 _FILTER_KEYS = {"Modality": "ModalitiesInStudy"}
 JOURNAL_FORMAT = 1
@@ -191,7 +208,7 @@ class Legacy:
             contexts=contexts,
             ae_title=self.peer.ae_title,
             ext_neg=list(roles),
-            evt_handlers=list(handlers),
+            evt_handlers=[(evt.EVT_CONN_OPEN, no_delay), *handlers],
         )
         if not assoc.is_established:
             raise MigrationError(f"legacy PACS {self.name}: {self._refusal(assoc)}")
@@ -412,8 +429,8 @@ class Migration:
         contexts = [build_context(StudyRootQueryRetrieveInformationModelFind)]
         with self.legacy.association(contexts) as assoc:
 
-            def query(dates: str) -> bool:
-                answers, stopped = self.legacy.find(assoc, self._study_query(dates))
+            def query(dates: str, modality: str | None = None) -> bool:
+                answers, stopped = self.legacy.find(assoc, self._study_query(dates, modality))
                 for answer in answers:
                     uid = str(answer.get("StudyInstanceUID", "") or "")
                     if uid:
@@ -430,10 +447,17 @@ class Migration:
                 if not query(f"{_text(first)}-{_text(last)}"):
                     continue
                 if first == last:
-                    problems.append(
-                        f"{_text(first)}: the PACS capped the answer; narrow the day with "
-                        "--filter Modality=..."
-                    )
+                    # One day still capped: by modality, unless the filters fix it already.
+                    day = _text(first)
+                    if any(keyword == "ModalitiesInStudy" for keyword, _ in self.filters.keys):
+                        capped = [day]
+                    else:
+                        capped = [f"{day} {m}" for m in MODALITIES if query(f"{day}-{day}", m)]
+                    problems += [
+                        f"{where}: the answer is capped even for one day; studies may be "
+                        "missing (narrow it with --filter)"
+                        for where in capped
+                    ]
                     continue
                 middle = first + (last - first) // 2
                 windows += [(middle + timedelta(days=1), last), (first, middle)]
@@ -446,7 +470,8 @@ class Migration:
         """Whether an answer may be truncated: a stop status, the cap, or a round number."""
         return stopped or count >= self.max_results or (count >= 100 and count % 100 == 0)
 
-    def _study_query(self, dates: str) -> Dataset:
+    def _study_query(self, dates: str, modality: str | None = None) -> Dataset:
+        """The study-level C-FIND identifier: the filters, a StudyDate and perhaps a modality."""
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
@@ -456,6 +481,8 @@ class Migration:
         query.NumberOfStudyRelatedInstances = ""
         for keyword, value in self.filters.keys:
             setattr(query, keyword, value)
+        if modality is not None:
+            query.ModalitiesInStudy = modality
         return query
 
     def _count_instances(self, study: str) -> int | None:
