@@ -8,6 +8,7 @@ data sets are compared byte for byte with the files Orthanc stores.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -487,3 +489,33 @@ def test_a_study_whose_association_drops_is_retried_reported_and_the_run_goes_on
         "the association ended during the C-GET"
     )
     assert Counter(archived(tmp_path / "archive").values()) == {CT_STUDY: 4, CR_STUDY: 1}
+
+
+def test_undated_studies_are_found_and_a_capped_listing_says_what_it_may_miss(
+    tmp_path: Path,
+) -> None:
+    # A CR study without StudyDate (new UIDs, the date removed) beside the three dated ones.
+    undated = pydicom.dcmread(corpus_files()[1])
+    del undated.StudyDate
+    undated.StudyInstanceUID, undated.SeriesInstanceUID = generate_uid(), generate_uid()
+    undated.SOPInstanceUID = undated.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    undated.save_as(buffer)
+    move_port = free_port()
+    with orthanc_for(move_port) as orthanc:
+        legacy = Pacs(orthanc, move_port)
+        load(legacy)
+        legacy.request("POST", "/instances", buffer.getvalue())
+        expected = {**STUDY_SIZES, str(undated.StudyInstanceUID): 1}
+        # Not capped: the one unbounded query lists the undated study too.
+        run = migrate(legacy, tmp_path / "whole")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert Counter(archived(tmp_path / "whole").values()) == expected
+        # Capped: no date window finds it, and Orthanc does not match '""' (empty values):
+        # the undated study seen in the capped answer is migrated, and the gap reported.
+        run = migrate(legacy, tmp_path / "capped", "--max-results", "3")
+        assert run.returncode == 1
+        assert Counter(archived(tmp_path / "capped").values()) == expected
+        assert report_line(run.stdout, "listing: ").startswith(
+            "listing: studies without StudyDate: the PACS caps its answer"
+        )

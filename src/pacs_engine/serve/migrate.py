@@ -423,10 +423,12 @@ class Migration:
     # --- listing ------------------------------------------------------------------------
 
     def list_studies(self) -> tuple[dict[str, int | None], list[str]]:
-        """{study UID: instances the PACS reports}, and the windows it capped at one day."""
+        """{study UID: instances the PACS reports}, and what the listing may have missed."""
         found: dict[str, int | None] = {}
         problems: list[str] = []
         contexts = [build_context(StudyRootQueryRetrieveInformationModelFind)]
+        undated: set[str] = set()
+        answered: list[int] = []  # how many answers each query had
         with self.legacy.association(contexts) as assoc:
 
             def query(dates: str, modality: str | None = None) -> bool:
@@ -435,12 +437,23 @@ class Migration:
                     uid = str(answer.get("StudyInstanceUID", "") or "")
                     if uid:
                         found[uid] = _int(answer.get("NumberOfStudyRelatedInstances"))
+                        if not answer.get("StudyDate"):
+                            undated.add(uid)
+                answered.append(len(answers))
                 return self._capped(len(answers), stopped)
 
             if not self.filters.dated:
                 if not query(""):
                     return found, problems
                 query('""')  # empty value matching: the undated studies, where supported
+                if undated and not answered[-1]:
+                    # The capped answer shows undated studies, no date window can find
+                    # them, and the PACS does not match empty values: some may be missing.
+                    problems.append(
+                        "studies without StudyDate: the PACS caps its answer and does not "
+                        'match empty values ("") so some may be missing (list them with '
+                        "another --filter, e.g. PatientID=...)"
+                    )
             windows = [(self.filters.first or FIRST_DAY, self.filters.last or LAST_DAY)]
             while windows:  # depth first, oldest first
                 first, last = windows.pop()
@@ -513,6 +526,8 @@ class Migration:
                 problem = self._retrieve(study)
             except MigrationError as error:
                 problem = str(error)
+            except (RuntimeError, OSError) as error:  # pynetdicom's, or the network's
+                problem = f"legacy PACS {self.legacy.name}: {type(error).__name__}: {error}"
             with self._lock:
                 state.received = len(self._received.get(study, ()))
             short = state.expected is not None and state.received < state.expected
