@@ -9,7 +9,6 @@ data sets are compared byte for byte with the files Orthanc stores.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -46,6 +45,7 @@ from pacs_engine.serve.migrate import (
     parse_filters,
     parse_rate_limit,
     parse_source,
+    read_journal,
 )
 from pacs_engine.serve.spool import Spool
 
@@ -208,9 +208,11 @@ def test_migrate_copies_every_study_byte_identical(pacs: Pacs, tmp_path: Path, m
     assert "resume" not in run.stdout
     assert_same_as_orthanc(pacs, tmp_path / "archive", set(STUDY_SIZES))
     journal = next((tmp_path / "archive" / "migrations").glob("*.json"))
-    studies = json.loads(journal.read_bytes())["studies"]
-    assert {uid: s["received"] for uid, s in studies.items()} == STUDY_SIZES
-    assert {s["state"] for s in studies.values()} == {"complete"}
+    studies = read_journal(journal)
+    assert {uid: (s.expected, s.received) for uid, s in studies.items()} == {
+        uid: (size, size) for uid, size in STUDY_SIZES.items()
+    }
+    assert {s.state for s in studies.values()} == {"complete"}
     # Every instance came in through the Storage SCP's handler, audited as the PACS's store.
     stores = [r for r in read_records(tmp_path / "archive") if r["action"] == "store"]
     assert len(stores) == 11
@@ -307,11 +309,7 @@ def poll_complete(archive: Path, count: int, seconds: float) -> set[str]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for journal in (archive / "migrations").glob("*.json"):
-            try:
-                studies = json.loads(journal.read_bytes())["studies"]
-            except ValueError:
-                continue
-            done = {uid for uid, s in studies.items() if s["state"] == "complete"}
+            done = {uid for uid, s in read_journal(journal).items() if s.state == "complete"}
             if len(done) >= count:
                 return done
         time.sleep(0.05)
@@ -519,3 +517,23 @@ def test_undated_studies_are_found_and_a_capped_listing_says_what_it_may_miss(
         assert report_line(run.stdout, "listing: ").startswith(
             "listing: studies without StudyDate: the PACS caps its answer"
         )
+
+
+def test_the_journal_reads_the_last_outcome_of_each_study_past_a_torn_line(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "abc.json"
+    listing = {"format": 1, "listing_problems": [], "studies": {"1.2": 4, "1.3": None}}
+    journal.write_text(json.dumps(listing))
+    (tmp_path / "abc.log").write_bytes(
+        b'\n{"study": "1.2", "state": "incomplete", "received": 3, "reason": "short"}\n'
+        b'\n{"study": "1.3", "state": "comp'  # a kill cut this one short
+        b'\n{"study": "1.2", "state": "complete", "received": 4, "reason": null}\n'
+    )
+    studies = read_journal(journal)
+    assert (studies["1.2"].state, studies["1.2"].received, studies["1.2"].reason) == (
+        "complete",
+        4,
+        None,
+    )
+    assert (studies["1.3"].state, studies["1.3"].expected) == ("pending", None)

@@ -19,12 +19,15 @@
    rate limit between them.
 3. **Check.** The distinct SOP instances received for a study are counted against the
    count the PACS reported (NumberOfStudyRelatedInstances, else an IMAGE-level C-FIND);
-   a short study is retried `retries` times, then reported incomplete; a study whose
-   retrieval fails (association refused or dropped, failure status) likewise "failed".
+   a short study, or one whose retrieval fails (association refused or dropped, a
+   failure status), is retried `retries` times, then reported: incomplete when some of
+   its instances arrived, failed when none did.
 
-The journal `ARCHIVE/migrations/<id>.json` (id: a hash of the source and filters) holds
-the listing and each study's state, rewritten atomically after every study. A study is
-marked complete only once all its instances are acknowledged, that is durable in the
+The journal, in `ARCHIVE/migrations/` (id: a hash of the source and filters):
+`<id>.json` holds the listing (studies and their instance counts), written once,
+atomically; `<id>.log` gets one line per study outcome, appended and fsynced (so the
+journal costs the same per study for a hundred studies or a million). A study is
+logged complete only once all its instances are acknowledged, that is durable in the
 spool, so a run killed at any moment and started again fetches only what was not
 complete; the spool's `Drain` ingests what the killed run left.
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -47,6 +51,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.association import Association
@@ -93,6 +98,8 @@ MODALITIES = (
 #: Study-level filters named by what users call them.
 _FILTER_KEYS = {"Modality": "ModalitiesInStudy"}
 JOURNAL_FORMAT = 1
+#: Seconds before the first retry of a study, twice that before the second, and so on.
+RETRY_PAUSE = 1.0
 #: The storage classes a C-GET offers to receive: pynetdicom's 120 most used (an
 #: association has at most 128 presentation contexts; one is the C-GET's own).
 _GET_STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
@@ -133,8 +140,6 @@ def parse_filters(texts: Sequence[str]) -> Filters:
             if first is not None and last is not None and last < first:
                 raise MigrationError(f"--filter {text!r}: the range ends before it starts")
         else:
-            from pydicom.datadict import dictionary_VR, tag_for_keyword
-
             keyword = _FILTER_KEYS.get(key, key)
             tag = tag_for_keyword(keyword)
             if tag is None or dictionary_VR(tag) == "SQ":
@@ -343,33 +348,44 @@ class Migration:
     # --- journal ------------------------------------------------------------------------
 
     def _load_journal(self) -> bool:
-        """The studies of an earlier run's journal; False when there is none."""
+        """The listing and study outcomes of an earlier run; False when there is none."""
         try:
-            data = json.loads(self.journal_path.read_bytes())
+            listing = json.loads(self.journal_path.read_bytes())
         except FileNotFoundError:
             return False
         except (OSError, ValueError) as error:
             raise MigrationError(f"{self.journal_path}: cannot be read: {error}") from None
-        if data.get("format") != JOURNAL_FORMAT:
+        if listing.get("format") != JOURNAL_FORMAT:
             raise MigrationError(
-                f"{self.journal_path}: unknown journal format {data.get('format')}"
+                f"{self.journal_path}: unknown journal format {listing.get('format')}"
             )
-        self.studies = {uid: StudyState(**entry) for uid, entry in data["studies"].items()}
-        self.listing_problems = list(data["listing_problems"])
+        self.listing_problems = list(listing["listing_problems"])
+        self.studies = read_journal(self.journal_path)
         return True
 
-    def _save_journal(self) -> None:
-        """Rewrite the journal atomically (called under the lock)."""
+    def _save_listing(self) -> None:
+        """Write the listing (atomically) and an empty outcome log: the journal's start."""
         data = {
             "format": JOURNAL_FORMAT,
             "source": _peer_name(self.legacy.peer),
             "filters": self._filter_text(),
-            "method": self.method,
             "listing_problems": self.listing_problems,
-            "studies": {uid: vars(state) for uid, state in self.studies.items()},
+            "studies": {uid: state.expected for uid, state in self.studies.items()},
         }
         make_dirs(self.journal_path.parent)
+        # The log first: a listing is never without its log (a kill between the two
+        # leaves an empty log, which the next listing replaces).
+        write_atomic(_log_path(self.journal_path), b"")
         write_atomic(self.journal_path, json.dumps(data, indent=1).encode())
+
+    def _log_outcome(self, study: str, state: StudyState) -> None:
+        """Append one study's outcome to the log, fsynced (under the lock)."""
+        entry = {"study": study, **{k: v for k, v in vars(state).items() if k != "expected"}}
+        with open(_log_path(self.journal_path), "ab") as log:
+            # A line of its own even after a line a kill cut short (then skipped).
+            log.write(b"\n" + json.dumps(entry).encode() + b"\n")
+            log.flush()
+            os.fsync(log.fileno())
 
     # --- the run ------------------------------------------------------------------------
 
@@ -385,7 +401,7 @@ class Migration:
         studies, self.listing_problems = self.list_studies()
         self.studies = {uid: StudyState(expected) for uid, expected in studies.items()}
         with self._lock:
-            self._save_journal()
+            self._save_listing()
 
     def retrieve(self) -> MigrationReport:
         """Retrieve every study of the journal that is not complete; the report."""
@@ -520,7 +536,9 @@ class Migration:
     def _migrate_study(self, study: str) -> None:
         """Retrieve one study until its count is right or the retries are spent; journal it."""
         state = self.studies[study]
-        for _attempt in range(1 + self.retries):
+        for attempt in range(1 + self.retries):
+            if attempt:
+                time.sleep(RETRY_PAUSE * attempt)  # a PACS that dropped us may be busy
             self._wait_for_rate()
             try:
                 problem = self._retrieve(study)
@@ -537,7 +555,7 @@ class Migration:
             state.reason = problem or f"{state.received} of {state.expected} instances received"
             state.state = "incomplete" if state.received else "failed"
         with self._lock:
-            self._save_journal()
+            self._log_outcome(study, state)
 
     def _retrieve(self, study: str) -> str | None:
         """One C-MOVE or C-GET of the study; why it did not go through, or None."""
@@ -593,6 +611,32 @@ class Migration:
                 wait = max(wait, due - now)
         if wait > 0:
             time.sleep(wait)
+
+
+def read_journal(path: str | os.PathLike) -> dict[str, StudyState]:
+    """The studies of a journal (`<id>.json`, the listing) and their latest outcomes (`<id>.log`).
+
+    A line that is not JSON (empty, or a write a kill cut short) records nothing.
+    """
+    listing = json.loads(Path(path).read_bytes())
+    studies = {uid: StudyState(expected) for uid, expected in listing["studies"].items()}
+    try:
+        lines = _log_path(path).read_bytes().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        state = studies.get(entry.pop("study"))
+        if state is not None:
+            vars(state).update(entry)
+    return studies
+
+
+def _log_path(journal: str | os.PathLike) -> Path:
+    return Path(journal).with_suffix(".log")
 
 
 def _int(value: Any) -> int | None:
