@@ -9,6 +9,7 @@ data sets are compared byte for byte with the files Orthanc stores.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
