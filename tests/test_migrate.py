@@ -538,3 +538,20 @@ def test_the_journal_reads_the_last_outcome_of_each_study_past_a_torn_line(
         None,
     )
     assert (studies["1.3"].state, studies["1.3"].expected) == ("pending", None)
+
+
+def test_a_pacs_that_rejects_the_called_ae_title_is_named_with_the_reason(tmp_path: Path) -> None:
+    move_port = free_port()
+    with orthanc_for(move_port, DicomCheckCalledAet=True) as orthanc:
+        source = f"NOT_ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+        run = subprocess.run(
+            [*migrate_command_to(source, tmp_path / "archive"), "--port", str(move_port)],
+            capture_output=True,
+            text=True,
+            timeout=RUN_SECONDS,
+            check=False,
+        )
+    assert run.returncode == 2
+    assert f"legacy PACS {source}: association rejected: Called AE title not recognised" in (
+        run.stderr
+    )
