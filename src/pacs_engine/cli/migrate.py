@@ -65,8 +65,6 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Run (or resume) a migration; 0 when every study is complete."""
-    from dataclasses import replace
-
     from tqdm import tqdm
 
     from pacs_engine.archive import Archive, IngestReport
@@ -88,14 +86,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     source = parse_source(args.source)
     filters = parse_filters(args.filter)
     rate = parse_rate_limit(args.rate_limit)
-    if args.parallel < 1 or args.max_results < 1 or args.retries < 0 or args.workers < 0:
-        raise MigrationError("--parallel and --max-results must be positive, --retries >= 0")
+    if args.parallel < 1 or args.max_results < 1 or not args.timeout > 0:
+        raise MigrationError("--parallel, --max-results and --timeout must be positive")
+    if args.retries < 0 or args.workers < 0:
+        raise MigrationError("--retries and --workers must be 0 or more")
     ae_title = check_ae_title(args.ae_title, "--ae-title")
     # The legacy PACS may only store here (its C-MOVE sub-operations, or C-GET's).
-    config = ServeConfig(ae_title=ae_title, host=args.listen).with_peers(
+    config = ServeConfig(ae_title=ae_title, host=args.listen, timeout=args.timeout).with_peers(
         Peer(source.ae_title, frozenset({"store"}))
     )
-    config = replace(config, timeout=args.timeout)
 
     archive = Archive.open_or_create(args.archive)
     audit = AuditLog(archive.path)
