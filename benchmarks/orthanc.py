@@ -8,7 +8,9 @@
 - HTTP and DICOM ports picked free at random; `RemoteAccessAllowed` false (Orthanc
   answers HTTP from localhost only) and no authentication; any calling AE may store
   (`DicomAlwaysAllowStore`, `DicomCheckCalledAet` false, `UnknownSopClassAccepted`);
-- no plugins, no saved jobs; its output goes to `<tmp>/orthanc.log`.
+- no plugins, no saved jobs; its output goes to `<tmp>/orthanc.log`;
+- `extra` options merged over these (e.g. `DicomModalities`, so that Orthanc can
+  C-MOVE to an AE of ours: `{"DicomModalities": {"pacs": ["PACS_ENGINE", "127.0.0.1", 11112]}}`).
 
 The context manager stops Orthanc on exit, also when the body raises: SIGTERM (Orthanc
 shuts down cleanly on it), then SIGKILL after a timeout, then removes the folder.
@@ -125,7 +127,13 @@ class Orthanc:
         return sum(p.stat().st_size for p in self.storage.rglob("*") if p.is_file())
 
 
-def config(folder: Path, http_port: int, dicom_port: int, transcode_to: str | None) -> dict:
+def config(
+    folder: Path,
+    http_port: int,
+    dicom_port: int,
+    transcode_to: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict:
     """The configuration `running_orthanc` writes (see the module docstring)."""
     cfg: dict[str, Any] = {
         "Name": "pacs-engine-bench",
@@ -146,12 +154,15 @@ def config(folder: Path, http_port: int, dicom_port: int, transcode_to: str | No
     }
     if transcode_to:
         cfg["IngestTranscoding"] = transcode_to
+    cfg.update(extra or {})
     return cfg
 
 
 @contextmanager
 def running_orthanc(
-    transcode_to: str | None = None, startup_timeout: float = 30.0
+    transcode_to: str | None = None,
+    startup_timeout: float = 30.0,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
     """Orthanc on fresh storage, ready for REST and C-STORE; stopped and removed on exit."""
     folder = Path(tempfile.mkdtemp(prefix="pacs-bench-orthanc-"))
@@ -161,7 +172,7 @@ def running_orthanc(
         while dicom_port == http_port:
             dicom_port = free_port()
         (folder / "orthanc.json").write_text(
-            json.dumps(config(folder, http_port, dicom_port, transcode_to))
+            json.dumps(config(folder, http_port, dicom_port, transcode_to, extra))
         )
         orthanc = Orthanc(None, folder, http_port, dicom_port)
         orthanc.start(startup_timeout)

@@ -154,7 +154,7 @@ def test_each_command_is_a_module_that_registers_itself() -> None:
         (choice,) = parser._subparsers._group_actions[0].choices  # exactly one command
         assert choice == module.__name__.rsplit(".", 1)[1].replace("_", "-")
     commands = cli.build_parser()._subparsers._group_actions[0].choices
-    assert list(commands) == names and len(names) == 11
+    assert list(commands) == names and len(names) == 12
     assert cli.main(["samples"]) == 0  # the entry point `pacs_engine.cli:main`
 
 
@@ -173,6 +173,8 @@ def test_the_forkserver_starts_before_the_heavy_imports() -> None:
         "    ('ingest', '--help'): False,\n"
         "    ('serve', 'a', '--dimse-port', '104'): True,\n"
         "    ('serve', 'a', '--workers', '0'): False,\n"
+        "    ('migrate', '--from', 'OLD@h:104', '--archive', 'a'): True,\n"
+        "    ('migrate', '--from', 'OLD@h:104', '--archive', 'a', '--workers', '0'): False,\n"
         "    ('scan', 'src'): False,\n"
         "    ('ingest', 'src', '--workers', 'x'): False,\n"
         "}\n"

@@ -14,6 +14,7 @@ from pacs_engine.cli import (
     export,
     info,
     ingest,
+    migrate,
     read_bench,
     rebuild_index,
     samples,
@@ -39,6 +40,7 @@ COMMANDS = (
     info,
     export,
     serve,
+    migrate,
     synth,
     read_bench,
     samples,
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _starts_local_workers(argv: list[str]) -> bool:
-    """True when the command line runs ingest, verify or serve in local worker processes."""
+    """True when the command line runs ingest, verify, serve or migrate in worker processes."""
     early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     early.add_argument("command", nargs="?")
     early.add_argument("--workers", type=int)
@@ -67,7 +69,9 @@ def _starts_local_workers(argv: list[str]) -> bool:
         known, _ = early.parse_known_args(argv)
     except argparse.ArgumentError:  # a malformed command line: the real parser says why
         return False
-    command_workers = known.command in ("ingest", "verify", "serve") and known.workers != 0
+    command_workers = (
+        known.command in ("ingest", "verify", "serve", "migrate") and known.workers != 0
+    )
     asks_help = not {"-h", "--help"}.isdisjoint(argv)
     return command_workers and known.executor != "dask" and not asks_help
 

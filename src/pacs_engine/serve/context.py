@@ -24,6 +24,11 @@ class ServeContext:
 
 
 def dimse_peer(event: Any) -> tuple[str, str]:
-    """(calling AE title, "host:port") of the association a pynetdicom event belongs to."""
-    requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+    """(AE title, "host:port") of the peer of the association a pynetdicom event belongs to.
+
+    The calling AE of an association the server accepted; the called AE of one it
+    requested (a C-GET of `migrate`, whose C-STOREs come back on it).
+    """
+    assoc = event.assoc
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    return str(peer.ae_title).strip(), f"{peer.address}:{peer.port}"

@@ -157,10 +157,14 @@ class DimseServer:
         ctx: ServeContext,
         spool: Spool,
         services: Sequence[Service] = (),
+        on_stored: Callable[[str | None, str, int], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.spool = spool
         self.services = tuple(services)
+        # Told (study UID, SOP instance UID, bytes) of each instance acknowledged: `migrate`
+        # counts what each study received.
+        self.on_stored = on_stored or (lambda study, sop, size: None)
         self.ae = self._make_ae(ctx.config)
         self._server: ThreadedAssociationServer | None = None
 
@@ -176,13 +180,13 @@ class DimseServer:
         """Listen on the configured host and `port` (0: a free one), in background threads."""
         config = self.ctx.config
         handlers: list[EventHandlerType] = [
-            (evt.EVT_CONN_OPEN, _no_delay),
+            (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_STORE, self.on_store),
         ]
         for service in self.services:
             handlers.append((_SERVICE_EVENTS[service.kind], self._authorised(service)))
@@ -257,8 +261,12 @@ class DimseServer:
         self._audit(event, "echo", "success")
         return SUCCESS
 
-    def _on_store(self, event: Any) -> int | Dataset:
-        """Take one instance: Success only once it is durable in the spool."""
+    def on_store(self, event: Any) -> int | Dataset:
+        """Take one instance: Success only once it is durable in the spool.
+
+        The EVT_C_STORE handler of the server's associations, and of the ones `migrate`
+        requests for C-GET (the instances come back on it).
+        """
         actor, _ = dimse_peer(event)
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
@@ -288,6 +296,7 @@ class DimseServer:
             self._audit(event, "store", "failed", study=study, detail=reason)
             return _status(OUT_OF_RESOURCES, reason)
         self._audit(event, "store", "success", study=study, detail=sop)
+        self.on_stored(study, sop, len(data))
         return SUCCESS
 
     def _authorised(self, service: Service) -> Callable[[Any], Iterator[Any]]:
@@ -304,7 +313,7 @@ class DimseServer:
         return handle
 
 
-def _no_delay(event: Any) -> None:
+def no_delay(event: Any) -> None:
     """Send each PDU at once (TCP_NODELAY, as dcmtk does).
 
     A DIMSE message is two writes (command, then data set); with Nagle's algorithm the
