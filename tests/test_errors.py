@@ -27,6 +27,7 @@ from pacs_engine.ingest.session import StaleSession
 from pacs_engine.read import VolumeError
 from pacs_engine.serve.config import ConfigError
 from pacs_engine.serve.find import QueryRefused
+from pacs_engine.serve.migrate import MigrationError
 from pacs_engine.serve.retrieve import NotSendable
 
 #: One instance of each exception class, built as the code builds it, with the standard
@@ -54,6 +55,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     ConfigError: (ConfigError("serve.toml [dimse]: unknown key(s) prot"), (ValueError,)),
     QueryRefused: (QueryRefused(0xA900, "StudyDate: not a date range"), (ValueError,)),
     NotSendable: (NotSendable("no context for 1.2.840.10008.1.2.4.80"), (ValueError,)),
+    MigrationError: (MigrationError("OLDPACS@10.0.0.5:104: connection refused"), (Exception,)),
 }
 
 
