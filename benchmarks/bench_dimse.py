@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,7 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.events import EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
 
 from benchmarks import orthanc as orthanc_mod
 from benchmarks.bench_ingest import (
@@ -62,11 +68,12 @@ from benchmarks.bench_ingest import (
 )
 from benchmarks.conftest import PACS_ENGINE, read_whole
 from pacs_engine import Archive, scan_many
+from pacs_engine.executors import make_executor
 from pacs_engine.serve import dimse
 from pacs_engine.serve.audit import AuditLog
 from pacs_engine.serve.config import Peer, ServeConfig
 from pacs_engine.serve.context import ServeContext
-from pacs_engine.serve.spool import Spool
+from pacs_engine.serve.spool import Drain, Spool
 
 CONCURRENCY = (1, 4, 8)
 ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_ROUNDS", "1"))
@@ -94,7 +101,7 @@ class Run:
 
 
 RUNS: list[Run] = []
-PROFILES: list[str] = []
+PROFILES: list[Profiled] = []
 
 
 #: HTJ2K (2023): dcmtk 3.6.7's storescu does not know these syntaxes, reads such a file's
@@ -168,7 +175,9 @@ def _parse(text: str) -> _Log:
     return _Log(ok, refused, failed, text)
 
 
-def _storescu(port: int, called: str, shares: list[list[str]], profile: Path, scratch: Path):
+def _storescu(
+    port: int, called: str, shares: list[list[str]], profile: Path, scratch: Path
+) -> tuple[float, list[_Log]]:
     """One storescu per share, all at once: (seconds until all exit, their parsed logs)."""
     assert STORESCU is not None
     procs = []
@@ -296,7 +305,7 @@ def run_ours(fs: IngestSet, senders: int, scratch: Path) -> Run:
         sum(r["raw_pixel_bytes"] for r in reports),
         sum(r["stored_bytes"] for r in reports),
     )
-    outcomes = defaultdict(int)
+    outcomes: dict[str, int] = defaultdict(int)
     for r in reports:
         for key in ("archived", "duplicates", "conflicts", "quarantined"):
             outcomes[key] += r[key]
@@ -355,86 +364,158 @@ def test_receive(
 
 
 class Phases:
-    """Seconds spent in named phases, summed over threads."""
+    """Wall and CPU seconds spent in named phases, summed over the threads."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self.lock = threading.Lock()
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - started
+                wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
                 with self.lock:
-                    self.seconds[name] += elapsed
+                    self.wall[name] += wall
+                    self.cpu[name] += cpu
 
         return timed
 
 
-def _bare_scp(port_holder: list[int]) -> Any:
-    """A pynetdicom Storage SCP that answers Success and keeps nothing."""
+def pydicom_file_meta(sop_class: str, sop: str, transfer_syntax: str, source_ae: str) -> bytes:
+    """The file meta as `_on_store` built it before `dimse.file_meta`: pydicom's writer."""
+    meta = create_file_meta(
+        sop_class_uid=UID(sop_class),
+        sop_instance_uid=UID(sop),
+        transfer_syntax=UID(transfer_syntax),
+    )
+    meta.SourceApplicationEntityTitle = source_ae
+    return encode_file_meta(meta)
+
+
+def bare_scp() -> ThreadedAssociationServer:
+    """A pynetdicom Storage SCP, our contexts and PDU size, that answers Success, keeps nothing."""
     ae = AE(ae_title="PACS_ENGINE")
     ae.maximum_pdu_size = ServeConfig().max_pdu
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, list(dimse.STORAGE_SYNTAXES))
+    for uid in sorted(dimse.STORAGE_CLASSES):
+        ae.add_supported_context(uid, list(dimse.STORAGE_SYNTAXES))
 
     def discard(event: Any) -> int:
         event.encoded_dataset(False)  # the bytes as our handler gets them
         return 0x0000
 
-    server = ae.start_server(
-        ("127.0.0.1", 0),
-        block=False,
-        evt_handlers=[(evt.EVT_C_STORE, discard), (evt.EVT_CONN_OPEN, dimse._no_delay)],
-    )
-    port_holder.append(server.server_address[1])
+    handlers: list[EventHandlerType] = [
+        (evt.EVT_C_STORE, discard),
+        (evt.EVT_CONN_OPEN, dimse._no_delay),
+    ]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    assert server is not None
     return server
 
 
-@pytest.mark.parametrize("senders", [8])
-def test_profile_receive_path(senders: int, dimse_set: IngestSet, scratch: Path) -> None:
-    """pynetdicom's bound, then our handler's phases, same files, same run, in process."""
-    ports: list[int] = []
-    bare = _bare_scp(ports)
+@dataclass
+class Profiled:
+    name: str
+    senders: int
+    seconds: float
+    cpu_s: float  # this process's CPU time meanwhile (every thread)
+    phases: Phases | None = None
+
+
+def profile_bare(fs: IngestSet, senders: int, scratch: Path) -> Profiled:
+    server = bare_scp()
     try:
-        bare_s = send(ports[0], "PACS_ENGINE", dimse_set, senders, scratch).seconds
+        cpu = time.process_time()
+        sent = send(server.server_address[1], "PACS_ENGINE", fs, senders, scratch)
+        cpu = time.process_time() - cpu
     finally:
-        bare.shutdown()
-    archive = Archive.create(scratch / "archive")
+        server.shutdown()
+    return Profiled("bare pynetdicom SCP (discards)", senders, sent.seconds, cpu)
+
+
+def profile_ours(
+    fs: IngestSet,
+    senders: int,
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    pydicom_meta: bool,
+    drain: bool,
+) -> Profiled:
+    """DimseServer receiving into a fresh archive's spool, its phases timed."""
+    folder = scratch / f"archive-{uuid.uuid4().hex}"
+    archive = Archive.create(folder)
     config = ServeConfig().with_peers(Peer(CALLING, frozenset({"store"})))
     ctx = ServeContext(archive, config, AuditLog(archive.path))
-    server = dimse.DimseServer(ctx, Spool(archive.path))
+    spool = Spool(archive.path)
+    server = dimse.DimseServer(ctx, spool)
     phases = Phases()
-    server.spool.put = phases.wrap("spool write + fsyncs", server.spool.put)  # type: ignore[method-assign]
-    ctx.audit.record = phases.wrap("audit record", ctx.audit.record)  # type: ignore[method-assign]
-    handler = phases.wrap("_on_store total", server._on_store)
-    server._on_store = handler  # type: ignore[method-assign]
-    real_check, real_encode = dimse._check, dimse.encode_file_meta
-    dimse._check = phases.wrap("scanner check", real_check)  # type: ignore[assignment]
-    dimse.encode_file_meta = phases.wrap("file meta", real_encode)
+    monkeypatch.setattr(spool, "put", phases.wrap("spool write + fsyncs", spool.put))
+    monkeypatch.setattr(ctx.audit, "record", phases.wrap("audit record", ctx.audit.record))
+    monkeypatch.setattr(server, "_on_store", phases.wrap("_on_store total", server._on_store))
+    monkeypatch.setattr(dimse, "_check", phases.wrap("scanner check", dimse._check))
+    monkeypatch.setattr(dimse, "encode_file_meta", phases.wrap("file meta", encode_file_meta))
+    executor = make_executor(1)
+    drainer = Drain(archive, spool, executor) if drain else None
     try:
+        if drainer is not None:
+            drainer.start()
         _, port = server.start(0)
-        ours_s = send(port, "PACS_ENGINE", dimse_set, senders, scratch).seconds
+        cpu = time.process_time()
+        sent = send(port, "PACS_ENGINE", fs, senders, scratch)
+        cpu = time.process_time() - cpu
     finally:
-        dimse._check, dimse.encode_file_meta = real_check, real_encode  # type: ignore[assignment]
+        monkeypatch.undo()
         server.stop()
+        if drainer is not None:
+            drainer.stop()
+        executor.close()
         ctx.audit.close()
         archive.close()
-    n, mb = len(dimse_set), dimse_set.total_raw / 1e6
-    lines = [
-        f"in process, {senders} associations, {n} files, {mb:.0f} MB of pixels:",
-        f"  bare pynetdicom SCP (discards): {bare_s:6.2f} s  {n / bare_s:6.1f} inst/s"
-        f"  {mb / bare_s:6.1f} MB/s",
-        f"  DimseServer (spool, no drain):  {ours_s:6.2f} s  {n / ours_s:6.1f} inst/s"
-        f"  {mb / ours_s:6.1f} MB/s",
-        "  in _on_store, thread-seconds summed over associations (per instance):",
-    ]
-    for name, seconds in sorted(phases.seconds.items(), key=lambda kv: -kv[1]):
-        lines.append(f"    {name:<22} {seconds:7.2f} s  ({seconds / n * 1e3:6.2f} ms)")
-    PROFILES.append("\n".join(lines))
+        shutil.rmtree(folder, ignore_errors=True)
+    name = "DimseServer, file meta by " + ("pydicom" if pydicom_meta else "dimse.file_meta")
+    name += ", drain running (1 worker)" if drain else ", no drain"
+    return Profiled(name, senders, sent.seconds, cpu, phases)
+
+
+PROFILE_ORDER = [
+    (senders, round_, variant)
+    for senders in (1, 8)
+    for round_ in range(2)
+    for variant in ("bare", "before", "after", "after+drain")
+]
+
+
+@pytest.mark.parametrize(
+    ("senders", "round_", "variant"),
+    PROFILE_ORDER,
+    ids=[f"{n}x-r{r}-{v}" for n, r, v in PROFILE_ORDER],
+)
+def test_profile_receive_path(
+    senders: int,
+    round_: int,
+    variant: str,
+    dimse_set: IngestSet,
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pynetdicom's bound, then our handler before and after `dimse.file_meta`, in process."""
+    if variant == "bare":
+        PROFILES.append(profile_bare(dimse_set, senders, scratch))
+    else:
+        PROFILES.append(
+            profile_ours(
+                dimse_set,
+                senders,
+                scratch,
+                monkeypatch,
+                pydicom_meta=variant == "before",
+                drain=variant == "after+drain",
+            )
+        )
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -480,5 +561,24 @@ def test_summary(dimse_set: IngestSet) -> None:
                 f"{raw / ours_ack:.2f}x Orthanc as received; archived = {jls / ours_arc:.2f}x, "
                 f"{raw / ours_arc:.2f}x (target at 8: >= {TARGET_VS_JLS}x JPEG-LS, >= 1x)"
             )
-    for profile in PROFILES:
-        print(profile)
+    print("\nin process (the server in this process, storescu as before; medians of rounds):")
+    print(
+        "receiver                                                senders  inst/s   MB/s"
+        "  CPU ms/inst"
+    )
+    names = list(dict.fromkeys((p.name, p.senders) for p in PROFILES))
+    for name, senders in sorted(names, key=lambda k: k[1]):
+        profiled = [p for p in PROFILES if (p.name, p.senders) == (name, senders)]
+        seconds = _median([p.seconds for p in profiled])
+        cpu = _median([p.cpu_s for p in profiled])
+        print(
+            f"{name:<56}{senders:>4}  {n / seconds:7.1f} {mb / seconds:6.1f}  {cpu / n * 1e3:8.2f}"
+        )
+        phases = profiled[-1].phases
+        if phases is None:
+            continue
+        for phase, wall in sorted(phases.wall.items(), key=lambda kv: -kv[1]):
+            print(
+                f"      {phase:<22} wall {wall / n * 1e3:6.2f} ms/inst, "
+                f"CPU {phases.cpu[phase] / n * 1e3:6.2f} ms/inst (summed over threads)"
+            )

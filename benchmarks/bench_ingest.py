@@ -133,7 +133,10 @@ def build_ingest_set(modalities: set[str] = MODALITIES) -> IngestSet:
         label = f"every file under PACS_ENGINE_BENCH_FILES={folder}"
     else:
         candidates = corpus_inputs(modalities, lossless=True)
-        label = f"corpus {'/'.join(sorted(modalities))}, uncompressed or lossless, pydicom decodes, not malformed/"
+        label = (
+            f"corpus {'/'.join(sorted(modalities))}, uncompressed or lossless, "
+            "pydicom decodes, not malformed/"
+        )
     paths, raw, sops, contexts = [], {}, {}, set()
     for path, header in zip(candidates, scan_many(candidates), strict=True):
         sop = None if isinstance(header, ScanError) else header.get("SOPInstanceUID")

@@ -18,10 +18,13 @@ import pydicom
 import pytest
 from conftest import require_corpus
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config, build_role
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import (
+    CTImageStorage,
     MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -39,7 +42,13 @@ from serve_helpers import (
 
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import verify_chain
-from pacs_engine.serve.dimse import CANNOT_UNDERSTAND, NOT_AUTHORIZED, OUT_OF_RESOURCES, Service
+from pacs_engine.serve.dimse import (
+    CANNOT_UNDERSTAND,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    Service,
+    file_meta,
+)
 
 #: Corpus files, one per transfer syntax sent: native, deflate, and compressed
 #: syntaxes the archive keeps as their bitstream.
@@ -167,6 +176,25 @@ def test_storescu_of_every_kept_syntax_archives_the_bytes_received(server) -> No
     studies = {scan(p.read_bytes()).attributes["StudyInstanceUID"] for p in sent.values()}
     assert {r["study"] for r in stores} == studies
     assert all("PatientName" not in str(r) for r in server.records())
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop", "syntax", "source_ae"),
+    [
+        (MRImageStorage, "1.2.826.0.1.3680043.8.498.1", "1.2.840.10008.1.2.1", "SCU"),
+        (CTImageStorage, "1.2.826.0.1.3680043.8.498.12", "1.2.840.10008.1.2.4.80", "CT_SCANNER"),
+        ("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2", "A"),
+    ],
+)
+def test_the_file_meta_is_the_one_pydicom_writes_for_pynetdicom(
+    sop_class: str, sop: str, syntax: str, source_ae: str
+) -> None:
+    # Odd and even lengths of every padded value: UIDs pad with NUL, SH and AE with a space.
+    meta = create_file_meta(
+        sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop), transfer_syntax=UID(syntax)
+    )
+    meta.SourceApplicationEntityTitle = source_ae
+    assert file_meta(sop_class, sop, syntax, source_ae) == encode_file_meta(meta)
 
 
 def native_files(count: int) -> list[Path]:
