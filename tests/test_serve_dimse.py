@@ -118,6 +118,36 @@ def test_echo_for_a_peer_and_rejection_of_an_unknown_ae_are_audited(server) -> N
     assert verify_chain(server.root) == []
 
 
+def _described(context) -> tuple:
+    return (
+        context.abstract_syntax,
+        list(context.transfer_syntax),
+        context.scu_role,
+        context.scp_role,
+    )
+
+
+def test_each_association_negotiates_on_its_own_copy_of_the_contexts(server) -> None:
+    held = [scu_association(server.port) for _ in range(2)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        offered = server.server._server.contexts
+        copies = [a.acceptor.supported_contexts for a in server.server.ae.active_associations]
+        assert len(copies) == 2
+        for contexts in copies:
+            # The same contexts as the server's, none of its objects or lists: what one
+            # association's negotiation changes, no other sees.
+            assert [_described(c) for c in contexts] == [_described(c) for c in offered]
+            assert not {id(c) for c in contexts} & {id(c) for c in offered}
+            assert not {id(c._transfer_syntax) for c in contexts} & {
+                id(c._transfer_syntax) for c in offered
+            }
+        assert not {id(c) for c in copies[0]} & {id(c) for c in copies[1]}
+    finally:
+        for assoc in held:
+            assoc.release()
+
+
 def test_with_no_peers_no_one_is_admitted(tmp_path: Path) -> None:
     with running_server(tmp_path / "archive", peers=()) as running:
         result = echoscu(running.port, "SCU")
