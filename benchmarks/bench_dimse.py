@@ -11,9 +11,10 @@ malformed/), read once beforehand (page cache warm). Each is sent in its own tra
 syntax (bench_ingest's storescu profile), with 1, 4 and 8 concurrent `storescu`
 processes, each one association sending a disjoint share (every Nth file).
 
-Receivers, each fresh for each run, interleaved (ours, Orthanc, Orthanc JPEG-LS, ours...):
-- ours: `pacs-engine serve ARCHIVE --dimse-port 0 --peer BENCH=store` as a subprocess
-  (default drain: 1 worker process, batches of 256, interval 2 s). *acknowledged*: the
+Receivers, each fresh for each run, interleaved (ours, Orthanc, ours, Orthanc JPEG-LS):
+- ours: `pacs-engine serve ARCHIVE --dimse-port 0 --peer BENCH=store --workers N` as a
+  subprocess, N = 1 (the default) and 2 (the drain's ingest worker processes; batches of
+  256, interval 2 s, the defaults). *acknowledged*: the
   last storescu has exited (every instance answered Success, i.e. fsynced in the spool);
   *archived*: the drain's report lines count every file and the spool is empty.
 - Orthanc (benchmarks/orthanc.py) storing as received, and with IngestTranscoding to
@@ -84,7 +85,9 @@ ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_ROUNDS", "1"))
 TIMEOUT = float(os.environ.get("PACS_ENGINE_BENCH_TIMEOUT", "600"))
 CALLING = "BENCH"
 OURS, ORTHANC, ORTHANC_JLS = "pacs-engine serve", "Orthanc as received", "Orthanc JPEG-LS"
-RECEIVERS = (OURS, ORTHANC, ORTHANC_JLS)
+OURS_W2 = "pacs-engine serve --workers 2"
+OURS_WORKERS = {OURS: 1, OURS_W2: 2}
+RECEIVERS = (OURS, ORTHANC, OURS_W2, ORTHANC_JLS)
 TARGET_VS_JLS = 1.5
 MAX_CRASHES = 10
 PEER = ("--peer", f"{CALLING}=store")
@@ -102,6 +105,12 @@ class Run:
     archived_s: float | None = None
     ratio: float | None = None
     note: str = ""
+    round_: int = 0
+
+    @property
+    def per_s(self) -> float:
+        """Instances acknowledged per second."""
+        return self.files / self.acknowledged_s
 
 
 RUNS: list[Run] = []
@@ -256,12 +265,15 @@ def send(
 
 
 @contextmanager
-def serving(archive: Path, scratch: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """`pacs-engine serve` on a fresh archive: (process, port, its stderr file)."""
+def serving(
+    archive: Path, scratch: Path, workers: int
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """`pacs-engine serve --workers N` on a fresh archive: (process, port, its stderr file)."""
     err = scratch / "serve.err"
+    cmd = [str(PACS_ENGINE), "serve", str(archive), "--dimse-port", "0", *PEER]
     with err.open("wb") as fh:
         proc = subprocess.Popen(
-            [str(PACS_ENGINE), "serve", str(archive), "--dimse-port", "0", *PEER],
+            [*cmd, "--workers", str(workers)],
             stdout=subprocess.DEVNULL,
             stderr=fh,
             start_new_session=True,
@@ -292,9 +304,9 @@ def _ingested(err: Path) -> int:
     )
 
 
-def run_ours(fs: IngestSet, senders: int, scratch: Path) -> Run:
+def run_ours(fs: IngestSet, senders: int, scratch: Path, workers: int) -> Run:
     archive = scratch / "archive"
-    with serving(archive, scratch) as (proc, port, err):
+    with serving(archive, scratch, workers) as (proc, port, err):
         started = time.perf_counter()
         sent = send(port, "PACS_ENGINE", fs, senders, scratch)
         assert sent.refused == 0, f"{sent.refused} refused; see {err}"
@@ -315,7 +327,8 @@ def run_ours(fs: IngestSet, senders: int, scratch: Path) -> Run:
             outcomes[key] += r[key]
     note = f"{len(reports)} drain run(s): " + ", ".join(f"{v} {k}" for k, v in outcomes.items())
     ratio = raw / stored if stored else None
-    return Run(OURS, senders, len(fs), fs.total_raw, sent.seconds, archived, ratio, note)
+    receiver = OURS if workers == 1 else OURS_W2
+    return Run(receiver, senders, len(fs), fs.total_raw, sent.seconds, archived, ratio, note)
 
 
 def run_orthanc(fs: IngestSet, senders: int, scratch: Path, transcode: str | None) -> Run:
@@ -356,11 +369,12 @@ def test_receive(
     senders: int, round_: int, receiver: str, dimse_set: IngestSet, scratch: Path
 ) -> None:
     """One receiver takes every file from `senders` storescu associations."""
-    if receiver == OURS:
-        run = run_ours(dimse_set, senders, scratch)
+    if receiver in OURS_WORKERS:
+        run = run_ours(dimse_set, senders, scratch, OURS_WORKERS[receiver])
     else:
         transcode = JPEG_LS_LOSSLESS if receiver == ORTHANC_JLS else None
         run = run_orthanc(dimse_set, senders, scratch, transcode)
+    run.round_ = round_
     RUNS.append(run)
 
 
@@ -461,7 +475,8 @@ def profile_ours(
     monkeypatch.setattr(ctx.audit, "record", phases.wrap("audit record", ctx.audit.record))
     monkeypatch.setattr(server, "_on_store", phases.wrap("_on_store total", server._on_store))
     monkeypatch.setattr(dimse, "_check", phases.wrap("scanner check", dimse._check))
-    monkeypatch.setattr(dimse, "encode_file_meta", phases.wrap("file meta", encode_file_meta))
+    meta = pydicom_file_meta if before else dimse.file_meta
+    monkeypatch.setattr(dimse, "file_meta", phases.wrap("file meta", meta))
     executor = make_executor(1)
     drainer = Drain(archive, spool, executor) if drain else None
     try:
@@ -532,11 +547,26 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+def paired(senders: int, ours: str, what: str, orthanc: str) -> list[float]:
+    """Per round: our instances/s (acknowledged or archived) over Orthanc's in that round."""
+    ratios = []
+    for round_ in range(ROUNDS):
+        mine = [r for r in RUNS if (r.receiver, r.senders, r.round_) == (ours, senders, round_)]
+        theirs = [
+            r for r in RUNS if (r.receiver, r.senders, r.round_) == (orthanc, senders, round_)
+        ]
+        if mine and theirs:
+            seconds = mine[0].archived_s if what == "archived" else mine[0].acknowledged_s
+            if seconds:
+                ratios.append((mine[0].files / seconds) / theirs[0].per_s)
+    return ratios
+
+
 def test_summary(dimse_set: IngestSet) -> None:
     """Print the comparison (medians over rounds) and the profile."""
     n, mb = len(dimse_set), dimse_set.total_raw / 1e6
     print(f"\n{dimse_set.label}: {n} files, {mb:.1f} MB of decoded pixels")
-    print("receiver                    senders   inst/s    MB/s  seconds  ratio  note")
+    print(f"{'receiver (median of rounds)':<40} senders  inst/s    MB/s  seconds  ratio  note")
     per_file: dict[tuple[str, int], float] = {}
     for senders in CONCURRENCY:
         for receiver in RECEIVERS:
@@ -544,7 +574,7 @@ def test_summary(dimse_set: IngestSet) -> None:
             if not runs:
                 continue
             rows = [("acknowledged", [r.acknowledged_s for r in runs])]
-            if receiver == OURS:
+            if receiver in OURS_WORKERS:
                 rows.append(("archived", [r.archived_s or 0.0 for r in runs]))
             files, raw_mb = runs[-1].files, runs[-1].raw_bytes / 1e6
             for what, times in rows:
@@ -552,21 +582,25 @@ def test_summary(dimse_set: IngestSet) -> None:
                 per_file[(f"{receiver} {what}", senders)] = seconds / files
                 ratio = runs[-1].ratio
                 print(
-                    f"{receiver + (' ' + what if receiver == OURS else ''):<28}"
+                    f"{receiver + (' ' + what if receiver in OURS_WORKERS else ''):<40}"
                     f"{senders:>4}  {files / seconds:8.1f} {raw_mb / seconds:7.1f} {seconds:8.2f}"
                     f"  {ratio or 0:5.2f}  {runs[-1].note if what != 'archived' else ''}"
                 )
+    print(
+        f"paired per round (ours then Orthanc, interleaved), instances/s over Orthanc's; "
+        f"target at 8 senders: >= {TARGET_VS_JLS}x Orthanc JPEG-LS, >= 1x as received"
+    )
     for senders in CONCURRENCY:
-        ours_ack = per_file.get((f"{OURS} acknowledged", senders))
-        ours_arc = per_file.get((f"{OURS} archived", senders))
-        jls = per_file.get((f"{ORTHANC_JLS} acknowledged", senders))
-        raw = per_file.get((f"{ORTHANC} acknowledged", senders))
-        if ours_ack and jls and raw and ours_arc:
-            print(
-                f"{senders} senders: ours acknowledged = {jls / ours_ack:.2f}x Orthanc JPEG-LS, "
-                f"{raw / ours_ack:.2f}x Orthanc as received; archived = {jls / ours_arc:.2f}x, "
-                f"{raw / ours_arc:.2f}x (target at 8: >= {TARGET_VS_JLS}x JPEG-LS, >= 1x)"
-            )
+        for ours in OURS_WORKERS:
+            for what in ("acknowledged", "archived"):
+                parts = []
+                for orthanc in (ORTHANC_JLS, ORTHANC):
+                    ratios = paired(senders, ours, what, orthanc)
+                    if ratios:
+                        shown = ", ".join(f"{x:.2f}" for x in ratios)
+                        parts.append(f"{_median(ratios):.2f}x {orthanc} ({shown})")
+                if parts:
+                    print(f"  {senders} senders, {ours} {what}: " + "; ".join(parts))
     print("\nin process (the server in this process, storescu as before; medians of rounds):")
     print(
         "receiver                                                senders  inst/s   MB/s"
