@@ -43,6 +43,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -543,8 +544,7 @@ def test_profile_receive_path(
 
 
 def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
+    return statistics.median(values)
 
 
 def paired(senders: int, ours: str, what: str, orthanc: str) -> list[float]:
