@@ -543,10 +543,6 @@ def test_profile_receive_path(
 # --- the table ---------------------------------------------------------------------------
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def paired(senders: int, ours: str, what: str, orthanc: str) -> list[float]:
     """Per round: our instances/s (acknowledged or archived) over Orthanc's in that round."""
     ratios = []
@@ -578,7 +574,7 @@ def test_summary(dimse_set: IngestSet) -> None:
                 rows.append(("archived", [r.archived_s or 0.0 for r in runs]))
             files, raw_mb = runs[-1].files, runs[-1].raw_bytes / 1e6
             for what, times in rows:
-                seconds = _median(times)
+                seconds = statistics.median(times)
                 per_file[(f"{receiver} {what}", senders)] = seconds / files
                 ratio = runs[-1].ratio
                 print(
@@ -598,7 +594,7 @@ def test_summary(dimse_set: IngestSet) -> None:
                     ratios = paired(senders, ours, what, orthanc)
                     if ratios:
                         shown = ", ".join(f"{x:.2f}" for x in ratios)
-                        parts.append(f"{_median(ratios):.2f}x {orthanc} ({shown})")
+                        parts.append(f"{statistics.median(ratios):.2f}x {orthanc} ({shown})")
                 if parts:
                     print(f"  {senders} senders, {ours} {what}: " + "; ".join(parts))
     print("\nin process (the server in this process, storescu as before; medians of rounds):")
@@ -609,8 +605,8 @@ def test_summary(dimse_set: IngestSet) -> None:
     names = list(dict.fromkeys((p.name, p.senders) for p in PROFILES))
     for name, senders in sorted(names, key=lambda k: k[1]):
         profiled = [p for p in PROFILES if (p.name, p.senders) == (name, senders)]
-        seconds = _median([p.seconds for p in profiled])
-        cpu = _median([p.cpu_s for p in profiled])
+        seconds = statistics.median([p.seconds for p in profiled])
+        cpu = statistics.median([p.cpu_s for p in profiled])
         print(
             f"{name:<56}{senders:>4}  {n / seconds:7.1f} {mb / seconds:6.1f}  {cpu / n * 1e3:8.2f}"
         )
