@@ -7,16 +7,18 @@ Run from the repository root (the tables are printed by the last test, so use -s
 
 Files: the corpus's CT and MR, selected as bench_ingest selects its files
 (`build_ingest_set({"CT", "MR"})`: uncompressed or lossless, pydicom decodes them, not
-malformed/), read once beforehand (page cache warm). Each is sent in its own transfer
-syntax (bench_ingest's storescu profile), with 1, 4 and 8 concurrent `storescu`
-processes, each one association sending a disjoint share (every Nth file).
+malformed/), less the HTJ2K files dcmtk 3.6.7 cannot send, read once beforehand (page
+cache warm). Each is sent in its own transfer syntax (bench_ingest's storescu profile),
+with 1, 4 and 8 concurrent `storescu` processes, each one association sending a
+disjoint share (every Nth file). A receiver that dies (Orthanc, on some files) is
+restarted: see `send` (the restart is not timed, the file it died on not counted).
 
 Receivers, each fresh for each run, interleaved (ours, Orthanc, ours, Orthanc JPEG-LS):
 - ours: `pacs-engine serve ARCHIVE --dimse-port 0 --peer BENCH=store --workers N` as a
   subprocess, N = 1 (the default) and 2 (the drain's ingest worker processes; batches of
-  256, interval 2 s, the defaults). *acknowledged*: the
-  last storescu has exited (every instance answered Success, i.e. fsynced in the spool);
-  *archived*: the drain's report lines count every file and the spool is empty.
+  256, interval 2 s, the defaults). *acknowledged*: the last storescu has exited (every
+  instance answered Success, i.e. fsynced in the spool); *archived*: the drain's report
+  lines count every file and the spool is empty.
 - Orthanc (benchmarks/orthanc.py) storing as received, and with IngestTranscoding to
   JPEG-LS lossless; Orthanc answers a C-STORE once the instance is stored (transcoded).
 
