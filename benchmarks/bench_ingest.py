@@ -125,15 +125,18 @@ def _raw_pixel_bytes(header: Any) -> int:
     return rows * cols * int(header.get("SamplesPerPixel") or 1) * frames * itemsize
 
 
-def build_ingest_set() -> IngestSet:
+def build_ingest_set(modalities: set[str] = MODALITIES) -> IngestSet:
     """The file set (see the module docstring), read once so it is in the page cache."""
     folder = os.environ.get("PACS_ENGINE_BENCH_FILES")
     if folder:
         candidates = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
         label = f"every file under PACS_ENGINE_BENCH_FILES={folder}"
     else:
-        candidates = corpus_inputs(MODALITIES, lossless=True)
-        label = "corpus CT/MR/CR, uncompressed or lossless, pydicom decodes, not malformed/"
+        candidates = corpus_inputs(modalities, lossless=True)
+        label = (
+            f"corpus {'/'.join(sorted(modalities))}, uncompressed or lossless, "
+            "pydicom decodes, not malformed/"
+        )
     paths, raw, sops, contexts = [], {}, {}, set()
     for path, header in zip(candidates, scan_many(candidates), strict=True):
         sop = None if isinstance(header, ScanError) else header.get("SOPInstanceUID")

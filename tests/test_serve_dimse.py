@@ -18,10 +18,13 @@ import pydicom
 import pytest
 from conftest import require_corpus
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config, build_role
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import (
+    CTImageStorage,
     MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -39,7 +42,13 @@ from serve_helpers import (
 
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import verify_chain
-from pacs_engine.serve.dimse import CANNOT_UNDERSTAND, NOT_AUTHORIZED, OUT_OF_RESOURCES, Service
+from pacs_engine.serve.dimse import (
+    CANNOT_UNDERSTAND,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    Service,
+    file_meta,
+)
 
 #: Corpus files, one per transfer syntax sent: native, deflate, and compressed
 #: syntaxes the archive keeps as their bitstream.
@@ -109,6 +118,36 @@ def test_echo_for_a_peer_and_rejection_of_an_unknown_ae_are_audited(server) -> N
     assert verify_chain(server.root) == []
 
 
+def _described(context) -> tuple:
+    return (
+        context.abstract_syntax,
+        list(context.transfer_syntax),
+        context.scu_role,
+        context.scp_role,
+    )
+
+
+def test_each_association_negotiates_on_its_own_copy_of_the_contexts(server) -> None:
+    held = [scu_association(server.port) for _ in range(2)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        offered = server.server._server.contexts
+        copies = [a.acceptor.supported_contexts for a in server.server.ae.active_associations]
+        assert len(copies) == 2
+        for contexts in copies:
+            # The same contexts as the server's, none of its objects or lists: what one
+            # association's negotiation changes, no other sees.
+            assert [_described(c) for c in contexts] == [_described(c) for c in offered]
+            assert not {id(c) for c in contexts} & {id(c) for c in offered}
+            assert not {id(c._transfer_syntax) for c in contexts} & {
+                id(c._transfer_syntax) for c in offered
+            }
+        assert not {id(c) for c in copies[0]} & {id(c) for c in copies[1]}
+    finally:
+        for assoc in held:
+            assoc.release()
+
+
 def test_with_no_peers_no_one_is_admitted(tmp_path: Path) -> None:
     with running_server(tmp_path / "archive", peers=()) as running:
         result = echoscu(running.port, "SCU")
@@ -167,6 +206,25 @@ def test_storescu_of_every_kept_syntax_archives_the_bytes_received(server) -> No
     studies = {scan(p.read_bytes()).attributes["StudyInstanceUID"] for p in sent.values()}
     assert {r["study"] for r in stores} == studies
     assert all("PatientName" not in str(r) for r in server.records())
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop", "syntax", "source_ae"),
+    [
+        (MRImageStorage, "1.2.826.0.1.3680043.8.498.1", "1.2.840.10008.1.2.1", "SCU"),
+        (CTImageStorage, "1.2.826.0.1.3680043.8.498.12", "1.2.840.10008.1.2.4.80", "CT_SCANNER"),
+        ("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2", "A"),
+    ],
+)
+def test_the_file_meta_is_the_one_pydicom_writes_for_pynetdicom(
+    sop_class: str, sop: str, syntax: str, source_ae: str
+) -> None:
+    # Odd and even lengths of every padded value: UIDs pad with NUL, SH and AE with a space.
+    meta = create_file_meta(
+        sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop), transfer_syntax=UID(syntax)
+    )
+    meta.SourceApplicationEntityTitle = source_ae
+    assert file_meta(sop_class, sop, syntax, source_ae) == encode_file_meta(meta)
 
 
 def native_files(count: int) -> list[Path]:
