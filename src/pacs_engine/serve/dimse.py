@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -359,24 +360,32 @@ def file_meta(sop_class: str, sop: str, transfer_syntax: str, source_ae: str) ->
     """
     elements = b"".join(
         (
-            _meta_element(0x0001, b"OB", b"\x00\x01"),
-            _meta_element(0x0002, b"UI", _padded(sop_class, b"\x00")),
-            _meta_element(0x0003, b"UI", _padded(sop, b"\x00")),
-            _meta_element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
-            _meta_element(0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-            _meta_element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-            _meta_element(0x0016, b"AE", _padded(source_ae, b" ")),
+            _meta_element("FileMetaInformationVersion", b"\x00\x01"),
+            _meta_element("MediaStorageSOPClassUID", _padded(sop_class, b"\x00")),
+            _meta_element("MediaStorageSOPInstanceUID", _padded(sop, b"\x00")),
+            _meta_element("TransferSyntaxUID", _padded(transfer_syntax, b"\x00")),
+            _meta_element(
+                "ImplementationClassUID", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")
+            ),
+            _meta_element(
+                "ImplementationVersionName", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")
+            ),
+            _meta_element("SourceApplicationEntityTitle", _padded(source_ae, b" ")),
         )
     )
-    return _meta_element(0x0000, b"UL", struct.pack("<I", len(elements))) + elements
+    length = struct.pack("<I", len(elements))
+    return _meta_element("FileMetaInformationGroupLength", length) + elements
 
 
-def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element of group 0002."""
-    tag = struct.pack("<HH", 0x0002, element)
+def _meta_element(keyword: str, value: bytes) -> bytes:
+    """One explicit VR little endian element of group 0002, by keyword."""
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    vr = dictionary_VR(tag).encode("ascii")
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
     if vr == b"OB":  # a long VR: two reserved bytes, then a 32-bit length
-        return tag + vr + struct.pack("<HI", 0, len(value)) + value
-    return tag + vr + struct.pack("<H", len(value)) + value
+        return head + struct.pack("<HI", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
 
 
 def _padded(text: str, pad: bytes) -> bytes:
