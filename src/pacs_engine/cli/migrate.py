@@ -58,7 +58,11 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--timeout", type=float, default=60.0, help="seconds a stalled peer is waited for"
     )
     migrate.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="ingest worker processes (0: here)"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ingest worker processes (default: the number of cores, as ingest; 0: here)",
     )
     migrate.set_defaults(run=cmd_migrate)
 
@@ -88,7 +92,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     rate = parse_rate_limit(args.rate_limit)
     if args.parallel < 1 or args.max_results < 1 or not args.timeout > 0:
         raise MigrationError("--parallel, --max-results and --timeout must be positive")
-    if args.retries < 0 or args.workers < 0:
+    if args.retries < 0 or (args.workers or 0) < 0:
         raise MigrationError("--retries and --workers must be 0 or more")
     ae_title = check_ae_title(args.ae_title, "--ae-title")
     # The legacy PACS may only store here (its C-MOVE sub-operations, or C-GET's).

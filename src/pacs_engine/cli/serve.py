@@ -51,9 +51,10 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     serve.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="ingest worker processes for the spool (0: in the server process; default 1)",
+        help="ingest worker processes for the spool (default: the number of cores, as "
+        "ingest; 0: in the server process)",
     )
     serve.add_argument(
         "--drain-interval",
@@ -92,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.dimse_port if args.dimse_port is not None else config.dimse_port
     if port is None or not 0 <= port < 1 << 16:
         raise ConfigError("--dimse-port: give a port from 0 to 65535 (or port in [dimse])")
-    if args.drain_interval <= 0 or args.drain_batch < 1 or args.workers < 0:
+    if args.drain_interval <= 0 or args.drain_batch < 1 or (args.workers or 0) < 0:
         raise ConfigError("--drain-interval and --drain-batch must be positive, --workers >= 0")
 
     stop = threading.Event()
