@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from conftest import ROOT
 
 from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.ingest import make_executor
@@ -17,6 +25,9 @@ from pacs_engine.serve.dimse import DimseServer, Service
 from pacs_engine.serve.spool import Drain, Spool
 
 TOOL_SECONDS = 60
+#: Bounds on a `pacs-engine serve` process starting and stopping.
+START_SECONDS = 60
+STOP_SECONDS = 30
 AE_TITLE = "PACS_ENGINE"
 
 #: The storescu option that proposes a file's own transfer syntax (dcmtk 3.6.7).
@@ -114,3 +125,56 @@ def manifest(corpus: Path) -> list[dict[str, str]]:
     lines = (corpus / "MANIFEST.tsv").read_text().splitlines()
     names = lines[0].split("\t")
     return [dict(zip(names, line.split("\t"), strict=False)) for line in lines[1:] if line]
+
+
+# --- `pacs-engine serve` as a process ---------------------------------------------------
+
+
+def serve_command(archive: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pacs_engine.cli", "serve", str(archive), *args]
+
+
+@contextmanager
+def serving(archive: Path, *args: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`pacs-engine serve` on a free port; (process, port) once it listens."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = serve_command(archive, "--dimse-port", "0", "--workers", "1", *args)
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc, wait_listening(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_SECONDS)
+        proc.stderr.close()
+
+
+def wait_listening(proc: subprocess.Popen) -> int:
+    """The port from the server's one "listening" line (bounded in time)."""
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+        if ready:
+            line = proc.stderr.readline()
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                return int(found.group(1))
+            assert line, f"the server ended: exit {proc.poll()}"
+    raise AssertionError("the server did not start listening in time")
+
+
+def wait_drained(archive: Path) -> None:
+    """Wait (bounded) until the spool holds no instance, in either of its folders."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not list((archive / "spool").glob("*/*.dcm")):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the spool was not drained in time")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    """SIGTERM, then its exit code and the rest of its stderr (bounded in time)."""
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(STOP_SECONDS)
+    return code, proc.stderr.read()

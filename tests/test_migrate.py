@@ -32,6 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+import pacs_engine
 from pacs_engine.archive import Archive
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import AuditLog, read_records
@@ -52,6 +53,7 @@ from pacs_engine.serve.spool import Spool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from orthanc import Orthanc, free_port, running_orthanc
+from serve_helpers import serving, stop
 
 CORPUS = Path(os.environ.get("PACS_ENGINE_CORPUS", "/work/shared/corpus"))
 DIRS = CORPUS / "pydicom/test_files/dicomdirtests"
@@ -555,3 +557,39 @@ def test_a_pacs_that_rejects_the_called_ae_title_is_named_with_the_reason(tmp_pa
     assert f"legacy PACS {source}: association rejected: Called AE title not recognised" in (
         run.stderr
     )
+
+
+# --- Orthanc as the destination of our C-MOVE ------------------------------------------
+
+
+def test_our_c_move_delivers_to_orthanc_the_bytes_we_archived(tmp_path: Path) -> None:
+    """`serve`'s Q/R SCP moves a study to Orthanc: Orthanc stores each data set as archived."""
+    files = corpus_files()
+    archive = pacs_engine.Archive.create(tmp_path / "archive")
+    assert archive.ingest(files, workers=0).archived == len(files)
+    archive.close()
+    with running_orthanc() as orthanc:
+        destination = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+        with serving(tmp_path / "archive", "--peer", "MOVESCU=retrieve", "--peer", destination) as (
+            proc,
+            port,
+        ):
+            moved = subprocess.run(
+                ["movescu", "-S", "-aec", AE_TITLE, "-aem", "ORTHANC",
+                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={CT_STUDY}",
+                 "127.0.0.1", str(port)],
+                capture_output=True, text=True, timeout=RUN_SECONDS, check=False,
+            )  # fmt: skip
+            assert moved.returncode == 0, moved.stderr
+            code, _ = stop(proc)
+        assert code == 0
+        legacy = Pacs(orthanc, 0)
+        received = legacy.instances()
+        assert {study for _, study in received.values()} == {CT_STUDY}
+        assert len(received) == STUDY_SIZES[CT_STUDY]
+        with Archive(tmp_path / "archive") as opened:
+            for sop, (orthanc_id, _) in received.items():
+                ours = opened.export_bytes(sop)
+                assert dataset_bytes(legacy.file(orthanc_id)) == dataset_bytes(ours), sop
+    outcomes = [r for r in read_records(tmp_path / "archive") if r["action"] == "c-move"]
+    assert [r["outcome"] for r in outcomes] == ["success"]

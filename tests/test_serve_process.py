@@ -3,85 +3,38 @@
 from __future__ import annotations
 
 import os
-import re
-import select
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from conftest import ROOT, require_corpus
 from pynetdicom import AE
-from serve_helpers import AE_TITLE, echoscu, run_tool, storescu
+from serve_helpers import (
+    AE_TITLE,
+    STOP_SECONDS,
+    echoscu,
+    run_tool,
+    serve_command,
+    serving,
+    stop,
+    storescu,
+    wait_drained,
+)
 
 from pacs_engine.archive import open_archive
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import read_records, verify_chain
 from pacs_engine.serve.dimse import VERIFICATION
 
-START_SECONDS = 60
-STOP_SECONDS = 30
 SYNTAX = "1.2.840.10008.1.2.4.70"
 FILES = (
     "dcm_qa/Orientation/axmb/AxAsc36mb2a/jpg1.dcm",
     "dcm_qa/Orientation/axmb/AxAsc36mb2a/jpg2.dcm",
 )
-
-
-def serve_command(archive: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pacs_engine.cli", "serve", str(archive), *args]
-
-
-@contextmanager
-def serving(archive: Path, *args: str) -> Iterator[tuple[subprocess.Popen, int]]:
-    """`pacs-engine serve` on a free port; (process, port) once it listens."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = serve_command(archive, "--dimse-port", "0", "--workers", "1", *args)
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        yield proc, wait_listening(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(STOP_SECONDS)
-        proc.stderr.close()
-
-
-def wait_listening(proc: subprocess.Popen) -> int:
-    """The port from the server's one "listening" line (bounded in time)."""
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-        if ready:
-            line = proc.stderr.readline()
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                return int(found.group(1))
-            assert line, f"the server ended: exit {proc.poll()}"
-    raise AssertionError("the server did not start listening in time")
-
-
-def wait_drained(archive: Path) -> None:
-    """Wait (bounded) until the spool holds no instance, in either of its folders."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if not list((archive / "spool").glob("*/*.dcm")):
-            return
-        time.sleep(0.2)
-    raise AssertionError("the spool was not drained in time")
-
-
-def stop(proc: subprocess.Popen) -> tuple[int, str]:
-    """SIGTERM, then its exit code and the rest of its stderr (bounded in time)."""
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(STOP_SECONDS)
-    return code, proc.stderr.read()
 
 
 def test_help_documents_the_command() -> None:
