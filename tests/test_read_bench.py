@@ -307,3 +307,18 @@ def test_the_benchmark_comparisons_per_codec_and_volume(small_archive: Path) -> 
     assert set(volumes["archive_s"]) == {1}
     table = "\n".join(render_comparison(report))
     assert "archive / pydicom" in table and "of codec" in table and "decode thread" in table
+
+
+class _SleepyReader:
+    """A reader whose part is how long it takes (seconds): one worker ends long before the other."""
+
+    def read(self, part: float) -> tuple[int, int]:
+        time.sleep(part)
+        return 1, 8
+
+
+def test_a_worker_that_finishes_first_is_not_taken_for_dead() -> None:
+    from pacs_engine.read.bench import run_tasks
+
+    (result,) = run_tasks([("uneven", _SleepyReader(), [0.0, 2.5])], 2, start_method="fork")
+    assert result["frames"] == 2 and result["bytes"] == 16

@@ -159,8 +159,12 @@ def run_tasks(
             try:
                 got.append(results.get(timeout=1.0))
             except Exception:
-                if not all(p.is_alive() for p in processes) and results.empty():
-                    codes = [p.exitcode for p in processes]
+                # A worker that finished its share has exited 0 while the others still
+                # run: only a failed exit, or every worker gone with results missing, is
+                # a death (a finished worker's results were put before it exited).
+                codes = [p.exitcode for p in processes]
+                failed = any(code not in (None, 0) for code in codes)
+                if failed or (None not in codes and results.empty()):
                     raise RuntimeError(f"a read worker died (exit codes {codes})") from None
     finally:
         for process in processes:
