@@ -435,9 +435,13 @@ class Archive:
             if own:
                 executor.close()
 
-    def query(self, level: str = "instance", **filters: Any) -> list[Found]:
-        """Rows (or series or study records) matching DICOM-style filters; see Index.query."""
-        return self.index.query(level, **filters)
+    def query(self, level: str = "instance", strict: bool = True, **filters: Any) -> list[Found]:
+        """Rows (or patient, study or series records) matching DICOM-style filters.
+
+        Strict by default: an unknown keyword, one not queryable at `level` or a
+        malformed value raises QueryError saying what would be valid; see Index.query.
+        """
+        return self.index.query(level, strict, **filters)
 
     def info(self) -> dict[str, Any]:
         """Counts, sizes and compression ratio, by modality and by codec."""
