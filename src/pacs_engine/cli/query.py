@@ -76,7 +76,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     output.add_argument("--json", action="store_true", help="one JSON object a line")
     output.add_argument("--csv", action="store_true", help="CSV with a header line")
     query.add_argument("--limit", type=int, metavar="N", help="print at most N records")
-    query.set_defaults(run=cmd_query)
+    query.set_defaults(run=cmd_query, late_positionals="filters")
 
 
 def parse_filters(pairs: Sequence[str]) -> dict[str, Any]:
