@@ -392,7 +392,7 @@ class Archive:
             else [row["SOPInstanceUID"] for row in self.index]
         )
         for uid in uids:  # all known before anything is written
-            if uid not in self.index:
+            if uid_problem("SOPInstanceUID", uid) is not None or uid not in self.index:
                 self._row(uid)  # raises UnknownInstance, saying what the UID is
         try:
             root.mkdir(parents=True, exist_ok=True)
