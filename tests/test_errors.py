@@ -20,6 +20,7 @@ from pacs_engine.codecs import CodecError
 from pacs_engine.codecs.native import LayoutError
 from pacs_engine.errors import ScanError
 from pacs_engine.index.integrity import DamagedIndexError
+from pacs_engine.index.query import QueryError
 from pacs_engine.ingest.encode import Part
 from pacs_engine.ingest.inputs import InputError, InputTooLarge, _NotRegular
 from pacs_engine.ingest.run import IngestStopped, PartFailed
@@ -53,6 +54,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     UnknownInstance: (UnknownInstance("no instance 1.2.3"), (ExportError, KeyError)),
     BlobError: (BlobError("bad blob"), (ValueError,)),
     ConfigError: (ConfigError("serve.toml [dimse]: unknown key(s) prot"), (ValueError,)),
+    QueryError: (QueryError("PatientId: not a keyword"), (ValueError,)),
     QueryRefused: (QueryRefused(0xA900, "StudyDate: not a date range"), (ValueError,)),
     NotSendable: (NotSendable("no context for 1.2.840.10008.1.2.4.80"), (ValueError,)),
     MigrationError: (MigrationError("OLDPACS@10.0.0.5:104: connection refused"), (Exception,)),

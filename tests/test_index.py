@@ -431,7 +431,12 @@ def test_query_levels_and_errors(query_index: Index) -> None:
     with pytest.raises(ValueError, match="instance attributes"):
         query_index.query("study", SOPClassUID="1.2.3")
     with pytest.raises(ValueError, match="level"):
-        query_index.query("patient")
+        query_index.query("patients")
+    patients = query_index.query("patient")  # studies grouped by patient, with counts
+    studies = query_index.query("study")
+    assert sorted(p["PatientID"] for p in patients) == sorted({s["PatientID"] for s in studies})
+    assert sum(p["NumberOfPatientRelatedStudies"] for p in patients) == len(studies)
+    assert sum(p["NumberOfPatientRelatedInstances"] for p in patients) == len(query_index)
 
 
 # --- every key the index matches on, from a real file to a query hit ------------------

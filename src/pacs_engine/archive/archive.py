@@ -48,10 +48,14 @@ from pacs_engine.codecs.native import PixelLayout
 from pacs_engine.executors import make_executor
 from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
-from pacs_engine.index.query import Found
+from pacs_engine.index.query import Found, patients
 from pacs_engine.index.rows import Row
 from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
 from pacs_engine.workers import Executor, alive
+
+#: The parts of an archive `info` sizes: stored data, the index, what was refused, the
+#: ingest reports, and the network server's spool and audit log (pacs_engine.serve).
+DISK_PARTS = ("pixels", "headers", "index", "quarantine", "reports", "spool", "audit")
 
 
 class ExportError(ArchiveError):
@@ -254,8 +258,18 @@ class Archive:
             raise UnknownInstance(f"{_shown(sop_instance_uid)}: not in the archive ({problem})")
         row = self.index.get(sop_instance_uid)
         if row is None:
-            raise UnknownInstance(f"{_shown(sop_instance_uid)}: not in the archive")
+            raise UnknownInstance(
+                f"{_shown(sop_instance_uid)}: {self._not_an_instance(sop_instance_uid)}"
+            )
         return row
+
+    def _not_an_instance(self, uid: str) -> str:
+        """What to say of a UID that is no instance's: a study's or series' UID, or unknown."""
+        if self.index.study_record(uid) is not None:
+            return "not an instance in the archive but a Study Instance UID (export --study)"
+        if self.index.series_record(uid) is not None:
+            return "not an instance in the archive but a Series Instance UID (export --series)"
+        return "not in the archive"
 
     def versions(self, sop_instance_uid: str) -> list[Row]:
         """Each kept version of one instance as its own row, oldest first; the current last.
@@ -358,6 +372,7 @@ class Archive:
         destination: str | os.PathLike,
         sop_instance_uids: Iterable[str] | None = None,
         all_versions: bool = False,
+        progress: Callable[[], None] | None = None,
     ) -> list[Path]:
         """Write original files as `destination/<Study>/<Series>/<SOP>.dcm`; returns the paths.
 
@@ -366,19 +381,24 @@ class Archive:
         and how many did. Names are `safe_name`s of the
         UIDs; files are written without following links (pacs_engine.archive.export).
         With `all_versions`, each earlier version of an instance is written beside the
-        current one as `<SOP>_v<n>.dcm` (n from 1, oldest first).
+        current one as `<SOP>_v<n>.dcm` (n from 1, oldest first). `progress` is called
+        once per instance done. An unknown UID raises UnknownInstance before anything is
+        written.
         """
         root = Path(destination)
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            reason = "not a folder" if isinstance(error, FileExistsError) else error.strerror
-            raise ExportError(f"{root}: cannot export into it: {reason}") from None
         uids = (
             list(sop_instance_uids)
             if sop_instance_uids is not None
             else [row["SOPInstanceUID"] for row in self.index]
         )
+        for uid in uids:  # all known before anything is written
+            if uid_problem("SOPInstanceUID", uid) is not None or uid not in self.index:
+                self._row(uid)  # raises UnknownInstance, saying what the UID is
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = "not a folder" if isinstance(error, FileExistsError) else error.strerror
+            raise ExportError(f"{root}: cannot export into it: {reason}") from None
         written = []
         damaged = []  # one file's damage does not stop the export of the others
         for uid in uids:
@@ -400,6 +420,8 @@ class Archive:
                     raise ExportError(
                         f"{error.filename or root}: cannot write {_shown(uid)}: {error.strerror}"
                     ) from None
+            if progress is not None:
+                progress()
         if damaged:
             more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
             raise ExportError(
@@ -435,12 +457,29 @@ class Archive:
             if own:
                 executor.close()
 
-    def query(self, level: str = "instance", **filters: Any) -> list[Found]:
-        """Rows (or series or study records) matching DICOM-style filters; see Index.query."""
-        return self.index.query(level, **filters)
+    def query(self, level: str = "instance", strict: bool = True, **filters: Any) -> list[Found]:
+        """Rows (or patient, study or series records) matching DICOM-style filters.
+
+        Strict by default: an unknown keyword, one not queryable at `level` or a
+        malformed value raises QueryError saying what would be valid; see Index.query.
+        """
+        return self.index.query(level, strict, **filters)
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk (allocated blocks) by part of the archive, those present, and total.
+
+        "other" is what lies outside the parts (archive.json, locks, session files).
+        """
+        usage = {part: _disk_bytes(self.path / part) for part in DISK_PARTS}
+        usage = {part: size for part, size in usage.items() if (self.path / part).exists()}
+        everything = _disk_bytes(self.path)
+        usage["other"] = everything - sum(usage.values())
+        usage["total"] = everything
+        return usage
 
     def info(self) -> dict[str, Any]:
-        """Counts, sizes and compression ratio, by modality and by codec."""
+        """Counts (patients, studies, series, instances), sizes on disk by part, compression
+        ratio, by modality and by codec."""
         by_modality: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         by_codec: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         totals: dict[str, int] = defaultdict(int)
@@ -455,15 +494,32 @@ class Archive:
                 bucket["raw_pixel_bytes"] += row.get("raw_pixel_bytes", 0)
                 bucket["stored_bytes"] += row.get("stored_bytes", 0)
                 bucket["duplicates"] += len(row.get("duplicates", []))
+        studies = self.index.query("study")
         result = {
             "path": str(self.path),
             **_with_ratio(totals),
+            "patients": len(patients(studies)),
+            "studies": len(studies),
             "series": len(self.index.all_series()),
             "quarantined": len(self.quarantine.records()),
+            "disk_bytes": self.disk_usage(),
             "by_modality": {k: _with_ratio(v) for k, v in sorted(by_modality.items())},
             "by_codec": {k: _with_ratio(v) for k, v in sorted(by_codec.items())},
         }
         return result
+
+
+def _disk_bytes(path: Path) -> int:
+    """The bytes the files and folders under `path` take on disk (links not followed)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:  # removed meanwhile (a spool file sent on): nothing
+        return 0
+    total = info.st_blocks * 512  # st_blocks counts 512-byte units whatever the block size
+    if path.is_dir() and not path.is_symlink():
+        with os.scandir(path) as entries:
+            total += sum(_disk_bytes(Path(entry.path)) for entry in entries)
+    return total
 
 
 def _group_id(group: str) -> int:

@@ -15,6 +15,7 @@ from pacs_engine.cli import (
     info,
     ingest,
     migrate,
+    query,
     read_bench,
     rebuild_index,
     samples,
@@ -38,6 +39,7 @@ COMMANDS = (
     tidy,
     rebuild_index,
     info,
+    query,
     export,
     serve,
     migrate,
@@ -83,7 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pacs_engine.executors import start_forkserver
 
         start_forkserver()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # argparse takes a command's positionals in one run: `query ARCHIVE --level study
+        # KEY=VALUE` leaves the filters after the option here; the command names the list.
+        late = getattr(args, "late_positionals", None)
+        if late is None or any(arg.startswith("-") for arg in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        setattr(args, late, [*getattr(args, late), *extras])
     try:
         return args.run(args)
     except PacsEngineError as error:  # not an archive, locked, damaged: say so in one line

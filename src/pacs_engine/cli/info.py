@@ -10,7 +10,14 @@ from pacs_engine.cli._common import megabytes
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `info`."""
-    info = commands.add_parser("info", help="counts, sizes and compression ratio of an archive")
+    info = commands.add_parser(
+        "info",
+        help="counts, sizes on disk and compression ratio of an archive",
+        description="Patients, studies, series and instances; bytes on disk (allocated "
+        "blocks, as du counts them) by part: pixels, headers, index, quarantine, reports, "
+        "spool and audit (those present) and other; source, raw and stored pixel bytes "
+        "and the compression ratio, by modality and by codec.",
+    )
     info.add_argument("archive", help="the archive folder")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(run=cmd_info)
@@ -26,9 +33,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(
-        f"{info['path']}: {info['instances']:,} instances in {info['series']:,} series, "
+        f"{info['path']}: {info['patients']:,} patients, {info['studies']:,} studies, "
+        f"{info['series']:,} series, {info['instances']:,} instances, "
         f"{info['quarantined']:,} quarantined"
     )
+    disk = info["disk_bytes"]
+    parts = ", ".join(f"{k} {megabytes(v)}" for k, v in disk.items() if k != "total")
+    print(f"on disk {megabytes(disk['total'])}: {parts}")
     print(
         f"source files {megabytes(info['source_bytes'])}, raw pixels "
         f"{megabytes(info['raw_pixel_bytes'])}, stored {megabytes(info['stored_bytes'])}, "

@@ -319,8 +319,8 @@ class Index:
             if len(chunk) < _ITER_CHUNK:
                 return
 
-    def query(self, level: str = "instance", **filters: Any) -> list[Found]:
-        """Records at `level` ("study", "series" or "instance") matching `filters`, as C-FIND does.
+    def query(self, level: str = "instance", strict: bool = False, **filters: Any) -> list[Found]:
+        """Records at `level` ("patient", "study", "series" or "instance") matching `filters`.
 
         Keys are DICOM keywords (or archive fields at the instance level); the
         matching rules are in `pacs_engine.index.matching`. Patient and study keys
@@ -329,7 +329,11 @@ class Index:
         keys against the row. Results come as study records, series records with
         their study's patient and study attributes, or rows; studies by UID,
         series by UID within a study, rows in series order (by UID when
-        SOPInstanceUID is given).
+        SOPInstanceUID is given); patients (studies grouped by PatientID and
+        IssuerOfPatientID, with their counts) in the order of their first study.
+        Records of one level have the same keys, absent values None
+        (`pacs_engine.index.query.RECORD_KEYS`). With `strict`, unknown keywords,
+        keywords of another level and malformed dates raise QueryError (`check_query`).
         """
         with self._transaction(write=False) as (txn, dbs):
-            return run_query(txn, dbs, self._codec, level, filters)
+            return run_query(txn, dbs, self._codec, level, filters, strict)

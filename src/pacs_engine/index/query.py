@@ -1,41 +1,205 @@
-"""The query planner: candidates from the narrowest usable index, then matching level by level."""
+"""The query planner: candidates from the narrowest usable index, then matching level by level.
+
+Also what a query may ask (`check_query`): the user-facing API (`Archive.query`, the
+`query` command) is strict, so a misspelled keyword, a keyword of another level or a
+malformed date is an error saying what would be valid rather than an empty result;
+C-FIND (`pacs_engine.serve.find`) is lenient where PS3.4 says so and skips the check.
+"""
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.codec import RowCodec
 from pacs_engine.index.keys import INDEXED_KEYWORDS, SEP, index_value, last_part
 from pacs_engine.index.matching import (
     LEVELS,
+    SERIES_COMPUTED,
+    STUDY_COMPUTED,
     Condition,
     compile_query,
     level_of,
     matches,
+    vr_of,
 )
 from pacs_engine.index.records import View
-from pacs_engine.index.rows import SeriesRecord, StudyRecord
-from pacs_engine.scanning import STUDY_KEYWORDS
+from pacs_engine.index.rows import Row, SeriesRecord, StudyRecord
+from pacs_engine.scanning import HEADER_KEYWORDS, INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
-#: A query's result: a study record, a series record with its study's attributes, or a row.
+#: A query's result: a patient, a study record, a series record with its study's
+#: attributes, or a row.
 Found = Mapping[str, Any]
+
+#: The levels a query may ask for: the index's, and patients (studies grouped by patient).
+QUERY_LEVELS: tuple[str, ...] = ("patient", *LEVELS)
+
+#: The patient attributes of the index's study records (the keys of a patient query).
+PATIENT_KEYWORDS: tuple[str, ...] = tuple(k for k in STUDY_KEYWORDS if "Patient" in k)
+
+#: Patient attributes computed from the studies of a patient.
+PATIENT_COMPUTED: tuple[str, ...] = (
+    "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances",
+)
+
+_STUDY_SERIES = STUDY_KEYWORDS + STUDY_COMPUTED + SERIES_KEYWORDS + SERIES_COMPUTED
+#: The archive's own fields of a row (source_path, pixel_storage, ...), queryable too.
+ROW_FIELDS = tuple(
+    sorted((Row.__required_keys__ | Row.__optional_keys__) - frozenset(HEADER_KEYWORDS))
+)
+
+#: The keys a query may match on, by level (series keys at the study level: a study
+#: matches when one of its series does).
+QUERY_KEYS: dict[str, frozenset[str]] = {
+    "patient": frozenset(PATIENT_KEYWORDS),
+    "study": frozenset(_STUDY_SERIES),
+    "series": frozenset(_STUDY_SERIES),
+    "instance": frozenset(_STUDY_SERIES + INSTANCE_KEYWORDS + ROW_FIELDS),
+}
+
+#: The keys of the records a query returns at each level, absent values as None.
+RECORD_KEYS: dict[str, tuple[str, ...]] = {
+    "patient": PATIENT_KEYWORDS + PATIENT_COMPUTED,
+    "study": STUDY_KEYWORDS + STUDY_COMPUTED,
+    "series": STUDY_KEYWORDS + SERIES_KEYWORDS + SERIES_COMPUTED,
+    "instance": HEADER_KEYWORDS,
+}
+
+#: The DICOM forms of dates and times (PS3.5 6.2), as a query may give them: a time
+#: or date-time may stop after any component.
+_FORMS = {
+    "DA": (re.compile(r"\d{8}"), "a date YYYYMMDD (20000101)"),
+    "TM": (re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"), "a time HHMMSS (0930, 093000)"),
+    "DT": (
+        re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?"),
+        "a date-time YYYYMMDDHHMMSS (20000101093000)",
+    ),
+}
+
+
+class QueryError(PacsEngineError, ValueError):
+    """A query that cannot be right: an unknown keyword, one of another level, a bad value."""
+
+
+def check_query(level: str, filters: Mapping[str, Any]) -> None:
+    """Raise QueryError when `filters` asks for what `level` cannot match, saying what can."""
+    if level not in QUERY_LEVELS:
+        raise QueryError(f"level must be one of {', '.join(QUERY_LEVELS)}, not {level!r}")
+    for keyword, value in filters.items():
+        if keyword not in QUERY_KEYS[level]:
+            raise QueryError(key_problem(keyword, level))
+        for one in value if isinstance(value, list | tuple) else [value]:
+            problem = value_problem(keyword, one)
+            if problem is not None:
+                raise QueryError(problem)
+
+
+def key_problem(keyword: str, level: str, known: Iterable[str] | None = None) -> str:
+    """Why `keyword` is not a key at `level` (of `known`, default the level's query keys)."""
+    valid = set(QUERY_KEYS[level] if known is None else known)
+    levels = [lv for lv in QUERY_LEVELS if keyword in QUERY_KEYS[lv]]
+    if levels:
+        return f"{keyword} is not queryable at the {level} level, only at: {', '.join(levels)}"
+    everything = set().union(valid, *QUERY_KEYS.values())
+    lowered = {k.lower(): k for k in everything}
+    close = difflib.get_close_matches(keyword.lower(), list(lowered), n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(lowered[c] for c in close)}?" if close else ""
+    return f"{keyword}: not a keyword the archive's index holds{hint}"
+
+
+def value_problem(keyword: str, value: Any) -> str | None:
+    """Why `value` cannot match `keyword` (a malformed date, a wildcard UID), or None."""
+    if not isinstance(value, str) or value in ("", "*"):
+        return None
+    vr = vr_of(keyword)
+    if vr == "UI" and ("*" in value or "?" in value):
+        return f"{keyword}: {value!r}: UIDs match exactly (a list: uid1\\uid2), no wildcards"
+    if vr not in _FORMS:
+        return None
+    form, said = _FORMS[vr]
+    parts = value.split("-")
+    ranged = len(parts) == 2 and any(parts)
+    if (ranged or len(parts) == 1) and all(p == "" or form.fullmatch(p) for p in parts):
+        if ranged and all(parts) and parts[0] > parts[1][: len(parts[0])]:
+            return f"{keyword}: {value!r}: the range ends before it starts"
+        return None
+    digits = re.sub(r"[-:T ]", "", value) if vr in ("DA", "DT") else value.replace(":", "")
+    hint = f" (did you mean {digits}?)" if form.fullmatch(digits) else ""
+    return (
+        f"{keyword}: {value!r} is not {said} or a range of them (A-B, A-, -B) in DICOM form{hint}"
+    )
 
 
 def run_query(
+    txn: Any,
+    dbs: dict[bytes, Any],
+    codec: RowCodec,
+    level: str,
+    filters: dict[str, Any],
+    strict: bool = False,
+) -> list[Found]:
+    """The records at `level` matching `filters`, read in the transaction `txn`.
+
+    With `strict`, `check_query` first. Records of one level have the same keys
+    (`RECORD_KEYS`, absent values None) whatever their files held.
+    """
+    if strict:
+        check_query(level, filters)
+    if level == "patient":
+        unknown = [k for k in filters if k not in QUERY_KEYS["patient"]]
+        if unknown:
+            raise QueryError(key_problem(unknown[0], "patient"))
+        return patients(run_query(txn, dbs, codec, "study", filters))
+    if level not in LEVELS:
+        raise QueryError(f"level must be one of {', '.join(QUERY_LEVELS)}, not {level!r}")
+    found = _run(txn, dbs, codec, level, filters)
+    keys = RECORD_KEYS[level]
+    return [{**dict.fromkeys(keys), **record} for record in found]
+
+
+def patient_counts(studies: list[Found]) -> dict[str, int]:
+    """The patient's computed counts, from the study records of that patient."""
+    return {
+        "NumberOfPatientRelatedStudies": len(studies),
+        "NumberOfPatientRelatedSeries": sum(
+            s.get("NumberOfStudyRelatedSeries") or 0 for s in studies
+        ),
+        "NumberOfPatientRelatedInstances": sum(
+            s.get("NumberOfStudyRelatedInstances") or 0 for s in studies
+        ),
+    }
+
+
+def patients(studies: list[Found]) -> list[Found]:
+    """One record per patient (PatientID and IssuerOfPatientID) of `studies`, with counts."""
+    by_patient: dict[tuple[Any, Any], list[Found]] = {}
+    for study in studies:
+        key = (study.get("PatientID"), study.get("IssuerOfPatientID"))
+        by_patient.setdefault(key, []).append(study)
+    out: list[Found] = []
+    for group in by_patient.values():
+        last = group[-1]
+        out.append({**{k: last.get(k) for k in PATIENT_KEYWORDS}, **patient_counts(group)})
+    return out
+
+
+def _run(
     txn: Any, dbs: dict[bytes, Any], codec: RowCodec, level: str, filters: dict[str, Any]
 ) -> list[Found]:
-    """The records at `level` matching `filters`, read in the transaction `txn`."""
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    """The records at one of the index's levels matching `filters`, as stored."""
     conditions = compile_query(filters)
     by_level: dict[str, list[Condition]] = {name: [] for name in LEVELS}
     for condition in conditions.values():
         by_level[level_of(condition.keyword)].append(condition)
     if by_level["instance"] and level != "instance":
         names = ", ".join(c.keyword for c in by_level["instance"])
-        raise ValueError(f"{names}: instance attributes; query at level='instance'")
+        raise QueryError(f"{names}: instance attributes; query at level='instance'")
     return _Query(txn, dbs, codec, level, conditions, by_level).run()
 
 

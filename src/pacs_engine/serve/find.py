@@ -35,6 +35,7 @@ from pydicom.valuerep import DSfloat, PersonName
 from pacs_engine.archive import Archive
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
+from pacs_engine.index.query import PATIENT_COMPUTED, PATIENT_KEYWORDS, patient_counts
 from pacs_engine.scanning import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
 #: C-FIND statuses used here (PS3.4 C.4.1.1.4).
@@ -43,16 +44,6 @@ IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS = 0xA900, 0xC000
 
 #: DICOM query level -> the index's level of the records it answers from.
 INDEX_LEVEL = {"PATIENT": "study", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
-
-#: The patient attributes of the index's study records (the keys of a PATIENT query).
-PATIENT_KEYWORDS: tuple[str, ...] = tuple(k for k in STUDY_KEYWORDS if "Patient" in k)
-
-#: Patient attributes computed from the studies of a patient.
-PATIENT_COMPUTED: tuple[str, ...] = (
-    "NumberOfPatientRelatedStudies",
-    "NumberOfPatientRelatedSeries",
-    "NumberOfPatientRelatedInstances",
-)
 
 _STUDY = STUDY_KEYWORDS + STUDY_COMPUTED
 _SERIES = SERIES_KEYWORDS + SERIES_COMPUTED
@@ -176,10 +167,11 @@ def _query_value(value: Any) -> Any:
 
 def find(archive: Archive, query: Query) -> Iterator[Mapping[str, Any]]:
     """The records matching `query`, with the computed attributes asked for."""
-    found = archive.query(INDEX_LEVEL[query.level], **query.filters)
+    # Lenient (strict=False): PS3.4 lets keys the index does not hold match universally.
     if query.level == "PATIENT":
-        yield from _patients(found)
+        yield from archive.query("patient", strict=False, **query.filters)
         return
+    found = archive.query(INDEX_LEVEL[query.level], strict=False, **query.filters)
     wanted = set(query.return_keys)
     patients: dict[str, dict[str, int]] = {}
     for record in found:
@@ -192,34 +184,10 @@ def find(archive: Archive, query: Query) -> Iterator[Mapping[str, Any]]:
         if wanted & set(PATIENT_COMPUTED) and record.get("PatientID") is not None:
             pid = record["PatientID"]
             if pid not in patients:
-                studies = archive.query("study", PatientID=pid)
-                patients[pid] = _patient_counts(studies)
+                studies = archive.query("study", strict=False, PatientID=pid)
+                patients[pid] = patient_counts(studies)
             extra.update(patients[pid])
         yield {**record, **extra} if extra else record
-
-
-def _patient_counts(studies: list[Mapping[str, Any]]) -> dict[str, int]:
-    return {
-        "NumberOfPatientRelatedStudies": len(studies),
-        "NumberOfPatientRelatedSeries": sum(
-            s.get("NumberOfStudyRelatedSeries", 0) for s in studies
-        ),
-        "NumberOfPatientRelatedInstances": sum(
-            s.get("NumberOfStudyRelatedInstances", 0) for s in studies
-        ),
-    }
-
-
-def _patients(studies: list[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-    """One record per patient (PatientID and IssuerOfPatientID) of the matching studies."""
-    by_patient: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
-    for study in studies:
-        key = (study.get("PatientID"), study.get("IssuerOfPatientID"))
-        by_patient.setdefault(key, []).append(study)
-    for group in by_patient.values():
-        last = group[-1]
-        record = {k: last[k] for k in PATIENT_KEYWORDS if k in last}
-        yield {**record, **_patient_counts(group)}
 
 
 def response(record: Mapping[str, Any], query: Query, ae_title: str) -> Dataset:

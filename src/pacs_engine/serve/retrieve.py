@@ -80,7 +80,7 @@ def retrieve_rows(archive: Archive, identifier: Dataset, patient_root: bool) -> 
             filters[keyword] = values
     if UNIQUE_KEY[level] not in filters:
         raise QueryRefused(IDENTIFIER_MISMATCH, f"{UNIQUE_KEY[level]} needed at {level} level")
-    return cast(list[Row], archive.query("instance", **filters))
+    return cast(list[Row], archive.query("instance", strict=False, **filters))
 
 
 class Outgoing(Dataset):
