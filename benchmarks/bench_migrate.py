@@ -12,7 +12,7 @@ transfer syntax, outside malformed/ (`corpus_inputs({"CT", "MR"}, lossless=True)
 Every row moves what Orthanc then holds, and its MB/s is over the same bytes: the sizes
 of the files in Orthanc's storage folder.
 
-Rows, interleaved, ROUNDS rounds (baseline, move 1, move 4, get 1, get 4, baseline, ...):
+Rows, interleaved, PACS_ENGINE_BENCH_ROUNDS rounds (default 2) (baseline, move 1, move 4, get 1, get 4, baseline, ...):
 - baseline: Orthanc's own C-MOVE of every study, one after the other (one `movescu` per
   study, STUDY level, Study Root) to dcmtk's `storescp`, which the bench starts writing
   into a temporary folder with `+B` (bit-preserving: the data set written as received,
@@ -25,6 +25,9 @@ Rows, interleaved, ROUNDS rounds (baseline, move 1, move 4, get 1, get 4, baseli
   the time until the last study is logged complete in the journal (every instance
   received and durable in the spool), "archived" the command's own end (the spool's
   drain finished: everything ingested).
+With PACS_ENGINE_BENCH_PYSPY=FOLDER, each of our runs is recorded by py-spy (`py-spy` on
+the PATH or in /tmp/pyspy: `pip install --target /tmp/pyspy py-spy`) into
+FOLDER/<method><parallel>-<round>.txt (collapsed stacks, every thread, idle ones too).
 Ratios are against the baseline of the same round. Only correctness is asserted (every
 instance Orthanc holds arrived: in storescp's folder, or archived), never speed.
 """
@@ -32,6 +35,7 @@ instance Orthanc holds arrived: in storescp's folder, or archived), never speed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,12 +53,17 @@ from pacs_engine import ScanError, scan_many
 from pacs_engine.archive import Archive
 from pacs_engine.serve.migrate import read_journal
 
-ROUNDS = 2
+ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_ROUNDS", "2"))
 RUN_SECONDS = 600  # one row, at most
 AE_TITLE = "PACS_ENGINE"
 STORESCP_AE = "STORESCP"
 STORESCP = shutil.which("storescp")
 MOVESCU = shutil.which("movescu")
+#: DCMTK's switch for TCP_NODELAY, which Debian's build leaves off: without it Orthanc's
+#: C-STORE sub-operations wait out delayed ACKs (13.5 s instead of 0.3 s for 150 small
+#: instances to storescp). Orthanc, storescp and movescu get it, so the baseline is not
+#: slowed by it, nor are our rows (Orthanc sends to us too).
+NO_NAGLE = {"TCP_NODELAY": "1"}
 OURS = [(method, parallel) for method in ("move", "get") for parallel in (1, 4)]
 
 
@@ -141,7 +150,9 @@ def legacy() -> Iterator[Legacy]:
         "pacs": [AE_TITLE, "127.0.0.1", move_port],
         "storescp": [STORESCP_AE, "127.0.0.1", scp_port],
     }
-    with orthanc_mod.running_orthanc(extra={"DicomModalities": modalities}) as orthanc:
+    with orthanc_mod.running_orthanc(
+        extra={"DicomModalities": modalities}, env=NO_NAGLE
+    ) as orthanc:
         left_out = [path for path in paths if not _post(orthanc, path)]
         studies, sops = _holdings(orthanc)
         yield Legacy(orthanc, move_port, scp_port, studies, sops, orthanc.storage_bytes(), left_out)
@@ -178,6 +189,7 @@ def baseline(legacy: Legacy, folder: Path) -> float:
         [STORESCP, "+B", "+xa", "-pm", "-aet", STORESCP_AE, "-od", str(out), str(legacy.scp_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **NO_NAGLE},
     )
     try:
         _wait_listening(scp, legacy.scp_port)
@@ -191,6 +203,7 @@ def baseline(legacy: Legacy, folder: Path) -> float:
                 check=True,
                 capture_output=True,
                 timeout=RUN_SECONDS,
+                env={**os.environ, **NO_NAGLE},
             )
     finally:
         scp.terminate()
@@ -208,6 +221,12 @@ def ours(legacy: Legacy, folder: Path, method: str, parallel: int) -> tuple[floa
     command += [f"{orthanc_mod.AET}@127.0.0.1:{legacy.orthanc.dicom_port}"]
     command += ["--archive", str(archive), "--method", method, "--parallel", str(parallel)]
     command += ["--port", str(legacy.move_port), "--listen", "127.0.0.1"]
+    profile = os.environ.get("PACS_ENGINE_BENCH_PYSPY")
+    if profile:
+        pyspy = shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy"
+        out = Path(profile) / f"{folder.name}-{time.time_ns()}.txt"
+        recorder = [pyspy, "record", "--idle", "--threads", "--format", "raw", "-r", "200"]
+        command = [*recorder, "-o", str(out), "--", *command]
     log = (folder / "migrate.out").open("w+")
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.DEVNULL, text=True)
