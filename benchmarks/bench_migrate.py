@@ -12,7 +12,8 @@ transfer syntax, outside malformed/ (`corpus_inputs({"CT", "MR"}, lossless=True)
 Every row moves what Orthanc then holds, and its MB/s is over the same bytes: the sizes
 of the files in Orthanc's storage folder.
 
-Rows, interleaved, PACS_ENGINE_BENCH_ROUNDS rounds (default 2) (baseline, move 1, move 4, get 1, get 4, baseline, ...):
+Rows, interleaved, PACS_ENGINE_BENCH_ROUNDS rounds (default 2): baseline, bounds, move 1,
+move 4, get 1, get 4, baseline, ...
 - baseline: Orthanc's own C-MOVE of every study, one after the other (one `movescu` per
   study, STUDY level, Study Root) to dcmtk's `storescp`, which the bench starts writing
   into a temporary folder with `+B` (bit-preserving: the data set written as received,
@@ -20,6 +21,12 @@ Rows, interleaved, PACS_ENGINE_BENCH_ROUNDS rounds (default 2) (baseline, move 1
   so Orthanc sends each instance as stored instead of transcoding) and `-pm` (unknown SOP
   classes too). storescp does not fsync; our spool does before answering Success.
   Time: from the first movescu started to the newest file's mtime (the last file written).
+- bound rows, to tell our cost from pynetdicom's: the same C-MOVEs (movescu, one per
+  study) to a bare pynetdicom Storage SCP in the bench's process (TCP_NODELAY, every
+  storage class and syntax the archive keeps, our maximum PDU size), whose handler only
+  joins the file meta and data set bytes ("pynetdicom SCP, nothing kept") or also
+  writes them durably as our spool does (`storage.write_atomic`: written, fsynced,
+  renamed, rename fsynced).
 - `pacs-engine migrate --from ORTHANC@127.0.0.1:PORT --archive A --method move|get
   --parallel 1|4` (one ingest worker, the default), into a fresh archive: "journal" is
   the time until the last study is logged complete in the journal (every instance
@@ -44,21 +51,27 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
 
 from benchmarks import orthanc as orthanc_mod
 from benchmarks.conftest import corpus_inputs, read_whole
 from pacs_engine import ScanError, scan_many
 from pacs_engine.archive import Archive
+from pacs_engine.serve.config import ServeConfig
+from pacs_engine.serve.dimse import STORAGE_CLASSES, STORAGE_SYNTAXES, no_delay
 from pacs_engine.serve.migrate import read_journal
+from pacs_engine.storage import write_atomic
 
 ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_ROUNDS", "2"))
 RUN_SECONDS = 600  # one row, at most
 AE_TITLE = "PACS_ENGINE"
 STORESCP_AE = "STORESCP"
-STORESCP = shutil.which("storescp")
-MOVESCU = shutil.which("movescu")
+STORESCP = shutil.which("storescp") or "storescp"
+MOVESCU = shutil.which("movescu") or "movescu"
 #: DCMTK's switch for TCP_NODELAY, which Debian's build leaves off: without it Orthanc's
 #: C-STORE sub-operations wait out delayed ACKs (13.5 s instead of 0.3 s for 150 small
 #: instances to storescp). Orthanc, storescp and movescu get it, so the baseline is not
@@ -136,7 +149,7 @@ def _holdings(orthanc: orthanc_mod.Orthanc) -> tuple[dict[str, int], set[str]]:
 @pytest.fixture(scope="module")
 def legacy() -> Iterator[Legacy]:
     """Orthanc loaded with the corpus's CT and MR files (see the module docstring)."""
-    if not orthanc_mod.installed() or not STORESCP or not MOVESCU:
+    if not orthanc_mod.installed() or not shutil.which(STORESCP) or not shutil.which(MOVESCU):
         pytest.skip("needs Orthanc and dcmtk (storescp, movescu)")
     candidates = corpus_inputs({"CT", "MR"}, lossless=True)
     paths = [
@@ -181,6 +194,21 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int, seconds: float 
     raise RuntimeError(f"storescp does not listen on port {port}")
 
 
+def _move_all(legacy: Legacy) -> None:
+    """movescu: Orthanc C-MOVEs each study, one after the other, to STORESCP_AE."""
+    for study in legacy.studies:
+        move = [MOVESCU, "-S", "-aet", AE_TITLE, "-aec", orthanc_mod.AET]
+        move += ["-aem", STORESCP_AE, "-k", "QueryRetrieveLevel=STUDY"]
+        move += ["-k", f"StudyInstanceUID={study}", "127.0.0.1", str(legacy.orthanc.dicom_port)]
+        subprocess.run(
+            move,
+            check=True,
+            capture_output=True,
+            timeout=RUN_SECONDS,
+            env={**os.environ, **NO_NAGLE},
+        )
+
+
 def baseline(legacy: Legacy, folder: Path) -> float:
     """Orthanc's C-MOVE of every study to storescp; seconds to the last file written."""
     out = folder / "storescp"
@@ -194,17 +222,7 @@ def baseline(legacy: Legacy, folder: Path) -> float:
     try:
         _wait_listening(scp, legacy.scp_port)
         started = time.time()
-        for study in legacy.studies:
-            move = [MOVESCU, "-S", "-aet", AE_TITLE, "-aec", orthanc_mod.AET]
-            move += ["-aem", STORESCP_AE, "-k", "QueryRetrieveLevel=STUDY"]
-            move += ["-k", f"StudyInstanceUID={study}", "127.0.0.1", str(legacy.orthanc.dicom_port)]
-            subprocess.run(
-                move,
-                check=True,
-                capture_output=True,
-                timeout=RUN_SECONDS,
-                env={**os.environ, **NO_NAGLE},
-            )
+        _move_all(legacy)
     finally:
         scp.terminate()
         scp.wait(30)
@@ -212,6 +230,36 @@ def baseline(legacy: Legacy, folder: Path) -> float:
     received = {str(h.get("SOPInstanceUID")) for h in scan_many([str(p) for p in files])}
     assert received == legacy.sops, f"storescp got {len(received)} of {len(legacy.sops)}"
     return max(p.stat().st_mtime for p in files) - started
+
+
+def bare_scp(legacy: Legacy, folder: Path, durable: bool) -> float:
+    """Orthanc's C-MOVE of every study to a bare pynetdicom Storage SCP; seconds to the end."""
+    received: set[str] = set()
+
+    def on_store(event: Any) -> int:
+        data = b"".join(
+            (b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta), event.encoded_dataset())
+        )
+        if durable:
+            write_atomic(folder / f"{len(received)}.dcm", data)
+        received.add(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title=STORESCP_AE)
+    ae.maximum_pdu_size = ServeConfig.max_pdu  # as our Storage SCP's
+    for uid in sorted(STORAGE_CLASSES):
+        ae.add_supported_context(uid, list(STORAGE_SYNTAXES))
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_C_STORE, on_store)]
+    server = ae.start_server(("127.0.0.1", legacy.scp_port), block=False, evt_handlers=handlers)
+    assert server is not None
+    try:
+        started = time.monotonic()
+        _move_all(legacy)
+        seconds = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert received == legacy.sops, f"got {len(received)} of {len(legacy.sops)}"
+    return seconds
 
 
 def ours(legacy: Legacy, folder: Path, method: str, parallel: int) -> tuple[float, float]:
@@ -270,6 +318,12 @@ def _all_complete(archive: Path, studies: int) -> bool:
 def test_round(round_: int, legacy: Legacy, scratch: Path) -> None:
     """One round: the baseline, then each of ours, each into fresh folders."""
     ROWS.append(Row(round_, "Orthanc C-MOVE -> storescp", baseline(legacy, scratch)))
+    for durable in (False, True):
+        folder = scratch / f"bare{int(durable)}"
+        folder.mkdir()
+        name = f"pynetdicom SCP, {'durable write' if durable else 'nothing kept'}"
+        seconds = bare_scp(legacy, folder, durable)
+        ROWS.append(Row(round_, name, seconds, seconds))
     for method, parallel in OURS:
         folder = scratch / f"{method}{parallel}"
         folder.mkdir()

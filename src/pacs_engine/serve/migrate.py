@@ -63,7 +63,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.serve.config import Peer, parse_peer
+from pacs_engine.serve.config import Peer, ServeConfig, parse_peer
 from pacs_engine.serve.dimse import STORAGE_SYNTAXES, DimseServer, no_delay
 from pacs_engine.storage import make_dirs, write_atomic
 
@@ -200,6 +200,9 @@ class Legacy:
         self.peer = peer
         self.name = _peer_name(peer)
         self.ae = AE(ae_title=ae_title)
+        # C-GET brings the instances on our association: PDUs as large as our Storage
+        # SCP's take (pynetdicom's default, 16 KB, costs a Python loop turn per 16 KB).
+        self.ae.maximum_pdu_size = ServeConfig.max_pdu
         self.ae.acse_timeout = timeout
         self.ae.dimse_timeout = timeout
         self.ae.network_timeout = timeout
