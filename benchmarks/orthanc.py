@@ -10,7 +10,10 @@
   (`DicomAlwaysAllowStore`, `DicomCheckCalledAet` false, `UnknownSopClassAccepted`);
 - no plugins, no saved jobs; its output goes to `<tmp>/orthanc.log`;
 - `extra` options merged over these (e.g. `DicomModalities`, so that Orthanc can
-  C-MOVE to an AE of ours: `{"DicomModalities": {"pacs": ["PACS_ENGINE", "127.0.0.1", 11112]}}`).
+  C-MOVE to an AE of ours: `{"DicomModalities": {"pacs": ["PACS_ENGINE", "127.0.0.1", 11112]}}`);
+- `env` variables added to its environment (e.g. `{"TCP_NODELAY": "1"}`: Debian's DCMTK,
+  which Orthanc's DICOM side is, leaves Nagle's algorithm on unless told, and then each
+  C-STORE it sends waits out the peer's delayed ACK, about 90 ms an instance).
 
 The context manager stops Orthanc on exit, also when the body raises: SIGTERM (Orthanc
 shuts down cleanly on it), then SIGKILL after a timeout, then removes the folder.
@@ -58,6 +61,7 @@ class Orthanc:
     folder: Path
     http_port: int
     dicom_port: int
+    env: dict[str, str] | None = None  # added to the inherited environment
 
     @property
     def storage(self) -> Path:
@@ -75,6 +79,7 @@ class Orthanc:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # our Ctrl-C does not reach it; we stop it ourselves
+                env={**os.environ, **(self.env or {})},
             )
         _wait_ready(self, timeout)
 
@@ -163,6 +168,7 @@ def running_orthanc(
     transcode_to: str | None = None,
     startup_timeout: float = 30.0,
     extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Orthanc]:
     """Orthanc on fresh storage, ready for REST and C-STORE; stopped and removed on exit."""
     folder = Path(tempfile.mkdtemp(prefix="pacs-bench-orthanc-"))
@@ -174,7 +180,7 @@ def running_orthanc(
         (folder / "orthanc.json").write_text(
             json.dumps(config(folder, http_port, dicom_port, transcode_to, extra))
         )
-        orthanc = Orthanc(None, folder, http_port, dicom_port)
+        orthanc = Orthanc(None, folder, http_port, dicom_port, env)
         orthanc.start(startup_timeout)
         yield orthanc
     finally:

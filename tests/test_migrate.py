@@ -223,6 +223,24 @@ def test_migrate_copies_every_study_byte_identical(pacs: Pacs, tmp_path: Path, m
     assert {r["outcome"] for r in stores} == {"success"}
 
 
+def test_c_get_brings_each_instance_in_its_stored_transfer_syntax(tmp_path: Path) -> None:
+    # One MR study in seven transfer syntaxes, JPEG 2000 among them: a presentation
+    # context per syntax lets Orthanc send each as stored; with one context per class it
+    # transcodes to the syntax it accepted (no longer the original bytes), and fails on
+    # JPEG 2000, which it cannot transcode.
+    files = sorted((CORPUS / "dcm_qa_ts").glob("*.dcm"))
+    move_port = free_port()
+    with orthanc_for(move_port) as orthanc:
+        legacy = Pacs(orthanc, move_port)
+        for path in files:
+            legacy.request("POST", "/instances", path.read_bytes())
+        studies = {study for _, study in legacy.instances().values()}
+        assert len(studies) == 1 and len(legacy.instances()) == len(files) == 9
+        run = migrate(legacy, tmp_path / "archive", "--method", "get")
+        assert run.returncode == 0, run.stdout
+        assert_same_as_orthanc(legacy, tmp_path / "archive", studies)
+
+
 @pytest.mark.parametrize(
     ("filters", "studies"),
     [

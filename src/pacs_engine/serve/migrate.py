@@ -63,7 +63,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.serve.config import Peer, parse_peer
+from pacs_engine.serve.config import Peer, ServeConfig, parse_peer
 from pacs_engine.serve.dimse import STORAGE_SYNTAXES, DimseServer, no_delay
 from pacs_engine.storage import make_dirs, write_atomic
 
@@ -100,9 +100,12 @@ _FILTER_KEYS = {"Modality": "ModalitiesInStudy"}
 JOURNAL_FORMAT = 1
 #: Seconds before the first retry of a study, twice that before the second, and so on.
 RETRY_PAUSE = 1.0
-#: The storage classes a C-GET offers to receive: pynetdicom's 120 most used (an
-#: association has at most 128 presentation contexts; one is the C-GET's own).
+#: The storage classes a C-GET offers to receive when the PACS does not say which a study
+#: holds: pynetdicom's 120 most used (an association has at most 128 presentation
+#: contexts; one is the C-GET's own), each in one context listing every syntax we keep.
 _GET_STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+#: The presentation contexts an association may propose (PS3.8 9.3.2.2: odd ids 1-255).
+_MAX_CONTEXTS = 128
 INGEST_COUNTS = ("inputs", "archived", "duplicates", "conflicts", "quarantined")
 
 
@@ -197,6 +200,9 @@ class Legacy:
         self.peer = peer
         self.name = _peer_name(peer)
         self.ae = AE(ae_title=ae_title)
+        # C-GET brings the instances on our association: PDUs as large as our Storage
+        # SCP's take (pynetdicom's default, 16 KB, costs a Python loop turn per 16 KB).
+        self.ae.maximum_pdu_size = ServeConfig.max_pdu
         self.ae.acse_timeout = timeout
         self.ae.dimse_timeout = timeout
         self.ae.network_timeout = timeout
@@ -531,6 +537,22 @@ class Migration:
             return None
         return None if stopped else len(answers)
 
+    def _study_classes(self, study: str) -> list[str]:
+        """The SOP classes of a study by a STUDY-level C-FIND (SOPClassesInStudy); [] when
+        the PACS does not return them."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        query.SOPClassesInStudy = ""
+        contexts = [build_context(StudyRootQueryRetrieveInformationModelFind)]
+        with self.legacy.association(contexts) as assoc:
+            answers, _ = self.legacy.find(assoc, query)
+        found: set[str] = set()
+        for answer in answers:
+            value = answer.get("SOPClassesInStudy") or []
+            found.update([value] if isinstance(value, str) else value)  # one value: a str
+        return sorted(found)
+
     # --- retrieval ----------------------------------------------------------------------
 
     def _migrate_study(self, study: str) -> None:
@@ -574,10 +596,17 @@ class Migration:
         # C-GET: the instances come back on this association, into the same handler.
         model = StudyRootQueryRetrieveInformationModelGet
         contexts = [build_context(model)]
-        roles = []
-        for uid in _GET_STORAGE_CLASSES:
-            contexts.append(build_context(uid, list(STORAGE_SYNTAXES)))
-            roles.append(build_role(uid, scp_role=True))
+        classes = self._study_classes(study)
+        if classes and len(classes) * len(STORAGE_SYNTAXES) < _MAX_CONTEXTS:
+            # One context per class and syntax: the SCP accepts one syntax per context, so
+            # this lets it send every instance as stored, not transcoded (Orthanc cannot
+            # transcode JPEG 2000, and fails such a sub-operation instead).
+            for uid in classes:
+                contexts += [build_context(uid, [syntax]) for syntax in STORAGE_SYNTAXES]
+        else:
+            classes = _GET_STORAGE_CLASSES
+            contexts += [build_context(uid, list(STORAGE_SYNTAXES)) for uid in classes]
+        roles = [build_role(uid, scp_role=True) for uid in classes]
         handlers = [(evt.EVT_C_STORE, self.server.on_store)]
         with self.legacy.association(contexts, roles, handlers) as assoc:
             return self._final(assoc.send_c_get(query, model), "C-GET")
