@@ -13,6 +13,7 @@ import concurrent.futures.process
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
 import sys
 import threading
 import time
@@ -89,7 +90,7 @@ class LocalExecutor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(FORKSERVER_PRELOAD)
         return concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+            self.workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
         )
 
     def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
@@ -172,12 +173,16 @@ def _is_main_guard(statement: ast.stmt) -> bool:
     return names == ["__name__"] and texts == ["__main__"]
 
 
-def _exit_with(parent: int) -> None:
-    """Make this pool worker exit when `parent` dies, even by kill -9.
+def _start_worker(parent: int) -> None:
+    """Set up a pool worker: deaf to Ctrl-C, and gone when `parent` dies, even by kill -9.
 
-    A pool worker holds both ends of its task queue, so it never sees the parent
-    go and would wait for work forever (holding the parent's stdout open).
+    Ctrl-C reaches every process of the terminal's group: the parent stops the run
+    and then its workers (each finishes its task), so a worker must not die of it
+    mid-write nor print a KeyboardInterrupt traceback. A pool worker holds both ends
+    of its task queue, so it never sees the parent go and would wait for work
+    forever (holding the parent's stdout open).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
 
 

@@ -169,6 +169,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except IngestStopped as error:
         bar.close()
         return fail("ingest", str(error), 3)
+    except KeyboardInterrupt:  # the workers ignore Ctrl-C: they finish their task and stop
+        bar.close()
+        print(
+            "ingest: interrupted; everything committed so far is kept: "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         executor.close()
     bar.close()
@@ -182,12 +190,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _render_report(summary: dict[str, Any]) -> str:
     """An ingest report (`IngestReport.to_dict()`) for people."""
-    resumed = f", resumed {summary['resumed']}x" if summary["resumed"] else ""
+    sessions = summary["sessions"]
+    resumed = f", in {sessions} sessions (resumed {sessions - 1}x)" if sessions > 1 else ""
     lines = [
         f"{summary['inputs']:,} inputs: {summary['archived']:,} archived, "
         f"{summary['duplicates']:,} duplicates, {summary['conflicts']:,} conflicts, "
         f"{summary['quarantined']:,} quarantined"
     ]
+    if summary["unchanged"]:
+        lines.append(
+            f"  {summary['unchanged']:,} files skipped unread: unchanged (size, mtime, inode) "
+            "since an earlier run gave them an outcome; not counted as inputs"
+        )
     if summary["versions"]:
         lines.append(
             f"  of the archived, {summary['versions']:,} are new versions of instances "
