@@ -210,8 +210,8 @@ class Journal:
         entries: dict[bytes, bytes | None] = {
             self.outcome_key(run, o.key): o.to_bytes() for o in outcomes
         }
-        for key, identity in (identities or {}).items():
-            entries[_key(b"s", _digest(key))] = identity + run.encode()
+        for name, identity in (identities or {}).items():
+            entries[_key(b"s", _digest(name))] = identity + run.encode()
         for p in planned:
             number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
             key = _key(

@@ -270,9 +270,7 @@ class _Run:
         while in_flight:
             in_flight = self._collect_scans(run, in_flight)
 
-    def _submit_scan(
-        self, run: str, batch: list[tuple[str, bytes | None]], in_flight: set
-    ) -> set:
+    def _submit_scan(self, run: str, batch: list[tuple[str, bytes | None]], in_flight: set) -> set:
         """Send a batch of (key, file identity) to scan, once there is room, without the
         inputs a resumed run has done nor the files unchanged since a finished run."""
         done = self.journal.done(run, (k for k, _ in batch))

@@ -1,0 +1,200 @@
+"""Day-to-day ingest through the CLI: catch-up runs skip unchanged files unread, Ctrl-C stops
+cleanly and says how to resume, a resumed run's report counts every session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from conftest import pydicom_test_files, require_corpus
+
+from pacs_engine import open_archive
+from pacs_engine.cli import main
+from pacs_engine.ingest import inputs
+from pacs_engine.ingest.journal import Journal
+from pacs_engine.synth import write_studies
+
+CLI = [sys.executable, "-m", "pacs_engine.cli"]
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def assert_complete(report: dict[str, Any], inputs_: int) -> None:
+    assert report["balanced"] and report["inputs"] == inputs_
+    assert (
+        report["archived"] + report["duplicates"] + report["conflicts"] + report["quarantined"]
+        == inputs_
+    )
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of input files opened (in this process: runs use --workers 0)."""
+    paths: list[str] = []
+    real = inputs._open_regular
+
+    def counting(path: str, follow_links: bool = True) -> Any:
+        paths.append(path)
+        return real(path, follow_links)
+
+    monkeypatch.setattr(inputs, "_open_regular", counting)
+    return paths
+
+
+def ingest(
+    source: Path, archive: Path, capsys: pytest.CaptureFixture, *more: str
+) -> dict[str, Any]:
+    """`pacs-engine ingest SOURCE --archive ARCHIVE --workers 0 --json`: its report."""
+    code = main(
+        ["ingest", str(source), "--archive", str(archive), "--workers", "0", "--json", *more]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_a_catch_up_run_skips_unchanged_files_unread_and_reads_changed_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture, opened: list[str]
+) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(require_corpus() / "dcm_qa_ct", source)
+    for i, path in enumerate(pydicom_test_files()[:40]):  # real oddities: quarantined ones too
+        shutil.copyfile(path, source / f"pydicom-{i}-{path.name}")
+    files = files_under(source)
+    archive = tmp_path / "a"
+
+    first = ingest(source, archive, capsys)
+    assert_complete(first, len(files))
+    assert first["unchanged"] == 0 and first["quarantined"] > 0
+    assert {str(f) for f in files} <= set(opened)
+
+    opened.clear()
+    again = ingest(source, archive, capsys)
+    assert opened == []  # not one input opened
+    assert again["unchanged"] == len(files)
+    assert_complete(again, 0)
+
+    # Touched (mtime), copied anew (another inode, same bytes), a new copy, an edited file.
+    picks = [f for f in files if f.name.startswith("I")][:4]  # archived CT slices
+    archived, touched, recopied, edited = picks
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    shutil.copyfile(recopied, tmp_path / "copy")
+    os.replace(tmp_path / "copy", recopied)
+    shutil.copyfile(archived, source / "new-copy")
+    dataset = pydicom.dcmread(edited)
+    dataset.StudyDescription = "corrected"
+    dataset.save_as(edited)
+
+    opened.clear()
+    third = ingest(source, archive, capsys)
+    changed = {str(touched), str(recopied), str(edited), str(source / "new-copy")}
+    assert set(opened) == changed
+    assert third["unchanged"] == len(files) - 3
+    assert_complete(third, 4)
+    assert third["duplicates"] == 3 and third["archived"] == 1 and third["versions"] == 1
+
+    opened.clear()  # what the third run read is recorded: a fourth run reads nothing
+    assert ingest(source, archive, capsys)["unchanged"] == len(files) + 1
+    assert opened == []
+
+
+def test_the_same_files_under_other_sources_are_skipped_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture, opened: list[str]
+) -> None:
+    """A file's identity is recorded whatever run read it: a run of a subfolder (other
+    sources, so a new run, not a resumed one) skips the files the first run read."""
+    source = tmp_path / "src"
+    shutil.copytree(require_corpus() / "dcm_qa_ct", source)
+    archive = tmp_path / "a"
+    ingest(source, archive, capsys)
+    with open_archive(archive) as done:
+        assert Journal(done.index).unfinished() == []
+    sub = sorted(p for p in source.iterdir() if p.is_dir())[0]
+    opened.clear()
+    report = ingest(sub, archive, capsys)
+    assert report["unchanged"] == len(files_under(sub)) > 0 and opened == []
+    assert_complete(report, 0)
+
+
+# --- Ctrl-C and resumed reports -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 series of 160 slices, 640 files: about ten parts per series to encode."""
+    out = tmp_path_factory.mktemp("synth")
+    write_studies(out, 2, 2, 160, rows=256, columns=256, seed=11)
+    return out
+
+
+def _start(synth: Path, archive: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "ingest", str(synth), "--archive", str(archive), "--workers", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_encoding(archive: Path, process: subprocess.Popen) -> None:
+    """Until a worker has written a header pack (the run is encoding), bounded."""
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if (archive / "headers").is_dir() and any(
+            p.is_file() for p in (archive / "headers").rglob("*")
+        ):
+            return
+        time.sleep(0.01)
+
+
+def test_ctrl_c_stops_cleanly_and_the_resumed_report_counts_every_session(
+    synth: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "a"
+    process = _start(synth, archive)
+    _wait_for_encoding(archive, process)  # the scan is done, parts are being encoded
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted" in err and "run the same command again to resume" in err
+
+    with open_archive(archive) as stopped:
+        (record,) = Journal(stopped.index).unfinished()
+        committed = len(stopped.index)
+    # The interrupted session's time is kept for the report of the resumed run.
+    assert record["sessions"] == 1 and record["seconds"] > 0.5
+    assert record["phases"].get("scan", 0) > 0
+    assert committed < len(files_under(synth))
+
+    resumed = _start(synth, archive)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    report = json.loads(out)
+    assert_complete(report, len(files_under(synth)))
+    assert report["duplicates"] == 0
+    assert report["sessions"] == 2 and report["resumed"] == 1
+    assert report["seconds"] > record["seconds"]  # both sessions, not the last one only
+    assert report["phase_seconds"]["scan"] >= round(record["phases"]["scan"], 3)
+    rate = report["inputs"] / report["seconds"]  # `seconds` is rounded to ms in the report
+    assert report["instances_per_second"] == pytest.approx(rate, abs=0.2)
+
+    text = subprocess.run(
+        [*CLI, "ingest", str(synth), "--archive", str(archive), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{len(files_under(synth)):,} files skipped unread: unchanged" in text
