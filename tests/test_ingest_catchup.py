@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,34 @@ def test_ctrl_c_stops_cleanly_and_the_resumed_report_counts_every_session(
         check=True,
     ).stdout
     assert f"{len(files_under(synth)):,} files skipped unread: unchanged" in text
+
+
+def test_an_unchanged_zip_is_skipped_unopened_and_a_touched_one_read_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture, opened: list[str]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    slices = [f for f in files_under(require_corpus() / "dcm_qa_ct") if f.name.startswith("I")]
+    with zipfile.ZipFile(source / "study.zip", "w") as bundle:
+        for i, path in enumerate(slices[:12]):
+            bundle.write(path, f"slice{i}.dcm")
+    shutil.copyfile(slices[20], source / "loose.dcm")
+    archive = tmp_path / "a"
+
+    first = ingest(source, archive, capsys)
+    assert_complete(first, 13)
+    assert first["archived"] == 13
+
+    opened.clear()
+    again = ingest(source, archive, capsys)
+    assert opened == []  # neither the zip nor the loose file
+    assert again["unchanged"] == 2  # the zip counts as one
+    assert_complete(again, 0)
+
+    stat = (source / "study.zip").stat()
+    os.utime(source / "study.zip", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    opened.clear()
+    touched = ingest(source, archive, capsys)
+    assert str(source / "study.zip") in opened
+    assert touched["unchanged"] == 1 and touched["duplicates"] == 12
+    assert_complete(touched, 12)

@@ -248,11 +248,24 @@ class _Run:
             if not self.journal.done(run, [path]):  # a resumed scan meets it again
                 walk_errors.append(self._quarantine_unread(path, reason))
 
+        def container_unchanged(path: str) -> bool:
+            """True for a zip/tar to skip unread; else its identity is journaled (the run,
+            once finished, has an outcome for each of its members)."""
+            identity = file_identity(path)
+            if identity is None:
+                return False
+            if self.journal.unchanged({path: identity}):
+                self.report.unchanged += 1
+                return True
+            self.journal.record(run, [], [], {path: identity})
+            return False
+
         self.report.unchanged = 0  # a resumed scan skips them again
         batch: list[tuple[str, bytes | None]] = []
         in_flight: set = set()
         follow_links = self.checks.inputs.follow_links
-        for ref in iter_inputs(self.sources, on_error, [self.root], follow_links):
+        walk = iter_inputs(self.sources, on_error, [self.root], follow_links, container_unchanged)
+        for ref in walk:
             # Files only: a zip/tar member has no identity of its own (see docs/ingest.md).
             batch.append((ref.key, file_identity(ref.key) if ref.member is None else None))
             if len(batch) >= SCAN_BATCH:
