@@ -143,7 +143,7 @@ def _too_large(key: str, size: int | str, limit: int) -> InputTooLarge:
 
 def archive_kind(path: str) -> str | None:
     """'zip', 'tar' or 'tgz' by the name's suffix (any case), else None."""
-    name = path.lower()
+    name = path[-7:].lower()  # the longest suffix: no need to lower the whole path
     if name.endswith(".zip"):
         return "zip"
     if name.endswith(".tar"):

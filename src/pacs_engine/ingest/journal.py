@@ -13,7 +13,7 @@ c <sources id>                           -> run id of the unfinished run of thes
 r <run>                                  -> the run record (JSON)
 o <run> <digest>                         -> the input's Outcome (JSON)
 p <run> <series> <order> <sop> <digest>  -> a scanned input waiting to be encoded (JSON)
-s <digest>                               -> a file's identity when a run scanned it, and that run
+s <key, or a digest of a long one>      -> a file's identity when a run scanned it, and that run
 ```
 
 The `s` entries make catch-up runs cheap: a file whose size, mtime (ns), inode and
@@ -42,6 +42,8 @@ _SEP = b"\x00"
 _PAGE = 4096
 #: Sorts instances without an Instance Number after every numbered one.
 _NO_NUMBER = 1 << 63
+#: The longest input key kept as itself in an `s` entry's key (LMDB keys: 511 bytes).
+_LONGEST_NAME = 500
 #: A file's identity in an `s` entry: size, mtime in ns, inode, device (then the run id).
 _IDENTITY = struct.Struct("<QqQQ")
 
@@ -181,7 +183,7 @@ class Journal:
     def unchanged(self, identities: dict[str, bytes]) -> set[str]:
         """The files among `identities` (key -> `file_identity`) that a finished run scanned
         with the same identity: each has an outcome there, and the same bytes."""
-        wanted = {_key(b"s", _digest(k)): k for k in identities}
+        wanted = {_identity_key(k): k for k in identities}
         same = set()
         for entry, value in self.index.journal_get(wanted).items():
             key = wanted[entry]
@@ -211,7 +213,7 @@ class Journal:
             self.outcome_key(run, o.key): o.to_bytes() for o in outcomes
         }
         for name, identity in (identities or {}).items():
-            entries[_key(b"s", _digest(name))] = identity + run.encode()
+            entries[_identity_key(name)] = identity + run.encode()
         for p in planned:
             number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
             key = _key(
@@ -272,6 +274,18 @@ def _key(kind: bytes, *parts: str) -> bytes:
 def _digest(key: str) -> str:
     """A fixed-size stand-in for an input key (any length, any characters)."""
     return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
+def _identity_key(key: str) -> bytes:
+    """The `s` entry of an input key: the key itself, or (too long for LMDB) its raw digest.
+
+    The two cannot meet: the digest is 16 bytes after `s\x01`, a key follows `s\x00`.
+    Read by key only, so no hex and no parsing: it is on a catch-up run's path per file.
+    """
+    name = key.encode("utf-8", "surrogateescape")
+    if len(name) <= _LONGEST_NAME:
+        return b"s\x00" + name
+    return b"s\x01" + hashlib.blake2b(name, digest_size=16).digest()
 
 
 def _sources_id(sources: list[str]) -> str:

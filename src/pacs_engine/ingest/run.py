@@ -286,7 +286,8 @@ class _Run:
     def _submit_scan(self, run: str, batch: list[tuple[str, bytes | None]], in_flight: set) -> set:
         """Send a batch of (key, file identity) to scan, once there is room, without the
         inputs a resumed run has done nor the files unchanged since a finished run."""
-        done = self.journal.done(run, (k for k, _ in batch))
+        # Only a resumed run has inputs done already (a walk meets each input once).
+        done = self.journal.done(run, (k for k, _ in batch)) if self.report.resumed else set()
         identities = {k: i for k, i in batch if i is not None and k not in done}
         unchanged = self.journal.unchanged(identities)
         self.report.unchanged += len(unchanged)
