@@ -193,6 +193,11 @@ class Journal:
                 same.add(key)
         return same
 
+    def forget(self, keys: Iterable[str]) -> dict[bytes, bytes | None]:
+        """Journal entries that drop the recorded identities of these inputs (quarantined:
+        every run reads them again, as a newer engine or other limits may take them in)."""
+        return dict.fromkeys(map(_identity_key, keys))
+
     def _is_finished(self, run: str) -> bool:
         """True for a finished run (cached: only the current run changes state meanwhile)."""
         if run not in self._finished:
@@ -214,6 +219,7 @@ class Journal:
         }
         for name, identity in (identities or {}).items():
             entries[_identity_key(name)] = identity + run.encode()
+        entries.update(self.forget(o.key for o in outcomes if o.outcome == "quarantined"))
         for p in planned:
             number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
             key = _key(
