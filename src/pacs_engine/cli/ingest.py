@@ -32,7 +32,9 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "Inputs are scanned, grouped by series and encoded in parallel worker processes. "
         "Each input ends archived, as a duplicate, as a conflict or quarantined with its "
         "reason; the report (also written to ARCHIVE/reports/) says how many of each. "
-        "Interrupted (even with kill -9), the same command resumes where it stopped. "
+        "Interrupted (Ctrl-C, even kill -9), the same command resumes where it stopped. "
+        "A file (or zip/tar) with the size, mtime and inode it had when a finished run read "
+        "it is skipped unread and reported as unchanged, not as an input. "
         "Exits 1 if the report does not balance, 3 if the run stopped (e.g. the disk is "
         "full): run it again to resume.",
     )
