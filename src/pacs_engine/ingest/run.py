@@ -507,7 +507,9 @@ class _Run:
         for sop, duplicate in result.duplicates:
             updated[sop] = with_duplicate(committed_row(sop, "duplicate"), duplicate)
         committed = [with_run(row, run) for row in (*rows.values(), *updated.values())]
-        journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
+        journal: dict[bytes, bytes | None] = {
+            self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()
+        }
         journal.update(
             self.journal.forget(k for k, o in outcomes.items() if o.outcome == "quarantined")
         )
