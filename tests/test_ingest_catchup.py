@@ -146,11 +146,13 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(synth: Path, archive: Path) -> subprocess.Popen:
+    """The ingest in a process group of its own, as a terminal's foreground job."""
     return subprocess.Popen(
         [*CLI, "ingest", str(synth), "--archive", str(archive), "--workers", "2", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -171,7 +173,7 @@ def test_ctrl_c_stops_cleanly_and_the_resumed_report_counts_every_session(
     archive = tmp_path / "a"
     process = _start(synth, archive)
     _wait_for_encoding(archive, process)  # the scan is done, parts are being encoded
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: to the whole group, workers included
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, (out, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
