@@ -6,10 +6,10 @@
 PACS_ENGINE_BENCH_CATCHUP is the number of files (default 100,000): a `pacs_engine.synth`
 tree of 16 x 16 CT/MR slices (100 per series; no JPEG 2000, which refuses that size),
 ingested once with two workers, then ingested again in this process (`workers=0`:
-nothing is left to hand out), timed from the call to the report: the catch-up run must
-skip every file unread. Its cost per file is compared with `os.stat` of the same files
-(warm cache, best of three); the target is under 3x. Then the same catch-up as a
-command (start and exit included). Each ingest command has a time limit.
+nothing is left to hand out) three times, timed from the call to the report: each
+catch-up run must skip every file unread. Its cost per file is compared with `os.stat`
+of the same files (warm cache, best of three); the target is under 3x. Then the same
+catch-up as a command (start and exit included). Each ingest command has a time limit.
 """
 
 from __future__ import annotations
@@ -63,11 +63,14 @@ def test_catch_up_cost_per_file_against_stat(tmp_path: Path) -> None:
 
     paths = [str(p) for p in written]
     stat_s = _best_of(3, lambda: [os.stat(p) for p in paths])
+    runs = []
     with open_archive(archive, readonly=False) as opened:
-        started = time.perf_counter()
-        report = opened.ingest([source], workers=0)
-        catchup_s = time.perf_counter() - started
-    assert report.unchanged == len(written) and report.inputs == 0
+        for _ in range(3):  # best of three, as for stat; the first is printed too
+            started = time.perf_counter()
+            report = opened.ingest([source], workers=0)
+            runs.append(time.perf_counter() - started)
+            assert report.unchanged == len(written) and report.inputs == 0
+    catchup_s = min(runs)
     started = time.perf_counter()
     again = subprocess.run(
         [*command, "--workers", "0", "--json", "--no-progress"],
@@ -82,7 +85,8 @@ def test_catch_up_cost_per_file_against_stat(tmp_path: Path) -> None:
     print(
         f"\n{n:,} files: synth {synth_s:.1f} s, first ingest {first_s:.1f} s "
         f"({1e3 * first_s / n:.2f} ms/file)\n"
-        f"catch-up (in process) {catchup_s:.3f} s = {1e6 * catchup_s / n:.2f} us/file; "
+        f"catch-up (in process, best of 3; first {runs[0]:.3f} s) {catchup_s:.3f} s = "
+        f"{1e6 * catchup_s / n:.2f} us/file; "
         f"os.stat {stat_s:.3f} s = {1e6 * stat_s / n:.2f} us/file; "
         f"ratio {catchup_s / stat_s:.2f}x (target < 3x)\n"
         f"catch-up command (pacs-engine ingest --workers 0, start and exit included) "
