@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -253,7 +254,10 @@ def test_the_same_files_twice_are_duplicates_not_copies(tmp_path: Path) -> None:
     first = archive.ingest(files, workers=0)
     stored = sum(f.stat().st_size for f in shard_files(tmp_path / "a"))
     assert stored > 0
-    second = archive.ingest(files, workers=0)
+    # Copies: the same paths again would be skipped unread (unchanged since the first run).
+    (tmp_path / "copies").mkdir()
+    copies = [shutil.copy(f, tmp_path / "copies") for f in files]
+    second = archive.ingest(copies, workers=0)
     assert (first.archived, second.archived, second.duplicates) == (2, 0, 2)
     again = sum(f.stat().st_size for f in shard_files(tmp_path / "a"))
     assert again == stored
@@ -657,7 +661,9 @@ def test_an_archive_inside_a_source_folder(tmp_path: Path) -> None:
             sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             assert target.export_bytes(sop) == path.read_bytes()
         again = target.ingest([tree], workers=0)
-        assert (again.inputs, again.duplicates, again.quarantined) == (4, 4, 0)
+        # The loose files are unchanged since the first run: skipped unread. An archive
+        # folder is always read again (it changes inside): its instances are duplicates.
+        assert (again.inputs, again.duplicates, again.unchanged) == (2, 2, 2)
 
 
 def test_a_source_archives_quarantine_is_carried_into_the_copy(tmp_path: Path) -> None:
@@ -762,7 +768,7 @@ def test_the_archive_users_open_is_the_storage_archive_with_ingest(tmp_path: Pat
         assert created.ingest([source], workers=0).archived == 1
     with Archive.open_or_create(tmp_path / "a") as reopened:
         assert type(reopened) is Archive
-        assert reopened.ingest([source], workers=0).duplicates == 1
+        assert reopened.ingest([source], workers=0).unchanged == 1  # read by the first run
     with open_archive(tmp_path / "a") as opened:
         assert type(opened) is Archive
         with pytest.raises(ArchiveError, match="read-only"):

@@ -13,6 +13,7 @@ import concurrent.futures.process
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,7 +48,17 @@ def start_forkserver() -> None:
     imports the archive and walks the sources.
     """
     multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
-    multiprocessing.forkserver.ensure_running()
+    if threading.current_thread() is not threading.main_thread():  # signals: main thread only
+        multiprocessing.forkserver.ensure_running()
+        return
+    # Started with SIGINT ignored, the forkserver keeps it ignored (Python installs its
+    # Ctrl-C handler only over the default) and so does every worker it forks, from its
+    # first instruction: Ctrl-C while a worker still imports prints no traceback.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class InlineExecutor:
@@ -81,6 +92,7 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None) -> None:
         refuse_unguarded_main()
         self.workers = workers or os.cpu_count() or 1
+        start_forkserver()  # if not started yet: its workers are born deaf to Ctrl-C
         # forkserver: workers start from a clean process, not a fork of one that holds
         # LMDB environments, threads and a progress bar.
         self.pool = self._new_pool()
@@ -89,7 +101,7 @@ class LocalExecutor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(FORKSERVER_PRELOAD)
         return concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+            self.workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
         )
 
     def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
@@ -172,12 +184,17 @@ def _is_main_guard(statement: ast.stmt) -> bool:
     return names == ["__name__"] and texts == ["__main__"]
 
 
-def _exit_with(parent: int) -> None:
-    """Make this pool worker exit when `parent` dies, even by kill -9.
+def _start_worker(parent: int) -> None:
+    """Set up a pool worker: deaf to Ctrl-C, and gone when `parent` dies, even by kill -9.
 
-    A pool worker holds both ends of its task queue, so it never sees the parent
-    go and would wait for work forever (holding the parent's stdout open).
+    Ctrl-C reaches every process of the terminal's group: the parent stops the run
+    and then its workers (each finishes its task), so a worker must not die of it
+    mid-write nor print a KeyboardInterrupt traceback (here for a forkserver that
+    another caller started: ours starts its workers with SIGINT ignored). A pool
+    worker holds both ends of its task queue, so it never sees the parent go and
+    would wait for work forever (holding the parent's stdout open).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch, args=(parent,), daemon=True).start()
 
 

@@ -42,9 +42,14 @@ class IngestReport:
 
     `versions` counts the archived inputs that are new versions of an instance (same
     SOP Instance UID and pixels, other bytes); `duplicates` only byte-identical copies.
+    `unchanged` counts the files skipped unread because a finished earlier run gave them
+    an outcome and their size, mtime, inode and device have not changed since: they are
+    not inputs of this run (found = inputs + unchanged). `seconds` and `phases` are the
+    sum over every session of the run (`resumed` + 1 sessions).
     """
 
     inputs: int = 0
+    unchanged: int = 0  # files skipped unread: not inputs of this run (see above)
     archived: int = 0
     versions: int = 0  # of the archived: new versions of an instance already archived
     duplicates: int = 0
@@ -94,6 +99,7 @@ class IngestReport:
         return {
             "run": self.run,
             "inputs": self.inputs,
+            "unchanged": self.unchanged,
             "archived": self.archived,
             "versions": self.versions,
             "current_version": CURRENT_REASON,
@@ -114,6 +120,7 @@ class IngestReport:
             "phase_seconds": {phase: round(s, 3) for phase, s in self.phases.items()},
             "workers": self.workers,
             "resumed": self.resumed,
+            "sessions": self.resumed + 1,
             "balanced": self.balanced,
         }
 

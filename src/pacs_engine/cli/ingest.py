@@ -32,7 +32,9 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "Inputs are scanned, grouped by series and encoded in parallel worker processes. "
         "Each input ends archived, as a duplicate, as a conflict or quarantined with its "
         "reason; the report (also written to ARCHIVE/reports/) says how many of each. "
-        "Interrupted (even with kill -9), the same command resumes where it stopped. "
+        "Interrupted (Ctrl-C, even kill -9), the same command resumes where it stopped. "
+        "A file (or zip/tar) with the size, mtime and inode it had when a finished run read "
+        "it is skipped unread and reported as unchanged, not as an input. "
         "Exits 1 if the report does not balance, 3 if the run stopped (e.g. the disk is "
         "full): run it again to resume.",
     )
@@ -169,6 +171,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except IngestStopped as error:
         bar.close()
         return fail("ingest", str(error), 3)
+    except KeyboardInterrupt:  # the workers ignore Ctrl-C: they finish their task and stop
+        bar.close()
+        print(
+            "ingest: interrupted; everything committed so far is kept: "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         executor.close()
     bar.close()
@@ -182,12 +192,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _render_report(summary: dict[str, Any]) -> str:
     """An ingest report (`IngestReport.to_dict()`) for people."""
-    resumed = f", resumed {summary['resumed']}x" if summary["resumed"] else ""
+    sessions = summary["sessions"]
+    resumed = f", in {sessions} sessions (resumed {sessions - 1}x)" if sessions > 1 else ""
     lines = [
         f"{summary['inputs']:,} inputs: {summary['archived']:,} archived, "
         f"{summary['duplicates']:,} duplicates, {summary['conflicts']:,} conflicts, "
         f"{summary['quarantined']:,} quarantined"
     ]
+    if summary["unchanged"]:
+        lines.append(
+            f"  {summary['unchanged']:,} files skipped unread: unchanged (size, mtime, inode) "
+            "since an earlier run gave them an outcome; not counted as inputs"
+        )
     if summary["versions"]:
         lines.append(
             f"  of the archived, {summary['versions']:,} are new versions of instances "

@@ -143,7 +143,7 @@ def _too_large(key: str, size: int | str, limit: int) -> InputTooLarge:
 
 def archive_kind(path: str) -> str | None:
     """'zip', 'tar' or 'tgz' by the name's suffix (any case), else None."""
-    name = path.lower()
+    name = path[-7:].lower()  # the longest suffix: no need to lower the whole path
     if name.endswith(".zip"):
         return "zip"
     if name.endswith(".tar"):
@@ -166,6 +166,7 @@ def iter_inputs(
     on_error: Callable[[str, str], None],
     exclude: Iterable[str | os.PathLike] = (),
     follow_links: bool = False,
+    unchanged: Callable[[str], bool] | None = None,
 ) -> Iterator[InputRef]:
     """Every input under the sources, in a stable order.
 
@@ -175,7 +176,8 @@ def iter_inputs(
     read, never held whole. The archive folders in `exclude` (the one being
     ingested into) are skipped. A bad source, folder, archive or member, and
     whatever is not read (links, fifos, devices, link members), is passed to
-    on_error(key, reason) and skipped.
+    on_error(key, reason) and skipped. A zip or tar archive for which
+    `unchanged(path)` is true is skipped without being opened.
     """
     skipped = {_identity(p) for p in exclude}
     archives: set[str] = set()  # the archive folders the walk yields instead of walking them
@@ -196,7 +198,7 @@ def iter_inputs(
                 ref = _make_ref(path, None, on_error)
                 if ref is not None:
                     yield ref
-            else:
+            elif unchanged is None or not unchanged(path):
                 yield from _walk_container(path, kind, on_error)
 
 

@@ -13,13 +13,22 @@ c <sources id>                           -> run id of the unfinished run of thes
 r <run>                                  -> the run record (JSON)
 o <run> <digest>                         -> the input's Outcome (JSON)
 p <run> <series> <order> <sop> <digest>  -> a scanned input waiting to be encoded (JSON)
+s <key, or a digest of a long one>      -> a file's identity when a run scanned it, and that run
 ```
+
+The `s` entries make catch-up runs cheap: a file whose size, mtime (ns), inode and
+device are those recorded when a run that has since finished scanned it has an
+outcome in that run and the same bytes (as far as a `stat` can tell), so it is
+skipped without being opened. The identity is taken before the file is read, so a
+change made while it is read shows as a different identity next time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -33,6 +42,20 @@ _SEP = b"\x00"
 _PAGE = 4096
 #: Sorts instances without an Instance Number after every numbered one.
 _NO_NUMBER = 1 << 63
+#: The longest input key kept as itself in an `s` entry's key (LMDB keys: 511 bytes).
+_LONGEST_NAME = 500
+#: A file's identity in an `s` entry: size, mtime in ns, inode, device (then the run id).
+_IDENTITY = struct.Struct("<QqQQ")
+
+
+def file_identity(path: str) -> bytes | None:
+    """What tells a file changed without reading it (size, mtime, inode, device); None if
+    it cannot be stat'ed (it is then read, and its error found, as any input)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return _IDENTITY.pack(info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,7 @@ class Journal:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        self._finished: dict[str, bool] = {}  # run id -> finished, for `unchanged`
 
     # --- runs -------------------------------------------------------------------------
 
@@ -156,11 +180,46 @@ class Journal:
                 yield Outcome.from_bytes(value)
             start = page[-1][0] + _SEP
 
-    def record(self, run: str, outcomes: Iterable[Outcome], planned: Iterable[Planned]) -> None:
-        """Commit scan results: outcomes of rejected inputs, plan entries of the others."""
+    def unchanged(self, identities: dict[str, bytes]) -> set[str]:
+        """The files among `identities` (key -> `file_identity`) that a finished run scanned
+        with the same identity: each has an outcome there, and the same bytes."""
+        wanted = {_identity_key(k): k for k in identities}
+        same = set()
+        for entry, value in self.index.journal_get(wanted).items():
+            key = wanted[entry]
+            if value[: _IDENTITY.size] == identities[key] and self._is_finished(
+                value[_IDENTITY.size :].decode()
+            ):
+                same.add(key)
+        return same
+
+    def forget(self, keys: Iterable[str]) -> dict[bytes, bytes | None]:
+        """Journal entries that drop the recorded identities of these inputs (quarantined:
+        every run reads them again, as a newer engine or other limits may take them in)."""
+        return dict.fromkeys(map(_identity_key, keys))
+
+    def _is_finished(self, run: str) -> bool:
+        """True for a finished run (cached: only the current run changes state meanwhile)."""
+        if run not in self._finished:
+            record = self.run_record(run)
+            self._finished[run] = record is not None and record["state"] == "finished"
+        return self._finished[run]
+
+    def record(
+        self,
+        run: str,
+        outcomes: Iterable[Outcome],
+        planned: Iterable[Planned],
+        identities: dict[str, bytes] | None = None,
+    ) -> None:
+        """Commit scan results: outcomes of rejected inputs, plan entries of the others, and
+        the identities (key -> `file_identity`) of the files scanned."""
         entries: dict[bytes, bytes | None] = {
             self.outcome_key(run, o.key): o.to_bytes() for o in outcomes
         }
+        for name, identity in (identities or {}).items():
+            entries[_identity_key(name)] = identity + run.encode()
+        entries.update(self.forget(o.key for o in outcomes if o.outcome == "quarantined"))
         for p in planned:
             number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
             key = _key(
@@ -221,6 +280,18 @@ def _key(kind: bytes, *parts: str) -> bytes:
 def _digest(key: str) -> str:
     """A fixed-size stand-in for an input key (any length, any characters)."""
     return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
+def _identity_key(key: str) -> bytes:
+    """The `s` entry of an input key: the key itself, or (too long for LMDB) its raw digest.
+
+    The two cannot meet: the digest is 16 bytes after `s\x01`, a key follows `s\x00`.
+    Read by key only, so no hex and no parsing: it is on a catch-up run's path per file.
+    """
+    name = key.encode("utf-8", "surrogateescape")
+    if len(name) <= _LONGEST_NAME:
+        return b"s\x00" + name
+    return b"s\x01" + hashlib.blake2b(name, digest_size=16).digest()
 
 
 def _sources_id(sources: list[str]) -> str:

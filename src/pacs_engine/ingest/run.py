@@ -45,7 +45,7 @@ from pacs_engine.ingest.encode import (
     with_duplicate,
 )
 from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
-from pacs_engine.ingest.journal import Journal, Planned
+from pacs_engine.ingest.journal import Journal, Planned, file_identity
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
 from pacs_engine.ingest.tidy import Tidied, remove_temporaries, tidy_series
 from pacs_engine.storage import write_atomic
@@ -164,6 +164,7 @@ class _Run:
         self.total: int | None = None
         self.failure: BaseException | None = None
         self.waiting: dict[str, _Waiting] = {}  # series with parts in flight
+        self.identities: dict[Future, dict[str, bytes]] = {}  # of each scan batch in flight
 
     def run(self) -> IngestReport:
         """Scan, encode and tidy (what the journal says is left); the report of the run."""
@@ -180,13 +181,16 @@ class _Run:
         self.report.run = run
         self.report.resumed = record["sessions"] - 1
         self.report.phases = dict(record.get("phases", {}))  # earlier sessions' time in each
+        self.report.unchanged = record.get("unchanged", 0)  # of a scan an earlier session ended
         for outcome in self.journal.outcomes(run):  # work of earlier sessions of this run
             self.report.count(outcome)
+        finished = False
         try:
             if record["state"] == "scanning":
                 self._timed("scan", self._scan, run)
                 if self.failure is None:
                     record["state"] = "encoding"
+                    record["unchanged"] = self.report.unchanged
                     self.journal.save(record)
             if self.failure is None:
                 self._timed("encode", self._encode, run)
@@ -202,6 +206,7 @@ class _Run:
                     ).encode(),
                 )
                 self.journal.finish({**record, "seconds": self.report.seconds})
+                finished = True
         except Exception as error:  # the archive's disk, the index: stop and say why
             self.failure = self.failure or error
         finally:
@@ -209,13 +214,14 @@ class _Run:
                 self.executor.close()
             if isinstance(self.executor, InlineExecutor):
                 tasks.release(self.root)
-            record["seconds"] += time.perf_counter() - self.started
-            record["phases"] = self.report.phases
+            if not finished:  # stopped, or interrupted (Ctrl-C): the next session counts on
+                record["seconds"] += time.perf_counter() - self.started
+                record["phases"] = self.report.phases
+                self.report.seconds = record["seconds"]
+                # The disk may be full: the stop below says why.
+                with contextlib.suppress(Exception):
+                    self.journal.save(record)
         if self.failure is not None:
-            self.report.seconds = record["seconds"]
-            # The disk may be full: the stop below says why; the next session counts on.
-            with contextlib.suppress(Exception):
-                self.journal.save(record)
             raise IngestStopped(
                 f"{self.archive.path}: ingest stopped: {_describe(self.failure)}. "
                 "Everything committed so far is kept and nothing half-written is visible; "
@@ -242,11 +248,26 @@ class _Run:
             if not self.journal.done(run, [path]):  # a resumed scan meets it again
                 walk_errors.append(self._quarantine_unread(path, reason))
 
-        batch: list[str] = []
+        def container_unchanged(path: str) -> bool:
+            """True for a zip/tar to skip unread; else its identity is journaled (the run,
+            once finished, has an outcome for each of its members)."""
+            identity = file_identity(path)
+            if identity is None:
+                return False
+            if self.journal.unchanged({path: identity}):
+                self.report.unchanged += 1
+                return True
+            self.journal.record(run, [], [], {path: identity})
+            return False
+
+        self.report.unchanged = 0  # a resumed scan skips them again
+        batch: list[tuple[str, bytes | None]] = []
         in_flight: set = set()
         follow_links = self.checks.inputs.follow_links
-        for ref in iter_inputs(self.sources, on_error, [self.root], follow_links):
-            batch.append(ref.key)
+        walk = iter_inputs(self.sources, on_error, [self.root], follow_links, container_unchanged)
+        for ref in walk:
+            # Files only: a zip/tar member has no identity of its own (see docs/ingest.md).
+            batch.append((ref.key, file_identity(ref.key) if ref.member is None else None))
             if len(batch) >= SCAN_BATCH:
                 in_flight = self._submit_scan(run, batch, in_flight)
                 batch = []
@@ -262,31 +283,47 @@ class _Run:
         while in_flight:
             in_flight = self._collect_scans(run, in_flight)
 
-    def _submit_scan(self, run: str, keys: list[str], in_flight: set) -> set:
-        """Send a batch to scan (without inputs a resumed run has done), once there is room."""
-        done = self.journal.done(run, keys)
-        todo = [k for k in keys if k not in done]
+    def _submit_scan(self, run: str, batch: list[tuple[str, bytes | None]], in_flight: set) -> set:
+        """Send a batch of (key, file identity) to scan, once there is room, without the
+        inputs a resumed run has done nor the files unchanged since a finished run."""
+        # Only a resumed run has inputs done already (a walk meets each input once).
+        done = self.journal.done(run, (k for k, _ in batch)) if self.report.resumed else set()
+        identities = {k: i for k, i in batch if i is not None and k not in done}
+        unchanged = self.journal.unchanged(identities)
+        self.report.unchanged += len(unchanged)
+        todo = [k for k, _ in batch if k not in done and k not in unchanged]
         while len(in_flight) >= window(self.executor):
             in_flight = self._collect_scans(run, in_flight)
         if todo:
-            in_flight.add(self._submit(tasks.scan_task, todo, self.checks.inputs))
+            future = self._submit(tasks.scan_task, todo, self.checks.inputs)
+            self.identities[future] = {k: identities[k] for k in todo if k in identities}
+            in_flight.add(future)
+        elif unchanged:
+            self._notify("scanning")
         return in_flight
 
     def _collect_scans(self, run: str, in_flight: set) -> set:
         """Record the scan batches that are done; the ones still in flight."""
         done, pending = self.executor.wait_any(in_flight)
         for future in done:
+            identities = self.identities.pop(future)
             try:
                 planned, rejected = future.result()
             except Exception as error:
                 self.failure = self.failure or error
                 continue
-            self._record(run, rejected, planned)
+            self._record(run, rejected, planned, identities)
         return pending
 
-    def _record(self, run: str, outcomes: list[Outcome], planned: list[Planned]) -> None:
-        """Journal one scan batch and count its quarantined inputs."""
-        self.journal.record(run, outcomes, planned)
+    def _record(
+        self,
+        run: str,
+        outcomes: list[Outcome],
+        planned: list[Planned],
+        identities: dict[str, bytes] | None = None,
+    ) -> None:
+        """Journal one scan batch (with its files' identities); count its quarantined inputs."""
+        self.journal.record(run, outcomes, planned, identities)
         for outcome in outcomes:
             self.report.count(outcome)
         self._notify("scanning")
@@ -470,7 +507,12 @@ class _Run:
         for sop, duplicate in result.duplicates:
             updated[sop] = with_duplicate(committed_row(sop, "duplicate"), duplicate)
         committed = [with_run(row, run) for row in (*rows.values(), *updated.values())]
-        journal = {self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()}
+        journal: dict[bytes, bytes | None] = {
+            self.journal.outcome_key(run, k): o.to_bytes() for k, o in outcomes.items()
+        }
+        journal.update(
+            self.journal.forget(k for k, o in outcomes.items() if o.outcome == "quarantined")
+        )
         index.add(committed, journal=journal)
         for outcome in outcomes.values():
             self.report.count(outcome)
