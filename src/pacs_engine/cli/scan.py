@@ -38,12 +38,37 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         default=os.cpu_count(),
         help="scanning threads (default: the number of cores)",
     )
+    scan.add_argument(
+        "--preflight",
+        action="store_true",
+        help="predict what `ingest` would do with each input: archived (how), duplicate or "
+        "conflict (of what), quarantined (the exact reason); reads and prepares every file",
+    )
+    scan.add_argument(
+        "--archive",
+        metavar="A",
+        help="with --preflight: the archive the ingest would go into (its instances count "
+        "for duplicates, versions and conflicts; its settings apply)",
+    )
+    scan.add_argument(
+        "--no-decode",
+        action="store_true",
+        help="with --preflight: do not decode compressed frames (faster; as ingest "
+        "--trust-bitstreams: frames that do not decode are then not checked)",
+    )
+    scan.add_argument(
+        "--transcode",
+        action="store_true",
+        help="with --preflight and no --archive: predict for a new archive made with --transcode",
+    )
     add_progress(scan)
     scan.set_defaults(run=cmd_scan)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    """Inventory what the sources hold."""
+    """Inventory what the sources hold (or, with --preflight, predict the ingest)."""
+    if args.preflight:
+        return cmd_preflight(args)
     from pacs_engine.inventory import Inventory, take_inventory
     from pacs_engine.sources import iter_files
 
@@ -114,3 +139,43 @@ def render_inventory(inventory: Inventory, seconds: float) -> str:
     lines += ["", f"Not DICOM or malformed: {len(problems):,}"]
     lines += [f"  {p['path']}: {p['reason']}" for p in problems]
     return "\n".join(lines)
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """Print what the ingest would do with each input, and a summary by outcome and reason."""
+    from pacs_engine.ingest.encode import Checks
+    from pacs_engine.ingest.preflight import preflight, summary
+
+    missing = [s for s in args.sources if not os.path.lexists(s)]
+    if args.archive is not None and not os.path.isdir(args.archive):
+        missing.append(args.archive)
+    if missing:
+        print(f"scan: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    checks = Checks(decode_bitstreams=not args.no_decode)
+    predictions = preflight(
+        args.sources, args.archive, checks, args.follow_links, transcode=args.transcode
+    )
+    if args.json:
+        for prediction in predictions:
+            print(json.dumps(prediction.to_dict()))
+        return 0
+    for p in predictions:
+        if p.outcome == "archived" and not p.version:
+            continue
+        what = p.reason or ""
+        if p.outcome == "archived":
+            what = "new version of " + (p.same_as or "")
+        elif p.outcome == "duplicate":
+            what = f"same bytes as {p.same_as}"
+        elif p.outcome == "conflict":
+            what = f"{what} (against {p.same_as})"
+        kind = " [DICOMDIR]" if p.media_directory else " [not DICOM]" if p.not_dicom else ""
+        print(f"{p.outcome:<12} {p.key}{kind}: {what}")
+    counts = summary(predictions)
+    print(f"\n{len(predictions):,} inputs; by outcome and reason:")
+    for category, count in sorted(counts.items()):
+        print(f"  {count:>9,}  {category}")
+    if args.no_decode:
+        print("  (frames not decoded: --no-decode; frames that do not decode not checked)")
+    return 0

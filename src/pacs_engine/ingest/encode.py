@@ -608,7 +608,7 @@ def quarantine_input(
     DICOM (unless `policy.keep_non_dicom`), only its head (`Quarantine.keep_head`),
     read a chunk at a time; of an input that cannot be read, a record without bytes.
     """
-    reason = reason.removeprefix(f"{key}: ")  # the record names the input already
+    reason = recorded_reason(key, reason)
     details = source_details(key)
     whole = policy.keep_non_dicom or not reason.startswith(NOT_DICOM)
     ref = InputRef.from_key(key)
@@ -628,6 +628,11 @@ def quarantine_input(
         quarantine.keep_unread(key, reason, **details)
         size = 0
     return Outcome(key, "quarantined", size, reason=reason)
+
+
+def recorded_reason(key: str, reason: str) -> str:
+    """A quarantine reason as recorded: without the input's name (the record names it)."""
+    return reason.removeprefix(f"{key}: ")
 
 
 def _joined(reason: str, more: str) -> str:

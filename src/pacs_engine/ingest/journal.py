@@ -221,10 +221,7 @@ class Journal:
             entries[_identity_key(name)] = identity + run.encode()
         entries.update(self.forget(o.key for o in outcomes if o.outcome == "quarantined"))
         for p in planned:
-            number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
-            key = _key(
-                b"p", run, p.series_uid, f"{number:020d}", p.sop_instance_uid, _digest(p.key)
-            )
+            key = _key(b"p", run, *plan_order(p))
             entries[key] = json.dumps({"frames": p.frames, "key": p.key}).encode()
         self.index.commit([], journal=entries)
 
@@ -271,6 +268,12 @@ class Journal:
                 )
             yield out
             start = page[-1][0] + _SEP
+
+
+def plan_order(p: Planned) -> tuple[str, str, str, str]:
+    """Where a planned input sorts: series, Instance Number, SOP Instance UID, key digest."""
+    number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
+    return p.series_uid, f"{number:020d}", p.sop_instance_uid, _digest(p.key)
 
 
 def _key(kind: bytes, *parts: str) -> bytes:

@@ -75,17 +75,20 @@ def scan_task(
                 encoder.reject(key, data, f"refused by the source archive, as before: {reason}")
             )
             continue
-        number = header.get("InstanceNumber")
-        planned.append(
-            Planned(
-                key,
-                header["SeriesInstanceUID"],
-                header["SOPInstanceUID"],
-                number if isinstance(number, int) else None,
-                _frames(header),
-            )
-        )
+        planned.append(planned_input(key, header))
     return planned, rejected
+
+
+def planned_input(key: str, header: Header) -> Planned:
+    """The plan entry of a scanned input whose UIDs passed `check_uids`."""
+    number = header.get("InstanceNumber")
+    return Planned(
+        key,
+        header["SeriesInstanceUID"],
+        header["SOPInstanceUID"],
+        number if isinstance(number, int) else None,
+        _frames(header),
+    )
 
 
 def _planned_from_row(key: str, row: Row) -> Planned:
