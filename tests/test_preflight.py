@@ -126,6 +126,7 @@ def test_preflight_predicts_every_outcome_and_reason_of_the_ingest(tmp_path: Pat
     assert conflict["same_as"] == str(source / "CT_small_v2.dcm")  # the current version
     assert predicted[str(source / "notes.txt")]["not_dicom"] is True
     assert predicted[str(dicomdir)]["media_directory"] is True
+    assert predicted[str(dicomdir)]["reason"].startswith("a DICOMDIR (a media directory")
     kinds = {p["outcome"] for p in predicted.values()}
     assert kinds == {"archived", "duplicate", "conflict", "quarantined"}
     counted = sum(report[k] for k in ("archived", "duplicates", "conflicts", "quarantined"))

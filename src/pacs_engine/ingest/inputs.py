@@ -17,9 +17,11 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from typing import IO
 
 import indexed_gzip
+from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from pacs_engine.archive.archive import open_archive
 from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
@@ -286,6 +288,35 @@ def read_input(ref: InputRef, policy: InputPolicy = DEFAULT_POLICY) -> bytes:
             raise _too_large(ref.key, f"more than {policy.max_bytes}", policy.max_bytes)
         return data
     return _open_member_archive(ref).read(ref, policy.max_bytes)
+
+
+#: The SOP class of a DICOMDIR (a media directory: it lists files and holds no instance).
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+def is_media_directory(head: bytes) -> bool:
+    """True for a DICOMDIR: Media Storage SOP Class UID 1.2.840.10008.1.3.10 in the file
+    meta information `head` (the file's first bytes) holds."""
+    stream = BytesIO(head)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except Exception:  # a file pydicom cannot read is no DICOMDIR
+        return False
+    return str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY
+
+
+def media_directory_reason(
+    ref: InputRef, head: bytes | None, reason: str, policy: InputPolicy = DEFAULT_POLICY
+) -> str:
+    """The quarantine reason of a file refused for its UIDs: said to be a DICOMDIR when it is
+    one (`head`: its bytes, or None to read its first chunk)."""
+    if head is None:
+        with contextlib.suppress(InputError, StopIteration):
+            head = next(iter(read_chunks(ref, policy)))
+    if head is not None and is_media_directory(head):
+        return f"a DICOMDIR (a media directory, no instance: nothing to archive): {reason}"
+    return reason
 
 
 def read_chunks(ref: InputRef, policy: InputPolicy = DEFAULT_POLICY) -> Iterator[bytes]:

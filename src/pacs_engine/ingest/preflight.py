@@ -14,11 +14,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
-
-from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from pacs_engine.archive.format import MARKER
 from pacs_engine.archive.pixel_store import PixelStore
@@ -35,13 +32,17 @@ from pacs_engine.ingest.encode import (
     recorded_reason,
     stored_pixel_hash,
 )
-from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
+from pacs_engine.ingest.inputs import (
+    InputError,
+    InputRef,
+    is_media_directory,
+    iter_inputs,
+    media_directory_reason,
+    read_input,
+)
 from pacs_engine.ingest.journal import Planned, plan_order
 from pacs_engine.ingest.tasks import planned_input
 from pacs_engine.scanning import scan
-
-#: The SOP class of a DICOMDIR (a media directory, not an image or a document).
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 
 @dataclass
@@ -76,17 +77,6 @@ class Prediction:
             return f"archived{' (version)' if self.version else ''}: {how}"
         # The reason with its numbers (offsets, sizes, frame numbers) left out.
         return f"{self.outcome}: {re.sub(r'[0-9]+', 'N', self.reason or '')}"
-
-
-def is_media_directory(data: bytes) -> bool:
-    """True for a DICOMDIR: Media Storage SOP Class UID 1.2.840.10008.1.3.10 in its meta."""
-    stream = BytesIO(data)
-    try:
-        read_preamble(stream, False)
-        meta = _read_file_meta_info(stream)
-    except Exception:  # a file pydicom cannot read is no DICOMDIR
-        return False
-    return str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY
 
 
 class _Archive:
@@ -161,9 +151,9 @@ def _plan(refs: Iterable[InputRef], checks: Checks) -> tuple[list[Prediction], l
             )
             continue
         except PrepareError as error:
-            rejected.append(
-                Prediction(key, "quarantined", str(error), media_directory=is_media_directory(data))
-            )
+            reason = media_directory_reason(ref, data, str(error), checks.inputs)
+            directory = is_media_directory(data)
+            rejected.append(Prediction(key, "quarantined", reason, media_directory=directory))
             continue
         planned.append(planned_input(key, header))
     return rejected, planned
@@ -207,12 +197,12 @@ def _judge(planned: list[Planned], target: _Archive, checks: Checks) -> Iterator
                 return _prior_pixel_hash(prior, target, checks) == new.pixel_hash()
 
             try:
-                reason = conflict_reason(prior, header.attributes, same_pixels)
-            except PrepareError as error:
+                conflict = conflict_reason(prior, header.attributes, same_pixels)
+            except PrepareError as error:  # its bitstreams do not decode
                 yield Prediction(key, "quarantined", str(error), sop=sop)
                 continue
-            if reason is not None:
-                yield Prediction(key, "conflict", reason, sop=sop, same_as=prior["source_path"])
+            if conflict is not None:
+                yield Prediction(key, "conflict", conflict, sop=sop, same_as=prior["source_path"])
                 continue
         row = new_row(prepared, None, 0)
         rows[sop] = row if prior is None else with_version(prior, row)

@@ -19,6 +19,7 @@ from pacs_engine.ingest.inputs import (
     InputPolicy,
     InputRef,
     archived_row,
+    media_directory_reason,
     quarantine_record,
     read_input,
     refused_for_instance,
@@ -65,7 +66,8 @@ def scan_task(
         try:
             check_uids(header)  # the journal and the index key on them
         except PrepareError as error:
-            rejected.append(encoder.reject(key, data, str(error)))
+            reason = media_directory_reason(ref, data, str(error), policy)
+            rejected.append(encoder.reject(key, data, reason))
             continue
         if refused_for_instance(ref, header["SOPInstanceUID"]):
             # A file a source archive refused in favour of an instance it holds: that
