@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,12 @@ def test_preflight_without_decoding_says_what_it_did_not_check(tmp_path: Path) -
     assert "not checked" in done.stdout
     decoded = predictions(str(source))
     undecoded = predictions("--no-decode", str(source))
+    # The summary table: one row per outcome and kind of reason, counting every input.
+    table = run_cli("scan", "--preflight", str(source)).stdout.split("by outcome and reason:\n")
+    rows = [line.split(None, 1) for line in table[1].splitlines()]
+    assert sum(int(count.replace(",", "")) for count, _ in rows) == len(decoded)
+    cut_row = "quarantined: " + re.sub(r"\b[0-9]+\b", "N", decoded[str(cut)]["reason"])
+    assert ["1", cut_row] in rows
     # Decoding finds the frames that do not decode; not decoding archives them unchecked.
     assert decoded[str(cut)]["outcome"] == "quarantined"
     assert decoded[str(cut)]["reason"].startswith("frame 0")

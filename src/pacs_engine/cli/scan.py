@@ -27,7 +27,9 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         description="Scan every file under SRC with the native header scanner and report "
         "instances, patients, studies, series, bytes, and counts by modality, transfer "
         "syntax and SOP class. Files that are not DICOM or are malformed are listed with "
-        "the reason. Exits 1 if a SRC does not exist.",
+        "the reason. With --preflight, predicts what `ingest` would do with each input "
+        "(archived, duplicate, conflict, quarantined: of what, and why). "
+        "Exits 1 if a SRC does not exist.",
     )
     scan.add_argument("sources", nargs="+", metavar="SRC", help="a folder or a file")
     scan.add_argument("--json", action="store_true", help="print the inventory as JSON")

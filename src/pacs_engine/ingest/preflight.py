@@ -75,8 +75,12 @@ class Prediction:
         if self.outcome == "archived":
             how = "transcoded" if self.transcoded else self.storage
             return f"archived{' (version)' if self.version else ''}: {how}"
-        # The reason with its numbers (offsets, sizes, frame numbers) left out.
-        return f"{self.outcome}: {re.sub(r'[0-9]+', 'N', self.reason or '')}"
+        # The reason without what differs per file: tags, offsets, sizes, frame numbers.
+        reason = self.reason or ""
+        if self.outcome == "conflict":  # what differs
+            reason = reason.split(", but ")[-1]
+        reason = re.sub(r"\b[0-9]+\b", "N", re.sub(r"\([0-9A-F]{4},[0-9A-F]{4}\)", "(tag)", reason))
+        return f"{self.outcome}: {reason}"
 
 
 class _Archive:
