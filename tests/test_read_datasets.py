@@ -88,12 +88,19 @@ def test_frames_selected_series_and_rescale(archive: Archive, archive_path: str)
     dataset = FrameDataset(archive_path, [uid], rescale=True)
     assert len(dataset) == 8
     volume = Series(archive, uid).volume(rescale=True)
+    assert volume.array.dtype == np.int16  # the integer HU `rescale` gives
     by_sop = dict(zip(volume.sop_instance_uids, volume.array, strict=True))
+    as_int16 = FrameDataset(archive, [uid], rescale=True, dtype="int16")
     for k in range(len(dataset)):
         item = dataset[k]
         assert item["series_instance_uid"] == uid
-        assert item["pixels"].dtype == volume.array.dtype
+        assert item["pixels"].dtype == np.float32  # the default with rescale
         np.testing.assert_array_equal(item["pixels"], by_sop[item["sop_instance_uid"]])
+        exact = as_int16[k]["pixels"]
+        assert exact.dtype == np.int16
+        np.testing.assert_array_equal(exact, by_sop[item["sop_instance_uid"]])
+    with pytest.raises(ValueError, match="do not fit"):
+        FrameDataset(archive, [uid], rescale=True, dtype="uint8")[0]
     with pytest.raises(KeyError):
         FrameDataset(archive_path, ["1.2.3.4"])
 
@@ -126,9 +133,10 @@ def test_volumes(archive: Archive, archive_path: str) -> None:
         item = dataset[k]
         volume = Series(archive, uid).volume(rescale=True)
         assert item["series_instance_uid"] == uid
-        assert item["pixels"].dtype == volume.array.dtype
+        assert item["pixels"].dtype == np.float32 != volume.array.dtype
         np.testing.assert_array_equal(item["pixels"], volume.array)
         np.testing.assert_allclose(item["affine"], volume.affine)
+        np.testing.assert_array_equal(item["affine_lps"], item["affine"])
         assert item["sop_instance_uids"] == volume.sop_instance_uids
 
 
@@ -191,7 +199,7 @@ def test_patches_3d_rescale_and_weights(archive: Archive, archive_path: str) -> 
     for k in range(len(dataset)):
         item = dataset[k]
         assert item["series_instance_uid"] == uids[1]
-        assert item["pixels"].dtype == volume.dtype
+        assert item["pixels"].dtype == np.float32
         np.testing.assert_array_equal(item["pixels"], volume)
     with pytest.raises(ValueError):
         PatchDataset(archive_path, (9, 64, 64), samples=1)
