@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from pacs_engine import Archive, open_archive
+from pacs_engine.index.query import QueryError
 from pacs_engine.read import (
     FrameDataset,
     PatchDataset,
@@ -303,3 +304,33 @@ def test_torch_dataloader_with_two_workers_matches_one_process(
     streamed = DataLoader(chunks, batch_size=None, num_workers=2, multiprocessing_context=method)
     # Each worker streams its share of the shard runs; together every frame once.
     assert sorted(_chunk_keys(streamed)) == sorted(_chunk_keys(chunks))
+
+
+# --- selection by a query ----------------------------------------------------------------
+
+
+def test_from_query_selects_series_and_counts_exclusions(
+    archive: Archive, archive_path: str
+) -> None:
+    ct_series = {r["SeriesInstanceUID"] for r in archive.query(level="series", Modality="CT")}
+    assert 1 <= len(ct_series) < len(archive.query(level="series"))
+    ct = FrameDataset.from_query(archive, Modality="CT", rescale=True)
+    assert set(ct.series_uids) == ct_series
+    assert ct.query == {"Modality": "CT"} and ct.rescale
+    assert {ct[k]["series_instance_uid"] for k in range(len(ct))} == ct_series
+    assert "selected by the series query {'Modality': 'CT'}" in ct.report()
+    # Colour instances are left out when grayscale is asked, and counted.
+    rgb = [r for r in archive.query(level="instance") if (r.get("SamplesPerPixel") or 1) > 1]
+    assert len(rgb) == 1
+    every, gray = FrameDataset(archive_path), FrameDataset.from_query(archive, grayscale=True)
+    assert len(gray) == len(every) - rgb[0]["pixels"]["frames"]
+    assert gray.excluded == {"not grayscale (SamplesPerPixel > 1)": 1}
+    assert "excluded: 1 instances, not grayscale" in gray.report()
+    assert "excluded_instances=1" in repr(gray)
+    with pytest.raises(QueryError):
+        FrameDataset.from_query(archive, NoSuchKeyword="x")
+    volumes = VolumeDataset.from_query(archive_path, Modality="CT", skip_invalid=True)
+    assert set(volumes.series_uids) | set(volumes.skipped) == ct_series
+    patches = PatchDataset.from_query(archive, patch_size=(16, 16), samples=4, Modality="CT")
+    assert set(patches.series_uids) <= ct_series
+    assert {patches[k]["series_instance_uid"] for k in range(4)} <= ct_series

@@ -14,10 +14,11 @@ DataLoader workers by `torch.utils.data.get_worker_info()`.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -208,10 +209,59 @@ def _check_index(index: int, length: int) -> int:
     return index
 
 
+class _FromQuery:
+    """`from_query`: a dataset of the series an index query selects."""
+
+    query: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
+    @classmethod
+    def from_query(cls, archive: Archive | str | os.PathLike[str], **kwargs: Any) -> Self:
+        """The dataset of the series `archive.query(level="series", **filters)` finds.
+
+        Keyword arguments named like the dataset's parameters (rescale, dtype, fields,
+        ...) go to the dataset, the others (DICOM keywords: Modality="CT",
+        BodyPartExamined="CHEST", wildcards as in `Archive.query`) to the query,
+        which is strict: an unknown keyword raises QueryError.
+        """
+        params = inspect.signature(cls.__init__).parameters
+        if "series_uids" in kwargs:
+            raise TypeError("from_query selects the series: do not pass series_uids")
+        options = {k: v for k, v in kwargs.items() if k in params}
+        filters = {k: v for k, v in kwargs.items() if k not in params}
+        path = _archive_path(archive)
+        found = _handle(path).archive.query(level="series", **filters)
+        uids = [str(r["SeriesInstanceUID"]) for r in found]
+        dataset = cls(path, series_uids=uids, **options)  # type: ignore[call-arg]
+        dataset.query = filters
+        return dataset
+
+
+def _series_report(holds: str, dataset: Any) -> str:
+    """The report of a dataset that leaves out whole series (`skipped`: UID -> reason)."""
+    lines = [f"{holds} from {len(dataset.series_uids)} series in {dataset.archive_path}"]
+    if dataset.query:
+        lines.append(f"selected by the series query {dataset.query}")
+    lines.append(
+        f"pixels: {'modality values' if dataset.rescale else 'stored values'}, "
+        f"dtype {dataset.dtype or 'as stored'}"
+    )
+    lines += [f"skipped series {uid}: {reason}" for uid, reason in dataset.skipped.items()]
+    return "\n".join(lines)
+
+
+def _exclusion(row: Row, grayscale: bool) -> str:
+    """Why an instance gives no frame items ("" when it gives some)."""
+    if not row.get("pixels"):
+        return "no pixel data"
+    if grayscale and int(row.get("SamplesPerPixel") or 1) != 1:
+        return "not grayscale (SamplesPerPixel > 1)"
+    return ""
+
+
 # --- frames ------------------------------------------------------------------------------
 
 
-class FrameDataset(_MapBase):
+class FrameDataset(_FromQuery, _MapBase):
     """Every frame of the given series (default: all), by series UID, then array frame order.
 
     `archive`: an `Archive` or its path. Items (docs/read.md): {"pixels",
@@ -221,7 +271,9 @@ class FrameDataset(_MapBase):
     instances) and "pixels" equals the frame of `Archive.frames(sop_instance_uid)`,
     rescaled and cast as asked. With `rescale`, monochrome frames hold modality values
     (e.g. HU); colour frames are never rescaled. `dtype`: the dtype of every item's
-    pixels (default float32 with `rescale`, else as stored).
+    pixels (default float32 with `rescale`, else as stored). `grayscale`: leave out
+    colour instances. Instances left out are counted by reason in `excluded` and
+    said by `report()`.
     """
 
     def __init__(
@@ -231,6 +283,7 @@ class FrameDataset(_MapBase):
         rescale: bool = False,
         dtype: np.dtype | str | None = None,
         fields: Sequence[str] = (),
+        grayscale: bool = False,
     ) -> None:
         self.archive_path = _archive_path(archive_path)
         self.rescale = rescale
@@ -242,15 +295,19 @@ class FrameDataset(_MapBase):
         self.instances: list[str] = []
         self.rescale_rows: list[dict[str, Any]] = []  # per instance
         self.meta: list[dict[str, Any]] = []  # per instance
+        self.excluded: Counter[str] = Counter()  # instances left out, by reason
         geometry: list[tuple[np.ndarray, np.ndarray]] = []  # per instance
         # One row per frame: series, array, frame in array, instance, frame in instance.
         table: list[tuple[int, int, int, int, int]] = []
         array_ids: dict[str, int] = {}
         for s, uid in enumerate(self.series_uids):
             for row in _rows(archive, uid):
-                pixels = row.get("pixels")
-                if not pixels:
+                reason = _exclusion(row, grayscale)
+                if reason:
+                    self.excluded[reason] += 1
                     continue
+                pixels = row["pixels"]
+                assert pixels is not None  # _exclusion checked it
                 a = array_ids.setdefault(pixels["array"], len(array_ids))
                 if a == len(self.arrays):
                     self.arrays.append(pixels["array"])
@@ -270,7 +327,27 @@ class FrameDataset(_MapBase):
 
     def __repr__(self) -> str:
         series = len(self.series_uids)
-        return f"FrameDataset({self.archive_path!r}, series={series}, frames={len(self)})"
+        excluded = sum(self.excluded.values())
+        return (
+            f"FrameDataset({self.archive_path!r}, series={series}, frames={len(self)}, "
+            f"excluded_instances={excluded})"
+        )
+
+    def report(self) -> str:
+        """What the dataset holds, how it was selected, and what it left out and why."""
+        lines = [
+            f"{len(self)} frames of {len(self.instances)} instances, "
+            f"{len(self.series_uids)} series in {self.archive_path}"
+        ]
+        if self.query:
+            lines.append(f"selected by the series query {self.query}")
+        lines.append(
+            f"pixels: {'modality values' if self.rescale else 'stored values'}, "
+            f"dtype {self.dtype or 'as stored'}"
+        )
+        for reason, count in sorted(self.excluded.items()):
+            lines.append(f"excluded: {count} instances, {reason}")
+        return "\n".join(lines)
 
     def _item(self, entry: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
         s, _, _, i, f = (int(v) for v in entry)
@@ -349,7 +426,7 @@ class FrameChunks(_IterableBase):
 # --- volumes -----------------------------------------------------------------------------
 
 
-class VolumeDataset(_MapBase):
+class VolumeDataset(_FromQuery, _MapBase):
     """One item per series volume (`Series.volume(rescale, subset)`), in the given order.
 
     `archive`: an `Archive` or its path. Items: {"pixels", "series_instance_uid",
@@ -403,7 +480,14 @@ class VolumeDataset(_MapBase):
         return len(self.series_uids)
 
     def __repr__(self) -> str:
-        return f"VolumeDataset({self.archive_path!r}, volumes={len(self)})"
+        return (
+            f"VolumeDataset({self.archive_path!r}, volumes={len(self)}, "
+            f"skipped_series={len(self.skipped)})"
+        )
+
+    def report(self) -> str:
+        """What the dataset holds, how it was selected, and the series left out and why."""
+        return _series_report(f"{len(self)} volumes", self)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One series' volume and its geometry."""
@@ -430,7 +514,7 @@ class VolumeDataset(_MapBase):
 # --- patches -----------------------------------------------------------------------------
 
 
-class PatchDataset(_MapBase):
+class PatchDataset(_FromQuery, _MapBase):
     """`samples` random patches of `patch_size`, item i fully determined by (seed, i).
 
     A 3-D `patch_size` (z, y, x) cuts patches from series volumes (`plan_volume`, with
@@ -582,8 +666,13 @@ class PatchDataset(_MapBase):
     def __repr__(self) -> str:
         return (
             f"PatchDataset({self.archive_path!r}, patch_size={self.patch_size}, "
-            f"samples={self.samples}, seed={self.seed}, series={len(self.series_uids)})"
+            f"samples={self.samples}, seed={self.seed}, series={len(self.series_uids)}, "
+            f"skipped_series={len(self.skipped)})"
         )
+
+    def report(self) -> str:
+        """What the dataset holds, how it was selected, and the series left out and why."""
+        return _series_report(f"{self.samples} patches of {self.patch_size}", self)
 
     def draw(self, index: int) -> tuple[int, int, tuple[int, ...]]:
         """(series number, frame number or -1 for 3-D, corner) of item `index`, without reading."""
