@@ -70,10 +70,6 @@ class _Handle:
         self.archive: Archive = open_archive(path)
         self.series: OrderedDict[str, Series] = OrderedDict()
 
-    def dtype(self, path: str) -> np.dtype:
-        """The dtype of the array at `path`."""
-        return self.archive.pixels.spec(path).dtype
-
     def series_of(self, uid: str) -> Series:
         """A cached `Series` (its rows are read once per process)."""
         from pacs_engine.read.series import Series
