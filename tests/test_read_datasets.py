@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from pacs_engine import Archive, open_archive
+from pacs_engine.index.query import QueryError
 from pacs_engine.read import (
     FrameDataset,
     PatchDataset,
@@ -88,12 +89,19 @@ def test_frames_selected_series_and_rescale(archive: Archive, archive_path: str)
     dataset = FrameDataset(archive_path, [uid], rescale=True)
     assert len(dataset) == 8
     volume = Series(archive, uid).volume(rescale=True)
+    assert volume.array.dtype == np.int16  # the integer HU `rescale` gives
     by_sop = dict(zip(volume.sop_instance_uids, volume.array, strict=True))
+    as_int16 = FrameDataset(archive, [uid], rescale=True, dtype="int16")
     for k in range(len(dataset)):
         item = dataset[k]
         assert item["series_instance_uid"] == uid
-        assert item["pixels"].dtype == volume.array.dtype
+        assert item["pixels"].dtype == np.float32  # the default with rescale
         np.testing.assert_array_equal(item["pixels"], by_sop[item["sop_instance_uid"]])
+        exact = as_int16[k]["pixels"]
+        assert exact.dtype == np.int16
+        np.testing.assert_array_equal(exact, by_sop[item["sop_instance_uid"]])
+    with pytest.raises(ValueError, match="do not fit"):
+        FrameDataset(archive, [uid], rescale=True, dtype="uint8")[0]
     with pytest.raises(KeyError):
         FrameDataset(archive_path, ["1.2.3.4"])
 
@@ -126,9 +134,10 @@ def test_volumes(archive: Archive, archive_path: str) -> None:
         item = dataset[k]
         volume = Series(archive, uid).volume(rescale=True)
         assert item["series_instance_uid"] == uid
-        assert item["pixels"].dtype == volume.array.dtype
+        assert item["pixels"].dtype == np.float32 != volume.array.dtype
         np.testing.assert_array_equal(item["pixels"], volume.array)
         np.testing.assert_allclose(item["affine"], volume.affine)
+        np.testing.assert_array_equal(item["affine_lps"], item["affine"])
         assert item["sop_instance_uids"] == volume.sop_instance_uids
 
 
@@ -191,7 +200,7 @@ def test_patches_3d_rescale_and_weights(archive: Archive, archive_path: str) -> 
     for k in range(len(dataset)):
         item = dataset[k]
         assert item["series_instance_uid"] == uids[1]
-        assert item["pixels"].dtype == volume.dtype
+        assert item["pixels"].dtype == np.float32
         np.testing.assert_array_equal(item["pixels"], volume)
     with pytest.raises(ValueError):
         PatchDataset(archive_path, (9, 64, 64), samples=1)
@@ -295,3 +304,33 @@ def test_torch_dataloader_with_two_workers_matches_one_process(
     streamed = DataLoader(chunks, batch_size=None, num_workers=2, multiprocessing_context=method)
     # Each worker streams its share of the shard runs; together every frame once.
     assert sorted(_chunk_keys(streamed)) == sorted(_chunk_keys(chunks))
+
+
+# --- selection by a query ----------------------------------------------------------------
+
+
+def test_from_query_selects_series_and_counts_exclusions(
+    archive: Archive, archive_path: str
+) -> None:
+    ct_series = {r["SeriesInstanceUID"] for r in archive.query(level="series", Modality="CT")}
+    assert 1 <= len(ct_series) < len(archive.query(level="series"))
+    ct = FrameDataset.from_query(archive, Modality="CT", rescale=True)
+    assert set(ct.series_uids) == ct_series
+    assert ct.query == {"Modality": "CT"} and ct.rescale
+    assert {ct[k]["series_instance_uid"] for k in range(len(ct))} == ct_series
+    assert "selected by the series query {'Modality': 'CT'}" in ct.report()
+    # Colour instances are left out when grayscale is asked, and counted.
+    rgb = [r for r in archive.query(level="instance") if (r.get("SamplesPerPixel") or 1) > 1]
+    assert len(rgb) == 1
+    every, gray = FrameDataset(archive_path), FrameDataset.from_query(archive, grayscale=True)
+    assert len(gray) == len(every) - rgb[0]["pixels"]["frames"]
+    assert gray.excluded == {"not grayscale (SamplesPerPixel > 1)": 1}
+    assert "excluded: 1 instances, not grayscale" in gray.report()
+    assert "excluded_instances=1" in repr(gray)
+    with pytest.raises(QueryError):
+        FrameDataset.from_query(archive, NoSuchKeyword="x")
+    volumes = VolumeDataset.from_query(archive_path, Modality="CT", skip_invalid=True)
+    assert set(volumes.series_uids) | set(volumes.skipped) == ct_series
+    patches = PatchDataset.from_query(archive, patch_size=(16, 16), samples=4, Modality="CT")
+    assert set(patches.series_uids) <= ct_series
+    assert {patches[k]["series_instance_uid"] for k in range(4)} <= ct_series

@@ -14,16 +14,23 @@ DataLoader workers by `torch.utils.data.get_worker_info()`.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from pacs_engine.index.rows import Row
-from pacs_engine.read.volume import VolumeError, pixel_ref, plan_volume
-from pacs_engine.read.volume import rescale as modality_values
+from pacs_engine.index.rows import Attributes, Row
+from pacs_engine.read.volume import (
+    LPS_TO_RAS,
+    VolumeError,
+    convert,
+    frame_geometry,
+    pixel_ref,
+    plan_volume,
+)
 from pacs_engine.workers import PerProcess
 
 if TYPE_CHECKING:
@@ -62,10 +69,6 @@ class _Handle:
 
         self.archive: Archive = open_archive(path)
         self.series: OrderedDict[str, Series] = OrderedDict()
-
-    def dtype(self, path: str) -> np.dtype:
-        """The dtype of the array at `path`."""
-        return self.archive.pixels.spec(path).dtype
 
     def series_of(self, uid: str) -> Series:
         """A cached `Series` (its rows are read once per process)."""
@@ -122,14 +125,58 @@ def _slim(row: Row) -> dict[str, Any]:
     return {k: row.get(k) for k in _RESCALE_KEYS}
 
 
-def _rescaled_dtype(stored: np.dtype, rows: list[dict[str, Any]]) -> str:
-    """The dtype `rescale` gives for frames of these rows (values inside Bits Stored)."""
-    return modality_values(np.empty((len(rows), 0, 0), stored), rows).dtype.str
+def _archive_path(archive: Archive | str | os.PathLike[str]) -> str:
+    """The location of an archive given as an `Archive` or as its path."""
+    from pacs_engine.archive import Archive
+
+    return os.fspath(archive.path if isinstance(archive, Archive) else archive)
 
 
-def _apply_rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]], dtype: str) -> np.ndarray:
-    """`rescale` of the frames, in the dtype it gives for the whole series or volume."""
-    return modality_values(frames, rows).astype(dtype, copy=False)
+def _output_dtype(dtype: np.dtype | str | None, rescale: bool) -> str | None:
+    """The items' dtype: as asked, else float32 with `rescale`, else None (as stored)."""
+    if dtype is None:
+        return np.dtype(np.float32).str if rescale else None
+    return np.dtype(dtype).str
+
+
+def _fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """The requested attribute keywords, checked against those the index holds."""
+    if isinstance(fields, str):
+        raise TypeError("fields must be a sequence of keywords, not one string")
+    unknown = [k for k in fields if k not in Attributes.__annotations__]
+    if unknown:
+        raise ValueError(f"fields {unknown} are not attributes the index holds")
+    return tuple(fields)
+
+
+def _text(value: Any) -> str:
+    """An index value as text ("" when absent, multiple values joined by backslash)."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _meta(row: Row, fields: Sequence[str]) -> dict[str, Any]:
+    """Study UID, PatientID and the requested fields of a row, as text (collates as a list)."""
+    meta = {
+        "study_instance_uid": _text(row.get("StudyInstanceUID")),
+        "patient_id": _text(row.get("PatientID")),
+    }
+    meta.update({k: _text(row.get(k)) for k in fields})
+    return meta
+
+
+def _geometry(spacing: np.ndarray, affine: np.ndarray, corner: Sequence[int]) -> dict[str, Any]:
+    """spacing and the LPS and RAS affines of an item whose index (0, 0, 0) is `corner`."""
+    lps = affine.copy()
+    lps[:3, 3] = affine[:3, :3] @ np.asarray(corner, np.float64) + affine[:3, 3]
+    return {
+        "spacing": spacing.copy(),
+        "affine_lps": lps,
+        "affine_ras": LPS_TO_RAS @ lps,
+    }
 
 
 def _read_frames(
@@ -158,79 +205,157 @@ def _check_index(index: int, length: int) -> int:
     return index
 
 
+class _FromQuery:
+    """`from_query`: a dataset of the series an index query selects."""
+
+    query: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
+    @classmethod
+    def from_query(cls, archive: Archive | str | os.PathLike[str], **kwargs: Any) -> Self:
+        """The dataset of the series `archive.query(level="series", **filters)` finds.
+
+        Keyword arguments named like the dataset's parameters (rescale, dtype, fields,
+        ...) go to the dataset, the others (DICOM keywords: Modality="CT",
+        BodyPartExamined="CHEST", wildcards as in `Archive.query`) to the query,
+        which is strict: an unknown keyword raises QueryError.
+        """
+        params = inspect.signature(cls.__init__).parameters
+        if "series_uids" in kwargs:
+            raise TypeError("from_query selects the series: do not pass series_uids")
+        options = {k: v for k, v in kwargs.items() if k in params}
+        filters = {k: v for k, v in kwargs.items() if k not in params}
+        path = _archive_path(archive)
+        found = _handle(path).archive.query(level="series", **filters)
+        uids = [str(r["SeriesInstanceUID"]) for r in found]
+        dataset = cls(path, series_uids=uids, **options)  # type: ignore[call-arg]
+        dataset.query = filters
+        return dataset
+
+
+def _series_report(holds: str, dataset: Any) -> str:
+    """The report of a dataset that leaves out whole series (`skipped`: UID -> reason)."""
+    lines = [f"{holds} from {len(dataset.series_uids)} series in {dataset.archive_path}"]
+    if dataset.query:
+        lines.append(f"selected by the series query {dataset.query}")
+    lines.append(
+        f"pixels: {'modality values' if dataset.rescale else 'stored values'}, "
+        f"dtype {dataset.dtype or 'as stored'}"
+    )
+    lines += [f"skipped series {uid}: {reason}" for uid, reason in dataset.skipped.items()]
+    return "\n".join(lines)
+
+
+def _exclusion(row: Row, grayscale: bool) -> str:
+    """Why an instance gives no frame items ("" when it gives some)."""
+    if not row.get("pixels"):
+        return "no pixel data"
+    if grayscale and int(row.get("SamplesPerPixel") or 1) != 1:
+        return "not grayscale (SamplesPerPixel > 1)"
+    return ""
+
+
 # --- frames ------------------------------------------------------------------------------
 
 
-class FrameDataset(_MapBase):
+class FrameDataset(_FromQuery, _MapBase):
     """Every frame of the given series (default: all), by series UID, then array frame order.
 
-    Items: {"pixels", "sop_instance_uid", "series_instance_uid", "frame"}, where "frame"
-    is the frame's number within its instance (0 for single-frame instances) and
-    "pixels" equals the frame of `Archive.frames(sop_instance_uid)`. With `rescale`,
-    monochrome frames hold modality values (e.g. HU) in the dtype `Series.volume(
-    rescale=True)` would give for all the frames of their array; colour frames are
-    never rescaled.
+    `archive`: an `Archive` or its path. Items (docs/read.md): {"pixels",
+    "sop_instance_uid", "series_instance_uid", "frame", "study_instance_uid",
+    "patient_id", "spacing", "affine_lps", "affine_ras"} and one text entry per keyword
+    of `fields`; "frame" is the frame's number within its instance (0 for single-frame
+    instances) and "pixels" equals the frame of `Archive.frames(sop_instance_uid)`,
+    rescaled and cast as asked. With `rescale`, monochrome frames hold modality values
+    (e.g. HU); colour frames are never rescaled. `dtype`: the dtype of every item's
+    pixels (default float32 with `rescale`, else as stored). `grayscale`: leave out
+    colour instances. Instances left out are counted by reason in `excluded` and
+    said by `report()`.
     """
 
     def __init__(
         self,
-        archive_path: str | os.PathLike[str],
+        archive_path: Archive | str | os.PathLike[str],
         series_uids: Sequence[str] | None = None,
         rescale: bool = False,
+        dtype: np.dtype | str | None = None,
+        fields: Sequence[str] = (),
+        grayscale: bool = False,
     ) -> None:
-        self.archive_path = os.fspath(archive_path)
+        self.archive_path = _archive_path(archive_path)
         self.rescale = rescale
+        self.dtype = _output_dtype(dtype, rescale)
+        self.fields = _fields(fields)
         archive = _handle(self.archive_path).archive
         self.series_uids = sorted(_series_uids(archive, series_uids))
         self.arrays: list[str] = []
         self.instances: list[str] = []
         self.rescale_rows: list[dict[str, Any]] = []  # per instance
-        self.array_dtypes: list[str | None] = []  # rescaled dtype per array (None: as stored)
+        self.meta: list[dict[str, Any]] = []  # per instance
+        self.excluded: Counter[str] = Counter()  # instances left out, by reason
+        geometry: list[tuple[np.ndarray, np.ndarray]] = []  # per instance
         # One row per frame: series, array, frame in array, instance, frame in instance.
         table: list[tuple[int, int, int, int, int]] = []
         array_ids: dict[str, int] = {}
         for s, uid in enumerate(self.series_uids):
-            rows_of: dict[int, list[Row]] = {}
             for row in _rows(archive, uid):
-                pixels = row.get("pixels")
-                if not pixels:
+                reason = _exclusion(row, grayscale)
+                if reason:
+                    self.excluded[reason] += 1
                     continue
+                pixels = row["pixels"]
+                assert pixels is not None  # _exclusion checked it
                 a = array_ids.setdefault(pixels["array"], len(array_ids))
                 if a == len(self.arrays):
                     self.arrays.append(pixels["array"])
                 i = len(self.instances)
                 self.instances.append(str(row["SOPInstanceUID"]))
                 self.rescale_rows.append(_slim(row))
-                rows_of.setdefault(a, []).append(row)
+                self.meta.append(_meta(row, self.fields))
+                geometry.append(frame_geometry(row))
                 first = int(pixels["first_frame"])
                 table += [(s, a, first + f, i, f) for f in range(int(pixels["frames"]))]
-            for a, rows in sorted(rows_of.items()):
-                self.array_dtypes.append(self._dtype(archive, a, rows))
         self.table = np.array(sorted(table), dtype=np.int64).reshape(-1, 5)
-
-    def _dtype(self, archive: Archive, a: int, rows: list[Row]) -> str | None:
-        if not self.rescale or int(rows[0].get("SamplesPerPixel") or 1) != 1:
-            return None
-        stored = _handle(self.archive_path).dtype(self.arrays[a])
-        return _rescaled_dtype(stored, [_slim(r) for r in rows])
+        self.spacings = np.array([g[0] for g in geometry], np.float64).reshape(-1, 3)
+        self.affines = np.array([g[1] for g in geometry], np.float64).reshape(-1, 4, 4)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __repr__(self) -> str:
         series = len(self.series_uids)
-        return f"FrameDataset({self.archive_path!r}, series={series}, frames={len(self)})"
+        excluded = sum(self.excluded.values())
+        return (
+            f"FrameDataset({self.archive_path!r}, series={series}, frames={len(self)}, "
+            f"excluded_instances={excluded})"
+        )
+
+    def report(self) -> str:
+        """What the dataset holds, how it was selected, and what it left out and why."""
+        lines = [
+            f"{len(self)} frames of {len(self.instances)} instances, "
+            f"{len(self.series_uids)} series in {self.archive_path}"
+        ]
+        if self.query:
+            lines.append(f"selected by the series query {self.query}")
+        lines.append(
+            f"pixels: {'modality values' if self.rescale else 'stored values'}, "
+            f"dtype {self.dtype or 'as stored'}"
+        )
+        for reason, count in sorted(self.excluded.items()):
+            lines.append(f"excluded: {count} instances, {reason}")
+        return "\n".join(lines)
 
     def _item(self, entry: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
-        s, a, _, i, f = (int(v) for v in entry)
-        dtype = self.array_dtypes[a]
-        if dtype is not None:
-            pixels = _apply_rescale(pixels[None], [self.rescale_rows[i]], dtype)[0]
+        s, _, _, i, f = (int(v) for v in entry)
+        mono = pixels.ndim == 2
+        pixels = convert(pixels[None], [self.rescale_rows[i]], self.rescale and mono, self.dtype)
         return {
-            "pixels": pixels,
+            "pixels": pixels[0],
             "sop_instance_uid": self.instances[i],
             "series_instance_uid": self.series_uids[s],
             "frame": f,
+            **self.meta[i],
+            **_geometry(self.spacings[i], self.affines[i], (0, 0, 0)),
         }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -297,11 +422,14 @@ class FrameChunks(_IterableBase):
 # --- volumes -----------------------------------------------------------------------------
 
 
-class VolumeDataset(_MapBase):
+class VolumeDataset(_FromQuery, _MapBase):
     """One item per series volume (`Series.volume(rescale, subset)`), in the given order.
 
-    Items: {"pixels", "series_instance_uid", "sop_instance_uids", "spacing", "origin",
-    "direction", "affine", "sheared"}. Series that are not one volume (checked on the
+    `archive`: an `Archive` or its path. Items: {"pixels", "series_instance_uid",
+    "sop_instance_uids", "spacing", "origin", "direction", "affine" (= "affine_lps"),
+    "affine_ras", "sheared", "study_instance_uid", "patient_id"} and one text entry per
+    keyword of `fields`. `dtype`: the pixels' dtype (default float32 with `rescale`,
+    else as stored). Series that are not one volume (checked on the
     index when the dataset is made) raise `VolumeError`, or with `skip_invalid` are left
     out and listed in `skipped` (UID -> reason). Series without pixel data are left out
     of the default selection (all series). `threads`: slices decoded in parallel per
@@ -311,15 +439,19 @@ class VolumeDataset(_MapBase):
 
     def __init__(
         self,
-        archive_path: str | os.PathLike[str],
+        archive_path: Archive | str | os.PathLike[str],
         series_uids: Sequence[str] | None = None,
         rescale: bool = True,
         subset: bool = False,
         skip_invalid: bool = False,
         threads: int | None = None,
+        dtype: np.dtype | str | None = None,
+        fields: Sequence[str] = (),
     ) -> None:
-        self.archive_path = os.fspath(archive_path)
+        self.archive_path = _archive_path(archive_path)
         self.rescale = rescale
+        self.dtype = _output_dtype(dtype, rescale)
+        self.fields = _fields(fields)
         self.subset = subset
         self.threads = threads
         archive = _handle(self.archive_path).archive
@@ -344,29 +476,41 @@ class VolumeDataset(_MapBase):
         return len(self.series_uids)
 
     def __repr__(self) -> str:
-        return f"VolumeDataset({self.archive_path!r}, volumes={len(self)})"
+        return (
+            f"VolumeDataset({self.archive_path!r}, volumes={len(self)}, "
+            f"skipped_series={len(self.skipped)})"
+        )
+
+    def report(self) -> str:
+        """What the dataset holds, how it was selected, and the series left out and why."""
+        return _series_report(f"{len(self)} volumes", self)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One series' volume and its geometry."""
         uid = self.series_uids[_check_index(index, len(self))]
         series = _handle(self.archive_path).series_of(uid)
-        volume = series.volume(rescale=self.rescale, subset=self.subset, threads=self.threads)
+        volume = series.volume(
+            rescale=self.rescale, subset=self.subset, threads=self.threads, dtype=self.dtype
+        )
+        spacing = np.asarray(volume.spacing, np.float64)
+        affine = np.asarray(volume.affine, np.float64)
         return {
             "pixels": volume.array,
             "series_instance_uid": uid,
             "sop_instance_uids": list(volume.sop_instance_uids),
-            "spacing": np.asarray(volume.spacing, np.float64),
             "origin": np.asarray(volume.origin, np.float64),
             "direction": np.asarray(volume.direction, np.float64),
-            "affine": np.asarray(volume.affine, np.float64),
+            "affine": affine,
             "sheared": bool(volume.sheared),
+            **_meta(series.rows[0], self.fields),
+            **_geometry(spacing, affine, (0, 0, 0)),
         }
 
 
 # --- patches -----------------------------------------------------------------------------
 
 
-class PatchDataset(_MapBase):
+class PatchDataset(_FromQuery, _MapBase):
     """`samples` random patches of `patch_size`, item i fully determined by (seed, i).
 
     A 3-D `patch_size` (z, y, x) cuts patches from series volumes (`plan_volume`, with
@@ -376,14 +520,16 @@ class PatchDataset(_MapBase):
     2-D, then the corner. Series with no volume (3-D) or no frame (2-D) at least as
     large as the patch are left out and listed in `skipped`. Items: {"pixels",
     "series_instance_uid", "offset"} (the corner: (slice, row, column) in the volume,
-    or (row, column) in the frame) and, for 2-D, "sop_instance_uid" and "frame".
-    With `rescale`, pixels are modality values in the dtype of the rescaled volume
-    (3-D) or of the rescaled frames of the array (2-D).
+    or (row, column) in the frame) and, for 2-D, "sop_instance_uid" and "frame"; and
+    "study_instance_uid", "patient_id", "spacing", "affine_lps", "affine_ras" (of the
+    patch: index (0, 0, 0) is its corner) and one text entry per keyword of `fields`.
+    With `rescale`, monochrome pixels are modality values. `dtype`: the pixels' dtype
+    (default float32 with `rescale`, else as stored). `archive`: an `Archive` or its path.
     """
 
     def __init__(
         self,
-        archive_path: str | os.PathLike[str],
+        archive_path: Archive | str | os.PathLike[str],
         patch_size: Sequence[int],
         samples: int,
         seed: int = 0,
@@ -391,8 +537,10 @@ class PatchDataset(_MapBase):
         series_uids: Sequence[str] | None = None,
         rescale: bool = False,
         subset: bool = False,
+        dtype: np.dtype | str | None = None,
+        fields: Sequence[str] = (),
     ) -> None:
-        self.archive_path = os.fspath(archive_path)
+        self.archive_path = _archive_path(archive_path)
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1:
             raise ValueError(
@@ -403,19 +551,22 @@ class PatchDataset(_MapBase):
         self.samples = int(samples)
         self.seed = int(seed)
         self.rescale = rescale
+        self.dtype = _output_dtype(dtype, rescale)
+        self.fields = _fields(fields)
         archive = _handle(self.archive_path).archive
         uids = _series_uids(archive, series_uids)
         given = self._weights(uids, weights)
         self.skipped: dict[str, str] = {}
         self.series_uids: list[str] = []
         self.arrays: list[str] = []
-        self.dtypes: list[str | None] = []  # per series (3-D) or per array (2-D)
         # Per series: (array id, frame) per slice (3-D) or per frame (2-D), its shape(s),
-        # the rows for rescaling and (2-D) the instance UID and frame number of each frame.
+        # the rows for rescaling, (2-D) the instance UID and frame number of each frame,
+        # and (metadata, spacing, affine) of the volume (3-D) or of each frame (2-D).
         self.where: list[np.ndarray] = []
         self.shapes: list[np.ndarray] = []
         self.rescale_rows: list[list[dict[str, Any]]] = []
         self.frame_names: list[list[tuple[str, int]]] = []
+        self.extra: list[list[tuple[dict[str, Any], np.ndarray, np.ndarray]]] = []
         kept: list[float] = []
         array_ids: dict[str, int] = {}
 
@@ -472,49 +623,37 @@ class PatchDataset(_MapBase):
         where = [
             (array_id(pixel_ref(r)["array"]), int(pixel_ref(r)["first_frame"])) for r in plan.rows
         ]
-        slim = [_slim(r) for r in plan.rows]
-        dtype = None
-        if self.rescale:
-            stored = _handle(self.archive_path).dtype(self.arrays[where[0][0]])
-            dtype = _rescaled_dtype(stored, slim)
         self.where.append(np.array(where, np.int64))
         self.shapes.append(np.array([shape], np.int64))
-        self.rescale_rows.append(slim)
+        self.rescale_rows.append([_slim(r) for r in plan.rows])
         self.frame_names.append([])
-        self.dtypes.append(dtype)
+        spacing = np.asarray(plan.spacing, np.float64)
+        self.extra.append([(_meta(first, self.fields), spacing, plan.affine)])
         return ""
 
     def _add_frames(self, uid: str, rows: list[Row], array_id: Any) -> str:
         py, px = self.patch_size
-        where, shapes, slim, names = [], [], [], []
-        by_array: dict[int, list[Row]] = {}
+        where, shapes, slim, names, extra = [], [], [], [], []
         for row in rows:
             pixels = row.get("pixels")
             if not pixels or int(row["Rows"]) < py or int(row["Columns"]) < px:
                 continue
             a = array_id(pixels["array"])
-            by_array.setdefault(a, []).append(row)
             first = int(pixels["first_frame"])
+            row_slim, row_extra = _slim(row), (_meta(row, self.fields), *frame_geometry(row))
             for f in range(int(pixels["frames"])):
                 where.append((a, first + f))
                 shapes.append((int(row["Rows"]), int(row["Columns"])))
-                slim.append(_slim(row))
+                slim.append(row_slim)
                 names.append((str(row["SOPInstanceUID"]), f))
+                extra.append(row_extra)
         if not where:
             return "no frame as large as the patch"
-        dtypes: dict[int, str | None] = {}
-        for a, array_rows in by_array.items():
-            dtypes[a] = None
-            if self.rescale and int(array_rows[0].get("SamplesPerPixel") or 1) == 1:
-                stored = _handle(self.archive_path).dtype(self.arrays[a])
-                dtypes[a] = _rescaled_dtype(stored, [_slim(r) for r in array_rows])
-        for slim_row, (a, _) in zip(slim, where, strict=True):
-            slim_row["dtype"] = dtypes[a]
         self.where.append(np.array(where, np.int64))
         self.shapes.append(np.array(shapes, np.int64))
         self.rescale_rows.append(slim)
         self.frame_names.append(names)
-        self.dtypes.append(None)
+        self.extra.append(extra)
         return ""
 
     def __len__(self) -> int:
@@ -523,8 +662,13 @@ class PatchDataset(_MapBase):
     def __repr__(self) -> str:
         return (
             f"PatchDataset({self.archive_path!r}, patch_size={self.patch_size}, "
-            f"samples={self.samples}, seed={self.seed}, series={len(self.series_uids)})"
+            f"samples={self.samples}, seed={self.seed}, series={len(self.series_uids)}, "
+            f"skipped_series={len(self.skipped)})"
         )
+
+    def report(self) -> str:
+        """What the dataset holds, how it was selected, and the series left out and why."""
+        return _series_report(f"{self.samples} patches of {self.patch_size}", self)
 
     def draw(self, index: int) -> tuple[int, int, tuple[int, ...]]:
         """(series number, frame number or -1 for 3-D, corner) of item `index`, without reading."""
@@ -553,17 +697,22 @@ class PatchDataset(_MapBase):
             z = window[0]
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
-            pixels = np.stack(_read_frames(handle, where, plane))
-            dtype = self.dtypes[s]
-            if dtype is not None:
-                pixels = _apply_rescale(pixels, rows, dtype)
+            pixels = convert(
+                np.stack(_read_frames(handle, where, plane)), rows, self.rescale, self.dtype
+            )
+            meta, spacing, affine = self.extra[s][0]
+            start = corner
         else:
             a, f = (int(v) for v in self.where[s][frame])
             pixels = _read_frames(handle, [(self.arrays[a], f)], plane)[0]
-            row = self.rescale_rows[s][frame]
-            if row["dtype"] is not None:
-                pixels = _apply_rescale(pixels[None], [row], row["dtype"])[0]
+            mono = pixels.ndim == 2
+            rows = [self.rescale_rows[s][frame]]
+            pixels = convert(pixels[None], rows, self.rescale and mono, self.dtype)[0]
             item["sop_instance_uid"], item["frame"] = self.frame_names[s][frame]
+            meta, spacing, affine = self.extra[s][frame]
+            start = (0, *corner)
         item["pixels"] = pixels
         item["offset"] = np.asarray(corner, np.int64)
+        item.update(meta)
+        item.update(_geometry(spacing, affine, start))
         return item

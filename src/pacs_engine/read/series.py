@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.index.rows import Row
-from pacs_engine.read.volume import Volume, VolumeError, pixel_ref, plan_volume
-from pacs_engine.read.volume import rescale as modality_values
+from pacs_engine.read.volume import Volume, VolumeError, convert, pixel_ref, plan_volume
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -50,8 +49,12 @@ class Frames:
 class Series:
     """An archived series: its rows, frames, zarr arrays and `volume()`."""
 
-    def __init__(self, archive: Archive, series_uid: str) -> None:
-        self.archive = archive
+    def __init__(self, archive: Archive | str | os.PathLike[str], series_uid: str) -> None:
+        from pacs_engine.archive import open_archive
+
+        if isinstance(archive, str | os.PathLike):  # a location, as the datasets take: read-only
+            archive = open_archive(archive)
+        self.archive: Archive = archive
         self.series_uid = series_uid
         self.rows: list[Row] = list(archive.index.series(series_uid))
         if not self.rows:
@@ -77,18 +80,23 @@ class Series:
         return {key: self._array(key) for key in keys}
 
     def volume(
-        self, rescale: bool = False, subset: bool = False, threads: int | None = None
+        self,
+        rescale: bool = False,
+        subset: bool = False,
+        threads: int | None = None,
+        dtype: np.dtype | str | None = None,
     ) -> Volume:
         """The slices of one geometry sorted along the normal; `VolumeError` if inconsistent.
 
         `rescale`: modality values (e.g. HU) instead of stored values. `subset`: the
         largest consistent part instead of an error (see `plan_volume`). `threads`:
-        slices decoded in parallel (default: the CPUs this process may use).
+        slices decoded in parallel (default: the CPUs this process may use). `dtype`: the
+        array's dtype (a floating one rescales with one multiply-add in it; default: the
+        stored dtype, or with `rescale` the dtype `rescale` gives).
         """
         plan = plan_volume(self.rows, subset=subset)
         array = self._read(plan.rows, default_threads() if threads is None else threads)
-        if rescale:
-            array = modality_values(array, plan.rows)
+        array = convert(array, plan.rows, rescale, dtype)
         return Volume(
             array=array,
             spacing=plan.spacing,

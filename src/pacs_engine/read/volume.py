@@ -342,6 +342,103 @@ def _int_dtype(lo: float, hi: float) -> np.dtype | None:
     return None
 
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS (NIfTI) = LPS with x and y negated
+
+
+def frame_geometry(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(spacing, LPS affine) of the frame of a single-frame instance, both in (slice, row, column).
+
+    spacing: (SliceThickness, PixelSpacing row, PixelSpacing column), NaN where absent.
+    The affine maps (0, j, i, 1) to the patient position of row j, column i, like
+    `Volume.affine`; its slice column is the unit normal times SliceThickness (1 mm when
+    absent). NaN throughout without a valid position, orientation and pixel spacing, or
+    for a multi-frame instance (whose frames' positions the index does not hold).
+    """
+    spacing = np.full(3, np.nan)
+    if _valid(row.get("PixelSpacing"), 2):
+        spacing[1:] = [float(v) for v in row["PixelSpacing"]]
+    if _valid([row.get("SliceThickness")], 1):
+        spacing[0] = float(row["SliceThickness"])
+    affine = np.full((4, 4), np.nan)
+    single = int(row.get("NumberOfFrames") or 1) == 1
+    position, orientation = row.get("ImagePositionPatient"), row.get("ImageOrientationPatient")
+    if single and _valid(position, 3) and _valid(orientation, 6) and np.isfinite(spacing[1]):
+        row_cos, col_cos, normal = _normal(row)  # type: ignore[arg-type]
+        affine = np.eye(4)
+        affine[:3, 0] = normal * (spacing[0] if np.isfinite(spacing[0]) else 1.0)
+        affine[:3, 1] = col_cos * spacing[1]
+        affine[:3, 2] = row_cos * spacing[2]
+        affine[:3, 3] = [float(v) for v in position]  # type: ignore[union-attr]
+    return spacing, affine
+
+
+def _coefficients(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice (slope, intercept) as float64 arrays shaped (n, 1, 1)."""
+    slopes, intercepts = [], []
+    for r in rows:
+        slope, intercept = r.get("RescaleSlope"), r.get("RescaleIntercept")
+        if slope is None or intercept is None:  # pydicom: no rescale without both
+            slope, intercept = 1.0, 0.0
+        slopes.append(float(slope))
+        intercepts.append(float(intercept))
+    return np.array(slopes)[:, None, None], np.array(intercepts)[:, None, None]
+
+
+def rescale_as(
+    frames: np.ndarray, rows: Sequence[Mapping[str, Any]], dtype: np.dtype | str
+) -> np.ndarray:
+    """Modality values in a floating `dtype`: one conversion and one multiply-add in it."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"rescale_as needs a floating dtype, not {dtype}")
+    if frames.ndim != 3:
+        raise VolumeError("rescaling needs one sample per pixel", [_uid(r) for r in rows])
+    s, i = _coefficients(rows)
+    out = frames.astype(dtype)
+    if not s.size:
+        return out
+    # One scalar per volume in the usual case: no broadcast array, no multiply by 1 or add of 0.
+    if np.all(s == s.flat[0]):
+        if s.flat[0] != 1.0:
+            out *= dtype.type(s.flat[0])
+    else:
+        out *= s.astype(dtype)
+    if np.all(i == i.flat[0]):
+        if i.flat[0] != 0.0:
+            out += dtype.type(i.flat[0])
+    else:
+        out += i.astype(dtype)
+    return out
+
+
+def convert(
+    frames: np.ndarray,
+    rows: Sequence[Mapping[str, Any]],
+    modality: bool,
+    dtype: np.dtype | str | None,
+) -> np.ndarray:
+    """Frames (n, rows, columns[, samples]), or their modality values, in `dtype`.
+
+    `modality`: `rescale` them. `dtype` None keeps what `rescale` gives; a floating dtype
+    rescales with `rescale_as`; an integer dtype must hold every value, else ValueError.
+    """
+    if modality:
+        if dtype is not None and np.dtype(dtype).kind == "f":
+            return rescale_as(frames, rows, dtype)
+        frames = rescale(frames, rows)
+    if dtype is None or frames.dtype == np.dtype(dtype):
+        return frames
+    target = np.dtype(dtype)
+    if target.kind in "iu" and frames.size:
+        info = np.iinfo(target)
+        lo, hi = frames.min(), frames.max()
+        whole = frames.dtype.kind != "f" or bool(np.all(frames == np.round(frames)))
+        if lo < info.min or hi > info.max or not whole:
+            where = _uid(rows[0]) if rows else "?"
+            raise ValueError(f"values {lo}..{hi} of instance {where} do not fit {target}")
+    return frames.astype(target)
+
+
 def rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """Modality values (value * RescaleSlope + RescaleIntercept per slice), as pydicom gives.
 
@@ -350,15 +447,7 @@ def rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarray
     """
     if frames.ndim != 3:
         raise VolumeError("rescaling needs one sample per pixel", [_uid(r) for r in rows])
-    slopes, intercepts = [], []
-    for r in rows:
-        slope, intercept = r.get("RescaleSlope"), r.get("RescaleIntercept")
-        if slope is None or intercept is None:  # pydicom: no rescale without both
-            slope, intercept = 1.0, 0.0
-        slopes.append(float(slope))
-        intercepts.append(float(intercept))
-    s = np.array(slopes)[:, None, None]
-    i = np.array(intercepts)[:, None, None]
+    s, i = _coefficients(rows)
     values = frames.astype(np.float64) * s + i
     if not (np.all(s == np.round(s)) and np.all(i == np.round(i))):
         return values.astype(np.float32)
