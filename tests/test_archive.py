@@ -19,7 +19,12 @@ import zarr
 from conftest import CORPUS, corpus_params, pydicom_test_files, require_corpus
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 
 from pacs_engine import Archive, ArchiveError, open_archive
 from pacs_engine.archive import archive as storage
@@ -133,7 +138,12 @@ def missing_uid(path: Path) -> str | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
-    return next((f"no {k}" for k in UID_KEYWORDS if not ds.get(k)), None)
+    reason = next((f"no {k}" for k in UID_KEYWORDS if not ds.get(k)), None)
+    meta = getattr(ds, "file_meta", None)
+    media_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    if reason is not None and media_class == MediaStorageDirectoryStorage:
+        return f"a DICOMDIR (a media directory, no instance: nothing to archive): {reason}"
+    return reason
 
 
 @pytest.mark.parametrize("mode", list(INGEST_MODES))
