@@ -106,22 +106,22 @@ def select(archive: Archive, selection: Selection) -> tuple[list[str] | None, in
 
 
 def verified_since(archive: Archive, start: str | None) -> Callable[[str, str], bool]:
-    """A test (uid, ingested_at) -> True when a verify started at or after `start` found it clean.
+    """A test (uid, ingested_at) -> True when the latest verify started at or after `start`
+    that checked the instance found it clean.
 
-    A record that checked every instance covers those ingested before it started.
+    A record of a whole-archive verify covers the instances ingested before it started.
     """
-    clean: set[str] = set()  # listed in a partial verify's record, not damaged
+    latest: dict[str, bool] = {}  # clean or not, by the latest record listing the instance
     whole = ""  # the start of the latest whole-archive verify ("": none)
-    whole_damaged: set[str] = set()
     for record in read_records(archive) if start is not None else []:
         if record["started"] < start:
             continue
         damaged = {m["SOPInstanceUID"] for m in record["mismatches"]}
-        if record["checked"] is not None:
-            clean |= set(record["checked"]) - damaged
-        elif record["started"] > whole:
-            whole, whole_damaged = record["started"], damaged
-    return lambda uid, ingested: uid in clean or (ingested < whole and uid not in whole_damaged)
+        if record["checked"] is None:  # it supersedes what earlier records found
+            whole, latest = record["started"], dict.fromkeys(damaged, False)
+        else:
+            latest |= {uid: uid not in damaged for uid in record["checked"]}
+    return lambda uid, ingested: latest.get(uid, ingested < whole)
 
 
 def confidence(checked: int, damaged: int, population: int) -> str:
@@ -159,18 +159,17 @@ def write_record(archive: Archive, selection: Selection, report: VerifyReport) -
         "mismatches": report.mismatches,
         "checked": report.checked,  # None: every instance in the archive
     }
-    path = archive.path / "reports" / f"verify-{report.started.replace(':', '')}.json"
-    for n in range(1, 100):  # two verifies started in the same second keep both records
-        if not path.exists():
-            break
-        path = path.with_name(f"verify-{report.started.replace(':', '')}-{n}.json")
+    stamp = report.started.replace(":", "")
+    n = 0  # two verifies started in the same second keep both records, in order
+    while (path := archive.path / "reports" / f"verify-{stamp}-{n}.json").exists():
+        n += 1
     write_atomic(path, json.dumps(record, indent=1).encode())
     return path
 
 
 def read_records(archive: Archive) -> list[dict[str, Any]]:
     """Every verify record of the archive, oldest first."""
-    return [
-        json.loads(path.read_text())
-        for path in sorted((archive.path / "reports").glob("verify-*.json"))
-    ]
+    paths = (archive.path / "reports").glob("verify-*-*.json")
+    # verify-<start>-<n>.json: by start, then by n (the order of the same second's records)
+    order = sorted(paths, key=lambda p: (p.stem.rsplit("-", 1)[0], int(p.stem.rsplit("-", 1)[1])))
+    return [json.loads(path.read_text()) for path in order]
