@@ -15,10 +15,11 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     """Register `verify`."""
     verify = commands.add_parser(
         "verify",
-        help="check every stored frame and every rebuilt file of an archive",
+        help="check the stored frames and rebuilt files of an archive, or of a part of it",
         description="Decode every stored frame and compare it with the hash recorded at "
         "ingest (original bitstreams stored undecoded have none: they must decode), and "
-        "rebuild every original file and compare its sha256. Exits 1 on any mismatch.",
+        "rebuild every original file and compare its sha256; or do so for the instances the "
+        "selection options pick. Exits 1 on any mismatch.",
     )
     verify.add_argument("archive", help="the archive folder")
     verify.add_argument(
@@ -31,8 +32,9 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     picks = verify.add_argument_group(
         "selection",
-        "check part of the archive (every option given narrows it). Each verify is recorded "
-        "in ARCHIVE/reports/verify-<start>.json (selection, counts, mismatches, seconds)",
+        "check part of the archive: --study and --series add up, every other option narrows "
+        "the selection. Each verify is recorded in ARCHIVE/reports/verify-<start>-<n>.json "
+        "(selection, instances checked, mismatches, seconds)",
     )
     picks.add_argument(
         "--since",
@@ -72,7 +74,9 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         default=DEFAULT_SEED,
         help=f"the sample's random seed (default {DEFAULT_SEED}, printed: the same sample again)",
     )
-    picks.add_argument("--limit", type=int, help="at most N instances, the first by UID")
+    picks.add_argument(
+        "--limit", metavar="N", type=int, help="at most N instances, the first by UID"
+    )
     verify.add_argument(
         "--no-record", dest="record", action="store_false", help="do not write the record"
     )
