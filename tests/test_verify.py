@@ -278,3 +278,17 @@ def test_bad_arguments_are_one_line_errors(
     assert result.returncode == 2
     assert result.stderr.startswith(f"pacs-engine verify: {message}"), result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_verify_that_cannot_be_recorded_still_reports_its_findings(
+    two_runs: tuple[Path, str], tmp_path: Path
+) -> None:
+    root = copy_of(two_runs[0], tmp_path)
+    damaged = sorted(r["SOPInstanceUID"] for r in rows_of(root))[0]
+    damage_header(root, damaged)
+    shutil.rmtree(root / "reports")
+    (root / "reports").write_text("not a folder")  # as root, a read-only folder is not one
+    result = run_cli("verify", str(root), "--workers", "0", "--sample", "1")
+    assert result.returncode == 1, result.stderr
+    assert f"MISMATCH {damaged}" in result.stdout
+    assert "not recorded: " in result.stdout and "recorded in" not in result.stdout

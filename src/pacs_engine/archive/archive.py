@@ -471,7 +471,10 @@ class Archive:
         report.sampled, report.seed = selection.sample is not None, selection.seed
         report.started, report.seconds = started, time.monotonic() - clock
         if record:
-            report.record = write_record(self, selection, report)
+            try:
+                report.record = write_record(self, selection, report)
+            except OSError as error:  # a read-only copy of the archive: the findings still stand
+                report.unrecorded = str(error)
         return report
 
     def query(self, level: str = "instance", strict: bool = True, **filters: Any) -> list[Found]:

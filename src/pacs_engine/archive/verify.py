@@ -43,6 +43,7 @@ class VerifyReport:
     started: str = ""  # UTC, as the rows' ingested_at
     seconds: float = 0.0
     record: Path | None = None  # where this verify was recorded (reports/verify-*.json)
+    unrecorded: str | None = None  # why it could not be recorded
 
     @property
     def ok(self) -> bool:

@@ -145,4 +145,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(report.proves())
     if report.record is not None:
         print(f"recorded in {report.record}")
+    if report.unrecorded is not None:
+        print(f"not recorded: {report.unrecorded}")
     return 0 if report.ok else 1
