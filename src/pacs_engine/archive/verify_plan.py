@@ -9,13 +9,14 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.errors import PacsEngineError
+from pacs_engine.index.rows import Row
 from pacs_engine.storage import write_atomic
 
 if TYPE_CHECKING:
@@ -33,7 +34,10 @@ class VerifySelectionError(PacsEngineError, ValueError):
 
 @dataclass(frozen=True)
 class Selection:
-    """The instances `Archive.verify` checks: every one, unless narrowed (all selectors apply)."""
+    """The instances `Archive.verify` checks: every one, unless narrowed.
+
+    Studies and series add up; every other selector narrows what they (or the archive) give.
+    """
 
     since: str | None = None  # ingested at or after this UTC time (STAMP form)
     studies: tuple[str, ...] = ()
@@ -77,6 +81,7 @@ def select(archive: Archive, selection: Selection) -> tuple[list[str] | None, in
     if selection.everything:
         return None, len(archive.index)
     index = archive.index
+    rows: Iterable[Row] = index  # read a chunk at a time: the whole archive need not fit
     if selection.studies or selection.series:
         rows = []
         for uid in selection.studies:
@@ -87,8 +92,6 @@ def select(archive: Archive, selection: Selection) -> tuple[list[str] | None, in
             if index.series_record(uid) is None:
                 raise VerifySelectionError(f"--series {uid}: not in the archive")
             rows += index.series(uid)
-    else:
-        rows = list(index)
     covered = verified_since(archive, selection.not_verified_since)
     picked = sorted(
         {
