@@ -7,9 +7,10 @@ PACS_ENGINE_BENCH_VERIFY is the number of instances (default 100,000): a `pacs_e
 tree of 16 x 16 CT/MR slices (100 per series; no JPEG 2000, which refuses that size),
 ingested with two workers. Verify reads real pixels, so the archive holds real instances.
 Then `pacs-engine verify --sample 0.01` and `--sample 0.05` (two workers, start and exit
-included, each with a time limit). A full verify is not run: its time is extrapolated from
-the two samples, whose difference gives the cost per checked instance without the fixed
-cost (start, index check, selection) both share.
+included, best of two: the first warms the page cache, each with a time limit), and a full
+verify (once). The full verify's time is also extrapolated from the two samples, whose
+difference gives the cost per checked instance without the fixed cost (start, index check,
+selection) both share: what a full verify of a larger archive would take.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ SMALL = ("explicit", "implicit", "deflate", "rle")
 INGEST_OPTIONS = ("--workers", "2", "--json", "--no-progress")
 
 
-def _verify_sample(archive: Path, fraction: str) -> tuple[float, dict]:
-    """Wall seconds of `pacs-engine verify ARCHIVE --sample FRACTION`, and its record."""
+def _verify(archive: Path, *options: str) -> tuple[float, dict]:
+    """Wall seconds of `pacs-engine verify ARCHIVE OPTIONS --workers 2`, and its record."""
     started = time.perf_counter()
     result = subprocess.run(
-        [str(PACS_ENGINE), "verify", str(archive), "--sample", fraction, "--workers", "2"],
+        [str(PACS_ENGINE), "verify", str(archive), *options, "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=LIMIT_S,
@@ -45,6 +46,10 @@ def _verify_sample(archive: Path, fraction: str) -> tuple[float, dict]:
     print("\n" + result.stdout.strip())
     (record,) = [line.split()[-1] for line in result.stdout.splitlines() if "recorded in" in line]
     return seconds, json.loads(Path(record).read_text())
+
+
+def _best_of_two(archive: Path, *options: str) -> tuple[float, dict]:
+    return min(_verify(archive, *options), _verify(archive, *options), key=lambda r: r[0])
 
 
 def test_verify_a_sample_of_a_large_archive(tmp_path: Path) -> None:
@@ -68,8 +73,10 @@ def test_verify_a_sample_of_a_large_archive(tmp_path: Path) -> None:
     n = json.loads(ingest.stdout)["archived"]
     assert n == len(written)
 
-    small_s, small = _verify_sample(archive, "0.01")
-    large_s, large = _verify_sample(archive, "0.05")
+    small_s, small = _best_of_two(archive, "--sample", "0.01")
+    large_s, large = _best_of_two(archive, "--sample", "0.05")
+    whole_s, whole = _verify(archive)
+    assert whole["instances"] == n
     assert small["instances"] == -(-n // 100) and small["population"] == n
     per_instance = (large_s - small_s) / (large["instances"] - small["instances"])
     fixed_s = small_s - per_instance * small["instances"]
@@ -80,6 +87,7 @@ def test_verify_a_sample_of_a_large_archive(tmp_path: Path) -> None:
         f"(command; {small['seconds']:.2f} s inside verify)\n"
         f"verify --sample 0.05: {large['instances']:,} instances in {large_s:.2f} s\n"
         f"per checked instance {1e3 * per_instance:.2f} ms, fixed {fixed_s:.2f} s: "
-        f"full verify extrapolated {full_s:.0f} s; the 1 % sample takes "
-        f"{100 * small_s / full_s:.1f} % of it"
+        f"full verify extrapolated {full_s:.1f} s, measured {whole_s:.1f} s "
+        f"({whole['seconds']:.1f} s inside verify); the 1 % sample takes "
+        f"{100 * small_s / whole_s:.1f} % of the full verify's time"
     )
