@@ -7,7 +7,6 @@ import sys
 
 from tqdm import tqdm
 
-from pacs_engine.archive.verify_plan import DEFAULT_SEED
 from pacs_engine.cli._common import add_progress, shows_progress
 
 
@@ -71,8 +70,8 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     picks.add_argument(
         "--seed",
         type=int,
-        default=DEFAULT_SEED,
-        help=f"the sample's random seed (default {DEFAULT_SEED}, printed: the same sample again)",
+        help="the sample's random seed (default: a fixed one, printed with the sample: the "
+        "same sample again)",
     )
     picks.add_argument(
         "--limit", metavar="N", type=int, help="at most N instances, the first by UID"
@@ -87,7 +86,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 def cmd_verify(args: argparse.Namespace) -> int:
     """Decode every stored frame and rebuild every file; report what does not match."""
     from pacs_engine.archive import open_archive
-    from pacs_engine.archive.verify_plan import Selection, utc_time
+    from pacs_engine.archive.verify_plan import DEFAULT_SEED, Selection, utc_time
     from pacs_engine.index import DamagedIndexError
 
     selection = Selection(
@@ -98,7 +97,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.not_verified_since is None
         else utc_time(args.not_verified_since, "--not-verified-since"),
         sample=args.sample,
-        seed=args.seed,
+        seed=DEFAULT_SEED if args.seed is None else args.seed,
         limit=args.limit,
     )
     try:
