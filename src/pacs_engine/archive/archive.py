@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -43,6 +44,7 @@ from pacs_engine.archive.pixel_store import CODEC_CHOICES, PixelStore
 from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
+from pacs_engine.archive.verify_plan import STAMP, Selection, check_selection, select, write_record
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs.native import PixelLayout
 from pacs_engine.executors import make_executor
@@ -435,8 +437,11 @@ class Archive:
         progress: Callable[[str, bool], None] | None = None,
         workers: int | None = 0,
         executor: Executor | None = None,
+        selection: Selection | None = None,
+        record: bool = True,
     ) -> VerifyReport:
-        """Check every instance: its frames decode, to their recorded hashes, and its file rebuilds.
+        """Check every instance, or those `selection` picks: frames decode, to their recorded
+        hashes, and files rebuild.
 
         The index is checked first, page by page and row by row (DamagedIndexError).
 
@@ -444,18 +449,33 @@ class Archive:
         the check, and the rebuilt file's sha256 proves their bytes. With `workers`
         (None: one per core) or an `executor` (pacs_engine.executors), instances are
         checked in worker processes, so a decoder crash is reported instead of ending
-        the check (pacs_engine.archive.verify).
+        the check (pacs_engine.archive.verify). With `record`, what was checked and found
+        is kept in reports/verify-<start>.json (pacs_engine.archive.verify_plan).
         """
+        selection = selection or Selection()
+        check_selection(selection)  # a bad argument is refused before the long index check
         self.index.check()  # DamagedIndexError: nothing below can be trusted, or even read
+        started, clock = time.strftime(STAMP, time.gmtime()), time.monotonic()
+        uids, population = select(self, selection)
         if executor is None and workers == 0:
-            return verify_here(self, progress)
-        own = executor is None
-        executor = executor if executor is not None else make_executor(workers)
-        try:
-            return verify_on(self, executor, progress)
-        finally:
-            if own:
-                executor.close()
+            report = verify_here(self, progress, uids)
+        else:
+            own = executor is None
+            executor = executor if executor is not None else make_executor(workers)
+            try:
+                report = verify_on(self, executor, progress, uids)
+            finally:
+                if own:
+                    executor.close()
+        report.population, report.checked = population, uids
+        report.sampled, report.seed = selection.sample is not None, selection.seed
+        report.started, report.seconds = started, time.monotonic() - clock
+        if record:
+            try:
+                report.record = write_record(self, selection, report)
+            except OSError as error:  # a read-only copy of the archive: the findings still stand
+                report.unrecorded = str(error)
+        return report
 
     def query(self, level: str = "instance", strict: bool = True, **filters: Any) -> list[Found]:
         """Rows (or patient, study or series records) matching DICOM-style filters.

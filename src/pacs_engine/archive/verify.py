@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pacs_engine.archive.prepare import frame_hash
+from pacs_engine.archive.verify_plan import confidence
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.index.rows import Row
 from pacs_engine.workers import CrashIsolation, Executor, Finished, PerProcess
@@ -34,6 +36,14 @@ class VerifyReport:
     instances: int = 0
     frames: int = 0
     mismatches: list[dict[str, Any]] = field(default_factory=list)
+    population: int = 0  # instances selected before sampling (the archive's, unselected)
+    checked: list[str] | None = None  # the SOP Instance UIDs asked for (None: every one)
+    sampled: bool = False
+    seed: int | None = None
+    started: str = ""  # UTC, as the rows' ingested_at
+    seconds: float = 0.0
+    record: Path | None = None  # where this verify was recorded (reports/verify-*.json)
+    unrecorded: str | None = None  # why it could not be recorded
 
     @property
     def ok(self) -> bool:
@@ -45,6 +55,12 @@ class VerifyReport:
         self.instances += instances
         self.frames += frames
         self.mismatches += mismatches
+
+    def proves(self) -> str | None:
+        """What the sample says about the instances it was drawn from (None: not a sample)."""
+        if not self.sampled:
+            return None
+        return confidence(self.instances, len(self.mismatches), self.population)
 
 
 def check_instance(archive: Archive, row: Row) -> tuple[int, str | None]:
@@ -114,10 +130,17 @@ def verify_task(root: str, uids: list[str]) -> tuple[int, int, list[dict[str, An
     return check_batch(_OPEN.get(root, lambda: open_archive(root)), uids)
 
 
-def verify_here(archive: Archive, progress: Callable[[str, bool], None] | None) -> VerifyReport:
-    """Check every instance in this process."""
+def verify_here(
+    archive: Archive,
+    progress: Callable[[str, bool], None] | None,
+    uids: Iterable[str] | None = None,
+) -> VerifyReport:
+    """Check the instances `uids` (None: every one) in this process."""
     report = VerifyReport()
-    for row in archive.index:
+    rows = archive.index if uids is None else (archive.index.get(uid) for uid in uids)
+    for row in rows:
+        if row is None:  # gone since it was selected
+            continue
         frames, problem = check_instance(archive, row)
         report.add(1, frames, [_mismatch(row, problem)] if problem else [])
         if progress:
@@ -126,9 +149,13 @@ def verify_here(archive: Archive, progress: Callable[[str, bool], None] | None) 
 
 
 def verify_on(
-    archive: Archive, executor: Executor, progress: Callable[[str, bool], None] | None = None
+    archive: Archive,
+    executor: Executor,
+    progress: Callable[[str, bool], None] | None = None,
+    uids: Iterable[str] | None = None,
 ) -> VerifyReport:
-    """Check every instance in batches on `executor`; see the module docstring."""
+    """Check the instances `uids` (None: every one) in batches on `executor`; see the module
+    docstring."""
     report = VerifyReport()
     root = str(archive.path)
 
@@ -153,18 +180,19 @@ def verify_on(
         split=lambda uids: [(uid,) for uid in uids],
         handle=handle,
     )
-    for uids in _batches(archive, BATCH):
+    every = (row["SOPInstanceUID"] for row in archive.index)
+    for batch in _batches(every if uids is None else uids, BATCH):
         tasks.make_room()
-        tasks.submit(tuple(uids))
+        tasks.submit(tuple(batch))
     tasks.finish()
     return report
 
 
-def _batches(archive: Archive, size: int) -> Iterator[list[str]]:
-    """The archive's SOP Instance UIDs, `size` at a time."""
+def _batches(uids: Iterable[str], size: int) -> Iterator[list[str]]:
+    """`uids`, `size` at a time."""
     batch: list[str] = []
-    for row in archive.index:
-        batch.append(row["SOPInstanceUID"])
+    for uid in uids:
+        batch.append(uid)
         if len(batch) == size:
             yield batch
             batch = []
