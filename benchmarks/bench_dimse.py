@@ -319,7 +319,7 @@ def run_ours(fs: IngestSet, senders: int, scratch: Path, workers: int) -> Run:
             assert time.perf_counter() - started < TIMEOUT, f"not archived in {TIMEOUT} s"
             time.sleep(0.02)
         archived = time.perf_counter() - started
-    reports = [json.loads(p.read_text()) for p in (archive / "reports").glob("*.json")]
+    reports = [json.loads(p.read_text()) for p in (archive / "reports").glob("ingest-*.json")]
     raw, stored = (
         sum(r["raw_pixel_bytes"] for r in reports),
         sum(r["stored_bytes"] for r in reports),

@@ -221,7 +221,7 @@ def test_pacs_engine(
     cmd += ["--workers", str(workers)] + ([option] if option else [])
     done = run_measured(cmd, scratch)
     assert done.code == 0, done.stderr.read_text()[-2000:]
-    (report_path,) = (archive / "reports").glob("*.json")
+    (report_path,) = (archive / "reports").glob("ingest-*.json")
     report = json.loads(report_path.read_text())
     row.seconds, row.files, row.raw_bytes = done.seconds, len(ingest_set), ingest_set.total_raw
     row.ratio = report["ratio"]

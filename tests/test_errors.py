@@ -16,6 +16,7 @@ from pacs_engine.archive.archive import ArchiveError, ExportError, UnknownInstan
 from pacs_engine.archive.blobs import BlobError
 from pacs_engine.archive.pixel_store import ArrayMetadataError
 from pacs_engine.archive.prepare import PrepareError
+from pacs_engine.archive.verify_plan import VerifySelectionError
 from pacs_engine.codecs import CodecError
 from pacs_engine.codecs.native import LayoutError
 from pacs_engine.errors import ScanError
@@ -57,6 +58,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     QueryError: (QueryError("PatientId: not a keyword"), (ValueError,)),
     QueryRefused: (QueryRefused(0xA900, "StudyDate: not a date range"), (ValueError,)),
     NotSendable: (NotSendable("no context for 1.2.840.10008.1.2.4.80"), (ValueError,)),
+    VerifySelectionError: (VerifySelectionError("--sample: 2.0 is not in (0, 1]"), (ValueError,)),
     MigrationError: (MigrationError("OLDPACS@10.0.0.5:104: connection refused"), (Exception,)),
 }
 

@@ -127,7 +127,7 @@ def test_two_workers_give_the_archive_one_process_gives(
     assert sum(phases.values()) <= report["seconds"]
     assert state(tmp_path / "a") == clean["state"]
     assert unreferenced(tmp_path / "a") == []
-    written = json.loads(next((tmp_path / "a" / "reports").glob("*.json")).read_text())
+    written = json.loads(next((tmp_path / "a" / "reports").glob("ingest-*.json")).read_text())
     assert {k: written[k] for k in report if k != "seconds"} == {
         k: v for k, v in report.items() if k != "seconds"
     }

@@ -7,6 +7,8 @@ process keeps one PartEncoder per archive.
 
 from __future__ import annotations
 
+import contextlib
+
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
 from pacs_engine.errors import ScanError
@@ -66,6 +68,11 @@ def scan_task(
         try:
             check_uids(header)  # the journal and the index key on them
         except PrepareError as error:
+            if data is None:
+                # Read once: to tell a DICOMDIR, and for the quarantine to keep its bytes
+                # (a file too large to read whole is kept by its head, read on its own).
+                with contextlib.suppress(InputError):
+                    data = read_input(ref, policy)
             reason = media_directory_reason(ref, data, str(error), policy)
             rejected.append(encoder.reject(key, data, reason))
             continue
