@@ -1,0 +1,10 @@
+"""WADO-RS routes (being written)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+
+def routes() -> list[BaseRoute]:
+    """The WADO-RS routes."""
+    return []
