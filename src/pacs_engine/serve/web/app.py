@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pacs_engine.serve.context import ServeContext
+from pacs_engine.serve.spool import Spool
 from pacs_engine.serve.web import qido, stow, wado
 from pacs_engine.serve.web.request import Principal, audit
 
@@ -52,12 +53,18 @@ async def _health(request: Request) -> Response:
 def make_app(
     context: ServeContext,
     authenticator: Authenticator,
+    spool: Spool | None = None,
     routes: Sequence[BaseRoute] | None = None,
 ) -> Starlette:
-    """The application serving `context`'s archive (every DICOMweb route unless `routes`)."""
+    """The application serving `context`'s archive (every DICOMweb route unless `routes`).
+
+    `spool` is where STOW-RS writes what it receives (the receive path C-STORE uses);
+    without one, STOW-RS answers 503.
+    """
     if routes is None:
         routes = [*qido.routes(), *wado.routes(), *stow.routes()]
     app = Starlette(routes=[Route(HEALTH_PATH, _health, methods=["GET"]), *routes])
     app.state.context = context
+    app.state.spool = spool
     app.add_middleware(Authenticate, authenticator=authenticator)
     return app
