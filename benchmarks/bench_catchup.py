@@ -20,15 +20,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks.conftest import PACS_ENGINE
+from benchmarks.conftest import PACS_ENGINE, ingested_small_synth
 from pacs_engine import open_archive
-from pacs_engine.synth import write_studies
 
 FILES = int(os.environ.get("PACS_ENGINE_BENCH_CATCHUP", "100000"))
-SLICES, SERIES = 100, 2
 LIMIT_S = 3600
-#: Syntaxes whose encoders take 16 x 16 frames (OpenJPEG refuses them).
-SMALL = ("explicit", "implicit", "deflate", "rle")
 
 
 def _best_of(repeats: int, step: callable) -> float:  # type: ignore[valid-type]
@@ -41,25 +37,9 @@ def _best_of(repeats: int, step: callable) -> float:  # type: ignore[valid-type]
 
 
 def test_catch_up_cost_per_file_against_stat(tmp_path: Path) -> None:
-    studies = max(1, FILES // (SLICES * SERIES))
-    source = tmp_path / "src"
-    started = time.perf_counter()
-    written = write_studies(
-        source, studies, SERIES, SLICES, rows=16, columns=16, threads=2, syntaxes=SMALL
-    )
-    synth_s = time.perf_counter() - started
-    archive = tmp_path / "archive"
+    built = ingested_small_synth(tmp_path, FILES, LIMIT_S)
+    source, archive, written = built.source, built.archive, built.files
     command = [str(PACS_ENGINE), "ingest", str(source), "--archive", str(archive)]
-    started = time.perf_counter()
-    first = subprocess.run(
-        [*command, "--workers", "2", "--json", "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_S,
-    )
-    first_s = time.perf_counter() - started
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert json.loads(first.stdout)["archived"] == len(written)
 
     paths = [str(p) for p in written]
     stat_s = _best_of(3, lambda: [os.stat(p) for p in paths])
@@ -83,8 +63,8 @@ def test_catch_up_cost_per_file_against_stat(tmp_path: Path) -> None:
 
     n = len(written)
     print(
-        f"\n{n:,} files: synth {synth_s:.1f} s, first ingest {first_s:.1f} s "
-        f"({1e3 * first_s / n:.2f} ms/file)\n"
+        f"\n{n:,} files: synth {built.synth_s:.1f} s, first ingest {built.ingest_s:.1f} s "
+        f"({1e3 * built.ingest_s / n:.2f} ms/file)\n"
         f"catch-up (in process, best of 3; first {runs[0]:.3f} s) {catchup_s:.3f} s = "
         f"{1e6 * catchup_s / n:.2f} us/file; "
         f"os.stat {stat_s:.3f} s = {1e6 * stat_s / n:.2f} us/file; "

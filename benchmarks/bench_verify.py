@@ -21,15 +21,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks.conftest import PACS_ENGINE
-from pacs_engine.synth import write_studies
+from benchmarks.conftest import PACS_ENGINE, ingested_small_synth
 
 INSTANCES = int(os.environ.get("PACS_ENGINE_BENCH_VERIFY", "100000"))
-SLICES, SERIES = 100, 2
 LIMIT_S = 3600
-#: Syntaxes whose encoders take 16 x 16 frames (OpenJPEG refuses them).
-SMALL = ("explicit", "implicit", "deflate", "rle")
-INGEST_OPTIONS = ("--workers", "2", "--json", "--no-progress")
 
 
 def _verify(archive: Path, *options: str) -> tuple[float, dict]:
@@ -53,25 +48,8 @@ def _best_of_two(archive: Path, *options: str) -> tuple[float, dict]:
 
 
 def test_verify_a_sample_of_a_large_archive(tmp_path: Path) -> None:
-    studies = max(1, INSTANCES // (SLICES * SERIES))
-    source = tmp_path / "src"
-    started = time.perf_counter()
-    written = write_studies(
-        source, studies, SERIES, SLICES, rows=16, columns=16, threads=2, syntaxes=SMALL
-    )
-    synth_s = time.perf_counter() - started
-    archive = tmp_path / "archive"
-    started = time.perf_counter()
-    ingest = subprocess.run(
-        [str(PACS_ENGINE), "ingest", str(source), "--archive", str(archive), *INGEST_OPTIONS],
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_S,
-    )
-    ingest_s = time.perf_counter() - started
-    assert ingest.returncode == 0, ingest.stderr[-2000:]
-    n = json.loads(ingest.stdout)["archived"]
-    assert n == len(written)
+    built = ingested_small_synth(tmp_path, INSTANCES, LIMIT_S)
+    archive, n = built.archive, len(built)
 
     small_s, small = _best_of_two(archive, "--sample", "0.01")
     large_s, large = _best_of_two(archive, "--sample", "0.05")
@@ -82,7 +60,7 @@ def test_verify_a_sample_of_a_large_archive(tmp_path: Path) -> None:
     fixed_s = small_s - per_instance * small["instances"]
     full_s = fixed_s + per_instance * n
     print(
-        f"{n:,} instances: synth {synth_s:.1f} s, ingest {ingest_s:.1f} s\n"
+        f"{n:,} instances: synth {built.synth_s:.1f} s, ingest {built.ingest_s:.1f} s\n"
         f"verify --sample 0.01: {small['instances']:,} instances in {small_s:.2f} s "
         f"(command; {small['seconds']:.2f} s inside verify)\n"
         f"verify --sample 0.05: {large['instances']:,} instances in {large_s:.2f} s\n"

@@ -13,6 +13,7 @@ Environment:
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import re
@@ -29,6 +30,7 @@ import pydicom
 import pytest
 
 from pacs_engine import ScanError, scan_many
+from pacs_engine.synth import write_studies
 
 #: The `pacs-engine` command of this interpreter's environment.
 PACS_ENGINE = Path(sys.executable).parent / "pacs-engine"
@@ -487,3 +489,59 @@ def run_measured(cmd: list[str], out: Path) -> Finished:
             os.killpg(proc.pid, 9)
             proc.wait()
     return Finished(proc.returncode, seconds, peak, usage.ru_maxrss, stdout, stderr)
+
+
+# --- a large archive of small synthetic instances (catch-up and verify benchmarks) --
+
+
+#: Syntaxes whose encoders take 16 x 16 frames (OpenJPEG refuses them).
+SMALL_SYNTAXES = ("explicit", "implicit", "deflate", "rle")
+SMALL_SLICES, SMALL_SERIES = 100, 2
+INGEST_QUIET_2 = ("--workers", "2", "--json", "--no-progress")
+
+
+@dataclass
+class SmallArchive:
+    """A `pacs_engine.synth` tree, the archive made from it, and what each step took."""
+
+    source: Path
+    archive: Path
+    files: list[Path]
+    synth_s: float
+    ingest_s: float
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def ingested_small_synth(root: Path, instances: int, limit_s: float) -> SmallArchive:
+    """About `instances` 16 x 16 CT/MR slices under root/src, ingested into root/archive.
+
+    100 slices per series, two series per study; ingested by `pacs-engine ingest
+    --workers 2` within `limit_s`, and every file checked to be archived.
+    """
+    studies = max(1, instances // (SMALL_SLICES * SMALL_SERIES))
+    source, archive = root / "src", root / "archive"
+    started = time.perf_counter()
+    files = write_studies(
+        source,
+        studies,
+        SMALL_SERIES,
+        SMALL_SLICES,
+        rows=16,
+        columns=16,
+        threads=2,
+        syntaxes=SMALL_SYNTAXES,
+    )
+    synth_s = time.perf_counter() - started
+    started = time.perf_counter()
+    ingest = subprocess.run(
+        [str(PACS_ENGINE), "ingest", str(source), "--archive", str(archive), *INGEST_QUIET_2],
+        capture_output=True,
+        text=True,
+        timeout=limit_s,
+    )
+    ingest_s = time.perf_counter() - started
+    assert ingest.returncode == 0, ingest.stderr[-2000:]
+    assert json.loads(ingest.stdout)["archived"] == len(files)
+    return SmallArchive(source, archive, list(files), synth_s, ingest_s)
