@@ -159,11 +159,18 @@ def day_files(archive_root: str | os.PathLike) -> list[Path]:
 
 
 def read_records(archive_root: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Every record of the trail, oldest first."""
+    """Every record of the trail, oldest first; ValueError naming the file and line of one
+    that is not a record (`verify_chain` says more)."""
     for path in day_files(archive_root):
-        with open(path, encoding="ascii") as file:
-            for line in file:
-                yield json.loads(line)
+        with open(path, "rb") as file:
+            for number, line in enumerate(file, 1):
+                try:
+                    entry = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(f"{path}:{number}: not a record: {error}") from None
+                if not isinstance(entry, dict):
+                    raise ValueError(f"{path}:{number}: not a record: not a JSON object")
+                yield entry
 
 
 def verify_chain(archive_root: str | os.PathLike) -> list[ChainProblem]:
