@@ -10,7 +10,9 @@ A network handler calls `Spool.put` and answers Success only once it returns: th
 file (file meta + the dataset's bytes as received) is fsynced and renamed into
 `incoming/`, and the rename fsynced (`storage.write_atomic`). Its temporary is a
 dot-file that nothing reads; a kill leaves it behind unacknowledged, and the next
-start deletes it.
+start deletes it. STOW-RS, which acknowledges a whole request, writes each instance
+under such a name (`Spool.stage`, fsynced) and renames them all in once the request
+has been read whole (`Spool.admit`), so a request cut short leaves none of its instances.
 
 `Drain` is the spool's one consumer (the archive has one writer): every `interval`
 seconds, or as soon as `batch_size` instances wait, it moves up to `batch_size` of
