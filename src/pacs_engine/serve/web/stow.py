@@ -37,6 +37,7 @@ from pacs_engine.serve.dimse import (
     MAX_INSTANCE_BYTES,
     STORAGE_CLASSES,
     STORAGE_SYNTAXES,
+    InstanceCheck,
     check_instance,
     spool_failure,
 )
@@ -187,22 +188,27 @@ class _Outcome:
     instances: list[str] = field(default_factory=list)
 
 
-def _part_problem(
+@dataclass(frozen=True)
+class _Refusal:
+    """Why one part is not stored: its FailureReason, the reason in words, what it names."""
+
+    reason: int
+    why: str
+    found: InstanceCheck
+
+
+def _take_part(
     part: Part, target: str | None, spool: Spool, outcome: _Outcome, base: str
-) -> tuple[int, str, dict[str, object]] | None:
-    """Check and stage one part (blocking: run in a thread); (reason code, why, UIDs) if refused."""
+) -> _Refusal | None:
+    """Check and stage one part (blocking: run in a thread); why not, when it is refused."""
     media = part.headers.get("content-type")
     if media is not None and _media_type(media) != DICOM:
-        return CANNOT_UNDERSTAND, f"part {part.number}: Content-Type {_media_type(media)}", {}
+        found = InstanceCheck(f"Content-Type {_media_type(media)}")
+        return _Refusal(CANNOT_UNDERSTAND, f"part {part.number}: {found.problem}", found)
     if len(part.data) > MAX_INSTANCE_BYTES:
-        return OUT_OF_RESOURCES, f"part {part.number}: larger than {MAX_INSTANCE_BYTES} bytes", {}
+        found = InstanceCheck(f"larger than {MAX_INSTANCE_BYTES} bytes")
+        return _Refusal(OUT_OF_RESOURCES, f"part {part.number}: {found.problem}", found)
     found = check_instance(part.data)
-    uids: dict[str, object] = {
-        "study": found.study,
-        "series": found.series,
-        "instances": [found.sop] if found.sop else None,
-        "sop_class": found.sop_class,
-    }
     problem: tuple[int, str] | None = None
     if found.problem is not None:
         problem = CANNOT_UNDERSTAND, found.problem
@@ -215,13 +221,13 @@ def _part_problem(
     elif target is not None and found.study != target:
         problem = CANNOT_UNDERSTAND, "the instance's Study Instance UID is not the URL's"
     if problem is not None:
-        return problem[0], f"part {part.number}: {problem[1]}", uids
+        return _Refusal(problem[0], f"part {part.number}: {problem[1]}", found)
     try:
         outcome.staged.append(spool.stage(part.data))
     except OSError as error:  # the disk is full or failing: the client may send again
-        return OUT_OF_RESOURCES, f"part {part.number}: {spool_failure(error)}", uids
-    assert found.sop is not None and found.sop_class is not None  # checked above
-    item = _reference(found.sop_class, found.sop)
+        return _Refusal(OUT_OF_RESOURCES, f"part {part.number}: {spool_failure(error)}", found)
+    assert found.sop is not None  # checked above
+    item = _reference(found)
     item.RetrieveURL = f"{base}/studies/{found.study}/series/{found.series}/instances/{found.sop}"
     outcome.stored.append(item)
     for uid, seen in ((found.study, outcome.studies), (found.series, outcome.series)):
@@ -231,13 +237,13 @@ def _part_problem(
     return None
 
 
-def _reference(sop_class: str | None, sop: str | None) -> Dataset:
+def _reference(found: InstanceCheck) -> Dataset:
     """A ReferencedSOPSequence / FailedSOPSequence item with the UIDs known."""
     item = Dataset()
-    if sop_class:
-        item.ReferencedSOPClassUID = sop_class
-    if sop:
-        item.ReferencedSOPInstanceUID = sop
+    if found.sop_class:
+        item.ReferencedSOPClassUID = found.sop_class
+    if found.sop:
+        item.ReferencedSOPInstanceUID = found.sop
     return item
 
 
@@ -282,9 +288,9 @@ def make_store(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
         outcome = _Outcome()
         try:
             async for part in read_parts(request.stream(), boundary, max_body_bytes):
-                refused = await run_in_threadpool(_part_problem, part, target, spool, outcome, base)
+                refused = await run_in_threadpool(_take_part, part, target, spool, outcome, base)
                 if refused is not None:
-                    _fail(request, outcome, *refused)
+                    _fail(request, outcome, refused)
                 del part  # the reader drops its own reference as it reads the next part
             await run_in_threadpool(spool.admit, outcome.staged)
         except (MalformedBody, BodyTooLarge) as error:
@@ -300,24 +306,20 @@ def make_store(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
     return store
 
 
-def _fail(
-    request: Request, outcome: _Outcome, reason: int, why: str, uids: dict[str, object]
-) -> None:
+def _fail(request: Request, outcome: _Outcome, refusal: _Refusal) -> None:
     """Record one refused part: in the FailedSOPSequence and the audit trail."""
-    sop_class, study = uids.get("sop_class"), uids.get("study")
-    instances = uids.get("instances")
-    sop = instances[0] if isinstance(instances, list) else None
-    item = _reference(str(sop_class) if sop_class else None, sop)
-    item.FailureReason = reason
+    item = _reference(refusal.found)
+    item.FailureReason = refusal.reason
     outcome.failed.append(item)
+    found = refusal.found
     audit(
         request,
         "stow",
         "refused",
-        study=str(study) if study else None,
-        series=str(uids["series"]) if uids.get("series") else None,
-        instances=[sop] if sop else None,
-        detail=f"0x{reason:04X} {why}",
+        study=found.study,
+        series=found.series,
+        instances=[found.sop] if found.sop else None,
+        detail=f"0x{refusal.reason:04X} {refusal.why}",
     )
 
 
