@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,7 +327,45 @@ def test_a_reader_may_not_store_and_the_refusal_is_audited(web: Web) -> None:
     assert outcomes == [("reader1", "forbidden"), ("anonymous", "unauthenticated")]
 
 
+def test_an_answer_the_client_does_not_accept_is_refused_406(web: Web) -> None:
+    data = body(instance(generate_uid(), generate_uid()))
+    assert post(web, data, Accept="application/dicom+xml").status_code == 406
+    assert web.spooled() == []
+    accepted = post(web, data, Accept="application/dicom+xml, application/dicom+json;q=0.5")
+    assert accepted.status_code == 200
+    assert [r["outcome"] for r in web.records()] == ["refused", "success"]
+
+
 def test_a_study_in_the_url_that_is_not_a_uid_is_refused(web: Web) -> None:
     response = post(web, body(instance("1.2.3", generate_uid())), "/studies/1.2.x")
     assert response.status_code == 400
     assert web.spooled() == []
+
+
+def test_a_client_that_hangs_up_mid_body_leaves_nothing(web: Web) -> None:
+    study = generate_uid()
+    whole = body(instance(study, generate_uid()), instance(study, generate_uid()))
+    host, port = web.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /studies HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer upload-token\r\n"
+        f"Content-Type: {MULTIPART}\r\nContent-Length: {len(whole)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + whole[: len(whole) - 50])  # the first part whole, then gone
+    deadline = time.monotonic() + 30
+    while not web.records() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = web.records()
+    assert record["outcome"] == "aborted"
+    assert web.spooled() == []
+
+
+def test_staged_instances_of_a_killed_server_are_deleted_at_the_next_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    staged = spool.stage(instance(generate_uid(), generate_uid()))
+    assert staged.exists() and spool.waiting_files() == []  # staged: not to be ingested
+    again = Spool(tmp_path)  # the next start
+    assert not staged.exists() and again.waiting == 0
+    admitted = again.stage(b"x")
+    again.admit([admitted])
+    assert [p.read_bytes() for p in again.waiting_files()] == [b"x"] and again.waiting == 1

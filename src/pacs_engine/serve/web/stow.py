@@ -16,7 +16,8 @@ nothing of it reaches the archive.
 Answers (application/dicom+json): 200 when every instance was stored, 202 when
 some failed, 409 when all did, each with the ReferencedSOPSequence of those stored
 and the FailedSOPSequence (with FailureReason) of the others; 415 for another
-content type. Each refused part and each request is audited (action "stow").
+content type; 406 when the Accept header excludes JSON. Each refused part and
+each request is audited (action "stow").
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ CANNOT_UNDERSTAND = 0xC000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
+#: Accept media ranges the answer (application/dicom+json) satisfies.
+_ANSWER_TYPES = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
@@ -247,6 +250,11 @@ def _reference(found: InstanceCheck) -> Dataset:
     return item
 
 
+def _media_ranges(accept: str) -> set[str]:
+    """The media ranges of an Accept header, without their parameters."""
+    return {item.split(";", 1)[0].strip().lower() for item in accept.split(",")}
+
+
 def _media_type(value: str) -> str:
     message = Message()
     message["content-type"] = value
@@ -268,6 +276,9 @@ def make_store(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
         target = request.path_params.get("study")
         if target is not None and (len(target) > 64 or not _UID.fullmatch(target)):
             return _refuse(request, 400, "the study in the URL is not a UID")
+        accept = request.headers.get("accept")
+        if accept is not None and not _ANSWER_TYPES & _media_ranges(accept):
+            return _refuse(request, 406, "the answer is application/dicom+json", target)
         spool: Spool | None = request.app.state.spool
         if spool is None:
             return _refuse(request, 503, "this server does not receive instances", target)
