@@ -208,3 +208,15 @@ def test_a_trail_written_before_series_and_instances_verifies_and_extends(tmp_pa
         )
     assert new["prev"] == old[-1]["hash"]
     assert verify_chain(tmp_path) == []
+
+
+def test_a_record_longer_than_the_read_back_window_chains(tmp_path: Path) -> None:
+    many = [f"1.2.826.0.1.3680043.8.498.{i}" for i in range(3000)]  # ~100 KB in one record
+    with AuditLog(tmp_path) as audit:
+        long = audit.record(
+            protocol="dimse", actor="A", address="-", action="c-get", outcome="ok", series=many
+        )
+    with AuditLog(tmp_path) as audit:  # a new log object reads the last hash back
+        after = audit.record(protocol="dimse", actor="A", address="-", action="echo", outcome="ok")
+    assert after["prev"] == long["hash"]
+    assert verify_chain(tmp_path) == []

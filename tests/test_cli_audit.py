@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -17,6 +18,13 @@ TRAIL_V1 = Path(__file__).parent / "data" / "audit-trail-v1"
 STUDY, OTHER = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.20"
 SERIES, SOP = "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.12"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+#: FHIR R4's id and instant datatypes (their regular expressions in the specification).
+FHIR_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
+FHIR_INSTANT = re.compile(
+    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?"
+    r"(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+)
 
 
 @pytest.fixture
@@ -140,6 +148,7 @@ def test_the_trail_written_before_series_and_instances_still_verifies(capsys) ->
 def check_audit_event(event: dict) -> None:
     """The FHIR R4 AuditEvent's required elements and their types (AuditEvent.* cardinality)."""
     assert event["resourceType"] == "AuditEvent"
+    assert FHIR_ID.fullmatch(event["id"]) and FHIR_INSTANT.fullmatch(event["recorded"])
     assert set(event["type"]) >= {"system", "code"}  # a Coding, 1..1
     assert event["action"] in {"C", "R", "U", "D", "E"}
     assert event["outcome"] in {"0", "4", "8", "12"}

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pacs_engine.storage import file_mode, make_dirs
 
@@ -202,6 +202,18 @@ def record_fields(entry: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _last_line(file: BinaryIO, size: int) -> bytes:
+    """The last line of a file of `size` bytes that ends with a newline."""
+    # A record is a few hundred bytes; read back further only for a longer one.
+    window = 65536
+    while True:
+        file.seek(max(0, size - window))
+        tail = file.read().rstrip(b"\n")
+        if b"\n" in tail or window >= size:
+            return tail.rsplit(b"\n", 1)[-1]
+        window *= 4
+
+
 def _last_hash(folder: Path) -> str:
     """The hash of the trail's last record (GENESIS for an empty trail)."""
     for path in reversed(sorted(folder.glob("????-??-??.jsonl"))):
@@ -210,8 +222,6 @@ def _last_hash(folder: Path) -> str:
             size = file.tell()
             if size == 0:
                 continue
-            # A record is a few hundred bytes: read back far enough to hold the last line.
-            file.seek(max(0, size - 65536))
-            last = file.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            last = _last_line(file, size)
         return str(json.loads(last)["hash"])
     return GENESIS

@@ -50,8 +50,9 @@ from pacs_engine.serve.web.request import audit, require
 MAX_BODY_BYTES = MAX_INSTANCE_BYTES
 #: The largest header block of one part (a few lines in practice).
 MAX_PART_HEADER_BYTES = 16384
-#: Instances named in one audit record; beyond, the detail gives their count.
-AUDIT_INSTANCES = 100
+#: Studies, series and instances named in one audit record (each); beyond, the detail
+#: gives their count.
+AUDIT_UIDS = 100
 #: The media type of the parts.
 DICOM = "application/dicom"
 
@@ -346,17 +347,18 @@ def _answer(request: Request, outcome: _Outcome, target: str | None, base: str) 
         answer.RetrieveURL = f"{base}/studies/{target or studies[0]}"
     answer.ReferencedSOPSequence = outcome.stored
     answer.FailedSOPSequence = outcome.failed
-    instances = outcome.instances
+    named = {"study": studies, "series": list(outcome.series), "instances": outcome.instances}
     detail = f"stored={stored} failed={failed}"
-    if len(instances) > AUDIT_INSTANCES:
-        detail += f" (first {AUDIT_INSTANCES} instances listed)"
+    for kind, uids in named.items():
+        if len(uids) > AUDIT_UIDS:
+            detail += f" {kind}={len(uids)} (first {AUDIT_UIDS} listed)"
     audit(
         request,
         "stow",
         {200: "success", 202: "partial", 409: "failure"}[status],
-        study=studies or None,
-        series=list(outcome.series) or None,
-        instances=instances[:AUDIT_INSTANCES] or None,
+        study=studies[:AUDIT_UIDS] or None,
+        series=named["series"][:AUDIT_UIDS] or None,
+        instances=outcome.instances[:AUDIT_UIDS] or None,
         detail=detail,
     )
     return JSONResponse(answer.to_json_dict(), status, media_type="application/dicom+json")
