@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -369,3 +370,61 @@ def test_staged_instances_of_a_killed_server_are_deleted_at_the_next_start(tmp_p
     admitted = again.stage(b"x")
     again.admit([admitted])
     assert [p.read_bytes() for p in again.waiting_files()] == [b"x"] and again.waiting == 1
+
+
+# --- the multipart reader on its own ----------------------------------------------------
+
+
+def parse(data: bytes, chunk: int, limit: int = LIMIT) -> list[stow.Part]:
+    """The parts `stow.read_parts` finds in `data` arriving in chunks of `chunk` bytes."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), chunk):
+            yield data[start : start + chunk]
+
+    async def collect() -> list[stow.Part]:
+        return [part async for part in stow.read_parts(chunks(), BOUNDARY, limit)]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_the_reader_finds_the_parts_however_the_body_is_chunked(chunk: int) -> None:
+    # Contents that hold the start of a delimiter, and a boundary not at a line start.
+    tricky = f"\r\n--{BOUNDARY[:-1]}X and --{BOUNDARY} inside".encode()
+    contents = [tricky, b"", bytes(range(256)) * 40]
+    data = (
+        b"a preamble to ignore\r\n"
+        + f"--{BOUNDARY}  \r\nContent-Type: application/dicom\r\nX-Other:  v \r\n\r\n".encode()
+        + contents[0]
+        + f"\r\n--{BOUNDARY}\r\n\r\n".encode()
+        + contents[1]
+        + f"\r\n--{BOUNDARY}\r\ncontent-type: Application/DICOM\r\n\r\n".encode()
+        + contents[2]
+        + f"\r\n--{BOUNDARY}--\r\nan epilogue to ignore".encode()
+    )
+    parts = parse(data, chunk)
+    assert [bytes(p.data) for p in parts] == contents
+    assert [p.number for p in parts] == [1, 2, 3]
+    assert parts[0].headers == {"content-type": "application/dicom", "x-other": "v"}
+    assert parts[1].headers == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "reason"),
+    [
+        (b"no boundary here", stow.MalformedBody, "does not occur"),
+        (f"--{BOUNDARY}".encode(), stow.MalformedBody, "before part 1"),
+        (f"--{BOUNDARY}junk\r\n\r\nx".encode(), stow.MalformedBody, "other text"),
+        (
+            f"--{BOUNDARY}\r\nno colon\r\n\r\nx\r\n--{BOUNDARY}--".encode(),
+            stow.MalformedBody,
+            "without a name",
+        ),
+        (f"--{BOUNDARY}\r\n\r\n".encode() + b"x" * 50, stow.MalformedBody, "truncated"),
+        (f"--{BOUNDARY}\r\n\r\n".encode() + b"x" * 500, stow.BodyTooLarge, "over 300 bytes"),
+    ],
+)
+def test_the_reader_names_what_is_wrong(data: bytes, error: type, reason: str) -> None:
+    with pytest.raises(error, match=reason):
+        parse(data, 16, limit=300)

@@ -96,13 +96,14 @@ class _Buffer:
 
     async def fill(self) -> bool:
         """Append the next chunk; False at the end of the body."""
-        async for chunk in self.chunks:
-            self.received += len(chunk)
-            if self.received > self.max_bytes:
-                raise BodyTooLarge(f"the body is over {self.max_bytes} bytes")
-            self.data += chunk
-            return True
-        return False
+        chunk = await anext(self.chunks, None)
+        if chunk is None:
+            return False
+        self.received += len(chunk)
+        if self.received > self.max_bytes:
+            raise BodyTooLarge(f"the body is over {self.max_bytes} bytes")
+        self.data += chunk
+        return True
 
     async def take(self, count: int) -> bytes | None:
         """The next `count` bytes, consumed; None when the body ends first."""
