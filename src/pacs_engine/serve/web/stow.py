@@ -233,7 +233,10 @@ def _take_part(
         return _Refusal(OUT_OF_RESOURCES, f"part {part.number}: {spool_failure(error)}", found)
     assert found.sop is not None  # checked above
     item = _reference(found)
-    item.RetrieveURL = f"{base}/studies/{found.study}/series/{found.series}/instances/{found.sop}"
+    if found.study and found.series:  # the instance's URL needs both
+        item.RetrieveURL = (
+            f"{base}/studies/{found.study}/series/{found.series}/instances/{found.sop}"
+        )
     outcome.stored.append(item)
     for uid, seen in ((found.study, outcome.studies), (found.series, outcome.series)):
         if uid is not None:
