@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -152,3 +153,70 @@ def check_rights(tmp_path: Path) -> None:
         fill(root, 1)
         assert (root / "audit").stat().st_mode & 0o777 == mode
         assert day_file(root).stat().st_mode & 0o777 == expected
+
+
+def test_series_and_instances_are_in_the_hash_when_given(tmp_path: Path) -> None:
+    with AuditLog(tmp_path) as audit:
+        plain = audit.record(protocol="dimse", actor="A", address="-", action="echo", outcome="ok")
+        full = audit.record(
+            protocol="dicomweb",
+            actor="alice",
+            address="-",
+            action="stow",
+            outcome="success",
+            study="1.2.3",
+            series=["1.2.3.4"],
+            instances=["1.2.3.4.5"],
+        )
+    assert "series" not in plain and "instances" not in plain  # written only when known
+    assert (full["series"], full["instances"]) == (["1.2.3.4"], ["1.2.3.4.5"])
+    assert verify_chain(tmp_path) == []
+    path = day_file(tmp_path)
+    lines = path.read_text().splitlines()
+    for change in ("edit", "drop"):
+        entry = json.loads(lines[1])
+        if change == "edit":
+            entry["instances"] = ["9.9"]
+        else:
+            del entry["series"]
+        path.write_text("\n".join([lines[0], json.dumps(entry)]) + "\n")
+        assert [(p.line, p.reason) for p in verify_chain(tmp_path)] == [
+            (2, "hash does not match the record")
+        ], change
+    entry = json.loads(lines[0])
+    entry["series"] = None  # an optional field added to a record written without it
+    path.write_text("\n".join([json.dumps(entry), lines[1]]) + "\n")
+    assert [p.line for p in verify_chain(tmp_path)] == [1]
+
+
+def test_a_trail_written_before_series_and_instances_verifies_and_extends(tmp_path: Path) -> None:
+    """tests/data/audit-trail-v1 was written by the code before the optional fields."""
+    shutil.copytree(ROOT / "tests" / "data" / "audit-trail-v1", tmp_path, dirs_exist_ok=True)
+    old = list(read_records(tmp_path))
+    assert len(old) == 5 and all("series" not in r for r in old)
+    assert verify_chain(tmp_path) == []
+    with AuditLog(tmp_path) as audit:
+        new = audit.record(
+            protocol="dimse",
+            actor="CT",
+            address="-",
+            action="store",
+            outcome="success",
+            study="1.2",
+            series="1.2.3",
+            instances=["1.2.3.4"],
+        )
+    assert new["prev"] == old[-1]["hash"]
+    assert verify_chain(tmp_path) == []
+
+
+def test_a_record_longer_than_the_read_back_window_chains(tmp_path: Path) -> None:
+    many = [f"1.2.826.0.1.3680043.8.498.{i}" for i in range(3000)]  # ~100 KB in one record
+    with AuditLog(tmp_path) as audit:
+        long = audit.record(
+            protocol="dimse", actor="A", address="-", action="c-get", outcome="ok", series=many
+        )
+    with AuditLog(tmp_path) as audit:  # a new log object reads the last hash back
+        after = audit.record(protocol="dimse", actor="A", address="-", action="echo", outcome="ok")
+    assert after["prev"] == long["hash"]
+    assert verify_chain(tmp_path) == []

@@ -205,6 +205,10 @@ def test_storescu_of_every_kept_syntax_archives_the_bytes_received(server) -> No
     assert [r["outcome"] for r in stores] == ["success"] * len(sent)
     studies = {scan(p.read_bytes()).attributes["StudyInstanceUID"] for p in sent.values()}
     assert {r["study"] for r in stores} == studies
+    uids = [scan(p.read_bytes()).attributes for p in sent.values()]
+    assert {(r["series"], *r["instances"]) for r in stores} == {
+        (a["SeriesInstanceUID"], a["SOPInstanceUID"]) for a in uids
+    }
     assert all("PatientName" not in str(r) for r in server.records())
 
 

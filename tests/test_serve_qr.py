@@ -474,6 +474,7 @@ def test_getscu_of_a_study_receives_the_original_bytes(server: Server, tmp_path:
     assert re.search(r"Completed Suboperations\s*:\s*3", log), log
     last = [r for r in server.audit() if r["action"] == "c-get"][-1]
     assert last["outcome"] == "success" and last["study"] == [study_uid(1)]
+    assert set(last["series"]) == {series_uid(s.series) for s in SPECS if s.study == 1}
     assert "sent_as_stored=3" in last["detail"]
 
 
@@ -552,6 +553,7 @@ def test_movescu_to_storescp_delivers_the_study(server: Server, storescp: Path) 
     assert re.search(r"Completed Suboperations\s*:\s*5", log), log
     last = [r for r in server.audit() if r["action"] == "c-move"][-1]
     assert last["outcome"] == "success" and set(last["study"]) == {study_uid(1), study_uid(2)}
+    assert set(last["series"]) == {series_uid(s.series) for s in SPECS if s.study in (1, 2)}
 
 
 def test_move_to_an_unknown_destination_is_refused(server: Server) -> None:

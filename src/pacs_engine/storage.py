@@ -88,7 +88,9 @@ def adopt_permissions(root: str | os.PathLike) -> None:
     os.umask(umask_for(root))
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, dirs: set[Path] | None = None) -> None:
+def write_atomic(
+    path: str | os.PathLike, data: bytes | bytearray, dirs: set[Path] | None = None
+) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
     The rename is made durable at once, or, when `dirs` is given, the folder is

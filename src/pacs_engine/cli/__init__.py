@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pacs_engine.cli import (
+    audit,
     export,
     info,
     ingest,
@@ -42,6 +43,7 @@ COMMANDS = (
     query,
     export,
     serve,
+    audit,
     migrate,
     synth,
     read_bench,

@@ -4,8 +4,9 @@ One JSON object a line in `ARCHIVE/audit/YYYY-MM-DD.jsonl` (UTC days), appended
 only. Each record carries the SHA-256 of the record before it (`prev`) and its own
 (`hash`, over `prev` and its other fields), across day files, so an edited, removed
 or reordered record breaks the chain that `verify_chain` walks. DIMSE and DICOMweb
-write to the same trail. Records name studies by UID and peers by AE title, user
-and address; never a patient's name or ID (callers pass no free text from datasets).
+write to the same trail. Records name studies (and, where known, series and
+instances) by UID and peers by AE title, user and address; never a patient's name
+or ID (callers pass no free text from datasets).
 
 Lines are written with one `write` on an O_APPEND descriptor under a lock (a thread
 lock and `flock`, so several processes may append), and fsynced at most every
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pacs_engine.storage import file_mode, make_dirs
 
@@ -34,6 +35,10 @@ GENESIS = "0" * 64
 
 #: The fields of a record, in the order written (`prev` and `hash` last).
 FIELDS = ("time", "protocol", "actor", "address", "action", "outcome", "study", "detail")
+#: Fields a record carries only when known, after `FIELDS`. They came after the first
+#: trails were written: a record without them hashes as those did, so older trails
+#: verify unchanged, and one with them covers them in its hash.
+OPTIONAL_FIELDS = ("series", "instances")
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class AuditLog:
         outcome: str,
         study: str | list[str] | None = None,
         detail: str | None = None,
+        series: str | list[str] | None = None,
+        instances: list[str] | None = None,
     ) -> dict[str, Any]:
         """Append one record and return it (with its `prev` and `hash`)."""
         now = datetime.now(UTC)
@@ -91,6 +98,9 @@ class AuditLog:
             "study": study,
             "detail": detail,
         }
+        for name, value in (("series", series), ("instances", instances)):
+            if value is not None:
+                fields[name] = value
         with self._lock:
             fd = self._open_day(now.strftime("%Y-%m-%d"))
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -149,11 +159,18 @@ def day_files(archive_root: str | os.PathLike) -> list[Path]:
 
 
 def read_records(archive_root: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Every record of the trail, oldest first."""
+    """Every record of the trail, oldest first; ValueError naming the file and line of one
+    that is not a record (`verify_chain` says more)."""
     for path in day_files(archive_root):
-        with open(path, encoding="ascii") as file:
-            for line in file:
-                yield json.loads(line)
+        with open(path, "rb") as file:
+            for number, line in enumerate(file, 1):
+                try:
+                    entry = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(f"{path}:{number}: not a record: {error}") from None
+                if not isinstance(entry, dict):
+                    raise ValueError(f"{path}:{number}: not a record: not a JSON object")
+                yield entry
 
 
 def verify_chain(archive_root: str | os.PathLike) -> list[ChainProblem]:
@@ -165,7 +182,7 @@ def verify_chain(archive_root: str | os.PathLike) -> list[ChainProblem]:
             for number, raw in enumerate(file, 1):
                 try:
                     entry = json.loads(raw)
-                    fields = {name: entry[name] for name in FIELDS}
+                    fields = record_fields(entry)
                     stored_prev, stored_hash = entry["prev"], entry["hash"]
                 except (ValueError, KeyError, TypeError) as error:
                     problems.append(ChainProblem(path, number, f"not a record: {error}"))
@@ -178,6 +195,25 @@ def verify_chain(archive_root: str | os.PathLike) -> list[ChainProblem]:
     return problems
 
 
+def record_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a record its hash covers (KeyError when one of `FIELDS` is missing)."""
+    fields = {name: entry[name] for name in FIELDS}
+    fields.update((name, entry[name]) for name in OPTIONAL_FIELDS if name in entry)
+    return fields
+
+
+def _last_line(file: BinaryIO, size: int) -> bytes:
+    """The last line of a file of `size` bytes that ends with a newline."""
+    # A record is a few hundred bytes; read back further only for a longer one.
+    window = 65536
+    while True:
+        file.seek(max(0, size - window))
+        tail = file.read().rstrip(b"\n")
+        if b"\n" in tail or window >= size:
+            return tail.rsplit(b"\n", 1)[-1]
+        window *= 4
+
+
 def _last_hash(folder: Path) -> str:
     """The hash of the trail's last record (GENESIS for an empty trail)."""
     for path in reversed(sorted(folder.glob("????-??-??.jsonl"))):
@@ -186,8 +222,6 @@ def _last_hash(folder: Path) -> str:
             size = file.tell()
             if size == 0:
                 continue
-            # A record is a few hundred bytes: read back far enough to hold the last line.
-            file.seek(max(0, size - 65536))
-            last = file.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            last = _last_line(file, size)
         return str(json.loads(last)["hash"])
     return GENESIS

@@ -27,7 +27,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -302,28 +302,29 @@ class DimseServer:
         sop_class = str(request.AffectedSOPClassUID)
         sop = str(request.AffectedSOPInstanceUID)
         if not self.ctx.config.may(actor, "store"):
-            self._audit(event, "store", "refused", detail="no store right")
+            self._audit(event, "store", "refused", instances=[sop], detail="no store right")
             return _status(NOT_AUTHORIZED, "the calling AE may not store")
         if sop_class not in STORAGE_CLASSES:
-            self._audit(event, "store", "refused", detail=f"SOP class {sop_class}")
+            self._audit(event, "store", "refused", instances=[sop], detail=f"SOP class {sop_class}")
             return _status(SOP_CLASS_NOT_SUPPORTED, "not a storage SOP class")
         meta = file_meta(sop_class, sop, str(event.context.transfer_syntax), actor)
         data = b"".join((b"\x00" * 128, b"DICM", meta, event.encoded_dataset(False)))
         if len(data) > MAX_INSTANCE_BYTES:
-            self._audit(event, "store", "refused", detail=f"{len(data)} bytes")
+            self._audit(event, "store", "refused", instances=[sop], detail=f"{len(data)} bytes")
             return _status(OUT_OF_RESOURCES, f"larger than {MAX_INSTANCE_BYTES} bytes")
-        problem, study = _check(data, sop_class, sop)
-        if problem is not None:
-            self._audit(event, "store", "refused", study=study, detail=problem)
-            return _status(CANNOT_UNDERSTAND, problem)
+        found = check_instance(data, sop_class, sop)
+        uids = {"study": found.study, "series": found.series, "instances": [sop]}
+        if found.problem is not None:
+            self._audit(event, "store", "refused", **uids, detail=found.problem)
+            return _status(CANNOT_UNDERSTAND, found.problem)
         try:
             self.spool.put(data)
         except OSError as error:  # the disk is full or failing: the peer may send again
-            reason = f"spool write failed: {error.strerror or type(error).__name__}"
-            self._audit(event, "store", "failed", study=study, detail=reason)
+            reason = spool_failure(error)
+            self._audit(event, "store", "failed", **uids, detail=reason)
             return _status(OUT_OF_RESOURCES, reason)
-        self._audit(event, "store", "success", study=study, detail=sop)
-        self.on_stored(study, sop, len(data))
+        self._audit(event, "store", "success", **uids)
+        self.on_stored(found.study, sop, len(data))
         return SUCCESS
 
     def _authorised(self, service: Service) -> Callable[[Any], Iterator[Any]]:
@@ -394,24 +395,53 @@ def _padded(text: str, pad: bytes) -> bytes:
     return value + pad if len(value) % 2 else value
 
 
-def _check(data: bytes, sop_class: str, sop: str) -> tuple[str | None, str | None]:
-    """(why the instance cannot be taken or None, its Study Instance UID) from a scan."""
+@dataclass(frozen=True)
+class InstanceCheck:
+    """What the scanner found in a received instance: why it cannot be taken (or None), its UIDs."""
+
+    problem: str | None
+    sop_class: str | None = None
+    sop: str | None = None
+    study: str | None = None
+    series: str | None = None
+    transfer_syntax: str | None = None
+
+
+def check_instance(
+    data: bytes | bytearray, sop_class: str | None = None, sop: str | None = None
+) -> InstanceCheck:
+    """Scan a received instance (C-STORE's or STOW-RS's): it must parse and have a SOP
+    Instance UID, and carry `sop` and `sop_class` when given (a C-STORE request's)."""
     try:
-        attributes = scan(data).attributes
+        header = scan(data)
     except ScanError as error:
         # The scanner names its source first: here a buffer, which says nothing.
-        return f"cannot be parsed: {str(error).removeprefix('<buffer>: ')}", None
-    study = attributes.get("StudyInstanceUID")
-    study = str(study) if study else None
-    found_sop = attributes.get("SOPInstanceUID")
-    if not found_sop:
-        return "the dataset has no SOP Instance UID", study
-    if str(found_sop) != sop:
-        return "the dataset's SOP Instance UID differs from the request's", study
-    found_class = attributes.get("SOPClassUID")
-    if found_class and str(found_class) != sop_class:
-        return "the dataset's SOP Class UID differs from the request's", study
-    return None, study
+        return InstanceCheck(f"cannot be parsed: {str(error).removeprefix('<buffer>: ')}")
+    attributes = header.attributes
+    found = InstanceCheck(
+        None,
+        _uid(attributes.get("SOPClassUID")),
+        _uid(attributes.get("SOPInstanceUID")),
+        _uid(attributes.get("StudyInstanceUID")),
+        _uid(attributes.get("SeriesInstanceUID")),
+        _uid(header.transfer_syntax_uid),
+    )
+    if found.sop is None:
+        return replace(found, problem="the dataset has no SOP Instance UID")
+    if sop is not None and found.sop != sop:
+        return replace(found, problem="the dataset's SOP Instance UID differs from the request's")
+    if sop_class is not None and found.sop_class is not None and found.sop_class != sop_class:
+        return replace(found, problem="the dataset's SOP Class UID differs from the request's")
+    return found
+
+
+def _uid(value: object) -> str | None:
+    return str(value) if value else None
+
+
+def spool_failure(error: OSError) -> str:
+    """Why a spool write failed, for a status comment and the audit trail."""
+    return f"spool write failed: {error.strerror or type(error).__name__}"
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -49,7 +49,7 @@ QR_FIND_CLASSES: tuple[str, ...] = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 QR_GET_CLASSES: tuple[str, ...] = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
 QR_MOVE_CLASSES: tuple[str, ...] = (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE)
 _PATIENT_ROOT = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET})
-#: Studies named in one audit record; beyond, the detail gives their count.
+#: Studies (and series) named in one audit record; beyond, the detail gives their count.
 AUDIT_STUDIES = 100
 
 Status = int | Dataset
@@ -63,10 +63,19 @@ class _Audit:
         self.ctx = ctx
         self.action = action
 
-    def __call__(self, outcome: str, studies: list[str] | None = None, detail: str = "") -> None:
+    def __call__(
+        self,
+        outcome: str,
+        studies: list[str] | None = None,
+        detail: str = "",
+        series: list[str] | None = None,
+    ) -> None:
         if studies is not None and len(studies) > AUDIT_STUDIES:
             detail += f" studies={len(studies)} (first {AUDIT_STUDIES} listed)"
             studies = studies[:AUDIT_STUDIES]
+        if series is not None and len(series) > AUDIT_STUDIES:
+            detail += f" series={len(series)} (first {AUDIT_STUDIES} listed)"
+            series = series[:AUDIT_STUDIES]
         self.ctx.audit.record(
             protocol="dimse",
             actor=self.actor,
@@ -75,6 +84,7 @@ class _Audit:
             outcome=outcome,
             study=studies,
             detail=detail.strip() or None,
+            series=series or None,
         )
 
 
@@ -159,7 +169,8 @@ def handle_get(event: Any, ctx: ServeContext) -> Iterator[Any]:
         cancelled = yield from _sub_operations(event, rows)
     finally:
         undo()
-    audit(_outcome(tally, len(rows), cancelled), list(tally.studies), _detail(tally, len(rows)))
+    outcome, detail = _outcome(tally, len(rows), cancelled), _detail(tally, len(rows))
+    audit(outcome, list(tally.studies), detail, list(tally.series))
     if cancelled:
         yield CANCEL, None
 
@@ -207,7 +218,7 @@ def handle_move(event: Any, ctx: ServeContext) -> Iterator[Any]:
         undo()
     cancelled = yield from _sub_operations(event, rows)
     detail = f"{where} {_detail(tally, len(rows))}"
-    audit(_outcome(tally, len(rows), cancelled), list(tally.studies), detail)
+    audit(_outcome(tally, len(rows), cancelled), list(tally.studies), detail, list(tally.series))
     if cancelled:
         yield CANCEL, None
 

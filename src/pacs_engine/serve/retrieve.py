@@ -101,12 +101,14 @@ class Tally:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.studies: dict[str, None] = {}
+        self.series: dict[str, None] = {}
 
     def add(self, outcome: str, row: Row) -> None:
         """Count one sub-operation's outcome."""
         with self._lock:
             self.counts[outcome] += 1
             self.studies[row["StudyInstanceUID"]] = None
+            self.series[row["SeriesInstanceUID"]] = None
 
     def detail(self) -> str:
         """The counts as `name=n` pairs."""

@@ -10,7 +10,9 @@ A network handler calls `Spool.put` and answers Success only once it returns: th
 file (file meta + the dataset's bytes as received) is fsynced and renamed into
 `incoming/`, and the rename fsynced (`storage.write_atomic`). Its temporary is a
 dot-file that nothing reads; a kill leaves it behind unacknowledged, and the next
-start deletes it.
+start deletes it. STOW-RS, which acknowledges a whole request, writes each instance
+under such a name (`Spool.stage`, fsynced) and renames them all in once the request
+has been read whole (`Spool.admit`), so a request cut short leaves none of its instances.
 
 `Drain` is the spool's one consumer (the archive has one writer): every `interval`
 seconds, or as soon as `batch_size` instances wait, it moves up to `batch_size` of
@@ -32,7 +34,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pacs_engine.archive import Archive, IngestReport
@@ -71,6 +73,31 @@ class Spool:
             self._waiting += 1
             self.changed.notify_all()
         return path
+
+    def stage(self, data: bytes | bytearray) -> Path:
+        """Write one received instance durably under a hidden name (nothing ingests it) until
+        `admit`; its path. STOW-RS stages every part of a request before admitting any: a
+        kill meanwhile leaves temporaries that the next start deletes, never a part of a request.
+        """
+        path = self.incoming / f".{time.time_ns():020d}-{uuid.uuid4().hex}{SUFFIX}.tmp"
+        write_atomic(path, data, dirs=set())  # the folder is fsynced once, by `admit`
+        return path
+
+    def admit(self, staged: Sequence[Path]) -> None:
+        """Rename staged instances into the spool and make the renames durable (one fsync)."""
+        for path in staged:
+            os.rename(path, path.with_name(path.name[1:].removesuffix(".tmp")))
+        if staged:
+            fsync_dir(self.incoming)
+        with self.changed:
+            self._waiting += len(staged)
+            self.changed.notify_all()
+
+    @staticmethod
+    def discard(staged: Sequence[Path]) -> None:
+        """Delete staged instances that will not be admitted."""
+        for path in staged:
+            path.unlink(missing_ok=True)
 
     @property
     def waiting(self) -> int:

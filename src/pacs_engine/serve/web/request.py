@@ -48,6 +48,8 @@ def audit(
     outcome: str,
     study: str | list[str] | None = None,
     detail: str | None = None,
+    series: str | list[str] | None = None,
+    instances: list[str] | None = None,
 ) -> None:
     """Append one DICOMweb record to the archive's audit trail (never a patient's name or ID)."""
     who = getattr(request.state, "principal", None)
@@ -59,6 +61,8 @@ def audit(
         outcome=outcome,
         study=study,
         detail=detail,
+        series=series,
+        instances=instances,
     )
 
 
