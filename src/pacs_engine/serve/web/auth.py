@@ -109,7 +109,7 @@ class KeyStore:
             old = keys.get(name)
             if old is not None and old.revoked is None:
                 raise KeyStoreError(f"a key named {name!r} exists; revoke it first")
-            keys[name] = ApiKey(name, cast(Role, role), key_hash(key), _now())
+            keys[name] = ApiKey(name, role, key_hash(key), _now())
         return key
 
     def revoke(self, name: str) -> None:
@@ -120,7 +120,7 @@ class KeyStore:
                 raise KeyStoreError(f"no active key named {name!r}")
             keys[name] = ApiKey(old.name, old.role, old.sha256, old.created, _now())
 
-    def keys(self) -> list[ApiKey]:
+    def entries(self) -> list[ApiKey]:
         """Every key, active and revoked, by name."""
         with self._lock:
             self._refresh()
@@ -130,7 +130,7 @@ class KeyStore:
         """The active key whose text is `key`; InvalidCredentials otherwise."""
         digest = key_hash(key)
         found = None
-        for entry in self.keys():  # every entry compared, in constant time each
+        for entry in self.entries():  # every entry compared, in constant time each
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
         if found is None:

@@ -230,7 +230,7 @@ def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[st
     returned = [k for lv in search.default_levels for k in DEFAULT_KEYS[lv]]
     returned = [k for k in returned if k in held_keys(search.level)]
     for keyword in [*returned, *_include(params.get(_INCLUDE, []), search.level)]:
-        identifier[tag_for_keyword(keyword)] = _element(keyword, None)
+        identifier.add(_element(keyword, None))
     matched: set[str] = set()
     for name, values in params.items():
         if name in (_LIMIT, _OFFSET, _INCLUDE, _FUZZY):
@@ -247,10 +247,10 @@ def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[st
             problem = value_problem(keyword, str(value)) if value is not None else None
             if problem is not None:
                 raise BadQuery(problem)
-        identifier[element.tag] = element
+        identifier.add(element)
         matched.add(keyword)
     for keyword, uid in path_uids.items():
-        identifier[tag_for_keyword(keyword)] = _element(keyword, uid)
+        identifier.add(_element(keyword, uid))
     try:
         query = parse_identifier(identifier, patient_root=False)
     except QueryRefused as refused:
