@@ -288,8 +288,6 @@ class Authenticator:
             raise InvalidCredentials("JWT: bad signature") from None
         except errors.ExpiredTokenError:
             raise InvalidCredentials("JWT: expired") from None
-        except errors.InvalidTokenError:
-            raise InvalidCredentials("JWT: not valid yet (nbf or iat in the future)") from None
         except (errors.InvalidClaimError, errors.MissingClaimError) as error:
             raise InvalidCredentials(f"JWT: {error.description}") from None
         except errors.UnsupportedAlgorithmError:
