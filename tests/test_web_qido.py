@@ -203,7 +203,9 @@ def test_scoped_searches_and_study_counts_agree_with_the_files(served: Served) -
         assert answer["00201208"]["Value"] == [len(members)]  # NumberOfStudyRelatedInstances
         name = members[0].get("PatientName")
         if name:  # PN in DICOM JSON: its component groups, by name
-            groups = zip(("Alphabetic", "Ideographic", "Phonetic"), str(name).split("="))
+            groups = zip(
+                ("Alphabetic", "Ideographic", "Phonetic"), str(name).split("="), strict=False
+            )
             value = {group: text for group, text in groups if text}
             assert answer["00100010"] == {"vr": "PN", "Value": [value]}
         # (dicomweb-client sends a Host header without the port; the URL follows the Host.)
