@@ -56,7 +56,7 @@ JWKS_REFRESH_SECONDS = 10.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-class InvalidCredentials(Exception):
+class InvalidCredentials(PacsEngineError):
     """Credentials that do not name a caller; the reason is for the audit trail only."""
 
     def __init__(self, reason: str) -> None:

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.query import RECORD_KEYS, value_problem
 from pacs_engine.serve.find import (
     INDEX_LEVEL,
@@ -134,7 +135,7 @@ _PATHS = {
 _PATH_PARAMS = {"StudyInstanceUID": "study", "SeriesInstanceUID": "series"}
 
 
-class BadQuery(ValueError):
+class BadQuery(PacsEngineError, ValueError):
     """A query string that cannot be answered; the message says which parameter and why."""
 
 
