@@ -11,6 +11,7 @@ import base64
 import hmac
 import json
 import os
+import socket
 import stat
 import threading
 import time
@@ -39,7 +40,13 @@ from pacs_engine.serve.config import (
 from pacs_engine.serve.context import ServeContext
 from pacs_engine.serve.web import qido
 from pacs_engine.serve.web.app import make_app
-from pacs_engine.serve.web.auth import Authenticator, KeyStore, KeyStoreError, key_hash
+from pacs_engine.serve.web.auth import (
+    Authenticator,
+    InvalidCredentials,
+    KeyStore,
+    KeyStoreError,
+    key_hash,
+)
 
 ISSUER = "https://login.test/realms/pacs"
 AUDIENCE = "pacs-engine"
@@ -337,3 +344,22 @@ def test_the_http_section_of_the_configuration(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=reason.replace("(", r"\(").replace(")", r"\)")):
             load_config(path)
+
+
+def test_a_local_jwks_file_and_an_issuer_that_is_down(tmp_path: Path) -> None:
+    issuer = Issuer()
+    (tmp_path / "jwks.json").write_bytes(issuer.jwks())
+    oidc = OidcConfig(ISSUER, AUDIENCE, jwks_file=tmp_path / "jwks.json")
+    who = Authenticator(tmp_path, oidc).token(issuer.token(roles=["reader", "uploader"]))
+    assert (who.name, who.roles) == ("dr-house", {"reader", "uploader"})
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    down = Authenticator(tmp_path, OidcConfig(ISSUER, AUDIENCE, f"http://127.0.0.1:{port}/c"))
+    with pytest.raises(InvalidCredentials, match="JWKS could not be read"):
+        down.token(issuer.token())
+    started = time.monotonic()
+    with pytest.raises(InvalidCredentials, match="signing key id"):  # not asked again at once
+        down.token(issuer.token())
+    assert time.monotonic() - started < 1.0

@@ -194,11 +194,12 @@ class Jwks:
     def key(self, kid: str | None) -> RSAKey | ECKey:
         """The public key of `kid` (refetched once when unknown); InvalidCredentials if none."""
         with self._lock:
-            if self._keys is None:
-                self._load()
             found = self._find(kid)
+            # Not held (or nothing read yet): the issuer may have rotated its keys. At most
+            # one read per interval, so that neither made-up key ids nor an issuer that is
+            # down make every request wait on it.
             if found is None and time.monotonic() - self._fetched >= JWKS_REFRESH_SECONDS:
-                self._load()  # the issuer may have rotated its keys
+                self._load()
                 found = self._find(kid)
         if found is None:
             raise InvalidCredentials("a signing key id the issuer's JWKS does not hold")
