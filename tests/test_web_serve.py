@@ -131,3 +131,13 @@ def test_without_a_port_or_with_half_of_tls_nothing_starts(tmp_path: Path) -> No
     assert not archive.exists()
     assert cli("keys", "list", str(archive)).returncode == 2  # not an archive: said, not made
     assert not archive.exists()
+
+
+def test_help_documents_http_and_keys() -> None:
+    serve = cli("serve", "--help")
+    for flag in ("--http", "--tls-cert", "--tls-key", "DICOMweb", "docs/dicomweb.md"):
+        assert flag in serve.stdout
+    keys = cli("keys", "--help")
+    assert keys.returncode == 0
+    for word in ("add", "list", "revoke", "SHA-256", "once"):
+        assert word in keys.stdout
