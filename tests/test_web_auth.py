@@ -167,7 +167,12 @@ def refused(served: Served, response: httpx.Response, reason: str) -> None:
 
 
 def test_a_valid_token_of_either_algorithm_is_accepted_as_its_subject(served: Served) -> None:
-    for token in (served.issuer.token(), served.issuer.token(served.issuer.ec, "ES256")):
+    tokens = (
+        served.issuer.token(),
+        served.issuer.token(served.issuer.ec, "ES256"),
+        served.issuer.token(aud=["another-app", AUDIENCE]),  # aud may list several
+    )
+    for token in tokens:
         response = served.get(token)
         assert response.status_code == 204  # an empty archive: no study matches
         assert served.last()["actor"] == "dr-house"
