@@ -296,6 +296,16 @@ def test_bad_queries_are_400_with_the_reason_and_audited(served: Served) -> None
     records = list(read_records(served.root))[before:]
     assert [r["outcome"] for r in records] == ["bad request"] * len(bad)
     assert all("PLASTIC" not in str(r) and r["detail"] != "x" for r in records)
+    xml = httpx.get(
+        served.base + "/studies",
+        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/dicom+xml"},
+        timeout=60,
+    )
+    assert xml.status_code == 406 and "application/dicom+json" in xml.text
+    assert list(read_records(served.root))[-1]["outcome"] == "not acceptable"
+    for accept in ("application/json", "application/dicom+json; q=0.9, */*; q=0.1", "*/*"):
+        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": accept}
+        assert httpx.get(served.base + "/studies", headers=headers, timeout=60).status_code == 200
     # A path character that splits the path never reaches a search.
     assert served.get("/studies/1.2.3%2F..%2F/series").status_code in (400, 404)
     with pytest.raises(HTTPError):

@@ -53,6 +53,9 @@ MAX_LIMIT = 5000
 #: The media type of every answer with a body.
 DICOM_JSON = "application/dicom+json"
 
+#: The Accept media ranges that DICOM JSON satisfies (PS3.18 8.7.3: JSON answers as either).
+_ACCEPTED = frozenset({"", "*/*", "application/*", DICOM_JSON, "application/json"})
+
 #: PS3.18 Table 10.6.1-5: the attributes returned at each level by default.
 DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
     "STUDY": (
@@ -263,6 +266,11 @@ def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[st
     return Parsed(query, limit, offset, warnings)
 
 
+def acceptable(accept: str) -> bool:
+    """Whether an Accept header admits DICOM JSON (no header, or a range that covers it)."""
+    return any(part.split(";")[0].strip().lower() in _ACCEPTED for part in accept.split(","))
+
+
 def _retrieve_url(base: str, record: Mapping[str, Any], level: str) -> str:
     """The WADO-RS URL of a match."""
     url = f"{base}/studies/{record['StudyInstanceUID']}"
@@ -295,6 +303,9 @@ def _search(search: Search) -> Any:
     def endpoint(request: Request) -> Response:
         require(request, "reader", action)
         served = context(request)
+        if not acceptable(request.headers.get("accept", "")):
+            audit(request, action, "not acceptable")
+            raise HTTPException(406, f"QIDO-RS answers {DICOM_JSON} (or application/json)")
         params: dict[str, list[str]] = {}
         for name, value in request.query_params.multi_items():
             params.setdefault(name, []).append(value)
