@@ -285,6 +285,11 @@ def test_api_keys_are_stored_hashed_and_refused_once_revoked(served: Served) -> 
         store.add("x", "superuser")
     with pytest.raises(KeyStoreError, match="key name"):
         store.add("../etc", "reader")
+    kept = store.path.read_bytes()
+    store.path.write_text("{not json")  # damaged: every key refused, the audit says why
+    refused(served, served.get(uploader), "not a key file this version reads")
+    store.path.write_bytes(kept)
+    assert served.get(uploader).status_code == 403
     audit_text = "".join(p.read_text() for p in (served.root / "audit").iterdir())
     assert key not in audit_text and uploader not in audit_text
     assert verify_chain(served.root) == []

@@ -130,7 +130,11 @@ class KeyStore:
         """The active key whose text is `key`; InvalidCredentials otherwise."""
         digest = key_hash(key)
         found = None
-        for entry in self.entries():  # every entry compared, in constant time each
+        try:
+            entries = self.entries()
+        except PacsEngineError as error:  # a damaged key file refuses keys, and says why
+            raise InvalidCredentials(str(error)) from None
+        for entry in entries:  # every entry compared, in constant time each
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
         if found is None:
