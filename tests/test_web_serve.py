@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import socket
 import ssl
 import subprocess
 import sys
@@ -141,3 +142,18 @@ def test_help_documents_http_and_keys() -> None:
     assert keys.returncode == 0
     for word in ("add", "list", "revoke", "SHA-256", "once"):
         assert word in keys.stdout
+
+
+def test_an_http_port_in_use_is_named_and_exits_3(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            serve_command(tmp_path / "other", "--http", f"127.0.0.1:{port}", "--workers", "0"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ENV,
+        )
+    assert busy.returncode == 3 and "Address already in use" in busy.stderr
