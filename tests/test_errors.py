@@ -31,6 +31,9 @@ from pacs_engine.serve.config import ConfigError
 from pacs_engine.serve.find import QueryRefused
 from pacs_engine.serve.migrate import MigrationError
 from pacs_engine.serve.retrieve import NotSendable
+from pacs_engine.serve.web.auth import InvalidCredentials, KeyStoreError
+from pacs_engine.serve.web.qido import BadQuery
+from pacs_engine.serve.web.stow import BodyTooLarge, MalformedBody
 
 #: One instance of each exception class, built as the code builds it, with the standard
 #: bases callers catch it by (`except ValueError`), which it had before PacsEngineError.
@@ -60,6 +63,11 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     NotSendable: (NotSendable("no context for 1.2.840.10008.1.2.4.80"), (ValueError,)),
     VerifySelectionError: (VerifySelectionError("--sample: 2.0 is not in (0, 1]"), (ValueError,)),
     MigrationError: (MigrationError("OLDPACS@10.0.0.5:104: connection refused"), (Exception,)),
+    InvalidCredentials: (InvalidCredentials("JWT: expired"), (Exception,)),
+    KeyStoreError: (KeyStoreError("no active key named 'x'"), (ValueError,)),
+    BadQuery: (BadQuery("limit: a non-negative integer"), (ValueError,)),
+    MalformedBody: (MalformedBody("no closing boundary"), (ValueError,)),
+    BodyTooLarge: (BodyTooLarge("the body is over 4096 bytes"), (ValueError,)),
 }
 
 

@@ -24,6 +24,25 @@ archive served with no configuration answers no one (patient data needs credenti
     rights = ["query", "retrieve"]
     host = "10.0.0.7"                 # where C-MOVE sends when VIEWER is the destination
     port = 104
+
+    [http]                            # DICOMweb (docs/dicomweb.md)
+    host = "127.0.0.1"
+    port = 8080
+    cors_origins = ["https://viewer.example.org"]
+    max_body_bytes = 4294967296       # the largest STOW-RS request body
+
+    [http.tls]                        # HTTPS
+    cert = "server.pem"
+    key = "server.key"
+
+    [http.oidc]                       # bearer JWTs of an OpenID Connect issuer
+    issuer = "https://login.example.org/realms/pacs"
+    audience = "pacs-engine"
+    jwks_uri = "https://login.example.org/realms/pacs/protocol/openid-connect/certs"
+    roles_claim = "realm_access.roles"
+
+    [http.oidc.roles]                 # a role: the claim values that grant it
+    reader = ["pacs-reader"]
 """
 
 from __future__ import annotations
@@ -39,6 +58,9 @@ from pacs_engine.errors import PacsEngineError
 Right = Literal["store", "query", "retrieve"]
 T = TypeVar("T")
 RIGHTS: tuple[Right, ...] = ("store", "query", "retrieve")
+
+#: The DICOMweb roles (`pacs_engine.serve.web.request.Role`).
+WEB_ROLES: tuple[str, ...] = ("reader", "uploader", "admin")
 
 #: An AE title: 1 to 16 characters of the default repertoire, no backslash or control codes.
 _AE_TITLE_CHARS = 16
@@ -73,6 +95,39 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class OidcConfig:
+    """The OpenID Connect issuer whose bearer JWTs are accepted, and how claims map to roles."""
+
+    issuer: str
+    audience: str
+    jwks_uri: str | None = None  # fetched over HTTP(S), cached, refreshed on an unknown key
+    jwks_file: Path | None = None  # or a local JWKS
+    roles_claim: str = "roles"  # a dotted path into the claims: "realm_access.roles"
+    # role -> the claim values granting it; a role absent here is granted by its own name.
+    role_map: dict[str, frozenset[str]] = field(default_factory=dict)
+    leeway: int = 30  # seconds of clock skew allowed on exp and nbf
+    jwks_timeout: float = 5.0  # seconds for one JWKS fetch
+
+    def roles_of(self, values: frozenset[str]) -> frozenset[str]:
+        """The roles that the claim `values` grant."""
+        return frozenset(
+            role for role in WEB_ROLES if values & self.role_map.get(role, frozenset({role}))
+        )
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The DICOMweb side: where it listens, CORS, the STOW-RS body limit, TLS, OIDC."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: no DICOMweb unless `serve --http` asks
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 4 << 30
+    tls: TlsConfig | None = None
+    oidc: OidcConfig | None = None
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything `pacs-engine serve` is configured with."""
 
@@ -84,6 +139,7 @@ class ServeConfig:
     timeout: float = 30.0  # ACSE, DIMSE and network: a peer stalled longer is dropped
     tls: TlsConfig | None = None
     peers: dict[str, Peer] = field(default_factory=dict)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def peer(self, ae_title: str) -> Peer | None:
         """The configured peer of that AE title (trailing spaces ignored), or None."""
@@ -145,7 +201,7 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
             data = tomllib.load(file)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{where}: not valid TOML: {error}") from None
-    unknown = set(data) - {"dimse", "peers"}
+    unknown = set(data) - {"dimse", "peers", "http"}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
     base = Path(path).parent
@@ -153,7 +209,79 @@ def load_config(path: str | os.PathLike | None) -> ServeConfig:
     peers = []
     for title, entry in _table(data.get("peers", {}), f"{where} [peers]").items():
         peers.append(_peer_section(title, entry, f"{where} [peers.{title}]"))
+    if "http" in data:
+        config = replace(config, http=_http_section(data["http"], f"{where} [http]", base))
     return config.with_peers(*peers)
+
+
+def parse_address(text: str, where: str) -> tuple[str, int]:
+    """(host, port) of `HOST:PORT` (port 0: a free one), or ConfigError naming `where`."""
+    host, _, port_text = text.rpartition(":")
+    if not host or not port_text.isdigit() or int(port_text) >= 1 << 16:
+        raise ConfigError(f"{where}: give HOST:PORT with a port from 0 to 65535, not {text!r}")
+    return host.strip("[]"), int(port_text)
+
+
+def _http_section(section: Any, where: str, base: Path) -> HttpConfig:
+    """The [http] table."""
+    table = _table(section, where)
+    known = {"host", "port", "cors_origins", "max_body_bytes", "tls", "oidc"}
+    _no_unknown(table, known, where)
+    defaults = HttpConfig()
+    origins = table.get("cors_origins", [])
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise ConfigError(f'{where}: cors_origins is a list such as ["https://viewer.example"]')
+    tls, oidc = table.get("tls"), table.get("oidc")
+    if tls is not None:
+        _no_unknown(_table(tls, f"{where} [tls]"), {"cert", "key"}, f"{where} [tls]")
+    return HttpConfig(
+        host=_typed(table, "host", str, defaults.host, where),
+        port=_port(_typed(table, "port", int, 0, where), where) if "port" in table else None,
+        cors_origins=tuple(origins),
+        max_body_bytes=_positive(table, "max_body_bytes", defaults.max_body_bytes, where),
+        tls=_tls_section(tls, f"{where} [tls]", base) if tls is not None else None,
+        oidc=_oidc_section(oidc, f"{where} [oidc]", base) if oidc is not None else None,
+    )
+
+
+def _oidc_section(section: Any, where: str, base: Path) -> OidcConfig:
+    """The [http.oidc] table: exactly one of jwks_uri and jwks_file."""
+    table = _table(section, where)
+    known = {"issuer", "audience", "jwks_uri", "jwks_file", "roles_claim", "roles", "leeway"}
+    _no_unknown(table, known, where)
+    for key in ("issuer", "audience"):
+        if not _typed(table, key, str, "", where):
+            raise ConfigError(f"{where}: needs {key}")
+    if ("jwks_uri" in table) == ("jwks_file" in table):
+        raise ConfigError(f"{where}: give one of jwks_uri and jwks_file")
+    uri = _typed(table, "jwks_uri", str, "", where) if "jwks_uri" in table else None
+    if uri is not None and not uri.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}: jwks_uri is an http(s) URL, not {uri!r}")
+    role_map: dict[str, frozenset[str]] = {}
+    for role, values in _table(table.get("roles", {}), f"{where} [roles]").items():
+        if role not in WEB_ROLES:
+            raise ConfigError(
+                f"{where} [roles]: unknown role {role!r}; roles are reader, uploader, admin"
+            )
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(
+                f'{where} [roles]: {role} is a list of claim values such as ["pacs-{role}"]'
+            )
+        role_map[role] = frozenset(values)
+    leeway = _typed(table, "leeway", int, 30, where)
+    if not 0 <= leeway <= 300:
+        raise ConfigError(f"{where}: leeway is 0 to 300 seconds, not {leeway}")
+    return OidcConfig(
+        issuer=table["issuer"],
+        audience=table["audience"],
+        jwks_uri=uri,
+        jwks_file=base / _typed(table, "jwks_file", str, "", where)
+        if "jwks_file" in table
+        else None,
+        roles_claim=_typed(table, "roles_claim", str, "roles", where),
+        role_map=role_map,
+        leeway=leeway,
+    )
 
 
 def _dimse_section(section: Any, where: str, base: Path) -> ServeConfig:

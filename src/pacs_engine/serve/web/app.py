@@ -1,10 +1,17 @@
-"""The DICOMweb ASGI application: authentication before every route but `/health`."""
+"""The DICOMweb ASGI application: CORS, then authentication before every route but `/health`.
+
+CORS is outermost so that a browser's preflight (OPTIONS, sent without credentials)
+is answered without them, and so that refusals carry the CORS headers a viewer
+served from another origin needs to read them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -13,10 +20,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pacs_engine.serve.context import ServeContext
 from pacs_engine.serve.spool import Spool
 from pacs_engine.serve.web import qido, stow, wado
+from pacs_engine.serve.web.auth import InvalidCredentials
 from pacs_engine.serve.web.request import Principal, audit
 
-#: Answers who a request comes from, or None when its credentials are missing or invalid.
+#: Answers who a request comes from; None or InvalidCredentials (with the reason to
+#: audit) when its credentials are missing or invalid.
 Authenticator = Callable[[Request], Principal | None]
+
+#: What a browser may send and read across origins (bearer credentials, not cookies).
+CORS_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+CORS_HEADERS = ("Authorization", "Accept", "Content-Type")
+CORS_EXPOSED = ("Warning", "Content-Location", "Content-Type", "Content-Length")
 
 #: The path answered without credentials (it says only that the server is up).
 HEALTH_PATH = "/health"
@@ -34,11 +48,17 @@ class Authenticate:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        who = self.authenticator(request)
+        try:
+            # In a worker thread: a JWT may need the issuer's keys fetched (bounded in time).
+            who = await run_in_threadpool(self.authenticator, request)
+            reason = "no valid credentials"
+        except InvalidCredentials as error:
+            who, reason = None, error.reason
         if who is None:
-            audit(request, f"{request.method} {scope['path']}", "unauthenticated")
+            # The reason is audited, never told: a caller learns nothing from a refusal.
+            audit(request, f"{request.method} {scope['path']}", "unauthenticated", detail=reason)
             response: Response = PlainTextResponse(
-                "valid credentials are needed", 401, headers={"WWW-Authenticate": "Bearer"}
+                "invalid credentials", 401, headers={"WWW-Authenticate": "Bearer"}
             )
             await response(scope, receive, send)
             return
@@ -62,9 +82,19 @@ def make_app(
     without one, STOW-RS answers 503.
     """
     if routes is None:
-        routes = [*qido.routes(), *wado.routes(), *stow.routes()]
+        routes = [*qido.routes(), *wado.routes(), *stow.routes(context.config.http.max_body_bytes)]
     app = Starlette(routes=[Route(HEALTH_PATH, _health, methods=["GET"]), *routes])
     app.state.context = context
     app.state.spool = spool
     app.add_middleware(Authenticate, authenticator=authenticator)
+    origins = context.config.http.cors_origins
+    if origins:  # added last: the outermost middleware
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_HEADERS),
+            expose_headers=list(CORS_EXPOSED),
+            max_age=600,
+        )
     return app

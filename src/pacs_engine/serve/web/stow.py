@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.serve.dimse import (
     MAX_INSTANCE_BYTES,
     STORAGE_CLASSES,
@@ -45,9 +46,6 @@ from pacs_engine.serve.dimse import (
 from pacs_engine.serve.spool import Spool
 from pacs_engine.serve.web.request import audit, require
 
-#: The largest request body taken, until `[http] max_body_bytes` configures it: one
-#: instance as large as C-STORE takes.
-MAX_BODY_BYTES = MAX_INSTANCE_BYTES
 #: The largest header block of one part (a few lines in practice).
 MAX_PART_HEADER_BYTES = 16384
 #: Studies, series and instances named in one audit record (each); beyond, the detail
@@ -67,11 +65,11 @@ _ANSWER_TYPES = frozenset({"application/dicom+json", "application/json", "applic
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
-class MalformedBody(ValueError):
+class MalformedBody(PacsEngineError, ValueError):
     """The body is not a well-formed multipart/related message (400)."""
 
 
-class BodyTooLarge(ValueError):
+class BodyTooLarge(PacsEngineError, ValueError):
     """The body is over the limit (413)."""
 
 
@@ -368,7 +366,7 @@ def _answer(request: Request, outcome: _Outcome, target: str | None, base: str) 
     return JSONResponse(answer.to_json_dict(), status, media_type="application/dicom+json")
 
 
-def routes(max_body_bytes: int = MAX_BODY_BYTES) -> list[BaseRoute]:
+def routes(max_body_bytes: int) -> list[BaseRoute]:
     """The STOW-RS routes, taking request bodies of at most `max_body_bytes`."""
     store = make_store(max_body_bytes)
     return [
