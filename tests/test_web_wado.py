@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -31,6 +32,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from starlette.requests import Request
 from web_helpers import serving_app
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from orthanc import running_orthanc
+
 from pacs_engine import Archive
 from pacs_engine.serve.audit import AuditLog, read_records
 from pacs_engine.serve.config import ServeConfig
@@ -39,9 +43,11 @@ from pacs_engine.serve.web import wado
 from pacs_engine.serve.web.app import make_app
 from pacs_engine.serve.web.request import Principal
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 TOKEN, UPLOADER_TOKEN = "reader-token", "uploader-token"
 ICON = bytes(range(256)) * 10
 STUDY = "1.2.826.0.1.3680043.8.498.14.1"
+NATIVE_SYNTAXES = (ExplicitVRLittleEndian, "1.2.840.10008.1.2")
 JPEG_LS, HTJ2K = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.201"
 #: Corpus files (several syntaxes); each becomes series n of the one study.
 SOURCES = [
@@ -542,3 +548,29 @@ def test_credentials_and_role_are_needed(server: Server) -> None:
         "ok",
         STUDY,
     )
+
+
+# --- Orthanc's DICOMweb plugin -----------------------------------------------------------
+
+
+def test_metadata_agrees_with_orthancs_dicomweb_plugin(server: Server) -> None:
+    extra = {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with running_orthanc(extra=extra) as orthanc:
+        for source in server.sources:
+            conn = orthanc.connection(timeout=60)
+            try:
+                conn.request("POST", "/instances", body=source.data)
+                response = conn.getresponse()
+                assert response.status == 200, response.read()
+                response.read()
+            finally:
+                conn.close()
+        for source in server.sources:
+            (theirs,) = orthanc.get(f"/dicom-web{source.url}/metadata")
+            (ours,) = json.loads(server.get(f"{source.url}/metadata").content)
+            ours, theirs = without_bulk(ours), without_bulk(theirs)
+            if source.syntax not in NATIVE_SYNTAXES:
+                # Orthanc's plugin leaves encapsulated Pixel Data out of metadata (measured).
+                assert "7FE00010" not in theirs
+                assert ours.pop("7FE00010") == {"vr": source.dataset["PixelData"].VR, "bulk": True}
+            assert ours == theirs, source.name
