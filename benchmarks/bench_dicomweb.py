@@ -5,21 +5,25 @@ Run from the repository root (the table is printed, so use -s):
     PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_dicomweb.py -q -s -p no:cacheprovider
 
 Files: `pacs_engine.synth` 512 x 512 CT, one series stored JPEG-LS lossless and one
-explicit VR little endian (SLICES each), archived by us (default codec) and stored by
-Orthanc 1.10 with its DICOMweb plugin (benchmarks/orthanc.py), both on loopback.
+explicit VR little endian (SLICES each), and of each series one multi-frame instance of
+its SLICES frames (the JPEG-LS bitstreams, or the native bytes), archived by us (the
+default codec: JPEG-LS for native CT) and stored by Orthanc 1.10 with its DICOMweb
+plugin (benchmarks/orthanc.py), both on loopback.
 
 Our server runs in its own process (`python benchmarks/bench_dicomweb.py serve ARCHIVE
 PORT`: uvicorn, one worker, the WADO-RS routes, a fixed bearer token, the audit trail
 on as in production). The load generator is this process: asyncio with a minimal
 HTTP/1.1 keep-alive client (one connection per simulated client; httpx costs more CPU
 per request than the servers do, on this 2-core machine it would measure itself).
-Each client loops: a random instance of the series, `GET .../frames/1` with an Accept
-naming the stored syntax (`image/jls` + 1.2.840.10008.1.2.4.80, or
+Each client loops: a random frame of the set (the first frame of a random 1-frame
+instance, or a random frame of the multi-frame instance), `GET .../frames/N` with an
+Accept naming the stored syntax (`image/jls` + 1.2.840.10008.1.2.4.80, or
 `application/octet-stream` + 1.2.840.10008.1.2.1), so that neither server transcodes;
-then `.../frames/1/rendered` as image/png. Each run is bounded by REQUESTS requests
-and SECONDS seconds, after a warm-up of every instance once; frames/s = requests
-answered / wall seconds; p50/p99 of each request's latency. Both servers answer the
-same requests; a sample of each is checked to be the same frame bytes.
+then `.../frames/1/rendered` of the 1-frame native instances as image/png at 8
+clients. Each run is bounded by REQUESTS requests and SECONDS seconds, after a warm-up
+of every URL once; frames/s = requests answered / wall seconds; p50/p99 of each
+request's latency. The two servers' runs are interleaved; the first frame of each set
+is checked to be the same bytes from both.
 
 PACS_ENGINE_BENCH_SLICES (default 64), PACS_ENGINE_BENCH_REQUESTS (default 4000) and
 PACS_ENGINE_BENCH_SECONDS (default 10) set the bounds.

@@ -20,8 +20,9 @@ re-encoded: octets, JPEG-LS lossless or HTJ2K lossless; anything else is 406.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -130,10 +131,16 @@ class MediaRange:
         return self.params.get("transfer-syntax")
 
 
-def accepted(header: str | None) -> list[MediaRange]:
+def accepted(header: str | None) -> tuple[MediaRange, ...]:
     """The Accept header's media ranges, best first; `*/*` when there is none."""
-    if not header or not header.strip():
-        return [MediaRange(ANY, {}, 1.0)]
+    return _parsed(header or "")
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(header: str) -> tuple[MediaRange, ...]:
+    """`accepted`, kept for the few headers a viewer sends again and again (the hot path)."""
+    if not header.strip():
+        return (MediaRange(ANY, {}, 1.0),)
     ranges = []
     for item in header.split(","):
         kind, *parameters = (p.strip() for p in item.split(";"))
@@ -147,7 +154,7 @@ def accepted(header: str | None) -> list[MediaRange]:
             raise HTTPException(400, f"Accept: bad quality value in {item.strip()!r}") from None
         if kind and quality > 0:
             ranges.append(MediaRange(kind.lower(), params, quality))
-    return sorted(ranges, key=lambda r: -r.quality)  # stable: ties keep their order
+    return tuple(sorted(ranges, key=lambda r: -r.quality))  # stable: ties keep their order
 
 
 def checked_uid(value: str, what: str) -> str:
@@ -236,7 +243,7 @@ def instance_url(request: Request, row: Row) -> str:
 # --- instances -----------------------------------------------------------------------
 
 
-def instance_syntax(ranges: list[MediaRange], rows: list[Row]) -> str:
+def instance_syntax(ranges: Sequence[MediaRange], rows: list[Row]) -> str:
     """The transfer syntax to send `rows` in ("*": as archived); None when none fits."""
     for media in ranges:
         if media.part_type not in (DICOM, ANY, "application/*"):
@@ -505,7 +512,7 @@ def can_make(syntax: str, spec: ArraySpec, row: Row) -> str | None:
     return None
 
 
-def frame_plan(ranges: list[MediaRange], spec: ArraySpec, row: Row) -> FramePlan:
+def frame_plan(ranges: Sequence[MediaRange], spec: ArraySpec, row: Row) -> FramePlan:
     """The first acceptable way to send the frames; 406 when there is none."""
     kept = kept_syntax(spec)
     for media in ranges:
@@ -663,7 +670,7 @@ async def frames(request: Request) -> Response:
 # --- rendered ------------------------------------------------------------------------
 
 
-def rendered_type(ranges: list[MediaRange]) -> str | None:
+def rendered_type(ranges: Sequence[MediaRange]) -> str | None:
     """The rendered media type to answer with, or None when none is acceptable."""
     for media in ranges:
         if media.type in RENDERED_TYPES:
