@@ -64,7 +64,10 @@ SOURCES = [
     "pydicom-data/emri_small_RLE.dcm",
     "pydicom/test_files/SC_rgb_rle.dcm",
     "pydicom/test_files/test-SR.dcm",
+    "pydicom-data/RG3_J2KR.dcm",  # MONOCHROME1, written decompressed (dcmj2pnm reads it so)
 ]
+#: Sources written with their pixels decompressed (native), by file name.
+DECOMPRESSED = {"RG3_J2KR.dcm"}
 
 
 @dataclass
@@ -141,6 +144,8 @@ def write_sources(folder: Path) -> list[Source]:
             icon.Rows, icon.Columns, icon.BitsAllocated = 40, 64, 8
             icon.add_new("PixelData", "OB", ICON)
             dataset.IconImageSequence = [icon]
+        if Path(relative).name in DECOMPRESSED:
+            dataset.decompress(generate_instance_uid=False)
         path = folder / f"{n}.dcm"
         dataset.save_as(path, enforce_file_format=True)
         data = path.read_bytes()
@@ -451,6 +456,7 @@ def test_rendered_png_equals_dcmtks_rendering(server: Server) -> None:
         ("CT_small.dcm", (40.0, 400.0)),
         ("MR_small_implicit.dcm", None),  # the data set's own window
         ("emri_small.dcm", (500.0, 1000.0)),
+        ("RG3_J2KR.dcm", None),  # MONOCHROME1: inverted
     ]:
         source = server.source(name)
         query = f"?window={window[0]},{window[1]},linear" if window else ""
