@@ -516,6 +516,12 @@ def test_unsupported_accept_is_406(server: Server) -> None:
         'multipart/related; type="image/jp2", multipart/related; type="application/octet-stream"',
     )
     assert parts(response)[0][0].startswith("application/octet-stream")
+    # Best quality first, whatever the order.
+    response = server.get(
+        f"{native.url}/frames/1",
+        'multipart/related; type="image/jls"; q=0.5, multipart/related; type="image/jphc"',
+    )
+    assert parts(response)[0][0] == f"image/jphc; transfer-syntax={HTJ2K}"
 
 
 def test_bad_and_unknown_uids_leak_nothing(server: Server) -> None:

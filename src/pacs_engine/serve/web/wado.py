@@ -148,13 +148,18 @@ def _parsed(header: str) -> tuple[MediaRange, ...]:
         for parameter in parameters:
             name, _, value = parameter.partition("=")
             params[name.strip().lower()] = value.strip().strip('"')
-        try:
-            quality = float(params.pop("q", "1"))
-        except ValueError:
-            raise HTTPException(400, f"Accept: bad quality value in {item.strip()!r}") from None
+        quality = _quality(params.pop("q", "1"))
         if kind and quality > 0:
             ranges.append(MediaRange(kind.lower(), params, quality))
     return tuple(sorted(ranges, key=lambda r: -r.quality))  # stable: ties keep their order
+
+
+def _quality(text: str) -> float:
+    """A range's q value; one that is not a number counts as 1 (negotiation, not an error)."""
+    try:
+        return float(text)
+    except ValueError:
+        return 1.0
 
 
 def checked_uid(value: str, what: str) -> str:
@@ -164,14 +169,12 @@ def checked_uid(value: str, what: str) -> str:
     return value
 
 
-class Refused(HTTPException):
-    """A refusal already audited."""
-
-
-def refuse(request: Request, action: str, status: int, message: str, study: str | None) -> Refused:
+def refuse(
+    request: Request, action: str, status: int, message: str, study: str | None
+) -> HTTPException:
     """Audit a refusal and make the exception that answers it."""
     audit(request, action, "refused", study=study, detail=f"{status}: {message}")
-    return Refused(status, message)
+    return HTTPException(status, message)
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def instance_url(request: Request, row: Row) -> str:
 
 
 def instance_syntax(ranges: Sequence[MediaRange], rows: list[Row]) -> str:
-    """The transfer syntax to send `rows` in ("*": as archived); None when none fits."""
+    """The transfer syntax to send `rows` in ("*": as archived); 406 when none fits."""
     for media in ranges:
         if media.part_type not in (DICOM, ANY, "application/*"):
             continue
