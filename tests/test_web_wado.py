@@ -586,3 +586,30 @@ def test_metadata_agrees_with_orthancs_dicomweb_plugin(server: Server) -> None:
                 assert "7FE00010" not in theirs
                 assert ours.pop("7FE00010") == {"vr": source.dataset["PixelData"].VR, "bulk": True}
             assert ours == theirs, source.name
+
+
+def test_an_uncompressed_archive_sends_octets_from_its_chunks(
+    server: Server, tmp_path: Path, authenticator: Any
+) -> None:
+    chosen = [server.source("CT_small.dcm"), server.source("emri_small.dcm")]
+    (tmp_path / "src").mkdir()
+    for source in chosen:
+        (tmp_path / "src" / f"{source.sop}.dcm").write_bytes(source.data)
+    archive = Archive.create(tmp_path / "archive", codec="raw")
+    archive.ingest([tmp_path / "src"], workers=0)
+    context = ServeContext(archive, ServeConfig(), AuditLog(tmp_path / "archive", sync_seconds=0))
+    app = make_app(context, authenticator, routes=wado.routes())
+    try:
+        with serving_app(app) as base:
+            for source in chosen:
+                response = httpx.get(
+                    f"{base}{source.url}/frames/{source.frames}",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                )
+                ((kind, data),) = parts(response)
+                assert kind == f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}"
+                size = len(source.dataset.PixelData) // source.frames
+                assert data == source.dataset.PixelData[-size:]
+                assert list(read_records(tmp_path / "archive"))[-1]["detail"].endswith("(chunk)")
+    finally:
+        archive.close()
