@@ -46,6 +46,8 @@ from pacs_engine.serve.web.request import Principal
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 TOKEN, UPLOADER_TOKEN = "reader-token", "uploader-token"
 ICON = bytes(range(256)) * 10
+WORDS = bytes(range(256)) * 8  # an OW value, as a big endian data set holds it
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 STUDY = "1.2.826.0.1.3680043.8.498.14.1"
 JPEG_LS, HTJ2K = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.201"
 #: Corpus files (several syntaxes); each becomes series n of the one study.
@@ -144,6 +146,8 @@ def write_sources(folder: Path) -> list[Source]:
             icon.Rows, icon.Columns, icon.BitsAllocated = 40, 64, 8
             icon.add_new("PixelData", "OB", ICON)
             dataset.IconImageSequence = [icon]
+        if dataset.file_meta.TransferSyntaxUID == BIG_ENDIAN:  # big endian words: bulk data
+            dataset.add_new("RedPaletteColorLookupTableData", "OW", WORDS)
         if Path(relative).name in DECOMPRESSED:
             dataset.decompress(generate_instance_uid=False)
         path = folder / f"{n}.dcm"
@@ -434,6 +438,16 @@ def test_a_binary_element_inside_a_sequence_is_bulk_data(server: Server) -> None
     assert (kind, data) == ("application/octet-stream", ICON)
     missing = server.get(f"{source.url}/bulkdata/00880200/2/7FE00010")
     assert missing.status_code == 404
+
+
+def test_bulk_data_of_a_big_endian_instance_is_little_endian(server: Server) -> None:
+    source = server.source("MR_small_bigendian.dcm")
+    metadata = server.client().retrieve_instance_metadata(STUDY, source.series, source.sop)
+    assert metadata["00281201"]["BulkDataURI"].endswith(f"{source.url}/bulkdata/00281201")
+    ((_, data),) = parts(server.get(f"{source.url}/bulkdata/00281201"))
+    assert data == np.frombuffer(WORDS, ">u2").astype("<u2").tobytes()
+    ((_, pixels),) = parts(server.get(f"{source.url}/bulkdata/7FE00010"))
+    assert pixels == source.pixels().astype("<i2").tobytes()
 
 
 # --- rendered ---------------------------------------------------------------------------
