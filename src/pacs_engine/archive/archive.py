@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import pydicom
 
 from pacs_engine.archive.blobs import HeaderBlob
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
 from pacs_engine.archive.pixel_store import CODEC_CHOICES, PixelStore
-from pacs_engine.archive.prepare import frame_hash, rebuild_file, transcoded_file
+from pacs_engine.archive.prepare import blob_dataset, frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.archive.verify_plan import STAMP, Selection, check_selection, select, write_record
@@ -353,6 +354,17 @@ class Archive:
         except Exception as error:  # a damaged pack or shard can fail in any layer
             raise ExportError(
                 f"{_shown(sop_instance_uid)}: cannot rebuild the file: {error!r}"
+            ) from None
+
+    def header_dataset(self, row: Row) -> pydicom.FileDataset:
+        """The data set of one version's row without its pixel data value, from its header
+        blob (no pixels read): for metadata. Raises ExportError naming the UID when damaged.
+        """
+        try:
+            return blob_dataset(self._blob(row))
+        except Exception as error:  # a damaged pack can fail in any layer
+            raise ExportError(
+                f"{_shown(row['SOPInstanceUID'])}: cannot read its header: {error!r}"
             ) from None
 
     def _blob(self, row: Row) -> HeaderBlob:

@@ -386,14 +386,22 @@ def rebuild_file(
     return b"".join(parts)
 
 
-def transcoded_file(blob: HeaderBlob, row: Row, frames: np.ndarray) -> bytes:
-    """A transcoded instance as a file: its data set, pixels native, explicit VR little endian."""
+def blob_dataset(blob: HeaderBlob) -> pydicom.FileDataset:
+    """The data set a header blob keeps: every element but the pixel data value's."""
+    if blob.kind == WHOLE:
+        return pydicom.dcmread(BytesIO(blob.prefix), force=True)
     dataset = pydicom.dcmread(BytesIO(blob.prefix), stop_before_pixels=True, force=True)
     if blob.suffix:
         implicit, little = dataset.original_encoding
         if implicit is None or little is None:  # dcmread sets both for any data set it read
             raise PrepareError("the header blob's data set has no known encoding")
         dataset.update(read_dataset(BytesIO(blob.suffix), implicit, little))
+    return dataset
+
+
+def transcoded_file(blob: HeaderBlob, row: Row, frames: np.ndarray) -> bytes:
+    """A transcoded instance as a file: its data set, pixels native, explicit VR little endian."""
+    dataset = blob_dataset(blob)
     layout = PixelLayout.from_attributes(row, "PixelData")
     if layout.samples > 1:
         dataset.PlanarConfiguration = 0
