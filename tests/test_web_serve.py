@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pydicom
+import pytest
+import requests
 from conftest import ROOT, require_corpus
 from serve_helpers import START_SECONDS, STOP_SECONDS, serve_command, stop, storescu, wait_drained
 from test_serve_process import FILES, SYNTAX, make_certificates
@@ -157,3 +160,53 @@ def test_an_http_port_in_use_is_named_and_exits_3(tmp_path: Path) -> None:
             env=ENV,
         )
     assert busy.returncode == 3 and "Address already in use" in busy.stderr
+
+
+def test_stow_then_wado_through_the_served_app_with_api_keys_and_roles(tmp_path: Path) -> None:
+    """The served application end to end: real API keys, each role refused where it must be."""
+    from dicomweb_client.api import DICOMwebClient
+
+    corpus = require_corpus()
+    archive = tmp_path / "archive"
+    Archive.create(archive).close()
+    keys = {}
+    for name, role in (("modality", "uploader"), ("viewer", "reader"), ("root", "admin")):
+        added = cli("keys", "add", str(archive), name, "--role", role)
+        assert added.returncode == 0, added.stderr
+        keys[name] = added.stdout.strip()
+    source = corpus / FILES[0]
+    data = source.read_bytes()
+    with serving_http(archive, "--http", "127.0.0.1:0") as (proc, base, _):
+
+        def client(name: str) -> DICOMwebClient:
+            return DICOMwebClient(url=base, headers={"Authorization": f"Bearer {keys[name]}"})
+
+        dataset = pydicom.dcmread(source)
+        study, sop = dataset.StudyInstanceUID, dataset.SOPInstanceUID
+        series = dataset.SeriesInstanceUID
+        with pytest.raises(requests.HTTPError) as refused:
+            client("viewer").store_instances([dataset])  # a reader may not store
+        assert refused.value.response.status_code == 403
+        answer = client("modality").store_instances([dataset])
+        assert answer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sop
+        wait_drained(archive)
+        path = f"{base}/studies/{study}/series/{series}/instances/{sop}"
+        original = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+        uploader = httpx.get(
+            path, headers={**original, "Authorization": f"Bearer {keys['modality']}"}, timeout=60
+        )
+        assert uploader.status_code == 403  # an uploader may not read
+        for reader in ("viewer", "root"):  # an admin holds every role
+            got = httpx.get(
+                path, headers={**original, "Authorization": f"Bearer {keys[reader]}"}, timeout=60
+            )
+            assert got.status_code == 200
+            assert data in got.content  # the original file, byte for byte, as its one part
+        found = client("viewer").search_for_instances(study_instance_uid=study)
+        assert [f["00080018"]["Value"][0] for f in found] == [sop]
+        assert stop(proc)[0] == 0
+    outcomes = {(r["actor"], r["action"], r["outcome"]) for r in read_records(archive)}
+    assert ("key:viewer", "stow", "forbidden") in outcomes
+    assert ("key:modality", "stow", "success") in outcomes
+    assert ("key:modality", "wado retrieve", "forbidden") in outcomes
+    assert verify_chain(archive) == []

@@ -579,8 +579,8 @@ def test_credentials_and_role_are_needed(server: Server) -> None:
     server.get(f"{source.url}/metadata")
     record = server.last_audit()
     assert (record["action"], record["outcome"], record["study"]) == (
-        "WADO-RS metadata",
-        "ok",
+        "wado metadata",
+        "success",
         STUDY,
     )
 

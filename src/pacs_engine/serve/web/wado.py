@@ -292,7 +292,7 @@ def instance_file(archive: Archive, row: Row, syntax: str) -> bytes:
 
 async def instances(request: Request) -> Response:
     """The study's, series' or instance's instances as multipart/related application/dicom."""
-    action = "WADO-RS retrieve"
+    action = "wado retrieve"
     archive, target, rows = found(request, action)
     try:
         syntax = instance_syntax(accepted(request.headers.get("accept")), rows)
@@ -307,7 +307,7 @@ async def instances(request: Request) -> Response:
         except PacsEngineError as error:
             audit(request, action, "failed", target.study, f"{detail}: {error}")
             raise HTTPException(500, f"cannot send the instance: {error}") from None
-        audit(request, action, "ok", target.study, detail)
+        audit(request, action, "success", target.study, detail)
         return Response(multipart.body(boundary, [(part_type(syntax), data)]), media_type=kind)
 
     def parts() -> Iterator[tuple[str, bytes]]:
@@ -318,7 +318,7 @@ async def instances(request: Request) -> Response:
                 audit(request, action, "failed", target.study, f"{detail}: {error}")
                 raise
 
-    audit(request, action, "ok", target.study, detail)
+    audit(request, action, "success", target.study, detail)
     return StreamingResponse(multipart.stream(boundary, parts()), media_type=kind)
 
 
@@ -366,7 +366,7 @@ def instance_metadata(archive: Archive, row: Row, url: str) -> dict[str, Any]:
 
 async def metadata(request: Request) -> Response:
     """The DICOM JSON of the study's, series' or instance's instances."""
-    action = "WADO-RS metadata"
+    action = "wado metadata"
     archive, target, rows = found(request, action)
     ranges = accepted(request.headers.get("accept"))
     if not any(r.type in (DICOM_JSON, "application/json", "application/*", ANY) for r in ranges):
@@ -380,7 +380,7 @@ async def metadata(request: Request) -> Response:
     except (PacsEngineError, ValueError, TypeError) as error:  # pydicom's JSON of odd values
         audit(request, action, "failed", target.study, f"{target.level}: {error}")
         raise HTTPException(500, "cannot make the metadata of an instance") from None
-    audit(request, action, "ok", target.study, f"{target.level} {len(rows)} instance(s)")
+    audit(request, action, "success", target.study, f"{target.level} {len(rows)} instance(s)")
     return JSONResponse(answer, media_type=DICOM_JSON)
 
 
@@ -415,7 +415,7 @@ def little_endian_value(element: DataElement, little: bool) -> bytes:
 
 async def bulkdata(request: Request) -> Response:
     """One BulkDataURI's target: a binary element's value, or the pixel data as octets."""
-    action = "WADO-RS bulkdata"
+    action = "wado bulkdata"
     archive, target, rows = found(request, action)
     (row,) = rows
     path = request.path_params["path"]
@@ -442,7 +442,7 @@ async def bulkdata(request: Request) -> Response:
         raise HTTPException(500, "cannot read the bulk data") from None
     if data is None:
         raise refuse(request, action, 404, "no binary element at that bulk data path", target.study)
-    audit(request, action, "ok", target.study, f"{target.instance} {path}")
+    audit(request, action, "success", target.study, f"{target.instance} {path}")
     boundary = multipart.new_boundary()
     return Response(
         multipart.body(boundary, [(OCTETS, data)]),
@@ -643,7 +643,7 @@ def frame_source(request: Request, action: str) -> tuple[FrameSource, Target, li
 
 async def frames(request: Request) -> Response:
     """Frames of an instance as multipart/related, from the shard chunks where they can be."""
-    action = "WADO-RS frames"
+    action = "wado frames"
     source, target, numbers = frame_source(request, action)
     plan = source.plan
     boundary = multipart.new_boundary()
@@ -663,7 +663,7 @@ async def frames(request: Request) -> Response:
     audit(
         request,
         action,
-        "ok",
+        "success",
         target.study,
         f"{target.instance} frames {','.join(map(str, numbers))} as {plan.syntax} ({plan.how})",
     )
@@ -686,7 +686,7 @@ def rendered_type(ranges: Sequence[MediaRange]) -> str | None:
 def rendered_route(thumbnail: bool, whole_instance: bool) -> Callable[[Request], Any]:
     """The endpoint of a rendered or thumbnail resource (of an instance or its frames)."""
     name = "thumbnail" if thumbnail else "rendered"
-    action = f"WADO-RS {name}"
+    action = f"wado {name}"
 
     async def endpoint(request: Request) -> Response:
         source, target, numbers = frame_source(request, action)
@@ -708,7 +708,7 @@ def rendered_route(thumbnail: bool, whole_instance: bool) -> Callable[[Request],
         except (PacsEngineError, CodecError, ValueError) as error:
             audit(request, action, "failed", target.study, f"{target.instance}: {error}")
             raise HTTPException(500, f"cannot render the {name}") from None
-        audit(request, action, "ok", target.study, f"{target.instance} frame {numbers[0]}")
+        audit(request, action, "success", target.study, f"{target.instance} frame {numbers[0]}")
         return Response(data, media_type=media)
 
     return endpoint
