@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pacs_engine.cli import (
+    deid,
     export,
     info,
     ingest,
@@ -35,6 +36,7 @@ __all__ = ["build_parser", "main", "render_inventory"]
 COMMANDS = (
     scan,
     ingest,
+    deid,
     verify,
     tidy,
     rebuild_index,
