@@ -76,6 +76,7 @@ def _row(name: str, tag: str, basic: str, options: dict[str, str]) -> dict:
     for code in (basic, *options.values()):
         if code not in ACTIONS:
             raise ValueError(f"{tag} {name}: unknown action {code!r}")
+    name = re.sub(r"\s+", " ", name).strip()
     return {"tag": tag, "name": name, "basic": basic, "options": dict(sorted(options.items()))}
 
 

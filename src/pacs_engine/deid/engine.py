@@ -288,7 +288,7 @@ def _clean(ds: Dataset, context: _Context, depth: int) -> None:
         context.actions[action] += 1
         _act(ds, elem, action, context, depth)
     for group in removed_overlays:
-        for tag in [t for t in ds if t.group == group]:
+        for tag in [elem.tag for elem in ds if elem.tag.group == group]:
             context.actions["X"] += 1
             del ds[tag]
 
