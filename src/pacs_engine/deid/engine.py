@@ -86,6 +86,11 @@ _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 # Compound actions: the one that keeps the attribute present (what a Type 1 or 2 attribute
 # needs), since which type it has depends on the IOD, which this engine does not model.
 _COMPOUND = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U"}
+# A sequence: an empty one is wrong where it is optional (Type 3), so X/Z/U* and D keep
+# its items, de-identified (their UIDs mapped by their own rows). X/Z empties it (the
+# Acquisition Context Sequence is Type 2), but for the Type 3 sequences named here.
+_COMPOUND_SQ = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "D", "U": "D"}
+_OPTIONAL_SQ = {0x00081110}  # Referenced Study Sequence: Type 3 in the General Study module
 _META_REMOVED = (0x00020016, 0x00020017, 0x00020018)  # source/sending/receiving AE titles
 _DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
 
@@ -168,7 +173,8 @@ class Deidentifier:
         _clean(ds, context, 0)
         self._mark(ds, context)
         meta = ds.file_meta
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if "MediaStorageSOPInstanceUID" in meta:  # a file without meta information stays so
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         for tag in _META_REMOVED:
             if tag in meta:
                 del meta[tag]
@@ -275,7 +281,9 @@ def _clean(ds: Dataset, context: _Context, depth: int) -> None:
                     _clean(item, context, depth + 1)
             continue
         action = resolve(row, context.options)
-        action = _COMPOUND.get(action, action)
+        if elem.VR == "SQ" and action == "X/Z" and tag in _OPTIONAL_SQ:
+            action = "X"
+        action = (_COMPOUND_SQ if elem.VR == "SQ" else _COMPOUND).get(action, action)
         if action == "U" and elem.VR != "UI":
             action = "Z"
         if row.startswith("60xx") and action in ("X", "C"):
@@ -361,7 +369,7 @@ def _clean_value(elem: DataElement, context: _Context, depth: int) -> None:
 def _shift(value: object, days: int, name: str) -> object:
     """Dates moved back by `days`; a value that is not a date is refused."""
     values = value if isinstance(value, list | tuple) else [value]
-    shifted = []
+    shifted: list[str] = []
     for one in values:
         text = str(one or "")
         if not text:

@@ -199,7 +199,7 @@ def deid_task(
 ) -> list[tuple[str, str, str, Counter[str]]]:
     """De-identify instances of the source into the staging folder (a worker's task):
     (new SOP UID, 'staged' | 'withheld' | 'refused', reason, actions) of each."""
-    results = []
+    results: list[tuple[str, str, str, Counter[str]]] = []
     for sop in sops:
         new = deidentifier.key.uid(sop)
         try:
