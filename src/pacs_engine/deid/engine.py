@@ -20,13 +20,21 @@ from io import BytesIO
 import pydicom
 import pydicom.config
 from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from pacs_engine.deid.key import Key
-from pacs_engine.deid.profile import METHOD_CODES, PRIVATE_ROW, check_options, resolve, row_of
+from pacs_engine.deid.profile import (
+    METHOD_CODES,
+    PRIVATE_ROW,
+    check_options,
+    resolve,
+    row_of,
+    table,
+)
 from pacs_engine.errors import PacsEngineError
 
 #: Deeper nesting is refused: the scanner reads 64 levels, and no real IOD nests so deep.
@@ -78,6 +86,7 @@ DUMMY: dict[str, object] = {
 }
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
+_IDENTIFYING_VRS = TEXT_VRS | {"DA", "DT"}
 #: Text cleaned of identifying values is refilled with this where one was.
 REMOVED = "[removed]"
 _PATIENT_ID = 0x00100020
@@ -118,6 +127,7 @@ class _Context:
     safe_private: frozenset[tuple[str, int]]
     patient: str
     identifying: list[str]  # values the profile takes out, to clean free text of
+    actions_of: dict[str, str]  # row of Table E.1-1 -> its action under the options
     actions: Counter[str] = field(default_factory=Counter)
 
 
@@ -137,6 +147,7 @@ class Deidentifier:
         if burned_in not in BURNED_IN_POLICIES:
             raise DeidError(f"--burned-in must be one of {', '.join(BURNED_IN_POLICIES)}")
         self.burned_in = burned_in
+        self._actions_of = {row: resolve(row, self.options) for row in table().basic}
         # (private creator, element byte): private attributes known to be safe to keep.
         self.safe_private = frozenset(
             (creator.strip(), element) for creator, element in safe_private
@@ -168,7 +179,7 @@ class Deidentifier:
         patient = f"{ds.get('PatientID', '')}\0{ds.get('IssuerOfPatientID', '')}"
         if not str(ds.get("PatientID", "")):  # no ID: the name and birth date tell patients apart
             patient = f"\0{ds.get('PatientName', '')}\0{ds.get('PatientBirthDate', '')}"
-        context = _Context(self.key, self.options, self.safe_private, patient, [])
+        context = _Context(self.key, self.options, self.safe_private, patient, [], self._actions_of)
         _collect_identifying(ds, context, 0)
         _clean(ds, context, 0)
         self._mark(ds, context)
@@ -239,24 +250,39 @@ def _check_charset(ds: Dataset) -> None:
             raise DeidError("Specific Character Set not known: its text cannot be read reliably")
 
 
+def _vr_of(ds: Dataset, tag: BaseTag) -> str:
+    """The VR of an attribute without converting its value (implicit VR: the dictionary's)."""
+    vr = ds.get_item(tag).VR
+    if vr:
+        return str(vr)
+    try:
+        return dictionary_VR(tag).split(" ")[0]
+    except KeyError:
+        return "UN"
+
+
 def _collect_identifying(ds: Dataset, context: _Context, depth: int) -> None:
-    """Every text value the profile takes out (names, IDs...), to clean free text of."""
+    """Every text value the profile takes out (names, IDs...), to clean free text of.
+
+    Values are converted only where needed: most attributes stay raw bytes, written back
+    as they were read (what makes this fast)."""
     if depth > MAX_DEPTH:
         raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
+    for tag in list(ds.keys()):
+        vr = _vr_of(ds, tag)
+        if vr == "SQ":
+            for item in ds[tag].value:
                 _collect_identifying(item, context, depth + 1)
             continue
-        row = row_of(elem.tag)
-        if row is None or row == PRIVATE_ROW or elem.VR not in TEXT_VRS | {"DA", "DT"}:
+        if vr not in _IDENTIFYING_VRS:
             continue
-        if resolve(row, context.options) in ("K", "C"):
+        row = row_of(tag)
+        if row is None or row == PRIVATE_ROW or context.actions_of[row] in ("K", "C"):
             continue
-        values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
-        for value in values:
-            text = str(value or "")
-            parts = [text, *re.split(r"[\^=\\ ,]+", text)] if elem.VR == "PN" else [text]
+        value = ds[tag].value
+        for one in value if isinstance(value, list | tuple) else [value]:
+            text = str(one or "")
+            parts = [text, *re.split(r"[\^=\\ ,]+", text)] if vr == "PN" else [text]
             context.identifying += [p for p in parts if len(p.strip()) >= 3]
 
 
@@ -265,26 +291,26 @@ def _clean(ds: Dataset, context: _Context, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
     removed_overlays: set[int] = set()
-    for elem in list(ds):
-        tag = elem.tag
+    for tag in list(ds.keys()):
         if tag.element == 0 or tag in _PIXEL_TAGS:  # group lengths are rewritten; pixels kept
             if tag.element == 0:
                 del ds[tag]
             continue
         row = row_of(tag)
         if row == PRIVATE_ROW:
-            _private(ds, elem, context)
+            _private(ds, tag, context)
             continue
+        vr = _vr_of(ds, tag)
         if row is None:
-            if elem.VR == "SQ":  # not in the table: kept, and its items de-identified
-                for item in elem.value:
+            if vr == "SQ":  # not in the table: kept, and its items de-identified
+                for item in ds[tag].value:
                     _clean(item, context, depth + 1)
             continue
-        action = resolve(row, context.options)
-        if elem.VR == "SQ" and action == "X/Z" and tag in _OPTIONAL_SQ:
+        action = context.actions_of[row]
+        if vr == "SQ" and action == "X/Z" and tag in _OPTIONAL_SQ:
             action = "X"
-        action = (_COMPOUND_SQ if elem.VR == "SQ" else _COMPOUND).get(action, action)
-        if action == "U" and elem.VR != "UI":
+        action = (_COMPOUND_SQ if vr == "SQ" else _COMPOUND).get(action, action)
+        if action == "U" and vr != "UI":
             action = "Z"
         if row.startswith("60xx") and action in ("X", "C"):
             # An overlay without its data breaks the Overlay Plane module: the whole group
@@ -294,22 +320,22 @@ def _clean(ds: Dataset, context: _Context, depth: int) -> None:
         if row == "50xxxxxx" and action == "C":
             action = "X"  # curve data cannot be cleaned either
         context.actions[action] += 1
-        _act(ds, elem, action, context, depth)
+        if action == "X":
+            del ds[tag]
+        elif action != "K" or vr == "SQ":  # K keeps the raw bytes, unconverted
+            _act(ds[tag], action, context, depth)
     for group in removed_overlays:
-        for tag in [elem.tag for elem in ds if elem.tag.group == group]:
+        for tag in [t for t in list(ds.keys()) if t.group == group]:
             context.actions["X"] += 1
             del ds[tag]
 
 
-def _act(ds: Dataset, elem: DataElement, action: str, context: _Context, depth: int) -> None:
-    """Do one action (X Z D K C U) on one attribute."""
+def _act(elem: DataElement, action: str, context: _Context, depth: int) -> None:
+    """Do one action (Z D K C U) on one attribute (X deletes it: the caller's)."""
     tag = elem.tag
-    if action == "X":
-        del ds[tag]
-    elif action == "K":
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _clean(item, context, depth + 1)
+    if action == "K":  # a sequence: its items still go through the table
+        for item in elem.value:
+            _clean(item, context, depth + 1)
     elif action == "U":
         elem.value = _map_uids(elem.value, context.key)
     elif action == "Z":
@@ -407,12 +433,11 @@ def _map_uids(value: object, key: Key) -> object:
     return mapped if isinstance(value, list | tuple) else mapped[0]
 
 
-def _private(ds: Dataset, elem: DataElement, context: _Context) -> None:
+def _private(ds: Dataset, tag: BaseTag, context: _Context) -> None:
     """Private attributes go, but for safe ones kept with the retain-safe-private option."""
-    tag = elem.tag
     if "retain-safe-private" in context.options and context.safe_private:
         if 0x10 <= tag.element < 0x0100:  # a private creator
-            if any(c == str(elem.value).strip() for c, _ in context.safe_private):
+            if any(c == str(ds[tag].value).strip() for c, _ in context.safe_private):
                 return
         elif tag.element >= 0x1000:
             creator = ds.get((tag.group, tag.element >> 8))
