@@ -288,7 +288,7 @@ def test_resumed_run_copies_nothing_twice_and_keeps_its_key(made: dict) -> None:
     assert report.already_copied == made["report"].staged
     assert not (root / "research" / "deid-staging").exists()
     with pytest.raises(ArchiveError, match="another key"):
-        deidentify(root / "record", root / "research", root / "other-key", OPTIONS, workers=0)
+        deidentify(root / "record", root / "research", make_key(root / "k3"), OPTIONS, workers=0)
     with pytest.raises(ArchiveError, match="another key, profile or option"):
         deidentify(root / "record", root / "research", made["key"], (), workers=0)
 
@@ -461,8 +461,11 @@ def test_cli(made: dict, tmp_path: Path) -> None:
         "0",
         "--json",
         "--no-progress",
+        "--codec",
+        "lz4",
     )
     assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "r" / "archive.json").read_text())["codec"] == "lz4"
     summary = json.loads(done.stdout)
     assert summary["balanced"] and summary["staged"] == made["report"].staged
     text = done.stdout + done.stderr

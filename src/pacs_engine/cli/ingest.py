@@ -183,6 +183,13 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
 
     if len(args.sources) != 1 or not args.key_file:
         return fail("ingest", "--deidentify needs one source archive and --key-file KEY", 2)
+    if args.follow_links or args.keep_non_dicom or args.max_frame_bytes:
+        # The inputs are the source archive's instances: these would be ignored.
+        return fail(
+            "ingest",
+            "--follow-links, --keep-non-dicom and --max-frame-bytes do not apply to --deidentify",
+            2,
+        )
     try:
         keep_private = _keep_private(args.keep_private)
     except ValueError as error:
@@ -198,6 +205,11 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
             burned_in=args.burned_in,
             safe_private=keep_private,
             executor=executor,
+            codec=args.codec,
+            transcode=args.transcode,
+            group=args.group,
+            verify=args.verify,
+            trust_bitstreams=args.trust_bitstreams,
         )
     except IngestStopped as error:
         return fail("ingest", str(error), 3)

@@ -87,9 +87,17 @@ def deidentify(
     safe_private: Iterable[tuple[str, int]] = (),
     workers: int | None = None,
     executor: Executor | None = None,
+    codec: str | None = None,
+    transcode: bool = False,
+    group: str | None = None,
+    verify: bool = False,
+    trust_bitstreams: bool = False,
 ) -> DeidReport:
     """Copy every instance of the archive `source` into the archive `research`,
-    de-identified by PS3.15 Annex E with `options`; resumable; see the module doc."""
+    de-identified by PS3.15 Annex E with `options`; resumable; see the module doc.
+
+    `codec`, `transcode` and `group` are options of a new research archive, `verify`
+    and `trust_bitstreams` of its ingest (`Archive.open_or_create`, `Archive.ingest`)."""
     start = time.monotonic()
     deidentifier = Deidentifier(Key.load(key_file), options, profile, burned_in, safe_private)
     if not is_pacs_archive(source):
@@ -97,7 +105,7 @@ def deidentify(
             f"{source}: not a pacs_engine archive (de-identified copies are made "
             "from an archive of record)"
         )
-    target = Archive.open_or_create(research)
+    target = Archive.open_or_create(research, codec=codec, transcode=transcode, group=group)
     report = DeidReport()
     own = executor is None
     executor = executor or make_executor(workers)
@@ -107,7 +115,9 @@ def deidentify(
             staging = target.path / STAGING
             staging.mkdir(exist_ok=True)
             _stage(Path(source), target, staging, deidentifier, executor, report)
-            report.ingest = target.ingest([staging], executor=executor)
+            report.ingest = target.ingest(
+                [staging], executor=executor, verify=verify, trust_bitstreams=trust_bitstreams
+            )
             if report.ingest.balanced:  # every staged file has its outcome: they can go
                 shutil.rmtree(staging)
             report.seconds = time.monotonic() - start
