@@ -26,6 +26,7 @@ from pydicom.sequence import Sequence
 
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
+from pacs_engine.ingest import IngestStopped
 from pacs_engine.ingest.archive import Archive, open_archive
 from tests.conftest import CORPUS, require_corpus, run_cli
 
@@ -474,3 +475,25 @@ def test_cli(made: dict, tmp_path: Path) -> None:
         assert str(ds.SOPInstanceUID) not in text
         if len(str(ds.get("PatientName", ""))) >= 6:
             assert str(ds.PatientName) not in text
+
+
+def test_a_run_stopped_after_staging_resumes_to_the_same_archive(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped between the staging and the ingest (a full disk, Ctrl-C): the staged files
+    stay, the next run ingests them without de-identifying them again, and the archive is
+    the one an uninterrupted run makes."""
+    root = made["root"]
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise IngestStopped("the disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Archive, "ingest", stopped)
+        with pytest.raises(IngestStopped):
+            deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
+    staged = list((root / "stopped" / "deid-staging").glob("*.dcm"))
+    assert len(staged) == made["report"].staged
+    report = deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.staged == len(staged) and not report.actions
+    assert _research_files(root / "stopped") == _research_files(root / "research")

@@ -28,7 +28,7 @@ from pacs_engine.deid.profile import table
 from pacs_engine.executors import make_executor
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.inputs import InputError, InputRef, read_input
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import fsync_dirs, write_atomic
 from pacs_engine.workers import Executor
 
 STAGING = "deid-staging"
@@ -210,6 +210,7 @@ def deid_task(
     """De-identify instances of the source into the staging folder (a worker's task):
     (new SOP UID, 'staged' | 'withheld' | 'refused', reason, actions) of each."""
     results: list[tuple[str, str, str, Counter[str]]] = []
+    dirs: set[Path] = set()
     for sop in sops:
         new = deidentifier.key.uid(sop)
         try:
@@ -224,6 +225,7 @@ def deid_task(
         if result.data is None:
             results.append((new, "withheld", result.withheld or "", Counter()))
             continue
-        write_atomic(staging / f"{result.sop_instance_uid}.dcm", result.data)
+        write_atomic(staging / f"{result.sop_instance_uid}.dcm", result.data, dirs)
         results.append((new, "staged", "", result.actions))
+    fsync_dirs(dirs)  # the renames of the batch made durable at once
     return results
