@@ -296,13 +296,17 @@ def test_clean_removes_identifying_values_from_text() -> None:
     ds, _ = _dataset()
     ds.PatientName = "Smith^Johnathan"
     ds.PatientID = "ID-776655"
-    ds.StudyDescription = "CT for smith (ID-776655) johnathan"
-    out = pydicom.dcmread(
-        BytesIO(Deidentifier(KEY, ["clean-descriptors"]).apply(_bytes(ds)).data or b"")
-    )
+    ds.StudyDate = "20190704"
+    ds.StudyDescription = "CT for smith (ID-776655) johnathan of 20190704"
+    ds.file_meta.SourceApplicationEntityTitle = "HOSPITALAE7"
+    options = ["clean-descriptors", "retain-longitudinal-modified-dates"]
+    data = Deidentifier(KEY, options).apply(_bytes(ds)).data or b""
+    out = pydicom.dcmread(BytesIO(data))
     text = out.StudyDescription.lower()
     assert "smith" not in text and "776655" not in text and "johnathan" not in text
+    assert "20190704" not in text and out.StudyDate != "20190704"  # shifted, not left in text
     assert REMOVED in out.StudyDescription and text.startswith("ct for")
+    assert b"HOSPITALAE7" not in data
 
 
 @pytest.mark.parametrize(

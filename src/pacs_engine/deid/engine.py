@@ -100,7 +100,8 @@ _COMPOUND = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U"}
 # Acquisition Context Sequence is Type 2), but for the Type 3 sequences named here.
 _COMPOUND_SQ = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "D", "U": "D"}
 _OPTIONAL_SQ = {0x00081110}  # Referenced Study Sequence: Type 3 in the General Study module
-_META_REMOVED = (0x00020016, 0x00020017, 0x00020018)  # source/sending/receiving AE titles
+# File meta: source, sending and receiving AE titles, private information (and its creator).
+_META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 _DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
 
 
@@ -160,7 +161,12 @@ class Deidentifier:
     def apply(self, data: bytes) -> Result:
         """The de-identified file of `data`, or a withheld Result; DeidError says why not."""
         with _quiet():
-            return self._apply(data)
+            try:
+                return self._apply(data)
+            except DeidError:
+                raise
+            except Exception as error:  # a value of an unforeseen form: refused, not copied
+                raise DeidError(f"cannot be de-identified ({type(error).__name__})") from None
 
     def _apply(self, data: bytes) -> Result:
         try:
@@ -277,7 +283,13 @@ def _collect_identifying(ds: Dataset, context: _Context, depth: int) -> None:
         if vr not in _IDENTIFYING_VRS:
             continue
         row = row_of(tag)
-        if row is None or row == PRIVATE_ROW or context.actions_of[row] in ("K", "C"):
+        if row is None or row == PRIVATE_ROW:
+            continue
+        # Kept values identify nothing; cleaned text is cleaned itself; but a shifted date
+        # must not stay readable in some free text.
+        if context.actions_of[row] in ("K", "C") and not (
+            vr in ("DA", "DT") and context.actions_of[row] == "C"
+        ):
             continue
         value = ds[tag].value
         for one in value if isinstance(value, list | tuple) else [value]:
