@@ -290,6 +290,8 @@ def test_resumed_run_copies_nothing_twice_and_keeps_its_key(made: dict) -> None:
     assert not (root / "research" / "deid-staging").exists()
     with pytest.raises(ArchiveError, match="another key"):
         deidentify(root / "record", root / "research", make_key(root / "k3"), OPTIONS, workers=0)
+    with pytest.raises(ArchiveError, match="its own source"):
+        deidentify(root / "record", root / "record", made["key"], OPTIONS, workers=0)
     with pytest.raises(ArchiveError, match="another key, profile or option"):
         deidentify(root / "record", root / "research", made["key"], (), workers=0)
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pacs_engine.cli import (
-    deid,
+    deid_key,
     export,
     info,
     ingest,
@@ -36,7 +36,7 @@ __all__ = ["build_parser", "main", "render_inventory"]
 COMMANDS = (
     scan,
     ingest,
-    deid,
+    deid_key,
     verify,
     tidy,
     rebuild_index,

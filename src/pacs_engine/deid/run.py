@@ -105,6 +105,8 @@ def deidentify(
             f"{source}: not a pacs_engine archive (de-identified copies are made "
             "from an archive of record)"
         )
+    if Path(source).resolve() == Path(research).resolve():
+        raise ArchiveError(f"{research}: the research archive cannot be its own source")
     target = Archive.open_or_create(research, codec=codec, transcode=transcode, group=group)
     report = DeidReport()
     own = executor is None
