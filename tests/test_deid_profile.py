@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
+import struct
 import xml.etree.ElementTree as ET
 from io import BytesIO
 from pathlib import Path
@@ -284,9 +285,28 @@ def test_masked_rows_private_curves_and_overlays() -> None:
     ds.add_new(0x00090010, "LO", "ACME 1.0")  # private creator
     ds.add_new(0x00091001, "LO", "private value")
     ds.add_new(0x00091002, "LO", "secret private")
-    basic = pydicom.dcmread(BytesIO(Deidentifier(KEY).apply(_bytes(ds)).data or b""))
+    # The rows of groups 0000 (command elements) and FFFA/FFFC, which _dataset leaves out.
+    ds.add_new(0xFFFAFFFA, "SQ", Sequence([Dataset()]))  # Digital Signatures Sequence: X
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 8)  # Data Set Trailing Padding: X
+    data = _bytes(ds)
+    # Command elements (Affected, Requested SOP Instance UID: X, U), which pydicom does not
+    # write into a file: spliced in, explicit VR little endian, first after the file meta.
+    command = b"".join(
+        struct.pack("<HH2sH", 0, element, b"UI", len(uid)) + uid
+        for element, uid in ((0x1000, b"1.2.3.1000"), (0x1001, b"1.2.3.1001"))
+    )
+    # After the preamble, DICM and the file meta, whose group length is bytes 140-143.
+    start = 144 + int.from_bytes(data[140:144], "little")
+    assert int.from_bytes(data[start : start + 2], "little") > 2  # the data set's first
+    data = data[:start] + command + data[start:]
+    assert pydicom.dcmread(BytesIO(data))[0x00001001].value == "1.2.3.1001"
+    basic = pydicom.dcmread(BytesIO(Deidentifier(KEY).apply(data).data or b""))
     for tag in (0x50000010, 0x60000010, 0x60003000, 0x00090010, 0x00091001, 0x00091002):
         assert tag not in basic
+    # Command elements go whatever their row says: no stored data set holds them.
+    assert 0x00001000 not in basic and 0x00001001 not in basic
+    assert 0xFFFAFFFA not in basic and 0xFFFCFFFC not in basic
+    assert basic.file_meta.MediaStorageSOPInstanceUID == basic.SOPInstanceUID
     safe = Deidentifier(KEY, ["retain-safe-private"], safe_private=[("ACME 1.0", 0x01)])
     kept = pydicom.dcmread(BytesIO(safe.apply(_bytes(ds)).data or b""))
     assert kept[0x00091001].value == "private value" and 0x00091002 not in kept

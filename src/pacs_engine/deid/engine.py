@@ -304,9 +304,13 @@ def _clean(ds: Dataset, context: _Context, depth: int) -> None:
         raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
     removed_overlays: set[int] = set()
     for tag in list(ds.keys()):
-        if tag.element == 0 or tag in _PIXEL_TAGS:  # group lengths are rewritten; pixels kept
-            if tag.element == 0:
-                del ds[tag]
+        if tag in _PIXEL_TAGS:
+            continue
+        if tag.element == 0 or tag.group == 0:
+            # Group lengths are retired and recomputed; command elements have no place in a
+            # stored data set (PS3.10 7.1), and pydicom cannot write them: both go.
+            context.actions["X"] += tag.group == 0
+            del ds[tag]
             continue
         row = row_of(tag)
         if row == PRIVATE_ROW:
