@@ -499,3 +499,37 @@ def test_a_run_stopped_after_staging_resumes_to_the_same_archive(
     report = deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
     assert report.balanced and report.staged == len(staged) and not report.actions
     assert _research_files(root / "stopped") == _research_files(root / "research")
+
+
+def test_worker_processes_make_the_same_archive(made: dict) -> None:
+    """De-identified in two worker processes (the Deidentifier pickled to them): the same
+    files as in this process."""
+    root = made["root"]
+    report = deidentify(root / "record", root / "parallel", made["key"], OPTIONS, workers=2)
+    assert report.balanced
+    assert _research_files(root / "parallel") == _research_files(root / "research")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [(), ("retain-uids", "retain-longitudinal-full-dates", "retain-patient-characteristics")],
+    ids=["basic", "retaining"],
+)
+def test_dciodvfy_under_other_option_sets(
+    made: dict, tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    engine = Deidentifier(Key.load(made["key"]), options)
+    compared = 0
+    for sop, data in made["originals"].items():
+        try:
+            new = engine.apply(data).data
+        except DeidError:
+            continue
+        if new is None:
+            continue
+        added = _dciodvfy_errors(new, tmp_path / "new.dcm") - _dciodvfy_errors(
+            data, tmp_path / "old.dcm"
+        )
+        assert added == set(), sop
+        compared += 1
+    assert compared > 20
