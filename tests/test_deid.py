@@ -304,8 +304,10 @@ def test_resumed_run_copies_nothing_twice_and_keeps_its_key(made: dict) -> None:
         deidentify(root / "record", root / "research", make_key(root / "k3"), OPTIONS, workers=0)
     with pytest.raises(ArchiveError, match="its own source"):
         deidentify(root / "record", root / "record", made["key"], OPTIONS, workers=0)
-    with pytest.raises(ArchiveError, match="another key, profile or option"):
+    with pytest.raises(ArchiveError, match="another key, profile, option set"):
         deidentify(root / "record", root / "research", made["key"], (), workers=0)
+    with pytest.raises(ArchiveError, match="burned-in policy"):
+        deidentify(root / "record", root / "research", made["key"], OPTIONS, "basic", "keep")
 
 
 def _dciodvfy_errors(data: bytes, path: Path) -> set[str]:

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def deidentify(
                 shutil.rmtree(staging)
             report.seconds = time.monotonic() - start
             write_atomic(
-                target.path / "reports" / f"deid-{time.strftime('%Y%m%dT%H%M%S')}.json",
+                target.path / "reports" / f"deid-{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json",
                 json.dumps(report.to_dict(), indent=2).encode(),
             )
     finally:
@@ -139,6 +140,8 @@ def _check_settings(root: Path, deidentifier: Deidentifier, profile: str) -> Non
         "key": deidentifier.key.fingerprint(),
         "profile": profile,
         "options": list(deidentifier.options),
+        "burned_in": deidentifier.burned_in,
+        "safe_private": sorted([c, e] for c, e in deidentifier.safe_private),
         "table": table().edition,
     }
     path = root / SETTINGS
@@ -146,7 +149,8 @@ def _check_settings(root: Path, deidentifier: Deidentifier, profile: str) -> Non
         before = json.loads(path.read_bytes())
         if before != settings:
             raise ArchiveError(
-                f"{root}: made with another key, profile or option set ({path.name}); "
+                f"{root}: made with another key, profile, option set or burned-in policy "
+                f"({path.name}); "
                 "a research archive holds one de-identification: make a new one"
             )
         return
