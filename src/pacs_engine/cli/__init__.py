@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pacs_engine.cli import (
     audit,
+    deid_key,
     export,
     info,
     ingest,
@@ -37,6 +38,7 @@ __all__ = ["build_parser", "main", "render_inventory"]
 COMMANDS = (
     scan,
     ingest,
+    deid_key,
     verify,
     tidy,
     rebuild_index,

@@ -121,9 +121,129 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="for a new archive: let this group read it (folders 2750 with the group, files "
         "0640) instead of its owner alone (0700/0600)",
     )
+    _add_deid_arguments(ingest)
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     add_progress(ingest)
     ingest.set_defaults(run=cmd_ingest)
+
+
+def _add_deid_arguments(ingest: argparse.ArgumentParser) -> None:
+    """The options of a de-identified copy (`--deidentify`, docs/deidentify.md)."""
+    group = ingest.add_argument_group("de-identified research copies (DICOM PS3.15 Annex E)")
+    group.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="SRC is one pacs_engine archive: copy it into ARCHIVE de-identified (headers "
+        "rewritten by PS3.15 Table E.1-1, pixels copied untouched)",
+    )
+    group.add_argument("--profile", default="basic", choices=("basic",), help="the profile")
+    group.add_argument(
+        "--option",
+        default="",
+        metavar="A,B,...",
+        help="options of Table E.1-1 by name, e.g. retain-longitudinal-modified-dates,"
+        "clean-descriptors,retain-patient-characteristics",
+    )
+    group.add_argument("--key-file", metavar="KEY", help="the key (`pacs-engine deid-key`)")
+    group.add_argument(
+        "--burned-in",
+        default="leave-out",
+        choices=("leave-out", "keep"),
+        help="instances that may carry identity in their pixels (Burned In Annotation YES, "
+        "ultrasound, secondary capture, photographs, video): left out and listed in the "
+        "report (default), or copied like any other",
+    )
+    group.add_argument(
+        "--keep-private",
+        action="append",
+        default=[],
+        metavar="CREATOR:XX",
+        help="with the retain-safe-private option, a private attribute known to be safe: its "
+        "private creator and element byte in hex (repeatable), e.g. 'SIEMENS CT VA0  COAD:10'",
+    )
+
+
+def _keep_private(values: list[str]) -> list[tuple[str, int]]:
+    """--keep-private values as (private creator, element byte)."""
+    kept = []
+    for value in values:
+        creator, _, element = value.rpartition(":")
+        try:
+            kept.append((creator, int(element, 16)))
+        except ValueError:
+            raise ValueError(f"--keep-private {value!r}: expected CREATOR:XX (hex)") from None
+    return kept
+
+
+def cmd_deidentify(args: argparse.Namespace) -> int:
+    """Copy an archive of record into a de-identified research archive."""
+    from pacs_engine.deid.run import deidentify
+    from pacs_engine.executors import make_executor
+    from pacs_engine.ingest import IngestStopped
+
+    if len(args.sources) != 1 or not args.key_file:
+        return fail("ingest", "--deidentify needs one source archive and --key-file KEY", 2)
+    if args.follow_links or args.keep_non_dicom or args.max_frame_bytes:
+        # The inputs are the source archive's instances: these would be ignored.
+        return fail(
+            "ingest",
+            "--follow-links, --keep-non-dicom and --max-frame-bytes do not apply to --deidentify",
+            2,
+        )
+    try:
+        keep_private = _keep_private(args.keep_private)
+    except ValueError as error:
+        return fail("ingest", str(error), 2)
+    executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
+    try:
+        report = deidentify(
+            args.sources[0],
+            args.archive,
+            args.key_file,
+            options=[o.strip() for o in args.option.split(",") if o.strip()],
+            profile=args.profile,
+            burned_in=args.burned_in,
+            safe_private=keep_private,
+            executor=executor,
+            codec=args.codec,
+            transcode=args.transcode,
+            group=args.group,
+            verify=args.verify,
+            trust_bitstreams=args.trust_bitstreams,
+        )
+    except IngestStopped as error:
+        return fail("ingest", str(error), 3)
+    finally:
+        executor.close()
+    summary = report.to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_render_deid(summary))
+    return 0 if report.balanced else 1
+
+
+def _render_deid(summary: dict[str, Any]) -> str:
+    """A de-identification report for people (it holds no identifying value)."""
+    lines = [
+        f"{summary['source_instances']:,} source instances: {summary['staged']:,} de-identified, "
+        f"{summary['already_copied']:,} copied before, {summary['withheld']:,} withheld "
+        f"(burned-in text), {summary['refused']:,} refused"
+    ]
+    for sop, reason in summary["refused_instances"].items():
+        lines.append(f"  refused {sop}: {reason}")
+    for sop, reason in summary["withheld_instances"].items():
+        lines.append(f"  withheld {sop}: {reason}")
+    actions = ", ".join(f"{a} {n:,}" for a, n in summary["actions"].items())
+    lines.append(f"attributes changed, per action: {actions or 'none'}")
+    if summary["source_quarantined_not_copied"]:
+        lines.append(
+            f"{summary['source_quarantined_not_copied']:,} files the source archive quarantined "
+            "are not copied"
+        )
+    if summary["ingest"] is not None:
+        lines.append(_render_report(summary["ingest"]))
+    return "\n".join(lines)
 
 
 def _executor_problem(args: argparse.Namespace) -> str | None:
@@ -149,6 +269,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     problem = _executor_problem(args)
     if problem:
         return fail("ingest", problem, 2)
+    if args.deidentify:
+        return cmd_deidentify(args)
+    if args.key_file or args.option or args.keep_private or args.burned_in != "leave-out":
+        return fail(
+            "ingest", "--key-file, --option, --keep-private and --burned-in need --deidentify", 2
+        )
     # Options an existing archive was made with are checked there (ArchiveError: exit 2).
     archive = Archive.open_or_create(
         args.archive, codec=args.codec, transcode=args.transcode, group=args.group

@@ -1,0 +1,98 @@
+"""De-identified research copies (issue 17): pacs_engine.deid against dicom-anonymizer.
+
+Run from the repository root (the table is printed, so use -s):
+
+    .venv/bin/python -m pytest benchmarks/bench_deid.py -q -s -p no:cacheprovider
+
+Files: the corpus's CT and MR files that pydicom decodes, from an uncompressed or lossless
+transfer syntax, outside malformed/ (`corpus_inputs({"CT", "MR"}, lossless=True)`), first
+ingested into an archive of record (default codec; not timed). Rows, in one run, over the
+same instances, MB/s of the source files' bytes and instances/s:
+- dicom-anonymizer 2.1 (its PS3.15 2026c Basic Profile table): per file, pydicom reads it,
+  `anonymize_dataset` rewrites it, pydicom writes it to memory; one process.
+- pacs_engine header rewrite: `Deidentifier.apply` on each file's bytes (exported from the
+  archive beforehand, not timed), Basic Profile; one process. The like-for-like row.
+- pacs_engine `deidentify` archive to archive, workers 0 and 2: export from the archive of
+  record (decodes JPEG-LS chunks), the rewrite, staging, and the research archive's ingest
+  (encodes native frames again): what `ingest --deidentify` costs end to end; and with
+  `--codec lz4` (a read-optimised research copy: no JPEG-LS encoding).
+Ratios are against dicom-anonymizer's row of the same run. Only correctness is asserted.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from dicomanonymizer import anonymize_dataset
+from dicomanonymizer.simpledicomanonymizer import initialize_actions
+
+from benchmarks.conftest import corpus_inputs
+from pacs_engine.deid import Deidentifier, Key, deidentify, make_key
+from pacs_engine.ingest.archive import Archive, open_archive
+
+
+def _rules() -> dict:
+    return initialize_actions("dicomfields_2026c")
+
+
+def _dicom_anonymizer(files: list[bytes]) -> None:
+    for data in files:
+        ds = pydicom.dcmread(BytesIO(data), force=True)
+        anonymize_dataset(ds, base_rules_gen=_rules)
+        ds.save_as(BytesIO(), enforce_file_format=False)
+
+
+def _engine(engine: Deidentifier, files: list[bytes]) -> None:
+    for data in files:
+        engine.apply(data)
+
+
+def test_bench_deid() -> None:
+    paths = corpus_inputs({"CT", "MR"}, lossless=True)
+    with tempfile.TemporaryDirectory(prefix="bench-deid-") as tmp:
+        root = Path(tmp)
+        inputs = root / "inputs"
+        inputs.mkdir()
+        for number, path in enumerate(paths):
+            shutil.copy(path, inputs / f"{number}.dcm")
+        with Archive.open_or_create(root / "record") as record:
+            assert record.ingest([inputs], workers=2).balanced
+        with open_archive(root / "record") as record:
+            files = [record.export_bytes(row["SOPInstanceUID"]) for row in record.index]
+        megabytes = sum(len(f) for f in files) / 1e6
+        key = make_key(root / "key")
+        rows: list[tuple[str, float]] = []
+
+        start = time.perf_counter()
+        _dicom_anonymizer(copy.copy(files))
+        rows.append(("dicom-anonymizer 2.1, 1 process", time.perf_counter() - start))
+
+        engine = Deidentifier(Key.load(key))
+        start = time.perf_counter()
+        _engine(engine, files)
+        rows.append(("pacs_engine header rewrite, 1 process", time.perf_counter() - start))
+
+        for workers, codec in ((0, None), (2, None), (2, "lz4")):
+            start = time.perf_counter()
+            research = root / f"research{workers}{codec}"
+            report = deidentify(root / "record", research, key, workers=workers, codec=codec)
+            name = f"pacs_engine deidentify, workers {workers}" + (
+                f", --codec {codec}" * bool(codec)
+            )
+            rows.append((name, time.perf_counter() - start))
+            assert report.balanced
+
+    base = rows[0][1]
+    print(f"\n{len(files)} instances, {megabytes:.1f} MB (CT and MR of the corpus)")
+    print(f"{'row':<58}{'s':>8}{'MB/s':>9}{'inst/s':>9}{'x':>7}")
+    for name, seconds in rows:
+        print(
+            f"{name:<58}{seconds:>8.2f}{megabytes / seconds:>9.1f}"
+            f"{len(files) / seconds:>9.1f}{base / seconds:>7.2f}"
+        )

@@ -1,0 +1,92 @@
+"""The de-identification key: pseudonyms, UIDs and date offsets are keyed hashes of it.
+
+The same key gives the same research archive again; another key gives pseudonyms that
+cannot be linked to the first. The key never appears in a message or a log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from pacs_engine.errors import PacsEngineError
+
+KEY_BYTES = 32
+#: Shifted dates move back by 1 to 10 years (whole days): far enough to hide the real ones.
+SHIFT_DAYS = (365, 3650)
+
+
+class KeyFileError(PacsEngineError, ValueError):
+    """A key file that is missing, unreadable or not a key."""
+
+
+def make_key(path: str | os.PathLike) -> Path:
+    """Write a new random key to `path` (mode 0600); refuses to overwrite a file."""
+    target = Path(path)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{target}: already exists; a key is never overwritten") from None
+    except OSError as error:
+        raise KeyFileError(f"{target}: cannot create the key file: {error.strerror}") from None
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # whatever the umask
+        file.write(secrets.token_hex(KEY_BYTES) + "\n")
+    return target
+
+
+class Key:
+    """A loaded key and the keyed hashes made from it."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Key:
+        """The key in a file written by `make_key` (64 hex digits); KeyFileError says why not."""
+        try:
+            text = Path(path).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            raise KeyFileError(
+                f"{path}: no such key file (make one with `pacs-engine deid-key`)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not a key file (not ASCII text)"
+            raise KeyFileError(f"{path}: cannot read the key file: {reason}") from None
+        try:
+            secret = bytes.fromhex(text)
+        except ValueError:
+            raise KeyFileError(f"{path}: not a key file (expected hexadecimal digits)") from None
+        if len(secret) < KEY_BYTES:
+            raise KeyFileError(
+                f"{path}: the key is too short ({len(secret)} bytes, {KEY_BYTES} needed)"
+            )
+        return cls(secret)
+
+    def __repr__(self) -> str:
+        return "Key(<secret>)"  # never the secret itself
+
+    def digest(self, purpose: str, value: str) -> bytes:
+        """HMAC-SHA256 of a value for one purpose (so a UID and an ID never share a hash)."""
+        return hmac.new(self._secret, f"{purpose}\0{value}".encode(), hashlib.sha256).digest()
+
+    def uid(self, uid: str) -> str:
+        """The research UID of a UID: 2.25. and 128 bits of its keyed hash (PS3.5 B.2)."""
+        return "2.25." + str(int.from_bytes(self.digest("uid", uid)[:16], "big"))
+
+    def patient_id(self, patient: str) -> str:
+        """The pseudonymous Patient ID of a patient (its ID and issuer)."""
+        return "ANON" + self.digest("patient", patient)[:8].hex().upper()
+
+    def shift_days(self, patient: str) -> int:
+        """Days this patient's dates move back by (modified dates option)."""
+        low, high = SHIFT_DAYS
+        number = int.from_bytes(self.digest("shift", patient)[:4], "big")
+        return low + number % (high - low + 1)
+
+    def fingerprint(self) -> str:
+        """A short public name of the key (a hash of a hash), to tell research archives apart."""
+        return self.digest("fingerprint", "")[:6].hex()
