@@ -19,6 +19,9 @@ from pacs_engine.archive.prepare import PrepareError
 from pacs_engine.archive.verify_plan import VerifySelectionError
 from pacs_engine.codecs import CodecError
 from pacs_engine.codecs.native import LayoutError
+from pacs_engine.deid.engine import DeidError
+from pacs_engine.deid.key import KeyFileError
+from pacs_engine.deid.profile import ProfileError
 from pacs_engine.errors import ScanError
 from pacs_engine.index.integrity import DamagedIndexError
 from pacs_engine.index.query import QueryError
@@ -33,6 +36,7 @@ from pacs_engine.serve.migrate import MigrationError
 from pacs_engine.serve.retrieve import NotSendable
 from pacs_engine.serve.web.auth import InvalidCredentials, KeyStoreError
 from pacs_engine.serve.web.qido import BadQuery
+from pacs_engine.serve.web.render import RenderError
 from pacs_engine.serve.web.stow import BodyTooLarge, MalformedBody
 
 #: One instance of each exception class, built as the code builds it, with the standard
@@ -68,6 +72,10 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     BadQuery: (BadQuery("limit: a non-negative integer"), (ValueError,)),
     MalformedBody: (MalformedBody("no closing boundary"), (ValueError,)),
     BodyTooLarge: (BodyTooLarge("the body is over 4096 bytes"), (ValueError,)),
+    RenderError: (RenderError("viewport is width,height in pixels"), (ValueError,)),
+    DeidError: (DeidError("a date that does not parse"), (ValueError,)),
+    KeyFileError: (KeyFileError("key.bin: not a key"), (ValueError,)),
+    ProfileError: (ProfileError("unknown option 'clean-pixels'"), (ValueError,)),
 }
 
 

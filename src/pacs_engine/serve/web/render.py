@@ -18,6 +18,7 @@ import numpy as np
 from pydicom.pixels import convert_color_space
 
 from pacs_engine.codecs._bitstream import YBR_FULL_FAMILY
+from pacs_engine.errors import PacsEngineError
 
 #: Rendered media types and their encoders.
 PNG, JPEG = "image/png", "image/jpeg"
@@ -31,7 +32,7 @@ THUMBNAIL_EDGE = 128
 MAX_VIEWPORT = 8192
 
 
-class RenderError(ValueError):
+class RenderError(PacsEngineError, ValueError):
     """A rendering parameter that cannot be honoured: says which and why (HTTP 400)."""
 
 
