@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from pacs_engine import Archive
@@ -227,7 +228,7 @@ def check_report(report: dict, frames: int, workers: list[int]) -> None:
     assert report["dataset_frames"] == 32
     rows = report["results"]
     assert [(r["mode"], r["workers"]) for r in rows] == [
-        (mode, w) for w in workers for mode in ("random", "sequential")
+        (mode, w) for w in workers for mode in ("random", "sequential", "dataloader")
     ]
     for row in rows:
         assert set(row) == {
@@ -251,10 +252,14 @@ def test_read_bench_function(small_archive: Path) -> None:
 
 
 def test_read_bench_cli_json_and_table(small_archive: Path) -> None:
-    done = run_cli("read-bench", str(small_archive), "--frames", "20", "--workers", "2", "--json")
+    # fork: spawned workers (each importing torch for the DataLoader row) are covered above
+    fork = ("--start-method", "fork")
+    done = run_cli(
+        "read-bench", str(small_archive), "--frames", "20", "--workers", "2", "--json", *fork
+    )
     assert done.returncode == 0, done.stderr
     check_report(json.loads(done.stdout), 20, [2])
-    done = run_cli("read-bench", str(small_archive), "--frames", "8", "--workers", "1")
+    done = run_cli("read-bench", str(small_archive), "--frames", "8", "--workers", "1", *fork)
     assert done.returncode == 0, done.stderr
     assert "frames/s" in done.stdout and "sequential" in done.stdout
     done = run_cli("read-bench", str(small_archive.parent / "nothing"))
@@ -262,16 +267,21 @@ def test_read_bench_cli_json_and_table(small_archive: Path) -> None:
 
 
 def test_read_bench_compare_measures_pydicom_in_the_same_run(small_archive: Path) -> None:
-    report = read_bench(small_archive, frames=6, workers=[1], compare=True)
+    report = read_bench(small_archive, frames=6, workers=[1], compare=True, start_method="fork")
     assert [(r["mode"], r["workers"]) for r in report["results"]] == [
         ("random", 1),
         ("sequential", 1),
         ("pydicom", 1),
+        ("dataloader", 1),
     ]
     assert all(r["frames"] == 6 and r["bytes"] == 6 * 128 * 128 * 2 for r in report["results"])
     assert "archive / pydicom" in render_read_bench(report)
-    assert "archive / pydicom" not in render_read_bench(read_bench(small_archive, 2, [1]))
-    done = run_cli("read-bench", str(small_archive), "--frames", "4", "--workers", "1", "--compare")
+    without = read_bench(small_archive, 2, [1], start_method="fork")
+    assert "archive / pydicom" not in render_read_bench(without)
+    done = run_cli(
+        "read-bench", str(small_archive), "--frames", "4", "--workers", "1", "--compare",
+        "--start-method", "fork",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "archive / pydicom" in done.stdout
 
@@ -286,8 +296,10 @@ def test_read_bench_compare_needs_the_original_files(tmp_path: Path) -> None:
     for path in files:
         path.unlink()
     done = run_cli("read-bench", str(tmp_path / "archive"), "--frames", "2", "--compare")
-    assert done.returncode == 2 and "is not readable" in done.stderr, done.stderr
-    assert run_cli("read-bench", str(tmp_path / "archive"), "--frames", "2").returncode == 0
+    assert done.returncode == 2, done.stderr
+    assert "cannot compare item" in done.stderr and "is not readable" in done.stderr
+    again = run_cli("read-bench", str(tmp_path / "archive"), "--frames", "2", "--workers", "1")
+    assert again.returncode == 0, again.stderr
 
 
 def test_the_benchmark_comparisons_per_codec_and_volume(small_archive: Path) -> None:
@@ -322,3 +334,85 @@ def test_a_worker_that_finishes_first_is_not_taken_for_dead() -> None:
 
     (result,) = run_tasks([("uneven", _SleepyReader(), [0.0, 2.5])], 2, start_method="fork")
     assert result["frames"] == 2 and result["bytes"] == 16
+
+
+def test_compare_on_a_copy_finds_the_originals_through_the_archive_of_record(
+    small_archive: Path, tmp_path: Path
+) -> None:
+    """A read-optimised copy names `<archive>::<uid>`: the archive of record names the file."""
+    from pacs_engine.read.bench import original_file, sources
+
+    copy = tmp_path / "copy"
+    with Archive.create(copy, codec="lz4", transcode=True) as archive:
+        assert archive.ingest([str(small_archive)], workers=0).archived == 32
+    dataset = FrameDataset(copy)
+    with Archive(small_archive) as of_record, Archive(copy) as copied:
+        for uid in dataset.instances:
+            assert str(copied.index.get(uid)["source_path"]) == f"{small_archive}::{uid}"
+            assert original_file(str(copy), uid) == of_record.index.get(uid)["source_path"]
+    where = sources(dataset, range(len(dataset)))
+    for k, (path, frame) in enumerate(where):  # the very pixels the archive holds
+        assert frame == 0
+        np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, dataset[k]["pixels"])
+    report = read_bench(copy, frames=4, workers=[1], compare=True, start_method="fork")
+    assert [r["mode"] for r in report["results"]] == [
+        "random",
+        "sequential",
+        "pydicom",
+        "dataloader",
+    ]
+    # Without the archive of record, read-bench says why it cannot compare.
+    moved = tmp_path / "moved"
+    small_archive.rename(moved)
+    try:
+        done = run_cli("read-bench", str(copy), "--frames", "2", "--compare", "--workers", "1")
+    finally:
+        moved.rename(small_archive)
+    assert done.returncode == 2
+    assert f"{small_archive}, which it was copied from, is gone" in done.stderr, done.stderr
+
+
+def test_read_bench_query_filter_progress_and_what_a_dataloader_sees(
+    small_archive: Path, tmp_path: Path
+) -> None:
+    with Archive(small_archive) as archive:
+        series = archive.query(level="series")
+    assert len(series) == 2
+    uid = series[0]["SeriesInstanceUID"]
+    done = run_cli(
+        "read-bench", str(small_archive), "--frames", "20", "--workers", "2", "--json",
+        "--query", f"SeriesInstanceUID={uid}", "--rescale", "--batch", "4",
+        "--start-method", "fork",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["dataset_frames"] == 16  # one series of two
+    assert f"selected by the series query {{'SeriesInstanceUID': '{uid}'}}" in report["dataset"]
+    assert report["dataloader"] == "the random frames in batches of 4, default collate"
+    loader = [r for r in report["results"] if r["mode"] == "dataloader"]
+    assert [(r["workers"], r["frames"]) for r in loader] == [(2, 20)]
+    assert loader[0]["bytes"] == 20 * 128 * 128 * 4  # float32 modality values, collated
+    assert "read-bench: 100%" in done.stderr  # the progress bar, on stderr
+    done = run_cli("read-bench", str(small_archive), "--query", "NoSuchKey=1")
+    assert done.returncode == 2 and "NoSuchKey" in done.stderr
+    done = run_cli("read-bench", str(small_archive), "--query", "Modality")
+    assert done.returncode == 2 and "KEY=VALUE" in done.stderr
+
+
+def test_read_bench_says_why_a_dataloader_cannot_batch_mixed_sizes(tmp_path: Path) -> None:
+    from pacs_engine.synth import write_studies
+
+    files = write_studies(tmp_path / "a", 1, 1, 2, rows=16, columns=16, seed=3)
+    files += write_studies(tmp_path / "b", 1, 1, 2, rows=24, columns=16, seed=4)
+    with Archive.create(tmp_path / "archive") as archive:
+        assert archive.ingest([str(p) for p in files], workers=0).archived == 4
+    report = read_bench(tmp_path / "archive", frames=4, workers=[1], start_method="fork")
+    assert report["dataloader"] == (
+        "not measured: frames of 2 sizes (16x16, 24x16): give one frame size (shape)"
+    )
+    assert [r["mode"] for r in report["results"]] == ["random", "sequential"]
+    report = read_bench(
+        tmp_path / "archive", frames=4, workers=[1], shape=(24, 16), start_method="fork"
+    )
+    assert report["dataset_frames"] == 2
+    assert [r["mode"] for r in report["results"]][-1] == "dataloader"

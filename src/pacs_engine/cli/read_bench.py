@@ -14,7 +14,8 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="measure frame reads as a training loop sees them (frames/s, decoded MB/s)",
         description="Read FRAMES frames of every series of ARCHIVE as a FrameDataset two "
         "ways, random access (dataset[i] for random indices) and sequential (iter_chunks), "
-        "with each number of worker processes given (each opens the archive itself), and "
+        "with each number of worker processes given (each opens the archive itself), and, "
+        "with torch, through a DataLoader with the same workers (default collate), and "
         "report frames/s and decoded MB/s. Exits 2 if ARCHIVE is not an archive or holds "
         "no frames.",
     )
@@ -45,6 +46,27 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "frames with the same workers (needs the files the index rows name; per codec and "
         "per volume comparisons: benchmarks/bench_read.py in the source tree)",
     )
+    read_bench.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="read only the series a series-level query selects (repeatable, e.g. "
+        "--query Modality=CT --query BodyPartExamined=CHEST; wildcards as in queries)",
+    )
+    read_bench.add_argument(
+        "--rescale", action="store_true", help="read modality values (e.g. HU) as float32"
+    )
+    read_bench.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        metavar=("ROWS", "COLUMNS"),
+        help="read only frames of this size (others skipped, as FrameDataset(shape=...))",
+    )
+    read_bench.add_argument(
+        "--batch", type=int, default=16, help="DataLoader batch size (default: 16)"
+    )
     read_bench.add_argument("--json", action="store_true", help="print the report as JSON")
     read_bench.set_defaults(run=cmd_read_bench)
 
@@ -53,10 +75,15 @@ def cmd_read_bench(args: argparse.Namespace) -> int:
     """Measure frame reads as a training loop sees them: random and sequential, 1..N workers."""
     from pacs_engine.archive import Archive
     from pacs_engine.archive.format import MARKER
+    from pacs_engine.errors import PacsEngineError
     from pacs_engine.read.bench import read_bench, render_read_bench
 
     if not Archive.exists(args.archive):
         print(f"{args.archive}: not an archive (no {MARKER})", file=sys.stderr)
+        return 2
+    query = dict(item.partition("=")[::2] for item in args.query)
+    if any("=" not in item for item in args.query):
+        print(f"read-bench: --query takes KEY=VALUE, not {args.query}", file=sys.stderr)
         return 2
     try:
         report = read_bench(
@@ -66,8 +93,13 @@ def cmd_read_bench(args: argparse.Namespace) -> int:
             seed=args.seed,
             start_method=args.start_method,
             compare=args.compare,
+            query=query,
+            rescale=args.rescale,
+            shape=tuple(args.shape) if args.shape else None,
+            batch_size=args.batch,
+            progress=True,
         )
-    except ValueError as error:
+    except (ValueError, PacsEngineError) as error:
         print(f"read-bench: {error}", file=sys.stderr)
         return 2
     if args.json:

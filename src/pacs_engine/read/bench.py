@@ -7,7 +7,13 @@ archive itself (as DataLoader workers do):
 - random: map-style `dataset[i]` for random indices (without repetition while the
   archive has enough frames);
 - sequential: `iter_chunks()`, one read per run of consecutive frames of a shard,
-  from the first frame on (wrapping round when more frames are asked than stored).
+  from the first frame on (wrapping round when more frames are asked than stored);
+- dataloader (with torch): the random frames through a torch `DataLoader` with the
+  same worker count, batched by the default collate, as a training loop sees them
+  (not measured, and the report says why, when the frames differ in size or dtype).
+
+The dataset may be selected by a series query and rescaled (`query`, `rescale`,
+`shape`), so the figures are those of the loop's own dataset.
 
 The work is split evenly between the workers; every worker sets itself up (starts,
 imports, opens the archive) before a common start (a barrier), and the time is
@@ -15,7 +21,8 @@ from the first worker's start to the last worker's end. `run_tasks` is the same
 harness for any picklable reader.
 
 With `compare`, the baseline is measured in the same run: the same random frames
-read with pydicom from the original files the index rows name (`source_path`;
+read with pydicom from the original files the index rows name (`source_path`; for
+a copy made from an archive, the file that archive's row names: `original_file`;
 `PydicomFrames`: `dcmread` + `pixel_array`), with the same worker counts. The
 per-codec and per-volume comparisons against pydicom and the codec alone are
 benchmarks, not product: `benchmarks/read_compare.py`, run by `benchmarks/bench_read.py`.
@@ -217,20 +224,118 @@ def sequential_runs(runs: Sequence[tuple[int, int]], frames: int) -> list[tuple[
     return out
 
 
-def sources(dataset: Any, indices: Sequence[int]) -> list[tuple[str, int]]:
-    """The original file (the row's `source_path`) and frame number of each item."""
+#: Copies of copies followed to the original file at most (a loop of archives stops here).
+MAX_COPY_DEPTH = 8
+
+
+def original_file(archive_path: str, sop_instance_uid: str) -> str:
+    """The original file an archived instance was ingested from; ValueError says why not.
+
+    A read-optimised copy made from an archive records `<archive>::<SOP Instance
+    UID>` as its source: the instance's row in that archive (the archive of record)
+    names the file, followed through copies of copies.
+    """
+    from pacs_engine.ingest.inputs import SEPARATOR, container_kind, split_key
     from pacs_engine.read.datasets import _handle
 
-    index = _handle(dataset.archive_path).archive.index
+    where, uid = archive_path, sop_instance_uid
+    for _ in range(MAX_COPY_DEPTH):
+        row = _handle(where).archive.index.get(uid)
+        if row is None:
+            raise ValueError(f"instance {uid} is not in the archive {where}")
+        source = str(row.get("source_path") or "")
+        container, member = split_key(source)
+        if member is None:
+            if os.path.isfile(source):
+                return source
+            # A key splits only while its container exists: `<archive>::<uid>` whose
+            # archive is gone reads as one missing path.
+            gone = source.rpartition(SEPARATOR)[0]
+            if gone and not os.path.exists(gone):
+                raise ValueError(f"instance {uid}: {gone}, which it was copied from, is gone")
+            raise ValueError(f"instance {uid}: its original file is not readable: {source!r}")
+        if container_kind(container) != "pacs":
+            raise ValueError(
+                f"instance {uid}: its original is a member of {container} "
+                "(pydicom reads files, not members of zip or tar archives)"
+            )
+        where, uid = container, member
+    raise ValueError(f"instance {sop_instance_uid}: more than {MAX_COPY_DEPTH} copies of copies")
+
+
+def sources(dataset: Any, indices: Sequence[int]) -> list[tuple[str, int]]:
+    """The original file (`original_file`) and frame number of each item; ValueError if not."""
     out = []
     for i in indices:
-        entry = dataset.table[i]
-        row = index.get(dataset.instances[int(entry[3])]) or {}
-        path = str(row.get("source_path") or "")
-        if not os.path.isfile(path):
-            raise ValueError(f"the original file of item {i} is not readable: {path!r}")
-        out.append((path, int(entry[4])))
+        _, _, _, instance, frame = dataset.table[i].tolist()
+        uid = dataset.instances[instance]
+        try:
+            path = original_file(dataset.archive_path, uid)
+        except ValueError as error:
+            raise ValueError(f"cannot compare item {i} with pydicom: {error}") from None
+        out.append((path, frame))
     return out
+
+
+def dataloader_rate(
+    dataset: Any,
+    indices: Sequence[int],
+    workers: int,
+    batch_size: int,
+    start_method: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`indices` read through a torch DataLoader (default collate) with `workers` processes.
+
+    Each worker first reads one warm-up batch of other random items, untimed: the
+    workers' start (paid once per epoch, or once with persistent workers) is left out,
+    as `run_tasks` leaves it out. Timed from the last warm-up batch to the last
+    batch. Needs torch.
+    """
+    from torch.utils.data import DataLoader
+
+    warm_up = random_indices(len(dataset), batch_size * workers, seed + 1).tolist()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=warm_up + list(indices),
+        num_workers=workers,
+        multiprocessing_context=start_method,
+    )
+    frames = nbytes = 0
+    started = 0.0
+    for k, batch in enumerate(loader):
+        if k < workers:  # batches go to the workers in turn: one each
+            started = time.monotonic()
+            continue
+        frames += len(batch["pixels"])
+        nbytes += batch["pixels"].numel() * batch["pixels"].element_size()
+    seconds = max(time.monotonic() - started, 1e-9)
+    return {
+        "mode": "dataloader",
+        "workers": workers,
+        "frames": frames,
+        "bytes": nbytes,
+        "seconds": round(seconds, 6),
+        "frames_per_s": frames / seconds,
+        "mb_per_s": nbytes / seconds / 1e6,
+    }
+
+
+def unbatchable(dataset: Any) -> str:
+    """Why PyTorch's default collate cannot batch the dataset's frames ("" when it can)."""
+    from pacs_engine.read.datasets import _handle
+
+    pixels = _handle(dataset.archive_path).archive.pixels
+    specs = [pixels.spec(path) for path in dataset.arrays]
+    sizes = {(s.rows, s.columns, s.samples) for s in specs}
+    if dataset.shape is None and len(sizes) > 1:
+        shown = ", ".join(f"{r}x{c}" + (f"x{n}" if n > 1 else "") for r, c, n in sorted(sizes))
+        return f"frames of {len(sizes)} sizes ({shown}): give one frame size (shape)"
+    dtypes = {str(s.dtype) for s in specs}
+    if dataset.dtype is None and len(dtypes) > 1:
+        return f"frames of {len(dtypes)} dtypes ({', '.join(sorted(dtypes))}): rescale or a dtype"
+    return ""
 
 
 def read_bench(
@@ -240,37 +345,72 @@ def read_bench(
     seed: int = 0,
     start_method: str = "spawn",
     compare: bool = False,
+    query: dict[str, str] | None = None,
+    rescale: bool = False,
+    shape: tuple[int, int] | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Random and sequential frame reads of the archive with each worker count.
 
-    Returns {"archive", "dataset_frames", "frames", "seed", "start_method", "cpus",
-    "results": [{"mode", "workers", "frames", "bytes", "seconds", "frames_per_s",
-    "mb_per_s"}, ...]}, random then sequential (then pydicom, with `compare`) for each
-    worker count.
+    The dataset is `FrameDataset(archive, rescale=rescale, shape=shape)` (frames of
+    another size skipped), or with `query` its `from_query(archive, **query)`. Per
+    worker count: random `dataset[i]`, sequential `iter_chunks()`, with torch the
+    same random frames through a DataLoader (`batch_size`, default collate; what a
+    training loop sees), and with `compare` pydicom on the original files
+    (`original_file`). `progress`: a tqdm bar on stderr.
+
+    Returns {"archive", "dataset", "dataset_frames", "frames", "seed", "start_method",
+    "cpus", "results": [{"mode", "workers", "frames", "bytes", "seconds",
+    "frames_per_s", "mb_per_s"}, ...]}.
     """
+    import importlib.util
+
+    from tqdm import tqdm
+
     from pacs_engine.read.datasets import FrameDataset
 
     if frames < 1:
         raise ValueError(f"frames must be at least 1, not {frames}")
     if not workers or min(workers) < 1:
         raise ValueError(f"workers must be positive counts, not {list(workers)}")
-    dataset = FrameDataset(archive_path)
+    options: dict[str, Any] = {"rescale": rescale, "shape": shape}
+    if query:
+        dataset = FrameDataset.from_query(archive_path, **query, **options)
+    else:
+        dataset = FrameDataset(archive_path, **options)
     if not len(dataset):
-        raise ValueError(f"{os.fspath(archive_path)}: the archive holds no frames")
+        raise ValueError(f"{os.fspath(archive_path)}: no frames to read\n{dataset.report()}")
     indices = random_indices(len(dataset), frames, seed).tolist()
     runs = sequential_runs(dataset.runs(), frames)
     where = sources(dataset, indices) if compare else []
+    loader_note = "" if importlib.util.find_spec("torch") else "torch is not installed"
+    loader_note = loader_note or unbatchable(dataset)
     results: list[dict[str, Any]] = []
-    for count in workers:
-        tasks = [
-            ("random", RandomFrames(dataset), [indices[k::count] for k in range(count)]),
-            ("sequential", SequentialFrames(dataset), [runs[k::count] for k in range(count)]),
-        ]
-        if compare:
-            tasks.append(("pydicom", PydicomFrames(), [where[k::count] for k in range(count)]))
-        results += run_tasks(tasks, count, start_method)
+    steps = len(workers) * (2 if not loader_note else 1)
+    with tqdm(total=steps, desc="read-bench", unit="step", disable=not progress) as bar:
+        for count in workers:
+            tasks = [
+                ("random", RandomFrames(dataset), [indices[k::count] for k in range(count)]),
+                ("sequential", SequentialFrames(dataset), [runs[k::count] for k in range(count)]),
+            ]
+            if compare:
+                tasks.append(("pydicom", PydicomFrames(), [where[k::count] for k in range(count)]))
+            bar.set_postfix_str(f"{count} worker(s): {', '.join(t[0] for t in tasks)}")
+            results += run_tasks(tasks, count, start_method)
+            bar.update()
+            if not loader_note:
+                bar.set_postfix_str(f"{count} worker(s): dataloader")
+                results.append(
+                    dataloader_rate(dataset, indices, count, batch_size, start_method, seed)
+                )
+                bar.update()
     return {
         "archive": dataset.archive_path,
+        "dataset": dataset.report(),
+        "dataloader": f"not measured: {loader_note}"
+        if loader_note
+        else f"the random frames in batches of {batch_size}, default collate",
         "dataset_frames": len(dataset),
         "frames": frames,
         "seed": seed,
@@ -283,6 +423,7 @@ def read_bench(
 def render_read_bench(report: dict[str, Any]) -> str:
     """The report as a table for people."""
     lines = [
+        *(f"  {line}" for line in report.get("dataset", "").splitlines()),
         f"{report['archive']}: {report['dataset_frames']:,} frames; read {report['frames']:,} "
         f"per row (seed {report['seed']}, {report['start_method']} workers, "
         f"{report['cpus']} cpus)",
@@ -293,6 +434,8 @@ def render_read_bench(report: dict[str, Any]) -> str:
             f"  {row['mode']:<11} {row['workers']:>7} {row['frames']:>8,} "
             f"{row['seconds']:>9.3f} {row['frames_per_s']:>10,.1f} {row['mb_per_s']:>9.1f}"
         )
+    if report.get("dataloader"):
+        lines.append(f"  dataloader: {report['dataloader']}")
     lines += render_baseline(report)
     return "\n".join(lines)
 
@@ -303,7 +446,7 @@ def render_baseline(report: dict[str, Any]) -> list[str]:
     rows = {(r["mode"], r["workers"]): r for r in report.get("results", [])}
     for (mode, count), row in rows.items():
         theirs = rows.get(("pydicom", count))
-        if mode == "random" and theirs:
+        if mode in ("random", "dataloader") and theirs:
             ratio = row["frames_per_s"] / theirs["frames_per_s"]
-            lines.append(f"  random frames, {count} worker(s): archive / pydicom = {ratio:.1f}x")
+            lines.append(f"  {mode} frames, {count} worker(s): archive / pydicom = {ratio:.1f}x")
     return lines

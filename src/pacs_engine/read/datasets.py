@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from pacs_engine.index.rows import Attributes, Row
+from pacs_engine.read.shape import FrameShape
 from pacs_engine.read.volume import (
     LPS_TO_RAS,
     VolumeError,
@@ -268,8 +269,11 @@ class FrameDataset(_FromQuery, _MapBase):
     rescaled and cast as asked. With `rescale`, monochrome frames hold modality values
     (e.g. HU); colour frames are never rescaled. `dtype`: the dtype of every item's
     pixels (default float32 with `rescale`, else as stored). `grayscale`: leave out
-    colour instances. Instances left out are counted by reason in `excluded` and
-    said by `report()`.
+    colour instances. `shape` (rows, columns): every item's frame size, frames of
+    another size skipped, padded (with `pad_value`), cropped or resampled as
+    `on_mismatch` says (`pacs_engine.read.shape`; spacing and affines follow).
+    Instances left out are counted by reason in `excluded`, those fitted to `shape`
+    in `fitted`; `report()` says both.
     """
 
     def __init__(
@@ -280,18 +284,24 @@ class FrameDataset(_FromQuery, _MapBase):
         dtype: np.dtype | str | None = None,
         fields: Sequence[str] = (),
         grayscale: bool = False,
+        shape: Sequence[int] | None = None,
+        on_mismatch: str = "skip",
+        pad_value: float = 0.0,
     ) -> None:
         self.archive_path = _archive_path(archive_path)
         self.rescale = rescale
         self.dtype = _output_dtype(dtype, rescale)
         self.fields = _fields(fields)
+        self.shape = None if shape is None else FrameShape(tuple(shape), on_mismatch, pad_value)  # type: ignore[arg-type]
         archive = _handle(self.archive_path).archive
         self.series_uids = sorted(_series_uids(archive, series_uids))
         self.arrays: list[str] = []
         self.instances: list[str] = []
         self.rescale_rows: list[dict[str, Any]] = []  # per instance
         self.meta: list[dict[str, Any]] = []  # per instance
+        self.reshape: list[bool] = []  # per instance: its frames go through `shape.apply`
         self.excluded: Counter[str] = Counter()  # instances left out, by reason
+        self.fitted: Counter[str] = Counter()  # instances fitted to `shape`, by what was done
         geometry: list[tuple[np.ndarray, np.ndarray]] = []  # per instance
         # One row per frame: series, array, frame in array, instance, frame in instance.
         table: list[tuple[int, int, int, int, int]] = []
@@ -299,6 +309,9 @@ class FrameDataset(_FromQuery, _MapBase):
         for s, uid in enumerate(self.series_uids):
             for row in _rows(archive, uid):
                 reason = _exclusion(row, grayscale)
+                size = int(row.get("Rows") or 0), int(row.get("Columns") or 0)
+                if not reason and self.shape is not None:
+                    reason = self.shape.exclusion(*size)
                 if reason:
                     self.excluded[reason] += 1
                     continue
@@ -311,12 +324,21 @@ class FrameDataset(_FromQuery, _MapBase):
                 self.instances.append(str(row["SOPInstanceUID"]))
                 self.rescale_rows.append(_slim(row))
                 self.meta.append(_meta(row, self.fields))
-                geometry.append(frame_geometry(row))
+                spacing_affine, fit = frame_geometry(row), ""
+                if self.shape is not None:
+                    fit = self.shape.fitted(*size)
+                    spacing_affine = self.shape.geometry(*spacing_affine, *size)
+                geometry.append(spacing_affine)
+                self.reshape.append(bool(fit))
+                if fit:
+                    self.fitted[fit] += 1
                 first = int(pixels["first_frame"])
                 table += [(s, a, first + f, i, f) for f in range(int(pixels["frames"]))]
         self.table = np.array(sorted(table), dtype=np.int64).reshape(-1, 5)
         self.spacings = np.array([g[0] for g in geometry], np.float64).reshape(-1, 3)
         self.affines = np.array([g[1] for g in geometry], np.float64).reshape(-1, 4, 4)
+        # Per instance once here, not per item: an item's geometry is its instance's.
+        self.affines_ras = LPS_TO_RAS @ self.affines
 
     def __len__(self) -> int:
         return len(self.table)
@@ -341,27 +363,38 @@ class FrameDataset(_FromQuery, _MapBase):
             f"pixels: {'modality values' if self.rescale else 'stored values'}, "
             f"dtype {self.dtype or 'as stored'}"
         )
+        if self.shape is not None:
+            lines.append(f"frame size {self.shape}, other sizes: {self.shape.on_mismatch}")
         for reason, count in sorted(self.excluded.items()):
             lines.append(f"excluded: {count} instances, {reason}")
+        for fit, count in sorted(self.fitted.items()):
+            lines.append(f"fitted: {count} instances {fit}")
         return "\n".join(lines)
 
-    def _item(self, entry: np.ndarray, pixels: np.ndarray) -> dict[str, Any]:
-        s, _, _, i, f = (int(v) for v in entry)
-        mono = pixels.ndim == 2
-        pixels = convert(pixels[None], [self.rescale_rows[i]], self.rescale and mono, self.dtype)
+    def _item(self, entry: list[int], pixels: np.ndarray) -> dict[str, Any]:
+        # Per item only copies of what the constructor prepared: reading a frame from a
+        # read-optimised copy takes ~0.1 ms, so microseconds here show in frames/s.
+        s, _, _, i, f = entry
+        if self.rescale or self.dtype is not None:
+            rows = [self.rescale_rows[i]]
+            pixels = convert(pixels[None], rows, self.rescale and pixels.ndim == 2, self.dtype)[0]
+        if self.shape is not None and self.reshape[i]:
+            pixels = self.shape.apply(pixels)
         return {
-            "pixels": pixels[0],
+            "pixels": pixels,
             "sop_instance_uid": self.instances[i],
             "series_instance_uid": self.series_uids[s],
             "frame": f,
             **self.meta[i],
-            **_geometry(self.spacings[i], self.affines[i], (0, 0, 0)),
+            "spacing": self.spacings[i].copy(),
+            "affine_lps": self.affines[i].copy(),
+            "affine_ras": self.affines_ras[i].copy(),
         }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One frame and where it comes from."""
-        entry = self.table[_check_index(index, len(self))]
-        path, frame = self.arrays[int(entry[1])], int(entry[2])
+        entry = self.table[_check_index(index, len(self))].tolist()
+        path, frame = self.arrays[entry[1]], entry[2]
         pixels = _handle(self.archive_path).archive.pixels.read_frames(path, [frame])[0]
         return self._item(entry, pixels)
 
@@ -411,9 +444,9 @@ class FrameChunks(_IterableBase):
         handle = _handle(dataset.archive_path)
         for r in worker_share(len(self.runs)):
             start, stop = self.runs[r]
-            entries = dataset.table[start:stop]
-            lo, hi = int(entries[0][2]), int(entries[-1][2]) + 1
-            path = dataset.arrays[int(entries[0][1])]
+            entries = dataset.table[start:stop].tolist()
+            lo, hi = entries[0][2], entries[-1][2] + 1
+            path = dataset.arrays[entries[0][1]]
             block = handle.archive.pixels.read_frames(path, range(lo, hi))
             for entry, pixels in zip(entries, block, strict=True):
                 yield dataset._item(entry, pixels)

@@ -1,0 +1,252 @@
+"""Training loops as written: a torch DataLoader on an archive against pydicom on the files.
+
+Run from the repository root (the corpus's CT and `pacs-engine synth` CT, each a case):
+
+    PACS_ENGINE_CORPUS=/work/shared/corpus .venv/bin/python -m pytest \\
+        benchmarks/bench_training.py -q -s -p no:cacheprovider
+
+Every rate comes from a real `torch.utils.data.DataLoader`: 2 workers, batch 16,
+shuffled, float32 HU (`rescale=True`), default collate, over the training side of a
+patient-level split (patients ordered by a hash of their PatientID, the first quarter
+held out, as examples/train_ct.py does). Each loader first takes one untimed batch
+per worker (their start is paid once per epoch); then `BATCHES` batches are timed.
+In the same run, per case:
+
+- frames (512x512, `FrameDataset(shape=(512, 512))`, other sizes skipped) from the
+  archive of record (default codec policy) and from a read-optimised copy
+  (`codec="lz4", transcode=True`), against a pydicom Dataset over the same
+  instances' original files (`dcmread`, `pixel_array`, `apply_modality_lut`,
+  float32), and against the codec alone: the same frames' stored chunks (read
+  beforehand) decoded by 2 processes (`run_tasks`);
+- 32x128x128 patches (`PatchDataset`, HU) from both archives, against pydicom reading
+  only the 32 files of the slices a patch needs and cutting the patch out.
+
+Targets (issue 15): frames from the archive of record >= 80 % of the codec alone and
+faster than pydicom; from the copy >= 5x pydicom; patches from the archive of record
+>= 2x pydicom, from a training copy >= 20x.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+from benchmarks.conftest import corpus_inputs
+from pacs_engine import Archive, open_archive
+from pacs_engine.archive.pixel_store import decode_chunk
+from pacs_engine.read.bench import original_file, run_tasks
+from pacs_engine.read.datasets import FrameDataset, PatchDataset
+from pacs_engine.read.volume import plan_volume
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+WORKERS = 2
+BATCH = 16
+BATCHES = 12  # timed batches of frames per loader
+PATCH = (32, 128, 128)
+PATCH_BATCHES = 3  # timed batches of patches per loader (pydicom reads 32 files a patch)
+FRAME = (512, 512)
+SYNTH = {"studies": 4, "series_per_study": 1, "slices": 64}
+
+
+def train_series(archive_path: Path) -> list[str]:
+    """The CT series of the patients on the training side of the split."""
+    by_patient: dict[str, list[str]] = defaultdict(list)
+    with open_archive(archive_path) as archive:
+        for record in archive.query(level="series", Modality="CT"):
+            by_patient[str(record["PatientID"] or "")].append(str(record["SeriesInstanceUID"]))
+    patients = sorted(by_patient, key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    held_out = max(1, math.floor(len(patients) / 4)) if len(patients) > 1 else 0
+    return [uid for p in patients[held_out:] for uid in by_patient[p]]
+
+
+def _hu(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    return apply_modality_lut(pixels, ds).astype(np.float32)
+
+
+class PydicomFrames(Dataset):
+    """Frames as a pydicom training loop reads them: one file per item, HU in float32."""
+
+    def __init__(self, where: Sequence[tuple[str, int]]) -> None:
+        self.where = list(where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path, frame = self.where[i]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            pixels = ds.pixel_array
+        if int(ds.get("NumberOfFrames") or 1) > 1:
+            pixels = pixels[frame]
+        return {"pixels": _hu(ds, pixels), "patient_id": str(ds.get("PatientID", ""))}
+
+
+class PydicomPatches(Dataset):
+    """The patches of a PatchDataset, read by pydicom from only the slices each needs."""
+
+    def __init__(self, patches: PatchDataset, paths: list[list[str]]) -> None:
+        self.patches, self.paths = patches, paths
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s, _, (z, y, x) = self.patches.draw(i)
+        dz, dy, dx = self.patches.patch_size
+        slices = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for path in self.paths[s][z : z + dz]:
+                ds = pydicom.dcmread(path)
+                slices.append(_hu(ds, ds.pixel_array[y : y + dy, x : x + dx]))
+        return {"pixels": np.stack(slices)}
+
+
+class CodecAlone:
+    """Decodes chunk bytes read beforehand with their array's codec (a `run_tasks` reader)."""
+
+    def read(self, part: Sequence[tuple[Any, list[bytes], tuple[int, ...]]]) -> tuple[int, int]:
+        frames = nbytes = 0
+        for spec, chunks, shape in part:
+            for chunk in chunks:
+                nbytes += decode_chunk(spec, chunk, shape).nbytes
+            frames += 1
+        return frames, nbytes
+
+
+def loader_rate(dataset: Dataset, batches: int) -> float:
+    """Items/s of a shuffled 2-worker DataLoader over `batches` batches after a warm-up.
+
+    Epochs follow each other (persistent workers) until enough batches were taken.
+    """
+    generator = torch.Generator().manual_seed(0)
+    loader = DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,
+        num_workers=WORKERS,
+        persistent_workers=True,
+        generator=generator,
+        multiprocessing_context="fork",
+    )
+    assert len(loader), f"{len(dataset)} items: not one batch"  # type: ignore[arg-type]
+    items, started, k = 0, 0.0, 0
+    while k < WORKERS + batches:
+        for batch in loader:
+            k += 1
+            if k <= WORKERS:  # one untimed batch per worker: their start
+                started = time.monotonic()
+                continue
+            assert batch["pixels"].dtype == torch.float32
+            items += len(batch["pixels"])
+            if k == WORKERS + batches:
+                break
+    return items / (time.monotonic() - started)
+
+
+def codec_rate(frames: FrameDataset, count: int) -> float:
+    """Frames/s of 2 processes decoding `count` of the dataset's frames with their codec."""
+    pixels = open_archive(frames.archive_path).pixels
+    rng = np.random.default_rng(0)
+    part = []
+    for i in rng.integers(0, len(frames), count).tolist():
+        _, a, frame, _, _ = frames.table[i].tolist()
+        spec = pixels.spec(frames.arrays[a])
+        _, r, c, *_ = spec.chunk_shape
+        chunks = pixels.read_chunks(frames.arrays[a], frame, frame + 1)
+        part.append((spec, chunks, (r, c, *spec.frame_shape[2:])))
+    tasks = [("codec", CodecAlone(), [part[k::WORKERS] for k in range(WORKERS)])]
+    (row,) = run_tasks(tasks, WORKERS, start_method="fork")
+    return float(row["frames_per_s"])
+
+
+@pytest.fixture(scope="module", params=["corpus", "synth"])
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The archive of record and the lz4 copy of one case's CT, and its train series."""
+    root = tmp_path_factory.mktemp(f"training-{request.param}")
+    if request.param == "corpus":
+        files = corpus_inputs({"CT"}, lossless=True)
+    else:
+        from pacs_engine.synth import write_studies
+
+        written = write_studies(root / "synth", **SYNTH, modalities=("CT",), seed=5)
+        files = [str(p) for p in written]
+    for path in files:  # page cache
+        Path(path).read_bytes()
+    archives = {}
+    for name, policy in (("record", {}), ("copy", {"codec": "lz4", "transcode": True})):
+        archives[name] = root / name
+        with Archive.create(archives[name], **policy) as archive:
+            assert archive.ingest(files, workers=0).balanced
+    return {"name": request.param, **archives, "series": train_series(archives["record"])}
+
+
+def test_training_rates(case: dict) -> None:
+    series = case["series"]
+    rates: dict[str, float] = {}
+    frames = {
+        name: FrameDataset(case[name], series, rescale=True, shape=FRAME, grayscale=True)
+        for name in ("record", "copy")
+    }
+    where = [
+        (original_file(frames["record"].archive_path, frames["record"].instances[i]), f)
+        for _, _, _, i, f in frames["record"].table.tolist()
+    ]
+    rates["frames record"] = loader_rate(frames["record"], BATCHES)
+    rates["frames copy"] = loader_rate(frames["copy"], BATCHES)
+    rates["frames pydicom"] = loader_rate(PydicomFrames(where), BATCHES)
+    rates["frames codec alone"] = codec_rate(frames["record"], BATCH * BATCHES)
+    patches = {
+        name: PatchDataset(
+            case[name],
+            PATCH,
+            samples=BATCH * (PATCH_BATCHES + WORKERS),
+            seed=1,
+            series_uids=series,
+            rescale=True,
+            subset=True,
+        )
+        for name in ("record", "copy")
+    }
+    with open_archive(case["record"]) as archive:
+        paths = [
+            [
+                original_file(str(case["record"]), str(row["SOPInstanceUID"]))
+                for row in plan_volume(archive.index.series(uid), subset=True).rows
+            ]
+            for uid in patches["record"].series_uids
+        ]
+    rates["patches record"] = loader_rate(patches["record"], PATCH_BATCHES)
+    rates["patches copy"] = loader_rate(patches["copy"], PATCH_BATCHES)
+    rates["patches pydicom"] = loader_rate(PydicomPatches(patches["record"], paths), PATCH_BATCHES)
+    ratios = {
+        "record / codec alone (>= 0.8)": rates["frames record"] / rates["frames codec alone"],
+        "record / pydicom, frames (> 1)": rates["frames record"] / rates["frames pydicom"],
+        "copy / pydicom, frames (>= 5)": rates["frames copy"] / rates["frames pydicom"],
+        "record / pydicom, patches (>= 2)": rates["patches record"] / rates["patches pydicom"],
+        "copy / pydicom, patches (>= 20)": rates["patches copy"] / rates["patches pydicom"],
+    }
+    lines = [
+        "",
+        f"training loop, {case['name']} CT: {len(frames['record'])} frames of 512x512 "
+        f"in {len(series)} training series; DataLoader {WORKERS} workers, batch {BATCH}",
+    ]
+    lines += [f"  {name:<34} {rate:>10,.1f} /s" for name, rate in rates.items()]
+    lines += [f"  {name:<34} {ratio:>10.2f}x" for name, ratio in ratios.items()]
+    print("\n".join(lines))
