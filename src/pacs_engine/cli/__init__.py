@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pacs_engine.cli import (
+    correct,
     export,
     info,
     ingest,
@@ -41,6 +42,7 @@ COMMANDS = (
     info,
     query,
     export,
+    correct,
     serve,
     migrate,
     synth,

@@ -1,0 +1,255 @@
+"""`pacs-engine correct` and `pacs-engine trash`: corrections, audited and reversible."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+from typing import TYPE_CHECKING
+
+from pacs_engine.cli._common import fail
+
+if TYPE_CHECKING:
+    from pacs_engine.archive.archive import Archive
+    from pacs_engine.archive.corrections import Correction, Corrections
+
+
+def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `correct` and `trash`."""
+    correct = commands.add_parser(
+        "correct",
+        help="merge patients, correct demographics, move a series, delete (reversibly)",
+        description="Each correction writes a new version of every instance it changes (the "
+        "pixel data is neither touched nor copied), commits the index in one transaction, is "
+        "kept in ARCHIVE/corrections/ with the values before and after, and is written to the "
+        "audit trail (UIDs and attribute keywords only). `--undo ID` puts back what it "
+        "changed; a delete goes to the trash (`pacs-engine trash`). Refused while another "
+        "process writes to the archive. docs/corrections.md.",
+    )
+    correct.add_argument("archive", help="the archive folder")
+    correct.add_argument("--list", action="store_true", help="list the corrections made")
+    correct.add_argument("--undo", metavar="ID", help="undo this correction (or restore a delete)")
+    correct.add_argument("--json", action="store_true", help="print what was done as JSON")
+    _add_common(correct, reason_required=False)
+    kinds = correct.add_subparsers(dest="kind", metavar="KIND")
+    merge = kinds.add_parser("merge-patient", help="file every study of one patient under another")
+    merge.add_argument("--from", dest="source", required=True, metavar="PATIENT_ID")
+    merge.add_argument("--to", dest="target", required=True, metavar="PATIENT_ID")
+    patient = kinds.add_parser("patient", help="new values of patient attributes")
+    patient.add_argument("--id", dest="patient", required=True, metavar="PATIENT_ID")
+    patient.add_argument(
+        "--set",
+        dest="values",
+        action="append",
+        required=True,
+        metavar="KEYWORD=VALUE",
+        help="PatientName, PatientBirthDate, PatientSex, OtherPatientIDs, IssuerOfPatientID or "
+        "PatientID (repeatable; an empty VALUE empties the attribute)",
+    )
+    move = kinds.add_parser("move-series", help="file a series under another study")
+    move.add_argument("--series", required=True, metavar="SERIES_INSTANCE_UID")
+    move.add_argument("--to-study", required=True, metavar="STUDY_INSTANCE_UID")
+    delete = kinds.add_parser("delete", help="delete a study, series or instance to the trash")
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", metavar="STUDY_INSTANCE_UID")
+    which.add_argument("--series", metavar="SERIES_INSTANCE_UID")
+    which.add_argument("--uid", metavar="SOP_INSTANCE_UID")
+    delete.add_argument(
+        "--keep-days",
+        type=float,
+        default=30.0,
+        help="days the trash keeps it before `trash --empty` removes it (default 30)",
+    )
+    for sub in (merge, patient, move, delete):
+        _add_common(sub, reason_required=True)
+    correct.set_defaults(run=cmd_correct)
+
+    trash = commands.add_parser(
+        "trash",
+        help="list, empty or restore from the trash of deletes",
+        description="Deleted studies, series and instances stay in ARCHIVE/trash (or, for part "
+        "of a series, where they were) until their keep time is over and the trash is "
+        "emptied; until then `--restore ID` brings them back.",
+    )
+    trash.add_argument("archive", help="the archive folder")
+    action = trash.add_mutually_exclusive_group(required=True)
+    action.add_argument("--list", action="store_true", help="list what the trash holds")
+    action.add_argument("--empty", action="store_true", help="remove what is past its keep time")
+    action.add_argument("--restore", metavar="ID", help="restore this delete")
+    trash.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="with --empty: remove what was deleted more than DAYS ago, whatever its keep time",
+    )
+    trash.set_defaults(run=cmd_trash)
+
+
+def _add_common(parser: argparse.ArgumentParser, reason_required: bool) -> None:
+    parser.add_argument(
+        "--reason", required=reason_required, help="why (kept in the correction log)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what it would change, write nothing"
+    )
+
+
+def cmd_correct(args: argparse.Namespace) -> int:
+    """Make, undo or list corrections."""
+    from pacs_engine.archive import open_archive
+    from pacs_engine.archive.corrections import load_records
+
+    chosen = [bool(args.list), bool(args.undo), bool(args.kind)]
+    if sum(chosen) != 1:
+        return fail("correct", "give one of --list, --undo ID or a KIND (merge-patient, ...)", 2)
+    if args.list:
+        with open_archive(args.archive) as archive:
+            records = [c.summary() for c in load_records(archive.path)]
+        if args.json:
+            print(json.dumps(records, indent=1))
+        for record in [] if args.json else records:
+            print(_line(record))
+        return 0
+    with open_archive(args.archive, readonly=False) as archive:
+        corrections = _corrections(archive)
+        if args.undo:
+            planned = corrections.undo(args.undo, args.reason or "undo", _actor())
+        else:
+            planned = _plan(corrections, args)
+        return _apply(archive, corrections, planned, args)
+
+
+def _plan(corrections: Corrections, args: argparse.Namespace) -> Correction:
+    """The correction the command line asks for, planned."""
+    actor = _actor()
+    if args.kind == "merge-patient":
+        return corrections.merge_patient(args.source, args.target, args.reason, actor)
+    if args.kind == "patient":
+        values = {}
+        for item in args.values:
+            keyword, equals, value = item.partition("=")
+            if not equals:
+                raise _error(f"--set {keyword}: not KEYWORD=VALUE")
+            values[keyword] = value
+        return corrections.correct_patient(args.patient, values, args.reason, actor)
+    if args.kind == "move-series":
+        return corrections.move_series(args.series, args.to_study, args.reason, actor)
+    return corrections.delete(
+        args.reason,
+        actor,
+        study=args.study,
+        series=args.series,
+        sop=args.uid,
+        keep_days=args.keep_days,
+    )
+
+
+def _apply(
+    archive: Archive, corrections: Corrections, planned: Correction, args: argparse.Namespace
+) -> int:
+    """Make the planned correction (unless a dry run), audit it and say what it did."""
+    from pacs_engine.serve.audit import AuditLog
+
+    if not args.dry_run:
+        corrections.apply(planned)
+        with AuditLog(archive.path) as audit:
+            # UIDs and keywords only: the values (names, IDs) stay in the correction log.
+            audit.record(
+                protocol="cli",
+                actor=planned.actor,
+                address=socket.gethostname(),
+                action=f"correct {planned.kind}",
+                outcome="ok",
+                study=planned.studies,
+                detail=f"correction {planned.id}: {len(planned.before)} instances, "
+                f"{len(planned.series)} series; attributes: {', '.join(planned.attributes)}"
+                + (f"; undoes {planned.undoes}" if planned.undoes else ""),
+            )
+    summary = planned.summary()
+    if args.json:
+        print(json.dumps({**summary, "dry_run": args.dry_run}, indent=1))
+        return 0
+    verb = "would make" if args.dry_run else "made"
+    print(f"{verb} {_line(summary)}")
+    for study in summary["studies"]:
+        print(f"  study {study}")
+    for series in summary["series"]:
+        print(f"  series {series}")
+    if planned.kind == "delete" and not args.dry_run:
+        print(
+            f"  in the trash until {planned.keep_until}; `pacs-engine trash {args.archive} "
+            f"--restore {planned.id}` brings it back"
+        )
+    return 0
+
+
+def cmd_trash(args: argparse.Namespace) -> int:
+    """List, empty or restore from the trash."""
+    from pacs_engine.archive import open_archive
+    from pacs_engine.archive.corrections import load_records
+
+    if args.older_than is not None and not args.empty:
+        return fail("trash", "--older-than goes with --empty", 2)
+    if args.list:
+        with open_archive(args.archive) as archive:
+            held = [
+                c.summary()
+                for c in load_records(archive.path)
+                if c.kind == "delete" and not c.undone_by and not c.emptied
+            ]
+        for record in held:
+            print(_line(record))
+        print(f"{len(held)} deletes in the trash")
+        return 0
+    with open_archive(args.archive, readonly=False) as archive:
+        corrections = _corrections(archive)
+        if args.restore:
+            planned = corrections.undo(args.restore, "restore from the trash", _actor())
+            args.dry_run, args.json = False, False
+            return _apply(archive, corrections, planned, args)
+        emptied, freed = corrections.empty_trash(args.older_than)
+    print(f"emptied {len(emptied)} deletes from the trash, {freed / 1e6:,.1f} MB freed")
+    for correction_id in emptied:
+        print(f"  {correction_id}")
+    return 0
+
+
+def _corrections(archive: Archive) -> Corrections:
+    from pacs_engine.archive.corrections import Corrections
+
+    corrections = Corrections(archive)
+    for correction_id in corrections.recover():
+        print(f"finished or rolled back the interrupted correction {correction_id}")
+    return corrections
+
+
+def _line(summary: dict) -> str:
+    """One correction in one line, without values."""
+    state = summary["state"]
+    if summary.get("undone_by"):
+        state = f"undone by {summary['undone_by']}"
+    elif summary.get("emptied"):
+        state = f"emptied {summary['emptied']}"
+    elif summary["kind"] == "delete" and summary.get("keep_until"):
+        state += f", kept until {summary['keep_until']}"
+    attributes = f"; {', '.join(summary['attributes'])}" if summary["attributes"] else ""
+    return (
+        f"{summary['id']} {summary['kind']}: {summary['instances']} instances in "
+        f"{len(summary['series'])} series of {len(summary['studies'])} studies{attributes} "
+        f"({state}; {summary['actor']} {summary['time']})"
+    )
+
+
+def _actor() -> str:
+    """Who runs the command (the login name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        return "unknown"
+
+
+def _error(message: str) -> Exception:
+    from pacs_engine.archive.corrections import CorrectionError
+
+    return CorrectionError(message)
