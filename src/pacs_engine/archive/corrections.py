@@ -323,6 +323,17 @@ class Corrections:
                 correction.before[sop] = current
         if original.kind == "delete":
             correction.before = dict(original.before)  # what the restore brings back
+            moved = {to: frm for frm, to in original.post_moves}
+            for row in original.before.values():
+                for version in version_rows(row):
+                    pack = version["header"]["pack"]
+                    if not any(pack.startswith(f"{frm}/") for frm in moved.values()) and not (
+                        self.root / pack
+                    ).is_file():
+                        raise CorrectionError(
+                            f"{row['SOPInstanceUID']}: its files are no longer where they were "
+                            "(a later delete took its series: restore that one first)"
+                        )
             correction.pre_moves = [[to, frm] for frm, to in original.post_moves]
             for _, to in correction.pre_moves:
                 if (self.root / to).exists():
@@ -473,6 +484,9 @@ class Corrections:
         for name in correction.post_remove:
             (self.root / name).unlink(missing_ok=True)
         if correction.undoes:
+            emptied = self.root / TRASH / correction.undoes  # a restore's folders, left empty
+            if emptied.is_dir() and not any(p.is_file() for p in emptied.rglob("*")):
+                shutil.rmtree(emptied)
             path = self.root / RECORDS / f"{correction.undoes}.json"
             original = Correction.from_json(path.read_bytes())
             if original.undone_by != correction.id:
