@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from conftest import require_corpus, run_cli
+
 from pacs_engine.archive import open_archive
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.corrections import FAULT_VARIABLE
@@ -113,14 +113,33 @@ def test_merge_patient_and_undo(archive: Path, pristine, tmp_path: Path) -> None
     mr_studies = _studies(archive, PatientID="crlab")
     ct_study = _studies(archive, PatientID="PLASTIC")
     target = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "04.dcm")])
-    dry = _cli("correct", archive, "merge-patient", "--from", "crlab", "--to", "PLASTIC",
-               "--reason", "duplicate registration", "--dry-run")
+    dry = _cli(
+        "correct",
+        archive,
+        "merge-patient",
+        "--from",
+        "crlab",
+        "--to",
+        "PLASTIC",
+        "--reason",
+        "duplicate registration",
+        "--dry-run",
+    )
     assert "would make" in dry and "4 instances" in dry
     assert _studies(archive, PatientID="crlab") == mr_studies  # nothing written
     assert not (archive / "corrections").exists()
 
-    out = _cli("correct", archive, "merge-patient", "--from", "crlab", "--to", "PLASTIC",
-               "--reason", "duplicate registration")
+    out = _cli(
+        "correct",
+        archive,
+        "merge-patient",
+        "--from",
+        "crlab",
+        "--to",
+        "PLASTIC",
+        "--reason",
+        "duplicate registration",
+    )
     assert "4 instances in 2 series of 2 studies" in out
     assert _studies(archive, PatientID="crlab") == []
     assert _studies(archive, PatientID="PLASTIC") == sorted(mr_studies + ct_study)
@@ -148,8 +167,19 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
     by_sop = pristine[1]
     old_name = str(_read(by_sop[next(iter(by_sop))]).PatientName)
     assert _studies(archive, PatientName=old_name)
-    _cli("correct", archive, "patient", "--id", "crlab", "--set", "PatientName=DOE^JANE",
-         "--set", "PatientBirthDate=19700101", "--reason", "registration error")
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--set",
+        "PatientBirthDate=19700101",
+        "--reason",
+        "registration error",
+    )
     assert len(_studies(archive, PatientName="DOE^JANE")) == 2
     assert _studies(archive, PatientName=old_name) == []
     files = _export(archive, tmp_path / "out", "--patient", "crlab")
@@ -161,10 +191,30 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
         assert _pixel_digest(corrected) == _pixel_digest(original)
         assert (corrected.pixel_array == original.pixel_array).all()
     _verify(archive)
-    _cli("correct", archive, "patient", "--id", "crlab", "--set", "PatientWeight=80",
-         "--reason", "x", code=2)
-    _cli("correct", archive, "patient", "--id", "nobody", "--set", "PatientName=X",
-         "--reason", "x", code=2)
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientWeight=80",
+        "--reason",
+        "x",
+        code=2,
+    )
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "nobody",
+        "--set",
+        "PatientName=X",
+        "--reason",
+        "x",
+        code=2,
+    )
     _cli("correct", archive, "--undo", _last_id(archive))
     _originals_exported(archive, tmp_path / "after-undo", by_sop)
     _verify(archive)
@@ -177,13 +227,23 @@ def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:
     with open_archive(archive) as opened:
         target = opened.index.study_record(target_study)
     assert target is not None
-    _cli("correct", archive, "move-series", "--series", single.SeriesInstanceUID,
-         "--to-study", target_study, "--reason", "filed under the wrong study")
+    _cli(
+        "correct",
+        archive,
+        "move-series",
+        "--series",
+        single.SeriesInstanceUID,
+        "--to-study",
+        target_study,
+        "--reason",
+        "filed under the wrong study",
+    )
     with open_archive(archive) as opened:
         series = opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID)
         assert [s["StudyInstanceUID"] for s in series] == [target_study]
-        assert opened.index.study_record(single.StudyInstanceUID)[
-            "NumberOfStudyRelatedInstances"] == 6
+        assert (
+            opened.index.study_record(single.StudyInstanceUID)["NumberOfStudyRelatedInstances"] == 6
+        )
     files = _export(archive, tmp_path / "out", "--series", single.SeriesInstanceUID)
     moved = _read(files[f"{single.SOPInstanceUID}.dcm"])
     assert moved.StudyInstanceUID == target_study
@@ -241,10 +301,28 @@ def test_delete_trash_restore_and_empty(archive: Path, pristine, tmp_path: Path)
 
 
 def test_audit_trail_names_no_patient(archive: Path, pristine) -> None:
-    _cli("correct", archive, "merge-patient", "--from", "crlab", "--to", "PLASTIC",
-         "--reason", "patient crlab is PLASTIC")
-    _cli("correct", archive, "patient", "--id", "PLASTIC", "--set", "PatientName=DOE^JANE",
-         "--reason", "name of DOE^JANE")
+    _cli(
+        "correct",
+        archive,
+        "merge-patient",
+        "--from",
+        "crlab",
+        "--to",
+        "PLASTIC",
+        "--reason",
+        "patient crlab is PLASTIC",
+    )
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "PLASTIC",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "name of DOE^JANE",
+    )
     records = list(read_records(archive))
     assert [r["action"] for r in records] == ["correct merge-patient", "correct patient"]
     assert {r["protocol"] for r in records} == {"cli"}
@@ -258,8 +336,18 @@ def test_audit_trail_names_no_patient(archive: Path, pristine) -> None:
 
 def test_refused_while_another_writer_holds_it(archive: Path) -> None:
     with open_archive(archive, readonly=False):
-        out = _cli("correct", archive, "patient", "--id", "crlab", "--set",
-                   "PatientName=X", "--reason", "x", code=2)
+        out = _cli(
+            "correct",
+            archive,
+            "patient",
+            "--id",
+            "crlab",
+            "--set",
+            "PatientName=X",
+            "--reason",
+            "x",
+            code=2,
+        )
     assert "another process is writing" in out
 
 
@@ -268,11 +356,31 @@ def test_crash_mid_correction(archive: Path, pristine, tmp_path: Path, point: st
     by_sop = pristine[1]
     single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
     fault = {FAULT_VARIABLE: point}
-    _cli("correct", archive, "patient", "--id", "crlab", "--set", "PatientName=DOE^JANE",
-         "--reason", "x", code=70, env=fault)
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "x",
+        code=70,
+        env=fault,
+    )
     # The next writer finishes a committed correction, or rolls back one that was not.
-    out = _cli("correct", archive, "delete", "--series", single.SeriesInstanceUID,
-               "--reason", "x", code=70, env=fault)
+    out = _cli(
+        "correct",
+        archive,
+        "delete",
+        "--series",
+        single.SeriesInstanceUID,
+        "--reason",
+        "x",
+        code=70,
+        env=fault,
+    )
     assert "interrupted correction" in out
     _verify(archive)  # whichever state is visible is whole
     committed = point == "after-commit"
@@ -293,3 +401,36 @@ def test_crash_mid_correction(archive: Path, pristine, tmp_path: Path, point: st
         assert not list((archive / "headers").rglob("correction-*"))
     _originals_exported(archive, tmp_path / "out", by_sop)
     _verify(archive)
+
+
+def test_emptying_part_of_a_series_and_rebuild_index(archive: Path, pristine, tmp_path) -> None:
+    by_sop = pristine[1]
+    one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "05.dcm")])
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "registration error",
+    )
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "mistake")
+    pixels = next((archive / "pixels").glob(f"{one.SeriesInstanceUID}*"))
+    before = _disk_bytes(pixels)
+    assert "emptied 1 deletes" in _cli("trash", archive, "--empty", "--older-than", "0")
+    assert _disk_bytes(pixels) < before  # its frame is out of the shard
+    _verify(archive)
+    # The rows files no longer hold it: a rebuilt index has the corrections, not the deleted.
+    _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(by_sop) - 1
+        assert opened.index.get(one.SOPInstanceUID) is None
+    assert len(_studies(archive, PatientName="DOE^JANE")) == 2
+    _verify(archive)
+    files = _export(archive, tmp_path / "out", "--series", one.SeriesInstanceUID)
+    assert len(files) == 5
+    for name, path in files.items():
+        assert path.read_bytes() == by_sop[name.removesuffix(".dcm")].read_bytes()

@@ -21,6 +21,7 @@ packs removed). Readers see the index before or after the transaction, never bet
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import os
@@ -36,15 +37,15 @@ from typing import TYPE_CHECKING, Any, cast
 import pydicom
 from pydicom.tag import Tag
 
-from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.archive import _disk_bytes
+from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.archive.prepare import PrepareError, prepare
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
-from pacs_engine.codecs.sharding import pack_shard
+from pacs_engine.codecs.sharding import EMPTY, pack_shard
+from pacs_engine.errors import ScanError
 from pacs_engine.index.rows import Row
-from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, ScanError, scan
+from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, scan
 from pacs_engine.storage import fsync_dir, make_dirs, series_folders, write_atomic
 
 if TYPE_CHECKING:
@@ -277,9 +278,7 @@ class Corrections:
             whole = {r["SOPInstanceUID"] for r in index.iter_series(series_uid)}
             if whole <= set(correction.before):
                 for folder in self._folders(series_uid):
-                    correction.post_moves.append(
-                        [folder, f"{TRASH}/{correction.id}/{folder}"]
-                    )
+                    correction.post_moves.append([folder, f"{TRASH}/{correction.id}/{folder}"])
         return correction
 
     def undo(self, correction_id: str, reason: str, actor: str) -> Correction:
@@ -297,7 +296,9 @@ class Corrections:
         later = [
             c.id
             for c in done.values()
-            if c.id > original.id and c.kind != "undo" and not c.undone_by
+            if c.id > original.id
+            and c.kind != "undo"
+            and not c.undone_by
             and set(c.before) & set(original.before)
         ]
         if later:
@@ -327,9 +328,10 @@ class Corrections:
             for row in original.before.values():
                 for version in version_rows(row):
                     pack = version["header"]["pack"]
-                    if not any(pack.startswith(f"{frm}/") for frm in moved.values()) and not (
-                        self.root / pack
-                    ).is_file():
+                    if (
+                        not any(pack.startswith(f"{frm}/") for frm in moved.values())
+                        and not (self.root / pack).is_file()
+                    ):
                         raise CorrectionError(
                             f"{row['SOPInstanceUID']}: its files are no longer where they were "
                             "(a later delete took its series: restore that one first)"
@@ -395,7 +397,7 @@ class Corrections:
     def _write_versions(self, correction: Correction) -> None:
         """The corrected files' header blobs in new packs, and their rows in `after`."""
         by_folder: dict[str, list[tuple[Row, bytes, Row]]] = {}
-        for sop, row in correction.before.items():
+        for row in correction.before.values():
             new_row, blob = self._corrected(row, correction.values, correction.id)
             folder = str(Path(row["header"]["pack"]).parent)
             by_folder.setdefault(folder, []).append((row, blob, new_row))
@@ -585,7 +587,9 @@ class Corrections:
         if not pixels.exists(path):
             return 0
         per_shard, per_frame = pixels.grid(path)
-        frames = set(range(reference["first_frame"], reference["first_frame"] + reference["frames"]))
+        frames = set(
+            range(reference["first_frame"], reference["first_frame"] + reference["frames"])
+        )
         frames -= live.get(path, set())
         freed = 0
         for shard in sorted({f // per_shard for f in frames}):
@@ -654,4 +658,4 @@ def _move(root: Path, frm: str, to: str) -> None:
 
 def _epoch(stamp: str) -> float:
     """Seconds since the epoch of a UTC stamp YYYY-MM-DDTHH:MM:SSZ."""
-    return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
