@@ -9,9 +9,10 @@ ones. A delete removes rows from the index and moves the series folders it empti
 `trash/<id>/` (a part of a series stays where it is, kept from `tidy` by its record);
 `empty_trash` really removes them.
 
-Crash safety: a correction record is written first (`corrections/<id>.json`, state
-"pending", with every row before and after), then the files a correction needs before
-its commit (packs; for a restore, folders moved back), then ONE index transaction
+Crash safety: the new packs are written first (a crash then leaves packs no row uses,
+which `tidy` removes), then the correction record (`corrections/<id>.json`, state
+"pending", with every row before and after), then what must exist before the commit
+(for a restore, folders moved back from the trash), then ONE index transaction
 commits the rows with a marker of the correction in the journal database. Whatever
 follows the commit (rows files beside the packs, folders moved to the trash, the record
 marked "done") is replayed by `recover` on the next correction: a record whose marker
@@ -162,13 +163,31 @@ def trashed_rows(root: Path, folders: Iterable[str]) -> Iterator[Row]:
 
     `tidy` counts them as used, so a restore finds their bytes where they were.
     """
-    wanted = {f"headers/{name}" for name in folders}
+    by_folder = _trashed_by_folder(root)
+    for name in folders:
+        yield from by_folder.get(f"headers/{name}", [])
+
+
+_TRASHED: dict[Path, tuple[int, dict[str, list[Row]]]] = {}
+
+
+def _trashed_by_folder(root: Path) -> dict[str, list[Row]]:
+    """The rows of deletes not restored nor emptied, by header folder; read again only when
+    the records folder changed (a tidy asks once per series folder)."""
+    try:
+        stamp = (root / RECORDS).stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    cached = _TRASHED.get(root)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    by_folder: dict[str, list[Row]] = {}
     for record in load_records(root):
-        if record.kind != "delete" or record.undone_by or record.emptied:
-            continue
-        for row in record.before.values():
-            if str(Path(row["header"]["pack"]).parent) in wanted:
-                yield row
+        if record.kind == "delete" and not record.undone_by and not record.emptied:
+            for row in record.before.values():
+                by_folder.setdefault(str(Path(row["header"]["pack"]).parent), []).append(row)
+    _TRASHED[root] = (stamp, by_folder)
+    return by_folder
 
 
 class Corrections:
@@ -192,7 +211,12 @@ class Corrections:
         """Every row of the patient (exactly this Patient ID: no wildcard matching)."""
         studies = self.archive.index.query("study", PatientID=patient_id)
         uids = [s["StudyInstanceUID"] for s in studies if s.get("PatientID") == patient_id]
-        rows = [row for uid in uids for row in self.archive.index.study(uid)]
+        rows = [
+            row
+            for uid in uids
+            for row in self.archive.index.study(uid)
+            if row.get("PatientID") == patient_id  # a study's stray instance of another
+        ]
         if not rows:
             raise CorrectionError("no study of that Patient ID in the archive")
         return rows

@@ -87,11 +87,16 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _add_common(parser: argparse.ArgumentParser, reason_required: bool) -> None:
+    # A KIND's options do not reset those given before it (`correct A --dry-run delete ...`).
+    unset = argparse.SUPPRESS if reason_required else None
     parser.add_argument(
-        "--reason", required=reason_required, help="why (kept in the correction log)"
+        "--reason", required=reason_required, default=unset, help="why (kept in the correction log)"
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="show what it would change, write nothing"
+        "--dry-run",
+        action="store_true",
+        default=unset or False,
+        help="show what it would change, write nothing",
     )
 
 
@@ -167,6 +172,8 @@ def _apply(
                 + (f"; undoes {planned.undoes}" if planned.undoes else ""),
             )
     summary = planned.summary()
+    if args.dry_run:
+        summary["state"] = "not made: --dry-run"
     if args.json:
         print(json.dumps({**summary, "dry_run": args.dry_run}, indent=1))
         return 0
