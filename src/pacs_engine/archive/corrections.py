@@ -65,9 +65,6 @@ PATIENT_ATTRIBUTES = (
     "IssuerOfPatientID",
     "OtherPatientIDs",
 )
-#: What a series moved to another study takes from it: its UID and the study's attributes.
-STUDY_ATTRIBUTES = STUDY_KEYWORDS
-KINDS = ("merge-patient", "patient", "move-series", "delete", "undo")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30
@@ -264,7 +261,7 @@ class Corrections:
         if rows[0]["StudyInstanceUID"] == study_uid:
             raise CorrectionError(f"{series_uid}: already in study {study_uid}")
         record = cast(dict[str, Any], study)
-        values = {k: record.get(k) for k in STUDY_ATTRIBUTES}
+        values = {k: record.get(k) for k in STUDY_KEYWORDS}  # its UID and attributes
         return self._plan_headers(correction, rows, values)
 
     def delete(
