@@ -154,12 +154,27 @@ def test_merge_patient_and_undo(archive: Path, pristine, tmp_path: Path) -> None
         assert files[f"{sop}_v1.dcm"].read_bytes() == by_sop[sop].read_bytes()
     _verify(archive)
 
+    merge = _last_id(archive)
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "PLASTIC",
+        "--set",
+        "PatientSex=O",
+        "--reason",
+        "later",
+    )
+    later = _cli("correct", archive, "--undo", merge, code=2)
+    assert "undo them first" in later and _last_id(archive) in later
     _cli("correct", archive, "--undo", _last_id(archive))
+    _cli("correct", archive, "--undo", merge)
     assert _studies(archive, PatientID="crlab") == mr_studies
     _originals_exported(archive, tmp_path / "after-undo", by_sop)
     _verify(archive)
     undone = json.loads(_cli("correct", archive, "--list", "--json"))
-    assert undone[0]["undone_by"] == undone[1]["id"]
+    assert undone[0]["undone_by"] == undone[3]["id"]
     _cli("correct", archive, "--undo", undone[0]["id"], code=2)  # not twice
 
 
@@ -174,19 +189,19 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
         "--id",
         "crlab",
         "--set",
-        "PatientName=DOE^JANE",
+        "PatientName=MÜLLER^JANE",
         "--set",
         "PatientBirthDate=19700101",
         "--reason",
         "registration error",
     )
-    assert len(_studies(archive, PatientName="DOE^JANE")) == 2
+    assert len(_studies(archive, PatientName="MÜLLER^JANE")) == 2
     assert _studies(archive, PatientName=old_name) == []
     files = _export(archive, tmp_path / "out", "--patient", "crlab")
     assert len([n for n in files if "_v" not in n]) == 4
     for sop in (s for s, p in by_sop.items() if _read(p).PatientID == "crlab"):
         corrected, original = _read(files[f"{sop}.dcm"]), _read(by_sop[sop])
-        assert (corrected.PatientName, corrected.PatientBirthDate) == ("DOE^JANE", "19700101")
+        assert (corrected.PatientName, corrected.PatientBirthDate) == ("MÜLLER^JANE", "19700101")
         assert corrected.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert _pixel_digest(corrected) == _pixel_digest(original)
         assert (corrected.pixel_array == original.pixel_array).all()
@@ -203,6 +218,20 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
         "x",
         code=2,
     )
+    # Not in the files' character set (ISO_IR 100): refused, naming the keyword, not the value.
+    refused = _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=山田^太郎",
+        "--reason",
+        "x",
+        code=2,
+    )
+    assert "PatientName" in refused and "山田" not in refused
     _cli(
         "correct",
         archive,

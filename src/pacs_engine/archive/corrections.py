@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pydicom
+from pydicom.charset import convert_encodings, encode_string
 from pydicom.tag import Tag
 
 from pacs_engine.archive.archive import _disk_bytes
@@ -446,6 +448,10 @@ class Corrections:
                 if keyword not in dataset:
                     continue  # absent stays absent: nothing to empty
                 value = ""
+            if _needs_unicode(dataset, keyword, value):
+                # The default repertoire is ASCII, which UTF-8 extends: other values read the same.
+                dataset.SpecificCharacterSet = "ISO_IR 192"
+                changed_groups.add(Tag("SpecificCharacterSet").group)
             setattr(dataset, keyword, value)
             changed_groups.add(Tag(keyword).group)
         for group in changed_groups:  # a retired group length would now be wrong
@@ -632,6 +638,30 @@ class Corrections:
             write_atomic(file, packed)
             freed += len(data) - len(packed)
         return freed
+
+
+def _needs_unicode(dataset: pydicom.Dataset, keyword: str, value: Any) -> bool:
+    """Whether `value` needs the data set's character set changed to UTF-8: it has none (the
+    default repertoire, ASCII) and the value is not ASCII. CorrectionError (naming the
+    keyword, not the value) when it has another that cannot write the value."""
+    texts = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    if all(text.isascii() for text in texts):
+        return False
+    declared = dataset.get("SpecificCharacterSet")
+    if not declared:
+        return True
+    encodings = convert_encodings(declared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom would write "?" for what it cannot encode
+        try:
+            for text in texts:
+                encode_string(text, encodings)
+        except (UserWarning, ValueError, LookupError):
+            raise CorrectionError(
+                f"{keyword}: the new value cannot be written in the instance's character set "
+                f"({declared}); nothing done"
+            ) from None
+    return False
 
 
 def _live_frames(archive: Archive, series: set[str]) -> dict[str, set[int]]:
