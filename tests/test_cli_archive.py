@@ -156,7 +156,7 @@ def test_each_command_is_a_module_that_registers_itself() -> None:
         (choice,) = parser._subparsers._group_actions[0].choices  # exactly one command
         assert choice == module.__name__.rsplit(".", 1)[1].replace("_", "-")
     commands = cli.build_parser()._subparsers._group_actions[0].choices
-    assert list(commands) == names and len(names) == 13
+    assert list(commands) == names and len(names) == 15
     assert cli.main(["samples"]) == 0  # the entry point `pacs_engine.cli:main`
 
 

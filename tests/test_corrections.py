@@ -327,6 +327,11 @@ def test_delete_trash_restore_and_empty(archive: Path, pristine, tmp_path: Path)
     _verify(archive)
     assert _studies(archive, PatientID="PLASTIC") == []
     assert len(_studies(archive, PatientID="crlab")) == 2
+    actions = [r["action"] for r in read_records(archive)]
+    assert actions == ["correct delete"] * 2 + ["correct undo"] * 2 + ["correct delete"] * 2 + [
+        "trash empty"
+    ]
+    assert verify_chain(archive) == []
 
 
 def test_audit_trail_names_no_patient(archive: Path, pristine) -> None:

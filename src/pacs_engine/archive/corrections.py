@@ -547,9 +547,9 @@ class Corrections:
 
     # --- the trash --------------------------------------------------------------------
 
-    def empty_trash(self, older_than_days: float | None = None) -> tuple[list[str], int]:
+    def empty_trash(self, older_than_days: float | None = None) -> tuple[list[Correction], int]:
         """Remove for good what deletes put in the trash: those past their keep time, or (with
-        `older_than_days`) deleted longer ago than that. Returns (ids, bytes freed)."""
+        `older_than_days`) deleted longer ago than that. Returns (those deletes, bytes freed)."""
         self.recover()
         now = time.time()
         emptied, freed = [], 0
@@ -577,7 +577,7 @@ class Corrections:
             correction.emptied = _now()
             correction.before = {sop: _uids_only(row) for sop, row in correction.before.items()}
             write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
-            emptied.append(correction.id)
+            emptied.append(correction)
         return emptied, freed
 
     def _scrub(self, rows: list[Row]) -> int:

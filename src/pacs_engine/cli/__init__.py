@@ -24,6 +24,7 @@ from pacs_engine.cli import (
     serve,
     synth,
     tidy,
+    trash,
     verify,
 )
 from pacs_engine.cli._common import fail
@@ -43,6 +44,7 @@ COMMANDS = (
     query,
     export,
     correct,
+    trash,
     serve,
     migrate,
     synth,

@@ -1,4 +1,4 @@
-"""`pacs-engine correct` and `pacs-engine trash`: corrections, audited and reversible."""
+"""`pacs-engine correct`: corrections, audited and reversible (docs/corrections.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `correct` and `trash`."""
+    """Register `correct`."""
     correct = commands.add_parser(
         "correct",
         help="merge patients, correct demographics, move a series, delete (reversibly)",
@@ -65,26 +65,6 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         _add_common(sub, reason_required=True)
     correct.set_defaults(run=cmd_correct)
 
-    trash = commands.add_parser(
-        "trash",
-        help="list, empty or restore from the trash of deletes",
-        description="Deleted studies, series and instances stay in ARCHIVE/trash (or, for part "
-        "of a series, where they were) until their keep time is over and the trash is "
-        "emptied; until then `--restore ID` brings them back.",
-    )
-    trash.add_argument("archive", help="the archive folder")
-    action = trash.add_mutually_exclusive_group(required=True)
-    action.add_argument("--list", action="store_true", help="list what the trash holds")
-    action.add_argument("--empty", action="store_true", help="remove what is past its keep time")
-    action.add_argument("--restore", metavar="ID", help="restore this delete")
-    trash.add_argument(
-        "--older-than",
-        type=float,
-        metavar="DAYS",
-        help="with --empty: remove what was deleted more than DAYS ago, whatever its keep time",
-    )
-    trash.set_defaults(run=cmd_trash)
-
 
 def _add_common(parser: argparse.ArgumentParser, reason_required: bool) -> None:
     # A KIND's options do not reset those given before it (`correct A --dry-run delete ...`).
@@ -114,35 +94,37 @@ def cmd_correct(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(records, indent=1))
         for record in [] if args.json else records:
-            print(_line(record))
+            print(one_line(record))
         return 0
     with open_archive(args.archive, readonly=False) as archive:
-        corrections = _corrections(archive)
+        corrections = open_corrections(archive)
         if args.undo:
-            planned = corrections.undo(args.undo, args.reason or "undo", _actor())
+            planned = corrections.undo(args.undo, args.reason or "undo", actor())
         else:
             planned = _plan(corrections, args)
-        return _apply(archive, corrections, planned, args)
+        return apply_correction(archive, corrections, planned, args)
 
 
 def _plan(corrections: Corrections, args: argparse.Namespace) -> Correction:
     """The correction the command line asks for, planned."""
-    actor = _actor()
+    from pacs_engine.archive.corrections import CorrectionError
+
+    who = actor()
     if args.kind == "merge-patient":
-        return corrections.merge_patient(args.source, args.target, args.reason, actor)
+        return corrections.merge_patient(args.source, args.target, args.reason, who)
     if args.kind == "patient":
         values = {}
         for item in args.values:
             keyword, equals, value = item.partition("=")
             if not equals:
-                raise _error(f"--set {keyword}: not KEYWORD=VALUE")
+                raise CorrectionError(f"--set {keyword}: not KEYWORD=VALUE")
             values[keyword] = value
-        return corrections.correct_patient(args.patient, values, args.reason, actor)
+        return corrections.correct_patient(args.patient, values, args.reason, who)
     if args.kind == "move-series":
-        return corrections.move_series(args.series, args.to_study, args.reason, actor)
+        return corrections.move_series(args.series, args.to_study, args.reason, who)
     return corrections.delete(
         args.reason,
-        actor,
+        who,
         study=args.study,
         series=args.series,
         sop=args.uid,
@@ -150,27 +132,21 @@ def _plan(corrections: Corrections, args: argparse.Namespace) -> Correction:
     )
 
 
-def _apply(
+def apply_correction(
     archive: Archive, corrections: Corrections, planned: Correction, args: argparse.Namespace
 ) -> int:
     """Make the planned correction (unless a dry run), audit it and say what it did."""
-    from pacs_engine.serve.audit import AuditLog
-
     if not args.dry_run:
         corrections.apply(planned)
-        with AuditLog(archive.path) as audit:
-            # UIDs and keywords only: the values (names, IDs) stay in the correction log.
-            audit.record(
-                protocol="cli",
-                actor=planned.actor,
-                address=socket.gethostname(),
-                action=f"correct {planned.kind}",
-                outcome="ok",
-                study=planned.studies,
-                detail=f"correction {planned.id}: {len(planned.before)} instances, "
-                f"{len(planned.series)} series; attributes: {', '.join(planned.attributes)}"
-                + (f"; undoes {planned.undoes}" if planned.undoes else ""),
-            )
+        # UIDs and keywords only: the values (names, IDs) stay in the correction log.
+        audit(
+            archive,
+            f"correct {planned.kind}",
+            planned.studies,
+            f"correction {planned.id}: {len(planned.before)} instances, "
+            f"{len(planned.series)} series; attributes: {', '.join(planned.attributes)}"
+            + (f"; undoes {planned.undoes}" if planned.undoes else ""),
+        )
     summary = planned.summary()
     if args.dry_run:
         summary["state"] = "not made: --dry-run"
@@ -178,7 +154,7 @@ def _apply(
         print(json.dumps({**summary, "dry_run": args.dry_run}, indent=1))
         return 0
     verb = "would make" if args.dry_run else "made"
-    print(f"{verb} {_line(summary)}")
+    print(f"{verb} {one_line(summary)}")
     for study in summary["studies"]:
         print(f"  study {study}")
     for series in summary["series"]:
@@ -191,38 +167,24 @@ def _apply(
     return 0
 
 
-def cmd_trash(args: argparse.Namespace) -> int:
-    """List, empty or restore from the trash."""
-    from pacs_engine.archive import open_archive
-    from pacs_engine.archive.corrections import load_records
+def audit(archive: Archive, action: str, studies: list[str], detail: str) -> None:
+    """One record of the archive's audit trail for this command (protocol "cli")."""
+    from pacs_engine.serve.audit import AuditLog
 
-    if args.older_than is not None and not args.empty:
-        return fail("trash", "--older-than goes with --empty", 2)
-    if args.list:
-        with open_archive(args.archive) as archive:
-            held = [
-                c.summary()
-                for c in load_records(archive.path)
-                if c.kind == "delete" and not c.undone_by and not c.emptied
-            ]
-        for record in held:
-            print(_line(record))
-        print(f"{len(held)} deletes in the trash")
-        return 0
-    with open_archive(args.archive, readonly=False) as archive:
-        corrections = _corrections(archive)
-        if args.restore:
-            planned = corrections.undo(args.restore, "restore from the trash", _actor())
-            args.dry_run, args.json = False, False
-            return _apply(archive, corrections, planned, args)
-        emptied, freed = corrections.empty_trash(args.older_than)
-    print(f"emptied {len(emptied)} deletes from the trash, {freed / 1e6:,.1f} MB freed")
-    for correction_id in emptied:
-        print(f"  {correction_id}")
-    return 0
+    with AuditLog(archive.path) as trail:
+        trail.record(
+            protocol="cli",
+            actor=actor(),
+            address=socket.gethostname(),
+            action=action,
+            outcome="ok",
+            study=studies,
+            detail=detail,
+        )
 
 
-def _corrections(archive: Archive) -> Corrections:
+def open_corrections(archive: Archive) -> Corrections:
+    """The archive's corrections, those a crash interrupted finished or rolled back (said)."""
     from pacs_engine.archive.corrections import Corrections
 
     corrections = Corrections(archive)
@@ -231,7 +193,7 @@ def _corrections(archive: Archive) -> Corrections:
     return corrections
 
 
-def _line(summary: dict) -> str:
+def one_line(summary: dict) -> str:
     """One correction in one line, without values."""
     state = summary["state"]
     if summary.get("undone_by"):
@@ -248,15 +210,9 @@ def _line(summary: dict) -> str:
     )
 
 
-def _actor() -> str:
+def actor() -> str:
     """Who runs the command (the login name)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no user name for this uid (a container)
         return "unknown"
-
-
-def _error(message: str) -> Exception:
-    from pacs_engine.archive.corrections import CorrectionError
-
-    return CorrectionError(message)
