@@ -468,3 +468,31 @@ def test_emptying_part_of_a_series_and_rebuild_index(archive: Path, pristine, tm
     assert len(files) == 5
     for name, path in files.items():
         assert path.read_bytes() == by_sop[name.removesuffix(".dcm")].read_bytes()
+
+
+def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path: Path) -> None:
+    # pydicom's MR_small.dcm declares no Specific Character Set (the default, ASCII).
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    original = _read(source)
+    assert "SpecificCharacterSet" not in original
+    _cli("ingest", "--archive", tmp_path / "A", source, "--workers", "0")
+    _cli(
+        "correct",
+        tmp_path / "A",
+        "patient",
+        "--id",
+        original.PatientID,
+        "--set",
+        "PatientName=山田^太郎",
+        "--reason",
+        "registration error",
+    )
+    files = _export(tmp_path / "A", tmp_path / "out")
+    assert files[f"{original.SOPInstanceUID}_v1.dcm"].read_bytes() == source.read_bytes()
+    corrected = _read(files[f"{original.SOPInstanceUID}.dcm"])
+    assert corrected.SpecificCharacterSet == "ISO_IR 192"
+    assert corrected.PatientName == "山田^太郎"
+    assert _studies(tmp_path / "A", PatientName="山田^太郎")
+    assert corrected.StudyDate == original.StudyDate
+    assert _pixel_digest(corrected) == _pixel_digest(original)
+    _verify(tmp_path / "A")
