@@ -317,13 +317,10 @@ def test_delete_trash_restore_and_empty(archive: Path, pristine, tmp_path: Path)
     assert _disk_bytes(archive) < before - 200_000  # seven CT slices' pixels are gone
     assert not any((archive / "trash").iterdir())
     _cli("trash", archive, "--restore", _last_id(archive), code=2)
-    emptied = [
-        path.read_text()
-        for path in (archive / "corrections").glob("*.json")
-        if '"emptied": null' not in path.read_text()
-    ]
-    assert len(emptied) == 2
-    assert not any("PLASTIC" in text for text in emptied)  # the emptied keep UIDs only
+    records = [path.read_text() for path in (archive / "corrections").glob("*.json")]
+    assert len([text for text in records if '"emptied": null' not in text]) == 2
+    # Every record keeps only the UIDs of what was removed for good, restores included.
+    assert len(records) == 6 and not any("PLASTIC" in text for text in records)
     _verify(archive)
     assert _studies(archive, PatientID="PLASTIC") == []
     assert len(_studies(archive, PatientID="crlab")) == 2

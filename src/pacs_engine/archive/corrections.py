@@ -578,7 +578,23 @@ class Corrections:
             correction.before = {sop: _uids_only(row) for sop, row in correction.before.items()}
             write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
             emptied.append(correction)
+        self._forget({sop for correction in emptied for sop in correction.before})
         return emptied, freed
+
+    def _forget(self, gone: set[str]) -> None:
+        """Keep only the UIDs of instances removed for good in every correction record (their
+        earlier corrections held their rows, values included)."""
+        if not gone:
+            return
+        for record in load_records(self.root):
+            changed = False
+            for part in (record.before, record.after):
+                for sop in set(part) & gone:
+                    if part[sop] != _uids_only(part[sop]):
+                        part[sop] = _uids_only(part[sop])
+                        changed = True
+            if changed:
+                write_atomic(self.root / RECORDS / f"{record.id}.json", record.to_json())
 
     def _scrub(self, rows: list[Row]) -> int:
         """Remove the bytes of deleted instances kept in place: their chunks out of their
