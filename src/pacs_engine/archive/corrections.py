@@ -32,6 +32,7 @@ import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -203,8 +204,9 @@ class Corrections:
     def _new(self, kind: str, reason: str, actor: str, target: dict[str, Any]) -> Correction:
         if not reason.strip():
             raise CorrectionError("a correction needs a reason (--reason)")
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        return Correction(f"{stamp}-{uuid.uuid4().hex[:6]}", kind, reason, actor, _now(), target)
+        # Microseconds: ids sort in the order made (undo checks what came later).
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return Correction(f"{stamp}-{uuid.uuid4().hex[:4]}", kind, reason, actor, _now(), target)
 
     def _patient_rows(self, patient_id: str) -> list[Row]:
         """Every row of the patient (exactly this Patient ID: no wildcard matching)."""
@@ -394,7 +396,7 @@ class Corrections:
     # --- applying ---------------------------------------------------------------------
 
     def apply(self, correction: Correction) -> Correction:
-        """Make a planned correction: record, packs, one index transaction, then the rest."""
+        """Make a planned correction: packs, record, one index transaction, then the rest."""
         self.recover()
         records = self.root / RECORDS
         make_dirs(records)
@@ -404,9 +406,7 @@ class Corrections:
         for frm, to in correction.pre_moves:
             _move(self.root, frm, to)
         _fault("before-commit")
-        remove = [] if correction.kind != "delete" else list(correction.before)
-        if correction.kind == "undo":
-            remove = [sop for sop in correction.before if sop not in correction.after]
+        remove = list(correction.before) if correction.kind == "delete" else []
         with self.archive.index.writing() as writer:
             writer.add(
                 list(correction.after.values()),
