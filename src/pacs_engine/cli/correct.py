@@ -186,6 +186,9 @@ def audit(archive: Archive, action: str, studies: list[str], detail: str) -> Non
 def open_corrections(archive: Archive) -> Corrections:
     """The archive's corrections, those a crash interrupted finished or rolled back (said)."""
     from pacs_engine.archive.corrections import Corrections
+    from pacs_engine.ingest import session
+
+    session.retire(archive.path)  # workers a killed ingest left behind stop writing first
 
     corrections = Corrections(archive)
     for correction_id in corrections.recover():
