@@ -424,6 +424,9 @@ def test_crash_mid_correction(archive: Path, pristine, tmp_path: Path, point: st
     assert len(records) == (2 if committed else 0)
     assert all(r["state"] == "done" for r in records)
     assert (archive / "trash").is_dir() == committed
+    # A correction finished after its process died is audited by the one that finished it.
+    actions = [r["action"] for r in read_records(archive)]
+    assert actions == (["correct patient", "correct delete"] if committed else [])
     if committed:
         assert any((archive / "trash").iterdir())
         _cli("trash", archive, "--restore", records[1]["id"])

@@ -524,16 +524,16 @@ class Corrections:
         correction.state = "done"
         write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
 
-    def recover(self) -> list[str]:
+    def recover(self) -> list[Correction]:
         """Finish the corrections a crash interrupted after their commit; roll back the others.
 
-        Returns the ids of the records it dealt with.
+        Returns those it dealt with: state "done" (finished) or "pending" (rolled back).
         """
         dealt = []
         for correction in load_records(self.root):
             if correction.state != "pending":
                 continue
-            dealt.append(correction.id)
+            dealt.append(correction)
             key = _MARK + correction.id.encode()
             if self.archive.index.journal_get([key]):
                 self._finish(correction)

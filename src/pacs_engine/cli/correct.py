@@ -138,15 +138,7 @@ def apply_correction(
     """Make the planned correction (unless a dry run), audit it and say what it did."""
     if not args.dry_run:
         corrections.apply(planned)
-        # UIDs and keywords only: the values (names, IDs) stay in the correction log.
-        audit(
-            archive,
-            f"correct {planned.kind}",
-            planned.studies,
-            f"correction {planned.id}: {len(planned.before)} instances, "
-            f"{len(planned.series)} series; attributes: {', '.join(planned.attributes)}"
-            + (f"; undoes {planned.undoes}" if planned.undoes else ""),
-        )
+        audit_correction(archive, planned)
     summary = planned.summary()
     if args.dry_run:
         summary["state"] = "not made: --dry-run"
@@ -165,6 +157,20 @@ def apply_correction(
             f"--restore {planned.id}` brings it back"
         )
     return 0
+
+
+def audit_correction(archive: Archive, correction: Correction, note: str = "") -> None:
+    """The audit record of a correction made: UIDs and keywords only (the values, names and
+    IDs among them, stay in the correction log)."""
+    audit(
+        archive,
+        f"correct {correction.kind}",
+        correction.studies,
+        f"correction {correction.id}: {len(correction.before)} instances, "
+        f"{len(correction.series)} series; attributes: {', '.join(correction.attributes)}"
+        + (f"; undoes {correction.undoes}" if correction.undoes else "")
+        + note,
+    )
 
 
 def audit(archive: Archive, action: str, studies: list[str], detail: str) -> None:
@@ -191,8 +197,12 @@ def open_corrections(archive: Archive) -> Corrections:
     session.retire(archive.path)  # workers a killed ingest left behind stop writing first
 
     corrections = Corrections(archive)
-    for correction_id in corrections.recover():
-        print(f"finished or rolled back the interrupted correction {correction_id}")
+    for correction in corrections.recover():
+        if correction.state != "done":
+            print(f"rolled back the interrupted correction {correction.id} (never committed)")
+            continue
+        print(f"finished the interrupted correction {correction.id}")
+        audit_correction(archive, correction, " (finished after an interruption)")
     return corrections
 
 
