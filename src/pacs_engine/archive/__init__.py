@@ -9,6 +9,7 @@ from pacs_engine.lazy import lazy_exports
 _EXPORTS = {
     "Archive": "pacs_engine.archive.archive",
     "ArchiveError": "pacs_engine.archive.format",
+    "Corrections": "pacs_engine.archive.corrections",
     "ExportError": "pacs_engine.archive.archive",
     "IngestReport": "pacs_engine.archive.report",
     "VerifyReport": "pacs_engine.archive.verify",

@@ -57,8 +57,19 @@ from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
 from pacs_engine.workers import Executor, alive
 
 #: The parts of an archive `info` sizes: stored data, the index, what was refused, the
-#: ingest reports, and the network server's spool and audit log (pacs_engine.serve).
-DISK_PARTS = ("pixels", "headers", "index", "quarantine", "reports", "spool", "audit")
+#: ingest reports, the network server's spool and audit log (pacs_engine.serve), and the
+#: correction log and the trash of deletes (docs/corrections.md).
+DISK_PARTS = (
+    "pixels",
+    "headers",
+    "index",
+    "quarantine",
+    "reports",
+    "spool",
+    "audit",
+    "corrections",
+    "trash",
+)
 
 
 class ExportError(ArchiveError):

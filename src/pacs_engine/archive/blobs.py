@@ -125,9 +125,10 @@ def rows_sidecar(pack: str) -> str:
     return pack.removesuffix(PACK_SUFFIX) + ROWS_SUFFIX
 
 
-def dump_rows(rows: list[Row]) -> bytes:
-    """A rows file: the rows, and when they were written (the later of two rows wins)."""
-    record = {"written_ns": time.time_ns(), "rows": rows}
+def dump_rows(rows: list[Row], written_ns: int | None = None) -> bytes:
+    """A rows file: the rows, and when they were written (the later of two rows wins);
+    `written_ns` keeps the time of a rows file rewritten with fewer rows."""
+    record = {"written_ns": time.time_ns() if written_ns is None else written_ns, "rows": rows}
     return bytes(_ZSTD.encode(json.dumps(record, separators=(",", ":")).encode()))
 
 

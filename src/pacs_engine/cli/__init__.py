@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pacs_engine.cli import (
     audit,
+    correct,
     deid_key,
     export,
     info,
@@ -26,6 +27,7 @@ from pacs_engine.cli import (
     serve,
     synth,
     tidy,
+    trash,
     verify,
 )
 from pacs_engine.cli._common import fail
@@ -45,6 +47,8 @@ COMMANDS = (
     info,
     query,
     export,
+    correct,
+    trash,
     serve,
     keys,
     audit,

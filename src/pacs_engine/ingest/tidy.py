@@ -8,6 +8,7 @@ holds at a time, so a tidy never runs beside an ingest.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
+from pacs_engine.archive.corrections import trashed_rows
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import version_rows
@@ -58,8 +60,12 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
 def _tidy_folders(
     archive: Archive, folders: list[str], rows: Iterable[Row], tidied: Tidied
 ) -> None:
-    """Delete what `rows` do not use in the series folders `folders` of pixels/ and headers/."""
+    """Delete what `rows` do not use in the series folders `folders` of pixels/ and headers/.
+
+    Instances deleted to the trash but kept in place count as used (archive/corrections.py).
+    """
     pixels = archive.pixels
+    rows = itertools.chain(rows, trashed_rows(archive.path, folders))
     ends: dict[str, int] = {}
     shards: dict[str, set[int]] = {}
     packs: set[str] = set()

@@ -1,0 +1,728 @@
+"""Corrections: patient merge, demographic correction, series move, delete to a trash, undo.
+
+A correction never rewrites what is stored. It writes a new *version* of each instance it
+changes (archive/versions.py): the file is rebuilt, its attributes set with pydicom, and
+the new file split again into a header blob (one pack per series folder,
+`headers/<series>/correction-<id>.pack`); the pixel reference stays the old one, so the
+pixel store is neither touched nor copied, and the new frames are checked to be the old
+ones. A delete removes rows from the index and moves the series folders it empties into
+`trash/<id>/` (a part of a series stays where it is, kept from `tidy` by its record);
+`empty_trash` really removes them.
+
+Crash safety: the new packs are written first (a crash then leaves packs no row uses,
+which `tidy` removes), then the correction record (`corrections/<id>.json`, state
+"pending", with every row before and after), then what must exist before the commit
+(for a restore, folders moved back from the trash), then ONE index transaction
+commits the rows with a marker of the correction in the journal database. Whatever
+follows the commit (rows files beside the packs, folders moved to the trash, the record
+marked "done") is replayed by `recover` on the next correction: a record whose marker
+is in the index is finished, one without it is rolled back (its moves reversed, its
+packs removed). Readers see the index before or after the transaction, never between.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import pydicom
+from pydicom.charset import convert_encodings, encode_string
+from pydicom.tag import Tag
+
+from pacs_engine.archive.archive import _disk_bytes
+from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
+from pacs_engine.archive.format import ArchiveError
+from pacs_engine.archive.prepare import PrepareError, prepare
+from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
+from pacs_engine.codecs.sharding import EMPTY, pack_shard
+from pacs_engine.errors import ScanError
+from pacs_engine.index.rows import Row
+from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, scan
+from pacs_engine.storage import fsync_dir, make_dirs, series_folders, write_atomic
+
+if TYPE_CHECKING:
+    from pacs_engine.archive.archive import Archive
+
+RECORDS, TRASH = "corrections", "trash"
+#: The journal key that says a correction's transaction committed ("x": no ingest prefix).
+_MARK = b"x\0correction\0"
+#: Patient-level attributes: what a merge copies from the target patient and a demographic
+#: correction may set (PatientAge is the age at a study, so it stays with the study).
+PATIENT_ATTRIBUTES = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+)
+#: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
+FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
+DEFAULT_KEEP_DAYS = 30
+
+
+class CorrectionError(ArchiveError):
+    """A correction cannot be made (unknown patient or UID, nothing to undo, ...)."""
+
+
+@dataclass
+class Correction:
+    """One correction as planned or made: what it changes, and how to put it back."""
+
+    id: str
+    kind: str
+    reason: str
+    actor: str
+    time: str
+    target: dict[str, Any] = field(default_factory=dict)  # the ids and UIDs it was given
+    attributes: list[str] = field(default_factory=list)  # keywords it sets
+    values: dict[str, Any] = field(default_factory=dict)  # keyword -> value set
+    before: dict[str, Row] = field(default_factory=dict)  # SOP UID -> row before
+    after: dict[str, Row] = field(default_factory=dict)  # SOP UID -> row after (not delete)
+    new_packs: list[str] = field(default_factory=list)  # packs of corrected headers
+    pre_moves: list[list[str]] = field(default_factory=list)  # [from, to] before the commit
+    post_moves: list[list[str]] = field(default_factory=list)  # [from, to] after it
+    post_remove: list[str] = field(default_factory=list)  # files removed after it
+    undoes: str | None = None
+    undone_by: str | None = None
+    keep_until: str | None = None  # delete: when `empty_trash` may remove it
+    emptied: str | None = None  # delete: when the trash removed it
+    state: str = "pending"
+
+    @property
+    def studies(self) -> list[str]:
+        """The studies it touches (before and after), by UID."""
+        rows = [*self.before.values(), *self.after.values()]
+        return sorted({row["StudyInstanceUID"] for row in rows})
+
+    @property
+    def series(self) -> list[str]:
+        """The series it touches, by UID."""
+        return sorted({row["SeriesInstanceUID"] for row in self.before.values()})
+
+    def summary(self) -> dict[str, Any]:
+        """What it did, without values: counts, UIDs and attribute keywords."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "time": self.time,
+            "actor": self.actor,
+            "state": self.state,
+            "instances": len(self.before),
+            "series": self.series,
+            "studies": self.studies,
+            "attributes": self.attributes,
+            "undoes": self.undoes,
+            "undone_by": self.undone_by,
+            "keep_until": self.keep_until,
+            "emptied": self.emptied,
+        }
+
+    def to_json(self) -> bytes:
+        """The record as stored (values included: the archive's own correction log)."""
+        return json.dumps(self.__dict__, indent=1, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Correction:
+        """A stored record."""
+        return cls(**json.loads(data))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _fault(point: str) -> None:
+    """End the process here when the crash tests ask for it (FAULT_VARIABLE)."""
+    if os.environ.get(FAULT_VARIABLE) == point:
+        os._exit(70)
+
+
+def load_records(root: Path) -> list[Correction]:
+    """Every correction record of the archive at `root`, oldest first."""
+    folder = root / RECORDS
+    if not folder.is_dir():
+        return []
+    return [Correction.from_json(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
+
+
+def trashed_rows(root: Path, folders: Iterable[str]) -> Iterator[Row]:
+    """Rows deleted but kept in place (part of a series) in the series folders `folders`.
+
+    `tidy` counts them as used, so a restore finds their bytes where they were.
+    """
+    by_folder = _trashed_by_folder(root)
+    for name in folders:
+        yield from by_folder.get(f"headers/{name}", [])
+
+
+_TRASHED: dict[Path, tuple[int, dict[str, list[Row]]]] = {}
+
+
+def _trashed_by_folder(root: Path) -> dict[str, list[Row]]:
+    """The rows of deletes not restored nor emptied, by header folder; read again only when
+    the records folder changed (a tidy asks once per series folder)."""
+    try:
+        stamp = (root / RECORDS).stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    cached = _TRASHED.get(root)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    by_folder: dict[str, list[Row]] = {}
+    for record in load_records(root):
+        if record.kind == "delete" and not record.undone_by and not record.emptied:
+            for row in record.before.values():
+                by_folder.setdefault(str(Path(row["header"]["pack"]).parent), []).append(row)
+    _TRASHED[root] = (stamp, by_folder)
+    return by_folder
+
+
+class Corrections:
+    """The corrections of one archive, open for writing (its writer lock held)."""
+
+    def __init__(self, archive: Archive) -> None:
+        if archive.readonly:
+            raise ArchiveError(f"{archive.path}: opened read-only")
+        self.archive = archive
+        self.root = archive.path
+
+    # --- planning ---------------------------------------------------------------------
+
+    def _new(self, kind: str, reason: str, actor: str, target: dict[str, Any]) -> Correction:
+        if not reason.strip():
+            raise CorrectionError("a correction needs a reason (--reason)")
+        # Microseconds: ids sort in the order made (undo checks what came later).
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return Correction(f"{stamp}-{uuid.uuid4().hex[:4]}", kind, reason, actor, _now(), target)
+
+    def _patient_rows(self, patient_id: str) -> list[Row]:
+        """Every row of the patient (exactly this Patient ID: no wildcard matching)."""
+        studies = self.archive.index.query("study", PatientID=patient_id)
+        uids = [s["StudyInstanceUID"] for s in studies if s.get("PatientID") == patient_id]
+        rows = [
+            row
+            for uid in uids
+            for row in self.archive.index.study(uid)
+            if row.get("PatientID") == patient_id  # a study's stray instance of another
+        ]
+        if not rows:
+            raise CorrectionError("no study of that Patient ID in the archive")
+        return rows
+
+    def merge_patient(self, source: str, target: str, reason: str, actor: str) -> Correction:
+        """Plan: every study of patient `source` filed under patient `target`."""
+        if source == target:
+            raise CorrectionError("--from and --to name the same Patient ID")
+        correction = self._new("merge-patient", reason, actor, {"from": source, "to": target})
+        rows = self._patient_rows(source)
+        studies = [
+            s
+            for s in self.archive.index.query("study", PatientID=target)
+            if s.get("PatientID") == target
+        ]
+        if not studies:
+            raise CorrectionError("the target Patient ID (--to) has no study in the archive")
+        values = {k: studies[0].get(k) for k in PATIENT_ATTRIBUTES}
+        return self._plan_headers(correction, rows, values)
+
+    def correct_patient(
+        self, patient_id: str, values: dict[str, str], reason: str, actor: str
+    ) -> Correction:
+        """Plan: new values of patient attributes on every instance of the patient."""
+        unknown = sorted(set(values) - set(PATIENT_ATTRIBUTES))
+        if unknown or not values:
+            raise CorrectionError(
+                f"{', '.join(unknown) or 'nothing'}: not a patient attribute to set; "
+                f"valid: {', '.join(PATIENT_ATTRIBUTES)}"
+            )
+        correction = self._new("patient", reason, actor, {"patient": patient_id})
+        return self._plan_headers(correction, self._patient_rows(patient_id), dict(values))
+
+    def move_series(self, series_uid: str, study_uid: str, reason: str, actor: str) -> Correction:
+        """Plan: the series filed under the study `study_uid`, with its study attributes."""
+        correction = self._new(
+            "move-series", reason, actor, {"series": series_uid, "study": study_uid}
+        )
+        rows = self.archive.index.series(series_uid)
+        if not rows:
+            raise CorrectionError(f"{series_uid}: no series with that UID in the archive")
+        study = self.archive.index.study_record(study_uid)
+        if study is None:
+            raise CorrectionError(f"{study_uid}: no study with that UID in the archive")
+        if rows[0]["StudyInstanceUID"] == study_uid:
+            raise CorrectionError(f"{series_uid}: already in study {study_uid}")
+        record = cast(dict[str, Any], study)
+        values = {k: record.get(k) for k in STUDY_KEYWORDS}  # its UID and attributes
+        return self._plan_headers(correction, rows, values)
+
+    def delete(
+        self,
+        reason: str,
+        actor: str,
+        study: str | None = None,
+        series: str | None = None,
+        sop: str | None = None,
+        keep_days: float = DEFAULT_KEEP_DAYS,
+    ) -> Correction:
+        """Plan: an instance, a series or a study out of the index and into the trash."""
+        index = self.archive.index
+        if study is not None:
+            rows = index.study(study)
+            target = {"study": study}
+        elif series is not None:
+            rows = index.series(series)
+            target = {"series": series}
+        elif sop is not None:
+            row = index.get(sop)
+            rows = [] if row is None else [row]
+            target = {"instance": sop}
+        else:
+            raise CorrectionError("delete needs --study, --series or --uid")
+        if not rows:
+            raise CorrectionError(f"{next(iter(target.values()))}: not in the archive")
+        correction = self._new("delete", reason, actor, target)
+        correction.before = {row["SOPInstanceUID"]: row for row in rows}
+        correction.keep_until = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + keep_days * 86400)
+        )
+        for series_uid in correction.series:
+            # A series the delete empties leaves with its folders; a part of one stays.
+            whole = {r["SOPInstanceUID"] for r in index.iter_series(series_uid)}
+            if whole <= set(correction.before):
+                for folder in self._folders(series_uid):
+                    correction.post_moves.append([folder, f"{TRASH}/{correction.id}/{folder}"])
+        return correction
+
+    def undo(self, correction_id: str, reason: str, actor: str) -> Correction:
+        """Plan: the instances of a correction as they were before it (a delete: restored)."""
+        done = {c.id: c for c in load_records(self.root)}
+        original = done.get(correction_id)
+        if original is None or original.state != "done":
+            raise CorrectionError(f"{correction_id}: no such correction (correct --list)")
+        if original.kind == "undo":
+            raise CorrectionError(f"{correction_id}: an undo; make the correction again instead")
+        if original.undone_by:
+            raise CorrectionError(f"{correction_id}: undone already by {original.undone_by}")
+        if original.emptied:
+            raise CorrectionError(f"{correction_id}: its trash was emptied on {original.emptied}")
+        later = [
+            c.id
+            for c in done.values()
+            if c.id > original.id
+            and c.kind != "undo"
+            and not c.undone_by
+            and set(c.before) & set(original.before)
+        ]
+        if later:
+            raise CorrectionError(
+                f"{correction_id}: later corrections changed its instances; undo them first: "
+                + ", ".join(later)
+            )
+        correction = self._new("undo", reason, actor, {"correction": correction_id})
+        correction.undoes, correction.attributes = correction_id, original.attributes
+        correction.before = {}
+        index = self.archive.index
+        for sop, before in original.before.items():
+            current = index.get(sop)
+            if original.kind == "delete":
+                if current is not None:
+                    raise CorrectionError(f"{sop}: in the archive again since; cannot restore")
+            elif current is None or _version_key(current) != _version_key(original.after[sop]):
+                raise CorrectionError(
+                    f"{sop}: changed since the correction (a new version came in); not undone"
+                )
+            correction.after[sop] = before
+            if current is not None:
+                correction.before[sop] = current
+        if original.kind == "delete":
+            correction.before = dict(original.before)  # what the restore brings back
+            moved = {to: frm for frm, to in original.post_moves}
+            for row in original.before.values():
+                for version in version_rows(row):
+                    pack = version["header"]["pack"]
+                    if (
+                        not any(pack.startswith(f"{frm}/") for frm in moved.values())
+                        and not (self.root / pack).is_file()
+                    ):
+                        raise CorrectionError(
+                            f"{row['SOPInstanceUID']}: its files are no longer where they were "
+                            "(a later delete took its series: restore that one first)"
+                        )
+            correction.pre_moves = [[to, frm] for frm, to in original.post_moves]
+            for _, to in correction.pre_moves:
+                if (self.root / to).exists():
+                    raise CorrectionError(f"{to}: exists again since the delete; cannot restore")
+        else:
+            correction.post_remove = [
+                p for pack in original.new_packs for p in (pack, rows_sidecar(pack))
+            ]
+        return correction
+
+    def _folders(self, series_uid: str) -> list[str]:
+        """The series' folders (pixels/ and headers/) that exist."""
+        return [
+            f"{part}/{name}"
+            for name in sorted(series_folders(series_uid))
+            for part in ("pixels", "headers")
+            if (self.root / part / name).is_dir()
+        ]
+
+    def _plan_headers(
+        self, correction: Correction, rows: list[Row], values: dict[str, Any]
+    ) -> Correction:
+        """Plan new versions of `rows` with `values` set: their corrected rows, not written."""
+        correction.attributes, correction.values = sorted(values), values
+        for row in rows:
+            if row.get("transcoded"):
+                raise CorrectionError(
+                    f"{row['SOPInstanceUID']}: transcoded (no original file to correct)"
+                )
+            correction.before[row["SOPInstanceUID"]] = row
+        return correction
+
+    # --- applying ---------------------------------------------------------------------
+
+    def apply(self, correction: Correction) -> Correction:
+        """Make a planned correction: packs, record, one index transaction, then the rest."""
+        self.recover()
+        records = self.root / RECORDS
+        make_dirs(records)
+        if correction.kind in ("merge-patient", "patient", "move-series"):
+            self._write_versions(correction)
+        write_atomic(records / f"{correction.id}.json", correction.to_json())
+        for frm, to in correction.pre_moves:
+            _move(self.root, frm, to)
+        _fault("before-commit")
+        remove = list(correction.before) if correction.kind == "delete" else []
+        with self.archive.index.writing() as writer:
+            writer.add(
+                list(correction.after.values()),
+                remove,
+                {_MARK + correction.id.encode(): b"1"},
+            )
+        _fault("after-commit")
+        self._finish(correction)
+        return correction
+
+    def _write_versions(self, correction: Correction) -> None:
+        """The corrected files' header blobs in new packs, and their rows in `after`."""
+        by_folder: dict[str, list[tuple[Row, bytes, Row]]] = {}
+        for row in correction.before.values():
+            new_row, blob = self._corrected(row, correction.values, correction.id)
+            folder = str(Path(row["header"]["pack"]).parent)
+            by_folder.setdefault(folder, []).append((row, blob, new_row))
+        for folder, items in sorted(by_folder.items()):
+            pack = f"{folder}/correction-{correction.id}{PACK_SUFFIX}"
+            data, offset = bytearray(), 0
+            for row, blob, new_row in items:
+                new_row["header"] = {"pack": pack, "offset": offset, "length": len(blob)}
+                data += blob
+                offset += len(blob)
+                merged = cast(dict[str, Any], with_version(row, new_row))
+                merged["current_reason"] = f"correction {correction.id}: {correction.kind}"
+                correction.after[row["SOPInstanceUID"]] = cast(Row, merged)
+            write_atomic(self.root / pack, bytes(data))
+            correction.new_packs.append(pack)
+
+    def _corrected(self, row: Row, values: dict[str, Any], correction_id: str) -> tuple[Row, bytes]:
+        """The row of a new version of `row` with `values` set, and its header blob."""
+        sop = row["SOPInstanceUID"]
+        data = self.archive.export_bytes(sop)  # checked against its sha256
+        dataset = pydicom.dcmread(BytesIO(data), force=True)
+        changed_groups = set()
+        for keyword, value in values.items():
+            if value is None or value == "" or value == []:
+                if keyword not in dataset:
+                    continue  # absent stays absent: nothing to empty
+                value = ""
+            if _needs_unicode(dataset, keyword, value):
+                # The default repertoire is ASCII, which UTF-8 extends: other values read the same.
+                dataset.SpecificCharacterSet = "ISO_IR 192"
+                changed_groups.add(Tag("SpecificCharacterSet").group)
+            setattr(dataset, keyword, value)
+            changed_groups.add(Tag(keyword).group)
+        for group in changed_groups:  # a retired group length would now be wrong
+            dataset.pop(Tag(group, 0), None)
+        out = BytesIO()
+        dataset.save_as(out, enforce_file_format=False)
+        new = out.getvalue()
+        try:
+            header = scan(new)
+            prepared = prepare(f"correction:{correction_id}", new, header, decode=False)
+        except (ScanError, PrepareError) as error:
+            raise CorrectionError(f"{sop}: the corrected file cannot be split: {error}") from None
+        self._check_same_pixels(row, prepared.storage, prepared.frame_hashes, prepared.bitstreams)
+        new_row: dict[str, Any] = {
+            k: v for k, v in row.items() if k not in INSTANCE_FIELDS and k not in HEADER_KEYWORDS
+        }
+        blob = prepared.blob.to_bytes()
+        new_row |= dict(header.attributes)
+        new_row |= {
+            "source_path": f"correction:{correction_id}",
+            "source_sha256": hashlib.sha256(new).hexdigest(),
+            "file_size": len(new),
+            "stored_bytes": len(blob),
+            "ingested_at": _now(),
+            "run": f"correction-{correction_id}",
+        }
+        return cast(Row, new_row), blob
+
+    def _check_same_pixels(
+        self, row: Row, storage: str, hashes: list[str] | None, bitstreams: list[bytes]
+    ) -> None:
+        """Refuse a corrected file whose pixel data is not the stored one's."""
+        sop, pixels = row["SOPInstanceUID"], row.get("pixels")
+        same = storage == row.get("pixel_storage", storage)
+        if same and pixels and storage == "bitstream":
+            first = pixels["first_frame"]
+            stored = self.archive.pixels.read_bitstreams(
+                pixels["array"], first, first + pixels["frames"]
+            )
+            same = stored == bitstreams
+        elif same and pixels and row.get("frame_hashes") is not None:
+            same = hashes == row["frame_hashes"]
+        if not same:
+            raise CorrectionError(f"{sop}: the corrected file's pixel data differs; nothing done")
+
+    def _finish(self, correction: Correction) -> None:
+        """What follows the commit (idempotent: `recover` replays it)."""
+        for pack in correction.new_packs:
+            sidecar = self.root / rows_sidecar(pack)
+            if not sidecar.exists() and (self.root / pack).exists():
+                rows = [
+                    _current_only(row)
+                    for row in correction.after.values()
+                    if row["header"]["pack"] == pack
+                ]
+                write_atomic(sidecar, dump_rows(rows))
+        for frm, to in correction.post_moves:
+            _move(self.root, frm, to)
+        for name in correction.post_remove:
+            (self.root / name).unlink(missing_ok=True)
+        if correction.undoes:
+            emptied = self.root / TRASH / correction.undoes  # a restore's folders, left empty
+            if emptied.is_dir() and not any(p.is_file() for p in emptied.rglob("*")):
+                shutil.rmtree(emptied)
+            path = self.root / RECORDS / f"{correction.undoes}.json"
+            original = Correction.from_json(path.read_bytes())
+            if original.undone_by != correction.id:
+                original.undone_by = correction.id
+                write_atomic(path, original.to_json())
+        correction.state = "done"
+        write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
+
+    def recover(self) -> list[Correction]:
+        """Finish the corrections a crash interrupted after their commit; roll back the others.
+
+        Returns those it dealt with: state "done" (finished) or "pending" (rolled back).
+        """
+        dealt = []
+        for correction in load_records(self.root):
+            if correction.state != "pending":
+                continue
+            dealt.append(correction)
+            key = _MARK + correction.id.encode()
+            if self.archive.index.journal_get([key]):
+                self._finish(correction)
+                continue
+            for frm, to in reversed(correction.pre_moves):
+                _move(self.root, to, frm)
+            for pack in correction.new_packs:
+                (self.root / pack).unlink(missing_ok=True)
+            (self.root / RECORDS / f"{correction.id}.json").unlink()
+        return dealt
+
+    # --- the trash --------------------------------------------------------------------
+
+    def empty_trash(self, older_than_days: float | None = None) -> tuple[list[Correction], int]:
+        """Remove for good what deletes put in the trash: those past their keep time, or (with
+        `older_than_days`) deleted longer ago than that. Returns (those deletes, bytes freed)."""
+        self.recover()
+        now = time.time()
+        emptied, freed = [], 0
+        for correction in load_records(self.root):
+            if correction.kind != "delete" or correction.undone_by or correction.emptied:
+                continue
+            deleted = _epoch(correction.time)
+            due = (
+                now - deleted >= older_than_days * 86400
+                if older_than_days is not None
+                else now >= _epoch(correction.keep_until or correction.time)
+            )
+            if not due:
+                continue
+            folder = self.root / TRASH / correction.id
+            freed += _disk_bytes(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            moved = {frm.split("/", 1)[1] for frm, _ in correction.post_moves}
+            in_place = [
+                row
+                for row in correction.before.values()
+                if Path(row["header"]["pack"]).parent.name not in moved
+            ]
+            freed += self._scrub(in_place)
+            correction.emptied = _now()
+            correction.before = {sop: _uids_only(row) for sop, row in correction.before.items()}
+            write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
+            emptied.append(correction)
+        self._forget({sop for correction in emptied for sop in correction.before})
+        return emptied, freed
+
+    def _forget(self, gone: set[str]) -> None:
+        """Keep only the UIDs of instances removed for good in every correction record (their
+        earlier corrections held their rows, values included)."""
+        if not gone:
+            return
+        for record in load_records(self.root):
+            changed = False
+            for part in (record.before, record.after):
+                for sop in set(part) & gone:
+                    if part[sop] != _uids_only(part[sop]):
+                        part[sop] = _uids_only(part[sop])
+                        changed = True
+            if changed:
+                write_atomic(self.root / RECORDS / f"{record.id}.json", record.to_json())
+
+    def _scrub(self, rows: list[Row]) -> int:
+        """Remove the bytes of deleted instances kept in place: their chunks out of their
+        shards, their header blobs zeroed, their rows out of the rows files. Bytes freed."""
+        freed = 0
+        live_frames = _live_frames(self.archive, {row["SeriesInstanceUID"] for row in rows})
+        gone = {row["SOPInstanceUID"] for row in rows}
+        for row in rows:
+            for version in version_rows(row):
+                reference = version.get("pixels")
+                if reference:
+                    freed += self._drop_frames(reference, live_frames)
+                where = version["header"]
+                pack = self.root / where["pack"]
+                if pack.is_file():
+                    with open(pack, "r+b") as f:
+                        f.seek(where["offset"])
+                        f.write(bytes(where["length"]))
+                        os.fsync(f.fileno())
+                sidecar = self.root / rows_sidecar(where["pack"])
+                if sidecar.is_file():
+                    written, kept = load_rows(sidecar.read_bytes())
+                    rest = [r for r in kept if r.get("SOPInstanceUID") not in gone]
+                    if len(rest) != len(kept):
+                        write_atomic(sidecar, dump_rows(rest, written))
+        return freed
+
+    def _drop_frames(self, reference: Any, live: dict[str, set[int]]) -> int:
+        """Rewrite the shards of a deleted instance's frames without them (frames no live
+        row uses); bytes freed."""
+        pixels = self.archive.pixels
+        path = reference["array"]
+        if not pixels.exists(path):
+            return 0
+        per_shard, per_frame = pixels.grid(path)
+        frames = set(
+            range(reference["first_frame"], reference["first_frame"] + reference["frames"])
+        )
+        frames -= live.get(path, set())
+        freed = 0
+        for shard in sorted({f // per_shard for f in frames}):
+            file = Path(pixels._shard_file(path, shard))
+            if not file.is_file():
+                continue
+            data = file.read_bytes()
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                table = pixels._shard_table(fd, per_shard * per_frame, str(file))
+            finally:
+                os.close(fd)
+            chunks: list[bytes | None] = []
+            for k, (offset, length) in enumerate(table.tolist()):
+                frame = shard * per_shard + k // per_frame
+                dropped = frame in frames or offset == EMPTY
+                chunks.append(None if dropped else data[offset : offset + length])
+            packed = pack_shard(chunks)
+            write_atomic(file, packed)
+            freed += len(data) - len(packed)
+        return freed
+
+
+def _needs_unicode(dataset: pydicom.Dataset, keyword: str, value: Any) -> bool:
+    """Whether `value` needs the data set's character set changed to UTF-8: it has none (the
+    default repertoire, ASCII) and the value is not ASCII. CorrectionError (naming the
+    keyword, not the value) when it has another that cannot write the value."""
+    texts = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    if all(text.isascii() for text in texts):
+        return False
+    declared = dataset.get("SpecificCharacterSet")
+    if not declared:
+        return True
+    encodings = convert_encodings(declared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom would write "?" for what it cannot encode
+        try:
+            for text in texts:
+                encode_string(text, encodings)
+        except (UserWarning, ValueError, LookupError):
+            raise CorrectionError(
+                f"{keyword}: the new value cannot be written in the instance's character set "
+                f"({declared}); nothing done"
+            ) from None
+    return False
+
+
+def _live_frames(archive: Archive, series: set[str]) -> dict[str, set[int]]:
+    """The frames of each array that rows of `series` (any version) use."""
+    live: dict[str, set[int]] = {}
+    for uid in series:
+        for row in archive.index.iter_series(uid):
+            for version in version_rows(row):
+                reference = version.get("pixels")
+                if reference:
+                    first = reference["first_frame"]
+                    live.setdefault(reference["array"], set()).update(
+                        range(first, first + reference["frames"])
+                    )
+    return live
+
+
+def _version_key(row: Row) -> tuple[Any, Any]:
+    """What tells one current version from another."""
+    return row.get("source_sha256"), json.dumps(row.get("header"), sort_keys=True)
+
+
+def _current_only(row: Row) -> Row:
+    """The row of the current version alone, as a rows file keeps it."""
+    return cast(Row, {k: v for k, v in row.items() if k not in ("versions", "current_reason")})
+
+
+def _uids_only(row: Row) -> Row:
+    """What an emptied trash keeps of a deleted row: its UIDs, nothing of the patient."""
+    return cast(
+        Row, {k: row[k] for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")}
+    )
+
+
+def _move(root: Path, frm: str, to: str) -> None:
+    """Move a folder of the archive (idempotent: done already, nothing happens)."""
+    source, destination = root / frm, root / to
+    if not source.exists():
+        return
+    make_dirs(destination.parent)
+    os.rename(source, destination)
+    fsync_dir(destination.parent)
+    fsync_dir(source.parent)
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of a UTC stamp YYYY-MM-DDTHH:MM:SSZ."""
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))

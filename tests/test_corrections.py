@@ -1,0 +1,498 @@
+"""Corrections through the CLI on real corpus files: merge, demographics, series move, delete,
+the trash, undo, the audit trail, the writer lock and crashes mid-correction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import require_corpus, run_cli
+
+from pacs_engine.archive import open_archive
+from pacs_engine.archive.archive import _disk_bytes
+from pacs_engine.archive.corrections import FAULT_VARIABLE
+from pacs_engine.serve.audit import read_records, verify_chain
+
+CT = "dcm_qa_ct/Philips/S21570"
+#: Patient "crlab" (two studies: three MR files, and one JPEG lossless file).
+MR = [
+    "dcm_qa_decubitus/HFS/3_t1_fl2d_sag/0001_1.3.12.2.1107.5.2.43.67060.2022040715053454597060816.dcm",
+    "dcm_qa_decubitus/HFS/3_t1_fl2d_sag/0002_1.3.12.2.1107.5.2.43.67060.2022040715053473863460818.dcm",
+    "dcm_qa_decubitus/HFS/3_t1_fl2d_sag/0003_1.3.12.2.1107.5.2.43.67060.2022040715053452647160812.dcm",
+    "dcm_qa_ts/5.dcm",
+]
+#: Patient "PLASTIC": one study, a series of six and a series of one.
+CT_FILES = [f"{CT}/S4010/I{n}0" for n in range(1, 7)] + [f"{CT}/S1000/I10"]
+
+
+def _read(path: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(path)
+
+
+def _pixel_digest(dataset: pydicom.Dataset) -> str:
+    """What the pixel data is: the raw value (original bitstreams or native bytes)."""
+    return hashlib.sha256(dataset.PixelData).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """An archive of the chosen files, ingested once; and each file by its SOP Instance UID."""
+    corpus = require_corpus()
+    root = tmp_path_factory.mktemp("pristine")
+    sources = root / "src"
+    by_sop = {}
+    for i, name in enumerate(MR + CT_FILES):
+        target = sources / f"{i:02d}.dcm"
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(corpus / name, target)
+        by_sop[_read(target).SOPInstanceUID] = target
+    done = run_cli("ingest", "--archive", str(root / "A"), str(sources), "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    return root / "A", by_sop
+
+
+@pytest.fixture
+def archive(pristine: tuple[Path, dict[str, Path]], tmp_path: Path) -> Path:
+    """A fresh copy of the pristine archive for one test."""
+    copy = tmp_path / "A"
+    shutil.copytree(pristine[0], copy)
+    return copy
+
+
+def _cli(*args: str | Path, code: int = 0, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pacs_engine.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode == code, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def _export(archive: Path, out: Path, *selection: str) -> dict[str, Path]:
+    """Export (current versions, and earlier ones as _v<n>) and index the files by name."""
+    _cli("export", archive, out, *selection, "--all-versions")
+    return {p.name: p for p in out.rglob("*.dcm")}
+
+
+def _verify(archive: Path) -> None:
+    out = _cli("verify", archive, "--workers", "0")
+    assert "all match" in out
+
+
+def _studies(archive: Path, **filters: str) -> list[str]:
+    with open_archive(archive) as opened:
+        return sorted(s["StudyInstanceUID"] for s in opened.query("study", **filters))
+
+
+def _last_id(archive: Path) -> str:
+    return json.loads(_cli("correct", archive, "--list", "--json"))[-1]["id"]
+
+
+def _originals_exported(archive: Path, out: Path, by_sop: dict[str, Path]) -> None:
+    """Every current version exports as the ingested file, byte for byte."""
+    files = _export(archive, out)
+    with open_archive(archive) as opened:
+        sops = [row["SOPInstanceUID"] for row in opened.index]
+    for sop in sops:
+        exported = next(p for name, p in files.items() if name.startswith(sop) and "_v" not in name)
+        assert exported.read_bytes() == by_sop[sop].read_bytes()
+
+
+def test_merge_patient_and_undo(archive: Path, pristine, tmp_path: Path) -> None:
+    by_sop = pristine[1]
+    mr_studies = _studies(archive, PatientID="crlab")
+    ct_study = _studies(archive, PatientID="PLASTIC")
+    target = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "04.dcm")])
+    dry = _cli(
+        "correct",
+        archive,
+        "merge-patient",
+        "--from",
+        "crlab",
+        "--to",
+        "PLASTIC",
+        "--reason",
+        "duplicate registration",
+        "--dry-run",
+    )
+    assert "would make" in dry and "4 instances" in dry
+    assert _studies(archive, PatientID="crlab") == mr_studies  # nothing written
+    assert not (archive / "corrections").exists()
+
+    out = _cli(
+        "correct",
+        archive,
+        "merge-patient",
+        "--from",
+        "crlab",
+        "--to",
+        "PLASTIC",
+        "--reason",
+        "duplicate registration",
+    )
+    assert "4 instances in 2 series of 2 studies" in out
+    assert _studies(archive, PatientID="crlab") == []
+    assert _studies(archive, PatientID="PLASTIC") == sorted(mr_studies + ct_study)
+    files = _export(archive, tmp_path / "out", "--patient", "PLASTIC")
+    for sop in (s for s, p in by_sop.items() if _read(p).PatientID == "crlab"):
+        corrected, original = _read(files[f"{sop}.dcm"]), _read(by_sop[sop])
+        assert corrected.PatientID == "PLASTIC"
+        assert corrected.PatientName == target.PatientName
+        assert corrected.StudyInstanceUID == original.StudyInstanceUID
+        assert _pixel_digest(corrected) == _pixel_digest(original)
+        # The original stays retrievable, byte for byte, as an earlier version.
+        assert files[f"{sop}_v1.dcm"].read_bytes() == by_sop[sop].read_bytes()
+    _verify(archive)
+
+    merge = _last_id(archive)
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "PLASTIC",
+        "--set",
+        "PatientSex=O",
+        "--reason",
+        "later",
+    )
+    later = _cli("correct", archive, "--undo", merge, code=2)
+    assert "undo them first" in later and _last_id(archive) in later
+    _cli("correct", archive, "--undo", _last_id(archive))
+    _cli("correct", archive, "--undo", merge)
+    assert _studies(archive, PatientID="crlab") == mr_studies
+    _originals_exported(archive, tmp_path / "after-undo", by_sop)
+    _verify(archive)
+    undone = json.loads(_cli("correct", archive, "--list", "--json"))
+    assert undone[0]["undone_by"] == undone[3]["id"]
+    _cli("correct", archive, "--undo", undone[0]["id"], code=2)  # not twice
+
+
+def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None:
+    by_sop = pristine[1]
+    old_name = str(_read(by_sop[next(iter(by_sop))]).PatientName)
+    assert _studies(archive, PatientName=old_name)
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=MÜLLER^JANE",
+        "--set",
+        "PatientBirthDate=19700101",
+        "--reason",
+        "registration error",
+    )
+    assert len(_studies(archive, PatientName="MÜLLER^JANE")) == 2
+    assert _studies(archive, PatientName=old_name) == []
+    files = _export(archive, tmp_path / "out", "--patient", "crlab")
+    assert len([n for n in files if "_v" not in n]) == 4
+    for sop in (s for s, p in by_sop.items() if _read(p).PatientID == "crlab"):
+        corrected, original = _read(files[f"{sop}.dcm"]), _read(by_sop[sop])
+        assert (corrected.PatientName, corrected.PatientBirthDate) == ("MÜLLER^JANE", "19700101")
+        assert corrected.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert _pixel_digest(corrected) == _pixel_digest(original)
+        assert (corrected.pixel_array == original.pixel_array).all()
+    _verify(archive)
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientWeight=80",
+        "--reason",
+        "x",
+        code=2,
+    )
+    # Not in the files' character set (ISO_IR 100): refused, naming the keyword, not the value.
+    refused = _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=山田^太郎",
+        "--reason",
+        "x",
+        code=2,
+    )
+    assert "PatientName" in refused and "山田" not in refused
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "nobody",
+        "--set",
+        "PatientName=X",
+        "--reason",
+        "x",
+        code=2,
+    )
+    _cli("correct", archive, "--undo", _last_id(archive))
+    _originals_exported(archive, tmp_path / "after-undo", by_sop)
+    _verify(archive)
+
+
+def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:
+    by_sop = pristine[1]
+    single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
+    target_study = _studies(archive, PatientID="crlab")[0]
+    with open_archive(archive) as opened:
+        target = opened.index.study_record(target_study)
+    assert target is not None
+    _cli(
+        "correct",
+        archive,
+        "move-series",
+        "--series",
+        single.SeriesInstanceUID,
+        "--to-study",
+        target_study,
+        "--reason",
+        "filed under the wrong study",
+    )
+    with open_archive(archive) as opened:
+        series = opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID)
+        assert [s["StudyInstanceUID"] for s in series] == [target_study]
+        assert (
+            opened.index.study_record(single.StudyInstanceUID)["NumberOfStudyRelatedInstances"] == 6
+        )
+    files = _export(archive, tmp_path / "out", "--series", single.SeriesInstanceUID)
+    moved = _read(files[f"{single.SOPInstanceUID}.dcm"])
+    assert moved.StudyInstanceUID == target_study
+    assert (moved.PatientID, moved.StudyDate) == ("crlab", target["StudyDate"])
+    assert _pixel_digest(moved) == _pixel_digest(single)
+    _verify(archive)
+    _cli("correct", archive, "--undo", _last_id(archive))
+    _originals_exported(archive, tmp_path / "after-undo", by_sop)
+    _verify(archive)
+
+
+def test_delete_trash_restore_and_empty(archive: Path, pristine, tmp_path: Path) -> None:
+    by_sop = pristine[1]
+    one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "05.dcm")])
+    single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "sent by mistake")
+    _cli("correct", archive, "delete", "--series", single.SeriesInstanceUID, "--reason", "wrong")
+    partial, whole = [c["id"] for c in json.loads(_cli("correct", archive, "--list", "--json"))]
+    with open_archive(archive) as opened:
+        assert opened.index.get(one.SOPInstanceUID) is None
+        assert opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID) == []
+    assert "not in the archive" in _cli(
+        "export", archive, tmp_path / "x", "--uid", one.SOPInstanceUID, code=2
+    )
+    listed = _cli("trash", archive, "--list")
+    assert partial in listed and whole in listed and "2 deletes" in listed
+    assert (archive / "trash" / whole).is_dir()
+    _verify(archive)
+    _cli("tidy", archive)  # the part of a series kept in place is not tidied away
+    _cli("trash", archive, "--restore", partial)
+    _cli("trash", archive, "--restore", whole)
+    _originals_exported(archive, tmp_path / "restored", by_sop)
+    _verify(archive)
+
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "again")
+    _cli("correct", archive, "delete", "--study", single.StudyInstanceUID, "--reason", "again")
+    _cli("trash", archive, "--empty")  # kept 30 days: nothing yet
+    assert len(list((archive / "trash").iterdir())) == 1
+    before = _disk_bytes(archive)
+    out = _cli("trash", archive, "--empty", "--older-than", "0")
+    assert "emptied 2 deletes" in out
+    assert _disk_bytes(archive) < before - 200_000  # seven CT slices' pixels are gone
+    assert not any((archive / "trash").iterdir())
+    _cli("trash", archive, "--restore", _last_id(archive), code=2)
+    records = [path.read_text() for path in (archive / "corrections").glob("*.json")]
+    assert len([text for text in records if '"emptied": null' not in text]) == 2
+    # Every record keeps only the UIDs of what was removed for good, restores included.
+    assert len(records) == 6 and not any("PLASTIC" in text for text in records)
+    _verify(archive)
+    assert _studies(archive, PatientID="PLASTIC") == []
+    assert len(_studies(archive, PatientID="crlab")) == 2
+    actions = [r["action"] for r in read_records(archive)]
+    assert actions == ["correct delete"] * 2 + ["correct undo"] * 2 + ["correct delete"] * 2 + [
+        "trash empty"
+    ]
+    assert verify_chain(archive) == []
+
+
+def test_audit_trail_names_no_patient(archive: Path, pristine) -> None:
+    _cli(
+        "correct",
+        archive,
+        "merge-patient",
+        "--from",
+        "crlab",
+        "--to",
+        "PLASTIC",
+        "--reason",
+        "patient crlab is PLASTIC",
+    )
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "PLASTIC",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "name of DOE^JANE",
+    )
+    records = list(read_records(archive))
+    assert [r["action"] for r in records] == ["correct merge-patient", "correct patient"]
+    assert {r["protocol"] for r in records} == {"cli"}
+    assert all(r["study"] for r in records)
+    text = "".join(json.dumps(r) for r in records)
+    for value in ("crlab", "PLASTIC", "DOE", "JANE", "HEAD"):
+        assert value not in text
+    assert "PatientName" in text  # keywords are named
+    assert verify_chain(archive) == []
+
+
+def test_refused_while_another_writer_holds_it(archive: Path) -> None:
+    with open_archive(archive, readonly=False):
+        out = _cli(
+            "correct",
+            archive,
+            "patient",
+            "--id",
+            "crlab",
+            "--set",
+            "PatientName=X",
+            "--reason",
+            "x",
+            code=2,
+        )
+    assert "another process is writing" in out
+
+
+@pytest.mark.parametrize("point", ["before-commit", "after-commit"])
+def test_crash_mid_correction(archive: Path, pristine, tmp_path: Path, point: str) -> None:
+    by_sop = pristine[1]
+    single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
+    fault = {FAULT_VARIABLE: point}
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "x",
+        code=70,
+        env=fault,
+    )
+    # The next writer finishes a committed correction, or rolls back one that was not.
+    out = _cli(
+        "correct",
+        archive,
+        "delete",
+        "--series",
+        single.SeriesInstanceUID,
+        "--reason",
+        "x",
+        code=70,
+        env=fault,
+    )
+    assert "interrupted correction" in out
+    _verify(archive)  # whichever state is visible is whole
+    committed = point == "after-commit"
+    assert bool(_studies(archive, PatientName="DOE^JANE")) == committed
+    with open_archive(archive) as opened:
+        assert (opened.index.get(single.SOPInstanceUID) is None) == committed
+    _cli("trash", archive, "--list")  # read-only: shows, does not repair
+    assert "interrupted correction" in _cli("trash", archive, "--empty")
+    records = json.loads(_cli("correct", archive, "--list", "--json"))
+    assert len(records) == (2 if committed else 0)
+    assert all(r["state"] == "done" for r in records)
+    assert (archive / "trash").is_dir() == committed
+    # A correction finished after its process died is audited by the one that finished it.
+    actions = [r["action"] for r in read_records(archive)]
+    assert actions == (["correct patient", "correct delete"] if committed else [])
+    if committed:
+        assert any((archive / "trash").iterdir())
+        _cli("trash", archive, "--restore", records[1]["id"])
+        _cli("correct", archive, "--undo", records[0]["id"])
+    else:
+        assert not list((archive / "headers").rglob("correction-*"))
+    _originals_exported(archive, tmp_path / "out", by_sop)
+    _verify(archive)
+
+
+def test_emptying_part_of_a_series_and_rebuild_index(archive: Path, pristine, tmp_path) -> None:
+    by_sop = pristine[1]
+    one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "05.dcm")])
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "registration error",
+    )
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "mistake")
+    pixels = next((archive / "pixels").glob(f"{one.SeriesInstanceUID}*"))
+    before = _disk_bytes(pixels)
+    assert "emptied 1 deletes" in _cli("trash", archive, "--empty", "--older-than", "0")
+    assert _disk_bytes(pixels) < before  # its frame is out of the shard
+    _verify(archive)
+    # The rows files no longer hold it: a rebuilt index has the corrections, not the deleted.
+    _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(by_sop) - 1
+        assert opened.index.get(one.SOPInstanceUID) is None
+    assert len(_studies(archive, PatientName="DOE^JANE")) == 2
+    _verify(archive)
+    files = _export(archive, tmp_path / "out", "--series", one.SeriesInstanceUID)
+    assert len(files) == 5
+    for name, path in files.items():
+        assert path.read_bytes() == by_sop[name.removesuffix(".dcm")].read_bytes()
+
+
+def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path: Path) -> None:
+    # pydicom's MR_small.dcm declares no Specific Character Set (the default, ASCII).
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    original = _read(source)
+    assert "SpecificCharacterSet" not in original
+    _cli("ingest", "--archive", tmp_path / "A", source, "--workers", "0")
+    _cli(
+        "correct",
+        tmp_path / "A",
+        "patient",
+        "--id",
+        original.PatientID,
+        "--set",
+        "PatientName=山田^太郎",
+        "--reason",
+        "registration error",
+    )
+    files = _export(tmp_path / "A", tmp_path / "out")
+    assert files[f"{original.SOPInstanceUID}_v1.dcm"].read_bytes() == source.read_bytes()
+    corrected = _read(files[f"{original.SOPInstanceUID}.dcm"])
+    assert corrected.SpecificCharacterSet == "ISO_IR 192"
+    assert corrected.PatientName == "山田^太郎"
+    assert _studies(tmp_path / "A", PatientName="山田^太郎")
+    assert corrected.StudyDate == original.StudyDate
+    assert _pixel_digest(corrected) == _pixel_digest(original)
+    _verify(tmp_path / "A")
