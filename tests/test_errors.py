@@ -14,6 +14,7 @@ import pacs_engine
 from pacs_engine import PacsEngineError
 from pacs_engine.archive.archive import ArchiveError, ExportError, UnknownInstance
 from pacs_engine.archive.blobs import BlobError
+from pacs_engine.archive.corrections import CorrectionError
 from pacs_engine.archive.pixel_store import ArrayMetadataError
 from pacs_engine.archive.prepare import PrepareError
 from pacs_engine.archive.verify_plan import VerifySelectionError
@@ -76,6 +77,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     DeidError: (DeidError("a date that does not parse"), (ValueError,)),
     KeyFileError: (KeyFileError("key.bin: not a key"), (ValueError,)),
     ProfileError: (ProfileError("unknown option 'clean-pixels'"), (ValueError,)),
+    CorrectionError: (CorrectionError("undo 3: a later correction changed it"), (ArchiveError,)),
 }
 
 
