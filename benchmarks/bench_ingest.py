@@ -666,6 +666,8 @@ def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> Measured:
 
 def _stage_bound(report: dict[str, Any]) -> str:
     """Where the workers' time went, from the report: codec CPU s, other CPU s, waits."""
+    if "stage_seconds" not in report:  # an older tree (ab_compare.py)
+        return "no stage times in this tree's report"
     codec = cpu = wall = idle = 0.0
     for process, stages in report["stage_seconds"].items():
         if not process.startswith("worker"):
@@ -678,11 +680,13 @@ def _stage_bound(report: dict[str, Any]) -> str:
             wall += t["wall"]
             codec += t["cpu"] if name in ("encode", "decode") else 0.0
     main = report["stage_seconds"].get("main", {})
-    commit = main.get("commit", {"cpu": 0.0, "wall": 0.0})
+    zero = {"cpu": 0.0, "wall": 0.0}
+    commit, other = main.get("commit", zero), main.get("other", zero)
     return (
         f"workers: CPU {cpu:.2f} s ({codec:.2f} codec = {codec / cpu:.0%}), busy wall"
-        f" {wall:.2f} s (CPU/wall {cpu / wall:.0%}), idle {idle:.2f} s; main commit"
-        f" {commit['cpu']:.2f}/{commit['wall']:.2f} s; start-up and exit outside the report"
+        f" {wall:.2f} s (CPU/wall {cpu / wall:.0%}), idle {idle:.2f} s; main: commit"
+        f" {commit['cpu']:.2f}/{commit['wall']:.2f} s, other CPU {other['cpu']:.2f} s;"
+        f" report {report['seconds']:.2f} s (the rest of the wall: start-up and exit)"
     )
 
 

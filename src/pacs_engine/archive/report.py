@@ -51,7 +51,9 @@ class IngestReport:
     `stages` says where each process's time went: per process ("worker 1", ...,
     "main" for the ingesting process's own work, "this process" for tasks run in it),
     [CPU seconds, wall seconds] per stage (see `pacs_engine.stages`); a worker's
-    "idle" is the wall time of the scan and encode phases it spent without a task.
+    "idle" is the wall time of the scan and encode phases it spent without a task;
+    main's "other" is the CPU time of the rest of its work (walking, planning, sending
+    tasks, taking results), with no wall time of its own.
     """
 
     inputs: int = 0

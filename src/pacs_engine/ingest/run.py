@@ -161,6 +161,8 @@ class _Run:
         self.notify = progress or (lambda p: None)
         self.journal = Journal(archive.index)
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
+        self.inline_cpu = 0.0  # CPU seconds of the tasks run in this process, this session
         self.report = IngestReport(workers=self.executor.workers)
         self.total: int | None = None
         self.failure: BaseException | None = None
@@ -604,6 +606,7 @@ class _Run:
         """Count a task's seconds per stage for the worker that ran it."""
         if worker == os.getpid():
             name = "this process"
+            self.inline_cpu += sum(cpu for cpu, _ in stages.values())
         else:
             name = self.names.setdefault(worker, f"worker {len(self.names) + 1}")
         self.report.add_stages(name, stages)
@@ -611,7 +614,12 @@ class _Run:
 
     def _add_own_stages(self) -> None:
         """Add this session's own stages, and each worker's idle time, to the report."""
-        self.report.add_stages("main", self.clock.take())
+        own = self.clock.take()
+        # The rest of this process's CPU: walking, planning, sending tasks, taking results
+        # (not the tasks it ran itself, counted as "this process").
+        spent = sum(cpu for cpu, _ in own.values()) + self.inline_cpu
+        rest = time.process_time() - self.cpu_started - spent
+        self.report.add_stages("main", {**own, "other": [max(0.0, rest), 0.0]})
         working = self.session_phases.get("scan", 0.0) + self.session_phases.get("encode", 0.0)
         for name, busy in self.busy.items():
             if name != "this process":
