@@ -13,12 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from conftest import corpus_files, require_corpus
 
 from pacs_engine import Archive
+from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
 from pacs_engine.archive.prepare import plain_layout
 from pacs_engine.cli.ingest import _render_report
+from pacs_engine.codecs import choose_codec, general_purpose_codecs
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
 
@@ -163,3 +167,46 @@ def test_the_usual_layouts_are_plain_and_the_others_are_not() -> None:
     assert not plain_layout(layout(SamplesPerPixel=3, PlanarConfiguration=1), True)
     ybr = layout(SamplesPerPixel=3, PhotometricInterpretation="YBR_FULL_422", BitsAllocated=8)
     assert not plain_layout(ybr, True)
+
+
+def _specs() -> list[ArraySpec]:
+    """Array specs as ingest makes them: each archive codec, Blosc, the read-optimised ones."""
+    sample = np.random.default_rng(3).integers(0, 4096, (64, 64), np.uint16)
+    specs = []
+    for name in ARCHIVE_BY_NAME:
+        specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), ARCHIVE_BY_NAME[name](), (), 64))
+    specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), choose_codec(sample), (), 32))
+    _, blosc = general_purpose_codecs(np.dtype("i2"))
+    specs.append(ArraySpec(512, 512, 1, np.dtype("i2"), None, (blosc,), 64))
+    specs.append(ArraySpec(48, 40, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
+    specs.append(ArraySpec(2048, 3000, 1, np.dtype("u2"), None, (), 16, 1024))  # tiled
+    specs.append(ArraySpec(8, 8, 1, np.dtype("f4"), None, (), 64))
+    return specs
+
+
+@pytest.mark.parametrize("spec", _specs(), ids=lambda s: f"{s.codec}-{s.compressors}-{s.tile}")
+def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_path: Path) -> None:
+    """ensure_array writes zarr.json itself: byte for byte what zarr's create_array writes."""
+    attributes = {"photometric_interpretation": "MONOCHROME2", "bits_stored": 12, "é": [1]}
+    ours = PixelStore(tmp_path / "ours")
+    ours.create()
+    ours.ensure_array("1.2.3", "k", spec, attributes)
+    theirs = zarr.open_group(tmp_path / "theirs", mode="w", zarr_format=3).require_group("1.2.3")
+    options: dict = {"compressors": spec.compressors or None}
+    if spec.codec is not None:
+        options["serializer"] = spec.codec
+    theirs.create_array(
+        "k",
+        shape=(0, *spec.frame_shape),
+        chunks=spec.chunk_shape,
+        shards=spec.shard_shape,
+        dtype=spec.dtype,
+        fill_value=0,
+        attributes=attributes,
+        **options,
+    )
+    for name in ("zarr.json", "1.2.3/zarr.json", "1.2.3/k/zarr.json"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes()
+    array = zarr.open_array(tmp_path / "ours" / "1.2.3" / "k", mode="r")
+    assert array.shape == (0, *spec.frame_shape) and dict(array.attrs) == attributes
+    assert ours.spec("1.2.3/k") == spec

@@ -90,12 +90,15 @@ def adopt_permissions(root: str | os.PathLike) -> None:
     os.umask(umask_for(root))
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, dirs: set[Path] | None = None) -> None:
+def write_atomic(
+    path: str | os.PathLike, data: bytes, dirs: set[Path] | None = None, *, durable: bool = True
+) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
-    added to it for one `fsync_dirs` call after a batch of writes. The file gets
-    its folder's read and write bits.
+    added to it for one `fsync_dirs` call after a batch of writes. Not `durable`:
+    neither the file nor the rename is synced (a crash may lose the write, never
+    leave part of it). The file gets its folder's read and write bits.
     """
     with stage("write"):
         path = Path(path)
@@ -107,12 +110,15 @@ def write_atomic(path: str | os.PathLike, data: bytes, dirs: set[Path] | None = 
                 os.fchmod(fd, file_mode(path.parent))
                 f.write(data)
                 f.flush()
-                with stage("fsync"):
-                    os.fsync(f.fileno())
+                if durable:
+                    with stage("fsync"):
+                        os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:  # a full disk: leave no half-written temporary taking space
             tmp.unlink(missing_ok=True)
             raise
+        if not durable:
+            return
         if dirs is None:
             fsync_dir(path.parent)
         else:
