@@ -53,7 +53,7 @@ class IngestReport:
     [CPU seconds, wall seconds] per stage (see `pacs_engine.stages`); a worker's
     "idle" is the wall time of the scan and encode phases it spent without a task;
     main's "other" is the CPU time of the rest of its work (walking, planning, sending
-    tasks, taking results), with no wall time of its own.
+    tasks, taking results, the tidy), with no wall time of its own.
     """
 
     inputs: int = 0

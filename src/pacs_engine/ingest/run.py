@@ -615,11 +615,12 @@ class _Run:
     def _add_own_stages(self) -> None:
         """Add this session's own stages, and each worker's idle time, to the report."""
         own = self.clock.take()
-        # The rest of this process's CPU: walking, planning, sending tasks, taking results
-        # (not the tasks it ran itself, counted as "this process").
+        # The rest of this process's CPU: walking, planning, sending tasks, taking results,
+        # the tidy (not the tasks it ran itself, counted as "this process").
         spent = sum(cpu for cpu, _ in own.values()) + self.inline_cpu
         rest = time.process_time() - self.cpu_started - spent
         self.report.add_stages("main", {**own, "other": [max(0.0, rest), 0.0]})
+        self.cpu_started, self.inline_cpu = time.process_time(), 0.0  # added: not again
         working = self.session_phases.get("scan", 0.0) + self.session_phases.get("encode", 0.0)
         for name, busy in self.busy.items():
             if name != "this process":
