@@ -28,6 +28,16 @@ Rows:
   every frame of the same pixels (decoded beforehand), one core, best of
   PACS_ENGINE_BENCH_REPEATS per frame (bench_codecs.measure_pick), in a fresh process.
 
+- share of the ceiling (issue 18, `test_share_of_ceiling`): on the corpus's uncompressed
+  CT and MR, and on a `pacs-engine synth` set (explicit and implicit VR, CT and MR,
+  512 x 512, 100 slices a series; PACS_ENGINE_BENCH_SUSTAINED_FILES files, default 1,000,
+  written once to PACS_ENGINE_BENCH_SUSTAINED_DIR), for 1 and 2 workers: the ingest's raw
+  MB/s (wall time of the subprocess, start-up included) against the codec ceiling on as
+  many cores (each core's share of the series decoded beforehand, a codec picked per
+  array on its first frame as ingest does, then every frame encoded once, all cores at
+  the same time), and Orthanc HTTP with JPEG-LS ingest transcoding on the same files.
+  Each ingest row's note says where its workers' time went (the report's stage_seconds).
+
 Per row: instances/s = files / wall seconds; raw MB/s = decoded pixel bytes of all the
 files / wall seconds; ratio = decoded pixel bytes of the distinct instances kept /
 bytes kept (pacs-engine: its report; Orthanc: file sizes in its storage folder, index
@@ -40,6 +50,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 import warnings
@@ -516,6 +527,251 @@ def test_codec_ceiling(ingest_set: IngestSet, row: Measured) -> None:
         row.note += f"; skipped {result['skipped']}"
 
 
+# --- (e) share of the codec ceiling on as many cores (issue 18) ----------------------------
+
+#: Uncompressed transfer syntaxes: the corpus set of issue 18 (native frames only, so the
+#: ceiling is the archive codec's encode, with nothing to decode).
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+#: Files of the sustained `pacs-engine synth` set (the issue asks >= 20,000, >= 5 GB:
+#: 20,000 files of 512 x 512 x 16 bits are 10.5 GB); 100 slices a series.
+SUSTAINED_FILES = int(os.environ.get("PACS_ENGINE_BENCH_SUSTAINED_FILES", "1000"))
+SUSTAINED_SLICES = 100
+#: Where the sustained set is written once and reused (the same seed: the same bytes).
+SUSTAINED_DIR = Path(
+    os.environ.get(
+        "PACS_ENGINE_BENCH_SUSTAINED_DIR",
+        Path(tempfile.gettempdir()) / f"pacs-bench-sustained-{SUSTAINED_FILES}",
+    )
+)
+SHARE_TARGETS = {"corpus": 0.65, "sustained": 0.8}  # with 2 workers
+TARGET_VS_ORTHANC_18 = 3.0
+CEILING_BARRIER_S = 600.0  # bound on the wait for the other ceiling processes
+
+
+@dataclass
+class Share:
+    """One set's rows of issue 18: ingest and ceiling MB/s per core count, Orthanc's."""
+
+    label: str
+    files: int = 0
+    raw_bytes: int = 0
+    ingest: dict[int, Measured] = field(default_factory=dict)
+    ceiling: dict[int, Measured] = field(default_factory=dict)
+    orthanc: Measured | None = None
+    bounds: dict[int, str] = field(default_factory=dict)  # where the workers' CPU went
+
+
+SHARES: dict[str, Share] = {}
+
+
+def uncompressed_set(paths: list[str], label: str) -> IngestSet:
+    """The files of `paths` the scanner reads in an uncompressed transfer syntax."""
+    kept, raw, sops, contexts = [], {}, {}, set()
+    for path, header in zip(paths, scan_many(paths), strict=True):
+        if isinstance(header, ScanError) or header.transfer_syntax_uid not in UNCOMPRESSED:
+            continue
+        if not header.get("SOPInstanceUID") or header.pixel is None:
+            continue
+        kept.append(path)
+        raw[path] = _raw_pixel_bytes(header)
+        sops[path] = header["SOPInstanceUID"]
+        contexts.add((str(header.get("SOPClassUID")), header.transfer_syntax_uid))
+    file_bytes = read_whole(kept)
+    return IngestSet(label, None, kept, file_bytes, raw, sops, contexts, len(paths) - len(kept))
+
+
+def sustained_paths() -> list[str]:
+    """The sustained set's files, written by `pacs-engine synth` unless already there."""
+    studies = max(1, SUSTAINED_FILES // (2 * SUSTAINED_SLICES))
+    expected = studies * 2 * SUSTAINED_SLICES
+    found = sorted(str(p) for p in SUSTAINED_DIR.rglob("*.dcm"))
+    if len(found) != expected:
+        shutil.rmtree(SUSTAINED_DIR, ignore_errors=True)
+        cmd = [str(PACS_ENGINE), "synth", str(SUSTAINED_DIR), "--studies", str(studies)]
+        cmd += ["--series-per-study", "2", "--slices", str(SUSTAINED_SLICES)]
+        cmd += ["--syntaxes", "explicit,implicit", "--modalities", "CT,MR", "--no-progress"]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=7200)
+        found = sorted(str(p) for p in SUSTAINED_DIR.rglob("*.dcm"))
+    return found
+
+
+def _wait_for_peers(folder: str, index: int, cores: int) -> None:
+    """A barrier between the ceiling's processes: each encodes once all have decoded."""
+    Path(folder, f"ready-{index}").touch()
+    deadline = time.monotonic() + CEILING_BARRIER_S
+    while len(list(Path(folder).glob("ready-*"))) < cores:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the other ceiling processes were not ready in {folder}")
+        time.sleep(0.005)
+
+
+def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict[str, Any]:
+    """One core's share of the ceiling: decode its files (untimed), pick a codec per array
+    as ingest does (on the first frame of each series and geometry, untimed), then, once
+    every process is ready, encode each frame once with it (timed, wall)."""
+    import numpy as np
+    import pydicom
+
+    from pacs_engine.codecs import choose_codec
+
+    frames, codecs = [], {}
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            pixels = ds.pixel_array
+        stack = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
+        for frame in stack:
+            frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
+            key = (str(ds.SeriesInstanceUID), frame.shape, frame.dtype.str)
+            if key not in codecs:
+                codecs[key] = choose_codec(frame)
+            frames.append((codecs[key], frame))
+    _wait_for_peers(folder, index, cores)
+    started = time.perf_counter()
+    stored = sum(len(codec.encode_frame(frame)) for codec, frame in frames)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "raw": sum(f.nbytes for _, f in frames), "stored": stored}
+
+
+def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> Measured:
+    """The codec ceiling on `cores` cores: the set's series split in `cores` shares of about
+    the same pixel bytes, each encoded in its own process at the same time; MB/s = all the
+    pixel bytes / the slowest process's encode time."""
+    by_series: dict[str, list[str]] = {}
+    for path, header in zip(fs.paths, scan_many(fs.paths), strict=True):
+        by_series.setdefault(str(header.get("SeriesInstanceUID")), []).append(path)
+    shares: list[list[str]] = [[] for _ in range(cores)]
+    loads = [0] * cores
+    for members in sorted(by_series.values(), key=lambda m: -sum(fs.raw_bytes[p] for p in m)):
+        least = loads.index(min(loads))
+        shares[least] += members
+        loads[least] += sum(fs.raw_bytes[p] for p in members)
+    barrier = scratch / f"barrier-{cores}"
+    barrier.mkdir()
+    with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(ceiling_share, share, str(barrier), i, cores)
+            for i, share in enumerate(shares)
+        ]
+        results = [f.result() for f in futures]
+    raw = sum(r["raw"] for r in results)
+    measured = Measured(f"codec ceiling ({cores} core{'s' if cores > 1 else ''})")
+    measured.seconds = max(r["seconds"] for r in results)
+    measured.files, measured.raw_bytes = len(fs), raw
+    measured.ratio = raw / sum(r["stored"] for r in results)
+    measured.note = "per process encode s: " + ", ".join(f"{r['seconds']:.2f}" for r in results)
+    return measured
+
+
+def _stage_bound(report: dict[str, Any]) -> str:
+    """Where the workers' time went, from the report: codec CPU s, other CPU s, waits."""
+    if "stage_seconds" not in report:  # an older tree (ab_compare.py)
+        return "no stage times in this tree's report"
+    codec = cpu = wall = idle = 0.0
+    for process, stages in report["stage_seconds"].items():
+        if not process.startswith("worker"):
+            continue
+        for name, t in stages.items():
+            if name == "idle":
+                idle += t["wall"]
+                continue
+            cpu += t["cpu"]
+            wall += t["wall"]
+            codec += t["cpu"] if name in ("encode", "decode") else 0.0
+    main = report["stage_seconds"].get("main", {})
+    zero = {"cpu": 0.0, "wall": 0.0}
+    commit, other = main.get("commit", zero), main.get("other", zero)
+    return (
+        f"workers: CPU {cpu:.2f} s ({codec:.2f} codec = {codec / cpu:.0%}), busy wall"
+        f" {wall:.2f} s (CPU/wall {cpu / wall:.0%}), idle {idle:.2f} s; main: commit"
+        f" {commit['cpu']:.2f}/{commit['wall']:.2f} s, other CPU {other['cpu']:.2f} s;"
+        f" report {report['seconds']:.2f} s (the rest of the wall: start-up and exit)"
+    )
+
+
+def _ingest_wall(fs: IngestSet, workers: int, scratch: Path, sources: list[str]) -> Measured:
+    """`pacs-engine ingest` as a subprocess, wall time with its start-up; its report."""
+    archive = scratch / f"archive-{workers}"
+    cmd = [str(PACS_ENGINE), "ingest", *sources, "--archive", str(archive), "--no-progress"]
+    cmd += ["--workers", str(workers)]
+    done = run_measured(cmd, scratch)
+    assert done.code == 0, done.stderr.read_text()[-2000:]
+    (report_path,) = (archive / "reports").glob("ingest-*.json")
+    report = json.loads(report_path.read_text())
+    assert report["inputs"] == len(fs) and report["balanced"]
+    measured = Measured(f"pacs-engine {workers} worker(s)", done.seconds, len(fs), fs.total_raw)
+    measured.ratio = report["ratio"]
+    measured.note = _stage_bound(report)
+    shutil.rmtree(archive)
+    return measured
+
+
+@pytest.mark.parametrize("which", ["corpus", "sustained"])
+def test_share_of_ceiling(which: str, scratch: Path) -> None:
+    """Issue 18: ingest MB/s (wall, start-up included) / the codec ceiling on as many cores,
+    with 1 and 2 workers, and Orthanc with JPEG-LS ingest transcoding, in one run."""
+    if which == "corpus":
+        fs = uncompressed_set(
+            corpus_inputs({"CT", "MR"}, lossless=True), "corpus CT/MR, uncompressed"
+        )
+        sources = fs.paths
+    else:
+        paths = sustained_paths()
+        fs = uncompressed_set(paths, f"pacs-engine synth, {len(paths)} files")
+        sources = [str(SUSTAINED_DIR)]
+    share = SHARES[which] = Share(fs.label, len(fs), fs.total_raw)
+    for workers in (1, 2):
+        read_whole(fs.paths)
+        share.ingest[workers] = _ingest_wall(fs, workers, scratch, sources)
+        share.ceiling[workers] = parallel_ceiling(fs, workers, scratch)
+    if orthanc_mod.installed():
+        with orthanc_mod.running_orthanc(JPEG_LS_LOSSLESS) as orthanc:
+            read_whole(fs.paths)
+            sent = send_http(orthanc, fs.paths)
+            sops, _ = _stored_syntaxes(orthanc)
+            stored = orthanc.storage_bytes()
+        raw_by_sop = fs.raw_by_sop()
+        peer = Measured("Orthanc HTTP, JPEG-LS", sent.seconds, len(fs), fs.total_raw)
+        peer.ratio = sum(raw_by_sop.get(s, 0) for s in sops) / stored
+        peer.note = f"{len(sops)} instances kept, {len(sent.crashes)} crashes"
+        share.orthanc = peer
+
+
+def share_lines() -> list[str]:
+    """The issue 18 table: per set, ingest and ceiling MB/s, the share, Orthanc."""
+    out = []
+    for which, share in SHARES.items():
+        target = SHARE_TARGETS[which]
+        out.append(
+            f"{which}: {share.label}: {share.files} files, {share.raw_bytes / 1e6:.1f} MB pixels"
+        )
+        for workers, ours in share.ingest.items():
+            ceiling = share.ceiling[workers]
+            of = _quotient(ours.mb_per_s, ceiling.mb_per_s)
+            verdict = _check(of, target) if workers == 2 else "-"
+            out.append(
+                f"  {workers} worker(s): ingest {_fmt(ours.mb_per_s, '.1f')} MB/s (wall"
+                f" {_fmt(ours.seconds, '.2f')} s, ratio {_fmt(ours.ratio, '.3f')}), ceiling"
+                f" {_fmt(ceiling.mb_per_s, '.1f')} MB/s on {workers} core(s) (ratio"
+                f" {_fmt(ceiling.ratio, '.3f')}; {ceiling.note}): {_fmt(of, '.2f')} of it"
+                f" (target >= {target} with 2: {verdict})"
+            )
+            out.append(f"    bound: {ours.note}")
+        peer = share.orthanc
+        two = share.ingest.get(2)
+        if peer is not None and two is not None:
+            x = _quotient(two.mb_per_s, peer.mb_per_s)
+            ratio_ok = two.ratio is not None and peer.ratio is not None and two.ratio >= peer.ratio
+            verdict = _check(x, TARGET_VS_ORTHANC_18) if ratio_ok else "MISSES (ratio)"
+            out.append(
+                f"  vs Orthanc HTTP JPEG-LS ({_fmt(peer.mb_per_s, '.1f')} MB/s, ratio"
+                f" {_fmt(peer.ratio, '.3f')}, {peer.note}): 2 workers {_fmt(x, '.2f')}x"
+                f" (target >= {TARGET_VS_ORTHANC_18}x at an equal or better ratio: {verdict})"
+            )
+    return out
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -592,6 +848,9 @@ def table_lines(fs: IngestSet) -> list[str]:
 
 def test_summary(ingest_set: IngestSet) -> None:
     """Print the table (the last test; run with -s)."""
-    if not ROWS:
+    if not ROWS and not SHARES:
         pytest.skip("no rows measured")
-    print("\n" + "\n".join(table_lines(ingest_set)))
+    lines = table_lines(ingest_set) if ROWS else []
+    if SHARES:
+        lines += ["share of the codec ceiling on as many cores (issue 18):", *share_lines()]
+    print("\n" + "\n".join(lines))

@@ -195,11 +195,11 @@ def fill_disk_after(writes: int, monkeypatch: pytest.MonkeyPatch) -> Callable:
     real write, to put back."""
     write, calls = pixel_store.write_atomic, {"n": 0}
 
-    def fill_up(path: Any, data: bytes, dirs: Any = None) -> None:
+    def fill_up(path: Any, data: bytes, dirs: Any = None, **options: Any) -> None:
         calls["n"] += 1
         if calls["n"] > writes:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        write(path, data, dirs)
+        write(path, data, dirs, **options)
 
     monkeypatch.setattr(pixel_store, "write_atomic", fill_up)
     return write

@@ -25,6 +25,7 @@ LAYER_OF = {
     "errors": "bottom",
     "lazy": "bottom",
     "storage": "bottom",
+    "stages": "bottom",  # CPU and wall time per stage of a task, for the ingest report
     "header": "bottom",
     "scanning": "bottom",
     "sources": "bottom",

@@ -14,6 +14,8 @@ import re
 import stat
 from pathlib import Path
 
+from pacs_engine.stages import stage
+
 #: Permission bits a folder passes on (setgid keeps a group archive's group).
 _FOLDER_BITS = 0o777 | stat.S_ISGID
 
@@ -89,32 +91,42 @@ def adopt_permissions(root: str | os.PathLike) -> None:
 
 
 def write_atomic(
-    path: str | os.PathLike, data: bytes | bytearray, dirs: set[Path] | None = None
+    path: str | os.PathLike,
+    data: bytes | bytearray,
+    dirs: set[Path] | None = None,
+    *,
+    durable: bool = True,
 ) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
-    added to it for one `fsync_dirs` call after a batch of writes. The file gets
-    its folder's read and write bits.
+    added to it for one `fsync_dirs` call after a batch of writes. Not `durable`:
+    neither the file nor the rename is synced (a crash may lose the write, never
+    leave part of it). The file gets its folder's read and write bits.
     """
-    path = Path(path)
-    make_dirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with open(fd, "wb") as f:
-            os.fchmod(fd, file_mode(path.parent))
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: leave no half-written temporary taking space
-        tmp.unlink(missing_ok=True)
-        raise
-    if dirs is None:
-        fsync_dir(path.parent)
-    else:
-        dirs.add(path.parent)
+    with stage("write"):
+        path = Path(path)
+        make_dirs(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with open(fd, "wb") as f:
+                os.fchmod(fd, file_mode(path.parent))
+                f.write(data)
+                f.flush()
+                if durable:
+                    with stage("fsync"):
+                        os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: leave no half-written temporary taking space
+            tmp.unlink(missing_ok=True)
+            raise
+        if not durable:
+            return
+        if dirs is None:
+            fsync_dir(path.parent)
+        else:
+            dirs.add(path.parent)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
@@ -130,11 +142,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with stage("fsync"):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def fsync_dirs(dirs: set[Path]) -> None:

@@ -33,7 +33,9 @@ import numcodecs.blosc
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.core.group import GroupMetadata
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from pacs_engine.codecs import CodecError, pack_shard
@@ -207,6 +209,45 @@ def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ..
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
 
 
+#: zarr's metadata of each spec met, by its repr (Blosc's codec is not hashable; codecs'
+#: reprs name every setting, and one without would only miss the cache).
+_TEMPLATES: dict[str, ArrayV3Metadata] = {}
+
+
+def array_metadata(spec: ArraySpec, attributes: dict) -> bytes:
+    """The zarr.json zarr's `create_array` writes for an empty array of `spec`.
+
+    zarr makes the metadata once per spec (in a memory store); each array then
+    costs a JSON dump, not create_array's ~5 ms of round trips through zarr's event
+    loop thread, which a series of a few files would pay per array.
+    """
+    template = _TEMPLATES.get(repr(spec))
+    if template is None:
+        options: dict[str, Any] = {"compressors": spec.compressors or None}
+        if spec.codec is not None:
+            options["serializer"] = spec.codec
+        array = zarr.create_array(
+            zarr.storage.MemoryStore(),
+            shape=(0, *spec.frame_shape),
+            chunks=spec.chunk_shape,
+            shards=spec.shard_shape,
+            dtype=spec.dtype,
+            fill_value=0,
+            **options,
+        )
+        if not isinstance(array.metadata, ArrayV3Metadata):  # cannot be: zarr_format 3
+            raise TypeError(f"zarr made {type(array.metadata).__name__} metadata")
+        template = _TEMPLATES[repr(spec)] = array.metadata
+    metadata = template.update_attributes(attributes)
+    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def _group_metadata() -> bytes:
+    """The zarr.json of a group without attributes, as zarr writes it."""
+    metadata = GroupMetadata(zarr_format=3)
+    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
 def _is_array(folder: Path) -> bool:
     """True when `folder` holds a zarr array (not a group, nor anything else)."""
     try:
@@ -271,23 +312,28 @@ class PixelStore:
         """True when the array has been created."""
         return os.path.exists(f"{self.root}/{path}/zarr.json")
 
-    def ensure_array(self, series_uid: str, key: str, spec: ArraySpec, attributes: dict) -> None:
-        """Create the array (and its series group) if it does not exist yet."""
-        if self.exists(self.array_path(series_uid, key)):
+    def ensure_array(
+        self,
+        series_uid: str,
+        key: str,
+        spec: ArraySpec,
+        attributes: dict,
+    ) -> None:
+        """Create the array (and its series group) if it does not exist yet.
+
+        Its zarr.json holds the bytes zarr's `create_array` writes (`array_metadata`),
+        replaced atomically but not made durable, as zarr writes it: `set_frames` makes
+        it durable once rows reference the array, and a crash before leaves an array
+        no row uses, which the ingest's tidy removes.
+        """
+        path = self.array_path(series_uid, key)
+        if self.exists(path):
             return
-        group = zarr.open_group(self.root, mode="a").require_group(series_folder(series_uid))
-        options: dict[str, Any] = {"compressors": spec.compressors or None}
-        if spec.codec is not None:
-            options["serializer"] = spec.codec
-        group.create_array(
-            key,
-            shape=(0, *spec.frame_shape),
-            chunks=spec.chunk_shape,
-            shards=spec.shard_shape,
-            dtype=spec.dtype,
-            fill_value=0,
-            attributes=attributes,
-            **options,
+        group = (self.root / path).parent
+        if not (group / "zarr.json").exists():
+            write_atomic(group / "zarr.json", _group_metadata(), durable=False)
+        write_atomic(
+            self.root / path / "zarr.json", array_metadata(spec, attributes), durable=False
         )
 
     def frames(self, path: str) -> int:

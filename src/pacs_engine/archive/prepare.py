@@ -35,6 +35,7 @@ from pacs_engine.errors import PacsEngineError
 from pacs_engine.header import Header, PixelLocation
 from pacs_engine.index.core import UID_KEYWORDS, uid_problem
 from pacs_engine.index.rows import Row
+from pacs_engine.stages import stage
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
 DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
@@ -127,8 +128,9 @@ class Prepared:
 
 def frame_hash(frame: np.ndarray) -> str:
     """The hash of one decoded frame: blake2b-128 of its C-order native-endian bytes."""
-    data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("="))
-    return hashlib.blake2b(data.data, digest_size=16).hexdigest()  # hashes the buffer, no copy
+    with stage("hash"):
+        data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("="))
+        return hashlib.blake2b(data.data, digest_size=16).hexdigest()  # the buffer, no copy
 
 
 def instance_pixel_hash(frame_hashes: list[str]) -> str:
@@ -173,7 +175,8 @@ def prepare(
     `max_frame_bytes`.
     """
     check_uids(header)
-    sha256 = hashlib.sha256(data).hexdigest()
+    with stage("hash"):  # the contract's hash of the file (duplicates, export, verify)
+        sha256 = hashlib.sha256(data).hexdigest()
     pixel = header.pixel
     if pixel is None:
         declared = declared_pixels(header.attributes)
@@ -198,7 +201,10 @@ def prepare(
         prepared = _native(path, sha256, data, header, pixel, layout, value)
     if prepared.transcoded:
         return prepared
-    if header.deflated or rebuild(prepared) != data:
+    # Native parts give the file back by construction (the bytes before the value, the
+    # value as its frames' bytes and tail or kept whole, the bytes after): only
+    # encapsulated parts are rebuilt to be compared (fragment layouts vary).
+    if header.deflated or (pixel.encapsulated and rebuild(prepared) != data):
         # The parts do not give the file back (deflated, or an unusual layout): keep it whole.
         prepared.blob = HeaderBlob(WHOLE, data)
         if prepared.frame_hashes is None:
@@ -221,13 +227,16 @@ def _native(
         frames = to_array(value, layout, header.little_endian, pixel.vr)
     except LayoutError as error:
         raise PrepareError(str(error)) from None
-    rebuilt = to_bytes(frames, layout, header.little_endian, pixel.vr)
-    exact = bytes(value[: len(rebuilt)]) == rebuilt
+    if plain_layout(layout, header.little_endian):
+        exact, length = True, layout.encoded_bytes  # the frames are a view of the value
+    else:
+        rebuilt = to_bytes(frames, layout, header.little_endian, pixel.vr)
+        exact, length = bytes(value[: len(rebuilt)]) == rebuilt, len(rebuilt)
     blob = HeaderBlob(
         NATIVE,
         data[: pixel.value_offset],
         data[pixel.value_end :],
-        native_tail=bytes(value[len(rebuilt) :]),
+        native_tail=bytes(value[length:]),
         native_value=None if exact else bytes(value),
     )
     return Prepared(
@@ -240,6 +249,22 @@ def _native(
         layout,
         frames,
         frame_hashes=[frame_hash(f) for f in frames],
+    )
+
+
+def plain_layout(layout: PixelLayout, little_endian: bool) -> bool:
+    """True when `to_bytes(to_array(value))` is `value[:layout.encoded_bytes]`, whatever it holds.
+
+    Little endian whole-byte samples, interleaved, not YBR 4:2:2: `to_array` is then
+    a view of the value's bytes and `to_bytes` gives them back, so ingest need not
+    copy the pixels twice to compare them.
+    """
+    return (
+        little_endian
+        and layout.bits_allocated >= 8
+        and layout.dtype.itemsize * 8 == layout.bits_allocated
+        and not layout.ybr422
+        and not (layout.samples > 1 and layout.planar_configuration == 1)
     )
 
 
@@ -328,9 +353,11 @@ def decoded_frames(prepared: Prepared) -> Iterator[np.ndarray]:
     layout, codec = prepared.pixel_layout, prepared.pass_through
     for i, chunk in enumerate(prepared.bitstreams):
         try:
-            yield codec.decode_checked(chunk, layout.frame_shape, codec.pixel_dtype)
+            with stage("decode"):
+                frame = codec.decode_checked(chunk, layout.frame_shape, codec.pixel_dtype)
         except Exception as error:  # a codec's failure on bad data can be any exception
             raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
+        yield frame
 
 
 def decode_bitstreams(prepared: Prepared) -> np.ndarray:

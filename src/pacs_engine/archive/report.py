@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pacs_engine.archive.versions import CURRENT_REASON
+from pacs_engine.stages import Times, add_times
 
 OUTCOMES = ("archived", "duplicate", "conflict", "quarantined")
 
@@ -44,8 +45,15 @@ class IngestReport:
     SOP Instance UID and pixels, other bytes); `duplicates` only byte-identical copies.
     `unchanged` counts the files skipped unread because a finished earlier run gave them
     an outcome and their size, mtime, inode and device have not changed since: they are
-    not inputs of this run (found = inputs + unchanged). `seconds` and `phases` are the
-    sum over every session of the run (`resumed` + 1 sessions).
+    not inputs of this run (found = inputs + unchanged). `seconds`, `phases` and `stages`
+    are the sum over every session of the run (`resumed` + 1 sessions).
+
+    `stages` says where each process's time went: per process ("worker 1", ...,
+    "main" for the ingesting process's own work, "this process" for tasks run in it),
+    [CPU seconds, wall seconds] per stage (see `pacs_engine.stages`); a worker's
+    "idle" is the wall time of the scan and encode phases it spent without a task;
+    main's "other" is the CPU time of the rest of its work (walking, planning, sending
+    tasks, taking results, the tidy), with no wall time of its own.
     """
 
     inputs: int = 0
@@ -65,6 +73,7 @@ class IngestReport:
     resumed: int = 0  # times the run was interrupted and resumed
     run: str = ""
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds: scan, encode, tidy
+    stages: dict[str, Times] = field(default_factory=dict)  # process -> stage -> [CPU, wall]
 
     def count(self, outcome: Outcome) -> None:
         """Count one input's outcome."""
@@ -83,6 +92,10 @@ class IngestReport:
         else:
             self.quarantined += 1
             self.reasons[_reason_group(outcome.reason or "")] += 1
+
+    def add_stages(self, process: str, times: Times) -> None:
+        """Add a task's seconds per stage to the process's."""
+        add_times(self.stages.setdefault(process, {}), times)
 
     @property
     def balanced(self) -> bool:
@@ -118,6 +131,13 @@ class IngestReport:
             if self.seconds
             else None,
             "phase_seconds": {phase: round(s, 3) for phase, s in self.phases.items()},
+            "stage_seconds": {
+                process: {
+                    name: {"cpu": round(cpu, 3), "wall": round(wall, 3)}
+                    for name, (cpu, wall) in sorted(times.items(), key=lambda t: -t[1][1])
+                }
+                for process, times in sorted(self.stages.items())
+            },
             "workers": self.workers,
             "resumed": self.resumed,
             "sessions": self.resumed + 1,

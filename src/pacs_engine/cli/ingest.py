@@ -344,6 +344,13 @@ def _render_report(summary: dict[str, Any]) -> str:
     )
     phases = ", ".join(f"{p} {s} s" for p, s in summary["phase_seconds"].items())
     lines.append(f"  of which {phases}")
+    if summary["stage_seconds"]:
+        lines.append("  where each process's time went (CPU / wall s, largest first):")
+    for process, stages in summary["stage_seconds"].items():
+        if not stages:
+            continue
+        spent = ", ".join(f"{n} {t['cpu']:.2f}/{t['wall']:.2f}" for n, t in stages.items())
+        lines.append(f"    {process}: {spent}")
     for reason, count in summary["quarantine_reasons"].items():
         lines.append(f"  quarantined {count:>6,}  {reason}")
     if summary["archived_undecoded"]:

@@ -65,6 +65,7 @@ from pacs_engine.ingest.inputs import (
     read_input,
 )
 from pacs_engine.scanning import scan
+from pacs_engine.stages import Times, stage
 from pacs_engine.storage import fsync_dirs, series_folder, write_atomic
 
 
@@ -134,6 +135,8 @@ class PartResult:
     duplicates: list[tuple[str, Duplicate]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     arrays: dict[str, int] = field(default_factory=dict)  # array path -> frames end written
+    worker: int = 0  # the process id of the worker that encoded it
+    stages: Times = field(default_factory=dict)  # its CPU and wall seconds per stage
 
 
 class _ArrayWriter:
@@ -165,7 +168,8 @@ class _ArrayWriter:
         until = self.next if until is None else until
         count = (until - self.written) * self.per_frame
         if count > 0:
-            self.store.write_frames(self.path, self.written, self.pending[:count], self.dirs)
+            with stage("write"):
+                self.store.write_frames(self.path, self.written, self.pending[:count], self.dirs)
             del self.pending[:count]
             self.written = until
 
@@ -245,24 +249,27 @@ class PartEncoder:
 
     def _encode_one(self, key: str, state: _PartState) -> Outcome:
         try:
-            data = read_input(InputRef.from_key(key), state.checks.inputs)
+            with stage("read"):
+                data = read_input(InputRef.from_key(key), state.checks.inputs)
         except InputError as error:
             return self.reject(key, None, str(error))
         try:
-            header = scan(data)
+            with stage("scan"):
+                header = scan(data)
         except ScanError as error:
             return self.reject(key, data, str(error.reason))
         if header.get("SeriesInstanceUID") != state.part.series_uid:
             return self.reject(key, data, "the file changed since it was scanned")
         try:
-            prepared = prepare(
-                key,
-                data,
-                header,
-                self.config.get("transcode", False),
-                state.checks.decode_bitstreams,
-                state.checks.max_frame_bytes,
-            )
+            with stage("prepare"):
+                prepared = prepare(
+                    key,
+                    data,
+                    header,
+                    self.config.get("transcode", False),
+                    state.checks.decode_bitstreams,
+                    state.checks.max_frame_bytes,
+                )
         except PrepareError as error:
             return self.reject(key, data, str(error))
         sop = prepared.sop_instance_uid
@@ -300,8 +307,9 @@ class PartEncoder:
             pixels, stored = self._place_pixels(prepared, prior, state)
         except (CodecError, ValueError) as error:
             return self.reject(key, data, f"cannot store the pixels: {error}")
-        blob = prepared.blob.to_bytes()
-        row = new_row(prepared, pixels, stored + len(blob), state.part.run)
+        with stage("header"):
+            blob = prepared.blob.to_bytes()
+            row = new_row(prepared, pixels, stored + len(blob), state.part.run)
         state.blobs.append((row, blob))
         state.kept.setdefault(sop, []).append(row)
         with contextlib.suppress(InputError):  # provenance only: a vanished source costs it
@@ -404,12 +412,13 @@ class PartEncoder:
         count = prepared.frame_count
         if not writers[path].room_for(count):
             raise ValueError(f"{count} frames, more than Number of Frames said when it was scanned")
-        if prepared.storage == "bitstream":
-            spec = self.pixels.spec(path)  # as created, maybe by an older version
-            encode = prepared.pass_through.encode_bitstream
-            chunks = [compress(spec, encode(b)) for b in prepared.bitstreams]
-        else:
-            chunks = self._encode_native(path, prepared, checks.recheck_encoded)
+        with stage("encode"):
+            if prepared.storage == "bitstream":
+                spec = self.pixels.spec(path)  # as created, maybe by an older version
+                encode = prepared.pass_through.encode_bitstream
+                chunks = [compress(spec, encode(b)) for b in prepared.bitstreams]
+            else:
+                chunks = self._encode_native(path, prepared, checks.recheck_encoded)
         first = writers[path].append(chunks)
         reference: PixelRef = {"array": path, "first_frame": first, "frames": count}
         return reference, sum(len(c) for c in chunks)
@@ -434,12 +443,16 @@ class PartEncoder:
             return
         locks = self.root / ".locks"
         locks.mkdir(exist_ok=True)
-        with open(locks / f"{_digest(path)}.lock", "a+") as lock:  # one lock per array
+        with (
+            stage("arrays"),
+            open(locks / f"{_digest(path)}.lock", "a+") as lock,  # one lock per array
+        ):
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.pixels.exists(path):
                 return
             if prepared.storage == "native":
-                codec, compressors = self._native_codec(prepared.native_frames[0])
+                with stage("choose"):
+                    codec, compressors = self._native_codec(prepared.native_frames[0])
                 spec = dataclasses.replace(spec, codec=codec, compressors=compressors)
             self.pixels.ensure_array(series_uid, key, spec, attributes)
 
@@ -535,16 +548,17 @@ class PartEncoder:
         dirs: set[Path],
     ) -> None:
         """Write the part's header blobs as one pack file and point their rows at them."""
-        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
-        name = f"headers/{series_folder(series_uid)}/{stamp}.pack"
-        offset = 0
-        for row, blob in blobs:
-            row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
-            offset += len(blob)
-        write_atomic(self.root / name, b"".join(blob for _, blob in blobs), dirs)
-        # What rebuild_index needs beyond the blobs (docs/archive.md).
-        sidecar = dump_rows([row for row, _ in blobs])
-        write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
+        with stage("header"):
+            stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+            name = f"headers/{series_folder(series_uid)}/{stamp}.pack"
+            offset = 0
+            for row, blob in blobs:
+                row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
+                offset += len(blob)
+            write_atomic(self.root / name, b"".join(blob for _, blob in blobs), dirs)
+            # What rebuild_index needs beyond the blobs (docs/archive.md).
+            sidecar = dump_rows([row for row, _ in blobs])
+            write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
 
 
 def conflict_reason(

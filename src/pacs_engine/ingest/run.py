@@ -48,6 +48,7 @@ from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_in
 from pacs_engine.ingest.journal import Journal, Planned, file_identity
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
 from pacs_engine.ingest.tidy import Tidied, remove_temporaries, tidy_series
+from pacs_engine.stages import StageClock, Times
 from pacs_engine.storage import write_atomic
 from pacs_engine.workers import CrashIsolation, Executor, Finished, Future, window
 
@@ -160,11 +161,17 @@ class _Run:
         self.notify = progress or (lambda p: None)
         self.journal = Journal(archive.index)
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
+        self.inline_cpu = 0.0  # CPU seconds of the tasks run in this process, this session
         self.report = IngestReport(workers=self.executor.workers)
         self.total: int | None = None
         self.failure: BaseException | None = None
         self.waiting: dict[str, _Waiting] = {}  # series with parts in flight
         self.identities: dict[Future, dict[str, bytes]] = {}  # of each scan batch in flight
+        self.clock = StageClock()  # this process's own work: commits, the journal
+        self.names: dict[int, str] = {}  # worker process id -> its name in the report
+        self.busy: dict[str, float] = {}  # wall seconds of tasks per worker, this session
+        self.session_phases: dict[str, float] = {}  # wall seconds of this session's phases
 
     def run(self) -> IngestReport:
         """Scan, encode and tidy (what the journal says is left); the report of the run."""
@@ -181,6 +188,7 @@ class _Run:
         self.report.run = run
         self.report.resumed = record["sessions"] - 1
         self.report.phases = dict(record.get("phases", {}))  # earlier sessions' time in each
+        self.report.stages = dict(record.get("stages", {}))
         self.report.unchanged = record.get("unchanged", 0)  # of a scan an earlier session ended
         for outcome in self.journal.outcomes(run):  # work of earlier sessions of this run
             self.report.count(outcome)
@@ -196,6 +204,7 @@ class _Run:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
                 self._timed("tidy", self._tidy, run)
+                self._add_own_stages()
                 # The report first: a kill between the two leaves the run unfinished,
                 # and the next session (with nothing left to do) writes it again.
                 self.report.seconds = record["seconds"] + time.perf_counter() - self.started
@@ -216,7 +225,9 @@ class _Run:
                 tasks.release(self.root)
             if not finished:  # stopped, or interrupted (Ctrl-C): the next session counts on
                 record["seconds"] += time.perf_counter() - self.started
+                self._add_own_stages()
                 record["phases"] = self.report.phases
+                record["stages"] = self.report.stages
                 self.report.seconds = record["seconds"]
                 # The disk may be full: the stop below says why.
                 with contextlib.suppress(Exception):
@@ -237,6 +248,7 @@ class _Run:
         finally:
             elapsed = time.perf_counter() - started
             self.report.phases[phase] = self.report.phases.get(phase, 0.0) + elapsed
+            self.session_phases[phase] = self.session_phases.get(phase, 0.0) + elapsed
 
     # --- scanning ---------------------------------------------------------------------
 
@@ -308,11 +320,13 @@ class _Run:
         for future in done:
             identities = self.identities.pop(future)
             try:
-                planned, rejected = future.result()
+                planned, rejected, worker, stages = future.result()
             except Exception as error:
                 self.failure = self.failure or error
                 continue
-            self._record(run, rejected, planned, identities)
+            self._add_stages(worker, stages)
+            with self.clock.stage("journal"):
+                self._record(run, rejected, planned, identities)
         return pending
 
     def _record(
@@ -395,6 +409,8 @@ class _Run:
 
     def _take(self, run: str, result: PartResult) -> None:
         """Keep a part's result (on disk); commit its series once all its parts are back."""
+        if result.stages:  # not a part quarantined here after its worker died
+            self._add_stages(result.worker, result.stages)
         waiting = self.waiting[result.part.series_uid]
         waiting.out.pop(result.part, None)
         try:
@@ -411,7 +427,8 @@ class _Run:
             return
         del self.waiting[series]
         try:
-            self._commit(run, waiting.staged)
+            with self.clock.stage("commit"):
+                self._commit(run, waiting.staged)
         except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
             self.failure = self.failure or error
         finally:
@@ -584,6 +601,31 @@ class _Run:
     def _submit(self, fn: Callable, *args: Any) -> Future:
         """Queue fn(root, *args) on the executor, guarded by this session."""
         return self.executor.submit(session.guarded, fn, self.root, self.session, *args)
+
+    def _add_stages(self, worker: int, stages: Times) -> None:
+        """Count a task's seconds per stage for the worker that ran it."""
+        if worker == os.getpid():
+            name = "this process"
+            self.inline_cpu += sum(cpu for cpu, _ in stages.values())
+        else:
+            name = self.names.setdefault(worker, f"worker {len(self.names) + 1}")
+        self.report.add_stages(name, stages)
+        self.busy[name] = self.busy.get(name, 0.0) + sum(wall for _, wall in stages.values())
+
+    def _add_own_stages(self) -> None:
+        """Add this session's own stages, and each worker's idle time, to the report."""
+        own = self.clock.take()
+        # The rest of this process's CPU: walking, planning, sending tasks, taking results,
+        # the tidy (not the tasks it ran itself, counted as "this process").
+        spent = sum(cpu for cpu, _ in own.values()) + self.inline_cpu
+        rest = time.process_time() - self.cpu_started - spent
+        self.report.add_stages("main", {**own, "other": [max(0.0, rest), 0.0]})
+        self.cpu_started, self.inline_cpu = time.process_time(), 0.0  # added: not again
+        working = self.session_phases.get("scan", 0.0) + self.session_phases.get("encode", 0.0)
+        for name, busy in self.busy.items():
+            if name != "this process":
+                self.report.add_stages(name, {"idle": [0.0, max(0.0, working - busy)]})
+        self.busy = {}
 
     def _notify(self, phase: str) -> None:
         """Tell the progress callback where the run is."""

@@ -8,6 +8,7 @@ process keeps one PartEncoder per archive.
 from __future__ import annotations
 
 import contextlib
+import os
 
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
@@ -28,6 +29,7 @@ from pacs_engine.ingest.inputs import (
 )
 from pacs_engine.ingest.journal import Planned
 from pacs_engine.scanning import scan
+from pacs_engine.stages import Times, stage, task
 from pacs_engine.workers import PerProcess
 
 _ENCODERS: PerProcess[str, PartEncoder] = PerProcess()
@@ -40,8 +42,15 @@ def _encoder(root: str) -> PartEncoder:
 
 def scan_task(
     root: str, keys: list[str], policy: InputPolicy = DEFAULT_POLICY
-) -> tuple[list[Planned], list[Outcome]]:
-    """Scan inputs: the ones to plan, and outcomes of those quarantined already."""
+) -> tuple[list[Planned], list[Outcome], int, Times]:
+    """Scan inputs: the ones to plan, outcomes of those quarantined already, the worker's
+    process id and its seconds per stage."""
+    with task() as times:
+        planned, rejected = _scan(root, keys, policy)
+    return planned, rejected, os.getpid(), times
+
+
+def _scan(root: str, keys: list[str], policy: InputPolicy) -> tuple[list[Planned], list[Outcome]]:
     encoder = _encoder(root)
     encoder.policy = policy
     planned: list[Planned] = []
@@ -55,10 +64,13 @@ def scan_task(
                 planned.append(_planned_from_row(key, row))
                 continue
             if ref.member is None:
-                header = scan(ref.container)  # reads the header, not the pixel data
+                with stage("scan"):
+                    header = scan(ref.container)  # reads the header, not the pixel data
             else:
-                data = read_input(ref, policy)
-                header = scan(data)
+                with stage("read"):
+                    data = read_input(ref, policy)
+                with stage("scan"):
+                    header = scan(data)
         except InputError as error:
             rejected.append(encoder.reject(key, None, str(error)))
             continue
@@ -127,8 +139,11 @@ def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
 
 
 def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
-    """Encode one part of a series (see PartEncoder.encode)."""
-    return _encoder(root).encode(part, checks)
+    """Encode one part of a series (see PartEncoder.encode), timing its stages."""
+    with task() as times:
+        result = _encoder(root).encode(part, checks)
+    result.worker, result.stages = os.getpid(), times
+    return result
 
 
 def release(root: str) -> None:

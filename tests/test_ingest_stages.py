@@ -1,0 +1,212 @@
+"""Where an ingest's time goes (issue 18): the per-process stage times of the report.
+
+Also the shortcut that lets ingest skip copying native pixels to compare them
+(`plain_layout`), checked against the round trip it stands for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import corpus_files, require_corpus
+
+from pacs_engine import Archive
+from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
+from pacs_engine.archive.prepare import plain_layout
+from pacs_engine.cli.ingest import _render_report
+from pacs_engine.codecs import choose_codec, general_purpose_codecs
+from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
+from pacs_engine.scanning import scan
+from pacs_engine.stages import StageClock
+
+#: Stages every worker of a run on uncompressed corpus files goes through.
+WORKER_STAGES = {"read", "scan", "prepare", "hash", "encode", "header", "write", "fsync"}
+
+
+def _uncompressed_corpus(count: int) -> list[Path]:
+    """Up to `count` uncompressed CT and MR corpus files (not malformed/), in manifest order."""
+    require_corpus()
+    found = []
+    for path in corpus_files():
+        if "malformed" in path.parts or not path.is_file():
+            continue
+        try:
+            header = scan(path)
+        except Exception:  # not every corpus file scans: those are other tests' business
+            continue
+        explicit_or_implicit = header.transfer_syntax_uid in (
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2",
+        )
+        if header.get("Modality") in ("CT", "MR") and explicit_or_implicit and header.pixel:
+            found.append(path)
+        if len(found) == count:
+            break
+    return found
+
+
+def test_a_real_run_reports_each_workers_stages(tmp_path: Path) -> None:
+    files = _uncompressed_corpus(60)
+    assert len(files) == 60
+    source = tmp_path / "in"
+    source.mkdir()
+    for i, path in enumerate(files):
+        shutil.copyfile(path, source / f"{i:03d}.dcm")
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([source], workers=2).to_dict()
+        assert archive.verify().ok
+    assert report["archived"] + report["duplicates"] == 60
+    stages = report["stage_seconds"]
+    workers = [p for p in stages if p.startswith("worker ")]
+    assert workers and set(workers) <= {"worker 1", "worker 2"}
+    assert set(stages) == {*workers, "main"}
+    working = report["phase_seconds"]["scan"] + report["phase_seconds"]["encode"]
+    for worker in workers:
+        times = stages[worker]
+        assert set(times) >= WORKER_STAGES
+        assert all(t["cpu"] >= 0 and t["wall"] >= 0 for t in times.values())
+        busy = sum(t["wall"] for name, t in times.items() if name != "idle")
+        # A worker's tasks run inside the scan and encode phases; rounding: 1 ms a stage.
+        assert busy <= working + 0.001 * len(times)
+        assert busy + times.get("idle", {"wall": 0})["wall"] >= working - 0.001 * len(times)
+    every = {name for worker in workers for name in stages[worker]}
+    assert {"arrays", "choose"} <= every  # a new archive: each array created, a codec chosen
+    assert "commit" in stages["main"]
+    assert stages["main"]["commit"]["wall"] <= report["seconds"]
+    text = _render_report(report)
+    for worker in workers:
+        line = next(line for line in text.splitlines() if line.strip().startswith(f"{worker}:"))
+        assert "encode " in line and "fsync " in line
+    assert "main: commit" in text
+
+
+def test_a_run_in_this_process_counts_its_tasks_apart_from_its_own_work(tmp_path: Path) -> None:
+    files = _uncompressed_corpus(5)
+    source = tmp_path / "in"
+    source.mkdir()
+    for i, path in enumerate(files):
+        shutil.copyfile(path, source / f"{i}.dcm")
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([source], workers=0).to_dict()
+    stages = report["stage_seconds"]
+    assert set(stages) == {"this process", "main"}
+    assert "idle" not in stages["this process"]
+    assert {"read", "encode", "fsync"} <= set(stages["this process"])
+
+
+def test_nested_stages_are_charged_exclusively() -> None:
+    clock = StageClock()
+    started = time.perf_counter()
+    with clock.stage("outer"):
+        time.sleep(0.01)
+        with clock.stage("inner"):
+            time.sleep(0.02)
+        with clock.stage("outer"):  # the same name again, nested: one total
+            time.sleep(0.01)
+    total = time.perf_counter() - started
+    times = clock.take()
+    assert set(times) == {"outer", "inner"}
+    assert times["inner"][1] >= 0.02
+    assert times["outer"][1] >= 0.02
+    assert times["outer"][1] + times["inner"][1] <= total + 1e-6
+    assert clock.take() == {}  # taken: the clock starts again
+
+
+LAYOUTS = [
+    PixelLayout.from_attributes(
+        {
+            "Rows": 4,
+            "Columns": 6,
+            "NumberOfFrames": 2,
+            "SamplesPerPixel": samples,
+            "BitsAllocated": bits,
+            "BitsStored": min(bits, 12) if bits > 1 else 1,
+            "PixelRepresentation": signed,
+            "PlanarConfiguration": planar,
+            "PhotometricInterpretation": photometric,
+        },
+        keyword,
+    )
+    for bits, signed, (samples, planar, photometric), keyword in itertools.product(
+        (1, 8, 16, 32),
+        (0, 1),
+        ((1, 0, "MONOCHROME2"), (3, 0, "RGB"), (3, 1, "RGB"), (3, 0, "YBR_FULL_422")),
+        ("PixelData",),
+    )
+    if not (bits == 1 and samples == 3)
+]
+
+
+@pytest.mark.parametrize("little_endian", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: repr(layout)[:90])
+def test_a_plain_layout_round_trips_every_value(layout: PixelLayout, little_endian: bool) -> None:
+    """Where `plain_layout` says so, to_bytes(to_array(v)) is v's first bytes, for any v."""
+    value = np.random.default_rng(7).integers(0, 256, layout.encoded_bytes + 3, np.uint8)
+    data = value.tobytes()
+    rebuilt = to_bytes(to_array(data, layout, little_endian), layout, little_endian)
+    if plain_layout(layout, little_endian):
+        assert rebuilt == data[: layout.encoded_bytes]
+
+
+def test_the_usual_layouts_are_plain_and_the_others_are_not() -> None:
+    def layout(**changes: object) -> PixelLayout:
+        attributes = {"Rows": 2, "Columns": 2, "BitsAllocated": 16, "BitsStored": 12}
+        return PixelLayout.from_attributes({**attributes, **changes}, "PixelData")
+
+    assert plain_layout(layout(), True)  # CT, MR
+    assert plain_layout(layout(BitsAllocated=8, BitsStored=8, SamplesPerPixel=3), True)
+    assert not plain_layout(layout(), False)
+    assert not plain_layout(layout(BitsAllocated=1, BitsStored=1), True)
+    assert not plain_layout(layout(SamplesPerPixel=3, PlanarConfiguration=1), True)
+    ybr = layout(SamplesPerPixel=3, PhotometricInterpretation="YBR_FULL_422", BitsAllocated=8)
+    assert not plain_layout(ybr, True)
+
+
+def _specs() -> list[ArraySpec]:
+    """Array specs as ingest makes them: each archive codec, Blosc, the read-optimised ones."""
+    sample = np.random.default_rng(3).integers(0, 4096, (64, 64), np.uint16)
+    specs = []
+    for name in ARCHIVE_BY_NAME:
+        specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), ARCHIVE_BY_NAME[name](), (), 64))
+    specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), choose_codec(sample), (), 32))
+    _, blosc = general_purpose_codecs(np.dtype("i2"))
+    specs.append(ArraySpec(512, 512, 1, np.dtype("i2"), None, (blosc,), 64))
+    specs.append(ArraySpec(48, 40, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
+    specs.append(ArraySpec(2048, 3000, 1, np.dtype("u2"), None, (), 16, 1024))  # tiled
+    specs.append(ArraySpec(8, 8, 1, np.dtype("f4"), None, (), 64))
+    return specs
+
+
+@pytest.mark.parametrize("spec", _specs(), ids=lambda s: f"{s.codec}-{s.compressors}-{s.tile}")
+def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_path: Path) -> None:
+    """ensure_array writes zarr.json itself: byte for byte what zarr's create_array writes."""
+    attributes = {"photometric_interpretation": "MONOCHROME2", "bits_stored": 12, "é": [1]}
+    ours = PixelStore(tmp_path / "ours")
+    ours.create()
+    ours.ensure_array("1.2.3", "k", spec, attributes)
+    theirs = zarr.open_group(tmp_path / "theirs", mode="w", zarr_format=3).require_group("1.2.3")
+    options: dict = {"compressors": spec.compressors or None}
+    if spec.codec is not None:
+        options["serializer"] = spec.codec
+    theirs.create_array(
+        "k",
+        shape=(0, *spec.frame_shape),
+        chunks=spec.chunk_shape,
+        shards=spec.shard_shape,
+        dtype=spec.dtype,
+        fill_value=0,
+        attributes=attributes,
+        **options,
+    )
+    for name in ("zarr.json", "1.2.3/zarr.json", "1.2.3/k/zarr.json"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes()
+    array = zarr.open_array(tmp_path / "ours" / "1.2.3" / "k", mode="r")
+    assert array.shape == (0, *spec.frame_shape) and dict(array.attrs) == attributes
+    assert ours.spec("1.2.3/k") == spec
