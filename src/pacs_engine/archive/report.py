@@ -25,6 +25,7 @@ class Outcome:
     sop: str | None = None
     undecoded: bool = False  # archived with original bitstreams no one has decoded yet
     version: bool = False  # archived as a new version of an instance the archive had
+    not_verified: str | None = None  # archived, but no decoder reads its frames: why
 
     def to_bytes(self) -> bytes:
         """The journal's record of it."""
@@ -56,6 +57,8 @@ class IngestReport:
     conflicts: int = 0
     quarantined: int = 0
     archived_undecoded: int = 0  # archived instances whose original bitstreams were not decoded
+    # Of those, the ones no decoder reads (kept as received, not verified), by reason.
+    not_verified: Counter = field(default_factory=Counter)
     raw_bytes: int = 0
     stored_bytes: int = 0
     input_bytes: int = 0
@@ -74,6 +77,8 @@ class IngestReport:
             self.archived += 1
             self.versions += outcome.version
             self.archived_undecoded += outcome.undecoded
+            if outcome.not_verified:
+                self.not_verified[outcome.not_verified] += 1
             self.raw_bytes += outcome.raw
             self.stored_bytes += outcome.stored
         elif outcome.outcome == "duplicate":
@@ -107,6 +112,7 @@ class IngestReport:
             "conflicts": self.conflicts,
             "quarantined": self.quarantined,
             "archived_undecoded": self.archived_undecoded,
+            "not_verified": dict(self.not_verified.most_common()),
             "quarantine_reasons": dict(self.reasons.most_common()),
             "input_bytes": self.input_bytes,
             "raw_pixel_bytes": self.raw_bytes,

@@ -220,12 +220,16 @@ def _render_report(summary: dict[str, Any]) -> str:
     lines.append(f"  of which {phases}")
     for reason, count in summary["quarantine_reasons"].items():
         lines.append(f"  quarantined {count:>6,}  {reason}")
-    if summary["archived_undecoded"]:
+    flagged = summary.get("not_verified", {})
+    trusted = summary["archived_undecoded"] - sum(flagged.values())
+    if trusted:
         lines.append(
-            f"{summary['archived_undecoded']:,} archived instances keep original compressed "
+            f"{trusted:,} archived instances keep original compressed "
             "bitstreams that were not decoded (--trust-bitstreams: stored byte for byte); "
             "`pacs-engine verify` decodes them"
         )
+    for reason, count in flagged.items():
+        lines.append(f"  archived {count:>9,}  {reason}")
     return "\n".join(lines)
 
 

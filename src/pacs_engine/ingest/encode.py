@@ -321,6 +321,7 @@ class PartEncoder:
             sop=sop,
             undecoded=prepared.frame_hashes is None,
             version=prior is not None,
+            not_verified=prepared.not_verified,
         )
 
     def _place_pixels(
@@ -706,6 +707,7 @@ def new_row(prepared: Prepared, pixels: PixelRef | None, stored: int, run: str =
         else instance_pixel_hash(prepared.frame_hashes),
         "raw_pixel_bytes": prepared.raw_pixel_bytes,
         "stored_bytes": stored,
+        **({"not_verified": prepared.not_verified} if prepared.not_verified else {}),
         "duplicates": [],
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run,  # PENDING: the commit names the run
