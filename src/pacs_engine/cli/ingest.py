@@ -17,6 +17,7 @@ from pacs_engine.cli._common import (
     megabytes,
     shows_progress,
 )
+from pacs_engine.interrupt import INTERRUPTED
 
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -173,11 +174,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return fail("ingest", str(error), 3)
     except KeyboardInterrupt:  # the workers ignore Ctrl-C: they finish their task and stop
         bar.close()
-        print(
-            "ingest: interrupted; everything committed so far is kept: "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
+        print(INTERRUPTED["ingest"], file=sys.stderr)
         return 130
     finally:
         executor.close()

@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from pacs_engine.archive import Archive
 
 SCAN_BATCH = 128
+#: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).
+CHECKPOINT_SECONDS = 1.0
 
 
 class IngestStopped(PacsEngineError, RuntimeError):
@@ -165,6 +167,9 @@ class _Run:
         self.failure: BaseException | None = None
         self.waiting: dict[str, _Waiting] = {}  # series with parts in flight
         self.identities: dict[Future, dict[str, bytes]] = {}  # of each scan batch in flight
+        self.record: dict[str, Any] = {}  # the run record, as the session started it
+        self.phase: tuple[str, float] | None = None  # the phase at work, since when
+        self.checkpointed = 0.0  # when the session's time was last committed (`_checkpoint`)
 
     def run(self) -> IngestReport:
         """Scan, encode and tidy (what the journal says is left); the report of the run."""
@@ -178,6 +183,7 @@ class _Run:
                 f"{self.archive.path}: ingest could not start: {_describe(error)}"
             ) from error
         run = record["run"]
+        self.record = record
         self.report.run = run
         self.report.resumed = record["sessions"] - 1
         self.report.phases = dict(record.get("phases", {}))  # earlier sessions' time in each
@@ -232,11 +238,28 @@ class _Run:
     def _timed(self, phase: str, step: Callable[[str], None], run: str) -> None:
         """Run one phase of the session, adding its wall time to the report's phases."""
         started = time.perf_counter()
+        self.phase = (phase, started)
         try:
             step(run)
         finally:
+            self.phase = None
             elapsed = time.perf_counter() - started
             self.report.phases[phase] = self.report.phases.get(phase, 0.0) + elapsed
+
+    def _checkpoint(self) -> dict[bytes, bytes | None]:
+        """The session's time so far as a journal entry, at most once a second (else none),
+        committed with the session's work: kill -9 loses at most the time since."""
+        now = time.perf_counter()
+        if now - self.checkpointed < CHECKPOINT_SECONDS or not self.record:
+            return {}
+        self.checkpointed = now
+        phases = {
+            p: s - self.record.get("phases", {}).get(p, 0.0) for p, s in self.report.phases.items()
+        }
+        if self.phase is not None:
+            name, started = self.phase
+            phases[name] = phases.get(name, 0.0) + now - started
+        return self.journal.checkpoint(self.record, now - self.started, phases)
 
     # --- scanning ---------------------------------------------------------------------
 
@@ -323,7 +346,7 @@ class _Run:
         identities: dict[str, bytes] | None = None,
     ) -> None:
         """Journal one scan batch (with its files' identities); count its quarantined inputs."""
-        self.journal.record(run, outcomes, planned, identities)
+        self.journal.record(run, outcomes, planned, identities, self._checkpoint())
         for outcome in outcomes:
             self.report.count(outcome)
         self._notify("scanning")
@@ -513,6 +536,7 @@ class _Run:
         journal.update(
             self.journal.forget(k for k, o in outcomes.items() if o.outcome == "quarantined")
         )
+        journal.update(self._checkpoint())
         index.add(committed, journal=journal)
         for outcome in outcomes.values():
             self.report.count(outcome)
