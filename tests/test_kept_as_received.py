@@ -220,3 +220,54 @@ def test_retired_jpeg_syntaxes_are_kept_and_decoded(tmp_path: Path) -> None:
             subprocess.run(["dcmdjpeg", str(path), str(plain)], check=True)
             dcmtk = pydicom.dcmread(plain).pixel_array.astype(np.int32)
             assert np.abs(decoded.astype(np.int32) - dcmtk).max() <= 1, path.name
+
+
+def test_files_that_are_not_dicom_are_listed_and_kept_as_path_size_and_hash(
+    tmp_path: Path,
+) -> None:
+    """The corpus's own text files among its DICOM: listed by the preflight and the ingest
+    report, quarantined as "not a DICOM file" (the invariant holds), kept as a record of
+    path, size and sha256 without their bytes; whole with --keep-non-dicom."""
+    corpus = require_corpus()
+    source = tmp_path / "src"
+    source.mkdir()
+    texts = [corpus / "LICENSES.md", corpus / "MANIFEST.tsv"]
+    for path in [*texts, corpus / "pydicom" / "test_files" / "CT_small.dcm"]:
+        shutil.copy(path, source)
+    names = sorted(str(source / p.name) for p in texts)
+
+    predicted = preflight(source)
+    assert sorted(str(source / n) for n, p in predicted.items() if p.get("not_dicom")) == names
+
+    report = ingest(source, tmp_path / "a")
+    assert report["balanced"] and (report["archived"], report["quarantined"]) == (1, 2)
+    assert report["not_dicom"] == names
+    assert report["quarantine_reasons"] == {"not a DICOM file": 2}
+    quarantine = tmp_path / "a" / "quarantine"
+    records = {
+        r["path"]: r for r in map(json.loads, map(Path.read_bytes, quarantine.glob("*.json")))
+    }
+    for name in names:
+        record = records[name]
+        assert record["reason"].startswith("not a DICOM file")
+        assert (record["size"], record["sha256"]) == (Path(name).stat().st_size, sha256(Path(name)))
+        assert record["kept_bytes"] == 0
+    assert not [p for p in quarantine.iterdir() if p.suffix in (".dcm", ".head")]
+    text = run_cli("ingest", str(source), "--archive", str(tmp_path / "b"), "--workers", "0")
+    assert f"not DICOM (kept as path, size and sha256): {', '.join(names)}" in text.stdout
+
+    done = run_cli(
+        "ingest",
+        str(source),
+        "--archive",
+        str(tmp_path / "c"),
+        "--workers",
+        "0",
+        "--keep-non-dicom",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    for name in names:
+        assert (tmp_path / "c" / "quarantine" / f"{sha256(Path(name))}.dcm").read_bytes() == (
+            Path(name).read_bytes()
+        )

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pacs_engine.archive.quarantine import NOT_DICOM
 from pacs_engine.archive.versions import CURRENT_REASON
 
 OUTCOMES = ("archived", "duplicate", "conflict", "quarantined")
@@ -68,6 +69,7 @@ class IngestReport:
     resumed: int = 0  # times the run was interrupted and resumed
     run: str = ""
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds: scan, encode, tidy
+    not_dicom: list[str] = field(default_factory=list)  # inputs quarantined as not DICOM
 
     def count(self, outcome: Outcome) -> None:
         """Count one input's outcome."""
@@ -88,6 +90,8 @@ class IngestReport:
         else:
             self.quarantined += 1
             self.reasons[_reason_group(outcome.reason or "")] += 1
+            if (outcome.reason or "").startswith(NOT_DICOM):
+                self.not_dicom.append(outcome.key)
 
     @property
     def balanced(self) -> bool:
@@ -114,6 +118,7 @@ class IngestReport:
             "archived_undecoded": self.archived_undecoded,
             "not_verified": dict(self.not_verified.most_common()),
             "quarantine_reasons": dict(self.reasons.most_common()),
+            "not_dicom": sorted(self.not_dicom),
             "input_bytes": self.input_bytes,
             "raw_pixel_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,

@@ -113,7 +113,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--keep-non-dicom",
         action="store_true",
         help="keep the whole bytes of a file that is not DICOM in the quarantine "
-        "(default: its size, sha256 and first 64 KiB)",
+        "(default: only its path, size and sha256)",
     )
     add_follow_links(ingest)
     ingest.add_argument(
@@ -217,6 +217,11 @@ def _render_report(summary: dict[str, Any]) -> str:
     lines.append(f"  of which {phases}")
     for reason, count in summary["quarantine_reasons"].items():
         lines.append(f"  quarantined {count:>6,}  {reason}")
+    not_dicom = summary.get("not_dicom", [])
+    if not_dicom:  # the first few here; every one in the report's "not_dicom"
+        lines.append(f"  not DICOM (kept as path, size and sha256): {', '.join(not_dicom[:10])}")
+        if len(not_dicom) > 10:
+            lines.append(f"    and {len(not_dicom) - 10:,} more: see the run's report")
     flagged = summary.get("not_verified", {})
     trusted = summary["archived_undecoded"] - sum(flagged.values())
     if trusted:
