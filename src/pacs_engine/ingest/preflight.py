@@ -19,8 +19,8 @@ from typing import Any
 
 from pacs_engine.archive.format import MARKER
 from pacs_engine.archive.pixel_store import PixelStore
-from pacs_engine.archive.quarantine import NOT_DICOM
 from pacs_engine.archive.prepare import Prepared, PrepareError, check_uids, prepare
+from pacs_engine.archive.quarantine import NOT_DICOM
 from pacs_engine.archive.versions import kept_sha256s, version_rows, with_version
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
