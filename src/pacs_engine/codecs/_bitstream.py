@@ -135,6 +135,11 @@ class BitstreamCodec(FrameCodec):
             object.__setattr__(self, name, value)
 
     @property
+    def pydicom_syntax(self) -> str:
+        """The transfer syntax whose pydicom decoder reads these frames (`decoded_as`)."""
+        return self.decoded_as.get(self.transfer_syntax_uid, self.transfer_syntax_uid)
+
+    @property
     def pixel_dtype(self) -> np.dtype:
         """The dtype of the decoded frame, as pydicom's pixel_array gives it."""
         return pixel_dtype(self.bits_allocated, self.pixel_representation)
@@ -215,9 +220,7 @@ class BitstreamCodec(FrameCodec):
         }
         if self.samples_per_pixel > 1:
             options["planar_configuration"] = self.planar_configuration
-        decoder = get_decoder(
-            self.decoded_as.get(self.transfer_syntax_uid, self.transfer_syntax_uid)
-        )
+        decoder = get_decoder(self.pydicom_syntax)
         # Mixed-type options for as_array's **kwargs: mypy checks them against its typed keywords.
         arr, _ = decoder.as_array(encapsulate([bytes(data)]), **options)  # type: ignore[arg-type]
         return arr
@@ -229,9 +232,7 @@ class BitstreamCodec(FrameCodec):
         from pydicom.pixels import get_decoder
 
         try:
-            found = get_decoder(
-                self.decoded_as.get(self.transfer_syntax_uid, self.transfer_syntax_uid)
-            )
+            found = get_decoder(self.pydicom_syntax)
         except NotImplementedError:
             return "pydicom has none"
         return None if found.is_available else "pydicom's decoder plugins are not installed"
