@@ -102,9 +102,13 @@ def _round_trip(archive: Archive, path: Path, mode: str = "default") -> dict:
     if report.archived != 1:
         (record,) = archive.quarantine.records()
         assert record["path"] == str(path) and record["reason"]
-        assert (archive.path / "quarantine" / f"{record['sha256']}.dcm").read_bytes() == (
-            path.read_bytes()
-        )
+        kept = archive.path / "quarantine" / f"{record['sha256']}.dcm"
+        if record["reason"].startswith("not a DICOM file"):  # its path, size and sha256 only
+            assert (record["size"], record["kept_bytes"]) == (path.stat().st_size, 0)
+            assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+            assert not kept.exists()
+            return record
+        assert kept.read_bytes() == path.read_bytes()
         return record
     (row,) = list(archive.index)
     assert archive.export_bytes(row["SOPInstanceUID"]) == path.read_bytes()
@@ -455,7 +459,8 @@ def test_the_same_bad_bytes_at_two_paths_are_kept_once_and_both_paths_recorded(
         str(tmp_path / "in" / f / "notes.dcm") for f in ("a", "b")
     )
     assert "not a DICOM file" in record["also"][0]["reason"]
-    assert len(list((tmp_path / "archive" / "quarantine").glob("*.dcm"))) == 1
+    # Not DICOM: the one record (path, size, sha256) alone, no bytes.
+    assert not list((tmp_path / "archive" / "quarantine").glob("*.dcm"))
     again = archive.ingest([tmp_path / "in"], workers=0)  # a new run meets them again
     assert again.quarantined == 2 and len(archive.quarantine.paths()) == 2
 
@@ -707,11 +712,12 @@ def test_a_source_archives_quarantine_is_carried_into_the_copy(tmp_path: Path) -
     not_dicom.write_text("not a DICOM file")
     missing = tmp_path / "gone"
     with Archive.create(tmp_path / "record") as record:
-        first = record.ingest([*files, not_dicom, missing], workers=0)
+        # Asked to keep files that are not DICOM whole, so that a copy can try them again.
+        first = record.ingest([*files, not_dicom, missing], workers=0, keep_non_dicom=True)
         assert (first.archived, first.quarantined) == (1, 3)
         kept = {r["path"]: r for r in record.quarantine.records()}
     with Archive.create(tmp_path / "copy", codec="lz4", transcode=True) as copy:
-        report = copy.ingest([tmp_path / "record"], workers=0)
+        report = copy.ingest([tmp_path / "record"], workers=0, keep_non_dicom=True)
         assert (report.inputs, report.archived, report.quarantined) == (4, 1, 3)
         carried = {r["source_record"]["path"]: r for r in copy.quarantine.records()}
         assert set(carried) == set(kept) == {*map(str, files[1:]), str(not_dicom), str(missing)}
@@ -748,7 +754,7 @@ def test_a_copy_keeps_the_sources_choice_and_survives_damaged_records(tmp_path: 
     not_dicom.write_text("not a DICOM file")
     with Archive.create(tmp_path / "record") as record:
         record.ingest([ct], workers=0)
-        second = record.ingest([tmp_path / "resend.dcm", not_dicom], workers=0)
+        second = record.ingest([tmp_path / "resend.dcm", not_dicom], workers=0, keep_non_dicom=True)
         assert (second.conflicts, second.quarantined) == (1, 1)
         (sop,) = [row["SOPInstanceUID"] for row in record.index]
         original = record.export_bytes(sop)
@@ -756,7 +762,7 @@ def test_a_copy_keeps_the_sources_choice_and_survives_damaged_records(tmp_path: 
     damaged = tmp_path / "record" / "quarantine" / f"{by_path[str(not_dicom)]['sha256']}.json"
     damaged.write_text("{")
     with Archive.create(tmp_path / "copy") as copy:
-        report = copy.ingest([tmp_path / "record"], workers=0)
+        report = copy.ingest([tmp_path / "record"], workers=0, keep_non_dicom=True)
         assert (report.inputs, report.archived, report.quarantined) == (3, 1, 2)
         assert copy.export_bytes(sop) == original  # the source's instance, not the resend
         carried = {r["sha256"]: r for r in copy.quarantine.records()}
