@@ -23,9 +23,10 @@ CLI = [sys.executable, "-m", "pacs_engine.cli"]
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 series of 160 slices of 256 x 256: several seconds of work for 2 workers."""
+    """12 series of 80 slices of 256 x 256: several seconds of work for 2 workers, and a
+    commit (with its session time) per series."""
     out = tmp_path_factory.mktemp("synth")
-    write_studies(out, 2, 2, 160, rows=256, columns=256, seed=5)
+    write_studies(out, 2, 6, 80, rows=256, columns=256, seed=5)
     return out
 
 
@@ -73,7 +74,7 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     synth: Path, tmp_path: Path
 ) -> None:
     """The killed session's time, committed with its work, is in the resumed report: its
-    sessions, seconds and phases. The bound: the journal held 2 s of the session (in
+    sessions, seconds and phases. The bound: the journal held 1.5 s of the session (in
     `session`) before the kill, and the scan phase, which the resumed session does not
     run again, is the killed session's alone."""
     archive = tmp_path / "a"
@@ -82,7 +83,7 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     record = None
     while process.poll() is None and time.monotonic() < deadline:
         record = _journal_record(archive)
-        if record and record.get("session", {}).get("seconds", 0) >= 2.0:
+        if record and record.get("session", {}).get("seconds", 0) >= 1.5:
             break
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
@@ -91,7 +92,7 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     killed = _journal_record(archive)
     assert killed is not None and killed["seconds"] == 0.0  # it never saved its time itself
     session = killed["session"]
-    assert session["seconds"] >= 2.0 and session["phases"]["scan"] > 0
+    assert session["seconds"] >= 1.5 and session["phases"]["scan"] > 0
 
     resumed = _start(synth, archive)
     out, err = resumed.communicate(timeout=300)

@@ -197,7 +197,7 @@ class _Run:
                 if self.failure is None:
                     record["state"] = "encoding"
                     record["unchanged"] = self.report.unchanged
-                    self.journal.save(record)
+                    self.journal.save(record, self._checkpoint(always=True))
             if self.failure is None:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
@@ -246,11 +246,11 @@ class _Run:
             elapsed = time.perf_counter() - started
             self.report.phases[phase] = self.report.phases.get(phase, 0.0) + elapsed
 
-    def _checkpoint(self) -> dict[bytes, bytes | None]:
-        """The session's time so far as a journal entry, at most once a second (else none),
-        committed with the session's work: kill -9 loses at most the time since."""
+    def _checkpoint(self, always: bool = False) -> dict[bytes, bytes | None]:
+        """The session's time so far as a journal entry, at most once a second (else none)
+        unless `always`, committed with the session's work: kill -9 loses the time since."""
         now = time.perf_counter()
-        if now - self.checkpointed < CHECKPOINT_SECONDS or not self.record:
+        if (not always and now - self.checkpointed < CHECKPOINT_SECONDS) or not self.record:
             return {}
         self.checkpointed = now
         phases = {
