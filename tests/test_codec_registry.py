@@ -90,12 +90,18 @@ def test_derived_views_agree_with_the_registry() -> None:
 
 
 def test_every_transfer_syntax_kept_has_exactly_one_pass_through_codec() -> None:
-    """What the archive keeps as is: every compressed syntax pydicom decodes, and the lossless
-    ones it may transcode; each is served by one codec, which pass_through_codec returns."""
+    """What the archive keeps as is: every compressed syntax pydicom decodes, the lossless
+    ones it may transcode and the retired JPEG ones (decoded as a syntax pydicom decodes);
+    each is served by one codec, which pass_through_codec returns."""
     pydicom_compressed = {uid for uid in _PIXEL_DATA_DECODERS if pydicom.uid.UID(uid).is_compressed}
     assert len(pydicom_compressed) == 12
-    claimed = pydicom_compressed | LOSSLESS_SYNTAXES
+    retired_jpeg = {f"1.2.840.10008.1.2.4.{n}" for n in (*range(52, 57), *range(58, 67))}
+    assert all(pydicom.uid.UID(uid).is_retired for uid in retired_jpeg)
+    claimed = pydicom_compressed | LOSSLESS_SYNTAXES | retired_jpeg
     assert set(PASS_THROUGH_BY_SYNTAX) == claimed
+    for cls in PASS_THROUGH_CODECS:
+        assert set(cls.decoded_as) <= retired_jpeg & set(cls.transfer_syntaxes)
+        assert set(cls.decoded_as.values()) <= pydicom_compressed
     for uid in claimed:
         serving = [cls for cls in PASS_THROUGH_CODECS if uid in cls.transfer_syntaxes]
         assert serving == [PASS_THROUGH_BY_SYNTAX[uid]], uid

@@ -16,9 +16,9 @@ from pacs_engine.archive.archive import ArchiveError, ExportError, UnknownInstan
 from pacs_engine.archive.blobs import BlobError
 from pacs_engine.archive.corrections import CorrectionError
 from pacs_engine.archive.pixel_store import ArrayMetadataError
-from pacs_engine.archive.prepare import PrepareError
+from pacs_engine.archive.prepare import NoDecoder, PrepareError
 from pacs_engine.archive.verify_plan import VerifySelectionError
-from pacs_engine.codecs import CodecError
+from pacs_engine.codecs import CodecError, NoDecoderError
 from pacs_engine.codecs.native import LayoutError
 from pacs_engine.deid.engine import DeidError
 from pacs_engine.deid.key import KeyFileError
@@ -50,6 +50,10 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     InputTooLarge: (InputTooLarge("big.dcm", "too large"), (InputError,)),
     _NotRegular: (_NotRegular("/in/fifo is not a file"), (OSError,)),
     CodecError: (CodecError("8 bits needed"), (ValueError,)),
+    NoDecoderError: (
+        NoDecoderError("no decoder for RLE Lossless, Bits Allocated 1"),
+        (CodecError,),
+    ),
     IngestStopped: (IngestStopped("disk full"), (RuntimeError,)),
     PartFailed: (PartFailed(_PART, ValueError("bad frame")), (RuntimeError,)),
     StaleSession: (StaleSession("replaced"), (RuntimeError,)),
@@ -58,6 +62,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     LayoutError: (LayoutError("Rows is 'x'"), (ValueError,)),
     ArrayMetadataError: (ArrayMetadataError("zarr.json: not JSON"), (ValueError,)),
     PrepareError: (PrepareError("no pixel data"), (ValueError,)),
+    NoDecoder: (NoDecoder("no decoder for RLE Lossless, Bits Allocated 1"), (PrepareError,)),
     ArchiveError: (ArchiveError("locked"), (RuntimeError,)),
     ExportError: (ExportError("damaged shard"), (ArchiveError,)),
     UnknownInstance: (UnknownInstance("no instance 1.2.3"), (ExportError, KeyError)),

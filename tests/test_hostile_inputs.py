@@ -257,7 +257,9 @@ def test_inputs_over_the_limit_keep_a_head_and_a_hash(tmp_path: Path) -> None:
     assert report.input_bytes == len(ct) + len(big) + len(other)  # counted, not lost
 
 
-def test_not_dicom_keeps_a_head_by_default_and_the_whole_on_request(tmp_path: Path) -> None:
+def test_not_dicom_keeps_path_size_and_hash_by_default_and_the_whole_on_request(
+    tmp_path: Path,
+) -> None:
     junk = os.urandom(300_000)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "report.pdf").write_bytes(junk)
@@ -267,9 +269,10 @@ def test_not_dicom_keeps_a_head_by_default_and_the_whole_on_request(tmp_path: Pa
         root = archive.quarantine.root
     assert (report.inputs, report.quarantined) == (1, 1)
     assert record["reason"].startswith("not a DICOM file")
-    assert (record["sha256"], record["size"], record["kept_bytes"]) == (sha(junk), 300_000, 65536)
-    assert (root / f"{sha(junk)}.head").read_bytes() == junk[:65536]
+    assert (record["sha256"], record["size"], record["kept_bytes"]) == (sha(junk), 300_000, 0)
+    assert not (root / f"{sha(junk)}.head").exists()
     assert not (root / f"{sha(junk)}.dcm").exists()
+    assert report.not_dicom == [str(tmp_path / "src" / "report.pdf")]
 
     again = tmp_path / "again"
     again.mkdir()
@@ -277,7 +280,7 @@ def test_not_dicom_keeps_a_head_by_default_and_the_whole_on_request(tmp_path: Pa
     with archive:
         assert (archive.quarantine.root / f"{sha(junk)}.dcm").read_bytes() == junk
 
-    # Asked again of the archive that kept only the head: the whole bytes replace it.
+    # Asked again of the archive that kept only the record: the whole bytes join it.
     with Archive.open_or_create(tmp_path / "archive") as first:
         report = first.ingest([tmp_path / "src"], workers=0, keep_non_dicom=True)
         assert report.balanced and report.quarantined == 1

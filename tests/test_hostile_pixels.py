@@ -22,6 +22,7 @@ import pydicom
 import pytest
 from conftest import CORPUS, ROOT, require_corpus, run_cli
 from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import unpack_bits
 from pydicom.uid import generate_uid
 
 from pacs_engine import Archive
@@ -246,13 +247,19 @@ def _reference(data: bytes) -> np.ndarray | None:
     ds = pydicom.dcmread(BytesIO(data))
     if ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.8.1":  # pydicom cannot: zlib
         count = int(ds.get("NumberOfFrames", 1))
-        dtype = np.dtype(f"<u{ds.BitsAllocated // 8}")
         try:
             frames = [zlib.decompress(f, -zlib.MAX_WBITS) for f in generate_frames(ds.PixelData)]
         except zlib.error:
             return None
-        size = ds.Rows * ds.Columns * dtype.itemsize
-        if any(len(f) != size for f in frames):
+        pixels = ds.Rows * ds.Columns
+        if ds.BitsAllocated == 1:  # each frame's bits packed on its own, maybe a pad byte
+            size = -(-pixels // 8)
+            if any(not size <= len(f) <= size + 1 for f in frames):
+                return None
+            bits = [unpack_bits(f[:size])[:pixels] for f in frames]
+            return np.stack(bits).reshape(count, ds.Rows, ds.Columns)
+        dtype = np.dtype(f"<u{ds.BitsAllocated // 8}")
+        if any(len(f) != pixels * dtype.itemsize for f in frames):
             return None
         return np.frombuffer(b"".join(frames), dtype).reshape(count, ds.Rows, ds.Columns)
     try:

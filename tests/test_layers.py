@@ -24,6 +24,7 @@ LAYER_OF = {
     # Helpers every layer may use; they import only each other and _native.
     "errors": "bottom",
     "lazy": "bottom",
+    "interrupt": "bottom",  # Ctrl-C while the command starts; imports nothing of the package
     "storage": "bottom",
     "stages": "bottom",  # CPU and wall time per stage of a task, for the ingest report
     "header": "bottom",

@@ -4,7 +4,10 @@ Names are imported on first use, so that importing one part (a zarr codec
 loaded through its entry point, say) does not load the others.
 """
 
-from pacs_engine.lazy import lazy_exports
+from pacs_engine.interrupt import quiet_while_starting
+
+quiet_while_starting()  # first: the `pacs-engine` command imports for a second or two
+from pacs_engine.lazy import lazy_exports  # noqa: E402
 
 _EXPORTS = {
     "HEADER_KEYWORDS": "pacs_engine.scanning",

@@ -10,15 +10,17 @@ from __future__ import annotations
 import ast
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import signal
 import sys
 import threading
 import time
 import tokenize
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -53,12 +55,18 @@ def start_forkserver() -> None:
         return
     # Started with SIGINT ignored, the forkserver keeps it ignored (Python installs its
     # Ctrl-C handler only over the default) and so does every worker it forks, from its
-    # first instruction: Ctrl-C while a worker still imports prints no traceback.
+    # first instruction: Ctrl-C while a worker still imports prints no traceback. Blocked
+    # meanwhile, a Ctrl-C to this process waits (Linux keeps a blocked signal pending even
+    # when ignored) and reaches its own handler afterwards, instead of being lost.
+    # The resource tracker first: starting it unblocks SIGINT, which would drop a pending one.
+    multiprocessing.resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class InlineExecutor:
@@ -107,7 +115,8 @@ class LocalExecutor:
     def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
         """Queue fn(*args) on the pool; on a pool a dead worker broke, a failed future."""
         try:
-            return self.pool.submit(fn, *args)
+            with _interrupt_deferred():
+                return self.pool.submit(fn, *args)
         except concurrent.futures.process.BrokenProcessPool as error:
             # As if the task had been in flight: the caller retries it after `restart`.
             future: concurrent.futures.Future = concurrent.futures.Future()
@@ -129,6 +138,30 @@ class LocalExecutor:
     def close(self) -> None:
         """Stop the workers (tasks not started are cancelled)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends, then hand it to the handler it was for.
+
+    A submit may start a worker: the pool sends it its queues, then records it. A Ctrl-C
+    in between left a worker the pool's shutdown does not wait for, which then found
+    its queue's semaphore gone (the interrupted process had exited) and printed a
+    FileNotFoundError traceback. Held back, the worker is recorded and waited for.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals: main thread only
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):  # Python's own handler raises KeyboardInterrupt
+        previous(signal.SIGINT, None)
+    elif caught and previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def refuse_unguarded_main() -> None:

@@ -29,7 +29,7 @@ from pydicom.uid import (
 )
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
-from pacs_engine.codecs import CodecError, pass_through_codec
+from pacs_engine.codecs import CodecError, NoDecoderError, pass_through_codec
 from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.header import Header, PixelLocation
@@ -63,6 +63,14 @@ class PrepareError(PacsEngineError, ValueError):
     """The file cannot be archived; the reason says why (the file goes to quarantine)."""
 
 
+class NoDecoder(PrepareError):
+    """No installed decoder reads the instance's frames: they cannot be checked (not damaged)."""
+
+
+#: How an instance kept without a decoder for its frames is flagged (row, report, preflight).
+NOT_VERIFIED = "kept as received, not verified"
+
+
 @dataclass
 class Prepared:
     """One instance, ready to be written: everything but the encoding of native frames."""
@@ -80,6 +88,8 @@ class Prepared:
     # Hashes of the decoded frames; None for bitstreams kept undecoded (see `prepare`).
     frame_hashes: list[str] | None = field(default_factory=list)
     transcoded: bool = False  # lossless bitstreams decoded, to be stored with the archive codec
+    # Why its bitstreams are kept undecoded although decoding was asked: no decoder reads them.
+    not_verified: str | None = None
 
     @property
     def sop_instance_uid(self) -> str:
@@ -207,10 +217,10 @@ def prepare(
     if header.deflated or (pixel.encapsulated and rebuild(prepared) != data):
         # The parts do not give the file back (deflated, or an unusual layout): keep it whole.
         prepared.blob = HeaderBlob(WHOLE, data)
-        if prepared.frame_hashes is None:
+        if prepared.frame_hashes is None and prepared.not_verified is None:
             # The export no longer reads the stored bitstreams, so its sha256 would not
             # prove them: their pixel hashes must (`verify`).
-            prepared.pixel_hash()
+            _hash_or_flag(prepared)
     return prepared
 
 
@@ -340,12 +350,28 @@ def _encapsulated(
         frame_hashes=None,
     )
     if transcode and ts in LOSSLESS_SYNTAXES:
-        frames = decode_bitstreams(prepared)
-        prepared.storage, prepared.frames, prepared.bitstreams = "native", frames, []
-        prepared.frame_hashes, prepared.transcoded = [frame_hash(f) for f in frames], True
+        try:
+            frames = decode_bitstreams(prepared)
+        except NoDecoder as error:  # kept as its bitstreams, flagged
+            prepared.not_verified = f"{error}: {NOT_VERIFIED}"
+        else:
+            prepared.storage, prepared.frames, prepared.bitstreams = "native", frames, []
+            prepared.frame_hashes, prepared.transcoded = [frame_hash(f) for f in frames], True
     elif decode:
-        prepared.pixel_hash()
+        _hash_or_flag(prepared)
     return prepared
+
+
+def _hash_or_flag(prepared: Prepared) -> None:
+    """Hash the decoded frames; when no decoder reads them, flag the instance instead.
+
+    Its bytes are archived all the same (the export is byte-exact), but nothing proves
+    its pixels: the flag says so in its row, the report and `verify`.
+    """
+    try:
+        prepared.pixel_hash()
+    except NoDecoder as error:
+        prepared.not_verified = f"{error}: {NOT_VERIFIED}"
 
 
 def decoded_frames(prepared: Prepared) -> Iterator[np.ndarray]:
@@ -355,6 +381,8 @@ def decoded_frames(prepared: Prepared) -> Iterator[np.ndarray]:
         try:
             with stage("decode"):
                 frame = codec.decode_checked(chunk, layout.frame_shape, codec.pixel_dtype)
+        except NoDecoderError as error:
+            raise NoDecoder(str(error)) from None
         except Exception as error:  # a codec's failure on bad data can be any exception
             raise PrepareError(f"frame {i} cannot be decoded: {error}") from None
         yield frame

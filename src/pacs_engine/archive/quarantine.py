@@ -12,9 +12,11 @@ from typing import Any
 
 from pacs_engine.storage import write_atomic
 
-#: Bytes kept of an input that is too large, or not DICOM: its head (for a person to see
-#: what it was), with its size and sha256.
+#: Bytes kept of an input that is too large: its head (for a person to see what it was),
+#: with its size and sha256.
 HEAD_BYTES = 64 << 10
+#: How the scanner's reason starts for bytes that are no DICOM at all (not a damaged file).
+NOT_DICOM = "not a DICOM file"
 
 
 class Quarantine:
@@ -22,8 +24,9 @@ class Quarantine:
 
     One record per distinct content: the same bytes quarantined again from another
     path are listed in the record's `also` (path, reason, time), not written twice.
-    Of an input too large to read, or not DICOM, the first bytes are kept as
-    `<sha256>.head` (its record says `size` and `kept_bytes`), not the whole.
+    Of an input too large to read, the first bytes are kept as `<sha256>.head` (its
+    record says `size` and `kept_bytes`), not the whole; of one that is not DICOM, no
+    bytes: its record alone (path, size, sha256, `kept_bytes` 0).
     """
 
     def __init__(self, root: Path) -> None:
@@ -34,8 +37,15 @@ class Quarantine:
         self.add(key, data, hashlib.sha256(data).hexdigest(), reason, **details)
         return len(data)
 
-    def keep_head(self, key: str, chunks: Iterable[bytes], reason: str, **details: Any) -> int:
-        """Quarantine the first HEAD_BYTES of an input given as `chunks` (all of a smaller
+    def keep_head(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        reason: str,
+        head_bytes: int = HEAD_BYTES,
+        **details: Any,
+    ) -> int:
+        """Quarantine the first `head_bytes` of an input given as `chunks` (all of a smaller
         one), with its size and sha256; returns its size.
 
         The chunks are streamed through the sha256, so that no more than one of them
@@ -47,8 +57,8 @@ class Quarantine:
         size = 0
         for chunk in chunks:
             digest.update(chunk)
-            if len(head) < HEAD_BYTES:
-                head += chunk[: HEAD_BYTES - len(head)]
+            if len(head) < head_bytes:
+                head += chunk[: head_bytes - len(head)]
             size += len(chunk)
         if size <= len(head):  # the head is the whole: kept as the whole
             self.add(key, bytes(head), digest.hexdigest(), reason, **details)
@@ -96,7 +106,8 @@ class Quarantine:
                 if data is not None:
                     write_atomic(self.root / f"{sha256}.dcm", data)
                 elif head is not None:
-                    write_atomic(self.root / f"{sha256}.head", head)
+                    if head:  # none of a file that is not DICOM: its record says what it was
+                        write_atomic(self.root / f"{sha256}.head", head)
                     record["kept_bytes"] = len(head)
             write_atomic(target, json.dumps(record, indent=2).encode())
 

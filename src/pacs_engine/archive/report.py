@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pacs_engine.archive.quarantine import NOT_DICOM
 from pacs_engine.archive.versions import CURRENT_REASON
 from pacs_engine.stages import Times, add_times
 
@@ -26,6 +27,7 @@ class Outcome:
     sop: str | None = None
     undecoded: bool = False  # archived with original bitstreams no one has decoded yet
     version: bool = False  # archived as a new version of an instance the archive had
+    not_verified: str | None = None  # archived, but no decoder reads its frames: why
 
     def to_bytes(self) -> bytes:
         """The journal's record of it."""
@@ -64,6 +66,8 @@ class IngestReport:
     conflicts: int = 0
     quarantined: int = 0
     archived_undecoded: int = 0  # archived instances whose original bitstreams were not decoded
+    # Of those, the ones no decoder reads (kept as received, not verified), by reason.
+    not_verified: Counter = field(default_factory=Counter)
     raw_bytes: int = 0
     stored_bytes: int = 0
     input_bytes: int = 0
@@ -74,6 +78,7 @@ class IngestReport:
     run: str = ""
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds: scan, encode, tidy
     stages: dict[str, Times] = field(default_factory=dict)  # process -> stage -> [CPU, wall]
+    not_dicom: list[str] = field(default_factory=list)  # inputs quarantined as not DICOM
 
     def count(self, outcome: Outcome) -> None:
         """Count one input's outcome."""
@@ -83,6 +88,8 @@ class IngestReport:
             self.archived += 1
             self.versions += outcome.version
             self.archived_undecoded += outcome.undecoded
+            if outcome.not_verified:
+                self.not_verified[outcome.not_verified] += 1
             self.raw_bytes += outcome.raw
             self.stored_bytes += outcome.stored
         elif outcome.outcome == "duplicate":
@@ -92,6 +99,8 @@ class IngestReport:
         else:
             self.quarantined += 1
             self.reasons[_reason_group(outcome.reason or "")] += 1
+            if (outcome.reason or "").startswith(NOT_DICOM):
+                self.not_dicom.append(outcome.key)
 
     def add_stages(self, process: str, times: Times) -> None:
         """Add a task's seconds per stage to the process's."""
@@ -120,7 +129,9 @@ class IngestReport:
             "conflicts": self.conflicts,
             "quarantined": self.quarantined,
             "archived_undecoded": self.archived_undecoded,
+            "not_verified": dict(self.not_verified.most_common()),
             "quarantine_reasons": dict(self.reasons.most_common()),
+            "not_dicom": sorted(self.not_dicom),
             "input_bytes": self.input_bytes,
             "raw_pixel_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,

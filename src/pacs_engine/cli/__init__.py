@@ -7,7 +7,9 @@ Modules that import zarr, pydicom or the codecs are imported where they are used
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from pacs_engine.cli import (
@@ -33,6 +35,7 @@ from pacs_engine.cli import (
 from pacs_engine.cli._common import fail
 from pacs_engine.cli.scan import render_inventory
 from pacs_engine.errors import PacsEngineError
+from pacs_engine.interrupt import interrupted
 
 __all__ = ["build_parser", "main", "render_inventory"]
 
@@ -91,25 +94,30 @@ def _starts_local_workers(argv: list[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `pacs-engine`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if _starts_local_workers(argv):
-        from pacs_engine.executors import start_forkserver
-
-        start_forkserver()
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
-    if extras:
-        # argparse takes a command's positionals in one run: `query ARCHIVE --level study
-        # KEY=VALUE` leaves the filters after the option here; the command names the list.
-        late = getattr(args, "late_positionals", None)
-        if late is None or any(arg.startswith("-") for arg in extras):
-            parser.error(f"unrecognized arguments: {' '.join(extras)}")
-        setattr(args, late, [*getattr(args, late), *extras])
+    command = next((a for a in argv if not a.startswith("-")), "")
     try:
+        # Starting the forkserver and building the parser (it imports zarr and the codecs)
+        # take a second or two: a Ctrl-C meanwhile still stops quietly (pacs_engine.interrupt).
+        if _starts_local_workers(argv):
+            from pacs_engine.executors import start_forkserver
+
+            start_forkserver()
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            # argparse takes a command's positionals in one run: `query ARCHIVE --level study
+            # KEY=VALUE` leaves the filters after the option here; the command names the list.
+            late = getattr(args, "late_positionals", None)
+            if late is None or any(arg.startswith("-") for arg in extras):
+                parser.error(f"unrecognized arguments: {' '.join(extras)}")
+            setattr(args, late, [*getattr(args, late), *extras])
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the command stops cleanly
         return args.run(args)
     except PacsEngineError as error:  # not an archive, locked, damaged: say so in one line
-        return fail(args.command, str(error), 2)
+        return fail(command, str(error), 2)
     except OSError as error:  # the disk, permissions: the error names the file
-        return fail(args.command, str(error), 3)
+        return fail(command, str(error), 3)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted(argv), file=sys.stderr)
         return 130

@@ -17,6 +17,7 @@ from pacs_engine.cli._common import (
     megabytes,
     shows_progress,
 )
+from pacs_engine.interrupt import INTERRUPTED
 
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,7 +113,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--keep-non-dicom",
         action="store_true",
         help="keep the whole bytes of a file that is not DICOM in the quarantine "
-        "(default: its size, sha256 and first 64 KiB)",
+        "(default: only its path, size and sha256)",
     )
     add_follow_links(ingest)
     ingest.add_argument(
@@ -299,11 +300,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return fail("ingest", str(error), 3)
     except KeyboardInterrupt:  # the workers ignore Ctrl-C: they finish their task and stop
         bar.close()
-        print(
-            "ingest: interrupted; everything committed so far is kept: "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
+        print(INTERRUPTED["ingest"], file=sys.stderr)
         return 130
     finally:
         executor.close()
@@ -353,12 +350,21 @@ def _render_report(summary: dict[str, Any]) -> str:
         lines.append(f"    {process}: {spent}")
     for reason, count in summary["quarantine_reasons"].items():
         lines.append(f"  quarantined {count:>6,}  {reason}")
-    if summary["archived_undecoded"]:
+    not_dicom = summary.get("not_dicom", [])
+    if not_dicom:  # the first few here; every one in the report's "not_dicom"
+        lines.append(f"  not DICOM (kept as path, size and sha256): {', '.join(not_dicom[:10])}")
+        if len(not_dicom) > 10:
+            lines.append(f"    and {len(not_dicom) - 10:,} more: see the run's report")
+    flagged = summary.get("not_verified", {})
+    trusted = summary["archived_undecoded"] - sum(flagged.values())
+    if trusted:
         lines.append(
-            f"{summary['archived_undecoded']:,} archived instances keep original compressed "
+            f"{trusted:,} archived instances keep original compressed "
             "bitstreams that were not decoded (--trust-bitstreams: stored byte for byte); "
             "`pacs-engine verify` decodes them"
         )
+    for reason, count in flagged.items():
+        lines.append(f"  archived {count:>9,}  {reason}")
     return "\n".join(lines)
 
 

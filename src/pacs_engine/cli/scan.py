@@ -163,11 +163,12 @@ def cmd_preflight(args: argparse.Namespace) -> int:
             print(json.dumps(prediction.to_dict()))
         return 0
     for p in predictions:
-        if p.outcome == "archived" and not p.version:
+        if p.outcome == "archived" and not p.version and not p.not_verified:
             continue
         what = p.reason or ""
         if p.outcome == "archived":
-            what = "new version of " + (p.same_as or "")
+            version = f"new version of {p.same_as}" if p.version else ""
+            what = "; ".join(w for w in (version, p.not_verified) if w)
         elif p.outcome == "duplicate":
             what = f"same bytes as {p.same_as}"
         elif p.outcome == "conflict":

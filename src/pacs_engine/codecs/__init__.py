@@ -7,7 +7,7 @@ reads an archive without importing pacs_engine first; that list is also the pack
 registry of codecs (`pacs_engine.codecs.registry`). See docs/codecs.md.
 """
 
-from pacs_engine.codecs._base import CodecError, FrameCodec
+from pacs_engine.codecs._base import CodecError, FrameCodec, NoDecoderError
 from pacs_engine.codecs._bitstream import BitstreamCodec
 from pacs_engine.codecs.choose import choose_codec, default_codec, fast_candidates
 from pacs_engine.codecs.deflate import DicomDeflateCodec
@@ -59,6 +59,7 @@ __all__ = [
     "Jpeg2kCodec",
     "JpegLsCodec",
     "JpegXlCodec",
+    "NoDecoderError",
     "choose_codec",
     "default_codec",
     "fast_candidates",

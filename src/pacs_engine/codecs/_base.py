@@ -26,6 +26,10 @@ class CodecError(PacsEngineError, ValueError):
     """A frame that a codec cannot encode or decode (wrong shape, dtype, range or bitstream)."""
 
 
+class NoDecoderError(CodecError):
+    """No installed decoder reads these frames (not a damaged bitstream): names what is missing."""
+
+
 def image_shape(chunk_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The image shape (rows, cols) or (rows, cols, samples) of a one-frame chunk shape."""
     # The archive lays pixels out as (frames, rows, cols[, samples]) with one frame per

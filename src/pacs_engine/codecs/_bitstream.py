@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import numpy as np
 
-from pacs_engine.codecs._base import CodecError, FrameCodec, cast_exact, config_value
+from pacs_engine.codecs._base import (
+    CodecError,
+    FrameCodec,
+    NoDecoderError,
+    cast_exact,
+    config_value,
+)
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArraySpec
@@ -27,8 +33,10 @@ def default_color_conversion(photometric_interpretation: str) -> str:
 
 def pixel_dtype(bits_allocated: int, pixel_representation: int) -> np.dtype:
     """The numpy dtype pydicom gives for (Bits Allocated, Pixel Representation)."""
+    if bits_allocated == 1:  # segmentations: pydicom unpacks the bits, one uint8 per pixel
+        return np.dtype(np.uint8)
     if bits_allocated not in (8, 16, 32):
-        raise CodecError(f"pass-through frames need Bits Allocated 8/16/32, not {bits_allocated}")
+        raise CodecError(f"pass-through frames need Bits Allocated 1/8/16/32, not {bits_allocated}")
     kind = "i" if pixel_representation else "u"
     return np.dtype(f"{kind}{bits_allocated // 8}")
 
@@ -64,6 +72,9 @@ class BitstreamCodec(FrameCodec):
     # two give different pixels without an error (measured: JPEG lossless, HTJ2K), so the
     # ingest decodes with both (`decode_checked`).
     cross_checked: ClassVar[bool] = False
+    # Retired transfer syntaxes pydicom has no decoder for by UID, with the syntax whose
+    # decoder reads their bitstreams (its plugin, libjpeg, implements every JPEG process).
+    decoded_as: ClassVar[dict[str, str]] = {}
 
     transfer_syntax_uid: str
     photometric_interpretation: str
@@ -98,6 +109,7 @@ class BitstreamCodec(FrameCodec):
         fast_ok = (
             transfer_syntax_uid in self.fast_syntaxes
             and photometric_interpretation not in YBR_FULL_FAMILY
+            and int(bits_allocated) != 1  # pydicom's unpacked bits are the reference
         )
         if decoder is None:
             decoder = "imagecodecs" if fast_ok else "pydicom"
@@ -121,6 +133,11 @@ class BitstreamCodec(FrameCodec):
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
+
+    @property
+    def pydicom_syntax(self) -> str:
+        """The transfer syntax whose pydicom decoder reads these frames (`decoded_as`)."""
+        return self.decoded_as.get(self.transfer_syntax_uid, self.transfer_syntax_uid)
 
     @property
     def pixel_dtype(self) -> np.dtype:
@@ -203,14 +220,39 @@ class BitstreamCodec(FrameCodec):
         }
         if self.samples_per_pixel > 1:
             options["planar_configuration"] = self.planar_configuration
-        decoder = get_decoder(self.transfer_syntax_uid)
+        decoder = get_decoder(self.pydicom_syntax)
         # Mixed-type options for as_array's **kwargs: mypy checks them against its typed keywords.
         arr, _ = decoder.as_array(encapsulate([bytes(data)]), **options)  # type: ignore[arg-type]
         return arr
 
+    def missing_decoder(self) -> str | None:
+        """Why no installed decoder reads these frames (None: one does)."""
+        if self.decoder != "pydicom":
+            return None
+        from pydicom.pixels import get_decoder
+
+        try:
+            found = get_decoder(self.pydicom_syntax)
+        except NotImplementedError:
+            return "pydicom has none"
+        return None if found.is_available else "pydicom's decoder plugins are not installed"
+
+    def check_decoder(self) -> None:
+        """Raise NoDecoderError, naming the syntax and what is missing, when no decoder reads
+        these frames (an instance archived as received, see docs/codecs.md)."""
+        missing = self.missing_decoder()
+        if missing is not None:
+            from pydicom.uid import UID
+
+            raise NoDecoderError(
+                f"no decoder for {UID(self.transfer_syntax_uid).name}, Bits Allocated "
+                f"{self.bits_allocated} ({missing})"
+            )
+
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The frame as pydicom's pixel_array gives it, checked against the array dtype."""
         self.check_size(data, shape)
+        self.check_decoder()
         if self.decoder == "imagecodecs":
             arr = self._decode_fast(data).astype(self.pixel_dtype, copy=False)
         else:

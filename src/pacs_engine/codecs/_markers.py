@@ -13,10 +13,18 @@ SOF_BASELINE = 0xC0
 SOF_EXTENDED = 0xC1
 SOF_PROGRESSIVE = 0xC2
 SOF_LOSSLESS = 0xC3
+SOF_LOSSLESS_ARITHMETIC = 0xCB
 SOF_JPEGLS = 0xF7
+# Define Hierarchical Progression: it opens a hierarchical stream and declares the full
+# image size as a frame header does (its first frames may be smaller).
+DHP = 0xDE
 _SOF_MARKERS = frozenset(
-    {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), 0xCD, 0xCE, 0xCF, SOF_JPEGLS}
+    {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), 0xCD, 0xCE, 0xCF, SOF_JPEGLS, DHP}
 )
+#: Frame headers of the JPEG processes of ISO 10918-1 (every SOF but JPEG-LS's, and DHP).
+JPEG_FRAME_MARKERS = _SOF_MARKERS - {SOF_JPEGLS}
+#: Those of its lossless processes: 14 and 15, and the hierarchical ones (which open with DHP).
+JPEG_LOSSLESS_MARKERS = frozenset({SOF_LOSSLESS, SOF_LOSSLESS_ARITHMETIC, DHP})
 # Markers that stand alone (no length field): TEM, RST0-7, SOI, EOI.
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xDA)})
 
@@ -53,7 +61,7 @@ class J2kHeader:
 
 
 def jpeg_frame_header(data: bytes) -> JpegFrameHeader:
-    """The first start-of-frame segment of a JPEG or JPEG-LS stream, or CodecError."""
+    """The first start-of-frame (or DHP) segment of a JPEG or JPEG-LS stream, or CodecError."""
     if data[:2] != b"\xff\xd8":
         raise CodecError("not a JPEG bitstream: no SOI marker")
     i, end = 2, len(data)

@@ -10,6 +10,8 @@ import numpy as np
 from pacs_engine.codecs._base import CodecError
 from pacs_engine.codecs._bitstream import BitstreamCodec
 from pacs_engine.codecs._markers import (
+    JPEG_FRAME_MARKERS,
+    JPEG_LOSSLESS_MARKERS,
     SOF_BASELINE,
     SOF_EXTENDED,
     SOF_LOSSLESS,
@@ -17,27 +19,42 @@ from pacs_engine.codecs._markers import (
     jpeg_frame_header,
 )
 
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+#: The retired DCT syntaxes: extended with arithmetic coding (.52), spectral selection
+#: (.53, .54), full progression (.55, .56) and the hierarchical ones (.59 to .64).
+RETIRED_DCT = tuple(f"1.2.840.10008.1.2.4.{n}" for n in (52, 53, 54, 55, 56, *range(59, 65)))
+#: The retired lossless syntaxes: process 15 (arithmetic coding), hierarchical 28 and 29.
+RETIRED_LOSSLESS = tuple(f"1.2.840.10008.1.2.4.{n}" for n in (58, 65, 66))
+
 
 class DicomJpegCodec(BitstreamCodec):
-    """Pass-through decoder for JPEG baseline (8-bit) and extended (12-bit) DCT frames.
+    """Pass-through decoder for JPEG DCT frames: baseline (8-bit), extended (12-bit), retired.
 
     Always decoded by pydicom's own decoder: DCT decoders differ by a few grey levels
     (libjpeg-turbo vs pydicom's libjpeg measured up to 3 apart on the corpus), and the
     archive promises pydicom's pixels. YBR_FULL(_422) becomes RGB as in pixel_array.
+    The retired syntaxes (progressive, spectral selection, arithmetic, hierarchical) go
+    through the decoder pydicom uses for extended JPEG: its libjpeg reads them all.
     """
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpeg"
     short_name: ClassVar[str] = "dicom_jpeg"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (
         "1.2.840.10008.1.2.4.50",
-        "1.2.840.10008.1.2.4.51",
+        JPEG_EXTENDED,
+        *RETIRED_DCT,
     )
+    decoded_as: ClassVar[dict[str, str]] = dict.fromkeys(RETIRED_DCT, JPEG_EXTENDED)
 
     def check_bitstream(self, data: bytes) -> None:
-        """Raise CodecError unless `data` is a baseline or extended sequential JPEG stream."""
+        """Raise CodecError unless `data` is a JPEG stream of a DCT process its syntax allows."""
         marker = jpeg_frame_header(data).marker
-        if marker not in (SOF_BASELINE, SOF_EXTENDED):
-            raise CodecError(f"JPEG frame has SOF marker FF{marker:02X}, not baseline/extended")
+        retired = self.transfer_syntax_uid in RETIRED_DCT
+        allowed = JPEG_FRAME_MARKERS if retired else {SOF_BASELINE, SOF_EXTENDED}
+        if marker not in allowed:
+            what = "a JPEG process" if retired else "baseline/extended"
+            raise CodecError(f"JPEG frame has SOF marker FF{marker:02X}, not {what}")
 
     def declared_shape(self, data: bytes) -> tuple[int, int, int]:
         """(rows, columns, components) of the frame header."""
@@ -50,20 +67,25 @@ class DicomJpegLosslessCodec(BitstreamCodec):
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpeg_lossless"
     short_name: ClassVar[str] = "dicom_jpeg_lossless"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (
-        "1.2.840.10008.1.2.4.57",
+        JPEG_LOSSLESS,
         "1.2.840.10008.1.2.4.70",
+        *RETIRED_LOSSLESS,
     )
-    # Lossless: any conforming decoder gives the same samples.
-    fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes
+    # Lossless: any conforming decoder gives the same samples (imagecodecs' ljpeg reads
+    # process 14 only: the retired syntaxes go through pydicom's libjpeg).
+    fast_syntaxes: ClassVar[tuple[str, ...]] = (JPEG_LOSSLESS, "1.2.840.10008.1.2.4.70")
+    decoded_as: ClassVar[dict[str, str]] = dict.fromkeys(RETIRED_LOSSLESS, JPEG_LOSSLESS)
     # On damaged streams imagecodecs' ljpeg and pydicom's libjpeg give different pixels
     # without an error (on the corpus: 59 of 110 flipped bits), so the ingest checks both.
     cross_checked: ClassVar[bool] = True
 
     def check_bitstream(self, data: bytes) -> None:
-        """Raise CodecError unless `data` is a lossless (SOF3) JPEG stream."""
+        """Raise CodecError unless `data` is a lossless JPEG stream of a process its syntax
+        allows (SOF3; retired: SOF11 or hierarchical)."""
         marker = jpeg_frame_header(data).marker
-        if marker != SOF_LOSSLESS:
-            raise CodecError(f"JPEG frame has SOF marker FF{marker:02X}, not lossless SOF3")
+        retired = self.transfer_syntax_uid in RETIRED_LOSSLESS
+        if marker not in (JPEG_LOSSLESS_MARKERS if retired else {SOF_LOSSLESS}):
+            raise CodecError(f"JPEG frame has SOF marker FF{marker:02X}, not lossless")
 
     def declared_shape(self, data: bytes) -> tuple[int, int, int]:
         """(rows, columns, components) of the frame header."""

@@ -19,9 +19,16 @@ class DicomRleCodec(BitstreamCodec):
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` is an RLE frame with one segment per byte plane."""
         count = rle_segment_count(data)
-        expected = self.samples_per_pixel * self.bits_allocated // 8
+        # Bits Allocated 1: one segment, each pixel padded to a byte (PS3.5 G.2)
+        expected = self.samples_per_pixel * -(-self.bits_allocated // 8)
         if count != expected:
             raise CodecError(f"RLE frame has {count} segments, expected {expected}")
+
+    def missing_decoder(self) -> str | None:
+        """pydicom decodes whole bytes per sample only: 1-bit RLE has no decoder."""
+        if self.bits_allocated == 1:
+            return "pydicom decodes RLE of whole bytes per sample only"
+        return super().missing_decoder()
 
     def check_size(self, data: bytes, shape: tuple[int, ...]) -> None:
         """RLE declares no size, only its segments: one per byte plane of a sample."""

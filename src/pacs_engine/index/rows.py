@@ -118,6 +118,7 @@ class VersionFields(Attributes, total=False):
     transcoded: bool
     color_conversion: str
     frame_hashes: list[str] | None  # None: original bitstreams stored undecoded
+    not_verified: str  # present when no decoder reads its bitstreams: why (kept as received)
     pixel_hash: str | None
     raw_pixel_bytes: int
     stored_bytes: int

@@ -45,7 +45,7 @@ from pacs_engine.archive.prepare import (
     instance_pixel_hash,
     prepare,
 )
-from pacs_engine.archive.quarantine import Quarantine
+from pacs_engine.archive.quarantine import HEAD_BYTES, NOT_DICOM, Quarantine
 from pacs_engine.archive.report import Outcome
 from pacs_engine.archive.versions import PENDING, kept_sha256s, version_rows, with_version
 from pacs_engine.codecs import CodecError, choose_codec, general_purpose_codecs
@@ -106,8 +106,6 @@ COMPARED_KEYWORDS = (
     "PixelRepresentation",
 )
 _CONFLICT = "conflict: same SOP Instance UID as an archived instance, but "
-#: How the scanner's reason starts for bytes that are no DICOM at all (not a damaged file).
-NOT_DICOM = "not a DICOM file"
 #: What an absent attribute of COMPARED_KEYWORDS means (DICOM's defaults).
 _ABSENT = {"NumberOfFrames": 1, "SamplesPerPixel": 1, "PixelRepresentation": 0}
 
@@ -329,6 +327,7 @@ class PartEncoder:
             sop=sop,
             undecoded=prepared.frame_hashes is None,
             version=prior is not None,
+            not_verified=prepared.not_verified,
         )
 
     def _place_pixels(
@@ -618,13 +617,15 @@ def quarantine_input(
 ) -> Outcome:
     """Quarantine one input with its reason (reading it if the caller has not).
 
-    Whole bytes are kept, but of an input over the policy's size limit, or not
-    DICOM (unless `policy.keep_non_dicom`), only its head (`Quarantine.keep_head`),
-    read a chunk at a time; of an input that cannot be read, a record without bytes.
+    Whole bytes are kept, but of an input over the policy's size limit only its head
+    (`Quarantine.keep_head`), read a chunk at a time, and of one that is not DICOM
+    (unless `policy.keep_non_dicom`) none: its path, size and sha256; of an input that
+    cannot be read, a record without bytes.
     """
     reason = recorded_reason(key, reason)
     details = source_details(key)
-    whole = policy.keep_non_dicom or not reason.startswith(NOT_DICOM)
+    not_dicom = reason.startswith(NOT_DICOM)
+    whole = policy.keep_non_dicom or not not_dicom
     ref = InputRef.from_key(key)
     try:
         if data is None and whole:
@@ -636,7 +637,9 @@ def quarantine_input(
             size = quarantine.keep(key, data, reason, **details)
         else:
             chunks = [data] if data is not None else read_chunks(ref, policy)
-            size = quarantine.keep_head(key, chunks, reason, **details)
+            size = quarantine.keep_head(
+                key, chunks, reason, 0 if not_dicom else HEAD_BYTES, **details
+            )
     except InputError as error:
         reason = _joined(reason, error.reason)
         quarantine.keep_unread(key, reason, **details)
@@ -720,6 +723,7 @@ def new_row(prepared: Prepared, pixels: PixelRef | None, stored: int, run: str =
         else instance_pixel_hash(prepared.frame_hashes),
         "raw_pixel_bytes": prepared.raw_pixel_bytes,
         "stored_bytes": stored,
+        **({"not_verified": prepared.not_verified} if prepared.not_verified else {}),
         "duplicates": [],
         "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run,  # PENDING: the commit names the run

@@ -768,10 +768,12 @@ class _PacsArchive:
                 raise InputError(ref.key, "the quarantined file differs from its sha256")
             return data
         record = self.quarantined(ref) or {}
-        # An input the source could not even read, or only the head of one too large
-        # or not DICOM: the whole of it is not there to try again.
+        # An input the source could not even read, only the head of one too large, or
+        # the record alone of one not DICOM: the whole of it is not there to try again.
         kept = (
-            f"only the first {record['kept_bytes']} bytes" if "kept_bytes" in record else "no bytes"
+            f"only the first {record['kept_bytes']} bytes"
+            if record.get("kept_bytes")
+            else "no bytes"
         )
         raise InputError(
             ref.key,

@@ -86,6 +86,13 @@ class Journal:
             run_key = _key(b"r", found.decode())
             record = json.loads(self.index.journal_get([run_key])[run_key])
             record["sessions"] += 1
+            # A session killed (kill -9) could not save its time; its last checkpoint did.
+            killed = record.pop("session", None)
+            if killed is not None:
+                record["seconds"] += killed["seconds"]
+                phases = record.setdefault("phases", {})
+                for phase, seconds in killed["phases"].items():
+                    phases[phase] = phases.get(phase, 0.0) + seconds
         else:
             record = {
                 "run": f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
@@ -102,6 +109,15 @@ class Journal:
         """Write the run record (and `more` journal entries) in one transaction."""
         entries = {_key(b"r", record["run"]): json.dumps(record).encode(), **(more or {})}
         self.index.commit([], journal=entries)
+
+    def checkpoint(
+        self, record: dict[str, Any], seconds: float, phases: dict[str, float]
+    ) -> dict[bytes, bytes | None]:
+        """The journal entry that records the running session's time so far (`seconds`, and
+        by phase), to commit with the session's work: a session killed before it could
+        save its time is then counted, up to its last commit, when the run resumes."""
+        session = {"seconds": seconds, "phases": phases}
+        return {_key(b"r", record["run"]): json.dumps({**record, "session": session}).encode()}
 
     def finish(self, record: dict[str, Any]) -> None:
         """Drop the run's plan and mark it finished; the outcomes stay as its record."""
@@ -211,9 +227,10 @@ class Journal:
         outcomes: Iterable[Outcome],
         planned: Iterable[Planned],
         identities: dict[str, bytes] | None = None,
+        more: dict[bytes, bytes | None] | None = None,
     ) -> None:
         """Commit scan results: outcomes of rejected inputs, plan entries of the others, and
-        the identities (key -> `file_identity`) of the files scanned."""
+        the identities (key -> `file_identity`) of the files scanned (and `more` entries)."""
         entries: dict[bytes, bytes | None] = {
             self.outcome_key(run, o.key): o.to_bytes() for o in outcomes
         }
@@ -223,7 +240,7 @@ class Journal:
         for p in planned:
             key = _key(b"p", run, *plan_order(p))
             entries[key] = json.dumps({"frames": p.frames, "key": p.key}).encode()
-        self.index.commit([], journal=entries)
+        self.index.commit([], journal={**entries, **(more or {})})
 
     # --- plan -------------------------------------------------------------------------
 

@@ -20,12 +20,12 @@ from typing import Any
 from pacs_engine.archive.format import MARKER
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.prepare import Prepared, PrepareError, check_uids, prepare
+from pacs_engine.archive.quarantine import NOT_DICOM
 from pacs_engine.archive.versions import kept_sha256s, version_rows, with_version
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.index.rows import Row
 from pacs_engine.ingest.encode import (
-    NOT_DICOM,
     Checks,
     conflict_reason,
     new_row,
@@ -56,6 +56,7 @@ class Prediction:
     storage: str | None = None  # archived: "native", "bitstream" or "none" (no pixel data)
     transcoded: bool = False  # archived: lossless bitstreams decoded, stored with the codec
     decoded: bool = False  # archived: its frames were decoded (else "not checked")
+    not_verified: str | None = None  # archived, but no decoder reads its frames: why
     version: bool = False  # archived as a new version of an instance
     same_as: str | None = None  # the input or archived source it duplicates / conflicts with
     media_directory: bool = False  # a DICOMDIR
@@ -74,6 +75,8 @@ class Prediction:
             return f"{self.outcome}: not DICOM"
         if self.outcome == "archived":
             how = "transcoded" if self.transcoded else self.storage
+            if self.not_verified:
+                how = f"{how}, {self.not_verified}"
             return f"archived{' (version)' if self.version else ''}: {how}"
         # The reason without what differs per file: tags, offsets, sizes, frame numbers.
         reason = self.reason or ""
@@ -217,6 +220,7 @@ def _judge(planned: list[Planned], target: _Archive, checks: Checks) -> Iterator
             storage=prepared.storage,
             transcoded=prepared.transcoded,
             decoded=prepared.frame_hashes is not None,
+            not_verified=prepared.not_verified,
             version=prior is not None,
             same_as=None if prior is None else prior["source_path"],
         )

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from pacs_engine.archive import Archive
 
 SCAN_BATCH = 128
+#: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).
+CHECKPOINT_SECONDS = 1.0
 
 
 class IngestStopped(PacsEngineError, RuntimeError):
@@ -172,6 +174,9 @@ class _Run:
         self.names: dict[int, str] = {}  # worker process id -> its name in the report
         self.busy: dict[str, float] = {}  # wall seconds of tasks per worker, this session
         self.session_phases: dict[str, float] = {}  # wall seconds of this session's phases
+        self.record: dict[str, Any] = {}  # the run record, as the session started it
+        self.phase: tuple[str, float] | None = None  # the phase at work, since when
+        self.checkpointed = 0.0  # when the session's time was last committed (`_checkpoint`)
 
     def run(self) -> IngestReport:
         """Scan, encode and tidy (what the journal says is left); the report of the run."""
@@ -185,6 +190,7 @@ class _Run:
                 f"{self.archive.path}: ingest could not start: {_describe(error)}"
             ) from error
         run = record["run"]
+        self.record = record
         self.report.run = run
         self.report.resumed = record["sessions"] - 1
         self.report.phases = dict(record.get("phases", {}))  # earlier sessions' time in each
@@ -199,7 +205,7 @@ class _Run:
                 if self.failure is None:
                     record["state"] = "encoding"
                     record["unchanged"] = self.report.unchanged
-                    self.journal.save(record)
+                    self.journal.save(record, self._checkpoint(always=True))
             if self.failure is None:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
@@ -243,12 +249,29 @@ class _Run:
     def _timed(self, phase: str, step: Callable[[str], None], run: str) -> None:
         """Run one phase of the session, adding its wall time to the report's phases."""
         started = time.perf_counter()
+        self.phase = (phase, started)
         try:
             step(run)
         finally:
+            self.phase = None
             elapsed = time.perf_counter() - started
             self.report.phases[phase] = self.report.phases.get(phase, 0.0) + elapsed
             self.session_phases[phase] = self.session_phases.get(phase, 0.0) + elapsed
+
+    def _checkpoint(self, always: bool = False) -> dict[bytes, bytes | None]:
+        """The session's time so far as a journal entry, at most once a second (else none)
+        unless `always`, committed with the session's work: kill -9 loses the time since."""
+        now = time.perf_counter()
+        if (not always and now - self.checkpointed < CHECKPOINT_SECONDS) or not self.record:
+            return {}
+        self.checkpointed = now
+        phases = {
+            p: s - self.record.get("phases", {}).get(p, 0.0) for p, s in self.report.phases.items()
+        }
+        if self.phase is not None:
+            name, started = self.phase
+            phases[name] = phases.get(name, 0.0) + now - started
+        return self.journal.checkpoint(self.record, now - self.started, phases)
 
     # --- scanning ---------------------------------------------------------------------
 
@@ -337,7 +360,7 @@ class _Run:
         identities: dict[str, bytes] | None = None,
     ) -> None:
         """Journal one scan batch (with its files' identities); count its quarantined inputs."""
-        self.journal.record(run, outcomes, planned, identities)
+        self.journal.record(run, outcomes, planned, identities, self._checkpoint())
         for outcome in outcomes:
             self.report.count(outcome)
         self._notify("scanning")
@@ -530,6 +553,7 @@ class _Run:
         journal.update(
             self.journal.forget(k for k, o in outcomes.items() if o.outcome == "quarantined")
         )
+        journal.update(self._checkpoint())
         index.add(committed, journal=journal)
         for outcome in outcomes.values():
             self.report.count(outcome)
