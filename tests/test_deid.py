@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pydicom
 import pytest
@@ -25,8 +26,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine.archive.format import ArchiveError
+from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
-from pacs_engine.ingest import IngestStopped
+from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
 from tests.conftest import CORPUS, require_corpus, run_cli
 
@@ -166,9 +168,10 @@ def _walk(ds: Dataset) -> Iterator[pydicom.DataElement]:
 def test_report_balances_and_lists_what_was_left_out(made: dict) -> None:
     report = made["report"]
     key = Key.load(made["key"])
-    assert report.balanced and report.ingest.balanced
+    assert report.balanced
     assert report.source_instances == len(made["originals"])
-    assert report.staged == report.ingest.archived > 20
+    with open_archive(made["root"] / "research") as research:
+        assert report.staged == len(research.index) > 20
     assert report.actions["U"] > 0 and report.actions["X"] > 0 and report.actions["C"] > 0
     withheld = " ".join(report.withheld.values())
     assert "Ultrasound" in withheld and "Secondary Capture" in withheld
@@ -299,7 +302,6 @@ def test_resumed_run_copies_nothing_twice_and_keeps_its_key(made: dict) -> None:
     report = deidentify(root / "record", root / "research", made["key"], OPTIONS, workers=0)
     assert report.balanced and report.staged == 0
     assert report.already_copied == made["report"].staged
-    assert not (root / "research" / "deid-staging").exists()
     with pytest.raises(ArchiveError, match="another key"):
         deidentify(root / "record", root / "research", make_key(root / "k3"), OPTIONS, workers=0)
     with pytest.raises(ArchiveError, match="its own source"):
@@ -493,26 +495,82 @@ def test_cli(made: dict, tmp_path: Path) -> None:
             assert str(ds.PatientName) not in text
 
 
-def test_a_run_stopped_after_staging_resumes_to_the_same_archive(
+def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stopped between the staging and the ingest (a full disk, Ctrl-C): the staged files
-    stay, the next run ingests them without de-identifying them again, and the archive is
-    the one an uninterrupted run makes."""
+    """Killed after a part's shards and pack are written but before its commit (the second
+    part): only the first part is visible, every visible instance exports, and the next
+    run finishes the copy into the archive an uninterrupted run makes, which verifies."""
     root = made["root"]
+    commit = Index.commit
+    calls = []
 
-    def stopped(*args: object, **kwargs: object) -> None:
-        raise IngestStopped("the disk is full")
+    def dies_second(self: Index, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("killed")
+        commit(self, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(Archive, "ingest", stopped)
-        with pytest.raises(IngestStopped):
+        patch.setattr(Index, "commit", dies_second)
+        with pytest.raises(OSError, match="killed"):
             deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
-    staged = list((root / "stopped" / "deid-staging").glob("*.dcm"))
-    assert len(staged) == made["report"].staged
+    visible = _research_files(root / "stopped")
+    assert 0 < len(visible) < made["report"].staged
+    assert {sop: _research_files(root / "research")[sop] for sop in visible} == visible
     report = deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
-    assert report.balanced and report.staged == len(staged) and not report.actions
+    assert report.balanced and report.already_copied == len(visible)
+    assert report.staged == made["report"].staged - len(visible)
     assert _research_files(root / "stopped") == _research_files(root / "research")
+    with open_archive(root / "stopped") as stopped:
+        assert stopped.verify(record=False).ok
+
+
+def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every codec's decode and encode made to raise, the copy still completes; each
+    research row's stored chunks are the bytes of its source's, its frame hashes the
+    same; and `verify` (which decodes, after the copy) finds the research archive sound."""
+    root = made["root"]
+
+    def forbidden(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a codec was called during the copy")
+
+    with monkeypatch.context() as patch:
+        for cls in REGISTRY:
+            for name in ("encode_frame", "decode_frame", "decode_checked", "encode_bitstream"):
+                if hasattr(cls, name):
+                    patch.setattr(cls, name, forbidden)
+        report = deidentify(root / "record", root / "nocodec", made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.staged == made["report"].staged
+    key = Key.load(made["key"])
+    compared = kinds = 0
+    storages = set()
+    with (
+        open_archive(root / "record") as record,
+        open_archive(root / "nocodec") as research,
+    ):
+        for row in record.index:
+            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
+            if copied is None or not row.get("pixels"):
+                continue
+            before, after = row["pixels"], copied["pixels"]
+            assert after is not None and after["array"] != before["array"]
+            assert research.pixels.read_chunks(
+                after["array"], after["first_frame"], after["first_frame"] + after["frames"]
+            ) == record.pixels.read_chunks(
+                before["array"], before["first_frame"], before["first_frame"] + before["frames"]
+            )
+            assert research.pixels.spec(after["array"]) == record.pixels.spec(before["array"])
+            assert copied["frame_hashes"] == row["frame_hashes"]
+            storages.add(row["pixel_storage"])
+            compared += 1
+        report_verify = research.verify(record=False)
+        assert report_verify.ok, report_verify.mismatches
+        assert report_verify.instances == len(research.index)
+        kinds = len(storages)
+    assert compared > 15 and kinds == 2  # native frames and original bitstreams both
 
 
 def test_worker_processes_make_the_same_archive(made: dict) -> None:

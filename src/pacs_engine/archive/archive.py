@@ -38,7 +38,7 @@ from typing import Any, Self
 import numpy as np
 import pydicom
 
-from pacs_engine.archive.blobs import HeaderBlob
+from pacs_engine.archive.blobs import BlobError, HeaderBlob
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
 from pacs_engine.archive.pixel_store import CODEC_CHOICES, PixelStore
@@ -307,6 +307,7 @@ class Archive:
             ) from None
         if (
             not chosen.get("transcoded")
+            and chosen["source_sha256"] is not None  # a copy's native frames: checked in rebuild
             and hashlib.sha256(data).hexdigest() != (chosen["source_sha256"])
         ):
             raise ExportError(
@@ -319,9 +320,10 @@ class Archive:
         """The file of one version's row, rebuilt but unchecked (`export_bytes` checks it).
 
         A transcoded instance's frames are checked against their recorded hashes here,
-        since its file has no original to compare with.
+        since its file has no original to compare with, and so are those of a row without
+        a file sha256 (a copy's native frames, pacs_engine.archive.copies).
         """
-        blob = self._blob(row)
+        blob = self.header_blob(row)
         pixels = row.get("pixels")
         if row.get("transcoded"):
             return transcoded_file(blob, row, self._checked_frames(row))
@@ -334,6 +336,8 @@ class Archive:
                 bitstreams = self.pixels.read_bitstreams(
                     pixels["array"], pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
                 )
+            elif row["source_sha256"] is None:
+                frames = self._checked_frames(row)
             else:
                 frames = self.frames_of(row)
         return rebuild_file(
@@ -350,7 +354,7 @@ class Archive:
         if not row.get("pixels"):
             raise ExportError(f"{_shown(sop_instance_uid)}: no pixel data to decode")
         try:
-            return transcoded_file(self._blob(row), row, self._checked_frames(row))
+            return transcoded_file(self.header_blob(row), row, self._checked_frames(row))
         except Exception as error:  # a damaged pack or shard can fail in any layer
             raise ExportError(
                 f"{_shown(sop_instance_uid)}: cannot rebuild the file: {error!r}"
@@ -361,18 +365,23 @@ class Archive:
         blob (no pixels read): for metadata. Raises ExportError naming the UID when damaged.
         """
         try:
-            return blob_dataset(self._blob(row))
+            return blob_dataset(self.header_blob(row))
         except Exception as error:  # a damaged pack can fail in any layer
             raise ExportError(
                 f"{_shown(row['SOPInstanceUID'])}: cannot read its header: {error!r}"
             ) from None
 
-    def _blob(self, row: Row) -> HeaderBlob:
-        """The header blob of one version's row."""
+    def header_blob(self, row: Row) -> HeaderBlob:
+        """The header blob of one version's row (checked against its `header_sha256`, when the
+        row has one); BlobError or OSError when damaged or missing."""
         where = row["header"]
         with open(self.path / where["pack"], "rb") as f:
             f.seek(where["offset"])
-            return HeaderBlob.from_bytes(f.read(where["length"]))
+            data = f.read(where["length"])
+        recorded = row.get("header_sha256")
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise BlobError("the header blob differs from the one written (its sha256)")
+        return HeaderBlob.from_bytes(data)
 
     def _checked_frames(self, row: Row) -> np.ndarray:
         """The row's decoded frames, checked against their recorded hashes when it has them."""
