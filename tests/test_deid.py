@@ -524,6 +524,9 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     assert _research_files(root / "stopped") == _research_files(root / "research")
     with open_archive(root / "stopped") as stopped:
         assert stopped.verify(record=False).ok
+        used = {row["header"]["pack"] for row in stopped.index}
+    on_disk = {str(p.relative_to(root / "stopped")) for p in root.glob("stopped/headers/*/*.pack")}
+    assert on_disk == used  # the killed part's pack was tidied away
 
 
 def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(

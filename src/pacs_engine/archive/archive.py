@@ -307,7 +307,7 @@ class Archive:
             ) from None
         if (
             not chosen.get("transcoded")
-            and chosen["source_sha256"] is not None  # a copy's native frames: checked in rebuild
+            and chosen["source_sha256"]  # "": a copy's native frames, checked in rebuild
             and hashlib.sha256(data).hexdigest() != (chosen["source_sha256"])
         ):
             raise ExportError(
@@ -336,7 +336,7 @@ class Archive:
                 bitstreams = self.pixels.read_bitstreams(
                     pixels["array"], pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
                 )
-            elif row["source_sha256"] is None:
+            elif not row["source_sha256"]:
                 frames = self._checked_frames(row)
             else:
                 frames = self.frames_of(row)

@@ -8,8 +8,9 @@ written, fsynced and checked on their own, and damage to one cannot reach the ot
 
 A part is written as an ingest part is: shards, then the header pack and its rows
 file, all fsynced, then the rows committed in one index transaction, then the arrays'
-frame counts raised. A part that dies before its commit is invisible (its files are
-what `tidy` removes, and the next part of the array writes over its frames).
+frame counts raised. A part that dies before its commit is invisible; the caller tidies
+a series (`pacs_engine.ingest.tidy.tidy_series`) before it writes the series' first part
+of a run, which removes such files and fits the arrays to their committed frames.
 """
 
 from __future__ import annotations
@@ -65,14 +66,14 @@ def read_stored(source: Archive, row: Row) -> tuple[str | None, list[bytes], int
 
 def file_sha256(
     source: PixelStore, instance: CopiedInstance, little_endian: bool, vr: str | None
-) -> str | None:
+) -> str:
     """The sha256 of the file the copy's export rebuilds, when it can be had without
-    decoding a pixel; None for native frames encoded with the archive codec (and
+    decoding a pixel; "" for native frames encoded with the archive codec (and
     transcoded instances), whose file bytes only a decode gives: their frame hashes and
     the blob's own sha256 (`header_sha256`) are then what export and verify check."""
     blob, row = instance.blob, instance.row
     if row.get("transcoded"):
-        return None
+        return ""
     if blob.kind == WHOLE or (blob.kind == NATIVE and blob.native_value is not None):
         data = rebuild_file(blob, None, little_endian, vr, None, None)
     elif blob.kind == ENCAPSULATED and instance.source_array is not None:
@@ -80,7 +81,7 @@ def file_sha256(
         bitstreams = [bytes(decompress(spec, c)) for c in instance.chunks]  # zarr's compressor only
         data = rebuild_file(blob, None, little_endian, vr, None, bitstreams)
     else:
-        return None
+        return ""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -90,10 +91,10 @@ def write_copied_part(
     """Write and commit one part of a series of copied instances; returns its rows.
 
     The arrays are the source arrays' (same key, same zarr.json), made in the series'
-    folder of this archive when missing; frames go after the array's committed frames.
+    folder of this archive when missing; frames go after the array's frame count, which
+    is its committed frames once a killed run's series was tidied (ingest.tidy).
     """
     dirs: set[Path] = set()
-    ends = _committed_ends(archive, series_uid)
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
     rows: list[Row] = []
@@ -105,10 +106,8 @@ def write_copied_part(
         else:
             path = _array_for(archive.pixels, source, instance.source_array, series_uid)
             if path not in by_array:
-                starts[path] = ends.get(path, 0)
+                starts[path] = archive.pixels.frames(path)
                 by_array[path] = []
-                if archive.pixels.frames(path) != starts[path]:
-                    archive.pixels.set_frames(path, starts[path])  # a commit whose raise died
             per_frame = archive.pixels.grid(path)[1]
             first = starts[path] + len(by_array[path]) // per_frame
             by_array[path] += instance.chunks
@@ -123,17 +122,6 @@ def write_copied_part(
     for path, chunks in by_array.items():  # after the commit, as the ingest does
         archive.pixels.set_frames(path, starts[path] + len(chunks) // archive.pixels.grid(path)[1])
     return rows
-
-
-def _committed_ends(archive: Archive, series_uid: str) -> dict[str, int]:
-    """The frames committed rows use, per array of the series."""
-    ends: dict[str, int] = {}
-    for row in archive.index.iter_series(series_uid):
-        pixels = row.get("pixels")
-        if pixels:
-            end = pixels["first_frame"] + pixels["frames"]
-            ends[pixels["array"]] = max(ends.get(pixels["array"], 0), end)
-    return ends
 
 
 def _array_for(pixels: PixelStore, source: PixelStore, source_path: str, series_uid: str) -> str:

@@ -97,7 +97,7 @@ def _check_version(archive: Archive, row: Row, checked: set[str]) -> tuple[int, 
         rebuilt = archive.rebuild(row)
         if (
             not row.get("transcoded")
-            and row["source_sha256"] is not None  # a copy's native frames: checked above
+            and row["source_sha256"]  # "": a copy's native frames, checked above
             and hashlib.sha256(rebuilt).hexdigest() != row["source_sha256"]
         ):
             problems.append("the rebuilt file differs from the original")

@@ -29,10 +29,12 @@ from pacs_engine.archive.verify import VerifyReport
 from pacs_engine.deid.engine import Deidentifier, DeidError, HeaderResult
 from pacs_engine.deid.key import Key
 from pacs_engine.deid.profile import table
+from pacs_engine.errors import ScanError
 from pacs_engine.executors import make_executor
 from pacs_engine.index.rows import Row
 from pacs_engine.ingest.archive import Archive, open_archive
-from pacs_engine.scanning import ScanError, scan
+from pacs_engine.ingest.tidy import Tidied, tidy_series
+from pacs_engine.scanning import scan
 from pacs_engine.storage import write_atomic
 from pacs_engine.workers import Executor, PerProcess
 
@@ -196,6 +198,7 @@ def _copy(
             yield from (todo[i : i + BATCH] for i in range(0, len(todo), BATCH))
 
     window = 2 * (os.cpu_count() or 1)
+    tidied: set[str] = set()
     tasks = _bounded(executor, parts(), window, str(source.path), deidentifier, run)
     for rows, results in tasks:
         copied = []
@@ -210,6 +213,9 @@ def _copy(
                 report.actions.update(result.actions)
         if copied:
             series = copied[0].row["SeriesInstanceUID"]
+            if series not in tidied:  # what a killed run left of this series goes first
+                tidy_series(target, series, Tidied())
+                tidied.add(series)
             write_copied_part(target, source.pixels, series, copied)
             report.staged += len(copied)
 

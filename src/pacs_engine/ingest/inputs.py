@@ -755,7 +755,7 @@ class _PacsArchive:
         # A transcoded instance exports other bytes by design; any other must be its file.
         if (
             not row.get("transcoded")
-            and row["source_sha256"] is not None  # a copy's native frames: checked by export
+            and row["source_sha256"]  # "": a copy's native frames, checked by export
             and hashlib.sha256(data).hexdigest() != row["source_sha256"]
         ):
             raise InputError(ref.key, "the exported file differs from the archived file's sha256")
