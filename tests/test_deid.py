@@ -482,11 +482,13 @@ def test_cli(made: dict, tmp_path: Path) -> None:
         "--no-progress",
         "--codec",
         "lz4",
+        "--verify",
     )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "r" / "archive.json").read_text())["codec"] == "lz4"
     summary = json.loads(done.stdout)
     assert summary["balanced"] and summary["staged"] == made["report"].staged
+    assert summary["verify_mismatches"] == []  # --verify checked the research archive
     text = done.stdout + done.stderr
     for data in list(made["originals"].values())[:10]:
         ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)

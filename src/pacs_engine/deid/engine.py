@@ -1,8 +1,9 @@
 """De-identify one DICOM file by Table E.1-1: the header is rewritten, the pixels are not.
 
-The file is read with pydicom (its Pixel Data value stays the bytes it was: nothing is
-decoded), every attribute at every depth gets its action, and the file is written again
-with the same transfer syntax. Anything that cannot be de-identified with certainty
+The file (`apply`), or an archived instance's header blob without its pixel data value
+(`apply_header`, what research copies use), is read with pydicom (a Pixel Data value stays
+the bytes it was: nothing is decoded), every attribute at every depth gets its action, and
+it is written again with the same transfer syntax. Anything that cannot be de-identified with certainty
 raises DeidError, whose message names the attribute and never a value.
 """
 
