@@ -489,6 +489,8 @@ def test_cli(made: dict, tmp_path: Path) -> None:
     summary = json.loads(done.stdout)
     assert summary["balanced"] and summary["staged"] == made["report"].staged
     assert summary["verify_mismatches"] == []  # --verify checked the research archive
+    verified = run_cli("verify", str(tmp_path / "r"), "--workers", "0")
+    assert verified.returncode == 0 and "MISMATCH" not in verified.stdout, verified.stdout
     text = done.stdout + done.stderr
     for data in list(made["originals"].values())[:10]:
         ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
