@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine.archive.format import ArchiveError
+from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
 from pacs_engine.index import Index
@@ -499,37 +500,50 @@ def test_cli(made: dict, tmp_path: Path) -> None:
             assert str(ds.PatientName) not in text
 
 
+@pytest.mark.parametrize("where", ["commit", "frame count"])
 def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
-    made: dict, monkeypatch: pytest.MonkeyPatch
+    made: dict, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """Killed after a part's shards and pack are written but before its commit (the second
-    part): only the first part is visible, every visible instance exports, and the next
-    run finishes the copy into the archive an uninterrupted run makes, which verifies."""
+    part), or after the first part's commit but before its arrays' frame counts are raised:
+    only committed parts are visible, every visible instance exports, and the next run
+    finishes the copy into the archive an uninterrupted run makes, which verifies."""
     root = made["root"]
-    commit = Index.commit
     calls = []
+    if where == "commit":
+        method, cls, dies_at = "commit", Index, 2
+    else:
+        method, cls, dies_at = "set_frames", PixelStore, 1
+    original = getattr(cls, method)
 
-    def dies_second(self: Index, *args: Any, **kwargs: Any) -> None:
+    def dies(self: object, *args: Any, **kwargs: Any) -> None:
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == dies_at:
             raise OSError("killed")
-        commit(self, *args, **kwargs)
+        original(self, *args, **kwargs)
 
+    stopped = root / f"stopped-{where.replace(' ', '-')}"
     with monkeypatch.context() as patch:
-        patch.setattr(Index, "commit", dies_second)
+        patch.setattr(cls, method, dies)
         with pytest.raises(OSError, match="killed"):
-            deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
-    visible = _research_files(root / "stopped")
+            deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
+    visible = _research_files(stopped)
     assert 0 < len(visible) < made["report"].staged
     assert {sop: _research_files(root / "research")[sop] for sop in visible} == visible
-    report = deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
+    report = deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
     assert report.balanced and report.already_copied == len(visible)
     assert report.staged == made["report"].staged - len(visible)
-    assert _research_files(root / "stopped") == _research_files(root / "research")
-    with open_archive(root / "stopped") as stopped:
-        assert stopped.verify(record=False).ok
-        used = {row["header"]["pack"] for row in stopped.index}
-    on_disk = {str(p.relative_to(root / "stopped")) for p in root.glob("stopped/headers/*/*.pack")}
+    assert _research_files(stopped) == _research_files(root / "research")
+    with open_archive(stopped) as copied:
+        assert copied.verify(record=False).ok
+        used = {row["header"]["pack"] for row in copied.index}
+        ends: dict[str, int] = {}
+        for row in copied.index:
+            if row["pixels"]:
+                end = row["pixels"]["first_frame"] + row["pixels"]["frames"]
+                ends[row["pixels"]["array"]] = max(ends.get(row["pixels"]["array"], 0), end)
+        assert {path: copied.pixels.frames(path) for path in ends} == ends  # zarr shapes fit
+    on_disk = {str(p.relative_to(stopped)) for p in stopped.glob("headers/*/*.pack")}
     assert on_disk == used  # the killed part's pack was tidied away
 
 

@@ -9,8 +9,8 @@ written, fsynced and checked on their own, and damage to one cannot reach the ot
 A part is written as an ingest part is: shards, then the header pack and its rows
 file, all fsynced, then the rows committed in one index transaction, then the arrays'
 frame counts raised. A part that dies before its commit is invisible; the caller tidies
-a series (`pacs_engine.ingest.tidy.tidy_series`) before it writes the series' first part
-of a run, which removes such files and fits the arrays to their committed frames.
+the archive (`pacs_engine.ingest.tidy`) before a run, which removes such files and fits
+the arrays to their committed frames.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def write_copied_part(
 
     The arrays are the source arrays' (same key, same zarr.json), made in the series'
     folder of this archive when missing; frames go after the array's frame count, which
-    is its committed frames once a killed run's series was tidied (ingest.tidy).
+    is its committed frames once what a killed run left was tidied (ingest.tidy).
     """
     dirs: set[Path] = set()
     by_array: dict[str, list[bytes]] = {}

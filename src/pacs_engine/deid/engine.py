@@ -3,8 +3,8 @@
 The file (`apply`), or an archived instance's header blob without its pixel data value
 (`apply_header`, what research copies use), is read with pydicom (a Pixel Data value stays
 the bytes it was: nothing is decoded), every attribute at every depth gets its action, and
-it is written again with the same transfer syntax. Anything that cannot be de-identified with certainty
-raises DeidError, whose message names the attribute and never a value.
+it is written again with the same transfer syntax. Anything that cannot be de-identified
+with certainty raises DeidError, whose message names the attribute and never a value.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ chunks are read as they are, and the part is written into the research archive b
 source arrays' codec and metadata), the new header blobs in a pack, index rows naming
 the new UIDs with the source's frame hashes, committed in one transaction. No codec
 decodes or encodes anything. Resumable: an instance is copied once its row is
-committed; a part killed before its commit is invisible, and the next run redoes it.
+committed; a part killed before its commit is invisible, and the next run tidies the
+research archive (`ingest.tidy.tidy_archive`) and redoes it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pacs_engine.errors import ScanError
 from pacs_engine.executors import make_executor
 from pacs_engine.index.rows import Row
 from pacs_engine.ingest.archive import Archive, open_archive
-from pacs_engine.ingest.tidy import Tidied, tidy_series
+from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.scanning import scan
 from pacs_engine.storage import write_atomic
 from pacs_engine.workers import Executor, PerProcess
@@ -185,6 +186,9 @@ def _copy(
 ) -> None:
     """De-identify the source's instances not copied yet into the research archive."""
     run = f"deid-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    # What a killed run left goes first: files no committed row uses, and arrays whose
+    # frame count was not raised after their commit are fitted to the committed frames.
+    tidy_archive(target)
 
     def parts() -> Iterator[list[Row]]:
         for record in source.index.all_series():
@@ -198,7 +202,6 @@ def _copy(
             yield from (todo[i : i + BATCH] for i in range(0, len(todo), BATCH))
 
     window = 2 * (os.cpu_count() or 1)
-    tidied: set[str] = set()
     tasks = _bounded(executor, parts(), window, str(source.path), deidentifier, run)
     for rows, results in tasks:
         copied = []
@@ -213,9 +216,6 @@ def _copy(
                 report.actions.update(result.actions)
         if copied:
             series = copied[0].row["SeriesInstanceUID"]
-            if series not in tidied:  # what a killed run left of this series goes first
-                tidy_series(target, series, Tidied())
-                tidied.add(series)
             write_copied_part(target, source.pixels, series, copied)
             report.staged += len(copied)
 
