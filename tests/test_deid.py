@@ -594,6 +594,48 @@ def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
     assert compared > 15 and kinds == 2  # native frames and original bitstreams both
 
 
+def test_transcoded_and_whole_file_instances_are_copied_without_a_codec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source archive made with --transcode (RLE frames stored with the archive codec)
+    and a deflated file (kept whole beside its frames): copied with every codec made to
+    raise; the research copies export with the source's pixels and verify."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("MR_small_RLE.dcm", "image_dfl.dcm", "CT_small.dcm"):
+        shutil.copy(get_testdata_file(name), inputs / name)
+    with Archive.open_or_create(tmp_path / "record", transcode=True) as record:
+        assert record.ingest([inputs], workers=0).balanced
+    key = make_key(tmp_path / "key")
+
+    def forbidden(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a codec was called during the copy")
+
+    with monkeypatch.context() as patch:
+        for cls in REGISTRY:
+            for name in ("encode_frame", "decode_frame", "decode_checked", "encode_bitstream"):
+                if hasattr(cls, name):
+                    patch.setattr(cls, name, forbidden)
+        report = deidentify(tmp_path / "record", tmp_path / "research", key, burned_in="keep")
+    assert report.balanced and report.staged == 3, report.refused
+    kinds = set()
+    with (
+        open_archive(tmp_path / "record") as record,
+        open_archive(tmp_path / "research") as research,
+    ):
+        assert research.verify(record=False).ok
+        for row in record.index:
+            copied = research.index.get(Key.load(key).uid(row["SOPInstanceUID"]))
+            assert copied is not None and copied["transcoded"] == row["transcoded"]
+            kinds.add("transcoded" if row["transcoded"] else str(record.header_blob(row).kind))
+            before = pydicom.dcmread(BytesIO(record.export_bytes(row["SOPInstanceUID"])))
+            after = pydicom.dcmread(BytesIO(research.export_bytes(copied["SOPInstanceUID"])))
+            assert (before.pixel_array == after.pixel_array).all()
+            assert after.PatientIdentityRemoved == "YES"
+            assert str(after.PatientName) != str(before.PatientName)
+    assert kinds == {"transcoded", "0", "1"}  # transcoded, kept whole, native
+
+
 def test_worker_processes_make_the_same_archive(made: dict) -> None:
     """De-identified in two worker processes (the Deidentifier pickled to them): the same
     files as in this process."""
