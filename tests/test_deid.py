@@ -636,6 +636,31 @@ def test_transcoded_and_whole_file_instances_are_copied_without_a_codec(
     assert kinds == {"transcoded", "0", "1"}  # transcoded, kept whole, native
 
 
+def test_a_damaged_source_header_is_refused_without_naming_the_source(tmp_path: Path) -> None:
+    """A header pack of the archive of record damaged: its instances are refused with the
+    reason, the others copied, and neither the report nor the research archive names the
+    source's UIDs (the pack's path holds its Series Instance UID)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), inputs / name)
+    with Archive.open_or_create(tmp_path / "record") as record:
+        assert record.ingest([inputs], workers=0).balanced
+    with open_archive(tmp_path / "record") as record:
+        rows = list(record.index)
+    damaged = tmp_path / "record" / rows[0]["header"]["pack"]
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)
+    key = make_key(tmp_path / "key")
+    report = deidentify(tmp_path / "record", tmp_path / "research", key, workers=0)
+    assert report.balanced and report.staged == 1
+    new = Key.load(key).uid(rows[0]["SOPInstanceUID"])
+    assert report.refused == {new: "cannot read its header (BlobError)"}
+    written = b"".join(p.read_bytes() for p in (tmp_path / "research").rglob("*") if p.is_file())
+    for row in rows:
+        for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+            assert row[uid].encode() not in written
+
+
 def test_worker_processes_make_the_same_archive(made: dict) -> None:
     """De-identified in two worker processes (the Deidentifier pickled to them): the same
     files as in this process."""

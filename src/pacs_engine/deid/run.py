@@ -280,8 +280,9 @@ def deid_task(source: str, deidentifier: Deidentifier, run: str, rows: list[Row]
         new = deidentifier.key.uid(row["SOPInstanceUID"])
         try:
             blob = archive.header_blob(row)
-        except Exception as error:  # a damaged pack: its message names no value
-            results.append((new, "refused", f"cannot read its header: {error}", None, None))
+        except Exception as error:  # a damaged pack: its message may name the source's UIDs
+            reason = f"cannot read its header ({type(error).__name__})"
+            results.append((new, "refused", reason, None, None))
             continue
         try:
             result = deidentifier.apply_header(blob)
