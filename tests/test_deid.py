@@ -25,6 +25,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from pacs_engine.archive.blobs import BlobError
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.codecs.registry import REGISTRY
@@ -633,6 +634,8 @@ def test_transcoded_and_whole_file_instances_are_copied_without_a_codec(
             assert (before.pixel_array == after.pixel_array).all()
             assert after.PatientIdentityRemoved == "YES"
             assert str(after.PatientName) != str(before.PatientName)
+            with pytest.raises(BlobError, match="differs from the one written"):
+                research.header_blob({**copied, "header_sha256": "0" * 64})
     assert kinds == {"transcoded", "0", "1"}  # transcoded, kept whole, native
 
 
