@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pydicom
 import pytest
@@ -24,9 +25,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from pacs_engine.archive.blobs import BlobError
 from pacs_engine.archive.format import ArchiveError
+from pacs_engine.archive.pixel_store import PixelStore
+from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
-from pacs_engine.ingest import IngestStopped
+from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
 from tests.conftest import CORPUS, require_corpus, run_cli
 
@@ -166,9 +170,10 @@ def _walk(ds: Dataset) -> Iterator[pydicom.DataElement]:
 def test_report_balances_and_lists_what_was_left_out(made: dict) -> None:
     report = made["report"]
     key = Key.load(made["key"])
-    assert report.balanced and report.ingest.balanced
+    assert report.balanced
     assert report.source_instances == len(made["originals"])
-    assert report.staged == report.ingest.archived > 20
+    with open_archive(made["root"] / "research") as research:
+        assert report.staged == len(research.index) > 20
     assert report.actions["U"] > 0 and report.actions["X"] > 0 and report.actions["C"] > 0
     withheld = " ".join(report.withheld.values())
     assert "Ultrasound" in withheld and "Secondary Capture" in withheld
@@ -299,7 +304,6 @@ def test_resumed_run_copies_nothing_twice_and_keeps_its_key(made: dict) -> None:
     report = deidentify(root / "record", root / "research", made["key"], OPTIONS, workers=0)
     assert report.balanced and report.staged == 0
     assert report.already_copied == made["report"].staged
-    assert not (root / "research" / "deid-staging").exists()
     with pytest.raises(ArchiveError, match="another key"):
         deidentify(root / "record", root / "research", make_key(root / "k3"), OPTIONS, workers=0)
     with pytest.raises(ArchiveError, match="its own source"):
@@ -480,11 +484,15 @@ def test_cli(made: dict, tmp_path: Path) -> None:
         "--no-progress",
         "--codec",
         "lz4",
+        "--verify",
     )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "r" / "archive.json").read_text())["codec"] == "lz4"
     summary = json.loads(done.stdout)
     assert summary["balanced"] and summary["staged"] == made["report"].staged
+    assert summary["verify_mismatches"] == []  # --verify checked the research archive
+    verified = run_cli("verify", str(tmp_path / "r"), "--workers", "0")
+    assert verified.returncode == 0 and "MISMATCH" not in verified.stdout, verified.stdout
     text = done.stdout + done.stderr
     for data in list(made["originals"].values())[:10]:
         ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
@@ -493,26 +501,167 @@ def test_cli(made: dict, tmp_path: Path) -> None:
             assert str(ds.PatientName) not in text
 
 
-def test_a_run_stopped_after_staging_resumes_to_the_same_archive(
+@pytest.mark.parametrize("where", ["commit", "frame count"])
+def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
+    made: dict, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Killed after a part's shards and pack are written but before its commit (the second
+    part), or after the first part's commit but before its arrays' frame counts are raised:
+    only committed parts are visible, every visible instance exports, and the next run
+    finishes the copy into the archive an uninterrupted run makes, which verifies."""
+    root = made["root"]
+    calls = []
+    if where == "commit":
+        method, cls, dies_at = "commit", Index, 2
+    else:
+        method, cls, dies_at = "set_frames", PixelStore, 1
+    original = getattr(cls, method)
+
+    def dies(self: object, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == dies_at:
+            raise OSError("killed")
+        original(self, *args, **kwargs)
+
+    stopped = root / f"stopped-{where.replace(' ', '-')}"
+    with monkeypatch.context() as patch:
+        patch.setattr(cls, method, dies)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
+    visible = _research_files(stopped)
+    assert 0 < len(visible) < made["report"].staged
+    assert {sop: _research_files(root / "research")[sop] for sop in visible} == visible
+    report = deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.already_copied == len(visible)
+    assert report.staged == made["report"].staged - len(visible)
+    assert _research_files(stopped) == _research_files(root / "research")
+    with open_archive(stopped) as copied:
+        assert copied.verify(record=False).ok
+        used = {row["header"]["pack"] for row in copied.index}
+        ends: dict[str, int] = {}
+        for row in copied.index:
+            if row["pixels"]:
+                end = row["pixels"]["first_frame"] + row["pixels"]["frames"]
+                ends[row["pixels"]["array"]] = max(ends.get(row["pixels"]["array"], 0), end)
+        assert {path: copied.pixels.frames(path) for path in ends} == ends  # zarr shapes fit
+    on_disk = {str(p.relative_to(stopped)) for p in stopped.glob("headers/*/*.pack")}
+    assert on_disk == used  # the killed part's pack was tidied away
+
+
+def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stopped between the staging and the ingest (a full disk, Ctrl-C): the staged files
-    stay, the next run ingests them without de-identifying them again, and the archive is
-    the one an uninterrupted run makes."""
+    """With every codec's decode and encode made to raise, the copy still completes; each
+    research row's stored chunks are the bytes of its source's, its frame hashes the
+    same; and `verify` (which decodes, after the copy) finds the research archive sound."""
     root = made["root"]
 
-    def stopped(*args: object, **kwargs: object) -> None:
-        raise IngestStopped("the disk is full")
+    def forbidden(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a codec was called during the copy")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Archive, "ingest", stopped)
-        with pytest.raises(IngestStopped):
-            deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
-    staged = list((root / "stopped" / "deid-staging").glob("*.dcm"))
-    assert len(staged) == made["report"].staged
-    report = deidentify(root / "record", root / "stopped", made["key"], OPTIONS, workers=0)
-    assert report.balanced and report.staged == len(staged) and not report.actions
-    assert _research_files(root / "stopped") == _research_files(root / "research")
+        for cls in REGISTRY:
+            for name in ("encode_frame", "decode_frame", "decode_checked", "encode_bitstream"):
+                if hasattr(cls, name):
+                    patch.setattr(cls, name, forbidden)
+        report = deidentify(root / "record", root / "nocodec", made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.staged == made["report"].staged
+    key = Key.load(made["key"])
+    compared = kinds = 0
+    storages = set()
+    with (
+        open_archive(root / "record") as record,
+        open_archive(root / "nocodec") as research,
+    ):
+        for row in record.index:
+            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
+            if copied is None or not row.get("pixels"):
+                continue
+            before, after = row["pixels"], copied["pixels"]
+            assert after is not None and after["array"] != before["array"]
+            assert research.pixels.read_chunks(
+                after["array"], after["first_frame"], after["first_frame"] + after["frames"]
+            ) == record.pixels.read_chunks(
+                before["array"], before["first_frame"], before["first_frame"] + before["frames"]
+            )
+            assert research.pixels.spec(after["array"]) == record.pixels.spec(before["array"])
+            assert copied["frame_hashes"] == row["frame_hashes"]
+            storages.add(row["pixel_storage"])
+            compared += 1
+        report_verify = research.verify(record=False)
+        assert report_verify.ok, report_verify.mismatches
+        assert report_verify.instances == len(research.index)
+        kinds = len(storages)
+    assert compared > 15 and kinds == 2  # native frames and original bitstreams both
+
+
+def test_transcoded_and_whole_file_instances_are_copied_without_a_codec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source archive made with --transcode (RLE frames stored with the archive codec)
+    and a deflated file (kept whole beside its frames): copied with every codec made to
+    raise; the research copies export with the source's pixels and verify."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("MR_small_RLE.dcm", "image_dfl.dcm", "CT_small.dcm"):
+        shutil.copy(get_testdata_file(name), inputs / name)
+    with Archive.open_or_create(tmp_path / "record", transcode=True) as record:
+        assert record.ingest([inputs], workers=0).balanced
+    key = make_key(tmp_path / "key")
+
+    def forbidden(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a codec was called during the copy")
+
+    with monkeypatch.context() as patch:
+        for cls in REGISTRY:
+            for name in ("encode_frame", "decode_frame", "decode_checked", "encode_bitstream"):
+                if hasattr(cls, name):
+                    patch.setattr(cls, name, forbidden)
+        report = deidentify(tmp_path / "record", tmp_path / "research", key, burned_in="keep")
+    assert report.balanced and report.staged == 3, report.refused
+    kinds = set()
+    with (
+        open_archive(tmp_path / "record") as record,
+        open_archive(tmp_path / "research") as research,
+    ):
+        assert research.verify(record=False).ok
+        for row in record.index:
+            copied = research.index.get(Key.load(key).uid(row["SOPInstanceUID"]))
+            assert copied is not None and copied["transcoded"] == row["transcoded"]
+            kinds.add("transcoded" if row["transcoded"] else str(record.header_blob(row).kind))
+            before = pydicom.dcmread(BytesIO(record.export_bytes(row["SOPInstanceUID"])))
+            after = pydicom.dcmread(BytesIO(research.export_bytes(copied["SOPInstanceUID"])))
+            assert (before.pixel_array == after.pixel_array).all()
+            assert after.PatientIdentityRemoved == "YES"
+            assert str(after.PatientName) != str(before.PatientName)
+            with pytest.raises(BlobError, match="differs from the one written"):
+                research.header_blob({**copied, "header_sha256": "0" * 64})
+    assert kinds == {"transcoded", "0", "1"}  # transcoded, kept whole, native
+
+
+def test_a_damaged_source_header_is_refused_without_naming_the_source(tmp_path: Path) -> None:
+    """A header pack of the archive of record damaged: its instances are refused with the
+    reason, the others copied, and neither the report nor the research archive names the
+    source's UIDs (the pack's path holds its Series Instance UID)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), inputs / name)
+    with Archive.open_or_create(tmp_path / "record") as record:
+        assert record.ingest([inputs], workers=0).balanced
+    with open_archive(tmp_path / "record") as record:
+        rows = list(record.index)
+    damaged = tmp_path / "record" / rows[0]["header"]["pack"]
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)
+    key = make_key(tmp_path / "key")
+    report = deidentify(tmp_path / "record", tmp_path / "research", key, workers=0)
+    assert report.balanced and report.staged == 1
+    new = Key.load(key).uid(rows[0]["SOPInstanceUID"])
+    assert report.refused == {new: "cannot read its header (BlobError)"}
+    written = b"".join(p.read_bytes() for p in (tmp_path / "research").rglob("*") if p.is_file())
+    for row in rows:
+        for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+            assert row[uid].encode() not in written
 
 
 def test_worker_processes_make_the_same_archive(made: dict) -> None:

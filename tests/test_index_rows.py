@@ -9,6 +9,7 @@ from typing import Any
 from conftest import pydicom_test_files
 
 from pacs_engine import Archive
+from pacs_engine.deid import deidentify, make_key
 from pacs_engine.index import Index
 from pacs_engine.index.codec import ARCHIVE_FIELDS
 from pacs_engine.index.keys import UID_KEYWORDS
@@ -64,6 +65,12 @@ def test_every_key_of_a_real_row_is_declared_and_every_declared_field_is_written
     code writes)."""
     rows = real_rows(tmp_path)
     assert len(rows) == 8
+    # A de-identified copy's rows (pacs_engine.deid, chunks copied: `header_sha256`).
+    key = make_key(tmp_path / "key")
+    research_path = tmp_path / "research"
+    assert deidentify(tmp_path / "record", research_path, key, burned_in="keep", workers=0).balanced
+    with Index.open(research_path / "index") as research:
+        rows += list(research)
     for row in rows:
         assert set(row) <= declared(Row), set(row) - declared(Row)
         assert Row.__required_keys__ <= set(row)

@@ -40,7 +40,7 @@ LAYER_OF = {
     "inputs": "ingest",  # the old name of ingest/inputs.py's names, kept for their users
     "ingest": "ingest",
     "read": "read",
-    "deid": "read",  # de-identified copies: reads an archive, writes one through the ingest
+    "deid": "read",  # de-identified copies: reads an archive, writes one (archive.copies)
     "serve": "serve",
     "cli": "cli",
     "": "cli",  # the package itself: its lazy exports reach every layer

@@ -38,7 +38,7 @@ from typing import Any, Self
 import numpy as np
 import pydicom
 
-from pacs_engine.archive.blobs import HeaderBlob
+from pacs_engine.archive.blobs import BlobError, HeaderBlob
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
 from pacs_engine.archive.pixel_store import CODEC_CHOICES, PixelStore
@@ -318,6 +318,7 @@ class Archive:
             ) from None
         if (
             not chosen.get("transcoded")
+            and chosen["source_sha256"]  # "": a copy's native frames, checked in rebuild
             and hashlib.sha256(data).hexdigest() != (chosen["source_sha256"])
         ):
             raise ExportError(
@@ -330,7 +331,8 @@ class Archive:
         """The file of one version's row, rebuilt but unchecked (`export_bytes` checks it).
 
         A transcoded instance's frames are checked against their recorded hashes here,
-        since its file has no original to compare with.
+        since its file has no original to compare with, and so are those of a row without
+        a file sha256 (a copy's native frames, pacs_engine.archive.copies).
         """
         blob = self._blob(row)
         pixels = row.get("pixels")
@@ -345,6 +347,8 @@ class Archive:
                 bitstreams = self.pixels.read_bitstreams(
                     pixels["array"], pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
                 )
+            elif not row["source_sha256"]:
+                frames = self._checked_frames(row)
             else:
                 frames = self.frames_of(row)
         return rebuild_file(
@@ -378,12 +382,21 @@ class Archive:
                 f"{_shown(row['SOPInstanceUID'])}: cannot read its header: {error!r}"
             ) from None
 
+    def header_blob(self, row: Row) -> HeaderBlob:
+        """The header blob of one version's row (checked against its `header_sha256`, when the
+        row has one); BlobError or OSError when damaged or missing."""
+        return self._blob(row)
+
     def _blob(self, row: Row) -> HeaderBlob:
         """The header blob of one version's row."""
         where = row["header"]
         with open(self.path / where["pack"], "rb") as f:
             f.seek(where["offset"])
-            return HeaderBlob.from_bytes(f.read(where["length"]))
+            data = f.read(where["length"])
+        recorded = row.get("header_sha256")  # rows of copies (archive.copies) have it
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise BlobError("the header blob differs from the one written (its sha256)")
+        return HeaderBlob.from_bytes(data)
 
     def _checked_frames(self, row: Row) -> np.ndarray:
         """The row's decoded frames, checked against their recorded hashes when it has them."""

@@ -1,16 +1,19 @@
 """De-identify one DICOM file by Table E.1-1: the header is rewritten, the pixels are not.
 
-The file is read with pydicom (its Pixel Data value stays the bytes it was: nothing is
-decoded), every attribute at every depth gets its action, and the file is written again
-with the same transfer syntax. Anything that cannot be de-identified with certainty
-raises DeidError, whose message names the attribute and never a value.
+The file (`apply`), or an archived instance's header blob without its pixel data value
+(`apply_header`, what research copies use), is read with pydicom (a Pixel Data value stays
+the bytes it was: nothing is decoded), every attribute at every depth gets its action, and
+it is written again with the same transfer syntax. Anything that cannot be de-identified
+with certainty raises DeidError, whose message names the attribute and never a value.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import re
+import struct
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -23,9 +26,13 @@ from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from pacs_engine.archive.blobs import WHOLE, HeaderBlob
+from pacs_engine.archive.prepare import blob_dataset
 from pacs_engine.deid.key import Key
 from pacs_engine.deid.profile import (
     METHOD_CODES,
@@ -120,6 +127,22 @@ class Result:
 
 
 @dataclass
+class HeaderResult:
+    """One de-identified header blob and the new SOP Instance UID, or why it is withheld."""
+
+    sop_instance_uid: str
+    blob: HeaderBlob | None  # None: withheld (burned-in text); `withheld` says why
+    withheld: str | None = None
+    actions: Counter[str] = field(default_factory=Counter)
+    data_set_end: int = 0  # where the pixel data element starts in the blob's prefix
+
+    def header_bytes(self) -> bytes:
+        """The de-identified file up to its pixel data element (all of it for a whole blob)."""
+        assert self.blob is not None
+        return self.blob.prefix[: self.data_set_end or None]
+
+
+@dataclass
 class _Context:
     """What de-identifying one file needs at every depth."""
 
@@ -174,13 +197,74 @@ class Deidentifier:
             ds.get("SOPInstanceUID")  # parse the header now: errors are raised here
         except Exception as error:  # pydicom raises many kinds; its messages may hold values
             raise DeidError(f"not readable as DICOM ({type(error).__name__})") from None
+        new_sop, withheld, actions = self._deidentify(ds)
+        if actions is None:
+            return Result(new_sop, None, withheld)
+        out = BytesIO()
+        try:
+            ds.save_as(out, enforce_file_format=False)
+        except Exception as error:  # a value the new one cannot be written as
+            raise DeidError(
+                f"cannot write the de-identified file ({type(error).__name__})"
+            ) from None
+        return Result(new_sop, out.getvalue(), withheld, actions)
+
+    def apply_header(self, blob: HeaderBlob) -> HeaderResult:
+        """The de-identified header blob of an archived instance, or a withheld result:
+        the data set around the pixel data value is rewritten, the value is not touched
+        (it stays in the archive's chunks; a blob that keeps the whole file is the file)."""
+        with _quiet():
+            try:
+                return self._apply_header(blob)
+            except DeidError:
+                raise
+            except Exception as error:  # a value of an unforeseen form: refused, not copied
+                raise DeidError(f"cannot be de-identified ({type(error).__name__})") from None
+
+    def _apply_header(self, blob: HeaderBlob) -> HeaderResult:
+        if blob.kind == WHOLE:
+            result = self._apply(blob.prefix)
+            new = None if result.data is None else HeaderBlob(WHOLE, result.data)
+            return HeaderResult(result.sop_instance_uid, new, result.withheld, result.actions)
+        try:
+            ds = blob_dataset(blob)
+            ds.get("SOPInstanceUID")
+        except Exception as error:  # pydicom raises many kinds; its messages may hold values
+            raise DeidError(f"not readable as DICOM ({type(error).__name__})") from None
+        implicit, little = ds.original_encoding
+        # The pixel data element's own header (tag, VR, length) ends the blob's prefix.
+        head = blob.prefix[-(8 if implicit else 12) :]
+        group, element = struct.unpack("<HH" if little else ">HH", head[:4])
+        pixel_tag = BaseTag(group << 16 | element)
+        new_sop, withheld, actions = self._deidentify(ds)
+        if actions is None:
+            return HeaderResult(new_sop, None, withheld)
+        after = Dataset()  # what follows the pixel data value goes back after it
+        for tag in [t for t in list(ds.keys()) if t > pixel_tag]:
+            after.add(ds[tag])
+            del ds[tag]
+        before, suffix = BytesIO(), DicomBytesIO()
+        suffix.is_implicit_VR, suffix.is_little_endian = bool(implicit), bool(little)
+        try:
+            ds.save_as(before, enforce_file_format=False)
+            write_dataset(suffix, after)
+        except Exception as error:  # a value the new one cannot be written as
+            raise DeidError(
+                f"cannot write the de-identified file ({type(error).__name__})"
+            ) from None
+        new = dataclasses.replace(blob, prefix=before.getvalue() + head, suffix=suffix.getvalue())
+        return HeaderResult(new_sop, new, withheld, actions, len(before.getvalue()))
+
+    def _deidentify(self, ds: Dataset) -> tuple[str, str | None, Counter[str] | None]:
+        """De-identify a data set in place: (new SOP UID, why it may carry burned-in text,
+        the actions done; None when it is withheld and left as it was)."""
         sop = str(ds.get("SOPInstanceUID", ""))
         if not sop:
             raise DeidError("no SOP Instance UID")
         new_sop = self.key.uid(sop)
         withheld = self._burned_in(ds)
         if withheld is not None and self.burned_in == "leave-out":
-            return Result(new_sop, None, withheld)
+            return new_sop, withheld, None
         _check_charset(ds)
         patient = f"{ds.get('PatientID', '')}\0{ds.get('IssuerOfPatientID', '')}"
         if not str(ds.get("PatientID", "")):  # no ID: the name and birth date tell patients apart
@@ -195,14 +279,7 @@ class Deidentifier:
         for tag in _META_REMOVED:
             if tag in meta:
                 del meta[tag]
-        out = BytesIO()
-        try:
-            ds.save_as(out, enforce_file_format=False)
-        except Exception as error:  # a value the new one cannot be written as
-            raise DeidError(
-                f"cannot write the de-identified file ({type(error).__name__})"
-            ) from None
-        return Result(new_sop, out.getvalue(), withheld, context.actions)
+        return new_sop, withheld, context.actions
 
     def _burned_in(self, ds: Dataset) -> str | None:
         """Why this instance may carry identity in its pixels, or None."""

@@ -1,42 +1,63 @@
-"""Make a de-identified research archive from an archive of record.
+"""Make a de-identified research archive from an archive of record, without decoding a pixel.
 
-Two steps, both resumable. Each instance of the source is exported in memory (its
-original bytes, checked against their sha256), de-identified (`engine.Deidentifier`)
-and written, under its new SOP Instance UID, to `RESEARCH/deid-staging/`; then that
-folder is ingested into RESEARCH by the ordinary ingest (`Archive.ingest`), so the
-research archive gets the usual report, invariant and resume, and its journal names
-only staged files, never an identifying key. Staged files go once the ingest balanced.
+Per series of the source, in parts of BATCH instances: each instance's header blob is
+de-identified (`engine.Deidentifier.apply_header`, in the worker processes), its stored
+chunks are read as they are, and the part is written into the research archive by
+`pacs_engine.archive.copies`: the same chunk bytes in the research series' arrays (the
+source arrays' codec and metadata), the new header blobs in a pack, index rows naming
+the new UIDs with the source's frame hashes, committed in one transaction. No codec
+decodes or encodes anything. Resumable: an instance is copied once its row is
+committed; a part killed before its commit is invisible, and the next run tidies the
+research archive (`ingest.tidy.tidy_archive`) and redoes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from pacs_engine.archive.blobs import WHOLE, HeaderBlob
+from pacs_engine.archive.copies import CopiedInstance, file_sha256, read_stored, write_copied_part
 from pacs_engine.archive.format import ArchiveError, is_pacs_archive
-from pacs_engine.archive.report import IngestReport
-from pacs_engine.deid.engine import Deidentifier, DeidError
+from pacs_engine.archive.verify import VerifyReport
+from pacs_engine.deid.engine import Deidentifier, DeidError, HeaderResult
 from pacs_engine.deid.key import Key
 from pacs_engine.deid.profile import table
+from pacs_engine.errors import ScanError
 from pacs_engine.executors import make_executor
+from pacs_engine.index.rows import Row
 from pacs_engine.ingest.archive import Archive, open_archive
-from pacs_engine.ingest.inputs import InputError, InputRef, read_input
-from pacs_engine.storage import fsync_dirs, write_atomic
-from pacs_engine.workers import Executor
+from pacs_engine.ingest.tidy import tidy_archive
+from pacs_engine.scanning import scan
+from pacs_engine.storage import write_atomic
+from pacs_engine.workers import Executor, PerProcess
 
-STAGING = "deid-staging"
 #: What a research archive was made with: a later run must use the same, or UIDs and
 #: pseudonyms of one archive would come from two keys.
 SETTINGS = "deid.json"
-BATCH = 32  # instances a task de-identifies
+BATCH = 32  # instances a task de-identifies, and a part commits
+#: The fields of a source row a copy keeps: what its pixels are (no identity in them).
+PIXEL_FIELDS = (
+    "transfer_syntax_uid",
+    "little_endian",
+    "pixel_keyword",
+    "pixel_vr",
+    "pixel_storage",
+    "transcoded",
+    "color_conversion",
+    "frame_hashes",
+    "pixel_hash",
+    "raw_pixel_bytes",
+)
+#: The source path of a copied instance: its new UID (nothing names a source file).
+SOURCE_PATH = "deidentified:{}"
 
 
 @dataclass
@@ -45,20 +66,19 @@ class DeidReport:
 
     source_instances: int = 0
     already_copied: int = 0  # in the research archive from an earlier run
-    staged: int = 0  # de-identified and handed to the ingest
+    staged: int = 0  # de-identified and copied by this run
     withheld: dict[str, str] = field(default_factory=dict)  # new SOP UID -> why (burned-in)
     refused: dict[str, str] = field(default_factory=dict)  # new SOP UID -> why
     source_quarantined: int = 0  # files the source refused: identified bytes, not copied
     actions: Counter[str] = field(default_factory=Counter)  # per action, attributes changed
-    ingest: IngestReport | None = None
+    verify: VerifyReport | None = None  # with verify=True: the research archive checked
     seconds: float = 0.0
 
     @property
     def balanced(self) -> bool:
-        """Every source instance copied, withheld or refused, and the ingest balanced."""
+        """Every source instance copied, withheld or refused (and verified, when asked)."""
         accounted = self.already_copied + self.staged + len(self.withheld) + len(self.refused)
-        ingest = self.ingest is None or self.ingest.balanced
-        return self.source_instances == accounted and ingest
+        return self.source_instances == accounted and (self.verify is None or self.verify.ok)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -74,7 +94,7 @@ class DeidReport:
             "actions": dict(sorted(self.actions.items())),
             "balanced": self.balanced,
             "seconds": round(self.seconds, 3),
-            "ingest": self.ingest.to_dict() if self.ingest is not None else None,
+            "verify_mismatches": None if self.verify is None else self.verify.mismatches,
         }
 
 
@@ -97,8 +117,11 @@ def deidentify(
     """Copy every instance of the archive `source` into the archive `research`,
     de-identified by PS3.15 Annex E with `options`; resumable; see the module doc.
 
-    `codec`, `transcode` and `group` are options of a new research archive, `verify`
-    and `trust_bitstreams` of its ingest (`Archive.open_or_create`, `Archive.ingest`)."""
+    `codec`, `transcode` and `group` are options of a new research archive (copied
+    pixels keep the source arrays' codec: they are not encoded again); `verify` checks
+    the research archive afterwards (`Archive.verify`); `trust_bitstreams` is accepted
+    for the command's sake and changes nothing, since nothing is decoded."""
+    del trust_bitstreams  # nothing is decoded: there is nothing to trust or check
     start = time.monotonic()
     deidentifier = Deidentifier(Key.load(key_file), options, profile, burned_in, safe_private)
     if not is_pacs_archive(source):
@@ -113,16 +136,13 @@ def deidentify(
     own = executor is None
     executor = executor or make_executor(workers)
     try:
-        with target:
+        with target, open_archive(source) as archive:
             _check_settings(target.path, deidentifier, profile)
-            staging = target.path / STAGING
-            staging.mkdir(exist_ok=True)
-            _stage(Path(source), target, staging, deidentifier, executor, report)
-            report.ingest = target.ingest(
-                [staging], executor=executor, verify=verify, trust_bitstreams=trust_bitstreams
-            )
-            if report.ingest.balanced:  # every staged file has its outcome: they can go
-                shutil.rmtree(staging)
+            folder = archive.quarantine.root
+            report.source_quarantined = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+            _copy(archive, target, deidentifier, executor, report)
+            if verify:
+                report.verify = target.verify(executor=executor)
             report.seconds = time.monotonic() - start
             write_atomic(
                 target.path / "reports" / f"deid-{datetime.now().strftime('%Y%m%dT%H%M%S%f')}.json",
@@ -157,81 +177,129 @@ def _check_settings(root: Path, deidentifier: Deidentifier, profile: str) -> Non
     write_atomic(path, json.dumps(settings, indent=2).encode())
 
 
-def _stage(
-    source: Path,
+def _copy(
+    source: Archive,
     target: Archive,
-    staging: Path,
     deidentifier: Deidentifier,
     executor: Executor,
     report: DeidReport,
 ) -> None:
-    """De-identify the source's instances not copied yet into the staging folder."""
-    with open_archive(source) as archive:
-        sops = [row["SOPInstanceUID"] for row in archive.index]
-        folder = archive.quarantine.root
-        report.source_quarantined = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
-    report.source_instances = len(sops)
-    todo = []
-    for sop in sops:
-        new = deidentifier.key.uid(sop)
-        if target.index.get(new) is not None:
-            report.already_copied += 1
-        elif (staging / f"{new}.dcm").exists():  # staged by a session that stopped
-            report.staged += 1
-        else:
-            todo.append(sop)
+    """De-identify the source's instances not copied yet into the research archive."""
+    run = f"deid-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    # What a killed run left goes first: files no committed row uses, and arrays whose
+    # frame count was not raised after their commit are fitted to the committed frames.
+    tidy_archive(target)
+
+    def parts() -> Iterator[list[Row]]:
+        for record in source.index.all_series():
+            todo = []
+            for row in source.index.iter_series(record["SeriesInstanceUID"]):
+                report.source_instances += 1
+                if deidentifier.key.uid(row["SOPInstanceUID"]) in target.index:
+                    report.already_copied += 1
+                else:
+                    todo.append(row)
+            yield from (todo[i : i + BATCH] for i in range(0, len(todo), BATCH))
+
     window = 2 * (os.cpu_count() or 1)
-    for results in _bounded(executor, _batches(todo), window, str(source), staging, deidentifier):
-        for new, outcome, reason, actions in results:
-            if outcome == "staged":
-                report.staged += 1
-                report.actions.update(actions)
-            elif outcome == "withheld":
+    tasks = _bounded(executor, parts(), window, str(source.path), deidentifier, run)
+    for rows, results in tasks:
+        copied = []
+        for row, (new, outcome, reason, result, new_row) in zip(rows, results, strict=True):
+            if outcome == "withheld":
                 report.withheld[new] = reason
-            else:
+            elif outcome == "refused":
                 report.refused[new] = reason
+            else:
+                assert result is not None and new_row is not None
+                copied.append(_instance(source, row, result, new_row))
+                report.actions.update(result.actions)
+        if copied:
+            series = copied[0].row["SeriesInstanceUID"]
+            write_copied_part(target, source.pixels, series, copied)
+            report.staged += len(copied)
 
 
-def _batches(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), BATCH):
-        yield items[start : start + BATCH]
+def _instance(source: Archive, row: Row, result: HeaderResult, new: Row) -> CopiedInstance:
+    """A copied instance: its new row and blob, and the source's stored chunks, undecoded."""
+    assert result.blob is not None
+    array, chunks, frames = read_stored(source, row)
+    instance = CopiedInstance(new, result.blob, array, chunks, frames)
+    instance.row["source_sha256"] = file_sha256(
+        source.pixels, instance, bool(row.get("little_endian", True)), row.get("pixel_vr")
+    )
+    return instance
+
+
+def _new_row(
+    row: Row, before: HeaderBlob, result: HeaderResult, attributes: dict[str, Any], run: str
+) -> Row:
+    """The research row of a source row: the de-identified header's attributes (as the
+    scanner reads them), the source's pixel fields and frame hashes, a new file size."""
+    assert result.blob is not None
+    after = result.blob
+    new: dict[str, Any] = dict(attributes)
+    new |= {f: row[f] for f in PIXEL_FIELDS if f in row}  # type: ignore[literal-required]
+    change = len(after.prefix) + len(after.suffix) - len(before.prefix) - len(before.suffix)
+    new |= {
+        "source_path": SOURCE_PATH.format(result.sop_instance_uid),
+        "file_size": len(after.prefix) if after.kind == WHOLE else row["file_size"] + change,
+        "duplicates": [],
+        "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": run,
+    }
+    return cast(Row, new)
 
 
 def _bounded(
-    executor: Executor, batches: Iterator[list[str]], window: int, *args: Any
-) -> Iterator[list[tuple[str, str, str, Counter[str]]]]:
-    """Results of `deid_task` over the batches, at most `window` tasks in flight."""
+    executor: Executor, parts: Iterator[list[Row]], window: int, *args: Any
+) -> Iterator[tuple[list[Row], list[Outcome]]]:
+    """(rows, results of `deid_task`) per part, in order, at most `window` tasks in flight."""
     pending: list[Any] = []
-    for batch in batches:
-        pending.append(executor.submit(deid_task, *args, batch))
+    for rows in parts:
+        pending.append((rows, executor.submit(deid_task, *args, rows)))
         if len(pending) >= window:
-            yield pending.pop(0).result()
-    for future in pending:
-        yield future.result()
+            done, future = pending.pop(0)
+            yield done, future.result()
+    for done, future in pending:
+        yield done, future.result()
 
 
-def deid_task(
-    source: str, staging: Path, deidentifier: Deidentifier, sops: list[str]
-) -> list[tuple[str, str, str, Counter[str]]]:
-    """De-identify instances of the source into the staging folder (a worker's task):
-    (new SOP UID, 'staged' | 'withheld' | 'refused', reason, actions) of each."""
-    results: list[tuple[str, str, str, Counter[str]]] = []
-    dirs: set[Path] = set()
-    for sop in sops:
-        new = deidentifier.key.uid(sop)
+_OPEN: PerProcess[str, Archive] = PerProcess()
+#: What `deid_task` says of one source row: (new SOP UID, 'copied' | 'withheld' |
+#: 'refused', reason, the de-identified header, the new row without its pixels).
+Outcome = tuple[str, str, str, HeaderResult | None, Row | None]
+
+
+def deid_task(source: str, deidentifier: Deidentifier, run: str, rows: list[Row]) -> list[Outcome]:
+    """De-identify the header blobs of source rows (a worker's task): per row (new SOP UID,
+    'copied' | 'withheld' | 'refused', reason, the result, the new row but its pixels)."""
+    archive = _OPEN.get(source, lambda: open_archive(source))
+    results: list[Outcome] = []
+    for row in rows:
+        new = deidentifier.key.uid(row["SOPInstanceUID"])
         try:
-            data = read_input(InputRef(source, sop))
-            result = deidentifier.apply(data)
-        except InputError as error:  # its key names the original UID: only the reason
-            results.append((new, "refused", f"cannot export: {error.reason}", Counter()))
+            blob = archive.header_blob(row)
+        except Exception as error:  # a damaged pack: its message may name the source's UIDs
+            reason = f"cannot read its header ({type(error).__name__})"
+            results.append((new, "refused", reason, None, None))
             continue
+        try:
+            result = deidentifier.apply_header(blob)
         except DeidError as error:
-            results.append((new, "refused", str(error), Counter()))
+            results.append((new, "refused", str(error), None, None))
             continue
-        if result.data is None:
-            results.append((new, "withheld", result.withheld or "", Counter()))
+        if result.blob is None:
+            results.append((new, "withheld", result.withheld or "", None, None))
             continue
-        write_atomic(staging / f"{result.sop_instance_uid}.dcm", result.data, dirs)
-        results.append((new, "staged", "", result.actions))
-    fsync_dirs(dirs)  # the renames of the batch made durable at once
+        try:
+            header = scan(result.header_bytes())
+        except ScanError as error:
+            results.append((new, "refused", f"de-identified header: {error.reason}", None, None))
+            continue
+        if header.attributes.get("SOPInstanceUID") != new:
+            results.append((new, "refused", "de-identified header: SOP UID not mapped", None, None))
+            continue
+        new_row = _new_row(row, blob, result, dict(header.attributes), run)
+        results.append((new, "copied", "", result, new_row))
     return results

@@ -106,7 +106,8 @@ class VersionFields(Attributes, total=False):
     """What one version of an instance has besides its UIDs: attributes, file, blob, pixels."""
 
     source_path: str  # the input's key: a path, or a member of a zip/tar or archive
-    source_sha256: str
+    source_sha256: str  # "": a copy's native frames, checked by their hashes (archive.copies)
+    header_sha256: str  # of the header blob as stored; rows written by archive.copies
     file_size: int
     transfer_syntax_uid: str | None
     little_endian: bool

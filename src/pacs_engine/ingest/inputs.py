@@ -753,7 +753,11 @@ class _PacsArchive:
         except Exception as error:  # a damaged pack or shard can fail in any layer
             raise InputError(ref.key, f"cannot export the instance: {error}") from None
         # A transcoded instance exports other bytes by design; any other must be its file.
-        if not row.get("transcoded") and hashlib.sha256(data).hexdigest() != row["source_sha256"]:
+        if (
+            not row.get("transcoded")
+            and row["source_sha256"]  # "": a copy's native frames, checked by export
+            and hashlib.sha256(data).hexdigest() != row["source_sha256"]
+        ):
             raise InputError(ref.key, "the exported file differs from the archived file's sha256")
         return data
 

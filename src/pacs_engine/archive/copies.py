@@ -1,0 +1,151 @@
+"""Write instances whose pixels are another archive's stored chunks, copied as they are.
+
+A copy made from an archive (a de-identified research archive, pacs_engine.deid) gets
+new header blobs and rows, and the SAME chunk bytes as its source: nothing is decoded
+or encoded. Chunks are copied into shards of the copy's own arrays (whose zarr.json
+is the source array's, codec included), never hard-linked: each archive's shards are
+written, fsynced and checked on their own, and damage to one cannot reach the other.
+
+A part is written as an ingest part is: shards, then the header pack and its rows
+file, all fsynced, then the rows committed in one index transaction, then the arrays'
+frame counts raised. A part that dies before its commit is invisible; the caller tidies
+the archive (`pacs_engine.ingest.tidy`) before a run, which removes such files and fits
+the arrays to their committed frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import zarr
+
+from pacs_engine.archive.blobs import (
+    ENCAPSULATED,
+    NATIVE,
+    WHOLE,
+    HeaderBlob,
+    dump_rows,
+    rows_sidecar,
+)
+from pacs_engine.archive.pixel_store import PixelStore, decompress
+from pacs_engine.archive.prepare import rebuild_file
+from pacs_engine.index.rows import Row
+from pacs_engine.storage import fsync_dirs, series_folder, write_atomic
+
+if TYPE_CHECKING:
+    from pacs_engine.archive.archive import Archive
+
+
+@dataclass
+class CopiedInstance:
+    """One instance to write: its row (without `header` and `pixels`), its header blob,
+    and its stored chunks as the source archive keeps them."""
+
+    row: Row
+    blob: HeaderBlob
+    source_array: str | None  # the source's array path; None: no pixel data
+    chunks: list[bytes]
+    frames: int
+
+
+def read_stored(source: Archive, row: Row) -> tuple[str | None, list[bytes], int]:
+    """(array path, stored chunks as they are, frames) of one source row: no decoding."""
+    pixels = row.get("pixels")
+    if not pixels:
+        return None, [], 0
+    first = pixels["first_frame"]
+    chunks = source.pixels.read_chunks(pixels["array"], first, first + pixels["frames"])
+    return pixels["array"], chunks, pixels["frames"]
+
+
+def file_sha256(
+    source: PixelStore, instance: CopiedInstance, little_endian: bool, vr: str | None
+) -> str:
+    """The sha256 of the file the copy's export rebuilds, when it can be had without
+    decoding a pixel; "" for native frames encoded with the archive codec (and
+    transcoded instances), whose file bytes only a decode gives: their frame hashes and
+    the blob's own sha256 (`header_sha256`) are then what export and verify check."""
+    blob, row = instance.blob, instance.row
+    if row.get("transcoded"):
+        return ""
+    if blob.kind == WHOLE or (blob.kind == NATIVE and blob.native_value is not None):
+        data = rebuild_file(blob, None, little_endian, vr, None, None)
+    elif blob.kind == ENCAPSULATED and instance.source_array is not None:
+        spec = source.spec(instance.source_array)
+        bitstreams = [bytes(decompress(spec, c)) for c in instance.chunks]  # zarr's compressor only
+        data = rebuild_file(blob, None, little_endian, vr, None, bitstreams)
+    else:
+        return ""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_copied_part(
+    archive: Archive, source: PixelStore, series_uid: str, instances: list[CopiedInstance]
+) -> list[Row]:
+    """Write and commit one part of a series of copied instances; returns its rows.
+
+    The arrays are the source arrays' (same key, same zarr.json), made in the series'
+    folder of this archive when missing; frames go after the array's frame count, which
+    is its committed frames once what a killed run left was tidied (ingest.tidy).
+    """
+    dirs: set[Path] = set()
+    by_array: dict[str, list[bytes]] = {}
+    starts: dict[str, int] = {}
+    rows: list[Row] = []
+    for instance in instances:
+        row = instance.row
+        if instance.source_array is None:
+            row["pixels"] = None
+            row["stored_bytes"] = 0
+        else:
+            path = _array_for(archive.pixels, source, instance.source_array, series_uid)
+            if path not in by_array:
+                starts[path] = archive.pixels.frames(path)
+                by_array[path] = []
+            per_frame = archive.pixels.grid(path)[1]
+            first = starts[path] + len(by_array[path]) // per_frame
+            by_array[path] += instance.chunks
+            row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
+            row["stored_bytes"] = sum(len(c) for c in instance.chunks)
+        rows.append(row)
+    for path, chunks in by_array.items():
+        archive.pixels.write_frames(path, starts[path], chunks, dirs)
+    _write_pack(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in instances], dirs)
+    fsync_dirs(dirs)
+    archive.index.commit(rows)
+    for path, chunks in by_array.items():  # after the commit, as the ingest does
+        archive.pixels.set_frames(path, starts[path] + len(chunks) // archive.pixels.grid(path)[1])
+    return rows
+
+
+def _array_for(pixels: PixelStore, source: PixelStore, source_path: str, series_uid: str) -> str:
+    """This archive's array for the source array's frames: its key and its metadata."""
+    key = source_path.rsplit("/", 1)[-1]
+    path = pixels.array_path(series_uid, key)
+    if not pixels.exists(path):
+        zarr.open_group(pixels.root, mode="a").require_group(series_folder(series_uid))
+        meta = json.loads((source.root / source_path / "zarr.json").read_bytes())
+        meta["shape"][0] = 0
+        write_atomic(pixels.root / path / "zarr.json", json.dumps(meta, indent=2).encode())
+    return path
+
+
+def _write_pack(
+    archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]], dirs: set[Path]
+) -> None:
+    """The part's header blobs as one pack, its rows file beside it (docs/archive.md)."""
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    name = f"headers/{series_folder(series_uid)}/{stamp}.pack"
+    offset = 0
+    for row, blob in blobs:
+        row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
+        row["header_sha256"] = hashlib.sha256(blob).hexdigest()
+        offset += len(blob)
+    write_atomic(archive.path / name, b"".join(blob for _, blob in blobs), dirs)
+    write_atomic(archive.path / rows_sidecar(name), dump_rows([row for row, _ in blobs]), dirs)
