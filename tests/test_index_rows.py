@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import pydicom_test_files
+from test_kept_as_received import write_one_bit_rle
 
 from pacs_engine import Archive
 from pacs_engine.deid import deidentify, make_key
@@ -71,6 +72,11 @@ def test_every_key_of_a_real_row_is_declared_and_every_declared_field_is_written
     assert deidentify(tmp_path / "record", research_path, key, burned_in="keep", workers=0).balanced
     with Index.open(research_path / "index") as research:
         rows += list(research)
+    # A file kept as received without a decoder (`not_verified`).
+    flagged = write_one_bit_rle(tmp_path / "flagged")
+    with Archive.create(tmp_path / "flagged-archive") as archive:
+        assert archive.ingest([tmp_path / "flagged"], workers=0).archived == 1
+        rows.append(archive.index.get(flagged.SOPInstanceUID))
     for row in rows:
         assert set(row) <= declared(Row), set(row) - declared(Row)
         assert Row.__required_keys__ <= set(row)

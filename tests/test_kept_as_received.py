@@ -139,18 +139,23 @@ def _rle_one_bit(frames: np.ndarray) -> list[bytes]:
     return [encoder.encode(f.astype(np.uint8), **options) for f in frames]
 
 
+def write_one_bit_rle(folder: Path) -> pydicom.Dataset:
+    """folder/liver_rle.dcm: the corpus's 1-bit liver mask RLE encoded (no decoder has it)."""
+    ds = liver_segments()
+    ds.PixelData = encapsulate(_rle_one_bit(ds.pixel_array))
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / "liver_rle.dcm", enforce_file_format=True)
+    return ds
+
+
 def test_a_one_bit_rle_segmentation_is_kept_flagged_without_a_decoder(tmp_path: Path) -> None:
     """Synthetic (the corpus has none): the corpus's 1-bit liver mask RLE encoded. pydicom
     has no decoder for 1-bit RLE, so the file is archived as received and flagged in its
     row, the report and the preflight; `verify` checks its bytes; the export is exact."""
-    ds = liver_segments()
-    mask = ds.pixel_array
-    ds.PixelData = encapsulate(_rle_one_bit(mask))
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = RLELossless
     source = tmp_path / "src"
-    source.mkdir()
-    ds.save_as(source / "liver_rle.dcm", enforce_file_format=True)
+    ds = write_one_bit_rle(source)
     with pytest.raises(RuntimeError, match="1 bits allocated"):  # why it is flagged
         _ = pydicom.dcmread(source / "liver_rle.dcm").pixel_array
 
