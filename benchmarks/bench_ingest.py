@@ -878,11 +878,17 @@ if stages is not None and os.environ.get("ENCODE_TIMES"):
 
 def test_start_up_and_end(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 18: when the first encode starts after launch, how long the last worker runs
-    alone, the workers' idle time; `ingest --workers 2` on the corpus's uncompressed CT/MR.
+    alone, the workers' idle time; `ingest --workers 2` on the corpus's uncompressed CT/MR
+    (or the uncompressed files under PACS_ENGINE_BENCH_FILES).
 
     One run per call: compare trees with ab_compare.py (several rounds, alternating).
     """
-    fs = uncompressed_set(corpus_inputs({"CT", "MR"}, lossless=True), "corpus CT/MR")
+    folder = os.environ.get("PACS_ENGINE_BENCH_FILES")
+    if folder:
+        paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+    else:
+        paths = corpus_inputs({"CT", "MR"}, lossless=True)
+    fs = uncompressed_set(paths, "files")
     probe, times = scratch / "probe", scratch / "encode-times.txt"
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(ENCODE_PROBE)
