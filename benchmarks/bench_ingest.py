@@ -854,3 +854,74 @@ def test_summary(ingest_set: IngestSet) -> None:
     if SHARES:
         lines += ["share of the codec ceiling on as many cores (issue 18):", *share_lines()]
     print("\n" + "\n".join(lines))
+
+
+#: Written as `sitecustomize.py` on the ingest's PYTHONPATH by `test_start_up_and_end`: each
+#: process appends "pid time" to ENCODE_TIMES whenever it enters its "encode" stage (the
+#: stage clock of `pacs_engine.stages`; an older tree without it is not probed).
+ENCODE_PROBE = """
+import os, time
+try:
+    from pacs_engine import stages
+except ImportError:
+    stages = None
+if stages is not None and os.environ.get("ENCODE_TIMES"):
+    enter = stages.StageClock.enter
+    def probed(self, name, enter=enter):
+        if name == "encode":
+            with open(os.environ["ENCODE_TIMES"], "a") as out:
+                out.write(f"{os.getpid()} {time.time()}\\n")
+        return enter(self, name)
+    stages.StageClock.enter = probed
+"""
+
+
+def test_start_up_and_end(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: when the first encode starts after launch, how long the last worker runs
+    alone, the workers' idle time; `ingest --workers 2` on the corpus's uncompressed CT/MR
+    (or the uncompressed files under PACS_ENGINE_BENCH_FILES).
+
+    One run per call: compare trees with ab_compare.py (several rounds, alternating).
+    """
+    folder = os.environ.get("PACS_ENGINE_BENCH_FILES")
+    if folder:
+        paths = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+    else:
+        paths = corpus_inputs({"CT", "MR"}, lossless=True)
+    fs = uncompressed_set(paths, "files")
+    probe, times = scratch / "probe", scratch / "encode-times.txt"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(ENCODE_PROBE)
+    paths = [str(probe), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    monkeypatch.setenv("ENCODE_TIMES", str(times))
+    read_whole(fs.paths)
+    archive = scratch / "archive"
+    cmd = [str(PACS_ENGINE), "ingest", *fs.paths, "--archive", str(archive), "--no-progress"]
+    launched = time.time()
+    done = run_measured([*cmd, "--workers", "2"], scratch)
+    assert done.code == 0, done.stderr.read_text()[-2000:]
+    (report_path,) = (archive / "reports").glob("ingest-*.json")
+    report = json.loads(report_path.read_text())
+    assert report["inputs"] == len(fs) and report["balanced"]
+    entered: dict[str, list[float]] = {}
+    for line in times.read_text().splitlines() if times.exists() else []:
+        pid, at = line.split()
+        entered.setdefault(pid, []).append(float(at))
+    first = f"{min(min(t) for t in entered.values()) - launched:.3f}" if entered else "-"
+    lasts = sorted(max(t) for t in entered.values())
+    alone = f"{lasts[-1] - lasts[0]:.3f}" if len(lasts) > 1 else "-"
+    idle = sum(
+        stages.get("idle", {"wall": 0.0})["wall"]
+        for process, stages in report.get("stage_seconds", {}).items()
+        if process.startswith("worker")
+    )
+    phases = report["phase_seconds"]
+    print(f"\nstart-up and end of a run (issue 18): {len(fs)} files, {fs.total_raw / 1e6:.1f} MB")
+    print(
+        "run                wall s  first encode s  last worker alone s  idle s  scan s  encode s"
+    )
+    print(
+        f"ingest 2 workers  {done.seconds:7.3f}  {first:>14}  {alone:>19}  {idle:6.3f}"
+        f"  {phases.get('scan', 0.0):6.3f}  {phases.get('encode', 0.0):8.3f}"
+    )

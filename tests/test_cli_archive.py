@@ -190,3 +190,23 @@ def test_the_forkserver_starts_before_the_heavy_imports() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # a bad --workers is left to the real parser to report
+
+
+def test_building_the_parser_imports_neither_zarr_nor_the_input_readers() -> None:
+    """Every command builds every parser: `ingest`'s must not import the pixel store (zarr)
+    nor the input readers to list --codec's choices; a --codec is still checked."""
+    code = (
+        "import sys\n"
+        "import pacs_engine.cli as cli\n"
+        "parser = cli.build_parser()\n"
+        "heavy = {'zarr', 'pacs_engine.archive.pixel_store', 'pacs_engine.ingest.inputs'}\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+        "args = parser.parse_args(['ingest', 'src', '--archive', 'a', '--codec', 'htj2k'])\n"
+        "assert args.codec == 'htj2k' and args.max_input_bytes is None\n"
+        "parser.parse_args(['ingest', 'src', '--archive', 'a', '--codec', 'nope'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr  # argparse refused the unknown codec
+    assert "invalid choice: 'nope'" in result.stderr and "'htj2k'" in result.stderr
+    help_text = run_cli("ingest", "--help").stdout
+    assert "--codec CODEC" in help_text and "one of auto, " in help_text

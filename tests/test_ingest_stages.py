@@ -23,8 +23,10 @@ from pacs_engine.cli.ingest import _render_report
 from pacs_engine.codecs import choose_codec, general_purpose_codecs
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
+from pacs_engine.ingest import Progress
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
+from pacs_engine.synth import write_series
 
 #: Stages every worker of a run on uncompressed corpus files goes through.
 WORKER_STAGES = {"read", "scan", "prepare", "hash", "encode", "header", "write", "fsync"}
@@ -210,3 +212,33 @@ def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_
     array = zarr.open_array(tmp_path / "ours" / "1.2.3" / "k", mode="r")
     assert array.shape == (0, *spec.frame_shape) and dict(array.attrs) == attributes
     assert ours.spec("1.2.3/k") == spec
+
+
+def test_the_largest_series_is_encoded_first(tmp_path: Path) -> None:
+    # Sent largest first, the last tasks of a run are small ones, so the workers end
+    # together. In this process (workers=0) each series commits before the next is sent,
+    # so the counts after each commit give the order the series went out in.
+    sizes = {0: 2, 1: 7, 2: 4, 3: 3}  # series number -> slices
+    for number, slices in sizes.items():
+        write_series(
+            tmp_path / "in",
+            3,
+            0,
+            number,
+            slices,
+            modality="CT",
+            syntax="explicit",
+            rows=32,
+            columns=32,
+        )
+    archived_after_each_commit: list[int] = []
+
+    def seen(progress: Progress) -> None:
+        if progress.phase == "encoding":
+            archived_after_each_commit.append(progress.report.to_dict()["archived"])
+
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([tmp_path / "in"], workers=0, progress=seen).to_dict()
+        assert archive.verify().ok
+    assert report["archived"] == sum(sizes.values()) == 16
+    assert archived_after_each_commit == [7, 11, 14, 16]

@@ -14,6 +14,7 @@ from conftest import require_corpus, run_cli
 from pydicom.encaps import encapsulate, generate_frames
 
 from pacs_engine.index import Index
+from pacs_engine.synth import write_series
 
 
 def predictions(*args: str) -> dict[str, dict[str, Any]]:
@@ -181,3 +182,29 @@ def test_preflight_without_decoding_says_what_it_did_not_check(tmp_path: Path) -
         archive = tmp_path / f"a{len(flags)}"
         outcomes, _ = ingested(archive, source, *flags)
         assert_predicted(guessed, outcomes, archive)
+
+
+def test_preflight_judges_series_in_the_order_the_ingest_sends_them(tmp_path: Path) -> None:
+    # The ingest sends the largest series first: of two series holding the same SOP
+    # Instance UID, the larger one's input is archived, the other's is the conflict,
+    # whatever the UIDs' order; the prediction must say the same.
+    source = tmp_path / "in"
+    large = write_series(source, 5, 0, 0, 3, modality="CT", syntax="explicit", rows=16, columns=16)
+    small_uid = "1.0.1"  # sorts before the large series' UID
+    ds = pydicom.dcmread(large[0])
+    assert small_uid < str(ds.SeriesInstanceUID)
+    ds.SeriesInstanceUID = small_uid
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 1
+    ds.PixelData = pixels.tobytes()
+    (source / "small").mkdir()
+    ds.save_as(source / "small" / "same_sop.dcm")
+    predicted = predictions(str(source))
+    outcomes, report = ingested(tmp_path / "a", source)
+    assert report["archived"] == 3 and report["conflicts"] == 1
+    conflict = str(source / "small" / "same_sop.dcm")
+    assert outcomes[conflict]["outcome"] == "conflict"
+    assert predicted[conflict]["outcome"] == "conflict"
+    assert {k: p["outcome"] for k, p in predicted.items()} == {
+        k: o["outcome"] for k, o in outcomes.items()
+    }

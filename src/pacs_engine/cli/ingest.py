@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
@@ -20,11 +21,28 @@ from pacs_engine.cli._common import (
 from pacs_engine.interrupt import INTERRUPTED
 
 
+class _CodecChoices:
+    """The `--codec` choices, imported when first needed (a --codec given, the help).
+
+    The codecs come from the pixel store and the codec registry (plugins too), which
+    import zarr, numpy and pydicom: building the parser of every command must not.
+    """
+
+    def __contains__(self, codec: object) -> bool:
+        return codec in self._choices()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._choices())
+
+    @staticmethod
+    def _choices() -> tuple[str, ...]:
+        from pacs_engine.archive.pixel_store import CODEC_CHOICES
+
+        return CODEC_CHOICES
+
+
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `ingest`."""
-    from pacs_engine.archive.pixel_store import CODEC_CHOICES
-    from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
-
     ingest = commands.add_parser(
         "ingest",
         help="archive DICOM files (folders are walked) into an archive",
@@ -49,8 +67,9 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ingest.add_argument(
         "--codec",
         default=None,
-        choices=CODEC_CHOICES,
-        help="lossless codec for uncompressed frames of a new archive "
+        choices=_CodecChoices(),
+        metavar="CODEC",  # named, so that argparse lists the choices only in the help
+        help="lossless codec for uncompressed frames of a new archive, one of %(choices)s "
         "(default: auto, chosen per series from a sample frame; lz4 and raw make a "
         "read-optimised archive for training loops, with --transcode, at about 1.9x and "
         "4.6x the bytes of auto on CT/MR; refused for an existing archive with another "
@@ -104,7 +123,6 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ingest.add_argument(
         "--max-input-bytes",
         type=byte_count,
-        default=MAX_INPUT_BYTES,
         metavar="N",
         help="the largest input read (default 2 GiB; suffixes K, M, G, T): a larger one is "
         "quarantined with its size, sha256 and first 64 KiB, without being read into memory",
@@ -266,6 +284,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pacs_engine.executors import make_executor
     from pacs_engine.ingest import IngestStopped
     from pacs_engine.ingest.archive import Archive
+    from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
 
     problem = _executor_problem(args)
     if problem:
@@ -290,7 +309,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 verify=args.verify,
                 progress=bar.update,
                 trust_bitstreams=args.trust_bitstreams,
-                max_input_bytes=args.max_input_bytes,
+                max_input_bytes=args.max_input_bytes or MAX_INPUT_BYTES,
                 follow_links=args.follow_links,
                 keep_non_dicom=args.keep_non_dicom,
                 max_frame_bytes=args.max_frame_bytes,

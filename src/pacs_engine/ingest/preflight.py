@@ -2,8 +2,9 @@
 
 The prediction calls the functions the ingest decides with (read_input, scan,
 check_uids, prepare, kept_sha256s, conflict_reason, with_version) in the order the
-ingest plans its inputs (`plan_order`), so that it names the same outcome and the
-same reason. Inputs are read twice (once to plan, once to prepare), as the ingest does.
+ingest sends its inputs (the largest series first, each in `plan_order`), so that it
+names the same outcome and the same reason. Inputs are read twice (once to plan, once
+to prepare), as the ingest does.
 """
 
 from __future__ import annotations
@@ -131,7 +132,11 @@ def preflight(
         exclude = [] if archive is None else [archive]
         refs = iter_inputs(sources, on_error, exclude, follow_links)
         rejected, planned = _plan(refs, checks)
-        planned.sort(key=plan_order)
+        # As the ingest sends them: the series with the most frames first, each in plan order.
+        frames: Counter[str] = Counter()
+        for entry in planned:
+            frames[entry.series_uid] += entry.frames
+        planned.sort(key=lambda entry: (-frames[entry.series_uid], plan_order(entry)))
         return walked + rejected + list(_judge(planned, target, checks))
     finally:
         target.close()

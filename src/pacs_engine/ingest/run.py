@@ -10,9 +10,10 @@ inputs' outcomes are committed in one transaction, so readers never see part of
 a series. The journal makes the run resumable: started
 again with the same sources, it skips inputs that have an outcome and plans the
 rest. Memory in this process is bounded by the parts in flight, not by the number
-of inputs nor by the size of a series: the plan is read from the journal a page at
-a time and cut into parts as it is read, the results of a series' parts wait on
-disk until the last one is back, and its transaction is fed from there part by part.
+of inputs nor by the size of a series (it holds a count per series, to send the
+largest first): the plan is read from the journal a page at a time and cut into
+parts as it is read, the results of a series' parts wait on disk until the last one
+is back, and its transaction is fed from there part by part.
 """
 
 from __future__ import annotations
@@ -374,7 +375,8 @@ class _Run:
 
     def _encode(self, run: str) -> None:
         """Encode the planned inputs series by series, committing parts as they finish."""
-        self.total = self.report.inputs + self._planned_left(run)
+        left = self._planned_left(run)
+        self.total = self.report.inputs + sum(inputs for inputs, _ in left.values())
         self.parts = CrashIsolation(
             self.executor,
             start=lambda part: self._submit(tasks.encode_task, part, self.checks),
@@ -382,9 +384,13 @@ class _Run:
             handle=lambda done: self._finished(run, done),
             running=lambda: self.failure is None,
         )
-        series = None
+        # Largest series first: the last parts out are small ones, so the workers finish
+        # together rather than one ending the run alone on a large series.
+        order = sorted(left, key=lambda series: (-left[series][1], series))
         try:
-            while self.failure is None and (series := self.journal.next_series(run, series)):
+            for series in order:
+                if self.failure is not None:
+                    break
                 self._send_series(run, series)
             self.parts.finish()
         finally:
@@ -411,12 +417,20 @@ class _Run:
             waiting.cut = True
             self._commit_when_back(run, series)  # its parts may all be back already
 
-    def _planned_left(self, run: str) -> int:
-        """Planned inputs without an outcome (one pass over the plan, series by series)."""
-        left = 0
+    def _planned_left(self, run: str) -> dict[str, tuple[int, int]]:
+        """Per series with planned inputs left (without an outcome): (inputs, frames) left.
+
+        One pass over the plan, series by series; one entry per series, not per input.
+        """
+        left = {}
         series = None
         while series := self.journal.next_series(run, series):
-            left += sum(1 for _ in self.journal.pending(run, series))
+            inputs = frames = 0
+            for planned in self.journal.pending(run, series):
+                inputs += 1
+                frames += planned.frames
+            if inputs:
+                left[series] = (inputs, frames)
         return left
 
     def _finished(self, run: str, done: Finished[Part]) -> None:
