@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 BATCH = 16
 FRAME = (512, 512)
 BATCHES = 30
-ROUNDS = 2
+ROUNDS = 3
 
 
 class Fresh(Dataset):
@@ -74,7 +74,7 @@ def file_system(_: int) -> None:
 
 
 def rate(dataset: Dataset, **options: Any) -> float:
-    """Items/s after 2 untimed batches; the main process touches each batch."""
+    """Items/s after 2 untimed batches (the batches are not read: as bench_training)."""
     loader = DataLoader(
         dataset,
         batch_size=BATCH,
@@ -89,7 +89,6 @@ def rate(dataset: Dataset, **options: Any) -> float:
             started = time.monotonic()
         if k >= 2:
             items += len(batch)
-            batch.sum()
     return items / (time.monotonic() - started)
 
 

@@ -76,17 +76,24 @@ def _decode_chunks(spec: ArraySpec, chunks: list[bytes], shape: tuple[int, ...])
 
 
 def by_codec(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`frame_costs` summed per (modality, codec), then over all: seconds and ratios.
+    """`frame_costs` summed per (modality, codec, frame size class), then over all.
+
+    The size class is the frame's larger edge rounded up to a power of two (up to 64,
+    128, 256, 512, 1024... pixels): frames of one class cost about the same to read.
 
     "vs_pydicom": pydicom's time / the archive's; "of_codec": the codec's time / the
     archive's (the share of the codec's own speed the archive reaches); "sizes": the
     smallest and largest frame (rows x columns, by pixels) of the group.
     """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for cost in costs:
-        groups.setdefault((cost["modality"], cost["codec_name"]), []).append(cost)
+        edge = max(64, 1 << (max(cost["size"]) - 1).bit_length())
+        groups.setdefault((cost["modality"], cost["codec_name"], edge), []).append(cost)
     rows = []
-    for (modality, codec), items in [*sorted(groups.items()), (("all", "all"), list(costs))]:
+    for (modality, codec, _), items in [
+        *sorted(groups.items()),
+        (("all", "all", 0), list(costs)),
+    ]:
         sums = {k: float(sum(c[k] for c in items)) for k in ("archive", "codec", "pydicom")}
         sizes = sorted({c["size"] for c in items}, key=lambda s: s[0] * s[1])
         rows.append(
