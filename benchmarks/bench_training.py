@@ -18,8 +18,17 @@ In the same run, per case:
   instances' original files (`dcmread`, `pixel_array`, `apply_modality_lut`,
   float32), and against the codec alone: the same frames' stored chunks (read
   beforehand) decoded by 2 processes (`run_tasks`);
-- 32x128x128 patches (`PatchDataset`, HU) from both archives, against pydicom reading
-  only the 32 files of the slices a patch needs and cutting the patch out.
+- 32x128x128 patches (`PatchDataset`, HU) from both archives and from two tiled
+  archives (`tile=64`, `ingest --tile 64`: a 512x512 frame in 64 chunks of 64x64, so
+  a patch reads and decodes only the 9 to 16 chunks per slice it overlaps): the default
+  policy (JPEG-LS tiles, still an archive of record) and an lz4 copy; against pydicom
+  reading only the 32 files of the slices a patch needs and cutting the patch out;
+- the lz4 copy's frames and the tiled copy's patches as int16 HU (`dtype="int16"`,
+  exact for CT's integer slope and intercept): half the bytes to collate;
+- what the DataLoader itself costs: the same loader over items made from nothing (a
+  fresh float32 array of the frame's or the patch's shape, the loader's ceiling), and,
+  in its workers, the default collate of one batch (`torch.stack` into a new
+  shared-memory tensor) against `np.stack` of the same items (median ms per batch).
 
 Targets (issue 15): frames from the archive of record >= 80 % of the codec alone and
 faster than pydicom; from the copy >= 5x pydicom; patches from the archive of record
@@ -50,13 +59,20 @@ from pacs_engine.read.datasets import FrameDataset, PatchDataset
 from pacs_engine.read.volume import plan_volume
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
 
 WORKERS = 2
 BATCH = 16
 BATCHES = 12  # timed batches of frames per loader
 PATCH = (32, 128, 128)
-PATCH_BATCHES = 3  # timed batches of patches per loader (pydicom reads 32 files a patch)
+PATCH_BATCHES = 3  # timed batches of slow patch loaders (pydicom: 32 files a patch)
+TILE = 64
+ARCHIVES = {
+    "record": {},
+    "copy": {"codec": "lz4", "transcode": True},
+    "record tiled": {"tile": TILE},
+    "copy tiled": {"codec": "lz4", "transcode": True, "tile": TILE},
+}
 FRAME = (512, 512)
 SYNTH = {"studies": 4, "series_per_study": 1, "slices": 64}
 
@@ -129,7 +145,44 @@ class CodecAlone:
         return frames, nbytes
 
 
-def loader_rate(dataset: Dataset, batches: int) -> float:
+class Blank(Dataset):
+    """Items made from nothing: a new float32 array of `shape` (the DataLoader's own cost)."""
+
+    def __init__(self, shape: tuple[int, ...], count: int, dtype: str = "float32") -> None:
+        self.shape, self.count, self.dtype = shape, count, dtype
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"pixels": np.full(self.shape, i, self.dtype)}
+
+
+def timed_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """The default collate of `batch`, with its time and np.stack's of the same items (ms)."""
+    started = time.perf_counter()
+    out = default_collate(batch)
+    collated = time.perf_counter()
+    np.stack([item["pixels"] for item in batch])
+    out["ms"] = torch.tensor([collated - started, time.perf_counter() - collated]) * 1000
+    return out
+
+
+def collate_ms(shape: tuple[int, ...], batches: int, dtype: str) -> tuple[float, float]:
+    """Median ms per batch in a DataLoader worker: default collate, np.stack."""
+    loader = DataLoader(
+        Blank(shape, BATCH * batches, dtype),
+        batch_size=BATCH,
+        num_workers=WORKERS,
+        collate_fn=timed_collate,
+        multiprocessing_context="fork",
+    )
+    times = np.stack([batch["ms"].numpy() for batch in loader][WORKERS:])
+    default, stacked = np.median(times, axis=0).tolist()
+    return default, stacked
+
+
+def loader_rate(dataset: Dataset, batches: int, dtype: torch.dtype = torch.float32) -> float:
     """Items/s of a shuffled 2-worker DataLoader over `batches` batches after a warm-up.
 
     Epochs follow each other (persistent workers) until enough batches were taken.
@@ -153,7 +206,7 @@ def loader_rate(dataset: Dataset, batches: int) -> float:
             if k <= WORKERS:  # one untimed batch per worker: their start
                 started = time.monotonic()
                 continue
-            assert batch["pixels"].dtype == torch.float32
+            assert batch["pixels"].dtype == dtype
             items += len(batch["pixels"])
             if k == WORKERS + batches:
                 break
@@ -190,8 +243,8 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     for path in files:  # page cache
         Path(path).read_bytes()
     archives = {}
-    for name, policy in (("record", {}), ("copy", {"codec": "lz4", "transcode": True})):
-        archives[name] = root / name
+    for name, policy in ARCHIVES.items():
+        archives[name] = root / name.replace(" ", "-")
         with Archive.create(archives[name], **policy) as archive:
             assert archive.ingest(files, workers=0).balanced
     return {"name": request.param, **archives, "series": train_series(archives["record"])}
@@ -212,17 +265,23 @@ def test_training_rates(case: dict) -> None:
     rates["frames copy"] = loader_rate(frames["copy"], BATCHES)
     rates["frames pydicom"] = loader_rate(PydicomFrames(where), BATCHES)
     rates["frames codec alone"] = codec_rate(frames["record"], BATCH * BATCHES)
+    rates["frames, blank items"] = loader_rate(Blank(FRAME, len(frames["record"])), BATCHES)
+    # Items half the bytes: HU as int16 (exact for CT's integer slope and intercept).
+    int16 = FrameDataset(case["copy"], series, rescale=True, dtype="int16", shape=FRAME)
+    rates["frames copy, int16"] = loader_rate(int16, BATCHES, torch.int16)
+    blank = Blank(FRAME, len(frames["record"]), "int16")
+    rates["frames, blank items int16"] = loader_rate(blank, BATCHES, torch.int16)
     patches = {
         name: PatchDataset(
             case[name],
             PATCH,
-            samples=BATCH * (PATCH_BATCHES + WORKERS),
+            samples=BATCH * (BATCHES + WORKERS),
             seed=1,
             series_uids=series,
             rescale=True,
             subset=True,
         )
-        for name in ("record", "copy")
+        for name in ARCHIVES
     }
     with open_archive(case["record"]) as archive:
         paths = [
@@ -233,7 +292,23 @@ def test_training_rates(case: dict) -> None:
             for uid in patches["record"].series_uids
         ]
     rates["patches record"] = loader_rate(patches["record"], PATCH_BATCHES)
-    rates["patches copy"] = loader_rate(patches["copy"], PATCH_BATCHES)
+    rates["patches copy"] = loader_rate(patches["copy"], BATCHES)
+    rates["patches record tiled"] = loader_rate(patches["record tiled"], PATCH_BATCHES)
+    rates["patches copy tiled"] = loader_rate(patches["copy tiled"], BATCHES)
+    rates["patches, blank items"] = loader_rate(Blank(PATCH, len(patches["copy"])), BATCHES)
+    int16_patches = PatchDataset(
+        case["copy tiled"],
+        PATCH,
+        samples=BATCH * (BATCHES + WORKERS),
+        seed=1,
+        series_uids=series,
+        rescale=True,
+        subset=True,
+        dtype="int16",
+    )
+    rates["patches copy tiled, int16"] = loader_rate(int16_patches, BATCHES, torch.int16)
+    blank = Blank(PATCH, len(patches["copy"]), "int16")
+    rates["patches, blank items int16"] = loader_rate(blank, BATCHES, torch.int16)
     rates["patches pydicom"] = loader_rate(PydicomPatches(patches["record"], paths), PATCH_BATCHES)
     ratios = {
         "record / codec alone (>= 0.8)": rates["frames record"] / rates["frames codec alone"],
@@ -241,12 +316,32 @@ def test_training_rates(case: dict) -> None:
         "copy / pydicom, frames (>= 5)": rates["frames copy"] / rates["frames pydicom"],
         "record / pydicom, patches (>= 2)": rates["patches record"] / rates["patches pydicom"],
         "copy / pydicom, patches (>= 20)": rates["patches copy"] / rates["patches pydicom"],
+        "record tiled / pydicom, patches (>= 2)": rates["patches record tiled"]
+        / rates["patches pydicom"],
+        "copy tiled / pydicom, patches (>= 20)": rates["patches copy tiled"]
+        / rates["patches pydicom"],
+        "copy tiled / blank items, patches": rates["patches copy tiled"]
+        / rates["patches, blank items"],
+        "copy / blank items, frames": rates["frames copy"] / rates["frames, blank items"],
+        "copy int16 / pydicom, frames": rates["frames copy, int16"] / rates["frames pydicom"],
+        "copy tiled int16 / pydicom, patches": rates["patches copy tiled, int16"]
+        / rates["patches pydicom"],
+    }
+    collate = {
+        (shape, dtype): collate_ms(shape, BATCHES, dtype)
+        for shape in (FRAME, PATCH)
+        for dtype in ("float32", "int16")
     }
     lines = [
         "",
         f"training loop, {case['name']} CT: {len(frames['record'])} frames of 512x512 "
         f"in {len(series)} training series; DataLoader {WORKERS} workers, batch {BATCH}",
     ]
-    lines += [f"  {name:<34} {rate:>10,.1f} /s" for name, rate in rates.items()]
-    lines += [f"  {name:<34} {ratio:>10.2f}x" for name, ratio in ratios.items()]
+    lines += [f"  {name:<40} {rate:>10,.1f} /s" for name, rate in rates.items()]
+    lines += [f"  {name:<40} {ratio:>10.2f}x" for name, ratio in ratios.items()]
+    lines += [
+        f"  collate {BATCH} x {shape} {dtype} in a worker: default {ms[0]:.1f} ms, "
+        f"np.stack {ms[1]:.1f} ms"
+        for (shape, dtype), ms in collate.items()
+    ]
     print("\n".join(lines))

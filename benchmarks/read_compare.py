@@ -64,6 +64,7 @@ def frame_costs(dataset: Any, indices: Sequence[int], repeats: int = 3) -> list[
             {
                 "modality": str(row.get("Modality") or ""),
                 "codec_name": codec_name.removeprefix("pacs_engine."),
+                "size": (spec.rows, spec.columns),
                 **best,
             }
         )
@@ -75,21 +76,31 @@ def _decode_chunks(spec: ArraySpec, chunks: list[bytes], shape: tuple[int, ...])
 
 
 def by_codec(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`frame_costs` summed per (modality, codec), then over all: seconds and ratios.
+    """`frame_costs` summed per (modality, codec, frame size class), then over all.
+
+    The size class is the frame's larger edge rounded up to a power of two (up to 64,
+    128, 256, 512, 1024... pixels): frames of one class cost about the same to read.
 
     "vs_pydicom": pydicom's time / the archive's; "of_codec": the codec's time / the
-    archive's (the share of the codec's own speed the archive reaches).
+    archive's (the share of the codec's own speed the archive reaches); "sizes": the
+    smallest and largest frame (rows x columns, by pixels) of the group.
     """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for cost in costs:
-        groups.setdefault((cost["modality"], cost["codec_name"]), []).append(cost)
+        edge = max(64, 1 << (max(cost["size"]) - 1).bit_length())
+        groups.setdefault((cost["modality"], cost["codec_name"], edge), []).append(cost)
     rows = []
-    for (modality, codec), items in [*sorted(groups.items()), (("all", "all"), list(costs))]:
+    for (modality, codec, _), items in [
+        *sorted(groups.items()),
+        (("all", "all", 0), list(costs)),
+    ]:
         sums = {k: float(sum(c[k] for c in items)) for k in ("archive", "codec", "pydicom")}
+        sizes = sorted({c["size"] for c in items}, key=lambda s: s[0] * s[1])
         rows.append(
             {
                 "modality": modality,
                 "codec": codec,
+                "sizes": "-".join(f"{r}x{c}" for r, c in dict.fromkeys([sizes[0], sizes[-1]])),
                 "frames": len(items),
                 **{f"{k}_s": round(v, 6) for k, v in sums.items()},
                 "vs_pydicom": sums["pydicom"] / sums["archive"],
@@ -176,12 +187,12 @@ def render_comparison(report: dict[str, Any]) -> list[str]:
     if report.get("by_codec"):
         lines.append("  per frame, interleaved in one process, best of 3:")
         lines.append(
-            f"  {'modality':<8} {'codec':<20} {'frames':>6} {'archive ms':>10} "
+            f"  {'modality':<8} {'codec':<20} {'frame sizes':<17} {'frames':>6} {'archive ms':>10} "
             f"{'vs pydicom':>10} {'of codec':>8}"
         )
         for row in report["by_codec"]:
             lines.append(
-                f"  {row['modality']:<8} {row['codec']:<20} {row['frames']:>6} "
+                f"  {row['modality']:<8} {row['codec']:<20} {row['sizes']:<17} {row['frames']:>6} "
                 f"{row['archive_s'] / row['frames'] * 1e3:>10.2f} "
                 f"{row['vs_pydicom']:>9.1f}x {row['of_codec'] * 100:>7.0f}%"
             )

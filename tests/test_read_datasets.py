@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from pacs_engine import Archive, open_archive
+from pacs_engine.cli import main
 from pacs_engine.index.query import QueryError
 from pacs_engine.read import (
     FrameDataset,
@@ -223,6 +224,39 @@ def test_patches_2d(archive: Archive, archive_path: str) -> None:
     assert [dataset.draw(k) for k in range(30)] == [
         PatchDataset(archive_path, (32, 48), samples=30, seed=1).draw(k) for k in range(30)
     ]
+
+
+def test_patches_of_a_tiled_copy_equal_pydicom(
+    archive: Archive, archive_path: str, tmp_path: Path
+) -> None:
+    """A training copy made with --tile stores 64x64 frames as 16 chunks of 16x16; its
+    patches (which decode only the chunks they overlap) hold pydicom's pixels."""
+    copy = tmp_path / "copy"
+    argv = ["ingest", archive_path, "--archive", str(copy), "--codec", "lz4", "--transcode"]
+    assert main([*argv, "--tile", "16", "--workers", "0", "--no-progress"]) == 0
+    uids = _volume_series(archive)
+    with open_archive(copy) as tiled:
+        spec = tiled.pixels.spec(tiled.index.series(uids[0])[0]["pixels"]["array"])
+        assert (spec.tile, spec.tiles_per_frame) == (16, 16)
+        by_uid = {r["SOPInstanceUID"]: r for r in archive.index if r.get("pixels")}
+        files = {uid: by_uid[uid]["source_path"] for uid in by_uid}
+    dataset = PatchDataset(copy, (4, 20, 24), samples=12, seed=5, series_uids=uids, rescale=True)
+    record = PatchDataset(archive_path, (4, 20, 24), samples=12, seed=5, series_uids=uids)
+    volumes = {uid: Series(archive, uid).volume() for uid in uids}
+    for k in range(len(dataset)):
+        item, z, (_, y, x) = dataset[k], dataset.draw(k)[2][0], dataset.draw(k)[2]
+        instances = volumes[item["series_instance_uid"]].sop_instance_uids[z : z + 4]
+        expected = []
+        for uid in instances:
+            ds = pydicom.dcmread(files[uid])
+            hu = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+            expected.append(hu[y : y + 20, x : x + 24])
+        np.testing.assert_array_equal(item["pixels"], np.stack(expected))
+        assert record.draw(k) == dataset.draw(k)
+    # A copy's tile size is chosen when it is made: asked again differently, it is refused.
+    assert main([*argv, "--tile", "32", "--workers", "0", "--no-progress"]) == 2
+    with pytest.raises(ValueError, match="tile must be"):
+        Archive.create(tmp_path / "bad", tile=8)
 
 
 # --- processes ---------------------------------------------------------------------------

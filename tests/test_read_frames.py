@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -12,33 +13,45 @@ import pytest
 import zarr
 
 from pacs_engine import Archive
+from pacs_engine.archive import pixel_store
 from pacs_engine.read import Series
 from pacs_engine.synth import write_studies
 
-# (codec, rows, columns, max_chunk_pixels): one frame per chunk, blosc, lz4 and raw arrays,
-# and frames cut into 1024-pixel tiles with padded edge tiles (2 x 2 tiles, and 1 x 2 for
-# a wide one).
+# (codec, rows, columns, max_chunk_pixels, tile): one frame per chunk, blosc, lz4 and raw
+# arrays, frames cut into 1024-pixel tiles with padded edge tiles (2 x 2 tiles, and 1 x 2
+# for a wide one), and small tiles asked for when the archive is made (a training copy's
+# `--tile`: 4 x 3 tiles of 32 with padded edges).
 LAYOUTS = [
-    ("jpegls", 64, 48, 4096 * 4096),
-    ("blosc", 64, 48, 4096 * 4096),
-    ("lz4", 64, 48, 4096 * 4096),
-    ("raw", 64, 48, 4096 * 4096),
-    ("jpegls", 1100, 1030, 1_000_000),
-    ("blosc", 300, 1500, 100_000),
-    ("raw", 300, 1500, 100_000),
+    ("jpegls", 64, 48, 4096 * 4096, None),
+    ("blosc", 64, 48, 4096 * 4096, None),
+    ("lz4", 64, 48, 4096 * 4096, None),
+    ("raw", 64, 48, 4096 * 4096, None),
+    ("jpegls", 1100, 1030, 1_000_000, None),
+    ("blosc", 300, 1500, 100_000, None),
+    ("raw", 300, 1500, 100_000, None),
+    ("lz4", 100, 90, 4096 * 4096, 32),
+    ("jpegls", 100, 90, 4096 * 4096, 32),
 ]
 
 
-@pytest.fixture(scope="module", params=LAYOUTS, ids=lambda p: f"{p[0]}-{p[1]}x{p[2]}")
+@pytest.fixture(
+    scope="module",
+    params=LAYOUTS,
+    ids=lambda p: f"{p[0]}-{p[1]}x{p[2]}" + (f"-tile{p[4]}" if p[4] else ""),
+)
 def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Archive:
-    codec, rows, columns, max_chunk_pixels = request.param
+    codec, rows, columns, max_chunk_pixels, tile = request.param
     tmp = tmp_path_factory.mktemp("frames")
     files = write_studies(
         tmp / "src", 1, 1, 7, rows=rows, columns=columns, seed=3, syntaxes=("explicit",)
     )
     # Three frames per shard: the seven slices span three shards.
     arc = Archive.create(
-        tmp / "archive", codec=codec, frames_per_shard=3, max_chunk_pixels=max_chunk_pixels
+        tmp / "archive",
+        codec=codec,
+        frames_per_shard=3,
+        max_chunk_pixels=max_chunk_pixels,
+        tile=tile,
     )
     arc.ingest(files, workers=0)
     yield arc
@@ -99,6 +112,37 @@ def test_any_order_duplicates_windows_and_threads(archive: Archive, threads: int
         assert np.array_equal(got, expected[order][:, window[0], window[1]])
     with pytest.raises(ValueError, match="contiguous"):
         archive.pixels.read_frames(path, [0], (slice(0, 4, 2), slice(None)))
+
+
+def test_a_window_of_a_tiled_frame_reads_and_decodes_only_its_tiles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """128x128 frames in 32x32 tiles: a window over tile rows 1-2 and tile columns 0-1
+    decodes those 4 tiles and reads the run of chunks 4..9 (C order), not the frame."""
+    files = write_studies(
+        tmp_path / "src", 1, 1, 3, rows=128, columns=128, seed=4, syntaxes=("explicit",)
+    )
+    with Archive.create(tmp_path / "archive", codec="lz4", tile=32) as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        assert archive.pixels.spec(path).tiles_per_frame == 16
+        expected = _pydicom_frames(archive)
+        stored = [archive.pixels.read_chunks(path, f, f + 1) for f in (0, 2)]
+        decoded: list[tuple] = []
+        reads: list[int] = []
+        decode, pread = pixel_store.decode_chunk, os.pread
+        monkeypatch.setattr(
+            pixel_store, "decode_chunk", lambda *a: decoded.append(a[2]) or decode(*a)
+        )
+        monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(n) or pread(fd, n, at))
+        window = (slice(40, 70), slice(10, 40))
+        got = archive.pixels.read_frames(path, [0, 2], window)
+    assert np.array_equal(got, expected[[0, 2], 40:70, 10:40])
+    assert len(decoded) == 8  # 4 tiles a frame
+    index_bytes = 16 * 64 * 16 + 4  # the shard's index: (offset, length) per chunk + crc32c
+    assert [n for n in reads if n != index_bytes] == [
+        sum(len(c) for c in chunks[4:10]) for chunks in stored
+    ]
 
 
 def test_volume_threads_equal_one_thread_and_frames(archive: Archive) -> None:

@@ -41,7 +41,7 @@ import pydicom
 from pacs_engine.archive.blobs import BlobError, HeaderBlob
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
-from pacs_engine.archive.pixel_store import CODEC_CHOICES, PixelStore
+from pacs_engine.archive.pixel_store import CODEC_CHOICES, MAX_TILE, MIN_TILE, PixelStore
 from pacs_engine.archive.prepare import blob_dataset, frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
@@ -128,8 +128,15 @@ class Archive:
         max_chunk_pixels: int = 4096 * 4096,
         transcode: bool = False,
         group: str | None = None,
+        tile: int | None = None,
     ) -> Self:
         """Make an empty archive at `path` (a new or empty folder) and open it for writing.
+
+        Frames of more than `max_chunk_pixels` pixels stored with the archive codec are cut
+        into square chunks of `tile` pixels a side (default 1024), each decodable alone;
+        a `tile` given also lowers the threshold to `tile`² pixels, so a training copy
+        made with `tile=128` stores a 512x512 frame as 16 chunks and a patch decodes only
+        the chunks it overlaps. Original bitstreams are never tiled.
 
         With `transcode`, frames that arrive in a lossless compressed transfer syntax
         are stored with the archive codec instead of as their original bitstream;
@@ -142,6 +149,8 @@ class Archive:
         """
         if codec not in CODEC_CHOICES:
             raise ValueError(f"codec must be one of {', '.join(CODEC_CHOICES)}, not {codec!r}")
+        if tile is not None and not MIN_TILE <= tile <= MAX_TILE:
+            raise ValueError(f"tile must be from {MIN_TILE} to {MAX_TILE} pixels, not {tile}")
         gid = _group_id(group) if group is not None else None
         root = Path(path)
         if root.exists() and not root.is_dir():
@@ -153,9 +162,13 @@ class Archive:
             **FORMAT,
             "codec": codec,
             "frames_per_shard": frames_per_shard,
-            "max_chunk_pixels": max_chunk_pixels,
+            "max_chunk_pixels": max_chunk_pixels
+            if tile is None
+            else min(max_chunk_pixels, tile**2),
             "transcode": transcode,
         }
+        if tile is not None:  # absent: the edge archives have always used (DEFAULT_TILE)
+            config["tile"] = tile
         # Made beside it, then renamed into place in one step: a kill mid-way leaves no
         # half archive at `root` (only a dot-folder, removed by a later create there), and
         # of two processes creating the same archive exactly one rename succeeds.
@@ -190,17 +203,25 @@ class Archive:
         codec: str | None = None,
         transcode: bool = False,
         group: str | None = None,
+        tile: int | None = None,
     ) -> Self:
         """Open the archive at `path` for writing, or create it there (`create`) if none is.
 
-        `codec` (default "auto"), `transcode` and `group` are options of a new archive:
+        `codec` (default "auto"), `transcode`, `group` and `tile` are options of a new archive:
         given for an existing archive whose own options differ (any `group`, as it
         would be ignored), they raise ArchiveError rather than being silently dropped.
         """
         root = Path(path)
         if not cls.exists(root):
-            return cls.create(root, codec=codec or "auto", transcode=transcode, group=group)
+            return cls.create(
+                root, codec=codec or "auto", transcode=transcode, group=group, tile=tile
+            )
         config = read_marker(root)
+        if tile is not None and tile != config.get("tile"):
+            raise ArchiveError(
+                f"{root} stores frames in tiles of {config.get('tile') or 'the default size'}; "
+                "--tile applies only when the archive is created"
+            )
         if codec is not None and codec != config.get("codec"):
             raise ArchiveError(
                 f"{root} stores new series with codec {config.get('codec')!r}; --codec "

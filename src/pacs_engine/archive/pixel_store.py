@@ -45,6 +45,8 @@ from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.storage import legacy_series_folder, series_folder, series_folders, write_atomic
 
+DEFAULT_TILE = 1024  # chunk edge of frames over an archive's max_chunk_pixels
+MIN_TILE, MAX_TILE = 16, 4096  # the tile edges an archive may be made with
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
 CRC32C_BYTES = 4
 FULL_FRAME = (slice(None), slice(None))
@@ -286,6 +288,27 @@ def decode_frame(
             ]
 
 
+_NOTHING = memoryview(b"")  # a chunk left unread: outside the window decoded
+
+
+def _window_span(spec: ArraySpec, window: tuple[slice, slice]) -> tuple[int, int] | None:
+    """The run [first, stop) of a tiled frame's chunks (C order) that holds `window`.
+
+    None when the whole frame is read anyway (untiled, or the window spans every chunk).
+    """
+    if spec.tile is None or window == FULL_FRAME:
+        return None
+    top, bottom, _ = window[0].indices(spec.rows)
+    left, right, _ = window[1].indices(spec.columns)
+    if bottom <= top or right <= left:
+        return None
+    _, r, c, *_ = spec.chunk_shape
+    across = -(-spec.columns // c)
+    first = (top // r) * across + left // c
+    stop = ((bottom - 1) // r) * across + (right - 1) // c + 1
+    return None if (first, stop) == (0, spec.tiles_per_frame) else (first, stop)
+
+
 class PixelStore:
     """The `pixels/` Zarr v3 hierarchy of an archive."""
 
@@ -464,6 +487,36 @@ class PixelStore:
         view = memoryview(data)  # slices of a view: no copy of every chunk
         return [view[o - begin : o + n - begin] for o, n in wanted]
 
+    def _window_chunks(
+        self, path: str, frames: Sequence[int], first: int, stop: int
+    ) -> dict[int, list[memoryview]]:
+        """Chunks [first, stop) of each frame (all in one shard): one read per frame.
+
+        The frame's other chunks are left empty: only a window inside the span is decoded.
+        """
+        per_shard, per_frame = self.grid(path)
+        shard = frames[0] // per_shard
+        out: dict[int, list[memoryview]] = {}
+        fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
+        try:
+            where = f"{path}: frames {frames[0]}..{frames[-1]}"
+            table = self._shard_table(fd, per_shard * per_frame, where)
+            for f in frames:
+                base = (f - shard * per_shard) * per_frame
+                wanted = table[base + first : base + stop].tolist()
+                if any(o == EMPTY for o, _ in wanted):
+                    raise ValueError(f"{path}: frame {f} is missing from shard {shard}")
+                begin = wanted[0][0]
+                view = memoryview(os.pread(fd, wanted[-1][0] + wanted[-1][1] - begin, begin))
+                out[f] = (
+                    [_NOTHING] * first
+                    + [view[o - begin : o + n - begin] for o, n in wanted]
+                    + [_NOTHING] * (per_frame - stop)
+                )
+        finally:
+            os.close(fd)
+        return out
+
     @staticmethod
     def _shard_table(fd: int, entries: int, where: str) -> np.ndarray:
         """A shard file's index: (offset, length) of each of its `entries` chunks, checked.
@@ -549,6 +602,7 @@ class PixelStore:
         if raw and window == FULL_FRAME and sys.byteorder == "little":
             return self._read_raw_frames(path, frames)
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
+        span = _window_span(spec, window)
         wanted = sorted(set(frames))
         chunks: dict[int, list[memoryview]] = {}
         k = 0
@@ -558,7 +612,9 @@ class PixelStore:
             while group < len(wanted) and wanted[group] < shard_end:
                 group += 1
             lo, hi = wanted[k], wanted[group - 1] + 1
-            if hi - lo <= 2 * (group - k):
+            if span is not None:
+                chunks.update(self._window_chunks(path, wanted[k:group], *span))
+            elif hi - lo <= 2 * (group - k):
                 data = self._shard_chunks(path, lo, hi)
                 for f in wanted[k:group]:
                     chunks[f] = data[(f - lo) * per_frame : (f - lo + 1) * per_frame]

@@ -103,6 +103,15 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "explicit VR little endian files with the same pixels, not their original bytes)",
     )
     ingest.add_argument(
+        "--tile",
+        type=int,
+        metavar="N",
+        help="for a new archive: store frames larger than NxN pixels with the archive codec "
+        "as NxN chunks, each decodable alone (e.g. 128 for a training copy read in patches: "
+        "a 32x128x128 patch then decodes only the chunks it overlaps); default: frames up to "
+        "4096x4096 in one chunk, larger ones in 1024x1024 tiles",
+    )
+    ingest.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -209,6 +218,8 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
             "--follow-links, --keep-non-dicom and --max-frame-bytes do not apply to --deidentify",
             2,
         )
+    if args.tile is not None:
+        return fail("ingest", "--tile does not apply to --deidentify", 2)
     try:
         keep_private = _keep_private(args.keep_private)
     except ValueError as error:
@@ -296,9 +307,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             "ingest", "--key-file, --option, --keep-private and --burned-in need --deidentify", 2
         )
     # Options an existing archive was made with are checked there (ArchiveError: exit 2).
-    archive = Archive.open_or_create(
-        args.archive, codec=args.codec, transcode=args.transcode, group=args.group
-    )
+    try:
+        archive = Archive.open_or_create(
+            args.archive,
+            codec=args.codec,
+            transcode=args.transcode,
+            group=args.group,
+            tile=args.tile,
+        )
+    except ValueError as error:  # a --tile out of range
+        return fail("ingest", str(error), 2)
     bar = _IngestBar(shows_progress(args))
     executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
     try:

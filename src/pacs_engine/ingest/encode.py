@@ -29,6 +29,7 @@ from zarr.codecs import BloscCodec
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.format import MARKER
 from pacs_engine.archive.pixel_store import (
+    DEFAULT_TILE,
     READ_OPTIMISED,
     ArraySpec,
     PixelStore,
@@ -490,7 +491,7 @@ class PartEncoder:
                 storage = "native-rgb"  # decoded as pixel_array does: YBR became RGB
                 attributes["color_conversion"] = prepared.pass_through.color_conversion
             if layout.rows * layout.columns > self.config["max_chunk_pixels"]:
-                tile = 1024
+                tile = self.config.get("tile", DEFAULT_TILE)
         key = (
             f"{layout.rows}x{layout.columns}x{layout.samples}_{np.dtype(dtype).str[1:]}"
             f"_b{layout.bits_stored}_{layout.photometric or 'none'}_{storage}"
