@@ -128,6 +128,15 @@ def serve(archive_path: str, kind: str, workers: int) -> None:
     def authenticate(request: Request) -> Principal | None:
         return who if request.headers.get("authorization") == AUTH["Authorization"] else None
 
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    # More worker processes accepting on the same socket (what several HTTP workers would
+    # be), each opening the archive after the fork; for wado and qido only.
+    for _ in range(workers - 1):
+        if os.fork() == 0:
+            break
     spool = None
     if kind == "stow":
         archive = Archive.create(archive_path)
@@ -138,18 +147,16 @@ def serve(archive_path: str, kind: str, workers: int) -> None:
     routes = {"wado": wado.routes, "qido": qido.routes, "stow": lambda: stow.routes(1 << 32)}
     context = ServeContext(archive, ServeConfig(), AuditLog(archive.path))
     app = make_app(context, authenticate, spool=spool, routes=routes[kind]())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    print(sock.getsockname()[1], flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
 
 
 @contextmanager
-def our_server(archive: Path, kind: str) -> Iterator[int]:
+def our_server(archive: Path, kind: str, workers: int = 1) -> Iterator[int]:
     """Our server of `kind` in a subprocess (its own session); yields its port once it answers."""
+    command = ["-m", "benchmarks.bench_dicomweb", "serve", str(archive), kind, str(workers)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.bench_dicomweb", "serve", str(archive), kind, "1"],
+        [sys.executable, *command],
         stdout=subprocess.PIPE,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
@@ -172,7 +179,7 @@ def our_server(archive: Path, kind: str) -> Iterator[int]:
                 time.sleep(0.05)
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGTERM)  # every worker process
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
@@ -360,7 +367,7 @@ def test_wado_frames_against_orthanc(files: tuple[Path, list[Path]]) -> None:
     rows: list[tuple[str, str, int, Result]] = []
     with (
         orthanc_mod.running_orthanc(extra=ORTHANC_DICOMWEB) as orthanc,
-        our_server(folder / "archive", "wado") as port,
+        our_server(folder / "archive", "wado", WORKERS) as port,
     ):
         for path in written:
             conn = orthanc.connection(timeout=60)
