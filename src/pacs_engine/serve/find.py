@@ -168,8 +168,7 @@ def _query_value(value: Any) -> Any:
 def find(
     archive: Archive, query: Query, offset: int = 0, limit: int | None = None
 ) -> Iterator[Mapping[str, Any]]:
-    """The records matching `query` (from `offset`, at most `limit`), with the computed
-    attributes asked for."""
+    """The matches of `query` from `offset` (at most `limit`), with the computed keys asked."""
     # Lenient (strict=False): PS3.4 lets keys the index does not hold match universally.
     page = {"offset": offset, "limit": limit}
     if query.level == "PATIENT":
