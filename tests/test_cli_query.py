@@ -166,7 +166,10 @@ def test_table_csv_and_limit(source: Source) -> None:
     ]
     limited = run_cli("query", archive, "--json", "--limit", "2")
     assert len(limited.stdout.splitlines()) == 2
-    assert f"2 of {studies} shown" in limited.stderr
+    assert "2 shown, more match" in limited.stderr
+    assert [json.loads(line) for line in limited.stdout.splitlines()] == _query(source.archive)[:2]
+    every = run_cli("query", archive, "--json", "--limit", str(studies))
+    assert len(every.stdout.splitlines()) == studies and "shown" not in every.stderr
 
 
 def test_wrong_queries_are_errors_that_say_what_is_valid(source: Source) -> None:

@@ -39,9 +39,11 @@ from pacs_engine.index import (
     _lmdb,
     level_of,
 )
+from pacs_engine.index.codec import RowCodec
 from pacs_engine.index.core import uid_problem
 from pacs_engine.index.integrity import check_trees
 from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
+from pacs_engine.index.records import View
 
 ROOT = "1.2.826.0.1.3680043.8.498"
 
@@ -418,6 +420,64 @@ def queries(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 def test_random_queries_match_brute_force(query_index: Index, query: tuple[str, dict]) -> None:
     level, filters = query
     assert _uids(level, query_index.query(level, **filters)) == _reference(level, filters)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    query=queries(),
+    patients=st.booleans(),
+    offset=st.integers(0, 40),
+    limit=st.none() | st.integers(0, 40),
+)
+def test_a_page_is_the_same_slice_of_the_whole_answer(
+    query_index: Index, query: tuple[str, dict], patients: bool, offset: int, limit: int | None
+) -> None:
+    level, filters = query
+    if patients:  # patients are grouped from all their studies, then paged
+        level, filters = "patient", {k: v for k, v in filters.items() if "Patient" in k}
+    whole = query_index.query(level, **filters)
+    end = None if limit is None else offset + limit
+    assert query_index.query(level, offset=offset, limit=limit, **filters) == whole[offset:end]
+
+
+@pytest.mark.parametrize(
+    ("level", "filters"),
+    [
+        ("instance", {}),
+        ("instance", {"Modality": "CT"}),
+        ("instance", {"SeriesInstanceUID": f"{ROOT}.3.0\\{ROOT}.4.1"}),
+        ("series", {}),
+        ("study", {"StudyDate": "2019-2021"}),
+        ("study", {}),
+    ],
+)
+def test_a_page_reads_no_further_than_its_last_match(
+    query_index: Index, monkeypatch: pytest.MonkeyPatch, level: str, filters: dict
+) -> None:
+    loaded = {"rows": 0, "records": 0}
+    load_row, load_record = RowCodec.load, View.record
+
+    def counting_load(self: RowCodec, data: bytes, key: bytes) -> Any:
+        loaded["rows"] += 1
+        return load_row(self, data, key)
+
+    def counting_record(self: View, db: bytes, uid: str) -> Any:
+        loaded["records"] += 1
+        return load_record(self, db, uid)
+
+    monkeypatch.setattr(RowCodec, "load", counting_load)
+    monkeypatch.setattr(View, "record", counting_record)
+    whole = query_index.query(level, **filters)
+    every = dict(loaded)
+    loaded.update(rows=0, records=0)
+    assert len(whole) > 3
+    assert query_index.query(level, offset=1, limit=2, **filters) == whole[1:3]
+    # Reading stopped at the third match: rows (at the instance level) or records.
+    if level == "instance":
+        assert loaded["rows"] == 3 < every["rows"] == len(whole)
+    else:
+        assert loaded["rows"] == every["rows"] == 0
+        assert loaded["records"] < every["records"]
 
 
 def test_query_levels_and_errors(query_index: Index) -> None:

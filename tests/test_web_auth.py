@@ -373,3 +373,33 @@ def test_a_local_jwks_file_and_an_issuer_that_is_down(tmp_path: Path) -> None:
     with pytest.raises(InvalidCredentials, match="signing key id"):  # not asked again at once
         down.token(issuer.token())
     assert time.monotonic() - started < 1.0
+
+
+def test_api_keys_are_checked_on_the_event_loop_and_jwts_in_a_worker_thread(
+    tmp_path: Path,
+) -> None:
+    # An API key costs a stat and a hash: no thread hop. A JWT may fetch the issuer's
+    # JWKS: it must never block the event loop.
+    archive = Archive.create(tmp_path / "a")
+    key = KeyStore(archive.path).add("svc", "reader")
+    real = Authenticator(archive.path, None)
+    seen: list[tuple[str, str]] = []
+
+    def spying(request: Any) -> Any:
+        credential = request.headers.get("authorization", "").partition(" ")[2]
+        seen.append((credential, threading.current_thread().name))
+        return real(request)
+
+    context = ServeContext(archive, ServeConfig(), AuditLog(archive.path))
+    try:
+        with serving_app(make_app(context, spying, routes=qido.routes())) as url:
+            ok = httpx.get(f"{url}/studies", headers={"Authorization": f"Bearer {key}"})
+            token = "e30.e30.c2ln"  # a JWT's form; refused, no issuer is configured
+            refused = httpx.get(f"{url}/studies", headers={"Authorization": f"Bearer {token}"})
+    finally:
+        context.audit.close()
+        archive.close()
+    assert ok.status_code == 204 and refused.status_code == 401
+    threads = dict(seen)
+    assert threads[token] == "AnyIO worker thread"
+    assert threads[key] not in ("AnyIO worker thread", threading.current_thread().name)

@@ -534,13 +534,22 @@ class Archive:
                 report.unrecorded = str(error)
         return report
 
-    def query(self, level: str = "instance", strict: bool = True, **filters: Any) -> list[Found]:
+    def query(
+        self,
+        level: str = "instance",
+        strict: bool = True,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        **filters: Any,
+    ) -> list[Found]:
         """Rows (or patient, study or series records) matching DICOM-style filters.
 
         Strict by default: an unknown keyword, one not queryable at `level` or a
-        malformed value raises QueryError saying what would be valid; see Index.query.
+        malformed value raises QueryError saying what would be valid; `offset` and
+        `limit` page the matches, read no further than needed; see Index.query.
         """
-        return self.index.query(level, strict, **filters)
+        return self.index.query(level, strict, offset=offset, limit=limit, **filters)
 
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk (allocated blocks) by part of the archive, those present, and total.

@@ -125,8 +125,10 @@ def cmd_query(args: argparse.Namespace) -> int:
                 return fail("query", "--fields: " + key_problem(field, args.level, known), 2)
     if args.limit is not None and args.limit < 0:
         return fail("query", f"--limit must be 0 or more, not {args.limit}", 2)
+    # One record past the limit, to say whether more match without reading them all.
+    limit = None if args.limit is None else args.limit + 1
     with open_archive(args.archive) as archive:
-        found = archive.query(args.level, **filters)
+        found = archive.query(args.level, limit=limit, **filters)
     shown = found if args.limit is None else found[: args.limit]
     if args.json:
         for record in shown:
@@ -138,7 +140,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         _table(shown, fields)
     if len(shown) < len(found):
-        print(f"({len(shown):,} of {len(found):,} shown: --limit)", file=sys.stderr)
+        print(f"({len(shown):,} shown, more match: --limit)", file=sys.stderr)
     return 0
 
 

@@ -319,7 +319,15 @@ class Index:
             if len(chunk) < _ITER_CHUNK:
                 return
 
-    def query(self, level: str = "instance", strict: bool = False, **filters: Any) -> list[Found]:
+    def query(
+        self,
+        level: str = "instance",
+        strict: bool = False,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        **filters: Any,
+    ) -> list[Found]:
         """Records at `level` ("patient", "study", "series" or "instance") matching `filters`.
 
         Keys are DICOM keywords (or archive fields at the instance level); the
@@ -334,6 +342,8 @@ class Index:
         Records of one level have the same keys, absent values None
         (`pacs_engine.index.query.RECORD_KEYS`). With `strict`, unknown keywords,
         keywords of another level and malformed dates raise QueryError (`check_query`).
+        `offset` and `limit` page the matches in that order; below the patient level
+        reading stops once offset + limit matches are found.
         """
         with self._transaction(write=False) as (txn, dbs):
-            return run_query(txn, dbs, self._codec, level, filters, strict)
+            return run_query(txn, dbs, self._codec, level, filters, strict, offset, limit)

@@ -9,9 +9,10 @@ C-FIND (`pacs_engine.serve.find`) is lenient where PS3.4 says so and skips the c
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pacs_engine.errors import PacsEngineError
@@ -143,22 +144,30 @@ def run_query(
     level: str,
     filters: dict[str, Any],
     strict: bool = False,
+    offset: int = 0,
+    limit: int | None = None,
 ) -> list[Found]:
     """The records at `level` matching `filters`, read in the transaction `txn`.
 
     With `strict`, `check_query` first. Records of one level have the same keys
-    (`RECORD_KEYS`, absent values None) whatever their files held.
+    (`RECORD_KEYS`, absent values None) whatever their files held. `offset` and
+    `limit` page the matches in their stable order: below the patient level the
+    matches are read lazily, so reading stops after offset + limit of them.
     """
+    if offset < 0 or (limit is not None and limit < 0):
+        raise QueryError(f"offset and limit must be 0 or more, not {offset} and {limit}")
     if strict:
         check_query(level, filters)
+    stop = None if limit is None else offset + limit
     if level == "patient":
         unknown = [k for k in filters if k not in QUERY_KEYS["patient"]]
         if unknown:
             raise QueryError(key_problem(unknown[0], "patient"))
-        return patients(run_query(txn, dbs, codec, "study", filters))
+        # A patient's counts need all of its studies: grouped first, then paged.
+        return patients(run_query(txn, dbs, codec, "study", filters))[offset:stop]
     if level not in LEVELS:
         raise QueryError(f"level must be one of {', '.join(QUERY_LEVELS)}, not {level!r}")
-    found = _run(txn, dbs, codec, level, filters)
+    found = itertools.islice(_run(txn, dbs, codec, level, filters), offset, stop)
     keys = RECORD_KEYS[level]
     return [{**dict.fromkeys(keys), **record} for record in found]
 
@@ -191,8 +200,8 @@ def patients(studies: list[Found]) -> list[Found]:
 
 def _run(
     txn: Any, dbs: dict[bytes, Any], codec: RowCodec, level: str, filters: dict[str, Any]
-) -> list[Found]:
-    """The records at one of the index's levels matching `filters`, as stored."""
+) -> Iterator[Found]:
+    """The records at one of the index's levels matching `filters`, as stored, as read."""
     conditions = compile_query(filters)
     by_level: dict[str, list[Condition]] = {name: [] for name in LEVELS}
     for condition in conditions.values():
@@ -220,20 +229,21 @@ class _Query(View):
         self.conditions = conditions
         self.by_level = by_level
 
-    def run(self) -> list[Found]:
-        """The matching records."""
+    def run(self) -> Iterator[Found]:
+        """The matching records, each read when the one before has been taken."""
         sop = self.conditions.get("SOPInstanceUID")
         if self.level == "instance" and sop is not None and sop.exact is not None:
             return self._from_rows(sorted(sop.exact))
         series = self.conditions.get("SeriesInstanceUID")
         if series is not None and series.exact is not None:
             return self._from_series(sorted(series.exact))
-        out: list[Found] = []
+        return self._from_studies()
+
+    def _from_studies(self) -> Iterator[Found]:
         for study_uid in self._candidate_studies():
             study = self.study_record(study_uid)
             if study is not None and matches(study, self.by_level["study"]):
-                out.extend(self._below_study(study))
-        return out
+                yield from self._below_study(study)
 
     def _candidate_studies(self) -> Iterable[str]:
         """Study UIDs that may match: from the most selective usable index, else all."""
@@ -248,7 +258,7 @@ class _Query(View):
             if condition.prefix is not None or condition.bounds is not None:
                 return self._scan_ordered(condition)
         cursor = self.txn.cursor(self.dbs[b"studies"])
-        return [key.decode() for key in cursor.iternext(values=False)]
+        return (key.decode() for key in cursor.iternext(values=False))
 
     def _scan_exact(self, condition: Condition) -> list[str]:
         db = b"by_" + condition.keyword.encode()
@@ -276,7 +286,7 @@ class _Query(View):
                 found.add(last_part(key))
         return sorted(found)
 
-    def _below_study(self, study: StudyRecord) -> list[Found]:
+    def _below_study(self, study: StudyRecord) -> Iterable[Found]:
         """What a matching study contributes at the query's level."""
         if self.level == "study" and not self.by_level["series"]:
             return [study]
@@ -286,40 +296,36 @@ class _Query(View):
             return [study] if matching else []
         return self._at_level(study, matching)
 
-    def _at_level(self, study: StudyRecord, series: list[SeriesRecord]) -> list[Found]:
+    def _at_level(self, study: StudyRecord, series: list[SeriesRecord]) -> Iterator[Found]:
         """Series records (with the study's attributes) or the matching rows of `series`."""
         if self.level == "series":
             values: Mapping[str, Any] = study
             head = {k: values[k] for k in STUDY_KEYWORDS if k in values}
-            return [{**head, **s} for s in series]
-        rows: list[Found] = []
+            yield from ({**head, **s} for s in series)
+            return
         for record in series:
-            rows.extend(
+            yield from (
                 row
-                for row in self.series_rows(record["SeriesInstanceUID"])
+                for row in self.iter_series_rows(record["SeriesInstanceUID"])
                 if matches(row, self.by_level["instance"])
             )
-        return rows
 
-    def _from_series(self, series_uids: list[str]) -> list[Found]:
+    def _from_series(self, series_uids: list[str]) -> Iterator[Found]:
         by_study: dict[str, list[SeriesRecord]] = defaultdict(list)
         for uid in series_uids:
             record = self.series_record(uid)
             if record is not None and matches(record, self.by_level["series"]):
                 by_study[record["StudyInstanceUID"]].append(record)
-        out: list[Found] = []
         for study_uid in sorted(by_study):
             study = self.study_record(study_uid)
             if study is None or not matches(study, self.by_level["study"]):
                 continue
             if self.level == "study":
-                out.append(study)
+                yield study
             else:
-                out.extend(self._at_level(study, by_study[study_uid]))
-        return out
+                yield from self._at_level(study, by_study[study_uid])
 
-    def _from_rows(self, sop_uids: list[str]) -> list[Found]:
-        out: list[Found] = []
+    def _from_rows(self, sop_uids: list[str]) -> Iterator[Found]:
         for uid in sop_uids:
             row = self.row(uid)
             if row is None or not matches(row, self.by_level["instance"]):
@@ -329,5 +335,4 @@ class _Query(View):
                 continue
             study = self.study_record(series["StudyInstanceUID"])
             if study is not None and matches(study, self.by_level["study"]):
-                out.append(row)
-        return out
+                yield row

@@ -73,12 +73,17 @@ class View:
 
     def series_rows(self, series_uid: str) -> list[Row]:
         """The rows of the series, in order."""
+        return list(self.iter_series_rows(series_uid))
+
+    def iter_series_rows(self, series_uid: str) -> Iterator[Row]:
+        """The rows of the series, in order, each read when asked for (a query that stops early)."""
         prefix = series_uid.encode() + SEP
         # Nine order bytes follow the series UID and separator; the SOP UID is the rest.
         start = len(prefix) + len(NO_NUMBER)
         get, rows, load = self.txn.get, self.dbs[b"rows"], self.codec.load
-        sops = [key[start:] for key in self.keys_with_prefix(b"series_rows", prefix)]
-        return [load(get(sop, db=rows), sop) for sop in sops]
+        for key in self.keys_with_prefix(b"series_rows", prefix):
+            sop = key[start:]
+            yield load(get(sop, db=rows), sop)
 
     def study_series(self, study_uid: str) -> list[SeriesRecord]:
         """The series records of the study, by Series Instance UID."""

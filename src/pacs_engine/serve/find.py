@@ -165,13 +165,16 @@ def _query_value(value: Any) -> Any:
     return str(value)
 
 
-def find(archive: Archive, query: Query) -> Iterator[Mapping[str, Any]]:
-    """The records matching `query`, with the computed attributes asked for."""
+def find(
+    archive: Archive, query: Query, offset: int = 0, limit: int | None = None
+) -> Iterator[Mapping[str, Any]]:
+    """The matches of `query` from `offset` (at most `limit`), with the computed keys asked."""
     # Lenient (strict=False): PS3.4 lets keys the index does not hold match universally.
+    page = {"offset": offset, "limit": limit}
     if query.level == "PATIENT":
-        yield from archive.query("patient", strict=False, **query.filters)
+        yield from archive.query("patient", strict=False, **page, **query.filters)
         return
-    found = archive.query(INDEX_LEVEL[query.level], strict=False, **query.filters)
+    found = archive.query(INDEX_LEVEL[query.level], strict=False, **page, **query.filters)
     wanted = set(query.return_keys)
     patients: dict[str, dict[str, int]] = {}
     for record in found:

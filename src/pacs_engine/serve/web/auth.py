@@ -249,6 +249,11 @@ def _claim(claims: dict[str, Any], path: str) -> frozenset[str]:
     return frozenset()
 
 
+def is_jwt(credential: str) -> bool:
+    """Whether a bearer credential is a JWT (three dot-separated parts) rather than an API key."""
+    return credential.count(".") == 2
+
+
 class Authenticator:
     """`Authorization: Bearer` JWTs of the configured issuer, and the archive's API keys."""
 
@@ -264,7 +269,7 @@ class Authenticator:
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             raise InvalidCredentials("no bearer credentials")
-        if credential.count(".") == 2:
+        if is_jwt(credential):
             return self.token(credential)
         key = self.keys.check(credential)
         return Principal(f"key:{key.name}", frozenset({key.role}))

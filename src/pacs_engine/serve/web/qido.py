@@ -318,16 +318,17 @@ def _search(search: Search) -> Any:
             # Names the parameter, never its value (a patient's name or ID may be in it).
             audit(request, action, "bad request", detail=str(error).split(":")[0])
             raise HTTPException(400, str(error)) from None
-        records = list(find(served.archive, parsed.query))
-        page = records[parsed.offset : parsed.offset + parsed.limit]
-        if parsed.offset + len(page) < len(records):
+        # One match past the page, to know whether to say there are more (PS3.18 8.3.4.4).
+        records = list(find(served.archive, parsed.query, parsed.offset, parsed.limit + 1))
+        page, more = records[: parsed.limit], len(records) > parsed.limit
+        if more:
             parsed.warnings.append("There are additional results that can be requested")
         base = str(request.base_url).rstrip("/")
         headers = {"Warning": ", ".join(f'299 pacs-engine "{w}"' for w in parsed.warnings)}
         headers = headers if parsed.warnings else {}
         studies = list(dict.fromkeys(r["StudyInstanceUID"] for r in page))
         keys = ",".join(sorted(parsed.query.filters))
-        detail = f"{len(page)} of {len(records)} matches; keys {keys or '(none)'}"
+        detail = f"{len(page)}{' (more)' if more else ''} matches; keys {keys or '(none)'}"
         audit(request, action, "success", study=studies or None, detail=detail)
         if not page:
             return Response(status_code=204, headers=headers)
