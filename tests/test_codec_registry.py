@@ -171,3 +171,25 @@ def test_auto_chooses_among_the_candidates_only() -> None:
     """choose_codec without candidates picks one of the registry's candidates."""
     ramp = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096
     assert type(choose_codec(ramp)) in ARCHIVE_CANDIDATES
+
+
+def test_every_transfer_syntax_the_codecs_take_is_known_to_pydicom_without_pynetdicom() -> None:
+    """pydicom 3.0 predates Deflated Image Frame Compression; pynetdicom registers it when
+    imported. The codecs register it too, so a process writes such headers (corrections,
+    de-identified copies) alike whether or not it imported pynetdicom."""
+    import subprocess
+    import sys
+
+    from pacs_engine.codecs import PASS_THROUGH_CODECS
+
+    syntaxes = sorted({ts for codec in PASS_THROUGH_CODECS for ts in codec.transfer_syntaxes})
+    probe = (
+        "import sys; import pacs_engine.codecs; from pydicom.uid import UID; "
+        "assert 'pynetdicom' not in sys.modules; "
+        f"print([ts for ts in {syntaxes!r} if not UID(ts).is_transfer_syntax])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -30,6 +30,7 @@ from pydicom.uid import (
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.codecs import CodecError, NoDecoderError, pass_through_codec
+from pacs_engine.codecs.deflate import DEFLATED_IMAGE_FRAME_COMPRESSION
 from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.header import Header, PixelLocation
@@ -38,7 +39,6 @@ from pacs_engine.index.rows import Row
 from pacs_engine.stages import stage
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
-DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
 #: Compressed transfer syntaxes whose frames decode to exactly the encoded pixels.
 LOSSLESS_SYNTAXES = frozenset(
     {

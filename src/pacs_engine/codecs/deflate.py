@@ -11,9 +11,27 @@ import zlib
 from typing import ClassVar
 
 import numpy as np
+from pydicom.uid import UID_dictionary
 
 from pacs_engine.codecs._base import CodecError, cast_exact
 from pacs_engine.codecs._bitstream import BitstreamCodec
+
+DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
+
+# pydicom 3.0 predates this syntax (DICOM 2024), so it refuses to write a data set in it;
+# pynetdicom adds it to pydicom's dictionary when imported. Added here as well, so that
+# what a process can write (a corrected or de-identified header) does not depend on
+# whether it happened to import pynetdicom.
+UID_dictionary.setdefault(
+    DEFLATED_IMAGE_FRAME_COMPRESSION,
+    (
+        "Deflated Image Frame Compression",
+        "Transfer Syntax",
+        "",
+        "",
+        "DeflatedImageFrameCompression",
+    ),
+)
 
 
 class DicomDeflateCodec(BitstreamCodec):
@@ -21,7 +39,7 @@ class DicomDeflateCodec(BitstreamCodec):
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_deflate"
     short_name: ClassVar[str] = "dicom_deflate"
-    transfer_syntaxes: ClassVar[tuple[str, ...]] = ("1.2.840.10008.1.2.8.1",)
+    transfer_syntaxes: ClassVar[tuple[str, ...]] = (DEFLATED_IMAGE_FRAME_COMPRESSION,)
     fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes
 
     def check_bitstream(self, data: bytes) -> None:
