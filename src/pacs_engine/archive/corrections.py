@@ -48,6 +48,7 @@ from pacs_engine.archive.prepare import PrepareError, prepare
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
 from pacs_engine.codecs.sharding import EMPTY, pack_shard
 from pacs_engine.errors import ScanError
+from pacs_engine.index.query import PATIENT_KEYWORDS
 from pacs_engine.index.rows import Row
 from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, scan
 from pacs_engine.storage import fsync_dir, make_dirs, series_folders, write_atomic
@@ -60,14 +61,7 @@ RECORDS, TRASH = "corrections", "trash"
 _MARK = b"x\0correction\0"
 #: Patient-level attributes: what a merge copies from the target patient and a demographic
 #: correction may set (PatientAge is the age at a study, so it stays with the study).
-PATIENT_ATTRIBUTES = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "IssuerOfPatientID",
-    "OtherPatientIDs",
-)
+PATIENT_ATTRIBUTES = tuple(k for k in PATIENT_KEYWORDS if k != "PatientAge")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30

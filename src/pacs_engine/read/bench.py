@@ -187,19 +187,23 @@ def run_tasks(
             raise RuntimeError(f"task {name}: {errors[0]}")
         frames = sum(g[2] for g in rows)
         nbytes = sum(g[3] for g in rows)
-        seconds = max(max(g[5] for g in rows) - min(g[4] for g in rows), 1e-9)
-        out.append(
-            {
-                "mode": name,
-                "workers": workers,
-                "frames": frames,
-                "bytes": nbytes,
-                "seconds": round(seconds, 6),
-                "frames_per_s": frames / seconds,
-                "mb_per_s": nbytes / seconds / 1e6,
-            }
-        )
+        seconds = max(g[5] for g in rows) - min(g[4] for g in rows)
+        out.append(rates(name, workers, frames, nbytes, seconds))
     return out
+
+
+def rates(mode: str, workers: int, frames: int, nbytes: int, seconds: float) -> dict[str, Any]:
+    """One row of read-bench's results: what was read, in how long, and its rates."""
+    seconds = max(seconds, 1e-9)
+    return {
+        "mode": mode,
+        "workers": workers,
+        "frames": frames,
+        "bytes": nbytes,
+        "seconds": round(seconds, 6),
+        "frames_per_s": frames / seconds,
+        "mb_per_s": nbytes / seconds / 1e6,
+    }
 
 
 def random_indices(length: int, frames: int, seed: int) -> np.ndarray:
@@ -310,16 +314,7 @@ def dataloader_rate(
             continue
         frames += len(batch["pixels"])
         nbytes += batch["pixels"].numel() * batch["pixels"].element_size()
-    seconds = max(time.monotonic() - started, 1e-9)
-    return {
-        "mode": "dataloader",
-        "workers": workers,
-        "frames": frames,
-        "bytes": nbytes,
-        "seconds": round(seconds, 6),
-        "frames_per_s": frames / seconds,
-        "mb_per_s": nbytes / seconds / 1e6,
-    }
+    return rates("dataloader", workers, frames, nbytes, time.monotonic() - started)
 
 
 def unbatchable(dataset: Any) -> str:
