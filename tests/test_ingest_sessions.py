@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CTRL_C_STATUSES
 
 from pacs_engine.index import Index
 from pacs_engine.ingest.journal import Journal
@@ -52,7 +53,7 @@ def test_ctrl_c_in_the_first_second_prints_no_traceback(
     time.sleep(tenths / 10)
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, (out, err)
+    assert process.returncode in CTRL_C_STATUSES, (out, err)
     for noise in ("Traceback", "KeyboardInterrupt", "FileNotFoundError"):
         assert noise not in err, err
     assert "run the same command again to resume" in err
@@ -74,16 +75,17 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     synth: Path, tmp_path: Path
 ) -> None:
     """The killed session's time, committed with its work, is in the resumed report: its
-    sessions, seconds and phases. The bound: the journal held 1.5 s of the session (in
-    `session`) before the kill, and the scan phase, which the resumed session does not
-    run again, is the killed session's alone."""
+    sessions, seconds and phases. Killed once the scan's end is committed with the
+    session's time (`session` in the journal), while most of the encoding is still to do;
+    the scan phase, which the resumed session does not run again, is the killed
+    session's alone."""
     archive = tmp_path / "a"
     process = _start(synth, archive)
     deadline = time.monotonic() + 120
     record = None
     while process.poll() is None and time.monotonic() < deadline:
         record = _journal_record(archive)
-        if record and record.get("session", {}).get("seconds", 0) >= 1.5:
+        if record and record["state"] == "encoding" and record.get("session", {}).get("seconds"):
             break
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
@@ -92,7 +94,7 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     killed = _journal_record(archive)
     assert killed is not None and killed["seconds"] == 0.0  # it never saved its time itself
     session = killed["session"]
-    assert session["seconds"] >= 1.5 and session["phases"]["scan"] > 0
+    assert session["seconds"] > 0 and session["phases"]["scan"] > 0
 
     resumed = _start(synth, archive)
     out, err = resumed.communicate(timeout=300)
