@@ -22,6 +22,7 @@ import pytest
 from conftest import ROOT, require_corpus
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from requests.exceptions import HTTPError
 from web_helpers import serving_app
 
@@ -67,11 +68,11 @@ def corpus_instances(corpus: Path) -> dict[str, Path]:
     """Files of FOLDERS with a SOP Instance UID no other file of them has, by that UID."""
     by_uid: dict[str, list[Path]] = defaultdict(list)
     for folder in FOLDERS:
-        for path in sorted((corpus / folder).rglob("*")):
+        for path in sorted(p for p in (corpus / folder).rglob("*") if p.is_file()):
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
                 uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-            except Exception:  # not DICOM, or no UIDs: nothing to search for
+            except (InvalidDicomError, AttributeError):  # not DICOM, or no UIDs: nothing to find
                 continue
             if all(isinstance(u, str) and u for u in uids):
                 by_uid[ds.SOPInstanceUID].append(path)

@@ -183,13 +183,8 @@ class Deidentifier:
 
     def apply(self, data: bytes) -> Result:
         """The de-identified file of `data`, or a withheld Result; DeidError says why not."""
-        with _quiet():
-            try:
-                return self._apply(data)
-            except DeidError:
-                raise
-            except Exception as error:  # a value of an unforeseen form: refused, not copied
-                raise DeidError(f"cannot be de-identified ({type(error).__name__})") from None
+        with _quiet(), _refused():
+            return self._apply(data)
 
     def _apply(self, data: bytes) -> Result:
         try:
@@ -213,13 +208,8 @@ class Deidentifier:
         """The de-identified header blob of an archived instance, or a withheld result:
         the data set around the pixel data value is rewritten, the value is not touched
         (it stays in the archive's chunks; a blob that keeps the whole file is the file)."""
-        with _quiet():
-            try:
-                return self._apply_header(blob)
-            except DeidError:
-                raise
-            except Exception as error:  # a value of an unforeseen form: refused, not copied
-                raise DeidError(f"cannot be de-identified ({type(error).__name__})") from None
+        with _quiet(), _refused():
+            return self._apply_header(blob)
 
     def _apply_header(self, blob: HeaderBlob) -> HeaderResult:
         if blob.kind == WHOLE:
@@ -322,6 +312,17 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         settings.reading_validation_mode, settings.writing_validation_mode = before
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """Any error but DeidError becomes one naming only its type (messages may hold values)."""
+    try:
+        yield
+    except DeidError:
+        raise
+    except Exception as error:  # a value of an unforeseen form: refused, not copied
+        raise DeidError(f"cannot be de-identified ({type(error).__name__})") from None
 
 
 def _check_charset(ds: Dataset) -> None:
