@@ -1,18 +1,19 @@
 """De-identify one DICOM file by Table E.1-1: the header is rewritten, the pixels are not.
 
 The file (`apply`), or an archived instance's header blob without its pixel data value
-(`apply_header`, what research copies use), is read with pydicom (a Pixel Data value stays
-the bytes it was: nothing is decoded), every attribute at every depth gets its action, and
-it is written again with the same transfer syntax. Anything that cannot be de-identified
-with certainty raises DeidError, whose message names the attribute and never a value.
+(`apply_header`, what research copies use), gets every attribute at every depth its
+action, and is written again with the same transfer syntax; a Pixel Data value stays the
+bytes it was (nothing is decoded). Two ways, one decision table (`actions.Rules`): the
+byte-level path (`bytelevel`: the elements walked where they lie, changed ones spliced
+in) and, where it does not apply (it says why: `Result.fallback`), pydicom (the data set
+read, changed and written). Anything that cannot be de-identified with certainty raises
+DeidError, whose message names the attribute and never a value.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
-import re
 import struct
 import warnings
 from collections import Counter
@@ -22,7 +23,6 @@ from io import BytesIO
 
 import pydicom
 import pydicom.config
-from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -33,19 +33,37 @@ from pydicom.tag import BaseTag
 
 from pacs_engine.archive.blobs import WHOLE, HeaderBlob
 from pacs_engine.archive.prepare import blob_dataset
-from pacs_engine.deid.key import Key
-from pacs_engine.deid.profile import (
-    METHOD_CODES,
-    PRIVATE_ROW,
-    check_options,
-    resolve,
-    row_of,
-    table,
+from pacs_engine.deid import bytelevel
+from pacs_engine.deid.actions import (
+    BINARY_VRS,
+    COMMAND,
+    DUMMY,
+    LENGTH,
+    MAX_DEPTH,
+    OVERLAY,
+    PATIENT_ID,
+    PATIENT_NAME,
+    PIXEL,
+    PRIVATE,
+    REMOVED,
+    TEXT_VRS,
+    UNLISTED,
+    Context,
+    DeidError,
+    Rules,
+    check_charset,
+    identifying_parts,
+    map_uids,
+    patient_of,
+    pseudonym,
+    scrub,
+    shift,
 )
-from pacs_engine.errors import PacsEngineError
+from pacs_engine.deid.key import Key
+from pacs_engine.deid.profile import METHOD_CODES, check_options
 
-#: Deeper nesting is refused: the scanner reads 64 levels, and no real IOD nests so deep.
-MAX_DEPTH = 64
+__all__ = ["DUMMY", "REMOVED", "DeidError", "Deidentifier", "HeaderResult", "Result"]
+
 #: Storage SOP classes whose pixels often carry identity burned in (PS3.15 E.1.1 note):
 #: ultrasound, secondary capture, visible light photography and video.
 BURNED_IN_CLASSES = {
@@ -64,56 +82,8 @@ BURNED_IN_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
 }
 BURNED_IN_POLICIES = ("leave-out", "keep")
-#: Dummy values of action D by VR (a UID is mapped instead; a sequence is recursed).
-DUMMY: dict[str, object] = {
-    "AE": "ANONYMOUS",
-    "AS": "000Y",
-    "CS": "ANONYMIZED",
-    "DA": "19000101",
-    "DS": "0",
-    "DT": "19000101000000",
-    "FD": 0.0,
-    "FL": 0.0,
-    "IS": "0",
-    "LO": "ANONYMIZED",
-    "LT": "ANONYMIZED",
-    "PN": "ANONYMIZED",
-    "SH": "ANONYMIZED",
-    "SL": 0,
-    "SS": 0,
-    "ST": "ANONYMIZED",
-    "SV": 0,
-    "TM": "000000",
-    "UC": "ANONYMIZED",
-    "UL": 0,
-    "UR": "http://anonymized.invalid",
-    "US": 0,
-    "UT": "ANONYMIZED",
-    "UV": 0,
-}
-BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
-TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
-_IDENTIFYING_VRS = TEXT_VRS | {"DA", "DT"}
-#: Text cleaned of identifying values is refilled with this where one was.
-REMOVED = "[removed]"
-_PATIENT_ID = 0x00100020
-_PATIENT_NAME = 0x00100010
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
-# Compound actions: the one that keeps the attribute present (what a Type 1 or 2 attribute
-# needs), since which type it has depends on the IOD, which this engine does not model.
-_COMPOUND = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U"}
-# A sequence: an empty one is wrong where it is optional (Type 3), so X/Z/U* and D keep
-# its items, de-identified (their UIDs mapped by their own rows). X/Z empties it (the
-# Acquisition Context Sequence is Type 2), but for the Type 3 sequences named here.
-_COMPOUND_SQ = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "D", "U": "D"}
-_OPTIONAL_SQ = {0x00081110}  # Referenced Study Sequence: Type 3 in the General Study module
 # File meta: source, sending and receiving AE titles, private information (and its creator).
 _META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
-_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
-
-
-class DeidError(PacsEngineError, ValueError):
-    """A file that cannot be de-identified with certainty (the message holds no value)."""
 
 
 @dataclass
@@ -124,6 +94,7 @@ class Result:
     data: bytes | None  # None: withheld (burned-in text); `withheld` says why
     withheld: str | None = None
     actions: Counter[str] = field(default_factory=Counter)
+    fallback: str | None = None  # why the byte-level path left it to pydicom
 
 
 @dataclass
@@ -135,6 +106,7 @@ class HeaderResult:
     withheld: str | None = None
     actions: Counter[str] = field(default_factory=Counter)
     data_set_end: int = 0  # where the pixel data element starts in the blob's prefix
+    fallback: str | None = None  # why the byte-level path left it to pydicom
 
     def header_bytes(self) -> bytes:
         """The de-identified file up to its pixel data element (all of it for a whole blob)."""
@@ -142,21 +114,11 @@ class HeaderResult:
         return self.blob.prefix[: self.data_set_end or None]
 
 
-@dataclass
-class _Context:
-    """What de-identifying one file needs at every depth."""
-
-    key: Key
-    options: tuple[str, ...]
-    safe_private: frozenset[tuple[str, int]]
-    patient: str
-    identifying: list[str]  # values the profile takes out, to clean free text of
-    actions_of: dict[str, str]  # row of Table E.1-1 -> its action under the options
-    actions: Counter[str] = field(default_factory=Counter)
-
-
 class Deidentifier:
-    """De-identifies files with one key, profile and option set; picklable."""
+    """De-identifies files with one key, profile and option set; picklable.
+
+    `byte_level` False always takes the pydicom path (the reference the byte path is
+    tested against)."""
 
     def __init__(
         self,
@@ -165,17 +127,23 @@ class Deidentifier:
         profile: str = "basic",
         burned_in: str = "leave-out",
         safe_private: Iterable[tuple[str, int]] = (),
+        byte_level: bool = True,
     ) -> None:
         self.key = key
         self.options = check_options(profile, options)
         if burned_in not in BURNED_IN_POLICIES:
             raise DeidError(f"--burned-in must be one of {', '.join(BURNED_IN_POLICIES)}")
         self.burned_in = burned_in
-        self._actions_of = {row: resolve(row, self.options) for row in table().basic}
+        self.rules = Rules(self.options)
         # (private creator, element byte): private attributes known to be safe to keep.
         self.safe_private = frozenset(
             (creator.strip(), element) for creator, element in safe_private
         )
+        self.byte_level = byte_level
+        self._marks: dict[bool, bytelevel.Marks] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_marks": {}}  # encoded again where it is used
 
     def method(self) -> list[str]:
         """De-identification Method values: the profile and each option, by name."""
@@ -184,7 +152,18 @@ class Deidentifier:
     def apply(self, data: bytes) -> Result:
         """The de-identified file of `data`, or a withheld Result; DeidError says why not."""
         with _quiet(), _refused():
-            return self._apply(data)
+            fallback = None
+            if self.byte_level:
+                try:
+                    out = bytelevel.deidentify_file(self._settings(), data)
+                except bytelevel.Fallback as why:
+                    fallback = str(why)
+                else:
+                    new = None if out.actions is None else out.prefix
+                    return Result(out.sop_instance_uid, new, out.withheld, out.actions or Counter())
+            result = self._apply(data)
+            result.fallback = fallback
+            return result
 
     def _apply(self, data: bytes) -> Result:
         try:
@@ -209,13 +188,34 @@ class Deidentifier:
         the data set around the pixel data value is rewritten, the value is not touched
         (it stays in the archive's chunks; a blob that keeps the whole file is the file)."""
         with _quiet(), _refused():
-            return self._apply_header(blob)
+            if blob.kind == WHOLE:
+                result = self.apply(blob.prefix)
+                new = None if result.data is None else HeaderBlob(WHOLE, result.data)
+                return HeaderResult(
+                    result.sop_instance_uid,
+                    new,
+                    result.withheld,
+                    result.actions,
+                    fallback=result.fallback,
+                )
+            fallback = None
+            if self.byte_level:
+                try:
+                    out = bytelevel.deidentify_blob(self._settings(), blob.prefix, blob.suffix)
+                except bytelevel.Fallback as why:
+                    fallback = str(why)
+                else:
+                    if out.actions is None:
+                        return HeaderResult(out.sop_instance_uid, None, out.withheld)
+                    new = dataclasses.replace(blob, prefix=out.prefix, suffix=out.suffix)
+                    return HeaderResult(
+                        out.sop_instance_uid, new, out.withheld, out.actions, out.data_set_end
+                    )
+            result = self._apply_header(blob)
+            result.fallback = fallback
+            return result
 
     def _apply_header(self, blob: HeaderBlob) -> HeaderResult:
-        if blob.kind == WHOLE:
-            result = self._apply(blob.prefix)
-            new = None if result.data is None else HeaderBlob(WHOLE, result.data)
-            return HeaderResult(result.sop_instance_uid, new, result.withheld, result.actions)
         try:
             ds = blob_dataset(blob)
             ds.get("SOPInstanceUID")
@@ -245,6 +245,19 @@ class Deidentifier:
         new = dataclasses.replace(blob, prefix=before.getvalue() + head, suffix=suffix.getvalue())
         return HeaderResult(new_sop, new, withheld, actions, len(before.getvalue()))
 
+    def _settings(self) -> bytelevel.Settings:
+        """What the byte path needs of this Deidentifier."""
+        return bytelevel.Settings(
+            self.key,
+            self.options,
+            self.safe_private,
+            self.rules,
+            self.burned_in,
+            burned_in_reason,
+            self._encoded_marks,
+            _META_REMOVED,
+        )
+
     def _deidentify(self, ds: Dataset) -> tuple[str, str | None, Counter[str] | None]:
         """De-identify a data set in place: (new SOP UID, why it may carry burned-in text,
         the actions done; None when it is withheld and left as it was)."""
@@ -252,17 +265,22 @@ class Deidentifier:
         if not sop:
             raise DeidError("no SOP Instance UID")
         new_sop = self.key.uid(sop)
-        withheld = self._burned_in(ds)
+        withheld = burned_in_reason(ds.get("BurnedInAnnotation", ""), ds.get("SOPClassUID", ""))
         if withheld is not None and self.burned_in == "leave-out":
             return new_sop, withheld, None
-        _check_charset(ds)
-        patient = f"{ds.get('PatientID', '')}\0{ds.get('IssuerOfPatientID', '')}"
-        if not str(ds.get("PatientID", "")):  # no ID: the name and birth date tell patients apart
-            patient = f"\0{ds.get('PatientName', '')}\0{ds.get('PatientBirthDate', '')}"
-        context = _Context(self.key, self.options, self.safe_private, patient, [], self._actions_of)
+        check_charset(ds.get("SpecificCharacterSet", ""))
+        patient = patient_of(
+            *(
+                ds.get(k, "")
+                for k in ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate")
+            )
+        )
+        context = Context(self.key, self.options, self.safe_private, patient, [], self.rules)
         _collect_identifying(ds, context, 0)
         _clean(ds, context, 0)
-        self._mark(ds, context)
+        for element in self._marks_dataset():
+            setattr(ds, element.keyword, element.value)
+        context.actions["added"] += 4
         meta = ds.file_meta
         if "MediaStorageSOPInstanceUID" in meta:  # a file without meta information stays so
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -271,15 +289,9 @@ class Deidentifier:
                 del meta[tag]
         return new_sop, withheld, context.actions
 
-    def _burned_in(self, ds: Dataset) -> str | None:
-        """Why this instance may carry identity in its pixels, or None."""
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            return "Burned In Annotation is YES"
-        name = BURNED_IN_CLASSES.get(str(ds.get("SOPClassUID", "")))
-        return f"SOP class {name}: may carry burned-in text" if name else None
-
-    def _mark(self, ds: Dataset, context: _Context) -> None:
-        """Write the De-identification Method attributes (PS3.15 E.1.1)."""
+    def _marks_dataset(self) -> Dataset:
+        """The De-identification Method attributes (PS3.15 E.1.1), as both paths write them."""
+        ds = Dataset()
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self.method()
         codes = Sequence()
@@ -297,7 +309,39 @@ class Deidentifier:
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
         else:
             ds.LongitudinalTemporalInformationModified = "REMOVED"
-        context.actions["added"] += 4
+        return ds
+
+    def _encoded_marks(self, explicit: bool) -> bytelevel.Marks:
+        """The De-identification Method attributes encoded by pydicom (once per encoding)."""
+        if explicit not in self._marks:
+            by_tag, vrs = {}, {}
+            for element in self._marks_dataset():
+                by_tag[element.tag] = _encoded(element, explicit)
+                vrs[element.tag] = element.VR
+            sequence = self._marks_dataset()[bytelevel.MARK_TAGS[2]]
+            sequence.is_undefined_length = True
+            undefined = _encoded(sequence, explicit)
+            self._marks[explicit] = bytelevel.Marks(by_tag, vrs, undefined)
+        return self._marks[explicit]
+
+
+def _encoded(element: DataElement, explicit: bool) -> bytes:
+    """One element as pydicom writes it."""
+    out = DicomBytesIO()
+    out.is_implicit_VR, out.is_little_endian = not explicit, True
+    part = Dataset()
+    part.add(element)
+    write_dataset(out, part)
+    return out.getvalue()
+
+
+def burned_in_reason(annotation: object, sop_class: object) -> str | None:
+    """Why an instance may carry identity in its pixels (its Burned In Annotation and SOP
+    Class UID say so), or None."""
+    if str(annotation).upper() == "YES":
+        return "Burned In Annotation is YES"
+    name = BURNED_IN_CLASSES.get(str(sop_class))
+    return f"SOP class {name}: may carry burned-in text" if name else None
 
 
 @contextlib.contextmanager
@@ -325,15 +369,6 @@ def _refused() -> Iterator[None]:
         raise DeidError(f"cannot be de-identified ({type(error).__name__})") from None
 
 
-def _check_charset(ds: Dataset) -> None:
-    """Refuse a Specific Character Set pydicom cannot decode: names could not be cleaned."""
-    charsets = ds.get("SpecificCharacterSet", "") or ""
-    values = [charsets] if isinstance(charsets, str) else list(charsets)
-    for value in values:
-        if str(value).strip() not in python_encoding:
-            raise DeidError("Specific Character Set not known: its text cannot be read reliably")
-
-
 def _vr_of(ds: Dataset, tag: BaseTag) -> str:
     """The VR of an attribute without converting its value (implicit VR: the dictionary's)."""
     vr = ds.get_item(tag).VR
@@ -345,7 +380,7 @@ def _vr_of(ds: Dataset, tag: BaseTag) -> str:
         return "UN"
 
 
-def _collect_identifying(ds: Dataset, context: _Context, depth: int) -> None:
+def _collect_identifying(ds: Dataset, context: Context, depth: int) -> None:
     """Every text value the profile takes out (names, IDs...), to clean free text of.
 
     Values are converted only where needed: most attributes stay raw bytes, written back
@@ -357,84 +392,54 @@ def _collect_identifying(ds: Dataset, context: _Context, depth: int) -> None:
         if vr == "SQ":
             for item in ds[tag].value:
                 _collect_identifying(item, context, depth + 1)
-            continue
-        if vr not in _IDENTIFYING_VRS:
-            continue
-        row = row_of(tag)
-        if row is None or row == PRIVATE_ROW:
-            continue
-        # Kept values identify nothing; cleaned text is cleaned itself; but a shifted date
-        # must not stay readable in some free text.
-        if context.actions_of[row] in ("K", "C") and not (
-            vr in ("DA", "DT") and context.actions_of[row] == "C"
-        ):
-            continue
-        value = ds[tag].value
-        for one in value if isinstance(value, list | tuple) else [value]:
-            text = str(one or "")
-            parts = [text, *re.split(r"[\^=\\ ,]+", text)] if vr == "PN" else [text]
-            context.identifying += [p for p in parts if len(p.strip()) >= 3]
+        elif context.rules.identifying(tag, vr):
+            context.identifying += identifying_parts(vr, ds[tag].value)
 
 
-def _clean(ds: Dataset, context: _Context, depth: int) -> None:
-    """Apply Table E.1-1 to every attribute of a data set and its items."""
+def _clean(ds: Dataset, context: Context, depth: int) -> None:
+    """Apply Table E.1-1 (`Rules.decide`) to every attribute of a data set and its items."""
     if depth > MAX_DEPTH:
         raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
     removed_overlays: set[int] = set()
     for tag in list(ds.keys()):
-        if tag in _PIXEL_TAGS:
-            continue
-        if tag.element == 0 or tag.group == 0:
-            # Group lengths are retired and recomputed; command elements have no place in a
-            # stored data set (PS3.10 7.1), and pydicom cannot write them: both go.
-            context.actions["X"] += tag.group == 0
-            del ds[tag]
-            continue
-        row = row_of(tag)
-        if row == PRIVATE_ROW:
-            _private(ds, tag, context)
-            continue
         vr = _vr_of(ds, tag)
-        if row is None:
+        action = context.rules.decide(tag, vr)
+        if action == PIXEL:
+            continue
+        if action in (LENGTH, COMMAND):
+            context.actions["X"] += action == COMMAND
+            del ds[tag]
+        elif action == PRIVATE:
+            _private(ds, tag, context)
+        elif action == UNLISTED:
             if vr == "SQ":  # not in the table: kept, and its items de-identified
                 for item in ds[tag].value:
                     _clean(item, context, depth + 1)
-            continue
-        action = context.actions_of[row]
-        if vr == "SQ" and action == "X/Z" and tag in _OPTIONAL_SQ:
-            action = "X"
-        action = (_COMPOUND_SQ if vr == "SQ" else _COMPOUND).get(action, action)
-        if action == "U" and vr != "UI":
-            action = "Z"
-        if row.startswith("60xx") and action in ("X", "C"):
-            # An overlay without its data breaks the Overlay Plane module: the whole group
-            # goes (a bitmap cannot be "cleaned", so C removes it too).
+        elif action == OVERLAY:
             removed_overlays.add(tag.group)
-            continue
-        if row == "50xxxxxx" and action == "C":
-            action = "X"  # curve data cannot be cleaned either
-        context.actions[action] += 1
-        if action == "X":
-            del ds[tag]
-        elif action != "K" or vr == "SQ":  # K keeps the raw bytes, unconverted
-            _act(ds[tag], action, context, depth)
+        else:
+            context.actions[action] += 1
+            if action == "X":
+                del ds[tag]
+            elif action != "K" or vr == "SQ":  # K keeps the raw bytes, unconverted
+                _act(ds[tag], action, context, depth)
     for group in removed_overlays:
         for tag in [t for t in list(ds.keys()) if t.group == group]:
             context.actions["X"] += 1
             del ds[tag]
 
 
-def _act(elem: DataElement, action: str, context: _Context, depth: int) -> None:
+def _act(elem: DataElement, action: str, context: Context, depth: int) -> None:
     """Do one action (Z D K C U) on one attribute (X deletes it: the caller's)."""
     tag = elem.tag
     if action == "K":  # a sequence: its items still go through the table
         for item in elem.value:
             _clean(item, context, depth + 1)
     elif action == "U":
-        elem.value = _map_uids(elem.value, context.key)
+        elem.value = map_uids(elem.value, context.key)
     elif action == "Z":
-        if tag in (_PATIENT_ID, _PATIENT_NAME):  # one pseudonym per patient, not empty
-            elem.value = _pseudonym(tag, context)
+        if tag in (PATIENT_ID, PATIENT_NAME):  # one pseudonym per patient, not empty
+            elem.value = pseudonym(tag, context)
         elif elem.VR == "SQ":
             elem.value = Sequence()
         else:
@@ -445,27 +450,22 @@ def _act(elem: DataElement, action: str, context: _Context, depth: int) -> None:
         _clean_value(elem, context, depth)
 
 
-def _pseudonym(tag: BaseTag, context: _Context) -> str:
-    pid = context.key.patient_id(context.patient)
-    return pid if tag == _PATIENT_ID else f"ANONYMOUS^{pid}"
-
-
-def _dummy(elem: DataElement, context: _Context, depth: int) -> None:
+def _dummy(elem: DataElement, context: Context, depth: int) -> None:
     """D: a value of the VR that identifies nothing (a sequence's items are de-identified)."""
     if elem.VR == "SQ":
         for item in elem.value:
             _clean(item, context, depth + 1)
     elif elem.VR == "UI":
-        elem.value = _map_uids(elem.value, context.key)
-    elif elem.tag in (_PATIENT_ID, _PATIENT_NAME):
-        elem.value = _pseudonym(elem.tag, context)
+        elem.value = map_uids(elem.value, context.key)
+    elif elem.tag in (PATIENT_ID, PATIENT_NAME):
+        elem.value = pseudonym(elem.tag, context)
     elif elem.VR in BINARY_VRS:
         elem.value = b"\0\0"
     else:
         elem.value = DUMMY[elem.VR]
 
 
-def _clean_value(elem: DataElement, context: _Context, depth: int) -> None:
+def _clean_value(elem: DataElement, context: Context, depth: int) -> None:
     """C: keep what the value says without what identifies: dates shifted (modified dates
     option), text cleaned of every identifying value of the data set, items recursed."""
     if elem.VR == "SQ":
@@ -474,60 +474,19 @@ def _clean_value(elem: DataElement, context: _Context, depth: int) -> None:
     elif elem.VR in ("DA", "DT"):
         if "retain-longitudinal-modified-dates" in context.options:
             days = context.key.shift_days(context.patient)
-            elem.value = _shift(elem.value, days, elem.keyword or str(elem.tag))
+            elem.value = shift(elem.value, days, elem.keyword or str(elem.tag))
         else:  # C on a date without the dates option: nothing to keep it for
             elem.value = None
     elif elem.VR == "TM":
         if "retain-longitudinal-modified-dates" not in context.options:
             elem.value = None
     elif elem.VR in TEXT_VRS:
-        elem.value = _scrub(elem.value, context.identifying)
+        elem.value = scrub(elem.value, context.identifying)
     elif elem.VR in BINARY_VRS:
         elem.value = b""  # bytes cannot be cleaned
 
 
-def _shift(value: object, days: int, name: str) -> object:
-    """Dates moved back by `days`; a value that is not a date is refused."""
-    values = value if isinstance(value, list | tuple) else [value]
-    shifted: list[str] = []
-    for one in values:
-        text = str(one or "")
-        if not text:
-            shifted.append(text)
-            continue
-        match = _DATE.match(text)
-        try:
-            if match is None:
-                raise ValueError
-            day = datetime.date(int(match[1]), int(match[2]), int(match[3]))
-        except ValueError:
-            raise DeidError(
-                f"{name}: not a date (the modified dates option shifts dates)"
-            ) from None
-        moved = day - datetime.timedelta(days=days)
-        shifted.append(moved.strftime("%Y%m%d") + text[8:])
-    return shifted if isinstance(value, list | tuple) else shifted[0]
-
-
-def _scrub(value: object, identifying: list[str]) -> object:
-    """Text with every identifying value of the data set replaced by REMOVED."""
-    values = value if isinstance(value, list | tuple) else [value]
-    cleaned = []
-    for one in values:
-        text = str(one or "")
-        for found in sorted(set(identifying), key=len, reverse=True):
-            text = re.sub(re.escape(found), REMOVED, text, flags=re.IGNORECASE)
-        cleaned.append(text)
-    return cleaned if isinstance(value, list | tuple) else cleaned[0]
-
-
-def _map_uids(value: object, key: Key) -> object:
-    values = value if isinstance(value, list | tuple) else [value]
-    mapped = [key.uid(str(v)) if v else v for v in values]
-    return mapped if isinstance(value, list | tuple) else mapped[0]
-
-
-def _private(ds: Dataset, tag: BaseTag, context: _Context) -> None:
+def _private(ds: Dataset, tag: BaseTag, context: Context) -> None:
     """Private attributes go, but for safe ones kept with the retain-safe-private option."""
     if "retain-safe-private" in context.options and context.safe_private:
         if 0x10 <= tag.element < 0x0100:  # a private creator

@@ -1,0 +1,238 @@
+"""What de-identifying does to each attribute: one decision table for both ways of applying it.
+
+`Rules` compiles Table E.1-1 under an option set into one lookup, `Rules.decide(tag, VR)`;
+the pydicom path (`engine`) and the byte-level path (`bytelevel`) both take every
+attribute's action from it, and both make new values with the helpers here (pseudonyms,
+mapped UIDs, shifted dates, cleaned text), so the two cannot disagree on what to do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydicom.charset import python_encoding
+from pydicom.multival import MultiValue
+
+from pacs_engine.deid.key import Key
+from pacs_engine.deid.profile import PRIVATE_ROW, resolve, row_of, table
+from pacs_engine.errors import PacsEngineError
+
+#: Deeper nesting is refused: the scanner reads 64 levels, and no real IOD nests so deep.
+MAX_DEPTH = 64
+#: Dummy values of action D by VR (a UID is mapped instead; a sequence is recursed).
+DUMMY: dict[str, object] = {
+    "AE": "ANONYMOUS",
+    "AS": "000Y",
+    "CS": "ANONYMIZED",
+    "DA": "19000101",
+    "DS": "0",
+    "DT": "19000101000000",
+    "FD": 0.0,
+    "FL": 0.0,
+    "IS": "0",
+    "LO": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "PN": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "SL": 0,
+    "SS": 0,
+    "ST": "ANONYMIZED",
+    "SV": 0,
+    "TM": "000000",
+    "UC": "ANONYMIZED",
+    "UL": 0,
+    "UR": "http://anonymized.invalid",
+    "US": 0,
+    "UT": "ANONYMIZED",
+    "UV": 0,
+}
+BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
+IDENTIFYING_VRS = TEXT_VRS | {"DA", "DT"}
+#: Text cleaned of identifying values is refilled with this where one was.
+REMOVED = "[removed]"
+PATIENT_ID = 0x00100020
+PATIENT_NAME = 0x00100010
+PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+# Compound actions: the one that keeps the attribute present (what a Type 1 or 2 attribute
+# needs), since which type it has depends on the IOD, which this engine does not model.
+_COMPOUND = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U"}
+# A sequence: an empty one is wrong where it is optional (Type 3), so X/Z/U* and D keep
+# its items, de-identified (their UIDs mapped by their own rows). X/Z empties it (the
+# Acquisition Context Sequence is Type 2), but for the Type 3 sequences named here.
+_COMPOUND_SQ = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "D", "U": "D"}
+_OPTIONAL_SQ = {0x00081110}  # Referenced Study Sequence: Type 3 in the General Study module
+_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
+#: A value of several values: pydicom's MultiValue is no list, and each value counts.
+_SEVERAL = (list, tuple, MultiValue)
+
+# What `Rules.decide` says beside the table's actions X Z D K C U (counted per action):
+PIXEL = "pixel"  # a pixel data element: kept as it is, never looked at
+LENGTH = "length"  # a group length: removed (retired), not counted
+COMMAND = "command"  # group 0000: no place in a stored data set (PS3.10 7.1); removed, X
+PRIVATE = "private"  # removed, but for safe private attributes kept with their option
+OVERLAY = "overlay"  # an overlay without its data breaks Overlay Plane: its group goes
+UNLISTED = "unlisted"  # not in the table: kept (a sequence's items de-identified)
+
+
+class DeidError(PacsEngineError, ValueError):
+    """A file that cannot be de-identified with certainty (the message holds no value)."""
+
+
+class Rules:
+    """Table E.1-1 under one option set, compiled: the action of a (tag, VR), cached."""
+
+    def __init__(self, options: tuple[str, ...]) -> None:
+        self.options = options
+        self.actions_of = {row: resolve(row, options) for row in table().basic}
+        self._decided: dict[tuple[int, str], str] = {}
+        self._identifying: dict[tuple[int, str], bool] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"options": self.options}  # the caches are rebuilt in a worker
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["options"])  # type: ignore[misc]
+
+    def decide(self, tag: int, vr: str) -> str:
+        """The action for an attribute: X Z D K C U, or PIXEL LENGTH COMMAND PRIVATE
+        OVERLAY UNLISTED (see their comments)."""
+        try:
+            return self._decided[(tag, vr)]
+        except KeyError:
+            action = self._decided[(tag, vr)] = self._decide(tag, vr)
+            return action
+
+    def _decide(self, tag: int, vr: str) -> str:
+        if tag in PIXEL_TAGS:
+            return PIXEL
+        if tag & 0xFFFF == 0 or tag >> 16 == 0:
+            # Group lengths are retired and recomputed; command elements have no place in a
+            # stored data set (PS3.10 7.1), and pydicom cannot write them: both go.
+            return COMMAND if tag >> 16 == 0 else LENGTH
+        row = row_of(tag)
+        if row == PRIVATE_ROW:
+            return PRIVATE
+        if row is None:
+            return UNLISTED
+        action = self.actions_of[row]
+        if vr == "SQ" and action == "X/Z" and tag in _OPTIONAL_SQ:
+            action = "X"
+        action = (_COMPOUND_SQ if vr == "SQ" else _COMPOUND).get(action, action)
+        if action == "U" and vr != "UI":
+            action = "Z"
+        if row.startswith("60xx") and action in ("X", "C"):
+            return OVERLAY  # a bitmap cannot be "cleaned", so C removes it too
+        if row == "50xxxxxx" and action == "C":
+            action = "X"  # curve data cannot be cleaned either
+        return action
+
+    def identifying(self, tag: int, vr: str) -> bool:
+        """Whether an attribute's value is one the profile takes out (to clean text of)."""
+        try:
+            return self._identifying[(tag, vr)]
+        except KeyError:
+            found = self._identifying[(tag, vr)] = self._is_identifying(tag, vr)
+            return found
+
+    def _is_identifying(self, tag: int, vr: str) -> bool:
+        if vr not in IDENTIFYING_VRS:
+            return False
+        row = row_of(tag)
+        if row is None or row == PRIVATE_ROW:
+            return False
+        # Kept values identify nothing; cleaned text is cleaned itself; but a shifted date
+        # must not stay readable in some free text.
+        action = self.actions_of[row]
+        return action not in ("K", "C") or (vr in ("DA", "DT") and action == "C")
+
+
+@dataclass
+class Context:
+    """What de-identifying one file needs at every depth."""
+
+    key: Key
+    options: tuple[str, ...]
+    safe_private: frozenset[tuple[str, int]]
+    patient: str
+    identifying: list[str]  # values the profile takes out, to clean free text of
+    rules: Rules
+    actions: Counter[str] = field(default_factory=Counter)
+
+
+def patient_of(patient_id: object, issuer: object, name: object, birth_date: object) -> str:
+    """What tells a patient apart (keys pseudonyms and date shifts): ID and issuer, else
+    (no ID) name and birth date."""
+    if not str(patient_id):
+        return f"\0{name}\0{birth_date}"
+    return f"{patient_id}\0{issuer}"
+
+
+def identifying_parts(vr: str, value: object) -> list[str]:
+    """The texts of an identifying value to clean free text of (person names part by part)."""
+    found: list[str] = []
+    for one in value if isinstance(value, _SEVERAL) else [value]:
+        text = str(one or "")
+        parts = [text, *re.split(r"[\^=\\ ,]+", text)] if vr == "PN" else [text]
+        found += [p for p in parts if len(p.strip()) >= 3]
+    return found
+
+
+def check_charset(charsets: object) -> None:
+    """Refuse a Specific Character Set pydicom cannot decode: names could not be cleaned."""
+    charsets = charsets or ""
+    values = [charsets] if isinstance(charsets, str) else list(charsets)  # type: ignore[call-overload]
+    for value in values:
+        if str(value).strip() not in python_encoding:
+            raise DeidError("Specific Character Set not known: its text cannot be read reliably")
+
+
+def pseudonym(tag: int, context: Context) -> str:
+    """The patient's pseudonymous ID or name (one per patient, from the key)."""
+    pid = context.key.patient_id(context.patient)
+    return pid if tag == PATIENT_ID else f"ANONYMOUS^{pid}"
+
+
+def shift(value: object, days: int, name: str) -> object:
+    """Dates moved back by `days`; a value that is not a date is refused."""
+    values = value if isinstance(value, _SEVERAL) else [value]
+    shifted: list[str] = []
+    for one in values:
+        text = str(one or "")
+        if not text:
+            shifted.append(text)
+            continue
+        match = _DATE.match(text)
+        try:
+            if match is None:
+                raise ValueError
+            day = datetime.date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            raise DeidError(
+                f"{name}: not a date (the modified dates option shifts dates)"
+            ) from None
+        moved = day - datetime.timedelta(days=days)
+        shifted.append(moved.strftime("%Y%m%d") + text[8:])
+    return shifted if isinstance(value, _SEVERAL) else shifted[0]
+
+
+def scrub(value: object, identifying: list[str]) -> object:
+    """Text with every identifying value of the data set replaced by REMOVED."""
+    values = value if isinstance(value, _SEVERAL) else [value]
+    cleaned = []
+    for one in values:
+        text = str(one or "")
+        for found in sorted(set(identifying), key=len, reverse=True):
+            text = re.sub(re.escape(found), REMOVED, text, flags=re.IGNORECASE)
+        cleaned.append(text)
+    return cleaned if isinstance(value, _SEVERAL) else cleaned[0]
+
+
+def map_uids(value: object, key: Key) -> object:
+    """Each UID of a value replaced by its research UID (empty values stay empty)."""
+    values = value if isinstance(value, _SEVERAL) else [value]
+    mapped = [key.uid(str(v)) if v else v for v in values]
+    return mapped if isinstance(value, _SEVERAL) else mapped[0]

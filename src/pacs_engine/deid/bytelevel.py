@@ -1,0 +1,721 @@
+"""De-identify at the byte level: the data set is walked in its own encoding, never built.
+
+The fast path of `engine.Deidentifier`. Elements are read where they lie (explicit or
+implicit VR little endian), each gets its action from the same compiled table as the
+pydicom path (`actions.Rules.decide`), new values come from the same helpers
+(`actions`), and the output is spliced: runs of unchanged elements are copied as slices,
+changed ones are encoded again (even length, the VR's padding byte), sequences and items
+of defined length get their new lengths, group lengths go (as in the pydicom path) and the
+file meta group length is recomputed. The result is what the pydicom path writes, byte
+for byte (tests/test_deid_bytelevel.py compares them).
+
+What this does not handle raises `Fallback`, and the caller de-identifies the instance
+with pydicom instead (counted in the report): big endian or deflated data sets, no
+preamble, attributes out of order, VR UN or ambiguous VRs to rewrite, "clean" of a value
+that needs decoding beyond ASCII, nested character sets, a kept private sequence, a
+source that already has De-identification Method attributes. A length past the end of the
+data, a truncated element or a sequence without its delimiter is a DeidError: never an
+output that could keep identity.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from pacs_engine.deid.actions import (
+    BINARY_VRS,
+    COMMAND,
+    DUMMY,
+    LENGTH,
+    MAX_DEPTH,
+    OVERLAY,
+    PATIENT_ID,
+    PATIENT_NAME,
+    PIXEL,
+    PIXEL_TAGS,
+    PRIVATE,
+    TEXT_VRS,
+    UNLISTED,
+    Context,
+    DeidError,
+    Rules,
+    check_charset,
+    identifying_parts,
+    map_uids,
+    patient_of,
+    pseudonym,
+    scrub,
+    shift,
+)
+from pacs_engine.deid.key import Key
+from pacs_engine.errors import PacsEngineError
+
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+_EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
+_IMPLICIT = struct.Struct("<HHL")  # tag, 32-bit length (also items and delimiters)
+_UL = struct.Struct("<L")
+_LONG_HEADER = struct.Struct("<HH2sHL")  # tag, VR, reserved, 32-bit length
+#: Explicit VRs with a 32-bit length (PS3.5 7.1.2).
+LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
+_VRS = {
+    vr.encode(): vr
+    for vr in [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OV",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "SV",
+        "TM",
+        "UC",
+        "UI",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+        "UT",
+        "UV",
+    ]
+}
+_NUMBERS = {"FD": "<d", "FL": "<f", "SL": "<l", "SS": "<h", "SV": "<q", "UL": "<L"}
+_NUMBERS |= {"US": "<H", "UV": "<Q"}
+_DELIMITERS = {
+    ITEM_END: _IMPLICIT.pack(0xFFFE, 0xE00D, 0),
+    SEQUENCE_END: _IMPLICIT.pack(0xFFFE, 0xE0DD, 0),
+}
+_SOP_INSTANCE_UID, _SOP_CLASS_UID = 0x00080018, 0x00080016
+_CHARSET, _BURNED_IN = 0x00080005, 0x00280301
+_ISSUER, _BIRTH_DATE = 0x00100021, 0x00100030
+_TRANSFER_SYNTAX, _MEDIA_SOP_INSTANCE, _META_LENGTH = 0x00020010, 0x00020003, 0x00020000
+_IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+#: The De-identification Method attributes the engine writes, the sequence third.
+MARK_TAGS = (0x00120062, 0x00120063, 0x00120064, 0x00280303)
+
+
+class Fallback(PacsEngineError):
+    """What the byte path does not handle (the reason names no value): use pydicom."""
+
+
+@dataclass(slots=True)
+class Marks:
+    """The De-identification Method attributes, each encoded whole, by tag (in tag order),
+    and the code sequence of undefined length (replacing one of undefined length)."""
+
+    by_tag: dict[int, bytes]
+    vrs: dict[int, str]
+    sequence_undefined: bytes
+
+
+@dataclass(slots=True)
+class Settings:
+    """What the byte path needs of a Deidentifier (it cannot import the engine)."""
+
+    key: Key
+    options: tuple[str, ...]
+    safe_private: frozenset[tuple[str, int]]
+    rules: Rules
+    burned_in: str  # the policy
+    burned_in_reason: Callable[[object, object], str | None]
+    marks: Callable[[bool], Marks]  # by explicit VR
+    meta_removed: tuple[int, ...]
+
+
+class _Element:
+    """One element where it lies: tag, VR, and its bytes' offsets (header, value, end)."""
+
+    __slots__ = ("end", "items", "length", "source", "start", "tag", "value", "vr")
+
+    def __init__(
+        self,
+        source: bytes,
+        tag: int,
+        vr: str,
+        start: int,
+        value: int,
+        end: int,
+        length: int,
+        items: list,
+    ) -> None:
+        self.source = source  # the bytes it lies in (a blob's prefix or suffix)
+        self.tag, self.vr, self.start, self.value, self.end = tag, vr, start, value, end
+        self.length = length  # as found: UNDEFINED for undefined length
+        self.items: list[_Item] | None = items if vr == "SQ" else None
+
+
+class _Item:
+    __slots__ = ("elements", "undefined")
+
+    def __init__(self, undefined: bool, elements: list[_Element]) -> None:
+        self.undefined, self.elements = undefined, elements
+
+
+@dataclass(slots=True)
+class Output:
+    """The de-identified bytes: the file, or a blob's prefix (through the pixel data
+    element's header) and suffix; `data_set_end` is where that header starts."""
+
+    sop_instance_uid: str
+    withheld: str | None
+    actions: Counter[str] | None  # None: withheld
+    prefix: bytes = b""
+    suffix: bytes = b""
+    data_set_end: int = 0
+
+
+def deidentify_file(settings: Settings, data: bytes) -> Output:
+    """De-identify a whole file (preamble, meta, data set, pixel data as it is)."""
+    explicit, meta_end = _meta(data)
+    parser = _Parser(data, explicit)
+    elements, _ = parser.elements(meta_end, len(data), 0, False)
+    return _Rewrite(settings, parser, data).run(elements, meta_end, len(elements), b"")
+
+
+def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
+    """De-identify a header blob: `prefix` ends with the pixel data element's header,
+    `suffix` holds the elements after its value."""
+    explicit, meta_end = _meta(prefix)
+    head = 12 if explicit else 8
+    if len(prefix) - head < meta_end:
+        raise DeidError("header blob shorter than its pixel data element's header")
+    group, element = struct.unpack_from("<HH", prefix, len(prefix) - head)
+    if group << 16 | element not in PIXEL_TAGS:
+        raise Fallback("the header blob does not end with a pixel data element")
+    parser = _Parser(prefix, explicit)
+    before, _ = parser.elements(meta_end, len(prefix) - head, 0, False)
+    after: list[_Element] = []
+    if suffix:
+        tail = _Parser(suffix, explicit)
+        after, _ = tail.elements(0, len(suffix), 0, False)
+        parser.deepest = max(parser.deepest, tail.deepest)
+        if after and after[0].tag <= group << 16 | element:
+            raise Fallback("attributes out of order")
+    rewrite = _Rewrite(settings, parser, prefix, suffix)
+    return rewrite.run(before + after, meta_end, len(before), prefix[len(prefix) - head :])
+
+
+def _meta(data: bytes) -> tuple[bool, int]:
+    """(explicit VR, where the data set starts) from the file meta's transfer syntax."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise Fallback("no preamble and DICM prefix")
+    pos, syntax, last = 132, None, -1
+    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
+        group, element, vr, length = _EXPLICIT.unpack_from(data, pos)
+        if group << 16 | element <= last:
+            raise Fallback("file meta information out of order")
+        last = group << 16 | element
+        value = pos + 8
+        if vr.decode("latin-1") in LONG_VRS:
+            (length,) = _UL.unpack_from(data, pos + 8)
+            value = pos + 12
+        if value + length > len(data):
+            raise DeidError("file meta information: an element's length runs past the end")
+        if group << 16 | element == _TRANSFER_SYNTAX:
+            syntax = data[value : value + length].decode("latin-1").rstrip(" \0")
+        pos = value + length
+    if syntax is None:
+        raise Fallback("no transfer syntax in the file meta information")
+    uid = UID(syntax)
+    if syntax == _IMPLICIT_VR_LE:
+        return False, pos
+    if not uid.is_transfer_syntax or uid.is_deflated or not uid.is_little_endian:
+        raise Fallback("transfer syntax: not explicit or implicit VR little endian")
+    return True, pos
+
+
+class _Parser:
+    """Reads a data set's elements, their items and their items' elements, without values."""
+
+    def __init__(self, data: bytes, explicit: bool) -> None:
+        self.data, self.explicit = data, explicit
+        self.deepest = 0  # the deepest item seen (the top data set is 0)
+
+    def elements(
+        self, pos: int, end: int, depth: int, delimited: bool
+    ) -> tuple[list[_Element], int]:
+        """The elements from `pos` to `end` (or to an item delimiter when `delimited`)."""
+        data, explicit, found = self.data, self.explicit, []
+        last = -1
+        while pos < end:
+            if pos + 8 > end:
+                raise DeidError(f"truncated element header at byte {pos}")
+            group, element, code, length = _EXPLICIT.unpack_from(data, pos)
+            tag = group << 16 | element
+            if tag == ITEM_END and delimited:
+                return found, pos + 8
+            if tag <= last or group == 2 or tag >> 16 == 0xFFFE:
+                raise Fallback("attributes out of order, repeated or misplaced")
+            last = tag
+            value = pos + 8
+            if explicit:
+                vr = _VRS.get(code)
+                if vr is None:  # pydicom would guess implicit VR here
+                    raise Fallback("an element of unknown VR")
+                if vr in LONG_VRS:
+                    if pos + 12 > end:
+                        raise DeidError(f"truncated element header at byte {pos}")
+                    (length,) = _UL.unpack_from(data, pos + 8)
+                    value = pos + 12
+            else:
+                (length,) = _UL.unpack_from(data, pos + 4)
+                vr = _implicit_vr(tag)
+            items: list[_Item] = []
+            if length == UNDEFINED:
+                if tag in PIXEL_TAGS:
+                    stop = self._fragments(value, end)
+                elif vr == "SQ":
+                    items, stop = self._items(value, end, depth + 1, True)
+                else:
+                    raise Fallback("an undefined length that is no sequence")
+            else:
+                stop = value + length
+                if stop > end:
+                    raise DeidError(
+                        f"element ({group:04X},{element:04X}) at byte {pos}: its length "
+                        "runs past the end of the data"
+                    )
+                if vr == "SQ":
+                    items, _ = self._items(value, stop, depth + 1, False)
+            found.append(_Element(data, tag, vr, pos, value, stop, length, items))
+            pos = stop
+        if delimited:
+            raise DeidError("an item of undefined length without its delimiter")
+        return found, pos
+
+    def _items(self, pos: int, end: int, depth: int, delimited: bool) -> tuple[list[_Item], int]:
+        """A sequence's items, to `end` or to its delimiter (then the position after it)."""
+        data, items = self.data, []
+        self.deepest = max(self.deepest, depth)
+        while True:
+            if not delimited and pos >= end:
+                return items, pos
+            if pos + 8 > end:
+                raise DeidError("a sequence truncated (no delimiter or item header)")
+            group, element, length = _IMPLICIT.unpack_from(data, pos)
+            tag = group << 16 | element
+            if tag == SEQUENCE_END and delimited:
+                return items, pos + 8
+            if tag != ITEM:
+                raise DeidError(f"a sequence holds something else than items at byte {pos}")
+            if length == UNDEFINED:
+                elements, pos = self.elements(pos + 8, end, depth, True)
+            else:
+                if pos + 8 + length > end:
+                    raise DeidError(f"an item's length runs past the end at byte {pos}")
+                elements, pos = self.elements(pos + 8, pos + 8 + length, depth, False)
+            items.append(_Item(length == UNDEFINED, elements))
+
+    def _fragments(self, pos: int, end: int) -> int:
+        """The end of encapsulated pixel data (after its delimiter): items skipped."""
+        while pos + 8 <= end:
+            group, element, length = _IMPLICIT.unpack_from(self.data, pos)
+            tag = group << 16 | element
+            if tag == SEQUENCE_END:
+                return pos + 8
+            if tag != ITEM or length == UNDEFINED or pos + 8 + length > end:
+                raise DeidError(f"encapsulated pixel data malformed at byte {pos}")
+            pos += 8 + length
+        raise DeidError("encapsulated pixel data without its delimiter")
+
+
+_IMPLICIT_VRS: dict[int, str] = {}
+
+
+def _implicit_vr(tag: int) -> str:
+    """The dictionary's VR of a tag (what pydicom gives an implicit VR element), 'UN' if none;
+    an ambiguous one ('US or SS') is kept whole, so rewriting it falls back."""
+    try:
+        return _IMPLICIT_VRS[tag]
+    except KeyError:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+        _IMPLICIT_VRS[tag] = vr
+        return vr
+
+
+class _Rewrite:
+    """One instance's rewrite: the decisions, the new values, the spliced bytes."""
+
+    def __init__(
+        self, settings: Settings, parser: _Parser, data: bytes, suffix: bytes = b""
+    ) -> None:
+        self.settings, self.parser = settings, parser
+        self.explicit = parser.explicit
+        self.data, self.suffix = data, suffix
+        self.rules = settings.rules
+        self.encodings: str | list[str] = default_encoding
+        self.context: Context | None = None
+        self.identifying: list[str] | None = None  # made when some text is cleaned
+        self.top: list[_Element] = []
+        self.sop_written = ""
+
+    def run(self, elements: list[_Element], meta_end: int, split: int, head: bytes) -> Output:
+        """De-identify the top-level `elements` (those from `split` on lie in the suffix)."""
+        self.top, self.split = elements, split
+        by_tag = {e.tag: e for e in elements}
+        sop = self._uid(by_tag.get(_SOP_INSTANCE_UID))
+        if not sop:
+            raise DeidError("no SOP Instance UID")
+        new_sop = self.settings.key.uid(sop)
+        withheld = self.settings.burned_in_reason(
+            self._single(by_tag.get(_BURNED_IN)), self._uid(by_tag.get(_SOP_CLASS_UID))
+        )
+        if withheld is not None and self.settings.burned_in == "leave-out":
+            return Output(new_sop, withheld, None)
+        charset = by_tag.get(_CHARSET)
+        if charset is not None:
+            value = self._strings(charset)
+            check_charset(value)
+            if value:
+                self.encodings = convert_encodings(value)
+        if self.parser.deepest > MAX_DEPTH:
+            raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
+        patient = patient_of(
+            *(self._value(by_tag.get(t)) for t in (PATIENT_ID, _ISSUER, PATIENT_NAME, _BIRTH_DATE))
+        )
+        settings = self.settings
+        self.context = Context(
+            settings.key, settings.options, settings.safe_private, patient, [], self.rules
+        )
+        out = bytearray()
+        suffix_at = self._dataset(elements, out, 0, split)
+        data_set = bytes(out[:suffix_at])
+        meta = self._file_meta(meta_end)
+        self.context.actions["added"] += 4
+        output = Output(new_sop, withheld, self.context.actions)
+        output.prefix = meta + data_set + head
+        output.suffix = bytes(out[suffix_at:])
+        output.data_set_end = len(meta) + len(data_set)
+        return output
+
+    # -- reading values -------------------------------------------------------------
+
+    def _bytes(self, element: _Element) -> bytes:
+        return element.source[element.value : element.end]
+
+    def _strings(self, element: _Element) -> str | list[str]:
+        """A value as pydicom reads AE, AS, CS, DA, DT, TM and UI (ISO 8859, no padding)."""
+        values = self._bytes(element).decode("latin-1").rstrip(" \0").split("\\")
+        return values[0] if len(values) == 1 else values
+
+    def _uid(self, element: _Element | None) -> str:
+        """A single UID's value ('' when absent); several fall back (pydicom's str of them)."""
+        return self._single(element)
+
+    def _single(self, element: _Element | None) -> str:
+        if element is None:
+            return ""
+        value = self._strings(element)
+        if isinstance(value, list):
+            raise Fallback("several values where one is read")
+        return value
+
+    def _value(self, element: _Element | None) -> object:
+        """The value pydicom gives an element (decoded with the data set's character set)."""
+        if element is None:
+            return ""
+        raw = RawDataElement(
+            BaseTag(element.tag),
+            element.vr if self.explicit else None,
+            element.end - element.value,
+            self._bytes(element),
+            element.value,
+            not self.explicit,
+            True,
+        )
+        return convert_raw_data_element(raw, encoding=self.encodings).value
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _dataset(self, elements: list[_Element], out: bytearray, depth: int, split: int) -> int:
+        """Write a data set's elements de-identified into `out`; the offset in `out` where
+        element `split` starts (the blob's suffix) is returned."""
+        decide = self.rules.decide
+        actions = [decide(e.tag, e.vr) for e in elements]
+        overlays = {e.tag >> 16 for e, a in zip(elements, actions, strict=True) if a == OVERLAY}
+        marks = self.settings.marks(self.explicit) if depth == 0 else None
+        pending = list(marks.by_tag.items()) if marks else []
+        data = self.data
+        run_start = run_end = -1
+        split_at = len(out)
+        for index, (element, action) in enumerate(zip(elements, actions, strict=True)):
+            if index == split and depth == 0:
+                if run_end >= 0:
+                    out += data[run_start:run_end]
+                    run_start = run_end = -1
+                out += b"".join(m for _, m in pending)
+                pending = []
+                split_at = len(out)
+                data = self.suffix
+            while pending and element.tag > pending[0][0]:
+                if run_end >= 0:
+                    out += data[run_start:run_end]
+                    run_start = run_end = -1
+                out += pending.pop(0)[1]
+            new = self._element(element, action, elements, depth)
+            if pending and element.tag == pending[0][0]:
+                # Already there: set to the new value, as pydicom sets it (VR and
+                # undefined length as found).
+                assert marks is not None
+                if element.vr != marks.vrs[element.tag]:
+                    raise Fallback("a De-identification Method attribute of another VR")
+                new = pending.pop(0)[1]
+                if element.length == UNDEFINED:
+                    new = marks.sequence_undefined
+            if element.tag >> 16 in overlays and (new is not None or action == OVERLAY):
+                assert self.context is not None
+                self.context.actions["X"] += 1  # its overlay group goes whole
+                new = None
+            if new is True:
+                if run_end == element.start:
+                    run_end = element.end
+                else:
+                    if run_end >= 0:
+                        out += data[run_start:run_end]
+                    run_start, run_end = element.start, element.end
+                continue
+            if run_end >= 0:
+                out += data[run_start:run_end]
+                run_start = run_end = -1
+            if new is not None:
+                out += new
+        if run_end >= 0:
+            out += data[run_start:run_end]
+        for _, mark in pending:
+            out += mark
+        if depth == 0 and split >= len(elements):
+            split_at = len(out)
+        return split_at
+
+    def _element(
+        self, element: _Element, action: str, siblings: list[_Element], depth: int
+    ) -> bytes | bool | None:
+        """One element de-identified: True to copy it as it is, None to drop it, or its
+        new bytes."""
+        context = self.context
+        assert context is not None
+        tag, vr = element.tag, element.vr
+        if action == PIXEL:
+            return True
+        if action in (LENGTH, COMMAND):
+            context.actions["X"] += action == COMMAND
+            return None
+        if action == PRIVATE:
+            return self._private(element, siblings)
+        if action == UNLISTED:
+            return self._sequence(element, depth) if vr == "SQ" else True
+        if action == OVERLAY:
+            return None
+        context.actions[action] += 1
+        if action == "X":
+            return None
+        if action == "K":
+            return self._sequence(element, depth) if vr == "SQ" else True
+        if vr == "UN" or " " in vr:  # pydicom would give it the dictionary's VR first
+            raise Fallback("a value of VR UN or of an ambiguous VR to rewrite")
+        if vr == "SQ":
+            return self._sequence(element, depth, empty=action == "Z")
+        if action == "U":
+            return self._encode(element, map_uids(self._strings(element), context.key))
+        if action == "Z":
+            if tag in (PATIENT_ID, PATIENT_NAME):
+                return self._encode(element, pseudonym(tag, context))
+            return self._encode(element, b"" if vr in BINARY_VRS else None)
+        if action == "D":
+            if vr == "UI":
+                return self._encode(element, map_uids(self._strings(element), context.key))
+            if tag in (PATIENT_ID, PATIENT_NAME):
+                return self._encode(element, pseudonym(tag, context))
+            if vr in BINARY_VRS:
+                return self._encode(element, b"\0\0")
+            if vr not in DUMMY:
+                raise Fallback("no dummy value for this VR")
+            return self._encode(element, DUMMY[vr])
+        return self._clean(element)
+
+    def _clean(self, element: _Element) -> bytes | bool | None:
+        """C on a value that is no sequence (see `engine._clean_value`)."""
+        context = self.context
+        assert context is not None
+        vr = element.vr
+        dates = "retain-longitudinal-modified-dates" in context.options
+        if vr in ("DA", "DT"):
+            if not dates:
+                return self._encode(element, None)
+            days = context.key.shift_days(context.patient)
+            name = keyword_for_tag(element.tag) or str(BaseTag(element.tag))
+            return self._encode(element, shift(self._strings(element), days, name))
+        if vr == "TM" and not dates:
+            return self._encode(element, None)
+        if vr in TEXT_VRS:
+            return self._encode(element, scrub(self._value(element), self._identifying()))
+        if vr in BINARY_VRS:
+            return self._encode(element, b"")
+        # Anything else is kept, but pydicom has read it and writes what it read (without
+        # its padding, for instance): so do the same, for text values.
+        value = self._value(element)
+        values = value if isinstance(value, MultiValue) else [value]
+        if not all(isinstance(one, str) for one in values):
+            raise Fallback("clean of a value that is not text")
+        return self._encode(element, value)
+
+    def _identifying(self) -> list[str]:
+        """Every value the profile takes out, at every depth (`engine._collect_identifying`)."""
+        if self.identifying is None:
+            self.identifying = []
+            self._collect(self.top)
+        return self.identifying
+
+    def _collect(self, elements: list[_Element]) -> None:
+        assert self.identifying is not None
+        for element in elements:
+            if element.items is not None:
+                for item in element.items:
+                    self._collect(item.elements)
+            elif self.rules.identifying(element.tag, element.vr):
+                self.identifying += identifying_parts(element.vr, self._value(element))
+
+    def _private(self, element: _Element, siblings: list[_Element]) -> bytes | bool | None:
+        """Private attributes go, but safe ones with their option (`engine._private`)."""
+        context = self.context
+        assert context is not None
+        tag = element.tag
+        low = tag & 0xFFFF
+        if "retain-safe-private" in context.options and context.safe_private:
+            if 0x10 <= low < 0x0100:  # a private creator: pydicom writes what it read
+                name = self._value(element)
+                if any(c == str(name).strip() for c, _ in context.safe_private):
+                    if not isinstance(name, str):
+                        raise Fallback("a private creator of several values")
+                    return self._encode(element, name)
+            elif low >= 0x1000:
+                creator_tag = (tag & 0xFFFF0000) | low >> 8
+                creator = next((e for e in siblings if e.tag == creator_tag), None)
+                name = str(self._value(creator)).strip() if creator is not None else ""
+                if (name, low & 0xFF) in context.safe_private:
+                    if element.vr == "SQ":
+                        raise Fallback("a kept private sequence")
+                    context.actions["K"] += 1
+                    return True
+        context.actions["X"] += 1
+        return None
+
+    def _sequence(self, element: _Element, depth: int, empty: bool = False) -> bytes:
+        """A sequence written again: its items de-identified (none when `empty`), lengths
+        recomputed where they were defined."""
+        if element.source is not self.data:
+            raise Fallback("a sequence after the pixel data")
+        undefined = element.length == UNDEFINED
+        out = bytearray(self._header(element.tag, "SQ", UNDEFINED))
+        start = len(out)
+        for item in [] if empty else element.items or []:
+            out += _IMPLICIT.pack(0xFFFE, 0xE000, UNDEFINED)
+            at = len(out)
+            if any(e.tag == _CHARSET for e in item.elements):
+                raise Fallback("a character set inside a sequence item")
+            self._dataset(item.elements, out, depth + 1, len(item.elements))
+            if item.undefined:
+                out += _DELIMITERS[ITEM_END]
+            else:
+                _UL.pack_into(out, at - 4, len(out) - at)
+        if undefined:
+            out += _DELIMITERS[SEQUENCE_END]
+        else:
+            _UL.pack_into(out, start - 4, len(out) - start)
+        return bytes(out)
+
+    def _header(self, tag: int, vr: str, length: int) -> bytes:
+        if not self.explicit:
+            return _IMPLICIT.pack(tag >> 16, tag & 0xFFFF, length)
+        if vr in LONG_VRS:
+            return _LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), 0, length)
+        if length > 0xFFFF:  # pydicom would write it as UN
+            raise Fallback("a new value too long for its VR's 16-bit length")
+        return _EXPLICIT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
+
+    def _encode(self, element: _Element, value: object) -> bytes:
+        """An element with a new value, encoded as pydicom encodes it."""
+        if element.tag == _SOP_INSTANCE_UID and any(e is element for e in self.top):
+            self.sop_written = str(value)
+        encoded = encode_value(element.vr, value)
+        return self._header(element.tag, element.vr, len(encoded)) + encoded
+
+    def _file_meta(self, meta_end: int) -> bytes:
+        """The preamble and file meta information: Media Storage SOP Instance UID follows
+        the SOP Instance UID, AE titles and private information go, group length recomputed."""
+        data = self.data
+        if not self.sop_written:
+            kept = next(e for e in self.top if e.tag == _SOP_INSTANCE_UID)
+            self.sop_written = self._single(kept)
+        meta, pos, has_length = bytearray(), 132, False
+        while pos < meta_end:
+            group, element, code, length = _EXPLICIT.unpack_from(data, pos)
+            tag, vr, value = group << 16 | element, code.decode("latin-1"), pos + 8
+            if vr in LONG_VRS:
+                (length,) = _UL.unpack_from(data, pos + 8)
+                value = pos + 12
+            if tag == _META_LENGTH:
+                if vr != "UL" or length != 4:
+                    raise Fallback("a file meta group length that is no UL")
+                has_length = True
+            elif tag == _MEDIA_SOP_INSTANCE:
+                encoded = encode_value("UI", self.sop_written)
+                meta += _EXPLICIT.pack(group, element, b"UI", len(encoded)) + encoded
+            elif tag not in self.settings.meta_removed:
+                meta += data[pos : value + length]
+            pos = value + length
+        length_element = _META_LENGTH_UL.pack(2, 0, b"UL", 4, len(meta)) if has_length else b""
+        return bytes(data[:132]) + length_element + bytes(meta)
+
+
+_META_LENGTH_UL = struct.Struct("<HH2sHL")  # (0002,0000): tag, "UL", length 4, its value
+
+
+def encode_value(vr: str, value: object) -> bytes:
+    """A value as pydicom writes it: text joined by backslashes and padded to even length
+    (UI with NUL, others with space), numbers packed little endian, bytes as they are."""
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value + b"\0" * (len(value) & 1)
+    if vr in _NUMBERS:
+        return struct.pack(_NUMBERS[vr], value)
+    text = value if isinstance(value, str) else "\\".join(str(v) for v in value)  # type: ignore[attr-defined]
+    try:
+        encoded = text.encode("ascii")
+    except UnicodeEncodeError:  # pydicom would encode it in the data set's character set
+        raise Fallback("a new text value that is not ASCII") from None
+    if len(encoded) & 1:
+        encoded += b"\0" if vr == "UI" else b" "
+    return encoded
