@@ -118,6 +118,7 @@ _CHARSET, _BURNED_IN = 0x00080005, 0x00280301
 _ISSUER, _BIRTH_DATE = 0x00100021, 0x00100030
 _TRANSFER_SYNTAX, _MEDIA_SOP_INSTANCE, _META_LENGTH = 0x00020010, 0x00020003, 0x00020000
 _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+_PIXEL_DATA = 0x7FE00010
 #: The De-identification Method attributes the engine writes, the sequence third.
 MARK_TAGS = (0x00120062, 0x00120063, 0x00120064, 0x00280303)
 
@@ -194,16 +195,18 @@ class Output:
 
 def deidentify_file(settings: Settings, data: bytes) -> Output:
     """De-identify a whole file (preamble, meta, data set, pixel data as it is)."""
-    explicit, meta_end = _meta(data)
+    explicit, compressed, meta_end = _meta(data)
     parser = _Parser(data, explicit)
     elements, _ = parser.elements(meta_end, len(data), 0, False)
-    return _Rewrite(settings, parser, data).run(elements, meta_end, len(elements), b"")
+    rewrite = _Rewrite(settings, parser, data)
+    rewrite.pixel_data_compressed = compressed  # pydicom frames Pixel Data by the syntax
+    return rewrite.run(elements, meta_end, len(elements), b"")
 
 
 def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
     """De-identify a header blob: `prefix` ends with the pixel data element's header,
     `suffix` holds the elements after its value."""
-    explicit, meta_end = _meta(prefix)
+    explicit, _, meta_end = _meta(prefix)
     head = 12 if explicit else 8
     if len(prefix) - head < meta_end:
         raise DeidError("header blob shorter than its pixel data element's header")
@@ -223,8 +226,9 @@ def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
     return rewrite.run(before + after, meta_end, len(before), prefix[len(prefix) - head :])
 
 
-def _meta(data: bytes) -> tuple[bool, int]:
-    """(explicit VR, where the data set starts) from the file meta's transfer syntax."""
+def _meta(data: bytes) -> tuple[bool, bool, int]:
+    """(explicit VR, compressed, where the data set starts) from the file meta's transfer
+    syntax."""
     if len(data) < 132 or data[128:132] != b"DICM":
         raise Fallback("no preamble and DICM prefix")
     pos, syntax, last = 132, None, -1
@@ -246,10 +250,10 @@ def _meta(data: bytes) -> tuple[bool, int]:
         raise Fallback("no transfer syntax in the file meta information")
     uid = UID(syntax)
     if syntax == _IMPLICIT_VR_LE:
-        return False, pos
+        return False, False, pos
     if not uid.is_transfer_syntax or uid.is_deflated or not uid.is_little_endian:
         raise Fallback("transfer syntax: not explicit or implicit VR little endian")
-    return True, pos
+    return True, uid.is_compressed, pos
 
 
 class _Parser:
@@ -263,7 +267,8 @@ class _Parser:
         self, pos: int, end: int, depth: int, delimited: bool
     ) -> tuple[list[_Element], int]:
         """The elements from `pos` to `end` (or to an item delimiter when `delimited`)."""
-        data, explicit, found = self.data, self.explicit, []
+        data, explicit = self.data, self.explicit
+        found: list[_Element] = []
         last = -1
         while pos < end:
             if pos + 8 > end:
@@ -313,7 +318,8 @@ class _Parser:
 
     def _items(self, pos: int, end: int, depth: int, delimited: bool) -> tuple[list[_Item], int]:
         """A sequence's items, to `end` or to its delimiter (then the position after it)."""
-        data, items = self.data, []
+        data = self.data
+        items: list[_Item] = []
         self.deepest = max(self.deepest, depth)
         while True:
             if not delimited and pos >= end:
@@ -379,6 +385,8 @@ class _Rewrite:
         self.identifying: list[str] | None = None  # made when some text is cleaned
         self.top: list[_Element] = []
         self.sop_written = ""
+        #: A whole file's transfer syntax is compressed (None: a blob, no Pixel Data in it).
+        self.pixel_data_compressed: bool | None = None
 
     def run(self, elements: list[_Element], meta_end: int, split: int, head: bytes) -> Output:
         """De-identify the top-level `elements` (those from `split` on lie in the suffix)."""
@@ -508,7 +516,7 @@ class _Rewrite:
             if run_end >= 0:
                 out += data[run_start:run_end]
                 run_start = run_end = -1
-            if new is not None:
+            if isinstance(new, bytes):
                 out += new
         if run_end >= 0:
             out += data[run_start:run_end]
@@ -527,7 +535,7 @@ class _Rewrite:
         assert context is not None
         tag, vr = element.tag, element.vr
         if action == PIXEL:
-            return True
+            return self._pixel_data(element) if depth == 0 and tag == _PIXEL_DATA else True
         if action in (LENGTH, COMMAND):
             context.actions["X"] += action == COMMAND
             return None
@@ -542,7 +550,8 @@ class _Rewrite:
             return None
         if action == "K":
             return self._sequence(element, depth) if vr == "SQ" else True
-        if vr == "UN" or " " in vr:  # pydicom would give it the dictionary's VR first
+        if " " in vr or (vr == "UN" and _implicit_vr(tag) != "UN"):
+            # pydicom would give it the dictionary's VR (or resolve it) first
             raise Fallback("a value of VR UN or of an ambiguous VR to rewrite")
         if vr == "SQ":
             return self._sequence(element, depth, empty=action == "Z")
@@ -563,6 +572,19 @@ class _Rewrite:
                 raise Fallback("no dummy value for this VR")
             return self._encode(element, DUMMY[vr])
         return self._clean(element)
+
+    def _pixel_data(self, element: _Element) -> bytes | bool:
+        """Pixel Data as pydicom writes a whole file's: padded to even length, of undefined
+        length where the transfer syntax is compressed."""
+        if self.pixel_data_compressed is None:
+            return True
+        if self.pixel_data_compressed != (element.length == UNDEFINED):
+            raise Fallback("Pixel Data framed otherwise than its transfer syntax says")
+        if self.explicit and element.vr not in ("OB", "OW"):
+            raise Fallback("Pixel Data of a VR other than OB or OW")
+        if element.length == UNDEFINED or not element.length & 1:
+            return True
+        return self._encode(element, self._bytes(element))  # an odd length: padded
 
     def _clean(self, element: _Element) -> bytes | bool | None:
         """C on a value that is no sequence (see `engine._clean_value`)."""

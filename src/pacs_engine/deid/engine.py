@@ -211,9 +211,9 @@ class Deidentifier:
                     return HeaderResult(
                         out.sop_instance_uid, new, out.withheld, out.actions, out.data_set_end
                     )
-            result = self._apply_header(blob)
-            result.fallback = fallback
-            return result
+            header = self._apply_header(blob)
+            header.fallback = fallback
+            return header
 
     def _apply_header(self, blob: HeaderBlob) -> HeaderResult:
         try:
@@ -316,8 +316,8 @@ class Deidentifier:
         if explicit not in self._marks:
             by_tag, vrs = {}, {}
             for element in self._marks_dataset():
-                by_tag[element.tag] = _encoded(element, explicit)
-                vrs[element.tag] = element.VR
+                by_tag[int(element.tag)] = _encoded(element, explicit)
+                vrs[int(element.tag)] = element.VR
             sequence = self._marks_dataset()[bytelevel.MARK_TAGS[2]]
             sequence.is_undefined_length = True
             undefined = _encoded(sequence, explicit)

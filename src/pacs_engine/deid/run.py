@@ -71,6 +71,8 @@ class DeidReport:
     refused: dict[str, str] = field(default_factory=dict)  # new SOP UID -> why
     source_quarantined: int = 0  # files the source refused: identified bytes, not copied
     actions: Counter[str] = field(default_factory=Counter)  # per action, attributes changed
+    #: Copied instances the byte-level rewrite left to pydicom (slower), by reason.
+    fallbacks: Counter[str] = field(default_factory=Counter)
     verify: VerifyReport | None = None  # with verify=True: the research archive checked
     seconds: float = 0.0
 
@@ -92,6 +94,7 @@ class DeidReport:
             "refused_instances": self.refused,
             "source_quarantined_not_copied": self.source_quarantined,
             "actions": dict(sorted(self.actions.items())),
+            "fallbacks": dict(sorted(self.fallbacks.items())),
             "balanced": self.balanced,
             "seconds": round(self.seconds, 3),
             "verify_mismatches": None if self.verify is None else self.verify.mismatches,
@@ -214,6 +217,8 @@ def _copy(
                 assert result is not None and new_row is not None
                 copied.append(_instance(source, row, result, new_row))
                 report.actions.update(result.actions)
+                if result.fallback is not None:
+                    report.fallbacks[result.fallback] += 1
         if copied:
             series = copied[0].row["SeriesInstanceUID"]
             write_copied_part(target, source.pixels, series, copied)
