@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import zarr
-
 from pacs_engine.archive.blobs import (
     ENCAPSULATED,
     NATIVE,
@@ -129,10 +127,11 @@ def _array_for(pixels: PixelStore, source: PixelStore, source_path: str, series_
     key = source_path.rsplit("/", 1)[-1]
     path = pixels.array_path(series_uid, key)
     if not pixels.exists(path):
-        zarr.open_group(pixels.root, mode="a").require_group(series_folder(series_uid))
         meta = json.loads((source.root / source_path / "zarr.json").read_bytes())
         meta["shape"][0] = 0
-        write_atomic(pixels.root / path / "zarr.json", json.dumps(meta, indent=2).encode())
+        # Not durable yet, as an ingest's new array: `set_frames` after the part's commit
+        # makes it so, and a crash before leaves an array no row uses (tidied).
+        pixels.create_array(path, json.dumps(meta, indent=2).encode())
     return path
 
 

@@ -350,14 +350,16 @@ class PixelStore:
         no row uses, which the ingest's tidy removes.
         """
         path = self.array_path(series_uid, key)
-        if self.exists(path):
-            return
+        if not self.exists(path):
+            self.create_array(path, array_metadata(spec, attributes))
+
+    def create_array(self, path: str, zarr_json: bytes) -> None:
+        """Create an array (and its series group) with this zarr.json, not made durable
+        (see `ensure_array`)."""
         group = (self.root / path).parent
         if not (group / "zarr.json").exists():
             write_atomic(group / "zarr.json", _group_metadata(), durable=False)
-        write_atomic(
-            self.root / path / "zarr.json", array_metadata(spec, attributes), durable=False
-        )
+        write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
 
     def frames(self, path: str) -> int:
         """The array's committed frame count (its shape along axis 0)."""
