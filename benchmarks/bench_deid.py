@@ -69,6 +69,7 @@ def test_bench_deid() -> None:
         key = make_key(root / "key")
         rows: list[tuple[str, float]] = []
         fallbacks: dict[int, dict[str, int]] = {}
+        stages: dict[int, dict[str, dict[str, list[float]]]] = {}  # CPU, wall s per stage
 
         start = time.perf_counter()
         _dicom_anonymizer(copy.copy(files))
@@ -87,6 +88,7 @@ def test_bench_deid() -> None:
             assert report.balanced and report.staged + len(report.withheld) == len(files)
             # Instances the byte-level rewrite left to pydicom, by reason (none on main).
             fallbacks[workers] = report.to_dict().get("fallbacks", {})
+            stages[workers] = report.to_dict().get("stages", {})
             with open_archive(research) as copied:
                 assert copied.verify(workers=2, record=False).ok
 
@@ -100,3 +102,6 @@ def test_bench_deid() -> None:
         )
     for workers, reasons in fallbacks.items():
         print(f"workers {workers}: left to pydicom {sum(reasons.values())} {reasons}")
+        for process, times in stages.get(workers, {}).items():
+            spent = ", ".join(f"{n} {c:.2f}/{w:.2f}" for n, (c, w) in sorted(times.items()))
+            print(f"  {process} (CPU/wall s): {spent}")

@@ -6,9 +6,10 @@ or encoded. Chunks are copied into shards of the copy's own arrays (whose zarr.j
 is the source array's, codec included), never hard-linked: each archive's shards are
 written, fsynced and checked on their own, and damage to one cannot reach the other.
 
-A part is written as an ingest part is: shards, then the header pack and its rows
-file, all fsynced, then the rows committed in one index transaction, then the arrays'
-frame counts raised. A part that dies before its commit is invisible; the caller tidies
+A part (of one series or several) is written as an ingest part is: shards, then each
+series' header pack and its rows file, all fsynced, then the rows committed in one index
+transaction, then the arrays' frame counts raised. A part that dies before its commit is
+invisible; the caller tidies
 the archive (`pacs_engine.ingest.tidy`) before a run, which removes such files and fits
 the arrays to their committed frames.
 """
@@ -34,6 +35,7 @@ from pacs_engine.archive.blobs import (
 from pacs_engine.archive.pixel_store import PixelStore, decompress
 from pacs_engine.archive.prepare import rebuild_file
 from pacs_engine.index.rows import Row
+from pacs_engine.stages import stage
 from pacs_engine.storage import fsync_dirs, series_folder, write_atomic
 
 if TYPE_CHECKING:
@@ -84,20 +86,26 @@ def file_sha256(
 
 
 def write_copied_part(
-    archive: Archive, source: PixelStore, series_uid: str, instances: list[CopiedInstance]
+    archive: Archive, source: PixelStore, instances: list[CopiedInstance]
 ) -> list[Row]:
-    """Write and commit one part of a series of copied instances; returns its rows.
+    """Write and commit one part of copied instances, of one series or several; returns
+    its rows.
 
-    The arrays are the source arrays' (same key, same zarr.json), made in the series'
+    The arrays are the source arrays' (same key, same zarr.json), made in each series'
     folder of this archive when missing; frames go after the array's frame count, which
-    is its committed frames once what a killed run left was tidied (ingest.tidy).
+    is its committed frames once what a killed run left was tidied (ingest.tidy). Each
+    series gets its own header pack; the whole part one commit (several small series in
+    one part: fewer fsyncs and transactions).
     """
     dirs: set[Path] = set()
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
     rows: list[Row] = []
+    by_series: dict[str, list[CopiedInstance]] = {}
     for instance in instances:
         row = instance.row
+        series_uid = row["SeriesInstanceUID"]
+        by_series.setdefault(series_uid, []).append(instance)
         if instance.source_array is None:
             row["pixels"] = None
             row["stored_bytes"] = 0
@@ -114,9 +122,11 @@ def write_copied_part(
         rows.append(row)
     for path, chunks in by_array.items():
         archive.pixels.write_frames(path, starts[path], chunks, dirs)
-    _write_pack(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in instances], dirs)
+    for series_uid, members in by_series.items():
+        _write_pack(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members], dirs)
     fsync_dirs(dirs)
-    archive.index.commit(rows)
+    with stage("commit"):
+        archive.index.commit(rows)
     for path, chunks in by_array.items():  # after the commit, as the ingest does
         archive.pixels.set_frames(path, starts[path] + len(chunks) // archive.pixels.grid(path)[1])
     return rows

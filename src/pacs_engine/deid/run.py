@@ -1,10 +1,11 @@
 """Make a de-identified research archive from an archive of record, without decoding a pixel.
 
-Per series of the source, in parts of BATCH instances: each instance's header blob is
+Series by series of the source, in parts of BATCH instances (a part may hold the end of
+one series and the start of the next): each instance's header blob is
 de-identified (`engine.Deidentifier.apply_header`, in the worker processes), its stored
 chunks are read as they are, and the part is written into the research archive by
 `pacs_engine.archive.copies`: the same chunk bytes in the research series' arrays (the
-source arrays' codec and metadata), the new header blobs in a pack, index rows naming
+source arrays' codec and metadata), the new header blobs in a pack per series, index rows naming
 the new UIDs with the source's frame hashes, committed in one transaction. No codec
 decodes or encodes anything. Resumable: an instance is copied once its row is
 committed; a part killed before its commit is invisible, and the next run tidies the
@@ -36,13 +37,14 @@ from pacs_engine.index.rows import Row
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.scanning import scan
+from pacs_engine.stages import Times, add_times, stage, task
 from pacs_engine.storage import write_atomic
 from pacs_engine.workers import Executor, PerProcess
 
 #: What a research archive was made with: a later run must use the same, or UIDs and
 #: pseudonyms of one archive would come from two keys.
 SETTINGS = "deid.json"
-BATCH = 32  # instances a task de-identifies, and a part commits
+BATCH = 64  # instances a task de-identifies, and a part commits
 #: The fields of a source row a copy keeps: what its pixels are (no identity in them).
 PIXEL_FIELDS = (
     "transfer_syntax_uid",
@@ -73,6 +75,9 @@ class DeidReport:
     actions: Counter[str] = field(default_factory=Counter)  # per action, attributes changed
     #: Copied instances the byte-level rewrite left to pydicom (slower), by reason.
     fallbacks: Counter[str] = field(default_factory=Counter)
+    #: Where the time went: [CPU, wall] seconds per stage, of the header rewrites (summed
+    #: over the workers' tasks) and of the process writing the parts.
+    stages: dict[str, Times] = field(default_factory=lambda: {"headers": {}, "parts": {}})
     verify: VerifyReport | None = None  # with verify=True: the research archive checked
     seconds: float = 0.0
 
@@ -95,6 +100,10 @@ class DeidReport:
             "source_quarantined_not_copied": self.source_quarantined,
             "actions": dict(sorted(self.actions.items())),
             "fallbacks": dict(sorted(self.fallbacks.items())),
+            "stages": {
+                process: {name: [round(c, 3), round(w, 3)] for name, (c, w) in times.items()}
+                for process, times in self.stages.items()
+            },
             "balanced": self.balanced,
             "seconds": round(self.seconds, 3),
             "verify_mismatches": None if self.verify is None else self.verify.mismatches,
@@ -194,35 +203,51 @@ def _copy(
     tidy_archive(target)
 
     def parts() -> Iterator[list[Row]]:
+        # Series after series; a part may end one and begin the next (small series would
+        # otherwise cost a commit and its fsyncs each).
+        todo: list[Row] = []
         for record in source.index.all_series():
-            todo = []
             for row in source.index.iter_series(record["SeriesInstanceUID"]):
                 report.source_instances += 1
                 if deidentifier.key.uid(row["SOPInstanceUID"]) in target.index:
                     report.already_copied += 1
                 else:
                     todo.append(row)
-            yield from (todo[i : i + BATCH] for i in range(0, len(todo), BATCH))
+                if len(todo) == BATCH:
+                    yield todo
+                    todo = []
+        if todo:
+            yield todo
 
     window = 2 * (os.cpu_count() or 1)
     tasks = _bounded(executor, parts(), window, str(source.path), deidentifier, run)
-    for rows, results in tasks:
-        copied = []
-        for row, (new, outcome, reason, result, new_row) in zip(rows, results, strict=True):
-            if outcome == "withheld":
-                report.withheld[new] = reason
-            elif outcome == "refused":
-                report.refused[new] = reason
-            else:
-                assert result is not None and new_row is not None
+    for rows, (results, times) in tasks:
+        add_times(report.stages["headers"], times)
+        with task() as spent:
+            _write_part(source, target, rows, results, report)
+        add_times(report.stages["parts"], spent)
+
+
+def _write_part(
+    source: Archive, target: Archive, rows: list[Row], results: list[Outcome], report: DeidReport
+) -> None:
+    """Copy one part's de-identified instances into the research archive."""
+    copied = []
+    for row, (new, outcome, reason, result, new_row) in zip(rows, results, strict=True):
+        if outcome == "withheld":
+            report.withheld[new] = reason
+        elif outcome == "refused":
+            report.refused[new] = reason
+        else:
+            assert result is not None and new_row is not None
+            with stage("copy chunks"):
                 copied.append(_instance(source, row, result, new_row))
-                report.actions.update(result.actions)
-                if result.fallback is not None:
-                    report.fallbacks[result.fallback] += 1
-        if copied:
-            series = copied[0].row["SeriesInstanceUID"]
-            write_copied_part(target, source.pixels, series, copied)
-            report.staged += len(copied)
+            report.actions.update(result.actions)
+            if result.fallback is not None:
+                report.fallbacks[result.fallback] += 1
+    if copied:
+        write_copied_part(target, source.pixels, copied)
+        report.staged += len(copied)
 
 
 def _instance(source: Archive, row: Row, result: HeaderResult, new: Row) -> CopiedInstance:
@@ -258,7 +283,7 @@ def _new_row(
 
 def _bounded(
     executor: Executor, parts: Iterator[list[Row]], window: int, *args: Any
-) -> Iterator[tuple[list[Row], list[Outcome]]]:
+) -> Iterator[tuple[list[Row], tuple[list[Outcome], Times]]]:
     """(rows, results of `deid_task`) per part, in order, at most `window` tasks in flight."""
     pending: list[Any] = []
     for rows in parts:
@@ -276,21 +301,34 @@ _OPEN: PerProcess[str, Archive] = PerProcess()
 Outcome = tuple[str, str, str, HeaderResult | None, Row | None]
 
 
-def deid_task(source: str, deidentifier: Deidentifier, run: str, rows: list[Row]) -> list[Outcome]:
+def deid_task(
+    source: str, deidentifier: Deidentifier, run: str, rows: list[Row]
+) -> tuple[list[Outcome], Times]:
     """De-identify the header blobs of source rows (a worker's task): per row (new SOP UID,
-    'copied' | 'withheld' | 'refused', reason, the result, the new row but its pixels)."""
+    'copied' | 'withheld' | 'refused', reason, the result, the new row but its pixels),
+    and the task's stage times."""
     archive = _OPEN.get(source, lambda: open_archive(source))
+    with task() as times:
+        results = _deidentify_rows(archive, deidentifier, run, rows)
+    return results, times
+
+
+def _deidentify_rows(
+    archive: Archive, deidentifier: Deidentifier, run: str, rows: list[Row]
+) -> list[Outcome]:
     results: list[Outcome] = []
     for row in rows:
         new = deidentifier.key.uid(row["SOPInstanceUID"])
         try:
-            blob = archive.header_blob(row)
+            with stage("read header"):
+                blob = archive.header_blob(row)
         except Exception as error:  # a damaged pack: its message may name the source's UIDs
             reason = f"cannot read its header ({type(error).__name__})"
             results.append((new, "refused", reason, None, None))
             continue
         try:
-            result = deidentifier.apply_header(blob)
+            with stage("deidentify"):
+                result = deidentifier.apply_header(blob)
         except DeidError as error:
             results.append((new, "refused", str(error), None, None))
             continue
@@ -298,7 +336,8 @@ def deid_task(source: str, deidentifier: Deidentifier, run: str, rows: list[Row]
             results.append((new, "withheld", result.withheld or "", None, None))
             continue
         try:
-            header = scan(result.header_bytes())
+            with stage("scan"):
+                header = scan(result.header_bytes())
         except ScanError as error:
             results.append((new, "refused", f"de-identified header: {error.reason}", None, None))
             continue
