@@ -9,9 +9,8 @@ written, fsynced and checked on their own, and damage to one cannot reach the ot
 A part (of one series or several) is written as an ingest part is: shards, then each
 series' header pack and its rows file, all fsynced, then the rows committed in one index
 transaction, then the arrays' frame counts raised. A part that dies before its commit is
-invisible; the caller tidies
-the archive (`pacs_engine.ingest.tidy`) before a run, which removes such files and fits
-the arrays to their committed frames.
+invisible; the caller tidies the archive (`pacs_engine.ingest.tidy`) before a run,
+which removes such files and fits the arrays to their committed frames.
 """
 
 from __future__ import annotations
