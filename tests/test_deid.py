@@ -30,6 +30,7 @@ from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
+from pacs_engine.deid import run as deid_run
 from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
 from tests.conftest import CORPUS, require_corpus, run_cli
@@ -526,6 +527,7 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     stopped = root / f"stopped-{where.replace(' ', '-')}"
     with monkeypatch.context() as patch:
         patch.setattr(cls, method, dies)
+        patch.setattr(deid_run, "BATCH", 8)  # several parts, whatever the corpus holds
         with pytest.raises(OSError, match="killed"):
             deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
     visible = _research_files(stopped)

@@ -20,6 +20,7 @@ from pacs_engine.archive.prepare import NoDecoder, PrepareError
 from pacs_engine.archive.verify_plan import VerifySelectionError
 from pacs_engine.codecs import CodecError, NoDecoderError
 from pacs_engine.codecs.native import LayoutError
+from pacs_engine.deid.bytelevel import Fallback
 from pacs_engine.deid.engine import DeidError
 from pacs_engine.deid.key import KeyFileError
 from pacs_engine.deid.profile import ProfileError
@@ -80,6 +81,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     BodyTooLarge: (BodyTooLarge("the body is over 4096 bytes"), (ValueError,)),
     RenderError: (RenderError("viewport is width,height in pixels"), (ValueError,)),
     DeidError: (DeidError("a date that does not parse"), (ValueError,)),
+    Fallback: (Fallback("transfer syntax: not explicit or implicit VR little endian"), ()),
     KeyFileError: (KeyFileError("key.bin: not a key"), (ValueError,)),
     ProfileError: (ProfileError("unknown option 'clean-pixels'"), (ValueError,)),
     CorrectionError: (CorrectionError("undo 3: a later correction changed it"), (ArchiveError,)),

@@ -68,6 +68,7 @@ _UL = struct.Struct("<L")
 _LONG_HEADER = struct.Struct("<HH2sHL")  # tag, VR, reserved, 32-bit length
 #: Explicit VRs with a 32-bit length (PS3.5 7.1.2).
 LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
+_LONG_CODES = {vr.encode() for vr in LONG_VRS}
 _VRS = {
     vr.encode(): vr
     for vr in [
@@ -119,6 +120,7 @@ _ISSUER, _BIRTH_DATE = 0x00100021, 0x00100030
 _TRANSFER_SYNTAX, _MEDIA_SOP_INSTANCE, _META_LENGTH = 0x00020010, 0x00020003, 0x00020000
 _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 _PIXEL_DATA = 0x7FE00010
+_PLAIN_TEXT = TEXT_VRS | {"DA", "DT"}  # VRs pydicom reads as text less trailing padding
 #: The De-identification Method attributes the engine writes, the sequence third.
 MARK_TAGS = (0x00120062, 0x00120063, 0x00120064, 0x00280303)
 
@@ -268,30 +270,31 @@ class _Parser:
     ) -> tuple[list[_Element], int]:
         """The elements from `pos` to `end` (or to an item delimiter when `delimited`)."""
         data, explicit = self.data, self.explicit
+        unpack, unpack_length, vrs = _EXPLICIT.unpack_from, _UL.unpack_from, _VRS
         found: list[_Element] = []
         last = -1
         while pos < end:
             if pos + 8 > end:
                 raise DeidError(f"truncated element header at byte {pos}")
-            group, element, code, length = _EXPLICIT.unpack_from(data, pos)
+            group, element, code, length = unpack(data, pos)
             tag = group << 16 | element
             if tag == ITEM_END and delimited:
                 return found, pos + 8
-            if tag <= last or group == 2 or tag >> 16 == 0xFFFE:
+            if tag <= last or group == 2 or group == 0xFFFE:
                 raise Fallback("attributes out of order, repeated or misplaced")
             last = tag
             value = pos + 8
             if explicit:
-                vr = _VRS.get(code)
+                vr = vrs.get(code)
                 if vr is None:  # pydicom would guess implicit VR here
                     raise Fallback("an element of unknown VR")
-                if vr in LONG_VRS:
+                if code in _LONG_CODES:
                     if pos + 12 > end:
                         raise DeidError(f"truncated element header at byte {pos}")
-                    (length,) = _UL.unpack_from(data, pos + 8)
+                    (length,) = unpack_length(data, pos + 8)
                     value = pos + 12
             else:
-                (length,) = _UL.unpack_from(data, pos + 4)
+                (length,) = unpack_length(data, pos + 4)
                 vr = _implicit_vr(tag)
             items: list[_Item] = []
             if length == UNDEFINED:
@@ -453,11 +456,17 @@ class _Rewrite:
         """The value pydicom gives an element (decoded with the data set's character set)."""
         if element is None:
             return ""
+        value = self._bytes(element)
+        # One value of ASCII text (no ISO 2022 escape either): what pydicom reads in any
+        # character set, less the padding; pydicom's reading costs more.
+        plain = value.isascii() and b"\\" not in value and b"\x1b" not in value
+        if plain and element.vr in _PLAIN_TEXT:
+            return value.decode("ascii").rstrip("\0 ")
         raw = RawDataElement(
             BaseTag(element.tag),
             element.vr if self.explicit else None,
             element.end - element.value,
-            self._bytes(element),
+            value,
             element.value,
             not self.explicit,
             True,
@@ -472,6 +481,11 @@ class _Rewrite:
         decide = self.rules.decide
         actions = [decide(e.tag, e.vr) for e in elements]
         overlays = {e.tag >> 16 for e, a in zip(elements, actions, strict=True) if a == OVERLAY}
+        context = self.context
+        assert context is not None
+        counts = context.actions
+        # Private attributes go, unless some are kept: the common case done here, quickly.
+        drop_private = not ("retain-safe-private" in context.options and context.safe_private)
         marks = self.settings.marks(self.explicit) if depth == 0 else None
         pending = list(marks.by_tag.items()) if marks else []
         data = self.data
@@ -491,7 +505,13 @@ class _Rewrite:
                     out += data[run_start:run_end]
                     run_start = run_end = -1
                 out += pending.pop(0)[1]
-            new = self._element(element, action, elements, depth)
+            if action == PRIVATE and drop_private:
+                counts["X"] += 1
+                new: bytes | bool | None = None
+            elif action == UNLISTED and element.items is None:
+                new = True
+            else:
+                new = self._element(element, action, elements, depth)
             if pending and element.tag == pending[0][0]:
                 # Already there: set to the new value, as pydicom sets it (VR and
                 # undefined length as found).
@@ -501,9 +521,9 @@ class _Rewrite:
                 new = pending.pop(0)[1]
                 if element.length == UNDEFINED:
                     new = marks.sequence_undefined
-            if element.tag >> 16 in overlays and (new is not None or action == OVERLAY):
-                assert self.context is not None
-                self.context.actions["X"] += 1  # its overlay group goes whole
+            gone = new is not None or action == OVERLAY
+            if overlays and element.tag >> 16 in overlays and gone:
+                counts["X"] += 1  # its overlay group goes whole
                 new = None
             if new is True:
                 if run_end == element.start:
