@@ -11,12 +11,16 @@ same instances, MB/s of the source files' bytes and instances/s:
 - dicom-anonymizer 2.1 (its PS3.15 2026c Basic Profile table): per file, pydicom reads it,
   `anonymize_dataset` rewrites it, pydicom writes it to memory; one process.
 - pacs_engine header rewrite: `Deidentifier.apply` on each file's bytes (exported from the
-  archive beforehand, not timed), Basic Profile; one process. The like-for-like row.
+  archive beforehand, not timed), Basic Profile, at the byte level (pydicom where that
+  does not apply); one process. The like-for-like row.
 - pacs_engine `deidentify` archive to archive, workers 0 and 2: each instance's header blob
   de-identified (`Deidentifier.apply_header`), its stored chunks copied as they are (no
   decode, no encode), parts written and committed: what `ingest --deidentify` costs end to
   end. The research archive is then verified (not timed).
 Ratios are against dicom-anonymizer's row of the same run. Only correctness is asserted.
+After the table, per `deidentify` row: how many instances the byte-level rewrite left to
+pydicom, by reason, and the report's stage times (CPU/wall seconds) of the header
+rewrites and of writing the parts (where the time goes: fsync, commit, chunk copy ...).
 """
 
 from __future__ import annotations
