@@ -240,6 +240,8 @@ def _meta(data: bytes) -> tuple[bool, bool, int]:
             raise Fallback("file meta information out of order")
         last = group << 16 | element
         value = pos + 8
+        if vr not in _VRS:  # file meta is explicit VR little endian; pydicom would guess
+            raise Fallback("file meta information of unknown VR")
         if vr.decode("latin-1") in LONG_VRS:
             (length,) = _UL.unpack_from(data, pos + 8)
             value = pos + 12
