@@ -515,14 +515,14 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     if where == "commit":
         method, cls, dies_at = "commit", Index, 2
     else:
-        method, cls, dies_at = "set_frames", PixelStore, 1
+        method, cls, dies_at = "frames_file", PixelStore, 1  # the new frame count, after it
     original = getattr(cls, method)
 
-    def dies(self: object, *args: Any, **kwargs: Any) -> None:
+    def dies(self: object, *args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == dies_at:
             raise OSError("killed")
-        original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     stopped = root / f"stopped-{where.replace(' ', '-')}"
     with monkeypatch.context() as patch:

@@ -35,7 +35,7 @@ from pacs_engine.archive.pixel_store import PixelStore, decompress
 from pacs_engine.archive.prepare import rebuild_file
 from pacs_engine.index.rows import Row
 from pacs_engine.stages import stage
-from pacs_engine.storage import fsync_dirs, series_folder, write_atomic
+from pacs_engine.storage import fsync_dirs, series_folder, write_atomic_many
 
 if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
@@ -119,15 +119,24 @@ def write_copied_part(
             row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
             row["stored_bytes"] = sum(len(c) for c in instance.chunks)
         rows.append(row)
+    # The part's files are written and fsynced several at a time (`write_atomic_many`):
+    # the same durability, in a fraction of the time the fsyncs one by one take.
+    files: list[tuple[Path, bytes]] = []
     for path, chunks in by_array.items():
-        archive.pixels.write_frames(path, starts[path], chunks, dirs)
+        files += archive.pixels.shard_files(path, starts[path], chunks)
     for series_uid, members in by_series.items():
-        _write_pack(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members], dirs)
-    fsync_dirs(dirs)
+        files += _pack_files(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members])
+    write_atomic_many(files, dirs)
+    fsync_dirs(dirs, at_once=True)
     with stage("commit"):
         archive.index.commit(rows)
-    for path, chunks in by_array.items():  # after the commit, as the ingest does
-        archive.pixels.set_frames(path, starts[path] + len(chunks) // archive.pixels.grid(path)[1])
+    grids = {path: archive.pixels.grid(path)[1] for path in by_array}
+    frames = [  # after the commit, as the ingest does
+        archive.pixels.frames_file(path, starts[path] + len(chunks) // grids[path])
+        for path, chunks in by_array.items()
+    ]
+    write_atomic_many(frames, dirs)
+    fsync_dirs(dirs, at_once=True)
     return rows
 
 
@@ -144,10 +153,11 @@ def _array_for(pixels: PixelStore, source: PixelStore, source_path: str, series_
     return path
 
 
-def _write_pack(
-    archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]], dirs: set[Path]
-) -> None:
-    """The part's header blobs as one pack, its rows file beside it (docs/archive.md)."""
+def _pack_files(
+    archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]]
+) -> list[tuple[Path, bytes]]:
+    """The part's header blobs of one series as one pack, its rows file beside it
+    (docs/archive.md); the rows get their `header` reference."""
     stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
     name = f"headers/{series_folder(series_uid)}/{stamp}.pack"
     offset = 0
@@ -155,5 +165,7 @@ def _write_pack(
         row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
         row["header_sha256"] = hashlib.sha256(blob).hexdigest()
         offset += len(blob)
-    write_atomic(archive.path / name, b"".join(blob for _, blob in blobs), dirs)
-    write_atomic(archive.path / rows_sidecar(name), dump_rows([row for row, _ in blobs]), dirs)
+    return [
+        (archive.path / name, b"".join(blob for _, blob in blobs)),
+        (archive.path / rows_sidecar(name), dump_rows([row for row, _ in blobs])),
+    ]

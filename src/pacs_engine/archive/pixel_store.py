@@ -367,9 +367,13 @@ class PixelStore:
 
     def set_frames(self, path: str, frames: int) -> None:
         """Set the array's frame count, atomically (write, fsync, rename of zarr.json)."""
+        write_atomic(*self.frames_file(path, frames))
+
+    def frames_file(self, path: str, frames: int) -> tuple[Path, bytes]:
+        """The array's zarr.json with its frame count set to `frames` (`set_frames` writes it)."""
         meta = self._meta(path)
         meta["shape"][0] = frames
-        write_atomic(self.root / path / "zarr.json", json.dumps(meta, indent=2).encode())
+        return self.root / path / "zarr.json", json.dumps(meta, indent=2).encode()
 
     def _meta(self, path: str) -> dict:
         """The array's zarr.json; ArrayMetadataError naming the file when it cannot be read."""
@@ -411,11 +415,19 @@ class PixelStore:
         A shard that already holds frames before `first` is read and rewritten with
         them: frames of one array are appended in order, by one writer at a time.
         """
+        for file, data in self.shard_files(path, first, chunks):
+            write_atomic(file, data, dirs)
+
+    def shard_files(
+        self, path: str, first: int, chunks: Sequence[bytes]
+    ) -> list[tuple[Path, bytes]]:
+        """The shard files (and their new bytes) `write_frames` writes for these chunks."""
         per_shard, per_frame = self.grid(path)
         if len(chunks) % per_frame:
             raise ValueError(f"{len(chunks)} chunks is not a whole number of frames")
         count = len(chunks) // per_frame
         frame = first
+        files = []
         while frame < first + count:
             shard = frame // per_shard
             start = shard * per_shard
@@ -424,8 +436,9 @@ class PixelStore:
             new = chunks[(frame - first) * per_frame : (stop - first) * per_frame]
             inner: list[bytes | None] = [*kept, *new]
             inner += [None] * (per_shard * per_frame - len(inner))
-            write_atomic(self._shard_file(path, shard), pack_shard(inner), dirs)
+            files.append((Path(self._shard_file(path, shard)), pack_shard(inner)))
             frame = stop
+        return files
 
     def read_chunks(self, path: str, start: int, stop: int) -> list[bytes]:
         """The stored (encoded) chunks of frames [start, stop), read from the shards as is.
