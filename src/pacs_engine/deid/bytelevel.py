@@ -11,9 +11,9 @@ for byte (tests/test_deid_bytelevel.py compares them).
 
 What this does not handle raises `Fallback`, and the caller de-identifies the instance
 with pydicom instead (counted in the report): big endian or deflated data sets, no
-preamble, attributes out of order, VR UN or ambiguous VRs to rewrite, "clean" of a value
-that needs decoding beyond ASCII, nested character sets, a kept private sequence, a
-source that already has De-identification Method attributes. A length past the end of the
+preamble, attributes out of order, VR UN or ambiguous VRs to rewrite, a new text value
+that is not ASCII, "clean" of a value pydicom reads as a number, nested character sets, a
+kept private sequence (docs/deidentify.md lists them all). A length past the end of the
 data, a truncated element or a sequence without its delimiter is a DeidError: never an
 output that could keep identity.
 """
@@ -395,14 +395,14 @@ class _Rewrite:
 
     def run(self, elements: list[_Element], meta_end: int, split: int, head: bytes) -> Output:
         """De-identify the top-level `elements` (those from `split` on lie in the suffix)."""
-        self.top, self.split = elements, split
+        self.top = elements
         by_tag = {e.tag: e for e in elements}
-        sop = self._uid(by_tag.get(_SOP_INSTANCE_UID))
+        sop = self._single(by_tag.get(_SOP_INSTANCE_UID))
         if not sop:
             raise DeidError("no SOP Instance UID")
         new_sop = self.settings.key.uid(sop)
         withheld = self.settings.burned_in_reason(
-            self._single(by_tag.get(_BURNED_IN)), self._uid(by_tag.get(_SOP_CLASS_UID))
+            self._single(by_tag.get(_BURNED_IN)), self._single(by_tag.get(_SOP_CLASS_UID))
         )
         if withheld is not None and self.settings.burned_in == "leave-out":
             return Output(new_sop, withheld, None)
@@ -442,11 +442,8 @@ class _Rewrite:
         values = self._bytes(element).decode("latin-1").rstrip(" \0").split("\\")
         return values[0] if len(values) == 1 else values
 
-    def _uid(self, element: _Element | None) -> str:
-        """A single UID's value ('' when absent); several fall back (pydicom's str of them)."""
-        return self._single(element)
-
     def _single(self, element: _Element | None) -> str:
+        """One string value ('' when absent); several fall back (pydicom's str of them)."""
         if element is None:
             return ""
         value = self._strings(element)
