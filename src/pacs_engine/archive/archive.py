@@ -38,7 +38,7 @@ from typing import Any, Self
 import numpy as np
 import pydicom
 
-from pacs_engine.archive.blobs import BlobError, HeaderBlob
+from pacs_engine.archive.blobs import HeaderBlob, read_blob
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
 from pacs_engine.archive.pixel_store import CODEC_CHOICES, MAX_TILE, MIN_TILE, PixelStore
@@ -410,14 +410,7 @@ class Archive:
 
     def _blob(self, row: Row) -> HeaderBlob:
         """The header blob of one version's row."""
-        where = row["header"]
-        with open(self.path / where["pack"], "rb") as f:
-            f.seek(where["offset"])
-            data = f.read(where["length"])
-        recorded = row.get("header_sha256")  # rows of copies (archive.copies) have it
-        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
-            raise BlobError("the header blob differs from the one written (its sha256)")
-        return HeaderBlob.from_bytes(data)
+        return read_blob(self.path, row)
 
     def _checked_frames(self, row: Row) -> np.ndarray:
         """The row's decoded frames, checked against their recorded hashes when it has them."""

@@ -85,6 +85,7 @@ class Series:
         subset: bool = False,
         threads: int | None = None,
         dtype: np.dtype | str | None = None,
+        rows: list[Row] | None = None,
     ) -> Volume:
         """The slices of one geometry sorted along the normal; `VolumeError` if inconsistent.
 
@@ -92,9 +93,10 @@ class Series:
         largest consistent part instead of an error (see `plan_volume`). `threads`:
         slices decoded in parallel (default: the CPUs this process may use). `dtype`: the
         array's dtype (a floating one rescales with one multiply-add in it; default: the
-        stored dtype, or with `rescale` the dtype `rescale` gives).
+        stored dtype, or with `rescale` the dtype `rescale` gives). `rows`: the instances
+        to stack, some of the series' (default: all of them).
         """
-        plan = plan_volume(self.rows, subset=subset)
+        plan = plan_volume(self.rows if rows is None else rows, subset=subset)
         array = self._read(plan.rows, default_threads() if threads is None else threads)
         array = convert(array, plan.rows, rescale, dtype)
         return Volume(
