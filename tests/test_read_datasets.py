@@ -227,10 +227,11 @@ def test_patches_2d(archive: Archive, archive_path: str) -> None:
 
 
 def test_patches_of_a_tiled_copy_equal_pydicom(
-    archive: Archive, archive_path: str, tmp_path: Path
+    archive: Archive, archive_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A training copy made with --tile stores 64x64 frames as 16 chunks of 16x16; its
-    patches (which decode only the chunks they overlap) hold pydicom's pixels."""
+    patches (which decode only the chunks they overlap) hold pydicom's pixels; `info`
+    says the tile size and how many instances are stored in tiles."""
     copy = tmp_path / "copy"
     argv = ["ingest", archive_path, "--archive", str(copy), "--codec", "lz4", "--transcode"]
     assert main([*argv, "--tile", "16", "--workers", "0", "--no-progress"]) == 0
@@ -238,8 +239,23 @@ def test_patches_of_a_tiled_copy_equal_pydicom(
     with open_archive(copy) as tiled:
         spec = tiled.pixels.spec(tiled.index.series(uids[0])[0]["pixels"]["array"])
         assert (spec.tile, spec.tiles_per_frame) == (16, 16)
-        by_uid = {r["SOPInstanceUID"]: r for r in archive.index if r.get("pixels")}
-        files = {uid: by_uid[uid]["source_path"] for uid in by_uid}
+        info = tiled.info()
+        tiled_rows = [
+            r
+            for r in tiled.index
+            if r.get("pixels") and tiled.pixels.spec(r["pixels"]["array"]).tiles_per_frame > 1
+        ]
+    assert info["storage"]["tile"] == 16 and info["storage"]["codec"] == "lz4"
+    assert info["by_chunks"]["tiles of 16x16, 64 frames a shard"]["instances"] == len(tiled_rows)
+    assert len(tiled_rows) >= 16  # both synthetic series, and pydicom's larger frames
+    assert main(["info", str(copy)]) == 0
+    shown = capsys.readouterr().out
+    assert "in tiles of 16" in shown and "tiles of 16x16, 64 frames a shard" in shown
+    plain = archive.info()  # an archive made without --tile
+    assert plain["storage"]["tile"] == 1024
+    assert set(plain["by_chunks"]) - {"no pixel data"} == {"whole frames, 3 a shard"}
+    by_uid = {r["SOPInstanceUID"]: r for r in archive.index if r.get("pixels")}
+    files = {uid: by_uid[uid]["source_path"] for uid in by_uid}
     dataset = PatchDataset(copy, (4, 20, 24), samples=12, seed=5, series_uids=uids, rescale=True)
     record = PatchDataset(archive_path, (4, 20, 24), samples=12, seed=5, series_uids=uids)
     volumes = {uid: Series(archive, uid).volume() for uid in uids}

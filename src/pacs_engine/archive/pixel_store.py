@@ -120,6 +120,15 @@ class ArraySpec:
         )
 
 
+def chunk_layout(spec: ArraySpec) -> str:
+    """How an array's frames are chunked, for reports: "whole frames, 64 a shard" or
+    "tiles of 64x64, 64 frames a shard" (a patch decodes only the tiles it overlaps)."""
+    _, r, c, *_ = spec.chunk_shape
+    if spec.tiles_per_frame == 1:
+        return f"whole frames, {spec.frames_per_shard} a shard"
+    return f"tiles of {r}x{c}, {spec.frames_per_shard} frames a shard"
+
+
 def split_tiles(frame: np.ndarray, spec: ArraySpec) -> list[np.ndarray]:
     """The frame's chunks in C order, edge tiles padded with zeros as zarr pads them."""
     _, r, c, *_ = spec.chunk_shape
