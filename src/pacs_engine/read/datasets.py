@@ -33,6 +33,7 @@ from pacs_engine.read.volume import (
     frame_geometry,
     pixel_ref,
     plan_volume,
+    read_stack,
 )
 from pacs_engine.workers import PerProcess
 
@@ -180,21 +181,6 @@ def _geometry(spacing: np.ndarray, affine: np.ndarray, corner: Sequence[int]) ->
         "affine_lps": lps,
         "affine_ras": LPS_TO_RAS @ lps,
     }
-
-
-def _read_frames(
-    handle: _Handle, where: Sequence[tuple[str, int]], window: tuple[slice, slice]
-) -> list[np.ndarray]:
-    """Frames (array path, frame) cut to `window`, in order; each array's frames read at once."""
-    out: list[np.ndarray] = [np.empty(0)] * len(where)  # each one replaced below
-    by_array: dict[str, list[int]] = {}
-    for k, (path, _) in enumerate(where):
-        by_array.setdefault(path, []).append(k)
-    for path, slots in by_array.items():
-        frames = handle.archive.pixels.read_frames(path, [where[k][1] for k in slots], window)
-        for k, frame in zip(slots, frames, strict=True):
-            out[k] = frame
-    return out
 
 
 def _instance_conditions(instance_query: Mapping[str, Any] | None) -> list[Condition]:
@@ -787,7 +773,7 @@ class PatchDataset(_FromQuery, _MapBase):
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Patch `index`: the same for the same (seed, index) in any process."""
         s, frame, corner = self.draw(index)
-        handle = _handle(self.archive_path)
+        store = _handle(self.archive_path).archive.pixels
         window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))
         plane = (window[-2], window[-1])
         item: dict[str, Any] = {"series_instance_uid": self.series_uids[s]}
@@ -795,14 +781,14 @@ class PatchDataset(_FromQuery, _MapBase):
             z = window[0]
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
-            pixels = convert(
-                np.stack(_read_frames(handle, where, plane)), rows, self.rescale, self.dtype
-            )
+            names = [str(r["SOPInstanceUID"]) for r in rows]
+            stack = read_stack(store, where, names, plane)
+            pixels = convert(stack, rows, self.rescale, self.dtype)
             meta, spacing, affine = self.extra[s][0]
             start = corner
         else:
             a, f = (int(v) for v in self.where[s][frame])
-            pixels = _read_frames(handle, [(self.arrays[a], f)], plane)[0]
+            pixels = store.read_frames(self.arrays[a], [f], plane)[0]
             mono = pixels.ndim == 2
             rows = [self.rescale_rows[s][frame]]
             pixels = convert(pixels[None], rows, self.rescale and mono, self.dtype)[0]
