@@ -231,7 +231,11 @@ def _put(ds: Dataset, keyword: str, value: Any, texts: list[str]) -> None:
     if vr == "SQ":
         ds.add_new(tag, vr, [])
         return
-    values = [v for v in as_list(value) if v is not None and v != ""]
+    # Only a wholly empty value is left empty: an empty value among others is kept in place
+    # (an ImageType of DERIVED\\SECONDARY\\\\X has an empty third value).
+    values = as_list(value)
+    if all(v is None or v == "" for v in values):
+        values = []
     try:
         converted = [DSfloat(v, auto_format=True) if vr == "DS" else v for v in values]
         ds.add_new(tag, vr, converted[0] if len(converted) == 1 else converted or None)
