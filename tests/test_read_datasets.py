@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import corpus_files, require_corpus
+from pydicom.errors import InvalidDicomError
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.cli import main
@@ -21,6 +23,7 @@ from pacs_engine.read import (
     VolumeDataset,
     VolumeError,
 )
+from pacs_engine.read.datasets import NONE_SELECTED, NOT_SELECTED
 from pacs_engine.synth import write_studies
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -384,3 +387,61 @@ def test_from_query_selects_series_and_counts_exclusions(
     patches = PatchDataset.from_query(archive, patch_size=(16, 16), samples=4, Modality="CT")
     assert set(patches.series_uids) <= ct_series
     assert {patches[k]["series_instance_uid"] for k in range(4)} <= ct_series
+
+
+def test_from_query_selects_instances_by_image_type_and_kernel(tmp_path: Path) -> None:
+    """The issue's selection on the corpus CT: from_query(archive, Modality="CT", ImageType=
+    "ORIGINAL\\PRIMARY*", ConvolutionKernel=K) holds the frames of exactly the instances
+    whose pydicom values match; the others of the selected series are left out and
+    counted; one ImageType value matches any of an instance's values; a volume stacks only
+    the instances that match, and a series with none is skipped, saying why."""
+    require_corpus()
+    files = {}
+    for path in corpus_files():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, AttributeError, OSError):
+            continue
+        if ds.get("Modality") == "CT" and "PixelData" not in ds and "SOPInstanceUID" in ds:
+            files[str(ds.SOPInstanceUID)] = (path, ds)
+    with Archive.create(tmp_path / "archive", codec="jpegls") as archive:
+        archive.ingest([p for p, _ in files.values()], workers=0)
+        held = {r["SOPInstanceUID"] for r in archive.query("instance")}
+    files = {uid: f for uid, f in files.items() if uid in held}
+    joined = {uid: "\\".join(ds.get("ImageType") or []) for uid, (_, ds) in files.items()}
+    kernel = Counter(str(ds.get("ConvolutionKernel")) for _, ds in files.values()).most_common(1)
+    kernel_name = kernel[0][0]
+    dataset = FrameDataset.from_query(
+        tmp_path / "archive", Modality="CT", ImageType="ORIGINAL\\PRIMARY*",
+        ConvolutionKernel=kernel_name, rescale=True,
+    )  # fmt: skip
+    want = {
+        uid
+        for uid, (_, ds) in files.items()
+        if joined[uid].startswith("ORIGINAL\\PRIMARY")
+        and ds.get("ConvolutionKernel") == kernel_name
+    }
+    assert 10 <= len(want) < len(files)
+    assert set(dataset.instances) == want
+    assert {dataset[k]["sop_instance_uid"] for k in range(len(dataset))} == want
+    assert dataset.query == {"Modality": "CT"}
+    assert dataset.instance_query == {
+        "ImageType": "ORIGINAL\\PRIMARY*", "ConvolutionKernel": kernel_name
+    }  # fmt: skip
+    assert dataset.excluded[NOT_SELECTED] == len(files) - len(want)
+    assert "instances selected by the instance query" in dataset.report()
+    localizers = FrameDataset.from_query(tmp_path / "archive", ImageType="LOCALIZER")
+    assert set(localizers.instances) == {
+        u for u, v in joined.items() if "LOCALIZER" in v.split("\\")
+    }
+    assert localizers.instances
+    with pytest.raises(QueryError, match="ImageType"):
+        FrameDataset.from_query(tmp_path / "archive", ImageTyp="ORIGINAL")
+    volumes = VolumeDataset.from_query(
+        tmp_path / "archive", ImageType="ORIGINAL\\PRIMARY\\AXIAL", skip_invalid=True
+    )
+    axial = {u for u, v in joined.items() if v == "ORIGINAL\\PRIMARY\\AXIAL"}
+    assert len(volumes) >= 2
+    for k in range(len(volumes)):
+        assert set(volumes[k]["sop_instance_uids"]) <= axial
+    assert NONE_SELECTED in volumes.skipped.values()  # the series of derived screens
