@@ -402,15 +402,15 @@ def test_from_query_selects_instances_by_image_type_and_kernel(tmp_path: Path) -
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, AttributeError, OSError):
             continue
-        if ds.get("Modality") == "CT" and "PixelData" not in ds and "SOPInstanceUID" in ds:
+        if ds.get("Modality") == "CT" and "SOPInstanceUID" in ds:
             files[str(ds.SOPInstanceUID)] = (path, ds)
     with Archive.create(tmp_path / "archive", codec="jpegls") as archive:
         archive.ingest([p for p, _ in files.values()], workers=0)
         held = {r["SOPInstanceUID"] for r in archive.query("instance")}
     files = {uid: f for uid, f in files.items() if uid in held}
     joined = {uid: "\\".join(ds.get("ImageType") or []) for uid, (_, ds) in files.items()}
-    kernel = Counter(str(ds.get("ConvolutionKernel")) for _, ds in files.values()).most_common(1)
-    kernel_name = kernel[0][0]
+    kernels = Counter(str(ds.get("ConvolutionKernel")) for _, ds in files.values())
+    kernel_name = kernels.most_common(1)[0][0]
     dataset = FrameDataset.from_query(
         tmp_path / "archive", Modality="CT", ImageType="ORIGINAL\\PRIMARY*",
         ConvolutionKernel=kernel_name, rescale=True,
