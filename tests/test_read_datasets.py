@@ -24,6 +24,7 @@ from pacs_engine.read import (
     VolumeError,
 )
 from pacs_engine.read.datasets import NONE_SELECTED, NOT_SELECTED
+from pacs_engine.read.volume import read_stack
 from pacs_engine.synth import write_studies
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -227,6 +228,67 @@ def test_patches_2d(archive: Archive, archive_path: str) -> None:
     assert [dataset.draw(k) for k in range(30)] == [
         PatchDataset(archive_path, (32, 48), samples=30, seed=1).draw(k) for k in range(30)
     ]
+
+
+@pytest.mark.parametrize("codec", ["record", "lz4", "raw"])
+def test_patches_of_each_store_equal_pydicom_crops(
+    archive: Archive, archive_path: str, tmp_path: Path, codec: str
+) -> None:
+    """3-D and 2-D patches (stored values) from the archive of record (JPEG-LS, shards of 3
+    frames: a patch spans shards) and from lz4 and raw copies (raw frames are read straight
+    into the output) equal pydicom's pixel_array of the source files, cropped."""
+    path = archive_path
+    if codec != "record":
+        path = str(tmp_path / codec)
+        argv = ["ingest", archive_path, "--archive", path, "--codec", codec, "--transcode"]
+        assert main([*argv, "--workers", "0", "--no-progress"]) == 0
+    sources = {r["SOPInstanceUID"]: r["source_path"] for r in archive.index if r.get("pixels")}
+    volumes = {
+        uid: Series(archive, uid).volume().sop_instance_uids for uid in _volume_series(archive)
+    }
+
+    def source(uid: str) -> np.ndarray:
+        return pydicom.dcmread(sources[uid]).pixel_array
+
+    cubes = PatchDataset(path, (5, 20, 28), samples=8, seed=2, series_uids=list(volumes))
+    for k in range(len(cubes)):
+        item = cubes[k]
+        z, y, x = (int(v) for v in item["offset"])
+        slices = volumes[item["series_instance_uid"]][z : z + 5]
+        expected = np.stack([source(uid)[y : y + 20, x : x + 28] for uid in slices])
+        assert item["pixels"].dtype == expected.dtype
+        np.testing.assert_array_equal(item["pixels"], expected)
+    planes = PatchDataset(path, (24, 30), samples=12, seed=4)
+    for k in range(len(planes)):
+        item = planes[k]
+        y, x = (int(v) for v in item["offset"])
+        pixels = source(item["sop_instance_uid"])
+        if pixels.ndim > 2 + (pixels.shape[-1] in (3, 4)):  # a multi-frame instance
+            pixels = pixels[item["frame"]]
+        np.testing.assert_array_equal(item["pixels"], pixels[y : y + 24, x : x + 30])
+
+
+def test_read_stack_interleaves_arrays_and_refuses_mixed_frames(tmp_path: Path) -> None:
+    """Frames of two arrays, interleaved, cut to a window, in the order asked; frames of
+    arrays of different sizes are a VolumeError naming the instances of the odd array."""
+    files = write_studies(tmp_path / "a", 1, 2, 4, rows=32, columns=32, seed=5, modalities=["CT"])
+    files += write_studies(tmp_path / "b", 1, 1, 2, rows=16, columns=16, seed=6, modalities=["CT"])
+    with Archive.create(tmp_path / "archive", codec="jpegls", frames_per_shard=3) as archive:
+        assert archive.ingest(files, workers=0).archived == 10
+        arrays = sorted({r["pixels"]["array"]: r["Rows"] for r in archive.index}.items())
+        (one, _), (two, _) = [(a, n) for a, n in arrays if n == 32]
+        (odd,) = [a for a, n in arrays if n == 16]
+        where = [(one, 3), (two, 1), (one, 0), (two, 2), (one, 1)]
+        window = (slice(3, 30), slice(10, 32))
+        got = read_stack(archive.pixels, where, ["a", "b", "c", "d", "e"], window)
+        for k, (array, frame) in enumerate(where):
+            alone = archive.pixels.read_frames(array, [frame])[0]
+            np.testing.assert_array_equal(got[k], alone[window])
+        with pytest.raises(VolumeError, match="differ in shape") as refused:
+            read_stack(archive.pixels, [*where[:2], (odd, 0)], ["a", "b", "x"])
+        assert refused.value.sop_instance_uids == ["x"]
+        with pytest.raises(ValueError, match="read into an array"):
+            archive.pixels.read_frames(one, [0, 1], out=np.empty((1, 32, 32), got.dtype))
 
 
 def test_patches_of_a_tiled_copy_equal_pydicom(
