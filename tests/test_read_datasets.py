@@ -346,7 +346,9 @@ def test_patches_of_a_tiled_copy_equal_pydicom(
 def _datasets(archive_path: str) -> list:
     return [
         FrameDataset(archive_path, rescale=True),
+        FrameDataset(archive_path, instance_query={"ImageType": "ORIGINAL\\PRIMARY*"}),
         VolumeDataset(archive_path, skip_invalid=True),
+        VolumeDataset(archive_path, skip_invalid=True, instance_query={"ImageType": "*AXIAL"}),
         PatchDataset(archive_path, (3, 20, 20), samples=12, seed=11),
         PatchDataset(archive_path, (20, 20), samples=12, seed=11, rescale=True),
     ]

@@ -522,7 +522,7 @@ class VolumeDataset(_FromQuery, _MapBase):
         self.fields = _fields(fields)
         self.subset = subset
         self.threads = threads
-        self.conditions = _instance_conditions(instance_query)
+        conditions = _instance_conditions(instance_query)
         self.instance_query = dict(instance_query or {})
         archive = _handle(self.archive_path).archive
         self.skipped: dict[str, str] = {}
@@ -531,7 +531,7 @@ class VolumeDataset(_FromQuery, _MapBase):
             rows = _rows(archive, uid)
             if series_uids is None and not any(r.get("pixels") for r in rows):
                 continue
-            rows = _selected(rows, self.conditions)
+            rows = _selected(rows, conditions)
             if not rows:
                 self.skipped[uid] = NONE_SELECTED
                 continue
@@ -568,7 +568,8 @@ class VolumeDataset(_FromQuery, _MapBase):
             subset=self.subset,
             threads=self.threads,
             dtype=self.dtype,
-            rows=_selected(series.rows, self.conditions),
+            # Compiled again here: conditions hold functions, which do not pickle.
+            rows=_selected(series.rows, list(compile_query(self.instance_query).values())),
         )
         spacing = np.asarray(volume.spacing, np.float64)
         affine = np.asarray(volume.affine, np.float64)
