@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pacs_engine.archive.pixel_store import FULL_FRAME, window_shape
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import PixelRef, Row
 
@@ -107,16 +106,21 @@ def read_stack(
     pixels: PixelStore,
     where: Sequence[tuple[str, int]],
     names: Sequence[str],
-    window: tuple[slice, slice] = FULL_FRAME,
+    window: tuple[slice, slice] | None = None,
     threads: int = 1,
 ) -> np.ndarray:
-    """Frames given as (array path, frame), cut to `window`, decoded in that order into one
-    new array: each array's frames with one `read_frames`, straight into their part of
-    the output when they are consecutive there (a stack from one array always is).
+    """Frames given as (array path, frame), cut to `window` (None: whole), decoded in that
+    order into one new array: each array's frames with one `read_frames`, straight into
+    their part of the output when they are consecutive there (a stack from one array
+    always is).
 
     `names`: the instance UID of each frame, for the VolumeError raised when two arrays
     hold frames of different shapes or dtypes.
     """
+    # Here, not at the top: this module needs numpy only until it reads (no zarr import).
+    from pacs_engine.archive.pixel_store import FULL_FRAME, window_shape
+
+    window = window or FULL_FRAME
     if not where:
         raise ValueError("no frames to read")
     by_array: dict[str, list[int]] = {}
