@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import subprocess
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +138,39 @@ def test_matching_keys_against_pydicom(source: Source) -> None:
     assert sorted(r["SeriesInstanceUID"] for r in listed) == two
     either = _query(archive, "--level", "series", *(f"SeriesInstanceUID={u}" for u in two))
     assert sorted(r["SeriesInstanceUID"] for r in either) == two
+
+
+def test_image_type_kernel_and_manufacturer_from_the_command_line(source: Source) -> None:
+    """`query --level instance 'ImageType=ORIGINAL\\PRIMARY*'` finds the instances whose
+    joined ImageType that pattern takes, `ImageType=LOCALIZER` those holding that value
+    among others; series queries on Manufacturer; the values print as lists or text."""
+    joined = {
+        sop: "\\".join(ds.ImageType) for sop, ds in source.datasets.items() if "ImageType" in ds
+    }
+    fields = ("--fields", "SOPInstanceUID,ImageType,ConvolutionKernel")
+    found = _query(source.archive, "--level", "instance", "ImageType=ORIGINAL\\PRIMARY*", *fields)
+    assert {r["SOPInstanceUID"] for r in found} == {
+        sop for sop, v in joined.items() if v.startswith("ORIGINAL\\PRIMARY")
+    }
+    for record in found:
+        ds = source.datasets[record["SOPInstanceUID"]]
+        assert record["ImageType"] == list(ds.ImageType)
+        kernel = ds.get("ConvolutionKernel")
+        assert record["ConvolutionKernel"] == (list(kernel) if isinstance(kernel, list) else kernel)
+    one = _query(
+        source.archive, "--level", "instance", "ImageType=MPR", "--fields", "SOPInstanceUID"
+    )
+    assert one and {r["SOPInstanceUID"] for r in one} == {
+        sop for sop, v in joined.items() if "MPR" in v.split("\\")
+    }
+    assert 0 < len(found) < len(joined)
+    maker = Counter(str(ds.get("Manufacturer")) for ds in source.datasets.values()).most_common(1)
+    series = _query(source.archive, "--level", "series", f"Manufacturer={maker[0][0]}")
+    assert {r["SeriesInstanceUID"] for r in series} == {
+        str(ds.SeriesInstanceUID)
+        for ds in source.datasets.values()
+        if str(ds.get("Manufacturer")) == maker[0][0]
+    }
 
 
 def test_table_csv_and_limit(source: Source) -> None:

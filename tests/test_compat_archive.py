@@ -9,6 +9,7 @@ code's own report (expected.json) is checked against them too.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import shutil
@@ -250,3 +251,48 @@ def test_derived_archive(tmp_path: Path) -> None:
             rebuilt = pydicom.dcmread(BytesIO(copy.export_bytes(uid)))
             assert rebuilt.SOPInstanceUID == uid
         assert copy.verify(workers=0).ok
+
+
+#: Header attributes the scanner records since issue 15 (the old code did not).
+NEWER_KEYS = ("ImageType", "ConvolutionKernel", "Manufacturer", "ManufacturerModelName")
+
+
+def test_rebuild_index_gives_old_rows_the_attributes_recorded_since(old: Path) -> None:
+    """Rows without ImageType, ConvolutionKernel, Manufacturer or ManufacturerModelName
+    load, and a query on one matches none of them (only universal matching takes an
+    absent value); `pacs-engine rebuild-index` fills them from the header blobs (deflated,
+    big endian, encapsulated and native files among them), each equal to pydicom's value
+    of the source file the current version came from, and then the queries match."""
+    from test_scan_differential import expected as pydicom_value
+
+    by_sha256 = {sha256(p.read_bytes()): p for p in sources().values()}
+    with open_archive(old) as archive:
+        rows = archive.query("instance")
+        assert rows and all(row[k] is None for row in rows for k in NEWER_KEYS)
+        assert archive.query("instance", ImageType="*") == rows  # universal matching
+        assert archive.query("instance", ImageType="ORIGINAL*") == []
+        assert archive.query("series", Manufacturer="*") != []
+        assert archive.query("series", Manufacturer="?*") == []
+    result = run_cli("rebuild-index", str(old))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rows written by older code got attributes from their headers" in result.stdout
+    joined: dict[str, str] = {}
+    with open_archive(old) as archive:
+        rows = archive.query("instance")
+        filled = Counter()
+        for row in rows:
+            ds = pydicom.dcmread(by_sha256[row["source_sha256"]], stop_before_pixels=True)
+            for keyword in NEWER_KEYS:
+                want = pydicom_value(ds[keyword].value) if keyword in ds else None
+                assert row[keyword] == want, (row["SOPInstanceUID"], keyword)
+                filled[keyword] += want is not None
+            if "ImageType" in ds:
+                joined[row["SOPInstanceUID"]] = "\\".join(ds.ImageType)
+        assert filled["ImageType"] >= 5 and filled["Manufacturer"] >= 5, filled
+        for pattern in ("ORIGINAL\\PRIMARY*", "ORIGINAL\\PRIMARY\\AXIAL", "DERIVED\\*"):
+            found = {r["SOPInstanceUID"] for r in archive.query("instance", ImageType=pattern)}
+            assert found == {uid for uid, v in joined.items() if fnmatch.fnmatchcase(v, pattern)}
+        primary = {r["SOPInstanceUID"] for r in archive.query("instance", ImageType="PRIMARY")}
+        assert primary == {uid for uid, v in joined.items() if "PRIMARY" in v.split("\\")}
+        assert archive.query("instance", ImageType="ORIGINAL\\PRIMARY*")
+        assert archive.query("series", Manufacturer="?*")

@@ -42,7 +42,7 @@ from pacs_engine.index import (
 from pacs_engine.index.codec import RowCodec
 from pacs_engine.index.core import uid_problem
 from pacs_engine.index.integrity import check_trees
-from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
+from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED, whole_value
 from pacs_engine.index.records import View
 
 ROOT = "1.2.826.0.1.3680043.8.498"
@@ -537,6 +537,17 @@ def _query_values(ds: pydicom.Dataset) -> dict[str, Any]:
     return values | _COMPUTED_FOR_ONE_ROW
 
 
+def _whole_values(keyword: str, value: Any) -> list[str]:
+    """A multi-valued attribute's values joined by backslashes, as a query for the whole
+    value (none for a single value, or values that are not all text or all numbers)."""
+    if not whole_value(keyword) or not isinstance(value, list) or len(value) < 2:
+        return []
+    kinds = {
+        str if isinstance(v, str) else float if isinstance(v, int | float) else None for v in value
+    }
+    return ["\\".join(str(v) for v in value)] if kinds in ({str}, {float}) else []
+
+
 @pytest.fixture(scope="module")
 def real_file_queries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Each real file's row, built as the ingest builds it, alone in an index, queried
@@ -571,13 +582,16 @@ def real_file_queries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
             checked += 1
             for keyword, value in values.items():
                 level = level_of(keyword)
+                # A list: any of its values; joined by backslashes: the whole value.
+                asked = [value, *_whole_values(keyword, value)]
                 for query_level in LEVELS if level != "instance" else ("instance",):
                     uid = row[_LEVEL_UID[query_level]]
-                    found = index.query(query_level, **{keyword: value})
-                    if uid in [r[_LEVEL_UID[query_level]] for r in found]:
-                        hits[keyword] += 1
-                    else:
-                        misses[keyword].append(f"{path} at {query_level}: {value!r}")
+                    for query in asked:
+                        found = index.query(query_level, **{keyword: query})
+                        if uid in [r[_LEVEL_UID[query_level]] for r in found]:
+                            hits[keyword] += 1
+                        else:
+                            misses[keyword].append(f"{path} at {query_level}: {query!r}")
             index.commit([], remove=[row["SOPInstanceUID"]])
             assert len(index) == 0
     return {"hits": hits, "misses": misses, "left_out": left_out, "checked": checked}
@@ -631,6 +645,48 @@ def test_the_eight_keys_once_never_recorded_match_through_a_real_ingest(tmp_path
         assert archive.query("series", SeriesDate="20200101-20200316") == []
         assert len(archive.query("series", SeriesDate="20200317-", Laterality="L")) == 1
         assert archive.query("series", ProtocolName="CHEST") == []
+
+
+def test_a_multi_valued_attribute_matches_one_of_its_values_or_its_whole_value(
+    tmp_path: Path,
+) -> None:
+    """ImageType (CS, several values): a single query value matches when any value does
+    (PS3.4 C.2.2.2); a backslash-joined one is a pattern for the whole value, "*" running
+    across backslashes. For a single-valued attribute the parts are alternatives. A row
+    without the attribute (written before it was recorded) matches only universally."""
+    types = {
+        1: ["ORIGINAL", "PRIMARY", "AXIAL"],
+        2: ["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        3: ["DERIVED", "SECONDARY", "", "MPR"],
+        4: ["ORIGINAL", "PRIMARY"],
+        5: None,  # an older row: no ImageType at all
+    }
+    rows = []
+    for n, image_type in types.items():
+        extra = {} if image_type is None else {"ImageType": image_type}
+        series, modality = (1, "CT") if n < 4 else (2, "MR")  # a series has one Modality
+        rows.append(make_row(1, series, n, Modality=modality, **extra))
+    with Index.create(tmp_path / "index") as index:
+        index.commit(rows)
+
+        def found(**filters: Any) -> list[int]:
+            return [r["InstanceNumber"] for r in index.query("instance", **filters)]
+
+        assert found(ImageType="PRIMARY") == [1, 2, 4]
+        assert found(ImageType="*AL") == [1, 2, 4]  # ORIGINAL, AXIAL: any value
+        assert found(ImageType="ORIGINAL\\PRIMARY*") == [1, 2, 4]
+        assert found(ImageType="ORIGINAL\\PRIMARY") == [4]
+        assert found(ImageType="ORIGINAL\\PRIMARY\\AXIAL") == [1]
+        assert found(ImageType="*\\LOCALIZER") == [2]
+        assert found(ImageType="DERIVED\\SECONDARY\\\\MPR") == [3]  # its empty value kept
+        assert found(ImageType="PRIMARY\\ORIGINAL*") == []  # order counts
+        assert found(ImageType=["*\\LOCALIZER", "DERIVED"]) == [2, 3]  # a list: either
+        assert found(ImageType="*") == [1, 2, 3, 4, 5]  # universal, the older row too
+        assert found(Modality="CT\\MR") == [1, 2, 3, 4, 5]  # single-valued: alternatives
+        assert found(Modality="MR\\PT") == [4, 5]
+        assert found(PixelSpacing="0.5\\0.5") == [1, 2, 3, 4, 5]  # numbers, value by value
+        assert found(PixelSpacing="0.5") == [1, 2, 3, 4, 5]
+        assert found(PixelSpacing="0.5\\0.6") == found(PixelSpacing="0.5\\0.5\\0.5") == []
 
 
 def test_the_keys_the_index_matches_on_are_the_ones_the_scanner_records() -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import corpus_files, require_corpus
+from pydicom.errors import InvalidDicomError
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.cli import main
@@ -21,6 +23,8 @@ from pacs_engine.read import (
     VolumeDataset,
     VolumeError,
 )
+from pacs_engine.read.datasets import NONE_SELECTED, NOT_SELECTED
+from pacs_engine.read.volume import read_stack
 from pacs_engine.synth import write_studies
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -226,11 +230,73 @@ def test_patches_2d(archive: Archive, archive_path: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("codec", ["record", "lz4", "raw"])
+def test_patches_of_each_store_equal_pydicom_crops(
+    archive: Archive, archive_path: str, tmp_path: Path, codec: str
+) -> None:
+    """3-D and 2-D patches (stored values) from the archive of record (JPEG-LS, shards of 3
+    frames: a patch spans shards) and from lz4 and raw copies (raw frames are read straight
+    into the output) equal pydicom's pixel_array of the source files, cropped."""
+    path = archive_path
+    if codec != "record":
+        path = str(tmp_path / codec)
+        argv = ["ingest", archive_path, "--archive", path, "--codec", codec, "--transcode"]
+        assert main([*argv, "--workers", "0", "--no-progress"]) == 0
+    sources = {r["SOPInstanceUID"]: r["source_path"] for r in archive.index if r.get("pixels")}
+    volumes = {
+        uid: Series(archive, uid).volume().sop_instance_uids for uid in _volume_series(archive)
+    }
+
+    def source(uid: str) -> np.ndarray:
+        return pydicom.dcmread(sources[uid]).pixel_array
+
+    cubes = PatchDataset(path, (5, 20, 28), samples=8, seed=2, series_uids=list(volumes))
+    for k in range(len(cubes)):
+        item = cubes[k]
+        z, y, x = (int(v) for v in item["offset"])
+        slices = volumes[item["series_instance_uid"]][z : z + 5]
+        expected = np.stack([source(uid)[y : y + 20, x : x + 28] for uid in slices])
+        assert item["pixels"].dtype == expected.dtype
+        np.testing.assert_array_equal(item["pixels"], expected)
+    planes = PatchDataset(path, (24, 30), samples=12, seed=4)
+    for k in range(len(planes)):
+        item = planes[k]
+        y, x = (int(v) for v in item["offset"])
+        pixels = source(item["sop_instance_uid"])
+        if pixels.ndim > 2 + (pixels.shape[-1] in (3, 4)):  # a multi-frame instance
+            pixels = pixels[item["frame"]]
+        np.testing.assert_array_equal(item["pixels"], pixels[y : y + 24, x : x + 30])
+
+
+def test_read_stack_interleaves_arrays_and_refuses_mixed_frames(tmp_path: Path) -> None:
+    """Frames of two arrays, interleaved, cut to a window, in the order asked; frames of
+    arrays of different sizes are a VolumeError naming the instances of the odd array."""
+    files = write_studies(tmp_path / "a", 1, 2, 4, rows=32, columns=32, seed=5, modalities=["CT"])
+    files += write_studies(tmp_path / "b", 1, 1, 2, rows=16, columns=16, seed=6, modalities=["CT"])
+    with Archive.create(tmp_path / "archive", codec="jpegls", frames_per_shard=3) as archive:
+        assert archive.ingest(files, workers=0).archived == 10
+        arrays = sorted({r["pixels"]["array"]: r["Rows"] for r in archive.index}.items())
+        (one, _), (two, _) = [(a, n) for a, n in arrays if n == 32]
+        (odd,) = [a for a, n in arrays if n == 16]
+        where = [(one, 3), (two, 1), (one, 0), (two, 2), (one, 1)]
+        window = (slice(3, 30), slice(10, 32))
+        got = read_stack(archive.pixels, where, ["a", "b", "c", "d", "e"], window)
+        for k, (array, frame) in enumerate(where):
+            alone = archive.pixels.read_frames(array, [frame])[0]
+            np.testing.assert_array_equal(got[k], alone[window])
+        with pytest.raises(VolumeError, match="differ in shape") as refused:
+            read_stack(archive.pixels, [*where[:2], (odd, 0)], ["a", "b", "x"])
+        assert refused.value.sop_instance_uids == ["x"]
+        with pytest.raises(ValueError, match="read into an array"):
+            archive.pixels.read_frames(one, [0, 1], out=np.empty((1, 32, 32), got.dtype))
+
+
 def test_patches_of_a_tiled_copy_equal_pydicom(
-    archive: Archive, archive_path: str, tmp_path: Path
+    archive: Archive, archive_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A training copy made with --tile stores 64x64 frames as 16 chunks of 16x16; its
-    patches (which decode only the chunks they overlap) hold pydicom's pixels."""
+    patches (which decode only the chunks they overlap) hold pydicom's pixels; `info`
+    says the tile size and how many instances are stored in tiles."""
     copy = tmp_path / "copy"
     argv = ["ingest", archive_path, "--archive", str(copy), "--codec", "lz4", "--transcode"]
     assert main([*argv, "--tile", "16", "--workers", "0", "--no-progress"]) == 0
@@ -238,8 +304,23 @@ def test_patches_of_a_tiled_copy_equal_pydicom(
     with open_archive(copy) as tiled:
         spec = tiled.pixels.spec(tiled.index.series(uids[0])[0]["pixels"]["array"])
         assert (spec.tile, spec.tiles_per_frame) == (16, 16)
-        by_uid = {r["SOPInstanceUID"]: r for r in archive.index if r.get("pixels")}
-        files = {uid: by_uid[uid]["source_path"] for uid in by_uid}
+        info = tiled.info()
+        tiled_rows = [
+            r
+            for r in tiled.index
+            if r.get("pixels") and tiled.pixels.spec(r["pixels"]["array"]).tiles_per_frame > 1
+        ]
+    assert info["storage"]["tile"] == 16 and info["storage"]["codec"] == "lz4"
+    assert info["by_chunks"]["tiles of 16x16, 64 frames a shard"]["instances"] == len(tiled_rows)
+    assert len(tiled_rows) >= 16  # both synthetic series, and pydicom's larger frames
+    assert main(["info", str(copy)]) == 0
+    shown = capsys.readouterr().out
+    assert "in tiles of 16" in shown and "tiles of 16x16, 64 frames a shard" in shown
+    plain = archive.info()  # an archive made without --tile
+    assert plain["storage"]["tile"] == 1024
+    assert set(plain["by_chunks"]) - {"no pixel data"} == {"whole frames, 3 a shard"}
+    by_uid = {r["SOPInstanceUID"]: r for r in archive.index if r.get("pixels")}
+    files = {uid: by_uid[uid]["source_path"] for uid in by_uid}
     dataset = PatchDataset(copy, (4, 20, 24), samples=12, seed=5, series_uids=uids, rescale=True)
     record = PatchDataset(archive_path, (4, 20, 24), samples=12, seed=5, series_uids=uids)
     volumes = {uid: Series(archive, uid).volume() for uid in uids}
@@ -265,7 +346,9 @@ def test_patches_of_a_tiled_copy_equal_pydicom(
 def _datasets(archive_path: str) -> list:
     return [
         FrameDataset(archive_path, rescale=True),
+        FrameDataset(archive_path, instance_query={"ImageType": "ORIGINAL\\PRIMARY*"}),
         VolumeDataset(archive_path, skip_invalid=True),
+        VolumeDataset(archive_path, skip_invalid=True, instance_query={"ImageType": "*AXIAL"}),
         PatchDataset(archive_path, (3, 20, 20), samples=12, seed=11),
         PatchDataset(archive_path, (20, 20), samples=12, seed=11, rescale=True),
     ]
@@ -368,3 +451,61 @@ def test_from_query_selects_series_and_counts_exclusions(
     patches = PatchDataset.from_query(archive, patch_size=(16, 16), samples=4, Modality="CT")
     assert set(patches.series_uids) <= ct_series
     assert {patches[k]["series_instance_uid"] for k in range(4)} <= ct_series
+
+
+def test_from_query_selects_instances_by_image_type_and_kernel(tmp_path: Path) -> None:
+    """The issue's selection on the corpus CT: from_query(archive, Modality="CT", ImageType=
+    "ORIGINAL\\PRIMARY*", ConvolutionKernel=K) holds the frames of exactly the instances
+    whose pydicom values match; the others of the selected series are left out and
+    counted; one ImageType value matches any of an instance's values; a volume stacks only
+    the instances that match, and a series with none is skipped, saying why."""
+    require_corpus()
+    files = {}
+    for path in corpus_files():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, AttributeError, OSError):
+            continue
+        if ds.get("Modality") == "CT" and "SOPInstanceUID" in ds:
+            files[str(ds.SOPInstanceUID)] = (path, ds)
+    with Archive.create(tmp_path / "archive", codec="jpegls") as archive:
+        archive.ingest([p for p, _ in files.values()], workers=0)
+        held = {r["SOPInstanceUID"] for r in archive.query("instance")}
+    files = {uid: f for uid, f in files.items() if uid in held}
+    joined = {uid: "\\".join(ds.get("ImageType") or []) for uid, (_, ds) in files.items()}
+    kernels = Counter(str(ds.get("ConvolutionKernel")) for _, ds in files.values())
+    kernel_name = kernels.most_common(1)[0][0]
+    dataset = FrameDataset.from_query(
+        tmp_path / "archive", Modality="CT", ImageType="ORIGINAL\\PRIMARY*",
+        ConvolutionKernel=kernel_name, rescale=True,
+    )  # fmt: skip
+    want = {
+        uid
+        for uid, (_, ds) in files.items()
+        if joined[uid].startswith("ORIGINAL\\PRIMARY")
+        and ds.get("ConvolutionKernel") == kernel_name
+    }
+    assert 10 <= len(want) < len(files)
+    assert set(dataset.instances) == want
+    assert {dataset[k]["sop_instance_uid"] for k in range(len(dataset))} == want
+    assert dataset.query == {"Modality": "CT"}
+    assert dataset.instance_query == {
+        "ImageType": "ORIGINAL\\PRIMARY*", "ConvolutionKernel": kernel_name
+    }  # fmt: skip
+    assert dataset.excluded[NOT_SELECTED] == len(files) - len(want)
+    assert "instances selected by the instance query" in dataset.report()
+    localizers = FrameDataset.from_query(tmp_path / "archive", ImageType="LOCALIZER")
+    assert set(localizers.instances) == {
+        u for u, v in joined.items() if "LOCALIZER" in v.split("\\")
+    }
+    assert localizers.instances
+    with pytest.raises(QueryError, match="ImageType"):
+        FrameDataset.from_query(tmp_path / "archive", ImageTyp="ORIGINAL")
+    volumes = VolumeDataset.from_query(
+        tmp_path / "archive", ImageType="ORIGINAL\\PRIMARY\\AXIAL", skip_invalid=True
+    )
+    axial = {u for u, v in joined.items() if v == "ORIGINAL\\PRIMARY\\AXIAL"}
+    assert len(volumes) >= 2
+    for k in range(len(volumes)):
+        assert set(volumes[k]["sop_instance_uids"]) <= axial
+    assert NONE_SELECTED in volumes.skipped.values()  # the series of derived screens

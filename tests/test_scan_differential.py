@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import corpus_params, pydicom_test_files
+from conftest import corpus_files, corpus_params, pydicom_test_files, require_corpus
 from pydicom.encaps import generate_fragmented_frames, generate_fragments, parse_basic_offsets
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -142,6 +142,35 @@ def check_frames(ds: pydicom.Dataset, location, fragments: list[bytes]) -> None:
         ours.setdefault(int(frame), []).append(fragment)
     assert [tuple(ours[k]) for k in sorted(ours)] == frames
     assert np.all(np.diff(location.fragment_frames) >= 0)
+
+
+#: Keys recorded for selecting training data (issue 15); the tests above compare them too.
+SELECTION_KEYWORDS = ("ImageType", "ConvolutionKernel", "Manufacturer", "ManufacturerModelName")
+
+
+def test_the_selection_keys_equal_pydicom_on_every_real_file_that_has_them() -> None:
+    """ImageType (several CS values, kept as a list), ConvolutionKernel, Manufacturer and
+    ManufacturerModelName as the scanner records them equal pydicom's on every corpus and
+    pydicom file that has them; and enough files have them for that to mean something."""
+    require_corpus()
+    compared: dict[str, int] = dict.fromkeys(SELECTION_KEYWORDS, 0)
+    for path in corpus_files() + pydicom_test_files():
+        ds, _ = pydicom_read(path)
+        try:
+            header = scan(path)
+        except ScanError:  # refusals are explained by test_corpus / test_pydicom_test_files
+            continue
+        assert ds is not None
+        for keyword in SELECTION_KEYWORDS:
+            if keyword in ds:
+                want = expected(ds.get(keyword))
+                assert same(header.get(keyword), want), f"{path}: {keyword}"
+                compared[keyword] += 1
+            else:
+                assert keyword not in header, f"{path}: {keyword}"
+        if isinstance(ds.get("ImageType"), MultiValue):
+            assert isinstance(header["ImageType"], list) and len(header["ImageType"]) >= 2
+    assert min(compared.values()) >= 20, compared
 
 
 @pytest.mark.parametrize("path", pydicom_test_files(), ids=lambda p: p.name)

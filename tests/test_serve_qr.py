@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -708,3 +709,55 @@ def test_native_instances_in_other_syntaxes_arrive_as_explicit_little_endian(
         archive.close()
     details = [r["detail"] for r in read_records(tmp_path / "a") if r["action"] == "c-get"]
     assert details == ["instances=1 completed=1 transcoded=1"] * 3
+
+
+def test_image_type_matches_whole_or_any_value_and_the_new_keys_come_back(
+    server: Server, tmp_path: Path
+) -> None:
+    """findscu at IMAGE level: several ImageType values are one pattern for the whole value
+    (ORIGINAL\\PRIMARY* takes ORIGINAL\\PRIMARY\\AXIAL), one value matches when any of the
+    file's does; ImageType, ConvolutionKernel and Manufacturer come back as the files hold
+    them; at SERIES level Manufacturer and ManufacturerModelName match and come back."""
+    datasets = source_datasets(server)
+    returned = ("SOPInstanceUID", "ConvolutionKernel", "Manufacturer")  # and ImageType, matched
+    for n, (condition, take) in enumerate(
+        [
+            (
+                "ORIGINAL\\PRIMARY*",
+                lambda joined, values: fnmatchcase(joined, "ORIGINAL\\PRIMARY*"),
+            ),
+            ("PRIMARY", lambda joined, values: "PRIMARY" in values),
+            ("DERIVED\\*", lambda joined, values: joined.startswith("DERIVED\\")),
+            ("ORIGINAL\\PRIMARY", lambda joined, values: joined == "ORIGINAL\\PRIMARY"),
+        ]
+    ):
+        responses = findscu(
+            server, tmp_path / f"i{n}", "-S", "IMAGE", f"ImageType={condition}", *returned
+        )
+        want = {
+            str(ds.SOPInstanceUID)
+            for ds in datasets
+            if take("\\".join(ds.ImageType), list(ds.ImageType))
+        }
+        assert {str(r.SOPInstanceUID) for r in responses} == want, condition
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+        for r in responses:
+            source = by_uid[str(r.SOPInstanceUID)]
+            assert list(r.ImageType) == list(source.ImageType)
+            assert r.Manufacturer == source.Manufacturer
+            assert r.ConvolutionKernel == source.get("ConvolutionKernel", "")
+    assert (
+        0
+        < len({str(ds.SOPInstanceUID) for ds in datasets if "PRIMARY" in ds.ImageType})
+        < (len(datasets))
+    )
+    manufacturer = str(datasets[0].Manufacturer)
+    series = findscu(
+        server, tmp_path / "s", "-S", "SERIES", f"Manufacturer={manufacturer[:4]}*",
+        "SeriesInstanceUID", "ManufacturerModelName",
+    )  # fmt: skip
+    assert {str(r.SeriesInstanceUID) for r in series} == {
+        str(ds.SeriesInstanceUID) for ds in datasets if ds.Manufacturer.startswith(manufacturer[:4])
+    }
+    models = {str(ds.SeriesInstanceUID): ds.ManufacturerModelName for ds in datasets}
+    assert all(r.ManufacturerModelName == models[str(r.SeriesInstanceUID)] for r in series)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase as fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from conftest import ROOT, require_corpus
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from requests.exceptions import HTTPError
 from web_helpers import serving_app
 
@@ -358,3 +360,44 @@ def test_the_same_queries_find_the_same_uids_as_orthanc(served: Served) -> None:
             else:
                 mine &= stored
             assert mine == other, (level, filters)
+
+
+def _joined(value: Any) -> str:
+    """A value as text, several values joined by backslashes ("" when absent)."""
+    if value is None:
+        return ""
+    return "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+
+
+def test_image_type_kernel_and_manufacturer_searches_match_the_files(served: Served) -> None:
+    """Instance searches on ImageType (several values: one pattern for the whole value; one
+    value: any of the file's), ConvolutionKernel and Manufacturer find what pydicom's values
+    of the corpus files say, and return those attributes when asked."""
+    datasets = list(served.datasets.values())
+    joined = {
+        str(ds.SOPInstanceUID): "\\".join(ds.ImageType) for ds in datasets if "ImageType" in ds
+    }
+    kernel_of = {str(ds.SOPInstanceUID): _joined(ds.get("ConvolutionKernel")) for ds in datasets}
+    kernels = Counter(k for k in kernel_of.values() if k)
+    makers = Counter(str(ds.Manufacturer) for ds in datasets if ds.get("Manufacturer"))
+    kernel, maker = kernels.most_common(1)[0][0], makers.most_common(1)[0][0]
+    client = served.client()
+    searches = {
+        "ORIGINAL\\PRIMARY*": {u for u, v in joined.items() if fnmatch(v, "ORIGINAL\\PRIMARY*")},
+        "*\\LOCALIZER": {u for u, v in joined.items() if fnmatch(v, "*\\LOCALIZER")},
+        "SECONDARY": {u for u, v in joined.items() if "SECONDARY" in v.split("\\")},
+    }
+    for pattern, want in searches.items():
+        found = search(client, "instances", {"ImageType": pattern}, fields=["ImageType"])
+        assert uids(found, "instances") == want, pattern
+        for r in found:
+            assert "\\".join(r["00080008"]["Value"]) == joined[r["00080018"]["Value"][0]]
+    assert 0 < len(searches["ORIGINAL\\PRIMARY*"]) < len(datasets)
+    assert searches["SECONDARY"]
+    found = search(client, "instances", {"ConvolutionKernel": kernel, "Manufacturer": f"{maker}*"})
+    want = {
+        str(ds.SOPInstanceUID)
+        for ds in datasets
+        if kernel_of[str(ds.SOPInstanceUID)] == kernel and str(ds.get("Manufacturer")) == maker
+    }
+    assert uids(found, "instances") == want and want

@@ -55,10 +55,14 @@ SERIES_KEYWORDS: tuple[str, ...] = (
     "SeriesTime",
     "Laterality",
     "ProtocolName",
+    "Manufacturer",
+    "ManufacturerModelName",
 )
 
 #: Instance attributes (the index matches queries on them at the instance level).
 INSTANCE_KEYWORDS: tuple[str, ...] = (
+    "ImageType",
+    "ConvolutionKernel",
     "FrameOfReferenceUID",
     "SOPClassUID",
     "SOPInstanceUID",

@@ -38,10 +38,17 @@ from typing import Any, Self
 import numpy as np
 import pydicom
 
-from pacs_engine.archive.blobs import BlobError, HeaderBlob
+from pacs_engine.archive.blobs import HeaderBlob, read_blob
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
-from pacs_engine.archive.pixel_store import CODEC_CHOICES, MAX_TILE, MIN_TILE, PixelStore
+from pacs_engine.archive.pixel_store import (
+    CODEC_CHOICES,
+    DEFAULT_TILE,
+    MAX_TILE,
+    MIN_TILE,
+    PixelStore,
+    chunk_layout,
+)
 from pacs_engine.archive.prepare import blob_dataset, frame_hash, rebuild_file, transcoded_file
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
@@ -410,14 +417,7 @@ class Archive:
 
     def _blob(self, row: Row) -> HeaderBlob:
         """The header blob of one version's row."""
-        where = row["header"]
-        with open(self.path / where["pack"], "rb") as f:
-            f.seek(where["offset"])
-            data = f.read(where["length"])
-        recorded = row.get("header_sha256")  # rows of copies (archive.copies) have it
-        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
-            raise BlobError("the header blob differs from the one written (its sha256)")
-        return HeaderBlob.from_bytes(data)
+        return read_blob(self.path, row)
 
     def _checked_frames(self, row: Row) -> np.ndarray:
         """The row's decoded frames, checked against their recorded hashes when it has them."""
@@ -565,16 +565,21 @@ class Archive:
 
     def info(self) -> dict[str, Any]:
         """Counts (patients, studies, series, instances), sizes on disk by part, compression
-        ratio, by modality and by codec."""
+        ratio, by modality, by codec and by chunk layout; the storage options it was made
+        with (`storage`: codec, max_chunk_pixels, frames_per_shard, transcode, and `tile`, the
+        edge of the square chunks of frames over max_chunk_pixels)."""
         by_modality: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         by_codec: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        by_chunks: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         totals: dict[str, int] = defaultdict(int)
         for row in self.index:
             pixels = row.get("pixels")
-            codec = "no pixel data"
+            codec = chunks = "no pixel data"
             if pixels:
-                codec = self.pixels.spec(pixels["array"]).codec_name
-            for bucket in (by_modality[row.get("Modality") or "(none)"], by_codec[codec], totals):
+                spec = self.pixels.spec(pixels["array"])
+                codec, chunks = spec.codec_name, chunk_layout(spec)
+            buckets = (by_modality[row.get("Modality") or "(none)"], by_codec[codec], totals)
+            for bucket in (*buckets, by_chunks[chunks]):
                 bucket["instances"] += 1
                 bucket["source_bytes"] += row.get("file_size", 0)
                 bucket["raw_pixel_bytes"] += row.get("raw_pixel_bytes", 0)
@@ -591,6 +596,15 @@ class Archive:
             "disk_bytes": self.disk_usage(),
             "by_modality": {k: _with_ratio(v) for k, v in sorted(by_modality.items())},
             "by_codec": {k: _with_ratio(v) for k, v in sorted(by_codec.items())},
+            "by_chunks": {k: _with_ratio(v) for k, v in sorted(by_chunks.items())},
+            "storage": {
+                **{
+                    k: self.config.get(k)
+                    for k in ("codec", "max_chunk_pixels", "frames_per_shard", "transcode")
+                },
+                # Frames over max_chunk_pixels are cut into tiles of this edge.
+                "tile": self.config.get("tile", DEFAULT_TILE),
+            },
         }
         return result
 

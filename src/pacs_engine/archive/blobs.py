@@ -18,10 +18,12 @@ that no blob holds (source paths, hashes, pixel references).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from numcodecs import Zstd
 
@@ -118,6 +120,28 @@ class HeaderBlob:
             if isinstance(error, BlobError):
                 raise
             raise BlobError(f"damaged header blob: {error}") from None
+
+
+def read_blob(root: Path, row: Row) -> HeaderBlob:
+    """The header blob of one version's row in the archive at `root`, checked against the
+    row's `header_sha256` when it has one; BlobError or OSError when damaged or missing."""
+    where = row["header"]
+    with open(root / where["pack"], "rb") as f:
+        f.seek(where["offset"])
+        data = f.read(where["length"])
+    recorded = row.get("header_sha256")  # rows of copies (archive.copies) have it
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise BlobError("the header blob differs from the one written (its sha256)")
+    return HeaderBlob.from_bytes(data)
+
+
+def scannable(blob: HeaderBlob) -> bytes:
+    """Bytes the scanner reads as the blob's data set: the whole file, or the bytes up to
+    the pixel data value with the value's length set to 0 (what follows it is left out)."""
+    if blob.kind == WHOLE:
+        return blob.prefix
+    # The prefix ends with the pixel data element's header, whose last 4 bytes are its length.
+    return blob.prefix[:-4] + bytes(4)
 
 
 def rows_sidecar(pack: str) -> str:

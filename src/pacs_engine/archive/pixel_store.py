@@ -120,6 +120,15 @@ class ArraySpec:
         )
 
 
+def chunk_layout(spec: ArraySpec) -> str:
+    """How an array's frames are chunked, for reports: "whole frames, 64 a shard" or
+    "tiles of 64x64, 64 frames a shard" (a patch decodes only the tiles it overlaps)."""
+    _, r, c, *_ = spec.chunk_shape
+    if spec.tiles_per_frame == 1:
+        return f"whole frames, {spec.frames_per_shard} a shard"
+    return f"tiles of {r}x{c}, {spec.frames_per_shard} frames a shard"
+
+
 def split_tiles(frame: np.ndarray, spec: ArraySpec) -> list[np.ndarray]:
     """The frame's chunks in C order, edge tiles padded with zeros as zarr pads them."""
     _, r, c, *_ = spec.chunk_shape
@@ -289,6 +298,13 @@ def decode_frame(
 
 
 _NOTHING = memoryview(b"")  # a chunk left unread: outside the window decoded
+
+
+def window_shape(spec: ArraySpec, window: tuple[slice, slice] = FULL_FRAME) -> tuple[int, ...]:
+    """The shape of one of the array's frames cut to `window`."""
+    top, bottom, _ = window[0].indices(spec.rows)
+    left, right, _ = window[1].indices(spec.columns)
+    return (max(bottom - top, 0), max(right - left, 0), *spec.frame_shape[2:])
 
 
 def _window_span(spec: ArraySpec, window: tuple[slice, slice]) -> tuple[int, int] | None:
@@ -560,11 +576,10 @@ class PixelStore:
             raise ValueError(f"{where}: the shard's index points past the end of its chunks")
         return table
 
-    def _read_raw_frames(self, path: str, frames: Sequence[int]) -> np.ndarray:
-        """Frames of an uncompressed untiled array, read straight into the output array."""
+    def _read_raw_frames(self, path: str, frames: Sequence[int], out: np.ndarray) -> np.ndarray:
+        """Frames of an uncompressed untiled array, read straight into `out`."""
         spec = self.spec(path)
         per_shard = spec.frames_per_shard
-        out = np.empty((len(frames), *spec.frame_shape), spec.dtype)
         slots: dict[int, list[int]] = {}
         for k, f in enumerate(frames):
             slots.setdefault(f, []).append(k)
@@ -601,21 +616,33 @@ class PixelStore:
         frames: Sequence[int],
         window: tuple[slice, slice] = FULL_FRAME,
         threads: int = 1,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Frames of an array, decoded in the order given into one new array.
+        """Frames of an array, decoded in the order given into one array, returned.
 
-        Shaped (len(frames), rows, columns[, samples]), each frame cut to `window`.
-        The frames of a shard are read with one read when they are close (at most
-        half of the span skipped), else one read each; uncompressed frames are read
-        straight into the output. With `threads` > 1, frames of an image codec are
-        decoded in parallel (the codecs release the GIL); Blosc and uncompressed
-        frames are decoded on this thread, faster than a hand-off.
+        Shaped (len(frames), rows, columns[, samples]), each frame cut to `window`:
+        a new array, or `out` (of that shape and the array's dtype, e.g. a slice of a
+        larger one; ValueError otherwise). The frames of a shard are read with one
+        read when they are close (at most half of the span skipped), else one read
+        each; uncompressed frames are read straight into the output, and each tile a
+        window needs is decoded and copied into its place there. With `threads` > 1,
+        frames of an image codec are decoded in parallel (the codecs release the
+        GIL); Blosc and uncompressed frames are decoded on this thread, faster than
+        a hand-off.
         """
         spec = self.spec(path)
+        shape = (len(frames), *window_shape(spec, window))
+        if out is None:
+            out = np.empty(shape, spec.dtype)
+        elif out.shape != shape or out.dtype != spec.dtype:
+            raise ValueError(
+                f"{path}: frames read into an array of {out.shape} {out.dtype}, "
+                f"not {shape} {spec.dtype}"
+            )
         # Uncompressed little-endian chunks are the frames' bytes on this machine.
         raw = spec.codec is None and not spec.compressors and spec.tile is None
-        if raw and window == FULL_FRAME and sys.byteorder == "little":
-            return self._read_raw_frames(path, frames)
+        if raw and window == FULL_FRAME and sys.byteorder == "little" and out.flags.c_contiguous:
+            return self._read_raw_frames(path, frames, out)
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         span = _window_span(spec, window)
         wanted = sorted(set(frames))
@@ -637,10 +664,6 @@ class PixelStore:
                 for f in wanted[k:group]:
                     chunks[f] = self._shard_chunks(path, f, f + 1)
             k = group
-        top, bottom, _ = window[0].indices(spec.rows)
-        left, right, _ = window[1].indices(spec.columns)
-        shape = (max(bottom - top, 0), max(right - left, 0), *spec.frame_shape[2:])
-        out = np.empty((len(frames), *shape), spec.dtype)
 
         def decode(k: int) -> None:
             try:

@@ -8,6 +8,11 @@ array's committed frame count covers (a part killed before its commit raised no
 frame count), makes the one written last the current version and the earlier
 ones its versions (archive/versions.py), and commits them to a new index, which replaces the old
 one; the old one is kept beside it as `index.damaged-<time>`.
+
+Rows written before the scanner recorded some header attributes (ImageType, Manufacturer,
+ConvolutionKernel, ...: `scanning.HEADER_KEYWORDS`) get them from their header blob: the
+rebuild scans the blob of each current row that lacks one of them, so an older archive
+becomes queryable by every key the index matches on. Earlier versions are kept as written.
 """
 
 from __future__ import annotations
@@ -19,12 +24,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX, BlobError, load_rows
+from pacs_engine.archive.blobs import (
+    PACK_SUFFIX,
+    ROWS_SUFFIX,
+    BlobError,
+    load_rows,
+    read_blob,
+    scannable,
+)
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import kept_sha256s, with_version
+from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.index.rows import Row
+from pacs_engine.scanning import HEADER_KEYWORDS, scan
 from pacs_engine.storage import fsync_dir
 
 _BATCH = 1000
@@ -39,6 +53,8 @@ class Rebuilt:
     packs_without_rows: list[str] = field(default_factory=list)  # written before rows files
     damaged_rows_files: list[str] = field(default_factory=list)
     kept_as: str = ""  # where the replaced index is
+    filled: int = 0  # rows given header attributes from their blob (written by older code)
+    unreadable_blobs: list[str] = field(default_factory=list)  # SOP UIDs: rows left as written
 
 
 def rebuild_index(path: str | os.PathLike) -> Rebuilt:
@@ -75,7 +91,7 @@ def _rebuild(root: Path) -> Rebuilt:
                 # A part retried after a worker died wrote the same file twice: one version.
                 if later["source_sha256"] not in kept_sha256s(row):
                     row = with_version(row, later)
-            batch.append(row)
+            batch.append(_with_attributes(root, row, rebuilt))
             if len(batch) == _BATCH:
                 index.commit(batch)
                 batch = []
@@ -117,6 +133,23 @@ def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
                     found.setdefault(sop, []).append((written, order, row))
                     order += 1
     return {sop: [row for *_, row in sorted(rows)] for sop, rows in found.items()}
+
+
+def _with_attributes(root: Path, row: Row, rebuilt: Rebuilt) -> Row:
+    """The row with the header attributes it lacks that its header blob has (a row written
+    before the scanner recorded them); counted in `rebuilt`."""
+    if all(k in row for k in HEADER_KEYWORDS):
+        return row
+    try:
+        attributes = scan(scannable(read_blob(root, row))).attributes
+    except (OSError, BlobError, ScanError):  # a damaged pack: the row stays as it was written
+        rebuilt.unreadable_blobs.append(row["SOPInstanceUID"])
+        return row
+    found = {k: attributes[k] for k in HEADER_KEYWORDS if k not in row and k in attributes}
+    if not found:
+        return row
+    rebuilt.filled += 1
+    return {**row, **found}  # type: ignore[typeddict-item]
 
 
 def _committed(row: Row, root: Path, pixels: PixelStore, frames: dict[str, int]) -> bool:

@@ -16,7 +16,9 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         description="Patients, studies, series and instances; bytes on disk (allocated "
         "blocks, as du counts them) by part: pixels, headers, index, quarantine, reports, "
         "spool and audit (those present) and other; source, raw and stored pixel bytes "
-        "and the compression ratio, by modality and by codec.",
+        "and the compression ratio, by modality, by codec and by chunk layout (whole "
+        "frames, or the tiles of a copy made with --tile); the storage options the "
+        "archive was made with (codec, tile, frames a shard).",
     )
     info.add_argument("archive", help="the archive folder")
     info.add_argument("--json", action="store_true", help="print as JSON")
@@ -40,12 +42,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     disk = info["disk_bytes"]
     parts = ", ".join(f"{k} {megabytes(v)}" for k, v in disk.items() if k != "total")
     print(f"on disk {megabytes(disk['total'])}: {parts}")
+    storage = info["storage"]
+    print(
+        f"storage: codec {storage['codec']}, {storage['frames_per_shard']} frames a shard, "
+        f"frames over {storage['max_chunk_pixels']:,} pixels in tiles of {storage['tile']}"
+        + (", transcoded" if storage["transcode"] else "")
+    )
     print(
         f"source files {megabytes(info['source_bytes'])}, raw pixels "
         f"{megabytes(info['raw_pixel_bytes'])}, stored {megabytes(info['stored_bytes'])}, "
         f"ratio {info['ratio'] or '-'}"
     )
-    for title, key in (("By modality:", "by_modality"), ("By codec:", "by_codec")):
+    titles = ("By modality:", "by_modality"), ("By codec:", "by_codec")
+    for title, key in (*titles, ("By chunk layout:", "by_chunks")):
         print(f"\n{title}")
         for name, row in info[key].items():
             print(

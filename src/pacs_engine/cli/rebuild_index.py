@@ -30,6 +30,13 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
         print(f"the old index is kept as {rebuilt.kept_as}")
     if rebuilt.uncommitted:
         print(f"{rebuilt.uncommitted:,} rows of parts that were never committed were left out")
+    if rebuilt.filled:
+        print(f"{rebuilt.filled:,} rows written by older code got attributes from their headers")
+    if rebuilt.unreadable_blobs:
+        print(
+            f"{len(rebuilt.unreadable_blobs):,} rows kept as written: their header blob "
+            f"cannot be read (first: {rebuilt.unreadable_blobs[0]})"
+        )
     for name in rebuilt.packs_without_rows:
         print(f"NOT RESTORED {name}: written before rows files existed")
     for name in rebuilt.damaged_rows_files:

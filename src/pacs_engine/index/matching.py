@@ -15,8 +15,15 @@ The rules (PS3.4 C.2.2.2), by the attribute's VR in pydicom's data dictionary:
   "pixel_storage"): wildcard matching when the value has "*" or "?", else exact;
 - a list or tuple of query values matches any of them.
 
-A multi-valued attribute matches when any of its values does; an absent or None
-value matches only universal matching.
+A multi-valued attribute (ImageType ["ORIGINAL", "PRIMARY", "AXIAL"]) matches a
+single query value when any of its values does (PS3.4 C.2.2.2). A query value with
+backslashes is, for an attribute the dictionary lets hold several values
+(`whole_value`: ImageType, ConvolutionKernel, OtherPatientIDs, ...), one pattern for
+the whole value, its values joined by backslashes: "ORIGINAL\\PRIMARY*" matches
+ORIGINAL\\PRIMARY\\AXIAL ("*" runs across backslashes), "ORIGINAL\\PRIMARY" only
+that pair, numbers compare value by value. For a single-valued attribute the parts
+are alternatives, as UID lists are ("CT\\MR": either). An absent or None value
+matches only universal matching.
 """
 
 from __future__ import annotations
@@ -27,11 +34,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
 
 # The scanner's lists are the index's: every key matched at a level is one the scanner
 # records (a key it did not record would match nothing).
-from pacs_engine.scanning import SERIES_KEYWORDS, STUDY_KEYWORDS
+from pacs_engine.scanning import HEADER_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
 #: Attributes the index computes for a study.
 STUDY_COMPUTED: tuple[str, ...] = (
@@ -49,6 +56,12 @@ _STUDY_LEVEL = frozenset(STUDY_KEYWORDS + STUDY_COMPUTED)
 _SERIES_LEVEL = frozenset(SERIES_KEYWORDS + SERIES_COMPUTED)
 _NUMERIC_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
+#: The recorded attributes whose value may have several values (VM other than 1).
+_MULTI_VALUED = frozenset(
+    k
+    for k in HEADER_KEYWORDS
+    if dictionary_VM(tag_for_keyword(k)) != "1"  # type: ignore[arg-type]
+)
 
 
 def level_of(keyword: str) -> str:
@@ -72,13 +85,21 @@ def vr_of(keyword: str) -> str | None:
     return None if tag is None else dictionary_VR(tag)[:2]
 
 
+def whole_value(keyword: str) -> bool:
+    """Whether backslashes in a query value of `keyword` separate the values of one
+    multi-valued value, matched whole (ImageType), rather than alternatives (Modality)."""
+    return keyword in _MULTI_VALUED
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """One query key compiled: a predicate on a record's value, and what an index can use.
 
     `exact`: every matching value is one of these; `prefix`: every matching value
     starts with it; `bounds`: every matching value v has lo <= v and v[:len(hi)] <= hi
-    (hi "" is open). Values are folded first when `folded` (person names).
+    (hi "" is open). Values are folded first when `folded` (person names). With
+    `whole`, the predicate takes the record's value as it is (a list whole), else
+    each of its values.
     """
 
     keyword: str
@@ -87,8 +108,11 @@ class Condition:
     exact: tuple[str, ...] | None = None
     prefix: str | None = None
     bounds: tuple[str, str] | None = None
+    whole: bool = False
 
     def __call__(self, value: Any) -> bool:
+        if self.whole:
+            return self.predicate(value)
         if isinstance(value, list):
             return any(v is not None and self.predicate(v) for v in value)
         return value is not None and self.predicate(value)
@@ -132,6 +156,42 @@ def _literal_prefix(pattern: str) -> str:
     return re.split(r"[*?]", pattern, maxsplit=1)[0]
 
 
+def _whole(keyword: str, pattern: str) -> Condition:
+    """A backslash-joined pattern matched against the whole value (`whole_value` keywords)."""
+    vr = vr_of(keyword)
+    parts = pattern.split("\\")
+    if vr in _NUMERIC_VRS and all(_is_number(p) for p in parts):
+        wanted = [_number(p) for p in parts]
+
+        def numbers(v: Any) -> bool:
+            values = v if isinstance(v, list) else [v]
+            return len(values) == len(wanted) and all(
+                w(x) for w, x in zip(wanted, values, strict=True)
+            )
+
+        return Condition(keyword, numbers, whole=True)
+    text = _text(keyword, pattern, vr)
+
+    def joined(v: Any) -> bool:
+        values = v if isinstance(v, list) else [v]
+        return all(isinstance(x, str) for x in values) and text.predicate("\\".join(values))
+
+    return Condition(keyword, joined, text.folded, whole=True)
+
+
+def _text(keyword: str, value: str, vr: str | None) -> Condition:
+    """Text matching: wildcards when the value has "*" or "?" (not for dates), else exact;
+    person names case-insensitive."""
+    folded = vr == "PN"
+    text = fold(value) if folded else value
+    if vr not in _RANGE_VRS and ("*" in text or "?" in text):
+        prefix = _literal_prefix(text)
+        return Condition(keyword, _wildcard(text, folded), folded, prefix=prefix or None)
+    if folded:
+        return Condition(keyword, lambda v: isinstance(v, str) and fold(v) == text, True, (text,))
+    return Condition(keyword, lambda v: v == text, exact=(text,))
+
+
 def compile_condition(keyword: str, value: Any) -> Condition | None:
     """Compile one query key; None when it is universal matching (constrains nothing)."""
     if isinstance(value, list | tuple):
@@ -151,20 +211,19 @@ def compile_condition(keyword: str, value: Any) -> Condition | None:
         uids = tuple(dict.fromkeys(value.split("\\")))
         wanted = frozenset(uids)
         return Condition(keyword, lambda v: v in wanted, exact=uids)
+    if "\\" in value:
+        if whole_value(keyword):
+            return _whole(keyword, value)
+        return compile_condition(keyword, value.split("\\"))
     if vr in _RANGE_VRS and value.count("-") == 1:
         lo, hi = value.split("-")
         return Condition(keyword, _range(lo, hi), bounds=(lo, hi))
-    folded = vr == "PN"
-    text = fold(value) if folded else value
-    if vr not in _RANGE_VRS and ("*" in text or "?" in text):
-        prefix = _literal_prefix(text)
-        return Condition(keyword, _wildcard(text, folded), folded, prefix=prefix or None)
-    if folded:
-        return Condition(keyword, lambda v: isinstance(v, str) and fold(v) == text, True, (text,))
-    return Condition(keyword, lambda v: v == text, exact=(text,))
+    return _text(keyword, value, vr)
 
 
 def _any_of(keyword: str, parts: list[Condition]) -> Condition:
+    if any(p.whole for p in parts):  # each part takes the value as it wants it
+        return Condition(keyword, lambda v: any(p(v) for p in parts), parts[0].folded, whole=True)
     exacts = [p.exact for p in parts if p.exact is not None]
     exact = None
     if len(exacts) == len(parts):

@@ -69,11 +69,15 @@ class SeriesAttributes(TypedDict, total=False):
     SeriesTime: Value
     Laterality: Value
     ProtocolName: Value
+    Manufacturer: Value
+    ManufacturerModelName: Value
 
 
 class Attributes(StudyAttributes, SeriesAttributes, total=False):
     """The scanner's header attributes other than the three UIDs, by keyword."""
 
+    ImageType: Value  # a list of its values (ORIGINAL, PRIMARY, ...), as every multi-valued one
+    ConvolutionKernel: Value
     FrameOfReferenceUID: Value
     SOPClassUID: Value
     InstanceNumber: Value

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from pacs_engine.index.matching import Condition, compile_query, level_of, matches
+from pacs_engine.index.query import check_query
 from pacs_engine.index.rows import Attributes, Row
 from pacs_engine.read.shape import FrameShape
 from pacs_engine.read.volume import (
@@ -31,6 +33,7 @@ from pacs_engine.read.volume import (
     frame_geometry,
     pixel_ref,
     plan_volume,
+    read_stack,
 )
 from pacs_engine.workers import PerProcess
 
@@ -180,19 +183,22 @@ def _geometry(spacing: np.ndarray, affine: np.ndarray, corner: Sequence[int]) ->
     }
 
 
-def _read_frames(
-    handle: _Handle, where: Sequence[tuple[str, int]], window: tuple[slice, slice]
-) -> list[np.ndarray]:
-    """Frames (array path, frame) cut to `window`, in order; each array's frames read at once."""
-    out: list[np.ndarray] = [np.empty(0)] * len(where)  # each one replaced below
-    by_array: dict[str, list[int]] = {}
-    for k, (path, _) in enumerate(where):
-        by_array.setdefault(path, []).append(k)
-    for path, slots in by_array.items():
-        frames = handle.archive.pixels.read_frames(path, [where[k][1] for k in slots], window)
-        for k, frame in zip(slots, frames, strict=True):
-            out[k] = frame
-    return out
+def _instance_conditions(instance_query: Mapping[str, Any] | None) -> list[Condition]:
+    """The compiled instance query (checked as `Archive.query` checks one; QueryError)."""
+    if not instance_query:
+        return []
+    check_query("instance", instance_query)
+    return list(compile_query(dict(instance_query)).values())
+
+
+#: Why an instance left out by `instance_query` is not used, and a series with none.
+NOT_SELECTED = "not matching the instance query"
+NONE_SELECTED = "no instance matches the instance query"
+
+
+def _selected(rows: list[Row], conditions: list[Condition]) -> list[Row]:
+    """The rows that match every condition (all of them without conditions)."""
+    return [r for r in rows if matches(r, conditions)] if conditions else rows
 
 
 def _check_index(index: int, length: int) -> int:
@@ -207,37 +213,56 @@ def _check_index(index: int, length: int) -> int:
 
 
 class _FromQuery:
-    """`from_query`: a dataset of the series an index query selects."""
+    """`from_query`: a dataset of the series (and instances) an index query selects."""
 
     query: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
+    instance_query: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
     @classmethod
     def from_query(cls, archive: Archive | str | os.PathLike[str], **kwargs: Any) -> Self:
-        """The dataset of the series `archive.query(level="series", **filters)` finds.
+        """The dataset of the series and instances a query selects.
 
         Keyword arguments named like the dataset's parameters (rescale, dtype, fields,
-        ...) go to the dataset, the others (DICOM keywords: Modality="CT",
-        BodyPartExamined="CHEST", wildcards as in `Archive.query`) to the query,
-        which is strict: an unknown keyword raises QueryError.
+        ...) go to the dataset, the others (DICOM keywords, matched as `Archive.query`
+        matches them: Modality="CT", BodyPartExamined="CHEST", ImageType="ORIGINAL\\
+        PRIMARY*") to the query, which is strict: an unknown keyword raises QueryError.
+        Patient, study and series keys select the series (`archive.query(level=
+        "series", ...)`); instance keys (ImageType, ConvolutionKernel, ...) become the
+        dataset's `instance_query`, which leaves out, and counts, the instances of those
+        series that do not match.
         """
         params = inspect.signature(cls.__init__).parameters
         if "series_uids" in kwargs:
             raise TypeError("from_query selects the series: do not pass series_uids")
         options = {k: v for k, v in kwargs.items() if k in params}
         filters = {k: v for k, v in kwargs.items() if k not in params}
+        below = {k: v for k, v in filters.items() if level_of(k) == "instance"}
+        above = {k: v for k, v in filters.items() if k not in below}
         path = _archive_path(archive)
-        found = _handle(path).archive.query(level="series", **filters)
+        check_query("instance", below)  # before the series query: a misspelling first
+        found = _handle(path).archive.query(level="series", **above)
         uids = [str(r["SeriesInstanceUID"]) for r in found]
+        if below:
+            options["instance_query"] = {**options.get("instance_query", {}), **below}
         dataset = cls(path, series_uids=uids, **options)  # type: ignore[call-arg]
-        dataset.query = filters
+        dataset.query = above
         return dataset
+
+
+def _selection(dataset: Any) -> list[str]:
+    """The report's lines on the queries that selected the series and instances."""
+    lines = []
+    if dataset.query:
+        lines.append(f"selected by the series query {dataset.query}")
+    if dataset.instance_query:
+        lines.append(f"instances selected by the instance query {dataset.instance_query}")
+    return lines
 
 
 def _series_report(holds: str, dataset: Any) -> str:
     """The report of a dataset that leaves out whole series (`skipped`: UID -> reason)."""
     lines = [f"{holds} from {len(dataset.series_uids)} series in {dataset.archive_path}"]
-    if dataset.query:
-        lines.append(f"selected by the series query {dataset.query}")
+    lines += _selection(dataset)
     lines.append(
         f"pixels: {'modality values' if dataset.rescale else 'stored values'}, "
         f"dtype {dataset.dtype or 'as stored'}"
@@ -273,7 +298,10 @@ class FrameDataset(_FromQuery, _MapBase):
     another size skipped, padded (with `pad_value`), cropped or resampled as
     `on_mismatch` says (`pacs_engine.read.shape`; spacing and affines follow).
     Instances left out are counted by reason in `excluded`, those fitted to `shape`
-    in `fitted`; `report()` says both.
+    in `fitted`; `report()` says both. `instance_query`: keys (matched as
+    `Archive.query` matches them at the instance level, e.g. {"ImageType":
+    "ORIGINAL\\PRIMARY*"}) an instance must match to be used; the others are
+    excluded and counted (`NOT_SELECTED`).
     """
 
     def __init__(
@@ -287,11 +315,14 @@ class FrameDataset(_FromQuery, _MapBase):
         shape: Sequence[int] | None = None,
         on_mismatch: str = "skip",
         pad_value: float = 0.0,
+        instance_query: Mapping[str, Any] | None = None,
     ) -> None:
         self.archive_path = _archive_path(archive_path)
         self.rescale = rescale
         self.dtype = _output_dtype(dtype, rescale)
         self.fields = _fields(fields)
+        conditions = _instance_conditions(instance_query)
+        self.instance_query = dict(instance_query or {})
         self.shape = None if shape is None else FrameShape(tuple(shape), on_mismatch, pad_value)  # type: ignore[arg-type]
         archive = _handle(self.archive_path).archive
         self.series_uids = sorted(_series_uids(archive, series_uids))
@@ -308,7 +339,8 @@ class FrameDataset(_FromQuery, _MapBase):
         array_ids: dict[str, int] = {}
         for s, uid in enumerate(self.series_uids):
             for row in _rows(archive, uid):
-                reason = _exclusion(row, grayscale)
+                reason = NOT_SELECTED if not matches(row, conditions) else ""
+                reason = reason or _exclusion(row, grayscale)
                 size = int(row.get("Rows") or 0), int(row.get("Columns") or 0)
                 if not reason and self.shape is not None:
                     reason = self.shape.exclusion(*size)
@@ -357,8 +389,7 @@ class FrameDataset(_FromQuery, _MapBase):
             f"{len(self)} frames of {len(self.instances)} instances, "
             f"{len(self.series_uids)} series in {self.archive_path}"
         ]
-        if self.query:
-            lines.append(f"selected by the series query {self.query}")
+        lines += _selection(self)
         lines.append(
             f"pixels: {'modality values' if self.rescale else 'stored values'}, "
             f"dtype {self.dtype or 'as stored'}"
@@ -467,7 +498,10 @@ class VolumeDataset(_FromQuery, _MapBase):
     out and listed in `skipped` (UID -> reason). Series without pixel data are left out
     of the default selection (all series). `threads`: slices decoded in parallel per
     volume (default: the CPUs the process may use; with several DataLoader workers,
-    about CPUs / workers).
+    about CPUs / workers). `instance_query`: keys (as `Archive.query` matches them at the
+    instance level, e.g. {"ImageType": "ORIGINAL\\PRIMARY\\AXIAL"}) the instances of a
+    volume must match; the others are left out of it, and a series with none is
+    left out and listed in `skipped`.
     """
 
     def __init__(
@@ -480,6 +514,7 @@ class VolumeDataset(_FromQuery, _MapBase):
         threads: int | None = None,
         dtype: np.dtype | str | None = None,
         fields: Sequence[str] = (),
+        instance_query: Mapping[str, Any] | None = None,
     ) -> None:
         self.archive_path = _archive_path(archive_path)
         self.rescale = rescale
@@ -487,12 +522,18 @@ class VolumeDataset(_FromQuery, _MapBase):
         self.fields = _fields(fields)
         self.subset = subset
         self.threads = threads
+        conditions = _instance_conditions(instance_query)
+        self.instance_query = dict(instance_query or {})
         archive = _handle(self.archive_path).archive
         self.skipped: dict[str, str] = {}
         self.series_uids: list[str] = []
         for uid in _series_uids(archive, series_uids):
             rows = _rows(archive, uid)
             if series_uids is None and not any(r.get("pixels") for r in rows):
+                continue
+            rows = _selected(rows, conditions)
+            if not rows:
+                self.skipped[uid] = NONE_SELECTED
                 continue
             try:
                 plan_volume(rows, subset=subset)
@@ -523,7 +564,12 @@ class VolumeDataset(_FromQuery, _MapBase):
         uid = self.series_uids[_check_index(index, len(self))]
         series = _handle(self.archive_path).series_of(uid)
         volume = series.volume(
-            rescale=self.rescale, subset=self.subset, threads=self.threads, dtype=self.dtype
+            rescale=self.rescale,
+            subset=self.subset,
+            threads=self.threads,
+            dtype=self.dtype,
+            # Compiled again here: conditions hold functions, which do not pickle.
+            rows=_selected(series.rows, list(compile_query(self.instance_query).values())),
         )
         spacing = np.asarray(volume.spacing, np.float64)
         affine = np.asarray(volume.affine, np.float64)
@@ -558,6 +604,8 @@ class PatchDataset(_FromQuery, _MapBase):
     patch: index (0, 0, 0) is its corner) and one text entry per keyword of `fields`.
     With `rescale`, monochrome pixels are modality values. `dtype`: the pixels' dtype
     (default float32 with `rescale`, else as stored). `archive`: an `Archive` or its path.
+    `instance_query`: keys (as `Archive.query` matches them at the instance level) the
+    instances patches are cut from must match; a series with none is listed in `skipped`.
     """
 
     def __init__(
@@ -572,8 +620,11 @@ class PatchDataset(_FromQuery, _MapBase):
         subset: bool = False,
         dtype: np.dtype | str | None = None,
         fields: Sequence[str] = (),
+        instance_query: Mapping[str, Any] | None = None,
     ) -> None:
         self.archive_path = _archive_path(archive_path)
+        conditions = _instance_conditions(instance_query)
+        self.instance_query = dict(instance_query or {})
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1:
             raise ValueError(
@@ -610,12 +661,13 @@ class PatchDataset(_FromQuery, _MapBase):
             return array_ids[path]
 
         for uid, weight in zip(uids, given, strict=True):
-            rows = _rows(archive, uid)
-            reason = (
-                self._add_volume(uid, rows, subset, array_id)
-                if len(self.patch_size) == 3
-                else self._add_frames(uid, rows, array_id)
-            )
+            rows = _selected(_rows(archive, uid), conditions)
+            if not rows:
+                reason = NONE_SELECTED
+            elif len(self.patch_size) == 3:
+                reason = self._add_volume(uid, rows, subset, array_id)
+            else:
+                reason = self._add_frames(uid, rows, array_id)
             if reason:
                 self.skipped[uid] = reason
                 continue
@@ -722,7 +774,7 @@ class PatchDataset(_FromQuery, _MapBase):
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Patch `index`: the same for the same (seed, index) in any process."""
         s, frame, corner = self.draw(index)
-        handle = _handle(self.archive_path)
+        store = _handle(self.archive_path).archive.pixels
         window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))
         plane = (window[-2], window[-1])
         item: dict[str, Any] = {"series_instance_uid": self.series_uids[s]}
@@ -730,14 +782,14 @@ class PatchDataset(_FromQuery, _MapBase):
             z = window[0]
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
-            pixels = convert(
-                np.stack(_read_frames(handle, where, plane)), rows, self.rescale, self.dtype
-            )
+            names = [str(r["SOPInstanceUID"]) for r in rows]
+            stack = read_stack(store, where, names, plane)
+            pixels = convert(stack, rows, self.rescale, self.dtype)
             meta, spacing, affine = self.extra[s][0]
             start = corner
         else:
             a, f = (int(v) for v in self.where[s][frame])
-            pixels = _read_frames(handle, [(self.arrays[a], f)], plane)[0]
+            pixels = store.read_frames(self.arrays[a], [f], plane)[0]
             mono = pixels.ndim == 2
             rows = [self.rescale_rows[s][frame]]
             pixels = convert(pixels[None], rows, self.rescale and mono, self.dtype)[0]

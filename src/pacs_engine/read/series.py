@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.index.rows import Row
-from pacs_engine.read.volume import Volume, VolumeError, convert, pixel_ref, plan_volume
+from pacs_engine.read.volume import (
+    Volume,
+    convert,
+    pixel_ref,
+    plan_volume,
+    read_stack,
+)
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
@@ -85,6 +91,7 @@ class Series:
         subset: bool = False,
         threads: int | None = None,
         dtype: np.dtype | str | None = None,
+        rows: list[Row] | None = None,
     ) -> Volume:
         """The slices of one geometry sorted along the normal; `VolumeError` if inconsistent.
 
@@ -92,9 +99,10 @@ class Series:
         largest consistent part instead of an error (see `plan_volume`). `threads`:
         slices decoded in parallel (default: the CPUs this process may use). `dtype`: the
         array's dtype (a floating one rescales with one multiply-add in it; default: the
-        stored dtype, or with `rescale` the dtype `rescale` gives).
+        stored dtype, or with `rescale` the dtype `rescale` gives). `rows`: the instances
+        to stack, some of the series' (default: all of them).
         """
-        plan = plan_volume(self.rows, subset=subset)
+        plan = plan_volume(self.rows if rows is None else rows, subset=subset)
         array = self._read(plan.rows, default_threads() if threads is None else threads)
         array = convert(array, plan.rows, rescale, dtype)
         return Volume(
@@ -109,29 +117,10 @@ class Series:
         )
 
     def _read(self, rows: list[Row], threads: int) -> np.ndarray:
-        """One frame per row, in the rows' order: each array's frames read and decoded at once."""
-        by_array: dict[str, list[int]] = {}
-        for k, row in enumerate(rows):
-            by_array.setdefault(pixel_ref(row)["array"], []).append(k)
-        parts = {
-            key: self.archive.pixels.read_frames(
-                key, [int(pixel_ref(rows[k])["first_frame"]) for k in slots], threads=threads
-            )
-            for key, slots in by_array.items()
-        }
-        if len(parts) == 1:  # the usual case: the frames are already in the rows' order
-            return next(iter(parts.values()))
-        first = next(iter(parts.values()))
-        out = np.empty((len(rows), *first.shape[1:]), first.dtype)
-        for key, frames in parts.items():
-            if frames.shape[1:] != out.shape[1:] or frames.dtype != out.dtype:
-                raise VolumeError(
-                    f"decoded frames differ in shape or dtype ({frames.shape[1:]} {frames.dtype}"
-                    f" vs {out.shape[1:]} {out.dtype})",
-                    [str(rows[k]["SOPInstanceUID"]) for k in by_array[key]],
-                )
-            out[by_array[key]] = frames
-        return out
+        """One frame per row, in the rows' order, decoded into one array."""
+        where = [(pixel_ref(r)["array"], int(pixel_ref(r)["first_frame"])) for r in rows]
+        names = [str(r["SOPInstanceUID"]) for r in rows]
+        return read_stack(self.archive.pixels, where, names, threads=threads)
 
 
 def default_threads() -> int:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import PixelRef, Row
+
+if TYPE_CHECKING:
+    from pacs_engine.archive.pixel_store import PixelStore
 
 # Direction cosines and pixel spacings that differ by less than this are the same geometry
 # (scanners write cosines with float noise of ~1e-7).
@@ -97,6 +100,51 @@ def pixel_ref(row: Row) -> PixelRef:
     if pixels is None:
         raise VolumeError("the instance has no pixel data", [_uid(row)])
     return pixels
+
+
+def read_stack(
+    pixels: PixelStore,
+    where: Sequence[tuple[str, int]],
+    names: Sequence[str],
+    window: tuple[slice, slice] | None = None,
+    threads: int = 1,
+) -> np.ndarray:
+    """Frames given as (array path, frame), cut to `window` (None: whole), decoded in that
+    order into one new array: each array's frames with one `read_frames`, straight into
+    their part of the output when they are consecutive there (a stack from one array
+    always is).
+
+    `names`: the instance UID of each frame, for the VolumeError raised when two arrays
+    hold frames of different shapes or dtypes.
+    """
+    # Here, not at the top: this module needs numpy only until it reads (no zarr import).
+    from pacs_engine.archive.pixel_store import FULL_FRAME, window_shape
+
+    window = window or FULL_FRAME
+    if not where:
+        raise ValueError("no frames to read")
+    by_array: dict[str, list[int]] = {}
+    for k, (path, _) in enumerate(where):
+        by_array.setdefault(path, []).append(k)
+    specs = {path: pixels.spec(path) for path in by_array}
+    first = next(iter(specs.values()))
+    shape, dtype = window_shape(first, window), first.dtype
+    for path, spec in specs.items():
+        if (window_shape(spec, window), spec.dtype) != (shape, dtype):
+            raise VolumeError(
+                f"decoded frames differ in shape or dtype ({window_shape(spec, window)} "
+                f"{spec.dtype} vs {shape} {dtype})",
+                [names[k] for k in by_array[path]],
+            )
+    out = np.empty((len(where), *shape), dtype)
+    for path, slots in by_array.items():
+        frames = [where[k][1] for k in slots]
+        start, stop = slots[0], slots[-1] + 1
+        if stop - start == len(slots):
+            pixels.read_frames(path, frames, window, threads, out=out[start:stop])
+        else:  # interleaved with another array's frames: decoded, then copied into place
+            out[slots] = pixels.read_frames(path, frames, window, threads)
+    return out
 
 
 def _order(row: Row) -> tuple:

@@ -12,7 +12,12 @@ this module decides which keys of an identifier it is given:
 - every key of the identifier is returned: filled from the index, computed
   (NumberOfStudyRelatedSeries, ModalitiesInStudy, SOPClassesInStudy, ...), or empty
   (zero length) when the index does not hold it;
-- sequence matching is not done: a sequence key is returned as an empty sequence.
+- sequence matching is not done: a sequence key is returned as an empty sequence;
+- several values of a key are alternatives (any of them matches), but for an
+  attribute that holds several values itself (ImageType, ConvolutionKernel; see
+  `pacs_engine.index.matching.whole_value`), where they are one value matched whole:
+  ORIGINAL\\PRIMARY* matches ORIGINAL\\PRIMARY\\AXIAL, and a single value matches
+  when any of the attribute's values does.
 
 Values are read from the request as pydicom decodes them under the request's
 Specific Character Set, and the index holds decoded text, so a request in any
@@ -34,7 +39,7 @@ from pydicom.valuerep import DSfloat, PersonName
 
 from pacs_engine.archive import Archive
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
+from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED, whole_value
 from pacs_engine.index.query import PATIENT_COMPUTED, PATIENT_KEYWORDS, patient_counts
 from pacs_engine.scanning import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
@@ -131,7 +136,7 @@ def parse_identifier(identifier: Dataset, patient_root: bool) -> Query:
         if element.VR == "SQ" or element.is_empty:
             continue  # a return key (sequence matching is not done)
         if keyword in MATCHING_KEYS[query.level]:
-            query.filters[keyword] = _query_value(element.value)
+            query.filters[keyword] = _query_value(keyword, element.value)
         elif keyword in below:
             raise QueryRefused(IDENTIFIER_MISMATCH, f"{keyword} is below the {query.level} level")
     return query
@@ -150,10 +155,13 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
 
 
-def _query_value(value: Any) -> Any:
-    """A request value as the index's matcher takes it (a list: any of the values)."""
+def _query_value(keyword: str, value: Any) -> Any:
+    """A request value as the index's matcher takes it: several values are one value
+    matched whole for a multi-valued attribute (ImageType), else alternatives (a list)."""
     if isinstance(value, MultiValue | list | tuple):
-        return [_query_value(v) for v in value]
+        if whole_value(keyword):
+            return "\\".join(str(_query_value(keyword, v)) for v in value)
+        return [_query_value(keyword, v) for v in value]
     if isinstance(value, PersonName | str):
         return str(value)
     if isinstance(value, float):
@@ -223,7 +231,11 @@ def _put(ds: Dataset, keyword: str, value: Any, texts: list[str]) -> None:
     if vr == "SQ":
         ds.add_new(tag, vr, [])
         return
-    values = [v for v in as_list(value) if v is not None and v != ""]
+    # Only a wholly empty value is left empty: an empty value among others is kept in place
+    # (an ImageType of DERIVED\\SECONDARY\\\\X has an empty third value).
+    values = as_list(value)
+    if all(v is None or v == "" for v in values):
+        values = []
     try:
         converted = [DSfloat(v, auto_format=True) if vr == "DS" else v for v in values]
         ds.add_new(tag, vr, converted[0] if len(converted) == 1 else converted or None)
