@@ -51,6 +51,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -925,3 +926,91 @@ def test_start_up_and_end(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         f"ingest 2 workers  {done.seconds:7.3f}  {first:>14}  {alone:>19}  {idle:6.3f}"
         f"  {phases.get('scan', 0.0):6.3f}  {phases.get('encode', 0.0):8.3f}"
     )
+
+
+# --- (f) start-up: launch to the first encode (issue 18) -----------------------------------
+
+#: The start-up set: 1,000 small files (64 x 64, explicit and implicit VR, CT and MR),
+#: written once by `pacs-engine synth` to PACS_ENGINE_BENCH_STARTUP_DIR.
+STARTUP_DIR = Path(
+    os.environ.get(
+        "PACS_ENGINE_BENCH_STARTUP_DIR", Path(tempfile.gettempdir()) / "pacs-bench-startup-1000"
+    )
+)
+STARTUP_FILES = 1000
+#: Launches measured (alternating with the `python -c pass` floor); medians are reported.
+STARTUP_ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_STARTUP_ROUNDS", "5"))
+STARTUP_TARGET_S = 0.3
+STARTUP_LIMIT_S = 120.0  # bound on one launch
+
+
+def startup_paths() -> list[str]:
+    """The start-up set's files, written by `pacs-engine synth` unless already there."""
+    found = sorted(str(p) for p in STARTUP_DIR.rglob("*.dcm"))
+    if len(found) != STARTUP_FILES:
+        shutil.rmtree(STARTUP_DIR, ignore_errors=True)
+        cmd = [str(PACS_ENGINE), "synth", str(STARTUP_DIR), "--studies", "5"]
+        cmd += ["--series-per-study", "2", "--slices", "100", "--rows", "64", "--columns", "64"]
+        cmd += ["--syntaxes", "explicit,implicit", "--modalities", "CT,MR", "--no-progress"]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        found = sorted(str(p) for p in STARTUP_DIR.rglob("*.dcm"))
+    assert len(found) == STARTUP_FILES, f"{STARTUP_DIR}: {len(found)} files"
+    return found
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def test_startup(scratch: Path) -> None:
+    """Issue 18: seconds from the launch of `pacs-engine ingest --workers 2` on 1,000 small
+    files to the first encode's start (the stage clock's, probed in every process), median
+    of STARTUP_ROUNDS launches, beside the launch of `python -c pass` in the same rounds.
+
+    One tree per call: compare trees with ab_compare.py (several rounds, alternating).
+    """
+    paths = startup_paths()
+    read_whole(paths)
+    probe, times = scratch / "probe", scratch / "encode-times.txt"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(ENCODE_PROBE)
+    env = dict(os.environ, ENCODE_TIMES=str(times))
+    env["PYTHONPATH"] = os.pathsep.join([str(probe), *filter(None, [env.get("PYTHONPATH")])])
+    floors, firsts, walls, reported = [], [], [], []
+    for round_ in range(STARTUP_ROUNDS):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=STARTUP_LIMIT_S)
+        floors.append(time.perf_counter() - started)
+        archive = scratch / f"archive-{round_}"
+        times.unlink(missing_ok=True)
+        cmd = [str(PACS_ENGINE), "ingest", str(STARTUP_DIR), "--archive", str(archive)]
+        cmd += ["--workers", "2", "--no-progress", "--json"]
+        launched, started = time.time(), time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=STARTUP_LIMIT_S)
+        walls.append(time.perf_counter() - started)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout)
+        assert report["archived"] == STARTUP_FILES and report["balanced"]
+        stamps = [float(line.split()[1]) for line in times.read_text().splitlines()]
+        firsts.append(min(stamps) - launched)
+        if report.get("first_encode_seconds") is not None:  # an older tree has none
+            reported.append(report["first_encode_seconds"])
+        shutil.rmtree(archive)
+    verdict = "met" if _median(firsts) < STARTUP_TARGET_S else "MISSED"
+    print(
+        f"\nstart-up (issue 18): ingest --workers 2 of {STARTUP_FILES:,} files (64 x 64), "
+        f"{STARTUP_ROUNDS} launches, load {os.getloadavg()[0]:.2f}; first encode target "
+        f"< {STARTUP_TARGET_S} s: {verdict}"
+    )
+    print("run                               median s   min s   max s")
+    rows = [
+        ("launch to first encode", firsts),
+        ("report first_encode_seconds", reported),
+        ("python -c pass (floor)", floors),
+        ("whole ingest (wall)", walls),
+    ]
+    for label, values in rows:
+        if values:
+            print(f"{label:32}  {_median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")
