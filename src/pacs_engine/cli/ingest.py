@@ -8,8 +8,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from tqdm import tqdm
-
 from pacs_engine.cli._common import (
     add_follow_links,
     add_progress,
@@ -414,6 +412,8 @@ class _IngestBar:
     """The ingest progress bar: inputs done of all, raw MB/s and the ratio so far, ETA."""
 
     def __init__(self, show: bool) -> None:
+        from tqdm import tqdm
+
         self.bar = tqdm(unit=" inputs", disable=not show, file=sys.stderr, dynamic_ncols=True)
         self.phase = ""
 
