@@ -1,9 +1,15 @@
-"""Package attributes imported on first use (PEP 562), so importing a package stays cheap."""
+"""Imports put off until needed: package attributes imported on first use (PEP 562), so
+importing a package stays cheap, and settings made once another package is imported."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from importlib import import_module
+from importlib.abc import Loader, MetaPathFinder
+from importlib.machinery import ModuleSpec
+from importlib.util import find_spec
+from types import ModuleType
 from typing import Any
 
 
@@ -22,3 +28,47 @@ def lazy_exports(
         return names
 
     return __getattr__, __dir__
+
+
+def when_imported(module: str, action: Callable[[ModuleType], None]) -> None:
+    """Call `action(module)` once `module` is imported: now if it is, else right after.
+
+    For a setting another package must have whenever it is used, without importing
+    that package here (pydicom costs a quarter of a second to import).
+    """
+    if module in sys.modules:
+        action(sys.modules[module])
+        return
+    sys.meta_path.insert(0, _AfterImport(module, action))
+
+
+class _AfterImport(MetaPathFinder):
+    """Finds nothing itself: wraps the loader of one module so that `action` runs after it."""
+
+    def __init__(self, module: str, action: Callable[[ModuleType], None]) -> None:
+        self.module, self.action = module, action
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        """The module's own spec, its loader wrapped (for `module` only; once)."""
+        if name != self.module:
+            return None
+        sys.meta_path.remove(self)  # the finders after this one find the real spec
+        spec = find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, action = spec.loader, self.action
+
+        class _Loader(Loader):
+            def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: ModuleType) -> None:
+                # The real loader again, for whoever asks the module (inspect, resources).
+                module.__loader__ = spec.loader = loader
+                loader.exec_module(module)
+                action(module)
+
+        spec.loader = _Loader()
+        return spec

@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-
 # The scanner's lists are the index's: every key matched at a level is one the scanner
 # records (a key it did not record would match nothing).
-from pacs_engine.scanning import SERIES_KEYWORDS, STUDY_KEYWORDS
+from pacs_engine.scanning import HEADER_TAGS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
 #: Attributes the index computes for a study.
 STUDY_COMPUTED: tuple[str, ...] = (
@@ -68,6 +66,10 @@ def fold(text: str) -> str:
 @cache
 def vr_of(keyword: str) -> str | None:
     """The keyword's VR from the data dictionary (the first of "US or SS"); None if not DICOM."""
+    if keyword in HEADER_TAGS:  # the indexed keywords: without importing pydicom
+        return HEADER_TAGS[keyword][1]
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
     tag = tag_for_keyword(keyword)
     return None if tag is None else dictionary_VR(tag)[:2]
 
