@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -958,6 +959,24 @@ def startup_paths() -> list[str]:
     return found
 
 
+#: What each process of `pacs-engine ingest` imports before its first encode can start: the
+#: command (its parser, then what `ingest` imports), the workers' forkserver (its preload).
+STARTUP_IMPORTS = {
+    "ingesting process imports": "from pacs_engine.cli import build_parser; build_parser(); "
+    "import pacs_engine.ingest.archive, pacs_engine.executors",
+    "forkserver preload imports": "import pacs_engine.ingest.tasks",
+    "python -c pass": "pass",
+}
+
+
+def _child_cpu(code: str) -> float:
+    """CPU seconds (user + system) of `python -c code` in a new interpreter."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=STARTUP_LIMIT_S)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
@@ -967,7 +986,9 @@ def _median(values: list[float]) -> float:
 def test_startup(scratch: Path) -> None:
     """Issue 18: seconds from the launch of `pacs-engine ingest --workers 2` on 1,000 small
     files to the first encode's start (the stage clock's, probed in every process), median
-    of STARTUP_ROUNDS launches, beside the launch of `python -c pass` in the same rounds.
+    of STARTUP_ROUNDS launches, beside the launch of `python -c pass` in the same rounds;
+    and the CPU seconds of what the ingesting process and the forkserver import before it
+    (STARTUP_IMPORTS), which a loaded machine does not inflate as it does wall time.
 
     One tree per call: compare trees with ab_compare.py (several rounds, alternating).
     """
@@ -979,7 +1000,10 @@ def test_startup(scratch: Path) -> None:
     env = dict(os.environ, ENCODE_TIMES=str(times))
     env["PYTHONPATH"] = os.pathsep.join([str(probe), *filter(None, [env.get("PYTHONPATH")])])
     floors, firsts, walls, reported = [], [], [], []
+    cpu: dict[str, list[float]] = {label: [] for label in STARTUP_IMPORTS}
     for round_ in range(STARTUP_ROUNDS):
+        for label, code in STARTUP_IMPORTS.items():
+            cpu[label].append(_child_cpu(code))
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=STARTUP_LIMIT_S)
         floors.append(time.perf_counter() - started)
@@ -1014,3 +1038,7 @@ def test_startup(scratch: Path) -> None:
     for label, values in rows:
         if values:
             print(f"{label:32}  {_median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")
+    # CPU, not wall: what a process must do before the first encode, whatever the load.
+    print("import CPU (user + system)        median s   min s   max s")
+    for label, values in cpu.items():
+        print(f"{label:32}  {_median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")

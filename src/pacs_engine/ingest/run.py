@@ -144,9 +144,7 @@ def run_ingest(
 
     The report's `first_encode_seconds` counts from `launched` (epoch seconds; None: now).
     """
-    run = _Run(archive, sources, workers, executor, checks or Checks(), progress)
-    run.launched = launched if launched is not None else run.launched
-    return run.run()
+    return _Run(archive, sources, workers, executor, checks or Checks(), progress, launched).run()
 
 
 class _Run:
@@ -160,6 +158,7 @@ class _Run:
         executor: Executor | None,
         checks: Checks,
         progress: Callable[[Progress], None] | None,
+        launched: float | None = None,
     ) -> None:
         self.archive = archive
         self.root = str(archive.path.resolve())
@@ -170,7 +169,8 @@ class _Run:
         self.notify = progress or (lambda p: None)
         self.journal = Journal(archive.index)
         self.started = time.perf_counter()
-        self.launched = time.time()  # where the report's first_encode_seconds counts from
+        # Where the report's first_encode_seconds counts from (epoch seconds).
+        self.launched = time.time() if launched is None else launched
         self.cpu_started = time.process_time()
         self.inline_cpu = 0.0  # CPU seconds of the tasks run in this process, this session
         self.report = IngestReport(workers=self.executor.workers)
