@@ -56,19 +56,26 @@ class _AfterImport(MetaPathFinder):
             return None
         sys.meta_path.remove(self)  # the finders after this one find the real spec
         spec = find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        loader, action = spec.loader, self.action
-
-        class _Loader(Loader):
-            def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-                return loader.create_module(spec)
-
-            def exec_module(self, module: ModuleType) -> None:
-                # The real loader again, for whoever asks the module (inspect, resources).
-                module.__loader__ = spec.loader = loader
-                loader.exec_module(module)
-                action(module)
-
-        spec.loader = _Loader()
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenAct(spec, spec.loader, self.action)
         return spec
+
+
+class _ThenAct(Loader):
+    """A module's loader, then `action` on the module it executed."""
+
+    def __init__(
+        self, spec: ModuleSpec, loader: Loader, action: Callable[[ModuleType], None]
+    ) -> None:
+        self.spec, self.loader, self.action = spec, loader, action
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        """What the real loader creates."""
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Execute the module with the real loader (which it keeps), then act on it."""
+        # The real loader again, for whoever asks the module (inspect, resources).
+        module.__loader__ = self.spec.loader = self.loader
+        self.loader.exec_module(module)
+        self.action(module)

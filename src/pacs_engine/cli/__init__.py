@@ -1,7 +1,8 @@
 """The `pacs-engine` command line: one module per command, each adding its own subparser.
 
-Modules that import zarr, pydicom or the codecs are imported where they are used:
-`main` starts the ingest workers' forkserver first, so both start up at once.
+Modules that import zarr, pydicom, numpy, tqdm or the codecs are imported where they are
+used, not to build the parser (tests/test_startup.py checks it): `main` starts the ingest
+workers' forkserver first, so that its imports and the command's run at once.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     try:
-        # Starting the forkserver and building the parser (it imports zarr and the codecs)
-        # take a second or two: a Ctrl-C meanwhile still stops quietly (pacs_engine.interrupt).
+        # Until the command runs (the forkserver started, the parser built, the command's
+        # imports), a Ctrl-C still stops quietly (pacs_engine.interrupt).
         if _starts_local_workers(argv):
             from pacs_engine.executors import start_forkserver
 
