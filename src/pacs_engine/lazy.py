@@ -6,11 +6,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
-from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec
 from importlib.util import find_spec
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:  # importlib.abc imports importlib.resources: not for every command
+    from importlib.abc import Loader
 
 
 def lazy_exports(
@@ -42,8 +44,9 @@ def when_imported(module: str, action: Callable[[ModuleType], None]) -> None:
     sys.meta_path.insert(0, _AfterImport(module, action))
 
 
-class _AfterImport(MetaPathFinder):
-    """Finds nothing itself: wraps the loader of one module so that `action` runs after it."""
+class _AfterImport:
+    """A meta path finder that finds nothing itself: wraps the loader of one module so
+    that `action` runs after it."""
 
     def __init__(self, module: str, action: Callable[[ModuleType], None]) -> None:
         self.module, self.action = module, action
@@ -57,11 +60,12 @@ class _AfterImport(MetaPathFinder):
         sys.meta_path.remove(self)  # the finders after this one find the real spec
         spec = find_spec(name)
         if spec is not None and spec.loader is not None:
-            spec.loader = _ThenAct(spec, spec.loader, self.action)
+            # A loader by its methods (the import system's protocol), not importlib.abc's class.
+            spec.loader = cast("Loader", _ThenAct(spec, spec.loader, self.action))
         return spec
 
 
-class _ThenAct(Loader):
+class _ThenAct:
     """A module's loader, then `action` on the module it executed."""
 
     def __init__(
