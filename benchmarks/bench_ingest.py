@@ -49,8 +49,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -925,3 +927,118 @@ def test_start_up_and_end(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         f"ingest 2 workers  {done.seconds:7.3f}  {first:>14}  {alone:>19}  {idle:6.3f}"
         f"  {phases.get('scan', 0.0):6.3f}  {phases.get('encode', 0.0):8.3f}"
     )
+
+
+# --- (f) start-up: launch to the first encode (issue 18) -----------------------------------
+
+#: The start-up set: 1,000 small files (64 x 64, explicit and implicit VR, CT and MR),
+#: written once by `pacs-engine synth` to PACS_ENGINE_BENCH_STARTUP_DIR.
+STARTUP_DIR = Path(
+    os.environ.get(
+        "PACS_ENGINE_BENCH_STARTUP_DIR", Path(tempfile.gettempdir()) / "pacs-bench-startup-1000"
+    )
+)
+STARTUP_FILES = 1000
+#: Launches measured (alternating with the `python -c pass` floor); medians are reported.
+STARTUP_ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_STARTUP_ROUNDS", "5"))
+STARTUP_TARGET_S = 0.3
+STARTUP_LIMIT_S = 120.0  # bound on one launch
+
+
+def startup_paths() -> list[str]:
+    """The start-up set's files, written by `pacs-engine synth` unless already there."""
+    found = sorted(str(p) for p in STARTUP_DIR.rglob("*.dcm"))
+    if len(found) != STARTUP_FILES:
+        shutil.rmtree(STARTUP_DIR, ignore_errors=True)
+        cmd = [str(PACS_ENGINE), "synth", str(STARTUP_DIR), "--studies", "5"]
+        cmd += ["--series-per-study", "2", "--slices", "100", "--rows", "64", "--columns", "64"]
+        cmd += ["--syntaxes", "explicit,implicit", "--modalities", "CT,MR", "--no-progress"]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        found = sorted(str(p) for p in STARTUP_DIR.rglob("*.dcm"))
+    assert len(found) == STARTUP_FILES, f"{STARTUP_DIR}: {len(found)} files"
+    return found
+
+
+#: What each process of `pacs-engine ingest` imports before its first encode can start: the
+#: command (its parser, then what `ingest` imports), the workers' forkserver (its preload).
+STARTUP_IMPORTS = {
+    "ingesting process imports": "from pacs_engine.cli import build_parser; build_parser(); "
+    "import pacs_engine.ingest.archive, pacs_engine.executors",
+    "forkserver preload imports": "import pacs_engine.ingest.tasks",
+    "python -c pass": "pass",
+}
+
+
+def _child_cpu(code: str) -> float:
+    """CPU seconds (user + system) of `python -c code` in a new interpreter."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=STARTUP_LIMIT_S)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def test_startup(scratch: Path) -> None:
+    """Issue 18: seconds from the launch of `pacs-engine ingest --workers 2` on 1,000 small
+    files to the first encode's start (the stage clock's, probed in every process), median
+    of STARTUP_ROUNDS launches, beside the launch of `python -c pass` in the same rounds;
+    and the CPU seconds of what the ingesting process and the forkserver import before it
+    (STARTUP_IMPORTS), which a loaded machine does not inflate as it does wall time.
+
+    One tree per call: compare trees with ab_compare.py (several rounds, alternating).
+    """
+    paths = startup_paths()
+    read_whole(paths)
+    probe, times = scratch / "probe", scratch / "encode-times.txt"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(ENCODE_PROBE)
+    env = dict(os.environ, ENCODE_TIMES=str(times))
+    env["PYTHONPATH"] = os.pathsep.join([str(probe), *filter(None, [env.get("PYTHONPATH")])])
+    floors, firsts, walls, reported = [], [], [], []
+    cpu: dict[str, list[float]] = {label: [] for label in STARTUP_IMPORTS}
+    for round_ in range(STARTUP_ROUNDS):
+        for label, code in STARTUP_IMPORTS.items():
+            cpu[label].append(_child_cpu(code))
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=STARTUP_LIMIT_S)
+        floors.append(time.perf_counter() - started)
+        archive = scratch / f"archive-{round_}"
+        times.unlink(missing_ok=True)
+        cmd = [str(PACS_ENGINE), "ingest", str(STARTUP_DIR), "--archive", str(archive)]
+        cmd += ["--workers", "2", "--no-progress", "--json"]
+        launched, started = time.time(), time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=STARTUP_LIMIT_S)
+        walls.append(time.perf_counter() - started)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout)
+        assert report["archived"] == STARTUP_FILES and report["balanced"]
+        stamps = [float(line.split()[1]) for line in times.read_text().splitlines()]
+        firsts.append(min(stamps) - launched)
+        if report.get("first_encode_seconds") is not None:  # an older tree has none
+            reported.append(report["first_encode_seconds"])
+        shutil.rmtree(archive)
+    verdict = "met" if _median(firsts) < STARTUP_TARGET_S else "MISSED"
+    print(
+        f"\nstart-up (issue 18): ingest --workers 2 of {STARTUP_FILES:,} files (64 x 64), "
+        f"{STARTUP_ROUNDS} launches, load {os.getloadavg()[0]:.2f}; first encode target "
+        f"< {STARTUP_TARGET_S} s: {verdict}"
+    )
+    print("run                               median s   min s   max s")
+    rows = [
+        ("launch to first encode", firsts),
+        ("report first_encode_seconds", reported),
+        ("python -c pass (floor)", floors),
+        ("whole ingest (wall)", walls),
+    ]
+    for label, values in rows:
+        if values:
+            print(f"{label:32}  {_median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")
+    # CPU, not wall: what a process must do before the first encode, whatever the load.
+    print("import CPU (user + system)        median s   min s   max s")
+    for label, values in cpu.items():
+        print(f"{label:32}  {_median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")

@@ -37,8 +37,10 @@ __all__ = [
 ]
 
 #: What each worker process imports once, in the forkserver, before it forks workers: the
-#: ingest's tasks, which import the storage verify's tasks use too. Named, not imported, so
-#: that this module stays at the bottom of the layers.
+#: ingest's tasks, which import the storage verify's tasks use too, and what encoding
+#: native frames needs (numpy, zarr, the codecs; not pydicom, which compressed inputs
+#: and rebuilds import when they need it). Named, not imported, so that this module
+#: stays at the bottom of the layers.
 FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks"]
 
 
@@ -46,8 +48,8 @@ def start_forkserver() -> None:
     """Start the forkserver now, so that its imports overlap the caller's own start-up.
 
     Workers fork from it only when the first task is submitted; started here, at the
-    top of the CLI, its ~0.5 s of imports run on another core while this process
-    imports the archive and walks the sources.
+    top of the CLI, its ~0.35 s (CPU) of imports run on another core while this
+    process imports the archive and walks the sources.
     """
     multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
     if threading.current_thread() is not threading.main_thread():  # signals: main thread only

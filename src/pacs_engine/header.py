@@ -7,10 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydicom.datadict import keyword_for_tag
 
 _EMPTY = np.empty(0, dtype=np.int64)
 _EMPTY.flags.writeable = False
+
+
+#: The keyword of each pixel data tag the scanner locates.
+PIXEL_TAG_KEYWORDS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+}
 
 
 @dataclass(slots=True, eq=False)  # not frozen: a frozen __init__ costs ~1 us per file
@@ -60,7 +67,7 @@ class PixelLocation:
     @property
     def keyword(self) -> str:
         """PixelData, FloatPixelData or DoubleFloatPixelData."""
-        return keyword_for_tag(self.tag)
+        return PIXEL_TAG_KEYWORDS[self.tag]
 
     @property
     def value_end(self) -> int:

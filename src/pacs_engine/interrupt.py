@@ -1,11 +1,12 @@
 """Ctrl-C while the `pacs-engine` command starts: one line and status 130, no traceback.
 
-The command imports for a second or two (zarr, pydicom, the codecs) before it can stop
-cleanly. A KeyboardInterrupt raised meanwhile prints an import's traceback, and raised
-inside an import it makes Python exit by SIGINT (status -2 to a parent) even once
-caught. So the package installs `_stop_quietly` when it is imported as the command,
-and `pacs_engine.cli.main` gives Ctrl-C back to Python (KeyboardInterrupt) once the
-command runs: each command stops cleanly then (an ingest saves its session).
+The command imports for up to a second or two on a loaded machine (zarr, the codecs)
+before it can stop cleanly. A KeyboardInterrupt raised meanwhile prints an import's
+traceback, and raised inside an import it makes Python exit by SIGINT (status -2 to a
+parent) even once caught. So the package installs `_stop_quietly` when it is imported
+as the command, and `pacs_engine.cli.main` gives Ctrl-C back to Python
+(KeyboardInterrupt) once the command runs: each command stops cleanly then (an ingest
+saves its session).
 """
 
 from __future__ import annotations

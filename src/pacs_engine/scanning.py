@@ -12,13 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag
-from pydicom.valuerep import PersonName
-from pydicom.values import convert_value
 
 from pacs_engine._native.scanner import PixelScan, Scanner
 from pacs_engine.errors import ScanError
@@ -26,75 +19,97 @@ from pacs_engine.header import Header, PixelLocation, fragment_frames
 
 #: Patient and study attributes (the index keeps them once per study and matches
 #: queries on them at every level).
-STUDY_KEYWORDS: tuple[str, ...] = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "IssuerOfPatientID",
-    "OtherPatientIDs",
-    "PatientAge",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyID",
-)
+_STUDY: dict[str, tuple[int, str]] = {
+    "PatientID": (0x00100020, "LO"),
+    "PatientName": (0x00100010, "PN"),
+    "PatientBirthDate": (0x00100030, "DA"),
+    "PatientSex": (0x00100040, "CS"),
+    "IssuerOfPatientID": (0x00100021, "LO"),
+    "OtherPatientIDs": (0x00101000, "LO"),
+    "PatientAge": (0x00101010, "AS"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "StudyDate": (0x00080020, "DA"),
+    "StudyTime": (0x00080030, "TM"),
+    "StudyDescription": (0x00081030, "LO"),
+    "AccessionNumber": (0x00080050, "SH"),
+    "ReferringPhysicianName": (0x00080090, "PN"),
+    "StudyID": (0x00200010, "SH"),
+}
+STUDY_KEYWORDS: tuple[str, ...] = tuple(_STUDY)
 
 #: Series attributes (the index keeps them once per series and matches queries on
 #: them at every level).
-SERIES_KEYWORDS: tuple[str, ...] = (
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "SeriesDescription",
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDate",
-    "SeriesTime",
-    "Laterality",
-    "ProtocolName",
-    "Manufacturer",
-    "ManufacturerModelName",
-)
+_SERIES: dict[str, tuple[int, str]] = {
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "SeriesNumber": (0x00200011, "IS"),
+    "SeriesDescription": (0x0008103E, "LO"),
+    "Modality": (0x00080060, "CS"),
+    "BodyPartExamined": (0x00180015, "CS"),
+    "SeriesDate": (0x00080021, "DA"),
+    "SeriesTime": (0x00080031, "TM"),
+    "Laterality": (0x00200060, "CS"),
+    "ProtocolName": (0x00181030, "LO"),
+    "Manufacturer": (0x00080070, "LO"),
+    "ManufacturerModelName": (0x00081090, "LO"),
+}
+SERIES_KEYWORDS: tuple[str, ...] = tuple(_SERIES)
 
 #: Instance attributes (the index matches queries on them at the instance level).
-INSTANCE_KEYWORDS: tuple[str, ...] = (
-    "ImageType",
-    "ConvolutionKernel",
-    "FrameOfReferenceUID",
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "InstanceNumber",
-    "AcquisitionNumber",
-    "TransferSyntaxUID",
-    "SpecificCharacterSet",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "RescaleType",
-    "WindowCenter",
-    "WindowWidth",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "SliceLocation",
-)
+_INSTANCE: dict[str, tuple[int, str]] = {
+    "ImageType": (0x00080008, "CS"),
+    "ConvolutionKernel": (0x00181210, "SH"),
+    "FrameOfReferenceUID": (0x00200052, "UI"),
+    "SOPClassUID": (0x00080016, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "InstanceNumber": (0x00200013, "IS"),
+    "AcquisitionNumber": (0x00200012, "IS"),
+    "TransferSyntaxUID": (0x00020010, "UI"),
+    "SpecificCharacterSet": (0x00080005, "CS"),
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
+    "PlanarConfiguration": (0x00280006, "US"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "HighBit": (0x00280102, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
+    "RescaleSlope": (0x00281053, "DS"),
+    "RescaleIntercept": (0x00281052, "DS"),
+    "RescaleType": (0x00281054, "LO"),
+    "WindowCenter": (0x00281050, "DS"),
+    "WindowWidth": (0x00281051, "DS"),
+    "ImagePositionPatient": (0x00200032, "DS"),
+    "ImageOrientationPatient": (0x00200037, "DS"),
+    "PixelSpacing": (0x00280030, "DS"),
+    "SliceThickness": (0x00180050, "DS"),
+    "SliceLocation": (0x00201041, "DS"),
+}
+INSTANCE_KEYWORDS: tuple[str, ...] = tuple(_INSTANCE)
 
 #: The attributes every header carries (when the file has them), by DICOM keyword:
 #: the one list of what the scanner records and what the index matches on.
 HEADER_KEYWORDS: tuple[str, ...] = STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS
+#: Each header keyword's tag and VR, as DICOM's data dictionary has them (a test checks
+#: them against pydicom's): the scanner needs them at import, and pydicom costs a
+#: quarter of a second to import, which each ingest worker would pay to scan.
+HEADER_TAGS: dict[str, tuple[int, str]] = {**_STUDY, **_SERIES, **_INSTANCE}
+#: The header keywords whose value may hold several values (VM other than 1 in the data
+#: dictionary; a test checks them against pydicom's): a query matches them value by value.
+MULTI_VALUED_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "OtherPatientIDs",
+        "ImageType",
+        "ConvolutionKernel",
+        "SpecificCharacterSet",
+        "WindowCenter",
+        "WindowWidth",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+    }
+)
 
 PathLike = str | os.PathLike | bytes
 Source = PathLike | bytes | bytearray | memoryview
@@ -102,6 +117,9 @@ Source = PathLike | bytes | bytearray | memoryview
 
 def _plain(value: Any) -> Any:
     """pydicom's value types as plain Python ones (str, int, float, list)."""
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import PersonName
+
     if isinstance(value, MultiValue | list):
         return [_plain(v) for v in value]
     if isinstance(value, PersonName):
@@ -122,6 +140,12 @@ _SLOW_PATH = threading.Lock()
 
 def _slow_value(vr: str, raw: bytes, little_endian: bool, character_sets: Any) -> Any:
     """Convert a value the native fast path leaves alone, exactly as pydicom does."""
+    # Here, not at the top: a scan whose values all take the fast path needs no pydicom.
+    from pydicom.charset import convert_encodings
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import BaseTag
+    from pydicom.values import convert_value
+
     element = RawDataElement(BaseTag(0), vr, len(raw), raw, 0, False, little_endian)
     with _SLOW_PATH, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -182,16 +206,13 @@ def _make_scanner(keywords: Sequence[str]) -> Scanner[Header]:
     """A scanner for `keywords` that builds Headers; they always carry the TransferSyntaxUID."""
     if "TransferSyntaxUID" not in keywords:
         keywords = (*keywords, "TransferSyntaxUID")
-    found = [tag_for_keyword(k) for k in keywords]
-    unknown = [k for k, t in zip(keywords, found, strict=True) if t is None]
+    unknown = [k for k in keywords if k not in HEADER_TAGS]
     if unknown:
-        raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
-    tags = [t for t in found if t is not None]  # all are, after the check
-    vrs = [dictionary_VR(t)[:2] for t in tags]
+        raise ValueError(f"not header keywords: {', '.join(unknown)}")
     return Scanner(
         list(keywords),
-        tags,
-        vrs,
+        [HEADER_TAGS[k][0] for k in keywords],
+        [HEADER_TAGS[k][1] for k in keywords],
         _slow_value,
         Header,
         PixelLocation.native,

@@ -7,8 +7,6 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import pydicom
-
 LINK_INSIDE = "symbolic link inside the source: not followed (its target is read where it is)"
 LINK_OUTSIDE = "symbolic link to outside the source: not followed (follow links to read it)"
 LINK_DANGLING = "dangling symbolic link"
@@ -150,4 +148,6 @@ def _link_problem(path: str, real_root: str, follow_links: bool) -> str | None:
 
 def sample_data_dir() -> Path:
     """The folder of real DICOM test files that ships inside pydicom."""
+    import pydicom
+
     return Path(pydicom.__file__).parent / "data" / "test_files"

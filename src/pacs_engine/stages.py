@@ -9,6 +9,7 @@ a task takes what its stages added with `take()`. CPU time is the process's
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -25,6 +26,7 @@ class StageClock:
         self._open: list[str] = []  # the stages open, innermost last
         self._mark = (0.0, 0.0)  # (wall, CPU) when the innermost stage was last charged
         self._stages: dict[str, _Stage] = {}  # one context manager per name, reused
+        self.entered: dict[str, float] = {}  # stage -> when first entered since `take` (epoch)
 
     def _charge(self, now: tuple[float, float]) -> None:
         """Charge the innermost open stage with the time since the mark."""
@@ -45,6 +47,8 @@ class StageClock:
         """Open stage `name` (inside the stages open)."""
         self._charge((time.perf_counter(), time.process_time()))
         self._open.append(name)
+        if name not in self.entered:
+            self.entered[name] = time.time()
 
     def leave(self) -> None:
         """Close the innermost stage."""
@@ -54,7 +58,7 @@ class StageClock:
     def take(self) -> Times:
         """The times charged since the last call, rounded to microseconds; starts again."""
         taken = {name: [round(c, 6), round(w, 6)] for name, (c, w) in self.times.items()}
-        self.times = {}
+        self.times, self.entered = {}, {}
         return taken
 
 
@@ -82,17 +86,31 @@ def stage(name: str) -> AbstractContextManager[None]:
 
 
 @contextmanager
-def task() -> Iterator[Times]:
+def task(entered: dict[str, float] | None = None) -> Iterator[Times]:
     """Time one task: the dict yielded is filled, at the end, with its stages' times.
 
     What no stage inside took is charged to "other", so the stages sum to the
     task's wall time. Time charged before the task (outside any task) is dropped.
+    `entered`, if given, gets when (epoch seconds) each stage was first entered.
     """
     CLOCK.take()
     times: Times = {}
     with CLOCK.stage("other"):
         yield times
+    if entered is not None:
+        entered.update(CLOCK.entered)
     times.update(CLOCK.take())
+
+
+def process_started() -> float:
+    """When this process started (epoch seconds, to 10 ms; Linux), else now."""
+    try:
+        with open("/proc/self/stat", "rb") as stat, open("/proc/uptime", "rb") as uptime:
+            ticks = int(stat.read().rsplit(b")", 1)[1].split()[19])  # field 22: starttime
+            since_boot = float(uptime.read().split()[0])
+        return time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
 
 
 def add_times(total: Times, more: Times) -> None:

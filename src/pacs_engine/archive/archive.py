@@ -33,10 +33,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
-import pydicom
 
 from pacs_engine.archive.blobs import HeaderBlob, read_blob
 from pacs_engine.archive.export import safe_name, version_name, write_file
@@ -62,6 +61,9 @@ from pacs_engine.index.query import Found, patients
 from pacs_engine.index.rows import Row
 from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
 from pacs_engine.workers import Executor, alive
+
+if TYPE_CHECKING:
+    import pydicom
 
 #: The parts of an archive `info` sizes: stored data, the index, what was refused, the
 #: ingest reports, the network server's spool and audit log (pacs_engine.serve), and the

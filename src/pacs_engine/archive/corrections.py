@@ -37,10 +37,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import pydicom
-from pydicom.charset import convert_encodings, encode_string
-from pydicom.tag import Tag
-
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
@@ -54,6 +50,8 @@ from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, scan
 from pacs_engine.storage import fsync_dir, make_dirs, series_folders, write_atomic
 
 if TYPE_CHECKING:
+    import pydicom
+
     from pacs_engine.archive.archive import Archive
 
 RECORDS, TRASH = "corrections", "trash"
@@ -433,6 +431,9 @@ class Corrections:
 
     def _corrected(self, row: Row, values: dict[str, Any], correction_id: str) -> tuple[Row, bytes]:
         """The row of a new version of `row` with `values` set, and its header blob."""
+        import pydicom  # here: an ingest's tidy imports this module, and needs no pydicom
+        from pydicom.tag import Tag
+
         sop = row["SOPInstanceUID"]
         data = self.archive.export_bytes(sop)  # checked against its sha256
         dataset = pydicom.dcmread(BytesIO(data), force=True)
@@ -654,6 +655,8 @@ def _needs_unicode(dataset: pydicom.Dataset, keyword: str, value: Any) -> bool:
     """Whether `value` needs the data set's character set changed to UTF-8: it has none (the
     default repertoire, ASCII) and the value is not ASCII. CorrectionError (naming the
     keyword, not the value) when it has another that cannot write the value."""
+    from pydicom.charset import convert_encodings, encode_string
+
     texts = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
     if all(text.isascii() for text in texts):
         return False

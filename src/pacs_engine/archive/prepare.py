@@ -12,21 +12,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
-from pydicom.filereader import read_dataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    JPEG2000Lossless,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
-)
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.codecs import CodecError, NoDecoderError, pass_through_codec
@@ -38,17 +26,21 @@ from pacs_engine.index.core import UID_KEYWORDS, uid_problem
 from pacs_engine.index.rows import Row
 from pacs_engine.stages import stage
 
+if TYPE_CHECKING:
+    import pydicom
+
 ITEM_TAG = b"\xfe\xff\x00\xe0"
-#: Compressed transfer syntaxes whose frames decode to exactly the encoded pixels.
+#: Compressed transfer syntaxes whose frames decode to exactly the encoded pixels (by
+#: pydicom's names: this module imports pydicom only to rebuild files, not to prepare them).
 LOSSLESS_SYNTAXES = frozenset(
     {
-        JPEGLossless,
-        JPEGLosslessSV1,
-        JPEGLSLossless,
-        JPEG2000Lossless,
-        HTJ2KLossless,
-        HTJ2KLosslessRPCL,
-        RLELossless,
+        "1.2.840.10008.1.2.4.57",  # JPEGLossless
+        "1.2.840.10008.1.2.4.70",  # JPEGLosslessSV1
+        "1.2.840.10008.1.2.4.80",  # JPEGLSLossless
+        "1.2.840.10008.1.2.4.90",  # JPEG2000Lossless
+        "1.2.840.10008.1.2.4.201",  # HTJ2KLossless
+        "1.2.840.10008.1.2.4.202",  # HTJ2KLosslessRPCL
+        "1.2.840.10008.1.2.5",  # RLELossless
         DEFLATED_IMAGE_FRAME_COMPRESSION,
     }
 )
@@ -443,6 +435,9 @@ def rebuild_file(
 
 def blob_dataset(blob: HeaderBlob) -> pydicom.FileDataset:
     """The data set a header blob keeps: every element but the pixel data value's."""
+    import pydicom
+    from pydicom.filereader import read_dataset
+
     if blob.kind == WHOLE:
         return pydicom.dcmread(BytesIO(blob.prefix), force=True)
     dataset = pydicom.dcmread(BytesIO(blob.prefix), stop_before_pixels=True, force=True)
@@ -456,6 +451,9 @@ def blob_dataset(blob: HeaderBlob) -> pydicom.FileDataset:
 
 def transcoded_file(blob: HeaderBlob, row: Row, frames: np.ndarray) -> bytes:
     """A transcoded instance as a file: its data set, pixels native, explicit VR little endian."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
     dataset = blob_dataset(blob)
     layout = PixelLayout.from_attributes(row, "PixelData")
     if layout.samples > 1:

@@ -79,6 +79,8 @@ class IngestReport:
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds: scan, encode, tidy
     stages: dict[str, Times] = field(default_factory=dict)  # process -> stage -> [CPU, wall]
     not_dicom: list[str] = field(default_factory=list)  # inputs quarantined as not DICOM
+    # Wall seconds from the session's start-up (the CLI: its launch) to its first encode.
+    first_encode_seconds: float | None = None
 
     def count(self, outcome: Outcome) -> None:
         """Count one input's outcome."""
@@ -142,6 +144,9 @@ class IngestReport:
             if self.seconds
             else None,
             "phase_seconds": {phase: round(s, 3) for phase, s in self.phases.items()},
+            "first_encode_seconds": None
+            if self.first_encode_seconds is None
+            else round(self.first_encode_seconds, 3),
             "stage_seconds": {
                 process: {
                     name: {"cpu": round(cpu, 3), "wall": round(wall, 3)}

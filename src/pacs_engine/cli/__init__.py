@@ -1,7 +1,8 @@
 """The `pacs-engine` command line: one module per command, each adding its own subparser.
 
-Modules that import zarr, pydicom or the codecs are imported where they are used:
-`main` starts the ingest workers' forkserver first, so both start up at once.
+Modules that import zarr, pydicom, numpy, tqdm or the codecs are imported where they are
+used, not to build the parser (tests/test_startup.py checks it): `main` starts the ingest
+workers' forkserver first, so that its imports and the command's run at once.
 """
 
 from __future__ import annotations
@@ -11,55 +12,53 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from importlib import import_module
+from types import ModuleType
+from typing import Any
 
-from pacs_engine.cli import (
-    audit,
-    correct,
-    deid_key,
-    export,
-    info,
-    ingest,
-    keys,
-    migrate,
-    query,
-    read_bench,
-    rebuild_index,
-    samples,
-    scan,
-    serve,
-    synth,
-    tidy,
-    trash,
-    verify,
-)
 from pacs_engine.cli._common import fail
-from pacs_engine.cli.scan import render_inventory
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.interrupt import interrupted
 
-__all__ = ["build_parser", "main", "render_inventory"]
+__all__ = ["COMMANDS", "build_parser", "main", "render_inventory"]
 
-# In the order `pacs-engine --help` lists them.
-COMMANDS = (
-    scan,
-    ingest,
-    deid_key,
-    verify,
-    tidy,
-    rebuild_index,
-    info,
-    query,
-    export,
-    correct,
-    trash,
-    serve,
-    keys,
-    audit,
-    migrate,
-    synth,
-    read_bench,
-    samples,
+#: Each command's module in `pacs_engine.cli`, in the order `pacs-engine --help` lists them.
+#: `COMMANDS` holds the modules: imported when the parser is built, so that `main` starts
+#: the workers' forkserver before (it then imports while the commands' modules do).
+COMMAND_MODULES = (
+    "scan",
+    "ingest",
+    "deid_key",
+    "verify",
+    "tidy",
+    "rebuild_index",
+    "info",
+    "query",
+    "export",
+    "correct",
+    "trash",
+    "serve",
+    "keys",
+    "audit",
+    "migrate",
+    "synth",
+    "read_bench",
+    "samples",
 )
+
+
+def _commands() -> tuple[ModuleType, ...]:
+    """The commands' modules (COMMAND_MODULES), imported."""
+    return tuple(import_module(f"{__name__}.{name}") for name in COMMAND_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    """`COMMANDS` and `render_inventory` (of `scan`), imported when first asked for."""
+    if name == "COMMANDS":
+        return _commands()
+    if name == "render_inventory":
+        return import_module(f"{__name__}.scan").render_inventory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A native-accelerated DICOM archive engine.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
+    for command in _commands():
         command.add_subparser(commands)
     return parser
 
@@ -96,8 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     try:
-        # Starting the forkserver and building the parser (it imports zarr and the codecs)
-        # take a second or two: a Ctrl-C meanwhile still stops quietly (pacs_engine.interrupt).
+        # Until the command runs (the forkserver started, the parser built, the command's
+        # imports), a Ctrl-C still stops quietly (pacs_engine.interrupt).
         if _starts_local_workers(argv):
             from pacs_engine.executors import start_forkserver
 

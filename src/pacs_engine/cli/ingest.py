@@ -8,8 +8,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from tqdm import tqdm
-
 from pacs_engine.cli._common import (
     add_follow_links,
     add_progress,
@@ -296,6 +294,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pacs_engine.ingest import IngestStopped
     from pacs_engine.ingest.archive import Archive
     from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
+    from pacs_engine.stages import process_started
 
     problem = _executor_problem(args)
     if problem:
@@ -331,6 +330,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 follow_links=args.follow_links,
                 keep_non_dicom=args.keep_non_dicom,
                 max_frame_bytes=args.max_frame_bytes,
+                launched=process_started(),
             )
     except IngestStopped as error:
         bar.close()
@@ -378,6 +378,9 @@ def _render_report(summary: dict[str, Any]) -> str:
     )
     phases = ", ".join(f"{p} {s} s" for p, s in summary["phase_seconds"].items())
     lines.append(f"  of which {phases}")
+    if summary.get("first_encode_seconds") is not None:
+        first = summary["first_encode_seconds"]
+        lines.append(f"  first encode {first} s after the start (the command's launch)")
     if summary["stage_seconds"]:
         lines.append("  where each process's time went (CPU / wall s, largest first):")
     for process, stages in summary["stage_seconds"].items():
@@ -409,6 +412,8 @@ class _IngestBar:
     """The ingest progress bar: inputs done of all, raw MB/s and the ratio so far, ETA."""
 
     def __init__(self, show: bool) -> None:
+        from tqdm import tqdm
+
         self.bar = tqdm(unit=" inputs", disable=not show, file=sys.stderr, dynamic_ncols=True)
         self.phase = ""
 

@@ -9,8 +9,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from pacs_engine.cli._common import add_follow_links, add_progress, megabytes, shows_progress
 
 if TYPE_CHECKING:
@@ -71,6 +69,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     """Inventory what the sources hold (or, with --preflight, predict the ingest)."""
     if args.preflight:
         return cmd_preflight(args)
+    from tqdm import tqdm
+
     from pacs_engine.inventory import Inventory, take_inventory
     from pacs_engine.sources import iter_files
 

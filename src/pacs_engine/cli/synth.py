@@ -8,15 +8,24 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pacs_engine.cli._common import add_progress, fail, megabytes, shows_progress
+
+
+class _SyntaxNames:
+    """The transfer syntaxes synth writes, as the help lists them, imported when shown.
+
+    pacs_engine.synth imports pydicom and numpy: building the parser of every
+    command must not (argparse fills `%(names)s` from the option's attributes).
+    """
+
+    def __str__(self) -> str:
+        from pacs_engine.synth import SYNTAXES
+
+        return ", ".join(SYNTAXES)
 
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `synth`."""
-    from pacs_engine.synth import DEFAULT_SYNTAXES, SYNTAXES
-
     synth = commands.add_parser(
         "synth",
         help="write realistic synthetic CT/MR series for throughput and scale tests",
@@ -34,12 +43,13 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     synth.add_argument("--rows", type=int, default=512, help="image rows (default: 512)")
     synth.add_argument("--columns", type=int, default=512, help="image columns (default: 512)")
     synth.add_argument("--seed", type=int, default=0, help="the seed of everything (default: 0)")
-    synth.add_argument(
+    syntaxes = synth.add_argument(
         "--syntaxes",
-        default=",".join(DEFAULT_SYNTAXES),
-        help=f"comma-separated transfer syntaxes, used in turn across series; of "
-        f"{', '.join(SYNTAXES)} (default: all)",
+        default=None,
+        help="comma-separated transfer syntaxes, used in turn across series; of "
+        "%(names)s (default: all)",
     )
+    syntaxes.names = _SyntaxNames()  # type: ignore[attr-defined]
     synth.add_argument(
         "--modalities",
         default="CT,MR",
@@ -57,6 +67,8 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write synthetic CT/MR series for throughput and scale tests."""
+    from tqdm import tqdm
+
     from pacs_engine.synth import write_studies
 
     total = args.studies * args.series_per_study * args.slices
@@ -84,7 +96,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
             rows=args.rows,
             columns=args.columns,
             seed=args.seed,
-            syntaxes=[s.strip() for s in args.syntaxes.split(",") if s.strip()],
+            # None (no --syntaxes) or empty: write_studies writes its default mix.
+            syntaxes=[s.strip() for s in (args.syntaxes or "").split(",") if s.strip()],
             modalities=[m.strip().upper() for m in args.modalities.split(",") if m.strip()],
             progress=progress,
             threads=args.threads,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tqdm import tqdm
-
 from pacs_engine.cli._common import add_progress, shows_progress
 
 
@@ -85,6 +83,8 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Decode every stored frame and rebuild every file; report what does not match."""
+    from tqdm import tqdm
+
     from pacs_engine.archive import open_archive
     from pacs_engine.archive.verify_plan import DEFAULT_SEED, Selection, utc_time
     from pacs_engine.index import DamagedIndexError

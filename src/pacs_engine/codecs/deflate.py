@@ -8,30 +8,38 @@ native pixel data is (`pacs_engine.codecs.native`).
 from __future__ import annotations
 
 import zlib
+from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
-from pydicom.uid import UID_dictionary
 
 from pacs_engine.codecs._base import CodecError, cast_exact
 from pacs_engine.codecs._bitstream import BitstreamCodec
+from pacs_engine.lazy import when_imported
 
 DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
+
+
+def _register(uid: ModuleType) -> None:
+    """Add the syntax to pydicom's dictionary of UIDs (`pydicom.uid`)."""
+    uid.UID_dictionary.setdefault(
+        DEFLATED_IMAGE_FRAME_COMPRESSION,
+        (
+            "Deflated Image Frame Compression",
+            "Transfer Syntax",
+            "",
+            "",
+            "DeflatedImageFrameCompression",
+        ),
+    )
+
 
 # pydicom 3.0 predates this syntax (DICOM 2024), so it refuses to write a data set in it;
 # pynetdicom adds it to pydicom's dictionary when imported. Added here as well, so that
 # what a process can write (a corrected or de-identified header) does not depend on
-# whether it happened to import pynetdicom.
-UID_dictionary.setdefault(
-    DEFLATED_IMAGE_FRAME_COMPRESSION,
-    (
-        "Deflated Image Frame Compression",
-        "Transfer Syntax",
-        "",
-        "",
-        "DeflatedImageFrameCompression",
-    ),
-)
+# whether it happened to import pynetdicom; once pydicom is imported, as an ingest of
+# uncompressed files never imports it.
+when_imported("pydicom.uid", _register)
 
 
 class DicomDeflateCodec(BitstreamCodec):

@@ -34,11 +34,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
-
 # The scanner's lists are the index's: every key matched at a level is one the scanner
 # records (a key it did not record would match nothing).
-from pacs_engine.scanning import HEADER_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
+from pacs_engine.scanning import HEADER_TAGS, MULTI_VALUED_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
 #: Attributes the index computes for a study.
 STUDY_COMPUTED: tuple[str, ...] = (
@@ -56,12 +54,6 @@ _STUDY_LEVEL = frozenset(STUDY_KEYWORDS + STUDY_COMPUTED)
 _SERIES_LEVEL = frozenset(SERIES_KEYWORDS + SERIES_COMPUTED)
 _NUMERIC_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
-#: The recorded attributes whose value may have several values (VM other than 1).
-_MULTI_VALUED = frozenset(
-    k
-    for k in HEADER_KEYWORDS
-    if dictionary_VM(tag_for_keyword(k)) != "1"  # type: ignore[arg-type]
-)
 
 
 def level_of(keyword: str) -> str:
@@ -81,6 +73,10 @@ def fold(text: str) -> str:
 @cache
 def vr_of(keyword: str) -> str | None:
     """The keyword's VR from the data dictionary (the first of "US or SS"); None if not DICOM."""
+    if keyword in HEADER_TAGS:  # the indexed keywords: without importing pydicom
+        return HEADER_TAGS[keyword][1]
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
     tag = tag_for_keyword(keyword)
     return None if tag is None else dictionary_VR(tag)[:2]
 
@@ -88,7 +84,7 @@ def vr_of(keyword: str) -> str | None:
 def whole_value(keyword: str) -> bool:
     """Whether backslashes in a query value of `keyword` separate the values of one
     multi-valued value, matched whole (ImageType), rather than alternatives (Modality)."""
-    return keyword in _MULTI_VALUED
+    return keyword in MULTI_VALUED_KEYWORDS
 
 
 @dataclass(frozen=True, slots=True)

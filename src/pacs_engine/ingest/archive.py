@@ -37,6 +37,7 @@ class Archive(storage.Archive):
         follow_links: bool = False,
         keep_non_dicom: bool = False,
         max_frame_bytes: int | None = None,
+        launched: float | None = None,
     ) -> IngestReport:
         """Archive the DICOM files under `sources` (folders, files, zip and tar archives,
         and the instances of other pacs_engine archives).
@@ -59,6 +60,8 @@ class Archive(storage.Archive):
         unless `follow_links` (docs/inputs.md).
         Compressed frames that would decode to more than `max_frame_bytes` (None:
         `Checks`' default, 1 GiB) are quarantined.
+        The report's `first_encode_seconds` counts from `launched` (epoch seconds; None:
+        the call), e.g. a command's launch.
         """
         if self.readonly:
             raise ArchiveError(f"{self.path}: opened read-only")
@@ -72,7 +75,9 @@ class Archive(storage.Archive):
             inputs=InputPolicy(max_input_bytes, follow_links, keep_non_dicom),
             max_frame_bytes=max_frame_bytes or Checks.max_frame_bytes,
         )
-        return run_ingest(self, sources, workers, executor, checks=checks, progress=progress)
+        return run_ingest(
+            self, sources, workers, executor, checks=checks, progress=progress, launched=launched
+        )
 
 
 def open_archive(path: str | os.PathLike, readonly: bool = True) -> Archive:

@@ -136,6 +136,7 @@ class PartResult:
     arrays: dict[str, int] = field(default_factory=dict)  # array path -> frames end written
     worker: int = 0  # the process id of the worker that encoded it
     stages: Times = field(default_factory=dict)  # its CPU and wall seconds per stage
+    encode_started: float | None = None  # when its first frame's encode began (epoch seconds)
 
 
 class _ArrayWriter:

@@ -20,10 +20,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import IO
 
-import indexed_gzip
-from pydicom.filereader import _read_file_meta_info, read_preamble
-
-from pacs_engine.archive.archive import open_archive
 from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
@@ -297,6 +293,8 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 def is_media_directory(head: bytes) -> bool:
     """True for a DICOMDIR: Media Storage SOP Class UID 1.2.840.10008.1.3.10 in the file
     meta information `head` (the file's first bytes) holds."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
     stream = BytesIO(head)
     try:
         read_preamble(stream, False)
@@ -480,6 +478,8 @@ def _copy_keys(names: set[str], repeats: list[str]) -> list[str]:
 
 
 def _walk_pacs(path: str, on_error: Callable[[str, str], None]) -> Iterator[InputRef]:
+    from pacs_engine.archive.archive import open_archive  # zarr, pydicom: only for archives
+
     try:
         archive = open_archive(path)
     except Exception as error:  # ArchiveError, or an index that cannot be opened
@@ -526,6 +526,8 @@ def _open_tar_stream(path: str, kind: str) -> IO[bytes]:
     with file:  # checked here: indexed_gzip opens the file again, by name
         if file.read(2) != _GZIP_MAGIC:
             raise tarfile.ReadError("not a gzip file")
+    import indexed_gzip  # only for a .tar.gz
+
     spacing = max(_MIN_SPACING, os.path.getsize(path) // _MAX_POINTS)
     return indexed_gzip.IndexedGzipFile(
         path, spacing=spacing, drop_handles=False, buffer_size=_GZIP_BUFFER
@@ -719,6 +721,8 @@ class _PacsArchive:
     """An open pacs_engine archive (read-only): its instances, exported as their files."""
 
     def __init__(self, path: str, identity: tuple[int, int, int]) -> None:
+        from pacs_engine.archive.archive import open_archive  # zarr, pydicom: only here
+
         self.identity = identity
         self.archive = open_archive(path)
 

@@ -138,9 +138,13 @@ def run_ingest(
     *,
     checks: Checks | None = None,
     progress: Callable[[Progress], None] | None = None,
+    launched: float | None = None,
 ) -> IngestReport:
-    """Archive every input under `sources`; resumes the unfinished run of the same sources."""
-    return _Run(archive, sources, workers, executor, checks or Checks(), progress).run()
+    """Archive every input under `sources`; resumes the unfinished run of the same sources.
+
+    The report's `first_encode_seconds` counts from `launched` (epoch seconds; None: now).
+    """
+    return _Run(archive, sources, workers, executor, checks or Checks(), progress, launched).run()
 
 
 class _Run:
@@ -154,6 +158,7 @@ class _Run:
         executor: Executor | None,
         checks: Checks,
         progress: Callable[[Progress], None] | None,
+        launched: float | None = None,
     ) -> None:
         self.archive = archive
         self.root = str(archive.path.resolve())
@@ -164,6 +169,8 @@ class _Run:
         self.notify = progress or (lambda p: None)
         self.journal = Journal(archive.index)
         self.started = time.perf_counter()
+        # Where the report's first_encode_seconds counts from (epoch seconds).
+        self.launched = time.time() if launched is None else launched
         self.cpu_started = time.process_time()
         self.inline_cpu = 0.0  # CPU seconds of the tasks run in this process, this session
         self.report = IngestReport(workers=self.executor.workers)
@@ -448,6 +455,10 @@ class _Run:
         """Keep a part's result (on disk); commit its series once all its parts are back."""
         if result.stages:  # not a part quarantined here after its worker died
             self._add_stages(result.worker, result.stages)
+        if result.encode_started is not None:
+            first = result.encode_started - self.launched
+            known = self.report.first_encode_seconds
+            self.report.first_encode_seconds = first if known is None else min(known, first)
         waiting = self.waiting[result.part.series_uid]
         waiting.out.pop(result.part, None)
         try:

@@ -140,9 +140,11 @@ def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
 
 def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
     """Encode one part of a series (see PartEncoder.encode), timing its stages."""
-    with task() as times:
+    entered: dict[str, float] = {}
+    with task(entered) as times:
         result = _encoder(root).encode(part, checks)
     result.worker, result.stages = os.getpid(), times
+    result.encode_started = entered.get("encode")
     return result
 
 

@@ -1,0 +1,170 @@
+"""Start-up of a command (issue 18): what it imports, and when an ingest's first encode began.
+
+pydicom and zarr each take a quarter of a second or more to import, in the ingesting
+process and in the workers' forkserver, before the first frame is encoded: a parser
+built for any command, and an ingest of uncompressed files, must not import pydicom.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pydicom.uid
+import pytest
+from conftest import run_cli
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from pacs_engine import Archive
+from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
+from pacs_engine.codecs.deflate import DEFLATED_IMAGE_FRAME_COMPRESSION
+from pacs_engine.header import PIXEL_TAG_KEYWORDS
+from pacs_engine.lazy import when_imported
+from pacs_engine.scanning import HEADER_KEYWORDS, HEADER_TAGS, MULTI_VALUED_KEYWORDS
+from pacs_engine.synth import SYNTAXES, write_studies
+
+LIMIT_S = 300  # bound on one command
+
+
+def _synth_uncompressed(folder: Path) -> list[Path]:
+    """A few small uncompressed files: two series, explicit and implicit VR."""
+    return write_studies(
+        folder, 1, 2, 3, rows=16, columns=16, syntaxes=["explicit", "implicit"], threads=1
+    )
+
+
+def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> None:
+    """Every command, even `--help`, builds the whole parser first."""
+    probe = (
+        "import sys; from pacs_engine.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('pydicom', 'zarr', 'numpy', 'tqdm') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_synth_help_lists_every_syntax_it_writes() -> None:
+    """The names are imported only when the help is shown, and all of them are shown."""
+    done = run_cli("synth", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert f"of {', '.join(SYNTAXES)} (default: all)" in text
+
+
+def test_an_uncompressed_ingest_imports_no_pydicom_in_any_of_its_processes(
+    tmp_path: Path,
+) -> None:
+    """`-X importtime` lists every import of the command, of its forkserver (which the
+    workers fork from) and of each worker after the fork: none is pydicom's."""
+    _synth_uncompressed(tmp_path / "in")
+    archive = tmp_path / "archive"
+    cmd = [sys.executable, "-X", "importtime", "-m", "pacs_engine.cli", "ingest"]
+    cmd += [str(tmp_path / "in"), "--archive", str(archive), "--workers", "2", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=LIMIT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 inputs: 6 archived" in done.stdout
+    imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines()]
+    # numpy is listed by each process that imported it, the command and its forkserver:
+    # the flag reached the forkserver, and the workers forked from it.
+    assert imported.count("numpy") >= 2
+    assert [name for name in imported if name.split(".")[0] == "pydicom"] == []
+
+
+def test_header_tags_are_the_data_dictionarys() -> None:
+    """The scanner's tags and VRs, kept without pydicom, are pydicom's (first VR of "US or SS")."""
+    assert list(HEADER_TAGS) == list(HEADER_KEYWORDS)
+    for keyword, (tag, vr) in HEADER_TAGS.items():
+        assert tag == tag_for_keyword(keyword), keyword
+        assert vr == dictionary_VR(tag)[:2], keyword
+    several = {k for k in HEADER_KEYWORDS if dictionary_VM(tag_for_keyword(k)) != "1"}
+    assert several == MULTI_VALUED_KEYWORDS
+
+
+def test_pixel_data_keywords_are_the_data_dictionarys() -> None:
+    """The keyword of each pixel data tag the scanner locates, as pydicom names it."""
+    assert {tag: keyword_for_tag(tag) for tag in PIXEL_TAG_KEYWORDS} == PIXEL_TAG_KEYWORDS
+
+
+def test_the_lossless_syntaxes_are_pydicoms_by_name() -> None:
+    """Kept as UIDs (prepare imports no pydicom), they are the syntaxes pydicom names."""
+    names = [
+        "JPEGLossless",
+        "JPEGLosslessSV1",
+        "JPEGLSLossless",
+        "JPEG2000Lossless",
+        "HTJ2KLossless",
+        "HTJ2KLosslessRPCL",
+        "RLELossless",
+    ]
+    expected = {getattr(pydicom.uid, name) for name in names} | {DEFLATED_IMAGE_FRAME_COMPRESSION}
+    assert expected == LOSSLESS_SYNTAXES
+
+
+@pytest.fixture
+def module_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module not imported yet, importable from tmp_path (forgotten afterwards)."""
+    name = f"startup_probe_{time.monotonic_ns()}"
+    (tmp_path / f"{name}.py").write_text("VALUE = 41\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_when_imported_acts_once_the_module_is_imported(module_file: str) -> None:
+    """The action runs after the module's own code, once, and the module keeps its loader."""
+    seen: list[ModuleType] = []
+
+    def action(module: ModuleType) -> None:
+        module.VALUE += 1
+        seen.append(module)
+
+    when_imported(module_file, action)
+    assert seen == []
+    module = __import__(module_file)
+    assert seen == [module] and module.VALUE == 42
+    assert type(module.__loader__).__name__ == "SourceFileLoader"
+    assert module.__spec__ is not None and module.__spec__.loader is module.__loader__
+
+
+def test_when_imported_acts_at_once_on_a_module_already_imported(module_file: str) -> None:
+    module = __import__(module_file)
+    seen: list[ModuleType] = []
+    when_imported(module_file, seen.append)
+    assert seen == [module]
+
+
+def test_the_report_says_when_the_first_encode_began(tmp_path: Path) -> None:
+    """From the run's start by default, from `launched` when given; None when nothing was
+    encoded (every input a duplicate)."""
+    _synth_uncompressed(tmp_path / "in")
+    before = time.time()
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([tmp_path / "in"], workers=0)
+    assert report.archived == 6
+    assert report.first_encode_seconds is not None
+    assert 0 <= report.first_encode_seconds <= time.time() - before
+    assert report.to_dict()["first_encode_seconds"] == round(report.first_encode_seconds, 3)
+
+    with Archive.create(tmp_path / "b") as archive:
+        report = archive.ingest([tmp_path / "in"], workers=0, launched=before - 100)
+    assert report.first_encode_seconds is not None and report.first_encode_seconds >= 100
+
+    (tmp_path / "again").mkdir()
+    for path in sorted((tmp_path / "in").rglob("*.dcm")):
+        (tmp_path / "again" / path.name).write_bytes(path.read_bytes())
+    with Archive.open_or_create(tmp_path / "b") as archive:
+        report = archive.ingest([tmp_path / "again"], workers=0)
+    assert report.duplicates == 6 and report.first_encode_seconds is None
+
+
+def test_the_cli_summary_gives_the_first_encode(tmp_path: Path) -> None:
+    _synth_uncompressed(tmp_path / "in")
+    done = run_cli("ingest", str(tmp_path / "in"), "--archive", str(tmp_path / "a"))
+    assert done.returncode == 0, done.stderr
+    assert "s after the start (the command's launch)" in done.stdout
