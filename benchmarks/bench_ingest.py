@@ -35,8 +35,13 @@ Rows:
   MB/s (wall time of the subprocess, start-up included) against the codec ceiling on as
   many cores (each core's share of the series decoded beforehand, a codec picked per
   array on its first frame as ingest does, then every frame encoded once, all cores at
-  the same time), and Orthanc HTTP with JPEG-LS ingest transcoding on the same files.
-  Each ingest row's note says where its workers' time went (the report's stage_seconds).
+  the same time, 256 MB of frames decoded at a time), and Orthanc HTTP with JPEG-LS
+  ingest transcoding on the same files (for PACS_ENGINE_BENCH_PEER_S seconds at most,
+  measured on the files it stored, with its CPU seconds). Each ingest row's note says
+  where its workers' time went (the report's stage_seconds), and its CPU seconds (every
+  process) are set against the ceiling's; a "codecs" line times DCMTK's JPEG-LS
+  encoder (dcmcjpls, Orthanc's) against the archive's on 24 of the files, CPU per frame.
+  The 1-minute load average is printed before each row.
 
 Per row: instances/s = files / wall seconds; raw MB/s = decoded pixel bytes of all the
 files / wall seconds; ratio = decoded pixel bytes of the distinct instances kept /
