@@ -35,8 +35,13 @@ Rows:
   MB/s (wall time of the subprocess, start-up included) against the codec ceiling on as
   many cores (each core's share of the series decoded beforehand, a codec picked per
   array on its first frame as ingest does, then every frame encoded once, all cores at
-  the same time), and Orthanc HTTP with JPEG-LS ingest transcoding on the same files.
-  Each ingest row's note says where its workers' time went (the report's stage_seconds).
+  the same time, 256 MB of frames decoded at a time), and Orthanc HTTP with JPEG-LS
+  ingest transcoding on the same files (for PACS_ENGINE_BENCH_PEER_S seconds at most,
+  measured on the files it stored, with its CPU seconds). Each ingest row's note says
+  where its workers' time went (the report's stage_seconds), and its CPU seconds (every
+  process) are set against the ceiling's; a "codecs" line times DCMTK's JPEG-LS
+  encoder (dcmcjpls, Orthanc's) against the archive's on 24 of the files, CPU per frame.
+  The 1-minute load average is printed before each row.
 
 Per row: instances/s = files / wall seconds; raw MB/s = decoded pixel bytes of all the
 files / wall seconds; ratio = decoded pixel bytes of the distinct instances kept /
@@ -54,6 +59,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter
@@ -67,7 +73,14 @@ from typing import Any
 import pytest
 
 from benchmarks import orthanc as orthanc_mod
-from benchmarks.conftest import PACS_ENGINE, RSS_SAMPLE_S, corpus_inputs, read_whole, run_measured
+from benchmarks.conftest import (
+    PACS_ENGINE,
+    RSS_SAMPLE_S,
+    corpus_inputs,
+    process_cpu_seconds,
+    read_whole,
+    run_measured,
+)
 from pacs_engine import ScanError, scan_many
 
 MODALITIES = {"CT", "MR", "CR"}
@@ -113,6 +126,7 @@ class Measured:
     peak_rss_mib: float | None = None
     rss_note: str = ""
     note: str = ""
+    cpu_seconds: float | None = None  # user + system, every process of the row
 
     @property
     def per_s(self) -> float | None:
@@ -322,6 +336,16 @@ class Sent:
     refused: Counter = field(default_factory=Counter)
     peak_kib: int = 0
     associations: int = 0
+    attempted: int = 0  # files sent (all of them unless a time budget ran out)
+    #: Orthanc's CPU seconds (all threads) from its start or restart to the last answer it
+    #: gave: a crashed request's CPU is not counted (its wall time is).
+    cpu_seconds: float = 0.0
+
+
+def _orthanc_cpu(orthanc: orthanc_mod.Orthanc) -> float:
+    """The running Orthanc's CPU seconds so far (0 if it has no process)."""
+    pid = orthanc.process.pid if orthanc.process is not None else None
+    return (process_cpu_seconds(pid) if pid is not None else None) or 0.0
 
 
 def _crashed(orthanc: orthanc_mod.Orthanc, path: str, sent: Sent) -> None:
@@ -331,12 +355,19 @@ def _crashed(orthanc: orthanc_mod.Orthanc, path: str, sent: Sent) -> None:
     orthanc.start()
 
 
-def send_http(orthanc: orthanc_mod.Orthanc, paths: list[str]) -> Sent:
-    """POST /instances, one keep-alive connection; restarts Orthanc after a crash."""
+def send_http(
+    orthanc: orthanc_mod.Orthanc, paths: list[str], budget_s: float | None = None
+) -> Sent:
+    """POST /instances, one keep-alive connection; restarts Orthanc after a crash; stops
+    after `budget_s` seconds of sending (restarts not counted), if given."""
     sent = Sent(associations=1)
     conn = orthanc.connection()
     started = time.perf_counter()
+    cpu_from = cpu_to = _orthanc_cpu(orthanc)
     for path in paths:
+        if budget_s is not None and sent.seconds + time.perf_counter() - started > budget_s:
+            break
+        sent.attempted += 1
         try:
             conn.request(
                 "POST",
@@ -350,15 +381,19 @@ def send_http(orthanc: orthanc_mod.Orthanc, paths: list[str]) -> Sent:
             if not orthanc.died():
                 raise
             sent.seconds += time.perf_counter() - started
+            sent.cpu_seconds += cpu_to - cpu_from
             sent.peak_kib = max(sent.peak_kib, orthanc.peak_rss_kib() or 0)
             _crashed(orthanc, path, sent)
             conn.close()
             conn, sent.associations = orthanc.connection(), sent.associations + 1
             started = time.perf_counter()
+            cpu_from = cpu_to = _orthanc_cpu(orthanc)
             continue
+        cpu_to = _orthanc_cpu(orthanc)
         if response.status != 200:
             sent.refused[f"{Path(path).name}: HTTP {response.status} {body[:60]!r}"] += 1
     sent.seconds += time.perf_counter() - started
+    sent.cpu_seconds += _orthanc_cpu(orthanc) - cpu_from
     conn.close()
     return sent
 
@@ -415,14 +450,21 @@ def send_storescu(orthanc: orthanc_mod.Orthanc, fs: IngestSet, scratch: Path) ->
     return sent
 
 
+def _stored_instances(orthanc: orthanc_mod.Orthanc) -> dict[str, str]:
+    """Orthanc's instance ID of every SOP Instance UID it holds."""
+    return {
+        instance["MainDicomTags"]["SOPInstanceUID"]: instance["ID"]
+        for instance in orthanc.get("/instances?expand")
+    }
+
+
 def _stored_syntaxes(orthanc: orthanc_mod.Orthanc) -> tuple[set[str], Counter]:
     """SOP Instance UIDs Orthanc holds, and how many it stored in each transfer syntax."""
-    sops, syntaxes = set(), Counter()
-    for instance in orthanc.get("/instances?expand"):
-        sops.add(instance["MainDicomTags"]["SOPInstanceUID"])
-        meta = orthanc.get(f"/instances/{instance['ID']}/metadata?expand")
+    instances, syntaxes = _stored_instances(orthanc), Counter()
+    for identifier in instances.values():
+        meta = orthanc.get(f"/instances/{identifier}/metadata?expand")
         syntaxes[meta.get("TransferSyntax")] += 1
-    return sops, syntaxes
+    return set(instances), syntaxes
 
 
 @pytest.mark.parametrize("transport", ["HTTP", "storescu"])
@@ -548,6 +590,18 @@ SUSTAINED_DIR = Path(
 SHARE_TARGETS = {"corpus": 0.65, "sustained": 0.8}  # with 2 workers
 TARGET_VS_ORTHANC_18 = 3.0
 CEILING_BARRIER_S = 600.0  # bound on the wait for the other ceiling processes
+#: Pixel bytes a ceiling process decodes before encoding them: its memory stays bounded on
+#: a 10 GB sustained set.
+CEILING_CHUNK_BYTES = 256 << 20
+#: Bounds on the share rows' run time: each ingest is killed (and fails) after
+#: PACS_ENGINE_BENCH_TIMEOUT_S; Orthanc gets PACS_ENGINE_BENCH_PEER_S seconds of sending
+#: (restarts not counted) and is measured on the files it got to.
+INGEST_TIMEOUT_S = float(os.environ.get("PACS_ENGINE_BENCH_TIMEOUT_S", "3600"))
+PEER_BUDGET_S = float(os.environ.get("PACS_ENGINE_BENCH_PEER_S", "600"))
+#: Files (spread over the set) on which DCMTK's JPEG-LS encoder, Orthanc's, is timed
+#: against the archive's.
+CODEC_SAMPLE_FILES = 24
+DCMCJPLS, DCMCONV = shutil.which("dcmcjpls"), shutil.which("dcmconv")
 
 
 @dataclass
@@ -560,7 +614,8 @@ class Share:
     ingest: dict[int, Measured] = field(default_factory=dict)
     ceiling: dict[int, Measured] = field(default_factory=dict)
     orthanc: Measured | None = None
-    bounds: dict[int, str] = field(default_factory=dict)  # where the workers' CPU went
+    codecs: str = ""  # DCMTK's JPEG-LS encoder against the archive's, per frame
+    loads: list[float] = field(default_factory=list)  # 1-minute load average before each row
 
 
 SHARES: dict[str, Share] = {}
@@ -610,13 +665,28 @@ def _wait_for_peers(folder: str, index: int, cores: int) -> None:
 def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict[str, Any]:
     """One core's share of the ceiling: decode its files (untimed), pick a codec per array
     as ingest does (on the first frame of each series and geometry, untimed), then, once
-    every process is ready, encode each frame once with it (timed, wall)."""
+    every process is ready, encode each frame once with it (timed: wall and CPU). Frames
+    are decoded and encoded CEILING_CHUNK_BYTES at a time."""
     import numpy as np
     import pydicom
 
     from pacs_engine.codecs import choose_codec
 
-    frames, codecs = [], {}
+    codecs: dict[tuple[str, tuple[int, ...], str], Any] = {}
+    totals = {"seconds": 0.0, "cpu": 0.0, "raw": 0, "stored": 0}
+    frames: list[tuple[Any, Any]] = []
+
+    def encode() -> None:
+        if not totals["raw"]:  # the first chunk: start with the other processes
+            _wait_for_peers(folder, index, cores)
+        started, cpu = time.perf_counter(), time.process_time()
+        totals["stored"] += sum(len(codec.encode_frame(frame)) for codec, frame in frames)
+        totals["seconds"] += time.perf_counter() - started
+        totals["cpu"] += time.process_time() - cpu
+        totals["raw"] += sum(f.nbytes for _, f in frames)
+        frames.clear()
+
+    pending = 0
     for path in paths:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -629,11 +699,13 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
             if key not in codecs:
                 codecs[key] = choose_codec(frame)
             frames.append((codecs[key], frame))
-    _wait_for_peers(folder, index, cores)
-    started = time.perf_counter()
-    stored = sum(len(codec.encode_frame(frame)) for codec, frame in frames)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "raw": sum(f.nbytes for _, f in frames), "stored": stored}
+            pending += frame.nbytes
+        if pending >= CEILING_CHUNK_BYTES:
+            encode()
+            pending = 0
+    if frames or not totals["raw"]:
+        encode()
+    return totals
 
 
 def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> Measured:
@@ -660,9 +732,12 @@ def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> Measured:
     raw = sum(r["raw"] for r in results)
     measured = Measured(f"codec ceiling ({cores} core{'s' if cores > 1 else ''})")
     measured.seconds = max(r["seconds"] for r in results)
+    measured.cpu_seconds = sum(r["cpu"] for r in results)
     measured.files, measured.raw_bytes = len(fs), raw
     measured.ratio = raw / sum(r["stored"] for r in results)
-    measured.note = "per process encode s: " + ", ".join(f"{r['seconds']:.2f}" for r in results)
+    measured.note = "per process encode wall/CPU s: " + ", ".join(
+        f"{r['seconds']:.2f}/{r['cpu']:.2f}" for r in results
+    )
     return measured
 
 
@@ -693,20 +768,125 @@ def _stage_bound(report: dict[str, Any]) -> str:
 
 
 def _ingest_wall(fs: IngestSet, workers: int, scratch: Path, sources: list[str]) -> Measured:
-    """`pacs-engine ingest` as a subprocess, wall time with its start-up; its report."""
+    """`pacs-engine ingest` as a subprocess, wall time with its start-up; its report. The
+    archive is removed afterwards (the scratch folder's removal covers a failure)."""
     archive = scratch / f"archive-{workers}"
     cmd = [str(PACS_ENGINE), "ingest", *sources, "--archive", str(archive), "--no-progress"]
     cmd += ["--workers", str(workers)]
-    done = run_measured(cmd, scratch)
-    assert done.code == 0, done.stderr.read_text()[-2000:]
-    (report_path,) = (archive / "reports").glob("ingest-*.json")
-    report = json.loads(report_path.read_text())
+    try:
+        done = run_measured(cmd, scratch, timeout=INGEST_TIMEOUT_S)
+        assert done.code == 0, (
+            f"exit {done.code} (killed after {INGEST_TIMEOUT_S:.0f} s?)"
+            f" {done.stderr.read_text()[-2000:]}"
+        )
+        (report_path,) = (archive / "reports").glob("ingest-*.json")
+        report = json.loads(report_path.read_text())
+    finally:
+        shutil.rmtree(archive, ignore_errors=True)
     assert report["inputs"] == len(fs) and report["balanced"]
     measured = Measured(f"pacs-engine {workers} worker(s)", done.seconds, len(fs), fs.total_raw)
     measured.ratio = report["ratio"]
+    measured.cpu_seconds = done.cpu_seconds
     measured.note = _stage_bound(report)
-    shutil.rmtree(archive)
     return measured
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's children that it has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_cpu(cmd: list[str]) -> tuple[int, float]:
+    """Run `cmd` (bounded to 120 s); its exit code and its own CPU seconds (wait4)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    timer = threading.Timer(120.0, proc.kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def dcmtk_against_archive_codec(paths: list[str], scratch: Path) -> str:
+    """Per frame CPU and ratio of DCMTK's JPEG-LS encoder (the one Orthanc's ingest
+    transcoding runs) against the archive's, on CODEC_SAMPLE_FILES files spread over the set.
+
+    DCMTK's: `dcmcjpls IN OUT` less `dcmconv +te IN OUT` (the same read, parse and write,
+    no encode), CPU of each process (wait4), on the files dcmcjpls encodes. The archive's:
+    `JpegLsCodec().encode_frame` on the frames pydicom decodes from the same files (CPU).
+    """
+    import numpy as np
+    import pydicom
+
+    from pacs_engine.codecs.jpegls import JpegLsCodec
+
+    if DCMCJPLS is None or DCMCONV is None:
+        return "DCMTK's dcmcjpls/dcmconv not installed (apt-get install dcmtk)"
+    sample = paths[:: max(1, len(paths) // CODEC_SAMPLE_FILES)][:CODEC_SAMPLE_FILES]
+    codec = JpegLsCodec()
+    out = scratch / "dcmtk.dcm"
+    dcmtk_cpu = ours_cpu = 0.0
+    raw = dcmtk_bytes = ours_bytes = frames = 0
+    failed = []
+    for path in sample:
+        code, encoding = _run_cpu([DCMCJPLS, path, str(out)])
+        if code != 0:
+            failed.append(f"{Path(path).name} (exit {code})")
+            continue
+        encapsulated = pydicom.dcmread(out).PixelData
+        _, copying = _run_cpu([DCMCONV, "+te", path, str(out)])
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        stack = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
+        started = time.process_time()
+        for frame in stack:
+            ours_bytes += len(codec.encode_frame(np.ascontiguousarray(frame)))
+        ours_cpu += time.process_time() - started
+        dcmtk_cpu += encoding - copying
+        dcmtk_bytes += len(encapsulated)
+        raw += pixels.nbytes
+        frames += len(stack)
+    out.unlink(missing_ok=True)
+    if not frames:
+        return f"dcmcjpls encoded none of {len(sample)} files: {', '.join(failed[:3])}"
+    return (
+        f"JPEG-LS per frame on {frames} frames of {len(sample)} files: DCMTK (Orthanc's)"
+        f" {dcmtk_cpu / frames * 1e3:.1f} ms CPU, ratio {raw / dcmtk_bytes:.3f}; the archive's"
+        f" {ours_cpu / frames * 1e3:.1f} ms CPU, ratio {raw / ours_bytes:.3f}"
+        + (f"; dcmcjpls failed on {len(failed)}: {', '.join(failed[:3])}" if failed else "")
+    )
+
+
+def orthanc_share_row(fs: IngestSet) -> Measured:
+    """Orthanc HTTP with JPEG-LS ingest transcoding on the set's files, for PEER_BUDGET_S s
+    of sending at most: MB/s and ratio of the files it stored (those it crashed on count
+    in neither, as in test_orthanc), and its CPU seconds (all threads) while it received
+    them: the cores it used."""
+    with orthanc_mod.running_orthanc(JPEG_LS_LOSSLESS) as orthanc:
+        read_whole(fs.paths)
+        sent = send_http(orthanc, fs.paths, PEER_BUDGET_S)
+        sops = set(_stored_instances(orthanc))
+        stored = orthanc.storage_bytes()
+        log = orthanc.log.read_text(errors="replace")
+    asserts = sorted(set(re.findall(r"^Orthanc: .*Assertion.*$", log, re.MULTILINE)))
+    crashed = set(sent.crashed_paths)
+    kept = [p for p in fs.paths[: sent.attempted] if p not in crashed]
+    raw_by_sop = fs.raw_by_sop()
+    peer = Measured("Orthanc HTTP, JPEG-LS", sent.seconds, len(kept))
+    peer.raw_bytes = sum(fs.raw_bytes[p] for p in kept)
+    peer.ratio = sum(raw_by_sop.get(s, 0) for s in sops) / stored if stored else None
+    peer.cpu_seconds = sent.cpu_seconds
+    crashes = f" ({', '.join(sent.crashes[:2])}, ...; {asserts[:1]})" if sent.crashes else ""
+    peer.note = (
+        f"{len(sops)} instances kept of {sent.attempted} sent"
+        f"{' (time budget reached)' if sent.attempted < len(fs) else ''},"
+        f" {len(sent.crashes)} crashes{crashes}; Orthanc CPU {sent.cpu_seconds:.1f} s over"
+        f" {sent.seconds:.1f} s sending ({sent.cpu_seconds / max(sent.seconds, 1e-9):.2f} cores)"
+    )
+    return peer
 
 
 @pytest.mark.parametrize("which", ["corpus", "sustained"])
@@ -725,19 +905,15 @@ def test_share_of_ceiling(which: str, scratch: Path) -> None:
     share = SHARES[which] = Share(fs.label, len(fs), fs.total_raw)
     for workers in (1, 2):
         read_whole(fs.paths)
+        share.loads.append(os.getloadavg()[0])
         share.ingest[workers] = _ingest_wall(fs, workers, scratch, sources)
+        share.loads.append(os.getloadavg()[0])
         share.ceiling[workers] = parallel_ceiling(fs, workers, scratch)
+    share.codecs = dcmtk_against_archive_codec(fs.paths, scratch)
     if orthanc_mod.installed():
-        with orthanc_mod.running_orthanc(JPEG_LS_LOSSLESS) as orthanc:
-            read_whole(fs.paths)
-            sent = send_http(orthanc, fs.paths)
-            sops, _ = _stored_syntaxes(orthanc)
-            stored = orthanc.storage_bytes()
-        raw_by_sop = fs.raw_by_sop()
-        peer = Measured("Orthanc HTTP, JPEG-LS", sent.seconds, len(fs), fs.total_raw)
-        peer.ratio = sum(raw_by_sop.get(s, 0) for s in sops) / stored
-        peer.note = f"{len(sops)} instances kept, {len(sent.crashes)} crashes"
-        share.orthanc = peer
+        share.loads.append(os.getloadavg()[0])
+        share.orthanc = orthanc_share_row(fs)
+    share.loads.append(os.getloadavg()[0])
 
 
 def share_lines() -> list[str]:
@@ -745,8 +921,10 @@ def share_lines() -> list[str]:
     out = []
     for which, share in SHARES.items():
         target = SHARE_TARGETS[which]
+        loads = ", ".join(f"{load:.1f}" for load in share.loads)
         out.append(
             f"{which}: {share.label}: {share.files} files, {share.raw_bytes / 1e6:.1f} MB pixels"
+            f" (1-minute load average before each row: {loads})"
         )
         for workers, ours in share.ingest.items():
             ceiling = share.ceiling[workers]
@@ -759,17 +937,26 @@ def share_lines() -> list[str]:
                 f" {_fmt(ceiling.ratio, '.3f')}; {ceiling.note}): {_fmt(of, '.2f')} of it"
                 f" (target >= {target} with 2: {verdict})"
             )
+            by_cpu = _quotient(ceiling.cpu_seconds, ours.cpu_seconds)
+            out.append(
+                f"    CPU: ingest {_fmt(ours.cpu_seconds, '.1f')} s (every process), ceiling"
+                f" {_fmt(ceiling.cpu_seconds, '.1f')} s: the codec's share {_fmt(by_cpu, '.2f')}"
+            )
             out.append(f"    bound: {ours.note}")
+        out.append(f"  codecs: {share.codecs}")
         peer = share.orthanc
         two = share.ingest.get(2)
         if peer is not None and two is not None:
             x = _quotient(two.mb_per_s, peer.mb_per_s)
             ratio_ok = two.ratio is not None and peer.ratio is not None and two.ratio >= peer.ratio
             verdict = _check(x, TARGET_VS_ORTHANC_18) if ratio_ok else "MISSES (ratio)"
+            ours_per_cpu = _quotient(two.raw_bytes, two.cpu_seconds)
+            per_cpu = _quotient(ours_per_cpu, _quotient(peer.raw_bytes, peer.cpu_seconds))
             out.append(
                 f"  vs Orthanc HTTP JPEG-LS ({_fmt(peer.mb_per_s, '.1f')} MB/s, ratio"
                 f" {_fmt(peer.ratio, '.3f')}, {peer.note}): 2 workers {_fmt(x, '.2f')}x"
-                f" (target >= {TARGET_VS_ORTHANC_18}x at an equal or better ratio: {verdict})"
+                f" (target >= {TARGET_VS_ORTHANC_18}x at an equal or better ratio: {verdict});"
+                f" per CPU second {_fmt(per_cpu, '.2f')}x"
             )
     return out
 

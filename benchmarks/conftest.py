@@ -12,11 +12,13 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import mmap
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -36,6 +38,7 @@ from pacs_engine.synth import write_studies
 PACS_ENGINE = Path(sys.executable).parent / "pacs-engine"
 #: How often the process-tree RSS of a measured command is sampled.
 RSS_SAMPLE_S = 0.05
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("PACS_ENGINE_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -434,17 +437,32 @@ def corpus_inputs(modalities: set[str], *, lossless: bool = False) -> list[str]:
 # --- process trees: wall time and peak RSS (ingest benchmarks) ---------------------
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """Sum of VmRSS over `pid` and its descendants (processes gone meanwhile count 0)."""
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of the process so far (all its threads); None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime: the 14th and 15th fields, the 12th and 13th after "pid (comm)".
+    return (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
+
+
+def _tree_rss_kib(pid: int, cpu: dict[int, float]) -> int:
+    """Sum of VmRSS over `pid` and its descendants (processes gone meanwhile count 0); each
+    one's own CPU seconds so far (user + system) are put in `cpu` by process id."""
     total, todo = 0, [pid]
     while todo:
-        proc = Path(f"/proc/{todo.pop()}")
+        child = todo.pop()
+        proc = Path(f"/proc/{child}")
+        seconds = process_cpu_seconds(child)
         try:
             status = (proc / "status").read_text()
             for task in (proc / "task").iterdir():
                 todo.extend(int(c) for c in (task / "children").read_text().split())
         except OSError:
             continue
+        if seconds is not None:
+            cpu[child] = seconds
         match = re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE)
         total += int(match.group(1)) if match else 0
     return total
@@ -460,20 +478,25 @@ class Finished:
     largest_kib: int  # wait4: the largest single process of the tree (exact)
     stdout: Path
     stderr: Path
+    cpu_seconds: float = 0.0  # user + system of every process of the tree, sampled
 
 
-def run_measured(cmd: list[str], out: Path) -> Finished:
-    """Run `cmd`, timing it and sampling its process tree's RSS every RSS_SAMPLE_S."""
+def run_measured(cmd: list[str], out: Path, timeout: float | None = None) -> Finished:
+    """Run `cmd`, timing it and sampling its process tree's RSS every RSS_SAMPLE_S; after
+    `timeout` seconds its process group is killed (and the exit code says so)."""
     stdout, stderr = out / "stdout.txt", out / "stderr.txt"
     with stdout.open("wb") as so, stderr.open("wb") as se:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=so, stderr=se, start_new_session=True)
-    peak, done = 0, threading.Event()
+    peak, done, cpu = 0, threading.Event(), dict[int, float]()
 
     def sample() -> None:
         nonlocal peak
         while not done.wait(RSS_SAMPLE_S):
-            peak = max(peak, _tree_rss_kib(proc.pid))
+            peak = max(peak, _tree_rss_kib(proc.pid, cpu))
+            if timeout is not None and time.perf_counter() - started > timeout:
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -488,7 +511,9 @@ def run_measured(cmd: list[str], out: Path) -> Finished:
         if proc.returncode is None:  # interrupted: take the whole tree down
             os.killpg(proc.pid, 9)
             proc.wait()
-    return Finished(proc.returncode, seconds, peak, usage.ru_maxrss, stdout, stderr)
+    # Each process's last sample: up to RSS_SAMPLE_S before its end is missed.
+    finished = (proc.returncode, seconds, peak, usage.ru_maxrss, stdout, stderr)
+    return Finished(*finished, sum(cpu.values()))
 
 
 # --- a large archive of small synthetic instances (catch-up and verify benchmarks) --

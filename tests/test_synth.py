@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,14 @@ import pytest
 from conftest import run_cli
 
 from pacs_engine import scan
-from pacs_engine.synth import SYNTAXES, slice_normal, write_studies
+from pacs_engine.synth import (
+    HU_MIN,
+    SYNTAXES,
+    TEMPLATED_SYNTAXES,
+    _NoiseBank,
+    slice_normal,
+    write_studies,
+)
 
 SIZE = 64
 SLICES = 4
@@ -76,6 +85,80 @@ def test_mr_is_unsigned_with_rician_noise(datasets: list[pydicom.Dataset]) -> No
         background = pixels[pixels < 100]
         assert background.size and background.mean() > 5  # Rician floor, not zero
         assert pixels.max() > 300
+
+
+def test_ct_is_padded_outside_its_reconstruction_field(datasets: list[pydicom.Dataset]) -> None:
+    """Like a scanner: one value (HU_MIN) outside the circle, noise and anatomy inside."""
+    ct = [ds for ds in datasets if ds.Modality == "CT"]
+    rows, columns = ct[0].pixel_array.shape
+    i, j = np.ogrid[:rows, :columns]
+    distance = np.hypot(i - (rows - 1) / 2, j - (columns - 1) / 2)
+    for ds in ct:
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        assert set(np.unique(hu[distance > max(rows, columns) / 2])) == {HU_MIN}
+        assert np.unique(hu[distance < max(rows, columns) / 2 - 1]).size > 100
+
+
+def _max_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest normalised circular cross-correlation of two flat arrays, over all shifts."""
+    a, b = a - a.mean(), b - b.mean()
+    cross = np.fft.irfft(np.fft.rfft(a) * np.fft.rfft(b).conj(), len(a))
+    return float(np.abs(cross).max() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_every_slice_draws_its_own_noise() -> None:
+    """The per-series noise bank gives each slice unit-variance noise, correlated with its
+    neighbour pixel as a reconstruction kernel leaves it, and no shift of one slice's noise
+    is another's (half of it at most: the two windows are drawn from one bank)."""
+    rows, columns = 64, 80
+    bank = _NoiseBank(rows, columns, np.random.default_rng(1))
+    draws = [bank.draw(np.random.default_rng([1, k])) for k in range(8)]
+    for noise in draws:
+        assert noise.shape == (rows * columns,)
+        assert abs(float(noise.mean())) < 0.1 and float(noise.std()) == pytest.approx(1, abs=0.1)
+        image = noise.reshape(rows, columns)
+        along_rows = np.corrcoef(image[:, :-1].ravel(), image[:, 1:].ravel())[0, 1]
+        assert along_rows == pytest.approx(0.5, abs=0.1)
+        assert _max_correlation(noise, np.roll(noise, 777)) == pytest.approx(1.0)
+    for i, first in enumerate(draws):
+        for second in draws[i + 1 :]:
+            assert _max_correlation(first, second) < 0.7
+
+
+def test_native_files_are_the_bytes_pydicom_writes(
+    written: list[Path], datasets: list[pydicom.Dataset]
+) -> None:
+    """Files in a native syntax are written from per-series header bytes: pydicom, reading
+    one and writing it again, writes the same bytes."""
+    native = {SYNTAXES[name][0] for name in TEMPLATED_SYNTAXES}
+    checked = 0
+    for path, ds in zip(written, datasets, strict=True):
+        if ds.file_meta.TransferSyntaxUID not in native:
+            continue
+        again = io.BytesIO()
+        ds.save_as(again, enforce_file_format=True)
+        assert again.getvalue() == path.read_bytes(), path.name
+        checked += 1
+    assert checked == 2 * 2 * SLICES  # two native series per study
+
+
+def test_one_file_of_every_syntax_passes_dciodvfy(
+    written: list[Path], datasets: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    """dciodvfy (dicom3tools) finds no error; it cannot read deflate, so that file is
+    inflated by dcmconv (dcmtk) first."""
+    first: dict[str, Path] = {}
+    for path, ds in zip(written, datasets, strict=True):
+        first.setdefault(ds.file_meta.TransferSyntaxUID, path)
+    assert len(first) == len(SYNTAXES)
+    for syntax, path in first.items():
+        if syntax == SYNTAXES["deflate"][0]:
+            inflated = tmp_path / "inflated.dcm"
+            subprocess.run(["dcmconv", "+te", str(path), str(inflated)], check=True)
+            path = inflated
+        run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if "Error" in line]
+        assert errors == [], (syntax, errors)
 
 
 def test_geometry(datasets: list[pydicom.Dataset]) -> None:

@@ -6,11 +6,25 @@ images change from slice to slice. CT is in Hounsfield units stored as signed 16
 integers with Gaussian noise; MR is unsigned 16-bit with Rician noise. Everything,
 UIDs included, follows from the seed: the same arguments write byte-identical files.
 Series are written one slice at a time, so memory does not grow with the slice count.
+
+CT is padded with one value outside its circular reconstruction field, as scanners do.
+
+Written fast enough for sustained-ingest sets of tens of thousands of 512 x 512 files:
+the phantom is evaluated every PHANTOM_STEP pixels and interpolated (it is smooth at that
+scale: edges EDGE_MM wide, textures of centimetres); each slice's noise is the sum of two
+windows, at seeded offsets, of a noise bank drawn once per series (Gaussian, correlated
+over about a pixel as a reconstruction kernel leaves it, and different in every slice);
+files in a native syntax are written from header bytes encoded once per series with only
+the per-slice elements encoded per file, the same bytes pydicom writes for the slice's
+Dataset. (Before, every pixel of every slice was evaluated and drawn: other pixel values
+for the same seed, about 4x the time.)
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import math
 import os
 import threading
 import uuid
@@ -20,8 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.pixels import get_encoder
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -81,6 +99,18 @@ EDGE_MM = 3.0
 TEXTURE_AMPLITUDE = {"CT": 8.0, "MR": 40.0}
 #: Length scales (mm) of the texture: sin(x/a + z/b) * cos(y/c - z/d).
 TEXTURE_WAVELENGTHS_MM = ((9.0, 13.0), (7.0, 17.0))
+#: The phantom is evaluated every PHANTOM_STEP pixels along rows and columns and
+#: interpolated bilinearly: 16x fewer evaluations; the grid (3.1 mm at 512 x 512 CT) is
+#: about EDGE_MM, so edges stay about as smooth as evaluated at every pixel.
+PHANTOM_STEP = 4
+#: Attributes that differ between the slices of a series (everything else follows from
+#: the study and the series plan).
+PER_SLICE = ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "SliceLocation")
+#: The native syntaxes, written from per-series header bytes (`_NativeSeriesWriter`).
+TEMPLATED_SYNTAXES = ("explicit", "implicit")
+DICOM_PREAMBLE = b"\x00" * 128 + b"DICM"
+GROUP_LENGTH_TAG = Tag("FileMetaInformationGroupLength")
+PIXEL_DATA_TAG = Tag("PixelData")
 FIRST_STUDY_DATE = datetime.date(2020, 1, 1)
 STUDY_DATE_SPAN_DAYS = 5 * 365
 #: A progress callback: called with each file written and its size in bytes.
@@ -219,18 +249,25 @@ def _plan_series(
 
 
 class _Phantom:
-    """Evaluates the phantom on the pixels of one series, one slice at a time."""
+    """Evaluates the phantom on the pixels of one series, one slice at a time.
+
+    The phantom is evaluated on a grid of every PHANTOM_STEP-th pixel (one more row and
+    column past the image's end) and interpolated bilinearly to every pixel.
+    """
 
     def __init__(self, plan: SeriesPlan) -> None:
         row = np.asarray(plan.orientation[:3], np.float32)
         column = np.asarray(plan.orientation[3:], np.float32)
-        i = np.arange(plan.rows, dtype=np.float32) * np.float32(plan.spacing)
-        j = np.arange(plan.columns, dtype=np.float32) * np.float32(plan.spacing)
-        # Offsets (mm) from the slice position, per patient axis: of every pixel, and the
-        # parts due to the row index and to the column index.
+        step = np.float32(plan.spacing * PHANTOM_STEP)
+        i = np.arange(math.ceil(plan.rows / PHANTOM_STEP) + 1, dtype=np.float32) * step
+        j = np.arange(math.ceil(plan.columns / PHANTOM_STEP) + 1, dtype=np.float32) * step
+        # Offsets (mm) from the slice position, per patient axis: of every grid point, and
+        # the parts due to the row index and to the column index.
         self.by_row = [column[a] * i for a in range(3)]
         self.by_column = [row[a] * j for a in range(3)]
         self.offsets = [self.by_row[a][:, None] + self.by_column[a][None, :] for a in range(3)]
+        # Bilinear weights of the pixels between two grid points.
+        self.fractions = np.arange(PHANTOM_STEP, dtype=np.float32) / np.float32(PHANTOM_STEP)
         self.plan = plan
         if plan.modality == "CT":
             self.values = [r.hu for r in PHANTOM]
@@ -255,8 +292,8 @@ class _Phantom:
         (i,), (j,) = np.nonzero(rows), np.nonzero(columns)
         return slice(i[0], i[-1] + 1), slice(j[0], j[-1] + 1)
 
-    def slice(self, position: np.ndarray) -> np.ndarray:
-        """The noiseless image (float32) of the slice at this position."""
+    def _grid(self, position: np.ndarray) -> np.ndarray:
+        """The noiseless image (float32) of the slice at this position, on the grid."""
         x, y, z = (self.offsets[a] + np.float32(position[a]) for a in range(3))
         image = np.full(x.shape, self.background, np.float32)
         for region, value in zip(PHANTOM, self.values, strict=True):
@@ -274,17 +311,70 @@ class _Phantom:
         image += inside * texture * np.float32(TEXTURE_AMPLITUDE[self.plan.modality])
         return image
 
+    def slice(self, position: np.ndarray) -> np.ndarray:
+        """The noiseless image (float32, rows x columns) of the slice at this position."""
+        grid = self._grid(position)
+        t = self.fractions
+        # Along the columns on the small grid, then along the rows: one full-size pass.
+        left, right = grid[:, :-1, None], grid[:, 1:, None]
+        wide = (left + (right - left) * t).reshape(len(grid), -1)
+        top, bottom = wide[:-1, None, :], wide[1:, None, :]
+        full = (top + (bottom - top) * t[:, None]).reshape(-1, wide.shape[1])
+        return full[: self.plan.rows, : self.plan.columns]
 
-def _pixels(plan: SeriesPlan, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stored pixel values: noise added, rescaled and clipped to BitsStored."""
+
+class _NoiseBank:
+    """Unit-variance Gaussian noise for every slice of a series, from one bank per series.
+
+    The bank (3 x pixels values) is white noise summed over 2 x 2 neighbourhoods: noise
+    correlated over about a pixel, as a reconstruction kernel leaves it in real images. A
+    slice's noise is the sum of two windows of the bank at seeded offsets (the first in
+    [0, pixels), the second in [pixels, 2 x pixels): never the same window twice), so each
+    slice's noise differs from every other's, for one addition instead of drawing every
+    value.
+    """
+
+    def __init__(self, rows: int, columns: int, rng: np.random.Generator) -> None:
+        self.pixels = rows * columns
+        white = rng.standard_normal(3 * self.pixels + columns + 1, np.float32)
+        below = columns  # the next row of a window
+        bank = white[: -below - 1] + white[1:-below] + white[below:-1] + white[below + 1 :]
+        # Each window: the 2 x 2 sum has variance 4, the sum of two windows twice that.
+        self.bank = bank * np.float32(math.sqrt(1 / 8))
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One slice's noise (float32, flat), at offsets drawn from `rng`."""
+        first, second = rng.integers(self.pixels), self.pixels + rng.integers(self.pixels)
+        return self.bank[first : first + self.pixels] + self.bank[second : second + self.pixels]
+
+
+@functools.cache
+def _outside_reconstruction(rows: int, columns: int) -> np.ndarray:
+    """The pixels outside a CT scanner's circular reconstruction field (across the larger
+    dimension), which it pads with one value (here the lowest, HU_MIN); read-only."""
+    radius = max(rows, columns) / 2
+    i = (np.arange(rows) - (rows - 1) / 2)[:, None]
+    j = (np.arange(columns) - (columns - 1) / 2)[None, :]
+    outside = np.asarray(i**2 + j**2 > radius**2)
+    outside.flags.writeable = False  # shared by every slice of that size
+    return outside
+
+
+def _pixels(
+    plan: SeriesPlan, clean: np.ndarray, noise: _NoiseBank, rng: np.random.Generator
+) -> np.ndarray:
+    """Stored pixel values: noise added, rescaled and clipped to BitsStored; CT padded
+    outside its reconstruction field."""
+    shape = clean.shape
     if plan.modality == "CT":
-        hu = clean + rng.standard_normal(clean.shape, np.float32) * np.float32(CT_NOISE_HU)
+        hu = clean + noise.draw(rng).reshape(shape) * np.float32(CT_NOISE_HU)
         stored = np.rint(hu) - CT_INTERCEPT[plan.bits_stored]
         low = HU_MIN - CT_INTERCEPT[plan.bits_stored]
         high = 2 ** (plan.bits_stored - 1) - 1
+        np.copyto(stored, low, where=_outside_reconstruction(*shape))
         return np.clip(stored, low, high).astype(np.int16)
-    real = clean + rng.standard_normal(clean.shape, np.float32) * np.float32(MR_NOISE)
-    imaginary = rng.standard_normal(clean.shape, np.float32) * np.float32(MR_NOISE)
+    real = clean + noise.draw(rng).reshape(shape) * np.float32(MR_NOISE)
+    imaginary = noise.draw(rng).reshape(shape) * np.float32(MR_NOISE)
     magnitude = np.hypot(real, imaginary)  # Rician
     return np.clip(np.rint(magnitude), 0, 2**plan.bits_stored - 1).astype(np.uint16)
 
@@ -315,10 +405,20 @@ def _study_attributes(seed: int, study: int, rng: np.random.Generator) -> dict[s
     }
 
 
+def _slice_attributes(plan: SeriesPlan, sop_uid: UID, k: int) -> dict[str, object]:
+    """The PER_SLICE attributes of slice `k`."""
+    position = plan.first_position + plan.normal * plan.thickness * k
+    return {
+        "SOPInstanceUID": sop_uid,
+        "InstanceNumber": k + 1,
+        "ImagePositionPatient": [round(float(v), 4) for v in position],
+        "SliceLocation": round(float(np.dot(position, plan.normal)), 4),
+    }
+
+
 def _dataset(
     plan: SeriesPlan, study: dict[str, object], series_uid: UID, sop_uid: UID, k: int
 ) -> Dataset:
-    position = plan.first_position + plan.normal * plan.thickness * k
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SOP_CLASSES[plan.modality]
@@ -327,7 +427,6 @@ def _dataset(
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if plan.modality == "CT" else "OTHER"]
     ds.SOPClassUID = SOP_CLASSES[plan.modality]
-    ds.SOPInstanceUID = sop_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = study["StudyDate"]
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = study["StudyTime"]
     ds.Modality = plan.modality
@@ -338,13 +437,10 @@ def _dataset(
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = plan.number
     ds.AcquisitionNumber = 1
-    ds.InstanceNumber = k + 1
     ds.PatientPosition = "HFS"
-    ds.ImagePositionPatient = [round(float(v), 4) for v in position]
     ds.ImageOrientationPatient = [round(v, 6) for v in plan.orientation]
     ds.SliceThickness = plan.thickness
     ds.SpacingBetweenSlices = plan.thickness
-    ds.SliceLocation = round(float(np.dot(position, plan.normal)), 4)
     ds.PositionReferenceIndicator = ""
     ds.PixelSpacing = [round(plan.spacing, 6), round(plan.spacing, 6)]
     ds.SamplesPerPixel = 1
@@ -375,6 +471,8 @@ def _dataset(
         ds.EchoTrainLength = 1 if plan.contrast == "T1" else 16
         ds.WindowCenter = 600
         ds.WindowWidth = 1200
+    for keyword, value in _slice_attributes(plan, sop_uid, k).items():
+        setattr(ds, keyword, value)
     return ds
 
 
@@ -386,6 +484,59 @@ def _write(ds: Dataset, pixels: np.ndarray, syntax: str, path: Path) -> int:
         ds.compress(uid, pixels, encoding_plugin=plugin, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
     return path.stat().st_size
+
+
+def _encoded(elements: Sequence[DataElement], implicit: bool) -> bytes:
+    """`elements` as pydicom writes them, little endian, in implicit or explicit VR."""
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, implicit
+    for element in elements:
+        write_data_element(out, element)
+    return out.getvalue()
+
+
+class _NativeSeriesWriter:
+    """Writes the files of one series in a native syntax: the bytes pydicom writes for each
+    slice's Dataset (`_write`), with everything but the PER_SLICE elements (and the file
+    meta's SOP Instance UID and group length) encoded once per series."""
+
+    def __init__(self, first: Dataset, pixel_bytes: int) -> None:
+        meta = FileMetaDataset(first.file_meta)
+        validate_file_meta(meta, enforce_standard=True)  # what save_as adds
+        self.implicit = first.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        sop_tag = meta["MediaStorageSOPInstanceUID"].tag
+        rest = [e for e in meta if e.tag not in (sop_tag, GROUP_LENGTH_TAG)]
+        self.meta_before = _encoded([e for e in rest if e.tag < sop_tag], implicit=False)
+        self.meta_after = _encoded([e for e in rest if e.tag > sop_tag], implicit=False)
+        self.sop_tag = sop_tag
+        # The data set: runs of elements that are the same for every slice, between the
+        # PER_SLICE ones; the last run ends with the Pixel Data element's header.
+        self.per_slice = sorted(first[keyword].tag for keyword in PER_SLICE)
+        runs: list[list[DataElement]] = [[]]
+        for element in first:  # in tag order, as written
+            if element.tag in self.per_slice:
+                runs.append([])
+            else:
+                runs[-1].append(element)
+        runs[-1].append(DataElement(PIXEL_DATA_TAG, "OW", b"\0" * pixel_bytes))
+        self.runs = [_encoded(run, self.implicit) for run in runs]
+        self.runs[-1] = self.runs[-1][:-pixel_bytes]
+
+    def write(self, attributes: dict[str, object], pixels: np.ndarray, path: Path) -> int:
+        """Write one slice (its PER_SLICE `attributes` and pixels) to `path`; its size."""
+        slice_ds = Dataset()
+        for keyword, value in attributes.items():
+            setattr(slice_ds, keyword, value)
+        sop = _encoded([DataElement(self.sop_tag, "UI", attributes["SOPInstanceUID"])], False)
+        meta = self.meta_before + sop + self.meta_after
+        group_length = _encoded([DataElement(GROUP_LENGTH_TAG, "UL", len(meta))], implicit=False)
+        parts = [DICOM_PREAMBLE, group_length, meta, self.runs[0]]
+        for tag, run in zip(self.per_slice, self.runs[1:], strict=True):
+            parts += [_encoded([slice_ds[tag]], self.implicit), run]
+        parts.append(pixels.tobytes())
+        with open(path, "wb") as out:
+            out.writelines(parts)
+        return sum(map(len, parts))
 
 
 def write_series(
@@ -410,14 +561,21 @@ def write_series(
     folder = Path(out) / str(attributes["StudyInstanceUID"]) / series_uid
     folder.mkdir(parents=True, exist_ok=True)
     phantom = _Phantom(plan)
+    noise = _NoiseBank(rows, columns, np.random.default_rng([seed, study, series, 1]))
+    native: _NativeSeriesWriter | None = None
     written = []
     for k in range(slices):
         sop_uid = _uid(seed, "instance", study, series, k)
-        ds = _dataset(plan, attributes, series_uid, sop_uid, k)
         clean = phantom.slice(plan.first_position + plan.normal * plan.thickness * k)
-        noise_rng = np.random.default_rng([seed, study, series, k, 1])
+        pixels = _pixels(plan, clean, noise, np.random.default_rng([seed, study, series, k, 1]))
         path = folder / f"{sop_uid}.dcm"
-        size = _write(ds, _pixels(plan, clean, noise_rng), syntax, path)
+        if syntax not in TEMPLATED_SYNTAXES:
+            size = _write(_dataset(plan, attributes, series_uid, sop_uid, k), pixels, syntax, path)
+        else:
+            if native is None:
+                first = _dataset(plan, attributes, series_uid, sop_uid, k)
+                native = _NativeSeriesWriter(first, pixels.nbytes)
+            size = native.write(_slice_attributes(plan, sop_uid, k), pixels, path)
         written.append(path)
         if progress is not None:
             progress(path, size)
