@@ -2,7 +2,7 @@
 
 ```
 inputs ──► scan_task (batches, workers) ──► journal: plan entries / outcomes
-journal plan, series by series ──► parts ──► encode_task (workers) ──► commit (here)
+journal plan, series by series ──► parts (small ones batched) ──► encode_batch ──► commit (here)
 ```
 
 Only this process writes the index: the rows of all parts of a series and its
@@ -19,7 +19,6 @@ is back, and its transaction is fed from there part by part.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import pickle
@@ -377,13 +376,15 @@ class _Run:
         """Encode the planned inputs series by series, committing parts as they finish."""
         left = self._planned_left(run)
         self.total = self.report.inputs + sum(inputs for inputs, _ in left.values())
-        self.parts = CrashIsolation(
+        self.parts: CrashIsolation[tuple[Part, ...]] = CrashIsolation(
             self.executor,
-            start=lambda part: self._submit(tasks.encode_task, part, self.checks),
-            split=self._split,
+            start=lambda batch: self._submit(tasks.encode_batch, batch, self.checks),
+            split=lambda batch: [(retry,) for part in batch for retry in self._split(part)],
             handle=lambda done: self._finished(run, done),
             running=lambda: self.failure is None,
         )
+        self.batch: list[Part] = []  # small parts not sent yet, to go as one task
+        self.batch_frames = 0
         # Largest series first: the last parts out are small ones, so the workers finish
         # together rather than one ending the run alone on a large series.
         order = sorted(left, key=lambda series: (-left[series][1], series))
@@ -392,6 +393,8 @@ class _Run:
                 if self.failure is not None:
                     break
                 self._send_series(run, series)
+            if self.batch and self.failure is None:
+                self._send_batch()
             self.parts.finish()
         finally:
             for waiting in self.waiting.values():  # a series the run stopped in
@@ -407,15 +410,29 @@ class _Run:
                 waiting = self.waiting[series] = _Waiting(base, _Staged(self.root))
             part = Part(series, waiting.end, span, tuple(p.key for p in planned), run)
             waiting.end += span  # the next part starts on its own shard
-            self.parts.make_room()
-            if self.failure is not None:
-                return
             waiting.parts += 1
             waiting.out[part] = planned
-            self.parts.submit(part)
+            frames = sum(p.frames for p in planned)
+            if frames >= per_shard:  # a whole part: a task of its own
+                self._send_batch([part])
+            else:  # a small series, or the end of one: with others, about a part's frames
+                self.batch.append(part)
+                self.batch_frames += frames
+                if self.batch_frames >= per_shard:
+                    self._send_batch()
+            if self.failure is not None:
+                return
         if waiting is not None:
             waiting.cut = True
             self._commit_when_back(run, series)  # its parts may all be back already
+
+    def _send_batch(self, parts: list[Part] | None = None) -> None:
+        """Send `parts` as one task, once there is room (by default the small parts held)."""
+        if parts is None:
+            parts, self.batch, self.batch_frames = self.batch, [], 0
+        self.parts.make_room()
+        if self.failure is None:
+            self.parts.submit(tuple(parts))
 
     def _planned_left(self, run: str) -> dict[str, tuple[int, int]]:
         """Per series with planned inputs left (without an outcome): (inputs, frames) left.
@@ -433,16 +450,22 @@ class _Run:
                 left[series] = (inputs, frames)
         return left
 
-    def _finished(self, run: str, done: Finished[Part]) -> None:
-        """Take a part that ended: its result, or the quarantine of the input that kills workers."""
+    def _finished(self, run: str, done: Finished[tuple[Part, ...]]) -> None:
+        """Take parts that ended: their results, or the quarantine of the input that kills
+        workers."""
         if self.failure is not None:
             return
         if done.error is None:
-            self._take(run, done.result)
+            results, error = done.result
+            for result in results:
+                self._take(run, result)
+            if error is not None:  # the parts after it were not encoded
+                self.failure = self.failure or PartFailed(done.task[len(results)], error)
         elif done.killer:  # a file may crash a codec: it is found, the rest is kept
-            self._take(run, self._quarantined(done.task, done.error))
+            (part,) = done.task  # a retry: one part of one SOP Instance UID
+            self._take(run, self._quarantined(part, done.error))
         else:
-            self.failure = PartFailed(done.task, done.error)
+            self.failure = PartFailed(done.task[0], done.error)
 
     def _take(self, run: str, result: PartResult) -> None:
         """Keep a part's result (on disk); commit its series once all its parts are back."""
@@ -511,7 +534,15 @@ class _Run:
         fed a part at a time (`results` may be read from disk as it goes), so memory
         holds one part's rows, however large the series.
         """
-        counted = copy.deepcopy(self.report)  # the counts to go back to if nothing commits
+        # The counts to go back to if nothing commits: a copy of what `count` changes
+        # (a deep copy of the whole report, its stage times too, cost more than the commit).
+        report = self.report
+        counted = replace(
+            report,
+            not_verified=report.not_verified.copy(),
+            reasons=report.reasons.copy(),
+            not_dicom=list(report.not_dicom),
+        )
         ends: dict[str, int] = {}
         try:
             with self.archive.index.writing() as index:

@@ -140,10 +140,35 @@ def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
 
 def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
     """Encode one part of a series (see PartEncoder.encode), timing its stages."""
-    with task() as times:
-        result = _encoder(root).encode(part, checks)
-    result.worker, result.stages = os.getpid(), times
+    (result,), error = encode_batch(root, (part,), checks)
+    if error is not None:
+        raise error
     return result
+
+
+def encode_batch(
+    root: str, parts: tuple[Part, ...], checks: Checks
+) -> tuple[list[PartResult], Exception | None]:
+    """Encode parts one after the other (one task for several small series), timing each:
+    the results, and the error that stopped the batch (its other parts are not encoded).
+
+    The parts encoded before a failure (a full disk) are handed back to be committed,
+    as they would have been as tasks of their own. A codec is chosen once per kind
+    of frames among the batch's new arrays (`PartEncoder.encode`), so a batch of
+    small series does not pay a choice each.
+    """
+    encoder = _encoder(root)
+    choices: dict = {}
+    results: list[PartResult] = []
+    for part in parts:
+        try:
+            with task() as times:
+                result = encoder.encode(part, checks, choices)
+        except Exception as error:
+            return results, error
+        result.worker, result.stages = os.getpid(), times
+        results.append(result)
+    return results, None
 
 
 def release(root: str) -> None:
