@@ -6,10 +6,13 @@ Also the shortcut that lets ingest skip copying native pixels to compare them
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,11 +22,13 @@ from conftest import corpus_files, require_corpus
 from pacs_engine import Archive, ScanError
 from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
 from pacs_engine.archive.prepare import plain_layout
+from pacs_engine.archive.report import Outcome
 from pacs_engine.cli.ingest import _render_report
 from pacs_engine.codecs import choose_codec, general_purpose_codecs
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
-from pacs_engine.ingest import Progress
+from pacs_engine.executors import InlineExecutor
+from pacs_engine.ingest import Progress, encode, tasks
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
 from pacs_engine.synth import write_series
@@ -242,3 +247,118 @@ def test_the_largest_series_is_encoded_first(tmp_path: Path) -> None:
         assert archive.verify().ok
     assert report["archived"] == sum(sizes.values()) == 16
     assert archived_after_each_commit == [7, 11, 14, 16]
+
+
+class _Counting(InlineExecutor):
+    """Runs tasks in this process, noting the parts of each encode task sent."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []  # per encode task, the series of its parts
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        task, _, _, *task_args = args  # session.guarded(task, root, session, *task_args)
+        if task is tasks.encode_batch:
+            self.batches.append([part.series_uid for part in task_args[0]])
+        return super().submit(fn, *args)
+
+
+def _series(folder: Path, number: int, slices: int, modality: str = "MR", size: int = 32) -> str:
+    """Write one synthetic series; its Series Instance UID."""
+    paths = write_series(
+        folder, 5, 0, number, slices, modality=modality, syntax="explicit", rows=size, columns=size
+    )
+    return str(scan(paths[0])["SeriesInstanceUID"])
+
+
+def test_small_series_and_the_end_of_a_large_one_go_to_a_worker_in_one_task(
+    tmp_path: Path,
+) -> None:
+    # A task per series would cost each small series a round trip and the fixed
+    # costs of a task: parts of less than a shard's frames are sent together, about a
+    # shard's frames a task; whole parts still go alone.
+    large = _series(tmp_path / "in", 0, 70)  # a whole part (64 frames) and a tail of 6
+    small = [_series(tmp_path / "in", number, 3) for number in range(1, 7)]
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([tmp_path / "in"], executor=executor).to_dict()
+        assert archive.verify().ok
+        assert len(archive.index) == 70 + 6 * 3
+    assert report["archived"] == 88 and report["balanced"]
+    assert executor.batches == [[large], [large, *sorted(small)]]
+
+
+def test_a_batch_chooses_a_codec_once_per_modality_and_kind_of_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen: list[int] = []
+
+    def counted(sample: np.ndarray, *args: Any, **options: Any) -> Any:
+        chosen.append(sample.size)
+        return choose_codec(sample, *args, **options)
+
+    monkeypatch.setattr(encode, "choose_codec", counted)
+    mr = [_series(tmp_path / "in", number, 2) for number in range(3)]
+    ct = _series(tmp_path / "in", 3, 2, modality="CT")
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+        codecs = {
+            s: {archive.pixels.spec(p).codec_name for p in archive.pixels.arrays(s)} for s in mr
+        }
+    assert len(executor.batches) == 1  # 8 frames: one task
+    assert len(chosen) == 2  # once for the MR series, once for the CT one
+    assert len({name for names in codecs.values() for name in names}) == 1
+    assert ct not in codecs
+
+
+@pytest.mark.parametrize(
+    ("shape", "frames", "pixels"),
+    [
+        ((512, 512), 1, 512 * 512 // 4),  # one frame: a quarter of it
+        ((512, 512), 2, 512 * 512 // 2),
+        ((512, 512), 4, 512 * 512),  # as many frames as CHOICE_SHARE: the whole sample
+        ((512, 512), 64, 512 * 512),
+        ((1024, 1024), 64, 512 * 512),  # never more than before
+        ((64, 64), 1, 64 * 64),  # never less than 64 x 64
+        ((16, 16), 1, 64 * 64),
+    ],
+)
+def test_a_codec_for_a_few_frames_is_chosen_on_part_of_the_sample(
+    shape: tuple[int, int], frames: int, pixels: int
+) -> None:
+    assert encode.choice_pixels(np.zeros(shape, np.uint16), frames) == pixels
+
+
+def test_a_one_frame_series_chooses_its_codec_on_a_central_part_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+
+    def counted(sample: np.ndarray, *args: Any, max_pixels: int = 512 * 512, **options: Any) -> Any:
+        asked.append(max_pixels)
+        return choose_codec(sample, *args, max_pixels=max_pixels, **options)
+
+    monkeypatch.setattr(encode, "choose_codec", counted)
+    _series(tmp_path / "in", 0, 1, modality="CT", size=256)
+    _series(tmp_path / "in", 1, 8, modality="MR", size=256)
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], workers=0)
+        assert archive.verify().ok
+    assert sorted(asked) == [256 * 256 // 4, 8 * 256 * 256 // 4]
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome("a.dcm", "archived", 10, raw=20, stored=5, sop="1.2", version=True),
+        Outcome("b.dcm", "quarantined", 3, reason="not DICOM: é"),
+        Outcome("c.dcm", "archived", 10, undecoded=True, not_verified="no decoder"),
+        Outcome("d.dcm", "duplicate"),
+    ],
+)
+def test_an_outcome_is_journaled_as_its_fields_that_are_set(outcome: Outcome) -> None:
+    # Written without dataclasses.asdict (a deep copy per input): the same bytes.
+    expected = json.dumps({k: v for k, v in dataclasses.asdict(outcome).items() if v}).encode()
+    assert outcome.to_bytes() == expected
+    assert Outcome.from_bytes(outcome.to_bytes()) == outcome
