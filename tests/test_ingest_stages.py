@@ -188,6 +188,14 @@ def _specs() -> list[ArraySpec]:
     specs.append(ArraySpec(48, 40, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
     specs.append(ArraySpec(2048, 3000, 1, np.dtype("u2"), None, (), 16, 1024))  # tiled
     specs.append(ArraySpec(8, 8, 1, np.dtype("f4"), None, (), 64))
+    # The same codecs in other geometries (zarr's metadata is made once per codec): the
+    # geometry set in it must be what zarr would have written.
+    for name in ARCHIVE_BY_NAME:
+        specs.append(ArraySpec(100, 50, 1, np.dtype("u2"), ARCHIVE_BY_NAME[name](), (), 64))
+    specs.append(ArraySpec(512, 256, 1, np.dtype("i2"), None, (blosc,), 64))
+    specs.append(ArraySpec(30, 20, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
+    specs.append(ArraySpec(3000, 2500, 1, np.dtype("u2"), None, (), 16, 512))
+    specs.append(ArraySpec(20, 30, 1, np.dtype("u2"), None, (), 16))  # untiled, after tiled
     return specs
 
 
