@@ -29,6 +29,7 @@ from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.ingest import Progress, encode, tasks
+from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
 from pacs_engine.synth import write_series
@@ -370,3 +371,27 @@ def test_an_outcome_is_journaled_as_its_fields_that_are_set(outcome: Outcome) ->
     expected = json.dumps({k: v for k, v in dataclasses.asdict(outcome).items() if v}).encode()
     assert outcome.to_bytes() == expected
     assert Outcome.from_bytes(outcome.to_bytes()) == outcome
+
+
+def test_series_are_sent_largest_in_pixel_bytes_first(tmp_path: Path) -> None:
+    # By frames, six 16 x 16 slices would go before two 128 x 128 ones, which hold 10x
+    # their bytes: a run of many small frames would end on a worker alone with large ones.
+    few_large = _series(tmp_path / "in", 0, 2, size=128)
+    many_small = _series(tmp_path / "in", 1, 6, size=16)
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+    assert executor.batches == [[few_large, many_small]]
+
+
+def test_a_plan_written_before_pixel_bytes_were_planned_is_read(tmp_path: Path) -> None:
+    with Archive.create(tmp_path / "a") as archive:
+        journal = Journal(archive.index)
+        run = journal.start(["/nowhere"])["run"]
+        planned = Planned("/nowhere/1.dcm", "1.2.3", "1.2.3.4", 1, 2, 2048)
+        journal.record(run, [], [planned])
+        assert list(journal.series(run, "1.2.3")) == [planned]
+        old = json.dumps({"frames": 2, "key": planned.key}).encode()  # no pixel_bytes
+        archive.index.commit([], journal={_key(b"p", run, *plan_order(planned)): old})
+        assert list(journal.series(run, "1.2.3")) == [dataclasses.replace(planned, pixel_bytes=0)]

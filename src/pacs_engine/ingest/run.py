@@ -385,9 +385,10 @@ class _Run:
         )
         self.batch: list[Part] = []  # small parts not sent yet, to go as one task
         self.batch_frames = 0
-        # Largest series first: the last parts out are small ones, so the workers finish
-        # together rather than one ending the run alone on a large series.
-        order = sorted(left, key=lambda series: (-left[series][1], series))
+        # Largest series (in pixel bytes, then frames) first: the last parts out are small
+        # ones, so the workers finish together rather than one ending the run alone on a
+        # large series. Frames alone would send many small frames before a few large ones.
+        order = sorted(left, key=lambda series: (-left[series][1][0], -left[series][1][1], series))
         try:
             for series in order:
                 if self.failure is not None:
@@ -434,20 +435,22 @@ class _Run:
         if self.failure is None:
             self.parts.submit(tuple(parts))
 
-    def _planned_left(self, run: str) -> dict[str, tuple[int, int]]:
-        """Per series with planned inputs left (without an outcome): (inputs, frames) left.
+    def _planned_left(self, run: str) -> dict[str, tuple[int, tuple[int, int]]]:
+        """Per series with planned inputs left (without an outcome): (inputs, (pixel bytes,
+        frames)) left.
 
         One pass over the plan, series by series; one entry per series, not per input.
         """
         left = {}
         series = None
         while series := self.journal.next_series(run, series):
-            inputs = frames = 0
+            inputs = pixel_bytes = frames = 0
             for planned in self.journal.pending(run, series):
                 inputs += 1
+                pixel_bytes += planned.pixel_bytes
                 frames += planned.frames
             if inputs:
-                left[series] = (inputs, frames)
+                left[series] = (inputs, (pixel_bytes, frames))
         return left
 
     def _finished(self, run: str, done: Finished[tuple[Part, ...]]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
@@ -108,7 +110,8 @@ def planned_input(key: str, header: Header) -> Planned:
         header["SeriesInstanceUID"],
         header["SOPInstanceUID"],
         number if isinstance(number, int) else None,
-        _frames(header),
+        frames := _frames(header),
+        frames * _frame_bytes(header.attributes),
     )
 
 
@@ -121,12 +124,25 @@ def _planned_from_row(key: str, row: Row) -> Planned:
         row["SOPInstanceUID"],
         number if isinstance(number, int) else None,
         _frame_count(row.get("pixel_keyword") is not None, row.get("NumberOfFrames")),
+        row.get("raw_pixel_bytes") or 0,
     )
 
 
 def _frames(header: Header) -> int:
     """Frames the instance holds (see `_frame_count`)."""
     return _frame_count(header.pixel is not None, header.get("NumberOfFrames"))
+
+
+def _frame_bytes(attributes: Mapping[str, Any]) -> int:
+    """Bytes of one decoded frame as the attributes declare it (0 when they do not say):
+    what the run weighs series by, to send the largest first."""
+    size = 1
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"):
+        value = attributes.get(keyword) or (1 if keyword == "SamplesPerPixel" else 0)
+        if not isinstance(value, int) or value <= 0:
+            return 0
+        size *= -(-value // 8) if keyword == "BitsAllocated" else value
+    return size
 
 
 def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
