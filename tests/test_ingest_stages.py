@@ -7,8 +7,10 @@ Also the shortcut that lets ingest skip copying native pixels to compare them
 from __future__ import annotations
 
 import dataclasses
+import errno
 import itertools
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 import zarr
 from conftest import corpus_files, require_corpus
 
-from pacs_engine import Archive, ScanError
+from pacs_engine import Archive, ScanError, storage
 from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
 from pacs_engine.archive.prepare import plain_layout
 from pacs_engine.archive.report import Outcome
@@ -32,6 +34,7 @@ from pacs_engine.ingest import Progress, encode, tasks
 from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
+from pacs_engine.storage import DeferredWrites, fsync_dirs, write_atomic
 from pacs_engine.synth import write_series
 
 #: Stages every worker of a run on uncompressed corpus files goes through.
@@ -395,3 +398,57 @@ def test_a_plan_written_before_pixel_bytes_were_planned_is_read(tmp_path: Path) 
         old = json.dumps({"frames": 2, "key": planned.key}).encode()  # no pixel_bytes
         archive.index.commit([], journal={_key(b"p", run, *plan_order(planned)): old})
         assert list(journal.series(run, "1.2.3")) == [dataclasses.replace(planned, pixel_bytes=0)]
+
+
+def test_deferred_writes_appear_whole_once_all_are_synced(tmp_path: Path) -> None:
+    writes = DeferredWrites()
+    for n in range(5):
+        write_atomic(tmp_path / f"d{n}" / "f", f"file {n}".encode(), writes)
+    assert not any((tmp_path / f"d{n}" / "f").exists() for n in range(5))  # not yet durable
+    with pytest.raises(ValueError, match="written twice"):
+        write_atomic(tmp_path / "d0" / "f", b"again", writes)
+    writes.discard_since(3)  # the last two: a failed part's
+    fsync_dirs(writes)
+    assert [(tmp_path / f"d{n}" / "f").exists() for n in range(5)] == [True] * 3 + [False] * 2
+    assert (tmp_path / "d2" / "f").read_bytes() == b"file 2"
+    assert not list(tmp_path.rglob("*.tmp")) and not writes and not writes.files
+
+
+def test_deferred_writes_that_cannot_be_synced_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = DeferredWrites()
+    for n in range(3):
+        write_atomic(tmp_path / f"f{n}", b"x", writes)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(storage.os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        fsync_dirs(writes)
+    assert list(tmp_path.iterdir()) == []  # neither renamed nor left as temporaries
+
+
+def test_a_batch_syncs_its_files_in_one_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One fsync after another waits for a journal commit each (5 ms here under load):
+    # a batch of small series syncs all its files at once, at its end.
+    rounds: list[tuple[int, bool]] = []
+    sync = storage._sync_at_once
+
+    def counted(paths: list[Path], directories: bool) -> None:
+        rounds.append((len(paths), directories))
+        sync(paths, directories)
+
+    monkeypatch.setattr(storage, "_sync_at_once", counted)
+    for number in range(6):
+        _series(tmp_path / "in", number, 2)
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+    assert len(executor.batches) == 1
+    # Each series: a shard, a header pack and its rows file.
+    assert [n for n, directories in rounds if not directories and n] == [6 * 3]

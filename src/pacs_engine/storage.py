@@ -12,10 +12,13 @@ import hashlib
 import os
 import re
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pacs_engine.stages import stage
 
+#: Threads that sync a batch's files at once (`fsync_dirs`): enough for one journal commit.
+_SYNC_THREADS = 16
 #: Permission bits a folder passes on (setgid keeps a group archive's group).
 _FOLDER_BITS = 0o777 | stat.S_ISGID
 
@@ -90,6 +93,27 @@ def adopt_permissions(root: str | os.PathLike) -> None:
     os.umask(umask_for(root))
 
 
+class DeferredWrites(set[Path]):
+    """Folders to sync after a batch of writes, and files the batch left in their temporaries.
+
+    `write_atomic` into it writes each file to its temporary only; `fsync_dirs` then
+    syncs every temporary at once (from several threads: the file system commits
+    its journal once for all of them, where one fsync after another waits for a
+    commit each), renames them into place and syncs their folders, at once too.
+    A file is absent or whole as ever; it is reachable only once all are durable.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[Path, Path] = {}  # path -> its temporary, written, not yet synced
+
+    def discard_since(self, count: int) -> None:
+        """Delete the temporaries of the files written after the first `count` (a failed
+        part's): they are not to be made durable."""
+        for path in list(self.files)[count:]:
+            self.files.pop(path).unlink(missing_ok=True)
+
+
 def write_atomic(
     path: str | os.PathLike,
     data: bytes | bytearray,
@@ -100,12 +124,17 @@ def write_atomic(
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
-    added to it for one `fsync_dirs` call after a batch of writes. Not `durable`:
-    neither the file nor the rename is synced (a crash may lose the write, never
-    leave part of it). The file gets its folder's read and write bits.
+    added to it for one `fsync_dirs` call after a batch of writes; a `DeferredWrites`
+    also leaves the file in its temporary for that call to sync and rename. Not
+    `durable`: neither the file nor the rename is synced (a crash may lose the write,
+    never leave part of it). The file gets its folder's read and write bits.
     """
     with stage("write"):
         path = Path(path)
+        pending = dirs.files if durable and isinstance(dirs, DeferredWrites) else None
+        if pending is not None and path in pending:
+            # Its temporary is this write's too, and a rewrite reads the old file.
+            raise ValueError(f"{path}: written twice in one batch of deferred writes")
         make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -114,9 +143,12 @@ def write_atomic(
                 os.fchmod(fd, file_mode(path.parent))
                 f.write(data)
                 f.flush()
-                if durable:
+                if durable and pending is None:
                     with stage("fsync"):
                         os.fsync(f.fileno())
+            if pending is not None:
+                pending[path] = tmp
+                return
             os.replace(tmp, path)
         except BaseException:  # a full disk: leave no half-written temporary taking space
             tmp.unlink(missing_ok=True)
@@ -151,7 +183,40 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def fsync_dirs(dirs: set[Path]) -> None:
-    """Make the renames of a batch of `write_atomic` calls durable."""
-    for folder in sorted(dirs):
-        fsync_dir(folder)
+    """Make the renames of a batch of `write_atomic` calls durable (and, for a
+    `DeferredWrites`, first its files: synced, then renamed)."""
+    files = dirs.files if isinstance(dirs, DeferredWrites) else {}
+    with stage("fsync"):
+        try:
+            _sync_at_once(list(files.values()), directories=False)
+        except BaseException:
+            for tmp in files.values():  # none is renamed: drop them all
+                tmp.unlink(missing_ok=True)
+            files.clear()
+            raise
+    with stage("write"):
+        for path, tmp in files.items():
+            os.replace(tmp, path)
+            dirs.add(path.parent)
+        files.clear()
+    with stage("fsync"):
+        _sync_at_once(sorted(dirs), directories=True)
     dirs.clear()
+
+
+def _sync_at_once(paths: list[Path], directories: bool) -> None:
+    """fsync each of `paths` (files or folders), from several threads when there are several."""
+
+    def sync(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directories else 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if len(paths) <= 1:
+        for path in paths:
+            sync(path)
+        return
+    with ThreadPoolExecutor(min(len(paths), _SYNC_THREADS)) as pool:
+        list(pool.map(sync, paths))  # list(): raise the first error

@@ -67,7 +67,7 @@ from pacs_engine.ingest.inputs import (
 )
 from pacs_engine.scanning import scan
 from pacs_engine.stages import Times, stage
-from pacs_engine.storage import fsync_dirs, series_folder, write_atomic
+from pacs_engine.storage import DeferredWrites, fsync_dirs, series_folder, write_atomic
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,11 @@ class PartEncoder:
         self.index.close()
 
     def encode(
-        self, part: Part, checks: Checks = Checks(), choices: dict[tuple, tuple] | None = None
+        self,
+        part: Part,
+        checks: Checks = Checks(),
+        choices: dict[tuple, tuple] | None = None,
+        writes: DeferredWrites | None = None,
     ) -> PartResult:
         """Prepare, check and write every input of the part; commits nothing.
 
@@ -228,12 +232,14 @@ class PartEncoder:
         as a whole: its files are unreachable until a later part rewrites them.
         `choices` keeps the codecs chosen for new arrays of native frames, by
         modality and array key, for the next parts of a batch to use unchosen.
+        With `writes`, the part's files are left there for the caller to make
+        durable (`fsync_dirs`), with those of other parts, before any is committed.
         """
         # Array specs are read afresh per part: since the last part, an array no row used
         # may have been removed by a run's tidy and created again with another codec.
         self.pixels = PixelStore(self.root / "pixels")
         self.choices = {} if choices is None else choices
-        state = _PartState(part, checks)
+        state = _PartState(part, checks, dirs=set() if writes is None else writes)
         self.policy = checks.inputs
         result = PartResult(part)
         for key in part.keys:
@@ -243,7 +249,8 @@ class PartEncoder:
             result.arrays[path] = writer.next
         if state.blobs:
             self._write_blobs(part.series_uid, state.blobs, state.dirs)
-        fsync_dirs(state.dirs)
+        if writes is None:
+            fsync_dirs(state.dirs)
         for sop, received in state.kept.items():
             if state.committed[sop] is not None:  # versions of a committed row: merged at commit
                 result.versions += [(sop, row) for row in received]

@@ -31,7 +31,8 @@ from pacs_engine.ingest.inputs import (
 )
 from pacs_engine.ingest.journal import Planned
 from pacs_engine.scanning import scan
-from pacs_engine.stages import Times, stage, task
+from pacs_engine.stages import Times, add_times, stage, task
+from pacs_engine.storage import DeferredWrites, fsync_dirs
 from pacs_engine.workers import PerProcess
 
 _ENCODERS: PerProcess[str, PartEncoder] = PerProcess()
@@ -168,23 +169,34 @@ def encode_batch(
     """Encode parts one after the other (one task for several small series), timing each:
     the results, and the error that stopped the batch (its other parts are not encoded).
 
-    The parts encoded before a failure (a full disk) are handed back to be committed,
+    The parts' files are made durable together at the end (`DeferredWrites`: one
+    round of fsyncs for the batch, not a few per small series), those of the parts
+    encoded before a failure (a full disk) too: they are handed back to be committed,
     as they would have been as tasks of their own. A codec is chosen once per kind
     of frames among the batch's new arrays (`PartEncoder.encode`), so a batch of
     small series does not pay a choice each.
     """
     encoder = _encoder(root)
     choices: dict = {}
+    writes = DeferredWrites()
     results: list[PartResult] = []
+    error = None
     for part in parts:
+        written = len(writes.files)
         try:
             with task() as times:
-                result = encoder.encode(part, checks, choices)
-        except Exception as error:
-            return results, error
+                result = encoder.encode(part, checks, choices, writes)
+        except Exception as failure:
+            writes.discard_since(written)
+            error = failure
+            break
         result.worker, result.stages = os.getpid(), times
         results.append(result)
-    return results, None
+    with task() as times:
+        fsync_dirs(writes)  # raises if they cannot be made durable: nothing is committed
+    if results:
+        add_times(results[-1].stages, times)  # the batch's syncs, charged to its last part
+    return results, error
 
 
 def release(root: str) -> None:
