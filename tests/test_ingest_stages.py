@@ -30,7 +30,7 @@ from pacs_engine.codecs import choose_codec, general_purpose_codecs
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.executors import InlineExecutor
-from pacs_engine.ingest import Progress, encode, tasks
+from pacs_engine.ingest import Progress, encode, run, tasks
 from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
@@ -452,3 +452,18 @@ def test_a_batch_syncs_its_files_in_one_round(
     assert len(executor.batches) == 1
     # Each series: a shard, a header pack and its rows file.
     assert [n for n, directories in rounds if not directories and n] == [6 * 3]
+
+
+def test_a_batch_holds_at_most_batch_bytes_of_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # By frames alone, two large CT series of 58 and 28 slices made one task of 45 MB:
+    # one worker encoded it while the other had ended.
+    monkeypatch.setattr(run, "BATCH_BYTES", 10_000)
+    large = _series(tmp_path / "in", 0, 6)  # 6 x 32 x 32 x 2 = 12,288 bytes: alone
+    small = sorted(_series(tmp_path / "in", number, 2) for number in range(1, 5))  # 4,096
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+    assert executor.batches == [[large], small[:3], small[3:]]

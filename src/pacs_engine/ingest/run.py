@@ -56,6 +56,10 @@ if TYPE_CHECKING:
     from pacs_engine.archive import Archive
 
 SCAN_BATCH = 128
+#: Pixel bytes of small parts sent as one task at most (a shard's frames at most, too): ~40
+#: ms of encoding, past which a task's fixed costs no longer weigh and a larger one would
+#: leave a worker alone at the end of a run.
+BATCH_BYTES = 4 << 20
 #: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).
 CHECKPOINT_SECONDS = 1.0
 
@@ -384,7 +388,7 @@ class _Run:
             running=lambda: self.failure is None,
         )
         self.batch: list[Part] = []  # small parts not sent yet, to go as one task
-        self.batch_frames = 0
+        self.batch_size = (0, 0)  # their frames and pixel bytes
         # Largest series (in pixel bytes, then frames) first: the last parts out are small
         # ones, so the workers finish together rather than one ending the run alone on a
         # large series. Frames alone would send many small frames before a few large ones.
@@ -414,12 +418,14 @@ class _Run:
             waiting.parts += 1
             waiting.out[part] = planned
             frames = sum(p.frames for p in planned)
-            if frames >= per_shard:  # a whole part: a task of its own
+            pixel_bytes = sum(p.pixel_bytes for p in planned)
+            if frames >= per_shard or pixel_bytes >= BATCH_BYTES:  # a task of its own
                 self._send_batch([part])
-            else:  # a small series, or the end of one: with others, about a part's frames
+            else:  # a small series, or the end of one: with others, up to a part's frames
                 self.batch.append(part)
-                self.batch_frames += frames
-                if self.batch_frames >= per_shard:
+                held_frames, held_bytes = self.batch_size
+                self.batch_size = (held_frames + frames, held_bytes + pixel_bytes)
+                if self.batch_size[0] >= per_shard or self.batch_size[1] >= BATCH_BYTES:
                     self._send_batch()
             if self.failure is not None:
                 return
@@ -430,7 +436,7 @@ class _Run:
     def _send_batch(self, parts: list[Part] | None = None) -> None:
         """Send `parts` as one task, once there is room (by default the small parts held)."""
         if parts is None:
-            parts, self.batch, self.batch_frames = self.batch, [], 0
+            parts, self.batch, self.batch_size = self.batch, [], (0, 0)
         self.parts.make_room()
         if self.failure is None:
             self.parts.submit(tuple(parts))
