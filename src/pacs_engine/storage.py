@@ -19,6 +19,7 @@ from pacs_engine.stages import stage
 
 #: Threads that sync a batch's files at once (`fsync_dirs`): enough for one journal commit.
 _SYNC_THREADS = 16
+_SYNC_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (its process, the pool)
 #: Permission bits a folder passes on (setgid keeps a group archive's group).
 _FOLDER_BITS = 0o777 | stat.S_ISGID
 
@@ -218,5 +219,12 @@ def _sync_at_once(paths: list[Path], directories: bool) -> None:
         for path in paths:
             sync(path)
         return
-    with ThreadPoolExecutor(min(len(paths), _SYNC_THREADS)) as pool:
-        list(pool.map(sync, paths))  # list(): raise the first error
+    list(_sync_pool().map(sync, paths))  # list(): raise the first error
+
+
+def _sync_pool() -> ThreadPoolExecutor:
+    """This process's threads for `_sync_at_once`, started once (a fork's child has none)."""
+    global _SYNC_POOL
+    if _SYNC_POOL is None or _SYNC_POOL[0] != os.getpid():
+        _SYNC_POOL = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, "fsync"))
+    return _SYNC_POOL[1]
