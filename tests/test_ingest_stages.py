@@ -233,32 +233,26 @@ def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_
 
 def test_the_largest_series_is_encoded_first(tmp_path: Path) -> None:
     # Sent largest first, the last tasks of a run are small ones, so the workers end
-    # together. In this process (workers=0) each series commits before the next is sent,
-    # so the counts after each commit give the order the series went out in.
+    # together. A small series' part is held for a batch: the batch lists them in the
+    # order they went out. One index transaction commits the series a batch completes.
     sizes = {0: 2, 1: 7, 2: 4, 3: 3}  # series number -> slices
-    for number, slices in sizes.items():
-        write_series(
-            tmp_path / "in",
-            3,
-            0,
-            number,
-            slices,
-            modality="CT",
-            syntax="explicit",
-            rows=32,
-            columns=32,
-        )
+    uids = {
+        number: _series(tmp_path / "in", number, slices, modality="CT")
+        for number, slices in sizes.items()
+    }
     archived_after_each_commit: list[int] = []
 
     def seen(progress: Progress) -> None:
         if progress.phase == "encoding":
             archived_after_each_commit.append(progress.report.to_dict()["archived"])
 
+    executor = _Counting()
     with Archive.create(tmp_path / "a") as archive:
-        report = archive.ingest([tmp_path / "in"], workers=0, progress=seen).to_dict()
+        report = archive.ingest([tmp_path / "in"], executor=executor, progress=seen).to_dict()
         assert archive.verify().ok
     assert report["archived"] == sum(sizes.values()) == 16
-    assert archived_after_each_commit == [7, 11, 14, 16]
+    assert executor.batches == [[uids[1], uids[2], uids[3], uids[0]]]
+    assert archived_after_each_commit == [16]
 
 
 class _Counting(InlineExecutor):

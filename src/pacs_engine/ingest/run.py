@@ -467,17 +467,21 @@ class _Run:
         if done.error is None:
             results, error = done.result
             for result in results:
-                self._take(run, result)
+                self._take(result)
+            # The series the batch completes, in one transaction (one index commit, not one
+            # each: while this process commits, it sends no work).
+            self._commit_when_back(run, *(result.part.series_uid for result in results))
             if error is not None:  # the parts after it were not encoded
                 self.failure = self.failure or PartFailed(done.task[len(results)], error)
         elif done.killer:  # a file may crash a codec: it is found, the rest is kept
             (part,) = done.task  # a retry: one part of one SOP Instance UID
-            self._take(run, self._quarantined(part, done.error))
+            self._take(self._quarantined(part, done.error))
+            self._commit_when_back(run, part.series_uid)
         else:
             self.failure = PartFailed(done.task[0], done.error)
 
-    def _take(self, run: str, result: PartResult) -> None:
-        """Keep a part's result (on disk); commit its series once all its parts are back."""
+    def _take(self, result: PartResult) -> None:
+        """Keep a part's result (on disk), for its series' commit once all its parts are back."""
         if result.stages:  # not a part quarantined here after its worker died
             self._add_stages(result.worker, result.stages)
         waiting = self.waiting[result.part.series_uid]
@@ -486,22 +490,26 @@ class _Run:
             waiting.staged.add(result)
         except Exception as error:  # the archive's disk is full: stop, keep what is in
             self.failure = self.failure or error
-            return
-        self._commit_when_back(run, result.part.series_uid)
 
-    def _commit_when_back(self, run: str, series: str) -> None:
-        """Commit the series if it is cut into parts and every one of them is back."""
-        waiting = self.waiting[series]
-        if not waiting.cut or waiting.staged.count < waiting.parts or self.failure is not None:
+    def _commit_when_back(self, run: str, *series: str) -> None:
+        """Commit those of the series that are cut into parts with every part back, together."""
+        if self.failure is not None:
             return
-        del self.waiting[series]
+        ready = [
+            uid
+            for uid in dict.fromkeys(series)  # each once, in order
+            if (w := self.waiting[uid]).cut and w.staged.count >= w.parts
+        ]
+        staged = [self.waiting.pop(uid).staged for uid in ready]
         try:
-            with self.clock.stage("commit"):
-                self._commit(run, waiting.staged)
+            if staged:
+                with self.clock.stage("commit"):
+                    self._commit(run, (result for one in staged for result in one))
         except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
             self.failure = self.failure or error
         finally:
-            waiting.staged.close()
+            for one in staged:
+                one.close()
 
     def _split(self, part: Part) -> list[Part]:
         """A part a dead worker took down, as parts of one SOP Instance UID each, placed anew.
@@ -537,10 +545,11 @@ class _Run:
         return PartResult(part, outcomes=outcomes)
 
     def _commit(self, run: str, results: Iterable[PartResult]) -> None:
-        """Commit a series' parts (rows, versions, duplicates, outcomes) in one index transaction.
+        """Commit the parts of whole series (rows, versions, duplicates, outcomes) in one index
+        transaction.
 
-        One transaction per series, so that readers never see part of a series. It is
-        fed a part at a time (`results` may be read from disk as it goes), so memory
+        Whole series in one transaction, so that readers never see part of a series. It
+        is fed a part at a time (`results` may be read from disk as it goes), so memory
         holds one part's rows, however large the series.
         """
         # The counts to go back to if nothing commits: a copy of what `count` changes
