@@ -174,7 +174,8 @@ POISON = "crashes-the-worker.dcm"
 
 def _crash_on_poison(fn: Any, *args: Any) -> Any:
     """Run a task as the executor would, but die (as a codec crash would) on POISON."""
-    if any(isinstance(a, Part) and any(k.endswith(POISON) for k in a.keys) for a in args):
+    parts = [p for a in args for p in (a if isinstance(a, tuple) else (a,))]  # a task's batch
+    if any(isinstance(p, Part) and any(k.endswith(POISON) for k in p.keys) for p in parts):
         os._exit(70)
     return fn(*args)
 

@@ -6,26 +6,35 @@ Also the shortcut that lets ingest skip copying native pixels to compare them
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import itertools
+import json
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zarr
 from conftest import corpus_files, require_corpus
 
-from pacs_engine import Archive, ScanError
+from pacs_engine import Archive, ScanError, storage
 from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
 from pacs_engine.archive.prepare import plain_layout
+from pacs_engine.archive.report import Outcome
 from pacs_engine.cli.ingest import _render_report
 from pacs_engine.codecs import choose_codec, general_purpose_codecs
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
-from pacs_engine.ingest import Progress
+from pacs_engine.executors import InlineExecutor
+from pacs_engine.ingest import Progress, encode, run, tasks
+from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
+from pacs_engine.storage import DeferredWrites, fsync_dirs, write_atomic
 from pacs_engine.synth import write_series
 
 #: Stages every worker of a run on uncompressed corpus files goes through.
@@ -183,6 +192,14 @@ def _specs() -> list[ArraySpec]:
     specs.append(ArraySpec(48, 40, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
     specs.append(ArraySpec(2048, 3000, 1, np.dtype("u2"), None, (), 16, 1024))  # tiled
     specs.append(ArraySpec(8, 8, 1, np.dtype("f4"), None, (), 64))
+    # The same codecs in other geometries (zarr's metadata is made once per codec): the
+    # geometry set in it must be what zarr would have written.
+    for name in ARCHIVE_BY_NAME:
+        specs.append(ArraySpec(100, 50, 1, np.dtype("u2"), ARCHIVE_BY_NAME[name](), (), 64))
+    specs.append(ArraySpec(512, 256, 1, np.dtype("i2"), None, (blosc,), 64))
+    specs.append(ArraySpec(30, 20, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
+    specs.append(ArraySpec(3000, 2500, 1, np.dtype("u2"), None, (), 16, 512))
+    specs.append(ArraySpec(20, 30, 1, np.dtype("u2"), None, (), 16))  # untiled, after tiled
     return specs
 
 
@@ -216,29 +233,231 @@ def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_
 
 def test_the_largest_series_is_encoded_first(tmp_path: Path) -> None:
     # Sent largest first, the last tasks of a run are small ones, so the workers end
-    # together. In this process (workers=0) each series commits before the next is sent,
-    # so the counts after each commit give the order the series went out in.
+    # together. A small series' part is held for a batch: the batch lists them in the
+    # order they went out. One index transaction commits the series a batch completes.
     sizes = {0: 2, 1: 7, 2: 4, 3: 3}  # series number -> slices
-    for number, slices in sizes.items():
-        write_series(
-            tmp_path / "in",
-            3,
-            0,
-            number,
-            slices,
-            modality="CT",
-            syntax="explicit",
-            rows=32,
-            columns=32,
-        )
+    uids = {
+        number: _series(tmp_path / "in", number, slices, modality="CT")
+        for number, slices in sizes.items()
+    }
     archived_after_each_commit: list[int] = []
 
     def seen(progress: Progress) -> None:
         if progress.phase == "encoding":
             archived_after_each_commit.append(progress.report.to_dict()["archived"])
 
+    executor = _Counting()
     with Archive.create(tmp_path / "a") as archive:
-        report = archive.ingest([tmp_path / "in"], workers=0, progress=seen).to_dict()
+        report = archive.ingest([tmp_path / "in"], executor=executor, progress=seen).to_dict()
         assert archive.verify().ok
     assert report["archived"] == sum(sizes.values()) == 16
-    assert archived_after_each_commit == [7, 11, 14, 16]
+    assert executor.batches == [[uids[1], uids[2], uids[3], uids[0]]]
+    assert archived_after_each_commit == [16]
+
+
+class _Counting(InlineExecutor):
+    """Runs tasks in this process, noting the parts of each encode task sent."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []  # per encode task, the series of its parts
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        task, _, _, *task_args = args  # session.guarded(task, root, session, *task_args)
+        if task is tasks.encode_batch:
+            self.batches.append([part.series_uid for part in task_args[0]])
+        return super().submit(fn, *args)
+
+
+def _series(folder: Path, number: int, slices: int, modality: str = "MR", size: int = 32) -> str:
+    """Write one synthetic series; its Series Instance UID."""
+    paths = write_series(
+        folder, 5, 0, number, slices, modality=modality, syntax="explicit", rows=size, columns=size
+    )
+    return str(scan(paths[0])["SeriesInstanceUID"])
+
+
+def test_small_series_and_the_end_of_a_large_one_go_to_a_worker_in_one_task(
+    tmp_path: Path,
+) -> None:
+    # A task per series would cost each small series a round trip and the fixed
+    # costs of a task: parts of less than a shard's frames are sent together, about a
+    # shard's frames a task; whole parts still go alone.
+    large = _series(tmp_path / "in", 0, 70)  # a whole part (64 frames) and a tail of 6
+    small = [_series(tmp_path / "in", number, 3) for number in range(1, 7)]
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([tmp_path / "in"], executor=executor).to_dict()
+        assert archive.verify().ok
+        assert len(archive.index) == 70 + 6 * 3
+    assert report["archived"] == 88 and report["balanced"]
+    assert executor.batches == [[large], [large, *sorted(small)]]
+
+
+def test_a_batch_chooses_a_codec_once_per_modality_and_kind_of_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen: list[int] = []
+
+    def counted(sample: np.ndarray, *args: Any, **options: Any) -> Any:
+        chosen.append(sample.size)
+        return choose_codec(sample, *args, **options)
+
+    monkeypatch.setattr(encode, "choose_codec", counted)
+    mr = [_series(tmp_path / "in", number, 2) for number in range(3)]
+    ct = _series(tmp_path / "in", 3, 2, modality="CT")
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+        codecs = {
+            s: {archive.pixels.spec(p).codec_name for p in archive.pixels.arrays(s)} for s in mr
+        }
+    assert len(executor.batches) == 1  # 8 frames: one task
+    assert len(chosen) == 2  # once for the MR series, once for the CT one
+    assert len({name for names in codecs.values() for name in names}) == 1
+    assert ct not in codecs
+
+
+@pytest.mark.parametrize(
+    ("shape", "frames", "pixels"),
+    [
+        ((512, 512), 1, 512 * 512 // 4),  # one frame: a quarter of it
+        ((512, 512), 2, 512 * 512 // 2),
+        ((512, 512), 4, 512 * 512),  # as many frames as CHOICE_SHARE: the whole sample
+        ((512, 512), 64, 512 * 512),
+        ((1024, 1024), 64, 512 * 512),  # never more than before
+        ((64, 64), 1, 64 * 64),  # never less than 64 x 64
+        ((16, 16), 1, 64 * 64),
+    ],
+)
+def test_a_codec_for_a_few_frames_is_chosen_on_part_of_the_sample(
+    shape: tuple[int, int], frames: int, pixels: int
+) -> None:
+    assert encode.choice_pixels(np.zeros(shape, np.uint16), frames) == pixels
+
+
+def test_a_one_frame_series_chooses_its_codec_on_a_central_part_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+
+    def counted(sample: np.ndarray, *args: Any, max_pixels: int = 512 * 512, **options: Any) -> Any:
+        asked.append(max_pixels)
+        return choose_codec(sample, *args, max_pixels=max_pixels, **options)
+
+    monkeypatch.setattr(encode, "choose_codec", counted)
+    _series(tmp_path / "in", 0, 1, modality="CT", size=256)
+    _series(tmp_path / "in", 1, 8, modality="MR", size=256)
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], workers=0)
+        assert archive.verify().ok
+    assert sorted(asked) == [256 * 256 // 4, 8 * 256 * 256 // 4]
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome("a.dcm", "archived", 10, raw=20, stored=5, sop="1.2", version=True),
+        Outcome("b.dcm", "quarantined", 3, reason="not DICOM: é"),
+        Outcome("c.dcm", "archived", 10, undecoded=True, not_verified="no decoder"),
+        Outcome("d.dcm", "duplicate"),
+    ],
+)
+def test_an_outcome_is_journaled_as_its_fields_that_are_set(outcome: Outcome) -> None:
+    # Written without dataclasses.asdict (a deep copy per input): the same bytes.
+    expected = json.dumps({k: v for k, v in dataclasses.asdict(outcome).items() if v}).encode()
+    assert outcome.to_bytes() == expected
+    assert Outcome.from_bytes(outcome.to_bytes()) == outcome
+
+
+def test_series_are_sent_largest_in_pixel_bytes_first(tmp_path: Path) -> None:
+    # By frames, six 16 x 16 slices would go before two 128 x 128 ones, which hold 10x
+    # their bytes: a run of many small frames would end on a worker alone with large ones.
+    few_large = _series(tmp_path / "in", 0, 2, size=128)
+    many_small = _series(tmp_path / "in", 1, 6, size=16)
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+    assert executor.batches == [[few_large, many_small]]
+
+
+def test_a_plan_written_before_pixel_bytes_were_planned_is_read(tmp_path: Path) -> None:
+    with Archive.create(tmp_path / "a") as archive:
+        journal = Journal(archive.index)
+        run = journal.start(["/nowhere"])["run"]
+        planned = Planned("/nowhere/1.dcm", "1.2.3", "1.2.3.4", 1, 2, 2048)
+        journal.record(run, [], [planned])
+        assert list(journal.series(run, "1.2.3")) == [planned]
+        old = json.dumps({"frames": 2, "key": planned.key}).encode()  # no pixel_bytes
+        archive.index.commit([], journal={_key(b"p", run, *plan_order(planned)): old})
+        assert list(journal.series(run, "1.2.3")) == [dataclasses.replace(planned, pixel_bytes=0)]
+
+
+def test_deferred_writes_appear_whole_once_all_are_synced(tmp_path: Path) -> None:
+    writes = DeferredWrites()
+    for n in range(5):
+        write_atomic(tmp_path / f"d{n}" / "f", f"file {n}".encode(), writes)
+    assert not any((tmp_path / f"d{n}" / "f").exists() for n in range(5))  # not yet durable
+    with pytest.raises(ValueError, match="written twice"):
+        write_atomic(tmp_path / "d0" / "f", b"again", writes)
+    writes.discard_since(3)  # the last two: a failed part's
+    fsync_dirs(writes)
+    assert [(tmp_path / f"d{n}" / "f").exists() for n in range(5)] == [True] * 3 + [False] * 2
+    assert (tmp_path / "d2" / "f").read_bytes() == b"file 2"
+    assert not list(tmp_path.rglob("*.tmp")) and not writes and not writes.files
+
+
+def test_deferred_writes_that_cannot_be_synced_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = DeferredWrites()
+    for n in range(3):
+        write_atomic(tmp_path / f"f{n}", b"x", writes)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(storage.os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        fsync_dirs(writes)
+    assert list(tmp_path.iterdir()) == []  # neither renamed nor left as temporaries
+
+
+def test_a_batch_syncs_its_files_in_one_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One fsync after another waits for a journal commit each (5 ms here under load):
+    # a batch of small series syncs all its files at once, at its end.
+    rounds: list[tuple[int, bool]] = []
+    sync = storage._sync_at_once
+
+    def counted(paths: list[Path], directories: bool) -> None:
+        rounds.append((len(paths), directories))
+        sync(paths, directories)
+
+    monkeypatch.setattr(storage, "_sync_at_once", counted)
+    for number in range(6):
+        _series(tmp_path / "in", number, 2)
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+    assert len(executor.batches) == 1
+    # Each series: a shard, a header pack and its rows file.
+    assert [n for n, directories in rounds if not directories and n] == [6 * 3]
+
+
+def test_a_batch_holds_at_most_batch_bytes_of_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # By frames alone, two large CT series of 58 and 28 slices made one task of 45 MB:
+    # one worker encoded it while the other had ended.
+    monkeypatch.setattr(run, "BATCH_BYTES", 10_000)
+    large = _series(tmp_path / "in", 0, 6)  # 6 x 32 x 32 x 2 = 12,288 bytes: alone
+    small = sorted(_series(tmp_path / "in", number, 2) for number in range(1, 5))  # 4,096
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=executor)
+        assert archive.verify().ok
+    assert executor.batches == [[large], small[:3], small[3:]]

@@ -8,22 +8,20 @@ relying on the umask of the writing process (docs/archive.md, "Permissions").
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from pacs_engine.stages import stage
 
+#: Threads that sync a batch's files at once (`fsync_dirs`): enough for one journal commit.
+_SYNC_THREADS = 16
+_SYNC_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (its process, the pool)
 #: Permission bits a folder passes on (setgid keeps a group archive's group).
 _FOLDER_BITS = 0o777 | stat.S_ISGID
-#: Files (folders) `write_atomic_many` (`fsync_dirs(at_once=True)`) writes (syncs) at once.
-WRITERS = 8
 
 
 #: A UID as DICOM defines it: digits in dot-separated components, at most 64 characters.
@@ -96,6 +94,27 @@ def adopt_permissions(root: str | os.PathLike) -> None:
     os.umask(umask_for(root))
 
 
+class DeferredWrites(set[Path]):
+    """Folders to sync after a batch of writes, and files the batch left in their temporaries.
+
+    `write_atomic` into it writes each file to its temporary only; `fsync_dirs` then
+    syncs every temporary at once (from several threads: the file system commits
+    its journal once for all of them, where one fsync after another waits for a
+    commit each), renames them into place and syncs their folders, at once too.
+    A file is absent or whole as ever; it is reachable only once all are durable.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[Path, Path] = {}  # path -> its temporary, written, not yet synced
+
+    def discard_since(self, count: int) -> None:
+        """Delete the temporaries of the files written after the first `count` (a failed
+        part's): they are not to be made durable."""
+        for path in list(self.files)[count:]:
+            self.files.pop(path).unlink(missing_ok=True)
+
+
 def write_atomic(
     path: str | os.PathLike,
     data: bytes | bytearray,
@@ -106,55 +125,41 @@ def write_atomic(
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
-    added to it for one `fsync_dirs` call after a batch of writes. Not `durable`:
-    neither the file nor the rename is synced (a crash may lose the write, never
-    leave part of it). The file gets its folder's read and write bits.
+    added to it for one `fsync_dirs` call after a batch of writes; a `DeferredWrites`
+    also leaves the file in its temporary for that call to sync and rename. Not
+    `durable`: neither the file nor the rename is synced (a crash may lose the write,
+    never leave part of it). The file gets its folder's read and write bits.
     """
     with stage("write"):
-        _write_atomic(Path(path), data, dirs, durable, stage)
-
-
-def write_atomic_many(files: Sequence[tuple[Path, bytes]], dirs: set[Path]) -> None:
-    """`write_atomic(path, data, dirs)` of each file, WRITERS at a time: concurrent fsyncs
-    share the file system's journal commits (ext4 here: 150 small files in 0.6 s one by
-    one, 0.07 s eight at a time). Timed as one "write" stage: the stage clock is the
-    process's, not a thread's."""
-    with stage("write"), ThreadPoolExecutor(WRITERS) as pool:
-        list(pool.map(lambda f: _write_atomic(f[0], f[1], dirs, True, _untimed), files))
-
-
-def _untimed(name: str) -> AbstractContextManager[None]:
-    return contextlib.nullcontext()
-
-
-def _write_atomic(
-    path: Path,
-    data: bytes | bytearray,
-    dirs: set[Path] | None,
-    durable: bool,
-    timed: Callable[[str], AbstractContextManager[None]],
-) -> None:
-    make_dirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with open(fd, "wb") as f:
-            os.fchmod(fd, file_mode(path.parent))
-            f.write(data)
-            f.flush()
-            if durable:
-                with timed("fsync"):
-                    os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: leave no half-written temporary taking space
-        tmp.unlink(missing_ok=True)
-        raise
-    if not durable:
-        return
-    if dirs is None:
-        fsync_dir(path.parent)
-    else:
-        dirs.add(path.parent)  # one call, atomic: safe from `write_atomic_many`'s threads
+        path = Path(path)
+        pending = dirs.files if durable and isinstance(dirs, DeferredWrites) else None
+        if pending is not None and path in pending:
+            # Its temporary is this write's too, and a rewrite reads the old file.
+            raise ValueError(f"{path}: written twice in one batch of deferred writes")
+        make_dirs(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with open(fd, "wb") as f:
+                os.fchmod(fd, file_mode(path.parent))
+                f.write(data)
+                f.flush()
+                if durable and pending is None:
+                    with stage("fsync"):
+                        os.fsync(f.fileno())
+            if pending is not None:
+                pending[path] = tmp
+                return
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: leave no half-written temporary taking space
+            tmp.unlink(missing_ok=True)
+            raise
+        if not durable:
+            return
+        if dirs is None:
+            fsync_dir(path.parent)
+        else:
+            dirs.add(path.parent)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
@@ -171,24 +176,51 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename in `path` durable."""
     with stage("fsync"):
-        _fsync_dir(path)
+        _sync_at_once([Path(path)], directories=True)
 
 
-def _fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dirs(dirs: set[Path], at_once: bool = False) -> None:
-    """Make the renames of a batch of `write_atomic` calls durable (`at_once`: WRITERS
-    folders at a time, see `write_atomic_many`)."""
-    if at_once and len(dirs) > 1:
-        with stage("fsync"), ThreadPoolExecutor(WRITERS) as pool:
-            list(pool.map(_fsync_dir, sorted(dirs)))
-    else:
-        for folder in sorted(dirs):
-            fsync_dir(folder)
+def fsync_dirs(dirs: set[Path]) -> None:
+    """Make the renames of a batch of `write_atomic` calls durable (and, for a
+    `DeferredWrites`, first its files: synced, then renamed)."""
+    files = dirs.files if isinstance(dirs, DeferredWrites) else {}
+    with stage("fsync"):
+        try:
+            _sync_at_once(list(files.values()), directories=False)
+        except BaseException:
+            for tmp in files.values():  # none is renamed: drop them all
+                tmp.unlink(missing_ok=True)
+            files.clear()
+            raise
+    with stage("write"):
+        for path, tmp in files.items():
+            os.replace(tmp, path)
+            dirs.add(path.parent)
+        files.clear()
+    with stage("fsync"):
+        _sync_at_once(sorted(dirs), directories=True)
     dirs.clear()
+
+
+def _sync_at_once(paths: list[Path], directories: bool) -> None:
+    """fsync each of `paths` (files or folders), from several threads when there are several."""
+
+    def sync(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directories else 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if len(paths) <= 1:
+        for path in paths:
+            sync(path)
+        return
+    list(_sync_pool().map(sync, paths))  # list(): raise the first error
+
+
+def _sync_pool() -> ThreadPoolExecutor:
+    """This process's threads for `_sync_at_once`, started once (a fork's child has none)."""
+    global _SYNC_POOL
+    if _SYNC_POOL is None or _SYNC_POOL[0] != os.getpid():
+        _SYNC_POOL = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, "fsync"))
+    return _SYNC_POOL[1]

@@ -35,7 +35,7 @@ from pacs_engine.archive.pixel_store import PixelStore, decompress
 from pacs_engine.archive.prepare import rebuild_file
 from pacs_engine.index.rows import Row
 from pacs_engine.stages import stage
-from pacs_engine.storage import fsync_dirs, series_folder, write_atomic_many
+from pacs_engine.storage import DeferredWrites, fsync_dirs, series_folder, write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
@@ -96,7 +96,6 @@ def write_copied_part(
     series gets its own header pack; the whole part one commit (several small series in
     one part: fewer fsyncs and transactions).
     """
-    dirs: set[Path] = set()
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
     rows: list[Row] = []
@@ -119,15 +118,14 @@ def write_copied_part(
             row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
             row["stored_bytes"] = sum(len(c) for c in instance.chunks)
         rows.append(row)
-    # The part's files are written and fsynced several at a time (`write_atomic_many`):
-    # the same durability, in a fraction of the time the fsyncs one by one take.
+    # The part's files are synced together (`DeferredWrites`): the same durability, in
+    # a fraction of the time the fsyncs one by one take.
     files: list[tuple[Path, bytes]] = []
     for path, chunks in by_array.items():
         files += archive.pixels.shard_files(path, starts[path], chunks)
     for series_uid, members in by_series.items():
         files += _pack_files(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members])
-    write_atomic_many(files, dirs)
-    fsync_dirs(dirs, at_once=True)
+    _write_together(files)
     with stage("commit"):
         archive.index.commit(rows)
     grids = {path: archive.pixels.grid(path)[1] for path in by_array}
@@ -135,9 +133,16 @@ def write_copied_part(
         archive.pixels.frames_file(path, starts[path] + len(chunks) // grids[path])
         for path, chunks in by_array.items()
     ]
-    write_atomic_many(frames, dirs)
-    fsync_dirs(dirs, at_once=True)
+    _write_together(frames)
     return rows
+
+
+def _write_together(files: list[tuple[Path, bytes]]) -> None:
+    """Write `files` atomically and make them durable, synced at once."""
+    writes = DeferredWrites()
+    for path, data in files:
+        write_atomic(path, data, writes)
+    fsync_dirs(writes)
 
 
 def _array_for(pixels: PixelStore, source: PixelStore, source_path: str, series_uid: str) -> str:

@@ -17,6 +17,7 @@ zarr's per-call overhead, into one preallocated array, optionally on several thr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -220,19 +221,22 @@ def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ..
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
 
 
-#: zarr's metadata of each spec met, by its repr (Blosc's codec is not hashable; codecs'
-#: reprs name every setting, and one without would only miss the cache).
+#: zarr's metadata of each spec met, its geometry aside, by the spec's repr (Blosc's codec
+#: is not hashable; codecs' reprs name every setting, and one without would only miss).
 _TEMPLATES: dict[str, ArrayV3Metadata] = {}
 
 
 def array_metadata(spec: ArraySpec, attributes: dict) -> bytes:
     """The zarr.json zarr's `create_array` writes for an empty array of `spec`.
 
-    zarr makes the metadata once per spec (in a memory store); each array then
-    costs a JSON dump, not create_array's ~5 ms of round trips through zarr's event
-    loop thread, which a series of a few files would pay per array.
+    zarr makes the metadata once per codec, dtype and number of samples (in a memory
+    store), and each array's geometry is set in it: an array then costs a JSON dump,
+    not create_array's ~5 ms of round trips through zarr's event loop thread, which
+    a series of a few files would pay per array (and each geometry of a collection
+    of small series once).
     """
-    template = _TEMPLATES.get(repr(spec))
+    key = repr(dataclasses.replace(spec, rows=1, columns=1, tile=None))
+    template = _TEMPLATES.get(key)
     if template is None:
         options: dict[str, Any] = {"compressors": spec.compressors or None}
         if spec.codec is not None:
@@ -248,8 +252,17 @@ def array_metadata(spec: ArraySpec, attributes: dict) -> bytes:
         )
         if not isinstance(array.metadata, ArrayV3Metadata):  # cannot be: zarr_format 3
             raise TypeError(f"zarr made {type(array.metadata).__name__} metadata")
-        template = _TEMPLATES[repr(spec)] = array.metadata
-    metadata = template.update_attributes(attributes)
+        template = _TEMPLATES[key] = array.metadata
+    (sharding,) = template.codecs  # the shapes are all zarr sets from the geometry
+    if not isinstance(sharding, ShardingCodec):  # cannot be: created with shards
+        raise TypeError(f"zarr made {sharding} for a sharded array")
+    metadata = dataclasses.replace(
+        template,
+        shape=(0, *spec.frame_shape),
+        chunk_grid=RegularChunkGrid(chunk_shape=spec.shard_shape),
+        codecs=(dataclasses.replace(sharding, chunk_shape=spec.chunk_shape),),
+        attributes=attributes,
+    )
     return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
 
 

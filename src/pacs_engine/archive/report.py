@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pacs_engine.archive.quarantine import NOT_DICOM
@@ -31,12 +31,16 @@ class Outcome:
 
     def to_bytes(self) -> bytes:
         """The journal's record of it."""
-        return json.dumps({k: v for k, v in asdict(self).items() if v}).encode()
+        # Its fields are plain values: no deep copy (asdict's) is needed to dump them.
+        return json.dumps({k: v for k in _OUTCOME_FIELDS if (v := getattr(self, k))}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Outcome:
         """The outcome a journal record holds."""
         return cls(**json.loads(data))
+
+
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 
 
 @dataclass

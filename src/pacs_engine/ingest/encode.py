@@ -67,7 +67,7 @@ from pacs_engine.ingest.inputs import (
 )
 from pacs_engine.scanning import scan
 from pacs_engine.stages import Times, stage
-from pacs_engine.storage import fsync_dirs, series_folder, write_atomic
+from pacs_engine.storage import DeferredWrites, fsync_dirs, series_folder, write_atomic
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,10 @@ COMPARED_KEYWORDS = (
     "BitsAllocated",
     "PixelRepresentation",
 )
+#: A codec choice costs at most about 1 / CHOICE_SHARE of encoding the frames it is for
+#: (its three candidates encode the sample, JPEG XL at half JPEG-LS's speed: ~3 frames).
+CHOICE_SHARE = 4
+MIN_CHOICE_PIXELS, MAX_CHOICE_PIXELS = 64 * 64, 512 * 512
 _CONFLICT = "conflict: same SOP Instance UID as an archived instance, but "
 #: What an absent attribute of COMPARED_KEYWORDS means (DICOM's defaults).
 _ABSENT = {"NumberOfFrames": 1, "SamplesPerPixel": 1, "PixelRepresentation": 0}
@@ -208,22 +212,35 @@ class PartEncoder:
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")
         self.policy = DEFAULT_POLICY  # the inputs' policy of the run at work
+        # Codecs chosen for new native arrays in the batch at work: (modality, key) -> codec
+        self.choices: dict[tuple, tuple] = {}
 
     def close(self) -> None:
         """Release the index."""
         self.index.close()
 
-    def encode(self, part: Part, checks: Checks = Checks()) -> PartResult:
+    def encode(
+        self,
+        part: Part,
+        checks: Checks = Checks(),
+        choices: dict[tuple, tuple] | None = None,
+        writes: DeferredWrites | None = None,
+    ) -> PartResult:
         """Prepare, check and write every input of the part; commits nothing.
 
         An input that cannot be archived is quarantined and its outcome says why;
         a failure to write the archive (a full disk) raises, and the part is lost
         as a whole: its files are unreachable until a later part rewrites them.
+        `choices` keeps the codecs chosen for new arrays of native frames, by
+        modality and array key, for the next parts of a batch to use unchosen.
+        With `writes`, the part's files are left there for the caller to make
+        durable (`fsync_dirs`), with those of other parts, before any is committed.
         """
         # Array specs are read afresh per part: since the last part, an array no row used
         # may have been removed by a run's tidy and created again with another codec.
         self.pixels = PixelStore(self.root / "pixels")
-        state = _PartState(part, checks)
+        self.choices = {} if choices is None else choices
+        state = _PartState(part, checks, dirs=set() if writes is None else writes)
         self.policy = checks.inputs
         result = PartResult(part)
         for key in part.keys:
@@ -233,7 +250,8 @@ class PartEncoder:
             result.arrays[path] = writer.next
         if state.blobs:
             self._write_blobs(part.series_uid, state.blobs, state.dirs)
-        fsync_dirs(state.dirs)
+        if writes is None:
+            fsync_dirs(state.dirs)
         for sop, received in state.kept.items():
             if state.committed[sop] is not None:  # versions of a committed row: merged at commit
                 result.versions += [(sop, row) for row in received]
@@ -408,7 +426,8 @@ class PartEncoder:
         key, spec, attributes = self._array_for(prepared)
         path = self.pixels.array_path(part.series_uid, key)
         if path not in writers:
-            self._ensure_array(part.series_uid, key, spec, attributes, prepared)
+            frames = len(part.keys) * prepared.frame_count  # about what the part brings
+            self._ensure_array(part.series_uid, key, spec, attributes, prepared, frames)
             writers[path] = _ArrayWriter(self.pixels, path, part, dirs)
         count = prepared.frame_count
         if not writers[path].room_for(count):
@@ -431,13 +450,18 @@ class PartEncoder:
         spec: ArraySpec,
         attributes: dict[str, Any],
         prepared: Prepared,
+        frames: int = 1,
     ) -> None:
         """Create the array once, even when parts of its series run in several processes.
 
         The first part to get here picks the codec for native frames (from its
-        first frame: choosing encodes it several times, so only here); the others
-        encode with the one in the array's metadata, so every chunk of an array
-        has the same codec.
+        first frame: choosing encodes it several times, so only here), or takes the
+        one its batch chose for frames of the same modality and array key (a small
+        series would pay a choice about as dear as its encoding); the others encode
+        with the one in the array's metadata, so every chunk of an array has the
+        same codec. A choice for a few frames (`frames`, fewer than `CHOICE_SHARE`)
+        is judged on a central part of the sample (`choice_pixels`), so that it costs
+        about as much as encoding them rather than three times more.
         """
         path = self.pixels.array_path(series_uid, key)
         if self.pixels.exists(path):
@@ -452,8 +476,12 @@ class PartEncoder:
             if self.pixels.exists(path):
                 return
             if prepared.storage == "native":
-                with stage("choose"):
-                    codec, compressors = self._native_codec(prepared.native_frames[0])
+                kind = (prepared.header.get("Modality"), key)
+                if kind not in self.choices:
+                    with stage("choose"):
+                        sample = prepared.native_frames[0]
+                        self.choices[kind] = self._native_codec(sample, frames)
+                codec, compressors = self.choices[kind]
                 spec = dataclasses.replace(spec, codec=codec, compressors=compressors)
             self.pixels.ensure_array(series_uid, key, spec, attributes)
 
@@ -509,12 +537,12 @@ class PartEncoder:
         )
         return key, spec, attributes
 
-    def _native_codec(self, sample: np.ndarray) -> tuple[Any, tuple]:
-        """The archive codec for a new array of native frames like `sample`."""
+    def _native_codec(self, sample: np.ndarray, frames: int = 1) -> tuple[Any, tuple]:
+        """The archive codec for a new array of `frames` native frames like `sample`."""
         name = self.config["codec"]
         try:
             if name == "auto":
-                return choose_codec(sample), ()
+                return choose_codec(sample, max_pixels=choice_pixels(sample, frames)), ()
             if name in ARCHIVE_BY_NAME:
                 codec = ARCHIVE_BY_NAME[name]()
                 codec.encode_frame(np.ascontiguousarray(sample[:8, :8]))
@@ -560,6 +588,17 @@ class PartEncoder:
             # What rebuild_index needs beyond the blobs (docs/archive.md).
             sidecar = dump_rows([row for row, _ in blobs])
             write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
+
+
+def choice_pixels(sample: np.ndarray, frames: int) -> int:
+    """Pixels of the sample to choose a codec for `frames` frames like it on.
+
+    Choosing encodes the sample with every candidate (about `CHOICE_SHARE` frames'
+    worth of encoding): for fewer frames, a central part of it, at least
+    `MIN_CHOICE_PIXELS` and at most `MAX_CHOICE_PIXELS` pixels.
+    """
+    pixels = sample.shape[0] * sample.shape[1] * max(frames, 1) // CHOICE_SHARE
+    return max(MIN_CHOICE_PIXELS, min(MAX_CHOICE_PIXELS, pixels))
 
 
 def conflict_reason(

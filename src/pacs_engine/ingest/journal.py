@@ -67,6 +67,8 @@ class Planned:
     sop_instance_uid: str
     instance_number: int | None
     frames: int  # frames its pixel data holds (Number of Frames), 0 without pixel data
+    # Bytes of its decoded pixels, as its attributes declare them (0 in plans written before)
+    pixel_bytes: int = 0
 
 
 class Journal:
@@ -239,7 +241,8 @@ class Journal:
         entries.update(self.forget(o.key for o in outcomes if o.outcome == "quarantined"))
         for p in planned:
             key = _key(b"p", run, *plan_order(p))
-            entries[key] = json.dumps({"frames": p.frames, "key": p.key}).encode()
+            entry = {"frames": p.frames, "key": p.key, "pixel_bytes": p.pixel_bytes}
+            entries[key] = json.dumps(entry).encode()
         self.index.commit([], journal={**entries, **(more or {})})
 
     # --- plan -------------------------------------------------------------------------
@@ -281,6 +284,7 @@ class Journal:
                         sop,
                         None if order == _NO_NUMBER else order - (1 << 62),
                         entry["frames"],
+                        entry.get("pixel_bytes", 0),
                     )
                 )
             yield out

@@ -2,7 +2,7 @@
 
 ```
 inputs ──► scan_task (batches, workers) ──► journal: plan entries / outcomes
-journal plan, series by series ──► parts ──► encode_task (workers) ──► commit (here)
+journal plan, series by series ──► parts (small ones batched) ──► encode_batch ──► commit (here)
 ```
 
 Only this process writes the index: the rows of all parts of a series and its
@@ -19,7 +19,6 @@ is back, and its transaction is fed from there part by part.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import pickle
@@ -57,6 +56,10 @@ if TYPE_CHECKING:
     from pacs_engine.archive import Archive
 
 SCAN_BATCH = 128
+#: Pixel bytes of small parts sent as one task at most (a shard's frames at most, too): ~40
+#: ms of encoding, past which a task's fixed costs no longer weigh and a larger one would
+#: leave a worker alone at the end of a run.
+BATCH_BYTES = 4 << 20
 #: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).
 CHECKPOINT_SECONDS = 1.0
 
@@ -384,21 +387,26 @@ class _Run:
         """Encode the planned inputs series by series, committing parts as they finish."""
         left = self._planned_left(run)
         self.total = self.report.inputs + sum(inputs for inputs, _ in left.values())
-        self.parts = CrashIsolation(
+        self.parts: CrashIsolation[tuple[Part, ...]] = CrashIsolation(
             self.executor,
-            start=lambda part: self._submit(tasks.encode_task, part, self.checks),
-            split=self._split,
+            start=lambda batch: self._submit(tasks.encode_batch, batch, self.checks),
+            split=lambda batch: [(retry,) for part in batch for retry in self._split(part)],
             handle=lambda done: self._finished(run, done),
             running=lambda: self.failure is None,
         )
-        # Largest series first: the last parts out are small ones, so the workers finish
-        # together rather than one ending the run alone on a large series.
-        order = sorted(left, key=lambda series: (-left[series][1], series))
+        self.batch: list[Part] = []  # small parts not sent yet, to go as one task
+        self.batch_size = (0, 0)  # their frames and pixel bytes
+        # Largest series (in pixel bytes, then frames) first: the last parts out are small
+        # ones, so the workers finish together rather than one ending the run alone on a
+        # large series. Frames alone would send many small frames before a few large ones.
+        order = sorted(left, key=lambda series: (-left[series][1][0], -left[series][1][1], series))
         try:
             for series in order:
                 if self.failure is not None:
                     break
                 self._send_series(run, series)
+            if self.batch and self.failure is None:
+                self._send_batch()
             self.parts.finish()
         finally:
             for waiting in self.waiting.values():  # a series the run stopped in
@@ -414,45 +422,73 @@ class _Run:
                 waiting = self.waiting[series] = _Waiting(base, _Staged(self.root))
             part = Part(series, waiting.end, span, tuple(p.key for p in planned), run)
             waiting.end += span  # the next part starts on its own shard
-            self.parts.make_room()
-            if self.failure is not None:
-                return
             waiting.parts += 1
             waiting.out[part] = planned
-            self.parts.submit(part)
+            frames = sum(p.frames for p in planned)
+            pixel_bytes = sum(p.pixel_bytes for p in planned)
+            if frames >= per_shard or pixel_bytes >= BATCH_BYTES:  # a task of its own
+                self._send_batch([part])
+            else:  # a small series, or the end of one: with others, up to a part's frames
+                self.batch.append(part)
+                held_frames, held_bytes = self.batch_size
+                self.batch_size = (held_frames + frames, held_bytes + pixel_bytes)
+                if self.batch_size[0] >= per_shard or self.batch_size[1] >= BATCH_BYTES:
+                    self._send_batch()
+            if self.failure is not None:
+                return
         if waiting is not None:
             waiting.cut = True
             self._commit_when_back(run, series)  # its parts may all be back already
 
-    def _planned_left(self, run: str) -> dict[str, tuple[int, int]]:
-        """Per series with planned inputs left (without an outcome): (inputs, frames) left.
+    def _send_batch(self, parts: list[Part] | None = None) -> None:
+        """Send `parts` as one task, once there is room (by default the small parts held)."""
+        if parts is None:
+            parts, self.batch, self.batch_size = self.batch, [], (0, 0)
+        self.parts.make_room()
+        if self.failure is None:
+            self.parts.submit(tuple(parts))
+
+    def _planned_left(self, run: str) -> dict[str, tuple[int, tuple[int, int]]]:
+        """Per series with planned inputs left (without an outcome): (inputs, (pixel bytes,
+        frames)) left.
 
         One pass over the plan, series by series; one entry per series, not per input.
         """
         left = {}
         series = None
         while series := self.journal.next_series(run, series):
-            inputs = frames = 0
+            inputs = pixel_bytes = frames = 0
             for planned in self.journal.pending(run, series):
                 inputs += 1
+                pixel_bytes += planned.pixel_bytes
                 frames += planned.frames
             if inputs:
-                left[series] = (inputs, frames)
+                left[series] = (inputs, (pixel_bytes, frames))
         return left
 
-    def _finished(self, run: str, done: Finished[Part]) -> None:
-        """Take a part that ended: its result, or the quarantine of the input that kills workers."""
+    def _finished(self, run: str, done: Finished[tuple[Part, ...]]) -> None:
+        """Take parts that ended: their results, or the quarantine of the input that kills
+        workers."""
         if self.failure is not None:
             return
         if done.error is None:
-            self._take(run, done.result)
+            results, error = done.result
+            for result in results:
+                self._take(result)
+            # The series the batch completes, in one transaction (one index commit, not one
+            # each: while this process commits, it sends no work).
+            self._commit_when_back(run, *(result.part.series_uid for result in results))
+            if error is not None:  # the parts after it were not encoded
+                self.failure = self.failure or PartFailed(done.task[len(results)], error)
         elif done.killer:  # a file may crash a codec: it is found, the rest is kept
-            self._take(run, self._quarantined(done.task, done.error))
+            (part,) = done.task  # a retry: one part of one SOP Instance UID
+            self._take(self._quarantined(part, done.error))
+            self._commit_when_back(run, part.series_uid)
         else:
-            self.failure = PartFailed(done.task, done.error)
+            self.failure = PartFailed(done.task[0], done.error)
 
-    def _take(self, run: str, result: PartResult) -> None:
-        """Keep a part's result (on disk); commit its series once all its parts are back."""
+    def _take(self, result: PartResult) -> None:
+        """Keep a part's result (on disk), for its series' commit once all its parts are back."""
         if result.stages:  # not a part quarantined here after its worker died
             self._add_stages(result.worker, result.stages)
         if result.encode_started is not None:
@@ -465,22 +501,26 @@ class _Run:
             waiting.staged.add(result)
         except Exception as error:  # the archive's disk is full: stop, keep what is in
             self.failure = self.failure or error
-            return
-        self._commit_when_back(run, result.part.series_uid)
 
-    def _commit_when_back(self, run: str, series: str) -> None:
-        """Commit the series if it is cut into parts and every one of them is back."""
-        waiting = self.waiting[series]
-        if not waiting.cut or waiting.staged.count < waiting.parts or self.failure is not None:
+    def _commit_when_back(self, run: str, *series: str) -> None:
+        """Commit those of the series that are cut into parts with every part back, together."""
+        if self.failure is not None:
             return
-        del self.waiting[series]
+        ready = [
+            uid
+            for uid in dict.fromkeys(series)  # each once, in order
+            if (w := self.waiting[uid]).cut and w.staged.count >= w.parts
+        ]
+        staged = [self.waiting.pop(uid).staged for uid in ready]
         try:
-            with self.clock.stage("commit"):
-                self._commit(run, waiting.staged)
+            if staged:
+                with self.clock.stage("commit"):
+                    self._commit(run, (result for one in staged for result in one))
         except Exception as error:  # e.g. the index's disk is full: stop, keep what is in
             self.failure = self.failure or error
         finally:
-            waiting.staged.close()
+            for one in staged:
+                one.close()
 
     def _split(self, part: Part) -> list[Part]:
         """A part a dead worker took down, as parts of one SOP Instance UID each, placed anew.
@@ -516,13 +556,22 @@ class _Run:
         return PartResult(part, outcomes=outcomes)
 
     def _commit(self, run: str, results: Iterable[PartResult]) -> None:
-        """Commit a series' parts (rows, versions, duplicates, outcomes) in one index transaction.
+        """Commit the parts of whole series (rows, versions, duplicates, outcomes) in one index
+        transaction.
 
-        One transaction per series, so that readers never see part of a series. It is
-        fed a part at a time (`results` may be read from disk as it goes), so memory
+        Whole series in one transaction, so that readers never see part of a series. It
+        is fed a part at a time (`results` may be read from disk as it goes), so memory
         holds one part's rows, however large the series.
         """
-        counted = copy.deepcopy(self.report)  # the counts to go back to if nothing commits
+        # The counts to go back to if nothing commits: a copy of what `count` changes
+        # (a deep copy of the whole report, its stage times too, cost more than the commit).
+        report = self.report
+        counted = replace(
+            report,
+            not_verified=report.not_verified.copy(),
+            reasons=report.reasons.copy(),
+            not_dicom=list(report.not_dicom),
+        )
         ends: dict[str, int] = {}
         try:
             with self.archive.index.writing() as index:

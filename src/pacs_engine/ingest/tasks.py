@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
@@ -29,7 +31,8 @@ from pacs_engine.ingest.inputs import (
 )
 from pacs_engine.ingest.journal import Planned
 from pacs_engine.scanning import scan
-from pacs_engine.stages import Times, stage, task
+from pacs_engine.stages import Times, add_times, stage, task
+from pacs_engine.storage import DeferredWrites, fsync_dirs
 from pacs_engine.workers import PerProcess
 
 _ENCODERS: PerProcess[str, PartEncoder] = PerProcess()
@@ -108,7 +111,8 @@ def planned_input(key: str, header: Header) -> Planned:
         header["SeriesInstanceUID"],
         header["SOPInstanceUID"],
         number if isinstance(number, int) else None,
-        _frames(header),
+        frames := _frames(header),
+        frames * _frame_bytes(header.attributes),
     )
 
 
@@ -121,12 +125,25 @@ def _planned_from_row(key: str, row: Row) -> Planned:
         row["SOPInstanceUID"],
         number if isinstance(number, int) else None,
         _frame_count(row.get("pixel_keyword") is not None, row.get("NumberOfFrames")),
+        row.get("raw_pixel_bytes") or 0,
     )
 
 
 def _frames(header: Header) -> int:
     """Frames the instance holds (see `_frame_count`)."""
     return _frame_count(header.pixel is not None, header.get("NumberOfFrames"))
+
+
+def _frame_bytes(attributes: Mapping[str, Any]) -> int:
+    """Bytes of one decoded frame as the attributes declare it (0 when they do not say):
+    what the run weighs series by, to send the largest first."""
+    size = 1
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"):
+        value = attributes.get(keyword) or (1 if keyword == "SamplesPerPixel" else 0)
+        if not isinstance(value, int) or value <= 0:
+            return 0
+        size *= -(-value // 8) if keyword == "BitsAllocated" else value
+    return size
 
 
 def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
@@ -140,12 +157,48 @@ def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
 
 def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
     """Encode one part of a series (see PartEncoder.encode), timing its stages."""
-    entered: dict[str, float] = {}
-    with task(entered) as times:
-        result = _encoder(root).encode(part, checks)
-    result.worker, result.stages = os.getpid(), times
-    result.encode_started = entered.get("encode")
+    (result,), error = encode_batch(root, (part,), checks)
+    if error is not None:
+        raise error
     return result
+
+
+def encode_batch(
+    root: str, parts: tuple[Part, ...], checks: Checks
+) -> tuple[list[PartResult], Exception | None]:
+    """Encode parts one after the other (one task for several small series), timing each:
+    the results, and the error that stopped the batch (its other parts are not encoded).
+
+    The parts' files are made durable together at the end (`DeferredWrites`: one
+    round of fsyncs for the batch, not a few per small series), those of the parts
+    encoded before a failure (a full disk) too: they are handed back to be committed,
+    as they would have been as tasks of their own. A codec is chosen once per kind
+    of frames among the batch's new arrays (`PartEncoder.encode`), so a batch of
+    small series does not pay a choice each.
+    """
+    encoder = _encoder(root)
+    choices: dict = {}
+    writes = DeferredWrites()
+    results: list[PartResult] = []
+    error = None
+    for part in parts:
+        written = len(writes.files)
+        entered: dict[str, float] = {}
+        try:
+            with task(entered) as times:
+                result = encoder.encode(part, checks, choices, writes)
+        except Exception as failure:
+            writes.discard_since(written)
+            error = failure
+            break
+        result.worker, result.stages = os.getpid(), times
+        result.encode_started = entered.get("encode")
+        results.append(result)
+    with task() as times:
+        fsync_dirs(writes)  # raises if they cannot be made durable: nothing is committed
+    if results:
+        add_times(results[-1].stages, times)  # the batch's syncs, charged to its last part
+    return results, error
 
 
 def release(root: str) -> None:
