@@ -343,28 +343,30 @@ def test_per_item_cost(case: dict) -> None:
     rng = np.random.default_rng(0)
     order = rng.permutation(np.resize(np.arange(len(pydicom_frames)), ITEMS)).tolist()
     datasets = {
-        "frames record": frames["record"],
-        "frames copy": frames["copy"],
-        "frames pydicom": pydicom_frames,
+        "frames record, one process": frames["record"],
+        "frames copy, one process": frames["copy"],
+        "frames pydicom, one process": pydicom_frames,
     }
+    # Row labels unique across the cases: ab_compare.py names the figures by them.
+    tag = f"{case['name']}: "
     lines = [
         "",
         f"per item, {case['name']} CT, num_workers=0, {ITEMS} shuffled reads after a warm-up",
-        f"  {'dataset':<40}  {'CPU us/item':>12}  {'calls/item':>12}",
+        f"  {'dataset':<48}  {'CPU us/item':>12}  {'calls/item':>12}",
     ]
     for name, dataset in datasets.items():
         for i in order[:WARM]:
             dataset[i]  # the process's handles, caches and page cache
         cpu, calls = per_item(dataset, order)
-        lines.append(f"  {name:<40}  {cpu:>12,.1f}  {calls:>12,.1f}")
+        lines.append(f"  {tag + name:<48}  {cpu:>12,.1f}  {calls:>12,.1f}")
     by_syntax: dict[str, list[int]] = defaultdict(list)
     for k, (path, _) in enumerate(pydicom_frames.where):
         meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
         by_syntax[str(meta.TransferSyntaxUID.name)].append(k)
-    lines.append(f"  {'pydicom by original syntax':<40}  {'CPU us/item':>12}  {'items':>12}")
+    lines.append(f"  {'pydicom by original syntax':<48}  {'CPU us/item':>12}  {'items':>12}")
     for syntax, ks in sorted(by_syntax.items()):
         cpu, _ = per_item(pydicom_frames, ks)
-        lines.append(f"  {syntax:<40}  {cpu:>12,.1f}  {len(ks):>12}")
+        lines.append(f"  {tag + syntax:<48}  {cpu:>12,.1f}  {len(ks):>12}")
     print("\n".join(lines))
 
 
@@ -455,14 +457,16 @@ def test_training_rates(case: dict) -> None:
         f"training loop, {case['name']} CT: {len(frames['record'])} frames of 512x512 "
         f"in {len(series)} training series; DataLoader {WORKERS} workers, batch {BATCH}",
     ]
-    lines.append(f"  {'loader':<40}  {'items/s':>10}  {'CPU us/item':>12}")
+    # Row labels unique across the cases: ab_compare.py names the figures by them.
+    tag = f"{case['name']}: "
+    lines.append(f"  {'loader':<48}  {'items/s':>10}  {'CPU us/item':>12}")
     lines += [
-        f"  {name:<40}  {rate:>10,.1f}  {'-' if math.isnan(cpu) else f'{cpu:,.0f}':>12}"
+        f"  {tag + name:<48}  {rate:>10,.1f}  {'-' if math.isnan(cpu) else f'{cpu:,.0f}':>12}"
         for name, (rate, cpu) in rates.items()
     ]
-    lines.append(f"  {'ratio':<40}  {'rate':>10}  {'CPU':>12}")
+    lines.append(f"  {'ratio':<48}  {'rate':>10}  {'CPU':>12}")
     lines += [
-        f"  {name:<40}  {rate:>9.2f}x  {'-' if math.isnan(cpu) else f'{cpu:.2f}x':>12}"
+        f"  {tag + name:<48}  {rate:>9.2f}x  {'-' if math.isnan(cpu) else f'{cpu:.2f}x':>12}"
         for name, (rate, cpu) in ratios.items()
     ]
     lines += [

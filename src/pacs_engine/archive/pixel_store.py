@@ -10,7 +10,8 @@ sees a half-written shard. The array's frame count (its `shape[0]`) is raised
 only after the index rows that reference the new frames are committed.
 
 Readers go around zarr: `read_frames` reads the asked-for chunk bytes straight from
-the shards (one read per shard and run of frames) and decodes them with the array's
+the shards (one read per shard and run of frames; each process keeps recently read
+shard files open with their checked index) and decodes them with the array's
 own codec (`decode_chunk`), the bytes and codec a zarr reader would use, without
 zarr's per-call overhead, into one preallocated array, optionally on several threads.
 """
