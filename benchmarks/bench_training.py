@@ -26,9 +26,22 @@ In the same run, per case:
 - the lz4 copy's frames and the tiled copy's patches as int16 HU (`dtype="int16"`,
   exact for CT's integer slope and intercept): half the bytes to collate;
 - what the DataLoader itself costs: the same loader over items made from nothing (a
-  fresh float32 array of the frame's or the patch's shape, the loader's ceiling), and,
-  in its workers, the default collate of one batch (`torch.stack` into a new
-  shared-memory tensor) against `np.stack` of the same items (median ms per batch).
+  fresh float32 array of the frame's or the patch's shape, the loader's ceiling), the
+  copy's frames with only the keys pydicom's items have (pixels, patient_id: what
+  the metadata tensors cost), and, in its workers, the default collate of one batch
+  (`torch.stack` into a new shared-memory tensor) against `np.stack` of the same
+  items (median ms per batch).
+
+Beside each rate, the CPU the loader spent per item (its workers' threads and the main
+process, from /proc: a figure the other engineers' load on the machine moves far
+less than the rate). The bounds are rows too: the copy cannot beat pydicom by more
+than blank items do (both pay the loader), nor the archive of record by more than the
+codec alone does.
+
+`test_per_item_cost` gives the deterministic side with `num_workers=0`: per item, CPU
+microseconds and Python function calls (cProfile) of `FrameDataset.__getitem__` on
+both archives and of the pydicom Dataset, and pydicom's CPU per item by the original
+files' transfer syntax (why the corpus and synth rows differ).
 
 Targets (issue 15): frames from the archive of record >= 80 % of the codec alone and
 faster than pydicom; from the copy >= 5x pydicom; patches from the archive of record
@@ -37,8 +50,10 @@ faster than pydicom; from the copy >= 5x pydicom; patches from the archive of re
 
 from __future__ import annotations
 
+import cProfile
 import hashlib
 import math
+import pstats
 import time
 import warnings
 from collections import defaultdict
@@ -64,6 +79,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
 WORKERS = 2
 BATCH = 16
 BATCHES = 12  # timed batches of frames per loader
+ITEMS = 256  # reads per dataset in the per-item figures (num_workers=0)
+WARM = 32  # reads before them
 PATCH = (32, 128, 128)
 PATCH_BATCHES = 3  # timed batches of slow patch loaders (pydicom: 32 files a patch)
 TILE = 64
@@ -133,6 +150,20 @@ class PydicomPatches(Dataset):
         return {"pixels": np.stack(slices)}
 
 
+class PixelsOnly(Dataset):
+    """A dataset's items cut to the keys pydicom's items have: pixels and patient_id."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        return {"pixels": item["pixels"], "patient_id": item["patient_id"]}
+
+
 class CodecAlone:
     """Decodes chunk bytes read beforehand with their array's codec (a `run_tasks` reader)."""
 
@@ -182,10 +213,34 @@ def collate_ms(shape: tuple[int, ...], batches: int, dtype: str) -> tuple[float,
     return default, stacked
 
 
-def loader_rate(dataset: Dataset, batches: int, dtype: torch.dtype = torch.float32) -> float:
-    """Items/s of a shuffled 2-worker DataLoader over `batches` batches after a warm-up.
+def _children() -> list[int]:
+    """The process ids of this process's children (the DataLoader's workers)."""
+    return [
+        int(pid)
+        for task in Path("/proc/self/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
 
-    Epochs follow each other (persistent workers) until enough batches were taken.
+
+def _cpu_ns(pids: Sequence[int]) -> int:
+    """CPU time (ns) of every thread of these processes so far (schedstat: ns, not ticks)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+    return total
+
+
+def loader_rate(
+    dataset: Dataset, batches: int, dtype: torch.dtype = torch.float32
+) -> tuple[float, float]:
+    """Items/s and CPU us per item of a shuffled 2-worker DataLoader after a warm-up.
+
+    Epochs follow each other (persistent workers) until `batches` batches were taken.
+    The CPU is the workers' (every thread) and this process's, over the timed batches.
     """
     generator = torch.Generator().manual_seed(0)
     loader = DataLoader(
@@ -200,17 +255,23 @@ def loader_rate(dataset: Dataset, batches: int, dtype: torch.dtype = torch.float
     )
     assert len(loader), f"{len(dataset)} items: not one batch"  # type: ignore[arg-type]
     items, started, k = 0, 0.0, 0
+    workers: list[int] = []
+    cpu = 0
     while k < WORKERS + batches:
         for batch in loader:
             k += 1
             if k <= WORKERS:  # one untimed batch per worker: their start
+                workers = _children()
+                cpu = _cpu_ns(workers) + time.process_time_ns()
                 started = time.monotonic()
                 continue
             assert batch["pixels"].dtype == dtype
             items += len(batch["pixels"])
             if k == WORKERS + batches:
                 break
-    return items / (time.monotonic() - started)
+    rate = items / (time.monotonic() - started)
+    cpu = _cpu_ns(workers) + time.process_time_ns() - cpu
+    return rate, cpu / items / 1000
 
 
 def codec_rate(frames: FrameDataset, count: int) -> float:
@@ -250,22 +311,75 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return {"name": request.param, **archives, "series": train_series(archives["record"])}
 
 
-def test_training_rates(case: dict) -> None:
-    series = case["series"]
-    rates: dict[str, float] = {}
+def frame_datasets(case: dict) -> tuple[dict[str, FrameDataset], PydicomFrames]:
+    """The 512x512 HU frames of the training series from both archives, and pydicom's."""
     frames = {
-        name: FrameDataset(case[name], series, rescale=True, shape=FRAME, grayscale=True)
+        name: FrameDataset(case[name], case["series"], rescale=True, shape=FRAME, grayscale=True)
         for name in ("record", "copy")
     }
     where = [
         (original_file(frames["record"].archive_path, frames["record"].instances[i]), f)
         for _, _, _, i, f in frames["record"].table.tolist()
     ]
+    return frames, PydicomFrames(where)
+
+
+def per_item(dataset: Dataset, indices: list[int]) -> tuple[float, float]:
+    """CPU us and Python function calls per item of reading `indices`, in this process."""
+    started = time.process_time_ns()
+    for i in indices:
+        dataset[i]
+    cpu = (time.process_time_ns() - started) / len(indices) / 1000
+    profile = cProfile.Profile()
+    profile.enable()
+    for i in indices:
+        dataset[i]
+    profile.disable()
+    return cpu, pstats.Stats(profile).total_calls / len(indices)  # type: ignore[attr-defined]
+
+
+def test_per_item_cost(case: dict) -> None:
+    frames, pydicom_frames = frame_datasets(case)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(np.resize(np.arange(len(pydicom_frames)), ITEMS)).tolist()
+    datasets = {
+        "frames record, one process": frames["record"],
+        "frames copy, one process": frames["copy"],
+        "frames pydicom, one process": pydicom_frames,
+    }
+    # Row labels unique across the cases: ab_compare.py names the figures by them.
+    tag = f"{case['name']}: "
+    lines = [
+        "",
+        f"per item, {case['name']} CT, num_workers=0, {ITEMS} shuffled reads after a warm-up",
+        f"  {'dataset':<48}  {'CPU us/item':>12}  {'calls/item':>12}",
+    ]
+    for name, dataset in datasets.items():
+        for i in order[:WARM]:
+            dataset[i]  # the process's handles, caches and page cache
+        cpu, calls = per_item(dataset, order)
+        lines.append(f"  {tag + name:<48}  {cpu:>12,.1f}  {calls:>12,.1f}")
+    by_syntax: dict[str, list[int]] = defaultdict(list)
+    for k, (path, _) in enumerate(pydicom_frames.where):
+        meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+        by_syntax[str(meta.TransferSyntaxUID.name)].append(k)
+    lines.append(f"  {'pydicom by original syntax':<48}  {'CPU us/item':>12}  {'items':>12}")
+    for syntax, ks in sorted(by_syntax.items()):
+        cpu, _ = per_item(pydicom_frames, ks)
+        lines.append(f"  {tag + syntax:<48}  {cpu:>12,.1f}  {len(ks):>12}")
+    print("\n".join(lines))
+
+
+def test_training_rates(case: dict) -> None:
+    series = case["series"]
+    rates: dict[str, tuple[float, float]] = {}
+    frames, pydicom_frames = frame_datasets(case)
     rates["frames record"] = loader_rate(frames["record"], BATCHES)
     rates["frames copy"] = loader_rate(frames["copy"], BATCHES)
-    rates["frames pydicom"] = loader_rate(PydicomFrames(where), BATCHES)
-    rates["frames codec alone"] = codec_rate(frames["record"], BATCH * BATCHES)
+    rates["frames pydicom"] = loader_rate(pydicom_frames, BATCHES)
+    rates["frames codec alone"] = codec_rate(frames["record"], BATCH * BATCHES), math.nan
     rates["frames, blank items"] = loader_rate(Blank(FRAME, len(frames["record"])), BATCHES)
+    rates["frames copy, pixels only"] = loader_rate(PixelsOnly(frames["copy"]), BATCHES)
     # Items half the bytes: HU as int16 (exact for CT's integer slope and intercept).
     int16 = FrameDataset(case["copy"], series, rescale=True, dtype="int16", shape=FRAME)
     rates["frames copy, int16"] = loader_rate(int16, BATCHES, torch.int16)
@@ -310,22 +424,28 @@ def test_training_rates(case: dict) -> None:
     blank = Blank(PATCH, len(patches["copy"]), "int16")
     rates["patches, blank items int16"] = loader_rate(blank, BATCHES, torch.int16)
     rates["patches pydicom"] = loader_rate(PydicomPatches(patches["record"], paths), PATCH_BATCHES)
+    # (ours, baseline): the rate ratio, and the baseline's CPU per item over ours.
+    pairs = {
+        "record / codec alone (>= 0.8)": ("frames record", "frames codec alone"),
+        "record / pydicom, frames (> 1)": ("frames record", "frames pydicom"),
+        "bound: codec alone / pydicom, frames": ("frames codec alone", "frames pydicom"),
+        "copy / pydicom, frames (>= 5)": ("frames copy", "frames pydicom"),
+        "bound: blank items / pydicom, frames": ("frames, blank items", "frames pydicom"),
+        "copy pixels only / pydicom, frames": ("frames copy, pixels only", "frames pydicom"),
+        "record / pydicom, patches (>= 2)": ("patches record", "patches pydicom"),
+        "copy / pydicom, patches (>= 20)": ("patches copy", "patches pydicom"),
+        "record tiled / pydicom, patches (>= 2)": ("patches record tiled", "patches pydicom"),
+        "copy tiled / pydicom, patches (>= 20)": ("patches copy tiled", "patches pydicom"),
+        "bound: blank items / pydicom, patches": ("patches, blank items", "patches pydicom"),
+        "copy tiled / blank items, patches": ("patches copy tiled", "patches, blank items"),
+        "copy / blank items, frames": ("frames copy", "frames, blank items"),
+        "copy int16 / pydicom, frames": ("frames copy, int16", "frames pydicom"),
+        "bound: blank int16 / pydicom, frames": ("frames, blank items int16", "frames pydicom"),
+        "copy tiled int16 / pydicom, patches": ("patches copy tiled, int16", "patches pydicom"),
+    }
     ratios = {
-        "record / codec alone (>= 0.8)": rates["frames record"] / rates["frames codec alone"],
-        "record / pydicom, frames (> 1)": rates["frames record"] / rates["frames pydicom"],
-        "copy / pydicom, frames (>= 5)": rates["frames copy"] / rates["frames pydicom"],
-        "record / pydicom, patches (>= 2)": rates["patches record"] / rates["patches pydicom"],
-        "copy / pydicom, patches (>= 20)": rates["patches copy"] / rates["patches pydicom"],
-        "record tiled / pydicom, patches (>= 2)": rates["patches record tiled"]
-        / rates["patches pydicom"],
-        "copy tiled / pydicom, patches (>= 20)": rates["patches copy tiled"]
-        / rates["patches pydicom"],
-        "copy tiled / blank items, patches": rates["patches copy tiled"]
-        / rates["patches, blank items"],
-        "copy / blank items, frames": rates["frames copy"] / rates["frames, blank items"],
-        "copy int16 / pydicom, frames": rates["frames copy, int16"] / rates["frames pydicom"],
-        "copy tiled int16 / pydicom, patches": rates["patches copy tiled, int16"]
-        / rates["patches pydicom"],
+        name: (rates[ours][0] / rates[base][0], rates[base][1] / rates[ours][1])
+        for name, (ours, base) in pairs.items()
     }
     collate = {
         (shape, dtype): collate_ms(shape, BATCHES, dtype)
@@ -337,8 +457,18 @@ def test_training_rates(case: dict) -> None:
         f"training loop, {case['name']} CT: {len(frames['record'])} frames of 512x512 "
         f"in {len(series)} training series; DataLoader {WORKERS} workers, batch {BATCH}",
     ]
-    lines += [f"  {name:<40} {rate:>10,.1f} /s" for name, rate in rates.items()]
-    lines += [f"  {name:<40} {ratio:>10.2f}x" for name, ratio in ratios.items()]
+    # Row labels unique across the cases: ab_compare.py names the figures by them.
+    tag = f"{case['name']}: "
+    lines.append(f"  {'loader':<48}  {'items/s':>10}  {'CPU us/item':>12}")
+    lines += [
+        f"  {tag + name:<48}  {rate:>10,.1f}  {'-' if math.isnan(cpu) else f'{cpu:,.0f}':>12}"
+        for name, (rate, cpu) in rates.items()
+    ]
+    lines.append(f"  {'ratio':<48}  {'rate':>10}  {'CPU':>12}")
+    lines += [
+        f"  {tag + name:<48}  {rate:>9.2f}x  {'-' if math.isnan(cpu) else f'{cpu:.2f}x':>12}"
+        for name, (rate, cpu) in ratios.items()
+    ]
     lines += [
         f"  collate {BATCH} x {shape} {dtype} in a worker: default {ms[0]:.1f} ms, "
         f"np.stack {ms[1]:.1f} ms"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -421,6 +422,63 @@ def test_torch_dataloader_with_two_workers_matches_one_process(
     streamed = DataLoader(chunks, batch_size=None, num_workers=2, multiprocessing_context=method)
     # Each worker streams its share of the shard runs; together every frame once.
     assert sorted(_chunk_keys(streamed)) == sorted(_chunk_keys(chunks))
+
+
+class _WithOpenShards:
+    """A FrameDataset's items with their index, the reading process and its open shards."""
+
+    def __init__(self, dataset: FrameDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        from pacs_engine.read.datasets import _handle
+
+        pixels = self.dataset[index]["pixels"]
+        kept = len(_handle(self.dataset.archive_path).archive.pixels._shards)  # after the read
+        return {"index": index, "pixels": pixels, "pid": os.getpid(), "kept": kept}
+
+
+def test_open_shards_are_per_process_in_dataloader_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two shard files kept open per process: forked workers start with none of the
+    parent's, stay within two while a shuffled epoch evicts and reopens shards, read
+    the parent's frames, and the parent reads on through its own afterwards."""
+    pytest.importorskip("torch", reason="the torch extra is not installed")
+    from torch import Generator
+    from torch.utils.data import DataLoader
+
+    from pacs_engine.archive import pixel_store
+
+    monkeypatch.setattr(pixel_store, "SHARD_CACHE", 2)
+    files = write_studies(tmp_path / "src", 2, 1, 6, rows=16, columns=16, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="lz4", frames_per_shard=2) as archive:
+        archive.ingest(files, workers=0)
+    dataset = _WithOpenShards(FrameDataset(tmp_path / "archive"))
+    local = [dataset[k] for k in range(len(dataset))]  # 12 frames in 6 shards
+    assert [item["kept"] for item in local] == [1, 1] + [2] * 10  # frames 0, 1: shard 0
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=True,
+        generator=Generator().manual_seed(3),
+        num_workers=2,
+        multiprocessing_context="fork",
+    )
+    items = list(loader)
+    assert sorted(item["index"] for item in items) == list(range(len(dataset)))
+    for item in items:
+        assert np.array_equal(np.asarray(item["pixels"]), local[item["index"]]["pixels"])
+    workers = {item["pid"] for item in items}
+    assert len(workers) == 2 and os.getpid() not in workers
+    for pid in workers:
+        kept = [item["kept"] for item in items if item["pid"] == pid]
+        assert kept[0] == 1 and max(kept) <= 2  # its first read's shard, none of the parent's
+    again = [dataset[k] for k in range(len(dataset))]
+    assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(again, local, strict=True))
 
 
 # --- selection by a query ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 from pathlib import Path
@@ -12,7 +13,7 @@ import pydicom
 import pytest
 import zarr
 
-from pacs_engine import Archive
+from pacs_engine import Archive, open_archive
 from pacs_engine.archive import pixel_store
 from pacs_engine.read import Series
 from pacs_engine.synth import write_studies
@@ -186,3 +187,69 @@ def test_a_raw_frame_of_the_wrong_size_is_an_error(tmp_path: Path) -> None:
         shard.write_bytes(bytes(data))
         with pytest.raises(ValueError, match=f"stored as {length - 2} bytes, not {length}"):
             archive.pixels.read_frames(path, [0])
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_open_shards_are_bounded_and_right_after_eviction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One frame per shard, two shards kept open: every read in an order that evicts and
+    reopens shards gives pydicom's frame, a shard still kept is not opened again, no
+    more than two shard files stay open, a forked child keeps its own, and closing the
+    archive closes them."""
+    files = write_studies(tmp_path / "src", 1, 1, 6, rows=16, columns=16, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="lz4", frames_per_shard=1) as archive:
+        archive.ingest(files, workers=0)
+    monkeypatch.setattr(pixel_store, "SHARD_CACHE", 2)
+    with open_archive(tmp_path / "archive") as archive:
+        path = _array_path(archive)
+        expected = _pydicom_frames(archive)
+        before = _open_fds()
+        opened: list[str] = []
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda f, *a: opened.append(str(f)) or real_open(f, *a))
+        # kept after each read (least recent first): 0 | 0 1 | 1 0 (hit) | 0 2 | 2 1 | 1 0 |
+        # 0 5 | 0 5 (hit) | 5 3 | 3 0: 8 opens for 10 reads
+        order = [0, 1, 0, 2, 1, 0, 5, 5, 3, 0]
+        for f in order:
+            assert np.array_equal(archive.pixels.read_frames(path, [f])[0], expected[f])
+            assert len(archive.pixels._shards) <= 2
+            assert _open_fds() <= before + 2
+        assert len([f for f in opened if "/pixels/" in f and "/c/" in f]) == 8
+        # A forked child (a DataLoader worker) starts with none of the parent's open shards.
+        receive, send = multiprocessing.Pipe(duplex=False)
+
+        def child() -> None:
+            kept = len(archive.pixels._shards)
+            same = [
+                np.array_equal(archive.pixels.read_frames(path, [f])[0], expected[f]) for f in order
+            ]
+            send.send((kept, same, len(archive.pixels._shards)))
+
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        assert receive.poll(60), "the forked reader did not answer"
+        assert receive.recv() == (0, [True] * len(order), 2)
+        process.join(10)
+        assert process.exitcode == 0
+        for end in (receive, send, process):
+            end.close()
+        assert np.array_equal(archive.pixels.read_frames(path, [3, 0]), expected[[3, 0]])
+    assert _open_fds() <= before  # closing the archive closed the shards it kept open
+
+
+def test_a_shard_rewritten_after_a_read_is_read_again(tmp_path: Path) -> None:
+    """Writers replace a shard whole (a new file): a reader that kept the old file open
+    reads the new one's frames. Here frames 2 and 3 are rewritten as copies of 0 and 1."""
+    files = write_studies(tmp_path / "src", 1, 1, 4, rows=16, columns=16, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="lz4", frames_per_shard=4) as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        expected = _pydicom_frames(archive)
+        assert not np.array_equal(expected[2:], expected[:2])
+        assert np.array_equal(archive.pixels.read_frames(path, [3, 0, 2]), expected[[3, 0, 2]])
+        archive.pixels.write_frames(path, 2, archive.pixels.read_chunks(path, 0, 2))
+        assert np.array_equal(archive.pixels.read_frames(path, [3, 0, 2]), expected[[1, 0, 0]])

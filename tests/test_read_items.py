@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.read import FrameDataset, PatchDataset, Series, VolumeDataset
-from pacs_engine.read.volume import rescale_as
+from pacs_engine.read.volume import convert, rescale_as
 
 # 512x512 CT of mixed storage: unsigned 12-bit (Philips series) and signed 16-bit.
 PHILIPS = "dcm_qa_ct/Philips/S21570/S2010/"
@@ -155,3 +155,57 @@ def test_series_and_datasets_take_an_archive_or_its_path(ct: tuple) -> None:
         archive.close()
     with pytest.raises(ValueError, match="not attributes the index holds"):
         FrameDataset(path, fields=("NoSuchKeyword",))
+
+
+def test_integer_hu_equals_pydicom(ct: tuple) -> None:
+    """dtype="int16"/"int32" HU (integer arithmetic) equal pydicom's modality values."""
+    path, ct = ct
+    for dtype in ("int16", "int32"):
+        dataset = FrameDataset(path, _series(ct), rescale=True, dtype=dtype)
+        for k in range(len(dataset)):
+            item = dataset[k]
+            ds = ct[item["sop_instance_uid"]]
+            expected = apply_modality_lut(ds.pixel_array, ds)  # float64 from pydicom
+            assert item["pixels"].dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(item["pixels"], expected)
+
+
+@pytest.mark.parametrize(
+    ("stored", "values", "slopes", "intercepts", "target"),
+    [
+        ("int16", (-2000, 3000), [1], [-1024], "int16"),  # CT as stored: in place
+        ("uint16", (0, 65535), [1], [-1024], "int32"),  # beyond int16 on the way
+        ("int16", (15000, 16500), [2], [-3000], "int16"),  # value * 2 overflows int16
+        ("uint16", (1024, 4095), [1], [-1024], "uint16"),  # the intercept does not fit
+        ("int16", (-100, 100), [1, 2], [0, 0], "int16"),  # per-slice slopes: general path
+        ("int16", (-100, 100), [0.5], [10], "int32"),  # fractional slope: general path
+    ],
+)
+def test_integer_rescale_equals_the_float_route(
+    stored: str, values: tuple, slopes: list, intercepts: list, target: str
+) -> None:
+    rng = np.random.default_rng(7)
+    frames = rng.integers(*values, size=(2, 8, 8), endpoint=True).astype(stored)
+    frames[0, 0, :2] = values  # both ends present
+    if slopes == [0.5]:
+        frames -= frames % 2  # whole values after the slope: castable to an integer dtype
+    rows = [
+        {"SOPInstanceUID": f"1.2.{k}", "RescaleSlope": slopes[k % len(slopes)],
+         "RescaleIntercept": intercepts[k % len(intercepts)], "BitsStored": 16,
+         "PixelRepresentation": int(stored == "int16")}
+        for k in range(2)
+    ]  # fmt: skip
+    got = convert(frames, rows, True, target)
+    float_route = frames.astype(np.float64) * np.array(slopes * (2 // len(slopes)))[:, None, None]
+    float_route += np.array(intercepts * (2 // len(intercepts)))[:, None, None]
+    assert got.dtype == np.dtype(target)
+    np.testing.assert_array_equal(got, float_route)
+
+
+def test_integer_rescale_out_of_range_names_the_values_and_instance() -> None:
+    frames = np.array([[[0, 4095]]], np.uint16)
+    rows = [{"SOPInstanceUID": "1.2.3", "RescaleSlope": 1, "RescaleIntercept": -1024}]
+    with pytest.raises(
+        ValueError, match=r"values -1024\.\.3071 of instance 1\.2\.3 do not fit uint8"
+    ):
+        convert(frames, rows, True, "uint8")

@@ -266,8 +266,9 @@ class Archive:
         return cls(root, readonly=False)
 
     def close(self) -> None:
-        """Release the index and the writer lock."""
+        """Release the index, the writer lock and the shard files kept open for reading."""
         self.index.close()
+        self.pixels.close()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

@@ -10,7 +10,8 @@ sees a half-written shard. The array's frame count (its `shape[0]`) is raised
 only after the index rows that reference the new frames are committed.
 
 Readers go around zarr: `read_frames` reads the asked-for chunk bytes straight from
-the shards (one read per shard and run of frames) and decodes them with the array's
+the shards (one read per shard and run of frames; each process keeps recently read
+shard files open with their checked index) and decodes them with the array's
 own codec (`decode_chunk`), the bytes and codec a zarr reader would use, without
 zarr's per-call overhead, into one preallocated array, optionally on several threads.
 """
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,11 +47,16 @@ from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.storage import legacy_series_folder, series_folder, series_folders, write_atomic
+from pacs_engine.workers import PerProcess
 
 DEFAULT_TILE = 1024  # chunk edge of frames over an archive's max_chunk_pixels
 MIN_TILE, MAX_TILE = 16, 4096  # the tile edges an archive may be made with
 SHARD_INDEX_ENTRY = 16  # two little-endian uint64: offset, length
 CRC32C_BYTES = 4
+#: Shard files a store keeps open per process, with their checked index: a shuffled
+#: training loop reads each shard many times, and reopening it and checking its index
+#: cost as much as copying the frame out of it.
+SHARD_CACHE = 64
 FULL_FRAME = (slice(None), slice(None))
 #: Codecs for archives read by training loops, where decode time bounds the reads
 #: (docs/read.md): on 512x512 CT, Blosc LZ4 with byte shuffle decodes a frame in
@@ -338,12 +345,57 @@ def _window_span(spec: ArraySpec, window: tuple[slice, slice]) -> tuple[int, int
     return None if (first, stop) == (0, spec.tiles_per_frame) else (first, stop)
 
 
+def _file_identity(status: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced (a new inode) or rewritten in place."""
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _close_in(pid: int, fd: int) -> None:
+    """Close `fd` in the process that opened it (a forked child's number may be reused)."""
+    if os.getpid() == pid:
+        os.close(fd)
+
+
+class _OpenShard:
+    """A shard file held open with its checked index; closed when the last reference goes.
+
+    Readers keep a reference while they read, so evicting it from the cache never
+    closes a descriptor another thread is reading through.
+    """
+
+    __slots__ = ("__weakref__", "fd", "identity", "table")
+
+    def __init__(self, file: str, entries: int, where: str) -> None:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            self.identity = _file_identity(os.fstat(fd))
+            self.table = PixelStore._shard_table(fd, entries, where)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        weakref.finalize(self, _close_in, os.getpid(), fd)
+
+    def current(self, file: str) -> bool:
+        """True while `file` is still the file this holds (not replaced, not rewritten)."""
+        try:
+            return _file_identity(os.stat(file)) == self.identity
+        except OSError:
+            return False  # gone: reopening says why
+
+
 class PixelStore:
     """The `pixels/` Zarr v3 hierarchy of an archive."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._specs: dict[str, ArraySpec] = {}  # fixed once an array exists
+        # Checked per read against the file (one stat): writers replace shards whole.
+        self._shards: PerProcess[str, _OpenShard] = PerProcess(SHARD_CACHE)
+
+    def close(self) -> None:
+        """Drop the shard files kept open (each closes once no reader holds it)."""
+        self._shards = PerProcess(SHARD_CACHE)
 
     def create(self) -> None:
         """Create the root group."""
@@ -510,24 +562,31 @@ class PixelStore:
             return []
         return [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in keep]
 
+    def _open_shard(self, path: str, shard: int, where: str) -> _OpenShard:
+        """The shard file, open with its checked index: kept per process while unchanged.
+
+        `where` names the array and frames in the errors of a shard opened here.
+        """
+        per_shard, per_frame = self.grid(path)
+        file = self._shard_file(path, shard)
+        return self._shards.get(
+            file,
+            lambda: _OpenShard(file, per_shard * per_frame, where),
+            lambda kept: kept.current(file),
+        )
+
     def _shard_chunks(self, path: str, start: int, stop: int) -> list[memoryview]:
-        """The chunks of frames [start, stop), all in one shard: two reads."""
+        """The chunks of frames [start, stop), all in one shard: one read (and its index)."""
         per_shard, per_frame = self.grid(path)
         shard = start // per_shard
-        fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
-        try:
-            frames = f"frame {start}" if stop == start + 1 else f"frames {start}..{stop - 1}"
-            table = self._shard_table(fd, per_shard * per_frame, f"{path}: {frames}")
-            first = (start - shard * per_shard) * per_frame
-            wanted = table[first : (stop - shard * per_shard) * per_frame].tolist()
-            if any(o == EMPTY for o, _ in wanted):
-                raise ValueError(
-                    f"{path}: a frame of {start}..{stop} is missing from shard {shard}"
-                )
-            begin = wanted[0][0]
-            data = os.pread(fd, wanted[-1][0] + wanted[-1][1] - begin, begin)
-        finally:
-            os.close(fd)
+        frames = f"frame {start}" if stop == start + 1 else f"frames {start}..{stop - 1}"
+        held = self._open_shard(path, shard, f"{path}: {frames}")
+        first = (start - shard * per_shard) * per_frame
+        wanted = held.table[first : (stop - shard * per_shard) * per_frame].tolist()
+        if any(o == EMPTY for o, _ in wanted):
+            raise ValueError(f"{path}: a frame of {start}..{stop} is missing from shard {shard}")
+        begin = wanted[0][0]
+        data = os.pread(held.fd, wanted[-1][0] + wanted[-1][1] - begin, begin)
         view = memoryview(data)  # slices of a view: no copy of every chunk
         return [view[o - begin : o + n - begin] for o, n in wanted]
 
@@ -541,24 +600,19 @@ class PixelStore:
         per_shard, per_frame = self.grid(path)
         shard = frames[0] // per_shard
         out: dict[int, list[memoryview]] = {}
-        fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
-        try:
-            where = f"{path}: frames {frames[0]}..{frames[-1]}"
-            table = self._shard_table(fd, per_shard * per_frame, where)
-            for f in frames:
-                base = (f - shard * per_shard) * per_frame
-                wanted = table[base + first : base + stop].tolist()
-                if any(o == EMPTY for o, _ in wanted):
-                    raise ValueError(f"{path}: frame {f} is missing from shard {shard}")
-                begin = wanted[0][0]
-                view = memoryview(os.pread(fd, wanted[-1][0] + wanted[-1][1] - begin, begin))
-                out[f] = (
-                    [_NOTHING] * first
-                    + [view[o - begin : o + n - begin] for o, n in wanted]
-                    + [_NOTHING] * (per_frame - stop)
-                )
-        finally:
-            os.close(fd)
+        held = self._open_shard(path, shard, f"{path}: frames {frames[0]}..{frames[-1]}")
+        for f in frames:
+            base = (f - shard * per_shard) * per_frame
+            wanted = held.table[base + first : base + stop].tolist()
+            if any(o == EMPTY for o, _ in wanted):
+                raise ValueError(f"{path}: frame {f} is missing from shard {shard}")
+            begin = wanted[0][0]
+            view = memoryview(os.pread(held.fd, wanted[-1][0] + wanted[-1][1] - begin, begin))
+            out[f] = (
+                [_NOTHING] * first
+                + [view[o - begin : o + n - begin] for o, n in wanted]
+                + [_NOTHING] * (per_frame - stop)
+            )
         return out
 
     @staticmethod
@@ -600,27 +654,22 @@ class PixelStore:
         k = 0
         while k < len(wanted):
             shard = wanted[k] // per_shard
-            fd = os.open(self._shard_file(path, shard), os.O_RDONLY)
-            try:
-                where = f"{path}: frame {wanted[k]}"
-                table = self._shard_table(fd, per_shard, where)
-                while k < len(wanted) and wanted[k] // per_shard == shard:
-                    first, *copies = slots[wanted[k]]
-                    offset, length = table[wanted[k] - shard * per_shard].tolist()
-                    target = memoryview(out[first]).cast("B")
-                    if offset == EMPTY:
-                        raise ValueError(f"{path}: frame {wanted[k]} is missing from its shard")
-                    if length != target.nbytes:
-                        raise ValueError(
-                            f"{path}: frame {wanted[k]} is stored as {length} bytes, "
-                            f"not {target.nbytes}"
-                        )
-                    if os.preadv(fd, [target], offset) != length:
-                        raise ValueError(f"{path}: frame {wanted[k]} is cut short in its shard")
-                    out[copies] = out[first]
-                    k += 1
-            finally:
-                os.close(fd)
+            held = self._open_shard(path, shard, f"{path}: frame {wanted[k]}")
+            while k < len(wanted) and wanted[k] // per_shard == shard:
+                first, *copies = slots[wanted[k]]
+                offset, length = held.table[wanted[k] - shard * per_shard].tolist()
+                target = memoryview(out[first]).cast("B")
+                if offset == EMPTY:
+                    raise ValueError(f"{path}: frame {wanted[k]} is missing from its shard")
+                if length != target.nbytes:
+                    raise ValueError(
+                        f"{path}: frame {wanted[k]} is stored as {length} bytes, "
+                        f"not {target.nbytes}"
+                    )
+                if os.preadv(held.fd, [target], offset) != length:
+                    raise ValueError(f"{path}: frame {wanted[k]} is cut short in its shard")
+                out[copies] = out[first]
+                k += 1
         return out
 
     def read_frames(
