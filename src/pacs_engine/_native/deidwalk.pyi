@@ -23,6 +23,7 @@ class Item:
 
     undefined: bool
     elements: list[Element]
+    dropped: int
 
 class Walker:
     """Walks one buffer; `deepest` is the deepest item seen (the top data set is 0)."""
@@ -38,7 +39,8 @@ class Walker:
         decide: Callable[[int, str], str],
         implicit_vrs: dict[int, str],
         implicit_vr: Callable[[int], str],
+        dropped: str | None,
     ) -> None: ...
     def elements(
         self, pos: int, end: int, depth: int, delimited: bool
-    ) -> tuple[list[Element], int]: ...
+    ) -> tuple[list[Element], int, int]: ...

@@ -4,7 +4,8 @@
 Reads a data set's elements, their items and their items' elements where they lie
 (explicit or implicit VR little endian), without their values, and gives each element
 its action from the caller's compiled table: the Python layer then only decides new
-values and splices. The checks and their messages are the byte path's (a malformed
+values and splices. Elements of the `dropped` action that are no sequence (private
+attributes, when none is kept) are only counted: most of a modality's header is private. The checks and their messages are the byte path's (a malformed
 length is the caller's `error`, what the byte path leaves to pydicom its `fallback`).
 """
 
@@ -51,6 +52,7 @@ cdef class Item:
 
     cdef readonly bint undefined
     cdef readonly list elements
+    cdef readonly int dropped  # elements of the walker's `dropped` action left out
 
 
 cdef class Walker:
@@ -59,7 +61,7 @@ cdef class Walker:
     cdef bytes data
     cdef const uint8_t* p
     cdef bint explicit
-    cdef object fallback, error, decide, implicit_vr
+    cdef object fallback, error, decide, implicit_vr, dropped
     cdef dict actions, implicit_vrs
     cdef public int deepest
 
@@ -73,22 +75,33 @@ cdef class Walker:
         decide,
         dict implicit_vrs,
         implicit_vr,
+        dropped,
     ):
         """`actions` caches `decide(tag, vr)` by (tag, vr); `implicit_vrs` caches
-        `implicit_vr(tag)`, the VR of an implicit VR element."""
+        `implicit_vr(tag)`, the VR of an implicit VR element; elements of the action
+        `dropped` (None: none) that are no sequence are counted, not returned."""
         self.data = data
         self.p = data
         self.explicit = explicit
         self.fallback, self.error = fallback, error
         self.actions, self.decide = actions, decide
         self.implicit_vrs, self.implicit_vr = implicit_vrs, implicit_vr
+        self.dropped = dropped
         self.deepest = 0
 
-    cpdef tuple elements(self, Py_ssize_t pos, Py_ssize_t end, int depth, bint delimited):
+    def elements(self, Py_ssize_t pos, Py_ssize_t end, int depth, bint delimited):
         """The elements from `pos` to `end` (or to an item delimiter when `delimited`),
-        and the position after them (after the delimiter)."""
+        the position after them (after the delimiter), how many were dropped."""
+        cdef int dropped = 0
+        found, pos = self._elements(pos, end, depth, delimited, &dropped)
+        return found, pos, dropped
+
+    cdef tuple _elements(
+        self, Py_ssize_t pos, Py_ssize_t end, int depth, bint delimited, int* dropped
+    ):
         cdef const uint8_t* p = self.p
         cdef list found = []
+        cdef list items
         cdef long long last = -1
         cdef uint32_t tag, length
         cdef uint16_t group, code
@@ -125,14 +138,13 @@ cdef class Walker:
                 vr = self.implicit_vrs.get(tag)
                 if vr is None:
                     vr = self.implicit_vr(tag)
-            e = Element.__new__(Element)
-            e.items = None
+            items = None
             if length == UNDEFINED:
                 if is_pixel_tag(tag):
                     stop = self._fragments(value, end)
                 elif vr == "SQ":
-                    e.items = []
-                    stop = self._items(e.items, value, end, depth + 1, True)
+                    items = []
+                    stop = self._items(items, value, end, depth + 1, True)
                 else:
                     raise self.fallback("an undefined length that is no sequence")
             else:
@@ -143,12 +155,17 @@ cdef class Walker:
                         "runs past the end of the data"
                     )
                 if vr == "SQ":
-                    e.items = []
-                    self._items(e.items, value, stop, depth + 1, False)
+                    items = []
+                    self._items(items, value, stop, depth + 1, False)
             action = self.actions.get((tag, vr))
             if action is None:
                 action = self.decide(tag, vr)
-            e.source, e.tag, e.vr, e.action = self.data, tag, vr, action
+            if items is None and action == self.dropped:
+                dropped[0] += 1
+                pos = stop
+                continue
+            e = Element.__new__(Element)
+            e.source, e.tag, e.vr, e.action, e.items = self.data, tag, vr, action, items
             e.start, e.value, e.end, e.length = pos, value, stop, length
             found.append(e)
             pos = stop
@@ -179,12 +196,15 @@ cdef class Walker:
                 raise self.error(f"a sequence holds something else than items at byte {pos}")
             item = Item.__new__(Item)
             item.undefined = length == UNDEFINED
+            item.dropped = 0
             if length == UNDEFINED:
-                item.elements, pos = self.elements(pos + 8, end, depth, True)
+                item.elements, pos = self._elements(pos + 8, end, depth, True, &item.dropped)
             else:
                 if pos + 8 + length > end:
                     raise self.error(f"an item's length runs past the end at byte {pos}")
-                item.elements, pos = self.elements(pos + 8, pos + 8 + length, depth, False)
+                item.elements, pos = self._elements(
+                    pos + 8, pos + 8 + length, depth, False, &item.dropped
+                )
             items.append(item)
 
     cdef Py_ssize_t _fragments(self, Py_ssize_t pos, Py_ssize_t end) except -1:

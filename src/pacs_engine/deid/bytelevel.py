@@ -129,10 +129,10 @@ def deidentify_file(settings: Settings, data: bytes) -> Output:
     """De-identify a whole file (preamble, meta, data set, pixel data as it is)."""
     explicit, compressed, meta_end = _meta(data)
     walker = _walker(settings, data, explicit)
-    elements, _ = walker.elements(meta_end, len(data), 0, False)
+    elements, _, dropped = walker.elements(meta_end, len(data), 0, False)
     rewrite = _Rewrite(settings, walker, explicit, data)
     rewrite.pixel_data_compressed = compressed  # pydicom frames Pixel Data by the syntax
-    return rewrite.run(elements, meta_end, len(elements), b"")
+    return rewrite.run(elements, dropped, meta_end, len(elements), b"")
 
 
 def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
@@ -146,16 +146,18 @@ def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
     if group << 16 | element not in PIXEL_TAGS:
         raise Fallback("the header blob does not end with a pixel data element")
     walker = _walker(settings, prefix, explicit)
-    before, _ = walker.elements(meta_end, len(prefix) - head, 0, False)
+    before, _, dropped = walker.elements(meta_end, len(prefix) - head, 0, False)
     after: list[Element] = []
     if suffix:
         tail = _walker(settings, suffix, explicit)
-        after, _ = tail.elements(0, len(suffix), 0, False)
+        after, _, dropped_after = tail.elements(0, len(suffix), 0, False)
+        dropped += dropped_after
         walker.deepest = max(walker.deepest, tail.deepest)
         if after and after[0].tag <= group << 16 | element:
             raise Fallback("attributes out of order")
     rewrite = _Rewrite(settings, walker, explicit, prefix, suffix)
-    return rewrite.run(before + after, meta_end, len(before), prefix[len(prefix) - head :])
+    head_bytes = prefix[len(prefix) - head :]
+    return rewrite.run(before + after, dropped, meta_end, len(before), head_bytes)
 
 
 def _meta(data: bytes) -> tuple[bool, bool, int]:
@@ -192,8 +194,11 @@ def _meta(data: bytes) -> tuple[bool, bool, int]:
 
 def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
     """The native walk of `data`: its elements, their items, each element's action
-    (`Rules.decide`); what it cannot take is a Fallback, what is malformed a DeidError."""
+    (`Rules.decide`); what it cannot take is a Fallback, what is malformed a DeidError.
+    Private attributes that are no sequence are only counted when none is kept (a
+    private sequence stays: its items' values count among the identifying ones)."""
     rules = settings.rules
+    keep = "retain-safe-private" in settings.options and settings.safe_private
     return Walker(
         data,
         explicit,
@@ -203,6 +208,7 @@ def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
         rules.decide,
         _IMPLICIT_VRS,
         _implicit_vr,
+        None if keep else PRIVATE,
     )
 
 
@@ -241,8 +247,11 @@ class _Rewrite:
         #: A whole file's transfer syntax is compressed (None: a blob, no Pixel Data in it).
         self.pixel_data_compressed: bool | None = None
 
-    def run(self, elements: list[Element], meta_end: int, split: int, head: bytes) -> Output:
-        """De-identify the top-level `elements` (those from `split` on lie in the suffix)."""
+    def run(
+        self, elements: list[Element], dropped: int, meta_end: int, split: int, head: bytes
+    ) -> Output:
+        """De-identify the top-level `elements` (those from `split` on lie in the suffix;
+        `dropped` private attributes were left out of them)."""
         self.top = elements
         by_tag = {e.tag: e for e in elements}
         sop = self._single(by_tag.get(_SOP_INSTANCE_UID))
@@ -270,7 +279,7 @@ class _Rewrite:
             settings.key, settings.options, settings.safe_private, patient, [], self.rules
         )
         out = bytearray()
-        suffix_at = self._dataset(elements, out, 0, split)
+        suffix_at = self._dataset(elements, dropped, out, 0, split)
         data_set = bytes(out[:suffix_at])
         meta = self._file_meta(meta_end)
         self.context.actions["added"] += 4
@@ -322,13 +331,18 @@ class _Rewrite:
 
     # -- writing ----------------------------------------------------------------------
 
-    def _dataset(self, elements: list[Element], out: bytearray, depth: int, split: int) -> int:
-        """Write a data set's elements de-identified into `out`; the offset in `out` where
-        element `split` starts (the blob's suffix) is returned."""
+    def _dataset(
+        self, elements: list[Element], dropped: int, out: bytearray, depth: int, split: int
+    ) -> int:
+        """Write a data set's elements de-identified into `out` (`dropped` private
+        attributes the walk left out are counted); the offset in `out` where element
+        `split` starts (the blob's suffix) is returned."""
         overlays = {e.tag >> 16 for e in elements if e.action == OVERLAY}
         context = self.context
         assert context is not None
         counts = context.actions
+        if dropped:
+            counts["X"] += dropped
         # Private attributes go, unless some are kept: the common case done here, quickly.
         drop_private = not ("retain-safe-private" in context.options and context.safe_private)
         marks = self.settings.marks(self.explicit) if depth == 0 else None
@@ -532,7 +546,7 @@ class _Rewrite:
             at = len(out)
             if any(e.tag == _CHARSET for e in item.elements):
                 raise Fallback("a character set inside a sequence item")
-            self._dataset(item.elements, out, depth + 1, len(item.elements))
+            self._dataset(item.elements, item.dropped, out, depth + 1, len(item.elements))
             if item.undefined:
                 out += _DELIMITERS[ITEM_END]
             else:
