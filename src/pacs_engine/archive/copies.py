@@ -99,6 +99,8 @@ def write_copied_part(
     dirs: set[Path] = set()
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
+    grids: dict[str, int] = {}  # chunks per frame, by array
+    arrays: dict[tuple[str, str], str] = {}  # this archive's array, by source array and series
     rows: list[Row] = []
     by_series: dict[str, list[CopiedInstance]] = {}
     for instance in instances:
@@ -109,12 +111,15 @@ def write_copied_part(
             row["pixels"] = None
             row["stored_bytes"] = 0
         else:
-            path = _array_for(archive.pixels, source, instance.source_array, series_uid)
+            mine = (instance.source_array, series_uid)
+            if mine not in arrays:
+                arrays[mine] = _array_for(archive.pixels, source, *mine)
+            path = arrays[mine]
             if path not in by_array:
                 starts[path] = archive.pixels.frames(path)
                 by_array[path] = []
-            per_frame = archive.pixels.grid(path)[1]
-            first = starts[path] + len(by_array[path]) // per_frame
+                grids[path] = archive.pixels.grid(path)[1]
+            first = starts[path] + len(by_array[path]) // grids[path]
             by_array[path] += instance.chunks
             row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
             row["stored_bytes"] = sum(len(c) for c in instance.chunks)
@@ -130,7 +135,6 @@ def write_copied_part(
     fsync_dirs(dirs, at_once=True)
     with stage("commit"):
         archive.index.commit(rows)
-    grids = {path: archive.pixels.grid(path)[1] for path in by_array}
     frames = [  # after the commit, as the ingest does
         archive.pixels.frames_file(path, starts[path] + len(chunks) // grids[path])
         for path, chunks in by_array.items()

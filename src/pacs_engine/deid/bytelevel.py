@@ -20,6 +20,7 @@ output that could keep identity.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -184,12 +185,20 @@ def _meta(data: bytes) -> tuple[bool, bool, int]:
         pos = value + length
     if syntax is None:
         raise Fallback("no transfer syntax in the file meta information")
+    explicit, compressed = _syntax(syntax)
+    return explicit, compressed, pos
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(syntax: str) -> tuple[bool, bool]:
+    """(explicit VR, compressed) of a transfer syntax the byte path reads (each instance
+    names one of a few)."""
     uid = UID(syntax)
     if syntax == _IMPLICIT_VR_LE:
-        return False, False, pos
+        return False, False
     if not uid.is_transfer_syntax or uid.is_deflated or not uid.is_little_endian:
         raise Fallback("transfer syntax: not explicit or implicit VR little endian")
-    return True, uid.is_compressed, pos
+    return True, uid.is_compressed
 
 
 def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
