@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import json
 import os
+import pickle
 import re
 import shutil
 import stat
@@ -30,6 +32,7 @@ from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
+from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
 from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
@@ -431,6 +434,25 @@ def test_key_files(tmp_path: Path) -> None:
     assert Key.load(key).uid("1.2.3") == Key.load(key).uid("1.2.3")
     assert Key.load(key).uid("1.2.3") != Key.load(make_key(tmp_path / "k2")).uid("1.2.3")
     assert repr(Key.load(key)) == "Key(<secret>)"
+
+
+def test_research_uids_are_keyed_hashes_remembered_within_a_bound_and_never_pickled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = bytes(range(32))
+    sources = [f"1.2.826.0.1.{n}" for n in range(10)]
+    expected = [  # PS3.5 B.2: 2.25. and 128 bits of the HMAC-SHA256 of the UID
+        "2.25."
+        + str(int.from_bytes(hmac.new(secret, b"uid\0" + u.encode(), "sha256").digest()[:16]))
+        for u in sources
+    ]
+    monkeypatch.setattr(deid_key, "UID_CACHE", 4)
+    key = Key(secret)
+    assert [key.uid(u) for u in sources * 2] == expected * 2  # through a full memory too
+    assert len(key._uids) <= 4
+    shipped = pickle.dumps(key)  # what worker processes get: no source UID in it
+    assert not any(u.encode() in shipped for u in sources)
+    assert pickle.loads(shipped).uid(sources[0]) == expected[0]
 
 
 def test_cli(made: dict, tmp_path: Path) -> None:
