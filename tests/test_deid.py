@@ -697,6 +697,27 @@ def test_worker_processes_make_the_same_archive(made: dict) -> None:
     assert _research_files(root / "parallel") == _research_files(root / "research")
 
 
+def test_parts_end_at_their_stored_bytes_and_make_the_same_archive(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part ends at PART_BYTES of stored pixels (their chunks are held in memory): with
+    a bound below any instance's, one part per instance (one commit each), same files."""
+    root = made["root"]
+    commits: list[int] = []
+    commit = Index.commit
+
+    def counted(self: Index, rows: list, *args: Any, **kwargs: Any) -> None:
+        commits.append(len(rows))
+        commit(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "commit", counted)
+    monkeypatch.setattr(deid_run, "PART_BYTES", 1)
+    report = deidentify(root / "record", root / "small-parts", made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.staged > 2
+    assert max(commits) == 1 and sum(commits) == report.staged  # every instance has pixels
+    assert _research_files(root / "small-parts") == _research_files(root / "research")
+
+
 @pytest.mark.parametrize(
     "options",
     [(), ("retain-uids", "retain-longitudinal-full-dates", "retain-patient-characteristics")],
