@@ -1,8 +1,9 @@
 """De-identify at the byte level: the data set is walked in its own encoding, never built.
 
 The fast path of `engine.Deidentifier`. Elements are read where they lie (explicit or
-implicit VR little endian), each gets its action from the same compiled table as the
-pydicom path (`actions.Rules.decide`), new values come from the same helpers
+implicit VR little endian) by a native walk (`_native/deidwalk.pyx`), each gets its action
+from the same compiled table as the pydicom path (`actions.Rules.decide`; private
+attributes that go are only counted), new values come from the same helpers
 (`actions`), and the output is spliced: runs of unchanged elements are copied as slices,
 changed ones are encoded again (even length, the VR's padding byte), sequences and items
 of defined length get their new lengths, group lengths go (as in the pydicom path) and the
