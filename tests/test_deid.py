@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine.archive.blobs import BlobError
+from pacs_engine.archive.copies import read_stored, read_stored_many
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.codecs.registry import REGISTRY
@@ -695,6 +696,23 @@ def test_worker_processes_make_the_same_archive(made: dict) -> None:
     report = deidentify(root / "record", root / "parallel", made["key"], OPTIONS, workers=2)
     assert report.balanced
     assert _research_files(root / "parallel") == _research_files(root / "research")
+
+
+def test_stored_chunks_read_a_run_at_a_time_are_each_rows_own(made: dict) -> None:
+    """read_stored_many reads the frames of rows that follow each other in one array at
+    once: each row still gets exactly its own chunks, in the order asked."""
+    with open_archive(made["root"] / "record") as source:
+        rows = [
+            row
+            for record in source.index.all_series()
+            for row in source.index.iter_series(record["SeriesInstanceUID"])
+        ]
+        together = read_stored_many(source, rows)
+        backwards = read_stored_many(source, rows[::-1])  # no run: one read per row
+        alone = [read_stored(source, row) for row in rows]
+    assert together == alone == backwards[::-1]
+    assert sum(1 for array, _, _ in alone if array) >= 2
+    assert len({array for array, _, _ in alone}) < len(rows)  # some rows share an array
 
 
 def test_parts_end_at_their_stored_bytes_and_make_the_same_archive(
