@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import json
 import os
+import pickle
 import re
 import shutil
 import stat
@@ -26,10 +28,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine.archive.blobs import BlobError
+from pacs_engine.archive.copies import read_stored, read_stored_many
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
+from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
 from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
@@ -433,6 +437,25 @@ def test_key_files(tmp_path: Path) -> None:
     assert repr(Key.load(key)) == "Key(<secret>)"
 
 
+def test_research_uids_are_keyed_hashes_remembered_within_a_bound_and_never_pickled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = bytes(range(32))
+    sources = [f"1.2.826.0.1.{n}" for n in range(10)]
+    expected = [  # PS3.5 B.2: 2.25. and 128 bits of the HMAC-SHA256 of the UID
+        "2.25."
+        + str(int.from_bytes(hmac.new(secret, b"uid\0" + u.encode(), "sha256").digest()[:16]))
+        for u in sources
+    ]
+    monkeypatch.setattr(deid_key, "UID_CACHE", 4)
+    key = Key(secret)
+    assert [key.uid(u) for u in sources * 2] == expected * 2  # through a full memory too
+    assert len(key._uids) <= 4
+    shipped = pickle.dumps(key)  # what worker processes get: no source UID in it
+    assert not any(u.encode() in shipped for u in sources)
+    assert pickle.loads(shipped).uid(sources[0]) == expected[0]
+
+
 def test_cli(made: dict, tmp_path: Path) -> None:
     root = made["root"]
     made_key = run_cli("deid-key", str(tmp_path / "cli-key"))
@@ -673,6 +696,44 @@ def test_worker_processes_make_the_same_archive(made: dict) -> None:
     report = deidentify(root / "record", root / "parallel", made["key"], OPTIONS, workers=2)
     assert report.balanced
     assert _research_files(root / "parallel") == _research_files(root / "research")
+
+
+def test_stored_chunks_read_a_run_at_a_time_are_each_rows_own(made: dict) -> None:
+    """read_stored_many reads the frames of rows that follow each other in one array at
+    once: each row still gets exactly its own chunks, in the order asked."""
+    with open_archive(made["root"] / "record") as source:
+        rows = [
+            row
+            for record in source.index.all_series()
+            for row in source.index.iter_series(record["SeriesInstanceUID"])
+        ]
+        together = read_stored_many(source, rows)
+        backwards = read_stored_many(source, rows[::-1])  # no run: one read per row
+        alone = [read_stored(source, row) for row in rows]
+    assert together == alone == backwards[::-1]
+    assert sum(1 for array, _, _ in alone if array) >= 2
+    assert len({array for array, _, _ in alone}) < len(rows)  # some rows share an array
+
+
+def test_parts_end_at_their_stored_bytes_and_make_the_same_archive(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part ends at PART_BYTES of stored pixels (their chunks are held in memory): with
+    a bound below any instance's, one part per instance (one commit each), same files."""
+    root = made["root"]
+    commits: list[int] = []
+    commit = Index.commit
+
+    def counted(self: Index, rows: list, *args: Any, **kwargs: Any) -> None:
+        commits.append(len(rows))
+        commit(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "commit", counted)
+    monkeypatch.setattr(deid_run, "PART_BYTES", 1)
+    report = deidentify(root / "record", root / "small-parts", made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.staged > 2
+    assert max(commits) == 1 and sum(commits) == report.staged  # every instance has pixels
+    assert _research_files(root / "small-parts") == _research_files(root / "research")
 
 
 @pytest.mark.parametrize(

@@ -312,3 +312,34 @@ def test_file_meta_is_rewritten_with_its_group_length() -> None:
     assert b"HOSPITALAE7" not in result and b"secret" not in result
     meta_end = 144 + back.file_meta.FileMetaInformationGroupLength
     assert struct.unpack_from("<H", result, meta_end)[0] == 0x0008  # the data set follows
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_private_attributes_at_every_depth_counted_as_pydicom_counts_them(syntax: str) -> None:
+    """The native walk counts private attributes instead of returning them: in items (at
+    their start, between and after standard ones, an item of nothing else), in a private
+    sequence (whose items' values are still cleaned out of text), before the pixel data."""
+    ds = _edges()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.StudyDescription = f"study of {SECRET}"  # cleaned of the private sequence's name
+    first, last = Dataset(), Dataset()
+    for item in (first, last):
+        item.add_new(0x00290010, "LO", "ACME 1.0")  # a safe creator: kept with its option
+        item.add_new(0x00291001, "LO", "kept with retain-safe-private")
+        item.add_new(0x00291002, "SH", "never kept")
+    first.ReferencedSOPInstanceUID = "1.2.3.4.6"
+    first.add_new(0x00311010, "LO", "after the standard attributes")
+    last.is_undefined_length_sequence_item = True
+    ds.SourceImageSequence = Sequence([first, Dataset(), last])
+    ds.add_new(0x7FDF0010, "LO", "LAST PRIVATE")  # just before the pixel data
+    ds.add_new(0x7FDF1001, "LT", SECRET)
+    out = BytesIO()
+    ds.save_as(out, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True)
+    data = out.getvalue()
+    for options in [*ALL_OPTION_SETS, ("clean-descriptors",)]:
+        assert _same(options, data)  # the byte path did it, as pydicom does
+        result = Deidentifier(KEY, options, safe_private=SAFE).apply(data)
+        assert SECRET.encode() not in (result.data or b"")
+        assert b"never kept" not in (result.data or b"")
+        kept = "retain-safe-private" in options
+        assert (b"kept with retain-safe-private" in (result.data or b"")) == kept

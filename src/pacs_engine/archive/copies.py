@@ -33,7 +33,7 @@ from pacs_engine.archive.blobs import (
 )
 from pacs_engine.archive.pixel_store import PixelStore, decompress
 from pacs_engine.archive.prepare import rebuild_file
-from pacs_engine.index.rows import Row
+from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.stages import stage
 from pacs_engine.storage import DeferredWrites, fsync_dirs, series_folder, write_atomic
 
@@ -55,12 +55,40 @@ class CopiedInstance:
 
 def read_stored(source: Archive, row: Row) -> tuple[str | None, list[bytes], int]:
     """(array path, stored chunks as they are, frames) of one source row: no decoding."""
-    pixels = row.get("pixels")
-    if not pixels:
-        return None, [], 0
-    first = pixels["first_frame"]
-    chunks = source.pixels.read_chunks(pixels["array"], first, first + pixels["frames"])
-    return pixels["array"], chunks, pixels["frames"]
+    return read_stored_many(source, [row])[0]
+
+
+def read_stored_many(source: Archive, rows: list[Row]) -> list[tuple[str | None, list[bytes], int]]:
+    """`read_stored` of each row, with one read per run of rows whose frames follow each
+    other in one array (a series' rows usually do): a shard's index is read once."""
+    out: list[tuple[str | None, list[bytes], int]] = []
+    run: list[PixelRef] = []  # frames that follow each other in one array
+
+    def flush() -> None:
+        if run:
+            array, first = run[0]["array"], run[0]["first_frame"]
+            chunks = source.pixels.read_chunks(array, first, first + sum(r["frames"] for r in run))
+            per_frame, at = source.pixels.grid(array)[1], 0
+            for reference in run:
+                count = reference["frames"] * per_frame
+                out.append((array, chunks[at : at + count], reference["frames"]))
+                at += count
+            run.clear()
+
+    for row in rows:
+        pixels = row.get("pixels")
+        if not pixels:
+            flush()
+            out.append((None, [], 0))
+            continue
+        if run:
+            last = run[-1]
+            end = last["first_frame"] + last["frames"]
+            if pixels["array"] != last["array"] or pixels["first_frame"] != end:
+                flush()
+        run.append(pixels)
+    flush()
+    return out
 
 
 def file_sha256(
@@ -98,6 +126,8 @@ def write_copied_part(
     """
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
+    grids: dict[str, int] = {}  # chunks per frame, by array
+    arrays: dict[tuple[str, str], str] = {}  # this archive's array, by source array and series
     rows: list[Row] = []
     by_series: dict[str, list[CopiedInstance]] = {}
     for instance in instances:
@@ -108,12 +138,15 @@ def write_copied_part(
             row["pixels"] = None
             row["stored_bytes"] = 0
         else:
-            path = _array_for(archive.pixels, source, instance.source_array, series_uid)
+            mine = (instance.source_array, series_uid)
+            if mine not in arrays:
+                arrays[mine] = _array_for(archive.pixels, source, *mine)
+            path = arrays[mine]
             if path not in by_array:
                 starts[path] = archive.pixels.frames(path)
                 by_array[path] = []
-            per_frame = archive.pixels.grid(path)[1]
-            first = starts[path] + len(by_array[path]) // per_frame
+                grids[path] = archive.pixels.grid(path)[1]
+            first = starts[path] + len(by_array[path]) // grids[path]
             by_array[path] += instance.chunks
             row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
             row["stored_bytes"] = sum(len(c) for c in instance.chunks)
@@ -128,7 +161,6 @@ def write_copied_part(
     _write_together(files)
     with stage("commit"):
         archive.index.commit(rows)
-    grids = {path: archive.pixels.grid(path)[1] for path in by_array}
     frames = [  # after the commit, as the ingest does
         archive.pixels.frames_file(path, starts[path] + len(chunks) // grids[path])
         for path, chunks in by_array.items()

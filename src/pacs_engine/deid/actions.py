@@ -88,7 +88,8 @@ class Rules:
     def __init__(self, options: tuple[str, ...]) -> None:
         self.options = options
         self.actions_of = {row: resolve(row, options) for row in table().basic}
-        self._decided: dict[tuple[int, str], str] = {}
+        #: `decide`'s answers by (tag, VR); the byte path's native walk reads them here.
+        self.decided: dict[tuple[int, str], str] = {}
         self._identifying: dict[tuple[int, str], bool] = {}
 
     def __getstate__(self) -> dict[str, object]:
@@ -101,9 +102,9 @@ class Rules:
         """The action for an attribute: X Z D K C U, or PIXEL LENGTH COMMAND PRIVATE
         OVERLAY UNLISTED (see their comments)."""
         try:
-            return self._decided[(tag, vr)]
+            return self.decided[(tag, vr)]
         except KeyError:
-            action = self._decided[(tag, vr)] = self._decide(tag, vr)
+            action = self.decided[(tag, vr)] = self._decide(tag, vr)
             return action
 
     def _decide(self, tag: int, vr: str) -> str:

@@ -1,8 +1,9 @@
 """De-identify at the byte level: the data set is walked in its own encoding, never built.
 
 The fast path of `engine.Deidentifier`. Elements are read where they lie (explicit or
-implicit VR little endian), each gets its action from the same compiled table as the
-pydicom path (`actions.Rules.decide`), new values come from the same helpers
+implicit VR little endian) by a native walk (`_native/deidwalk.pyx`), each gets its action
+from the same compiled table as the pydicom path (`actions.Rules.decide`; private
+attributes that go are only counted), new values come from the same helpers
 (`actions`), and the output is spliced: runs of unchanged elements are copied as slices,
 changed ones are encoded again (even length, the VR's padding byte), sequences and items
 of defined length get their new lengths, group lengths go (as in the pydicom path) and the
@@ -20,6 +21,7 @@ output that could keep identity.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from pacs_engine._native.deidwalk import LONG_VRS, VRS, Element, Walker
 from pacs_engine.deid.actions import (
     BINARY_VRS,
     COMMAND,
@@ -66,48 +69,6 @@ _EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
 _IMPLICIT = struct.Struct("<HHL")  # tag, 32-bit length (also items and delimiters)
 _UL = struct.Struct("<L")
 _LONG_HEADER = struct.Struct("<HH2sHL")  # tag, VR, reserved, 32-bit length
-#: Explicit VRs with a 32-bit length (PS3.5 7.1.2).
-LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
-_LONG_CODES = {vr.encode() for vr in LONG_VRS}
-_VRS = {
-    vr.encode(): vr
-    for vr in [
-        "AE",
-        "AS",
-        "AT",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "FD",
-        "FL",
-        "IS",
-        "LO",
-        "LT",
-        "OB",
-        "OD",
-        "OF",
-        "OL",
-        "OV",
-        "OW",
-        "PN",
-        "SH",
-        "SL",
-        "SQ",
-        "SS",
-        "ST",
-        "SV",
-        "TM",
-        "UC",
-        "UI",
-        "UL",
-        "UN",
-        "UR",
-        "US",
-        "UT",
-        "UV",
-    ]
-}
 _NUMBERS = {"FD": "<d", "FL": "<f", "SL": "<l", "SS": "<h", "SV": "<q", "UL": "<L"}
 _NUMBERS |= {"US": "<H", "UV": "<Q"}
 _DELIMITERS = {
@@ -153,35 +114,6 @@ class Settings:
     meta_removed: tuple[int, ...]
 
 
-class _Element:
-    """One element where it lies: tag, VR, and its bytes' offsets (header, value, end)."""
-
-    __slots__ = ("end", "items", "length", "source", "start", "tag", "value", "vr")
-
-    def __init__(
-        self,
-        source: bytes,
-        tag: int,
-        vr: str,
-        start: int,
-        value: int,
-        end: int,
-        length: int,
-        items: list,
-    ) -> None:
-        self.source = source  # the bytes it lies in (a blob's prefix or suffix)
-        self.tag, self.vr, self.start, self.value, self.end = tag, vr, start, value, end
-        self.length = length  # as found: UNDEFINED for undefined length
-        self.items: list[_Item] | None = items if vr == "SQ" else None
-
-
-class _Item:
-    __slots__ = ("elements", "undefined")
-
-    def __init__(self, undefined: bool, elements: list[_Element]) -> None:
-        self.undefined, self.elements = undefined, elements
-
-
 @dataclass(slots=True)
 class Output:
     """The de-identified bytes: the file, or a blob's prefix (through the pixel data
@@ -198,11 +130,11 @@ class Output:
 def deidentify_file(settings: Settings, data: bytes) -> Output:
     """De-identify a whole file (preamble, meta, data set, pixel data as it is)."""
     explicit, compressed, meta_end = _meta(data)
-    parser = _Parser(data, explicit)
-    elements, _ = parser.elements(meta_end, len(data), 0, False)
-    rewrite = _Rewrite(settings, parser, data)
+    walker = _walker(settings, data, explicit)
+    elements, _, dropped = walker.elements(meta_end, len(data), 0, False)
+    rewrite = _Rewrite(settings, walker, explicit, data)
     rewrite.pixel_data_compressed = compressed  # pydicom frames Pixel Data by the syntax
-    return rewrite.run(elements, meta_end, len(elements), b"")
+    return rewrite.run(elements, dropped, meta_end, len(elements), b"")
 
 
 def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
@@ -215,17 +147,19 @@ def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
     group, element = struct.unpack_from("<HH", prefix, len(prefix) - head)
     if group << 16 | element not in PIXEL_TAGS:
         raise Fallback("the header blob does not end with a pixel data element")
-    parser = _Parser(prefix, explicit)
-    before, _ = parser.elements(meta_end, len(prefix) - head, 0, False)
-    after: list[_Element] = []
+    walker = _walker(settings, prefix, explicit)
+    before, _, dropped = walker.elements(meta_end, len(prefix) - head, 0, False)
+    after: list[Element] = []
     if suffix:
-        tail = _Parser(suffix, explicit)
-        after, _ = tail.elements(0, len(suffix), 0, False)
-        parser.deepest = max(parser.deepest, tail.deepest)
+        tail = _walker(settings, suffix, explicit)
+        after, _, dropped_after = tail.elements(0, len(suffix), 0, False)
+        dropped += dropped_after
+        walker.deepest = max(walker.deepest, tail.deepest)
         if after and after[0].tag <= group << 16 | element:
             raise Fallback("attributes out of order")
-    rewrite = _Rewrite(settings, parser, prefix, suffix)
-    return rewrite.run(before + after, meta_end, len(before), prefix[len(prefix) - head :])
+    rewrite = _Rewrite(settings, walker, explicit, prefix, suffix)
+    head_bytes = prefix[len(prefix) - head :]
+    return rewrite.run(before + after, dropped, meta_end, len(before), head_bytes)
 
 
 def _meta(data: bytes) -> tuple[bool, bool, int]:
@@ -240,7 +174,7 @@ def _meta(data: bytes) -> tuple[bool, bool, int]:
             raise Fallback("file meta information out of order")
         last = group << 16 | element
         value = pos + 8
-        if vr not in _VRS:  # file meta is explicit VR little endian; pydicom would guess
+        if vr not in VRS:  # file meta is explicit VR little endian; pydicom would guess
             raise Fallback("file meta information of unknown VR")
         if vr.decode("latin-1") in LONG_VRS:
             (length,) = _UL.unpack_from(data, pos + 8)
@@ -252,110 +186,40 @@ def _meta(data: bytes) -> tuple[bool, bool, int]:
         pos = value + length
     if syntax is None:
         raise Fallback("no transfer syntax in the file meta information")
+    explicit, compressed = _syntax(syntax)
+    return explicit, compressed, pos
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(syntax: str) -> tuple[bool, bool]:
+    """(explicit VR, compressed) of a transfer syntax the byte path reads (each instance
+    names one of a few)."""
     uid = UID(syntax)
     if syntax == _IMPLICIT_VR_LE:
-        return False, False, pos
+        return False, False
     if not uid.is_transfer_syntax or uid.is_deflated or not uid.is_little_endian:
         raise Fallback("transfer syntax: not explicit or implicit VR little endian")
-    return True, uid.is_compressed, pos
+    return True, uid.is_compressed
 
 
-class _Parser:
-    """Reads a data set's elements, their items and their items' elements, without values."""
-
-    def __init__(self, data: bytes, explicit: bool) -> None:
-        self.data, self.explicit = data, explicit
-        self.deepest = 0  # the deepest item seen (the top data set is 0)
-
-    def elements(
-        self, pos: int, end: int, depth: int, delimited: bool
-    ) -> tuple[list[_Element], int]:
-        """The elements from `pos` to `end` (or to an item delimiter when `delimited`)."""
-        data, explicit = self.data, self.explicit
-        unpack, unpack_length, vrs = _EXPLICIT.unpack_from, _UL.unpack_from, _VRS
-        found: list[_Element] = []
-        last = -1
-        while pos < end:
-            if pos + 8 > end:
-                raise DeidError(f"truncated element header at byte {pos}")
-            group, element, code, length = unpack(data, pos)
-            tag = group << 16 | element
-            if tag == ITEM_END and delimited:
-                return found, pos + 8
-            if tag <= last or group == 2 or group == 0xFFFE:
-                raise Fallback("attributes out of order, repeated or misplaced")
-            last = tag
-            value = pos + 8
-            if explicit:
-                vr = vrs.get(code)
-                if vr is None:  # pydicom would guess implicit VR here
-                    raise Fallback("an element of unknown VR")
-                if code in _LONG_CODES:
-                    if pos + 12 > end:
-                        raise DeidError(f"truncated element header at byte {pos}")
-                    (length,) = unpack_length(data, pos + 8)
-                    value = pos + 12
-            else:
-                (length,) = unpack_length(data, pos + 4)
-                vr = _implicit_vr(tag)
-            items: list[_Item] = []
-            if length == UNDEFINED:
-                if tag in PIXEL_TAGS:
-                    stop = self._fragments(value, end)
-                elif vr == "SQ":
-                    items, stop = self._items(value, end, depth + 1, True)
-                else:
-                    raise Fallback("an undefined length that is no sequence")
-            else:
-                stop = value + length
-                if stop > end:
-                    raise DeidError(
-                        f"element ({group:04X},{element:04X}) at byte {pos}: its length "
-                        "runs past the end of the data"
-                    )
-                if vr == "SQ":
-                    items, _ = self._items(value, stop, depth + 1, False)
-            found.append(_Element(data, tag, vr, pos, value, stop, length, items))
-            pos = stop
-        if delimited:
-            raise DeidError("an item of undefined length without its delimiter")
-        return found, pos
-
-    def _items(self, pos: int, end: int, depth: int, delimited: bool) -> tuple[list[_Item], int]:
-        """A sequence's items, to `end` or to its delimiter (then the position after it)."""
-        data = self.data
-        items: list[_Item] = []
-        self.deepest = max(self.deepest, depth)
-        while True:
-            if not delimited and pos >= end:
-                return items, pos
-            if pos + 8 > end:
-                raise DeidError("a sequence truncated (no delimiter or item header)")
-            group, element, length = _IMPLICIT.unpack_from(data, pos)
-            tag = group << 16 | element
-            if tag == SEQUENCE_END and delimited:
-                return items, pos + 8
-            if tag != ITEM:
-                raise DeidError(f"a sequence holds something else than items at byte {pos}")
-            if length == UNDEFINED:
-                elements, pos = self.elements(pos + 8, end, depth, True)
-            else:
-                if pos + 8 + length > end:
-                    raise DeidError(f"an item's length runs past the end at byte {pos}")
-                elements, pos = self.elements(pos + 8, pos + 8 + length, depth, False)
-            items.append(_Item(length == UNDEFINED, elements))
-
-    def _fragments(self, pos: int, end: int) -> int:
-        """The end of encapsulated pixel data (after its delimiter): items skipped."""
-        while pos + 8 <= end:
-            group, element, length = _IMPLICIT.unpack_from(self.data, pos)
-            tag = group << 16 | element
-            if tag == SEQUENCE_END:
-                return pos + 8
-            if tag != ITEM or length == UNDEFINED or pos + 8 + length > end:
-                raise DeidError(f"encapsulated pixel data malformed at byte {pos}")
-            pos += 8 + length
-        raise DeidError("encapsulated pixel data without its delimiter")
+def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
+    """The native walk of `data`: its elements, their items, each element's action
+    (`Rules.decide`); what it cannot take is a Fallback, what is malformed a DeidError.
+    Private attributes that are no sequence are only counted when none is kept (a
+    private sequence stays: its items' values count among the identifying ones)."""
+    rules = settings.rules
+    keep = "retain-safe-private" in settings.options and settings.safe_private
+    return Walker(
+        data,
+        explicit,
+        Fallback,
+        DeidError,
+        rules.decided,
+        rules.decide,
+        _IMPLICIT_VRS,
+        _implicit_vr,
+        None if keep else PRIVATE,
+    )
 
 
 _IMPLICIT_VRS: dict[int, str] = {}
@@ -379,22 +243,25 @@ class _Rewrite:
     """One instance's rewrite: the decisions, the new values, the spliced bytes."""
 
     def __init__(
-        self, settings: Settings, parser: _Parser, data: bytes, suffix: bytes = b""
+        self, settings: Settings, walker: Walker, explicit: bool, data: bytes, suffix: bytes = b""
     ) -> None:
-        self.settings, self.parser = settings, parser
-        self.explicit = parser.explicit
+        self.settings, self.walker = settings, walker
+        self.explicit = explicit
         self.data, self.suffix = data, suffix
         self.rules = settings.rules
         self.encodings: str | list[str] = default_encoding
         self.context: Context | None = None
         self.identifying: list[str] | None = None  # made when some text is cleaned
-        self.top: list[_Element] = []
+        self.top: list[Element] = []
         self.sop_written = ""
         #: A whole file's transfer syntax is compressed (None: a blob, no Pixel Data in it).
         self.pixel_data_compressed: bool | None = None
 
-    def run(self, elements: list[_Element], meta_end: int, split: int, head: bytes) -> Output:
-        """De-identify the top-level `elements` (those from `split` on lie in the suffix)."""
+    def run(
+        self, elements: list[Element], dropped: int, meta_end: int, split: int, head: bytes
+    ) -> Output:
+        """De-identify the top-level `elements` (those from `split` on lie in the suffix;
+        `dropped` private attributes were left out of them)."""
         self.top = elements
         by_tag = {e.tag: e for e in elements}
         sop = self._single(by_tag.get(_SOP_INSTANCE_UID))
@@ -412,7 +279,7 @@ class _Rewrite:
             check_charset(value)
             if value:
                 self.encodings = convert_encodings(value)
-        if self.parser.deepest > MAX_DEPTH:
+        if self.walker.deepest > MAX_DEPTH:
             raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
         patient = patient_of(
             *(self._value(by_tag.get(t)) for t in (PATIENT_ID, _ISSUER, PATIENT_NAME, _BIRTH_DATE))
@@ -422,7 +289,7 @@ class _Rewrite:
             settings.key, settings.options, settings.safe_private, patient, [], self.rules
         )
         out = bytearray()
-        suffix_at = self._dataset(elements, out, 0, split)
+        suffix_at = self._dataset(elements, dropped, out, 0, split)
         data_set = bytes(out[:suffix_at])
         meta = self._file_meta(meta_end)
         self.context.actions["added"] += 4
@@ -434,15 +301,15 @@ class _Rewrite:
 
     # -- reading values -------------------------------------------------------------
 
-    def _bytes(self, element: _Element) -> bytes:
+    def _bytes(self, element: Element) -> bytes:
         return element.source[element.value : element.end]
 
-    def _strings(self, element: _Element) -> str | list[str]:
+    def _strings(self, element: Element) -> str | list[str]:
         """A value as pydicom reads AE, AS, CS, DA, DT, TM and UI (ISO 8859, no padding)."""
         values = self._bytes(element).decode("latin-1").rstrip(" \0").split("\\")
         return values[0] if len(values) == 1 else values
 
-    def _single(self, element: _Element | None) -> str:
+    def _single(self, element: Element | None) -> str:
         """One string value ('' when absent); several fall back (pydicom's str of them)."""
         if element is None:
             return ""
@@ -451,7 +318,7 @@ class _Rewrite:
             raise Fallback("several values where one is read")
         return value
 
-    def _value(self, element: _Element | None) -> object:
+    def _value(self, element: Element | None) -> object:
         """The value pydicom gives an element (decoded with the data set's character set)."""
         if element is None:
             return ""
@@ -474,15 +341,18 @@ class _Rewrite:
 
     # -- writing ----------------------------------------------------------------------
 
-    def _dataset(self, elements: list[_Element], out: bytearray, depth: int, split: int) -> int:
-        """Write a data set's elements de-identified into `out`; the offset in `out` where
-        element `split` starts (the blob's suffix) is returned."""
-        decide = self.rules.decide
-        actions = [decide(e.tag, e.vr) for e in elements]
-        overlays = {e.tag >> 16 for e, a in zip(elements, actions, strict=True) if a == OVERLAY}
+    def _dataset(
+        self, elements: list[Element], dropped: int, out: bytearray, depth: int, split: int
+    ) -> int:
+        """Write a data set's elements de-identified into `out` (`dropped` private
+        attributes the walk left out are counted); the offset in `out` where element
+        `split` starts (the blob's suffix) is returned."""
+        overlays = {e.tag >> 16 for e in elements if e.action == OVERLAY}
         context = self.context
         assert context is not None
         counts = context.actions
+        if dropped:
+            counts["X"] += dropped
         # Private attributes go, unless some are kept: the common case done here, quickly.
         drop_private = not ("retain-safe-private" in context.options and context.safe_private)
         marks = self.settings.marks(self.explicit) if depth == 0 else None
@@ -490,7 +360,8 @@ class _Rewrite:
         data = self.data
         run_start = run_end = -1
         split_at = len(out)
-        for index, (element, action) in enumerate(zip(elements, actions, strict=True)):
+        for index, element in enumerate(elements):
+            action = element.action
             if index == split and depth == 0:
                 if run_end >= 0:
                     out += data[run_start:run_end]
@@ -546,7 +417,7 @@ class _Rewrite:
         return split_at
 
     def _element(
-        self, element: _Element, action: str, siblings: list[_Element], depth: int
+        self, element: Element, action: str, siblings: list[Element], depth: int
     ) -> bytes | bool | None:
         """One element de-identified: True to copy it as it is, None to drop it, or its
         new bytes."""
@@ -592,7 +463,7 @@ class _Rewrite:
             return self._encode(element, DUMMY[vr])
         return self._clean(element)
 
-    def _pixel_data(self, element: _Element) -> bytes | bool:
+    def _pixel_data(self, element: Element) -> bytes | bool:
         """Pixel Data as pydicom writes a whole file's: padded to even length, of undefined
         length where the transfer syntax is compressed."""
         if self.pixel_data_compressed is None:
@@ -605,7 +476,7 @@ class _Rewrite:
             return True
         return self._encode(element, self._bytes(element))  # an odd length: padded
 
-    def _clean(self, element: _Element) -> bytes | bool | None:
+    def _clean(self, element: Element) -> bytes | bool | None:
         """C on a value that is no sequence (see `engine._clean_value`)."""
         context = self.context
         assert context is not None
@@ -638,7 +509,7 @@ class _Rewrite:
             self._collect(self.top)
         return self.identifying
 
-    def _collect(self, elements: list[_Element]) -> None:
+    def _collect(self, elements: list[Element]) -> None:
         assert self.identifying is not None
         for element in elements:
             if element.items is not None:
@@ -647,7 +518,7 @@ class _Rewrite:
             elif self.rules.identifying(element.tag, element.vr):
                 self.identifying += identifying_parts(element.vr, self._value(element))
 
-    def _private(self, element: _Element, siblings: list[_Element]) -> bytes | bool | None:
+    def _private(self, element: Element, siblings: list[Element]) -> bytes | bool | None:
         """Private attributes go, but safe ones with their option (`engine._private`)."""
         context = self.context
         assert context is not None
@@ -672,7 +543,7 @@ class _Rewrite:
         context.actions["X"] += 1
         return None
 
-    def _sequence(self, element: _Element, depth: int, empty: bool = False) -> bytes:
+    def _sequence(self, element: Element, depth: int, empty: bool = False) -> bytes:
         """A sequence written again: its items de-identified (none when `empty`), lengths
         recomputed where they were defined."""
         if element.source is not self.data:
@@ -685,7 +556,7 @@ class _Rewrite:
             at = len(out)
             if any(e.tag == _CHARSET for e in item.elements):
                 raise Fallback("a character set inside a sequence item")
-            self._dataset(item.elements, out, depth + 1, len(item.elements))
+            self._dataset(item.elements, item.dropped, out, depth + 1, len(item.elements))
             if item.undefined:
                 out += _DELIMITERS[ITEM_END]
             else:
@@ -705,7 +576,7 @@ class _Rewrite:
             raise Fallback("a new value too long for its VR's 16-bit length")
         return _EXPLICIT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
-    def _encode(self, element: _Element, value: object) -> bytes:
+    def _encode(self, element: Element, value: object) -> bytes:
         """An element with a new value, encoded as pydicom encodes it."""
         if element.tag == _SOP_INSTANCE_UID and any(e is element for e in self.top):
             self.sop_written = str(value)

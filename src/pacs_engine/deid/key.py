@@ -6,7 +6,6 @@ cannot be linked to the first. The key never appears in a message or a log.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -17,6 +16,9 @@ from pacs_engine.errors import PacsEngineError
 KEY_BYTES = 32
 #: Shifted dates move back by 1 to 10 years (whole days): far enough to hide the real ones.
 SHIFT_DAYS = (365, 3650)
+#: Research UIDs a Key remembers (a study's and series' UIDs recur in each of its
+#: instances); the memory starts again when full.
+UID_CACHE = 65536
 
 
 class KeyFileError(PacsEngineError, ValueError):
@@ -43,6 +45,13 @@ class Key:
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        self._uids: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_secret": self._secret}  # the UID memory stays in its process
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["_secret"])  # type: ignore[misc]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Key:
@@ -71,11 +80,18 @@ class Key:
 
     def digest(self, purpose: str, value: str) -> bytes:
         """HMAC-SHA256 of a value for one purpose (so a UID and an ID never share a hash)."""
-        return hmac.new(self._secret, f"{purpose}\0{value}".encode(), hashlib.sha256).digest()
+        # hmac.digest: OpenSSL's one-shot HMAC, the same bytes as hmac.new(...).digest().
+        return hmac.digest(self._secret, f"{purpose}\0{value}".encode(), "sha256")
 
     def uid(self, uid: str) -> str:
         """The research UID of a UID: 2.25. and 128 bits of its keyed hash (PS3.5 B.2)."""
-        return "2.25." + str(int.from_bytes(self.digest("uid", uid)[:16], "big"))
+        mapped = self._uids.get(uid)
+        if mapped is None:
+            if len(self._uids) >= UID_CACHE:
+                self._uids.clear()
+            mapped = "2.25." + str(int.from_bytes(self.digest("uid", uid)[:16], "big"))
+            self._uids[uid] = mapped
+        return mapped
 
     def patient_id(self, patient: str) -> str:
         """The pseudonymous Patient ID of a patient (its ID and issuer)."""

@@ -1,0 +1,46 @@
+"""Types of the byte-level de-identification's native walk (deidwalk.pyx)."""
+
+from collections.abc import Callable
+
+VRS: dict[bytes, str]
+LONG_VRS: frozenset[str]
+
+class Element:
+    """One element where it lies, its items (a sequence's, else None) and action."""
+
+    source: bytes
+    tag: int
+    vr: str
+    start: int
+    value: int
+    end: int
+    length: int
+    items: list[Item] | None
+    action: str
+
+class Item:
+    """A sequence item: whether of undefined length, and its elements."""
+
+    undefined: bool
+    elements: list[Element]
+    dropped: int
+
+class Walker:
+    """Walks one buffer; `deepest` is the deepest item seen (the top data set is 0)."""
+
+    deepest: int
+    def __init__(
+        self,
+        data: bytes,
+        explicit: bool,
+        fallback: type[Exception],
+        error: type[Exception],
+        actions: dict[tuple[int, str], str],
+        decide: Callable[[int, str], str],
+        implicit_vrs: dict[int, str],
+        implicit_vr: Callable[[int], str],
+        dropped: str | None,
+    ) -> None: ...
+    def elements(
+        self, pos: int, end: int, depth: int, delimited: bool
+    ) -> tuple[list[Element], int, int]: ...
