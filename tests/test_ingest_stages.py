@@ -26,7 +26,13 @@ from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStor
 from pacs_engine.archive.prepare import plain_layout
 from pacs_engine.archive.report import Outcome
 from pacs_engine.cli.ingest import _render_report
-from pacs_engine.codecs import choose_codec, general_purpose_codecs
+from pacs_engine.codecs import (
+    JpegLsCodec,
+    JpegXlCodec,
+    choose_codec,
+    general_purpose_codecs,
+    pass_through_codec,
+)
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.executors import InlineExecutor
@@ -200,6 +206,23 @@ def _specs() -> list[ArraySpec]:
     specs.append(ArraySpec(30, 20, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
     specs.append(ArraySpec(3000, 2500, 1, np.dtype("u2"), None, (), 16, 512))
     specs.append(ArraySpec(20, 30, 1, np.dtype("u2"), None, (), 16))  # untiled, after tiled
+    # Every dtype the archive holds, codecs with a non-default configuration, a
+    # pass-through codec with its compressor: the JSON is built without zarr for each.
+    for dtype in ("i1", "u4", "i4", "f8"):
+        specs.append(ArraySpec(6, 5, 1, np.dtype(dtype), None, (), 8))
+    specs.append(ArraySpec(9, 7, 1, np.dtype("i2"), JpegLsCodec(precision="dtype"), (), 4))
+    specs.append(ArraySpec(9, 7, 4, np.dtype("u1"), JpegXlCodec(effort=7), (), 4))
+    rle = pass_through_codec(
+        "1.2.840.10008.1.2.5",
+        photometric_interpretation="MONOCHROME2",
+        bits_allocated=16,
+        bits_stored=12,
+        pixel_representation=1,
+        samples_per_pixel=1,
+        planar_configuration=0,
+    )
+    compressors = encode.BITSTREAM_COMPRESSORS[rle.codec_name]
+    specs.append(ArraySpec(9, 7, 1, np.dtype("i2"), rle, compressors, 64))
     return specs
 
 

@@ -17,7 +17,6 @@ zarr's per-call overhead, into one preallocated array, optionally on several thr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -34,9 +33,7 @@ import numcodecs.blosc
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.chunk_grids import RegularChunkGrid
-from zarr.core.group import GroupMetadata
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from pacs_engine.codecs import CodecError, pack_shard
@@ -221,55 +218,44 @@ def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ..
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
 
 
-#: zarr's metadata of each spec met, its geometry aside, by the spec's repr (Blosc's codec
-#: is not hashable; codecs' reprs name every setting, and one without would only miss).
-_TEMPLATES: dict[str, ArrayV3Metadata] = {}
+#: zarr's codec JSON of a plain (little-endian) bytes serializer: 1-byte data has no endian.
+_BYTES_ONE = {"name": "bytes"}
+_BYTES_LE = {"name": "bytes", "configuration": {"endian": "little"}}
+#: The zarr.json of a group without attributes, as zarr writes it.
+GROUP_METADATA = b'{\n  "attributes": {},\n  "zarr_format": 3,\n  "node_type": "group"\n}'
 
 
 def array_metadata(spec: ArraySpec, attributes: dict) -> bytes:
-    """The zarr.json zarr's `create_array` writes for an empty array of `spec`.
+    """The zarr.json zarr's `create_array` writes for an empty array of `spec`, byte for byte.
 
-    zarr makes the metadata once per codec, dtype and number of samples (in a memory
-    store), and each array's geometry is set in it: an array then costs a JSON dump,
-    not create_array's ~5 ms of round trips through zarr's event loop thread, which
-    a series of a few files would pay per array (and each geometry of a collection
-    of small series once).
+    Built as plain JSON, in zarr's key order and indent (tests/test_archive_metadata.py
+    compares it with create_array's for every kind of spec): the ingest workers write
+    arrays without importing zarr, and an array costs a JSON dump, not create_array's
+    ~5 ms of round trips through zarr's event loop thread.
     """
-    key = repr(dataclasses.replace(spec, rows=1, columns=1, tile=None))
-    template = _TEMPLATES.get(key)
-    if template is None:
-        options: dict[str, Any] = {"compressors": spec.compressors or None}
-        if spec.codec is not None:
-            options["serializer"] = spec.codec
-        array = zarr.create_array(
-            zarr.storage.MemoryStore(),
-            shape=(0, *spec.frame_shape),
-            chunks=spec.chunk_shape,
-            shards=spec.shard_shape,
-            dtype=spec.dtype,
-            fill_value=0,
-            **options,
-        )
-        if not isinstance(array.metadata, ArrayV3Metadata):  # cannot be: zarr_format 3
-            raise TypeError(f"zarr made {type(array.metadata).__name__} metadata")
-        template = _TEMPLATES[key] = array.metadata
-    (sharding,) = template.codecs  # the shapes are all zarr sets from the geometry
-    if not isinstance(sharding, ShardingCodec):  # cannot be: created with shards
-        raise TypeError(f"zarr made {sharding} for a sharded array")
-    metadata = dataclasses.replace(
-        template,
-        shape=(0, *spec.frame_shape),
-        chunk_grid=RegularChunkGrid(chunk_shape=spec.shard_shape),
-        codecs=(dataclasses.replace(sharding, chunk_shape=spec.chunk_shape),),
-        attributes=attributes,
-    )
-    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
-
-
-def _group_metadata() -> bytes:
-    """The zarr.json of a group without attributes, as zarr writes it."""
-    metadata = GroupMetadata(zarr_format=3)
-    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+    if spec.dtype.kind not in "iuf":
+        raise ValueError(f"archive arrays hold integers or floats, not {spec.dtype}")
+    plain = _BYTES_ONE if spec.dtype.itemsize == 1 else _BYTES_LE
+    serializer = plain if spec.codec is None else spec.codec.to_dict()
+    sharding = {
+        "chunk_shape": list(spec.chunk_shape),
+        "codecs": [serializer, *(blosc.to_dict() for blosc in spec.compressors)],
+        "index_codecs": [_BYTES_LE, {"name": "crc32c"}],
+        "index_location": "end",
+    }
+    metadata = {
+        "shape": [0, *spec.frame_shape],
+        "data_type": spec.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(spec.shard_shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0 if spec.dtype.kind == "f" else 0,
+        "codecs": [{"name": "sharding_indexed", "configuration": sharding}],
+        "attributes": attributes,
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+    return json.dumps(metadata, allow_nan=True, indent=2).encode()
 
 
 def _is_array(folder: Path) -> bool:
@@ -387,7 +373,7 @@ class PixelStore:
         (see `ensure_array`)."""
         group = (self.root / path).parent
         if not (group / "zarr.json").exists():
-            write_atomic(group / "zarr.json", _group_metadata(), durable=False)
+            write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
         write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
 
     def frames(self, path: str) -> int:
