@@ -34,7 +34,7 @@ from pacs_engine.codecs import (
     pass_through_codec,
 )
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
-from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, as_zarr
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.ingest import Progress, encode, run, tasks
 from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
@@ -236,7 +236,7 @@ def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_
     theirs = zarr.open_group(tmp_path / "theirs", mode="w", zarr_format=3).require_group("1.2.3")
     options: dict = {"compressors": spec.compressors or None}
     if spec.codec is not None:
-        options["serializer"] = spec.codec
+        options["serializer"] = as_zarr(spec.codec)
     theirs.create_array(
         "k",
         shape=(0, *spec.frame_shape),
