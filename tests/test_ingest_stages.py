@@ -30,9 +30,9 @@ from pacs_engine.codecs import (
     JpegLsCodec,
     JpegXlCodec,
     choose_codec,
-    general_purpose_codecs,
     pass_through_codec,
 )
+from pacs_engine.codecs.blosc import general_blosc
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, as_zarr
 from pacs_engine.executors import InlineExecutor
@@ -193,7 +193,7 @@ def _specs() -> list[ArraySpec]:
     for name in ARCHIVE_BY_NAME:
         specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), ARCHIVE_BY_NAME[name](), (), 64))
     specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), choose_codec(sample), (), 32))
-    _, blosc = general_purpose_codecs(np.dtype("i2"))
+    blosc = general_blosc(np.dtype("i2"))
     specs.append(ArraySpec(512, 512, 1, np.dtype("i2"), None, (blosc,), 64))
     specs.append(ArraySpec(48, 40, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
     specs.append(ArraySpec(2048, 3000, 1, np.dtype("u2"), None, (), 16, 1024))  # tiled
@@ -234,7 +234,7 @@ def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_
     ours.create()
     ours.ensure_array("1.2.3", "k", spec, attributes)
     theirs = zarr.open_group(tmp_path / "theirs", mode="w", zarr_format=3).require_group("1.2.3")
-    options: dict = {"compressors": spec.compressors or None}
+    options: dict = {"compressors": [blosc.to_zarr() for blosc in spec.compressors] or None}
     if spec.codec is not None:
         options["serializer"] = as_zarr(spec.codec)
     theirs.create_array(

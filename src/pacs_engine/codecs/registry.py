@@ -56,6 +56,8 @@ def _by_syntax(codecs: tuple[type[BitstreamCodec], ...]) -> dict[str, type[Bitst
 
 #: Every codec of pacs_engine, by `FrameCodec.rank` (archive codecs: preference), then name.
 REGISTRY: tuple[type[FrameCodec], ...] = _load_registry()
+#: Every codec by its zarr name (``pacs_engine.jpegls``), as array metadata names it.
+BY_CODEC_NAME: dict[str, type[FrameCodec]] = {cls.codec_name: cls for cls in REGISTRY}
 #: Codecs that encode pixels, by preference: the first is the default.
 ARCHIVE_CODECS: tuple[type[FrameCodec], ...] = tuple(
     cls for cls in REGISTRY if not issubclass(cls, BitstreamCodec)
