@@ -21,6 +21,7 @@ from pacs_engine.codecs import (
     REGISTRY,
     BitstreamCodec,
     CodecError,
+    FrameCodec,
     JpegLsCodec,
     choose_codec,
     default_codec,
@@ -28,6 +29,7 @@ from pacs_engine.codecs import (
     pass_through_codec,
     registry,
 )
+from pacs_engine.codecs._base import zarr_name
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, ARCHIVE_CANDIDATES, NAME_PREFIX
 
 PIXEL_MODULE = {
@@ -40,8 +42,8 @@ PIXEL_MODULE = {
 }
 
 
-def _target(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+def _target(cls: type[FrameCodec]) -> str:
+    return f"{cls.__module__}:{zarr_name(cls)}"
 
 
 def test_registry_is_the_entry_points_of_pyproject_and_of_the_install() -> None:
@@ -57,9 +59,12 @@ def test_registry_is_the_entry_points_of_pyproject_and_of_the_install() -> None:
 
 
 def test_zarr_resolves_every_registered_name_to_the_registry_class() -> None:
-    """zarr reads an archive through the same classes (its registry, fed by the entry points)."""
+    """zarr reads an archive through the zarr codecs made from the registry's frame coders
+    (its registry, fed by the entry points)."""
     for cls in REGISTRY:
-        assert zarr.registry.get_codec_class(cls.codec_name) is cls
+        zarr_codec = zarr.registry.get_codec_class(cls.codec_name)
+        assert zarr_codec is registry.zarr_class(cls) and issubclass(zarr_codec, cls)
+        assert zarr_codec.__name__ == zarr_name(cls) and zarr_codec is not cls
 
 
 def test_each_codec_says_what_it_is_for() -> None:
@@ -115,11 +120,11 @@ def test_unknown_transfer_syntax_names_itself() -> None:
         pass_through_codec("1.2.3", **PIXEL_MODULE)
 
 
-class OtherRle(PASS_THROUGH_BY_SYNTAX["1.2.840.10008.1.2.5"]):
+class OtherRleCoder(PASS_THROUGH_BY_SYNTAX["1.2.840.10008.1.2.5"]):
     """Another class under the RLE codec's zarr name (a second install, say)."""
 
 
-_OTHER_RLE = f"{__name__}:OtherRle"
+_OTHER_RLE = f"{__name__}:OtherRleCodec"
 
 
 def _fake(entries: list[EntryPoint]):

@@ -44,7 +44,7 @@ from pacs_engine.codecs._base import image_shape
 from pacs_engine.codecs.choose import central_crop
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.jpegxl import frame_offset
-from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, as_zarr
 
 #: Every transfer syntax a pass-through codec serves, from the registry (codecs/registry.py).
 PASS_THROUGH_SYNTAXES = set(PASS_THROUGH_BY_SYNTAX)
@@ -394,7 +394,7 @@ def _sharded(path: Path, shape: tuple[int, ...], dtype: np.dtype, codec: FrameCo
         dtype=dtype,
         chunks=(1, *shape[1:]),
         shards=(frames_per_shard, *shape[1:]),
-        serializer=codec,
+        serializer=as_zarr(codec),
         compressors=None,
         fill_value=0,
     )

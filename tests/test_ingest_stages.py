@@ -26,9 +26,15 @@ from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStor
 from pacs_engine.archive.prepare import plain_layout
 from pacs_engine.archive.report import Outcome
 from pacs_engine.cli.ingest import _render_report
-from pacs_engine.codecs import choose_codec, general_purpose_codecs
+from pacs_engine.codecs import (
+    JpegLsCodec,
+    JpegXlCodec,
+    choose_codec,
+    pass_through_codec,
+)
+from pacs_engine.codecs.blosc import general_blosc
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
-from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, as_zarr
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.ingest import Progress, encode, run, tasks
 from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
@@ -187,7 +193,7 @@ def _specs() -> list[ArraySpec]:
     for name in ARCHIVE_BY_NAME:
         specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), ARCHIVE_BY_NAME[name](), (), 64))
     specs.append(ArraySpec(64, 64, 1, np.dtype("u2"), choose_codec(sample), (), 32))
-    _, blosc = general_purpose_codecs(np.dtype("i2"))
+    blosc = general_blosc(np.dtype("i2"))
     specs.append(ArraySpec(512, 512, 1, np.dtype("i2"), None, (blosc,), 64))
     specs.append(ArraySpec(48, 40, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
     specs.append(ArraySpec(2048, 3000, 1, np.dtype("u2"), None, (), 16, 1024))  # tiled
@@ -200,6 +206,23 @@ def _specs() -> list[ArraySpec]:
     specs.append(ArraySpec(30, 20, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
     specs.append(ArraySpec(3000, 2500, 1, np.dtype("u2"), None, (), 16, 512))
     specs.append(ArraySpec(20, 30, 1, np.dtype("u2"), None, (), 16))  # untiled, after tiled
+    # Every dtype the archive holds, codecs with a non-default configuration, a
+    # pass-through codec with its compressor: the JSON is built without zarr for each.
+    for dtype in ("i1", "u4", "i4", "f8"):
+        specs.append(ArraySpec(6, 5, 1, np.dtype(dtype), None, (), 8))
+    specs.append(ArraySpec(9, 7, 1, np.dtype("i2"), JpegLsCodec(precision="dtype"), (), 4))
+    specs.append(ArraySpec(9, 7, 4, np.dtype("u1"), JpegXlCodec(effort=7), (), 4))
+    rle = pass_through_codec(
+        "1.2.840.10008.1.2.5",
+        photometric_interpretation="MONOCHROME2",
+        bits_allocated=16,
+        bits_stored=12,
+        pixel_representation=1,
+        samples_per_pixel=1,
+        planar_configuration=0,
+    )
+    compressors = encode.BITSTREAM_COMPRESSORS[rle.codec_name]
+    specs.append(ArraySpec(9, 7, 1, np.dtype("i2"), rle, compressors, 64))
     return specs
 
 
@@ -211,9 +234,9 @@ def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_
     ours.create()
     ours.ensure_array("1.2.3", "k", spec, attributes)
     theirs = zarr.open_group(tmp_path / "theirs", mode="w", zarr_format=3).require_group("1.2.3")
-    options: dict = {"compressors": spec.compressors or None}
+    options: dict = {"compressors": [blosc.to_zarr() for blosc in spec.compressors] or None}
     if spec.codec is not None:
-        options["serializer"] = spec.codec
+        options["serializer"] = as_zarr(spec.codec)
     theirs.create_array(
         "k",
         shape=(0, *spec.frame_shape),

@@ -2,7 +2,7 @@
 
 pydicom and zarr each take a quarter of a second or more to import, in the ingesting
 process and in the workers' forkserver, before the first frame is encoded: a parser
-built for any command, and an ingest of uncompressed files, must not import pydicom.
+built for any command, and an ingest of uncompressed files, must import neither.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import pydicom
 import pydicom.uid
 import pytest
+import zarr
 from conftest import run_cli
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
 
@@ -57,12 +59,13 @@ def test_the_synth_help_lists_every_syntax_it_writes() -> None:
     assert f"of {', '.join(SYNTAXES)} (default: all)" in text
 
 
-def test_an_uncompressed_ingest_imports_no_pydicom_in_any_of_its_processes(
+def test_an_uncompressed_ingest_imports_no_pydicom_nor_zarr_in_any_of_its_processes(
     tmp_path: Path,
 ) -> None:
     """`-X importtime` lists every import of the command, of its forkserver (which the
-    workers fork from) and of each worker after the fork: none is pydicom's."""
-    _synth_uncompressed(tmp_path / "in")
+    workers fork from) and of each worker after the fork: none is pydicom's, nor zarr's
+    (the workers encode with the frame coders and write zarr.json and shards themselves)."""
+    files = _synth_uncompressed(tmp_path / "in")
     archive = tmp_path / "archive"
     cmd = [sys.executable, "-X", "importtime", "-m", "pacs_engine.cli", "ingest"]
     cmd += [str(tmp_path / "in"), "--archive", str(archive), "--workers", "2", "--no-progress"]
@@ -73,7 +76,17 @@ def test_an_uncompressed_ingest_imports_no_pydicom_in_any_of_its_processes(
     # numpy is listed by each process that imported it, the command and its forkserver:
     # the flag reached the forkserver, and the workers forked from it.
     assert imported.count("numpy") >= 2
-    assert [name for name in imported if name.split(".")[0] == "pydicom"] == []
+    assert [name for name in imported if name.split(".")[0] in ("pydicom", "zarr")] == []
+    # What the workers wrote is what zarr reads, through the codecs its entry points name:
+    # the frames pydicom reads from the inputs (compared by their sums, in any order).
+    frames = [
+        frame
+        for _, series in zarr.open_group(archive / "pixels", mode="r").groups()
+        for _, array in series.arrays()
+        for frame in array[:]
+    ]
+    expected = sorted(int(pydicom.dcmread(path).pixel_array.sum()) for path in files)
+    assert sorted(int(frame.sum()) for frame in frames) == expected
 
 
 def test_header_tags_are_the_data_dictionarys() -> None:

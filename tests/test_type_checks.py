@@ -64,7 +64,7 @@ def test_prepared_without_pixels_has_no_layout_or_frames() -> None:
 def test_array_spec_refuses_an_unsharded_array(tmp_path: Path) -> None:
     array = zarr.create_array(tmp_path / "plain", shape=(2, 4, 4), chunks=(1, 4, 4), dtype="u2")
     with pytest.raises(ValueError, match="archive arrays are sharded"):
-        array_spec(array.metadata)
+        array_spec(array.metadata.to_dict())
 
 
 def test_write_shard_refuses_a_zarr_v2_array(tmp_path: Path) -> None:

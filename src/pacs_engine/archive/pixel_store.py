@@ -18,7 +18,6 @@ zarr's per-call overhead, into one preallocated array, optionally on several thr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -28,26 +27,22 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
-import numcodecs
-import numcodecs.blosc
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.chunk_grids import RegularChunkGrid
-from zarr.core.group import GroupMetadata
-from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from pacs_engine.codecs import CodecError, pack_shard
+from pacs_engine.codecs.blosc import Blosc, blosc_decompress
 from pacs_engine.codecs.native import frame_shape
-from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, BY_CODEC_NAME
 from pacs_engine.codecs.sharding import EMPTY
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.storage import legacy_series_folder, series_folder, series_folders, write_atomic
 from pacs_engine.workers import PerProcess
+
+if TYPE_CHECKING:  # the ingest writes and reads arrays without zarr (docs/ingest.md)
+    import zarr
 
 DEFAULT_TILE = 1024  # chunk edge of frames over an archive's max_chunk_pixels
 MIN_TILE, MAX_TILE = 16, 4096  # the tile edges an archive may be made with
@@ -63,9 +58,7 @@ FULL_FRAME = (slice(None), slice(None))
 #: ~0.12 ms at 2.1:1, and "raw" (no compression) is a copy, where JPEG-LS takes ~4 ms.
 LZ4_LEVEL = 5  # on 512x512 CT: 2.06:1 and 0.12 ms to decode a frame; level 1: 2.02:1, 0.19 ms
 READ_OPTIMISED: dict[str, Callable[[np.dtype], tuple]] = {
-    "lz4": lambda dtype: (
-        BloscCodec(cname="lz4", clevel=LZ4_LEVEL, shuffle="shuffle", typesize=dtype.itemsize),
-    ),
+    "lz4": lambda dtype: (Blosc("lz4", LZ4_LEVEL, "shuffle", dtype.itemsize),),
     "raw": lambda dtype: (),
 }
 #: What an archive's `codec` (archive.json) may be: "auto" (chosen per array from a sample
@@ -85,8 +78,8 @@ class ArraySpec:
     columns: int
     samples: int
     dtype: np.dtype
-    codec: Any  # a zarr ArrayBytesCodec (pacs_engine.codecs), or None for bytes + blosc
-    compressors: tuple = ()
+    codec: Any  # a frame coder (pacs_engine.codecs), or None for plain bytes
+    compressors: tuple[Blosc, ...] = ()
     frames_per_shard: int = 64
     tile: int | None = None  # chunk edge for frames split into tiles
 
@@ -94,7 +87,7 @@ class ArraySpec:
     def codec_name(self) -> str:
         """The chunks' codecs, e.g. "pacs_engine.jpegls", "blosc-lz4", "bytes"."""
         names = [self.codec.codec_name] if self.codec is not None else []
-        names += [f"blosc-{blosc.cname.value}" for blosc in self.compressors]
+        names += [f"blosc-{blosc.cname}" for blosc in self.compressors]
         return "+".join(names) or "bytes"
 
     @property
@@ -154,32 +147,43 @@ def split_tiles(frame: np.ndarray, spec: ArraySpec) -> list[np.ndarray]:
     return tiles
 
 
-def array_spec(meta: ArrayV3Metadata) -> ArraySpec:
-    """The ArraySpec of an existing array, its codec and compressors included."""
-    sharding = meta.codecs[0]
-    if not isinstance(sharding, ShardingCodec):
-        raise ValueError(f"archive arrays are sharded, not {sharding}")
-    serializer, *compressors = sharding.codecs
-    plain = isinstance(serializer, BytesCodec)  # plain bytes (no endian for 1-byte pixels)
-    endian = serializer.endian if isinstance(serializer, BytesCodec) else None
-    if endian is not None and endian.value != "little":
-        raise ValueError(f"big-endian chunks are not read: {serializer}")
-    if not all(isinstance(c, BloscCodec) for c in compressors):
-        raise ValueError(f"only Blosc compresses archive chunks, not {compressors}")
-    if not isinstance(meta.chunk_grid, RegularChunkGrid):
-        raise ValueError(f"archive arrays have a regular chunk grid, not {meta.chunk_grid}")
-    frames_per_shard = meta.chunk_grid.chunk_shape[0]
-    shape = meta.shape
-    chunk = sharding.chunk_shape
+def array_spec(meta: dict[str, Any]) -> ArraySpec:
+    """The ArraySpec of an existing array (its zarr.json), its codec and compressors included.
+
+    Read without zarr, for the layout the archive writes: one sharding codec over one
+    serializer (plain little-endian bytes or a pacs_engine codec) and Blosc compressors.
+    """
+    if meta["zarr_format"] != 3 or meta["node_type"] != "array":
+        raise ValueError(f"not a zarr v3 array: {meta['zarr_format']}, {meta['node_type']}")
+    sharding = meta["codecs"][0]
+    if sharding["name"] != "sharding_indexed":
+        raise ValueError(f"archive arrays are sharded, not {sharding['name']}")
+    config = sharding["configuration"]
+    serializer, *compressors = config["codecs"]
+    codec = None
+    if serializer["name"] == "bytes":  # plain bytes (no endian for 1-byte pixels)
+        endian = (serializer.get("configuration") or {}).get("endian")
+        if endian not in (None, "little"):
+            raise ValueError(f"big-endian chunks are not read: {serializer}")
+    elif serializer["name"] in BY_CODEC_NAME:
+        codec = BY_CODEC_NAME[serializer["name"]].from_dict(serializer)
+    else:
+        raise ValueError(f"no codec {serializer['name']!r} among pacs_engine's")
+    grid = meta["chunk_grid"]
+    if grid["name"] != "regular":
+        raise ValueError(f"archive arrays have a regular chunk grid, not {grid['name']}")
+    frames_per_shard = grid["configuration"]["chunk_shape"][0]
+    shape = tuple(meta["shape"])
+    chunk = tuple(config["chunk_shape"])
     # Tiles are square, cut to the frame: the larger edge of a chunk is the tile edge.
     tile = max(chunk[1], chunk[2]) if (chunk[1], chunk[2]) != (shape[1], shape[2]) else None
     return ArraySpec(
         shape[1],
         shape[2],
         shape[3] if len(shape) > 3 else 1,
-        np.dtype(meta.dtype.to_native_dtype()),
-        None if plain else serializer,
-        tuple(compressors),
+        np.dtype(meta["data_type"]),
+        codec,
+        tuple(Blosc.from_dict(c) for c in compressors),
         frames_per_shard,
         tile,
     )
@@ -195,29 +199,15 @@ def encode_chunk(spec: ArraySpec, tile: np.ndarray) -> bytes:
 def compress(spec: ArraySpec, data: bytes) -> bytes:
     """Serialized chunk bytes through the array's compressors (Blosc), as zarr applies them."""
     for blosc in spec.compressors:
-        # numcodecs takes Blosc's type size from the buffer's items, as zarr passes them.
-        items = np.frombuffer(data, f"u{blosc.typesize}") if blosc.typesize in (2, 4, 8) else data
-        data = numcodecs.Blosc(
-            cname=blosc.cname.value,
-            clevel=blosc.clevel,
-            shuffle=_SHUFFLES[blosc.shuffle.value],
-            blocksize=blosc.blocksize,
-        ).encode(items)
+        data = blosc.encode(data)
     return bytes(data)
 
 
 def decompress(spec: ArraySpec, data: bytes | memoryview) -> bytes | memoryview:
     """A stored chunk's serialized bytes: its compressors undone."""
     if spec.compressors:  # Blosc frames carry their own shuffle and type size
-        return bytes(numcodecs.blosc.decompress(data))
+        return blosc_decompress(data)
     return data
-
-
-_SHUFFLES = {
-    "noshuffle": numcodecs.Blosc.NOSHUFFLE,
-    "shuffle": numcodecs.Blosc.SHUFFLE,
-    "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
-}
 
 
 def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
@@ -228,55 +218,44 @@ def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ..
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
 
 
-#: zarr's metadata of each spec met, its geometry aside, by the spec's repr (Blosc's codec
-#: is not hashable; codecs' reprs name every setting, and one without would only miss).
-_TEMPLATES: dict[str, ArrayV3Metadata] = {}
+#: zarr's codec JSON of a plain (little-endian) bytes serializer: 1-byte data has no endian.
+_BYTES_ONE = {"name": "bytes"}
+_BYTES_LE = {"name": "bytes", "configuration": {"endian": "little"}}
+#: The zarr.json of a group without attributes, as zarr writes it.
+GROUP_METADATA = b'{\n  "attributes": {},\n  "zarr_format": 3,\n  "node_type": "group"\n}'
 
 
 def array_metadata(spec: ArraySpec, attributes: dict) -> bytes:
-    """The zarr.json zarr's `create_array` writes for an empty array of `spec`.
+    """The zarr.json zarr's `create_array` writes for an empty array of `spec`, byte for byte.
 
-    zarr makes the metadata once per codec, dtype and number of samples (in a memory
-    store), and each array's geometry is set in it: an array then costs a JSON dump,
-    not create_array's ~5 ms of round trips through zarr's event loop thread, which
-    a series of a few files would pay per array (and each geometry of a collection
-    of small series once).
+    Built as plain JSON, in zarr's key order and indent (tests/test_archive_metadata.py
+    compares it with create_array's for every kind of spec): the ingest workers write
+    arrays without importing zarr, and an array costs a JSON dump, not create_array's
+    ~5 ms of round trips through zarr's event loop thread.
     """
-    key = repr(dataclasses.replace(spec, rows=1, columns=1, tile=None))
-    template = _TEMPLATES.get(key)
-    if template is None:
-        options: dict[str, Any] = {"compressors": spec.compressors or None}
-        if spec.codec is not None:
-            options["serializer"] = spec.codec
-        array = zarr.create_array(
-            zarr.storage.MemoryStore(),
-            shape=(0, *spec.frame_shape),
-            chunks=spec.chunk_shape,
-            shards=spec.shard_shape,
-            dtype=spec.dtype,
-            fill_value=0,
-            **options,
-        )
-        if not isinstance(array.metadata, ArrayV3Metadata):  # cannot be: zarr_format 3
-            raise TypeError(f"zarr made {type(array.metadata).__name__} metadata")
-        template = _TEMPLATES[key] = array.metadata
-    (sharding,) = template.codecs  # the shapes are all zarr sets from the geometry
-    if not isinstance(sharding, ShardingCodec):  # cannot be: created with shards
-        raise TypeError(f"zarr made {sharding} for a sharded array")
-    metadata = dataclasses.replace(
-        template,
-        shape=(0, *spec.frame_shape),
-        chunk_grid=RegularChunkGrid(chunk_shape=spec.shard_shape),
-        codecs=(dataclasses.replace(sharding, chunk_shape=spec.chunk_shape),),
-        attributes=attributes,
-    )
-    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
-
-
-def _group_metadata() -> bytes:
-    """The zarr.json of a group without attributes, as zarr writes it."""
-    metadata = GroupMetadata(zarr_format=3)
-    return metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+    if spec.dtype.kind not in "iuf":
+        raise ValueError(f"archive arrays hold integers or floats, not {spec.dtype}")
+    plain = _BYTES_ONE if spec.dtype.itemsize == 1 else _BYTES_LE
+    serializer = plain if spec.codec is None else spec.codec.to_dict()
+    sharding = {
+        "chunk_shape": list(spec.chunk_shape),
+        "codecs": [serializer, *(blosc.to_dict() for blosc in spec.compressors)],
+        "index_codecs": [_BYTES_LE, {"name": "crc32c"}],
+        "index_location": "end",
+    }
+    metadata = {
+        "shape": [0, *spec.frame_shape],
+        "data_type": spec.dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(spec.shard_shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0 if spec.dtype.kind == "f" else 0,
+        "codecs": [{"name": "sharding_indexed", "configuration": sharding}],
+        "attributes": attributes,
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+    return json.dumps(metadata, allow_nan=True, indent=2).encode()
 
 
 def _is_array(folder: Path) -> bool:
@@ -398,8 +377,11 @@ class PixelStore:
         self._shards = PerProcess(SHARD_CACHE)
 
     def create(self) -> None:
-        """Create the root group."""
-        zarr.open_group(self.root, mode="w-", zarr_format=3)
+        """Create the root group (the folder must not exist): the zarr.json zarr writes."""
+        self.root.mkdir()
+        # Written as zarr wrote it (not synced): the archive is made in a folder renamed
+        # into place once whole (`Archive.create`).
+        (self.root / "zarr.json").write_bytes(GROUP_METADATA)
 
     def array_path(self, series_uid: str, key: str) -> str:
         """The path below the root of the series' array `key`.
@@ -439,7 +421,7 @@ class PixelStore:
         (see `ensure_array`)."""
         group = (self.root / path).parent
         if not (group / "zarr.json").exists():
-            write_atomic(group / "zarr.json", _group_metadata(), durable=False)
+            write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
         write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
 
     def frames(self, path: str) -> int:
@@ -478,8 +460,8 @@ class PixelStore:
         if spec is None:
             meta = self._meta(path)
             try:
-                spec = self._specs[path] = array_spec(ArrayV3Metadata.from_dict(meta))
-            except (TypeError, ValueError, KeyError) as error:
+                spec = self._specs[path] = array_spec(meta)
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
                 raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
         return spec
 
@@ -751,4 +733,6 @@ class PixelStore:
 
     def open_array(self, path: str) -> zarr.Array:
         """The array, opened read-only with zarr."""
+        import zarr
+
         return zarr.open_array(self.root / path, mode="r")

@@ -1,25 +1,18 @@
-"""The shared part of every pacs_engine Zarr v3 codec: one chunk is one frame (or tile)."""
+"""The shared part of every pacs_engine codec, without zarr: one chunk is one frame (or tile)."""
 
 from __future__ import annotations
 
-import asyncio
-from abc import abstractmethod
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from zarr.abc.codec import ArrayBytesCodec
-from zarr.core.common import JSON, parse_named_configuration
 
 from pacs_engine.errors import PacsEngineError
 
 if TYPE_CHECKING:
     from typing import Self
-
-    from zarr.core.array_spec import ArraySpec
-    from zarr.core.buffer import Buffer, NDBuffer
-    from zarr.core.chunk_grids import ChunkGrid
-    from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
 
 
 class CodecError(PacsEngineError, ValueError):
@@ -85,9 +78,14 @@ def cast_exact(decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class FrameCodec(ArrayBytesCodec):
-    """Base of the frame codecs: JSON configuration, one-frame chunks, threads for the work."""
+@dataclass(frozen=True, eq=False)
+class FrameCodec(ABC):
+    """Base of the frame codecs (zarr-free): JSON configuration, one frame in, bytes out.
+
+    A concrete codec is written once, as a frame coder (``JpegLsCoder``): what the ingest
+    workers call, without importing zarr. Its zarr codec (``JpegLsCodec``, the class the
+    ``zarr.codecs`` entry point names) is made from it on first use (`zarr_codecs`).
+    """
 
     codec_name: ClassVar[str]  # the zarr name: the entry point in pyproject.toml, on disk
     # What the codec is for, read by the registry (codecs/registry.py), the one list of codecs:
@@ -96,39 +94,39 @@ class FrameCodec(ArrayBytesCodec):
     candidate_colour: ClassVar[bool] = True  # ... on colour frames too (else grey only)
     rank: ClassVar[int] = 0  # order of preference among archive codecs: 0 first (the default)
     transfer_syntaxes: ClassVar[tuple[str, ...]] = ()  # pass-through codecs: the syntaxes served
-    is_fixed_size = False  # zarr's BaseCodec declares it (as an instance attribute)
     # numpy dtype kinds/sizes the codec accepts, e.g. {"u1", "u2", "i2"}
     supported_dtypes: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
-    def from_dict(cls, data: dict[str, JSON]) -> Self:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         """The codec described by its array-metadata JSON."""
-        _, configuration = parse_named_configuration(
-            data, cls.codec_name, require_configuration=False
-        )
-        return cls(**(configuration or {}))
+        if data.get("name") != cls.codec_name:
+            raise CodecError(f"expected codec {cls.codec_name}, not {data.get('name')!r}")
+        configuration = data.get("configuration") or {}
+        if not isinstance(configuration, dict):
+            raise CodecError(f"{cls.codec_name}: configuration is not an object")
+        return cls(**configuration)
 
-    def to_dict(self) -> dict[str, JSON]:
+    def to_dict(self) -> dict[str, Any]:
         """The codec's array-metadata JSON: its name and every configuration field."""
         configuration = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"name": self.codec_name, "configuration": configuration}
 
-    def validate(
-        self,
-        *,
-        shape: tuple[int, ...],
-        dtype: ZDType[TBaseDType, TBaseScalar],
-        chunk_grid: ChunkGrid,
-    ) -> None:
-        """Reject, when the array is created, a data type the codec cannot store losslessly."""
-        native = dtype.to_native_dtype()
-        if f"{native.kind}{native.itemsize}" not in self.supported_dtypes:
-            supported = ", ".join(sorted(self.supported_dtypes))
-            raise CodecError(f"{self.codec_name} cannot store {native}; supported: {supported}")
+    # A frame coder equals its zarr codec of the same configuration: an array's spec is
+    # the same whether it was read with zarr or without.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FrameCodec):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
 
-    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
-        """Encoded sizes depend on the pixels, so they cannot be computed in advance."""
-        raise NotImplementedError
+    def __hash__(self) -> int:
+        return hash(repr(self.to_dict()))
+
+    def check_dtype(self, dtype: np.dtype) -> None:
+        """Reject, when the array is created, a data type the codec cannot store losslessly."""
+        if f"{dtype.kind}{dtype.itemsize}" not in self.supported_dtypes:
+            supported = ", ".join(sorted(self.supported_dtypes))
+            raise CodecError(f"{self.codec_name} cannot store {dtype}; supported: {supported}")
 
     @abstractmethod
     def encode_frame(self, frame: np.ndarray) -> bytes:
@@ -138,24 +136,31 @@ class FrameCodec(ArrayBytesCodec):
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The image of the given shape and dtype decoded from `data`."""
 
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        frame = frame_of(chunk_array.as_numpy_array())
-        return chunk_spec.prototype.buffer.from_bytes(self.encode_frame(frame))
 
-    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        dtype = chunk_spec.dtype.to_native_dtype()
-        frame = self.decode_frame(
-            chunk_bytes.to_bytes(), image_shape(chunk_spec.shape), dtype.newbyteorder("=")
-        )
-        out = frame.astype(dtype, copy=False).reshape(chunk_spec.shape)
-        return chunk_spec.prototype.nd_buffer.from_numpy_array(out)
+def zarr_name(coder: type[FrameCodec]) -> str:
+    """The name of a frame coder's zarr codec class: ``JpegLsCoder`` -> ``JpegLsCodec``."""
+    return coder.__name__.removesuffix("Coder") + "Codec"
 
-    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        # The imagecodecs/CharLS calls release the GIL, so threads give real parallelism.
-        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+def coder_name(zarr_class_name: str) -> str:
+    """The name of the frame coder a zarr codec class is made from (`zarr_name` inverted)."""
+    return zarr_class_name.removesuffix("Codec") + "Coder"
+
+
+def zarr_codecs(*coders: type[FrameCodec]) -> Callable[[str], type[FrameCodec]]:
+    """A codec module's ``__getattr__``: the zarr codec class of each of its frame coders,
+    made on first use, so that importing the module (and encoding frames) imports no zarr."""
+    by_name = {zarr_name(coder): coder for coder in coders}
+
+    def __getattr__(name: str) -> type[FrameCodec]:
+        coder = by_name.get(name)
+        if coder is None:
+            raise AttributeError(f"module {coders[0].__module__!r} has no attribute {name!r}")
+        from pacs_engine.codecs.registry import zarr_class
+
+        return zarr_class(coder)
+
+    return __getattr__
 
 
 def check_frame(codec: FrameCodec, frame: np.ndarray) -> None:

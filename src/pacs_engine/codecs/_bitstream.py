@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import ClassVar, NoReturn
 
 import numpy as np
 
@@ -14,12 +14,6 @@ from pacs_engine.codecs._base import (
     cast_exact,
     config_value,
 )
-
-if TYPE_CHECKING:
-    from zarr.core.array_spec import ArraySpec
-    from zarr.core.buffer import Buffer, NDBuffer
-    from zarr.core.chunk_grids import ChunkGrid
-    from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
 
 YBR_FULL_FAMILY = ("YBR_FULL", "YBR_FULL_422")
 COLOR_CONVERSIONS = ("ybr_full_to_rgb", "none")
@@ -55,7 +49,7 @@ def sign_correct_j2k(
     return arr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BitstreamCodec(FrameCodec):
     """Base of the pass-through decoders; its configuration is the frame's DICOM pixel module.
 
@@ -144,18 +138,11 @@ class BitstreamCodec(FrameCodec):
         """The dtype of the decoded frame, as pydicom's pixel_array gives it."""
         return pixel_dtype(self.bits_allocated, self.pixel_representation)
 
-    def validate(
-        self,
-        *,
-        shape: tuple[int, ...],
-        dtype: ZDType[TBaseDType, TBaseScalar],
-        chunk_grid: ChunkGrid,
-    ) -> None:
+    def check_dtype(self, dtype: np.dtype) -> None:
         """Require the array dtype to be the one pydicom decodes these frames to."""
-        native = dtype.to_native_dtype().newbyteorder("=")
-        if native != self.pixel_dtype:
+        if dtype != self.pixel_dtype:
             raise CodecError(
-                f"{self.codec_name}: frames decode to {self.pixel_dtype}, the array is {native}"
+                f"{self.codec_name}: frames decode to {self.pixel_dtype}, the array is {dtype}"
             )
 
     def check_bitstream(self, data: bytes) -> None:
@@ -194,9 +181,6 @@ class BitstreamCodec(FrameCodec):
             f"{self.codec_name} stores original {self.transfer_syntax_uid} bitstreams; it cannot "
             "encode pixels. Write the frame's bytes with encode_bitstream() and pack_shard()."
         )
-
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        return self.encode_frame(chunk_array.as_numpy_array())
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         """The frame decoded with imagecodecs, corrected like pydicom (subclasses)."""

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pacs_engine.codecs._base import CodecError, cast_exact
+from pacs_engine.codecs._base import CodecError, cast_exact, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec
 from pacs_engine.lazy import when_imported
 
@@ -42,7 +42,7 @@ def _register(uid: ModuleType) -> None:
 when_imported("pydicom.uid", _register)
 
 
-class DicomDeflateCodec(BitstreamCodec):
+class DicomDeflateCoder(BitstreamCodec):
     """Pass-through decoder for deflated native frames."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_deflate"
@@ -87,3 +87,7 @@ class DicomDeflateCodec(BitstreamCodec):
         except (zlib.error, LayoutError, CodecError) as error:
             raise CodecError(f"{self.codec_name}: {error}") from None
         return cast_exact(frame.reshape(shape), dtype)
+
+
+# The zarr codecs (DicomDeflateCodec), named by the entry points.
+__getattr__ = zarr_codecs(DicomDeflateCoder)

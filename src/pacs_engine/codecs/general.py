@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 from zarr.codecs import BloscCodec, BytesCodec
 
+from pacs_engine.codecs.blosc import general_blosc
+
 
 def general_purpose_codecs(dtype: np.dtype | str, clevel: int = 5) -> tuple[BytesCodec, BloscCodec]:
     """The (serializer, compressor) pair for frames no image codec can take (floats, >16 bits)."""
-    itemsize = np.dtype(dtype).itemsize
-    # Bit-shuffle groups the equal high bits of neighbouring pixels, which zstd then removes.
-    return BytesCodec(), BloscCodec(
-        cname="zstd", clevel=clevel, shuffle="bitshuffle", typesize=itemsize
-    )
+    return BytesCodec(), general_blosc(dtype, clevel).to_zarr()

@@ -10,7 +10,14 @@ from typing import Any, ClassVar
 import imagecodecs
 import numpy as np
 
-from pacs_engine.codecs._base import CodecError, FrameCodec, cast_exact, check_frame, expect_shape
+from pacs_engine.codecs._base import (
+    CodecError,
+    FrameCodec,
+    cast_exact,
+    check_frame,
+    expect_shape,
+    zarr_codecs,
+)
 from pacs_engine.codecs._bitstream import BitstreamCodec, sign_correct_j2k
 from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header
 
@@ -47,8 +54,8 @@ def htj2k_decode(data: bytes) -> np.ndarray:
     return decoded
 
 
-@dataclass(frozen=True)
-class Htj2kCodec(FrameCodec):
+@dataclass(frozen=True, eq=False)
+class Htj2kCoder(FrameCodec):
     """High-Throughput JPEG 2000, reversible 5/3 wavelet: lossless and very fast.
 
     Signed frames are given to OpenJPH as native signed samples (an unsigned view of two's
@@ -76,7 +83,7 @@ class Htj2kCodec(FrameCodec):
         return cast_exact(expect_shape(decoded, shape, self.codec_name), dtype)
 
 
-class DicomHtj2kCodec(BitstreamCodec):
+class DicomHtj2kCoder(BitstreamCodec):
     """Pass-through decoder for frames kept as their DICOM HTJ2K codestream."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_htj2k"
@@ -105,3 +112,7 @@ class DicomHtj2kCodec(BitstreamCodec):
         header = j2k_header(data)
         decoded = htj2k_decode(data)
         return sign_correct_j2k(decoded, header.is_signed, header.precision, self)
+
+
+# The zarr codecs (Htj2kCodec, DicomHtj2kCodec), named by the entry points.
+__getattr__ = zarr_codecs(Htj2kCoder, DicomHtj2kCoder)

@@ -7,7 +7,7 @@ from typing import ClassVar
 import imagecodecs
 import numpy as np
 
-from pacs_engine.codecs._base import CodecError
+from pacs_engine.codecs._base import CodecError, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec
 from pacs_engine.codecs._markers import (
     JPEG_FRAME_MARKERS,
@@ -28,7 +28,7 @@ RETIRED_DCT = tuple(f"1.2.840.10008.1.2.4.{n}" for n in (52, 53, 54, 55, 56, *ra
 RETIRED_LOSSLESS = tuple(f"1.2.840.10008.1.2.4.{n}" for n in (58, 65, 66))
 
 
-class DicomJpegCodec(BitstreamCodec):
+class DicomJpegCoder(BitstreamCodec):
     """Pass-through decoder for JPEG DCT frames: baseline (8-bit), extended (12-bit), retired.
 
     Always decoded by pydicom's own decoder: DCT decoders differ by a few grey levels
@@ -61,7 +61,7 @@ class DicomJpegCodec(BitstreamCodec):
         return jpeg_declared_shape(data)
 
 
-class DicomJpegLosslessCodec(BitstreamCodec):
+class DicomJpegLosslessCoder(BitstreamCodec):
     """Pass-through decoder for JPEG lossless, non-hierarchical (process 14, any predictor)."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpeg_lossless"
@@ -95,3 +95,7 @@ class DicomJpegLosslessCodec(BitstreamCodec):
         # pydicom reinterprets the decoded samples' bytes with the dataset's dtype; the
         # same-size astype in decode_frame does exactly that (uint16 -> int16 wraps).
         return imagecodecs.ljpeg_decode(data)
+
+
+# The zarr codecs (DicomJpegCodec, DicomJpegLosslessCodec), named by the entry points.
+__getattr__ = zarr_codecs(DicomJpegCoder, DicomJpegLosslessCoder)

@@ -8,13 +8,13 @@ from typing import ClassVar
 import imagecodecs
 import numpy as np
 
-from pacs_engine.codecs._base import FrameCodec, cast_exact, check_frame, expect_shape
+from pacs_engine.codecs._base import FrameCodec, cast_exact, check_frame, expect_shape, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec, sign_correct_j2k
 from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header
 
 
-@dataclass(frozen=True)
-class Jpeg2kCodec(FrameCodec):
+@dataclass(frozen=True, eq=False)
+class Jpeg2kCoder(FrameCodec):
     """JPEG 2000 Part 1, reversible 5/3 wavelet (never ``level=100``, which is lossy).
 
     Signed frames are encoded as native signed samples. The chunk is a raw J2K codestream
@@ -43,7 +43,7 @@ class Jpeg2kCodec(FrameCodec):
         return cast_exact(expect_shape(decoded, shape, self.codec_name), dtype)
 
 
-class DicomJpeg2kCodec(BitstreamCodec):
+class DicomJpeg2kCoder(BitstreamCodec):
     """Pass-through decoder for frames kept as their DICOM JPEG 2000 codestream."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpeg2k"
@@ -68,3 +68,7 @@ class DicomJpeg2kCodec(BitstreamCodec):
         header = j2k_header(data)
         decoded = imagecodecs.jpeg2k_decode(data, numthreads=1)
         return sign_correct_j2k(decoded, header.is_signed, header.precision, self)
+
+
+# The zarr codecs (Jpeg2kCodec, DicomJpeg2kCodec), named by the entry points.
+__getattr__ = zarr_codecs(Jpeg2kCoder, DicomJpeg2kCoder)

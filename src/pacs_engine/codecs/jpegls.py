@@ -20,6 +20,7 @@ from pacs_engine.codecs._base import (
     signed_precision,
     unsigned_precision,
     value_range,
+    zarr_codecs,
 )
 from pacs_engine.codecs._bitstream import BitstreamCodec
 from pacs_engine.codecs._markers import SOF_JPEGLS, jpeg_declared_shape, jpeg_frame_header
@@ -49,8 +50,8 @@ def jpegls_precision(data: bytes) -> int:
     return header.precision
 
 
-@dataclass(frozen=True)
-class JpegLsCodec(FrameCodec):
+@dataclass(frozen=True, eq=False)
+class JpegLsCoder(FrameCodec):
     """JPEG-LS lossless with the smallest sample precision that holds the frame.
 
     ``precision="minimal"`` (default) encodes each frame with P = the bits its values need
@@ -95,7 +96,7 @@ class JpegLsCodec(FrameCodec):
         return cast_exact(decoded, dtype)
 
 
-class DicomJpegLsCodec(BitstreamCodec):
+class DicomJpegLsCoder(BitstreamCodec):
     """Pass-through decoder for frames kept as their DICOM JPEG-LS bitstream (lossless or near)."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_jpegls"
@@ -121,3 +122,7 @@ class DicomJpegLsCodec(BitstreamCodec):
             # JPEG-LS has no sign: like pydicom, sign-extend from the stream's precision.
             return sign_extend(decoded, jpegls_precision(data), self.pixel_dtype)
         return decoded
+
+
+# The zarr codecs (JpegLsCodec, DicomJpegLsCodec), named by the entry points.
+__getattr__ = zarr_codecs(JpegLsCoder, DicomJpegLsCoder)

@@ -17,6 +17,7 @@ from pacs_engine.codecs._base import (
     expect_shape,
     unsigned_precision,
     value_range,
+    zarr_codecs,
 )
 
 # ISO BMFF boxes of a JPEG-XL container file.
@@ -24,7 +25,7 @@ _SIGNATURE_BOX = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 _FTYP_BOX = b"\x00\x00\x00\x14ftypjxl \x00\x00\x00\x00jxl "
 # A private box holding the per-frame offset; JPEG-XL readers skip unknown boxes.
 OFFSET_BOX = b"pcof"
-# Effort 1 is not lossless on all real images with libjxl 0.11.2 (see JpegXlCodec).
+# Effort 1 is not lossless on all real images with libjxl 0.11.2 (see JpegXlCoder).
 MIN_EFFORT = 2
 
 
@@ -56,8 +57,8 @@ def frame_offset(data: bytes) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class JpegXlCodec(FrameCodec):
+@dataclass(frozen=True, eq=False)
+class JpegXlCoder(FrameCodec):
     """JPEG-XL lossless (modular) at a configurable effort (2 fastest allowed .. 10 smallest).
 
     Effort 1 (libjxl's "fast lossless" path) is refused: with libjxl 0.11.2 it produced
@@ -112,3 +113,7 @@ class JpegXlCodec(FrameCodec):
         if offset:
             decoded = decoded.astype(np.int64) + offset
         return cast_exact(decoded, dtype)
+
+
+# The zarr codecs (JpegXlCodec), named by the entry points.
+__getattr__ = zarr_codecs(JpegXlCoder)

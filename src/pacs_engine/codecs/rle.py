@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pacs_engine.codecs._base import CodecError
+from pacs_engine.codecs._base import CodecError, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec
 from pacs_engine.codecs._markers import rle_segment_count
 
 
-class DicomRleCodec(BitstreamCodec):
+class DicomRleCoder(BitstreamCodec):
     """Pass-through decoder for RLE Lossless; decoded by pydicom's own (numpy) RLE decoder."""
 
     codec_name: ClassVar[str] = "pacs_engine.dicom_rle"
@@ -33,3 +33,7 @@ class DicomRleCodec(BitstreamCodec):
     def check_size(self, data: bytes, shape: tuple[int, ...]) -> None:
         """RLE declares no size, only its segments: one per byte plane of a sample."""
         self.check_bitstream(data)
+
+
+# The zarr codecs (DicomRleCodec), named by the entry points.
+__getattr__ = zarr_codecs(DicomRleCoder)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from zarr.codecs import BloscCodec
 
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.format import MARKER
@@ -49,7 +48,8 @@ from pacs_engine.archive.prepare import (
 from pacs_engine.archive.quarantine import HEAD_BYTES, NOT_DICOM, Quarantine
 from pacs_engine.archive.report import Outcome
 from pacs_engine.archive.versions import PENDING, kept_sha256s, version_rows, with_version
-from pacs_engine.codecs import CodecError, choose_codec, general_purpose_codecs
+from pacs_engine.codecs import CodecError, choose_codec
+from pacs_engine.codecs.blosc import Blosc, general_blosc
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
@@ -91,9 +91,7 @@ class Checks:
 #: (the corpus's RLE files: 1.05-1.5x smaller on real images, 1.25x in all; 1.26x on
 #: synthetic CT), while JPEG, JPEG-LS and JPEG 2000 streams are entropy-coded already.
 #: Level 1: 2-2.3x the speed of level 3 on those bitstreams, within 0.5 % of its ratio.
-BITSTREAM_COMPRESSORS = {
-    "pacs_engine.dicom_rle": (BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle", typesize=1),)
-}
+BITSTREAM_COMPRESSORS = {"pacs_engine.dicom_rle": (Blosc("zstd", 1, "noshuffle", 1),)}
 #: Attributes two versions of one instance must share: where the archive keeps it (its
 #: study and series) and the shape of its pixels (the pixel hash covers only their bytes).
 COMPARED_KEYWORDS = (
@@ -551,7 +549,7 @@ class PartEncoder:
             pass  # e.g. float or 32-bit pixels: no image codec takes them
         if name in READ_OPTIMISED:
             return None, READ_OPTIMISED[name](sample.dtype)
-        _, compressor = general_purpose_codecs(sample.dtype)
+        compressor = general_blosc(sample.dtype)
         return None, (compressor,)
 
     def _encode_native(self, path: str, prepared: Prepared, recheck: bool) -> list[bytes]:

@@ -41,7 +41,7 @@ from starlette.routing import BaseRoute, Route
 
 from pacs_engine.archive import Archive
 from pacs_engine.archive.pixel_store import ArraySpec, decompress
-from pacs_engine.codecs import BitstreamCodec, CodecError, Htj2kCodec, JpegLsCodec
+from pacs_engine.codecs import BitstreamCodec, CodecError, Htj2kCoder, JpegLsCoder
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.native import PixelLayout, to_bytes
 from pacs_engine.errors import PacsEngineError
@@ -509,9 +509,9 @@ def can_make(syntax: str, spec: ArraySpec, row: Row) -> str | None:
         return CHUNK if raw_octets(spec, row) else DECODE
     single = spec.samples == 1 and spec.tile is None
     if syntax == JPEG_LS and spec.samples == 1 and spec.dtype.itemsize <= 2:
-        return CHUNK if isinstance(spec.codec, JpegLsCodec) and single else DECODE
+        return CHUNK if isinstance(spec.codec, JpegLsCoder) and single else DECODE
     if syntax == HTJ2K and spec.samples == 1 and spec.dtype.itemsize <= 2:
-        return CHUNK if isinstance(spec.codec, Htj2kCodec) and single else DECODE
+        return CHUNK if isinstance(spec.codec, Htj2kCoder) and single else DECODE
     return None
 
 
@@ -577,7 +577,7 @@ def encode_frame(frame: np.ndarray, syntax: str, row: Row) -> bytes:
     if syntax == ExplicitVRLittleEndian:
         return frame_octets(frame, row)
     if syntax == HTJ2K:
-        return Htj2kCodec().encode_frame(frame)
+        return Htj2kCoder().encode_frame(frame)
     bits = int(row.get("BitsStored") or 8 * frame.dtype.itemsize)
     if frame.dtype.kind == "i":  # two's complement in Bits Stored bits, as DICOM JPEG-LS reads it
         frame = frame.astype(np.int32) & ((1 << bits) - 1)
