@@ -27,9 +27,9 @@ from typing import Any, cast
 from pacs_engine.archive.blobs import WHOLE, HeaderBlob
 from pacs_engine.archive.copies import (
     CopiedInstance,
+    PartWriter,
     file_sha256,
     read_stored_many,
-    write_copied_part,
 )
 from pacs_engine.archive.format import ArchiveError, is_pacs_archive
 from pacs_engine.archive.verify import VerifyReport
@@ -55,6 +55,11 @@ BATCH = 128
 #: A part also ends once its stored pixel bytes reach this: the parent holds a part's
 #: chunks in memory, and large multi-frame instances must not make that unbounded.
 PART_BYTES = 128 * 1024 * 1024
+#: A source of fewer instances is copied in this process whatever `workers` says (an
+#: `executor` given is used as it is): in process the copy runs at about 1,000 instances/s
+#: of one core, and starting worker processes (their imports, the source opened in each)
+#: costs more than they save below a few seconds of work (docs/deidentify.md, Performance).
+IN_PROCESS_BELOW = 2000
 #: The fields of a source row a copy keeps: what its pixels are (no identity in them).
 PIXEL_FIELDS = (
     "transfer_syntax_uid",
@@ -139,6 +144,7 @@ def deidentify(
     """Copy every instance of the archive `source` into the archive `research`,
     de-identified by PS3.15 Annex E with `options`; resumable; see the module doc.
 
+    `workers` (None: one per core) applies from `IN_PROCESS_BELOW` source instances.
     `codec`, `transcode` and `group` are options of a new research archive (copied
     pixels keep the source arrays' codec: they are not encoded again); `verify` checks
     the research archive afterwards (`Archive.verify`); `trust_bitstreams` is accepted
@@ -156,9 +162,10 @@ def deidentify(
     target = Archive.open_or_create(research, codec=codec, transcode=transcode, group=group)
     report = DeidReport()
     own = executor is None
-    executor = executor or make_executor(workers)
     try:
         with target, open_archive(source) as archive:
+            if executor is None:
+                executor = make_executor(0 if len(archive.index) < IN_PROCESS_BELOW else workers)
             _check_settings(target.path, deidentifier, profile)
             folder = archive.quarantine.root
             report.source_quarantined = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
@@ -171,7 +178,7 @@ def deidentify(
                 json.dumps(report.to_dict(), indent=2).encode(),
             )
     finally:
-        if own:
+        if own and executor is not None:
             executor.close()
     return report
 
@@ -233,17 +240,26 @@ def _copy(
 
     window = 2 * (os.cpu_count() or 1)
     tasks = _bounded(executor, parts(), window, str(source.path), deidentifier, run)
-    for rows, (results, times) in tasks:
-        add_times(report.stages["headers"], times)
+    # A part's files are written and synced while the next part's headers are rewritten.
+    writer = PartWriter(target, source.pixels)
+    try:
+        for rows, (results, times) in tasks:
+            add_times(report.stages["headers"], times)
+            with task() as spent:
+                _write_part(source, writer, rows, results, report)
+            add_times(report.stages["parts"], spent)
         with task() as spent:
-            _write_part(source, target, rows, results, report)
+            report.staged += len(writer.finish())
         add_times(report.stages["parts"], spent)
+    finally:
+        writer.close()
 
 
 def _write_part(
-    source: Archive, target: Archive, rows: list[Row], results: list[Outcome], report: DeidReport
+    source: Archive, writer: PartWriter, rows: list[Row], results: list[Outcome], report: DeidReport
 ) -> None:
-    """Copy one part's de-identified instances into the research archive."""
+    """Copy one part's de-identified instances into the research archive: commit the part
+    before (`PartWriter.finish`), start writing this one."""
     todo: list[tuple[Row, HeaderResult, Row]] = []
     for row, (new, outcome, reason, result, new_row) in zip(rows, results, strict=True):
         if outcome == "withheld":
@@ -262,9 +278,9 @@ def _write_part(
             _instance(source, row, result, new_row, *chunks)
             for (row, result, new_row), chunks in zip(todo, stored, strict=True)
         ]
+    report.staged += len(writer.finish())
     if copied:
-        write_copied_part(target, source.pixels, copied)
-        report.staged += len(copied)
+        writer.write(copied)
 
 
 def _instance(
