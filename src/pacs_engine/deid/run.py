@@ -238,7 +238,9 @@ def _copy(
         if todo:
             yield todo
 
-    window = 2 * (os.cpu_count() or 1)
+    # In process (an inline executor runs a task when submitted), one part at a time: the
+    # next part's rewrite then runs while the writer thread writes the part before.
+    window = 2 * (os.cpu_count() or 1) if executor.workers else 1
     tasks = _bounded(executor, parts(), window, str(source.path), deidentifier, run)
     # A part's files are written and synced while the next part's headers are rewritten.
     writer = PartWriter(target, source.pixels)
