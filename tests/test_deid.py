@@ -14,7 +14,6 @@ import re
 import shutil
 import stat
 import subprocess
-import threading
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -726,24 +725,22 @@ def test_a_small_source_is_copied_in_process(made: dict, monkeypatch: pytest.Mon
 def test_nothing_is_committed_before_its_files_are_durable(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A part's files are written and synced in a thread beside the next part's header
-    rewrites: when its rows are committed, each of their header packs and rows files was
+    """When a part's rows are committed, each of their header packs and rows files was
     synced as a temporary, renamed, and its folder synced; the copy is the same."""
     root = made["root"]
-    synced: list[tuple[Path, bool, bool]] = []  # path, a folder, synced outside the main thread
+    synced: list[tuple[Path, bool]] = []  # path, a folder
     sync_at_once = storage._sync_at_once
 
     def recording(paths: list[Path], directories: bool) -> None:
         sync_at_once(paths, directories)
-        beside = threading.current_thread() is not threading.main_thread()
-        synced.extend((path, directories, beside) for path in paths)
+        synced.extend((path, directories) for path in paths)
 
     commit = Index.commit
     commits: list[int] = []
 
     def checked(self: Index, rows: list, *args: Any, **kwargs: Any) -> None:
-        files = {path for path, folder, _ in synced if not folder}
-        folders = {path for path, folder, _ in synced if folder}
+        files = {path for path, folder in synced if not folder}
+        folders = {path for path, folder in synced if folder}
         research = root / "durable"
         for row in rows:
             for name in (row["header"]["pack"], rows_sidecar(row["header"]["pack"])):
@@ -760,7 +757,6 @@ def test_nothing_is_committed_before_its_files_are_durable(
     monkeypatch.setattr(deid_run, "BATCH", 8)  # several parts
     report = deidentify(root / "record", root / "durable", made["key"], OPTIONS, workers=0)
     assert report.balanced and len(commits) > 2 and sum(commits) == report.staged
-    assert any(beside for _, folder, beside in synced if not folder)  # in the writer thread
     assert _research_files(root / "durable") == _research_files(root / "research")
 
 

@@ -10,11 +10,9 @@ a task takes what its stages added with `take()`. CPU time is the process's
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 #: Stage name -> [CPU seconds, wall seconds].
 Times = dict[str, list[float]]
@@ -80,27 +78,11 @@ class _Stage:
 
 
 CLOCK = StageClock()
-#: Per thread: `unclocked` sets `quiet` in a thread working beside the one the clock times.
-_THREAD = threading.local()
-_NOTHING: AbstractContextManager[None] = nullcontext()
-_T = TypeVar("_T")
 
 
 def stage(name: str) -> AbstractContextManager[None]:
-    """This process's clock's `stage(name)` (nothing in a thread running `unclocked`)."""
-    if getattr(_THREAD, "quiet", False):
-        return _NOTHING
+    """This process's clock's `stage(name)`."""
     return CLOCK.stage(name)
-
-
-def unclocked(fn: Callable[..., _T], *args: Any) -> _T:
-    """fn(*args) with its stages not charged: for a thread beside the timed one (the clock
-    is one per process and not thread-safe); the timed thread times its wait for it."""
-    _THREAD.quiet = True
-    try:
-        return fn(*args)
-    finally:
-        _THREAD.quiet = False
 
 
 @contextmanager

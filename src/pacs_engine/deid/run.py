@@ -27,9 +27,9 @@ from typing import Any, cast
 from pacs_engine.archive.blobs import WHOLE, HeaderBlob
 from pacs_engine.archive.copies import (
     CopiedInstance,
-    PartWriter,
     file_sha256,
     read_stored_many,
+    write_copied_part,
 )
 from pacs_engine.archive.format import ArchiveError, is_pacs_archive
 from pacs_engine.archive.verify import VerifyReport
@@ -238,30 +238,19 @@ def _copy(
         if todo:
             yield todo
 
-    # In process (an inline executor runs a task when submitted), one part at a time: the
-    # next part's rewrite then runs while the writer thread writes the part before.
-    window = 2 * (os.cpu_count() or 1) if executor.workers else 1
+    window = 2 * (os.cpu_count() or 1)
     tasks = _bounded(executor, parts(), window, str(source.path), deidentifier, run)
-    # A part's files are written and synced while the next part's headers are rewritten.
-    writer = PartWriter(target, source.pixels)
-    try:
-        for rows, (results, times) in tasks:
-            add_times(report.stages["headers"], times)
-            with task() as spent:
-                _write_part(source, writer, rows, results, report)
-            add_times(report.stages["parts"], spent)
+    for rows, (results, times) in tasks:
+        add_times(report.stages["headers"], times)
         with task() as spent:
-            report.staged += len(writer.finish())
+            _write_part(source, target, rows, results, report)
         add_times(report.stages["parts"], spent)
-    finally:
-        writer.close()
 
 
 def _write_part(
-    source: Archive, writer: PartWriter, rows: list[Row], results: list[Outcome], report: DeidReport
+    source: Archive, target: Archive, rows: list[Row], results: list[Outcome], report: DeidReport
 ) -> None:
-    """Copy one part's de-identified instances into the research archive: commit the part
-    before (`PartWriter.finish`), start writing this one."""
+    """Copy one part's de-identified instances into the research archive."""
     todo: list[tuple[Row, HeaderResult, Row]] = []
     for row, (new, outcome, reason, result, new_row) in zip(rows, results, strict=True):
         if outcome == "withheld":
@@ -280,9 +269,9 @@ def _write_part(
             _instance(source, row, result, new_row, *chunks)
             for (row, result, new_row), chunks in zip(todo, stored, strict=True)
         ]
-    report.staged += len(writer.finish())
     if copied:
-        writer.write(copied)
+        write_copied_part(target, source.pixels, copied)
+        report.staged += len(copied)
 
 
 def _instance(
