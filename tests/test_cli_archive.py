@@ -171,6 +171,7 @@ def test_the_forkserver_starts_before_the_heavy_imports() -> None:
         "    ('ingest', 'src', '--archive', 'a'): True,\n"
         "    ('verify', 'a', '--workers', '2'): True,\n"
         "    ('ingest', 'src', '--archive', 'a', '--workers', '0'): False,\n"
+        "    ('ingest', 'a', '--archive', 'r', '--deidentify', '--key-file', 'k'): False,\n"
         "    ('ingest', 'src', '--archive', 'a', '--executor', 'dask'): False,\n"
         "    ('ingest', '--help'): False,\n"
         "    ('serve', 'a', '--dimse-port', '104'): True,\n"

@@ -27,7 +27,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from pacs_engine.archive.blobs import BlobError
+from pacs_engine import storage
+from pacs_engine.archive.blobs import BlobError, rows_sidecar
 from pacs_engine.archive.copies import read_stored, read_stored_many
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
@@ -35,6 +36,7 @@ from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
 from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
+from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
 from tests.conftest import CORPUS, require_corpus, run_cli
@@ -689,13 +691,73 @@ def test_a_damaged_source_header_is_refused_without_naming_the_source(tmp_path: 
             assert row[uid].encode() not in written
 
 
-def test_worker_processes_make_the_same_archive(made: dict) -> None:
+def test_worker_processes_make_the_same_archive(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """De-identified in two worker processes (the Deidentifier pickled to them): the same
     files as in this process."""
     root = made["root"]
-    report = deidentify(root / "record", root / "parallel", made["key"], OPTIONS, workers=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(deid_run, "IN_PROCESS_BELOW", 0)  # the test archive is small
+        report = deidentify(root / "record", root / "parallel", made["key"], OPTIONS, workers=2)
     assert report.balanced
     assert _research_files(root / "parallel") == _research_files(root / "research")
+
+
+def test_a_small_source_is_copied_in_process(made: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below IN_PROCESS_BELOW source instances, `workers` is not used (starting worker
+    processes costs more than they save); from it on, it is."""
+    root = made["root"]
+    chosen: list[int | None] = []
+
+    def recording(workers: int | None, scheduler: str | None = None) -> InlineExecutor:
+        chosen.append(workers)
+        return InlineExecutor()
+
+    monkeypatch.setattr(deid_run, "make_executor", recording)
+    small = deidentify(root / "record", root / "chosen-small", made["key"], OPTIONS, workers=2)
+    monkeypatch.setattr(deid_run, "IN_PROCESS_BELOW", small.source_instances)
+    large = deidentify(root / "record", root / "chosen-large", made["key"], OPTIONS, workers=2)
+    assert chosen == [0, 2]
+    assert small.balanced and large.balanced
+
+
+def test_nothing_is_committed_before_its_files_are_durable(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a part's rows are committed, each of their header packs and rows files was
+    synced as a temporary, renamed, and its folder synced; the copy is the same."""
+    root = made["root"]
+    synced: list[tuple[Path, bool]] = []  # path, a folder
+    sync_at_once = storage._sync_at_once
+
+    def recording(paths: list[Path], directories: bool) -> None:
+        sync_at_once(paths, directories)
+        synced.extend((path, directories) for path in paths)
+
+    commit = Index.commit
+    commits: list[int] = []
+
+    def checked(self: Index, rows: list, *args: Any, **kwargs: Any) -> None:
+        files = {path for path, folder in synced if not folder}
+        folders = {path for path, folder in synced if folder}
+        research = root / "durable"
+        for row in rows:
+            for name in (row["header"]["pack"], rows_sidecar(row["header"]["pack"])):
+                path = research / name
+                assert path.is_file() and path.parent in folders
+                assert any(
+                    t.parent == path.parent and t.name.startswith(f".{path.name}.") for t in files
+                )
+        commits.append(len(rows))
+        commit(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "_sync_at_once", recording)
+    monkeypatch.setattr(Index, "commit", checked)
+    monkeypatch.setattr(deid_run, "BATCH", 8)  # several parts
+    report = deidentify(root / "record", root / "durable", made["key"], OPTIONS, workers=0)
+    assert report.balanced and len(commits) > 2 and sum(commits) == report.staged
+    assert _research_files(root / "durable") == _research_files(root / "research")
 
 
 def test_stored_chunks_read_a_run_at_a_time_are_each_rows_own(made: dict) -> None:

@@ -87,7 +87,9 @@ def _starts_local_workers(argv: list[str]) -> bool:
         known.command in ("ingest", "verify", "serve", "migrate") and known.workers != 0
     )
     asks_help = not {"-h", "--help"}.isdisjoint(argv)
-    return command_workers and known.executor != "dask" and not asks_help
+    # `ingest --deidentify` copies a small source in process (deid.run.IN_PROCESS_BELOW).
+    deidentify = "--deidentify" in argv
+    return command_workers and known.executor != "dask" and not asks_help and not deidentify
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -222,7 +222,8 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
         keep_private = _keep_private(args.keep_private)
     except ValueError as error:
         return fail("ingest", str(error), 2)
-    executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
+    # Local work: `deidentify` chooses, from the source's size, this process or workers.
+    executor = make_executor(None, args.scheduler) if args.executor == "dask" else None
     try:
         report = deidentify(
             args.sources[0],
@@ -232,6 +233,7 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
             profile=args.profile,
             burned_in=args.burned_in,
             safe_private=keep_private,
+            workers=args.workers,
             executor=executor,
             codec=args.codec,
             transcode=args.transcode,
@@ -242,7 +244,8 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
     except IngestStopped as error:
         return fail("ingest", str(error), 3)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
     summary = report.to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -55,6 +55,11 @@ BATCH = 128
 #: A part also ends once its stored pixel bytes reach this: the parent holds a part's
 #: chunks in memory, and large multi-frame instances must not make that unbounded.
 PART_BYTES = 128 * 1024 * 1024
+#: A source of fewer instances is copied in this process whatever `workers` says (an
+#: `executor` given is used as it is): in process the copy runs at about 1,000 instances/s
+#: of one core, and starting worker processes (their imports, the source opened in each)
+#: costs more than they save below a few seconds of work (docs/deidentify.md, Performance).
+IN_PROCESS_BELOW = 2000
 #: The fields of a source row a copy keeps: what its pixels are (no identity in them).
 PIXEL_FIELDS = (
     "transfer_syntax_uid",
@@ -139,6 +144,7 @@ def deidentify(
     """Copy every instance of the archive `source` into the archive `research`,
     de-identified by PS3.15 Annex E with `options`; resumable; see the module doc.
 
+    `workers` (None: one per core) applies from `IN_PROCESS_BELOW` source instances.
     `codec`, `transcode` and `group` are options of a new research archive (copied
     pixels keep the source arrays' codec: they are not encoded again); `verify` checks
     the research archive afterwards (`Archive.verify`); `trust_bitstreams` is accepted
@@ -156,9 +162,10 @@ def deidentify(
     target = Archive.open_or_create(research, codec=codec, transcode=transcode, group=group)
     report = DeidReport()
     own = executor is None
-    executor = executor or make_executor(workers)
     try:
         with target, open_archive(source) as archive:
+            if executor is None:
+                executor = make_executor(0 if len(archive.index) < IN_PROCESS_BELOW else workers)
             _check_settings(target.path, deidentifier, profile)
             folder = archive.quarantine.root
             report.source_quarantined = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
@@ -171,7 +178,7 @@ def deidentify(
                 json.dumps(report.to_dict(), indent=2).encode(),
             )
     finally:
-        if own:
+        if own and executor is not None:
             executor.close()
     return report
 
