@@ -458,6 +458,30 @@ def test_research_uids_are_keyed_hashes_remembered_within_a_bound_and_never_pick
     assert pickle.loads(shipped).uid(sources[0]) == expected[0]
 
 
+def test_patient_pseudonyms_and_shifts_are_keyed_hashes_remembered_within_a_bound_and_never_pickled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = bytes(range(32))
+    patients = [f"PAT{n}\0ISSUER" for n in range(10)]
+
+    def digest(purpose: bytes, patient: str) -> bytes:
+        return hmac.new(secret, purpose + b"\0" + patient.encode(), "sha256").digest()
+
+    ids = ["ANON" + digest(b"patient", p)[:8].hex().upper() for p in patients]
+    low, high = deid_key.SHIFT_DAYS
+    shifts = [
+        low + int.from_bytes(digest(b"shift", p)[:4], "big") % (high - low + 1) for p in patients
+    ]
+    monkeypatch.setattr(deid_key, "PATIENT_CACHE", 4)
+    key = Key(secret)
+    assert [key.patient_id(p) for p in patients * 2] == ids * 2  # through a full memory too
+    assert [key.shift_days(p) for p in patients * 2] == shifts * 2
+    assert len(key._patient_ids) <= 4 and len(key._shifts) <= 4
+    shipped = pickle.dumps(key)  # what worker processes get: no patient in it
+    assert not any(p.split("\0")[0].encode() in shipped for p in patients)
+    assert pickle.loads(shipped).patient_id(patients[0]) == ids[0]
+
+
 def test_cli(made: dict, tmp_path: Path) -> None:
     root = made["root"]
     made_key = run_cli("deid-key", str(tmp_path / "cli-key"))

@@ -1,5 +1,6 @@
 """Types of the byte-level de-identification's native walk (deidwalk.pyx)."""
 
+from collections import Counter
 from collections.abc import Callable
 
 VRS: dict[bytes, str]
@@ -44,3 +45,24 @@ class Walker:
     def elements(
         self, pos: int, end: int, depth: int, delimited: bool
     ) -> tuple[list[Element], int, int]: ...
+
+def splice(
+    elements: list[Element],
+    out: bytearray,
+    split: int,
+    top: bool,
+    data: bytes,
+    suffix: bytes,
+    pending: list[tuple[int, bytes]],
+    mark_vrs: dict[int, str],
+    sequence_undefined: bytes,
+    drop_private: bool,
+    counts: Counter[str],
+    element_value: Callable[[Element, str, list[Element], int], bytes | bool | None],
+    depth: int,
+    fallback: type[Exception],
+    private: str,
+    unlisted: str,
+    overlay: str,
+) -> int:
+    """Write a data set's elements de-identified into `out`; the offset of element `split`."""

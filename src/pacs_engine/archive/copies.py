@@ -140,12 +140,16 @@ def write_copied_part(
         else:
             mine = (instance.source_array, series_uid)
             if mine not in arrays:
-                arrays[mine] = _array_for(archive.pixels, source, *mine)
+                arrays[mine], created = _array_for(archive.pixels, source, *mine)
+                if created:  # no frames yet, the source's grid: no need to read it back
+                    starts[arrays[mine]] = 0
+                    grids[arrays[mine]] = source.grid(instance.source_array)[1]
             path = arrays[mine]
             if path not in by_array:
-                starts[path] = archive.pixels.frames(path)
+                if path not in starts:
+                    starts[path] = archive.pixels.frames(path)
+                    grids[path] = archive.pixels.grid(path)[1]
                 by_array[path] = []
-                grids[path] = archive.pixels.grid(path)[1]
             first = starts[path] + len(by_array[path]) // grids[path]
             by_array[path] += instance.chunks
             row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
@@ -177,17 +181,21 @@ def _write_together(files: list[tuple[Path, bytes]]) -> None:
     fsync_dirs(writes)
 
 
-def _array_for(pixels: PixelStore, source: PixelStore, source_path: str, series_uid: str) -> str:
-    """This archive's array for the source array's frames: its key and its metadata."""
+def _array_for(
+    pixels: PixelStore, source: PixelStore, source_path: str, series_uid: str
+) -> tuple[str, bool]:
+    """This archive's array for the source array's frames (its key and its metadata), and
+    whether it was created now."""
     key = source_path.rsplit("/", 1)[-1]
     path = pixels.array_path(series_uid, key)
-    if not pixels.exists(path):
-        meta = json.loads((source.root / source_path / "zarr.json").read_bytes())
-        meta["shape"][0] = 0
-        # Not durable yet, as an ingest's new array: `set_frames` after the part's commit
-        # makes it so, and a crash before leaves an array no row uses (tidied).
-        pixels.create_array(path, json.dumps(meta, indent=2).encode())
-    return path
+    if pixels.exists(path):
+        return path, False
+    meta = json.loads((source.root / source_path / "zarr.json").read_bytes())
+    meta["shape"][0] = 0
+    # Not durable yet, as an ingest's new array: `set_frames` after the part's commit
+    # makes it so, and a crash before leaves an array no row uses (tidied).
+    pixels.create_array(path, json.dumps(meta, indent=2).encode())
+    return path, True
 
 
 def _pack_files(

@@ -34,7 +34,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from pacs_engine._native.deidwalk import LONG_VRS, VRS, Element, Walker
+from pacs_engine._native.deidwalk import LONG_VRS, VRS, Element, Walker, splice
 from pacs_engine.deid.actions import (
     BINARY_VRS,
     COMMAND,
@@ -347,7 +347,6 @@ class _Rewrite:
         """Write a data set's elements de-identified into `out` (`dropped` private
         attributes the walk left out are counted); the offset in `out` where element
         `split` starts (the blob's suffix) is returned."""
-        overlays = {e.tag >> 16 for e in elements if e.action == OVERLAY}
         context = self.context
         assert context is not None
         counts = context.actions
@@ -356,65 +355,25 @@ class _Rewrite:
         # Private attributes go, unless some are kept: the common case done here, quickly.
         drop_private = not ("retain-safe-private" in context.options and context.safe_private)
         marks = self.settings.marks(self.explicit) if depth == 0 else None
-        pending = list(marks.by_tag.items()) if marks else []
-        data = self.data
-        run_start = run_end = -1
-        split_at = len(out)
-        for index, element in enumerate(elements):
-            action = element.action
-            if index == split and depth == 0:
-                if run_end >= 0:
-                    out += data[run_start:run_end]
-                    run_start = run_end = -1
-                out += b"".join(m for _, m in pending)
-                pending = []
-                split_at = len(out)
-                data = self.suffix
-            while pending and element.tag > pending[0][0]:
-                if run_end >= 0:
-                    out += data[run_start:run_end]
-                    run_start = run_end = -1
-                out += pending.pop(0)[1]
-            if action == PRIVATE and drop_private:
-                counts["X"] += 1
-                new: bytes | bool | None = None
-            elif action == UNLISTED and element.items is None:
-                new = True
-            else:
-                new = self._element(element, action, elements, depth)
-            if pending and element.tag == pending[0][0]:
-                # Already there: set to the new value, as pydicom sets it (VR and
-                # undefined length as found).
-                assert marks is not None
-                if element.vr != marks.vrs[element.tag]:
-                    raise Fallback("a De-identification Method attribute of another VR")
-                new = pending.pop(0)[1]
-                if element.length == UNDEFINED:
-                    new = marks.sequence_undefined
-            gone = new is not None or action == OVERLAY
-            if overlays and element.tag >> 16 in overlays and gone:
-                counts["X"] += 1  # its overlay group goes whole
-                new = None
-            if new is True:
-                if run_end == element.start:
-                    run_end = element.end
-                else:
-                    if run_end >= 0:
-                        out += data[run_start:run_end]
-                    run_start, run_end = element.start, element.end
-                continue
-            if run_end >= 0:
-                out += data[run_start:run_end]
-                run_start = run_end = -1
-            if isinstance(new, bytes):
-                out += new
-        if run_end >= 0:
-            out += data[run_start:run_end]
-        for _, mark in pending:
-            out += mark
-        if depth == 0 and split >= len(elements):
-            split_at = len(out)
-        return split_at
+        return splice(
+            elements,
+            out,
+            split,
+            depth == 0,
+            self.data,
+            self.suffix,
+            list(marks.by_tag.items()) if marks else [],
+            marks.vrs if marks else {},
+            marks.sequence_undefined if marks else b"",
+            drop_private,
+            counts,
+            self._element,
+            depth,
+            Fallback,
+            PRIVATE,
+            UNLISTED,
+            OVERLAY,
+        )
 
     def _element(
         self, element: Element, action: str, siblings: list[Element], depth: int

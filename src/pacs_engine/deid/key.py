@@ -19,6 +19,9 @@ SHIFT_DAYS = (365, 3650)
 #: Research UIDs a Key remembers (a study's and series' UIDs recur in each of its
 #: instances); the memory starts again when full.
 UID_CACHE = 65536
+#: Patients whose pseudonym and date shift a Key remembers (each recurs in every instance
+#: of the patient); the memory starts again when full.
+PATIENT_CACHE = 4096
 
 
 class KeyFileError(PacsEngineError, ValueError):
@@ -46,9 +49,11 @@ class Key:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self._uids: dict[str, str] = {}
+        self._patient_ids: dict[str, str] = {}
+        self._shifts: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        return {"_secret": self._secret}  # the UID memory stays in its process
+        return {"_secret": self._secret}  # the memories stay in their process
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__(state["_secret"])  # type: ignore[misc]
@@ -95,13 +100,24 @@ class Key:
 
     def patient_id(self, patient: str) -> str:
         """The pseudonymous Patient ID of a patient (its ID and issuer)."""
-        return "ANON" + self.digest("patient", patient)[:8].hex().upper()
+        mapped = self._patient_ids.get(patient)
+        if mapped is None:
+            if len(self._patient_ids) >= PATIENT_CACHE:
+                self._patient_ids.clear()
+            mapped = "ANON" + self.digest("patient", patient)[:8].hex().upper()
+            self._patient_ids[patient] = mapped
+        return mapped
 
     def shift_days(self, patient: str) -> int:
         """Days this patient's dates move back by (modified dates option)."""
-        low, high = SHIFT_DAYS
-        number = int.from_bytes(self.digest("shift", patient)[:4], "big")
-        return low + number % (high - low + 1)
+        days = self._shifts.get(patient)
+        if days is None:
+            if len(self._shifts) >= PATIENT_CACHE:
+                self._shifts.clear()
+            low, high = SHIFT_DAYS
+            number = int.from_bytes(self.digest("shift", patient)[:4], "big")
+            days = self._shifts[patient] = low + number % (high - low + 1)
+        return days
 
     def fingerprint(self) -> str:
         """A short public name of the key (a hash of a hash), to tell research archives apart."""
