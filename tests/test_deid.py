@@ -599,6 +599,18 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     assert on_disk == used  # the killed part's pack was tidied away
 
 
+def _forbid_codecs(patch: pytest.MonkeyPatch) -> None:
+    """Make every codec's decode and encode raise (undone when `patch` is)."""
+
+    def forbidden(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a codec was called during the copy")
+
+    for cls in REGISTRY:
+        for name in ("encode_frame", "decode_frame", "decode_checked", "encode_bitstream"):
+            if hasattr(cls, name):
+                patch.setattr(cls, name, forbidden)
+
+
 def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -607,14 +619,8 @@ def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
     same; and `verify` (which decodes, after the copy) finds the research archive sound."""
     root = made["root"]
 
-    def forbidden(*args: object, **kwargs: object) -> NoReturn:
-        raise AssertionError("a codec was called during the copy")
-
     with monkeypatch.context() as patch:
-        for cls in REGISTRY:
-            for name in ("encode_frame", "decode_frame", "decode_checked", "encode_bitstream"):
-                if hasattr(cls, name):
-                    patch.setattr(cls, name, forbidden)
+        _forbid_codecs(patch)
         report = deidentify(root / "record", root / "nocodec", made["key"], OPTIONS, workers=0)
     assert report.balanced and report.staged == made["report"].staged
     key = Key.load(made["key"])
@@ -660,14 +666,8 @@ def test_transcoded_and_whole_file_instances_are_copied_without_a_codec(
         assert record.ingest([inputs], workers=0).balanced
     key = make_key(tmp_path / "key")
 
-    def forbidden(*args: object, **kwargs: object) -> NoReturn:
-        raise AssertionError("a codec was called during the copy")
-
     with monkeypatch.context() as patch:
-        for cls in REGISTRY:
-            for name in ("encode_frame", "decode_frame", "decode_checked", "encode_bitstream"):
-                if hasattr(cls, name):
-                    patch.setattr(cls, name, forbidden)
+        _forbid_codecs(patch)
         report = deidentify(tmp_path / "record", tmp_path / "research", key, burned_in="keep")
     assert report.balanced and report.staged == 3, report.refused
     kinds = set()
