@@ -53,14 +53,10 @@ class CopiedInstance:
     frames: int
 
 
-def read_stored(source: Archive, row: Row) -> tuple[str | None, list[bytes], int]:
-    """(array path, stored chunks as they are, frames) of one source row: no decoding."""
-    return read_stored_many(source, [row])[0]
-
-
 def read_stored_many(source: Archive, rows: list[Row]) -> list[tuple[str | None, list[bytes], int]]:
-    """`read_stored` of each row, with one read per run of rows whose frames follow each
-    other in one array (a series' rows usually do): a shard's index is read once."""
+    """(array path, stored chunks as they are, frames) of each row, undecoded, with one
+    read per run of rows whose frames follow each other in one array (a series' rows
+    usually do): a shard's index is read once."""
     out: list[tuple[str | None, list[bytes], int]] = []
     run: list[PixelRef] = []  # frames that follow each other in one array
 

@@ -566,11 +566,9 @@ class _Rewrite:
             elif tag not in self.settings.meta_removed:
                 meta += data[pos : value + length]
             pos = value + length
-        length_element = _META_LENGTH_UL.pack(2, 0, b"UL", 4, len(meta)) if has_length else b""
+        # (0002,0000) UL: tag, "UL", 16-bit length 4, then its 32-bit value.
+        length_element = _LONG_HEADER.pack(2, 0, b"UL", 4, len(meta)) if has_length else b""
         return bytes(data[:132]) + length_element + bytes(meta)
-
-
-_META_LENGTH_UL = struct.Struct("<HH2sHL")  # (0002,0000): tag, "UL", length 4, its value
 
 
 def encode_value(vr: str, value: object) -> bytes:

@@ -284,7 +284,7 @@ def _instance(
     frames: int,
 ) -> CopiedInstance:
     """A copied instance: its new row and blob, and the source's stored chunks (`array`,
-    `chunks`, `frames`: `read_stored`), undecoded."""
+    `chunks`, `frames`: `read_stored_many`), undecoded."""
     assert result.blob is not None
     instance = CopiedInstance(new, result.blob, array, chunks, frames)
     instance.row["source_sha256"] = file_sha256(
