@@ -253,3 +253,27 @@ def test_a_shard_rewritten_after_a_read_is_read_again(tmp_path: Path) -> None:
         assert np.array_equal(archive.pixels.read_frames(path, [3, 0, 2]), expected[[3, 0, 2]])
         archive.pixels.write_frames(path, 2, archive.pixels.read_chunks(path, 0, 2))
         assert np.array_equal(archive.pixels.read_frames(path, [3, 0, 2]), expected[[1, 0, 0]])
+
+
+def test_a_shard_rewritten_by_its_writer_is_not_kept_open(tmp_path: Path) -> None:
+    """Appending to a shard reads its frames, then replaces the file: the reader's open
+    copy is dropped, so no deleted shard holds its disk space in the writing process."""
+    files = write_studies(tmp_path / "src", 1, 1, 4, rows=16, columns=16, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="lz4", frames_per_shard=4) as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        for first in (4, 5, 6):  # frames 4-7 share a shard: each write reads the ones before
+            archive.pixels.write_frames(path, first, archive.pixels.read_chunks(path, 0, 1))
+        folder = Path("/proc/self/fd")
+        held = [os.readlink(folder / fd) for fd in os.listdir(folder) if _readable(folder / fd)]
+        archive_files = [target for target in held if target.startswith(str(tmp_path))]
+        assert archive_files  # the shard read last is kept open, as readers want
+        assert not [target for target in archive_files if target.endswith("(deleted)")], held
+
+
+def _readable(link: Path) -> bool:
+    try:
+        os.readlink(link)
+    except OSError:  # the listing's own descriptor, closed since
+        return False
+    return True

@@ -499,7 +499,10 @@ class PixelStore:
             new = chunks[(frame - first) * per_frame : (stop - first) * per_frame]
             inner: list[bytes | None] = [*kept, *new]
             inner += [None] * (per_shard * per_frame - len(inner))
-            files.append((Path(self._shard_file(path, shard)), pack_shard(inner)))
+            file = self._shard_file(path, shard)
+            # About to be replaced: an open copy kept would hold the old file's disk space.
+            self._shards.pop(file)
+            files.append((Path(file), pack_shard(inner)))
             frame = stop
         return files
 

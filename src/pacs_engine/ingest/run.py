@@ -56,8 +56,9 @@ if TYPE_CHECKING:
     from pacs_engine.archive import Archive
 
 SCAN_BATCH = 128
-#: Pixel bytes of small parts sent as one task at most (a shard's frames at most, too): ~40
-#: ms of encoding, past which a task's fixed costs no longer weigh and a larger one would
+#: Pixel bytes at which held small parts are sent as one task (as at a shard's frames);
+#: the part that reaches it is in, so a task holds less than twice this: ~40 ms of
+#: encoding, past which a task's fixed costs no longer weigh and a larger one would
 #: leave a worker alone at the end of a run.
 BATCH_BYTES = 4 << 20
 #: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).

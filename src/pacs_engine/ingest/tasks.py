@@ -155,14 +155,6 @@ def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
     return 1
 
 
-def encode_task(root: str, part: Part, checks: Checks) -> PartResult:
-    """Encode one part of a series (see PartEncoder.encode), timing its stages."""
-    (result,), error = encode_batch(root, (part,), checks)
-    if error is not None:
-        raise error
-    return result
-
-
 def encode_batch(
     root: str, parts: tuple[Part, ...], checks: Checks
 ) -> tuple[list[PartResult], Exception | None]:
