@@ -48,7 +48,12 @@ from pacs_engine.archive.pixel_store import (
     PixelStore,
     chunk_layout,
 )
-from pacs_engine.archive.prepare import blob_dataset, frame_hash, rebuild_file, transcoded_file
+from pacs_engine.archive.prepare import (
+    blob_dataset,
+    frame_hashes_like,
+    rebuild_file,
+    transcoded_file,
+)
 from pacs_engine.archive.quarantine import Quarantine
 from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
 from pacs_engine.archive.verify_plan import STAMP, Selection, check_selection, select, write_record
@@ -425,7 +430,8 @@ class Archive:
     def _checked_frames(self, row: Row) -> np.ndarray:
         """The row's decoded frames, checked against their recorded hashes when it has them."""
         decoded = self.frames_of(row)
-        if row.get("frame_hashes") and [frame_hash(f) for f in decoded] != row["frame_hashes"]:
+        recorded = row.get("frame_hashes")
+        if recorded and frame_hashes_like(decoded, recorded) != recorded:
             raise ArchiveError("its frames do not decode to the archived pixels")
         return decoded
 

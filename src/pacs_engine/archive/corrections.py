@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.prepare import PrepareError, prepare
+from pacs_engine.archive.prepare import Prepared, PrepareError, frame_hashes_like, prepare
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
 from pacs_engine.codecs.sharding import EMPTY, pack_shard
 from pacs_engine.errors import ScanError
@@ -459,7 +459,7 @@ class Corrections:
             prepared = prepare(f"correction:{correction_id}", new, header, decode=False)
         except (ScanError, PrepareError) as error:
             raise CorrectionError(f"{sop}: the corrected file cannot be split: {error}") from None
-        self._check_same_pixels(row, prepared.storage, prepared.frame_hashes, prepared.bitstreams)
+        self._check_same_pixels(row, prepared)
         new_row: dict[str, Any] = {
             k: v for k, v in row.items() if k not in INSTANCE_FIELDS and k not in HEADER_KEYWORDS
         }
@@ -475,20 +475,20 @@ class Corrections:
         }
         return cast(Row, new_row), blob
 
-    def _check_same_pixels(
-        self, row: Row, storage: str, hashes: list[str] | None, bitstreams: list[bytes]
-    ) -> None:
+    def _check_same_pixels(self, row: Row, prepared: Prepared) -> None:
         """Refuse a corrected file whose pixel data is not the stored one's."""
-        sop, pixels = row["SOPInstanceUID"], row.get("pixels")
+        sop, pixels, storage = row["SOPInstanceUID"], row.get("pixels"), prepared.storage
         same = storage == row.get("pixel_storage", storage)
         if same and pixels and storage == "bitstream":
             first = pixels["first_frame"]
             stored = self.archive.pixels.read_bitstreams(
                 pixels["array"], first, first + pixels["frames"]
             )
-            same = stored == bitstreams
+            same = stored == prepared.bitstreams
         elif same and pixels and row.get("frame_hashes") is not None:
-            same = hashes == row["frame_hashes"]
+            # Hashed as the row's were (rows written before BLAKE3 have BLAKE2b's).
+            recorded = row["frame_hashes"]
+            same = frame_hashes_like(prepared.native_frames, recorded) == recorded
         if not same:
             raise CorrectionError(f"{sop}: the corrected file's pixel data differs; nothing done")
 

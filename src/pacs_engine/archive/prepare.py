@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from blake3 import blake3
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
 from pacs_engine.codecs import CodecError, NoDecoderError, pass_through_codec
@@ -46,6 +47,13 @@ LOSSLESS_SYNTAXES = frozenset(
 )
 
 
+#: The kind of frame and pixel hash new rows get: BLAKE3 (128 bits, hex), named by this
+#: prefix. Rows written before hold BLAKE2b-128 (32 hex digits, no prefix: `BLAKE2B`); both
+#: verify, and a comparison hashes in the kind of the recorded hash (`hash_kind`). BLAKE3:
+#: 7-10x BLAKE2b's speed here, and, unlike a checksum, a crafted file cannot match another's
+#: pixel hash (a version's equal hash lets it share the stored frames).
+BLAKE3 = "blake3:"
+BLAKE2B = ""  # the kind of the rows written before BLAKE3: no prefix
 #: Decoded bytes a frame may need, unless the ingest says otherwise (`Checks`): decoders
 #: allocate what a file declares, and a few KB can declare 65535 x 65535 pixels.
 MAX_FRAME_BYTES = 1 << 30
@@ -120,24 +128,50 @@ class Prepared:
         )
         return frame * itemsize * self.frame_count
 
-    def pixel_hash(self) -> str:
-        """The instance's pixel hash; decodes bitstreams kept undecoded (PrepareError if bad)."""
+    def pixel_hash(self, kind: str = BLAKE3) -> str:
+        """The instance's pixel hash of `kind`; decodes bitstreams kept undecoded (PrepareError
+        if bad)."""
         if self.frame_hashes is None:
             # One frame at a time: many small fragments can each decode to a large frame.
             self.frame_hashes = [frame_hash(f) for f in decoded_frames(self)]
-        return instance_pixel_hash(self.frame_hashes)
+        if kind == BLAKE3:
+            return instance_pixel_hash(self.frame_hashes)
+        # Compared with a row hashed the old way (rare: a file sent again): from the frames
+        # again, which decodes bitstreams a second time.
+        frames: Iterable[np.ndarray] = self.frames if self.frames is not None else []
+        if self.storage == "bitstream":
+            frames = decoded_frames(self)
+        return instance_pixel_hash([frame_hash(f, kind) for f in frames], kind)
 
 
-def frame_hash(frame: np.ndarray) -> str:
-    """The hash of one decoded frame: blake2b-128 of its C-order native-endian bytes."""
+def hash_kind(recorded: str | None) -> str:
+    """The kind of a recorded frame or pixel hash (`BLAKE3` or `BLAKE2B`); None: `BLAKE3`."""
+    return BLAKE3 if recorded is None or recorded.startswith(BLAKE3) else BLAKE2B
+
+
+def frame_hash(frame: np.ndarray, kind: str = BLAKE3) -> str:
+    """The hash of one decoded frame's C-order native-endian bytes, of `kind`."""
     with stage("hash"):
         data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("="))
-        return hashlib.blake2b(data.data, digest_size=16).hexdigest()  # the buffer, no copy
+        return _digest(data.reshape(-1).view(np.uint8).data, kind)  # the buffer, no copy
 
 
-def instance_pixel_hash(frame_hashes: list[str]) -> str:
-    """One hash for all frames of an instance."""
-    return hashlib.blake2b("".join(frame_hashes).encode(), digest_size=16).hexdigest()
+def frame_hashes_like(frames: Iterable[np.ndarray], recorded: list[str] | None) -> list[str]:
+    """The frames' hashes, of the kind of `recorded` (a row's frame hashes; None or []: BLAKE3)."""
+    kind = hash_kind(recorded[0] if recorded else None)
+    return [frame_hash(f, kind) for f in frames]
+
+
+def instance_pixel_hash(frame_hashes: list[str], kind: str = BLAKE3) -> str:
+    """One hash for all frames of an instance, of the kind of its frame hashes."""
+    return _digest("".join(frame_hashes).encode(), kind)
+
+
+def _digest(data: bytes | memoryview, kind: str) -> str:
+    """128 bits of BLAKE3 (with its prefix) or, for `BLAKE2B`, of BLAKE2b, in hex."""
+    if kind == BLAKE2B:
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return BLAKE3 + blake3(data).hexdigest(16)
 
 
 def check_uids(header: Header) -> None:

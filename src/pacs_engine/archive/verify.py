@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pacs_engine.archive.prepare import frame_hash
+from pacs_engine.archive.prepare import frame_hashes_like
 from pacs_engine.archive.verify_plan import confidence
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.index.rows import Row
@@ -87,7 +87,8 @@ def _check_version(archive: Archive, row: Row, checked: set[str]) -> tuple[int, 
         # No decoder reads the frames of a row flagged not verified: its bytes are the check.
         if row.get("pixels") and reference not in checked and not row.get("not_verified"):
             checked.add(reference)
-            hashes = [frame_hash(f) for f in archive.frames_of(row)]
+            # Hashed as the row's were (BLAKE3, or BLAKE2b for rows written before it).
+            hashes = frame_hashes_like(archive.frames_of(row), row["frame_hashes"])
             frames = len(hashes)
             # Original bitstreams kept undecoded have no recorded hashes: decoding them is
             # the check, and the rebuilt file's sha256 below proves their bytes.

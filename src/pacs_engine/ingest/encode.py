@@ -42,6 +42,7 @@ from pacs_engine.archive.prepare import (
     Prepared,
     PrepareError,
     frame_hash,
+    hash_kind,
     instance_pixel_hash,
     prepare,
 )
@@ -302,13 +303,14 @@ class PartEncoder:
 
             def same_pixels() -> bool:
                 in_part = state.undecoded.get(sop) if prior.get("pixel_hash") is None else None
-                hashes["archived"] = (
+                hashes["archived"] = archived = (
                     _pixel_hash_or_none(in_part)
                     if in_part is not None
                     else stored_pixel_hash(self.pixels, prior)
                 )
-                hashes["new"] = prepared.pixel_hash()  # PrepareError: the new file is bad
-                return hashes["archived"] == hashes["new"]
+                # Of the archived hash's kind (rows written before BLAKE3 have BLAKE2b's).
+                hashes["new"] = prepared.pixel_hash(hash_kind(archived))  # PrepareError: bad file
+                return archived == hashes["new"]
 
             try:
                 reason = conflict_reason(prior, header.attributes, same_pixels)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pacs_engine.archive.format import MARKER
 from pacs_engine.archive.pixel_store import PixelStore
-from pacs_engine.archive.prepare import Prepared, PrepareError, check_uids, prepare
+from pacs_engine.archive.prepare import Prepared, PrepareError, check_uids, hash_kind, prepare
 from pacs_engine.archive.quarantine import NOT_DICOM
 from pacs_engine.archive.versions import kept_sha256s, version_rows, with_version
 from pacs_engine.errors import ScanError
@@ -206,7 +206,8 @@ def _judge(planned: list[Planned], target: _Archive, checks: Checks) -> Iterator
                 continue
 
             def same_pixels(prior: Row = prior, new: Prepared = prepared) -> bool:
-                return _prior_pixel_hash(prior, target, checks) == new.pixel_hash()
+                archived = _prior_pixel_hash(prior, target, checks)
+                return archived == new.pixel_hash(hash_kind(archived))  # like with like
 
             try:
                 conflict = conflict_reason(prior, header.attributes, same_pixels)
