@@ -122,7 +122,9 @@ class VersionFields(Attributes, total=False):
     pixel_storage: str  # "native", "bitstream" or "none"
     transcoded: bool
     color_conversion: str
-    frame_hashes: list[str] | None  # None: original bitstreams stored undecoded
+    # "blake3:" and 32 hex digits per frame (32 hex digits of BLAKE2b in rows written before
+    # issue 18: archive.prepare.hash_kind); None: original bitstreams stored undecoded
+    frame_hashes: list[str] | None
     not_verified: str  # present when no decoder reads its bitstreams: why (kept as received)
     pixel_hash: str | None
     raw_pixel_bytes: int
