@@ -470,6 +470,42 @@ def test_emptying_part_of_a_series_and_rebuild_index(archive: Path, pristine, tm
         assert path.read_bytes() == by_sop[name.removesuffix(".dcm")].read_bytes()
 
 
+def test_rebuild_index_keeps_deleted_instances_deleted(archive: Path, pristine, tmp_path) -> None:
+    by_sop = pristine[1]
+    one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "05.dcm")])
+    single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "mistake")
+    _cli("correct", archive, "delete", "--series", single.SeriesInstanceUID, "--reason", "x")
+    partial, whole = [c["id"] for c in json.loads(_cli("correct", archive, "--list", "--json"))]
+    # The part of a series deleted in place is still in its rows file: it stays deleted.
+    assert "1 rows of deleted instances were left out" in _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(by_sop) - 2
+        assert opened.index.get(one.SOPInstanceUID) is None
+        assert opened.query("instance", SOPInstanceUID=one.SOPInstanceUID) == []
+        assert opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID) == []
+    _verify(archive)
+    _cli("trash", archive, "--restore", partial)
+    _cli("trash", archive, "--restore", whole)
+    _originals_exported(archive, tmp_path / "restored", by_sop)
+    # Restored: a rebuild brings them back.
+    assert "deleted" not in _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(by_sop)
+    # Deleted, then received again: the rows written after the delete are the instance.
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "again")
+    again = tmp_path / "again" / "05.dcm"
+    again.parent.mkdir()
+    shutil.copyfile(by_sop[one.SOPInstanceUID], again)
+    _cli("ingest", "--archive", archive, again.parent, "--workers", "0")
+    _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        row = opened.index.get(one.SOPInstanceUID)
+        assert row is not None and row["source_path"] == str(again)
+        assert "versions" not in row  # the deleted rows are not its earlier versions
+    _verify(archive)
+
+
 def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path: Path) -> None:
     # pydicom's MR_small.dcm declares no Specific Character Set (the default, ASCII).
     source = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"

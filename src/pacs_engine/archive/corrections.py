@@ -63,6 +63,7 @@ PATIENT_ATTRIBUTES = tuple(k for k in PATIENT_KEYWORDS if k != "PatientAge")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30
+_ID_STAMP = "%Y%m%dT%H%M%S%fZ"  # a correction id's time: ids sort in the order made
 
 
 class CorrectionError(ArchiveError):
@@ -160,6 +161,22 @@ def trashed_rows(root: Path, folders: Iterable[str]) -> Iterator[Row]:
         yield from by_folder.get(f"headers/{name}", [])
 
 
+def deleted_since(root: Path) -> dict[str, int]:
+    """SOP Instance UID -> when (ns since the epoch) the delete in force on it was planned.
+
+    A delete not undone (emptied or not): the rows of the instance written before it are
+    deleted; rows written after it are of the instance received again. The writer lock
+    holds from the plan to the commit, so no row is written in between.
+    """
+    since: dict[str, int] = {}
+    for record in load_records(root):
+        if record.kind == "delete" and record.state == "done" and not record.undone_by:
+            made = _id_ns(record.id)
+            for sop in record.before:
+                since[sop] = max(since.get(sop, 0), made)
+    return since
+
+
 _TRASHED: dict[Path, tuple[int, dict[str, list[Row]]]] = {}
 
 
@@ -197,7 +214,7 @@ class Corrections:
         if not reason.strip():
             raise CorrectionError("a correction needs a reason (--reason)")
         # Microseconds: ids sort in the order made (undo checks what came later).
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime(_ID_STAMP)
         return Correction(f"{stamp}-{uuid.uuid4().hex[:4]}", kind, reason, actor, _now(), target)
 
     def _patient_rows(self, patient_id: str) -> list[Row]:
@@ -718,6 +735,12 @@ def _move(root: Path, frm: str, to: str) -> None:
     os.rename(source, destination)
     fsync_dir(destination.parent)
     fsync_dir(source.parent)
+
+
+def _id_ns(correction_id: str) -> int:
+    """When a correction was planned, from its id (UTC to the microsecond), in ns."""
+    stamp = datetime.strptime(correction_id.split("-")[0], _ID_STAMP).replace(tzinfo=UTC)
+    return calendar.timegm(stamp.timetuple()) * 10**9 + stamp.microsecond * 1000
 
 
 def _epoch(stamp: str) -> float:

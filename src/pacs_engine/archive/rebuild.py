@@ -3,11 +3,13 @@
 Each part an ingest writes leaves a rows file beside its header pack
 (`headers/<series>/<stamp>.rows`, blobs.dump_rows): the index rows of the
 instances in the pack, as the part wrote them. A rebuild reads every rows file,
-keeps for each SOP Instance UID the rows whose pack exists and whose frames the
+keeps for each SOP Instance UID the rows whose pack exists, whose frames the
 array's committed frame count covers (a part killed before its commit raised no
-frame count), makes the one written last the current version and the earlier
-ones its versions (archive/versions.py), and commits them to a new index, which replaces the old
-one; the old one is kept beside it as `index.damaged-<time>`.
+frame count) and that no delete in force took (a delete of part of a series leaves
+its rows files as they were: archive/corrections.py), makes the one written last the
+current version and the earlier ones its versions (archive/versions.py), and commits
+them to a new index, which replaces the old one; the old one is kept beside it as
+`index.damaged-<time>`.
 
 Rows written before the scanner recorded some header attributes (ImageType, Manufacturer,
 ConvolutionKernel, ...: `scanning.HEADER_KEYWORDS`) get them from their header blob: the
@@ -32,6 +34,7 @@ from pacs_engine.archive.blobs import (
     read_blob,
     scannable,
 )
+from pacs_engine.archive.corrections import deleted_since
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import kept_sha256s, with_version
@@ -50,6 +53,7 @@ class Rebuilt:
 
     rows: int = 0
     uncommitted: int = 0  # rows of parts whose frames were never committed
+    deleted: int = 0  # rows of instances deleted (`correct ... delete`) after they were written
     packs_without_rows: list[str] = field(default_factory=list)  # written before rows files
     damaged_rows_files: list[str] = field(default_factory=list)
     kept_as: str = ""  # where the replaced index is
@@ -110,7 +114,8 @@ def _rebuild(root: Path) -> Rebuilt:
 
 
 def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
-    """The rows of each SOP Instance UID over every rows file, in the order written."""
+    """The rows of each SOP Instance UID over every rows file, in the order written, but for
+    those of deleted instances."""
     found: dict[str, list[tuple[int, int, Row]]] = {}
     order = 0  # rows of one file (versions received in one part) keep their order
     headers = root / "headers"
@@ -132,7 +137,17 @@ def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
                 if isinstance(sop, str):
                     found.setdefault(sop, []).append((written, order, row))
                     order += 1
-    return {sop: [row for *_, row in sorted(rows)] for sop, rows in found.items()}
+    # Rows of an instance written before the delete in force on it stay deleted (a part of
+    # a series is deleted in place: its rows files still list it until the trash is emptied).
+    deleted = deleted_since(root)
+    kept: dict[str, list[Row]] = {}
+    for sop, written_rows in found.items():
+        since = deleted.get(sop, 0)
+        kept_rows = [row for written, _, row in sorted(written_rows) if written > since]
+        rebuilt.deleted += len(written_rows) - len(kept_rows)
+        if kept_rows:
+            kept[sop] = kept_rows
+    return kept
 
 
 def _with_attributes(root: Path, row: Row, rebuilt: Rebuilt) -> Row:
