@@ -506,6 +506,33 @@ def test_rebuild_index_keeps_deleted_instances_deleted(archive: Path, pristine, 
     _verify(archive)
 
 
+def test_an_instance_deleted_in_place_keeps_its_frames_from_a_later_ingest(
+    tmp_path: Path,
+) -> None:
+    corpus = require_corpus()
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for folder, names in ((first, CT_FILES[:5]), (second, CT_FILES[5:6])):
+        folder.mkdir()
+        for name in names:
+            shutil.copyfile(corpus / name, folder / Path(name).name)
+    archive = tmp_path / "A"
+    for folder in (first, second):  # the second run's part starts a shard of its own
+        _cli("ingest", "--archive", archive, folder, "--workers", "0")
+    deleted = _read(second / "I60")
+    _cli("correct", archive, "delete", "--uid", deleted.SOPInstanceUID, "--reason", "x")
+    # Another instance of the series arrives: it must not be written over the deleted frames.
+    late = _read(second / "I60")  # its layout: the same array
+    late.SOPInstanceUID, late.InstanceNumber = f"{late.SOPInstanceUID}.9", 99
+    late.PixelData = bytes(255 - b for b in late.PixelData)  # other pixels
+    third.mkdir()
+    late.save_as(third / "late.dcm")
+    _cli("ingest", "--archive", archive, third, "--workers", "0")
+    _cli("trash", archive, "--restore", _last_id(archive))
+    _verify(archive)
+    files = _export(archive, tmp_path / "out", "--uid", deleted.SOPInstanceUID)
+    assert files[f"{deleted.SOPInstanceUID}.dcm"].read_bytes() == (second / "I60").read_bytes()
+
+
 def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path: Path) -> None:
     # pydicom's MR_small.dcm declares no Specific Character Set (the default, ASCII).
     source = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
