@@ -44,6 +44,7 @@ from pacs_engine.archive.prepare import PrepareError, prepare
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
 from pacs_engine.codecs.sharding import EMPTY, pack_shard
 from pacs_engine.errors import ScanError
+from pacs_engine.index.keys import identity_key
 from pacs_engine.index.query import PATIENT_KEYWORDS
 from pacs_engine.index.rows import Row
 from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, scan
@@ -415,13 +416,16 @@ class Corrections:
         for frm, to in correction.pre_moves:
             _move(self.root, frm, to)
         _fault("before-commit")
-        remove = list(correction.before) if correction.kind == "delete" else []
+        remove: list[str] = []
+        journal: dict[bytes, bytes | None] = {_MARK + correction.id.encode(): b"1"}
+        if correction.kind == "delete":
+            remove = list(correction.before)
+            # A catch-up ingest skips a file it read before, unchanged, as archived; a deleted
+            # instance's files are not any more: they are read again (docs/corrections.md).
+            sources = {key for row in correction.before.values() for key in _source_keys(row)}
+            journal |= dict.fromkeys(map(identity_key, sources), None)
         with self.archive.index.writing() as writer:
-            writer.add(
-                list(correction.after.values()),
-                remove,
-                {_MARK + correction.id.encode(): b"1"},
-            )
+            writer.add(list(correction.after.values()), remove, journal)
         _fault("after-commit")
         self._finish(correction)
         return correction
@@ -707,6 +711,19 @@ def _live_frames(archive: Archive, series: set[str]) -> dict[str, set[int]]:
                         range(first, first + reference["frames"])
                     )
     return live
+
+
+def _source_keys(row: Row) -> Iterator[str]:
+    """The input keys the instance was received from (each version's, its duplicates'), and
+    the zips or tars holding them (a member's identity is its container's)."""
+    keys = [v["source_path"] for v in version_rows(row)]
+    keys += [d["path"] for d in row.get("duplicates", [])]
+    for key in keys:
+        yield key
+        start = key.find("::")
+        while start != -1:  # each place a container could end (ingest/inputs.py, split_key)
+            yield key[:start]
+            start = key.find("::", start + 1)
 
 
 def _version_key(row: Row) -> tuple[Any, Any]:
