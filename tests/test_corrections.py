@@ -506,6 +506,38 @@ def test_rebuild_index_keeps_deleted_instances_deleted(archive: Path, pristine, 
     _verify(archive)
 
 
+def test_rebuild_index_after_a_crash_amid_what_follows_a_commit(archive: Path, pristine) -> None:
+    by_sop = pristine[1]
+    single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
+    fault = {FAULT_VARIABLE: "after-commit"}
+    _cli(
+        "correct",
+        archive,
+        "delete",
+        "--series",
+        single.SeriesInstanceUID,
+        "--reason",
+        "x",
+        code=70,
+        env=fault,
+    )
+    (record,) = [json.loads(p.read_bytes()) for p in (archive / "corrections").glob("*.json")]
+    assert record["state"] == "pending"
+    frm, to = record["post_moves"][0]  # the crash came after the first folder's move
+    (archive / to).parent.mkdir(parents=True)
+    os.rename(archive / frm, archive / to)
+    _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID) == []
+    # Committed, as the move shows: the next writer finishes it (rolled back, the series
+    # would have been in neither the index nor a delete to restore).
+    assert "finished the interrupted correction" in _cli("trash", archive, "--empty")
+    _verify(archive)
+    _cli("trash", archive, "--restore", record["id"])
+    _originals_exported(archive, archive.parent / "out", by_sop)
+    _verify(archive)
+
+
 def test_an_instance_deleted_in_place_keeps_its_frames_from_a_later_ingest(
     tmp_path: Path,
 ) -> None:

@@ -171,11 +171,35 @@ def deleted_since(root: Path) -> dict[str, int]:
     """
     since: dict[str, int] = {}
     for record in load_records(root):
-        if record.kind == "delete" and record.state == "done" and not record.undone_by:
+        committed = record.state == "done" or _shows_commit(root, record)
+        if record.kind == "delete" and committed and not record.undone_by:
             made = _id_ns(record.id)
             for sop in record.before:
                 since[sop] = max(since.get(sop, 0), made)
     return since
+
+
+def marks_shown_on_disk(root: Path) -> dict[bytes, bytes | None]:
+    """The index journal's markers of the corrections a crash interrupted whose commit shows
+    on disk, for an index rebuilt without them (archive/rebuild.py): `recover` then
+    finishes them, as it would have, instead of rolling back what was committed."""
+    pending = [c for c in load_records(root) if c.state == "pending"]
+    return {_MARK + c.id.encode(): b"1" for c in pending if _shows_commit(root, c)}
+
+
+def _shows_commit(root: Path, correction: Correction) -> bool:
+    """Whether a step that follows the correction's commit (`_finish`) was made: a folder
+    moved (into the trash), a rows file beside a new pack, a file removed, the undone record
+    marked."""
+    if correction.undoes:
+        undone = root / RECORDS / f"{correction.undoes}.json"
+        if Correction.from_json(undone.read_bytes()).undone_by == correction.id:
+            return True
+    return (
+        any((root / to).exists() for _, to in correction.post_moves)
+        or any((root / rows_sidecar(pack)).exists() for pack in correction.new_packs)
+        or any(not (root / name).exists() for name in correction.post_remove)
+    )
 
 
 _TRASHED: dict[Path, tuple[int, dict[str, list[Row]]]] = {}

@@ -34,7 +34,7 @@ from pacs_engine.archive.blobs import (
     read_blob,
     scannable,
 )
-from pacs_engine.archive.corrections import deleted_since
+from pacs_engine.archive.corrections import deleted_since, marks_shown_on_disk
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import kept_sha256s, with_version
@@ -93,7 +93,7 @@ def _rebuild(root: Path) -> Rebuilt:
             if len(batch) == _BATCH:
                 index.commit(batch)
                 batch = []
-        index.commit(batch)
+        index.commit(batch, journal=marks_shown_on_disk(root))
         rebuilt.rows = len(index)
     finally:
         index.close()
