@@ -136,7 +136,7 @@ def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
 def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
     """Every rows file beside its pack, in the order written (rows without a SOP Instance UID
     left out); packs without one and damaged ones are named in `rebuilt`."""
-    files: list[tuple[int, int, _RowsFile]] = []
+    files: list[_RowsFile] = []
     headers = root / "headers"
     folders = sorted(p for p in headers.iterdir() if p.is_dir()) if headers.is_dir() else []
     for folder in folders:
@@ -152,8 +152,8 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
                 rebuilt.damaged_rows_files.append(name)
                 continue
             rows = [row for row in rows if isinstance(row.get("SOPInstanceUID"), str)]
-            files.append((written, len(files), _RowsFile(written, rows)))
-    return [file for *_, file in sorted(files, key=lambda item: item[:2])]
+            files.append(_RowsFile(written, rows))
+    return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 
 
 def _committed(root: Path, files: list[_RowsFile], rebuilt: Rebuilt) -> list[_RowsFile]:
