@@ -23,6 +23,7 @@ import pytest
 from pydicom import config
 
 from pacs_engine import Archive, ArchiveError, open_archive
+from pacs_engine.archive.blobs import dump_rows
 from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.index import DamagedIndexError, Index
 from pacs_engine.ingest.tidy import tidy_archive
@@ -352,6 +353,40 @@ def test_rebuild_leaves_out_rows_of_a_part_that_was_never_committed(
     array.write_bytes(json.dumps(meta).encode())
     result = rebuild_index(archive_path)
     assert result.uncommitted >= 1 and row["SOPInstanceUID"] not in rows_of(archive_path)
+
+
+def _stale_rows_file(archive_path: Path, rows: list[dict[str, Any]], name: str) -> None:
+    """A rows file and pack of a part that never committed, written before the others."""
+    folder = archive_path / Path(rows[0]["header"]["pack"]).parent
+    pack = f"{folder.relative_to(archive_path)}/{name}.pack"
+    shutil.copyfile(archive_path / rows[0]["header"]["pack"], archive_path / pack)
+    rows = [{**row, "header": {**row["header"], "pack": pack}} for row in rows]
+    (folder / f"{name}.rows").write_bytes(dump_rows(rows, written_ns=1))
+
+
+def test_rebuild_leaves_out_every_row_of_a_part_that_was_never_committed(
+    built: Path, tmp_path: Path
+) -> None:
+    """A row beyond its array's committed frames tells for its part's rows without pixels;
+    frames another part wrote over and committed tell for the part that had them first."""
+    archive_path = tmp_path / "a"
+    shutil.copytree(built, archive_path)
+    original = rows_of(archive_path)
+    row = next(r for r in original.values() if r.get("pixels"))
+    count = json.loads(
+        (archive_path / "pixels" / row["pixels"]["array"] / "zarr.json").read_bytes()
+    )
+    beyond = {**row["pixels"], "first_frame": count["shape"][0]}
+    uncommitted = [
+        {**row, "SOPInstanceUID": f"{row['SOPInstanceUID']}.1", "pixels": beyond},
+        {**row, "SOPInstanceUID": f"{row['SOPInstanceUID']}.2", "pixels": None},
+    ]
+    _stale_rows_file(archive_path, uncommitted, "killed")
+    # Its frames were taken by the part committed after it (another instance's, here).
+    _stale_rows_file(archive_path, [{**row, "SOPInstanceUID": f"{row['SOPInstanceUID']}.3"}], "old")
+    result = rebuild_index(archive_path)
+    assert result.uncommitted == 3
+    assert rows_of(archive_path) == original
 
 
 def test_packs_without_rows_files_are_reported_by_rebuild(built: Path, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
+from importlib import import_module
 from importlib.metadata import EntryPoint, entry_points
 
 import numpy as np
@@ -12,6 +14,7 @@ import zarr.registry
 from conftest import ROOT
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
 
+import pacs_engine.codecs
 from pacs_engine.archive.pixel_store import CODEC_CHOICES
 from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
 from pacs_engine.codecs import (
@@ -63,8 +66,18 @@ def test_zarr_resolves_every_registered_name_to_the_registry_class() -> None:
     (its registry, fed by the entry points)."""
     for cls in REGISTRY:
         zarr_codec = zarr.registry.get_codec_class(cls.codec_name)
-        assert zarr_codec is registry.zarr_class(cls) and issubclass(zarr_codec, cls)
+        assert zarr_codec is getattr(import_module(cls.__module__), zarr_name(cls))
+        assert zarr_codec is getattr(pacs_engine.codecs, zarr_name(cls))
+        assert issubclass(zarr_codec, cls)
         assert zarr_codec.__name__ == zarr_name(cls) and zarr_codec is not cls
+
+
+def test_an_unknown_name_is_refused_naming_the_module_asked() -> None:
+    """The package's zarr-class lookup names the package, a codec module's names the module."""
+    for module in ("pacs_engine.codecs", "pacs_engine.codecs.jpegls"):
+        message = f"module {module!r} has no attribute 'NoSuchCodec'"
+        with pytest.raises(AttributeError, match=f"^{re.escape(message)}$"):
+            import_module(module).NoSuchCodec  # noqa: B018 (the lookup is the test)
 
 
 def test_each_codec_says_what_it_is_for() -> None:

@@ -470,6 +470,101 @@ def test_emptying_part_of_a_series_and_rebuild_index(archive: Path, pristine, tm
         assert path.read_bytes() == by_sop[name.removesuffix(".dcm")].read_bytes()
 
 
+def test_rebuild_index_keeps_deleted_instances_deleted(archive: Path, pristine, tmp_path) -> None:
+    by_sop = pristine[1]
+    one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "05.dcm")])
+    single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "mistake")
+    _cli("correct", archive, "delete", "--series", single.SeriesInstanceUID, "--reason", "x")
+    partial, whole = [c["id"] for c in json.loads(_cli("correct", archive, "--list", "--json"))]
+    # The part of a series deleted in place is still in its rows file: it stays deleted.
+    assert "1 rows of deleted instances were left out" in _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(by_sop) - 2
+        assert opened.index.get(one.SOPInstanceUID) is None
+        assert opened.query("instance", SOPInstanceUID=one.SOPInstanceUID) == []
+        assert opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID) == []
+    _verify(archive)
+    _cli("trash", archive, "--restore", partial)
+    _cli("trash", archive, "--restore", whole)
+    _originals_exported(archive, tmp_path / "restored", by_sop)
+    # Restored: a rebuild brings them back.
+    assert "deleted" not in _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(by_sop)
+    # Deleted, then received again: the rows written after the delete are the instance.
+    _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "again")
+    again = tmp_path / "again" / "05.dcm"
+    again.parent.mkdir()
+    shutil.copyfile(by_sop[one.SOPInstanceUID], again)
+    _cli("ingest", "--archive", archive, again.parent, "--workers", "0")
+    _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        row = opened.index.get(one.SOPInstanceUID)
+        assert row is not None and row["source_path"] == str(again)
+        assert "versions" not in row  # the deleted rows are not its earlier versions
+    _verify(archive)
+
+
+def test_rebuild_index_after_a_crash_amid_what_follows_a_commit(archive: Path, pristine) -> None:
+    by_sop = pristine[1]
+    single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
+    fault = {FAULT_VARIABLE: "after-commit"}
+    _cli(
+        "correct",
+        archive,
+        "delete",
+        "--series",
+        single.SeriesInstanceUID,
+        "--reason",
+        "x",
+        code=70,
+        env=fault,
+    )
+    (record,) = [json.loads(p.read_bytes()) for p in (archive / "corrections").glob("*.json")]
+    assert record["state"] == "pending"
+    frm, to = record["post_moves"][0]  # the crash came after the first folder's move
+    (archive / to).parent.mkdir(parents=True)
+    os.rename(archive / frm, archive / to)
+    _cli("rebuild-index", archive)
+    with open_archive(archive) as opened:
+        assert opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID) == []
+    # Committed, as the move shows: the next writer finishes it (rolled back, the series
+    # would have been in neither the index nor a delete to restore).
+    assert "finished the interrupted correction" in _cli("trash", archive, "--empty")
+    _verify(archive)
+    _cli("trash", archive, "--restore", record["id"])
+    _originals_exported(archive, archive.parent / "out", by_sop)
+    _verify(archive)
+
+
+def test_an_instance_deleted_in_place_keeps_its_frames_from_a_later_ingest(
+    tmp_path: Path,
+) -> None:
+    corpus = require_corpus()
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for folder, names in ((first, CT_FILES[:5]), (second, CT_FILES[5:6])):
+        folder.mkdir()
+        for name in names:
+            shutil.copyfile(corpus / name, folder / Path(name).name)
+    archive = tmp_path / "A"
+    for folder in (first, second):  # the second run's part starts a shard of its own
+        _cli("ingest", "--archive", archive, folder, "--workers", "0")
+    deleted = _read(second / "I60")
+    _cli("correct", archive, "delete", "--uid", deleted.SOPInstanceUID, "--reason", "x")
+    # Another instance of the series arrives: it must not be written over the deleted frames.
+    late = _read(second / "I60")  # its layout: the same array
+    late.SOPInstanceUID, late.InstanceNumber = f"{late.SOPInstanceUID}.9", 99
+    late.PixelData = bytes(255 - b for b in late.PixelData)  # other pixels
+    third.mkdir()
+    late.save_as(third / "late.dcm")
+    _cli("ingest", "--archive", archive, third, "--workers", "0")
+    _cli("trash", archive, "--restore", _last_id(archive))
+    _verify(archive)
+    files = _export(archive, tmp_path / "out", "--uid", deleted.SOPInstanceUID)
+    assert files[f"{deleted.SOPInstanceUID}.dcm"].read_bytes() == (second / "I60").read_bytes()
+
+
 def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path: Path) -> None:
     # pydicom's MR_small.dcm declares no Specific Character Set (the default, ASCII).
     source = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"

@@ -19,6 +19,7 @@ import pytest
 from conftest import CTRL_C_STATUSES, pydicom_test_files, require_corpus
 
 from pacs_engine import open_archive
+from pacs_engine.archive.corrections import Corrections
 from pacs_engine.cli import main
 from pacs_engine.ingest import inputs
 from pacs_engine.ingest.journal import Journal
@@ -237,6 +238,36 @@ def test_an_unchanged_zip_is_skipped_unopened_and_a_touched_one_read_again(
     assert str(source / "study.zip") in opened
     assert touched["unchanged"] == 1 and touched["duplicates"] == 12
     assert_complete(touched, 12)
+
+
+def test_a_catch_up_run_archives_again_the_files_of_a_deleted_instance(
+    tmp_path: Path, capsys: pytest.CaptureFixture, opened: list[str]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    slices = [f for f in files_under(require_corpus() / "dcm_qa_ct") if f.name.startswith("I")]
+    with zipfile.ZipFile(source / "study.zip", "w") as bundle:
+        for i, path in enumerate(slices[:3]):
+            bundle.write(path, f"slice{i}.dcm")
+    for path in slices[3:5]:
+        shutil.copyfile(path, source / f"{path.parent.name}-{path.name}")
+    archive = tmp_path / "a"
+    assert ingest(source, archive, capsys)["archived"] == 5
+    loose, kept = sorted(p for p in source.iterdir() if p.suffix != ".zip")
+    deleted = [pydicom.dcmread(path).SOPInstanceUID for path in (loose, slices[0])]
+    with open_archive(archive, readonly=False) as opened_archive:
+        corrections = Corrections(opened_archive)
+        for sop in deleted:
+            corrections.apply(corrections.delete("sent by mistake", "test", sop=sop))
+
+    # Their files are read again and archived again (the zip's others are duplicates);
+    # the file whose instance stayed is skipped unread.
+    opened.clear()
+    again = ingest(source, archive, capsys)
+    assert str(kept) not in opened and again["unchanged"] == 1
+    assert again["archived"] == 2 and again["duplicates"] == 2
+    with open_archive(archive) as opened_archive:
+        assert all(opened_archive.index.get(sop) is not None for sop in deleted)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.15])

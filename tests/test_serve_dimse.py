@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
 import subprocess
 import time
@@ -40,6 +41,8 @@ from serve_helpers import (
     storescu,
 )
 
+from pacs_engine.archive.corrections import Corrections
+from pacs_engine.index.keys import identity_key
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import verify_chain
 from pacs_engine.serve.dimse import (
@@ -431,6 +434,23 @@ def test_files_left_after_their_run_finished_come_back_as_duplicates(server) -> 
     assert (
         hashlib.sha256(server.archive.export_bytes(uid)).digest() == hashlib.sha256(data).digest()
     )
+
+
+def test_an_instance_sent_again_after_its_delete_is_archived_again(server) -> None:
+    path, other = native_files(2)
+    uid = pydicom.dcmread(path).SOPInstanceUID
+    assert storescu(server.port, [path], "1.2.840.10008.1.2.1").returncode == 0
+    server.drain_now()
+    corrections = Corrections(server.archive)
+    corrections.apply(corrections.delete("sent by mistake", "test", sop=uid))
+    assert server.archive.index.get(uid) is None
+    assert storescu(server.port, [path, other], "1.2.840.10008.1.2.1").returncode == 0
+    server.drain_now()
+    assert [(r.archived, r.duplicates) for r in server.reports] == [(1, 0), (2, 0)]
+    assert server.archive.index.get(uid) is not None
+    # The spool's files are gone, and so are the catch-up identities of their names.
+    batch = identity_key(os.path.join(server.spool.batch.resolve(), ""))
+    assert server.archive.index.journal_items(batch) == []
 
 
 def test_a_run_killed_after_its_commit_resumes_with_the_outcome_journalled(server) -> None:

@@ -44,6 +44,7 @@ from pacs_engine.archive.prepare import Prepared, PrepareError, frame_hashes_lik
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
 from pacs_engine.codecs.sharding import EMPTY, pack_shard
 from pacs_engine.errors import ScanError
+from pacs_engine.index.keys import identity_key
 from pacs_engine.index.query import PATIENT_KEYWORDS
 from pacs_engine.index.rows import Row
 from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, scan
@@ -63,6 +64,7 @@ PATIENT_ATTRIBUTES = tuple(k for k in PATIENT_KEYWORDS if k != "PatientAge")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30
+_ID_STAMP = "%Y%m%dT%H%M%S%fZ"  # a correction id's time: ids sort in the order made
 
 
 class CorrectionError(ArchiveError):
@@ -160,6 +162,46 @@ def trashed_rows(root: Path, folders: Iterable[str]) -> Iterator[Row]:
         yield from by_folder.get(f"headers/{name}", [])
 
 
+def deleted_since(root: Path) -> dict[str, int]:
+    """SOP Instance UID -> when (ns since the epoch) the delete in force on it was planned.
+
+    A delete not undone (emptied or not): the rows of the instance written before it are
+    deleted; rows written after it are of the instance received again. The writer lock
+    holds from the plan to the commit, so no row is written in between.
+    """
+    since: dict[str, int] = {}
+    for record in load_records(root):
+        committed = record.state == "done" or _shows_commit(root, record)
+        if record.kind == "delete" and committed and not record.undone_by:
+            made = _id_ns(record.id)
+            for sop in record.before:
+                since[sop] = max(since.get(sop, 0), made)
+    return since
+
+
+def marks_shown_on_disk(root: Path) -> dict[bytes, bytes | None]:
+    """The index journal's markers of the corrections a crash interrupted whose commit shows
+    on disk, for an index rebuilt without them (archive/rebuild.py): `recover` then
+    finishes them, as it would have, instead of rolling back what was committed."""
+    pending = [c for c in load_records(root) if c.state == "pending"]
+    return {_MARK + c.id.encode(): b"1" for c in pending if _shows_commit(root, c)}
+
+
+def _shows_commit(root: Path, correction: Correction) -> bool:
+    """Whether a step that follows the correction's commit (`_finish`) was made: a folder
+    moved (into the trash), a rows file beside a new pack, a file removed, the undone record
+    marked."""
+    if correction.undoes:
+        undone = root / RECORDS / f"{correction.undoes}.json"
+        if Correction.from_json(undone.read_bytes()).undone_by == correction.id:
+            return True
+    return (
+        any((root / to).exists() for _, to in correction.post_moves)
+        or any((root / rows_sidecar(pack)).exists() for pack in correction.new_packs)
+        or any(not (root / name).exists() for name in correction.post_remove)
+    )
+
+
 _TRASHED: dict[Path, tuple[int, dict[str, list[Row]]]] = {}
 
 
@@ -197,7 +239,7 @@ class Corrections:
         if not reason.strip():
             raise CorrectionError("a correction needs a reason (--reason)")
         # Microseconds: ids sort in the order made (undo checks what came later).
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime(_ID_STAMP)
         return Correction(f"{stamp}-{uuid.uuid4().hex[:4]}", kind, reason, actor, _now(), target)
 
     def _patient_rows(self, patient_id: str) -> list[Row]:
@@ -398,13 +440,16 @@ class Corrections:
         for frm, to in correction.pre_moves:
             _move(self.root, frm, to)
         _fault("before-commit")
-        remove = list(correction.before) if correction.kind == "delete" else []
+        remove: list[str] = []
+        journal: dict[bytes, bytes | None] = {_MARK + correction.id.encode(): b"1"}
+        if correction.kind == "delete":
+            remove = list(correction.before)
+            # A catch-up ingest skips a file it read before, unchanged, as archived; a deleted
+            # instance's files are not any more: they are read again (docs/corrections.md).
+            sources = {key for row in correction.before.values() for key in _source_keys(row)}
+            journal |= dict.fromkeys(map(identity_key, sources), None)
         with self.archive.index.writing() as writer:
-            writer.add(
-                list(correction.after.values()),
-                remove,
-                {_MARK + correction.id.encode(): b"1"},
-            )
+            writer.add(list(correction.after.values()), remove, journal)
         _fault("after-commit")
         self._finish(correction)
         return correction
@@ -692,6 +737,19 @@ def _live_frames(archive: Archive, series: set[str]) -> dict[str, set[int]]:
     return live
 
 
+def _source_keys(row: Row) -> Iterator[str]:
+    """The input keys the instance was received from (each version's, its duplicates'), and
+    the zips or tars holding them (a member's identity is its container's)."""
+    keys = [v["source_path"] for v in version_rows(row)]
+    keys += [d["path"] for d in row.get("duplicates", [])]
+    for key in keys:
+        yield key
+        start = key.find("::")
+        while start != -1:  # each place a container could end (ingest/inputs.py, split_key)
+            yield key[:start]
+            start = key.find("::", start + 1)
+
+
 def _version_key(row: Row) -> tuple[Any, Any]:
     """What tells one current version from another."""
     return row.get("source_sha256"), json.dumps(row.get("header"), sort_keys=True)
@@ -718,6 +776,12 @@ def _move(root: Path, frm: str, to: str) -> None:
     os.rename(source, destination)
     fsync_dir(destination.parent)
     fsync_dir(source.parent)
+
+
+def _id_ns(correction_id: str) -> int:
+    """When a correction was planned, from its id (UTC to the microsecond), in ns."""
+    stamp = datetime.strptime(correction_id.split("-")[0], _ID_STAMP).replace(tzinfo=UTC)
+    return calendar.timegm(stamp.timetuple()) * 10**9 + stamp.microsecond * 1000
 
 
 def _epoch(stamp: str) -> float:

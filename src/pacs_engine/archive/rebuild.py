@@ -3,11 +3,13 @@
 Each part an ingest writes leaves a rows file beside its header pack
 (`headers/<series>/<stamp>.rows`, blobs.dump_rows): the index rows of the
 instances in the pack, as the part wrote them. A rebuild reads every rows file,
-keeps for each SOP Instance UID the rows whose pack exists and whose frames the
-array's committed frame count covers (a part killed before its commit raised no
-frame count), makes the one written last the current version and the earlier
-ones its versions (archive/versions.py), and commits them to a new index, which replaces the old
-one; the old one is kept beside it as `index.damaged-<time>`.
+keeps for each SOP Instance UID the rows of committed parts (their pack exists, their
+frames are within the array's committed frame count, which a part killed before its
+commit did not raise, and no later part wrote over them) that no delete in force took
+(a delete of part of a series leaves its rows files as they were:
+archive/corrections.py), makes the one written last the current version and the
+earlier ones its versions (archive/versions.py), and commits them to a new index,
+which replaces the old one; the old one is kept beside it as `index.damaged-<time>`.
 
 Rows written before the scanner recorded some header attributes (ImageType, Manufacturer,
 ConvolutionKernel, ...: `scanning.HEADER_KEYWORDS`) get them from their header blob: the
@@ -32,12 +34,13 @@ from pacs_engine.archive.blobs import (
     read_blob,
     scannable,
 )
+from pacs_engine.archive.corrections import deleted_since, marks_shown_on_disk
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import kept_sha256s, with_version
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
-from pacs_engine.index.rows import Row
+from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.scanning import HEADER_KEYWORDS, scan
 from pacs_engine.storage import fsync_dir
 
@@ -50,6 +53,7 @@ class Rebuilt:
 
     rows: int = 0
     uncommitted: int = 0  # rows of parts whose frames were never committed
+    deleted: int = 0  # rows of instances deleted (`correct ... delete`) after they were written
     packs_without_rows: list[str] = field(default_factory=list)  # written before rows files
     damaged_rows_files: list[str] = field(default_factory=list)
     kept_as: str = ""  # where the replaced index is
@@ -74,20 +78,14 @@ def rebuild_index(path: str | os.PathLike) -> Rebuilt:
 def _rebuild(root: Path) -> Rebuilt:
     rebuilt = Rebuilt()
     rows = _rows_by_sop(root, rebuilt)
-    pixels = PixelStore(root / "pixels")
-    frames: dict[str, int] = {}
     building = root / f".index.rebuilding-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     index = Index.create(building)
     try:
         batch: list[Row] = []
         for sop in sorted(rows):
-            kept = [row for row in rows[sop] if _committed(row, root, pixels, frames)]
-            rebuilt.uncommitted += len(rows[sop]) - len(kept)
-            if not kept:
-                continue
-            row = kept[0]
-            for later in kept[1:]:
+            row, *later_rows = rows[sop]
+            for later in later_rows:
                 # A part retried after a worker died wrote the same file twice: one version.
                 if later["source_sha256"] not in kept_sha256s(row):
                     row = with_version(row, later)
@@ -95,7 +93,7 @@ def _rebuild(root: Path) -> Rebuilt:
             if len(batch) == _BATCH:
                 index.commit(batch)
                 batch = []
-        index.commit(batch)
+        index.commit(batch, journal=marks_shown_on_disk(root))
         rebuilt.rows = len(index)
     finally:
         index.close()
@@ -109,10 +107,36 @@ def _rebuild(root: Path) -> Rebuilt:
     return rebuilt
 
 
+@dataclass
+class _RowsFile:
+    """One rows file as read: when it was written, its rows."""
+
+    written: int
+    rows: list[Row]
+
+
 def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
-    """The rows of each SOP Instance UID over every rows file, in the order written."""
-    found: dict[str, list[tuple[int, int, Row]]] = {}
-    order = 0  # rows of one file (versions received in one part) keep their order
+    """The rows of each SOP Instance UID over the rows files of committed parts, in the
+    order written, but for those of deleted instances."""
+    files = _rows_files(root, rebuilt)
+    # Rows of an instance written before the delete in force on it stay deleted (a part of
+    # a series is deleted in place: its rows files still list it until the trash is emptied).
+    deleted = deleted_since(root)
+    for file in files:
+        kept = [row for row in file.rows if file.written > deleted.get(row["SOPInstanceUID"], 0)]
+        rebuilt.deleted += len(file.rows) - len(kept)
+        file.rows = kept
+    found: dict[str, list[Row]] = {}
+    for file in _committed(root, files, rebuilt):
+        for row in file.rows:
+            found.setdefault(row["SOPInstanceUID"], []).append(row)
+    return found
+
+
+def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
+    """Every rows file beside its pack, in the order written (rows without a SOP Instance UID
+    left out); packs without one and damaged ones are named in `rebuilt`."""
+    files: list[_RowsFile] = []
     headers = root / "headers"
     folders = sorted(p for p in headers.iterdir() if p.is_dir()) if headers.is_dir() else []
     for folder in folders:
@@ -127,12 +151,56 @@ def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
             except (OSError, BlobError):
                 rebuilt.damaged_rows_files.append(name)
                 continue
-            for row in rows:
-                sop = row.get("SOPInstanceUID")
-                if isinstance(sop, str):
-                    found.setdefault(sop, []).append((written, order, row))
-                    order += 1
-    return {sop: [row for *_, row in sorted(rows)] for sop, rows in found.items()}
+            rows = [row for row in rows if isinstance(row.get("SOPInstanceUID"), str)]
+            files.append(_RowsFile(written, rows))
+    return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
+
+
+def _committed(root: Path, files: list[_RowsFile], rebuilt: Rebuilt) -> list[_RowsFile]:
+    """The rows files (in the order written) of parts whose commit went through, and the
+    uncommitted rows counted in `rebuilt`.
+
+    A part commits all its rows or none, so one row tells for its whole file (its rows
+    without pixel data too): a file is left out when a row's frames lie beyond its
+    array's committed frame count (raised only after the commit), or when a later file
+    has another instance's rows on the same frames (a part that never committed does not
+    count in the next one's place, which writes over its frames and commits).
+    """
+    pixels = PixelStore(root / "pixels")
+    frames: dict[str, int] = {}
+
+    def within(reference: PixelRef) -> bool:
+        array = reference["array"]
+        if array not in frames:
+            frames[array] = pixels.frames(array) if pixels.exists(array) else 0
+        return reference["first_frame"] + reference["frames"] <= frames[array]
+
+    left_out = {
+        n
+        for n, file in enumerate(files)
+        if not all(within(ref) for ref in (row.get("pixels") for row in file.rows) if ref)
+    }
+    # Per array, the frames of each file's rows: (first, end, file, SOP UID), by first frame.
+    spans: dict[str, list[tuple[int, int, int, str]]] = {}
+    for n, file in enumerate(files):
+        if n in left_out:
+            continue
+        for row in file.rows:
+            reference = row.get("pixels")
+            if reference:
+                first = reference["first_frame"]
+                span = (first, first + reference["frames"], n, row["SOPInstanceUID"])
+                spans.setdefault(reference["array"], []).append(span)
+    for array_spans in spans.values():
+        active: list[tuple[int, int, int, str]] = []  # spans that reach past the next first
+        for span in sorted(array_spans):
+            active = [a for a in active if a[1] > span[0]]
+            for other in active:
+                if other[3] != span[3] and other[2] != span[2]:  # numbered in order written
+                    left_out.add(min(other[2], span[2]))
+            active.append(span)
+    rebuilt.uncommitted += sum(len(files[n].rows) for n in left_out)
+    return [file for n, file in enumerate(files) if n not in left_out]
 
 
 def _with_attributes(root: Path, row: Row, rebuilt: Rebuilt) -> Row:
@@ -153,16 +221,3 @@ def _with_attributes(root: Path, row: Row, rebuilt: Rebuilt) -> Row:
         return row
     rebuilt.filled += 1
     return {**row, **found}  # type: ignore[typeddict-item]
-
-
-def _committed(row: Row, root: Path, pixels: PixelStore, frames: dict[str, int]) -> bool:
-    """True unless the row's frames lie beyond its array's committed frame count."""
-    if not (root / row["header"]["pack"]).is_file():
-        return False
-    reference = row.get("pixels")
-    if not reference:
-        return True
-    array = reference["array"]
-    if array not in frames:
-        frames[array] = pixels.frames(array) if pixels.exists(array) else 0
-    return reference["first_frame"] + reference["frames"] <= frames[array]

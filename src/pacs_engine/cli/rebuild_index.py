@@ -30,6 +30,8 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
         print(f"the old index is kept as {rebuilt.kept_as}")
     if rebuilt.uncommitted:
         print(f"{rebuilt.uncommitted:,} rows of parts that were never committed were left out")
+    if rebuilt.deleted:
+        print(f"{rebuilt.deleted:,} rows of deleted instances were left out")
     if rebuilt.filled:
         print(f"{rebuilt.filled:,} rows written by older code got attributes from their headers")
     if rebuilt.unreadable_blobs:

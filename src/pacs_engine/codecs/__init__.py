@@ -45,7 +45,7 @@ def pass_through_codec(transfer_syntax_uid: str, **pixel_module: object) -> Bits
     return cls(transfer_syntax_uid=transfer_syntax_uid, **pixel_module)  # type: ignore[arg-type]
 
 
-_zarr_codec = zarr_codecs(*REGISTRY)
+_zarr_codec = zarr_codecs(__name__, *REGISTRY)
 
 
 def __getattr__(name: str) -> Any:

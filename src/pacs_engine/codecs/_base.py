@@ -147,18 +147,19 @@ def coder_name(zarr_class_name: str) -> str:
     return zarr_class_name.removesuffix("Codec") + "Coder"
 
 
-def zarr_codecs(*coders: type[FrameCodec]) -> Callable[[str], type[FrameCodec]]:
-    """A codec module's ``__getattr__``: the zarr codec class of each of its frame coders,
-    made on first use, so that importing the module (and encoding frames) imports no zarr."""
+def zarr_codecs(module: str, *coders: type[FrameCodec]) -> Callable[[str], type[FrameCodec]]:
+    """The ``__getattr__`` of `module` (a codec module, or the package): the zarr codec class
+    of each of `coders`, made on first use, so that importing the module (and encoding
+    frames) imports no zarr."""
     by_name = {zarr_name(coder): coder for coder in coders}
 
     def __getattr__(name: str) -> type[FrameCodec]:
         coder = by_name.get(name)
         if coder is None:
-            raise AttributeError(f"module {coders[0].__module__!r} has no attribute {name!r}")
-        from pacs_engine.codecs.registry import zarr_class
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        from pacs_engine.codecs._zarr import zarr_codec
 
-        return zarr_class(coder)
+        return zarr_codec(coder)
 
     return __getattr__
 

@@ -90,4 +90,4 @@ class DicomDeflateCoder(BitstreamCodec):
 
 
 # The zarr codecs (DicomDeflateCodec), named by the entry points.
-__getattr__ = zarr_codecs(DicomDeflateCoder)
+__getattr__ = zarr_codecs(__name__, DicomDeflateCoder)

@@ -115,4 +115,4 @@ class DicomHtj2kCoder(BitstreamCodec):
 
 
 # The zarr codecs (Htj2kCodec, DicomHtj2kCodec), named by the entry points.
-__getattr__ = zarr_codecs(Htj2kCoder, DicomHtj2kCoder)
+__getattr__ = zarr_codecs(__name__, Htj2kCoder, DicomHtj2kCoder)

@@ -98,4 +98,4 @@ class DicomJpegLosslessCoder(BitstreamCodec):
 
 
 # The zarr codecs (DicomJpegCodec, DicomJpegLosslessCodec), named by the entry points.
-__getattr__ = zarr_codecs(DicomJpegCoder, DicomJpegLosslessCoder)
+__getattr__ = zarr_codecs(__name__, DicomJpegCoder, DicomJpegLosslessCoder)

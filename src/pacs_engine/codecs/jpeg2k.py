@@ -71,4 +71,4 @@ class DicomJpeg2kCoder(BitstreamCodec):
 
 
 # The zarr codecs (Jpeg2kCodec, DicomJpeg2kCodec), named by the entry points.
-__getattr__ = zarr_codecs(Jpeg2kCoder, DicomJpeg2kCoder)
+__getattr__ = zarr_codecs(__name__, Jpeg2kCoder, DicomJpeg2kCoder)

@@ -125,4 +125,4 @@ class DicomJpegLsCoder(BitstreamCodec):
 
 
 # The zarr codecs (JpegLsCodec, DicomJpegLsCodec), named by the entry points.
-__getattr__ = zarr_codecs(JpegLsCoder, DicomJpegLsCoder)
+__getattr__ = zarr_codecs(__name__, JpegLsCoder, DicomJpegLsCoder)

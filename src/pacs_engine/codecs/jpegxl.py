@@ -116,4 +116,4 @@ class JpegXlCoder(FrameCodec):
 
 
 # The zarr codecs (JpegXlCodec), named by the entry points.
-__getattr__ = zarr_codecs(JpegXlCoder)
+__getattr__ = zarr_codecs(__name__, JpegXlCoder)

@@ -4,11 +4,12 @@ pyproject.toml lists every codec once, as a ``zarr.codecs`` entry point (that is
 finds them when it reads an archive). The entry point names a zarr codec class
 (``JpegLsCodec``), made from the frame coder of its module (``JpegLsCoder``); the registry
 holds the frame coders, found without loading the entry point, so it imports no zarr (the
-zarr classes are `_base.zarr_name` of these). Each coder says what it is for: its
-`short_name`, whether ``codec="auto"`` tries it (`archive_candidate`), and, for a
-pass-through codec, the `transfer_syntaxes` it serves. Every other list of codecs is
-derived here, so a codec added to pyproject.toml is archived, and one left out fails
-loudly here instead of quarantining every file of its transfer syntax.
+zarr classes, named `_base.zarr_name` of these, are their modules' attributes). Each
+coder says what it is for: its `short_name`, whether ``codec="auto"`` tries it
+(`archive_candidate`), and, for a pass-through codec, the `transfer_syntaxes` it serves.
+Every other list of codecs is derived here, so a codec added to pyproject.toml is
+archived, and one left out fails loudly here instead of quarantining every file of its
+transfer syntax.
 """
 
 from __future__ import annotations
@@ -76,13 +77,8 @@ PASS_THROUGH_CODECS: tuple[type[BitstreamCodec], ...] = tuple(
 PASS_THROUGH_BY_SYNTAX: dict[str, type[BitstreamCodec]] = _by_syntax(PASS_THROUGH_CODECS)
 
 
-def zarr_class(coder: type[FrameCodec]) -> type[FrameCodec]:
-    """The zarr codec class of a frame coder, the one its entry point names (imports zarr)."""
-    from pacs_engine.codecs._zarr import zarr_codec
-
-    return zarr_codec(coder)
-
-
 def as_zarr(codec: FrameCodec) -> FrameCodec:
     """`codec` as its zarr codec of the same configuration, to hand to zarr (imports zarr)."""
-    return zarr_class(type(codec)).from_dict(codec.to_dict())
+    from pacs_engine.codecs._zarr import zarr_codec
+
+    return zarr_codec(type(codec)).from_dict(codec.to_dict())

@@ -36,4 +36,4 @@ class DicomRleCoder(BitstreamCodec):
 
 
 # The zarr codecs (DicomRleCodec), named by the entry points.
-__getattr__ = zarr_codecs(DicomRleCoder)
+__getattr__ = zarr_codecs(__name__, DicomRleCoder)

@@ -1,10 +1,12 @@
-"""Key encoding: the UIDs a row must have, and the LMDB keys built from rows and records.
+"""Key encoding: the UIDs a row must have, the LMDB keys built from rows and records, and
+the ingest journal's file identity keys (a delete drops them too: archive/corrections.py).
 
 Keys are UTF-8; "\\0" separates the parts of a compound key, which no UID contains.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from pacs_engine.index.matching import fold
@@ -22,6 +24,8 @@ SEP = b"\0"
 #: The order bytes of a row without an integer InstanceNumber (sorted last).
 NO_NUMBER = b"\1" + bytes(8)
 _INT64_BIAS = 1 << 63
+#: The longest input key kept as itself in an `s` entry's key (LMDB keys: 511 bytes).
+_LONGEST_NAME = 500
 
 
 def _order(instance_number: Any) -> bytes:
@@ -89,3 +93,16 @@ def index_keys(record: StudyRecord | None) -> set[tuple[str, bytes]]:
 def last_part(key: bytes) -> str:
     """The last part of a compound key (the UID it points to)."""
     return key.rpartition(SEP)[2].decode()
+
+
+def identity_key(key: str) -> bytes:
+    """The ingest journal's `s` entry of an input key (ingest/journal.py): the key itself,
+    or (too long for LMDB) its raw digest.
+
+    The two cannot meet: the digest is 16 bytes after `s\x01`, a key follows `s\x00`.
+    Read by key only, so no hex and no parsing: it is on a catch-up run's path per file.
+    """
+    name = key.encode("utf-8", "surrogateescape")
+    if len(name) <= _LONGEST_NAME:
+        return b"s\x00" + name
+    return b"s\x01" + hashlib.blake2b(name, digest_size=16).digest()

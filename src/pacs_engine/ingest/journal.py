@@ -20,7 +20,9 @@ The `s` entries make catch-up runs cheap: a file whose size, mtime (ns), inode a
 device are those recorded when a run that has since finished scanned it has an
 outcome in that run and the same bytes (as far as a `stat` can tell), so it is
 skipped without being opened. The identity is taken before the file is read, so a
-change made while it is read shows as a different identity next time.
+change made while it is read shows as a different identity next time. A delete
+(archive/corrections.py) drops the entries of its instances' files, which are then
+read again.
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ from typing import Any
 
 from pacs_engine.archive.report import Outcome
 from pacs_engine.index import Index
+from pacs_engine.index.keys import identity_key
 
 _SEP = b"\x00"
 _PAGE = 4096
 #: Sorts instances without an Instance Number after every numbered one.
 _NO_NUMBER = 1 << 63
-#: The longest input key kept as itself in an `s` entry's key (LMDB keys: 511 bytes).
-_LONGEST_NAME = 500
 #: A file's identity in an `s` entry: size, mtime in ns, inode, device (then the run id).
 _IDENTITY = struct.Struct("<QqQQ")
 
@@ -201,7 +202,7 @@ class Journal:
     def unchanged(self, identities: dict[str, bytes]) -> set[str]:
         """The files among `identities` (key -> `file_identity`) that a finished run scanned
         with the same identity: each has an outcome there, and the same bytes."""
-        wanted = {_identity_key(k): k for k in identities}
+        wanted = {identity_key(k): k for k in identities}
         same = set()
         for entry, value in self.index.journal_get(wanted).items():
             key = wanted[entry]
@@ -214,7 +215,25 @@ class Journal:
     def forget(self, keys: Iterable[str]) -> dict[bytes, bytes | None]:
         """Journal entries that drop the recorded identities of these inputs (quarantined:
         every run reads them again, as a newer engine or other limits may take them in)."""
-        return dict.fromkeys(map(_identity_key, keys))
+        return dict.fromkeys(map(identity_key, keys))
+
+    def prune_identities(self, folder: str) -> int:
+        """Drop the recorded identities of files under `folder` that no longer exist; how many.
+
+        A receive spool's files each have a name of their own and are deleted once
+        archived: without this, each would leave its entry for ever.
+        """
+        # Keys of absolute paths sort under their folder's (a path too long for a key of its
+        # own is kept as a digest, found by no folder: it stays).
+        prefix = identity_key(os.path.join(os.path.abspath(folder), ""))
+        dropped, start = 0, None
+        while page := self.index.journal_items(prefix, start=start, limit=_PAGE):
+            gone = [k for k, _ in page if not os.path.lexists(_identity_path(k))]
+            if gone:
+                self.index.commit([], journal=dict.fromkeys(gone))
+            dropped += len(gone)
+            start = page[-1][0] + _SEP
+        return dropped
 
     def _is_finished(self, run: str) -> bool:
         """True for a finished run (cached: only the current run changes state meanwhile)."""
@@ -237,7 +256,7 @@ class Journal:
             self.outcome_key(run, o.key): o.to_bytes() for o in outcomes
         }
         for name, identity in (identities or {}).items():
-            entries[_identity_key(name)] = identity + run.encode()
+            entries[identity_key(name)] = identity + run.encode()
         entries.update(self.forget(o.key for o in outcomes if o.outcome == "quarantined"))
         for p in planned:
             key = _key(b"p", run, *plan_order(p))
@@ -306,16 +325,9 @@ def _digest(key: str) -> str:
     return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
-def _identity_key(key: str) -> bytes:
-    """The `s` entry of an input key: the key itself, or (too long for LMDB) its raw digest.
-
-    The two cannot meet: the digest is 16 bytes after `s\x01`, a key follows `s\x00`.
-    Read by key only, so no hex and no parsing: it is on a catch-up run's path per file.
-    """
-    name = key.encode("utf-8", "surrogateescape")
-    if len(name) <= _LONGEST_NAME:
-        return b"s\x00" + name
-    return b"s\x01" + hashlib.blake2b(name, digest_size=16).digest()
+def _identity_path(entry: bytes) -> str:
+    """The path of an `s` entry's key that holds it (`identity_key`)."""
+    return entry[2:].decode("utf-8", "surrogateescape")
 
 
 def _sources_id(sources: list[str]) -> str:

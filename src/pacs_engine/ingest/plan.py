@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
+from pacs_engine.archive.corrections import trashed_rows
 from pacs_engine.archive.versions import version_rows
-from pacs_engine.index import Index
 from pacs_engine.ingest.journal import Planned
+from pacs_engine.storage import series_folders
+
+if TYPE_CHECKING:
+    from pacs_engine.archive import Archive
 
 
 def align(frames: int, per_shard: int) -> int:
@@ -14,10 +20,12 @@ def align(frames: int, per_shard: int) -> int:
     return -(-frames // per_shard) * per_shard
 
 
-def committed_end(index: Index, series_uid: str) -> int:
-    """The end of the frames committed rows of the series use, in any of its arrays."""
+def committed_end(archive: Archive, series_uid: str) -> int:
+    """The end of the frames committed rows of the series use, in any of its arrays, and
+    instances of it deleted in place (their frames wait in their shards for a restore)."""
     end = 0
-    for row in index.iter_series(series_uid):
+    trashed = trashed_rows(archive.path, sorted(series_folders(series_uid)))
+    for row in itertools.chain(archive.index.iter_series(series_uid), trashed):
         for version in version_rows(row):  # earlier versions may have frames of their own
             pixels = version.get("pixels")
             if pixels:

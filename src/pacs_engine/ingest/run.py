@@ -419,7 +419,7 @@ class _Run:
         waiting = None
         for planned, span in plan_parts(self.journal.pending(run, series), per_shard):
             if waiting is None:
-                base = align(committed_end(self.archive.index, series), per_shard)
+                base = align(committed_end(self.archive, series), per_shard)
                 waiting = self.waiting[series] = _Waiting(base, _Staged(self.root))
             part = Part(series, waiting.end, span, tuple(p.key for p in planned), run)
             waiting.end += span  # the next part starts on its own shard

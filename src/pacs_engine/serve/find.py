@@ -13,9 +13,10 @@ this module decides which keys of an identifier it is given:
   (NumberOfStudyRelatedSeries, ModalitiesInStudy, SOPClassesInStudy, ...), or empty
   (zero length) when the index does not hold it;
 - sequence matching is not done: a sequence key is returned as an empty sequence;
-- several values of a key are alternatives (any of them matches), but for an
-  attribute that holds several values itself (ImageType, ConvolutionKernel; see
-  `pacs_engine.index.matching.whole_value`), where they are one value matched whole:
+- several values of a key go to the index joined by backslashes, as DICOM encodes
+  them, and the index decides (`pacs_engine.index.matching.compile_condition`): they
+  are alternatives (any of them matches), but for an attribute that holds several
+  values itself (ImageType, ConvolutionKernel), where they are one value matched whole:
   ORIGINAL\\PRIMARY* matches ORIGINAL\\PRIMARY\\AXIAL, and a single value matches
   when any of the attribute's values does.
 
@@ -39,7 +40,7 @@ from pydicom.valuerep import DSfloat, PersonName
 
 from pacs_engine.archive import Archive
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED, whole_value
+from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
 from pacs_engine.index.query import PATIENT_COMPUTED, PATIENT_KEYWORDS, patient_counts
 from pacs_engine.scanning import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
@@ -136,7 +137,7 @@ def parse_identifier(identifier: Dataset, patient_root: bool) -> Query:
         if element.VR == "SQ" or element.is_empty:
             continue  # a return key (sequence matching is not done)
         if keyword in MATCHING_KEYS[query.level]:
-            query.filters[keyword] = _query_value(keyword, element.value)
+            query.filters[keyword] = _query_value(element.value)
         elif keyword in below:
             raise QueryRefused(IDENTIFIER_MISMATCH, f"{keyword} is below the {query.level} level")
     return query
@@ -155,13 +156,12 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
 
 
-def _query_value(keyword: str, value: Any) -> Any:
-    """A request value as the index's matcher takes it: several values are one value
-    matched whole for a multi-valued attribute (ImageType), else alternatives (a list)."""
+def _query_value(value: Any) -> Any:
+    """A request value as the index's matcher takes it: several values joined by backslashes,
+    as DICOM encodes them (the matcher decides whether they are one value matched whole or
+    alternatives: `index.matching.compile_condition`)."""
     if isinstance(value, MultiValue | list | tuple):
-        if whole_value(keyword):
-            return "\\".join(str(_query_value(keyword, v)) for v in value)
-        return [_query_value(keyword, v) for v in value]
+        return "\\".join(str(_query_value(v)) for v in value)
     if isinstance(value, PersonName | str):
         return str(value)
     if isinstance(value, float):

@@ -24,7 +24,8 @@ version, conflict or quarantined), and the files are deleted. `batch/` only chan
 between runs, so after a kill the next start resumes the same run over the same
 files (the journal skips the inputs that have an outcome), and a kill between the
 run's end and the deletions makes the next run see the files left as byte-identical
-duplicates.
+duplicates. The identities the run journaled for its files (for catch-up runs, which
+never come to a spool file again) are then dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.ingest import IngestStopped, run_ingest
+from pacs_engine.ingest.journal import Journal
 from pacs_engine.storage import fsync_dir, make_dirs, remove_stale_temporaries, write_atomic
 from pacs_engine.workers import Executor
 
@@ -198,4 +200,5 @@ class Drain(threading.Thread):
                 return
             self.failure = None
             self.spool.clear_batch()
+            Journal(self.archive.index).prune_identities(str(self.spool.batch))
             self.on_report(report)
