@@ -7,6 +7,7 @@ built for any command, and an ingest of uncompressed files, must import neither.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -87,6 +88,28 @@ def test_an_uncompressed_ingest_imports_no_pydicom_nor_zarr_in_any_of_its_proces
     ]
     expected = sorted(int(pydicom.dcmread(path).pixel_array.sum()) for path in files)
     assert sorted(int(frame.sum()) for frame in frames) == expected
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1 None"), ("3", "3 3")])
+def test_workers_start_with_one_blas_thread_unless_the_caller_says(
+    given: str | None, expected: str
+) -> None:
+    """A worker sees OPENBLAS_NUM_THREADS=1 (numpy then starts no thread per core) where
+    the caller's environment does not set it, and the caller's environment is left as it
+    was; a value the caller sets is the workers' too."""
+    probe = (
+        "import os; from pacs_engine.executors import LocalExecutor; pool = LocalExecutor(1); "
+        "print(pool.submit(os.getenv, 'OPENBLAS_NUM_THREADS').result(), "
+        "os.getenv('OPENBLAS_NUM_THREADS')); pool.close()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
 
 
 def test_header_tags_are_the_data_dictionarys() -> None:

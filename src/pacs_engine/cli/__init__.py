@@ -100,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Until the command runs (the forkserver started, the parser built, the command's
         # imports), a Ctrl-C still stops quietly (pacs_engine.interrupt).
         if _starts_local_workers(argv):
-            from pacs_engine.executors import start_forkserver
+            from pacs_engine.executors import quiet_blas, start_forkserver
 
+            quiet_blas()  # before anything imports numpy here; the forkserver too
             start_forkserver()
         parser = build_parser()
         args, extras = parser.parse_known_args(argv)
