@@ -53,6 +53,21 @@ def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> Non
     assert done.stdout.strip() == "[]"
 
 
+def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
+    """What `pacs-engine ingest` imports to run (its command, the archive, the executors)
+    leaves numcodecs (the header blobs' Zstd, ~0.05 s) to the workers, which encode."""
+    probe = (
+        "import sys; from pacs_engine.cli import build_parser; build_parser(); "
+        "import pacs_engine.ingest.archive, pacs_engine.executors; "
+        "print('numcodecs' in sys.modules, 'pacs_engine.archive.blobs' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False True"
+
+
 def test_the_synth_help_lists_every_syntax_it_writes() -> None:
     """The names are imported only when the help is shown, and all of them are shown."""
     done = run_cli("synth", "--help")
