@@ -128,6 +128,25 @@ def test_workers_start_with_one_blas_thread_unless_the_caller_says(
     assert done.stdout.strip() == expected
 
 
+@pytest.mark.parametrize(
+    ("main_module", "expected"), [("'pacs_engine.synth'", "True"), ("", "False")]
+)
+def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expected: str) -> None:
+    """Each worker imports its caller's main module again as it starts (the CLI's package for
+    `pacs-engine`): named to `start_forkserver`, it is imported once, before the forks."""
+    probe = (
+        "from pacs_engine.executors import LocalExecutor, start_forkserver; "
+        f"start_forkserver({main_module}); pool = LocalExecutor(1); "
+        "print(pool.submit(eval, \"'pacs_engine.synth' in __import__('sys').modules\").result()); "
+        "pool.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
 #: Loaded by each `pacs-engine` command below: notes its exit functions, and the teardown
 #: of its modules (an object of this module deleted as the interpreter finalizes).
 EXIT_PROBE = """

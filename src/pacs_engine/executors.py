@@ -58,14 +58,17 @@ def quiet_blas() -> dict[str, str]:
     return added
 
 
-def start_forkserver() -> None:
+def start_forkserver(main_module: str | None = None) -> None:
     """Start the forkserver now, so that its imports overlap the caller's own start-up.
 
     Workers fork from it only when the first task is submitted; started here, at the
     top of the CLI, its ~0.3 s (CPU) of imports run on another core while this
     process imports the archive and walks the sources. It starts with QUIET_BLAS.
+    `main_module`, the module the caller's main module imports (the CLI's package), is
+    preloaded too: each worker imports the caller's main module again as it starts.
     """
-    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    preload = [*FORKSERVER_PRELOAD, *([main_module] if main_module else [])]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
     added = quiet_blas()  # the forkserver inherits the environment as it is started
     try:
         _ensure_forkserver()

@@ -133,7 +133,7 @@ def _main(argv: list[str]) -> int:
             from pacs_engine.executors import quiet_blas, start_forkserver
 
             quiet_blas()  # before anything imports numpy here; the forkserver too
-            start_forkserver()
+            start_forkserver(__name__)  # workers import this module again as they start
         parser = build_parser()
         args, extras = parser.parse_known_args(argv)
         if extras:
