@@ -488,3 +488,32 @@ def test_a_batch_is_sent_once_it_reaches_batch_bytes_of_pixels(
         archive.ingest([tmp_path / "in"], executor=executor)
         assert archive.verify().ok
     assert executor.batches == [[large], small[:3], small[3:]]
+
+
+class _Windowed(InlineExecutor):
+    """Runs tasks in this process, with the window of two workers (4 tasks in flight)."""
+
+    workers = 2
+
+
+def test_scan_batches_done_together_are_journaled_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the main process records a scan batch it sends no work, and each record is
+    # an index transaction, synced: the batches done by then are recorded at once.
+    _series(tmp_path / "in", 0, 10)
+    monkeypatch.setattr(run, "SCAN_BATCH", 2)  # 5 batches of 2 files
+    recorded: list[int] = []  # plan entries per journal record
+    record = Journal.record
+
+    def counted(journal: Journal, run_id: str, outcomes: Any, planned: Any, *args: Any) -> None:
+        planned = list(planned)
+        recorded.append(len(planned))
+        record(journal, run_id, outcomes, planned, *args)
+
+    monkeypatch.setattr(Journal, "record", counted)
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([tmp_path / "in"], executor=_Windowed()).to_dict()
+        assert len(archive.index) == 10
+    assert report["archived"] == 10 and report["balanced"]
+    assert recorded == [8, 2]  # the window's 4 batches, done when the 5th waited; the 5th

@@ -7,6 +7,8 @@ built for any command, and an ingest of uncompressed files, must import neither.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -51,6 +53,21 @@ def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> Non
     assert done.stdout.strip() == "[]"
 
 
+def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
+    """What `pacs-engine ingest` imports to run (its command, the archive, the executors)
+    leaves numcodecs (the header blobs' Zstd, ~0.05 s) to the workers, which encode."""
+    probe = (
+        "import sys; from pacs_engine.cli import build_parser; build_parser(); "
+        "import pacs_engine.ingest.archive, pacs_engine.executors; "
+        "print('numcodecs' in sys.modules, 'pacs_engine.archive.blobs' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False True"
+
+
 def test_the_synth_help_lists_every_syntax_it_writes() -> None:
     """The names are imported only when the help is shown, and all of them are shown."""
     done = run_cli("synth", "--help")
@@ -87,6 +104,92 @@ def test_an_uncompressed_ingest_imports_no_pydicom_nor_zarr_in_any_of_its_proces
     ]
     expected = sorted(int(pydicom.dcmread(path).pixel_array.sum()) for path in files)
     assert sorted(int(frame.sum()) for frame in frames) == expected
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1 None"), ("3", "3 3")])
+def test_workers_start_with_one_blas_thread_unless_the_caller_says(
+    given: str | None, expected: str
+) -> None:
+    """A worker sees OPENBLAS_NUM_THREADS=1 (numpy then starts no thread per core) where
+    the caller's environment does not set it, and the caller's environment is left as it
+    was; a value the caller sets is the workers' too."""
+    probe = (
+        "import os; from pacs_engine.executors import LocalExecutor; pool = LocalExecutor(1); "
+        "print(pool.submit(os.getenv, 'OPENBLAS_NUM_THREADS').result(), "
+        "os.getenv('OPENBLAS_NUM_THREADS')); pool.close()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(
+    ("main_module", "expected"), [("'pacs_engine.synth'", "True"), ("", "False")]
+)
+def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expected: str) -> None:
+    """Each worker imports its caller's main module again as it starts (the CLI's package for
+    `pacs-engine`): named to `start_forkserver`, it is imported once, before the forks."""
+    probe = (
+        "from pacs_engine.executors import LocalExecutor, start_forkserver; "
+        f"start_forkserver({main_module}); pool = LocalExecutor(1); "
+        "print(pool.submit(eval, \"'pacs_engine.synth' in __import__('sys').modules\").result()); "
+        "pool.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
+#: Loaded by each `pacs-engine` command below: notes its exit functions, and the teardown
+#: of its modules (an object of this module deleted as the interpreter finalizes).
+EXIT_PROBE = """
+import atexit, os, sys
+
+class _Probe:
+    def __del__(self, write=os.write, open=os.open, flags=os.O_WRONLY | os.O_APPEND):
+        fd = open(os.environ["EXIT_NOTES"], flags)
+        write(fd, b"teardown\\n")
+
+if os.environ.get("EXIT_NOTES") and os.path.basename(sys.argv[0]) in ("-m", "__main__.py"):
+    PROBE = _Probe()
+    atexit.register(lambda: open(os.environ["EXIT_NOTES"], "a").write("atexit\\n"))
+"""
+
+
+def test_the_ingest_command_exits_without_the_interpreters_teardown(tmp_path: Path) -> None:
+    """`pacs-engine ingest` ends once its output is flushed and its exit functions ran,
+    without tearing its modules down (0.05-0.1 s); another command ends as Python ends."""
+    _synth_uncompressed(tmp_path / "in")
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(EXIT_PROBE)
+    notes = tmp_path / "notes.txt"
+    env = dict(os.environ, EXIT_NOTES=str(notes))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "probe"), env.get("PYTHONPATH", "")])
+    archive = str(tmp_path / "archive")
+    outputs = []
+    for args, expected in [
+        (["ingest", str(tmp_path / "in"), "--archive", archive, "--json"], "atexit\n"),
+        (["info", archive], "atexit\nteardown\n"),
+    ]:
+        notes.write_text("")
+        done = subprocess.run(
+            [sys.executable, "-m", "pacs_engine.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=LIMIT_S,
+        )
+        assert done.returncode == 0, done.stderr
+        assert notes.read_text() == expected, args[0]
+        outputs.append(done.stdout)
+    assert json.loads(outputs[0])["archived"] == 6  # the whole report, flushed
 
 
 def test_header_tags_are_the_data_dictionarys() -> None:

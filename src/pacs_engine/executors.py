@@ -31,6 +31,7 @@ __all__ = [
     "InlineExecutor",
     "LocalExecutor",
     "make_executor",
+    "quiet_blas",
     "refuse_unguarded_main",
     "start_forkserver",
     "worker_died",
@@ -38,20 +39,46 @@ __all__ = [
 
 #: What each worker process imports once, in the forkserver, before it forks workers: the
 #: ingest's tasks, which import the storage verify's tasks use too, and what encoding
-#: native frames needs (numpy, zarr, the codecs; not pydicom, which compressed inputs
-#: and rebuilds import when they need it). Named, not imported, so that this module
-#: stays at the bottom of the layers.
-FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks"]
+#: native frames needs (numpy, the codecs; not pydicom, which compressed inputs and
+#: rebuilds import when they need it, nor zarr); numcodecs, whose Zstd packs the header
+#: blobs (imported on first use there); this module (each worker's initializer). Named,
+#: not imported, so that this module stays at the bottom of the layers.
+FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numcodecs", "pacs_engine.executors"]
+#: Environment the workers' forkserver, and so every worker, starts with where the caller's
+#: does not set it: OpenBLAS starts a thread per core as numpy is imported, which spin for
+#: a while (about 0.07 s of CPU per process, taken from the cores the start-up needs), and
+#: no task does linear algebra. `pacs-engine` sets it in its own process too (`quiet_blas`).
+QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
 
 
-def start_forkserver() -> None:
+def quiet_blas() -> dict[str, str]:
+    """Set QUIET_BLAS in this process's environment where it is not set; what was set."""
+    added = {name: value for name, value in QUIET_BLAS.items() if name not in os.environ}
+    os.environ.update(added)
+    return added
+
+
+def start_forkserver(main_module: str | None = None) -> None:
     """Start the forkserver now, so that its imports overlap the caller's own start-up.
 
     Workers fork from it only when the first task is submitted; started here, at the
-    top of the CLI, its ~0.35 s (CPU) of imports run on another core while this
-    process imports the archive and walks the sources.
+    top of the CLI, its ~0.3 s (CPU) of imports run on another core while this
+    process imports the archive and walks the sources. It starts with QUIET_BLAS.
+    `main_module`, the module the caller's main module imports (the CLI's package), is
+    preloaded too: each worker imports the caller's main module again as it starts.
     """
-    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    preload = [*FORKSERVER_PRELOAD, *([main_module] if main_module else [])]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
+    added = quiet_blas()  # the forkserver inherits the environment as it is started
+    try:
+        _ensure_forkserver()
+    finally:
+        for name in added:  # this process's own as the caller had it
+            del os.environ[name]
+
+
+def _ensure_forkserver() -> None:
+    """Start the forkserver unless it runs, deaf to Ctrl-C (see below)."""
     if threading.current_thread() is not threading.main_thread():  # signals: main thread only
         multiprocessing.forkserver.ensure_running()
         return

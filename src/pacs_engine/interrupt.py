@@ -35,13 +35,20 @@ def _stop_quietly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(130)
 
 
+#: Whether this process is the `pacs-engine` command: `pacs-engine` (its argv[0]) or
+#: `python -m pacs_engine.cli`, which imports this package while argv[0] is "-m".
+_COMMAND = sys.argv[:1] == ["-m"] or os.path.basename(sys.argv[0]).startswith("pacs-engine")
+
+
+def is_command() -> bool:
+    """True in the `pacs-engine` process, as the package saw it when first imported."""
+    return _COMMAND
+
+
 def quiet_while_starting() -> None:
     """In the `pacs-engine` process only, make Ctrl-C stop it quietly until `main` runs it.
 
-    That process is `pacs-engine` (its argv[0]) or `python -m pacs_engine.cli`, which
-    imports this package while argv[0] is "-m". Not where Ctrl-C is ignored: a pool
-    worker imports the package again.
+    Not where Ctrl-C is ignored: a pool worker imports the package again.
     """
-    command = sys.argv[:1] == ["-m"] or os.path.basename(sys.argv[0]).startswith("pacs-engine")
-    if command and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if _COMMAND and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _stop_quietly)

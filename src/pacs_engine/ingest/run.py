@@ -350,16 +350,26 @@ class _Run:
         return in_flight
 
     def _collect_scans(self, run: str, in_flight: set) -> set:
-        """Record the scan batches that are done; the ones still in flight."""
+        """Record the scan batches that are done, in one journal transaction (one sync for
+        all: while this process records, it sends no work); the ones still in flight."""
         done, pending = self.executor.wait_any(in_flight)
+        planned: list[Planned] = []
+        rejected: list[Outcome] = []
+        identities: dict[str, bytes] = {}
+        scanned = False
         for future in done:
-            identities = self.identities.pop(future)
+            batch_identities = self.identities.pop(future)
             try:
-                planned, rejected, worker, stages = future.result()
+                batch_planned, batch_rejected, worker, stages = future.result()
             except Exception as error:
                 self.failure = self.failure or error
                 continue
             self._add_stages(worker, stages)
+            planned += batch_planned
+            rejected += batch_rejected
+            identities.update(batch_identities)
+            scanned = True
+        if scanned:
             with self.clock.stage("journal"):
                 self._record(run, rejected, planned, identities)
         return pending
