@@ -599,6 +599,54 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     assert on_disk == used  # the killed part's pack was tidied away
 
 
+def test_an_array_a_part_creates_is_written_once_with_its_frames_before_the_commit(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a part commits, each array it created has its zarr.json on disk with the frames
+    the part's rows use (written once, never as an empty array first), and each array it
+    extended still has its earlier frame count, raised after the commit."""
+    root = made["root"]
+    research = root / "once"
+    checked: list[tuple[bool, int, int, int]] = []  # (new, frames on disk, first, end)
+    extended: list[str] = []
+    seen: set[str] = set()
+    original_commit, original_frames = Index.commit, PixelStore.frames_file
+
+    def commit(self: Index, rows: list, *args: Any, **kwargs: Any) -> Any:
+        spans: dict[str, tuple[int, int]] = {}  # array -> (first frame, end) of the part
+        for row in rows:
+            if row["pixels"]:
+                path, first = row["pixels"]["array"], row["pixels"]["first_frame"]
+                end = first + row["pixels"]["frames"]
+                low, high = spans.get(path, (first, end))
+                spans[path] = (min(low, first), max(high, end))
+        for path, (first, end) in spans.items():
+            on_disk = json.loads((research / "pixels" / path / "zarr.json").read_bytes())
+            checked.append((path not in seen, on_disk["shape"][0], first, end))
+            seen.add(path)
+        return original_commit(self, rows, *args, **kwargs)
+
+    def frames_file(self: PixelStore, path: str, frames: int) -> Any:
+        extended.append(path)
+        return original_frames(self, path, frames)
+
+    def create_array(*args: Any) -> NoReturn:
+        raise AssertionError("an empty array was written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "commit", commit)
+        patch.setattr(PixelStore, "frames_file", frames_file)
+        patch.setattr(PixelStore, "create_array", create_array)
+        patch.setattr(deid_run, "BATCH", 8)  # several parts, some extending an array
+        report = deidentify(root / "record", research, made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.staged == made["report"].staged
+    assert {new for new, *_ in checked} == {True, False}  # both kinds happened
+    for new, on_disk, first, end in checked:
+        assert (on_disk, first) == ((end, 0) if new else (first, first))
+    assert len(extended) == sum(not new for new, *_ in checked)
+    assert _research_files(research) == _research_files(root / "research")
+
+
 def _forbid_codecs(patch: pytest.MonkeyPatch) -> None:
     """Make every codec's decode and encode raise (undone when `patch` is)."""
 

@@ -424,6 +424,21 @@ class PixelStore:
             write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
         write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
 
+    def new_array_file(self, path: str, meta: dict[str, Any], frames: int) -> tuple[Path, bytes]:
+        """The zarr.json (path, bytes) that creates an array of `frames` frames with metadata
+        `meta`, for the caller to write durably with the frames' shards (`shard_files` knows
+        the array from now on); its group's zarr.json is written now when missing, not made
+        durable (as `create_array` does)."""
+        try:
+            self._specs[path] = array_spec(meta)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+            raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
+        group = (self.root / path).parent
+        if not (group / "zarr.json").exists():
+            write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
+        meta = {**meta, "shape": [frames, *meta["shape"][1:]]}
+        return self.root / path / "zarr.json", json.dumps(meta, indent=2).encode()
+
     def frames(self, path: str) -> int:
         """The array's committed frame count (its shape along axis 0)."""
         return self._meta(path)["shape"][0]
