@@ -458,6 +458,31 @@ def test_research_uids_are_keyed_hashes_remembered_within_a_bound_and_never_pick
     assert pickle.loads(shipped).uid(sources[0]) == expected[0]
 
 
+def test_uids_in_use_outlive_the_one_off_sop_uids_filling_the_uid_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A study's and a series' UIDs, met in every instance, are hashed once however many
+    one-off SOP Instance UIDs pass through a small memory, which stays within its bound."""
+    monkeypatch.setattr(deid_key, "UID_CACHE", 8)
+    key = Key(bytes(range(32)))
+    hashed: list[str] = []
+    original = Key.digest
+
+    def digest(self: Key, purpose: str, value: str) -> bytes:
+        hashed.append(value)
+        return original(self, purpose, value)
+
+    monkeypatch.setattr(Key, "digest", digest)
+    study, series = "1.2.826.0.1.7", "1.2.826.0.1.7.1"
+    first = [key.uid(study), key.uid(series)]
+    for n in range(100):  # an instance: its own SOP UID, then its study's and series'
+        key.uid(f"1.2.826.0.1.7.1.{n}")
+        assert [key.uid(study), key.uid(series)] == first
+        assert len(key._uids) + len(key._older_uids) <= 8
+    assert hashed.count(study) == 1 and hashed.count(series) == 1
+    assert len(hashed) == 102  # each SOP UID once
+
+
 def test_patient_pseudonyms_and_shifts_are_keyed_hashes_remembered_within_a_bound_and_never_pickled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
