@@ -106,7 +106,7 @@ class Settings:
 
     key: Key
     options: tuple[str, ...]
-    safe_private: frozenset[tuple[str, int]]
+    kept_private: frozenset[tuple[str, int]]  # `Deidentifier.kept_private`
     rules: Rules
     burned_in: str  # the policy
     burned_in_reason: Callable[[object, object], str | None]
@@ -208,7 +208,6 @@ def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
     Private attributes that are no sequence are only counted when none is kept (a
     private sequence stays: its items' values count among the identifying ones)."""
     rules = settings.rules
-    keep = "retain-safe-private" in settings.options and settings.safe_private
     return Walker(
         data,
         explicit,
@@ -218,7 +217,7 @@ def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
         rules.decide,
         _IMPLICIT_VRS,
         _implicit_vr,
-        None if keep else PRIVATE,
+        None if settings.kept_private else PRIVATE,
     )
 
 
@@ -286,7 +285,7 @@ class _Rewrite:
         )
         settings = self.settings
         self.context = Context(
-            settings.key, settings.options, settings.safe_private, patient, [], self.rules
+            settings.key, settings.options, settings.kept_private, patient, [], self.rules
         )
         out = bytearray()
         suffix_at = self._dataset(elements, dropped, out, 0, split)
@@ -352,8 +351,6 @@ class _Rewrite:
         counts = context.actions
         if dropped:
             counts["X"] += dropped
-        # Private attributes go, unless some are kept: the common case done here, quickly.
-        drop_private = not ("retain-safe-private" in context.options and context.safe_private)
         marks = self.settings.marks(self.explicit) if depth == 0 else None
         return splice(
             elements,
@@ -365,7 +362,7 @@ class _Rewrite:
             list(marks.by_tag.items()) if marks else [],
             marks.vrs if marks else {},
             marks.sequence_undefined if marks else b"",
-            drop_private,
+            not context.kept_private,  # private attributes go: done there, quickly
             counts,
             self._element,
             depth,
@@ -483,10 +480,10 @@ class _Rewrite:
         assert context is not None
         tag = element.tag
         low = tag & 0xFFFF
-        if "retain-safe-private" in context.options and context.safe_private:
+        if context.kept_private:
             if 0x10 <= low < 0x0100:  # a private creator: pydicom writes what it read
                 name = self._value(element)
-                if any(c == str(name).strip() for c, _ in context.safe_private):
+                if any(c == str(name).strip() for c, _ in context.kept_private):
                     if not isinstance(name, str):
                         raise Fallback("a private creator of several values")
                     return self._encode(element, name)
@@ -494,7 +491,7 @@ class _Rewrite:
                 creator_tag = (tag & 0xFFFF0000) | low >> 8
                 creator = next((e for e in siblings if e.tag == creator_tag), None)
                 name = str(self._value(creator)).strip() if creator is not None else ""
-                if (name, low & 0xFF) in context.safe_private:
+                if (name, low & 0xFF) in context.kept_private:
                     if element.vr == "SQ":
                         raise Fallback("a kept private sequence")
                     context.actions["K"] += 1

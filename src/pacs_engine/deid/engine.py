@@ -139,6 +139,10 @@ class Deidentifier:
         self.safe_private = frozenset(
             (creator.strip(), element) for creator, element in safe_private
         )
+        #: The safe private attributes kept: none without the retain-safe-private option.
+        self.kept_private = (
+            self.safe_private if "retain-safe-private" in self.options else frozenset()
+        )
         self.byte_level = byte_level
         self._marks: dict[bool, bytelevel.Marks] = {}
 
@@ -250,7 +254,7 @@ class Deidentifier:
         return bytelevel.Settings(
             self.key,
             self.options,
-            self.safe_private,
+            self.kept_private,
             self.rules,
             self.burned_in,
             burned_in_reason,
@@ -275,7 +279,7 @@ class Deidentifier:
                 for k in ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate")
             )
         )
-        context = Context(self.key, self.options, self.safe_private, patient, [], self.rules)
+        context = Context(self.key, self.options, self.kept_private, patient, [], self.rules)
         _collect_identifying(ds, context, 0)
         _clean(ds, context, 0)
         for element in self._marks_dataset():
@@ -488,14 +492,14 @@ def _clean_value(elem: DataElement, context: Context, depth: int) -> None:
 
 def _private(ds: Dataset, tag: BaseTag, context: Context) -> None:
     """Private attributes go, but for safe ones kept with the retain-safe-private option."""
-    if "retain-safe-private" in context.options and context.safe_private:
+    if context.kept_private:
         if 0x10 <= tag.element < 0x0100:  # a private creator
-            if any(c == str(ds[tag].value).strip() for c, _ in context.safe_private):
+            if any(c == str(ds[tag].value).strip() for c, _ in context.kept_private):
                 return
         elif tag.element >= 0x1000:
             creator = ds.get((tag.group, tag.element >> 8))
             name = str(creator.value).strip() if creator is not None else ""
-            if (name, tag.element & 0xFF) in context.safe_private:
+            if (name, tag.element & 0xFF) in context.kept_private:
                 context.actions["K"] += 1
                 return
     context.actions["X"] += 1
