@@ -291,7 +291,7 @@ class _Rewrite:
         suffix_at = self._dataset(elements, dropped, out, 0, split)
         data_set = bytes(out[:suffix_at])
         meta = self._file_meta(meta_end)
-        self.context.actions["added"] += 4
+        self.context.actions["added"] += len(MARK_TAGS)
         output = Output(new_sop, withheld, self.context.actions)
         output.prefix = meta + data_set + head
         output.suffix = bytes(out[suffix_at:])

@@ -284,7 +284,7 @@ class Deidentifier:
         _clean(ds, context, 0)
         for element in self._marks_dataset():
             setattr(ds, element.keyword, element.value)
-        context.actions["added"] += 4
+        context.actions["added"] += len(bytelevel.MARK_TAGS)
         meta = ds.file_meta
         if "MediaStorageSOPInstanceUID" in meta:  # a file without meta information stays so
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -319,11 +319,12 @@ class Deidentifier:
         """The De-identification Method attributes encoded by pydicom (once per encoding)."""
         if explicit not in self._marks:
             by_tag, vrs = {}, {}
-            for element in self._marks_dataset():
+            marks = self._marks_dataset()
+            for element in marks:
                 by_tag[int(element.tag)] = _encoded(element, explicit)
                 vrs[int(element.tag)] = element.VR
-            sequence = self._marks_dataset()[bytelevel.MARK_TAGS[2]]
-            sequence.is_undefined_length = True
+            sequence = marks[bytelevel.MARK_TAGS[2]]
+            sequence.is_undefined_length = True  # after its defined-length encoding above
             undefined = _encoded(sequence, explicit)
             self._marks[explicit] = bytelevel.Marks(by_tag, vrs, undefined)
         return self._marks[explicit]
