@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pydicom
 import pytest
 from dicomanonymizer import anonymize_dataset
@@ -28,10 +29,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine import storage
+from pacs_engine.archive import copies
 from pacs_engine.archive.blobs import BlobError, rows_sidecar
 from pacs_engine.archive.copies import read_stored_many
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.pixel_store import PixelStore
+from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata
 from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
 from pacs_engine.deid import key as deid_key
@@ -670,6 +672,54 @@ def test_an_array_a_part_creates_is_written_once_with_its_frames_before_the_comm
         assert (on_disk, first) == ((end, 0) if new else (first, first))
     assert len(extended) == sum(not new for new, *_ in checked)
     assert _research_files(research) == _research_files(root / "research")
+
+
+def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
+    """A research array keeps each shard as a file beside its zarr.json (`c.<shard>.0.0`,
+    no chunk folders), and zarr reads every research array to its source array's frames."""
+    root = made["root"]
+    key = Key.load(made["key"])
+    compared = 0
+    with (
+        open_archive(root / "record") as record,
+        open_archive(root / "research") as research,
+    ):
+        arrays = {row["pixels"]["array"] for row in research.index if row["pixels"]}
+        for path in arrays:
+            folder = research.pixels.root / path
+            assert not any(p.is_dir() for p in folder.iterdir())
+            assert all(p.name == "zarr.json" or p.name.startswith("c.") for p in folder.iterdir())
+        for row in record.index:
+            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
+            if copied is None or not row["pixels"]:
+                continue
+            before, after = row["pixels"], copied["pixels"]
+            assert after is not None
+            theirs = record.pixels.open_array(before["array"])
+            ours = research.pixels.open_array(after["array"])
+            first, frames = before["first_frame"], before["frames"]
+            start = after["first_frame"]
+            assert (ours[start : start + frames] == theirs[first : first + frames]).all()
+            compared += 1
+    assert compared > 10 and len(arrays) > 5
+
+
+def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None:
+    """The shard files of an array with flat chunk keys that no frame uses are found (a
+    killed part's), the used ones and the zarr.json are not."""
+    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2)
+    meta = json.loads(array_metadata(spec, {}))
+    meta["chunk_key_encoding"] = copies.CHUNK_KEYS
+    pixels = PixelStore(tmp_path / "pixels")
+    pixels.create()
+    zarr_json, data = pixels.new_array_file("s/a", meta, 5)
+    files = [(zarr_json, data), *pixels.shard_files("s/a", 0, [bytes(32)] * 5)]
+    for path, data in files:
+        storage.write_atomic(path, data)
+    names = sorted(p.name for p in (tmp_path / "pixels" / "s" / "a").iterdir())
+    assert names == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
+    assert [p.name for p in pixels.unreferenced_files("s/a", {0, 2})] == ["c.1.0.0"]
+    assert (pixels.open_array("s/a")[:] == 0).all()  # zarr reads the flat keys
 
 
 def _forbid_codecs(patch: pytest.MonkeyPatch) -> None:
