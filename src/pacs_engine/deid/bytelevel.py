@@ -222,6 +222,10 @@ def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
 
 
 _IMPLICIT_VRS: dict[int, str] = {}
+#: Actions whose elements `splice` drops without asking `_Rewrite._element` (a Python call
+#: each: a third of them), and what each counts as (None: not counted).
+_DROPPED: dict[str, str | None] = {"X": "X", COMMAND: "X", LENGTH: None}
+_DROPPED_WITH_PRIVATE = {**_DROPPED, PRIVATE: "X"}  # when no private attribute is kept
 
 
 def _implicit_vr(tag: int) -> str:
@@ -362,12 +366,11 @@ class _Rewrite:
             list(marks.by_tag.items()) if marks else [],
             marks.vrs if marks else {},
             marks.sequence_undefined if marks else b"",
-            not context.kept_private,  # private attributes go: done there, quickly
+            _DROPPED if context.kept_private else _DROPPED_WITH_PRIVATE,
             counts,
             self._element,
             depth,
             Fallback,
-            PRIVATE,
             UNLISTED,
             OVERLAY,
         )
@@ -375,16 +378,13 @@ class _Rewrite:
     def _element(
         self, element: Element, action: str, siblings: list[Element], depth: int
     ) -> bytes | bool | None:
-        """One element de-identified: True to copy it as it is, None to drop it, or its
-        new bytes."""
+        """One element de-identified (but those `splice` drops: `_DROPPED`): True to copy
+        it as it is, None to drop it, or its new bytes."""
         context = self.context
         assert context is not None
         tag, vr = element.tag, element.vr
         if action == PIXEL:
             return self._pixel_data(element) if depth == 0 and tag == _PIXEL_DATA else True
-        if action in (LENGTH, COMMAND):
-            context.actions["X"] += action == COMMAND
-            return None
         if action == PRIVATE:
             return self._private(element, siblings)
         if action == UNLISTED:
@@ -392,8 +392,6 @@ class _Rewrite:
         if action == OVERLAY:
             return None
         context.actions[action] += 1
-        if action == "X":
-            return None
         if action == "K":
             return self._sequence(element, depth) if vr == "SQ" else True
         if " " in vr or (vr == "UN" and _implicit_vr(tag) != "UN"):
