@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
 
 #: The chunk keys of a copy's arrays: each shard a file beside the array's zarr.json
-#: (`c.<shard>.0.0`) rather than two or three folders of its own (`c/<shard>/0/0`). Zarr
-#: reads either; each new folder cost a copy of the corpus's CT and MR about 0.2 ms,
-#: and 238 of its 237 folders were the arrays' chunk folders and their series' own.
+#: (`c.<shard>.0.0`) rather than in folders of its own (`c/<shard>/0/0`). Zarr reads
+#: either; 125 of the 237 folders a copy of the corpus's CT and MR made were chunk
+#: folders, and each new folder cost it about 0.2 ms (docs/deidentify.md, Performance).
 CHUNK_KEYS = {"name": "default", "configuration": {"separator": "."}}
 
 

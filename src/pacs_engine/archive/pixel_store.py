@@ -438,10 +438,7 @@ class PixelStore:
         `meta`, for the caller to write durably with the frames' shards (`shard_files` knows
         the array from now on); its group's zarr.json is written now when missing, not made
         durable (as `create_array` does)."""
-        try:
-            self._specs[path] = array_spec(meta)
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
-            raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
+        self._learn_spec(path, meta)
         group = (self.root / path).parent
         if not (group / "zarr.json").exists():
             write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
@@ -483,11 +480,15 @@ class PixelStore:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            meta = self._meta(path)
-            try:
-                spec = self._specs[path] = array_spec(meta)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
-                raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
+            spec = self._learn_spec(path, self._meta(path))
+        return spec
+
+    def _learn_spec(self, path: str, meta: dict[str, Any]) -> ArraySpec:
+        """The array's spec from its metadata, remembered; ArrayMetadataError naming its file."""
+        try:
+            spec = self._specs[path] = array_spec(meta)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+            raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
         return spec
 
     def grid(self, path: str) -> tuple[int, int]:
