@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pydicom
 import pytest
 from dicomanonymizer import anonymize_dataset
@@ -28,10 +29,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine import storage
+from pacs_engine.archive import copies
 from pacs_engine.archive.blobs import BlobError, rows_sidecar
 from pacs_engine.archive.copies import read_stored_many
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.pixel_store import PixelStore
+from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata
 from pacs_engine.codecs.registry import REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
 from pacs_engine.deid import key as deid_key
@@ -458,6 +460,31 @@ def test_research_uids_are_keyed_hashes_remembered_within_a_bound_and_never_pick
     assert pickle.loads(shipped).uid(sources[0]) == expected[0]
 
 
+def test_uids_in_use_outlive_the_one_off_sop_uids_filling_the_uid_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A study's and a series' UIDs, met in every instance, are hashed once however many
+    one-off SOP Instance UIDs pass through a small memory, which stays within its bound."""
+    monkeypatch.setattr(deid_key, "UID_CACHE", 8)
+    key = Key(bytes(range(32)))
+    hashed: list[str] = []
+    original = Key.digest
+
+    def digest(self: Key, purpose: str, value: str) -> bytes:
+        hashed.append(value)
+        return original(self, purpose, value)
+
+    monkeypatch.setattr(Key, "digest", digest)
+    study, series = "1.2.826.0.1.7", "1.2.826.0.1.7.1"
+    first = [key.uid(study), key.uid(series)]
+    for n in range(100):  # an instance: its own SOP UID, then its study's and series'
+        key.uid(f"1.2.826.0.1.7.1.{n}")
+        assert [key.uid(study), key.uid(series)] == first
+        assert len(key._uids) + len(key._older_uids) <= 8
+    assert hashed.count(study) == 1 and hashed.count(series) == 1
+    assert len(hashed) == 102  # each SOP UID once
+
+
 def test_patient_pseudonyms_and_shifts_are_keyed_hashes_remembered_within_a_bound_and_never_pickled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -597,6 +624,102 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
         assert {path: copied.pixels.frames(path) for path in ends} == ends  # zarr shapes fit
     on_disk = {str(p.relative_to(stopped)) for p in stopped.glob("headers/*/*.pack")}
     assert on_disk == used  # the killed part's pack was tidied away
+
+
+def test_an_array_a_part_creates_is_written_once_with_its_frames_before_the_commit(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a part commits, each array it created has its zarr.json on disk with the frames
+    the part's rows use (written once, never as an empty array first), and each array it
+    extended still has its earlier frame count, raised after the commit."""
+    root = made["root"]
+    research = root / "once"
+    checked: list[tuple[bool, int, int, int]] = []  # (new, frames on disk, first, end)
+    extended: list[str] = []
+    seen: set[str] = set()
+    original_commit, original_frames = Index.commit, PixelStore.frames_file
+
+    def commit(self: Index, rows: list, *args: Any, **kwargs: Any) -> Any:
+        spans: dict[str, tuple[int, int]] = {}  # array -> (first frame, end) of the part
+        for row in rows:
+            if row["pixels"]:
+                path, first = row["pixels"]["array"], row["pixels"]["first_frame"]
+                end = first + row["pixels"]["frames"]
+                low, high = spans.get(path, (first, end))
+                spans[path] = (min(low, first), max(high, end))
+        for path, (first, end) in spans.items():
+            on_disk = json.loads((research / "pixels" / path / "zarr.json").read_bytes())
+            checked.append((path not in seen, on_disk["shape"][0], first, end))
+            seen.add(path)
+        return original_commit(self, rows, *args, **kwargs)
+
+    def frames_file(self: PixelStore, path: str, frames: int) -> Any:
+        extended.append(path)
+        return original_frames(self, path, frames)
+
+    def create_array(*args: Any) -> NoReturn:
+        raise AssertionError("an empty array was written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "commit", commit)
+        patch.setattr(PixelStore, "frames_file", frames_file)
+        patch.setattr(PixelStore, "create_array", create_array)
+        patch.setattr(deid_run, "BATCH", 8)  # several parts, some extending an array
+        report = deidentify(root / "record", research, made["key"], OPTIONS, workers=0)
+    assert report.balanced and report.staged == made["report"].staged
+    assert {new for new, *_ in checked} == {True, False}  # both kinds happened
+    for new, on_disk, first, end in checked:
+        assert (on_disk, first) == ((end, 0) if new else (first, first))
+    assert len(extended) == sum(not new for new, *_ in checked)
+    assert _research_files(research) == _research_files(root / "research")
+
+
+def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
+    """A research array keeps each shard as a file beside its zarr.json (`c.<shard>.0.0`,
+    no chunk folders), and zarr reads every research array to its source array's frames."""
+    root = made["root"]
+    key = Key.load(made["key"])
+    compared = 0
+    with (
+        open_archive(root / "record") as record,
+        open_archive(root / "research") as research,
+    ):
+        arrays = {row["pixels"]["array"] for row in research.index if row["pixels"]}
+        for path in arrays:
+            folder = research.pixels.root / path
+            assert not any(p.is_dir() for p in folder.iterdir())
+            assert all(p.name == "zarr.json" or p.name.startswith("c.") for p in folder.iterdir())
+        for row in record.index:
+            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
+            if copied is None or not row["pixels"]:
+                continue
+            before, after = row["pixels"], copied["pixels"]
+            assert after is not None
+            theirs = record.pixels.open_array(before["array"])
+            ours = research.pixels.open_array(after["array"])
+            first, frames = before["first_frame"], before["frames"]
+            start = after["first_frame"]
+            assert (ours[start : start + frames] == theirs[first : first + frames]).all()
+            compared += 1
+    assert compared > 10 and len(arrays) > 5
+
+
+def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None:
+    """The shard files of an array with flat chunk keys that no frame uses are found (a
+    killed part's), the used ones and the zarr.json are not."""
+    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2)
+    meta = json.loads(array_metadata(spec, {}))
+    meta["chunk_key_encoding"] = copies.CHUNK_KEYS
+    pixels = PixelStore(tmp_path / "pixels")
+    pixels.create()
+    zarr_json, data = pixels.new_array_file("s/a", meta, 5)
+    files = [(zarr_json, data), *pixels.shard_files("s/a", 0, [bytes(32)] * 5)]
+    for path, data in files:
+        storage.write_atomic(path, data)
+    names = sorted(p.name for p in (tmp_path / "pixels" / "s" / "a").iterdir())
+    assert names == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
+    assert [p.name for p in pixels.unreferenced_files("s/a", {0, 2})] == ["c.1.0.0"]
+    assert (pixels.open_array("s/a")[:] == 0).all()  # zarr reads the flat keys
 
 
 def _forbid_codecs(patch: pytest.MonkeyPatch) -> None:

@@ -56,12 +56,11 @@ def splice(
     pending: list[tuple[int, bytes]],
     mark_vrs: dict[int, str],
     sequence_undefined: bytes,
-    drop_private: bool,
+    dropped: dict[str, str | None],
     counts: Counter[str],
     element_value: Callable[[Element, str, list[Element], int], bytes | bool | None],
     depth: int,
     fallback: type[Exception],
-    private: str,
     unlisted: str,
     overlay: str,
 ) -> int:

@@ -232,27 +232,27 @@ def splice(
     list pending,
     dict mark_vrs,
     bytes sequence_undefined,
-    bint drop_private,
+    dict dropped,
     counts,
     element_value,
     int depth,
     fallback,
-    str private,
     str unlisted,
     str overlay,
 ):
     """Write a data set's `elements` de-identified into `out`: runs of kept elements are
     copied as slices of `data` (of `suffix` from element `split` on, at the `top`), the
-    `pending` (tag, bytes) marks go in tag order, `element_value(element, action, elements,
-    depth)` gives the others (True: kept, None: dropped, or new bytes); returns the offset
-    in `out` where element `split` starts. The loop of `bytelevel._Rewrite._dataset`,
-    here for its per-element cost."""
+    `pending` (tag, bytes) marks go in tag order, elements whose action is in `dropped` go
+    (counted under the action it maps to, unless None), `element_value(element, action,
+    elements, depth)` gives the others (True: kept, None: dropped, or new bytes); returns
+    the offset in `out` where element `split` starts. The loop of
+    `bytelevel._Rewrite._dataset`, here for its per-element cost."""
     cdef Py_ssize_t run_start = -1, run_end = -1, index, count = len(elements)
     cdef Py_ssize_t marked = 0, marks = len(pending)
     cdef Py_ssize_t split_at = len(out)
     cdef Element e
     cdef str action
-    cdef object new
+    cdef object new, counted
     cdef bint gone
     cdef set overlays = {e.tag >> 16 for e in elements if e.action == overlay}
     for index in range(count):
@@ -273,8 +273,10 @@ def splice(
                 run_start = run_end = -1
             out += pending[marked][1]
             marked += 1
-        if drop_private and action == private:
-            counts["X"] += 1
+        if action in dropped:
+            counted = dropped[action]
+            if counted is not None:
+                counts[counted] += 1
             new = None
         elif action == unlisted and e.items is None:
             new = True

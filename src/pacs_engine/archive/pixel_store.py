@@ -25,7 +25,7 @@ import sys
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,10 @@ class ArraySpec:
     compressors: tuple[Blosc, ...] = ()
     frames_per_shard: int = 64
     tile: int | None = None  # chunk edge for frames split into tiles
+    #: zarr's chunk key separator: "/" (a folder per shard and axis: `c/<shard>/0/0`) or
+    #: "." (each shard a file beside zarr.json: `c.<shard>.0.0`, copies' arrays). Where
+    #: the shards lie, not what they hold: two arrays differing only here are equal.
+    separator: str = field(default="/", compare=False)
 
     @property
     def codec_name(self) -> str:
@@ -173,6 +177,10 @@ def array_spec(meta: dict[str, Any]) -> ArraySpec:
     if grid["name"] != "regular":
         raise ValueError(f"archive arrays have a regular chunk grid, not {grid['name']}")
     frames_per_shard = grid["configuration"]["chunk_shape"][0]
+    keys = meta.get("chunk_key_encoding") or {"name": "default"}
+    separator = (keys.get("configuration") or {}).get("separator", "/")
+    if keys["name"] != "default" or separator not in ("/", "."):
+        raise ValueError(f"archive arrays have zarr's default chunk keys, not {keys}")
     shape = tuple(meta["shape"])
     chunk = tuple(config["chunk_shape"])
     # Tiles are square, cut to the frame: the larger edge of a chunk is the tile edge.
@@ -186,6 +194,7 @@ def array_spec(meta: dict[str, Any]) -> ArraySpec:
         tuple(Blosc.from_dict(c) for c in compressors),
         frames_per_shard,
         tile,
+        separator,
     )
 
 
@@ -424,6 +433,18 @@ class PixelStore:
             write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
         write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
 
+    def new_array_file(self, path: str, meta: dict[str, Any], frames: int) -> tuple[Path, bytes]:
+        """The zarr.json (path, bytes) that creates an array of `frames` frames with metadata
+        `meta`, for the caller to write durably with the frames' shards (`shard_files` knows
+        the array from now on); its group's zarr.json is written now when missing, not made
+        durable (as `create_array` does)."""
+        self._learn_spec(path, meta)
+        group = (self.root / path).parent
+        if not (group / "zarr.json").exists():
+            write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
+        meta = {**meta, "shape": [frames, *meta["shape"][1:]]}
+        return self.root / path / "zarr.json", json.dumps(meta, indent=2).encode()
+
     def frames(self, path: str) -> int:
         """The array's committed frame count (its shape along axis 0)."""
         return self._meta(path)["shape"][0]
@@ -451,18 +472,23 @@ class PixelStore:
         return meta
 
     def _shard_file(self, path: str, shard: int) -> str:
-        zeros = "/0" * len(self.spec(path).frame_shape)
-        return f"{self.root}/{path}/c/{shard}{zeros}"
+        spec = self.spec(path)
+        zeros = f"{spec.separator}0" * len(spec.frame_shape)
+        return f"{self.root}/{path}/c{spec.separator}{shard}{zeros}"
 
     def spec(self, path: str) -> ArraySpec:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            meta = self._meta(path)
-            try:
-                spec = self._specs[path] = array_spec(meta)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
-                raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
+            spec = self._learn_spec(path, self._meta(path))
+        return spec
+
+    def _learn_spec(self, path: str, meta: dict[str, Any]) -> ArraySpec:
+        """The array's spec from its metadata, remembered; ArrayMetadataError naming its file."""
+        try:
+            spec = self._specs[path] = array_spec(meta)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as error:
+            raise ArrayMetadataError(f"{self.root / path / 'zarr.json'}: {error}") from None
         return spec
 
     def grid(self, path: str) -> tuple[int, int]:
@@ -540,12 +566,14 @@ class PixelStore:
         return sorted(found)
 
     def unreferenced_files(self, path: str, shards: set[int]) -> list[Path]:
-        """Files in the array's chunk folder other than the shard files of `shards`."""
+        """The array's chunk files other than the shard files of `shards`."""
         keep = {Path(self._shard_file(path, shard)) for shard in shards}
         folder = self.root / path / "c"
-        if not folder.is_dir():
-            return []
-        return [p for p in sorted(folder.rglob("*")) if p.is_file() and p not in keep]
+        if self.spec(path).separator == ".":
+            found = list((self.root / path).glob("c.*"))
+        else:
+            found = list(folder.rglob("*")) if folder.is_dir() else []
+        return [p for p in sorted(found) if p.is_file() and p not in keep]
 
     def _open_shard(self, path: str, shard: int, where: str) -> _OpenShard:
         """The shard file, open with its checked index: kept per process while unchanged.

@@ -157,7 +157,7 @@ class Context:
 
     key: Key
     options: tuple[str, ...]
-    safe_private: frozenset[tuple[str, int]]
+    kept_private: frozenset[tuple[str, int]]  # `Deidentifier.kept_private`
     patient: str
     identifying: list[str]  # values the profile takes out, to clean free text of
     rules: Rules

@@ -106,7 +106,7 @@ class Settings:
 
     key: Key
     options: tuple[str, ...]
-    safe_private: frozenset[tuple[str, int]]
+    kept_private: frozenset[tuple[str, int]]  # `Deidentifier.kept_private`
     rules: Rules
     burned_in: str  # the policy
     burned_in_reason: Callable[[object, object], str | None]
@@ -208,7 +208,6 @@ def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
     Private attributes that are no sequence are only counted when none is kept (a
     private sequence stays: its items' values count among the identifying ones)."""
     rules = settings.rules
-    keep = "retain-safe-private" in settings.options and settings.safe_private
     return Walker(
         data,
         explicit,
@@ -218,11 +217,15 @@ def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
         rules.decide,
         _IMPLICIT_VRS,
         _implicit_vr,
-        None if keep else PRIVATE,
+        None if settings.kept_private else PRIVATE,
     )
 
 
 _IMPLICIT_VRS: dict[int, str] = {}
+#: Actions whose elements `splice` drops without asking `_Rewrite._element` (a Python call
+#: each: a third of them), and what each counts as (None: not counted).
+_DROPPED: dict[str, str | None] = {"X": "X", COMMAND: "X", LENGTH: None}
+_DROPPED_WITH_PRIVATE = {**_DROPPED, PRIVATE: "X"}  # when no private attribute is kept
 
 
 def _implicit_vr(tag: int) -> str:
@@ -286,13 +289,13 @@ class _Rewrite:
         )
         settings = self.settings
         self.context = Context(
-            settings.key, settings.options, settings.safe_private, patient, [], self.rules
+            settings.key, settings.options, settings.kept_private, patient, [], self.rules
         )
         out = bytearray()
         suffix_at = self._dataset(elements, dropped, out, 0, split)
         data_set = bytes(out[:suffix_at])
         meta = self._file_meta(meta_end)
-        self.context.actions["added"] += 4
+        self.context.actions["added"] += len(MARK_TAGS)
         output = Output(new_sop, withheld, self.context.actions)
         output.prefix = meta + data_set + head
         output.suffix = bytes(out[suffix_at:])
@@ -352,8 +355,6 @@ class _Rewrite:
         counts = context.actions
         if dropped:
             counts["X"] += dropped
-        # Private attributes go, unless some are kept: the common case done here, quickly.
-        drop_private = not ("retain-safe-private" in context.options and context.safe_private)
         marks = self.settings.marks(self.explicit) if depth == 0 else None
         return splice(
             elements,
@@ -365,12 +366,11 @@ class _Rewrite:
             list(marks.by_tag.items()) if marks else [],
             marks.vrs if marks else {},
             marks.sequence_undefined if marks else b"",
-            drop_private,
+            _DROPPED if context.kept_private else _DROPPED_WITH_PRIVATE,
             counts,
             self._element,
             depth,
             Fallback,
-            PRIVATE,
             UNLISTED,
             OVERLAY,
         )
@@ -378,16 +378,13 @@ class _Rewrite:
     def _element(
         self, element: Element, action: str, siblings: list[Element], depth: int
     ) -> bytes | bool | None:
-        """One element de-identified: True to copy it as it is, None to drop it, or its
-        new bytes."""
+        """One element de-identified (but those `splice` drops: `_DROPPED`): True to copy
+        it as it is, None to drop it, or its new bytes."""
         context = self.context
         assert context is not None
         tag, vr = element.tag, element.vr
         if action == PIXEL:
             return self._pixel_data(element) if depth == 0 and tag == _PIXEL_DATA else True
-        if action in (LENGTH, COMMAND):
-            context.actions["X"] += action == COMMAND
-            return None
         if action == PRIVATE:
             return self._private(element, siblings)
         if action == UNLISTED:
@@ -395,8 +392,6 @@ class _Rewrite:
         if action == OVERLAY:
             return None
         context.actions[action] += 1
-        if action == "X":
-            return None
         if action == "K":
             return self._sequence(element, depth) if vr == "SQ" else True
         if " " in vr or (vr == "UN" and _implicit_vr(tag) != "UN"):
@@ -483,10 +478,10 @@ class _Rewrite:
         assert context is not None
         tag = element.tag
         low = tag & 0xFFFF
-        if "retain-safe-private" in context.options and context.safe_private:
+        if context.kept_private:
             if 0x10 <= low < 0x0100:  # a private creator: pydicom writes what it read
                 name = self._value(element)
-                if any(c == str(name).strip() for c, _ in context.safe_private):
+                if any(c == str(name).strip() for c, _ in context.kept_private):
                     if not isinstance(name, str):
                         raise Fallback("a private creator of several values")
                     return self._encode(element, name)
@@ -494,7 +489,7 @@ class _Rewrite:
                 creator_tag = (tag & 0xFFFF0000) | low >> 8
                 creator = next((e for e in siblings if e.tag == creator_tag), None)
                 name = str(self._value(creator)).strip() if creator is not None else ""
-                if (name, low & 0xFF) in context.safe_private:
+                if (name, low & 0xFF) in context.kept_private:
                     if element.vr == "SQ":
                         raise Fallback("a kept private sequence")
                     context.actions["K"] += 1

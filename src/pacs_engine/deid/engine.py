@@ -139,6 +139,10 @@ class Deidentifier:
         self.safe_private = frozenset(
             (creator.strip(), element) for creator, element in safe_private
         )
+        #: The safe private attributes kept: none without the retain-safe-private option.
+        self.kept_private = (
+            self.safe_private if "retain-safe-private" in self.options else frozenset()
+        )
         self.byte_level = byte_level
         self._marks: dict[bool, bytelevel.Marks] = {}
 
@@ -250,7 +254,7 @@ class Deidentifier:
         return bytelevel.Settings(
             self.key,
             self.options,
-            self.safe_private,
+            self.kept_private,
             self.rules,
             self.burned_in,
             burned_in_reason,
@@ -275,12 +279,12 @@ class Deidentifier:
                 for k in ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate")
             )
         )
-        context = Context(self.key, self.options, self.safe_private, patient, [], self.rules)
+        context = Context(self.key, self.options, self.kept_private, patient, [], self.rules)
         _collect_identifying(ds, context, 0)
         _clean(ds, context, 0)
         for element in self._marks_dataset():
             setattr(ds, element.keyword, element.value)
-        context.actions["added"] += 4
+        context.actions["added"] += len(bytelevel.MARK_TAGS)
         meta = ds.file_meta
         if "MediaStorageSOPInstanceUID" in meta:  # a file without meta information stays so
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -315,11 +319,12 @@ class Deidentifier:
         """The De-identification Method attributes encoded by pydicom (once per encoding)."""
         if explicit not in self._marks:
             by_tag, vrs = {}, {}
-            for element in self._marks_dataset():
+            marks = self._marks_dataset()
+            for element in marks:
                 by_tag[int(element.tag)] = _encoded(element, explicit)
                 vrs[int(element.tag)] = element.VR
-            sequence = self._marks_dataset()[bytelevel.MARK_TAGS[2]]
-            sequence.is_undefined_length = True
+            sequence = marks[bytelevel.MARK_TAGS[2]]
+            sequence.is_undefined_length = True  # after its defined-length encoding above
             undefined = _encoded(sequence, explicit)
             self._marks[explicit] = bytelevel.Marks(by_tag, vrs, undefined)
         return self._marks[explicit]
@@ -488,14 +493,14 @@ def _clean_value(elem: DataElement, context: Context, depth: int) -> None:
 
 def _private(ds: Dataset, tag: BaseTag, context: Context) -> None:
     """Private attributes go, but for safe ones kept with the retain-safe-private option."""
-    if "retain-safe-private" in context.options and context.safe_private:
+    if context.kept_private:
         if 0x10 <= tag.element < 0x0100:  # a private creator
-            if any(c == str(ds[tag].value).strip() for c, _ in context.safe_private):
+            if any(c == str(ds[tag].value).strip() for c, _ in context.kept_private):
                 return
         elif tag.element >= 0x1000:
             creator = ds.get((tag.group, tag.element >> 8))
             name = str(creator.value).strip() if creator is not None else ""
-            if (name, tag.element & 0xFF) in context.safe_private:
+            if (name, tag.element & 0xFF) in context.kept_private:
                 context.actions["K"] += 1
                 return
     context.actions["X"] += 1

@@ -17,7 +17,9 @@ KEY_BYTES = 32
 #: Shifted dates move back by 1 to 10 years (whole days): far enough to hide the real ones.
 SHIFT_DAYS = (365, 3650)
 #: Research UIDs a Key remembers (a study's and series' UIDs recur in each of its
-#: instances); the memory starts again when full.
+#: instances), in two halves: when the recent half is full it becomes the older one, and
+#: a UID found there moves back to the recent half, so the UIDs in use outlive the
+#: one-off SOP Instance UIDs that fill the memory.
 UID_CACHE = 65536
 #: Patients whose pseudonym and date shift a Key remembers (each recurs in every instance
 #: of the patient); the memory starts again when full.
@@ -48,7 +50,8 @@ class Key:
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
-        self._uids: dict[str, str] = {}
+        self._uids: dict[str, str] = {}  # the recent half of the UID memory
+        self._older_uids: dict[str, str] = {}
         self._patient_ids: dict[str, str] = {}
         self._shifts: dict[str, int] = {}
 
@@ -92,9 +95,11 @@ class Key:
         """The research UID of a UID: 2.25. and 128 bits of its keyed hash (PS3.5 B.2)."""
         mapped = self._uids.get(uid)
         if mapped is None:
-            if len(self._uids) >= UID_CACHE:
-                self._uids.clear()
-            mapped = "2.25." + str(int.from_bytes(self.digest("uid", uid)[:16], "big"))
+            mapped = self._older_uids.get(uid)
+            if mapped is None:
+                mapped = "2.25." + str(int.from_bytes(self.digest("uid", uid)[:16], "big"))
+            if len(self._uids) >= UID_CACHE // 2:
+                self._older_uids, self._uids = self._uids, {}
             self._uids[uid] = mapped
         return mapped
 
