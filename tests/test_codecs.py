@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from functools import cache
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from pacs_engine.codecs import (
     pass_through_codec,
     write_shard,
 )
-from pacs_engine.codecs._base import image_shape
+from pacs_engine.codecs._base import image_shape, signed_precision, unsigned_precision
 from pacs_engine.codecs.choose import central_crop
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.jpegxl import frame_offset
@@ -258,6 +258,138 @@ def test_native_jpegls_refuses_what_charls_refuses() -> None:
         encode_jpegls(np.zeros((0, 4), np.uint8), 8)
     with pytest.raises(CodecError, match="2 samples per pixel"):  # CharLS would not decode it
         encode_jpegls(np.zeros((4, 4, 2), np.uint8), 8)
+
+
+# --- JPEG-LS encode: the frame straight to CharLS, the same bytes as the masked copy ----------
+
+
+def _masked_streams(frame: np.ndarray) -> tuple[bytes, bytes]:
+    """The frame's JPEG-LS "minimal" stream made the way the archive made it up to session
+    10: P from the value range, the samples masked to P bits in a wide copy, then narrowed
+    to 1 or 2 bytes; encoded by the vendored CharLS and by pyjpegls's (upstream) CharLS."""
+    import jpeg_ls
+
+    low, high = int(frame.min()), int(frame.max())
+    signed = frame.dtype.kind == "i"
+    bits = max(signed_precision(low, high) if signed else unsigned_precision(low, high), 2)
+    storage = "u1" if bits <= 8 else "<u2"
+    values = np.ascontiguousarray(frame.astype(np.int64) & ((1 << bits) - 1), storage)
+    rows, cols = frame.shape[:2]
+    samples = frame.shape[2] if frame.ndim == 3 else 1
+    upstream = jpeg_ls.encode_buffer(values.tobytes(), rows, cols, samples, bits, 0, 2)
+    return encode_jpegls(values, bits), bytes(upstream)
+
+
+def _check_against_masked(frame: np.ndarray, label: str) -> bytes:
+    """JpegLsCodec's stream of `frame` equals the masked copy's (both encoders) and
+    decodes to the frame; returns it."""
+    data = JpegLsCodec().encode_frame(frame)
+    vendored, upstream = _masked_streams(frame)
+    assert data == vendored, f"{label}: the stream differs from the masked copy's"
+    assert data == upstream, f"{label}: the stream differs from pyjpegls's"
+    back = JpegLsCodec().decode_frame(data, frame.shape, frame.dtype.newbyteorder("="))
+    assert np.array_equal(back, frame), label
+    return data
+
+
+#: Corpus CT and MR files per (modality, transfer syntax, bits allocated, samples, pixel
+#: representation) group whose every frame is checked against the masked copy.
+MASKED_FILES_PER_GROUP = 12
+
+
+@pytest.mark.corpus
+def test_jpegls_encode_equals_the_masked_copy_on_corpus_frames() -> None:
+    """Every frame of a few dozen corpus CT/MR files (signed and unsigned, 8 and 16-bit,
+    RGB, big and little endian) gives the bytes of the masked copy, and decodes back."""
+    require_corpus()
+    groups: dict[tuple[str, ...], int] = defaultdict(int)
+    seen: Counter = Counter()
+    for row in _manifest():
+        if not _usable(row) or row["modality"] not in ("CT", "MR"):
+            continue
+        ds = _read(CORPUS / row["path"])
+        group = (row["modality"], row["transfer_syntax_uid"], row["bits_allocated"])
+        group += (row["samples_per_pixel"], ds.get("PixelRepresentation"))
+        if groups[group] >= MASKED_FILES_PER_GROUP:
+            continue
+        frames = _frames(ds)
+        if frames.dtype.kind not in "ui":
+            continue
+        groups[group] += 1
+        for index, frame in enumerate(frames):
+            data = _check_against_masked(frame, f"{row['path']} frame {index}")
+            rgb = "-rgb" if frame.ndim == 3 else ""
+            seen[f"{frame.dtype}{rgb}"] += 1
+            seen[f"P {jpegls_precision(data)}"] += 1
+            seen["files"] += index == 0
+    for kind in ("int16", "uint16", "uint8-rgb", ">u2"):
+        assert seen[kind], f"no {kind} frame was checked: {dict(seen)}"
+    assert seen["files"] >= 36 and seen["int16"] >= 24 and seen["uint16"] >= 24, seen
+
+
+def _ramp(shape: tuple[int, ...], low: int, high: int, dtype: str) -> np.ndarray:
+    """A smooth ramp from `low` to `high` plus some noise, with both ends present."""
+    rng = np.random.default_rng(abs(low) + high + len(shape))
+    values = np.linspace(low, high, int(np.prod(shape))) + rng.integers(-3, 4, int(np.prod(shape)))
+    frame = np.clip(values, low, high).astype(dtype).reshape(shape)
+    frame.flat[0], frame.flat[-1] = low, high
+    return frame
+
+
+#: Frames that take each way into CharLS: signed at every storage size and at P <= 8 from
+#: 16-bit samples (narrowed), full 16-bit ranges, odd sizes, colour (3 and 4 samples, also
+#: signed), big-endian, non-contiguous and 32-bit frames.
+BUILT_FRAMES = {
+    "i1-P2": lambda: _ramp((7, 9), -2, 1, "i1"),
+    "i1-P8": lambda: _ramp((16, 16), -128, 127, "i1"),
+    "u1-P8-one-row": lambda: _ramp((1, 257), 0, 255, "u1"),
+    "i2-P5-narrowed": lambda: _ramp((31, 17), -16, 15, "i2"),
+    "u2-P7-narrowed": lambda: _ramp((9, 33), 0, 127, "u2"),
+    "i2-P9": lambda: _ramp((67, 45), -256, 200, "i2"),
+    "i2-P12-ct": lambda: _ramp((64, 96), -2048, 2047, "i2"),
+    "i2-P16-full": lambda: _ramp((33, 31), -32768, 32767, "i2"),
+    "i2-negative-only": lambda: np.full((16, 12), -7, np.int16),
+    "u2-P12": lambda: _ramp((45, 67), 0, 4095, "u2"),
+    "u2-P16-full": lambda: _ramp((3, 1001), 0, 65535, "u2"),
+    "u1-rgb": lambda: _ramp((13, 11, 3), 0, 255, "u1"),
+    "u2-rgb-P12": lambda: _ramp((8, 10, 3), 0, 4095, "u2"),
+    "i2-rgb-P10": lambda: _ramp((9, 7, 3), -512, 511, "i2"),
+    "i1-rgba-P6": lambda: _ramp((6, 5, 4), -32, 31, "i1"),
+    "i2-big-endian": lambda: _ramp((17, 19), -1000, 3000, ">i2"),
+    "u2-big-endian": lambda: _ramp((17, 19), 0, 3000, ">u2"),
+    "i2-strided": lambda: _ramp((40, 50), -600, 900, "i2")[::2, 1::3],
+    "i2-transposed": lambda: _ramp((21, 34), -1500, 1400, "i2").T,
+    "i4-P13": lambda: _ramp((11, 13), -4096, 4095, "i4"),
+    "u4-P16": lambda: _ramp((11, 13), 0, 65535, "u4"),
+}
+
+
+@pytest.mark.parametrize("frame_name", BUILT_FRAMES)
+def test_jpegls_encode_equals_the_masked_copy_on_built_frames(frame_name: str) -> None:
+    """Each way a frame goes to CharLS (viewed as it is, or cast once) gives the bytes of
+    the masked copy, at the P its values need, and decodes back."""
+    frame = BUILT_FRAMES[frame_name]()
+    data = _check_against_masked(frame, frame_name)
+    low, high = int(frame.min()), int(frame.max())
+    signed = frame.dtype.kind == "i"
+    expected = signed_precision(low, high) if signed else unsigned_precision(low, high)
+    assert jpegls_precision(data) == max(expected, 2)
+
+
+@pytest.mark.parametrize("bits", [2, 7, 8, 9, 12, 15, 16])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_native_jpegls_encodes_only_the_low_p_bits(bits: int, samples: int) -> None:
+    """What the encode relies on to skip the mask pass: CharLS reads each sample's low P
+    bits, so samples with other bits above P (two's complement) give the masked stream."""
+    storage = np.uint8 if bits <= 8 else np.uint16
+    rng = np.random.default_rng(bits + samples)
+    shape = (23, 29, samples) if samples > 1 else (23, 29)
+    raw = rng.integers(0, np.iinfo(storage).max + 1, shape).astype(storage)
+    masked = raw & storage((1 << bits) - 1)
+    if bits < 8 * raw.itemsize:
+        assert not np.array_equal(raw, masked)  # the high bits are set somewhere
+    assert encode_jpegls(raw, bits) == encode_jpegls(masked, bits)
+    assert np.array_equal(imagecodecs.jpegls_decode(encode_jpegls(raw, bits)), masked)
 
 
 def test_signed_jpegls_chunk_is_a_dicom_jpegls_frame() -> None:

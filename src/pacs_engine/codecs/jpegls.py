@@ -31,15 +31,34 @@ _MIN_P, _MAX_P = 2, 16
 
 
 def encode_jpegls(frame: np.ndarray, precision: int) -> bytes:
-    """The lossless JPEG-LS stream of unsigned samples at sample precision P = `precision`."""
+    """The lossless JPEG-LS stream of the samples' low P = `precision` bits.
+
+    Unsigned samples below 2**P are encoded as they are, signed ones as their two's
+    complement in P bits (what DICOM JPEG-LS with Pixel Representation 1 holds).
+    """
     rows, cols = frame.shape[:2]
     samples = frame.shape[2] if frame.ndim == 3 else 1
     storage = np.dtype("u1") if precision <= 8 else np.dtype("<u2")
-    values = np.ascontiguousarray(frame, storage).reshape(-1).view(np.uint8)
+    values = _as_storage(frame, storage).reshape(-1).view(np.uint8)
     try:
         return jpegls.encode(values, rows, cols, samples, precision)
     except ValueError as error:  # CharLS refused the frame (size or P out of range)
         raise CodecError(str(error)) from None
+
+
+def _as_storage(frame: np.ndarray, storage: np.dtype) -> np.ndarray:
+    """The samples as C-order `storage` integers, each taken modulo 2**(8 * storage size).
+
+    CharLS encodes only the low P bits of each sample it reads (it masks every line), so
+    the two's complement of a signed frame needs no pass of its own: an integer frame of
+    the storage size is handed over as it is, viewed as unsigned, without a copy when it is
+    C-contiguous and little-endian. Other frames are cast once (wrapping, like C).
+    """
+    dtype = frame.dtype
+    little_endian = dtype == dtype.newbyteorder("<")
+    if dtype.kind in "ui" and dtype.itemsize == storage.itemsize and little_endian:
+        return np.ascontiguousarray(frame).view(storage)
+    return frame.astype(storage, order="C")
 
 
 def jpegls_precision(data: bytes) -> int:
@@ -83,9 +102,7 @@ class JpegLsCoder(FrameCodec):
         bits = max(bits, _MIN_P)
         if bits > _MAX_P:
             raise CodecError(f"JPEG-LS holds at most 16 bits; this frame needs {bits}")
-        if signed:
-            # Two's complement truncated to P bits; decode sign-extends from P.
-            frame = frame.astype(np.int32) & ((1 << bits) - 1)
+        # Signed frames as two's complement truncated to P bits; decode sign-extends from P.
         return encode_jpegls(frame, bits)
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
