@@ -578,10 +578,9 @@ def encode_frame(frame: np.ndarray, syntax: str, row: Row) -> bytes:
         return frame_octets(frame, row)
     if syntax == HTJ2K:
         return Htj2kCoder().encode_frame(frame)
-    bits = int(row.get("BitsStored") or 8 * frame.dtype.itemsize)
-    if frame.dtype.kind == "i":  # two's complement in Bits Stored bits, as DICOM JPEG-LS reads it
-        frame = frame.astype(np.int32) & ((1 << bits) - 1)
-    return encode_jpegls(frame, bits)
+    # encode_jpegls keeps a signed sample's two's complement in Bits Stored bits, as DICOM
+    # JPEG-LS reads it.
+    return encode_jpegls(frame, int(row.get("BitsStored") or 8 * frame.dtype.itemsize))
 
 
 class FrameSource:
