@@ -17,6 +17,7 @@ from conftest import require_corpus, run_cli
 
 from pacs_engine.archive import open_archive
 from pacs_engine.archive.archive import _disk_bytes
+from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.corrections import FAULT_VARIABLE
 from pacs_engine.serve.audit import read_records, verify_chain
 
@@ -526,16 +527,98 @@ def test_rebuild_index_after_a_crash_amid_what_follows_a_commit(archive: Path, p
     frm, to = record["post_moves"][0]  # the crash came after the first folder's move
     (archive / to).parent.mkdir(parents=True)
     os.rename(archive / frm, archive / to)
-    _cli("rebuild-index", archive)
+    # Committed, as the move shows: the rebuild finishes it (rolled back, the series would
+    # have been in neither the index nor a delete to restore).
+    assert "finished the interrupted correction" in _cli("rebuild-index", archive)
     with open_archive(archive) as opened:
         assert opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID) == []
-    # Committed, as the move shows: the next writer finishes it (rolled back, the series
-    # would have been in neither the index nor a delete to restore).
-    assert "finished the interrupted correction" in _cli("trash", archive, "--empty")
+    assert all((archive / to).is_dir() for _, to in record["post_moves"])  # each moved
+    assert "interrupted" not in _cli("trash", archive, "--empty")
     _verify(archive)
     _cli("trash", archive, "--restore", record["id"])
     _originals_exported(archive, archive.parent / "out", by_sop)
     _verify(archive)
+
+
+def _rename_crlab(archive: Path, code: int = 0, env: dict[str, str] | None = None) -> None:
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "x",
+        code=code,
+        env=env,
+    )
+
+
+def _pending(archive: Path) -> dict:
+    (record,) = [
+        r
+        for r in (json.loads(p.read_bytes()) for p in (archive / "corrections").glob("*.json"))
+        if r["state"] == "pending"
+    ]
+    return record
+
+
+def test_rebuild_index_finishes_a_correction_a_crash_left_half_finished(
+    archive: Path, pristine, tmp_path: Path
+) -> None:
+    _rename_crlab(archive, code=70, env={FAULT_VARIABLE: "after-commit"})
+    record = _pending(archive)
+    first, second = record["new_packs"]  # crlab's two series: a pack in each folder
+    rows = [
+        {k: v for k, v in row.items() if k not in ("versions", "current_reason")}
+        for row in record["after"].values()
+        if row["header"]["pack"] == first
+    ]
+    (archive / rows_sidecar(first)).write_bytes(dump_rows(rows))  # died after that one
+    out = _cli("rebuild-index", archive)
+    # The rebuild finishes it before reading the rows files: both series' rows are there.
+    assert f"finished the interrupted correction {record['id']}" in out
+    assert "NOT RESTORED" not in out
+    assert (archive / rows_sidecar(second)).is_file()
+    with open_archive(archive) as opened:
+        names = {str(r["PatientName"]) for r in opened.index if r["PatientID"] == "crlab"}
+    assert names == {"DOE^JANE"}
+    assert len(_studies(archive, PatientName="DOE^JANE")) == 2
+    assert "interrupted" not in _cli("trash", archive, "--empty")
+    assert [r["state"] for r in json.loads(_cli("correct", archive, "--list", "--json"))] == [
+        "done"
+    ]
+    assert [r["action"] for r in read_records(archive)] == ["correct patient"]
+    _verify(archive)
+    _cli("correct", archive, "--undo", record["id"], "--reason", "y")
+    _originals_exported(archive, tmp_path / "out", pristine[1])
+
+
+def test_rebuild_index_finishes_an_undo_a_crash_left_half_finished(
+    archive: Path, pristine, tmp_path: Path
+) -> None:
+    _rename_crlab(archive)
+    _cli(
+        "correct",
+        archive,
+        "--undo",
+        _last_id(archive),
+        "--reason",
+        "y",
+        code=70,
+        env={FAULT_VARIABLE: "after-commit"},
+    )
+    undo = _pending(archive)
+    (archive / undo["post_remove"][0]).unlink()  # died after removing the first pack
+    assert "finished the interrupted correction" in _cli("rebuild-index", archive)
+    # No series keeps the undone version (its pack is removed: verify would not read it).
+    assert _studies(archive, PatientName="DOE^JANE") == []
+    assert not list((archive / "headers").rglob("correction-*"))
+    _cli("trash", archive, "--empty")
+    _verify(archive)
+    _originals_exported(archive, tmp_path / "out", pristine[1])
 
 
 def test_an_instance_deleted_in_place_keeps_its_frames_from_a_later_ingest(

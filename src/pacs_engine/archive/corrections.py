@@ -30,7 +30,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -171,24 +171,15 @@ def deleted_since(root: Path) -> dict[str, int]:
     """
     since: dict[str, int] = {}
     for record in load_records(root):
-        committed = record.state == "done" or _shows_commit(root, record)
-        if record.kind == "delete" and committed and not record.undone_by:
+        if record.kind == "delete" and record.state == "done" and not record.undone_by:
             made = _id_ns(record.id)
             for sop in record.before:
                 since[sop] = max(since.get(sop, 0), made)
     return since
 
 
-def marks_shown_on_disk(root: Path) -> dict[bytes, bytes | None]:
-    """The index journal's markers of the corrections a crash interrupted whose commit shows
-    on disk, for an index rebuilt without them (archive/rebuild.py): `recover` then
-    finishes them, as it would have, instead of rolling back what was committed."""
-    pending = [c for c in load_records(root) if c.state == "pending"]
-    return {_MARK + c.id.encode(): b"1" for c in pending if _shows_commit(root, c)}
-
-
-def _shows_commit(root: Path, correction: Correction) -> bool:
-    """Whether a step that follows the correction's commit (`_finish`) was made: a folder
+def shows_commit(root: Path, correction: Correction) -> bool:
+    """Whether a step that follows the correction's commit (`finish`) was made: a folder
     moved (into the trash), a rows file beside a new pack, a file removed, the undone record
     marked."""
     if correction.undoes:
@@ -200,6 +191,59 @@ def _shows_commit(root: Path, correction: Correction) -> bool:
         or any((root / rows_sidecar(pack)).exists() for pack in correction.new_packs)
         or any(not (root / name).exists() for name in correction.post_remove)
     )
+
+
+def recover_pending(root: Path, committed: Callable[[Correction], bool]) -> list[Correction]:
+    """Finish each pending correction (a crash interrupted it) that `committed` says went
+    through, roll back the others; those dealt with: state "done" (finished) or "pending"
+    (rolled back). `Corrections.recover` asks the index's markers; a rebuilt index has none,
+    so `rebuild_index` asks the disk (`shows_commit`) before it reads the rows files."""
+    dealt = []
+    for correction in load_records(root):
+        if correction.state == "pending":
+            dealt.append(correction)
+            if committed(correction):
+                finish(root, correction)
+            else:
+                roll_back(root, correction)
+    return dealt
+
+
+def finish(root: Path, correction: Correction) -> None:
+    """What follows a correction's commit (idempotent: `recover_pending` replays it)."""
+    for pack in correction.new_packs:
+        sidecar = root / rows_sidecar(pack)
+        if not sidecar.exists() and (root / pack).exists():
+            rows = [
+                _current_only(row)
+                for row in correction.after.values()
+                if row["header"]["pack"] == pack
+            ]
+            write_atomic(sidecar, dump_rows(rows))
+    for frm, to in correction.post_moves:
+        _move(root, frm, to)
+    for name in correction.post_remove:
+        (root / name).unlink(missing_ok=True)
+    if correction.undoes:
+        emptied = root / TRASH / correction.undoes  # a restore's folders, left empty
+        if emptied.is_dir() and not any(p.is_file() for p in emptied.rglob("*")):
+            shutil.rmtree(emptied)
+        path = root / RECORDS / f"{correction.undoes}.json"
+        original = Correction.from_json(path.read_bytes())
+        if original.undone_by != correction.id:
+            original.undone_by = correction.id
+            write_atomic(path, original.to_json())
+    correction.state = "done"
+    write_atomic(root / RECORDS / f"{correction.id}.json", correction.to_json())
+
+
+def roll_back(root: Path, correction: Correction) -> None:
+    """Take back what a correction that never committed wrote: its moves, packs and record."""
+    for frm, to in reversed(correction.pre_moves):
+        _move(root, to, frm)
+    for pack in correction.new_packs:
+        (root / pack).unlink(missing_ok=True)
+    (root / RECORDS / f"{correction.id}.json").unlink()
 
 
 _TRASHED: dict[Path, tuple[int, dict[str, list[Row]]]] = {}
@@ -451,7 +495,7 @@ class Corrections:
         with self.archive.index.writing() as writer:
             writer.add(list(correction.after.values()), remove, journal)
         _fault("after-commit")
-        self._finish(correction)
+        finish(self.root, correction)
         return correction
 
     def _write_versions(self, correction: Correction) -> None:
@@ -537,53 +581,15 @@ class Corrections:
         if not same:
             raise CorrectionError(f"{sop}: the corrected file's pixel data differs; nothing done")
 
-    def _finish(self, correction: Correction) -> None:
-        """What follows the commit (idempotent: `recover` replays it)."""
-        for pack in correction.new_packs:
-            sidecar = self.root / rows_sidecar(pack)
-            if not sidecar.exists() and (self.root / pack).exists():
-                rows = [
-                    _current_only(row)
-                    for row in correction.after.values()
-                    if row["header"]["pack"] == pack
-                ]
-                write_atomic(sidecar, dump_rows(rows))
-        for frm, to in correction.post_moves:
-            _move(self.root, frm, to)
-        for name in correction.post_remove:
-            (self.root / name).unlink(missing_ok=True)
-        if correction.undoes:
-            emptied = self.root / TRASH / correction.undoes  # a restore's folders, left empty
-            if emptied.is_dir() and not any(p.is_file() for p in emptied.rglob("*")):
-                shutil.rmtree(emptied)
-            path = self.root / RECORDS / f"{correction.undoes}.json"
-            original = Correction.from_json(path.read_bytes())
-            if original.undone_by != correction.id:
-                original.undone_by = correction.id
-                write_atomic(path, original.to_json())
-        correction.state = "done"
-        write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
-
     def recover(self) -> list[Correction]:
         """Finish the corrections a crash interrupted after their commit; roll back the others.
 
         Returns those it dealt with: state "done" (finished) or "pending" (rolled back).
         """
-        dealt = []
-        for correction in load_records(self.root):
-            if correction.state != "pending":
-                continue
-            dealt.append(correction)
-            key = _MARK + correction.id.encode()
-            if self.archive.index.journal_get([key]):
-                self._finish(correction)
-                continue
-            for frm, to in reversed(correction.pre_moves):
-                _move(self.root, to, frm)
-            for pack in correction.new_packs:
-                (self.root / pack).unlink(missing_ok=True)
-            (self.root / RECORDS / f"{correction.id}.json").unlink()
-        return dealt
+        index = self.archive.index
+        return recover_pending(
+            self.root, lambda c: bool(index.journal_get([_MARK + c.id.encode()]))
+        )
 
     # --- the trash --------------------------------------------------------------------
 

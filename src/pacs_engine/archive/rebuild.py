@@ -34,7 +34,12 @@ from pacs_engine.archive.blobs import (
     read_blob,
     scannable,
 )
-from pacs_engine.archive.corrections import deleted_since, marks_shown_on_disk
+from pacs_engine.archive.corrections import (
+    Correction,
+    deleted_since,
+    recover_pending,
+    shows_commit,
+)
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import kept_sha256s, with_version
@@ -59,6 +64,8 @@ class Rebuilt:
     kept_as: str = ""  # where the replaced index is
     filled: int = 0  # rows given header attributes from their blob (written by older code)
     unreadable_blobs: list[str] = field(default_factory=list)  # SOP UIDs: rows left as written
+    # Corrections a crash interrupted: finished (state "done") or rolled back ("pending")
+    recovered: list[Correction] = field(default_factory=list)
 
 
 def rebuild_index(path: str | os.PathLike) -> Rebuilt:
@@ -77,6 +84,10 @@ def rebuild_index(path: str | os.PathLike) -> Rebuilt:
 
 def _rebuild(root: Path) -> Rebuilt:
     rebuilt = Rebuilt()
+    # The rebuilt index has no commit markers of corrections: the writer lock is held, so
+    # each pending one is finished (its commit shows on disk) or rolled back here, before
+    # the rows files are read, which then hold every finished step.
+    rebuilt.recovered = recover_pending(root, lambda c: shows_commit(root, c))
     rows = _rows_by_sop(root, rebuilt)
     building = root / f".index.rebuilding-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
@@ -93,7 +104,7 @@ def _rebuild(root: Path) -> Rebuilt:
             if len(batch) == _BATCH:
                 index.commit(batch)
                 batch = []
-        index.commit(batch, journal=marks_shown_on_disk(root))
+        index.commit(batch)
         rebuilt.rows = len(index)
     finally:
         index.close()
