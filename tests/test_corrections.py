@@ -648,6 +648,20 @@ def test_an_instance_deleted_in_place_keeps_its_frames_from_a_later_ingest(
     assert files[f"{deleted.SOPInstanceUID}.dcm"].read_bytes() == (second / "I60").read_bytes()
 
 
+def test_a_series_deleted_whole_reserves_no_frames_for_its_next_ingest(tmp_path: Path) -> None:
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    archive = tmp_path / "A"
+    _cli("ingest", "--archive", archive, source, "--workers", "0")
+    series = _read(source).SeriesInstanceUID
+    _cli("correct", archive, "delete", "--series", series, "--reason", "x")
+    # Its folders went to the trash: the series ingested again starts a new array at 0 (its
+    # frames were taken for kept in place, and the new array began a shard later).
+    _cli("ingest", "--archive", archive, source, "--workers", "0")
+    with open_archive(archive) as opened:
+        assert [row["pixels"]["first_frame"] for row in opened.index] == [0]
+    _verify(archive)
+
+
 def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path: Path) -> None:
     # pydicom's MR_small.dcm declares no Specific Character Set (the default, ASCII).
     source = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"

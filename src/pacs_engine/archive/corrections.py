@@ -262,10 +262,22 @@ def _trashed_by_folder(root: Path) -> dict[str, list[Row]]:
     by_folder: dict[str, list[Row]] = {}
     for record in load_records(root):
         if record.kind == "delete" and not record.undone_by and not record.emptied:
-            for row in record.before.values():
-                by_folder.setdefault(str(Path(row["header"]["pack"]).parent), []).append(row)
+            for row in _kept_in_place(record):
+                by_folder.setdefault(_header_folder(row), []).append(row)
     _TRASHED[root] = (stamp, by_folder)
     return by_folder
+
+
+def _kept_in_place(delete: Correction) -> list[Row]:
+    """The rows of a delete's instances left where they were (part of a series): those
+    whose header folder it did not move to the trash."""
+    moved = {frm for frm, _ in delete.post_moves}
+    return [row for row in delete.before.values() if _header_folder(row) not in moved]
+
+
+def _header_folder(row: Row) -> str:
+    """The folder of the row's header pack, `headers/<series folder>`."""
+    return str(Path(row["header"]["pack"]).parent)
 
 
 class Corrections:
@@ -503,7 +515,7 @@ class Corrections:
         by_folder: dict[str, list[tuple[Row, bytes, Row]]] = {}
         for row in correction.before.values():
             new_row, blob = self._corrected(row, correction.values, correction.id)
-            folder = str(Path(row["header"]["pack"]).parent)
+            folder = _header_folder(row)
             by_folder.setdefault(folder, []).append((row, blob, new_row))
         for folder, items in sorted(by_folder.items()):
             pack = f"{folder}/correction-{correction.id}{PACK_SUFFIX}"
@@ -613,13 +625,7 @@ class Corrections:
             folder = self.root / TRASH / correction.id
             freed += _disk_bytes(folder)
             shutil.rmtree(folder, ignore_errors=True)
-            moved = {frm.split("/", 1)[1] for frm, _ in correction.post_moves}
-            in_place = [
-                row
-                for row in correction.before.values()
-                if Path(row["header"]["pack"]).parent.name not in moved
-            ]
-            freed += self._scrub(in_place)
+            freed += self._scrub(_kept_in_place(correction))
             correction.emptied = _now()
             correction.before = {sop: _uids_only(row) for sop, row in correction.before.items()}
             write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
