@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any, cast
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.prepare import Prepared, PrepareError, frame_hashes_like, prepare
+from pacs_engine.archive.prepare import (
+    BLAKE3,
+    Prepared,
+    PrepareError,
+    frame_hashes_like,
+    hash_kind,
+    prepare,
+)
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
 from pacs_engine.codecs.sharding import EMPTY, pack_shard
 from pacs_engine.errors import ScanError
@@ -587,9 +594,11 @@ class Corrections:
             )
             same = stored == prepared.bitstreams
         elif same and pixels and row.get("frame_hashes") is not None:
-            # Hashed as the row's were (rows written before BLAKE3 have BLAKE2b's).
-            recorded = row["frame_hashes"]
-            same = frame_hashes_like(prepared.native_frames, recorded) == recorded
+            # Hashed as the row's were: prepare's BLAKE3, or again for rows written before.
+            recorded, hashes = row["frame_hashes"], prepared.frame_hashes
+            if not recorded or hash_kind(recorded[0]) != BLAKE3:
+                hashes = frame_hashes_like(prepared.native_frames, recorded)
+            same = hashes == recorded
         if not same:
             raise CorrectionError(f"{sop}: the corrected file's pixel data differs; nothing done")
 
