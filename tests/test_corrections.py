@@ -9,16 +9,19 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
 from conftest import require_corpus, run_cli
 
-from pacs_engine.archive import open_archive
+from pacs_engine import open_archive as ingest_archive
+from pacs_engine.archive import blobs, open_archive
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
-from pacs_engine.archive.corrections import FAULT_VARIABLE
+from pacs_engine.archive.corrections import FAULT_VARIABLE, Corrections
+from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.serve.audit import read_records, verify_chain
 
 CT = "dcm_qa_ct/Philips/S21570"
@@ -619,6 +622,59 @@ def test_rebuild_index_finishes_an_undo_a_crash_left_half_finished(
     _cli("trash", archive, "--empty")
     _verify(archive)
     _originals_exported(archive, tmp_path / "out", pristine[1])
+
+
+def test_a_rebuild_orders_a_delete_by_no_worker_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    first, again = tmp_path / "first", tmp_path / "again"
+    first.mkdir()
+    again.mkdir()
+    for n in range(2):  # a series of two: one deleted in place, then received again
+        dataset = _read(source)
+        dataset.SOPInstanceUID = f"{dataset.SOPInstanceUID}.{n}"
+        dataset.save_as(first / f"{n}.dcm")
+    shutil.copyfile(first / "0.dcm", again / "0.dcm")
+    deleted = _read(again / "0.dcm").SOPInstanceUID
+    root = tmp_path / "A"
+    _cli("ingest", "--archive", root, first, "--workers", "0")
+    _cli("correct", root, "delete", "--uid", deleted, "--reason", "x")
+
+    class Lagging:  # the clock of a worker on another host, an hour behind
+        @staticmethod
+        def time_ns() -> int:
+            return time.time_ns() - 3600 * 10**9
+
+    monkeypatch.setattr(blobs, "time", Lagging)  # dump_rows's clock: the encoding process's
+    with ingest_archive(root, readonly=False) as opened:
+        assert opened.ingest([again], workers=0).archived == 1
+    monkeypatch.undo()
+    # Its rows file is stamped by the main process: received again after the delete.
+    assert rebuild_index(root).deleted == 1
+    with open_archive(root) as opened:
+        row = opened.index.get(deleted)
+        assert row is not None and row["source_path"] == str(again / "0.dcm")
+    _verify(root)
+
+
+def test_a_rebuild_keeps_deleted_what_an_earlier_correction_finished_after_the_plan(
+    archive: Path, pristine
+) -> None:
+    by_sop = pristine[1]
+    one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "00.dcm")])
+    _rename_crlab(archive, code=70, env={FAULT_VARIABLE: "after-commit"})
+    with open_archive(archive, readonly=False) as opened:
+        corrections = Corrections(opened)
+        planned = corrections.delete("x", "test", sop=one.SOPInstanceUID)
+        corrections.apply(planned)  # finishes the rename first: its rows file comes after
+    # The rename's rows file is later than the delete's plan, but it holds a version the
+    # delete took: the instance stays deleted.
+    assert rebuild_index(archive).deleted == 2
+    with open_archive(archive) as opened:
+        assert opened.index.get(one.SOPInstanceUID) is None
+        assert len(opened.index) == len(by_sop) - 1
+    _verify(archive)
 
 
 def test_an_instance_deleted_in_place_keeps_its_frames_from_a_later_ingest(

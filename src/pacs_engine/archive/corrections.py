@@ -71,7 +71,6 @@ PATIENT_ATTRIBUTES = tuple(k for k in PATIENT_KEYWORDS if k != "PatientAge")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30
-_ID_STAMP = "%Y%m%dT%H%M%S%fZ"  # a correction id's time: ids sort in the order made
 
 
 class CorrectionError(ArchiveError):
@@ -169,20 +168,24 @@ def trashed_rows(root: Path, folders: Iterable[str]) -> Iterator[Row]:
         yield from by_folder.get(f"headers/{name}", [])
 
 
-def deleted_since(root: Path) -> dict[str, int]:
-    """SOP Instance UID -> when (ns since the epoch) the delete in force on it was planned.
+def deleted_packs(root: Path) -> dict[str, set[str]]:
+    """SOP Instance UID -> the header packs of its versions that the delete in force on it
+    (done, not undone, not emptied) took out of the index.
 
-    A delete not undone (emptied or not): the rows of the instance written before it are
-    deleted; rows written after it are of the instance received again. The writer lock
-    holds from the plan to the commit, so no row is written in between.
+    A rebuild leaves out its rows in the rows files written up to the last of those packs'
+    (a part of a series is deleted in place: its rows files still list it); rows written
+    later are of the instance received again. Rows files only are compared, each stamped by
+    the writer's main process: no clock of a record or a worker (archive/rebuild.py).
     """
-    since: dict[str, int] = {}
+    packs: dict[str, set[str]] = {}
     for record in load_records(root):
-        if record.kind == "delete" and record.state == "done" and not record.undone_by:
-            made = _id_ns(record.id)
-            for sop in record.before:
-                since[sop] = max(since.get(sop, 0), made)
-    return since
+        # An emptied delete's rows are out of the rows files already.
+        in_force = record.state == "done" and not (record.undone_by or record.emptied)
+        if record.kind == "delete" and in_force:
+            for sop, row in record.before.items():
+                found = packs.setdefault(sop, set())
+                found.update(version["header"]["pack"] for version in version_rows(row))
+    return packs
 
 
 def shows_commit(root: Path, correction: Correction) -> bool:
@@ -302,7 +305,7 @@ class Corrections:
         if not reason.strip():
             raise CorrectionError("a correction needs a reason (--reason)")
         # Microseconds: ids sort in the order made (undo checks what came later).
-        stamp = datetime.now(UTC).strftime(_ID_STAMP)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         return Correction(f"{stamp}-{uuid.uuid4().hex[:4]}", kind, reason, actor, _now(), target)
 
     def _patient_rows(self, patient_id: str) -> list[Row]:
@@ -797,12 +800,6 @@ def _move(root: Path, frm: str, to: str) -> None:
     os.rename(source, destination)
     fsync_dir(destination.parent)
     fsync_dir(source.parent)
-
-
-def _id_ns(correction_id: str) -> int:
-    """When a correction was planned, from its id (UTC to the microsecond), in ns."""
-    stamp = datetime.strptime(correction_id.split("-")[0], _ID_STAMP).replace(tzinfo=UTC)
-    return calendar.timegm(stamp.timetuple()) * 10**9 + stamp.microsecond * 1000
 
 
 def _epoch(stamp: str) -> float:

@@ -36,7 +36,7 @@ from pacs_engine.archive.blobs import (
 )
 from pacs_engine.archive.corrections import (
     Correction,
-    deleted_since,
+    deleted_packs,
     recover_pending,
     shows_commit,
 )
@@ -120,9 +120,10 @@ def _rebuild(root: Path) -> Rebuilt:
 
 @dataclass
 class _RowsFile:
-    """One rows file as read: when it was written, its rows."""
+    """One rows file as read: when it was written, its pack, its rows."""
 
     written: int
+    pack: str
     rows: list[Row]
 
 
@@ -130,11 +131,16 @@ def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
     """The rows of each SOP Instance UID over the rows files of committed parts, in the
     order written, but for those of deleted instances."""
     files = _rows_files(root, rebuilt)
-    # Rows of an instance written before the delete in force on it stay deleted (a part of
-    # a series is deleted in place: its rows files still list it until the trash is emptied).
-    deleted = deleted_since(root)
+    # A deleted instance's rows in the files written up to the last of its deleted versions'
+    # stay deleted (a part of a series is deleted in place: its rows files still list it
+    # until the trash is emptied); rows written after are of the instance received again.
+    written = {file.pack: file.written for file in files}
+    until = {
+        sop: max((written[pack] for pack in packs if pack in written), default=-1)
+        for sop, packs in deleted_packs(root).items()
+    }
     for file in files:
-        kept = [row for row in file.rows if file.written > deleted.get(row["SOPInstanceUID"], 0)]
+        kept = [row for row in file.rows if file.written > until.get(row["SOPInstanceUID"], -1)]
         rebuilt.deleted += len(file.rows) - len(kept)
         file.rows = kept
     found: dict[str, list[Row]] = {}
@@ -163,7 +169,7 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
                 rebuilt.damaged_rows_files.append(name)
                 continue
             rows = [row for row in rows if isinstance(row.get("SOPInstanceUID"), str)]
-            files.append(_RowsFile(written, rows))
+            files.append(_RowsFile(written, f"{name.removesuffix(ROWS_SUFFIX)}{PACK_SUFFIX}", rows))
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 
 
