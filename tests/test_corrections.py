@@ -9,15 +9,19 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
 from conftest import require_corpus, run_cli
 
-from pacs_engine.archive import open_archive
+from pacs_engine import open_archive as ingest_archive
+from pacs_engine.archive import blobs, open_archive
 from pacs_engine.archive.archive import _disk_bytes
-from pacs_engine.archive.corrections import FAULT_VARIABLE
+from pacs_engine.archive.blobs import dump_rows, rows_sidecar
+from pacs_engine.archive.corrections import FAULT_VARIABLE, Corrections
+from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.serve.audit import read_records, verify_chain
 
 CT = "dcm_qa_ct/Philips/S21570"
@@ -526,15 +530,150 @@ def test_rebuild_index_after_a_crash_amid_what_follows_a_commit(archive: Path, p
     frm, to = record["post_moves"][0]  # the crash came after the first folder's move
     (archive / to).parent.mkdir(parents=True)
     os.rename(archive / frm, archive / to)
-    _cli("rebuild-index", archive)
+    # Committed, as the move shows: the rebuild finishes it (rolled back, the series would
+    # have been in neither the index nor a delete to restore).
+    assert "finished the interrupted correction" in _cli("rebuild-index", archive)
     with open_archive(archive) as opened:
         assert opened.query("series", SeriesInstanceUID=single.SeriesInstanceUID) == []
-    # Committed, as the move shows: the next writer finishes it (rolled back, the series
-    # would have been in neither the index nor a delete to restore).
-    assert "finished the interrupted correction" in _cli("trash", archive, "--empty")
+    assert all((archive / to).is_dir() for _, to in record["post_moves"])  # each moved
+    assert "interrupted" not in _cli("trash", archive, "--empty")
     _verify(archive)
     _cli("trash", archive, "--restore", record["id"])
     _originals_exported(archive, archive.parent / "out", by_sop)
+    _verify(archive)
+
+
+def _rename_crlab(archive: Path, code: int = 0, env: dict[str, str] | None = None) -> None:
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^JANE",
+        "--reason",
+        "x",
+        code=code,
+        env=env,
+    )
+
+
+def _pending(archive: Path) -> dict:
+    (record,) = [
+        r
+        for r in (json.loads(p.read_bytes()) for p in (archive / "corrections").glob("*.json"))
+        if r["state"] == "pending"
+    ]
+    return record
+
+
+def test_rebuild_index_finishes_a_correction_a_crash_left_half_finished(
+    archive: Path, pristine, tmp_path: Path
+) -> None:
+    _rename_crlab(archive, code=70, env={FAULT_VARIABLE: "after-commit"})
+    record = _pending(archive)
+    first, second = record["new_packs"]  # crlab's two series: a pack in each folder
+    rows = [
+        {k: v for k, v in row.items() if k not in ("versions", "current_reason")}
+        for row in record["after"].values()
+        if row["header"]["pack"] == first
+    ]
+    (archive / rows_sidecar(first)).write_bytes(dump_rows(rows))  # died after that one
+    out = _cli("rebuild-index", archive)
+    # The rebuild finishes it before reading the rows files: both series' rows are there.
+    assert f"finished the interrupted correction {record['id']}" in out
+    assert "NOT RESTORED" not in out
+    assert (archive / rows_sidecar(second)).is_file()
+    with open_archive(archive) as opened:
+        names = {str(r["PatientName"]) for r in opened.index if r["PatientID"] == "crlab"}
+    assert names == {"DOE^JANE"}
+    assert len(_studies(archive, PatientName="DOE^JANE")) == 2
+    assert "interrupted" not in _cli("trash", archive, "--empty")
+    assert [r["state"] for r in json.loads(_cli("correct", archive, "--list", "--json"))] == [
+        "done"
+    ]
+    assert [r["action"] for r in read_records(archive)] == ["correct patient"]
+    _verify(archive)
+    _cli("correct", archive, "--undo", record["id"], "--reason", "y")
+    _originals_exported(archive, tmp_path / "out", pristine[1])
+
+
+def test_rebuild_index_finishes_an_undo_a_crash_left_half_finished(
+    archive: Path, pristine, tmp_path: Path
+) -> None:
+    _rename_crlab(archive)
+    _cli(
+        "correct",
+        archive,
+        "--undo",
+        _last_id(archive),
+        "--reason",
+        "y",
+        code=70,
+        env={FAULT_VARIABLE: "after-commit"},
+    )
+    undo = _pending(archive)
+    (archive / undo["post_remove"][0]).unlink()  # died after removing the first pack
+    assert "finished the interrupted correction" in _cli("rebuild-index", archive)
+    # No series keeps the undone version (its pack is removed: verify would not read it).
+    assert _studies(archive, PatientName="DOE^JANE") == []
+    assert not list((archive / "headers").rglob("correction-*"))
+    _cli("trash", archive, "--empty")
+    _verify(archive)
+    _originals_exported(archive, tmp_path / "out", pristine[1])
+
+
+def test_a_rebuild_orders_a_delete_by_no_worker_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    first, again = tmp_path / "first", tmp_path / "again"
+    first.mkdir()
+    again.mkdir()
+    for n in range(2):  # a series of two: one deleted in place, then received again
+        dataset = _read(source)
+        dataset.SOPInstanceUID = f"{dataset.SOPInstanceUID}.{n}"
+        dataset.save_as(first / f"{n}.dcm")
+    shutil.copyfile(first / "0.dcm", again / "0.dcm")
+    deleted = _read(again / "0.dcm").SOPInstanceUID
+    root = tmp_path / "A"
+    _cli("ingest", "--archive", root, first, "--workers", "0")
+    _cli("correct", root, "delete", "--uid", deleted, "--reason", "x")
+
+    class Lagging:  # the clock of a worker on another host, an hour behind
+        @staticmethod
+        def time_ns() -> int:
+            return time.time_ns() - 3600 * 10**9
+
+    monkeypatch.setattr(blobs, "time", Lagging)  # dump_rows's clock: the encoding process's
+    with ingest_archive(root, readonly=False) as opened:
+        assert opened.ingest([again], workers=0).archived == 1
+    monkeypatch.undo()
+    # Its rows file is stamped by the main process: received again after the delete.
+    assert rebuild_index(root).deleted == 1
+    with open_archive(root) as opened:
+        row = opened.index.get(deleted)
+        assert row is not None and row["source_path"] == str(again / "0.dcm")
+    _verify(root)
+
+
+def test_a_rebuild_keeps_deleted_what_an_earlier_correction_finished_after_the_plan(
+    archive: Path, pristine
+) -> None:
+    by_sop = pristine[1]
+    one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "00.dcm")])
+    _rename_crlab(archive, code=70, env={FAULT_VARIABLE: "after-commit"})
+    with open_archive(archive, readonly=False) as opened:
+        corrections = Corrections(opened)
+        planned = corrections.delete("x", "test", sop=one.SOPInstanceUID)
+        corrections.apply(planned)  # finishes the rename first: its rows file comes after
+    # The rename's rows file is later than the delete's plan, but it holds a version the
+    # delete took: the instance stays deleted.
+    assert rebuild_index(archive).deleted == 2
+    with open_archive(archive) as opened:
+        assert opened.index.get(one.SOPInstanceUID) is None
+        assert len(opened.index) == len(by_sop) - 1
     _verify(archive)
 
 
@@ -563,6 +702,20 @@ def test_an_instance_deleted_in_place_keeps_its_frames_from_a_later_ingest(
     _verify(archive)
     files = _export(archive, tmp_path / "out", "--uid", deleted.SOPInstanceUID)
     assert files[f"{deleted.SOPInstanceUID}.dcm"].read_bytes() == (second / "I60").read_bytes()
+
+
+def test_a_series_deleted_whole_reserves_no_frames_for_its_next_ingest(tmp_path: Path) -> None:
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    archive = tmp_path / "A"
+    _cli("ingest", "--archive", archive, source, "--workers", "0")
+    series = _read(source).SeriesInstanceUID
+    _cli("correct", archive, "delete", "--series", series, "--reason", "x")
+    # Its folders went to the trash: the series ingested again starts a new array at 0 (its
+    # frames were taken for kept in place, and the new array began a shard later).
+    _cli("ingest", "--archive", archive, source, "--workers", "0")
+    with open_archive(archive) as opened:
+        assert [row["pixels"]["first_frame"] for row in opened.index] == [0]
+    _verify(archive)
 
 
 def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path: Path) -> None:

@@ -21,7 +21,10 @@ from pydicom.data import get_testdata_file
 from test_versions import resend_with_other_header, with_other_pixels
 
 from pacs_engine import Archive, open_archive
+from pacs_engine.archive import prepare as prepare_module
+from pacs_engine.archive.corrections import Corrections
 from pacs_engine.archive.pixel_store import PixelStore, encode_chunk, split_tiles
+from pacs_engine.archive.prepare import frame_hash
 from pacs_engine.deid import deidentify, make_key
 from pacs_engine.ingest.preflight import preflight
 
@@ -164,6 +167,30 @@ def test_a_correction_of_a_row_hashed_the_old_way_keeps_its_pixels(tmp_path: Pat
         assert row["PatientName"] == "DOE^JO"
         assert row["frame_hashes"] == recorded and row["source_path"].startswith("correction:")
         assert archive.verify(workers=0).ok
+
+
+def test_a_correction_of_a_blake3_row_hashes_each_frame_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corrected file's BLAKE3 frame hashes, made when it is split, are the ones compared."""
+    name = "rtdose.dcm"  # native, 15 frames
+    with Archive.create(tmp_path / "a") as archive:
+        assert archive.ingest([source(name)], workers=0).archived == 1
+    hashed: list[str] = []
+
+    def counted(frame: np.ndarray, kind: str = prepare_module.BLAKE3) -> str:
+        hashed.append(kind)
+        return frame_hash(frame, kind)
+
+    with open_archive(tmp_path / "a", readonly=False) as archive:
+        corrections = Corrections(archive)
+        patient = pydicom.dcmread(source(name)).PatientID
+        planned = corrections.correct_patient(patient, {"PatientName": "DOE^JO"}, "typo", "me")
+        monkeypatch.setattr(prepare_module, "frame_hash", counted)
+        corrections.apply(planned)
+        (row,) = list(archive.index)
+        assert row["PatientName"] == "DOE^JO" and len(row["frame_hashes"]) == 15
+    assert hashed == [prepare_module.BLAKE3] * 15
 
 
 def test_a_deidentified_copy_keeps_old_hashes_and_verifies(tmp_path: Path) -> None:

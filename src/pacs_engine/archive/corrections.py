@@ -30,7 +30,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any, cast
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.prepare import Prepared, PrepareError, frame_hashes_like, prepare
+from pacs_engine.archive.prepare import (
+    BLAKE3,
+    Prepared,
+    PrepareError,
+    frame_hashes_like,
+    hash_kind,
+    prepare,
+)
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
 from pacs_engine.codecs.sharding import EMPTY, pack_shard
 from pacs_engine.errors import ScanError
@@ -64,7 +71,6 @@ PATIENT_ATTRIBUTES = tuple(k for k in PATIENT_KEYWORDS if k != "PatientAge")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30
-_ID_STAMP = "%Y%m%dT%H%M%S%fZ"  # a correction id's time: ids sort in the order made
 
 
 class CorrectionError(ArchiveError):
@@ -162,33 +168,28 @@ def trashed_rows(root: Path, folders: Iterable[str]) -> Iterator[Row]:
         yield from by_folder.get(f"headers/{name}", [])
 
 
-def deleted_since(root: Path) -> dict[str, int]:
-    """SOP Instance UID -> when (ns since the epoch) the delete in force on it was planned.
+def deleted_packs(root: Path) -> dict[str, set[str]]:
+    """SOP Instance UID -> the header packs of its versions that the delete in force on it
+    (done, not undone, not emptied) took out of the index.
 
-    A delete not undone (emptied or not): the rows of the instance written before it are
-    deleted; rows written after it are of the instance received again. The writer lock
-    holds from the plan to the commit, so no row is written in between.
+    A rebuild leaves out its rows in the rows files written up to the last of those packs'
+    (a part of a series is deleted in place: its rows files still list it); rows written
+    later are of the instance received again. Rows files only are compared, each stamped by
+    the writer's main process: no clock of a record or a worker (archive/rebuild.py).
     """
-    since: dict[str, int] = {}
+    packs: dict[str, set[str]] = {}
     for record in load_records(root):
-        committed = record.state == "done" or _shows_commit(root, record)
-        if record.kind == "delete" and committed and not record.undone_by:
-            made = _id_ns(record.id)
-            for sop in record.before:
-                since[sop] = max(since.get(sop, 0), made)
-    return since
+        # An emptied delete's rows are out of the rows files already.
+        in_force = record.state == "done" and not (record.undone_by or record.emptied)
+        if record.kind == "delete" and in_force:
+            for sop, row in record.before.items():
+                found = packs.setdefault(sop, set())
+                found.update(version["header"]["pack"] for version in version_rows(row))
+    return packs
 
 
-def marks_shown_on_disk(root: Path) -> dict[bytes, bytes | None]:
-    """The index journal's markers of the corrections a crash interrupted whose commit shows
-    on disk, for an index rebuilt without them (archive/rebuild.py): `recover` then
-    finishes them, as it would have, instead of rolling back what was committed."""
-    pending = [c for c in load_records(root) if c.state == "pending"]
-    return {_MARK + c.id.encode(): b"1" for c in pending if _shows_commit(root, c)}
-
-
-def _shows_commit(root: Path, correction: Correction) -> bool:
-    """Whether a step that follows the correction's commit (`_finish`) was made: a folder
+def shows_commit(root: Path, correction: Correction) -> bool:
+    """Whether a step that follows the correction's commit (`finish`) was made: a folder
     moved (into the trash), a rows file beside a new pack, a file removed, the undone record
     marked."""
     if correction.undoes:
@@ -200,6 +201,59 @@ def _shows_commit(root: Path, correction: Correction) -> bool:
         or any((root / rows_sidecar(pack)).exists() for pack in correction.new_packs)
         or any(not (root / name).exists() for name in correction.post_remove)
     )
+
+
+def recover_pending(root: Path, committed: Callable[[Correction], bool]) -> list[Correction]:
+    """Finish each pending correction (a crash interrupted it) that `committed` says went
+    through, roll back the others; those dealt with: state "done" (finished) or "pending"
+    (rolled back). `Corrections.recover` asks the index's markers; a rebuilt index has none,
+    so `rebuild_index` asks the disk (`shows_commit`) before it reads the rows files."""
+    dealt = []
+    for correction in load_records(root):
+        if correction.state == "pending":
+            dealt.append(correction)
+            if committed(correction):
+                finish(root, correction)
+            else:
+                roll_back(root, correction)
+    return dealt
+
+
+def finish(root: Path, correction: Correction) -> None:
+    """What follows a correction's commit (idempotent: `recover_pending` replays it)."""
+    for pack in correction.new_packs:
+        sidecar = root / rows_sidecar(pack)
+        if not sidecar.exists() and (root / pack).exists():
+            rows = [
+                _current_only(row)
+                for row in correction.after.values()
+                if row["header"]["pack"] == pack
+            ]
+            write_atomic(sidecar, dump_rows(rows))
+    for frm, to in correction.post_moves:
+        _move(root, frm, to)
+    for name in correction.post_remove:
+        (root / name).unlink(missing_ok=True)
+    if correction.undoes:
+        emptied = root / TRASH / correction.undoes  # a restore's folders, left empty
+        if emptied.is_dir() and not any(p.is_file() for p in emptied.rglob("*")):
+            shutil.rmtree(emptied)
+        path = root / RECORDS / f"{correction.undoes}.json"
+        original = Correction.from_json(path.read_bytes())
+        if original.undone_by != correction.id:
+            original.undone_by = correction.id
+            write_atomic(path, original.to_json())
+    correction.state = "done"
+    write_atomic(root / RECORDS / f"{correction.id}.json", correction.to_json())
+
+
+def roll_back(root: Path, correction: Correction) -> None:
+    """Take back what a correction that never committed wrote: its moves, packs and record."""
+    for frm, to in reversed(correction.pre_moves):
+        _move(root, to, frm)
+    for pack in correction.new_packs:
+        (root / pack).unlink(missing_ok=True)
+    (root / RECORDS / f"{correction.id}.json").unlink()
 
 
 _TRASHED: dict[Path, tuple[int, dict[str, list[Row]]]] = {}
@@ -218,10 +272,22 @@ def _trashed_by_folder(root: Path) -> dict[str, list[Row]]:
     by_folder: dict[str, list[Row]] = {}
     for record in load_records(root):
         if record.kind == "delete" and not record.undone_by and not record.emptied:
-            for row in record.before.values():
-                by_folder.setdefault(str(Path(row["header"]["pack"]).parent), []).append(row)
+            for row in _kept_in_place(record):
+                by_folder.setdefault(_header_folder(row), []).append(row)
     _TRASHED[root] = (stamp, by_folder)
     return by_folder
+
+
+def _kept_in_place(delete: Correction) -> list[Row]:
+    """The rows of a delete's instances left where they were (part of a series): those
+    whose header folder it did not move to the trash."""
+    moved = {frm for frm, _ in delete.post_moves}
+    return [row for row in delete.before.values() if _header_folder(row) not in moved]
+
+
+def _header_folder(row: Row) -> str:
+    """The folder of the row's header pack, `headers/<series folder>`."""
+    return str(Path(row["header"]["pack"]).parent)
 
 
 class Corrections:
@@ -239,7 +305,7 @@ class Corrections:
         if not reason.strip():
             raise CorrectionError("a correction needs a reason (--reason)")
         # Microseconds: ids sort in the order made (undo checks what came later).
-        stamp = datetime.now(UTC).strftime(_ID_STAMP)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         return Correction(f"{stamp}-{uuid.uuid4().hex[:4]}", kind, reason, actor, _now(), target)
 
     def _patient_rows(self, patient_id: str) -> list[Row]:
@@ -451,7 +517,7 @@ class Corrections:
         with self.archive.index.writing() as writer:
             writer.add(list(correction.after.values()), remove, journal)
         _fault("after-commit")
-        self._finish(correction)
+        finish(self.root, correction)
         return correction
 
     def _write_versions(self, correction: Correction) -> None:
@@ -459,7 +525,7 @@ class Corrections:
         by_folder: dict[str, list[tuple[Row, bytes, Row]]] = {}
         for row in correction.before.values():
             new_row, blob = self._corrected(row, correction.values, correction.id)
-            folder = str(Path(row["header"]["pack"]).parent)
+            folder = _header_folder(row)
             by_folder.setdefault(folder, []).append((row, blob, new_row))
         for folder, items in sorted(by_folder.items()):
             pack = f"{folder}/correction-{correction.id}{PACK_SUFFIX}"
@@ -531,59 +597,23 @@ class Corrections:
             )
             same = stored == prepared.bitstreams
         elif same and pixels and row.get("frame_hashes") is not None:
-            # Hashed as the row's were (rows written before BLAKE3 have BLAKE2b's).
-            recorded = row["frame_hashes"]
-            same = frame_hashes_like(prepared.native_frames, recorded) == recorded
+            # Hashed as the row's were: prepare's BLAKE3, or again for rows written before.
+            recorded, hashes = row["frame_hashes"], prepared.frame_hashes
+            if not recorded or hash_kind(recorded[0]) != BLAKE3:
+                hashes = frame_hashes_like(prepared.native_frames, recorded)
+            same = hashes == recorded
         if not same:
             raise CorrectionError(f"{sop}: the corrected file's pixel data differs; nothing done")
-
-    def _finish(self, correction: Correction) -> None:
-        """What follows the commit (idempotent: `recover` replays it)."""
-        for pack in correction.new_packs:
-            sidecar = self.root / rows_sidecar(pack)
-            if not sidecar.exists() and (self.root / pack).exists():
-                rows = [
-                    _current_only(row)
-                    for row in correction.after.values()
-                    if row["header"]["pack"] == pack
-                ]
-                write_atomic(sidecar, dump_rows(rows))
-        for frm, to in correction.post_moves:
-            _move(self.root, frm, to)
-        for name in correction.post_remove:
-            (self.root / name).unlink(missing_ok=True)
-        if correction.undoes:
-            emptied = self.root / TRASH / correction.undoes  # a restore's folders, left empty
-            if emptied.is_dir() and not any(p.is_file() for p in emptied.rglob("*")):
-                shutil.rmtree(emptied)
-            path = self.root / RECORDS / f"{correction.undoes}.json"
-            original = Correction.from_json(path.read_bytes())
-            if original.undone_by != correction.id:
-                original.undone_by = correction.id
-                write_atomic(path, original.to_json())
-        correction.state = "done"
-        write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
 
     def recover(self) -> list[Correction]:
         """Finish the corrections a crash interrupted after their commit; roll back the others.
 
         Returns those it dealt with: state "done" (finished) or "pending" (rolled back).
         """
-        dealt = []
-        for correction in load_records(self.root):
-            if correction.state != "pending":
-                continue
-            dealt.append(correction)
-            key = _MARK + correction.id.encode()
-            if self.archive.index.journal_get([key]):
-                self._finish(correction)
-                continue
-            for frm, to in reversed(correction.pre_moves):
-                _move(self.root, to, frm)
-            for pack in correction.new_packs:
-                (self.root / pack).unlink(missing_ok=True)
-            (self.root / RECORDS / f"{correction.id}.json").unlink()
-        return dealt
+        index = self.archive.index
+        return recover_pending(
+            self.root, lambda c: bool(index.journal_get([_MARK + c.id.encode()]))
+        )
 
     # --- the trash --------------------------------------------------------------------
 
@@ -607,13 +637,7 @@ class Corrections:
             folder = self.root / TRASH / correction.id
             freed += _disk_bytes(folder)
             shutil.rmtree(folder, ignore_errors=True)
-            moved = {frm.split("/", 1)[1] for frm, _ in correction.post_moves}
-            in_place = [
-                row
-                for row in correction.before.values()
-                if Path(row["header"]["pack"]).parent.name not in moved
-            ]
-            freed += self._scrub(in_place)
+            freed += self._scrub(_kept_in_place(correction))
             correction.emptied = _now()
             correction.before = {sop: _uids_only(row) for sop, row in correction.before.items()}
             write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
@@ -776,12 +800,6 @@ def _move(root: Path, frm: str, to: str) -> None:
     os.rename(source, destination)
     fsync_dir(destination.parent)
     fsync_dir(source.parent)
-
-
-def _id_ns(correction_id: str) -> int:
-    """When a correction was planned, from its id (UTC to the microsecond), in ns."""
-    stamp = datetime.strptime(correction_id.split("-")[0], _ID_STAMP).replace(tzinfo=UTC)
-    return calendar.timegm(stamp.timetuple()) * 10**9 + stamp.microsecond * 1000
 
 
 def _epoch(stamp: str) -> float:

@@ -138,10 +138,9 @@ class Prepared:
             return instance_pixel_hash(self.frame_hashes)
         # Compared with a row hashed the old way (rare: a file sent again): from the frames
         # again, which decodes bitstreams a second time.
-        frames: Iterable[np.ndarray] = self.frames if self.frames is not None else []
-        if self.storage == "bitstream":
-            frames = decoded_frames(self)
-        return instance_pixel_hash([frame_hash(f, kind) for f in frames], kind)
+        frames = decoded_frames(self) if self.storage == "bitstream" else self.frames
+        hashes = [frame_hash(f, kind) for f in ([] if frames is None else frames)]
+        return instance_pixel_hash(hashes, kind)
 
 
 def hash_kind(recorded: str | None) -> str:

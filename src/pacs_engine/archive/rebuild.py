@@ -34,7 +34,12 @@ from pacs_engine.archive.blobs import (
     read_blob,
     scannable,
 )
-from pacs_engine.archive.corrections import deleted_since, marks_shown_on_disk
+from pacs_engine.archive.corrections import (
+    Correction,
+    deleted_packs,
+    recover_pending,
+    shows_commit,
+)
 from pacs_engine.archive.format import MARKER, ArchiveError, read_config
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import kept_sha256s, with_version
@@ -59,6 +64,8 @@ class Rebuilt:
     kept_as: str = ""  # where the replaced index is
     filled: int = 0  # rows given header attributes from their blob (written by older code)
     unreadable_blobs: list[str] = field(default_factory=list)  # SOP UIDs: rows left as written
+    # Corrections a crash interrupted: finished (state "done") or rolled back ("pending")
+    recovered: list[Correction] = field(default_factory=list)
 
 
 def rebuild_index(path: str | os.PathLike) -> Rebuilt:
@@ -77,6 +84,10 @@ def rebuild_index(path: str | os.PathLike) -> Rebuilt:
 
 def _rebuild(root: Path) -> Rebuilt:
     rebuilt = Rebuilt()
+    # The rebuilt index has no commit markers of corrections: the writer lock is held, so
+    # each pending one is finished (its commit shows on disk) or rolled back here, before
+    # the rows files are read, which then hold every finished step.
+    rebuilt.recovered = recover_pending(root, lambda c: shows_commit(root, c))
     rows = _rows_by_sop(root, rebuilt)
     building = root / f".index.rebuilding-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
@@ -93,7 +104,7 @@ def _rebuild(root: Path) -> Rebuilt:
             if len(batch) == _BATCH:
                 index.commit(batch)
                 batch = []
-        index.commit(batch, journal=marks_shown_on_disk(root))
+        index.commit(batch)
         rebuilt.rows = len(index)
     finally:
         index.close()
@@ -109,9 +120,10 @@ def _rebuild(root: Path) -> Rebuilt:
 
 @dataclass
 class _RowsFile:
-    """One rows file as read: when it was written, its rows."""
+    """One rows file as read: when it was written, its pack, its rows."""
 
     written: int
+    pack: str
     rows: list[Row]
 
 
@@ -119,11 +131,16 @@ def _rows_by_sop(root: Path, rebuilt: Rebuilt) -> dict[str, list[Row]]:
     """The rows of each SOP Instance UID over the rows files of committed parts, in the
     order written, but for those of deleted instances."""
     files = _rows_files(root, rebuilt)
-    # Rows of an instance written before the delete in force on it stay deleted (a part of
-    # a series is deleted in place: its rows files still list it until the trash is emptied).
-    deleted = deleted_since(root)
+    # A deleted instance's rows in the files written up to the last of its deleted versions'
+    # stay deleted (a part of a series is deleted in place: its rows files still list it
+    # until the trash is emptied); rows written after are of the instance received again.
+    written = {file.pack: file.written for file in files}
+    until = {
+        sop: max((written[pack] for pack in packs if pack in written), default=-1)
+        for sop, packs in deleted_packs(root).items()
+    }
     for file in files:
-        kept = [row for row in file.rows if file.written > deleted.get(row["SOPInstanceUID"], 0)]
+        kept = [row for row in file.rows if file.written > until.get(row["SOPInstanceUID"], -1)]
         rebuilt.deleted += len(file.rows) - len(kept)
         file.rows = kept
     found: dict[str, list[Row]] = {}
@@ -152,7 +169,7 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
                 rebuilt.damaged_rows_files.append(name)
                 continue
             rows = [row for row in rows if isinstance(row.get("SOPInstanceUID"), str)]
-            files.append(_RowsFile(written, rows))
+            files.append(_RowsFile(written, f"{name.removesuffix(ROWS_SUFFIX)}{PACK_SUFFIX}", rows))
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 
 

@@ -197,13 +197,19 @@ def open_corrections(archive: Archive) -> Corrections:
     session.retire(archive.path)  # workers a killed ingest left behind stop writing first
 
     corrections = Corrections(archive)
-    for correction in corrections.recover():
+    report_recovered(archive, corrections.recover())
+    return corrections
+
+
+def report_recovered(archive: Archive, recovered: list[Correction]) -> None:
+    """Say which interrupted corrections were finished or rolled back; audit the finished
+    (the process that made them died before it could)."""
+    for correction in recovered:
         if correction.state != "done":
             print(f"rolled back the interrupted correction {correction.id} (never committed)")
             continue
         print(f"finished the interrupted correction {correction.id}")
         audit_correction(archive, correction, " (finished after an interruption)")
-    return corrections
 
 
 def one_line(summary: dict) -> str:

@@ -22,9 +22,14 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def cmd_rebuild_index(args: argparse.Namespace) -> int:
     """Rebuild the archive's index from its rows files."""
+    from pacs_engine.archive import open_archive
     from pacs_engine.archive.rebuild import rebuild_index
+    from pacs_engine.cli.correct import report_recovered
 
     rebuilt = rebuild_index(args.archive)
+    if rebuilt.recovered:
+        with open_archive(args.archive) as archive:
+            report_recovered(archive, rebuilt.recovered)
     print(f"{rebuilt.rows:,} instances restored into a new index")
     if rebuilt.kept_as:
         print(f"the old index is kept as {rebuilt.kept_as}")

@@ -126,6 +126,10 @@ class Part:
     span: int  # frames from `base` the part may fill; a multiple of the shard size
     keys: tuple[str, ...]  # input keys, in instance order; one SOP Instance UID never spans parts
     run: str = PENDING  # the ingest run, written into its rows (and their rows file)
+    # When its rows file was written, for rebuild_index (the later row wins; a delete takes
+    # the rows before it): the main process's clock, made when the part is, not the
+    # encoding worker's, which may be on another host and lag.
+    written_ns: int = field(default_factory=time.time_ns)
 
 
 @dataclass
@@ -251,7 +255,7 @@ class PartEncoder:
             writer.flush()
             result.arrays[path] = writer.next
         if state.blobs:
-            self._write_blobs(part.series_uid, state.blobs, state.dirs)
+            self._write_blobs(part, state.blobs, state.dirs)
         if writes is None:
             fsync_dirs(state.dirs)
         for sop, received in state.kept.items():
@@ -573,23 +577,18 @@ class PartEncoder:
                     raise CodecError(f"frame {index} does not decode to its source pixels")
         return chunks
 
-    def _write_blobs(
-        self,
-        series_uid: str,
-        blobs: list[tuple[Row, bytes]],
-        dirs: set[Path],
-    ) -> None:
+    def _write_blobs(self, part: Part, blobs: list[tuple[Row, bytes]], dirs: set[Path]) -> None:
         """Write the part's header blobs as one pack file and point their rows at them."""
         with stage("header"):
             stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
-            name = f"headers/{series_folder(series_uid)}/{stamp}.pack"
+            name = f"headers/{series_folder(part.series_uid)}/{stamp}.pack"
             offset = 0
             for row, blob in blobs:
                 row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
                 offset += len(blob)
             write_atomic(self.root / name, b"".join(blob for _, blob in blobs), dirs)
             # What rebuild_index needs beyond the blobs (docs/archive.md).
-            sidecar = dump_rows([row for row, _ in blobs])
+            sidecar = dump_rows([row for row, _ in blobs], part.written_ns)
             write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
 
 

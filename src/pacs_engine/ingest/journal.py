@@ -214,26 +214,9 @@ class Journal:
 
     def forget(self, keys: Iterable[str]) -> dict[bytes, bytes | None]:
         """Journal entries that drop the recorded identities of these inputs (quarantined:
-        every run reads them again, as a newer engine or other limits may take them in)."""
+        every run reads them again, as a newer engine or other limits may take them in; a
+        receive spool's files, deleted once archived: their names never come again)."""
         return dict.fromkeys(map(identity_key, keys))
-
-    def prune_identities(self, folder: str) -> int:
-        """Drop the recorded identities of files under `folder` that no longer exist; how many.
-
-        A receive spool's files each have a name of their own and are deleted once
-        archived: without this, each would leave its entry for ever.
-        """
-        # Keys of absolute paths sort under their folder's (a path too long for a key of its
-        # own is kept as a digest, found by no folder: it stays).
-        prefix = identity_key(os.path.join(os.path.abspath(folder), ""))
-        dropped, start = 0, None
-        while page := self.index.journal_items(prefix, start=start, limit=_PAGE):
-            gone = [k for k, _ in page if not os.path.lexists(_identity_path(k))]
-            if gone:
-                self.index.commit([], journal=dict.fromkeys(gone))
-            dropped += len(gone)
-            start = page[-1][0] + _SEP
-        return dropped
 
     def _is_finished(self, run: str) -> bool:
         """True for a finished run (cached: only the current run changes state meanwhile)."""
@@ -323,11 +306,6 @@ def _key(kind: bytes, *parts: str) -> bytes:
 def _digest(key: str) -> str:
     """A fixed-size stand-in for an input key (any length, any characters)."""
     return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
-
-
-def _identity_path(entry: bytes) -> str:
-    """The path of an `s` entry's key that holds it (`identity_key`)."""
-    return entry[2:].decode("utf-8", "surrogateescape")
 
 
 def _sources_id(sources: list[str]) -> str:

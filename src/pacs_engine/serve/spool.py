@@ -25,7 +25,7 @@ between runs, so after a kill the next start resumes the same run over the same
 files (the journal skips the inputs that have an outcome), and a kill between the
 run's end and the deletions makes the next run see the files left as byte-identical
 duplicates. The identities the run journaled for its files (for catch-up runs, which
-never come to a spool file again) are then dropped.
+never come to a spool file again) are dropped just before.
 """
 
 from __future__ import annotations
@@ -199,6 +199,9 @@ class Drain(threading.Thread):
                 LOG.error("spool drain: %s", error)
                 return
             self.failure = None
+            # The run journaled each file's identity for catch-up runs, which never come to
+            # a spool file again: dropped with the files, or they would grow for ever.
+            keys = (os.path.abspath(p) for p in self.spool.batch_files())
+            self.archive.index.commit([], journal=Journal(self.archive.index).forget(keys))
             self.spool.clear_batch()
-            Journal(self.archive.index).prune_identities(str(self.spool.batch))
             self.on_report(report)
