@@ -194,6 +194,28 @@ def test_report_balances_and_lists_what_was_left_out(made: dict) -> None:
     assert "Specific Character Set" in reasons[bad_charset]
 
 
+def _shifted_dates(made: dict) -> set[bytes]:
+    """The research archive's date values that differ from their source attribute's."""
+    key = Key.load(made["key"])
+    research = _research_files(made["root"] / "research")
+    shifted = set()
+    for sop, data in made["originals"].items():
+        new = research.get(key.uid(sop))
+        if new is None:
+            continue
+        before = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
+        after = pydicom.dcmread(BytesIO(new), force=True, stop_before_pixels=True)
+        for elem in after:
+            if (
+                elem.VR in ("DA", "DT")
+                and elem.value
+                and elem.tag in before
+                and str(elem.value) != str(before[elem.tag].value)
+            ):
+                shifted.add(str(elem.value).encode())
+    return shifted
+
+
 def test_no_identifying_value_in_any_byte_of_the_research_archive(made: dict) -> None:
     """Every file under the research archive (index, packs, shards, reports, settings)
     holds none of the source's names, IDs, dates, institutions or UIDs."""
@@ -211,7 +233,11 @@ def test_no_identifying_value_in_any_byte_of_the_research_archive(made: dict) ->
         if path.is_file():
             data = path.read_bytes()
             hits += [(path.name, n) for n in needles if n in data]
-    assert hits == []
+    # The key is new each run, so a date shifted back 1-10 years may land on another
+    # source date: that is a coincidence, not a leak, when it is the shifted value of an
+    # attribute whose own source value differs (an unshifted date is never excused).
+    coincidences = _shifted_dates(made)
+    assert [(name, n) for name, n in hits if n not in coincidences] == []
     assert OUTSIDE.encode() not in b"".join(_research_files(made["root"] / "research").values())
 
 
