@@ -782,8 +782,7 @@ class PatchDataset(_FromQuery, _MapBase):
             z = window[0]
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
-            names = [str(r["SOPInstanceUID"]) for r in rows]
-            stack = read_stack(store, where, names, plane)
+            stack = read_stack(store, where, rows, plane)
             pixels = convert(stack, rows, self.rescale, self.dtype)
             meta, spacing, affine = self.extra[s][0]
             start = corner
