@@ -558,6 +558,11 @@ def test_from_query_selects_instances_by_image_type_and_kernel(tmp_path: Path) -
         u for u, v in joined.items() if "LOCALIZER" in v.split("\\")
     }
     assert localizers.instances
+    # Only the series with an instance that matched are listed (the others had all left out).
+    series_of = {uid: str(ds.SeriesInstanceUID) for uid, (_, ds) in files.items()}
+    assert set(dataset.series_uids) == {series_of[uid] for uid in want}
+    assert set(localizers.series_uids) == {series_of[uid] for uid in localizers.instances}
+    assert len(localizers.series_uids) < len(set(series_of.values()))
     with pytest.raises(QueryError, match="ImageType"):
         FrameDataset.from_query(tmp_path / "archive", ImageTyp="ORIGINAL")
     volumes = VolumeDataset.from_query(

@@ -301,7 +301,7 @@ class FrameDataset(_FromQuery, _MapBase):
     in `fitted`; `report()` says both. `instance_query`: keys (matched as
     `Archive.query` matches them at the instance level, e.g. {"ImageType":
     "ORIGINAL\\PRIMARY*"}) an instance must match to be used; the others are
-    excluded and counted (`NOT_SELECTED`).
+    excluded and counted (`NOT_SELECTED`), and a series with none is not in `series_uids`.
     """
 
     def __init__(
@@ -325,7 +325,7 @@ class FrameDataset(_FromQuery, _MapBase):
         self.instance_query = dict(instance_query or {})
         self.shape = None if shape is None else FrameShape(tuple(shape), on_mismatch, pad_value)  # type: ignore[arg-type]
         archive = _handle(self.archive_path).archive
-        self.series_uids = sorted(_series_uids(archive, series_uids))
+        self.series_uids: list[str] = []  # those with an instance the instance query selects
         self.arrays: list[str] = []
         self.instances: list[str] = []
         self.rescale_rows: list[dict[str, Any]] = []  # per instance
@@ -337,10 +337,17 @@ class FrameDataset(_FromQuery, _MapBase):
         # One row per frame: series, array, frame in array, instance, frame in instance.
         table: list[tuple[int, int, int, int, int]] = []
         array_ids: dict[str, int] = {}
-        for s, uid in enumerate(self.series_uids):
-            for row in _rows(archive, uid):
-                reason = NOT_SELECTED if not matches(row, conditions) else ""
-                reason = reason or _exclusion(row, grayscale)
+        for uid in sorted(_series_uids(archive, series_uids)):
+            rows = _rows(archive, uid)
+            selected = _selected(rows, conditions)
+            if len(selected) < len(rows):
+                self.excluded[NOT_SELECTED] += len(rows) - len(selected)
+            if not selected:
+                continue
+            s = len(self.series_uids)
+            self.series_uids.append(uid)
+            for row in selected:
+                reason = _exclusion(row, grayscale)
                 size = int(row.get("Rows") or 0), int(row.get("Columns") or 0)
                 if not reason and self.shape is not None:
                     reason = self.shape.exclusion(*size)
