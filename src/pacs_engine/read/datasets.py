@@ -534,6 +534,9 @@ class VolumeDataset(_FromQuery, _MapBase):
         archive = _handle(self.archive_path).archive
         self.skipped: dict[str, str] = {}
         self.series_uids: list[str] = []
+        # Per series, with an instance query: the instances it selected (plain data, which
+        # pickles: conditions hold functions), so items neither compile nor match it again.
+        self.selected: dict[str, frozenset[str]] = {}
         for uid in _series_uids(archive, series_uids):
             rows = _rows(archive, uid)
             if series_uids is None and not any(r.get("pixels") for r in rows):
@@ -542,6 +545,8 @@ class VolumeDataset(_FromQuery, _MapBase):
             if not rows:
                 self.skipped[uid] = NONE_SELECTED
                 continue
+            if conditions:
+                self.selected[uid] = frozenset(str(r["SOPInstanceUID"]) for r in rows)
             try:
                 plan_volume(rows, subset=subset)
             except VolumeError as error:
@@ -570,13 +575,15 @@ class VolumeDataset(_FromQuery, _MapBase):
         """One series' volume and its geometry."""
         uid = self.series_uids[_check_index(index, len(self))]
         series = _handle(self.archive_path).series_of(uid)
+        selected = self.selected.get(uid)
         volume = series.volume(
             rescale=self.rescale,
             subset=self.subset,
             threads=self.threads,
             dtype=self.dtype,
-            # Compiled again here: conditions hold functions, which do not pickle.
-            rows=_selected(series.rows, list(compile_query(self.instance_query).values())),
+            rows=None
+            if selected is None
+            else [r for r in series.rows if str(r["SOPInstanceUID"]) in selected],
         )
         spacing = np.asarray(volume.spacing, np.float64)
         affine = np.asarray(volume.affine, np.float64)
