@@ -205,20 +205,24 @@ class PerProcess(Generic[Key, Value]):
                 value = self._kept(key, current)  # made by the thread this one waited for
             if value is not None:
                 return value
-            made = False
             try:
-                value = make()
-                made = True
-            finally:
-                with self._lock:  # kept and no longer being made at once: no second make()
-                    if made:
-                        self._objects[key] = value
-                        self._objects.move_to_end(key)
-                        while self.limit is not None and len(self._objects) > self.limit:
-                            self._objects.popitem(last=False)
-                    if self._making.get(key) is making:
-                        del self._making[key]
-            return value
+                made = make()
+            except BaseException:
+                with self._lock:
+                    self._done_making(key, making)
+                raise
+            with self._lock:  # kept and no longer being made at once: no second make()
+                self._objects[key] = made
+                self._objects.move_to_end(key)
+                while self.limit is not None and len(self._objects) > self.limit:
+                    self._objects.popitem(last=False)
+                self._done_making(key, making)
+            return made
+
+    def _done_making(self, key: Key, making: threading.Lock) -> None:
+        """Forget the lock of a key whose make() ended (lock held)."""
+        if self._making.get(key) is making:
+            del self._making[key]
 
     def _kept(self, key: Key, current: Callable[[Value], bool]) -> Value | None:
         """The object kept for `key` if it is `current`, made the most recently used (lock held)."""
