@@ -38,6 +38,13 @@ less than the rate). The bounds are rows too: the copy cannot beat pydicom by mo
 than blank items do (both pay the loader), nor the archive of record by more than the
 codec alone does.
 
+`test_patch_rates` gives the patch rows (`-k patch`): the loaders above, and per patch
+in one process the CPU and calls of the tiled archive of record, of pydicom on the 32
+files, and of the codec alone decoding only the tiles each patch overlaps (bytes read
+beforehand): pydicom's CPU over that is the most the tiled record can reach. Patch
+corners are random (`PatchDataset.draw`), as in a training loop: a 128-wide window
+overlaps 3 tiles of 64 per axis but for 1 corner in 64.
+
 `test_per_item_cost` gives the deterministic side with `num_workers=0`: per item, CPU
 microseconds and Python function calls (cProfile) of `FrameDataset.__getitem__` on
 both archives and of the pydicom Dataset, and pydicom's CPU per item by the original
@@ -385,6 +392,95 @@ def test_training_rates(case: dict) -> None:
     rates["frames copy, int16"] = loader_rate(int16, BATCHES, torch.int16)
     blank = Blank(FRAME, len(frames["record"]), "int16")
     rates["frames, blank items int16"] = loader_rate(blank, BATCHES, torch.int16)
+    # (ours, baseline): the rate ratio, and the baseline's CPU per item over ours.
+    pairs = {
+        "record / codec alone (>= 0.8)": ("frames record", "frames codec alone"),
+        "record / pydicom, frames (> 1)": ("frames record", "frames pydicom"),
+        "bound: codec alone / pydicom, frames": ("frames codec alone", "frames pydicom"),
+        "copy / pydicom, frames (>= 5)": ("frames copy", "frames pydicom"),
+        "bound: blank items / pydicom, frames": ("frames, blank items", "frames pydicom"),
+        "copy pixels only / pydicom, frames": ("frames copy, pixels only", "frames pydicom"),
+        "copy / blank items, frames": ("frames copy", "frames, blank items"),
+        "copy int16 / pydicom, frames": ("frames copy, int16", "frames pydicom"),
+        "bound: blank int16 / pydicom, frames": ("frames, blank items int16", "frames pydicom"),
+    }
+    ratios = {
+        name: (rates[ours][0] / rates[base][0], rates[base][1] / rates[ours][1])
+        for name, (ours, base) in pairs.items()
+    }
+    lines = [
+        "",
+        f"training loop, {case['name']} CT: {len(frames['record'])} frames of 512x512 "
+        f"in {len(series)} training series; DataLoader {WORKERS} workers, batch {BATCH}",
+    ]
+    print("\n".join(lines + _table(case["name"], rates, ratios, FRAME)))
+
+
+def _table(
+    case_name: str,
+    rates: dict[str, tuple[float, float]],
+    ratios: dict[str, tuple[float, float]],
+    shape: tuple[int, ...],
+) -> list[str]:
+    """The lines of the rates, the ratios and the collate times of items of `shape`."""
+    collate = {dtype: collate_ms(shape, BATCHES, dtype) for dtype in ("float32", "int16")}
+    lines = []
+    # Row labels unique across the cases: ab_compare.py names the figures by them.
+    tag = f"{case_name}: "
+    lines.append(f"  {'loader':<48}  {'items/s':>10}  {'CPU us/item':>12}")
+    lines += [
+        f"  {tag + name:<48}  {rate:>10,.1f}  {'-' if math.isnan(cpu) else f'{cpu:,.0f}':>12}"
+        for name, (rate, cpu) in rates.items()
+    ]
+    lines.append(f"  {'ratio':<48}  {'rate':>10}  {'CPU':>12}")
+    lines += [
+        f"  {tag + name:<48}  {rate:>9.2f}x  {'-' if math.isnan(cpu) else f'{cpu:.2f}x':>12}"
+        for name, (rate, cpu) in ratios.items()
+    ]
+    lines += [
+        f"  collate {BATCH} x {shape} {dtype} in a worker: default {ms[0]:.1f} ms, "
+        f"np.stack {ms[1]:.1f} ms"
+        for dtype, ms in collate.items()
+    ]
+    return lines
+
+
+class TilesAlone:
+    """The codec alone on a patch's tiles: decodes, per slice, only the stored tiles the
+    patch's window overlaps (bytes read beforehand), each into a new array."""
+
+    def __init__(self, patches: PatchDataset, count: int) -> None:
+        pixels = open_archive(patches.archive_path).pixels
+        self.work: list[list[tuple[Any, bytes, tuple[int, ...]]]] = []
+        for i in range(count):
+            s, _, (z, y, x) = patches.draw(i)
+            dz, dy, dx = patches.patch_size
+            tiles = []
+            for a, f in patches.where[s][z : z + dz].tolist():
+                spec = pixels.spec(patches.arrays[a])
+                _, r, c, *_ = spec.chunk_shape
+                across = -(-spec.columns // c)
+                chunks = pixels.read_chunks(patches.arrays[a], f, f + 1)
+                tiles += [
+                    (spec, chunks[row * across + col], (r, c))
+                    for row in range(y // r, -(-(y + dy) // r))
+                    for col in range(x // c, -(-(x + dx) // c))
+                ]
+            self.work.append(tiles)
+
+    def __len__(self) -> int:
+        return len(self.work)
+
+    def __getitem__(self, i: int) -> int:
+        return sum(decode_chunk(spec, chunk, shape).size for spec, chunk, shape in self.work[i])
+
+
+def test_patch_rates(case: dict) -> None:
+    """32x128x128 HU patches at random corners (as `PatchDataset` draws them) through the
+    loader, and per patch in one process: CPU and calls of the tiled archive of record,
+    of pydicom reading the patch's 32 files, and of the codec alone on the tiles the
+    patch overlaps (the bound of the tiled record: it cannot beat pydicom by more)."""
+    series = case["series"]
     patches = {
         name: PatchDataset(
             case[name],
@@ -397,6 +493,7 @@ def test_training_rates(case: dict) -> None:
         )
         for name in ARCHIVES
     }
+    rates: dict[str, tuple[float, float]] = {}
     with open_archive(case["record"]) as archive:
         paths = [
             [
@@ -424,54 +521,42 @@ def test_training_rates(case: dict) -> None:
     blank = Blank(PATCH, len(patches["copy"]), "int16")
     rates["patches, blank items int16"] = loader_rate(blank, BATCHES, torch.int16)
     rates["patches pydicom"] = loader_rate(PydicomPatches(patches["record"], paths), PATCH_BATCHES)
-    # (ours, baseline): the rate ratio, and the baseline's CPU per item over ours.
+    # Per patch, in this process (num_workers=0): what the loader's rates are made of.
+    tiles = TilesAlone(patches["record tiled"], ITEMS // 4)
+    order = list(range(len(tiles)))
+    per_patch = {
+        "record tiled, one process": patches["record tiled"],
+        "pydicom, one process": PydicomPatches(patches["record"], paths),
+        "codec alone on the tiles, one process": tiles,
+    }
+    lines = [
+        "",
+        f"patches {PATCH}, {case['name']} CT: {len(series)} training series; "
+        f"tiles of {TILE}, random corners; DataLoader {WORKERS} workers, batch {BATCH}",
+        f"  {'per patch, num_workers=0':<48}  {'CPU ms':>10}  {'calls':>12}",
+    ]
+    cost = {}
+    for name, dataset in per_patch.items():
+        for i in order[:4]:
+            dataset[i]  # the process's handles, caches and page cache
+        cost[name] = per_item(dataset, order)
+        cpu, calls = cost[name]
+        lines.append(f"  {case['name'] + ': ' + name:<48}  {cpu / 1000:>10.2f}  {calls:>12,.0f}")
+    pydicom_cpu = cost["pydicom, one process"][0]
+    for name in ("record tiled, one process", "codec alone on the tiles, one process"):
+        label = f"{case['name']}: pydicom / {name.split(',')[0]}, CPU per patch"
+        lines.append(f"  {label:<48}  {pydicom_cpu / cost[name][0]:>9.2f}x")
     pairs = {
-        "record / codec alone (>= 0.8)": ("frames record", "frames codec alone"),
-        "record / pydicom, frames (> 1)": ("frames record", "frames pydicom"),
-        "bound: codec alone / pydicom, frames": ("frames codec alone", "frames pydicom"),
-        "copy / pydicom, frames (>= 5)": ("frames copy", "frames pydicom"),
-        "bound: blank items / pydicom, frames": ("frames, blank items", "frames pydicom"),
-        "copy pixels only / pydicom, frames": ("frames copy, pixels only", "frames pydicom"),
         "record / pydicom, patches (>= 2)": ("patches record", "patches pydicom"),
         "copy / pydicom, patches (>= 20)": ("patches copy", "patches pydicom"),
         "record tiled / pydicom, patches (>= 2)": ("patches record tiled", "patches pydicom"),
         "copy tiled / pydicom, patches (>= 20)": ("patches copy tiled", "patches pydicom"),
         "bound: blank items / pydicom, patches": ("patches, blank items", "patches pydicom"),
         "copy tiled / blank items, patches": ("patches copy tiled", "patches, blank items"),
-        "copy / blank items, frames": ("frames copy", "frames, blank items"),
-        "copy int16 / pydicom, frames": ("frames copy, int16", "frames pydicom"),
-        "bound: blank int16 / pydicom, frames": ("frames, blank items int16", "frames pydicom"),
         "copy tiled int16 / pydicom, patches": ("patches copy tiled, int16", "patches pydicom"),
     }
     ratios = {
         name: (rates[ours][0] / rates[base][0], rates[base][1] / rates[ours][1])
         for name, (ours, base) in pairs.items()
     }
-    collate = {
-        (shape, dtype): collate_ms(shape, BATCHES, dtype)
-        for shape in (FRAME, PATCH)
-        for dtype in ("float32", "int16")
-    }
-    lines = [
-        "",
-        f"training loop, {case['name']} CT: {len(frames['record'])} frames of 512x512 "
-        f"in {len(series)} training series; DataLoader {WORKERS} workers, batch {BATCH}",
-    ]
-    # Row labels unique across the cases: ab_compare.py names the figures by them.
-    tag = f"{case['name']}: "
-    lines.append(f"  {'loader':<48}  {'items/s':>10}  {'CPU us/item':>12}")
-    lines += [
-        f"  {tag + name:<48}  {rate:>10,.1f}  {'-' if math.isnan(cpu) else f'{cpu:,.0f}':>12}"
-        for name, (rate, cpu) in rates.items()
-    ]
-    lines.append(f"  {'ratio':<48}  {'rate':>10}  {'CPU':>12}")
-    lines += [
-        f"  {tag + name:<48}  {rate:>9.2f}x  {'-' if math.isnan(cpu) else f'{cpu:.2f}x':>12}"
-        for name, (rate, cpu) in ratios.items()
-    ]
-    lines += [
-        f"  collate {BATCH} x {shape} {dtype} in a worker: default {ms[0]:.1f} ms, "
-        f"np.stack {ms[1]:.1f} ms"
-        for (shape, dtype), ms in collate.items()
-    ]
-    print("\n".join(lines))
+    print("\n".join(lines + _table(case["name"], rates, ratios, PATCH)))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
+import pacs_engine._native.jpegls as native_jpegls
 import pydicom
 import pytest
 import zarr
@@ -390,6 +391,81 @@ def test_native_jpegls_encodes_only_the_low_p_bits(bits: int, samples: int) -> N
         assert not np.array_equal(raw, masked)  # the high bits are set somewhere
     assert encode_jpegls(raw, bits) == encode_jpegls(masked, bits)
     assert np.array_equal(imagecodecs.jpegls_decode(encode_jpegls(raw, bits)), masked)
+
+
+@pytest.mark.parametrize(
+    ("bits", "dtype"),
+    [
+        (bits, dtype)
+        for dtype in ("u1", "i1", "u2", "i2", "u4", "i4")
+        for bits in (2, 5, 8, *range(9, 17))
+        if bits <= 8 * np.dtype(dtype).itemsize  # P is chosen to fit the array's dtype
+    ],
+)
+def test_native_jpegls_decode_equals_imagecodecs(bits: int, dtype: str) -> None:
+    """The vendored CharLS decodes a stream (every P, every table it builds at load) as
+    imagecodecs's CharLS does, straight into a window of the output, signed samples
+    sign-extended from P as the archive's coder encodes them."""
+    target = np.dtype(dtype)
+    rng = np.random.default_rng(bits)
+    ramp = np.add.outer(np.arange(67), np.arange(45)) * 37 + rng.integers(0, 8, (67, 45))
+    stored = (ramp % (1 << bits)).astype(np.uint8 if bits <= 8 else np.uint16)
+    data = encode_jpegls(stored, bits)
+    expected = imagecodecs.jpegls_decode(data).astype(np.int64)
+    if target.kind == "i":  # two's complement in P bits
+        expected = np.where(expected >= 1 << (bits - 1), expected - (1 << bits), expected)
+    out = np.full((70, 50), 7, target)
+    assert native_jpegls.decode_into(data, out[2:22, 3:33], 40, 10, 67, 45) == bits
+    assert np.array_equal(out[2:22, 3:33], expected[40:60, 10:40])
+    assert (out[:2] == 7).all() and (out[22:] == 7).all() and (out[:, :3] == 7).all()
+    coder = JpegLsCodec()
+    assert np.array_equal(coder.decode_frame(data, (67, 45), target), expected)
+
+
+def test_native_jpegls_tiles_decode_a_window_of_the_frame() -> None:
+    """A frame cut in tiles (each at its own P) decodes, for any window, to that window of
+    the frame; tiles outside the window are not read at all."""
+    rng = np.random.default_rng(11)
+    frame = (np.add.outer(np.arange(100), np.arange(90)) * 9 - 900).astype(np.int16)
+    frame[40:60, 30:70] += rng.integers(-500, 500, (20, 40)).astype(np.int16)
+    padded = np.zeros((128, 96), np.int16)  # tiles of 32: the frame's edges padded
+    padded[:100, :90] = frame
+    coder = JpegLsCodec()
+    tiles = [
+        coder.encode_frame(padded[y : y + 32, x : x + 32])
+        for y in range(0, 128, 32)
+        for x in range(0, 96, 32)
+    ]
+    assert len({jpegls_precision(t) for t in tiles}) > 1
+    for top, left, rows, cols in [(0, 0, 100, 90), (5, 7, 64, 40), (31, 31, 2, 2), (96, 64, 4, 26)]:
+        out = np.empty((rows, cols), np.int16)
+        wanted = {
+            (y // 32) * 3 + x // 32
+            for y in range(top, top + rows)
+            for x in range(left, left + cols)
+        }
+        given = [t if k in wanted else b"" for k, t in enumerate(tiles)]
+        assert coder.decode_tiles(given, (32, 32), 3, out, top, left)
+        assert np.array_equal(out, frame[top : top + rows, left : left + cols])
+    short = list(tiles)
+    short[4] = coder.encode_frame(padded[:16, :32])  # the tile at (32, 32): half its rows
+    with pytest.raises(CodecError, match="tile 4: the stream holds 16x32x1 samples"):
+        coder.decode_tiles(short, (32, 32), 3, np.empty((10, 10), np.int16), 40, 40)
+    assert not coder.decode_tiles(tiles, (32, 32, 3), 3, np.empty((4, 4, 3), np.uint8), 0, 0)
+
+
+def test_native_jpegls_decode_refuses_what_does_not_fit() -> None:
+    data = encode_jpegls(np.full((4, 6), 3000, np.uint16), 12)
+    with pytest.raises(CodecError, match="12-bit samples do not fit"):
+        JpegLsCodec().decode_frame(data, (4, 6), np.dtype("u1"))
+    with pytest.raises(CodecError, match="holds 4x6x1 samples, not 6x4x1"):
+        JpegLsCodec().decode_frame(data, (6, 4), np.dtype("u2"))
+    with pytest.raises(ValueError, match="outside a 4x6 frame"):
+        native_jpegls.decode_into(data, np.empty((3, 3), np.uint16), 2, 0, 4, 6)
+    with pytest.raises(CodecError, match="CharLS"):
+        JpegLsCodec().decode_frame(data[: len(data) // 2], (4, 6), np.dtype("u2"))
+    with pytest.raises(CodecError, match="empty"):
+        JpegLsCodec().decode_frame(b"", (4, 6), np.dtype("u2"))
 
 
 def test_signed_jpegls_chunk_is_a_dicom_jpegls_frame() -> None:

@@ -281,12 +281,13 @@ def test_read_stack_interleaves_arrays_and_refuses_mixed_frames(tmp_path: Path) 
         (odd,) = [a for a, n in arrays if n == 16]
         where = [(one, 3), (two, 1), (one, 0), (two, 2), (one, 1)]
         window = (slice(3, 30), slice(10, 32))
-        got = read_stack(archive.pixels, where, ["a", "b", "c", "d", "e"], window)
+        rows = [{"SOPInstanceUID": name} for name in "abcdex"]
+        got = read_stack(archive.pixels, where, rows[:5], window)
         for k, (array, frame) in enumerate(where):
             alone = archive.pixels.read_frames(array, [frame])[0]
             np.testing.assert_array_equal(got[k], alone[window])
         with pytest.raises(VolumeError, match="differ in shape") as refused:
-            read_stack(archive.pixels, [*where[:2], (odd, 0)], ["a", "b", "x"])
+            read_stack(archive.pixels, [*where[:2], (odd, 0)], [*rows[:2], rows[5]])
         assert refused.value.sop_instance_uids == ["x"]
         with pytest.raises(ValueError, match="read into an array"):
             archive.pixels.read_frames(one, [0, 1], out=np.empty((1, 32, 32), got.dtype))
@@ -557,6 +558,11 @@ def test_from_query_selects_instances_by_image_type_and_kernel(tmp_path: Path) -
         u for u, v in joined.items() if "LOCALIZER" in v.split("\\")
     }
     assert localizers.instances
+    # Only the series with an instance that matched are listed (the others had all left out).
+    series_of = {uid: str(ds.SeriesInstanceUID) for uid, (_, ds) in files.items()}
+    assert set(dataset.series_uids) == {series_of[uid] for uid in want}
+    assert set(localizers.series_uids) == {series_of[uid] for uid in localizers.instances}
+    assert len(localizers.series_uids) < len(set(series_of.values()))
     with pytest.raises(QueryError, match="ImageType"):
         FrameDataset.from_query(tmp_path / "archive", ImageTyp="ORIGINAL")
     volumes = VolumeDataset.from_query(

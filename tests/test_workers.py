@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,34 @@ def test_the_cache_is_bounded_and_remakes_what_is_not_current() -> None:
     assert cache.get("a", lambda: 10) == 10  # evicted first: made again
     assert cache.get("a", lambda: 11, current=lambda value: value != 10) == 11
     assert cache.pop("a") == 11 and cache.pop("a") is None
+
+
+def test_a_slow_make_blocks_no_other_key_and_is_made_once_per_key() -> None:
+    """make() runs outside the cache's lock: a get of another key completes while one
+    key's make() is under way (a readahead thread opening a shard while another opens
+    its own), and a concurrent get of the same key takes the object of that one make()."""
+    cache: PerProcess[str, object] = PerProcess(limit=4)
+    entered, other_done = threading.Event(), threading.Event()
+    makes: list[str] = []
+
+    def slow() -> object:
+        makes.append("a")
+        entered.set()
+        assert other_done.wait(30), "a get of another key waited for this make()"
+        return "slow"
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(cache.get, "a", slow)
+        assert entered.wait(30)
+        second = pool.submit(cache.get, "a", slow)  # the same key: waits for the first make()
+        assert cache.get("b", lambda: "fast") == "fast"
+        other_done.set()
+        assert first.result(30) == second.result(30) == "slow"
+    assert makes == ["a"]
+    assert cache.get("a", lambda: pytest.fail("made again")) == "slow"
+    with pytest.raises(ZeroDivisionError):  # a failed make() keeps nothing, blocks nothing
+        cache.get("c", lambda: 1 / 0)
+    assert cache.get("c", lambda: "made") == "made"
 
 
 def test_the_marker_decision_is_one_function(tmp_path: Path) -> None:

@@ -180,6 +180,7 @@ class PerProcess(Generic[Key, Value]):
         self._objects: OrderedDict[Key, Value] = OrderedDict()
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._making: dict[Key, threading.Lock] = {}  # per key being made: its maker holds it
 
     def get(
         self,
@@ -187,17 +188,49 @@ class PerProcess(Generic[Key, Value]):
         make: Callable[[], Value],
         current: Callable[[Value], bool] = lambda value: True,
     ) -> Value:
-        """The object kept for `key`, or make()'s when there is none or it is not `current`."""
+        """The object kept for `key`, or make()'s when there is none or it is not `current`.
+
+        make() runs outside the cache's lock, so threads getting other keys (readahead
+        threads opening shards) do not wait for it; a thread getting the same key waits
+        for that one make() and takes its object.
+        """
         self._forget_parent()
         with self._lock:
-            value = self._objects.get(key)
-            if value is None or not current(value):
-                value = make()
-            self._objects[key] = value
-            self._objects.move_to_end(key)
-            while self.limit is not None and len(self._objects) > self.limit:
-                self._objects.popitem(last=False)
-            return value
+            value = self._kept(key, current)
+            if value is not None:
+                return value
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                value = self._kept(key, current)  # made by the thread this one waited for
+            if value is not None:
+                return value
+            try:
+                made = make()
+            except BaseException:
+                with self._lock:
+                    self._done_making(key, making)
+                raise
+            with self._lock:  # kept and no longer being made at once: no second make()
+                self._objects[key] = made
+                self._objects.move_to_end(key)
+                while self.limit is not None and len(self._objects) > self.limit:
+                    self._objects.popitem(last=False)
+                self._done_making(key, making)
+            return made
+
+    def _done_making(self, key: Key, making: threading.Lock) -> None:
+        """Forget the lock of a key whose make() ended (lock held)."""
+        if self._making.get(key) is making:
+            del self._making[key]
+
+    def _kept(self, key: Key, current: Callable[[Value], bool]) -> Value | None:
+        """The object kept for `key` if it is `current`, made the most recently used (lock held)."""
+        value = self._objects.get(key)
+        if value is None or not current(value):
+            return None
+        self._objects.move_to_end(key)
+        return value
 
     def __len__(self) -> int:
         """Objects kept for this process."""
@@ -216,4 +249,5 @@ class PerProcess(Generic[Key, Value]):
         if self._pid != os.getpid():
             self._objects = OrderedDict()
             self._lock = threading.Lock()
+            self._making = {}
             self._pid = os.getpid()

@@ -1,4 +1,4 @@
-# The part of CharLS's C API (charls/charls.h, vendored in charls/) that encodes.
+# The part of CharLS's C API (charls/charls.h, vendored in charls/) that encodes and decodes.
 # Compiled as C++, where the API's enums are C++ enum classes: named by their C++ names.
 
 from libc.stdint cimport int32_t, uint32_t
@@ -6,6 +6,9 @@ from libc.stdint cimport int32_t, uint32_t
 
 cdef extern from "charls/charls.h" nogil:
     ctypedef struct charls_jpegls_encoder:
+        pass
+
+    ctypedef struct charls_jpegls_decoder:
         pass
 
     ctypedef enum charls_jpegls_errc:
@@ -36,4 +39,14 @@ cdef extern from "charls/charls.h" nogil:
         uint32_t stride)
     charls_jpegls_errc charls_jpegls_encoder_get_bytes_written(
         const charls_jpegls_encoder* encoder, size_t* bytes_written)
+    charls_jpegls_decoder* charls_jpegls_decoder_create()
+    void charls_jpegls_decoder_destroy(const charls_jpegls_decoder* decoder)
+    charls_jpegls_errc charls_jpegls_decoder_set_source_buffer(
+        charls_jpegls_decoder* decoder, const void* source_buffer, size_t source_size_bytes)
+    charls_jpegls_errc charls_jpegls_decoder_read_header(charls_jpegls_decoder* decoder)
+    charls_jpegls_errc charls_jpegls_decoder_get_frame_info(
+        const charls_jpegls_decoder* decoder, charls_frame_info* frame_info)
+    charls_jpegls_errc charls_jpegls_decoder_decode_to_buffer(
+        charls_jpegls_decoder* decoder, void* destination_buffer, size_t destination_size_bytes,
+        uint32_t stride)
     const char* charls_get_error_message(charls_jpegls_errc error_value)

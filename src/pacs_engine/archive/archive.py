@@ -370,7 +370,7 @@ class Archive:
         since its file has no original to compare with, and so are those of a row without
         a file sha256 (a copy's native frames, pacs_engine.archive.copies).
         """
-        blob = self._blob(row)
+        blob = read_blob(self.path, row)
         pixels = row.get("pixels")
         if row.get("transcoded"):
             return transcoded_file(blob, row, self._checked_frames(row))
@@ -401,7 +401,7 @@ class Archive:
         if not row.get("pixels"):
             raise ExportError(f"{_shown(sop_instance_uid)}: no pixel data to decode")
         try:
-            return transcoded_file(self._blob(row), row, self._checked_frames(row))
+            return transcoded_file(read_blob(self.path, row), row, self._checked_frames(row))
         except Exception as error:  # a damaged pack or shard can fail in any layer
             raise ExportError(
                 f"{_shown(sop_instance_uid)}: cannot rebuild the file: {error!r}"
@@ -412,7 +412,7 @@ class Archive:
         blob (no pixels read): for metadata. Raises ExportError naming the UID when damaged.
         """
         try:
-            return blob_dataset(self._blob(row))
+            return blob_dataset(read_blob(self.path, row))
         except Exception as error:  # a damaged pack can fail in any layer
             raise ExportError(
                 f"{_shown(row['SOPInstanceUID'])}: cannot read its header: {error!r}"
@@ -421,10 +421,6 @@ class Archive:
     def header_blob(self, row: Row) -> HeaderBlob:
         """The header blob of one version's row (checked against its `header_sha256`, when the
         row has one); BlobError or OSError when damaged or missing."""
-        return self._blob(row)
-
-    def _blob(self, row: Row) -> HeaderBlob:
-        """The header blob of one version's row."""
         return read_blob(self.path, row)
 
     def _checked_frames(self, row: Row) -> np.ndarray:

@@ -227,6 +227,24 @@ def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ..
     return np.frombuffer(data, spec.dtype.newbyteorder("<")).reshape(shape)
 
 
+def decode_chunk_into(
+    spec: ArraySpec,
+    data: bytes | memoryview,
+    shape: tuple[int, ...],
+    out: np.ndarray,
+    top: int = 0,
+    left: int = 0,
+) -> None:
+    """One stored chunk of `shape` decoded, and its part at (top, left) of out's size written
+    into `out` (a codec that can decodes straight into it: no intermediate array)."""
+    if spec.codec is not None:
+        spec.codec.decode_into(decompress(spec, data), shape, out, top, left)
+    else:
+        out[...] = decode_chunk(spec, data, shape)[
+            top : top + out.shape[0], left : left + out.shape[1]
+        ]
+
+
 #: zarr's codec JSON of a plain (little-endian) bytes serializer: 1-byte data has no endian.
 _BYTES_ONE = {"name": "bytes"}
 _BYTES_LE = {"name": "bytes", "configuration": {"endian": "little"}}
@@ -286,7 +304,7 @@ def decode_frame(
     Only the tiles that overlap the window are decoded.
     """
     if window == FULL_FRAME and spec.tile is None:
-        out[...] = decode_chunk(spec, chunks[0], spec.frame_shape)
+        decode_chunk_into(spec, chunks[0], spec.frame_shape, out)
         return
     top, bottom, rstep = window[0].indices(spec.rows)
     left, right, cstep = window[1].indices(spec.columns)
@@ -295,14 +313,25 @@ def decode_frame(
     _, r, c, *_ = spec.chunk_shape
     tile_shape = (r, c, *spec.frame_shape[2:])
     across = -(-spec.columns // c)
+    codec = spec.codec
+    if (
+        not spec.compressors
+        and codec
+        and codec.decode_tiles(chunks, tile_shape, across, out, top, left)
+    ):
+        return
     for row in range(top // r, -(-bottom // r)):
         y0, y1 = max(top, row * r), min(bottom, (row + 1) * r)
         for col in range(left // c, -(-right // c)):
             x0, x1 = max(left, col * c), min(right, (col + 1) * c)
-            tile = decode_chunk(spec, chunks[row * across + col], tile_shape)
-            out[y0 - top : y1 - top, x0 - left : x1 - left] = tile[
-                y0 - row * r : y1 - row * r, x0 - col * c : x1 - col * c
-            ]
+            decode_chunk_into(
+                spec,
+                chunks[row * across + col],
+                tile_shape,
+                out[y0 - top : y1 - top, x0 - left : x1 - left],
+                y0 - row * r,
+                x0 - col * c,
+            )
 
 
 _NOTHING = memoryview(b"")  # a chunk left unread: outside the window decoded

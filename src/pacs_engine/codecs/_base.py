@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -135,6 +135,32 @@ class FrameCodec(ABC):
     @abstractmethod
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The image of the given shape and dtype decoded from `data`."""
+
+    def decode_into(
+        self,
+        data: bytes | memoryview,
+        shape: tuple[int, ...],
+        out: np.ndarray,
+        top: int = 0,
+        left: int = 0,
+    ) -> None:
+        """Decode the image of `shape`; write its part at (top, left) of out's size into `out`."""
+        frame = self.decode_frame(bytes(data), shape, out.dtype)
+        out[...] = frame[top : top + out.shape[0], left : left + out.shape[1]]
+
+    def decode_tiles(
+        self,
+        tiles: Sequence[bytes | memoryview],
+        tile_shape: tuple[int, ...],
+        across: int,
+        out: np.ndarray,
+        top: int,
+        left: int,
+    ) -> bool:
+        """Decode the part at (top, left) of out's size of a frame stored as `tiles` (C
+        order, `across` a row) into `out` in one call, when the codec can (True); False:
+        the caller decodes the tiles one by one (`decode_into`)."""
+        return False
 
 
 def zarr_name(coder: type[FrameCodec]) -> str:

@@ -239,7 +239,7 @@ class _FromQuery:
         below = {k: v for k, v in filters.items() if level_of(k) == "instance"}
         above = {k: v for k, v in filters.items() if k not in below}
         path = _archive_path(archive)
-        check_query("instance", below)  # before the series query: a misspelling first
+        # The instance keys are checked once, by the dataset (QueryError for a misspelling).
         found = _handle(path).archive.query(level="series", **above)
         uids = [str(r["SeriesInstanceUID"]) for r in found]
         if below:
@@ -301,7 +301,7 @@ class FrameDataset(_FromQuery, _MapBase):
     in `fitted`; `report()` says both. `instance_query`: keys (matched as
     `Archive.query` matches them at the instance level, e.g. {"ImageType":
     "ORIGINAL\\PRIMARY*"}) an instance must match to be used; the others are
-    excluded and counted (`NOT_SELECTED`).
+    excluded and counted (`NOT_SELECTED`), and a series with none is not in `series_uids`.
     """
 
     def __init__(
@@ -325,7 +325,7 @@ class FrameDataset(_FromQuery, _MapBase):
         self.instance_query = dict(instance_query or {})
         self.shape = None if shape is None else FrameShape(tuple(shape), on_mismatch, pad_value)  # type: ignore[arg-type]
         archive = _handle(self.archive_path).archive
-        self.series_uids = sorted(_series_uids(archive, series_uids))
+        self.series_uids: list[str] = []  # those with an instance the instance query selects
         self.arrays: list[str] = []
         self.instances: list[str] = []
         self.rescale_rows: list[dict[str, Any]] = []  # per instance
@@ -337,10 +337,17 @@ class FrameDataset(_FromQuery, _MapBase):
         # One row per frame: series, array, frame in array, instance, frame in instance.
         table: list[tuple[int, int, int, int, int]] = []
         array_ids: dict[str, int] = {}
-        for s, uid in enumerate(self.series_uids):
-            for row in _rows(archive, uid):
-                reason = NOT_SELECTED if not matches(row, conditions) else ""
-                reason = reason or _exclusion(row, grayscale)
+        for uid in sorted(_series_uids(archive, series_uids)):
+            rows = _rows(archive, uid)
+            selected = _selected(rows, conditions)
+            if len(selected) < len(rows):
+                self.excluded[NOT_SELECTED] += len(rows) - len(selected)
+            if not selected:
+                continue
+            s = len(self.series_uids)
+            self.series_uids.append(uid)
+            for row in selected:
+                reason = _exclusion(row, grayscale)
                 size = int(row.get("Rows") or 0), int(row.get("Columns") or 0)
                 if not reason and self.shape is not None:
                     reason = self.shape.exclusion(*size)
@@ -527,6 +534,9 @@ class VolumeDataset(_FromQuery, _MapBase):
         archive = _handle(self.archive_path).archive
         self.skipped: dict[str, str] = {}
         self.series_uids: list[str] = []
+        # Per series, with an instance query: the instances it selected (plain data, which
+        # pickles: conditions hold functions), so items neither compile nor match it again.
+        self.selected: dict[str, frozenset[str]] = {}
         for uid in _series_uids(archive, series_uids):
             rows = _rows(archive, uid)
             if series_uids is None and not any(r.get("pixels") for r in rows):
@@ -535,6 +545,8 @@ class VolumeDataset(_FromQuery, _MapBase):
             if not rows:
                 self.skipped[uid] = NONE_SELECTED
                 continue
+            if conditions:
+                self.selected[uid] = frozenset(str(r["SOPInstanceUID"]) for r in rows)
             try:
                 plan_volume(rows, subset=subset)
             except VolumeError as error:
@@ -563,13 +575,15 @@ class VolumeDataset(_FromQuery, _MapBase):
         """One series' volume and its geometry."""
         uid = self.series_uids[_check_index(index, len(self))]
         series = _handle(self.archive_path).series_of(uid)
+        selected = self.selected.get(uid)
         volume = series.volume(
             rescale=self.rescale,
             subset=self.subset,
             threads=self.threads,
             dtype=self.dtype,
-            # Compiled again here: conditions hold functions, which do not pickle.
-            rows=_selected(series.rows, list(compile_query(self.instance_query).values())),
+            rows=None
+            if selected is None
+            else [r for r in series.rows if str(r["SOPInstanceUID"]) in selected],
         )
         spacing = np.asarray(volume.spacing, np.float64)
         affine = np.asarray(volume.affine, np.float64)
@@ -782,8 +796,7 @@ class PatchDataset(_FromQuery, _MapBase):
             z = window[0]
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
-            names = [str(r["SOPInstanceUID"]) for r in rows]
-            stack = read_stack(store, where, names, plane)
+            stack = read_stack(store, where, rows, plane)
             pixels = convert(stack, rows, self.rescale, self.dtype)
             meta, spacing, affine = self.extra[s][0]
             start = corner

@@ -119,8 +119,7 @@ class Series:
     def _read(self, rows: list[Row], threads: int) -> np.ndarray:
         """One frame per row, in the rows' order, decoded into one array."""
         where = [(pixel_ref(r)["array"], int(pixel_ref(r)["first_frame"])) for r in rows]
-        names = [str(r["SOPInstanceUID"]) for r in rows]
-        return read_stack(self.archive.pixels, where, names, threads=threads)
+        return read_stack(self.archive.pixels, where, rows, threads=threads)
 
 
 def default_threads() -> int:

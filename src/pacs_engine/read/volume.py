@@ -105,7 +105,7 @@ def pixel_ref(row: Row) -> PixelRef:
 def read_stack(
     pixels: PixelStore,
     where: Sequence[tuple[str, int]],
-    names: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
     window: tuple[slice, slice] | None = None,
     threads: int = 1,
 ) -> np.ndarray:
@@ -114,8 +114,9 @@ def read_stack(
     their part of the output when they are consecutive there (a stack from one array
     always is).
 
-    `names`: the instance UID of each frame, for the VolumeError raised when two arrays
-    hold frames of different shapes or dtypes.
+    `rows`: the row of each frame, whose SOPInstanceUID names it in the VolumeError raised
+    when two arrays hold frames of different shapes or dtypes (read only then: a patch
+    reader need not build the names per patch).
     """
     # Here, not at the top: this module needs numpy only until it reads (no zarr import).
     from pacs_engine.archive.pixel_store import FULL_FRAME, window_shape
@@ -134,7 +135,7 @@ def read_stack(
             raise VolumeError(
                 f"decoded frames differ in shape or dtype ({window_shape(spec, window)} "
                 f"{spec.dtype} vs {shape} {dtype})",
-                [names[k] for k in by_array[path]],
+                [_uid(rows[k]) for k in by_array[path]],
             )
     out = np.empty((len(where), *shape), dtype)
     for path, slots in by_array.items():

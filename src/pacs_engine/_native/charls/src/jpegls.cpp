@@ -121,17 +121,26 @@ const array<golomb_code_table, max_k_value> decoding_tables{
     initialize_table(12), initialize_table(13), initialize_table(14), initialize_table(15)};
 
 // Lookup tables: sample differences to bin indexes.
+// pacs_engine: one per sample precision P from 2 to 16 (indexed by P), not only 8, 10, 12, 16.
 // NOLINTNEXTLINE(clang-diagnostic-global-constructors)
-const vector<int8_t> quantization_lut_lossless_8{create_quantize_lut_lossless(8)};
-
-// NOLINTNEXTLINE(clang-diagnostic-global-constructors)
-const vector<int8_t> quantization_lut_lossless_10{create_quantize_lut_lossless(10)};
-
-// NOLINTNEXTLINE(clang-diagnostic-global-constructors)
-const vector<int8_t> quantization_lut_lossless_12{create_quantize_lut_lossless(12)};
-
-// NOLINTNEXTLINE(clang-diagnostic-global-constructors)
-const vector<int8_t> quantization_lut_lossless_16{create_quantize_lut_lossless(16)};
+const array<vector<int8_t>, 17> quantization_luts_lossless{
+    {{},
+     {},
+     create_quantize_lut_lossless(2),
+     create_quantize_lut_lossless(3),
+     create_quantize_lut_lossless(4),
+     create_quantize_lut_lossless(5),
+     create_quantize_lut_lossless(6),
+     create_quantize_lut_lossless(7),
+     create_quantize_lut_lossless(8),
+     create_quantize_lut_lossless(9),
+     create_quantize_lut_lossless(10),
+     create_quantize_lut_lossless(11),
+     create_quantize_lut_lossless(12),
+     create_quantize_lut_lossless(13),
+     create_quantize_lut_lossless(14),
+     create_quantize_lut_lossless(15),
+     create_quantize_lut_lossless(16)}};
 
 
 template<typename Strategy>

@@ -24,10 +24,8 @@ class decoder_strategy;
 class encoder_strategy;
 
 extern const std::array<golomb_code_table, max_k_value> decoding_tables;
-extern const std::vector<int8_t> quantization_lut_lossless_8;
-extern const std::vector<int8_t> quantization_lut_lossless_10;
-extern const std::vector<int8_t> quantization_lut_lossless_12;
-extern const std::vector<int8_t> quantization_lut_lossless_16;
+// pacs_engine: one table per sample precision P from 2 to 16 (indexed by P; upstream: 8, 10, 12, 16).
+extern const std::array<std::vector<int8_t>, 17> quantization_luts_lossless;
 
 // Used to determine how large runs should be encoded at a time. Defined by the JPEG-LS standard, A.2.1., Initialization
 // step 3.
@@ -209,32 +207,19 @@ private:
 
     void initialize_quantization_lut()
     {
-        // for lossless mode with default parameters, we have precomputed the look up table for bit counts 8, 10, 12 and 16.
-        if (traits_.near_lossless == 0 && traits_.maximum_sample_value == (1 << traits_.bits_per_pixel) - 1)
+        // pacs_engine: for lossless mode with default parameters, the table is precomputed for
+        // every P from 2 to 16, not only 8, 10, 12 and 16: the archive encodes each frame (or
+        // tile) at the P its values need, and building the table per frame cost more than
+        // decoding a 32x32 tile. The tables are the ones built below; streams are unchanged.
+        if (traits_.near_lossless == 0 && traits_.maximum_sample_value == (1 << traits_.bits_per_pixel) - 1 &&
+            traits_.bits_per_pixel >= 2 && traits_.bits_per_pixel <= 16)
         {
             const jpegls_pc_parameters presets{compute_default(traits_.maximum_sample_value, traits_.near_lossless)};
             if (presets.threshold1 == t1_ && presets.threshold2 == t2_ && presets.threshold3 == t3_)
             {
-                if (traits_.bits_per_pixel == 8)
-                {
-                    quantization_ = &quantization_lut_lossless_8[quantization_lut_lossless_8.size() / 2];
-                    return;
-                }
-                if (traits_.bits_per_pixel == 10)
-                {
-                    quantization_ = &quantization_lut_lossless_10[quantization_lut_lossless_10.size() / 2];
-                    return;
-                }
-                if (traits_.bits_per_pixel == 12)
-                {
-                    quantization_ = &quantization_lut_lossless_12[quantization_lut_lossless_12.size() / 2];
-                    return;
-                }
-                if (traits_.bits_per_pixel == 16)
-                {
-                    quantization_ = &quantization_lut_lossless_16[quantization_lut_lossless_16.size() / 2];
-                    return;
-                }
+                const std::vector<int8_t>& lut{quantization_luts_lossless[static_cast<size_t>(traits_.bits_per_pixel)]};
+                quantization_ = &lut[lut.size() / 2];
+                return;
             }
         }
 
