@@ -33,8 +33,8 @@ from pacs_engine.archive import copies
 from pacs_engine.archive.blobs import BlobError, rows_sidecar
 from pacs_engine.archive.copies import read_stored_many
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata
-from pacs_engine.codecs.registry import REGISTRY
+from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
 from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
@@ -720,6 +720,19 @@ def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None
     assert names == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
     assert [p.name for p in pixels.unreferenced_files("s/a", {0, 2})] == ["c.1.0.0"]
     assert (pixels.open_array("s/a")[:] == 0).all()  # zarr reads the flat keys
+
+
+def test_zarr_json_is_the_indented_dump_for_any_frame_count_and_kind() -> None:
+    """The zarr.json made once per kind of array is `json.dumps(meta, indent=2)` for each
+    frame count, each kind (codec, dtype, attributes), and a value that holds the
+    placeholder of the frame count (then dumped whole)."""
+    coded = [ArraySpec(4, 6, 1, np.dtype("int16"), c(), (), 8) for c in ARCHIVE_BY_NAME.values()]
+    for spec in [ArraySpec(4, 4, 1, np.dtype("uint8"), None), *coded]:
+        for attributes in ({}, {"bits_allocated": 16, "note": "\0frames", "ratio": 0.5}):
+            meta = json.loads(array_metadata(spec, attributes))
+            for frames in (0, 1, 9, 123456):
+                meta["shape"][0] = frames
+                assert zarr_json(meta) == json.dumps(meta, indent=2).encode()
 
 
 def _forbid_codecs(patch: pytest.MonkeyPatch) -> None:
