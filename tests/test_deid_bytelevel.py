@@ -203,6 +203,27 @@ def test_odd_lengths_as_found_are_kept_and_rewritten_ones_made_even() -> None:
     assert dummy in result
 
 
+def test_served_values_are_kept_apart_by_encoding_and_match_pydicom() -> None:
+    """The emptied and dummy elements the native splice serves from `Rules.served` (after
+    the first of each (tag, VR)): one engine de-identifying the table's data set in
+    implicit, explicit, then implicit VR again writes what the pydicom path writes each
+    time, and has served elements of each encoding."""
+    fast, slow = _pair(())
+    files = []
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        ds, _ = _dataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        files.append(_bytes(ds))
+    for data in [*files, files[0]]:
+        ours, theirs = fast.apply(data), slow.apply(data)
+        assert ours.fallback is None
+        assert (ours.data, ours.actions) == (theirs.data, theirs.actions)
+    implicit, explicit = fast.rules.served
+    assert {"Z", "D"} <= {action for action, _ in implicit.values()}
+    assert {"Z", "D"} <= {action for action, _ in explicit.values()}
+    assert any(implicit[k] != explicit[k] for k in implicit.keys() & explicit.keys())
+
+
 def test_header_blobs_the_same_way_as_pydicom(tmp_path: Path, inputs: list[bytes]) -> None:
     """What research copies use: each archived instance's header blob (prefix and suffix)."""
     folder = tmp_path / "in"

@@ -233,6 +233,7 @@ def splice(
     dict mark_vrs,
     bytes sequence_undefined,
     dict dropped,
+    dict served,
     counts,
     element_value,
     int depth,
@@ -243,8 +244,10 @@ def splice(
     """Write a data set's `elements` de-identified into `out`: runs of kept elements are
     copied as slices of `data` (of `suffix` from element `split` on, at the `top`), the
     `pending` (tag, bytes) marks go in tag order, elements whose action is in `dropped` go
-    (counted under the action it maps to, unless None), `element_value(element, action,
-    elements, depth)` gives the others (True: kept, None: dropped, or new bytes); returns
+    (counted under the action it maps to, unless None), an element that is no sequence
+    whose (tag, VR) is in `served` gets its (action, bytes) there (counted under the
+    action), `element_value(element, action, elements, depth)` gives the others (True:
+    kept, None: dropped, or new bytes); returns
     the offset in `out` where element `split` starts. The loop of
     `bytelevel._Rewrite._dataset`, here for its per-element cost."""
     cdef Py_ssize_t run_start = -1, run_end = -1, index, count = len(elements)
@@ -280,6 +283,9 @@ def splice(
             new = None
         elif action == unlisted and e.items is None:
             new = True
+        elif e.items is None and (e.tag, e.vr) in served:
+            counted, new = served[(e.tag, e.vr)]
+            counts[counted] += 1
         else:
             new = element_value(e, action, elements, depth)
         if marked < marks and e.tag == pending[marked][0]:

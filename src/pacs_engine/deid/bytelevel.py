@@ -367,6 +367,7 @@ class _Rewrite:
             marks.vrs if marks else {},
             marks.sequence_undefined if marks else b"",
             _DROPPED if context.kept_private else _DROPPED_WITH_PRIVATE,
+            self.rules.served[self.explicit],
             counts,
             self._element,
             depth,
@@ -404,18 +405,27 @@ class _Rewrite:
         if action == "Z":
             if tag in (PATIENT_ID, PATIENT_NAME):
                 return self._encode(element, pseudonym(tag, context))
-            return self._encode(element, b"" if vr in BINARY_VRS else None)
+            return self._served(element, action, b"" if vr in BINARY_VRS else None)
         if action == "D":
             if vr == "UI":
                 return self._encode(element, map_uids(self._strings(element), context.key))
             if tag in (PATIENT_ID, PATIENT_NAME):
                 return self._encode(element, pseudonym(tag, context))
             if vr in BINARY_VRS:
-                return self._encode(element, b"\0\0")
+                return self._served(element, action, b"\0\0")
             if vr not in DUMMY:
                 raise Fallback("no dummy value for this VR")
-            return self._encode(element, DUMMY[vr])
+            return self._served(element, action, DUMMY[vr])
         return self._clean(element)
+
+    def _served(self, element: Element, action: str, value: object) -> bytes:
+        """An element with a new value that depends on its (tag, VR) alone, remembered in
+        `Rules.served` for `splice` to give the next ones (a third of the elements
+        rewritten on the corpus's CT and MR: an emptied or a dummy value)."""
+        encoded = self._encode(element, value)
+        if element.tag != _SOP_INSTANCE_UID:  # `_encode` notes the SOP UID written
+            self.rules.served[self.explicit][(element.tag, element.vr)] = (action, encoded)
+        return encoded
 
     def _pixel_data(self, element: Element) -> bytes | bool:
         """Pixel Data as pydicom writes a whole file's: padded to even length, of undefined
