@@ -234,6 +234,7 @@ def splice(
     bytes sequence_undefined,
     dict dropped,
     dict served,
+    dict mapped,
     counts,
     element_value,
     int depth,
@@ -246,7 +247,8 @@ def splice(
     `pending` (tag, bytes) marks go in tag order, elements whose action is in `dropped` go
     (counted under the action it maps to, unless None), an element that is no sequence
     whose (tag, VR) is in `served` gets its (action, bytes) there (counted under the
-    action), `element_value(element, action, elements, depth)` gives the others (True:
+    action), one of VR UI of action U or D whose bytes are in `mapped` the bytes there
+    (counted), `element_value(element, action, elements, depth)` gives the others (True:
     kept, None: dropped, or new bytes); returns
     the offset in `out` where element `split` starts. The loop of
     `bytelevel._Rewrite._dataset`, here for its per-element cost."""
@@ -287,7 +289,13 @@ def splice(
             counted, new = served[(e.tag, e.vr)]
             counts[counted] += 1
         else:
-            new = element_value(e, action, elements, depth)
+            new = None
+            if e.vr == "UI" and (action == "U" or action == "D"):
+                new = mapped.get(e.source[e.start:e.end])
+            if new is None:
+                new = element_value(e, action, elements, depth)
+            else:
+                counts[action] += 1
         if marked < marks and e.tag == pending[marked][0]:
             # Already there: set to the new value, as pydicom sets it (VR and
             # undefined length as found).
