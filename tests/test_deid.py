@@ -30,11 +30,11 @@ from pydicom.sequence import Sequence
 
 from pacs_engine import storage
 from pacs_engine.archive import copies
-from pacs_engine.archive.blobs import BlobError, rows_sidecar
+from pacs_engine.archive.blobs import BlobError, PackReader, read_blob, rows_sidecar
 from pacs_engine.archive.copies import read_stored_many
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata
-from pacs_engine.codecs.registry import REGISTRY
+from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
 from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
@@ -748,6 +748,19 @@ def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None
     assert (pixels.open_array("s/a")[:] == 0).all()  # zarr reads the flat keys
 
 
+def test_zarr_json_is_the_indented_dump_for_any_frame_count_and_kind() -> None:
+    """The zarr.json made once per kind of array is `json.dumps(meta, indent=2)` for each
+    frame count, each kind (codec, dtype, attributes), and a value that holds the
+    placeholder of the frame count (then dumped whole)."""
+    coded = [ArraySpec(4, 6, 1, np.dtype("int16"), c(), (), 8) for c in ARCHIVE_BY_NAME.values()]
+    for spec in [ArraySpec(4, 4, 1, np.dtype("uint8"), None), *coded]:
+        for attributes in ({}, {"bits_allocated": 16, "note": "\0frames", "ratio": 0.5}):
+            meta = json.loads(array_metadata(spec, attributes))
+            for frames in (0, 1, 9, 123456):
+                meta["shape"][0] = frames
+                assert zarr_json(meta) == json.dumps(meta, indent=2).encode()
+
+
 def _forbid_codecs(patch: pytest.MonkeyPatch) -> None:
     """Make every codec's decode and encode raise (undone when `patch` is)."""
 
@@ -862,6 +875,37 @@ def test_a_damaged_source_header_is_refused_without_naming_the_source(tmp_path: 
     for row in rows:
         for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
             assert row[uid].encode() not in written
+
+
+def test_a_pack_is_opened_once_for_its_rows_and_a_missing_one_fails_its_row_alone(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`PackReader` (the copy's source header reads) opens each pack once for a run of
+    its rows and reads each blob as `read_blob` does; a row whose pack is missing fails
+    alone, and the rows after it are read."""
+    root = made["root"] / "record"
+    with open_archive(root) as record:
+        rows = sorted(record.index, key=lambda r: (r["header"]["pack"], r["header"]["offset"]))
+    packs = {row["header"]["pack"] for row in rows}
+    assert len(rows) > len(packs) > 1
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: Any, *args: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, *args)
+
+    missing = {**rows[0], "header": {**rows[0]["header"], "pack": "headers/gone.pack"}}
+    with PackReader(root) as reader, monkeypatch.context() as patch:
+        patch.setattr(os, "open", counting_open)
+        blobs = [reader.blob(row).to_bytes() for row in rows]
+        with pytest.raises(FileNotFoundError):
+            reader.blob(missing)
+        again = reader.blob(rows[-1]).to_bytes()
+    assert sorted(opened[: len(packs)]) == sorted(str(root / p) for p in packs)
+    assert len(opened) == len(packs) + 2  # the missing pack, then the last one again
+    assert blobs == [read_blob(root, row).to_bytes() for row in rows]
+    assert again == blobs[-1]
 
 
 def test_worker_processes_make_the_same_archive(

@@ -5,6 +5,7 @@ input refused with the reason; what it does not handle left to pydicom and said 
 from __future__ import annotations
 
 import copy
+import pickle
 import shutil
 import struct
 from io import BytesIO
@@ -201,6 +202,50 @@ def test_odd_lengths_as_found_are_kept_and_rewritten_ones_made_even() -> None:
     assert b"SN7" not in result
     dummy = struct.pack("<HH2sH", 0x0018, 0x1000, b"LO", 10) + b"ANONYMIZED"
     assert dummy in result
+
+
+def test_served_values_are_kept_apart_by_encoding_and_match_pydicom() -> None:
+    """The emptied and dummy elements the native splice serves from `Rules.served` (after
+    the first of each (tag, VR)): one engine de-identifying the table's data set in
+    implicit, explicit, then implicit VR again writes what the pydicom path writes each
+    time, and has served elements of each encoding."""
+    fast, slow = _pair(())
+    files = []
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        ds, _ = _dataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        files.append(_bytes(ds))
+    for data in [*files, files[0]]:
+        ours, theirs = fast.apply(data), slow.apply(data)
+        assert ours.fallback is None
+        assert (ours.data, ours.actions) == (theirs.data, theirs.actions)
+    implicit, explicit = fast.rules.served
+    assert {"Z", "D"} <= {action for action, _ in implicit.values()}
+    assert {"Z", "D"} <= {action for action, _ in explicit.values()}
+    assert any(implicit[k] != explicit[k] for k in implicit.keys() & explicit.keys())
+
+
+def test_mapped_uid_elements_are_given_again_as_pydicom_maps_them() -> None:
+    """UID elements the native splice gives again from the engine's memory of mapped ones
+    (by their bytes): a second pass over the same files, and a pickled engine (which
+    starts without that memory), write what the pydicom path writes; the SOP Instance UID,
+    whose mapped value the file meta repeats, is never taken from it."""
+    fast, slow = _pair(())
+    files = []
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        ds, _ = _dataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        files.append(_bytes(ds))
+    theirs = [slow.apply(data) for data in files]
+    for engine in (fast, fast, pickle.loads(pickle.dumps(fast))):
+        for data, expected in zip(files, theirs, strict=True):
+            ours = engine.apply(data)
+            assert ours.fallback is None
+            assert (ours.data, ours.actions) == (expected.data, expected.actions)
+    implicit, explicit = fast._mapped
+    assert implicit and explicit
+    sop = struct.pack("<HH", 0x0008, 0x0018)
+    assert not any(raw.startswith(sop) for raw in [*implicit, *explicit])
 
 
 def test_header_blobs_the_same_way_as_pydicom(tmp_path: Path, inputs: list[bytes]) -> None:

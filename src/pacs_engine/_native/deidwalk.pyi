@@ -57,6 +57,8 @@ def splice(
     mark_vrs: dict[int, str],
     sequence_undefined: bytes,
     dropped: dict[str, str | None],
+    served: dict[tuple[int, str], tuple[str, bytes]],
+    mapped: dict[bytes, bytes],
     counts: Counter[str],
     element_value: Callable[[Element, str, list[Element], int], bytes | bool | None],
     depth: int,

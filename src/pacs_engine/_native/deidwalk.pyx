@@ -233,6 +233,8 @@ def splice(
     dict mark_vrs,
     bytes sequence_undefined,
     dict dropped,
+    dict served,
+    dict mapped,
     counts,
     element_value,
     int depth,
@@ -243,8 +245,11 @@ def splice(
     """Write a data set's `elements` de-identified into `out`: runs of kept elements are
     copied as slices of `data` (of `suffix` from element `split` on, at the `top`), the
     `pending` (tag, bytes) marks go in tag order, elements whose action is in `dropped` go
-    (counted under the action it maps to, unless None), `element_value(element, action,
-    elements, depth)` gives the others (True: kept, None: dropped, or new bytes); returns
+    (counted under the action it maps to, unless None), an element that is no sequence
+    whose (tag, VR) is in `served` gets its (action, bytes) there (counted under the
+    action), one of VR UI of action U or D whose bytes are in `mapped` the bytes there
+    (counted), `element_value(element, action, elements, depth)` gives the others (True:
+    kept, None: dropped, or new bytes); returns
     the offset in `out` where element `split` starts. The loop of
     `bytelevel._Rewrite._dataset`, here for its per-element cost."""
     cdef Py_ssize_t run_start = -1, run_end = -1, index, count = len(elements)
@@ -280,8 +285,17 @@ def splice(
             new = None
         elif action == unlisted and e.items is None:
             new = True
+        elif e.items is None and (e.tag, e.vr) in served:
+            counted, new = served[(e.tag, e.vr)]
+            counts[counted] += 1
         else:
-            new = element_value(e, action, elements, depth)
+            new = None
+            if e.vr == "UI" and (action == "U" or action == "D"):
+                new = mapped.get(e.source[e.start:e.end])
+            if new is None:
+                new = element_value(e, action, elements, depth)
+            else:
+                counts[action] += 1
         if marked < marks and e.tag == pending[marked][0]:
             # Already there: set to the new value, as pydicom sets it (VR and
             # undefined length as found).

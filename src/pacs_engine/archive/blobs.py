@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -137,14 +138,44 @@ class HeaderBlob:
 def read_blob(root: Path, row: Row) -> HeaderBlob:
     """The header blob of one version's row in the archive at `root`, checked against the
     row's `header_sha256` when it has one; BlobError or OSError when damaged or missing."""
-    where = row["header"]
-    with open(root / where["pack"], "rb") as f:
-        f.seek(where["offset"])
-        data = f.read(where["length"])
-    recorded = row.get("header_sha256")  # rows of copies (archive.copies) have it
-    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
-        raise BlobError("the header blob differs from the one written (its sha256)")
-    return HeaderBlob.from_bytes(data)
+    with PackReader(root) as packs:
+        return packs.blob(row)
+
+
+class PackReader:
+    """Reads rows' header blobs in the archive at `root` with the last pack kept open: a
+    part's rows share a few packs, so one open per pack rather than one per row."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._pack: str | None = None
+        self._fd = -1
+
+    def __enter__(self) -> PackReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the open pack, if any."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._pack = -1, None
+
+    def blob(self, row: Row) -> HeaderBlob:
+        """The header blob of one version's row, checked against the row's `header_sha256`
+        when it has one; BlobError or OSError when damaged or missing."""
+        where = row["header"]
+        if where["pack"] != self._pack:
+            self.close()
+            self._fd = os.open(self.root / where["pack"], os.O_RDONLY | os.O_CLOEXEC)
+            self._pack = where["pack"]
+        data = os.pread(self._fd, where["length"], where["offset"])
+        recorded = row.get("header_sha256")  # rows of copies (archive.copies) have it
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise BlobError("the header blob differs from the one written (its sha256)")
+        return HeaderBlob.from_bytes(data)
 
 
 def scannable(blob: HeaderBlob) -> bytes:

@@ -91,6 +91,10 @@ class Rules:
         #: `decide`'s answers by (tag, VR); the byte path's native walk reads them here.
         self.decided: dict[tuple[int, str], str] = {}
         self._identifying: dict[tuple[int, str], bool] = {}
+        #: The byte path's new elements that depend on (tag, VR) alone (an emptied value,
+        #: a dummy one): (action, encoded element) by (tag, VR), implicit VR [0] and
+        #: explicit [1]; its native splice serves them without a call back into Python.
+        self.served: tuple[dict[tuple[int, str], tuple[str, bytes]], ...] = ({}, {})
 
     def __getstate__(self) -> dict[str, object]:
         return {"options": self.options}  # the caches are rebuilt in a worker

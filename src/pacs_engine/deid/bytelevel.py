@@ -60,7 +60,7 @@ from pacs_engine.deid.actions import (
     scrub,
     shift,
 )
-from pacs_engine.deid.key import Key
+from pacs_engine.deid.key import UID_CACHE, Key
 from pacs_engine.errors import PacsEngineError
 
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -112,6 +112,10 @@ class Settings:
     burned_in_reason: Callable[[object, object], str | None]
     marks: Callable[[bool], Marks]  # by explicit VR
     meta_removed: tuple[int, ...]
+    #: UID elements mapped (action U, or D of VR UI), by their source bytes, implicit VR
+    #: [0] and explicit [1]: a study's UIDs recur in each of its instances, and `splice`
+    #: gives them again without a call back into Python. Keyed, so the Deidentifier's.
+    mapped: tuple[dict[bytes, bytes], dict[bytes, bytes]]
 
 
 @dataclass(slots=True)
@@ -367,6 +371,8 @@ class _Rewrite:
             marks.vrs if marks else {},
             marks.sequence_undefined if marks else b"",
             _DROPPED if context.kept_private else _DROPPED_WITH_PRIVATE,
+            self.rules.served[self.explicit],
+            self.settings.mapped[self.explicit],
             counts,
             self._element,
             depth,
@@ -400,22 +406,44 @@ class _Rewrite:
         if vr == "SQ":
             return self._sequence(element, depth, empty=action == "Z")
         if action == "U":
-            return self._encode(element, map_uids(self._strings(element), context.key))
+            return self._mapped(element)
         if action == "Z":
             if tag in (PATIENT_ID, PATIENT_NAME):
                 return self._encode(element, pseudonym(tag, context))
-            return self._encode(element, b"" if vr in BINARY_VRS else None)
+            return self._served(element, action, b"" if vr in BINARY_VRS else None)
         if action == "D":
             if vr == "UI":
-                return self._encode(element, map_uids(self._strings(element), context.key))
+                return self._mapped(element)
             if tag in (PATIENT_ID, PATIENT_NAME):
                 return self._encode(element, pseudonym(tag, context))
             if vr in BINARY_VRS:
-                return self._encode(element, b"\0\0")
+                return self._served(element, action, b"\0\0")
             if vr not in DUMMY:
                 raise Fallback("no dummy value for this VR")
-            return self._encode(element, DUMMY[vr])
+            return self._served(element, action, DUMMY[vr])
         return self._clean(element)
+
+    def _mapped(self, element: Element) -> bytes:
+        """A UID element with its UIDs mapped, remembered by its bytes in
+        `Settings.mapped` for `splice` to give again."""
+        context = self.context
+        assert context is not None
+        encoded = self._encode(element, map_uids(self._strings(element), context.key))
+        if element.tag != _SOP_INSTANCE_UID:  # `_encode` notes the SOP UID written
+            mapped = self.settings.mapped[self.explicit]
+            if len(mapped) >= UID_CACHE:
+                mapped.clear()
+            mapped[element.source[element.start : element.end]] = encoded
+        return encoded
+
+    def _served(self, element: Element, action: str, value: object) -> bytes:
+        """An element with a new value that depends on its (tag, VR) alone, remembered in
+        `Rules.served` for `splice` to give the next ones (a third of the elements
+        rewritten on the corpus's CT and MR: an emptied or a dummy value)."""
+        encoded = self._encode(element, value)
+        if element.tag != _SOP_INSTANCE_UID:  # `_encode` notes the SOP UID written
+            self.rules.served[self.explicit][(element.tag, element.vr)] = (action, encoded)
+        return encoded
 
     def _pixel_data(self, element: Element) -> bytes | bool:
         """Pixel Data as pydicom writes a whole file's: padded to even length, of undefined

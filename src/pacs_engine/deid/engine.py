@@ -145,9 +145,10 @@ class Deidentifier:
         )
         self.byte_level = byte_level
         self._marks: dict[bool, bytelevel.Marks] = {}
+        self._mapped: tuple[dict[bytes, bytes], dict[bytes, bytes]] = ({}, {})
 
     def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "_marks": {}}  # encoded again where it is used
+        return {**self.__dict__, "_marks": {}, "_mapped": ({}, {})}  # made where used
 
     def method(self) -> list[str]:
         """De-identification Method values: the profile and each option, by name."""
@@ -260,6 +261,7 @@ class Deidentifier:
             burned_in_reason,
             self._encoded_marks,
             _META_REMOVED,
+            self._mapped,
         )
 
     def _deidentify(self, ds: Dataset) -> tuple[str, str | None, Counter[str] | None]:

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from pacs_engine.archive.blobs import WHOLE, HeaderBlob
+from pacs_engine.archive.blobs import WHOLE, HeaderBlob, PackReader
 from pacs_engine.archive.copies import (
     CopiedInstance,
     file_sha256,
@@ -348,34 +348,30 @@ def deid_task(
 def _deidentify_rows(
     archive: Archive, deidentifier: Deidentifier, run: str, rows: list[Row]
 ) -> list[Outcome]:
-    results: list[Outcome] = []
-    for row in rows:
-        new = deidentifier.key.uid(row["SOPInstanceUID"])
-        try:
-            with stage("read header"):
-                blob = archive.header_blob(row)
-        except Exception as error:  # a damaged pack: its message may name the source's UIDs
-            reason = f"cannot read its header ({type(error).__name__})"
-            results.append((new, "refused", reason, None, None))
-            continue
-        try:
-            with stage("deidentify"):
-                result = deidentifier.apply_header(blob)
-        except DeidError as error:
-            results.append((new, "refused", str(error), None, None))
-            continue
-        if result.blob is None:
-            results.append((new, "withheld", result.withheld or "", None, None))
-            continue
-        try:
-            with stage("scan"):
-                header = scan(result.header_bytes())
-        except ScanError as error:
-            results.append((new, "refused", f"de-identified header: {error.reason}", None, None))
-            continue
-        if header.attributes.get("SOPInstanceUID") != new:
-            results.append((new, "refused", "de-identified header: SOP UID not mapped", None, None))
-            continue
-        new_row = _new_row(row, blob, result, dict(header.attributes), run)
-        results.append((new, "copied", "", result, new_row))
-    return results
+    with PackReader(archive.path) as packs:  # a part's rows share a few packs
+        return [_deidentify_row(packs, deidentifier, run, row) for row in rows]
+
+
+def _deidentify_row(packs: PackReader, deidentifier: Deidentifier, run: str, row: Row) -> Outcome:
+    new = deidentifier.key.uid(row["SOPInstanceUID"])
+    try:
+        with stage("read header"):
+            blob = packs.blob(row)
+    except Exception as error:  # a damaged pack: its message may name the source's UIDs
+        return (new, "refused", f"cannot read its header ({type(error).__name__})", None, None)
+    try:
+        with stage("deidentify"):
+            result = deidentifier.apply_header(blob)
+    except DeidError as error:
+        return (new, "refused", str(error), None, None)
+    if result.blob is None:
+        return (new, "withheld", result.withheld or "", None, None)
+    try:
+        with stage("scan"):
+            header = scan(result.header_bytes())
+    except ScanError as error:
+        return (new, "refused", f"de-identified header: {error.reason}", None, None)
+    if header.attributes.get("SOPInstanceUID") != new:
+        return (new, "refused", "de-identified header: SOP UID not mapped", None, None)
+    new_row = _new_row(row, blob, result, dict(header.attributes), run)
+    return (new, "copied", "", result, new_row)
