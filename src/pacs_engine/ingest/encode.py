@@ -202,6 +202,7 @@ class _PartState:
     # Codecs chosen for new native arrays, by (modality, array key): the batch's, shared by
     # its parts (`PartEncoder.encode`)
     choices: dict[tuple, tuple] = field(default_factory=dict)
+    encode_started: float | None = None  # when its first frame's encode began (epoch seconds)
 
     def view(self, sop: str) -> Row | None:
         """The instance as it stands: its committed row with the part's versions of it."""
@@ -253,6 +254,7 @@ class PartEncoder:
         result = PartResult(part)
         for key in part.keys:
             result.outcomes.append(self._encode_one(key, state))
+        result.encode_started = state.encode_started
         for path, writer in state.writers.items():
             writer.flush()
             result.arrays[path] = writer.next
@@ -435,6 +437,8 @@ class PartEncoder:
         count = prepared.frame_count
         if not writers[path].room_for(count):
             raise ValueError(f"{count} frames, more than Number of Frames said when it was scanned")
+        if state.encode_started is None:  # the report's first_encode_seconds
+            state.encode_started = time.time()
         with stage("encode"):
             if prepared.storage == "bitstream":
                 spec = self.pixels.spec(path)  # as created, maybe by an older version
