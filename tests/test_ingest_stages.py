@@ -24,7 +24,8 @@ from conftest import corpus_files, require_corpus
 from pacs_engine import Archive, ScanError, storage
 from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
 from pacs_engine.archive.prepare import plain_layout
-from pacs_engine.archive.report import Outcome
+from pacs_engine.archive.quarantine import NOT_DICOM
+from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.cli.ingest import _render_report
 from pacs_engine.codecs import (
     JpegLsCodec,
@@ -395,6 +396,49 @@ def test_an_outcome_is_journaled_as_its_fields_that_are_set(outcome: Outcome) ->
     expected = json.dumps({k: v for k, v in dataclasses.asdict(outcome).items() if v}).encode()
     assert outcome.to_bytes() == expected
     assert Outcome.from_bytes(outcome.to_bytes()) == outcome
+
+
+def test_outcomes_counted_in_a_block_that_fails_are_uncounted() -> None:
+    """What a commit's outcomes added is put back when its transaction fails, every count
+    `count` changes (an outcome of each kind touches them all); kept when it commits."""
+    report = IngestReport()
+    report.count(Outcome("0.dcm", "archived", 7, raw=8, stored=4))
+    report.count(Outcome("1.dcm", "quarantined", 2, reason=f"{NOT_DICOM}: no preamble"))
+    before = report.to_dict()
+    outcomes = [
+        Outcome("a.dcm", "archived", 10, raw=20, stored=5, version=True, undecoded=True),
+        Outcome("b.dcm", "archived", 9, raw=9, stored=9, not_verified="no decoder"),
+        Outcome("c.dcm", "quarantined", 3, reason=f"{NOT_DICOM}: too short"),
+        Outcome("d.dcm", "quarantined", 3, reason="truncated: at 12"),
+        Outcome("e.dcm", "conflict", 4, reason="conflict: different pixels"),
+        Outcome("f.dcm", "duplicate", 5),
+    ]
+    with pytest.raises(OSError), report.counting():
+        for outcome in outcomes:
+            report.count(outcome)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert report.to_dict() == before
+    with report.counting():
+        for outcome in outcomes:
+            report.count(outcome)
+    after = report.to_dict()
+    changed = {key for key in after if after[key] != before[key]}
+    assert changed >= {
+        "inputs",
+        "input_bytes",
+        "archived",
+        "versions",
+        "archived_undecoded",
+        "not_verified",
+        "raw_pixel_bytes",
+        "stored_bytes",
+        "duplicates",
+        "conflicts",
+        "quarantined",
+        "quarantine_reasons",
+        "not_dicom",
+    }
+    assert after["inputs"] == 8 and after["not_dicom"] == ["1.dcm", "c.dcm"]
 
 
 def test_series_are_sent_largest_in_pixel_bytes_first(tmp_path: Path) -> None:

@@ -574,25 +574,13 @@ class _Run:
         is fed a part at a time (`results` may be read from disk as it goes), so memory
         holds one part's rows, however large the series.
         """
-        # The counts to go back to if nothing commits: a copy of what `count` changes
-        # (a deep copy of the whole report, its stage times too, cost more than the commit).
-        report = self.report
-        counted = replace(
-            report,
-            not_verified=report.not_verified.copy(),
-            reasons=report.reasons.copy(),
-            not_dicom=list(report.not_dicom),
-        )
         ends: dict[str, int] = {}
-        try:
-            with self.archive.index.writing() as index:
-                for result in results:
-                    self._commit_part(run, index, result)
-                    for path, end in result.arrays.items():
-                        ends[path] = max(ends.get(path, 0), end)
-        except BaseException:
-            self.report = counted
-            raise
+        # Its outcomes are counted as it goes, and uncounted if it does not commit.
+        with self.report.counting(), self.archive.index.writing() as index:
+            for result in results:
+                self._commit_part(run, index, result)
+                for path, end in result.arrays.items():
+                    ends[path] = max(ends.get(path, 0), end)
         # After the commit: a zarr reader never sees frames that no row references.
         for path, end in ends.items():
             if end > self.archive.pixels.frames(path):
