@@ -75,10 +75,10 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     synth: Path, tmp_path: Path
 ) -> None:
     """The killed session's time, committed with its work, is in the resumed report: its
-    sessions, seconds and phases. Killed once the scan's end is committed with the
-    session's time (`session` in the journal), while most of the encoding is still to do;
-    the scan phase, which the resumed session does not run again, is the killed
-    session's alone."""
+    sessions, seconds, phases and each process's stages. Killed once the scan's end is
+    committed with the session's time (`session` in the journal), while most of the
+    encoding is still to do; the scan phase and the main process's journal stage, which
+    the resumed session does not run again, are the killed session's alone."""
     archive = tmp_path / "a"
     process = _start(synth, archive)
     deadline = time.monotonic() + 120
@@ -95,6 +95,10 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     assert killed is not None and killed["seconds"] == 0.0  # it never saved its time itself
     session = killed["session"]
     assert session["seconds"] > 0 and session["phases"]["scan"] > 0
+    stages = session["stages"]  # [CPU, wall] by process and stage
+    assert stages["main"]["journal"][1] > 0  # the scan batches it recorded
+    workers = [name for name in stages if name.startswith("worker ")]
+    assert workers and all(stages[name]["scan"][0] > 0 for name in workers), stages
 
     resumed = _start(synth, archive)
     out, err = resumed.communicate(timeout=300)
@@ -108,3 +112,8 @@ def test_a_session_killed_with_kill_9_counts_in_the_resumed_report(
     assert report["phase_seconds"]["scan"] >= round(session["phases"]["scan"], 3) > 0
     encoded = session["phases"].get("encode", 0.0)
     assert report["phase_seconds"]["encode"] >= round(encoded, 3)
+    reported = report["stage_seconds"]
+    for process, times in stages.items():
+        for name, (cpu, wall) in times.items():
+            assert reported[process][name]["cpu"] >= round(cpu, 3) - 0.001, (process, name)
+            assert reported[process][name]["wall"] >= round(wall, 3) - 0.001, (process, name)

@@ -22,6 +22,7 @@ import zarr
 from conftest import corpus_files, require_corpus
 
 from pacs_engine import Archive, ScanError, storage
+from pacs_engine.archive import pixel_store
 from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
 from pacs_engine.archive.prepare import plain_layout
 from pacs_engine.archive.quarantine import NOT_DICOM
@@ -300,6 +301,54 @@ def _series(folder: Path, number: int, slices: int, modality: str = "MR", size: 
         folder, 5, 0, number, slices, modality=modality, syntax="explicit", rows=size, columns=size
     )
     return str(scan(paths[0])["SeriesInstanceUID"])
+
+
+def test_a_resumed_session_checkpoints_its_own_stages_beside_the_earlier_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's checkpoints hold its own stage times, and the run record they rewrite the
+    earlier sessions' as saved (with this session's added there too, a kill -9 would count
+    them twice when the run resumes); its report sums both."""
+    for number in range(5):
+        _series(tmp_path / "in", number, 64)  # a part, a commit each
+    write, calls = pixel_store.write_atomic, {"n": 0}
+
+    def fills_up(path: Any, data: bytes, dirs: Any = None, **options: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, data, dirs, **options)
+
+    monkeypatch.setattr(pixel_store, "write_atomic", fills_up)
+    with Archive.create(tmp_path / "a") as archive, pytest.raises(run.IngestStopped):
+        archive.ingest([tmp_path / "in"], workers=0)
+    monkeypatch.setattr(pixel_store, "write_atomic", write)
+    checkpoints: list[dict] = []
+    checkpoint = Journal.checkpoint
+
+    def kept(self: Journal, *args: Any) -> dict[bytes, bytes | None]:
+        entries = checkpoint(self, *args)
+        checkpoints.extend(json.loads(value) for value in entries.values() if value is not None)
+        return entries
+
+    monkeypatch.setattr(Journal, "checkpoint", kept)
+    monkeypatch.setattr(run, "CHECKPOINT_SECONDS", 0.0)  # one with every commit
+    with Archive.open_or_create(tmp_path / "a") as archive:
+        (saved,) = Journal(archive.index).unfinished()
+        report = archive.ingest([tmp_path / "in"], workers=0).to_dict()
+    assert report["resumed"] == 1 and report["archived"] == 5 * 64
+    earlier = saved["stages"]  # [CPU, wall] by process and stage
+    assert earlier["this process"]["encode"][0] > 0
+    assert len(checkpoints) >= 2
+    assert all(entry["stages"] == earlier for entry in checkpoints)
+    last = checkpoints[-1]["session"]["stages"]
+    assert last["this process"]["encode"][0] > 0 and "commit" in last["main"]
+    for process, times in last.items():
+        for name, (cpu, wall) in times.items():
+            summed = earlier.get(process, {}).get(name, [0.0, 0.0])
+            reported = report["stage_seconds"][process][name]
+            assert reported["cpu"] >= round(summed[0] + cpu, 3) - 0.001, (process, name)
+            assert reported["wall"] >= round(summed[1] + wall, 3) - 0.001, (process, name)
 
 
 def test_small_series_and_the_end_of_a_large_one_go_to_a_worker_in_one_task(
