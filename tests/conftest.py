@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PYDICOM_NOT_DICOM = {".py", ".txt", ".dump", ".json", ".gz", ".bz2", ".zip", ".md", ".pyc"}
 CORPUS = Path(os.environ.get("PACS_ENGINE_CORPUS", ROOT.parent / "shared" / "corpus"))
-#: How a command stopped by Ctrl-C may end: status 130, or by SIGINT itself (a shell shows
-#: both as 130). CPython ends the process by SIGINT when the KeyboardInterrupt the command
-#: caught went through code it ran with its own entry (an extension module's init).
-CTRL_C_STATUSES = (130, -signal.SIGINT)
 
 
 def corpus_files() -> list[Path]:

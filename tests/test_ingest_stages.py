@@ -22,9 +22,11 @@ import zarr
 from conftest import corpus_files, require_corpus
 
 from pacs_engine import Archive, ScanError, storage
+from pacs_engine.archive import pixel_store
 from pacs_engine.archive.pixel_store import READ_OPTIMISED, ArraySpec, PixelStore
 from pacs_engine.archive.prepare import plain_layout
-from pacs_engine.archive.report import Outcome
+from pacs_engine.archive.quarantine import NOT_DICOM
+from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.cli.ingest import _render_report
 from pacs_engine.codecs import (
     JpegLsCodec,
@@ -301,6 +303,54 @@ def _series(folder: Path, number: int, slices: int, modality: str = "MR", size: 
     return str(scan(paths[0])["SeriesInstanceUID"])
 
 
+def test_a_resumed_session_checkpoints_its_own_stages_beside_the_earlier_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's checkpoints hold its own stage times, and the run record they rewrite the
+    earlier sessions' as saved (with this session's added there too, a kill -9 would count
+    them twice when the run resumes); its report sums both."""
+    for number in range(5):
+        _series(tmp_path / "in", number, 64)  # a part, a commit each
+    write, calls = pixel_store.write_atomic, {"n": 0}
+
+    def fills_up(path: Any, data: bytes, dirs: Any = None, **options: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, data, dirs, **options)
+
+    monkeypatch.setattr(pixel_store, "write_atomic", fills_up)
+    with Archive.create(tmp_path / "a") as archive, pytest.raises(run.IngestStopped):
+        archive.ingest([tmp_path / "in"], workers=0)
+    monkeypatch.setattr(pixel_store, "write_atomic", write)
+    checkpoints: list[dict] = []
+    checkpoint = Journal.checkpoint
+
+    def kept(self: Journal, *args: Any) -> dict[bytes, bytes | None]:
+        entries = checkpoint(self, *args)
+        checkpoints.extend(json.loads(value) for value in entries.values() if value is not None)
+        return entries
+
+    monkeypatch.setattr(Journal, "checkpoint", kept)
+    monkeypatch.setattr(run, "CHECKPOINT_SECONDS", 0.0)  # one with every commit
+    with Archive.open_or_create(tmp_path / "a") as archive:
+        (saved,) = Journal(archive.index).unfinished()
+        report = archive.ingest([tmp_path / "in"], workers=0).to_dict()
+    assert report["resumed"] == 1 and report["archived"] == 5 * 64
+    earlier = saved["stages"]  # [CPU, wall] by process and stage
+    assert earlier["this process"]["encode"][0] > 0
+    assert len(checkpoints) >= 2
+    assert all(entry["stages"] == earlier for entry in checkpoints)
+    last = checkpoints[-1]["session"]["stages"]
+    assert last["this process"]["encode"][0] > 0 and "commit" in last["main"]
+    for process, times in last.items():
+        for name, (cpu, wall) in times.items():
+            summed = earlier.get(process, {}).get(name, [0.0, 0.0])
+            reported = report["stage_seconds"][process][name]
+            assert reported["cpu"] >= round(summed[0] + cpu, 3) - 0.001, (process, name)
+            assert reported["wall"] >= round(summed[1] + wall, 3) - 0.001, (process, name)
+
+
 def test_small_series_and_the_end_of_a_large_one_go_to_a_worker_in_one_task(
     tmp_path: Path,
 ) -> None:
@@ -395,6 +445,49 @@ def test_an_outcome_is_journaled_as_its_fields_that_are_set(outcome: Outcome) ->
     expected = json.dumps({k: v for k, v in dataclasses.asdict(outcome).items() if v}).encode()
     assert outcome.to_bytes() == expected
     assert Outcome.from_bytes(outcome.to_bytes()) == outcome
+
+
+def test_outcomes_counted_in_a_block_that_fails_are_uncounted() -> None:
+    """What a commit's outcomes added is put back when its transaction fails, every count
+    `count` changes (an outcome of each kind touches them all); kept when it commits."""
+    report = IngestReport()
+    report.count(Outcome("0.dcm", "archived", 7, raw=8, stored=4))
+    report.count(Outcome("1.dcm", "quarantined", 2, reason=f"{NOT_DICOM}: no preamble"))
+    before = report.to_dict()
+    outcomes = [
+        Outcome("a.dcm", "archived", 10, raw=20, stored=5, version=True, undecoded=True),
+        Outcome("b.dcm", "archived", 9, raw=9, stored=9, not_verified="no decoder"),
+        Outcome("c.dcm", "quarantined", 3, reason=f"{NOT_DICOM}: too short"),
+        Outcome("d.dcm", "quarantined", 3, reason="truncated: at 12"),
+        Outcome("e.dcm", "conflict", 4, reason="conflict: different pixels"),
+        Outcome("f.dcm", "duplicate", 5),
+    ]
+    with pytest.raises(OSError), report.counting():
+        for outcome in outcomes:
+            report.count(outcome)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert report.to_dict() == before
+    with report.counting():
+        for outcome in outcomes:
+            report.count(outcome)
+    after = report.to_dict()
+    changed = {key for key in after if after[key] != before[key]}
+    assert changed >= {
+        "inputs",
+        "input_bytes",
+        "archived",
+        "versions",
+        "archived_undecoded",
+        "not_verified",
+        "raw_pixel_bytes",
+        "stored_bytes",
+        "duplicates",
+        "conflicts",
+        "quarantined",
+        "quarantine_reasons",
+        "not_dicom",
+    }
+    assert after["inputs"] == 8 and after["not_dicom"] == ["1.dcm", "c.dcm"]
 
 
 def test_series_are_sent_largest_in_pixel_bytes_first(tmp_path: Path) -> None:

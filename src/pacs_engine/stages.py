@@ -26,7 +26,6 @@ class StageClock:
         self._open: list[str] = []  # the stages open, innermost last
         self._mark = (0.0, 0.0)  # (wall, CPU) when the innermost stage was last charged
         self._stages: dict[str, _Stage] = {}  # one context manager per name, reused
-        self.entered: dict[str, float] = {}  # stage -> when first entered since `take` (epoch)
 
     def _charge(self, now: tuple[float, float]) -> None:
         """Charge the innermost open stage with the time since the mark."""
@@ -47,8 +46,6 @@ class StageClock:
         """Open stage `name` (inside the stages open)."""
         self._charge((time.perf_counter(), time.process_time()))
         self._open.append(name)
-        if name not in self.entered:
-            self.entered[name] = time.time()
 
     def leave(self) -> None:
         """Close the innermost stage."""
@@ -58,7 +55,7 @@ class StageClock:
     def take(self) -> Times:
         """The times charged since the last call, rounded to microseconds; starts again."""
         taken = {name: [round(c, 6), round(w, 6)] for name, (c, w) in self.times.items()}
-        self.times, self.entered = {}, {}
+        self.times = {}
         return taken
 
 
@@ -86,19 +83,16 @@ def stage(name: str) -> AbstractContextManager[None]:
 
 
 @contextmanager
-def task(entered: dict[str, float] | None = None) -> Iterator[Times]:
+def task() -> Iterator[Times]:
     """Time one task: the dict yielded is filled, at the end, with its stages' times.
 
     What no stage inside took is charged to "other", so the stages sum to the
     task's wall time. Time charged before the task (outside any task) is dropped.
-    `entered`, if given, gets when (epoch seconds) each stage was first entered.
     """
     CLOCK.take()
     times: Times = {}
     with CLOCK.stage("other"):
         yield times
-    if entered is not None:
-        entered.update(CLOCK.entered)
     times.update(CLOCK.take())
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -108,6 +111,18 @@ class IngestReport:
             if (outcome.reason or "").startswith(NOT_DICOM):
                 self.not_dicom.append(outcome.key)
 
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Count outcomes in the block for good only if it ends without an error: they are
+        counted with the index transaction that records them, which may fail."""
+        saved = {name: copy.copy(getattr(self, name)) for name in _COUNTED}
+        try:
+            yield
+        except BaseException:
+            for name, value in saved.items():
+                setattr(self, name, value)
+            raise
+
     def add_stages(self, process: str, times: Times) -> None:
         """Add a task's seconds per stage to the process's."""
         add_times(self.stages.setdefault(process, {}), times)
@@ -163,6 +178,24 @@ class IngestReport:
             "sessions": self.resumed + 1,
             "balanced": self.balanced,
         }
+
+
+#: The fields `IngestReport.count` changes: what `IngestReport.counting` puts back.
+_COUNTED = (
+    "inputs",
+    "input_bytes",
+    "archived",
+    "versions",
+    "archived_undecoded",
+    "not_verified",
+    "raw_bytes",
+    "stored_bytes",
+    "duplicates",
+    "conflicts",
+    "quarantined",
+    "reasons",
+    "not_dicom",
+)
 
 
 def _reason_group(reason: str) -> str:

@@ -199,6 +199,10 @@ class _PartState:
     undecoded: dict[str, Prepared] = field(default_factory=dict)  # a version without hashes
     digests: dict[str, str] = field(default_factory=dict)  # bitstreams written, by file sha256
     blobs: list[tuple[Row, bytes]] = field(default_factory=list)
+    # Codecs chosen for new native arrays, by (modality, array key): the batch's, shared by
+    # its parts (`PartEncoder.encode`)
+    choices: dict[tuple, tuple] = field(default_factory=dict)
+    encode_started: float | None = None  # when its first frame's encode began (epoch seconds)
 
     def view(self, sop: str) -> Row | None:
         """The instance as it stands: its committed row with the part's versions of it."""
@@ -218,8 +222,6 @@ class PartEncoder:
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")
         self.policy = DEFAULT_POLICY  # the inputs' policy of the run at work
-        # Codecs chosen for new native arrays in the batch at work: (modality, key) -> codec
-        self.choices: dict[tuple, tuple] = {}
 
     def close(self) -> None:
         """Release the index."""
@@ -245,12 +247,14 @@ class PartEncoder:
         # Array specs are read afresh per part: since the last part, an array no row used
         # may have been removed by a run's tidy and created again with another codec.
         self.pixels = PixelStore(self.root / "pixels")
-        self.choices = {} if choices is None else choices
         state = _PartState(part, checks, dirs=set() if writes is None else writes)
+        if choices is not None:
+            state.choices = choices
         self.policy = checks.inputs
         result = PartResult(part)
         for key in part.keys:
             result.outcomes.append(self._encode_one(key, state))
+        result.encode_started = state.encode_started
         for path, writer in state.writers.items():
             writer.flush()
             result.arrays[path] = writer.next
@@ -369,9 +373,7 @@ class PartEncoder:
             shared = self._shared_pixels(prepared, prior, state)
             if shared is not None:
                 return shared, 0
-        pixels, stored = self._write_pixels(
-            prepared, state.part, state.writers, state.dirs, state.checks
-        )
+        pixels, stored = self._write_pixels(prepared, state)
         if prepared.storage == "bitstream":
             state.digests[prepared.sha256] = _bitstreams_digest(prepared.bitstreams)
         return pixels, stored
@@ -419,33 +421,31 @@ class PartEncoder:
         """Quarantine one input with its reason (reading it if the caller has not)."""
         return quarantine_input(self.quarantine, key, data, reason, self.policy)
 
-    def _write_pixels(
-        self,
-        prepared: Prepared,
-        part: Part,
-        writers: dict[str, _ArrayWriter],
-        dirs: set[Path],
-        checks: Checks,
-    ) -> tuple[PixelRef | None, int]:
+    def _write_pixels(self, prepared: Prepared, state: _PartState) -> tuple[PixelRef | None, int]:
         """Queue the instance's frames on its array; returns its pixel reference and bytes."""
         if prepared.storage == "none":
             return None, 0
+        part, writers = state.part, state.writers
         key, spec, attributes = self._array_for(prepared)
         path = self.pixels.array_path(part.series_uid, key)
         if path not in writers:
             frames = len(part.keys) * prepared.frame_count  # about what the part brings
-            self._ensure_array(part.series_uid, key, spec, attributes, prepared, frames)
-            writers[path] = _ArrayWriter(self.pixels, path, part, dirs)
+            self._ensure_array(
+                part.series_uid, key, spec, attributes, prepared, frames, state.choices
+            )
+            writers[path] = _ArrayWriter(self.pixels, path, part, state.dirs)
         count = prepared.frame_count
         if not writers[path].room_for(count):
             raise ValueError(f"{count} frames, more than Number of Frames said when it was scanned")
+        if state.encode_started is None:  # the report's first_encode_seconds
+            state.encode_started = time.time()
         with stage("encode"):
             if prepared.storage == "bitstream":
                 spec = self.pixels.spec(path)  # as created, maybe by an older version
                 encode = prepared.pass_through.encode_bitstream
                 chunks = [compress(spec, encode(b)) for b in prepared.bitstreams]
             else:
-                chunks = self._encode_native(path, prepared, checks.recheck_encoded)
+                chunks = self._encode_native(path, prepared, state.checks.recheck_encoded)
         first = writers[path].append(chunks)
         reference: PixelRef = {"array": path, "first_frame": first, "frames": count}
         return reference, sum(len(c) for c in chunks)
@@ -457,13 +457,14 @@ class PartEncoder:
         spec: ArraySpec,
         attributes: dict[str, Any],
         prepared: Prepared,
-        frames: int = 1,
+        frames: int,
+        choices: dict[tuple, tuple],
     ) -> None:
         """Create the array once, even when parts of its series run in several processes.
 
         The first part to get here picks the codec for native frames (from its
         first frame: choosing encodes it several times, so only here), or takes the
-        one its batch chose for frames of the same modality and array key (a small
+        one its batch chose (`choices`) for frames of the same modality and array key (a small
         series would pay a choice about as dear as its encoding); the others encode
         with the one in the array's metadata, so every chunk of an array has the
         same codec. A choice for a few frames (`frames`, fewer than `CHOICE_SHARE`)
@@ -484,11 +485,11 @@ class PartEncoder:
                 return
             if prepared.storage == "native":
                 kind = (prepared.header.get("Modality"), key)
-                if kind not in self.choices:
+                if kind not in choices:
                     with stage("choose"):
                         sample = prepared.native_frames[0]
-                        self.choices[kind] = self._native_codec(sample, frames)
-                codec, compressors = self.choices[kind]
+                        choices[kind] = self._native_codec(sample, frames)
+                codec, compressors = choices[kind]
                 spec = dataclasses.replace(spec, codec=codec, compressors=compressors)
             self.pixels.ensure_array(series_uid, key, spec, attributes)
 

@@ -40,6 +40,7 @@ from typing import Any
 from pacs_engine.archive.report import Outcome
 from pacs_engine.index import Index
 from pacs_engine.index.keys import identity_key
+from pacs_engine.stages import Times, add_times
 
 _SEP = b"\x00"
 _PAGE = 4096
@@ -96,6 +97,9 @@ class Journal:
                 phases = record.setdefault("phases", {})
                 for phase, seconds in killed["phases"].items():
                     phases[phase] = phases.get(phase, 0.0) + seconds
+                stages = record.setdefault("stages", {})
+                for process, times in killed.get("stages", {}).items():  # none before s10
+                    add_times(stages.setdefault(process, {}), times)
         else:
             record = {
                 "run": f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
@@ -114,12 +118,17 @@ class Journal:
         self.index.commit([], journal=entries)
 
     def checkpoint(
-        self, record: dict[str, Any], seconds: float, phases: dict[str, float]
+        self,
+        record: dict[str, Any],
+        seconds: float,
+        phases: dict[str, float],
+        stages: dict[str, Times],
     ) -> dict[bytes, bytes | None]:
-        """The journal entry that records the running session's time so far (`seconds`, and
-        by phase), to commit with the session's work: a session killed before it could
-        save its time is then counted, up to its last commit, when the run resumes."""
-        session = {"seconds": seconds, "phases": phases}
+        """The journal entry that records the running session's time so far (`seconds`, by
+        phase, and by process and stage), to commit with the session's work: a session
+        killed before it could save its time is then counted, up to its last commit, when
+        the run resumes."""
+        session = {"seconds": seconds, "phases": phases, "stages": stages}
         return {_key(b"r", record["run"]): json.dumps({**record, "session": session}).encode()}
 
     def finish(self, record: dict[str, Any]) -> None:

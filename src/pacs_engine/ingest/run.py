@@ -48,7 +48,7 @@ from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_in
 from pacs_engine.ingest.journal import Journal, Planned, file_identity
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
 from pacs_engine.ingest.tidy import Tidied, remove_temporaries, tidy_series
-from pacs_engine.stages import StageClock, Times
+from pacs_engine.stages import StageClock, Times, add_times
 from pacs_engine.storage import write_atomic
 from pacs_engine.workers import CrashIsolation, Executor, Finished, Future, window
 
@@ -185,6 +185,7 @@ class _Run:
         self.clock = StageClock()  # this process's own work: commits, the journal
         self.names: dict[int, str] = {}  # worker process id -> its name in the report
         self.busy: dict[str, float] = {}  # wall seconds of tasks per worker, this session
+        self.task_stages: dict[str, Times] = {}  # seconds per stage of this session's tasks
         self.session_phases: dict[str, float] = {}  # wall seconds of this session's phases
         self.record: dict[str, Any] = {}  # the run record, as the session started it
         self.phase: tuple[str, float] | None = None  # the phase at work, since when
@@ -206,7 +207,7 @@ class _Run:
         self.report.run = run
         self.report.resumed = record["sessions"] - 1
         self.report.phases = dict(record.get("phases", {}))  # earlier sessions' time in each
-        self.report.stages = dict(record.get("stages", {}))
+        self.report.stages = record.get("stages", {})  # this session's are added as it ends
         self.report.unchanged = record.get("unchanged", 0)  # of a scan an earlier session ended
         for outcome in self.journal.outcomes(run):  # work of earlier sessions of this run
             self.report.count(outcome)
@@ -222,7 +223,7 @@ class _Run:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
                 self._timed("tidy", self._tidy, run)
-                self._add_own_stages()
+                self._report_stages()
                 # The report first: a kill between the two leaves the run unfinished,
                 # and the next session (with nothing left to do) writes it again.
                 self.report.seconds = record["seconds"] + time.perf_counter() - self.started
@@ -243,7 +244,7 @@ class _Run:
                 tasks.release(self.root)
             if not finished:  # stopped, or interrupted (Ctrl-C): the next session counts on
                 record["seconds"] += time.perf_counter() - self.started
-                self._add_own_stages()
+                self._report_stages()
                 record["phases"] = self.report.phases
                 record["stages"] = self.report.stages
                 self.report.seconds = record["seconds"]
@@ -271,19 +272,24 @@ class _Run:
             self.session_phases[phase] = self.session_phases.get(phase, 0.0) + elapsed
 
     def _checkpoint(self, always: bool = False) -> dict[bytes, bytes | None]:
-        """The session's time so far as a journal entry, at most once a second (else none)
-        unless `always`, committed with the session's work: kill -9 loses the time since."""
+        """The session's time so far (by phase, by process and stage) as a journal entry, at
+        most once a second (else none) unless `always`, committed with the session's work:
+        kill -9 loses the time since."""
         now = time.perf_counter()
         if (not always and now - self.checkpointed < CHECKPOINT_SECONDS) or not self.record:
             return {}
         self.checkpointed = now
-        phases = {
-            p: s - self.record.get("phases", {}).get(p, 0.0) for p, s in self.report.phases.items()
-        }
+        phases = self._phases_so_far(now)
+        stages = self._stages_so_far(phases)
+        return self.journal.checkpoint(self.record, now - self.started, phases, stages)
+
+    def _phases_so_far(self, now: float) -> dict[str, float]:
+        """Wall seconds of this session's phases until `now`, the one at work included."""
+        phases = dict(self.session_phases)
         if self.phase is not None:
             name, started = self.phase
             phases[name] = phases.get(name, 0.0) + now - started
-        return self.journal.checkpoint(self.record, now - self.started, phases)
+        return phases
 
     # --- scanning ---------------------------------------------------------------------
 
@@ -574,25 +580,13 @@ class _Run:
         is fed a part at a time (`results` may be read from disk as it goes), so memory
         holds one part's rows, however large the series.
         """
-        # The counts to go back to if nothing commits: a copy of what `count` changes
-        # (a deep copy of the whole report, its stage times too, cost more than the commit).
-        report = self.report
-        counted = replace(
-            report,
-            not_verified=report.not_verified.copy(),
-            reasons=report.reasons.copy(),
-            not_dicom=list(report.not_dicom),
-        )
         ends: dict[str, int] = {}
-        try:
-            with self.archive.index.writing() as index:
-                for result in results:
-                    self._commit_part(run, index, result)
-                    for path, end in result.arrays.items():
-                        ends[path] = max(ends.get(path, 0), end)
-        except BaseException:
-            self.report = counted
-            raise
+        # Its outcomes are counted as it goes, and uncounted if it does not commit.
+        with self.report.counting(), self.archive.index.writing() as index:
+            for result in results:
+                self._commit_part(run, index, result)
+                for path, end in result.arrays.items():
+                    ends[path] = max(ends.get(path, 0), end)
         # After the commit: a zarr reader never sees frames that no row references.
         for path, end in ends.items():
             if end > self.archive.pixels.frames(path):
@@ -718,23 +712,33 @@ class _Run:
             self.inline_cpu += sum(cpu for cpu, _ in stages.values())
         else:
             name = self.names.setdefault(worker, f"worker {len(self.names) + 1}")
-        self.report.add_stages(name, stages)
+        add_times(self.task_stages.setdefault(name, {}), stages)
         self.busy[name] = self.busy.get(name, 0.0) + sum(wall for _, wall in stages.values())
 
-    def _add_own_stages(self) -> None:
-        """Add this session's own stages, and each worker's idle time, to the report."""
-        own = self.clock.take()
+    def _stages_so_far(self, phases: dict[str, float]) -> dict[str, Times]:
+        """This session's seconds per process and stage so far (`phases`: its phases' wall
+        seconds): its tasks', this process's own and each worker's idle time."""
+        stages = {
+            name: {k: list(t) for k, t in times.items()} for name, times in self.task_stages.items()
+        }
+        own = {name: list(times) for name, times in self.clock.times.items()}
         # The rest of this process's CPU: walking, planning, sending tasks, taking results,
         # the tidy (not the tasks it ran itself, counted as "this process").
         spent = sum(cpu for cpu, _ in own.values()) + self.inline_cpu
         rest = time.process_time() - self.cpu_started - spent
-        self.report.add_stages("main", {**own, "other": [max(0.0, rest), 0.0]})
-        self.cpu_started, self.inline_cpu = time.process_time(), 0.0  # added: not again
-        working = self.session_phases.get("scan", 0.0) + self.session_phases.get("encode", 0.0)
+        stages["main"] = {**own, "other": [max(0.0, rest), 0.0]}
+        working = phases.get("scan", 0.0) + phases.get("encode", 0.0)
         for name, busy in self.busy.items():
             if name != "this process":
-                self.report.add_stages(name, {"idle": [0.0, max(0.0, working - busy)]})
-        self.busy = {}
+                stages[name]["idle"] = [0.0, max(0.0, working - busy)]
+        return stages
+
+    def _report_stages(self) -> None:
+        """The report's stages: the earlier sessions' (the run record's) and this one's."""
+        self.report.stages = {}
+        for stages in (self.record.get("stages", {}), self._stages_so_far(self.session_phases)):
+            for name, times in stages.items():
+                self.report.add_stages(name, times)
 
     def _notify(self, phase: str) -> None:
         """Tell the progress callback where the run is."""

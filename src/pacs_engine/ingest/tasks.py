@@ -175,16 +175,14 @@ def encode_batch(
     error = None
     for part in parts:
         written = len(writes.files)
-        entered: dict[str, float] = {}
         try:
-            with task(entered) as times:
+            with task() as times:
                 result = encoder.encode(part, checks, choices, writes)
         except Exception as failure:
             writes.discard_since(written)
             error = failure
             break
         result.worker, result.stages = os.getpid(), times
-        result.encode_started = entered.get("encode")
         results.append(result)
     with task() as times:
         fsync_dirs(writes)  # raises if they cannot be made durable: nothing is committed
