@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,11 +30,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine import storage
-from pacs_engine.archive import copies
 from pacs_engine.archive.blobs import BlobError, PackReader, read_blob, rows_sidecar
 from pacs_engine.archive.copies import read_stored_many
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
+from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, REGISTRY
 from pacs_engine.deid import Deidentifier, DeidError, Key, KeyFileError, deidentify, make_key
 from pacs_engine.deid import key as deid_key
@@ -652,39 +653,40 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     assert on_disk == used  # the killed part's pack was tidied away
 
 
-def test_an_array_a_part_creates_is_written_once_with_its_frames_before_the_commit(
+def test_a_parts_arrays_get_their_frame_counts_only_after_its_commit(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When a part commits, each array it created has its zarr.json on disk with the frames
-    the part's rows use (written once, never as an empty array first), and each array it
-    extended still has its earlier frame count, raised after the commit."""
+    """When a part commits, each array it created has its zarr.json on disk with no frames
+    (written with the part's shards, never by `create_array`), and each array it extended
+    still has its earlier frame count; every array the part wrote gets its count raised
+    after the commit, never before."""
     root = made["root"]
-    research = root / "once"
-    checked: list[tuple[bool, int, int, int]] = []  # (new, frames on disk, first, end)
-    extended: list[str] = []
-    seen: set[str] = set()
+    research = root / "counted"
+    checked: list[tuple[bool, int, int]] = []  # (new, frames on disk, first frame of the part)
+    committed: list[str] = []  # the arrays of each committed part
+    raised: list[str] = []
     original_commit, original_frames = Index.commit, PixelStore.frames_file
 
     def commit(self: Index, rows: list, *args: Any, **kwargs: Any) -> Any:
-        spans: dict[str, tuple[int, int]] = {}  # array -> (first frame, end) of the part
+        firsts: dict[str, int] = {}  # array -> first frame of the part
         for row in rows:
             if row["pixels"]:
                 path, first = row["pixels"]["array"], row["pixels"]["first_frame"]
-                end = first + row["pixels"]["frames"]
-                low, high = spans.get(path, (first, end))
-                spans[path] = (min(low, first), max(high, end))
-        for path, (first, end) in spans.items():
+                firsts[path] = min(firsts.get(path, first), first)
+        for path, first in firsts.items():
             on_disk = json.loads((research / "pixels" / path / "zarr.json").read_bytes())
-            checked.append((path not in seen, on_disk["shape"][0], first, end))
-            seen.add(path)
-        return original_commit(self, rows, *args, **kwargs)
+            checked.append((path not in committed, on_disk["shape"][0], first))
+        done = original_commit(self, rows, *args, **kwargs)
+        committed.extend(firsts)
+        return done
 
     def frames_file(self: PixelStore, path: str, frames: int) -> Any:
-        extended.append(path)
+        assert raised.count(path) < committed.count(path), "a count raised before its commit"
+        raised.append(path)
         return original_frames(self, path, frames)
 
     def create_array(*args: Any) -> NoReturn:
-        raise AssertionError("an empty array was written")
+        raise AssertionError("an array was made outside its part's durable writes")
 
     with monkeypatch.context() as patch:
         patch.setattr(Index, "commit", commit)
@@ -694,10 +696,44 @@ def test_an_array_a_part_creates_is_written_once_with_its_frames_before_the_comm
         report = deidentify(root / "record", research, made["key"], OPTIONS, workers=0)
     assert report.balanced and report.staged == made["report"].staged
     assert {new for new, *_ in checked} == {True, False}  # both kinds happened
-    for new, on_disk, first, end in checked:
-        assert (on_disk, first) == ((end, 0) if new else (first, first))
-    assert len(extended) == sum(not new for new, *_ in checked)
+    for new, on_disk, first in checked:
+        assert (on_disk, first) == ((0, 0) if new else (first, first))
+    assert sorted(raised) == sorted(committed)
     assert _research_files(research) == _research_files(root / "research")
+
+
+@pytest.mark.parametrize("dies_at", [1, 2])
+def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies_at: int
+) -> None:
+    """A copy killed at a part's commit (one instance a part: the first part's, or the
+    second's), then its index rebuilt from the rows files: the rebuilt index holds the
+    instances the killed run committed and no other, and counts the killed part's row
+    as uncommitted (its frames lie beyond its new array's frame count, still 0)."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    shutil.copytree(Path(__file__).parent / "data" / "archive-71bdf4b" / "derived", record)
+    make_key(tmp_path / "key")
+    original = Index.commit
+    calls = []
+
+    def dies(self: Index, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == dies_at:
+            raise OSError("killed")
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "commit", dies)
+        patch.setattr(deid_run, "BATCH", 1)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    with open_archive(research) as copied:
+        before = sorted(row["SOPInstanceUID"] for row in copied.index)
+    assert len(before) == dies_at - 1
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (dies_at - 1, 1)
+    with open_archive(research) as copied:
+        assert sorted(row["SOPInstanceUID"] for row in copied.index) == before
 
 
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
@@ -733,15 +769,14 @@ def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict)
 def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None:
     """The shard files of an array with flat chunk keys that no frame uses are found (a
     killed part's), the used ones and the zarr.json are not."""
-    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2)
+    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2, separator=".")
     meta = json.loads(array_metadata(spec, {}))
-    meta["chunk_key_encoding"] = copies.CHUNK_KEYS
     pixels = PixelStore(tmp_path / "pixels")
     pixels.create()
-    zarr_json, data = pixels.new_array_file("s/a", meta, 5)
-    files = [(zarr_json, data), *pixels.shard_files("s/a", 0, [bytes(32)] * 5)]
+    files = [pixels.new_array_file("s/a", meta), *pixels.shard_files("s/a", 0, [bytes(32)] * 5)]
     for path, data in files:
         storage.write_atomic(path, data)
+    pixels.set_frames("s/a", 5)
     names = sorted(p.name for p in (tmp_path / "pixels" / "s" / "a").iterdir())
     assert names == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
     assert [p.name for p in pixels.unreferenced_files("s/a", {0, 2})] == ["c.1.0.0"]
@@ -803,7 +838,8 @@ def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
             ) == record.pixels.read_chunks(
                 before["array"], before["first_frame"], before["first_frame"] + before["frames"]
             )
-            assert research.pixels.spec(after["array"]) == record.pixels.spec(before["array"])
+            theirs = replace(record.pixels.spec(before["array"]), separator=".")  # copies' keys
+            assert research.pixels.spec(after["array"]) == theirs
             assert copied["frame_hashes"] == row["frame_hashes"]
             storages.add(row["pixel_storage"])
             compared += 1

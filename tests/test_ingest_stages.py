@@ -210,6 +210,7 @@ def _specs() -> list[ArraySpec]:
     specs.append(ArraySpec(30, 20, 3, np.dtype("u1"), None, READ_OPTIMISED["lz4"](np.dtype("u1"))))
     specs.append(ArraySpec(3000, 2500, 1, np.dtype("u2"), None, (), 16, 512))
     specs.append(ArraySpec(20, 30, 1, np.dtype("u2"), None, (), 16))  # untiled, after tiled
+    specs.append(ArraySpec(20, 30, 1, np.dtype("u2"), None, (), 16, separator="."))  # copies'
     # Every dtype the archive holds, codecs with a non-default configuration, a
     # pass-through codec with its compressor: the JSON is built without zarr for each.
     for dtype in ("i1", "u4", "i4", "f8"):
@@ -230,7 +231,9 @@ def _specs() -> list[ArraySpec]:
     return specs
 
 
-@pytest.mark.parametrize("spec", _specs(), ids=lambda s: f"{s.codec}-{s.compressors}-{s.tile}")
+@pytest.mark.parametrize(
+    "spec", _specs(), ids=lambda s: f"{s.codec}-{s.compressors}-{s.tile}-{s.separator}"
+)
 def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_path: Path) -> None:
     """ensure_array writes zarr.json itself: byte for byte what zarr's create_array writes."""
     attributes = {"photometric_interpretation": "MONOCHROME2", "bits_stored": 12, "é": [1]}
@@ -249,6 +252,7 @@ def test_an_array_is_created_with_the_metadata_zarr_writes(spec: ArraySpec, tmp_
         dtype=spec.dtype,
         fill_value=0,
         attributes=attributes,
+        chunk_key_encoding={"name": "default", "separator": spec.separator},
         **options,
     )
     for name in ("zarr.json", "1.2.3/zarr.json", "1.2.3/k/zarr.json"):

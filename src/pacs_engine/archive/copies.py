@@ -3,15 +3,17 @@
 A copy made from an archive (a de-identified research archive, pacs_engine.deid) gets
 new header blobs and rows, and the SAME chunk bytes as its source: nothing is decoded
 or encoded. Chunks are copied into shards of the copy's own arrays (whose zarr.json
-is the source array's, codec included), never hard-linked: each archive's shards are
-written, fsynced and checked on their own, and damage to one cannot reach the other.
+is the source array's, codec included, but for its chunk keys: `CHUNK_KEYS`), never
+hard-linked: each archive's shards are written, fsynced and checked on their own, and
+damage to one cannot reach the other.
 
 A part (of one series or several) is written as an ingest part is: shards (and the
-zarr.json of each array it creates, frame count included), then each series' header pack
+zarr.json of each array it creates, with no frames yet), then each series' header pack
 and its rows file, all fsynced, then the rows committed in one index transaction, then
-the frame counts of the arrays it extended raised. A part that dies before its commit is
-invisible; the caller tidies the archive (`pacs_engine.ingest.tidy`) before a run,
-which removes such files and fits the arrays to their committed frames.
+the frame counts of the arrays it wrote raised. A part that dies before its commit is
+invisible, and so is its rows file to a rebuild of the index (its frames lie beyond the
+count: docs/archive.md); the caller tidies the archive (`pacs_engine.ingest.tidy`)
+before a run, which removes such files and fits the arrays to their committed frames.
 """
 
 from __future__ import annotations
@@ -121,11 +123,11 @@ def write_copied_part(
     """Write and commit one part of copied instances, of one series or several; returns
     its rows.
 
-    The arrays are the source arrays' (same key, same zarr.json), made in each series'
-    folder of this archive when missing; frames go after the array's frame count, which
-    is its committed frames once what a killed run left was tidied (ingest.tidy). Each
-    series gets its own header pack; the whole part one commit (several small series in
-    one part: fewer fsyncs and transactions).
+    The arrays are the source arrays' (same key, same zarr.json but for its chunk keys),
+    made in each series' folder of this archive when missing; frames go after the
+    array's frame count, which is its committed frames once what a killed run left was
+    tidied (ingest.tidy). Each series gets its own header pack; the whole part one commit
+    (several small series in one part: fewer fsyncs and transactions).
     """
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
@@ -163,9 +165,10 @@ def write_copied_part(
     ends = {path: starts[path] + len(chunks) // grids[path] for path, chunks in by_array.items()}
     # The part's files are synced together (`DeferredWrites`): the same durability, in
     # a fraction of the time the fsyncs one by one take. An array the part creates gets
-    # its zarr.json, frame count included, among them: no row uses it before the commit,
-    # and a tidy removes it whole if the commit never comes.
-    files = [archive.pixels.new_array_file(p, meta, ends[p]) for p, meta in new_arrays.items()]
+    # its zarr.json among them, with no frames: a rebuild of the index takes a part as
+    # committed when its frames lie within the count (archive/rebuild.py), and a tidy
+    # removes the array whole if the commit never comes.
+    files = [archive.pixels.new_array_file(path, meta) for path, meta in new_arrays.items()]
     for path, chunks in by_array.items():
         files += archive.pixels.shard_files(path, starts[path], chunks)
     for series_uid, members in by_series.items():
@@ -173,10 +176,9 @@ def write_copied_part(
     _write_together(files)
     with stage("commit"):
         archive.index.commit(rows)
-    # An array that held committed frames gets its new count after the commit, as the
-    # ingest does (a crash between leaves frames beyond the count: tidied).
-    extended = [path for path in by_array if path not in new_arrays]
-    _write_together([archive.pixels.frames_file(path, ends[path]) for path in extended])
+    # Every array the part wrote gets its new count after the commit, as the ingest's
+    # do (a crash between leaves frames beyond the count: tidied).
+    _write_together([archive.pixels.frames_file(path, end) for path, end in ends.items()])
     return rows
 
 

@@ -25,7 +25,7 @@ import sys
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +83,8 @@ class ArraySpec:
     frames_per_shard: int = 64
     tile: int | None = None  # chunk edge for frames split into tiles
     #: zarr's chunk key separator: "/" (a folder per shard and axis: `c/<shard>/0/0`) or
-    #: "." (each shard a file beside zarr.json: `c.<shard>.0.0`, copies' arrays). Where
-    #: the shards lie, not what they hold: two arrays differing only here are equal.
-    separator: str = field(default="/", compare=False)
+    #: "." (each shard a file beside zarr.json: `c.<shard>.0.0`, copies' arrays).
+    separator: str = "/"
 
     @property
     def codec_name(self) -> str:
@@ -274,7 +273,7 @@ def array_metadata(spec: ArraySpec, attributes: dict) -> bytes:
         "shape": [0, *spec.frame_shape],
         "data_type": spec.dtype.name,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(spec.shard_shape)}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": spec.separator}},
         "fill_value": 0.0 if spec.dtype.kind == "f" else 0,
         "codecs": [{"name": "sharding_indexed", "configuration": sharding}],
         "attributes": attributes,
@@ -486,22 +485,24 @@ class PixelStore:
     def create_array(self, path: str, zarr_json: bytes) -> None:
         """Create an array (and its series group) with this zarr.json, not made durable
         (see `ensure_array`)."""
-        group = (self.root / path).parent
-        if not (group / "zarr.json").exists():
-            write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
+        self._ensure_group(path)
         write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
 
-    def new_array_file(self, path: str, meta: dict[str, Any], frames: int) -> tuple[Path, bytes]:
-        """The zarr.json (path, bytes) that creates an array of `frames` frames with metadata
-        `meta`, for the caller to write durably with the frames' shards (`shard_files` knows
-        the array from now on); its group's zarr.json is written now when missing, not made
-        durable (as `create_array` does)."""
+    def new_array_file(self, path: str, meta: dict[str, Any]) -> tuple[Path, bytes]:
+        """The zarr.json (path, bytes) that creates an array with metadata `meta` and no
+        frames yet, for the caller to write durably with its first frames' shards
+        (`shard_files` knows the array from now on); the frame count is raised after the
+        commit (`frames_file`). Its group's zarr.json is written now when missing."""
         self._learn_spec(path, meta)
+        self._ensure_group(path)
+        return self.root / path / "zarr.json", zarr_json({**meta, "shape": [0, *meta["shape"][1:]]})
+
+    def _ensure_group(self, path: str) -> None:
+        """Write the zarr.json of the array's series group when missing, not made durable
+        (as zarr writes it): a group holds nothing a row uses."""
         group = (self.root / path).parent
         if not (group / "zarr.json").exists():
             write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
-        meta = {**meta, "shape": [frames, *meta["shape"][1:]]}
-        return self.root / path / "zarr.json", zarr_json(meta)
 
     def frames(self, path: str) -> int:
         """The array's committed frame count (its shape along axis 0)."""
