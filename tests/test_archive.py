@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from conftest import CORPUS, corpus_params, pydicom_test_files, require_corpus
+from conftest import CORPUS, corpus_params, pydicom_test_files, require_corpus, run_cli
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 from pydicom.uid import (
@@ -30,6 +30,7 @@ from pydicom.uid import (
 from pacs_engine import Archive, ArchiveError, open_archive
 from pacs_engine.archive import archive as storage
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
+from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs import CodecError
 from pacs_engine.index.core import UID_KEYWORDS
@@ -516,6 +517,42 @@ def test_one_writer_at_a_time_and_read_only_means_read_only(tmp_path: Path) -> N
     open_archive(tmp_path / "a", readonly=False).close()
     with pytest.raises(ArchiveError, match="not a pacs_engine archive"):
         open_archive(tmp_path)
+
+
+def test_format_version_new_archives_2_v1_raised_on_writing_others_refused(
+    tmp_path: Path,
+) -> None:
+    """A new archive is format version 2; a version-1 marker stays so for readers and is
+    raised to 2 (other keys kept, file mode kept) when a writer opens it; a version this
+    code cannot read (3, or not an int) is refused by every opener and left as it was."""
+    marker = tmp_path / "a" / "archive.json"
+    Archive.create(tmp_path / "a").close()
+    config = json.loads(marker.read_bytes())
+    assert (config["format"], config["version"]) == ("pacs_engine archive", 2)
+    v1 = json.dumps({**config, "version": 1}, indent=2).encode()
+    marker.write_bytes(v1)
+    mode = marker.stat().st_mode
+    with open_archive(tmp_path / "a") as archive:
+        assert archive.config["version"] == 1 and archive.query() == []
+    assert marker.read_bytes() == v1
+    with open_archive(tmp_path / "a", readonly=False) as archive:
+        assert archive.config == {**config, "version": 2}
+    assert json.loads(marker.read_bytes()) == {**config, "version": 2}
+    assert marker.stat().st_mode == mode
+    for version in (3, 0, True, 2.0, "2", None):
+        claimed = json.dumps({**config, "version": version}).encode()
+        marker.write_bytes(claimed)
+        for opener in (
+            lambda: open_archive(tmp_path / "a"),
+            lambda: open_archive(tmp_path / "a", readonly=False),
+            lambda: Archive.open_or_create(tmp_path / "a"),
+            lambda: rebuild_index(tmp_path / "a"),
+        ):
+            with pytest.raises(ArchiveError, match="unsupported archive format"):
+                opener()
+        assert marker.read_bytes() == claimed, version
+    done = run_cli("info", str(tmp_path / "a"))
+    assert done.returncode != 0 and "unsupported archive format" in done.stderr
 
 
 def test_query_answers_from_the_index(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from pydicom.data import get_testdata_file
 from test_archive import pydicom_pixels
 
 from pacs_engine import open_archive
+from pacs_engine.deid import deidentify, make_key
 
 DATA = Path(__file__).parent / "data" / "archive-71bdf4b"
 #: The one source the old code quarantined, and the reason it gave.
@@ -218,7 +219,17 @@ def test_old_archive_takes_writes(old: Path) -> None:
     new = [source_path(name) for name in NEW_FILES]
     before = uid_counts([paths[0] for paths in archived_sources().values()])
     mr_uid = pydicom.dcmread(new[1], stop_before_pixels=True).SOPInstanceUID
+    marker = (old / "archive.json").read_bytes()
+    assert json.loads(marker)["version"] == 1
+    with open_archive(old) as archive:  # reading never changes the format version
+        assert archive.query("instance")
+    assert (old / "archive.json").read_bytes() == marker
     with open_archive(old, readonly=False) as archive:
+        # Raised before anything is written: version-1 code now refuses the archive.
+        assert json.loads((old / "archive.json").read_bytes()) == {
+            **json.loads(marker),
+            "version": 2,
+        }
         versions_before = len(archive.versions(mr_uid))
         exported_before = {uid: archive.export_bytes(uid) for uid in archived_sources()}
         report = archive.ingest(new, workers=0)
@@ -235,6 +246,25 @@ def test_old_archive_takes_writes(old: Path) -> None:
                 assert archive.export_bytes(uid) == data, uid
         report = archive.verify(workers=0)
         assert report.ok and report.instances == counts["instance"]
+
+
+def test_a_research_copy_of_the_old_archive_is_version_2_and_the_old_one_stays_1(
+    tmp_path: Path,
+) -> None:
+    """deidentify reads the version-1 archive (left as it was) and writes a version-2 copy."""
+    old = copied("archive", tmp_path)
+    marker = (old / "archive.json").read_bytes()
+    key = make_key(tmp_path / "key")
+    report = deidentify(old, tmp_path / "research", key, workers=0)
+    assert report.staged > 0 and report.balanced
+    assert (old / "archive.json").read_bytes() == marker
+    research = json.loads((tmp_path / "research" / "archive.json").read_bytes())
+    assert (research["format"], research["version"]) == ("pacs_engine archive", 2)
+    # What version 1 would misread: shards named with the separator "." beside zarr.json.
+    assert any((tmp_path / "research" / "pixels").rglob("c.*.0.0"))
+    with open_archive(tmp_path / "research") as copy:
+        assert len(copy.query("instance")) == report.staged
+        assert copy.verify(workers=0).ok
 
 
 def test_derived_archive(tmp_path: Path) -> None:

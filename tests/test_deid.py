@@ -32,7 +32,7 @@ from pydicom.sequence import Sequence
 from pacs_engine import storage
 from pacs_engine.archive.blobs import BlobError, PackReader, read_blob, rows_sidecar
 from pacs_engine.archive.copies import read_stored_many
-from pacs_engine.archive.format import ArchiveError
+from pacs_engine.archive.format import FORMAT_VERSION, ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
 from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, REGISTRY
@@ -746,6 +746,8 @@ def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict)
         open_archive(root / "record") as record,
         open_archive(root / "research") as research,
     ):
+        # Those shards are what format version 2 adds: version-1 code must refuse the copy.
+        assert research.config["version"] == FORMAT_VERSION == 2
         arrays = {row["pixels"]["array"] for row in research.index if row["pixels"]}
         for path in arrays:
             folder = research.pixels.root / path

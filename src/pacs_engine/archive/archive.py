@@ -39,7 +39,14 @@ import numpy as np
 
 from pacs_engine.archive.blobs import HeaderBlob, read_blob
 from pacs_engine.archive.export import safe_name, version_name, write_file
-from pacs_engine.archive.format import FORMAT, MARKER, ArchiveError, read_config, read_marker
+from pacs_engine.archive.format import (
+    FORMAT,
+    MARKER,
+    ArchiveError,
+    raise_format,
+    read_config,
+    read_marker,
+)
 from pacs_engine.archive.pixel_store import (
     CODEC_CHOICES,
     DEFAULT_TILE,
@@ -121,6 +128,8 @@ class Archive:
                 self._lock.close()
                 raise ArchiveError(f"{self.path}: another process is writing to it") from None
         try:
+            if not readonly:  # before anything is written: older code must now refuse it
+                self.config = raise_format(self.path, self.config)
             self.index = Index.open(self.path / "index", readonly=readonly)
         except BaseException as error:
             if self._lock is not None:

@@ -15,10 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from pacs_engine.errors import PacsEngineError
+from pacs_engine.storage import write_atomic
 
 MARKER = "archive.json"  # the file that makes a folder a pacs_engine archive
 FORMAT_NAME = "pacs_engine archive"  # its "format", which another tool's file lacks
-FORMAT: dict[str, Any] = {"format": FORMAT_NAME, "version": 1}
+#: The version this code writes. Version 2 adds what version-1 code would misread
+#: silently: frame hashes "blake3:<32 hex>" (it compares every hash as BLAKE2b: verify
+#: would find every frame bad, a resent instance would be a conflict) and arrays with
+#: zarr chunk keys of separator "." (research copies' `c.<n>.0.0` shards beside
+#: zarr.json: it looks for c/<n>/0/0, so verify finds frames missing and a delete
+#: leaves the pixels on disk). Version-1 code refuses any version but 1, so an archive
+#: is raised to 2 before this code writes into it (`raise_format`); 1 still reads.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: everything written before version 2 existed
+FORMAT: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
 _MARKER_LIMIT = 1 << 20  # bytes read of a marker met while walking (a real one is < 1 KiB)
 
 
@@ -45,9 +55,34 @@ def read_marker(root: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise ArchiveError(f"{root}: not a pacs_engine archive (no {MARKER})")
     config = read_config(meta_path)
-    if {k: config.get(k) for k in FORMAT} != FORMAT:
+    version = config.get("version")
+    # Only an int: JSON true or 2.0 equal 1 or 2 in Python but are no version written.
+    if (
+        config.get("format") != FORMAT_NAME
+        or type(version) is not int
+        or version not in READABLE_VERSIONS
+    ):
         raise ArchiveError(f"{root}: unsupported archive format {config}")
     return config
+
+
+def raise_format(root: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The marker `config` of the archive at `root` at FORMAT_VERSION, rewritten if older.
+
+    Called by a writer holding the writer lock, before it writes anything: from then
+    on code that reads only the older version refuses the archive instead of
+    misreading what this code adds. The marker is replaced atomically and fsynced.
+    """
+    if config.get("version") == FORMAT_VERSION:
+        return config
+    raised = {**config, "version": FORMAT_VERSION}  # same keys, same order
+    try:
+        write_atomic(root / MARKER, json.dumps(raised, indent=2).encode())
+    except OSError as error:
+        raise ArchiveError(
+            f"{root / MARKER}: cannot raise the archive format to version {FORMAT_VERSION}: {error}"
+        ) from None
+    return raised
 
 
 def is_pacs_archive(path: str | os.PathLike) -> bool:

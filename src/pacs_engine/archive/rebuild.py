@@ -40,7 +40,7 @@ from pacs_engine.archive.corrections import (
     recover_pending,
     shows_commit,
 )
-from pacs_engine.archive.format import MARKER, ArchiveError, read_config
+from pacs_engine.archive.format import ArchiveError, read_marker
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.versions import kept_sha256s, with_version
 from pacs_engine.errors import ScanError
@@ -73,7 +73,7 @@ def rebuild_index(path: str | os.PathLike) -> Rebuilt:
     root = Path(path)
     if not root.is_dir():
         raise ArchiveError(f"{root}: not a folder, so not a pacs_engine archive")
-    read_config(root / MARKER)
+    read_marker(root)  # a marker of a format version this code cannot read: refused
     with open(root / ".writer.lock", "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
