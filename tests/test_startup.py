@@ -148,7 +148,8 @@ def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expec
 
 
 #: Loaded by each `pacs-engine` command below: notes its exit functions, and the teardown
-#: of its modules (an object of this module deleted as the interpreter finalizes).
+#: of its modules (an object of this module deleted as the interpreter finalizes). The exit
+#: function prints too: stdout, a pipe here, is block-buffered.
 EXIT_PROBE = """
 import atexit, os, sys
 
@@ -160,17 +161,20 @@ class _Probe:
 if os.environ.get("EXIT_NOTES") and os.path.basename(sys.argv[0]) in ("-m", "__main__.py"):
     PROBE = _Probe()
     atexit.register(lambda: open(os.environ["EXIT_NOTES"], "a").write("atexit\\n"))
+    atexit.register(print, "printed at exit")
 """
 
 
 def test_the_ingest_command_exits_without_the_interpreters_teardown(tmp_path: Path) -> None:
-    """`pacs-engine ingest` ends once its output is flushed and its exit functions ran,
-    without tearing its modules down (0.05-0.1 s); another command ends as Python ends."""
+    """`pacs-engine ingest` ends once its exit functions ran and its output, theirs included,
+    is flushed, without tearing its modules down (0.05-0.1 s); another command ends as
+    Python ends."""
     _synth_uncompressed(tmp_path / "in")
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "sitecustomize.py").write_text(EXIT_PROBE)
     notes = tmp_path / "notes.txt"
     env = dict(os.environ, EXIT_NOTES=str(notes))
+    env.pop("PYTHONUNBUFFERED", None)  # stdout block-buffered, as a pipe's usually is
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "probe"), env.get("PYTHONPATH", "")])
     archive = str(tmp_path / "archive")
     outputs = []
@@ -188,7 +192,9 @@ def test_the_ingest_command_exits_without_the_interpreters_teardown(tmp_path: Pa
         )
         assert done.returncode == 0, done.stderr
         assert notes.read_text() == expected, args[0]
-        outputs.append(done.stdout)
+        report, _, printed = done.stdout.rpartition("printed at exit\n")
+        assert report and not printed, args[0]  # printed by the exit function, last
+        outputs.append(report)
     assert json.loads(outputs[0])["archived"] == 6  # the whole report, flushed
 
 
