@@ -147,6 +147,29 @@ def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expec
     assert done.stdout.strip() == expected
 
 
+def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
+    """After a worker and the forkserver died, the restarted pool's workers still come from a
+    forkserver that preloaded the caller's main module and started with QUIET_BLAS."""
+    probe = (
+        "import multiprocessing.forkserver as fs, os, signal; "
+        "from pacs_engine.executors import LocalExecutor, start_forkserver; "
+        "start_forkserver('pacs_engine.synth'); pool = LocalExecutor(1); "
+        "pool.submit(os._exit, 1).exception(); "  # the worker dies: the pool is broken
+        "server = fs._forkserver._forkserver_pid; os.kill(server, signal.SIGKILL); "
+        "os.waitid(os.P_PID, server, os.WEXITED | os.WNOWAIT); "  # dead, left for its reaper
+        "pool.restart(); "
+        "print(pool.submit(eval, \"('pacs_engine.synth' in __import__('sys').modules, "
+        "__import__('os').environ.get('OPENBLAS_NUM_THREADS'))\").result()); "
+        "pool.close()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(True, '1')"
+
+
 #: Loaded by each `pacs-engine` command below: notes its exit functions, and the teardown
 #: of its modules (an object of this module deleted as the interpreter finalizes). The exit
 #: function prints too: stdout, a pipe here, is block-buffered.
