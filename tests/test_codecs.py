@@ -451,6 +451,9 @@ def test_native_jpegls_tiles_decode_a_window_of_the_frame() -> None:
     short[4] = coder.encode_frame(padded[:16, :32])  # the tile at (32, 32): half its rows
     with pytest.raises(CodecError, match="tile 4: the stream holds 16x32x1 samples"):
         coder.decode_tiles(short, (32, 32), 3, np.empty((10, 10), np.int16), 40, 40)
+    for top, left, rows, cols in [(120, 0, 16, 10), (0, 90, 4, 8), (-1, 0, 4, 4), (0, -1, 4, 4)]:
+        with pytest.raises(CodecError, match=r"of \d+x\d+ is outside the frame's 4x3 tiles"):
+            coder.decode_tiles(tiles, (32, 32), 3, np.empty((rows, cols), np.int16), top, left)
     assert not coder.decode_tiles(tiles, (32, 32, 3), 3, np.empty((4, 4, 3), np.uint8), 0, 0)
 
 

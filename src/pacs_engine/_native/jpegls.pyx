@@ -233,10 +233,15 @@ def decode_tiles(
     Signed `out` as `decode_into`; ValueError names the tile that fails.
     """
     cdef Py_ssize_t bottom = top + out.shape[0], right = left + out.shape[1]
+    cdef Py_ssize_t down = len(chunks) // across
     cdef Py_ssize_t row, col, y0, y1, x0, x1
     cdef const uint8_t[::1] chunk
-    if top < 0 or left < 0 or right > across * columns:
-        raise ValueError(f"a window at ({top}, {left}) is outside the frame's tiles")
+    # Each side: a window below the last tile row would index past the list.
+    if top < 0 or left < 0 or right > across * columns or bottom > down * rows:
+        raise ValueError(
+            f"a window at ({top}, {left}) of {out.shape[0]}x{out.shape[1]} is outside the "
+            f"frame's {down}x{across} tiles of {rows}x{columns}"
+        )
     for row in range(top // rows, (bottom + rows - 1) // rows):
         y0, y1 = max(top, row * rows), min(bottom, (row + 1) * rows)
         for col in range(left // columns, (right + columns - 1) // columns):
