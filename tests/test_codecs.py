@@ -418,6 +418,12 @@ def test_native_jpegls_decode_equals_imagecodecs(bits: int, dtype: str) -> None:
     assert native_jpegls.decode_into(data, out[2:22, 3:33], 40, 10, 67, 45) == bits
     assert np.array_equal(out[2:22, 3:33], expected[40:60, 10:40])
     assert (out[:2] == 7).all() and (out[22:] == 7).all() and (out[:, :3] == 7).all()
+    # The whole frame into rows of a larger array (unsigned of the stream's size: in place).
+    whole = np.full((70, 50), 7, target)
+    assert native_jpegls.decode_into(data, whole[1:68, 2:47], 0, 0, 67, 45) == bits
+    assert np.array_equal(whole[1:68, 2:47], expected)
+    whole[1:68, 2:47] = 7
+    assert (whole == 7).all()  # nothing written between or around its rows
     coder = JpegLsCodec()
     assert np.array_equal(coder.decode_frame(data, (67, 45), target), expected)
 
