@@ -418,6 +418,12 @@ def test_native_jpegls_decode_equals_imagecodecs(bits: int, dtype: str) -> None:
     assert native_jpegls.decode_into(data, out[2:22, 3:33], 40, 10, 67, 45) == bits
     assert np.array_equal(out[2:22, 3:33], expected[40:60, 10:40])
     assert (out[:2] == 7).all() and (out[22:] == 7).all() and (out[:, :3] == 7).all()
+    # The whole frame into rows of a larger array (unsigned of the stream's size: in place).
+    whole = np.full((70, 50), 7, target)
+    assert native_jpegls.decode_into(data, whole[1:68, 2:47], 0, 0, 67, 45) == bits
+    assert np.array_equal(whole[1:68, 2:47], expected)
+    whole[1:68, 2:47] = 7
+    assert (whole == 7).all()  # nothing written between or around its rows
     coder = JpegLsCodec()
     assert np.array_equal(coder.decode_frame(data, (67, 45), target), expected)
 
@@ -451,6 +457,9 @@ def test_native_jpegls_tiles_decode_a_window_of_the_frame() -> None:
     short[4] = coder.encode_frame(padded[:16, :32])  # the tile at (32, 32): half its rows
     with pytest.raises(CodecError, match="tile 4: the stream holds 16x32x1 samples"):
         coder.decode_tiles(short, (32, 32), 3, np.empty((10, 10), np.int16), 40, 40)
+    for top, left, rows, cols in [(120, 0, 16, 10), (0, 90, 4, 8), (-1, 0, 4, 4), (0, -1, 4, 4)]:
+        with pytest.raises(CodecError, match=r"of \d+x\d+ is outside the frame's 4x3 tiles"):
+            coder.decode_tiles(tiles, (32, 32), 3, np.empty((rows, cols), np.int16), top, left)
     assert not coder.decode_tiles(tiles, (32, 32, 3), 3, np.empty((4, 4, 3), np.uint8), 0, 0)
 
 

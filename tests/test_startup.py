@@ -147,8 +147,32 @@ def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expec
     assert done.stdout.strip() == expected
 
 
+def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
+    """After a worker and the forkserver died, the restarted pool's workers still come from a
+    forkserver that preloaded the caller's main module and started with QUIET_BLAS."""
+    probe = (
+        "import multiprocessing.forkserver as fs, os, signal; "
+        "from pacs_engine.executors import LocalExecutor, start_forkserver; "
+        "start_forkserver('pacs_engine.synth'); pool = LocalExecutor(1); "
+        "pool.submit(os._exit, 1).exception(); "  # the worker dies: the pool is broken
+        "server = fs._forkserver._forkserver_pid; os.kill(server, signal.SIGKILL); "
+        "os.waitid(os.P_PID, server, os.WEXITED | os.WNOWAIT); "  # dead, left for its reaper
+        "pool.restart(); "
+        "print(pool.submit(eval, \"('pacs_engine.synth' in __import__('sys').modules, "
+        "__import__('os').environ.get('OPENBLAS_NUM_THREADS'))\").result()); "
+        "pool.close()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(True, '1')"
+
+
 #: Loaded by each `pacs-engine` command below: notes its exit functions, and the teardown
-#: of its modules (an object of this module deleted as the interpreter finalizes).
+#: of its modules (an object of this module deleted as the interpreter finalizes). The exit
+#: function prints too: stdout, a pipe here, is block-buffered.
 EXIT_PROBE = """
 import atexit, os, sys
 
@@ -160,17 +184,20 @@ class _Probe:
 if os.environ.get("EXIT_NOTES") and os.path.basename(sys.argv[0]) in ("-m", "__main__.py"):
     PROBE = _Probe()
     atexit.register(lambda: open(os.environ["EXIT_NOTES"], "a").write("atexit\\n"))
+    atexit.register(print, "printed at exit")
 """
 
 
 def test_the_ingest_command_exits_without_the_interpreters_teardown(tmp_path: Path) -> None:
-    """`pacs-engine ingest` ends once its output is flushed and its exit functions ran,
-    without tearing its modules down (0.05-0.1 s); another command ends as Python ends."""
+    """`pacs-engine ingest` ends once its exit functions ran and its output, theirs included,
+    is flushed, without tearing its modules down (0.05-0.1 s); another command ends as
+    Python ends."""
     _synth_uncompressed(tmp_path / "in")
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "sitecustomize.py").write_text(EXIT_PROBE)
     notes = tmp_path / "notes.txt"
     env = dict(os.environ, EXIT_NOTES=str(notes))
+    env.pop("PYTHONUNBUFFERED", None)  # stdout block-buffered, as a pipe's usually is
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "probe"), env.get("PYTHONPATH", "")])
     archive = str(tmp_path / "archive")
     outputs = []
@@ -188,7 +215,9 @@ def test_the_ingest_command_exits_without_the_interpreters_teardown(tmp_path: Pa
         )
         assert done.returncode == 0, done.stderr
         assert notes.read_text() == expected, args[0]
-        outputs.append(done.stdout)
+        report, _, printed = done.stdout.rpartition("printed at exit\n")
+        assert report and not printed, args[0]  # printed by the exit function, last
+        outputs.append(report)
     assert json.loads(outputs[0])["archived"] == 6  # the whole report, flushed
 
 

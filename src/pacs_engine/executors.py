@@ -49,6 +49,8 @@ FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numcodecs", "pacs_engine.exec
 #: a while (about 0.07 s of CPU per process, taken from the cores the start-up needs), and
 #: no task does linear algebra. `pacs-engine` sets it in its own process too (`quiet_blas`).
 QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
+#: The main module a caller named to `start_forkserver`, preloaded again on each restart.
+_main_module: str | None = None
 
 
 def quiet_blas() -> dict[str, str]:
@@ -65,9 +67,12 @@ def start_forkserver(main_module: str | None = None) -> None:
     top of the CLI, its ~0.3 s (CPU) of imports run on another core while this
     process imports the archive and walks the sources. It starts with QUIET_BLAS.
     `main_module`, the module the caller's main module imports (the CLI's package), is
-    preloaded too: each worker imports the caller's main module again as it starts.
+    preloaded too: each worker imports the caller's main module again as it starts. Without
+    it, the one an earlier call named is kept: a forkserver that died restarts as it began.
     """
-    preload = [*FORKSERVER_PRELOAD, *([main_module] if main_module else [])]
+    global _main_module  # one per process, as multiprocessing's own preload
+    _main_module = main_module or _main_module
+    preload = [*FORKSERVER_PRELOAD, *([_main_module] if _main_module else [])]
     multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
     added = quiet_blas()  # the forkserver inherits the environment as it is started
     try:
@@ -136,7 +141,6 @@ class LocalExecutor:
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(FORKSERVER_PRELOAD)
         return concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
         )
@@ -155,6 +159,7 @@ class LocalExecutor:
     def restart(self) -> None:
         """A new pool, for after a worker died (which breaks the whole pool)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        start_forkserver()  # if it died too: as it first began (preload, QUIET_BLAS, no SIGINT)
         self.pool = self._new_pool()
 
     def wait_any(self, futures: set) -> tuple[set, set]:

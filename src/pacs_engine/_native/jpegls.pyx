@@ -173,6 +173,20 @@ cdef int _decode_part(
         if info.bits_per_sample > <int32_t>(8 * sizeof(sample_t)):
             raise ValueError(f"{info.bits_per_sample}-bit samples do not fit the output dtype")
         item = 1 if info.bits_per_sample <= 8 else 2
+        if (
+            not signed and item == sizeof(sample_t) and height == rows and width == columns
+            and out.strides[1] == <Py_ssize_t>item and out.strides[0] >= <Py_ssize_t>(columns * item)
+        ):
+            # The whole frame into unsigned samples of the stream's size, rows of `out` as
+            # they are: CharLS decodes into `out` itself (no scratch frame, no copy).
+            size = out.strides[0] * (rows - 1) + columns * item
+            with nogil:
+                error = charls_jpegls_decoder_decode_to_buffer(
+                    decoder, &out[out_top, out_left], size, <uint32_t>out.strides[0]
+                )
+            if error != CHARLS_JPEGLS_ERRC_SUCCESS:
+                raise ValueError(f"CharLS: {charls_get_error_message(error).decode()}")
+            return info.bits_per_sample
         size = rows * columns * item
         decoded = <uint8_t*>malloc(size)
         if decoded == NULL:
@@ -233,10 +247,15 @@ def decode_tiles(
     Signed `out` as `decode_into`; ValueError names the tile that fails.
     """
     cdef Py_ssize_t bottom = top + out.shape[0], right = left + out.shape[1]
+    cdef Py_ssize_t down = len(chunks) // across
     cdef Py_ssize_t row, col, y0, y1, x0, x1
     cdef const uint8_t[::1] chunk
-    if top < 0 or left < 0 or right > across * columns:
-        raise ValueError(f"a window at ({top}, {left}) is outside the frame's tiles")
+    # Each side: a window below the last tile row would index past the list.
+    if top < 0 or left < 0 or right > across * columns or bottom > down * rows:
+        raise ValueError(
+            f"a window at ({top}, {left}) of {out.shape[0]}x{out.shape[1]} is outside the "
+            f"frame's {down}x{across} tiles of {rows}x{columns}"
+        )
     for row in range(top // rows, (bottom + rows - 1) // rows):
         y0, y1 = max(top, row * rows), min(bottom, (row + 1) * rows)
         for col in range(left // columns, (right + columns - 1) // columns):

@@ -96,8 +96,10 @@ def _starts_local_workers(argv: list[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `pacs-engine`."""
-    status = _main(sys.argv[1:] if argv is None else list(argv))
-    if argv is None and is_command() and next(iter(sys.argv[1:]), "") == "ingest":
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
+    status = _main(command, args)
+    if argv is None and is_command() and command == "ingest":
         _exit_at_once(status)
     return status
 
@@ -107,25 +109,24 @@ def _exit_at_once(status: int) -> None:
 
     Tearing down the modules and objects an ingest loaded (numpy, the codecs, LMDB) took
     0.05-0.1 s after the command had finished; its files are closed and synced by then
-    (the archive is closed, the report written). The output is flushed and the exit
-    functions run (multiprocessing's, the codecs') as at a normal exit. Not while another
-    thread that Python would wait for runs, nor when the output cannot be flushed: Python's
-    own exit then says so.
+    (the archive is closed, the report written). The exit functions run (multiprocessing's,
+    the codecs') as at a normal exit, then the output is flushed, with what they printed.
+    Not while another thread that Python would wait for runs, nor when the output cannot
+    be flushed: Python's own exit then says so.
     """
     if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
+    atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except (OSError, ValueError):  # a closed pipe, a full disk: reported by Python's exit
         return
-    atexit._run_exitfuncs()
     os._exit(status)
 
 
-def _main(argv: list[str]) -> int:
-    """Run the command of `argv`; its exit status."""
-    command = next((a for a in argv if not a.startswith("-")), "")
+def _main(command: str, argv: list[str]) -> int:
+    """Run `command`, the command of `argv`; its exit status."""
     try:
         # Until the command runs (the forkserver started, the parser built, the command's
         # imports), a Ctrl-C still stops quietly (pacs_engine.interrupt).
