@@ -149,8 +149,8 @@ def test_each_command_is_a_module_that_registers_itself() -> None:
 
     from pacs_engine import cli
 
-    names = [m.__name__.rsplit(".", 1)[1].replace("_", "-") for m in cli.COMMANDS]
-    for module in cli.COMMANDS:
+    names = [m.__name__.rsplit(".", 1)[1].replace("_", "-") for m in cli.command_modules()]
+    for module in cli.command_modules():
         parser = argparse.ArgumentParser()
         module.add_subparser(parser.add_subparsers(dest="command"))
         (choice,) = parser._subparsers._group_actions[0].choices  # exactly one command

@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine import storage
-from pacs_engine.archive.blobs import BlobError, PackReader, read_blob, rows_sidecar
+from pacs_engine.archive.blobs import BlobError, HeaderBlob, PackReader, rows_sidecar
 from pacs_engine.archive.copies import read_stored_many
 from pacs_engine.archive.format import FORMAT_VERSION, ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
@@ -431,6 +431,23 @@ def _nested(depth: int) -> bytes:
     out = BytesIO()
     ds.save_as(out)
     return out.getvalue()
+
+
+def test_sequences_nested_past_any_stack_are_refused_not_a_crash() -> None:
+    """100,000 levels of undefined-length sequences: the walk stops at the limit as it
+    meets it (it recursed to the end first, and the process died of its stack)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    # So that a ContentSequence appended at the end stays in tag order:
+    del ds.PixelData, ds.DataSetTrailingPadding
+    ds.remove_private_tags()
+    assert max(ds.keys()) < 0x0040A730
+    out = BytesIO()
+    ds.save_as(out)
+    level = b"\x40\x00\x30\xa7SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    close = b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    data = out.getvalue() + level * 100_000 + close * 100_000
+    with pytest.raises(DeidError, match="nested more than 64"):
+        Deidentifier(Key(bytes(32)), OPTIONS).apply(data)
 
 
 def test_bad_inputs_are_refused_with_a_reason_and_no_value() -> None:
@@ -919,7 +936,7 @@ def test_a_pack_is_opened_once_for_its_rows_and_a_missing_one_fails_its_row_alon
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`PackReader` (the copy's source header reads) opens each pack once for a run of
-    its rows and reads each blob as `read_blob` does; a row whose pack is missing fails
+    its rows and reads each blob as its pack holds it; a row whose pack is missing fails
     alone, and the rows after it are read."""
     root = made["root"] / "record"
     with open_archive(root) as record:
@@ -942,7 +959,14 @@ def test_a_pack_is_opened_once_for_its_rows_and_a_missing_one_fails_its_row_alon
         again = reader.blob(rows[-1]).to_bytes()
     assert sorted(opened[: len(packs)]) == sorted(str(root / p) for p in packs)
     assert len(opened) == len(packs) + 2  # the missing pack, then the last one again
-    assert blobs == [read_blob(root, row).to_bytes() for row in rows]
+    # Each blob as its pack holds it, sliced by hand (read_blob is a PackReader itself).
+    stored = [
+        HeaderBlob.from_bytes(
+            (root / h["pack"]).read_bytes()[h["offset"] : h["offset"] + h["length"]]
+        )
+        for h in (row["header"] for row in rows)
+    ]
+    assert blobs == [blob.to_bytes() for blob in stored]
     assert again == blobs[-1]
 
 

@@ -27,9 +27,9 @@ class Item:
     dropped: int
 
 class Walker:
-    """Walks one buffer; `deepest` is the deepest item seen (the top data set is 0)."""
+    """Walks one buffer; items nested deeper than `max_depth` (the top data set is 0) are
+    an `error`, raised as they are met: the walk recurses once per level."""
 
-    deepest: int
     def __init__(
         self,
         data: bytes,
@@ -41,6 +41,7 @@ class Walker:
         implicit_vrs: dict[int, str],
         implicit_vr: Callable[[int], str],
         dropped: str | None,
+        max_depth: int,
     ) -> None: ...
     def elements(
         self, pos: int, end: int, depth: int, delimited: bool

@@ -56,14 +56,15 @@ cdef class Item:
 
 
 cdef class Walker:
-    """Walks one buffer; `deepest` is the deepest item seen (the top data set is 0)."""
+    """Walks one buffer; items nested deeper than `max_depth` (the top data set is 0) are
+    an `error`, raised as they are met: the walk recurses once per level."""
 
     cdef bytes data
     cdef const uint8_t* p
     cdef bint explicit
     cdef object fallback, error, decide, implicit_vr, dropped
     cdef dict actions, implicit_vrs
-    cdef public int deepest
+    cdef int max_depth
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ cdef class Walker:
         dict implicit_vrs,
         implicit_vr,
         dropped,
+        int max_depth,
     ):
         """`actions` caches `decide(tag, vr)` by (tag, vr); `implicit_vrs` caches
         `implicit_vr(tag)`, the VR of an implicit VR element; elements of the action
@@ -87,7 +89,7 @@ cdef class Walker:
         self.actions, self.decide = actions, decide
         self.implicit_vrs, self.implicit_vr = implicit_vrs, implicit_vr
         self.dropped = dropped
-        self.deepest = 0
+        self.max_depth = max_depth
 
     def elements(self, Py_ssize_t pos, Py_ssize_t end, int depth, bint delimited):
         """The elements from `pos` to `end` (or to an item delimiter when `delimited`),
@@ -181,8 +183,8 @@ cdef class Walker:
         cdef const uint8_t* p = self.p
         cdef uint32_t tag, length
         cdef Item item
-        if depth > self.deepest:
-            self.deepest = depth
+        if depth > self.max_depth:
+            raise self.error(f"sequences nested more than {self.max_depth} deep")
         while True:
             if not delimited and pos >= end:
                 return pos

@@ -16,17 +16,16 @@ import threading
 from collections.abc import Sequence
 from importlib import import_module
 from types import ModuleType
-from typing import Any
 
 from pacs_engine.cli._common import fail
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.interrupt import interrupted, is_command
 
-__all__ = ["COMMANDS", "build_parser", "main", "render_inventory"]
+__all__ = ["COMMAND_MODULES", "build_parser", "command_modules", "main"]
 
 #: Each command's module in `pacs_engine.cli`, in the order `pacs-engine --help` lists them.
-#: `COMMANDS` holds the modules: imported when the parser is built, so that `main` starts
-#: the workers' forkserver before (it then imports while the commands' modules do).
+#: Imported when the parser is built (`command_modules`), so that `main` starts the workers'
+#: forkserver before (it then imports while the commands' modules do).
 COMMAND_MODULES = (
     "scan",
     "ingest",
@@ -49,18 +48,9 @@ COMMAND_MODULES = (
 )
 
 
-def _commands() -> tuple[ModuleType, ...]:
+def command_modules() -> tuple[ModuleType, ...]:
     """The commands' modules (COMMAND_MODULES), imported."""
     return tuple(import_module(f"{__name__}.{name}") for name in COMMAND_MODULES)
-
-
-def __getattr__(name: str) -> Any:
-    """`COMMANDS` and `render_inventory` (of `scan`), imported when first asked for."""
-    if name == "COMMANDS":
-        return _commands()
-    if name == "render_inventory":
-        return import_module(f"{__name__}.scan").render_inventory
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A native-accelerated DICOM archive engine.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in _commands():
+    for command in command_modules():
         command.add_subparser(commands)
     return parser
 
@@ -81,6 +71,7 @@ def _starts_local_workers(argv: list[str]) -> bool:
     early.add_argument("command", nargs="?")
     early.add_argument("--workers", type=int)
     early.add_argument("--executor")
+    early.add_argument("--deidentify", action="store_true")
     try:
         known, _ = early.parse_known_args(argv)
     except argparse.ArgumentError:  # a malformed command line: the real parser says why
@@ -90,8 +81,7 @@ def _starts_local_workers(argv: list[str]) -> bool:
     )
     asks_help = not {"-h", "--help"}.isdisjoint(argv)
     # `ingest --deidentify` copies a small source in process (deid.run.IN_PROCESS_BELOW).
-    deidentify = "--deidentify" in argv
-    return command_workers and known.executor != "dask" and not asks_help and not deidentify
+    return command_workers and known.executor != "dask" and not asks_help and not known.deidentify
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -158,7 +158,6 @@ def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
         tail = _walker(settings, suffix, explicit)
         after, _, dropped_after = tail.elements(0, len(suffix), 0, False)
         dropped += dropped_after
-        walker.deepest = max(walker.deepest, tail.deepest)
         if after and after[0].tag <= group << 16 | element:
             raise Fallback("attributes out of order")
     rewrite = _Rewrite(settings, walker, explicit, prefix, suffix)
@@ -222,6 +221,7 @@ def _walker(settings: Settings, data: bytes, explicit: bool) -> Walker:
         _IMPLICIT_VRS,
         _implicit_vr,
         None if settings.kept_private else PRIVATE,
+        MAX_DEPTH,
     )
 
 
@@ -286,8 +286,6 @@ class _Rewrite:
             check_charset(value)
             if value:
                 self.encodings = convert_encodings(value)
-        if self.walker.deepest > MAX_DEPTH:
-            raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
         patient = patient_of(
             *(self._value(by_tag.get(t)) for t in (PATIENT_ID, _ISSUER, PATIENT_NAME, _BIRTH_DATE))
         )

@@ -44,7 +44,7 @@ from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.scanning import scan
 from pacs_engine.stages import Times, add_times, stage, task
 from pacs_engine.storage import write_atomic
-from pacs_engine.workers import Executor, PerProcess
+from pacs_engine.workers import Executor
 
 #: What a research archive was made with: a later run must use the same, or UIDs and
 #: pseudonyms of one archive would come from two keys.
@@ -57,7 +57,7 @@ BATCH = 128
 PART_BYTES = 128 * 1024 * 1024
 #: A source of fewer instances is copied in this process whatever `workers` says (an
 #: `executor` given is used as it is): in process the copy runs at about 1,000 instances/s
-#: of one core, and starting worker processes (their imports, the source opened in each)
+#: of one core, and starting worker processes (their imports)
 #: costs more than they save below a few seconds of work (docs/deidentify.md, Performance).
 IN_PROCESS_BELOW = 2000
 #: The fields of a source row a copy keeps: what its pixels are (no identity in them).
@@ -327,7 +327,6 @@ def _bounded(
         yield done, future.result()
 
 
-_OPEN: PerProcess[str, Archive] = PerProcess()
 #: What `deid_task` says of one source row: (new SOP UID, 'copied' | 'withheld' |
 #: 'refused', reason, the de-identified header, the new row without its pixels).
 Outcome = tuple[str, str, str, HeaderResult | None, Row | None]
@@ -339,17 +338,9 @@ def deid_task(
     """De-identify the header blobs of source rows (a worker's task): per row (new SOP UID,
     'copied' | 'withheld' | 'refused', reason, the result, the new row but its pixels),
     and the task's stage times."""
-    archive = _OPEN.get(source, lambda: open_archive(source))
-    with task() as times:
-        results = _deidentify_rows(archive, deidentifier, run, rows)
+    with task() as times, PackReader(Path(source)) as packs:  # a part's rows share few packs
+        results = [_deidentify_row(packs, deidentifier, run, row) for row in rows]
     return results, times
-
-
-def _deidentify_rows(
-    archive: Archive, deidentifier: Deidentifier, run: str, rows: list[Row]
-) -> list[Outcome]:
-    with PackReader(archive.path) as packs:  # a part's rows share a few packs
-        return [_deidentify_row(packs, deidentifier, run, row) for row in rows]
 
 
 def _deidentify_row(packs: PackReader, deidentifier: Deidentifier, run: str, row: Row) -> Outcome:

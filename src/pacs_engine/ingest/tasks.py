@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
-from typing import Any
 
 from pacs_engine.archive.prepare import PrepareError, check_uids
 from pacs_engine.archive.report import Outcome
+from pacs_engine.codecs.native import LayoutError, PixelLayout
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header
 from pacs_engine.index.rows import Row
@@ -111,8 +110,8 @@ def planned_input(key: str, header: Header) -> Planned:
         header["SeriesInstanceUID"],
         header["SOPInstanceUID"],
         number if isinstance(number, int) else None,
-        frames := _frames(header),
-        frames * _frame_bytes(header.attributes),
+        _frames(header),
+        _pixel_bytes(header),
     )
 
 
@@ -134,16 +133,15 @@ def _frames(header: Header) -> int:
     return _frame_count(header.pixel is not None, header.get("NumberOfFrames"))
 
 
-def _frame_bytes(attributes: Mapping[str, Any]) -> int:
-    """Bytes of one decoded frame as the attributes declare it (0 when they do not say):
-    what the run weighs series by, to send the largest first."""
-    size = 1
-    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"):
-        value = attributes.get(keyword) or (1 if keyword == "SamplesPerPixel" else 0)
-        if not isinstance(value, int) or value <= 0:
-            return 0
-        size *= -(-value // 8) if keyword == "BitsAllocated" else value
-    return size
+def _pixel_bytes(header: Header) -> int:
+    """Bytes of the pixel data the header declares (0 when it declares none or cannot
+    say): what the run weighs series by, to send the largest first."""
+    if header.pixel is None:
+        return 0
+    try:
+        return PixelLayout.from_attributes(header.attributes, header.pixel.keyword).encoded_bytes
+    except LayoutError:
+        return 0
 
 
 def _frame_count(has_pixels: bool, number_of_frames: object) -> int:
