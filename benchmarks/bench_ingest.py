@@ -68,6 +68,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pytest
@@ -1158,16 +1159,9 @@ STARTUP_IMPORTS = {
 
 def _child_cpu(code: str) -> float:
     """CPU seconds (user + system) of `python -c code` in a new interpreter."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = _children_cpu()
     subprocess.run([sys.executable, "-c", code], check=True, timeout=STARTUP_LIMIT_S)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return _children_cpu() - before
 
 
 def test_startup(scratch: Path) -> None:
@@ -1209,7 +1203,7 @@ def test_startup(scratch: Path) -> None:
         if report.get("first_encode_seconds") is not None:  # an older tree has none
             reported.append(report["first_encode_seconds"])
         shutil.rmtree(archive)
-    verdict = "met" if _median(firsts) < STARTUP_TARGET_S else "MISSED"
+    verdict = "met" if median(firsts) < STARTUP_TARGET_S else "MISSED"
     print(
         f"\nstart-up (issue 18): ingest --workers 2 of {STARTUP_FILES:,} files (64 x 64), "
         f"{STARTUP_ROUNDS} launches, load {os.getloadavg()[0]:.2f}; first encode target "
@@ -1224,8 +1218,8 @@ def test_startup(scratch: Path) -> None:
     ]
     for label, values in rows:
         if values:
-            print(f"{label:32}  {_median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")
+            print(f"{label:32}  {median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")
     # CPU, not wall: what a process must do before the first encode, whatever the load.
     print("import CPU (user + system)        median s   min s   max s")
     for label, values in cpu.items():
-        print(f"{label:32}  {_median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")
+        print(f"{label:32}  {median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")

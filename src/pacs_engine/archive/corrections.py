@@ -41,10 +41,8 @@ from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.prepare import (
-    BLAKE3,
     Prepared,
     PrepareError,
-    frame_hashes_like,
     hash_kind,
     prepare,
 )
@@ -598,10 +596,9 @@ class Corrections:
             same = stored == prepared.bitstreams
         elif same and pixels and row.get("frame_hashes") is not None:
             # Hashed as the row's were: prepare's BLAKE3, or again for rows written before.
-            recorded, hashes = row["frame_hashes"], prepared.frame_hashes
-            if not recorded or hash_kind(recorded[0]) != BLAKE3:
-                hashes = frame_hashes_like(prepared.native_frames, recorded)
-            same = hashes == recorded
+            recorded = row["frame_hashes"]
+            kind = hash_kind(recorded[0] if recorded else None)
+            same = prepared.frame_hashes_of(kind) == recorded
         if not same:
             raise CorrectionError(f"{sop}: the corrected file's pixel data differs; nothing done")
 

@@ -128,19 +128,22 @@ class Prepared:
         )
         return frame * itemsize * self.frame_count
 
-    def pixel_hash(self, kind: str = BLAKE3) -> str:
-        """The instance's pixel hash of `kind`; decodes bitstreams kept undecoded (PrepareError
-        if bad)."""
+    def frame_hashes_of(self, kind: str) -> list[str]:
+        """The frames' hashes of `kind`; decodes bitstreams kept undecoded (PrepareError if
+        bad)."""
         if self.frame_hashes is None:
             # One frame at a time: many small fragments can each decode to a large frame.
             self.frame_hashes = [frame_hash(f) for f in decoded_frames(self)]
         if kind == BLAKE3:
-            return instance_pixel_hash(self.frame_hashes)
+            return self.frame_hashes
         # Compared with a row hashed the old way (rare: a file sent again): from the frames
         # again, which decodes bitstreams a second time.
         frames = decoded_frames(self) if self.storage == "bitstream" else self.frames
-        hashes = [frame_hash(f, kind) for f in ([] if frames is None else frames)]
-        return instance_pixel_hash(hashes, kind)
+        return [frame_hash(f, kind) for f in ([] if frames is None else frames)]
+
+    def pixel_hash(self, kind: str = BLAKE3) -> str:
+        """The instance's pixel hash of `kind` (see `frame_hashes_of`)."""
+        return instance_pixel_hash(self.frame_hashes_of(kind), kind)
 
 
 def hash_kind(recorded: str | None) -> str:

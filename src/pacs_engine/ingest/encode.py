@@ -247,9 +247,12 @@ class PartEncoder:
         # Array specs are read afresh per part: since the last part, an array no row used
         # may have been removed by a run's tidy and created again with another codec.
         self.pixels = PixelStore(self.root / "pixels")
-        state = _PartState(part, checks, dirs=set() if writes is None else writes)
-        if choices is not None:
-            state.choices = choices
+        state = _PartState(
+            part,
+            checks,
+            dirs=set() if writes is None else writes,
+            choices={} if choices is None else choices,
+        )
         self.policy = checks.inputs
         result = PartResult(part)
         for key in part.keys:
@@ -545,7 +548,7 @@ class PartEncoder:
         )
         return key, spec, attributes
 
-    def _native_codec(self, sample: np.ndarray, frames: int = 1) -> tuple[Any, tuple]:
+    def _native_codec(self, sample: np.ndarray, frames: int) -> tuple[Any, tuple]:
         """The archive codec for a new array of `frames` native frames like `sample`."""
         name = self.config["codec"]
         try:
