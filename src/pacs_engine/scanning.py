@@ -91,6 +91,10 @@ INSTANCE_KEYWORDS: tuple[str, ...] = tuple(_INSTANCE)
 #: The attributes every header carries (when the file has them), by DICOM keyword:
 #: the one list of what the scanner records and what the index matches on.
 HEADER_KEYWORDS: tuple[str, ...] = STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS
+#: A row holding this keyword was written by a scanner that recorded every one of
+#: HEADER_KEYWORDS (`rebuild-index` reads the header blobs of older rows again to fill
+#: them): a keyword added to HEADER_KEYWORDS must come with a new one here.
+NEWEST_KEYWORD = "ImageType"
 #: Each header keyword's tag and VR, as DICOM's data dictionary has them (a test checks
 #: them against pydicom's): the scanner needs them at import, and pydicom costs a
 #: quarter of a second to import, which each ingest worker would pay to scan.

@@ -269,6 +269,8 @@ def _trashed_by_folder(root: Path) -> dict[str, list[Row]]:
         return cached[1]
     by_folder: dict[str, list[Row]] = {}
     for record in load_records(root):
+        # Pending deletes too (unlike `deleted_packs`): their frames stay reserved until
+        # the delete is finished or rolled back.
         if record.kind == "delete" and not record.undone_by and not record.emptied:
             for row in _kept_in_place(record):
                 by_folder.setdefault(_header_folder(row), []).append(row)

@@ -46,7 +46,7 @@ from pacs_engine.archive.versions import kept_sha256s, with_version
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.index.rows import PixelRef, Row
-from pacs_engine.scanning import HEADER_KEYWORDS, scan
+from pacs_engine.scanning import HEADER_KEYWORDS, NEWEST_KEYWORD, scan
 from pacs_engine.storage import fsync_dir
 
 _BATCH = 1000
@@ -224,9 +224,9 @@ def _with_attributes(root: Path, row: Row, rebuilt: Rebuilt) -> Row:
     """The row with the header attributes it lacks that its header blob has (a row written
     before the scanner recorded them); counted in `rebuilt`."""
     # The scanner records only what a file has, so rows rarely hold every keyword; a row
-    # with ImageType (type 1 in image IODs, recorded since the keywords were added) was
-    # written by a scanner that recorded them all: its blob is not read again.
-    if "ImageType" in row or all(k in row for k in HEADER_KEYWORDS):
+    # with NEWEST_KEYWORD (type 1 in image IODs) was written by a scanner that recorded
+    # them all: its blob is not read again.
+    if NEWEST_KEYWORD in row or all(k in row for k in HEADER_KEYWORDS):
         return row
     try:
         attributes = scan(scannable(read_blob(root, row))).attributes
