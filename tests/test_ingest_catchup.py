@@ -270,6 +270,30 @@ def test_a_catch_up_run_archives_again_the_files_of_a_deleted_instance(
         assert all(opened_archive.index.get(sop) is not None for sop in deleted)
 
 
+def test_a_delete_keeps_the_catch_up_record_of_a_file_named_like_a_container_part(
+    tmp_path: Path, capsys: pytest.CaptureFixture, opened: list[str]
+) -> None:
+    """A key is cut at `::` only after a zip, tar or archive folder: deleting the instance of
+    `ct::copy` does not make the unrelated file `ct` be read again."""
+    source = tmp_path / "src"
+    source.mkdir()
+    slices = [f for f in files_under(require_corpus() / "dcm_qa_ct") if f.name.startswith("I")]
+    shutil.copyfile(slices[0], source / "ct")
+    shutil.copyfile(slices[1], source / "ct::copy")
+    archive = tmp_path / "a"
+    assert ingest(source, archive, capsys)["archived"] == 2
+    with open_archive(archive, readonly=False) as opened_archive:
+        corrections = Corrections(opened_archive)
+        sop = pydicom.dcmread(slices[1]).SOPInstanceUID
+        corrections.apply(corrections.delete("sent by mistake", "test", sop=sop))
+
+    opened.clear()
+    again = ingest(source, archive, capsys)
+    assert opened == [str(source / "ct::copy")]
+    assert again["unchanged"] == 1 and again["archived"] == 1
+    assert_complete(again, 1)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.15])
 def test_ctrl_c_while_workers_start_prints_no_traceback(
     synth: Path, tmp_path: Path, delay: float
