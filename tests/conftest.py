@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pydicom
 import pytest
@@ -55,6 +57,22 @@ def require_corpus() -> Path:
     if not (CORPUS / "MANIFEST.tsv").is_file():
         pytest.skip(f"shared corpus not found at {CORPUS} (set PACS_ENGINE_CORPUS)")
     return CORPUS
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """The module benchmarks/<name>.py (e.g. "orthanc"), loaded by its path, once.
+
+    Not by adding benchmarks/ to sys.path: its conftest.py would then be the `conftest`
+    that worker processes (which import test modules by name) find before this one.
+    """
+    qualified = f"benchmarks.{name}"
+    if qualified not in sys.modules:
+        spec = importlib.util.spec_from_file_location(qualified, ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None, qualified
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module  # before it runs: its dataclasses look it up
+        spec.loader.exec_module(module)
+    return sys.modules[qualified]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -815,3 +815,17 @@ def test_pass_through_picks_the_fast_decoder_only_where_it_is_exact(
         samples_per_pixel=samples,
     )
     assert codec.decoder == decoder
+
+
+def test_a_zarr_codec_not_made_from_a_frame_coder_is_refused_when_defined() -> None:
+    """The type is checked once, when the class is made, not on every chunk."""
+    from pacs_engine.codecs._zarr import ZarrFrameCodec, zarr_codec
+
+    with pytest.raises(TypeError, match="Stray is not made from a frame coder"):
+
+        class Stray(ZarrFrameCodec):
+            pass
+
+    for coder in ARCHIVE_BY_NAME.values():
+        made = zarr_codec(coder)
+        assert issubclass(made, ZarrFrameCodec) and issubclass(made, coder)

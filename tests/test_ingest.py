@@ -20,6 +20,7 @@ from typing import Any
 import pydicom
 import pytest
 from conftest import pydicom_test_files, require_corpus
+from crash_helpers import Crashing
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.archive import pixel_store
@@ -574,28 +575,12 @@ def test_uids_the_index_cannot_key_are_quarantined_not_fatal(tmp_path: Path) -> 
 POISON = "poison.dcm"
 
 
-def crash_on_poison(fn: Any, *args: Any) -> Any:
-    """Run a task as the executor would, but die (as a codec crash would) on POISON."""
-    from pacs_engine.ingest.encode import Part
-
-    parts = [p for a in args for p in (a if isinstance(a, tuple) else (a,))]  # a task's batch
-    if any(isinstance(p, Part) and any(k.endswith(POISON) for k in p.keys) for p in parts):
-        os._exit(70)
-    return fn(*args)
-
-
 def test_a_file_that_crashes_a_worker_is_quarantined_and_the_run_goes_on(
     synth: Path, clean: dict, tmp_path: Path
 ) -> None:
-    from pacs_engine.ingest import LocalExecutor
-
-    class Crashing(LocalExecutor):
-        def submit(self, fn: Any, *args: Any) -> Any:
-            return super().submit(crash_on_poison, fn, *args)
-
     poison = tmp_path / POISON
     shutil.copy(next(p for p in pydicom_test_files() if p.name == "CT_small.dcm"), poison)
-    executor = Crashing(2)
+    executor = Crashing(2, POISON)
     try:
         with Archive.create(tmp_path / "a") as archive:
             report = archive.ingest([synth, poison], executor=executor).to_dict()

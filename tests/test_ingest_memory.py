@@ -4,20 +4,18 @@ cut a page at a time, and a series' transaction is fed part by part, still all a
 from __future__ import annotations
 
 import gc
-import os
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+from crash_helpers import Crashing
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.index import Index
-from pacs_engine.ingest.encode import Part
 from pacs_engine.ingest.journal import Journal, Planned
 from pacs_engine.ingest.plan import plan_parts
 
@@ -172,30 +170,16 @@ def test_one_sop_uid_under_two_instance_numbers_planned_apart_loses_nothing(
 POISON = "crashes-the-worker.dcm"
 
 
-def _crash_on_poison(fn: Any, *args: Any) -> Any:
-    """Run a task as the executor would, but die (as a codec crash would) on POISON."""
-    parts = [p for a in args for p in (a if isinstance(a, tuple) else (a,))]  # a task's batch
-    if any(isinstance(p, Part) and any(k.endswith(POISON) for k in p.keys) for p in parts):
-        os._exit(70)
-    return fn(*args)
-
-
 def test_a_series_of_many_parts_on_two_workers_with_a_crash_inside_loses_nothing(
     tmp_path: Path,
 ) -> None:
     """Parts come back in any order, one worker dies mid-series and its parts are retried
     after every part placed; the series is committed once, whole."""
-    from pacs_engine.ingest import LocalExecutor
-
-    class Crashing(LocalExecutor):
-        def submit(self, fn: Any, *args: Any) -> Any:
-            return super().submit(_crash_on_poison, fn, *args)
-
     source = tmp_path / "src"
     source.mkdir()
     files = {n: _mr(source / f"{n:03d}.dcm", n, n, n) for n in range(1, 61) if n != 30}
     _mr(source / POISON, 30, 30, 30)
-    executor = Crashing(2)
+    executor = Crashing(2, POISON)
     try:
         with Archive.create(tmp_path / "a", frames_per_shard=4) as archive:
             report = archive.ingest([source], executor=executor)

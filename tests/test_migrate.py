@@ -24,6 +24,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from conftest import benchmark_module
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -31,6 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
+from serve_helpers import serving, stop
 
 import pacs_engine
 from pacs_engine.archive import Archive
@@ -51,9 +53,8 @@ from pacs_engine.serve.migrate import (
 )
 from pacs_engine.serve.spool import Spool
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from orthanc import Orthanc, free_port, running_orthanc
-from serve_helpers import serving, stop
+_orthanc = benchmark_module("orthanc")
+Orthanc, free_port, running_orthanc = _orthanc.Orthanc, _orthanc.free_port, _orthanc.running_orthanc
 
 CORPUS = Path(os.environ.get("PACS_ENGINE_CORPUS", "/work/shared/corpus"))
 DIRS = CORPUS / "pydicom/test_files/dicomdirtests"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import pydicom_test_files, require_corpus, run_cli
+from crash_helpers import Crashing
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.archive.verify import BATCH, DIED
@@ -23,25 +23,10 @@ from pacs_engine.archive.verify_plan import (
     read_records,
     rule_of_three,
 )
-from pacs_engine.ingest import LocalExecutor
 
 NAMES = ("CT_small.dcm", "JPEG2000.dcm", "SC_rgb_small_odd.dcm", "rtdose_rle.dcm")
 BROKEN = "MR_small_jp2klossless.dcm"  # its JPEG 2000 codestream is damaged below
 POISON_UID = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"  # CT_small.dcm's
-
-
-def crash_on_poison(fn: Any, *args: Any) -> Any:
-    """Run a task as the executor would, but die (as a decoder crash would) on POISON_UID."""
-    if any(isinstance(a, list) and POISON_UID in a for a in args):
-        os._exit(70)
-    return fn(*args)
-
-
-class Crashing(LocalExecutor):
-    """A local pool whose worker dies on the instance POISON_UID."""
-
-    def submit(self, fn: Any, *args: Any) -> Any:
-        return super().submit(crash_on_poison, fn, *args)
 
 
 @pytest.fixture
@@ -88,7 +73,7 @@ def test_workers_find_what_one_process_finds(damaged: Path) -> None:
 
 
 def test_a_decoder_crash_is_a_mismatch_not_the_end_of_the_check(damaged: Path) -> None:
-    executor = Crashing(2)
+    executor = Crashing(2, POISON_UID)
     try:
         with open_archive(damaged) as archive:
             here = archive.verify()

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from conftest import ROOT, require_corpus
+from conftest import benchmark_module, require_corpus
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -333,11 +333,7 @@ def test_every_search_is_audited_with_its_studies_and_no_patient_data(served: Se
 
 @pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason="orthanc-dicomweb is not installed")
 def test_the_same_queries_find_the_same_uids_as_orthanc(served: Served) -> None:
-    import sys
-
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.orthanc import running_orthanc
-
+    running_orthanc = benchmark_module("orthanc").running_orthanc
     extra = {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
     with running_orthanc(extra=extra) as orthanc:
         stored = set()

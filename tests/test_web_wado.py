@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -25,15 +24,12 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from conftest import require_corpus
+from conftest import benchmark_module, require_corpus
 from dicomweb_client.api import DICOMwebClient
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from starlette.requests import Request
 from web_helpers import serving_app
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from orthanc import running_orthanc
 
 from pacs_engine import Archive
 from pacs_engine.serve.audit import AuditLog, read_records
@@ -590,7 +586,7 @@ def test_credentials_and_role_are_needed(server: Server) -> None:
 
 def test_metadata_agrees_with_orthancs_dicomweb_plugin(server: Server) -> None:
     extra = {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-    with running_orthanc(extra=extra) as orthanc:
+    with benchmark_module("orthanc").running_orthanc(extra=extra) as orthanc:
         for source in server.sources:
             conn = orthanc.connection(timeout=60)
             try:

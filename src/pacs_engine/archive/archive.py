@@ -25,7 +25,6 @@ import fcntl
 import glob
 import grp
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -46,6 +45,7 @@ from pacs_engine.archive.format import (
     raise_format,
     read_config,
     read_marker,
+    write_marker,
 )
 from pacs_engine.archive.pixel_store import (
     CODEC_CHOICES,
@@ -71,7 +71,7 @@ from pacs_engine.index import Index
 from pacs_engine.index.core import uid_problem
 from pacs_engine.index.query import Found, patients
 from pacs_engine.index.rows import Row
-from pacs_engine.storage import adopt_permissions, fsync_dir, write_atomic
+from pacs_engine.storage import adopt_permissions, fsync_dir
 from pacs_engine.workers import Executor, alive
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ class Archive:
             adopt_permissions(building)
             Index.create(building / "index").close()
             PixelStore(building / "pixels").create()
-            write_atomic(building / MARKER, json.dumps(config, indent=2).encode())
+            write_marker(building, config)
             try:
                 os.rename(building, root)  # onto a missing or empty folder; else it fails
             except OSError as error:

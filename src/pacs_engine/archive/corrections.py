@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
+from pacs_engine.archive.input_keys import split_key
 from pacs_engine.archive.prepare import (
     Prepared,
     PrepareError,
@@ -767,10 +768,9 @@ def _source_keys(row: Row) -> Iterator[str]:
     keys += [d["path"] for d in row.get("duplicates", [])]
     for key in keys:
         yield key
-        start = key.find("::")
-        while start != -1:  # each place a container could end (ingest/inputs.py, split_key)
-            yield key[:start]
-            start = key.find("::", start + 1)
+        container, member = split_key(key)
+        if member is not None:
+            yield container
 
 
 def _version_key(row: Row) -> tuple[Any, Any]:

@@ -66,6 +66,11 @@ def read_marker(root: Path) -> dict[str, Any]:
     return config
 
 
+def write_marker(root: Path, config: dict[str, Any]) -> None:
+    """Write `config` as the marker of the archive at `root`, atomically and fsynced."""
+    write_atomic(root / MARKER, json.dumps(config, indent=2).encode())
+
+
 def raise_format(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The marker `config` of the archive at `root` at FORMAT_VERSION, rewritten if older.
 
@@ -77,7 +82,7 @@ def raise_format(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         return config
     raised = {**config, "version": FORMAT_VERSION}  # same keys, same order
     try:
-        write_atomic(root / MARKER, json.dumps(raised, indent=2).encode())
+        write_marker(root, raised)
     except OSError as error:
         raise ArchiveError(
             f"{root / MARKER}: cannot raise the archive format to version {FORMAT_VERSION}: {error}"

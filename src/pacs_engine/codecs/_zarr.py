@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
@@ -27,6 +27,12 @@ class ZarrFrameCodec(ArrayBytesCodec):
 
     is_fixed_size = False  # zarr's BaseCodec declares it (as an instance attribute)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that is not also a frame coder (`zarr_codec` makes them)."""
+        super().__init_subclass__(**kwargs)
+        if not issubclass(cls, FrameCodec):
+            raise TypeError(f"{cls.__name__} is not made from a frame coder")
+
     def validate(
         self,
         *,
@@ -43,9 +49,8 @@ class ZarrFrameCodec(ArrayBytesCodec):
         raise NotImplementedError
 
     def _coder(self) -> FrameCodec:
-        if not isinstance(self, FrameCodec):  # cannot be: made by `zarr_codec`
-            raise TypeError(f"{type(self).__name__} is not made from a frame coder")
-        return self
+        # Every subclass is a frame coder (checked once, in __init_subclass__), not per chunk.
+        return cast(FrameCodec, self)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         frame = frame_of(chunk_array.as_numpy_array())

@@ -221,7 +221,6 @@ class PartEncoder:
         self.index = Index.open(self.root / "index", readonly=True)
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")
-        self.policy = DEFAULT_POLICY  # the inputs' policy of the run at work
 
     def close(self) -> None:
         """Release the index."""
@@ -253,7 +252,6 @@ class PartEncoder:
             dirs=set() if writes is None else writes,
             choices={} if choices is None else choices,
         )
-        self.policy = checks.inputs
         result = PartResult(part)
         for key in part.keys:
             result.outcomes.append(self._encode_one(key, state))
@@ -283,14 +281,16 @@ class PartEncoder:
             with stage("read"):
                 data = read_input(InputRef.from_key(key), state.checks.inputs)
         except InputError as error:
-            return self.reject(key, None, str(error))
+            return self.reject(key, None, str(error), state.checks.inputs)
         try:
             with stage("scan"):
                 header = scan(data)
         except ScanError as error:
-            return self.reject(key, data, str(error.reason))
+            return self.reject(key, data, str(error.reason), state.checks.inputs)
         if header.get("SeriesInstanceUID") != state.part.series_uid:
-            return self.reject(key, data, "the file changed since it was scanned")
+            return self.reject(
+                key, data, "the file changed since it was scanned", state.checks.inputs
+            )
         try:
             with stage("prepare"):
                 prepared = prepare(
@@ -302,7 +302,7 @@ class PartEncoder:
                     state.checks.max_frame_bytes,
                 )
         except PrepareError as error:
-            return self.reject(key, data, str(error))
+            return self.reject(key, data, str(error), state.checks.inputs)
         sop = prepared.sop_instance_uid
         if sop not in state.committed:
             state.committed[sop] = self.index.get(sop)
@@ -329,7 +329,7 @@ class PartEncoder:
             try:
                 reason = conflict_reason(prior, header.attributes, same_pixels)
             except PrepareError as error:  # its bitstreams do not decode
-                return self.reject(key, data, str(error))
+                return self.reject(key, data, str(error), state.checks.inputs)
             if reason is not None:
                 quarantine_conflict(
                     self.quarantine, key, data, prepared.sha256, reason, prior, sop, hashes
@@ -338,7 +338,7 @@ class PartEncoder:
         try:
             pixels, stored = self._place_pixels(prepared, prior, state)
         except (CodecError, ValueError) as error:
-            return self.reject(key, data, f"cannot store the pixels: {error}")
+            return self.reject(key, data, f"cannot store the pixels: {error}", state.checks.inputs)
         with stage("header"):
             blob = prepared.blob.to_bytes()
             row = new_row(prepared, pixels, stored + len(blob), state.part.run)
@@ -420,9 +420,10 @@ class PartEncoder:
             return None
         return _bitstreams_digest(stored)
 
-    def reject(self, key: str, data: bytes | None, reason: str) -> Outcome:
-        """Quarantine one input with its reason (reading it if the caller has not)."""
-        return quarantine_input(self.quarantine, key, data, reason, self.policy)
+    def reject(self, key: str, data: bytes | None, reason: str, policy: InputPolicy) -> Outcome:
+        """Quarantine one input with its reason (reading it, by the run's `policy`, if the
+        caller has not)."""
+        return quarantine_input(self.quarantine, key, data, reason, policy)
 
     def _write_pixels(self, prepared: Prepared, state: _PartState) -> tuple[PixelRef | None, int]:
         """Queue the instance's frames on its array; returns its pixel reference and bytes."""

@@ -21,16 +21,22 @@ from io import BytesIO
 from typing import IO
 
 from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
+
+# Named here too for their users (the `X as X` form re-exports them).
+from pacs_engine.archive.input_keys import ARCHIVE_SUFFIXES as ARCHIVE_SUFFIXES
+from pacs_engine.archive.input_keys import SEPARATOR as SEPARATOR
+from pacs_engine.archive.input_keys import archive_kind as archive_kind
+from pacs_engine.archive.input_keys import container_kind as container_kind
+from pacs_engine.archive.input_keys import join_key
+from pacs_engine.archive.input_keys import split_key as split_key
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 from pacs_engine.sources import file_kind, iter_files
 from pacs_engine.workers import PerProcess
 
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 # Older names of the archive's marker and format, kept for their users.
 PACS_ARCHIVE_MARKER = MARKER
 PACS_ARCHIVE_FORMAT = FORMAT_NAME
-SEPARATOR = "::"
 #: Members of a pacs_engine archive source that are files in its quarantine, named by their
 #: sha256 (an instance member is a SOP Instance UID, which holds no "/").
 QUARANTINED = "quarantine/"
@@ -96,26 +102,12 @@ class InputRef:
     @property
     def key(self) -> str:
         """Stable unique text: the path, or `container::member`."""
-        if self.member is None:
-            return self.container
-        return f"{self.container}{SEPARATOR}{self.member}"
+        return join_key(self.container, self.member)
 
     @classmethod
     def from_key(cls, key: str) -> InputRef:
         """The input a key names (the inverse of `key`)."""
         return cls(*split_key(key))
-
-
-def split_key(key: str) -> tuple[str, str | None]:
-    """(container, member) of a key: split at the first `::` that follows an archive suffix."""
-    # Containers always end in an archive suffix, so member names may hold `::` freely
-    # and a container path may hold `::` anywhere but right after `.zip`, `.tar`...
-    start = key.find(SEPARATOR)
-    while start != -1:
-        if container_kind(key[:start]) is not None:
-            return key[:start], key[start + len(SEPARATOR) :]
-        start = key.find(SEPARATOR, start + 1)
-    return key, None
 
 
 class InputError(PacsEngineError):
@@ -137,26 +129,6 @@ class InputTooLarge(InputError):
 
 def _too_large(key: str, size: int | str, limit: int) -> InputTooLarge:
     return InputTooLarge(key, f"too large: {size} bytes, more than the limit of {limit} bytes")
-
-
-def archive_kind(path: str) -> str | None:
-    """'zip', 'tar' or 'tgz' by the name's suffix (any case), else None."""
-    name = path[-7:].lower()  # the longest suffix: no need to lower the whole path
-    if name.endswith(".zip"):
-        return "zip"
-    if name.endswith(".tar"):
-        return "tar"
-    if name.endswith((".tar.gz", ".tgz")):
-        return "tgz"
-    return None
-
-
-def container_kind(path: str) -> str | None:
-    """'zip', 'tar', 'tgz' (by suffix), 'pacs' (an archive folder), or None."""
-    kind = archive_kind(path)
-    if kind is None and is_pacs_archive(path):
-        return "pacs"
-    return kind
 
 
 def iter_inputs(

@@ -223,8 +223,7 @@ class Journal:
 
     def forget(self, keys: Iterable[str]) -> dict[bytes, bytes | None]:
         """Journal entries that drop the recorded identities of these inputs (quarantined:
-        every run reads them again, as a newer engine or other limits may take them in; a
-        receive spool's files, deleted once archived: their names never come again)."""
+        every run reads them again, as a newer engine or other limits may take them in)."""
         return dict.fromkeys(map(identity_key, keys))
 
     def _is_finished(self, run: str) -> bool:

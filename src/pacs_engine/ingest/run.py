@@ -143,12 +143,16 @@ def run_ingest(
     checks: Checks | None = None,
     progress: Callable[[Progress], None] | None = None,
     launched: float | None = None,
+    catch_up: bool = True,
 ) -> IngestReport:
     """Archive every input under `sources`; resumes the unfinished run of the same sources.
 
     The report's `first_encode_seconds` counts from `launched` (epoch seconds; None: now).
+    `catch_up=False` neither skips unchanged files nor records the files' identities for
+    later runs to skip (for sources whose files are never seen again: the receive spool).
     """
-    return _Run(archive, sources, workers, executor, checks or Checks(), progress, launched).run()
+    checks = checks or Checks()
+    return _Run(archive, sources, workers, executor, checks, progress, launched, catch_up).run()
 
 
 class _Run:
@@ -163,8 +167,10 @@ class _Run:
         checks: Checks,
         progress: Callable[[Progress], None] | None,
         launched: float | None = None,
+        catch_up: bool = True,
     ) -> None:
         self.archive = archive
+        self.catch_up = catch_up  # skip unchanged files, record the identities of those scanned
         self.root = str(archive.path.resolve())
         self.sources = [os.path.abspath(os.fspath(s)) for s in sources]
         self.own_executor = executor is None
@@ -317,10 +323,12 @@ class _Run:
         batch: list[tuple[str, bytes | None]] = []
         in_flight: set = set()
         follow_links = self.checks.inputs.follow_links
-        walk = iter_inputs(self.sources, on_error, [self.root], follow_links, container_unchanged)
+        unchanged = container_unchanged if self.catch_up else None
+        walk = iter_inputs(self.sources, on_error, [self.root], follow_links, unchanged)
         for ref in walk:
             # Files only: a zip/tar member has no identity of its own (see docs/ingest.md).
-            batch.append((ref.key, file_identity(ref.key) if ref.member is None else None))
+            is_file = ref.member is None and self.catch_up
+            batch.append((ref.key, file_identity(ref.key) if is_file else None))
             if len(batch) >= SCAN_BATCH:
                 in_flight = self._submit_scan(run, batch, in_flight)
                 batch = []

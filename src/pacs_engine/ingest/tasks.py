@@ -54,7 +54,6 @@ def scan_task(
 
 def _scan(root: str, keys: list[str], policy: InputPolicy) -> tuple[list[Planned], list[Outcome]]:
     encoder = _encoder(root)
-    encoder.policy = policy
     planned: list[Planned] = []
     rejected: list[Outcome] = []
     for key in keys:
@@ -74,10 +73,10 @@ def _scan(root: str, keys: list[str], policy: InputPolicy) -> tuple[list[Planned
                 with stage("scan"):
                     header = scan(data)
         except InputError as error:
-            rejected.append(encoder.reject(key, None, str(error)))
+            rejected.append(encoder.reject(key, None, str(error), policy))
             continue
         except ScanError as error:
-            rejected.append(encoder.reject(key, data, str(error.reason)))
+            rejected.append(encoder.reject(key, data, str(error.reason), policy))
             continue
         try:
             check_uids(header)  # the journal and the index key on them
@@ -88,14 +87,16 @@ def _scan(root: str, keys: list[str], policy: InputPolicy) -> tuple[list[Planned
                 with contextlib.suppress(InputError):
                     data = read_input(ref, policy)
             reason = media_directory_reason(ref, data, str(error), policy)
-            rejected.append(encoder.reject(key, data, reason))
+            rejected.append(encoder.reject(key, data, reason, policy))
             continue
         if refused_for_instance(ref, header["SOPInstanceUID"]):
             # A file a source archive refused in favour of an instance it holds: that
             # instance is copied, and this file stays refused, whichever is planned first.
             reason = (quarantine_record(ref) or {}).get("reason", "no record kept")
             rejected.append(
-                encoder.reject(key, data, f"refused by the source archive, as before: {reason}")
+                encoder.reject(
+                    key, data, f"refused by the source archive, as before: {reason}", policy
+                )
             )
             continue
         planned.append(planned_input(key, header))

@@ -24,8 +24,8 @@ version, conflict or quarantined), and the files are deleted. `batch/` only chan
 between runs, so after a kill the next start resumes the same run over the same
 files (the journal skips the inputs that have an outcome), and a kill between the
 run's end and the deletions makes the next run see the files left as byte-identical
-duplicates. The identities the run journaled for its files (for catch-up runs, which
-never come to a spool file again) are dropped just before.
+duplicates. The run records no identities of its files for catch-up runs
+(`catch_up=False`): those never come to a spool file again.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from pathlib import Path
 
 from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.ingest import IngestStopped, run_ingest
-from pacs_engine.ingest.journal import Journal
 from pacs_engine.storage import fsync_dir, make_dirs, remove_stale_temporaries, write_atomic
 from pacs_engine.workers import Executor
 
@@ -193,15 +192,14 @@ class Drain(threading.Thread):
             if not self.spool.batch_files() and not self.spool.take(self.batch_size):
                 return
             try:
-                report = run_ingest(self.archive, [self.spool.batch], executor=self.executor)
+                # No catch-up records: a spool file's name never comes again.
+                report = run_ingest(
+                    self.archive, [self.spool.batch], executor=self.executor, catch_up=False
+                )
             except IngestStopped as error:  # e.g. disk full: the files stay, tried again later
                 self.failure = str(error)
                 LOG.error("spool drain: %s", error)
                 return
             self.failure = None
-            # The run journaled each file's identity for catch-up runs, which never come to
-            # a spool file again: dropped with the files, or they would grow for ever.
-            keys = (os.path.abspath(p) for p in self.spool.batch_files())
-            self.archive.index.commit([], journal=Journal(self.archive.index).forget(keys))
             self.spool.clear_batch()
             self.on_report(report)
