@@ -59,8 +59,10 @@ Targets (issue 15): frames from the archive of record >= 80 % of the codec alone
 faster than pydicom; from the copy >= 5x pydicom; patches from the archive of record
 >= 2x pydicom, from a training copy >= 20x. At the end of the run a summary gives each
 target's figure beside its bound, both from this run: the codec alone for the archive
-of record (frames: 2 processes decoding the frames' chunks; patches: one process, by
-CPU), blank items for the copies (the loader's own cost, which both sides pay).
+of record (frames: the rate of 2 processes decoding the frames' chunks, and by CPU
+its CPU per frame plus a blank item's; patches: pydicom's CPU over the codec alone's
+on the patch's chunks, in one process), blank items for the copies (the loader's own
+cost, which both sides pay).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ import pstats
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +113,6 @@ FRAME = (512, 512)
 SYNTH = {"studies": 4, "series_per_study": 1, "slices": 64}
 #: The summary's rows, per target: (label, figure (rate, CPU), bound (rate, CPU)).
 SUMMARY: list[tuple[str, tuple[float, float], tuple[float, float]]] = []
-NAN = (math.nan, math.nan)
 
 
 def train_series(archive_path: Path) -> list[str]:
@@ -336,7 +337,7 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module", autouse=True)
-def summary() -> Any:
+def summary() -> Iterator[None]:
     """Prints, after the module's tests, each target's figure beside its bound."""
     yield
     if not SUMMARY:
