@@ -9,7 +9,8 @@ Every rate comes from a real `torch.utils.data.DataLoader`: 2 workers, batch 16,
 shuffled, float32 HU (`rescale=True`), default collate, over the training side of a
 patient-level split (patients ordered by a hash of their PatientID, the first quarter
 held out, as examples/train_ct.py does). Each loader first takes one untimed batch
-per worker (their start is paid once per epoch); then `BATCHES` batches are timed.
+per worker (their start is paid once per epoch); then `FRAME_BATCHES` batches of
+frames (`BATCHES` of patches) are timed.
 In the same run, per case:
 
 - frames (512x512, `FrameDataset(shape=(512, 512))`, other sizes skipped) from the
@@ -17,7 +18,8 @@ In the same run, per case:
   (`codec="lz4", transcode=True`), against a pydicom Dataset over the same
   instances' original files (`dcmread`, `pixel_array`, `apply_modality_lut`,
   float32), and against the codec alone: the same frames' stored chunks (read
-  beforehand) decoded by 2 processes (`run_tasks`);
+  beforehand) decoded by 2 processes (`run_tasks`), and its CPU per frame in one
+  process (the summary's CPU bound for the record: that CPU plus a blank item's);
 - 32x128x128 patches (`PatchDataset`, HU) from both archives and from two tiled
   archives (`tile=64`, `ingest --tile 64`: a 512x512 frame in 64 chunks of 64x64, so
   a patch reads and decodes only the 9 to 16 chunks per slice it overlaps): the default
@@ -28,9 +30,9 @@ In the same run, per case:
 - what the DataLoader itself costs: the same loader over items made from nothing (a
   fresh float32 array of the frame's or the patch's shape, the loader's ceiling), the
   copy's frames with only the keys pydicom's items have (pixels, patient_id: what
-  the metadata tensors cost), and, in its workers, the default collate of one batch
-  (`torch.stack` into a new shared-memory tensor) against `np.stack` of the same
-  items (median ms per batch).
+  the metadata tensors cost) and without their geometry (`geometry=False`), and, in
+  its workers, the default collate of one batch (`torch.stack` into a new
+  shared-memory tensor) against `np.stack` of the same items (median ms per batch).
 
 Beside each rate, the CPU the loader spent per item (its workers' threads and the main
 process, from /proc: a figure the other engineers' load on the machine moves far
@@ -40,10 +42,13 @@ codec alone does.
 
 `test_patch_rates` gives the patch rows (`-k patch`): the loaders above, and per patch
 in one process the CPU and calls of the tiled archive of record, of pydicom on the 32
-files, and of the codec alone decoding only the tiles each patch overlaps (bytes read
-beforehand): pydicom's CPU over that is the most the tiled record can reach. Patch
-corners are random (`PatchDataset.draw`), as in a training loop: a 128-wide window
-overlaps 3 tiles of 64 per axis but for 1 corner in 64.
+files, and of the codec alone on the patch's chunks (bytes read beforehand), decoded
+as the record decodes them (`decode_frame` with the patch's window: a tiled JPEG-LS
+slice's overlapped tiles in one native call, an original bitstream, never tiled,
+whole): pydicom's CPU over that is the most the tiled record can reach. A line says
+what the decoded slices are stored as. Patch corners are random
+(`PatchDataset.draw`), as in a training loop: a 128-wide window overlaps 3 tiles of
+64 per axis but for 1 corner in 64.
 
 `test_per_item_cost` gives the deterministic side with `num_workers=0`: per item, CPU
 microseconds and Python function calls (cProfile) of `FrameDataset.__getitem__` on
@@ -52,19 +57,25 @@ files' transfer syntax (why the corpus and synth rows differ).
 
 Targets (issue 15): frames from the archive of record >= 80 % of the codec alone and
 faster than pydicom; from the copy >= 5x pydicom; patches from the archive of record
->= 2x pydicom, from a training copy >= 20x.
+>= 2x pydicom, from a training copy >= 20x. At the end of the run a summary gives each
+target's figure beside its bound, both from this run: the codec alone for the archive
+of record (frames: the rate of 2 processes decoding the frames' chunks, and by CPU
+its CPU per frame plus a blank item's; patches: pydicom's CPU over the codec alone's
+on the patch's chunks, in one process), blank items for the copies (the loader's own
+cost, which both sides pay).
 """
 
 from __future__ import annotations
 
 import cProfile
 import hashlib
+import inspect
 import math
 import pstats
 import time
 import warnings
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +86,7 @@ from pydicom.pixels import apply_modality_lut
 
 from benchmarks.conftest import corpus_inputs
 from pacs_engine import Archive, open_archive
-from pacs_engine.archive.pixel_store import decode_chunk
+from pacs_engine.archive.pixel_store import decode_chunk, decode_frame, window_shape
 from pacs_engine.read.bench import original_file, run_tasks
 from pacs_engine.read.datasets import FrameDataset, PatchDataset
 from pacs_engine.read.volume import plan_volume
@@ -85,7 +96,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
 
 WORKERS = 2
 BATCH = 16
-BATCHES = 12  # timed batches of frames per loader
+BATCHES = 12  # timed batches of patches per loader
+FRAME_BATCHES = 36  # timed batches of frames per loader (CPU per item steadier than at 12)
 ITEMS = 256  # reads per dataset in the per-item figures (num_workers=0)
 WARM = 32  # reads before them
 PATCH = (32, 128, 128)
@@ -99,6 +111,8 @@ ARCHIVES = {
 }
 FRAME = (512, 512)
 SYNTH = {"studies": 4, "series_per_study": 1, "slices": 64}
+#: The summary's rows, per target: (label, figure (rate, CPU), bound (rate, CPU)).
+SUMMARY: list[tuple[str, tuple[float, float], tuple[float, float]]] = []
 
 
 def train_series(archive_path: Path) -> list[str]:
@@ -281,8 +295,9 @@ def loader_rate(
     return rate, cpu / items / 1000
 
 
-def codec_rate(frames: FrameDataset, count: int) -> float:
-    """Frames/s of 2 processes decoding `count` of the dataset's frames with their codec."""
+def codec_rate(frames: FrameDataset, count: int) -> tuple[float, float]:
+    """Frames/s of 2 processes decoding `count` of the dataset's frames with their codec,
+    and the CPU us per frame of decoding the same frames in this process."""
     pixels = open_archive(frames.archive_path).pixels
     rng = np.random.default_rng(0)
     part = []
@@ -294,7 +309,10 @@ def codec_rate(frames: FrameDataset, count: int) -> float:
         part.append((spec, chunks, (r, c, *spec.frame_shape[2:])))
     tasks = [("codec", CodecAlone(), [part[k::WORKERS] for k in range(WORKERS)])]
     (row,) = run_tasks(tasks, WORKERS, start_method="fork")
-    return float(row["frames_per_s"])
+    started = time.process_time_ns()
+    CodecAlone().read(part)
+    cpu = (time.process_time_ns() - started) / len(part) / 1000
+    return float(row["frames_per_s"]), cpu
 
 
 @pytest.fixture(scope="module", params=["corpus", "synth"])
@@ -316,6 +334,25 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         with Archive.create(archives[name], **policy) as archive:
             assert archive.ingest(files, workers=0).balanced
     return {"name": request.param, **archives, "series": train_series(archives["record"])}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary() -> Iterator[None]:
+    """Prints, after the module's tests, each target's figure beside its bound."""
+    yield
+    if not SUMMARY:
+        return
+    lines = [
+        "",
+        "summary, issue 15's targets: each figure beside its bound (ours / pydicom, or / the "
+        "codec alone; by rate and by the baseline's CPU per item over ours)",
+        f"  {'target':<56}  {'figure rate':>11}  {'figure CPU':>11}  "
+        f"{'bound rate':>11}  {'bound CPU':>11}",
+    ]
+    for label, figure, bound in SUMMARY:
+        cells = [f"{v:.2f}x" if not math.isnan(v) else "-" for v in (*figure, *bound)]
+        lines.append(f"  {label:<56}  " + "  ".join(f"{c:>11}" for c in cells))
+    print("\n".join(lines))
 
 
 def frame_datasets(case: dict) -> tuple[dict[str, FrameDataset], PydicomFrames]:
@@ -381,17 +418,22 @@ def test_training_rates(case: dict) -> None:
     series = case["series"]
     rates: dict[str, tuple[float, float]] = {}
     frames, pydicom_frames = frame_datasets(case)
-    rates["frames record"] = loader_rate(frames["record"], BATCHES)
-    rates["frames copy"] = loader_rate(frames["copy"], BATCHES)
-    rates["frames pydicom"] = loader_rate(pydicom_frames, BATCHES)
-    rates["frames codec alone"] = codec_rate(frames["record"], BATCH * BATCHES), math.nan
-    rates["frames, blank items"] = loader_rate(Blank(FRAME, len(frames["record"])), BATCHES)
-    rates["frames copy, pixels only"] = loader_rate(PixelsOnly(frames["copy"]), BATCHES)
+    rates["frames record"] = loader_rate(frames["record"], FRAME_BATCHES)
+    rates["frames copy"] = loader_rate(frames["copy"], FRAME_BATCHES)
+    rates["frames pydicom"] = loader_rate(pydicom_frames, FRAME_BATCHES)
+    rates["frames codec alone"] = codec_rate(frames["record"], BATCH * FRAME_BATCHES)
+    rates["frames, blank items"] = loader_rate(Blank(FRAME, len(frames["record"])), FRAME_BATCHES)
+    rates["frames copy, pixels only"] = loader_rate(PixelsOnly(frames["copy"]), FRAME_BATCHES)
+    if "geometry" in inspect.signature(FrameDataset).parameters:  # not in older trees
+        slim = FrameDataset(
+            case["copy"], series, rescale=True, shape=FRAME, grayscale=True, geometry=False
+        )
+        rates["frames copy, geometry=False"] = loader_rate(slim, FRAME_BATCHES)
     # Items half the bytes: HU as int16 (exact for CT's integer slope and intercept).
     int16 = FrameDataset(case["copy"], series, rescale=True, dtype="int16", shape=FRAME)
-    rates["frames copy, int16"] = loader_rate(int16, BATCHES, torch.int16)
+    rates["frames copy, int16"] = loader_rate(int16, FRAME_BATCHES, torch.int16)
     blank = Blank(FRAME, len(frames["record"]), "int16")
-    rates["frames, blank items int16"] = loader_rate(blank, BATCHES, torch.int16)
+    rates["frames, blank items int16"] = loader_rate(blank, FRAME_BATCHES, torch.int16)
     # (ours, baseline): the rate ratio, and the baseline's CPU per item over ours.
     pairs = {
         "record / codec alone (>= 0.8)": ("frames record", "frames codec alone"),
@@ -400,6 +442,10 @@ def test_training_rates(case: dict) -> None:
         "copy / pydicom, frames (>= 5)": ("frames copy", "frames pydicom"),
         "bound: blank items / pydicom, frames": ("frames, blank items", "frames pydicom"),
         "copy pixels only / pydicom, frames": ("frames copy, pixels only", "frames pydicom"),
+        "copy geometry=False / pydicom, frames": (
+            "frames copy, geometry=False",
+            "frames pydicom",
+        ),
         "copy / blank items, frames": ("frames copy", "frames, blank items"),
         "copy int16 / pydicom, frames": ("frames copy, int16", "frames pydicom"),
         "bound: blank int16 / pydicom, frames": ("frames, blank items int16", "frames pydicom"),
@@ -407,6 +453,7 @@ def test_training_rates(case: dict) -> None:
     ratios = {
         name: (rates[ours][0] / rates[base][0], rates[base][1] / rates[ours][1])
         for name, (ours, base) in pairs.items()
+        if ours in rates
     }
     lines = [
         "",
@@ -414,6 +461,20 @@ def test_training_rates(case: dict) -> None:
         f"in {len(series)} training series; DataLoader {WORKERS} workers, batch {BATCH}",
     ]
     print("\n".join(lines + _table(case["name"], rates, ratios, FRAME)))
+    tag = f"{case['name']}: frames "
+    # A loader item of the record costs at least the codec's CPU plus a blank item's.
+    floor = rates["frames codec alone"][1] + rates["frames, blank items"][1]
+    codec = (1.0, rates["frames codec alone"][1] / floor)
+    record = ratios["record / codec alone (>= 0.8)"]
+    SUMMARY.append((tag + "record / codec alone (>= 0.8)", record, codec))
+    bound = (ratios["bound: codec alone / pydicom, frames"][0], rates["frames pydicom"][1] / floor)
+    figure = ratios["record / pydicom, frames (> 1)"]
+    SUMMARY.append((tag + "record / pydicom (> 1)", figure, bound))
+    for name in ("copy / pydicom, frames (>= 5)", "copy geometry=False / pydicom, frames"):
+        if name not in ratios:
+            continue
+        label = tag + name.replace(", frames", "")
+        SUMMARY.append((label, ratios[name], ratios["bound: blank items / pydicom, frames"]))
 
 
 def _table(
@@ -445,41 +506,58 @@ def _table(
     return lines
 
 
-class TilesAlone:
-    """The codec alone on a patch's tiles: decodes, per slice, only the stored tiles the
-    patch's window overlaps (bytes read beforehand), each into a new array."""
+class ChunksAlone:
+    """The codec alone on a patch's chunks, as the record decodes them: per slice, the
+    frame's stored chunks (read beforehand) through `decode_frame` with the patch's
+    window, into one array of the patch's stack. A tiled JPEG-LS frame decodes only the
+    tiles the window overlaps, in one native call (`decode_tiles`); an untiled frame (an
+    original bitstream, never tiled) decodes whole and is cut."""
 
     def __init__(self, patches: PatchDataset, count: int) -> None:
         pixels = open_archive(patches.archive_path).pixels
-        self.work: list[list[tuple[Any, bytes, tuple[int, ...]]]] = []
+        chunks: dict[tuple[int, int], list[bytes]] = {}  # a frame's chunks, read once
+        self.work: list[tuple[list[tuple[Any, list[bytes]]], tuple[slice, slice]]] = []
         for i in range(count):
             s, _, (z, y, x) = patches.draw(i)
             dz, dy, dx = patches.patch_size
-            tiles = []
+            slices = []
             for a, f in patches.where[s][z : z + dz].tolist():
-                spec = pixels.spec(patches.arrays[a])
-                _, r, c, *_ = spec.chunk_shape
-                across = -(-spec.columns // c)
-                chunks = pixels.read_chunks(patches.arrays[a], f, f + 1)
-                tiles += [
-                    (spec, chunks[row * across + col], (r, c))
-                    for row in range(y // r, -(-(y + dy) // r))
-                    for col in range(x // c, -(-(x + dx) // c))
-                ]
-            self.work.append(tiles)
+                if (a, f) not in chunks:
+                    chunks[a, f] = pixels.read_chunks(patches.arrays[a], f, f + 1)
+                slices.append((pixels.spec(patches.arrays[a]), chunks[a, f]))
+            self.work.append((slices, (slice(y, y + dy), slice(x, x + dx))))
 
     def __len__(self) -> int:
         return len(self.work)
 
     def __getitem__(self, i: int) -> int:
-        return sum(decode_chunk(spec, chunk, shape).size for spec, chunk, shape in self.work[i])
+        slices, window = self.work[i]
+        first = slices[0][0]
+        out = np.empty((len(slices), *window_shape(first, window)), first.dtype)
+        for k, (spec, chunks) in enumerate(slices):
+            decode_frame(spec, chunks, out[k], window)
+        return out.size
+
+    def layout(self) -> str:
+        """What the slices decoded are stored as, and chunks decoded per slice (mean)."""
+        kinds: Counter[str] = Counter()
+        decoded = []
+        for slices, (rows, columns) in self.work:
+            for spec, _ in slices:
+                _, r, c, *_ = spec.chunk_shape
+                tiled = f"tiles of {r}" if spec.tile is not None else "whole"
+                kinds[f"{spec.codec_name} {tiled}"] += 1
+                down = -(-rows.stop // r) - rows.start // r
+                decoded.append(down * (-(-columns.stop // c) - columns.start // c))
+        shares = ", ".join(f"{kind} {n / sum(kinds.values()):.0%}" for kind, n in kinds.items())
+        return f"slices stored as {shares}; {np.mean(decoded):.1f} chunks decoded a slice"
 
 
 def test_patch_rates(case: dict) -> None:
     """32x128x128 HU patches at random corners (as `PatchDataset` draws them) through the
     loader, and per patch in one process: CPU and calls of the tiled archive of record,
-    of pydicom reading the patch's 32 files, and of the codec alone on the tiles the
-    patch overlaps (the bound of the tiled record: it cannot beat pydicom by more)."""
+    of pydicom reading the patch's 32 files, and of the codec alone on the patch's chunks
+    (the bound of the tiled record: it cannot beat pydicom by more)."""
     series = case["series"]
     patches = {
         name: PatchDataset(
@@ -522,12 +600,12 @@ def test_patch_rates(case: dict) -> None:
     rates["patches, blank items int16"] = loader_rate(blank, BATCHES, torch.int16)
     rates["patches pydicom"] = loader_rate(PydicomPatches(patches["record"], paths), PATCH_BATCHES)
     # Per patch, in this process (num_workers=0): what the loader's rates are made of.
-    tiles = TilesAlone(patches["record tiled"], ITEMS // 4)
-    order = list(range(len(tiles)))
+    alone = ChunksAlone(patches["record tiled"], ITEMS // 4)
+    order = list(range(len(alone)))
     per_patch = {
         "record tiled, one process": patches["record tiled"],
         "pydicom, one process": PydicomPatches(patches["record"], paths),
-        "codec alone on the tiles, one process": tiles,
+        "codec alone on its chunks, one process": alone,
     }
     lines = [
         "",
@@ -543,9 +621,10 @@ def test_patch_rates(case: dict) -> None:
         cpu, calls = cost[name]
         lines.append(f"  {case['name'] + ': ' + name:<48}  {cpu / 1000:>10.2f}  {calls:>12,.0f}")
     pydicom_cpu = cost["pydicom, one process"][0]
-    for name in ("record tiled, one process", "codec alone on the tiles, one process"):
+    for name in ("record tiled, one process", "codec alone on its chunks, one process"):
         label = f"{case['name']}: pydicom / {name.split(',')[0]}, CPU per patch"
         lines.append(f"  {label:<48}  {pydicom_cpu / cost[name][0]:>9.2f}x")
+    lines.append(f"  ({case['name']}, tiled record: {alone.layout()})")
     pairs = {
         "record / pydicom, patches (>= 2)": ("patches record", "patches pydicom"),
         "copy / pydicom, patches (>= 20)": ("patches copy", "patches pydicom"),
@@ -560,3 +639,12 @@ def test_patch_rates(case: dict) -> None:
         for name, (ours, base) in pairs.items()
     }
     print("\n".join(lines + _table(case["name"], rates, ratios, PATCH)))
+    tag = f"{case['name']}: patches "
+    codec_bound = (math.nan, pydicom_cpu / cost["codec alone on its chunks, one process"][0])
+    one_process = (math.nan, pydicom_cpu / cost["record tiled, one process"][0])
+    record = ratios["record tiled / pydicom, patches (>= 2)"]
+    SUMMARY.append((tag + "record tiled / pydicom (>= 2)", record, codec_bound))
+    SUMMARY.append((tag + "record tiled / pydicom, one process", one_process, codec_bound))
+    for name in ("copy / pydicom, patches (>= 20)", "copy tiled / pydicom, patches (>= 20)"):
+        label = tag + name.replace(", patches", "")
+        SUMMARY.append((label, ratios[name], ratios["bound: blank items / pydicom, patches"]))

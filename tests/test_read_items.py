@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.read import FrameDataset, PatchDataset, Series, VolumeDataset
+from pacs_engine.read.datasets import GEOMETRY_KEYS
 from pacs_engine.read.volume import convert, rescale_as
 
 # 512x512 CT of mixed storage: unsigned 12-bit (Philips series) and signed 16-bit.
@@ -129,6 +131,28 @@ def test_volume_and_3d_patch_affines_match_the_header(ct: tuple) -> None:
         lps = item["affine_lps"] @ [3, 1, 2, 1]
         np.testing.assert_allclose(lps[:3], _patient_position(ds, y + 1, x + 2), atol=1e-3)
         np.testing.assert_array_equal(item["spacing"], volume["spacing"])
+
+
+def test_items_without_geometry_are_the_same_items_less_its_keys(ct: tuple) -> None:
+    path, ct = ct
+    uids = _series(ct)
+    makers = [
+        partial(FrameDataset, path, uids, rescale=True),
+        partial(PatchDataset, path, (32, 48), samples=6, seed=4, rescale=True),
+        partial(PatchDataset, path, (4, 32, 32), samples=6, seed=2, series_uids=uids),
+    ]
+    for make in makers:
+        full, slim = make(), make(geometry=False)
+        for k in range(6):
+            want, got = full[k], slim[k]
+            assert set(GEOMETRY_KEYS) <= set(want)
+            assert set(got) == set(want) - set(GEOMETRY_KEYS)
+            for key, value in got.items():
+                np.testing.assert_array_equal(value, want[key])
+    loader = DataLoader(FrameDataset(path, uids, rescale=True, geometry=False), batch_size=4)
+    batch = next(iter(loader))
+    assert batch["pixels"].dtype == torch.float32
+    assert not set(GEOMETRY_KEYS) & set(batch)
 
 
 def test_series_and_datasets_take_an_archive_or_its_path(ct: tuple) -> None:

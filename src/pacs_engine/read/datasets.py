@@ -49,7 +49,14 @@ else:
     _MapBase = object  # type: ignore[assignment,misc]
     _IterableBase = object  # type: ignore[assignment,misc]
 
-__all__ = ["FrameChunks", "FrameDataset", "PatchDataset", "VolumeDataset", "worker_share"]
+__all__ = [
+    "GEOMETRY_KEYS",
+    "FrameChunks",
+    "FrameDataset",
+    "PatchDataset",
+    "VolumeDataset",
+    "worker_share",
+]
 
 # Row attributes kept (as plain data) for rescaling.
 _RESCALE_KEYS = (
@@ -60,6 +67,9 @@ _RESCALE_KEYS = (
     "PixelRepresentation",
 )
 _SERIES_CACHE = 64  # Series objects kept open per process (VolumeDataset)
+#: The item keys `geometry=False` leaves out: each numeric key of an item is one more
+#: shared-memory tensor, and file-descriptor hand-over, per DataLoader batch.
+GEOMETRY_KEYS = ("spacing", "affine_lps", "affine_ras")
 
 
 # --- one archive per path per process --------------------------------------------------
@@ -302,6 +312,8 @@ class FrameDataset(_FromQuery, _MapBase):
     `Archive.query` matches them at the instance level, e.g. {"ImageType":
     "ORIGINAL\\PRIMARY*"}) an instance must match to be used; the others are
     excluded and counted (`NOT_SELECTED`), and a series with none is not in `series_uids`.
+    `geometry=False` leaves "spacing", "affine_lps" and "affine_ras" out of the items
+    (`GEOMETRY_KEYS`: what they cost a DataLoader in `docs/read.md`).
     """
 
     def __init__(
@@ -316,8 +328,10 @@ class FrameDataset(_FromQuery, _MapBase):
         on_mismatch: str = "skip",
         pad_value: float = 0.0,
         instance_query: Mapping[str, Any] | None = None,
+        geometry: bool = True,
     ) -> None:
         self.archive_path = _archive_path(archive_path)
+        self.geometry = geometry
         self.rescale = rescale
         self.dtype = _output_dtype(dtype, rescale)
         self.fields = _fields(fields)
@@ -333,7 +347,7 @@ class FrameDataset(_FromQuery, _MapBase):
         self.reshape: list[bool] = []  # per instance: its frames go through `shape.apply`
         self.excluded: Counter[str] = Counter()  # instances left out, by reason
         self.fitted: Counter[str] = Counter()  # instances fitted to `shape`, by what was done
-        geometry: list[tuple[np.ndarray, np.ndarray]] = []  # per instance
+        geometries: list[tuple[np.ndarray, np.ndarray]] = []  # per instance
         # One row per frame: series, array, frame in array, instance, frame in instance.
         table: list[tuple[int, int, int, int, int]] = []
         array_ids: dict[str, int] = {}
@@ -367,15 +381,15 @@ class FrameDataset(_FromQuery, _MapBase):
                 if self.shape is not None:
                     fit = self.shape.fitted(*size)
                     spacing_affine = self.shape.geometry(*spacing_affine, *size)
-                geometry.append(spacing_affine)
+                geometries.append(spacing_affine)
                 self.reshape.append(bool(fit))
                 if fit:
                     self.fitted[fit] += 1
                 first = int(pixels["first_frame"])
                 table += [(s, a, first + f, i, f) for f in range(int(pixels["frames"]))]
         self.table = np.array(sorted(table), dtype=np.int64).reshape(-1, 5)
-        self.spacings = np.array([g[0] for g in geometry], np.float64).reshape(-1, 3)
-        self.affines = np.array([g[1] for g in geometry], np.float64).reshape(-1, 4, 4)
+        self.spacings = np.array([g[0] for g in geometries], np.float64).reshape(-1, 3)
+        self.affines = np.array([g[1] for g in geometries], np.float64).reshape(-1, 4, 4)
         # Per instance once here, not per item: an item's geometry is its instance's.
         self.affines_ras = LPS_TO_RAS @ self.affines
 
@@ -418,16 +432,18 @@ class FrameDataset(_FromQuery, _MapBase):
             pixels = convert(pixels[None], rows, self.rescale and pixels.ndim == 2, self.dtype)[0]
         if self.shape is not None and self.reshape[i]:
             pixels = self.shape.apply(pixels)
-        return {
+        item = {
             "pixels": pixels,
             "sop_instance_uid": self.instances[i],
             "series_instance_uid": self.series_uids[s],
             "frame": f,
             **self.meta[i],
-            "spacing": self.spacings[i].copy(),
-            "affine_lps": self.affines[i].copy(),
-            "affine_ras": self.affines_ras[i].copy(),
         }
+        if self.geometry:
+            item["spacing"] = self.spacings[i].copy()
+            item["affine_lps"] = self.affines[i].copy()
+            item["affine_ras"] = self.affines_ras[i].copy()
+        return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One frame and where it comes from."""
@@ -620,6 +636,7 @@ class PatchDataset(_FromQuery, _MapBase):
     (default float32 with `rescale`, else as stored). `archive`: an `Archive` or its path.
     `instance_query`: keys (as `Archive.query` matches them at the instance level) the
     instances patches are cut from must match; a series with none is listed in `skipped`.
+    `geometry=False` leaves `GEOMETRY_KEYS` out of the items ("offset" stays).
     """
 
     def __init__(
@@ -635,8 +652,10 @@ class PatchDataset(_FromQuery, _MapBase):
         dtype: np.dtype | str | None = None,
         fields: Sequence[str] = (),
         instance_query: Mapping[str, Any] | None = None,
+        geometry: bool = True,
     ) -> None:
         self.archive_path = _archive_path(archive_path)
+        self.geometry = geometry
         conditions = _instance_conditions(instance_query)
         self.instance_query = dict(instance_query or {})
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -812,5 +831,6 @@ class PatchDataset(_FromQuery, _MapBase):
         item["pixels"] = pixels
         item["offset"] = np.asarray(corner, np.int64)
         item.update(meta)
-        item.update(_geometry(spacing, affine, start))
+        if self.geometry:
+            item.update(_geometry(spacing, affine, start))
         return item
