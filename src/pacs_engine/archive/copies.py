@@ -129,11 +129,16 @@ def write_copied_part(
     tidied (ingest.tidy). Each series gets its own header pack; the whole part one commit
     (several small series in one part: fewer fsyncs and transactions).
     """
+    pixels = archive.pixels
+    # The part's files, synced together (`DeferredWrites`): the same durability, in a
+    # fraction of the time the fsyncs one by one take. An array the part creates gets
+    # its zarr.json among them, with no frames: a rebuild of the index takes a part as
+    # committed when its frames lie within the count (archive/rebuild.py), and a tidy
+    # removes the array whole if the commit never comes.
+    files: list[tuple[Path, bytes]] = []
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
-    grids: dict[str, int] = {}  # chunks per frame, by array
     arrays: dict[tuple[str, str], str] = {}  # this archive's array, by source array and series
-    new_arrays: dict[str, dict[str, Any]] = {}  # the metadata of the arrays made here
     rows: list[Row] = []
     by_series: dict[str, list[CopiedInstance]] = {}
     for instance in instances:
@@ -146,31 +151,23 @@ def write_copied_part(
         else:
             mine = (instance.source_array, series_uid)
             if mine not in arrays:
-                arrays[mine], meta = _array_for(archive.pixels, source, *mine)
-                if meta is not None:  # no frames yet, the source's grid: nothing to read back
-                    new_arrays[arrays[mine]] = meta
+                arrays[mine], meta = _array_for(pixels, source, *mine)
+                if meta is not None:  # no frames yet (its spec learnt: no read back)
+                    files.append(pixels.new_array_file(arrays[mine], meta))
                     starts[arrays[mine]] = 0
-                    grids[arrays[mine]] = source.grid(instance.source_array)[1]
             path = arrays[mine]
             if path not in by_array:
                 if path not in starts:
-                    starts[path] = archive.pixels.frames(path)
-                    grids[path] = archive.pixels.grid(path)[1]
+                    starts[path] = pixels.frames(path)
                 by_array[path] = []
-            first = starts[path] + len(by_array[path]) // grids[path]
+            first = starts[path] + len(by_array[path]) // pixels.grid(path)[1]
             by_array[path] += instance.chunks
             row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
             row["stored_bytes"] = sum(len(c) for c in instance.chunks)
         rows.append(row)
-    ends = {path: starts[path] + len(chunks) // grids[path] for path, chunks in by_array.items()}
-    # The part's files are synced together (`DeferredWrites`): the same durability, in
-    # a fraction of the time the fsyncs one by one take. An array the part creates gets
-    # its zarr.json among them, with no frames: a rebuild of the index takes a part as
-    # committed when its frames lie within the count (archive/rebuild.py), and a tidy
-    # removes the array whole if the commit never comes.
-    files = [archive.pixels.new_array_file(path, meta) for path, meta in new_arrays.items()]
+    ends = {path: starts[path] + len(c) // pixels.grid(path)[1] for path, c in by_array.items()}
     for path, chunks in by_array.items():
-        files += archive.pixels.shard_files(path, starts[path], chunks)
+        files += pixels.shard_files(path, starts[path], chunks)
     for series_uid, members in by_series.items():
         files += _pack_files(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members])
     _write_together(files)
