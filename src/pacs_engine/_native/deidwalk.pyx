@@ -93,10 +93,10 @@ cdef class Walker:
 
     def elements(self, Py_ssize_t pos, Py_ssize_t end, int depth, bint delimited):
         """The elements from `pos` to `end` (or to an item delimiter when `delimited`),
-        the position after them (after the delimiter), how many were dropped."""
+        and how many were dropped."""
         cdef int dropped = 0
-        found, pos = self._elements(pos, end, depth, delimited, &dropped)
-        return found, pos, dropped
+        found, _ = self._elements(pos, end, depth, delimited, &dropped)
+        return found, dropped
 
     cdef tuple _elements(
         self, Py_ssize_t pos, Py_ssize_t end, int depth, bint delimited, int* dropped

@@ -135,7 +135,7 @@ def deidentify_file(settings: Settings, data: bytes) -> Output:
     """De-identify a whole file (preamble, meta, data set, pixel data as it is)."""
     explicit, compressed, meta_end = _meta(data)
     walker = _walker(settings, data, explicit)
-    elements, _, dropped = walker.elements(meta_end, len(data), 0, False)
+    elements, dropped = walker.elements(meta_end, len(data), 0, False)
     rewrite = _Rewrite(settings, walker, explicit, data)
     rewrite.pixel_data_compressed = compressed  # pydicom frames Pixel Data by the syntax
     return rewrite.run(elements, dropped, meta_end, len(elements), b"")
@@ -152,11 +152,11 @@ def deidentify_blob(settings: Settings, prefix: bytes, suffix: bytes) -> Output:
     if group << 16 | element not in PIXEL_TAGS:
         raise Fallback("the header blob does not end with a pixel data element")
     walker = _walker(settings, prefix, explicit)
-    before, _, dropped = walker.elements(meta_end, len(prefix) - head, 0, False)
+    before, dropped = walker.elements(meta_end, len(prefix) - head, 0, False)
     after: list[Element] = []
     if suffix:
         tail = _walker(settings, suffix, explicit)
-        after, _, dropped_after = tail.elements(0, len(suffix), 0, False)
+        after, dropped_after = tail.elements(0, len(suffix), 0, False)
         dropped += dropped_after
         if after and after[0].tag <= group << 16 | element:
             raise Fallback("attributes out of order")
