@@ -542,3 +542,29 @@ def test_cli_errors_are_one_line_naming_the_file(
     array_meta = zarr_broken / "pixels" / row["pixels"]["array"] / "zarr.json"
     array_meta.write_text("{ not json")
     one_line_error(run_cli("info", zarr_broken), str(array_meta))
+
+
+def test_header_blobs_and_rows_files_are_zstandard_frames_numcodecs_reads_both_ways() -> None:
+    """Archives written when numcodecs compressed them stay readable, and older code reads ours."""
+    import json as json_module
+
+    from numcodecs import Zstd
+
+    from pacs_engine.archive.blobs import ENCAPSULATED, HeaderBlob, load_rows
+
+    blob = HeaderBlob(
+        ENCAPSULATED,
+        b"\0" * 128 + b"DICM" + bytes(range(256)) * 40,
+        b"\xfe\xff\xdd\xe0",
+        offset_table_item=b"\xfe\xff\x00\xe0\x00\x00\x00\x00",
+        fragment_lengths=((10, 20), (30,)),
+        delimiter=b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
+    )
+    ours = blob.to_bytes()
+    theirs = Zstd(level=3)
+    raw = bytes(theirs.decode(ours))
+    assert raw[:4] == b"PEB1" and HeaderBlob.from_bytes(bytes(theirs.encode(raw))) == blob
+    rows = [{"SOPInstanceUID": "1.2.3", "n": n} for n in range(500)]
+    record = json_module.loads(bytes(theirs.decode(dump_rows(rows, written_ns=7))))
+    assert record == {"written_ns": 7, "rows": rows}
+    assert load_rows(bytes(theirs.encode(json_module.dumps(record).encode()))) == (7, rows)
