@@ -42,6 +42,7 @@ from pacs_engine.codecs import (
     write_shard,
 )
 from pacs_engine.codecs._base import image_shape, signed_precision, unsigned_precision
+from pacs_engine.codecs.blosc import SHUFFLES, Blosc, blosc_decompress
 from pacs_engine.codecs.choose import central_crop
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.jpegxl import frame_offset
@@ -829,3 +830,22 @@ def test_a_zarr_codec_not_made_from_a_frame_coder_is_refused_when_defined() -> N
     for coder in ARCHIVE_BY_NAME.values():
         made = zarr_codec(coder)
         assert issubclass(made, ZarrFrameCodec) and issubclass(made, coder)
+
+
+@pytest.mark.parametrize("cname", ["lz4", "zstd", "blosclz"])
+@pytest.mark.parametrize("shuffle", sorted(SHUFFLES))
+def test_blosc_frames_decompress_to_what_numcodecs_gives(cname: str, shuffle: str) -> None:
+    """blosc_decompress (imagecodecs) against numcodecs, which zarr decodes these chunks with."""
+    import numcodecs.blosc
+
+    rng = np.random.default_rng(7)
+    for dtype, n in [("u1", 1), ("u1", 1000), ("u2", 512 * 512), ("i2", 4097), ("u4", 65536)]:
+        frame = rng.integers(0, 3000 if dtype != "u1" else 200, n).astype(dtype)
+        blosc = Blosc(cname, 5, shuffle, frame.dtype.itemsize)
+        stored = blosc.encode(frame.tobytes())
+        assert blosc_decompress(stored) == bytes(numcodecs.blosc.decompress(stored))
+        assert blosc_decompress(memoryview(stored)) == frame.tobytes()
+        # Cut or lengthened frames: numcodecs may give bytes c-blosc never wrote, here an error.
+        for damaged in (stored[: len(stored) // 2], stored[:-1], stored[:8], stored + b"\0\0"):
+            with pytest.raises(CodecError, match="damaged Blosc frame"):
+                blosc_decompress(damaged)

@@ -1,16 +1,23 @@
-"""Blosc as the archive configures it, without zarr: zarr's ``blosc`` codec JSON, and the
-numcodecs calls zarr makes with it (numcodecs imported when a chunk is compressed)."""
+"""Blosc as the archive configures it, without zarr: zarr's ``blosc`` codec JSON, the
+numcodecs calls zarr makes with it (numcodecs imported when a chunk is compressed), and
+decompression by imagecodecs."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pacs_engine.codecs._base import CodecError
+
 if TYPE_CHECKING:
     from zarr.codecs import BloscCodec
 
+#: A Blosc frame's header: version, codec version, flags, type size, then its bytes
+#: uncompressed, its block size and its own length (c-blosc's blosc.h).
+BLOSC_HEADER = struct.Struct("<BBBBIII")
 #: zarr's names of Blosc's shuffles, by numcodecs' numbers (numcodecs.Blosc.NOSHUFFLE...).
 SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
@@ -70,10 +77,18 @@ class Blosc:
 
 
 def blosc_decompress(data: bytes | memoryview) -> bytes:
-    """A Blosc frame's bytes: it carries its own shuffle and type size."""
-    import numcodecs.blosc
+    """A Blosc frame's bytes: it carries its own shuffle and type size; CodecError when the
+    frame is not as long as its header says."""
+    # c-blosc decodes a cut frame without an error, into bytes it never wrote (so does
+    # numcodecs): the length its header records is checked first.
+    if len(data) < BLOSC_HEADER.size or BLOSC_HEADER.unpack_from(data)[-1] != len(data):
+        raise CodecError(f"a damaged Blosc frame: {len(data)} bytes, not what its header says")
+    # imagecodecs' c-blosc on this thread: the same bytes as numcodecs' decompress (tested),
+    # a quarter of its CPU on a 512x512 frame (numcodecs hands each call to Blosc's
+    # threads), and no numcodecs import (~0.07 s) for a process that only reads.
+    import imagecodecs
 
-    return bytes(numcodecs.blosc.decompress(data))
+    return bytes(imagecodecs.blosc_decode(data, numthreads=1))
 
 
 def general_blosc(dtype: np.dtype | str, clevel: int = 5) -> Blosc:
