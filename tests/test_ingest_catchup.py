@@ -299,25 +299,33 @@ def test_a_run_without_catch_up_skips_nothing_and_records_no_identities(
     tmp_path: Path, opened: list[str]
 ) -> None:
     """`catch_up=False` (the receive spool's runs): the journal gets no `s` entry, for files
-    or a zip, and the same unchanged files given again are read again (as duplicates)."""
+    (of a short or a long path), or a zip, and the same unchanged files given again are read
+    again (as duplicates)."""
     source = tmp_path / "src"
-    source.mkdir()
+    # A path too long to be an LMDB key: its `s` entry is keyed by a digest (`s\x01...`).
+    deep = source.joinpath(*(c * 200 for c in "abc"))
+    deep.mkdir(parents=True)
     slices = [f for f in files_under(require_corpus() / "dcm_qa_ct") if f.name.startswith("I")]
-    files = [source / f"slice{i}.dcm" for i in range(2)]
+    files = [source / "slice0.dcm", deep / "slice1.dcm"]
     for path, copy in zip(slices, files, strict=False):
         shutil.copyfile(path, copy)
     with zipfile.ZipFile(source / "study.zip", "w") as bundle:
         bundle.write(slices[2], "slice.dcm")
     with Archive.create(tmp_path / "a") as archive:
         first = run_ingest(archive, [source], workers=0, catch_up=False).to_dict()
-        assert archive.index.journal_items(identity_key("")) == []
+        # `s`: every identity entry (by key or by digest), and no other journal entry.
+        assert archive.index.journal_items(b"s") == []
         opened.clear()
         again = run_ingest(archive, [source], workers=0, catch_up=False).to_dict()
-        assert archive.index.journal_items(identity_key("")) == []
+        assert archive.index.journal_items(b"s") == []
         assert set(opened) == {str(p) for p in [*files, source / "study.zip"]}
         # The same calls with catch-up (the default) record them: the check above can fail.
         run_ingest(archive, [source], workers=0)
-        assert len(archive.index.journal_items(identity_key(""))) == 3
+        recorded = [key for key, _ in archive.index.journal_items(b"s")]
+        assert sorted(recorded) == sorted(
+            map(identity_key, [str(files[0]), str(files[1]), str(source / "study.zip")])
+        )
+        assert identity_key(str(files[1])).startswith(b"s\x01")
     assert first["archived"] == 3 and first["unchanged"] == 0
     assert again["unchanged"] == 0 and again["duplicates"] == 3
     assert_complete(again, 3)

@@ -10,10 +10,14 @@ from typing import Any
 
 import numpy as np
 import pydicom
+import pytest
 from conftest import require_corpus, run_cli
 from pydicom.encaps import encapsulate, generate_frames
 
+from pacs_engine import Archive
+from pacs_engine.archive.format import ArchiveError
 from pacs_engine.index import Index
+from pacs_engine.ingest.encode import PartEncoder
 from pacs_engine.synth import write_series
 
 
@@ -208,3 +212,26 @@ def test_preflight_judges_series_in_the_order_the_ingest_sends_them(tmp_path: Pa
     assert {k: p["outcome"] for k, p in predicted.items()} == {
         k: o["outcome"] for k, o in outcomes.items()
     }
+
+
+def test_a_damaged_or_missing_archive_marker_is_named_in_one_line(tmp_path: Path) -> None:
+    """`scan --preflight --archive`: a folder whose archive.json no longer parses, or that has
+    none, is an error naming it (exit 2, no traceback); so is the marker to the part encoder."""
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(require_corpus() / "pydicom" / "test_files" / "CT_small.dcm", source)
+    archive = tmp_path / "a"
+    Archive.create(archive).close()
+    marker = archive / "archive.json"
+    marker.write_bytes(marker.read_bytes()[:20])
+    done = run_cli("scan", "--preflight", str(source), "--archive", str(archive))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{marker}: cannot be read" in done.stderr
+    with pytest.raises(ArchiveError, match=f"^{re.escape(str(marker))}: cannot be read"):
+        PartEncoder(archive)
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    done = run_cli("scan", "--preflight", str(source), "--archive", str(plain))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{plain}: not a pacs_engine archive (no archive.json)" in done.stderr

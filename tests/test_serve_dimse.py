@@ -41,7 +41,6 @@ from serve_helpers import (
 )
 
 from pacs_engine.archive.corrections import Corrections
-from pacs_engine.index.keys import identity_key
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import verify_chain
 from pacs_engine.serve.dimse import (
@@ -447,8 +446,9 @@ def test_an_instance_sent_again_after_its_delete_is_archived_again(server) -> No
     server.drain_now()
     assert [(r.archived, r.duplicates) for r in server.reports] == [(1, 0), (2, 0)]
     assert server.archive.index.get(uid) is not None
-    # The spool's files are gone, and its runs recorded no catch-up identities of them.
-    assert server.archive.index.journal_items(identity_key("")) == []
+    # The spool's files are gone, and its runs recorded no catch-up identities of them
+    # (`s`: every identity entry, by key or by digest, and no other journal entry).
+    assert server.archive.index.journal_items(b"s") == []
 
 
 def test_a_run_killed_after_its_commit_resumes_with_the_outcome_journalled(server) -> None:

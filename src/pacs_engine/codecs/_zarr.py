@@ -41,24 +41,20 @@ class ZarrFrameCodec(ArrayBytesCodec):
         chunk_grid: ChunkGrid,
     ) -> None:
         """Reject, when the array is created, a data type the codec cannot store losslessly."""
-        coder = self._coder()
-        coder.check_dtype(np.dtype(dtype.to_native_dtype()).newbyteorder("="))
+        # Every subclass is a frame coder (checked once, in __init_subclass__): cast, not checked.
+        cast(FrameCodec, self).check_dtype(np.dtype(dtype.to_native_dtype()).newbyteorder("="))
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
         """Encoded sizes depend on the pixels, so they cannot be computed in advance."""
         raise NotImplementedError
 
-    def _coder(self) -> FrameCodec:
-        # Every subclass is a frame coder (checked once, in __init_subclass__), not per chunk.
-        return cast(FrameCodec, self)
-
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         frame = frame_of(chunk_array.as_numpy_array())
-        return chunk_spec.prototype.buffer.from_bytes(self._coder().encode_frame(frame))
+        return chunk_spec.prototype.buffer.from_bytes(cast(FrameCodec, self).encode_frame(frame))
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         dtype = chunk_spec.dtype.to_native_dtype()
-        frame = self._coder().decode_frame(
+        frame = cast(FrameCodec, self).decode_frame(
             chunk_bytes.to_bytes(), image_shape(chunk_spec.shape), dtype.newbyteorder("=")
         )
         out = frame.astype(dtype, copy=False).reshape(chunk_spec.shape)

@@ -26,7 +26,7 @@ from typing import Any, cast
 import numpy as np
 
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
-from pacs_engine.archive.format import MARKER
+from pacs_engine.archive.format import MARKER, read_config
 from pacs_engine.archive.pixel_store import (
     DEFAULT_TILE,
     READ_OPTIMISED,
@@ -217,7 +217,7 @@ class PartEncoder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.config = json.loads((self.root / MARKER).read_bytes())
+        self.config = read_config(self.root / MARKER)
         self.index = Index.open(self.root / "index", readonly=True)
         self.pixels = PixelStore(self.root / "pixels")
         self.quarantine = Quarantine(self.root / "quarantine")

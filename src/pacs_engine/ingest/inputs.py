@@ -20,23 +20,20 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import IO
 
-from pacs_engine.archive.format import FORMAT_NAME, MARKER, ArchiveError, is_pacs_archive
-
-# Named here too for their users (the `X as X` form re-exports them).
-from pacs_engine.archive.input_keys import ARCHIVE_SUFFIXES as ARCHIVE_SUFFIXES
-from pacs_engine.archive.input_keys import SEPARATOR as SEPARATOR
-from pacs_engine.archive.input_keys import archive_kind as archive_kind
-from pacs_engine.archive.input_keys import container_kind as container_kind
-from pacs_engine.archive.input_keys import join_key
-from pacs_engine.archive.input_keys import split_key as split_key
+from pacs_engine.archive.format import MARKER, ArchiveError, is_pacs_archive
+from pacs_engine.archive.input_keys import (
+    ARCHIVE_SUFFIXES,
+    SEPARATOR,
+    archive_kind,
+    container_kind,
+    join_key,
+    split_key,
+)
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 from pacs_engine.sources import file_kind, iter_files
 from pacs_engine.workers import PerProcess
 
-# Older names of the archive's marker and format, kept for their users.
-PACS_ARCHIVE_MARKER = MARKER
-PACS_ARCHIVE_FORMAT = FORMAT_NAME
 #: Members of a pacs_engine archive source that are files in its quarantine, named by their
 #: sha256 (an instance member is a SOP Instance UID, which holds no "/").
 QUARANTINED = "quarantine/"
@@ -371,7 +368,7 @@ def _make_ref(
     try:
         return InputRef(container, member)
     except ValueError as error:
-        on_error(container if member is None else f"{container}{SEPARATOR}{member}", str(error))
+        on_error(join_key(container, member), str(error))
         return None
 
 
@@ -421,7 +418,7 @@ def _member_ref(
     path: str, key: str, problem: str | None, on_error: Callable[[str, str], None]
 ) -> Iterator[InputRef]:
     if problem is not None:
-        on_error(f"{path}{SEPARATOR}{key}", problem)
+        on_error(join_key(path, key), problem)
         return
     ref = _make_ref(path, key, on_error)
     if ref is not None:

@@ -9,7 +9,6 @@ to prepare), as the ingest does.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -18,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pacs_engine.archive.format import MARKER
+from pacs_engine.archive.format import read_marker
 from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.archive.prepare import Prepared, PrepareError, check_uids, hash_kind, prepare
 from pacs_engine.archive.quarantine import NOT_DICOM
@@ -96,7 +95,7 @@ class _Archive:
         self.index: Index | None = None
         self.pixels: PixelStore | None = None
         if self.root is not None:
-            self.config = json.loads((self.root / MARKER).read_bytes())
+            self.config = read_marker(self.root)  # a folder the user named: checked
             self.index = Index.open(self.root / "index", readonly=True)
             self.pixels = PixelStore(self.root / "pixels")
 

@@ -326,9 +326,12 @@ class _Run:
         unchanged = container_unchanged if self.catch_up else None
         walk = iter_inputs(self.sources, on_error, [self.root], follow_links, unchanged)
         for ref in walk:
-            # Files only: a zip/tar member has no identity of its own (see docs/ingest.md).
-            is_file = ref.member is None and self.catch_up
-            batch.append((ref.key, file_identity(ref.key) if is_file else None))
+            # Files only: a zip/tar member has no identity of its own (see docs/ingest.md);
+            # none at all without catch-up (nothing is skipped, nothing recorded).
+            identity = None
+            if ref.member is None and self.catch_up:
+                identity = file_identity(ref.key)
+            batch.append((ref.key, identity))
             if len(batch) >= SCAN_BATCH:
                 in_flight = self._submit_scan(run, batch, in_flight)
                 batch = []

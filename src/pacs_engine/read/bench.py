@@ -239,7 +239,7 @@ def original_file(archive_path: str, sop_instance_uid: str) -> str:
     UID>` as its source: the instance's row in that archive (the archive of record)
     names the file, followed through copies of copies.
     """
-    from pacs_engine.ingest.inputs import SEPARATOR, container_kind, split_key
+    from pacs_engine.archive.input_keys import SEPARATOR, container_kind, split_key
     from pacs_engine.read.datasets import _handle
 
     where, uid = archive_path, sop_instance_uid
