@@ -88,7 +88,8 @@ def blosc_decompress(data: bytes | memoryview) -> bytes:
     # threads), and no numcodecs import (~0.07 s) for a process that only reads.
     import imagecodecs
 
-    return bytes(imagecodecs.blosc_decode(data, numthreads=1))
+    # imagecodecs reads any buffer; its stubs name bytes, bytearray and mmap only.
+    return bytes(imagecodecs.blosc_decode(data, numthreads=1))  # type: ignore[arg-type]
 
 
 def general_blosc(dtype: np.dtype | str, clevel: int = 5) -> Blosc:
