@@ -546,8 +546,6 @@ def test_cli_errors_are_one_line_naming_the_file(
 
 def test_header_blobs_and_rows_files_are_zstandard_frames_numcodecs_reads_both_ways() -> None:
     """Archives written when numcodecs compressed them stay readable, and older code reads ours."""
-    import json as json_module
-
     from numcodecs import Zstd
 
     from pacs_engine.archive.blobs import ENCAPSULATED, HeaderBlob, load_rows
@@ -565,6 +563,6 @@ def test_header_blobs_and_rows_files_are_zstandard_frames_numcodecs_reads_both_w
     raw = bytes(theirs.decode(ours))
     assert raw[:4] == b"PEB1" and HeaderBlob.from_bytes(bytes(theirs.encode(raw))) == blob
     rows = [{"SOPInstanceUID": "1.2.3", "n": n} for n in range(500)]
-    record = json_module.loads(bytes(theirs.decode(dump_rows(rows, written_ns=7))))
+    record = json.loads(bytes(theirs.decode(dump_rows(rows, written_ns=7))))
     assert record == {"written_ns": 7, "rows": rows}
-    assert load_rows(bytes(theirs.encode(json_module.dumps(record).encode()))) == (7, rows)
+    assert load_rows(bytes(theirs.encode(json.dumps(record).encode()))) == (7, rows)

@@ -42,7 +42,7 @@ from pacs_engine.codecs import (
     write_shard,
 )
 from pacs_engine.codecs._base import image_shape, signed_precision, unsigned_precision
-from pacs_engine.codecs.blosc import SHUFFLES, Blosc, blosc_decompress
+from pacs_engine.codecs.blosc import BLOSC_HEADER, SHUFFLES, Blosc, blosc_decompress
 from pacs_engine.codecs.choose import central_crop
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.jpegxl import frame_offset
@@ -846,6 +846,9 @@ def test_blosc_frames_decompress_to_what_numcodecs_gives(cname: str, shuffle: st
         assert blosc_decompress(stored) == bytes(numcodecs.blosc.decompress(stored))
         assert blosc_decompress(memoryview(stored)) == frame.tobytes()
         # Cut or lengthened frames: numcodecs may give bytes c-blosc never wrote, here an error.
-        for damaged in (stored[: len(stored) // 2], stored[:-1], stored[:8], stored + b"\0\0"):
+        huge = BLOSC_HEADER.pack(*BLOSC_HEADER.unpack_from(stored)[:4], 2**31, 2**16, len(stored))
+        bad_head = b"\xff" * 8 + stored[8:]  # its length right, its header not
+        cases = (stored[: len(stored) // 2], stored[:-1], stored[:8], stored + b"\0\0")
+        for damaged in (*cases, huge + stored[BLOSC_HEADER.size :], bad_head):
             with pytest.raises(CodecError, match="damaged Blosc frame"):
                 blosc_decompress(damaged)

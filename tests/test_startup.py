@@ -55,7 +55,7 @@ def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> Non
 
 def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
     """What `pacs-engine ingest` imports to run (its command, the archive, the executors)
-    leaves numcodecs (the header blobs' Zstd, ~0.05 s) to the workers, which encode."""
+    leaves numcodecs (~0.05 s; Blosc compression) to the workers, which encode."""
     probe = (
         "import sys; from pacs_engine.cli import build_parser; build_parser(); "
         "import pacs_engine.ingest.archive, pacs_engine.executors; "

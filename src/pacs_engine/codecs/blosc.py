@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import imagecodecs
 import numpy as np
 
 from pacs_engine.codecs._base import CodecError
@@ -77,8 +78,8 @@ class Blosc:
 
 
 def blosc_decompress(data: bytes | memoryview) -> bytes:
-    """A Blosc frame's bytes: it carries its own shuffle and type size; CodecError when the
-    frame is not as long as its header says."""
+    """A Blosc frame's bytes: it carries its own shuffle and type size; CodecError for a
+    damaged frame."""
     # c-blosc decodes a cut frame without an error, into bytes it never wrote (so does
     # numcodecs): the length its header records is checked first.
     if len(data) < BLOSC_HEADER.size or BLOSC_HEADER.unpack_from(data)[-1] != len(data):
@@ -86,10 +87,11 @@ def blosc_decompress(data: bytes | memoryview) -> bytes:
     # imagecodecs' c-blosc on this thread: the same bytes as numcodecs' decompress (tested),
     # a quarter of its CPU on a 512x512 frame (numcodecs hands each call to Blosc's
     # threads), and no numcodecs import (~0.07 s) for a process that only reads.
-    import imagecodecs
-
-    # imagecodecs reads any buffer; its stubs name bytes, bytearray and mmap only.
-    return bytes(imagecodecs.blosc_decode(data, numthreads=1))  # type: ignore[arg-type]
+    try:
+        # imagecodecs reads any buffer; its stubs name bytes, bytearray and mmap only.
+        return bytes(imagecodecs.blosc_decode(data, numthreads=1))  # type: ignore[arg-type]
+    except (imagecodecs.BloscError, SystemError) as error:  # SystemError: a huge size
+        raise CodecError(f"a damaged Blosc frame: {error}") from None
 
 
 def general_blosc(dtype: np.dtype | str, clevel: int = 5) -> Blosc:

@@ -440,9 +440,8 @@ class FrameDataset(_FromQuery, _MapBase):
             **self.meta[i],
         }
         if self.geometry:
-            item["spacing"] = self.spacings[i].copy()
-            item["affine_lps"] = self.affines[i].copy()
-            item["affine_ras"] = self.affines_ras[i].copy()
+            geometry = (self.spacings[i], self.affines[i], self.affines_ras[i])
+            item.update(zip(GEOMETRY_KEYS, (a.copy() for a in geometry), strict=True))
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
