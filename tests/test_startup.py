@@ -68,6 +68,23 @@ def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() ->
     assert done.stdout.strip() == "False True"
 
 
+def test_the_forkserver_starts_before_the_executors_are_imported() -> None:
+    """`pacs-engine` starts the workers' forkserver with multiprocessing's imports alone:
+    the executors (concurrent.futures, the crash isolation: ~0.02 s of CPU) would delay
+    it, and so the first encode; they are imported afterwards."""
+    probe = (
+        "import sys; import pacs_engine.cli; from pacs_engine.forkserver import start_forkserver; "
+        "start_forkserver(); "
+        "print(sorted(m for m in ('concurrent.futures', 'pacs_engine.executors', "
+        "'pacs_engine.workers', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_synth_help_lists_every_syntax_it_writes() -> None:
     """The names are imported only when the help is shown, and all of them are shown."""
     done = run_cli("synth", "--help")

@@ -121,7 +121,7 @@ def _main(command: str, argv: list[str]) -> int:
         # Until the command runs (the forkserver started, the parser built, the command's
         # imports), a Ctrl-C still stops quietly (pacs_engine.interrupt).
         if _starts_local_workers(argv):
-            from pacs_engine.executors import quiet_blas, start_forkserver
+            from pacs_engine.forkserver import quiet_blas, start_forkserver
 
             quiet_blas()  # before anything imports numpy here; the forkserver too
             start_forkserver(__name__)  # workers import this module again as they start
