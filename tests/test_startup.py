@@ -164,6 +164,26 @@ def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expec
     assert done.stdout.strip() == expected
 
 
+def test_a_local_pool_forks_its_workers_before_its_first_task() -> None:
+    """The workers fork as soon as the forkserver is ready, not when the caller sends its
+    first task (which would then wait for the forkserver's imports and the forks); the
+    caller is not kept waiting meanwhile."""
+    probe = (
+        "import multiprocessing, time\n"
+        "from pacs_engine.executors import LocalExecutor\n"
+        "started = time.monotonic(); pool = LocalExecutor(2); made = time.monotonic() - started\n"
+        "deadline = time.monotonic() + 60\n"
+        "while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print(len(multiprocessing.active_children()), made < 0.1); pool.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2 True"
+
+
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
     """After a worker and the forkserver died, the restarted pool's workers still come from a
     forkserver that preloaded the caller's main module and started with QUIET_BLAS."""
