@@ -1150,9 +1150,14 @@ def startup_paths() -> list[str]:
 #: What each process of `pacs-engine ingest` imports before its first encode can start: the
 #: command (its parser, then what `ingest` imports), the workers' forkserver (its preload).
 STARTUP_IMPORTS = {
-    "ingesting process imports": "from pacs_engine.cli import build_parser; build_parser(); "
+    "ingesting process imports": "from pacs_engine.cli import build_parser\n"
+    "try:\n    build_parser('ingest')\n"
+    "except TypeError:  # a tree that builds every command's parser\n    build_parser()\n"
     "import pacs_engine.ingest.archive, pacs_engine.executors",
-    "forkserver preload imports": "import pacs_engine.ingest.tasks",
+    "forkserver preload imports": "from importlib import import_module\n"
+    "from pacs_engine.executors import FORKSERVER_PRELOAD\n"
+    "for name in [*FORKSERVER_PRELOAD, 'pacs_engine.cli']:  # and the command's main module\n"
+    "    import_module(name)",
     "python -c pass": "pass",
 }
 
