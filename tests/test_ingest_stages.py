@@ -593,19 +593,26 @@ class _Windowed(InlineExecutor):
     workers = 2
 
 
-def test_scan_batches_done_together_are_journaled_in_one_transaction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("held", "expected"), [(None, [10]), (4, [8, 2])])
+def test_scan_results_are_journaled_together_the_last_with_the_scans_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int | None, expected: list[int]
 ) -> None:
-    # While the main process records a scan batch it sends no work, and each record is
-    # an index transaction, synced: the batches done by then are recorded at once.
+    # While the main process records scan results it sends no work, and each record is an
+    # index transaction, synced: results are held up to SCAN_RECORD inputs (or a second),
+    # and the last ones are recorded with the run record that ends the scan.
     _series(tmp_path / "in", 0, 10)
     monkeypatch.setattr(run, "SCAN_BATCH", 2)  # 5 batches of 2 files
+    if held is not None:
+        monkeypatch.setattr(run, "SCAN_RECORD", held)
     recorded: list[int] = []  # plan entries per journal record
+    states: list[str | None] = []  # the run record's state in each record, if in it
     record = Journal.record
 
     def counted(journal: Journal, run_id: str, outcomes: Any, planned: Any, *args: Any) -> None:
         planned = list(planned)
         recorded.append(len(planned))
+        more = args[1] if len(args) > 1 else {}
+        states.append(next((json.loads(v)["state"] for v in more.values() if v), None))
         record(journal, run_id, outcomes, planned, *args)
 
     monkeypatch.setattr(Journal, "record", counted)
@@ -613,4 +620,6 @@ def test_scan_batches_done_together_are_journaled_in_one_transaction(
         report = archive.ingest([tmp_path / "in"], executor=_Windowed()).to_dict()
         assert len(archive.index) == 10
     assert report["archived"] == 10 and report["balanced"]
-    assert recorded == [8, 2]  # the window's 4 batches, done when the 5th waited; the 5th
+    # SCAN_RECORD 4: the window's 4 batches once the 5th waited, then the 5th with the end.
+    assert recorded == expected
+    assert states[-1] == "encoding"

@@ -32,6 +32,7 @@ LAYER_OF = {
     "sources": "bottom",
     "workers": "bottom",
     "executors": "bottom",  # where tasks run; verify (archive/) makes them too
+    "forkserver": "bottom",  # the workers' forkserver, started before the CLI imports more
     "inventory": "bottom",  # counts what scans find; for `pacs-engine scan`
     "synth": "bottom",  # makes synthetic DICOM; imports nothing of the package
     "codecs": "codecs",

@@ -24,6 +24,7 @@ from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_
 
 from pacs_engine import Archive
 from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
+from pacs_engine.cli import build_parser
 from pacs_engine.codecs.deflate import DEFLATED_IMAGE_FRAME_COMPRESSION
 from pacs_engine.header import PIXEL_TAG_KEYWORDS
 from pacs_engine.lazy import when_imported
@@ -53,6 +54,24 @@ def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> Non
     assert done.stdout.strip() == "[]"
 
 
+def test_a_command_line_builds_its_commands_parser_alone() -> None:
+    """`pacs-engine ingest ...` imports no other command's module (about 0.03 s of CPU),
+    and its parser reads a command line as the whole parser does."""
+    probe = (
+        "import sys; from pacs_engine.cli import build_parser; build_parser('rebuild-index'); "
+        "print(sorted(m for m in sys.modules if m.startswith('pacs_engine.cli.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['pacs_engine.cli._common', 'pacs_engine.cli.rebuild_index']"
+    argv = ["ingest", "in", "--archive", "a", "--workers", "3", "--codec", "lz4", "--json"]
+    assert vars(build_parser("ingest").parse_args(argv)) == vars(build_parser().parse_args(argv))
+    with pytest.raises(SystemExit):  # not a command: the whole parser says which are
+        build_parser("no-such-command").parse_args(["no-such-command"])
+
+
 def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
     """What `pacs-engine ingest` imports to run (its command, the archive, the executors)
     leaves numcodecs (~0.05 s; Blosc compression) to the workers, which encode."""
@@ -66,6 +85,23 @@ def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False True"
+
+
+def test_the_forkserver_starts_before_the_executors_are_imported() -> None:
+    """`pacs-engine` starts the workers' forkserver with multiprocessing's imports alone:
+    the executors (concurrent.futures, the crash isolation: ~0.02 s of CPU) would delay
+    it, and so the first encode; they are imported afterwards."""
+    probe = (
+        "import sys; import pacs_engine.cli; from pacs_engine.forkserver import start_forkserver; "
+        "start_forkserver(); "
+        "print(sorted(m for m in ('concurrent.futures', 'pacs_engine.executors', "
+        "'pacs_engine.workers', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_synth_help_lists_every_syntax_it_writes() -> None:
@@ -145,6 +181,26 @@ def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expec
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
+
+
+def test_a_local_pool_forks_its_workers_before_its_first_task() -> None:
+    """The workers fork as soon as the forkserver is ready, not when the caller sends its
+    first task (which would then wait for the forkserver's imports and the forks); the
+    caller is not kept waiting meanwhile."""
+    probe = (
+        "import multiprocessing, time\n"
+        "from pacs_engine.executors import LocalExecutor\n"
+        "started = time.monotonic(); pool = LocalExecutor(2); made = time.monotonic() - started\n"
+        "deadline = time.monotonic() + 60\n"
+        "while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print(len(multiprocessing.active_children()), made < 0.1); pool.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2 True"
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:

@@ -12,8 +12,6 @@ import concurrent.futures
 import concurrent.futures.process
 import contextlib
 import multiprocessing
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import os
 import signal
 import sys
@@ -24,9 +22,17 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
+from pacs_engine.forkserver import (
+    FORKSERVER_PRELOAD,
+    QUIET_BLAS,
+    quiet_blas,
+    start_forkserver,
+)
 from pacs_engine.workers import Executor, alive, worker_died
 
 __all__ = [
+    "FORKSERVER_PRELOAD",
+    "QUIET_BLAS",
     "DaskExecutor",
     "InlineExecutor",
     "LocalExecutor",
@@ -36,71 +42,6 @@ __all__ = [
     "start_forkserver",
     "worker_died",
 ]
-
-#: What each worker process imports once, in the forkserver, before it forks workers: the
-#: ingest's tasks, which import the storage verify's tasks use too, and what encoding
-#: native frames needs (numpy, the codecs; not pydicom, which compressed inputs and
-#: rebuilds import when they need it, nor zarr); numcodecs, whose Zstd packs the header
-#: blobs (imported on first use there); this module (each worker's initializer). Named,
-#: not imported, so that this module stays at the bottom of the layers.
-FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numcodecs", "pacs_engine.executors"]
-#: Environment the workers' forkserver, and so every worker, starts with where the caller's
-#: does not set it: OpenBLAS starts a thread per core as numpy is imported, which spin for
-#: a while (about 0.07 s of CPU per process, taken from the cores the start-up needs), and
-#: no task does linear algebra. `pacs-engine` sets it in its own process too (`quiet_blas`).
-QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
-#: The main module a caller named to `start_forkserver`, preloaded again on each restart.
-_main_module: str | None = None
-
-
-def quiet_blas() -> dict[str, str]:
-    """Set QUIET_BLAS in this process's environment where it is not set; what was set."""
-    added = {name: value for name, value in QUIET_BLAS.items() if name not in os.environ}
-    os.environ.update(added)
-    return added
-
-
-def start_forkserver(main_module: str | None = None) -> None:
-    """Start the forkserver now, so that its imports overlap the caller's own start-up.
-
-    Workers fork from it only when the first task is submitted; started here, at the
-    top of the CLI, its ~0.3 s (CPU) of imports run on another core while this
-    process imports the archive and walks the sources. It starts with QUIET_BLAS.
-    `main_module`, the module the caller's main module imports (the CLI's package), is
-    preloaded too: each worker imports the caller's main module again as it starts. Without
-    it, the one an earlier call named is kept: a forkserver that died restarts as it began.
-    """
-    global _main_module  # one per process, as multiprocessing's own preload
-    _main_module = main_module or _main_module
-    preload = [*FORKSERVER_PRELOAD, *([_main_module] if _main_module else [])]
-    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
-    added = quiet_blas()  # the forkserver inherits the environment as it is started
-    try:
-        _ensure_forkserver()
-    finally:
-        for name in added:  # this process's own as the caller had it
-            del os.environ[name]
-
-
-def _ensure_forkserver() -> None:
-    """Start the forkserver unless it runs, deaf to Ctrl-C (see below)."""
-    if threading.current_thread() is not threading.main_thread():  # signals: main thread only
-        multiprocessing.forkserver.ensure_running()
-        return
-    # Started with SIGINT ignored, the forkserver keeps it ignored (Python installs its
-    # Ctrl-C handler only over the default) and so does every worker it forks, from its
-    # first instruction: Ctrl-C while a worker still imports prints no traceback. Blocked
-    # meanwhile, a Ctrl-C to this process waits (Linux keeps a blocked signal pending even
-    # when ignored) and reaches its own handler afterwards, instead of being lost.
-    # The resource tracker first: starting it unblocks SIGINT, which would drop a pending one.
-    multiprocessing.resource_tracker.ensure_running()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class InlineExecutor:
@@ -141,9 +82,11 @@ class LocalExecutor:
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        return concurrent.futures.ProcessPoolExecutor(
+        pool = concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
         )
+        threading.Thread(target=_fork_workers, args=(pool, self.workers), daemon=True).start()
+        return pool
 
     def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
         """Queue fn(*args) on the pool; on a pool a dead worker broke, a failed future."""
@@ -249,6 +192,21 @@ def _is_main_guard(statement: ast.stmt) -> bool:
     names = [s.id for s in sides if isinstance(s, ast.Name)]
     texts = [s.value for s in sides if isinstance(s, ast.Constant)]
     return names == ["__name__"] and texts == ["__main__"]
+
+
+def _fork_workers(pool: concurrent.futures.ProcessPoolExecutor, count: int) -> None:
+    """Have the pool fork its `count` workers now, as the forkserver is ready, not at the
+    caller's first tasks.
+
+    A pool forks a worker as a task is submitted, and the submit waits until the forkserver
+    has imported what the workers need (its preload, ~0.2 s of CPU): from this thread the
+    caller goes on meanwhile (an ingest imports, opens the archive, walks its sources), and
+    its first tasks find workers started. Each submit of a no-op forks one while no worker
+    is idle.
+    """
+    with contextlib.suppress(RuntimeError):  # closed or broken meanwhile: its owner knows
+        for _ in range(count):
+            pool.submit(os.getpid)
 
 
 def _start_worker(parent: int) -> None:

@@ -52,6 +52,11 @@ class StageClock:
         self._charge((time.perf_counter(), time.process_time()))
         self._open.pop()
 
+    def charge_open(self) -> None:
+        """Charge the stage open with its time until now, so that `times` counts it so far
+        (a checkpoint written from inside a stage); it goes on counting until it closes."""
+        self._charge((time.perf_counter(), time.process_time()))
+
     def take(self) -> Times:
         """The times charged since the last call, rounded to microseconds; starts again."""
         taken = {name: [round(c, 6), round(w, 6)] for name, (c, w) in self.times.items()}

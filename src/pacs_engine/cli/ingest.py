@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacs_engine.cli._common import (
     add_follow_links,
@@ -17,6 +17,9 @@ from pacs_engine.cli._common import (
     shows_progress,
 )
 from pacs_engine.interrupt import INTERRUPTED
+
+if TYPE_CHECKING:
+    from pacs_engine.workers import Executor
 
 
 class _CodecChoices:
@@ -294,10 +297,6 @@ def _executor_problem(args: argparse.Namespace) -> str | None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Archive the sources into an archive (created when missing); resumes an unfinished run."""
     from pacs_engine.executors import make_executor
-    from pacs_engine.ingest import IngestStopped
-    from pacs_engine.ingest.archive import Archive
-    from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
-    from pacs_engine.stages import process_started
 
     problem = _executor_problem(args)
     if problem:
@@ -308,6 +307,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return fail(
             "ingest", "--key-file, --option, --keep-private and --burned-in need --deidentify", 2
         )
+    # First: local workers fork (as the forkserver is ready) while this process imports.
+    executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
+    try:
+        return _ingest(args, executor)
+    finally:
+        executor.close()
+
+
+def _ingest(args: argparse.Namespace, executor: Executor) -> int:
+    """`cmd_ingest` once its executor is made (the caller closes it)."""
+    from pacs_engine.ingest import IngestStopped
+    from pacs_engine.ingest.archive import Archive
+    from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
+    from pacs_engine.stages import process_started
+
     # Options an existing archive was made with are checked there (ArchiveError: exit 2).
     try:
         archive = Archive.open_or_create(
@@ -320,7 +334,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except ValueError as error:  # a --tile out of range
         return fail("ingest", str(error), 2)
     bar = _IngestBar(shows_progress(args))
-    executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
     try:
         with archive:
             report = archive.ingest(
@@ -342,8 +355,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         bar.close()
         print(INTERRUPTED["ingest"], file=sys.stderr)
         return 130
-    finally:
-        executor.close()
     bar.close()
     summary = report.to_dict()
     if args.json:

@@ -56,6 +56,12 @@ if TYPE_CHECKING:
     from pacs_engine.archive import Archive
 
 SCAN_BATCH = 128
+#: Scanned inputs held before they are journaled (besides a second, CHECKPOINT_SECONDS,
+#: since the oldest): each record is a synced index transaction during which no work is
+#: sent, so the scan's results go to the journal in a few, with the scan's end as the
+#: last (a 1,000-file run: one, not one per batch). A session killed meanwhile scans
+#: them again as it resumes.
+SCAN_RECORD = 4096
 #: Pixel bytes at which held small parts are sent as one task (as at a shard's frames);
 #: the part that reaches it is in, so a task holds less than twice this: ~40 ms of
 #: encoding, past which a task's fixed costs no longer weigh and a larger one would
@@ -125,6 +131,16 @@ class PartFailed(PacsEngineError, RuntimeError):
 
 
 @dataclass
+class _Scanned:
+    """Scan results not journaled yet: to plan, quarantined, the files' identities."""
+
+    planned: list[Planned] = field(default_factory=list)
+    rejected: list[Outcome] = field(default_factory=list)
+    identities: dict[str, bytes] = field(default_factory=dict)
+    since: float = 0.0  # when the oldest was taken (perf_counter)
+
+
+@dataclass
 class Progress:
     """Where a run is: its phase and the counts so far (for a progress bar)."""
 
@@ -188,6 +204,7 @@ class _Run:
         self.failure: BaseException | None = None
         self.waiting: dict[str, _Waiting] = {}  # series with parts in flight
         self.identities: dict[Future, dict[str, bytes]] = {}  # of each scan batch in flight
+        self.scanned = _Scanned()  # scan results held, to journal together
         self.clock = StageClock()  # this process's own work: commits, the journal
         self.names: dict[int, str] = {}  # worker process id -> its name in the report
         self.busy: dict[str, float] = {}  # wall seconds of tasks per worker, this session
@@ -224,7 +241,7 @@ class _Run:
                 if self.failure is None:
                     record["state"] = "encoding"
                     record["unchanged"] = self.report.unchanged
-                    self.journal.save(record, self._checkpoint(always=True))
+                    self._record_scanned(run, end=True)  # with the run record, as it ends
             if self.failure is None:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
@@ -367,13 +384,11 @@ class _Run:
         return in_flight
 
     def _collect_scans(self, run: str, in_flight: set) -> set:
-        """Record the scan batches that are done, in one journal transaction (one sync for
-        all: while this process records, it sends no work); the ones still in flight."""
+        """Take the scan batches that are done, and journal what is held once SCAN_RECORD
+        inputs or a second's worth are (one sync for all: while this process records, it
+        sends no work); the batches still in flight."""
         done, pending = self.executor.wait_any(in_flight)
-        planned: list[Planned] = []
-        rejected: list[Outcome] = []
-        identities: dict[str, bytes] = {}
-        scanned = False
+        held = self.scanned
         for future in done:
             batch_identities = self.identities.pop(future)
             try:
@@ -382,14 +397,22 @@ class _Run:
                 self.failure = self.failure or error
                 continue
             self._add_stages(worker, stages)
-            planned += batch_planned
-            rejected += batch_rejected
-            identities.update(batch_identities)
-            scanned = True
-        if scanned:
-            with self.clock.stage("journal"):
-                self._record(run, rejected, planned, identities)
+            if not held.planned and not held.rejected:
+                held.since = time.perf_counter()
+            held.planned += batch_planned
+            held.rejected += batch_rejected
+            held.identities.update(batch_identities)
+        count = len(held.planned) + len(held.rejected)
+        waited = time.perf_counter() - held.since
+        if count and (count >= SCAN_RECORD or waited >= CHECKPOINT_SECONDS):
+            self._record_scanned(run)
         return pending
+
+    def _record_scanned(self, run: str, end: bool = False) -> None:
+        """Journal the scan results held; at the scan's `end`, with the run record."""
+        held, self.scanned = self.scanned, _Scanned()
+        with self.clock.stage("journal"):
+            self._record(run, held.rejected, held.planned, held.identities, end)
 
     def _record(
         self,
@@ -397,9 +420,11 @@ class _Run:
         outcomes: list[Outcome],
         planned: list[Planned],
         identities: dict[str, bytes] | None = None,
+        with_record: bool = False,
     ) -> None:
-        """Journal one scan batch (with its files' identities); count its quarantined inputs."""
-        self.journal.record(run, outcomes, planned, identities, self._checkpoint())
+        """Journal scan results (with their files' identities; and the run record, as the
+        session has it, `with_record`); count the quarantined inputs."""
+        self.journal.record(run, outcomes, planned, identities, self._checkpoint(with_record))
         for outcome in outcomes:
             self.report.count(outcome)
         self._notify("scanning")
@@ -732,6 +757,7 @@ class _Run:
         stages = {
             name: {k: list(t) for k, t in times.items()} for name, times in self.task_stages.items()
         }
+        self.clock.charge_open()  # the journal's stage, open for the scan's last record
         own = {name: list(times) for name, times in self.clock.times.items()}
         # The rest of this process's CPU: walking, planning, sending tasks, taking results,
         # the tidy (not the tasks it ran itself, counted as "this process").

@@ -1,0 +1,83 @@
+"""The workers' forkserver, started with no more imports than multiprocessing's own.
+
+`pacs-engine` starts it first thing (`start_forkserver`), so that its imports run on another
+core while the command imports its own: each module imported before the start delays the
+workers, and so the first encode, by its import time. The executors (executors.py, which
+imports concurrent.futures and the crash isolation, about 0.02 s of CPU more) use it too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import signal
+import threading
+
+__all__ = ["FORKSERVER_PRELOAD", "QUIET_BLAS", "quiet_blas", "start_forkserver"]
+
+#: What each worker process imports once, in the forkserver, before it forks workers: the
+#: ingest's tasks, which import the storage verify's tasks use too, and what encoding
+#: native frames needs (numpy, the codecs; not pydicom, which compressed inputs and
+#: rebuilds import when they need it, nor zarr); numcodecs, whose Zstd packs the header
+#: blobs (imported on first use there); the executors (each worker's initializer). Named,
+#: not imported, so that this module stays at the bottom of the layers.
+FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numcodecs", "pacs_engine.executors"]
+#: Environment the workers' forkserver, and so every worker, starts with where the caller's
+#: does not set it: OpenBLAS starts a thread per core as numpy is imported, which spin for
+#: a while (about 0.07 s of CPU per process, taken from the cores the start-up needs), and
+#: no task does linear algebra. `pacs-engine` sets it in its own process too (`quiet_blas`).
+QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
+#: The main module a caller named to `start_forkserver`, preloaded again on each restart.
+_main_module: str | None = None
+
+
+def quiet_blas() -> dict[str, str]:
+    """Set QUIET_BLAS in this process's environment where it is not set; what was set."""
+    added = {name: value for name, value in QUIET_BLAS.items() if name not in os.environ}
+    os.environ.update(added)
+    return added
+
+
+def start_forkserver(main_module: str | None = None) -> None:
+    """Start the forkserver now, so that its imports overlap the caller's own start-up.
+
+    Workers fork from it only when the first task is submitted; started here, at the
+    top of the CLI, its ~0.3 s (CPU) of imports run on another core while this
+    process imports the archive and walks the sources. It starts with QUIET_BLAS.
+    `main_module`, the module the caller's main module imports (the CLI's package), is
+    preloaded too: each worker imports the caller's main module again as it starts. Without
+    it, the one an earlier call named is kept: a forkserver that died restarts as it began.
+    """
+    global _main_module  # one per process, as multiprocessing's own preload
+    _main_module = main_module or _main_module
+    preload = [*FORKSERVER_PRELOAD, *([_main_module] if _main_module else [])]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
+    added = quiet_blas()  # the forkserver inherits the environment as it is started
+    try:
+        _ensure_forkserver()
+    finally:
+        for name in added:  # this process's own as the caller had it
+            del os.environ[name]
+
+
+def _ensure_forkserver() -> None:
+    """Start the forkserver unless it runs, deaf to Ctrl-C (see below)."""
+    if threading.current_thread() is not threading.main_thread():  # signals: main thread only
+        multiprocessing.forkserver.ensure_running()
+        return
+    # Started with SIGINT ignored, the forkserver keeps it ignored (Python installs its
+    # Ctrl-C handler only over the default) and so does every worker it forks, from its
+    # first instruction: Ctrl-C while a worker still imports prints no traceback. Blocked
+    # meanwhile, a Ctrl-C to this process waits (Linux keeps a blocked signal pending even
+    # when ignored) and reaches its own handler afterwards, instead of being lost.
+    # The resource tracker first: starting it unblocks SIGINT, which would drop a pending one.
+    multiprocessing.resource_tracker.ensure_running()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
