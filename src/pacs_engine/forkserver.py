@@ -20,9 +20,10 @@ __all__ = ["FORKSERVER_PRELOAD", "QUIET_BLAS", "quiet_blas", "start_forkserver"]
 #: What each worker process imports once, in the forkserver, before it forks workers: the
 #: ingest's tasks, which import the storage verify's tasks use too, and what encoding
 #: native frames needs (numpy, the codecs; not pydicom, which compressed inputs and
-#: rebuilds import when they need it, nor zarr); numcodecs, whose Zstd packs the header
-#: blobs (imported on first use there); the executors (each worker's initializer). Named,
-#: not imported, so that this module stays at the bottom of the layers.
+#: rebuilds import when they need it, nor zarr); numcodecs, whose Blosc compresses kept
+#: bitstreams and general or lz4 chunks (imported on first use there); the executors
+#: (each worker's initializer). Named, not imported, so that this module stays at the
+#: bottom of the layers.
 FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numcodecs", "pacs_engine.executors"]
 #: Environment the workers' forkserver, and so every worker, starts with where the caller's
 #: does not set it: OpenBLAS starts a thread per core as numpy is imported, which spin for
