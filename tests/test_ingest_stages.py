@@ -532,6 +532,26 @@ def test_deferred_writes_appear_whole_once_all_are_synced(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("*.tmp")) and not writes and not writes.files
 
 
+def test_write_atomic_writes_a_list_of_parts_one_after_another(tmp_path: Path) -> None:
+    """Parts (a shard's chunks and index) land as their concatenation, synced at once or
+    deferred, and a shard the store writes from its chunks' buffers reads back in zarr."""
+    parts = [b"a" * 70000, b"", b"bc", bytes(range(256)) * 40]
+    write_atomic(tmp_path / "now", parts)
+    writes = DeferredWrites()
+    write_atomic(tmp_path / "later", parts, writes)
+    fsync_dirs(writes)
+    for name in ("now", "later"):
+        assert (tmp_path / name).read_bytes() == b"".join(parts)
+    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2)
+    pixels = PixelStore(tmp_path / "pixels")
+    pixels.create()
+    pixels.create_array("s/a", pixel_store.array_metadata(spec, {}))
+    frames = np.arange(3 * 16, dtype="uint16").reshape(3, 4, 4)
+    pixels.write_frames("s/a", 0, [f.tobytes() for f in frames])
+    pixels.set_frames("s/a", 3)
+    assert np.array_equal(pixels.open_array("s/a")[:], frames)
+
+
 def test_deferred_writes_that_cannot_be_synced_leave_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -168,7 +168,9 @@ def write_copied_part(
     # its zarr.json among them, with no frames: a rebuild of the index takes a part as
     # committed when its frames lie within the count (archive/rebuild.py), and a tidy
     # removes the array whole if the commit never comes.
-    files = [archive.pixels.new_array_file(path, meta) for path, meta in new_arrays.items()]
+    files: list[tuple[Path, bytes | list[bytes]]] = [
+        archive.pixels.new_array_file(path, meta) for path, meta in new_arrays.items()
+    ]
     for path, chunks in by_array.items():
         files += archive.pixels.shard_files(path, starts[path], chunks)
     for series_uid, members in by_series.items():
@@ -182,7 +184,7 @@ def write_copied_part(
     return rows
 
 
-def _write_together(files: list[tuple[Path, bytes]]) -> None:
+def _write_together(files: list[tuple[Path, bytes | list[bytes]]]) -> None:
     """Write `files` atomically and make them durable, synced at once."""
     writes = DeferredWrites()
     for path, data in files:

@@ -591,7 +591,7 @@ class PartEncoder:
             for row, blob in blobs:
                 row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
                 offset += len(blob)
-            write_atomic(self.root / name, b"".join(blob for _, blob in blobs), dirs)
+            write_atomic(self.root / name, [blob for _, blob in blobs], dirs)
             # What rebuild_index needs beyond the blobs (docs/archive.md).
             sidecar = dump_rows([row for row, _ in blobs], part.written_ns)
             write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
