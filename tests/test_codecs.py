@@ -39,6 +39,7 @@ from pacs_engine.codecs import (
     general_purpose_codecs,
     pack_shard,
     pass_through_codec,
+    shard_parts,
     write_shard,
 )
 from pacs_engine.codecs._base import image_shape, signed_precision, unsigned_precision
@@ -682,6 +683,19 @@ def test_pack_shard_index_at_start(tmp_path: Path) -> None:
     assert np.array_equal(back[:2], stack)
     assert (back[2] == 5).all()  # an absent chunk reads as the fill value
     assert pack_shard([b"ab", None], index_location="start")[-2:] == b"ab"
+
+
+@pytest.mark.parametrize("location", ["end", "start"])
+def test_shard_parts_are_the_chunks_themselves_and_join_to_the_packed_shard(location: str) -> None:
+    """A shard written part by part is byte for byte the packed one, and its chunk parts are
+    the encoded chunks' own buffers (no copy of a shard into one buffer before writing)."""
+    chunks = [b"first", None, b"", b"x" * 1000, None]
+    parts = shard_parts(chunks, location)
+    assert b"".join(parts) == pack_shard(chunks, location)
+    body = parts[:-1] if location == "end" else parts[1:]
+    assert [id(p) for p in body] == [id(chunks[0]), id(chunks[2]), id(chunks[3])]
+    with pytest.raises(ValueError, match="index_location"):
+        shard_parts(chunks, "middle")
 
 
 # --- pass-through decoders -------------------------------------------------------

@@ -193,6 +193,33 @@ def test_the_current_version_is_the_last_received_in_a_run(tmp_path: Path) -> No
         assert row["stored_bytes"] == sum(v["stored_bytes"] for v in row["versions"])
 
 
+def test_stored_bytes_count_each_versions_header_blob_and_its_own_pixels(tmp_path: Path) -> None:
+    """Three versions in one part (the blobs are packed at the part's end, after the rows
+    are made): each version's stored bytes are its header blob's length plus the pixel
+    chunks it wrote (the first; the others share them), and the report counts them all."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(corpus_file(CT), folder / "1.dcm")
+    resend_with_other_header(folder / "1.dcm", folder / "2.dcm", "one")
+    resend_with_other_header(folder / "1.dcm", folder / "3.dcm", "two")
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([folder], workers=0)
+        (row,) = list(archive.index)
+        versions = row["versions"]  # earlier versions whole, the current one as a summary
+        (current,) = [v for v in versions if v.get("current")]
+        headers = [v["header"]["length"] for v in version_rows(row)]
+        own_stored = [v["stored_bytes"] for v in versions if v is not current]
+        own_stored.append(current["stored_bytes"])
+        reference = row["pixels"]
+        first = reference["first_frame"]
+        chunks = archive.pixels.read_chunks(reference["array"], first, first + reference["frames"])
+        pixel_bytes = sum(len(c) for c in chunks)
+        own = sorted(stored - header for stored, header in zip(own_stored, headers, strict=True))
+        assert own == [0, 0, pixel_bytes] and pixel_bytes > 0
+        total = sum(v["stored_bytes"] for v in versions)
+        assert report.stored_bytes == row["stored_bytes"] == total
+
+
 def test_rows_written_before_versions_read_export_verify_and_take_new_versions(
     tmp_path: Path,
 ) -> None:

@@ -117,12 +117,15 @@ class DeferredWrites(set[Path]):
 
 def write_atomic(
     path: str | os.PathLike,
-    data: bytes | bytearray,
+    data: bytes | bytearray | list[bytes],
     dirs: set[Path] | None = None,
     *,
     durable: bool = True,
 ) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
+
+    `data` may be a list of parts, written one after the other (a shard's chunks from
+    their own buffers: no copy of the whole into one first).
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
     added to it for one `fsync_dirs` call after a batch of writes; a `DeferredWrites`
@@ -142,7 +145,8 @@ def write_atomic(
         try:
             with open(fd, "wb") as f:
                 os.fchmod(fd, file_mode(path.parent))
-                f.write(data)
+                for part in data if isinstance(data, list) else (data,):
+                    f.write(part)
                 f.flush()
                 if durable and pending is None:
                     with stage("fsync"):

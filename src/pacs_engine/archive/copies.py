@@ -135,7 +135,7 @@ def write_copied_part(
     # its zarr.json among them, with no frames: a rebuild of the index takes a part as
     # committed when its frames lie within the count (archive/rebuild.py), and a tidy
     # removes the array whole if the commit never comes.
-    files: list[tuple[Path, bytes]] = []
+    files: list[tuple[Path, bytes | list[bytes]]] = []
     by_array: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
     arrays: dict[tuple[str, str], str] = {}  # this archive's array, by source array and series
@@ -179,7 +179,7 @@ def write_copied_part(
     return rows
 
 
-def _write_together(files: list[tuple[Path, bytes]]) -> None:
+def _write_together(files: list[tuple[Path, bytes | list[bytes]]]) -> None:
     """Write `files` atomically and make them durable, synced at once."""
     writes = DeferredWrites()
     for path, data in files:

@@ -3,9 +3,10 @@
 Arrays live at `pixels/<series folder>/<key>` (`storage.series_folder`: the Series
 Instance UID when it has DICOM's form, else a digest of it) and are shaped (frames, rows,
 columns[, samples]). A chunk is one frame (or one tile of a frame larger than
-`max_chunk_pixels`), a shard is `frames_per_shard` frames. Shards are packed by
-`pacs_engine.codecs.pack_shard` from chunks encoded beforehand (or kept as their
-original bitstream) and written with write + fsync + rename, so a reader never
+`max_chunk_pixels`), a shard is `frames_per_shard` frames. Shards are laid out by
+`pacs_engine.codecs.shard_parts` from chunks encoded beforehand (or kept as their
+original bitstream) and written from those buffers, without a copy into one, with
+write + fsync + rename, so a reader never
 sees a half-written shard. The array's frame count (its `shape[0]`) is raised
 only after the index rows that reference the new frames are committed.
 
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import google_crc32c
 import numpy as np
 
-from pacs_engine.codecs import CodecError, pack_shard
+from pacs_engine.codecs import CodecError, shard_parts
 from pacs_engine.codecs.blosc import Blosc, blosc_decompress
 from pacs_engine.codecs.native import frame_shape
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, BY_CODEC_NAME
@@ -568,8 +569,9 @@ class PixelStore:
 
     def shard_files(
         self, path: str, first: int, chunks: Sequence[bytes]
-    ) -> list[tuple[Path, bytes]]:
-        """The shard files (and their new bytes) `write_frames` writes for these chunks."""
+    ) -> list[tuple[Path, list[bytes]]]:
+        """The shard files (and their new bytes, as parts for `write_atomic`) `write_frames`
+        writes for these chunks."""
         per_shard, per_frame = self.grid(path)
         if len(chunks) % per_frame:
             raise ValueError(f"{len(chunks)} chunks is not a whole number of frames")
@@ -587,7 +589,7 @@ class PixelStore:
             file = self._shard_file(path, shard)
             # About to be replaced: an open copy kept would hold the old file's disk space.
             self._shards.pop(file)
-            files.append((Path(file), pack_shard(inner)))
+            files.append((Path(file), shard_parts(inner)))
             frame = stop
         return files
 

@@ -29,7 +29,7 @@ from pacs_engine.codecs.registry import (
     REGISTRY,
 )
 from pacs_engine.codecs.rle import DicomRleCoder
-from pacs_engine.codecs.sharding import pack_shard, write_shard
+from pacs_engine.codecs.sharding import pack_shard, shard_parts, write_shard
 
 
 def pass_through_codec(transfer_syntax_uid: str, **pixel_module: object) -> BitstreamCodec:
@@ -95,5 +95,6 @@ __all__ = [
     "general_purpose_codecs",
     "pack_shard",
     "pass_through_codec",
+    "shard_parts",
     "write_shard",
 ]

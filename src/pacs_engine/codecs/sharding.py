@@ -41,15 +41,21 @@ def pack_shard(chunks: Sequence[bytes | None], index_location: str = "end") -> b
     (little-endian bytes + crc32c) reads, so chunk bytes encoded in worker processes (or a
     frame's original bitstream) become a shard without passing through zarr's encoder.
     """
+    return b"".join(shard_parts(chunks, index_location))
+
+
+def shard_parts(chunks: Sequence[bytes | None], index_location: str = "end") -> list[bytes]:
+    """The bytes of `pack_shard(chunks, index_location)` as parts, in order: the chunks
+    themselves and the index, for a writer to write one after the other without first
+    copying a shard (tens of MB) into one buffer."""
     if index_location not in INDEX_LOCATIONS:
         raise ValueError(f"index_location must be one of {INDEX_LOCATIONS}")
     lengths = [None if c is None else len(c) for c in chunks]
     body = [c for c in chunks if c is not None]
-    # One join with the index: a shard (tens of MB) is copied once, not twice.
     if index_location == "end":
-        return b"".join([*body, shard_index(lengths)])
+        return [*body, shard_index(lengths)]
     index_size = 16 * len(chunks) + 4
-    return b"".join([shard_index(lengths, first_offset=index_size), *body])
+    return [shard_index(lengths, first_offset=index_size), *body]
 
 
 def write_shard(
