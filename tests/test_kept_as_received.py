@@ -151,6 +151,14 @@ def write_one_bit_rle(folder: Path) -> pydicom.Dataset:
     return ds
 
 
+def without_pylibjpeg_rle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom's RLE decoder as without pylibjpeg-rle: its own plugin only (1-bit RLE then
+    has no decoder), until the test ends."""
+    decoder = get_decoder(RLELossless)
+    without = {k: v for k, v in decoder._available.items() if k != "pylibjpeg"}
+    monkeypatch.setattr(decoder, "_available", without)
+
+
 def test_a_one_bit_rle_segmentation_is_decoded_by_pylibjpeg_rle_and_kept(tmp_path: Path) -> None:
     """Synthetic (the corpus has none): the corpus's 1-bit liver mask RLE encoded. pydicom's
     own RLE decoder refuses 1 bit; its pylibjpeg-rle plugin decodes it to the pixels pydicom
@@ -178,9 +186,7 @@ def test_a_one_bit_rle_segmentation_is_kept_flagged_without_pylibjpeg_rle(
     """Without pylibjpeg-rle (pydicom's RLE decoder keeps only its own plugin) no decoder
     reads 1-bit RLE: the file is archived as received and flagged in its row and the report;
     `verify` checks its bytes; the export is exact; reading its pixels says why not."""
-    decoder = get_decoder(RLELossless)
-    without = {k: v for k, v in decoder._available.items() if k != "pylibjpeg"}
-    monkeypatch.setattr(decoder, "_available", without)
+    without_pylibjpeg_rle(monkeypatch)
     source = tmp_path / "src"
     ds = write_one_bit_rle(source)
     with pytest.raises(RuntimeError, match="1 bits allocated"):  # why it is flagged
