@@ -79,7 +79,7 @@ def decode_cpu(frames: list[tuple[bytes, dict[str, object]]], rounds: int) -> di
 
 def ingest_cpu(folder: Path, plugin_path: str, rounds: int) -> dict[str, tuple[float, float]]:
     """Median (report seconds, stage CPU seconds of all processes) without / with."""
-    base = os.environ.get("PYTHONPATH", "")
+    base = ":".join(p for p in os.environ.get("PYTHONPATH", "").split(":") if p != plugin_path)
     paths = {"pydicom": base, "pylibjpeg": f"{base}:{plugin_path}"}
     times: dict[str, list[tuple[float, float]]] = {p: [] for p in PLUGINS}
     for _ in range(rounds):
