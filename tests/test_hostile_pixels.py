@@ -24,6 +24,7 @@ from conftest import CORPUS, ROOT, require_corpus, run_cli
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import pixel_array, unpack_bits
 from pydicom.uid import generate_uid
+from test_kept_as_received import require_pylibjpeg_rle
 
 from pacs_engine import Archive
 from pacs_engine.archive import ExportError
@@ -382,6 +383,7 @@ def test_a_stream_pylibjpeg_rle_panics_on_is_decoded_by_pydicoms_own_rle_decoder
     BaseException, which neither pydicom (to try its own decoder) nor the ingest catches.
     The RLE codec passes it on to pydicom's own decoder: the file is archived with the
     pixels that decoder gives, as it was before pylibjpeg-rle."""
+    require_pylibjpeg_rle()
     data = (CORPUS / "pydicom/test_files/rtdose_rle.dcm").read_bytes()
     ds = pydicom.dcmread(BytesIO(data))
     frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))

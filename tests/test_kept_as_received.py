@@ -151,6 +151,12 @@ def write_one_bit_rle(folder: Path) -> pydicom.Dataset:
     return ds
 
 
+def require_pylibjpeg_rle() -> None:
+    """Fail, saying why, unless pydicom decodes RLE with pylibjpeg-rle (a dependency)."""
+    plugins = get_decoder(RLELossless).available_plugins
+    assert "pylibjpeg" in plugins, "pylibjpeg-rle is a dependency: pip install pylibjpeg-rle"
+
+
 def without_pylibjpeg_rle(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydicom's RLE decoder as without pylibjpeg-rle: its own plugin only (1-bit RLE then
     has no decoder), until the test ends."""
@@ -163,6 +169,7 @@ def test_a_one_bit_rle_segmentation_is_decoded_by_pylibjpeg_rle_and_kept(tmp_pat
     """Synthetic (the corpus has none): the corpus's 1-bit liver mask RLE encoded. pydicom's
     own RLE decoder refuses 1 bit; its pylibjpeg-rle plugin decodes it to the pixels pydicom
     gives for the native file (bits unpacked), which the archive keeps and verifies."""
+    require_pylibjpeg_rle()
     source = tmp_path / "src"
     ds = write_one_bit_rle(source)
     with pytest.raises(RuntimeError, match="1 bits allocated"):  # pydicom's own decoder
@@ -210,6 +217,7 @@ def test_a_one_bit_rle_frame_holding_other_bytes_than_0_and_1_is_quarantined(
 ) -> None:
     """pylibjpeg-rle gives a 1-bit segment's bytes as they are (255 stays 255): no 1-bit
     pixel has that value, so the file is quarantined, saying why, rather than archived."""
+    require_pylibjpeg_rle()
     source = tmp_path / "src"
     ds = liver_segments()
     frames = _rle_one_bit(ds.pixel_array * np.uint8(255))
