@@ -192,7 +192,8 @@ def test_a_one_bit_rle_segmentation_is_kept_flagged_without_pylibjpeg_rle(
 ) -> None:
     """Without pylibjpeg-rle (pydicom's RLE decoder keeps only its own plugin) no decoder
     reads 1-bit RLE: the file is archived as received and flagged in its row and the report;
-    `verify` checks its bytes; the export is exact; reading its pixels says why not."""
+    `verify` checks its bytes; the export is exact; reading its pixels says why not, and
+    gives them once pylibjpeg-rle is there."""
     without_pylibjpeg_rle(monkeypatch)
     source = tmp_path / "src"
     ds = write_one_bit_rle(source)
@@ -210,6 +211,11 @@ def test_a_one_bit_rle_segmentation_is_kept_flagged_without_pylibjpeg_rle(
     assert archive.verify().ok
     with pytest.raises(CodecError, match="pylibjpeg-rle is not installed"):
         archive.frames(ds.SOPInstanceUID)
+    # pylibjpeg-rle installed later: the flagged instance's frames read (the row unchanged).
+    monkeypatch.undo()
+    require_pylibjpeg_rle()
+    assert np.array_equal(archive.frames(ds.SOPInstanceUID), liver_segments().pixel_array)
+    assert archive.verify().ok
 
 
 def test_a_one_bit_rle_frame_holding_other_bytes_than_0_and_1_is_quarantined(
