@@ -22,8 +22,9 @@ import pydicom
 import pytest
 from conftest import CORPUS, ROOT, require_corpus, run_cli
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.pixels import unpack_bits
+from pydicom.pixels import pixel_array, unpack_bits
 from pydicom.uid import generate_uid
+from test_kept_as_received import require_pylibjpeg_rle
 
 from pacs_engine import Archive
 from pacs_engine.archive import ExportError
@@ -373,3 +374,32 @@ def test_a_deflated_frame_cut_by_one_byte_is_refused() -> None:
     for cut in (1, 2):
         with pytest.raises(CodecError, match="cut short"):
             codec.decode_frame(stream[:-cut], (64, 64), np.dtype("<u2"))
+
+
+def test_a_stream_pylibjpeg_rle_panics_on_is_decoded_by_pydicoms_own_rle_decoder(
+    tmp_path: Path,
+) -> None:
+    """pylibjpeg-rle (Rust) panics on some damaged RLE streams: pyo3's PanicException is a
+    BaseException, which neither pydicom (to try its own decoder) nor the ingest catches.
+    The RLE codec passes it on to pydicom's own decoder: the file is archived with the
+    pixels that decoder gives, as it was before pylibjpeg-rle."""
+    require_pylibjpeg_rle()
+    data = (CORPUS / "pydicom/test_files/rtdose_rle.dcm").read_bytes()
+    ds = pydicom.dcmread(BytesIO(data))
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    frames[0] = frames[0][:64] + bytes([frames[0][64] ^ 0x5A]) + frames[0][65:]
+    ds.PixelData = encapsulate(frames)
+    ds.SOPInstanceUID = generate_uid()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "damaged.dcm", enforce_file_format=True)
+    with pytest.raises(BaseException) as panic:
+        pixel_array(folder / "damaged.dcm", decoding_plugin="pylibjpeg")
+    assert type(panic.value).__name__ == "PanicException"
+    reference = pixel_array(folder / "damaged.dcm", decoding_plugin="pydicom")
+
+    archive = Archive.create(tmp_path / "a")
+    report = archive.ingest([folder], workers=0)
+    assert (report.archived, report.quarantined) == (1, 0)
+    np.testing.assert_array_equal(archive.frames(ds.SOPInstanceUID), reference)
+    assert archive.verify().ok

@@ -6,8 +6,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import pydicom_test_files
-from test_kept_as_received import write_one_bit_rle
+from test_kept_as_received import without_pylibjpeg_rle, write_one_bit_rle
 
 from pacs_engine import Archive
 from pacs_engine.deid import deidentify, make_key
@@ -59,7 +60,7 @@ def keys_of(records: Iterable[Mapping[str, Any]]) -> set[str]:
 
 
 def test_every_key_of_a_real_row_is_declared_and_every_declared_field_is_written(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each key of a real row, and of its parts, is declared; each required key is there;
     and each archive field declared is written by some row (no `status`, `blob` that no
@@ -72,7 +73,8 @@ def test_every_key_of_a_real_row_is_declared_and_every_declared_field_is_written
     assert deidentify(tmp_path / "record", research_path, key, burned_in="keep", workers=0).balanced
     with Index.open(research_path / "index") as research:
         rows += list(research)
-    # A file kept as received without a decoder (`not_verified`).
+    # A file kept as received without a decoder (`not_verified`): 1-bit RLE without pylibjpeg-rle.
+    without_pylibjpeg_rle(monkeypatch)
     flagged = write_one_bit_rle(tmp_path / "flagged")
     with Archive.create(tmp_path / "flagged-archive") as archive:
         assert archive.ingest([tmp_path / "flagged"], workers=0).archived == 1

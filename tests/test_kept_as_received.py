@@ -17,11 +17,12 @@ import pydicom
 import pytest
 from conftest import require_corpus, run_cli
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.pixels import get_decoder, unpack_bits
+from pydicom.pixels import get_decoder, pixel_array, unpack_bits
 from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
-from pacs_engine import open_archive
+from pacs_engine import Archive, open_archive
+from pacs_engine.codecs import CodecError
 
 #: The flag of an instance archived without a decoder for its frames.
 FLAG = "kept as received, not verified"
@@ -140,7 +141,7 @@ def _rle_one_bit(frames: np.ndarray) -> list[bytes]:
 
 
 def write_one_bit_rle(folder: Path) -> pydicom.Dataset:
-    """folder/liver_rle.dcm: the corpus's 1-bit liver mask RLE encoded (no decoder has it)."""
+    """folder/liver_rle.dcm: the corpus's 1-bit liver mask RLE encoded."""
     ds = liver_segments()
     ds.PixelData = encapsulate(_rle_one_bit(ds.pixel_array))
     ds["PixelData"].VR = "OB"
@@ -150,26 +151,94 @@ def write_one_bit_rle(folder: Path) -> pydicom.Dataset:
     return ds
 
 
-def test_a_one_bit_rle_segmentation_is_kept_flagged_without_a_decoder(tmp_path: Path) -> None:
-    """Synthetic (the corpus has none): the corpus's 1-bit liver mask RLE encoded. pydicom
-    has no decoder for 1-bit RLE, so the file is archived as received and flagged in its
-    row, the report and the preflight; `verify` checks its bytes; the export is exact."""
+def require_pylibjpeg_rle() -> None:
+    """Fail, saying why, unless pydicom decodes RLE with pylibjpeg-rle (a dependency)."""
+    plugins = get_decoder(RLELossless).available_plugins
+    assert "pylibjpeg" in plugins, "pylibjpeg-rle is a dependency: pip install pylibjpeg-rle"
+
+
+def without_pylibjpeg_rle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom's RLE decoder as without pylibjpeg-rle: its own plugin only (1-bit RLE then
+    has no decoder), until the test ends."""
+    decoder = get_decoder(RLELossless)
+    without = {k: v for k, v in decoder._available.items() if k != "pylibjpeg"}
+    monkeypatch.setattr(decoder, "_available", without)
+
+
+def test_a_one_bit_rle_segmentation_is_decoded_by_pylibjpeg_rle_and_kept(tmp_path: Path) -> None:
+    """Synthetic (the corpus has none): the corpus's 1-bit liver mask RLE encoded. pydicom's
+    own RLE decoder refuses 1 bit; its pylibjpeg-rle plugin decodes it to the pixels pydicom
+    gives for the native file (bits unpacked), which the archive keeps and verifies."""
+    require_pylibjpeg_rle()
+    source = tmp_path / "src"
+    ds = write_one_bit_rle(source)
+    with pytest.raises(RuntimeError, match="1 bits allocated"):  # pydicom's own decoder
+        _ = pixel_array(source / "liver_rle.dcm", decoding_plugin="pydicom")
+    native = liver_segments()
+    reference = unpack_bits(native.PixelData)[: native.pixel_array.size]
+    reference = reference.reshape(native.pixel_array.shape)
+    assert np.array_equal(native.pixel_array, reference) and reference.any()
+
+    report = check_kept(source, tmp_path)
+    assert report["predicted"]["liver_rle.dcm"]["decoded"] and report["not_verified"] == {}
+    with open_archive(tmp_path / "a") as archive:
+        row = archive.index.get(ds.SOPInstanceUID)
+        assert "not_verified" not in row and row["pixel_hash"] is not None
+        assert np.array_equal(archive.frames(ds.SOPInstanceUID), reference)
+
+
+def test_a_one_bit_rle_segmentation_is_kept_flagged_without_pylibjpeg_rle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without pylibjpeg-rle (pydicom's RLE decoder keeps only its own plugin) no decoder
+    reads 1-bit RLE: the file is archived as received and flagged in its row and the report;
+    `verify` checks its bytes; the export is exact; reading its pixels says why not, and
+    gives them once pylibjpeg-rle is there."""
+    without_pylibjpeg_rle(monkeypatch)
     source = tmp_path / "src"
     ds = write_one_bit_rle(source)
     with pytest.raises(RuntimeError, match="1 bits allocated"):  # why it is flagged
         _ = pydicom.dcmread(source / "liver_rle.dcm").pixel_array
 
-    report = check_kept(source, tmp_path)
-    predicted = report["predicted"]["liver_rle.dcm"]
-    assert "decoded" not in predicted and FLAG in predicted["not_verified"]
-    assert "RLE Lossless" in predicted["not_verified"]
-    (reason,) = report["not_verified"]
-    assert reason == predicted["not_verified"] and report["not_verified"][reason] == 1
+    archive = Archive.create(tmp_path / "a")
+    report = archive.ingest([source], workers=0)
+    (reason,) = report.not_verified
+    assert report.archived == 1 and FLAG in reason and "RLE Lossless" in reason
+    assert "pylibjpeg-rle is not installed" in reason
+    row = archive.index.get(ds.SOPInstanceUID)
+    assert row["not_verified"] == reason and row["pixel_hash"] is None
+    assert archive.export_bytes(ds.SOPInstanceUID) == (source / "liver_rle.dcm").read_bytes()
+    assert archive.verify().ok
+    with pytest.raises(CodecError, match="pylibjpeg-rle is not installed"):
+        archive.frames(ds.SOPInstanceUID)
+    # pylibjpeg-rle installed later: the flagged instance's frames read (the row unchanged).
+    monkeypatch.undo()
+    require_pylibjpeg_rle()
+    assert np.array_equal(archive.frames(ds.SOPInstanceUID), liver_segments().pixel_array)
+    assert archive.verify().ok
+
+
+def test_a_one_bit_rle_frame_holding_other_bytes_than_0_and_1_is_quarantined(
+    tmp_path: Path,
+) -> None:
+    """pylibjpeg-rle gives a 1-bit segment's bytes as they are (255 stays 255): no 1-bit
+    pixel has that value, so the file is quarantined, saying why, rather than archived."""
+    require_pylibjpeg_rle()
+    source = tmp_path / "src"
+    ds = liver_segments()
+    frames = _rle_one_bit(ds.pixel_array * np.uint8(255))
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    source.mkdir()
+    ds.save_as(source / "liver_255.dcm", enforce_file_format=True)
+    assert pixel_array(source / "liver_255.dcm").max() == 255  # what pydicom gives
+
+    report = ingest(source, tmp_path / "a")
+    assert (report["archived"], report["quarantined"]) == (0, 1) and report["balanced"]
     with open_archive(tmp_path / "a") as archive:
-        row = archive.index.get(ds.SOPInstanceUID)
-        assert row["not_verified"] == reason and row["pixel_hash"] is None
-    text = run_cli("ingest", str(source), "--archive", str(tmp_path / "b"), "--workers", "0")
-    assert f"archived         1  {reason}" in text.stdout
+        (record,) = archive.quarantine.records()
+    assert "a 1-bit RLE frame holds bytes other than 0 and 1" in record["reason"], record
 
 
 def _dcmtk_retired(tmp_path: Path) -> Path:

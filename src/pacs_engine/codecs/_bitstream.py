@@ -186,8 +186,9 @@ class BitstreamCodec(FrameCodec):
         """The frame decoded with imagecodecs, corrected like pydicom (subclasses)."""
         raise NotImplementedError
 
-    def _decode_pydicom(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-        """The frame decoded by pydicom's own decoder for this transfer syntax."""
+    def _decode_pydicom(self, data: bytes, shape: tuple[int, ...], plugin: str = "") -> np.ndarray:
+        """The frame decoded by pydicom's decoder for this transfer syntax (`plugin`: that
+        plugin only; "": the first of its plugins that decodes it, as pixel_array does)."""
         from pydicom.encaps import encapsulate
         from pydicom.pixels import get_decoder
 
@@ -204,6 +205,8 @@ class BitstreamCodec(FrameCodec):
         }
         if self.samples_per_pixel > 1:
             options["planar_configuration"] = self.planar_configuration
+        if plugin:
+            options["decoding_plugin"] = plugin
         decoder = get_decoder(self.pydicom_syntax)
         # Mixed-type options for as_array's **kwargs: mypy checks them against its typed keywords.
         arr, _ = decoder.as_array(encapsulate([bytes(data)]), **options)  # type: ignore[arg-type]
