@@ -686,3 +686,36 @@ def test_scan_results_are_journaled_together_the_last_with_the_scans_end(
     # SCAN_RECORD 4: the window's 4 batches once the 5th waited, then the 5th with the end.
     assert recorded == expected
     assert states[-1] == "encoding"
+
+
+@pytest.mark.parametrize(
+    ("stop", "raised"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), run.IngestStopped),
+        (KeyboardInterrupt(), None),
+    ],
+)
+def test_a_scan_whose_end_record_fails_resumes_scanning_not_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException, raised: Any
+) -> None:
+    # The record that ends the scan carries the last plan entries held: if it is not
+    # committed, the run record saved as the session stops must still say "scanning"
+    # (saying "encoding", the resumed run would encode a plan without them).
+    _series(tmp_path / "in", 0, 10)
+    record = Journal.record
+
+    def end_fails(journal: Journal, run_id: str, outcomes: Any, planned: Any, *args: Any) -> None:
+        more = args[1] if len(args) > 1 else {}
+        if any(v and json.loads(v)["state"] == "encoding" for v in more.values()):
+            raise stop
+        record(journal, run_id, outcomes, planned, *args)
+
+    monkeypatch.setattr(Journal, "record", end_fails)
+    with Archive.create(tmp_path / "a") as archive:
+        with pytest.raises(raised or type(stop)):
+            archive.ingest([tmp_path / "in"], workers=0)
+        monkeypatch.setattr(Journal, "record", record)
+        report = archive.ingest([tmp_path / "in"], workers=0).to_dict()
+        assert len(archive.index) == 10
+    assert (report["inputs"], report["archived"], report["resumed"]) == (10, 10, 1)
+    assert report["balanced"]

@@ -239,9 +239,16 @@ class _Run:
             if record["state"] == "scanning":
                 self._timed("scan", self._scan, run)
                 if self.failure is None:
-                    record["state"] = "encoding"
                     record["unchanged"] = self.report.unchanged
-                    self._record_scanned(run, end=True)  # with the run record, as it ends
+                    # "encoding" goes in the record that ends the scan, with the last plan
+                    # entries held: until that is committed the run is still scanning (the
+                    # record `finally` saves must not skip the entries it would have held).
+                    record["state"] = "encoding"
+                    try:
+                        self._record_scanned(run, end=True)
+                    except BaseException:
+                        record["state"] = "scanning"
+                        raise
             if self.failure is None:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
