@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -719,3 +720,44 @@ def test_a_scan_whose_end_record_fails_resumes_scanning_not_encoding(
         assert len(archive.index) == 10
     assert (report["inputs"], report["archived"], report["resumed"]) == (10, 10, 1)
     assert report["balanced"]
+
+
+def test_zip_identities_and_walk_errors_go_with_the_scan_results_not_a_commit_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each journal record is a synced index transaction: a catch-up run over many zips, or
+    # a folder of links, made one per zip and one per unread input met by the walk.
+    source = tmp_path / "in"
+    source.mkdir()
+    for number in range(3):
+        paths = write_series(
+            tmp_path / f"s{number}",
+            5,
+            0,
+            number,
+            2,
+            modality="MR",
+            syntax="explicit",
+            rows=16,
+            columns=16,
+        )
+        with zipfile.ZipFile(source / f"study{number}.zip", "w") as bundle:
+            for path in paths:
+                bundle.write(path, Path(path).name)
+    for number in range(2):  # not followed: quarantined unread
+        (source / f"link{number}.dcm").symlink_to(tmp_path / "s0")
+    monkeypatch.setattr(run, "CHECKPOINT_SECONDS", 3600.0)  # not a second's worth
+    record, records = Journal.record, {"n": 0}
+
+    def counted(journal: Journal, *args: Any) -> None:
+        records["n"] += 1
+        record(journal, *args)
+
+    monkeypatch.setattr(Journal, "record", counted)
+    with Archive.create(tmp_path / "a") as archive:
+        first = archive.ingest([source], workers=0).to_dict()
+        assert records["n"] == 1  # the record that ends the scan
+        again = archive.ingest([source], workers=0).to_dict()
+    assert (first["archived"], first["quarantined"], first["balanced"]) == (6, 2, True)
+    assert again["unchanged"] == 3  # the zips' identities were recorded
+    assert (again["quarantined"], again["balanced"]) == (2, True)
