@@ -556,11 +556,11 @@ def test_write_atomic_writes_a_list_of_parts_one_after_another(tmp_path: Path) -
 
 
 _REALLOCATING = """
-import resource, sys
+import os, resource, sys
 import numpy as np
-from pacs_engine.ingest import tasks
-if sys.argv[1] == "kept":
-    assert tasks.keep_freed_memory()
+from pacs_engine import executors
+if sys.argv[1] == "worker":
+    executors._start_worker(os.getppid())  # as a local pool starts each worker
 np.ones(8 << 20, np.uint8)  # allocated, every page touched, freed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 np.ones(8 << 20, np.uint8)
@@ -568,14 +568,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def test_a_worker_reuses_the_memory_it_frees(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_worker_reuses_the_memory_it_frees() -> None:
     """In a fresh process, 8 MiB allocated again after being freed costs hundreds of page
-    faults with glibc's defaults (fresh heap), next to none once `keep_freed_memory` ran; an
-    encoder made in a worker process runs it, one made in the ingesting process does not."""
+    faults with glibc's defaults (fresh heap), next to none once a pool worker's start-up
+    (`keep_freed_memory`) ran; the importing process keeps its allocator as it was."""
     faults = {}
-    for how in ("default", "kept"):
+    for how in ("default", "worker"):
         done = subprocess.run(
             [sys.executable, "-c", _REALLOCATING, how],
             capture_output=True,
@@ -584,16 +582,7 @@ def test_a_worker_reuses_the_memory_it_frees(
             check=True,
         )
         faults[how] = int(done.stdout)
-    assert faults["kept"] * 10 < faults["default"] and faults["default"] > 100, faults
-    kept = []
-    monkeypatch.setattr(tasks, "keep_freed_memory", lambda: kept.append(True))
-    with Archive.create(tmp_path / "a"):
-        pass
-    tasks._new_encoder(str(tmp_path / "a")).close()
-    assert kept == []  # the ingesting process
-    monkeypatch.setattr(tasks.multiprocessing, "parent_process", lambda: object())
-    tasks._new_encoder(str(tmp_path / "a")).close()
-    assert kept == [True]  # a worker
+    assert faults["worker"] * 10 < faults["default"] and faults["default"] > 100, faults
 
 
 def test_deferred_writes_that_cannot_be_synced_leave_nothing(
