@@ -23,23 +23,16 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from pacs_engine.forkserver import (
-    FORKSERVER_PRELOAD,
-    QUIET_BLAS,
-    quiet_blas,
-    start_forkserver,
-)
+from pacs_engine.forkserver import FORKSERVER_PRELOAD, start_forkserver
 from pacs_engine.workers import Executor, alive, worker_died
 
 __all__ = [
     "FORKSERVER_PRELOAD",
-    "QUIET_BLAS",
     "DaskExecutor",
     "InlineExecutor",
     "LocalExecutor",
     "keep_freed_memory",
     "make_executor",
-    "quiet_blas",
     "refuse_unguarded_main",
     "start_forkserver",
     "worker_died",
@@ -206,7 +199,9 @@ def _fork_workers(pool: concurrent.futures.ProcessPoolExecutor, count: int) -> N
     its first tasks find workers started. Each submit of a no-op forks one while no worker
     is idle.
     """
-    with contextlib.suppress(RuntimeError):  # closed or broken meanwhile: its owner knows
+    # Closed or broken meanwhile, or no process could be spawned (OSError): the caller's
+    # own submit says so; from this thread it would print "Exception in thread".
+    with contextlib.suppress(RuntimeError, OSError):
         for _ in range(count):
             pool.submit(os.getpid)
 
