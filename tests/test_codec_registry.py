@@ -35,13 +35,10 @@ from pacs_engine.codecs import (
     registry,
 )
 from pacs_engine.codecs._base import zarr_name
-from pacs_engine.codecs.registry import (
-    ARCHIVE_BY_NAME,
-    ARCHIVE_CANDIDATES,
-    ENTRY_POINT_GROUP,
-    ENTRY_POINTS,
-    NAME_PREFIX,
-)
+from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, ARCHIVE_CANDIDATES, ENTRY_POINTS
+
+ENTRY_POINT_GROUP = "zarr.codecs"
+NAME_PREFIX = "pacs_engine."  # of every name in ENTRY_POINTS
 
 PIXEL_MODULE = {
     "photometric_interpretation": "MONOCHROME2",

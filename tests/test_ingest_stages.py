@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -555,11 +556,11 @@ def test_write_atomic_writes_a_list_of_parts_one_after_another(tmp_path: Path) -
 
 
 _REALLOCATING = """
-import resource, sys
+import os, resource, sys
 import numpy as np
-from pacs_engine.ingest import tasks
-if sys.argv[1] == "kept":
-    assert tasks.keep_freed_memory()
+from pacs_engine import executors
+if sys.argv[1] == "worker":
+    executors._start_worker(os.getppid())  # as a local pool starts each worker
 np.ones(8 << 20, np.uint8)  # allocated, every page touched, freed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 np.ones(8 << 20, np.uint8)
@@ -567,14 +568,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def test_a_worker_reuses_the_memory_it_frees(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_worker_reuses_the_memory_it_frees() -> None:
     """In a fresh process, 8 MiB allocated again after being freed costs hundreds of page
-    faults with glibc's defaults (fresh heap), next to none once `keep_freed_memory` ran; an
-    encoder made in a worker process runs it, one made in the ingesting process does not."""
+    faults with glibc's defaults (fresh heap), next to none once a pool worker's start-up
+    (`keep_freed_memory`) ran; the importing process keeps its allocator as it was."""
     faults = {}
-    for how in ("default", "kept"):
+    for how in ("default", "worker"):
         done = subprocess.run(
             [sys.executable, "-c", _REALLOCATING, how],
             capture_output=True,
@@ -583,16 +582,7 @@ def test_a_worker_reuses_the_memory_it_frees(
             check=True,
         )
         faults[how] = int(done.stdout)
-    assert faults["kept"] * 10 < faults["default"] and faults["default"] > 100, faults
-    kept = []
-    monkeypatch.setattr(tasks, "keep_freed_memory", lambda: kept.append(True))
-    with Archive.create(tmp_path / "a"):
-        pass
-    tasks._new_encoder(str(tmp_path / "a")).close()
-    assert kept == []  # the ingesting process
-    monkeypatch.setattr(tasks.multiprocessing, "parent_process", lambda: object())
-    tasks._new_encoder(str(tmp_path / "a")).close()
-    assert kept == [True]  # a worker
+    assert faults["worker"] * 10 < faults["default"] and faults["default"] > 100, faults
 
 
 def test_deferred_writes_that_cannot_be_synced_leave_nothing(
@@ -686,3 +676,77 @@ def test_scan_results_are_journaled_together_the_last_with_the_scans_end(
     # SCAN_RECORD 4: the window's 4 batches once the 5th waited, then the 5th with the end.
     assert recorded == expected
     assert states[-1] == "encoding"
+
+
+@pytest.mark.parametrize(
+    ("stop", "raised"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), run.IngestStopped),
+        (KeyboardInterrupt(), None),
+    ],
+)
+def test_a_scan_whose_end_record_fails_resumes_scanning_not_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException, raised: Any
+) -> None:
+    # The record that ends the scan carries the last plan entries held: if it is not
+    # committed, the run record saved as the session stops must still say "scanning"
+    # (saying "encoding", the resumed run would encode a plan without them).
+    _series(tmp_path / "in", 0, 10)
+    record = Journal.record
+
+    def end_fails(journal: Journal, run_id: str, outcomes: Any, planned: Any, *args: Any) -> None:
+        more = args[1] if len(args) > 1 else {}
+        if any(v and json.loads(v)["state"] == "encoding" for v in more.values()):
+            raise stop
+        record(journal, run_id, outcomes, planned, *args)
+
+    monkeypatch.setattr(Journal, "record", end_fails)
+    with Archive.create(tmp_path / "a") as archive:
+        with pytest.raises(raised or type(stop)):
+            archive.ingest([tmp_path / "in"], workers=0)
+        monkeypatch.setattr(Journal, "record", record)
+        report = archive.ingest([tmp_path / "in"], workers=0).to_dict()
+        assert len(archive.index) == 10
+    assert (report["inputs"], report["archived"], report["resumed"]) == (10, 10, 1)
+    assert report["balanced"]
+
+
+def test_zip_identities_and_walk_errors_go_with_the_scan_results_not_a_commit_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each journal record is a synced index transaction: a catch-up run over many zips, or
+    # a folder of links, made one per zip and one per unread input met by the walk.
+    source = tmp_path / "in"
+    source.mkdir()
+    for number in range(3):
+        paths = write_series(
+            tmp_path / f"s{number}",
+            5,
+            0,
+            number,
+            2,
+            modality="MR",
+            syntax="explicit",
+            rows=16,
+            columns=16,
+        )
+        with zipfile.ZipFile(source / f"study{number}.zip", "w") as bundle:
+            for path in paths:
+                bundle.write(path, Path(path).name)
+    for number in range(2):  # not followed: quarantined unread
+        (source / f"link{number}.dcm").symlink_to(tmp_path / "s0")
+    monkeypatch.setattr(run, "CHECKPOINT_SECONDS", 3600.0)  # not a second's worth
+    record, records = Journal.record, {"n": 0}
+
+    def counted(journal: Journal, *args: Any) -> None:
+        records["n"] += 1
+        record(journal, *args)
+
+    monkeypatch.setattr(Journal, "record", counted)
+    with Archive.create(tmp_path / "a") as archive:
+        first = archive.ingest([source], workers=0).to_dict()
+        assert records["n"] == 1  # the record that ends the scan
+        again = archive.ingest([source], workers=0).to_dict()
+    assert (first["archived"], first["quarantined"], first["balanced"]) == (6, 2, True)
+    assert again["unchanged"] == 3  # the zips' identities were recorded
+    assert (again["quarantined"], again["balanced"]) == (2, True)

@@ -7,6 +7,7 @@ built for any command, and an ingest of uncompressed files, must import neither.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 import pydicom
 import pydicom.uid
@@ -22,7 +24,7 @@ import zarr
 from conftest import run_cli
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from pacs_engine import Archive
+from pacs_engine import Archive, executors
 from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
 from pacs_engine.cli import build_parser
 from pacs_engine.codecs.deflate import DEFLATED_IMAGE_FRAME_COMPRESSION
@@ -201,6 +203,20 @@ def test_a_local_pool_forks_its_workers_before_its_first_task() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2 True"
+
+
+class _CannotSpawn:
+    """A pool whose workers cannot be started: no process left for the user."""
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+
+def test_workers_that_cannot_be_forked_early_leave_the_error_to_the_first_task() -> None:
+    """The thread that forks a pool's workers ends quietly when it cannot (an error from a
+    thread prints "Exception in thread" over the CLI's output); the caller's own submit
+    meets the same error and reports it."""
+    executors._fork_workers(cast(Any, _CannotSpawn()), 2)
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:

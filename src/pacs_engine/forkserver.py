@@ -44,7 +44,7 @@ def quiet_blas() -> dict[str, str]:
 def start_forkserver(main_module: str | None = None) -> None:
     """Start the forkserver now, so that its imports overlap the caller's own start-up.
 
-    Workers fork from it only when the first task is submitted; started here, at the
+    Workers fork from it once a pool is made (`LocalExecutor`); started here, at the
     top of the CLI, its ~0.3 s (CPU) of imports run on another core while this
     process imports the archive and walks the sources. It starts with QUIET_BLAS.
     `main_module`, the module the caller's main module imports (the CLI's package), is

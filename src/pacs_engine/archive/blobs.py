@@ -23,6 +23,7 @@ import json
 import os
 import struct
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import imagecodecs
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
+from pacs_engine.storage import series_folder
 
 MAGIC = b"PEB1"
 _HEAD = struct.Struct("<4sBQQQ")
@@ -190,6 +192,23 @@ def scannable(blob: HeaderBlob) -> bytes:
 def rows_sidecar(pack: str) -> str:
     """The name of the rows file beside the pack `pack`."""
     return pack.removesuffix(PACK_SUFFIX) + ROWS_SUFFIX
+
+
+def pack_blobs(
+    series_uid: str, rows: list[Row], blobs: list[bytes], written_ns: int | None = None
+) -> tuple[str, bytes]:
+    """One series' header blobs (`blobs[i]` of `rows[i]`) as one new pack: each row gets its
+    `header` reference; (the pack's name in the archive, its rows file's bytes).
+
+    The rows file holds the rows as they are at the call: a caller's own fields first.
+    """
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    name = f"headers/{series_folder(series_uid)}/{stamp}{PACK_SUFFIX}"
+    offset = 0
+    for row, blob in zip(rows, blobs, strict=True):
+        row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
+        offset += len(blob)
+    return name, dump_rows(rows, written_ns)
 
 
 def dump_rows(rows: list[Row], written_ns: int | None = None) -> bytes:

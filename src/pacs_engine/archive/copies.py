@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,14 +29,14 @@ from pacs_engine.archive.blobs import (
     NATIVE,
     WHOLE,
     HeaderBlob,
-    dump_rows,
+    pack_blobs,
     rows_sidecar,
 )
 from pacs_engine.archive.pixel_store import PixelStore, decompress
 from pacs_engine.archive.prepare import rebuild_file
 from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.stages import stage
-from pacs_engine.storage import DeferredWrites, fsync_dirs, series_folder, write_atomic
+from pacs_engine.storage import DeferredWrites, fsync_dirs, write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
@@ -206,14 +204,8 @@ def _pack_files(
 ) -> list[tuple[Path, bytes]]:
     """The part's header blobs of one series as one pack, its rows file beside it
     (docs/archive.md); the rows get their `header` reference."""
-    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
-    name = f"headers/{series_folder(series_uid)}/{stamp}.pack"
-    offset = 0
     for row, blob in blobs:
-        row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
         row["header_sha256"] = hashlib.sha256(blob).hexdigest()
-        offset += len(blob)
-    return [
-        (archive.path / name, b"".join(blob for _, blob in blobs)),
-        (archive.path / rows_sidecar(name), dump_rows([row for row, _ in blobs])),
-    ]
+    data = [blob for _, blob in blobs]
+    name, sidecar = pack_blobs(series_uid, [row for row, _ in blobs], data)
+    return [(archive.path / name, b"".join(data)), (archive.path / rows_sidecar(name), sidecar)]

@@ -25,8 +25,6 @@ from importlib import import_module
 from pacs_engine.codecs._base import CodecError, FrameCodec, coder_name
 from pacs_engine.codecs._bitstream import BitstreamCodec
 
-ENTRY_POINT_GROUP = "zarr.codecs"
-NAME_PREFIX = "pacs_engine."  # of every name in ENTRY_POINTS
 #: pyproject.toml's ``zarr.codecs`` entry points, name -> "module:ZarrClass" (see above).
 ENTRY_POINTS = {
     "pacs_engine.jpegls": "pacs_engine.codecs.jpegls:JpegLsCodec",

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from pacs_engine.archive.blobs import HeaderBlob, dump_rows, rows_sidecar
+from pacs_engine.archive.blobs import HeaderBlob, pack_blobs, rows_sidecar
 from pacs_engine.archive.format import MARKER, read_config
 from pacs_engine.archive.pixel_store import (
     DEFAULT_TILE,
@@ -68,7 +67,7 @@ from pacs_engine.ingest.inputs import (
 )
 from pacs_engine.scanning import scan
 from pacs_engine.stages import Times, stage
-from pacs_engine.storage import DeferredWrites, fsync_dirs, series_folder, write_atomic
+from pacs_engine.storage import DeferredWrites, fsync_dirs, write_atomic
 
 
 @dataclass(frozen=True)
@@ -593,17 +592,13 @@ class PartEncoder:
             # frame encodes: there zstd ran on caches the codec had just filled, ~6x slower
             # (about 160 us a blob instead of 25 on the synth set's 512 x 512 frames).
             packed = [blob.to_bytes() for _, blob, _ in blobs]
-            stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
-            name = f"headers/{series_folder(part.series_uid)}/{stamp}.pack"
-            offset = 0
             for (row, _, outcome), data in zip(blobs, packed, strict=True):
-                row["header"] = {"pack": name, "offset": offset, "length": len(data)}
                 row["stored_bytes"] += len(data)
                 outcome.stored += len(data)
-                offset += len(data)
+            rows = [row for row, _, _ in blobs]
+            name, sidecar = pack_blobs(part.series_uid, rows, packed, part.written_ns)
             write_atomic(self.root / name, packed, dirs)
             # What rebuild_index needs beyond the blobs (docs/archive.md).
-            sidecar = dump_rows([row for row, _, _ in blobs], part.written_ns)
             write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
 
 

@@ -239,9 +239,16 @@ class _Run:
             if record["state"] == "scanning":
                 self._timed("scan", self._scan, run)
                 if self.failure is None:
-                    record["state"] = "encoding"
                     record["unchanged"] = self.report.unchanged
-                    self._record_scanned(run, end=True)  # with the run record, as it ends
+                    # "encoding" goes in the record that ends the scan, with the last plan
+                    # entries held: until that is committed the run is still scanning (the
+                    # record `finally` saves must not skip the entries it would have held).
+                    record["state"] = "encoding"
+                    try:
+                        self._record_scanned(run, end=True)
+                    except BaseException:
+                        record["state"] = "scanning"
+                        raise
             if self.failure is None:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
@@ -318,22 +325,21 @@ class _Run:
 
     def _scan(self, run: str) -> None:
         """Scan every input without an outcome and record the plan; bounded in flight."""
-        walk_errors: list[Outcome] = []
 
         def on_error(path: str, reason: str) -> None:
             if not self.journal.done(run, [path]):  # a resumed scan meets it again
-                walk_errors.append(self._quarantine_unread(path, reason))
+                self._hold(rejected=[self._quarantine_unread(path, reason)])
 
         def container_unchanged(path: str) -> bool:
-            """True for a zip/tar to skip unread; else its identity is journaled (the run,
-            once finished, has an outcome for each of its members)."""
+            """True for a zip/tar to skip unread; else its identity is held, to journal with
+            the scan results (the run, once finished, has an outcome for each member)."""
             identity = file_identity(path)
             if identity is None:
                 return False
             if self.journal.unchanged({path: identity}):
                 self.report.unchanged += 1
                 return True
-            self.journal.record(run, [], [], {path: identity})
+            self._hold(identities={path: identity})
             return False
 
         self.report.unchanged = 0  # a resumed scan skips them again
@@ -352,15 +358,11 @@ class _Run:
             if len(batch) >= SCAN_BATCH:
                 in_flight = self._submit_scan(run, batch, in_flight)
                 batch = []
-            if walk_errors:
-                self._record(run, walk_errors, [])
-                walk_errors = []
+            self._record_held(run)  # walk errors alone, with no scan to collect
             if self.failure is not None:
                 break
         if batch and self.failure is None:
             in_flight = self._submit_scan(run, batch, in_flight)
-        if walk_errors:
-            self._record(run, walk_errors, [])
         while in_flight:
             in_flight = self._collect_scans(run, in_flight)
 
@@ -388,7 +390,6 @@ class _Run:
         inputs or a second's worth are (one sync for all: while this process records, it
         sends no work); the batches still in flight."""
         done, pending = self.executor.wait_any(in_flight)
-        held = self.scanned
         for future in done:
             batch_identities = self.identities.pop(future)
             try:
@@ -397,35 +398,42 @@ class _Run:
                 self.failure = self.failure or error
                 continue
             self._add_stages(worker, stages)
-            if not held.planned and not held.rejected:
-                held.since = time.perf_counter()
-            held.planned += batch_planned
-            held.rejected += batch_rejected
-            held.identities.update(batch_identities)
+            self._hold(batch_planned, batch_rejected, batch_identities)
+        self._record_held(run)
+        return pending
+
+    def _hold(
+        self,
+        planned: list[Planned] | None = None,
+        rejected: list[Outcome] | None = None,
+        identities: dict[str, bytes] | None = None,
+    ) -> None:
+        """Hold scan results (inputs to plan, quarantined, files' identities) to journal
+        together with the next record (`_record_held`)."""
+        held = self.scanned
+        if not held.planned and not held.rejected:
+            held.since = time.perf_counter()
+        held.planned += planned or []
+        held.rejected += rejected or []
+        held.identities.update(identities or {})
+
+    def _record_held(self, run: str) -> None:
+        """Journal the scan results held once SCAN_RECORD inputs or a second's worth are
+        (identities alone wait for inputs, or the scan's end)."""
+        held = self.scanned
         count = len(held.planned) + len(held.rejected)
         waited = time.perf_counter() - held.since
         if count and (count >= SCAN_RECORD or waited >= CHECKPOINT_SECONDS):
             self._record_scanned(run)
-        return pending
 
     def _record_scanned(self, run: str, end: bool = False) -> None:
-        """Journal the scan results held; at the scan's `end`, with the run record."""
+        """Journal the scan results held (at the scan's `end`, with the run record, as the
+        session has it); count the quarantined inputs."""
         held, self.scanned = self.scanned, _Scanned()
         with self.clock.stage("journal"):
-            self._record(run, held.rejected, held.planned, held.identities, end)
-
-    def _record(
-        self,
-        run: str,
-        outcomes: list[Outcome],
-        planned: list[Planned],
-        identities: dict[str, bytes] | None = None,
-        with_record: bool = False,
-    ) -> None:
-        """Journal scan results (with their files' identities; and the run record, as the
-        session has it, `with_record`); count the quarantined inputs."""
-        self.journal.record(run, outcomes, planned, identities, self._checkpoint(with_record))
-        for outcome in outcomes:
+            more = self._checkpoint(end)
+            self.journal.record(run, held.rejected, held.planned, held.identities, more)
+        for outcome in held.rejected:
             self.report.count(outcome)
         self._notify("scanning")
 

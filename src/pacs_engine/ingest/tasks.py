@@ -8,8 +8,6 @@ process keeps one PartEncoder per archive.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import multiprocessing
 import os
 
 from pacs_engine.archive.prepare import PrepareError, check_uids
@@ -37,39 +35,11 @@ from pacs_engine.storage import DeferredWrites, fsync_dirs
 from pacs_engine.workers import PerProcess
 
 _ENCODERS: PerProcess[str, PartEncoder] = PerProcess()
-#: glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: A worker allocates and frees a few MB per instance (the file, its frames, the codec's
-#: output): with glibc's defaults much of it is mapped and unmapped, or trimmed off the
-#: heap, again and again, each time paying a page fault per 4 KiB of fresh memory.
-#: Blocks under MMAP_THRESHOLD come from the heap, and up to TRIM_THRESHOLD of free heap
-#: is kept: on the 400-file synth set, half the worker's page faults and 3-4 % of its CPU.
-MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 64 << 20
 
 
 def _encoder(root: str) -> PartEncoder:
     """This process's encoder for the archive (a forked child makes its own)."""
-    return _ENCODERS.get(root, lambda: _new_encoder(root))
-
-
-def _new_encoder(root: str) -> PartEncoder:
-    """An encoder; in a worker process (not the ingesting one: a server or a notebook
-    keeps its allocator as it was), the allocator keeps the memory it frees."""
-    if multiprocessing.parent_process() is not None:
-        keep_freed_memory()
-    return PartEncoder(root)
-
-
-def keep_freed_memory() -> bool:
-    """Make this process's allocator reuse the memory it frees (`MMAP_THRESHOLD`,
-    `TRIM_THRESHOLD`); False where it cannot (not glibc)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    return _ENCODERS.get(root, lambda: PartEncoder(root))
 
 
 def scan_task(
