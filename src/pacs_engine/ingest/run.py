@@ -244,11 +244,7 @@ class _Run:
                     # entries held: until that is committed the run is still scanning (the
                     # record `finally` saves must not skip the entries it would have held).
                     record["state"] = "encoding"
-                    try:
-                        self._record_scanned(run, end=True)
-                    except BaseException:
-                        record["state"] = "scanning"
-                        raise
+                    self._record_scanned(run, end=True)
             if self.failure is None:
                 self._timed("encode", self._encode, run)
             if self.failure is None:
@@ -432,7 +428,14 @@ class _Run:
         held, self.scanned = self.scanned, _Scanned()
         with self.clock.stage("journal"):
             more = self._checkpoint(end)
-            self.journal.record(run, held.rejected, held.planned, held.identities, more)
+            try:
+                self.journal.record(run, held.rejected, held.planned, held.identities, more)
+            except BaseException:
+                # Not committed: the run is still scanning. Only a failed commit sets it
+                # back; a Ctrl-C in the progress callback after it must not.
+                if end:
+                    self.record["state"] = "scanning"
+                raise
         for outcome in held.rejected:
             self.report.count(outcome)
         self._notify("scanning")
