@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -192,11 +193,22 @@ class _CannotSpawn:
         raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
 
 
-def test_workers_that_cannot_be_forked_early_leave_the_error_to_the_first_task() -> None:
+def test_workers_that_cannot_be_forked_early_leave_the_error_to_the_first_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The thread that forks a pool's workers ends quietly when it cannot (an error from a
     thread prints "Exception in thread" over the CLI's output); the caller's own submit
     meets the same error and reports it."""
-    executors._fork_workers(cast(Any, _CannotSpawn()), 2)
+    uncaught: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
+    thread = threading.Thread(target=executors._fork_workers, args=(_CannotSpawn(), 2))
+    thread.start()
+    thread.join(LIMIT_S)
+    assert not thread.is_alive() and uncaught == []
+    executor = object.__new__(executors.LocalExecutor)  # its pool alone, no forkserver
+    executor.pool = cast(Any, _CannotSpawn())
+    with pytest.raises(OSError, match=os.strerror(errno.EAGAIN)):
+        executor.submit(os.getpid)
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
