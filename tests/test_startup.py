@@ -62,7 +62,9 @@ def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> Non
     assert _probe(probe) == "[]"
 
 
-def test_a_command_line_builds_its_commands_parser_alone() -> None:
+def test_a_command_line_builds_its_commands_parser_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`pacs-engine ingest ...` imports no other command's module (about 0.03 s of CPU),
     and its parser reads a command line as the whole parser does."""
     probe = (
@@ -74,6 +76,7 @@ def test_a_command_line_builds_its_commands_parser_alone() -> None:
     assert vars(build_parser("ingest").parse_args(argv)) == vars(build_parser().parse_args(argv))
     with pytest.raises(SystemExit):  # not a command: the whole parser says which are
         build_parser("no-such-command").parse_args(["no-such-command"])
+    assert "'ingest'" in capsys.readouterr().err
 
 
 def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
