@@ -3,11 +3,11 @@
 Decode: every frame of the RLE files under the folders given, decoded by pydicom with its
 own RLE plugin and with pylibjpeg-rle, alternating rounds in one process (the pixels
 compared on every frame); median process CPU per frame of each. Ingest: `pacs-engine
-ingest` of each folder (1 worker, a fresh archive) with PYTHONPATH with and without the
-folder holding pylibjpeg-rle, alternating; medians of the report's seconds and of the
-summed stage CPU of its processes.
+ingest` of each folder (1 worker, a fresh archive) as installed and with pylibjpeg-rle
+hidden (a dependency: `HIDE_PYLIBJPEG_RLE`, a sitecustomize on the command's PYTHONPATH),
+alternating; medians of the report's seconds and of the summed stage CPU of its processes.
 
-    python benchmarks/rle_plugins.py --plugin-path /tmp/f_rle FOLDER...
+    PYTHONPATH=src python benchmarks/rle_plugins.py FOLDER...
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import RLELossless
 
 PLUGINS = ("pydicom", "pylibjpeg")
+
+#: A sitecustomize.py: every process of the command (the CLI's, the forkserver and its
+#: workers, which inherit PYTHONPATH) drops pylibjpeg-rle from pydicom's RLE decoder once
+#: pydicom's decoders are imported (not before: that would add pydicom's import to each).
+HIDE_PYLIBJPEG_RLE = """
+from pacs_engine.lazy import when_imported
+
+def _hide(decoders):
+    decoders.RLELosslessDecoder._available.pop("pylibjpeg", None)
+
+when_imported("pydicom.pixels.decoders", _hide)
+"""
 
 
 def rle_frames(folder: Path) -> list[tuple[bytes, dict[str, object]]]:
@@ -77,10 +89,12 @@ def decode_cpu(frames: list[tuple[bytes, dict[str, object]]], rounds: int) -> di
     return {p: statistics.median(t) for p, t in times.items()}
 
 
-def ingest_cpu(folder: Path, plugin_path: str, rounds: int) -> dict[str, tuple[float, float]]:
+def ingest_cpu(folder: Path, rounds: int) -> dict[str, tuple[float, float]]:
     """Median (report seconds, stage CPU seconds of all processes) without / with."""
-    base = ":".join(p for p in os.environ.get("PYTHONPATH", "").split(":") if p != plugin_path)
-    paths = {"pydicom": base, "pylibjpeg": f"{base}:{plugin_path}"}
+    hiding = Path(tempfile.mkdtemp(dir="/tmp"))
+    (hiding / "sitecustomize.py").write_text(HIDE_PYLIBJPEG_RLE)
+    base = os.environ.get("PYTHONPATH", "")
+    paths = {"pydicom": f"{hiding}:{base}", "pylibjpeg": base}
     times: dict[str, list[tuple[float, float]]] = {p: [] for p in PLUGINS}
     for _ in range(rounds):
         for plugin, path in paths.items():
@@ -97,6 +111,7 @@ def ingest_cpu(folder: Path, plugin_path: str, rounds: int) -> dict[str, tuple[f
             stages = [s for each in report["stage_seconds"].values() for s in each.values()]
             cpu = sum(s["cpu"] for s in stages)
             times[plugin].append((report["seconds"], cpu))
+    shutil.rmtree(hiding)
     medians = {}
     for plugin, measured in times.items():
         seconds, cpu = zip(*measured, strict=True)
@@ -108,18 +123,17 @@ def main() -> None:
     """Print both measurements for each folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
-    parser.add_argument("--plugin-path", required=True, help="where pylibjpeg-rle is installed")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if "pylibjpeg" not in get_decoder(RLELossless).available_plugins:
-        sys.exit("run with --plugin-path on PYTHONPATH too: the decode compares both plugins")
+        sys.exit("pylibjpeg-rle is not installed: the decode compares both plugins")
     for folder in args.folders:
         frames = rle_frames(folder)
         cpu = decode_cpu(frames, args.rounds)
         each = ", ".join(f"{p} {ms:.3f}" for p, ms in cpu.items())
         ratio = cpu["pydicom"] / cpu["pylibjpeg"]
         print(f"{folder}: {len(frames)} RLE frames, CPU ms per frame {each}, ratio {ratio:.2f}")
-        ingest = ingest_cpu(folder, args.plugin_path, args.rounds)
+        ingest = ingest_cpu(folder, args.rounds)
         each = ", ".join(f"{p} {s:.2f} s / {c:.2f} s CPU" for p, (s, c) in ingest.items())
         print(f"{folder}: ingest, 1 worker, report seconds / stage CPU: {each}")
 

@@ -21,7 +21,7 @@ from pydicom.pixels import get_decoder, pixel_array, unpack_bits
 from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
-from pacs_engine import Archive, open_archive
+from pacs_engine import Archive, cli, open_archive
 from pacs_engine.codecs import CodecError
 
 #: The flag of an instance archived without a decoder for its frames.
@@ -188,23 +188,31 @@ def test_a_one_bit_rle_segmentation_is_decoded_by_pylibjpeg_rle_and_kept(tmp_pat
 
 
 def test_a_one_bit_rle_segmentation_is_kept_flagged_without_pylibjpeg_rle(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without pylibjpeg-rle (pydicom's RLE decoder keeps only its own plugin) no decoder
-    reads 1-bit RLE: the file is archived as received and flagged in its row and the report;
-    `verify` checks its bytes; the export is exact; reading its pixels says why not, and
-    gives them once pylibjpeg-rle is there."""
-    without_pylibjpeg_rle(monkeypatch)
+    reads 1-bit RLE: the file is archived as received and flagged in its row, the report,
+    the preflight and the CLI's summary; `verify` checks its bytes; the export is exact;
+    reading its pixels says why not, and gives them once pylibjpeg-rle is there."""
+    without_pylibjpeg_rle(monkeypatch)  # in this process: the CLI runs here (cli.main)
     source = tmp_path / "src"
     ds = write_one_bit_rle(source)
     with pytest.raises(RuntimeError, match="1 bits allocated"):  # why it is flagged
         _ = pydicom.dcmread(source / "liver_rle.dcm").pixel_array
+    assert cli.main(["scan", "--preflight", "--json", str(source)]) == 0
+    (predicted,) = map(json.loads, capsys.readouterr().out.splitlines())
+    assert "decoded" not in predicted and predicted["outcome"] == "archived"
 
     archive = Archive.create(tmp_path / "a")
     report = archive.ingest([source], workers=0)
     (reason,) = report.not_verified
     assert report.archived == 1 and FLAG in reason and "RLE Lossless" in reason
     assert "pylibjpeg-rle is not installed" in reason
+    assert predicted["not_verified"] == reason
+    assert (
+        cli.main(["ingest", str(source), "--archive", str(tmp_path / "b"), "--workers", "0"]) == 0
+    )
+    assert f"archived         1  {reason}" in capsys.readouterr().out
     row = archive.index.get(ds.SOPInstanceUID)
     assert row["not_verified"] == reason and row["pixel_hash"] is None
     assert archive.export_bytes(ds.SOPInstanceUID) == (source / "liver_rle.dcm").read_bytes()

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -61,7 +62,9 @@ def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> Non
     assert _probe(probe) == "[]"
 
 
-def test_a_command_line_builds_its_commands_parser_alone() -> None:
+def test_a_command_line_builds_its_commands_parser_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`pacs-engine ingest ...` imports no other command's module (about 0.03 s of CPU),
     and its parser reads a command line as the whole parser does."""
     probe = (
@@ -73,6 +76,7 @@ def test_a_command_line_builds_its_commands_parser_alone() -> None:
     assert vars(build_parser("ingest").parse_args(argv)) == vars(build_parser().parse_args(argv))
     with pytest.raises(SystemExit):  # not a command: the whole parser says which are
         build_parser("no-such-command").parse_args(["no-such-command"])
+    assert "'ingest'" in capsys.readouterr().err
 
 
 def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
@@ -192,11 +196,22 @@ class _CannotSpawn:
         raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
 
 
-def test_workers_that_cannot_be_forked_early_leave_the_error_to_the_first_task() -> None:
+def test_workers_that_cannot_be_forked_early_leave_the_error_to_the_first_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The thread that forks a pool's workers ends quietly when it cannot (an error from a
     thread prints "Exception in thread" over the CLI's output); the caller's own submit
     meets the same error and reports it."""
-    executors._fork_workers(cast(Any, _CannotSpawn()), 2)
+    uncaught: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
+    thread = threading.Thread(target=executors._fork_workers, args=(_CannotSpawn(), 2))
+    thread.start()
+    thread.join(LIMIT_S)
+    assert not thread.is_alive() and uncaught == []
+    executor = object.__new__(executors.LocalExecutor)  # its pool alone, no forkserver
+    executor.pool = cast(Any, _CannotSpawn())
+    with pytest.raises(OSError, match=os.strerror(errno.EAGAIN)):
+        executor.submit(os.getpid)
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:

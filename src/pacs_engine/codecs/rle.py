@@ -54,8 +54,6 @@ class DicomRleCoder(BitstreamCodec):
             # decoder and the ingest's `except Exception` would not catch either.
             if type(error).__name__ != "PanicException":
                 raise
-            if plugin:
-                raise CodecError(f"{self.codec_name}: {plugin} fails on it: {error}") from None
             frame = super()._decode_pydicom(data, shape, "pydicom")
         # pylibjpeg-rle gives a 1-bit segment's bytes as they are: a byte above 1 is no 1-bit
         # pixel, and no native 1-bit file holds it (PS3.5 G.2 pads each pixel to a byte).
