@@ -644,6 +644,8 @@ def test_a_rebuild_orders_a_delete_by_no_worker_clock(
     _cli("correct", root, "delete", "--uid", deleted, "--reason", "x")
 
     class Lagging:  # the clock of a worker on another host, an hour behind
+        strftime = staticmethod(time.strftime)  # the pack's name
+
         @staticmethod
         def time_ns() -> int:
             return time.time_ns() - 3600 * 10**9
