@@ -150,7 +150,9 @@ def write_copied_part(
             mine = (instance.source_array, series_uid)
             if mine not in arrays:
                 arrays[mine], meta = _array_for(pixels, source, *mine)
-                if meta is not None:  # no frames yet (its spec learnt: no read back)
+                # Two source arrays of a series can share a key (its folder of today and
+                # the one earlier versions gave it): one array here, one zarr.json.
+                if meta is not None and arrays[mine] not in starts:  # no frames yet
                     files.append(pixels.new_array_file(arrays[mine], meta))
                     starts[arrays[mine]] = 0
             path = arrays[mine]
