@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from functools import cache
 from pathlib import Path
 
+import google_crc32c
 import imagecodecs
 import numpy as np
 import pacs_engine._native.jpegls as native_jpegls
@@ -686,12 +687,25 @@ def test_pack_shard_index_at_start(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("location", ["end", "start"])
-def test_shard_parts_are_the_chunks_themselves_and_join_to_the_packed_shard(location: str) -> None:
-    """A shard written part by part is byte for byte the packed one, and its chunk parts are
-    the encoded chunks' own buffers (no copy of a shard into one buffer before writing)."""
+def test_shard_parts_are_the_chunks_themselves_and_join_to_the_specs_layout(location: str) -> None:
+    """A shard written part by part is byte for byte the sharding spec's layout (built here
+    by hand: chunks back to back, an index of little-endian (offset, length) pairs, absent
+    ones all ones, and the index's crc32c), and its chunk parts are the encoded chunks' own
+    buffers (no copy of a shard into one buffer before writing)."""
     chunks = [b"first", None, b"", b"x" * 1000, None]
     parts = shard_parts(chunks, location)
-    assert b"".join(parts) == pack_shard(chunks, location)
+    index_size = 16 * len(chunks) + 4
+    offset = index_size if location == "start" else 0
+    table = b""
+    for chunk in chunks:
+        if chunk is None:
+            table += b"\xff" * 16
+        else:
+            table += offset.to_bytes(8, "little") + len(chunk).to_bytes(8, "little")
+            offset += len(chunk)
+    index = table + google_crc32c.value(table).to_bytes(4, "little")
+    stored = b"first" + b"x" * 1000
+    assert b"".join(parts) == (stored + index if location == "end" else index + stored)
     body = parts[:-1] if location == "end" else parts[1:]
     assert [id(p) for p in body] == [id(chunks[0]), id(chunks[2]), id(chunks[3])]
     with pytest.raises(ValueError, match="index_location"):

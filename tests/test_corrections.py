@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -22,6 +23,7 @@ from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.corrections import FAULT_VARIABLE, Corrections
 from pacs_engine.archive.rebuild import rebuild_index
+from pacs_engine.deid import deidentify, make_key
 from pacs_engine.serve.audit import read_records, verify_chain
 
 CT = "dcm_qa_ct/Philips/S21570"
@@ -642,6 +644,8 @@ def test_a_rebuild_orders_a_delete_by_no_worker_clock(
     _cli("correct", root, "delete", "--uid", deleted, "--reason", "x")
 
     class Lagging:  # the clock of a worker on another host, an hour behind
+        strftime = staticmethod(time.strftime)  # the pack's name
+
         @staticmethod
         def time_ns() -> int:
             return time.time_ns() - 3600 * 10**9
@@ -744,3 +748,54 @@ def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path:
     assert corrected.StudyDate == original.StudyDate
     assert _pixel_digest(corrected) == _pixel_digest(original)
     _verify(tmp_path / "A")
+
+
+def test_a_series_appended_to_after_its_trash_is_emptied_archives_and_reads_back(
+    archive: Path, pristine, tmp_path: Path
+) -> None:
+    """Emptying the trash leaves a deleted instance's chunks absent in a shard that keeps
+    its frame count; a research copy appending to that shard then keeps the absent
+    entries as absent (it failed: "a frame ... is missing from shard 0")."""
+    by_sop = pristine[1]
+    key = make_key(tmp_path / "key")
+    research = tmp_path / "R"
+    deidentify(archive, research, key, workers=0)
+    # The three MR files: one series, one array, one partly full shard (in both archives).
+    mr = [sop for sop, p in by_sop.items() if p.name in ("00.dcm", "01.dcm", "02.dcm")]
+    with open_archive(research) as opened:
+        by_array: dict[str, list] = {}
+        for row in opened.index:
+            if row.get("pixels"):
+                by_array.setdefault(row["pixels"]["array"], []).append(row)
+    array, in_shard = next(
+        (a, r)
+        for a, r in by_array.items()
+        if a.endswith("256x256x1_u2_b12_MONOCHROME2_native") and len(r) == 3
+    )
+    gone = next(r for r in in_shard if r["pixels"]["first_frame"] == 1)["SOPInstanceUID"]
+    _cli("correct", research, "delete", "--uid", gone, "--reason", "withdrawn")
+    _cli("trash", research, "--empty", "--older-than", "0")
+    # One more instance of the series in the archive of record, copied after the others.
+    extra = _read(by_sop[mr[0]])
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    extra.InstanceNumber = 99
+    (tmp_path / "more").mkdir()
+    extra.save_as(tmp_path / "more" / "extra.dcm")
+    _cli("ingest", "--archive", archive, tmp_path / "more", "--workers", "0")
+    deidentify(archive, research, key, workers=0)
+    with open_archive(archive) as source, open_archive(research) as copy:
+        kept = [r for r in copy.index if (r.get("pixels") or {}).get("array") == array]
+        # The deleted one (still in the archive of record) is copied again, after the others.
+        frames = {r["SOPInstanceUID"]: r["pixels"]["first_frame"] for r in kept}
+        assert len(frames) == 4 and frames[gone] >= 3 and 1 not in frames.values()
+        theirs = [
+            pydicom.dcmread(BytesIO(source.export_bytes(sop)))
+            for sop in [*mr, extra.SOPInstanceUID]
+        ]
+        for row in kept:
+            ours = pydicom.dcmread(BytesIO(copy.export_bytes(row["SOPInstanceUID"])))
+            assert any(
+                ours.InstanceNumber == t.InstanceNumber and ours.PixelData == t.PixelData
+                for t in theirs
+            ), row["SOPInstanceUID"]
+    _verify(research)

@@ -30,8 +30,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_engine import storage
-from pacs_engine.archive.blobs import BlobError, HeaderBlob, PackReader, rows_sidecar
-from pacs_engine.archive.copies import read_stored_many
+from pacs_engine.archive import copies
+from pacs_engine.archive.blobs import NATIVE, BlobError, HeaderBlob, PackReader, rows_sidecar
+from pacs_engine.archive.copies import CopiedInstance, read_stored_many, write_copied_part
 from pacs_engine.archive.format import FORMAT_VERSION, ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
 from pacs_engine.archive.rebuild import rebuild_index
@@ -800,6 +801,56 @@ def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None
     assert names == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
     assert [p.name for p in pixels.unreferenced_files("s/a", {0, 2})] == ["c.1.0.0"]
     assert (pixels.open_array("s/a")[:] == 0).all()  # zarr reads the flat keys
+
+
+def test_two_source_arrays_of_one_key_are_one_array_with_one_zarr_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A series' arrays of the same key in two source folders (today's and the one earlier
+    versions gave it) are one array of the copy: its zarr.json is written once in the part,
+    and each instance's frame reads back as its source's."""
+    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=4)
+    meta = json.loads(array_metadata(spec, {}))
+    source = PixelStore(tmp_path / "pixels")
+    source.create()
+    for folder, value in (("a", 1), ("b", 2)):
+        frame = np.full(16, value, "<u2").tobytes()
+        for path, data in [
+            source.new_array_file(f"{folder}/k", meta),
+            *source.shard_files(f"{folder}/k", 0, [frame]),
+        ]:
+            storage.write_atomic(path, data)
+        source.set_frames(f"{folder}/k", 1)
+    calls: list[list[Path]] = []
+    write_together = copies._write_together
+    monkeypatch.setattr(
+        copies,
+        "_write_together",
+        lambda files: (calls.append([p for p, _ in files]), write_together(files))[1],
+    )
+    instances = [
+        CopiedInstance(
+            {
+                "SOPInstanceUID": f"1.2.3.{n}",
+                "SeriesInstanceUID": "1.2.3",
+                "StudyInstanceUID": "1.2",
+            },
+            HeaderBlob(NATIVE, b"x"),
+            f"{folder}/k",
+            source.read_chunks(f"{folder}/k", 0, 1),
+            1,
+        )
+        for n, folder in enumerate("ab")
+    ]
+    with Archive.open_or_create(tmp_path / "R") as research:
+        rows = write_copied_part(research, source, instances)
+        assert [r["pixels"] for r in rows] == [
+            {"array": "1.2.3/k", "first_frame": 0, "frames": 1},
+            {"array": "1.2.3/k", "first_frame": 1, "frames": 1},
+        ]
+        array_json = research.pixels.root / "1.2.3" / "k" / "zarr.json"
+        assert calls[0].count(array_json) == 1
+        assert research.pixels.read_frames("1.2.3/k", [0, 1])[:, 0, 0].tolist() == [1, 2]
 
 
 def test_zarr_json_is_the_indented_dump_for_any_frame_count_and_kind() -> None:

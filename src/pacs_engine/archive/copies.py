@@ -150,7 +150,9 @@ def write_copied_part(
             mine = (instance.source_array, series_uid)
             if mine not in arrays:
                 arrays[mine], meta = _array_for(pixels, source, *mine)
-                if meta is not None:  # no frames yet (its spec learnt: no read back)
+                # Two source arrays of a series can share a key (its folder of today and
+                # the one earlier versions gave it): one array here, one zarr.json.
+                if meta is not None and arrays[mine] not in starts:  # no frames yet
                     files.append(pixels.new_array_file(arrays[mine], meta))
                     starts[arrays[mine]] = 0
             path = arrays[mine]
@@ -201,11 +203,12 @@ def _array_for(
 
 def _pack_files(
     archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]]
-) -> list[tuple[Path, bytes]]:
-    """The part's header blobs of one series as one pack, its rows file beside it
-    (docs/archive.md); the rows get their `header` reference."""
+) -> list[tuple[Path, bytes | list[bytes]]]:
+    """The part's header blobs of one series as one pack (its blobs as parts, written one
+    after the other: not joined first), its rows file beside it (docs/archive.md); the
+    rows get their `header` reference."""
     for row, blob in blobs:
         row["header_sha256"] = hashlib.sha256(blob).hexdigest()
     data = [blob for _, blob in blobs]
     name, sidecar = pack_blobs(series_uid, [row for row, _ in blobs], data)
-    return [(archive.path / name, b"".join(data)), (archive.path / rows_sidecar(name), sidecar)]
+    return [(archive.path / name, data), (archive.path / rows_sidecar(name), sidecar)]

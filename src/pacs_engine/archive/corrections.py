@@ -48,7 +48,7 @@ from pacs_engine.archive.prepare import (
     prepare,
 )
 from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
-from pacs_engine.codecs.sharding import EMPTY, pack_shard
+from pacs_engine.codecs.sharding import EMPTY, shard_parts
 from pacs_engine.errors import ScanError
 from pacs_engine.index.keys import identity_key
 from pacs_engine.index.query import PATIENT_KEYWORDS
@@ -714,9 +714,9 @@ class Corrections:
                 frame = shard * per_shard + k // per_frame
                 dropped = frame in frames or offset == EMPTY
                 chunks.append(None if dropped else data[offset : offset + length])
-            packed = pack_shard(chunks)
-            write_atomic(file, packed)
-            freed += len(data) - len(packed)
+            parts = shard_parts(chunks)
+            write_atomic(file, parts)
+            freed += len(data) - sum(map(len, parts))
         return freed
 
 

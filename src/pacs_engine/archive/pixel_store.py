@@ -582,7 +582,7 @@ class PixelStore:
             shard = frame // per_shard
             start = shard * per_shard
             stop = min(start + per_shard, first + count)
-            kept = self.read_chunks(path, start, frame) if frame > start else []
+            kept = self._kept_chunks(path, shard, frame - start) if frame > start else []
             new = chunks[(frame - first) * per_frame : (stop - first) * per_frame]
             inner: list[bytes | None] = [*kept, *new]
             inner += [None] * (per_shard * per_frame - len(inner))
@@ -592,6 +592,21 @@ class PixelStore:
             files.append((Path(file), shard_parts(inner)))
             frame = stop
         return files
+
+    def _kept_chunks(self, path: str, shard: int, frames: int) -> list[bytes | None]:
+        """The chunks of the shard's first `frames` frames as stored, None for an absent
+        one: emptying the trash drops a deleted instance's chunks from its shard
+        (corrections._drop_frames) and keeps the array's frame count, so a shard appended
+        to may have holes, which it keeps."""
+        per_frame = self.grid(path)[1]
+        held = self._open_shard(path, shard, f"{path}: shard {shard}")
+        table = held.table[: frames * per_frame].tolist()
+        stored = [(o, n) for o, n in table if o != EMPTY]
+        if not stored:
+            return [None] * len(table)
+        begin = stored[0][0]  # chunks are stored back to back, in order
+        data = os.pread(held.fd, stored[-1][0] + stored[-1][1] - begin, begin)
+        return [None if o == EMPTY else data[o - begin : o + n - begin] for o, n in table]
 
     def read_chunks(self, path: str, start: int, stop: int) -> list[bytes]:
         """The stored (encoded) chunks of frames [start, stop), read from the shards as is.

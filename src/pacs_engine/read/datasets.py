@@ -186,11 +186,7 @@ def _geometry(spacing: np.ndarray, affine: np.ndarray, corner: Sequence[int]) ->
     """spacing and the LPS and RAS affines of an item whose index (0, 0, 0) is `corner`."""
     lps = affine.copy()
     lps[:3, 3] = affine[:3, :3] @ np.asarray(corner, np.float64) + affine[:3, 3]
-    return {
-        "spacing": spacing.copy(),
-        "affine_lps": lps,
-        "affine_ras": LPS_TO_RAS @ lps,
-    }
+    return dict(zip(GEOMETRY_KEYS, (spacing.copy(), lps, LPS_TO_RAS @ lps), strict=True))
 
 
 def _instance_conditions(instance_query: Mapping[str, Any] | None) -> list[Condition]:
