@@ -572,10 +572,16 @@ def test_a_worker_reuses_the_memory_it_frees() -> None:
     """In a fresh process, 8 MiB allocated again after being freed costs hundreds of page
     faults with glibc's defaults (fresh heap), next to none once a pool worker's start-up
     (`keep_freed_memory`) ran; the importing process keeps its allocator as it was."""
+    # glibc raises its mmap threshold as it frees large blocks, so what the imports freed
+    # would decide the default case: fixing the threshold at glibc's default (which also
+    # stops the raises) makes it the same in every environment; a worker's start-up
+    # setting overrides it.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     faults = {}
     for how in ("default", "worker"):
         done = subprocess.run(
             [sys.executable, "-c", _REALLOCATING, how],
+            env=env,
             capture_output=True,
             text=True,
             timeout=120,
