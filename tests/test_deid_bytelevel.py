@@ -204,17 +204,23 @@ def test_odd_lengths_as_found_are_kept_and_rewritten_ones_made_even() -> None:
     assert dummy in result
 
 
+def _table_files() -> list[bytes]:
+    """The table's data set as a file in implicit, then explicit VR little endian."""
+    files = []
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        ds, _ = _dataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        files.append(_bytes(ds))
+    return files
+
+
 def test_served_values_are_kept_apart_by_encoding_and_match_pydicom() -> None:
     """The emptied and dummy elements the native splice serves from `Rules.served` (after
     the first of each (tag, VR)): one engine de-identifying the table's data set in
     implicit, explicit, then implicit VR again writes what the pydicom path writes each
     time, and has served elements of each encoding."""
     fast, slow = _pair(())
-    files = []
-    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
-        ds, _ = _dataset()
-        ds.file_meta.TransferSyntaxUID = syntax
-        files.append(_bytes(ds))
+    files = _table_files()
     for data in [*files, files[0]]:
         ours, theirs = fast.apply(data), slow.apply(data)
         assert ours.fallback is None
@@ -231,11 +237,7 @@ def test_mapped_uid_elements_are_given_again_as_pydicom_maps_them() -> None:
     starts without that memory), write what the pydicom path writes; the SOP Instance UID,
     whose mapped value the file meta repeats, is never taken from it."""
     fast, slow = _pair(())
-    files = []
-    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
-        ds, _ = _dataset()
-        ds.file_meta.TransferSyntaxUID = syntax
-        files.append(_bytes(ds))
+    files = _table_files()
     theirs = [slow.apply(data) for data in files]
     for engine in (fast, fast, pickle.loads(pickle.dumps(fast))):
         for data, expected in zip(files, theirs, strict=True):
