@@ -206,7 +206,8 @@ def _pack_files(
 ) -> list[tuple[Path, bytes | list[bytes]]]:
     """The part's header blobs of one series as one pack (its blobs as parts, written one
     after the other: not joined first), its rows file beside it (docs/archive.md); the
-    rows get their `header` reference."""
+    rows get their `header` reference and their blob's bytes in `stored_bytes`, as an
+    ingest's rows do (`blobs.place_blobs`)."""
     for row, blob in blobs:
         row["header_sha256"] = hashlib.sha256(blob).hexdigest()
     data = [blob for _, blob in blobs]
