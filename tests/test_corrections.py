@@ -18,8 +18,8 @@ import pytest
 from conftest import require_corpus, run_cli
 
 from pacs_engine import open_archive as ingest_archive
-from pacs_engine.archive import blobs, open_archive
-from pacs_engine.archive.archive import _disk_bytes
+from pacs_engine.archive import blobs, corrections, open_archive
+from pacs_engine.archive.archive import Archive, _disk_bytes
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.corrections import FAULT_VARIABLE, Corrections
 from pacs_engine.archive.rebuild import rebuild_index
@@ -510,6 +510,42 @@ def test_rebuild_index_keeps_deleted_instances_deleted(archive: Path, pristine, 
         assert row is not None and row["source_path"] == str(again)
         assert "versions" not in row  # the deleted rows are not its earlier versions
     _verify(archive)
+
+
+def test_a_deletes_source_keys_are_split_by_name_without_a_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys a delete forgets in the journal: each version's and duplicate's, and the zip
+    or tar holding a member, told by the name alone: `ct::copy` is a path (even beside an
+    archive folder named `ct`), `a.zip::x::y` a member of `a.zip`; no file is stat'ed."""
+    monkeypatch.chdir(tmp_path)
+    Archive.create(tmp_path / "ct").close()  # `ct::copy` would stat `ct/archive.json`
+    earlier = {"source_path": "ct::copy", "SOPInstanceUID": "1.2"}
+    row = {
+        "SOPInstanceUID": "1.2",
+        "source_path": "in/a.zip::x::y",
+        "versions": [earlier, {"current": True}],
+        "duplicates": [{"path": "b.TAR.GZ::m.dcm", "sha256": ""}, {"path": "c.dcm::z"}],
+    }
+    stats: list[object] = []
+    real_stat = os.stat
+
+    def counted(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        stats.append(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted)
+    keys = list(corrections._source_keys(row))
+    monkeypatch.undo()
+    assert stats == []
+    assert keys == [
+        "ct::copy",
+        "in/a.zip::x::y",
+        "in/a.zip",
+        "b.TAR.GZ::m.dcm",
+        "b.TAR.GZ",
+        "c.dcm::z",
+    ]
 
 
 def test_rebuild_index_after_a_crash_amid_what_follows_a_commit(archive: Path, pristine) -> None:

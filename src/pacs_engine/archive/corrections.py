@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pacs_engine.archive.archive import _disk_bytes
 from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.input_keys import archive_kind, split_key
+from pacs_engine.archive.input_keys import split_archive_key
 from pacs_engine.archive.prepare import (
     Prepared,
     PrepareError,
@@ -768,9 +768,10 @@ def _source_keys(row: Row) -> Iterator[str]:
     keys += [d["path"] for d in row.get("duplicates", [])]
     for key in keys:
         yield key
-        container, member = split_key(key)
-        # An archive folder's instances have no identity entry, nor has the folder.
-        if member is not None and archive_kind(container) is not None:
+        # By the name alone: an archive folder's instances have no identity entry, nor has
+        # the folder, so there is no need to stat `<prefix>/archive.json` at each `::`.
+        container, member = split_archive_key(key)
+        if member is not None:
             yield container
 
 
