@@ -24,6 +24,7 @@ from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.corrections import FAULT_VARIABLE, Corrections
 from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.deid import deidentify, make_key
+from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import read_records, verify_chain
 
 CT = "dcm_qa_ct/Philips/S21570"
@@ -253,6 +254,38 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
     _cli("correct", archive, "--undo", _last_id(archive))
     _originals_exported(archive, tmp_path / "after-undo", by_sop)
     _verify(archive)
+
+
+def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pristine) -> None:
+    """A correction's new pack holds its blobs one after the other, nothing else; each new
+    version's blob reads back through `PackReader` with the corrected value, and its
+    `stored_bytes` is that blob alone (its pixels are the old version's)."""
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^NEW",
+        "--reason",
+        "registration error",
+    )
+    with open_archive(archive) as opened, blobs.PackReader(archive) as packs:
+        corrected = [r for r in opened.index if r.get("current_reason", "").startswith("corr")]
+        by_pack: dict[str, list[tuple[int, int]]] = {}
+        for row in corrected:
+            where = row["header"]
+            by_pack.setdefault(where["pack"], []).append((where["offset"], where["length"]))
+            header = scan(blobs.scannable(packs.blob(row)))
+            assert header.attributes["PatientName"] == "DOE^NEW"
+            assert row["versions"][-1]["stored_bytes"] == where["length"]
+            assert row["stored_bytes"] == row["versions"][0]["stored_bytes"] + where["length"]
+    assert len(corrected) == 4 and all("/correction-" in pack for pack in by_pack)
+    for pack, places in by_pack.items():
+        ends = [0] + [offset + length for offset, length in sorted(places)]
+        assert [offset for offset, _ in sorted(places)] == ends[:-1]
+        assert (archive / pack).stat().st_size == ends[-1]
 
 
 def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:

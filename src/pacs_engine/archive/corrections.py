@@ -38,7 +38,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pacs_engine.archive.archive import _disk_bytes
-from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
+from pacs_engine.archive.blobs import (
+    PACK_SUFFIX,
+    dump_rows,
+    load_rows,
+    place_blobs,
+    rows_sidecar,
+)
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.input_keys import split_archive_key
 from pacs_engine.archive.prepare import (
@@ -530,15 +536,13 @@ class Corrections:
             by_folder.setdefault(folder, []).append((row, blob, new_row))
         for folder, items in sorted(by_folder.items()):
             pack = f"{folder}/correction-{correction.id}{PACK_SUFFIX}"
-            data, offset = bytearray(), 0
-            for row, blob, new_row in items:
-                new_row["header"] = {"pack": pack, "offset": offset, "length": len(blob)}
-                data += blob
-                offset += len(blob)
+            data = [blob for _, blob, _ in items]
+            place_blobs(pack, [new_row for _, _, new_row in items], data)
+            for row, _, new_row in items:
                 merged = cast(dict[str, Any], with_version(row, new_row))
                 merged["current_reason"] = f"correction {correction.id}: {correction.kind}"
                 correction.after[row["SOPInstanceUID"]] = cast(Row, merged)
-            write_atomic(self.root / pack, bytes(data))
+            write_atomic(self.root / pack, data)
             correction.new_packs.append(pack)
 
     def _corrected(self, row: Row, values: dict[str, Any], correction_id: str) -> tuple[Row, bytes]:
@@ -581,7 +585,7 @@ class Corrections:
             "source_path": f"correction:{correction_id}",
             "source_sha256": hashlib.sha256(new).hexdigest(),
             "file_size": len(new),
-            "stored_bytes": len(blob),
+            "stored_bytes": 0,  # the old pixels: only its blob, counted when packed
             "ingested_at": _now(),
             "run": f"correction-{correction_id}",
         }
