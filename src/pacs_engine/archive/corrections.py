@@ -707,13 +707,13 @@ class Corrections:
             file = Path(pixels._shard_file(path, shard))
             if not file.is_file():
                 continue
-            data = file.read_bytes()
+            data = memoryview(file.read_bytes())  # the kept chunks: slices, not copies
             fd = os.open(file, os.O_RDONLY)
             try:
                 table = pixels._shard_table(fd, per_shard * per_frame, str(file))
             finally:
                 os.close(fd)
-            chunks: list[bytes | None] = []
+            chunks: list[memoryview | None] = []
             for k, (offset, length) in enumerate(table.tolist()):
                 frame = shard * per_shard + k // per_frame
                 dropped = frame in frames or offset == EMPTY

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from pacs_engine.archive.copies import (
 )
 from pacs_engine.archive.format import ArchiveError, is_pacs_archive
 from pacs_engine.archive.verify import VerifyReport
+from pacs_engine.codecs.sharding import Chunk
 from pacs_engine.deid.engine import Deidentifier, DeidError, HeaderResult
 from pacs_engine.deid.key import Key
 from pacs_engine.deid.profile import table
@@ -280,7 +281,7 @@ def _instance(
     result: HeaderResult,
     new: Row,
     array: str | None,
-    chunks: list[bytes],
+    chunks: Sequence[Chunk],
     frames: int,
 ) -> CopiedInstance:
     """A copied instance: its new row and blob, and the source's stored chunks (`array`,
