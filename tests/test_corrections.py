@@ -18,7 +18,7 @@ import pytest
 from conftest import require_corpus, run_cli
 
 from pacs_engine import open_archive as ingest_archive
-from pacs_engine.archive import blobs, corrections, open_archive
+from pacs_engine.archive import blobs, corrections, open_archive, rebuild
 from pacs_engine.archive.archive import Archive, _disk_bytes
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.corrections import FAULT_VARIABLE, Corrections
@@ -543,6 +543,22 @@ def test_rebuild_index_keeps_deleted_instances_deleted(archive: Path, pristine, 
         assert row is not None and row["source_path"] == str(again)
         assert "versions" not in row  # the deleted rows are not its earlier versions
     _verify(archive)
+
+
+def test_rebuilds_within_one_second_each_keep_the_index_they_replace(
+    archive: Path, pristine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old index is kept as `index.damaged-<second>`: a rebuild in the same second as
+    the one before (two CLI calls apart, as in the test above) keeps it as `...-2`, not
+    renamed onto the first one's (which failed: directory not empty)."""
+    monkeypatch.setattr(rebuild.time, "strftime", lambda *_: "20260101T000000")
+    kept = [rebuild_index(archive).kept_as for _ in range(3)]
+    monkeypatch.undo()
+    stem = archive / "index.damaged-20260101T000000"
+    assert kept == [str(stem), f"{stem}-2", f"{stem}-3"]
+    assert all((Path(name) / "data.mdb").is_file() for name in kept)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(pristine[1])
 
 
 def test_a_deletes_source_keys_are_split_by_name_without_a_stat(
