@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +106,48 @@ def test_ingest_refuses_options_it_would_ignore(tmp_path: Path) -> None:
     same = run_cli("ingest", str(mr), "--archive", str(archive), "--codec", "htj2k", "--json")
     assert same.returncode == 0, same.stderr
     assert json.loads(same.stdout)["archived"] == 1
+
+
+def test_with_dask_an_archive_that_cannot_be_opened_is_said_before_the_scheduler_is_reached(
+    tmp_path: Path,
+) -> None:
+    """`--executor dask` with nobody at the scheduler's address: a bad archive path is said
+    first, in one line (exit 2), with no word of the scheduler; a good archive is opened,
+    then the scheduler is reached and its failure said, and the archive is left unlocked."""
+    ct = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    bad = tmp_path / "a-file"
+    bad.write_bytes(b"not an archive")
+    with socket.socket() as bound:  # a port of 127.0.0.1 bound but not listening: refused
+        bound.bind(("127.0.0.1", 0))
+        scheduler = f"tcp://127.0.0.1:{bound.getsockname()[1]}"
+        dask = ("--executor", "dask", "--scheduler", scheduler, "--no-progress")
+        refused = run_cli("ingest", str(ct), "--archive", str(bad), *dask)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines() == [
+            f"pacs-engine ingest: {bad}: exists and is not a folder"
+        ]
+        assert bad.read_bytes() == b"not an archive"
+        key = tmp_path / "key"
+        assert run_cli("deid-key", str(key)).returncode == 0
+        research = ("--archive", str(tmp_path / "research"), "--deidentify", "--key-file", str(key))
+        copy = run_cli("ingest", str(bad), *research, *dask)
+        assert copy.returncode == 2, copy.stderr
+        assert len(copy.stderr.splitlines()) == 1 and "not a pacs_engine archive" in copy.stderr
+        archive = tmp_path / "archive"
+        fast = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
+        command = ["ingest", str(ct), "--archive", str(archive), *dask]
+        unreached = subprocess.run(
+            [sys.executable, "-m", "pacs_engine.cli", *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=fast,
+        )
+    assert unreached.returncode == 3, unreached.stderr
+    assert scheduler in unreached.stderr
+    done = run_cli("ingest", str(ct), "--archive", str(archive), "--workers", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["archived"] == 1
 
 
 def test_open_or_create_checks_options_against_the_existing_archive(tmp_path: Path) -> None:

@@ -18,12 +18,13 @@ import pytest
 from conftest import require_corpus, run_cli
 
 from pacs_engine import open_archive as ingest_archive
-from pacs_engine.archive import blobs, open_archive
-from pacs_engine.archive.archive import _disk_bytes
+from pacs_engine.archive import blobs, corrections, open_archive, rebuild
+from pacs_engine.archive.archive import Archive, _disk_bytes
 from pacs_engine.archive.blobs import dump_rows, rows_sidecar
 from pacs_engine.archive.corrections import FAULT_VARIABLE, Corrections
 from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.deid import deidentify, make_key
+from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import read_records, verify_chain
 
 CT = "dcm_qa_ct/Philips/S21570"
@@ -253,6 +254,38 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
     _cli("correct", archive, "--undo", _last_id(archive))
     _originals_exported(archive, tmp_path / "after-undo", by_sop)
     _verify(archive)
+
+
+def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pristine) -> None:
+    """A correction's new pack holds its blobs one after the other, nothing else; each new
+    version's blob reads back through `PackReader` with the corrected value, and its
+    `stored_bytes` is that blob alone (its pixels are the old version's)."""
+    _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        "crlab",
+        "--set",
+        "PatientName=DOE^NEW",
+        "--reason",
+        "registration error",
+    )
+    with open_archive(archive) as opened, blobs.PackReader(archive) as packs:
+        corrected = [r for r in opened.index if r.get("current_reason", "").startswith("corr")]
+        by_pack: dict[str, list[tuple[int, int]]] = {}
+        for row in corrected:
+            where = row["header"]
+            by_pack.setdefault(where["pack"], []).append((where["offset"], where["length"]))
+            header = scan(blobs.scannable(packs.blob(row)))
+            assert header.attributes["PatientName"] == "DOE^NEW"
+            assert row["versions"][-1]["stored_bytes"] == where["length"]
+            assert row["stored_bytes"] == row["versions"][0]["stored_bytes"] + where["length"]
+    assert len(corrected) == 4 and all("/correction-" in pack for pack in by_pack)
+    for pack, places in by_pack.items():
+        ends = [0] + [offset + length for offset, length in sorted(places)]
+        assert [offset for offset, _ in sorted(places)] == ends[:-1]
+        assert (archive / pack).stat().st_size == ends[-1]
 
 
 def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:
@@ -510,6 +543,58 @@ def test_rebuild_index_keeps_deleted_instances_deleted(archive: Path, pristine, 
         assert row is not None and row["source_path"] == str(again)
         assert "versions" not in row  # the deleted rows are not its earlier versions
     _verify(archive)
+
+
+def test_rebuilds_within_one_second_each_keep_the_index_they_replace(
+    archive: Path, pristine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old index is kept as `index.damaged-<second>`: a rebuild in the same second as
+    the one before (two CLI calls apart, as in the test above) keeps it as `...-2`, not
+    renamed onto the first one's (which failed: directory not empty)."""
+    monkeypatch.setattr(rebuild.time, "strftime", lambda *_: "20260101T000000")
+    kept = [rebuild_index(archive).kept_as for _ in range(3)]
+    monkeypatch.undo()
+    stem = archive / "index.damaged-20260101T000000"
+    assert kept == [str(stem), f"{stem}-2", f"{stem}-3"]
+    assert all((Path(name) / "data.mdb").is_file() for name in kept)
+    with open_archive(archive) as opened:
+        assert len(opened.index) == len(pristine[1])
+
+
+def test_a_deletes_source_keys_are_split_by_name_without_a_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys a delete forgets in the journal: each version's and duplicate's, and the zip
+    or tar holding a member, told by the name alone: `ct::copy` is a path (even beside an
+    archive folder named `ct`), `a.zip::x::y` a member of `a.zip`; no file is stat'ed."""
+    monkeypatch.chdir(tmp_path)
+    Archive.create(tmp_path / "ct").close()  # `ct::copy` would stat `ct/archive.json`
+    earlier = {"source_path": "ct::copy", "SOPInstanceUID": "1.2"}
+    row = {
+        "SOPInstanceUID": "1.2",
+        "source_path": "in/a.zip::x::y",
+        "versions": [earlier, {"current": True}],
+        "duplicates": [{"path": "b.TAR.GZ::m.dcm", "sha256": ""}, {"path": "c.dcm::z"}],
+    }
+    stats: list[object] = []
+    real_stat = os.stat
+
+    def counted(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        stats.append(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counted)
+    keys = list(corrections._source_keys(row))
+    monkeypatch.undo()
+    assert stats == []
+    assert keys == [
+        "ct::copy",
+        "in/a.zip::x::y",
+        "in/a.zip",
+        "b.TAR.GZ::m.dcm",
+        "b.TAR.GZ",
+        "c.dcm::z",
+    ]
 
 
 def test_rebuild_index_after_a_crash_amid_what_follows_a_commit(archive: Path, pristine) -> None:

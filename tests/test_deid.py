@@ -786,6 +786,44 @@ def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict)
     assert compared > 10 and len(arrays) > 5
 
 
+def _stored_as_written(archive: Archive, row: dict) -> int:
+    """The bytes a row's version wrote that `stored_bytes` counts: its chunks and its blob."""
+    chunks: list[bytes] = []
+    if row["pixels"]:
+        first = row["pixels"]["first_frame"]
+        chunks = archive.pixels.read_chunks(
+            row["pixels"]["array"], first, first + row["pixels"]["frames"]
+        )
+    return sum(map(len, chunks)) + row["header"]["length"]
+
+
+def test_a_copys_stored_bytes_count_what_it_wrote_as_the_ingests_do(made: dict) -> None:
+    """Each row's `stored_bytes`, in the ingested archive and in its copy alike, is its
+    stored chunks plus its header blob as packed; the packs hold nothing else, and a copy
+    differs from its source by the size of its new blob alone (the chunks are the same)."""
+    root = made["root"]
+    key = Key.load(made["key"])
+    compared = 0
+    with (
+        open_archive(root / "record") as record,
+        open_archive(root / "research") as research,
+    ):
+        for archive in (record, research):
+            rows = list(archive.index)
+            for row in rows:
+                assert row["stored_bytes"] == _stored_as_written(archive, row), row["source_path"]
+            packs = sum(p.stat().st_size for p in archive.path.rglob("*.pack"))
+            assert packs == sum(row["header"]["length"] for row in rows)
+        for row in record.index:
+            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
+            if copied is None:
+                continue
+            mine, theirs = copied["header"]["length"], row["header"]["length"]
+            assert copied["stored_bytes"] - mine == row["stored_bytes"] - theirs
+            compared += row["pixels"] is not None
+    assert compared > 15
+
+
 def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None:
     """The shard files of an array with flat chunk keys that no frame uses are found (a
     killed part's), the used ones and the zarr.json are not."""

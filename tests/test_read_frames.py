@@ -255,6 +255,39 @@ def test_a_shard_rewritten_after_a_read_is_read_again(tmp_path: Path) -> None:
         assert np.array_equal(archive.pixels.read_frames(path, [3, 0, 2]), expected[[1, 0, 0]])
 
 
+def test_a_shard_appended_to_is_the_shard_written_in_one_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard appended to is rewritten from its kept chunks, passed on as views of the
+    bytes read (no copy of each), and is byte for byte the shard the same chunks make
+    when written at once; zarr reads it."""
+    files = write_studies(tmp_path / "src", 1, 1, 4, rows=16, columns=16, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="lz4", frames_per_shard=4) as archive:
+        archive.ingest(files, workers=0)
+        path, pixels = _array_path(archive), archive.pixels
+        chunks = pixels.read_chunks(path, 0, 4)
+        assert len(set(chunks)) == 4
+        pixels.write_frames(path, 4, chunks)  # shard 1 in one go
+        passed: list[list] = []
+        real_parts = pixel_store.shard_parts
+
+        def spied(inner: list, *args: object) -> list:
+            passed.append(list(inner))
+            return real_parts(inner, *args)
+
+        monkeypatch.setattr(pixel_store, "shard_parts", spied)
+        for first, stop in ((8, 9), (9, 11), (11, 12)):  # shard 2 a frame or two at a time
+            pixels.write_frames(path, first, chunks[first - 8 : stop - 8])
+        monkeypatch.undo()
+        # Each write after the first passed the frames before it on as views.
+        assert [sum(isinstance(c, memoryview) for c in inner) for inner in passed] == [0, 1, 3]
+        one_go, appended = (Path(pixels._shard_file(path, n)).read_bytes() for n in (1, 2))
+        assert appended == one_go
+        pixels.set_frames(path, 12)
+        array = zarr.open_array(pixels.root / path, mode="r")
+        assert np.array_equal(array[8:12], array[0:4])
+
+
 def test_a_shard_rewritten_by_its_writer_is_not_kept_open(tmp_path: Path) -> None:
     """Appending to a shard reads its frames, then replaces the file: the reader's open
     copy is dropped, so no deleted shard holds its disk space in the writing process."""

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,7 +118,7 @@ class DeferredWrites(set[Path]):
 
 def write_atomic(
     path: str | os.PathLike,
-    data: bytes | bytearray | list[bytes],
+    data: bytes | bytearray | Sequence[bytes | memoryview],
     dirs: set[Path] | None = None,
     *,
     durable: bool = True,
@@ -145,7 +146,7 @@ def write_atomic(
         try:
             with open(fd, "wb") as f:
                 os.fchmod(fd, file_mode(path.parent))
-                for part in data if isinstance(data, list) else (data,):
+                for part in (data,) if isinstance(data, bytes | bytearray) else data:
                     f.write(part)
                 f.flush()
                 if durable and pending is None:

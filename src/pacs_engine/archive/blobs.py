@@ -198,17 +198,30 @@ def pack_blobs(
     series_uid: str, rows: list[Row], blobs: list[bytes], written_ns: int | None = None
 ) -> tuple[str, bytes]:
     """One series' header blobs (`blobs[i]` of `rows[i]`) as one new pack: each row gets its
-    `header` reference; (the pack's name in the archive, its rows file's bytes).
+    `header` reference and its blob counted (`place_blobs`); (the pack's name in the
+    archive, its rows file's bytes).
 
     The rows file holds the rows as they are at the call: a caller's own fields first.
     """
     stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
     name = f"headers/{series_folder(series_uid)}/{stamp}{PACK_SUFFIX}"
+    place_blobs(name, rows, blobs)
+    return name, dump_rows(rows, written_ns)
+
+
+def place_blobs(pack: str, rows: list[Row], blobs: list[bytes]) -> None:
+    """Point each row at its blob (`blobs[i]` of `rows[i]`) in the pack `pack`, the blobs
+    written one after the other, and add the blob's bytes to the row's `stored_bytes`.
+
+    A version's `stored_bytes` is the bytes it added to the archive: its pixel chunks (none
+    when it shares another version's) and its header blob as packed (docs/index.md). Every
+    writer (ingest, copies, corrections) counts the blob here.
+    """
     offset = 0
     for row, blob in zip(rows, blobs, strict=True):
-        row["header"] = {"pack": name, "offset": offset, "length": len(blob)}
+        row["header"] = {"pack": pack, "offset": offset, "length": len(blob)}
+        row["stored_bytes"] = row.get("stored_bytes", 0) + len(blob)
         offset += len(blob)
-    return name, dump_rows(rows, written_ns)
 
 
 def dump_rows(rows: list[Row], written_ns: int | None = None) -> bytes:

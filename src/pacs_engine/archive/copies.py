@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from pacs_engine.archive.blobs import (
 )
 from pacs_engine.archive.pixel_store import PixelStore, decompress
 from pacs_engine.archive.prepare import rebuild_file
+from pacs_engine.codecs.sharding import Chunk
 from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.stages import stage
 from pacs_engine.storage import DeferredWrites, fsync_dirs, write_atomic
@@ -56,21 +58,23 @@ class CopiedInstance:
     row: Row
     blob: HeaderBlob
     source_array: str | None  # the source's array path; None: no pixel data
-    chunks: list[bytes]
+    chunks: Sequence[Chunk]
     frames: int
 
 
-def read_stored_many(source: Archive, rows: list[Row]) -> list[tuple[str | None, list[bytes], int]]:
-    """(array path, stored chunks as they are, frames) of each row, undecoded, with one
-    read per run of rows whose frames follow each other in one array (a series' rows
-    usually do): a shard's index is read once."""
-    out: list[tuple[str | None, list[bytes], int]] = []
+def read_stored_many(
+    source: Archive, rows: list[Row]
+) -> list[tuple[str | None, Sequence[Chunk], int]]:
+    """(array path, stored chunks as they are (views: no copy of each), frames) of each
+    row, undecoded, with one read per run of rows whose frames follow each other in one
+    array (a series' rows usually do): a shard's index is read once."""
+    out: list[tuple[str | None, Sequence[Chunk], int]] = []
     run: list[PixelRef] = []  # frames that follow each other in one array
 
     def flush() -> None:
         if run:
             array, first = run[0]["array"], run[0]["first_frame"]
-            chunks = source.pixels.read_chunks(array, first, first + sum(r["frames"] for r in run))
+            chunks = source.pixels.chunk_views(array, first, first + sum(r["frames"] for r in run))
             per_frame, at = source.pixels.grid(array)[1], 0
             for reference in run:
                 count = reference["frames"] * per_frame
@@ -133,8 +137,8 @@ def write_copied_part(
     # its zarr.json among them, with no frames: a rebuild of the index takes a part as
     # committed when its frames lie within the count (archive/rebuild.py), and a tidy
     # removes the array whole if the commit never comes.
-    files: list[tuple[Path, bytes | list[bytes]]] = []
-    by_array: dict[str, list[bytes]] = {}
+    files: list[tuple[Path, bytes | Sequence[Chunk]]] = []
+    by_array: dict[str, list[Chunk]] = {}
     starts: dict[str, int] = {}
     arrays: dict[tuple[str, str], str] = {}  # this archive's array, by source array and series
     rows: list[Row] = []
@@ -179,7 +183,7 @@ def write_copied_part(
     return rows
 
 
-def _write_together(files: list[tuple[Path, bytes | list[bytes]]]) -> None:
+def _write_together(files: list[tuple[Path, bytes | Sequence[Chunk]]]) -> None:
     """Write `files` atomically and make them durable, synced at once."""
     writes = DeferredWrites()
     for path, data in files:
@@ -203,10 +207,11 @@ def _array_for(
 
 def _pack_files(
     archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]]
-) -> list[tuple[Path, bytes | list[bytes]]]:
+) -> list[tuple[Path, bytes | Sequence[Chunk]]]:
     """The part's header blobs of one series as one pack (its blobs as parts, written one
     after the other: not joined first), its rows file beside it (docs/archive.md); the
-    rows get their `header` reference."""
+    rows get their `header` reference and their blob's bytes in `stored_bytes`, as an
+    ingest's rows do (`blobs.place_blobs`)."""
     for row, blob in blobs:
         row["header_sha256"] = hashlib.sha256(blob).hexdigest()
     data = [blob for _, blob in blobs]

@@ -38,9 +38,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pacs_engine.archive.archive import _disk_bytes
-from pacs_engine.archive.blobs import PACK_SUFFIX, dump_rows, load_rows, rows_sidecar
+from pacs_engine.archive.blobs import (
+    PACK_SUFFIX,
+    dump_rows,
+    load_rows,
+    place_blobs,
+    rows_sidecar,
+)
 from pacs_engine.archive.format import ArchiveError
-from pacs_engine.archive.input_keys import archive_kind, split_key
+from pacs_engine.archive.input_keys import split_archive_key
 from pacs_engine.archive.prepare import (
     Prepared,
     PrepareError,
@@ -530,15 +536,13 @@ class Corrections:
             by_folder.setdefault(folder, []).append((row, blob, new_row))
         for folder, items in sorted(by_folder.items()):
             pack = f"{folder}/correction-{correction.id}{PACK_SUFFIX}"
-            data, offset = bytearray(), 0
-            for row, blob, new_row in items:
-                new_row["header"] = {"pack": pack, "offset": offset, "length": len(blob)}
-                data += blob
-                offset += len(blob)
+            data = [blob for _, blob, _ in items]
+            place_blobs(pack, [new_row for _, _, new_row in items], data)
+            for row, _, new_row in items:
                 merged = cast(dict[str, Any], with_version(row, new_row))
                 merged["current_reason"] = f"correction {correction.id}: {correction.kind}"
                 correction.after[row["SOPInstanceUID"]] = cast(Row, merged)
-            write_atomic(self.root / pack, bytes(data))
+            write_atomic(self.root / pack, data)
             correction.new_packs.append(pack)
 
     def _corrected(self, row: Row, values: dict[str, Any], correction_id: str) -> tuple[Row, bytes]:
@@ -581,7 +585,7 @@ class Corrections:
             "source_path": f"correction:{correction_id}",
             "source_sha256": hashlib.sha256(new).hexdigest(),
             "file_size": len(new),
-            "stored_bytes": len(blob),
+            "stored_bytes": 0,  # the old pixels: only its blob, counted when packed
             "ingested_at": _now(),
             "run": f"correction-{correction_id}",
         }
@@ -703,13 +707,13 @@ class Corrections:
             file = Path(pixels._shard_file(path, shard))
             if not file.is_file():
                 continue
-            data = file.read_bytes()
+            data = memoryview(file.read_bytes())  # the kept chunks: slices, not copies
             fd = os.open(file, os.O_RDONLY)
             try:
                 table = pixels._shard_table(fd, per_shard * per_frame, str(file))
             finally:
                 os.close(fd)
-            chunks: list[bytes | None] = []
+            chunks: list[memoryview | None] = []
             for k, (offset, length) in enumerate(table.tolist()):
                 frame = shard * per_shard + k // per_frame
                 dropped = frame in frames or offset == EMPTY
@@ -768,9 +772,10 @@ def _source_keys(row: Row) -> Iterator[str]:
     keys += [d["path"] for d in row.get("duplicates", [])]
     for key in keys:
         yield key
-        container, member = split_key(key)
-        # An archive folder's instances have no identity entry, nor has the folder.
-        if member is not None and archive_kind(container) is not None:
+        # By the name alone: an archive folder's instances have no identity entry, nor has
+        # the folder, so there is no need to stat `<prefix>/archive.json` at each `::`.
+        container, member = split_archive_key(key)
+        if member is not None:
             yield container
 
 

@@ -7,6 +7,8 @@ path, its duplicates'), and a correction must read them back exactly as ingest w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pacs_engine.archive.format import is_pacs_archive
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -41,12 +43,25 @@ def join_key(container: str, member: str | None) -> str:
 
 
 def split_key(key: str) -> tuple[str, str | None]:
-    """(container, member) of a key: split at the first `::` that follows an archive suffix."""
+    """(container, member) of a key: split at the first `::` that follows an archive suffix
+    or an archive folder (which it stats: `split_archive_key` reads the name alone)."""
+    return _split(key, container_kind)
+
+
+def split_archive_key(key: str) -> tuple[str, str | None]:
+    """(zip or tar, member) of a key, by its name alone (no file is looked at): split at
+    the first `::` that follows a zip or tar suffix; (key, None) for any other key."""
+    return _split(key, archive_kind)
+
+
+def _split(key: str, kind: Callable[[str], str | None]) -> tuple[str, str | None]:
+    """(container, member) of a key: split at the first `::` after which `kind` names the
+    text before it a container."""
     # Containers always end in an archive suffix, so member names may hold `::` freely
     # and a container path may hold `::` anywhere but right after `.zip`, `.tar`...
     start = key.find(SEPARATOR)
     while start != -1:
-        if container_kind(key[:start]) is not None:
+        if kind(key[:start]) is not None:
             return key[:start], key[start + len(SEPARATOR) :]
         start = key.find(SEPARATOR, start + 1)
     return key, None

@@ -37,7 +37,7 @@ from pacs_engine.codecs import CodecError, shard_parts
 from pacs_engine.codecs.blosc import Blosc, blosc_decompress
 from pacs_engine.codecs.native import frame_shape
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, BY_CODEC_NAME
-from pacs_engine.codecs.sharding import EMPTY
+from pacs_engine.codecs.sharding import EMPTY, Chunk
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.storage import legacy_series_folder, series_folder, series_folders, write_atomic
 from pacs_engine.workers import PerProcess
@@ -557,7 +557,7 @@ class PixelStore:
         return spec.frames_per_shard, spec.tiles_per_frame
 
     def write_frames(
-        self, path: str, first: int, chunks: Sequence[bytes], dirs: set[Path] | None = None
+        self, path: str, first: int, chunks: Sequence[Chunk], dirs: set[Path] | None = None
     ) -> None:
         """Store encoded chunks of frames [first, first + n) (tiles in order within a frame).
 
@@ -568,8 +568,8 @@ class PixelStore:
             write_atomic(file, data, dirs)
 
     def shard_files(
-        self, path: str, first: int, chunks: Sequence[bytes]
-    ) -> list[tuple[Path, list[bytes]]]:
+        self, path: str, first: int, chunks: Sequence[Chunk]
+    ) -> list[tuple[Path, list[Chunk]]]:
         """The shard files (and their new bytes, as parts for `write_atomic`) `write_frames`
         writes for these chunks."""
         per_shard, per_frame = self.grid(path)
@@ -584,7 +584,7 @@ class PixelStore:
             stop = min(start + per_shard, first + count)
             kept = self._kept_chunks(path, shard, frame - start) if frame > start else []
             new = chunks[(frame - first) * per_frame : (stop - first) * per_frame]
-            inner: list[bytes | None] = [*kept, *new]
+            inner: list[Chunk | None] = [*kept, *new]
             inner += [None] * (per_shard * per_frame - len(inner))
             file = self._shard_file(path, shard)
             # About to be replaced: an open copy kept would hold the old file's disk space.
@@ -593,7 +593,7 @@ class PixelStore:
             frame = stop
         return files
 
-    def _kept_chunks(self, path: str, shard: int, frames: int) -> list[bytes | None]:
+    def _kept_chunks(self, path: str, shard: int, frames: int) -> list[memoryview | None]:
         """The chunks of the shard's first `frames` frames as stored, None for an absent
         one: emptying the trash drops a deleted instance's chunks from its shard
         (corrections._drop_frames) and keeps the array's frame count, so a shard appended
@@ -605,7 +605,8 @@ class PixelStore:
         if not stored:
             return [None] * len(table)
         begin = stored[0][0]  # chunks are stored back to back, in order
-        data = os.pread(held.fd, stored[-1][0] + stored[-1][1] - begin, begin)
+        # Slices of a view: the shard is rewritten from them with no copy of each chunk.
+        data = memoryview(os.pread(held.fd, stored[-1][0] + stored[-1][1] - begin, begin))
         return [None if o == EMPTY else data[o - begin : o + n - begin] for o, n in table]
 
     def read_chunks(self, path: str, start: int, stop: int) -> list[bytes]:
@@ -614,12 +615,17 @@ class PixelStore:
         Per shard: one read of its index, one read of the bytes of the frames asked
         for (a shard stores its chunks back to back, in order).
         """
+        return [bytes(chunk) for chunk in self.chunk_views(path, start, stop)]
+
+    def chunk_views(self, path: str, start: int, stop: int) -> list[memoryview]:
+        """`read_chunks`' chunks as views of the bytes read (one buffer per shard), for a
+        writer that passes them on (`shard_files`) with no copy of each."""
         per_shard = self.spec(path).frames_per_shard
-        out: list[bytes] = []
+        out: list[memoryview] = []
         frame = start
         while frame < stop:
             last = min(stop, (frame // per_shard + 1) * per_shard)
-            out += map(bytes, self._shard_chunks(path, frame, last))
+            out += self._shard_chunks(path, frame, last)
             frame = last
         return out
 

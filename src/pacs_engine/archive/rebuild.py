@@ -110,12 +110,22 @@ def _rebuild(root: Path) -> Rebuilt:
         index.close()
     old = root / "index"
     if old.exists():
-        damaged = root / f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        damaged = _unused(root / f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
         old.rename(damaged)
         rebuilt.kept_as = str(damaged)
     building.rename(old)
     fsync_dir(root)
     return rebuilt
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`... the first that does not exist: a second rebuild
+    within the same second would rename the index onto the first one's (ENOTEMPTY)."""
+    found, n = path, 1
+    while found.exists():  # the writer lock is held: no other rebuild picks it meanwhile
+        n += 1
+        found = path.with_name(f"{path.name}-{n}")
+    return found
 
 
 @dataclass

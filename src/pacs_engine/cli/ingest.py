@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -207,7 +208,6 @@ def _keep_private(values: list[str]) -> list[tuple[str, int]]:
 def cmd_deidentify(args: argparse.Namespace) -> int:
     """Copy an archive of record into a de-identified research archive."""
     from pacs_engine.deid.run import deidentify
-    from pacs_engine.executors import make_executor
     from pacs_engine.ingest import IngestStopped
 
     if len(args.sources) != 1 or not args.key_file:
@@ -225,8 +225,8 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
         keep_private = _keep_private(args.keep_private)
     except ValueError as error:
         return fail("ingest", str(error), 2)
-    # Local work: `deidentify` chooses, from the source's size, this process or workers.
-    executor = make_executor(None, args.scheduler) if args.executor == "dask" else None
+    # Local work: `deidentify` chooses, from the source's size, this process or workers; a
+    # Dask cluster it reaches once the archives are open (what is wrong with them first).
     try:
         report = deidentify(
             args.sources[0],
@@ -237,7 +237,7 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
             burned_in=args.burned_in,
             safe_private=keep_private,
             workers=args.workers,
-            executor=executor,
+            scheduler=args.scheduler if args.executor == "dask" else None,
             codec=args.codec,
             transcode=args.transcode,
             group=args.group,
@@ -246,9 +246,6 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
         )
     except IngestStopped as error:
         return fail("ingest", str(error), 3)
-    finally:
-        if executor is not None:
-            executor.close()
     summary = report.to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -307,16 +304,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return fail(
             "ingest", "--key-file, --option, --keep-private and --burned-in need --deidentify", 2
         )
+    if args.executor == "dask":
+        # The cluster is reached once the archive is open: an archive that cannot be opened
+        # is said at once, not after an unreachable scheduler's connect timeout (30 s).
+        return _ingest(args, None)
     # First: local workers fork (as the forkserver is ready) while this process imports.
-    executor = make_executor(args.workers, args.scheduler if args.executor == "dask" else None)
+    executor = make_executor(args.workers)
     try:
         return _ingest(args, executor)
     finally:
         executor.close()
 
 
-def _ingest(args: argparse.Namespace, executor: Executor) -> int:
-    """`cmd_ingest` once its executor is made (the caller closes it)."""
+def _ingest(args: argparse.Namespace, executor: Executor | None) -> int:
+    """`cmd_ingest` once its local executor is made (the caller closes it); None: the Dask
+    executor of `args.scheduler`, made (and closed) here once the archive is open."""
+    from pacs_engine.executors import make_executor
     from pacs_engine.ingest import IngestStopped
     from pacs_engine.ingest.archive import Archive
     from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
@@ -335,7 +338,10 @@ def _ingest(args: argparse.Namespace, executor: Executor) -> int:
         return fail("ingest", str(error), 2)
     bar = _IngestBar(shows_progress(args))
     try:
-        with archive:
+        with archive, contextlib.ExitStack() as stack:
+            if executor is None:
+                executor = make_executor(None, args.scheduler)
+                stack.callback(executor.close)
             report = archive.ingest(
                 args.sources,
                 executor=executor,

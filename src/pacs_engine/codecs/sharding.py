@@ -19,6 +19,8 @@ DEFAULT_INDEX_CODECS = [
     {"name": "bytes", "configuration": {"endian": "little"}},
     {"name": "crc32c"},
 ]
+#: A stored chunk: its bytes, or a view of bytes read from a shard (passed on uncopied).
+Chunk = bytes | memoryview
 
 
 def shard_index(lengths: Sequence[int | None], first_offset: int = 0) -> bytes:
@@ -44,10 +46,10 @@ def pack_shard(chunks: Sequence[bytes | None], index_location: str = "end") -> b
     return b"".join(shard_parts(chunks, index_location))
 
 
-def shard_parts(chunks: Sequence[bytes | None], index_location: str = "end") -> list[bytes]:
+def shard_parts(chunks: Sequence[Chunk | None], index_location: str = "end") -> list[Chunk]:
     """The bytes of `pack_shard(chunks, index_location)` as parts, in order: the chunks
-    themselves and the index, for a writer to write one after the other without first
-    copying a shard (tens of MB) into one buffer."""
+    themselves (views passed through as views) and the index, for a writer to write one
+    after the other without first copying a shard (tens of MB) into one buffer."""
     if index_location not in INDEX_LOCATIONS:
         raise ValueError(f"index_location must be one of {INDEX_LOCATIONS}")
     lengths = [None if c is None else len(c) for c in chunks]

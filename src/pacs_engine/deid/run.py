@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from pacs_engine.archive.copies import (
 )
 from pacs_engine.archive.format import ArchiveError, is_pacs_archive
 from pacs_engine.archive.verify import VerifyReport
+from pacs_engine.codecs.sharding import Chunk
 from pacs_engine.deid.engine import Deidentifier, DeidError, HeaderResult
 from pacs_engine.deid.key import Key
 from pacs_engine.deid.profile import table
@@ -140,6 +141,7 @@ def deidentify(
     group: str | None = None,
     verify: bool = False,
     trust_bitstreams: bool = False,
+    scheduler: str | None = None,
 ) -> DeidReport:
     """Copy every instance of the archive `source` into the archive `research`,
     de-identified by PS3.15 Annex E with `options`; resumable; see the module doc.
@@ -148,7 +150,9 @@ def deidentify(
     `codec`, `transcode` and `group` are options of a new research archive (copied
     pixels keep the source arrays' codec: they are not encoded again); `verify` checks
     the research archive afterwards (`Archive.verify`); `trust_bitstreams` is accepted
-    for the command's sake and changes nothing, since nothing is decoded."""
+    for the command's sake and changes nothing, since nothing is decoded. Without an
+    `executor`, a `scheduler` (a dask.distributed address) is reached only once both
+    archives are open and checked: what is wrong with them is said first."""
     del trust_bitstreams  # nothing is decoded: there is nothing to trust or check
     start = time.monotonic()
     deidentifier = Deidentifier(Key.load(key_file), options, profile, burned_in, safe_private)
@@ -164,9 +168,10 @@ def deidentify(
     own = executor is None
     try:
         with target, open_archive(source) as archive:
-            if executor is None:
-                executor = make_executor(0 if len(archive.index) < IN_PROCESS_BELOW else workers)
             _check_settings(target.path, deidentifier, profile)
+            if executor is None:
+                local = 0 if len(archive.index) < IN_PROCESS_BELOW else workers
+                executor = make_executor(None if scheduler else local, scheduler)
             folder = archive.quarantine.root
             report.source_quarantined = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
             _copy(archive, target, deidentifier, executor, report)
@@ -280,7 +285,7 @@ def _instance(
     result: HeaderResult,
     new: Row,
     array: str | None,
-    chunks: list[bytes],
+    chunks: Sequence[Chunk],
     frames: int,
 ) -> CopiedInstance:
     """A copied instance: its new row and blob, and the source's stored chunks (`array`,

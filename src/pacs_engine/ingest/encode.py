@@ -592,11 +592,10 @@ class PartEncoder:
             # frame encodes: there zstd ran on caches the codec had just filled, ~6x slower
             # (about 160 us a blob instead of 25 on the synth set's 512 x 512 frames).
             packed = [blob.to_bytes() for _, blob, _ in blobs]
-            for (row, _, outcome), data in zip(blobs, packed, strict=True):
-                row["stored_bytes"] += len(data)
-                outcome.stored += len(data)
             rows = [row for row, _, _ in blobs]
             name, sidecar = pack_blobs(part.series_uid, rows, packed, part.written_ns)
+            for row, _, outcome in blobs:
+                outcome.stored = row["stored_bytes"]  # its pixels' and now its blob's
             write_atomic(self.root / name, packed, dirs)
             # What rebuild_index needs beyond the blobs (docs/archive.md).
             write_atomic(self.root / rows_sidecar(name), sidecar, dirs)
