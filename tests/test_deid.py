@@ -657,7 +657,7 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     stopped = root / f"stopped-{where.replace(' ', '-')}"
     with monkeypatch.context() as patch:
         patch.setattr(owner, method, dies)
-        patch.setattr(deid_run, "BATCH", 8)  # several parts, whatever the corpus holds
+        patch.setattr(deid_run, "INLINE_BATCH", 8)  # several parts, whatever the corpus holds
         with pytest.raises(OSError, match="killed"):
             deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
     visible = _research_files(stopped)
@@ -725,7 +725,7 @@ def test_a_parts_zarr_json_is_written_once_with_its_count_and_its_rows_files_nam
             ],
         )
         patch.setattr(PixelStore, "create_array", create_array)
-        patch.setattr(deid_run, "BATCH", 8)  # several parts, some extending an array
+        patch.setattr(deid_run, "INLINE_BATCH", 8)  # several parts, some extending an array
         report = deidentify(root / "record", research, made["key"], OPTIONS, workers=0)
     assert report.balanced and report.staged == made["report"].staged
     kinds = [kind for kind, _ in events]
@@ -761,7 +761,7 @@ def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
 
     with monkeypatch.context() as patch:
         patch.setattr(Index, "commit", dies)
-        patch.setattr(deid_run, "BATCH", 1)
+        patch.setattr(deid_run, "INLINE_BATCH", 1)
         with pytest.raises(OSError, match="killed"):
             deidentify(record, research, tmp_path / "key", workers=0)
     with open_archive(research) as copied:
@@ -795,7 +795,7 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
 
     with monkeypatch.context() as patch:
         patch.setattr(copies, "mark_committed", dies)
-        patch.setattr(deid_run, "BATCH", 1)
+        patch.setattr(deid_run, "INLINE_BATCH", 1)
         with pytest.raises(OSError, match="killed"):
             deidentify(record, research, tmp_path / "key", workers=0)
     exported = _research_files(research)
@@ -1077,6 +1077,28 @@ def test_a_pack_is_opened_once_for_its_rows_and_a_missing_one_fails_its_row_alon
     assert again == blobs[-1]
 
 
+def test_a_copy_in_process_commits_parts_of_inline_batch(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process (workers 0) a part holds up to INLINE_BATCH instances, not BATCH (no
+    workers to share the parts): the whole test source is one commit, the same files."""
+    root = made["root"]
+    commits: list[int] = []
+    commit = Index.commit
+
+    def counted(self: Index, rows: list, *args: Any, **kwargs: Any) -> Any:
+        commits.append(len(rows))
+        return commit(self, rows, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "commit", counted)
+        patch.setattr(deid_run, "BATCH", 1)
+        patch.setattr(deid_run, "INLINE_BATCH", 10**6)
+        report = deidentify(root / "record", root / "inline", made["key"], OPTIONS, workers=0)
+    assert report.balanced and commits == [report.staged] and report.staged > 20
+    assert _research_files(root / "inline") == _research_files(root / "research")
+
+
 def test_worker_processes_make_the_same_archive(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1140,7 +1162,7 @@ def test_nothing_is_committed_before_its_files_are_durable(
 
     monkeypatch.setattr(storage, "_sync_at_once", recording)
     monkeypatch.setattr(Index, "commit", checked)
-    monkeypatch.setattr(deid_run, "BATCH", 8)  # several parts
+    monkeypatch.setattr(deid_run, "INLINE_BATCH", 8)  # several parts
     report = deidentify(root / "record", root / "durable", made["key"], OPTIONS, workers=0)
     assert report.balanced and len(commits) > 2 and sum(commits) == report.staged
     assert _research_files(root / "durable") == _research_files(root / "research")
