@@ -31,7 +31,14 @@ from pydicom.sequence import Sequence
 
 from pacs_engine import storage
 from pacs_engine.archive import copies
-from pacs_engine.archive.blobs import NATIVE, BlobError, HeaderBlob, PackReader, rows_sidecar
+from pacs_engine.archive.blobs import (
+    NATIVE,
+    BlobError,
+    HeaderBlob,
+    PackReader,
+    pending_sidecar,
+    rows_sidecar,
+)
 from pacs_engine.archive.copies import CopiedInstance, read_stored_many, write_copied_part
 from pacs_engine.archive.format import FORMAT_VERSION, ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
@@ -43,6 +50,7 @@ from pacs_engine.deid import run as deid_run
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
+from pacs_engine.ingest.tidy import tidy_archive
 from tests.conftest import CORPUS, require_corpus, run_cli
 
 OPTIONS = ("retain-longitudinal-modified-dates", "clean-descriptors")
@@ -623,37 +631,39 @@ def test_cli(made: dict, tmp_path: Path) -> None:
             assert str(ds.PatientName) not in text
 
 
-@pytest.mark.parametrize("where", ["commit", "frame count"])
+@pytest.mark.parametrize("where", ["commit", "rows files"])
 def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
     made: dict, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """Killed after a part's shards and pack are written but before its commit (the second
-    part), or after the first part's commit but before its arrays' frame counts are raised:
-    only committed parts are visible, every visible instance exports, and the next run
-    finishes the copy into the archive an uninterrupted run makes, which verifies."""
+    """Killed after a part's shards, zarr.json files and pack are written but before its
+    commit (the second part), or after the first part's commit but before its rows files
+    get their committed names: only committed parts are visible, every visible instance
+    exports, and the next run finishes the copy into the archive an uninterrupted run
+    makes, which verifies, with a rows file beside every pack and none pending."""
     root = made["root"]
     calls = []
     if where == "commit":
-        method, cls, dies_at = "commit", Index, 2
+        method, owner, dies_at = "commit", Index, 2
     else:
-        method, cls, dies_at = "frames_file", PixelStore, 1  # the new frame count, after it
-    original = getattr(cls, method)
+        method, owner, dies_at = "mark_committed", copies, 1  # the rename, after the commit
+    original = getattr(owner, method)
 
-    def dies(self: object, *args: Any, **kwargs: Any) -> Any:
+    def dies(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == dies_at:
             raise OSError("killed")
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
     stopped = root / f"stopped-{where.replace(' ', '-')}"
     with monkeypatch.context() as patch:
-        patch.setattr(cls, method, dies)
-        patch.setattr(deid_run, "BATCH", 8)  # several parts, whatever the corpus holds
+        patch.setattr(owner, method, dies)
+        patch.setattr(deid_run, "INLINE_BATCH", 8)  # several parts, whatever the corpus holds
         with pytest.raises(OSError, match="killed"):
             deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
     visible = _research_files(stopped)
     assert 0 < len(visible) < made["report"].staged
     assert {sop: _research_files(root / "research")[sop] for sop in visible} == visible
+    assert any(stopped.glob("headers/*/*.pending"))  # the killed part's
     report = deidentify(root / "record", stopped, made["key"], OPTIONS, workers=0)
     assert report.balanced and report.already_copied == len(visible)
     assert report.staged == made["report"].staged - len(visible)
@@ -669,54 +679,63 @@ def test_a_run_killed_mid_copy_resumes_to_the_same_archive(
         assert {path: copied.pixels.frames(path) for path in ends} == ends  # zarr shapes fit
     on_disk = {str(p.relative_to(stopped)) for p in stopped.glob("headers/*/*.pack")}
     assert on_disk == used  # the killed part's pack was tidied away
+    rows_files = {str(p.relative_to(stopped)) for p in stopped.glob("headers/*/*.rows")}
+    assert rows_files == {rows_sidecar(pack) for pack in used}
+    assert not any(stopped.glob("headers/*/*.pending"))
 
 
-def test_a_parts_arrays_get_their_frame_counts_only_after_its_commit(
+def test_a_parts_zarr_json_is_written_once_with_its_count_and_its_rows_files_named_after(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When a part commits, each array it created has its zarr.json on disk with no frames
-    (written with the part's shards, never by `create_array`), and each array it extended
-    still has its earlier frame count; every array the part wrote gets its count raised
-    after the commit, never before."""
+    """A part writes its files in one batch before its commit: each array it wrote has its
+    zarr.json there once, with the part's last frame as its count (an array it created gets
+    no other zarr.json, never one by `create_array`), and each series' rows file only under
+    its pending name, renamed to its `.rows` name after the commit; nothing stays pending."""
     root = made["root"]
-    research = root / "counted"
-    checked: list[tuple[bool, int, int]] = []  # (new, frames on disk, first frame of the part)
-    committed: list[str] = []  # the arrays of each committed part
-    raised: list[str] = []
-    original_commit, original_frames = Index.commit, PixelStore.frames_file
+    research = root / "once"
+    events: list[tuple[str, list[Path]]] = []  # ("write" | "commit", paths)
+    original_commit, write_together = Index.commit, copies._write_together
 
     def commit(self: Index, rows: list, *args: Any, **kwargs: Any) -> Any:
-        firsts: dict[str, int] = {}  # array -> first frame of the part
+        ends: dict[str, int] = {}
         for row in rows:
             if row["pixels"]:
-                path, first = row["pixels"]["array"], row["pixels"]["first_frame"]
-                firsts[path] = min(firsts.get(path, first), first)
-        for path, first in firsts.items():
+                path, end = row["pixels"]["array"], row["pixels"]["first_frame"]
+                end += row["pixels"]["frames"]
+                ends[path] = max(ends.get(path, end), end)
+        for path, end in ends.items():
             on_disk = json.loads((research / "pixels" / path / "zarr.json").read_bytes())
-            checked.append((path not in committed, on_disk["shape"][0], first))
-        done = original_commit(self, rows, *args, **kwargs)
-        committed.extend(firsts)
-        return done
-
-    def frames_file(self: PixelStore, path: str, frames: int) -> Any:
-        assert raised.count(path) < committed.count(path), "a count raised before its commit"
-        raised.append(path)
-        return original_frames(self, path, frames)
+            assert on_disk["shape"][0] == end
+        for pack in {row["header"]["pack"] for row in rows}:
+            assert (research / pending_sidecar(pack)).is_file()
+            assert not (research / rows_sidecar(pack)).exists()
+        events.append(("commit", [research / "pixels" / path / "zarr.json" for path in ends]))
+        return original_commit(self, rows, *args, **kwargs)
 
     def create_array(*args: Any) -> NoReturn:
         raise AssertionError("an array was made outside its part's durable writes")
 
     with monkeypatch.context() as patch:
         patch.setattr(Index, "commit", commit)
-        patch.setattr(PixelStore, "frames_file", frames_file)
+        patch.setattr(
+            copies,
+            "_write_together",
+            lambda files: (events.append(("write", [p for p, _ in files])), write_together(files))[
+                1
+            ],
+        )
         patch.setattr(PixelStore, "create_array", create_array)
-        patch.setattr(deid_run, "BATCH", 8)  # several parts, some extending an array
+        patch.setattr(deid_run, "INLINE_BATCH", 8)  # several parts, some extending an array
         report = deidentify(root / "record", research, made["key"], OPTIONS, workers=0)
     assert report.balanced and report.staged == made["report"].staged
-    assert {new for new, *_ in checked} == {True, False}  # both kinds happened
-    for new, on_disk, first in checked:
-        assert (on_disk, first) == ((0, 0) if new else (first, first))
-    assert sorted(raised) == sorted(committed)
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["write", "commit"] * (len(kinds) // 2) and len(kinds) > 4
+    parts = [(events[n][1], events[n + 1][1]) for n in range(0, len(events), 2)]
+    for written, arrays in parts:
+        assert sorted(p for p in written if p.name == "zarr.json") == sorted(arrays)
+    arrays = [path for _, part_arrays in parts for path in part_arrays]
+    assert len(set(arrays)) < len(arrays)  # some parts extended an array
+    assert not any(research.glob("headers/*/*.pending"))
     assert _research_files(research) == _research_files(root / "research")
 
 
@@ -742,7 +761,7 @@ def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
 
     with monkeypatch.context() as patch:
         patch.setattr(Index, "commit", dies)
-        patch.setattr(deid_run, "BATCH", 1)
+        patch.setattr(deid_run, "INLINE_BATCH", 1)
         with pytest.raises(OSError, match="killed"):
             deidentify(record, research, tmp_path / "key", workers=0)
     with open_archive(research) as copied:
@@ -752,6 +771,45 @@ def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
     assert (rebuilt.rows, rebuilt.uncommitted) == (dies_at - 1, 1)
     with open_archive(research) as copied:
         assert sorted(row["SOPInstanceUID"] for row in copied.index) == before
+
+
+def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once_tidied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy killed after its second part's commit, before that part's rows file gets its
+    committed name (one instance a part): the index holds both instances and each exports
+    (its zarr.json has its count); a rebuild then leaves the second out as uncommitted, as
+    for a count the commit had not yet raised, while a tidy first (each run's) gives its
+    rows file the committed name, so a rebuild after it holds both."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    shutil.copytree(Path(__file__).parent / "data" / "archive-71bdf4b" / "derived", record)
+    make_key(tmp_path / "key")
+    original = copies.mark_committed
+    calls = []
+
+    def dies(pending: list[Path]) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("killed")
+        original(pending)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", dies)
+        patch.setattr(deid_run, "INLINE_BATCH", 1)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    exported = _research_files(research)
+    assert len(exported) == 2 and len(list(research.glob("headers/*/*.pending"))) == 1
+    untidied = tmp_path / "untidied"
+    shutil.copytree(research, untidied)
+    rebuilt = rebuild_index(untidied)
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 1, [])
+    with Archive.open_or_create(research) as archive:
+        tidy_archive(archive)
+    assert not any(research.glob("headers/*/*.pending"))
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (2, 0)
+    assert _research_files(research) == exported
 
 
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
@@ -831,10 +889,9 @@ def test_a_tidy_finds_the_unused_shards_of_a_copys_array(tmp_path: Path) -> None
     meta = json.loads(array_metadata(spec, {}))
     pixels = PixelStore(tmp_path / "pixels")
     pixels.create()
-    files = [pixels.new_array_file("s/a", meta), *pixels.shard_files("s/a", 0, [bytes(32)] * 5)]
+    files = [pixels.new_array_file("s/a", meta, 5), *pixels.shard_files("s/a", 0, [bytes(32)] * 5)]
     for path, data in files:
         storage.write_atomic(path, data)
-    pixels.set_frames("s/a", 5)
     names = sorted(p.name for p in (tmp_path / "pixels" / "s" / "a").iterdir())
     assert names == ["c.0.0.0", "c.1.0.0", "c.2.0.0", "zarr.json"]
     assert [p.name for p in pixels.unreferenced_files("s/a", {0, 2})] == ["c.1.0.0"]
@@ -854,11 +911,10 @@ def test_two_source_arrays_of_one_key_are_one_array_with_one_zarr_json(
     for folder, value in (("a", 1), ("b", 2)):
         frame = np.full(16, value, "<u2").tobytes()
         for path, data in [
-            source.new_array_file(f"{folder}/k", meta),
+            source.new_array_file(f"{folder}/k", meta, 1),
             *source.shard_files(f"{folder}/k", 0, [frame]),
         ]:
             storage.write_atomic(path, data)
-        source.set_frames(f"{folder}/k", 1)
     calls: list[list[Path]] = []
     write_together = copies._write_together
     monkeypatch.setattr(
@@ -1059,6 +1115,28 @@ def test_a_pack_is_opened_once_for_its_rows_and_a_missing_one_fails_its_row_alon
     assert again == blobs[-1]
 
 
+def test_a_copy_in_process_commits_parts_of_inline_batch(
+    made: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process (workers 0) a part holds up to INLINE_BATCH instances, not BATCH (no
+    workers to share the parts): the whole test source is one commit, the same files."""
+    root = made["root"]
+    commits: list[int] = []
+    commit = Index.commit
+
+    def counted(self: Index, rows: list, *args: Any, **kwargs: Any) -> Any:
+        commits.append(len(rows))
+        return commit(self, rows, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "commit", counted)
+        patch.setattr(deid_run, "BATCH", 1)
+        patch.setattr(deid_run, "INLINE_BATCH", 10**6)
+        report = deidentify(root / "record", root / "inline", made["key"], OPTIONS, workers=0)
+    assert report.balanced and commits == [report.staged] and report.staged > 20
+    assert _research_files(root / "inline") == _research_files(root / "research")
+
+
 def test_worker_processes_make_the_same_archive(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1093,8 +1171,8 @@ def test_a_small_source_is_copied_in_process(made: dict, monkeypatch: pytest.Mon
 def test_nothing_is_committed_before_its_files_are_durable(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When a part's rows are committed, each of their header packs and rows files was
-    synced as a temporary, renamed, and its folder synced; the copy is the same."""
+    """When a part's rows are committed, each of their header packs and (pending) rows
+    files was synced as a temporary, renamed, and its folder synced; the copy is the same."""
     root = made["root"]
     synced: list[tuple[Path, bool]] = []  # path, a folder
     sync_at_once = storage._sync_at_once
@@ -1111,7 +1189,7 @@ def test_nothing_is_committed_before_its_files_are_durable(
         folders = {path for path, folder in synced if folder}
         research = root / "durable"
         for row in rows:
-            for name in (row["header"]["pack"], rows_sidecar(row["header"]["pack"])):
+            for name in (row["header"]["pack"], pending_sidecar(row["header"]["pack"])):
                 path = research / name
                 assert path.is_file() and path.parent in folders
                 assert any(
@@ -1122,7 +1200,7 @@ def test_nothing_is_committed_before_its_files_are_durable(
 
     monkeypatch.setattr(storage, "_sync_at_once", recording)
     monkeypatch.setattr(Index, "commit", checked)
-    monkeypatch.setattr(deid_run, "BATCH", 8)  # several parts
+    monkeypatch.setattr(deid_run, "INLINE_BATCH", 8)  # several parts
     report = deidentify(root / "record", root / "durable", made["key"], OPTIONS, workers=0)
     assert report.balanced and len(commits) > 2 and sum(commits) == report.staged
     assert _research_files(root / "durable") == _research_files(root / "research")

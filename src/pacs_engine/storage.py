@@ -68,11 +68,15 @@ def make_dirs(path: str | os.PathLike) -> None:
         missing.append(path)
         path = path.parent
     for folder in reversed(missing):
+        mode = folder.parent.stat().st_mode & _FOLDER_BITS
         try:
-            folder.mkdir()
+            os.mkdir(folder, mode & 0o777)
         except FileExistsError:
             continue  # made meanwhile by another writer
-        os.chmod(folder, folder.parent.stat().st_mode & _FOLDER_BITS)
+        # Set only when the umask took bits off or setgid was not inherited: a chmod is
+        # one more journalled change a folder, where a stat is not.
+        if os.stat(folder).st_mode & _FOLDER_BITS != mode:
+            os.chmod(folder, mode)
 
 
 def file_mode(folder: str | os.PathLike) -> int:
@@ -142,10 +146,14 @@ def write_atomic(
             raise ValueError(f"{path}: written twice in one batch of deferred writes")
         make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        mode = file_mode(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
             with open(fd, "wb") as f:
-                os.fchmod(fd, file_mode(path.parent))
+                # Set only when the umask took bits off (or the temporary was an old
+                # one): a chmod is one more journalled change a file, where a stat is not.
+                if os.fstat(fd).st_mode & 0o777 != mode:
+                    os.fchmod(fd, mode)
                 for part in (data,) if isinstance(data, bytes | bytearray) else data:
                     f.write(part)
                 f.flush()

@@ -31,13 +31,18 @@ import imagecodecs
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
-from pacs_engine.storage import series_folder
+from pacs_engine.stages import stage
+from pacs_engine.storage import fsync_dirs, series_folder
 
 MAGIC = b"PEB1"
 _HEAD = struct.Struct("<4sBQQQ")
 
 WHOLE, NATIVE, ENCAPSULATED = 0, 1, 2
 PACK_SUFFIX, ROWS_SUFFIX = ".pack", ".rows"
+#: A copy's rows file until its part is committed (archive/copies.py): `rebuild_index`
+#: reads only `.rows` files, so the rename to that name after the commit marks the part
+#: committed, and a tidy renames it when a kill came between the two.
+PENDING_SUFFIX = ".pending"
 
 
 def _compress(data: bytes) -> bytes:
@@ -192,6 +197,20 @@ def scannable(blob: HeaderBlob) -> bytes:
 def rows_sidecar(pack: str) -> str:
     """The name of the rows file beside the pack `pack`."""
     return pack.removesuffix(PACK_SUFFIX) + ROWS_SUFFIX
+
+
+def pending_sidecar(pack: str) -> str:
+    """The name of the pack's rows file before its part's commit (`PENDING_SUFFIX`)."""
+    return pack.removesuffix(PACK_SUFFIX) + PENDING_SUFFIX
+
+
+def mark_committed(pending: list[Path]) -> None:
+    """Rename pending rows files (`pending_sidecar`) to their rows-file names, durably: once
+    their part's rows are committed, so `rebuild_index` takes the part as committed."""
+    with stage("write"):
+        for path in pending:
+            os.replace(path, path.with_suffix(ROWS_SUFFIX))
+    fsync_dirs({path.parent for path in pending})
 
 
 def pack_blobs(

@@ -7,13 +7,15 @@ is the source array's, codec included, but for its chunk keys: `CHUNK_KEYS`), ne
 hard-linked: each archive's shards are written, fsynced and checked on their own, and
 damage to one cannot reach the other.
 
-A part (of one series or several) is written as an ingest part is: shards (and the
-zarr.json of each array it creates, with no frames yet), then each series' header pack
-and its rows file, all fsynced, then the rows committed in one index transaction, then
-the frame counts of the arrays it wrote raised. A part that dies before its commit is
-invisible, and so is its rows file to a rebuild of the index (its frames lie beyond the
-count: docs/archive.md); the caller tidies the archive (`pacs_engine.ingest.tidy`)
-before a run, which removes such files and fits the arrays to their committed frames.
+A part (of one series or several) is written in one round of durable writes: its shards,
+the zarr.json of each array it wrote (written once, with its new frame count), each
+series' header pack and its rows file under its pending name (`blobs.PENDING_SUFFIX`);
+then the rows are committed in one index transaction; then the rows files are renamed to
+their `.rows` names, which is what marks the part committed for a rebuild of the index
+(it reads only those: docs/archive.md). A part that dies before its commit is invisible,
+to the index and to a rebuild; the caller tidies the archive (`pacs_engine.ingest.tidy`)
+before a run, which removes its files, fits the arrays to their committed frames, and
+renames the pending rows files of a part killed after its commit.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from pacs_engine.archive.blobs import (
     NATIVE,
     WHOLE,
     HeaderBlob,
+    mark_committed,
     pack_blobs,
-    rows_sidecar,
+    pending_sidecar,
 )
 from pacs_engine.archive.pixel_store import PixelStore, decompress
 from pacs_engine.archive.prepare import rebuild_file
@@ -132,14 +135,10 @@ def write_copied_part(
     (several small series in one part: fewer fsyncs and transactions).
     """
     pixels = archive.pixels
-    # The part's files, synced together (`DeferredWrites`): the same durability, in a
-    # fraction of the time the fsyncs one by one take. An array the part creates gets
-    # its zarr.json among them, with no frames: a rebuild of the index takes a part as
-    # committed when its frames lie within the count (archive/rebuild.py), and a tidy
-    # removes the array whole if the commit never comes.
-    files: list[tuple[Path, bytes | Sequence[Chunk]]] = []
+    created: dict[str, dict[str, Any]] = {}  # the metadata of each array the part creates
     by_array: dict[str, list[Chunk]] = {}
     starts: dict[str, int] = {}
+    ends: dict[str, int] = {}
     arrays: dict[tuple[str, str], str] = {}  # this archive's array, by source array and series
     rows: list[Row] = []
     by_series: dict[str, list[CopiedInstance]] = {}
@@ -156,30 +155,43 @@ def write_copied_part(
                 arrays[mine], meta = _array_for(pixels, source, *mine)
                 # Two source arrays of a series can share a key (its folder of today and
                 # the one earlier versions gave it): one array here, one zarr.json.
-                if meta is not None and arrays[mine] not in starts:  # no frames yet
-                    files.append(pixels.new_array_file(arrays[mine], meta))
+                if meta is not None and arrays[mine] not in starts:
+                    created[arrays[mine]] = meta
                     starts[arrays[mine]] = 0
             path = arrays[mine]
             if path not in by_array:
                 if path not in starts:
                     starts[path] = pixels.frames(path)
                 by_array[path] = []
-            first = starts[path] + len(by_array[path]) // pixels.grid(path)[1]
+                ends[path] = starts[path]
+            first = ends[path]
+            ends[path] += instance.frames
             by_array[path] += instance.chunks
             row["pixels"] = {"array": path, "first_frame": first, "frames": instance.frames}
             row["stored_bytes"] = sum(len(c) for c in instance.chunks)
         rows.append(row)
-    ends = {path: starts[path] + len(c) // pixels.grid(path)[1] for path, c in by_array.items()}
-    for path, chunks in by_array.items():
-        files += pixels.shard_files(path, starts[path], chunks)
+    # The part's files, synced together (`DeferredWrites`): the same durability, in a
+    # fraction of the time the fsyncs one by one take. Each array's zarr.json is written
+    # once, with its new frame count: the rows files, not the counts, tell a rebuild of
+    # the index which parts committed, and a tidy fits the counts of a part that did not.
+    files: list[tuple[Path, bytes | Sequence[Chunk]]] = []
+    for path, end in ends.items():
+        if path in created:
+            files.append(pixels.new_array_file(path, created[path], end))
+        else:
+            files.append(pixels.frames_file(path, end))
+        files += pixels.shard_files(path, starts[path], by_array[path])
+    pending: list[Path] = []
     for series_uid, members in by_series.items():
-        files += _pack_files(archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members])
+        pack, sidecar = _pack_files(
+            archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members]
+        )
+        files += [pack, sidecar]
+        pending.append(sidecar[0])
     _write_together(files)
     with stage("commit"):
         archive.index.commit(rows)
-    # Every array the part wrote gets its new count after the commit, as the ingest's
-    # do (a crash between leaves frames beyond the count: tidied).
-    _write_together([archive.pixels.frames_file(path, end) for path, end in ends.items()])
+    mark_committed(pending)
     return rows
 
 
@@ -207,13 +219,13 @@ def _array_for(
 
 def _pack_files(
     archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]]
-) -> list[tuple[Path, bytes | Sequence[Chunk]]]:
+) -> tuple[tuple[Path, bytes | Sequence[Chunk]], tuple[Path, bytes | Sequence[Chunk]]]:
     """The part's header blobs of one series as one pack (its blobs as parts, written one
-    after the other: not joined first), its rows file beside it (docs/archive.md); the
-    rows get their `header` reference and their blob's bytes in `stored_bytes`, as an
-    ingest's rows do (`blobs.place_blobs`)."""
+    after the other: not joined first) and its rows file beside it under its pending name
+    (docs/archive.md); the rows get their `header` reference and their blob's bytes in
+    `stored_bytes`, as an ingest's rows do (`blobs.place_blobs`)."""
     for row, blob in blobs:
         row["header_sha256"] = hashlib.sha256(blob).hexdigest()
     data = [blob for _, blob in blobs]
     name, sidecar = pack_blobs(series_uid, [row for row, _ in blobs], data)
-    return [(archive.path / name, data), (archive.path / rows_sidecar(name), sidecar)]
+    return (archive.path / name, data), (archive.path / pending_sidecar(name), sidecar)

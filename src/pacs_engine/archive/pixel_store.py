@@ -489,14 +489,16 @@ class PixelStore:
         self._ensure_group(path)
         write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
 
-    def new_array_file(self, path: str, meta: dict[str, Any]) -> tuple[Path, bytes]:
-        """The zarr.json (path, bytes) that creates an array with metadata `meta` and no
-        frames yet, for the caller to write durably with its first frames' shards
-        (`shard_files` knows the array from now on); the frame count is raised after the
-        commit (`frames_file`). Its group's zarr.json is written now when missing."""
+    def new_array_file(self, path: str, meta: dict[str, Any], frames: int) -> tuple[Path, bytes]:
+        """The zarr.json (path, bytes) that creates an array with metadata `meta` and
+        `frames` frames, for the caller to write durably with its frames' shards
+        (`shard_files` knows the array from now on). Its group's zarr.json is written now
+        when missing."""
         self._learn_spec(path, meta)
         self._ensure_group(path)
-        return self.root / path / "zarr.json", zarr_json({**meta, "shape": [0, *meta["shape"][1:]]})
+        return self.root / path / "zarr.json", zarr_json(
+            {**meta, "shape": [frames, *meta["shape"][1:]]}
+        )
 
     def _ensure_group(self, path: str) -> None:
         """Write the zarr.json of the array's series group when missing, not made durable

@@ -5,8 +5,9 @@ Each part an ingest writes leaves a rows file beside its header pack
 instances in the pack, as the part wrote them. A rebuild reads every rows file,
 keeps for each SOP Instance UID the rows of committed parts (their pack exists, their
 frames are within the array's committed frame count, which a part killed before its
-commit did not raise, and no later part wrote over them) that no delete in force took
-(a delete of part of a series leaves its rows files as they were:
+commit did not raise, and no later part wrote over them; a copy's rows file keeps its
+pending name, blobs.PENDING_SUFFIX, until its part's commit, and is not read as committed)
+that no delete in force took (a delete of part of a series leaves its rows files as they were:
 archive/corrections.py), makes the one written last the current version and the
 earlier ones its versions (archive/versions.py), and commits them to a new index,
 which replaces the old one; the old one is kept beside it as `index.damaged-<time>`.
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
+    PENDING_SUFFIX,
     ROWS_SUFFIX,
     BlobError,
     load_rows,
@@ -169,9 +171,13 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
     for folder in folders:
         for file in sorted(folder.iterdir()):
             name = f"headers/{folder.name}/{file.name}"
-            if file.suffix == PACK_SUFFIX and not file.with_suffix(ROWS_SUFFIX).is_file():
+            if file.suffix == PACK_SUFFIX and not any(
+                file.with_suffix(suffix).is_file() for suffix in (ROWS_SUFFIX, PENDING_SUFFIX)
+            ):
                 rebuilt.packs_without_rows.append(name)
-            if file.suffix != ROWS_SUFFIX or not file.with_suffix(PACK_SUFFIX).is_file():
+            if file.suffix not in (ROWS_SUFFIX, PENDING_SUFFIX):
+                continue
+            if not file.with_suffix(PACK_SUFFIX).is_file():
                 continue
             try:
                 written, rows = load_rows(file.read_bytes())
@@ -179,6 +185,9 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
                 rebuilt.damaged_rows_files.append(name)
                 continue
             rows = [row for row in rows if isinstance(row.get("SOPInstanceUID"), str)]
+            if file.suffix == PENDING_SUFFIX:  # a copy's part not marked committed (copies.py)
+                rebuilt.uncommitted += len(rows)
+                continue
             files.append(_RowsFile(written, f"{name.removesuffix(ROWS_SUFFIX)}{PACK_SUFFIX}", rows))
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 

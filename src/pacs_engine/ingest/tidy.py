@@ -1,5 +1,8 @@
 """Delete what no committed row reaches: what killed or abandoned ingest runs wrote.
 
+A copy's part killed between its commit and the rename of its pending rows files
+(archive/copies.py) gets them renamed here, so `rebuild-index` sees the part committed.
+
 An ingest's own tidy step does this for the series it planned. `tidy_archive`
 does it for every series on disk, for runs that were killed and never resumed.
 Both need the archive open for writing, whose lock (`.writer.lock`) one process
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacs_engine.archive.blobs import PACK_SUFFIX, ROWS_SUFFIX
+from pacs_engine.archive.blobs import PACK_SUFFIX, PENDING_SUFFIX, ROWS_SUFFIX, mark_committed
 from pacs_engine.archive.corrections import trashed_rows
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
@@ -26,6 +29,9 @@ from pacs_engine.storage import remove_stale_temporaries, series_folders
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
+
+#: The suffixes of a part's files in its series' headers/ folder.
+_PART_FILES = (PACK_SUFFIX, ROWS_SUFFIX, PENDING_SUFFIX)
 
 
 @dataclass
@@ -88,18 +94,25 @@ def _tidy_folders(
         if pixels.frames(path) != ends[path]:
             pixels.set_frames(path, ends[path])
             tidied.arrays_resized.append(path)
+    committed: list[Path] = []  # pending rows files of committed parts (a copy's)
     for name in folders:
         folder = archive.path / "headers" / name
         if folder.is_dir():
             for file in sorted(folder.iterdir()):
                 pack = file.with_suffix(PACK_SUFFIX)
                 used = f"headers/{name}/{pack.name}" in packs
-                if file.is_file() and file.suffix in (PACK_SUFFIX, ROWS_SUFFIX) and not used:
+                if not file.is_file() or file.suffix not in _PART_FILES:
+                    continue
+                if not used:
                     tidied.remove(file)
+                elif file.suffix == PENDING_SUFFIX:  # killed between its part's commit and rename
+                    committed.append(file)
             remove_stale_temporaries(folder)  # a pack whose write a kill interrupted
         for empty in (pixels.root / name, folder):
             if empty.is_dir() and not any(empty.iterdir()):
                 empty.rmdir()
+    if committed:
+        mark_committed(committed)
 
 
 def _add_frames(
