@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -16,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
 
 import pydicom
 import pydicom.uid
@@ -213,44 +213,123 @@ def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expec
     assert _probe(probe) == expected
 
 
-def test_a_local_pool_forks_its_workers_before_its_first_task() -> None:
-    """The workers fork as soon as the forkserver is ready, not when the caller sends its
-    first task (which would then wait for the forkserver's imports and the forks)."""
+def test_a_local_pool_forks_one_worker_first_and_the_others_as_tasks_need_them() -> None:
+    """The first worker forks as soon as the forkserver is ready, not when the caller sends
+    its first task (which would then wait for the forkserver's imports and the fork); tasks
+    sent one at a time, each on the last one's result, fork no other; tasks in flight
+    together fork one each, up to the pool's size."""
     probe = (
-        "import multiprocessing, time\n"
+        "import multiprocessing, os, time\n"
         "from pacs_engine.executors import LocalExecutor\n"
-        "pool = LocalExecutor(2)\n"
+        "pool = LocalExecutor(4)\n"
         "deadline = time.monotonic() + 60\n"
-        "while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:\n"
+        "while not multiprocessing.active_children() and time.monotonic() < deadline:\n"
         "    time.sleep(0.01)\n"
-        "print(len(multiprocessing.active_children())); pool.close()\n"
+        "counts = [len(multiprocessing.active_children())]\n"
+        "for _ in range(5):\n"
+        "    pool.submit(os.getpid).result()\n"
+        "counts.append(len(multiprocessing.active_children()))\n"
+        "together = [pool.submit(time.sleep, 0.5) for _ in range(3)]\n"
+        "counts.append(len(multiprocessing.active_children()))\n"
+        "together += [pool.submit(time.sleep, 0.5) for _ in range(3)]\n"
+        "counts.append(len(multiprocessing.active_children()))\n"
+        "print(counts); pool.close()\n"
     )
-    assert _probe(probe) == "2"
+    assert _probe(probe) == "[1, 1, 3, 4]"
 
 
-class _CannotSpawn:
-    """A pool whose workers cannot be started: no process left for the user."""
-
-    def submit(self, fn: Any, *args: Any) -> None:
-        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+def test_a_one_file_ingest_forks_one_worker(tmp_path: Path) -> None:
+    """On a pool of four, a one-file ingest (one scan task, then one encode task) forks one
+    worker: a many-core host does not start a process per core for it."""
+    (path,) = write_studies(tmp_path / "in", 1, 1, 1, rows=16, columns=16, threads=1)
+    probe = (
+        "import multiprocessing\n"
+        "from pacs_engine import Archive\n"
+        "from pacs_engine.executors import LocalExecutor\n"
+        "pool = LocalExecutor(4)\n"
+        f"with Archive.create({str(tmp_path / 'archive')!r}) as archive:\n"
+        f"    report = archive.ingest([{str(path)!r}], executor=pool)\n"
+        "print(report.archived, len(multiprocessing.active_children())); pool.close()\n"
+    )
+    assert _probe(probe) == "1 1"
 
 
 def test_workers_that_cannot_be_forked_early_leave_the_error_to_the_first_task(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The thread that forks a pool's workers ends quietly when it cannot (an error from a
-    thread prints "Exception in thread" over the CLI's output); the caller's own submit
-    meets the same error and reports it."""
+    """The thread that forks a pool's first worker ends quietly when it cannot (an error
+    from a thread prints "Exception in thread" over the CLI's output); the caller's own
+    submit meets the same error and reports it."""
+
+    def cannot_spawn(pool: executors._Pool) -> None:  # no process left for the user
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
     uncaught: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
-    thread = threading.Thread(target=executors._fork_workers, args=(_CannotSpawn(), 2))
+    monkeypatch.setattr(executors._Pool, "_spawn_process", cannot_spawn)
+    context = multiprocessing.get_context("forkserver")
+    pool = executors._Pool(2, context, executors._start_worker, (os.getpid(),))
+    thread = threading.Thread(target=pool.fork_first)
     thread.start()
     thread.join(LIMIT_S)
     assert not thread.is_alive() and uncaught == []
     executor = object.__new__(executors.LocalExecutor)  # its pool alone, no forkserver
-    executor.pool = cast(Any, _CannotSpawn())
+    executor.pool = pool
     with pytest.raises(OSError, match=os.strerror(errno.EAGAIN)):
         executor.submit(os.getpid)
+    executor.close()
+
+
+#: Loaded by `pacs-engine` below: the workers' forkserver does not start its preload until
+#: the process that started it has exited (at most FORKSERVER_HELD_S).
+SLOW_FORKSERVER = """
+import os, sys, time
+
+if "multiprocessing.forkserver" in " ".join(sys.orig_argv):
+    parent, deadline = os.getppid(), time.monotonic() + float(os.environ["FORKSERVER_HELD_S"])
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+FORKSERVER_HELD_S = 120
+
+
+def test_an_ingest_whose_archive_cannot_be_opened_exits_before_the_forkserver_is_ready(
+    tmp_path: Path,
+) -> None:
+    """The command's error comes at once, alone: it waits neither for the forkserver's
+    preload (which here waits for the command's exit) nor for the fork of the first worker,
+    which no forkserver serves after the command has gone (it would print a traceback)."""
+    _synth_uncompressed(tmp_path / "in")
+    (tmp_path / "not-an-archive").mkdir()
+    (tmp_path / "not-an-archive" / "notes.txt").write_text("mine\n")
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(SLOW_FORKSERVER)
+    env = dict(os.environ, FORKSERVER_HELD_S=str(FORKSERVER_HELD_S))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "probe"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "pacs_engine.cli", "ingest", str(tmp_path / "in")]
+    cmd += ["--archive", str(tmp_path / "not-an-archive"), "--workers", "2"]
+    # Its output's end: once every process that holds the pipes (the forkserver too) exited.
+    done = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=FORKSERVER_HELD_S / 2
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == f"pacs-engine ingest: {tmp_path / 'not-an-archive'}: exists and is not empty\n"
+    )
+    assert (tmp_path / "not-an-archive" / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_pool_closed_before_its_first_fork_leaves_a_forkserver_the_next_pool_starts() -> None:
+    """Closed at once (the forkserver still importing), a pool stops the forkserver; the
+    next pool starts it again, with its preload, and its worker runs tasks."""
+    probe = (
+        "import os, sys; from pacs_engine.executors import LocalExecutor; "
+        "LocalExecutor(1).close(); pool = LocalExecutor(1); "
+        "print(pool.submit(eval, \"'pacs_engine.ingest.tasks' in __import__('sys').modules\")"
+        ".result()); pool.close()"
+    )
+    assert _probe(probe) == "True"
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
