@@ -97,13 +97,58 @@ def test_a_command_line_builds_its_commands_parser_alone(
 
 def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
     """What `pacs-engine ingest` imports to run (its command, the archive, the executors)
-    leaves numcodecs (~0.05 s; Blosc compression) to the workers, which encode."""
+    leaves numcodecs (~0.05 s; Blosc compression) to the workers, which encode, and numpy
+    and imagecodecs (~0.08 s; what encodes and decodes pixels) to where they are used: an
+    ingest's main process locates, encodes and compresses no pixels."""
     probe = (
         "import sys; from pacs_engine.cli import build_parser; build_parser(); "
         "import pacs_engine.ingest.archive, pacs_engine.executors; "
-        "print('numcodecs' in sys.modules, 'pacs_engine.archive.blobs' in sys.modules)"
+        "print([m for m in ('numcodecs', 'numpy', 'imagecodecs') if m in sys.modules], "
+        "'pacs_engine.archive.blobs' in sys.modules)"
     )
-    assert _probe(probe) == "False True"
+    assert _probe(probe) == "[] True"
+
+
+#: Modules on the ingesting process's path that use numpy or imagecodecs, each importing
+#: them where it uses them (the native scanner too, for encapsulated pixel data alone).
+PIXEL_FREE_IMPORTS = [
+    "pacs_engine._native.scanner",
+    "pacs_engine.scanning",
+    "pacs_engine.header",
+    "pacs_engine.codecs",
+    "pacs_engine.archive.blobs",
+    "pacs_engine.archive.pixel_store",
+    "pacs_engine.archive.prepare",
+    "pacs_engine.archive.archive",
+    "pacs_engine.ingest.encode",
+    "pacs_engine.ingest.tasks",
+]
+
+
+@pytest.mark.parametrize("module", PIXEL_FREE_IMPORTS)
+def test_a_module_of_the_ingesting_process_imports_no_numpy_nor_imagecodecs(module: str) -> None:
+    probe = (
+        f"import sys, {module}; print([m for m in ('numpy', 'imagecodecs') if m in sys.modules])"
+    )
+    assert _probe(probe) == "[]"
+
+
+def test_what_a_scan_and_an_encode_use_numpy_for_imports_it_then(tmp_path: Path) -> None:
+    """Encapsulated pixel data's fragment tables (the native scanner), a native pixel
+    location's empty tables and a shard's index are numpy arrays made on first use."""
+    files = write_studies(
+        tmp_path / "in", 1, 1, 2, rows=16, columns=16, syntaxes=["rle", "explicit"], threads=1
+    )
+    probe = (
+        "import sys\n"
+        "from pacs_engine.scanning import scan\n"
+        "from pacs_engine.codecs.sharding import shard_index\n"
+        f"headers = [scan(path) for path in {[str(f) for f in files]!r}]\n"
+        "print(sorted(type(h.pixel.fragment_offsets).__name__ for h in headers), "
+        "shard_index([3, None]).hex()[:64], 'numpy' in sys.modules)\n"
+    )
+    empty, length = "ff" * 8, (3).to_bytes(8, "little").hex()
+    assert _probe(probe) == f"['ndarray', 'ndarray'] {'00' * 8}{length}{empty}{empty} True"
 
 
 def test_the_forkserver_preloads_no_numcodecs_a_worker_imports_it_at_its_first_blosc_chunk(
@@ -116,9 +161,9 @@ def test_the_forkserver_preloads_no_numcodecs_a_worker_imports_it_at_its_first_b
         "import sys; from importlib import import_module; "
         "from pacs_engine.forkserver import FORKSERVER_PRELOAD; "
         "[import_module(name) for name in [*FORKSERVER_PRELOAD, 'pacs_engine.cli']]; "
-        "print('numcodecs' in sys.modules)"
+        "print([m for m in ('numcodecs', 'numpy', 'imagecodecs') if m in sys.modules])"
     )
-    assert _probe(probe) == "False"
+    assert _probe(probe) == "['numpy', 'imagecodecs']"  # what every worker encodes with
     files = _synth_uncompressed(tmp_path / "in")
     archive = tmp_path / "archive"
     done = run_cli(
