@@ -133,10 +133,9 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         initargs: tuple[int],
     ) -> None:
         super().__init__(workers, mp_context, initializer, initargs)
-        self._first = threading.Lock()  # guards the three below
+        self._first = threading.Lock()  # guards the two below
         self._first_forked = False
         self._tasks_sent = False  # by the caller
-        self._closed_early = False  # closed before the first fork, with no task sent
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Queue fn(*args, **kwargs), forking a worker if every one has a task."""
@@ -146,7 +145,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
 
     def fork_first(self) -> None:
         """Fork the first worker now, as the forkserver is ready, not at the caller's first
-        task; then stop the pool if the caller closed it meanwhile (`close`).
+        task.
 
         Forking waits until the forkserver has imported what the workers need (its preload,
         ~0.2 s of CPU): from a thread, the caller goes on meanwhile (an ingest imports, opens
@@ -154,26 +153,25 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         """
         # Closed or broken meanwhile, or no process could be spawned (OSError): the caller's
         # own submit says so; from this thread it would print "Exception in thread". EOFError:
-        # the forkserver stopped by an early `close`.
+        # the forkserver stopped by `close`.
         with contextlib.suppress(RuntimeError, OSError, EOFError):
             super().submit(_first_task)
         with self._first:
-            self._first_forked, closed_early = True, self._closed_early
-        if closed_early:
-            self.shutdown(wait=True, cancel_futures=True)
+            self._first_forked = True
 
     def close(self) -> None:
-        """Stop the workers (tasks not started are cancelled). Closed while the first one is
-        still forking, with no task sent (an ingest whose archive cannot be opened), it
-        returns at once: the fork holds the pool's lock until the forkserver's preload is
-        done, which the caller need not wait for. The forkserver, which has forked no worker
-        yet, is stopped (`stop_forkserver`) and `fork_first` then stops the pool."""
+        """Stop the workers (tasks not started are cancelled).
+
+        Closed while the first one is still forking, with no task sent (an ingest whose
+        archive cannot be opened), it stops the forkserver first (`stop_forkserver`), which
+        has forked no worker yet: the fork holds the pool's lock until the forkserver's
+        preload is done, which the caller need not wait for.
+        """
         with self._first:
-            self._closed_early = not self._first_forked and not self._tasks_sent
-        if self._closed_early:
-            stop_forkserver()
-        else:
-            self.shutdown(wait=True, cancel_futures=True)
+            early = not self._first_forked and not self._tasks_sent
+        if early:
+            stop_forkserver()  # the fork then ends at once (or, forked just now, starts)
+        self.shutdown(wait=True, cancel_futures=True)
 
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
