@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -16,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
 
 import pydicom
 import pydicom.uid
@@ -53,6 +53,22 @@ def _synth_uncompressed(folder: Path) -> list[Path]:
     )
 
 
+def _frame_sums_zarr_reads(archive: Path) -> list[int]:
+    """The sum of each frame zarr reads from an archive's pixel store, in order of the sums."""
+    frames = [
+        frame
+        for _, series in zarr.open_group(archive / "pixels", mode="r").groups()
+        for _, array in series.arrays()
+        for frame in array[:]
+    ]
+    return sorted(int(frame.sum()) for frame in frames)
+
+
+def _frame_sums_pydicom_reads(files: list[Path]) -> list[int]:
+    """The sum of each file's pixels as pydicom reads them, in order of the sums."""
+    return sorted(int(pydicom.dcmread(path).pixel_array.sum()) for path in files)
+
+
 def test_building_the_parser_imports_neither_pydicom_nor_zarr_nor_numpy() -> None:
     """Every command, even `--help`, builds the whole parser first."""
     probe = (
@@ -81,13 +97,88 @@ def test_a_command_line_builds_its_commands_parser_alone(
 
 def test_the_ingesting_process_imports_no_numcodecs_before_its_first_encode() -> None:
     """What `pacs-engine ingest` imports to run (its command, the archive, the executors)
-    leaves numcodecs (~0.05 s; Blosc compression) to the workers, which encode."""
+    leaves numcodecs (~0.05 s; Blosc compression) to the workers, which encode, and numpy
+    and imagecodecs (~0.08 s; what encodes and decodes pixels) to where they are used: an
+    ingest's main process locates, encodes and compresses no pixels."""
     probe = (
         "import sys; from pacs_engine.cli import build_parser; build_parser(); "
         "import pacs_engine.ingest.archive, pacs_engine.executors; "
-        "print('numcodecs' in sys.modules, 'pacs_engine.archive.blobs' in sys.modules)"
+        "print([m for m in ('numcodecs', 'numpy', 'imagecodecs') if m in sys.modules], "
+        "'pacs_engine.archive.blobs' in sys.modules)"
     )
-    assert _probe(probe) == "False True"
+    assert _probe(probe) == "[] True"
+
+
+#: Modules on the ingesting process's path that use numpy or imagecodecs, each importing
+#: them where it uses them (the native scanner too, for encapsulated pixel data alone).
+PIXEL_FREE_IMPORTS = [
+    "pacs_engine._native.scanner",
+    "pacs_engine.scanning",
+    "pacs_engine.header",
+    "pacs_engine.codecs",
+    "pacs_engine.archive.blobs",
+    "pacs_engine.archive.pixel_store",
+    "pacs_engine.archive.prepare",
+    "pacs_engine.archive.archive",
+    "pacs_engine.ingest.encode",
+    "pacs_engine.ingest.tasks",
+]
+
+
+@pytest.mark.parametrize("module", PIXEL_FREE_IMPORTS)
+def test_a_module_of_the_ingesting_process_imports_no_numpy_nor_imagecodecs(module: str) -> None:
+    probe = (
+        f"import sys, {module}; print([m for m in ('numpy', 'imagecodecs') if m in sys.modules])"
+    )
+    assert _probe(probe) == "[]"
+
+
+def test_what_a_scan_and_an_encode_use_numpy_for_imports_it_then(tmp_path: Path) -> None:
+    """Encapsulated pixel data's fragment tables (the native scanner), a native pixel
+    location's empty tables and a shard's index are numpy arrays made on first use."""
+    files = write_studies(
+        tmp_path / "in", 1, 1, 2, rows=16, columns=16, syntaxes=["rle", "explicit"], threads=1
+    )
+    probe = (
+        "import sys\n"
+        "from pacs_engine.scanning import scan\n"
+        "from pacs_engine.codecs.sharding import shard_index\n"
+        f"headers = [scan(path) for path in {[str(f) for f in files]!r}]\n"
+        "print(sorted(type(h.pixel.fragment_offsets).__name__ for h in headers), "
+        "shard_index([3, None]).hex()[:64], 'numpy' in sys.modules)\n"
+    )
+    empty, length = "ff" * 8, (3).to_bytes(8, "little").hex()
+    assert _probe(probe) == f"['ndarray', 'ndarray'] {'00' * 8}{length}{empty}{empty} True"
+
+
+def test_the_forkserver_preloads_no_numcodecs_a_worker_imports_it_at_its_first_blosc_chunk(
+    tmp_path: Path,
+) -> None:
+    """numcodecs (~0.03 s of CPU) is left out of the forkserver's preload, before the first
+    fork; a worker that compresses Blosc chunks (--codec lz4) imports it and writes chunks
+    zarr reads as the frames pydicom reads."""
+    probe = (
+        "import sys; from importlib import import_module; "
+        "from pacs_engine.forkserver import FORKSERVER_PRELOAD; "
+        "[import_module(name) for name in [*FORKSERVER_PRELOAD, 'pacs_engine.cli']]; "
+        "print([m for m in ('numcodecs', 'numpy', 'imagecodecs') if m in sys.modules])"
+    )
+    assert _probe(probe) == "['numpy', 'imagecodecs']"  # what every worker encodes with
+    files = _synth_uncompressed(tmp_path / "in")
+    archive = tmp_path / "archive"
+    done = run_cli(
+        "ingest",
+        str(tmp_path / "in"),
+        "--archive",
+        str(archive),
+        "--codec",
+        "lz4",
+        "--workers",
+        "1",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "6 inputs: 6 archived" in done.stdout
+    assert _frame_sums_zarr_reads(archive) == _frame_sums_pydicom_reads(files)
 
 
 def test_the_forkserver_starts_before_the_executors_are_imported() -> None:
@@ -130,15 +221,8 @@ def test_an_uncompressed_ingest_imports_no_pydicom_nor_zarr_in_any_of_its_proces
     assert imported.count("numpy") >= 2
     assert [name for name in imported if name.split(".")[0] in ("pydicom", "zarr")] == []
     # What the workers wrote is what zarr reads, through the codecs its entry points name:
-    # the frames pydicom reads from the inputs (compared by their sums, in any order).
-    frames = [
-        frame
-        for _, series in zarr.open_group(archive / "pixels", mode="r").groups()
-        for _, array in series.arrays()
-        for frame in array[:]
-    ]
-    expected = sorted(int(pydicom.dcmread(path).pixel_array.sum()) for path in files)
-    assert sorted(int(frame.sum()) for frame in frames) == expected
+    # the frames pydicom reads from the inputs.
+    assert _frame_sums_zarr_reads(archive) == _frame_sums_pydicom_reads(files)
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, "1 None"), ("3", "3 3")])
@@ -174,44 +258,123 @@ def test_the_forkserver_preloads_the_callers_main_module(main_module: str, expec
     assert _probe(probe) == expected
 
 
-def test_a_local_pool_forks_its_workers_before_its_first_task() -> None:
-    """The workers fork as soon as the forkserver is ready, not when the caller sends its
-    first task (which would then wait for the forkserver's imports and the forks)."""
+def test_a_local_pool_forks_one_worker_first_and_the_others_as_tasks_need_them() -> None:
+    """The first worker forks as soon as the forkserver is ready, not when the caller sends
+    its first task (which would then wait for the forkserver's imports and the fork); tasks
+    sent one at a time, each on the last one's result, fork no other; tasks in flight
+    together fork one each, up to the pool's size."""
     probe = (
-        "import multiprocessing, time\n"
+        "import multiprocessing, os, time\n"
         "from pacs_engine.executors import LocalExecutor\n"
-        "pool = LocalExecutor(2)\n"
+        "pool = LocalExecutor(4)\n"
         "deadline = time.monotonic() + 60\n"
-        "while len(multiprocessing.active_children()) < 2 and time.monotonic() < deadline:\n"
+        "while not multiprocessing.active_children() and time.monotonic() < deadline:\n"
         "    time.sleep(0.01)\n"
-        "print(len(multiprocessing.active_children())); pool.close()\n"
+        "counts = [len(multiprocessing.active_children())]\n"
+        "for _ in range(5):\n"
+        "    pool.submit(os.getpid).result()\n"
+        "counts.append(len(multiprocessing.active_children()))\n"
+        "together = [pool.submit(time.sleep, 0.5) for _ in range(3)]\n"
+        "counts.append(len(multiprocessing.active_children()))\n"
+        "together += [pool.submit(time.sleep, 0.5) for _ in range(3)]\n"
+        "counts.append(len(multiprocessing.active_children()))\n"
+        "print(counts); pool.close()\n"
     )
-    assert _probe(probe) == "2"
+    assert _probe(probe) == "[1, 1, 3, 4]"
 
 
-class _CannotSpawn:
-    """A pool whose workers cannot be started: no process left for the user."""
-
-    def submit(self, fn: Any, *args: Any) -> None:
-        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+def test_a_one_file_ingest_forks_one_worker(tmp_path: Path) -> None:
+    """On a pool of four, a one-file ingest (one scan task, then one encode task) forks one
+    worker: a many-core host does not start a process per core for it."""
+    (path,) = write_studies(tmp_path / "in", 1, 1, 1, rows=16, columns=16, threads=1)
+    probe = (
+        "import multiprocessing\n"
+        "from pacs_engine import Archive\n"
+        "from pacs_engine.executors import LocalExecutor\n"
+        "pool = LocalExecutor(4)\n"
+        f"with Archive.create({str(tmp_path / 'archive')!r}) as archive:\n"
+        f"    report = archive.ingest([{str(path)!r}], executor=pool)\n"
+        "print(report.archived, len(multiprocessing.active_children())); pool.close()\n"
+    )
+    assert _probe(probe) == "1 1"
 
 
 def test_workers_that_cannot_be_forked_early_leave_the_error_to_the_first_task(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The thread that forks a pool's workers ends quietly when it cannot (an error from a
-    thread prints "Exception in thread" over the CLI's output); the caller's own submit
-    meets the same error and reports it."""
+    """The thread that forks a pool's first worker ends quietly when it cannot (an error
+    from a thread prints "Exception in thread" over the CLI's output); the caller's own
+    submit meets the same error and reports it."""
+
+    def cannot_spawn(pool: executors._Pool) -> None:  # no process left for the user
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
     uncaught: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
-    thread = threading.Thread(target=executors._fork_workers, args=(_CannotSpawn(), 2))
+    monkeypatch.setattr(executors._Pool, "_spawn_process", cannot_spawn)
+    context = multiprocessing.get_context("forkserver")
+    pool = executors._Pool(2, context, executors._start_worker, (os.getpid(),))
+    thread = threading.Thread(target=pool.fork_first)
     thread.start()
     thread.join(LIMIT_S)
     assert not thread.is_alive() and uncaught == []
     executor = object.__new__(executors.LocalExecutor)  # its pool alone, no forkserver
-    executor.pool = cast(Any, _CannotSpawn())
+    executor.pool = pool
     with pytest.raises(OSError, match=os.strerror(errno.EAGAIN)):
         executor.submit(os.getpid)
+    executor.close()
+
+
+#: Loaded by `pacs-engine` below: the workers' forkserver does not start its preload until
+#: the process that started it has exited (at most FORKSERVER_HELD_S).
+SLOW_FORKSERVER = """
+import os, sys, time
+
+if "multiprocessing.forkserver" in " ".join(sys.orig_argv):
+    parent, deadline = os.getppid(), time.monotonic() + float(os.environ["FORKSERVER_HELD_S"])
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+FORKSERVER_HELD_S = 120
+
+
+def test_an_ingest_whose_archive_cannot_be_opened_exits_before_the_forkserver_is_ready(
+    tmp_path: Path,
+) -> None:
+    """The command's error comes at once, alone: it waits neither for the forkserver's
+    preload (which here waits for the command's exit) nor for the fork of the first worker,
+    which no forkserver serves after the command has gone (it would print a traceback)."""
+    _synth_uncompressed(tmp_path / "in")
+    (tmp_path / "not-an-archive").mkdir()
+    (tmp_path / "not-an-archive" / "notes.txt").write_text("mine\n")
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(SLOW_FORKSERVER)
+    env = dict(os.environ, FORKSERVER_HELD_S=str(FORKSERVER_HELD_S))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "probe"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "pacs_engine.cli", "ingest", str(tmp_path / "in")]
+    cmd += ["--archive", str(tmp_path / "not-an-archive"), "--workers", "2"]
+    # Its output's end: once every process that holds the pipes (the forkserver too) exited.
+    done = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=FORKSERVER_HELD_S / 2
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == f"pacs-engine ingest: {tmp_path / 'not-an-archive'}: exists and is not empty\n"
+    )
+    assert (tmp_path / "not-an-archive" / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_pool_closed_before_its_first_fork_leaves_a_forkserver_the_next_pool_starts() -> None:
+    """Closed at once (the forkserver still importing), a pool stops the forkserver; the
+    next pool starts it again, with its preload, and its worker runs tasks."""
+    probe = (
+        "import os, sys; from pacs_engine.executors import LocalExecutor; "
+        "LocalExecutor(1).close(); pool = LocalExecutor(1); "
+        "print(pool.submit(eval, \"'pacs_engine.ingest.tasks' in __import__('sys').modules\")"
+        ".result()); pool.close()"
+    )
+    assert _probe(probe) == "True"
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:

@@ -20,10 +20,11 @@ import threading
 import time
 import tokenize
 from collections.abc import Callable, Iterator
+from multiprocessing.context import BaseContext
 from types import FrameType
 from typing import Any
 
-from pacs_engine.forkserver import FORKSERVER_PRELOAD, start_forkserver
+from pacs_engine.forkserver import FORKSERVER_PRELOAD, start_forkserver, stop_forkserver
 from pacs_engine.workers import Executor, alive, worker_died
 
 __all__ = [
@@ -65,7 +66,8 @@ class InlineExecutor:
 
 
 class LocalExecutor:
-    """A pool of worker processes on this machine (started with forkserver)."""
+    """A pool of up to `workers` processes on this machine (started with forkserver): the
+    first forks as soon as the pool is made, the others as tasks need them (`_Pool`)."""
 
     def __init__(self, workers: int | None = None) -> None:
         refuse_unguarded_main()
@@ -75,12 +77,12 @@ class LocalExecutor:
         # LMDB environments, threads and a progress bar.
         self.pool = self._new_pool()
 
-    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+    def _new_pool(self) -> _Pool:
         context = multiprocessing.get_context("forkserver")
-        pool = concurrent.futures.ProcessPoolExecutor(
+        pool = _Pool(
             self.workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
         )
-        threading.Thread(target=_fork_workers, args=(pool, self.workers), daemon=True).start()
+        threading.Thread(target=pool.fork_first, daemon=True).start()
         return pool
 
     def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
@@ -108,8 +110,83 @@ class LocalExecutor:
         return done, pending
 
     def close(self) -> None:
-        """Stop the workers (tasks not started are cancelled)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers (tasks not started are cancelled); at once when no task was sent
+        (`_Pool.close`)."""
+        self.pool.close()
+
+
+class _Pool(concurrent.futures.ProcessPoolExecutor):
+    """The local pool's processes: the first forked from a thread as soon as the pool is made
+    (`fork_first`), each other one when a task is sent while every worker has one.
+
+    A one-file ingest forks one worker, not one per core: the base class forks one at each
+    task sent while its count of idle workers is zero, and it counts a worker idle only
+    after the caller could see its last result, so a task sent on that result forked
+    another. Here the tasks in flight decide (`_adjust_process_count`).
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        mp_context: BaseContext,
+        initializer: Callable[[int], None],
+        initargs: tuple[int],
+    ) -> None:
+        super().__init__(workers, mp_context, initializer, initargs)
+        self._first = threading.Lock()  # guards the two below
+        self._first_forked = False
+        self._tasks_sent = False  # by the caller
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Queue fn(*args, **kwargs), forking a worker if every one has a task."""
+        with self._first:
+            self._tasks_sent = True
+        return super().submit(fn, *args, **kwargs)
+
+    def fork_first(self) -> None:
+        """Fork the first worker now, as the forkserver is ready, not at the caller's first
+        task.
+
+        Forking waits until the forkserver has imported what the workers need (its preload,
+        ~0.2 s of CPU): from a thread, the caller goes on meanwhile (an ingest imports, opens
+        the archive, walks its sources), and its first task finds a worker started.
+        """
+        # Closed or broken meanwhile, or no process could be spawned (OSError): the caller's
+        # own submit says so; from this thread it would print "Exception in thread". EOFError:
+        # the forkserver stopped by `close`.
+        with contextlib.suppress(RuntimeError, OSError, EOFError):
+            super().submit(_first_task)
+        with self._first:
+            self._first_forked = True
+
+    def close(self) -> None:
+        """Stop the workers (tasks not started are cancelled).
+
+        Closed while the first one is still forking, with no task sent (an ingest whose
+        archive cannot be opened), it stops the forkserver first (`stop_forkserver`), which
+        has forked no worker yet: the fork holds the pool's lock until the forkserver's
+        preload is done, which the caller need not wait for.
+        """
+        with self._first:
+            early = not self._first_forked and not self._tasks_sent
+        if early:
+            stop_forkserver()  # the fork then ends at once (or, forked just now, starts)
+        self.shutdown(wait=True, cancel_futures=True)
+
+    def _adjust_process_count(self) -> None:
+        """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
+        first task), up to the pool's size; called by `submit` as it queues a task."""
+        tasks = sum(item.fn is not _first_task for item in self._pending_work_items.values())
+        if len(self._processes) < max(tasks, 1):
+            # The base class forks one unless its count of idle workers is above zero:
+            # emptied, that count (which this pool does not otherwise read) lets it fork.
+            while self._idle_worker_semaphore.acquire(blocking=False):
+                pass
+            super()._adjust_process_count()
+
+
+def _first_task() -> None:
+    """What forks a pool's first worker (`_Pool.fork_first`): nothing."""
 
 
 @contextlib.contextmanager
@@ -187,23 +264,6 @@ def _is_main_guard(statement: ast.stmt) -> bool:
     names = [s.id for s in sides if isinstance(s, ast.Name)]
     texts = [s.value for s in sides if isinstance(s, ast.Constant)]
     return names == ["__name__"] and texts == ["__main__"]
-
-
-def _fork_workers(pool: concurrent.futures.ProcessPoolExecutor, count: int) -> None:
-    """Have the pool fork its `count` workers now, as the forkserver is ready, not at the
-    caller's first tasks.
-
-    A pool forks a worker as a task is submitted, and the submit waits until the forkserver
-    has imported what the workers need (its preload, ~0.2 s of CPU): from this thread the
-    caller goes on meanwhile (an ingest imports, opens the archive, walks its sources), and
-    its first tasks find workers started. Each submit of a no-op forks one while no worker
-    is idle.
-    """
-    # Closed or broken meanwhile, or no process could be spawned (OSError): the caller's
-    # own submit says so; from this thread it would print "Exception in thread".
-    with contextlib.suppress(RuntimeError, OSError):
-        for _ in range(count):
-            pool.submit(os.getpid)
 
 
 #: glibc's mallopt parameters (malloc.h).

@@ -8,6 +8,7 @@ imports concurrent.futures and the crash isolation, about 0.02 s of CPU more) us
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
@@ -15,16 +16,18 @@ import os
 import signal
 import threading
 
-__all__ = ["FORKSERVER_PRELOAD", "QUIET_BLAS", "quiet_blas", "start_forkserver"]
+__all__ = ["FORKSERVER_PRELOAD", "QUIET_BLAS", "quiet_blas", "start_forkserver", "stop_forkserver"]
 
 #: What each worker process imports once, in the forkserver, before it forks workers: the
 #: ingest's tasks, which import the storage verify's tasks use too, and what encoding
-#: native frames needs (numpy, the codecs; not pydicom, which compressed inputs and
-#: rebuilds import when they need it, nor zarr); numcodecs, whose Blosc compresses kept
-#: bitstreams and general or lz4 chunks (imported on first use there); the executors
-#: (each worker's initializer). Named, not imported, so that this module stays at the
-#: bottom of the layers.
-FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numcodecs", "pacs_engine.executors"]
+#: native frames needs (the codecs, and numpy and imagecodecs, which the modules import
+#: where they use them, so that the ingesting process never does; not pydicom, which
+#: compressed inputs and rebuilds import when they need it, nor zarr); the executors (each
+#: worker's initializer). Not numcodecs (~0.03 s of CPU before the first fork): its Blosc compresses
+#: only kept bitstreams and general or lz4 chunks, and a worker imports it at its first
+#: such chunk (`codecs.blosc`), not for the JPEG-LS frames of CT and MR. Named, not
+#: imported, so that this module stays at the bottom of the layers.
+FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numpy", "imagecodecs", "pacs_engine.executors"]
 #: Environment the workers' forkserver, and so every worker, starts with where the caller's
 #: does not set it: OpenBLAS starts a thread per core as numpy is imported, which spin for
 #: a while (about 0.07 s of CPU per process, taken from the cores the start-up needs), and
@@ -61,6 +64,23 @@ def start_forkserver(main_module: str | None = None) -> None:
     finally:
         for name in added:  # this process's own as the caller had it
             del os.environ[name]
+
+
+def stop_forkserver() -> None:
+    """Stop the forkserver, if one runs, leaving it for the next `start_forkserver` to start.
+
+    For a pool closed before its first worker was forked (`executors._Pool.close`): the
+    forkserver, still importing its preload, has not read that fork request yet, and would
+    fork the worker once done, after the caller has gone, to fail with a traceback.
+    """
+    pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)  # private
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):  # reaped already: multiprocessing restarts it
+        # Dead, and left unreaped: multiprocessing's `ensure_running` reaps it and starts anew.
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
 def _ensure_forkserver() -> None:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-_EMPTY = np.empty(0, dtype=np.int64)
-_EMPTY.flags.writeable = False
+
+@cache
+def _empty() -> np.ndarray:
+    """An empty int64 array, read-only: the tables of every location that has none (numpy
+    imported when first needed: the ingesting process, which locates no pixels, never does)."""
+    import numpy as np
+
+    empty = np.empty(0, dtype=np.int64)
+    empty.flags.writeable = False
+    return empty
 
 
 #: The keyword of each pixel data tag the scanner locates.
@@ -49,6 +59,7 @@ class PixelLocation:
         cls, tag: int, vr: str | None, element_offset: int, value_offset: int, value_length: int
     ) -> PixelLocation:
         """The location of native (not encapsulated) pixel data."""
+        empty = _empty()
         return cls(
             tag,
             vr,
@@ -57,11 +68,11 @@ class PixelLocation:
             value_length,
             False,
             -1,
-            _EMPTY,
+            empty,
             None,
-            _EMPTY,
-            _EMPTY,
-            _EMPTY,
+            empty,
+            empty,
+            empty,
         )
 
     @property
@@ -146,9 +157,11 @@ def fragment_frames(
     Offsets in both tables count from the first byte of the first fragment's
     item tag (`first_item_offset`).
     """
+    import numpy as np
+
     count = len(fragment_offsets)
     if count == 0:
-        return _EMPTY
+        return _empty()
     item_offsets = fragment_offsets - 8 - first_item_offset
     table = extended_offsets if extended_offsets is not None and len(extended_offsets) else None
     if table is None and len(basic_offsets):

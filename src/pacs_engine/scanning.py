@@ -11,8 +11,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from pacs_engine._native.scanner import PixelScan, Scanner
 from pacs_engine.errors import ScanError
 from pacs_engine.header import Header, PixelLocation, fragment_frames
@@ -170,6 +168,8 @@ def _encapsulated_location(
     pixel: PixelScan, attributes: Mapping[str, Any], little: bool
 ) -> PixelLocation:
     """The PixelLocation of encapsulated pixel data: the tables decoded, fragments in frames."""
+    import numpy as np
+
     endian = "<" if little else ">"
     bot, offsets = pixel.bot, pixel.fragment_offsets
     lengths, eoi = pixel.fragment_lengths, pixel.fragment_eoi

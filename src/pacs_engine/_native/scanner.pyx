@@ -20,8 +20,6 @@ import os
 import zlib
 from collections.abc import Mapping
 
-import numpy as np
-
 from pacs_engine.errors import ScanError
 
 from pacs_engine._native.dicom cimport (
@@ -634,6 +632,9 @@ cdef class Scanner:
         pixel.bot_offset = -1
         if not st.encapsulated:
             return pixel
+        # Here, not at the top: the ingesting process imports this module, never numpy.
+        import numpy as np
+
         offsets = np.empty(st.n_frags, dtype=np.int64)
         lengths = np.empty(st.n_frags, dtype=np.int64)
         eoi = np.empty(st.n_frags, dtype=np.bool_)

@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-import numpy as np
-
 from pacs_engine.archive.blobs import HeaderBlob, read_blob
 from pacs_engine.archive.export import safe_name, version_name, write_file
 from pacs_engine.archive.format import (
@@ -75,6 +73,7 @@ from pacs_engine.storage import adopt_permissions, fsync_dir
 from pacs_engine.workers import Executor, alive
 
 if TYPE_CHECKING:
+    import numpy as np
     import pydicom
 
 #: The parts of an archive `info` sizes: stored data, the index, what was refused, the

@@ -27,8 +27,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagecodecs
-
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 from pacs_engine.stages import stage
@@ -50,11 +48,15 @@ def _compress(data: bytes) -> bytes:
     Zstandard frames, as numcodecs' Zstd(level=3) wrote them before (each reads the other's
     for non-empty data, which a blob or rows file always is: tested), whose import costs a
     few ms where numcodecs' costs ~0.07 s in every process."""
+    import imagecodecs
+
     return bytes(imagecodecs.zstd_encode(data, level=3))
 
 
 def _decompress(data: bytes) -> bytes:
     """What `_compress` compressed; RuntimeError on damaged data."""
+    import imagecodecs
+
     return bytes(imagecodecs.zstd_decode(data))
 
 

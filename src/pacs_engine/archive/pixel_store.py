@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import google_crc32c
-import numpy as np
 
 from pacs_engine.codecs import CodecError, shard_parts
 from pacs_engine.codecs.blosc import Blosc, blosc_decompress
@@ -43,6 +42,7 @@ from pacs_engine.storage import legacy_series_folder, series_folder, series_fold
 from pacs_engine.workers import PerProcess
 
 if TYPE_CHECKING:  # the ingest writes and reads arrays without zarr (docs/ingest.md)
+    import numpy as np
     import zarr
 
 DEFAULT_TILE = 1024  # chunk edge of frames over an archive's max_chunk_pixels
@@ -136,6 +136,8 @@ def chunk_layout(spec: ArraySpec) -> str:
 
 def split_tiles(frame: np.ndarray, spec: ArraySpec) -> list[np.ndarray]:
     """The frame's chunks in C order, edge tiles padded with zeros as zarr pads them."""
+    import numpy as np
+
     _, r, c, *_ = spec.chunk_shape
     if (r, c) == (spec.rows, spec.columns):
         return [frame]
@@ -157,6 +159,8 @@ def array_spec(meta: dict[str, Any]) -> ArraySpec:
     Read without zarr, for the layout the archive writes: one sharding codec over one
     serializer (plain little-endian bytes or a pacs_engine codec) and Blosc compressors.
     """
+    import numpy as np
+
     if meta["zarr_format"] != 3 or meta["node_type"] != "array":
         raise ValueError(f"not a zarr v3 array: {meta['zarr_format']}, {meta['node_type']}")
     sharding = meta["codecs"][0]
@@ -200,6 +204,8 @@ def array_spec(meta: dict[str, Any]) -> ArraySpec:
 
 def encode_chunk(spec: ArraySpec, tile: np.ndarray) -> bytes:
     """One chunk encoded as zarr encodes it: the array's codec (or bytes), then its Blosc."""
+    import numpy as np
+
     if spec.codec is not None:
         return compress(spec, spec.codec.encode_frame(tile))
     return compress(spec, np.ascontiguousarray(tile, tile.dtype.newbyteorder("<")).tobytes())
@@ -221,6 +227,8 @@ def decompress(spec: ArraySpec, data: bytes | memoryview) -> bytes | memoryview:
 
 def decode_chunk(spec: ArraySpec, data: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
     """One stored chunk decoded to `shape` and the array dtype, as zarr decodes it."""
+    import numpy as np
+
     data = decompress(spec, data)
     if spec.codec is not None:  # bytes(): the codecs take bytes, not a view of a shard
         return spec.codec.decode_frame(bytes(data), shape, spec.dtype)
@@ -719,6 +727,8 @@ class PixelStore:
         `where` names the array and frames in errors: read from a cut or damaged shard,
         the offsets are pixel bytes, and using them fails with MemoryError or OverflowError.
         """
+        import numpy as np
+
         index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
         size = os.fstat(fd).st_size
         if size < index_size:
@@ -789,6 +799,8 @@ class PixelStore:
         GIL); Blosc and uncompressed frames are decoded on this thread, faster than
         a hand-off.
         """
+        import numpy as np
+
         spec = self.spec(path)
         shape = (len(frames), *window_shape(spec, window))
         if out is None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from blake3 import blake3
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
@@ -28,6 +27,7 @@ from pacs_engine.index.rows import Row
 from pacs_engine.stages import stage
 
 if TYPE_CHECKING:
+    import numpy as np
     import pydicom
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
@@ -153,6 +153,8 @@ def hash_kind(recorded: str | None) -> str:
 
 def frame_hash(frame: np.ndarray, kind: str = BLAKE3) -> str:
     """The hash of one decoded frame's C-order native-endian bytes, of `kind`."""
+    import numpy as np
+
     with stage("hash"):
         data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("="))
         return _digest(data.reshape(-1).view(np.uint8).data, kind)  # the buffer, no copy
@@ -418,6 +420,8 @@ def decoded_frames(prepared: Prepared) -> Iterator[np.ndarray]:
 
 def decode_bitstreams(prepared: Prepared) -> np.ndarray:
     """The frames of an instance kept as bitstreams, decoded as pydicom's pixel_array."""
+    import numpy as np
+
     layout, codec = prepared.pixel_layout, prepared.pass_through
     frames = np.empty((len(prepared.bitstreams), *layout.frame_shape), codec.pixel_dtype)
     for i, frame in enumerate(decoded_frames(prepared)):

@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from pacs_engine.errors import PacsEngineError
 
 if TYPE_CHECKING:
     from typing import Self
+
+    import numpy as np
 
 
 class CodecError(PacsEngineError, ValueError):
@@ -39,6 +39,8 @@ def image_shape(chunk_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def frame_of(chunk: np.ndarray) -> np.ndarray:
     """The chunk as one C-contiguous, native-endian image (rows, cols[, samples])."""
+    import numpy as np
+
     frame = chunk.reshape(image_shape(chunk.shape))
     return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
 
@@ -62,6 +64,8 @@ def signed_precision(low: int, high: int) -> int:
 
 def sign_extend(values: np.ndarray, bits: int, dtype: np.dtype) -> np.ndarray:
     """Reinterpret unsigned `bits`-bit two's complement samples as signed values of `dtype`."""
+    import numpy as np
+
     wide = values.astype(np.int64)
     sign = np.int64(1) << (bits - 1)
     # (v ^ sign) - sign maps [0, 2**bits) onto [-2**(bits-1), 2**(bits-1)) without branches.
@@ -70,6 +74,8 @@ def sign_extend(values: np.ndarray, bits: int, dtype: np.dtype) -> np.ndarray:
 
 def cast_exact(decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """`decoded` as `dtype`, refusing any cast that would change a value."""
+    import numpy as np
+
     if decoded.dtype == dtype:
         return decoded
     out = decoded.astype(dtype)
@@ -203,6 +209,8 @@ def check_frame(codec: FrameCodec, frame: np.ndarray) -> None:
 
 def expect_shape(decoded: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
     """`decoded` reshaped to `shape`, or CodecError when its size does not match."""
+    import numpy as np
+
     if decoded.size != int(np.prod(shape)):
         raise CodecError(f"{name}: decoded {decoded.shape} does not fit the chunk {shape}")
     return decoded.reshape(shape)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.codecs._base import (
     CodecError,
@@ -27,6 +28,8 @@ def default_color_conversion(photometric_interpretation: str) -> str:
 
 def pixel_dtype(bits_allocated: int, pixel_representation: int) -> np.dtype:
     """The numpy dtype pydicom gives for (Bits Allocated, Pixel Representation)."""
+    import numpy as np
+
     if bits_allocated == 1:  # segmentations: pydicom unpacks the bits, one uint8 per pixel
         return np.dtype(np.uint8)
     if bits_allocated not in (8, 16, 32):
@@ -39,6 +42,8 @@ def sign_correct_j2k(
     decoded: np.ndarray, is_signed: bool, precision: int, bc: BitstreamCodec
 ) -> np.ndarray:
     """pydicom's JPEG 2000 sign correction: fix a codestream whose signedness disagrees."""
+    import numpy as np
+
     arr = decoded.astype(bc.pixel_dtype)
     monochrome = bc.photometric_interpretation in ("MONOCHROME1", "MONOCHROME2")
     shift = 8 * arr.dtype.itemsize - precision
@@ -238,6 +243,8 @@ class BitstreamCodec(FrameCodec):
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The frame as pydicom's pixel_array gives it, checked against the array dtype."""
+        import numpy as np
+
         self.check_size(data, shape)
         self.check_decoder()
         if self.decoder == "imagecodecs":
@@ -250,6 +257,8 @@ class BitstreamCodec(FrameCodec):
 
     def decode_checked(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """`decode_frame`; for a `cross_checked` codec, pydicom's decoder must agree with it."""
+        import numpy as np
+
         frame = self.decode_frame(data, shape, dtype)
         if self.decoder == "imagecodecs" and self.cross_checked:
             try:

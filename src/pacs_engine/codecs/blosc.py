@@ -8,12 +8,10 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import imagecodecs
-import numpy as np
-
 from pacs_engine.codecs._base import CodecError
 
 if TYPE_CHECKING:
+    import numpy as np
     from zarr.codecs import BloscCodec
 
 #: A Blosc frame's header: version, codec version, flags, type size, then its bytes
@@ -70,6 +68,7 @@ class Blosc:
     def encode(self, data: bytes) -> bytes:
         """Serialized chunk bytes compressed as zarr's BloscCodec compresses them."""
         import numcodecs
+        import numpy as np
 
         # numcodecs takes Blosc's type size from the buffer's items, as zarr passes them.
         items = np.frombuffer(data, f"u{self.typesize}") if self.typesize in (2, 4, 8) else data
@@ -80,6 +79,8 @@ class Blosc:
 def blosc_decompress(data: bytes | memoryview) -> bytes:
     """A Blosc frame's bytes: it carries its own shuffle and type size; CodecError for a
     damaged frame."""
+    import imagecodecs
+
     # c-blosc decodes a cut frame without an error, into bytes it never wrote (so does
     # numcodecs): the length its header records is checked first.
     if len(data) < BLOSC_HEADER.size or BLOSC_HEADER.unpack_from(data)[-1] != len(data):
@@ -96,5 +97,7 @@ def blosc_decompress(data: bytes | memoryview) -> bytes:
 
 def general_blosc(dtype: np.dtype | str, clevel: int = 5) -> Blosc:
     """The compressor for frames no image codec can take (floats, >16 bits): zstd, bit-shuffle."""
+    import numpy as np
+
     # Bit-shuffle groups the equal high bits of neighbouring pixels, which zstd then removes.
     return Blosc("zstd", clevel, "bitshuffle", np.dtype(dtype).itemsize)

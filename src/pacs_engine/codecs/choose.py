@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.codecs._base import CodecError, FrameCodec
 from pacs_engine.codecs.registry import ARCHIVE_CANDIDATES
@@ -43,6 +45,8 @@ def choose_codec(
     sample (dtype, bit depth) are skipped. Frames larger than `max_pixels` are judged on
     their centre, so choosing costs at most three small encodes even for a one-image series.
     """
+    import numpy as np
+
     frame = central_crop(sample, max_pixels)
     frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
     if candidates is None:

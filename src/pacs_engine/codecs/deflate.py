@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import zlib
 from types import ModuleType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.codecs._base import CodecError, cast_exact, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import imagecodecs
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.codecs._base import (
     CodecError,
@@ -40,6 +40,8 @@ def _unraisable(args: Any) -> None:
 
 def htj2k_decode(data: bytes) -> np.ndarray:
     """imagecodecs.htj2k_decode, raising CodecError when OpenJPH reported an error."""
+    import imagecodecs
+
     global _previous_hook
     with _INSTALL:  # installed again if replaced since (pytest swaps the hook per test)
         if sys.unraisablehook is not _unraisable:
@@ -74,6 +76,8 @@ class Htj2kCoder(FrameCodec):
 
     def encode_frame(self, frame: np.ndarray) -> bytes:
         """The reversible HTJ2K codestream of one image."""
+        import imagecodecs
+
         check_frame(self, frame)
         return bytes(imagecodecs.htj2k_encode(frame, reversible=True))
 

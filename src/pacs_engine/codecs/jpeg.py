@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import imagecodecs
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.codecs._base import CodecError, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec
@@ -94,6 +94,8 @@ class DicomJpegLosslessCoder(BitstreamCodec):
     def _decode_fast(self, data: bytes) -> np.ndarray:
         # pydicom reinterprets the decoded samples' bytes with the dataset's dtype; the
         # same-size astype in decode_frame does exactly that (uint16 -> int16 wraps).
+        import imagecodecs
+
         return imagecodecs.ljpeg_decode(data)
 
 

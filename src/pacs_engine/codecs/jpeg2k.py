@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import imagecodecs
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.codecs._base import FrameCodec, cast_exact, check_frame, expect_shape, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec, sign_correct_j2k
@@ -31,6 +31,8 @@ class Jpeg2kCoder(FrameCodec):
 
     def encode_frame(self, frame: np.ndarray) -> bytes:
         """The reversible JPEG 2000 codestream of one image."""
+        import imagecodecs
+
         check_frame(self, frame)
         # One thread: zarr already runs one chunk per thread.
         return bytes(
@@ -39,6 +41,8 @@ class Jpeg2kCoder(FrameCodec):
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The image decoded from a JPEG 2000 codestream, as `dtype`."""
+        import imagecodecs
+
         decoded = imagecodecs.jpeg2k_decode(data, numthreads=1)
         return cast_exact(expect_shape(decoded, shape, self.codec_name), dtype)
 
@@ -65,6 +69,8 @@ class DicomJpeg2kCoder(BitstreamCodec):
         return j2k_declared_shape(data)
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
+        import imagecodecs
+
         header = j2k_header(data)
         decoded = imagecodecs.jpeg2k_decode(data, numthreads=1)
         return sign_correct_j2k(decoded, header.is_signed, header.precision, self)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import imagecodecs
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 import pacs_engine._native.jpegls as jpegls
 from pacs_engine.codecs._base import (
@@ -37,6 +37,8 @@ def encode_jpegls(frame: np.ndarray, precision: int) -> bytes:
     Unsigned samples below 2**P are encoded as they are, signed ones as their two's
     complement in P bits (what DICOM JPEG-LS with Pixel Representation 1 holds).
     """
+    import numpy as np
+
     rows, cols = frame.shape[:2]
     samples = frame.shape[2] if frame.ndim == 3 else 1
     storage = np.dtype("u1") if precision <= 8 else np.dtype("<u2")
@@ -55,6 +57,8 @@ def _as_storage(frame: np.ndarray, storage: np.dtype) -> np.ndarray:
     the storage size is handed over as it is, viewed as unsigned, without a copy when it is
     C-contiguous and little-endian. Other frames are cast once (wrapping, like C).
     """
+    import numpy as np
+
     dtype = frame.dtype
     little_endian = dtype == dtype.newbyteorder("<")
     if dtype.kind in "ui" and dtype.itemsize == storage.itemsize and little_endian:
@@ -93,6 +97,9 @@ class JpegLsCoder(FrameCodec):
 
     def encode_frame(self, frame: np.ndarray) -> bytes:
         """The JPEG-LS stream of one image (rows, cols[, samples])."""
+        import imagecodecs
+        import numpy as np
+
         check_frame(self, frame)
         signed = frame.dtype.kind == "i"
         low, high = value_range(frame)
@@ -108,6 +115,9 @@ class JpegLsCoder(FrameCodec):
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The image decoded from a JPEG-LS stream, as `dtype`."""
+        import imagecodecs
+        import numpy as np
+
         if len(shape) == 2:
             out = np.empty(shape, dtype)
             self.decode_into(data, shape, out)
@@ -176,6 +186,8 @@ class DicomJpegLsCoder(BitstreamCodec):
         return jpeg_declared_shape(data)
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
+        import imagecodecs
+
         decoded = imagecodecs.jpegls_decode(data)
         if self.pixel_representation == 1:
             # JPEG-LS has no sign: like pydicom, sign-extend from the stream's precision.

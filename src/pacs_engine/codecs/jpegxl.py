@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import imagecodecs
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.codecs._base import (
     CodecError,
@@ -86,6 +86,9 @@ class JpegXlCoder(FrameCodec):
 
     def encode_frame(self, frame: np.ndarray) -> bytes:
         """The lossless JPEG-XL stream of one image."""
+        import imagecodecs
+        import numpy as np
+
         check_frame(self, frame)
         low, high = value_range(frame)
         offset = low if low < 0 else 0
@@ -107,6 +110,9 @@ class JpegXlCoder(FrameCodec):
 
     def decode_frame(self, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The image decoded from a JPEG-XL stream, as `dtype`."""
+        import imagecodecs
+        import numpy as np
+
         decoded = imagecodecs.jpegxl_decode(data, numthreads=1)
         decoded = expect_shape(decoded, shape, self.codec_name)
         offset = frame_offset(data)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.errors import PacsEngineError
 
@@ -95,6 +96,8 @@ class PixelLayout:
     @property
     def dtype(self) -> np.dtype:
         """The array's dtype (native byte order)."""
+        import numpy as np
+
         if self.keyword == "FloatPixelData":
             return np.dtype(np.float32)
         if self.keyword == "DoubleFloatPixelData":
@@ -126,6 +129,8 @@ class PixelLayout:
 
 def _swap_words(data: bytes | memoryview) -> bytes:
     """Swap the bytes of each 16-bit word: OW values are words, also when pixels are bytes."""
+    import numpy as np
+
     words = np.frombuffer(data[: len(data) // 2 * 2], np.uint16).byteswap().tobytes()
     return words + bytes(data[len(data) // 2 * 2 :])
 
@@ -134,6 +139,8 @@ def to_array(
     value: bytes | memoryview, layout: PixelLayout, little_endian: bool, vr: str | None = "OW"
 ) -> np.ndarray:
     """The frames of a native pixel data value, shaped (frames, rows, columns[, samples])."""
+    import numpy as np
+
     need = layout.encoded_bytes
     if len(value) < need:
         raise LayoutError(
@@ -166,6 +173,8 @@ def to_bytes(
     frames: np.ndarray, layout: PixelLayout, little_endian: bool, vr: str | None = "OW"
 ) -> bytes:
     """The pixel data value bytes of `frames`: the inverse of `to_array` (without padding)."""
+    import numpy as np
+
     if not little_endian and vr == "OW" and layout.bits_allocated <= 8:
         value = to_bytes(frames, layout, True, None)
         return _swap_words(value + b"\0" * (len(value) % 2))

@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import google_crc32c
-import numpy as np
 
 if TYPE_CHECKING:
     import zarr
 
 # An absent inner chunk: offset and length both 2**64 - 1 (the sharding spec's marker).
-EMPTY = np.uint64(2**64 - 1)
+EMPTY = 2**64 - 1
 INDEX_LOCATIONS = ("end", "start")
 DEFAULT_INDEX_CODECS = [
     {"name": "bytes", "configuration": {"endian": "little"}},
@@ -25,6 +24,8 @@ Chunk = bytes | memoryview
 
 def shard_index(lengths: Sequence[int | None], first_offset: int = 0) -> bytes:
     """The shard index for chunks stored back to back from `first_offset`, with its crc32c."""
+    import numpy as np
+
     table = np.full((len(lengths), 2), EMPTY, dtype="<u8")
     offset = first_offset
     for i, length in enumerate(lengths):

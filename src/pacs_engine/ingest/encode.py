@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from pacs_engine.archive.blobs import HeaderBlob, pack_blobs, rows_sidecar
 from pacs_engine.archive.format import MARKER, read_config
@@ -502,6 +503,8 @@ class PartEncoder:
 
         For native frames the spec has no codec yet: `_ensure_array` picks it.
         """
+        import numpy as np
+
         layout = prepared.pixel_layout
         ts = prepared.header.transfer_syntax_uid or ""
         attributes = {
@@ -551,6 +554,8 @@ class PartEncoder:
 
     def _native_codec(self, sample: np.ndarray, frames: int) -> tuple[Any, tuple]:
         """The archive codec for a new array of `frames` native frames like `sample`."""
+        import numpy as np
+
         name = self.config["codec"]
         try:
             if name == "auto":
@@ -568,6 +573,8 @@ class PartEncoder:
 
     def _encode_native(self, path: str, prepared: Prepared, recheck: bool) -> list[bytes]:
         """Encode the frames with the array's codec (as zarr would), tile by tile."""
+        import numpy as np
+
         spec = self.pixels.spec(path)
         hashes = prepared.frame_hashes if recheck else None
         if recheck and hashes is None:  # native frames are hashed when prepared
