@@ -682,3 +682,54 @@ def test_a_late_conflict_keeps_the_bytes_of_a_linked_input_the_run_follows(
         [record] = archive.quarantine.records()
         assert record["path"] == str(link)
         assert (tmp_path / "archive" / "quarantine" / f"{sha256}.dcm").read_bytes() == data
+
+
+def test_staged_results_stay_in_memory_until_the_bound_then_wait_on_disk_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pacs_engine.archive.report import Outcome
+    from pacs_engine.ingest import run as run_module
+    from pacs_engine.ingest.encode import Part, PartResult
+
+    def result(n: int) -> PartResult:
+        part = Part("1.2.3", 64 * n, 64, (f"in-{n}",))
+        return PartResult(part, outcomes=[Outcome(f"in-{n}", "archived", n)])
+
+    small = run_module._Staged(str(tmp_path))
+    small.add(result(0))
+    small.add(result(1))
+    assert small.file is None  # a few parts: no pickling round trip
+    assert [r.part.keys for r in small] == [("in-0",), ("in-1",)]
+    small.close()
+
+    monkeypatch.setattr(run_module, "STAGED_INPUTS", 2)
+    large = run_module._Staged(str(tmp_path))
+    for n in range(4):
+        large.add(result(n))
+    assert large.file is not None and len(large.held) == 1  # the first three went to disk
+    assert [r.outcomes[0].size for r in large] == [0, 1, 2, 3]
+    assert [r.outcomes[0].size for r in large] == [0, 1, 2, 3]  # read again: the same
+    large.close()
+    assert large.file.closed
+
+
+def test_series_results_past_the_memory_bound_commit_what_held_ones_do(
+    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pacs_engine.ingest import run as run_module
+
+    monkeypatch.setattr(run_module, "STAGED_INPUTS", 0)  # every part's results to disk
+    files: list[Any] = []
+    made = run_module.tempfile.TemporaryFile
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        files.append(made(*args, **kwargs))
+        return files[-1]
+
+    monkeypatch.setattr(run_module.tempfile, "TemporaryFile", counted)
+    with Archive.create(tmp_path / "a", frames_per_shard=16) as archive:
+        report = archive.ingest([synth], workers=0).to_dict()
+    assert len(files) >= 4 and all(f.closed for f in files)  # one a series, each dropped
+    assert_complete(report, len(files_under(synth)))
+    assert state(tmp_path / "a") == clean["state"]
+    assert unreferenced(tmp_path / "a") == []

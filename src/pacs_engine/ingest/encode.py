@@ -279,8 +279,9 @@ class PartEncoder:
 
     def _encode_one(self, key: str, state: _PartState) -> Outcome:
         try:
+            ref = InputRef.from_key(key)
             with stage("read"):
-                data = read_input(InputRef.from_key(key), state.checks.inputs)
+                data = read_input(ref, state.checks.inputs)
         except InputError as error:
             return self.reject(key, None, str(error), state.checks.inputs)
         try:
@@ -344,7 +345,7 @@ class PartEncoder:
             row = new_row(prepared, pixels, stored, state.part.run)  # + its blob: packed later
         state.kept.setdefault(sop, []).append(row)
         with contextlib.suppress(InputError):  # provenance only: a vanished source costs it
-            source = archived_row(InputRef.from_key(key))
+            source = archived_row(ref)
             if source is not None and source.get("duplicates"):
                 # Copied from another archive: the files it found identical. Kept apart from
                 # `duplicates`, which lists this archive's own inputs.

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pacs_engine.archive.report import IngestReport, Outcome
 from pacs_engine.archive.versions import kept_sha256s, version_rows, with_run, with_version
@@ -69,6 +69,9 @@ SCAN_RECORD = 4096
 BATCH_BYTES = 4 << 20
 #: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).
 CHECKPOINT_SECONDS = 1.0
+#: Inputs whose results a series waiting for its other parts holds in memory (a few parts'
+#: rows, ~2 KB each); past them, its results wait in a temporary file (`_Staged`).
+STAGED_INPUTS = 1024
 
 
 class IngestStopped(PacsEngineError, RuntimeError):
@@ -80,31 +83,48 @@ class IngestStopped(PacsEngineError, RuntimeError):
 
 
 class _Staged:
-    """The results of a series' parts, on disk until the last one is back.
+    """The results of a series' parts, held until the last one is back.
 
-    An unnamed temporary file in the archive's folder (mode 0600, gone when closed
-    or when the process dies). Pickle, as the results came from the workers: this
-    process wrote the file and nothing else can reach it.
+    In memory up to STAGED_INPUTS inputs; past that, all of them go to an unnamed
+    temporary file in the archive's folder (mode 0600, gone when closed or when the
+    process dies), so that a series of any size costs the memory of a few parts.
+    Pickle, as the results came from the workers: this process wrote the file and
+    nothing else can reach it. Most series never reach the file: their results are
+    committed as they came, without a pickling round trip.
     """
 
     def __init__(self, folder: str) -> None:
-        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed by close())
+        self.folder = folder
+        self.file: IO[bytes] | None = None
+        self.held: list[PartResult] = []  # the results after those in the file
+        self.held_inputs = 0
         self.count = 0
 
     def add(self, result: PartResult) -> None:
         """Keep one part's result."""
-        pickle.dump(result, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.held.append(result)
+        self.held_inputs += len(result.outcomes)
         self.count += 1
+        if self.held_inputs > STAGED_INPUTS:
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 (close())
+            for held in self.held:
+                pickle.dump(held, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+            self.held, self.held_inputs = [], 0
 
     def __iter__(self) -> Iterator[PartResult]:
         """The results kept, one at a time, in the order they came back."""
-        self.file.seek(0)
-        for _ in range(self.count):
-            yield pickle.load(self.file)  # written by add(), in this process
+        if self.file is not None:
+            self.file.seek(0)
+            for _ in range(self.count - len(self.held)):
+                yield pickle.load(self.file)  # written by add(), in this process
+        yield from self.held
 
     def close(self) -> None:
-        """Drop the file."""
-        self.file.close()
+        """Drop the results (and the file)."""
+        self.held = []
+        if self.file is not None:
+            self.file.close()
 
 
 @dataclass
