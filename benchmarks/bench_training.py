@@ -27,6 +27,10 @@ In the same run, per case:
   reading only the 32 files of the slices a patch needs and cutting the patch out;
 - the lz4 copy's frames and the tiled copy's patches as int16 HU (`dtype="int16"`,
   exact for CT's integer slope and intercept): half the bytes to collate;
+- both copies' items with `pacs_engine.read.collate` as the loader's `collate_fn`
+  (rows "..., collate"): the default collate's batch with its numeric keys in one
+  shared-memory block, one file descriptor a batch instead of one a key (a tree
+  without it, ab_compare's "before", runs those rows with the default collate);
 - what the DataLoader itself costs: the same loader over items made from nothing (a
   fresh float32 array of the frame's or the patch's shape, the loader's ceiling), the
   copy's frames with only the keys pydicom's items have (pixels, patient_id: what
@@ -74,7 +78,7 @@ import pstats
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +96,11 @@ from pacs_engine.read.volume import plan_volume
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
+
+try:
+    from pacs_engine.read.collation import collate
+except ImportError:  # a tree before it (ab_compare's "before"): its rows take the default
+    collate = default_collate
 
 WORKERS = 2
 BATCH = 16
@@ -255,7 +264,10 @@ def _cpu_ns(pids: Sequence[int]) -> int:
 
 
 def loader_rate(
-    dataset: Dataset, batches: int, dtype: torch.dtype = torch.float32
+    dataset: Dataset,
+    batches: int,
+    dtype: torch.dtype = torch.float32,
+    collate_fn: Callable[[list[Any]], Any] = default_collate,
 ) -> tuple[float, float]:
     """Items/s and CPU us per item of a shuffled 2-worker DataLoader after a warm-up.
 
@@ -272,6 +284,7 @@ def loader_rate(
         persistent_workers=True,
         generator=generator,
         multiprocessing_context="fork",
+        collate_fn=collate_fn,
     )
     assert len(loader), f"{len(dataset)} items: not one batch"  # type: ignore[arg-type]
     items, started, k = 0, 0.0, 0
@@ -419,6 +432,7 @@ def test_training_rates(case: dict) -> None:
     frames, pydicom_frames = frame_datasets(case)
     rates["frames record"] = loader_rate(frames["record"], FRAME_BATCHES)
     rates["frames copy"] = loader_rate(frames["copy"], FRAME_BATCHES)
+    rates["frames copy, collate"] = loader_rate(frames["copy"], FRAME_BATCHES, collate_fn=collate)
     rates["frames pydicom"] = loader_rate(pydicom_frames, FRAME_BATCHES)
     rates["frames codec alone"] = codec_rate(frames["record"], BATCH * FRAME_BATCHES)
     rates["frames, blank items"] = loader_rate(Blank(FRAME, len(frames["record"])), FRAME_BATCHES)
@@ -438,6 +452,7 @@ def test_training_rates(case: dict) -> None:
         "record / pydicom, frames (> 1)": ("frames record", "frames pydicom"),
         "bound: codec alone / pydicom, frames": ("frames codec alone", "frames pydicom"),
         "copy / pydicom, frames (>= 5)": ("frames copy", "frames pydicom"),
+        "copy, collate / pydicom, frames (>= 5)": ("frames copy, collate", "frames pydicom"),
         "bound: blank items / pydicom, frames": ("frames, blank items", "frames pydicom"),
         "copy pixels only / pydicom, frames": ("frames copy, pixels only", "frames pydicom"),
         "copy geometry=False / pydicom, frames": (
@@ -467,7 +482,11 @@ def test_training_rates(case: dict) -> None:
     bound = (ratios["bound: codec alone / pydicom, frames"][0], rates["frames pydicom"][1] / floor)
     figure = ratios["record / pydicom, frames (> 1)"]
     SUMMARY.append((tag + "record / pydicom (> 1)", figure, bound))
-    for name in ("copy / pydicom, frames (>= 5)", "copy geometry=False / pydicom, frames"):
+    for name in (
+        "copy / pydicom, frames (>= 5)",
+        "copy, collate / pydicom, frames (>= 5)",
+        "copy geometry=False / pydicom, frames",
+    ):
         label = tag + name.replace(", frames", "")
         SUMMARY.append((label, ratios[name], ratios["bound: blank items / pydicom, frames"]))
 
@@ -579,6 +598,10 @@ def test_patch_rates(case: dict) -> None:
     rates["patches copy"] = loader_rate(patches["copy"], BATCHES)
     rates["patches record tiled"] = loader_rate(patches["record tiled"], PATCH_BATCHES)
     rates["patches copy tiled"] = loader_rate(patches["copy tiled"], BATCHES)
+    rates["patches copy, collate"] = loader_rate(patches["copy"], BATCHES, collate_fn=collate)
+    rates["patches copy tiled, collate"] = loader_rate(
+        patches["copy tiled"], BATCHES, collate_fn=collate
+    )
     rates["patches, blank items"] = loader_rate(Blank(PATCH, len(patches["copy"])), BATCHES)
     int16_patches = PatchDataset(
         case["copy tiled"],
@@ -625,6 +648,11 @@ def test_patch_rates(case: dict) -> None:
         "copy / pydicom, patches (>= 20)": ("patches copy", "patches pydicom"),
         "record tiled / pydicom, patches (>= 2)": ("patches record tiled", "patches pydicom"),
         "copy tiled / pydicom, patches (>= 20)": ("patches copy tiled", "patches pydicom"),
+        "copy, collate / pydicom, patches (>= 20)": ("patches copy, collate", "patches pydicom"),
+        "copy tiled, collate / pydicom, patches (>= 20)": (
+            "patches copy tiled, collate",
+            "patches pydicom",
+        ),
         "bound: blank items / pydicom, patches": ("patches, blank items", "patches pydicom"),
         "copy tiled / blank items, patches": ("patches copy tiled", "patches, blank items"),
         "copy tiled int16 / pydicom, patches": ("patches copy tiled, int16", "patches pydicom"),
@@ -640,6 +668,11 @@ def test_patch_rates(case: dict) -> None:
     record = ratios["record tiled / pydicom, patches (>= 2)"]
     SUMMARY.append((tag + "record tiled / pydicom (>= 2)", record, codec_bound))
     SUMMARY.append((tag + "record tiled / pydicom, one process", one_process, codec_bound))
-    for name in ("copy / pydicom, patches (>= 20)", "copy tiled / pydicom, patches (>= 20)"):
+    for name in (
+        "copy / pydicom, patches (>= 20)",
+        "copy tiled / pydicom, patches (>= 20)",
+        "copy, collate / pydicom, patches (>= 20)",
+        "copy tiled, collate / pydicom, patches (>= 20)",
+    ):
         label = tag + name.replace(", patches", "")
         SUMMARY.append((label, ratios[name], ratios["bound: blank items / pydicom, patches"]))

@@ -44,7 +44,13 @@ from pacs_engine.codecs import (
     write_shard,
 )
 from pacs_engine.codecs._base import image_shape, signed_precision, unsigned_precision
-from pacs_engine.codecs.blosc import BLOSC_HEADER, SHUFFLES, Blosc, blosc_decompress
+from pacs_engine.codecs.blosc import (
+    BLOSC_HEADER,
+    SHUFFLES,
+    Blosc,
+    blosc_decompress,
+    blosc_decompress_into,
+)
 from pacs_engine.codecs.choose import central_crop
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.jpegxl import frame_offset
@@ -873,6 +879,12 @@ def test_blosc_frames_decompress_to_what_numcodecs_gives(cname: str, shuffle: st
         stored = blosc.encode(frame.tobytes())
         assert blosc_decompress(stored) == bytes(numcodecs.blosc.decompress(stored))
         assert blosc_decompress(memoryview(stored)) == frame.tobytes()
+        into = np.full(n, 7, dtype)
+        blosc_decompress_into(memoryview(stored), into)
+        np.testing.assert_array_equal(into, frame)
+        for size in (n - 1, n + 1):  # c-blosc would fill a larger buffer in part, silently
+            with pytest.raises(CodecError, match=f"not the {size * frame.itemsize} of"):
+                blosc_decompress_into(stored, np.empty(size, dtype))
         # Cut or lengthened frames: numcodecs may give bytes c-blosc never wrote, here an error.
         huge = BLOSC_HEADER.pack(*BLOSC_HEADER.unpack_from(stored)[:4], 2**31, 2**16, len(stored))
         bad_head = b"\xff" * 8 + stored[8:]  # its length right, its header not
@@ -880,3 +892,5 @@ def test_blosc_frames_decompress_to_what_numcodecs_gives(cname: str, shuffle: st
         for damaged in (*cases, huge + stored[BLOSC_HEADER.size :], bad_head):
             with pytest.raises(CodecError, match="damaged Blosc frame"):
                 blosc_decompress(damaged)
+            with pytest.raises(CodecError, match=r"damaged Blosc frame|not the"):
+                blosc_decompress_into(damaged, np.empty(n, dtype))

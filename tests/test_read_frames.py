@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import warnings
@@ -310,3 +311,31 @@ def _readable(link: Path) -> bool:
     except OSError:  # the listing's own descriptor, closed since
         return False
     return True
+
+
+def test_whole_blosc_frames_decode_into_the_output_and_refuse_damaged_chunks(
+    tmp_path: Path,
+) -> None:
+    """A whole lz4 frame decodes straight into its place in the output (pydicom's pixels,
+    into a slice of a larger array too); a cut chunk or one of another size is a CodecError,
+    never a frame of stale bytes."""
+    files = write_studies(tmp_path / "src", 1, 1, 3, rows=32, columns=24, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="lz4") as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        expected = _pydicom_frames(archive)
+        spec = archive.pixels.spec(path)
+        out = np.full((5, 32, 24), -1, spec.dtype)
+        archive.pixels.read_frames(path, [2, 0, 1], out=out[1:4])
+        assert np.array_equal(out[1:4], expected[[2, 0, 1]])
+        assert (out[[0, 4]] == -1).all()
+        (chunk,) = archive.pixels.read_chunks(path, 1, 2)
+        frame = np.full((32, 24), -1, spec.dtype)
+        for damaged in (chunk[:-1], chunk[: len(chunk) // 2]):
+            with pytest.raises(pixel_store.CodecError, match="damaged Blosc frame"):
+                pixel_store.decode_frame(spec, [damaged], frame)
+        smaller = dataclasses.replace(spec, rows=31)
+        with pytest.raises(pixel_store.CodecError, match="not the 1488 of its chunk"):
+            pixel_store.decode_frame(smaller, [chunk], np.empty((31, 24), spec.dtype))
+        pixel_store.decode_frame(spec, [chunk], frame)
+        assert np.array_equal(frame, expected[1])

@@ -95,6 +95,23 @@ def blosc_decompress(data: bytes | memoryview) -> bytes:
         raise CodecError(f"a damaged Blosc frame: {error}") from None
 
 
+def blosc_decompress_into(data: bytes | memoryview, out: np.ndarray) -> None:
+    """A Blosc frame's bytes written into `out` (C-contiguous), which must be their size:
+    no intermediate bytes object (CodecError for a damaged frame or another size)."""
+    # blosc_decompress's check, and the size, which c-blosc does not check against a
+    # larger buffer (it fills a part of it); inline in both: it runs once per 64x64 tile.
+    header = BLOSC_HEADER.unpack_from(data) if len(data) >= BLOSC_HEADER.size else None
+    if header is None or header[-1] != len(data):
+        raise CodecError(f"a damaged Blosc frame: {len(data)} bytes, not what its header says")
+    if header[4] != out.nbytes:
+        raise CodecError(f"a Blosc frame of {header[4]} bytes, not the {out.nbytes} of its chunk")
+    try:
+        # imagecodecs writes into any buffer; its stubs name bytes, bytearray and mmap only.
+        imagecodecs.blosc_decode(data, numthreads=1, out=out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    except (imagecodecs.BloscError, SystemError) as error:
+        raise CodecError(f"a damaged Blosc frame: {error}") from None
+
+
 def general_blosc(dtype: np.dtype | str, clevel: int = 5) -> Blosc:
     """The compressor for frames no image codec can take (floats, >16 bits): zstd, bit-shuffle."""
     import numpy as np

@@ -8,6 +8,7 @@ from pacs_engine.read.volume import Volume, VolumeError, plan_volume, rescale
 _DATASETS = ("FrameChunks", "FrameDataset", "PatchDataset", "VolumeDataset", "worker_share")
 _READAHEAD = ("ReadAhead", "read_ahead")
 _BENCH = ("read_bench",)
+_COLLATE = ("collate",)
 
 __all__ = [
     "FrameChunks",
@@ -19,6 +20,7 @@ __all__ = [
     "Volume",
     "VolumeDataset",
     "VolumeError",
+    "collate",
     "plan_volume",
     "read_ahead",
     "read_bench",
@@ -28,8 +30,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """The datasets, read-ahead and read benchmark, imported on first use (the datasets
-    import torch when it is installed)."""
+    """The datasets, read-ahead, collate and read benchmark, imported on first use (the
+    datasets import torch when it is installed; collate needs it)."""
     if name in _DATASETS:
         from pacs_engine.read import datasets
 
@@ -38,6 +40,10 @@ def __getattr__(name: str) -> Any:
         from pacs_engine.read import readahead
 
         return getattr(readahead, name)
+    if name in _COLLATE:
+        from pacs_engine.read import collation
+
+        return collation.collate
     if name in _BENCH:
         from pacs_engine.read import bench
 

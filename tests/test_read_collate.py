@@ -1,0 +1,108 @@
+"""pacs_engine.read.collate: default_collate's batches, the numeric keys in one block."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from pacs_engine import Archive
+from pacs_engine.read import FrameDataset, PatchDataset, collate
+from pacs_engine.synth import write_studies
+
+
+@pytest.fixture(scope="module")
+def copy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An lz4 copy of two synthetic 8-slice CT series, as a training loop reads one."""
+    tmp = tmp_path_factory.mktemp("collate")
+    files = write_studies(tmp / "synth", 2, 1, 8, rows=64, columns=64, modalities=("CT",), seed=3)
+    with Archive.create(tmp / "copy", codec="lz4", transcode=True) as archive:
+        assert archive.ingest(files, workers=0).balanced
+    return tmp / "copy"
+
+
+def _datasets(path: Path) -> dict[str, Any]:
+    return {
+        "frames": FrameDataset(path, rescale=True, fields=("SeriesDescription",)),
+        "frames int16": FrameDataset(path, rescale=True, dtype="int16", geometry=False),
+        "patches": PatchDataset(path, (4, 16, 16), samples=12, seed=2, rescale=True),
+        "2-d patches": PatchDataset(path, (16, 16), samples=12, seed=2),
+    }
+
+
+def _assert_same_batch(ours: Any, default: Any) -> None:
+    """The same keys in the same order, tensors of equal dtype, shape and values."""
+    assert type(ours) is type(default)
+    if isinstance(default, dict):
+        assert list(ours) == list(default)
+        for key, expected in default.items():
+            _assert_same_batch(ours[key], expected)
+    elif isinstance(default, list) and default and isinstance(default[0], torch.Tensor):
+        assert len(ours) == len(default)
+        for got, expected in zip(ours, default, strict=True):
+            _assert_same_batch(got, expected)
+    elif isinstance(default, torch.Tensor):
+        assert (ours.dtype, ours.shape) == (default.dtype, default.shape)
+        assert torch.equal(ours, default)
+    else:
+        assert ours == default
+
+
+def _storages(batch: dict[str, Any]) -> set[int]:
+    return {v.untyped_storage().data_ptr() for v in batch.values() if isinstance(v, torch.Tensor)}
+
+
+def test_collate_equals_default_collate_in_one_block(copy_path: Path) -> None:
+    for name, dataset in _datasets(copy_path).items():
+        items = [dataset[k] for k in range(min(len(dataset), 6))]
+        batch = collate(items)
+        _assert_same_batch(batch, default_collate(items))
+        numeric = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        assert len(numeric) >= 2 if name == "frames int16" else len(numeric) >= 5, name
+        assert len(_storages(batch)) == 1, name
+        assert batch["pixels"].storage_offset() == 0  # pixels first: the block starts with them
+
+
+def test_collate_in_dataloader_workers_equals_default_collate(copy_path: Path) -> None:
+    for name, dataset in _datasets(copy_path).items():
+        batches = {}
+        for fn in (default_collate, collate):
+            loader = DataLoader(
+                dataset, batch_size=4, num_workers=2, collate_fn=fn, multiprocessing_context="fork"
+            )
+            batches[fn] = list(loader)
+        assert len(batches[collate]) == len(batches[default_collate]) >= 3, name
+        for ours, default in zip(batches[collate], batches[default_collate], strict=True):
+            _assert_same_batch(ours, default)
+            # One shared-memory block came from the worker: one descriptor, not five.
+            assert len(_storages(ours)) == 1 < len(_storages(default)), name
+
+
+def test_collate_leaves_other_values_and_mismatches_to_default_collate() -> None:
+    items = [
+        {
+            "pixels": np.full((2, 3), k, np.float32),
+            "flag": k % 2 == 0,  # bool: a bool tensor, as the default collate makes
+            "weight": 0.5 * k,  # float: float64
+            "size": np.uint16(k),  # a numpy scalar, not an array
+            "name": f"item {k}",
+            "pair": (k, -k),
+        }
+        for k in range(3)
+    ]
+    _assert_same_batch(collate(items), default_collate(items))
+    _assert_same_batch(collate([(1, 2), (3, 4)]), default_collate([(1, 2), (3, 4)]))
+    ordered = [OrderedDict(pixels=np.zeros(2, np.float32), frame=k) for k in range(2)]
+    assert type(collate(ordered)) is OrderedDict
+    uneven = [{"pixels": np.zeros((2, 2), np.float32)}, {"pixels": np.zeros((3, 2), np.float32)}]
+    with pytest.raises(RuntimeError, match="equal size"):
+        default_collate(uneven)
+    with pytest.raises(RuntimeError, match="equal size"):
+        collate(uneven)
+    mixed = [{"pixels": np.zeros(2, np.int16)}, {"pixels": np.zeros(2, np.float32)}]
+    _assert_same_batch(collate(mixed), default_collate(mixed))
