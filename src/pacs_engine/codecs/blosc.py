@@ -98,6 +98,9 @@ def blosc_decompress(data: bytes | memoryview) -> bytes:
 def blosc_decompress_into(data: bytes | memoryview, out: np.ndarray) -> None:
     """A Blosc frame's bytes written into `out` (C-contiguous), which must be their size:
     no intermediate bytes object (CodecError for a damaged frame or another size)."""
+    import imagecodecs
+    import numpy as np
+
     # blosc_decompress's check, and the size, which c-blosc does not check against a
     # larger buffer (it fills a part of it); inline in both: it runs once per 64x64 tile.
     header = BLOSC_HEADER.unpack_from(data) if len(data) >= BLOSC_HEADER.size else None
