@@ -377,6 +377,23 @@ def test_a_pool_closed_before_its_first_fork_leaves_a_forkserver_the_next_pool_s
     assert _probe(probe) == "True"
 
 
+def test_a_pool_closed_before_its_first_fork_leaves_the_forkserver_another_pool_uses() -> None:
+    """Each worker's sentinel is a pipe its forkserver holds: a pool closed before its first
+    fork while another pool is live leaves the forkserver running, and the other pool's task
+    in flight and its next task complete."""
+    probe = (
+        "import multiprocessing, os, time; from pacs_engine import executors; "
+        "pool = executors.LocalExecutor(1); pool.submit(os.getpid).result(); "
+        "running = pool.submit(time.sleep, 0.5); "
+        "other = executors._Pool(1, multiprocessing.get_context('forkserver'), "
+        "executors._start_worker, (os.getpid(),)); "  # its first worker not forked yet
+        "other.close(); "
+        "print(running.result(), pool.submit(os.getpid).result() in pool.pool._processes); "
+        "pool.close()"
+    )
+    assert _probe(probe) == "None True"
+
+
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
     """After a worker and the forkserver died, the restarted pool's workers still come from a
     forkserver that preloaded the caller's main module and started with QUIET_BLAS."""

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import tokenize
+import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from types import FrameType
@@ -133,6 +134,8 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         initargs: tuple[int],
     ) -> None:
         super().__init__(workers, mp_context, initializer, initargs)
+        with _pools_lock:
+            _pools.add(self)
         self._first = threading.Lock()  # guards the two below
         self._first_forked = False
         self._tasks_sent = False  # by the caller
@@ -165,13 +168,20 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         Closed while the first one is still forking, with no task sent (an ingest whose
         archive cannot be opened), it stops the forkserver first (`stop_forkserver`), which
         has forked no worker yet: the fork holds the pool's lock until the forkserver's
-        preload is done, which the caller need not wait for.
+        preload is done, which the caller need not wait for. Not while another pool is live:
+        its workers would die with the forkserver (`_others_live`).
         """
         with self._first:
             early = not self._first_forked and not self._tasks_sent
-        if early:
+        if early and not self._others_live():
             stop_forkserver()  # the fork then ends at once (or, forked just now, starts)
         self.shutdown(wait=True, cancel_futures=True)
+
+    def _others_live(self) -> bool:
+        """Whether another pool of this process is live (not shut down nor broken): its
+        workers' sentinels are pipes the forkserver holds, which stopping it would close."""
+        with _pools_lock:
+            return any(pool is not self and not pool._shutdown_thread for pool in _pools)
 
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
@@ -183,6 +193,12 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
             while self._idle_worker_semaphore.acquire(blocking=False):
                 pass
             super()._adjust_process_count()
+
+
+#: Every `_Pool` of this process not yet collected (`_Pool._others_live`); the lock: pools
+#: may be made from several threads, and a set must not change while it is read.
+_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+_pools_lock = threading.Lock()
 
 
 def _first_task() -> None:
