@@ -186,7 +186,11 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
         first task), up to the pool's size; called by `submit` as it queues a task."""
-        tasks = sum(item.fn is not _first_task for item in self._pending_work_items.values())
+        # Copied first, by one C call the GIL keeps whole: the manager thread pops finished
+        # items from the dict without the pool's lock, which would end a walk over it
+        # ("dictionary changed size during iteration").
+        items = list(self._pending_work_items.values())
+        tasks = sum(item.fn is not _first_task for item in items)
         if len(self._processes) < max(tasks, 1):
             # The base class forks one unless its count of idle workers is above zero:
             # emptied, that count (which this pool does not otherwise read) lets it fork.
