@@ -136,15 +136,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         super().__init__(workers, mp_context, initializer, initargs)
         with _pools_lock:
             _pools.add(self)
-        self._first = threading.Lock()  # guards the two below
-        self._first_forked = False
-        self._tasks_sent = False  # by the caller
-
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        """Queue fn(*args, **kwargs), forking a worker if every one has a task."""
-        with self._first:
-            self._tasks_sent = True
-        return super().submit(fn, *args, **kwargs)
+        self._first_forked = False  # by `fork_first`, done (or failed)
 
     def fork_first(self) -> None:
         """Fork the first worker now, as the forkserver is ready, not at the caller's first
@@ -158,9 +150,8 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         # own submit says so; from this thread it would print "Exception in thread". EOFError:
         # the forkserver stopped by `close`.
         with contextlib.suppress(RuntimeError, OSError, EOFError):
-            super().submit(_first_task)
-        with self._first:
-            self._first_forked = True
+            self.submit(_first_task)
+        self._first_forked = True
 
     def close(self) -> None:
         """Stop the workers (tasks not started are cancelled).
@@ -171,8 +162,9 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         preload is done, which the caller need not wait for. Not while another pool is live:
         its workers would die with the forkserver (`_others_live`).
         """
-        with self._first:
-            early = not self._first_forked and not self._tasks_sent
+        # No worker yet: none forked by `fork_first`, nor by a task of the caller's (whose
+        # submit returns once the worker it forks has started).
+        early = not self._first_forked and not self._processes
         if early and not self._others_live():
             stop_forkserver()  # the fork then ends at once (or, forked just now, starts)
         self.shutdown(wait=True, cancel_futures=True)
