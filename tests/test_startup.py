@@ -367,14 +367,17 @@ def test_an_ingest_whose_archive_cannot_be_opened_exits_before_the_forkserver_is
 
 def test_a_pool_closed_before_its_first_fork_leaves_a_forkserver_the_next_pool_starts() -> None:
     """Closed at once (the forkserver still importing), a pool stops the forkserver; the
-    next pool starts it again, with its preload, and its worker runs tasks."""
+    next pool starts another, with its preload, and its worker runs tasks."""
     probe = (
-        "import os, sys; from pacs_engine.executors import LocalExecutor; "
-        "LocalExecutor(1).close(); pool = LocalExecutor(1); "
-        "print(pool.submit(eval, \"'pacs_engine.ingest.tasks' in __import__('sys').modules\")"
+        "import multiprocessing.forkserver as fs, os; "
+        "from pacs_engine.executors import LocalExecutor; "
+        "first = LocalExecutor(1); server = fs._forkserver._forkserver_pid; first.close(); "
+        "pool = LocalExecutor(1); restarted = fs._forkserver._forkserver_pid; "
+        "print(restarted not in (None, server), os.path.exists(f'/proc/{server}'), "
+        "pool.submit(eval, \"'pacs_engine.ingest.tasks' in __import__('sys').modules\")"
         ".result()); pool.close()"
     )
-    assert _probe(probe) == "True"
+    assert _probe(probe) == "True False True"
 
 
 def test_a_pool_closed_before_its_first_fork_leaves_the_forkserver_another_pool_uses() -> None:
