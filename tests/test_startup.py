@@ -397,6 +397,24 @@ def test_a_pool_closed_before_its_first_fork_leaves_the_forkserver_another_pool_
     assert _probe(probe) == "None True"
 
 
+def test_a_first_fork_that_comes_after_close_stopped_the_forkserver_forks_nothing() -> None:
+    """The thread forking a pool's first worker may reach the fork just after `close` stopped
+    the forkserver: it then forks nothing, where multiprocessing would start another
+    forkserver from that thread (not deaf to Ctrl-C) and `close` would wait for its preload."""
+    probe = (
+        "import multiprocessing, multiprocessing.forkserver as fs, os; "
+        "from pacs_engine import executors; executors.start_forkserver(); "
+        "server = fs._forkserver._forkserver_pid; "
+        "pool = executors._Pool(1, multiprocessing.get_context('forkserver'), "
+        "executors._start_worker, (os.getpid(),)); "
+        "stop = executors.stop_forkserver; "
+        "executors.stop_forkserver = lambda: (stop(), pool.fork_first()); "  # the thread, late
+        "pool.close(); "
+        "print(fs._forkserver._forkserver_pid == server, multiprocessing.active_children())"
+    )
+    assert _probe(probe) == "True []"
+
+
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
     """After a worker and the forkserver died, the restarted pool's workers still come from a
     forkserver that preloaded the caller's main module and started with QUIET_BLAS."""

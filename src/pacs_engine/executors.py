@@ -137,6 +137,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         with _pools_lock:
             _pools.add(self)
         self._first_forked = False  # by `fork_first`, done (or failed)
+        self._closing = False  # by `close`, before it may stop the forkserver
 
     def fork_first(self) -> None:
         """Fork the first worker now, as the forkserver is ready, not at the caller's first
@@ -150,7 +151,11 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         # own submit says so; from this thread it would print "Exception in thread". EOFError:
         # the forkserver stopped by `close`.
         with contextlib.suppress(RuntimeError, OSError, EOFError):
-            self.submit(_first_task)
+            # Past a `close` that stopped the forkserver, multiprocessing would start another
+            # from this thread (not deaf to Ctrl-C) and `close` would wait for its preload.
+            # This narrows that window, not closes it: `close` may come just after the test.
+            if not self._closing:
+                self.submit(_first_task)
         self._first_forked = True
 
     def close(self) -> None:
@@ -162,6 +167,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         preload is done, which the caller need not wait for. Not while another pool is live:
         its workers would die with the forkserver (`_others_live`).
         """
+        self._closing = True
         # No worker yet: none forked by `fork_first`, nor by a task of the caller's (whose
         # submit returns once the worker it forks has started).
         early = not self._first_forked and not self._processes
