@@ -367,14 +367,52 @@ def test_an_ingest_whose_archive_cannot_be_opened_exits_before_the_forkserver_is
 
 def test_a_pool_closed_before_its_first_fork_leaves_a_forkserver_the_next_pool_starts() -> None:
     """Closed at once (the forkserver still importing), a pool stops the forkserver; the
-    next pool starts it again, with its preload, and its worker runs tasks."""
+    next pool starts another, with its preload, and its worker runs tasks."""
     probe = (
-        "import os, sys; from pacs_engine.executors import LocalExecutor; "
-        "LocalExecutor(1).close(); pool = LocalExecutor(1); "
-        "print(pool.submit(eval, \"'pacs_engine.ingest.tasks' in __import__('sys').modules\")"
+        "import multiprocessing.forkserver as fs, os; "
+        "from pacs_engine.executors import LocalExecutor; "
+        "first = LocalExecutor(1); server = fs._forkserver._forkserver_pid; first.close(); "
+        "pool = LocalExecutor(1); restarted = fs._forkserver._forkserver_pid; "
+        "print(restarted not in (None, server), os.path.exists(f'/proc/{server}'), "
+        "pool.submit(eval, \"'pacs_engine.ingest.tasks' in __import__('sys').modules\")"
         ".result()); pool.close()"
     )
-    assert _probe(probe) == "True"
+    assert _probe(probe) == "True False True"
+
+
+def test_a_pool_closed_before_its_first_fork_leaves_the_forkserver_another_pool_uses() -> None:
+    """Each worker's sentinel is a pipe its forkserver holds: a pool closed before its first
+    fork while another pool is live leaves the forkserver running, and the other pool's task
+    in flight and its next task complete."""
+    probe = (
+        "import multiprocessing, os, time; from pacs_engine import executors; "
+        "pool = executors.LocalExecutor(1); pool.submit(os.getpid).result(); "
+        "running = pool.submit(time.sleep, 0.5); "
+        "other = executors._Pool(1, multiprocessing.get_context('forkserver'), "
+        "executors._start_worker, (os.getpid(),)); "  # its first worker not forked yet
+        "other.close(); "
+        "print(running.result(), pool.submit(os.getpid).result() in pool.pool._processes); "
+        "pool.close()"
+    )
+    assert _probe(probe) == "None True"
+
+
+def test_a_first_fork_that_comes_after_close_stopped_the_forkserver_forks_nothing() -> None:
+    """The thread forking a pool's first worker may reach the fork just after `close` stopped
+    the forkserver: it then forks nothing, where multiprocessing would start another
+    forkserver from that thread (not deaf to Ctrl-C) and `close` would wait for its preload."""
+    probe = (
+        "import multiprocessing, multiprocessing.forkserver as fs, os; "
+        "from pacs_engine import executors; executors.start_forkserver(); "
+        "server = fs._forkserver._forkserver_pid; "
+        "pool = executors._Pool(1, multiprocessing.get_context('forkserver'), "
+        "executors._start_worker, (os.getpid(),)); "
+        "stop = executors.stop_forkserver; "
+        "executors.stop_forkserver = lambda: (stop(), pool.fork_first()); "  # the thread, late
+        "pool.close(); "
+        "print(fs._forkserver._forkserver_pid == server, multiprocessing.active_children())"
+    )
+    assert _probe(probe) == "True []"
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:

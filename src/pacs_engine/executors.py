@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import tokenize
+import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from types import FrameType
@@ -133,15 +134,10 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         initargs: tuple[int],
     ) -> None:
         super().__init__(workers, mp_context, initializer, initargs)
-        self._first = threading.Lock()  # guards the two below
-        self._first_forked = False
-        self._tasks_sent = False  # by the caller
-
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        """Queue fn(*args, **kwargs), forking a worker if every one has a task."""
-        with self._first:
-            self._tasks_sent = True
-        return super().submit(fn, *args, **kwargs)
+        with _pools_lock:
+            _pools.add(self)
+        self._first_forked = False  # by `fork_first`, done (or failed)
+        self._closing = False  # by `close`, before it may stop the forkserver
 
     def fork_first(self) -> None:
         """Fork the first worker now, as the forkserver is ready, not at the caller's first
@@ -155,9 +151,12 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         # own submit says so; from this thread it would print "Exception in thread". EOFError:
         # the forkserver stopped by `close`.
         with contextlib.suppress(RuntimeError, OSError, EOFError):
-            super().submit(_first_task)
-        with self._first:
-            self._first_forked = True
+            # Past a `close` that stopped the forkserver, multiprocessing would start another
+            # from this thread (not deaf to Ctrl-C) and `close` would wait for its preload.
+            # This narrows that window, not closes it: `close` may come just after the test.
+            if not self._closing:
+                self.submit(_first_task)
+        self._first_forked = True
 
     def close(self) -> None:
         """Stop the workers (tasks not started are cancelled).
@@ -165,24 +164,43 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         Closed while the first one is still forking, with no task sent (an ingest whose
         archive cannot be opened), it stops the forkserver first (`stop_forkserver`), which
         has forked no worker yet: the fork holds the pool's lock until the forkserver's
-        preload is done, which the caller need not wait for.
+        preload is done, which the caller need not wait for. Not while another pool is live:
+        its workers would die with the forkserver (`_others_live`).
         """
-        with self._first:
-            early = not self._first_forked and not self._tasks_sent
-        if early:
+        self._closing = True
+        # No worker yet: none forked by `fork_first`, nor by a task of the caller's (whose
+        # submit returns once the worker it forks has started).
+        early = not self._first_forked and not self._processes
+        if early and not self._others_live():
             stop_forkserver()  # the fork then ends at once (or, forked just now, starts)
         self.shutdown(wait=True, cancel_futures=True)
+
+    def _others_live(self) -> bool:
+        """Whether another pool of this process is live (not shut down nor broken): its
+        workers' sentinels are pipes the forkserver holds, which stopping it would close."""
+        with _pools_lock:
+            return any(pool is not self and not pool._shutdown_thread for pool in _pools)
 
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
         first task), up to the pool's size; called by `submit` as it queues a task."""
-        tasks = sum(item.fn is not _first_task for item in self._pending_work_items.values())
+        # Copied first, by one C call the GIL keeps whole: the manager thread pops finished
+        # items from the dict without the pool's lock, which would end a walk over it
+        # ("dictionary changed size during iteration").
+        items = list(self._pending_work_items.values())
+        tasks = sum(item.fn is not _first_task for item in items)
         if len(self._processes) < max(tasks, 1):
             # The base class forks one unless its count of idle workers is above zero:
             # emptied, that count (which this pool does not otherwise read) lets it fork.
             while self._idle_worker_semaphore.acquire(blocking=False):
                 pass
             super()._adjust_process_count()
+
+
+#: Every `_Pool` of this process not yet collected (`_Pool._others_live`); the lock: pools
+#: may be made from several threads, and a set must not change while it is read.
+_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+_pools_lock = threading.Lock()
 
 
 def _first_task() -> None:

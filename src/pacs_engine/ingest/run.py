@@ -12,8 +12,9 @@ again with the same sources, it skips inputs that have an outcome and plans the
 rest. Memory in this process is bounded by the parts in flight, not by the number
 of inputs nor by the size of a series (it holds a count per series, to send the
 largest first): the plan is read from the journal a page at a time and cut into
-parts as it is read, the results of a series' parts wait on disk until the last one
-is back, and its transaction is fed from there part by part.
+parts as it is read, the results of a series' parts wait until the last one is back
+(in memory up to STAGED_INPUTS inputs, on disk past that), and its transaction is
+fed from there part by part.
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ SCAN_RECORD = 4096
 BATCH_BYTES = 4 << 20
 #: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).
 CHECKPOINT_SECONDS = 1.0
-#: Inputs whose results a series waiting for its other parts holds in memory (a few parts'
-#: rows, ~2 KB each); past them, its results wait in a temporary file (`_Staged`).
+#: Inputs whose results a series waiting for its other parts holds in memory; past them, its
+#: results wait in a temporary file (`_Staged`). Measured: ~6.3 KB held per input (1.4 KB
+#: pickled), so ~6.5 MB a waiting series. The bound is per series; the series that reach it
+#: are about one per task in flight (2 x workers) and the one being sent (a task of several
+#: series' parts holds small ones): about (2 x workers + 1) x 6.5 MB in all at worst (~110 MB
+#: with 8 workers).
 STAGED_INPUTS = 1024
 
 
@@ -572,7 +577,7 @@ class _Run:
             self.failure = PartFailed(done.task[0], done.error)
 
     def _take(self, result: PartResult) -> None:
-        """Keep a part's result (on disk), for its series' commit once all its parts are back."""
+        """Keep a part's result (`_Staged`), for its series' commit once all its parts are back."""
         if result.stages:  # not a part quarantined here after its worker died
             self._add_stages(result.worker, result.stages)
         if result.encode_started is not None:
@@ -645,7 +650,8 @@ class _Run:
 
         Whole series in one transaction, so that readers never see part of a series. It
         is fed a part at a time (`results` may be read from disk as it goes), so memory
-        holds one part's rows, however large the series.
+        holds at most STAGED_INPUTS inputs' results (`_Staged`) and one part read back,
+        however large the series.
         """
         ends: dict[str, int] = {}
         # Its outcomes are counted as it goes, and uncounted if it does not commit.
