@@ -894,3 +894,26 @@ def test_blosc_frames_decompress_to_what_numcodecs_gives(cname: str, shuffle: st
                 blosc_decompress(damaged)
             with pytest.raises(CodecError, match=r"damaged Blosc frame|not the"):
                 blosc_decompress_into(damaged, np.empty(n, dtype))
+
+
+def test_blosc_decompress_into_takes_only_c_contiguous_writeable_arrays(tmp_path: Path) -> None:
+    """An F-order `out` would get the frame in a copy and keep its stale pixels; c-blosc
+    would write into a read-only one (a bytes object) or crash (a read-only memmap)."""
+    frame = np.arange(64 * 48, dtype="u2").reshape(64, 48)
+    stored = Blosc("lz4", 5, "shuffle", 2).encode(frame.tobytes())
+    frozen = bytes(frame.nbytes)
+    (tmp_path / "frame").write_bytes(frozen)
+    refused = (
+        np.zeros((64, 48), "u2", order="F"),
+        np.zeros((64, 96), "u2")[:, ::2],
+        np.frombuffer(frozen, "u2").reshape(64, 48),
+        np.memmap(tmp_path / "frame", "u2", "r", shape=(64, 48)),
+    )
+    for out in refused:
+        with pytest.raises(ValueError, match="C-contiguous writeable"):
+            blosc_decompress_into(stored, out)
+        assert not out.any()
+    assert not any(frozen)
+    out = np.zeros((64, 48), "u2")
+    blosc_decompress_into(stored, out)
+    np.testing.assert_array_equal(out, frame)

@@ -96,11 +96,16 @@ def blosc_decompress(data: bytes | memoryview) -> bytes:
 
 
 def blosc_decompress_into(data: bytes | memoryview, out: np.ndarray) -> None:
-    """A Blosc frame's bytes written into `out` (C-contiguous), which must be their size:
-    no intermediate bytes object (CodecError for a damaged frame or another size)."""
+    """A Blosc frame's bytes written into `out` (C-contiguous, writeable), which must be
+    their size: no intermediate bytes object (CodecError for a damaged frame or another
+    size, ValueError for another `out`)."""
     import imagecodecs
     import numpy as np
 
+    # c-blosc writes into any buffer, read-only too, and reshape copies a non-contiguous
+    # array: the frame would go into the copy, leaving `out` as it was.
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("a Blosc frame decodes into a C-contiguous writeable array only")
     # blosc_decompress's check, and the size, which c-blosc does not check against a
     # larger buffer (it fills a part of it); inline in both: it runs once per 64x64 tile.
     header = BLOSC_HEADER.unpack_from(data) if len(data) >= BLOSC_HEADER.size else None
