@@ -11,6 +11,7 @@ into one block, so a batch is one descriptor whatever the item carries.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,12 +19,33 @@ import numpy as np
 
 __all__ = ["collate"]
 
-#: The numpy dtypes `collate` packs: those torch holds with the same bytes.
-_PACKED = frozenset(
-    np.dtype(t).str
-    for t in ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+#: The dtypes `collate` packs, named alike in numpy and torch: those torch holds with
+#: the same bytes (the unsigned ones past uint8 since torch 2.3, as its default collate
+#: makes them).
+_PACKED_NAMES = (
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "uint16",
+    "uint32",
+    "uint64",
 )
 _ALIGN = 64  # each key's part of the block starts on a cache line
+
+
+@functools.cache
+def _packed() -> dict[str, Any]:
+    """torch's dtype of each numpy dtype (by its `str`) that `collate` packs."""
+    import torch
+
+    names = (name for name in _PACKED_NAMES if hasattr(torch, name))
+    return {np.dtype(name).str: getattr(torch, name) for name in names}
 
 
 def _stackable(values: list[Any]) -> np.dtype | None:
@@ -34,7 +56,7 @@ def _stackable(values: list[Any]) -> np.dtype | None:
     """
     first = values[0]
     if isinstance(first, np.ndarray):
-        if first.dtype.str not in _PACKED:
+        if first.dtype.str not in _packed():
             return None
         same = all(
             isinstance(v, np.ndarray) and v.shape == first.shape and v.dtype == first.dtype
@@ -79,8 +101,7 @@ def collate(batch: Sequence[Any]) -> Any:
             continue
         dtype, shape, at = packed[key]
         nbytes = dtype.itemsize * int(np.prod(shape))
-        kind = torch.from_numpy(np.empty(0, dtype)).dtype
-        tensor = block[at : at + nbytes].view(kind).view(shape)
+        tensor = block[at : at + nbytes].view(_packed()[dtype.str]).view(shape)
         if isinstance(values[0], np.ndarray):
             # torch.stack, as the default collate: numpy's stack into the block left the
             # worker's next items on fresh pages (~190 more page faults an item).
