@@ -70,7 +70,12 @@ def _stackable(values: list[Any]) -> np.dtype | None:
 
 def collate(batch: Sequence[Any]) -> Any:
     """torch's `default_collate` of `batch`, with the numeric keys of dict items in one
-    shared-memory block: equal tensors (dtype, shape, values), one descriptor a batch."""
+    shared-memory block: equal tensors (dtype, shape, values), one descriptor a batch.
+
+    Each key is a view of the whole block: one kept keeps all the batch's pixels alive
+    (`torch.save` of it writes the block) and a `resize_` grows into the other keys, so
+    `.clone()` what you keep past the batch.
+    """
     import torch
     from torch.utils.data import default_collate, get_worker_info
 
