@@ -4,9 +4,9 @@ In a DataLoader worker, the default collate stacks every numeric key of the item
 a new shared-memory tensor, and each one reaches the main process as a file descriptor
 of its own, handed over by a connection to the worker's resource sharer: on this machine
 about 0.7 ms of CPU per tensor and batch, as much per frame item as reading it from a
-read-optimised copy (docs/read.md). A dataset item carries five numeric keys ("pixels",
-"frame" or "offset", "spacing", "affine_lps", "affine_ras"); `collate` stacks them all
-into one block, so a batch is one descriptor whatever the item carries.
+read-optimised copy (docs/read.md). A dataset item carries five or six numeric keys
+("pixels", "frame" and/or "offset", "spacing", "affine_lps", "affine_ras"); `collate`
+stacks them all into one block, so a batch is one descriptor whatever the item carries.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def collate(batch: Sequence[Any]) -> Any:
     if type(first) is not dict:  # other mappings keep their type in the default collate
         return default_collate(list(batch))
     columns = {key: [item[key] for item in batch] for key in first}
-    packed: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}  # key -> dtype, shape, at
+    # key -> torch dtype, shape, its bytes' start and end in the block
+    packed: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
     size = 0
     # "pixels" first: the batch's pixels start the block, as a tensor of their own would.
     for key in sorted(columns, key=lambda k: k != "pixels"):
@@ -92,8 +93,9 @@ def collate(batch: Sequence[Any]) -> Any:
         if dtype is None:
             continue
         shape = (len(values), *np.shape(values[0]))
-        packed[key] = (dtype, shape, size)
-        size += -(-(dtype.itemsize * int(np.prod(shape))) // _ALIGN) * _ALIGN
+        nbytes = dtype.itemsize * int(np.prod(shape))
+        packed[key] = (_packed()[dtype.str], shape, size, size + nbytes)
+        size += -(-nbytes // _ALIGN) * _ALIGN
     if get_worker_info() is not None and size:  # shared memory, as the default collate's
         shared = torch.UntypedStorage._new_shared(size)  # type: ignore[no-untyped-call]
         block = torch.empty(0, dtype=torch.uint8).set_(shared)
@@ -104,9 +106,8 @@ def collate(batch: Sequence[Any]) -> Any:
         if key not in packed:
             out[key] = default_collate(values)
             continue
-        dtype, shape, at = packed[key]
-        nbytes = dtype.itemsize * int(np.prod(shape))
-        tensor = block[at : at + nbytes].view(_packed()[dtype.str]).view(shape)
+        kind, shape, start, end = packed[key]
+        tensor = block[start:end].view(kind).view(shape)
         if isinstance(values[0], np.ndarray):
             # torch.stack, as the default collate: numpy's stack into the block left the
             # worker's next items on fresh pages (~190 more page faults an item).
