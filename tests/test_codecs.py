@@ -892,5 +892,63 @@ def test_blosc_frames_decompress_to_what_numcodecs_gives(cname: str, shuffle: st
         for damaged in (*cases, huge + stored[BLOSC_HEADER.size :], bad_head):
             with pytest.raises(CodecError, match="damaged Blosc frame"):
                 blosc_decompress(damaged)
-            with pytest.raises(CodecError, match=r"damaged Blosc frame|not the"):
+        for damaged in cases:
+            with pytest.raises(CodecError, match="damaged Blosc frame"):
                 blosc_decompress_into(damaged, np.empty(n, dtype))
+        # Their headers' sizes are 2**31 and 0xffffffff bytes: not the output's.
+        for damaged in (huge + stored[BLOSC_HEADER.size :], bad_head):
+            with pytest.raises(CodecError, match=f"not the {n * frame.itemsize} of"):
+                blosc_decompress_into(damaged, np.empty(n, dtype))
+
+
+@pytest.mark.parametrize(
+    ("cname", "shuffle"),
+    [("lz4", "shuffle"), ("lz4", "noshuffle"), ("zstd", "bitshuffle"), ("blosclz", "shuffle")],
+)
+def test_a_blosc_frame_with_a_right_header_and_a_damaged_payload_is_an_error(
+    cname: str, shuffle: str
+) -> None:
+    """c-blosc's own error on a compressed stream it cannot decode, from both decoders.
+
+    Blosc frames carry no checksum: c-blosc finds a damaged stream, not every changed
+    byte (a frame stored uncompressed, or flipped literals, decode without an error).
+    """
+    rows, columns = np.mgrid[:64, :48]
+    frame = (columns * 7 + rows * 3).astype("u2")  # compressible: a compressed stream
+    stored = Blosc(cname, 5, shuffle, 2).encode(frame.tobytes())
+    at = BLOSC_HEADER.size + 4  # past the header and the one block's start
+    quarter = len(stored) // 4
+    flipped = stored[:at] + bytes(b ^ 0xFF for b in stored[at:])
+    zeroed = stored[:-quarter] + bytes(quarter)
+    out = np.zeros_like(frame)
+    for damaged in (flipped, zeroed):
+        assert BLOSC_HEADER.unpack_from(damaged) == BLOSC_HEADER.unpack_from(stored)
+        for decode in (blosc_decompress, lambda data: blosc_decompress_into(data, out)):
+            with pytest.raises(CodecError, match="damaged Blosc frame") as caught:
+                decode(damaged)
+            assert "header" not in str(caught.value)  # c-blosc's error, not the length check
+    blosc_decompress_into(stored, out)
+    np.testing.assert_array_equal(out, frame)
+
+
+def test_blosc_decompress_into_takes_only_c_contiguous_writeable_arrays(tmp_path: Path) -> None:
+    """An F-order `out` would get the frame in a copy and keep its stale pixels; c-blosc
+    would write into a read-only one (a bytes object) or crash (a read-only memmap)."""
+    frame = np.arange(64 * 48, dtype="u2").reshape(64, 48)
+    stored = Blosc("lz4", 5, "shuffle", 2).encode(frame.tobytes())
+    frozen = bytes(frame.nbytes)
+    (tmp_path / "frame").write_bytes(frozen)
+    refused = (
+        np.zeros((64, 48), "u2", order="F"),
+        np.zeros((64, 96), "u2")[:, ::2],
+        np.frombuffer(frozen, "u2").reshape(64, 48),
+        np.memmap(tmp_path / "frame", "u2", "r", shape=(64, 48)),
+    )
+    for out in refused:
+        with pytest.raises(ValueError, match="C-contiguous writeable"):
+            blosc_decompress_into(stored, out)
+        assert not out.any()
+    assert not any(frozen)
+    out = np.zeros((64, 48), "u2")
+    blosc_decompress_into(stored, out)
+    np.testing.assert_array_equal(out, frame)

@@ -26,12 +26,24 @@ def copy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "copy"
 
 
-def _datasets(path: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def mr_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An lz4 copy of two synthetic 8-slice MR series: uint16 pixels, torch.uint16 batches."""
+    tmp = tmp_path_factory.mktemp("collate_mr")
+    files = write_studies(tmp / "synth", 2, 1, 8, rows=32, columns=32, modalities=("MR",), seed=4)
+    with Archive.create(tmp / "copy", codec="lz4", transcode=True) as archive:
+        assert archive.ingest(files, workers=0).balanced
+    return tmp / "copy"
+
+
+def _datasets(path: Path, mr_path: Path) -> dict[str, Any]:
     return {
         "frames": FrameDataset(path, rescale=True, fields=("SeriesDescription",)),
         "frames int16": FrameDataset(path, rescale=True, dtype="int16", geometry=False),
         "patches": PatchDataset(path, (4, 16, 16), samples=12, seed=2, rescale=True),
         "2-d patches": PatchDataset(path, (16, 16), samples=12, seed=2),
+        "MR frames uint16": FrameDataset(mr_path),
+        "MR 2-d patches uint16": PatchDataset(mr_path, (16, 16), samples=12, seed=2),
     }
 
 
@@ -57,9 +69,11 @@ def _storages(batch: dict[str, Any]) -> set[int]:
     return {v.untyped_storage().data_ptr() for v in batch.values() if isinstance(v, torch.Tensor)}
 
 
-def test_collate_equals_default_collate_in_one_block(copy_path: Path) -> None:
-    for name, dataset in _datasets(copy_path).items():
+def test_collate_equals_default_collate_in_one_block(copy_path: Path, mr_path: Path) -> None:
+    for name, dataset in _datasets(copy_path, mr_path).items():
         items = [dataset[k] for k in range(min(len(dataset), 6))]
+        if name.endswith("uint16"):  # a torch.uint16 batch (torch >= 2.3), packed too
+            assert items[0]["pixels"].dtype == np.uint16, name
         batch = collate(items)
         _assert_same_batch(batch, default_collate(items))
         numeric = [v for v in batch.values() if isinstance(v, torch.Tensor)]
@@ -68,8 +82,10 @@ def test_collate_equals_default_collate_in_one_block(copy_path: Path) -> None:
         assert batch["pixels"].storage_offset() == 0  # pixels first: the block starts with them
 
 
-def test_collate_in_dataloader_workers_equals_default_collate(copy_path: Path) -> None:
-    for name, dataset in _datasets(copy_path).items():
+def test_collate_in_dataloader_workers_equals_default_collate(
+    copy_path: Path, mr_path: Path
+) -> None:
+    for name, dataset in _datasets(copy_path, mr_path).items():
         batches = {}
         for fn in (default_collate, collate):
             loader = DataLoader(

@@ -339,3 +339,24 @@ def test_whole_blosc_frames_decode_into_the_output_and_refuse_damaged_chunks(
             pixel_store.decode_frame(smaller, [chunk], np.empty((31, 24), spec.dtype))
         pixel_store.decode_frame(spec, [chunk], frame)
         assert np.array_equal(frame, expected[1])
+
+
+@pytest.mark.parametrize("codec", ["lz4", "raw"])
+def test_a_read_only_output_is_refused_and_left_as_it_was(codec: str, tmp_path: Path) -> None:
+    """c-blosc writes into a read-only buffer (it changed a bytes object, it crashed on a
+    read-only memmap): read_frames refuses such an `out` first, for every codec."""
+    files = write_studies(tmp_path / "src", 1, 1, 3, rows=32, columns=24, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec=codec) as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        dtype = archive.pixels.spec(path).dtype
+        frozen = bytes(3 * 32 * 24 * dtype.itemsize)
+        out = np.frombuffer(frozen, dtype).reshape(3, 32, 24)
+        with pytest.raises(ValueError, match="read-only array"):
+            archive.pixels.read_frames(path, [0, 1, 2], out=out)
+        assert not any(frozen)
+        (tmp_path / "frames").write_bytes(frozen)
+        mapped = np.memmap(tmp_path / "frames", dtype, "r", shape=(3, 32, 24))
+        with pytest.raises(ValueError, match="read-only array"):
+            archive.pixels.read_frames(path, [0, 1, 2], out=mapped)
+        assert np.array_equal(archive.pixels.read_frames(path, [0, 1, 2]), _pydicom_frames(archive))

@@ -801,10 +801,10 @@ class PixelStore:
         """Frames of an array, decoded in the order given into one array, returned.
 
         Shaped (len(frames), rows, columns[, samples]), each frame cut to `window`:
-        a new array, or `out` (of that shape and the array's dtype, e.g. a slice of a
-        larger one; ValueError otherwise). The frames of a shard are read with one
-        read when they are close (at most half of the span skipped), else one read
-        each; uncompressed frames are read straight into the output, and each tile a
+        a new array, or `out` (writeable, of that shape and the array's dtype, e.g. a
+        slice of a larger one; ValueError otherwise). The frames of a shard are read
+        with one read when they are close (at most half of the span skipped), else one
+        read each; uncompressed frames are read straight into the output, and each tile a
         window needs is decoded and copied into its place there. With `threads` > 1,
         frames of an image codec are decoded in parallel (the codecs release the
         GIL); Blosc and uncompressed frames are decoded on this thread, faster than
@@ -821,6 +821,9 @@ class PixelStore:
                 f"{path}: frames read into an array of {out.shape} {out.dtype}, "
                 f"not {shape} {spec.dtype}"
             )
+        elif not out.flags.writeable:
+            # c-blosc writes into any buffer it is given, read-only or not.
+            raise ValueError(f"{path}: frames read into a read-only array")
         # Uncompressed little-endian chunks are the frames' bytes on this machine.
         raw = spec.codec is None and not spec.compressors and spec.tile is None
         if raw and window == FULL_FRAME and sys.byteorder == "little" and out.flags.c_contiguous:

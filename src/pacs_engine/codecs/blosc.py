@@ -76,15 +76,23 @@ class Blosc:
         return bytes(coder.encode(items))
 
 
+def _frame_header(data: bytes | memoryview) -> tuple[int, ...]:
+    """A Blosc frame's header (BLOSC_HEADER's fields); CodecError unless it records the
+    frame's own length."""
+    # c-blosc decodes a cut frame without an error, into bytes it never wrote (so does
+    # numcodecs): the length its header records is checked first.
+    header = BLOSC_HEADER.unpack_from(data) if len(data) >= BLOSC_HEADER.size else None
+    if header is None or header[-1] != len(data):
+        raise CodecError(f"a damaged Blosc frame: {len(data)} bytes, not what its header says")
+    return header
+
+
 def blosc_decompress(data: bytes | memoryview) -> bytes:
     """A Blosc frame's bytes: it carries its own shuffle and type size; CodecError for a
     damaged frame."""
     import imagecodecs
 
-    # c-blosc decodes a cut frame without an error, into bytes it never wrote (so does
-    # numcodecs): the length its header records is checked first.
-    if len(data) < BLOSC_HEADER.size or BLOSC_HEADER.unpack_from(data)[-1] != len(data):
-        raise CodecError(f"a damaged Blosc frame: {len(data)} bytes, not what its header says")
+    _frame_header(data)
     # imagecodecs' c-blosc on this thread: the same bytes as numcodecs' decompress (tested),
     # a quarter of its CPU on a 512x512 frame (numcodecs hands each call to Blosc's
     # threads), and no numcodecs import (~0.07 s) for a process that only reads.
@@ -96,16 +104,18 @@ def blosc_decompress(data: bytes | memoryview) -> bytes:
 
 
 def blosc_decompress_into(data: bytes | memoryview, out: np.ndarray) -> None:
-    """A Blosc frame's bytes written into `out` (C-contiguous), which must be their size:
-    no intermediate bytes object (CodecError for a damaged frame or another size)."""
+    """A Blosc frame's bytes written into `out` (C-contiguous, writeable), which must be
+    their size: no intermediate bytes object (CodecError for a damaged frame or another
+    size, ValueError for another `out`)."""
     import imagecodecs
     import numpy as np
 
-    # blosc_decompress's check, and the size, which c-blosc does not check against a
-    # larger buffer (it fills a part of it); inline in both: it runs once per 64x64 tile.
-    header = BLOSC_HEADER.unpack_from(data) if len(data) >= BLOSC_HEADER.size else None
-    if header is None or header[-1] != len(data):
-        raise CodecError(f"a damaged Blosc frame: {len(data)} bytes, not what its header says")
+    # c-blosc writes into any buffer, read-only too, and reshape copies a non-contiguous
+    # array: the frame would go into the copy, leaving `out` as it was.
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("a Blosc frame decodes into a C-contiguous writeable array only")
+    # c-blosc does not check the size against a larger buffer (it fills a part of it).
+    header = _frame_header(data)
     if header[4] != out.nbytes:
         raise CodecError(f"a Blosc frame of {header[4]} bytes, not the {out.nbytes} of its chunk")
     try:

@@ -4,13 +4,14 @@ In a DataLoader worker, the default collate stacks every numeric key of the item
 a new shared-memory tensor, and each one reaches the main process as a file descriptor
 of its own, handed over by a connection to the worker's resource sharer: on this machine
 about 0.7 ms of CPU per tensor and batch, as much per frame item as reading it from a
-read-optimised copy (docs/read.md). A dataset item carries five numeric keys ("pixels",
-"frame" or "offset", "spacing", "affine_lps", "affine_ras"); `collate` stacks them all
-into one block, so a batch is one descriptor whatever the item carries.
+read-optimised copy (docs/read.md). A dataset item carries five or six numeric keys
+("pixels", "frame" and/or "offset", "spacing", "affine_lps", "affine_ras"); `collate`
+stacks them all into one block, so a batch is one descriptor whatever the item carries.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,12 +19,33 @@ import numpy as np
 
 __all__ = ["collate"]
 
-#: The numpy dtypes `collate` packs: those torch holds with the same bytes.
-_PACKED = frozenset(
-    np.dtype(t).str
-    for t in ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+#: The dtypes `collate` packs, named alike in numpy and torch: those torch holds with
+#: the same bytes (the unsigned ones past uint8 since torch 2.3, as its default collate
+#: makes them).
+_PACKED_NAMES = (
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "uint16",
+    "uint32",
+    "uint64",
 )
 _ALIGN = 64  # each key's part of the block starts on a cache line
+
+
+@functools.cache
+def _packed() -> dict[str, Any]:
+    """torch's dtype of each numpy dtype (by its `str`) that `collate` packs."""
+    import torch
+
+    names = (name for name in _PACKED_NAMES if hasattr(torch, name))
+    return {np.dtype(name).str: getattr(torch, name) for name in names}
 
 
 def _stackable(values: list[Any]) -> np.dtype | None:
@@ -34,7 +56,7 @@ def _stackable(values: list[Any]) -> np.dtype | None:
     """
     first = values[0]
     if isinstance(first, np.ndarray):
-        if first.dtype.str not in _PACKED:
+        if first.dtype.str not in _packed():
             return None
         same = all(
             isinstance(v, np.ndarray) and v.shape == first.shape and v.dtype == first.dtype
@@ -48,7 +70,12 @@ def _stackable(values: list[Any]) -> np.dtype | None:
 
 def collate(batch: Sequence[Any]) -> Any:
     """torch's `default_collate` of `batch`, with the numeric keys of dict items in one
-    shared-memory block: equal tensors (dtype, shape, values), one descriptor a batch."""
+    shared-memory block: equal tensors (dtype, shape, values), one descriptor a batch.
+
+    Each key is a view of the whole block: one kept keeps all the batch's pixels alive
+    (`torch.save` of it writes the block) and a `resize_` grows into the other keys, so
+    `.clone()` what you keep past the batch.
+    """
     import torch
     from torch.utils.data import default_collate, get_worker_info
 
@@ -56,7 +83,8 @@ def collate(batch: Sequence[Any]) -> Any:
     if type(first) is not dict:  # other mappings keep their type in the default collate
         return default_collate(list(batch))
     columns = {key: [item[key] for item in batch] for key in first}
-    packed: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}  # key -> dtype, shape, at
+    # key -> torch dtype, shape, its bytes' start and end in the block
+    packed: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
     size = 0
     # "pixels" first: the batch's pixels start the block, as a tensor of their own would.
     for key in sorted(columns, key=lambda k: k != "pixels"):
@@ -65,8 +93,9 @@ def collate(batch: Sequence[Any]) -> Any:
         if dtype is None:
             continue
         shape = (len(values), *np.shape(values[0]))
-        packed[key] = (dtype, shape, size)
-        size += -(-(dtype.itemsize * int(np.prod(shape))) // _ALIGN) * _ALIGN
+        nbytes = dtype.itemsize * int(np.prod(shape))
+        packed[key] = (_packed()[dtype.str], shape, size, size + nbytes)
+        size += -(-nbytes // _ALIGN) * _ALIGN
     if get_worker_info() is not None and size:  # shared memory, as the default collate's
         shared = torch.UntypedStorage._new_shared(size)  # type: ignore[no-untyped-call]
         block = torch.empty(0, dtype=torch.uint8).set_(shared)
@@ -77,10 +106,8 @@ def collate(batch: Sequence[Any]) -> Any:
         if key not in packed:
             out[key] = default_collate(values)
             continue
-        dtype, shape, at = packed[key]
-        nbytes = dtype.itemsize * int(np.prod(shape))
-        kind = torch.from_numpy(np.empty(0, dtype)).dtype
-        tensor = block[at : at + nbytes].view(kind).view(shape)
+        kind, shape, start, end = packed[key]
+        tensor = block[start:end].view(kind).view(shape)
         if isinstance(values[0], np.ndarray):
             # torch.stack, as the default collate: numpy's stack into the block left the
             # worker's next items on fresh pages (~190 more page faults an item).
