@@ -12,6 +12,7 @@ import sys
 import time
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -259,7 +260,8 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
 def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pristine) -> None:
     """A correction's new pack holds its blobs one after the other, nothing else; each new
     version's blob reads back through `PackReader` with the corrected value, and its
-    `stored_bytes` is that blob alone (its pixels are the old version's)."""
+    `stored_bytes` is that blob alone (its pixels are the old version's); a rebuilt index
+    gives back each row's bytes and versions as committed (no version counted twice)."""
     _cli(
         "correct",
         archive,
@@ -286,6 +288,15 @@ def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pr
         ends = [0] + [offset + length for offset, length in sorted(places)]
         assert [offset for offset, _ in sorted(places)] == ends[:-1]
         assert (archive / pack).stat().st_size == ends[-1]
+
+    def stored(opened: Archive) -> dict[str, tuple[int, list[Any]]]:
+        return {r["SOPInstanceUID"]: (r["stored_bytes"], r.get("versions")) for r in opened.index}
+
+    with open_archive(archive) as opened:
+        live = stored(opened)
+    rebuild_index(archive)
+    with open_archive(archive) as opened:
+        assert stored(opened) == live
 
 
 def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:

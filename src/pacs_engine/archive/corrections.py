@@ -53,7 +53,12 @@ from pacs_engine.archive.prepare import (
     hash_kind,
     prepare,
 )
-from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
+from pacs_engine.archive.versions import (
+    INSTANCE_FIELDS,
+    own_stored_bytes,
+    version_rows,
+    with_version,
+)
 from pacs_engine.codecs.sharding import EMPTY, shard_parts
 from pacs_engine.errors import ScanError
 from pacs_engine.index.keys import identity_key
@@ -785,8 +790,10 @@ def _version_key(row: Row) -> tuple[Any, Any]:
 
 
 def _current_only(row: Row) -> Row:
-    """The row of the current version alone, as a rows file keeps it."""
-    return cast(Row, {k: v for k, v in row.items() if k not in ("versions", "current_reason")})
+    """The row of the current version alone, as a rows file keeps it: with its own
+    `stored_bytes` (a rebuild adds the earlier versions' again, as an ingest's rows)."""
+    current = {k: v for k, v in row.items() if k not in ("versions", "current_reason")}
+    return cast(Row, current | {"stored_bytes": own_stored_bytes(row)})
 
 
 def _uids_only(row: Row) -> Row:

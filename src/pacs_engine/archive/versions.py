@@ -51,7 +51,7 @@ def with_version(row: Row, new: Row) -> Row:
     instance's own fields (duplicates, ...) stay; `stored_bytes` counts every version.
     """
     earlier = [v for v in row.get("versions", []) if not v.get("current")]
-    own_stored = _own_stored_bytes(row)
+    own_stored = own_stored_bytes(row)
     demoted: dict[str, Any] = {k: v for k, v in row.items() if k not in INSTANCE_FIELDS}
     demoted |= {"stored_bytes": own_stored, "run": row.get("run")}
     versions = [*earlier, cast(Version, demoted), _summary(new)]
@@ -82,7 +82,7 @@ def _summary(row: Row) -> Version:
     return cast(Version, summary)
 
 
-def _own_stored_bytes(row: Row) -> int:
+def own_stored_bytes(row: Row) -> int:
     """Bytes stored for the current version alone."""
     versions = row.get("versions")
     return versions[-1]["stored_bytes"] if versions else row.get("stored_bytes", 0)
