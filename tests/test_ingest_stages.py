@@ -545,6 +545,11 @@ def test_write_atomic_writes_a_list_of_parts_one_after_another(tmp_path: Path) -
     fsync_dirs(writes)
     for name in ("now", "later"):
         assert (tmp_path / name).read_bytes() == b"".join(parts)
+    # One buffer of any kind is one part (a memoryview is a Sequence, but of ints).
+    write_atomic(tmp_path / "view", memoryview(parts[3])[1:])
+    write_atomic(tmp_path / "array", bytearray(parts[0]))
+    assert (tmp_path / "view").read_bytes() == parts[3][1:]
+    assert (tmp_path / "array").read_bytes() == parts[0]
     spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2)
     pixels = PixelStore(tmp_path / "pixels")
     pixels.create()

@@ -122,15 +122,15 @@ class DeferredWrites(set[Path]):
 
 def write_atomic(
     path: str | os.PathLike,
-    data: bytes | bytearray | Sequence[bytes | memoryview],
+    data: bytes | bytearray | memoryview | Sequence[bytes | memoryview],
     dirs: set[Path] | None = None,
     *,
     durable: bool = True,
 ) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
-    `data` may be a list of parts, written one after the other (a shard's chunks from
-    their own buffers: no copy of the whole into one first).
+    `data` may be one buffer or a list of parts, written one after the other (a shard's
+    chunks from their own buffers: no copy of the whole into one first).
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
     added to it for one `fsync_dirs` call after a batch of writes; a `DeferredWrites`
@@ -154,7 +154,7 @@ def write_atomic(
                 # one): a chmod is one more journalled change a file, where a stat is not.
                 if os.fstat(fd).st_mode & 0o777 != mode:
                     os.fchmod(fd, mode)
-                for part in (data,) if isinstance(data, bytes | bytearray) else data:
+                for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
                     f.write(part)
                 f.flush()
                 if durable and pending is None:
