@@ -59,7 +59,6 @@ from pacs_engine.archive.versions import (
     version_rows,
     with_version,
 )
-from pacs_engine.codecs.sharding import EMPTY, shard_parts
 from pacs_engine.errors import ScanError
 from pacs_engine.index.keys import identity_key
 from pacs_engine.index.query import PATIENT_KEYWORDS
@@ -702,31 +701,15 @@ class Corrections:
         path = reference["array"]
         if not pixels.exists(path):
             return 0
-        per_shard, per_frame = pixels.grid(path)
+        per_shard = pixels.grid(path)[0]
         frames = set(
             range(reference["first_frame"], reference["first_frame"] + reference["frames"])
         )
         frames -= live.get(path, set())
-        freed = 0
-        for shard in sorted({f // per_shard for f in frames}):
-            file = Path(pixels._shard_file(path, shard))
-            if not file.is_file():
-                continue
-            data = memoryview(file.read_bytes())  # the kept chunks: slices, not copies
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                table = pixels._shard_table(fd, per_shard * per_frame, str(file))
-            finally:
-                os.close(fd)
-            chunks: list[memoryview | None] = []
-            for k, (offset, length) in enumerate(table.tolist()):
-                frame = shard * per_shard + k // per_frame
-                dropped = frame in frames or offset == EMPTY
-                chunks.append(None if dropped else data[offset : offset + length])
-            parts = shard_parts(chunks)
-            write_atomic(file, parts)
-            freed += len(data) - sum(map(len, parts))
-        return freed
+        return sum(
+            pixels.drop_frames(path, shard, frames)
+            for shard in sorted({f // per_shard for f in frames})
+        )
 
 
 def _needs_unicode(dataset: pydicom.Dataset, keyword: str, value: Any) -> bool:
