@@ -656,7 +656,8 @@ class PixelStore:
         For an array of original bitstreams: those bitstreams, byte for byte.
         """
         spec = self.spec(path)
-        return [bytes(decompress(spec, c)) for c in self.read_chunks(path, start, stop)]
+        # Views: a Blosc chunk is read from the shard's buffer, not first copied to bytes.
+        return [bytes(decompress(spec, c)) for c in self.chunk_views(path, start, stop)]
 
     def arrays(self, series_uid: str) -> list[str]:
         """The paths of the series' arrays (in its folder, and where earlier versions put it)."""
