@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -173,6 +173,16 @@ def write_atomic(
             fsync_dir(path.parent)
         else:
             dirs.add(path.parent)
+
+
+def unused_path(name: Callable[[int], Path], first: int = 0) -> Path:
+    """`name(first)`, `name(first + 1)`... the first path that does not exist: of two files
+    named after the same second, the second must not replace the first. Whoever calls it
+    holds what keeps another process from taking that name meanwhile, or accepts the race."""
+    n = first
+    while (path := name(n)).exists():
+        n += 1
+    return path
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
