@@ -774,8 +774,9 @@ def _version_key(row: Row) -> tuple[Any, Any]:
 
 def _current_only(row: Row) -> Row:
     """The row of the current version alone, as a rows file keeps it: with its own
-    `stored_bytes` (a rebuild adds the earlier versions' again, as an ingest's rows)."""
-    current = {k: v for k, v in row.items() if k not in ("versions", "current_reason")}
+    `stored_bytes` (a rebuild adds the earlier versions' again, as an ingest's rows)
+    and the correction as the reason it is current."""
+    current = {k: v for k, v in row.items() if k != "versions"}
     return cast(Row, current | {"stored_bytes": own_stored_bytes(row)})
 
 

@@ -49,6 +49,8 @@ def with_version(row: Row, new: Row) -> Row:
 
     The version that was current becomes a complete record in `versions`; the
     instance's own fields (duplicates, ...) stay; `stored_bytes` counts every version.
+    The reason it is current is `new`'s own when it has one (a correction's row, as
+    its rows file keeps it for rebuild-index), else CURRENT_REASON.
     """
     earlier = [v for v in row.get("versions", []) if not v.get("current")]
     own_stored = own_stored_bytes(row)
@@ -60,7 +62,7 @@ def with_version(row: Row, new: Row) -> Row:
     merged |= {k: own[k] for k in INSTANCE_FIELDS if k in own}
     merged |= {
         "versions": versions,
-        "current_reason": CURRENT_REASON,
+        "current_reason": new.get("current_reason", CURRENT_REASON),
         "stored_bytes": sum(v["stored_bytes"] for v in versions),
     }
     return cast(Row, merged)
