@@ -259,7 +259,8 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
 def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pristine) -> None:
     """A correction's new pack holds its blobs one after the other, nothing else; each new
     version's blob reads back through `PackReader` with the corrected value, and its
-    `stored_bytes` is that blob alone (its pixels are the old version's)."""
+    `stored_bytes` is that blob alone (its pixels are the old version's); a rebuilt index
+    gives back the rows as committed (no version's bytes counted twice, the reason kept)."""
     _cli(
         "correct",
         archive,
@@ -286,6 +287,11 @@ def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pr
         ends = [0] + [offset + length for offset, length in sorted(places)]
         assert [offset for offset, _ in sorted(places)] == ends[:-1]
         assert (archive / pack).stat().st_size == ends[-1]
+    with open_archive(archive) as opened:
+        live = {row["SOPInstanceUID"]: row for row in opened.index}
+    rebuild_index(archive)
+    with open_archive(archive) as opened:
+        assert {row["SOPInstanceUID"]: row for row in opened.index} == live
 
 
 def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:
@@ -368,6 +374,36 @@ def test_delete_trash_restore_and_empty(archive: Path, pristine, tmp_path: Path)
         "trash empty"
     ]
     assert verify_chain(archive) == []
+
+
+def _replaced_files_held(root: Path) -> list[str]:
+    """The files under `root` this process holds open that were replaced or removed since."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+    return [n for n in held if n.startswith(f"{root}/") and n.endswith(" (deleted)")]
+
+
+def test_emptying_the_trash_lets_go_of_the_shard_it_replaces(archive: Path, pristine) -> None:
+    """The process that read a shard and then empties the trash of an instance in it keeps
+    no descriptor to the replaced file (which would keep its disk space); the shard's other
+    frames read back as before."""
+    by_sop = pristine[1]
+    gone, kept = (next(s for s, p in by_sop.items() if p.name == n) for n in ("05.dcm", "06.dcm"))
+    with open_archive(archive, readonly=False) as opened:
+        places = [opened.index.get(sop)["pixels"] for sop in (gone, kept)]  # type: ignore[index]
+        per_shard = opened.pixels.grid(places[0]["array"])[0]
+        assert len({(p["array"], p["first_frame"] // per_shard) for p in places}) == 1
+        before = opened.export_bytes(kept)  # the shard is now open in this process
+        corrections = Corrections(opened)
+        corrections.apply(corrections.delete("withdrawn", "test", sop=gone))
+        assert not _replaced_files_held(archive)
+        assert corrections.empty_trash(older_than_days=0)[1] > 0
+        assert not _replaced_files_held(archive)
+        assert opened.export_bytes(kept) == before
 
 
 def test_audit_trail_names_no_patient(archive: Path, pristine) -> None:

@@ -1168,6 +1168,21 @@ def test_a_small_source_is_copied_in_process(made: dict, monkeypatch: pytest.Mon
     assert small.balanced and large.balanced
 
 
+def test_an_executor_and_a_scheduler_both_given_are_refused(made: dict) -> None:
+    """Which of the two to use is not guessed (the scheduler was ignored): nothing is made."""
+    root = made["root"]
+    with pytest.raises(ValueError, match="executor or a scheduler, not both"):
+        deidentify(
+            root / "record",
+            root / "both",
+            made["key"],
+            OPTIONS,
+            executor=InlineExecutor(),
+            scheduler="tcp://127.0.0.1:1",
+        )
+    assert not (root / "both").exists()
+
+
 def test_nothing_is_committed_before_its_files_are_durable(
     made: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,7 +45,7 @@ from pacs_engine.ingest import Progress, encode, run, tasks
 from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
-from pacs_engine.storage import DeferredWrites, fsync_dirs, write_atomic
+from pacs_engine.storage import DeferredWrites, fsync_dirs, unused_path, write_atomic
 from pacs_engine.synth import write_series
 
 #: Stages every worker of a run on uncompressed corpus files goes through.
@@ -535,6 +535,18 @@ def test_deferred_writes_appear_whole_once_all_are_synced(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("*.tmp")) and not writes and not writes.files
 
 
+def test_unused_path_is_the_first_name_not_taken(tmp_path: Path) -> None:
+    """Names from `first` on, the first that does not exist (taken ones skipped, not reused)."""
+
+    def name(n: int) -> Path:
+        return tmp_path / f"f-{n}"
+
+    assert unused_path(name) == name(0) and unused_path(name, 1) == name(1)
+    for n in (0, 1, 3):
+        name(n).write_bytes(b"")
+    assert unused_path(name) == name(2) and unused_path(name, 3) == name(4)
+
+
 def test_write_atomic_writes_a_list_of_parts_one_after_another(tmp_path: Path) -> None:
     """Parts (a shard's chunks and index) land as their concatenation, synced at once or
     deferred, and a shard the store writes from its chunks' buffers reads back in zarr."""
@@ -545,6 +557,11 @@ def test_write_atomic_writes_a_list_of_parts_one_after_another(tmp_path: Path) -
     fsync_dirs(writes)
     for name in ("now", "later"):
         assert (tmp_path / name).read_bytes() == b"".join(parts)
+    # One buffer of any kind is one part (a memoryview is a Sequence, but of ints).
+    write_atomic(tmp_path / "view", memoryview(parts[3])[1:])
+    write_atomic(tmp_path / "array", bytearray(parts[0]))
+    assert (tmp_path / "view").read_bytes() == parts[3][1:]
+    assert (tmp_path / "array").read_bytes() == parts[0]
     spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2)
     pixels = PixelStore(tmp_path / "pixels")
     pixels.create()

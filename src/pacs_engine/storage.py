@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,15 +122,15 @@ class DeferredWrites(set[Path]):
 
 def write_atomic(
     path: str | os.PathLike,
-    data: bytes | bytearray | Sequence[bytes | memoryview],
+    data: bytes | bytearray | memoryview | Sequence[bytes | memoryview],
     dirs: set[Path] | None = None,
     *,
     durable: bool = True,
 ) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
-    `data` may be a list of parts, written one after the other (a shard's chunks from
-    their own buffers: no copy of the whole into one first).
+    `data` may be one buffer or a list of parts, written one after the other (a shard's
+    chunks from their own buffers: no copy of the whole into one first).
 
     The rename is made durable at once, or, when `dirs` is given, the folder is
     added to it for one `fsync_dirs` call after a batch of writes; a `DeferredWrites`
@@ -154,7 +154,7 @@ def write_atomic(
                 # one): a chmod is one more journalled change a file, where a stat is not.
                 if os.fstat(fd).st_mode & 0o777 != mode:
                     os.fchmod(fd, mode)
-                for part in (data,) if isinstance(data, bytes | bytearray) else data:
+                for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
                     f.write(part)
                 f.flush()
                 if durable and pending is None:
@@ -173,6 +173,16 @@ def write_atomic(
             fsync_dir(path.parent)
         else:
             dirs.add(path.parent)
+
+
+def unused_path(name: Callable[[int], Path], first: int = 0) -> Path:
+    """`name(first)`, `name(first + 1)`... the first path that does not exist: of two files
+    named after the same second, the second must not replace the first. Whoever calls it
+    holds what keeps another process from taking that name meanwhile, or accepts the race."""
+    n = first
+    while (path := name(n)).exists():
+        n += 1
+    return path
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:

@@ -53,8 +53,12 @@ from pacs_engine.archive.prepare import (
     hash_kind,
     prepare,
 )
-from pacs_engine.archive.versions import INSTANCE_FIELDS, version_rows, with_version
-from pacs_engine.codecs.sharding import EMPTY, shard_parts
+from pacs_engine.archive.versions import (
+    INSTANCE_FIELDS,
+    own_stored_bytes,
+    version_rows,
+    with_version,
+)
 from pacs_engine.errors import ScanError
 from pacs_engine.index.keys import identity_key
 from pacs_engine.index.query import PATIENT_KEYWORDS
@@ -697,31 +701,15 @@ class Corrections:
         path = reference["array"]
         if not pixels.exists(path):
             return 0
-        per_shard, per_frame = pixels.grid(path)
+        per_shard = pixels.grid(path)[0]
         frames = set(
             range(reference["first_frame"], reference["first_frame"] + reference["frames"])
         )
         frames -= live.get(path, set())
-        freed = 0
-        for shard in sorted({f // per_shard for f in frames}):
-            file = Path(pixels._shard_file(path, shard))
-            if not file.is_file():
-                continue
-            data = memoryview(file.read_bytes())  # the kept chunks: slices, not copies
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                table = pixels._shard_table(fd, per_shard * per_frame, str(file))
-            finally:
-                os.close(fd)
-            chunks: list[memoryview | None] = []
-            for k, (offset, length) in enumerate(table.tolist()):
-                frame = shard * per_shard + k // per_frame
-                dropped = frame in frames or offset == EMPTY
-                chunks.append(None if dropped else data[offset : offset + length])
-            parts = shard_parts(chunks)
-            write_atomic(file, parts)
-            freed += len(data) - sum(map(len, parts))
-        return freed
+        return sum(
+            pixels.drop_frames(path, shard, frames)
+            for shard in sorted({f // per_shard for f in frames})
+        )
 
 
 def _needs_unicode(dataset: pydicom.Dataset, keyword: str, value: Any) -> bool:
@@ -785,8 +773,11 @@ def _version_key(row: Row) -> tuple[Any, Any]:
 
 
 def _current_only(row: Row) -> Row:
-    """The row of the current version alone, as a rows file keeps it."""
-    return cast(Row, {k: v for k, v in row.items() if k not in ("versions", "current_reason")})
+    """The row of the current version alone, as a rows file keeps it: with its own
+    `stored_bytes` (a rebuild adds the earlier versions' again, as an ingest's rows)
+    and the correction as the reason it is current."""
+    current = {k: v for k, v in row.items() if k != "versions"}
+    return cast(Row, current | {"stored_bytes": own_stored_bytes(row)})
 
 
 def _uids_only(row: Row) -> Row:

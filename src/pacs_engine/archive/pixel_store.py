@@ -614,10 +614,29 @@ class PixelStore:
             frame = stop
         return files
 
+    def drop_frames(self, path: str, shard: int, frames: set[int]) -> int:
+        """Rewrite one shard of the array without the chunks of `frames` (frame numbers in
+        the array, whose frame count stays): emptying the trash. Bytes freed."""
+        file = self._shard_file(path, shard)
+        try:
+            size = os.stat(file).st_size
+        except FileNotFoundError:
+            return 0  # none of its frames was ever written
+        per_shard, per_frame = self.grid(path)
+        start = shard * per_shard
+        kept = self._kept_chunks(path, shard, per_shard)
+        parts = shard_parts(
+            [None if start + k // per_frame in frames else c for k, c in enumerate(kept)]
+        )
+        # About to be replaced: an open copy kept would hold the old file's disk space.
+        self._shards.pop(file)
+        write_atomic(file, parts)
+        return size - sum(map(len, parts))
+
     def _kept_chunks(self, path: str, shard: int, frames: int) -> list[memoryview | None]:
         """The chunks of the shard's first `frames` frames as stored, None for an absent
         one: emptying the trash drops a deleted instance's chunks from its shard
-        (corrections._drop_frames) and keeps the array's frame count, so a shard appended
+        (`drop_frames`) and keeps the array's frame count, so a shard appended
         to may have holes, which it keeps."""
         per_frame = self.grid(path)[1]
         held = self._open_shard(path, shard, f"{path}: shard {shard}")
@@ -656,7 +675,8 @@ class PixelStore:
         For an array of original bitstreams: those bitstreams, byte for byte.
         """
         spec = self.spec(path)
-        return [bytes(decompress(spec, c)) for c in self.read_chunks(path, start, stop)]
+        # Views: a Blosc chunk is read from the shard's buffer, not first copied to bytes.
+        return [bytes(decompress(spec, c)) for c in self.chunk_views(path, start, stop)]
 
     def arrays(self, series_uid: str) -> list[str]:
         """The paths of the series' arrays (in its folder, and where earlier versions put it)."""

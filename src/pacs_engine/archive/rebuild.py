@@ -49,7 +49,7 @@ from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.scanning import HEADER_KEYWORDS, NEWEST_KEYWORD, scan
-from pacs_engine.storage import fsync_dir
+from pacs_engine.storage import fsync_dir, unused_path
 
 _BATCH = 1000
 
@@ -112,22 +112,16 @@ def _rebuild(root: Path) -> Rebuilt:
         index.close()
     old = root / "index"
     if old.exists():
-        damaged = _unused(root / f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        kept = f"index.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        # Then `-2`, `-3`...: a second rebuild within the same second would rename the index
+        # onto the first one's (ENOTEMPTY); the writer lock is held, so no other rebuild
+        # picks the same name meanwhile.
+        damaged = unused_path(lambda n: root / (kept if n == 1 else f"{kept}-{n}"), 1)
         old.rename(damaged)
         rebuilt.kept_as = str(damaged)
     building.rename(old)
     fsync_dir(root)
     return rebuilt
-
-
-def _unused(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`... the first that does not exist: a second rebuild
-    within the same second would rename the index onto the first one's (ENOTEMPTY)."""
-    found, n = path, 1
-    while found.exists():  # the writer lock is held: no other rebuild picks it meanwhile
-        n += 1
-        found = path.with_name(f"{path.name}-{n}")
-    return found
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import unused_path, write_atomic
 
 if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
@@ -163,9 +163,8 @@ def write_record(archive: Archive, selection: Selection, report: VerifyReport) -
         "checked": report.checked,  # None: every instance in the archive
     }
     stamp = report.started.replace(":", "")
-    n = 0  # two verifies started in the same second keep both records, in order
-    while (path := archive.path / "reports" / f"verify-{stamp}-{n}.json").exists():
-        n += 1
+    # Two verifies started in the same second keep both records, in order.
+    path = unused_path(lambda n: archive.path / "reports" / f"verify-{stamp}-{n}.json")
     write_atomic(path, json.dumps(record, indent=1).encode())
     return path
 

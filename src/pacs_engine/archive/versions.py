@@ -49,9 +49,11 @@ def with_version(row: Row, new: Row) -> Row:
 
     The version that was current becomes a complete record in `versions`; the
     instance's own fields (duplicates, ...) stay; `stored_bytes` counts every version.
+    The reason it is current is `new`'s own when it has one (a correction's row, as
+    its rows file keeps it for rebuild-index), else CURRENT_REASON.
     """
     earlier = [v for v in row.get("versions", []) if not v.get("current")]
-    own_stored = _own_stored_bytes(row)
+    own_stored = own_stored_bytes(row)
     demoted: dict[str, Any] = {k: v for k, v in row.items() if k not in INSTANCE_FIELDS}
     demoted |= {"stored_bytes": own_stored, "run": row.get("run")}
     versions = [*earlier, cast(Version, demoted), _summary(new)]
@@ -60,7 +62,7 @@ def with_version(row: Row, new: Row) -> Row:
     merged |= {k: own[k] for k in INSTANCE_FIELDS if k in own}
     merged |= {
         "versions": versions,
-        "current_reason": CURRENT_REASON,
+        "current_reason": new.get("current_reason", CURRENT_REASON),
         "stored_bytes": sum(v["stored_bytes"] for v in versions),
     }
     return cast(Row, merged)
@@ -82,7 +84,7 @@ def _summary(row: Row) -> Version:
     return cast(Version, summary)
 
 
-def _own_stored_bytes(row: Row) -> int:
+def own_stored_bytes(row: Row) -> int:
     """Bytes stored for the current version alone."""
     versions = row.get("versions")
     return versions[-1]["stored_bytes"] if versions else row.get("stored_bytes", 0)

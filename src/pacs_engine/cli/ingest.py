@@ -338,13 +338,18 @@ def _ingest(args: argparse.Namespace, executor: Executor | None) -> int:
         return fail("ingest", str(error), 2)
     bar = _IngestBar(shows_progress(args))
     try:
-        with archive, contextlib.ExitStack() as stack:
-            if executor is None:
-                executor = make_executor(None, args.scheduler)
-                stack.callback(executor.close)
+        # The Dask executor is made once the archive is open (the `with` enters it first).
+        with (
+            archive,
+            (
+                contextlib.closing(make_executor(None, args.scheduler))
+                if executor is None
+                else contextlib.nullcontext(executor)
+            ) as used,
+        ):
             report = archive.ingest(
                 args.sources,
-                executor=executor,
+                executor=used,
                 verify=args.verify,
                 progress=bar.update,
                 trust_bitstreams=args.trust_bitstreams,

@@ -156,7 +156,10 @@ def deidentify(
     the research archive afterwards (`Archive.verify`); `trust_bitstreams` is accepted
     for the command's sake and changes nothing, since nothing is decoded. Without an
     `executor`, a `scheduler` (a dask.distributed address) is reached only once both
-    archives are open and checked: what is wrong with them is said first."""
+    archives are open and checked: what is wrong with them is said first; an `executor`
+    and a `scheduler` both given: ValueError (which to use is not guessed)."""
+    if executor is not None and scheduler is not None:
+        raise ValueError("deidentify: give an executor or a scheduler, not both")
     del trust_bitstreams  # nothing is decoded: there is nothing to trust or check
     start = time.monotonic()
     deidentifier = Deidentifier(Key.load(key_file), options, profile, burned_in, safe_private)
