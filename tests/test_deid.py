@@ -36,10 +36,12 @@ from pacs_engine.archive.blobs import (
     BlobError,
     HeaderBlob,
     PackReader,
+    load_rows,
     pending_sidecar,
     rows_sidecar,
 )
 from pacs_engine.archive.copies import CopiedInstance, read_stored_many, write_copied_part
+from pacs_engine.archive.corrections import Corrections
 from pacs_engine.archive.format import FORMAT_VERSION, ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
 from pacs_engine.archive.rebuild import rebuild_index
@@ -51,6 +53,7 @@ from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
+from pacs_engine.synth import write_studies
 from tests.conftest import CORPUS, require_corpus, run_cli
 
 OPTIONS = ("retain-longitudinal-modified-dates", "clean-descriptors")
@@ -810,6 +813,48 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     rebuilt = rebuild_index(research)
     assert (rebuilt.rows, rebuilt.uncommitted) == (2, 0)
     assert _research_files(research) == exported
+
+
+@pytest.mark.parametrize("victim", ["first", "last"])
+def test_an_instance_purged_from_a_part_killed_before_its_rename_stays_purged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, victim: str
+) -> None:
+    """A copy killed after its first part's commit, before its rows file's rename (two
+    instances of one frame each, in one array); one of them (the part's first frame, or its
+    last, whose removal has a tidy lower the count) deleted and the trash emptied: its row
+    leaves the pending rows file as well, so after a tidy (which renames that file) a
+    rebuild of the index leaves it out, keeps the other, and that one exports unchanged."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    write_studies(tmp_path / "dcm", 1, 1, 3, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+
+    def dies(pending: list[Path]) -> NoReturn:
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", dies)
+        patch.setattr(deid_run, "INLINE_BATCH", 2)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    exported = _research_files(research)
+    with Archive.open_or_create(research) as archive:
+        rows = sorted(archive.index, key=lambda row: row["pixels"]["first_frame"])
+        assert [row["pixels"]["first_frame"] for row in rows] == [0, 1]
+        assert len({row["pixels"]["array"] for row in rows}) == 1
+        gone, kept = rows if victim == "first" else rows[::-1]
+        corrections = Corrections(archive)
+        corrections.apply(corrections.delete("withdrawn", "test", sop=gone["SOPInstanceUID"]))
+        corrections.empty_trash(older_than_days=0)
+        (pending,) = research.glob("headers/*/*.pending")
+        listed = [row["SOPInstanceUID"] for row in load_rows(pending.read_bytes())[1]]
+        assert listed == [kept["SOPInstanceUID"]]
+        tidy_archive(archive)
+    assert not any(research.glob("headers/*/*.pending"))
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.deleted) == (1, 0, 0)
+    assert _research_files(research) == {kept["SOPInstanceUID"]: exported[kept["SOPInstanceUID"]]}
 
 
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
