@@ -782,8 +782,9 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     """A copy killed after its second part's commit, before that part's rows file gets its
     committed name (one instance a part): the index holds both instances and each exports
     (its zarr.json has its count); a rebuild then leaves the second out as uncommitted, as
-    for a count the commit had not yet raised, while a tidy first (each run's) gives its
-    rows file the committed name, so a rebuild after it holds both."""
+    for a count the commit had not yet raised, while a tidy first (each run's, or
+    `pacs-engine tidy`, which says so) gives its rows file the committed name, so a
+    rebuild after it holds both."""
     record, research = tmp_path / "record", tmp_path / "research"
     shutil.copytree(Path(__file__).parent / "data" / "archive-71bdf4b" / "derived", record)
     make_key(tmp_path / "key")
@@ -807,9 +808,16 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     shutil.copytree(research, untidied)
     rebuilt = rebuild_index(untidied)
     assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 1, [])
+    (pending,) = research.glob("headers/*/*.pending")
+    by_cli = tmp_path / "by-cli"
+    shutil.copytree(research, by_cli)
     with Archive.open_or_create(research) as archive:
-        tidy_archive(archive)
+        assert tidy_archive(archive).renamed == [str(pending.relative_to(research))]
     assert not any(research.glob("headers/*/*.pending"))
+    tidied = run_cli("tidy", str(by_cli))
+    assert tidied.returncode == 0, tidied.stderr
+    assert "; 1 pending rows files of committed parts renamed" in tidied.stdout
+    assert not any(by_cli.glob("headers/*/*.pending"))
     rebuilt = rebuild_index(research)
     assert (rebuilt.rows, rebuilt.uncommitted) == (2, 0)
     assert _research_files(research) == exported

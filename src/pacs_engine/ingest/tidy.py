@@ -36,11 +36,12 @@ _PART_FILES = (PACK_SUFFIX, ROWS_SUFFIX, PENDING_SUFFIX)
 
 @dataclass
 class Tidied:
-    """What a tidy removed."""
+    """What a tidy removed, resized and renamed."""
 
     files: int = 0
     bytes: int = 0
     arrays_resized: list[str] = field(default_factory=list)  # to their committed frames
+    renamed: list[str] = field(default_factory=list)  # pending rows files of committed parts
 
     def remove(self, path: Path) -> None:
         """Delete a file or a folder and count it."""
@@ -113,6 +114,7 @@ def _tidy_folders(
                 empty.rmdir()
     if committed:
         mark_committed(committed)
+        tidied.renamed += [str(file.relative_to(archive.path)) for file in committed]
 
 
 def _add_frames(
