@@ -30,6 +30,7 @@ from pathlib import Path
 from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
     PENDING_SUFFIX,
+    ROWS_FILE_SUFFIXES,
     ROWS_SUFFIX,
     BlobError,
     load_rows,
@@ -172,10 +173,10 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
         for file in sorted(folder.iterdir()):
             name = f"headers/{folder.name}/{file.name}"
             if file.suffix == PACK_SUFFIX and not any(
-                file.with_suffix(suffix).is_file() for suffix in (ROWS_SUFFIX, PENDING_SUFFIX)
+                file.with_suffix(suffix).is_file() for suffix in ROWS_FILE_SUFFIXES
             ):
                 rebuilt.packs_without_rows.append(name)
-            if file.suffix not in (ROWS_SUFFIX, PENDING_SUFFIX):
+            if file.suffix not in ROWS_FILE_SUFFIXES:
                 continue
             if not file.with_suffix(PACK_SUFFIX).is_file():
                 continue

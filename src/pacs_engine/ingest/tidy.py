@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacs_engine.archive.blobs import PACK_SUFFIX, PENDING_SUFFIX, ROWS_SUFFIX, mark_committed
+from pacs_engine.archive.blobs import (
+    PACK_SUFFIX,
+    PENDING_SUFFIX,
+    ROWS_FILE_SUFFIXES,
+    mark_committed,
+)
 from pacs_engine.archive.corrections import trashed_rows
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
@@ -29,9 +34,6 @@ from pacs_engine.storage import remove_stale_temporaries, series_folders
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
-
-#: The suffixes of a part's files in its series' headers/ folder.
-_PART_FILES = (PACK_SUFFIX, ROWS_SUFFIX, PENDING_SUFFIX)
 
 
 @dataclass
@@ -102,7 +104,7 @@ def _tidy_folders(
             for file in sorted(folder.iterdir()):
                 pack = file.with_suffix(PACK_SUFFIX)
                 used = f"headers/{name}/{pack.name}" in packs
-                if not file.is_file() or file.suffix not in _PART_FILES:
+                if not file.is_file() or file.suffix not in (PACK_SUFFIX, *ROWS_FILE_SUFFIXES):
                     continue
                 if not used:
                     tidied.remove(file)
