@@ -784,7 +784,8 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     (its zarr.json has its count); a rebuild then leaves the second out as uncommitted, as
     for a count the commit had not yet raised, while a tidy first (each run's, or
     `pacs-engine tidy`, which says so) gives its rows file the committed name, so a
-    rebuild after it holds both."""
+    rebuild after it holds both; a tidy after the rebuild removes the part's files
+    instead, and the next run copies its instance again."""
     record, research = tmp_path / "record", tmp_path / "research"
     shutil.copytree(Path(__file__).parent / "data" / "archive-71bdf4b" / "derived", record)
     make_key(tmp_path / "key")
@@ -821,6 +822,17 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     rebuilt = rebuild_index(research)
     assert (rebuilt.rows, rebuilt.uncommitted) == (2, 0)
     assert _research_files(research) == exported
+    # Rebuilt before a tidy: the next run's tidy removes the part's files (no row uses
+    # them) and the run copies its instance again, to the same bytes.
+    with Archive.open_or_create(untidied) as archive:
+        tidied_first = tidy_archive(archive)
+    part = untidied / pending.relative_to(research)
+    assert tidied_first.renamed == [] and tidied_first.files > 2
+    assert not part.exists() and not part.with_suffix(".pack").exists()
+    report = deidentify(record, untidied, tmp_path / "key", workers=0)
+    assert report.balanced and (report.already_copied, report.staged) == (1, 2)  # and a third
+    copied = _research_files(untidied)
+    assert len(copied) == 3 and {sop: copied[sop] for sop in exported} == exported
 
 
 @pytest.mark.parametrize("victim", ["first", "last"])

@@ -4,9 +4,10 @@ Each part an ingest writes leaves a rows file beside its header pack
 (`headers/<series>/<stamp>.rows`, blobs.dump_rows): the index rows of the
 instances in the pack, as the part wrote them. A rebuild reads every rows file,
 keeps for each SOP Instance UID the rows of committed parts (their pack exists, their
-frames are within the array's committed frame count, which a part killed before its
-commit did not raise, and no later part wrote over them; a copy's rows file keeps its
-pending name, blobs.PENDING_SUFFIX, until its part's commit, and is not read as committed)
+frames are within the array's frame count, which an ingest's part killed before its
+commit did not raise, and no later part wrote over them; a copy's part raises the count
+before its commit, but its rows file keeps its pending name, blobs.PENDING_SUFFIX, until
+after it, and such a file is not read as committed)
 that no delete in force took (a delete of part of a series leaves its rows files as they were:
 archive/corrections.py), makes the one written last the current version and the
 earlier ones its versions (archive/versions.py), and commits them to a new index,
@@ -199,7 +200,8 @@ def _committed(root: Path, files: list[_RowsFile], rebuilt: Rebuilt) -> list[_Ro
 
     A part commits all its rows or none, so one row tells for its whole file (its rows
     without pixel data too): a file is left out when a row's frames lie beyond its
-    array's committed frame count (raised only after the commit), or when a later file
+    array's frame count (an ingest's part raises it only after its commit; a copy's
+    pending rows files are left out before: `_rows_files`), or when a later file
     has another instance's rows on the same frames (a part that never committed does not
     count in the next one's place, which writes over its frames and commits).
     """
