@@ -877,6 +877,52 @@ def test_an_instance_purged_from_a_part_killed_before_its_rename_stays_purged(
     assert _research_files(research) == {kept["SOPInstanceUID"]: exported[kept["SOPInstanceUID"]]}
 
 
+def test_a_part_of_several_series_killed_midway_through_its_renames_is_rebuilt_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part of two series (two pending rows files, stamped alike) killed after its
+    commit, when the first rows file is renamed and the second not yet: a rebuild of the
+    index (no tidy first) takes the part as committed, both series, the same files; a
+    kill before the commit of such a part leaves both out."""
+    record = tmp_path / "record"
+    write_studies(tmp_path / "dcm", 1, 2, 2, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+    original = copies.mark_committed
+
+    def half(pending: list[Path]) -> NoReturn:
+        assert len(pending) == 2
+        original(pending[:1])
+        raise OSError("killed")
+
+    research = tmp_path / "research"
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", half)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    exported = _research_files(research)
+    assert len(exported) == 4
+    (pending,) = research.glob("headers/*/*.pending")
+    (renamed,) = research.glob("headers/*/*.rows")
+    assert load_rows(pending.read_bytes())[0] == load_rows(renamed.read_bytes())[0]
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (4, 0)
+    assert _research_files(research) == exported
+
+    def dies(self: Index, *args: Any, **kwargs: Any) -> NoReturn:
+        raise OSError("killed")
+
+    uncommitted = tmp_path / "uncommitted"
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "commit", dies)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, uncommitted, tmp_path / "key", workers=0)
+    assert len(list(uncommitted.glob("headers/*/*.pending"))) == 2
+    rebuilt = rebuild_index(uncommitted)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (0, 4)
+
+
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
     """A research array keeps each shard as a file beside its zarr.json (`c.<shard>.0.0`,
     no chunk folders), and zarr reads every research array to its source array's frames."""

@@ -6,8 +6,9 @@ instances in the pack, as the part wrote them. A rebuild reads every rows file,
 keeps for each SOP Instance UID the rows of committed parts (their pack exists, their
 frames are within the array's frame count, which an ingest's part killed before its
 commit did not raise, and no later part wrote over them; a copy's part raises the count
-before its commit, but its rows file keeps its pending name, blobs.PENDING_SUFFIX, until
-after it, and such a file is not read as committed)
+before its commit, but its rows files keep their pending name, blobs.PENDING_SUFFIX, until
+after it, and such a file is not read as committed unless another of its part, stamped
+alike, was renamed)
 that no delete in force took (a delete of part of a series leaves its rows files as they were:
 archive/corrections.py), makes the one written last the current version and the
 earlier ones its versions (archive/versions.py), and commits them to a new index,
@@ -32,7 +33,6 @@ from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
     PENDING_SUFFIX,
     ROWS_FILE_SUFFIXES,
-    ROWS_SUFFIX,
     BlobError,
     load_rows,
     read_blob,
@@ -168,6 +168,7 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
     """Every rows file beside its pack, in the order written (rows without a SOP Instance UID
     left out); packs without one and damaged ones are named in `rebuilt`."""
     files: list[_RowsFile] = []
+    pending: list[_RowsFile] = []
     headers = root / "headers"
     folders = sorted(p for p in headers.iterdir() if p.is_dir()) if headers.is_dir() else []
     for folder in folders:
@@ -187,10 +188,16 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
                 rebuilt.damaged_rows_files.append(name)
                 continue
             rows = [row for row in rows if isinstance(row.get("SOPInstanceUID"), str)]
-            if file.suffix == PENDING_SUFFIX:  # a copy's part not marked committed (copies.py)
-                rebuilt.uncommitted += len(rows)
-                continue
-            files.append(_RowsFile(written, f"{name.removesuffix(ROWS_SUFFIX)}{PACK_SUFFIX}", rows))
+            found = _RowsFile(written, f"{name.removesuffix(file.suffix)}{PACK_SUFFIX}", rows)
+            (pending if file.suffix == PENDING_SUFFIX else files).append(found)
+    # A copy's part stamps all its rows files alike (copies.py): one renamed shows the part
+    # committed, a kill having come midway through the renames; none renamed, it was not.
+    renamed = {rows_file.written for rows_file in files}
+    for rows_file in pending:
+        if rows_file.written in renamed:
+            files.append(rows_file)
+        else:
+            rebuilt.uncommitted += len(rows_file.rows)
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 
 
