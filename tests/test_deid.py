@@ -36,10 +36,12 @@ from pacs_engine.archive.blobs import (
     BlobError,
     HeaderBlob,
     PackReader,
+    load_rows,
     pending_sidecar,
     rows_sidecar,
 )
 from pacs_engine.archive.copies import CopiedInstance, read_stored_many, write_copied_part
+from pacs_engine.archive.corrections import Corrections
 from pacs_engine.archive.format import FORMAT_VERSION, ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata, zarr_json
 from pacs_engine.archive.rebuild import rebuild_index
@@ -51,6 +53,7 @@ from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
+from pacs_engine.synth import write_studies
 from tests.conftest import CORPUS, require_corpus, run_cli
 
 OPTIONS = ("retain-longitudinal-modified-dates", "clean-descriptors")
@@ -779,8 +782,10 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     """A copy killed after its second part's commit, before that part's rows file gets its
     committed name (one instance a part): the index holds both instances and each exports
     (its zarr.json has its count); a rebuild then leaves the second out as uncommitted, as
-    for a count the commit had not yet raised, while a tidy first (each run's) gives its
-    rows file the committed name, so a rebuild after it holds both."""
+    for a count the commit had not yet raised, while a tidy first (each run's, or
+    `pacs-engine tidy`, which says so) gives its rows file the committed name, so a
+    rebuild after it holds both; a tidy after the rebuild removes the part's files
+    instead, and the next run copies its instance again."""
     record, research = tmp_path / "record", tmp_path / "research"
     shutil.copytree(Path(__file__).parent / "data" / "archive-71bdf4b" / "derived", record)
     make_key(tmp_path / "key")
@@ -804,12 +809,118 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     shutil.copytree(research, untidied)
     rebuilt = rebuild_index(untidied)
     assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 1, [])
+    (pending,) = research.glob("headers/*/*.pending")
+    by_cli = tmp_path / "by-cli"
+    shutil.copytree(research, by_cli)
     with Archive.open_or_create(research) as archive:
-        tidy_archive(archive)
+        assert tidy_archive(archive).renamed == [str(pending.relative_to(research))]
     assert not any(research.glob("headers/*/*.pending"))
+    tidied = run_cli("tidy", str(by_cli))
+    assert tidied.returncode == 0, tidied.stderr
+    assert "; 1 pending rows files of committed parts renamed" in tidied.stdout
+    assert not any(by_cli.glob("headers/*/*.pending"))
     rebuilt = rebuild_index(research)
     assert (rebuilt.rows, rebuilt.uncommitted) == (2, 0)
     assert _research_files(research) == exported
+    # Rebuilt before a tidy: the next run's tidy removes the part's files (no row uses
+    # them) and the run copies its instance again, to the same bytes.
+    with Archive.open_or_create(untidied) as archive:
+        tidied_first = tidy_archive(archive)
+    part = untidied / pending.relative_to(research)
+    assert tidied_first.renamed == [] and tidied_first.files > 2
+    assert not part.exists() and not part.with_suffix(".pack").exists()
+    report = deidentify(record, untidied, tmp_path / "key", workers=0)
+    assert report.balanced and (report.already_copied, report.staged) == (1, 2)  # and a third
+    copied = _research_files(untidied)
+    assert len(copied) == 3 and {sop: copied[sop] for sop in exported} == exported
+
+
+@pytest.mark.parametrize("victim", ["first", "last"])
+def test_an_instance_purged_from_a_part_killed_before_its_rename_stays_purged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, victim: str
+) -> None:
+    """A copy killed after its first part's commit, before its rows file's rename (two
+    instances of one frame each, in one array); one of them (the part's first frame, or its
+    last, whose removal has a tidy lower the count) deleted and the trash emptied: its row
+    leaves the pending rows file as well, so after a tidy (which renames that file) a
+    rebuild of the index leaves it out, keeps the other, and that one exports unchanged."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    write_studies(tmp_path / "dcm", 1, 1, 3, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+
+    def dies(pending: list[Path]) -> NoReturn:
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", dies)
+        patch.setattr(deid_run, "INLINE_BATCH", 2)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    exported = _research_files(research)
+    with Archive.open_or_create(research) as archive:
+        rows = sorted(archive.index, key=lambda row: row["pixels"]["first_frame"])
+        assert [row["pixels"]["first_frame"] for row in rows] == [0, 1]
+        assert len({row["pixels"]["array"] for row in rows}) == 1
+        gone, kept = rows if victim == "first" else rows[::-1]
+        corrections = Corrections(archive)
+        corrections.apply(corrections.delete("withdrawn", "test", sop=gone["SOPInstanceUID"]))
+        corrections.empty_trash(older_than_days=0)
+        (pending,) = research.glob("headers/*/*.pending")
+        listed = [row["SOPInstanceUID"] for row in load_rows(pending.read_bytes())[1]]
+        assert listed == [kept["SOPInstanceUID"]]
+        tidy_archive(archive)
+    assert not any(research.glob("headers/*/*.pending"))
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.deleted) == (1, 0, 0)
+    assert _research_files(research) == {kept["SOPInstanceUID"]: exported[kept["SOPInstanceUID"]]}
+
+
+def test_a_part_of_several_series_killed_midway_through_its_renames_is_rebuilt_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part of two series (two pending rows files, stamped alike) killed after its
+    commit, when the first rows file is renamed and the second not yet: a rebuild of the
+    index (no tidy first) takes the part as committed, both series, the same files; a
+    kill before the commit of such a part leaves both out."""
+    record = tmp_path / "record"
+    write_studies(tmp_path / "dcm", 1, 2, 2, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+    original = copies.mark_committed
+
+    def half(pending: list[Path]) -> NoReturn:
+        assert len(pending) == 2
+        original(pending[:1])
+        raise OSError("killed")
+
+    research = tmp_path / "research"
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", half)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    exported = _research_files(research)
+    assert len(exported) == 4
+    (pending,) = research.glob("headers/*/*.pending")
+    (renamed,) = research.glob("headers/*/*.rows")
+    assert load_rows(pending.read_bytes())[0] == load_rows(renamed.read_bytes())[0]
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (4, 0)
+    assert _research_files(research) == exported
+
+    def dies(self: Index, *args: Any, **kwargs: Any) -> NoReturn:
+        raise OSError("killed")
+
+    uncommitted = tmp_path / "uncommitted"
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "commit", dies)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, uncommitted, tmp_path / "key", workers=0)
+    assert len(list(uncommitted.glob("headers/*/*.pending"))) == 2
+    rebuilt = rebuild_index(uncommitted)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (0, 4)
 
 
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:

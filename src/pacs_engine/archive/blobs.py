@@ -41,6 +41,8 @@ PACK_SUFFIX, ROWS_SUFFIX = ".pack", ".rows"
 #: reads only `.rows` files, so the rename to that name after the commit marks the part
 #: committed, and a tidy renames it when a kill came between the two.
 PENDING_SUFFIX = ".pending"
+#: The suffixes a pack's rows file has: committed, or pending.
+ROWS_FILE_SUFFIXES = (ROWS_SUFFIX, PENDING_SUFFIX)
 
 
 def _compress(data: bytes) -> bytes:

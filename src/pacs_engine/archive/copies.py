@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,9 +183,13 @@ def write_copied_part(
             files.append(pixels.frames_file(path, end))
         files += pixels.shard_files(path, starts[path], by_array[path])
     pending: list[Path] = []
+    # One stamp for all the part's rows files: a kill midway through their renames leaves
+    # some pending, which a rebuild of the index then takes as committed by that of the
+    # renamed ones (archive/rebuild.py), not half the part.
+    written_ns = time.time_ns()
     for series_uid, members in by_series.items():
         pack, sidecar = _pack_files(
-            archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members]
+            archive, series_uid, [(i.row, i.blob.to_bytes()) for i in members], written_ns
         )
         files += [pack, sidecar]
         pending.append(sidecar[0])
@@ -218,14 +223,14 @@ def _array_for(
 
 
 def _pack_files(
-    archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]]
+    archive: Archive, series_uid: str, blobs: list[tuple[Row, bytes]], written_ns: int
 ) -> tuple[tuple[Path, bytes | Sequence[Chunk]], tuple[Path, bytes | Sequence[Chunk]]]:
     """The part's header blobs of one series as one pack (its blobs as parts, written one
     after the other: not joined first) and its rows file beside it under its pending name
-    (docs/archive.md); the rows get their `header` reference and their blob's bytes in
-    `stored_bytes`, as an ingest's rows do (`blobs.place_blobs`)."""
+    (docs/archive.md), stamped `written_ns`; the rows get their `header` reference and
+    their blob's bytes in `stored_bytes`, as an ingest's rows do (`blobs.place_blobs`)."""
     for row, blob in blobs:
         row["header_sha256"] = hashlib.sha256(blob).hexdigest()
     data = [blob for _, blob in blobs]
-    name, sidecar = pack_blobs(series_uid, [row for row, _ in blobs], data)
+    name, sidecar = pack_blobs(series_uid, [row for row, _ in blobs], data, written_ns)
     return (archive.path / name, data), (archive.path / pending_sidecar(name), sidecar)

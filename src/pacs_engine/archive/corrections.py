@@ -42,6 +42,7 @@ from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
     dump_rows,
     load_rows,
+    pending_sidecar,
     place_blobs,
     rows_sidecar,
 )
@@ -686,12 +687,15 @@ class Corrections:
                         f.seek(where["offset"])
                         f.write(bytes(where["length"]))
                         os.fsync(f.fileno())
-                sidecar = self.root / rows_sidecar(where["pack"])
-                if sidecar.is_file():
-                    written, kept = load_rows(sidecar.read_bytes())
-                    rest = [r for r in kept if r.get("SOPInstanceUID") not in gone]
-                    if len(rest) != len(kept):
-                        write_atomic(sidecar, dump_rows(rest, written))
+                # A copy's part killed between its commit and the rename keeps its rows
+                # file under its pending name until a tidy renames it (archive/copies.py).
+                for name in (rows_sidecar(where["pack"]), pending_sidecar(where["pack"])):
+                    sidecar = self.root / name
+                    if sidecar.is_file():
+                        written, kept = load_rows(sidecar.read_bytes())
+                        rest = [r for r in kept if r.get("SOPInstanceUID") not in gone]
+                        if len(rest) != len(kept):
+                            write_atomic(sidecar, dump_rows(rest, written))
         return freed
 
     def _drop_frames(self, reference: Any, live: dict[str, set[int]]) -> int:

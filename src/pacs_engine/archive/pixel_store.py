@@ -527,7 +527,8 @@ class PixelStore:
             write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
 
     def frames(self, path: str) -> int:
-        """The array's committed frame count (its shape along axis 0)."""
+        """The array's frame count (its shape along axis 0): its committed frames', but
+        after a kill (an ingest raises it after its commit, a copy before) until a tidy."""
         return self._meta(path)["shape"][0]
 
     def set_frames(self, path: str, frames: int) -> None:

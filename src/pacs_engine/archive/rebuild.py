@@ -4,9 +4,11 @@ Each part an ingest writes leaves a rows file beside its header pack
 (`headers/<series>/<stamp>.rows`, blobs.dump_rows): the index rows of the
 instances in the pack, as the part wrote them. A rebuild reads every rows file,
 keeps for each SOP Instance UID the rows of committed parts (their pack exists, their
-frames are within the array's committed frame count, which a part killed before its
-commit did not raise, and no later part wrote over them; a copy's rows file keeps its
-pending name, blobs.PENDING_SUFFIX, until its part's commit, and is not read as committed)
+frames are within the array's frame count, which an ingest's part killed before its
+commit did not raise, and no later part wrote over them; a copy's part raises the count
+before its commit, but its rows files keep their pending name, blobs.PENDING_SUFFIX, until
+after it, and such a file is not read as committed unless another of its part, stamped
+alike, was renamed)
 that no delete in force took (a delete of part of a series leaves its rows files as they were:
 archive/corrections.py), makes the one written last the current version and the
 earlier ones its versions (archive/versions.py), and commits them to a new index,
@@ -30,7 +32,7 @@ from pathlib import Path
 from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
     PENDING_SUFFIX,
-    ROWS_SUFFIX,
+    ROWS_FILE_SUFFIXES,
     BlobError,
     load_rows,
     read_blob,
@@ -160,16 +162,17 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
     """Every rows file beside its pack, in the order written (rows without a SOP Instance UID
     left out); packs without one and damaged ones are named in `rebuilt`."""
     files: list[_RowsFile] = []
+    pending: list[_RowsFile] = []
     headers = root / "headers"
     folders = sorted(p for p in headers.iterdir() if p.is_dir()) if headers.is_dir() else []
     for folder in folders:
         for file in sorted(folder.iterdir()):
             name = f"headers/{folder.name}/{file.name}"
             if file.suffix == PACK_SUFFIX and not any(
-                file.with_suffix(suffix).is_file() for suffix in (ROWS_SUFFIX, PENDING_SUFFIX)
+                file.with_suffix(suffix).is_file() for suffix in ROWS_FILE_SUFFIXES
             ):
                 rebuilt.packs_without_rows.append(name)
-            if file.suffix not in (ROWS_SUFFIX, PENDING_SUFFIX):
+            if file.suffix not in ROWS_FILE_SUFFIXES:
                 continue
             if not file.with_suffix(PACK_SUFFIX).is_file():
                 continue
@@ -179,10 +182,16 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
                 rebuilt.damaged_rows_files.append(name)
                 continue
             rows = [row for row in rows if isinstance(row.get("SOPInstanceUID"), str)]
-            if file.suffix == PENDING_SUFFIX:  # a copy's part not marked committed (copies.py)
-                rebuilt.uncommitted += len(rows)
-                continue
-            files.append(_RowsFile(written, f"{name.removesuffix(ROWS_SUFFIX)}{PACK_SUFFIX}", rows))
+            found = _RowsFile(written, f"{name.removesuffix(file.suffix)}{PACK_SUFFIX}", rows)
+            (pending if file.suffix == PENDING_SUFFIX else files).append(found)
+    # A copy's part stamps all its rows files alike (copies.py): one renamed shows the part
+    # committed, a kill having come midway through the renames; none renamed, it was not.
+    renamed = {rows_file.written for rows_file in files}
+    for rows_file in pending:
+        if rows_file.written in renamed:
+            files.append(rows_file)
+        else:
+            rebuilt.uncommitted += len(rows_file.rows)
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 
 
@@ -192,7 +201,8 @@ def _committed(root: Path, files: list[_RowsFile], rebuilt: Rebuilt) -> list[_Ro
 
     A part commits all its rows or none, so one row tells for its whole file (its rows
     without pixel data too): a file is left out when a row's frames lie beyond its
-    array's committed frame count (raised only after the commit), or when a later file
+    array's frame count (an ingest's part raises it only after its commit; a copy's
+    pending rows files are left out before: `_rows_files`), or when a later file
     has another instance's rows on the same frames (a part that never committed does not
     count in the next one's place, which writes over its frames and commits).
     """

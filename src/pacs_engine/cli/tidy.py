@@ -54,7 +54,8 @@ def cmd_tidy(args: argparse.Namespace) -> int:
         unfinished = journal.unfinished()
     print(
         f"removed {tidied.files:,} files ({tidied.bytes / 1e6:,.1f} MB) that no archived "
-        f"instance uses; {len(tidied.arrays_resized):,} arrays resized to their committed frames"
+        f"instance uses; {len(tidied.arrays_resized):,} arrays resized to their committed "
+        f"frames; {len(tidied.renamed):,} pending rows files of committed parts renamed"
     )
     for run, dropped in abandoned.items():
         print(

@@ -227,8 +227,10 @@ def _copy(
 ) -> None:
     """De-identify the source's instances not copied yet into the research archive."""
     run = f"deid-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    # What a killed run left goes first: files no committed row uses, and arrays whose
-    # frame count was not raised after their commit are fitted to the committed frames.
+    # What a killed run left goes first: files no committed row uses are removed, array
+    # frame counts fitted to the committed frames (lowered where a part raised them
+    # before a commit that never came), and the pending rows files of a part killed
+    # after its commit renamed.
     tidy_archive(target)
 
     batch = BATCH if executor.workers else INLINE_BATCH

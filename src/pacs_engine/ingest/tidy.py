@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacs_engine.archive.blobs import PACK_SUFFIX, PENDING_SUFFIX, ROWS_SUFFIX, mark_committed
+from pacs_engine.archive.blobs import (
+    PACK_SUFFIX,
+    PENDING_SUFFIX,
+    ROWS_FILE_SUFFIXES,
+    mark_committed,
+)
 from pacs_engine.archive.corrections import trashed_rows
 from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import PixelStore
@@ -30,17 +35,15 @@ from pacs_engine.storage import remove_stale_temporaries, series_folders
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
 
-#: The suffixes of a part's files in its series' headers/ folder.
-_PART_FILES = (PACK_SUFFIX, ROWS_SUFFIX, PENDING_SUFFIX)
-
 
 @dataclass
 class Tidied:
-    """What a tidy removed."""
+    """What a tidy removed, resized and renamed."""
 
     files: int = 0
     bytes: int = 0
     arrays_resized: list[str] = field(default_factory=list)  # to their committed frames
+    renamed: list[str] = field(default_factory=list)  # pending rows files of committed parts
 
     def remove(self, path: Path) -> None:
         """Delete a file or a folder and count it."""
@@ -101,7 +104,7 @@ def _tidy_folders(
             for file in sorted(folder.iterdir()):
                 pack = file.with_suffix(PACK_SUFFIX)
                 used = f"headers/{name}/{pack.name}" in packs
-                if not file.is_file() or file.suffix not in _PART_FILES:
+                if not file.is_file() or file.suffix not in (PACK_SUFFIX, *ROWS_FILE_SUFFIXES):
                     continue
                 if not used:
                     tidied.remove(file)
@@ -113,6 +116,7 @@ def _tidy_folders(
                 empty.rmdir()
     if committed:
         mark_committed(committed)
+        tidied.renamed += [str(file.relative_to(archive.path)) for file in committed]
 
 
 def _add_frames(
