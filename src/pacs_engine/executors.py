@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import tokenize
-import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from types import FrameType
@@ -134,8 +133,6 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         initargs: tuple[int],
     ) -> None:
         super().__init__(workers, mp_context, initializer, initargs)
-        with _pools_lock:
-            _pools.add(self)
         self._first_forked = False  # by `fork_first`, done (or failed)
         self._closing = False  # by `close`, before it may stop the forkserver
 
@@ -164,22 +161,17 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         Closed while the first one is still forking, with no task sent (an ingest whose
         archive cannot be opened), it stops the forkserver first (`stop_forkserver`), which
         has forked no worker yet: the fork holds the pool's lock until the forkserver's
-        preload is done, which the caller need not wait for. Not while another pool is live:
-        its workers would die with the forkserver (`_others_live`).
+        preload is done, which the caller need not wait for. Not while another child process
+        of this process is alive (another pool's worker, a user's forkserver process, a
+        DataLoader's): its sentinel is a pipe the forkserver holds, which stopping it closes.
         """
         self._closing = True
         # No worker yet: none forked by `fork_first`, nor by a task of the caller's (whose
         # submit returns once the worker it forks has started).
         early = not self._first_forked and not self._processes
-        if early and not self._others_live():
+        if early and not multiprocessing.active_children():
             stop_forkserver()  # the fork then ends at once (or, forked just now, starts)
         self.shutdown(wait=True, cancel_futures=True)
-
-    def _others_live(self) -> bool:
-        """Whether another pool of this process is live (not shut down nor broken): its
-        workers' sentinels are pipes the forkserver holds, which stopping it would close."""
-        with _pools_lock:
-            return any(pool is not self and not pool._shutdown_thread for pool in _pools)
 
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
@@ -195,12 +187,6 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
             while self._idle_worker_semaphore.acquire(blocking=False):
                 pass
             super()._adjust_process_count()
-
-
-#: Every `_Pool` of this process not yet collected (`_Pool._others_live`); the lock: pools
-#: may be made from several threads, and a set must not change while it is read.
-_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
-_pools_lock = threading.Lock()
 
 
 def _first_task() -> None:
