@@ -176,6 +176,8 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
         first task), up to the pool's size; called by `submit` as it queues a task."""
+        if len(self._processes) >= self._max_workers:  # full: no copy of the tasks per submit
+            return
         # Copied first, by one C call the GIL keeps whole: the manager thread pops finished
         # items from the dict without the pool's lock, which would end a walk over it
         # ("dictionary changed size during iteration").
