@@ -133,6 +133,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         initargs: tuple[int],
     ) -> None:
         super().__init__(workers, mp_context, initializer, initargs)
+        self._size = workers  # the base class's own count is not typed (typeshed)
         self._first_forked = False  # by `fork_first`, done (or failed)
         self._closing = False  # by `close`, before it may stop the forkserver
 
@@ -176,7 +177,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
         first task), up to the pool's size; called by `submit` as it queues a task."""
-        if len(self._processes) >= self._max_workers:  # full: no copy of the tasks per submit
+        if len(self._processes) >= self._size:  # full: no copy of the tasks per submit
             return
         # Copied first, by one C call the GIL keeps whole: the manager thread pops finished
         # items from the dict without the pool's lock, which would end a walk over it
