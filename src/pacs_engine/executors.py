@@ -24,12 +24,14 @@ from multiprocessing.context import BaseContext
 from types import FrameType
 from typing import Any
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.forkserver import FORKSERVER_PRELOAD, start_forkserver, stop_forkserver
 from pacs_engine.workers import Executor, alive, worker_died
 
 __all__ = [
     "FORKSERVER_PRELOAD",
     "DaskExecutor",
+    "ExecutorError",
     "InlineExecutor",
     "LocalExecutor",
     "keep_freed_memory",
@@ -319,6 +321,10 @@ def _watch(parent: int) -> None:
     os._exit(1)
 
 
+class ExecutorError(PacsEngineError, RuntimeError):
+    """An executor that cannot be made here (dask.distributed not installed)."""
+
+
 class DaskExecutor:
     """Tasks on a dask.distributed cluster; its workers must see the archive path."""
 
@@ -326,7 +332,7 @@ class DaskExecutor:
         try:
             from distributed import Client
         except ImportError as error:
-            raise RuntimeError(
+            raise ExecutorError(
                 "the Dask executor needs dask.distributed: pip install 'pacs_engine[dask]'"
             ) from error
         self._own = isinstance(scheduler, str)
