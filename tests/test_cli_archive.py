@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import pydicom_test_files, run_cli
+
+from pacs_engine.cli import main
 
 
 def test_ingest_verify_info_export(tmp_path: Path) -> None:
@@ -106,6 +109,23 @@ def test_ingest_refuses_options_it_would_ignore(tmp_path: Path) -> None:
     same = run_cli("ingest", str(mr), "--archive", str(archive), "--codec", "htj2k", "--json")
     assert same.returncode == 0, same.stderr
     assert json.loads(same.stdout)["archived"] == 1
+
+
+def test_with_dask_not_installed_an_ingest_says_so_in_one_line_and_exits_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--executor dask` where dask.distributed cannot be imported: one line naming what to
+    install, exit 3 (as docs/ingest.md says of the cluster's failures), no traceback."""
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` fails
+    ct = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    archive = tmp_path / "archive"
+    dask = ("--executor", "dask", "--scheduler", "tcp://127.0.0.1:1", "--no-progress")
+    status = main(["ingest", str(ct), "--archive", str(archive), *dask])
+    assert status == 3
+    assert capsys.readouterr().err.splitlines() == [
+        "pacs-engine ingest: the Dask executor needs dask.distributed: "
+        "pip install 'pacs_engine[dask]'"
+    ]
 
 
 def test_with_dask_an_archive_that_cannot_be_opened_is_said_before_the_scheduler_is_reached(

@@ -25,6 +25,7 @@ from pacs_engine.deid.engine import DeidError
 from pacs_engine.deid.key import KeyFileError
 from pacs_engine.deid.profile import ProfileError
 from pacs_engine.errors import ScanError
+from pacs_engine.executors import ExecutorError
 from pacs_engine.index.integrity import DamagedIndexError
 from pacs_engine.index.query import QueryError
 from pacs_engine.ingest.encode import Part
@@ -56,6 +57,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
         (CodecError,),
     ),
     IngestStopped: (IngestStopped("disk full"), (RuntimeError,)),
+    ExecutorError: (ExecutorError("the Dask executor needs dask.distributed"), (RuntimeError,)),
     PartFailed: (PartFailed(_PART, ValueError("bad frame")), (RuntimeError,)),
     StaleSession: (StaleSession("replaced"), (RuntimeError,)),
     VolumeError: (VolumeError("gap", ["1.2.3.4", "1.2.3.5"]), (ValueError,)),

@@ -397,6 +397,19 @@ def test_a_pool_closed_before_its_first_fork_leaves_the_forkserver_another_pool_
     assert _probe(probe) == "None True"
 
 
+def test_a_pool_closed_before_its_first_fork_leaves_a_users_forkserver_process_alive() -> None:
+    """A process the caller started with the forkserver context (a DataLoader's worker, say;
+    the default context from Python 3.14) outlives a pool closed before its first fork: the
+    forkserver, which holds its sentinel, is not stopped under it."""
+    probe = (
+        "import multiprocessing, os, time; from pacs_engine.executors import LocalExecutor; "
+        "user = multiprocessing.get_context('forkserver').Process(target=time.sleep, args=(3,)); "
+        "user.start(); LocalExecutor(1).close(); "
+        "print(user.is_alive(), os.path.exists(f'/proc/{user.pid}')); user.join()"
+    )
+    assert _probe(probe) == "True True"
+
+
 def test_a_first_fork_that_comes_after_close_stopped_the_forkserver_forks_nothing() -> None:
     """The thread forking a pool's first worker may reach the fork just after `close` stopped
     the forkserver: it then forks nothing, where multiprocessing would start another

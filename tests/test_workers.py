@@ -211,3 +211,14 @@ def test_the_window_keeps_every_worker_busy_and_one_task_inline() -> None:
     """Tasks in flight: twice the workers, one at least (an inline executor has none)."""
     assert window(InlineExecutor()) == 1
     assert window(DyingPool()) == 2 * DyingPool.workers == 4
+
+
+def test_an_ingest_given_an_executor_and_a_scheduler_refuses_both(tmp_path: Path) -> None:
+    """Which to use is not guessed: ValueError, before the scheduler is reached."""
+    from pacs_engine.ingest.archive import Archive as IngestArchive
+
+    with (
+        IngestArchive.create(tmp_path / "archive") as archive,
+        pytest.raises(ValueError, match="executor or a scheduler, not both"),
+    ):
+        archive.ingest([], executor=InlineExecutor(), scheduler="tcp://127.0.0.1:1")

@@ -19,18 +19,19 @@ import sys
 import threading
 import time
 import tokenize
-import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext
 from types import FrameType
 from typing import Any
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.forkserver import FORKSERVER_PRELOAD, start_forkserver, stop_forkserver
 from pacs_engine.workers import Executor, alive, worker_died
 
 __all__ = [
     "FORKSERVER_PRELOAD",
     "DaskExecutor",
+    "ExecutorError",
     "InlineExecutor",
     "LocalExecutor",
     "keep_freed_memory",
@@ -134,8 +135,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         initargs: tuple[int],
     ) -> None:
         super().__init__(workers, mp_context, initializer, initargs)
-        with _pools_lock:
-            _pools.add(self)
+        self._size = workers  # the base class's own count is not typed (typeshed)
         self._first_forked = False  # by `fork_first`, done (or failed)
         self._closing = False  # by `close`, before it may stop the forkserver
 
@@ -164,26 +164,23 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         Closed while the first one is still forking, with no task sent (an ingest whose
         archive cannot be opened), it stops the forkserver first (`stop_forkserver`), which
         has forked no worker yet: the fork holds the pool's lock until the forkserver's
-        preload is done, which the caller need not wait for. Not while another pool is live:
-        its workers would die with the forkserver (`_others_live`).
+        preload is done, which the caller need not wait for. Not while another child process
+        of this process is alive (another pool's worker, a user's forkserver process, a
+        DataLoader's): its sentinel is a pipe the forkserver holds, which stopping it closes.
         """
         self._closing = True
         # No worker yet: none forked by `fork_first`, nor by a task of the caller's (whose
         # submit returns once the worker it forks has started).
         early = not self._first_forked and not self._processes
-        if early and not self._others_live():
+        if early and not multiprocessing.active_children():
             stop_forkserver()  # the fork then ends at once (or, forked just now, starts)
         self.shutdown(wait=True, cancel_futures=True)
-
-    def _others_live(self) -> bool:
-        """Whether another pool of this process is live (not shut down nor broken): its
-        workers' sentinels are pipes the forkserver holds, which stopping it would close."""
-        with _pools_lock:
-            return any(pool is not self and not pool._shutdown_thread for pool in _pools)
 
     def _adjust_process_count(self) -> None:
         """Fork a worker when the caller's tasks in flight outnumber the workers (one for the
         first task), up to the pool's size; called by `submit` as it queues a task."""
+        if len(self._processes) >= self._size:  # full: no copy of the tasks per submit
+            return
         # Copied first, by one C call the GIL keeps whole: the manager thread pops finished
         # items from the dict without the pool's lock, which would end a walk over it
         # ("dictionary changed size during iteration").
@@ -195,12 +192,6 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
             while self._idle_worker_semaphore.acquire(blocking=False):
                 pass
             super()._adjust_process_count()
-
-
-#: Every `_Pool` of this process not yet collected (`_Pool._others_live`); the lock: pools
-#: may be made from several threads, and a set must not change while it is read.
-_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
-_pools_lock = threading.Lock()
 
 
 def _first_task() -> None:
@@ -330,6 +321,10 @@ def _watch(parent: int) -> None:
     os._exit(1)
 
 
+class ExecutorError(PacsEngineError, RuntimeError):
+    """An executor that cannot be made here (dask.distributed not installed)."""
+
+
 class DaskExecutor:
     """Tasks on a dask.distributed cluster; its workers must see the archive path."""
 
@@ -337,7 +332,7 @@ class DaskExecutor:
         try:
             from distributed import Client
         except ImportError as error:
-            raise RuntimeError(
+            raise ExecutorError(
                 "the Dask executor needs dask.distributed: pip install 'pacs_engine[dask]'"
             ) from error
         self._own = isinstance(scheduler, str)

@@ -21,12 +21,12 @@ __all__ = ["FORKSERVER_PRELOAD", "QUIET_BLAS", "quiet_blas", "start_forkserver",
 #: What each worker process imports once, in the forkserver, before it forks workers: the
 #: ingest's tasks, which import the storage verify's tasks use too, and what encoding
 #: native frames needs (the codecs, and numpy and imagecodecs, which the modules import
-#: where they use them, so that the ingesting process never does; not pydicom, which
-#: compressed inputs and rebuilds import when they need it, nor zarr); the executors (each
-#: worker's initializer). Not numcodecs (~0.03 s of CPU before the first fork): its Blosc compresses
-#: only kept bitstreams and general or lz4 chunks, and a worker imports it at its first
-#: such chunk (`codecs.blosc`), not for the JPEG-LS frames of CT and MR. Named, not
-#: imported, so that this module stays at the bottom of the layers.
+#: where they use them, so that the ingesting process does not before its tidy step; not
+#: pydicom, which compressed inputs and rebuilds import when they need it, nor zarr); the
+#: executors (each worker's initializer). Not numcodecs (~0.03 s of CPU before the first
+#: fork): its Blosc compresses only kept bitstreams and general or lz4 chunks, and a
+#: worker imports it at its first such chunk (`codecs.blosc`), not for the JPEG-LS frames
+#: of CT and MR. Named, not imported, so that this module stays at the bottom of the layers.
 FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numpy", "imagecodecs", "pacs_engine.executors"]
 #: Environment the workers' forkserver, and so every worker, starts with where the caller's
 #: does not set it: OpenBLAS starts a thread per core as numpy is imported, which spin for

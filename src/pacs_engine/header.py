@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 @cache
 def _empty() -> np.ndarray:
     """An empty int64 array, read-only: the tables of every location that has none (numpy
-    imported when first needed: the ingesting process, which locates no pixels, never does)."""
+    imported when first needed: the ingesting process, which locates no pixels, does not
+    before its tidy step)."""
     import numpy as np
 
     empty = np.empty(0, dtype=np.int64)

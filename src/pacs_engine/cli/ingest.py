@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -208,6 +207,7 @@ def _keep_private(values: list[str]) -> list[tuple[str, int]]:
 def cmd_deidentify(args: argparse.Namespace) -> int:
     """Copy an archive of record into a de-identified research archive."""
     from pacs_engine.deid.run import deidentify
+    from pacs_engine.executors import ExecutorError
     from pacs_engine.ingest import IngestStopped
 
     if len(args.sources) != 1 or not args.key_file:
@@ -244,7 +244,7 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
             verify=args.verify,
             trust_bitstreams=args.trust_bitstreams,
         )
-    except IngestStopped as error:
+    except (IngestStopped, ExecutorError) as error:  # ExecutorError: no dask.distributed here
         return fail("ingest", str(error), 3)
     summary = report.to_dict()
     if args.json:
@@ -304,22 +304,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return fail(
             "ingest", "--key-file, --option, --keep-private and --burned-in need --deidentify", 2
         )
-    if args.executor == "dask":
-        # The cluster is reached once the archive is open: an archive that cannot be opened
-        # is said at once, not after an unreachable scheduler's connect timeout (30 s).
-        return _ingest(args, None)
-    # First: local workers fork (as the forkserver is ready) while this process imports.
-    executor = make_executor(args.workers)
+    # Local workers first: they fork (as the forkserver is ready) while this process imports.
+    # A Dask cluster is reached by the run, once the archive is open: an archive that cannot
+    # be opened is said at once, not after an unreachable scheduler's connect timeout (30 s).
+    executor = make_executor(args.workers) if args.executor != "dask" else None
     try:
         return _ingest(args, executor)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
 
 
 def _ingest(args: argparse.Namespace, executor: Executor | None) -> int:
-    """`cmd_ingest` once its local executor is made (the caller closes it); None: the Dask
-    executor of `args.scheduler`, made (and closed) here once the archive is open."""
-    from pacs_engine.executors import make_executor
+    """`cmd_ingest` once its local executor is made (the caller closes it); None: the run
+    makes (and closes) the Dask executor of `args.scheduler`."""
+    from pacs_engine.executors import ExecutorError
     from pacs_engine.ingest import IngestStopped
     from pacs_engine.ingest.archive import Archive
     from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
@@ -338,18 +337,11 @@ def _ingest(args: argparse.Namespace, executor: Executor | None) -> int:
         return fail("ingest", str(error), 2)
     bar = _IngestBar(shows_progress(args))
     try:
-        # The Dask executor is made once the archive is open (the `with` enters it first).
-        with (
-            archive,
-            (
-                contextlib.closing(make_executor(None, args.scheduler))
-                if executor is None
-                else contextlib.nullcontext(executor)
-            ) as used,
-        ):
+        with archive:
             report = archive.ingest(
                 args.sources,
-                executor=used,
+                executor=executor,
+                scheduler=args.scheduler,
                 verify=args.verify,
                 progress=bar.update,
                 trust_bitstreams=args.trust_bitstreams,
@@ -359,7 +351,7 @@ def _ingest(args: argparse.Namespace, executor: Executor | None) -> int:
                 max_frame_bytes=args.max_frame_bytes,
                 launched=process_started(),
             )
-    except IngestStopped as error:
+    except (IngestStopped, ExecutorError) as error:  # ExecutorError: no dask.distributed here
         bar.close()
         return fail("ingest", str(error), 3)
     except KeyboardInterrupt:  # the workers ignore Ctrl-C: they finish their task and stop

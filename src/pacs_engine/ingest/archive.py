@@ -38,31 +38,33 @@ class Archive(storage.Archive):
         keep_non_dicom: bool = False,
         max_frame_bytes: int | None = None,
         launched: float | None = None,
+        scheduler: str | None = None,
     ) -> IngestReport:
         """Archive the DICOM files under `sources` (folders, files, zip and tar archives,
         and the instances of other pacs_engine archives).
 
-        Runs `pacs_engine.ingest.run_ingest`: scan in parallel, group by series,
-        encode parts of series in `workers` processes (0: in this process; None:
-        one per core) or on `executor` (`DaskExecutor`), commit each part with its
-        journal entries. Every input ends archived, as a duplicate, as a conflict
-        or in quarantine; the report counts them. An interrupted run resumes when
-        it is started again with the same sources. Compressed frames kept as their
-        original bitstream are decoded to hash their pixels, and a file whose frames
-        do not decode is quarantined. With `trust_bitstreams` they are stored byte
-        for byte without being decoded (faster; a SOP Instance UID seen twice still
-        decodes both copies), and only `Archive.verify` finds frames that never
-        decoded. With `verify`, every frame encoded with the archive codec is decoded
-        again and checked before it is committed. An input of more than
-        `max_input_bytes` is never read into memory, and quarantined with its size,
-        sha256 and first bytes, as is a file that is not DICOM unless
-        `keep_non_dicom`; symbolic links met in folders are listed, not followed,
-        unless `follow_links` (docs/inputs.md).
+        Runs `pacs_engine.ingest.run_ingest`: scan in parallel, group by series, encode
+        parts of series in `workers` processes (0: in this process; None: one per core), on
+        `executor`, or on the dask.distributed cluster at `scheduler` (an address, reached
+        once the run starts; not with `executor`: ValueError), and commit each part with its
+        journal entries. Every input ends archived, as a duplicate, as a conflict or in
+        quarantine; the report counts them. An interrupted run resumes when it is started
+        again with the same sources. Compressed frames kept as their original bitstream are
+        decoded to hash their pixels, and a file whose frames do not decode is quarantined.
+        With `trust_bitstreams` they are stored byte for byte without being decoded (faster;
+        a SOP Instance UID seen twice still decodes both copies), and only `Archive.verify`
+        finds frames that never decoded. With `verify`, every frame encoded with the archive
+        codec is decoded again and checked before it is committed. An input of more than
+        `max_input_bytes` is never read into memory, and quarantined with its size, sha256
+        and first bytes, as is a file that is not DICOM unless `keep_non_dicom`; symbolic
+        links met in folders are listed, not followed, unless `follow_links` (docs/inputs.md).
         Compressed frames that would decode to more than `max_frame_bytes` (None:
         `Checks`' default, 1 GiB) are quarantined.
         The report's `first_encode_seconds` counts from `launched` (epoch seconds; None:
         the call), e.g. a command's launch.
         """
+        if executor is not None and scheduler is not None:
+            raise ValueError("ingest: give an executor or a scheduler, not both")
         if self.readonly:
             raise ArchiveError(f"{self.path}: opened read-only")
         sources = list(sources)
@@ -76,7 +78,14 @@ class Archive(storage.Archive):
             max_frame_bytes=max_frame_bytes or Checks.max_frame_bytes,
         )
         return run_ingest(
-            self, sources, workers, executor, checks=checks, progress=progress, launched=launched
+            self,
+            sources,
+            workers,
+            executor,
+            checks=checks,
+            progress=progress,
+            launched=launched,
+            scheduler=scheduler,
         )
 
 

@@ -185,15 +185,20 @@ def run_ingest(
     progress: Callable[[Progress], None] | None = None,
     launched: float | None = None,
     catch_up: bool = True,
+    scheduler: str | None = None,
 ) -> IngestReport:
     """Archive every input under `sources`; resumes the unfinished run of the same sources.
+
+    Without `executor`, the run makes its own: `make_executor(workers, scheduler)`.
 
     The report's `first_encode_seconds` counts from `launched` (epoch seconds; None: now).
     `catch_up=False` neither skips unchanged files nor records the files' identities for
     later runs to skip (for sources whose files are never seen again: the receive spool).
     """
     checks = checks or Checks()
-    return _Run(archive, sources, workers, executor, checks, progress, launched, catch_up).run()
+    return _Run(
+        archive, sources, workers, executor, checks, progress, launched, catch_up, scheduler
+    ).run()
 
 
 class _Run:
@@ -209,13 +214,16 @@ class _Run:
         progress: Callable[[Progress], None] | None,
         launched: float | None = None,
         catch_up: bool = True,
+        scheduler: str | None = None,
     ) -> None:
         self.archive = archive
         self.catch_up = catch_up  # skip unchanged files, record the identities of those scanned
         self.root = str(archive.path.resolve())
         self.sources = [os.path.abspath(os.fspath(s)) for s in sources]
         self.own_executor = executor is None
-        self.executor: Executor = executor if executor is not None else make_executor(workers)
+        self.executor: Executor = (
+            executor if executor is not None else make_executor(workers, scheduler)
+        )
         self.checks = checks
         self.notify = progress or (lambda p: None)
         self.journal = Journal(archive.index)
