@@ -81,6 +81,8 @@ PATIENT_ATTRIBUTES = tuple(k for k in PATIENT_KEYWORDS if k != "PatientAge")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30
+#: The `source_path` of a version a correction made: this and the correction's id.
+CORRECTION_SOURCE = "correction:"
 
 
 class CorrectionError(ArchiveError):
@@ -158,6 +160,11 @@ def _fault(point: str) -> None:
     """End the process here when the crash tests ask for it (FAULT_VARIABLE)."""
     if os.environ.get(FAULT_VARIABLE) == point:
         os._exit(70)
+
+
+def reason_of(correction: Correction) -> str:
+    """The `current_reason` of the versions a correction made."""
+    return f"correction {correction.id}: {correction.kind}"
 
 
 def load_records(root: Path) -> list[Correction]:
@@ -545,7 +552,7 @@ class Corrections:
             place_blobs(pack, [new_row for _, _, new_row in items], data)
             for row, _, new_row in items:
                 merged = cast(dict[str, Any], with_version(row, new_row))
-                merged["current_reason"] = f"correction {correction.id}: {correction.kind}"
+                merged["current_reason"] = reason_of(correction)
                 correction.after[row["SOPInstanceUID"]] = cast(Row, merged)
             write_atomic(self.root / pack, data)
             correction.new_packs.append(pack)
@@ -577,7 +584,8 @@ class Corrections:
         new = out.getvalue()
         try:
             header = scan(new)
-            prepared = prepare(f"correction:{correction_id}", new, header, decode=False)
+            source = f"{CORRECTION_SOURCE}{correction_id}"
+            prepared = prepare(source, new, header, decode=False)
         except (ScanError, PrepareError) as error:
             raise CorrectionError(f"{sop}: the corrected file cannot be split: {error}") from None
         self._check_same_pixels(row, prepared)
@@ -587,7 +595,7 @@ class Corrections:
         blob = prepared.blob.to_bytes()
         new_row |= dict(header.attributes)
         new_row |= {
-            "source_path": f"correction:{correction_id}",
+            "source_path": source,
             "source_sha256": hashlib.sha256(new).hexdigest(),
             "file_size": len(new),
             "stored_bytes": 0,  # the old pixels: only its blob, counted when packed
