@@ -51,6 +51,7 @@ from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
+from pacs_engine.ingest import tidy
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.synth import write_studies
@@ -921,6 +922,49 @@ def test_a_part_of_several_series_killed_midway_through_its_renames_is_rebuilt_w
     assert len(list(uncommitted.glob("headers/*/*.pending"))) == 2
     rebuilt = rebuild_index(uncommitted)
     assert (rebuilt.rows, rebuilt.uncommitted) == (0, 4)
+
+
+def test_a_tidy_renames_every_committed_parts_pending_rows_files_before_it_removes_any(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part of two series killed after its commit, before its renames (two pending rows
+    files), and a leftover in the series folder tidied first: a tidy killed at its first
+    removal has renamed both already (a removed renamed one would leave the other pending
+    with no committed file of its part), so a rebuild holds the part; `tidy_series`, one
+    series at a time, renames its own before removing too."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    write_studies(tmp_path / "dcm", 1, 2, 2, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+
+    def dies(*_: Any) -> NoReturn:
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", dies)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    pending = sorted(research.glob("headers/*/*.pending"))
+    assert len(pending) == 2 and pending[0].parent != pending[1].parent
+    for folder in (p.parent for p in pending):
+        (folder / "leftover.pack").write_bytes(b"a killed part's")  # no row uses it
+    with monkeypatch.context() as patch, Archive.open_or_create(research) as archive:
+        patch.setattr(tidy.Tidied, "remove", dies)
+        with pytest.raises(OSError, match="killed"):
+            tidy.tidy_archive(archive)
+    assert not any(research.glob("headers/*/*.pending"))
+    assert len(list(research.glob("headers/*/*.rows"))) == 2
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (4, 0)
+    for file in pending:  # pending again: one series' tidy alone
+        file.with_suffix(".rows").rename(file)
+    with monkeypatch.context() as patch, Archive.open_or_create(research) as archive:
+        patch.setattr(tidy.Tidied, "remove", dies)
+        series = load_rows(pending[0].read_bytes())[1][0]["SeriesInstanceUID"]
+        with pytest.raises(OSError, match="killed"):
+            tidy.tidy_series(archive, series, tidy.Tidied())
+    assert [p.exists() for p in pending] == [False, True]
 
 
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
