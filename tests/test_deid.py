@@ -1077,22 +1077,26 @@ def test_two_source_arrays_of_one_key_are_one_array_with_one_zarr_json(
         "_write_together",
         lambda files: (calls.append([p for p, _ in files]), write_together(files))[1],
     )
-    instances = [
-        CopiedInstance(
-            {
-                "SOPInstanceUID": f"1.2.3.{n}",
-                "SeriesInstanceUID": "1.2.3",
-                "StudyInstanceUID": "1.2",
-            },
-            HeaderBlob(NATIVE, b"x"),
-            f"{folder}/k",
-            source.read_chunks(f"{folder}/k", 0, 1),
-            1,
-        )
-        for n, folder in enumerate("ab")
-    ]
+
+    def part(first: int) -> list[CopiedInstance]:
+        """Frames of both source arrays, as instances 1.2.3.<first>, 1.2.3.<first + 1>."""
+        return [
+            CopiedInstance(
+                {
+                    "SOPInstanceUID": f"1.2.3.{first + n}",
+                    "SeriesInstanceUID": "1.2.3",
+                    "StudyInstanceUID": "1.2",
+                },
+                HeaderBlob(NATIVE, b"x"),
+                f"{folder}/k",
+                source.read_chunks(f"{folder}/k", 0, 1),
+                1,
+            )
+            for n, folder in enumerate("ab")
+        ]
+
     with Archive.open_or_create(tmp_path / "R") as research:
-        rows = write_copied_part(research, source, instances)
+        rows = write_copied_part(research, source, part(0))
         assert [r["pixels"] for r in rows] == [
             {"array": "1.2.3/k", "first_frame": 0, "frames": 1},
             {"array": "1.2.3/k", "first_frame": 1, "frames": 1},
@@ -1100,6 +1104,17 @@ def test_two_source_arrays_of_one_key_are_one_array_with_one_zarr_json(
         array_json = research.pixels.root / "1.2.3" / "k" / "zarr.json"
         assert calls[0].count(array_json) == 1
         assert research.pixels.read_frames("1.2.3/k", [0, 1])[:, 0, 0].tolist() == [1, 2]
+        # A part adding to the array reads its zarr.json once, for its count and its new one.
+        read: list[str] = []
+        meta = PixelStore.meta
+        monkeypatch.setattr(
+            PixelStore, "meta", lambda store, path: (read.append(path), meta(store, path))[1]
+        )
+        rows = write_copied_part(research, source, part(2))
+        assert [r["pixels"]["first_frame"] for r in rows] == [2, 3] and read == ["1.2.3/k"]
+        assert calls[1].count(array_json) == 1
+        frames = research.pixels.read_frames("1.2.3/k", [0, 1, 2, 3])
+        assert frames[:, 0, 0].tolist() == [1, 2, 1, 2]
 
 
 def test_zarr_json_is_the_indented_dump_for_any_frame_count_and_kind() -> None:

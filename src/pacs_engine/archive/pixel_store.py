@@ -541,19 +541,21 @@ class PixelStore:
     def frames(self, path: str) -> int:
         """The array's frame count (its shape along axis 0): its committed frames', but
         after a kill (an ingest raises it after its commit, a copy before) until a tidy."""
-        return self._meta(path)["shape"][0]
+        return self.meta(path)["shape"][0]
 
     def set_frames(self, path: str, frames: int) -> None:
         """Set the array's frame count, atomically (write, fsync, rename of zarr.json)."""
         write_atomic(*self.frames_file(path, frames))
 
-    def frames_file(self, path: str, frames: int) -> tuple[Path, bytes]:
-        """The array's zarr.json with its frame count set to `frames` (`set_frames` writes it)."""
-        meta = self._meta(path)
-        meta["shape"][0] = frames
-        return self.root / path / "zarr.json", zarr_json(meta)
+    def frames_file(self, path: str, frames: int, meta: dict | None = None) -> tuple[Path, bytes]:
+        """The array's zarr.json with its frame count set to `frames` (`set_frames` writes it),
+        made from `meta` when the caller read it already (`meta`), else read now."""
+        meta = self.meta(path) if meta is None else meta
+        return self.root / path / "zarr.json", zarr_json(
+            {**meta, "shape": [frames, *meta["shape"][1:]]}
+        )
 
-    def _meta(self, path: str) -> dict:
+    def meta(self, path: str) -> dict:
         """The array's zarr.json; ArrayMetadataError naming the file when it cannot be read."""
         meta_path = self.root / path / "zarr.json"
         try:
@@ -574,7 +576,7 @@ class PixelStore:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            spec = self._learn_spec(path, self._meta(path))
+            spec = self._learn_spec(path, self.meta(path))
         return spec
 
     def _learn_spec(self, path: str, meta: dict[str, Any]) -> ArraySpec:
