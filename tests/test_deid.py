@@ -808,8 +808,14 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     assert len(exported) == 2 and len(list(research.glob("headers/*/*.pending"))) == 1
     untidied = tmp_path / "untidied"
     shutil.copytree(research, untidied)
+    by_cli_first = tmp_path / "rebuilt-by-cli"
+    shutil.copytree(research, by_cli_first)
     rebuilt = rebuild_index(untidied)
     assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 1, [])
+    assert rebuilt.pending == 1
+    said = run_cli("rebuild-index", str(by_cli_first)).stdout
+    assert "1 rows of parts not known to be committed (their rows files are pending)" in said
+    assert "run `pacs-engine tidy` before rebuild-index" in said and "never" not in said
     (pending,) = research.glob("headers/*/*.pending")
     by_cli = tmp_path / "by-cli"
     shutil.copytree(research, by_cli)
