@@ -973,6 +973,40 @@ def test_a_tidy_renames_every_committed_parts_pending_rows_files_before_it_remov
     assert [p.exists() for p in pending] == [False, True]
 
 
+def test_a_correction_of_a_part_killed_before_its_renames_keeps_its_copied_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy killed after its commit, before its rows files' renames, then a correction of
+    its instances: the correction renames their part's pending rows files (the index holds
+    the rows: the part committed), so a rebuild with no tidy first keeps both versions."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    write_studies(tmp_path / "dcm", 1, 1, 2, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+
+    def dies(*_: Any) -> NoReturn:
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", dies)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    assert len(list(research.glob("headers/*/*.pending"))) == 1
+    with Archive.open_or_create(research) as archive:
+        patient = next(iter(archive.index))["PatientID"]
+        corrections = Corrections(archive)
+        values = {"PatientName": "NEW^NAME"}
+        corrections.apply(corrections.correct_patient(patient, values, "x", "test"))
+        live = {row["SOPInstanceUID"]: row for row in archive.index}
+    assert not any(research.glob("headers/*/*.pending"))
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (2, 0)
+    with Archive.open_or_create(research) as archive:
+        assert {row["SOPInstanceUID"]: row for row in archive.index} == live
+    assert all(len(row["versions"]) == 2 for row in live.values())
+
+
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
     """A research array keeps each shard as a file beside its zarr.json (`c.<shard>.0.0`,
     no chunk folders), and zarr reads every research array to its source array's frames."""

@@ -42,6 +42,7 @@ from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
     dump_rows,
     load_rows,
+    mark_committed,
     pending_sidecar,
     place_blobs,
     rows_sidecar,
@@ -520,6 +521,10 @@ class Corrections:
         records = self.root / RECORDS
         make_dirs(records)
         if correction.kind in ("merge-patient", "patient", "move-series"):
+            # The index holds these rows, so their parts committed: a copy's part killed
+            # before renaming its rows files has them renamed now, or a rebuild of the index
+            # would leave it out and hold the new versions alone (docs/archive.md).
+            mark_committed(_pending_rows_files(self.root, correction.before.values()))
             self._write_versions(correction)
         write_atomic(records / f"{correction.id}.json", correction.to_json())
         for frm, to in correction.pre_moves:
@@ -790,6 +795,13 @@ def _current_only(row: Row) -> Row:
     and the correction as the reason it is current."""
     current = {k: v for k, v in row.items() if k != "versions"}
     return cast(Row, current | {"stored_bytes": own_stored_bytes(row)})
+
+
+def _pending_rows_files(root: Path, rows: Iterable[Row]) -> list[Path]:
+    """The pending rows files (`pending_sidecar`) of the packs of `rows`' versions."""
+    packs = {version["header"]["pack"] for row in rows for version in version_rows(row)}
+    files = (root / pending_sidecar(pack) for pack in sorted(packs))
+    return [file for file in files if file.is_file()]
 
 
 def _uids_only(row: Row) -> Row:
