@@ -13,6 +13,7 @@ import zlib
 from io import BytesIO
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pydicom
 import pytest
@@ -29,12 +30,14 @@ from pydicom.uid import (
 
 from pacs_engine import Archive, ArchiveError, open_archive
 from pacs_engine.archive import archive as storage
+from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
 from pacs_engine.archive.rebuild import rebuild_index
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs import CodecError
 from pacs_engine.index.core import UID_KEYWORDS
 from pacs_engine.ingest import encode
+from pacs_engine.storage import write_atomic
 from pacs_engine.synth import write_studies
 
 
@@ -492,6 +495,40 @@ def test_an_undecodable_bitstream_is_kept_byte_for_byte_and_verify_reports_it(
     where = f"{reference['array']}: frame {reference['first_frame']} cannot be decoded"
     with pytest.raises(CodecError, match=re.escape(where)):  # a reader is told which frame
         archive.frames(sop)
+
+
+def test_a_shard_whose_index_lists_its_chunks_out_of_order_is_read_appended_and_trashed_right(
+    tmp_path: Path,
+) -> None:
+    """Zarr lets a shard's index list its chunks in any order: here frame 1's chunk is
+    stored first. Reads, an append (which rewrites the shard with the chunks it keeps) and
+    emptying the trash (`drop_frames`) take each chunk from where its entry says; a read
+    from the first entry's offset sliced frame 1's at a negative start, an empty chunk."""
+    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=4)
+    chunks = [np.full(16, value, "<u2").tobytes() for value in (10, 11, 12, 13)]
+    pixels = PixelStore(tmp_path / "pixels")
+    pixels.create()
+    array_file = pixels.new_array_file("s/a", json.loads(array_metadata(spec, {})), 4)
+
+    def write_out_of_order() -> Path:
+        """Frames 0..2 in a shard holding frame 1's chunk, then 0's, then 2's."""
+        ((shard, _),) = pixels.shard_files("s/a", 0, chunks[:3])
+        table = np.full((4, 2), 2**64 - 1, "<u8")  # the fourth entry absent
+        table[:3] = [(32, 32), (0, 32), (64, 32)]
+        index = table.tobytes() + google_crc32c.value(table.tobytes()).to_bytes(4, "little")
+        write_atomic(shard, [chunks[1], chunks[0], chunks[2], index])
+        return shard
+
+    write_atomic(*array_file)
+    write_out_of_order()
+    assert pixels.read_chunks("s/a", 0, 3) == chunks[:3]
+    for file, data in pixels.shard_files("s/a", 3, chunks[3:]):
+        write_atomic(file, data)
+    assert pixels.read_chunks("s/a", 0, 4) == chunks
+    shard = write_out_of_order()
+    assert pixels.drop_frames("s/a", 0, {0}) == 32
+    assert pixels.read_chunks("s/a", 1, 3) == chunks[1:3]
+    assert shard.stat().st_size == 2 * 32 + 4 * 16 + 4
 
 
 def test_verify_finds_a_damaged_shard(tmp_path: Path) -> None:

@@ -294,6 +294,43 @@ def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pr
         assert {row["SOPInstanceUID"]: row for row in opened.index} == live
 
 
+def test_a_rebuild_reads_a_corrections_rows_file_written_by_the_previous_code(
+    archive: Path,
+) -> None:
+    """Before 714e9e9 a correction's rows file kept the merged `stored_bytes` (every
+    version's) and no `current_reason` (0ea128d's `_current_only`): a rebuild of such an
+    archive gives back the rows as committed, not the earlier versions' bytes twice."""
+    for name in ("DOE^FIRST", "DOE^SECOND"):  # the second's rows counted three versions
+        _cli(
+            "correct",
+            archive,
+            "patient",
+            "--id",
+            "crlab",
+            "--set",
+            f"PatientName={name}",
+            "--reason",
+            "x",
+        )
+        with open_archive(archive) as opened:
+            live = {row["SOPInstanceUID"]: row for row in opened.index}
+        written = sorted(archive.glob(f"headers/*/correction-{_last_id(archive)}.rows"))
+        assert len(written) == 2  # the crlab studies' two series
+        for path in written:
+            # As 0ea128d wrote it: the committed row, less `versions` and `current_reason`.
+            stamp, rows = blobs.load_rows(path.read_bytes())
+            old = [dict(live[row["SOPInstanceUID"]]) for row in rows]
+            for row in old:
+                del row["versions"], row["current_reason"]
+            path.write_bytes(dump_rows(old, stamp))
+    rebuild_index(archive)
+    with open_archive(archive) as opened:
+        rebuilt = {row["SOPInstanceUID"]: row for row in opened.index}
+    assert rebuilt == live
+    corrected = [row for row in rebuilt.values() if "versions" in row]
+    assert len(corrected) == 4 and all(len(row["versions"]) == 3 for row in corrected)
+
+
 def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:
     by_sop = pristine[1]
     single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])

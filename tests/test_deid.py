@@ -51,6 +51,7 @@ from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
+from pacs_engine.ingest import tidy
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.synth import write_studies
@@ -807,8 +808,14 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     assert len(exported) == 2 and len(list(research.glob("headers/*/*.pending"))) == 1
     untidied = tmp_path / "untidied"
     shutil.copytree(research, untidied)
+    by_cli_first = tmp_path / "rebuilt-by-cli"
+    shutil.copytree(research, by_cli_first)
     rebuilt = rebuild_index(untidied)
     assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 1, [])
+    assert rebuilt.pending == 1
+    said = run_cli("rebuild-index", str(by_cli_first)).stdout
+    assert "1 rows of parts not known to be committed (their rows files are pending)" in said
+    assert "run `pacs-engine tidy` before rebuild-index" in said and "never" not in said
     (pending,) = research.glob("headers/*/*.pending")
     by_cli = tmp_path / "by-cli"
     shutil.copytree(research, by_cli)
@@ -923,6 +930,83 @@ def test_a_part_of_several_series_killed_midway_through_its_renames_is_rebuilt_w
     assert (rebuilt.rows, rebuilt.uncommitted) == (0, 4)
 
 
+def test_a_tidy_renames_every_committed_parts_pending_rows_files_before_it_removes_any(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part of two series killed after its commit, before its renames (two pending rows
+    files), and a leftover in the series folder tidied first: a tidy killed at its first
+    removal has renamed both already (a removed renamed one would leave the other pending
+    with no committed file of its part), so a rebuild holds the part; `tidy_series`, one
+    series at a time, renames its own before removing too."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    write_studies(tmp_path / "dcm", 1, 2, 2, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+
+    def dies(*_: Any) -> NoReturn:
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", dies)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    pending = sorted(research.glob("headers/*/*.pending"))
+    assert len(pending) == 2 and pending[0].parent != pending[1].parent
+    for folder in (p.parent for p in pending):
+        (folder / "leftover.pack").write_bytes(b"a killed part's")  # no row uses it
+    with monkeypatch.context() as patch, Archive.open_or_create(research) as archive:
+        patch.setattr(tidy.Tidied, "remove", dies)
+        with pytest.raises(OSError, match="killed"):
+            tidy.tidy_archive(archive)
+    assert not any(research.glob("headers/*/*.pending"))
+    assert len(list(research.glob("headers/*/*.rows"))) == 2
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (4, 0)
+    for file in pending:  # pending again: one series' tidy alone
+        file.with_suffix(".rows").rename(file)
+    with monkeypatch.context() as patch, Archive.open_or_create(research) as archive:
+        patch.setattr(tidy.Tidied, "remove", dies)
+        series = load_rows(pending[0].read_bytes())[1][0]["SeriesInstanceUID"]
+        with pytest.raises(OSError, match="killed"):
+            tidy.tidy_series(archive, series, tidy.Tidied())
+    assert [p.exists() for p in pending] == [False, True]
+
+
+def test_a_correction_of_a_part_killed_before_its_renames_keeps_its_copied_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy killed after its commit, before its rows files' renames, then a correction of
+    its instances: the correction renames their part's pending rows files (the index holds
+    the rows: the part committed), so a rebuild with no tidy first keeps both versions."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    write_studies(tmp_path / "dcm", 1, 1, 2, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+
+    def dies(*_: Any) -> NoReturn:
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", dies)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    assert len(list(research.glob("headers/*/*.pending"))) == 1
+    with Archive.open_or_create(research) as archive:
+        patient = next(iter(archive.index))["PatientID"]
+        corrections = Corrections(archive)
+        values = {"PatientName": "NEW^NAME"}
+        corrections.apply(corrections.correct_patient(patient, values, "x", "test"))
+        live = {row["SOPInstanceUID"]: row for row in archive.index}
+    assert not any(research.glob("headers/*/*.pending"))
+    rebuilt = rebuild_index(research)
+    assert (rebuilt.rows, rebuilt.uncommitted) == (2, 0)
+    with Archive.open_or_create(research) as archive:
+        assert {row["SOPInstanceUID"]: row for row in archive.index} == live
+    assert all(len(row["versions"]) == 2 for row in live.values())
+
+
 def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict) -> None:
     """A research array keeps each shard as a file beside its zarr.json (`c.<shard>.0.0`,
     no chunk folders), and zarr reads every research array to its source array's frames."""
@@ -1033,22 +1117,26 @@ def test_two_source_arrays_of_one_key_are_one_array_with_one_zarr_json(
         "_write_together",
         lambda files: (calls.append([p for p, _ in files]), write_together(files))[1],
     )
-    instances = [
-        CopiedInstance(
-            {
-                "SOPInstanceUID": f"1.2.3.{n}",
-                "SeriesInstanceUID": "1.2.3",
-                "StudyInstanceUID": "1.2",
-            },
-            HeaderBlob(NATIVE, b"x"),
-            f"{folder}/k",
-            source.read_chunks(f"{folder}/k", 0, 1),
-            1,
-        )
-        for n, folder in enumerate("ab")
-    ]
+
+    def part(first: int) -> list[CopiedInstance]:
+        """Frames of both source arrays, as instances 1.2.3.<first>, 1.2.3.<first + 1>."""
+        return [
+            CopiedInstance(
+                {
+                    "SOPInstanceUID": f"1.2.3.{first + n}",
+                    "SeriesInstanceUID": "1.2.3",
+                    "StudyInstanceUID": "1.2",
+                },
+                HeaderBlob(NATIVE, b"x"),
+                f"{folder}/k",
+                source.read_chunks(f"{folder}/k", 0, 1),
+                1,
+            )
+            for n, folder in enumerate("ab")
+        ]
+
     with Archive.open_or_create(tmp_path / "R") as research:
-        rows = write_copied_part(research, source, instances)
+        rows = write_copied_part(research, source, part(0))
         assert [r["pixels"] for r in rows] == [
             {"array": "1.2.3/k", "first_frame": 0, "frames": 1},
             {"array": "1.2.3/k", "first_frame": 1, "frames": 1},
@@ -1056,6 +1144,17 @@ def test_two_source_arrays_of_one_key_are_one_array_with_one_zarr_json(
         array_json = research.pixels.root / "1.2.3" / "k" / "zarr.json"
         assert calls[0].count(array_json) == 1
         assert research.pixels.read_frames("1.2.3/k", [0, 1])[:, 0, 0].tolist() == [1, 2]
+        # A part adding to the array reads its zarr.json once, for its count and its new one.
+        read: list[str] = []
+        meta = PixelStore.meta
+        monkeypatch.setattr(
+            PixelStore, "meta", lambda store, path: (read.append(path), meta(store, path))[1]
+        )
+        rows = write_copied_part(research, source, part(2))
+        assert [r["pixels"]["first_frame"] for r in rows] == [2, 3] and read == ["1.2.3/k"]
+        assert calls[1].count(array_json) == 1
+        frames = research.pixels.read_frames("1.2.3/k", [0, 1, 2, 3])
+        assert frames[:, 0, 0].tolist() == [1, 2, 1, 2]
 
 
 def test_zarr_json_is_the_indented_dump_for_any_frame_count_and_kind() -> None:

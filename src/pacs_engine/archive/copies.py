@@ -137,6 +137,7 @@ def write_copied_part(
     """
     pixels = archive.pixels
     created: dict[str, dict[str, Any]] = {}  # the metadata of each array the part creates
+    existing: dict[str, dict[str, Any]] = {}  # and of each other it adds to, read once
     by_array: dict[str, list[Chunk]] = {}
     starts: dict[str, int] = {}
     ends: dict[str, int] = {}
@@ -162,7 +163,8 @@ def write_copied_part(
             path = arrays[mine]
             if path not in by_array:
                 if path not in starts:
-                    starts[path] = pixels.frames(path)
+                    existing[path] = pixels.meta(path)
+                    starts[path] = existing[path]["shape"][0]  # its frame count (`frames`)
                 by_array[path] = []
                 ends[path] = starts[path]
             first = ends[path]
@@ -180,7 +182,7 @@ def write_copied_part(
         if path in created:
             files.append(pixels.new_array_file(path, created[path], end))
         else:
-            files.append(pixels.frames_file(path, end))
+            files.append(pixels.frames_file(path, end, existing[path]))
         files += pixels.shard_files(path, starts[path], by_array[path])
     pending: list[Path] = []
     # One stamp for all the part's rows files: a kill midway through their renames leaves

@@ -42,6 +42,7 @@ from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
     dump_rows,
     load_rows,
+    mark_committed,
     pending_sidecar,
     place_blobs,
     rows_sidecar,
@@ -81,6 +82,8 @@ PATIENT_ATTRIBUTES = tuple(k for k in PATIENT_KEYWORDS if k != "PatientAge")
 #: Fault injection for the crash tests: "before-commit" or "after-commit" ends the process.
 FAULT_VARIABLE = "PACS_ENGINE_CORRECTION_FAULT"
 DEFAULT_KEEP_DAYS = 30
+#: The `source_path` of a version a correction made: this and the correction's id.
+CORRECTION_SOURCE = "correction:"
 
 
 class CorrectionError(ArchiveError):
@@ -158,6 +161,11 @@ def _fault(point: str) -> None:
     """End the process here when the crash tests ask for it (FAULT_VARIABLE)."""
     if os.environ.get(FAULT_VARIABLE) == point:
         os._exit(70)
+
+
+def reason_of(correction: Correction) -> str:
+    """The `current_reason` of the versions a correction made."""
+    return f"correction {correction.id}: {correction.kind}"
 
 
 def load_records(root: Path) -> list[Correction]:
@@ -513,6 +521,10 @@ class Corrections:
         records = self.root / RECORDS
         make_dirs(records)
         if correction.kind in ("merge-patient", "patient", "move-series"):
+            # The index holds these rows, so their parts committed: a copy's part killed
+            # before renaming its rows files has them renamed now, or a rebuild of the index
+            # would leave it out and hold the new versions alone (docs/archive.md).
+            mark_committed(_pending_rows_files(self.root, correction.before.values()))
             self._write_versions(correction)
         write_atomic(records / f"{correction.id}.json", correction.to_json())
         for frm, to in correction.pre_moves:
@@ -545,7 +557,7 @@ class Corrections:
             place_blobs(pack, [new_row for _, _, new_row in items], data)
             for row, _, new_row in items:
                 merged = cast(dict[str, Any], with_version(row, new_row))
-                merged["current_reason"] = f"correction {correction.id}: {correction.kind}"
+                merged["current_reason"] = reason_of(correction)
                 correction.after[row["SOPInstanceUID"]] = cast(Row, merged)
             write_atomic(self.root / pack, data)
             correction.new_packs.append(pack)
@@ -577,7 +589,8 @@ class Corrections:
         new = out.getvalue()
         try:
             header = scan(new)
-            prepared = prepare(f"correction:{correction_id}", new, header, decode=False)
+            source = f"{CORRECTION_SOURCE}{correction_id}"
+            prepared = prepare(source, new, header, decode=False)
         except (ScanError, PrepareError) as error:
             raise CorrectionError(f"{sop}: the corrected file cannot be split: {error}") from None
         self._check_same_pixels(row, prepared)
@@ -587,7 +600,7 @@ class Corrections:
         blob = prepared.blob.to_bytes()
         new_row |= dict(header.attributes)
         new_row |= {
-            "source_path": f"correction:{correction_id}",
+            "source_path": source,
             "source_sha256": hashlib.sha256(new).hexdigest(),
             "file_size": len(new),
             "stored_bytes": 0,  # the old pixels: only its blob, counted when packed
@@ -782,6 +795,13 @@ def _current_only(row: Row) -> Row:
     and the correction as the reason it is current."""
     current = {k: v for k, v in row.items() if k != "versions"}
     return cast(Row, current | {"stored_bytes": own_stored_bytes(row)})
+
+
+def _pending_rows_files(root: Path, rows: Iterable[Row]) -> list[Path]:
+    """The pending rows files (`pending_sidecar`) of the packs of `rows`' versions."""
+    packs = {version["header"]["pack"] for row in rows for version in version_rows(row)}
+    files = (root / pending_sidecar(pack) for pack in sorted(packs))
+    return [file for file in files if file.is_file()]
 
 
 def _uids_only(row: Row) -> Row:

@@ -421,6 +421,18 @@ def _close_in(pid: int, fd: int) -> None:
         os.close(fd)
 
 
+def _read_spans(fd: int, spans: list[tuple[int, int]]) -> list[memoryview]:
+    """The chunks at `spans` ((offset, length) each) of a shard file, as views of one read
+    from the lowest offset to the highest end: not of the first's and the last's, since a
+    shard's index may list its chunks in any order (zarr allows it; ours are in order, back
+    to back), and a slice at a negative start would wrap, silently giving other bytes."""
+    if not spans:
+        return []
+    begin = min(o for o, _ in spans)
+    data = memoryview(os.pread(fd, max(o + n for o, n in spans) - begin, begin))
+    return [data[o - begin : o + n - begin] for o, n in spans]  # views: no copy of each
+
+
 class _OpenShard:
     """A shard file held open with its checked index; closed when the last reference goes.
 
@@ -529,19 +541,21 @@ class PixelStore:
     def frames(self, path: str) -> int:
         """The array's frame count (its shape along axis 0): its committed frames', but
         after a kill (an ingest raises it after its commit, a copy before) until a tidy."""
-        return self._meta(path)["shape"][0]
+        return self.meta(path)["shape"][0]
 
     def set_frames(self, path: str, frames: int) -> None:
         """Set the array's frame count, atomically (write, fsync, rename of zarr.json)."""
         write_atomic(*self.frames_file(path, frames))
 
-    def frames_file(self, path: str, frames: int) -> tuple[Path, bytes]:
-        """The array's zarr.json with its frame count set to `frames` (`set_frames` writes it)."""
-        meta = self._meta(path)
-        meta["shape"][0] = frames
-        return self.root / path / "zarr.json", zarr_json(meta)
+    def frames_file(self, path: str, frames: int, meta: dict | None = None) -> tuple[Path, bytes]:
+        """The array's zarr.json with its frame count set to `frames` (`set_frames` writes it),
+        made from `meta` when the caller read it already (`meta`), else read now."""
+        meta = self.meta(path) if meta is None else meta
+        return self.root / path / "zarr.json", zarr_json(
+            {**meta, "shape": [frames, *meta["shape"][1:]]}
+        )
 
-    def _meta(self, path: str) -> dict:
+    def meta(self, path: str) -> dict:
         """The array's zarr.json; ArrayMetadataError naming the file when it cannot be read."""
         meta_path = self.root / path / "zarr.json"
         try:
@@ -562,7 +576,7 @@ class PixelStore:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            spec = self._learn_spec(path, self._meta(path))
+            spec = self._learn_spec(path, self.meta(path))
         return spec
 
     def _learn_spec(self, path: str, meta: dict[str, Any]) -> ArraySpec:
@@ -642,19 +656,15 @@ class PixelStore:
         per_frame = self.grid(path)[1]
         held = self._open_shard(path, shard, f"{path}: shard {shard}")
         table = held.table[: frames * per_frame].tolist()
-        stored = [(o, n) for o, n in table if o != EMPTY]
-        if not stored:
-            return [None] * len(table)
-        begin = stored[0][0]  # chunks are stored back to back, in order
-        # Slices of a view: the shard is rewritten from them with no copy of each chunk.
-        data = memoryview(os.pread(held.fd, stored[-1][0] + stored[-1][1] - begin, begin))
-        return [None if o == EMPTY else data[o - begin : o + n - begin] for o, n in table]
+        stored = iter(_read_spans(held.fd, [(o, n) for o, n in table if o != EMPTY]))
+        # Views: the shard is rewritten from them with no copy of each chunk.
+        return [None if o == EMPTY else next(stored) for o, _ in table]
 
     def read_chunks(self, path: str, start: int, stop: int) -> list[bytes]:
         """The stored (encoded) chunks of frames [start, stop), read from the shards as is.
 
         Per shard: one read of its index, one read of the bytes of the frames asked
-        for (a shard stores its chunks back to back, in order).
+        for (ours stores its chunks back to back, in order: `_read_spans`).
         """
         return [bytes(chunk) for chunk in self.chunk_views(path, start, stop)]
 
@@ -722,10 +732,7 @@ class PixelStore:
         wanted = held.table[first : (stop - shard * per_shard) * per_frame].tolist()
         if any(o == EMPTY for o, _ in wanted):
             raise ValueError(f"{path}: a frame of {start}..{stop} is missing from shard {shard}")
-        begin = wanted[0][0]
-        data = os.pread(held.fd, wanted[-1][0] + wanted[-1][1] - begin, begin)
-        view = memoryview(data)  # slices of a view: no copy of every chunk
-        return [view[o - begin : o + n - begin] for o, n in wanted]
+        return _read_spans(held.fd, wanted)
 
     def _window_chunks(
         self, path: str, frames: Sequence[int], first: int, stop: int
@@ -743,12 +750,8 @@ class PixelStore:
             wanted = held.table[base + first : base + stop].tolist()
             if any(o == EMPTY for o, _ in wanted):
                 raise ValueError(f"{path}: frame {f} is missing from shard {shard}")
-            begin = wanted[0][0]
-            view = memoryview(os.pread(held.fd, wanted[-1][0] + wanted[-1][1] - begin, begin))
             out[f] = (
-                [_NOTHING] * first
-                + [view[o - begin : o + n - begin] for o, n in wanted]
-                + [_NOTHING] * (per_frame - stop)
+                [_NOTHING] * first + _read_spans(held.fd, wanted) + [_NOTHING] * (per_frame - stop)
             )
         return out
 

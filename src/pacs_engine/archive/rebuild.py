@@ -28,6 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from pacs_engine.archive.blobs import (
     PACK_SUFFIX,
@@ -39,8 +40,11 @@ from pacs_engine.archive.blobs import (
     scannable,
 )
 from pacs_engine.archive.corrections import (
+    CORRECTION_SOURCE,
     Correction,
     deleted_packs,
+    load_records,
+    reason_of,
     recover_pending,
     shows_commit,
 )
@@ -62,6 +66,7 @@ class Rebuilt:
 
     rows: int = 0
     uncommitted: int = 0  # rows of parts whose frames were never committed
+    pending: int = 0  # of those, rows of a copy's parts whose rows files are still pending
     deleted: int = 0  # rows of instances deleted (`correct ... delete`) after they were written
     packs_without_rows: list[str] = field(default_factory=list)  # written before rows files
     damaged_rows_files: list[str] = field(default_factory=list)
@@ -93,13 +98,14 @@ def _rebuild(root: Path) -> Rebuilt:
     # the rows files are read, which then hold every finished step.
     rebuilt.recovered = recover_pending(root, lambda c: shows_commit(root, c))
     rows = _rows_by_sop(root, rebuilt)
+    reasons = {CORRECTION_SOURCE + c.id: reason_of(c) for c in load_records(root)}
     building = root / f".index.rebuilding-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     index = Index.create(building)
     try:
         batch: list[Row] = []
         for sop in sorted(rows):
-            row, *later_rows = rows[sop]
+            row, *later_rows = (_as_written_now(r, reasons) for r in rows[sop])
             for later in later_rows:
                 # A part retried after a worker died wrote the same file twice: one version.
                 if later["source_sha256"] not in kept_sha256s(row):
@@ -124,6 +130,20 @@ def _rebuild(root: Path) -> Rebuilt:
     building.rename(old)
     fsync_dir(root)
     return rebuilt
+
+
+def _as_written_now(row: Row, reasons: dict[str, str]) -> Row:
+    """`row` as its rows file keeps it now: a correction's row written before rows files
+    kept its reason (0ea128d and earlier) has the stored_bytes of every version, which
+    `with_version` would add again; its own are its header blob's, as a correction
+    counts them, and its reason is the one its record gives (`reasons`: by source_path)."""
+    source = row.get("source_path", "")
+    if not source.startswith(CORRECTION_SOURCE) or "current_reason" in row:
+        return row
+    own: dict[str, Any] = {**row, "stored_bytes": row["header"]["length"]}
+    if source in reasons:  # no record: the usual reason
+        own["current_reason"] = reasons[source]
+    return cast(Row, own)
 
 
 @dataclass
@@ -190,8 +210,9 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
     for rows_file in pending:
         if rows_file.written in renamed:
             files.append(rows_file)
-        else:
+        else:  # not known to be committed: a tidy on the index before would tell
             rebuilt.uncommitted += len(rows_file.rows)
+            rebuilt.pending += len(rows_file.rows)
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 
 

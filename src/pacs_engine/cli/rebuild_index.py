@@ -10,10 +10,12 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     rebuild = commands.add_parser(
         "rebuild-index",
         help="rebuild a damaged index from the header packs' rows files",
-        description="Rebuild ARCHIVE's index from the rows file each ingest part writes "
-        "beside its header pack (docs/archive.md, 'Recovering a damaged index'); the old "
-        "index is kept as index.damaged-<time>. Exits 1 if some instances could not be "
-        "restored (header packs written before rows files existed, damaged rows files), "
+        description="Rebuild ARCHIVE's index from the rows files that ingest parts, copies "
+        "and corrections write beside their header packs (a copy's renamed from .pending "
+        "to .rows after its commit: `pacs-engine tidy` renames those a kill left, so run it "
+        "first while the index is sound; docs/archive.md, 'Recovering a damaged index'); "
+        "the old index is kept as index.damaged-<time>. Exits 1 if some instances could "
+        "not be restored (header packs written before rows files existed, damaged rows files), "
         "2 if ARCHIVE is not an archive or an ingest runs.",
     )
     rebuild.add_argument("archive", help="the archive folder")
@@ -33,8 +35,14 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
     print(f"{rebuilt.rows:,} instances restored into a new index")
     if rebuilt.kept_as:
         print(f"the old index is kept as {rebuilt.kept_as}")
-    if rebuilt.uncommitted:
-        print(f"{rebuilt.uncommitted:,} rows of parts that were never committed were left out")
+    if rebuilt.uncommitted > rebuilt.pending:
+        never = rebuilt.uncommitted - rebuilt.pending
+        print(f"{never:,} rows of parts that were never committed were left out")
+    if rebuilt.pending:
+        print(
+            f"{rebuilt.pending:,} rows of parts not known to be committed (their rows files "
+            "are pending) were left out: run `pacs-engine tidy` before rebuild-index"
+        )
     if rebuilt.deleted:
         print(f"{rebuilt.deleted:,} rows of deleted instances were left out")
     if rebuilt.filled:

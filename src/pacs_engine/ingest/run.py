@@ -48,7 +48,7 @@ from pacs_engine.ingest.encode import (
 from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.ingest.journal import Journal, Planned, file_identity
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
-from pacs_engine.ingest.tidy import Tidied, remove_temporaries, tidy_series
+from pacs_engine.ingest.tidy import Tidied, mark_series_committed, remove_temporaries, tidy_series
 from pacs_engine.stages import StageClock, Times, add_times
 from pacs_engine.storage import write_atomic
 from pacs_engine.workers import CrashIsolation, Executor, Finished, Future, window
@@ -775,10 +775,17 @@ class _Run:
         is deleted here, so the archive equals one an uninterrupted run makes.
         """
         tidied = Tidied()
-        series = None
-        while series := self.journal.next_series(run, series):
+        # Every series' first: a copy's part may have pending rows files in several.
+        mark_series_committed(self.archive, self._planned_series(run), tidied)
+        for series in self._planned_series(run):
             tidy_series(self.archive, series, tidied)
         remove_temporaries(self.archive)
+
+    def _planned_series(self, run: str) -> Iterator[str]:
+        """The series the run planned, in UID order, read one at a time."""
+        series = None
+        while series := self.journal.next_series(run, series):
+            yield series
 
     # --- helpers ----------------------------------------------------------------------
 

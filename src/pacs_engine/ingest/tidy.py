@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,10 +60,54 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     """Fit one series' arrays to their committed frames and delete what no committed row uses.
 
     Only while nothing else writes to the archive. Deletes before it rewrites an
-    array's metadata, so that a tidy frees space even on a full disk.
+    array's metadata, so that a tidy frees space even on a full disk. A caller tidying
+    several series calls `mark_series_committed` on them all first.
     """
+    mark_series_committed(archive, [series_uid], tidied)
     rows = archive.index.iter_series(series_uid)  # a chunk of rows at a time
     _tidy_folders(archive, sorted(series_folders(series_uid)), rows, tidied)
+
+
+def mark_series_committed(archive: Archive, series_uids: Iterable[str], tidied: Tidied) -> None:
+    """Give the pending rows files of committed parts in these series' folders their
+    rows-file names, before a tidy of them removes anything.
+
+    A copy's part writes a rows file in each series folder it adds to, stamped alike, and
+    `rebuild_index` takes a pending one as committed while another of its part was
+    renamed: that renamed one removed first (its pack unused: its instances deleted, the
+    trash emptied) and a kill before the others' renames would leave them uncommitted. A
+    rename takes no disk space, so a tidy still deletes before it writes.
+    """
+    pending = []
+    for uid in series_uids:
+        rows = archive.index.iter_series(uid)  # read only where a pending file is
+        pending += _committed_pending(archive, sorted(series_folders(uid)), rows)
+    _mark_committed(archive, pending, tidied)
+
+
+def _committed_pending(archive: Archive, folders: list[str], rows: Iterable[Row]) -> list[Path]:
+    """The pending rows files in the series folders `folders` whose pack `rows` use (or an
+    instance deleted in place): of a part killed between its commit and their rename."""
+    headers = archive.path / "headers"
+    pending = [p for name in folders for p in sorted((headers / name).glob(f"*{PENDING_SUFFIX}"))]
+    if not pending:
+        return []  # the common case: the rows are not read
+    packs = {version["header"]["pack"] for version in _versions(archive, folders, rows)}
+    return [p for p in pending if f"headers/{p.parent.name}/{p.stem}{PACK_SUFFIX}" in packs]
+
+
+def _mark_committed(archive: Archive, pending: list[Path], tidied: Tidied) -> None:
+    """Rename pending rows files of committed parts, and count them."""
+    if pending:
+        mark_committed(pending)
+        tidied.renamed += [str(file.relative_to(archive.path)) for file in pending]
+
+
+def _versions(archive: Archive, folders: list[str], rows: Iterable[Row]) -> Iterator[Row]:
+    """Every version of `rows` and of the instances deleted but kept in place in `folders`
+    (archive/corrections.py): what a tidy of those folders keeps."""
+    for row in itertools.chain(rows, trashed_rows(archive.path, folders)):
+        yield from version_rows(row)  # earlier versions keep their own files
 
 
 def _tidy_folders(
@@ -72,16 +116,15 @@ def _tidy_folders(
     """Delete what `rows` do not use in the series folders `folders` of pixels/ and headers/.
 
     Instances deleted to the trash but kept in place count as used (archive/corrections.py).
+    The pending rows files of committed parts are renamed already (`mark_series_committed`).
     """
     pixels = archive.pixels
-    rows = itertools.chain(rows, trashed_rows(archive.path, folders))
     ends: dict[str, int] = {}
     shards: dict[str, set[int]] = {}
     packs: set[str] = set()
-    for row in rows:
-        for version in version_rows(row):  # earlier versions keep their own files
-            packs.add(version["header"]["pack"])
-            _add_frames(pixels, version.get("pixels"), ends, shards)
+    for version in _versions(archive, folders, rows):
+        packs.add(version["header"]["pack"])
+        _add_frames(pixels, version.get("pixels"), ends, shards)
     arrays = []
     for name in folders:
         folder = pixels.root / name
@@ -97,26 +140,22 @@ def _tidy_folders(
         if pixels.frames(path) != ends[path]:
             pixels.set_frames(path, ends[path])
             tidied.arrays_resized.append(path)
-    committed: list[Path] = []  # pending rows files of committed parts (a copy's)
     for name in folders:
         folder = archive.path / "headers" / name
         if folder.is_dir():
             for file in sorted(folder.iterdir()):
                 pack = file.with_suffix(PACK_SUFFIX)
                 used = f"headers/{name}/{pack.name}" in packs
-                if not file.is_file() or file.suffix not in (PACK_SUFFIX, *ROWS_FILE_SUFFIXES):
-                    continue
-                if not used:
+                if (
+                    file.is_file()
+                    and file.suffix in (PACK_SUFFIX, *ROWS_FILE_SUFFIXES)
+                    and not used
+                ):
                     tidied.remove(file)
-                elif file.suffix == PENDING_SUFFIX:  # killed between its part's commit and rename
-                    committed.append(file)
             remove_stale_temporaries(folder)  # a pack whose write a kill interrupted
         for empty in (pixels.root / name, folder):
             if empty.is_dir() and not any(empty.iterdir()):
                 empty.rmdir()
-    if committed:
-        mark_committed(committed)
-        tidied.renamed += [str(file.relative_to(archive.path)) for file in committed]
 
 
 def _add_frames(
@@ -161,10 +200,18 @@ def tidy_archive(archive: Archive) -> Tidied:
         uid = record["SeriesInstanceUID"]
         for name in series_folders(uid):
             owners.setdefault(name, set()).add(uid)
+
+    def rows(name: str) -> Iterator[Row]:
+        """The rows of the series the folder `name` holds, read when iterated."""
+        for uid in sorted(owners.get(name, ())):
+            yield from archive.index.iter_series(uid)
+
+    # Every folder's first (`mark_series_committed` says why), then the removals.
+    pending = [
+        p for name in sorted(on_disk) for p in _committed_pending(archive, [name], rows(name))
+    ]
+    _mark_committed(archive, pending, tidied)
     for name in sorted(on_disk):
-        rows = (
-            row for uid in sorted(owners.get(name, ())) for row in archive.index.iter_series(uid)
-        )
-        _tidy_folders(archive, [name], rows, tidied)
+        _tidy_folders(archive, [name], rows(name), tidied)
     remove_temporaries(archive)
     return tidied
