@@ -842,6 +842,38 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     assert len(copied) == 3 and {sop: copied[sop] for sop in exported} == exported
 
 
+def _killed(*_: Any) -> NoReturn:
+    """A process killed at this call."""
+    raise OSError("killed")
+
+
+def _copied_killed_before_renames(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    series: int,
+    instances: int,
+    batch: int | None = None,
+) -> tuple[Path, Path]:
+    """A record archive of `series` x `instances` small instances and its research copy
+    killed after its first part's commit, before its rows files' renames (parts of `batch`
+    instances in process, else the run's own); both archives' folders (the key in
+    tmp_path/key)."""
+    record, research = tmp_path / "record", tmp_path / "research"
+    write_studies(
+        tmp_path / "dcm", 1, series, instances, rows=32, columns=32, syntaxes=("explicit",)
+    )
+    with Archive.open_or_create(record) as archive:
+        archive.ingest([tmp_path / "dcm"], workers=0)
+    make_key(tmp_path / "key")
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "mark_committed", _killed)
+        if batch is not None:
+            patch.setattr(deid_run, "INLINE_BATCH", batch)
+        with pytest.raises(OSError, match="killed"):
+            deidentify(record, research, tmp_path / "key", workers=0)
+    return record, research
+
+
 @pytest.mark.parametrize("victim", ["first", "last"])
 def test_an_instance_purged_from_a_part_killed_before_its_rename_stays_purged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, victim: str
@@ -851,20 +883,7 @@ def test_an_instance_purged_from_a_part_killed_before_its_rename_stays_purged(
     last, whose removal has a tidy lower the count) deleted and the trash emptied: its row
     leaves the pending rows file as well, so after a tidy (which renames that file) a
     rebuild of the index leaves it out, keeps the other, and that one exports unchanged."""
-    record, research = tmp_path / "record", tmp_path / "research"
-    write_studies(tmp_path / "dcm", 1, 1, 3, rows=32, columns=32, syntaxes=("explicit",))
-    with Archive.open_or_create(record) as archive:
-        archive.ingest([tmp_path / "dcm"], workers=0)
-    make_key(tmp_path / "key")
-
-    def dies(pending: list[Path]) -> NoReturn:
-        raise OSError("killed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(copies, "mark_committed", dies)
-        patch.setattr(deid_run, "INLINE_BATCH", 2)
-        with pytest.raises(OSError, match="killed"):
-            deidentify(record, research, tmp_path / "key", workers=0)
+    _, research = _copied_killed_before_renames(tmp_path, monkeypatch, 1, 3, batch=2)
     exported = _research_files(research)
     with Archive.open_or_create(research) as archive:
         rows = sorted(archive.index, key=lambda row: row["pixels"]["first_frame"])
@@ -938,25 +957,13 @@ def test_a_tidy_renames_every_committed_parts_pending_rows_files_before_it_remov
     removal has renamed both already (a removed renamed one would leave the other pending
     with no committed file of its part), so a rebuild holds the part; `tidy_series`, one
     series at a time, renames its own before removing too."""
-    record, research = tmp_path / "record", tmp_path / "research"
-    write_studies(tmp_path / "dcm", 1, 2, 2, rows=32, columns=32, syntaxes=("explicit",))
-    with Archive.open_or_create(record) as archive:
-        archive.ingest([tmp_path / "dcm"], workers=0)
-    make_key(tmp_path / "key")
-
-    def dies(*_: Any) -> NoReturn:
-        raise OSError("killed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(copies, "mark_committed", dies)
-        with pytest.raises(OSError, match="killed"):
-            deidentify(record, research, tmp_path / "key", workers=0)
+    _, research = _copied_killed_before_renames(tmp_path, monkeypatch, 2, 2)
     pending = sorted(research.glob("headers/*/*.pending"))
     assert len(pending) == 2 and pending[0].parent != pending[1].parent
     for folder in (p.parent for p in pending):
         (folder / "leftover.pack").write_bytes(b"a killed part's")  # no row uses it
     with monkeypatch.context() as patch, Archive.open_or_create(research) as archive:
-        patch.setattr(tidy.Tidied, "remove", dies)
+        patch.setattr(tidy.Tidied, "remove", _killed)
         with pytest.raises(OSError, match="killed"):
             tidy.tidy_archive(archive)
     assert not any(research.glob("headers/*/*.pending"))
@@ -966,7 +973,7 @@ def test_a_tidy_renames_every_committed_parts_pending_rows_files_before_it_remov
     for file in pending:  # pending again: one series' tidy alone
         file.with_suffix(".rows").rename(file)
     with monkeypatch.context() as patch, Archive.open_or_create(research) as archive:
-        patch.setattr(tidy.Tidied, "remove", dies)
+        patch.setattr(tidy.Tidied, "remove", _killed)
         series = load_rows(pending[0].read_bytes())[1][0]["SeriesInstanceUID"]
         with pytest.raises(OSError, match="killed"):
             tidy.tidy_series(archive, series, tidy.Tidied())
@@ -979,19 +986,7 @@ def test_a_correction_of_a_part_killed_before_its_renames_keeps_its_copied_versi
     """A copy killed after its commit, before its rows files' renames, then a correction of
     its instances: the correction renames their part's pending rows files (the index holds
     the rows: the part committed), so a rebuild with no tidy first keeps both versions."""
-    record, research = tmp_path / "record", tmp_path / "research"
-    write_studies(tmp_path / "dcm", 1, 1, 2, rows=32, columns=32, syntaxes=("explicit",))
-    with Archive.open_or_create(record) as archive:
-        archive.ingest([tmp_path / "dcm"], workers=0)
-    make_key(tmp_path / "key")
-
-    def dies(*_: Any) -> NoReturn:
-        raise OSError("killed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(copies, "mark_committed", dies)
-        with pytest.raises(OSError, match="killed"):
-            deidentify(record, research, tmp_path / "key", workers=0)
+    _, research = _copied_killed_before_renames(tmp_path, monkeypatch, 1, 2)
     assert len(list(research.glob("headers/*/*.pending"))) == 1
     with Archive.open_or_create(research) as archive:
         patient = next(iter(archive.index))["PatientID"]
