@@ -935,13 +935,9 @@ def test_a_part_of_several_series_killed_midway_through_its_renames_is_rebuilt_w
     rebuilt = rebuild_index(research)
     assert (rebuilt.rows, rebuilt.uncommitted) == (4, 0)
     assert _research_files(research) == exported
-
-    def dies(self: Index, *args: Any, **kwargs: Any) -> NoReturn:
-        raise OSError("killed")
-
     uncommitted = tmp_path / "uncommitted"
     with monkeypatch.context() as patch:
-        patch.setattr(Index, "commit", dies)
+        patch.setattr(Index, "commit", _killed)
         with pytest.raises(OSError, match="killed"):
             deidentify(record, uncommitted, tmp_path / "key", workers=0)
     assert len(list(uncommitted.glob("headers/*/*.pending"))) == 2
