@@ -166,7 +166,8 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
         has forked no worker yet: the fork holds the pool's lock until the forkserver's
         preload is done, which the caller need not wait for. Not while another child process
         of this process is alive (another pool's worker, a user's forkserver process, a
-        DataLoader's): its sentinel is a pipe the forkserver holds, which stopping it closes.
+        DataLoader's): one the forkserver started has a pipe it holds for its sentinel, which
+        stopping it closes, and a child of another start method cannot be told apart here.
         """
         self._closing = True
         # No worker yet: none forked by `fork_first`, nor by a task of the caller's (whose

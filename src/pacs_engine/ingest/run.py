@@ -552,8 +552,7 @@ class _Run:
         One pass over the plan, series by series; one entry per series, not per input.
         """
         left = {}
-        series = None
-        while series := self.journal.next_series(run, series):
+        for series in self._planned_series(run):
             inputs = pixel_bytes = frames = 0
             for planned in self.journal.pending(run, series):
                 inputs += 1
