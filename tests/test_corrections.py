@@ -331,6 +331,33 @@ def test_a_rebuild_reads_a_corrections_rows_file_written_by_the_previous_code(
     assert len(corrected) == 4 and all(len(row["versions"]) == 3 for row in corrected)
 
 
+def test_a_rebuild_takes_a_row_for_a_corrections_by_its_pack_not_by_its_source_alone(
+    archive: Path,
+) -> None:
+    """A row whose source names a correction but whose blob is in an ingest's pack (a
+    source is any text) is rebuilt as written: not read as a correction's row of the
+    previous code, which would count its blob alone and give it the correction's reason."""
+    _rename_crlab(archive)
+    source = corrections.CORRECTION_SOURCE + _last_id(archive)
+    with open_archive(archive) as opened:
+        live = {row["SOPInstanceUID"]: row for row in opened.index}
+    files = {p: blobs.load_rows(p.read_bytes()) for p in archive.glob("headers/*/*.rows")}
+    # The series of one of the patient not corrected: an ingest's pack.
+    ((path, (stamp, rows)),) = [
+        (p, f) for p, f in files.items() if [r["PatientID"] for r in f[1]] == ["PLASTIC"]
+    ]
+    path.write_bytes(dump_rows([{**row, "source_path": source} for row in rows], stamp))
+    rebuild_index(archive)
+    with open_archive(archive) as opened:
+        rebuilt = {row["SOPInstanceUID"]: row for row in opened.index}
+    (sop,) = [row["SOPInstanceUID"] for row in rows]
+    assert rebuilt[sop] == {**live[sop], "source_path": source}
+    assert rebuilt[sop]["stored_bytes"] > rebuilt[sop]["header"]["length"]  # its pixels too
+    assert {k: v for k, v in rebuilt.items() if k != sop} == {
+        k: v for k, v in live.items() if k != sop
+    }
+
+
 def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:
     by_sop = pristine[1]
     single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
