@@ -750,7 +750,7 @@ def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
     """A copy killed at a part's commit (one instance a part: the first part's, or the
     second's), then its index rebuilt from the rows files: the rebuilt index holds the
     instances the killed run committed and no other, and counts the killed part's row
-    as uncommitted (its frames lie beyond its new array's frame count, still 0)."""
+    as not known to be committed (its rows file is still pending), not as uncommitted."""
     record, research = tmp_path / "record", tmp_path / "research"
     shutil.copytree(Path(__file__).parent / "data" / "archive-71bdf4b" / "derived", record)
     make_key(tmp_path / "key")
@@ -772,7 +772,7 @@ def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
         before = sorted(row["SOPInstanceUID"] for row in copied.index)
     assert len(before) == dies_at - 1
     rebuilt = rebuild_index(research)
-    assert (rebuilt.rows, rebuilt.uncommitted) == (dies_at - 1, 1)
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.pending) == (dies_at - 1, 0, 1)
     with open_archive(research) as copied:
         assert sorted(row["SOPInstanceUID"] for row in copied.index) == before
 
@@ -782,8 +782,8 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
 ) -> None:
     """A copy killed after its second part's commit, before that part's rows file gets its
     committed name (one instance a part): the index holds both instances and each exports
-    (its zarr.json has its count); a rebuild then leaves the second out as uncommitted, as
-    for a count the commit had not yet raised, while a tidy first (each run's, or
+    (its zarr.json has its count); a rebuild then leaves the second out as not known to be
+    committed (pending, not counted as uncommitted), while a tidy first (each run's, or
     `pacs-engine tidy`, which says so) gives its rows file the committed name, so a
     rebuild after it holds both; a tidy after the rebuild removes the part's files
     instead, and the next run copies its instance again."""
@@ -811,7 +811,7 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     by_cli_first = tmp_path / "rebuilt-by-cli"
     shutil.copytree(research, by_cli_first)
     rebuilt = rebuild_index(untidied)
-    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 1, [])
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 0, [])
     assert rebuilt.pending == 1
     said = run_cli("rebuild-index", str(by_cli_first)).stdout
     assert "1 rows of parts not known to be committed (their rows files are pending)" in said
@@ -942,7 +942,7 @@ def test_a_part_of_several_series_killed_midway_through_its_renames_is_rebuilt_w
             deidentify(record, uncommitted, tmp_path / "key", workers=0)
     assert len(list(uncommitted.glob("headers/*/*.pending"))) == 2
     rebuilt = rebuild_index(uncommitted)
-    assert (rebuilt.rows, rebuilt.uncommitted) == (0, 4)
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.pending) == (0, 0, 4)
 
 
 def test_a_tidy_renames_every_committed_parts_pending_rows_files_before_it_removes_any(

@@ -67,7 +67,7 @@ class Rebuilt:
 
     rows: int = 0
     uncommitted: int = 0  # rows of parts whose frames were never committed
-    pending: int = 0  # of those, rows of a copy's parts whose rows files are still pending
+    pending: int = 0  # rows of a copy's parts not known to be committed: rows files pending
     deleted: int = 0  # rows of instances deleted (`correct ... delete`) after they were written
     packs_without_rows: list[str] = field(default_factory=list)  # written before rows files
     damaged_rows_files: list[str] = field(default_factory=list)
@@ -212,7 +212,6 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
         if rows_file.written in renamed:
             files.append(rows_file)
         else:  # not known to be committed: a tidy on the index before would tell
-            rebuilt.uncommitted += len(rows_file.rows)
             rebuilt.pending += len(rows_file.rows)
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 
