@@ -51,6 +51,7 @@ from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
+from pacs_engine.index.rows import Row
 from pacs_engine.ingest import tidy
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
@@ -174,6 +175,14 @@ def _originals(record: Path) -> dict[str, bytes]:
         }
 
 
+def _copied_rows(record: Archive, research: Archive, key: Key) -> Iterator[tuple[Row, Row]]:
+    """Each row of `record` with its copy's row in `research`, for the instances copied."""
+    for row in record.index:
+        copied = research.index.get(key.uid(row["SOPInstanceUID"]))
+        if copied is not None:
+            yield row, copied
+
+
 def _research_files(research: Path) -> dict[str, bytes]:
     with open_archive(research) as archive:
         return {
@@ -281,9 +290,8 @@ def test_pixels_are_copied_untouched(made: dict) -> None:
         open_archive(made["root"] / "record") as record,
         open_archive(made["root"] / "research") as research,
     ):
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is not None and row.get("frame_hashes"):
+        for row, copied in _copied_rows(record, research, key):
+            if row.get("frame_hashes"):
                 assert copied["frame_hashes"] == row["frame_hashes"]
                 same += 1
     assert same > 15
@@ -1015,9 +1023,8 @@ def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict)
             folder = research.pixels.root / path
             assert not any(p.is_dir() for p in folder.iterdir())
             assert all(p.name == "zarr.json" or p.name.startswith("c.") for p in folder.iterdir())
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is None or not row["pixels"]:
+        for row, copied in _copied_rows(record, research, key):
+            if not row["pixels"]:
                 continue
             before, after = row["pixels"], copied["pixels"]
             assert after is not None
@@ -1058,10 +1065,7 @@ def test_a_copys_stored_bytes_count_what_it_wrote_as_the_ingests_do(made: dict) 
                 assert row["stored_bytes"] == _stored_as_written(archive, row), row["source_path"]
             packs = sum(p.stat().st_size for p in archive.path.rglob("*.pack"))
             assert packs == sum(row["header"]["length"] for row in rows)
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is None:
-                continue
+        for row, copied in _copied_rows(record, research, key):
             mine, theirs = copied["header"]["length"], row["header"]["length"]
             assert copied["stored_bytes"] - mine == row["stored_bytes"] - theirs
             compared += row["pixels"] is not None
@@ -1192,9 +1196,8 @@ def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
         open_archive(root / "record") as record,
         open_archive(root / "nocodec") as research,
     ):
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is None or not row.get("pixels"):
+        for row, copied in _copied_rows(record, research, key):
+            if not row.get("pixels"):
                 continue
             before, after = row["pixels"], copied["pixels"]
             assert after is not None and after["array"] != before["array"]
