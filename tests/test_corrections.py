@@ -144,33 +144,13 @@ def test_merge_patient_and_undo(archive: Path, pristine, tmp_path: Path) -> None
     mr_studies = _studies(archive, PatientID="crlab")
     ct_study = _studies(archive, PatientID="PLASTIC")
     target = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "04.dcm")])
-    dry = _cli(
-        "correct",
-        archive,
-        "merge-patient",
-        "--from",
-        "crlab",
-        "--to",
-        "PLASTIC",
-        "--reason",
-        "duplicate registration",
-        "--dry-run",
-    )
+    merging = ("--from", "crlab", "--to", "PLASTIC", "--reason", "duplicate registration")
+    dry = _cli("correct", archive, "merge-patient", *merging, "--dry-run")
     assert "would make" in dry and "4 instances" in dry
     assert _studies(archive, PatientID="crlab") == mr_studies  # nothing written
     assert not (archive / "corrections").exists()
 
-    out = _cli(
-        "correct",
-        archive,
-        "merge-patient",
-        "--from",
-        "crlab",
-        "--to",
-        "PLASTIC",
-        "--reason",
-        "duplicate registration",
-    )
+    out = _cli("correct", archive, "merge-patient", *merging)
     assert "4 instances in 2 series of 2 studies" in out
     assert _studies(archive, PatientID="crlab") == []
     assert _studies(archive, PatientID="PLASTIC") == sorted(mr_studies + ct_study)

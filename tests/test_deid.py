@@ -579,45 +579,18 @@ def test_cli(made: dict, tmp_path: Path) -> None:
     made_key = run_cli("deid-key", str(tmp_path / "cli-key"))
     assert made_key.returncode == 0 and stat.S_IMODE(os.stat(tmp_path / "cli-key").st_mode) == 0o600
     assert run_cli("deid-key", str(tmp_path / "cli-key")).returncode == 2
-    missing = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
-        "--deidentify",
-        "--key-file",
-        str(tmp_path / "nope"),
-    )
+    into_r = ("ingest", str(root / "record"), "--archive", str(tmp_path / "r"))
+    missing = run_cli(*into_r, "--deidentify", "--key-file", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no such key file" in missing.stderr
-    refused = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
-        "--deidentify",
-        "--key-file",
-        str(made["key"]),
-        "--option",
-        "clean-pixel-data",
-    )
+    key_file = ("--key-file", str(made["key"]))
+    refused = run_cli(*into_r, "--deidentify", *key_file, "--option", "clean-pixel-data")
     assert refused.returncode == 2 and "not supported" in refused.stderr
-    alone = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
-        "--key-file",
-        str(made["key"]),
-    )
+    alone = run_cli(*into_r, *key_file)
     assert alone.returncode == 2 and "need --deidentify" in alone.stderr
     done = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
+        *into_r,
         "--deidentify",
-        "--key-file",
-        str(made["key"]),
+        *key_file,
         "--option",
         ",".join(OPTIONS),
         "--workers",
