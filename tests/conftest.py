@@ -75,11 +75,12 @@ def benchmark_module(name: str) -> ModuleType:
     return sys.modules[qualified]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run `pacs-engine ARGS...` in a fresh interpreter."""
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `pacs-engine ARGS...` in a fresh interpreter (`env`: variables set for it)."""
     return subprocess.run(
         [sys.executable, "-m", "pacs_engine.cli", *args],
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **(env or {})},
     )

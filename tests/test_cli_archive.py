@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -154,15 +153,8 @@ def test_with_dask_an_archive_that_cannot_be_opened_is_said_before_the_scheduler
         assert copy.returncode == 2, copy.stderr
         assert len(copy.stderr.splitlines()) == 1 and "not a pacs_engine archive" in copy.stderr
         archive = tmp_path / "archive"
-        fast = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
-        command = ["ingest", str(ct), "--archive", str(archive), *dask]
-        unreached = subprocess.run(
-            [sys.executable, "-m", "pacs_engine.cli", *command],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=fast,
-        )
+        fast = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
+        unreached = run_cli("ingest", str(ct), "--archive", str(archive), *dask, env=fast)
     assert unreached.returncode == 3, unreached.stderr
     assert scheduler in unreached.stderr
     done = run_cli("ingest", str(ct), "--archive", str(archive), "--workers", "0", "--json")

@@ -85,6 +85,30 @@ def _cli(*args: str | Path, code: int = 0, env: dict[str, str] | None = None) ->
     return done.stdout + done.stderr
 
 
+def _correct_patient(
+    archive: Path,
+    patient_id: str,
+    *values: str,
+    reason: str = "x",
+    code: int = 0,
+    env: dict[str, str] | None = None,
+) -> str:
+    """`pacs-engine correct ARCHIVE patient --id PATIENT_ID --set K=V... --reason REASON`."""
+    sets = [arg for value in values for arg in ("--set", value)]
+    return _cli(
+        "correct",
+        archive,
+        "patient",
+        "--id",
+        patient_id,
+        *sets,
+        "--reason",
+        reason,
+        code=code,
+        env=env,
+    )
+
+
 def _export(archive: Path, out: Path, *selection: str) -> dict[str, Path]:
     """Export (current versions, and earlier ones as _v<n>) and index the files by name."""
     _cli("export", archive, out, *selection, "--all-versions")
@@ -120,33 +144,13 @@ def test_merge_patient_and_undo(archive: Path, pristine, tmp_path: Path) -> None
     mr_studies = _studies(archive, PatientID="crlab")
     ct_study = _studies(archive, PatientID="PLASTIC")
     target = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "04.dcm")])
-    dry = _cli(
-        "correct",
-        archive,
-        "merge-patient",
-        "--from",
-        "crlab",
-        "--to",
-        "PLASTIC",
-        "--reason",
-        "duplicate registration",
-        "--dry-run",
-    )
+    merging = ("--from", "crlab", "--to", "PLASTIC", "--reason", "duplicate registration")
+    dry = _cli("correct", archive, "merge-patient", *merging, "--dry-run")
     assert "would make" in dry and "4 instances" in dry
     assert _studies(archive, PatientID="crlab") == mr_studies  # nothing written
     assert not (archive / "corrections").exists()
 
-    out = _cli(
-        "correct",
-        archive,
-        "merge-patient",
-        "--from",
-        "crlab",
-        "--to",
-        "PLASTIC",
-        "--reason",
-        "duplicate registration",
-    )
+    out = _cli("correct", archive, "merge-patient", *merging)
     assert "4 instances in 2 series of 2 studies" in out
     assert _studies(archive, PatientID="crlab") == []
     assert _studies(archive, PatientID="PLASTIC") == sorted(mr_studies + ct_study)
@@ -162,17 +166,7 @@ def test_merge_patient_and_undo(archive: Path, pristine, tmp_path: Path) -> None
     _verify(archive)
 
     merge = _last_id(archive)
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "PLASTIC",
-        "--set",
-        "PatientSex=O",
-        "--reason",
-        "later",
-    )
+    _correct_patient(archive, "PLASTIC", "PatientSex=O", reason="later")
     later = _cli("correct", archive, "--undo", merge, code=2)
     assert "undo them first" in later and _last_id(archive) in later
     _cli("correct", archive, "--undo", _last_id(archive))
@@ -189,18 +183,12 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
     by_sop = pristine[1]
     old_name = str(_read(by_sop[next(iter(by_sop))]).PatientName)
     assert _studies(archive, PatientName=old_name)
-    _cli(
-        "correct",
+    _correct_patient(
         archive,
-        "patient",
-        "--id",
         "crlab",
-        "--set",
         "PatientName=MÜLLER^JANE",
-        "--set",
         "PatientBirthDate=19700101",
-        "--reason",
-        "registration error",
+        reason="registration error",
     )
     assert len(_studies(archive, PatientName="MÜLLER^JANE")) == 2
     assert _studies(archive, PatientName=old_name) == []
@@ -213,44 +201,11 @@ def test_demographic_correction(archive: Path, pristine, tmp_path: Path) -> None
         assert _pixel_digest(corrected) == _pixel_digest(original)
         assert (corrected.pixel_array == original.pixel_array).all()
     _verify(archive)
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "crlab",
-        "--set",
-        "PatientWeight=80",
-        "--reason",
-        "x",
-        code=2,
-    )
+    _correct_patient(archive, "crlab", "PatientWeight=80", code=2)
     # Not in the files' character set (ISO_IR 100): refused, naming the keyword, not the value.
-    refused = _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "crlab",
-        "--set",
-        "PatientName=山田^太郎",
-        "--reason",
-        "x",
-        code=2,
-    )
+    refused = _correct_patient(archive, "crlab", "PatientName=山田^太郎", code=2)
     assert "PatientName" in refused and "山田" not in refused
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "nobody",
-        "--set",
-        "PatientName=X",
-        "--reason",
-        "x",
-        code=2,
-    )
+    _correct_patient(archive, "nobody", "PatientName=X", code=2)
     _cli("correct", archive, "--undo", _last_id(archive))
     _originals_exported(archive, tmp_path / "after-undo", by_sop)
     _verify(archive)
@@ -261,17 +216,7 @@ def test_a_corrections_pack_reads_back_through_the_pack_reader(archive: Path, pr
     version's blob reads back through `PackReader` with the corrected value, and its
     `stored_bytes` is that blob alone (its pixels are the old version's); a rebuilt index
     gives back the rows as committed (no version's bytes counted twice, the reason kept)."""
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "crlab",
-        "--set",
-        "PatientName=DOE^NEW",
-        "--reason",
-        "registration error",
-    )
+    _correct_patient(archive, "crlab", "PatientName=DOE^NEW", reason="registration error")
     with open_archive(archive) as opened, blobs.PackReader(archive) as packs:
         corrected = [r for r in opened.index if r.get("current_reason", "").startswith("corr")]
         by_pack: dict[str, list[tuple[int, int]]] = {}
@@ -301,17 +246,7 @@ def test_a_rebuild_reads_a_corrections_rows_file_written_by_the_previous_code(
     version's) and no `current_reason` (0ea128d's `_current_only`): a rebuild of such an
     archive gives back the rows as committed, not the earlier versions' bytes twice."""
     for name in ("DOE^FIRST", "DOE^SECOND"):  # the second's rows counted three versions
-        _cli(
-            "correct",
-            archive,
-            "patient",
-            "--id",
-            "crlab",
-            "--set",
-            f"PatientName={name}",
-            "--reason",
-            "x",
-        )
+        _correct_patient(archive, "crlab", f"PatientName={name}")
         with open_archive(archive) as opened:
             live = {row["SOPInstanceUID"]: row for row in opened.index}
         written = sorted(archive.glob(f"headers/*/correction-{_last_id(archive)}.rows"))
@@ -329,6 +264,33 @@ def test_a_rebuild_reads_a_corrections_rows_file_written_by_the_previous_code(
     assert rebuilt == live
     corrected = [row for row in rebuilt.values() if "versions" in row]
     assert len(corrected) == 4 and all(len(row["versions"]) == 3 for row in corrected)
+
+
+def test_a_rebuild_takes_a_row_for_a_corrections_by_its_pack_not_by_its_source_alone(
+    archive: Path,
+) -> None:
+    """A row whose source names a correction but whose blob is in an ingest's pack (a
+    source is any text) is rebuilt as written: not read as a correction's row of the
+    previous code, which would count its blob alone and give it the correction's reason."""
+    _correct_patient(archive, "crlab", "PatientName=DOE^JANE")
+    source = corrections.CORRECTION_SOURCE + _last_id(archive)
+    with open_archive(archive) as opened:
+        live = {row["SOPInstanceUID"]: row for row in opened.index}
+    files = {p: blobs.load_rows(p.read_bytes()) for p in archive.glob("headers/*/*.rows")}
+    # The series of one of the patient not corrected: an ingest's pack.
+    ((path, (stamp, rows)),) = [
+        (p, f) for p, f in files.items() if [r["PatientID"] for r in f[1]] == ["PLASTIC"]
+    ]
+    path.write_bytes(dump_rows([{**row, "source_path": source} for row in rows], stamp))
+    rebuild_index(archive)
+    with open_archive(archive) as opened:
+        rebuilt = {row["SOPInstanceUID"]: row for row in opened.index}
+    (sop,) = [row["SOPInstanceUID"] for row in rows]
+    assert rebuilt[sop] == {**live[sop], "source_path": source}
+    assert rebuilt[sop]["stored_bytes"] > rebuilt[sop]["header"]["length"]  # its pixels too
+    assert {k: v for k, v in rebuilt.items() if k != sop} == {
+        k: v for k, v in live.items() if k != sop
+    }
 
 
 def test_move_series(archive: Path, pristine, tmp_path: Path) -> None:
@@ -455,17 +417,7 @@ def test_audit_trail_names_no_patient(archive: Path, pristine) -> None:
         "--reason",
         "patient crlab is PLASTIC",
     )
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "PLASTIC",
-        "--set",
-        "PatientName=DOE^JANE",
-        "--reason",
-        "name of DOE^JANE",
-    )
+    _correct_patient(archive, "PLASTIC", "PatientName=DOE^JANE", reason="name of DOE^JANE")
     records = list(read_records(archive))
     assert [r["action"] for r in records] == ["correct merge-patient", "correct patient"]
     assert {r["protocol"] for r in records} == {"cli"}
@@ -479,18 +431,7 @@ def test_audit_trail_names_no_patient(archive: Path, pristine) -> None:
 
 def test_refused_while_another_writer_holds_it(archive: Path) -> None:
     with open_archive(archive, readonly=False):
-        out = _cli(
-            "correct",
-            archive,
-            "patient",
-            "--id",
-            "crlab",
-            "--set",
-            "PatientName=X",
-            "--reason",
-            "x",
-            code=2,
-        )
+        out = _correct_patient(archive, "crlab", "PatientName=X", code=2)
     assert "another process is writing" in out
 
 
@@ -499,19 +440,7 @@ def test_crash_mid_correction(archive: Path, pristine, tmp_path: Path, point: st
     by_sop = pristine[1]
     single = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "10.dcm")])
     fault = {FAULT_VARIABLE: point}
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "crlab",
-        "--set",
-        "PatientName=DOE^JANE",
-        "--reason",
-        "x",
-        code=70,
-        env=fault,
-    )
+    _correct_patient(archive, "crlab", "PatientName=DOE^JANE", code=70, env=fault)
     # The next writer finishes a committed correction, or rolls back one that was not.
     out = _cli(
         "correct",
@@ -552,17 +481,7 @@ def test_crash_mid_correction(archive: Path, pristine, tmp_path: Path, point: st
 def test_emptying_part_of_a_series_and_rebuild_index(archive: Path, pristine, tmp_path) -> None:
     by_sop = pristine[1]
     one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "05.dcm")])
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "crlab",
-        "--set",
-        "PatientName=DOE^JANE",
-        "--reason",
-        "registration error",
-    )
+    _correct_patient(archive, "crlab", "PatientName=DOE^JANE", reason="registration error")
     _cli("correct", archive, "delete", "--uid", one.SOPInstanceUID, "--reason", "mistake")
     pixels = next((archive / "pixels").glob(f"{one.SeriesInstanceUID}*"))
     before = _disk_bytes(pixels)
@@ -703,22 +622,6 @@ def test_rebuild_index_after_a_crash_amid_what_follows_a_commit(archive: Path, p
     _verify(archive)
 
 
-def _rename_crlab(archive: Path, code: int = 0, env: dict[str, str] | None = None) -> None:
-    _cli(
-        "correct",
-        archive,
-        "patient",
-        "--id",
-        "crlab",
-        "--set",
-        "PatientName=DOE^JANE",
-        "--reason",
-        "x",
-        code=code,
-        env=env,
-    )
-
-
 def _pending(archive: Path) -> dict:
     (record,) = [
         r
@@ -731,7 +634,9 @@ def _pending(archive: Path) -> dict:
 def test_rebuild_index_finishes_a_correction_a_crash_left_half_finished(
     archive: Path, pristine, tmp_path: Path
 ) -> None:
-    _rename_crlab(archive, code=70, env={FAULT_VARIABLE: "after-commit"})
+    _correct_patient(
+        archive, "crlab", "PatientName=DOE^JANE", code=70, env={FAULT_VARIABLE: "after-commit"}
+    )
     record = _pending(archive)
     first, second = record["new_packs"]  # crlab's two series: a pack in each folder
     rows = [
@@ -762,7 +667,7 @@ def test_rebuild_index_finishes_a_correction_a_crash_left_half_finished(
 def test_rebuild_index_finishes_an_undo_a_crash_left_half_finished(
     archive: Path, pristine, tmp_path: Path
 ) -> None:
-    _rename_crlab(archive)
+    _correct_patient(archive, "crlab", "PatientName=DOE^JANE")
     _cli(
         "correct",
         archive,
@@ -825,7 +730,9 @@ def test_a_rebuild_keeps_deleted_what_an_earlier_correction_finished_after_the_p
 ) -> None:
     by_sop = pristine[1]
     one = _read(by_sop[next(s for s, p in by_sop.items() if p.name == "00.dcm")])
-    _rename_crlab(archive, code=70, env={FAULT_VARIABLE: "after-commit"})
+    _correct_patient(
+        archive, "crlab", "PatientName=DOE^JANE", code=70, env={FAULT_VARIABLE: "after-commit"}
+    )
     with open_archive(archive, readonly=False) as opened:
         corrections = Corrections(opened)
         planned = corrections.delete("x", "test", sop=one.SOPInstanceUID)
@@ -886,16 +793,8 @@ def test_a_value_outside_ascii_makes_a_file_without_character_set_utf8(tmp_path:
     original = _read(source)
     assert "SpecificCharacterSet" not in original
     _cli("ingest", "--archive", tmp_path / "A", source, "--workers", "0")
-    _cli(
-        "correct",
-        tmp_path / "A",
-        "patient",
-        "--id",
-        original.PatientID,
-        "--set",
-        "PatientName=山田^太郎",
-        "--reason",
-        "registration error",
+    _correct_patient(
+        tmp_path / "A", original.PatientID, "PatientName=山田^太郎", reason="registration error"
     )
     files = _export(tmp_path / "A", tmp_path / "out")
     assert files[f"{original.SOPInstanceUID}_v1.dcm"].read_bytes() == source.read_bytes()

@@ -51,6 +51,7 @@ from pacs_engine.deid import key as deid_key
 from pacs_engine.deid import run as deid_run
 from pacs_engine.executors import InlineExecutor
 from pacs_engine.index import Index
+from pacs_engine.index.rows import Row
 from pacs_engine.ingest import tidy
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
@@ -174,6 +175,14 @@ def _originals(record: Path) -> dict[str, bytes]:
         }
 
 
+def _copied_rows(record: Archive, research: Archive, key: Key) -> Iterator[tuple[Row, Row]]:
+    """Each row of `record` with its copy's row in `research`, for the instances copied."""
+    for row in record.index:
+        copied = research.index.get(key.uid(row["SOPInstanceUID"]))
+        if copied is not None:
+            yield row, copied
+
+
 def _research_files(research: Path) -> dict[str, bytes]:
     with open_archive(research) as archive:
         return {
@@ -281,9 +290,8 @@ def test_pixels_are_copied_untouched(made: dict) -> None:
         open_archive(made["root"] / "record") as record,
         open_archive(made["root"] / "research") as research,
     ):
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is not None and row.get("frame_hashes"):
+        for row, copied in _copied_rows(record, research, key):
+            if row.get("frame_hashes"):
                 assert copied["frame_hashes"] == row["frame_hashes"]
                 same += 1
     assert same > 15
@@ -571,45 +579,18 @@ def test_cli(made: dict, tmp_path: Path) -> None:
     made_key = run_cli("deid-key", str(tmp_path / "cli-key"))
     assert made_key.returncode == 0 and stat.S_IMODE(os.stat(tmp_path / "cli-key").st_mode) == 0o600
     assert run_cli("deid-key", str(tmp_path / "cli-key")).returncode == 2
-    missing = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
-        "--deidentify",
-        "--key-file",
-        str(tmp_path / "nope"),
-    )
+    into_r = ("ingest", str(root / "record"), "--archive", str(tmp_path / "r"))
+    missing = run_cli(*into_r, "--deidentify", "--key-file", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no such key file" in missing.stderr
-    refused = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
-        "--deidentify",
-        "--key-file",
-        str(made["key"]),
-        "--option",
-        "clean-pixel-data",
-    )
+    key_file = ("--key-file", str(made["key"]))
+    refused = run_cli(*into_r, "--deidentify", *key_file, "--option", "clean-pixel-data")
     assert refused.returncode == 2 and "not supported" in refused.stderr
-    alone = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
-        "--key-file",
-        str(made["key"]),
-    )
+    alone = run_cli(*into_r, *key_file)
     assert alone.returncode == 2 and "need --deidentify" in alone.stderr
     done = run_cli(
-        "ingest",
-        str(root / "record"),
-        "--archive",
-        str(tmp_path / "r"),
+        *into_r,
         "--deidentify",
-        "--key-file",
-        str(made["key"]),
+        *key_file,
         "--option",
         ",".join(OPTIONS),
         "--workers",
@@ -750,7 +731,7 @@ def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
     """A copy killed at a part's commit (one instance a part: the first part's, or the
     second's), then its index rebuilt from the rows files: the rebuilt index holds the
     instances the killed run committed and no other, and counts the killed part's row
-    as uncommitted (its frames lie beyond its new array's frame count, still 0)."""
+    as not known to be committed (its rows file is still pending), not as uncommitted."""
     record, research = tmp_path / "record", tmp_path / "research"
     shutil.copytree(Path(__file__).parent / "data" / "archive-71bdf4b" / "derived", record)
     make_key(tmp_path / "key")
@@ -772,7 +753,7 @@ def test_a_rebuilt_index_of_a_killed_copy_holds_only_committed_parts(
         before = sorted(row["SOPInstanceUID"] for row in copied.index)
     assert len(before) == dies_at - 1
     rebuilt = rebuild_index(research)
-    assert (rebuilt.rows, rebuilt.uncommitted) == (dies_at - 1, 1)
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.pending) == (dies_at - 1, 0, 1)
     with open_archive(research) as copied:
         assert sorted(row["SOPInstanceUID"] for row in copied.index) == before
 
@@ -782,8 +763,8 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
 ) -> None:
     """A copy killed after its second part's commit, before that part's rows file gets its
     committed name (one instance a part): the index holds both instances and each exports
-    (its zarr.json has its count); a rebuild then leaves the second out as uncommitted, as
-    for a count the commit had not yet raised, while a tidy first (each run's, or
+    (its zarr.json has its count); a rebuild then leaves the second out as not known to be
+    committed (pending, not counted as uncommitted), while a tidy first (each run's, or
     `pacs-engine tidy`, which says so) gives its rows file the committed name, so a
     rebuild after it holds both; a tidy after the rebuild removes the part's files
     instead, and the next run copies its instance again."""
@@ -811,7 +792,7 @@ def test_a_copy_killed_between_a_commit_and_its_rows_files_is_rebuilt_whole_once
     by_cli_first = tmp_path / "rebuilt-by-cli"
     shutil.copytree(research, by_cli_first)
     rebuilt = rebuild_index(untidied)
-    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 1, [])
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.packs_without_rows) == (1, 0, [])
     assert rebuilt.pending == 1
     said = run_cli("rebuild-index", str(by_cli_first)).stdout
     assert "1 rows of parts not known to be committed (their rows files are pending)" in said
@@ -942,7 +923,7 @@ def test_a_part_of_several_series_killed_midway_through_its_renames_is_rebuilt_w
             deidentify(record, uncommitted, tmp_path / "key", workers=0)
     assert len(list(uncommitted.glob("headers/*/*.pending"))) == 2
     rebuilt = rebuild_index(uncommitted)
-    assert (rebuilt.rows, rebuilt.uncommitted) == (0, 4)
+    assert (rebuilt.rows, rebuilt.uncommitted, rebuilt.pending) == (0, 0, 4)
 
 
 def test_a_tidy_renames_every_committed_parts_pending_rows_files_before_it_removes_any(
@@ -1015,9 +996,8 @@ def test_a_copys_shards_are_files_beside_their_array_that_zarr_reads(made: dict)
             folder = research.pixels.root / path
             assert not any(p.is_dir() for p in folder.iterdir())
             assert all(p.name == "zarr.json" or p.name.startswith("c.") for p in folder.iterdir())
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is None or not row["pixels"]:
+        for row, copied in _copied_rows(record, research, key):
+            if not row["pixels"]:
                 continue
             before, after = row["pixels"], copied["pixels"]
             assert after is not None
@@ -1058,10 +1038,7 @@ def test_a_copys_stored_bytes_count_what_it_wrote_as_the_ingests_do(made: dict) 
                 assert row["stored_bytes"] == _stored_as_written(archive, row), row["source_path"]
             packs = sum(p.stat().st_size for p in archive.path.rglob("*.pack"))
             assert packs == sum(row["header"]["length"] for row in rows)
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is None:
-                continue
+        for row, copied in _copied_rows(record, research, key):
             mine, theirs = copied["header"]["length"], row["header"]["length"]
             assert copied["stored_bytes"] - mine == row["stored_bytes"] - theirs
             compared += row["pixels"] is not None
@@ -1192,9 +1169,8 @@ def test_pixels_are_never_decoded_or_encoded_and_chunks_are_the_same_bytes(
         open_archive(root / "record") as record,
         open_archive(root / "nocodec") as research,
     ):
-        for row in record.index:
-            copied = research.index.get(key.uid(row["SOPInstanceUID"]))
-            if copied is None or not row.get("pixels"):
+        for row, copied in _copied_rows(record, research, key):
+            if not row.get("pixels"):
                 continue
             before, after = row["pixels"], copied["pixels"]
             assert after is not None and after["array"] != before["array"]

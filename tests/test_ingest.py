@@ -24,8 +24,10 @@ from crash_helpers import Crashing
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.archive import pixel_store
+from pacs_engine.archive.blobs import PENDING_SUFFIX
 from pacs_engine.archive.prepare import frame_hash
 from pacs_engine.ingest import IngestStopped
+from pacs_engine.storage import series_folders
 from pacs_engine.synth import write_studies
 
 CLI = [sys.executable, "-m", "pacs_engine.cli"]
@@ -643,6 +645,30 @@ def test_tidy_removes_what_a_killed_run_left_and_the_run_still_resumes(
     assert_complete(json.loads(out), len(files_under(synth)))
     assert state(archive) == clean["state"]
     assert unreferenced(archive) == []
+
+
+def test_the_tidy_step_searches_each_series_folder_for_pending_rows_files_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest's tidy step renames the pending rows files of committed parts in all its
+    series before it removes anything (`mark_series_committed`), then tidies each series
+    without searching its folders for them again (`tidy_series` alone searches its own)."""
+    write_studies(tmp_path / "dcm", 1, 3, 2, rows=32, columns=32, syntaxes=("explicit",))
+    searched: list[str] = []
+    glob = Path.glob
+
+    def counted(self: Path, pattern: str, *args: Any, **kwargs: Any) -> Any:
+        if pattern.endswith(PENDING_SUFFIX):
+            searched.append(self.name)
+        return glob(self, pattern, *args, **kwargs)
+
+    with Archive.open_or_create(tmp_path / "a") as archive:
+        with monkeypatch.context() as patch:
+            patch.setattr(Path, "glob", counted)
+            archive.ingest([tmp_path / "dcm"], workers=0)
+        series = {row["SeriesInstanceUID"] for row in archive.index}
+    assert len(series) == 3
+    assert sorted(searched) == sorted(name for uid in series for name in series_folders(uid))
 
 
 def test_a_late_conflict_keeps_the_bytes_of_a_linked_input_the_run_follows(

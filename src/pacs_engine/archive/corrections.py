@@ -310,6 +310,21 @@ def _header_folder(row: Row) -> str:
     return str(Path(row["header"]["pack"]).parent)
 
 
+def correction_pack(folder: str, correction_id: str) -> str:
+    """The pack of the header blobs the correction `correction_id` wrote in `folder`."""
+    return f"{folder}/correction-{correction_id}{PACK_SUFFIX}"
+
+
+def made_by_correction(row: Row) -> bool:
+    """Whether `row` is of a version a correction made: its source names the correction and
+    its header blob is in that correction's pack (a source alone could be any text)."""
+    source = row.get("source_path", "")
+    if not source.startswith(CORRECTION_SOURCE):
+        return False
+    correction_id = source.removeprefix(CORRECTION_SOURCE)
+    return row["header"]["pack"] == correction_pack(_header_folder(row), correction_id)
+
+
 class Corrections:
     """The corrections of one archive, open for writing (its writer lock held)."""
 
@@ -552,7 +567,7 @@ class Corrections:
             folder = _header_folder(row)
             by_folder.setdefault(folder, []).append((row, blob, new_row))
         for folder, items in sorted(by_folder.items()):
-            pack = f"{folder}/correction-{correction.id}{PACK_SUFFIX}"
+            pack = correction_pack(folder, correction.id)
             data = [blob for _, blob, _ in items]
             place_blobs(pack, [new_row for _, _, new_row in items], data)
             for row, _, new_row in items:

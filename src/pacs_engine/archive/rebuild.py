@@ -44,6 +44,7 @@ from pacs_engine.archive.corrections import (
     Correction,
     deleted_packs,
     load_records,
+    made_by_correction,
     reason_of,
     recover_pending,
     shows_commit,
@@ -66,7 +67,7 @@ class Rebuilt:
 
     rows: int = 0
     uncommitted: int = 0  # rows of parts whose frames were never committed
-    pending: int = 0  # of those, rows of a copy's parts whose rows files are still pending
+    pending: int = 0  # rows of a copy's parts not known to be committed: rows files pending
     deleted: int = 0  # rows of instances deleted (`correct ... delete`) after they were written
     packs_without_rows: list[str] = field(default_factory=list)  # written before rows files
     damaged_rows_files: list[str] = field(default_factory=list)
@@ -133,16 +134,16 @@ def _rebuild(root: Path) -> Rebuilt:
 
 
 def _as_written_now(row: Row, reasons: dict[str, str]) -> Row:
-    """`row` as its rows file keeps it now: a correction's row written before rows files
-    kept its reason (0ea128d and earlier) has the stored_bytes of every version, which
-    `with_version` would add again; its own are its header blob's, as a correction
-    counts them, and its reason is the one its record gives (`reasons`: by source_path)."""
-    source = row.get("source_path", "")
-    if not source.startswith(CORRECTION_SOURCE) or "current_reason" in row:
+    """`row` as its rows file keeps it now: a correction's row (`made_by_correction`) written
+    before rows files kept its reason (0ea128d and earlier) has the stored_bytes of every
+    version, which `with_version` would add again; its own are its header blob's, as a
+    correction counts them, and its reason is the one its record gives (`reasons`: by
+    source_path)."""
+    if not made_by_correction(row) or "current_reason" in row:
         return row
     own: dict[str, Any] = {**row, "stored_bytes": row["header"]["length"]}
-    if source in reasons:  # no record: the usual reason
-        own["current_reason"] = reasons[source]
+    if row["source_path"] in reasons:  # no record: the usual reason
+        own["current_reason"] = reasons[row["source_path"]]
     return cast(Row, own)
 
 
@@ -211,7 +212,6 @@ def _rows_files(root: Path, rebuilt: Rebuilt) -> list[_RowsFile]:
         if rows_file.written in renamed:
             files.append(rows_file)
         else:  # not known to be committed: a tidy on the index before would tell
-            rebuilt.uncommitted += len(rows_file.rows)
             rebuilt.pending += len(rows_file.rows)
     return sorted(files, key=lambda file: file.written)  # stable: ties stay in folder order
 

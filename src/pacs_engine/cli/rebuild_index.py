@@ -35,9 +35,8 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
     print(f"{rebuilt.rows:,} instances restored into a new index")
     if rebuilt.kept_as:
         print(f"the old index is kept as {rebuilt.kept_as}")
-    if rebuilt.uncommitted > rebuilt.pending:
-        never = rebuilt.uncommitted - rebuilt.pending
-        print(f"{never:,} rows of parts that were never committed were left out")
+    if rebuilt.uncommitted:
+        print(f"{rebuilt.uncommitted:,} rows of parts that were never committed were left out")
     if rebuilt.pending:
         print(
             f"{rebuilt.pending:,} rows of parts not known to be committed (their rows files "

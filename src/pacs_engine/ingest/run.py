@@ -48,7 +48,12 @@ from pacs_engine.ingest.encode import (
 from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.ingest.journal import Journal, Planned, file_identity
 from pacs_engine.ingest.plan import align, committed_end, plan_parts
-from pacs_engine.ingest.tidy import Tidied, mark_series_committed, remove_temporaries, tidy_series
+from pacs_engine.ingest.tidy import (
+    Tidied,
+    mark_series_committed,
+    remove_temporaries,
+    tidy_marked_series,
+)
 from pacs_engine.stages import StageClock, Times, add_times
 from pacs_engine.storage import write_atomic
 from pacs_engine.workers import CrashIsolation, Executor, Finished, Future, window
@@ -777,7 +782,7 @@ class _Run:
         # Every series' first: a copy's part may have pending rows files in several.
         mark_series_committed(self.archive, self._planned_series(run), tidied)
         for series in self._planned_series(run):
-            tidy_series(self.archive, series, tidied)
+            tidy_marked_series(self.archive, series, tidied)
         remove_temporaries(self.archive)
 
     def _planned_series(self, run: str) -> Iterator[str]:

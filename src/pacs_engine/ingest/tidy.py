@@ -61,9 +61,15 @@ def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
 
     Only while nothing else writes to the archive. Deletes before it rewrites an
     array's metadata, so that a tidy frees space even on a full disk. A caller tidying
-    several series calls `mark_series_committed` on them all first.
+    several series calls `mark_series_committed` on them all first, then
+    `tidy_marked_series` on each.
     """
     mark_series_committed(archive, [series_uid], tidied)
+    tidy_marked_series(archive, series_uid, tidied)
+
+
+def tidy_marked_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
+    """`tidy_series` of a series `mark_series_committed` was called on already."""
     rows = archive.index.iter_series(series_uid)  # a chunk of rows at a time
     _tidy_folders(archive, sorted(series_folders(series_uid)), rows, tidied)
 
