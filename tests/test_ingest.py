@@ -652,7 +652,7 @@ def test_the_tidy_step_searches_each_series_folder_for_pending_rows_files_once(
 ) -> None:
     """The ingest's tidy step renames the pending rows files of committed parts in all its
     series before it removes anything (`mark_series_committed`), then tidies each series
-    without searching its folders for them again (`tidy_series` alone searches its own)."""
+    without searching its folders for them again."""
     write_studies(tmp_path / "dcm", 1, 3, 2, rows=32, columns=32, syntaxes=("explicit",))
     searched: list[str] = []
     glob = Path.glob

@@ -312,17 +312,23 @@ def _header_folder(row: Row) -> str:
 
 def correction_pack(folder: str, correction_id: str) -> str:
     """The pack of the header blobs the correction `correction_id` wrote in `folder`."""
-    return f"{folder}/correction-{correction_id}{PACK_SUFFIX}"
+    return f"{folder}/{_correction_pack_name(correction_id)}"
+
+
+def _correction_pack_name(correction_id: str) -> str:
+    """The file name of every pack the correction `correction_id` writes."""
+    return f"correction-{correction_id}{PACK_SUFFIX}"
 
 
 def made_by_correction(row: Row) -> bool:
     """Whether `row` is of a version a correction made: its source names the correction and
-    its header blob is in that correction's pack (a source alone could be any text)."""
+    its header blob's pack file is named for that correction (a source alone could be any
+    text)."""
     source = row.get("source_path", "")
     if not source.startswith(CORRECTION_SOURCE):
         return False
     correction_id = source.removeprefix(CORRECTION_SOURCE)
-    return row["header"]["pack"] == correction_pack(_header_folder(row), correction_id)
+    return Path(row["header"]["pack"]).name == _correction_pack_name(correction_id)
 
 
 class Corrections:

@@ -38,9 +38,18 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
     if rebuilt.uncommitted:
         print(f"{rebuilt.uncommitted:,} rows of parts that were never committed were left out")
     if rebuilt.pending:
+        # The new index lacks those rows, so a tidy now would take their parts for
+        # uncommitted and remove them: only the old index knows they committed.
+        keep = (
+            f"to keep them, put back {rebuilt.kept_as} as the index, run `pacs-engine tidy`, "
+            "then rebuild-index; "
+            if rebuilt.kept_as
+            else ""
+        )
         print(
             f"{rebuilt.pending:,} rows of parts not known to be committed (their rows files "
-            "are pending) were left out: run `pacs-engine tidy` before rebuild-index"
+            f"are pending) were left out: {keep}a tidy now removes their files, and the next "
+            "copy run copies their instances again"
         )
     if rebuilt.deleted:
         print(f"{rebuilt.deleted:,} rows of deleted instances were left out")

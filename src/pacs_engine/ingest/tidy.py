@@ -56,20 +56,14 @@ class Tidied:
             shutil.rmtree(path)
 
 
-def tidy_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
+def tidy_marked_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
     """Fit one series' arrays to their committed frames and delete what no committed row uses.
 
-    Only while nothing else writes to the archive. Deletes before it rewrites an
-    array's metadata, so that a tidy frees space even on a full disk. A caller tidying
-    several series calls `mark_series_committed` on them all first, then
-    `tidy_marked_series` on each.
+    Only while nothing else writes to the archive, and after `mark_series_committed` on
+    every series the caller tidies (a part may span several: all its pending rows files
+    are renamed before any removal). Deletes before it rewrites an array's metadata, so
+    that a tidy frees space even on a full disk.
     """
-    mark_series_committed(archive, [series_uid], tidied)
-    tidy_marked_series(archive, series_uid, tidied)
-
-
-def tidy_marked_series(archive: Archive, series_uid: str, tidied: Tidied) -> None:
-    """`tidy_series` of a series `mark_series_committed` was called on already."""
     rows = archive.index.iter_series(series_uid)  # a chunk of rows at a time
     _tidy_folders(archive, sorted(series_folders(series_uid)), rows, tidied)
 
