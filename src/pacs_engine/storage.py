@@ -186,8 +186,8 @@ def start_writeback(fd: int) -> None:
 
     A batch's files are synced at its end (`fsync_dirs`): begun as each is written, their
     writeback runs while the batch goes on (its header packs, its next parts), so that
-    sync waits for less of it (about half the ingest workers' fsync wait on the synth set).
-    Only a hint: durability is still the fsync's, which reports any write error.
+    sync waits for less of it. Only a hint: durability is still the fsync's, which
+    reports any write error.
     """
     global _SYNC_FILE_RANGE
     if _SYNC_FILE_RANGE is None:
