@@ -537,6 +537,42 @@ def test_deferred_writes_appear_whole_once_all_are_synced(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("*.tmp")) and not writes and not writes.files
 
 
+def test_a_deferred_write_starts_its_writeback_before_the_batch_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file left for its batch's sync has its writeback started as it is written (so
+    the sync waits for less); a file synced at once does not need it."""
+    started: list[tuple[str, int, int, int]] = []
+
+    def recorded(fd: int, offset: int, count: int, flags: int) -> int:
+        started.append((os.readlink(f"/proc/self/fd/{fd}"), offset, count, flags))
+        return 0
+
+    monkeypatch.setattr(storage, "_SYNC_FILE_RANGE", recorded)
+    write_atomic(tmp_path / "now", b"synced at once")
+    assert started == []
+    writes = DeferredWrites()
+    write_atomic(tmp_path / "later", [b"a shard's ", b"chunks"], writes)
+    temporary = writes.files[tmp_path / "later"]
+    assert started == [(str(temporary), 0, 0, storage._SYNC_FILE_RANGE_WRITE)]
+    fsync_dirs(writes)
+    assert (tmp_path / "later").read_bytes() == b"a shard's chunks"
+
+
+def test_writeback_is_started_through_the_c_librarys_sync_file_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Linux the hint is the real call (not silently a no-op), and harmless on any file."""
+    monkeypatch.setattr(storage, "_SYNC_FILE_RANGE", None)  # looked up again
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100000)
+    with open(path, "rb+") as file:
+        storage.start_writeback(file.fileno())
+        os.fsync(file.fileno())
+    assert storage._SYNC_FILE_RANGE and storage._SYNC_FILE_RANGE.__name__ == "sync_file_range"
+    assert path.read_bytes() == b"x" * 100000
+
+
 def test_unused_path_is_the_first_name_not_taken(tmp_path: Path) -> None:
     """Names from `first` on, the first that does not exist (taken ones skipped, not reused)."""
 
