@@ -194,6 +194,43 @@ def test_the_forkserver_starts_before_the_executors_are_imported() -> None:
     assert _probe(probe) == "[]"
 
 
+def test_the_resource_tracker_started_with_the_forkserver_yields_the_cores_to_it() -> None:
+    """The resource tracker, which `start_forkserver` starts just before the forkserver,
+    runs at the lowest priority (its interpreter's start no longer slows the forkserver's,
+    which the first encode waits for); the forkserver at the caller's own. A tracker the
+    caller started before keeps its priority."""
+    probe = (
+        "import os, multiprocessing.forkserver, multiprocessing.resource_tracker as rt\n"
+        "from pacs_engine.forkserver import start_forkserver\n"
+        "{before}"
+        "start_forkserver()\n"
+        "nice = lambda pid: os.getpriority(os.PRIO_PROCESS, pid)\n"
+        "forkserver = multiprocessing.forkserver._forkserver._forkserver_pid\n"
+        "print(nice(rt._resource_tracker._pid), nice(forkserver) == nice(0))\n"
+    )
+    assert _probe(probe.format(before="")) == "19 True"
+    assert _probe(probe.format(before="rt.ensure_running()\n")) == f"{os.getpriority(0, 0)} True"
+
+
+@pytest.mark.parametrize(
+    ("progress", "expected"), [("--no-progress", "0 False"), ("--progress", "0 True")]
+)
+def test_an_ingest_imports_tqdm_only_to_show_its_progress_bar(
+    tmp_path: Path, progress: str, expected: str
+) -> None:
+    """tqdm (~0.015 s of CPU in the ingesting process) is imported for a bar shown alone."""
+    _synth_uncompressed(tmp_path / "in")
+    argv = ["ingest", str(tmp_path / "in"), "--archive", str(tmp_path / "a"), "--workers", "0"]
+    probe = (
+        "import contextlib, io, sys\n"
+        "from pacs_engine.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    status = main({[*argv, progress]!r})\n"
+        "print(status, 'tqdm' in sys.modules)\n"
+    )
+    assert _probe(probe) == expected
+
+
 def test_the_synth_help_lists_every_syntax_it_writes() -> None:
     """The names are imported only when the help is shown, and all of them are shown."""
     done = run_cli("synth", "--help")
