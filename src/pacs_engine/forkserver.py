@@ -8,12 +8,14 @@ imports concurrent.futures and the crash isolation, about 0.02 s of CPU more) us
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import signal
+import sys
 import threading
 
 __all__ = ["FORKSERVER_PRELOAD", "QUIET_BLAS", "quiet_blas", "start_forkserver", "stop_forkserver"]
@@ -35,6 +37,8 @@ FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numpy", "imagecodecs", "pacs_
 QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
 #: The main module a caller named to `start_forkserver`, preloaded again on each restart.
 _main_module: str | None = None
+#: How multiprocessing's command line for the forkserver's interpreter starts (3.11-3.13).
+FORKSERVER_COMMAND = "from multiprocessing.forkserver import main;"
 
 
 def quiet_blas() -> dict[str, str]:
@@ -84,9 +88,7 @@ def stop_forkserver() -> None:
 
 
 def _ensure_forkserver() -> None:
-    """Start the forkserver unless it runs, deaf to Ctrl-C (see below), and the resource
-    tracker before it, yielding the cores to it (`_start_resource_tracker`)."""
-    _start_resource_tracker()
+    """Start the forkserver unless it runs, deaf to Ctrl-C (see below)."""
     if threading.current_thread() is not threading.main_thread():  # signals: main thread only
         multiprocessing.forkserver.ensure_running()
         return
@@ -95,8 +97,8 @@ def _ensure_forkserver() -> None:
     # first instruction: Ctrl-C while a worker still imports prints no traceback. Blocked
     # meanwhile, a Ctrl-C to this process waits (Linux keeps a blocked signal pending even
     # when ignored) and reaches its own handler afterwards, instead of being lost.
-    # The resource tracker first (above): starting it unblocks SIGINT, which would drop a
-    # pending one.
+    # The resource tracker first: starting it unblocks SIGINT, which would drop a pending one.
+    multiprocessing.resource_tracker.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -106,20 +108,27 @@ def _ensure_forkserver() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker unless it runs; one started here runs at the
-    lowest priority (nice 19).
+def _end_without_teardown() -> None:
+    """End the forkserver once its exit functions ran, without the interpreter's teardown.
 
-    It starts a new interpreter just before the forkserver's, when this process imports too:
-    three processes for two cores, where the first encode waits for the forkserver alone
-    (its interpreter came up ~0.06 s after it was started, against ~0.03 s for this
-    process's). The tracker only reads the names of semaphores to unlink at the end, which
-    wait in its pipe meanwhile; nothing waits for it.
+    The forkserver ends when its caller has gone. Its teardown of numpy, the codecs and
+    LMDB took 0.1-0.2 s (under load), during which it still held the caller's stdout and
+    stderr: a program that reads the output of `pacs-engine ingest` (a script, the
+    benchmarks) saw its end that much after the command's own (which skips its teardown
+    too, `cli._exit_at_once`). It holds nothing to flush or close: its workers are
+    processes of their own, which end with `os._exit` as multiprocessing's always do.
     """
-    tracker = multiprocessing.resource_tracker._resource_tracker  # private: its pid
-    running = getattr(tracker, "_pid", None)
-    multiprocessing.resource_tracker.ensure_running()
-    pid = getattr(tracker, "_pid", None)
-    if pid is not None and pid != running:
-        with contextlib.suppress(OSError):  # not allowed here: it merely keeps its priority
-            os.setpriority(os.PRIO_PROCESS, pid, 19)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: Python's own exit says so
+        return
+    os._exit(0)
+
+
+# In the forkserver's process alone, which imports this module with its preload (through
+# the executors). Registered after multiprocessing's exit function, it runs first and so
+# skips it: that joins the Process objects a process started (the forkserver starts none,
+# it forks by hand) and runs finalizers (none registered there holds data).
+if sys.orig_argv[-1:] and sys.orig_argv[-1].startswith(FORKSERVER_COMMAND):
+    atexit.register(_end_without_teardown)
