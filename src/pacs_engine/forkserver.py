@@ -109,14 +109,17 @@ def _ensure_forkserver() -> None:
 
 
 def _end_without_teardown() -> None:
-    """End the forkserver once its exit functions ran, without the interpreter's teardown.
+    """End the forkserver without the interpreter's teardown: an exit function, run after
+    those registered after it (the preload's later modules', the caller's main module's).
 
     The forkserver ends when its caller has gone. Its teardown of numpy, the codecs and
     LMDB took 0.1-0.2 s (under load), during which it still held the caller's stdout and
     stderr: a program that reads the output of `pacs-engine ingest` (a script, the
     benchmarks) saw its end that much after the command's own (which skips its teardown
-    too, `cli._exit_at_once`). It holds nothing to flush or close: its workers are
-    processes of their own, which end with `os._exit` as multiprocessing's always do.
+    too, `cli._exit_at_once`). The exit functions registered before it are skipped, with
+    nothing to do there: multiprocessing's joins the Process objects a process started
+    (the forkserver forks its workers by hand; they end with `os._exit`) and logging's
+    flushes handlers (the forkserver logs nothing).
     """
     try:
         sys.stdout.flush()
@@ -127,8 +130,6 @@ def _end_without_teardown() -> None:
 
 
 # In the forkserver's process alone, which imports this module with its preload (through
-# the executors). Registered after multiprocessing's exit function, it runs first and so
-# skips it: that joins the Process objects a process started (the forkserver starts none,
-# it forks by hand) and runs finalizers (none registered there holds data).
+# the executors), not in a process that imports it otherwise.
 if sys.orig_argv[-1:] and sys.orig_argv[-1].startswith(FORKSERVER_COMMAND):
     atexit.register(_end_without_teardown)
