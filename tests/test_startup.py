@@ -194,6 +194,68 @@ def test_the_forkserver_starts_before_the_executors_are_imported() -> None:
     assert _probe(probe) == "[]"
 
 
+#: A main module for the forkserver to preload (`start_forkserver`): notes in a file, by
+#: process id, when its process runs its exit functions and when its teardown collects it.
+TEARDOWN_NOTES = """
+import atexit, os
+
+
+def _note(event, path=os.environ["TEARDOWN_NOTES"], pid=os.getpid(), open=open):
+    with open(path, "a") as notes:
+        notes.write(f"{pid} {event}\\n")
+
+
+class _Noted:
+    def __del__(self, note=_note):
+        note("teardown")
+
+
+atexit.register(_note, "atexit")
+noted = _Noted()
+"""
+
+
+def test_the_forkserver_ends_without_the_interpreters_teardown(tmp_path: Path) -> None:
+    """The forkserver, once its caller has gone, runs its exit functions and ends without
+    the interpreter's teardown (it held the caller's stdout and stderr meanwhile: 0.1-0.2 s
+    under load); a process that imports the same modules, the caller, keeps its teardown."""
+    (tmp_path / "teardown_notes.py").write_text(TEARDOWN_NOTES)
+    notes = tmp_path / "notes.txt"
+    env = dict(os.environ, TEARDOWN_NOTES=str(notes))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    probe = (
+        "import multiprocessing.forkserver, os, teardown_notes\n"
+        "from pacs_engine.executors import LocalExecutor, start_forkserver\n"
+        "start_forkserver('teardown_notes'); pool = LocalExecutor(1)\n"
+        "print(os.getpid(), pool.submit(os.getppid).result()); pool.close()\n"
+    )
+    # Its output read to the end: the forkserver, which held it too, has ended.
+    caller, forkserver = _probe(probe, env).split()
+    lines = sorted(notes.read_text().splitlines())
+    assert lines == sorted([f"{caller} atexit", f"{caller} teardown", f"{forkserver} atexit"]), (
+        lines
+    )
+
+
+@pytest.mark.parametrize(
+    ("progress", "expected"), [("--no-progress", "0 False"), ("--progress", "0 True")]
+)
+def test_an_ingest_imports_tqdm_only_to_show_its_progress_bar(
+    tmp_path: Path, progress: str, expected: str
+) -> None:
+    """tqdm (~0.015 s of CPU in the ingesting process) is imported for a bar shown alone."""
+    _synth_uncompressed(tmp_path / "in")
+    argv = ["ingest", str(tmp_path / "in"), "--archive", str(tmp_path / "a"), "--workers", "0"]
+    probe = (
+        "import contextlib, io, sys\n"
+        "from pacs_engine.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    status = main({[*argv, progress]!r})\n"
+        "print(status, 'tqdm' in sys.modules)\n"
+    )
+    assert _probe(probe) == expected
+
+
 def test_the_synth_help_lists_every_syntax_it_writes() -> None:
     """The names are imported only when the help is shown, and all of them are shown."""
     done = run_cli("synth", "--help")
