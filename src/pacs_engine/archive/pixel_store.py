@@ -814,6 +814,78 @@ class PixelStore:
                 k += 1
         return out
 
+    def _read_raw_windows(
+        self, path: str, frames: Sequence[int], window: tuple[slice, slice], out: np.ndarray
+    ) -> bool:
+        """Frames of an uncompressed array (tiled or not) cut to `window`, into `out`, without
+        a decode: per frame, one read of the byte range holding the window's rows (an untiled
+        frame's rows, or a tiled frame's tiles from the window's first to its last) and one
+        numpy copy of the window out of it. False, with nothing checked beyond the chunks'
+        sizes, when a frame's chunks are not back to back in C order (zarr allows any order;
+        we write them so): the caller then reads them one by one."""
+        import numpy as np
+
+        spec = self.spec(path)
+        top, bottom, rstep = window[0].indices(spec.rows)
+        left, right, cstep = window[1].indices(spec.columns)
+        if rstep != 1 or cstep != 1 or bottom <= top or right <= left:
+            return False  # decode_frame says why, or there is nothing to read
+        per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
+        _, r, c, *tail = spec.chunk_shape
+        dtype = spec.dtype.newbyteorder("<")  # the chunks' bytes (only read on little-endian)
+        tile_bytes = r * c * math.prod(tail) * dtype.itemsize
+        across = -(-spec.columns // c)
+        row0, row1 = top // r, -(-bottom // r)  # the tile rows the window overlaps
+        col0, col1 = left // c, -(-right // c)
+        # The chunks read per frame: [first, stop) in C order, from the window's first tile
+        # to its last; each frame's scratch holds its whole tile rows, read into from `lead`.
+        first, stop = row0 * across + col0, (row1 - 1) * across + col1
+        if across == 1:  # tiles as wide as the frame: its rows are back to back, read those
+            scratch = np.empty((bottom - top, c, *tail), dtype)
+            lead, skip, length = 0, (top - row0 * r) * scratch[0].nbytes, scratch.nbytes
+        else:
+            scratch = np.empty((row1 - row0, across, r, c, *tail), dtype)
+            lead, skip, length = col0 * tile_bytes, 0, (stop - first) * tile_bytes
+        target = memoryview(scratch).cast("B")[lead : lead + length]
+        steps = np.arange(stop - first, dtype=np.uint64) * np.uint64(tile_bytes)
+        k = 0
+        while k < len(frames):
+            shard = frames[k] // per_shard
+            group = k
+            while group < len(frames) and frames[group] // per_shard == shard:
+                group += 1
+            held = self._open_shard(path, shard, f"{path}: frames {frames[k]}..{frames[group - 1]}")
+            bases = np.asarray(frames[k:group], np.int64) - shard * per_shard
+            entries = held.table[(bases * per_frame)[:, None] + np.arange(first, stop)]
+            offsets, lengths = entries[..., 0], entries[..., 1]
+            missing = np.any(offsets == EMPTY, axis=1)
+            wrong = np.any(lengths != tile_bytes, axis=1)
+            if np.any(missing | wrong):  # the first bad frame named, as a decode would
+                at = int(np.argmax(missing | wrong))
+                if missing[at]:
+                    raise ValueError(
+                        f"{path}: frame {frames[k + at]} is missing from shard {shard}"
+                    )
+                size = int(lengths[at][lengths[at] != tile_bytes][0])
+                raise ValueError(
+                    f"{path}: frame {frames[k + at]} holds a chunk stored as {size} bytes, "
+                    f"not {tile_bytes}"
+                )
+            if np.any(offsets != offsets[:, :1] + steps):
+                return False
+            for at, offset in enumerate(offsets[:, 0].tolist()):
+                if os.preadv(held.fd, [target], offset + skip) != target.nbytes:
+                    raise ValueError(f"{path}: frame {frames[k + at]} is cut short in its shard")
+                if across == 1:
+                    out[k + at] = scratch[:, left:right]
+                else:  # the tiles overlapped, as one image of whole tiles, then its window
+                    tiles = scratch[:, col0:col1].swapaxes(1, 2)
+                    image = tiles.reshape((row1 - row0) * r, (col1 - col0) * c, *tail)
+                    y, x = top - row0 * r, left - col0 * c
+                    out[k + at] = image[y : y + bottom - top, x : x + right - left]
+            k = group
+        return True
+
     def read_frames(
         self,
         path: str,
@@ -852,6 +924,10 @@ class PixelStore:
         raw = spec.codec is None and not spec.compressors and spec.tile is None
         if raw and window == FULL_FRAME and sys.byteorder == "little" and out.flags.c_contiguous:
             return self._read_raw_frames(path, frames, out)
+        plain = spec.codec is None and not spec.compressors and sys.byteorder == "little"
+        whole = window == FULL_FRAME and spec.tile is None
+        if plain and not whole and self._read_raw_windows(path, frames, window, out):
+            return out
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         span = _window_span(spec, window)
         wanted = sorted(set(frames))
