@@ -818,11 +818,14 @@ class PixelStore:
         self, path: str, frames: Sequence[int], window: tuple[slice, slice], out: np.ndarray
     ) -> bool:
         """Frames of an uncompressed array (tiled or not) cut to `window`, into `out`, without
-        a decode: per frame, one read of the byte range holding the window's rows (an untiled
-        frame's rows, or a tiled frame's tiles from the window's first to its last) and one
-        numpy copy of the window out of it. False, with nothing checked beyond the chunks'
-        sizes, when a frame's chunks are not back to back in C order (zarr allows any order;
-        we write them so): the caller then reads them one by one."""
+        a decode: per frame, one read of the window's rows (untiled), or one read per row of
+        tiles of the tiles it overlaps, then one numpy copy of the window out of them.
+
+        Reads, not a mapping of the shard: a file cut short by another process gives a short
+        read and an error naming it, where a mapping kills the reader with SIGBUS. False when
+        a frame's chunks are not back to back in C order (zarr allows any order; we write
+        them so): the caller then reads them one by one.
+        """
         import numpy as np
 
         spec = self.spec(path)
@@ -835,19 +838,22 @@ class PixelStore:
         dtype = spec.dtype.newbyteorder("<")  # the chunks' bytes (only read on little-endian)
         tile_bytes = r * c * math.prod(tail) * dtype.itemsize
         across = -(-spec.columns // c)
-        row0, row1 = top // r, -(-bottom // r)  # the tile rows the window overlaps
+        row0, row1 = top // r, -(-bottom // r)  # the tiles the window overlaps
         col0, col1 = left // c, -(-right // c)
-        # The chunks read per frame: [first, stop) in C order, from the window's first tile
-        # to its last; each frame's scratch holds its whole tile rows, read into from `lead`.
-        first, stop = row0 * across + col0, (row1 - 1) * across + col1
+        first, stop = row0 * across + col0, (row1 - 1) * across + col1  # chunks, C order
         if across == 1:  # tiles as wide as the frame: its rows are back to back, read those
-            scratch = np.empty((bottom - top, c, *tail), dtype)
-            lead, skip, length = 0, (top - row0 * r) * scratch[0].nbytes, scratch.nbytes
+            scratch = np.empty((1, bottom - top, c, *tail), dtype)
+            skip = (top - row0 * r) * scratch[0, 0].nbytes
         else:
-            scratch = np.empty((row1 - row0, across, r, c, *tail), dtype)
-            lead, skip, length = col0 * tile_bytes, 0, (stop - first) * tile_bytes
-        target = memoryview(scratch).cast("B")[lead : lead + length]
+            scratch = np.empty((row1 - row0, col1 - col0, r, c, *tail), dtype)
+            skip = 0
+        # Per frame, a read into each row of `scratch` from its first chunk's offset.
+        targets = [
+            (memoryview(part).cast("B"), skip + i * across * tile_bytes)
+            for i, part in enumerate(scratch)
+        ]
         steps = np.arange(stop - first, dtype=np.uint64) * np.uint64(tile_bytes)
+        y, x = top - row0 * r, left - col0 * c  # the window in the image of whole tiles
         k = 0
         while k < len(frames):
             shard = frames[k] // per_shard
@@ -874,14 +880,15 @@ class PixelStore:
             if np.any(offsets != offsets[:, :1] + steps):
                 return False
             for at, offset in enumerate(offsets[:, 0].tolist()):
-                if os.preadv(held.fd, [target], offset + skip) != target.nbytes:
-                    raise ValueError(f"{path}: frame {frames[k + at]} is cut short in its shard")
+                for target, lead in targets:
+                    if os.preadv(held.fd, [target], offset + lead) != target.nbytes:
+                        raise ValueError(
+                            f"{path}: frame {frames[k + at]} is cut short in its shard"
+                        )
                 if across == 1:
-                    out[k + at] = scratch[:, left:right]
-                else:  # the tiles overlapped, as one image of whole tiles, then its window
-                    tiles = scratch[:, col0:col1].swapaxes(1, 2)
-                    image = tiles.reshape((row1 - row0) * r, (col1 - col0) * c, *tail)
-                    y, x = top - row0 * r, left - col0 * c
+                    out[k + at] = scratch[0, :, left:right]
+                else:  # the tiles overlapped as one image, then its window
+                    image = scratch.swapaxes(1, 2).reshape((row1 - row0) * r, -1, *tail)
                     out[k + at] = image[y : y + bottom - top, x : x + right - left]
             k = group
         return True
