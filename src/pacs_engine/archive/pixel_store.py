@@ -907,8 +907,9 @@ class PixelStore:
         a new array, or `out` (writeable, of that shape and the array's dtype, e.g. a
         slice of a larger one; ValueError otherwise). The frames of a shard are read
         with one read when they are close (at most half of the span skipped), else one
-        read each; uncompressed frames are read straight into the output, and each tile a
-        window needs is decoded and copied into its place there. With `threads` > 1,
+        read each; uncompressed frames are read straight into the output, an uncompressed
+        window is cut from the bytes of the rows or tiles it overlaps without a decode, and
+        each tile a coded window needs is decoded and copied into its place. With `threads` > 1,
         frames of an image codec are decoded in parallel (the codecs release the
         GIL); Blosc and uncompressed frames are decoded on this thread, faster than
         a hand-off.
