@@ -23,8 +23,11 @@ In the same run, per case:
 - 32x128x128 patches (`PatchDataset`, HU) from both archives and from two tiled
   archives (`tile=64`, `ingest --tile 64`: a 512x512 frame in 64 chunks of 64x64, so
   a patch reads and decodes only the 9 to 16 chunks per slice it overlaps): the default
-  policy (JPEG-LS tiles, still an archive of record) and an lz4 copy; against pydicom
-  reading only the 32 files of the slices a patch needs and cutting the patch out;
+  policy (JPEG-LS tiles, still an archive of record) and an lz4 copy; from raw copies
+  (`codec="raw", transcode=True`, whole frames and tiles of 64: a patch's slices are
+  cut from the shard's bytes without a decode), the other training copy candidates;
+  against pydicom reading only the 32 files of the slices a patch needs and cutting the
+  patch out;
 - the lz4 copy's frames and the tiled copy's patches as int16 HU (`dtype="int16"`,
   exact for CT's integer slope and intercept): half the bytes to collate;
 - both copies' items with `pacs_engine.read.collate` as the loader's `collate_fn`
@@ -116,6 +119,8 @@ ARCHIVES = {
     "copy": {"codec": "lz4", "transcode": True},
     "record tiled": {"tile": TILE},
     "copy tiled": {"codec": "lz4", "transcode": True, "tile": TILE},
+    "raw copy": {"codec": "raw", "transcode": True},
+    "raw copy tiled": {"codec": "raw", "transcode": True, "tile": TILE},
 }
 FRAME = (512, 512)
 SYNTH = {"studies": 4, "series_per_study": 1, "slices": 64}
@@ -598,6 +603,8 @@ def test_patch_rates(case: dict) -> None:
     rates["patches copy"] = loader_rate(patches["copy"], BATCHES)
     rates["patches record tiled"] = loader_rate(patches["record tiled"], PATCH_BATCHES)
     rates["patches copy tiled"] = loader_rate(patches["copy tiled"], BATCHES)
+    rates["patches raw copy"] = loader_rate(patches["raw copy"], BATCHES)
+    rates["patches raw copy tiled"] = loader_rate(patches["raw copy tiled"], BATCHES)
     rates["patches copy, collate"] = loader_rate(patches["copy"], BATCHES, collate_fn=collate)
     rates["patches copy tiled, collate"] = loader_rate(
         patches["copy tiled"], BATCHES, collate_fn=collate
@@ -648,6 +655,11 @@ def test_patch_rates(case: dict) -> None:
         "copy / pydicom, patches (>= 20)": ("patches copy", "patches pydicom"),
         "record tiled / pydicom, patches (>= 2)": ("patches record tiled", "patches pydicom"),
         "copy tiled / pydicom, patches (>= 20)": ("patches copy tiled", "patches pydicom"),
+        "raw copy / pydicom, patches (>= 20)": ("patches raw copy", "patches pydicom"),
+        "raw copy tiled / pydicom, patches (>= 20)": (
+            "patches raw copy tiled",
+            "patches pydicom",
+        ),
         "copy, collate / pydicom, patches (>= 20)": ("patches copy, collate", "patches pydicom"),
         "copy tiled, collate / pydicom, patches (>= 20)": (
             "patches copy tiled, collate",
@@ -671,6 +683,8 @@ def test_patch_rates(case: dict) -> None:
     for name in (
         "copy / pydicom, patches (>= 20)",
         "copy tiled / pydicom, patches (>= 20)",
+        "raw copy / pydicom, patches (>= 20)",
+        "raw copy tiled / pydicom, patches (>= 20)",
         "copy, collate / pydicom, patches (>= 20)",
         "copy tiled, collate / pydicom, patches (>= 20)",
     ):

@@ -231,17 +231,20 @@ def test_patches_2d(archive: Archive, archive_path: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("codec", ["record", "lz4", "raw"])
+@pytest.mark.parametrize("codec", ["record", "lz4", "raw", "lz4 tiled", "raw tiled"])
 def test_patches_of_each_store_equal_pydicom_crops(
     archive: Archive, archive_path: str, tmp_path: Path, codec: str
 ) -> None:
-    """3-D and 2-D patches (stored values) from the archive of record (JPEG-LS, shards of 3
-    frames: a patch spans shards) and from lz4 and raw copies (raw frames are read straight
-    into the output) equal pydicom's pixel_array of the source files, cropped."""
+    """3-D and 2-D patches (stored values: CT int16, MR uint16, RGB) from the archive of
+    record (JPEG-LS, shards of 3 frames: a patch spans shards) and from lz4 and raw copies,
+    whole frames or tiles of 16 (a raw patch's slices are cut from the shard's bytes without
+    a decode) equal pydicom's pixel_array of the source files, cropped."""
     path = archive_path
     if codec != "record":
-        path = str(tmp_path / codec)
-        argv = ["ingest", archive_path, "--archive", path, "--codec", codec, "--transcode"]
+        path = str(tmp_path / codec.replace(" ", "-"))
+        name, *tiled = codec.split()
+        argv = ["ingest", archive_path, "--archive", path, "--codec", name, "--transcode"]
+        argv += ["--tile", "16"] if tiled else []
         assert main([*argv, "--workers", "0", "--no-progress"]) == 0
     sources = {r["SOPInstanceUID"]: r["source_path"] for r in archive.index if r.get("pixels")}
     volumes = {

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import google_crc32c
 import numpy as np
@@ -17,6 +19,7 @@ import zarr
 from pacs_engine import Archive, open_archive
 from pacs_engine.archive import pixel_store
 from pacs_engine.read import Series
+from pacs_engine.storage import write_atomic
 from pacs_engine.synth import write_studies
 
 # (codec, rows, columns, max_chunk_pixels, tile): one frame per chunk, blosc, lz4 and raw
@@ -33,6 +36,8 @@ LAYOUTS = [
     ("raw", 300, 1500, 100_000, None),
     ("lz4", 100, 90, 4096 * 4096, 32),
     ("jpegls", 100, 90, 4096 * 4096, 32),
+    ("raw", 100, 90, 4096 * 4096, 32),
+    ("raw", 100, 30, 4096 * 4096, 32),  # tiles as wide as the frame: 4 tile rows
 ]
 
 
@@ -94,6 +99,29 @@ def test_read_frames_equal_zarr_and_pydicom(archive: Archive) -> None:
         )
 
 
+def _windows(rows: int, columns: int) -> list[tuple[slice, slice]]:
+    """Windows inside one tile, across tile edges, reaching the padded edge, on each side
+    of the frame, of 1 pixel (at the frame's first and last), full bands, the whole frame
+    given as a window, and empty."""
+    boxes = [
+        (1, 2, 5, 7),
+        (rows // 2 - 3, columns // 2 - 5, rows // 2, columns // 2 + 9),
+        (rows - 9, columns - 4, 9, 4),
+        (0, 5, 4, 6),  # the top side
+        (rows - 4, 5, 4, 6),  # the bottom side
+        (5, 0, 6, 4),  # the left side
+        (5, columns - 4, 6, 4),  # the right side
+        (0, 0, 1, 1),
+        (rows - 1, columns - 1, 1, 1),
+        (rows // 2, 0, 1, columns),  # one full row
+        (0, columns - 1, rows, 1),  # the last column
+        (3, 0, 7, columns),
+        (0, 0, rows, columns),
+        (3, 3, 0, 5),
+    ]
+    return [(slice(t, t + h), slice(x, x + w)) for t, x, h, w in boxes]
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_any_order_duplicates_windows_and_threads(archive: Archive, threads: int) -> None:
     path = _array_path(archive)
@@ -102,16 +130,9 @@ def test_any_order_duplicates_windows_and_threads(archive: Archive, threads: int
     order = [6, 0, 3, 3, 1]  # across shards, out of order, a repeat, far apart in a shard
     got = archive.pixels.read_frames(path, order, threads=threads)
     assert np.array_equal(got, expected[order])
-    # windows inside one tile, across tile edges, reaching the padded edge, and empty
-    for top, left, height, width in [
-        (1, 2, 5, 7),
-        (rows // 2 - 3, columns // 2 - 5, rows // 2, columns // 2 + 9),
-        (rows - 9, columns - 4, 9, 4),
-        (3, 3, 0, 5),
-    ]:
-        window = (slice(top, top + height), slice(left, left + width))
+    for window in _windows(rows, columns):
         got = archive.pixels.read_frames(path, order, window, threads=threads)
-        assert np.array_equal(got, expected[order][:, window[0], window[1]])
+        assert np.array_equal(got, expected[order][:, window[0], window[1]]), window
     with pytest.raises(ValueError, match="contiguous"):
         archive.pixels.read_frames(path, [0], (slice(0, 4, 2), slice(None)))
 
@@ -360,3 +381,104 @@ def test_a_read_only_output_is_refused_and_left_as_it_was(codec: str, tmp_path: 
         with pytest.raises(ValueError, match="read-only array"):
             archive.pixels.read_frames(path, [0, 1, 2], out=mapped)
         assert np.array_equal(archive.pixels.read_frames(path, [0, 1, 2]), _pydicom_frames(archive))
+
+
+@pytest.mark.parametrize(("modality", "tile"), [("CT", None), ("MR", 32)])
+def test_a_window_of_a_raw_frame_reads_its_bytes_without_a_decode(
+    modality: str, tile: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncompressed 128x96 frames (CT int16 whole, MR uint16 in 32x32 tiles): a window of
+    rows 40..69, columns 10..39 is read without a decode, per frame as one read of its rows
+    (untiled) or one read per row of tiles of the 2 tiles it overlaps there (of 3 a row)."""
+    files = write_studies(
+        tmp_path / "src", 1, 1, 3, rows=128, columns=96, seed=4, modalities=[modality]
+    )
+    with Archive.create(tmp_path / "archive", codec="raw", transcode=True, tile=tile) as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        expected = _pydicom_frames(archive)
+        assert expected.dtype == ("int16" if modality == "CT" else "uint16")
+        reads: list[int] = []
+        preadv = os.preadv
+        monkeypatch.setattr(pixel_store, "decode_chunk", None)  # any decode fails
+        monkeypatch.setattr(
+            os, "preadv", lambda fd, bufs, at: reads.append(len(bufs[0])) or preadv(fd, bufs, at)
+        )
+        got = archive.pixels.read_frames(path, [2, 0], (slice(40, 70), slice(10, 40)))
+    assert np.array_equal(got, expected[[2, 0], 40:70, 10:40]) and got.dtype == expected.dtype
+    assert reads == ([30 * 96 * 2] * 2 if tile is None else [2 * 32 * 32 * 2] * 4)
+
+
+def test_raw_tiles_listed_out_of_order_are_read_one_by_one(tmp_path: Path) -> None:
+    """Zarr lets a shard list its chunks in any order: a raw tiled frame whose tiles are not
+    back to back is read tile by tile (not as one run), and its windows are right."""
+    spec = pixel_store.ArraySpec(4, 6, 1, np.dtype("int16"), None, frames_per_shard=2, tile=2)
+    frames = np.arange(2 * 4 * 6, dtype="<i2").reshape(2, 4, 6) - 20
+    tiles = [t.tobytes() for f in frames for t in pixel_store.split_tiles(f, spec)]
+    pixels = pixel_store.PixelStore(tmp_path / "pixels")
+    pixels.create()
+    write_atomic(*pixels.new_array_file("s/a", json.loads(pixel_store.array_metadata(spec, {})), 2))
+    ((shard, _),) = pixels.shard_files("s/a", 0, tiles)
+    table = np.array([(8 * (11 - k), 8) for k in range(12)], "<u8")  # stored last to first
+    index = table.tobytes() + google_crc32c.value(table.tobytes()).to_bytes(4, "little")
+    write_atomic(shard, [*tiles[::-1], index])
+    for window in _windows(4, 6):
+        got = pixels.read_frames("s/a", [1, 0], window)
+        assert np.array_equal(got, frames[[1, 0]][:, window[0], window[1]]), window
+
+
+def _raw_tiled(tmp_path: Path) -> tuple[Archive, str, Path]:
+    """A raw archive of 2 frames of 64x64 in tiles of 32, its array and its shard file."""
+    files = write_studies(tmp_path / "src", 1, 1, 2, rows=64, columns=64, syntaxes=("explicit",))
+    archive = Archive.create(tmp_path / "archive", codec="raw", frames_per_shard=4, tile=32)
+    archive.ingest(files, workers=0)
+    path = _array_path(archive)
+    (shard,) = (p for p in (archive.pixels.root / path / "c").rglob("*") if p.is_file())
+    return archive, path, shard
+
+
+def test_a_damaged_raw_tiled_shard_is_an_error_naming_the_array_and_frame(
+    tmp_path: Path,
+) -> None:
+    """A window of a raw tiled frame is read without a decode, with the store's checks
+    kept: a tile whose index entry gives another length (under a valid checksum), an index
+    failing its checksum, a shard cut short."""
+    archive, path, shard = _raw_tiled(tmp_path)
+    window = (slice(10, 50), slice(20, 40))
+    with archive:
+        assert archive.pixels.read_frames(path, [1], window).shape == (1, 40, 20)
+        good = shard.read_bytes()
+        data = bytearray(good)
+        index = len(data) - 4 - 16 * 16
+        entry = index + 16 * (4 + 3) + 8  # frame 1's last tile's length
+        data[entry : entry + 8] = (2046).to_bytes(8, "little")
+        data[-4:] = google_crc32c.value(bytes(data[index:-4])).to_bytes(4, "little")
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=f"{path}: frame 1 .*stored as 2046 bytes, not 2048"):
+            archive.pixels.read_frames(path, [0, 1], window)
+        data[-1] ^= 0xFF
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*fails its checksum"):
+            archive.pixels.read_frames(path, [0, 1], window)
+        shard.write_bytes(good[:-100])
+        with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*(cut short|checksum)"):
+            archive.pixels.read_frames(path, [0, 1], window)
+
+
+def test_raw_windows_on_a_big_endian_machine_are_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw chunks are little-endian: on a big-endian machine a window is not read as the
+    machine's values straight from the shard but decoded (swapped) like any chunk."""
+    archive, path, _ = _raw_tiled(tmp_path)
+    with archive:
+        expected = archive.pixels.read_frames(path, [0, 1])[:, 10:50, 20:40]
+        monkeypatch.setattr(pixel_store, "sys", SimpleNamespace(byteorder="big"))
+        monkeypatch.setattr(pixel_store.PixelStore, "_read_raw_windows", None)  # not called
+        decoded: list[tuple] = []
+        decode = pixel_store.decode_chunk
+        monkeypatch.setattr(
+            pixel_store, "decode_chunk", lambda *a: decoded.append(a[2]) or decode(*a)
+        )
+        got = archive.pixels.read_frames(path, [0, 1], (slice(10, 50), slice(20, 40)))
+    assert np.array_equal(got, expected) and len(decoded) == 2 * 4

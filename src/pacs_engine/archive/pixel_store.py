@@ -814,6 +814,85 @@ class PixelStore:
                 k += 1
         return out
 
+    def _read_raw_windows(
+        self, path: str, frames: Sequence[int], window: tuple[slice, slice], out: np.ndarray
+    ) -> bool:
+        """Frames of an uncompressed array (tiled or not) cut to `window`, into `out`, without
+        a decode: per frame, one read of the window's rows (untiled), or one read per row of
+        tiles of the tiles it overlaps, then one numpy copy of the window out of them.
+
+        Reads, not a mapping of the shard: a file cut short by another process gives a short
+        read and an error naming it, where a mapping kills the reader with SIGBUS. False when
+        a frame's chunks are not back to back in C order (zarr allows any order; we write
+        them so): the caller then reads them one by one.
+        """
+        import numpy as np
+
+        spec = self.spec(path)
+        top, bottom, rstep = window[0].indices(spec.rows)
+        left, right, cstep = window[1].indices(spec.columns)
+        if rstep != 1 or cstep != 1 or bottom <= top or right <= left:
+            return False  # decode_frame says why, or there is nothing to read
+        per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
+        _, r, c, *tail = spec.chunk_shape
+        dtype = spec.dtype.newbyteorder("<")  # the chunks' bytes (only read on little-endian)
+        tile_bytes = r * c * math.prod(tail) * dtype.itemsize
+        across = -(-spec.columns // c)
+        row0, row1 = top // r, -(-bottom // r)  # the tiles the window overlaps
+        col0, col1 = left // c, -(-right // c)
+        first, stop = row0 * across + col0, (row1 - 1) * across + col1  # chunks, C order
+        if across == 1:  # tiles as wide as the frame: its rows are back to back, read those
+            scratch = np.empty((1, bottom - top, c, *tail), dtype)
+            skip = (top - row0 * r) * scratch[0, 0].nbytes
+        else:
+            scratch = np.empty((row1 - row0, col1 - col0, r, c, *tail), dtype)
+            skip = 0
+        # Per frame, a read into each row of `scratch` from its first chunk's offset.
+        targets = [
+            (memoryview(part).cast("B"), skip + i * across * tile_bytes)
+            for i, part in enumerate(scratch)
+        ]
+        steps = np.arange(stop - first, dtype=np.uint64) * np.uint64(tile_bytes)
+        y, x = top - row0 * r, left - col0 * c  # the window in the image of whole tiles
+        k = 0
+        while k < len(frames):
+            shard = frames[k] // per_shard
+            group = k
+            while group < len(frames) and frames[group] // per_shard == shard:
+                group += 1
+            held = self._open_shard(path, shard, f"{path}: frames {frames[k]}..{frames[group - 1]}")
+            bases = np.asarray(frames[k:group], np.int64) - shard * per_shard
+            entries = held.table[(bases * per_frame)[:, None] + np.arange(first, stop)]
+            offsets, lengths = entries[..., 0], entries[..., 1]
+            missing = np.any(offsets == EMPTY, axis=1)
+            wrong = np.any(lengths != tile_bytes, axis=1)
+            if np.any(missing | wrong):  # the first bad frame named, as a decode would
+                at = int(np.argmax(missing | wrong))
+                if missing[at]:
+                    raise ValueError(
+                        f"{path}: frame {frames[k + at]} is missing from shard {shard}"
+                    )
+                size = int(lengths[at][lengths[at] != tile_bytes][0])
+                raise ValueError(
+                    f"{path}: frame {frames[k + at]} holds a chunk stored as {size} bytes, "
+                    f"not {tile_bytes}"
+                )
+            if np.any(offsets != offsets[:, :1] + steps):
+                return False
+            for at, offset in enumerate(offsets[:, 0].tolist()):
+                for target, lead in targets:
+                    if os.preadv(held.fd, [target], offset + lead) != target.nbytes:
+                        raise ValueError(
+                            f"{path}: frame {frames[k + at]} is cut short in its shard"
+                        )
+                if across == 1:
+                    out[k + at] = scratch[0, :, left:right]
+                else:  # the tiles overlapped as one image, then its window
+                    image = scratch.swapaxes(1, 2).reshape((row1 - row0) * r, -1, *tail)
+                    out[k + at] = image[y : y + bottom - top, x : x + right - left]
+            k = group
+        return True
+
     def read_frames(
         self,
         path: str,
@@ -828,8 +907,9 @@ class PixelStore:
         a new array, or `out` (writeable, of that shape and the array's dtype, e.g. a
         slice of a larger one; ValueError otherwise). The frames of a shard are read
         with one read when they are close (at most half of the span skipped), else one
-        read each; uncompressed frames are read straight into the output, and each tile a
-        window needs is decoded and copied into its place there. With `threads` > 1,
+        read each; uncompressed frames are read straight into the output, an uncompressed
+        window is cut from the bytes of the rows or tiles it overlaps without a decode, and
+        each tile a coded window needs is decoded and copied into its place. With `threads` > 1,
         frames of an image codec are decoded in parallel (the codecs release the
         GIL); Blosc and uncompressed frames are decoded on this thread, faster than
         a hand-off.
@@ -852,6 +932,10 @@ class PixelStore:
         raw = spec.codec is None and not spec.compressors and spec.tile is None
         if raw and window == FULL_FRAME and sys.byteorder == "little" and out.flags.c_contiguous:
             return self._read_raw_frames(path, frames, out)
+        plain = spec.codec is None and not spec.compressors and sys.byteorder == "little"
+        whole = window == FULL_FRAME and spec.tile is None
+        if plain and not whole and self._read_raw_windows(path, frames, window, out):
+            return out
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         span = _window_span(spec, window)
         wanted = sorted(set(frames))
