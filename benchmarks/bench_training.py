@@ -27,10 +27,14 @@ In the same run, per case:
   reading only the 32 files of the slices a patch needs and cutting the patch out;
 - the lz4 copy's frames and the tiled copy's patches as int16 HU (`dtype="int16"`,
   exact for CT's integer slope and intercept): half the bytes to collate;
-- both copies' items with `pacs_engine.read.collate` as the loader's `collate_fn`
-  (rows "..., collate"): the default collate's batch with its numeric keys in one
-  shared-memory block, one file descriptor a batch instead of one a key (a tree
-  without it, ab_compare's "before", runs those rows with the default collate);
+- the record's and the copies' items with `pacs_engine.read.collate` as the loader's
+  `collate_fn` (rows "..., collate"): the default collate's batch with its numeric
+  keys in one shared-memory block, one file descriptor a batch instead of one a key;
+  the datasets' `__getitems__` decodes a batch's items straight into that block, which
+  `collate` hands over uncopied (a tree without `collate`, an ab_compare "before",
+  runs those rows with the default collate; one without `__getitems__`, with the
+  copying `collate`). Every other row uses the default collate, which copies the
+  items (their `__getitems__` block included) into a batch of its own;
 - what the DataLoader itself costs: the same loader over items made from nothing (a
   fresh float32 array of the frame's or the patch's shape, the loader's ceiling), the
   copy's frames with only the keys pydicom's items have (pixels, patient_id: what
@@ -59,8 +63,11 @@ microseconds and Python function calls (cProfile) of `FrameDataset.__getitem__` 
 both archives and of the pydicom Dataset, and pydicom's CPU per item by the original
 files' transfer syntax (why the corpus and synth rows differ).
 
+`-k "frame and not patch"` selects the frame rows of both cases (`test_frame_rates`).
+
 Targets (issue 15): frames from the archive of record >= 80 % of the codec alone and
-faster than pydicom; from the copy >= 5x pydicom; patches from the archive of record
+faster than pydicom (the summary gives the record with the default collate and with
+`collate`); from the copy >= 5x pydicom; patches from the archive of record
 >= 2x pydicom, from a training copy >= 20x. At the end of the run a summary gives each
 target's figure beside its bound, both from this run: the codec alone for the archive
 of record (frames: the rate of 2 processes decoding the frames' chunks, and by CPU
