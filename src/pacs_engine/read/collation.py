@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,6 +75,13 @@ def _stackable(values: list[Any]) -> np.dtype | None:
     return None
 
 
+#: Set in a DataLoader worker once `collate` ran there: from then on the worker's batch
+#: blocks (`batch_arrays`) are made in shared memory, which `collate` hands over. Until
+#: then, and with any other collate (torch's default copies items into a shared-memory
+#: batch of its own), they stay in private memory: filling shared memory costs more
+#: (~1 ms of CPU per 512x512 float32 item here: a new segment's pages each batch).
+_COLLATING = threading.Event()
+
 #: Where a key's (count, *shape) array lies in a batch's block: dtype, shape, start, end.
 Layout = dict[str, tuple[np.dtype, tuple[int, ...], int, int]]
 
@@ -121,15 +129,15 @@ def batch_arrays(
     count: int, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
 ) -> dict[str, np.ndarray]:
     """One new (count, *shape) array per key (dtype, item shape), all views of one block
-    laid out by `block_layout`: in a DataLoader worker a shared-memory block that
-    `collate` hands over as the batch when the items' values are its rows, else plain
-    numpy memory (no torch needed).
+    laid out by `block_layout`: in a DataLoader worker where `collate` ran before, a
+    shared-memory block that `collate` hands over as the batch when the items' values
+    are its rows; else plain numpy memory (no torch needed).
 
     A new block per call: a batch handed to the main process is never written again.
     """
     layout, size = block_layout(count, specs)
-    in_worker = worker_info() is not None  # else numpy's memory: torch not needed
-    raw = _new_block(size).numpy() if in_worker else np.empty(size, np.uint8)
+    shared = _COLLATING.is_set() and worker_info() is not None
+    raw = _new_block(size).numpy() if shared else np.empty(size, np.uint8)
     return {
         key: raw[start:end].view(dtype).reshape(shape)
         for key, (dtype, shape, start, end) in layout.items()
@@ -178,13 +186,16 @@ def collate(batch: Sequence[Any]) -> Any:
     shared-memory block: equal tensors (dtype, shape, values), one descriptor a batch.
 
     Items a dataset's `__getitems__` decoded into one block (`batch_arrays`) give that
-    block as it is, without a copy. Each key is a view of the whole block: one kept
-    keeps all the batch's pixels alive (`torch.save` of it writes the block) and a
-    `resize_` grows into the other keys, so `.clone()` what you keep past the batch.
+    block as it is, without a copy (in a worker, from its second batch on). Each key is
+    a view of the whole block: one kept keeps all the batch's pixels alive (`torch.save`
+    of it writes the block) and a `resize_` grows into the other keys, so `.clone()`
+    what you keep past the batch.
     """
     import torch
     from torch.utils.data import default_collate
 
+    if worker_info() is not None:
+        _COLLATING.set()  # this worker's next batches: blocks to hand over
     first = batch[0] if len(batch) else None
     if type(first) is not dict:  # other mappings keep their type in the default collate
         return default_collate(list(batch))
