@@ -7,17 +7,24 @@ about 0.7 ms of CPU per tensor and batch, as much per frame item as reading it f
 read-optimised copy (docs/read.md). A dataset item carries five or six numeric keys
 ("pixels", "frame" and/or "offset", "spacing", "affine_lps", "affine_ras"); `collate`
 stacks them all into one block, so a batch is one descriptor whatever the item carries.
+
+A dataset's `__getitems__` (`FrameDataset`, `PatchDataset`) decodes a batch's items
+straight into such a block (`batch_arrays`, laid out by `block_layout` as `collate` lays
+out the batch), each item's values views of it; `collate` finds them there and hands
+the block over as the batch, without a copy.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import importlib.util
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["collate"]
+__all__ = ["batch_arrays", "block_layout", "collate", "worker_info"]
 
 #: The dtypes `collate` packs, named alike in numpy and torch: those torch holds with
 #: the same bytes (the unsigned ones past uint8 since torch 2.3, as its default collate
@@ -68,51 +75,153 @@ def _stackable(values: list[Any]) -> np.dtype | None:
     return None
 
 
+#: Set in a DataLoader worker once `collate` ran there: from then on the worker's batch
+#: blocks (`batch_arrays`) are made in shared memory, which `collate` hands over. Until
+#: then, and with any other collate (torch's default copies items into a shared-memory
+#: batch of its own), they stay in private memory: filling shared memory costs more
+#: (~1 ms of CPU per 512x512 float32 item here: a new segment's pages each batch).
+_COLLATING = threading.Event()
+
+#: Where a key's (count, *shape) array lies in a batch's block: dtype, shape, start, end.
+Layout = dict[str, tuple[np.dtype, tuple[int, ...], int, int]]
+
+
+def block_layout(
+    count: int, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+) -> tuple[Layout, int]:
+    """Where each key (dtype, item shape) of `count` items lies in one block, and its size.
+
+    "pixels" first (the batch's pixels start the block, as a tensor of their own would),
+    then the other keys by name, each on a cache line: a dataset and `collate` given the
+    same keys lay them out alike, whatever the order of the items' keys.
+    """
+    layout: Layout = {}
+    size = 0
+    for key in sorted(specs, key=lambda k: (k != "pixels", k)):
+        dtype, shape = np.dtype(specs[key][0]), (count, *specs[key][1])
+        nbytes = dtype.itemsize * int(np.prod(shape))
+        layout[key] = (dtype, shape, size, size + nbytes)
+        size += -(-nbytes // _ALIGN) * _ALIGN
+    return layout, size
+
+
+def worker_info() -> Any:
+    """torch's `get_worker_info()`: None outside a DataLoader worker (or without torch)."""
+    if importlib.util.find_spec("torch") is None:  # pragma: no cover - torch is optional
+        return None
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info()
+
+
+def _new_block(size: int) -> Any:
+    """A new uint8 tensor of `size` bytes: in shared memory in a DataLoader worker, as the
+    default collate's batches are (the main process maps it, no copy through the pipe)."""
+    import torch
+
+    if worker_info() is not None and size:
+        shared = torch.UntypedStorage._new_shared(size)  # type: ignore[no-untyped-call]
+        return torch.empty(0, dtype=torch.uint8).set_(shared)
+    return torch.empty(size, dtype=torch.uint8)
+
+
+def batch_arrays(
+    count: int, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+) -> dict[str, np.ndarray]:
+    """One new (count, *shape) array per key (dtype, item shape), all views of one block
+    laid out by `block_layout`: in a DataLoader worker where `collate` ran before, a
+    shared-memory block that `collate` hands over as the batch when the items' values
+    are its rows; else plain numpy memory (no torch needed).
+
+    A new block per call: a batch handed to the main process is never written again.
+    """
+    layout, size = block_layout(count, specs)
+    shared = _COLLATING.is_set() and worker_info() is not None
+    raw = _new_block(size).numpy() if shared else np.empty(size, np.uint8)
+    return {
+        key: raw[start:end].view(dtype).reshape(shape)
+        for key, (dtype, shape, start, end) in layout.items()
+    }
+
+
+def _laid_out(columns: dict[str, list[Any]], layout: Layout, size: int) -> Any:
+    """The torch block `batch_arrays` made whose rows the items' values are (else None).
+
+    Every packed key must be there: arrays as the consecutive rows of their key's part
+    of the block (the same memory, in batch order), ints equal to the values written
+    there. Anything else (items reordered, replaced, or from elsewhere) is None: `collate`
+    then copies, as for any items.
+    """
+    import torch
+
+    first = next(
+        (columns[key][0] for key in layout if isinstance(columns[key][0], np.ndarray)), None
+    )
+    raw = getattr(first, "base", None)
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.shape != (size,):
+        return None
+    tensor: Any = raw.base  # a `Tensor.numpy()` array's base is a tensor of its memory
+    if not isinstance(tensor, torch.Tensor):
+        return None
+    address = raw.__array_interface__["data"][0]
+    for key, (dtype, shape, start, end) in layout.items():
+        values = columns[key]
+        if not isinstance(values[0], np.ndarray):  # ints: their part must hold them already
+            if raw[start:end].view(dtype).tolist() != values:
+                return None
+            continue
+        step = (end - start) // shape[0]
+        for k, value in enumerate(values):
+            if (
+                value.base is not raw
+                or not value.flags.c_contiguous
+                or value.__array_interface__["data"][0] != address + start + k * step
+            ):
+                return None
+    return tensor
+
+
 def collate(batch: Sequence[Any]) -> Any:
     """torch's `default_collate` of `batch`, with the numeric keys of dict items in one
     shared-memory block: equal tensors (dtype, shape, values), one descriptor a batch.
 
-    Each key is a view of the whole block: one kept keeps all the batch's pixels alive
-    (`torch.save` of it writes the block) and a `resize_` grows into the other keys, so
-    `.clone()` what you keep past the batch.
+    Items a dataset's `__getitems__` decoded into one block (`batch_arrays`) give that
+    block as it is, without a copy (in a worker, from its second batch on). Each key is
+    a view of the whole block: one kept keeps all the batch's pixels alive (`torch.save`
+    of it writes the block) and a `resize_` grows into the other keys, so `.clone()`
+    what you keep past the batch.
     """
     import torch
-    from torch.utils.data import default_collate, get_worker_info
+    from torch.utils.data import default_collate
 
+    if worker_info() is not None:
+        _COLLATING.set()  # this worker's next batches: blocks to hand over
     first = batch[0] if len(batch) else None
     if type(first) is not dict:  # other mappings keep their type in the default collate
         return default_collate(list(batch))
     columns = {key: [item[key] for item in batch] for key in first}
-    # key -> torch dtype, shape, its bytes' start and end in the block
-    packed: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-    size = 0
-    # "pixels" first: the batch's pixels start the block, as a tensor of their own would.
-    for key in sorted(columns, key=lambda k: k != "pixels"):
-        values = columns[key]
+    specs = {}
+    for key, values in columns.items():
         dtype = _stackable(values)
-        if dtype is None:
-            continue
-        shape = (len(values), *np.shape(values[0]))
-        nbytes = dtype.itemsize * int(np.prod(shape))
-        packed[key] = (_packed()[dtype.str], shape, size, size + nbytes)
-        size += -(-nbytes // _ALIGN) * _ALIGN
-    if get_worker_info() is not None and size:  # shared memory, as the default collate's
-        shared = torch.UntypedStorage._new_shared(size)  # type: ignore[no-untyped-call]
-        block = torch.empty(0, dtype=torch.uint8).set_(shared)
-    else:
-        block = torch.empty(size, dtype=torch.uint8)
+        if dtype is not None:
+            specs[key] = (dtype, np.shape(values[0]))
+    layout, size = block_layout(len(batch), specs)
+    block: Any = _laid_out(columns, layout, size) if size else None
+    copy = block is None
+    if copy:
+        block = _new_block(size)
     out: dict[str, Any] = {}
     for key, values in columns.items():
-        if key not in packed:
+        if key not in layout:
             out[key] = default_collate(values)
             continue
-        kind, shape, start, end = packed[key]
-        tensor = block[start:end].view(kind).view(shape)
-        if isinstance(values[0], np.ndarray):
+        dtype, shape, start, end = layout[key]
+        tensor = block[start:end].view(_packed()[dtype.str]).view(shape)
+        if copy and isinstance(values[0], np.ndarray):
             # torch.stack, as the default collate: numpy's stack into the block left the
             # worker's next items on fresh pages (~190 more page faults an item).
             torch.stack([torch.as_tensor(v) for v in values], out=tensor)
-        else:
+        elif copy:
             tensor.copy_(torch.tensor(values))
         out[key] = tensor
     return out

@@ -30,6 +30,7 @@ from pacs_engine.read.volume import (
     LPS_TO_RAS,
     VolumeError,
     convert,
+    convert_into,
     frame_geometry,
     pixel_ref,
     plan_volume,
@@ -105,11 +106,9 @@ def _handle(path: str) -> _Handle:
 
 def worker_share(count: int) -> range:
     """The indices in range(count) this DataLoader worker handles (all of them outside one)."""
-    info = None
-    if importlib.util.find_spec("torch") is not None:  # pragma: no cover - torch is optional
-        from torch.utils.data import get_worker_info
+    from pacs_engine.read.collation import worker_info
 
-        info = get_worker_info()
+    info = worker_info()
     if info is None:
         return range(count)
     return range(info.id, count, info.num_workers)
@@ -419,15 +418,23 @@ class FrameDataset(_FromQuery, _MapBase):
             lines.append(f"fitted: {count} instances {fit}")
         return "\n".join(lines)
 
-    def _item(self, entry: list[int], pixels: np.ndarray) -> dict[str, Any]:
-        # Per item only copies of what the constructor prepared: reading a frame from a
-        # read-optimised copy takes ~0.1 ms, so microseconds here show in frames/s.
-        s, _, _, i, f = entry
+    def _pixels(self, entry: list[int], pixels: np.ndarray) -> np.ndarray:
+        """A decoded frame as item `entry`'s pixels: rescaled, cast and fitted as asked."""
+        i = entry[3]
         if self.rescale or self.dtype is not None:
             rows = [self.rescale_rows[i]]
             pixels = convert(pixels[None], rows, self.rescale and pixels.ndim == 2, self.dtype)[0]
         if self.shape is not None and self.reshape[i]:
             pixels = self.shape.apply(pixels)
+        return pixels
+
+    def _item(
+        self, entry: list[int], pixels: np.ndarray, geometry: Sequence[np.ndarray] = ()
+    ) -> dict[str, Any]:
+        """Item `entry` with these pixels (and these geometry values: default copies)."""
+        # Per item only copies of what the constructor prepared: reading a frame from a
+        # read-optimised copy takes ~0.1 ms, so microseconds here show in frames/s.
+        s, _, _, i, f = entry
         item = {
             "pixels": pixels,
             "sop_instance_uid": self.instances[i],
@@ -436,16 +443,89 @@ class FrameDataset(_FromQuery, _MapBase):
             **self.meta[i],
         }
         if self.geometry:
-            geometry = (self.spacings[i], self.affines[i], self.affines_ras[i])
-            item.update(zip(GEOMETRY_KEYS, (a.copy() for a in geometry), strict=True))
+            geometry = geometry or [a[i].copy() for a in self._geometries()]
+            item.update(zip(GEOMETRY_KEYS, geometry, strict=True))
         return item
+
+    def _geometries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per instance, in `GEOMETRY_KEYS` order: spacings, LPS and RAS affines."""
+        return self.spacings, self.affines, self.affines_ras
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One frame and where it comes from."""
         entry = self.table[_check_index(index, len(self))].tolist()
         path, frame = self.arrays[entry[1]], entry[2]
         pixels = _handle(self.archive_path).archive.pixels.read_frames(path, [frame])[0]
-        return self._item(entry, pixels)
+        return self._item(entry, self._pixels(entry, pixels))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """`[self[i] for i in indices]`, decoded into one block (DataLoader batches).
+
+        The items' pixels, "frame" and geometry are rows of one new block per call
+        (`collation.batch_arrays`: shared memory in a DataLoader worker), which
+        `collate` hands over as the batch without a copy. Each frame decodes straight
+        into its row, or into a scratch array of the stored dtype reused for the batch
+        and rescaled from there into the row. Items of different shapes or dtypes
+        (which no collate batches) are read one by one.
+        """
+        from pacs_engine.read.collation import batch_arrays
+
+        entries = [self.table[_check_index(i, len(self))].tolist() for i in indices]
+        store = _handle(self.archive_path).archive.pixels
+        kinds = {self._output(store, entry) for entry in entries}
+        if len(kinds) != 1:
+            return [self[i] for i in indices]
+        ((dtype, shape),) = kinds
+        specs = {"pixels": (dtype, shape), "frame": (np.dtype(np.int64), ())}
+        if self.geometry:
+            geometries = dict(zip(GEOMETRY_KEYS, self._geometries(), strict=True))
+            specs.update((key, (a.dtype, a.shape[1:])) for key, a in geometries.items())
+        arrays = batch_arrays(len(entries), specs)
+        arrays["frame"][:] = [entry[4] for entry in entries]
+        instances = [entry[3] for entry in entries]
+        if self.geometry:
+            for key, values in geometries.items():
+                np.take(values, instances, axis=0, out=arrays[key])
+        scratch: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}  # by stored dtype, shape
+        items = []
+        for k, entry in enumerate(entries):
+            self._read_into(store, entry, arrays["pixels"][k], scratch)
+            geometry = [arrays[key][k] for key in GEOMETRY_KEYS] if self.geometry else []
+            items.append(self._item(entry, arrays["pixels"][k], geometry))
+        return items
+
+    def _output(self, store: Any, entry: list[int]) -> tuple[np.dtype, tuple[int, ...]]:
+        """The dtype and shape of item `entry`'s pixels, without reading them."""
+        spec = store.spec(self.arrays[entry[1]])
+        shape = spec.frame_shape
+        if self.shape is not None and self.reshape[entry[3]]:
+            shape = (*self.shape.shape, *shape[2:])
+        return np.dtype(self.dtype) if self.dtype else spec.dtype, shape
+
+    def _read_into(
+        self,
+        store: Any,
+        entry: list[int],
+        out: np.ndarray,
+        scratch: dict[tuple[str, tuple[int, ...]], np.ndarray],
+    ) -> None:
+        """Item `entry`'s pixels written into `out` (of their dtype and shape)."""
+        _, a, frame, i, _ = entry
+        path = self.arrays[a]
+        if self.shape is not None and self.reshape[i]:  # fitted: as `__getitem__` does
+            out[...] = self._pixels(entry, store.read_frames(path, [frame])[0])
+            return
+        spec = store.spec(path)
+        modality = self.rescale and out.ndim == 2
+        if out.dtype == spec.dtype and not modality:
+            store.read_frames(path, [frame], out=out[None])
+            return
+        # Decoded frames of one dtype and shape share one scratch array: it never leaves here.
+        key = (spec.dtype.str, spec.frame_shape)
+        if key not in scratch:
+            scratch[key] = np.empty((1, *spec.frame_shape), spec.dtype)
+        store.read_frames(path, [frame], out=scratch[key])
+        convert_into(scratch[key], [self.rescale_rows[i]], modality, out[None])
 
     def runs(self) -> list[tuple[int, int]]:
         """[start, stop) ranges of items that are consecutive frames of one shard of one array."""
@@ -498,7 +578,7 @@ class FrameChunks(_IterableBase):
             path = dataset.arrays[entries[0][1]]
             block = handle.archive.pixels.read_frames(path, range(lo, hi))
             for entry, pixels in zip(entries, block, strict=True):
-                yield dataset._item(entry, pixels)
+                yield dataset._item(entry, dataset._pixels(entry, pixels))
 
 
 # --- volumes -----------------------------------------------------------------------------
@@ -801,7 +881,57 @@ class PatchDataset(_FromQuery, _MapBase):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Patch `index`: the same for the same (seed, index) in any process."""
-        s, frame, corner = self.draw(index)
+        return self._patch(*self.draw(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """`[self[i] for i in indices]`, converted into one block (DataLoader batches).
+
+        The patches' pixels and other numeric values are rows of one new block per call
+        (`collation.batch_arrays`: shared memory in a DataLoader worker), which
+        `collate` hands over as the batch without a copy; the rescale writes each
+        patch's modality values straight into its row. Patches of different dtypes or
+        shapes (which no collate batches) are read one by one.
+        """
+        from pacs_engine.read.collation import batch_arrays
+
+        draws = [self.draw(i) for i in indices]
+        store = _handle(self.archive_path).archive.pixels
+        kinds = {self._output(store, s, frame) for s, frame, _ in draws}
+        if len(kinds) != 1:
+            return [self._patch(*draw) for draw in draws]
+        ((dtype, shape),) = kinds
+        int64, float64 = np.dtype(np.int64), np.dtype(np.float64)
+        specs = {"pixels": (dtype, shape), "offset": (int64, (len(self.patch_size),))}
+        if len(self.patch_size) == 2:
+            specs["frame"] = (int64, ())
+        if self.geometry:
+            shapes = ((3,), (4, 4), (4, 4))  # spacing, the LPS and the RAS affine
+            specs.update((key, (float64, n)) for key, n in zip(GEOMETRY_KEYS, shapes, strict=True))
+        arrays = batch_arrays(len(draws), specs)
+        items = []
+        for k, draw in enumerate(draws):
+            item = self._patch(*draw, out=arrays["pixels"][k])
+            for key, block in arrays.items():  # the other numeric values: rows of the block
+                if key != "pixels":
+                    block[k] = item[key]
+                    if isinstance(item[key], np.ndarray):  # "frame" stays an int
+                        item[key] = block[k]
+            items.append(item)
+        return items
+
+    def _output(self, store: Any, s: int, frame: int) -> tuple[np.dtype, tuple[int, ...]]:
+        """The dtype and shape of the pixels of a patch of series `s` (2-D: of `frame`)."""
+        spec = store.spec(self.arrays[int(self.where[s][max(frame, 0)][0])])
+        return np.dtype(self.dtype) if self.dtype else spec.dtype, (
+            *self.patch_size,
+            *spec.frame_shape[2:],
+        )
+
+    def _patch(
+        self, s: int, frame: int, corner: tuple[int, ...], out: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """The patch `draw` gave, its pixels written into `out` when given (of their dtype
+        and shape: `_output`)."""
         store = _handle(self.archive_path).archive.pixels
         window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size, strict=True))
         plane = (window[-2], window[-1])
@@ -811,7 +941,7 @@ class PatchDataset(_FromQuery, _MapBase):
             rows = self.rescale_rows[s][z]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
             stack = read_stack(store, where, rows, plane)
-            pixels = convert(stack, rows, self.rescale, self.dtype)
+            pixels = self._converted(stack, rows, self.rescale, out)
             meta, spacing, affine = self.extra[s][0]
             start = corner
         else:
@@ -819,7 +949,8 @@ class PatchDataset(_FromQuery, _MapBase):
             pixels = store.read_frames(self.arrays[a], [f], plane)[0]
             mono = pixels.ndim == 2
             rows = [self.rescale_rows[s][frame]]
-            pixels = convert(pixels[None], rows, self.rescale and mono, self.dtype)[0]
+            one = None if out is None else out[None]
+            pixels = self._converted(pixels[None], rows, self.rescale and mono, one)[0]
             item["sop_instance_uid"], item["frame"] = self.frame_names[s][frame]
             meta, spacing, affine = self.extra[s][frame]
             start = (0, *corner)
@@ -829,3 +960,16 @@ class PatchDataset(_FromQuery, _MapBase):
         if self.geometry:
             item.update(_geometry(spacing, affine, start))
         return item
+
+    def _converted(
+        self,
+        frames: np.ndarray,
+        rows: Sequence[Mapping[str, Any]],
+        modality: bool,
+        out: np.ndarray | None,
+    ) -> np.ndarray:
+        """`convert` of the frames to the items' dtype: a new array, or written into `out`."""
+        if out is None:
+            return convert(frames, rows, modality, self.dtype)
+        convert_into(frames, rows, modality, out)
+        return out

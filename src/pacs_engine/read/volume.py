@@ -442,22 +442,30 @@ def rescale_as(
         raise ValueError(f"rescale_as needs a floating dtype, not {dtype}")
     if frames.ndim != 3:
         raise VolumeError("rescaling needs one sample per pixel", [_uid(r) for r in rows])
+    out = np.empty(frames.shape, dtype)
+    _rescale_into(frames, rows, out)
+    return out
+
+
+def _rescale_into(frames: np.ndarray, rows: Sequence[Mapping[str, Any]], out: np.ndarray) -> None:
+    """`rescale_as(frames, rows, out.dtype)` written into `out` (floating, frames' shape)."""
+    dtype = out.dtype
     s, i = _coefficients(rows)
-    out = frames.astype(dtype)
-    if not s.size:
-        return out
-    # One scalar per volume in the usual case: no broadcast array, no multiply by 1 or add of 0.
-    if np.all(s == s.flat[0]):
-        if s.flat[0] != 1.0:
-            out *= dtype.type(s.flat[0])
+    # The multiply casts the stored values to `dtype` first, as astype would: the same
+    # float32 values as a conversion then an in-place multiply, in one pass.
+    if not s.size or np.all(s == 1.0):
+        np.copyto(out, frames, casting="unsafe")
+    elif np.all(s == s.flat[0]):  # one scalar per volume in the usual case: no broadcast array
+        np.multiply(frames, dtype.type(s.flat[0]), out=out, dtype=dtype, casting="unsafe")
     else:
-        out *= s.astype(dtype)
+        np.multiply(frames, s.astype(dtype), out=out, dtype=dtype, casting="unsafe")
+    if not i.size:
+        return
     if np.all(i == i.flat[0]):
         if i.flat[0] != 0.0:
             out += dtype.type(i.flat[0])
     else:
         out += i.astype(dtype)
-    return out
 
 
 def convert(
@@ -490,6 +498,23 @@ def convert(
             where = _uid(rows[0]) if rows else "?"
             raise ValueError(f"values {lo}..{hi} of instance {where} do not fit {target}")
     return frames.astype(target)
+
+
+def convert_into(
+    frames: np.ndarray, rows: Sequence[Mapping[str, Any]], modality: bool, out: np.ndarray
+) -> None:
+    """`convert(frames, rows, modality, out.dtype)` written into `out` (frames' shape).
+
+    A floating `out`, or one of the frames' dtype, takes the values without a new array
+    (the rescale a multiply-add in its dtype); an integer one goes through `convert`
+    (its range checks, its errors).
+    """
+    if modality and out.dtype.kind == "f" and frames.ndim == 3:
+        _rescale_into(frames, rows, out)
+    elif not modality and (out.dtype.kind == "f" or out.dtype == frames.dtype):
+        np.copyto(out, frames, casting="unsafe")  # what astype gives
+    else:
+        out[...] = convert(frames, rows, modality, out.dtype)
 
 
 def _integer_rescale(
