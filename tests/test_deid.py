@@ -1364,11 +1364,16 @@ def test_nothing_is_committed_before_its_files_are_durable(
     files was synced as a temporary, renamed, and its folder synced; the copy is the same."""
     root = made["root"]
     synced: list[tuple[Path, bool]] = []  # path, a folder
-    sync_at_once = storage._sync_at_once
+    sync_folders, sync_held = storage._sync_folders, storage._sync_held
 
-    def recording(paths: list[Path], directories: bool) -> None:
-        sync_at_once(paths, directories)
-        synced.extend((path, directories) for path in paths)
+    def folders(paths: list[Path]) -> None:
+        sync_folders(paths)
+        synced.extend((path, True) for path in paths)
+
+    def files(fds: list[int]) -> None:
+        paths = [Path(os.readlink(f"/proc/self/fd/{fd}")) for fd in fds]
+        sync_held(fds)
+        synced.extend((path, False) for path in paths)
 
     commit = Index.commit
     commits: list[int] = []
@@ -1387,7 +1392,8 @@ def test_nothing_is_committed_before_its_files_are_durable(
         commits.append(len(rows))
         commit(self, rows, *args, **kwargs)
 
-    monkeypatch.setattr(storage, "_sync_at_once", recording)
+    monkeypatch.setattr(storage, "_sync_folders", folders)
+    monkeypatch.setattr(storage, "_sync_held", files)
     monkeypatch.setattr(Index, "commit", checked)
     monkeypatch.setattr(deid_run, "INLINE_BATCH", 8)  # several parts
     report = deidentify(root / "record", root / "durable", made["key"], OPTIONS, workers=0)

@@ -237,21 +237,54 @@ def test_the_forkserver_ends_without_the_interpreters_teardown(tmp_path: Path) -
     )
 
 
+def test_a_users_own_forkserver_that_imports_pacs_engine_keeps_its_teardown(
+    tmp_path: Path,
+) -> None:
+    """A forkserver the caller started itself (multiprocessing's command line, its preload
+    importing pacs_engine.forkserver first) runs its exit functions and its teardown:
+    only the one `start_forkserver` starts, with its mark, ends without them, and the
+    caller's environment keeps no mark."""
+    (tmp_path / "teardown_notes.py").write_text(TEARDOWN_NOTES)
+    notes = tmp_path / "notes.txt"
+    env = dict(os.environ, TEARDOWN_NOTES=str(notes))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    probe = (
+        "import concurrent.futures, multiprocessing, os\n"
+        "context = multiprocessing.get_context('forkserver')\n"
+        "context.set_forkserver_preload(['pacs_engine.forkserver', 'teardown_notes'])\n"
+        "with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:\n"
+        "    print(pool.submit(os.getppid).result())\n"
+        "from pacs_engine.forkserver import start_forkserver\n"
+        "start_forkserver()\n"
+        "print(sorted(name for name in os.environ if name.startswith('PACS_ENGINE_FORK')))\n"
+    )
+    # Its output read to the end: the forkserver, which held it too, has ended.
+    forkserver, marks = _probe(probe, env).splitlines()
+    assert marks == "[]"
+    lines = sorted(notes.read_text().splitlines())
+    assert lines == sorted([f"{forkserver} atexit", f"{forkserver} teardown"]), lines
+
+
 @pytest.mark.parametrize(
-    ("progress", "expected"), [("--no-progress", "0 False"), ("--progress", "0 True")]
+    ("progress", "expected"),
+    [("--no-progress", "0 False False"), ("--progress", "0 True True")],
 )
 def test_an_ingest_imports_tqdm_only_to_show_its_progress_bar(
     tmp_path: Path, progress: str, expected: str
 ) -> None:
-    """tqdm (~0.015 s of CPU in the ingesting process) is imported for a bar shown alone."""
+    """tqdm (~0.015 s of CPU in the ingesting process) is imported for a bar shown alone,
+    and the run makes its Progress snapshots only for a bar to show them."""
     _synth_uncompressed(tmp_path / "in")
     argv = ["ingest", str(tmp_path / "in"), "--archive", str(tmp_path / "a"), "--workers", "0"]
     probe = (
         "import contextlib, io, sys\n"
         "from pacs_engine.cli import main\n"
+        "from pacs_engine.ingest import run\n"
+        "made, Progress = [], run.Progress\n"
+        "run.Progress = lambda *fields: made.append(fields) or Progress(*fields)\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    status = main({[*argv, progress]!r})\n"
-        "print(status, 'tqdm' in sys.modules)\n"
+        "print(status, 'tqdm' in sys.modules, bool(made))\n"
     )
     assert _probe(probe) == expected
 

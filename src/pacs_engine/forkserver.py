@@ -18,7 +18,14 @@ import signal
 import sys
 import threading
 
-__all__ = ["FORKSERVER_PRELOAD", "QUIET_BLAS", "quiet_blas", "start_forkserver", "stop_forkserver"]
+__all__ = [
+    "FORKSERVER_PRELOAD",
+    "QUIET_BLAS",
+    "exit_flushed",
+    "quiet_blas",
+    "start_forkserver",
+    "stop_forkserver",
+]
 
 #: What each worker process imports once, in the forkserver, before it forks workers: the
 #: ingest's tasks, which import the storage verify's tasks use too, and what encoding
@@ -38,7 +45,12 @@ QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
 #: The main module a caller named to `start_forkserver`, preloaded again on each restart.
 _main_module: str | None = None
 #: How multiprocessing's command line for the forkserver's interpreter starts (3.11-3.13).
-FORKSERVER_COMMAND = "from multiprocessing.forkserver import main;"
+_FORKSERVER_COMMAND = "from multiprocessing.forkserver import main;"
+#: Set in the environment while `start_forkserver` starts the forkserver (to the starting
+#: process's id), taken out of it as this module is imported there: the forkserver it
+#: marks is ours, and ends without its teardown (`_end_without_teardown`); a forkserver
+#: a user's program started, whose preload imports pacs_engine, keeps its own exit.
+_OUR_FORKSERVER = "PACS_ENGINE_FORKSERVER_OF"
 
 
 def quiet_blas() -> dict[str, str]:
@@ -63,10 +75,11 @@ def start_forkserver(main_module: str | None = None) -> None:
     preload = [*FORKSERVER_PRELOAD, *([_main_module] if _main_module else [])]
     multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
     added = quiet_blas()  # the forkserver inherits the environment as it is started
+    os.environ[_OUR_FORKSERVER] = str(os.getpid())
     try:
         _ensure_forkserver()
     finally:
-        for name in added:  # this process's own as the caller had it
+        for name in [*added, _OUR_FORKSERVER]:  # this process's own as the caller had it
             del os.environ[name]
 
 
@@ -108,6 +121,20 @@ def _ensure_forkserver() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+def exit_flushed(status: int) -> None:
+    """End this process with `status` at once, its output flushed, skipping the teardown.
+
+    Returns, to let Python's own exit say so, when the output cannot be flushed (a closed
+    pipe, a full disk).
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(status)
+
+
 def _end_without_teardown() -> None:
     """End the forkserver without the interpreter's teardown: an exit function, run after
     those registered after it (the preload's later modules', the caller's main module's).
@@ -121,15 +148,14 @@ def _end_without_teardown() -> None:
     (the forkserver forks its workers by hand; they end with `os._exit`) and logging's
     flushes handlers (the forkserver logs nothing).
     """
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe: Python's own exit says so
-        return
-    os._exit(0)
+    exit_flushed(0)
 
 
-# In the forkserver's process alone, which imports this module with its preload (through
-# the executors), not in a process that imports it otherwise.
-if sys.orig_argv[-1:] and sys.orig_argv[-1].startswith(FORKSERVER_COMMAND):
+# In the forkserver `start_forkserver` started alone (its mark, taken out of the environment
+# in any process that imports this module, so that none passes it on), which imports this
+# module with its preload (through the executors): not in a process that imports it
+# otherwise, nor in a forkserver of the caller's own.
+if os.environ.pop(_OUR_FORKSERVER, None) == str(os.getppid()) and (
+    sys.orig_argv[-1:] and sys.orig_argv[-1].startswith(_FORKSERVER_COMMAND)
+):
     atexit.register(_end_without_teardown)

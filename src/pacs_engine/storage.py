@@ -8,10 +8,14 @@ relying on the umask of the writing process (docs/archive.md, "Permissions").
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
 import os
 import re
+import resource
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,9 +26,13 @@ from pacs_engine.stages import stage
 #: Threads that sync a batch's files at once (`fsync_dirs`): enough for one journal commit.
 _SYNC_THREADS = 16
 _SYNC_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (its process, the pool)
-#: sync_file_range(2) from the C library (False where there is none), once looked up.
-_SYNC_FILE_RANGE: Any = None
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the range's dirty pages
+#: Share of the soft RLIMIT_NOFILE that deferred writes may hold open in a process, waiting
+#: for their batch's sync (the rest: the index, inputs, sockets, libraries' own files).
+_HELD_SHARE = 4
+#: File descriptors deferred writes hold open in this process (any batch, any thread).
+_held = 0
+_HELD_LOCK = threading.Lock()
 #: Permission bits a folder passes on (setgid keeps a group archive's group).
 _FOLDER_BITS = 0o777 | stat.S_ISGID
 
@@ -111,17 +119,33 @@ class DeferredWrites(set[Path]):
     its journal once for all of them, where one fsync after another waits for a
     commit each), renames them into place and syncs their folders, at once too.
     A file is absent or whole as ever; it is reachable only once all are durable.
+
+    Each temporary is synced through the descriptor that wrote it, held open until then:
+    a write error is reported to the descriptors open on the file when it happens, and a
+    descriptor opened later (once the inode was evicted) would sync with no error, a file
+    lost reported durable. Past `held_budget` descriptors in the process, a file is synced
+    as it is written instead. Used as a context manager, it deletes on leaving what it was
+    left holding (an abandoned batch's): no temporary stays, no descriptor leaks.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.files: dict[Path, Path] = {}  # path -> its temporary, written, not yet synced
+        self.files: dict[Path, Path] = {}  # path -> its temporary, written, not yet renamed
+        self.fds: dict[Path, int] = {}  # path -> the descriptor that wrote it, not yet synced
+
+    def __enter__(self) -> DeferredWrites:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard_since(0)
 
     def discard_since(self, count: int) -> None:
         """Delete the temporaries of the files written after the first `count` (a failed
         part's): they are not to be made durable."""
         for path in list(self.files)[count:]:
             self.files.pop(path).unlink(missing_ok=True)
+            if path in self.fds:
+                _close_held(self.fds.pop(path))
 
 
 def write_atomic(
@@ -144,35 +168,44 @@ def write_atomic(
     """
     with stage("write"):
         path = Path(path)
-        pending = dirs.files if durable and isinstance(dirs, DeferredWrites) else None
-        if pending is not None and path in pending:
+        batch = dirs if durable and isinstance(dirs, DeferredWrites) else None
+        if batch is not None and path in batch.files:
             # Its temporary is this write's too, and a rewrite reads the old file.
             raise ValueError(f"{path}: written twice in one batch of deferred writes")
         make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         mode = file_mode(path.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        held = False  # the descriptor left open for the batch's sync, which closes it
         try:
-            with open(fd, "wb") as f:
+            with open(fd, "wb", closefd=False) as f:
                 # Set only when the umask took bits off (or the temporary was an old
                 # one): a chmod is one more journalled change a file, where a stat is not.
                 if os.fstat(fd).st_mode & 0o777 != mode:
                     os.fchmod(fd, mode)
                 for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
                     f.write(part)
-                f.flush()
-                if pending is not None:  # synced later, with the batch: start its writeback
-                    start_writeback(fd)
-                if durable and pending is None:
-                    with stage("fsync"):
-                        os.fsync(f.fileno())
-            if pending is not None:
-                pending[path] = tmp
+            if batch is not None and _hold():
+                held = True
+                start_writeback(fd)  # synced later, with the batch: its writeback begins now
+            elif durable:
+                with stage("fsync"):
+                    os.fsync(fd)
+            if batch is not None:
+                batch.files[path] = tmp
+                if held:
+                    batch.fds[path] = fd
                 return
             os.replace(tmp, path)
         except BaseException:  # a full disk: leave no half-written temporary taking space
+            if held:
+                held = False
+                _release()
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            if not held:
+                os.close(fd)
         if not durable:
             return
         if dirs is None:
@@ -186,19 +219,60 @@ def start_writeback(fd: int) -> None:
 
     A batch's files are synced at its end (`fsync_dirs`): begun as each is written, their
     writeback runs while the batch goes on (its header packs, its next parts), so that
-    sync waits for less of it. Only a hint: durability is still the fsync's, which
-    reports any write error.
+    sync waits for less of it. Only a hint: durability is still the fsync's, on the same
+    descriptor, which reports any write error.
     """
-    global _SYNC_FILE_RANGE
-    if _SYNC_FILE_RANGE is None:
-        import ctypes
+    call = _sync_file_range()
+    if call is not None:
+        # Its result is not read: a hint that fails (EINVAL where the file system has no
+        # writeback to start, EIO) leaves the pages dirty, and the fsync writes them or
+        # reports the error.
+        call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # 0, 0: the whole file
 
-        call: Any = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", False)
-        if call:
-            call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-        _SYNC_FILE_RANGE = call
-    if _SYNC_FILE_RANGE:
-        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # 0, 0: the whole file
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """sync_file_range(2) from the C library, None where it has none (not Linux)."""
+    import ctypes
+
+    call: Any = getattr(ctypes.CDLL(None), "sync_file_range", None)
+    if call is not None:
+        call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return call
+
+
+def held_budget() -> int:
+    """How many descriptors deferred writes may hold open in this process at once."""
+    # A share of the soft limit (1,024 by default on Linux): a batch of small series
+    # holds ~3 files a series. Where the limit is RLIM_INFINITY (-1; never on Linux, whose
+    # limit is at most fs.nr_open), none is held: each file is synced as it is written.
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] // _HELD_SHARE
+
+
+def _hold() -> bool:
+    """Count one more descriptor held for a batch's sync, unless `held_budget` is spent."""
+    global _held
+    budget = held_budget()
+    with _HELD_LOCK:
+        if _held >= budget:
+            return False
+        _held += 1
+        return True
+
+
+def _release() -> None:
+    """Count one descriptor held for a batch's sync fewer."""
+    global _held
+    with _HELD_LOCK:
+        _held -= 1
+
+
+def _close_held(fd: int) -> None:
+    """Close a descriptor held for a batch's sync."""
+    try:
+        os.close(fd)
+    finally:
+        _release()
 
 
 def unused_path(name: Callable[[int], Path], first: int = 0) -> Path:
@@ -225,16 +299,19 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename in `path` durable."""
     with stage("fsync"):
-        _sync_at_once([Path(path)], directories=True)
+        _sync_folders([Path(path)])
 
 
 def fsync_dirs(dirs: set[Path]) -> None:
     """Make the renames of a batch of `write_atomic` calls durable (and, for a
     `DeferredWrites`, first its files: synced, then renamed)."""
     files = dirs.files if isinstance(dirs, DeferredWrites) else {}
+    held = dirs.fds if isinstance(dirs, DeferredWrites) else {}
+    fds = list(held.values())
+    held.clear()  # `_sync_held` closes each, whatever happens
     with stage("fsync"):
         try:
-            _sync_at_once(list(files.values()), directories=False)
+            _sync_held(fds)
         except BaseException:
             for tmp in files.values():  # none is renamed: drop them all
                 tmp.unlink(missing_ok=True)
@@ -246,15 +323,15 @@ def fsync_dirs(dirs: set[Path]) -> None:
             dirs.add(path.parent)
         files.clear()
     with stage("fsync"):
-        _sync_at_once(sorted(dirs), directories=True)
+        _sync_folders(sorted(dirs))
     dirs.clear()
 
 
-def _sync_at_once(paths: list[Path], directories: bool) -> None:
-    """fsync each of `paths` (files or folders), from several threads when there are several."""
+def _sync_folders(paths: list[Path]) -> None:
+    """fsync each of the folders `paths`, from several threads when there are several."""
 
     def sync(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directories else 0))
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -267,8 +344,36 @@ def _sync_at_once(paths: list[Path], directories: bool) -> None:
     list(_sync_pool().map(sync, paths))  # list(): raise the first error
 
 
+def _sync_held(fds: list[int]) -> None:
+    """fsync and close descriptors held for a batch's sync, from several threads when there
+    are several: each is closed whatever happens, and the first error raised once all are."""
+    if len(fds) <= 1:
+        for fd in fds:
+            _sync_and_close(fd)
+        return
+    futures: list[concurrent.futures.Future[None]] = []
+    try:
+        for fd in fds:
+            futures.append(_sync_pool().submit(_sync_and_close, fd))
+        for future in futures:
+            future.result()
+    finally:
+        for n, fd in enumerate(fds):
+            if n >= len(futures) or futures[n].cancel():  # not started (an interrupt)
+                _close_held(fd)
+        concurrent.futures.wait(futures)  # the started ones closed theirs
+
+
+def _sync_and_close(fd: int) -> None:
+    """fsync a descriptor held for a batch's sync, then close it (synced or not)."""
+    try:
+        os.fsync(fd)
+    finally:
+        _close_held(fd)
+
+
 def _sync_pool() -> ThreadPoolExecutor:
-    """This process's threads for `_sync_at_once`, started once (a fork's child has none)."""
+    """This process's threads for `_sync_folders` and `_sync_held`, started once (per process)."""
     global _SYNC_POOL
     if _SYNC_POOL is None or _SYNC_POOL[0] != os.getpid():
         _SYNC_POOL = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, "fsync"))

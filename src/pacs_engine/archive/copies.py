@@ -204,10 +204,10 @@ def write_copied_part(
 
 def _write_together(files: list[tuple[Path, bytes | Sequence[Chunk]]]) -> None:
     """Write `files` atomically and make them durable, synced at once."""
-    writes = DeferredWrites()
-    for path, data in files:
-        write_atomic(path, data, writes)
-    fsync_dirs(writes)
+    with DeferredWrites() as writes:  # a failed write leaves no temporary, no descriptor open
+        for path, data in files:
+            write_atomic(path, data, writes)
+        fsync_dirs(writes)
 
 
 def _array_for(

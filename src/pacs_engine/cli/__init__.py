@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import os
 import signal
 import sys
 import threading
@@ -111,12 +110,9 @@ def _exit_at_once(status: int) -> None:
     if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
     atexit._run_exitfuncs()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe, a full disk: reported by Python's exit
-        return
-    os._exit(status)
+    from pacs_engine.forkserver import exit_flushed
+
+    exit_flushed(status)
 
 
 def _main(command: str, argv: list[str]) -> int:

@@ -343,7 +343,7 @@ def _ingest(args: argparse.Namespace, executor: Executor | None) -> int:
                 executor=executor,
                 scheduler=args.scheduler,
                 verify=args.verify,
-                progress=bar.update,
+                progress=bar.update if bar.shown else None,  # else no snapshots
                 trust_bitstreams=args.trust_bitstreams,
                 max_input_bytes=args.max_input_bytes or MAX_INPUT_BYTES,
                 follow_links=args.follow_links,
@@ -432,6 +432,7 @@ class _IngestBar:
     """
 
     def __init__(self, show: bool) -> None:
+        self.shown = show
         self.bar: Any = None
         if show:
             from tqdm import tqdm
@@ -440,9 +441,7 @@ class _IngestBar:
         self.phase = ""
 
     def update(self, progress: Any) -> None:
-        """Show one Progress snapshot."""
-        if self.bar is None:
-            return
+        """Show one Progress snapshot (only while shown: not called otherwise)."""
         report = progress.report
         if progress.phase != self.phase:
             self.phase = progress.phase

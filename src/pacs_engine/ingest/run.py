@@ -230,7 +230,7 @@ class _Run:
             executor if executor is not None else make_executor(workers, scheduler)
         )
         self.checks = checks
-        self.notify = progress or (lambda p: None)
+        self.notify = progress
         self.journal = Journal(archive.index)
         self.started = time.perf_counter()
         # Where the report's first_encode_seconds counts from (epoch seconds).
@@ -834,8 +834,10 @@ class _Run:
                 self.report.add_stages(name, times)
 
     def _notify(self, phase: str) -> None:
-        """Tell the progress callback where the run is."""
-        self.notify(Progress(phase, self.report, self.total, time.perf_counter() - self.started))
+        """Tell the progress callback where the run is (no snapshot made without one)."""
+        if self.notify is not None:
+            seconds = time.perf_counter() - self.started
+            self.notify(Progress(phase, self.report, self.total, seconds))
 
 
 def _describe(error: BaseException) -> str:

@@ -169,22 +169,22 @@ def encode_batch(
     """
     encoder = _encoder(root)
     choices: dict = {}
-    writes = DeferredWrites()
     results: list[PartResult] = []
     error = None
-    for part in parts:
-        written = len(writes.files)
-        try:
-            with task() as times:
-                result = encoder.encode(part, checks, choices, writes)
-        except Exception as failure:
-            writes.discard_since(written)
-            error = failure
-            break
-        result.worker, result.stages = os.getpid(), times
-        results.append(result)
-    with task() as times:
-        fsync_dirs(writes)  # raises if they cannot be made durable: nothing is committed
+    with DeferredWrites() as writes:  # an interrupt leaves no temporary, no descriptor open
+        for part in parts:
+            written = len(writes.files)
+            try:
+                with task() as times:
+                    result = encoder.encode(part, checks, choices, writes)
+            except Exception as failure:
+                writes.discard_since(written)
+                error = failure
+                break
+            result.worker, result.stages = os.getpid(), times
+            results.append(result)
+        with task() as times:
+            fsync_dirs(writes)  # raises if they cannot be made durable: nothing is committed
     if results:
         add_times(results[-1].stages, times)  # the batch's syncs, charged to its last part
     return results, error
