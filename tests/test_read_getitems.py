@@ -13,7 +13,7 @@ from conftest import CORPUS, require_corpus
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from pacs_engine import Archive, open_archive
-from pacs_engine.archive.pixel_store import CodecError
+from pacs_engine.archive.pixel_store import CodecError, PixelStore
 from pacs_engine.read import FrameDataset, PatchDataset, collate
 from pacs_engine.read.collation import batch_arrays
 from pacs_engine.read.volume import convert, convert_into
@@ -104,6 +104,7 @@ def _datasets(paths: dict[str, Path]) -> dict[str, tuple[Any, bool]]:
             True,
         ),
         "2-d patches": (PatchDataset(ct, (16, 16), samples=12, seed=2, geometry=False), True),
+        "2-d patches HU": (PatchDataset(ct, (16, 16), samples=12, seed=2, rescale=True), True),
         "2-d MR patches uint16": (PatchDataset(mr, (16, 16), samples=12, seed=2), True),
         "2-d corpus patches": (PatchDataset(corpus, (32, 32), samples=12, seed=2), False),
     }
@@ -167,6 +168,29 @@ def test_convert_into_equals_convert() -> None:
     np.testing.assert_array_equal(out, colour.astype(np.float32))
     with pytest.raises(ValueError, match="do not fit"):  # convert's checks, its message
         convert_into(frames.astype(np.int32) * 100, rows[1:2] * 3, True, np.empty((3, 5, 7), "u1"))
+
+
+def test_2d_patches_as_stored_decode_into_their_rows(
+    paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patch kept as stored is decoded into its row of the block; a rescaled one into
+    an array of its own (then rescaled into its row)."""
+    calls: list[np.ndarray | None] = []
+    read_frames = PixelStore.read_frames
+
+    def recording(self: PixelStore, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append(kwargs.get("out"))
+        return read_frames(self, *args, **kwargs)
+
+    monkeypatch.setattr(PixelStore, "read_frames", recording)
+    for rescale in (False, True):
+        dataset = PatchDataset(paths["MR"], (16, 16), samples=12, seed=2, rescale=rescale)
+        calls.clear()
+        items = dataset.__getitems__([4, 1, 7])
+        rows = [item["pixels"].__array_interface__["data"][0] for item in items]
+        into = [None if out is None else out.__array_interface__["data"][0] for out in calls]
+        assert into == ([None] * 3 if rescale else rows)
+        _assert_same_items(items, [dataset[i] for i in (4, 1, 7)])
 
 
 def _in_worker(items: list[dict]) -> dict[str, Any]:
