@@ -888,9 +888,10 @@ class PatchDataset(_FromQuery, _MapBase):
 
         The patches' pixels and other numeric values are rows of one new block per call
         (`collation.batch_arrays`: shared memory in a DataLoader worker), which
-        `collate` hands over as the batch without a copy; the rescale writes each
-        patch's modality values straight into its row. Patches of different dtypes or
-        shapes (which no collate batches) are read one by one.
+        `collate` hands over as the batch without a copy. A 2-D patch kept as stored is
+        decoded straight into its row; other patches are decoded into an array of their
+        own, then converted into their row (the rescale a multiply-add there). Patches of
+        different dtypes or shapes (which no collate batches) are read one by one.
         """
         from pacs_engine.read.collation import batch_arrays
 
