@@ -13,7 +13,7 @@ from conftest import CORPUS, require_corpus
 from torch.utils.data import DataLoader, Subset, default_collate
 
 from pacs_engine import Archive, open_archive
-from pacs_engine.archive.pixel_store import CodecError
+from pacs_engine.archive.pixel_store import CodecError, PixelStore
 from pacs_engine.read import FrameDataset, PatchDataset, collate
 from pacs_engine.read.collation import batch_arrays
 from pacs_engine.read.volume import convert, convert_into
@@ -104,6 +104,7 @@ def _datasets(paths: dict[str, Path]) -> dict[str, tuple[Any, bool]]:
             True,
         ),
         "2-d patches": (PatchDataset(ct, (16, 16), samples=12, seed=2, geometry=False), True),
+        "2-d patches HU": (PatchDataset(ct, (16, 16), samples=12, seed=2, rescale=True), True),
         "2-d MR patches uint16": (PatchDataset(mr, (16, 16), samples=12, seed=2), True),
         "2-d corpus patches": (PatchDataset(corpus, (32, 32), samples=12, seed=2), False),
     }
@@ -169,11 +170,35 @@ def test_convert_into_equals_convert() -> None:
         convert_into(frames.astype(np.int32) * 100, rows[1:2] * 3, True, np.empty((3, 5, 7), "u1"))
 
 
+def test_2d_patches_as_stored_decode_into_their_rows(
+    paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patch kept as stored is decoded into its row of the block; a rescaled one into
+    an array of its own (then rescaled into its row)."""
+    calls: list[np.ndarray | None] = []
+    read_frames = PixelStore.read_frames
+
+    def recording(self: PixelStore, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append(kwargs.get("out"))
+        return read_frames(self, *args, **kwargs)
+
+    monkeypatch.setattr(PixelStore, "read_frames", recording)
+    for rescale in (False, True):
+        dataset = PatchDataset(paths["MR"], (16, 16), samples=12, seed=2, rescale=rescale)
+        calls.clear()
+        items = dataset.__getitems__([4, 1, 7])
+        rows = [item["pixels"].__array_interface__["data"][0] for item in items]
+        into = [None if out is None else out.__array_interface__["data"][0] for out in calls]
+        assert into == ([None] * 3 if rescale else rows)
+        _assert_same_items(items, [dataset[i] for i in (4, 1, 7)])
+
+
 def _in_worker(items: list[dict]) -> dict[str, Any]:
-    """In a DataLoader worker: `collate` of the items as given and reversed, and whether
+    """In a DataLoader worker: `collate` of the items reversed and as given, and whether
     each batch's pixels are the items' own block (no copy)."""
     address = items[0]["pixels"].__array_interface__["data"][0]
-    batch, backwards = collate(items), collate(items[::-1])
+    # Reversed first: the items as given, last, keep the worker's next blocks shared.
+    backwards, batch = collate(items[::-1]), collate(items)
     return {
         "batch": batch,
         "handed over": batch["pixels"].data_ptr() == address,
@@ -195,9 +220,7 @@ def _assert_same_batch(ours: Any, default: Any) -> None:
         for key, expected in default.items():
             _assert_same_batch(ours[key], expected)
     elif isinstance(default, torch.Tensor):
-        assert (ours.dtype, ours.shape) == (default.dtype, default.shape)
-        assert torch.equal(ours, default) or torch.equal(ours.isnan(), default.isnan())
-        assert torch.equal(ours.nan_to_num(), default.nan_to_num())
+        torch.testing.assert_close(ours, default, rtol=0, atol=0, equal_nan=True)
     else:
         assert ours == default
 
@@ -219,6 +242,7 @@ def test_collate_in_workers_hands_the_block_over_and_equals_default_collate(
             multiprocessing_context="fork",
         )
         seen = 0
+        kept = []
         for k, got in enumerate(loader):
             indices = order[4 * k : 4 * k + 4]
             expected = default_collate([dataset[i] for i in indices])
@@ -230,8 +254,78 @@ def test_collate_in_workers_hands_the_block_over_and_equals_default_collate(
             # Items out of the block's order are copied, into a batch of their own.
             _assert_same_batch(got["backwards"], got["backwards default"])
             assert not got["backwards handed over"], name
+            clone = {
+                k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in got["batch"].items()
+            }
+            kept.append((got["batch"], clone))
             seen += len(indices)
         assert seen == len(order), name
+        # No worker wrote into a batch it had handed over: each is its own memory, intact.
+        for batch, clone in kept:
+            _assert_same_batch(batch, clone)
+        assert len(set().union(*(_storages(batch) for batch, _ in kept))) == len(kept), name
+
+
+class _Recording(torch.utils.data.Dataset):
+    """A dataset's batches with "source shared" (whether its block was shared memory)
+    and, when `transform`, their pixels doubled (an augmentation: new arrays)."""
+
+    def __init__(self, dataset: Any, transform: bool) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        items = self.dataset.__getitems__(indices)
+        block = getattr(items[0]["pixels"].base, "base", None)  # a torch block's tensor
+        shared = isinstance(block, torch.Tensor) and block.is_shared()
+        for item in items:
+            item["source shared"] = shared
+            if self.transform:
+                item["pixels"] = item["pixels"] * 2
+        return items
+
+
+def _collate_recording(items: list[dict]) -> dict[str, Any]:
+    """`collate` of the items, and whether the batch's pixels are the items' own block."""
+    address = items[0]["pixels"].__array_interface__["data"][0]
+    batch = collate(items)
+    batch["handed over"] = batch["pixels"].data_ptr() == address
+    return batch
+
+
+def test_collate_makes_shared_blocks_only_for_items_it_hands_over(
+    paths: dict[str, Path],
+) -> None:
+    """Transformed items are copied: their source blocks stay private memory (one fill of
+    shared memory a batch), while the dataset's own items are handed over from each
+    worker's second batch on."""
+    datasets = _datasets(paths)
+    for name in ("MR float32", "2-d patches"):
+        dataset, _ = datasets[name]
+        order = [i % len(dataset) for i in range(24)]
+        for transform in (True, False):
+            loader = DataLoader(
+                _Recording(dataset, transform),
+                batch_size=4,
+                sampler=order,
+                num_workers=2,
+                collate_fn=_collate_recording,
+                multiprocessing_context="fork",
+            )
+            count = 0
+            for k, batch in enumerate(loader):
+                expected = default_collate([dataset[i] for i in order[4 * k : 4 * k + 4]])
+                torch.testing.assert_close(batch["pixels"], expected["pixels"] * (1 + transform))
+                handed = not transform and k >= 2  # batches 0 and 1: the workers' first
+                assert batch["source shared"].tolist() == [handed] * 4, (name, transform, k)
+                assert batch["handed over"] == handed, (name, transform, k)
+                count += 1
+            assert count == 6, (name, transform)
 
 
 def test_collate_copies_items_outside_a_worker_or_not_from_one_block(

@@ -9,9 +9,9 @@ read-optimised copy (docs/read.md). A dataset item carries five or six numeric k
 stacks them all into one block, so a batch is one descriptor whatever the item carries.
 
 A dataset's `__getitems__` (`FrameDataset`, `PatchDataset`) decodes a batch's items
-straight into such a block (`batch_arrays`, laid out by `block_layout` as `collate` lays
-out the batch), each item's values views of it; `collate` finds them there and hands
-the block over as the batch, without a copy.
+straight into such a block (`batch_arrays`, laid out as `collate` lays out the batch),
+each item's values views of it; `collate` finds them there and hands the block over as
+the batch, without a copy.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["batch_arrays", "block_layout", "collate", "worker_info"]
+__all__ = ["batch_arrays", "collate", "worker_info"]
 
 #: The dtypes `collate` packs, named alike in numpy and torch: those torch holds with
 #: the same bytes (the unsigned ones past uint8 since torch 2.3, as its default collate
@@ -75,18 +75,20 @@ def _stackable(values: list[Any]) -> np.dtype | None:
     return None
 
 
-#: Set in a DataLoader worker once `collate` ran there: from then on the worker's batch
-#: blocks (`batch_arrays`) are made in shared memory, which `collate` hands over. Until
-#: then, and with any other collate (torch's default copies items into a shared-memory
-#: batch of its own), they stay in private memory: filling shared memory costs more
-#: (~1 ms of CPU per 512x512 float32 item here: a new segment's pages each batch).
+#: Set in a DataLoader worker while `collate` gets items that are the rows of one
+#: `batch_arrays` block: from then on the worker's blocks are made in shared memory,
+#: which `collate` hands over as the batch. Cleared when it gets any other items (a
+#: wrapper's transformed ones, say), which it copies into a shared block of its own; so
+#: until then, and with any other collate (torch's default copies too), the blocks stay
+#: in private memory: filling shared memory twice costs ~1 ms of CPU per 512x512 float32
+#: item here (a new segment's pages each batch).
 _COLLATING = threading.Event()
 
 #: Where a key's (count, *shape) array lies in a batch's block: dtype, shape, start, end.
 Layout = dict[str, tuple[np.dtype, tuple[int, ...], int, int]]
 
 
-def block_layout(
+def _block_layout(
     count: int, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
 ) -> tuple[Layout, int]:
     """Where each key (dtype, item shape) of `count` items lies in one block, and its size.
@@ -129,13 +131,13 @@ def batch_arrays(
     count: int, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
 ) -> dict[str, np.ndarray]:
     """One new (count, *shape) array per key (dtype, item shape), all views of one block
-    laid out by `block_layout`: in a DataLoader worker where `collate` ran before, a
-    shared-memory block that `collate` hands over as the batch when the items' values
-    are its rows; else plain numpy memory (no torch needed).
+    laid out as `collate` lays out a batch: in a DataLoader worker whose last `collate`
+    got the rows of such a block, a shared-memory block that `collate` hands over as the
+    batch when the items' values are its rows; else plain numpy memory (no torch needed).
 
     A new block per call: a batch handed to the main process is never written again.
     """
-    layout, size = block_layout(count, specs)
+    layout, size = _block_layout(count, specs)
     shared = _COLLATING.is_set() and worker_info() is not None
     raw = _new_block(size).numpy() if shared else np.empty(size, np.uint8)
     return {
@@ -144,24 +146,19 @@ def batch_arrays(
     }
 
 
-def _laid_out(columns: dict[str, list[Any]], layout: Layout, size: int) -> Any:
-    """The torch block `batch_arrays` made whose rows the items' values are (else None).
+def _laid_out(columns: dict[str, list[Any]], layout: Layout, size: int) -> np.ndarray | None:
+    """The uint8 block `batch_arrays` made whose rows the items' values are (else None).
 
     Every packed key must be there: arrays as the consecutive rows of their key's part
     of the block (the same memory, in batch order), ints equal to the values written
     there. Anything else (items reordered, replaced, or from elsewhere) is None: `collate`
     then copies, as for any items.
     """
-    import torch
-
     first = next(
         (columns[key][0] for key in layout if isinstance(columns[key][0], np.ndarray)), None
     )
     raw = getattr(first, "base", None)
     if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.shape != (size,):
-        return None
-    tensor: Any = raw.base  # a `Tensor.numpy()` array's base is a tensor of its memory
-    if not isinstance(tensor, torch.Tensor):
         return None
     address = raw.__array_interface__["data"][0]
     for key, (dtype, shape, start, end) in layout.items():
@@ -178,7 +175,17 @@ def _laid_out(columns: dict[str, list[Any]], layout: Layout, size: int) -> Any:
                 or value.__array_interface__["data"][0] != address + start + k * step
             ):
                 return None
-    return tensor
+    return raw
+
+
+def _shared_tensor(raw: np.ndarray | None) -> Any:
+    """The shared-memory torch block whose memory `raw` is (else None): one to hand over."""
+    import torch
+
+    tensor = getattr(raw, "base", None)  # a `Tensor.numpy()` array's base is its tensor
+    if not isinstance(tensor, torch.Tensor):
+        return None
+    return tensor if tensor.is_shared() else None  # type: ignore[no-untyped-call]
 
 
 def collate(batch: Sequence[Any]) -> Any:
@@ -186,7 +193,7 @@ def collate(batch: Sequence[Any]) -> Any:
     shared-memory block: equal tensors (dtype, shape, values), one descriptor a batch.
 
     Items a dataset's `__getitems__` decoded into one block (`batch_arrays`) give that
-    block as it is, without a copy (in a worker, from its second batch on). Each key is
+    block as it is, without a copy (in a worker, from the batch after the first such). Each key is
     a view of the whole block: one kept keeps all the batch's pixels alive (`torch.save`
     of it writes the block) and a `resize_` grows into the other keys, so `.clone()`
     what you keep past the batch.
@@ -194,10 +201,10 @@ def collate(batch: Sequence[Any]) -> Any:
     import torch
     from torch.utils.data import default_collate
 
-    if worker_info() is not None:
-        _COLLATING.set()  # this worker's next batches: blocks to hand over
+    in_worker = worker_info() is not None
     first = batch[0] if len(batch) else None
     if type(first) is not dict:  # other mappings keep their type in the default collate
+        _COLLATING.clear()
         return default_collate(list(batch))
     columns = {key: [item[key] for item in batch] for key in first}
     specs = {}
@@ -205,8 +212,15 @@ def collate(batch: Sequence[Any]) -> Any:
         dtype = _stackable(values)
         if dtype is not None:
             specs[key] = (dtype, np.shape(values[0]))
-    layout, size = block_layout(len(batch), specs)
-    block: Any = _laid_out(columns, layout, size) if size else None
+    layout, size = _block_layout(len(batch), specs)
+    raw = _laid_out(columns, layout, size) if size else None
+    # The worker's next blocks in shared memory only while its items are their rows: a
+    # block whose items were transformed would be filled, then copied, in shared memory.
+    if in_worker and raw is not None:
+        _COLLATING.set()
+    else:
+        _COLLATING.clear()
+    block = _shared_tensor(raw)
     copy = block is None
     if copy:
         block = _new_block(size)

@@ -888,9 +888,10 @@ class PatchDataset(_FromQuery, _MapBase):
 
         The patches' pixels and other numeric values are rows of one new block per call
         (`collation.batch_arrays`: shared memory in a DataLoader worker), which
-        `collate` hands over as the batch without a copy; the rescale writes each
-        patch's modality values straight into its row. Patches of different dtypes or
-        shapes (which no collate batches) are read one by one.
+        `collate` hands over as the batch without a copy. A 2-D patch kept as stored is
+        decoded straight into its row; other patches are decoded into an array of their
+        own, then converted into their row (the rescale a multiply-add there). Patches of
+        different dtypes or shapes (which no collate batches) are read one by one.
         """
         from pacs_engine.read.collation import batch_arrays
 
@@ -900,13 +901,15 @@ class PatchDataset(_FromQuery, _MapBase):
         if len(kinds) != 1:
             return [self._patch(*draw) for draw in draws]
         ((dtype, shape),) = kinds
-        int64, float64 = np.dtype(np.int64), np.dtype(np.float64)
+        int64 = np.dtype(np.int64)
         specs = {"pixels": (dtype, shape), "offset": (int64, (len(self.patch_size),))}
         if len(self.patch_size) == 2:
             specs["frame"] = (int64, ())
-        if self.geometry:
-            shapes = ((3,), (4, 4), (4, 4))  # spacing, the LPS and the RAS affine
-            specs.update((key, (float64, n)) for key, n in zip(GEOMETRY_KEYS, shapes, strict=True))
+        if self.geometry:  # the first patch's geometry's dtypes and shapes: every patch's
+            s, frame, _ = draws[0]
+            _, spacing, affine = self.extra[s][max(frame, 0)]
+            geometry = _geometry(spacing, affine, (0, 0, 0))
+            specs.update((key, (a.dtype, a.shape)) for key, a in geometry.items())
         arrays = batch_arrays(len(draws), specs)
         items = []
         for k, draw in enumerate(draws):
@@ -946,11 +949,17 @@ class PatchDataset(_FromQuery, _MapBase):
             start = corner
         else:
             a, f = (int(v) for v in self.where[s][frame])
-            pixels = store.read_frames(self.arrays[a], [f], plane)[0]
-            mono = pixels.ndim == 2
-            rows = [self.rescale_rows[s][frame]]
-            one = None if out is None else out[None]
-            pixels = self._converted(pixels[None], rows, self.rescale and mono, one)[0]
+            path = self.arrays[a]
+            spec = store.spec(path)
+            modality = self.rescale and len(spec.frame_shape) == 2  # grey frames only
+            if out is not None and out.dtype == spec.dtype and not modality:
+                # What convert would give (a copy as stored): decoded straight into `out`.
+                pixels = store.read_frames(path, [f], plane, out=out[None])[0]
+            else:
+                pixels = store.read_frames(path, [f], plane)[0]
+                rows = [self.rescale_rows[s][frame]]
+                one = None if out is None else out[None]
+                pixels = self._converted(pixels[None], rows, modality, one)[0]
             item["sop_instance_uid"], item["frame"] = self.frame_names[s][frame]
             meta, spacing, affine = self.extra[s][frame]
             start = (0, *corner)
