@@ -409,6 +409,24 @@ def test_a_window_of_a_raw_frame_reads_its_bytes_without_a_decode(
     assert reads == ([30 * 96 * 2] * 2 if tile is None else [2 * 32 * 32 * 2] * 4)
 
 
+def test_whole_raw_frames_into_a_strided_output_are_read_without_a_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole uncompressed frames into an `out` that is not contiguous (the middle columns of
+    a wider array) are read as a window of the whole frame, not decoded: pydicom's pixels,
+    a repeat too, and the columns around them untouched."""
+    files = write_studies(tmp_path / "src", 1, 1, 3, rows=32, columns=24, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="raw") as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        expected = _pydicom_frames(archive)
+        wide = np.full((3, 32, 28), 7, archive.pixels.spec(path).dtype)
+        monkeypatch.setattr(pixel_store, "decode_chunk", None)  # any decode fails
+        archive.pixels.read_frames(path, [2, 0, 2], out=wide[:, :, 2:26])
+    assert np.array_equal(wide[:, :, 2:26], expected[[2, 0, 2]])
+    assert (wide[:, :, [0, 1, 26, 27]] == 7).all()
+
+
 def test_raw_tiles_listed_out_of_order_are_read_one_by_one(tmp_path: Path) -> None:
     """Zarr lets a shard list its chunks in any order: a raw tiled frame whose tiles are not
     back to back is read tile by tile (not as one run), and its windows are right."""

@@ -815,7 +815,12 @@ class PixelStore:
         return out
 
     def _read_raw_windows(
-        self, path: str, frames: Sequence[int], window: tuple[slice, slice], out: np.ndarray
+        self,
+        path: str,
+        spec: ArraySpec,
+        frames: Sequence[int],
+        window: tuple[slice, slice],
+        out: np.ndarray,
     ) -> bool:
         """Frames of an uncompressed array (tiled or not) cut to `window`, into `out`, without
         a decode: per frame, one read of the window's rows (untiled), or one read per row of
@@ -828,7 +833,6 @@ class PixelStore:
         """
         import numpy as np
 
-        spec = self.spec(path)
         top, bottom, rstep = window[0].indices(spec.rows)
         left, right, cstep = window[1].indices(spec.columns)
         if rstep != 1 or cstep != 1 or bottom <= top or right <= left:
@@ -838,14 +842,13 @@ class PixelStore:
         dtype = spec.dtype.newbyteorder("<")  # the chunks' bytes (only read on little-endian)
         tile_bytes = r * c * math.prod(tail) * dtype.itemsize
         across = -(-spec.columns // c)
-        row0, row1 = top // r, -(-bottom // r)  # the tiles the window overlaps
-        col0, col1 = left // c, -(-right // c)
-        first, stop = row0 * across + col0, (row1 - 1) * across + col1  # chunks, C order
+        first, stop = _window_span(spec, window) or (0, per_frame)  # chunks, C order
+        (row0, col0), (row_end, col_end) = divmod(first, across), divmod(stop - 1, across)
         if across == 1:  # tiles as wide as the frame: its rows are back to back, read those
             scratch = np.empty((1, bottom - top, c, *tail), dtype)
             skip = (top - row0 * r) * scratch[0, 0].nbytes
-        else:
-            scratch = np.empty((row1 - row0, col1 - col0, r, c, *tail), dtype)
+        else:  # the tiles the window overlaps
+            scratch = np.empty((row_end - row0 + 1, col_end - col0 + 1, r, c, *tail), dtype)
             skip = 0
         # Per frame, a read into each row of `scratch` from its first chunk's offset.
         targets = [
@@ -888,7 +891,7 @@ class PixelStore:
                 if across == 1:
                     out[k + at] = scratch[0, :, left:right]
                 else:  # the tiles overlapped as one image, then its window
-                    image = scratch.swapaxes(1, 2).reshape((row1 - row0) * r, -1, *tail)
+                    image = scratch.swapaxes(1, 2).reshape(len(scratch) * r, -1, *tail)
                     out[k + at] = image[y : y + bottom - top, x : x + right - left]
             k = group
         return True
@@ -929,12 +932,10 @@ class PixelStore:
             # c-blosc writes into any buffer it is given, read-only or not.
             raise ValueError(f"{path}: frames read into a read-only array")
         # Uncompressed little-endian chunks are the frames' bytes on this machine.
-        raw = spec.codec is None and not spec.compressors and spec.tile is None
-        if raw and window == FULL_FRAME and sys.byteorder == "little" and out.flags.c_contiguous:
-            return self._read_raw_frames(path, frames, out)
         plain = spec.codec is None and not spec.compressors and sys.byteorder == "little"
-        whole = window == FULL_FRAME and spec.tile is None
-        if plain and not whole and self._read_raw_windows(path, frames, window, out):
+        if plain and window == FULL_FRAME and spec.tile is None and out.flags.c_contiguous:
+            return self._read_raw_frames(path, frames, out)
+        if plain and self._read_raw_windows(path, spec, frames, window, out):
             return out
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         span = _window_span(spec, window)
