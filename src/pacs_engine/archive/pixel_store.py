@@ -824,7 +824,8 @@ class PixelStore:
     ) -> bool:
         """Frames of an uncompressed array (tiled or not) cut to `window`, into `out`, without
         a decode: per frame, one read of the window's rows (untiled), or one read per row of
-        tiles of the tiles it overlaps, then one numpy copy of the window out of them.
+        tiles of the tiles it overlaps, then one numpy copy of the window out of them (two
+        over 2 or more tile columns: the tiles are first copied into one image).
 
         Reads, not a mapping of the shard: a file cut short by another process gives a short
         read and an error naming it, where a mapping kills the reader with SIGBUS. False when
