@@ -460,7 +460,8 @@ def test_a_damaged_raw_tiled_shard_is_an_error_naming_the_array_and_frame(
 ) -> None:
     """A window of a raw tiled frame is read without a decode, with the store's checks
     kept: a tile whose index entry gives another length (under a valid checksum), an index
-    failing its checksum, a shard cut short."""
+    failing its checksum, a shard cut short (its index's checksum fails: the index read
+    from its end is pixel bytes)."""
     archive, path, shard = _raw_tiled(tmp_path)
     window = (slice(10, 50), slice(20, 40))
     with archive:
@@ -479,8 +480,33 @@ def test_a_damaged_raw_tiled_shard_is_an_error_naming_the_array_and_frame(
         with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*fails its checksum"):
             archive.pixels.read_frames(path, [0, 1], window)
         shard.write_bytes(good[:-100])
-        with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*(cut short|checksum)"):
+        with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*fails its checksum"):
             archive.pixels.read_frames(path, [0, 1], window)
+
+
+@pytest.mark.parametrize(
+    ("tile", "whole"), [(None, True), (None, False), (32, False)], ids=["whole", "window", "tiled"]
+)
+def test_a_raw_shard_cut_short_while_open_is_an_error_naming_the_array_and_frame(
+    tile: int | None, whole: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard truncated in place by another process between the open shard's freshness
+    check and the read (the only way to reach it: a changed file is opened again and its
+    index checked) gives a short read of raw frame 1 and an error naming it, not a frame
+    of stale bytes or a SIGBUS; frame 0, before the cut, still reads right."""
+    window = pixel_store.FULL_FRAME if whole else (slice(10, 50), slice(20, 40))
+    files = write_studies(tmp_path / "src", 1, 1, 2, rows=64, columns=64, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="raw", frames_per_shard=4, tile=tile) as arc:
+        arc.ingest(files, workers=0)
+        path = _array_path(arc)
+        expected = _pydicom_frames(arc)[:, window[0], window[1]]
+        assert np.array_equal(arc.pixels.read_frames(path, [1, 0], window), expected[[1, 0]])
+        (shard,) = (p for p in (arc.pixels.root / path / "c").rglob("*") if p.is_file())
+        monkeypatch.setattr(pixel_store._OpenShard, "current", lambda self, file: True)
+        os.truncate(shard, 64 * 64 * 2 + 100)  # frame 1's first 100 bytes left
+        with pytest.raises(ValueError, match=f"{path}: frame 1 is cut short in its shard"):
+            arc.pixels.read_frames(path, [0, 1], window)
+        assert np.array_equal(arc.pixels.read_frames(path, [0], window), expected[[0]])
 
 
 def test_raw_windows_on_a_big_endian_machine_are_decoded(

@@ -827,8 +827,9 @@ class PixelStore:
         tiles of the tiles it overlaps, then one numpy copy of the window out of them (two
         over 2 or more tile columns: the tiles are first copied into one image).
 
-        Reads, not a mapping of the shard: a file cut short by another process gives a short
-        read and an error naming it, where a mapping kills the reader with SIGBUS. False when
+        Reads, not a mapping of the shard: a file cut short in place by another process after
+        the open shard's freshness check gives a short read and an error naming the frame,
+        where a mapping kills the reader with SIGBUS. False when
         a frame's chunks are not back to back in C order (zarr allows any order; we write
         them so): the caller then reads them one by one.
         """
