@@ -389,11 +389,13 @@ def test_a_window_of_a_raw_frame_reads_its_bytes_without_a_decode(
 ) -> None:
     """Uncompressed 128x96 frames (CT int16 whole, MR uint16 in 32x32 tiles): a window of
     rows 40..69, columns 10..39 is read without a decode, per frame as one read of its rows
-    (untiled) or one read per row of tiles of the 2 tiles it overlaps there (of 3 a row)."""
+    (untiled) or one read per row of tiles of the 2 tiles it overlaps there (of 3 a row);
+    frames given out of order and repeated are read once each, each shard opened once."""
     files = write_studies(
         tmp_path / "src", 1, 1, 3, rows=128, columns=96, seed=4, modalities=[modality]
     )
-    with Archive.create(tmp_path / "archive", codec="raw", transcode=True, tile=tile) as archive:
+    policy = {"codec": "raw", "transcode": True, "tile": tile, "frames_per_shard": 2}
+    with Archive.create(tmp_path / "archive", **policy) as archive:
         archive.ingest(files, workers=0)
         path = _array_path(archive)
         expected = _pydicom_frames(archive)
@@ -404,9 +406,18 @@ def test_a_window_of_a_raw_frame_reads_its_bytes_without_a_decode(
         monkeypatch.setattr(
             os, "preadv", lambda fd, bufs, at: reads.append(len(bufs[0])) or preadv(fd, bufs, at)
         )
-        got = archive.pixels.read_frames(path, [2, 0], (slice(40, 70), slice(10, 40)))
-    assert np.array_equal(got, expected[[2, 0], 40:70, 10:40]) and got.dtype == expected.dtype
-    assert reads == ([30 * 96 * 2] * 2 if tile is None else [2 * 32 * 32 * 2] * 4)
+        opened: list[int] = []
+        open_shard = pixel_store.PixelStore._open_shard
+        monkeypatch.setattr(
+            pixel_store.PixelStore,
+            "_open_shard",
+            lambda self, *a: opened.append(a[1]) or open_shard(self, *a),
+        )
+        order = [2, 0, 2, 1, 0]  # shards 1, 0, 1, 0, 0
+        got = archive.pixels.read_frames(path, order, (slice(40, 70), slice(10, 40)))
+    assert np.array_equal(got, expected[order, 40:70, 10:40]) and got.dtype == expected.dtype
+    assert reads == ([30 * 96 * 2] * 3 if tile is None else [2 * 32 * 32 * 2] * 6)
+    assert opened == [0, 1]
 
 
 def test_whole_raw_frames_into_a_strided_output_are_read_without_a_decode(
