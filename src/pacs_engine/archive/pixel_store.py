@@ -838,7 +838,8 @@ class PixelStore:
                 at, *copies = slots[f]
                 if os.preadv(held.fd, [memoryview(out[at]).cast("B")], offset) != size:
                     raise ValueError(f"{path}: frame {f} is cut short in its shard")
-                out[copies] = out[at]
+                if copies:  # an empty index list costs microseconds a frame
+                    out[copies] = out[at]
         return out
 
     def _read_raw_windows(
@@ -900,7 +901,8 @@ class PixelStore:
                 else:  # the tiles overlapped as one image, then its window
                     image = scratch.swapaxes(1, 2).reshape(len(scratch) * r, -1, *tail)
                     out[at] = image[y : y + bottom - top, x : x + right - left]
-                out[copies] = out[at]
+                if copies:  # an empty index list costs microseconds a frame
+                    out[copies] = out[at]
         return True
 
     def read_frames(
