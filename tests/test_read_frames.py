@@ -389,11 +389,13 @@ def test_a_window_of_a_raw_frame_reads_its_bytes_without_a_decode(
 ) -> None:
     """Uncompressed 128x96 frames (CT int16 whole, MR uint16 in 32x32 tiles): a window of
     rows 40..69, columns 10..39 is read without a decode, per frame as one read of its rows
-    (untiled) or one read per row of tiles of the 2 tiles it overlaps there (of 3 a row)."""
+    (untiled) or one read per row of tiles of the 2 tiles it overlaps there (of 3 a row);
+    frames given out of order and repeated are read once each, each shard opened once."""
     files = write_studies(
         tmp_path / "src", 1, 1, 3, rows=128, columns=96, seed=4, modalities=[modality]
     )
-    with Archive.create(tmp_path / "archive", codec="raw", transcode=True, tile=tile) as archive:
+    policy = {"codec": "raw", "transcode": True, "tile": tile, "frames_per_shard": 2}
+    with Archive.create(tmp_path / "archive", **policy) as archive:
         archive.ingest(files, workers=0)
         path = _array_path(archive)
         expected = _pydicom_frames(archive)
@@ -404,9 +406,36 @@ def test_a_window_of_a_raw_frame_reads_its_bytes_without_a_decode(
         monkeypatch.setattr(
             os, "preadv", lambda fd, bufs, at: reads.append(len(bufs[0])) or preadv(fd, bufs, at)
         )
-        got = archive.pixels.read_frames(path, [2, 0], (slice(40, 70), slice(10, 40)))
-    assert np.array_equal(got, expected[[2, 0], 40:70, 10:40]) and got.dtype == expected.dtype
-    assert reads == ([30 * 96 * 2] * 2 if tile is None else [2 * 32 * 32 * 2] * 4)
+        opened: list[int] = []
+        open_shard = pixel_store.PixelStore._open_shard
+        monkeypatch.setattr(
+            pixel_store.PixelStore,
+            "_open_shard",
+            lambda self, *a: opened.append(a[1]) or open_shard(self, *a),
+        )
+        order = [2, 0, 2, 1, 0]  # shards 1, 0, 1, 0, 0
+        got = archive.pixels.read_frames(path, order, (slice(40, 70), slice(10, 40)))
+    assert np.array_equal(got, expected[order, 40:70, 10:40]) and got.dtype == expected.dtype
+    assert reads == ([30 * 96 * 2] * 3 if tile is None else [2 * 32 * 32 * 2] * 6)
+    assert opened == [0, 1]
+
+
+def test_whole_raw_frames_into_a_strided_output_are_read_without_a_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole uncompressed frames into an `out` that is not contiguous (the middle columns of
+    a wider array) are read as a window of the whole frame, not decoded: pydicom's pixels,
+    a repeat too, and the columns around them untouched."""
+    files = write_studies(tmp_path / "src", 1, 1, 3, rows=32, columns=24, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="raw") as archive:
+        archive.ingest(files, workers=0)
+        path = _array_path(archive)
+        expected = _pydicom_frames(archive)
+        wide = np.full((3, 32, 28), 7, archive.pixels.spec(path).dtype)
+        monkeypatch.setattr(pixel_store, "decode_chunk", None)  # any decode fails
+        archive.pixels.read_frames(path, [2, 0, 2], out=wide[:, :, 2:26])
+    assert np.array_equal(wide[:, :, 2:26], expected[[2, 0, 2]])
+    assert (wide[:, :, [0, 1, 26, 27]] == 7).all()
 
 
 def test_raw_tiles_listed_out_of_order_are_read_one_by_one(tmp_path: Path) -> None:
@@ -442,7 +471,8 @@ def test_a_damaged_raw_tiled_shard_is_an_error_naming_the_array_and_frame(
 ) -> None:
     """A window of a raw tiled frame is read without a decode, with the store's checks
     kept: a tile whose index entry gives another length (under a valid checksum), an index
-    failing its checksum, a shard cut short."""
+    failing its checksum, a shard cut short (its index's checksum fails: the index read
+    from its end is pixel bytes)."""
     archive, path, shard = _raw_tiled(tmp_path)
     window = (slice(10, 50), slice(20, 40))
     with archive:
@@ -461,8 +491,33 @@ def test_a_damaged_raw_tiled_shard_is_an_error_naming_the_array_and_frame(
         with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*fails its checksum"):
             archive.pixels.read_frames(path, [0, 1], window)
         shard.write_bytes(good[:-100])
-        with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*(cut short|checksum)"):
+        with pytest.raises(ValueError, match=f"{path}: frames 0..1: .*fails its checksum"):
             archive.pixels.read_frames(path, [0, 1], window)
+
+
+@pytest.mark.parametrize(
+    ("tile", "whole"), [(None, True), (None, False), (32, False)], ids=["whole", "window", "tiled"]
+)
+def test_a_raw_shard_cut_short_while_open_is_an_error_naming_the_array_and_frame(
+    tile: int | None, whole: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard truncated in place by another process between the open shard's freshness
+    check and the read (the only way to reach it: a changed file is opened again and its
+    index checked) gives a short read of raw frame 1 and an error naming it, not a frame
+    of stale bytes or a SIGBUS; frame 0, before the cut, still reads right."""
+    window = pixel_store.FULL_FRAME if whole else (slice(10, 50), slice(20, 40))
+    files = write_studies(tmp_path / "src", 1, 1, 2, rows=64, columns=64, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec="raw", frames_per_shard=4, tile=tile) as arc:
+        arc.ingest(files, workers=0)
+        path = _array_path(arc)
+        expected = _pydicom_frames(arc)[:, window[0], window[1]]
+        assert np.array_equal(arc.pixels.read_frames(path, [1, 0], window), expected[[1, 0]])
+        (shard,) = (p for p in (arc.pixels.root / path / "c").rglob("*") if p.is_file())
+        monkeypatch.setattr(pixel_store._OpenShard, "current", lambda self, file: True)
+        os.truncate(shard, 64 * 64 * 2 + 100)  # frame 1's first 100 bytes left
+        with pytest.raises(ValueError, match=f"{path}: frame 1 is cut short in its shard"):
+            arc.pixels.read_frames(path, [0, 1], window)
+        assert np.array_equal(arc.pixels.read_frames(path, [0], window), expected[[0]])
 
 
 def test_raw_windows_on_a_big_endian_machine_are_decoded(

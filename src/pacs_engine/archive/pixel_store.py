@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,6 +410,14 @@ def _window_span(spec: ArraySpec, window: tuple[slice, slice]) -> tuple[int, int
     return None if (first, stop) == (0, spec.tiles_per_frame) else (first, stop)
 
 
+def _slots(frames: Sequence[int]) -> dict[int, list[int]]:
+    """Each distinct frame of `frames`, with its places there (a repeat is read once)."""
+    slots: dict[int, list[int]] = {}
+    for k, f in enumerate(frames):
+        slots.setdefault(f, []).append(k)
+    return slots
+
+
 def _file_identity(status: os.stat_result) -> tuple[int, int, int, int]:
     """What changes when a file is replaced (a new inode) or rewritten in place."""
     return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
@@ -785,67 +793,91 @@ class PixelStore:
             raise ValueError(f"{where}: the shard's index points past the end of its chunks")
         return table
 
-    def _read_raw_frames(self, path: str, frames: Sequence[int], out: np.ndarray) -> np.ndarray:
-        """Frames of an uncompressed untiled array, read straight into `out`."""
-        spec = self.spec(path)
-        per_shard = spec.frames_per_shard
-        slots: dict[int, list[int]] = {}
-        for k, f in enumerate(frames):
-            slots.setdefault(f, []).append(k)
-        wanted = sorted(slots)
-        k = 0
-        while k < len(wanted):
-            shard = wanted[k] // per_shard
-            held = self._open_shard(path, shard, f"{path}: frame {wanted[k]}")
-            while k < len(wanted) and wanted[k] // per_shard == shard:
-                first, *copies = slots[wanted[k]]
-                offset, length = held.table[wanted[k] - shard * per_shard].tolist()
-                target = memoryview(out[first]).cast("B")
-                if offset == EMPTY:
-                    raise ValueError(f"{path}: frame {wanted[k]} is missing from its shard")
-                if length != target.nbytes:
-                    raise ValueError(
-                        f"{path}: frame {wanted[k]} is stored as {length} bytes, "
-                        f"not {target.nbytes}"
-                    )
-                if os.preadv(held.fd, [target], offset) != length:
-                    raise ValueError(f"{path}: frame {wanted[k]} is cut short in its shard")
-                out[copies] = out[first]
-                k += 1
-        return out
-
-    def _read_raw_windows(
-        self, path: str, frames: Sequence[int], window: tuple[slice, slice], out: np.ndarray
-    ) -> bool:
-        """Frames of an uncompressed array (tiled or not) cut to `window`, into `out`, without
-        a decode: per frame, one read of the window's rows (untiled), or one read per row of
-        tiles of the tiles it overlaps, then one numpy copy of the window out of them.
-
-        Reads, not a mapping of the shard: a file cut short by another process gives a short
-        read and an error naming it, where a mapping kills the reader with SIGBUS. False when
-        a frame's chunks are not back to back in C order (zarr allows any order; we write
-        them so): the caller then reads them one by one.
+    def _raw_chunks(
+        self, path: str, spec: ArraySpec, frames: list[int], first: int, stop: int, size: int
+    ) -> Iterator[tuple[_OpenShard, list[int], np.ndarray]]:
+        """Per shard of `frames` (sorted, distinct) of an uncompressed array: the shard open,
+        its frames and the offsets of their chunks [first, stop), each there and `size` bytes.
         """
         import numpy as np
 
-        spec = self.spec(path)
+        per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
+        k = 0
+        while k < len(frames):
+            shard = frames[k] // per_shard
+            group = k
+            while group < len(frames) and frames[group] // per_shard == shard:
+                group += 1
+            some = frames[k:group]
+            named = f"frame {some[0]}" if len(some) == 1 else f"frames {some[0]}..{some[-1]}"
+            held = self._open_shard(path, shard, f"{path}: {named}")
+            bases = (np.asarray(some, np.int64) - shard * per_shard) * per_frame
+            entries = held.table[bases[:, None] + np.arange(first, stop)]
+            offsets, lengths = entries[..., 0], entries[..., 1]
+            missing = np.any(offsets == EMPTY, axis=1)
+            wrong = np.any(lengths != size, axis=1)
+            if np.any(missing | wrong):  # the first bad frame named, as a decode would
+                at = int(np.argmax(missing | wrong))
+                if missing[at]:
+                    raise ValueError(f"{path}: frame {some[at]} is missing from shard {shard}")
+                stored = int(lengths[at][lengths[at] != size][0])
+                raise ValueError(
+                    f"{path}: frame {some[at]} holds a chunk stored as {stored} bytes, not {size}"
+                )
+            yield held, some, offsets
+            k = group
+
+    def _read_raw_frames(
+        self, path: str, spec: ArraySpec, frames: Sequence[int], out: np.ndarray
+    ) -> np.ndarray:
+        """Frames of an uncompressed untiled array, read straight into `out`."""
+        slots = _slots(frames)
+        size = math.prod(out.shape[1:]) * out.itemsize
+        for held, some, offsets in self._raw_chunks(path, spec, sorted(slots), 0, 1, size):
+            for f, offset in zip(some, offsets[:, 0].tolist(), strict=True):
+                at, *copies = slots[f]
+                if os.preadv(held.fd, [memoryview(out[at]).cast("B")], offset) != size:
+                    raise ValueError(f"{path}: frame {f} is cut short in its shard")
+                if copies:  # an empty index list costs microseconds a frame
+                    out[copies] = out[at]
+        return out
+
+    def _read_raw_windows(
+        self,
+        path: str,
+        spec: ArraySpec,
+        frames: Sequence[int],
+        window: tuple[slice, slice],
+        out: np.ndarray,
+    ) -> bool:
+        """Frames of an uncompressed array (tiled or not) cut to `window`, into `out`, without
+        a decode: per frame, one read of the window's rows (untiled), or one read per row of
+        tiles of the tiles it overlaps, then one numpy copy of the window out of them (two
+        over 2 or more tile columns: the tiles are first copied into one image).
+
+        Reads, not a mapping of the shard: a file cut short in place by another process after
+        the open shard's freshness check gives a short read and an error naming the frame,
+        where a mapping kills the reader with SIGBUS. False when a frame's chunks are not
+        back to back in C order (zarr allows any order; we write them so): the caller then
+        reads them one by one.
+        """
+        import numpy as np
+
         top, bottom, rstep = window[0].indices(spec.rows)
         left, right, cstep = window[1].indices(spec.columns)
         if rstep != 1 or cstep != 1 or bottom <= top or right <= left:
             return False  # decode_frame says why, or there is nothing to read
-        per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         _, r, c, *tail = spec.chunk_shape
         dtype = spec.dtype.newbyteorder("<")  # the chunks' bytes (only read on little-endian)
         tile_bytes = r * c * math.prod(tail) * dtype.itemsize
         across = -(-spec.columns // c)
-        row0, row1 = top // r, -(-bottom // r)  # the tiles the window overlaps
-        col0, col1 = left // c, -(-right // c)
-        first, stop = row0 * across + col0, (row1 - 1) * across + col1  # chunks, C order
+        first, stop = _window_span(spec, window) or (0, spec.tiles_per_frame)  # C order
+        (row0, col0), (row_end, col_end) = divmod(first, across), divmod(stop - 1, across)
         if across == 1:  # tiles as wide as the frame: its rows are back to back, read those
             scratch = np.empty((1, bottom - top, c, *tail), dtype)
             skip = (top - row0 * r) * scratch[0, 0].nbytes
-        else:
-            scratch = np.empty((row1 - row0, col1 - col0, r, c, *tail), dtype)
+        else:  # the tiles the window overlaps
+            scratch = np.empty((row_end - row0 + 1, col_end - col0 + 1, r, c, *tail), dtype)
             skip = 0
         # Per frame, a read into each row of `scratch` from its first chunk's offset.
         targets = [
@@ -854,43 +886,23 @@ class PixelStore:
         ]
         steps = np.arange(stop - first, dtype=np.uint64) * np.uint64(tile_bytes)
         y, x = top - row0 * r, left - col0 * c  # the window in the image of whole tiles
-        k = 0
-        while k < len(frames):
-            shard = frames[k] // per_shard
-            group = k
-            while group < len(frames) and frames[group] // per_shard == shard:
-                group += 1
-            held = self._open_shard(path, shard, f"{path}: frames {frames[k]}..{frames[group - 1]}")
-            bases = np.asarray(frames[k:group], np.int64) - shard * per_shard
-            entries = held.table[(bases * per_frame)[:, None] + np.arange(first, stop)]
-            offsets, lengths = entries[..., 0], entries[..., 1]
-            missing = np.any(offsets == EMPTY, axis=1)
-            wrong = np.any(lengths != tile_bytes, axis=1)
-            if np.any(missing | wrong):  # the first bad frame named, as a decode would
-                at = int(np.argmax(missing | wrong))
-                if missing[at]:
-                    raise ValueError(
-                        f"{path}: frame {frames[k + at]} is missing from shard {shard}"
-                    )
-                size = int(lengths[at][lengths[at] != tile_bytes][0])
-                raise ValueError(
-                    f"{path}: frame {frames[k + at]} holds a chunk stored as {size} bytes, "
-                    f"not {tile_bytes}"
-                )
+        slots = _slots(frames)
+        wanted = sorted(slots)
+        for held, some, offsets in self._raw_chunks(path, spec, wanted, first, stop, tile_bytes):
             if np.any(offsets != offsets[:, :1] + steps):
                 return False
-            for at, offset in enumerate(offsets[:, 0].tolist()):
+            for f, offset in zip(some, offsets[:, 0].tolist(), strict=True):
                 for target, lead in targets:
                     if os.preadv(held.fd, [target], offset + lead) != target.nbytes:
-                        raise ValueError(
-                            f"{path}: frame {frames[k + at]} is cut short in its shard"
-                        )
+                        raise ValueError(f"{path}: frame {f} is cut short in its shard")
+                at, *copies = slots[f]
                 if across == 1:
-                    out[k + at] = scratch[0, :, left:right]
+                    out[at] = scratch[0, :, left:right]
                 else:  # the tiles overlapped as one image, then its window
-                    image = scratch.swapaxes(1, 2).reshape((row1 - row0) * r, -1, *tail)
-                    out[k + at] = image[y : y + bottom - top, x : x + right - left]
-            k = group
+                    image = scratch.swapaxes(1, 2).reshape(len(scratch) * r, -1, *tail)
+                    out[at] = image[y : y + bottom - top, x : x + right - left]
+                if copies:  # an empty index list costs microseconds a frame
+                    out[copies] = out[at]
         return True
 
     def read_frames(
@@ -929,12 +941,10 @@ class PixelStore:
             # c-blosc writes into any buffer it is given, read-only or not.
             raise ValueError(f"{path}: frames read into a read-only array")
         # Uncompressed little-endian chunks are the frames' bytes on this machine.
-        raw = spec.codec is None and not spec.compressors and spec.tile is None
-        if raw and window == FULL_FRAME and sys.byteorder == "little" and out.flags.c_contiguous:
-            return self._read_raw_frames(path, frames, out)
         plain = spec.codec is None and not spec.compressors and sys.byteorder == "little"
-        whole = window == FULL_FRAME and spec.tile is None
-        if plain and not whole and self._read_raw_windows(path, frames, window, out):
+        if plain and window == FULL_FRAME and spec.tile is None and out.flags.c_contiguous:
+            return self._read_raw_frames(path, spec, frames, out)
+        if plain and self._read_raw_windows(path, spec, frames, window, out):
             return out
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
         span = _window_span(spec, window)
