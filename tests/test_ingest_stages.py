@@ -686,8 +686,32 @@ def test_a_batch_syncs_its_files_in_one_round(
         archive.ingest([tmp_path / "in"], executor=executor)
         assert archive.verify().ok
     assert len(executor.batches) == 1
-    # Each series: a shard, a header pack and its rows file.
-    assert [n for n, directories in rounds if not directories and n] == [6 * 3]
+    # Each series: a shard, a header pack and its rows file; then the commit's six counts.
+    assert [n for n, directories in rounds if not directories and n] == [6 * 3, 6]
+
+
+def test_a_commit_raises_its_arrays_frame_counts_in_one_round_of_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The main process sends no work while it commits: a batch of six small series is
+    # one commit, and its six zarr.json counts are synced at once (then their folders at
+    # once), not with two fsyncs one after another per array.
+    rounds: list[list[str]] = []
+    sync = storage._sync_at_once
+
+    def counted(paths: list[Path], directories: bool) -> None:
+        rounds.append([p.name for p in paths])
+        sync(paths, directories)
+
+    monkeypatch.setattr(storage, "_sync_at_once", counted)
+    for number in range(6):
+        _series(tmp_path / "in", number, 2)
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=_Counting())
+        assert archive.verify().ok
+        assert [archive.pixels.frames(row["pixels"]["array"]) for row in archive.index] == [2] * 12
+    zarr_rounds = [names for names in rounds if any("zarr.json" in n for n in names)]
+    assert [len(names) for names in zarr_rounds] == [6]  # the commit's: all six at once
 
 
 def test_a_batch_is_sent_once_it_reaches_batch_bytes_of_pixels(

@@ -181,6 +181,17 @@ def write_atomic(
             dirs.add(path.parent)
 
 
+def write_together(
+    files: Sequence[tuple[Path, bytes | bytearray | memoryview | Sequence[bytes | memoryview]]],
+) -> None:
+    """Write `files` atomically and make them durable together: one round of fsyncs for
+    all of them (`DeferredWrites`), not two one after another per file."""
+    writes = DeferredWrites()
+    for path, data in files:
+        write_atomic(path, data, writes)
+    fsync_dirs(writes)
+
+
 def start_writeback(fd: int) -> None:
     """Start writing the file's dirty pages to disk, without waiting for them (Linux).
 
