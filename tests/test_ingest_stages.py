@@ -403,6 +403,33 @@ def test_a_batch_chooses_a_codec_once_per_modality_and_kind_of_frames(
     assert len({name for s in mr for name in codecs[s]}) == 1  # the MR series share theirs
 
 
+def test_a_choice_on_the_whole_frame_gives_that_frame_its_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small series' codec choice encodes its first frame with each candidate: the chosen
+    # one's encoding is that frame's chunk, not encoded a fourth time.
+    encoded: list[int] = []
+
+    def counted(spec: ArraySpec, tile: np.ndarray) -> bytes:
+        encoded.append(tile.size)
+        return pixel_store.encode_chunk(spec, tile)
+
+    monkeypatch.setattr(encode, "encode_chunk", counted)
+    mr = [_series(tmp_path / "in", number, 2) for number in range(3)]
+    ct = _series(tmp_path / "in", 3, 2, modality="CT")
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=_Counting())
+        assert archive.verify().ok
+        for series in [*mr, ct]:
+            (path,) = archive.pixels.arrays(series)
+            spec = archive.pixels.spec(path)
+            first = archive.pixels.read_frames(path, [0])[0]
+            # Byte for byte the chunk a fresh encode of the frame gives
+            assert archive.pixels.read_chunks(path, 0, 1) == [pixel_store.encode_chunk(spec, first)]
+    # 8 frames of 32 x 32, two choices (MR, CT) judged on the whole frame: 6 encodes
+    assert encoded == [32 * 32] * 6
+
+
 @pytest.mark.parametrize(
     ("shape", "frames", "pixels"),
     [
