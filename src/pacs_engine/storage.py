@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from pacs_engine.stages import stage
 
 #: Threads that sync a batch's files at once (`fsync_dirs`): enough for one journal commit.
 _SYNC_THREADS = 16
+_SYNC_NAME = "fsync"  # their names' prefix
 _SYNC_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (its process, the pool)
 #: sync_file_range(2) from the C library (False where there is none), once looked up.
 _SYNC_FILE_RANGE: Any = None
@@ -282,5 +284,11 @@ def _sync_pool() -> ThreadPoolExecutor:
     """This process's threads for `_sync_at_once`, started once (a fork's child has none)."""
     global _SYNC_POOL
     if _SYNC_POOL is None or _SYNC_POOL[0] != os.getpid():
-        _SYNC_POOL = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, "fsync"))
+        _SYNC_POOL = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, _SYNC_NAME))
     return _SYNC_POOL[1]
+
+
+def is_sync_thread(thread: threading.Thread) -> bool:
+    """True for one of this process's `_sync_at_once` threads: idle whenever no call of it
+    runs (each waits for all its syncs), so that a process may end without joining it."""
+    return _SYNC_POOL is not None and thread.name.startswith(f"{_SYNC_NAME}_")
