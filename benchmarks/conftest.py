@@ -481,13 +481,19 @@ class Finished:
     cpu_seconds: float = 0.0  # user + system of every process of the tree, sampled
 
 
-def run_measured(cmd: list[str], out: Path, timeout: float | None = None) -> Finished:
-    """Run `cmd`, timing it and sampling its process tree's RSS every RSS_SAMPLE_S; after
-    `timeout` seconds its process group is killed (and the exit code says so)."""
+def run_measured(
+    cmd: list[str],
+    out: Path,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> Finished:
+    """Run `cmd` (in `env`, by default this one), timing it and sampling its process tree's
+    RSS every RSS_SAMPLE_S; after `timeout` seconds its process group is killed (and the
+    exit code says so)."""
     stdout, stderr = out / "stdout.txt", out / "stderr.txt"
     with stdout.open("wb") as so, stderr.open("wb") as se:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=so, stderr=se, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, start_new_session=True, env=env)
     peak, done, cpu = 0, threading.Event(), dict[int, float]()
 
     def sample() -> None:

@@ -748,6 +748,9 @@ def test_an_archive_is_a_source_for_a_derived_archive(
                 assert row.get("source_duplicates", []) == sources[sop]["duplicates"]
         with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
             record.ingest([tmp_path / "record"], workers=0)
+        (tmp_path / "link").symlink_to(tmp_path / "record")  # the same folder by another name
+        with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
+            record.ingest([resent.parent, tmp_path / "link"], workers=0)
 
 
 def test_an_archive_inside_a_source_folder(tmp_path: Path) -> None:

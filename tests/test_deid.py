@@ -679,7 +679,7 @@ def test_a_parts_zarr_json_is_written_once_with_its_count_and_its_rows_files_nam
     root = made["root"]
     research = root / "once"
     events: list[tuple[str, list[Path]]] = []  # ("write" | "commit", paths)
-    original_commit, write_together = Index.commit, copies._write_together
+    original_commit, write_together = Index.commit, copies.write_together
 
     def commit(self: Index, rows: list, *args: Any, **kwargs: Any) -> Any:
         ends: dict[str, int] = {}
@@ -704,7 +704,7 @@ def test_a_parts_zarr_json_is_written_once_with_its_count_and_its_rows_files_nam
         patch.setattr(Index, "commit", commit)
         patch.setattr(
             copies,
-            "_write_together",
+            "write_together",
             lambda files: (events.append(("write", [p for p, _ in files])), write_together(files))[
                 1
             ],
@@ -1076,10 +1076,10 @@ def test_two_source_arrays_of_one_key_are_one_array_with_one_zarr_json(
         ]:
             storage.write_atomic(path, data)
     calls: list[list[Path]] = []
-    write_together = copies._write_together
+    write_together = copies.write_together
     monkeypatch.setattr(
         copies,
-        "_write_together",
+        "write_together",
         lambda files: (calls.append([p for p, _ in files]), write_together(files))[1],
     )
 

@@ -405,6 +405,33 @@ def test_a_batch_chooses_a_codec_once_per_modality_and_kind_of_frames(
     assert len({name for s in mr for name in codecs[s]}) == 1  # the MR series share theirs
 
 
+def test_a_choice_on_the_whole_frame_gives_that_frame_its_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small series' codec choice encodes its first frame with each candidate: the chosen
+    # one's encoding is that frame's chunk, not encoded a fourth time.
+    encoded: list[int] = []
+
+    def counted(spec: ArraySpec, tile: np.ndarray) -> bytes:
+        encoded.append(tile.size)
+        return pixel_store.encode_chunk(spec, tile)
+
+    monkeypatch.setattr(encode, "encode_chunk", counted)
+    mr = [_series(tmp_path / "in", number, 2) for number in range(3)]
+    ct = _series(tmp_path / "in", 3, 2, modality="CT")
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=_Counting())
+        assert archive.verify().ok
+        for series in [*mr, ct]:
+            (path,) = archive.pixels.arrays(series)
+            spec = archive.pixels.spec(path)
+            first = archive.pixels.read_frames(path, [0])[0]
+            # Byte for byte the chunk a fresh encode of the frame gives
+            assert archive.pixels.read_chunks(path, 0, 1) == [pixel_store.encode_chunk(spec, first)]
+    # 8 frames of 32 x 32, two choices (MR, CT) judged on the whole frame: 6 encodes
+    assert encoded == [32 * 32] * 6
+
+
 @pytest.mark.parametrize(
     ("shape", "frames", "pixels"),
     [
@@ -819,8 +846,32 @@ def test_a_batch_syncs_its_files_in_one_round(
         archive.ingest([tmp_path / "in"], executor=executor)
         assert archive.verify().ok
     assert len(executor.batches) == 1
-    # Each series: a shard, a header pack and its rows file.
-    assert [n for n in rounds if n] == [6 * 3]
+    # Each series: a shard, a header pack and its rows file; then the commit's six counts.
+    assert [n for n in rounds if n] == [6 * 3, 6]
+
+
+def test_a_commit_raises_its_arrays_frame_counts_in_one_round_of_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The main process sends no work while it commits: a batch of six small series is
+    # one commit, and its six zarr.json counts are synced at once (then their folders at
+    # once), not with two fsyncs one after another per array.
+    rounds: list[list[str]] = []
+    sync = storage._sync_held
+
+    def counted(fds: list[int]) -> None:
+        rounds.append([os.readlink(f"/proc/self/fd/{fd}") for fd in fds])
+        sync(fds)
+
+    monkeypatch.setattr(storage, "_sync_held", counted)
+    for number in range(6):
+        _series(tmp_path / "in", number, 2)
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], executor=_Counting())
+        assert archive.verify().ok
+        assert [archive.pixels.frames(row["pixels"]["array"]) for row in archive.index] == [2] * 12
+    zarr_rounds = [names for names in rounds if any("zarr.json" in n for n in names)]
+    assert [len(names) for names in zarr_rounds] == [6]  # the commit's: all six at once
 
 
 def test_a_batch_is_sent_once_it_reaches_batch_bytes_of_pixels(

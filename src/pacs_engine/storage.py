@@ -25,6 +25,7 @@ from pacs_engine.stages import stage
 
 #: Threads that sync a batch's files at once (`fsync_dirs`): enough for one journal commit.
 _SYNC_THREADS = 16
+_SYNC_NAME = "fsync"  # their names' prefix
 _SYNC_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (its process, the pool)
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the range's dirty pages
 #: Share of the soft RLIMIT_NOFILE that deferred writes may hold open in a process, waiting
@@ -214,6 +215,17 @@ def write_atomic(
             dirs.add(path.parent)
 
 
+def write_together(
+    files: Sequence[tuple[Path, bytes | bytearray | memoryview | Sequence[bytes | memoryview]]],
+) -> None:
+    """Write `files` atomically and make them durable together: one round of fsyncs for
+    all of them (`DeferredWrites`), not two one after another per file."""
+    with DeferredWrites() as writes:  # a failed write leaves no temporary, no descriptor open
+        for path, data in files:
+            write_atomic(path, data, writes)
+        fsync_dirs(writes)
+
+
 def start_writeback(fd: int) -> None:
     """Start writing the file's dirty pages to disk, without waiting for them (Linux).
 
@@ -376,5 +388,12 @@ def _sync_pool() -> ThreadPoolExecutor:
     """This process's threads for `_sync_folders` and `_sync_held`, started once (per process)."""
     global _SYNC_POOL
     if _SYNC_POOL is None or _SYNC_POOL[0] != os.getpid():
-        _SYNC_POOL = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, "fsync"))
+        _SYNC_POOL = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, _SYNC_NAME))
     return _SYNC_POOL[1]
+
+
+def is_sync_thread(thread: threading.Thread) -> bool:
+    """True for one of this process's sync threads (`_sync_held`, `_sync_folders`): idle
+    whenever no call of them runs (each waits for all its syncs), so that a process may end
+    without joining it."""
+    return _SYNC_POOL is not None and thread.name.startswith(f"{_SYNC_NAME}_")

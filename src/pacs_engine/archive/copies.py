@@ -42,7 +42,7 @@ from pacs_engine.archive.prepare import rebuild_file
 from pacs_engine.codecs.sharding import Chunk
 from pacs_engine.index.rows import PixelRef, Row
 from pacs_engine.stages import stage
-from pacs_engine.storage import DeferredWrites, fsync_dirs, write_atomic
+from pacs_engine.storage import write_together
 
 if TYPE_CHECKING:
     from pacs_engine.archive.archive import Archive
@@ -195,19 +195,11 @@ def write_copied_part(
         )
         files += [pack, sidecar]
         pending.append(sidecar[0])
-    _write_together(files)
+    write_together(files)
     with stage("commit"):
         archive.index.commit(rows)
     mark_committed(pending)
     return rows
-
-
-def _write_together(files: list[tuple[Path, bytes | Sequence[Chunk]]]) -> None:
-    """Write `files` atomically and make them durable, synced at once."""
-    with DeferredWrites() as writes:  # a failed write leaves no temporary, no descriptor open
-        for path, data in files:
-            write_atomic(path, data, writes)
-        fsync_dirs(writes)
 
 
 def _array_for(

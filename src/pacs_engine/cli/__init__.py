@@ -104,10 +104,14 @@ def _exit_at_once(status: int) -> None:
     0.05-0.1 s after the command had finished; its files are closed and synced by then
     (the archive is closed, the report written). The exit functions run (multiprocessing's,
     the codecs') as at a normal exit, then the output is flushed, with what they printed.
-    Not while another thread that Python would wait for runs, nor when the output cannot
-    be flushed: Python's own exit then says so.
+    Not while another thread that Python would wait for runs (but the idle threads that
+    synced the commits' files at once), nor when the output cannot be flushed: Python's
+    own exit then says so.
     """
-    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    from pacs_engine.storage import is_sync_thread
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if any(not t.daemon and not is_sync_thread(t) for t in others):
         return
     atexit._run_exitfuncs()
     from pacs_engine.forkserver import exit_flushed

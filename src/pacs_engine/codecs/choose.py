@@ -37,6 +37,7 @@ def choose_codec(
     candidates: Sequence[FrameCodec] | None = None,
     margin: float = 0.02,
     max_pixels: int = 512 * 512,
+    encoded: list[bytes] | None = None,
 ) -> FrameCodec:
     """The candidate that compresses `sample` (one frame of the series) best.
 
@@ -44,22 +45,29 @@ def choose_codec(
     unless another one beats it by more than `margin`; candidates that cannot encode the
     sample (dtype, bit depth) are skipped. Frames larger than `max_pixels` are judged on
     their centre, so choosing costs at most three small encodes even for a one-image series.
+    When the whole sample was judged, the chosen codec's encoding of it is appended to
+    `encoded`: the sample's frame need not be encoded again.
     """
     import numpy as np
 
     frame = central_crop(sample, max_pixels)
+    whole = frame.shape == sample.shape
     frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
     if candidates is None:
         candidates = fast_candidates(frame.shape[2] if frame.ndim == 3 else 1)
     best: FrameCodec | None = None
     best_size = 0.0
+    best_bytes = b""
     for i, codec in enumerate(candidates):
         try:
-            size = float(len(codec.encode_frame(frame)))
+            trial = codec.encode_frame(frame)
         except CodecError:
             continue
+        size = float(len(trial))
         if best is None or size * (1.0 + (margin if i else 0.0)) < best_size:
-            best, best_size = codec, size
+            best, best_size, best_bytes = codec, size, trial
     if best is None:
         raise CodecError(f"no candidate codec can encode a {frame.dtype} {frame.shape} frame")
+    if encoded is not None and whole:
+        encoded.append(best_bytes)
     return best

@@ -434,9 +434,10 @@ class PartEncoder:
         part, writers = state.part, state.writers
         key, spec, attributes = self._array_for(prepared)
         path = self.pixels.array_path(part.series_uid, key)
+        chosen = None
         if path not in writers:
             frames = len(part.keys) * prepared.frame_count  # about what the part brings
-            self._ensure_array(
+            chosen = self._ensure_array(
                 part.series_uid, key, spec, attributes, prepared, frames, state.choices
             )
             writers[path] = _ArrayWriter(self.pixels, path, part, state.dirs)
@@ -451,7 +452,7 @@ class PartEncoder:
                 encode = prepared.pass_through.encode_bitstream
                 chunks = [compress(spec, encode(b)) for b in prepared.bitstreams]
             else:
-                chunks = self._encode_native(path, prepared, state.checks.recheck_encoded)
+                chunks = self._encode_native(path, prepared, state.checks.recheck_encoded, chosen)
         first = writers[path].append(chunks)
         reference: PixelRef = {"array": path, "first_frame": first, "frames": count}
         return reference, sum(len(c) for c in chunks)
@@ -465,7 +466,7 @@ class PartEncoder:
         prepared: Prepared,
         frames: int,
         choices: dict[tuple, tuple],
-    ) -> None:
+    ) -> bytes | None:
         """Create the array once, even when parts of its series run in several processes.
 
         The first part to get here picks the codec for native frames (from its
@@ -476,10 +477,13 @@ class PartEncoder:
         same codec. A choice for a few frames (`frames`, fewer than `CHOICE_SHARE`)
         is judged on a central part of the sample (`choice_pixels`), so that it costs
         about as much as encoding them rather than three times more.
+
+        Returns the chosen codec's encoding of the instance's first frame when the choice
+        judged that frame whole (`choose_codec`'s `encoded`), else None.
         """
         path = self.pixels.array_path(series_uid, key)
         if self.pixels.exists(path):
-            return
+            return None
         locks = self.root / ".locks"
         locks.mkdir(exist_ok=True)
         with (
@@ -488,16 +492,18 @@ class PartEncoder:
         ):
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.pixels.exists(path):
-                return
+                return None
+            encoded: list[bytes] = []
             if prepared.storage == "native":
                 kind = (prepared.header.get("Modality"), key)
                 if kind not in choices:
                     with stage("choose"):
                         sample = prepared.native_frames[0]
-                        choices[kind] = self._native_codec(sample, frames)
+                        choices[kind] = self._native_codec(sample, frames, encoded)
                 codec, compressors = choices[kind]
                 spec = dataclasses.replace(spec, codec=codec, compressors=compressors)
             self.pixels.ensure_array(series_uid, key, spec, attributes)
+        return encoded[0] if encoded else None
 
     def _array_for(self, prepared: Prepared) -> tuple[str, ArraySpec, dict[str, Any]]:
         """The array key, spec and attributes for the instance's frames.
@@ -553,14 +559,18 @@ class PartEncoder:
         )
         return key, spec, attributes
 
-    def _native_codec(self, sample: np.ndarray, frames: int) -> tuple[Any, tuple]:
-        """The archive codec for a new array of `frames` native frames like `sample`."""
+    def _native_codec(
+        self, sample: np.ndarray, frames: int, encoded: list[bytes]
+    ) -> tuple[Any, tuple]:
+        """The archive codec for a new array of `frames` native frames like `sample` (and
+        in `encoded`, the sample encoded with it, when the choice encoded it whole)."""
         import numpy as np
 
         name = self.config["codec"]
         try:
             if name == "auto":
-                return choose_codec(sample, max_pixels=choice_pixels(sample, frames)), ()
+                pixels = choice_pixels(sample, frames)
+                return choose_codec(sample, max_pixels=pixels, encoded=encoded), ()
             if name in ARCHIVE_BY_NAME:
                 codec = ARCHIVE_BY_NAME[name]()
                 codec.encode_frame(np.ascontiguousarray(sample[:8, :8]))
@@ -572,17 +582,30 @@ class PartEncoder:
         compressor = general_blosc(sample.dtype)
         return None, (compressor,)
 
-    def _encode_native(self, path: str, prepared: Prepared, recheck: bool) -> list[bytes]:
-        """Encode the frames with the array's codec (as zarr would), tile by tile."""
+    def _encode_native(
+        self, path: str, prepared: Prepared, recheck: bool, chosen: bytes | None = None
+    ) -> list[bytes]:
+        """Encode the frames with the array's codec (as zarr would), tile by tile.
+
+        `chosen`: the first frame as the codec choice encoded it whole with the array's
+        codec, its chunk as it is (a chunk is the codec's bytes when the array has no
+        compressors and one tile a frame): a small series' choice then costs its trials
+        but not that frame's encode again.
+        """
         import numpy as np
 
         spec = self.pixels.spec(path)
         hashes = prepared.frame_hashes if recheck else None
         if recheck and hashes is None:  # native frames are hashed when prepared
             raise CodecError("the frames have no hashes to recheck their encoding against")
+        whole = not spec.compressors and spec.tiles_per_frame == 1
+        first = chosen if whole else None
         chunks = []
         for index, frame in enumerate(prepared.native_frames):
-            chunks += [encode_chunk(spec, tile) for tile in split_tiles(frame, spec)]
+            if index == 0 and first is not None:
+                chunks.append(first)
+            else:
+                chunks += [encode_chunk(spec, tile) for tile in split_tiles(frame, spec)]
             if hashes is not None:
                 decoded = np.empty(spec.frame_shape, spec.dtype)
                 decode_frame(spec, chunks[-spec.tiles_per_frame :], decoded)

@@ -55,7 +55,7 @@ from pacs_engine.ingest.tidy import (
     tidy_marked_series,
 )
 from pacs_engine.stages import StageClock, Times, add_times
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import write_atomic, write_together
 from pacs_engine.workers import CrashIsolation, Executor, Finished, Future, window
 
 if TYPE_CHECKING:
@@ -672,10 +672,17 @@ class _Run:
                 self._commit_part(run, index, result)
                 for path, end in result.arrays.items():
                     ends[path] = max(ends.get(path, 0), end)
-        # After the commit: a zarr reader never sees frames that no row references.
+        # After the commit: a zarr reader never sees frames that no row references. The
+        # arrays' new counts are made durable together: a batch of small series raises a
+        # count each, and two fsyncs one after another per array held this process (which
+        # sends no work while it commits) ~8 ms an array under load.
+        pixels = self.archive.pixels
+        raised = []
         for path, end in ends.items():
-            if end > self.archive.pixels.frames(path):
-                self.archive.pixels.set_frames(path, end)
+            meta = pixels.meta(path)
+            if end > meta["shape"][0]:
+                raised.append(pixels.frames_file(path, end, meta))
+        write_together(raised)
         self._notify("encoding")
 
     def _commit_part(self, run: str, index: IndexWriter, result: PartResult) -> None:
