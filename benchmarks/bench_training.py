@@ -18,7 +18,8 @@ In the same run, per case:
   (`codec="lz4", transcode=True`), against a pydicom Dataset over the same
   instances' original files (`dcmread`, `pixel_array`, `apply_modality_lut`,
   float32), and against the codec alone: the same frames' stored chunks (read
-  beforehand) decoded by 2 processes (`run_tasks`), and its CPU per frame in one
+  beforehand) decoded by 2 processes (`run_tasks`; `decode_frame` into one array
+  reused a shape, as the loader's batches decode into their block), and its CPU per frame in one
   process (the summary's CPU bound for the record: that CPU plus a blank item's);
 - 32x128x128 patches (`PatchDataset`, HU) from both archives and from two tiled
   archives (`tile=64`, `ingest --tile 64`: a 512x512 frame in 64 chunks of 64x64, so
@@ -99,13 +100,13 @@ from pydicom.pixels import apply_modality_lut
 
 from benchmarks.conftest import corpus_inputs
 from pacs_engine import Archive, open_archive
-from pacs_engine.archive.pixel_store import decode_chunk, decode_frame, window_shape
+from pacs_engine.archive.pixel_store import decode_frame, window_shape
 from pacs_engine.read.bench import original_file, run_tasks
 from pacs_engine.read.datasets import FrameDataset, PatchDataset
 from pacs_engine.read.volume import plan_volume
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
-from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate  # noqa: E402
 
 try:
     from pacs_engine.read.collation import collate
@@ -119,7 +120,8 @@ FRAME_BATCHES = 36  # timed batches of frames per loader (CPU per item steadier 
 ITEMS = 256  # reads per dataset in the per-item figures (num_workers=0)
 WARM = 32  # reads before them
 PATCH = (32, 128, 128)
-PATCH_BATCHES = 3  # timed batches of slow patch loaders (pydicom: 32 files a patch)
+PATCH_BATCHES = 6  # timed batches of slow patch loaders (pydicom: 32 files a patch, whose cost
+# differs 18x between the synth series' syntaxes: fewer batches left the mix of series to chance)
 TILE = 64
 ARCHIVES = {
     "record": {},
@@ -209,13 +211,20 @@ class PixelsOnly(Dataset):
 
 
 class CodecAlone:
-    """Decodes chunk bytes read beforehand with their array's codec (a `run_tasks` reader)."""
+    """Decodes chunk bytes read beforehand with their array's codec (a `run_tasks` reader),
+    each frame into one array reused for its shape and dtype: the codec at its best, with
+    no allocation a frame (the loader's batched path decodes into its block too)."""
 
-    def read(self, part: Sequence[tuple[Any, list[bytes], tuple[int, ...]]]) -> tuple[int, int]:
+    def read(self, part: Sequence[tuple[Any, list[bytes]]]) -> tuple[int, int]:
         frames = nbytes = 0
-        for spec, chunks, shape in part:
-            for chunk in chunks:
-                nbytes += decode_chunk(spec, chunk, shape).nbytes
+        outs: dict[tuple[Any, ...], np.ndarray] = {}
+        for spec, chunks in part:
+            key = (spec.frame_shape, spec.dtype)
+            out = outs.get(key)
+            if out is None:
+                out = outs[key] = np.empty(spec.frame_shape, spec.dtype)
+            decode_frame(spec, chunks, out)
+            nbytes += out.nbytes
             frames += 1
         return frames, nbytes
 
@@ -286,40 +295,45 @@ def loader_rate(
 ) -> tuple[float, float]:
     """Items/s and CPU us per item of a shuffled 2-worker DataLoader after a warm-up.
 
-    Epochs follow each other (persistent workers) until `batches` batches were taken.
-    The CPU is the workers' (every thread) and this process's, over the timed batches.
+    One epoch of as many shuffled passes over the dataset as the batches need (each pass
+    a new permutation, `RandomSampler(num_samples=)`): the corpus's 88 frames make 5
+    batches a pass, and an epoch's restart (the workers' queue drained, then filled
+    again) each 5 batches would weigh in the rate as it never does on a training set of
+    thousands of frames, where it comes once an epoch. The CPU is the workers' (every
+    thread) and this process's, over the timed batches.
     """
     generator = torch.Generator().manual_seed(0)
+    sampler = RandomSampler(
+        dataset,  # type: ignore[arg-type]
+        num_samples=BATCH * (WORKERS + batches),
+        generator=generator,
+    )
     loader = DataLoader(
         dataset,
         batch_size=BATCH,
-        shuffle=True,
+        sampler=sampler,
         drop_last=True,
         num_workers=WORKERS,
-        persistent_workers=True,
-        generator=generator,
         multiprocessing_context="fork",
         collate_fn=collate_fn,
     )
-    assert len(loader), f"{len(dataset)} items: not one batch"  # type: ignore[arg-type]
-    items, started, k = 0, 0.0, 0
+    assert len(dataset) >= BATCH, f"{len(dataset)} items: not one batch"  # type: ignore[arg-type]
+    items, started = 0, 0.0
     workers: list[int] = []
     cpu = 0
-    while k < WORKERS + batches:
-        for batch in loader:
-            k += 1
-            if k <= WORKERS:  # one untimed batch per worker: their start
-                workers = _children()
-                cpu = _cpu_ns(workers) + time.process_time_ns()
-                started = time.monotonic()
-                continue
-            assert batch["pixels"].dtype == dtype
-            items += len(batch["pixels"])
-            if k == WORKERS + batches:
-                break
-    rate = items / (time.monotonic() - started)
-    cpu = _cpu_ns(workers) + time.process_time_ns() - cpu
-    return rate, cpu / items / 1000
+    for k, batch in enumerate(loader, 1):
+        if k <= WORKERS:  # one untimed batch per worker: their start
+            workers = _children()
+            cpu = _cpu_ns(workers) + time.process_time_ns()
+            started = time.monotonic()
+            continue
+        assert batch["pixels"].dtype == dtype
+        items += len(batch["pixels"])
+        if k == WORKERS + batches:  # the workers' CPU read while they still run
+            rate = items / (time.monotonic() - started)
+            cpu = _cpu_ns(workers) + time.process_time_ns() - cpu
+            return rate, cpu / items / 1000
+    raise AssertionError(f"the loader gave {k} batches, not {WORKERS + batches}")
 
 
 def codec_rate(frames: FrameDataset, count: int) -> tuple[float, float]:
@@ -330,10 +344,8 @@ def codec_rate(frames: FrameDataset, count: int) -> tuple[float, float]:
     part = []
     for i in rng.integers(0, len(frames), count).tolist():
         _, a, frame, _, _ = frames.table[i].tolist()
-        spec = pixels.spec(frames.arrays[a])
-        _, r, c, *_ = spec.chunk_shape
         chunks = pixels.read_chunks(frames.arrays[a], frame, frame + 1)
-        part.append((spec, chunks, (r, c, *spec.frame_shape[2:])))
+        part.append((pixels.spec(frames.arrays[a]), chunks))
     tasks = [("codec", CodecAlone(), [part[k::WORKERS] for k in range(WORKERS)])]
     (row,) = run_tasks(tasks, WORKERS, start_method="fork")
     started = time.process_time_ns()
