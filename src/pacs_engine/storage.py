@@ -396,4 +396,4 @@ def is_sync_thread(thread: threading.Thread) -> bool:
     """True for one of this process's sync threads (`_sync_held`, `_sync_folders`): idle
     whenever no call of them runs (each waits for all its syncs), so that a process may end
     without joining it."""
-    return _SYNC_POOL is not None and thread.name.startswith(f"{_SYNC_NAME}_")
+    return thread.name.startswith(f"{_SYNC_NAME}_")
