@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from conftest import CORPUS, corpus_params, pydicom_test_files, require_corpus, run_cli
+from conftest import CORPUS, bind_mount, corpus_params, pydicom_test_files, require_corpus, run_cli
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 from pydicom.uid import (
@@ -779,6 +779,10 @@ def test_an_archive_is_a_source_for_a_derived_archive(
         (tmp_path / "link").symlink_to(tmp_path / "record")  # the same folder by another name
         with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
             record.ingest([resent.parent, tmp_path / "link"], workers=0)
+        (tmp_path / "mount").mkdir()  # a path that does not resolve to it, a bind mount
+        bind_mount(monkeypatch, tmp_path / "record", tmp_path / "mount")
+        with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
+            record.ingest([resent.parent, tmp_path / "mount"], workers=0)
 
 
 def test_an_archive_inside_a_source_folder(tmp_path: Path) -> None:

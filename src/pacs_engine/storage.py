@@ -92,6 +92,16 @@ def make_dirs(path: str | os.PathLike) -> None:
             os.chmod(folder, mode)
 
 
+def folder_identity(folder: str | os.PathLike) -> tuple[int, int] | str:
+    """What makes a folder itself whatever path names it (a link, a bind mount)."""
+    # One stat: resolving a path took one lstat per component, and misses a bind mount.
+    try:
+        st = os.stat(folder)
+    except OSError:  # missing or unreadable: its path, which its users report as such
+        return os.path.realpath(folder)
+    return st.st_dev, st.st_ino
+
+
 def file_mode(folder: str | os.PathLike) -> int:
     """The mode of a new file in `folder`: the folder's read and write bits."""
     return os.stat(folder).st_mode & 0o666
