@@ -630,7 +630,8 @@ class PixelStore:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            spec = self._learn_spec(path, self._meta_seen.pop(path, None) or self.meta(path))
+            meta = self._meta_seen.pop(path) if path in self._meta_seen else self.meta(path)
+            spec = self._learn_spec(path, meta)
         return spec
 
     def _learn_spec(self, path: str, meta: dict[str, Any]) -> ArraySpec:
