@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pydicom
 import pytest
@@ -84,3 +85,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+def bind_mount(monkeypatch: pytest.MonkeyPatch, folder: Path, at: Path) -> None:
+    """Make the existing folder `at` stat as `folder`, as a bind mount of `folder` at `at`
+    would (its path resolves to itself, not to `folder`)."""
+    stat = os.stat
+
+    def mounted(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if isinstance(path, (str, os.PathLike)) and os.path.abspath(path) == str(at):
+            path = folder
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", mounted)

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from conftest import CORPUS, corpus_params, pydicom_test_files, require_corpus, run_cli
+from conftest import CORPUS, bind_mount, corpus_params, pydicom_test_files, require_corpus, run_cli
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 from pydicom.uid import (
@@ -531,6 +531,34 @@ def test_a_shard_whose_index_lists_its_chunks_out_of_order_is_read_appended_and_
     assert shard.stat().st_size == 2 * 32 + 4 * 16 + 4
 
 
+def test_an_arrays_zarr_json_is_read_once_for_its_grid_then_its_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that learns an array another made, its grid (layout) first and then its
+    spec (a worker appending, a reader), reads its zarr.json once; a layout learnt before
+    the array is made anew follows the new array's spec."""
+    spec = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=4)
+    PixelStore(tmp_path / "pixels").create()
+    maker = PixelStore(tmp_path / "pixels")
+    write_atomic(*maker.new_array_file("s/a", json.loads(array_metadata(spec, {})), 2))
+    reads: list[str] = []
+    meta = PixelStore.meta
+
+    def counted(self: PixelStore, path: str) -> dict:
+        reads.append(path)
+        return meta(self, path)
+
+    monkeypatch.setattr(PixelStore, "meta", counted)
+    pixels = PixelStore(tmp_path / "pixels")
+    assert pixels.grid("s/a") == (4, 1)
+    assert pixels.spec("s/a") == spec
+    assert pixels.grid("s/a") == (4, 1)
+    assert reads == ["s/a"]
+    tiled = ArraySpec(4, 4, 1, np.dtype("uint16"), None, frames_per_shard=2, tile=2)
+    pixels.new_array_file("s/a", json.loads(array_metadata(tiled, {})), 1)
+    assert pixels.grid("s/a") == (2, 4)
+
+
 def test_verify_finds_a_damaged_shard(tmp_path: Path) -> None:
     source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
     archive = Archive.create(tmp_path / "a")
@@ -751,6 +779,10 @@ def test_an_archive_is_a_source_for_a_derived_archive(
         (tmp_path / "link").symlink_to(tmp_path / "record")  # the same folder by another name
         with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
             record.ingest([resent.parent, tmp_path / "link"], workers=0)
+        (tmp_path / "mount").mkdir()  # a path that does not resolve to it, a bind mount
+        bind_mount(monkeypatch, tmp_path / "record", tmp_path / "mount")
+        with pytest.raises(ArchiveError, match="cannot be ingested into itself"):
+            record.ingest([resent.parent, tmp_path / "mount"], workers=0)
 
 
 def test_an_archive_inside_a_source_folder(tmp_path: Path) -> None:

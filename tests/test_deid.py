@@ -56,7 +56,7 @@ from pacs_engine.ingest import tidy
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.synth import write_studies
-from tests.conftest import CORPUS, require_corpus, run_cli
+from tests.conftest import CORPUS, bind_mount, require_corpus, run_cli
 
 OPTIONS = ("retain-longitudinal-modified-dates", "clean-descriptors")
 OUTSIDE = "1.2.826.0.1.3680043.99.4242.1"  # a reference to an instance no archive holds
@@ -369,6 +369,23 @@ def test_resumed_run_copies_nothing_twice_and_keeps_its_key(made: dict) -> None:
         deidentify(root / "record", root / "research", made["key"], (), workers=0)
     with pytest.raises(ArchiveError, match="burned-in policy"):
         deidentify(root / "record", root / "research", made["key"], OPTIONS, "basic", "keep")
+
+
+def test_a_research_archive_at_its_sources_bind_mount_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source archive reached by another path that does not resolve to it (a bind
+    mount) is still the source: refused as the research archive, nothing written there."""
+    record = tmp_path / "record"
+    with Archive.create(record) as archive:
+        archive.ingest([get_testdata_file("CT_small.dcm")], workers=0)
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    bind_mount(monkeypatch, record, mount)
+    key = make_key(tmp_path / "key")
+    with pytest.raises(ArchiveError, match="its own source"):
+        deidentify(record, mount, key, OPTIONS, workers=0)
+    assert not any(mount.iterdir())
 
 
 def _dciodvfy_errors(data: bytes, path: Path) -> set[str]:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -759,3 +760,39 @@ def test_series_results_past_the_memory_bound_commit_what_held_ones_do(
     assert_complete(report, len(files_under(synth)))
     assert state(tmp_path / "a") == clean["state"]
     assert unreferenced(tmp_path / "a") == []
+
+
+def test_a_commit_raises_its_arrays_counts_together_and_the_cli_then_exits_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that raises two arrays' frame counts writes both zarr.json files in one
+    `write_together` (synced from the sync threads); a commit that raises none (only
+    duplicates) writes nothing. The idle sync threads left do not keep the CLI from ending
+    at once (`_exit_at_once` reaches `exit_flushed`)."""
+    from pacs_engine import cli, forkserver
+    from pacs_engine.ingest import run
+
+    files = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
+    writes: list[list[Path]] = []
+    write_together = run.write_together
+
+    def spy(files: list[tuple[Path, bytes]]) -> None:
+        writes.append([path for path, _ in files])
+        write_together(files)
+
+    monkeypatch.setattr(run, "write_together", spy)
+    with Archive.create(tmp_path / "archive") as archive:
+        assert archive.ingest(files, workers=0).archived == 2
+        assert [sorted(p.name for p in paths) for paths in writes] == [["zarr.json"] * 2]
+        copies = tmp_path / "copies"  # other paths: read again, not skipped as unchanged
+        copies.mkdir()
+        for path in files:
+            shutil.copy(path, copies)
+        assert archive.ingest([copies], workers=0).duplicates == 2
+        assert len(writes) == 1  # no write of nothing for the duplicates' commit
+    assert any(t.name.startswith("fsync_") for t in threading.enumerate())
+    exits: list[int] = []
+    monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: None)  # pytest's own stay
+    monkeypatch.setattr(forkserver, "exit_flushed", exits.append)
+    cli._exit_at_once(3)
+    assert exits == [3]

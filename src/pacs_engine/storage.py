@@ -92,6 +92,16 @@ def make_dirs(path: str | os.PathLike) -> None:
             os.chmod(folder, mode)
 
 
+def folder_identity(folder: str | os.PathLike) -> tuple[int, int] | str:
+    """What makes a folder itself whatever path names it (a link, a bind mount)."""
+    # One stat: resolving a path took one lstat per component, and misses a bind mount.
+    try:
+        st = os.stat(folder)
+    except OSError:  # missing or unreadable: its path, which its users report as such
+        return os.path.realpath(folder)
+    return st.st_dev, st.st_ino
+
+
 def file_mode(folder: str | os.PathLike) -> int:
     """The mode of a new file in `folder`: the folder's read and write bits."""
     return os.stat(folder).st_mode & 0o666
@@ -396,4 +406,4 @@ def is_sync_thread(thread: threading.Thread) -> bool:
     """True for one of this process's sync threads (`_sync_held`, `_sync_folders`): idle
     whenever no call of them runs (each waits for all its syncs), so that a process may end
     without joining it."""
-    return _SYNC_POOL is not None and thread.name.startswith(f"{_SYNC_NAME}_")
+    return thread.name.startswith(f"{_SYNC_NAME}_")

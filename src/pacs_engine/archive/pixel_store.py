@@ -103,6 +103,13 @@ class ArraySpec:
         return frame_shape(self.rows, self.columns, self.samples)
 
     @property
+    def layout(self) -> ShardLayout:
+        """Where the array's chunks are (its shard files' names and indexes)."""
+        return ShardLayout(
+            self.frames_per_shard, self.tiles_per_frame, self.separator, len(self.frame_shape)
+        )
+
+    @property
     def chunk_shape(self) -> tuple[int, ...]:
         """One frame, or one tile of a frame."""
         edge_r = self.tile or self.rows
@@ -510,6 +517,9 @@ class PixelStore:
         self.root = Path(root)
         self._specs: dict[str, ArraySpec] = {}  # fixed once an array exists
         self._layouts: dict[str, ShardLayout] = {}  # fixed too; also of arrays without a spec
+        # The zarr.json `layout` parsed, kept for the array's `spec` (which ignores its frame
+        # count): a process that learns both reads the file once.
+        self._meta_seen: dict[str, dict] = {}
         # Checked per read against the file (one stat): writers replace shards whole.
         self._shards: PerProcess[str, _OpenShard] = PerProcess(SHARD_CACHE)
 
@@ -549,9 +559,10 @@ class PixelStore:
         """Create the array (and its series group) if it does not exist yet.
 
         Its zarr.json holds the bytes zarr's `create_array` writes (`array_metadata`),
-        replaced atomically but not made durable, as zarr writes it: `set_frames` makes
-        it durable once rows reference the array, and a crash before leaves an array
-        no row uses, which the ingest's tidy removes.
+        replaced atomically but not made durable, as zarr writes it: the commit's
+        `frames_file` (written with `write_together`) or the tidy's `set_frames` makes it
+        durable, and a crash before leaves an array no row uses, which the ingest's tidy
+        removes.
         """
         path = self.array_path(series_uid, key)
         if not self.exists(path):
@@ -619,12 +630,15 @@ class PixelStore:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            spec = self._learn_spec(path, self.meta(path))
+            meta = self._meta_seen.pop(path) if path in self._meta_seen else self.meta(path)
+            spec = self._learn_spec(path, meta)
         return spec
 
     def _learn_spec(self, path: str, meta: dict[str, Any]) -> ArraySpec:
-        """The array's spec from its metadata, remembered; ArrayMetadataError naming its file."""
+        """The array's spec (and layout) from its metadata, remembered; ArrayMetadataError
+        naming its file."""
         spec = self._specs[path] = self._parsed(path, meta, array_spec)
+        self._layouts[path] = spec.layout
         return spec
 
     def _parsed(self, path: str, meta: dict[str, Any], parse: Callable[[dict], _T]) -> _T:
@@ -640,21 +654,16 @@ class PixelStore:
         return layout.frames_per_shard, layout.tiles_per_frame
 
     def layout(self, path: str) -> ShardLayout:
-        """Where an existing array's chunks are, read from its zarr.json once (from its spec
-        when known). Needs neither numpy nor the codecs, as its spec does: the ingesting
-        process's tidy learns the shards of every array without importing them (~0.08 s of
-        CPU, at the end of a run, when the workers have nothing left to do)."""
+        """Where an existing array's chunks are, read from its zarr.json once (set with its
+        spec when that is learnt first). Needs neither numpy nor the codecs, as its spec
+        does: the ingesting process's tidy learns the shards of every array without
+        importing them (~0.08 s of CPU, at the end of a run, when the workers have nothing
+        left to do)."""
         layout = self._layouts.get(path)
         if layout is None:
-            spec = self._specs.get(path)
-            if spec is not None:
-                axes = len(spec.frame_shape)
-                layout = ShardLayout(
-                    spec.frames_per_shard, spec.tiles_per_frame, spec.separator, axes
-                )
-            else:
-                layout = self._parsed(path, self.meta(path), shard_layout)
-            self._layouts[path] = layout
+            meta = self.meta(path)
+            layout = self._layouts[path] = self._parsed(path, meta, shard_layout)
+            self._meta_seen[path] = meta
         return layout
 
     def write_frames(

@@ -44,7 +44,7 @@ from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
 from pacs_engine.scanning import scan
 from pacs_engine.stages import Times, add_times, stage, task
-from pacs_engine.storage import write_atomic
+from pacs_engine.storage import folder_identity, write_atomic
 from pacs_engine.workers import Executor
 
 #: What a research archive was made with: a later run must use the same, or UIDs and
@@ -168,7 +168,7 @@ def deidentify(
             f"{source}: not a pacs_engine archive (de-identified copies are made "
             "from an archive of record)"
         )
-    if Path(source).resolve() == Path(research).resolve():
+    if folder_identity(source) == folder_identity(research):
         raise ArchiveError(f"{research}: the research archive cannot be its own source")
     target = Archive.open_or_create(research, codec=codec, transcode=transcode, group=group)
     report = DeidReport()

@@ -17,6 +17,7 @@ from pacs_engine.archive.report import IngestReport
 from pacs_engine.ingest.encode import Checks
 from pacs_engine.ingest.inputs import MAX_INPUT_BYTES, InputPolicy
 from pacs_engine.ingest.run import Progress, run_ingest
+from pacs_engine.storage import folder_identity
 from pacs_engine.workers import Executor
 
 
@@ -67,8 +68,8 @@ class Archive(storage.Archive):
         if self.readonly:
             raise ArchiveError(f"{self.path}: opened read-only")
         sources = list(sources)
-        own = os.stat(self.path)
-        if any(_is_folder(source, own) for source in sources):
+        own = folder_identity(self.path)
+        if any(folder_identity(source) == own for source in sources):
             raise ArchiveError(f"{self.path}: an archive cannot be ingested into itself")
         checks = Checks(
             decode_bitstreams=not trust_bitstreams,
@@ -91,13 +92,3 @@ class Archive(storage.Archive):
 def open_archive(path: str | os.PathLike, readonly: bool = True) -> Archive:
     """Open an existing archive (read-only unless asked)."""
     return Archive(path, readonly=readonly)
-
-
-def _is_folder(source: str | os.PathLike, folder: os.stat_result) -> bool:
-    """True when `source` is the folder `folder` is the stat of: one stat a source, where
-    resolving its path took one lstat per component (~16 ms of CPU for 486 files given
-    one by one, before the scan's first batch)."""
-    try:
-        return os.path.samestat(os.stat(source), folder)
-    except OSError:  # missing or unreadable: reported as such by the walk
-        return False

@@ -32,6 +32,7 @@ from pacs_engine.archive.input_keys import (
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 from pacs_engine.sources import file_kind, iter_files
+from pacs_engine.storage import folder_identity
 from pacs_engine.workers import PerProcess
 
 #: Members of a pacs_engine archive source that are files in its quarantine, named by their
@@ -146,7 +147,7 @@ def iter_inputs(
     on_error(key, reason) and skipped. A zip or tar archive for which
     `unchanged(path)` is true is skipped without being opened.
     """
-    skipped = {_identity(p) for p in exclude}
+    skipped = {folder_identity(p) for p in exclude}
     archives: set[str] = set()  # the archive folders the walk yields instead of walking them
 
     def is_archive(folder: str) -> bool:
@@ -159,7 +160,7 @@ def iter_inputs(
         for path in iter_files([source], on_error, keep=is_archive, follow_links=follow_links):
             kind = archive_kind(path)
             if path in archives:
-                if _identity(path) not in skipped:
+                if folder_identity(path) not in skipped:
                     yield from _walk_pacs(path, on_error)
             elif kind is None:
                 ref = _make_ref(path, None, on_error)
@@ -167,15 +168,6 @@ def iter_inputs(
                     yield ref
             elif unchanged is None or not unchanged(path):
                 yield from _walk_container(path, kind, on_error)
-
-
-def _identity(folder: str | os.PathLike) -> tuple[int, int] | str:
-    """What makes a folder itself whatever path names it (a link, a bind mount)."""
-    try:
-        st = os.stat(folder)
-    except OSError:
-        return os.path.realpath(folder)
-    return st.st_dev, st.st_ino
 
 
 def _walk_container(

@@ -682,7 +682,8 @@ class _Run:
             meta = pixels.meta(path)
             if end > meta["shape"][0]:
                 raised.append(pixels.frames_file(path, end, meta))
-        write_together(raised)
+        if raised:
+            write_together(raised)
         self._notify("encoding")
 
     def _commit_part(self, run: str, index: IndexWriter, result: PartResult) -> None:
