@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from batch_helpers import assert_same_batch, storages
 from torch.utils.data import DataLoader, default_collate
 
 from pacs_engine import Archive
@@ -47,38 +48,16 @@ def _datasets(path: Path, mr_path: Path) -> dict[str, Any]:
     }
 
 
-def _assert_same_batch(ours: Any, default: Any) -> None:
-    """The same keys in the same order, tensors of equal dtype, shape and values."""
-    assert type(ours) is type(default)
-    if isinstance(default, dict):
-        assert list(ours) == list(default)
-        for key, expected in default.items():
-            _assert_same_batch(ours[key], expected)
-    elif isinstance(default, list) and default and isinstance(default[0], torch.Tensor):
-        assert len(ours) == len(default)
-        for got, expected in zip(ours, default, strict=True):
-            _assert_same_batch(got, expected)
-    elif isinstance(default, torch.Tensor):
-        assert (ours.dtype, ours.shape) == (default.dtype, default.shape)
-        assert torch.equal(ours, default)
-    else:
-        assert ours == default
-
-
-def _storages(batch: dict[str, Any]) -> set[int]:
-    return {v.untyped_storage().data_ptr() for v in batch.values() if isinstance(v, torch.Tensor)}
-
-
 def test_collate_equals_default_collate_in_one_block(copy_path: Path, mr_path: Path) -> None:
     for name, dataset in _datasets(copy_path, mr_path).items():
         items = [dataset[k] for k in range(min(len(dataset), 6))]
         if name.endswith("uint16"):  # a torch.uint16 batch (torch >= 2.3), packed too
             assert items[0]["pixels"].dtype == np.uint16, name
         batch = collate(items)
-        _assert_same_batch(batch, default_collate(items))
+        assert_same_batch(batch, default_collate(items))
         numeric = [v for v in batch.values() if isinstance(v, torch.Tensor)]
         assert len(numeric) >= 2 if name == "frames int16" else len(numeric) >= 5, name
-        assert len(_storages(batch)) == 1, name
+        assert len(storages(batch)) == 1, name
         assert batch["pixels"].storage_offset() == 0  # pixels first: the block starts with them
 
 
@@ -94,9 +73,9 @@ def test_collate_in_dataloader_workers_equals_default_collate(
             batches[fn] = list(loader)
         assert len(batches[collate]) == len(batches[default_collate]) >= 3, name
         for ours, default in zip(batches[collate], batches[default_collate], strict=True):
-            _assert_same_batch(ours, default)
+            assert_same_batch(ours, default)
             # One shared-memory block came from the worker: one descriptor, not five.
-            assert len(_storages(ours)) == 1 < len(_storages(default)), name
+            assert len(storages(ours)) == 1 < len(storages(default)), name
 
 
 def test_collate_leaves_other_values_and_mismatches_to_default_collate() -> None:
@@ -111,8 +90,8 @@ def test_collate_leaves_other_values_and_mismatches_to_default_collate() -> None
         }
         for k in range(3)
     ]
-    _assert_same_batch(collate(items), default_collate(items))
-    _assert_same_batch(collate([(1, 2), (3, 4)]), default_collate([(1, 2), (3, 4)]))
+    assert_same_batch(collate(items), default_collate(items))
+    assert_same_batch(collate([(1, 2), (3, 4)]), default_collate([(1, 2), (3, 4)]))
     ordered = [OrderedDict(pixels=np.zeros(2, np.float32), frame=k) for k in range(2)]
     assert type(collate(ordered)) is OrderedDict
     uneven = [{"pixels": np.zeros((2, 2), np.float32)}, {"pixels": np.zeros((3, 2), np.float32)}]
@@ -121,4 +100,4 @@ def test_collate_leaves_other_values_and_mismatches_to_default_collate() -> None
     with pytest.raises(RuntimeError, match="equal size"):
         collate(uneven)
     mixed = [{"pixels": np.zeros(2, np.int16)}, {"pixels": np.zeros(2, np.float32)}]
-    _assert_same_batch(collate(mixed), default_collate(mixed))
+    assert_same_batch(collate(mixed), default_collate(mixed))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from batch_helpers import assert_same_batch, storages
 from conftest import CORPUS, require_corpus
 from torch.utils.data import DataLoader, Subset, default_collate
 
@@ -208,23 +209,6 @@ def _in_worker(items: list[dict]) -> dict[str, Any]:
     }
 
 
-def _storages(batch: dict[str, Any]) -> set[int]:
-    return {v.untyped_storage().data_ptr() for v in batch.values() if isinstance(v, torch.Tensor)}
-
-
-def _assert_same_batch(ours: Any, default: Any) -> None:
-    """The same keys in the same order, tensors of equal dtype, shape and values."""
-    assert type(ours) is type(default)
-    if isinstance(default, dict):
-        assert list(ours) == list(default)
-        for key, expected in default.items():
-            _assert_same_batch(ours[key], expected)
-    elif isinstance(default, torch.Tensor):
-        torch.testing.assert_close(ours, default, rtol=0, atol=0, equal_nan=True)
-    else:
-        assert ours == default
-
-
 def test_collate_in_workers_hands_the_block_over_and_equals_default_collate(
     paths: dict[str, Path],
 ) -> None:
@@ -246,13 +230,13 @@ def test_collate_in_workers_hands_the_block_over_and_equals_default_collate(
         for k, got in enumerate(loader):
             indices = order[4 * k : 4 * k + 4]
             expected = default_collate([dataset[i] for i in indices])
-            _assert_same_batch(got["batch"], expected)
+            assert_same_batch(got["batch"], expected)
             # The worker's block, not a copy of it, once `collate` ran in that worker:
             # batches 0 and 1 are the workers' first (the blocks were private memory).
             assert got["handed over"] == (k >= 2), name
-            assert len(_storages(got["batch"])) == 1, name  # one descriptor a batch
+            assert len(storages(got["batch"])) == 1, name  # one descriptor a batch
             # Items out of the block's order are copied, into a batch of their own.
-            _assert_same_batch(got["backwards"], got["backwards default"])
+            assert_same_batch(got["backwards"], got["backwards default"])
             assert not got["backwards handed over"], name
             clone = {
                 k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in got["batch"].items()
@@ -262,8 +246,8 @@ def test_collate_in_workers_hands_the_block_over_and_equals_default_collate(
         assert seen == len(order), name
         # No worker wrote into a batch it had handed over: each is its own memory, intact.
         for batch, clone in kept:
-            _assert_same_batch(batch, clone)
-        assert len(set().union(*(_storages(batch) for batch, _ in kept))) == len(kept), name
+            assert_same_batch(batch, clone)
+        assert len(set().union(*(storages(batch) for batch, _ in kept))) == len(kept), name
 
 
 class _Recording(torch.utils.data.Dataset):
@@ -335,7 +319,7 @@ def test_collate_copies_items_outside_a_worker_or_not_from_one_block(
     for items in (dataset.__getitems__([1, 2, 3]), [dataset[i] for i in (1, 2, 3)]):
         address = items[0]["pixels"].__array_interface__["data"][0]
         batch = collate(items)
-        _assert_same_batch(batch, default_collate(items))
+        assert_same_batch(batch, default_collate(items))
         assert batch["pixels"].data_ptr() != address
     # Rows of one block made by hand, outside a worker: numpy memory, never handed over.
     arrays = batch_arrays(2, {"pixels": (np.dtype(np.float32), (2, 2))})
