@@ -215,14 +215,20 @@ noted = _Noted()
 """
 
 
-def test_the_forkserver_ends_without_the_interpreters_teardown(tmp_path: Path) -> None:
-    """The forkserver, once its caller has gone, runs its exit functions and ends without
-    the interpreter's teardown (it held the caller's stdout and stderr meanwhile: 0.1-0.2 s
-    under load); a process that imports the same modules, the caller, keeps its teardown."""
+def _teardown_notes(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose processes can import `teardown_notes`, and the file it notes in."""
     (tmp_path / "teardown_notes.py").write_text(TEARDOWN_NOTES)
     notes = tmp_path / "notes.txt"
     env = dict(os.environ, TEARDOWN_NOTES=str(notes))
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    return env, notes
+
+
+def test_the_forkserver_ends_without_the_interpreters_teardown(tmp_path: Path) -> None:
+    """The forkserver, once its caller has gone, runs its exit functions and ends without
+    the interpreter's teardown (it held the caller's stdout and stderr meanwhile: 0.1-0.2 s
+    under load); a process that imports the same modules, the caller, keeps its teardown."""
+    env, notes = _teardown_notes(tmp_path)
     probe = (
         "import multiprocessing.forkserver, os, teardown_notes\n"
         "from pacs_engine.executors import LocalExecutor, start_forkserver\n"
@@ -244,10 +250,7 @@ def test_a_users_own_forkserver_that_imports_pacs_engine_keeps_its_teardown(
     importing pacs_engine.forkserver first) runs its exit functions and its teardown:
     only the one `start_forkserver` starts, with its mark, ends without them, and the
     caller's environment keeps no mark."""
-    (tmp_path / "teardown_notes.py").write_text(TEARDOWN_NOTES)
-    notes = tmp_path / "notes.txt"
-    env = dict(os.environ, TEARDOWN_NOTES=str(notes))
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env, notes = _teardown_notes(tmp_path)
     probe = (
         "import concurrent.futures, multiprocessing, os\n"
         "context = multiprocessing.get_context('forkserver')\n"
