@@ -696,6 +696,42 @@ def test_deferred_writes_close_their_descriptors_on_every_path(
     assert written == [f"synced/f{n}" for n in range(files)]  # no temporary stays
 
 
+def test_a_discarded_batch_whose_deletes_fail_still_closes_every_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed part's files discarded on a file system gone read-only (each delete
+    fails): every descriptor is still closed and released, and the delete's error is
+    raised; a write interrupted just as the batch kept its file leaves nothing in it."""
+    before = _open_fds()
+    writes = DeferredWrites()
+    for n in range(3):
+        write_atomic(tmp_path / f"f{n}", b"x" * 5000, writes)
+    assert len(_open_fds()) == len(before) + 3 and storage._held == 3
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "unlink", read_only)
+        with pytest.raises(OSError, match="Read-only file system"):
+            writes.discard_since(0)
+        with pytest.raises(OSError, match="Read-only file system"):
+            writes.discard_since(0)
+        with pytest.raises(OSError, match="Read-only file system"):
+            writes.discard_since(0)
+    assert _open_fds() == before and storage._held == 0 and not writes.files and not writes.fds
+
+    class Interrupted(dict):  # a Ctrl-C once the batch has the file, before its descriptor
+        def __setitem__(self, key: Path, fd: int) -> None:
+            raise KeyboardInterrupt
+
+    writes.fds = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "g", b"y" * 5000, writes)
+    assert _open_fds() == before and storage._held == 0 and not writes.files and not writes.fds
+    assert not list(tmp_path.glob(".g.*"))
+
+
 def test_deferred_writes_hold_at_most_a_share_of_the_descriptor_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

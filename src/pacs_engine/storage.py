@@ -154,9 +154,12 @@ class DeferredWrites(set[Path]):
         """Delete the temporaries of the files written after the first `count` (a failed
         part's): they are not to be made durable."""
         for path in list(self.files)[count:]:
-            self.files.pop(path).unlink(missing_ok=True)
-            if path in self.fds:
-                _close_held(self.fds.pop(path))
+            tmp, fd = self.files.pop(path), self.fds.pop(path, None)
+            try:  # a delete that fails (a file system gone read-only) still closes it
+                tmp.unlink(missing_ok=True)
+            finally:
+                if fd is not None:
+                    _close_held(fd)
 
 
 def write_atomic(
@@ -209,6 +212,9 @@ def write_atomic(
                 return
             os.replace(tmp, path)
         except BaseException:  # a full disk: leave no half-written temporary taking space
+            if batch is not None and batch.files.get(path) == tmp:  # interrupted as it was kept
+                del batch.files[path]
+                batch.fds.pop(path, None)
             if held:
                 held = False
                 _release()

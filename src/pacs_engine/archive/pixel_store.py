@@ -519,7 +519,6 @@ class PixelStore:
         self._layouts: dict[str, ShardLayout] = {}  # fixed too; also of arrays without a spec
         # The zarr.json `layout` parsed, kept for the array's `spec` (which ignores its frame
         # count): a process that learns both reads the file once.
-        self._meta_seen: dict[str, dict] = {}
         # Checked per read against the file (one stat): writers replace shards whole.
         self._shards: PerProcess[str, _OpenShard] = PerProcess(SHARD_CACHE)
 
@@ -630,8 +629,7 @@ class PixelStore:
         """The geometry and codec of an existing array, read from its zarr.json once."""
         spec = self._specs.get(path)
         if spec is None:
-            meta = self._meta_seen.pop(path) if path in self._meta_seen else self.meta(path)
-            spec = self._learn_spec(path, meta)
+            spec = self._learn_spec(path, self.meta(path))
         return spec
 
     def _learn_spec(self, path: str, meta: dict[str, Any]) -> ArraySpec:
@@ -661,9 +659,9 @@ class PixelStore:
         left to do)."""
         layout = self._layouts.get(path)
         if layout is None:
-            meta = self.meta(path)
-            layout = self._layouts[path] = self._parsed(path, meta, shard_layout)
-            self._meta_seen[path] = meta
+            # Its metadata is not kept for `spec`: another process may make the array anew
+            # (another codec) before this one asks for its spec.
+            layout = self._layouts[path] = self._parsed(path, self.meta(path), shard_layout)
         return layout
 
     def write_frames(
