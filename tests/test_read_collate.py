@@ -17,24 +17,27 @@ from pacs_engine.read import FrameDataset, PatchDataset, collate
 from pacs_engine.synth import write_studies
 
 
-@pytest.fixture(scope="module")
-def copy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An lz4 copy of two synthetic 8-slice CT series, as a training loop reads one."""
-    tmp = tmp_path_factory.mktemp("collate")
-    files = write_studies(tmp / "synth", 2, 1, 8, rows=64, columns=64, modalities=("CT",), seed=3)
+def _lz4_copy(factory: pytest.TempPathFactory, modality: str, size: int, seed: int) -> Path:
+    """An lz4 copy of two synthetic 8-slice series of `modality`, `size` pixels square."""
+    tmp = factory.mktemp(f"collate_{modality}")
+    files = write_studies(
+        tmp / "synth", 2, 1, 8, rows=size, columns=size, modalities=(modality,), seed=seed
+    )
     with Archive.create(tmp / "copy", codec="lz4", transcode=True) as archive:
         assert archive.ingest(files, workers=0).balanced
     return tmp / "copy"
+
+
+@pytest.fixture(scope="module")
+def copy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An lz4 copy of two synthetic 8-slice CT series, as a training loop reads one."""
+    return _lz4_copy(tmp_path_factory, "CT", 64, 3)
 
 
 @pytest.fixture(scope="module")
 def mr_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An lz4 copy of two synthetic 8-slice MR series: uint16 pixels, torch.uint16 batches."""
-    tmp = tmp_path_factory.mktemp("collate_mr")
-    files = write_studies(tmp / "synth", 2, 1, 8, rows=32, columns=32, modalities=("MR",), seed=4)
-    with Archive.create(tmp / "copy", codec="lz4", transcode=True) as archive:
-        assert archive.ingest(files, workers=0).balanced
-    return tmp / "copy"
+    return _lz4_copy(tmp_path_factory, "MR", 32, 4)
 
 
 def _datasets(path: Path, mr_path: Path) -> dict[str, Any]:
