@@ -517,8 +517,6 @@ class PixelStore:
         self.root = Path(root)
         self._specs: dict[str, ArraySpec] = {}  # fixed once an array exists
         self._layouts: dict[str, ShardLayout] = {}  # fixed too; also of arrays without a spec
-        # The zarr.json `layout` parsed, kept for the array's `spec` (which ignores its frame
-        # count): a process that learns both reads the file once.
         # Checked per read against the file (one stat): writers replace shards whole.
         self._shards: PerProcess[str, _OpenShard] = PerProcess(SHARD_CACHE)
 
