@@ -13,6 +13,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import zarr
-from conftest import corpus_files, require_corpus
+from conftest import corpus_files, pydicom_test_files, require_corpus
 
 from pacs_engine import Archive, ScanError, storage
 from pacs_engine.archive import pixel_store
@@ -696,30 +698,40 @@ def test_deferred_writes_close_their_descriptors_on_every_path(
     assert written == [f"synced/f{n}" for n in range(files)]  # no temporary stays
 
 
+@pytest.mark.parametrize("failing", ["first", "every"])
 def test_a_discarded_batch_whose_deletes_fail_still_closes_every_descriptor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """A failed part's files discarded on a file system gone read-only (each delete
-    fails): every descriptor is still closed and released, and the delete's error is
-    raised; a write interrupted just as the batch kept its file leaves nothing in it."""
+    """A failed part's files discarded where deletes fail (the first one, or each on a file
+    system gone read-only): in one call every other temporary is still deleted, every
+    descriptor closed and released, and the first error raised; a write interrupted just
+    as the batch kept its file leaves nothing in it."""
     before = _open_fds()
     writes = DeferredWrites()
     for n in range(3):
         write_atomic(tmp_path / f"f{n}", b"x" * 5000, writes)
     assert len(_open_fds()) == len(before) + 3 and storage._held == 3
+    temporaries = [writes.files[tmp_path / f"f{n}"] for n in range(3)]
+    unlink = Path.unlink
+    tried: list[Path] = []
 
     def read_only(self: Path, missing_ok: bool = False) -> None:
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        tried.append(self)
+        if failing == "every" or self == temporaries[0]:
+            raise OSError(errno.EROFS, f"{os.strerror(errno.EROFS)}: {self.name}")
+        unlink(self, missing_ok)
 
     with monkeypatch.context() as patch:
         patch.setattr(Path, "unlink", read_only)
-        with pytest.raises(OSError, match="Read-only file system"):
+        with pytest.raises(
+            OSError, match=re.escape(f"Read-only file system: {temporaries[0].name}")
+        ):
             writes.discard_since(0)
-        with pytest.raises(OSError, match="Read-only file system"):
-            writes.discard_since(0)
-        with pytest.raises(OSError, match="Read-only file system"):
-            writes.discard_since(0)
+    assert tried == temporaries
     assert _open_fds() == before and storage._held == 0 and not writes.files and not writes.fds
+    left = temporaries if failing == "every" else temporaries[:1]
+    assert sorted(tmp_path.iterdir()) == sorted(left)
+    writes.discard_since(0)  # nothing left to discard: nothing raised
 
     class Interrupted(dict):  # a Ctrl-C once the batch has the file, before its descriptor
         def __setitem__(self, key: Path, fd: int) -> None:
@@ -767,6 +779,27 @@ def test_deferred_writes_hold_at_most_a_share_of_the_descriptor_limit(
         f"file {n}".encode() for n in range(budget + 3)
     ]
     assert _open_fds() == before and storage._held == 0
+
+
+def test_a_batch_reads_the_descriptor_budget_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held-descriptor budget is read as a batch begins, not once per file written."""
+    calls: list[int] = []
+    getrlimit = resource.getrlimit
+
+    def counted(which: int) -> tuple[int, int]:
+        calls.append(which)
+        return getrlimit(which)
+
+    monkeypatch.setattr(storage.resource, "getrlimit", counted)
+    writes = DeferredWrites()
+    for n in range(5):
+        write_atomic(tmp_path / f"f{n}", b"x", writes)
+    assert len(writes.fds) == 5
+    fsync_dirs(writes)
+    assert calls == [resource.RLIMIT_NOFILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"f{n}" for n in range(5)]
 
 
 def test_unused_path_is_the_first_name_not_taken(tmp_path: Path) -> None:
@@ -923,6 +956,53 @@ def test_a_batch_is_sent_once_it_reaches_batch_bytes_of_pixels(
         archive.ingest([tmp_path / "in"], executor=executor)
         assert archive.verify().ok
     assert executor.batches == [[large], small[:3], small[3:]]
+
+
+@pytest.mark.parametrize(("kind", "files"), [("without pixels", 2), ("tiny", 3)])
+def test_a_batch_holds_no_more_files_than_the_descriptor_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, files: int
+) -> None:
+    # Series without pixels (SR) add no frames nor bytes to a batch, and tiny ones few: by
+    # those alone, 30 of them made one batch, whose files past the held-descriptor budget
+    # were synced one by one as written. Each here writes `files`: a header pack, its
+    # rows file and (tiny) a shard.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if kind == "without pixels":
+        source = next(p for p in pydicom_test_files() if p.name == "test-SR.dcm")
+        for number in range(30):
+            sr = pydicom.dcmread(source)
+            sr.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{number}"
+            sr.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.2.{number}"
+            sr.save_as(folder / f"{number}.dcm")
+    else:
+        for number in range(30):
+            _series(folder, number, 1, size=8)
+    batches: list[tuple[int, int]] = []  # per encode task: its files, and those held
+    sync = tasks.fsync_dirs
+
+    def counted(writes: DeferredWrites) -> None:
+        batches.append((len(writes.files), len(writes.fds)))
+        sync(writes)
+
+    monkeypatch.setattr(tasks, "fsync_dirs", counted)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(_open_fds()) + 64, hard))
+    executor = _Counting()
+    try:
+        budget = storage.held_budget()
+        with Archive.create(tmp_path / "a") as archive:
+            report = archive.ingest([folder], executor=executor).to_dict()
+            assert archive.verify().ok
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report["archived"] == 30 and report["balanced"]
+    per_batch = budget // files  # series a batch takes: as many as the budget holds
+    assert per_batch < 30  # the budget cuts (~20 descriptors: open ones + 64, a quarter)
+    assert [len(series) for series in executor.batches] == [per_batch] * (30 // per_batch) + (
+        [30 % per_batch] if 30 % per_batch else []
+    )
+    assert batches == [(len(series) * files,) * 2 for series in executor.batches]  # all held
 
 
 class _Windowed(InlineExecutor):

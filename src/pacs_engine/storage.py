@@ -134,15 +134,17 @@ class DeferredWrites(set[Path]):
     Each temporary is synced through the descriptor that wrote it, held open until then:
     a write error is reported to the descriptors open on the file when it happens, and a
     descriptor opened later (once the inode was evicted) would sync with no error, a file
-    lost reported durable. Past `held_budget` descriptors in the process, a file is synced
-    as it is written instead. Used as a context manager, it deletes on leaving what it was
-    left holding (an abandoned batch's): no temporary stays, no descriptor leaks.
+    lost reported durable. Past `held_budget` descriptors in the process (read as the batch
+    begins), a file is synced as it is written instead. Used as a context manager, it
+    deletes on leaving what it was left holding (an abandoned batch's): no temporary
+    stays, no descriptor leaks.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.files: dict[Path, Path] = {}  # path -> its temporary, written, not yet renamed
         self.fds: dict[Path, int] = {}  # path -> the descriptor that wrote it, not yet synced
+        self.budget = held_budget()  # once a batch, not a getrlimit call per file
 
     def __enter__(self) -> DeferredWrites:
         return self
@@ -152,14 +154,25 @@ class DeferredWrites(set[Path]):
 
     def discard_since(self, count: int) -> None:
         """Delete the temporaries of the files written after the first `count` (a failed
-        part's): they are not to be made durable."""
+        part's): they are not to be made durable.
+
+        Each is tried and its descriptor closed whatever fails (a file system gone
+        read-only fails every delete); the first error is raised once all are.
+        """
+        first: Exception | None = None
         for path in list(self.files)[count:]:
             tmp, fd = self.files.pop(path), self.fds.pop(path, None)
-            try:  # a delete that fails (a file system gone read-only) still closes it
-                tmp.unlink(missing_ok=True)
-            finally:
-                if fd is not None:
-                    _close_held(fd)
+            try:
+                try:
+                    tmp.unlink(missing_ok=True)
+                finally:
+                    if fd is not None:
+                        _close_held(fd)
+            except Exception as error:  # the others are still deleted and closed
+                if first is None:
+                    first = error
+        if first is not None:
+            raise first
 
 
 def write_atomic(
@@ -199,7 +212,7 @@ def write_atomic(
                     os.fchmod(fd, mode)
                 for part in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
                     f.write(part)
-            if batch is not None and _hold():
+            if batch is not None and _hold(batch.budget):
                 held = True
                 start_writeback(fd)  # synced later, with the batch: its writeback begins now
             elif durable:
@@ -277,10 +290,10 @@ def held_budget() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0] // _HELD_SHARE
 
 
-def _hold() -> bool:
-    """Count one more descriptor held for a batch's sync, unless `held_budget` is spent."""
+def _hold(budget: int) -> bool:
+    """Count one more descriptor held for a batch's sync, unless the process holds `budget`
+    (`held_budget`) already."""
     global _held
-    budget = held_budget()
     with _HELD_LOCK:
         if _held >= budget:
             return False

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -55,7 +56,7 @@ from pacs_engine.ingest.tidy import (
     tidy_marked_series,
 )
 from pacs_engine.stages import StageClock, Times, add_times
-from pacs_engine.storage import write_atomic, write_together
+from pacs_engine.storage import held_budget, write_atomic, write_together
 from pacs_engine.workers import CrashIsolation, Executor, Finished, Future, window
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ SCAN_RECORD = 4096
 #: encoding, past which a task's fixed costs no longer weigh and a larger one would
 #: leave a worker alone at the end of a run.
 BATCH_BYTES = 4 << 20
+#: Files a held part (less than a shard's frames) writes besides its shards: its header
+#: pack and that pack's rows file. Its shards: one per array, each input with pixels in an
+#: array of its own at most. A batch's files are held open until its sync, within
+#: `storage.held_budget` (see `_Run._send_series`).
+PART_FILES = 2
 #: Seconds between two records of a session's time in the journal (see `_Run._checkpoint`).
 CHECKPOINT_SECONDS = 1.0
 #: Inputs whose results a series waiting for its other parts holds in memory; past them, its
@@ -497,7 +503,11 @@ class _Run:
             running=lambda: self.failure is None,
         )
         self.batch: list[Part] = []  # small parts not sent yet, to go as one task
-        self.batch_size = (0, 0)  # their frames and pixel bytes
+        self.batch_size = (0, 0, 0)  # their frames, pixel bytes and files at most
+        # A batch's files are held open until its sync in the worker, which inherits this
+        # process's descriptor limit; none is held where it is infinite, nor capped then.
+        budget = held_budget()
+        self.batch_files = budget if budget > 0 else sys.maxsize
         # Largest series (in pixel bytes, then frames) first: the last parts out are small
         # ones, so the workers finish together rather than one ending the run alone on a
         # large series. Frames alone would send many small frames before a few large ones.
@@ -531,9 +541,18 @@ class _Run:
             if frames >= per_shard or pixel_bytes >= BATCH_BYTES:  # a task of its own
                 self._send_batch([part])
             else:  # a small series, or the end of one: with others, up to a part's frames
+                files = PART_FILES + sum(1 for p in planned if p.frames)  # at most
+                if self.batch and self.batch_size[2] + files > self.batch_files:
+                    # Series without pixels (SR) add no frames nor bytes: past the budget,
+                    # the batch's files would be synced one by one as they are written.
+                    self._send_batch()
                 self.batch.append(part)
-                held_frames, held_bytes = self.batch_size
-                self.batch_size = (held_frames + frames, held_bytes + pixel_bytes)
+                held_frames, held_bytes, held_files = self.batch_size
+                self.batch_size = (
+                    held_frames + frames,
+                    held_bytes + pixel_bytes,
+                    held_files + files,
+                )
                 if self.batch_size[0] >= per_shard or self.batch_size[1] >= BATCH_BYTES:
                     self._send_batch()
             if self.failure is not None:
@@ -545,7 +564,7 @@ class _Run:
     def _send_batch(self, parts: list[Part] | None = None) -> None:
         """Send `parts` as one task, once there is room (by default the small parts held)."""
         if parts is None:
-            parts, self.batch, self.batch_size = self.batch, [], (0, 0)
+            parts, self.batch, self.batch_size = self.batch, [], (0, 0, 0)
         self.parts.make_room()
         if self.failure is None:
             self.parts.submit(tuple(parts))
