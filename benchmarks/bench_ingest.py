@@ -43,6 +43,10 @@ Rows:
   process) are set against the ceiling's; a "codecs" line times DCMTK's JPEG-LS
   encoder (dcmcjpls, Orthanc's) against the archive's on 24 of the files, CPU per frame.
   The 1-minute load average is printed before each row.
+- cold sources (issue 18, `test_cold_sources`): `ingest --workers 2` of the sustained set
+  with its files evicted from the page cache (posix_fadvise DONTNEED), against the same
+  with them read beforehand, alternating, PACS_ENGINE_BENCH_COLD_ROUNDS rounds: a
+  migration reads files that are not in memory; the rows say how long reads waited.
 
 Per row: instances/s = files / wall seconds; raw MB/s = decoded pixel bytes of all the
 files / wall seconds; ratio = decoded pixel bytes of the distinct instances kept /
