@@ -43,6 +43,10 @@ Rows:
   process) are set against the ceiling's; a "codecs" line times DCMTK's JPEG-LS
   encoder (dcmcjpls, Orthanc's) against the archive's on 24 of the files, CPU per frame.
   The 1-minute load average is printed before each row.
+- cold sources (issue 18, `test_cold_sources`): `ingest --workers 2` of the sustained set
+  with its files evicted from the page cache (posix_fadvise DONTNEED), against the same
+  with them read beforehand, alternating, PACS_ENGINE_BENCH_COLD_ROUNDS rounds: a
+  migration reads files that are not in memory; the rows say how long reads waited.
 
 Per row: instances/s = files / wall seconds; raw MB/s = decoded pixel bytes of all the
 files / wall seconds; ratio = decoded pixel bytes of the distinct instances kept /
@@ -749,7 +753,7 @@ def _stage_bound(report: dict[str, Any]) -> str:
     """Where the workers' time went, from the report: codec CPU s, other CPU s, waits."""
     if "stage_seconds" not in report:  # an older tree (ab_compare.py)
         return "no stage times in this tree's report"
-    codec = cpu = wall = idle = 0.0
+    codec = cpu = wall = idle = read_wait = 0.0
     for process, stages in report["stage_seconds"].items():
         if not process.startswith("worker"):
             continue
@@ -760,12 +764,14 @@ def _stage_bound(report: dict[str, Any]) -> str:
             cpu += t["cpu"]
             wall += t["wall"]
             codec += t["cpu"] if name in ("encode", "decode") else 0.0
+            read_wait += t["wall"] - t["cpu"] if name == "read" else 0.0
     main = report["stage_seconds"].get("main", {})
     zero = {"cpu": 0.0, "wall": 0.0}
     commit, other = main.get("commit", zero), main.get("other", zero)
     return (
         f"workers: CPU {cpu:.2f} s ({codec:.2f} codec = {codec / cpu:.0%}), busy wall"
-        f" {wall:.2f} s (CPU/wall {cpu / wall:.0%}), idle {idle:.2f} s; main: commit"
+        f" {wall:.2f} s (CPU/wall {cpu / wall:.0%}), idle {idle:.2f} s, reads waited"
+        f" {read_wait:.2f} s; main: commit"
         f" {commit['cpu']:.2f}/{commit['wall']:.2f} s, other CPU {other['cpu']:.2f} s;"
         f" report {report['seconds']:.2f} s (the rest of the wall: start-up and exit)"
     )
@@ -1268,3 +1274,52 @@ def test_startup(scratch: Path) -> None:
     print("import CPU (user + system)        median s   min s   max s")
     for label, values in cpu.items():
         print(f"{label:32}  {median(values):8.3f}  {min(values):6.3f}  {max(values):6.3f}")
+
+
+#: Rounds of the cold-source rows: each round one ingest of files in memory, one of
+#: files evicted from it, alternating.
+COLD_ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_COLD_ROUNDS", "2"))
+
+
+def evict(paths: list[str]) -> None:
+    """Drop the files' pages from the page cache (written back first), as if never read."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_cold_sources(scratch: Path) -> None:
+    """Issue 18: a migration reads files that are not in memory. `ingest --workers 2` of the
+    sustained set once its files are evicted from the page cache (posix_fadvise DONTNEED)
+    against the same ingest with them read beforehand, alternating, COLD_ROUNDS rounds:
+    wall seconds and how long the workers' reads waited (the report's read stage, wall
+    less CPU). A worker reads each file ahead while it encodes the ones before
+    (`inputs.Readahead`): the reads' waits overlap the encodes. On a slower disk or a
+    network file system the cold rows would wait longer; compare trees with ab_compare.py."""
+    paths = sustained_paths()
+    fs = uncompressed_set(paths, f"pacs-engine synth, {len(paths)} files")
+    rows: dict[str, list[Measured]] = {"in memory": [], "evicted": []}
+    loads = []
+    for _ in range(COLD_ROUNDS):
+        for kind, rows_of_kind in rows.items():
+            if kind == "in memory":
+                read_whole(fs.paths)
+            else:
+                evict(fs.paths)
+            loads.append(os.getloadavg()[0])
+            rows_of_kind.append(_ingest_wall(fs, 2, scratch, [str(SUSTAINED_DIR)]))
+    warm = median(m.seconds for m in rows["in memory"])
+    cold = median(m.seconds for m in rows["evicted"])
+    print(
+        f"\ncold sources (issue 18): ingest --workers 2 of {len(fs):,} files,"
+        f" {fs.total_raw / 1e6:.0f} MB of pixels, {COLD_ROUNDS} rounds alternating, load"
+        f" {', '.join(f'{load:.1f}' for load in loads)}: median wall in memory {warm:.2f} s,"
+        f" evicted {cold:.2f} s: evicted / in memory {cold / warm:.3f}"
+    )
+    for kind, measured in rows.items():
+        for m in measured:
+            print(f"  {kind}: wall {m.seconds:.2f} s; {m.note}")

@@ -47,7 +47,7 @@ from pacs_engine.codecs.blosc import general_blosc
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, as_zarr
 from pacs_engine.executors import InlineExecutor
-from pacs_engine.ingest import Progress, encode, run, tasks
+from pacs_engine.ingest import Progress, encode, inputs, run, tasks
 from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
 from pacs_engine.scanning import scan
 from pacs_engine.stages import StageClock
@@ -1120,3 +1120,32 @@ def test_zip_identities_and_walk_errors_go_with_the_scan_results_not_a_commit_ea
     assert (first["archived"], first["quarantined"], first["balanced"]) == (6, 2, True)
     assert again["unchanged"] == 3  # the zips' identities were recorded
     assert (again["quarantined"], again["balanced"]) == (2, True)
+
+
+def test_a_batch_reads_its_inputs_ahead_across_its_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each input of an encode task but its first is hinted to the kernel (`Readahead`) a few
+    inputs before it is read, the next part's first ones while the last part ends."""
+    for number, slices in enumerate((3, 2, 4)):  # small series: one batch
+        _series(tmp_path / "in", number, slices, size=16)
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(inputs, "prefetch", lambda ref, policy: events.append(("hint", ref.key)))
+    read = encode.read_input
+
+    def reads(ref: Any, policy: Any) -> bytes:
+        events.append(("read", ref.key))
+        return read(ref, policy)
+
+    monkeypatch.setattr(encode, "read_input", reads)
+    executor = _Counting()
+    with Archive.create(tmp_path / "a") as archive:
+        report = archive.ingest([tmp_path / "in"], executor=executor).to_dict()
+    assert report["archived"] == 9 and len(executor.batches) == 1
+    order = [key for kind, key in events if kind == "read"]
+    assert len(order) == 9
+    assert [key for kind, key in events if kind == "hint"] == order[1:]
+    for n, key in enumerate(order[1:], 1):  # hinted just before the read READAHEAD_FILES earlier
+        hint, m = events.index(("hint", key)), max(0, n - inputs.READAHEAD_FILES)
+        assert hint < events.index(("read", order[m]))
+        assert m == 0 or events.index(("read", order[m - 1])) < hint

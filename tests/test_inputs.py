@@ -664,3 +664,62 @@ def test_the_old_module_keeps_the_names_docs_showed_there() -> None:
     assert {"InputRef", "InputError", "iter_inputs", "read_input"} <= set(old.__all__)
     for name in old.__all__:
         assert getattr(old, name) is getattr(inputs, name), name
+
+
+# --- reading ahead --------------------------------------------------------------------
+
+
+def test_readahead_hints_each_later_input_once_and_never_the_one_being_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hinted: list[str] = []
+    monkeypatch.setattr(inputs, "prefetch", lambda ref, policy: hinted.append(ref.key))
+    keys = [f"/in/{n}.dcm" for n in range(7)]
+    ahead = inputs.Readahead(keys)
+    seen = []
+    for n, key in enumerate(keys):
+        ahead.step()
+        seen.append(list(hinted))
+        assert key not in hinted[len(seen[n - 1]) if n else 0 :]  # not hinted as it is read
+    depth = inputs.READAHEAD_FILES
+    assert seen[0] == keys[1 : 1 + depth]  # the first read starts the next ones
+    for n in range(1, len(keys)):  # then one more each read, until the list's end
+        assert seen[n] == keys[1 : min(len(keys), n + 1 + depth)]
+    assert hinted == keys[1:]  # each once, in order
+
+
+def test_prefetch_asks_the_kernel_to_read_regular_files_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert os.fstat(fd).st_size >= length  # the descriptor is open, on the file
+        calls.append((offset, length, advice))
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(inputs, "READAHEAD_BYTES", 1000)
+    small, big = tmp_path / "small.dcm", tmp_path / "big.dcm"
+    small.write_bytes(b"x" * 300)
+    big.write_bytes(b"x" * 5000)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opened without blocking, left alone
+    link = tmp_path / "link.dcm"
+    link.symlink_to(small)
+    zipped = make_zip(tmp_path / "a.zip", {"m.dcm": small})
+    fds = len(os.listdir("/proc/self/fd"))
+    for path in (small, big, fifo, link, tmp_path / "missing.dcm", tmp_path):
+        inputs.prefetch(InputRef(str(path)))
+    inputs.prefetch(InputRef(str(zipped), "m.dcm"))  # a member: left to the archive's reads
+    assert calls == [(0, 300, os.POSIX_FADV_WILLNEED), (0, 1000, os.POSIX_FADV_WILLNEED)]
+    calls.clear()
+    inputs.prefetch(InputRef(str(link)), inputs.InputPolicy(follow_links=True))
+    inputs.prefetch(InputRef(str(big)), inputs.InputPolicy(max_bytes=4999))  # over the limit
+    assert calls == [(0, 300, os.POSIX_FADV_WILLNEED)]
+
+    def fails(*args: object) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", fails)
+    inputs.prefetch(InputRef(str(small)))  # only a hint: the read reports what is wrong
+    assert len(os.listdir("/proc/self/fd")) == fds  # every descriptor closed

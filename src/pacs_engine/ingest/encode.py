@@ -61,6 +61,7 @@ from pacs_engine.ingest.inputs import (
     InputPolicy,
     InputRef,
     InputTooLarge,
+    Readahead,
     archived_row,
     quarantine_record,
     read_chunks,
@@ -233,6 +234,7 @@ class PartEncoder:
         checks: Checks = Checks(),
         choices: dict[tuple, tuple] | None = None,
         writes: DeferredWrites | None = None,
+        readahead: Readahead | None = None,
     ) -> PartResult:
         """Prepare, check and write every input of the part; commits nothing.
 
@@ -243,6 +245,8 @@ class PartEncoder:
         modality and array key, for the next parts of a batch to use unchosen.
         With `writes`, the part's files are left there for the caller to make
         durable (`fsync_dirs`), with those of other parts, before any is committed.
+        `readahead` (over the part's keys, or a batch's) starts the reads of the next
+        inputs as each is worked on.
         """
         # Array specs are read afresh per part: since the last part, an array no row used
         # may have been removed by a run's tidy and created again with another codec.
@@ -255,6 +259,9 @@ class PartEncoder:
         )
         result = PartResult(part)
         for key in part.keys:
+            if readahead is not None:
+                with stage("read"):
+                    readahead.step()
             result.outcomes.append(self._encode_one(key, state))
         result.encode_started = state.encode_started
         for path, writer in state.writers.items():

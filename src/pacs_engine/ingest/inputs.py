@@ -15,7 +15,7 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import IO
@@ -47,6 +47,10 @@ OPEN_ARCHIVES = 8
 #: value holds less than 4 GiB, and whole-slide images come as one file per level).
 MAX_INPUT_BYTES = 2 << 30
 _CHUNK = 1 << 20  # bytes read at a time when an input is streamed
+#: Inputs whose reads `Readahead` starts ahead of the one being worked on, and the bytes of
+#: each it asks for (the kernel's own readahead follows a longer file's sequential read).
+READAHEAD_FILES = 4
+READAHEAD_BYTES = 16 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _TAR_BLOCK = 512
 # One gzip seek point holds a 32 KiB window: cap the points per archive so a huge
@@ -245,6 +249,54 @@ def read_input(ref: InputRef, policy: InputPolicy = DEFAULT_POLICY) -> bytes:
             raise _too_large(ref.key, f"more than {policy.max_bytes}", policy.max_bytes)
         return data
     return _open_member_archive(ref).read(ref, policy.max_bytes)
+
+
+def prefetch(ref: InputRef, policy: InputPolicy = DEFAULT_POLICY) -> None:
+    """Ask the kernel to start reading a file input into the page cache, without waiting.
+
+    Only a hint: a member of a container, anything but a regular file (opened as the
+    read will open it, without following a link the policy does not follow), a file over
+    the policy's limit, and any error are left to the read, which reports them.
+    """
+    if ref.member is not None or not hasattr(os, "posix_fadvise"):  # not on macOS
+        return
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if policy.follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(ref.container, flags)
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size <= policy.max_bytes:
+            os.posix_fadvise(fd, 0, min(info.st_size, READAHEAD_BYTES), os.POSIX_FADV_WILLNEED)
+    except OSError:  # EINVAL where the file system has no page cache to fill (a pipe-like fs)
+        pass
+    finally:
+        os.close(fd)
+
+
+class Readahead:
+    """Starts the reads of the next inputs of a list while one is worked on.
+
+    A worker reads a file, then encodes it for several times as long: on a migration's
+    files, not in memory yet, each read would leave a core idle for the disk or the
+    network file system. Hinted `READAHEAD_FILES` ahead, their reads overlap the
+    encodes. Each input is hinted once, never the one about to be read.
+    """
+
+    def __init__(self, keys: Sequence[str], policy: InputPolicy = DEFAULT_POLICY) -> None:
+        self.keys, self.policy = keys, policy
+        self.read = 0  # inputs read (or about to be)
+        self.hinted = 0  # inputs hinted, the ones before this position
+
+    def step(self) -> None:
+        """Call before reading each input, in the list's order."""
+        start = max(self.hinted, self.read + 1)
+        stop = min(len(self.keys), self.read + 1 + READAHEAD_FILES)
+        for key in self.keys[start:stop]:
+            prefetch(InputRef.from_key(key), self.policy)
+        self.hinted = max(self.hinted, stop)
+        self.read += 1
 
 
 #: The SOP class of a DICOMDIR (a media directory: it lists files and holds no instance).

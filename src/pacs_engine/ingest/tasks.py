@@ -22,6 +22,7 @@ from pacs_engine.ingest.inputs import (
     InputError,
     InputPolicy,
     InputRef,
+    Readahead,
     archived_row,
     media_directory_reason,
     quarantine_record,
@@ -165,9 +166,11 @@ def encode_batch(
     encoded before a failure (a full disk) too: they are handed back to be committed,
     as they would have been as tasks of their own. A codec is chosen once per kind
     of frames among the batch's new arrays (`PartEncoder.encode`), so a batch of
-    small series does not pay a choice each.
+    small series does not pay a choice each. The batch's inputs are read ahead
+    (`Readahead`): each file's read starts while the files before it are encoded.
     """
     encoder = _encoder(root)
+    readahead = Readahead([key for part in parts for key in part.keys], checks.inputs)
     choices: dict = {}
     results: list[PartResult] = []
     error = None
@@ -176,7 +179,7 @@ def encode_batch(
             written = len(writes.files)
             try:
                 with task() as times:
-                    result = encoder.encode(part, checks, choices, writes)
+                    result = encoder.encode(part, checks, choices, writes, readahead)
             except Exception as failure:
                 writes.discard_since(written)
                 error = failure
