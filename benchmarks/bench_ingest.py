@@ -133,6 +133,7 @@ class Measured:
     rss_note: str = ""
     note: str = ""
     cpu_seconds: float | None = None  # user + system, every process of the row
+    report: dict[str, Any] | None = None  # pacs-engine's report of the run (ingest rows)
 
     @property
     def per_s(self) -> float | None:
@@ -813,6 +814,7 @@ def _ingest_wall(fs: IngestSet, workers: int, scratch: Path, sources: list[str])
     measured.ratio = report["ratio"]
     measured.cpu_seconds = done.cpu_seconds
     measured.note = _stage_bound(report)
+    measured.report = report
     return measured
 
 
@@ -968,6 +970,8 @@ def share_lines() -> list[str]:
                 f" {_fmt(ceiling.cpu_seconds, '.1f')} s: the codec's share {_fmt(by_cpu, '.2f')}"
             )
             out.append(f"    bound: {ours.note}")
+            if ours.report is not None and ceiling.seconds:
+                out.append(f"    bounds: {_share_bounds(ours.report, ceiling.seconds)}")
         out.append(f"  codecs: {share.codecs}")
         peer = share.orthanc
         two = share.ingest.get(2)
@@ -984,6 +988,28 @@ def share_lines() -> list[str]:
                 f" per CPU second {_fmt(per_cpu, '.2f')}x"
             )
     return out
+
+
+def _share_bounds(report: dict[str, Any], ceiling_s: float) -> str:
+    """The most the share could be, given what the ingest must do besides the codec: its
+    start-up (the codec alone from the first encode to the end), and the contract's hashes
+    (the file's SHA-256 and the frames' BLAKE3, which the ceiling does not compute)."""
+    parts = []
+    first = report.get("first_encode_seconds")
+    if first is not None:
+        parts.append(
+            f"first encode at {first:.2f} s, then nothing but the codec: at most"
+            f" {ceiling_s / (ceiling_s + first):.2f}"
+        )
+    workers = [t for p, t in report.get("stage_seconds", {}).items() if p.startswith("worker")]
+    codec = sum(t[s]["cpu"] for t in workers for s in ("encode", "decode") if s in t)
+    hashes = sum(t["hash"]["cpu"] for t in workers if "hash" in t)
+    if codec:
+        parts.append(
+            f"the hashes alone ({hashes:.2f} s of CPU against the codec's {codec:.2f} s): at"
+            f" most {codec / (codec + hashes):.2f}"
+        )
+    return "; ".join(parts) or "no stage times in this tree's report"
 
 
 # --- the table ----------------------------------------------------------------------------
