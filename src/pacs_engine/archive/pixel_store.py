@@ -19,12 +19,12 @@ zarr's per-call overhead, into one preallocated array, optionally on several thr
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import os
 import sys
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -460,15 +460,22 @@ def _slots(frames: Sequence[int]) -> dict[int, list[int]]:
     return slots
 
 
-def _by_shard(frames: list[int], per_shard: int) -> Iterator[tuple[int, list[int]]]:
+def _by_shard(frames: list[int], per_shard: int) -> list[tuple[int, list[int]]]:
     """Each shard `frames` (sorted) fall in, in order, with its frames there."""
+    if not frames:
+        return []
+    shard = frames[0] // per_shard
+    if frames[-1] // per_shard == shard:  # one shard (the datasets read a frame a call)
+        return [(shard, frames)]
+    groups = []
     k = 0
     while k < len(frames):
         shard = frames[k] // per_shard
         # A bisection per shard, not a step per frame: this is every batch's read path.
-        end = bisect.bisect_left(frames, (shard + 1) * per_shard, k)
-        yield shard, frames[k:end]
+        end = bisect_left(frames, (shard + 1) * per_shard, k)
+        groups.append((shard, frames[k:end]))
         k = end
+    return groups
 
 
 def _file_identity(status: os.stat_result) -> tuple[int, int, int, int]:
