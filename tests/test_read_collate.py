@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ from batch_helpers import assert_same_batch, storages
 from torch.utils.data import DataLoader, default_collate
 
 from pacs_engine import Archive
-from pacs_engine.read import FrameDataset, PatchDataset, collate
+from pacs_engine.read import FrameDataset, PatchDataset, collate, collation
 from pacs_engine.synth import write_studies
 
 
@@ -104,3 +106,27 @@ def test_collate_leaves_other_values_and_mismatches_to_default_collate() -> None
         collate(uneven)
     mixed = [{"pixels": np.zeros(2, np.int16)}, {"pixels": np.zeros(2, np.float32)}]
     assert_same_batch(collate(mixed), default_collate(mixed))
+
+
+def test_a_worker_asks_torch_for_its_worker_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a DataLoader worker (torch's `worker_info()` faked), `batch_arrays` and `collate`
+    each ask torch once per batch, not again for the block they make: a shared-memory block
+    handed over as it is, then plain items copied into a shared block of their own."""
+    calls: list[None] = []
+    info = SimpleNamespace(id=0, num_workers=1)
+    monkeypatch.setattr(collation, "worker_info", lambda: calls.append(None) or info)
+    monkeypatch.setattr(collation, "_COLLATING", threading.Event())
+    collation._COLLATING.set()  # the worker's last collate got the rows of a block
+    specs = {"pixels": (np.dtype(np.float32), (2, 3)), "frame": (np.dtype(np.int64), ())}
+    arrays = collation.batch_arrays(4, specs)
+    assert len(calls) == 1
+    arrays["pixels"][:] = np.arange(4 * 2 * 3).reshape(4, 2, 3)
+    arrays["frame"][:] = range(4)
+    rows = [{"pixels": arrays["pixels"][k], "frame": k} for k in range(4)]
+    batch = collate(rows)
+    assert len(calls) == 2 and batch["pixels"].is_shared()
+    assert batch["pixels"].data_ptr() == arrays["pixels"].ctypes.data  # no copy
+    plain = [{"pixels": np.full((2, 3), k, np.float32), "frame": k} for k in range(4)]
+    batch = collate(plain)
+    assert len(calls) == 3 and batch["pixels"].is_shared()
+    assert_same_batch(batch, default_collate(plain))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import google_crc32c
 import numpy as np
@@ -438,22 +440,69 @@ def test_whole_raw_frames_into_a_strided_output_are_read_without_a_decode(
     assert (wide[:, :, [0, 1, 26, 27]] == 7).all()
 
 
-def test_raw_tiles_listed_out_of_order_are_read_one_by_one(tmp_path: Path) -> None:
-    """Zarr lets a shard list its chunks in any order: a raw tiled frame whose tiles are not
-    back to back is read tile by tile (not as one run), and its windows are right."""
+def _raw_tiled_array(
+    tmp_path: Path, frames: np.ndarray, reversed_shards: set[int]
+) -> tuple[pixel_store.PixelStore, list[Path]]:
+    """An uncompressed array "s/a" of these 4x6 int16 frames in 2x2 tiles, 2 frames a shard,
+    and its shard files: those of `reversed_shards` hold their tiles stored last to first
+    (their index lists them so; zarr allows any order), the others as we write them."""
     spec = pixel_store.ArraySpec(4, 6, 1, np.dtype("int16"), None, frames_per_shard=2, tile=2)
-    frames = np.arange(2 * 4 * 6, dtype="<i2").reshape(2, 4, 6) - 20
     tiles = [t.tobytes() for f in frames for t in pixel_store.split_tiles(f, spec)]
     pixels = pixel_store.PixelStore(tmp_path / "pixels")
     pixels.create()
-    write_atomic(*pixels.new_array_file("s/a", json.loads(pixel_store.array_metadata(spec, {})), 2))
-    ((shard, _),) = pixels.shard_files("s/a", 0, tiles)
-    table = np.array([(8 * (11 - k), 8) for k in range(12)], "<u8")  # stored last to first
-    index = table.tobytes() + google_crc32c.value(table.tobytes()).to_bytes(4, "little")
-    write_atomic(shard, [*tiles[::-1], index])
+    meta = json.loads(pixel_store.array_metadata(spec, {}))
+    write_atomic(*pixels.new_array_file("s/a", meta, len(frames)))
+    files = []
+    for shard, (file, parts) in enumerate(pixels.shard_files("s/a", 0, tiles)):
+        if shard in reversed_shards:  # 12 tiles of 8 bytes a shard
+            table = np.array([(8 * (11 - k), 8) for k in range(12)], "<u8")
+            index = table.tobytes() + google_crc32c.value(table.tobytes()).to_bytes(4, "little")
+            parts = [*tiles[12 * shard : 12 * (shard + 1)][::-1], index]
+        write_atomic(file, parts)
+        files.append(file)
+    return pixels, files
+
+
+def test_raw_tiles_listed_out_of_order_are_read_one_by_one(tmp_path: Path) -> None:
+    """Zarr lets a shard list its chunks in any order: a raw tiled frame whose tiles are not
+    back to back is read tile by tile (not as one run), and its windows are right."""
+    frames = np.arange(2 * 4 * 6, dtype="<i2").reshape(2, 4, 6) - 20
+    pixels, _ = _raw_tiled_array(tmp_path, frames, {0})
     for window in _windows(4, 6):
         got = pixels.read_frames("s/a", [1, 0], window)
         assert np.array_equal(got, frames[[1, 0]][:, window[0], window[1]]), window
+
+
+def test_a_later_shard_out_of_order_leaves_the_earlier_ones_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw tiled frames over two shards, the second's tiles out of order: every window
+    (frames of both shards, out of order, a repeat) is right, and no byte of the first
+    shard's file is read twice for it (its tiles are not read raw, then decoded again)."""
+    frames = np.arange(4 * 4 * 6, dtype="<i2").reshape(4, 4, 6) * 3 - 50
+    pixels, files = _raw_tiled_array(tmp_path, frames, {1})
+    first = os.stat(files[0]).st_ino
+    spans: list[tuple[int, int]] = []  # (offset, length) of each read of the first shard
+
+    def logged(read: Any) -> Any:
+        def wrapper(fd: int, what: Any, at: int) -> Any:
+            if os.fstat(fd).st_ino == first:
+                size = what if isinstance(what, int) else sum(len(b) for b in what)
+                spans.append((at, size))
+            return read(fd, what, at)
+
+        return wrapper
+
+    monkeypatch.setattr(os, "pread", logged(os.pread))
+    monkeypatch.setattr(os, "preadv", logged(os.preadv))
+    order = [3, 0, 2, 1, 0]
+    for window in _windows(4, 6):
+        spans.clear()
+        got = pixels.read_frames("s/a", order, window)
+        assert np.array_equal(got, frames[order][:, window[0], window[1]]), window
+        spans.sort()
+        overlaps = [(a, b) for a, b in itertools.pairwise(spans) if a[0] + a[1] > b[0]]
+        assert spans and not overlaps, (window, spans)
 
 
 def _raw_tiled(tmp_path: Path) -> tuple[Archive, str, Path]:

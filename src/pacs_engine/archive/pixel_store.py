@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -459,6 +460,24 @@ def _slots(frames: Sequence[int]) -> dict[int, list[int]]:
     return slots
 
 
+def _by_shard(frames: list[int], per_shard: int) -> list[tuple[int, list[int]]]:
+    """Each shard `frames` (sorted) fall in, in order, with its frames there."""
+    if not frames:
+        return []
+    shard = frames[0] // per_shard
+    if frames[-1] // per_shard == shard:  # one shard (the datasets read a frame a call)
+        return [(shard, frames)]
+    groups = []
+    k = 0
+    while k < len(frames):
+        shard = frames[k] // per_shard
+        # A bisection per shard, not a step per frame: this is every batch's read path.
+        end = bisect_left(frames, (shard + 1) * per_shard, k)
+        groups.append((shard, frames[k:end]))
+        k = end
+    return groups
+
+
 def _file_identity(status: os.stat_result) -> tuple[int, int, int, int]:
     """What changes when a file is replaced (a new inode) or rewritten in place."""
     return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
@@ -864,13 +883,7 @@ class PixelStore:
         import numpy as np
 
         per_shard, per_frame = spec.frames_per_shard, spec.tiles_per_frame
-        k = 0
-        while k < len(frames):
-            shard = frames[k] // per_shard
-            group = k
-            while group < len(frames) and frames[group] // per_shard == shard:
-                group += 1
-            some = frames[k:group]
+        for shard, some in _by_shard(frames, per_shard):
             named = f"frame {some[0]}" if len(some) == 1 else f"frames {some[0]}..{some[-1]}"
             held = self._open_shard(path, shard, f"{path}: {named}")
             bases = (np.asarray(some, np.int64) - shard * per_shard) * per_frame
@@ -887,7 +900,6 @@ class PixelStore:
                     f"{path}: frame {some[at]} holds a chunk stored as {stored} bytes, not {size}"
                 )
             yield held, some, offsets
-            k = group
 
     def _read_raw_frames(
         self, path: str, spec: ArraySpec, frames: Sequence[int], out: np.ndarray
@@ -919,9 +931,9 @@ class PixelStore:
 
         Reads, not a mapping of the shard: a file cut short in place by another process after
         the open shard's freshness check gives a short read and an error naming the frame,
-        where a mapping kills the reader with SIGBUS. False when a frame's chunks are not
-        back to back in C order (zarr allows any order; we write them so): the caller then
-        reads them one by one.
+        where a mapping kills the reader with SIGBUS. False, before any frame is read, when a
+        frame's chunks are not back to back in C order (zarr allows any order; we write them
+        so): the caller then reads them one by one, each once.
         """
         import numpy as np
 
@@ -949,10 +961,11 @@ class PixelStore:
         steps = np.arange(stop - first, dtype=np.uint64) * np.uint64(tile_bytes)
         y, x = top - row0 * r, left - col0 * c  # the window in the image of whole tiles
         slots = _slots(frames)
-        wanted = sorted(slots)
-        for held, some, offsets in self._raw_chunks(path, spec, wanted, first, stop, tile_bytes):
-            if np.any(offsets != offsets[:, :1] + steps):
-                return False
+        shards = list(self._raw_chunks(path, spec, sorted(slots), first, stop, tile_bytes))
+        # Every shard's order checked before any is read: the decode path then reads each once.
+        if any(np.any(offsets != offsets[:, :1] + steps) for _, _, offsets in shards):
+            return False
+        for held, some, offsets in shards:
             for f, offset in zip(some, offsets[:, 0].tolist(), strict=True):
                 for target, lead in targets:
                     if os.preadv(held.fd, [target], offset + lead) != target.nbytes:
@@ -1012,23 +1025,17 @@ class PixelStore:
         span = _window_span(spec, window)
         wanted = sorted(set(frames))
         chunks: dict[int, list[memoryview]] = {}
-        k = 0
-        while k < len(wanted):
-            shard_end = (wanted[k] // per_shard + 1) * per_shard
-            group = k
-            while group < len(wanted) and wanted[group] < shard_end:
-                group += 1
-            lo, hi = wanted[k], wanted[group - 1] + 1
+        for _, some in _by_shard(wanted, per_shard):
+            lo, hi = some[0], some[-1] + 1
             if span is not None:
-                chunks.update(self._window_chunks(path, wanted[k:group], *span))
-            elif hi - lo <= 2 * (group - k):
+                chunks.update(self._window_chunks(path, some, *span))
+            elif hi - lo <= 2 * len(some):
                 data = self._shard_chunks(path, lo, hi)
-                for f in wanted[k:group]:
+                for f in some:
                     chunks[f] = data[(f - lo) * per_frame : (f - lo + 1) * per_frame]
             else:
-                for f in wanted[k:group]:
+                for f in some:
                     chunks[f] = self._shard_chunks(path, f, f + 1)
-            k = group
 
         def decode(k: int) -> None:
             try:

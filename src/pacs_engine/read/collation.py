@@ -116,12 +116,13 @@ def worker_info() -> Any:
     return get_worker_info()
 
 
-def _new_block(size: int) -> Any:
-    """A new uint8 tensor of `size` bytes: in shared memory in a DataLoader worker, as the
-    default collate's batches are (the main process maps it, no copy through the pipe)."""
+def _new_block(size: int, *, in_worker: bool) -> Any:
+    """A new uint8 tensor of `size` bytes: in shared memory in a DataLoader worker (the
+    caller's `worker_info()`), as the default collate's batches are (the main process maps
+    it, no copy through the pipe)."""
     import torch
 
-    if worker_info() is not None and size:
+    if in_worker and size:
         shared = torch.UntypedStorage._new_shared(size)  # type: ignore[no-untyped-call]
         return torch.empty(0, dtype=torch.uint8).set_(shared)
     return torch.empty(size, dtype=torch.uint8)
@@ -139,7 +140,7 @@ def batch_arrays(
     """
     layout, size = _block_layout(count, specs)
     shared = _COLLATING.is_set() and worker_info() is not None
-    raw = _new_block(size).numpy() if shared else np.empty(size, np.uint8)
+    raw = _new_block(size, in_worker=True).numpy() if shared else np.empty(size, np.uint8)
     return {
         key: raw[start:end].view(dtype).reshape(shape)
         for key, (dtype, shape, start, end) in layout.items()
@@ -223,7 +224,7 @@ def collate(batch: Sequence[Any]) -> Any:
     block = _shared_tensor(raw)
     copy = block is None
     if copy:
-        block = _new_block(size)
+        block = _new_block(size, in_worker=in_worker)
     out: dict[str, Any] = {}
     for key, values in columns.items():
         if key not in layout:

@@ -152,6 +152,11 @@ def _output_dtype(dtype: np.dtype | str | None, rescale: bool) -> str | None:
     return np.dtype(dtype).str
 
 
+def _item_dtype(dtype: str | None, stored: np.dtype) -> np.dtype:
+    """The dtype of an item's pixels: the dataset's (`_output_dtype`), else as stored."""
+    return np.dtype(dtype) if dtype else stored
+
+
 def _fields(fields: Sequence[str]) -> tuple[str, ...]:
     """The requested attribute keywords, checked against those the index holds."""
     if isinstance(fields, str):
@@ -500,7 +505,7 @@ class FrameDataset(_FromQuery, _MapBase):
         shape = spec.frame_shape
         if self.shape is not None and self.reshape[entry[3]]:
             shape = (*self.shape.shape, *shape[2:])
-        return np.dtype(self.dtype) if self.dtype else spec.dtype, shape
+        return _item_dtype(self.dtype, spec.dtype), shape
 
     def _read_into(
         self,
@@ -925,10 +930,7 @@ class PatchDataset(_FromQuery, _MapBase):
     def _output(self, store: Any, s: int, frame: int) -> tuple[np.dtype, tuple[int, ...]]:
         """The dtype and shape of the pixels of a patch of series `s` (2-D: of `frame`)."""
         spec = store.spec(self.arrays[int(self.where[s][max(frame, 0)][0])])
-        return np.dtype(self.dtype) if self.dtype else spec.dtype, (
-            *self.patch_size,
-            *spec.frame_shape[2:],
-        )
+        return _item_dtype(self.dtype, spec.dtype), (*self.patch_size, *spec.frame_shape[2:])
 
     def _patch(
         self, s: int, frame: int, corner: tuple[int, ...], out: np.ndarray | None = None
