@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.conftest import fadvise_dontneed
 from pacs_engine.index import Index
 
 ROOT = "1.2.826.0.1.3680043.8.498.1"
@@ -128,16 +129,6 @@ def random_uids(n_rows: int, count: int, seed: int = 0) -> list[str]:
         series, i = divmod(rest, ROWS_PER_SERIES)
         out.append(f"{ROOT}.{study}.{series}.{i}")
     return out
-
-
-def evict(path: Path) -> None:
-    """Drop the file's pages from the page cache (they must not be mapped by anyone)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def read_whole(path: Path) -> None:
@@ -264,7 +255,7 @@ def test_open_and_first_get_cold(benchmark: Any, built: Any, scale: str) -> None
     def close_and_evict() -> None:
         while opened:
             opened.pop().close()
-        evict(b.path / "data.mdb")
+        fadvise_dontneed([b.path / "data.mdb"])
 
     def open_and_get() -> None:
         index = Index.open(b.path)

@@ -83,6 +83,7 @@ from benchmarks.conftest import (
     PACS_ENGINE,
     RSS_SAMPLE_S,
     corpus_inputs,
+    fadvise_dontneed,
     process_cpu_seconds,
     read_whole,
     run_measured,
@@ -1307,17 +1308,6 @@ def test_startup(scratch: Path) -> None:
 COLD_ROUNDS = int(os.environ.get("PACS_ENGINE_BENCH_COLD_ROUNDS", "2"))
 
 
-def evict(paths: list[str]) -> None:
-    """Drop the files' pages from the page cache (written back first), as if never read."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)  # dirty pages are not dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def test_cold_sources(scratch: Path) -> None:
     """Issue 18: a migration reads files that are not in memory. `ingest --workers 2` of the
     sustained set once its files are evicted from the page cache (posix_fadvise DONTNEED)
@@ -1335,7 +1325,7 @@ def test_cold_sources(scratch: Path) -> None:
             if kind == "in memory":
                 read_whole(fs.paths)
             else:
-                evict(fs.paths)
+                fadvise_dontneed(fs.paths)
             loads.append(os.getloadavg()[0])
             rows_of_kind.append(_ingest_wall(fs, 2, scratch, [str(SUSTAINED_DIR)]))
     warm = median(m.seconds for m in rows["in memory"])

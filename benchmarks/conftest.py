@@ -176,11 +176,13 @@ def drop_caches() -> bool:
     return True
 
 
-def fadvise_dontneed(paths: list[str]) -> None:
-    """Ask the kernel to drop each file's cached pages (clean pages only; metadata stays)."""
+def fadvise_dontneed(paths: list[str | Path]) -> None:
+    """Drop each file's cached pages, written back first (dirty pages are not dropped);
+    metadata stays."""
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
+            os.fdatasync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)

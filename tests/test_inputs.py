@@ -694,11 +694,12 @@ def test_prefetch_asks_the_kernel_to_read_regular_files_only(
     calls: list[tuple[int, int, int]] = []
 
     def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
-        assert os.fstat(fd).st_size >= length  # the descriptor is open, on the file
+        assert os.fstat(fd).st_size > offset  # the descriptor is open, on the file
         calls.append((offset, length, advice))
 
     monkeypatch.setattr(os, "posix_fadvise", fadvise)
     monkeypatch.setattr(inputs, "READAHEAD_BYTES", 1000)
+    monkeypatch.setattr(inputs, "READAHEAD_STEP", 400)
     small, big = tmp_path / "small.dcm", tmp_path / "big.dcm"
     small.write_bytes(b"x" * 300)
     big.write_bytes(b"x" * 5000)
@@ -711,11 +712,13 @@ def test_prefetch_asks_the_kernel_to_read_regular_files_only(
     for path in (small, big, fifo, link, tmp_path / "missing.dcm", tmp_path):
         inputs.prefetch(InputRef(str(path)))
     inputs.prefetch(InputRef(str(zipped), "m.dcm"))  # a member: left to the archive's reads
-    assert calls == [(0, 300, os.POSIX_FADV_WILLNEED), (0, 1000, os.POSIX_FADV_WILLNEED)]
+    # In steps (the kernel reads at most its readahead window a call), up to the cap.
+    steps = [(offset, 400, os.POSIX_FADV_WILLNEED) for offset in (0, 400, 800)]
+    assert calls == [(0, 400, os.POSIX_FADV_WILLNEED), *steps]
     calls.clear()
     inputs.prefetch(InputRef(str(link)), inputs.InputPolicy(follow_links=True))
     inputs.prefetch(InputRef(str(big)), inputs.InputPolicy(max_bytes=4999))  # over the limit
-    assert calls == [(0, 300, os.POSIX_FADV_WILLNEED)]
+    assert calls == [(0, 400, os.POSIX_FADV_WILLNEED)]
 
     def fails(*args: object) -> None:
         raise OSError(22, "Invalid argument")

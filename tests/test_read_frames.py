@@ -7,6 +7,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import resource
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -503,6 +504,20 @@ def test_a_later_shard_out_of_order_leaves_the_earlier_ones_read_once(
         spans.sort()
         overlaps = [(a, b) for a, b in itertools.pairwise(spans) if a[0] + a[1] > b[0]]
         assert spans and not overlaps, (window, spans)
+
+
+def test_a_window_over_many_raw_shards_holds_one_open_at_a_time(tmp_path: Path) -> None:
+    """A window read of a series spanning more shards than the process may open at once
+    (150 shards, 100 descriptors to spare) is read shard by shard, not all held open."""
+    frames = np.arange(300 * 4 * 6, dtype="<i4").reshape(300, 4, 6).astype("<i2")
+    pixels, _ = _raw_tiled_array(tmp_path, frames, set())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 100, hard))
+    try:
+        got = pixels.read_frames("s/a", range(300), (slice(1, 3), slice(1, 5)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert np.array_equal(got, frames[:, 1:3, 1:5])
 
 
 def _raw_tiled(tmp_path: Path) -> tuple[Archive, str, Path]:

@@ -961,11 +961,22 @@ class PixelStore:
         steps = np.arange(stop - first, dtype=np.uint64) * np.uint64(tile_bytes)
         y, x = top - row0 * r, left - col0 * c  # the window in the image of whole tiles
         slots = _slots(frames)
-        shards = list(self._raw_chunks(path, spec, sorted(slots), first, stop, tile_bytes))
-        # Every shard's order checked before any is read: the decode path then reads each once.
-        if any(np.any(offsets != offsets[:, :1] + steps) for _, _, offsets in shards):
+        wanted = sorted(slots)
+
+        def shards() -> Iterator[tuple[_OpenShard, list[int], np.ndarray] | None]:
+            """Each shard's frames and offsets; None for one whose chunks are out of order."""
+            for entry in self._raw_chunks(path, spec, wanted, first, stop, tile_bytes):
+                offsets = entry[2]
+                yield None if np.any(offsets != offsets[:, :1] + steps) else entry
+
+        # Every shard's order checked before any is read, so that the decode path reads each
+        # once; one shard open at a time (a series' window read may span thousands of them).
+        if not all(shards()):
             return False
-        for held, some, offsets in shards:
+        for entry in shards():
+            if entry is None:  # replaced since the check: the decode path reads the lot
+                return False
+            held, some, offsets = entry
             for f, offset in zip(some, offsets[:, 0].tolist(), strict=True):
                 for target, lead in targets:
                     if os.preadv(held.fd, [target], offset + lead) != target.nbytes:

@@ -51,6 +51,9 @@ _CHUNK = 1 << 20  # bytes read at a time when an input is streamed
 #: each it asks for (the kernel's own readahead follows a longer file's sequential read).
 READAHEAD_FILES = 4
 READAHEAD_BYTES = 16 << 20
+#: Bytes asked for per posix_fadvise call: Linux reads at most the device's readahead
+#: window per call (read_ahead_kb, 128 KiB by default), so a file is asked for in steps.
+READAHEAD_STEP = 128 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
 _TAR_BLOCK = 512
 # One gzip seek point holds a 32 KiB window: cap the points per archive so a huge
@@ -268,7 +271,8 @@ def prefetch(ref: InputRef, policy: InputPolicy = DEFAULT_POLICY) -> None:
     try:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode) and info.st_size <= policy.max_bytes:
-            os.posix_fadvise(fd, 0, min(info.st_size, READAHEAD_BYTES), os.POSIX_FADV_WILLNEED)
+            for offset in range(0, min(info.st_size, READAHEAD_BYTES), READAHEAD_STEP):
+                os.posix_fadvise(fd, offset, READAHEAD_STEP, os.POSIX_FADV_WILLNEED)
     except OSError:  # EINVAL where the file system has no page cache to fill (a pipe-like fs)
         pass
     finally:
