@@ -28,6 +28,7 @@ from pacs_engine.archive import pixel_store
 from pacs_engine.archive.blobs import PENDING_SUFFIX
 from pacs_engine.archive.prepare import frame_hash
 from pacs_engine.ingest import IngestStopped
+from pacs_engine.scanning import scan
 from pacs_engine.storage import series_folders
 from pacs_engine.synth import write_studies
 
@@ -796,3 +797,31 @@ def test_a_commit_raises_its_arrays_counts_together_and_the_cli_then_exits_at_on
     monkeypatch.setattr(forkserver, "exit_flushed", exits.append)
     cli._exit_at_once(3)
     assert exits == [3]
+
+
+def test_each_row_holds_its_files_attributes_first_and_names_its_array_by_layout(
+    clean: dict[str, Any],
+) -> None:
+    """A row starts with the scanned attributes in tag order (its stored JSON keeps that
+    order), and its frames are in the array its layout names: native frames in the
+    `_native` array, bitstreams in their codec's."""
+    seen = set()
+    with open_archive(clean["path"]) as archive:
+        for row in archive.index:
+            data = Path(row["source_path"]).read_bytes()
+            attributes = dict(scan(data).attributes)
+            assert list(row)[: len(attributes)] == list(attributes)
+            assert {k: row[k] for k in attributes} == attributes
+            ds = pydicom.dcmread(row["source_path"], stop_before_pixels=True)
+            kind = "i" if ds.PixelRepresentation else "u"
+            layout = (
+                f"{ds.Rows}x{ds.Columns}x{ds.SamplesPerPixel}_{kind}{ds.BitsAllocated // 8}"
+                f"_b{ds.BitsStored}_{ds.PhotometricInterpretation}_"
+            )
+            array = row["pixels"]["array"].rsplit("/", 1)[1]
+            assert array.startswith(layout), (array, layout)
+            storage = array.removeprefix(layout)
+            native = not ds.file_meta.TransferSyntaxUID.is_compressed
+            assert (storage == "native") == native, (storage, ds.file_meta.TransferSyntaxUID)
+            seen.add(native)
+    assert seen == {True, False}

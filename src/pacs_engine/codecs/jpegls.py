@@ -102,11 +102,13 @@ class JpegLsCoder(FrameCodec):
 
         check_frame(self, frame)
         signed = frame.dtype.kind == "i"
-        low, high = value_range(frame)
         if self.precision == "dtype" and frame.dtype.itemsize <= 2:
             unsigned = frame.view(frame.dtype.str.replace("i", "u")) if signed else frame
             return bytes(imagecodecs.jpegls_encode(np.ascontiguousarray(unsigned)))
-        bits = signed_precision(low, high) if signed else unsigned_precision(low, high)
+        if signed:
+            bits = signed_precision(*value_range(frame))
+        else:  # the largest sample alone sets P: one pass over the frame, not two
+            bits = unsigned_precision(0, int(frame.max()) if frame.size else 0)
         bits = max(bits, _MIN_P)
         if bits > _MAX_P:
             raise CodecError(f"JPEG-LS holds at most 16 bits; this frame needs {bits}")

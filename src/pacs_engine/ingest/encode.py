@@ -399,7 +399,7 @@ class PartEncoder:
         """
         if prepared.storage == "none":
             return None
-        path = self.pixels.array_path(state.part.series_uid, self._array_for(prepared)[0])
+        path = self.pixels.array_path(state.part.series_uid, self._array_key(prepared))
         for version in reversed(version_rows(prior)):
             reference = version.get("pixels")
             if not reference or reference["array"] != path:
@@ -439,10 +439,11 @@ class PartEncoder:
         if prepared.storage == "none":
             return None, 0
         part, writers = state.part, state.writers
-        key, spec, attributes = self._array_for(prepared)
+        key = self._array_key(prepared)
         path = self.pixels.array_path(part.series_uid, key)
         chosen = None
         if path not in writers:
+            spec, attributes = self._array_for(prepared)
             frames = len(part.keys) * prepared.frame_count  # about what the part brings
             chosen = self._ensure_array(
                 part.series_uid, key, spec, attributes, prepared, frames, state.choices
@@ -512,8 +513,29 @@ class PartEncoder:
             self.pixels.ensure_array(series_uid, key, spec, attributes)
         return encoded[0] if encoded else None
 
-    def _array_for(self, prepared: Prepared) -> tuple[str, ArraySpec, dict[str, Any]]:
-        """The array key, spec and attributes for the instance's frames.
+    def _array_key(self, prepared: Prepared) -> str:
+        """The key of the array the instance's frames go to (every instance needs it; only
+        a new array its spec and attributes, `_array_for`)."""
+        import numpy as np
+
+        layout = prepared.pixel_layout
+        if prepared.storage == "bitstream":
+            codec = prepared.pass_through
+            dtype = codec.pixel_dtype
+            config = json.dumps(codec.to_dict(), sort_keys=True)
+            storage = f"{codec.codec_name.split('.')[-1]}-{_digest(config)}"
+        else:
+            dtype = prepared.native_frames.dtype
+            storage = "native"
+            if prepared.transcoded and prepared.pass_through.color_conversion != "none":
+                storage = "native-rgb"  # decoded as pixel_array does: YBR became RGB
+        return (
+            f"{layout.rows}x{layout.columns}x{layout.samples}_{np.dtype(dtype).str[1:]}"
+            f"_b{layout.bits_stored}_{layout.photometric or 'none'}_{storage}"
+        )
+
+    def _array_for(self, prepared: Prepared) -> tuple[ArraySpec, dict[str, Any]]:
+        """The spec and attributes of a new array for the instance's frames (`_array_key`).
 
         For native frames the spec has no codec yet: `_ensure_array` picks it.
         """
@@ -532,8 +554,6 @@ class PartEncoder:
         if prepared.storage == "bitstream":
             codec = prepared.pass_through
             dtype = codec.pixel_dtype
-            config = json.dumps(codec.to_dict(), sort_keys=True)
-            storage = f"{codec.codec_name.split('.')[-1]}-{_digest(config)}"
             attributes |= {
                 "storage": "original bitstream",
                 "transfer_syntax_uid": ts,
@@ -543,17 +563,11 @@ class PartEncoder:
         else:
             dtype = prepared.native_frames.dtype
             codec, compressors = None, ()
-            storage = "native"
             attributes |= {"storage": "archive codec", "source_transfer_syntax_uid": ts}
             if prepared.transcoded and prepared.pass_through.color_conversion != "none":
-                storage = "native-rgb"  # decoded as pixel_array does: YBR became RGB
                 attributes["color_conversion"] = prepared.pass_through.color_conversion
             if layout.rows * layout.columns > self.config["max_chunk_pixels"]:
                 tile = self.config.get("tile", DEFAULT_TILE)
-        key = (
-            f"{layout.rows}x{layout.columns}x{layout.samples}_{np.dtype(dtype).str[1:]}"
-            f"_b{layout.bits_stored}_{layout.photometric or 'none'}_{storage}"
-        )
         spec = ArraySpec(
             layout.rows,
             layout.columns,
@@ -564,7 +578,7 @@ class PartEncoder:
             self.config["frames_per_shard"],
             tile,
         )
-        return key, spec, attributes
+        return spec, attributes
 
     def _native_codec(
         self, sample: np.ndarray, frames: int, encoded: list[bytes]
@@ -791,8 +805,9 @@ def quarantine_conflict(
 def new_row(prepared: Prepared, pixels: PixelRef | None, stored: int, run: str = PENDING) -> Row:
     """The index row of a newly archived instance."""
     header = prepared.header
-    # Scanner values are plain str, int, float and lists of them: JSON as they are.
-    row: dict[str, Any] = dict(header.attributes)
+    # Scanner values are plain str, int, float and lists of them: JSON as they are. The
+    # mapping's `copy()` converts each once; `dict()` would then read each again through it.
+    row: dict[str, Any] = header.attributes.copy()  # type: ignore[attr-defined]
     row |= {
         "source_path": prepared.path,
         "source_sha256": prepared.sha256,
