@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ def drop_caches() -> bool:
     return True
 
 
-def fadvise_dontneed(paths: list[str | Path]) -> None:
+def fadvise_dontneed(paths: Sequence[str | Path]) -> None:
     """Drop each file's cached pages, written back first (dirty pages are not dropped);
     metadata stays."""
     for path in paths:

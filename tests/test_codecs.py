@@ -281,7 +281,7 @@ def _masked_streams(frame: np.ndarray) -> tuple[bytes, bytes]:
 
     low, high = int(frame.min()), int(frame.max())
     signed = frame.dtype.kind == "i"
-    bits = max(signed_precision(low, high) if signed else unsigned_precision(low, high), 2)
+    bits = max(signed_precision(low, high) if signed else unsigned_precision(high), 2)
     storage = "u1" if bits <= 8 else "<u2"
     values = np.ascontiguousarray(frame.astype(np.int64) & ((1 << bits) - 1), storage)
     rows, cols = frame.shape[:2]
@@ -382,7 +382,7 @@ def test_jpegls_encode_equals_the_masked_copy_on_built_frames(frame_name: str) -
     data = _check_against_masked(frame, frame_name)
     low, high = int(frame.min()), int(frame.max())
     signed = frame.dtype.kind == "i"
-    expected = signed_precision(low, high) if signed else unsigned_precision(low, high)
+    expected = signed_precision(low, high) if signed else unsigned_precision(high)
     assert jpegls_precision(data) == max(expected, 2)
 
 

@@ -25,7 +25,8 @@ from conftest import run_cli
 from pydicom.data import get_testdata_file
 from test_archive import pydicom_pixels
 
-from pacs_engine import open_archive
+from pacs_engine import Archive, open_archive
+from pacs_engine.archive.versions import version_rows
 from pacs_engine.deid import deidentify, make_key
 
 DATA = Path(__file__).parent / "data" / "archive-71bdf4b"
@@ -326,3 +327,31 @@ def test_rebuild_index_gives_old_rows_the_attributes_recorded_since(old: Path) -
         assert primary == {uid for uid, v in joined.items() if "PRIMARY" in v.split("\\")}
         assert archive.query("instance", ImageType="ORIGINAL\\PRIMARY*")
         assert archive.query("series", Manufacturer="?*")
+
+
+def test_the_current_code_files_the_old_sources_in_arrays_named_alike(
+    old: Path, tmp_path: Path
+) -> None:
+    """Array names are part of the format: an old archive's series take new instances into
+    their arrays only while the current code names them as the old code did (layout,
+    dtype, storage: native, or the bitstream's codec and a digest of its configuration)."""
+
+    def arrays(path: Path) -> dict[str, set[str]]:
+        """Per SOP Instance UID, the names (without their series folder) of the arrays its
+        versions' frames are in."""
+        found: dict[str, set[str]] = defaultdict(set)
+        with open_archive(path) as archive:
+            for row in archive.index:
+                for version in version_rows(row):
+                    if version.get("pixels"):
+                        name = version["pixels"]["array"].rsplit("/", 1)[1]
+                        found[version["SOPInstanceUID"]].add(name)
+        return dict(found)
+
+    before = arrays(old)
+    assert any("native" in n for names in before.values() for n in names)
+    assert any("native" not in n for names in before.values() for n in names)
+    with Archive.create(tmp_path / "new") as archive:
+        sent = [path for name, path in sources().items() if name != QUARANTINED]
+        assert archive.ingest(sent, workers=0).balanced
+    assert arrays(tmp_path / "new") == before

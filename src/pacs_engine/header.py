@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from pacs_engine._native.scanner import Attributes
 
 
 @cache
@@ -102,7 +103,7 @@ class Header:
     """
 
     path: str | None
-    attributes: Mapping[str, Any]
+    attributes: Attributes | dict[str, Any]  # a dict once unpickled
     transfer_syntax_uid: str | None
     has_preamble: bool
     has_file_meta: bool

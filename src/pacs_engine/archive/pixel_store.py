@@ -931,9 +931,9 @@ class PixelStore:
 
         Reads, not a mapping of the shard: a file cut short in place by another process after
         the open shard's freshness check gives a short read and an error naming the frame,
-        where a mapping kills the reader with SIGBUS. False, before any frame is read, when a
-        frame's chunks are not back to back in C order (zarr allows any order; we write them
-        so): the caller then reads them one by one, each once.
+        where a mapping kills the reader with SIGBUS. False when a shard's chunks are not back
+        to back in C order (zarr allows any order; we write them so): the caller then reads
+        the call's frames chunk by chunk, those of the shards before it again.
         """
         import numpy as np
 
@@ -961,22 +961,13 @@ class PixelStore:
         steps = np.arange(stop - first, dtype=np.uint64) * np.uint64(tile_bytes)
         y, x = top - row0 * r, left - col0 * c  # the window in the image of whole tiles
         slots = _slots(frames)
-        wanted = sorted(slots)
-
-        def shards() -> Iterator[tuple[_OpenShard, list[int], np.ndarray] | None]:
-            """Each shard's frames and offsets; None for one whose chunks are out of order."""
-            for entry in self._raw_chunks(path, spec, wanted, first, stop, tile_bytes):
-                offsets = entry[2]
-                yield None if np.any(offsets != offsets[:, :1] + steps) else entry
-
-        # Every shard's order checked before any is read, so that the decode path reads each
-        # once; one shard open at a time (a series' window read may span thousands of them).
-        if not all(shards()):
-            return False
-        for entry in shards():
-            if entry is None:  # replaced since the check: the decode path reads the lot
+        # One shard open at a time (a series' window read may span thousands of them),
+        # each checked as it comes: only another writer's array has chunks out of order.
+        for held, some, offsets in self._raw_chunks(
+            path, spec, sorted(slots), first, stop, tile_bytes
+        ):
+            if np.any(offsets != offsets[:, :1] + steps):
                 return False
-            held, some, offsets = entry
             for f, offset in zip(some, offsets[:, 0].tolist(), strict=True):
                 for target, lead in targets:
                     if os.preadv(held.fd, [target], offset + lead) != target.nbytes:

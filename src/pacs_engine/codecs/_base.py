@@ -52,8 +52,14 @@ def value_range(frame: np.ndarray) -> tuple[int, int]:
     return int(frame.min()), int(frame.max())
 
 
-def unsigned_precision(low: int, high: int) -> int:
-    """Bits needed to hold [low, high] as unsigned values (low must be >= 0)."""
+def largest(frame: np.ndarray) -> int:
+    """The largest sample of an integer frame (0 when it is empty): one pass, where the
+    precision of unsigned samples needs no smallest."""
+    return int(frame.max()) if frame.size else 0
+
+
+def unsigned_precision(high: int) -> int:
+    """Bits needed to hold [0, high] as unsigned values."""
     return max(high.bit_length(), 1)
 
 

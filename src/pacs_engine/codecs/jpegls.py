@@ -17,6 +17,7 @@ from pacs_engine.codecs._base import (
     check_frame,
     config_value,
     expect_shape,
+    largest,
     sign_extend,
     signed_precision,
     unsigned_precision,
@@ -107,8 +108,8 @@ class JpegLsCoder(FrameCodec):
             return bytes(imagecodecs.jpegls_encode(np.ascontiguousarray(unsigned)))
         if signed:
             bits = signed_precision(*value_range(frame))
-        else:  # the largest sample alone sets P: one pass over the frame, not two
-            bits = unsigned_precision(0, int(frame.max()) if frame.size else 0)
+        else:
+            bits = unsigned_precision(largest(frame))
         bits = max(bits, _MIN_P)
         if bits > _MAX_P:
             raise CodecError(f"JPEG-LS holds at most 16 bits; this frame needs {bits}")

@@ -92,7 +92,7 @@ class JpegXlCoder(FrameCodec):
         check_frame(self, frame)
         low, high = value_range(frame)
         offset = low if low < 0 else 0
-        bits = unsigned_precision(0, high - offset)
+        bits = unsigned_precision(high - offset)
         if bits > 16:
             raise CodecError(f"JPEG-XL lossless holds at most 16 bits; this frame needs {bits}")
         values = frame.astype(np.int32) - offset if offset else frame

@@ -516,21 +516,10 @@ class PartEncoder:
     def _array_key(self, prepared: Prepared) -> str:
         """The key of the array the instance's frames go to (every instance needs it; only
         a new array its spec and attributes, `_array_for`)."""
-        import numpy as np
-
         layout = prepared.pixel_layout
-        if prepared.storage == "bitstream":
-            codec = prepared.pass_through
-            dtype = codec.pixel_dtype
-            config = json.dumps(codec.to_dict(), sort_keys=True)
-            storage = f"{codec.codec_name.split('.')[-1]}-{_digest(config)}"
-        else:
-            dtype = prepared.native_frames.dtype
-            storage = "native"
-            if prepared.transcoded and prepared.pass_through.color_conversion != "none":
-                storage = "native-rgb"  # decoded as pixel_array does: YBR became RGB
+        dtype, storage = _frames_kind(prepared)
         return (
-            f"{layout.rows}x{layout.columns}x{layout.samples}_{np.dtype(dtype).str[1:]}"
+            f"{layout.rows}x{layout.columns}x{layout.samples}_{dtype.str[1:]}"
             f"_b{layout.bits_stored}_{layout.photometric or 'none'}_{storage}"
         )
 
@@ -539,9 +528,8 @@ class PartEncoder:
 
         For native frames the spec has no codec yet: `_ensure_array` picks it.
         """
-        import numpy as np
-
         layout = prepared.pixel_layout
+        dtype, storage = _frames_kind(prepared)
         ts = prepared.header.transfer_syntax_uid or ""
         attributes = {
             "photometric_interpretation": layout.photometric,
@@ -553,7 +541,6 @@ class PartEncoder:
         tile = None
         if prepared.storage == "bitstream":
             codec = prepared.pass_through
-            dtype = codec.pixel_dtype
             attributes |= {
                 "storage": "original bitstream",
                 "transfer_syntax_uid": ts,
@@ -561,10 +548,9 @@ class PartEncoder:
             }
             compressors: tuple = BITSTREAM_COMPRESSORS.get(codec.codec_name, ())
         else:
-            dtype = prepared.native_frames.dtype
             codec, compressors = None, ()
             attributes |= {"storage": "archive codec", "source_transfer_syntax_uid": ts}
-            if prepared.transcoded and prepared.pass_through.color_conversion != "none":
+            if storage == NATIVE_RGB:
                 attributes["color_conversion"] = prepared.pass_through.color_conversion
             if layout.rows * layout.columns > self.config["max_chunk_pixels"]:
                 tile = self.config.get("tile", DEFAULT_TILE)
@@ -572,7 +558,7 @@ class PartEncoder:
             layout.rows,
             layout.columns,
             layout.samples,
-            np.dtype(dtype),
+            dtype,
             codec,
             compressors,
             self.config["frames_per_shard"],
@@ -802,12 +788,31 @@ def quarantine_conflict(
     )
 
 
+#: The storage part of the array key of native frames decoded from YBR to RGB (as
+#: pixel_array decodes them), kept apart from those stored as they came.
+NATIVE_RGB = "native-rgb"
+
+
+def _frames_kind(prepared: Prepared) -> tuple[np.dtype, str]:
+    """The dtype of the instance's frames in the archive, and how they are stored: "native",
+    `NATIVE_RGB`, or the original bitstream's codec and a digest of its configuration."""
+    import numpy as np
+
+    if prepared.storage == "bitstream":
+        codec = prepared.pass_through
+        config = json.dumps(codec.to_dict(), sort_keys=True)
+        return np.dtype(codec.pixel_dtype), f"{codec.codec_name.split('.')[-1]}-{_digest(config)}"
+    if prepared.transcoded and prepared.pass_through.color_conversion != "none":
+        return prepared.native_frames.dtype, NATIVE_RGB
+    return prepared.native_frames.dtype, "native"
+
+
 def new_row(prepared: Prepared, pixels: PixelRef | None, stored: int, run: str = PENDING) -> Row:
     """The index row of a newly archived instance."""
     header = prepared.header
     # Scanner values are plain str, int, float and lists of them: JSON as they are. The
     # mapping's `copy()` converts each once; `dict()` would then read each again through it.
-    row: dict[str, Any] = header.attributes.copy()  # type: ignore[attr-defined]
+    row: dict[str, Any] = header.attributes.copy()
     row |= {
         "source_path": prepared.path,
         "source_sha256": prepared.sha256,
