@@ -34,7 +34,7 @@ def _as_encoded(frame: np.ndarray) -> tuple[np.ndarray, int]:
     if frame.dtype.kind == "i":
         bits = max(signed_precision(low, high), 2)
         return frame.astype(np.int32) & ((1 << bits) - 1), bits
-    return frame, max(unsigned_precision(low, high), 2)
+    return frame, max(unsigned_precision(high), 2)
 
 
 def test_native_jpegls_against_pyjpegls() -> None:

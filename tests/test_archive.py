@@ -721,6 +721,34 @@ def test_transcoding_stores_lossless_frames_with_the_archive_codec(
         assert archive.verify().ok
 
 
+def test_frames_decoded_from_ybr_to_rgb_are_kept_in_an_array_that_says_so(
+    tmp_path: Path,
+) -> None:
+    """A transcode decodes YBR_FULL RLE frames to RGB, as pixel_array does: they go to an
+    array of their own (its key ends "native-rgb", not with the frames kept as they came),
+    whose attributes name the conversion; the pixels are pydicom's, as RGB."""
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import RLELossless
+
+    rgb_file = next(p for p in pydicom_test_files() if p.name == "SC_rgb_small_odd.dcm")
+    ds = pydicom.dcmread(rgb_file)
+    ybr = convert_color_space(ds.pixel_array, "RGB", "YBR_FULL")
+    ds.PhotometricInterpretation = "YBR_FULL"
+    ds.compress(RLELossless, ybr)  # pydicom's own RLE encoder
+    source = tmp_path / "ybr_rle.dcm"
+    ds.save_as(source)
+    with Archive.create(tmp_path / "a", codec="jpegls", transcode=True) as archive:
+        assert archive.ingest([source], workers=0).archived == 1
+        (row,) = list(archive.index)
+        array = row["pixels"]["array"]
+        assert array.endswith("_u1_b8_YBR_FULL_native-rgb"), array
+        assert row["transcoded"] and row["color_conversion"] == "ybr_full_to_rgb"
+        assert archive.pixels.open_array(array).attrs["color_conversion"] == "ybr_full_to_rgb"
+        theirs = pydicom_pixels(source, row["color_conversion"])
+        assert np.array_equal(archive.frames(row["SOPInstanceUID"]).reshape(theirs.shape), theirs)
+        assert archive.verify().ok
+
+
 def test_an_archive_is_a_source_for_a_derived_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
