@@ -290,16 +290,14 @@ class Readahead:
 
     def __init__(self, keys: Sequence[str], policy: InputPolicy = DEFAULT_POLICY) -> None:
         self.keys, self.policy = keys, policy
-        self.read = 0  # inputs read (or about to be)
-        self.hinted = 0  # inputs hinted, the ones before this position
+        self.read = 0  # inputs read before the one about to be
 
     def step(self) -> None:
         """Call before reading each input, in the list's order."""
-        start = max(self.hinted, self.read + 1)
-        stop = min(len(self.keys), self.read + 1 + READAHEAD_FILES)
-        for key in self.keys[start:stop]:
+        # The first read starts the next READAHEAD_FILES; each later one, one more.
+        start = 1 if self.read == 0 else self.read + READAHEAD_FILES
+        for key in self.keys[start : self.read + 1 + READAHEAD_FILES]:
             prefetch(InputRef.from_key(key), self.policy)
-        self.hinted = max(self.hinted, stop)
         self.read += 1
 
 
