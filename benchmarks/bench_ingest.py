@@ -130,14 +130,14 @@ class Measured:
     files: int = 0
     raw_bytes: int = 0
     ratio: float | None = None
-    # Raw pixel bytes per byte of the archive's pixels folder (ingest rows): `ratio` is the
-    # report's, which counts the header packs too, and the codec ceiling's counts frames only.
-    pixel_ratio: float | None = None
     peak_rss_mib: float | None = None
     rss_note: str = ""
     note: str = ""
     cpu_seconds: float | None = None  # user + system, every process of the row
     report: dict[str, Any] | None = None  # pacs-engine's report of the run (ingest rows)
+    # Raw pixel bytes per byte of the archive's pixels folder (ingest rows): `ratio` is the
+    # report's, which counts the header packs too, and the codec ceiling's counts frames only.
+    pixel_ratio: float | None = None
 
     @property
     def per_s(self) -> float | None:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from types import TracebackType
 
 __all__ = [
     "FORKSERVER_PRELOAD",
@@ -151,6 +152,43 @@ def _end_without_teardown() -> None:
     exit_flushed(0)
 
 
+def _quiet_once_caller_gone(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    """`sys.excepthook` of the forkserver and the workers it forks: Python's, unless the
+    process that started the forkserver has ended.
+
+    A worker forked as its caller ends (an ingest whose archive cannot be opened, ending as
+    its pool forks the first worker) finds the caller's data cut short or its queues' locks
+    gone, and multiprocessing prints that on the caller's stderr after the caller's own
+    one-line error. Nobody is left to start it for: it ends without a traceback.
+    """
+    if _caller is not None and not _alive(_caller):
+        return
+    sys.__excepthook__(kind, value, traceback)
+
+
+def _alive(pid: int) -> bool:
+    """True while process `pid` runs (not ended, nor ended and not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc (macOS): a zombie counts as alive there
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
+        return True
+
+
+#: The process that started this forkserver (in the forkserver `start_forkserver` started
+#: and its workers), else None.
+_caller: int | None = None
+
 # In the forkserver `start_forkserver` started alone (its mark, taken out of the environment
 # in any process that imports this module, so that none passes it on), which imports this
 # module with its preload (through the executors): not in a process that imports it
@@ -159,3 +197,5 @@ if os.environ.pop(_OUR_FORKSERVER, None) == str(os.getppid()) and (
     sys.orig_argv[-1:] and sys.orig_argv[-1].startswith(_FORKSERVER_COMMAND)
 ):
     atexit.register(_end_without_teardown)
+    _caller = os.getppid()
+    sys.excepthook = _quiet_once_caller_gone
