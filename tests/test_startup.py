@@ -527,31 +527,35 @@ def test_a_first_fork_that_comes_after_close_stopped_the_forkserver_forks_nothin
     assert _probe(probe) == "True []"
 
 
-def test_a_worker_whose_caller_is_gone_before_it_starts_prints_no_traceback() -> None:
+def test_a_worker_whose_caller_ends_as_it_starts_prints_no_traceback() -> None:
     """A command that ends while a worker it asked for is still starting (an ingest whose
     archive cannot be opened, as its first worker forks) leaves that worker without its
-    data: the worker ends without a traceback on the command's stderr. A worker that fails
-    to start while its caller is there still prints one."""
+    data, or with its queues' semaphores gone, which the caller's exit functions unlink just
+    before it ends: the worker ends without a traceback on the command's stderr. A worker
+    that fails to start while its caller goes on prints one."""
     code = (
-        "import os, sys, multiprocessing.forkserver as fs; "
-        "from pacs_engine.forkserver import start_forkserver; "
-        "start_forkserver(); "
-        # A fork asked for as a pool does, its process data never sent: the caller ends.
+        "import os, sys, time, multiprocessing.forkserver as fs; "
+        "from pacs_engine import forkserver; "
+        "forkserver.start_forkserver(); "
+        # A fork asked for as a pool does: the pid comes back once the worker is forked.
         "status, data = fs._forkserver.connect_to_new_process([]); "
         "print(fs.read_signed(status), flush=True); "
-        "os.write(data, b'not a pickle') if sys.argv[1] == 'alive' else None; "
-        "os.close(data) if sys.argv[1] == 'alive' else None; "
-        "fs.read_signed(status) if sys.argv[1] == 'alive' else os._exit(0)"
+        "how = sys.argv[1]; "
+        # Its data never sent: the worker reads the end of it as the caller ends.
+        "how == 'cut' and os._exit(0); "
+        # Data it cannot start from, then the caller ends soon after, or goes on.
+        "os.write(data, b'not a pickle'); os.close(data); "
+        "time.sleep(0.1 if how == 'ends' else forkserver.CALLER_GRACE_S + 1.5)"
     )
-    for caller in ("gone", "alive"):
+    for how in ("cut", "ends", "goes on"):
         done = subprocess.run(
-            [sys.executable, "-c", code, caller], capture_output=True, text=True, timeout=LIMIT_S
+            [sys.executable, "-c", code, how], capture_output=True, text=True, timeout=LIMIT_S
         )
-        assert int(done.stdout.split()[0]) > 0  # the worker was forked
-        if caller == "gone":
-            assert done.returncode == 0 and done.stderr == ""
+        assert done.returncode == 0 and int(done.stdout.split()[0]) > 0  # a worker was forked
+        if how == "goes on":
+            assert "Traceback" in done.stderr and "UnpicklingError" in done.stderr, how
         else:
-            assert "Traceback" in done.stderr and "UnpicklingError" in done.stderr
+            assert done.stderr == "", how
 
 
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import TracebackType
 
 __all__ = [
@@ -45,6 +46,11 @@ FORKSERVER_PRELOAD = ["pacs_engine.ingest.tasks", "numpy", "imagecodecs", "pacs_
 QUIET_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
 #: The main module a caller named to `start_forkserver`, preloaded again on each restart.
 _main_module: str | None = None
+#: The process that started this forkserver (in the forkserver `start_forkserver` started
+#: and its workers), else None.
+_caller: int | None = None
+#: How long a worker that fails to start waits for its caller to end before it says why.
+CALLER_GRACE_S = 1.0
 #: How multiprocessing's command line for the forkserver's interpreter starts (3.11-3.13).
 _FORKSERVER_COMMAND = "from multiprocessing.forkserver import main;"
 #: Set in the environment while `start_forkserver` starts the forkserver (to the starting
@@ -155,39 +161,31 @@ def _end_without_teardown() -> None:
 def _quiet_once_caller_gone(
     kind: type[BaseException], value: BaseException, traceback: TracebackType | None
 ) -> None:
-    """`sys.excepthook` of the forkserver and the workers it forks: Python's, unless the
-    process that started the forkserver has ended.
+    """`sys.excepthook` of the forkserver and the workers it forks (a worker's failure to
+    start; a started worker reports its own): Python's, unless the process that started
+    the forkserver ends within CALLER_GRACE_S.
 
     A worker forked as its caller ends (an ingest whose archive cannot be opened, ending as
-    its pool forks the first worker) finds the caller's data cut short or its queues' locks
-    gone, and multiprocessing prints that on the caller's stderr after the caller's own
-    one-line error. Nobody is left to start it for: it ends without a traceback.
+    its pool forks the first worker) finds the caller's data cut short or its queues'
+    semaphores gone (the caller's exit functions unlink them just before it ends), and
+    multiprocessing printed that on the caller's stderr after the caller's own one-line
+    error. Nobody is left to start it for: it ends without a traceback.
     """
-    if _caller is not None and not _alive(_caller):
-        return
-    sys.__excepthook__(kind, value, traceback)
+    if _caller is None or _outlives(_caller, CALLER_GRACE_S):
+        sys.__excepthook__(kind, value, traceback)
 
 
-def _alive(pid: int) -> bool:
-    """True while process `pid` runs (not ended, nor ended and not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):  # no /proc (macOS): a zombie counts as alive there
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            pass
-        return True
+def _outlives(pid: int, seconds: float) -> bool:
+    """True when process `pid` still runs `seconds` from now (polled), False once it ends."""
+    from pacs_engine.workers import alive  # imported already here: the preload's executors
 
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.02)
+    return False
 
-#: The process that started this forkserver (in the forkserver `start_forkserver` started
-#: and its workers), else None.
-_caller: int | None = None
 
 # In the forkserver `start_forkserver` started alone (its mark, taken out of the environment
 # in any process that imports this module, so that none passes it on), which imports this
