@@ -545,7 +545,8 @@ def test_a_worker_whose_caller_ends_as_it_starts_prints_no_traceback() -> None:
         "how == 'cut' and os._exit(0); "
         # Data it cannot start from, then the caller ends soon after, or goes on.
         "os.write(data, b'not a pickle'); os.close(data); "
-        "time.sleep(0.1 if how == 'ends' else forkserver.CALLER_GRACE_S + 1.5)"
+        "time.sleep(0.1 if how == 'ends' else forkserver.CALLER_GRACE_S + 1.5); "
+        "os._exit(0)"  # at once, as the command ends
     )
     for how in ("cut", "ends", "goes on"):
         done = subprocess.run(

@@ -49,7 +49,8 @@ _main_module: str | None = None
 #: The process that started this forkserver (in the forkserver `start_forkserver` started
 #: and its workers), else None.
 _caller: int | None = None
-#: How long a worker that fails to start waits for its caller to end before it says why.
+#: How long the forkserver, or a worker of it, that fails to start waits for its caller to
+#: end before it says why (a pool whose worker fails to start learns it that much later).
 CALLER_GRACE_S = 1.0
 #: How multiprocessing's command line for the forkserver's interpreter starts (3.11-3.13).
 _FORKSERVER_COMMAND = "from multiprocessing.forkserver import main;"
@@ -158,7 +159,7 @@ def _end_without_teardown() -> None:
     exit_flushed(0)
 
 
-def _quiet_once_caller_gone(
+def _quiet_if_caller_ends(
     kind: type[BaseException], value: BaseException, traceback: TracebackType | None
 ) -> None:
     """`sys.excepthook` of the forkserver and the workers it forks (a worker's failure to
@@ -177,8 +178,10 @@ def _quiet_once_caller_gone(
 
 def _outlives(pid: int, seconds: float) -> bool:
     """True when process `pid` still runs `seconds` from now (polled), False once it ends."""
-    from pacs_engine.workers import alive  # imported already here: the preload's executors
-
+    try:
+        from pacs_engine.workers import alive  # imported already here: the preload's executors
+    except Exception:  # raised out of an excepthook, it would hide the traceback it was for
+        return True
     deadline = time.monotonic() + seconds
     while alive(pid):
         if time.monotonic() >= deadline:
@@ -196,4 +199,4 @@ if os.environ.pop(_OUR_FORKSERVER, None) == str(os.getppid()) and (
 ):
     atexit.register(_end_without_teardown)
     _caller = os.getppid()
-    sys.excepthook = _quiet_once_caller_gone
+    sys.excepthook = _quiet_if_caller_ends
