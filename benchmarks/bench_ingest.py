@@ -811,7 +811,7 @@ def _ingest_wall(fs: IngestSet, workers: int, scratch: Path, sources: list[str])
         )
         (report_path,) = (archive / "reports").glob("ingest-*.json")
         report = json.loads(report_path.read_text())
-        pixels = sum(p.stat().st_size for p in (archive / "pixels").rglob("*") if p.is_file())
+        pixels = stored_file_bytes(archive / "pixels")
     finally:
         shutil.rmtree(archive, ignore_errors=True)
     assert report["inputs"] == len(fs) and report["balanced"]
