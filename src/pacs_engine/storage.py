@@ -73,23 +73,27 @@ def series_folders(series_uid: str) -> set[str]:
     return {series_folder(series_uid)} if legacy is None else {series_folder(series_uid), legacy}
 
 
-def make_dirs(path: str | os.PathLike) -> None:
-    """Create `path` and missing parents, each with its parent's mode."""
+def make_dirs(path: str | os.PathLike) -> list[Path]:
+    """Create `path` and missing parents, each with its parent's mode; the folders made
+    here (a durable write syncs their parents, where their entries are)."""
     missing = []
     path = Path(path)
     while not path.is_dir():
         missing.append(path)
         path = path.parent
+    made = []
     for folder in reversed(missing):
         mode = folder.parent.stat().st_mode & _FOLDER_BITS
         try:
             os.mkdir(folder, mode & 0o777)
         except FileExistsError:
-            continue  # made meanwhile by another writer
+            continue  # made meanwhile by another writer, whose write syncs its parent
         # Set only when the umask took bits off or setgid was not inherited: a chmod is
         # one more journalled change a folder, where a stat is not.
         if os.stat(folder).st_mode & _FOLDER_BITS != mode:
             os.chmod(folder, mode)
+        made.append(folder)
+    return made
 
 
 def folder_identity(folder: str | os.PathLike) -> tuple[int, int] | str:
@@ -199,7 +203,7 @@ def write_atomic(
         if batch is not None and path in batch.files:
             # Its temporary is this write's too, and a rewrite reads the old file.
             raise ValueError(f"{path}: written twice in one batch of deferred writes")
-        make_dirs(path.parent)
+        made = make_dirs(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         mode = file_mode(path.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -238,10 +242,14 @@ def write_atomic(
                 os.close(fd)
         if not durable:
             return
+        # The rename's folder, and those holding the entries of the folders made for it
+        # (a new array's): durable before a row may reference a file in them.
+        folders = {path.parent, *(folder.parent for folder in made)}
         if dirs is None:
-            fsync_dir(path.parent)
+            with stage("fsync"):
+                _sync_folders(sorted(folders))  # at once: one journal commit for them all
         else:
-            dirs.add(path.parent)
+            dirs.update(folders)
 
 
 def write_together(

@@ -575,20 +575,21 @@ class PixelStore:
         """Create the array (and its series group) if it does not exist yet.
 
         Its zarr.json holds the bytes zarr's `create_array` writes (`array_metadata`),
-        replaced atomically but not made durable, as zarr writes it: the commit's
-        `frames_file` (written with `write_together`) or the tidy's `set_frames` makes it
-        durable, and a crash before leaves an array no row uses, which the ingest's tidy
-        removes.
+        written and made durable with its folders before this returns: the rows of its
+        frames are committed before the commit's `frames_file` rewrites it (with
+        `write_together`), and a power cut between the two must not leave committed rows
+        in an array without its metadata. A crash before any row uses it leaves an
+        array the ingest's tidy removes.
         """
         path = self.array_path(series_uid, key)
         if not self.exists(path):
             self.create_array(path, array_metadata(spec, attributes))
 
     def create_array(self, path: str, zarr_json: bytes) -> None:
-        """Create an array (and its series group) with this zarr.json, not made durable
-        (see `ensure_array`)."""
+        """Create an array (and its series group) with this zarr.json, made durable (see
+        `ensure_array`)."""
         self._ensure_group(path)
-        write_atomic(self.root / path / "zarr.json", zarr_json, durable=False)
+        write_atomic(self.root / path / "zarr.json", zarr_json)
 
     def new_array_file(self, path: str, meta: dict[str, Any], frames: int) -> tuple[Path, bytes]:
         """The zarr.json (path, bytes) that creates an array with metadata `meta` and
@@ -602,11 +603,11 @@ class PixelStore:
         )
 
     def _ensure_group(self, path: str) -> None:
-        """Write the zarr.json of the array's series group when missing, not made durable
-        (as zarr writes it): a group holds nothing a row uses."""
+        """Write the zarr.json of the array's series group when missing, made durable with
+        the series' folder (which holds the arrays rows reference)."""
         group = (self.root / path).parent
         if not (group / "zarr.json").exists():
-            write_atomic(group / "zarr.json", GROUP_METADATA, durable=False)
+            write_atomic(group / "zarr.json", GROUP_METADATA)
 
     def frames(self, path: str) -> int:
         """The array's frame count (its shape along axis 0): its committed frames', but
