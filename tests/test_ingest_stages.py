@@ -47,6 +47,7 @@ from pacs_engine.codecs.blosc import general_blosc
 from pacs_engine.codecs.native import PixelLayout, to_array, to_bytes
 from pacs_engine.codecs.registry import ARCHIVE_BY_NAME, as_zarr
 from pacs_engine.executors import InlineExecutor
+from pacs_engine.index import Index
 from pacs_engine.ingest import Progress, encode, inputs, run, tasks
 from pacs_engine.ingest.journal import Journal, Planned, _key, plan_order
 from pacs_engine.scanning import scan
@@ -917,6 +918,62 @@ def test_a_batch_syncs_its_files_in_one_round(
     assert len(executor.batches) == 1
     # Each series: a shard, a header pack and its rows file; then the commit's six counts.
     assert [n for n in rounds if n] == [6 * 3, 6]
+
+
+def test_a_plan_key_stays_within_lmdb_for_any_instance_number() -> None:
+    # An IS of 2 ** 200 (a hostile file) with 200-byte UIDs made a 523-byte key: LMDB takes
+    # 511, the scan record failed and so did every resume. Outside int64/2, it sorts last.
+    uid = "1." + "2" * 198
+
+    def key(number: int | None) -> bytes:
+        return _key(b"p", "run", *plan_order(Planned("k", uid, uid, number, 1, 0)))
+
+    numbers = [-(2**62), -1, 0, 5, 2**62 - 1]
+    keys = [key(n) for n in numbers]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    for outside in (2**200, -(2**200), 2**62, -(2**62) - 1):
+        assert key(outside) == key(None) > keys[-1]
+    assert max(len(key(n)) for n in (2**200, -(2**200), None, -1)) <= 511
+
+
+def test_a_new_arrays_metadata_and_folders_are_durable_before_its_rows_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The commit rewrites each array's zarr.json (its frame count) only after the rows;
+    # a power cut in between must find the zarr.json the array was made with, and the
+    # folders holding it, on disk: synced before the commit, not after.
+    events: list[str] = []
+    fsync, writing = os.fsync, Index.writing
+
+    def noted_fsync(fd: int) -> None:
+        events.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    @contextlib.contextmanager
+    def noted_writing(index: Index) -> Any:
+        with writing(index) as writer:
+            yield writer
+        events.append("commit")
+
+    monkeypatch.setattr(storage.os, "fsync", noted_fsync)
+    monkeypatch.setattr(Index, "writing", noted_writing)
+    for number in range(2):
+        _series(tmp_path / "in", number, 2)
+    with Archive.create(tmp_path / "a") as archive:
+        archive.ingest([tmp_path / "in"], workers=0)
+        arrays = {row["pixels"]["array"] for row in archive.index}
+        pixels = archive.pixels.root.resolve()
+    assert len(arrays) == 2
+    # The rows' commit: the first after the first shard's sync.
+    shard = next(n for n, e in enumerate(events) if "/c/" in e)
+    before = events[: events.index("commit", shard)]
+    for array in arrays:
+        folder = pixels / array
+        assert any(re.fullmatch(rf"{folder}/\.zarr\.json\.\d+\.tmp", e) for e in before), array
+        # The array's folder (its zarr.json's entry), the series' (the array folder's)
+        # and pixels/ (the series folder's): each made by this ingest.
+        for synced in (folder, folder.parent, pixels):
+            assert str(synced) in before, (array, synced)
 
 
 def test_a_commit_raises_its_arrays_frame_counts_in_one_round_of_syncs(

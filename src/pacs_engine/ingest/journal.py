@@ -46,6 +46,10 @@ _SEP = b"\x00"
 _PAGE = 4096
 #: Sorts instances without an Instance Number after every numbered one.
 _NO_NUMBER = 1 << 63
+#: Added to an Instance Number in a plan key: a number in [-_BIAS, _BIAS) (any real one)
+#: gives 0 to _NO_NUMBER - 1, 19 digits at most; one outside sorts as none (a hostile
+#: 2 ** 200 made a key past LMDB's 511 bytes, and stopped every resume of the run).
+_BIAS = 1 << 62
 #: A file's identity in an `s` entry: size, mtime in ns, inode, device (then the run id).
 _IDENTITY = struct.Struct("<QqQQ")
 
@@ -292,7 +296,7 @@ class Journal:
                         entry["key"],
                         series_uid,
                         sop,
-                        None if order == _NO_NUMBER else order - (1 << 62),
+                        None if order == _NO_NUMBER else order - _BIAS,
                         entry["frames"],
                         entry.get("pixel_bytes", 0),
                     )
@@ -303,7 +307,8 @@ class Journal:
 
 def plan_order(p: Planned) -> tuple[str, str, str, str]:
     """Where a planned input sorts: series, Instance Number, SOP Instance UID, key digest."""
-    number = _NO_NUMBER if p.instance_number is None else p.instance_number + (1 << 62)
+    given = p.instance_number
+    number = _NO_NUMBER if given is None or not -_BIAS <= given < _BIAS else given + _BIAS
     return p.series_uid, f"{number:020d}", p.sop_instance_uid, _digest(p.key)
 
 
