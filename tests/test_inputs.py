@@ -349,6 +349,27 @@ def test_a_zip_member_with_a_bad_crc_is_an_input_error(tmp_path: Path) -> None:
         read_input(refs[0])
 
 
+def test_a_damaged_lzma_member_is_an_input_error(tmp_path: Path) -> None:
+    # lzma raises LZMAError (no OSError): it stopped the run, and every resume of it.
+    path = make_zip(tmp_path / "xz.zip", {"a.dcm": sample("CT_small.dcm")}, zipfile.ZIP_LZMA)
+    data = bytearray(path.read_bytes())
+    data[30 + len("a.dcm") + 100] ^= 0xFF  # a byte inside the compressed data
+    path.write_bytes(bytes(data))
+    refs, errors = walk(path)
+    assert errors == []
+    with pytest.raises(InputError, match=r"xz\.zip::a\.dcm: damaged member: "):
+        read_input(refs[0])
+
+
+def test_a_zip_with_a_member_name_that_is_not_its_utf8_is_named(tmp_path: Path) -> None:
+    # Flagged UTF-8, bytes that are not: zipfile raises UnicodeDecodeError as it opens.
+    path = make_zip(tmp_path / "names.zip", {"é.dcm": sample("CT_small.dcm")})
+    path.write_bytes(path.read_bytes().replace("é".encode(), b"\xff\xfe"))
+    refs, errors = walk(path)
+    assert refs == [] and [key for key, _ in errors] == [str(path)]
+    assert "utf-8" in errors[0][1]
+
+
 def test_a_truncated_tgz_member_is_an_input_error(tmp_path: Path) -> None:
     files = {f"m{i}.dcm": sample(name) for i, name in enumerate(SAMPLES)}
     whole = make_tar(tmp_path / "w.tgz", files, "w:gz").read_bytes()

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import lzma
 import os
 import re
 import stat
@@ -67,8 +68,17 @@ _ZIP_METHODS = frozenset(
     {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 )
 _ZIP_METHOD_NAMES = {9: "Deflate64", 6: "implode", 93: "zstd", 95: "xz", 98: "ppmd", 99: "AES"}
-# What damaged archives raise in zipfile, tarfile, zlib, indexed_gzip (ZranError is an OSError).
-_ARCHIVE_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError)
+# What damaged archives raise in zipfile, tarfile, zlib, lzma, indexed_gzip (ZranError is an
+# OSError); ValueError: a zip member's name flagged UTF-8 that is not (UnicodeDecodeError).
+_ARCHIVE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
+    tarfile.TarError,
+)
 
 
 @dataclass(frozen=True, slots=True)
