@@ -637,6 +637,34 @@ def test_a_retrieve_without_its_unique_key_is_refused(server: Server) -> None:
     assert last["outcome"] == "refused 0xA900" and last["actor"] == "TESTSCU"
 
 
+@pytest.mark.parametrize(
+    ("level", "key", "value"),
+    [
+        ("STUDY", "StudyInstanceUID", "*"),
+        ("STUDY", "StudyInstanceUID", None),  # a real UID, then "*" in the same list
+        ("SERIES", "SeriesInstanceUID", "1.2.?"),
+    ],
+)
+def test_a_retrieve_refuses_wildcards_in_its_unique_keys(
+    server: Server, level: str, key: str, value: str | None
+) -> None:
+    # Matched as a query, "*" would send a peer allowed to retrieve every instance.
+    assoc = scu_association(server.port, QR_GET_CLASSES[1])
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = level
+        query.StudyInstanceUID = study_uid(1)
+        setattr(query, key, [study_uid(1), "*"] if value is None else value)
+        *pending, (final, _) = assoc.send_c_get(query, QR_GET_CLASSES[1])
+    finally:
+        assoc.release()
+    assert final.Status == 0xA900 and key in final.ErrorComment
+    assert "wildcard" in final.ErrorComment
+    assert not pending  # nothing was sent
+    last = [r for r in server.audit() if r["action"] == "c-get"][-1]
+    assert last["outcome"] == "refused 0xA900"
+
+
 def test_c_cancel_stops_a_get(server: Server) -> None:
     """The SCU cancels on receiving the first instance: the rest of the study is not sent."""
     stored: list[str] = []

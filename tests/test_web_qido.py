@@ -331,6 +331,25 @@ def test_every_search_is_audited_with_its_studies_and_no_patient_data(served: Se
     assert verify_chain(served.root) == []
 
 
+def test_a_search_that_fails_is_a_500_naming_no_patient_and_audited(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError("cannot read the index near PLASTIC^PATIENT")
+
+    monkeypatch.setattr(qido, "find", failing)
+    before = len(list(read_records(served.root)))
+    answer = served.get("/studies?PatientID=PLASTIC")
+    assert answer.status_code == 500 and "cannot search the archive" in answer.text
+    assert "PLASTIC" not in answer.text
+    (record,) = list(read_records(served.root))[before:]
+    assert (record["action"], record["outcome"], record["detail"]) == (
+        "qido studies",
+        "failed",
+        "OSError",
+    )
+
+
 @pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason="orthanc-dicomweb is not installed")
 def test_the_same_queries_find_the_same_uids_as_orthanc(served: Served) -> None:
     running_orthanc = benchmark_module("orthanc").running_orthanc

@@ -133,7 +133,7 @@ def body(*parts: bytes, boundary: str = BOUNDARY, close: bool = True) -> bytes:
     return b"\r\n".join(pieces) + end
 
 
-def post(web: Web, data: bytes, path: str = "/studies", **headers: str) -> httpx.Response:
+def post(web: Web, data: bytes, path: str = "/studies", **headers: str | bytes) -> httpx.Response:
     sent = {**UPLOADER, "Content-Type": MULTIPART, **headers}
     return httpx.post(web.url + path, content=data, headers=sent, timeout=60)
 
@@ -263,10 +263,12 @@ def test_instances_of_another_study_than_the_urls_are_refused(web: Web) -> None:
         ('multipart/related; type="application/dicom+json"; boundary=x', 415, "only"),
         ('multipart/related; type="application/dicom"', 400, "no usable boundary"),
         ('multipart/related; type="application/dicom"; boundary=other', 400, "does not occur"),
+        # Sent as UTF-8 bytes (httpx sends str headers as ASCII only): RFC 2046 allows ASCII.
+        ('multipart/related; type="application/dicom"; boundary=été'.encode(), 400, "boundary"),
     ],
 )
 def test_a_body_with_the_wrong_type_or_boundary_is_refused(
-    web: Web, content_type: str, status: int, reason: str
+    web: Web, content_type: str | bytes, status: int, reason: str
 ) -> None:
     response = post(
         web, body(instance(generate_uid(), generate_uid())), **{"Content-Type": content_type}
@@ -375,7 +377,7 @@ def test_staged_instances_of_a_killed_server_are_deleted_at_the_next_start(tmp_p
 # --- the multipart reader on its own ----------------------------------------------------
 
 
-def parse(data: bytes, chunk: int, limit: int = LIMIT) -> list[stow.Part]:
+def parse(data: bytes, chunk: int, limit: int = LIMIT, part: int = LIMIT) -> list[stow.Part]:
     """The parts `stow.read_parts` finds in `data` arriving in chunks of `chunk` bytes."""
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -383,7 +385,7 @@ def parse(data: bytes, chunk: int, limit: int = LIMIT) -> list[stow.Part]:
             yield data[start : start + chunk]
 
     async def collect() -> list[stow.Part]:
-        return [part async for part in stow.read_parts(chunks(), BOUNDARY, limit)]
+        return [p async for p in stow.read_parts(chunks(), BOUNDARY, limit, part)]
 
     return asyncio.run(collect())
 
@@ -428,3 +430,11 @@ def test_the_reader_finds_the_parts_however_the_body_is_chunked(chunk: int) -> N
 def test_the_reader_names_what_is_wrong(data: bytes, error: type, reason: str) -> None:
     with pytest.raises(error, match=reason):
         parse(data, 16, limit=300)
+
+
+def test_a_part_over_the_instance_limit_is_refused_as_it_comes() -> None:
+    # Held in memory whole: refused once past the limit of an instance, not of the body.
+    part = f"--{BOUNDARY}\r\n\r\n".encode() + b"x" * 500 + f"\r\n--{BOUNDARY}--".encode()
+    assert [len(p.data) for p in parse(part, 16, limit=10_000, part=500)] == [500]
+    with pytest.raises(stow.BodyTooLarge, match="part 1: over 499 bytes"):
+        parse(part, 16, limit=10_000, part=499)

@@ -35,6 +35,7 @@ from pacs_engine import Archive
 from pacs_engine.serve.audit import AuditLog, read_records
 from pacs_engine.serve.config import ServeConfig
 from pacs_engine.serve.context import ServeContext
+from pacs_engine.serve.retrieve import NotSendable
 from pacs_engine.serve.web import wado
 from pacs_engine.serve.web.app import make_app
 from pacs_engine.serve.web.request import Principal
@@ -444,6 +445,43 @@ def test_bulk_data_of_a_big_endian_instance_is_little_endian(server: Server) -> 
     assert data == np.frombuffer(WORDS, ">u2").astype("<u2").tobytes()
     ((_, pixels),) = parts(server.get(f"{source.url}/bulkdata/7FE00010"))
     assert pixels == source.pixels().astype("<i2").tobytes()
+
+
+def test_failures_past_the_checks_are_a_500_quoting_nothing_and_audited(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each kind of error its path can meet, with a value a data set could hold in its text.
+    source = server.source("MR_small_bigendian.dcm")
+    leak = "DOE^JANE"
+
+    def fails(error: Exception) -> Any:
+        def raising(*args: object, **kwargs: object) -> None:
+            raise error
+
+        return raising
+
+    cases = [
+        ("instance_file", NotSendable(f"cannot re-encode {leak}"), source.url, None),
+        (
+            "little_endian_value",
+            ValueError(f"odd length {leak}"),
+            f"{source.url}/bulkdata/00281201",
+            None,
+        ),
+        (
+            "render",
+            RuntimeError(f"too wide {leak}"),
+            f"{source.url}/frames/1/rendered",
+            "image/png",
+        ),
+    ]
+    for name, error, path, accept in cases:
+        with monkeypatch.context() as patch:
+            patch.setattr(wado, name, fails(error))
+            response = server.get(path, accept)
+        assert response.status_code == 500, (name, response.text)
+        assert leak not in response.text, name
+        assert server.last_audit()["outcome"] == "failed", name
 
 
 # --- rendered ---------------------------------------------------------------------------

@@ -62,6 +62,10 @@ MOVE_DESTINATION_UNKNOWN, UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA801, 0xA702
 MAX_CONTEXTS = 128
 
 
+#: The characters a query matches as wildcards (PS3.4 C.2.2.2.4), which a retrieve refuses.
+WILDCARDS = frozenset("*?")
+
+
 class NotSendable(PacsEngineError, ValueError):
     """An instance that cannot be sent on an association (no context, not rebuilt)."""
 
@@ -76,6 +80,11 @@ def retrieve_rows(archive: Archive, identifier: Dataset, patient_root: bool) -> 
     filters: dict[str, Any] = {}
     for keyword in wanted:
         values = [str(v) for v in as_list(identifier.get(keyword)) if v]
+        # PS3.4 C.4.2.2.1: a retrieve names instances by their unique keys' values; matched
+        # as a query would, a "*" would send a peer allowed to retrieve, not to query,
+        # every instance of the archive.
+        if any(WILDCARDS.intersection(value) for value in values):
+            raise QueryRefused(IDENTIFIER_MISMATCH, f"{keyword}: a retrieve takes no wildcard")
         if values:
             filters[keyword] = values
     if UNIQUE_KEY[level] not in filters:
@@ -266,7 +275,11 @@ def native_dataset(
         dataset = pydicom.dcmread(BytesIO(data), force=True)
         encoded = encode(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
     except Exception as error:  # pydicom can fail on odd data sets in many ways
-        raise NotSendable(f"{row['SOPInstanceUID']}: cannot re-encode: {error!r}") from None
+        # Its type only: pydicom's messages may quote the data set's values, and this one
+        # reaches peers, clients and the audit trail.
+        raise NotSendable(
+            f"{row['SOPInstanceUID']}: pydicom cannot re-encode it ({type(error).__name__})"
+        ) from None
     if encoded is None:
         raise NotSendable(f"{row['SOPInstanceUID']}: pydicom could not encode it in {syntax}")
     return encoded

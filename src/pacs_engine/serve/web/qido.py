@@ -319,7 +319,11 @@ def _search(search: Search) -> Any:
             audit(request, action, "bad request", detail=str(error).split(":")[0])
             raise HTTPException(400, str(error)) from None
         # One match past the page, to know whether to say there are more (PS3.18 8.3.4.4).
-        records = list(find(served.archive, parsed.query, parsed.offset, parsed.limit + 1))
+        try:
+            records = list(find(served.archive, parsed.query, parsed.offset, parsed.limit + 1))
+        except (PacsEngineError, ValueError, OSError) as error:  # as C-FIND answers them
+            audit(request, action, "failed", detail=type(error).__name__)
+            raise HTTPException(500, "cannot search the archive") from None
         page, more = records[: parsed.limit], len(records) > parsed.limit
         if more:
             parsed.warnings.append("There are additional results that can be requested")

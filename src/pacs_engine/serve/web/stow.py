@@ -133,12 +133,16 @@ class _Buffer:
 
 
 async def read_parts(
-    chunks: AsyncIterator[bytes], boundary: str, max_bytes: int
+    chunks: AsyncIterator[bytes],
+    boundary: str,
+    max_bytes: int,
+    max_part_bytes: int = MAX_INSTANCE_BYTES,
 ) -> AsyncIterator[Part]:
     """The parts of a multipart body (RFC 2046), one at a time, as the body arrives.
 
     MalformedBody when the framing is wrong or the body ends before its closing
-    delimiter; BodyTooLarge once more than `max_bytes` have come.
+    delimiter; BodyTooLarge once more than `max_bytes` have come, or a part holds more
+    than `max_part_bytes` (found as it comes: a part is held in memory whole).
     """
     delimiter = b"\r\n--" + boundary.encode("ascii")
     body = _Buffer(chunks, max_bytes)
@@ -163,7 +167,11 @@ async def read_parts(
             raise MalformedBody(f"part {number}: the body ends inside the part's headers")
         headers = _headers(block, number)
         data = bytearray()
-        if not await body.read_to(delimiter, data, max_bytes):
+        try:
+            complete = await body.read_to(delimiter, data, max_part_bytes)
+        except MalformedBody:  # its only error: the limit
+            raise BodyTooLarge(f"part {number}: over {max_part_bytes} bytes") from None
+        if not complete:
             raise MalformedBody(f"part {number}: the body ends inside the part (truncated)")
         yield Part(number, headers, data)
 
@@ -208,9 +216,6 @@ def _take_part(
     if media is not None and _media_type(media) != DICOM:
         found = InstanceCheck(f"Content-Type {_media_type(media)}")
         return _Refusal(CANNOT_UNDERSTAND, f"part {part.number}: {found.problem}", found)
-    if len(part.data) > MAX_INSTANCE_BYTES:
-        found = InstanceCheck(f"larger than {MAX_INSTANCE_BYTES} bytes")
-        return _Refusal(OUT_OF_RESOURCES, f"part {part.number}: {found.problem}", found)
     found = check_instance(part.data)
     problem: tuple[int, str] | None = None
     if found.problem is not None:
@@ -293,7 +298,8 @@ def make_store(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
                 request, 415, f'only multipart/related; type="{DICOM}" is accepted', target
             )
         boundary = message.get_param("boundary")
-        if not isinstance(boundary, str) or not boundary or len(boundary) > 70:
+        # RFC 2046: 1 to 70 ASCII characters.
+        if not isinstance(boundary, str) or not 0 < len(boundary) <= 70 or not boundary.isascii():
             return _refuse(request, 400, "the Content-Type has no usable boundary", target)
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > max_body_bytes:

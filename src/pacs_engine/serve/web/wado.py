@@ -306,7 +306,7 @@ async def instances(request: Request) -> Response:
             data = await run_in_threadpool(instance_file, archive, rows[0], syntax)
         except PacsEngineError as error:
             audit(request, action, "failed", target.study, f"{detail}: {error}")
-            raise HTTPException(500, f"cannot send the instance: {error}") from None
+            raise HTTPException(500, "cannot send the instance") from None
         audit(request, action, "success", target.study, detail)
         return Response(multipart.body(boundary, [(part_type(syntax), data)]), media_type=kind)
 
@@ -437,7 +437,7 @@ async def bulkdata(request: Request) -> Response:
 
     try:
         data = await run_in_threadpool(value)
-    except PacsEngineError as error:
+    except (PacsEngineError, CodecError, ValueError) as error:  # ValueError: an odd length
         audit(request, action, "failed", target.study, f"{path}: {error}")
         raise HTTPException(500, "cannot read the bulk data") from None
     if data is None:
@@ -704,7 +704,8 @@ def rendered_route(thumbnail: bool, whole_instance: bool) -> Callable[[Request],
 
         try:
             data = await run_in_threadpool(make)
-        except (PacsEngineError, CodecError, ValueError) as error:
+        # RuntimeError: imagecodecs' encoders' own errors (an image too wide for a JPEG).
+        except (PacsEngineError, CodecError, ValueError, RuntimeError) as error:
             audit(request, action, "failed", target.study, f"{target.instance}: {error}")
             raise HTTPException(500, f"cannot render the {name}") from None
         audit(request, action, "success", target.study, f"{target.instance} frame {numbers[0]}")
