@@ -970,10 +970,15 @@ def test_a_new_arrays_metadata_and_folders_are_durable_before_its_rows_commit(
     for array in arrays:
         folder = pixels / array
         assert any(re.fullmatch(rf"{folder}/\.zarr\.json\.\d+\.tmp", e) for e in before), array
-        # The array's folder (its zarr.json's entry), the series' (the array folder's)
-        # and pixels/ (the series folder's): each made by this ingest.
-        for synced in (folder, folder.parent, pixels):
-            assert str(synced) in before, (array, synced)
+        # Each folder holding an entry this ingest made: the array's (its zarr.json's, its
+        # c/), the series' (the array's), pixels/ (the series'), c/0/0 (the shard's)...
+        shards = folder / "c" / "0" / "0"
+        for synced in (folder, folder.parent, pixels, *shards.relative_to(folder).parents):
+            assert str(folder / synced) in before, (array, synced)
+        assert str(shards) in before
+        # ... and the header pack's: headers/<series>/, headers/.
+        headers = pixels.parent / "headers"
+        assert {str(headers), str(headers / folder.parent.name)} <= set(before)
 
 
 def test_a_commit_raises_its_arrays_frame_counts_in_one_round_of_syncs(

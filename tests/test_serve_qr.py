@@ -665,6 +665,16 @@ def test_a_retrieve_refuses_wildcards_in_its_unique_keys(
     assert last["outcome"] == "refused 0xA900"
 
 
+def test_a_wildcard_in_an_upper_levels_key_is_left_out_of_a_retrieve(
+    server: Server, tmp_path: Path
+) -> None:
+    # The level's own key names the instances: an upper level's "*" narrows nothing.
+    getscu(
+        server, tmp_path / "g", "SERIES", "StudyInstanceUID=*", f"SeriesInstanceUID={series_uid(1)}"
+    )
+    assert set(received(tmp_path / "g")) == {sop_uid(s) for s in SPECS if s.series == 1}
+
+
 def test_c_cancel_stops_a_get(server: Server) -> None:
     """The SCU cancels on receiving the first instance: the rest of the study is not sent."""
     stored: list[str] = []

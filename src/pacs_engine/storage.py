@@ -96,6 +96,15 @@ def make_dirs(path: str | os.PathLike) -> list[Path]:
     return made
 
 
+def make_dirs_durable(path: str | os.PathLike) -> None:
+    """`make_dirs`, then the folders holding the entries of those it made synced: the
+    folder stays after a power cut once what is written into it is acknowledged."""
+    made = make_dirs(path)
+    if made:
+        with stage("fsync"):
+            _sync_folders(sorted({folder.parent for folder in made}))
+
+
 def folder_identity(folder: str | os.PathLike) -> tuple[int, int] | str:
     """What makes a folder itself whatever path names it (a link, a bind mount)."""
     # One stat: resolving a path took one lstat per component, and misses a bind mount.
@@ -226,6 +235,8 @@ def write_atomic(
                 batch.files[path] = tmp
                 if held:
                     batch.fds[path] = fd
+                # The folders holding the entries of those made for it: synced with it.
+                batch.update(folder.parent for folder in made)
                 return
             os.replace(tmp, path)
         except BaseException:  # a full disk: leave no half-written temporary taking space

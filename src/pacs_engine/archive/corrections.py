@@ -66,7 +66,7 @@ from pacs_engine.index.keys import identity_key
 from pacs_engine.index.query import PATIENT_KEYWORDS
 from pacs_engine.index.rows import Row
 from pacs_engine.scanning import HEADER_KEYWORDS, STUDY_KEYWORDS, scan
-from pacs_engine.storage import fsync_dir, make_dirs, series_folders, write_atomic
+from pacs_engine.storage import fsync_dir, make_dirs_durable, series_folders, write_atomic
 
 if TYPE_CHECKING:
     import pydicom
@@ -540,7 +540,7 @@ class Corrections:
         """Make a planned correction: packs, record, one index transaction, then the rest."""
         self.recover()
         records = self.root / RECORDS
-        make_dirs(records)
+        make_dirs_durable(records)
         if correction.kind in ("merge-patient", "patient", "move-series"):
             # The index holds these rows, so their parts committed: a copy's part killed
             # before renaming its rows files has them renamed now, or a rebuild of the index
@@ -837,7 +837,7 @@ def _move(root: Path, frm: str, to: str) -> None:
     source, destination = root / frm, root / to
     if not source.exists():
         return
-    make_dirs(destination.parent)
+    make_dirs_durable(destination.parent)  # trash/<id>/...: what an undo moves back
     os.rename(source, destination)
     fsync_dir(destination.parent)
     fsync_dir(source.parent)

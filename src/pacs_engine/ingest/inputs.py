@@ -69,11 +69,11 @@ _ZIP_METHODS = frozenset(
 )
 _ZIP_METHOD_NAMES = {9: "Deflate64", 6: "implode", 93: "zstd", 95: "xz", 98: "ppmd", 99: "AES"}
 # What damaged archives raise in zipfile, tarfile, zlib, lzma, indexed_gzip (ZranError is an
-# OSError); ValueError: a zip member's name flagged UTF-8 that is not (UnicodeDecodeError).
+# OSError); UnicodeDecodeError: a zip member's name flagged UTF-8 that is not.
 _ARCHIVE_ERRORS = (
     OSError,
     EOFError,
-    ValueError,
+    UnicodeDecodeError,
     zlib.error,
     lzma.LZMAError,
     zipfile.BadZipFile,

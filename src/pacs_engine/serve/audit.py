@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pacs_engine.storage import file_mode, make_dirs
+from pacs_engine.storage import file_mode, make_dirs_durable
 
 #: `prev` of the very first record of a trail.
 GENESIS = "0" * 64
@@ -64,7 +64,7 @@ class AuditLog:
 
     def __init__(self, archive_root: str | os.PathLike, sync_seconds: float = 0.5) -> None:
         self.folder = Path(archive_root) / "audit"
-        make_dirs(self.folder)
+        make_dirs_durable(self.folder)
         self.sync_seconds = sync_seconds
         self._lock = threading.Lock()
         self._fd: int | None = None

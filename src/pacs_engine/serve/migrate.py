@@ -65,7 +65,7 @@ from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.serve.config import Peer, ServeConfig, parse_peer
 from pacs_engine.serve.dimse import STORAGE_SYNTAXES, DimseServer, no_delay
-from pacs_engine.storage import make_dirs, write_atomic
+from pacs_engine.storage import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -378,7 +378,6 @@ class Migration:
             "listing_problems": self.listing_problems,
             "studies": {uid: state.expected for uid, state in self.studies.items()},
         }
-        make_dirs(self.journal_path.parent)
         # The log first: a listing is never without its log (a kill between the two
         # leaves an empty log, which the next listing replaces).
         write_atomic(_log_path(self.journal_path), b"")

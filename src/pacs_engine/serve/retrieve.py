@@ -82,9 +82,12 @@ def retrieve_rows(archive: Archive, identifier: Dataset, patient_root: bool) -> 
         values = [str(v) for v in as_list(identifier.get(keyword)) if v]
         # PS3.4 C.4.2.2.1: a retrieve names instances by their unique keys' values; matched
         # as a query would, a "*" would send a peer allowed to retrieve, not to query,
-        # every instance of the archive.
+        # every instance of the archive. The level's own key is refused with one; an upper
+        # level's (a Patient ID may hold a "*") is left out: the level's own narrows more.
         if any(WILDCARDS.intersection(value) for value in values):
-            raise QueryRefused(IDENTIFIER_MISMATCH, f"{keyword}: a retrieve takes no wildcard")
+            if keyword == UNIQUE_KEY[level]:
+                raise QueryRefused(IDENTIFIER_MISMATCH, f"{keyword}: a retrieve takes no wildcard")
+            continue
         if values:
             filters[keyword] = values
     if UNIQUE_KEY[level] not in filters:

@@ -40,7 +40,12 @@ from pathlib import Path
 
 from pacs_engine.archive import Archive, IngestReport
 from pacs_engine.ingest import IngestStopped, run_ingest
-from pacs_engine.storage import fsync_dir, make_dirs, remove_stale_temporaries, write_atomic
+from pacs_engine.storage import (
+    fsync_dir,
+    make_dirs_durable,
+    remove_stale_temporaries,
+    write_atomic,
+)
 from pacs_engine.workers import Executor
 
 LOG = logging.getLogger(__name__)
@@ -56,8 +61,9 @@ class Spool:
         self.folder = Path(archive_root) / "spool"
         self.incoming = self.folder / "incoming"
         self.batch = self.folder / "batch"
-        make_dirs(self.incoming)
-        make_dirs(self.batch)
+        # Durable: instances received into them are acknowledged.
+        make_dirs_durable(self.incoming)
+        make_dirs_durable(self.batch)
         # Temporaries of a killed server: never acknowledged, so never anyone's data.
         remove_stale_temporaries(self.incoming)
         self.changed = threading.Condition()
