@@ -969,13 +969,13 @@ def test_a_new_arrays_metadata_and_folders_are_durable_before_its_rows_commit(
     before = events[: events.index("commit", shard)]
     for array in arrays:
         folder = pixels / array
-        assert any(re.fullmatch(rf"{folder}/\.zarr\.json\.\d+\.tmp", e) for e in before), array
+        temporary = rf"{re.escape(str(folder))}/\.zarr\.json\.\d+\.tmp"
+        assert any(re.fullmatch(temporary, e) for e in before), array
         # Each folder holding an entry this ingest made: the array's (its zarr.json's, its
         # c/), the series' (the array's), pixels/ (the series'), c/0/0 (the shard's)...
         shards = folder / "c" / "0" / "0"
-        for synced in (folder, folder.parent, pixels, *shards.relative_to(folder).parents):
-            assert str(folder / synced) in before, (array, synced)
-        assert str(shards) in before
+        for synced in (folder, folder.parent, pixels, folder / "c", shards.parent, shards):
+            assert str(synced) in before, (array, synced)
         # ... and the header pack's: headers/<series>/, headers/.
         headers = pixels.parent / "headers"
         assert {str(headers), str(headers / folder.parent.name)} <= set(before)

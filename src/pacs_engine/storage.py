@@ -101,8 +101,7 @@ def make_dirs_durable(path: str | os.PathLike) -> None:
     folder stays after a power cut once what is written into it is acknowledged."""
     made = make_dirs(path)
     if made:
-        with stage("fsync"):
-            _sync_folders(sorted({folder.parent for folder in made}))
+        _fsync_folders({folder.parent for folder in made})
 
 
 def folder_identity(folder: str | os.PathLike) -> tuple[int, int] | str:
@@ -212,7 +211,9 @@ def write_atomic(
         if batch is not None and path in batch.files:
             # Its temporary is this write's too, and a rewrite reads the old file.
             raise ValueError(f"{path}: written twice in one batch of deferred writes")
-        made = make_dirs(path.parent)
+        # The rename's folder, and those holding the entries of the folders made for it
+        # (a new array's): durable before a row may reference a file in them.
+        folders = {path.parent, *(folder.parent for folder in make_dirs(path.parent))}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         mode = file_mode(path.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -235,8 +236,7 @@ def write_atomic(
                 batch.files[path] = tmp
                 if held:
                     batch.fds[path] = fd
-                # The folders holding the entries of those made for it: synced with it.
-                batch.update(folder.parent for folder in made)
+                batch.update(folders)  # synced with the batch
                 return
             os.replace(tmp, path)
         except BaseException:  # a full disk: leave no half-written temporary taking space
@@ -253,12 +253,8 @@ def write_atomic(
                 os.close(fd)
         if not durable:
             return
-        # The rename's folder, and those holding the entries of the folders made for it
-        # (a new array's): durable before a row may reference a file in them.
-        folders = {path.parent, *(folder.parent for folder in made)}
         if dirs is None:
-            with stage("fsync"):
-                _sync_folders(sorted(folders))  # at once: one journal commit for them all
+            _fsync_folders(folders)
         else:
             dirs.update(folders)
 
@@ -358,8 +354,13 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename in `path` durable."""
+    _fsync_folders({Path(path)})
+
+
+def _fsync_folders(folders: set[Path]) -> None:
+    """Make the entries of `folders` durable, at once (one journal commit for them all)."""
     with stage("fsync"):
-        _sync_folders([Path(path)])
+        _sync_folders(sorted(folders))
 
 
 def fsync_dirs(dirs: set[Path]) -> None:
@@ -382,8 +383,7 @@ def fsync_dirs(dirs: set[Path]) -> None:
             os.replace(tmp, path)
             dirs.add(path.parent)
         files.clear()
-    with stage("fsync"):
-        _sync_folders(sorted(dirs))
+    _fsync_folders(dirs)
     dirs.clear()
 
 
