@@ -42,7 +42,11 @@ Rows:
   where its workers' time went (the report's stage_seconds), and its CPU seconds (every
   process) are set against the ceiling's; a "codecs" line times DCMTK's JPEG-LS
   encoder (dcmcjpls, Orthanc's) against the archive's on 24 of the files, CPU per frame.
-  The 1-minute load average is printed before each row.
+  The 1-minute load average is printed before each row. The ceiling's processes also
+  time, on the same frames, the contract's fixed work: each file read whole, its SHA-256
+  and its pixel data's BLAKE3, the frames encoded, written 64 files to a new file, synced:
+  what any ingest keeping this archive's format does per file at the least; the row
+  prints its share of the ceiling, and the ingest's share of it.
 - cold sources (issue 18, `test_cold_sources`): `ingest --workers 2` of the sustained set
   with its files evicted from the page cache (posix_fadvise DONTNEED), against the same
   with them read beforehand, alternating, PACS_ENGINE_BENCH_COLD_ROUNDS rounds: a
@@ -56,6 +60,7 @@ excluded; naive: file sizes in the zarr store); peak RSS (see `Measured.rss_note
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -70,7 +75,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
 from statistics import median
@@ -89,6 +94,7 @@ from benchmarks.conftest import (
     run_measured,
 )
 from pacs_engine import ScanError, scan_many
+from pacs_engine.archive.pixel_store import ArraySpec
 
 MODALITIES = {"CT", "MR", "CR"}
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -604,6 +610,9 @@ CEILING_BARRIER_S = 600.0  # bound on the wait for the other ceiling processes
 #: Pixel bytes a ceiling process decodes before encoding them: its memory stays bounded on
 #: a 10 GB sustained set.
 CEILING_CHUNK_BYTES = 256 << 20
+#: Files per shard in the contract's fixed work: the pixel store's frames per shard (the
+#: sets' files hold one frame each).
+SHARD_FILES = next(f.default for f in fields(ArraySpec) if f.name == "frames_per_shard")
 #: Bounds on the share rows' run time: each ingest is killed (and fails) after
 #: PACS_ENGINE_BENCH_TIMEOUT_S; Orthanc gets PACS_ENGINE_BENCH_PEER_S seconds of sending
 #: (restarts not counted) and is measured on the files it got to.
@@ -626,6 +635,7 @@ class Share:
     raw_bytes: int = 0
     ingest: dict[int, Measured] = field(default_factory=dict)
     ceiling: dict[int, Measured] = field(default_factory=dict)
+    fixed: dict[int, Measured] = field(default_factory=dict)  # the contract's fixed work
     orthanc: Measured | None = None
     codecs: str = ""  # DCMTK's JPEG-LS encoder against the archive's, per frame
     loads: list[float] = field(default_factory=list)  # 1-minute load average before each row
@@ -679,15 +689,55 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
     """One core's share of the ceiling: decode its files (untimed), pick a codec per array
     as ingest does (on the first frame of each series and geometry, untimed), then, once
     every process is ready, encode each frame once with it (timed: wall and CPU). Frames
-    are decoded and encoded CEILING_CHUNK_BYTES at a time."""
+    are decoded and encoded CEILING_CHUNK_BYTES at a time.
+
+    Each chunk is then done again as the contract's fixed work (timed apart, "fixed_*"):
+    each file read whole, its SHA-256 and its pixel data's BLAKE3 computed, its frames
+    encoded, and the encoded bytes written to a new file per SHARD_FILES files, synced,
+    the folder synced at the end: what any ingest keeping this format must do per file,
+    with no other work."""
+    import hashlib
+
     import numpy as np
     import pydicom
+    from blake3 import blake3
 
     from pacs_engine.codecs import choose_codec
+    from pacs_engine.scanning import scan
 
     codecs: dict[tuple[str, tuple[int, ...], str], Any] = {}
-    totals = {"seconds": 0.0, "cpu": 0.0, "raw": 0, "stored": 0}
+    totals = {"seconds": 0.0, "cpu": 0.0, "raw": 0, "stored": 0, "fixed_seconds": 0.0}
+    totals["fixed_cpu"] = 0.0
     frames: list[tuple[Any, Any]] = []
+    files: list[tuple[str, int, int, int]] = []  # path, pixel value offset and length, frames
+    shards = Path(folder, f"shards-{index}")
+    shards.mkdir()
+    names = itertools.count()
+
+    def fixed_work() -> None:
+        started, cpu = time.perf_counter(), time.process_time()
+        frame = 0
+        for i in range(0, len(files), SHARD_FILES):
+            encoded = []
+            for path, offset, length, count in files[i : i + SHARD_FILES]:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    data = os.read(fd, os.fstat(fd).st_size)
+                finally:
+                    os.close(fd)
+                hashlib.sha256(data).digest()
+                blake3(memoryview(data)[offset : offset + length]).digest()
+                for codec, pixels in frames[frame : frame + count]:
+                    encoded.append(codec.encode_frame(pixels))
+                frame += count
+            shard = os.open(shards / str(next(names)), os.O_WRONLY | os.O_CREAT)
+            try:
+                os.write(shard, b"".join(encoded))
+                os.fsync(shard)
+            finally:
+                os.close(shard)
+        totals["fixed_seconds"] += time.perf_counter() - started
+        totals["fixed_cpu"] += time.process_time() - cpu
 
     def encode() -> None:
         if not totals["raw"]:  # the first chunk: start with the other processes
@@ -697,7 +747,9 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
         totals["seconds"] += time.perf_counter() - started
         totals["cpu"] += time.process_time() - cpu
         totals["raw"] += sum(f.nbytes for _, f in frames)
+        fixed_work()
         frames.clear()
+        files.clear()
 
     pending = 0
     for path in paths:
@@ -706,6 +758,8 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array
         stack = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
+        pixel = scan(path).pixel
+        files.append((path, pixel.value_offset, pixel.value_length, len(stack)))
         for frame in stack:
             frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
             key = (str(ds.SeriesInstanceUID), frame.shape, frame.dtype.str)
@@ -718,13 +772,21 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
             pending = 0
     if frames or not totals["raw"]:
         encode()
+    started = time.perf_counter()
+    fd = os.open(shards, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    totals["fixed_seconds"] += time.perf_counter() - started
     return totals
 
 
-def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> Measured:
+def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> tuple[Measured, Measured]:
     """The codec ceiling on `cores` cores: the set's series split in `cores` shares of about
     the same pixel bytes, each encoded in its own process at the same time; MB/s = all the
-    pixel bytes / the slowest process's encode time."""
+    pixel bytes / the slowest process's encode time. Second, the contract's fixed work on
+    the same shares (`ceiling_share`), timed the same way."""
     by_series: dict[str, list[str]] = {}
     for path, header in zip(fs.paths, scan_many(fs.paths), strict=True):
         by_series.setdefault(str(header.get("SeriesInstanceUID")), []).append(path)
@@ -736,14 +798,18 @@ def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> Measured:
         loads[least] += sum(fs.raw_bytes[p] for p in members)
     barrier = scratch / f"barrier-{cores}"
     barrier.mkdir()
-    with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
-        futures = [
-            pool.submit(ceiling_share, share, str(barrier), i, cores)
-            for i, share in enumerate(shares)
-        ]
-        results = [f.result() for f in futures]
+    try:
+        with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+            futures = [
+                pool.submit(ceiling_share, share, str(barrier), i, cores)
+                for i, share in enumerate(shares)
+            ]
+            results = [f.result() for f in futures]
+    finally:
+        shutil.rmtree(barrier, ignore_errors=True)
     raw = sum(r["raw"] for r in results)
-    measured = Measured(f"codec ceiling ({cores} core{'s' if cores > 1 else ''})")
+    plural = "s" if cores > 1 else ""
+    measured = Measured(f"codec ceiling ({cores} core{plural})")
     measured.seconds = max(r["seconds"] for r in results)
     measured.cpu_seconds = sum(r["cpu"] for r in results)
     measured.files, measured.raw_bytes = len(fs), raw
@@ -751,7 +817,11 @@ def parallel_ceiling(fs: IngestSet, cores: int, scratch: Path) -> Measured:
     measured.note = "per process encode wall/CPU s: " + ", ".join(
         f"{r['seconds']:.2f}/{r['cpu']:.2f}" for r in results
     )
-    return measured
+    fixed = Measured(f"the contract's fixed work ({cores} core{plural})")
+    fixed.seconds = max(r["fixed_seconds"] for r in results)
+    fixed.cpu_seconds = sum(r["fixed_cpu"] for r in results)
+    fixed.files, fixed.raw_bytes, fixed.ratio = len(fs), raw, measured.ratio
+    return measured, fixed
 
 
 def _stage_bound(report: dict[str, Any]) -> str:
@@ -941,7 +1011,7 @@ def test_share_of_ceiling(which: str, scratch: Path) -> None:
         share.loads.append(os.getloadavg()[0])
         share.ingest[workers] = _ingest_wall(fs, workers, scratch, sources)
         share.loads.append(os.getloadavg()[0])
-        share.ceiling[workers] = parallel_ceiling(fs, workers, scratch)
+        share.ceiling[workers], share.fixed[workers] = parallel_ceiling(fs, workers, scratch)
     share.codecs = dcmtk_against_archive_codec(fs.paths, scratch)
     if orthanc_mod.installed():
         share.loads.append(os.getloadavg()[0])
@@ -975,6 +1045,13 @@ def share_lines() -> list[str]:
             out.append(
                 f"    CPU: ingest {_fmt(ours.cpu_seconds, '.1f')} s (every process), ceiling"
                 f" {_fmt(ceiling.cpu_seconds, '.1f')} s: the codec's share {_fmt(by_cpu, '.2f')}"
+            )
+            fixed = share.fixed[workers]
+            out.append(
+                f"    the contract's fixed work alone (read, SHA-256, BLAKE3, encode, write, sync)"
+                f" on {workers} core(s): {_fmt(fixed.mb_per_s, '.1f')} MB/s,"
+                f" {_fmt(_quotient(fixed.mb_per_s, ceiling.mb_per_s), '.2f')} of the ceiling;"
+                f" the ingest {_fmt(_quotient(ours.mb_per_s, fixed.mb_per_s), '.2f')} of it"
             )
             out.append(f"    bound: {ours.note}")
             if ours.report is not None and ceiling.seconds:
