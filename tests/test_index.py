@@ -216,6 +216,8 @@ def test_open_create_and_readonly(tmp_path: Path) -> None:
 # --- query semantics against a brute-force filter --------------------------------
 
 NAMES = ["DOE^JOHN", "Doe^Jane", "DOE^JO", "SMITH^ANNA^B", "Smith", "ÅSTRÖM^ÖRJAN", "O'NEIL^X", ""]
+# Component groups, empty trailing components.
+NAMES += ["Yamada^Tarou=山田^太郎=やまだ^たろう", "OB^^^^", "Doe^Peter^"]
 
 
 def _corpus() -> list[dict[str, Any]]:
@@ -232,11 +234,12 @@ def _corpus() -> list[dict[str, Any]]:
             "StudyDescription": rnd.choice(["CT CHEST", "MR BRAIN", "ct abdomen"]),
         }
         for keyword in ("PatientName", "StudyDate", "AccessionNumber"):
-            if rnd.random() < 0.12:
-                if rnd.random() < 0.5:
+            if rnd.random() < 0.18:
+                gap = rnd.random()
+                if gap < 0.33:
                     del study_attrs[keyword]
                 else:
-                    study_attrs[keyword] = None
+                    study_attrs[keyword] = None if gap < 0.66 else ""
         for series in range(rnd.randint(1, 3)):
             series_attrs = {
                 "SeriesInstanceUID": f"{ROOT}.{study}.{series}",
@@ -290,16 +293,22 @@ def _ref_value(keyword: str, query: Any, value: Any) -> bool:
         return False
     if keyword.endswith("UID"):
         return value in query.split("\\")
-    if keyword == "StudyDate" and query.count("-") == 1:
+    if keyword == "StudyDate" and query.count("-") == 1:  # a range: never an empty value
         lo, hi = query.split("-")
-        return value >= lo and (not hi or value[: len(hi)] <= hi)
+        return value != "" and value >= lo and (not hi or value[: len(hi)] <= hi)
     if keyword in ("SeriesNumber", "InstanceNumber"):
         return isinstance(value, int) and value == int(query)
-    if keyword == "PatientName":
-        return fnmatch.fnmatchcase(value.upper(), query.upper())
+    if keyword == "PatientName":  # the first group unless the query has "=", no empty tails
+        groups = "=" in query
+        return fnmatch.fnmatchcase(_ref_name(value, groups), _ref_name(query, True))
     if keyword == "StudyDate":
         return value == query
     return fnmatch.fnmatchcase(value, query)
+
+
+def _ref_name(name: str, groups: bool) -> str:
+    kept = name.upper().split("=") if groups else name.upper().split("=")[:1]
+    return "=".join(group.rstrip("^") for group in kept).rstrip("=")
 
 
 def _ref_match(record: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -341,6 +350,13 @@ def _uids(level: str, records: list[dict[str, Any]]) -> list[str]:
         ("study", {"PatientName": "*^*"}),
         ("study", {"PatientName": "åström*"}),
         ("study", {"PatientName": "*"}),
+        ("study", {"PatientName": "Yamada^Tarou"}),
+        ("study", {"PatientName": "*^tarou"}),
+        ("study", {"PatientName": "山田*"}),
+        ("study", {"PatientName": "*=山田^太郎*"}),
+        ("study", {"PatientName": "ob"}),
+        ("study", {"PatientName": "doe^peter^"}),
+        ("study", {"PatientName": "Doe^Jane^^"}),
         ("study", {"PatientID": "P1"}),
         ("study", {"PatientID": "p1"}),
         ("study", {"PatientID": "P1*"}),
@@ -348,6 +364,7 @@ def _uids(level: str, records: list[dict[str, Any]]) -> list[str]:
         ("study", {"StudyDate": "20200101-20201231"}),
         ("study", {"StudyDate": "-20190630"}),
         ("study", {"StudyDate": "20210101-"}),
+        ("study", {"StudyDate": "-20991231"}),
         ("study", {"StudyDate": "2020"}),
         ("study", {"StudyDate": "2020*"}),
         ("study", {"Modality": "CT"}),

@@ -25,6 +25,7 @@ from serve_helpers import (
     wait_drained,
 )
 
+from pacs_engine import Archive
 from pacs_engine.archive import open_archive
 from pacs_engine.scanning import scan
 from pacs_engine.serve.audit import read_records, verify_chain
@@ -293,3 +294,30 @@ def test_the_served_archive_answers_find_and_get_of_what_it_received(tmp_path: P
     assert ("FINDSCU", "get", "refused") in outcomes
     assert ("GETSCU", "c-get", "success") in outcomes
     assert verify_chain(archive) == []
+
+
+def test_the_server_log_holds_no_value_of_an_answer(tmp_path: Path) -> None:
+    """pydicom quotes a value it finds invalid for its VR ("Invalid value for VR DA:
+    '1997.04.24'") in a warning and a log line: the server's stderr shows neither."""
+    corpus = require_corpus()
+    source = tmp_path / "src"
+    source.mkdir()
+    ds = pydicom.dcmread(corpus / FILES[0])
+    ds.StudyDate, ds.PatientBirthDate = "1997.04.24", "1931.02.03"  # ACR-NEMA style dates
+    ds.save_as(source / "a.dcm")
+    archive = tmp_path / "archive"
+    with Archive.create(archive) as created:
+        assert created.ingest([source], workers=0).archived == 1
+    (tmp_path / "found").mkdir()
+    with serving(archive, "--peer", "FINDSCU=query") as (proc, port):
+        found = run_tool(
+            "findscu", "-S", "-aec", AE_TITLE, "-X", "-od", str(tmp_path / "found"),
+            "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "-k", "StudyDate",
+            "-k", "PatientBirthDate", "127.0.0.1", str(port),
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        code, stderr = stop(proc)
+    assert code == 0
+    (answer,) = [pydicom.dcmread(p) for p in (tmp_path / "found").iterdir()]
+    assert answer.StudyDate == "1997.04.24"  # answered as stored
+    assert "1997.04.24" not in stderr and "1931.02.03" not in stderr

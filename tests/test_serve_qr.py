@@ -799,3 +799,104 @@ def test_image_type_matches_whole_or_any_value_and_the_new_keys_come_back(
     }
     models = {str(ds.SeriesInstanceUID): ds.ManufacturerModelName for ds in datasets}
     assert all(r.ManufacturerModelName == models[str(r.SeriesInstanceUID)] for r in series)
+
+
+def test_times_match_at_the_precision_they_are_given_in(server: Server, tmp_path: Path) -> None:
+    """StudyTime 101500 is found by 1015 (10:15, any second), by 101500.000 and by a range
+    whose bounds have fewer digits; a value of another minute is not. (The studies' times:
+    1 101500, 2 083000, 3 230000, 4 120000, 5 000100.)"""
+    cases = {
+        "1015": {1},
+        "101500.000": {1},
+        "1015-1015": {1},
+        "-1015": {1, 2, 5},
+        "101500.5-": {3, 4},
+        "10-12": {1, 4},
+    }
+    for n, (value, studies) in enumerate(cases.items()):
+        responses = findscu(server, tmp_path / str(n), "-S", "STUDY", f"StudyTime={value}")
+        found = {str(r.StudyInstanceUID) for r in responses}
+        assert found == {study_uid(s) for s in studies}, value
+    assert findscu(server, tmp_path / "other", "-S", "STUDY", "StudyTime=1016") == []
+
+
+def test_an_empty_value_in_a_uid_list_is_no_uid_and_no_failure(server: Server) -> None:
+    """A list with an empty value ('uid\\') was an empty index key: 0xC311, unaudited."""
+    assoc = scu_association(server.port, STUDY_ROOT_FIND)
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = [study_uid(1), ""]
+        answers = list(assoc.send_c_find(query, STUDY_ROOT_FIND))
+    finally:
+        assoc.release()
+    assert [s.Status for s, _ in answers] == [0xFF00, 0x0000]
+    assert answers[0][1].StudyInstanceUID == study_uid(1)
+    last = [r for r in server.audit() if r["action"] == "c-find"][-1]
+    assert last["actor"] == "TESTSCU" and last["outcome"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("charset", "patient", "name"),
+    [("ISO_IR 13", "PID004", "山田^太郎"), ("ISO 2022 IR 6", "PID003", "Müller^Jürgen")],
+)
+def test_an_answer_is_not_declared_in_a_set_that_cannot_hold_it(
+    server: Server, charset: str, patient: str, name: str
+) -> None:
+    """ISO_IR 13 (JIS X 0201) holds no kanji and ISO 2022 IR 6 is ASCII, though pydicom
+    encodes them as Shift JIS and Latin-1: such an answer comes in UTF-8, declared so."""
+    assoc = scu_association(server.port, STUDY_ROOT_FIND)
+    try:
+        query = Dataset()
+        query.SpecificCharacterSet = charset
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientID = patient
+        query.PatientName = ""
+        answers = [a for _, a in assoc.send_c_find(query, STUDY_ROOT_FIND) if a is not None]
+    finally:
+        assoc.release()
+    (answer,) = answers
+    assert answer.SpecificCharacterSet == "ISO_IR 192"
+    assert str(answer.PatientName) == name
+
+
+def test_a_study_without_a_patient_id_gets_no_counts_of_other_patients(tmp_path: Path) -> None:
+    """An empty Patient ID was queried as universal matching: the archive's every study."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for n, pid in enumerate(("", "", "PID9")):
+        ds = pydicom.dcmread(sample("CT_small.dcm"))
+        ds.PatientID, ds.PatientName = pid, f"NOID^{n}"
+        ds.StudyInstanceUID = f"{UID_ROOT}.8.{n}"
+        ds.SeriesInstanceUID = f"{UID_ROOT}.8.{n}.1"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{UID_ROOT}.8.{n}.1.1"
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+    archive = Archive.create(tmp_path / "archive")
+    assert archive.ingest([folder], workers=0).archived == 3
+    ctx = ServeContext(archive, ServeConfig(ae_title="PACS_ENGINE"), AuditLog(archive.path))
+    scp = start(ctx)
+    try:
+        assoc = scu_association(scp.address[1], STUDY_ROOT_FIND)
+        try:
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ""
+            query.PatientID = ""
+            query.NumberOfPatientRelatedStudies = None
+            query.NumberOfPatientRelatedInstances = None
+            answers = [a for _, a in assoc.send_c_find(query, STUDY_ROOT_FIND) if a is not None]
+        finally:
+            assoc.release()
+    finally:
+        scp.stop()
+        ctx.audit.close()
+        archive.close()
+    counts = {
+        a.StudyInstanceUID: (a.NumberOfPatientRelatedStudies, a.NumberOfPatientRelatedInstances)
+        for a in answers
+    }
+    assert counts == {
+        f"{UID_ROOT}.8.0": (None, None),  # asked, and unknown: empty
+        f"{UID_ROOT}.8.1": (None, None),
+        f"{UID_ROOT}.8.2": (1, 1),
+    }

@@ -123,11 +123,11 @@ def matches(ds: Dataset, keyword: str, wanted: str) -> bool:
     if value is None:
         return False
     vr = ds[keyword].VR
-    if vr == "DA" and "-" in wanted:  # lexical: an empty date is before any (Orthanc agrees)
+    if value == "":  # no range takes an empty value (PS3.18's emptyvaluematching would)
+        return False
+    if vr == "DA" and "-" in wanted:  # lexical
         low, high = wanted.split("-")
         return (not low or str(value) >= low) and (not high or str(value)[:8] <= high)
-    if value == "":
-        return False
     values = [str(v) for v in value] if ds[keyword].VM > 1 else [str(value)]
     if vr == "UI":
         return any(v in wanted.split(",") for v in values)
@@ -374,7 +374,16 @@ def test_the_same_queries_find_the_same_uids_as_orthanc(served: Served) -> None:
                 mine &= {str(served.datasets[u].SeriesInstanceUID) for u in stored}
             else:
                 mine &= stored
-            assert mine == other, (level, filters)
+            # Orthanc compares dates as text: its "-B" takes studies without a date, which
+            # match no range here (no emptyvaluematching asked): the one difference.
+            undated = {
+                str(served.datasets[u].StudyInstanceUID)
+                for u in stored
+                if not served.datasets[u].get("StudyDate")
+            }
+            open_low = filters.get("StudyDate", "").startswith("-")
+            assert mine == (other - undated if open_low else other), (level, filters)
+            assert not open_low or other & undated, "the difference is not shown"
 
 
 def _joined(value: Any) -> str:

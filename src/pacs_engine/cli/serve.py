@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pacs_engine.ingest import make_executor
     from pacs_engine.serve.audit import AuditLog
     from pacs_engine.serve.config import ConfigError, check_ae_title, load_config, parse_peer
-    from pacs_engine.serve.context import ServeContext
+    from pacs_engine.serve.context import ServeContext, keep_values_out_of_logs
     from pacs_engine.serve.dimse import DimseServer
     from pacs_engine.serve.qr import QR_SERVICES
     from pacs_engine.serve.spool import Drain, Spool
@@ -119,6 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.drain_interval <= 0 or args.drain_batch < 1 or (args.workers or 0) < 0:
         raise ConfigError("--drain-interval and --drain-batch must be positive, --workers >= 0")
 
+    keep_values_out_of_logs()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

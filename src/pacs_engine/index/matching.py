@@ -6,9 +6,18 @@ The rules (PS3.4 C.2.2.2), by the attribute's VR in pydicom's data dictionary:
 - UI: list of UID matching, "uid1\\uid2" matches either;
 - DA, TM, DT: range matching "A-B", "-B", "A-" (lexical, so chronological for
   well-formed values; an upper bound is inclusive of everything it is a prefix
-  of, so StudyTime "-1000" takes 10:00:59); otherwise single value matching;
+  of, so StudyDate "-2020" takes 2020-12-31); otherwise single value matching. A
+  range never matches an empty value (with an open end or not). Times (TM) are
+  compared at the precision each is given in: a value stands for its earliest
+  instant ("1015" is 10:15:00), a query value for every instant it names, so
+  StudyTime "092815" matches 09:28:15.672, "132645.921" matches 132645.921000 and
+  "-1000" takes 10:00:59.9;
 - PN: wildcard matching ("*" any run, "?" one character), case-insensitive, as
-  the standard allows for person names;
+  the standard allows for person names. A query value without "=" is matched
+  against the name's first (alphabetic) component group, so "Yamada^Tarou" and
+  "*^Tarou" match "Yamada^Tarou=山田^太郎=やまだ^たろう"; one with "=" against the
+  whole name; empty trailing components ("Doe^Peter^", "OB^^^^") are ignored on
+  both sides;
 - numbers (IS, DS, US, ...): numeric equality ("5" matches 5 and 5.0); a value
   that is not a number (a malformed IS kept as text) is matched as text;
 - other strings, and keywords outside the dictionary (archive fields such as
@@ -120,8 +129,48 @@ def _wildcard(pattern: str, folded: bool) -> Callable[[Any], bool]:
         re.DOTALL,
     )
     if folded:
-        return lambda v: isinstance(v, str) and regex.fullmatch(fold(v)) is not None
+        groups = "=" in pattern
+        return lambda v: isinstance(v, str) and regex.fullmatch(_name(v, groups)) is not None
     return lambda v: isinstance(v, str) and regex.fullmatch(v) is not None
+
+
+def _name(value: str, groups: bool) -> str:
+    """A person name as a query compares it: folded, its empty trailing components
+    dropped, and only its first component group unless the query gives `groups`."""
+    parts = fold(value).split("=")
+    kept = [part.rstrip("^") for part in (parts if groups else parts[:1])]
+    return "=".join(kept).rstrip("=")
+
+
+def _times(text: str) -> tuple[str, str] | None:
+    """The first and last instants a TM value stands for at its precision, as strings
+    HHMMSS.FFFFFF that sort in time order (None: not a time)."""
+    main, _, fraction = text.strip().replace(":", "").partition(".")
+    if not main.isdigit() or len(main) not in (2, 4, 6):
+        return None
+    if fraction and (len(main) != 6 or not fraction.isdigit() or len(fraction) > 6):
+        return None
+    return (
+        f"{main.ljust(6, '0')}.{fraction.ljust(6, '0')}",
+        f"{main.ljust(6, '9')}.{fraction.ljust(6, '9')}",
+    )
+
+
+def _time_range(lo: str, hi: str) -> Callable[[Any], bool] | None:
+    """TM range matching at each value's precision (None: a bound that is not a time)."""
+    first = _times(lo) if lo else ("", "")
+    last = _times(hi) if hi else ("", "")
+    if first is None or last is None:
+        return None
+    start, end = first[0], last[1]
+
+    def predicate(v: Any) -> bool:
+        instant = _times(v) if isinstance(v, str) and v else None
+        if instant is None:  # empty, or not a time: compared as text, as other ranges are
+            return isinstance(v, str) and v != "" and v >= lo and (not hi or v[: len(hi)] <= hi)
+        return instant[0] >= start and (not end or instant[0] <= end)
+
+    return predicate
 
 
 def _number(value: Any) -> Callable[[Any], bool]:
@@ -145,7 +194,7 @@ def _is_number(text: str) -> bool:
 
 
 def _range(lo: str, hi: str) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, str) and v >= lo and (not hi or v[: len(hi)] <= hi)
+    return lambda v: isinstance(v, str) and v != "" and v >= lo and (not hi or v[: len(hi)] <= hi)
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -179,12 +228,23 @@ def _text(keyword: str, value: str, vr: str | None) -> Condition:
     """Text matching: wildcards when the value has "*" or "?" (not for dates), else exact;
     person names case-insensitive."""
     folded = vr == "PN"
-    text = fold(value) if folded else value
+    text = _name(value, groups=True) if folded else value
     if vr not in _RANGE_VRS and ("*" in text or "?" in text):
-        prefix = _literal_prefix(text)
+        # A name's index key is the whole name: its first group is a prefix of it.
+        prefix = _literal_prefix(text.split("=")[0] if folded else text)
         return Condition(keyword, _wildcard(text, folded), folded, prefix=prefix or None)
     if folded:
-        return Condition(keyword, lambda v: isinstance(v, str) and fold(v) == text, True, (text,))
+        groups = "=" in text
+        return Condition(
+            keyword,
+            lambda v: isinstance(v, str) and _name(v, groups) == text,
+            True,
+            prefix=text.split("=")[0] or None,
+        )
+    if vr == "TM":
+        times = _time_range(text, text)
+        if times is not None:
+            return Condition(keyword, times)
     return Condition(keyword, lambda v: v == text, exact=(text,))
 
 
@@ -204,7 +264,8 @@ def compile_condition(keyword: str, value: Any) -> Condition | None:
     if not isinstance(value, str) or (vr in _NUMERIC_VRS and _is_number(value)):
         return Condition(keyword, _number(value))
     if vr == "UI":
-        uids = tuple(dict.fromkeys(value.split("\\")))
+        # An empty value in the list names no UID (and would be an empty index key).
+        uids = tuple(dict.fromkeys(uid for uid in value.split("\\") if uid))
         wanted = frozenset(uids)
         return Condition(keyword, lambda v: v in wanted, exact=uids)
     if "\\" in value:
@@ -213,6 +274,10 @@ def compile_condition(keyword: str, value: Any) -> Condition | None:
         return compile_condition(keyword, value.split("\\"))
     if vr in _RANGE_VRS and value.count("-") == 1:
         lo, hi = value.split("-")
+        if vr == "TM":  # no index of times: no bounds needed
+            times = _time_range(lo, hi)
+            if times is not None:
+                return Condition(keyword, times)
         return Condition(keyword, _range(lo, hi), bounds=(lo, hi))
     return _text(keyword, value, vr)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,3 +34,26 @@ def dimse_peer(event: Any) -> tuple[str, str]:
     assoc = event.assoc
     peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
     return str(peer.ae_title).strip(), f"{peer.address}:{peer.port}"
+
+
+class _WithoutText(logging.Filter):
+    """Puts a fixed line in place of pydicom's own: its messages quote data set values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = "pydicom warned about a data set (its text is not logged)", ()
+        return True
+
+
+def keep_values_out_of_logs() -> None:
+    """Let no data set value reach the server's log through pydicom: it checks no values
+    against their VR (a check of pydicom's, which quotes the value; the archive's own
+    checks are done at ingest), and what it still logs or warns is said without its text."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+    logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, _WithoutText) for f in logger.filters):
+        logger.addFilter(_WithoutText())
+    # pydicom's warn_and_log logs, then warns with the same text from its own modules.
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")

@@ -192,7 +192,8 @@ def find(
             extra["SOPClassesInStudy"] = sorted(
                 {r["SOPClassUID"] for r in rows if r.get("SOPClassUID")}
             )
-        if wanted & set(PATIENT_COMPUTED) and record.get("PatientID") is not None:
+        # An empty Patient ID names no patient: its query would match every study.
+        if wanted & set(PATIENT_COMPUTED) and record.get("PatientID"):
             pid = record["PatientID"]
             if pid not in patients:
                 studies = archive.query("study", strict=False, PatientID=pid)
@@ -245,6 +246,15 @@ def _put(ds: Dataset, keyword: str, value: Any, texts: list[str]) -> None:
     texts.extend(v for v in values if isinstance(v, str))
 
 
+#: Request character sets a response may be given in: one repertoire without code
+#: extensions, whose Python codec is that repertoire (pydicom decodes ISO_IR 13 as Shift
+#: JIS, a superset holding kanji, and ISO_IR 6 as Latin-1: a text they encode may not fit).
+_ANSWERABLE = frozenset(
+    {f"ISO_IR {n}" for n in (100, 101, 109, 110, 126, 127, 138, 144, 148, 166, 192)}
+    | {"GB18030", "GBK"}
+)
+
+
 def response_charset(texts: list[str], requested: list[str]) -> str | list[str] | None:
     """The Specific Character Set of a response holding `texts`.
 
@@ -255,7 +265,7 @@ def response_charset(texts: list[str], requested: list[str]) -> str | list[str] 
     plain = all(t.isascii() for t in texts)
     if plain:
         return (requested[0] if len(requested) == 1 else requested) if requested else None
-    if len(requested) == 1 and requested[0] in python_encoding:
+    if len(requested) == 1 and requested[0] in _ANSWERABLE:
         try:
             for text in texts:
                 text.encode(python_encoding[requested[0]])

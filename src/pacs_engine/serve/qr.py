@@ -138,7 +138,7 @@ def handle_find(event: Any, ctx: ServeContext) -> Iterator[tuple[Status, Dataset
                 studies[record["StudyInstanceUID"]] = None
             matches += 1
             yield PENDING, answer
-    except (PacsEngineError, ValueError, OSError) as error:
+    except Exception as error:  # any failure is answered and audited, named by its type only
         failed = (
             error
             if isinstance(error, QueryRefused)
