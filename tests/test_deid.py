@@ -521,6 +521,19 @@ def test_key_files(tmp_path: Path) -> None:
     assert Key.load(key).uid("1.2.3") == Key.load(key).uid("1.2.3")
     assert Key.load(key).uid("1.2.3") != Key.load(make_key(tmp_path / "k2")).uid("1.2.3")
     assert repr(Key.load(key)) == "Key(<secret>)"
+    os.chmod(key, 0o644)
+    with pytest.raises(KeyFileError, match="others may read the key"):
+        Key.load(key)
+
+
+def test_a_key_inside_an_archive_is_refused(made: dict, tmp_path: Path) -> None:
+    """A key kept in the research archive would ship with the copy."""
+    research = tmp_path / "research"
+    research.mkdir()
+    key = make_key(research / "key")
+    with pytest.raises(KeyFileError, match="inside the archive"):
+        deidentify(made["root"] / "record", research, key, workers=0)
+    assert [p.name for p in research.iterdir()] == ["key"]  # nothing made
 
 
 def test_research_uids_are_keyed_hashes_remembered_within_a_bound_and_never_pickled(
@@ -625,7 +638,11 @@ def test_cli(made: dict, tmp_path: Path) -> None:
     assert summary["verify_mismatches"] == []  # --verify checked the research archive
     verified = run_cli("verify", str(tmp_path / "r"), "--workers", "0")
     assert verified.returncode == 0 and "MISMATCH" not in verified.stdout, verified.stdout
-    text = done.stdout + done.stderr
+    again = run_cli(*into_r, "--deidentify", *key_file, "--option", ",".join(OPTIONS), "--verify")
+    assert again.returncode == 0, again.stderr  # the report for people, all copied before
+    assert f"{summary['staged']:,} copied before" in again.stdout
+    assert "verify of the research archive: 0 mismatches" in again.stdout
+    text = done.stdout + done.stderr + again.stdout + again.stderr
     for data in list(made["originals"].values())[:10]:
         ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
         assert str(ds.SOPInstanceUID) not in text
@@ -1243,10 +1260,14 @@ def test_transcoded_and_whole_file_instances_are_copied_without_a_codec(
     assert kinds == {"transcoded", "0", "1"}  # transcoded, kept whole, native
 
 
-def test_a_damaged_source_header_is_refused_without_naming_the_source(tmp_path: Path) -> None:
-    """A header pack of the archive of record damaged: its instances are refused with the
-    reason, the others copied, and neither the report nor the research archive names the
-    source's UIDs (the pack's path holds its Series Instance UID)."""
+@pytest.mark.parametrize("damaged_part", ["header pack", "pixel shard"])
+def test_a_damaged_source_instance_is_refused_without_naming_the_source(
+    tmp_path: Path, damaged_part: str
+) -> None:
+    """A header pack or a shard of the archive of record damaged: its instances are refused
+    with the reason, the others copied, and neither the report nor the research archive
+    names the source's UIDs (the pack's and the shard's paths hold its Series Instance UID;
+    a damaged shard stopped the run, with a traceback naming it)."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm"):
@@ -1255,13 +1276,22 @@ def test_a_damaged_source_header_is_refused_without_naming_the_source(tmp_path: 
         assert record.ingest([inputs], workers=0).balanced
     with open_archive(tmp_path / "record") as record:
         rows = list(record.index)
-    damaged = tmp_path / "record" / rows[0]["header"]["pack"]
-    damaged.write_bytes(b"\0" * damaged.stat().st_size)
+    if damaged_part == "header pack":
+        damaged = tmp_path / "record" / rows[0]["header"]["pack"]
+        damaged.write_bytes(b"\0" * damaged.stat().st_size)
+        reason = "cannot read its header (BlobError)"
+    else:
+        array = tmp_path / "record" / "pixels" / rows[0]["pixels"]["array"]
+        shards = [p for p in (array / "c").rglob("*") if p.is_file()]
+        assert shards
+        for shard in shards:
+            shard.write_bytes(shard.read_bytes()[:10])
+        reason = "cannot read its pixels (ValueError)"
     key = make_key(tmp_path / "key")
     report = deidentify(tmp_path / "record", tmp_path / "research", key, workers=0)
     assert report.balanced and report.staged == 1
     new = Key.load(key).uid(rows[0]["SOPInstanceUID"])
-    assert report.refused == {new: "cannot read its header (BlobError)"}
+    assert report.refused == {new: reason}
     written = b"".join(p.read_bytes() for p in (tmp_path / "research").rglob("*") if p.is_file())
     for row in rows:
         for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
@@ -1490,3 +1520,17 @@ def test_dciodvfy_under_other_option_sets(
         assert added == set(), sop
         compared += 1
     assert compared > 20
+
+
+def test_retain_uids_copies_each_instance_under_its_own_uid(made: dict, tmp_path: Path) -> None:
+    """With retain-uids the header keeps the SOP Instance UID: the copy is filed under it
+    (every instance was refused: "SOP UID not mapped")."""
+    root = made["root"]
+    report = deidentify(
+        root / "record", tmp_path / "retained", made["key"], ["retain-uids"], workers=0
+    )
+    assert report.balanced and report.staged >= made["report"].staged > 20
+    assert not any("not mapped" in reason for reason in report.refused.values())
+    with open_archive(root / "record") as source, open_archive(tmp_path / "retained") as copy:
+        kept = {r["SOPInstanceUID"] for r in copy.index}
+        assert kept and kept <= {r["SOPInstanceUID"] for r in source.index}

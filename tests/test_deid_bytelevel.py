@@ -14,8 +14,10 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from test_deid import OPTIONS, _crafted, _select
 from test_deid_profile import KEY, OPTION_SETS, _bytes, _dataset
@@ -261,7 +263,7 @@ def test_header_blobs_the_same_way_as_pydicom(tmp_path: Path, inputs: list[bytes
     edges.save_as(folder / "edges.dcm")
     with Archive.open_or_create(tmp_path / "record") as record:
         assert record.ingest([folder], workers=0).balanced
-    by_bytes = 0
+    by_bytes = free_text = 0
     with open_archive(tmp_path / "record") as record:
         blobs = [record.header_blob(row) for row in record.index]
     assert any(b.suffix for b in blobs) and any(b.kind != WHOLE for b in blobs)
@@ -278,7 +280,10 @@ def test_header_blobs_the_same_way_as_pydicom(tmp_path: Path, inputs: list[bytes
             assert ours.blob == theirs.blob and ours.actions == theirs.actions
             assert ours.data_set_end == theirs.data_set_end
             by_bytes += ours.fallback is None
-    assert by_bytes >= (len(blobs) - 4) * len(ALL_OPTION_SETS)
+            free_text += ours.fallback == "free text in structured content"
+    # Structured reports whose content items hold text take the pydicom path (2 here).
+    assert free_text <= 2 * len(ALL_OPTION_SETS)
+    assert by_bytes + free_text >= (len(blobs) - 4) * len(ALL_OPTION_SETS)
 
 
 def test_bad_input_is_refused_with_the_reason_never_written() -> None:
@@ -391,3 +396,116 @@ def test_private_attributes_at_every_depth_counted_as_pydicom_counts_them(syntax
         assert b"never kept" not in (result.data or b"")
         kept = "retain-safe-private" in options
         assert (b"kept with retain-safe-private" in (result.data or b"")) == kept
+
+
+# --- what must not survive, whichever path de-identifies it -------------------------------
+
+LEAKED_NAME, LEAKED_UID = "Zebulon^Quixotic", "1.2.999.1.3.2"
+
+
+def _implicit_item(ds: Dataset) -> bytes:
+    """One sequence item of `ds`, implicit VR little endian, defined length."""
+    out = BytesIO()
+    fp = pydicom.filebase.DicomFileLike(out)
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(fp, ds)
+    value = out.getvalue()
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(value)) + value
+
+
+def _leaky(with_private_sequence: bool) -> bytes:
+    """CT_small with identifying values where a walk that only follows VR SQ misses them:
+    a standard sequence written as VR UN of defined length, a safe private sequence
+    holding a name, and the file meta's presentation addresses."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    item = Dataset()
+    item.PatientName = LEAKED_NAME
+    item.ReferencedSOPInstanceUID = LEAKED_UID
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    value = _implicit_item(item)  # Referenced Series Sequence, as a writer without it wrote it:
+    tag = BaseTag(0x00081115)  # a raw element, or pydicom would make it the sequence it is
+    ds._dict[tag] = RawDataElement(tag, "UN", len(value), value, 0, False, True)
+    if with_private_sequence:
+        ds.add_new(0x00090010, "LO", SAFE[0][0])
+        private = Dataset()
+        private.PatientName = LEAKED_NAME
+        ds.add_new(0x00091001, "SQ", Sequence([private]))
+    ds.file_meta.SourcePresentationAddress = "dicom://ct-3.hospital.example:104"
+    ds.file_meta.SendingPresentationAddress = "dicom://10.20.30.40:11112"
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+@pytest.mark.parametrize("options", [(), ("retain-safe-private",)], ids=["basic", "safe private"])
+def test_no_name_uid_or_address_survives_in_a_un_sequence_a_kept_private_one_or_the_meta(
+    fast: bool, options: tuple[str, ...]
+) -> None:
+    data = _leaky(with_private_sequence=True)
+    assert LEAKED_NAME.encode() in data and LEAKED_UID.encode() in data
+    engine = Deidentifier(KEY, options, burned_in="keep", safe_private=SAFE, byte_level=fast)
+    result = engine.apply(data)
+    assert result.data is not None
+    for leaked in (LEAKED_NAME, LEAKED_UID, "hospital.example", "10.20.30.40"):
+        assert leaked.encode() not in result.data, leaked
+    ds = pydicom.dcmread(BytesIO(result.data))
+    references = ds.ReferencedSeriesSequence  # kept (not in the table), its items cleaned
+    assert references[0].ReferencedSOPInstanceUID == KEY.uid(LEAKED_UID)
+    if options:
+        assert str(ds[0x00091001].value[0].PatientName) != LEAKED_NAME
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image (Retired)
+        "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image (Retired)
+        "1.2.840.10008.5.1.4.1.1.77.1.1",  # VL Endoscopic Image
+        "1.2.840.10008.5.1.4.1.1.77.1.5.1",  # Ophthalmic Photography 8 Bit Image
+    ],
+)
+def test_classes_that_carry_burned_in_text_are_withheld(sop_class: str) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    for fast in (True, False):
+        result = Deidentifier(KEY, (), byte_level=fast).apply(out.getvalue())
+        assert result.data is None and result.withheld is not None
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+@pytest.mark.parametrize("options", [(), ("clean-structured-content",)], ids=["basic", "clean"])
+def test_free_text_in_content_items_goes_with_its_sequence(
+    fast: bool, options: tuple[str, ...]
+) -> None:
+    """A content item's Text Value is in no row of the table: under Content Sequence's D
+    (Basic Profile) it is a dummy, under its C (Clean Structured Content) it is cleaned of
+    the patient's name and ID; the item's coded concept stays."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID = LEAKED_NAME, "PIDQX998877"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = (
+        "121071",
+        "DCM",
+        "Finding",
+    )
+    item = Dataset()
+    item.ValueType, item.RelationshipType = "TEXT", "CONTAINS"
+    item.ConceptNameCodeSequence = Sequence([concept])
+    item.TextValue = "Zebulon Quixotic (MRN PIDQX998877) seen at 12 Elm St"
+    ds.ContentSequence = Sequence([item])
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    engine = Deidentifier(KEY, options, burned_in="keep", byte_level=fast)
+    result = engine.apply(out.getvalue())
+    assert result.data is not None
+    for leaked in (b"Zebulon", b"Quixotic", b"PIDQX998877"):
+        assert leaked not in result.data
+    (cleaned,) = pydicom.dcmread(BytesIO(result.data)).ContentSequence
+    assert cleaned.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+    if options:
+        assert "seen at 12 Elm St" in cleaned.TextValue  # what identifies no one is kept
+    else:
+        assert cleaned.TextValue == "ANONYMIZED"

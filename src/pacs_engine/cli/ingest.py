@@ -272,8 +272,9 @@ def _render_deid(summary: dict[str, Any]) -> str:
             f"{summary['source_quarantined_not_copied']:,} files the source archive quarantined "
             "are not copied"
         )
-    if summary["ingest"] is not None:
-        lines.append(_render_report(summary["ingest"]))
+    mismatches = summary["verify_mismatches"]
+    if mismatches is not None:
+        lines.append(f"verify of the research archive: {len(mismatches):,} mismatches")
     return "\n".join(lines)
 
 

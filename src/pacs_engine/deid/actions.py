@@ -22,6 +22,7 @@ from pacs_engine.errors import PacsEngineError
 
 #: Deeper nesting is refused: the scanner reads 64 levels, and no real IOD nests so deep.
 MAX_DEPTH = 64
+SOP_INSTANCE_UID = 0x00080018
 #: Dummy values of action D by VR (a UID is mapped instead; a sequence is recursed).
 DUMMY: dict[str, object] = {
     "AE": "ANONYMOUS",
@@ -51,6 +52,13 @@ DUMMY: dict[str, object] = {
 }
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
+#: Sequences whose items hold free text the table does not list (a content item's Text
+#: Value, a graphic's Unformatted Text Value, an acquisition context's Text Value):
+#: Content, Acquisition Context and Graphic Annotation Sequence. Under their D or C
+#: (Basic Profile, Clean Structured Content, Clean Graphics) that text is replaced or
+#: cleaned too: it may name the patient (PS3.15 E.3.1, E.3.3).
+STRUCTURED_CONTENT = frozenset({0x0040A730, 0x00400555, 0x00700001})
+FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
 IDENTIFYING_VRS = TEXT_VRS | {"DA", "DT"}
 #: Text cleaned of identifying values is refilled with this where one was.
 REMOVED = "[removed]"
@@ -101,6 +109,10 @@ class Rules:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__(state["options"])  # type: ignore[misc]
+
+    def new_sop_instance_uid(self, key: Key, sop: str) -> str:
+        """The copy's SOP Instance UID: the source's mapped, or kept (retain-uids)."""
+        return sop if self.decide(SOP_INSTANCE_UID, "UI") == "K" else key.uid(sop)
 
     def decide(self, tag: int, vr: str) -> str:
         """The action for an attribute: X Z D K C U, or PIXEL LENGTH COMMAND PRIVATE
@@ -166,6 +178,9 @@ class Context:
     identifying: list[str]  # values the profile takes out, to clean free text of
     rules: Rules
     actions: Counter[str] = field(default_factory=Counter)
+    #: Inside structured content (`STRUCTURED_CONTENT`): that sequence's action, D or C,
+    #: which its free text the table does not list takes too.
+    content: str | None = None
 
 
 def patient_of(patient_id: object, issuer: object, name: object, birth_date: object) -> str:

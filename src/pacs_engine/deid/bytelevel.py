@@ -39,6 +39,7 @@ from pacs_engine.deid.actions import (
     BINARY_VRS,
     COMMAND,
     DUMMY,
+    FREE_TEXT_VRS,
     LENGTH,
     MAX_DEPTH,
     OVERLAY,
@@ -47,6 +48,8 @@ from pacs_engine.deid.actions import (
     PIXEL,
     PIXEL_TAGS,
     PRIVATE,
+    SOP_INSTANCE_UID,
+    STRUCTURED_CONTENT,
     TEXT_VRS,
     UNLISTED,
     Context,
@@ -64,6 +67,7 @@ from pacs_engine.deid.key import UID_CACHE, Key
 from pacs_engine.errors import PacsEngineError
 
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_ITEM_TAG = struct.pack("<I", ITEM)
 UNDEFINED = 0xFFFFFFFF
 _EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
 _IMPLICIT = struct.Struct("<HHL")  # tag, 32-bit length (also items and delimiters)
@@ -75,7 +79,7 @@ _DELIMITERS = {
     ITEM_END: _IMPLICIT.pack(0xFFFE, 0xE00D, 0),
     SEQUENCE_END: _IMPLICIT.pack(0xFFFE, 0xE0DD, 0),
 }
-_SOP_INSTANCE_UID, _SOP_CLASS_UID = 0x00080018, 0x00080016
+_SOP_CLASS_UID = 0x00080016
 _CHARSET, _BURNED_IN = 0x00080005, 0x00280301
 _ISSUER, _BIRTH_DATE = 0x00100021, 0x00100030
 _TRANSFER_SYNTAX, _MEDIA_SOP_INSTANCE, _META_LENGTH = 0x00020010, 0x00020003, 0x00020000
@@ -232,6 +236,16 @@ _DROPPED: dict[str, str | None] = {"X": "X", COMMAND: "X", LENGTH: None}
 _DROPPED_WITH_PRIVATE = {**_DROPPED, PRIVATE: "X"}  # when no private attribute is kept
 
 
+def _free_text(sequence: Element) -> bool:
+    """Whether a sequence's items hold, at any depth, free text the table does not list
+    (`STRUCTURED_CONTENT`: the pydicom path gives it the sequence's action)."""
+    return any(
+        (e.action == UNLISTED and e.vr in FREE_TEXT_VRS) or (e.items and _free_text(e))
+        for item in sequence.items or ()
+        for e in item.elements
+    )
+
+
 def _implicit_vr(tag: int) -> str:
     """The dictionary's VR of a tag (what pydicom gives an implicit VR element), 'UN' if none;
     an ambiguous one ('US or SS') is kept whole, so rewriting it falls back."""
@@ -271,10 +285,10 @@ class _Rewrite:
         `dropped` private attributes were left out of them)."""
         self.top = elements
         by_tag = {e.tag: e for e in elements}
-        sop = self._single(by_tag.get(_SOP_INSTANCE_UID))
+        sop = self._single(by_tag.get(SOP_INSTANCE_UID))
         if not sop:
             raise DeidError("no SOP Instance UID")
-        new_sop = self.settings.key.uid(sop)
+        new_sop = self.settings.rules.new_sop_instance_uid(self.settings.key, sop)
         withheld = self.settings.burned_in_reason(
             self._single(by_tag.get(_BURNED_IN)), self._single(by_tag.get(_SOP_CLASS_UID))
         )
@@ -354,6 +368,10 @@ class _Rewrite:
         `split` starts (the blob's suffix) is returned."""
         context = self.context
         assert context is not None
+        for e in elements:
+            if e.vr == "UN" and not e.tag >> 16 & 1 and _implicit_vr(e.tag) == "SQ":
+                # Its items, implicit VR in a UN value (PS3.5 6.2.2), are not walked here.
+                raise Fallback("a sequence of VR UN")
         counts = context.actions
         if dropped:
             counts["X"] += dropped
@@ -402,6 +420,8 @@ class _Rewrite:
             # pydicom would give it the dictionary's VR (or resolve it) first
             raise Fallback("a value of VR UN or of an ambiguous VR to rewrite")
         if vr == "SQ":
+            if tag in STRUCTURED_CONTENT and action in ("D", "C") and _free_text(element):
+                raise Fallback("free text in structured content")
             return self._sequence(element, depth, empty=action == "Z")
         if action == "U":
             return self._mapped(element)
@@ -427,7 +447,7 @@ class _Rewrite:
         context = self.context
         assert context is not None
         encoded = self._encode(element, map_uids(self._strings(element), context.key))
-        if element.tag != _SOP_INSTANCE_UID:  # `_encode` notes the SOP UID written
+        if element.tag != SOP_INSTANCE_UID:  # `_encode` notes the SOP UID written
             mapped = self.settings.mapped[self.explicit]
             if len(mapped) >= UID_CACHE:
                 mapped.clear()
@@ -439,7 +459,7 @@ class _Rewrite:
         `Rules.served` for `splice` to give the next ones (a third of the elements
         rewritten on the corpus's CT and MR: an emptied or a dummy value)."""
         encoded = self._encode(element, value)
-        if element.tag != _SOP_INSTANCE_UID:  # `_encode` notes the SOP UID written
+        if element.tag != SOP_INSTANCE_UID:  # `_encode` notes the SOP UID written
             self.rules.served[self.explicit][(element.tag, element.vr)] = (action, encoded)
         return encoded
 
@@ -516,7 +536,9 @@ class _Rewrite:
                 creator = next((e for e in siblings if e.tag == creator_tag), None)
                 name = str(self._value(creator)).strip() if creator is not None else ""
                 if (name, low & 0xFF) in context.kept_private:
-                    if element.vr == "SQ":
+                    if element.vr == "SQ" or (
+                        element.vr == "UN" and self._bytes(element)[:4] == _ITEM_TAG
+                    ):
                         raise Fallback("a kept private sequence")
                     context.actions["K"] += 1
                     return True
@@ -558,7 +580,7 @@ class _Rewrite:
 
     def _encode(self, element: Element, value: object) -> bytes:
         """An element with a new value, encoded as pydicom encodes it."""
-        if element.tag == _SOP_INSTANCE_UID and any(e is element for e in self.top):
+        if element.tag == SOP_INSTANCE_UID and any(e is element for e in self.top):
             self.sop_written = str(value)
         encoded = encode_value(element.vr, value)
         return self._header(element.tag, element.vr, len(encoded)) + encoded
@@ -568,7 +590,7 @@ class _Rewrite:
         the SOP Instance UID, AE titles and private information go, group length recomputed."""
         data = self.data
         if not self.sop_written:
-            kept = next(e for e in self.top if e.tag == _SOP_INSTANCE_UID)
+            kept = next(e for e in self.top if e.tag == SOP_INSTANCE_UID)
             self.sop_written = self._single(kept)
         meta, pos, has_length = bytearray(), 132, False
         while pos < meta_end:

@@ -30,6 +30,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.values import convert_SQ
 
 from pacs_engine.archive.blobs import WHOLE, HeaderBlob
 from pacs_engine.archive.prepare import blob_dataset
@@ -38,6 +39,7 @@ from pacs_engine.deid.actions import (
     BINARY_VRS,
     COMMAND,
     DUMMY,
+    FREE_TEXT_VRS,
     LENGTH,
     MAX_DEPTH,
     OVERLAY,
@@ -46,6 +48,7 @@ from pacs_engine.deid.actions import (
     PIXEL,
     PRIVATE,
     REMOVED,
+    STRUCTURED_CONTENT,
     TEXT_VRS,
     UNLISTED,
     Context,
@@ -67,23 +70,45 @@ __all__ = ["DUMMY", "REMOVED", "DeidError", "Deidentifier", "HeaderResult", "Res
 #: Storage SOP classes whose pixels often carry identity burned in (PS3.15 E.1.1 note):
 #: ultrasound, secondary capture, visible light photography and video.
 BURNED_IN_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image (Retired)",
     "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image",
     "1.2.840.10008.5.1.4.1.1.6.2": "Enhanced US Volume",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image (Retired)",
     "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image",
     "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image",
     "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture Image",
     "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image",
     "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image",
     "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.1": "VL Endoscopic Image",
     "1.2.840.10008.5.1.4.1.1.77.1.1.1": "Video Endoscopic Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.2": "VL Microscopic Image",
     "1.2.840.10008.5.1.4.1.1.77.1.2.1": "Video Microscopic Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.3": "VL Slide-Coordinates Microscopic Image",
     "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image",
     "1.2.840.10008.5.1.4.1.1.77.1.4.1": "Video Photographic Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.5.1": "Ophthalmic Photography 8 Bit Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.5.2": "Ophthalmic Photography 16 Bit Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.6": "VL Whole Slide Microscopy Image",  # its label image
+    "1.2.840.10008.5.1.4.1.1.77.1.7": "Dermoscopic Photography Image",
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
 }
 BURNED_IN_POLICIES = ("leave-out", "keep")
-# File meta: source, sending and receiving AE titles, private information (and its creator).
-_META_REMOVED = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian
+# File meta: source, sending and receiving AE titles and presentation addresses (host
+# names, IP addresses), the real-time video source's identifier, private information
+# (and its creator).
+_META_REMOVED = (
+    0x00020016,  # SourceApplicationEntityTitle
+    0x00020017,  # SendingApplicationEntityTitle
+    0x00020018,  # ReceivingApplicationEntityTitle
+    0x00020026,  # SourcePresentationAddress
+    0x00020027,  # SendingPresentationAddress
+    0x00020028,  # ReceivingPresentationAddress
+    0x00020035,  # RTVSourceIdentifier
+    0x00020100,  # PrivateInformationCreatorUID
+    0x00020102,  # PrivateInformation
+)
 
 
 @dataclass
@@ -250,6 +275,10 @@ class Deidentifier:
         new = dataclasses.replace(blob, prefix=before.getvalue() + head, suffix=suffix.getvalue())
         return HeaderResult(new_sop, new, withheld, actions, len(before.getvalue()))
 
+    def new_sop_instance_uid(self, sop: str) -> str:
+        """The copy's SOP Instance UID of a source instance's (`Rules.new_sop_instance_uid`)."""
+        return self.rules.new_sop_instance_uid(self.key, sop)
+
     def _settings(self) -> bytelevel.Settings:
         """What the byte path needs of this Deidentifier."""
         return bytelevel.Settings(
@@ -270,7 +299,7 @@ class Deidentifier:
         sop = str(ds.get("SOPInstanceUID", ""))
         if not sop:
             raise DeidError("no SOP Instance UID")
-        new_sop = self.key.uid(sop)
+        new_sop = self.new_sop_instance_uid(sop)
         withheld = burned_in_reason(ds.get("BurnedInAnnotation", ""), ds.get("SOPClassUID", ""))
         if withheld is not None and self.burned_in == "leave-out":
             return new_sop, withheld, None
@@ -377,14 +406,45 @@ def _refused() -> Iterator[None]:
 
 
 def _vr_of(ds: Dataset, tag: BaseTag) -> str:
-    """The VR of an attribute without converting its value (implicit VR: the dictionary's)."""
+    """The VR of an attribute without converting its value (implicit VR: the dictionary's).
+
+    A sequence the file gives VR UN (a writer that did not know it) is made the sequence
+    it is (`_as_sequence`), so that its items go through the table: kept as bytes, they
+    kept every name and UID in them."""
     vr = ds.get_item(tag).VR
+    if vr == "UN" and not tag.is_private and _dictionary_vr(tag) == "SQ":
+        return _as_sequence(ds, tag)
     if vr:
         return str(vr)
+    return _dictionary_vr(tag)
+
+
+def _dictionary_vr(tag: BaseTag) -> str:
     try:
         return dictionary_VR(tag).split(" ")[0]
     except KeyError:
         return "UN"
+
+
+def _as_sequence(ds: Dataset, tag: BaseTag) -> str:
+    """Read an attribute of VR UN as the sequence it holds (PS3.5 6.2.2: then encoded
+    implicit VR little endian) in its place; "SQ", or "UN" (the value removed, left
+    empty) when its bytes are no sequence."""
+    value = ds.get_item(tag).value
+    try:
+        charset = ds._character_set
+        encodings = [charset] if isinstance(charset, str) else list(charset)
+        items = convert_SQ(bytes(value or b""), True, True, encodings)
+    except Exception:  # not a sequence after all: nothing of it can be checked, so it goes
+        ds[tag] = DataElement(tag, "UN", b"")
+        return "UN"
+    ds[tag] = DataElement(tag, "SQ", items)
+    return "SQ"
+
+
+def _holds_items(value: object) -> bool:
+    """Whether a value of VR UN starts with a sequence item (a private sequence, implicit VR)."""
+    return isinstance(value, bytes) and value[:4] == _ITEM_TAG
 
 
 def _collect_identifying(ds: Dataset, context: Context, depth: int) -> None:
@@ -417,11 +477,14 @@ def _clean(ds: Dataset, context: Context, depth: int) -> None:
             context.actions["X"] += action == COMMAND
             del ds[tag]
         elif action == PRIVATE:
-            _private(ds, tag, context)
+            _private(ds, tag, context, depth)
         elif action == UNLISTED:
             if vr == "SQ":  # not in the table: kept, and its items de-identified
                 for item in ds[tag].value:
                     _clean(item, context, depth + 1)
+            elif context.content is not None and vr in FREE_TEXT_VRS:
+                context.actions[context.content] += 1
+                _act(ds[tag], context.content, context, depth)
         elif action == OVERLAY:
             removed_overlays.add(tag.group)
         else:
@@ -429,7 +492,13 @@ def _clean(ds: Dataset, context: Context, depth: int) -> None:
             if action == "X":
                 del ds[tag]
             elif action != "K" or vr == "SQ":  # K keeps the raw bytes, unconverted
-                _act(ds[tag], action, context, depth)
+                outer = context.content
+                if vr == "SQ" and tag in STRUCTURED_CONTENT and action in ("D", "C"):
+                    context.content = action
+                try:
+                    _act(ds[tag], action, context, depth)
+                finally:
+                    context.content = outer
     for group in removed_overlays:
         for tag in [t for t in list(ds.keys()) if t.group == group]:
             context.actions["X"] += 1
@@ -493,7 +562,7 @@ def _clean_value(elem: DataElement, context: Context, depth: int) -> None:
         elem.value = b""  # bytes cannot be cleaned
 
 
-def _private(ds: Dataset, tag: BaseTag, context: Context) -> None:
+def _private(ds: Dataset, tag: BaseTag, context: Context, depth: int) -> None:
     """Private attributes go, but for safe ones kept with the retain-safe-private option."""
     if context.kept_private:
         if 0x10 <= tag.element < 0x0100:  # a private creator
@@ -504,6 +573,12 @@ def _private(ds: Dataset, tag: BaseTag, context: Context) -> None:
             name = str(creator.value).strip() if creator is not None else ""
             if (name, tag.element & 0xFF) in context.kept_private:
                 context.actions["K"] += 1
+                elem = ds.get_item(tag)
+                if elem.VR in ("UN", None) and _holds_items(elem.value):
+                    _as_sequence(ds, tag)
+                if ds.get_item(tag).VR == "SQ":  # kept, but its items go through the table
+                    for item in ds[tag].value:
+                        _clean(item, context, depth + 1)
                 return
     context.actions["X"] += 1
     del ds[tag]

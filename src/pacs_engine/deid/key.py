@@ -81,6 +81,13 @@ class Key:
             raise KeyFileError(
                 f"{path}: the key is too short ({len(secret)} bytes, {KEY_BYTES} needed)"
             )
+        # Whoever reads the key can tell which pseudonym is which patient's (by trying IDs).
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            raise KeyFileError(
+                f"{path}: others may read the key (mode {mode:o}); make it its owner's "
+                f"alone: chmod 600 {path}"
+            )
         return cls(secret)
 
     def __repr__(self) -> str:

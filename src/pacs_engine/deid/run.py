@@ -35,7 +35,7 @@ from pacs_engine.archive.format import ArchiveError, is_pacs_archive
 from pacs_engine.archive.verify import VerifyReport
 from pacs_engine.codecs.sharding import Chunk
 from pacs_engine.deid.engine import Deidentifier, DeidError, HeaderResult
-from pacs_engine.deid.key import Key
+from pacs_engine.deid.key import Key, KeyFileError
 from pacs_engine.deid.profile import table
 from pacs_engine.errors import ScanError
 from pacs_engine.executors import make_executor
@@ -162,7 +162,14 @@ def deidentify(
         raise ValueError("deidentify: give an executor or a scheduler, not both")
     del trust_bitstreams  # nothing is decoded: there is nothing to trust or check
     start = time.monotonic()
-    deidentifier = Deidentifier(Key.load(key_file), options, profile, burned_in, safe_private)
+    key = Key.load(key_file)
+    for archive in (source, research):
+        if Path(key_file).resolve().is_relative_to(Path(archive).resolve()):
+            raise KeyFileError(
+                f"{key_file}: the key is inside the archive {archive}: keep it apart (it "
+                "would go wherever the archive goes, and tells pseudonyms apart)"
+            )
+    deidentifier = Deidentifier(key, options, profile, burned_in, safe_private)
     if not is_pacs_archive(source):
         raise ArchiveError(
             f"{source}: not a pacs_engine archive (de-identified copies are made "
@@ -243,7 +250,7 @@ def _copy(
         for record in source.index.all_series():
             for row in source.index.iter_series(record["SeriesInstanceUID"]):
                 report.source_instances += 1
-                if deidentifier.key.uid(row["SOPInstanceUID"]) in target.index:
+                if deidentifier.new_sop_instance_uid(row["SOPInstanceUID"]) in target.index:
                     report.already_copied += 1
                 else:
                     todo.append(row)
@@ -276,18 +283,40 @@ def _write_part(
         else:
             assert result is not None and new_row is not None
             todo.append((row, result, new_row))
-            report.actions.update(result.actions)
-            if result.fallback is not None:
-                report.fallbacks[result.fallback] += 1
     with stage("copy chunks"):
-        stored = read_stored_many(source, [row for row, _, _ in todo])
+        try:
+            stored = read_stored_many(source, [row for row, _, _ in todo])
+        except Exception:  # a damaged shard: its message names the source's UIDs
+            todo, stored = _readable(source, todo, report)
         copied = [
             _instance(source, row, result, new_row, *chunks)
             for (row, result, new_row), chunks in zip(todo, stored, strict=True)
         ]
+    for _, result, _ in todo:
+        report.actions.update(result.actions)
+        if result.fallback is not None:
+            report.fallbacks[result.fallback] += 1
     if copied:
         write_copied_part(target, source.pixels, copied)
         report.staged += len(copied)
+
+
+def _readable(
+    source: Archive, todo: list[tuple[Row, HeaderResult, Row]], report: DeidReport
+) -> tuple[list[tuple[Row, HeaderResult, Row]], list[Any]]:
+    """The instances of a part whose stored pixels can be read, with them, read one by one;
+    the others refused, named by their new UID and the error's type only."""
+    kept, stored = [], []
+    for entry in todo:
+        try:
+            stored += read_stored_many(source, [entry[0]])
+        except Exception as error:  # damaged: the run goes on without it
+            report.refused[entry[2]["SOPInstanceUID"]] = (
+                f"cannot read its pixels ({type(error).__name__})"
+            )
+            continue
+        kept.append(entry)
+    return kept, stored
 
 
 def _instance(
@@ -360,7 +389,7 @@ def deid_task(
 
 
 def _deidentify_row(packs: PackReader, deidentifier: Deidentifier, run: str, row: Row) -> Outcome:
-    new = deidentifier.key.uid(row["SOPInstanceUID"])
+    new = deidentifier.new_sop_instance_uid(row["SOPInstanceUID"])
     try:
         with stage("read header"):
             blob = packs.blob(row)
