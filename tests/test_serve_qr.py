@@ -861,10 +861,12 @@ def test_an_answer_is_not_declared_in_a_set_that_cannot_hold_it(
 
 
 def test_a_study_without_a_patient_id_gets_no_counts_of_other_patients(tmp_path: Path) -> None:
-    """An empty Patient ID was queried as universal matching: the archive's every study."""
+    """An empty Patient ID was queried as universal matching: the archive's every study.
+    At PATIENT level, studies without an ID were one patient, and a patient's counts were
+    those of the studies the query matched."""
     folder = tmp_path / "src"
     folder.mkdir()
-    for n, pid in enumerate(("", "", "PID9")):
+    for n, pid in enumerate(("", "", "PID9", "PID9")):
         ds = pydicom.dcmread(sample("CT_small.dcm"))
         ds.PatientID, ds.PatientName = pid, f"NOID^{n}"
         ds.StudyInstanceUID = f"{UID_ROOT}.8.{n}"
@@ -872,11 +874,11 @@ def test_a_study_without_a_patient_id_gets_no_counts_of_other_patients(tmp_path:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{UID_ROOT}.8.{n}.1.1"
         ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
     archive = Archive.create(tmp_path / "archive")
-    assert archive.ingest([folder], workers=0).archived == 3
+    assert archive.ingest([folder], workers=0).archived == 4
     ctx = ServeContext(archive, ServeConfig(ae_title="PACS_ENGINE"), AuditLog(archive.path))
     scp = start(ctx)
     try:
-        assoc = scu_association(scp.address[1], STUDY_ROOT_FIND)
+        assoc = scu_association(scp.address[1], STUDY_ROOT_FIND, PATIENT_ROOT_FIND)
         try:
             query = Dataset()
             query.QueryRetrieveLevel = "STUDY"
@@ -885,6 +887,12 @@ def test_a_study_without_a_patient_id_gets_no_counts_of_other_patients(tmp_path:
             query.NumberOfPatientRelatedStudies = None
             query.NumberOfPatientRelatedInstances = None
             answers = [a for _, a in assoc.send_c_find(query, STUDY_ROOT_FIND) if a is not None]
+            query.QueryRetrieveLevel = "PATIENT"
+            del query.StudyInstanceUID
+            query.PatientName = ""
+            found = [a for _, a in assoc.send_c_find(query, PATIENT_ROOT_FIND) if a is not None]
+            query.PatientName = "NOID^3"  # one of PID9's two studies
+            (named,) = [a for _, a in assoc.send_c_find(query, PATIENT_ROOT_FIND) if a]
         finally:
             assoc.release()
     finally:
@@ -898,5 +906,11 @@ def test_a_study_without_a_patient_id_gets_no_counts_of_other_patients(tmp_path:
     assert counts == {
         f"{UID_ROOT}.8.0": (None, None),  # asked, and unknown: empty
         f"{UID_ROOT}.8.1": (None, None),
-        f"{UID_ROOT}.8.2": (1, 1),
+        f"{UID_ROOT}.8.2": (2, 2),
+        f"{UID_ROOT}.8.3": (2, 2),
     }
+    patients = sorted(
+        (str(a.PatientName), a.PatientID, a.NumberOfPatientRelatedStudies) for a in found
+    )
+    assert patients == [("NOID^0", "", 1), ("NOID^1", "", 1), ("NOID^3", "PID9", 2)]
+    assert (named.PatientID, named.NumberOfPatientRelatedStudies) == ("PID9", 2)

@@ -163,10 +163,10 @@ def deidentify(
     del trust_bitstreams  # nothing is decoded: there is nothing to trust or check
     start = time.monotonic()
     key = Key.load(key_file)
-    for archive in (source, research):
-        if Path(key_file).resolve().is_relative_to(Path(archive).resolve()):
+    for folder in (source, research):
+        if Path(key_file).resolve().is_relative_to(Path(folder).resolve()):
             raise KeyFileError(
-                f"{key_file}: the key is inside the archive {archive}: keep it apart (it "
+                f"{key_file}: the key is inside the archive {folder}: keep it apart (it "
                 "would go wherever the archive goes, and tells pseudonyms apart)"
             )
     deidentifier = Deidentifier(key, options, profile, burned_in, safe_private)

@@ -12,7 +12,7 @@ import difflib
 import itertools
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pacs_engine.errors import PacsEngineError
@@ -164,7 +164,13 @@ def run_query(
         if unknown:
             raise QueryError(key_problem(unknown[0], "patient"))
         # A patient's counts need all of its studies: grouped first, then paged.
-        return patients(run_query(txn, dbs, codec, "study", filters))[offset:stop]
+        matched = run_query(txn, dbs, codec, "study", filters)
+
+        def all_studies(pid: str, issuer: Any) -> list[Found]:
+            studies = run_query(txn, dbs, codec, "study", {"PatientID": pid})
+            return same_patient(studies, pid, issuer)
+
+        return patients(matched, all_studies)[offset:stop]
     if level not in LEVELS:
         raise QueryError(f"level must be one of {', '.join(QUERY_LEVELS)}, not {level!r}")
     found = itertools.islice(_run(txn, dbs, codec, level, filters), offset, stop)
@@ -185,17 +191,32 @@ def patient_counts(studies: list[Found]) -> dict[str, int]:
     }
 
 
-def patients(studies: list[Found]) -> list[Found]:
-    """One record per patient (PatientID and IssuerOfPatientID) of `studies`, with counts."""
+def patients(
+    studies: list[Found], all_studies: Callable[[str, Any], list[Found]] | None = None
+) -> list[Found]:
+    """One record per patient (PatientID and IssuerOfPatientID) of `studies`, with the
+    counts of all of that patient's studies (`all_studies(id, issuer)`; without it, of
+    those given). A study without a Patient ID is a patient of its own: nothing says
+    whose it is."""
     by_patient: dict[tuple[Any, Any], list[Found]] = {}
     for study in studies:
-        key = (study.get("PatientID"), study.get("IssuerOfPatientID"))
+        pid = study.get("PatientID")
+        key = (pid, study.get("IssuerOfPatientID")) if pid else (None, study["StudyInstanceUID"])
         by_patient.setdefault(key, []).append(study)
     out: list[Found] = []
-    for group in by_patient.values():
+    for (pid, issuer), group in by_patient.items():
+        counted = all_studies(pid, issuer) if pid and all_studies is not None else group
         last = group[-1]
-        out.append({**{k: last.get(k) for k in PATIENT_KEYWORDS}, **patient_counts(group)})
+        out.append({**{k: last.get(k) for k in PATIENT_KEYWORDS}, **patient_counts(counted)})
     return out
+
+
+def same_patient(studies: list[Found], pid: str, issuer: Any) -> list[Found]:
+    """The studies of the patient (`pid`, `issuer`) among `studies` (a query by PatientID
+    matches wildcards in it, and no issuer)."""
+    return [
+        s for s in studies if s.get("PatientID") == pid and s.get("IssuerOfPatientID") == issuer
+    ]
 
 
 def _run(

@@ -41,7 +41,12 @@ from pydicom.valuerep import DSfloat, PersonName
 from pacs_engine.archive import Archive
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED
-from pacs_engine.index.query import PATIENT_COMPUTED, PATIENT_KEYWORDS, patient_counts
+from pacs_engine.index.query import (
+    PATIENT_COMPUTED,
+    PATIENT_KEYWORDS,
+    patient_counts,
+    same_patient,
+)
 from pacs_engine.scanning import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 
 #: C-FIND statuses used here (PS3.4 C.4.1.1.4).
@@ -184,7 +189,7 @@ def find(
         return
     found = archive.query(INDEX_LEVEL[query.level], strict=False, **page, **query.filters)
     wanted = set(query.return_keys)
-    patients: dict[str, dict[str, int]] = {}
+    patients: dict[tuple[str, Any], dict[str, int]] = {}
     for record in found:
         extra: dict[str, Any] = {}
         if query.level == "STUDY" and "SOPClassesInStudy" in wanted:
@@ -194,11 +199,11 @@ def find(
             )
         # An empty Patient ID names no patient: its query would match every study.
         if wanted & set(PATIENT_COMPUTED) and record.get("PatientID"):
-            pid = record["PatientID"]
-            if pid not in patients:
-                studies = archive.query("study", strict=False, PatientID=pid)
-                patients[pid] = patient_counts(studies)
-            extra.update(patients[pid])
+            patient = (record["PatientID"], record.get("IssuerOfPatientID"))
+            if patient not in patients:
+                studies = archive.query("study", strict=False, PatientID=patient[0])
+                patients[patient] = patient_counts(same_patient(studies, *patient))
+            extra.update(patients[patient])
         yield {**record, **extra} if extra else record
 
 
