@@ -13,6 +13,7 @@ import pickle
 import re
 import shutil
 import stat
+import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,8 +27,12 @@ import pytest
 from dicomanonymizer import anonymize_dataset
 from dicomanonymizer.simpledicomanonymizer import initialize_actions
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from pacs_engine import storage
 from pacs_engine.archive import copies
@@ -126,12 +131,15 @@ def _select() -> list[Path]:
 
 def _crafted(folder: Path) -> None:
     """Files made to test the edges: a date that does not parse, an unknown character set,
-    a reference to an instance outside the copy."""
+    a reference to an instance outside the copy, a sequence written with VR UN holding a
+    name and a UID, a content item's text naming the patient."""
     base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     for name, change in (
         ("bad-date", lambda ds: setattr(ds, "StudyDate", "2020XX31")),
         ("bad-charset", lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 999")),
         ("outside", _reference_outside),
+        ("un-sequence", _un_sequence),
+        ("content-text", _content_text),
     ):
         ds = copy.deepcopy(base)
         uid = pydicom.uid.generate_uid(entropy_srcs=[name])
@@ -139,6 +147,27 @@ def _crafted(folder: Path) -> None:
         ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[name, "series"])
         change(ds)
         ds.save_as(folder / f"{name}.dcm")
+
+
+def _un_sequence(ds: Dataset) -> None:
+    """Referenced Series Sequence as a writer that did not know it wrote it: VR UN, its
+    item implicit VR little endian, with a name and the UID of an instance in it."""
+    item = Dataset()
+    item.PerformingPhysicianName = "Hobart^Fenwickson"
+    item.SeriesInstanceUID = "1.2.826.0.1.3680043.99.4242.7"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, item)
+    value = struct.pack("<HHI", 0xFFFE, 0xE000, len(fp.getvalue())) + fp.getvalue()
+    tag = BaseTag(0x00081115)
+    ds._dict[tag] = RawDataElement(tag, "UN", len(value), value, 0, False, True)
+
+
+def _content_text(ds: Dataset) -> None:
+    item = Dataset()
+    item.ValueType, item.RelationshipType = "TEXT", "CONTAINS"
+    item.TextValue = f"Seen with {ds.PatientName} (MRN {ds.PatientID}) by Dr Fenwickson"
+    ds.ContentSequence = Sequence([item])
 
 
 def _reference_outside(ds: Dataset) -> None:
@@ -240,8 +269,9 @@ def _shifted_dates(made: dict) -> set[bytes]:
 
 
 def test_no_identifying_value_in_any_byte_of_the_research_archive(made: dict) -> None:
-    """Every file under the research archive (index, packs, shards, reports, settings)
-    holds none of the source's names, IDs, dates, institutions or UIDs."""
+    """Every file under the research archive (index, packs, shards, reports, settings), and
+    what its compressed parts hold (every exported file, every index row), holds none of
+    the source's names, IDs, dates, institutions or UIDs."""
     values: set[str] = set()
     for data in made["originals"].values():
         ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
@@ -256,6 +286,13 @@ def test_no_identifying_value_in_any_byte_of_the_research_archive(made: dict) ->
         if path.is_file():
             data = path.read_bytes()
             hits += [(path.name, n) for n in needles if n in data]
+    # Header packs and index rows are compressed: what they hold, as read back.
+    for sop, data in _research_files(made["root"] / "research").items():
+        hits += [(sop, n) for n in needles if n in data]
+    with open_archive(made["root"] / "research") as research:
+        for row in research.index:
+            text = json.dumps(row, ensure_ascii=False).encode()
+            hits += [(row["SOPInstanceUID"], n) for n in needles if n in text]
     # The key is new each run, so a date shifted back 1-10 years may land on another
     # source date: that is a coincidence, not a leak, when it is the shifted value of an
     # attribute whose own source value differs (an unshifted date is never excused).

@@ -105,7 +105,11 @@ def test_the_byte_path_writes_what_pydicom_writes_for_every_corpus_file(
     assert 1 <= fallbacks.count("no preamble and DICM prefix") <= 2
     dates = "retain-longitudinal-modified-dates" in options
     assert fallbacks.count("clean of a value that is not text") == dates  # the DS date
-    assert len(fallbacks) <= 3 and len(inputs) > 20
+    # Content items holding text (the corpus's test-SR and the crafted one), and the
+    # crafted sequence of VR UN.
+    assert fallbacks.count("free text in structured content") == 2
+    assert fallbacks.count("a sequence of VR UN") == 1
+    assert len(fallbacks) <= 6 and len(inputs) > 20
 
 
 @pytest.mark.parametrize("options", ALL_OPTION_SETS, ids=lambda o: "+".join(o) or "basic")
@@ -280,9 +284,10 @@ def test_header_blobs_the_same_way_as_pydicom(tmp_path: Path, inputs: list[bytes
             assert ours.blob == theirs.blob and ours.actions == theirs.actions
             assert ours.data_set_end == theirs.data_set_end
             by_bytes += ours.fallback is None
-            free_text += ours.fallback == "free text in structured content"
-    # Structured reports whose content items hold text take the pydicom path (2 here).
-    assert free_text <= 2 * len(ALL_OPTION_SETS)
+            free_text += ours.fallback in ("free text in structured content", "a sequence of VR UN")
+    # Content items holding text (test-SR, the crafted one) and a sequence of VR UN (the
+    # crafted one) take the pydicom path.
+    assert free_text <= 3 * len(ALL_OPTION_SETS)
     assert by_bytes + free_text >= (len(blobs) - 4) * len(ALL_OPTION_SETS)
 
 
