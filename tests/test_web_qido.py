@@ -270,6 +270,28 @@ def test_nothing_found_is_204_and_warnings_say_what_was_not_done(served: Served)
     assert some.headers["content-type"] == "application/dicom+json"
 
 
+def test_the_search_parameters_of_ps3_18_are_taken(served: Served) -> None:
+    """emptyvaluematching, multiplevaluematching, accept and charset (PS3.18 8.3.3.1,
+    8.3.4) are parameters, not attributes (they were 400, "not a DICOM attribute")."""
+    plain = served.get("/studies?ModalitiesInStudy=CT")
+    assert plain.status_code == 200 and "warning" not in plain.headers
+    empty = served.get("/studies?ModalitiesInStudy=CT&emptyvaluematching=true")
+    assert empty.status_code == 200 and empty.json() == plain.json()
+    assert "emptyvaluematching parameter is not supported" in empty.headers["warning"]
+    for query in ("emptyvaluematching=false", "multiplevaluematching=true",
+                  "accept=application/dicom%2Bjson", "charset=utf-8"):  # fmt: skip
+        same = served.get(f"/studies?ModalitiesInStudy=CT&{query}")
+        assert same.status_code == 200 and same.json() == plain.json(), query
+        assert "warning" not in same.headers, query
+    both = served.get("/studies?ModalitiesInStudy=CT%5CMR")
+    assert len(both.json()) > len(plain.json())
+    single = served.get("/studies?ModalitiesInStudy=CT%5CMR&multiplevaluematching=false")
+    assert single.status_code == 400 and "multiplevaluematching=false" in single.text
+    assert served.get("/studies?accept=application/dicom%2Bxml").status_code == 406
+    assert served.get("/studies?charset=iso-8859-1").status_code == 406
+    assert served.get("/studies?emptyvaluematching=yes").status_code == 400
+
+
 def test_bad_queries_are_400_with_the_reason_and_audited(served: Served) -> None:
     bad = {
         "/studies?StudyDate=2015-02-06": "StudyDate: '2015-02-06' is not a date YYYYMMDD",

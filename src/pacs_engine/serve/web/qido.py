@@ -100,6 +100,11 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
 
 #: What a query string may hold besides attributes.
 _LIMIT, _OFFSET, _INCLUDE, _FUZZY = "limit", "offset", "includefield", "fuzzymatching"
+_EMPTY, _MULTIPLE = "emptyvaluematching", "multiplevaluematching"
+#: PS3.18 8.3.3.1: the media types and character sets an answer may take, as parameters.
+_ACCEPT, _CHARSET = "accept", "charset"
+#: What is no attribute to match: the search's own parameters (PS3.18 8.3.4).
+_NOT_KEYS = frozenset({_LIMIT, _OFFSET, _INCLUDE, _FUZZY, _EMPTY, _MULTIPLE, _ACCEPT, _CHARSET})
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UID_CHARS = 64
@@ -215,6 +220,15 @@ def _count(params: Mapping[str, list[str]], name: str, default: int) -> int:
     return int(values[0])
 
 
+def _flag(params: Mapping[str, list[str]], name: str, default: bool) -> bool:
+    values = params.get(name, [])
+    if not values:
+        return default
+    if len(values) > 1 or values[0] not in ("true", "false"):
+        raise BadQuery(f"{name}: true or false, once, not {values!r}")
+    return values[0] == "true"
+
+
 def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[str, str]) -> Parsed:
     """The C-FIND query a QIDO-RS request asks for; BadQuery when it cannot be answered."""
     warnings = []
@@ -223,11 +237,16 @@ def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[st
         warnings.append(f"the limit is {MAX_LIMIT}: {limit} was asked")
         limit = MAX_LIMIT
     offset = _count(params, _OFFSET, 0)
-    if _FUZZY in params and params[_FUZZY] != ["false"]:
+    if _flag(params, _FUZZY, False):
         warnings.append(
             "The fuzzymatching parameter is not supported. Only literal matching has been "
             "performed."
         )
+    if _flag(params, _EMPTY, False):
+        warnings.append(
+            "The emptyvaluematching parameter is not supported. Empty values have not been matched."
+        )
+    multiple = _flag(params, _MULTIPLE, True)
     identifier = Dataset()
     identifier.QueryRetrieveLevel = search.level
     returned = [k for lv in search.default_levels for k in DEFAULT_KEYS[lv]]
@@ -236,7 +255,7 @@ def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[st
         identifier.add(_element(keyword, None))
     matched: set[str] = set()
     for name, values in params.items():
-        if name in (_LIMIT, _OFFSET, _INCLUDE, _FUZZY):
+        if name in _NOT_KEYS:
             continue
         if "." in name:
             raise BadQuery(f"{name}: sequence attribute paths are not supported")
@@ -246,6 +265,8 @@ def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[st
         if keyword in path_uids:
             raise BadQuery(f"{keyword}: already given in the path")
         element = _element(keyword, values[0])
+        if element.VM > 1 and not multiple:
+            raise BadQuery(f"{keyword}: several values, and {_MULTIPLE}=false")
         for value in element.value if element.VM > 1 else [element.value]:
             problem = value_problem(keyword, str(value)) if value is not None else None
             if problem is not None:
@@ -303,12 +324,19 @@ def _search(search: Search) -> Any:
     def endpoint(request: Request) -> Response:
         require(request, "reader", action)
         served = context(request)
-        if not acceptable(request.headers.get("accept", "")):
-            audit(request, action, "not acceptable")
-            raise HTTPException(406, f"QIDO-RS answers {DICOM_JSON} (or application/json)")
         params: dict[str, list[str]] = {}
         for name, value in request.query_params.multi_items():
             params.setdefault(name, []).append(value)
+        # The accept parameter, when given, stands for the Accept header (PS3.18 8.3.3.1).
+        accept = (
+            ",".join(params[_ACCEPT]) if _ACCEPT in params else request.headers.get("accept", "")
+        )
+        charsets = [c.strip().lower() for v in params.get(_CHARSET, []) for c in v.split(",")]
+        if not acceptable(accept) or not all(c in ("utf-8", "*") for c in charsets):
+            audit(request, action, "not acceptable")
+            raise HTTPException(
+                406, f"QIDO-RS answers {DICOM_JSON} (or application/json), in UTF-8"
+            )
         try:
             path_uids = {
                 k: check_uid(request.path_params[_PATH_PARAMS[k]], k) for k in search.path_keys
@@ -321,7 +349,7 @@ def _search(search: Search) -> Any:
         # One match past the page, to know whether to say there are more (PS3.18 8.3.4.4).
         try:
             records = list(find(served.archive, parsed.query, parsed.offset, parsed.limit + 1))
-        except (PacsEngineError, ValueError, OSError) as error:  # as C-FIND answers them
+        except Exception as error:  # as C-FIND answers them: audited, by type only
             audit(request, action, "failed", detail=type(error).__name__)
             raise HTTPException(500, "cannot search the archive") from None
         page, more = records[: parsed.limit], len(records) > parsed.limit
