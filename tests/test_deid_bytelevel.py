@@ -514,3 +514,20 @@ def test_free_text_in_content_items_goes_with_its_sequence(
         assert "seen at 12 Elm St" in cleaned.TextValue  # what identifies no one is kept
     else:
         assert cleaned.TextValue == "ANONYMIZED"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+def test_cleaned_text_loses_the_uids_it_quotes(fast: bool) -> None:
+    """clean-descriptors: a description quoting the instance's UID and the patient's ID
+    keeps neither (the UID stayed: UIDs were not among the values text is cleaned of)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientID = "PIDQX998877"
+    ds.StudyDescription = f"Head for {ds.PatientID} {ds.SOPInstanceUID}"
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    engine = Deidentifier(KEY, ("clean-descriptors",), burned_in="keep", byte_level=fast)
+    result = engine.apply(out.getvalue())
+    assert result.data is not None
+    cleaned = pydicom.dcmread(BytesIO(result.data)).StudyDescription
+    assert cleaned == "Head for [removed] [removed]"
+    assert str(ds.SOPInstanceUID).encode() not in result.data

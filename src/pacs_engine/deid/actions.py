@@ -59,7 +59,9 @@ TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
 #: cleaned too: it may name the patient (PS3.15 E.3.1, E.3.3).
 STRUCTURED_CONTENT = frozenset({0x0040A730, 0x00400555, 0x00700001})
 FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
-IDENTIFYING_VRS = TEXT_VRS | {"DA", "DT"}
+#: VRs whose values, when the profile takes them out, text is cleaned of (a UID too: a
+#: description may quote one).
+IDENTIFYING_VRS = TEXT_VRS | {"DA", "DT", "UI"}
 #: Text cleaned of identifying values is refilled with this where one was.
 REMOVED = "[removed]"
 PATIENT_ID = 0x00100020
