@@ -22,6 +22,7 @@ import pydicom
 import pytest
 from conftest import benchmark_module, require_corpus
 from dicomweb_client.api import DICOMwebClient
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -32,7 +33,7 @@ from pacs_engine import Archive
 from pacs_engine.serve.audit import AuditLog, read_records, verify_chain
 from pacs_engine.serve.config import ServeConfig
 from pacs_engine.serve.context import ServeContext
-from pacs_engine.serve.web import qido
+from pacs_engine.serve.web import qido, wado
 from pacs_engine.serve.web.app import make_app
 from pacs_engine.serve.web.request import Principal
 
@@ -306,9 +307,9 @@ def test_bad_queries_are_400_with_the_reason_and_audited(served: Served) -> None
         "/studies?StudyInstanceUID=1.2.*": "StudyInstanceUID: not a UID",
         "/studies?InstanceNumber=seven&PatientID=x": "InstanceNumber",
         "/studies?PatientID=a&PatientID=b": "PatientID: given more than once",
-        "/studies/1.2.840..1/series": "StudyInstanceUID: not a UID",
         "/studies/1.2.3;DROP/series": "StudyInstanceUID: not a UID",
-        "/studies/" + "1." * 40 + "1/series": "StudyInstanceUID: not a UID",
+        "/studies/" + "1." * 100 + "1/series": "StudyInstanceUID: not a UID",
+        "/studies/.1.2/series": "StudyInstanceUID: not a UID",
         "/studies/1.2.3/series/%2E%2E/instances": "SeriesInstanceUID: not a UID",
         "/studies/1.2.3/series?StudyInstanceUID=1.2.4": "already given in the path",
         "/studies?ReferencedStudySequence.StudyInstanceUID=1": "sequence attribute paths",
@@ -447,3 +448,43 @@ def test_image_type_kernel_and_manufacturer_searches_match_the_files(served: Ser
         if kernel_of[str(ds.SOPInstanceUID)] == kernel and str(ds.get("Manufacturer")) == maker
     }
     assert uids(found, "instances") == want and want
+
+
+def test_a_study_of_a_legacy_archive_with_uids_not_of_dicom_form_is_found_and_retrieved(
+    tmp_path: Path,
+) -> None:
+    """The archive keeps UIDs that are not DICOM's form (hexadecimal, letters: legacy
+    archives hold them): QIDO-RS finds such a study by its UID, and the RetrieveURL it
+    answers serves it (both were 400, "not a UID")."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID = "05fa52f0e1d24c5b9d1f0a7e3c2b1a09"
+    ds.SeriesInstanceUID = "SER_legacy-7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "img.0001.A"
+    source = tmp_path / "src"
+    source.mkdir()
+    ds.save_as(source / "a.dcm", enforce_file_format=True)
+    archive = Archive.create(tmp_path / "archive")
+    assert archive.ingest([source], workers=0).archived == 1
+    audit = AuditLog(archive.path, sync_seconds=0.0)
+    context = ServeContext(archive, ServeConfig(), audit)
+    app = make_app(context, authenticate, routes=qido.routes() + wado.routes())
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with serving_app(app) as base:
+            found = httpx.get(
+                f"{base}/studies?StudyInstanceUID={ds.StudyInstanceUID}", headers=headers
+            )
+            assert found.status_code == 200, found.text
+            (study,) = found.json()
+            url = study["00081190"]["Value"][0]
+            series = httpx.get(f"{url}/series/{ds.SeriesInstanceUID}/instances", headers=headers)
+            assert series.status_code == 200, series.text
+            got = httpx.get(
+                f"{url}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+                headers={**headers, "Accept": 'multipart/related; type="application/dicom"'},
+            )
+            assert got.status_code == 200, got.text
+            assert (source / "a.dcm").read_bytes() in got.content  # the original, whole
+    finally:
+        audit.close()
+        archive.close()

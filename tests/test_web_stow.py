@@ -340,8 +340,9 @@ def test_an_answer_the_client_does_not_accept_is_refused_406(web: Web) -> None:
 
 
 def test_a_study_in_the_url_that_is_not_a_uid_is_refused(web: Web) -> None:
-    response = post(web, body(instance("1.2.3", generate_uid())), "/studies/1.2.x")
-    assert response.status_code == 400
+    for target in ("/studies/.1.2", "/studies/1.2.3;x", "/studies/" + "1" * 201):
+        response = post(web, body(instance("1.2.3", generate_uid())), target)
+        assert response.status_code == 400, target
     assert web.spooled() == []
 
 

@@ -45,7 +45,7 @@ from pacs_engine.serve.find import (
     parse_identifier,
     response,
 )
-from pacs_engine.serve.web.request import audit, context, require
+from pacs_engine.serve.web.request import audit, context, require, url_uid
 
 #: The most matches one response holds (a larger `limit` is clamped, with a Warning).
 MAX_LIMIT = 5000
@@ -106,8 +106,6 @@ _ACCEPT, _CHARSET = "accept", "charset"
 #: What is no attribute to match: the search's own parameters (PS3.18 8.3.4).
 _NOT_KEYS = frozenset({_LIMIT, _OFFSET, _INCLUDE, _FUZZY, _EMPTY, _MULTIPLE, _ACCEPT, _CHARSET})
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_UID_CHARS = 64
 #: Computed by this module or by `find.response`, whatever the index holds.
 _ALWAYS_KNOWN = frozenset({"InstanceAvailability"})
 #: Not data set attributes of a match (file meta, the character set of the answer).
@@ -164,8 +162,8 @@ def held_keys(level: str) -> frozenset[str]:
 
 def check_uid(value: str, what: str) -> str:
     """`value` if it is a UID (digits and dots, at most 64 characters), else BadQuery."""
-    if len(value) > _UID_CHARS or not _UID.fullmatch(value):
-        raise BadQuery(f"{what}: not a UID (digits and dots, at most {_UID_CHARS} characters)")
+    if not url_uid(value):
+        raise BadQuery(f"{what}: not a UID (digits, letters, dots, '_' or '-', not '.' first)")
     return value
 
 

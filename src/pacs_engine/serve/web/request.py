@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from pacs_engine.index.keys import uid_problem
 from pacs_engine.serve.context import ServeContext
 
 Role = Literal["reader", "uploader", "admin"]
+#: The characters of a UID in a URL: a DICOM UID's digits and dots, and what the UIDs of
+#: legacy archives hold (hexadecimal digits, letters, "_" and "-"), all carried as they are.
+_URL_UID = re.compile(r"[0-9A-Za-z._-]+")
 ROLES: tuple[Role, ...] = ("reader", "uploader", "admin")
 
 
@@ -76,3 +81,10 @@ def require(request: Request, role: Role, action: str) -> Principal:
         audit(request, action, "forbidden", detail=f"needs role {role}")
         raise HTTPException(403, f"this needs the {role} role")
     return who
+
+
+def url_uid(value: str) -> bool:
+    """Whether `value` may name an instance, series or study in a URL or a query: any UID the
+    archive keeps (`uid_problem`: not DICOM's form alone, since the archives it migrates hold
+    others, which must be found and retrieved as they are), of URL-safe characters."""
+    return _URL_UID.fullmatch(value) is not None and uid_problem("UID", value) is None

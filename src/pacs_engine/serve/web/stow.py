@@ -22,7 +22,6 @@ each request is audited (action "stow").
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import Message
@@ -44,7 +43,7 @@ from pacs_engine.serve.dimse import (
     spool_failure,
 )
 from pacs_engine.serve.spool import Spool
-from pacs_engine.serve.web.request import audit, require
+from pacs_engine.serve.web.request import audit, require, url_uid
 
 #: The largest header block of one part (a few lines in practice).
 MAX_PART_HEADER_BYTES = 16384
@@ -62,7 +61,6 @@ TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 #: Accept media ranges the answer (application/dicom+json) satisfies.
 _ANSWER_TYPES = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class MalformedBody(PacsEngineError, ValueError):
@@ -282,7 +280,7 @@ def make_store(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
         """Store the instances of a multipart/related body in the spool; the PS3.18 answer."""
         require(request, "uploader", "stow")
         target = request.path_params.get("study")
-        if target is not None and (len(target) > 64 or not _UID.fullmatch(target)):
+        if target is not None and not url_uid(target):
             return _refuse(request, 400, "the study in the URL is not a UID")
         accept = request.headers.get("accept")
         if accept is not None and not _ANSWER_TYPES & _media_ranges(accept):

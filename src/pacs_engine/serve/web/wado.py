@@ -56,11 +56,8 @@ from pacs_engine.serve.web.render import (
     Rendering,
     render,
 )
-from pacs_engine.serve.web.request import audit, context, require
+from pacs_engine.serve.web.request import audit, context, require, url_uid
 
-#: A UID in a path: digits and dots, at most 64 characters (PS3.5 9.1).
-UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
-MAX_UID = 64
 #: Binary elements longer than this go out as BulkDataURIs in metadata.
 BULK_DATA_THRESHOLD = 1024
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -164,8 +161,8 @@ def _quality(text: str) -> float:
 
 def checked_uid(value: str, what: str) -> str:
     """`value` if it has a UID's form; 400 otherwise (before it is used for anything)."""
-    if len(value) > MAX_UID or not UID_PATTERN.fullmatch(value):
-        raise HTTPException(400, f"the {what} UID in the path is not a UID (digits and dots)")
+    if not url_uid(value):
+        raise HTTPException(400, f"the {what} UID in the path is not a UID")
     return value
 
 
