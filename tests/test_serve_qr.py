@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from io import BytesIO
@@ -357,6 +358,24 @@ def test_a_request_in_another_character_set_matches_and_the_answer_declares_its_
 # --- pynetdicom as the SCU: statuses, cancel, audit --------------------------------------
 
 
+@contextmanager
+def serving_own(archive: Archive, *contexts: str) -> Iterator[Any]:
+    """An association with a Q/R server of its own on `archive` (closed, with the
+    archive, at the end)."""
+    ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0))
+    scp = start(ctx)
+    try:
+        assoc = scu_association(scp.address[1], *contexts)
+        try:
+            yield assoc
+        finally:
+            assoc.release()
+    finally:
+        scp.stop()
+        ctx.audit.close()
+        archive.close()
+
+
 def scu_association(port: int, *contexts: str) -> Any:
     ae = AE(ae_title="TESTSCU")
     for uid in contexts:
@@ -409,26 +428,16 @@ def test_c_cancel_stops_a_large_find(tmp_path: Path, monkeypatch: pytest.MonkeyP
             for i in range(rows)
         ]
     )
-    ctx = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0))
-    scp = start(ctx)
-    try:
-        assoc = scu_association(scp.address[1], STUDY_ROOT_FIND)
-        try:
-            query = Dataset()
-            query.QueryRetrieveLevel = "IMAGE"
-            query.SOPInstanceUID = ""
-            responses = assoc.send_c_find(query, STUDY_ROOT_FIND, msg_id=7)
-            status, _ = next(responses)
-            assert status.Status == 0xFF00
-            cx = assoc._get_valid_context(STUDY_ROOT_FIND, "", "scu")
-            assoc.send_c_cancel(7, cx.context_id)
-            rest = [s.Status for s, _ in responses]
-        finally:
-            assoc.release()
-    finally:
-        scp.stop()
-        ctx.audit.close()
-        archive.close()
+    with serving_own(archive, STUDY_ROOT_FIND) as assoc:
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.SOPInstanceUID = ""
+        responses = assoc.send_c_find(query, STUDY_ROOT_FIND, msg_id=7)
+        status, _ = next(responses)
+        assert status.Status == 0xFF00
+        cx = assoc._get_valid_context(STUDY_ROOT_FIND, "", "scu")
+        assoc.send_c_cancel(7, cx.context_id)
+        rest = [s.Status for s, _ in responses]
     assert rest[-1] == 0xFE00
     assert len(rest) < rows // 2  # the matches after the cancel were not sent
     (record,) = [r for r in read_records(tmp_path / "big") if r["action"] == "c-find"]
@@ -875,30 +884,20 @@ def test_a_study_without_a_patient_id_gets_no_counts_of_other_patients(tmp_path:
         ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
     archive = Archive.create(tmp_path / "archive")
     assert archive.ingest([folder], workers=0).archived == 4
-    ctx = ServeContext(archive, ServeConfig(ae_title="PACS_ENGINE"), AuditLog(archive.path))
-    scp = start(ctx)
-    try:
-        assoc = scu_association(scp.address[1], STUDY_ROOT_FIND, PATIENT_ROOT_FIND)
-        try:
-            query = Dataset()
-            query.QueryRetrieveLevel = "STUDY"
-            query.StudyInstanceUID = ""
-            query.PatientID = ""
-            query.NumberOfPatientRelatedStudies = None
-            query.NumberOfPatientRelatedInstances = None
-            answers = [a for _, a in assoc.send_c_find(query, STUDY_ROOT_FIND) if a is not None]
-            query.QueryRetrieveLevel = "PATIENT"
-            del query.StudyInstanceUID
-            query.PatientName = ""
-            found = [a for _, a in assoc.send_c_find(query, PATIENT_ROOT_FIND) if a is not None]
-            query.PatientName = "NOID^3"  # one of PID9's two studies
-            (named,) = [a for _, a in assoc.send_c_find(query, PATIENT_ROOT_FIND) if a]
-        finally:
-            assoc.release()
-    finally:
-        scp.stop()
-        ctx.audit.close()
-        archive.close()
+    with serving_own(archive, STUDY_ROOT_FIND, PATIENT_ROOT_FIND) as assoc:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        query.PatientID = ""
+        query.NumberOfPatientRelatedStudies = None
+        query.NumberOfPatientRelatedInstances = None
+        answers = [a for _, a in assoc.send_c_find(query, STUDY_ROOT_FIND) if a is not None]
+        query.QueryRetrieveLevel = "PATIENT"
+        del query.StudyInstanceUID
+        query.PatientName = ""
+        found = [a for _, a in assoc.send_c_find(query, PATIENT_ROOT_FIND) if a is not None]
+        query.PatientName = "NOID^3"  # one of PID9's two studies
+        (named,) = [a for _, a in assoc.send_c_find(query, PATIENT_ROOT_FIND) if a]
     counts = {
         a.StudyInstanceUID: (a.NumberOfPatientRelatedStudies, a.NumberOfPatientRelatedInstances)
         for a in answers
