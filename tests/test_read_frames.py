@@ -6,6 +6,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import re
 import resource
 import warnings
 from collections import Counter
@@ -21,6 +22,9 @@ import zarr
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.archive import pixel_store
+from pacs_engine.archive.format import ArchiveError
+from pacs_engine.archive.pixel_store import ShardError
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.read import Series
 from pacs_engine.storage import write_atomic
 from pacs_engine.synth import write_studies
@@ -193,6 +197,34 @@ def test_a_missing_frame_is_an_error(codec: str, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="missing from"):
             archive.pixels.read_frames(path, [2])
         assert zarr.open_array(archive.pixels.root / path, mode="r").shape[0] == 2
+
+
+@pytest.mark.parametrize("codec", ["raw", "lz4"])
+def test_a_damaged_chunk_that_still_decodes_is_an_error_naming_the_instance(
+    codec: str, tmp_path: Path
+) -> None:
+    """A flipped bit in an uncompressed or LZ4 chunk decodes to other pixels: `frames`
+    compares them with the hashes recorded at ingest (it returned them); a missing shard
+    and a frame below zero are a ShardError naming the array, not a bare OSError."""
+    files = write_studies(tmp_path / "src", 1, 1, 2, rows=32, columns=32, syntaxes=("explicit",))
+    with Archive.create(tmp_path / "archive", codec=codec, frames_per_shard=4) as archive:
+        archive.ingest(files, workers=0)
+        row = min(archive.index, key=lambda r: r["pixels"]["first_frame"])
+        sop, path = row["SOPInstanceUID"], row["pixels"]["array"]
+        before = archive.frames(sop)
+        (shard,) = [p for p in (archive.pixels.root / path / "c").rglob("*") if p.is_file()]
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 8] ^= 0x10  # inside the first frame's chunk, before the index
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ArchiveError, match=f"{sop}: its frames do not decode"):
+            archive.frames(sop)
+        assert not np.array_equal(archive.frames(sop, check=False), before)
+        with pytest.raises(ShardError, match="no frame of the array"):
+            archive.pixels.read_frames(path, [-1])
+        shard.unlink()
+        with pytest.raises(ShardError, match=f"{re.escape(path)}: .*shard file is missing"):
+            archive.pixels.read_frames(path, [0])
+        assert isinstance(ShardError("x"), PacsEngineError)
 
 
 def test_a_raw_frame_of_the_wrong_size_is_an_error(tmp_path: Path) -> None:

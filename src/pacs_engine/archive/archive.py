@@ -294,13 +294,22 @@ class Archive:
 
     # --- reading ----------------------------------------------------------------------
 
-    def frames(self, sop_instance_uid: str) -> np.ndarray:
+    def frames(self, sop_instance_uid: str, check: bool = True) -> np.ndarray:
         """The decoded frames of one instance, shaped (frames, rows, columns[, samples]).
 
         Chunks are read from the shards and decoded with the array's codec directly:
         the same bytes and codec a zarr reader uses, without zarr's per-read overhead.
+        With `check` (the default) they are compared with the hashes recorded at ingest,
+        so that a damaged chunk that still decodes (a flipped bit in an uncompressed, LZ4
+        or kept JPEG chunk) is an ArchiveError naming the instance, not wrong pixels.
         """
-        return self.frames_of(self._row(sop_instance_uid))
+        row = self._row(sop_instance_uid)
+        if not check:
+            return self.frames_of(row)
+        try:
+            return self.checked_frames_of(row)
+        except ArchiveError as error:
+            raise ArchiveError(f"{_shown(sop_instance_uid)}: {error}") from None
 
     def frames_of(self, row: Row) -> np.ndarray:
         """The decoded frames a row (of any version, see `versions`) references."""
@@ -381,7 +390,7 @@ class Archive:
         blob = read_blob(self.path, row)
         pixels = row.get("pixels")
         if row.get("transcoded"):
-            return transcoded_file(blob, row, self._checked_frames(row))
+            return transcoded_file(blob, row, self.checked_frames_of(row))
         frames: np.ndarray | None = None
         bitstreams: list[bytes] | None = None
         layout: PixelLayout | None = None
@@ -392,7 +401,7 @@ class Archive:
                     pixels["array"], pixels["first_frame"], pixels["first_frame"] + pixels["frames"]
                 )
             elif not row["source_sha256"]:
-                frames = self._checked_frames(row)
+                frames = self.checked_frames_of(row)
             else:
                 frames = self.frames_of(row)
         return rebuild_file(
@@ -409,7 +418,7 @@ class Archive:
         if not row.get("pixels"):
             raise ExportError(f"{_shown(sop_instance_uid)}: no pixel data to decode")
         try:
-            return transcoded_file(read_blob(self.path, row), row, self._checked_frames(row))
+            return transcoded_file(read_blob(self.path, row), row, self.checked_frames_of(row))
         except Exception as error:  # a damaged pack or shard can fail in any layer
             raise ExportError(
                 f"{_shown(sop_instance_uid)}: cannot rebuild the file: {error!r}"
@@ -431,12 +440,13 @@ class Archive:
         row has one); BlobError or OSError when damaged or missing."""
         return read_blob(self.path, row)
 
-    def _checked_frames(self, row: Row) -> np.ndarray:
-        """The row's decoded frames, checked against their recorded hashes when it has them."""
+    def checked_frames_of(self, row: Row) -> np.ndarray:
+        """The row's decoded frames, checked against their recorded hashes when it has them
+        (ArchiveError: they differ, a chunk is damaged)."""
         decoded = self.frames_of(row)
         recorded = row.get("frame_hashes")
         if recorded and frame_hashes_like(decoded, recorded) != recorded:
-            raise ArchiveError("its frames do not decode to the archived pixels")
+            raise ArchiveError("its frames do not decode to the archived pixels (a damaged chunk)")
         return decoded
 
     def export(

@@ -75,6 +75,11 @@ class ArrayMetadataError(PacsEngineError, ValueError):
     """An array's zarr.json that cannot be read: names the file and the reason."""
 
 
+class ShardError(PacsEngineError, ValueError):
+    """Frames that cannot be read from their shard (missing, cut short, a damaged index):
+    names the array, the frames and the reason."""
+
+
 @dataclass(frozen=True, slots=True)
 class ArraySpec:
     """What an array holds: geometry, dtype and the codec that stores its chunks."""
@@ -511,7 +516,10 @@ class _OpenShard:
     __slots__ = ("__weakref__", "fd", "identity", "table")
 
     def __init__(self, file: str, entries: int, where: str) -> None:
-        fd = os.open(file, os.O_RDONLY)
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ShardError(f"{where}: its shard file is missing ({file})") from None
         try:
             self.identity = _file_identity(os.fstat(fd))
             self.table = PixelStore._shard_table(fd, entries, where)
@@ -821,7 +829,7 @@ class PixelStore:
         first = (start - shard * per_shard) * per_frame
         wanted = held.table[first : (stop - shard * per_shard) * per_frame].tolist()
         if any(o == EMPTY for o, _ in wanted):
-            raise ValueError(f"{path}: a frame of {start}..{stop} is missing from shard {shard}")
+            raise ShardError(f"{path}: a frame of {start}..{stop} is missing from shard {shard}")
         return _read_spans(held.fd, wanted)
 
     def _window_chunks(
@@ -839,7 +847,7 @@ class PixelStore:
             base = (f - shard * per_shard) * per_frame
             wanted = held.table[base + first : base + stop].tolist()
             if any(o == EMPTY for o, _ in wanted):
-                raise ValueError(f"{path}: frame {f} is missing from shard {shard}")
+                raise ShardError(f"{path}: frame {f} is missing from shard {shard}")
             out[f] = (
                 [_NOTHING] * first + _read_spans(held.fd, wanted) + [_NOTHING] * (per_frame - stop)
             )
@@ -857,7 +865,7 @@ class PixelStore:
         index_size = SHARD_INDEX_ENTRY * entries + CRC32C_BYTES
         size = os.fstat(fd).st_size
         if size < index_size:
-            raise ValueError(
+            raise ShardError(
                 f"{where}: the shard file is {size} bytes, less than its {index_size}-byte "
                 "index (cut short?)"
             )
@@ -865,14 +873,14 @@ class PixelStore:
         if len(data) != index_size or google_crc32c.value(data[:-CRC32C_BYTES]) != int.from_bytes(
             data[-CRC32C_BYTES:], "little"
         ):
-            raise ValueError(
+            raise ShardError(
                 f"{where}: the shard's index fails its checksum (cut short or damaged)"
             )
         table = np.frombuffer(data, "<u8", count=2 * entries).reshape(entries, 2)
         stored = table[table[:, 0] != EMPTY]
         room = np.uint64(size - index_size)
         if np.any((stored[:, 0] > room) | (stored[:, 1] > room - np.minimum(stored[:, 0], room))):
-            raise ValueError(f"{where}: the shard's index points past the end of its chunks")
+            raise ShardError(f"{where}: the shard's index points past the end of its chunks")
         return table
 
     def _raw_chunks(
@@ -895,9 +903,9 @@ class PixelStore:
             if np.any(missing | wrong):  # the first bad frame named, as a decode would
                 at = int(np.argmax(missing | wrong))
                 if missing[at]:
-                    raise ValueError(f"{path}: frame {some[at]} is missing from shard {shard}")
+                    raise ShardError(f"{path}: frame {some[at]} is missing from shard {shard}")
                 stored = int(lengths[at][lengths[at] != size][0])
-                raise ValueError(
+                raise ShardError(
                     f"{path}: frame {some[at]} holds a chunk stored as {stored} bytes, not {size}"
                 )
             yield held, some, offsets
@@ -912,7 +920,7 @@ class PixelStore:
             for f, offset in zip(some, offsets[:, 0].tolist(), strict=True):
                 at, *copies = slots[f]
                 if os.preadv(held.fd, [memoryview(out[at]).cast("B")], offset) != size:
-                    raise ValueError(f"{path}: frame {f} is cut short in its shard")
+                    raise ShardError(f"{path}: frame {f} is cut short in its shard")
                 if copies:  # an empty index list costs microseconds a frame
                     out[copies] = out[at]
         return out
@@ -972,7 +980,7 @@ class PixelStore:
             for f, offset in zip(some, offsets[:, 0].tolist(), strict=True):
                 for target, lead in targets:
                     if os.preadv(held.fd, [target], offset + lead) != target.nbytes:
-                        raise ValueError(f"{path}: frame {f} is cut short in its shard")
+                        raise ShardError(f"{path}: frame {f} is cut short in its shard")
                 at, *copies = slots[f]
                 if across == 1:
                     out[at] = scratch[0, :, left:right]
@@ -1007,6 +1015,8 @@ class PixelStore:
         import numpy as np
 
         spec = self.spec(path)
+        if len(frames) and min(frames) < 0:
+            raise ShardError(f"{path}: frame {min(frames)} is no frame of the array")
         shape = (len(frames), *window_shape(spec, window))
         if out is None:
             out = np.empty(shape, spec.dtype)

@@ -421,7 +421,7 @@ async def bulkdata(request: Request) -> Response:
 
     def value() -> bytes | None:
         if row.get("pixels") and path == pixel_tag(row):
-            frames = archive.frames_of(row)
+            frames = archive.checked_frames_of(row)
             return b"".join(frame_octets(frame, row) for frame in frames)
         dataset = archive.header_dataset(row)
         try:
