@@ -233,3 +233,6 @@ def test_integer_rescale_out_of_range_names_the_values_and_instance() -> None:
         ValueError, match=r"values -1024\.\.3071 of instance 1\.2\.3 do not fit uint8"
     ):
         convert(frames, rows, True, "uint8")
+    halves = [{**rows[0], "RescaleSlope": 0.5, "RescaleIntercept": 0}]
+    with pytest.raises(ValueError, match=r"0\.0\.\.2047\.5 of instance 1\.2\.3 are not all whole"):
+        convert(frames, halves, True, "int16")  # they fit int16: not the reason

@@ -222,6 +222,9 @@ def test_series_frames_and_pixels(archive: Archive) -> None:
         )
     assert {r["pixels"]["array"] for r in series.rows} == set(series.pixels)
     assert all(a.shape[1:] == series.frames[0].shape for a in series.pixels.values())
+    np.testing.assert_array_equal(series.frames[-1], series.frames[len(series) - 1])
+    with pytest.raises(IndexError, match=f"frame {len(series)} of a series of {len(series)}"):
+        series.frames[len(series)]
 
 
 def test_missing_middle_slice(archive: Archive) -> None:

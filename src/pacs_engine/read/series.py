@@ -40,6 +40,8 @@ class Frames:
         """One decoded frame, shaped (rows, columns[, samples])."""
         if not isinstance(index, int | np.integer):
             raise TypeError(f"frame index must be an integer, not {type(index).__name__}")
+        if not -len(self._where) <= index < len(self._where):
+            raise IndexError(f"frame {index} of a series of {len(self._where)} frames")
         key, frame, _ = self._where[index]
         return self._series.archive.pixels.read_frames(key, [frame])[0]
 

@@ -496,7 +496,9 @@ def convert(
         whole = frames.dtype.kind != "f" or bool(np.all(frames == np.round(frames)))
         if lo < info.min or hi > info.max or not whole:
             where = _uid(rows[0]) if rows else "?"
-            raise ValueError(f"values {lo}..{hi} of instance {where} do not fit {target}")
+            fits = info.min <= lo and hi <= info.max
+            what = f"are not all whole numbers, for {target}" if fits else f"do not fit {target}"
+            raise ValueError(f"values {lo}..{hi} of instance {where} {what}")
     return frames.astype(target)
 
 
