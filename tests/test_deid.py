@@ -1323,7 +1323,7 @@ def test_a_damaged_source_instance_is_refused_without_naming_the_source(
         assert shards
         for shard in shards:
             shard.write_bytes(shard.read_bytes()[:10])
-        reason = "cannot read its pixels (ValueError)"
+        reason = "cannot read its pixels (ShardError)"
     key = make_key(tmp_path / "key")
     report = deidentify(tmp_path / "record", tmp_path / "research", key, workers=0)
     assert report.balanced and report.staged == 1

@@ -42,7 +42,8 @@ from pacs_engine.index import (
 from pacs_engine.index.codec import RowCodec
 from pacs_engine.index.core import uid_problem
 from pacs_engine.index.integrity import check_trees
-from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED, whole_value
+from pacs_engine.index.matching import SERIES_COMPUTED, STUDY_COMPUTED, compile_query, whole_value
+from pacs_engine.index.query import value_problem
 from pacs_engine.index.records import View
 
 ROOT = "1.2.826.0.1.3680043.8.498"
@@ -1073,3 +1074,18 @@ def test_a_row_that_does_not_decode_raises_the_index_error(tmp_path: Path) -> No
             index.get(sop)
         with pytest.raises(DamagedIndexError):
             index.check()
+
+
+def test_a_time_range_is_checked_at_the_precision_of_its_bounds() -> None:
+    """101530-1015 is 10:15:30 to 10:15:59.999999: a range (it was refused as ending before
+    it starts, compared as text); 1016-1015 ends before it starts."""
+    assert value_problem("StudyTime", "101530-1015") is None
+    assert "ends before it starts" in str(value_problem("StudyTime", "1016-1015"))
+    assert "ends before it starts" in str(value_problem("StudyDate", "20200102-20200101"))
+    (condition,) = compile_query({"StudyTime": "101530-1015"}).values()
+    assert [condition(v) for v in ("101530", "1015", "101559.9", "1016")] == [
+        True,
+        False,
+        True,
+        False,
+    ]

@@ -321,3 +321,24 @@ def test_the_server_log_holds_no_value_of_an_answer(tmp_path: Path) -> None:
     (answer,) = [pydicom.dcmread(p) for p in (tmp_path / "found").iterdir()]
     assert answer.StudyDate == "1997.04.24"  # answered as stored
     assert "1997.04.24" not in stderr and "1931.02.03" not in stderr
+
+
+def test_what_pydicom_logs_in_the_server_is_said_without_its_text() -> None:
+    """Its own logger's lines and its child loggers' (pydicom.pixels...) alike, and its
+    warnings (a child logger's records passed a filter on the parent unchanged)."""
+    code = (
+        "import logging, pydicom.misc\n"
+        "from pacs_engine.serve.context import keep_values_out_of_logs\n"
+        "keep_values_out_of_logs()\n"
+        "logging.getLogger('pydicom.pixels.decoders.base').warning('child says DOE^JOHN')\n"
+        "logging.getLogger('pydicom').warning('parent says DOE^JANE')\n"
+        "pydicom.misc.warn_and_log('Invalid value for VR PN: DOE^JIM')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "DOE^" not in done.stderr
+    assert done.stderr.count("pydicom warned about a data set (its text is not logged)") == 3
+    assert done.stderr.count("a warning was raised (its text is not logged") == 1

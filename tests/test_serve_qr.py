@@ -835,7 +835,7 @@ def test_an_empty_value_in_a_uid_list_is_no_uid_and_no_failure(server: Server) -
     try:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = [study_uid(1), ""]
+        query.StudyInstanceUID = [study_uid(1), "", "1." * 300 + "1"]  # 601 bytes: no key
         answers = list(assoc.send_c_find(query, STUDY_ROOT_FIND))
     finally:
         assoc.release()

@@ -280,7 +280,8 @@ def test_the_search_parameters_of_ps3_18_are_taken(served: Served) -> None:
     assert empty.status_code == 200 and empty.json() == plain.json()
     assert "emptyvaluematching parameter is not supported" in empty.headers["warning"]
     for query in ("emptyvaluematching=false", "multiplevaluematching=true",
-                  "accept=application/dicom%2Bjson", "charset=utf-8"):  # fmt: skip
+                  "accept=application/dicom%2Bjson", "accept=application/dicom+json",
+                  "charset=utf-8", "charset=UTF8;q=0.9"):  # fmt: skip
         same = served.get(f"/studies?ModalitiesInStudy=CT&{query}")
         assert same.status_code == 200 and same.json() == plain.json(), query
         assert "warning" not in same.headers, query

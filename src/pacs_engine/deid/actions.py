@@ -9,6 +9,7 @@ mapped UIDs, shifted dates, cleaned text), so the two cannot disagree on what to
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -244,13 +245,30 @@ def shift(value: object, days: int, name: str) -> object:
 def scrub(value: object, identifying: list[str]) -> object:
     """Text with every identifying value of the data set replaced by REMOVED."""
     values = value if isinstance(value, _SEVERAL) else [value]
+    folded = _folded(tuple(identifying))
     cleaned = []
     for one in values:
         text = str(one or "")
-        for found in sorted(set(identifying), key=len, reverse=True):
-            text = re.sub(re.escape(found), REMOVED, text, flags=re.IGNORECASE)
-        cleaned.append(text)
+        # Only the values the text holds go into the expression: an instance may have
+        # hundreds (its UIDs), a text holds a few.
+        low = text.casefold()
+        present = tuple(v for v, f in folded if f in low)
+        cleaned.append(_pattern(present).sub(REMOVED, text) if present else text)
     return cleaned if isinstance(value, _SEVERAL) else cleaned[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _folded(identifying: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Each value once, longest first, with its case-folded form (a superset test of what
+    a case-insensitive expression finds); the texts of an instance share them."""
+    unique = sorted(set(identifying), key=lambda v: (-len(v), v))
+    return tuple((v, v.casefold()) for v in unique)
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(values: tuple[str, ...]) -> re.Pattern[str]:
+    """One case-insensitive expression for `values`, longest first."""
+    return re.compile("|".join(map(re.escape, values)), re.IGNORECASE)
 
 
 def map_uids(value: object, key: Key) -> object:

@@ -37,7 +37,7 @@ from pacs_engine.codecs.sharding import Chunk
 from pacs_engine.deid.engine import Deidentifier, DeidError, HeaderResult
 from pacs_engine.deid.key import Key, KeyFileError
 from pacs_engine.deid.profile import table
-from pacs_engine.errors import ScanError
+from pacs_engine.errors import PacsEngineError, ScanError
 from pacs_engine.executors import make_executor
 from pacs_engine.index.rows import Row
 from pacs_engine.ingest.archive import Archive, open_archive
@@ -286,7 +286,7 @@ def _write_part(
     with stage("copy chunks"):
         try:
             stored = read_stored_many(source, [row for row, _, _ in todo])
-        except Exception:  # a damaged shard: its message names the source's UIDs
+        except (OSError, ValueError, PacsEngineError):  # damaged: its message names UIDs
             todo, stored = _readable(source, todo, report)
         copied = [
             _instance(source, row, result, new_row, *chunks)
@@ -310,7 +310,7 @@ def _readable(
     for entry in todo:
         try:
             stored += read_stored_many(source, [entry[0]])
-        except Exception as error:  # damaged: the run goes on without it
+        except (OSError, ValueError, PacsEngineError) as error:  # the run goes on without it
             report.refused[entry[2]["SOPInstanceUID"]] = (
                 f"cannot read its pixels ({type(error).__name__})"
             )

@@ -142,7 +142,7 @@ def _name(value: str, groups: bool) -> str:
     return "=".join(kept).rstrip("=")
 
 
-def _times(text: str) -> tuple[str, str] | None:
+def time_bounds(text: str) -> tuple[str, str] | None:
     """The first and last instants a TM value stands for at its precision, as strings
     HHMMSS.FFFFFF that sort in time order (None: not a time)."""
     main, _, fraction = text.strip().replace(":", "").partition(".")
@@ -158,14 +158,14 @@ def _times(text: str) -> tuple[str, str] | None:
 
 def _time_range(lo: str, hi: str) -> Callable[[Any], bool] | None:
     """TM range matching at each value's precision (None: a bound that is not a time)."""
-    first = _times(lo) if lo else ("", "")
-    last = _times(hi) if hi else ("", "")
+    first = time_bounds(lo) if lo else ("", "")
+    last = time_bounds(hi) if hi else ("", "")
     if first is None or last is None:
         return None
     start, end = first[0], last[1]
 
     def predicate(v: Any) -> bool:
-        instant = _times(v) if isinstance(v, str) and v else None
+        instant = time_bounds(v) if isinstance(v, str) and v else None
         if instant is None:  # empty, or not a time: compared as text, as other ranges are
             return isinstance(v, str) and v != "" and v >= lo and (not hi or v[: len(hi)] <= hi)
         return instant[0] >= start and (not end or instant[0] <= end)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.codec import RowCodec
-from pacs_engine.index.keys import INDEXED_KEYWORDS, SEP, index_value, last_part
+from pacs_engine.index.keys import INDEXED_KEYWORDS, SEP, index_value, last_part, uid_problem
 from pacs_engine.index.matching import (
     LEVELS,
     SERIES_COMPUTED,
@@ -26,6 +26,7 @@ from pacs_engine.index.matching import (
     compile_query,
     level_of,
     matches,
+    time_bounds,
     vr_of,
 )
 from pacs_engine.index.records import View
@@ -114,6 +115,16 @@ def key_problem(keyword: str, level: str, known: Iterable[str] | None = None) ->
     return f"{keyword}: not a keyword the archive's index holds{hint}"
 
 
+def _ends_before_it_starts(vr: str, lo: str, hi: str) -> bool:
+    """Whether a range's upper bound comes before its lower one (times at the precision
+    each is given in: 101530-1015 is 10:15:30 to 10:15:59.999999)."""
+    if vr == "TM":
+        first, last = time_bounds(lo), time_bounds(hi)
+        if first is not None and last is not None:
+            return first[0] > last[1]
+    return lo > hi[: len(lo)]
+
+
 def value_problem(keyword: str, value: Any) -> str | None:
     """Why `value` cannot match `keyword` (a malformed date, a wildcard UID), or None."""
     if not isinstance(value, str) or value in ("", "*"):
@@ -127,7 +138,7 @@ def value_problem(keyword: str, value: Any) -> str | None:
     parts = value.split("-")
     ranged = len(parts) == 2 and any(parts)
     if (ranged or len(parts) == 1) and all(p == "" or form.fullmatch(p) for p in parts):
-        if ranged and all(parts) and parts[0] > parts[1][: len(parts[0])]:
+        if ranged and all(parts) and _ends_before_it_starts(vr, parts[0], parts[1]):
             return f"{keyword}: {value!r}: the range ends before it starts"
         return None
     digits = re.sub(r"[-:T ]", "", value) if vr in ("DA", "DT") else value.replace(":", "")
@@ -176,6 +187,12 @@ def run_query(
     found = itertools.islice(_run(txn, dbs, codec, level, filters), offset, stop)
     keys = RECORD_KEYS[level]
     return [{**dict.fromkeys(keys), **record} for record in found]
+
+
+def _keyable(uids: Iterable[str]) -> list[str]:
+    """The UIDs of a list that could be an index key, sorted: no other is archived (one
+    longer than LMDB's keys would be an error, not a miss)."""
+    return sorted(uid for uid in uids if uid_problem("UID", uid) is None)
 
 
 def patient_counts(studies: list[Found]) -> dict[str, int]:
@@ -254,10 +271,10 @@ class _Query(View):
         """The matching records, each read when the one before has been taken."""
         sop = self.conditions.get("SOPInstanceUID")
         if self.level == "instance" and sop is not None and sop.exact is not None:
-            return self._from_rows(sorted(sop.exact))
+            return self._from_rows(_keyable(sop.exact))
         series = self.conditions.get("SeriesInstanceUID")
         if series is not None and series.exact is not None:
-            return self._from_series(sorted(series.exact))
+            return self._from_series(_keyable(series.exact))
         return self._from_studies()
 
     def _from_studies(self) -> Iterator[Found]:
@@ -270,7 +287,7 @@ class _Query(View):
         """Study UIDs that may match: from the most selective usable index, else all."""
         study = self.conditions.get("StudyInstanceUID")
         if study is not None and study.exact is not None:
-            return sorted(study.exact)
+            return _keyable(study.exact)
         usable = [self.conditions[k] for k in INDEXED_KEYWORDS if k in self.conditions]
         for condition in usable:
             if condition.exact is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +36,25 @@ def dimse_peer(event: Any) -> tuple[str, str]:
 
 
 class _WithoutText(logging.Filter):
-    """Puts a fixed line in place of pydicom's own: its messages quote data set values."""
+    """Puts a fixed line in place of a record's own (pydicom's messages and warnings quote
+    data set values)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__()
+        self.line = line
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = "pydicom warned about a data set (its text is not logged)", ()
+        record.msg, record.args = self.line, ()
         return True
+
+
+#: The loggers whose lines the server writes without their text, and the line instead:
+#: pydicom's (and its child loggers'), and warnings (pydicom warns with the text it logs,
+#: from wherever its caller is: the server's own modules too).
+_QUIETED = {
+    "pydicom": "pydicom warned about a data set (its text is not logged)",
+    "py.warnings": "a warning was raised (its text is not logged: it may quote a data set)",
+}
 
 
 def keep_values_out_of_logs() -> None:
@@ -52,8 +65,13 @@ def keep_values_out_of_logs() -> None:
 
     config.settings.reading_validation_mode = config.IGNORE
     config.settings.writing_validation_mode = config.IGNORE
-    logger = logging.getLogger("pydicom")
-    if not any(isinstance(f, _WithoutText) for f in logger.filters):
-        logger.addFilter(_WithoutText())
-    # pydicom's warn_and_log logs, then warns with the same text from its own modules.
-    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logging.captureWarnings(True)
+    for name, line in _QUIETED.items():
+        # On a handler, not the logger: a logger's filters do not see its child loggers'
+        # records (pydicom.pixels.decoders...), a handler's do.
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _WithoutText) for h in logger.handlers for f in h.filters):
+            handler = logging.StreamHandler()  # stderr, where the server's lines go
+            handler.addFilter(_WithoutText(line))
+            logger.addHandler(handler)
+            logger.propagate = False

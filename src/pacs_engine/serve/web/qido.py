@@ -326,11 +326,13 @@ def _search(search: Search) -> Any:
         for name, value in request.query_params.multi_items():
             params.setdefault(name, []).append(value)
         # The accept parameter, when given, stands for the Accept header (PS3.18 8.3.3.1).
-        accept = (
-            ",".join(params[_ACCEPT]) if _ACCEPT in params else request.headers.get("accept", "")
-        )
-        charsets = [c.strip().lower() for v in params.get(_CHARSET, []) for c in v.split(",")]
-        if not acceptable(accept) or not all(c in ("utf-8", "*") for c in charsets):
+        accept = request.headers.get("accept", "")
+        if _ACCEPT in params:  # an unescaped "+" (dicom+json) arrives as a space
+            accept = re.sub(r"(\w) (\w)", r"\1+\2", ",".join(params[_ACCEPT]))
+        charsets = [
+            c.split(";")[0].strip().lower() for v in params.get(_CHARSET, []) for c in v.split(",")
+        ]
+        if not acceptable(accept) or not all(c in ("utf-8", "utf8", "*") for c in charsets):
             audit(request, action, "not acceptable")
             raise HTTPException(
                 406, f"QIDO-RS answers {DICOM_JSON} (or application/json), in UTF-8"
