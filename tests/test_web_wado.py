@@ -32,6 +32,7 @@ from starlette.requests import Request
 from web_helpers import serving_app
 
 from pacs_engine import Archive
+from pacs_engine.archive.pixel_store import PixelStore
 from pacs_engine.serve.audit import AuditLog, read_records
 from pacs_engine.serve.config import ServeConfig
 from pacs_engine.serve.context import ServeContext
@@ -477,6 +478,32 @@ def test_failures_past_the_checks_are_a_500_quoting_nothing_and_audited(
         assert f"cannot {says}" in response.text and leak not in response.text, name
         (record,) = list(read_records(server.root))[before:]
         assert (record["action"], record["outcome"]) == (f"wado {action}", "failed"), name
+
+
+def test_pixels_that_are_not_the_archived_ones_are_a_500_not_sent(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged chunk that still decodes (a flipped bit in an uncompressed, LZ4 or kept
+    JPEG chunk) decodes to other pixels: the decoded paths compare them with the frame
+    hashes recorded at ingest (they sent them)."""
+    source = server.source("MR_small_bigendian.dcm")
+    read_frames = PixelStore.read_frames
+
+    def damaged(store: PixelStore, *args: Any, **kwargs: Any) -> np.ndarray:
+        frames = read_frames(store, *args, **kwargs).copy()
+        frames.flat[0] ^= 1
+        return frames
+
+    monkeypatch.setattr(PixelStore, "read_frames", damaged)
+    for path, accept, action in [
+        (f"{source.url}/frames/1/rendered", "image/png", "rendered"),
+        (f"{source.url}/bulkdata/7FE00010", None, "bulkdata"),
+    ]:
+        before = len(list(read_records(server.root)))
+        response = server.get(path, accept)
+        assert response.status_code == 500, (path, response.status_code)
+        (record,) = list(read_records(server.root))[before:]
+        assert (record["action"], record["outcome"]) == (f"wado {action}", "failed"), path
 
 
 # --- rendered ---------------------------------------------------------------------------

@@ -40,7 +40,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from pacs_engine.archive import Archive
+from pacs_engine.archive.format import ArchiveError
 from pacs_engine.archive.pixel_store import ArraySpec, decompress
+from pacs_engine.archive.prepare import frame_hashes_like
 from pacs_engine.codecs import BitstreamCodec, CodecError, Htj2kCoder, JpegLsCoder
 from pacs_engine.codecs.jpegls import encode_jpegls, jpegls_precision
 from pacs_engine.codecs.native import PixelLayout, to_bytes
@@ -608,8 +610,14 @@ class FrameSource:
         return encode_frame(self.decoded(number), self.plan.syntax, self.row)
 
     def decoded(self, number: int) -> np.ndarray:
-        """Frame `number` decoded."""
-        return self.archive.pixels.read_frames(self.array, [self.first + number - 1])[0]
+        """Frame `number` decoded, checked against its hash recorded at ingest (ArchiveError:
+        a damaged chunk that still decodes). A frame sent as its stored chunk is not
+        decoded, so not checked: `verify` finds such damage."""
+        frame = self.archive.pixels.read_frames(self.array, [self.first + number - 1])[0]
+        recorded = (self.row.get("frame_hashes") or [])[number - 1 : number]
+        if recorded and frame_hashes_like([frame], recorded) != recorded:
+            raise ArchiveError(f"frame {number} does not decode to the archived pixels")
+        return frame
 
 
 def frame_source(request: Request, action: str) -> tuple[FrameSource, Target, list[int]]:
