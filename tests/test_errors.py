@@ -15,7 +15,7 @@ from pacs_engine import PacsEngineError
 from pacs_engine.archive.archive import ArchiveError, ExportError, UnknownInstance
 from pacs_engine.archive.blobs import BlobError
 from pacs_engine.archive.corrections import CorrectionError
-from pacs_engine.archive.pixel_store import ArrayMetadataError
+from pacs_engine.archive.pixel_store import ArrayMetadataError, ShardError
 from pacs_engine.archive.prepare import NoDecoder, PrepareError
 from pacs_engine.archive.verify_plan import VerifySelectionError
 from pacs_engine.codecs import CodecError, NoDecoderError
@@ -64,6 +64,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     DamagedIndexError: (DamagedIndexError("index.lmdb: page 3"), (RuntimeError,)),
     LayoutError: (LayoutError("Rows is 'x'"), (ValueError,)),
     ArrayMetadataError: (ArrayMetadataError("zarr.json: not JSON"), (ValueError,)),
+    ShardError: (ShardError("s/k: frame 3: its shard file is missing"), (ValueError,)),
     PrepareError: (PrepareError("no pixel data"), (ValueError,)),
     NoDecoder: (NoDecoder("no decoder for RLE Lossless, Bits Allocated 1"), (PrepareError,)),
     ArchiveError: (ArchiveError("locked"), (RuntimeError,)),
