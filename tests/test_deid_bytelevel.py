@@ -461,6 +461,28 @@ def test_no_name_uid_or_address_survives_in_a_un_sequence_a_kept_private_one_or_
         assert str(ds[0x00091001].value[0].PatientName) != LEAKED_NAME
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+def test_a_kept_private_sequence_of_an_implicit_vr_file_is_de_identified(fast: bool) -> None:
+    """Implicit VR: a private sequence is read as a value of unknown VR holding items; kept
+    (retain-safe-private), its items go through the table too."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.add_new(0x00090010, "LO", SAFE[0][0])
+    private = Dataset()
+    private.PatientName = LEAKED_NAME
+    ds.add_new(0x00091001, "SQ", Sequence([private]))
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    assert LEAKED_NAME.encode() in data
+    engine = Deidentifier(
+        KEY, ("retain-safe-private",), burned_in="keep", safe_private=SAFE, byte_level=fast
+    )
+    result = engine.apply(data)
+    assert result.data is not None and LEAKED_NAME.encode() not in result.data
+    assert 0x00091001 in pydicom.dcmread(BytesIO(result.data))  # kept
+
+
 @pytest.mark.parametrize(
     "sop_class",
     [

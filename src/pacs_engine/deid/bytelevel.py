@@ -67,7 +67,7 @@ from pacs_engine.deid.key import UID_CACHE, Key
 from pacs_engine.errors import PacsEngineError
 
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_ITEM_TAG = struct.pack("<I", ITEM)
+ITEM_TAG = struct.pack("<HH", ITEM >> 16, ITEM & 0xFFFF)  # an item's tag as written: FE FF 00 E0
 UNDEFINED = 0xFFFFFFFF
 _EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
 _IMPLICIT = struct.Struct("<HHL")  # tag, 32-bit length (also items and delimiters)
@@ -537,7 +537,7 @@ class _Rewrite:
                 name = str(self._value(creator)).strip() if creator is not None else ""
                 if (name, low & 0xFF) in context.kept_private:
                     if element.vr == "SQ" or (
-                        element.vr == "UN" and self._bytes(element)[:4] == _ITEM_TAG
+                        element.vr == "UN" and self._bytes(element)[:4] == ITEM_TAG
                     ):
                         raise Fallback("a kept private sequence")
                     context.actions["K"] += 1

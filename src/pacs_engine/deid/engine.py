@@ -94,7 +94,6 @@ BURNED_IN_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
 }
 BURNED_IN_POLICIES = ("leave-out", "keep")
-_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian
 # File meta: source, sending and receiving AE titles and presentation addresses (host
 # names, IP addresses), the real-time video source's identifier, private information
 # (and its creator).
@@ -444,7 +443,7 @@ def _as_sequence(ds: Dataset, tag: BaseTag) -> str:
 
 def _holds_items(value: object) -> bool:
     """Whether a value of VR UN starts with a sequence item (a private sequence, implicit VR)."""
-    return isinstance(value, bytes) and value[:4] == _ITEM_TAG
+    return isinstance(value, bytes) and value[:4] == bytelevel.ITEM_TAG
 
 
 def _collect_identifying(ds: Dataset, context: Context, depth: int) -> None:

@@ -163,11 +163,12 @@ def _time_range(lo: str, hi: str) -> Callable[[Any], bool] | None:
     if first is None or last is None:
         return None
     start, end = first[0], last[1]
+    as_text = _range(lo, hi)
 
     def predicate(v: Any) -> bool:
         instant = time_bounds(v) if isinstance(v, str) and v else None
         if instant is None:  # empty, or not a time: compared as text, as other ranges are
-            return isinstance(v, str) and v != "" and v >= lo and (not hi or v[: len(hi)] <= hi)
+            return as_text(v)
         return instant[0] >= start and (not end or instant[0] <= end)
 
     return predicate
