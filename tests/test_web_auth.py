@@ -61,6 +61,7 @@ class Issuer:
     ec: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", {"kid": "ec-1"}))
     published: list[Any] = field(default_factory=list)
     fetches: int = 0
+    down: bool = False  # its JWKS answers 503
 
     def __post_init__(self) -> None:
         self.published = [self.rsa, self.ec]
@@ -92,6 +93,9 @@ def serving_jwks(issuer: Issuer) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             issuer.fetches += 1
+            if issuer.down:
+                self.send_error(503)
+                return
             body = issuer.jwks()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -324,7 +328,7 @@ def test_the_http_section_of_the_configuration(tmp_path: Path) -> None:
         "max_body_bytes = 1000\n"
         '[http.tls]\ncert = "c.pem"\nkey = "k.pem"\n'
         '[http.oidc]\nissuer = "https://i.test"\naudience = "pacs"\njwks_file = "jwks.json"\n'
-        'roles_claim = "realm_access.roles"\n'
+        'roles_claim = "realm_access.roles"\njwks_max_age = 60\n'
         '[http.oidc.roles]\nreader = ["r1", "r2"]\n'
     )
     http = load_config(path).http
@@ -336,6 +340,7 @@ def test_the_http_section_of_the_configuration(tmp_path: Path) -> None:
     )
     assert http.tls is not None and http.tls.cert == tmp_path / "c.pem"
     assert http.oidc is not None and http.oidc.jwks_file == tmp_path / "jwks.json"
+    assert http.oidc.jwks_max_age == 60
     assert http.oidc.roles_of(frozenset({"r2", "admin"})) == {"reader", "admin"}
     assert http.oidc.roles_of(frozenset({"reader"})) == frozenset()  # reader is mapped
 
@@ -349,6 +354,9 @@ def test_the_http_section_of_the_configuration(tmp_path: Path) -> None:
         '[http.oidc]\nissuer = "i"\naudience = "a"\njwks_file = "j"\n[http.oidc.roles]\n'
         'root = ["x"]\n': "unknown role 'root'",
         '[http.tls]\ncert = "c.pem"\n': "needs both cert and key",
+        '[http.oidc]\nissuer = "i"\naudience = "a"\njwks_file = "j"\njwks_max_age = 0\n': (
+            "jwks_max_age is 1 to 86400 seconds, not 0"
+        ),
     }
     for text, reason in bad.items():
         path.write_text(text)
@@ -370,9 +378,40 @@ def test_a_local_jwks_file_and_an_issuer_that_is_down(tmp_path: Path) -> None:
     with pytest.raises(InvalidCredentials, match="JWKS could not be read"):
         down.token(issuer.token())
     started = time.monotonic()
-    with pytest.raises(InvalidCredentials, match="signing key id"):  # not asked again at once
+    with pytest.raises(InvalidCredentials, match="tried again soon"):  # not asked again at once
         down.token(issuer.token())
     assert time.monotonic() - started < 1.0
+
+
+def test_a_key_the_issuer_withdrew_signs_nothing_once_the_key_set_is_read_again(
+    tmp_path: Path,
+) -> None:
+    # A leaked key is withdrawn from the JWKS while the next one is already published:
+    # tokens go on naming cached key ids, so only the key set's age makes it read again.
+    issuer = Issuer()
+    new = RSAKey.generate_key(2048, {"kid": "rsa-2"})
+    issuer.published = [issuer.rsa, new]
+    with serving_jwks(issuer) as uri:
+        oidc = OidcConfig(ISSUER, AUDIENCE, jwks_uri=uri, jwks_max_age=1.0)
+        auth = Authenticator(tmp_path, oidc)
+        stolen = issuer.token(issuer.rsa, sub="mallory")
+        assert auth.token(stolen).name == "mallory"
+        assert auth.token(issuer.token(new)).name == "dr-house"
+        assert issuer.fetches == 1
+        issuer.published = [new]
+        time.sleep(1.2)
+        with pytest.raises(InvalidCredentials, match="signing key id"):
+            auth.token(stolen)
+        assert auth.token(issuer.token(new)).name == "dr-house"
+        assert issuer.fetches == 2
+        # Past its age, a key set that cannot be read again signs nothing: fail closed,
+        # and ask the issuer again only after the refresh interval.
+        issuer.down = True
+        time.sleep(1.2)
+        for _ in range(3):
+            with pytest.raises(InvalidCredentials, match="JWKS could not be read"):
+                auth.token(issuer.token(new))
+        assert issuer.fetches == 3
 
 
 def test_api_keys_are_checked_on_the_event_loop_and_jwts_in_a_worker_thread(

@@ -107,6 +107,7 @@ class OidcConfig:
     role_map: dict[str, frozenset[str]] = field(default_factory=dict)
     leeway: int = 30  # seconds of clock skew allowed on exp and nbf
     jwks_timeout: float = 5.0  # seconds for one JWKS fetch
+    jwks_max_age: float = 300.0  # seconds a JWKS read is trusted before it is read again
 
     def roles_of(self, values: frozenset[str]) -> frozenset[str]:
         """The roles that the claim `values` grant."""
@@ -247,7 +248,16 @@ def _http_section(section: Any, where: str, base: Path) -> HttpConfig:
 def _oidc_section(section: Any, where: str, base: Path) -> OidcConfig:
     """The [http.oidc] table: exactly one of jwks_uri and jwks_file."""
     table = _table(section, where)
-    known = {"issuer", "audience", "jwks_uri", "jwks_file", "roles_claim", "roles", "leeway"}
+    known = {
+        "issuer",
+        "audience",
+        "jwks_uri",
+        "jwks_file",
+        "jwks_max_age",
+        "roles_claim",
+        "roles",
+        "leeway",
+    }
     _no_unknown(table, known, where)
     for key in ("issuer", "audience"):
         if not _typed(table, key, str, "", where):
@@ -271,6 +281,9 @@ def _oidc_section(section: Any, where: str, base: Path) -> OidcConfig:
     leeway = _typed(table, "leeway", int, 30, where)
     if not 0 <= leeway <= 300:
         raise ConfigError(f"{where}: leeway is 0 to 300 seconds, not {leeway}")
+    max_age = _typed(table, "jwks_max_age", int, 300, where)
+    if not 1 <= max_age <= 86400:
+        raise ConfigError(f"{where}: jwks_max_age is 1 to 86400 seconds, not {max_age}")
     return OidcConfig(
         issuer=table["issuer"],
         audience=table["audience"],
@@ -281,6 +294,7 @@ def _oidc_section(section: Any, where: str, base: Path) -> OidcConfig:
         roles_claim=_typed(table, "roles_claim", str, "roles", where),
         role_map=role_map,
         leeway=leeway,
+        jwks_max_age=float(max_age),
     )
 
 

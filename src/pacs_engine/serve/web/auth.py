@@ -50,7 +50,8 @@ KEY_PREFIX = "pe_"
 #: The largest JWKS document read (a JWKS is a few kilobytes).
 MAX_JWKS_BYTES = 1 << 20
 
-#: An unknown `kid` refetches the JWKS at most this often (a forged kid must not flood the issuer).
+#: An unknown `kid`, or a key set past its age that could not be read again, refetches the
+#: JWKS at most this often (forged key ids or an issuer that is down must not flood it).
 JWKS_REFRESH_SECONDS = 10.0
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -185,24 +186,38 @@ class KeyStore:
 
 
 class Jwks:
-    """The issuer's signing keys: read from a file, or fetched (bounded) and cached."""
+    """The issuer's signing keys: read from a file, or fetched (bounded), and cached for
+    `max_age` seconds at most."""
 
-    def __init__(self, uri: str | None, file: Path | None, timeout: float) -> None:
+    def __init__(self, uri: str | None, file: Path | None, timeout: float, max_age: float) -> None:
         self.uri = uri
         self.file = file
         self.timeout = timeout
+        self.max_age = max_age
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
-        self._fetched = float("-inf")
+        self._fetched = float("-inf")  # the last read tried
+        self._read = float("-inf")  # the last read that succeeded
 
     def key(self, kid: str | None) -> RSAKey | ECKey:
         """The public key of `kid` (refetched once when unknown); InvalidCredentials if none."""
         with self._lock:
+            now = time.monotonic()
+            loaded = False
+            # Read again once `max_age` old: a key the issuer withdrew (leaked) must stop
+            # signing tokens here, and only a read of its key set can tell. Past its age
+            # a set that cannot be read again signs nothing.
+            if now - self._read >= self.max_age:
+                if self._fetched > self._read and now - self._fetched < JWKS_REFRESH_SECONDS:
+                    raise InvalidCredentials(
+                        "the issuer's JWKS could not be read (tried again soon)"
+                    )
+                self._load()
+                loaded = True
             found = self._find(kid)
-            # Not held (or nothing read yet): the issuer may have rotated its keys. At most
-            # one read per interval, so that neither made-up key ids nor an issuer that is
-            # down make every request wait on it.
-            if found is None and time.monotonic() - self._fetched >= JWKS_REFRESH_SECONDS:
+            # Not held: the issuer may have rotated its keys. At most one read per interval,
+            # so that made-up key ids do not make every request wait on the issuer.
+            if found is None and not loaded and now - self._fetched >= JWKS_REFRESH_SECONDS:
                 self._load()
                 found = self._find(kid)
         if found is None:
@@ -232,6 +247,7 @@ class Jwks:
             data = json.loads(raw)
             public = [k for k in data["keys"] if k.get("kty") in ("RSA", "EC") and "d" not in k]
             self._keys = KeySet.import_key_set({"keys": public})
+            self._read = self._fetched
         except (OSError, ValueError, KeyError, TypeError, errors.JoseError) as error:
             # Keep what was known; this token is refused, the next may find the issuer up.
             raise InvalidCredentials(f"the issuer's JWKS could not be read: {error}") from None
@@ -260,7 +276,11 @@ class Authenticator:
     def __init__(self, archive_root: str | os.PathLike, oidc: OidcConfig | None) -> None:
         self.keys = KeyStore(archive_root)
         self.oidc = oidc
-        self.jwks = Jwks(oidc.jwks_uri, oidc.jwks_file, oidc.jwks_timeout) if oidc else None
+        self.jwks = (
+            Jwks(oidc.jwks_uri, oidc.jwks_file, oidc.jwks_timeout, oidc.jwks_max_age)
+            if oidc
+            else None
+        )
 
     def __call__(self, request: Request) -> Principal:
         """The caller of `request`; InvalidCredentials saying why not."""
