@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pacs_engine.serve.audit import GENESIS, AuditLog, read_records, verify_chain
+from pacs_engine.serve.audit import GENESIS, AuditLog, chain_head, read_records, verify_chain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +92,32 @@ def test_the_chain_spans_day_files_and_reopening(tmp_path: Path) -> None:
     assert verify_chain(tmp_path) == []
     (tmp_path / "audit" / "2020-01-01.jsonl").unlink()  # a whole day removed
     assert [p.line for p in verify_chain(tmp_path)] == [1]
+
+
+def test_a_field_added_to_a_record_breaks_the_chain(tmp_path: Path) -> None:
+    fill(tmp_path, 3)
+    path = day_file(tmp_path)
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["patient"] = "DOE^JOHN"  # its hash covers its known fields: this one is not
+    lines[1] = json.dumps(entry)
+    path.write_text("\n".join(lines) + "\n")
+    assert [(p.line, p.reason) for p in verify_chain(tmp_path)] == [
+        (2, "fields its hash does not cover: patient")
+    ]
+
+
+def test_records_cut_from_the_end_are_found_by_a_head_kept_elsewhere(tmp_path: Path) -> None:
+    written = fill(tmp_path, 5)
+    head = chain_head(tmp_path)
+    assert head == written[-1]["hash"]
+    assert verify_chain(tmp_path, head) == []
+    path = day_file(tmp_path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n")
+    assert verify_chain(tmp_path) == []  # a shorter chain that holds
+    ((problem,),) = [verify_chain(tmp_path, head)]
+    assert problem.reason.startswith(f"no record has the hash {head} kept as a head")
 
 
 def test_threads_appending_keep_one_chain(tmp_path: Path) -> None:

@@ -115,8 +115,16 @@ def test_a_bad_since_or_a_folder_without_a_trail_is_refused(tmp_path, capsys) ->
 def test_verify_passes_a_whole_trail_and_names_a_tampered_line(trail, capsys) -> None:
     code, out, _ = run(capsys, trail, "--verify")
     assert code == 0 and "6 records, the chain holds" in out
+    head = out.split("head ")[1].strip()
     (path,) = (trail / "audit").glob("*.jsonl")
     lines = path.read_text().splitlines()
+    assert head == json.loads(lines[-1])["hash"]
+    path.write_text("\n".join(lines[:-1]) + "\n")  # the last record cut
+    code, _, err = run(capsys, trail, "--verify", "--head", head)
+    assert code == 1 and f"no record has the hash {head}" in err
+    path.write_text("\n".join(lines) + "\n")
+    code, _, _ = run(capsys, trail, "--verify", "--head", head)
+    assert code == 0
     entry = json.loads(lines[2])
     entry["instances"] = ["1.2.3"]  # a record's instance changed afterwards
     lines[2] = json.dumps(entry)

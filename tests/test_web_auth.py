@@ -26,6 +26,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
+from starlette.routing import Route
 from web_helpers import serving_app
 
 from pacs_engine import Archive
@@ -442,3 +443,45 @@ def test_api_keys_are_checked_on_the_event_loop_and_jwts_in_a_worker_thread(
     threads = dict(seen)
     assert threads[token] == "AnyIO worker thread"
     assert threads[key] not in ("AnyIO worker thread", threading.current_thread().name)
+
+
+def test_a_request_no_route_answers_is_audited_too(tmp_path: Path) -> None:
+    # A path or a method the routes do not have (an attempt to delete, to modify), and an
+    # error no handler caught: one record each, as for every other request.
+    archive = Archive.create(tmp_path / "a")
+    key = KeyStore(archive.path).add("svc", "reader")
+
+    async def broken(request: Any) -> Any:
+        raise RuntimeError("a defect")
+
+    routes = [*qido.routes(), Route("/broken", broken, methods=["GET"])]
+    context = ServeContext(archive, ServeConfig(), AuditLog(archive.path, sync_seconds=0.0))
+    asked = [("DELETE", "/studies", 405), ("PUT", "/studies", 405), ("GET", "/nowhere", 404)]
+    try:
+        app = make_app(context, Authenticator(archive.path, None), routes=routes)
+        with serving_app(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            for method, path, status in asked:
+                before = len(list(read_records(archive.path)))
+                answer = client.request(method, path, headers={"Authorization": f"Bearer {key}"})
+                assert answer.status_code == status
+                records = list(read_records(archive.path))[before:]
+                assert [(r["actor"], r["action"], r["outcome"], r["detail"]) for r in records] == [
+                    ("key:svc", f"{method} {path}", "refused", str(status))
+                ]
+            answer = client.get("/broken", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 500
+            last = list(read_records(archive.path))[-1]
+            assert (last["action"], last["outcome"], last["detail"]) == (
+                "GET /broken",
+                "failed",
+                "500: RuntimeError",
+            )
+            # A route that audits is not audited twice.
+            before = len(list(read_records(archive.path)))
+            # (A new connection: the server closes one after an error it did not handle.)
+            answer = httpx.get(f"{url}/studies", headers={"Authorization": f"Bearer {key}"})
+            assert answer.is_success
+            assert len(list(read_records(archive.path))) == before + 1
+    finally:
+        context.audit.close()
+        archive.close()

@@ -97,14 +97,19 @@ def web(tmp_path: Path) -> Iterator[Web]:
         archive.close()
 
 
-def instance(study: str, sop: str | None = None, syntax: str = ExplicitVRLittleEndian) -> bytes:
+def instance(
+    study: str,
+    sop: str | None = None,
+    syntax: str = ExplicitVRLittleEndian,
+    series: str | None = None,
+) -> bytes:
     """A small CT instance of `study`, as a PS3.10 file."""
     ds = Dataset()
     ds.SOPClassUID = CT_IMAGE
     if sop is not None:
         ds.SOPInstanceUID = sop
     ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
     ds.PatientID = "STOW-TEST"
     ds.Modality = "CT"
     ds.Rows = ds.Columns = 4
@@ -251,6 +256,38 @@ def test_instances_of_another_study_than_the_urls_are_refused(web: Web) -> None:
     refused, summary = web.records()
     assert "Study Instance UID is not the URL's" in refused["detail"]
     assert summary["outcome"] == "failure"
+
+
+def test_instances_whose_uids_the_archive_cannot_index_are_refused(web: Web) -> None:
+    # Acknowledged, they were quarantined by the drain: a stored answer and a RetrieveURL
+    # (one holding "../") that never resolved.
+    study, good = generate_uid(), generate_uid()
+    climbing, slashed, long = generate_uid(), "1.2/3", "1." + "2" * 250
+    parts = (
+        instance(study, climbing, series="../evil"),
+        instance(study, slashed),
+        instance(study, long),
+        instance(study, good),
+    )
+    response = post(web, body(*parts))
+    assert response.status_code == 202, response.text
+    assert failures(response) == [(climbing, 0xC000), (slashed, 0xC000), (long, 0xC000)]
+    answer = Dataset.from_json(response.json())
+    (stored,) = answer.ReferencedSOPSequence
+    assert stored.ReferencedSOPInstanceUID == good and good in stored.RetrieveURL
+    assert [scan(p.read_bytes()).attributes["SOPInstanceUID"] for p in web.spooled()] == [good]
+    refused = [r for r in web.records() if r["outcome"] == "refused"]
+    assert all("the archive cannot index it" in r["detail"] for r in refused)
+    assert "SeriesInstanceUID '../evil' holds a path separator" in refused[0]["detail"]
+
+
+def test_media_types_are_case_insensitive_and_q_0_is_not_acceptable(web: Web) -> None:
+    data = body(instance(generate_uid(), generate_uid()))
+    mixed = f'Multipart/Related; type="Application/DICOM"; boundary={BOUNDARY}'
+    assert post(web, data, **{"Content-Type": mixed}).status_code == 200
+    refused = post(web, data, Accept="application/dicom+json;q=0")
+    assert refused.status_code == 406
+    assert post(web, data, Accept="application/dicom+json;q=0, */*;q=0.1").status_code == 200
 
 
 # --- what is refused as a whole ---------------------------------------------------------

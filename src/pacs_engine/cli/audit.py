@@ -39,7 +39,16 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     audit.add_argument("archive", help="the archive folder")
     audit.add_argument(
-        "--verify", action="store_true", help="check the hash chain; exit 1 where it breaks"
+        "--verify",
+        action="store_true",
+        help="check the hash chain; exit 1 where it breaks; prints the last record's hash "
+        "(the head) to keep outside the archive",
+    )
+    audit.add_argument(
+        "--head",
+        metavar="HASH",
+        help="with --verify: a head printed by an earlier --verify, which must still be in "
+        "the chain (records cut from its end leave a shorter chain that holds)",
     )
     audit.add_argument("--study", metavar="UID", help="only records naming this study")
     audit.add_argument("--user", metavar="NAME", help="only records of this user or AE title")
@@ -73,18 +82,21 @@ def _since(text: str) -> datetime:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """List, verify or export the audit trail."""
-    from pacs_engine.serve.audit import read_records, verify_chain
+    from pacs_engine.serve.audit import chain_head, read_records, verify_chain
 
     root = Path(args.archive)
     if not (root / "audit").is_dir():
         return fail("audit", f"{root}: no audit trail (no folder {root / 'audit'})", 2)
+    if args.head is not None and not args.verify:
+        return fail("audit", "--head goes with --verify", 2)
     if args.verify:
-        problems = verify_chain(root)
+        problems = verify_chain(root, args.head)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
             return fail("audit", f"the chain breaks in {len(problems)} place(s)", 1)
-        print(f"{root}: {sum(1 for _ in read_records(root))} records, the chain holds")
+        count = sum(1 for _ in read_records(root))
+        print(f"{root}: {count} records, the chain holds; head {chain_head(root)}")
         return 0
     try:
         records = [r for r in read_records(root) if _selected(r, args)]

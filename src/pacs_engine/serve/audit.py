@@ -3,7 +3,9 @@
 One JSON object a line in `ARCHIVE/audit/YYYY-MM-DD.jsonl` (UTC days), appended
 only. Each record carries the SHA-256 of the record before it (`prev`) and its own
 (`hash`, over `prev` and its other fields), across day files, so an edited, removed
-or reordered record breaks the chain that `verify_chain` walks. DIMSE and DICOMweb
+or reordered record, or a field added to one, breaks the chain that `verify_chain`
+walks. Records cut from the end leave a chain that holds: only a head hash kept
+outside the archive (`chain_head`) finds them. DIMSE and DICOMweb
 write to the same trail. Records name studies (and, where known, series and
 instances) by UID and peers by AE title, user and address; never a patient's name
 or ID (callers pass no free text from datasets).
@@ -39,6 +41,8 @@ FIELDS = ("time", "protocol", "actor", "address", "action", "outcome", "study", 
 #: trails were written: a record without them hashes as those did, so older trails
 #: verify unchanged, and one with them covers them in its hash.
 OPTIONAL_FIELDS = ("series", "instances")
+#: Every field a record may hold: its hash covers all but `prev` and `hash` themselves.
+_COVERED = frozenset({*FIELDS, *OPTIONAL_FIELDS, "prev", "hash"})
 
 
 @dataclass(frozen=True)
@@ -173,10 +177,15 @@ def read_records(archive_root: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 yield entry
 
 
-def verify_chain(archive_root: str | os.PathLike) -> list[ChainProblem]:
-    """The places where the trail's hash chain breaks (empty when it holds)."""
+def verify_chain(archive_root: str | os.PathLike, head: str | None = None) -> list[ChainProblem]:
+    """The places where the trail's hash chain breaks (empty when it holds).
+
+    Records cut from the end leave a shorter chain that holds: `head`, a record's hash
+    kept outside the archive (`chain_head`, earlier), must still be in it.
+    """
     problems = []
     prev = GENESIS
+    seen_head = head is None
     for path in day_files(archive_root):
         with open(path, "rb") as file:
             for number, raw in enumerate(file, 1):
@@ -191,8 +200,25 @@ def verify_chain(archive_root: str | os.PathLike) -> list[ChainProblem]:
                     problems.append(ChainProblem(path, number, "prev is not the hash before"))
                 if record_hash(stored_prev, fields) != stored_hash:
                     problems.append(ChainProblem(path, number, "hash does not match the record"))
+                uncovered = sorted(set(entry) - _COVERED)
+                if uncovered:
+                    reason = f"fields its hash does not cover: {', '.join(uncovered)}"
+                    problems.append(ChainProblem(path, number, reason))
+                seen_head = seen_head or stored_hash == head
                 prev = stored_hash
+    if not seen_head:
+        reason = f"no record has the hash {head} kept as a head: records were cut from the end"
+        problems.append(ChainProblem(Path(archive_root) / "audit", 0, reason))
     return problems
+
+
+def chain_head(archive_root: str | os.PathLike) -> str:
+    """The hash of the trail's last record (GENESIS when it has none): to keep outside the
+    archive, so that `verify_chain(head=...)` finds records cut from the end later."""
+    head = GENESIS
+    for entry in read_records(archive_root):
+        head = entry.get("hash", head)
+    return head
 
 
 def record_fields(entry: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs_engine.serve.context import ServeContext
 from pacs_engine.serve.spool import Spool
@@ -65,8 +65,25 @@ class Authenticate:
             )
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = who
-        await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        state["principal"] = who
+        action = f"{request.method} {scope['path']}"
+
+        # Every request is audited: one no route audits (a path or a method the routes do
+        # not have, an error no handler caught) by its status, before it is answered.
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start" and not state.get("audited"):
+                status = message["status"]
+                outcome = "failed" if status >= 500 else "refused"
+                audit(request, action, outcome, detail=str(status))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as error:
+            if not state.get("audited"):
+                audit(request, action, "failed", detail=f"500: {type(error).__name__}")
+            raise
 
 
 def may_wait(request: Request) -> bool:

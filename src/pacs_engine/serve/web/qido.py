@@ -45,7 +45,7 @@ from pacs_engine.serve.find import (
     parse_identifier,
     response,
 )
-from pacs_engine.serve.web.request import audit, context, require, url_uid
+from pacs_engine.serve.web.request import accepted, audit, context, require, url_uid
 
 #: The most matches one response holds (a larger `limit` is clamped, with a Warning).
 MAX_LIMIT = 5000
@@ -54,7 +54,7 @@ MAX_LIMIT = 5000
 DICOM_JSON = "application/dicom+json"
 
 #: The Accept media ranges that DICOM JSON satisfies (PS3.18 8.7.3: JSON answers as either).
-_ACCEPTED = frozenset({"", "*/*", "application/*", DICOM_JSON, "application/json"})
+_ACCEPTED = frozenset({"*/*", "application/*", DICOM_JSON, "application/json"})
 
 #: PS3.18 Table 10.6.1-5: the attributes returned at each level by default.
 DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
@@ -287,7 +287,7 @@ def parse(search: Search, params: Mapping[str, list[str]], path_uids: Mapping[st
 
 def acceptable(accept: str) -> bool:
     """Whether an Accept header admits DICOM JSON (no header, or a range that covers it)."""
-    return any(part.split(";")[0].strip().lower() in _ACCEPTED for part in accept.split(","))
+    return any(r.type in _ACCEPTED for r in accepted(accept))
 
 
 def _retrieve_url(base: str, record: Mapping[str, Any], level: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -17,6 +18,10 @@ Role = Literal["reader", "uploader", "admin"]
 #: legacy archives hold (hexadecimal digits, letters, "_" and "-"), all carried as they are.
 _URL_UID = re.compile(r"[0-9A-Za-z._-]+")
 ROLES: tuple[Role, ...] = ("reader", "uploader", "admin")
+#: The media range of any type.
+ANY = "*/*"
+#: Older names some clients still send.
+MEDIA_ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ def audit(
 ) -> None:
     """Append one DICOMweb record to the archive's audit trail (never a patient's name or ID)."""
     who = getattr(request.state, "principal", None)
+    request.state.audited = True  # the application audits the requests no route did
     context(request).audit.record(
         protocol="dicomweb",
         actor=who.name if who is not None else "anonymous",
@@ -88,3 +94,56 @@ def url_uid(value: str) -> bool:
     archive keeps (`uid_problem`: not DICOM's form alone, since the archives it migrates hold
     others, which must be found and retrieved as they are), of URL-safe characters."""
     return _URL_UID.fullmatch(value) is not None and uid_problem("UID", value) is None
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One media range of an Accept header: its type, parameters and quality."""
+
+    type: str
+    params: dict[str, str]
+    quality: float
+
+    @property
+    def part_type(self) -> str:
+        """The type of each part: a multipart range's `type` parameter, else the range's."""
+        if self.type == "multipart/related":
+            return MEDIA_ALIASES.get(self.params.get("type", ANY), self.params.get("type", ANY))
+        return ANY if self.type in ("multipart/*", "*/*") else self.type
+
+    @property
+    def syntax(self) -> str | None:
+        """The `transfer-syntax` parameter, if any ("*": any)."""
+        return self.params.get("transfer-syntax")
+
+
+def accepted(header: str | None) -> tuple[MediaRange, ...]:
+    """The Accept header's media ranges, best first; `*/*` when there is none."""
+    return _parsed(header or "")
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(header: str) -> tuple[MediaRange, ...]:
+    """`accepted`, kept for the few headers a viewer sends again and again (the hot path)."""
+    if not header.strip():
+        return (MediaRange(ANY, {}, 1.0),)
+    ranges = []
+    for item in header.split(","):
+        kind, *parameters = (p.strip() for p in item.split(";"))
+        params: dict[str, str] = {}
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            name, value = name.strip().lower(), value.strip().strip('"')
+            params[name] = value.lower() if name == "type" else value  # a media type
+        quality = _quality(params.pop("q", "1"))
+        if kind and quality > 0:
+            ranges.append(MediaRange(kind.lower(), params, quality))
+    return tuple(sorted(ranges, key=lambda r: -r.quality))  # stable: ties keep their order
+
+
+def _quality(text: str) -> float:
+    """A range's q value; one that is not a number counts as 1 (negotiation, not an error)."""
+    try:
+        return float(text)
+    except ValueError:
+        return 1.0

@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pacs_engine.errors import PacsEngineError
+from pacs_engine.index.keys import UID_KEYWORDS, uid_problem
 from pacs_engine.serve.dimse import (
     MAX_INSTANCE_BYTES,
     STORAGE_CLASSES,
@@ -43,7 +44,7 @@ from pacs_engine.serve.dimse import (
     spool_failure,
 )
 from pacs_engine.serve.spool import Spool
-from pacs_engine.serve.web.request import audit, require, url_uid
+from pacs_engine.serve.web.request import accepted, audit, require, url_uid
 
 #: The largest header block of one part (a few lines in practice).
 MAX_PART_HEADER_BYTES = 16384
@@ -226,6 +227,10 @@ def _take_part(
         problem = TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {found.transfer_syntax}"
     elif target is not None and found.study != target:
         problem = CANNOT_UNDERSTAND, "the instance's Study Instance UID is not the URL's"
+    elif (unkeyable := _unkeyable(found)) is not None:
+        # Acknowledged, it would only be quarantined by the drain: a stored answer and a
+        # RetrieveURL that never resolves.
+        problem = CANNOT_UNDERSTAND, f"{unkeyable}: the archive cannot index it"
     if problem is not None:
         return _Refusal(problem[0], f"part {part.number}: {problem[1]}", found)
     try:
@@ -234,7 +239,7 @@ def _take_part(
         return _Refusal(OUT_OF_RESOURCES, f"part {part.number}: {spool_failure(error)}", found)
     assert found.sop is not None  # checked above
     item = _reference(found)
-    if found.study and found.series:  # the instance's URL needs both
+    if all(url_uid(uid or "") for uid in (found.study, found.series, found.sop)):
         item.RetrieveURL = (
             f"{base}/studies/{found.study}/series/{found.series}/instances/{found.sop}"
         )
@@ -246,6 +251,17 @@ def _take_part(
     return None
 
 
+def _unkeyable(found: InstanceCheck) -> str | None:
+    """Why the instance's UIDs cannot be the index's keys (`uid_problem`), or None."""
+    uids = {"StudyInstanceUID": found.study, "SeriesInstanceUID": found.series}
+    uids["SOPInstanceUID"] = found.sop
+    for keyword in UID_KEYWORDS:
+        problem = uid_problem(keyword, uids[keyword])
+        if problem is not None:
+            return problem
+    return None
+
+
 def _reference(found: InstanceCheck) -> Dataset:
     """A ReferencedSOPSequence / FailedSOPSequence item with the UIDs known."""
     item = Dataset()
@@ -254,11 +270,6 @@ def _reference(found: InstanceCheck) -> Dataset:
     if found.sop:
         item.ReferencedSOPInstanceUID = found.sop
     return item
-
-
-def _media_ranges(accept: str) -> set[str]:
-    """The media ranges of an Accept header, without their parameters."""
-    return {item.split(";", 1)[0].strip().lower() for item in accept.split(",")}
 
 
 def _media_type(value: str) -> str:
@@ -283,7 +294,7 @@ def make_store(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
         if target is not None and not url_uid(target):
             return _refuse(request, 400, "the study in the URL is not a UID")
         accept = request.headers.get("accept")
-        if accept is not None and not _ANSWER_TYPES & _media_ranges(accept):
+        if accept is not None and not _ANSWER_TYPES & {r.type for r in accepted(accept)}:
             return _refuse(request, 406, "the answer is application/dicom+json", target)
         spool: Spool | None = request.app.state.spool
         if spool is None:
@@ -291,6 +302,7 @@ def make_store(max_body_bytes: int) -> Callable[[Request], Awaitable[Response]]:
         message = Message()
         message["content-type"] = request.headers.get("content-type", "")
         kind = message.get_param("type")
+        kind = kind.lower() if isinstance(kind, str) else kind  # media types ignore case
         if message.get_content_type() != "multipart/related" or kind not in (DICOM, None):
             return _refuse(
                 request, 415, f'only multipart/related; type="{DICOM}" is accepted', target

@@ -20,7 +20,6 @@ re-encoded: octets, JPEG-LS lossless or HTJ2K lossless; anything else is 406.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,7 +57,15 @@ from pacs_engine.serve.web.render import (
     Rendering,
     render,
 )
-from pacs_engine.serve.web.request import audit, context, require, url_uid
+from pacs_engine.serve.web.request import (
+    ANY,
+    MediaRange,
+    accepted,
+    audit,
+    context,
+    require,
+    url_uid,
+)
 
 #: Binary elements longer than this go out as BulkDataURIs in metadata.
 BULK_DATA_THRESHOLD = 1024
@@ -70,7 +77,6 @@ DICOM, DICOM_JSON, OCTETS = (
     "application/dicom+json",
     "application/octet-stream",
 )
-ANY = "*/*"
 JPEG_LS, HTJ2K, RLE = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.5"
 #: Frame media types of each transfer syntax (PS3.18 Table 8.7.3-2).
 FRAME_MEDIA: dict[str, str] = {
@@ -100,65 +106,11 @@ MEDIA_DEFAULT: dict[str, str] = {
     "image/jphc": HTJ2K,
     "image/dicom-rle": RLE,
 }
-#: Older names some clients still send.
-MEDIA_ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 #: Ways a frame is made: its chunk as is, or decoded (and re-encoded).
 CHUNK, DECODE = "chunk", "decode"
 
 
 # --- requests -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MediaRange:
-    """One media range of an Accept header: its type, parameters and quality."""
-
-    type: str
-    params: dict[str, str]
-    quality: float
-
-    @property
-    def part_type(self) -> str:
-        """The type of each part: a multipart range's `type` parameter, else the range's."""
-        if self.type == "multipart/related":
-            return MEDIA_ALIASES.get(self.params.get("type", ANY), self.params.get("type", ANY))
-        return ANY if self.type in ("multipart/*", "*/*") else self.type
-
-    @property
-    def syntax(self) -> str | None:
-        """The `transfer-syntax` parameter, if any ("*": any)."""
-        return self.params.get("transfer-syntax")
-
-
-def accepted(header: str | None) -> tuple[MediaRange, ...]:
-    """The Accept header's media ranges, best first; `*/*` when there is none."""
-    return _parsed(header or "")
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed(header: str) -> tuple[MediaRange, ...]:
-    """`accepted`, kept for the few headers a viewer sends again and again (the hot path)."""
-    if not header.strip():
-        return (MediaRange(ANY, {}, 1.0),)
-    ranges = []
-    for item in header.split(","):
-        kind, *parameters = (p.strip() for p in item.split(";"))
-        params: dict[str, str] = {}
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            params[name.strip().lower()] = value.strip().strip('"')
-        quality = _quality(params.pop("q", "1"))
-        if kind and quality > 0:
-            ranges.append(MediaRange(kind.lower(), params, quality))
-    return tuple(sorted(ranges, key=lambda r: -r.quality))  # stable: ties keep their order
-
-
-def _quality(text: str) -> float:
-    """A range's q value; one that is not a number counts as 1 (negotiation, not an error)."""
-    try:
-        return float(text)
-    except ValueError:
-        return 1.0
 
 
 def checked_uid(value: str, what: str) -> str:
@@ -507,7 +459,9 @@ def can_make(syntax: str, spec: ArraySpec, row: Row) -> str | None:
     if syntax == ExplicitVRLittleEndian:
         return CHUNK if raw_octets(spec, row) else DECODE
     single = spec.samples == 1 and spec.tile is None
-    if syntax == JPEG_LS and spec.samples == 1 and spec.dtype.itemsize <= 2:
+    # JPEG-LS codes 2 to 16 bits a sample (CharLS refuses 1-bit frames).
+    deep = layout_of(row).bits_stored >= 2
+    if syntax == JPEG_LS and spec.samples == 1 and spec.dtype.itemsize <= 2 and deep:
         return CHUNK if isinstance(spec.codec, JpegLsCoder) and single else DECODE
     if syntax == HTJ2K and spec.samples == 1 and spec.dtype.itemsize <= 2:
         return CHUNK if isinstance(spec.codec, Htj2kCoder) and single else DECODE
@@ -517,42 +471,50 @@ def can_make(syntax: str, spec: ArraySpec, row: Row) -> str | None:
 def frame_plan(ranges: Sequence[MediaRange], spec: ArraySpec, row: Row) -> FramePlan:
     """The first acceptable way to send the frames; 406 when there is none."""
     kept = kept_syntax(spec)
+    # Frames go out only in syntaxes with a frame media type (PS3.18 Table 8.7.3-2): not a
+    # stored bitstream of another (deflated frames, a retired JPEG process), sent as octets.
+    sendable = kept if kept in FRAME_MEDIA else None
     for media in ranges:
         part, asked = media.part_type, media.syntax
         if part in (ANY, "image/*"):
             if asked and asked != "*":
                 candidates = [asked]
             else:  # the server's pick: the stored bitstream, else octets
-                candidates = [kept] if kept else []
+                candidates = [sendable] if sendable else []
                 candidates += [ExplicitVRLittleEndian] if part == ANY else []
         elif part in MEDIA_DEFAULT:
             if asked and asked != "*":
                 candidates = [asked] if FRAME_MEDIA.get(asked) == part else []
-            elif kept and FRAME_MEDIA.get(kept) == part:
-                candidates = [kept]
+            elif sendable and FRAME_MEDIA[sendable] == part:
+                candidates = [sendable]
             else:
                 candidates = [MEDIA_DEFAULT[part]]
         else:
             continue
         for syntax in candidates:
-            how = can_make(syntax, spec, row)
+            how = can_make(syntax, spec, row) if syntax in FRAME_MEDIA else None
             if how is not None:
                 return FramePlan(syntax, FRAME_MEDIA[syntax], how)
     raise HTTPException(
         406,
         "these frames are sent as application/octet-stream, image/jls, image/jphc"
-        + (f" or {FRAME_MEDIA.get(kept, '')} (transfer-syntax={kept})" if kept else ""),
+        + (f" or {FRAME_MEDIA[sendable]} (transfer-syntax={sendable})" if sendable else ""),
     )
 
 
 def frame_numbers(text: str, count: int) -> list[int]:
-    """The 1-based frame numbers of a path's list; 400 when malformed, 404 out of range."""
+    """The 1-based frame numbers of a path's list; 400 when malformed or when one is listed
+    twice (PS3.18: "non duplicate frame numbers"; each would be read and sent again), 404
+    out of range."""
     numbers = []
     for item in text.split(","):
         item = item.strip()
         if not item.isdigit() or int(item) < 1:
             raise HTTPException(400, "frame numbers are whole numbers from 1, comma-separated")
         numbers.append(int(item))
+    if len(set(numbers)) != len(numbers):
+        twice = next(n for n in numbers if numbers.count(n) > 1)
+        raise HTTPException(400, f"frame {twice} is listed more than once")
     beyond = [n for n in numbers if n > count]
     if beyond:
         raise HTTPException(404, f"frame {beyond[0]} is beyond the instance's {count} frame(s)")
