@@ -578,6 +578,42 @@ def test_a_pacs_that_rejects_the_called_ae_title_is_named_with_the_reason(tmp_pa
     )
 
 
+def test_a_pacs_that_accepts_no_retrieve_context_is_named_with_the_reason(tmp_path: Path) -> None:
+    # It answers C-FIND, then accepts none of the C-MOVE contexts asked: pynetdicom aborts
+    # from our side, which the reason blamed on the PACS ("aborted by the peer").
+    def on_find(event: Any) -> Iterator[Any]:
+        answer = Dataset()
+        answer.QueryRetrieveLevel = "STUDY"
+        answer.StudyInstanceUID = "1.2.3.1"
+        answer.StudyDate = "20200101"
+        answer.NumberOfStudyRelatedInstances = 1
+        yield 0xFF00, answer
+
+    ae = AE("FINDONLY")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+    )
+    try:
+        source = f"FINDONLY@127.0.0.1:{server.server_address[1]}"
+        command = [*migrate_command_to(source, tmp_path / "archive"), "--port", "0"]
+        run = subprocess.run(
+            [*command, "--method", "move", "--retries", "0"],
+            capture_output=True,
+            text=True,
+            timeout=RUN_SECONDS,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+    assert run.returncode != 0
+    assert (
+        f"legacy PACS {source}: it accepted none of the presentation contexts asked "
+        "(Study Root Query/Retrieve Information Model - MOVE)"
+    ) in run.stdout + run.stderr
+    assert "aborted by the peer" not in run.stdout + run.stderr
+
+
 # --- Orthanc as the destination of our C-MOVE ------------------------------------------
 
 

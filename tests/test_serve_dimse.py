@@ -6,6 +6,7 @@ test_serve_process.py.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import socket
@@ -289,6 +290,28 @@ def test_an_ae_without_the_store_right_is_refused(server) -> None:
         "refused",
         "no store right",
     )
+
+
+def test_instances_the_index_cannot_key_are_refused_not_acknowledged(server) -> None:
+    # Acknowledged, each was only quarantined by the drain; the non-ASCII request UID
+    # crashed the handler (0xC211, no Error Comment, no audit record).
+    source = pydicom.dcmread(native_files(1)[0])
+    no_study, climbing, accented = (copy.deepcopy(source) for _ in range(3))
+    del no_study.StudyInstanceUID
+    climbing.SeriesInstanceUID = "../evil"
+    accented.SOPInstanceUID = "1.2.3.\u00e9"
+    assoc = scu_association(server.port, contexts=((source.SOPClassUID, None),))
+    assert assoc.is_established
+    try:
+        statuses = [assoc.send_c_store(ds) for ds in (no_study, climbing, accented)]
+    finally:
+        assoc.release()
+    assert [s.Status for s in statuses] == [CANNOT_UNDERSTAND] * 3
+    assert "no StudyInstanceUID" in statuses[0].ErrorComment
+    assert "holds a path separator" in statuses[1].ErrorComment
+    assert "not ASCII" in statuses[2].ErrorComment
+    assert server.spool.waiting_files() == []
+    assert [r["outcome"] for r in server.records("store")] == ["refused"] * 3
 
 
 def malformed(tmp_path: Path, source: Path) -> dict[str, Path]:

@@ -28,19 +28,21 @@ from conftest import pydicom_test_files
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.dsutils import encode
 
 from pacs_engine import Archive
 from pacs_engine.serve import qr
 from pacs_engine.serve.audit import AuditLog, read_records
 from pacs_engine.serve.config import Peer, ServeConfig
 from pacs_engine.serve.context import ServeContext
-from pacs_engine.serve.dimse import DimseServer
+from pacs_engine.serve.dimse import DimseServer, file_meta
 from pacs_engine.serve.qr import (
     QR_FIND_CLASSES,
     QR_GET_CLASSES,
     QR_MOVE_CLASSES,
     QR_SERVICES,
 )
+from pacs_engine.serve.retrieve import NotSendable, Tally, send_encoded, split_meta
 from pacs_engine.serve.spool import Spool
 
 TIMEOUT = 60
@@ -632,6 +634,99 @@ def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) 
     assert outcomes == ["warning", "failure"]
 
 
+def test_a_refused_move_is_answered_as_refused_without_reaching_its_destination(
+    server: Server,
+) -> None:
+    # The destination is down: reached first, it turned the refusal into 0xA801.
+    assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"  # no StudyInstanceUID
+        ((final, _),) = list(assoc.send_c_move(query, "DOWN", QR_MOVE_CLASSES[1]))
+    finally:
+        assoc.release()
+    assert final.Status == 0xA900 and "StudyInstanceUID" in final.ErrorComment
+    last = [r for r in server.audit() if r["action"] == "c-move"][-1]
+    assert last["outcome"] == "refused 0xA900"
+
+
+def test_a_moves_sub_operations_name_the_ae_that_asked_for_it(server: Server) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def store(event: Any) -> int:
+        request = event.request
+        seen.append((request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID))
+        return 0x0000
+
+    picky = AE(ae_title="PICKY")
+    picky.supported_contexts = StoragePresentationContexts
+    port = server.ctx.config.peers["PICKY"].port
+    assert port is not None
+    scp = picky.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
+    )
+    try:
+        assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
+        try:
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = study_uid(1)  # three instances
+            *_, (final, _) = assoc.send_c_move(query, "PICKY", QR_MOVE_CLASSES[1], msg_id=7)
+        finally:
+            assoc.release()
+    finally:
+        scp.shutdown()
+    assert final.Status == 0x0000
+    assert seen == [("TESTSCU", 7)] * 3  # PS3.7 C-STORE-RQ: the AE that invoked the C-MOVE
+
+
+def test_an_instance_for_a_receiver_whose_association_ended_fails_at_once(server: Server) -> None:
+    # Once a C-MOVE destination has aborted, each instance left failed only after a DIMSE
+    # timeout (30 s) spent waiting for an answer on the dead association.
+    class Ended:
+        is_established = False  # and no DIMSE service: nothing may be sent on it
+
+    row = server.ctx.archive.query("instance", StudyInstanceUID=study_uid(1))[0]
+    with pytest.raises(NotSendable, match="association has ended"):
+        send_encoded(Ended(), server.ctx.archive, row, Tally(), 1)
+
+
+def test_a_get_the_requester_aborts_is_audited_with_what_was_sent(server: Server) -> None:
+    got: list[str] = []
+
+    def store(event: Any) -> int:
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        if len(got) == 1:
+            event.assoc.abort()
+        return 0x0000
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(QR_GET_CLASSES[1])
+    roles = []
+    for uid in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE):
+        ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        roles.append(build_role(uid, scp_role=True))
+    before = len([r for r in server.audit() if r["action"] == "c-get"])
+    assoc = ae.associate(
+        "127.0.0.1", server.port, ae_title="PACS_ENGINE", ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, store)],
+    )  # fmt: skip
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid(1)  # three instances
+    list(assoc.send_c_get(query, QR_GET_CLASSES[1]))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = [r for r in server.audit() if r["action"] == "c-get"][before:]
+        if records:
+            break
+        time.sleep(0.05)
+    ((record,),) = [records]
+    assert record["outcome"] == "aborted" and record["study"] == [study_uid(1)]
+    assert "instances=3" in record["detail"]
+
+
 def test_a_retrieve_without_its_unique_key_is_refused(server: Server) -> None:
     assoc = scu_association(server.port, QR_GET_CLASSES[1])
     try:
@@ -913,3 +1008,19 @@ def test_a_study_without_a_patient_id_gets_no_counts_of_other_patients(tmp_path:
     )
     assert patients == [("NOID^0", "", 1), ("NOID^1", "", 1), ("NOID^3", "PID9", 2)]
     assert (named.PatientID, named.NumberOfPatientRelatedStudies) == ("PID9", 2)
+
+
+def test_the_file_meta_ends_where_its_group_length_says() -> None:
+    # A sender put group 0002 elements in the data set itself, one naming JPEG Baseline:
+    # read as the file's, they had native bytes sent on a JPEG context as if stored so.
+    meta = file_meta(CT_IMAGE_STORAGE, "1.2.3.4", str(ExplicitVRLittleEndian), "SCU")
+    inside = Dataset()
+    inside.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    inside.SOPInstanceUID = "1.2.3.4"
+    stored = b"\0" * 128 + b"DICM" + meta
+    data = stored + encode(inside, False, True)
+    assert split_meta(data, {"transfer_syntax_uid": str(ExplicitVRLittleEndian)}) == (
+        len(stored),
+        str(ExplicitVRLittleEndian),
+    )
+    assert split_meta(data, {}) == (len(stored), str(ExplicitVRLittleEndian))  # the meta's

@@ -52,6 +52,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacs_engine.archive.prepare import LOSSLESS_SYNTAXES
 from pacs_engine.codecs import PASS_THROUGH_BY_SYNTAX
 from pacs_engine.errors import ScanError
+from pacs_engine.index.keys import UID_KEYWORDS, uid_problem
 from pacs_engine.scanning import scan
 from pacs_engine.serve.config import Right, ServeConfig, TlsConfig
 from pacs_engine.serve.context import ServeContext, dimse_peer
@@ -307,6 +308,9 @@ class DimseServer:
         if sop_class not in STORAGE_CLASSES:
             self._audit(event, "store", "refused", instances=[sop], detail=f"SOP class {sop_class}")
             return _status(SOP_CLASS_NOT_SUPPORTED, "not a storage SOP class")
+        if not sop.isascii():  # a UID is digits and dots: this one cannot be a file's meta
+            self._audit(event, "store", "refused", detail="a SOP Instance UID that is not ASCII")
+            return _status(CANNOT_UNDERSTAND, "the request's SOP Instance UID is not ASCII")
         meta = file_meta(sop_class, sop, str(event.context.transfer_syntax), actor)
         data = b"".join((b"\x00" * 128, b"DICM", meta, event.encoded_dataset(False)))
         if len(data) > MAX_INSTANCE_BYTES:
@@ -432,6 +436,11 @@ def check_instance(
         return replace(found, problem="the dataset's SOP Instance UID differs from the request's")
     if sop_class is not None and found.sop_class is not None and found.sop_class != sop_class:
         return replace(found, problem="the dataset's SOP Class UID differs from the request's")
+    # Acknowledged, an instance the index cannot key would only be quarantined.
+    for keyword in UID_KEYWORDS:
+        problem = uid_problem(keyword, attributes.get(keyword))
+        if problem is not None:
+            return replace(found, problem=f"{problem}: the archive cannot index it")
     return found
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -235,6 +236,12 @@ class Legacy:
             primitive = assoc.acceptor.primitive
             reason = primitive.reason_str if primitive is not None else "no reason given"
             return f"association rejected: {reason}"
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            # The PACS answered, accepting none: pynetdicom then aborts, from our side.
+            classes = dict.fromkeys(
+                UID(c.abstract_syntax or "").name for c in assoc.rejected_contexts
+            )
+            return f"it accepted none of the presentation contexts asked ({', '.join(classes)})"
         # pynetdicom says "aborted" also when no connection was made: try one to tell why.
         host, port = self.peer.address or ("", 0)
         try:

@@ -13,12 +13,12 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import build_context, evt
+from pynetdicom import evt
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 from pacs_engine.serve.context import ServeContext, dimse_peer
-from pacs_engine.serve.dimse import VERIFICATION, Service
+from pacs_engine.serve.dimse import Service
 from pacs_engine.serve.find import (
     CANCEL,
     PENDING,
@@ -34,6 +34,7 @@ from pacs_engine.serve.retrieve import (
     Tally,
     install_sender,
     move_contexts,
+    refused_as_answered,
     retrieve_rows,
     unreachable_as_failed,
 )
@@ -165,12 +166,14 @@ def handle_get(event: Any, ctx: ServeContext) -> Iterator[Any]:
     yield len(rows)
     tally = Tally()
     undo = install_sender(event.assoc, ctx.archive, tally)
+    cancelled = None
     try:
         cancelled = yield from _sub_operations(event, rows)
     finally:
         undo()
-    outcome, detail = _outcome(tally, len(rows), cancelled), _detail(tally, len(rows))
-    audit(outcome, list(tally.studies), detail, list(tally.series))
+        # Audited however it ends: a requester that aborts drops this handler mid-way.
+        outcome = _outcome(tally, len(rows), cancelled)
+        audit(outcome, list(tally.studies), _detail(tally, len(rows)), list(tally.series))
     if cancelled:
         yield CANCEL, None
 
@@ -188,15 +191,18 @@ def handle_move(event: Any, ctx: ServeContext) -> Iterator[Any]:
     try:
         rows = _retrieve_rows(event, ctx)
     except QueryRefused as refused:
-        # pynetdicom reaches the destination before it sends any final status.
-        yield host, port, {"contexts": [build_context(VERIFICATION)]}
-        yield from _refuse(refused, audit)
+        # Given no destination, pynetdicom answers at once, reaching no one: its answer
+        # goes out as the refusal.
+        audit(f"refused 0x{refused.status:04X}", detail=refused.comment)
+        refused_as_answered(event, refused.status, refused.comment)
+        yield None, None
         return
     tally = Tally()
+    requester = str(event.assoc.requestor.ae_title).strip()
 
     def on_accepted(accepted: Any) -> None:
         # The destination's association, made by pynetdicom: it sends with our sender.
-        install_sender(accepted.assoc, ctx.archive, tally)
+        install_sender(accepted.assoc, ctx.archive, tally, originator=requester)
 
     options = {"contexts": move_contexts(rows), "evt_handlers": [(evt.EVT_ACCEPTED, on_accepted)]}
     yield host, port, options
@@ -216,9 +222,14 @@ def handle_move(event: Any, ctx: ServeContext) -> Iterator[Any]:
         raise
     finally:
         undo()
-    cancelled = yield from _sub_operations(event, rows)
-    detail = f"{where} {_detail(tally, len(rows))}"
-    audit(_outcome(tally, len(rows), cancelled), list(tally.studies), detail, list(tally.series))
+    cancelled = None
+    try:
+        cancelled = yield from _sub_operations(event, rows)
+    finally:
+        # Audited however it ends: a requester that aborts drops this handler mid-way.
+        detail = f"{where} {_detail(tally, len(rows))}"
+        outcome = _outcome(tally, len(rows), cancelled)
+        audit(outcome, list(tally.studies), detail, list(tally.series))
     if cancelled:
         yield CANCEL, None
 
@@ -239,9 +250,12 @@ def _refuse(refused: QueryRefused, audit: _Audit) -> Iterator[Any]:
     yield refused.status_dataset(), None
 
 
-def _outcome(tally: Tally, total: int, cancelled: bool) -> str:
-    """The audit outcome of a retrieve, as its final status says it."""
+def _outcome(tally: Tally, total: int, cancelled: bool | None) -> str:
+    """The audit outcome of a retrieve, as its final status says it (`cancelled` None: it
+    stopped before its last sub-operation, the requester gone)."""
     failed = tally.counts["failed"]
+    if cancelled is None:
+        return "aborted"
     if cancelled:
         return "cancelled"
     if failed == total:

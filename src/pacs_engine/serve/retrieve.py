@@ -127,8 +127,14 @@ class Tally:
         return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
 
 
-def install_sender(assoc: Any, archive: Archive, tally: Tally) -> Callable[[], None]:
-    """Make `assoc.send_c_store` send `Outgoing` items with `send_encoded`; returns the undo."""
+def install_sender(
+    assoc: Any, archive: Archive, tally: Tally, originator: str | None = None
+) -> Callable[[], None]:
+    """Make `assoc.send_c_store` send `Outgoing` items with `send_encoded`; returns the undo.
+
+    `originator`: the AE title that asked for a C-MOVE, its sub-operations' Move Originator
+    Application Entity Title (pynetdicom would name this server).
+    """
     original = assoc.send_c_store
 
     def send_c_store(
@@ -138,6 +144,8 @@ def install_sender(assoc: Any, archive: Archive, tally: Tally) -> Callable[[], N
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Dataset:
+        if originator is not None:
+            originator_aet = originator
         if not isinstance(dataset, Outgoing):
             return original(dataset, msg_id, priority, originator_aet, originator_id)
         try:
@@ -165,16 +173,48 @@ def unreachable_as_failed(event: Any, rows: list[Row]) -> Callable[[], None]:
     """Answer a C-MOVE whose destination cannot be associated with as all sub-operations failed.
 
     pynetdicom answers 0xA801 (Move Destination unknown) when it cannot associate with
-    a destination the handler gave, and drops the handler. This wraps the request
-    association's `dimse.send_msg` so that this request's 0xA801 goes out as 0xA702
-    (unable to perform sub-operations) with every instance counted failed and listed
-    in the Failed SOP Instance UID List; returns the undo, to call once the
-    destination is reached (or not).
+    a destination the handler gave, and drops the handler. This request's 0xA801 then
+    goes out as 0xA702 (unable to perform sub-operations) with every instance counted
+    failed and listed in the Failed SOP Instance UID List; returns the undo, to call once
+    the destination is reached (or not).
     """
+    syntax = UID(event.context.transfer_syntax)
+
+    def all_failed(response: C_MOVE) -> None:
+        failed = Dataset()
+        failed.FailedSOPInstanceUIDList = [row["SOPInstanceUID"] for row in rows]
+        response.Status = UNABLE_TO_PERFORM_SUB_OPERATIONS
+        response.NumberOfFailedSuboperations = len(rows)
+        response.NumberOfCompletedSuboperations = 0
+        response.NumberOfWarningSuboperations = 0
+        encoded = encode(failed, syntax.is_implicit_VR, syntax.is_little_endian)
+        response.Identifier = BytesIO(encoded or b"")
+
+    return _unknown_destination_as(event, all_failed)
+
+
+def refused_as_answered(event: Any, status: int, comment: str) -> None:
+    """Answer a C-MOVE refused before any destination is reached with `status` and `comment`.
+
+    The handler then yields no destination, which pynetdicom answers at once with 0xA801
+    (Move Destination unknown), without associating with anyone: that answer goes out
+    with the refusal's status and Error Comment instead (once; the wrapper removes itself).
+    """
+
+    def refusal(response: C_MOVE) -> None:
+        response.Status = status
+        response.ErrorComment = comment[:64]  # type: ignore[assignment]  # pynetdicom: None
+        undo()
+
+    undo = _unknown_destination_as(event, refusal)
+
+
+def _unknown_destination_as(event: Any, rewrite: Callable[[C_MOVE], None]) -> Callable[[], None]:
+    """Wrap the request association's `dimse.send_msg` so that this request's 0xA801 response
+    is rewritten by `rewrite` before it goes out; returns the undo."""
     dimse = event.assoc.dimse
     original = dimse.send_msg
     message_id = event.request.MessageID
-    syntax = UID(event.context.transfer_syntax)
 
     def send_msg(primitive: Any, context_id: int) -> None:
         if (
@@ -182,14 +222,7 @@ def unreachable_as_failed(event: Any, rows: list[Row]) -> Callable[[], None]:
             and primitive.MessageIDBeingRespondedTo == message_id
             and primitive.Status == MOVE_DESTINATION_UNKNOWN
         ):
-            failed = Dataset()
-            failed.FailedSOPInstanceUIDList = [row["SOPInstanceUID"] for row in rows]
-            primitive.Status = UNABLE_TO_PERFORM_SUB_OPERATIONS
-            primitive.NumberOfFailedSuboperations = len(rows)
-            primitive.NumberOfCompletedSuboperations = 0
-            primitive.NumberOfWarningSuboperations = 0
-            encoded = encode(failed, syntax.is_implicit_VR, syntax.is_little_endian)
-            primitive.Identifier = BytesIO(encoded or b"")
+            rewrite(primitive)
         original(primitive, context_id)
 
     dimse.send_msg = send_msg
@@ -211,6 +244,10 @@ def send_encoded(
     originator_id: int | None = None,
 ) -> Dataset:
     """Send one archived instance with a C-STORE request; the response's status dataset."""
+    if not assoc.is_established:
+        # As Association.send_c_store checks first: once the receiver has released or
+        # aborted, each instance left fails at once, not after a DIMSE timeout each.
+        raise NotSendable(f"{row['SOPInstanceUID']}: the receiver's association has ended")
     payload, context = encoded_for(assoc, archive, row, tally)
     request = C_STORE()
     request.MessageID = msg_id
@@ -298,10 +335,20 @@ def _needs_decoding(syntax: str) -> bool:
 
 
 def split_meta(data: bytes, row: Row) -> tuple[int, str]:
-    """Where a file's data set starts (after preamble and file meta) and its transfer syntax."""
+    """Where a file's data set starts (after preamble and file meta) and its transfer syntax.
+
+    The file meta ends where its group length says when it has one: group 0002 elements
+    some senders put in the data set itself (a C-STORE's) are the data set's, and their
+    Transfer Syntax UID is not the file's. The syntax is the one the ingest read the
+    file in (the row's), the meta's only for a row without one.
+    """
     at = 132 if data[128:132] == b"DICM" else 0
-    syntax = row.get("transfer_syntax_uid") or ImplicitVRLittleEndian
-    while at + 8 <= len(data) and data[at : at + 2] == b"\x02\x00":
+    recorded = row.get("transfer_syntax_uid")
+    syntax = recorded or ImplicitVRLittleEndian
+    end = len(data)
+    if data[at : at + 6] == b"\x02\x00\x00\x00UL":  # File Meta Information Group Length
+        end = min(end, at + 12 + int.from_bytes(data[at + 8 : at + 12], "little"))
+    while at + 8 <= end and data[at : at + 2] == b"\x02\x00":
         element = int.from_bytes(data[at + 2 : at + 4], "little")
         vr = data[at + 4 : at + 6]
         if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
@@ -310,7 +357,7 @@ def split_meta(data: bytes, row: Row) -> tuple[int, str]:
         else:
             length = int.from_bytes(data[at + 6 : at + 8], "little")
             value_at = at + 8
-        if element == 0x0010:
+        if element == 0x0010 and not recorded:
             syntax = data[value_at : value_at + length].rstrip(b"\0 ").decode("ascii", "replace")
         at = value_at + length
     return at, syntax

@@ -34,7 +34,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pacs_engine.errors import PacsEngineError
-from pacs_engine.index.keys import UID_KEYWORDS, uid_problem
 from pacs_engine.serve.dimse import (
     MAX_INSTANCE_BYTES,
     STORAGE_CLASSES,
@@ -227,10 +226,6 @@ def _take_part(
         problem = TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {found.transfer_syntax}"
     elif target is not None and found.study != target:
         problem = CANNOT_UNDERSTAND, "the instance's Study Instance UID is not the URL's"
-    elif (unkeyable := _unkeyable(found)) is not None:
-        # Acknowledged, it would only be quarantined by the drain: a stored answer and a
-        # RetrieveURL that never resolves.
-        problem = CANNOT_UNDERSTAND, f"{unkeyable}: the archive cannot index it"
     if problem is not None:
         return _Refusal(problem[0], f"part {part.number}: {problem[1]}", found)
     try:
@@ -248,17 +243,6 @@ def _take_part(
         if uid is not None:
             seen[uid] = None
     outcome.instances.append(found.sop)
-    return None
-
-
-def _unkeyable(found: InstanceCheck) -> str | None:
-    """Why the instance's UIDs cannot be the index's keys (`uid_problem`), or None."""
-    uids = {"StudyInstanceUID": found.study, "SeriesInstanceUID": found.series}
-    uids["SOPInstanceUID"] = found.sop
-    for keyword in UID_KEYWORDS:
-        problem = uid_problem(keyword, uids[keyword])
-        if problem is not None:
-            return problem
     return None
 
 
