@@ -407,6 +407,31 @@ def test_a_bad_identifier_gets_a_failure_status_and_an_audit_record(server: Serv
     assert all("DOE" not in str(r) for r in server.audit())  # no patient data in the trail
 
 
+def test_a_find_with_more_matches_than_the_most_is_refused_before_any(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its matches are read before the first is sent: a universal IMAGE query of a large
+    # archive held every row in memory.
+    studies = len({s.study for s in SPECS})
+    monkeypatch.setattr(qr, "MAX_MATCHES", studies - 1)
+    assoc = scu_association(server.port, STUDY_ROOT_FIND)
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        answers = list(assoc.send_c_find(query, STUDY_ROOT_FIND))
+        monkeypatch.setattr(qr, "MAX_MATCHES", studies)
+        allowed = list(assoc.send_c_find(query, STUDY_ROOT_FIND))
+    finally:
+        assoc.release()
+    ((final, _),) = answers  # no match sent
+    assert final.Status == 0xA700
+    assert final.ErrorComment == f"more than {studies - 1} matches: narrow the query"
+    assert [s.Status for s, _ in allowed] == [0xFF00] * studies + [0x0000]
+    refused = [r for r in server.audit() if r["action"] == "c-find"][-2]
+    assert refused["outcome"] == "failed 0xA700"
+
+
 def test_c_cancel_stops_a_large_find(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = 5_000  # an index only: C-FIND reads nothing else
     # Each answer made slower (2 ms), so that the find cannot finish before the cancel

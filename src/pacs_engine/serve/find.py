@@ -51,7 +51,11 @@ from pacs_engine.scanning import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWO
 
 #: C-FIND statuses used here (PS3.4 C.4.1.1.4).
 PENDING, SUCCESS, CANCEL = 0xFF00, 0x0000, 0xFE00
-IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS = 0xA900, 0xC000
+IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS, OUT_OF_RESOURCES = 0xA900, 0xC000, 0xA700
+#: The most matches a C-FIND answers. They are read before the first is sent, so a
+#: universal query of a hospital's archive (millions of instances) would hold them all in
+#: memory; one with more is refused with 0xA700, to be narrowed.
+MAX_MATCHES = 50_000
 
 #: DICOM query level -> the index's level of the records it answers from.
 INDEX_LEVEL = {"PATIENT": "study", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
@@ -179,15 +183,23 @@ def _query_value(value: Any) -> Any:
 
 
 def find(
-    archive: Archive, query: Query, offset: int = 0, limit: int | None = None
+    archive: Archive,
+    query: Query,
+    offset: int = 0,
+    limit: int | None = None,
+    most: int | None = None,
 ) -> Iterator[Mapping[str, Any]]:
-    """The matches of `query` from `offset` (at most `limit`), with the computed keys asked."""
+    """The matches of `query` from `offset` (at most `limit`), with the computed keys asked;
+    QueryRefused (0xA700) before any when there are more than `most`."""
     # Lenient (strict=False): PS3.4 lets keys the index does not hold match universally.
-    page = {"offset": offset, "limit": limit}
+    page = {"offset": offset, "limit": limit if most is None else most + 1}
+    level = "patient" if query.level == "PATIENT" else INDEX_LEVEL[query.level]
+    found = archive.query(level, strict=False, **page, **query.filters)
+    if most is not None and len(found) > most:
+        raise QueryRefused(OUT_OF_RESOURCES, f"more than {most} matches: narrow the query")
     if query.level == "PATIENT":
-        yield from archive.query("patient", strict=False, **page, **query.filters)
+        yield from found
         return
-    found = archive.query(INDEX_LEVEL[query.level], strict=False, **page, **query.filters)
     wanted = set(query.return_keys)
     patients: dict[tuple[str, Any], dict[str, int]] = {}
     for record in found:

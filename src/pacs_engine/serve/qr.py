@@ -21,6 +21,7 @@ from pacs_engine.serve.context import ServeContext, dimse_peer
 from pacs_engine.serve.dimse import Service
 from pacs_engine.serve.find import (
     CANCEL,
+    MAX_MATCHES,
     PENDING,
     UNABLE_TO_PROCESS,
     QueryRefused,
@@ -129,7 +130,7 @@ def handle_find(event: Any, ctx: ServeContext) -> Iterator[tuple[Status, Dataset
     studies: dict[str, None] = {}
     matches = 0
     try:
-        for record in find(ctx.archive, query):
+        for record in find(ctx.archive, query, most=MAX_MATCHES):
             if event.is_cancelled:
                 audit("cancelled", list(studies), f"{detail} matches={matches}")
                 yield CANCEL, None
