@@ -31,9 +31,11 @@ from pydicom.uid import (
 
 from pacs_engine import Archive, ArchiveError, open_archive
 from pacs_engine.archive import archive as storage
+from pacs_engine.archive import blobs
 from pacs_engine.archive.pixel_store import ArraySpec, PixelStore, array_metadata
 from pacs_engine.archive.prepare import frame_hash, instance_pixel_hash
 from pacs_engine.archive.rebuild import rebuild_index
+from pacs_engine.archive.verify_plan import Selection
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs import CodecError
 from pacs_engine.codecs.blosc import Blosc
@@ -563,6 +565,33 @@ def test_verify_finds_a_damaged_shard(tmp_path: Path) -> None:
     report = open_archive(tmp_path / "a").verify()
     assert not report.ok
     assert report.mismatches[0]["source_path"] == str(source)
+
+
+def test_verify_finds_a_rows_file_that_is_damaged_or_gone(tmp_path: Path) -> None:
+    """The rows files are what rebuild-index restores the index from: a bit flipped in one
+    that still decompresses restored another Patient ID, and verify read none of them."""
+    sources = [p for p in pydicom_test_files() if p.name in ("CT_small.dcm", "MR_small.dcm")]
+    Archive.create(tmp_path / "a").ingest(sources, workers=0)
+    rows_files = sorted((tmp_path / "a" / "headers").rglob("*.rows"))
+    assert len(rows_files) == 2 and open_archive(tmp_path / "a").verify().ok
+    written_ns, rows = blobs.load_rows(rows_files[0].read_bytes())
+    text = blobs._decompress(rows_files[0].read_bytes())
+    patient = rows[0]["PatientID"].encode()
+    changed = text.replace(b'"PatientID":"' + patient, b'"PatientID":"X' + patient[1:], 1)
+    assert changed != text
+    rows_files[0].write_bytes(blobs._compress(changed))  # decompresses, parses: a wrong row
+    with pytest.raises(blobs.BlobError, match="SHA-256 does not match"):
+        blobs.load_rows(rows_files[0].read_bytes())
+    rows_files[1].unlink()
+    report = open_archive(tmp_path / "a").verify()
+    problems = sorted(m["problem"] for m in report.mismatches)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("damaged rows file: its SHA-256 does not match its rows")
+    assert problems[1].startswith("no rows file beside its header pack headers/")
+    assert report.mismatches[0]["source_path"] in (str(rows_files[0]), *map(str, sources))
+    # A verify of a selection checks its instances only.
+    uid = pydicom.dcmread(sources[0]).StudyInstanceUID
+    assert open_archive(tmp_path / "a").verify(selection=Selection(studies=(uid,))).ok
 
 
 def test_one_writer_at_a_time_and_read_only_means_read_only(tmp_path: Path) -> None:

@@ -856,3 +856,70 @@ def test_a_series_appended_to_after_its_trash_is_emptied_archives_and_reads_back
                 for t in theirs
             ), row["SOPInstanceUID"]
     _verify(research)
+
+
+def _round_tripping_file(path: Path, **values: str) -> None:
+    """A CT file pydicom writes back byte for byte (no group lengths): a correction that
+    puts a value back then makes the very bytes of the first version."""
+    dataset = pydicom.dcmread(require_corpus() / "pydicom/test_files/CT_small.dcm")
+    for element in list(dataset):
+        if element.tag.element == 0:
+            del dataset[element.tag]
+    for keyword, value in values.items():
+        setattr(dataset, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def _current(archive: Path) -> list[tuple[str, str, int]]:
+    """(current Patient Name, Study Description, versions) of each instance."""
+    with open_archive(archive) as opened:
+        return [
+            (
+                str(row.get("PatientName")),
+                str(row.get("StudyDescription")),
+                len(opened.versions(row["SOPInstanceUID"])),
+            )
+            for row in opened.index
+        ]
+
+
+def test_a_rebuild_keeps_a_correction_that_puts_a_value_back(tmp_path: Path) -> None:
+    # Its bytes are the first version's: the rebuild took it for a retried part's copy and
+    # left it out, making the wrong name current again (and a tidy then removed its pack).
+    _round_tripping_file(tmp_path / "src" / "a.dcm", PatientName="ORIG^NAME", PatientID="PID1")
+    archive = tmp_path / "A"
+    assert run_cli("ingest", "--archive", str(archive), str(tmp_path / "src")).returncode == 0
+    _correct_patient(archive, "PID1", "PatientName=WRONG^NAME")
+    _correct_patient(archive, "PID1", "PatientName=ORIG^NAME", reason="put back")
+    live = _current(archive)
+    assert [(name, versions) for name, _, versions in live] == [("ORIG^NAME", 3)]
+    rebuild_index(archive)
+    assert _current(archive) == live
+    _cli("tidy", archive)
+    _verify(archive)
+    assert _current(archive) == live
+
+
+def test_a_correction_finished_after_a_crash_keeps_its_place_among_the_versions(
+    tmp_path: Path,
+) -> None:
+    # Killed after its commit, it is finished by the next writer: its rows file was stamped
+    # then, after a version an ingest committed meanwhile, which a rebuild made current.
+    _round_tripping_file(tmp_path / "src" / "a.dcm", PatientName="ORIG^NAME", PatientID="PID1")
+    archive = tmp_path / "A"
+    assert run_cli("ingest", "--archive", str(archive), str(tmp_path / "src")).returncode == 0
+    fault = {FAULT_VARIABLE: "after-commit"}
+    _correct_patient(archive, "PID1", "PatientName=FIXED^NAME", code=70, env=fault)
+    _round_tripping_file(
+        tmp_path / "later" / "a.dcm",
+        PatientName="ORIG^NAME",
+        PatientID="PID1",
+        StudyDescription="SENT AGAIN",
+    )
+    assert run_cli("ingest", "--archive", str(archive), str(tmp_path / "later")).returncode == 0
+    assert "interrupted correction" in _cli("trash", archive, "--empty")
+    live = _current(archive)
+    assert [(description, versions) for _, description, versions in live] == [("SENT AGAIN", 3)]
+    rebuild_index(archive)
+    assert _current(archive) == live

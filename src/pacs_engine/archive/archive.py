@@ -60,7 +60,7 @@ from pacs_engine.archive.prepare import (
     transcoded_file,
 )
 from pacs_engine.archive.quarantine import Quarantine
-from pacs_engine.archive.verify import VerifyReport, verify_here, verify_on
+from pacs_engine.archive.verify import VerifyReport, check_rows_files, verify_here, verify_on
 from pacs_engine.archive.verify_plan import STAMP, Selection, check_selection, select, write_record
 from pacs_engine.archive.versions import version_rows
 from pacs_engine.codecs.native import PixelLayout
@@ -547,6 +547,8 @@ class Archive:
             finally:
                 if own:
                     executor.close()
+        if selection.everything:  # what rebuild-index would restore the index from
+            report.mismatches += check_rows_files(self)
         report.population, report.checked = population, uids
         report.sampled, report.seed = selection.sample is not None, selection.seed
         report.started, report.seconds = started, time.monotonic() - clock

@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
@@ -249,15 +250,30 @@ def place_blobs(pack: str, rows: list[Row], blobs: list[bytes]) -> None:
 
 def dump_rows(rows: list[Row], written_ns: int | None = None) -> bytes:
     """A rows file: the rows, and when they were written (the later of two rows wins);
-    `written_ns` keeps the time of a rows file rewritten with fewer rows."""
+    `written_ns` keeps the time of a rows file rewritten with fewer rows. It carries the
+    SHA-256 of its own JSON: a flipped bit that still decompresses (Zstandard frames here
+    have no checksum) would otherwise restore a wrong row (another Patient ID)."""
     record = {"written_ns": time.time_ns() if written_ns is None else written_ns, "rows": rows}
-    return _compress(json.dumps(record, separators=(",", ":")).encode())
+    text = json.dumps(record, separators=(",", ":")).encode()
+    # The digest is the record's last key: the JSON of the others is the text before it.
+    digest = hashlib.sha256(text).hexdigest().encode()
+    return _compress(text[:-1] + b',"sha256":"' + digest + b'"}')
 
 
 def load_rows(data: bytes) -> tuple[int, list[Row]]:
-    """(written_ns, rows) of a rows file; raises BlobError on damaged data."""
+    """(written_ns, rows) of a rows file; raises BlobError on damaged data (rows files
+    written before they carried their SHA-256 are taken as they decode)."""
     try:
         record = json.loads(_decompress(data))
+        digest = record.pop("sha256", None)
+        if digest is not None and digest != _rows_digest(record):
+            raise ValueError("its SHA-256 does not match its rows")
         return int(record["written_ns"]), list(record["rows"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise BlobError(f"damaged rows file: {error}") from None
+
+
+def _rows_digest(record: dict[str, Any]) -> str:
+    """SHA-256 of a rows file's record (without its digest) as JSON, as written."""
+    text = json.dumps(record, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest()

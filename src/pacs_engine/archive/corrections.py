@@ -113,6 +113,10 @@ class Correction:
     keep_until: str | None = None  # delete: when `empty_trash` may remove it
     emptied: str | None = None  # delete: when the trash removed it
     state: str = "pending"
+    # When its rows were committed (set before the commit): the time its rows files carry,
+    # which orders its versions among the others for rebuild-index, even when a crash left
+    # them to be written later (None: records made before it was kept)
+    written_ns: int | None = None
 
     @property
     def studies(self) -> list[str]:
@@ -247,7 +251,7 @@ def finish(root: Path, correction: Correction) -> None:
                 for row in correction.after.values()
                 if row["header"]["pack"] == pack
             ]
-            write_atomic(sidecar, dump_rows(rows))
+            write_atomic(sidecar, dump_rows(rows, correction.written_ns))
     for frm, to in correction.post_moves:
         _move(root, frm, to)
     for name in correction.post_remove:
@@ -547,6 +551,7 @@ class Corrections:
             # would leave it out and hold the new versions alone (docs/archive.md).
             mark_committed(_pending_rows_files(self.root, correction.before.values()))
             self._write_versions(correction)
+        correction.written_ns = time.time_ns()
         write_atomic(records / f"{correction.id}.json", correction.to_json())
         for frm, to in correction.pre_moves:
             _move(self.root, frm, to)

@@ -51,7 +51,7 @@ from pacs_engine.archive.corrections import (
 )
 from pacs_engine.archive.format import ArchiveError, read_marker
 from pacs_engine.archive.pixel_store import PixelStore
-from pacs_engine.archive.versions import kept_sha256s, with_version
+from pacs_engine.archive.versions import version_rows, with_version
 from pacs_engine.errors import ScanError
 from pacs_engine.index import Index
 from pacs_engine.index.rows import PixelRef, Row
@@ -108,8 +108,10 @@ def _rebuild(root: Path) -> Rebuilt:
         for sop in sorted(rows):
             row, *later_rows = (_as_written_now(r, reasons) for r in rows[sop])
             for later in later_rows:
-                # A part retried after a worker died wrote the same file twice: one version.
-                if later["source_sha256"] not in kept_sha256s(row):
+                # A part retried after a worker died wrote the same input twice: one version.
+                # Bytes equal to a kept version's from another source are a version of their
+                # own (a correction that puts a value back: the live index holds it too).
+                if _source(later) not in {_source(v) for v in version_rows(row)}:
                     row = with_version(row, later)
             batch.append(_with_attributes(root, row, rebuilt))
             if len(batch) == _BATCH:
@@ -131,6 +133,12 @@ def _rebuild(root: Path) -> Rebuilt:
     building.rename(old)
     fsync_dir(root)
     return rebuilt
+
+
+def _source(row: Row) -> tuple[str, str | None]:
+    """What a version was made from: its bytes' sha256 and the input (or correction) it
+    came from."""
+    return row["source_sha256"], row.get("source_path")
 
 
 def _as_written_now(row: Row, reasons: dict[str, str]) -> Row:

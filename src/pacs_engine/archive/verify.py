@@ -204,6 +204,37 @@ def _batches(uids: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def check_rows_files(archive: Archive) -> list[dict[str, Any]]:
+    """What is wrong with the rows files `rebuild-index` restores the index from: one that
+    does not load (damaged: its SHA-256, its compression), and an archived version's header
+    pack without one (its rows would be lost). A mismatch each, named by the file or the
+    instance."""
+    from pacs_engine.archive.blobs import ROWS_FILE_SUFFIXES, BlobError, load_rows
+
+    root = archive.path
+    problems = []
+    for path in sorted((root / "headers").rglob("*")):
+        if path.suffix in ROWS_FILE_SUFFIXES and path.is_file():
+            try:
+                load_rows(path.read_bytes())
+            except (BlobError, OSError) as error:
+                problem = f"{error}: rebuild-index would lose its rows"
+                named = {"SOPInstanceUID": "-", "source_path": str(path)}
+                problems.append(_mismatch(named, problem))
+    packs: set[str] = set()
+    for row in archive.index:
+        for version in version_rows(row):
+            header: Mapping[str, Any] = version.get("header") or {}
+            pack = header.get("pack")
+            if not pack or pack in packs:
+                continue
+            packs.add(pack)
+            if not any((root / pack).with_suffix(s).is_file() for s in ROWS_FILE_SUFFIXES):
+                reason = f"no rows file beside its header pack {pack}: rebuild-index would lose it"
+                problems.append(_mismatch(row, reason))
+    return problems
+
+
 def _mismatch(row: Mapping[str, Any], problem: str) -> dict[str, Any]:
     return {
         "SOPInstanceUID": row["SOPInstanceUID"],
