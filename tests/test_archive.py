@@ -574,7 +574,7 @@ def test_verify_finds_a_rows_file_that_is_damaged_or_gone(tmp_path: Path) -> Non
     Archive.create(tmp_path / "a").ingest(sources, workers=0)
     rows_files = sorted((tmp_path / "a" / "headers").rglob("*.rows"))
     assert len(rows_files) == 2 and open_archive(tmp_path / "a").verify().ok
-    written_ns, rows = blobs.load_rows(rows_files[0].read_bytes())
+    _, rows = blobs.load_rows(rows_files[0].read_bytes())
     text = blobs._decompress(rows_files[0].read_bytes())
     patient = rows[0]["PatientID"].encode()
     changed = text.replace(b'"PatientID":"' + patient, b'"PatientID":"X' + patient[1:], 1)

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import tarfile
@@ -26,6 +27,7 @@ import pytest
 from pacs_engine import Archive, open_archive
 from pacs_engine.ingest.inputs import InputError, InputRef, iter_inputs, read_input
 from pacs_engine.inventory import take_inventory
+from pacs_engine.scanning import scan
 from pacs_engine.sources import iter_files, sample_data_dir
 from tests.conftest import ROOT, run_cli
 
@@ -230,6 +232,63 @@ def test_a_member_inflating_past_its_declared_size_is_stopped(tmp_path: Path) ->
         tracemalloc.stop()
     assert data == chunk
     assert peak < 8 << 20
+
+
+def deflated_bomb(path: Path, pixel_bytes: int) -> int:
+    """A Deflated Explicit VR Little Endian file whose data set inflates to `pixel_bytes` of
+    zero pixels (and its header); its size on disk."""
+    dataset = pydicom.Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "1.2.3.70", "1.2.3.70.1"
+    dataset.SOPInstanceUID = "1.2.3.70.1.1"
+    dataset.Modality, dataset.SamplesPerPixel = "OT", 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.Rows, dataset.Columns = 1024, pixel_bytes // 2048
+    dataset.BitsAllocated = dataset.BitsStored = 16
+    dataset.HighBit, dataset.PixelRepresentation = 15, 0
+    body = io.BytesIO()
+    writer = pydicom.filebase.DicomFileLike(body)
+    writer.is_little_endian, writer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(writer, dataset)
+    head = body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    meta_bytes = io.BytesIO()
+    pydicom.filewriter.write_file_meta_info(
+        pydicom.filebase.DicomFileLike(meta_bytes), meta, enforce_standard=True
+    )
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM" + meta_bytes.getvalue() + deflate.compress(head))
+        for _ in range(pixel_bytes >> 20):
+            out.write(deflate.compress(bytes(1 << 20)))
+        out.write(deflate.flush())
+    return path.stat().st_size
+
+
+def test_a_deflated_data_set_is_inflated_up_to_the_input_limit_only(tmp_path: Path) -> None:
+    # 32 MiB of zero pixels in a file of ~33 KB: it was inflated whole, in one call, past
+    # the input limit (a 3.6 MB file took 3.8 GB, and every resume died of it).
+    (tmp_path / "src").mkdir()
+    size = deflated_bomb(tmp_path / "src" / "bomb.dcm", 32 << 20)
+    ct = (sample_data_dir() / "CT_small.dcm").read_bytes()
+    (tmp_path / "src" / "ct.dcm").write_bytes(ct)
+    limit = 8 << 20
+    assert size < limit
+    report, archive = ingest(tmp_path, [tmp_path / "src"], max_input_bytes=limit)
+    with archive:
+        record = records(archive)[str(tmp_path / "src" / "bomb.dcm")]
+    assert (report.inputs, report.archived, report.quarantined) == (2, 1, 1)
+    assert record["reason"].startswith(
+        f"the deflated data set inflates to more than {limit} bytes with its file meta"
+    )
+    # Under a limit that holds it, the same file is archived, its pixels whole.
+    report, archive = ingest(tmp_path / "roomy", [tmp_path / "src" / "bomb.dcm"])
+    with archive:
+        assert report.archived == 1
+        assert not archive.frames("1.2.3.70.1.1").any()
 
 
 def test_inputs_over_the_limit_keep_a_head_and_a_hash(tmp_path: Path) -> None:
@@ -498,3 +557,15 @@ def test_the_size_limit_and_link_policy_from_the_command_line(
     refused = run_cli("ingest", str(source), "--archive", str(target), "--max-input-bytes", "0")
     assert refused.returncode == 2
     assert "not a positive number of bytes: '0'" in refused.stderr
+
+
+def test_a_deflated_data_set_is_scanned_to_its_last_byte(tmp_path: Path) -> None:
+    # Inflated in bounded steps, its last bytes were left in zlib once the input was all
+    # read: "past the end of the data" for this file, which pydicom reads (and quarantined).
+    path = tmp_path / "deflated.dcm"
+    deflated_bomb(path, 32 << 20)
+    header = scan(path)
+    dataset = pydicom.dcmread(path)
+    assert header.pixel is not None and header.pixel.value_length == len(dataset.PixelData)
+    assert header.data_size == header.pixel.value_end  # the data set ends with its pixels
+    assert header["SOPInstanceUID"] == dataset.SOPInstanceUID

@@ -215,6 +215,7 @@ cdef class _Inflater:
     cdef int64_t pos
     cdef object inflater
     cdef public bint done
+    cdef bint flushed
 
     def __cinit__(self, Scanner scanner, *args):
         self.scanner = scanner
@@ -225,6 +226,7 @@ cdef class _Inflater:
         self.pos = pos
         self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         self.done = False
+        self.flushed = False
 
     cdef bytes read(self, Py_ssize_t most):
         """Up to `most` more inflated bytes; sets done at the end of the stream."""
@@ -241,6 +243,14 @@ cdef class _Inflater:
                     compressed = self.scanner.read_bytes(self.st, self.pos, n)
                     self.pos += n
                     out = self.inflater.decompress(compressed, most)
+                elif not self.flushed:
+                    # The input is all read, but zlib may still hold output that a
+                    # bounded call left (a few hundred bytes: the data set's end).
+                    self.flushed = True
+                    out = self.inflater.flush()
+                    if not out:
+                        self.done = True
+                        return b""
                 else:
                     self.done = True
                     return b""

@@ -57,6 +57,12 @@ BLAKE2B = ""  # the kind of the rows written before BLAKE3: no prefix
 #: Decoded bytes a frame may need, unless the ingest says otherwise (`Checks`): decoders
 #: allocate what a file declares, and a few KB can declare 65535 x 65535 pixels.
 MAX_FRAME_BYTES = 1 << 30
+#: The default limit on the bytes of one input held in memory (ingest's --max-input-bytes).
+#: A worker holds an input several times over (its bytes, decoded and encoded frames), so
+#: 2 GiB keeps one worker within about 8 GB; it is above any single DICOM file met in
+#: practice (a native Pixel Data value holds less than 4 GiB, and whole-slide images come
+#: as one file per level). A deflated data set is inflated up to it, no further.
+MAX_INPUT_BYTES = 2 << 30
 
 
 class PrepareError(PacsEngineError, ValueError):
@@ -201,6 +207,7 @@ def prepare(
     transcode: bool = False,
     decode: bool = True,
     max_frame_bytes: int = MAX_FRAME_BYTES,
+    max_bytes: int = MAX_INPUT_BYTES,
 ) -> Prepared:
     """Split one file into frames and a header blob; raises PrepareError when it cannot.
 
@@ -212,7 +219,8 @@ def prepare(
     and handed over as native frames (the original bitstreams are not kept).
     Bitstreams are refused, decoded or not, when their own header declares another
     frame size than the data set, or the data set's frame would decode to more than
-    `max_frame_bytes`.
+    `max_frame_bytes`. A deflated data set is refused when it inflates past `max_bytes`
+    (a file of a few MB may hold gigabytes of zeros).
     """
     check_uids(header)
     with stage("hash"):  # the contract's hash of the file (duplicates, export, verify)
@@ -227,7 +235,14 @@ def prepare(
     dataset = data
     if header.deflated:
         start = header.dataset_offset
-        dataset = data[:start] + zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:])
+        room = max(max_bytes - start, 0)
+        inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], room + 1)
+        if len(inflated) > room:
+            raise PrepareError(
+                f"the deflated data set inflates to more than {max_bytes} bytes with its"
+                " file meta (the input limit, --max-input-bytes)"
+            )
+        dataset = data[:start] + inflated
     try:
         layout = PixelLayout.from_attributes(header.attributes, pixel.keyword)
     except LayoutError as error:

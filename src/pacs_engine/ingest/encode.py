@@ -309,6 +309,7 @@ class PartEncoder:
                     self.config.get("transcode", False),
                     state.checks.decode_bitstreams,
                     state.checks.max_frame_bytes,
+                    state.checks.inputs.max_bytes,
                 )
         except PrepareError as error:
             return self.reject(key, data, str(error), state.checks.inputs)

@@ -30,6 +30,7 @@ from pacs_engine.archive.input_keys import (
     join_key,
     split_key,
 )
+from pacs_engine.archive.prepare import MAX_INPUT_BYTES
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 from pacs_engine.sources import file_kind, iter_files
@@ -42,11 +43,6 @@ QUARANTINED = "quarantine/"
 _SHA256 = re.compile("[0-9a-f]{64}")
 OPEN_ARCHIVES = 8
 
-#: The default limit on the bytes of one input. A worker holds an input in memory several
-#: times over (its bytes, decoded and encoded frames), so 2 GiB keeps one worker within
-#: about 8 GB; it is above any single DICOM file met in practice (a native Pixel Data
-#: value holds less than 4 GiB, and whole-slide images come as one file per level).
-MAX_INPUT_BYTES = 2 << 30
 _CHUNK = 1 << 20  # bytes read at a time when an input is streamed
 #: Inputs whose reads `Readahead` starts ahead of the one being worked on, and the bytes of
 #: each it asks for (the kernel's own readahead follows a longer file's sequential read).

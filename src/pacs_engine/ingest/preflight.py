@@ -187,6 +187,7 @@ def _judge(planned: list[Planned], target: _Archive, checks: Checks) -> Iterator
                 transcode,
                 checks.decode_bitstreams,
                 checks.max_frame_bytes,
+                checks.inputs.max_bytes,
             )
         except InputError as error:
             yield Prediction(key, "quarantined", recorded_reason(key, str(error)))
