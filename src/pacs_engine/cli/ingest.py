@@ -319,10 +319,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace, executor: Executor | None) -> int:
     """`cmd_ingest` once its local executor is made (the caller closes it); None: the run
     makes (and closes) the Dask executor of `args.scheduler`."""
+    from pacs_engine.archive.prepare import MAX_INPUT_BYTES
     from pacs_engine.executors import ExecutorError
     from pacs_engine.ingest import IngestStopped
     from pacs_engine.ingest.archive import Archive
-    from pacs_engine.ingest.inputs import MAX_INPUT_BYTES
     from pacs_engine.stages import process_started
 
     # Options an existing archive was made with are checked there (ArchiveError: exit 2).

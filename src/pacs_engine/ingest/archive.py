@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable
 
 from pacs_engine.archive import archive as storage
 from pacs_engine.archive.format import ArchiveError
+from pacs_engine.archive.prepare import MAX_INPUT_BYTES
 from pacs_engine.archive.report import IngestReport
 from pacs_engine.ingest.encode import Checks
-from pacs_engine.ingest.inputs import MAX_INPUT_BYTES, InputPolicy
+from pacs_engine.ingest.inputs import InputPolicy
 from pacs_engine.ingest.run import Progress, run_ingest
 from pacs_engine.storage import folder_identity
 from pacs_engine.workers import Executor
