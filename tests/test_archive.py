@@ -594,6 +594,42 @@ def test_verify_finds_a_rows_file_that_is_damaged_or_gone(tmp_path: Path) -> Non
     assert open_archive(tmp_path / "a").verify(selection=Selection(studies=(uid,))).ok
 
 
+def test_a_transcoded_instances_header_is_checked_by_its_own_hash(tmp_path: Path) -> None:
+    # Its file has no original to compare with: a flipped bit in its header blob that still
+    # decompressed was exported, and verified, as if it were the archived header.
+    source = next(p for p in pydicom_test_files() if p.name == "MR_small_RLE.dcm")
+    with Archive.create(tmp_path / "a", transcode=True) as archive:
+        archive.ingest([source], workers=0)
+        (row,) = list(archive.index)
+    assert row["transcoded"] and row["header_sha256"]
+    where = row["header"]
+    pack = tmp_path / "a" / where["pack"]
+    data = bytearray(pack.read_bytes())
+    blob = bytes(data[where["offset"] : where["offset"] + where["length"]])
+    original = blobs.HeaderBlob.from_bytes(blob)
+    flipped = None
+    for position in range(len(blob) - 1, 0, -1):  # a flip that still decodes, to other bytes
+        for bit in range(8):
+            candidate = bytearray(blob)
+            candidate[position] ^= 1 << bit
+            try:
+                if blobs.HeaderBlob.from_bytes(bytes(candidate)) != original:
+                    flipped = bytes(candidate)
+                    break
+            except blobs.BlobError:
+                continue
+        if flipped is not None:
+            break
+    assert flipped is not None
+    data[where["offset"] : where["offset"] + where["length"]] = flipped
+    pack.write_bytes(bytes(data))
+    with open_archive(tmp_path / "a") as archive:
+        report = archive.verify()
+        assert not report.ok and "header blob differs" in report.mismatches[0]["problem"]
+        with pytest.raises(ArchiveError, match="header blob differs"):
+            archive.export_bytes(row["SOPInstanceUID"])
+
+
 def test_one_writer_at_a_time_and_read_only_means_read_only(tmp_path: Path) -> None:
     archive = Archive.create(tmp_path / "a")
     with pytest.raises(ArchiveError, match="another process is writing"):

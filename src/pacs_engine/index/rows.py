@@ -111,7 +111,7 @@ class VersionFields(Attributes, total=False):
 
     source_path: str  # the input's key: a path, or a member of a zip/tar or archive
     source_sha256: str  # "": a copy's native frames, checked by their hashes (archive.copies)
-    header_sha256: str  # of the header blob as stored; rows written by archive.copies
+    header_sha256: str  # of the header blob as stored: copies' rows, transcoded instances
     file_size: int
     transfer_syntax_uid: str | None
     little_endian: bool
