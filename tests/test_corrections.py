@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from conftest import require_corpus, run_cli
 
+from pacs_engine import ArchiveError
 from pacs_engine import open_archive as ingest_archive
 from pacs_engine.archive import blobs, corrections, open_archive, rebuild
 from pacs_engine.archive.archive import Archive, _disk_bytes
@@ -923,3 +924,45 @@ def test_a_correction_finished_after_a_crash_keeps_its_place_among_the_versions(
     assert [(description, versions) for _, description, versions in live] == [("SENT AGAIN", 3)]
     rebuild_index(archive)
     assert _current(archive) == live
+
+
+def test_emptying_a_delete_leaves_the_corrections_of_the_instance_received_again_whole(
+    archive: Path, pristine, tmp_path: Path
+) -> None:
+    # The trash reduced every record naming the instance to its UIDs, those made after it
+    # came back too: that correction could no longer be undone ("changed since").
+    by_sop = pristine[1]
+    sop = next(s for s, p in by_sop.items() if _read(p).PatientID == "crlab")
+    _cli("correct", archive, "delete", "--uid", sop, "--reason", "misfiled")
+    assert run_cli("ingest", "--archive", str(archive), str(by_sop[sop])).returncode == 0
+    _correct_patient(archive, "crlab", "PatientName=NEW^NAME", reason="name change")
+    renamed = _last_id(archive)
+    _cli("trash", archive, "--empty", "--older-than", "0")
+    _cli("correct", archive, "--undo", renamed)
+    _originals_exported(archive, tmp_path / "out", by_sop)
+    _verify(archive)
+
+
+def test_a_rebuild_killed_between_its_renames_is_named_and_run_again(archive: Path) -> None:
+    # Killed after the old index was renamed away, before the new one took its place:
+    # every command then said "no index here", and a rerun left the first one's folder.
+    code = f"""
+import os, pathlib, signal
+from pacs_engine.archive import rebuild
+rename = pathlib.Path.rename
+def killed(self, target):
+    done = rename(self, target)
+    if "index.damaged" in str(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+pathlib.Path.rename = killed
+rebuild.rebuild_index({str(archive)!r})
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    assert not (archive / "index").exists()
+    with pytest.raises(ArchiveError, match="a rebuild-index was interrupted: run it again"):
+        open_archive(archive)
+    rebuild_index(archive)
+    assert not list(archive.glob(".index.rebuilding-*"))
+    _verify(archive)

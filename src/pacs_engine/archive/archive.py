@@ -134,8 +134,13 @@ class Archive:
             if self._lock is not None:
                 self._lock.close()
             if isinstance(error, FileNotFoundError | ValueError):
+                hint = ""
+                if not (self.path / "index").exists() and any(
+                    self.path.glob(".index.rebuilding-*")
+                ):
+                    hint = " (a rebuild-index was interrupted: run it again)"
                 raise ArchiveError(
-                    f"{self.path / 'index'}: cannot open the index: {error}"
+                    f"{self.path / 'index'}: cannot open the index: {error}{hint}"
                 ) from None
             raise
         self.pixels = PixelStore(self.path / "pixels")

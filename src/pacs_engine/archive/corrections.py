@@ -690,18 +690,24 @@ class Corrections:
             correction.before = {sop: _uids_only(row) for sop, row in correction.before.items()}
             write_atomic(self.root / RECORDS / f"{correction.id}.json", correction.to_json())
             emptied.append(correction)
-        self._forget({sop for correction in emptied for sop in correction.before})
+        gone: dict[str, str] = {}  # SOP UID -> the last emptied delete that removed it
+        for correction in emptied:
+            for sop in correction.before:
+                gone[sop] = max(gone.get(sop, correction.id), correction.id)
+        self._forget(gone)
         return emptied, freed
 
-    def _forget(self, gone: set[str]) -> None:
-        """Keep only the UIDs of instances removed for good in every correction record (their
-        earlier corrections held their rows, values included)."""
+    def _forget(self, gone: dict[str, str]) -> None:
+        """Keep only the UIDs of instances removed for good (`gone`: by the delete that removed
+        them) in that delete's record and the earlier ones (their rows held values). Later
+        records are of the instance received again: they stay whole, to be undone."""
         if not gone:
             return
         for record in load_records(self.root):
             changed = False
             for part in (record.before, record.after):
-                for sop in set(part) & gone:
+                # Ids sort in the order the corrections were made.
+                for sop in (s for s in set(part) & gone.keys() if record.id <= gone[s]):
                     if part[sop] != _uids_only(part[sop]):
                         part[sop] = _uids_only(part[sop])
                         changed = True

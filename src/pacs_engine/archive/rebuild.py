@@ -100,8 +100,10 @@ def _rebuild(root: Path) -> Rebuilt:
     rebuilt.recovered = recover_pending(root, lambda c: shows_commit(root, c))
     rows = _rows_by_sop(root, rebuilt)
     reasons = {CORRECTION_SOURCE + c.id: reason_of(c) for c in load_records(root)}
+    # The writer lock is held: any other one is an interrupted rebuild's, of no use now.
+    for stale in root.glob(".index.rebuilding-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     building = root / f".index.rebuilding-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
     index = Index.create(building)
     try:
         batch: list[Row] = []
