@@ -555,6 +555,47 @@ def test_a_run_stopped_while_scanning_resumes_without_counting_anything_twice(
     assert state(tmp_path / "a") == clean["state"]
 
 
+@pytest.mark.parametrize("change", ["series", "number"])
+def test_a_file_changed_while_a_stopped_scan_waits_is_planned_once(
+    synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # Planned by the stopped session, then changed: the resumed scan planned it again, and
+    # both entries were encoded (one file counted twice and quarantined as changed, or
+    # archived as a duplicate of itself).
+    from pacs_engine.ingest import run as ingest_run
+    from pacs_engine.ingest import tasks
+
+    source = tmp_path / "src"
+    shutil.copytree(synth, source)
+    files = files_under(source)
+    scan_task, calls = tasks.scan_task, {"n": 0}
+
+    def second_batch_fails(root: str, keys: list[str], *rest: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), root)
+        return scan_task(root, keys, *rest)
+
+    monkeypatch.setattr(ingest_run, "SCAN_RECORD", 1)  # the first batch's plan journaled
+    monkeypatch.setattr(tasks, "scan_task", second_batch_fails)
+    with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped):
+        archive.ingest([source], workers=0)
+    changed = pydicom.dcmread(files[0])
+    if change == "series":
+        changed.SeriesInstanceUID = changed.SeriesInstanceUID + ".9"
+    else:
+        changed.InstanceNumber = int(changed.InstanceNumber) + 1000
+    changed.save_as(files[0])
+    monkeypatch.setattr(tasks, "scan_task", scan_task)
+    with open_archive(tmp_path / "a", readonly=False) as archive:
+        report = archive.ingest([source], workers=0).to_dict()
+        row = archive.index.get(str(changed.SOPInstanceUID))
+    assert_complete(report, len(files))
+    assert (report["archived"], report["resumed"]) == (len(files), 1)
+    assert row is not None and row["source_path"] == str(files[0]) and not row["duplicates"]
+    assert row["SeriesInstanceUID"] == changed.SeriesInstanceUID
+
+
 def test_uids_the_index_cannot_key_are_quarantined_not_fatal(tmp_path: Path) -> None:
     source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
     folder = tmp_path / "in"

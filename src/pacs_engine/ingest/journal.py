@@ -161,6 +161,13 @@ class Journal:
             self.save(record, {sources: None})
         return self._drop_plan(run)
 
+    def rescan(self, run: str) -> int:
+        """Drop the plan of a run whose scan was interrupted, before it is done again: every
+        input without an outcome is scanned and planned anew (a file changed meanwhile would
+        else be planned twice, under its old and its new series or order). How many planned
+        inputs were dropped; one interrupted meanwhile drops the rest on the next resume."""
+        return self._drop_plan(run)
+
     def can_abandon(self, run: str) -> bool:
         """True for a run that is unfinished (or abandoned, with plan entries maybe left)."""
         record = self.run_record(run)

@@ -281,6 +281,8 @@ class _Run:
         finished = False
         try:
             if record["state"] == "scanning":
+                if self.report.resumed:  # planned inputs are scanned again: once each
+                    self.journal.rescan(run)
                 self._timed("scan", self._scan, run)
                 if self.failure is None:
                     record["unchanged"] = self.report.unchanged
