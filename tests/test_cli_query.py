@@ -302,6 +302,17 @@ def test_export_of_what_is_not_there_is_one_line(source: Source, tmp_path: Path)
     _fails(run_cli("export", archive, str(out), "--study", "1.2.3.4"), "--study", "1.2.3.4")
     error = _fails(run_cli("export", archive, str(out), "--patient", "NOBODY-42"), "--patient")
     assert "NOBODY-42" not in error  # a Patient ID may identify someone
+    # A selector names one study, series or patient exactly: never a query (an empty value
+    # or a wildcard exported every patient's files).
+    patient = str(next(iter(source.datasets.values())).PatientID)
+    for option, value in [
+        ("--patient", ""),
+        ("--patient", "*"),
+        ("--patient", patient[:-1] + "?"),
+        ("--study", ""),
+        ("--series", "*"),
+    ]:
+        _fails(run_cli("export", archive, str(out), option, value), option)
     _fails(run_cli("export", archive, str(out), "--query", "Modality=NONE"), "--query")
     _fails(run_cli("export", archive, str(out), "--query", "StudyDate=2000-01-01"), "20000101")
     assert not out.exists()  # nothing was written, not even the folder

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from conftest import pydicom_test_files, require_corpus, run_cli
 from crash_helpers import Crashing
@@ -242,6 +243,27 @@ def test_the_record_lets_a_cron_job_verify_what_was_not_verified_recently(
     assert verify_cli(root, "--not-verified-since", later)[2]["checked"] == [damaged]
 
 
+def test_a_version_received_after_a_partial_verify_is_verified_again(
+    two_runs: tuple[Path, str], tmp_path: Path
+) -> None:
+    # A partial verify marked its instances clean for good: a new version sent (or made by
+    # a correction) after it was skipped by every nightly --not-verified-since run.
+    root = copy_of(two_runs[0], tmp_path)
+    row = next(r for r in rows_of(root) if Path(r["source_path"]).name == "CT_small.dcm")
+    checked = verify_cli(root, "--series", row["SeriesInstanceUID"])[2]
+    assert row["SOPInstanceUID"] in checked["checked"]
+    while time.strftime(STAMP, time.gmtime()) <= checked["started"]:  # whole seconds
+        time.sleep(0.05)
+    version = pydicom.dcmread(row["source_path"])
+    version.StudyDescription = "SENT AGAIN"
+    version.save_as(tmp_path / "again.dcm")
+    with open_archive(root, readonly=False) as archive:
+        assert archive.ingest([tmp_path / "again.dcm"], workers=0).archived == 1
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    again = verify_cli(root, "--not-verified-since", today, "--series", row["SeriesInstanceUID"])
+    assert again[2]["checked"] == [row["SOPInstanceUID"]]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -263,6 +285,15 @@ def test_bad_arguments_are_one_line_errors(
     assert result.returncode == 2
     assert result.stderr.startswith(f"pacs-engine verify: {message}"), result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_worker_count_below_zero_is_an_argument_error(two_runs: tuple[Path, str]) -> None:
+    # It was a traceback, and exit 1: what a mismatch found exits with.
+    result = run_cli("verify", str(two_runs[0]), "--workers", "-1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "pacs-engine verify: error: argument --workers: not a number of workers (0 or more): '-1'"
+    )
 
 
 def test_a_verify_that_cannot_be_recorded_still_reports_its_findings(

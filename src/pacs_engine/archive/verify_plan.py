@@ -110,21 +110,29 @@ def select(archive: Archive, selection: Selection) -> tuple[list[str] | None, in
 
 def verified_since(archive: Archive, start: str | None) -> Callable[[str, str], bool]:
     """A test (uid, ingested_at) -> True when the latest verify started at or after `start`
-    that checked the instance found it clean.
+    that checked the instance found it clean, and started after its current version was
+    ingested (a version a correction or a file sent again made since was not checked).
 
     A record of a whole-archive verify covers the instances ingested before it started.
     """
-    latest: dict[str, bool] = {}  # clean or not, by the latest record listing the instance
+    # (clean, when that verify started), by the latest record listing the instance
+    latest: dict[str, tuple[bool, str]] = {}
     whole = ""  # the start of the latest whole-archive verify ("": none)
     for record in read_records(archive) if start is not None else []:
         if record["started"] < start:
             continue
         damaged = {m["SOPInstanceUID"] for m in record["mismatches"]}
+        started = record["started"]
         if record["checked"] is None:  # it supersedes what earlier records found
-            whole, latest = record["started"], dict.fromkeys(damaged, False)
+            whole, latest = started, dict.fromkeys(damaged, (False, started))
         else:
-            latest |= {uid: uid not in damaged for uid in record["checked"]}
-    return lambda uid, ingested: latest.get(uid, ingested < whole)
+            latest |= {uid: (uid not in damaged, started) for uid in record["checked"]}
+
+    def covered(uid: str, ingested: str) -> bool:
+        clean, started = latest.get(uid, (True, whole))
+        return clean and ingested < started
+
+    return covered
 
 
 def confidence(checked: int, damaged: int, population: int) -> str:

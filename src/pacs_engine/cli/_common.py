@@ -21,6 +21,14 @@ def byte_count(text: str) -> int:
     return int(number) * scale
 
 
+def worker_count(text: str) -> int:
+    """A number of worker processes from the command line: 0 (in the command's own process)
+    or more."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of workers (0 or more): {text!r}")
+    return int(text)
+
+
 def add_follow_links(parser: argparse.ArgumentParser) -> None:
     """Add --follow-links."""
     parser.add_argument(

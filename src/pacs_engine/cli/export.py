@@ -10,6 +10,7 @@ from pacs_engine.cli._common import add_progress, fail, shows_progress
 
 if TYPE_CHECKING:
     from pacs_engine.archive import Archive
+    from pacs_engine.index.rows import Row
 
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,7 +95,7 @@ def selected_uids(archive: Archive, args: argparse.Namespace) -> list[str] | Non
     uids: dict[str, None] = dict.fromkeys(args.uids or [])
     for attribute, keyword, kind in _SELECTORS:
         for value in getattr(args, attribute) or []:
-            rows = archive.query("instance", **{keyword: value})
+            rows = _exactly(archive, keyword, value)
             if not rows:
                 shown = "the Patient ID given" if kind == "patient" else value
                 raise ExportError(f"--{kind}: no {kind} in the archive has {shown}")
@@ -105,6 +106,19 @@ def selected_uids(archive: Archive, args: argparse.Namespace) -> list[str] | Non
             raise ExportError("--query: no instance in the archive matches")
         uids.update(dict.fromkeys(row["SOPInstanceUID"] for row in rows))
     return list(uids)
+
+
+def _exactly(archive: Archive, keyword: str, value: str) -> list[Row]:
+    """The instances whose `keyword` is `value` exactly: a UID or a Patient ID, not a query
+    (an empty value, `*`, `?` or `\\` would match other patients' instances)."""
+    if not value:
+        return []
+    if keyword == "StudyInstanceUID":
+        return archive.index.study(value)
+    if keyword == "SeriesInstanceUID":
+        return archive.index.series(value)
+    # The query narrows by the index; a Patient ID may hold what it reads as wildcards.
+    return [r for r in archive.query("instance", **{keyword: value}) if r.get(keyword) == value]
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from pacs_engine.cli._common import (
     fail,
     megabytes,
     shows_progress,
+    worker_count,
 )
 from pacs_engine.interrupt import INTERRUPTED
 
@@ -114,7 +115,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     ingest.add_argument(
         "--workers",
-        type=int,
+        type=worker_count,
         default=None,
         help="worker processes (default: the number of cores; 0: in this process)",
     )

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from pacs_engine.cli._common import worker_count
+
 if TYPE_CHECKING:
     from pacs_engine.serve.migrate import MigrationReport
 
@@ -59,7 +61,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     migrate.add_argument(
         "--workers",
-        type=int,
+        type=worker_count,
         default=None,
         metavar="N",
         help="ingest worker processes (default: the number of cores, as ingest; 0: here)",

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from pacs_engine.cli._common import worker_count
+
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `read-bench`."""
@@ -25,7 +27,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     read_bench.add_argument(
         "--workers",
-        type=int,
+        type=worker_count,
         nargs="+",
         default=[1, 2],
         help="worker process counts to measure (default: 1 2)",

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pacs_engine.cli._common import worker_count
+
 if TYPE_CHECKING:
     from pacs_engine.archive import IngestReport
     from pacs_engine.serve.config import ServeConfig
@@ -69,7 +71,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=worker_count,
         default=None,
         metavar="N",
         help="ingest worker processes for the spool (default: the number of cores, as "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pacs_engine.cli._common import add_progress, shows_progress
+from pacs_engine.cli._common import add_progress, shows_progress, worker_count
 
 
 def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +21,7 @@ def add_subparser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     verify.add_argument("archive", help="the archive folder")
     verify.add_argument(
         "--workers",
-        type=int,
+        type=worker_count,
         default=None,
         help="worker processes (default: the number of cores; 0: in this process). In "
         "workers, a decoder that crashes on damaged data is reported as a mismatch instead "
