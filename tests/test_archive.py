@@ -594,6 +594,22 @@ def test_verify_finds_a_rows_file_that_is_damaged_or_gone(tmp_path: Path) -> Non
     assert open_archive(tmp_path / "a").verify(selection=Selection(studies=(uid,))).ok
 
 
+def test_verify_finds_an_array_whose_frame_count_falls_short_of_its_rows(tmp_path: Path) -> None:
+    # The frames still read (the shard is there), so verify passed; the next rebuild-index
+    # then left the instance out, its frames past the array's count.
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    Archive.create(tmp_path / "a").ingest([source], workers=0)
+    (meta,) = [
+        p for p in (tmp_path / "a" / "pixels").rglob("zarr.json") if '"shape"' in p.read_text()
+    ]
+    data = json.loads(meta.read_text())
+    data["shape"][0] = 0
+    meta.write_text(json.dumps(data))
+    report = open_archive(tmp_path / "a").verify()
+    assert not report.ok
+    assert "zarr.json counts 0 frames, short of its last" in report.mismatches[0]["problem"]
+
+
 def test_a_transcoded_instances_header_is_checked_by_its_own_hash(tmp_path: Path) -> None:
     # Its file has no original to compare with: a flipped bit in its header blob that still
     # decompressed was exported, and verified, as if it were the archived header.

@@ -84,6 +84,15 @@ def _check_version(archive: Archive, row: Row, checked: set[str]) -> tuple[int, 
     frames = 0
     try:
         reference = json.dumps(row.get("pixels"), sort_keys=True)
+        pixels = row.get("pixels")
+        if pixels:
+            # A rebuild-index keeps only the rows whose frames lie within the count.
+            counted = archive.pixels.frames(pixels["array"])
+            if pixels["first_frame"] + pixels["frames"] > counted:
+                problems.append(
+                    f"its array's zarr.json counts {counted} frames, short of its last: "
+                    "rebuild-index would leave it out"
+                )
         # No decoder reads the frames of a row flagged not verified: its bytes are the check.
         if row.get("pixels") and reference not in checked and not row.get("not_verified"):
             checked.add(reference)
