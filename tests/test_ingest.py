@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -529,9 +530,9 @@ def test_an_abandoned_run_leaves_the_journal_and_its_sources_start_a_new_run(
     assert unreferenced(tmp_path / "a") == []
 
 
-def test_a_run_stopped_while_scanning_resumes_without_counting_anything_twice(
-    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextmanager
+def second_scan_batch_failing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Within: the second scan task of a run fails (EIO), stopping its scan midway."""
     from pacs_engine.ingest import tasks
 
     scan_task, calls = tasks.scan_task, {"n": 0}
@@ -542,12 +543,24 @@ def test_a_run_stopped_while_scanning_resumes_without_counting_anything_twice(
             raise OSError(errno.EIO, os.strerror(errno.EIO), root)
         return scan_task(root, keys, *rest)
 
-    sources = [synth, tmp_path / "missing"]  # a source that is not there: quarantined once
     monkeypatch.setattr(tasks, "scan_task", second_batch_fails)
-    with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped) as stopped:
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(tasks, "scan_task", scan_task)
+
+
+def test_a_run_stopped_while_scanning_resumes_without_counting_anything_twice(
+    synth: Path, clean: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources = [synth, tmp_path / "missing"]  # a source that is not there: quarantined once
+    with (
+        second_scan_batch_failing(monkeypatch),
+        Archive.create(tmp_path / "a") as archive,
+        pytest.raises(IngestStopped) as stopped,
+    ):
         archive.ingest(sources, workers=0)
     assert "Input/output error" in str(stopped.value)
-    monkeypatch.setattr(tasks, "scan_task", scan_task)
     with open_archive(tmp_path / "a", readonly=False) as archive:
         report = archive.ingest(sources, workers=0).to_dict()
     assert_complete(report, len(files_under(synth)) + 1)
@@ -563,22 +576,16 @@ def test_a_file_changed_while_a_stopped_scan_waits_is_planned_once(
     # both entries were encoded (one file counted twice and quarantined as changed, or
     # archived as a duplicate of itself).
     from pacs_engine.ingest import run as ingest_run
-    from pacs_engine.ingest import tasks
 
     source = tmp_path / "src"
     shutil.copytree(synth, source)
     files = files_under(source)
-    scan_task, calls = tasks.scan_task, {"n": 0}
-
-    def second_batch_fails(root: str, keys: list[str], *rest: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.EIO, os.strerror(errno.EIO), root)
-        return scan_task(root, keys, *rest)
-
     monkeypatch.setattr(ingest_run, "SCAN_RECORD", 1)  # the first batch's plan journaled
-    monkeypatch.setattr(tasks, "scan_task", second_batch_fails)
-    with Archive.create(tmp_path / "a") as archive, pytest.raises(IngestStopped):
+    with (
+        second_scan_batch_failing(monkeypatch),
+        Archive.create(tmp_path / "a") as archive,
+        pytest.raises(IngestStopped),
+    ):
         archive.ingest([source], workers=0)
     changed = pydicom.dcmread(files[0])
     if change == "series":
@@ -586,7 +593,6 @@ def test_a_file_changed_while_a_stopped_scan_waits_is_planned_once(
     else:
         changed.InstanceNumber = int(changed.InstanceNumber) + 1000
     changed.save_as(files[0])
-    monkeypatch.setattr(tasks, "scan_task", scan_task)
     with open_archive(tmp_path / "a", readonly=False) as archive:
         report = archive.ingest([source], workers=0).to_dict()
         row = archive.index.get(str(changed.SOPInstanceUID))

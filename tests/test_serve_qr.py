@@ -13,7 +13,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -620,12 +620,9 @@ def test_move_to_a_destination_that_is_down_fails_every_sub_operation(server: Se
         assert "failed=3" in record["detail"] and record["study"] == [study_uid(3)]
 
 
-def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) -> None:
-    """A destination that fails every CT C-STORE: 0xB000 when some fail, 0xA702 when all do."""
-
-    def store(event: Any) -> int:
-        return 0xA700 if event.request.AffectedSOPClassUID == CT_IMAGE_STORAGE else 0x0000
-
+@contextmanager
+def picky_destination(server: Server, store: Callable[[Any], int]) -> Iterator[None]:
+    """The PICKY peer listening, its C-STORE answered by `store`."""
     picky = AE(ae_title="PICKY")
     picky.supported_contexts = StoragePresentationContexts
     port = server.ctx.config.peers["PICKY"].port
@@ -634,20 +631,33 @@ def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) 
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
     )
     try:
-        finals = []
-        for study in (1, 4):  # study 1: two CT and one MR; study 4: one CT
-            assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
-            try:
-                query = Dataset()
-                query.QueryRetrieveLevel = "STUDY"
-                query.StudyInstanceUID = study_uid(study)
-                *_, (final, identifier) = assoc.send_c_move(query, "PICKY", QR_MOVE_CLASSES[1])
-            finally:
-                assoc.release()
-            finals.append((final, identifier))
+        yield
     finally:
         scp.shutdown()
-    (some, some_failed), (every, every_failed) = finals
+
+
+def move_study(server: Server, study: int, msg_id: int = 1) -> tuple[Dataset, Dataset | None]:
+    """The final (status, identifier) of a C-MOVE of test study `study` to PICKY."""
+    assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid(study)
+        *_, final = assoc.send_c_move(query, "PICKY", QR_MOVE_CLASSES[1], msg_id=msg_id)
+    finally:
+        assoc.release()
+    return final
+
+
+def test_move_statuses_when_the_destination_refuses_some_or_all(server: Server) -> None:
+    """A destination that fails every CT C-STORE: 0xB000 when some fail, 0xA702 when all do."""
+
+    def store(event: Any) -> int:
+        return 0xA700 if event.request.AffectedSOPClassUID == CT_IMAGE_STORAGE else 0x0000
+
+    with picky_destination(server, store):
+        # study 1: two CT and one MR; study 4: one CT
+        (some, some_failed), (every, every_failed) = [move_study(server, s) for s in (1, 4)]
     assert some.Status == 0xB000
     assert (some.NumberOfCompletedSuboperations, some.NumberOfFailedSuboperations) == (1, 2)
     ct = {sop_uid(s) for s in SPECS if s.study == 1 and s.source == "CT_small.dcm"}
@@ -683,24 +693,8 @@ def test_a_moves_sub_operations_name_the_ae_that_asked_for_it(server: Server) ->
         seen.append((request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID))
         return 0x0000
 
-    picky = AE(ae_title="PICKY")
-    picky.supported_contexts = StoragePresentationContexts
-    port = server.ctx.config.peers["PICKY"].port
-    assert port is not None
-    scp = picky.start_server(
-        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)]
-    )
-    try:
-        assoc = scu_association(server.port, QR_MOVE_CLASSES[1])
-        try:
-            query = Dataset()
-            query.QueryRetrieveLevel = "STUDY"
-            query.StudyInstanceUID = study_uid(1)  # three instances
-            *_, (final, _) = assoc.send_c_move(query, "PICKY", QR_MOVE_CLASSES[1], msg_id=7)
-        finally:
-            assoc.release()
-    finally:
-        scp.shutdown()
+    with picky_destination(server, store):
+        final, _ = move_study(server, 1, msg_id=7)  # three instances
     assert final.Status == 0x0000
     assert seen == [("TESTSCU", 7)] * 3  # PS3.7 C-STORE-RQ: the AE that invoked the C-MOVE
 
@@ -716,6 +710,22 @@ def test_an_instance_for_a_receiver_whose_association_ended_fails_at_once(server
         send_encoded(Ended(), server.ctx.archive, row, Tally(), 1)
 
 
+def get_association(server: Server, store: Callable[[Any], int]) -> Any:
+    """A C-GET requester's association (as TESTSCU), receiving CT and MR with `store`."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(QR_GET_CLASSES[1])
+    roles = []
+    for uid in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE):
+        ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        roles.append(build_role(uid, scp_role=True))
+    assoc = ae.associate(
+        "127.0.0.1", server.port, ae_title="PACS_ENGINE", ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, store)],
+    )  # fmt: skip
+    assert assoc.is_established
+    return assoc
+
+
 def test_a_get_the_requester_aborts_is_audited_with_what_was_sent(server: Server) -> None:
     got: list[str] = []
 
@@ -725,18 +735,8 @@ def test_a_get_the_requester_aborts_is_audited_with_what_was_sent(server: Server
             event.assoc.abort()
         return 0x0000
 
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(QR_GET_CLASSES[1])
-    roles = []
-    for uid in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE):
-        ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        roles.append(build_role(uid, scp_role=True))
     before = len([r for r in server.audit() if r["action"] == "c-get"])
-    assoc = ae.associate(
-        "127.0.0.1", server.port, ae_title="PACS_ENGINE", ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, store)],
-    )  # fmt: skip
-    assert assoc.is_established
+    assoc = get_association(server, store)
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid(1)  # three instances
@@ -814,17 +814,7 @@ def test_c_cancel_stops_a_get(server: Server) -> None:
             event.assoc.send_c_cancel(9, query_model=QR_GET_CLASSES[1])
         return 0x0000
 
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(QR_GET_CLASSES[1])
-    roles = []
-    for uid in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE):
-        ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        roles.append(build_role(uid, scp_role=True))
-    assoc = ae.associate(
-        "127.0.0.1", server.port, ae_title="PACS_ENGINE", ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, store)],
-    )  # fmt: skip
-    assert assoc.is_established
+    assoc = get_association(server, store)
     try:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
