@@ -74,7 +74,7 @@ class Authenticate:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start" and not state.get("audited"):
                 status = message["status"]
-                outcome = "failed" if status >= 500 else "refused"
+                outcome = "success" if status < 400 else "refused" if status < 500 else "failed"
                 audit(request, action, outcome, detail=str(status))
             await send(message)
 
