@@ -562,7 +562,7 @@ def test_query_retrieve_handlers_run_only_for_ae_with_the_right(tmp_path: Path) 
             assoc.release()
             results[calling] = (found, got, moved)
         assert results["READER"] == ([0xFF00, 0x0000], [0x0000], [0x0000])
-        assert results["SENDER"] == ([NOT_AUTHORIZED], [NOT_AUTHORIZED], [0xA801])
+        assert results["SENDER"] == ([NOT_AUTHORIZED], [NOT_AUTHORIZED], [NOT_AUTHORIZED])
         assert calls == ["find", "get", "move"]  # never for SENDER
         refused = [
             (r["actor"], r["action"], r["detail"])

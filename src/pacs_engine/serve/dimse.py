@@ -56,6 +56,7 @@ from pacs_engine.index.keys import UID_KEYWORDS, uid_problem
 from pacs_engine.scanning import scan
 from pacs_engine.serve.config import Right, ServeConfig, TlsConfig
 from pacs_engine.serve.context import ServeContext, dimse_peer
+from pacs_engine.serve.retrieve import refused_as_answered
 from pacs_engine.serve.spool import Spool
 
 LOG = logging.getLogger(__name__)
@@ -340,7 +341,7 @@ class DimseServer:
             if self.ctx.config.may(actor, right):
                 return service.handler(event, self.ctx)
             self._audit(event, service.kind, "refused", detail=f"no {right} right")
-            return _refusal(service.kind)
+            return _refusal(service.kind, event)
 
         return handle
 
@@ -461,13 +462,16 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
-def _refusal(kind: ServiceKind) -> Iterator[Any]:
-    """What a handler yields to refuse a request in pynetdicom's protocol of `kind`."""
+def _refusal(kind: ServiceKind, event: Any) -> Iterator[Any]:
+    """What a handler yields to refuse `event`'s request in pynetdicom's protocol of `kind`."""
+    comment = f"the calling AE may not {kind}"
     if kind == "move":
-        # A C-MOVE handler yields a destination first; none stops the request before
-        # any association is made (pynetdicom then answers 0xA801).
+        # A C-MOVE handler yields a destination first; none stops the request before any
+        # association is made, and pynetdicom's answer (0xA801, Move Destination unknown)
+        # goes out as the refusal.
+        refused_as_answered(event, NOT_AUTHORIZED, comment)
         yield None, None
         return
     if kind == "get":
         yield 1  # the number of sub-operations comes first
-    yield _status(NOT_AUTHORIZED, f"the calling AE may not {kind}"), None
+    yield _status(NOT_AUTHORIZED, comment), None
