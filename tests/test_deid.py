@@ -1571,3 +1571,53 @@ def test_retain_uids_copies_each_instance_under_its_own_uid(made: dict, tmp_path
     with open_archive(root / "record") as source, open_archive(tmp_path / "retained") as copy:
         kept = {r["SOPInstanceUID"] for r in copy.index}
         assert kept and kept <= {r["SOPInstanceUID"] for r in source.index}
+
+
+def test_an_rt_dose_with_its_uids_of_vr_un_is_copied_with_them_mapped(tmp_path: Path) -> None:
+    """The corpus's RLE RT Dose gives its Study, Series and Frame of Reference UIDs VR UN:
+    they were emptied, and the research copy stopped on the empty Series UID (every rerun
+    too); now mapped like any UID."""
+    source = require_corpus() / "pydicom/test_files/rtdose_rle.dcm"
+    original = pydicom.dcmread(source)
+    assert original.get_item("SeriesInstanceUID").VR == "UN"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(source, inputs)
+    with Archive.open_or_create(tmp_path / "record") as record:
+        record.ingest([inputs], workers=0)
+    key_file = make_key(tmp_path / "key")
+    report = deidentify(tmp_path / "record", tmp_path / "research", key_file, (), workers=0)
+    assert report.balanced and report.staged == 1 and not report.refused
+    with open_archive(tmp_path / "research") as research:
+        (row,) = list(research.index)
+    key = Key.load(key_file)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        assert row[keyword] == key.uid(str(original[keyword].value)), keyword
+
+
+def test_a_header_that_cannot_key_the_copy_is_refused_and_the_run_goes_on(
+    made: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A de-identified header whose Series UID the index cannot key is that instance's
+    refusal (it stopped the whole run at the copy's commit)."""
+    apply_header = Deidentifier.apply_header
+    victim: list[str] = []
+
+    def emptied(self: Deidentifier, blob: Any) -> Any:
+        result = apply_header(self, blob)
+        if not victim and result.blob is not None:
+            ds = pydicom.dcmread(BytesIO(result.header_bytes()), force=True)
+            victim.append(str(ds.SOPInstanceUID))
+            ds.SeriesInstanceUID = ""
+            out = DicomBytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            monkeypatch.setattr(result, "header_bytes", lambda: out.getvalue())
+        return result
+
+    monkeypatch.setattr(Deidentifier, "apply_header", emptied)
+    research = tmp_path / "research"
+    report = deidentify(made["root"] / "record", research, made["key"], OPTIONS, workers=0)
+    assert report.balanced
+    refused = {victim[0]: "de-identified header: no SeriesInstanceUID"}
+    assert report.refused == {**made["report"].refused, **refused}
+    assert report.staged == made["report"].staged - 1

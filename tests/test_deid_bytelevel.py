@@ -553,3 +553,106 @@ def test_cleaned_text_loses_the_uids_it_quotes(fast: bool) -> None:
     cleaned = pydicom.dcmread(BytesIO(result.data)).StudyDescription
     assert cleaned == "Head for [removed] [removed]"
     assert str(ds.SOPInstanceUID).encode() not in result.data
+
+
+def _saved(ds: Dataset) -> bytes:
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _as_un(ds: Dataset, keyword: str) -> None:
+    """Give `keyword`'s element VR UN, as a writer that did not know it (a raw element, or
+    pydicom would give it its dictionary VR at once)."""
+    tag = BaseTag(pydicom.datadict.tag_for_keyword(keyword))
+    value = str(ds[tag].value).encode()
+    value += b"\0" if len(value) & 1 else b""
+    ds._dict[tag] = RawDataElement(tag, "UN", len(value), value, 0, False, True)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+def test_uids_and_names_of_vr_un_are_mapped_and_cleaned_as_their_dictionary_vr(
+    fast: bool,
+) -> None:
+    """A Study, Series or Frame of Reference UID of VR UN is mapped (it was emptied: the
+    research copy lost the instance's study and series and its run stopped); an Accession
+    Number or a referring physician of VR UN cleans free text of itself (it stayed in it)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.AccessionNumber, ds.ReferringPhysicianName = "ACC998877", "Referrer^Alicia"
+    ds.StudyDescription = "CT for ACC998877 ordered by Referrer^Alicia"
+    sources = {k: str(ds[k].value) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
+    sources["FrameOfReferenceUID"] = str(ds.FrameOfReferenceUID)
+    for keyword in [*sources, "AccessionNumber", "ReferringPhysicianName"]:
+        _as_un(ds, keyword)
+    engine = Deidentifier(KEY, ("clean-descriptors",), burned_in="keep", byte_level=fast)
+    result = engine.apply(_saved(ds))
+    assert result.data is not None
+    out = pydicom.dcmread(BytesIO(result.data))
+    for keyword, source in sources.items():
+        assert out[keyword].value == KEY.uid(source), keyword
+    assert out.StudyDescription == "CT for [removed] ordered by [removed]"
+    for leaked in (b"ACC998877", b"Alicia"):
+        assert leaked not in result.data
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+@pytest.mark.parametrize("annotation", ["YES", " YES", "YES "])
+def test_burned_in_annotation_yes_with_padding_is_withheld(fast: bool, annotation: str) -> None:
+    """Leading spaces of a CS are not significant (PS3.5 6.2): ' YES' was copied."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BurnedInAnnotation = annotation
+    result = Deidentifier(KEY, (), byte_level=fast).apply(_saved(ds))
+    assert result.data is None and result.withheld == "Burned In Annotation is YES"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+def test_other_patients_in_items_get_their_own_pseudonyms(fast: bool) -> None:
+    """The items of a Group of Patients Identification Sequence name other patients: each
+    gets its own pseudonym (all got the data set's patient's, linking them falsely); an
+    item naming the data set's own patient keeps its pseudonym."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientID = "PID12345"
+    items = []
+    for patient_id in ("MOUSE-A", "MOUSE-B", " PID12345"):
+        item = Dataset()
+        item.PatientID = patient_id
+        items.append(item)
+    ds.GroupOfPatientsIdentificationSequence = Sequence(items)
+    result = Deidentifier(KEY, (), burned_in="keep", byte_level=fast).apply(_saved(ds))
+    assert result.data is not None
+    out = pydicom.dcmread(BytesIO(result.data))
+    found = [i.PatientID for i in out.GroupOfPatientsIdentificationSequence]
+    top = KEY.patient_id("PID12345\0")
+    assert out.PatientID == top
+    assert found == [KEY.patient_id("MOUSE-A\0"), KEY.patient_id("MOUSE-B\0"), top]
+    assert len(set(found)) == 3
+    assert b"MOUSE" not in result.data
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+def test_a_patient_id_padded_with_a_leading_space_is_the_same_patient(fast: bool) -> None:
+    """Leading spaces of an LO are not significant: ' PID12345' got another pseudonym and
+    another date shift than 'PID12345'."""
+    options = ("retain-longitudinal-modified-dates",)
+    engine = Deidentifier(KEY, options, burned_in="keep", byte_level=fast)
+    found = []
+    for patient_id in ("PID12345", " PID12345"):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.PatientID = patient_id
+        result = engine.apply(_saved(ds))
+        assert result.data is not None
+        out = pydicom.dcmread(BytesIO(result.data))
+        found.append((out.PatientID, out.StudyDate))
+    assert found[0] == found[1]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["byte path", "pydicom path"])
+def test_a_cleaned_ae_title_loses_the_institution_it_names(fast: bool) -> None:
+    """retain-device-identity cleans Station AE Title (C): an AE title naming the
+    institution (removed by the Basic Profile) loses it (C kept AE values as they were)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.InstitutionName = ds.StationAETitle = "PHIHOSP"
+    engine = Deidentifier(KEY, ("retain-device-identity",), burned_in="keep", byte_level=fast)
+    result = engine.apply(_saved(ds))
+    assert result.data is not None and b"PHIHOSP" not in result.data
+    assert pydicom.dcmread(BytesIO(result.data)).StationAETitle == "[removed]"

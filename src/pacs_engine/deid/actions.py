@@ -53,6 +53,12 @@ DUMMY: dict[str, object] = {
 }
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
+#: VRs whose values C cleans of identifying values: text, and an AE title (a station's
+#: may be the institution's name).
+CLEANED_VRS = TEXT_VRS | {"AE"}
+#: VRs whose value is a character string (PS3.5 6.2): its bytes are the same in any byte
+#: order, so a value a writer gave VR UN reads as the dictionary's VR.
+STRING_VRS = CLEANED_VRS | {"AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
 #: Sequences whose items hold free text the table does not list (a content item's Text
 #: Value, a graphic's Unformatted Text Value, an acquisition context's Text Value):
 #: Content, Acquisition Context and Graphic Annotation Sequence. Under their D or C
@@ -61,12 +67,14 @@ TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
 STRUCTURED_CONTENT = frozenset({0x0040A730, 0x00400555, 0x00700001})
 FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
 #: VRs whose values, when the profile takes them out, text is cleaned of (a UID too: a
-#: description may quote one).
-IDENTIFYING_VRS = TEXT_VRS | {"DA", "DT", "UI"}
+#: description may quote one; an AE title, a device's identity).
+IDENTIFYING_VRS = CLEANED_VRS | {"DA", "DT", "UI"}
 #: Text cleaned of identifying values is refilled with this where one was.
 REMOVED = "[removed]"
 PATIENT_ID = 0x00100020
 PATIENT_NAME = 0x00100010
+ISSUER_OF_PATIENT_ID = 0x00100021
+PATIENT_BIRTH_DATE = 0x00100030
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 # Compound actions: the one that keeps the attribute present (what a Type 1 or 2 attribute
 # needs), since which type it has depends on the IOD, which this engine does not model.
@@ -184,14 +192,34 @@ class Context:
     #: Inside structured content (`STRUCTURED_CONTENT`): that sequence's action, D or C,
     #: which its free text the table does not list takes too.
     content: str | None = None
+    #: The data set's own Patient ID and Patient's Name, as `patient_of` reads them: a
+    #: sequence item naming the same patient keeps `patient` (`item_patient`).
+    named: tuple[str, str] = ("", "")
+
+
+#: The attributes `patient_of` reads, in its order.
+PATIENT_TAGS = (PATIENT_ID, ISSUER_OF_PATIENT_ID, PATIENT_NAME, PATIENT_BIRTH_DATE)
 
 
 def patient_of(patient_id: object, issuer: object, name: object, birth_date: object) -> str:
     """What tells a patient apart (keys pseudonyms and date shifts): ID and issuer, else
-    (no ID) name and birth date."""
-    if not str(patient_id):
-        return f"\0{name}\0{birth_date}"
+    (no ID) name and birth date; leading and trailing spaces are not significant (PS3.5)."""
+    patient_id, issuer = str(patient_id).strip(), str(issuer).strip()
+    if not patient_id:
+        return f"\0{str(name).strip()}\0{str(birth_date).strip()}"
     return f"{patient_id}\0{issuer}"
+
+
+def item_patient(context: Context, values: tuple[object, ...]) -> str | None:
+    """The patient a sequence item's pseudonyms and date shifts are keyed on, from its
+    `PATIENT_TAGS` values: the one it names where that is another patient than the data
+    set's (an item of the Group of Patients Identification Sequence), None (the data set's)
+    where it names none or the same one."""
+    patient_id, name = str(values[0]).strip(), str(values[2]).strip()
+    if not patient_id and not name:
+        return None
+    same = patient_id == context.named[0] if patient_id else name == context.named[1]
+    return None if same else patient_of(*values)
 
 
 def identifying_parts(vr: str, value: object) -> list[str]:

@@ -37,6 +37,7 @@ from pydicom.uid import UID
 from pacs_engine._native.deidwalk import LONG_VRS, VRS, Element, Walker, splice
 from pacs_engine.deid.actions import (
     BINARY_VRS,
+    CLEANED_VRS,
     COMMAND,
     DUMMY,
     FREE_TEXT_VRS,
@@ -45,10 +46,12 @@ from pacs_engine.deid.actions import (
     OVERLAY,
     PATIENT_ID,
     PATIENT_NAME,
+    PATIENT_TAGS,
     PIXEL,
     PIXEL_TAGS,
     PRIVATE,
     SOP_INSTANCE_UID,
+    STRING_VRS,
     STRUCTURED_CONTENT,
     TEXT_VRS,
     UNLISTED,
@@ -57,6 +60,7 @@ from pacs_engine.deid.actions import (
     Rules,
     check_charset,
     identifying_parts,
+    item_patient,
     map_uids,
     patient_of,
     pseudonym,
@@ -81,7 +85,6 @@ _DELIMITERS = {
 }
 _SOP_CLASS_UID = 0x00080016
 _CHARSET, _BURNED_IN = 0x00080005, 0x00280301
-_ISSUER, _BIRTH_DATE = 0x00100021, 0x00100030
 _TRANSFER_SYNTAX, _MEDIA_SOP_INSTANCE, _META_LENGTH = 0x00020010, 0x00020003, 0x00020000
 _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 _PIXEL_DATA = 0x7FE00010
@@ -300,12 +303,16 @@ class _Rewrite:
             check_charset(value)
             if value:
                 self.encodings = convert_encodings(value)
-        patient = patient_of(
-            *(self._value(by_tag.get(t)) for t in (PATIENT_ID, _ISSUER, PATIENT_NAME, _BIRTH_DATE))
-        )
+        values = tuple(self._value(by_tag.get(t)) for t in PATIENT_TAGS)
         settings = self.settings
         self.context = Context(
-            settings.key, settings.options, settings.kept_private, patient, [], self.rules
+            settings.key,
+            settings.options,
+            settings.kept_private,
+            patient_of(*values),
+            [],
+            self.rules,
+            named=(str(values[0]).strip(), str(values[2]).strip()),
         )
         out = bytearray()
         suffix_at = self._dataset(elements, dropped, out, 0, split)
@@ -490,7 +497,7 @@ class _Rewrite:
             return self._encode(element, shift(self._strings(element), days, name))
         if vr == "TM" and not dates:
             return self._encode(element, None)
-        if vr in TEXT_VRS:
+        if vr in CLEANED_VRS:
             return self._encode(element, scrub(self._value(element), self._identifying()))
         if vr in BINARY_VRS:
             return self._encode(element, b"")
@@ -517,6 +524,11 @@ class _Rewrite:
                     self._collect(item.elements)
             elif self.rules.identifying(element.tag, element.vr):
                 self.identifying += identifying_parts(element.vr, self._value(element))
+            elif element.vr == "UN" and not element.tag >> 16 & 1:
+                known = _implicit_vr(element.tag)
+                if known in STRING_VRS and self.rules.identifying(element.tag, known):
+                    # pydicom reads it as its dictionary VR (engine._as_known)
+                    raise Fallback("an identifying value of VR UN")
 
     def _private(self, element: Element, siblings: list[Element]) -> bytes | bool | None:
         """Private attributes go, but safe ones with their option (`engine._private`)."""
@@ -550,6 +562,8 @@ class _Rewrite:
         recomputed where they were defined."""
         if element.source is not self.data:
             raise Fallback("a sequence after the pixel data")
+        context = self.context
+        assert context is not None
         undefined = element.length == UNDEFINED
         out = bytearray(self._header(element.tag, "SQ", UNDEFINED))
         start = len(out)
@@ -558,7 +572,13 @@ class _Rewrite:
             at = len(out)
             if any(e.tag == _CHARSET for e in item.elements):
                 raise Fallback("a character set inside a sequence item")
-            self._dataset(item.elements, item.dropped, out, depth + 1, len(item.elements))
+            by_tag = {e.tag: e for e in item.elements if e.tag in PATIENT_TAGS}
+            own = item_patient(context, tuple(self._value(by_tag.get(t)) for t in PATIENT_TAGS))
+            outer, context.patient = context.patient, own or context.patient
+            try:
+                self._dataset(item.elements, item.dropped, out, depth + 1, len(item.elements))
+            finally:
+                context.patient = outer
             if item.undefined:
                 out += _DELIMITERS[ITEM_END]
             else:

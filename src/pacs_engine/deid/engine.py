@@ -24,7 +24,7 @@ from io import BytesIO
 import pydicom
 import pydicom.config
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -37,6 +37,7 @@ from pacs_engine.archive.prepare import blob_dataset
 from pacs_engine.deid import bytelevel
 from pacs_engine.deid.actions import (
     BINARY_VRS,
+    CLEANED_VRS,
     COMMAND,
     DUMMY,
     FREE_TEXT_VRS,
@@ -45,17 +46,19 @@ from pacs_engine.deid.actions import (
     OVERLAY,
     PATIENT_ID,
     PATIENT_NAME,
+    PATIENT_TAGS,
     PIXEL,
     PRIVATE,
     REMOVED,
+    STRING_VRS,
     STRUCTURED_CONTENT,
-    TEXT_VRS,
     UNLISTED,
     Context,
     DeidError,
     Rules,
     check_charset,
     identifying_parts,
+    item_patient,
     map_uids,
     patient_of,
     pseudonym,
@@ -303,13 +306,16 @@ class Deidentifier:
         if withheld is not None and self.burned_in == "leave-out":
             return new_sop, withheld, None
         check_charset(ds.get("SpecificCharacterSet", ""))
-        patient = patient_of(
-            *(
-                ds.get(k, "")
-                for k in ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate")
-            )
+        values = _patient_values(ds)
+        context = Context(
+            self.key,
+            self.options,
+            self.kept_private,
+            patient_of(*values),
+            [],
+            self.rules,
+            named=(str(values[0]).strip(), str(values[2]).strip()),
         )
-        context = Context(self.key, self.options, self.kept_private, patient, [], self.rules)
         _collect_identifying(ds, context, 0)
         _clean(ds, context, 0)
         for element in self._marks_dataset():
@@ -373,7 +379,7 @@ def _encoded(element: DataElement, explicit: bool) -> bytes:
 def burned_in_reason(annotation: object, sop_class: object) -> str | None:
     """Why an instance may carry identity in its pixels (its Burned In Annotation and SOP
     Class UID say so), or None."""
-    if str(annotation).upper() == "YES":
+    if str(annotation).strip().upper() == "YES":  # leading spaces of a CS are not significant
         return "Burned In Annotation is YES"
     name = BURNED_IN_CLASSES.get(str(sop_class))
     return f"SOP class {name}: may carry burned-in text" if name else None
@@ -411,8 +417,12 @@ def _vr_of(ds: Dataset, tag: BaseTag) -> str:
     it is (`_as_sequence`), so that its items go through the table: kept as bytes, they
     kept every name and UID in them."""
     vr = ds.get_item(tag).VR
-    if vr == "UN" and not tag.is_private and _dictionary_vr(tag) == "SQ":
-        return _as_sequence(ds, tag)
+    if vr == "UN" and not tag.is_private:
+        known = _dictionary_vr(tag)
+        if known == "SQ":
+            return _as_sequence(ds, tag)
+        if known in STRING_VRS:
+            return _as_known(ds, tag, known)
     if vr:
         return str(vr)
     return _dictionary_vr(tag)
@@ -423,6 +433,18 @@ def _dictionary_vr(tag: BaseTag) -> str:
         return dictionary_VR(tag).split(" ")[0]
     except KeyError:
         return "UN"
+
+
+def _as_known(ds: Dataset, tag: BaseTag, vr: str) -> str:
+    """Read an attribute of VR UN as the dictionary's string VR `vr` in its place; `vr`.
+
+    The table's action then applies as to any other: a UID is mapped (as UN it was
+    emptied, and a study lost its Study Instance UID), a name or ID cleans free text of
+    itself. A string's bytes are the same in any byte order."""
+    value = ds.get_item(tag).value
+    raw = RawDataElement(tag, vr, len(value or b""), value, 0, False, True, True, False)
+    ds[tag] = convert_raw_data_element(raw, encoding=ds._character_set, ds=ds)
+    return vr
 
 
 def _as_sequence(ds: Dataset, tag: BaseTag) -> str:
@@ -462,10 +484,28 @@ def _collect_identifying(ds: Dataset, context: Context, depth: int) -> None:
             context.identifying += identifying_parts(vr, ds[tag].value)
 
 
+def _patient_values(ds: Dataset) -> tuple[object, ...]:
+    """The values of a data set's `PATIENT_TAGS` ("" for each one absent)."""
+    return tuple(ds[tag].value if tag in ds else "" for tag in PATIENT_TAGS)
+
+
 def _clean(ds: Dataset, context: Context, depth: int) -> None:
     """Apply Table E.1-1 (`Rules.decide`) to every attribute of a data set and its items."""
     if depth > MAX_DEPTH:
         raise DeidError(f"sequences nested more than {MAX_DEPTH} deep")
+    own = item_patient(context, _patient_values(ds)) if depth else None
+    if own is not None:  # an item naming another patient: keyed on that one
+        outer, context.patient = context.patient, own
+        try:
+            _clean_data_set(ds, context, depth)
+        finally:
+            context.patient = outer
+    else:
+        _clean_data_set(ds, context, depth)
+
+
+def _clean_data_set(ds: Dataset, context: Context, depth: int) -> None:
+    """`_clean` of a data set whose patient `context` holds."""
     removed_overlays: set[int] = set()
     for tag in list(ds.keys()):
         vr = _vr_of(ds, tag)
@@ -555,7 +595,7 @@ def _clean_value(elem: DataElement, context: Context, depth: int) -> None:
     elif elem.VR == "TM":
         if "retain-longitudinal-modified-dates" not in context.options:
             elem.value = None
-    elif elem.VR in TEXT_VRS:
+    elif elem.VR in CLEANED_VRS:
         elem.value = scrub(elem.value, context.identifying)
     elif elem.VR in BINARY_VRS:
         elem.value = b""  # bytes cannot be cleaned

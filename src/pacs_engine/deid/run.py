@@ -39,6 +39,7 @@ from pacs_engine.deid.key import Key, KeyFileError
 from pacs_engine.deid.profile import table
 from pacs_engine.errors import PacsEngineError, ScanError
 from pacs_engine.executors import make_executor
+from pacs_engine.index.keys import UID_KEYWORDS, uid_problem
 from pacs_engine.index.rows import Row
 from pacs_engine.ingest.archive import Archive, open_archive
 from pacs_engine.ingest.tidy import tidy_archive
@@ -409,5 +410,9 @@ def _deidentify_row(packs: PackReader, deidentifier: Deidentifier, run: str, row
         return (new, "refused", f"de-identified header: {error.reason}", None, None)
     if header.attributes.get("SOPInstanceUID") != new:
         return (new, "refused", "de-identified header: SOP UID not mapped", None, None)
+    for keyword in UID_KEYWORDS:  # the copy's index keys it by them (one bad row, not the run)
+        problem = uid_problem(keyword, header.attributes.get(keyword))
+        if problem is not None:
+            return (new, "refused", f"de-identified header: {problem}", None, None)
     new_row = _new_row(row, blob, result, dict(header.attributes), run)
     return (new, "copied", "", result, new_row)
