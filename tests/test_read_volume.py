@@ -339,6 +339,21 @@ def test_plan_errors_name_instances() -> None:
     assert "1.2.3.2" in err.value.sop_instance_uids
 
 
+def test_a_subset_keeps_the_longest_run_of_positions_on_one_line() -> None:
+    """A slice at the regular gap but shifted in plane: `subset` leaves it out (it raised
+    "not on one line" as without `subset`)."""
+    shifted = _rows([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    shifted[6]["ImagePositionPatient"] = [40.0, 20.0, 6.0]
+    with pytest.raises(VolumeError, match="not on one line"):
+        plan_volume(shifted)
+    kept = [r["SOPInstanceUID"] for r in plan_volume(shifted, subset=True).rows]
+    assert kept == [f"1.2.3.{k}" for k in range(6)]
+    bent = _rows([0.0, 1.0, 2.0, 3.0, 4.0])
+    bent[1]["ImagePositionPatient"] = [15.0, 20.0, 1.0]
+    kept = [r["SOPInstanceUID"] for r in plan_volume(bent, subset=True).rows]
+    assert kept == ["1.2.3.2", "1.2.3.3", "1.2.3.4"]
+
+
 @pytest.mark.parametrize(
     "orientation",
     [

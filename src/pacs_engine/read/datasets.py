@@ -26,6 +26,7 @@ from pacs_engine.index.matching import Condition, compile_query, level_of, match
 from pacs_engine.index.query import check_query
 from pacs_engine.index.rows import Attributes, Row
 from pacs_engine.read.shape import FrameShape
+from pacs_engine.read.values import read_values
 from pacs_engine.read.volume import (
     LPS_TO_RAS,
     VolumeError,
@@ -430,7 +431,10 @@ class FrameDataset(_FromQuery, _MapBase):
             rows = [self.rescale_rows[i]]
             pixels = convert(pixels[None], rows, self.rescale and pixels.ndim == 2, self.dtype)[0]
         if self.shape is not None and self.reshape[i]:
-            pixels = self.shape.apply(pixels)
+            try:
+                pixels = self.shape.apply(pixels)
+            except ValueError as error:  # a pad value the item's dtype cannot hold
+                raise ValueError(f"instance {self.instances[i]}: {error}") from None
         return pixels
 
     def _item(
@@ -460,7 +464,7 @@ class FrameDataset(_FromQuery, _MapBase):
         """One frame and where it comes from."""
         entry = self.table[_check_index(index, len(self))].tolist()
         path, frame = self.arrays[entry[1]], entry[2]
-        pixels = _handle(self.archive_path).archive.pixels.read_frames(path, [frame])[0]
+        pixels = read_values(_handle(self.archive_path).archive.pixels, path, [frame])[0]
         return self._item(entry, self._pixels(entry, pixels))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
@@ -518,18 +522,18 @@ class FrameDataset(_FromQuery, _MapBase):
         _, a, frame, i, _ = entry
         path = self.arrays[a]
         if self.shape is not None and self.reshape[i]:  # fitted: as `__getitem__` does
-            out[...] = self._pixels(entry, store.read_frames(path, [frame])[0])
+            out[...] = self._pixels(entry, read_values(store, path, [frame])[0])
             return
         spec = store.spec(path)
         modality = self.rescale and out.ndim == 2
         if out.dtype == spec.dtype and not modality:
-            store.read_frames(path, [frame], out=out[None])
+            read_values(store, path, [frame], out=out[None])
             return
         # Decoded frames of one dtype and shape share one scratch array: it never leaves here.
         key = (spec.dtype.str, spec.frame_shape)
         if key not in scratch:
             scratch[key] = np.empty((1, *spec.frame_shape), spec.dtype)
-        store.read_frames(path, [frame], out=scratch[key])
+        read_values(store, path, [frame], out=scratch[key])
         convert_into(scratch[key], [self.rescale_rows[i]], modality, out[None])
 
     def runs(self) -> list[tuple[int, int]]:
@@ -581,7 +585,7 @@ class FrameChunks(_IterableBase):
             entries = dataset.table[start:stop].tolist()
             lo, hi = entries[0][2], entries[-1][2] + 1
             path = dataset.arrays[entries[0][1]]
-            block = handle.archive.pixels.read_frames(path, range(lo, hi))
+            block = read_values(handle.archive.pixels, path, range(lo, hi))
             for entry, pixels in zip(entries, block, strict=True):
                 yield dataset._item(entry, dataset._pixels(entry, pixels))
 
@@ -956,9 +960,9 @@ class PatchDataset(_FromQuery, _MapBase):
             modality = self.rescale and len(spec.frame_shape) == 2  # grey frames only
             if out is not None and out.dtype == spec.dtype and not modality:
                 # What convert would give (a copy as stored): decoded straight into `out`.
-                pixels = store.read_frames(path, [f], plane, out=out[None])[0]
+                pixels = read_values(store, path, [f], plane, out=out[None])[0]
             else:
-                pixels = store.read_frames(path, [f], plane)[0]
+                pixels = read_values(store, path, [f], plane)[0]
                 rows = [self.rescale_rows[s][frame]]
                 one = None if out is None else out[None]
                 pixels = self._converted(pixels[None], rows, modality, one)[0]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.index.rows import Row
+from pacs_engine.read.values import read_values
 from pacs_engine.read.volume import (
     Volume,
     convert,
@@ -43,7 +44,7 @@ class Frames:
         if not -len(self._where) <= index < len(self._where):
             raise IndexError(f"frame {index} of a series of {len(self._where)} frames")
         key, frame, _ = self._where[index]
-        return self._series.archive.pixels.read_frames(key, [frame])[0]
+        return read_values(self._series.archive.pixels, key, [frame])[0]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for k in range(len(self)):
@@ -115,7 +116,7 @@ class Series:
             affine=plan.affine,
             sop_instance_uids=[str(r["SOPInstanceUID"]) for r in plan.rows],
             sheared=plan.sheared,
-            rescaled=rescale,
+            rescaled=rescale and array.ndim == 3,  # colour frames are not rescaled
         )
 
     def _read(self, rows: list[Row], threads: int) -> np.ndarray:

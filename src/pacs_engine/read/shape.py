@@ -78,11 +78,22 @@ class FrameShape:
             top, left = self._offset(rows, columns)
             return pixels[top : top + h, left : left + w]
         if self.on_mismatch == "pad":
+            self._check_pad_value(pixels.dtype)
             top, left = (-v for v in self._offset(rows, columns))
             out = np.full((h, w, *pixels.shape[2:]), self.pad_value, pixels.dtype)
             out[top : top + rows, left : left + columns] = pixels
             return out
         return _bilinear(pixels, self.shape)
+
+    def _check_pad_value(self, dtype: np.dtype) -> None:
+        """ValueError unless `pad_value` is a value of `dtype` (numpy would wrap -1024.0 to
+        64512 in uint16)."""
+        if dtype.kind not in "iu":
+            return
+        info = np.iinfo(dtype)
+        value = self.pad_value
+        if not (float(value).is_integer() and info.min <= value <= info.max):
+            raise ValueError(f"pad_value {value} is no value of the frames' dtype {dtype}")
 
     def geometry(
         self, spacing: np.ndarray, affine: np.ndarray, rows: int, columns: int

@@ -7,7 +7,7 @@ shape (slices, rows, columns[, samples]); voxel index (k, j, i) = (slice, row, c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +110,7 @@ def read_stack(
     threads: int = 1,
 ) -> np.ndarray:
     """Frames given as (array path, frame), cut to `window` (None: whole), decoded in that
-    order into one new array: each array's frames with one `read_frames`, straight into
+    order into one new array (`read_values`): each array's frames with one read, straight into
     their part of the output when they are consecutive there (a stack from one array
     always is).
 
@@ -120,6 +120,7 @@ def read_stack(
     """
     # Here, not at the top: this module needs numpy only until it reads (no zarr import).
     from pacs_engine.archive.pixel_store import FULL_FRAME, window_shape
+    from pacs_engine.read.values import read_values
 
     window = window or FULL_FRAME
     if not where:
@@ -142,9 +143,9 @@ def read_stack(
         frames = [where[k][1] for k in slots]
         start, stop = slots[0], slots[-1] + 1
         if stop - start == len(slots):
-            pixels.read_frames(path, frames, window, threads, out=out[start:stop])
+            read_values(pixels, path, frames, window, threads, out=out[start:stop])
         else:  # interleaved with another array's frames: decoded, then copied into place
-            out[slots] = pixels.read_frames(path, frames, window, threads)
+            out[slots] = read_values(pixels, path, frames, window, threads)
     return out
 
 
@@ -287,6 +288,24 @@ def _longest_regular_run(distances: np.ndarray) -> tuple[int, int]:
     return best
 
 
+def _longest_straight_run(positions: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the longest run of positions each the same step (vector) from the
+    one before (ties: the first)."""
+    n = len(positions)
+    if n <= 2:
+        return 0, n
+    steps = np.diff(positions, axis=0)
+    tolerance = _gap_tol(float(np.median(np.linalg.norm(steps, axis=1))))
+    best = (0, 2)
+    start = 0
+    for k in range(1, len(steps)):  # extend the run with step k (positions k, k + 1)
+        if np.linalg.norm(steps[k] - steps[k - 1]) > tolerance:
+            start = k
+        if k + 2 - start > best[1] - best[0]:
+            best = (start, k + 2)
+    return best
+
+
 def plan_volume(rows: list[Row], subset: bool = False) -> Plan:
     """Choose and order the instances of a volume, or raise `VolumeError` naming the culprits.
 
@@ -294,7 +313,8 @@ def plan_volume(rows: list[Row], subset: bool = False) -> Plan:
     or without position information; keep the largest group of one geometry (ties: the
     group of the earliest instance by InstanceNumber); of instances at the same position
     keep the earliest by (InstanceNumber, SOPInstanceUID); then keep the longest run of
-    slices with a regular gap (ties: the run nearest the lowest position along the normal).
+    slices with a regular gap (ties: the run nearest the lowest position along the normal),
+    and of it the longest run whose positions lie on one line.
     """
     rows = sorted(_usable(rows, subset), key=_order)
     groups = _groups(rows)
@@ -358,6 +378,9 @@ def plan_volume(rows: list[Row], subset: bool = False) -> Plan:
             )
         rows, positions, distance = rows[start:stop], positions[start:stop], distance[start:stop]
 
+    if subset:  # positions on one line: the longest run that is
+        start, stop = _longest_straight_run(positions)
+        rows, positions, distance = rows[start:stop], positions[start:stop], distance[start:stop]
     n = len(rows)
     if n > 1:
         step_vector = (positions[-1] - positions[0]) / (n - 1)
@@ -476,10 +499,11 @@ def convert(
 ) -> np.ndarray:
     """Frames (n, rows, columns[, samples]), or their modality values, in `dtype`.
 
-    `modality`: `rescale` them. `dtype` None keeps what `rescale` gives; a floating dtype
-    rescales with `rescale_as`; an integer dtype must hold every value, else ValueError.
+    `modality`: `rescale` grey frames (colour ones have no modality values: as stored, as
+    pydicom's modality LUT leaves them). `dtype` None keeps what `rescale` gives; a floating
+    dtype rescales with `rescale_as`; an integer dtype must hold every value, else ValueError.
     """
-    if modality:
+    if modality and frames.ndim == 3:
         if dtype is not None and np.dtype(dtype).kind == "f":
             return rescale_as(frames, rows, dtype)
         if dtype is not None and np.dtype(dtype).kind in "iu":
@@ -495,10 +519,15 @@ def convert(
         lo, hi = frames.min(), frames.max()
         whole = frames.dtype.kind != "f" or bool(np.all(frames == np.round(frames)))
         if lo < info.min or hi > info.max or not whole:
-            where = _uid(rows[0]) if rows else "?"
             fits = info.min <= lo and hi <= info.max
             what = f"are not all whole numbers, for {target}" if fits else f"do not fit {target}"
-            raise ValueError(f"values {lo}..{hi} of instance {where} {what}")
+
+            def wrong(frame: np.ndarray) -> bool:
+                if not fits:
+                    return bool(frame.min() < info.min or frame.max() > info.max)
+                return bool(np.any(frame != np.round(frame)))
+
+            raise ValueError(f"values {lo}..{hi} of {_at_fault(frames, rows, wrong)} {what}")
     return frames.astype(target)
 
 
@@ -541,7 +570,13 @@ def _integer_rescale(
     first, last = sorted((lo * slope_int + intercept_int, hi * slope_int + intercept_int))
     info = np.iinfo(target)
     if first < info.min or last > info.max:
-        raise ValueError(f"values {first}..{last} of instance {_uid(rows[0])} do not fit {target}")
+
+        def wrong(frame: np.ndarray) -> bool:
+            ends = (int(frame.min()) * slope_int, int(frame.max()) * slope_int)
+            return any(not info.min <= v + intercept_int <= info.max for v in ends)
+
+        where = _at_fault(frames, rows, wrong)
+        raise ValueError(f"values {first}..{last} of {where} do not fit {target}")
     steps = (slope_int, intercept_int, lo * slope_int, hi * slope_int)
     if all(info.min <= v <= info.max for v in steps):  # no step overflows `target`
         out = frames.astype(target)
@@ -552,6 +587,20 @@ def _integer_rescale(
     if intercept_int != 0:
         out += intercept_int
     return out.astype(target, copy=False)
+
+
+def _at_fault(
+    frames: np.ndarray, rows: Sequence[Mapping[str, Any]], wrong: Callable[[np.ndarray], bool]
+) -> str:
+    """The instances (one row per frame, else the one row of them all) whose frames are
+    `wrong`, for an error: "instance UID", or "instances UID, UID, ... (N)"."""
+    if len(rows) != len(frames):
+        return f"instance {_uid(rows[0])}" if rows else "instance ?"
+    found = [_uid(row) for frame, row in zip(frames, rows, strict=True) if wrong(frame)]
+    if len(found) == 1:
+        return f"instance {found[0]}"
+    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+    return f"instances {shown} ({len(found)})"
 
 
 def rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
