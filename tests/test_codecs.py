@@ -176,6 +176,10 @@ EDGE_FRAMES = {
     "full-i16": np.array([[-32768, 32767], [0, -1]], np.int16).repeat(8, 0).repeat(8, 1),
     "i8": np.arange(-128, 128, dtype=np.int8).reshape(16, 16),
     "negative-only-i16": np.full((5, 3), -7, np.int16),
+    # The type's lowest value alone (a padding tile): P counted one bit too many, 9 for int8
+    # (a stream the decoder then refused: an archived file that could not be read back).
+    "lowest-only-i8": np.full((6, 5), -128, np.int8),
+    "lowest-only-i16": np.full((4, 4), -32768, np.int16),
     "one-pixel-u16": np.array([[4095]], np.uint16),
     "ct-padding-i16": np.where(np.arange(64 * 64).reshape(64, 64) % 7, -2000, 40).astype(np.int16),
     "rgb-u8": np.random.default_rng(1).integers(0, 256, (13, 11, 3), dtype=np.uint8),
@@ -214,6 +218,28 @@ def test_jpegls_precision_follows_the_data() -> None:
     assert np.array_equal(codec.decode_frame(data, noise.shape, noise.dtype), noise)
     with pytest.raises(CodecError, match="at most 16 bits"):
         codec.encode_frame(np.array([[0, 70000]], np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "bits"),
+    [
+        (-128, -128, 8),
+        (-129, -129, 9),
+        (-1, -1, 1),
+        (-2, -1, 2),
+        (-32768, -32768, 16),
+        (-5, 3, 4),
+        (0, 0, 1),
+        (-128, 127, 8),
+        (-4, -3, 3),
+    ],
+)
+def test_signed_precision_is_the_fewest_twos_complement_bits(
+    low: int, high: int, bits: int
+) -> None:
+    assert signed_precision(low, high) == bits
+    assert -(1 << (bits - 1)) <= low and high < 1 << (bits - 1)  # they hold the range
+    assert bits == 1 or not (-(1 << (bits - 2)) <= low and high < 1 << (bits - 2))  # fewest
 
 
 @pytest.mark.parametrize("bits", [2, 5, 8, *range(9, 17)])

@@ -64,8 +64,10 @@ def unsigned_precision(high: int) -> int:
 
 
 def signed_precision(low: int, high: int) -> int:
-    """Bits needed to hold [low, high] as two's complement values."""
-    return max(high.bit_length(), (-low - 1).bit_length() if low < 0 else 0) + 1
+    """Bits needed to hold [low, high] as two's complement values (a negative `high`
+    needs no bit of its own: [-128, -128] is 8 bits, not 9)."""
+    positive = high.bit_length() if high > 0 else 0
+    return max(positive, (-low - 1).bit_length() if low < 0 else 0) + 1
 
 
 def sign_extend(values: np.ndarray, bits: int, dtype: np.dtype) -> np.ndarray:
