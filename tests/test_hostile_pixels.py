@@ -403,3 +403,49 @@ def test_a_stream_pylibjpeg_rle_panics_on_is_decoded_by_pydicoms_own_rle_decoder
     assert (report.archived, report.quarantined) == (1, 0)
     np.testing.assert_array_equal(archive.frames(ds.SOPInstanceUID), reference)
     assert archive.verify().ok
+
+
+def _image(rows: int, columns: int, photometric: str, syntax: str) -> pydicom.Dataset:
+    """A secondary capture of 8-bit samples, without its pixel data."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = "HOSTILE-1", "OT"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = 3 if photometric != "MONOCHROME2" else 1
+    ds.PhotometricInterpretation = photometric
+    if ds.SamplesPerPixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    return ds
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_files_a_parser_or_decoder_fails_on_are_quarantined_and_the_run_goes_on(
+    tmp_path: Path, workers: int
+) -> None:
+    """Native YBR_FULL_422 of odd Columns (numpy's reshape raised ValueError) and a JPEG 2000
+    fragment whose box is cut short (struct.error): each stopped every run, resumes too."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = _image(4, 5, "YBR_FULL_422", pydicom.uid.ExplicitVRLittleEndian)
+    odd.PixelData = bytes(range(40))
+    odd.save_as(folder / "ybr422_odd.dcm", enforce_file_format=True)
+    cut = _image(8, 8, "MONOCHROME2", pydicom.uid.JPEG2000Lossless)
+    box = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x01jp2c" + b"\x00" * 4
+    cut.PixelData = encapsulate([box])
+    cut.save_as(folder / "jp2_cut.dcm", enforce_file_format=True)
+    fine = _image(8, 8, "MONOCHROME2", pydicom.uid.ExplicitVRLittleEndian)
+    fine.PixelData = bytes(64)
+    fine.save_as(folder / "fine.dcm", enforce_file_format=True)
+    with Archive.create(tmp_path / "archive") as archive:
+        report = archive.ingest([folder], workers=workers)
+        assert report.archived == 1 and report.quarantined == 2
+        reasons = list(report.reasons.elements())
+        assert len(reasons) == 2
+        assert all(reason.startswith("cannot be read (") for reason in reasons), reasons
+        assert archive.verify().ok

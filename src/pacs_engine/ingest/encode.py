@@ -313,6 +313,13 @@ class PartEncoder:
                 )
         except PrepareError as error:
             return self.reject(key, data, str(error), state.checks.inputs)
+        except Exception as error:  # a parser's or decoder's failure on this file's bytes
+            # This file's rejection, not the run's end (every resume met it again).
+            kind = type(error)
+            name = kind.__qualname__
+            name = name if kind.__module__ == "builtins" else f"{kind.__module__}.{name}"
+            reason = f"cannot be read ({name}: {error})"
+            return self.reject(key, data, reason, state.checks.inputs)
         sop = prepared.sop_instance_uid
         if sop not in state.committed:
             state.committed[sop] = self.index.get(sop)
