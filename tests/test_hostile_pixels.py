@@ -449,3 +449,30 @@ def test_files_a_parser_or_decoder_fails_on_are_quarantined_and_the_run_goes_on(
         assert len(reasons) == 2
         assert all(reason.startswith("cannot be read (") for reason in reasons), reasons
         assert archive.verify().ok
+
+
+def test_signed_jpeg_lossless_of_12_bits_is_archived_with_pydicoms_values(tmp_path: Path) -> None:
+    """A JPEG Lossless CT frame holding 12-bit two's complement (Bits Stored 12, Pixel
+    Representation 1: a common layout) decodes to pydicom's values, sign extended: the
+    fast decoder's 3098 for pydicom's -998 quarantined it as a damaged bitstream."""
+    rows = np.arange(32)[:, None] * 40 - 1000 + np.arange(32)[None, :] * 10
+    values = rows.astype(np.int16)
+    stream = imagecodecs.ljpeg_encode(
+        (values.astype(np.int32) & 0xFFF).astype("<u2"), bitspersample=12
+    )
+    ds = _image(32, 32, "MONOCHROME2", pydicom.uid.JPEGLosslessSV1)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
+    ds.PixelData = encapsulate([bytes(stream)])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "ct.dcm", enforce_file_format=True)
+    expected = pydicom.dcmread(folder / "ct.dcm").pixel_array
+    assert expected.min() < 0 and np.array_equal(expected, values)
+    with Archive.create(tmp_path / "archive") as archive:
+        report = archive.ingest([folder], workers=0)
+        assert report.archived == 1, report.reasons
+        assert np.array_equal(archive.frames(str(ds.SOPInstanceUID))[0], expected)
+        assert archive.verify().ok
+    run_cli("export", str(tmp_path / "archive"), str(tmp_path / "out"))
+    (exported,) = (tmp_path / "out").rglob("*.dcm")
+    assert exported.read_bytes() == (folder / "ct.dcm").read_bytes()

@@ -70,6 +70,58 @@ def signed_precision(low: int, high: int) -> int:
     return max(positive, (-low - 1).bit_length() if low < 0 else 0) + 1
 
 
+#: Transfer syntaxes whose decoded values a DICOM reader takes as they are (pydicom corrects
+#: their sign, not their unused bits): JPEG-LS lossless and near-lossless, JPEG 2000 and
+#: High-Throughput JPEG 2000. Of the others pydicom's `pixel_array` clears the bits above
+#: Bits Stored, or sets them from a signed value's sign bit (`correct_unused_bits`).
+AS_DECODED_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.92",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
+
+
+def unused_bits(
+    syntax: str | None, bits_stored: object, pixel_representation: object, dtype: np.dtype
+) -> tuple[int, bool] | None:
+    """(Bits Stored, signed) when a DICOM reader corrects the bits above Bits Stored of
+    frames of `dtype` from a source of transfer syntax `syntax`, else None (none to correct:
+    Bits Stored fills the integers, floating values, `AS_DECODED_SYNTAXES`)."""
+    if dtype.kind not in "iu" or not isinstance(bits_stored, int) or syntax in AS_DECODED_SYNTAXES:
+        return None
+    if not 0 < bits_stored < dtype.itemsize * 8:
+        return None
+    return bits_stored, pixel_representation == 1 and dtype.kind == "i"
+
+
+def correct_unused_bits(frames: np.ndarray, bits: tuple[int, bool] | None) -> np.ndarray:
+    """`frames` with the bits above `bits` = (Bits Stored, signed) cleared, or set from the
+    sign bit of a signed value, as pydicom's `pixel_array` gives them (in place when the
+    array is writeable); as they are for None."""
+    import numpy as np
+
+    if bits is None or not frames.size:
+        return frames
+    if not frames.flags.writeable:
+        frames = frames.copy()
+    stored, signed = bits
+    if signed:
+        shift = frames.dtype.itemsize * 8 - stored
+        np.left_shift(frames, shift, out=frames)
+        np.right_shift(frames, shift, out=frames)  # arithmetic: the sign bit fills them
+    else:
+        np.bitwise_and(frames, frames.dtype.type((1 << stored) - 1), out=frames)
+    return frames
+
+
 def sign_extend(values: np.ndarray, bits: int, dtype: np.dtype) -> np.ndarray:
     """Reinterpret unsigned `bits`-bit two's complement samples as signed values of `dtype`."""
     import numpy as np

@@ -14,6 +14,8 @@ from pacs_engine.codecs._base import (
     NoDecoderError,
     cast_exact,
     config_value,
+    correct_unused_bits,
+    unused_bits,
 )
 
 YBR_FULL_FAMILY = ("YBR_FULL", "YBR_FULL_422")
@@ -249,6 +251,15 @@ class BitstreamCodec(FrameCodec):
         self.check_decoder()
         if self.decoder == "imagecodecs":
             arr = self._decode_fast(data).astype(self.pixel_dtype, copy=False)
+            # What pydicom's pixel_array does with the bits above Bits Stored (a signed
+            # JPEG Lossless frame's 12-bit two's complement: 3098 is -998).
+            bits = unused_bits(
+                self.transfer_syntax_uid,
+                self.bits_stored,
+                self.pixel_representation,
+                self.pixel_dtype,
+            )
+            arr = correct_unused_bits(arr, bits)
         else:
             arr = self._decode_pydicom(data, shape)
         if arr.size != int(np.prod(shape)):
