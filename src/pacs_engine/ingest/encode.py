@@ -318,8 +318,8 @@ class PartEncoder:
             kind = type(error)
             name = kind.__qualname__
             name = name if kind.__module__ == "builtins" else f"{kind.__module__}.{name}"
-            reason = f"cannot be read ({name}: {error})"
-            return self.reject(key, data, reason, state.checks.inputs)
+            why = f"cannot be read ({name}: {error})"
+            return self.reject(key, data, why, state.checks.inputs)
         sop = prepared.sop_instance_uid
         if sop not in state.committed:
             state.committed[sop] = self.index.get(sop)
