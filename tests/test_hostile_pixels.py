@@ -476,3 +476,28 @@ def test_signed_jpeg_lossless_of_12_bits_is_archived_with_pydicoms_values(tmp_pa
     run_cli("export", str(tmp_path / "archive"), str(tmp_path / "out"))
     (exported,) = (tmp_path / "out").rglob("*.dcm")
     assert exported.read_bytes() == (folder / "ct.dcm").read_bytes()
+
+
+@pytest.mark.parametrize("codec", ["auto", "jpegls"])
+def test_a_32_bit_series_whose_first_values_fit_16_bits_keeps_its_later_frames(
+    tmp_path: Path, codec: str
+) -> None:
+    """The codec was chosen on the first instance's sample: JPEG-LS took its small values,
+    then refused the next instance's ("at most 16 bits") and quarantined it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    series, values = generate_uid(), []
+    for number, high in enumerate([1000, 70000]):
+        ds = _image(16, 16, "MONOCHROME2", pydicom.uid.ExplicitVRLittleEndian)
+        ds.SeriesInstanceUID, ds.InstanceNumber = series, number + 1
+        ds.BitsAllocated = ds.BitsStored = 32
+        ds.HighBit = 31
+        values.append(np.random.default_rng(number).integers(0, high, (16, 16)).astype("<u4"))
+        ds.PixelData = values[-1].tobytes()
+        ds.save_as(folder / f"{number}.dcm", enforce_file_format=True)
+    with Archive.create(tmp_path / "archive", codec=codec) as archive:
+        report = archive.ingest([folder], workers=0)
+        assert report.archived == 2, report.reasons
+        rows = sorted(archive.index, key=lambda r: r["InstanceNumber"])
+        for row, expected in zip(rows, values, strict=True):
+            assert np.array_equal(archive.frames(row["SOPInstanceUID"])[0], expected)

@@ -582,16 +582,19 @@ class PartEncoder:
         import numpy as np
 
         name = self.config["codec"]
-        try:
-            if name == "auto":
-                pixels = choice_pixels(sample, frames)
-                return choose_codec(sample, max_pixels=pixels, encoded=encoded), ()
-            if name in ARCHIVE_BY_NAME:
-                codec = ARCHIVE_BY_NAME[name]()
-                codec.encode_frame(np.ascontiguousarray(sample[:8, :8]))
-                return codec, ()
-        except CodecError:
-            pass  # e.g. float or 32-bit pixels: no image codec takes them
+        # No image codec holds more than 16 bits: one that took a sample of small 32-bit
+        # values refused the array's later frames (each quarantined).
+        if sample.dtype.itemsize <= 2:
+            try:
+                if name == "auto":
+                    pixels = choice_pixels(sample, frames)
+                    return choose_codec(sample, max_pixels=pixels, encoded=encoded), ()
+                if name in ARCHIVE_BY_NAME:
+                    codec = ARCHIVE_BY_NAME[name]()
+                    codec.encode_frame(np.ascontiguousarray(sample[:8, :8]))
+                    return codec, ()
+            except CodecError:
+                pass  # e.g. float pixels: no image codec takes them
         if name in READ_OPTIMISED:
             return None, READ_OPTIMISED[name](sample.dtype)
         compressor = general_blosc(sample.dtype)
