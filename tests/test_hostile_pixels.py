@@ -501,3 +501,24 @@ def test_a_32_bit_series_whose_first_values_fit_16_bits_keeps_its_later_frames(
         rows = sorted(archive.index, key=lambda r: r["InstanceNumber"])
         for row, expected in zip(rows, values, strict=True):
             assert np.array_equal(archive.frames(row["SOPInstanceUID"])[0], expected)
+
+
+def test_deflated_ybr_full_frames_stay_ybr_and_say_so(tmp_path: Path) -> None:
+    """Deflated Image Frame Compression of YBR_FULL: the inflated frames are the native YBR
+    samples, and the archive says so (its label said "ybr_full_to_rgb", and the native file
+    served to a receiver called the YBR samples RGB)."""
+    samples = np.random.default_rng(14).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    ds = _image(8, 8, "YBR_FULL", "1.2.840.10008.1.2.8.1")
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    ds.PixelData = encapsulate([deflater.compress(samples.tobytes()) + deflater.flush()])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "ybr.dcm", enforce_file_format=True)
+    with Archive.create(tmp_path / "archive") as archive:
+        assert archive.ingest([folder], workers=0).archived == 1
+        sop = str(ds.SOPInstanceUID)
+        assert archive.index.get(sop)["color_conversion"] == "none"
+        assert np.array_equal(archive.frames(sop)[0], samples)
+        native = pydicom.dcmread(BytesIO(archive.native_bytes(sop)))
+    assert native.PhotometricInterpretation == "YBR_FULL"
+    assert np.array_equal(pixel_array(native, as_rgb=False), samples)

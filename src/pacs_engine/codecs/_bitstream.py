@@ -76,6 +76,10 @@ class BitstreamCodec(FrameCodec):
     # Retired transfer syntaxes pydicom has no decoder for by UID, with the syntax whose
     # decoder reads their bitstreams (its plugin, libjpeg, implements every JPEG process).
     decoded_as: ClassVar[dict[str, str]] = {}
+    # Whether the decoder gives YBR_FULL(_422) frames as RGB, as pydicom's pixel_array does
+    # by default (`default_color_conversion`); a decoder of native samples gives them as
+    # they are, so its conversion is "none" unless the configuration says otherwise.
+    converts_ybr: ClassVar[bool] = True
 
     transfer_syntax_uid: str
     photometric_interpretation: str
@@ -105,7 +109,8 @@ class BitstreamCodec(FrameCodec):
                 f"{self.codec_name} does not decode transfer syntax {transfer_syntax_uid}"
             )
         if color_conversion is None:
-            color_conversion = default_color_conversion(photometric_interpretation)
+            converted = default_color_conversion(photometric_interpretation)
+            color_conversion = converted if self.converts_ybr else "none"
         config_value(color_conversion, COLOR_CONVERSIONS, "color_conversion")
         fast_ok = (
             transfer_syntax_uid in self.fast_syntaxes

@@ -50,6 +50,9 @@ class DicomDeflateCoder(BitstreamCodec):
     short_name: ClassVar[str] = "dicom_deflate"
     transfer_syntaxes: ClassVar[tuple[str, ...]] = (DEFLATED_IMAGE_FRAME_COMPRESSION,)
     fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes
+    # Inflated frames are native samples, YBR ones included: the archive's label said
+    # "ybr_full_to_rgb", and a transcoded file called them RGB.
+    converts_ybr: ClassVar[bool] = False
 
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` inflates."""
