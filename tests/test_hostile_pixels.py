@@ -522,3 +522,43 @@ def test_deflated_ybr_full_frames_stay_ybr_and_say_so(tmp_path: Path) -> None:
         native = pydicom.dcmread(BytesIO(archive.native_bytes(sop)))
     assert native.PhotometricInterpretation == "YBR_FULL"
     assert np.array_equal(pixel_array(native, as_rgb=False), samples)
+
+
+def test_a_transcode_keeps_lossy_streams_under_a_lossless_uid_as_they_are(tmp_path: Path) -> None:
+    """A near-lossless JPEG-LS stream (NEAR 4) under JPEG-LS Lossless's UID and an
+    irreversible JPEG 2000 one under JPEG 2000 Lossless's: a transcode kept their decoded
+    pixels and dropped the streams, so the files could no longer be rebuilt; now they stay
+    original bitstreams and export byte for byte. A 12-bit stream in a file of Bits
+    Allocated 8 is refused (its samples were cut to their low byte)."""
+    import jpeg_ls
+
+    values = (np.arange(32)[:, None] * 50 + np.arange(32)[None, :] * 20).astype("<u2")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    near = _image(32, 32, "MONOCHROME2", pydicom.uid.JPEGLSLossless)
+    near.BitsAllocated, near.BitsStored, near.HighBit = 16, 12, 11
+    stream = jpeg_ls.encode_pixel_data(
+        values.tobytes(), lossy_error=4, rows=32, columns=32, samples_per_pixel=1, bits_stored=12
+    )
+    near.PixelData = encapsulate([bytes(stream)])
+    near.save_as(folder / "near.dcm", enforce_file_format=True)
+    irreversible = _image(32, 32, "MONOCHROME2", pydicom.uid.JPEG2000Lossless)
+    irreversible.BitsAllocated, irreversible.BitsStored, irreversible.HighBit = 16, 12, 11
+    stream = imagecodecs.jpeg2k_encode(
+        values, level=30, codecformat="J2K", reversible=False, bitspersample=12
+    )
+    irreversible.PixelData = encapsulate([bytes(stream)])
+    irreversible.save_as(folder / "irreversible.dcm", enforce_file_format=True)
+    wide = _image(16, 16, "MONOCHROME2", pydicom.uid.JPEGLSLossless)
+    wide.PixelData = encapsulate([bytes(imagecodecs.jpegls_encode(values[:16, :16] + 3000))])
+    wide.save_as(folder / "wide.dcm", enforce_file_format=True)
+    with Archive.create(tmp_path / "archive", transcode=True) as archive:
+        report = archive.ingest([folder], workers=0)
+        assert report.archived == 2 and report.quarantined == 1
+        (record,) = (tmp_path / "archive" / "quarantine").glob("*.json")
+        assert "do not fit Bits Allocated 8" in json.loads(record.read_text())["reason"]
+        assert not any(row.get("transcoded") for row in archive.index)
+    run_cli("export", str(tmp_path / "archive"), str(tmp_path / "out"))
+    exported = sorted(p.read_bytes() for p in (tmp_path / "out").rglob("*.dcm"))
+    originals = sorted((folder / name).read_bytes() for name in ("near.dcm", "irreversible.dcm"))
+    assert exported == originals

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from blake3 import blake3
 
 from pacs_engine.archive.blobs import ENCAPSULATED, NATIVE, WHOLE, HeaderBlob
-from pacs_engine.codecs import CodecError, NoDecoderError, pass_through_codec
+from pacs_engine.codecs import BitstreamCodec, CodecError, NoDecoderError, pass_through_codec
 from pacs_engine.codecs.deflate import DEFLATED_IMAGE_FRAME_COMPRESSION
 from pacs_engine.codecs.native import LayoutError, PixelLayout, to_array, to_bytes
 from pacs_engine.errors import PacsEngineError
@@ -394,7 +394,7 @@ def _encapsulated(
         pass_through=codec,
         frame_hashes=None,
     )
-    if transcode and ts in LOSSLESS_SYNTAXES:
+    if transcode and ts in LOSSLESS_SYNTAXES and _lossless(codec, bitstreams):
         try:
             frames = decode_bitstreams(prepared)
         except NoDecoder as error:  # kept as its bitstreams, flagged
@@ -405,6 +405,15 @@ def _encapsulated(
     elif decode:
         _hash_or_flag(prepared)
     return prepared
+
+
+def _lossless(codec: BitstreamCodec, bitstreams: list[bytes]) -> bool:
+    """Whether every bitstream is lossless itself (a transcode keeps the others as they are:
+    a near-lossless JPEG-LS or irreversible JPEG 2000 stream under a lossless UID)."""
+    try:
+        return all(codec.is_lossless(stream) for stream in bitstreams)
+    except CodecError:  # unreadable: kept, and its decode says what is wrong
+        return False
 
 
 def _hash_or_flag(prepared: Prepared) -> None:

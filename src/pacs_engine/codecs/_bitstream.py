@@ -165,6 +165,12 @@ class BitstreamCodec(FrameCodec):
         """(rows, columns, samples) the bitstream's own header declares (None: it has none)."""
         return None
 
+    def is_lossless(self, data: bytes) -> bool:
+        """Whether the bitstream itself is lossless, whatever its transfer syntax says (a
+        lossless syntax's UID may carry a near-lossless or irreversible stream): only then
+        may a transcode keep its decoded pixels instead of it. CodecError when unreadable."""
+        return True
+
     def check_size(self, data: bytes, shape: tuple[int, ...]) -> None:
         """Raise CodecError unless the bitstream declares the frame shape the data set does.
 
@@ -255,7 +261,15 @@ class BitstreamCodec(FrameCodec):
         self.check_size(data, shape)
         self.check_decoder()
         if self.decoder == "imagecodecs":
-            arr = self._decode_fast(data).astype(self.pixel_dtype, copy=False)
+            decoded = self._decode_fast(data)
+            wider = decoded.dtype.itemsize > self.pixel_dtype.itemsize
+            if wider and decoded.size and int(decoded.max()) >> 8 * self.pixel_dtype.itemsize:
+                # a 12-bit stream in a file of Bits Allocated 8: astype kept the low byte
+                raise CodecError(
+                    f"{self.codec_name}: the bitstream's samples do not fit Bits Allocated "
+                    f"{self.bits_allocated}"
+                )
+            arr = decoded.astype(self.pixel_dtype, copy=False)
             # What pydicom's pixel_array does with the bits above Bits Stored (a signed
             # JPEG Lossless frame's 12-bit two's complement: 3098 is -998).
             bits = unused_bits(

@@ -109,6 +109,8 @@ def j2k_codestream(data: bytes) -> bytes:
             length, kind = struct.unpack_from(">I4s", data, i)
             header = 8
             if length == 1:
+                if i + 16 > len(data):  # a box's extended length cut short
+                    break
                 (length,) = struct.unpack_from(">Q", data, i + 8)
                 header = 16
             if kind == b"jp2c":
@@ -135,6 +137,62 @@ def j2k_header(data: bytes) -> J2kHeader:
         precision=(ssiz & 0x7F) + 1,
         is_signed=bool(ssiz & 0x80),
     )
+
+
+def jpeg_scan_parameters(data: bytes) -> tuple[int, int, int]:
+    """The three bytes that end a JPEG or JPEG-LS stream's first start-of-scan segment, or
+    CodecError: lossless JPEG's predictor (Ss), Se and Ah/Al (Al: the point transform, 0
+    when lossless); JPEG-LS's NEAR (0 when lossless), ILV and Ah/Al (point transform)."""
+    jpeg_frame_header(data)  # a JPEG stream with its frame header
+    i, end = 2, len(data)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            raise CodecError(f"JPEG bitstream: expected a marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if marker == 0xDA:  # SOS: Ls, Ns, Ns x (Cs, Tm), then the three bytes
+            components = data[i + 4] if i + 4 < end else 0
+            at = i + 5 + 2 * components
+            if at + 3 <= min(end, i + 2 + length):
+                return data[at], data[at + 1], data[at + 2]
+            break
+        i += 2 + length
+    raise CodecError("JPEG bitstream has no whole start-of-scan segment")
+
+
+def j2k_reversible(data: bytes) -> bool:
+    """Whether a JPEG 2000 codestream's main header codes every component with the reversible
+    5-3 wavelet (COD, and any COC, transformation 1), or CodecError."""
+    stream = j2k_codestream(data)
+    components = j2k_header(data).components
+    i, end, found = 2, len(stream), False
+    while i + 4 <= end:
+        marker, length = struct.unpack_from(">HH", stream, i)
+        if marker == 0xFF90:  # SOT: the main header ends
+            break
+        body = i + 4
+        if marker == 0xFF52:  # COD: Scod, SGcod (4 bytes), SPcod: levels, xcb, ycb, style, T
+            at = body + 1 + 4 + 4
+        elif marker == 0xFF53:  # COC: Ccoc (1 or 2 bytes), Scoc, SPcoc as SPcod
+            at = body + (1 if components < 257 else 2) + 1 + 4
+        else:
+            i += 2 + length
+            continue
+        if at >= min(end, i + 2 + length):
+            raise CodecError("JPEG 2000 codestream: a coding style segment is cut short")
+        if stream[at] != 1:
+            return False
+        found = found or marker == 0xFF52
+        i += 2 + length
+    if not found:
+        raise CodecError("JPEG 2000 codestream has no coding style (COD) segment")
+    return True
 
 
 def rle_segment_count(data: bytes) -> int:

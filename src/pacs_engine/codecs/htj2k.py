@@ -19,7 +19,7 @@ from pacs_engine.codecs._base import (
     zarr_codecs,
 )
 from pacs_engine.codecs._bitstream import BitstreamCodec, sign_correct_j2k
-from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header
+from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header, j2k_reversible
 
 # imagecodecs reports OpenJPH's errors from a callback that cannot raise: Python prints
 # them ("Exception ignored in ... ojph error") through sys.unraisablehook and the decode
@@ -111,6 +111,10 @@ class DicomHtj2kCoder(BitstreamCodec):
     def declared_shape(self, data: bytes) -> tuple[int, int, int]:
         """(rows, columns, components) of the SIZ segment."""
         return j2k_declared_shape(data)
+
+    def is_lossless(self, data: bytes) -> bool:
+        """Lossless when every component is coded with the reversible 5-3 wavelet."""
+        return j2k_reversible(data)
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         header = j2k_header(data)

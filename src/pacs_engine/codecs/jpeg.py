@@ -17,6 +17,7 @@ from pacs_engine.codecs._markers import (
     SOF_LOSSLESS,
     jpeg_declared_shape,
     jpeg_frame_header,
+    jpeg_scan_parameters,
 )
 
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
@@ -90,6 +91,10 @@ class DicomJpegLosslessCoder(BitstreamCodec):
     def declared_shape(self, data: bytes) -> tuple[int, int, int]:
         """(rows, columns, components) of the frame header."""
         return jpeg_declared_shape(data)
+
+    def is_lossless(self, data: bytes) -> bool:
+        """Lossless unless the scan's point transform (Al) drops low bits."""
+        return jpeg_scan_parameters(data)[2] & 0x0F == 0
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         # pydicom reinterprets the decoded samples' bytes with the dataset's dtype; the

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 from pacs_engine.codecs._base import FrameCodec, cast_exact, check_frame, expect_shape, zarr_codecs
 from pacs_engine.codecs._bitstream import BitstreamCodec, sign_correct_j2k
-from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header
+from pacs_engine.codecs._markers import j2k_declared_shape, j2k_header, j2k_reversible
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +67,10 @@ class DicomJpeg2kCoder(BitstreamCodec):
     def declared_shape(self, data: bytes) -> tuple[int, int, int]:
         """(rows, columns, components) of the SIZ segment."""
         return j2k_declared_shape(data)
+
+    def is_lossless(self, data: bytes) -> bool:
+        """Lossless when every component is coded with the reversible 5-3 wavelet."""
+        return j2k_reversible(data)
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         import imagecodecs

@@ -25,7 +25,12 @@ from pacs_engine.codecs._base import (
     zarr_codecs,
 )
 from pacs_engine.codecs._bitstream import BitstreamCodec
-from pacs_engine.codecs._markers import SOF_JPEGLS, jpeg_declared_shape, jpeg_frame_header
+from pacs_engine.codecs._markers import (
+    SOF_JPEGLS,
+    jpeg_declared_shape,
+    jpeg_frame_header,
+    jpeg_scan_parameters,
+)
 
 PRECISIONS = ("minimal", "dtype")
 # CharLS encodes 2..16 bit samples; 1-bit data is stored with P=2.
@@ -187,6 +192,11 @@ class DicomJpegLsCoder(BitstreamCodec):
     def declared_shape(self, data: bytes) -> tuple[int, int, int]:
         """(rows, columns, components) of the SOF55 segment."""
         return jpeg_declared_shape(data)
+
+    def is_lossless(self, data: bytes) -> bool:
+        """Lossless when NEAR is 0 and no point transform drops low bits."""
+        near, _, point = jpeg_scan_parameters(data)
+        return near == 0 and point & 0x0F == 0
 
     def _decode_fast(self, data: bytes) -> np.ndarray:
         import imagecodecs
