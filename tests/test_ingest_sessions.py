@@ -51,7 +51,18 @@ def test_ctrl_c_in_the_first_second_prints_no_traceback(
     process = _start(synth, tmp_path / "a")
     time.sleep(tenths / 10)
     os.killpg(process.pid, signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    try:
+        out, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired as error:
+        # Seen once in CI, not reproduced since: what each process of the session waits on.
+        alive = subprocess.run(
+            ["ps", "-s", str(process.pid), "-L", "-o", "pid,lwp,ppid,stat,wchan:32,etime,args"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"no end 120 s after Ctrl-C ({error.stderr!r}); the session:\n{alive}")
     assert process.returncode == 130, (out, err)
     for noise in ("Traceback", "KeyboardInterrupt", "FileNotFoundError"):
         assert noise not in err, err
