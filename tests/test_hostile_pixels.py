@@ -562,3 +562,26 @@ def test_a_transcode_keeps_lossy_streams_under_a_lossless_uid_as_they_are(tmp_pa
     exported = sorted(p.read_bytes() for p in (tmp_path / "out").rglob("*.dcm"))
     originals = sorted((folder / name).read_bytes() for name in ("near.dcm", "irreversible.dcm"))
     assert exported == originals
+
+
+def test_a_transcoded_jpeg_2000_rct_file_is_rgb_without_its_offset_table(tmp_path: Path) -> None:
+    """JPEG 2000's decoder undoes YBR_RCT: the native file says RGB (it said YBR_RCT over
+    RGB samples), and it has no Extended Offset Table of fragments it no longer has."""
+    from pydicom.encaps import encapsulate_extended
+
+    rows, columns = np.mgrid[0:16, 0:16]
+    rgb = np.stack([rows * 10, columns * 12, 255 - rows * 8], -1).astype("u1")
+    stream = imagecodecs.jpeg2k_encode(rgb, level=0, codecformat="J2K", reversible=True, mct=True)
+    ds = _image(16, 16, "YBR_RCT", pydicom.uid.JPEG2000Lossless)
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+        [bytes(stream)]
+    )
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "rct.dcm", enforce_file_format=True)
+    with Archive.create(tmp_path / "archive", transcode=True) as archive:
+        assert archive.ingest([folder], workers=0).archived == 1
+        native = pydicom.dcmread(BytesIO(archive.native_bytes(str(ds.SOPInstanceUID))))
+    assert native.PhotometricInterpretation == "RGB"
+    assert "ExtendedOffsetTable" not in native and "ExtendedOffsetTableLengths" not in native
+    assert np.array_equal(native.pixel_array, rgb)

@@ -520,9 +520,14 @@ def transcoded_file(blob: HeaderBlob, row: Row, frames: np.ndarray) -> bytes:
 
     dataset = blob_dataset(blob)
     layout = PixelLayout.from_attributes(row, "PixelData")
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in dataset:  # of the fragments the native file no longer has
+            del dataset[keyword]
     if layout.samples > 1:
         dataset.PlanarConfiguration = 0
-        if row.get("color_conversion", "none") != "none":
+        # JPEG 2000's component transform (YBR_RCT, YBR_ICT) is undone by its decoder.
+        decoded_rgb = layout.photometric in ("YBR_RCT", "YBR_ICT")
+        if row.get("color_conversion", "none") != "none" or decoded_rgb:
             dataset.PhotometricInterpretation = "RGB"
         elif layout.ybr422:  # decoded 4:2:2 chroma is full resolution now
             dataset.PhotometricInterpretation = "YBR_FULL"
