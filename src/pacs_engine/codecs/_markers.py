@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pacs_engine.codecs._base import CodecError
@@ -60,8 +61,10 @@ class J2kHeader:
         return bool(self.capabilities & 0x4000)
 
 
-def jpeg_frame_header(data: bytes) -> JpegFrameHeader:
-    """The first start-of-frame (or DHP) segment of a JPEG or JPEG-LS stream, or CodecError."""
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, offset, length) of each marker segment of a JPEG or JPEG-LS stream up to and
+    including its first start of scan (standalone markers and fill bytes skipped), or
+    CodecError."""
     if data[:2] != b"\xff\xd8":
         raise CodecError("not a JPEG bitstream: no SOI marker")
     i, end = 2, len(data)
@@ -76,14 +79,20 @@ def jpeg_frame_header(data: bytes) -> JpegFrameHeader:
             i += 2
             continue
         (length,) = struct.unpack_from(">H", data, i + 2)
+        yield marker, i, length
+        if marker == 0xDA:  # the entropy-coded data follows
+            return
+        i += 2 + length
+
+
+def jpeg_frame_header(data: bytes) -> JpegFrameHeader:
+    """The first start-of-frame (or DHP) segment of a JPEG or JPEG-LS stream, or CodecError."""
+    for marker, i, _ in _jpeg_segments(data):
         if marker in _SOF_MARKERS:
-            if i + 10 > end:
+            if i + 10 > len(data):
                 break
             precision, rows, columns, components = struct.unpack_from(">BHHB", data, i + 4)
             return JpegFrameHeader(marker, precision, rows, columns, components)
-        if marker == 0xDA:  # start of scan before any frame header
-            break
-        i += 2 + length
     raise CodecError("JPEG bitstream has no start-of-frame segment")
 
 
@@ -144,25 +153,12 @@ def jpeg_scan_parameters(data: bytes) -> tuple[int, int, int]:
     CodecError: lossless JPEG's predictor (Ss), Se and Ah/Al (Al: the point transform, 0
     when lossless); JPEG-LS's NEAR (0 when lossless), ILV and Ah/Al (point transform)."""
     jpeg_frame_header(data)  # a JPEG stream with its frame header
-    i, end = 2, len(data)
-    while i + 4 <= end:
-        if data[i] != 0xFF:
-            raise CodecError(f"JPEG bitstream: expected a marker at byte {i}")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker in _STANDALONE:
-            i += 2
-            continue
-        (length,) = struct.unpack_from(">H", data, i + 2)
+    for marker, i, length in _jpeg_segments(data):
         if marker == 0xDA:  # SOS: Ls, Ns, Ns x (Cs, Tm), then the three bytes
-            components = data[i + 4] if i + 4 < end else 0
+            components = data[i + 4] if i + 4 < len(data) else 0
             at = i + 5 + 2 * components
-            if at + 3 <= min(end, i + 2 + length):
+            if at + 3 <= min(len(data), i + 2 + length):
                 return data[at], data[at + 1], data[at + 2]
-            break
-        i += 2 + length
     raise CodecError("JPEG bitstream has no whole start-of-scan segment")
 
 
