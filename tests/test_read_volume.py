@@ -339,6 +339,16 @@ def test_plan_errors_name_instances() -> None:
     assert "1.2.3.2" in err.value.sop_instance_uids
 
 
+def test_gaps_that_drift_name_where_the_regular_run_ends() -> None:
+    """Each gap within 1 % of the median but not of the others: the error named no
+    instance ("found  mm between the instances")."""
+    gaps = [1.0, 1.009, 1.018, 1.0, 1.009, 1.018]
+    drifting = _rows([0.0, *np.cumsum(gaps).tolist()])
+    with pytest.raises(VolumeError, match=r"found \d") as err:
+        plan_volume(drifting)
+    assert err.value.sop_instance_uids  # the slices on either side of the break
+
+
 def test_a_subset_keeps_the_longest_run_of_positions_on_one_line() -> None:
     """A slice at the regular gap but shifted in plane: `subset` leaves it out (it raised
     "not on one line" as without `subset`)."""

@@ -367,6 +367,8 @@ def plan_volume(rows: list[Row], subset: bool = False) -> Plan:
             gaps = np.diff(distance)
             step = float(np.median(gaps))
             bad = [k for k in range(len(gaps)) if abs(gaps[k] - step) > _gap_tol(step)]
+            if not bad:  # gaps that drift, each near the median but not near each other
+                bad = [k for k in (start - 1, stop - 1) if 0 <= k < len(gaps)]
             named: list[str] = []
             for k in bad:
                 named += [u for u in (_uid(rows[k]), _uid(rows[k + 1])) if u not in named]
