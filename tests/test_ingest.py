@@ -872,3 +872,43 @@ def test_each_row_holds_its_files_attributes_first_and_names_its_array_by_layout
             assert (storage == "native") == native, (storage, ds.file_meta.TransferSyntaxUID)
             seen.add(native)
     assert seen == {True, False}
+
+
+def _in_study(source: Path, out: Path, study: str, patient: str, number: int) -> str:
+    """A copy of `source` as instance `number` of series 9.5 in `study`, of `patient`."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"9.1.{number}"
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = "9.5", study
+    ds.PatientID, ds.InstanceNumber = patient, number
+    ds.save_as(out / f"{number}.dcm", enforce_file_format=True)
+    return str(ds.SOPInstanceUID)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("apart", [False, True], ids=["one run", "two runs"])
+def test_a_series_uid_in_two_studies_keeps_the_first_study_and_quarantines_the_other(
+    tmp_path: Path, workers: int, apart: bool
+) -> None:
+    """A Series Instance UID given by instances of two studies (of two patients): the
+    series' record took the last row's study, so the other study vanished from the index
+    and its instance answered queries for the other patient. Its study's instances are
+    indexed; another study's are conflicts, quarantined (nothing lost)."""
+    source = next(p for p in pydicom_test_files() if p.name == "CT_small.dcm")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    kept = [_in_study(source, first, "9.10", "PA", n) for n in (1, 2)]
+    other = _in_study(source, first if not apart else second, "9.20", "PB", 3)
+    with Archive.create(tmp_path / "archive") as archive:
+        if apart:
+            assert archive.ingest([first], workers=workers).archived == 2
+        report = archive.ingest([first, second] if apart else [first], workers=workers)
+        assert report.conflicts == 1
+        assert sorted(r["SOPInstanceUID"] for r in archive.index) == kept
+        assert [r["SOPInstanceUID"] for r in archive.query("instance", PatientID="PA")] == kept
+        assert archive.query("instance", PatientID="PB") == []
+        assert archive.index.study_record("9.10") is not None
+        (record,) = (tmp_path / "archive" / "quarantine").glob("*.json")
+        quarantined = json.loads(record.read_text())
+        assert quarantined["sop_instance_uid"] == other
+        assert quarantined["reason"] == "conflict: its series is in study 9.10 already"

@@ -782,7 +782,7 @@ def quarantine_conflict(
     data: bytes | None,
     sha256: str,
     reason: str,
-    prior: Row,
+    prior: Mapping[str, Any],
     sop: str,
     hashes: dict[str, str | None],
 ) -> None:

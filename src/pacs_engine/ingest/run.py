@@ -26,7 +26,8 @@ import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any
 
@@ -722,12 +723,18 @@ class _Run:
                 del rows[sop]
                 # Each version of the row and the duplicates found of it in its part: each
                 # is now judged against the committed row.
-                sources = [(v["source_path"], v) for v in version_rows(row)]
-                sources += [
-                    (d["path"], {**row, "source_sha256": d["sha256"]}) for d in row["duplicates"]
-                ]
-                for key, source in sources:
+                for key, source in _inputs_of(row):
                     outcomes[key] = self._late_conflict(prior, key, source, updated, outcomes[key])
+
+        if rows:  # a series is in one study: an instance that says another is not indexed
+            study = _series_study(index, list(rows.values()))
+            for sop, row in list(rows.items()):
+                if row.get("StudyInstanceUID") != study:
+                    del rows[sop]
+                    reason = f"conflict: its series is in study {study} already"
+                    for key, source in _inputs_of(row):
+                        size = outcomes[key].size
+                        outcomes[key] = self._quarantined_conflict(key, source, reason, {}, size)
 
         def committed_row(sop: str, what: str) -> Row:
             current = updated.get(sop) or index.row(sop)
@@ -783,21 +790,22 @@ class _Run:
             updated[sop] = with_version(current, row)
             return replace(outcome, version=True)
         reason = reason or "conflict: archived meanwhile"
+        return self._quarantined_conflict(key, row, reason, current, outcome.size)
+
+    def _quarantined_conflict(
+        self, key: str, row: Row, reason: str, prior: Mapping[str, Any], size: int
+    ) -> Outcome:
+        """Quarantine input `key` (its version `row`, `size` bytes) as conflicting with
+        `prior` (empty: with no one row); its outcome."""
         try:
             data = read_input(InputRef.from_key(key), self.checks.inputs)  # the run's links, limit
         except InputError:
             data = None
+        sop = row["SOPInstanceUID"]
         quarantine_conflict(
-            self.archive.quarantine,
-            key,
-            data,
-            row["source_sha256"],
-            reason,
-            current,
-            sop,
-            {},
+            self.archive.quarantine, key, data, row["source_sha256"], reason, prior, sop, {}
         )
-        return Outcome(key, "conflict", outcome.size, reason=reason, sop=sop)
+        return Outcome(key, "conflict", size, reason=reason, sop=sop)
 
     # --- the end ----------------------------------------------------------------------
 
@@ -867,6 +875,23 @@ class _Run:
         if self.notify is not None:
             seconds = time.perf_counter() - self.started
             self.notify(Progress(phase, self.report, self.total, seconds))
+
+
+def _series_study(index: IndexWriter, rows: list[Row]) -> str | None:
+    """The study of the series of `rows`: the indexed one, else the one most of them give
+    (ties: the first)."""
+    record = index.series_record(rows[0]["SeriesInstanceUID"])
+    if record is not None:
+        return record.get("StudyInstanceUID")
+    return Counter(row.get("StudyInstanceUID") for row in rows).most_common(1)[0][0]
+
+
+def _inputs_of(row: Row) -> list[tuple[str, Row]]:
+    """(input key, its version) of each input a part's row holds: its versions received, and
+    the duplicates found of them (with their own sha256)."""
+    sources = [(v["source_path"], v) for v in version_rows(row)]
+    sources += [(d["path"], {**row, "source_sha256": d["sha256"]}) for d in row["duplicates"]]
+    return sources
 
 
 def _describe(error: BaseException) -> str:
