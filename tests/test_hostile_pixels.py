@@ -486,10 +486,11 @@ def test_a_32_bit_series_whose_first_values_fit_16_bits_keeps_its_later_frames(
     then refused the next instance's ("at most 16 bits") and quarantined it."""
     folder = tmp_path / "in"
     folder.mkdir()
-    series, values = generate_uid(), []
+    study, series, values = generate_uid(), generate_uid(), []
     for number, high in enumerate([1000, 70000]):
         ds = _image(16, 16, "MONOCHROME2", pydicom.uid.ExplicitVRLittleEndian)
-        ds.SeriesInstanceUID, ds.InstanceNumber = series, number + 1
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.InstanceNumber = number + 1
         ds.BitsAllocated = ds.BitsStored = 32
         ds.HighBit = 31
         values.append(np.random.default_rng(number).integers(0, high, (16, 16)).astype("<u4"))
