@@ -110,6 +110,12 @@ def test_round_trip(index: Index) -> None:
     assert study["NumberOfStudyRelatedInstances"] == 10
 
 
+def test_an_empty_uid_names_no_row(index: Index) -> None:
+    """LMDB refuses an empty key: get("") raised lmdb.BadValsizeError."""
+    assert index.get("") is None
+    assert index.series("") == []
+
+
 def test_series_order_and_study_order(index: Index) -> None:
     numbers = [3, -2, None, 10, 3, "7", 2**70]
     rows = [make_row(1, 1, i, InstanceNumber=n) for i, n in enumerate(numbers)]

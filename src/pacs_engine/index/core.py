@@ -235,7 +235,10 @@ class Index:
             return txn.get(sop_instance_uid.encode(), db=dbs[b"rows"]) is not None
 
     def get(self, sop_instance_uid: str) -> Row | None:
-        """The row of the instance, or None."""
+        """The row of the instance, or None (an empty UID, which LMDB cannot take as a key,
+        names none)."""
+        if not sop_instance_uid:
+            return None
         with self._transaction(write=False) as (txn, dbs):
             data = txn.get(sop_instance_uid.encode(), db=dbs[b"rows"])
         return None if data is None else self._codec.load(data, sop_instance_uid.encode())
