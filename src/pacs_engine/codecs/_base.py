@@ -70,32 +70,13 @@ def signed_precision(low: int, high: int) -> int:
     return max(positive, (-low - 1).bit_length() if low < 0 else 0) + 1
 
 
-#: Transfer syntaxes whose decoded values a DICOM reader takes as they are (pydicom corrects
-#: their sign, not their unused bits): JPEG-LS lossless and near-lossless, JPEG 2000 and
-#: High-Throughput JPEG 2000. Of the others pydicom's `pixel_array` clears the bits above
-#: Bits Stored, or sets them from a signed value's sign bit (`correct_unused_bits`).
-AS_DECODED_SYNTAXES = frozenset(
-    {
-        "1.2.840.10008.1.2.4.80",
-        "1.2.840.10008.1.2.4.81",
-        "1.2.840.10008.1.2.4.90",
-        "1.2.840.10008.1.2.4.91",
-        "1.2.840.10008.1.2.4.92",
-        "1.2.840.10008.1.2.4.93",
-        "1.2.840.10008.1.2.4.201",
-        "1.2.840.10008.1.2.4.202",
-        "1.2.840.10008.1.2.4.203",
-    }
-)
-
-
 def unused_bits(
-    syntax: str | None, bits_stored: object, pixel_representation: object, dtype: np.dtype
+    bits_stored: object, pixel_representation: object, dtype: np.dtype
 ) -> tuple[int, bool] | None:
-    """(Bits Stored, signed) when a DICOM reader corrects the bits above Bits Stored of
-    frames of `dtype` from a source of transfer syntax `syntax`, else None (none to correct:
-    Bits Stored fills the integers, floating values, `AS_DECODED_SYNTAXES`)."""
-    if dtype.kind not in "iu" or not isinstance(bits_stored, int) or syntax in AS_DECODED_SYNTAXES:
+    """(Bits Stored, signed) of frames of `dtype` whose bits above Bits Stored a DICOM reader
+    corrects (pydicom's `pixel_array`: cleared, or set from a signed value's sign bit), else
+    None (Bits Stored fills the integers; floating values)."""
+    if dtype.kind not in "iu" or not isinstance(bits_stored, int):
         return None
     if not 0 < bits_stored < dtype.itemsize * 8:
         return None

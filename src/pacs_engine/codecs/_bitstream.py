@@ -80,6 +80,10 @@ class BitstreamCodec(FrameCodec):
     # by default (`default_color_conversion`); a decoder of native samples gives them as
     # they are, so its conversion is "none" unless the configuration says otherwise.
     converts_ybr: ClassVar[bool] = True
+    # Whether pydicom corrects the bits above Bits Stored of the decoded frames (all but
+    # JPEG-LS and JPEG 2000, whose signs it corrects instead: their decoders give the
+    # values the bitstream holds).
+    corrects_unused_bits: ClassVar[bool] = True
 
     transfer_syntax_uid: str
     photometric_interpretation: str
@@ -272,13 +276,9 @@ class BitstreamCodec(FrameCodec):
             arr = decoded.astype(self.pixel_dtype, copy=False)
             # What pydicom's pixel_array does with the bits above Bits Stored (a signed
             # JPEG Lossless frame's 12-bit two's complement: 3098 is -998).
-            bits = unused_bits(
-                self.transfer_syntax_uid,
-                self.bits_stored,
-                self.pixel_representation,
-                self.pixel_dtype,
-            )
-            arr = correct_unused_bits(arr, bits)
+            if self.corrects_unused_bits:
+                bits = unused_bits(self.bits_stored, self.pixel_representation, self.pixel_dtype)
+                arr = correct_unused_bits(arr, bits)
         else:
             arr = self._decode_pydicom(data, shape)
         if arr.size != int(np.prod(shape)):

@@ -152,9 +152,10 @@ def jpeg_scan_parameters(data: bytes) -> tuple[int, int, int]:
     """The three bytes that end a JPEG or JPEG-LS stream's first start-of-scan segment, or
     CodecError: lossless JPEG's predictor (Ss), Se and Ah/Al (Al: the point transform, 0
     when lossless); JPEG-LS's NEAR (0 when lossless), ILV and Ah/Al (point transform)."""
-    jpeg_frame_header(data)  # a JPEG stream with its frame header
+    framed = False  # a scan before any frame header is no JPEG stream
     for marker, i, length in _jpeg_segments(data):
-        if marker == 0xDA:  # SOS: Ls, Ns, Ns x (Cs, Tm), then the three bytes
+        framed = framed or marker in _SOF_MARKERS
+        if marker == 0xDA and framed:  # SOS: Ls, Ns, Ns x (Cs, Tm), then the three bytes
             components = data[i + 4] if i + 4 < len(data) else 0
             at = i + 5 + 2 * components
             if at + 3 <= min(len(data), i + 2 + length):

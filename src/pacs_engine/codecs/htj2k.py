@@ -100,6 +100,7 @@ class DicomHtj2kCoder(BitstreamCodec):
     # The two lossless-only syntaxes; 4.203 may be irreversible, whose rounding differs
     # between OpenJPH and pydicom's OpenJPEG, so it goes through pydicom.
     fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes[:2]
+    corrects_unused_bits: ClassVar[bool] = False  # pydicom corrects their sign only
     # A damaged codestream often decodes without any error in OpenJPH, to other pixels
     # than OpenJPEG (pydicom) gives, so the ingest checks both.
     cross_checked: ClassVar[bool] = True

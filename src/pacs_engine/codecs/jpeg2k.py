@@ -59,6 +59,7 @@ class DicomJpeg2kCoder(BitstreamCodec):
     # Lossless-only 4.90 is exact with imagecodecs; 4.91 may use the irreversible 9/7
     # wavelet, whose rounding is the decoder's, so it goes through pydicom's decoder.
     fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes[:1]
+    corrects_unused_bits: ClassVar[bool] = False  # pydicom corrects their sign only
 
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` is a JPEG 2000 codestream (or JP2 file)."""

@@ -184,6 +184,7 @@ class DicomJpegLsCoder(BitstreamCodec):
     )
     # JPEG-LS (also near-lossless) is integer-exact, so CharLS equals pydicom's decoder.
     fast_syntaxes: ClassVar[tuple[str, ...]] = transfer_syntaxes
+    corrects_unused_bits: ClassVar[bool] = False  # pydicom corrects their sign only
 
     def check_bitstream(self, data: bytes) -> None:
         """Raise CodecError unless `data` is a JPEG-LS stream."""

@@ -196,6 +196,19 @@ class Context:
     #: sequence item naming the same patient keeps `patient` (`item_patient`).
     named: tuple[str, str] = ("", "")
 
+    @classmethod
+    def of_patient(
+        cls,
+        key: Key,
+        options: tuple[str, ...],
+        kept_private: frozenset[tuple[str, int]],
+        rules: Rules,
+        values: tuple[object, ...],
+    ) -> Context:
+        """The context of a data set whose `PATIENT_TAGS` values are `values`."""
+        named = (str(values[0]).strip(), str(values[2]).strip())
+        return cls(key, options, kept_private, patient_of(*values), [], rules, named=named)
+
 
 #: The attributes `patient_of` reads, in its order.
 PATIENT_TAGS = (PATIENT_ID, ISSUER_OF_PATIENT_ID, PATIENT_NAME, PATIENT_BIRTH_DATE)

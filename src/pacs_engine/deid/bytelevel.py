@@ -62,7 +62,6 @@ from pacs_engine.deid.actions import (
     identifying_parts,
     item_patient,
     map_uids,
-    patient_of,
     pseudonym,
     scrub,
     shift,
@@ -303,16 +302,13 @@ class _Rewrite:
             check_charset(value)
             if value:
                 self.encodings = convert_encodings(value)
-        values = tuple(self._value(by_tag.get(t)) for t in PATIENT_TAGS)
         settings = self.settings
-        self.context = Context(
+        self.context = Context.of_patient(
             settings.key,
             settings.options,
             settings.kept_private,
-            patient_of(*values),
-            [],
             self.rules,
-            named=(str(values[0]).strip(), str(values[2]).strip()),
+            tuple(self._value(by_tag.get(t)) for t in PATIENT_TAGS),
         )
         out = bytearray()
         suffix_at = self._dataset(elements, dropped, out, 0, split)

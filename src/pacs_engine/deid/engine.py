@@ -60,7 +60,6 @@ from pacs_engine.deid.actions import (
     identifying_parts,
     item_patient,
     map_uids,
-    patient_of,
     pseudonym,
     scrub,
     shift,
@@ -306,15 +305,8 @@ class Deidentifier:
         if withheld is not None and self.burned_in == "leave-out":
             return new_sop, withheld, None
         check_charset(ds.get("SpecificCharacterSet", ""))
-        values = _patient_values(ds)
-        context = Context(
-            self.key,
-            self.options,
-            self.kept_private,
-            patient_of(*values),
-            [],
-            self.rules,
-            named=(str(values[0]).strip(), str(values[2]).strip()),
+        context = Context.of_patient(
+            self.key, self.options, self.kept_private, self.rules, _patient_values(ds)
         )
         _collect_identifying(ds, context, 0)
         _clean(ds, context, 0)

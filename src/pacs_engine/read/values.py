@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pacs_engine.codecs import PASS_THROUGH_BY_SYNTAX
 from pacs_engine.codecs._base import correct_unused_bits, unused_bits
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def array_unused_bits(pixels: PixelStore, path: str) -> tuple[int, bool] | None:
     dtype = pixels.spec(path).dtype
     attributes = pixels.meta(path).get("attributes") or {}
     source = attributes.get("source_transfer_syntax_uid") or attributes.get("transfer_syntax_uid")
-    return unused_bits(
-        source, attributes.get("bits_stored"), attributes.get("pixel_representation"), dtype
-    )
+    decoder = PASS_THROUGH_BY_SYNTAX.get(str(source))  # None: a native source
+    if decoder is not None and not decoder.corrects_unused_bits:
+        return None
+    return unused_bits(attributes.get("bits_stored"), attributes.get("pixel_representation"), dtype)

@@ -272,38 +272,38 @@ def _gap_tol(step: float) -> float:
     return max(GAP_ATOL, GAP_RTOL * abs(step))
 
 
-def _longest_regular_run(distances: np.ndarray) -> tuple[int, int]:
-    """[start, stop) of the longest run of slices with equal gaps (ties: the first)."""
-    n = len(distances)
-    if n <= 2:
-        return 0, n
-    gaps = np.diff(distances)
+def _longest_run(count: int, breaks: Callable[[int, int], bool]) -> tuple[int, int]:
+    """[start, stop) of the longest run of `count` slices that no step breaks (ties: the
+    first): `breaks(k, first)` says whether step k (slice k to k + 1) ends a run whose first
+    step is `first`."""
+    if count <= 2:
+        return 0, count
     best = (0, 2)
     start = 0
-    for stop in range(2, n):  # extend the run [start, stop] with gap stop-1
-        if abs(gaps[stop - 1] - gaps[start]) > _gap_tol(gaps[start]):
-            start = stop - 1
-        if stop + 1 - start > best[1] - best[0]:
-            best = (start, stop + 1)
+    for k in range(1, count - 1):  # extend the run with step k
+        if breaks(k, start):
+            start = k
+        if k + 2 - start > best[1] - best[0]:
+            best = (start, k + 2)
     return best
+
+
+def _longest_regular_run(distances: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the longest run of slices with equal gaps (ties: the first)."""
+    gaps = np.diff(distances)
+    return _longest_run(len(distances), lambda k, s: abs(gaps[k] - gaps[s]) > _gap_tol(gaps[s]))
 
 
 def _longest_straight_run(positions: np.ndarray) -> tuple[int, int]:
     """[start, stop) of the longest run of positions each the same step (vector) from the
     one before (ties: the first)."""
-    n = len(positions)
-    if n <= 2:
-        return 0, n
     steps = np.diff(positions, axis=0)
+    if not len(steps):
+        return 0, len(positions)
     tolerance = _gap_tol(float(np.median(np.linalg.norm(steps, axis=1))))
-    best = (0, 2)
-    start = 0
-    for k in range(1, len(steps)):  # extend the run with step k (positions k, k + 1)
-        if np.linalg.norm(steps[k] - steps[k - 1]) > tolerance:
-            start = k
-        if k + 2 - start > best[1] - best[0]:
-            best = (start, k + 2)
-    return best
+    return _longest_run(
+        len(positions), lambda k, _: bool(np.linalg.norm(steps[k] - steps[k - 1]) > tolerance)
+    )
 
 
 def plan_volume(rows: list[Row], subset: bool = False) -> Plan:
