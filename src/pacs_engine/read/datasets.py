@@ -25,6 +25,7 @@ import numpy as np
 from pacs_engine.index.matching import Condition, compile_query, level_of, matches
 from pacs_engine.index.query import check_query
 from pacs_engine.index.rows import Attributes, Row
+from pacs_engine.read.modality import modality_rows, needs_header
 from pacs_engine.read.shape import FrameShape
 from pacs_engine.read.values import read_values
 from pacs_engine.read.volume import (
@@ -69,6 +70,9 @@ _RESCALE_KEYS = (
     "PixelRepresentation",
 )
 _SERIES_CACHE = 64  # Series objects kept open per process (VolumeDataset)
+_MODALITY_CACHE = 4096  # instances whose rescale rows came from their header, per process
+#: The key of a rescale row that says its instance's modality transform is in its header.
+_FROM_HEADER = "from_header"
 #: The item keys `geometry=False` leaves out: each numeric key of an item is one more
 #: shared-memory tensor, and file-descriptor hand-over, per DataLoader batch.
 GEOMETRY_KEYS = ("spacing", "affine_lps", "affine_ras")
@@ -85,6 +89,21 @@ class _Handle:
 
         self.archive: Archive = open_archive(path)
         self.series: OrderedDict[str, Series] = OrderedDict()
+        self.modality: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+
+    def modality_rows(self, slim: dict[str, Any]) -> list[dict[str, Any]]:
+        """The instance's rescale rows per frame, from its header (cached)."""
+        uid = str(slim["SOPInstanceUID"])
+        rows = self.modality.pop(uid, None)
+        if rows is None:
+            row = self.archive.index.get(uid)
+            if row is None:
+                raise KeyError(f"{uid}: no longer in the archive")
+            rows = modality_rows(self.archive, row, slim)
+        self.modality[uid] = rows
+        while len(self.modality) > _MODALITY_CACHE:
+            self.modality.popitem(last=False)
+        return rows
 
     def series_of(self, uid: str) -> Series:
         """A cached `Series` (its rows are read once per process)."""
@@ -135,8 +154,16 @@ def _rows(archive: Archive, uid: str) -> list[Row]:
 
 
 def _slim(row: Row) -> dict[str, Any]:
-    """The attributes rescaling needs, and nothing else."""
-    return {k: row.get(k) for k in _RESCALE_KEYS}
+    """The attributes rescaling needs, and nothing else; whether its header has the rest."""
+    slim = {k: row.get(k) for k in _RESCALE_KEYS}
+    slim[_FROM_HEADER] = needs_header(row)
+    return slim
+
+
+def _rescale_row(path: str, slim: dict[str, Any], frame: int) -> dict[str, Any]:
+    """The rescale row of frame `frame` of an instance: its index row's, or its header's
+    (`modality.modality_rows`, read once per instance per process)."""
+    return _handle(path).modality_rows(slim)[frame] if slim[_FROM_HEADER] else slim
 
 
 def _archive_path(archive: Archive | str | os.PathLike[str]) -> str:
@@ -428,8 +455,9 @@ class FrameDataset(_FromQuery, _MapBase):
         """A decoded frame as item `entry`'s pixels: rescaled, cast and fitted as asked."""
         i = entry[3]
         if self.rescale or self.dtype is not None:
-            rows = [self.rescale_rows[i]]
-            pixels = convert(pixels[None], rows, self.rescale and pixels.ndim == 2, self.dtype)[0]
+            modality = self.rescale and pixels.ndim == 2
+            rows = [self._rescale_row(entry) if modality else self.rescale_rows[i]]
+            pixels = convert(pixels[None], rows, modality, self.dtype)[0]
         if self.shape is not None and self.reshape[i]:
             try:
                 pixels = self.shape.apply(pixels)
@@ -534,7 +562,12 @@ class FrameDataset(_FromQuery, _MapBase):
         if key not in scratch:
             scratch[key] = np.empty((1, *spec.frame_shape), spec.dtype)
         read_values(store, path, [frame], out=scratch[key])
-        convert_into(scratch[key], [self.rescale_rows[i]], modality, out[None])
+        rows = [self._rescale_row(entry) if modality else self.rescale_rows[i]]
+        convert_into(scratch[key], rows, modality, out[None])
+
+    def _rescale_row(self, entry: list[int]) -> dict[str, Any]:
+        """The rescale row of item `entry`'s frame."""
+        return _rescale_row(self.archive_path, self.rescale_rows[entry[3]], entry[4])
 
     def runs(self) -> list[tuple[int, int]]:
         """[start, stop) ranges of items that are consecutive frames of one shard of one array."""
@@ -948,6 +981,8 @@ class PatchDataset(_FromQuery, _MapBase):
         if frame < 0:
             z = window[0]
             rows = self.rescale_rows[s][z]
+            if self.rescale:  # single-frame instances: frame 0 of each
+                rows = [_rescale_row(self.archive_path, row, 0) for row in rows]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
             stack = read_stack(store, where, rows, plane)
             pixels = self._converted(stack, rows, self.rescale, out)
@@ -964,6 +999,8 @@ class PatchDataset(_FromQuery, _MapBase):
             else:
                 pixels = read_values(store, path, [f], plane)[0]
                 rows = [self.rescale_rows[s][frame]]
+                if modality:
+                    rows = [_rescale_row(self.archive_path, rows[0], self.frame_names[s][frame][1])]
                 one = None if out is None else out[None]
                 pixels = self._converted(pixels[None], rows, modality, one)[0]
             item["sop_instance_uid"], item["frame"] = self.frame_names[s][frame]

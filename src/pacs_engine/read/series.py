@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pacs_engine.index.rows import Row
+from pacs_engine.read.modality import modality_rows, needs_header
 from pacs_engine.read.values import read_values
 from pacs_engine.read.volume import (
     Volume,
@@ -69,6 +70,7 @@ class Series:
         if not self.rows:
             raise KeyError(f"{series_uid}: no such series in the archive")
         self._arrays: dict[str, Any] = {}
+        self._modality: dict[str, Mapping[str, Any]] = {}  # rescale rows read from headers
         self.frames = Frames(self)
 
     def __len__(self) -> int:
@@ -107,7 +109,10 @@ class Series:
         """
         plan = plan_volume(self.rows if rows is None else rows, subset=subset)
         array = self._read(plan.rows, default_threads() if threads is None else threads)
-        array = convert(array, plan.rows, rescale, dtype)
+        modality = rescale and array.ndim == 3
+        array = convert(
+            array, self._rescale_rows(plan.rows) if modality else plan.rows, rescale, dtype
+        )
         return Volume(
             array=array,
             spacing=plan.spacing,
@@ -118,6 +123,19 @@ class Series:
             sheared=plan.sheared,
             rescaled=rescale and array.ndim == 3,  # colour frames are not rescaled
         )
+
+    def _rescale_rows(self, rows: list[Row]) -> list[Mapping[str, Any]]:
+        """The rescale row of each single-frame row: itself, or from its header (read once)."""
+        out: list[Mapping[str, Any]] = []
+        for row in rows:
+            if needs_header(row):
+                uid = str(row["SOPInstanceUID"])
+                if uid not in self._modality:
+                    self._modality[uid] = modality_rows(self.archive, row, row)[0]
+                out.append(self._modality[uid])
+            else:
+                out.append(row)
+        return out
 
     def _read(self, rows: list[Row], threads: int) -> np.ndarray:
         """One frame per row, in the rows' order, decoded into one array."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import PixelRef, Row
+from pacs_engine.read.modality import through_luts
 
 if TYPE_CHECKING:
     from pacs_engine.archive.pixel_store import PixelStore
@@ -506,6 +507,7 @@ def convert(
     dtype rescales with `rescale_as`; an integer dtype must hold every value, else ValueError.
     """
     if modality and frames.ndim == 3:
+        frames, rows = through_luts(frames, rows)
         if dtype is not None and np.dtype(dtype).kind == "f":
             return rescale_as(frames, rows, dtype)
         if dtype is not None and np.dtype(dtype).kind in "iu":
@@ -543,7 +545,7 @@ def convert_into(
     (its range checks, its errors).
     """
     if modality and out.dtype.kind == "f" and frames.ndim == 3:
-        _rescale_into(frames, rows, out)
+        _rescale_into(*through_luts(frames, rows), out)
     elif not modality and (out.dtype.kind == "f" or out.dtype == frames.dtype):
         np.copyto(out, frames, casting="unsafe")  # what astype gives
     else:
