@@ -180,6 +180,44 @@ def test_last_committed_row_gives_record_attributes(index: Index) -> None:
     assert index.query("study", PatientID="A") == []
 
 
+def test_the_last_row_of_a_batch_gives_record_attributes_when_a_uid_repeats(index: Index) -> None:
+    """A batch repeating a SOP Instance UID: its last row is both the row kept and the last
+    row added (the records took the attributes of the batch's other row, B's)."""
+    first = make_row(1, 1, 0, Modality="MR", PatientID="A")
+    last = make_row(1, 1, 0, Modality="PT", PatientID="C")
+    index.commit([first, make_row(1, 1, 1, Modality="CT", PatientID="B"), last])
+    assert index.get(last["SOPInstanceUID"]) == last
+    assert index.series_record(f"{ROOT}.1.1")["Modality"] == "PT"
+    assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="C")] == [f"{ROOT}.1"]
+    assert index.query("study", PatientID="B") == []
+
+
+def test_a_removal_leaves_records_with_the_attributes_of_the_rows_left(index: Index) -> None:
+    """The row that gave the records their attributes is removed (a misfiled instance of
+    another patient): the records take those of a row left (they kept the removed row's, so
+    the study answered for the removed patient and not for its own)."""
+    index.commit([make_row(1, 1, i, Modality="MR", PatientID="A") for i in range(2)])
+    misfiled = make_row(1, 1, 2, Modality="CT", PatientID="B")
+    index.commit([misfiled])
+    assert index.study_record(f"{ROOT}.1")["PatientID"] == "B"
+    index.commit([], remove=[misfiled["SOPInstanceUID"]])
+    assert index.series_record(f"{ROOT}.1.1")["Modality"] == "MR"
+    assert index.study_record(f"{ROOT}.1")["ModalitiesInStudy"] == ["MR"]
+    assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="A")] == [f"{ROOT}.1"]
+    assert index.query("study", PatientID="B") == []
+    assert index.query("patient", PatientID="B") == []
+    # A row moved to another series and study: the series and study it left likewise.
+    index.commit([make_row(1, 2, 0, Modality="CT", PatientID="B")])
+    index.commit([make_row(1, 2, 1, Modality="SR", PatientID="D")])
+    moved = make_row(
+        1, 2, 1, PatientID="D", SeriesInstanceUID=f"{ROOT}.2.9", StudyInstanceUID=f"{ROOT}.2"
+    )
+    index.commit([moved])
+    assert index.series_record(f"{ROOT}.1.2")["Modality"] == "CT"
+    assert index.study_record(f"{ROOT}.1")["PatientID"] in ("A", "B")
+    assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="D")] == [f"{ROOT}.2"]
+
+
 def test_bad_batches_commit_nothing(index: Index) -> None:
     index.commit([make_row(1, 1, 0)])
     bad = {k: v for k, v in make_row(1, 1, 2).items() if k != "SeriesInstanceUID"}

@@ -61,7 +61,8 @@ class Index:
     A row is a JSON-serialisable dict keyed by DICOM keywords plus archive fields;
     SOPInstanceUID, SeriesInstanceUID and StudyInstanceUID are mandatory. Series
     and study records keep the series attributes and the patient/study attributes
-    of the rows (the last committed row wins where rows disagree) and counts.
+    of the rows (the last committed row wins where rows disagree; where the rows a commit
+    touches were only removed or moved away, a row left) and counts.
     Any number of processes may read while one writes; each call sees one
     committed state.
     """

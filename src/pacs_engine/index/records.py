@@ -117,6 +117,10 @@ class IndexWriter(View):
             for keyword in UID_KEYWORDS:
                 checked_uid(row, keyword)
             batch[row["SOPInstanceUID"].encode()] = (row, self.codec.dump(row))
+            # Records take their attributes from the last row added of each series and
+            # study (in the order given: a repeated SOP UID's last row is its last).
+            self.series_row[row["SeriesInstanceUID"]] = row
+            self.studies[row["StudyInstanceUID"]] = row
         txn, rows_db, series_rows_db = self.txn, self.dbs[b"rows"], self.dbs[b"series_rows"]
         for sop in (uid.encode() for uid in remove):
             old = txn.pop(sop, db=rows_db)
@@ -130,10 +134,6 @@ class IndexWriter(View):
                 self._unlink(self.codec.load(old, sop))
             txn.put(series_row_key(row), b"", db=series_rows_db)
             self.count_delta[row["SeriesInstanceUID"]] += 1
-        # Records take their attributes from the last row added of each series and study.
-        for row, _ in batch.values():
-            self.series_row[row["SeriesInstanceUID"]] = row
-            self.studies[row["StudyInstanceUID"]] = row
         for key, value in (journal or {}).items():
             if value is None:
                 txn.delete(key, db=self.dbs[b"journal"])
@@ -159,6 +159,9 @@ class IndexWriter(View):
         count = record.get("NumberOfSeriesRelatedInstances", 0) + self.count_delta[series]
         old_study = record.get("StudyInstanceUID")
         row = self.series_row.get(series)
+        if row is None and record and count > 0:
+            # Rows left or removed only: a row left gives the attributes, not the one gone.
+            row = next(self.iter_series_rows(series), None)
         if row is not None:
             record.update(_picked(row, SERIES_KEYWORDS))
             record["StudyInstanceUID"] = row["StudyInstanceUID"]
@@ -179,6 +182,10 @@ class IndexWriter(View):
         series = self.study_series(study)
         record: dict[str, Any] | None = None
         if series:
+            if row is None and old is not None:
+                # Rows left or removed only: a row left gives the attributes, not one gone.
+                first = min(series, key=series_order)["SeriesInstanceUID"]
+                row = next(self.iter_series_rows(first), None)
             record = dict(old or {})
             if row is not None:
                 record.update(_picked(row, STUDY_KEYWORDS))
