@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     MRImageStorage,
     SecondaryCaptureImageStorage,
     generate_uid,
@@ -24,6 +23,7 @@ from pacs_engine import Archive, open_archive
 from pacs_engine.read import Series
 from pacs_engine.read.datasets import FrameDataset, PatchDataset, VolumeDataset
 from tests.conftest import require_corpus
+from tests.test_read_values import SIZE, SLICES, _slice
 
 #: Enhanced images of the corpus: shared coefficients (intercept -1024), per-frame ones that
 #: differ between frames (two slopes, one intercept -500), per-frame ones of 1 and 0.
@@ -32,7 +32,6 @@ ENHANCED = (
     "dcm_qa_enh/Philips/IM_0027_fMAP.dcm",
     "dcm_qa_enh/Siemens/XA10/6_4.dcm",
 )
-SLICES, SIZE = 3, 16
 
 
 def _read(path: Path) -> Dataset:
@@ -104,21 +103,12 @@ def test_the_enhanced_ct_is_in_hounsfield_units(enhanced: dict[str, Path]) -> No
 def _lut_slice(
     series: str, study: str, k: int, values: np.ndarray, lut: np.ndarray, first: int, vr: str
 ) -> Dataset:
-    """One Secondary Capture slice of `values` with a Modality LUT Sequence (US or OW data)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientID, ds.PatientName, ds.Modality = "LUT-1", "Lut^Test", "OT"
-    ds.InstanceNumber = k + 1
-    ds.ImagePositionPatient = [0.0, 0.0, float(k)]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 1.0
-    ds.Rows = ds.Columns = SIZE
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    """One Secondary Capture slice of `values` (12 bits unsigned) with a Modality LUT
+    Sequence (US or OW data) and no Rescale Slope and Intercept."""
+    ds = _slice(series, study, k, values, signed=False)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.Modality = "OT"
+    del ds.RescaleSlope, ds.RescaleIntercept
     item = Dataset()
     item.LUTDescriptor = [len(lut), first, 16]
     item.ModalityLUTType = "OD"
@@ -127,7 +117,6 @@ def _lut_slice(
     else:
         item.add_new("LUTData", "US", [int(v) for v in lut])
     ds.ModalityLUTSequence = Sequence([item])
-    ds.PixelData = values.astype("<u2").tobytes()
     return ds
 
 
