@@ -46,7 +46,12 @@ Rows:
   time, on the same frames, the contract's fixed work: each file read whole, its SHA-256
   and its pixel data's BLAKE3, the frames encoded, written 64 files to a new file, synced:
   what any ingest keeping this archive's format does per file at the least; the row
-  prints its share of the ceiling, and the ingest's share of it.
+  prints its share of the ceiling, and the ingest's share of it. A third set, compressed
+  inputs (issue 18 asks the same of them; no target of its own): a `pacs-engine synth`
+  set in JPEG-LS lossless (PACS_ENGINE_BENCH_COMPRESSED_FILES files, default 1,000, in
+  PACS_ENGINE_BENCH_COMPRESSED_DIR), which ingest keeps as their bitstreams and decodes
+  once; its ceiling is that decode, its fixed work the same with each decoded frame's
+  BLAKE3 and the bitstreams written; no Orthanc row.
 - cold sources (issue 18, `test_cold_sources`): `ingest --workers 2` of the sustained set
   with its files evicted from the page cache (posix_fadvise DONTNEED), against the same
   with them read beforehand, alternating, PACS_ENGINE_BENCH_COLD_ROUNDS rounds: a
@@ -605,6 +610,17 @@ SUSTAINED_DIR = Path(
     )
 )
 SHARE_TARGETS = {"corpus": 0.65, "sustained": 0.8}  # with 2 workers
+#: The compressed set (issue 18's "the same for compressed inputs"; no target of its own):
+#: `pacs-engine synth` files in JPEG-LS lossless, which ingest keeps as their bitstreams
+#: and decodes once, to prove they decode and to hash their pixels.
+COMPRESSED_FILES = int(os.environ.get("PACS_ENGINE_BENCH_COMPRESSED_FILES", "1000"))
+COMPRESSED_DIR = Path(
+    os.environ.get(
+        "PACS_ENGINE_BENCH_COMPRESSED_DIR",
+        Path(tempfile.gettempdir()) / f"pacs-bench-compressed-{COMPRESSED_FILES}",
+    )
+)
+COMPRESSED_SYNTAXES = {"1.2.840.10008.1.2.4.80"}  # JPEG-LS lossless
 TARGET_VS_ORTHANC_18 = 3.0
 CEILING_BARRIER_S = 600.0  # bound on the wait for the other ceiling processes
 #: Pixel bytes a ceiling process decodes before encoding them: its memory stays bounded on
@@ -644,11 +660,11 @@ class Share:
 SHARES: dict[str, Share] = {}
 
 
-def uncompressed_set(paths: list[str], label: str) -> IngestSet:
-    """The files of `paths` the scanner reads in an uncompressed transfer syntax."""
+def uncompressed_set(paths: list[str], label: str, syntaxes: set[str] = UNCOMPRESSED) -> IngestSet:
+    """The files of `paths` the scanner reads in one of `syntaxes` (default: uncompressed)."""
     kept, raw, sops, contexts = [], {}, {}, set()
     for path, header in zip(paths, scan_many(paths), strict=True):
-        if isinstance(header, ScanError) or header.transfer_syntax_uid not in UNCOMPRESSED:
+        if isinstance(header, ScanError) or header.transfer_syntax_uid not in syntaxes:
             continue
         if not header.get("SOPInstanceUID") or header.pixel is None:
             continue
@@ -660,18 +676,21 @@ def uncompressed_set(paths: list[str], label: str) -> IngestSet:
     return IngestSet(label, None, kept, file_bytes, raw, sops, contexts, len(paths) - len(kept))
 
 
-def sustained_paths() -> list[str]:
-    """The sustained set's files, written by `pacs-engine synth` unless already there."""
-    studies = max(1, SUSTAINED_FILES // (2 * SUSTAINED_SLICES))
+def sustained_paths(
+    folder: Path = SUSTAINED_DIR, files: int = SUSTAINED_FILES, syntaxes: str = "explicit,implicit"
+) -> list[str]:
+    """A synth set's files (default: the sustained set), written by `pacs-engine synth`
+    unless already there."""
+    studies = max(1, files // (2 * SUSTAINED_SLICES))
     expected = studies * 2 * SUSTAINED_SLICES
-    found = sorted(str(p) for p in SUSTAINED_DIR.rglob("*.dcm"))
+    found = sorted(str(p) for p in folder.rglob("*.dcm"))
     if len(found) != expected:
-        shutil.rmtree(SUSTAINED_DIR, ignore_errors=True)
-        cmd = [str(PACS_ENGINE), "synth", str(SUSTAINED_DIR), "--studies", str(studies)]
+        shutil.rmtree(folder, ignore_errors=True)
+        cmd = [str(PACS_ENGINE), "synth", str(folder), "--studies", str(studies)]
         cmd += ["--series-per-study", "2", "--slices", str(SUSTAINED_SLICES)]
-        cmd += ["--syntaxes", "explicit,implicit", "--modalities", "CT,MR", "--no-progress"]
+        cmd += ["--syntaxes", syntaxes, "--modalities", "CT,MR", "--no-progress"]
         subprocess.run(cmd, check=True, capture_output=True, timeout=7200)
-        found = sorted(str(p) for p in SUSTAINED_DIR.rglob("*.dcm"))
+        found = sorted(str(p) for p in folder.rglob("*.dcm"))
     return found
 
 
@@ -686,33 +705,48 @@ def _wait_for_peers(folder: str, index: int, cores: int) -> None:
 
 
 def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict[str, Any]:
-    """One core's share of the ceiling: decode its files (untimed), pick a codec per array
-    as ingest does (on the first frame of each series and geometry, untimed), then, once
-    every process is ready, encode each frame once with it (timed: wall and CPU). Frames
-    are decoded and encoded CEILING_CHUNK_BYTES at a time.
+    """One core's share of the ceiling: decode its native files (untimed), pick a codec per
+    array as ingest does (on the first frame of each series and geometry, untimed), then,
+    once every process is ready, encode each frame once with it (timed: wall and CPU). A
+    compressed file is kept as its bitstreams, which the contract decodes once (to prove
+    they decode and to hash their pixels): that decode is its timed work. Frames are done
+    CEILING_CHUNK_BYTES at a time.
 
     Each chunk is then done again as the contract's fixed work (timed apart, "fixed_*"):
-    each file read whole, its SHA-256 and its pixel data's BLAKE3 computed, its frames
-    encoded, and the encoded bytes written to a new file per SHARD_FILES files, synced,
-    the folder synced at the end: what any ingest keeping this format must do per file,
-    with no other work."""
+    each file read whole, its SHA-256 computed, its pixels' BLAKE3 (of the pixel data, or
+    of each decoded frame of a bitstream), its frames encoded (or its bitstreams decoded),
+    and the stored bytes written to a new file per SHARD_FILES files, synced, the folder
+    synced at the end: what any ingest keeping this format must do per file, with no other
+    work."""
     import hashlib
 
     import numpy as np
     import pydicom
     from blake3 import blake3
+    from pydicom.encaps import generate_frames
 
-    from pacs_engine.codecs import choose_codec
+    from pacs_engine.codecs import choose_codec, pass_through_codec
     from pacs_engine.scanning import scan
 
     codecs: dict[tuple[str, tuple[int, ...], str], Any] = {}
     totals = {"seconds": 0.0, "cpu": 0.0, "raw": 0, "stored": 0, "fixed_seconds": 0.0}
     totals["fixed_cpu"] = 0.0
-    frames: list[tuple[Any, Any]] = []
+    # Per frame: (codec, native frame) to encode, or (decoder, bitstream, shape) to decode.
+    frames: list[tuple[Any, ...]] = []
     files: list[tuple[str, int, int, int]] = []  # path, pixel value offset and length, frames
     shards = Path(folder, f"shards-{index}")
     shards.mkdir()
     names = itertools.count()
+
+    def stored(item: tuple[Any, ...], hashed: bool) -> bytes:
+        """The frame as stored: encoded, or its bitstream once decoded (its pixels hashed)."""
+        if len(item) == 2:
+            return item[0].encode_frame(item[1])
+        decoder, stream, shape = item
+        decoded = decoder.decode_checked(stream, shape, decoder.pixel_dtype)
+        if hashed:
+            blake3(decoded.reshape(-1).view(np.uint8)).digest()
+        return stream
 
     def fixed_work() -> None:
         started, cpu = time.perf_counter(), time.process_time()
@@ -726,9 +760,9 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
                 finally:
                     os.close(fd)
                 hashlib.sha256(data).digest()
-                blake3(memoryview(data)[offset : offset + length]).digest()
-                for codec, pixels in frames[frame : frame + count]:
-                    encoded.append(codec.encode_frame(pixels))
+                if len(frames[frame]) == 2:  # native: the pixel data is the frames
+                    blake3(memoryview(data)[offset : offset + length]).digest()
+                encoded += [stored(item, True) for item in frames[frame : frame + count]]
                 frame += count
             shard = os.open(shards / str(next(names)), os.O_WRONLY | os.O_CREAT)
             try:
@@ -743,33 +777,53 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
         if not totals["raw"]:  # the first chunk: start with the other processes
             _wait_for_peers(folder, index, cores)
         started, cpu = time.perf_counter(), time.process_time()
-        totals["stored"] += sum(len(codec.encode_frame(frame)) for codec, frame in frames)
+        totals["stored"] += sum(len(stored(item, False)) for item in frames)
         totals["seconds"] += time.perf_counter() - started
         totals["cpu"] += time.process_time() - cpu
-        totals["raw"] += sum(f.nbytes for _, f in frames)
+        totals["raw"] += raw_bytes
         fixed_work()
         frames.clear()
         files.clear()
 
-    pending = 0
+    pending = raw_bytes = 0
     for path in paths:
+        pixel = scan(path).pixel
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path)
-            pixels = ds.pixel_array
-        stack = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
-        pixel = scan(path).pixel
-        files.append((path, pixel.value_offset, pixel.value_length, len(stack)))
-        for frame in stack:
-            frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
-            key = (str(ds.SeriesInstanceUID), frame.shape, frame.dtype.str)
-            if key not in codecs:
-                codecs[key] = choose_codec(frame)
-            frames.append((codecs[key], frame))
-            pending += frame.nbytes
+            count = int(ds.get("NumberOfFrames", 1) or 1)
+            if pixel.encapsulated:
+                samples = int(ds.SamplesPerPixel)
+                decoder = pass_through_codec(
+                    str(ds.file_meta.TransferSyntaxUID),
+                    photometric_interpretation=str(ds.PhotometricInterpretation),
+                    bits_allocated=int(ds.BitsAllocated),
+                    bits_stored=int(ds.BitsStored),
+                    pixel_representation=int(ds.PixelRepresentation),
+                    samples_per_pixel=samples,
+                    planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
+                )
+                shape = (int(ds.Rows), int(ds.Columns), samples)[: 2 if samples == 1 else 3]
+                streams = list(generate_frames(ds.PixelData, number_of_frames=count))
+                frames += [(decoder, stream, shape) for stream in streams]
+                size = int(np.prod(shape)) * decoder.pixel_dtype.itemsize * len(streams)
+            else:
+                pixels = ds.pixel_array
+                stack = pixels if count > 1 else pixels[None]
+                size = 0
+                for frame in stack:
+                    frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
+                    key = (str(ds.SeriesInstanceUID), frame.shape, frame.dtype.str)
+                    if key not in codecs:
+                        codecs[key] = choose_codec(frame)
+                    frames.append((codecs[key], frame))
+                    size += frame.nbytes
+        files.append((path, pixel.value_offset, pixel.value_length, count))
+        pending += size
+        raw_bytes += size
         if pending >= CEILING_CHUNK_BYTES:
             encode()
-            pending = 0
+            pending = raw_bytes = 0
     if frames or not totals["raw"]:
         encode()
     started = time.perf_counter()
@@ -992,19 +1046,26 @@ def orthanc_share_row(fs: IngestSet) -> Measured:
     return peer
 
 
-@pytest.mark.parametrize("which", ["corpus", "sustained"])
+@pytest.mark.parametrize("which", ["corpus", "sustained", "compressed"])
 def test_share_of_ceiling(which: str, scratch: Path) -> None:
     """Issue 18: ingest MB/s (wall, start-up included) / the codec ceiling on as many cores,
-    with 1 and 2 workers, and Orthanc with JPEG-LS ingest transcoding, in one run."""
+    with 1 and 2 workers, and Orthanc with JPEG-LS ingest transcoding, in one run. On the
+    compressed set (JPEG-LS inputs, kept as their bitstreams) the ceiling is their decode,
+    and no Orthanc row (its JPEG-LS ingest transcoding has nothing to transcode there)."""
     if which == "corpus":
         fs = uncompressed_set(
             corpus_inputs({"CT", "MR"}, lossless=True), "corpus CT/MR, uncompressed"
         )
         sources = fs.paths
-    else:
+    elif which == "sustained":
         paths = sustained_paths()
         fs = uncompressed_set(paths, f"pacs-engine synth, {len(paths)} files")
         sources = [str(SUSTAINED_DIR)]
+    else:
+        paths = sustained_paths(COMPRESSED_DIR, COMPRESSED_FILES, "jpegls")
+        label = f"pacs-engine synth, {len(paths)} files, JPEG-LS lossless (kept, decoded once)"
+        fs = uncompressed_set(paths, label, COMPRESSED_SYNTAXES)
+        sources = [str(COMPRESSED_DIR)]
     share = SHARES[which] = Share(fs.label, len(fs), fs.total_raw)
     for workers in (1, 2):
         read_whole(fs.paths)
@@ -1012,8 +1073,11 @@ def test_share_of_ceiling(which: str, scratch: Path) -> None:
         share.ingest[workers] = _ingest_wall(fs, workers, scratch, sources)
         share.loads.append(os.getloadavg()[0])
         share.ceiling[workers], share.fixed[workers] = parallel_ceiling(fs, workers, scratch)
-    share.codecs = dcmtk_against_archive_codec(fs.paths, scratch)
-    if orthanc_mod.installed():
+    if which == "compressed":
+        share.codecs = "the ceiling is the archive's decode of the kept bitstreams"
+    else:
+        share.codecs = dcmtk_against_archive_codec(fs.paths, scratch)
+    if orthanc_mod.installed() and which != "compressed":
         share.loads.append(os.getloadavg()[0])
         share.orthanc = orthanc_share_row(fs)
     share.loads.append(os.getloadavg()[0])
@@ -1023,7 +1087,7 @@ def share_lines() -> list[str]:
     """The issue 18 table: per set, ingest and ceiling MB/s, the share, Orthanc."""
     out = []
     for which, share in SHARES.items():
-        target = SHARE_TARGETS[which]
+        target = SHARE_TARGETS.get(which)
         loads = ", ".join(f"{load:.1f}" for load in share.loads)
         out.append(
             f"{which}: {share.label}: {share.files} files, {share.raw_bytes / 1e6:.1f} MB pixels"
@@ -1032,14 +1096,15 @@ def share_lines() -> list[str]:
         for workers, ours in share.ingest.items():
             ceiling = share.ceiling[workers]
             of = _quotient(ours.mb_per_s, ceiling.mb_per_s)
-            verdict = _check(of, target) if workers == 2 else "-"
+            verdict = _check(of, target) if workers == 2 and target is not None else "-"
             out.append(
                 f"  {workers} worker(s): ingest {_fmt(ours.mb_per_s, '.1f')} MB/s (wall"
                 f" {_fmt(ours.seconds, '.2f')} s, ratio {_fmt(ours.ratio, '.3f')} with the"
                 f" headers, {_fmt(ours.pixel_ratio, '.3f')} of the pixels folder alone), ceiling"
                 f" {_fmt(ceiling.mb_per_s, '.1f')} MB/s on {workers} core(s) (ratio"
                 f" {_fmt(ceiling.ratio, '.3f')} of the frames; {ceiling.note}):"
-                f" {_fmt(of, '.2f')} of it (target >= {target} with 2: {verdict})"
+                f" {_fmt(of, '.2f')} of it"
+                + (f" (target >= {target} with 2: {verdict})" if target is not None else "")
             )
             by_cpu = _quotient(ceiling.cpu_seconds, ours.cpu_seconds)
             out.append(
@@ -1048,7 +1113,8 @@ def share_lines() -> list[str]:
             )
             fixed = share.fixed[workers]
             out.append(
-                f"    the contract's fixed work alone (read, SHA-256, BLAKE3, encode, write, sync)"
+                "    the contract's fixed work alone (read, SHA-256, BLAKE3, encode or decode,"
+                " write, sync)"
                 f" on {workers} core(s): {_fmt(fixed.mb_per_s, '.1f')} MB/s,"
                 f" {_fmt(_quotient(fixed.mb_per_s, ceiling.mb_per_s), '.2f')} of the ceiling;"
                 f" the ingest {_fmt(_quotient(ours.mb_per_s, fixed.mb_per_s), '.2f')} of it"
