@@ -190,6 +190,14 @@ def test_the_last_row_of_a_batch_gives_record_attributes_when_a_uid_repeats(inde
     assert index.series_record(f"{ROOT}.1.1")["Modality"] == "PT"
     assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="C")] == [f"{ROOT}.1"]
     assert index.query("study", PatientID="B") == []
+    # A row the batch replaces gives no record anything: not its study's, had it another.
+    index.commit([make_row(2, 1, 0, PatientID="E")])
+    replaced = make_row(2, 1, 1, PatientID="Z")
+    kept = make_row(2, 1, 1, PatientID="F", SeriesInstanceUID=f"{ROOT}.3.1")
+    kept["StudyInstanceUID"] = f"{ROOT}.3"
+    index.commit([replaced, kept])
+    assert index.study_record(f"{ROOT}.2")["PatientID"] == "E"
+    assert index.query("study", PatientID="Z") == []
 
 
 def test_a_removal_leaves_records_with_the_attributes_of_the_rows_left(index: Index) -> None:
@@ -197,10 +205,11 @@ def test_a_removal_leaves_records_with_the_attributes_of_the_rows_left(index: In
     another patient): the records take those of a row left (they kept the removed row's, so
     the study answered for the removed patient and not for its own)."""
     index.commit([make_row(1, 1, i, Modality="MR", PatientID="A") for i in range(2)])
-    misfiled = make_row(1, 1, 2, Modality="CT", PatientID="B")
+    misfiled = make_row(1, 1, 2, Modality="CT", PatientID="B", StudyDescription="misfiled")
     index.commit([misfiled])
     assert index.study_record(f"{ROOT}.1")["PatientID"] == "B"
     index.commit([], remove=[misfiled["SOPInstanceUID"]])
+    assert "StudyDescription" not in index.study_record(f"{ROOT}.1")  # the misfiled row's only
     assert index.series_record(f"{ROOT}.1.1")["Modality"] == "MR"
     assert index.study_record(f"{ROOT}.1")["ModalitiesInStudy"] == ["MR"]
     assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="A")] == [f"{ROOT}.1"]
@@ -214,8 +223,27 @@ def test_a_removal_leaves_records_with_the_attributes_of_the_rows_left(index: In
     )
     index.commit([moved])
     assert index.series_record(f"{ROOT}.1.2")["Modality"] == "CT"
-    assert index.study_record(f"{ROOT}.1")["PatientID"] in ("A", "B")
+    assert index.study_record(f"{ROOT}.1")["PatientID"] == "A"  # its first series' first row
     assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="D")] == [f"{ROOT}.2"]
+
+
+def test_a_removal_from_a_series_of_two_studies_keeps_both_studies(index: Index) -> None:
+    """A series whose rows name two studies (archives ingested before such a series was a
+    conflict): removing one of its rows keeps it in the study its rows left are in (it moved
+    to the other, which got no record, and the first study's record went)."""
+    index.commit(
+        [make_row(1, 1, 0, PatientID="A")]
+        + [make_row(1, 1, i, PatientID="B", StudyInstanceUID=f"{ROOT}.2") for i in (1, 2)]
+    )
+    assert index.series_record(f"{ROOT}.1.1")["StudyInstanceUID"] == f"{ROOT}.2"
+    index.commit([], remove=[make_row(1, 1, 2)["SOPInstanceUID"]])
+    assert index.series_record(f"{ROOT}.1.1")["StudyInstanceUID"] == f"{ROOT}.2"
+    assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="B")] == [f"{ROOT}.2"]
+    # The last row of that study gone: the series goes to the study of the row left.
+    index.commit([], remove=[make_row(1, 1, 1)["SOPInstanceUID"]])
+    assert index.series_record(f"{ROOT}.1.1")["StudyInstanceUID"] == f"{ROOT}.1"
+    assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="A")] == [f"{ROOT}.1"]
+    assert index.study_record(f"{ROOT}.2") is None
 
 
 def test_bad_batches_commit_nothing(index: Index) -> None:

@@ -22,6 +22,7 @@ from pydicom.uid import (
 from pacs_engine import Archive, open_archive
 from pacs_engine.read import Series
 from pacs_engine.read.datasets import FrameDataset, PatchDataset, VolumeDataset
+from pacs_engine.read.modality import ModalityError
 from tests.conftest import require_corpus
 from tests.test_read_values import SIZE, SLICES, _slice
 
@@ -201,3 +202,43 @@ def test_rows_that_give_their_modality_transform_read_no_header(
         assert np.array_equal(
             item["pixels"], apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
         )
+
+
+def test_a_lut_of_32768_entries_or_more_in_an_implicit_vr_file_of_signed_pixels(
+    tmp_path: Path,
+) -> None:
+    """Its LUT Descriptor reads as SS there (pydicom corrects the ambiguous VR by the Pixel
+    Representation), so 40000 entries came out -25536 and the read failed in struct with no
+    instance named; the number of entries is always US. Each value v maps to entry v - first."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    rng = np.random.default_rng(1)
+    first, entries = -20000, 40000
+    lut = rng.integers(0, 1 << 16, entries).astype(np.uint16)
+    values = rng.integers(-2000, 2000, (SIZE, SIZE)).astype(np.int16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a negative first mapped value in a US descriptor
+        ds = _lut_slice(generate_uid(), generate_uid(), 0, values.view(np.uint16), lut, first, "US")
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "0.dcm", enforce_file_format=True)
+    assert _read(tmp_path / "0.dcm").ModalityLUTSequence[0].LUTDescriptor[0] < 0  # as read
+    with Archive.create(tmp_path / "archive") as archive:
+        archive.ingest([tmp_path / "0.dcm"], workers=0)
+    item = FrameDataset(tmp_path / "archive", rescale=True)[0]
+    assert np.array_equal(item["pixels"], lut[values.astype(np.int64) - first].astype(np.float32))
+
+
+def test_a_lut_that_cannot_be_applied_is_an_error_naming_the_instance(tmp_path: Path) -> None:
+    """A LUT Data shorter than its descriptor says (an IndexError inside pydicom's mapping)."""
+    ds = _lut_slice(
+        generate_uid(), generate_uid(), 0, np.zeros((SIZE, SIZE)), np.arange(9), 0, "US"
+    )
+    ds.ModalityLUTSequence[0].LUTDescriptor = [4096, 0, 16]
+    ds.save_as(tmp_path / "0.dcm", enforce_file_format=True)
+    with Archive.create(tmp_path / "archive") as archive:
+        archive.ingest([tmp_path / "0.dcm"], workers=0)
+    frames = FrameDataset(tmp_path / "archive", rescale=True)
+    with pytest.raises(ModalityError, match=rf"instance {ds.SOPInstanceUID}: its Modality LUT"):
+        frames[0]
+    assert np.array_equal(FrameDataset(tmp_path / "archive")[0]["pixels"], np.zeros((SIZE, SIZE)))

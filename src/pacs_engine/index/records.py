@@ -33,6 +33,15 @@ def _picked(row: Mapping[str, Any], keywords: tuple[str, ...]) -> dict[str, Any]
     return {k: row[k] for k in keywords if k in row}
 
 
+def _replaced(
+    record: Mapping[str, Any], row: Mapping[str, Any], keywords: tuple[str, ...]
+) -> dict[str, Any]:
+    """The record with the row's values of `keywords` in place of its own: those the row
+    lacks dropped, so that nothing of a removed row stays."""
+    kept = {k: v for k, v in record.items() if k not in keywords}
+    return {**kept, **_picked(row, keywords)}
+
+
 class View:
     """Reads within one transaction."""
 
@@ -116,11 +125,9 @@ class IndexWriter(View):
         for row in rows:
             for keyword in UID_KEYWORDS:
                 checked_uid(row, keyword)
-            batch[row["SOPInstanceUID"].encode()] = (row, self.codec.dump(row))
-            # Records take their attributes from the last row added of each series and
-            # study (in the order given: a repeated SOP UID's last row is its last).
-            self.series_row[row["SeriesInstanceUID"]] = row
-            self.studies[row["StudyInstanceUID"]] = row
+            sop = row["SOPInstanceUID"].encode()
+            batch.pop(sop, None)  # a repeated UID: its last row, at its last place in the order
+            batch[sop] = (row, self.codec.dump(row))
         txn, rows_db, series_rows_db = self.txn, self.dbs[b"rows"], self.dbs[b"series_rows"]
         for sop in (uid.encode() for uid in remove):
             old = txn.pop(sop, db=rows_db)
@@ -134,6 +141,10 @@ class IndexWriter(View):
                 self._unlink(self.codec.load(old, sop))
             txn.put(series_row_key(row), b"", db=series_rows_db)
             self.count_delta[row["SeriesInstanceUID"]] += 1
+        # Records take their attributes from the last row added of each series and study.
+        for row, _ in batch.values():
+            self.series_row[row["SeriesInstanceUID"]] = row
+            self.studies[row["StudyInstanceUID"]] = row
         for key, value in (journal or {}).items():
             if value is None:
                 txn.delete(key, db=self.dbs[b"journal"])
@@ -152,6 +163,15 @@ class IndexWriter(View):
         self.count_delta[old["SeriesInstanceUID"]] -= 1
         self.studies.setdefault(old["StudyInstanceUID"], None)
 
+    def _row_left(self, series: str, study: str | None) -> Row | None:
+        """The series' first row in `study`, else its first row (None: it has none)."""
+        first = None
+        for row in self.iter_series_rows(series):
+            if row["StudyInstanceUID"] == study:
+                return row
+            first = first or row
+        return first
+
     def _update_series(self, series: str) -> None:
         txn, series_db, links = self.txn, self.dbs[b"series"], self.dbs[b"study_series"]
         key = series.encode()
@@ -159,12 +179,17 @@ class IndexWriter(View):
         count = record.get("NumberOfSeriesRelatedInstances", 0) + self.count_delta[series]
         old_study = record.get("StudyInstanceUID")
         row = self.series_row.get(series)
-        if row is None and record and count > 0:
-            # Rows left or removed only: a row left gives the attributes, not the one gone.
-            row = next(self.iter_series_rows(series), None)
         if row is not None:
             record.update(_picked(row, SERIES_KEYWORDS))
             record["StudyInstanceUID"] = row["StudyInstanceUID"]
+        elif record and count > 0:
+            # Rows removed or moved away only: a row left gives the attributes, not one gone.
+            left = self._row_left(series, old_study)
+            if left is not None:
+                record = _replaced(record, left, SERIES_KEYWORDS)
+                record["StudyInstanceUID"] = left["StudyInstanceUID"]
+                if left["StudyInstanceUID"] != old_study:  # no row of it left in that study
+                    self.studies.setdefault(left["StudyInstanceUID"], None)
         if old_study is not None and (count <= 0 or old_study != record["StudyInstanceUID"]):
             txn.delete(old_study.encode() + SEP + key, db=links)
             self.studies.setdefault(old_study, None)
@@ -182,13 +207,16 @@ class IndexWriter(View):
         series = self.study_series(study)
         record: dict[str, Any] | None = None
         if series:
-            if row is None and old is not None:
-                # Rows left or removed only: a row left gives the attributes, not one gone.
-                first = min(series, key=series_order)["SeriesInstanceUID"]
-                row = next(self.iter_series_rows(first), None)
             record = dict(old or {})
             if row is not None:
                 record.update(_picked(row, STUDY_KEYWORDS))
+            else:
+                # Rows removed or moved away only: a row left gives the attributes, not one
+                # gone (a series of two studies may come to a study without a record).
+                first = min(series, key=series_order)["SeriesInstanceUID"]
+                left = self._row_left(first, study)
+                if left is not None:
+                    record = {**_replaced(record, left, STUDY_KEYWORDS), "StudyInstanceUID": study}
             modalities = {s.get("Modality") for s in series}
             record["ModalitiesInStudy"] = sorted(m for m in modalities if isinstance(m, str) and m)
             record["NumberOfStudyRelatedSeries"] = len(series)

@@ -25,7 +25,7 @@ import numpy as np
 from pacs_engine.index.matching import Condition, compile_query, level_of, matches
 from pacs_engine.index.query import check_query
 from pacs_engine.index.rows import Attributes, Row
-from pacs_engine.read.modality import modality_rows, needs_header
+from pacs_engine.read.modality import HeaderTransform, header_transform, needs_header
 from pacs_engine.read.shape import FrameShape
 from pacs_engine.read.values import read_values
 from pacs_engine.read.volume import (
@@ -70,7 +70,10 @@ _RESCALE_KEYS = (
     "PixelRepresentation",
 )
 _SERIES_CACHE = 64  # Series objects kept open per process (VolumeDataset)
-_MODALITY_CACHE = 4096  # instances whose rescale rows came from their header, per process
+#: Instances whose modality transform was read from their header, kept per process: about
+#: 100 bytes each (a transform shared by every frame, per-frame values held once per value),
+#: so a pass over a dataset reads each header once, up to this many instances.
+_MODALITY_CACHE = 1 << 20
 #: The key of a rescale row that says its instance's modality transform is in its header.
 _FROM_HEADER = "from_header"
 #: The item keys `geometry=False` leaves out: each numeric key of an item is one more
@@ -89,21 +92,20 @@ class _Handle:
 
         self.archive: Archive = open_archive(path)
         self.series: OrderedDict[str, Series] = OrderedDict()
-        self.modality: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.transforms: dict[str, HeaderTransform | None] = {}
 
-    def modality_rows(self, slim: dict[str, Any]) -> list[dict[str, Any]]:
-        """The instance's rescale rows per frame, from its header (cached)."""
-        uid = str(slim["SOPInstanceUID"])
-        rows = self.modality.pop(uid, None)
-        if rows is None:
-            row = self.archive.index.get(uid)
-            if row is None:
-                raise KeyError(f"{uid}: no longer in the archive")
-            rows = modality_rows(self.archive, row, slim)
-        self.modality[uid] = rows
-        while len(self.modality) > _MODALITY_CACHE:
-            self.modality.popitem(last=False)
-        return rows
+    def transform(self, uid: str) -> HeaderTransform | None:
+        """The instance's modality transform from its header, read once (None: none there)."""
+        if uid in self.transforms:
+            return self.transforms[uid]
+        row = self.archive.index.get(uid)
+        if row is None:
+            raise KeyError(f"{uid}: no longer in the archive")
+        found = header_transform(self.archive, row)
+        if len(self.transforms) >= _MODALITY_CACHE:
+            self.transforms.pop(next(iter(self.transforms)))  # the oldest
+        self.transforms[uid] = found
+        return found
 
     def series_of(self, uid: str) -> Series:
         """A cached `Series` (its rows are read once per process)."""
@@ -162,8 +164,11 @@ def _slim(row: Row) -> dict[str, Any]:
 
 def _rescale_row(path: str, slim: dict[str, Any], frame: int) -> dict[str, Any]:
     """The rescale row of frame `frame` of an instance: its index row's, or its header's
-    (`modality.modality_rows`, read once per instance per process)."""
-    return _handle(path).modality_rows(slim)[frame] if slim[_FROM_HEADER] else slim
+    (`modality.header_transform`, read once per instance per process)."""
+    if not slim[_FROM_HEADER]:
+        return slim
+    found = _handle(path).transform(str(slim["SOPInstanceUID"]))
+    return slim if found is None else found.row(slim, frame)
 
 
 def _archive_path(archive: Archive | str | os.PathLike[str]) -> str:
@@ -981,10 +986,10 @@ class PatchDataset(_FromQuery, _MapBase):
         if frame < 0:
             z = window[0]
             rows = self.rescale_rows[s][z]
-            if self.rescale:  # single-frame instances: frame 0 of each
-                rows = [_rescale_row(self.archive_path, row, 0) for row in rows]
             where = [(self.arrays[a], f) for a, f in self.where[s][z].tolist()]
             stack = read_stack(store, where, rows, plane)
+            if self.rescale and stack.ndim == 3:  # grey single-frame slices: frame 0 of each
+                rows = [_rescale_row(self.archive_path, row, 0) for row in rows]
             pixels = self._converted(stack, rows, self.rescale, out)
             meta, spacing, affine = self.extra[s][0]
             start = corner

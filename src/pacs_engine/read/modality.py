@@ -9,19 +9,24 @@ other places hold the modality transform, and only the header has them:
   stored values (an Enhanced CT 1024 off its HU);
 - a Modality LUT Sequence (PS3.3 C.11.1) maps stored values through a table instead.
 
-`needs_header` tells from the row alone whether to look (cheap: classic MR and every
-row with top-level coefficients never do); `modality_rows` reads the header once and
-gives one row per frame of the instance, with the frame's coefficients or its LUT, for
-`volume.convert` to apply (`through_luts`).
+`needs_header` tells from the row alone whether to look (classic MR and ultrasound,
+colour images and every row with top-level coefficients never do); `header_transform`
+reads the header once and gives the instance's transform, whose `row(base, frame)` is a
+frame's rescale row, with its coefficients or its LUT, for `volume.convert` to apply
+(`through_luts`). Like pydicom, top-level coefficients win over the header's: a file
+that has both (which PS3.3 does not allow) is rescaled by its top-level ones.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pacs_engine.errors import PacsEngineError
 from pacs_engine.index.rows import Row
 
 if TYPE_CHECKING:
@@ -41,43 +46,68 @@ _NO_MODALITY_TRANSFORM = frozenset(
 )
 
 
+class ModalityError(PacsEngineError, ValueError):
+    """An instance's modality transform that cannot be applied: names it and says why."""
+
+
 def has_coefficients(row: Mapping[str, Any]) -> bool:
     """Whether the row gives the top-level Rescale Slope and Intercept (pydicom needs both)."""
     return row.get("RescaleSlope") is not None and row.get("RescaleIntercept") is not None
 
 
 def needs_header(row: Mapping[str, Any]) -> bool:
-    """Whether the instance's modality transform may be in its header only: no top-level
-    coefficients, and a multi-frame instance or a class whose IOD may have a Modality LUT."""
-    if has_coefficients(row):
+    """Whether the instance's modality transform may be in its header only: a grey image
+    without top-level coefficients, of a class whose IOD may have one there."""
+    if has_coefficients(row) or int(row.get("SamplesPerPixel") or 1) != 1:
         return False
-    return "NumberOfFrames" in row or row.get("SOPClassUID") not in _NO_MODALITY_TRANSFORM
+    return row.get("SOPClassUID") not in _NO_MODALITY_TRANSFORM
 
 
-def modality_rows(archive: Archive, row: Row, base: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One rescale row per frame of the instance (`base` with the frame's Rescale Slope and
-    Intercept, or its Modality LUT), from its header; `base` itself per frame when the
-    header has neither. Raises ExportError naming the instance when its header cannot be read.
+@dataclass(frozen=True)
+class HeaderTransform:
+    """An instance's modality transform as its header gives it: Rescale Slope and Intercept
+    per frame (one pair for every frame when shared), or a Modality LUT."""
+
+    coefficients: tuple[tuple[float | None, float | None], ...] = ()
+    lut: tuple[int, np.ndarray] | None = None
+
+    def row(self, base: Mapping[str, Any], frame: int) -> dict[str, Any]:
+        """The rescale row of frame `frame`: `base` with the frame's transform."""
+        if self.lut is not None:
+            return {**base, LUT_KEY: self.lut}
+        pairs = self.coefficients
+        slope, intercept = pairs[frame if len(pairs) > 1 else 0]
+        return {**base, "RescaleSlope": slope, "RescaleIntercept": intercept}
+
+
+def header_transform(archive: Archive, row: Row) -> HeaderTransform | None:
+    """The modality transform in the instance's header, None when it has none there.
+
+    Raises ExportError (a header that cannot be read) or ModalityError (a Modality LUT that
+    cannot be applied), each naming the instance.
     """
-    pixels = row.get("pixels")
-    count = int(pixels["frames"]) if pixels else 1
     ds = archive.header_dataset(row)
     if ds.get("ModalityLUTSequence"):
-        lut = {LUT_KEY: _lut(ds)}
-        return [{**base, **lut} for _ in range(count)]
+        try:
+            return HeaderTransform(lut=_lut(ds))
+        except Exception as error:  # a malformed LUT can fail in any layer
+            raise ModalityError(
+                f"instance {row['SOPInstanceUID']}: its Modality LUT Sequence cannot be "
+                f"applied ({error!r})"
+            ) from None
     shared = _transformation(ds.get("SharedFunctionalGroupsSequence"), 0)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    rows = []
-    for f in range(count):
-        found = _transformation(per_frame, f) or shared
-        if found is None:
-            rows.append(dict(base))
-            continue
-        slope, intercept = found.get("RescaleSlope"), found.get("RescaleIntercept")
-        rows.append(
-            {**base, "RescaleSlope": _number(slope), "RescaleIntercept": _number(intercept)}
-        )
-    return rows
+    pixels = row.get("pixels")
+    count = int(pixels["frames"]) if pixels else 1
+    found = [_transformation(per_frame, f) or shared for f in range(count)]
+    if all(item is None for item in found):
+        return None
+    distinct: dict[tuple[float | None, float | None], tuple[float | None, float | None]] = {}
+    pairs = []
+    for item in found:
+        pair = (None, None) if item is None else _pair(item)
+        pairs.append(distinct.setdefault(pair, pair))  # one tuple per distinct pair held
+    return HeaderTransform(coefficients=tuple(pairs) if len(distinct) > 1 else tuple(pairs[:1]))
 
 
 def _transformation(groups: Any, frame: int) -> Any:
@@ -86,6 +116,12 @@ def _transformation(groups: Any, frame: int) -> Any:
         return None
     found = groups[frame].get("PixelValueTransformationSequence")
     return found[0] if found else None
+
+
+def _pair(item: Any) -> tuple[float | None, float | None]:
+    """(Rescale Slope, Rescale Intercept) of a Pixel Value Transformation item."""
+    slope, intercept = item.get("RescaleSlope"), item.get("RescaleIntercept")
+    return _number(slope), _number(intercept)
 
 
 def _number(value: Any) -> float | None:
@@ -98,8 +134,15 @@ def _lut(ds: Any) -> tuple[int, np.ndarray]:
     `apply_modality_lut` gives it (US or OW data, either byte order, 8 or 16 bits)."""
     from pydicom.pixels import apply_modality_lut
 
-    entries, first, _ = (int(v) for v in ds.ModalityLUTSequence[0].LUTDescriptor)
-    entries = entries or 2**16
+    item = ds.ModalityLUTSequence[0]
+    count, first, depth = (int(v) for v in item.LUTDescriptor)
+    # The number of entries is always US (PS3.3 C.11.1.1.1); an implicit VR file of signed
+    # pixels reads the descriptor as SS, so 32768 entries or more come out negative.
+    entries = (count & 0xFFFF) or 2**16
+    if count != entries:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom checks the value against SS
+            item.LUTDescriptor = [entries, first, depth]
     # Each stored value first .. first + entries - 1 maps to its own entry: the table.
     table = apply_modality_lut(np.arange(first, first + entries, dtype=np.int64), ds)
     return first, np.ascontiguousarray(table)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pacs_engine.index.rows import Row
-from pacs_engine.read.modality import modality_rows, needs_header
+from pacs_engine.read.modality import HeaderTransform, header_transform, needs_header
 from pacs_engine.read.values import read_values
 from pacs_engine.read.volume import (
     Volume,
@@ -70,7 +70,7 @@ class Series:
         if not self.rows:
             raise KeyError(f"{series_uid}: no such series in the archive")
         self._arrays: dict[str, Any] = {}
-        self._modality: dict[str, Mapping[str, Any]] = {}  # rescale rows read from headers
+        self._transforms: dict[str, HeaderTransform | None] = {}  # read from headers, by SOP UID
         self.frames = Frames(self)
 
     def __len__(self) -> int:
@@ -128,13 +128,11 @@ class Series:
         """The rescale row of each single-frame row: itself, or from its header (read once)."""
         out: list[Mapping[str, Any]] = []
         for row in rows:
-            if needs_header(row):
-                uid = str(row["SOPInstanceUID"])
-                if uid not in self._modality:
-                    self._modality[uid] = modality_rows(self.archive, row, row)[0]
-                out.append(self._modality[uid])
-            else:
-                out.append(row)
+            uid = str(row["SOPInstanceUID"])
+            if needs_header(row) and uid not in self._transforms:
+                self._transforms[uid] = header_transform(self.archive, row)
+            found = self._transforms.get(uid)
+            out.append(row if found is None else found.row(row, 0))
         return out
 
     def _read(self, rows: list[Row], threads: int) -> np.ndarray:
