@@ -559,6 +559,34 @@ def test_a_worker_whose_caller_ends_as_it_starts_prints_no_traceback() -> None:
             assert done.stderr == "", how
 
 
+def test_a_worker_whose_queue_semaphore_is_gone_prints_no_traceback() -> None:
+    """A Ctrl-C as a worker starts: the caller shuts its pool down, unlinking the queues'
+    semaphores, and the worker finds them gone as it unpickles its queues. The caller may
+    take longer than CALLER_GRACE_S to end (waiting for its other workers on a loaded
+    machine: seen once in CI, a FileNotFoundError traceback after the command's line)."""
+    code = (
+        "import io, os, multiprocessing, multiprocessing.context as context, "
+        "multiprocessing.forkserver as fs, multiprocessing.reduction as reduction, "
+        "multiprocessing.synchronize as synchronize, time; "
+        "from pacs_engine import forkserver; "
+        "forkserver.start_forkserver(); "
+        "lock = multiprocessing.get_context('forkserver').Lock(); "
+        "buffer = io.BytesIO(); context.set_spawning_popen(object()); "
+        "reduction.ForkingPickler(buffer).dump(lock); context.set_spawning_popen(None); "
+        "synchronize.SemLock._cleanup(lock._semlock.name); "  # the pool's shutdown
+        "status, data = fs._forkserver.connect_to_new_process([]); "
+        "print(fs.read_signed(status), flush=True); "
+        "os.write(data, buffer.getvalue()); os.close(data); "
+        "time.sleep(forkserver.CALLER_GRACE_S + 1.5); "  # the caller lingers
+        "os._exit(0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=LIMIT_S
+    )
+    assert done.returncode == 0 and int(done.stdout.split()[0]) > 0  # a worker was forked
+    assert done.stderr == ""
+
+
 def test_a_forkserver_that_died_restarts_with_its_preload_and_quiet_blas() -> None:
     """After a worker and the forkserver died, the restarted pool's workers still come from a
     forkserver that preloaded the caller's main module and started with QUIET_BLAS."""

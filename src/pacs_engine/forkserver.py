@@ -170,10 +170,28 @@ def _quiet_if_caller_ends(
     its pool forks the first worker) finds the caller's data cut short or its queues'
     semaphores gone (the caller's exit functions unlink them just before it ends), and
     multiprocessing printed that on the caller's stderr after the caller's own one-line
-    error. Nobody is left to start it for: it ends without a traceback.
+    error. Nobody is left to start it for: it ends without a traceback. A semaphore gone
+    says so at once, however long the caller then takes to end (a loaded machine's
+    Ctrl-C, whose caller waited for its other workers past the grace): the caller unlinks
+    them only as it shuts its pool down.
     """
-    if _caller is None or _outlives(_caller, CALLER_GRACE_S):
-        sys.__excepthook__(kind, value, traceback)
+    if _caller is not None and (
+        _semaphore_gone(kind, traceback) or not _outlives(_caller, CALLER_GRACE_S)
+    ):
+        return
+    sys.__excepthook__(kind, value, traceback)
+
+
+def _semaphore_gone(kind: type[BaseException], traceback: TracebackType | None) -> bool:
+    """Whether the error is a pool queue's semaphore that no longer exists, met as the
+    worker unpickles its queues (`SemLock.__setstate__`)."""
+    if not issubclass(kind, FileNotFoundError) or traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    code = traceback.tb_frame.f_code
+    where = os.path.join("multiprocessing", "synchronize.py")
+    return code.co_name == "__setstate__" and code.co_filename.endswith(where)
 
 
 def _outlives(pid: int, seconds: float) -> bool:
