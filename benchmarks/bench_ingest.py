@@ -785,7 +785,7 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
         frames.clear()
         files.clear()
 
-    pending = raw_bytes = 0
+    raw_bytes = 0  # of the frames not yet encoded
     for path in paths:
         pixel = scan(path).pixel
         with warnings.catch_warnings():
@@ -806,11 +806,12 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
                 shape = (int(ds.Rows), int(ds.Columns), samples)[: 2 if samples == 1 else 3]
                 streams = list(generate_frames(ds.PixelData, number_of_frames=count))
                 frames += [(decoder, stream, shape) for stream in streams]
-                size = int(np.prod(shape)) * decoder.pixel_dtype.itemsize * len(streams)
+                count = len(streams)  # the frames pydicom finds, whatever NumberOfFrames says
+                size = int(np.prod(shape)) * decoder.pixel_dtype.itemsize * count
             else:
                 pixels = ds.pixel_array
                 stack = pixels if count > 1 else pixels[None]
-                size = 0
+                count, size = len(stack), 0
                 for frame in stack:
                     frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
                     key = (str(ds.SeriesInstanceUID), frame.shape, frame.dtype.str)
@@ -819,11 +820,10 @@ def ceiling_share(paths: list[str], folder: str, index: int, cores: int) -> dict
                     frames.append((codecs[key], frame))
                     size += frame.nbytes
         files.append((path, pixel.value_offset, pixel.value_length, count))
-        pending += size
         raw_bytes += size
-        if pending >= CEILING_CHUNK_BYTES:
+        if raw_bytes >= CEILING_CHUNK_BYTES:
             encode()
-            pending = raw_bytes = 0
+            raw_bytes = 0
     if frames or not totals["raw"]:
         encode()
     started = time.perf_counter()

@@ -227,6 +227,27 @@ def test_a_removal_leaves_records_with_the_attributes_of_the_rows_left(index: In
     assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="D")] == [f"{ROOT}.2"]
 
 
+def test_a_row_an_earlier_piece_of_a_write_added_then_removed_gives_the_records_nothing(
+    index: Index,
+) -> None:
+    """`Index.writing` fed in pieces: a row one `add` wrote and a later one removed (or moved
+    to another study) gave the records its attributes (the study answered for its patient)."""
+    index.commit([make_row(1, 1, i, Modality="CT", PatientID="A") for i in range(2)])
+    x = make_row(1, 1, 2, Modality="PT", PatientID="Z")
+    with index.writing() as writer:
+        writer.add([x])
+        writer.add([], remove=[x["SOPInstanceUID"]])
+    assert index.series_record(f"{ROOT}.1.1")["Modality"] == "CT"
+    assert index.study_record(f"{ROOT}.1")["PatientID"] == "A"
+    assert index.query("study", PatientID="Z") == []
+    moved = {**x, "SeriesInstanceUID": f"{ROOT}.2.1", "StudyInstanceUID": f"{ROOT}.2"}
+    with index.writing() as writer:
+        writer.add([x])
+        writer.add([moved])
+    assert index.study_record(f"{ROOT}.1")["PatientID"] == "A"
+    assert [s["StudyInstanceUID"] for s in index.query("study", PatientID="Z")] == [f"{ROOT}.2"]
+
+
 def test_a_removal_from_a_series_of_two_studies_keeps_both_studies(index: Index) -> None:
     """A series whose rows name two studies (archives ingested before such a series was a
     conflict): removing one of its rows keeps it in the study its rows left are in (it moved

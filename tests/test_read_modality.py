@@ -21,7 +21,7 @@ from pydicom.uid import (
 
 from pacs_engine import Archive, open_archive
 from pacs_engine.read import Series
-from pacs_engine.read.datasets import FrameDataset, PatchDataset, VolumeDataset
+from pacs_engine.read.datasets import FrameDataset, PatchDataset, VolumeDataset, _handle
 from pacs_engine.read.modality import ModalityError
 from tests.conftest import require_corpus
 from tests.test_read_values import SIZE, SLICES, _slice
@@ -156,6 +156,10 @@ def test_a_modality_lut_maps_frames_volumes_and_patches_as_pydicom_does(
     batch = frames.__getitems__(list(range(len(frames))))
     got = {item["sop_instance_uid"]: item["pixels"] for item in batch}
     assert np.array_equal(np.stack([got[u] for u in uids]), expected.astype(np.float32))
+    # Read once per instance, the series' one table held once (not a copy per instance).
+    kept = _handle(frames.archive_path).transforms
+    assert sorted(kept) == sorted(uids)
+    assert len({id(kept[u].lut[1]) for u in uids}) == 1  # type: ignore[union-attr]
     assert np.array_equal(VolumeDataset(tmp_path / "archive")[0]["pixels"], expected)
     patches3 = PatchDataset(tmp_path / "archive", (SLICES, 8, 8), 3, rescale=True)
     patches2 = PatchDataset(tmp_path / "archive", (8, 8), 3, rescale=True)

@@ -52,6 +52,11 @@ _caller: int | None = None
 #: How long the forkserver, or a worker of it, that fails to start waits for its caller to
 #: end before it says why (a pool whose worker fails to start learns it that much later).
 CALLER_GRACE_S = 1.0
+#: The same for a worker that finds its pool's queue semaphore gone, which its caller
+#: unlinks as it shuts the pool down, and may take longer to end after (a Ctrl-C on a
+#: loaded machine, waiting for its other workers): still said, this much later, when the
+#: caller goes on (the semaphores removed by something else).
+SEMAPHORE_GRACE_S = 10.0
 #: How multiprocessing's command line for the forkserver's interpreter starts (3.11-3.13).
 _FORKSERVER_COMMAND = "from multiprocessing.forkserver import main;"
 #: Set in the environment while `start_forkserver` starts the forkserver (to the starting
@@ -170,14 +175,12 @@ def _quiet_if_caller_ends(
     its pool forks the first worker) finds the caller's data cut short or its queues'
     semaphores gone (the caller's exit functions unlink them just before it ends), and
     multiprocessing printed that on the caller's stderr after the caller's own one-line
-    error. Nobody is left to start it for: it ends without a traceback. A semaphore gone
-    says so at once, however long the caller then takes to end (a loaded machine's
-    Ctrl-C, whose caller waited for its other workers past the grace): the caller unlinks
-    them only as it shuts its pool down.
+    error. Nobody is left to start it for: it ends without a traceback. For a semaphore
+    gone the grace is SEMAPHORE_GRACE_S: the caller unlinks them as it shuts its pool down
+    and may take longer than CALLER_GRACE_S to end then (CI saw one such traceback).
     """
-    if _caller is not None and (
-        _semaphore_gone(kind, traceback) or not _outlives(_caller, CALLER_GRACE_S)
-    ):
+    grace = SEMAPHORE_GRACE_S if _semaphore_gone(kind, traceback) else CALLER_GRACE_S
+    if _caller is not None and not _outlives(_caller, grace):
         return
     sys.__excepthook__(kind, value, traceback)
 

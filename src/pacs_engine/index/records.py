@@ -3,6 +3,7 @@ the by_<keyword> indexes kept up to date with the rows a write transaction adds 
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
@@ -26,6 +27,10 @@ def series_order(record: SeriesRecord) -> tuple[int, int, str]:
     if isinstance(number, int) and not isinstance(number, bool):
         return (0, number, record["SeriesInstanceUID"])
     return (1, 0, record["SeriesInstanceUID"])
+
+
+#: Rows `IndexWriter._row_left` reads at most to find one in a record's study.
+_ROWS_LEFT_READ = 1024
 
 
 def _picked(row: Mapping[str, Any], keywords: tuple[str, ...]) -> dict[str, Any]:
@@ -160,13 +165,25 @@ class IndexWriter(View):
 
     def _unlink(self, old: Row) -> None:
         self.txn.delete(series_row_key(old), db=self.dbs[b"series_rows"])
-        self.count_delta[old["SeriesInstanceUID"]] -= 1
-        self.studies.setdefault(old["StudyInstanceUID"], None)
+        series, study, sop = (
+            old["SeriesInstanceUID"],
+            old["StudyInstanceUID"],
+            old["SOPInstanceUID"],
+        )
+        self.count_delta[series] -= 1
+        # A row an earlier `add` of this transaction gave the records, gone now: not theirs.
+        if (given := self.series_row.get(series)) is not None and given["SOPInstanceUID"] == sop:
+            del self.series_row[series]
+        if (given := self.studies.get(study)) is not None and given["SOPInstanceUID"] == sop:
+            self.studies[study] = None
+        self.studies.setdefault(study, None)
 
     def _row_left(self, series: str, study: str | None) -> Row | None:
-        """The series' first row in `study`, else its first row (None: it has none)."""
+        """The series' first row in `study`, else its first row (None: it has none). Looks
+        at _ROWS_LEFT_READ rows at most: more only in a series of two studies (archives
+        made before such a series was a conflict), whose record may then move study."""
         first = None
-        for row in self.iter_series_rows(series):
+        for row in itertools.islice(self.iter_series_rows(series), _ROWS_LEFT_READ):
             if row["StudyInstanceUID"] == study:
                 return row
             first = first or row

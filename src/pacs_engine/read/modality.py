@@ -19,6 +19,7 @@ that has both (which PS3.3 does not allow) is rescaled by its top-level ones.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 #: The key of a frame's Modality LUT in a rescale row: (first mapped value, table).
 LUT_KEY = "ModalityLUT"
+#: Modality LUT tables read in this process, by (first mapped value, dtype, digest): one
+#: array per distinct table, however many instances hold it.
+_TABLES: dict[tuple[int, str, bytes], np.ndarray] = {}
 
 #: SOP classes whose IOD has no Modality LUT Module and no functional groups: their
 #: modality values are their stored values, read from the header or not.
@@ -63,7 +67,7 @@ def needs_header(row: Mapping[str, Any]) -> bool:
     return row.get("SOPClassUID") not in _NO_MODALITY_TRANSFORM
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # it holds an array: identity, not value, equality
 class HeaderTransform:
     """An instance's modality transform as its header gives it: Rescale Slope and Intercept
     per frame (one pair for every frame when shared), or a Modality LUT."""
@@ -95,6 +99,17 @@ def header_transform(archive: Archive, row: Row) -> HeaderTransform | None:
                 f"instance {row['SOPInstanceUID']}: its Modality LUT Sequence cannot be "
                 f"applied ({error!r})"
             ) from None
+    try:
+        return _functional_groups(ds, row)
+    except (TypeError, ValueError) as error:  # a DS that is no number, several values
+        raise ModalityError(
+            f"instance {row['SOPInstanceUID']}: its functional groups' Rescale Slope and "
+            f"Intercept cannot be read ({error})"
+        ) from None
+
+
+def _functional_groups(ds: Any, row: Row) -> HeaderTransform | None:
+    """The per-frame (else shared) Pixel Value Transformation of each frame, None without."""
     shared = _transformation(ds.get("SharedFunctionalGroupsSequence"), 0)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     pixels = row.get("pixels")
@@ -144,8 +159,12 @@ def _lut(ds: Any) -> tuple[int, np.ndarray]:
             warnings.simplefilter("ignore")  # pydicom checks the value against SS
             item.LUTDescriptor = [entries, first, depth]
     # Each stored value first .. first + entries - 1 maps to its own entry: the table.
-    table = apply_modality_lut(np.arange(first, first + entries, dtype=np.int64), ds)
-    return first, np.ascontiguousarray(table)
+    table = np.ascontiguousarray(
+        apply_modality_lut(np.arange(first, first + entries, dtype=np.int64), ds)
+    )
+    # The instances of a series usually hold one table: kept once per process, not each.
+    key = (first, table.dtype.str, hashlib.blake2b(table.tobytes()).digest())
+    return first, _TABLES.setdefault(key, table)
 
 
 def through_luts(
