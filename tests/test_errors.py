@@ -33,6 +33,7 @@ from pacs_engine.ingest.inputs import InputError, InputTooLarge, _NotRegular
 from pacs_engine.ingest.run import IngestStopped, PartFailed
 from pacs_engine.ingest.session import StaleSession
 from pacs_engine.read import VolumeError
+from pacs_engine.read.modality import ModalityError
 from pacs_engine.serve.config import ConfigError
 from pacs_engine.serve.find import QueryRefused
 from pacs_engine.serve.migrate import MigrationError
@@ -61,6 +62,7 @@ EXAMPLES: dict[type[BaseException], tuple[BaseException, tuple[type[BaseExceptio
     PartFailed: (PartFailed(_PART, ValueError("bad frame")), (RuntimeError,)),
     StaleSession: (StaleSession("replaced"), (RuntimeError,)),
     VolumeError: (VolumeError("gap", ["1.2.3.4", "1.2.3.5"]), (ValueError,)),
+    ModalityError: (ModalityError("instance 1.2.3: its Modality LUT ..."), (ValueError,)),
     DamagedIndexError: (DamagedIndexError("index.lmdb: page 3"), (RuntimeError,)),
     LayoutError: (LayoutError("Rows is 'x'"), (ValueError,)),
     ArrayMetadataError: (ArrayMetadataError("zarr.json: not JSON"), (ValueError,)),
