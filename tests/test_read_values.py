@@ -173,3 +173,36 @@ def test_a_pad_value_the_frames_cannot_hold_is_an_error_naming_the_instance(
         tmp_path / "archive", shape=(SIZE + 4, SIZE + 4), on_mismatch="pad", pad_value=9
     )
     assert fitting[0]["pixels"][0, 0] == 9 and fitting[0]["pixels"][2, 2] == 7
+
+
+def test_a_frame_that_cannot_be_read_is_an_error_naming_its_instance(tmp_path: Path) -> None:
+    """A shard cut short: every reader's error names the instance (and the frame) whose
+    frames it could not read, not only the array and its frame number."""
+    from pacs_engine.archive.pixel_store import ShardError
+
+    slices = [np.full((SIZE, SIZE), 100 + k, np.uint16) for k in range(SLICES)]
+    uids = _series_files(tmp_path / "grey", slices)
+    with Archive.create(tmp_path / "archive") as archive:
+        archive.ingest([tmp_path / "grey"], workers=0)
+        series_uid = archive.index.get(uids[0])["SeriesInstanceUID"]
+    shards = [p for p in (tmp_path / "archive" / "pixels").rglob("c/*/*/*") if p.is_file()]
+    assert len(shards) == 1
+    shards[0].write_bytes(shards[0].read_bytes()[:-40])  # its index cut
+    named = rf"instances? ({'|'.join(uids)})"
+    frames = FrameDataset(tmp_path / "archive")
+    with pytest.raises(ShardError, match=rf"{named} frame 0: "):
+        frames[0]
+    with pytest.raises(ShardError, match=named):
+        frames.__getitems__([0, 1])
+    with pytest.raises(ShardError, match=named):
+        next(iter(frames.iter_chunks()))
+    with pytest.raises(ShardError, match=rf"{named} frame 0: "):
+        PatchDataset(tmp_path / "archive", (8, 8), 1)[0]
+    with pytest.raises(ShardError, match=named):
+        PatchDataset(tmp_path / "archive", (SLICES, 8, 8), 1)[0]
+    with open_archive(tmp_path / "archive") as archive:
+        series = Series(archive, series_uid)
+        with pytest.raises(ShardError, match=named):
+            series.frames[0]
+        with pytest.raises(ShardError, match=named):
+            series.volume()

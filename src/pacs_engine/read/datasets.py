@@ -17,7 +17,7 @@ import importlib.util
 import inspect
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -497,8 +497,19 @@ class FrameDataset(_FromQuery, _MapBase):
         """One frame and where it comes from."""
         entry = self.table[_check_index(index, len(self))].tolist()
         path, frame = self.arrays[entry[1]], entry[2]
-        pixels = read_values(_handle(self.archive_path).archive.pixels, path, [frame])[0]
+        store = _handle(self.archive_path).archive.pixels
+        pixels = read_values(store, path, [frame], names=self._names([entry]))[0]
         return self._item(entry, self._pixels(entry, pixels))
+
+    def _names(self, entries: list[list[int]]) -> Callable[[], str]:
+        """What names the frames of `entries` in a read error: their instances and frames."""
+
+        def names() -> str:
+            shown = [f"{self.instances[e[3]]} frame {e[4]}" for e in entries[:3]]
+            more = ", ..." if len(entries) > 3 else ""
+            return f"instance{'s' if len(entries) > 1 else ''} {', '.join(shown)}{more}"
+
+        return names
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """`[self[i] for i in indices]`, decoded into one block (DataLoader batches).
@@ -554,19 +565,20 @@ class FrameDataset(_FromQuery, _MapBase):
         """Item `entry`'s pixels written into `out` (of their dtype and shape)."""
         _, a, frame, i, _ = entry
         path = self.arrays[a]
+        names = self._names([entry])
         if self.shape is not None and self.reshape[i]:  # fitted: as `__getitem__` does
-            out[...] = self._pixels(entry, read_values(store, path, [frame])[0])
+            out[...] = self._pixels(entry, read_values(store, path, [frame], names=names)[0])
             return
         spec = store.spec(path)
         modality = self.rescale and out.ndim == 2
         if out.dtype == spec.dtype and not modality:
-            read_values(store, path, [frame], out=out[None])
+            read_values(store, path, [frame], out=out[None], names=names)
             return
         # Decoded frames of one dtype and shape share one scratch array: it never leaves here.
         key = (spec.dtype.str, spec.frame_shape)
         if key not in scratch:
             scratch[key] = np.empty((1, *spec.frame_shape), spec.dtype)
-        read_values(store, path, [frame], out=scratch[key])
+        read_values(store, path, [frame], out=scratch[key], names=names)
         rows = [self._rescale_row(entry) if modality else self.rescale_rows[i]]
         convert_into(scratch[key], rows, modality, out[None])
 
@@ -623,7 +635,8 @@ class FrameChunks(_IterableBase):
             entries = dataset.table[start:stop].tolist()
             lo, hi = entries[0][2], entries[-1][2] + 1
             path = dataset.arrays[entries[0][1]]
-            block = read_values(handle.archive.pixels, path, range(lo, hi))
+            names = dataset._names(entries)
+            block = read_values(handle.archive.pixels, path, range(lo, hi), names=names)
             for entry, pixels in zip(entries, block, strict=True):
                 yield dataset._item(entry, dataset._pixels(entry, pixels))
 
@@ -998,11 +1011,16 @@ class PatchDataset(_FromQuery, _MapBase):
             path = self.arrays[a]
             spec = store.spec(path)
             modality = self.rescale and len(spec.frame_shape) == 2  # grey frames only
+            uid, number = self.frame_names[s][frame]
+
+            def names() -> str:
+                return f"instance {uid} frame {number}"
+
             if out is not None and out.dtype == spec.dtype and not modality:
                 # What convert would give (a copy as stored): decoded straight into `out`.
-                pixels = read_values(store, path, [f], plane, out=out[None])[0]
+                pixels = read_values(store, path, [f], plane, out=out[None], names=names)[0]
             else:
-                pixels = read_values(store, path, [f], plane)[0]
+                pixels = read_values(store, path, [f], plane, names=names)[0]
                 rows = [self.rescale_rows[s][frame]]
                 if modality:
                     rows = [_rescale_row(self.archive_path, rows[0], self.frame_names[s][frame][1])]

@@ -44,8 +44,12 @@ class Frames:
             raise TypeError(f"frame index must be an integer, not {type(index).__name__}")
         if not -len(self._where) <= index < len(self._where):
             raise IndexError(f"frame {index} of a series of {len(self._where)} frames")
-        key, frame, _ = self._where[index]
-        return read_values(self._series.archive.pixels, key, [frame])[0]
+        key, frame, row = self._where[index]
+
+        def names() -> str:
+            return f"instance {self._series.rows[row]['SOPInstanceUID']}"
+
+        return read_values(self._series.archive.pixels, key, [frame], names=names)[0]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for k in range(len(self)):

@@ -11,13 +11,13 @@ values as the bitstream holds them. The read layer's frames go through `read_val
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pacs_engine.codecs import PASS_THROUGH_BY_SYNTAX
-from pacs_engine.codecs._base import correct_unused_bits, unused_bits
+from pacs_engine.codecs._base import CodecError, correct_unused_bits, unused_bits
 
 if TYPE_CHECKING:
     from pacs_engine.archive.pixel_store import PixelStore
@@ -30,11 +30,21 @@ def read_values(
     window: tuple[slice, slice] | None = None,
     threads: int = 1,
     out: np.ndarray | None = None,
+    names: Callable[[], str] | None = None,
 ) -> np.ndarray:
-    """`PixelStore.read_frames`, each value as a DICOM reader gives it (`correct_unused_bits`)."""
-    from pacs_engine.archive.pixel_store import FULL_FRAME
+    """`PixelStore.read_frames`, each value as a DICOM reader gives it (`correct_unused_bits`).
 
-    read = pixels.read_frames(path, frames, window or FULL_FRAME, threads, out=out)
+    `names` says which instances the frames are of, for the error a frame that cannot be
+    read raises (the store's names the array and frame only): called only then.
+    """
+    from pacs_engine.archive.pixel_store import FULL_FRAME, ShardError
+
+    try:
+        read = pixels.read_frames(path, frames, window or FULL_FRAME, threads, out=out)
+    except (CodecError, ShardError) as error:
+        if names is None:
+            raise
+        raise type(error)(f"{names()}: {error}") from error
     return correct_unused_bits(read, array_unused_bits(pixels, path))
 
 

@@ -143,11 +143,23 @@ def read_stack(
     for path, slots in by_array.items():
         frames = [where[k][1] for k in slots]
         start, stop = slots[0], slots[-1] + 1
+
+        def names(slots: list[int] = slots) -> str:
+            return _named([_uid(rows[k]) for k in slots])
+
         if stop - start == len(slots):
-            read_values(pixels, path, frames, window, threads, out=out[start:stop])
+            read_values(pixels, path, frames, window, threads, out=out[start:stop], names=names)
         else:  # interleaved with another array's frames: decoded, then copied into place
-            out[slots] = read_values(pixels, path, frames, window, threads)
+            out[slots] = read_values(pixels, path, frames, window, threads, names=names)
     return out
+
+
+def _named(uids: Sequence[str]) -> str:
+    """Instances for an error: "instance UID", or "instances UID, UID, ... (N)"."""
+    if len(uids) == 1:
+        return f"instance {uids[0]}"
+    shown = ", ".join(uids[:3]) + (", ..." if len(uids) > 3 else "")
+    return f"instances {shown} ({len(uids)})"
 
 
 def _order(row: Row) -> tuple:
@@ -600,11 +612,7 @@ def _at_fault(
     `wrong`, for an error: "instance UID", or "instances UID, UID, ... (N)"."""
     if len(rows) != len(frames):
         return f"instance {_uid(rows[0])}" if rows else "instance ?"
-    found = [_uid(row) for frame, row in zip(frames, rows, strict=True) if wrong(frame)]
-    if len(found) == 1:
-        return f"instance {found[0]}"
-    shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-    return f"instances {shown} ({len(found)})"
+    return _named([_uid(row) for frame, row in zip(frames, rows, strict=True) if wrong(frame)])
 
 
 def rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
