@@ -13,8 +13,9 @@ other places hold the modality transform, and only the header has them:
 colour images and every row with top-level coefficients never do); `header_transform`
 reads the header once and gives the instance's transform, whose `row(base, frame)` is a
 frame's rescale row, with its coefficients or its LUT, for `volume.convert` to apply
-(`through_luts`). Like pydicom, top-level coefficients win over the header's: a file
-that has both (which PS3.3 does not allow) is rescaled by its top-level ones.
+(`through_luts`). Top-level coefficients win over the header's: a file that has both
+(which PS3.3 does not allow) is rescaled by its top-level ones (pydicom ignores functional
+groups too, but applies a Modality LUT Sequence before any coefficients).
 """
 
 from __future__ import annotations
