@@ -130,6 +130,7 @@ def _tidy_folders(
         folder = pixels.root / name
         if folder.is_dir():
             arrays += [f"{name}/{p.name}" for p in sorted(folder.iterdir()) if p.is_dir()]
+            remove_stale_temporaries(folder)  # the series group's zarr.json being written
     for path in arrays:
         if path not in ends:
             tidied.remove(pixels.root / path)
