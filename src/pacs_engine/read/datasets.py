@@ -34,6 +34,7 @@ from pacs_engine.read.volume import (
     convert,
     convert_into,
     frame_geometry,
+    named_instances,
     pixel_ref,
     plan_volume,
     read_stack,
@@ -505,9 +506,7 @@ class FrameDataset(_FromQuery, _MapBase):
         """What names the frames of `entries` in a read error: their instances and frames."""
 
         def names() -> str:
-            shown = [f"{self.instances[e[3]]} frame {e[4]}" for e in entries[:3]]
-            more = ", ..." if len(entries) > 3 else ""
-            return f"instance{'s' if len(entries) > 1 else ''} {', '.join(shown)}{more}"
+            return named_instances([f"{self.instances[e[3]]} frame {e[4]}" for e in entries])
 
         return names
 
@@ -1014,7 +1013,7 @@ class PatchDataset(_FromQuery, _MapBase):
             uid, number = self.frame_names[s][frame]
 
             def names() -> str:
-                return f"instance {uid} frame {number}"
+                return named_instances([f"{uid} frame {number}"])
 
             if out is not None and out.dtype == spec.dtype and not modality:
                 # What convert would give (a copy as stored): decoded straight into `out`.

@@ -14,6 +14,7 @@ from pacs_engine.read.values import read_values
 from pacs_engine.read.volume import (
     Volume,
     convert,
+    named_instances,
     pixel_ref,
     plan_volume,
     read_stack,
@@ -47,7 +48,7 @@ class Frames:
         key, frame, row = self._where[index]
 
         def names() -> str:
-            return f"instance {self._series.rows[row]['SOPInstanceUID']}"
+            return named_instances([str(self._series.rows[row]["SOPInstanceUID"])])
 
         return read_values(self._series.archive.pixels, key, [frame], names=names)[0]
 

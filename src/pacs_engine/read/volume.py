@@ -145,7 +145,7 @@ def read_stack(
         start, stop = slots[0], slots[-1] + 1
 
         def names(slots: list[int] = slots) -> str:
-            return _named([_uid(rows[k]) for k in slots])
+            return named_instances([_uid(rows[k]) for k in slots])
 
         if stop - start == len(slots):
             read_values(pixels, path, frames, window, threads, out=out[start:stop], names=names)
@@ -154,7 +154,7 @@ def read_stack(
     return out
 
 
-def _named(uids: Sequence[str]) -> str:
+def named_instances(uids: Sequence[str]) -> str:
     """Instances for an error: "instance UID", or "instances UID, UID, ... (N)"."""
     if len(uids) == 1:
         return f"instance {uids[0]}"
@@ -612,7 +612,7 @@ def _at_fault(
     `wrong`, for an error: "instance UID", or "instances UID, UID, ... (N)"."""
     if len(rows) != len(frames):
         return f"instance {_uid(rows[0])}" if rows else "instance ?"
-    return _named([_uid(row) for frame, row in zip(frames, rows, strict=True) if wrong(frame)])
+    return named_instances([_uid(r) for frame, r in zip(frames, rows, strict=True) if wrong(frame)])
 
 
 def rescale(frames: np.ndarray, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
